@@ -1,0 +1,31 @@
+/** `restorelab doctor`: what this host can do, and what to install. */
+import type { Command } from 'commander';
+import { contextFor } from '../context.js';
+import { runDoctor, type DoctorReport } from '../../host/doctor.js';
+import { ExitCode } from '../../errors.js';
+
+function render(r: DoctorReport): string {
+  const lines = r.checks.map((c) => `${c.ok ? ' ok ' : c.required ? 'FAIL' : 'miss'}  ${c.name.padEnd(20)} ${c.detail}${c.ok || !c.fix ? '' : `\n      fix: ${c.fix}`}`);
+  lines.push('', `accelerator: ${r.accel} (kvm: ${r.kvm})`, r.ok ? 'restorelab can run here.' : 'restorelab cannot run its main job here: fix the FAIL lines above.');
+  return lines.join('\n');
+}
+
+export function registerDoctor(program: Command): void {
+  program
+    .command('doctor')
+    .description('probe this host: QEMU, KVM or TCG, FUSE, loop devices, libvirtd, NFS clients, network namespaces')
+    .option('--force', 'probe the accelerator again instead of using the cached verdict')
+    .option('--json', 'print one JSON object')
+    .action(async (o: { force?: boolean }, c: Command) => {
+      const ctx = contextFor(c);
+      let cacheDir: string | undefined;
+      try {
+        cacheDir = ctx.config().stateDir;
+      } catch {
+        // doctor must work even with a broken config; it just does not cache
+      }
+      const report = await runDoctor({ cacheDir, force: o.force });
+      ctx.out.result(report, () => render(report));
+      if (!report.ok) process.exitCode = ExitCode.missingComponent;
+    });
+}

@@ -1,0 +1,29 @@
+/** What every command gets: the parsed global options, the config and the output. */
+import type { Command } from 'commander';
+import { loadConfig, type Config } from '../config/config.js';
+import { Output } from './output.js';
+
+export interface GlobalOptions {
+  json?: boolean;
+  config?: string;
+}
+
+export interface CommandContext {
+  opts: GlobalOptions;
+  out: Output;
+  /** Loaded lazily so that commands that need no config (doctor) never fail on one. */
+  config(): Config;
+}
+
+export function contextFor(cmd: Command): CommandContext {
+  const opts = cmd.optsWithGlobals<GlobalOptions>();
+  let cfg: Config | undefined;
+  return {
+    opts,
+    out: new Output(Boolean(opts.json)),
+    config: () => (cfg ??= loadConfig({ file: opts.config })),
+  };
+}
+
+/** Command modules export one of these; main.ts registers them all. */
+export type RegisterCommand = (program: Command) => void;

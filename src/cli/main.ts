@@ -1,0 +1,56 @@
+/**
+ * The `restorelab` command line. Each capability registers its subcommands
+ * from its own module in ./commands; this file only wires them up and turns
+ * errors into messages and exit codes (docs/cli.md).
+ */
+import { Command, CommanderError } from 'commander';
+import { RestorelabError, ExitCode } from '../errors.js';
+import { commands } from './commands/index.js';
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('restorelab')
+    .description('Backup repository, instant VM recovery and SureBackup-style verification labs')
+    .option('--json', 'print one JSON document on stdout (for scripts)')
+    .option('--config <file>', 'configuration file (default: config/default.json plus environment)')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  for (const register of commands) register(program);
+  return program;
+}
+
+function wantsJson(argv: string[]): boolean {
+  return argv.includes('--json');
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok;
+  } catch (err) {
+    return report(err, wantsJson(argv));
+  }
+}
+
+function report(err: unknown, json: boolean): number {
+  if (err instanceof CommanderError) {
+    // Help and version are "errors" to commander; they already printed.
+    if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
+    if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: 'USAGE', message: err.message } }) + '\n');
+    return ExitCode.badInput;
+  }
+  if (err instanceof RestorelabError) {
+    if (json) {
+      process.stdout.write(JSON.stringify({ ok: false, error: { code: err.code, message: err.message, hint: err.hint } }) + '\n');
+    }
+    process.stderr.write(`error: ${err.message}\n`);
+    if (err.hint) process.stderr.write(`  fix: ${err.hint}\n`);
+    return err.exitCode;
+  }
+  const e = err instanceof Error ? err : new Error(String(err));
+  if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: 'INTERNAL', message: e.message } }) + '\n');
+  process.stderr.write(`internal error: ${e.stack ?? e.message}\n  this is a bug in restorelab; please report it with the command you ran\n`);
+  return ExitCode.failure;
+}

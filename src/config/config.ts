@@ -1,0 +1,108 @@
+/**
+ * The effective configuration: config/default.json, then an optional user file
+ * (RESTORELAB_CONFIG or --config), then environment overrides. Relative paths
+ * are resolved against RESTORELAB_HOME (default: the current directory).
+ */
+import { resolve, isAbsolute } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { assertValid, readJsonFile } from '../schema/validate.js';
+import { badInput } from '../errors.js';
+import { projectPath } from '../paths.js';
+
+export interface Limits {
+  chunkCacheMiB: number;
+  overlayLimitMiB: number;
+  maxConcurrentVms: number;
+  memoryBudgetMiB: number;
+}
+
+export interface NfsConfig {
+  port: number;
+  mountPort: number;
+  portmapPort: number;
+  allow: string[];
+  readOnly: boolean;
+}
+
+export interface ServerConfig {
+  listen: string;
+  port: number;
+  tlsCert?: string;
+  tlsKey?: string;
+}
+
+export interface Config {
+  repository: string;
+  stateDir: string;
+  catalog: string;
+  driver: 'qemu' | 'libvirt';
+  accel: 'auto' | 'kvm' | 'tcg';
+  guestsDir: string;
+  limits: Limits;
+  nfs: NfsConfig;
+  server: ServerConfig;
+}
+
+/** Environment variables that override single settings (documented in docs/operations.md). */
+export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) => unknown }> = {
+  RESTORELAB_REPO: { path: ['repository'], parse: (v) => v },
+  RESTORELAB_STATE_DIR: { path: ['stateDir'], parse: (v) => v },
+  RESTORELAB_DRIVER: { path: ['driver'], parse: (v) => v },
+  RESTORELAB_ACCEL: { path: ['accel'], parse: (v) => v },
+  RESTORELAB_GUESTS_DIR: { path: ['guestsDir'], parse: (v) => v },
+  RESTORELAB_CHUNK_CACHE_MIB: { path: ['limits', 'chunkCacheMiB'], parse: Number },
+  RESTORELAB_NFS_PORT: { path: ['nfs', 'port'], parse: Number },
+};
+
+type Json = Record<string, unknown>;
+
+function merge(base: Json, over: Json): Json {
+  const out: Json = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b)
+      ? merge(b as Json, v as Json)
+      : v;
+  }
+  return out;
+}
+
+function setPath(obj: Json, path: string[], value: unknown): void {
+  let cur = obj;
+  for (const key of path.slice(0, -1)) {
+    if (typeof cur[key] !== 'object' || cur[key] === null) cur[key] = {};
+    cur = cur[key] as Json;
+  }
+  cur[path[path.length - 1] as string] = value;
+}
+
+export interface LoadOptions {
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export function loadConfig(opts: LoadOptions = {}): Config {
+  const env = opts.env ?? process.env;
+  const defaults = JSON.parse(readFileSync(projectPath('config', 'default.json'), 'utf8')) as Json;
+  let merged = defaults;
+  const file = opts.file ?? env.RESTORELAB_CONFIG;
+  if (file) {
+    const user = readJsonFile(file, 'config file');
+    if (typeof user !== 'object' || user === null || Array.isArray(user)) {
+      throw badInput('CONFIG_INVALID', `config file ${file} must hold a JSON object`, 'wrap the settings in { ... }');
+    }
+    merged = merge(defaults, user as Json);
+  }
+  for (const [name, o] of Object.entries(ENV_OVERRIDES)) {
+    const v = env[name];
+    if (v !== undefined && v !== '') setPath(merged, o.path, o.parse(v));
+  }
+  const cfg = assertValid<Config>('config.schema.json', merged, file ? `config (${file} + environment)` : 'config (defaults + environment)');
+  const home = env.RESTORELAB_HOME ?? process.cwd();
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(home, p));
+  cfg.repository = abs(cfg.repository);
+  cfg.stateDir = abs(cfg.stateDir);
+  cfg.guestsDir = abs(cfg.guestsDir);
+  cfg.catalog = isAbsolute(cfg.catalog) ? cfg.catalog : resolve(cfg.stateDir, cfg.catalog);
+  return cfg;
+}

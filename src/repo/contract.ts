@@ -1,0 +1,78 @@
+/**
+ * The read side of the repository, as the layers above it see it. Published
+ * disks, the datastore, file-level restore and verification depend only on
+ * these types, never on how chunks are stored (see docs/architecture.md).
+ */
+import type { VmDefinition } from '../vm/definition.js';
+
+export type Consistency = 'crash' | 'filesystem' | 'application';
+
+export interface RestorePointDisk {
+  name: string;
+  /** Virtual size in bytes. */
+  size: number;
+  /** SHA-256 (hex) of the disk's fixed index file. */
+  indexDigest: string;
+}
+
+export interface BackupStats {
+  bytesRead: number;
+  bytesNew: number;
+  bytesReused: number;
+  bytesZero: number;
+  seconds: number;
+}
+
+export interface RestorePoint {
+  id: string;
+  vm: VmDefinition;
+  disks: RestorePointDisk[];
+  consistency: Consistency;
+  /** ISO 8601 time the point was taken. */
+  time: string;
+  source: string;
+  parent?: string;
+  stats: BackupStats;
+  /** Set by verify when a chunk this point references is corrupt. */
+  damaged?: boolean;
+}
+
+/**
+ * Random access to one disk of a restore point, a chunk at a time.
+ * The index of the chunk holding byte offset `o` is `Math.floor(o / chunkSize)`.
+ */
+export interface DiskSource {
+  /** Virtual size in bytes. */
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly chunkCount: number;
+  /**
+   * The chunk's identity (its digest, hex) or null for a hole. Equal ids mean
+   * equal bytes, so caches can share decoded chunks across disks and points.
+   */
+  chunkId(index: number): string | null;
+  /**
+   * The decompressed, verified bytes of chunk `index`: `chunkSize` bytes, the
+   * last chunk possibly shorter. Null for a hole (reads as zeros). Rejects
+   * with a CorruptChunkError when the stored chunk fails its checks: callers
+   * turn that into EIO and never serve the bytes.
+   */
+  readChunk(index: number): Promise<Buffer | null>;
+}
+
+/** What the publish/verify layers need from a repository. */
+export interface RepositoryReader {
+  readonly path: string;
+  listPoints(filter?: { vm?: string }): Promise<RestorePoint[]>;
+  /** Rejects with a not-found RestorelabError naming the id. */
+  getPoint(id: string): Promise<RestorePoint>;
+  /** Rejects with a not-found RestorelabError naming point and disk. */
+  openDisk(pointId: string, diskName: string): Promise<DiskSource>;
+}
+
+export class CorruptChunkError extends Error {
+  constructor(readonly digest: string, readonly reason: string, readonly store?: string) {
+    super(`chunk ${digest}${store ? ` in ${store}` : ''} is corrupt: ${reason}`);
+    this.name = 'CorruptChunkError';
+  }
+}

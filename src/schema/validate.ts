@@ -1,0 +1,86 @@
+/**
+ * JSON Schema validation for every JSON a user hands us: config files, VM
+ * definitions, labs, jobs and API bodies. Schemas live in config/schemas/ so
+ * the same files document the formats and (later) generate the OpenAPI spec.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
+import addFormatsModule from 'ajv-formats';
+import { badInput } from '../errors.js';
+import { projectPath } from '../paths.js';
+
+// ajv-formats is CommonJS; under NodeNext its default export arrives wrapped.
+type AddFormats = (ajv: Ajv2020) => Ajv2020;
+const addFormats = ((addFormatsModule as unknown as { default?: AddFormats }).default ?? addFormatsModule) as unknown as AddFormats;
+
+export const SCHEMA_DIR = projectPath('config', 'schemas');
+
+let ajv: Ajv2020 | undefined;
+
+function instance(): Ajv2020 {
+  if (ajv) return ajv;
+  ajv = new Ajv2020({ allErrors: true, strict: true, useDefaults: true });
+  addFormats(ajv);
+  for (const file of readdirSync(SCHEMA_DIR).filter((f) => f.endsWith('.schema.json')).sort()) {
+    const schema = JSON.parse(readFileSync(join(SCHEMA_DIR, file), 'utf8')) as { $id?: string };
+    ajv.addSchema(schema, schema.$id ?? file);
+  }
+  return ajv;
+}
+
+/** The compiled validator for a schema file name such as `vm.schema.json`. */
+export function validatorFor(schemaId: string): ValidateFunction {
+  const v = instance().getSchema(schemaId);
+  if (!v) throw new Error(`unknown schema ${schemaId}`);
+  return v;
+}
+
+/** Renders ajv's errors as `path: message` lines a person can act on. */
+export function describeErrors(errors: ErrorObject[] | null | undefined): string[] {
+  return (errors ?? []).map((e) => {
+    const path = e.instancePath === '' ? '(top level)' : e.instancePath;
+    if (e.keyword === 'additionalProperties') {
+      return `${path}: unknown property "${String(e.params.additionalProperty)}"`;
+    }
+    if (e.keyword === 'enum') {
+      return `${path}: must be one of ${(e.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    }
+    return `${path}: ${e.message ?? 'is invalid'}`;
+  });
+}
+
+/**
+ * Validates `value` against a schema, or throws a bad-input error that names
+ * the source, every failing path, and a one-line fix.
+ */
+export function assertValid<T>(schemaId: string, value: unknown, source: string): T {
+  const v = validatorFor(schemaId);
+  if (v(value)) return value as T;
+  const lines = describeErrors(v.errors);
+  throw badInput(
+    'SCHEMA_INVALID',
+    `${source} does not match ${schemaId}:\n  ${lines.join('\n  ')}`,
+    `fix the ${lines.length === 1 ? 'field' : 'fields'} above; the format is documented in config/schemas/${schemaId}`,
+  );
+}
+
+/** Reads and parses a JSON file, turning syntax errors into a clear bad-input error. */
+export function readJsonFile(path: string, what: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw badInput('FILE_UNREADABLE', `cannot read ${what} ${path}: ${(err as Error).message}`, `check that ${path} exists and is readable`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw badInput('JSON_INVALID', `${what} ${path} is not valid JSON: ${(err as Error).message}`, 'fix the JSON syntax (a JSON linter shows the exact spot)');
+  }
+}
+
+/** Reads a JSON file and validates it in one step. */
+export function loadValidated<T>(schemaId: string, path: string, what: string): T {
+  return assertValid<T>(schemaId, readJsonFile(path, what), `${what} ${path}`);
+}

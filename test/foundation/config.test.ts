@@ -1,0 +1,55 @@
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig } from '../../src/config/config.js';
+import { RestorelabError } from '../../src/errors.js';
+import { assertValid } from '../../src/schema/validate.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'rl-config-'));
+
+function write(name: string, body: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, body);
+  return p;
+}
+
+t.test('defaults load and resolve paths against RESTORELAB_HOME', async (t) => {
+  const cfg = loadConfig({ env: { RESTORELAB_HOME: '/srv/rl' } });
+  t.equal(cfg.repository, '/srv/rl/var/repo');
+  t.equal(cfg.stateDir, '/srv/rl/var/state');
+  t.equal(cfg.catalog, '/srv/rl/var/state/catalog.sqlite');
+  t.equal(cfg.driver, 'qemu');
+});
+
+t.test('environment overrides win over the file', async (t) => {
+  const file = write('ok.json', JSON.stringify({ driver: 'libvirt', repository: '/data/repo' }));
+  const cfg = loadConfig({ file, env: { RESTORELAB_REPO: '/other/repo' } });
+  t.equal(cfg.driver, 'libvirt');
+  t.equal(cfg.repository, '/other/repo');
+});
+
+t.test('an unknown driver is rejected with its path and a fix', async (t) => {
+  const file = write('bad-driver.json', JSON.stringify({ driver: 'vmware' }));
+  const err = t.throws(() => loadConfig({ file, env: {} })) as unknown as RestorelabError;
+  t.ok(err instanceof RestorelabError);
+  t.match(err.message, /\/driver: must be one of "qemu", "libvirt"/);
+  t.match(err.hint ?? '', /config\/schemas\/config.schema.json/);
+  t.equal(err.exitCode, 2);
+});
+
+t.test('an unknown key, a wrong type and broken JSON are each rejected', async (t) => {
+  t.throws(() => loadConfig({ file: write('unknown.json', '{"repositry": "x"}'), env: {} }), /unknown property "repositry"/);
+  t.throws(() => loadConfig({ file: write('type.json', '{"limits": {"chunkCacheMiB": "lots"}}'), env: {} }), /\/limits\/chunkCacheMiB: must be integer/);
+  t.throws(() => loadConfig({ file: write('syntax.json', '{"driver": '), env: {} }), /is not valid JSON/);
+  t.throws(() => loadConfig({ file: join(dir, 'missing.json'), env: {} }), /cannot read config file/);
+  t.throws(() => loadConfig({ env: { RESTORELAB_DRIVER: 'xen' } }), /\/driver/);
+});
+
+t.test('VM definitions: the example shape passes, broken ones name the field', async (t) => {
+  const vm = { name: 'web', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root' }], nics: [{ mac: '52:54:00:77:00:10', network: 'prod', ip: '192.168.77.10' }] };
+  t.same(assertValid('vm.schema.json', vm, 'vm'), vm);
+  t.throws(() => assertValid('vm.schema.json', { ...vm, nics: [{ mac: 'zz', network: 'prod' }] }, 'vm'), /\/nics\/0\/mac/);
+  t.throws(() => assertValid('vm.schema.json', { ...vm, disks: [] }, 'vm'), /\/disks: must NOT have fewer than 1 items/);
+  t.throws(() => assertValid('vm.schema.json', { name: 'x' }, 'vm'), /must have required property 'memoryMiB'/);
+});
