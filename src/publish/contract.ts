@@ -1,0 +1,52 @@
+/**
+ * Publishing, as the layers above it (file-level restore, instant recovery,
+ * verification) see it: a restore point turned into live, writable disk
+ * files, with writes going to a redo-log overlay. Who serves the files (FUSE
+ * now, NFS next) is an option, not a different API.
+ *
+ * Words: a *publication* is one restore point made live; its *overlay* holds
+ * every write made through it; *discard* throws the overlay away, *resume*
+ * picks an existing overlay up again after a stop or a crash.
+ */
+
+export interface PublishOptions {
+  /** Repository directory. */
+  repo: string;
+  /** Restore point id. */
+  point: string;
+  /** State directory (publications and overlays are persisted below it). */
+  stateDir: string;
+  /** Mount the datastore with FUSE here (created if missing). */
+  fuseDir?: string;
+  /** Overlay (write cache) directory; default `<stateDir>/overlays`. */
+  overlayDir?: string;
+  /** Overlay size limit in bytes: writes past it fail with ENOSPC. */
+  overlayLimitBytes?: number;
+  /** Reuse the overlay of an earlier publication of the same point, if one exists. */
+  resume?: boolean;
+  /** Refuse writes (file-level restore publishes read-only). */
+  readOnly?: boolean;
+  /** Decompressed chunk cache size in MiB (default from config). */
+  cacheMiB?: number;
+}
+
+export interface PublicationInfo {
+  /** Publication id (stable; names the overlay and the datastore directory). */
+  id: string;
+  /** Directory name inside the datastore, `<vm>-<point>`. */
+  name: string;
+  point: string;
+  vm: string;
+  /** `<fuseDir>/<name>` when mounted with FUSE. */
+  path?: string;
+  /** Disk name → absolute path of `<disk>.raw` on the FUSE mount. */
+  disks: Record<string, string>;
+}
+
+export interface RunningPublication extends PublicationInfo {
+  /**
+   * Unmounts and stops serving. With `discard`, the overlay and scratch files
+   * are deleted; otherwise they are kept for a later `resume`.
+   */
+  close(options?: { discard?: boolean }): Promise<void>;
+}

@@ -1,0 +1,111 @@
+/**
+ * The repository's own interfaces, below the read-only contract in
+ * contract.ts. The backup engine, verify, prune and gc use these; nothing
+ * above the repository layer should.
+ *
+ * Words:
+ * - *chunk*: `chunkSize` bytes of a disk (the last one shorter), addressed by
+ *   its digest: SHA-256 of the plaintext, or HMAC-SHA-256 keyed with the
+ *   repository key when encrypted, so plaintext hashes do not leak.
+ * - *blob*: a chunk as stored: header (magic, flags, CRC) + zstd data,
+ *   AES-256-GCM sealed when encrypted.
+ * - *fixed index*: one digest per chunk of one disk; a hole (all-zero chunk)
+ *   is stored as no digest and costs nothing.
+ * - *restore point*: a manifest naming the VM definition and one fixed index
+ *   per disk. Every point is logically full.
+ */
+import type { RepositoryReader, RestorePoint } from './contract.js';
+
+export const REPO_FORMAT = 'restorelab-repository';
+export const REPO_FORMAT_VERSION = 1;
+export const MIN_CHUNK_SIZE = 256 * 1024;
+export const MAX_CHUNK_SIZE = 8 * 1024 * 1024;
+
+export interface RepoConfig {
+  format: typeof REPO_FORMAT;
+  version: number;
+  /** Random id, also mixed into lock files and the catalog. */
+  id: string;
+  /** Bytes per chunk, a power of two between MIN_CHUNK_SIZE and MAX_CHUNK_SIZE. */
+  chunkSize: number;
+  hash: 'sha256' | 'hmac-sha256';
+  compression: 'zstd';
+  encryption: 'none' | 'aes-256-gcm';
+  /** ISO 8601. */
+  created: string;
+}
+
+/**
+ * Pure chunk encoding, safe to run in worker threads (it holds only the
+ * config and the key, no file handles).
+ */
+export interface ChunkCodec {
+  digest(plain: Buffer): string;
+  /** Plaintext → blob. */
+  encode(plain: Buffer): Buffer;
+  /**
+   * Blob → plaintext. Checks magic, CRC, the GCM tag when encrypted, and that
+   * the plaintext hashes to `digest`. Throws CorruptChunkError otherwise.
+   */
+  decode(digest: string, blob: Buffer): Buffer;
+}
+
+export interface StoredChunk {
+  digest: string;
+  size: number;
+  mtimeMs: number;
+}
+
+export interface ChunkStore {
+  readonly path: string;
+  has(digest: string): Promise<boolean>;
+  /**
+   * Idempotent and crash-safe (temp file, fsync, rename, fsync directory).
+   * When the chunk already exists its mtime is refreshed, so a gc running
+   * concurrently treats it as in use (see RepoLock.since).
+   */
+  insert(digest: string, blob: Buffer): Promise<{ existed: boolean; size: number }>;
+  /** The blob; rejects with a not-found RestorelabError naming store and digest. */
+  get(digest: string): Promise<Buffer>;
+  list(): AsyncIterable<StoredChunk>;
+  /** Renames the chunk to `<digest>.bad`; it is never served again and never deleted by gc. */
+  quarantine(digest: string): Promise<void>;
+  /** Deletes the chunk; returns the bytes freed. */
+  remove(digest: string): Promise<number>;
+}
+
+export interface FixedIndex {
+  /** Virtual disk size in bytes. */
+  size: number;
+  chunkSize: number;
+  /** One entry per chunk; null is a hole. */
+  digests: (string | null)[];
+}
+
+export interface RepoLock {
+  kind: 'shared' | 'exclusive';
+  /** When the holder started (epoch ms): gc keeps chunks newer than the oldest live shared holder. */
+  since: number;
+  release(): Promise<void>;
+}
+
+/** What a new restore point records besides its id (assigned at commit). */
+export type NewRestorePoint = Omit<RestorePoint, 'id' | 'damaged'>;
+
+export interface Repository extends RepositoryReader {
+  readonly config: RepoConfig;
+  readonly chunks: ChunkStore;
+  readonly codec: ChunkCodec;
+  /** Writes an index crash-safely; returns its digest (the name it is stored under). */
+  writeIndex(index: FixedIndex): Promise<string>;
+  /** Checks the index header checksum; rejects with CorruptChunkError-like errors naming the file. */
+  readIndex(digest: string): Promise<FixedIndex>;
+  /** Writes the manifest crash-safely; the point becomes visible only now. */
+  commitPoint(point: NewRestorePoint): Promise<RestorePoint>;
+  /**
+   * Shared for backups, exclusive for prune and gc. Rejects with a busy
+   * RestorelabError naming the holder; a lock whose process is dead is
+   * reported as stale (and removed).
+   */
+  lock(kind: 'shared' | 'exclusive', purpose: string): Promise<RepoLock>;
+}
