@@ -1,0 +1,72 @@
+/**
+ * An image in any format qemu reads, served by a private qemu-nbd and read
+ * with our NBD client. Holes come from the base:allocation context: a range
+ * flagged NBD_STATE_ZERO reads as zeros and need not be read. A range flagged
+ * only NBD_STATE_HOLE has undefined contents by the spec, so it is treated as
+ * data (qemu always pairs HOLE with ZERO for what it can vouch for).
+ */
+import { RestorelabError } from '../errors.js';
+import { NBD_STATE_ZERO } from '../nbd/constants.js';
+import { NbdServerError } from '../nbd/errors.js';
+import type { Extent, ImageSource } from './contract.js';
+import { QemuNbd } from './qemu-nbd.js';
+
+export class QemuImageSource implements ImageSource {
+  private constructor(
+    readonly path: string,
+    readonly format: string,
+    private readonly server: QemuNbd,
+  ) {}
+
+  static async open(path: string, format: string): Promise<QemuImageSource> {
+    const server = await QemuNbd.start({ path, format });
+    return new QemuImageSource(path, format, server);
+  }
+
+  get size(): number {
+    return this.server.client.size;
+  }
+
+  /** The qemu-nbd process id, for tests and diagnostics. */
+  get serverPid(): number | undefined {
+    return this.server.pid;
+  }
+
+  async *extents(): AsyncIterable<Extent> {
+    let pending: Extent | undefined;
+    try {
+      for await (const e of this.server.client.extents('base:allocation')) {
+        const zero = (e.flags & NBD_STATE_ZERO) !== 0;
+        if (pending && pending.zero === zero) pending.length += e.length;
+        else {
+          if (pending) yield pending;
+          pending = { offset: e.offset, length: e.length, zero };
+        }
+      }
+    } catch (err) {
+      throw this.wrap(err, 'listing allocated extents');
+    }
+    if (pending) yield pending;
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    try {
+      return await this.server.client.read(offset, length);
+    } catch (err) {
+      throw this.wrap(err, `reading ${length} bytes at offset ${offset}`);
+    }
+  }
+
+  close(): Promise<void> {
+    return this.server.stop();
+  }
+
+  private wrap(err: unknown, what: string): unknown {
+    if (err instanceof NbdServerError) {
+      return new RestorelabError('IMAGE_READ_FAILED', `${what} of ${this.path} (${this.format}) failed: ${err.message}`, {
+        hint: `the image is damaged or incomplete there; run: qemu-img check ${this.path}`, cause: err,
+      });
+    }
+    return err;
+  }
+}
