@@ -92,6 +92,8 @@ export interface Datastore {
   rename(fromDir: FileId, fromName: string, toDir: FileId, toName: string): Promise<void>;
   symlink?(dir: FileId, name: string, target: string, caller?: Caller): Promise<FileId>;
   readlink?(id: FileId): Promise<string>;
+  /** The directory containing `dir` (the root is its own parent); NFS LOOKUP of `..`. Optional: without it `..` resolves only at the root. */
+  parent?(dir: FileId): Promise<FileId>;
   fsstat(id: FileId): Promise<FsStat>;
   /** True when writes to this file id must be refused with EROFS. */
   readOnly(id: FileId): boolean;

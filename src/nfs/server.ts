@@ -1,0 +1,182 @@
+/**
+ * NfsServer: portmapper, MOUNT v3 and NFS v3 over one Datastore.
+ *
+ * Words used in src/nfs:
+ * - record: one ONC RPC message, carried in one or more TCP fragments.
+ * - program: an RPC program (portmapper 100000, MOUNT 100005, NFS 100003)
+ *   with a table of procedures.
+ * - export: the path clients mount (`/restorelab`), mapped to the datastore root.
+ * - file handle: server id + stable file id; survives restarts.
+ * - write verifier: random per start; a change tells clients to resend
+ *   UNSTABLE writes that were never committed.
+ */
+import crypto from 'node:crypto';
+import net from 'node:net';
+import type { Datastore } from '../datastore/types.js';
+import { HandleCodec, SERVER_ID_BYTES } from './handle.js';
+import { mountProgram, MOUNT_PROG, MOUNT_VERS } from './mount.js';
+import { nfsProgram } from './nfs3/program.js';
+import type { NfsCounters, NfsEnv } from './nfs3/context.js';
+import { NFS_IO_MAX, NFS_PROG, NFS_VERS } from './nfs3/types.js';
+import {
+  IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PortmapTable, pmapSet, pmapUnset, portmapProgram, portmapperListening,
+  type PortMapping,
+} from './portmap.js';
+import { RpcDispatcher, type RpcProgram } from './rpc.js';
+import { RpcListener } from './transport.js';
+
+export interface NfsServerOptions {
+  datastore: Datastore;
+  /** 16 random bytes (or 32 hex chars) persisted by the caller in the state directory. */
+  serverId: Buffer | string;
+  exportPath?: string;
+  /** Client CIDRs (or single addresses) allowed to mount and use the export. */
+  allow?: string[];
+  readOnly?: boolean;
+  /** 0 = ephemeral. Default 2049. */
+  nfsPort?: number;
+  /** 0 = ephemeral. Default 20048. May equal nfsPort. */
+  mountPort?: number;
+  /**
+   * Port for our own portmapper; null = none. When a portmapper already
+   * answers on this port, we register with it instead of serving.
+   * Default 111 when running as root, otherwise null.
+   */
+  portmapPort?: number | null;
+  host?: string;
+  log?: { warn(msg: string, err?: unknown): void };
+}
+
+export interface BoundPorts {
+  nfs: number;
+  mount: number;
+  /** Our own portmapper's port, or null when we registered with a system one (or none). */
+  portmap: number | null;
+  registeredWithSystemPortmapper: boolean;
+}
+
+export interface NfsMetrics extends NfsCounters {
+  connections: number;
+  closedForAbuse: number;
+}
+
+/** Generates a new server id for the state directory. */
+export function newServerId(): string {
+  return crypto.randomBytes(SERVER_ID_BYTES).toString('hex');
+}
+
+export function allowListMatcher(allow: readonly string[]): (addr: string) => boolean {
+  const bl = new net.BlockList();
+  for (const a of allow) {
+    const [ip, bits] = a.split('/');
+    const family = net.isIPv6(ip ?? '') ? 'ipv6' : 'ipv4';
+    if (!ip || !net.isIP(ip)) throw new RangeError(`not an address or CIDR: ${a}`);
+    if (bits === undefined) bl.addAddress(ip, family);
+    else bl.addSubnet(ip, Number(bits), family);
+  }
+  // Checked on every call; clients are few, so remember the answers (bounded).
+  const seen = new Map<string, boolean>();
+  return (addr) => {
+    let ok = seen.get(addr);
+    if (ok === undefined) {
+      const a = addr.replace(/^::ffff:/, '');
+      ok = net.isIP(a) !== 0 && bl.check(a, net.isIPv6(a) ? 'ipv6' : 'ipv4');
+      if (seen.size > 1024) seen.clear();
+      seen.set(addr, ok);
+    }
+    return ok;
+  };
+}
+
+export class NfsServer {
+  private readonly listeners: RpcListener[] = [];
+  private readonly env: NfsEnv;
+  private readonly programs: RpcProgram[];
+  private registered: { host: string; port: number; maps: PortMapping[] } | undefined;
+  private readonly opts: Required<Omit<NfsServerOptions, 'log'>> & Pick<NfsServerOptions, 'log'>;
+
+  constructor(opts: NfsServerOptions) {
+    const serverId = typeof opts.serverId === 'string' ? Buffer.from(opts.serverId, 'hex') : opts.serverId;
+    this.opts = {
+      exportPath: '/restorelab', allow: ['127.0.0.1/32'], readOnly: false, nfsPort: 2049, mountPort: 20048,
+      portmapPort: process.getuid?.() === 0 ? 111 : null, host: '0.0.0.0', ...opts, serverId,
+    };
+    const handles = new HandleCodec(serverId);
+    const isAllowed = allowListMatcher(this.opts.allow);
+    this.env = {
+      datastore: opts.datastore,
+      handles,
+      readOnly: this.opts.readOnly,
+      writeVerifier: crypto.randomBytes(8),
+      cookieVerifier: serverId.subarray(0, 8),
+      isAllowed,
+      counters: { ops: 0, bytesRead: 0, bytesWritten: 0, errors: 0, byProc: {} },
+      exclusiveCreates: new Map(),
+    };
+    this.programs = [
+      nfsProgram(this.env, opts.log),
+      mountProgram({ datastore: opts.datastore, handles, exportPath: this.opts.exportPath, isAllowed, allow: this.opts.allow }),
+    ];
+  }
+
+  get metrics(): NfsMetrics {
+    const c = this.env.counters;
+    return {
+      ...c, byProc: { ...c.byProc },
+      connections: this.listeners.reduce((a, l) => a + l.counters.connections, 0),
+      closedForAbuse: this.listeners.reduce((a, l) => a + l.counters.closedForAbuse, 0),
+    };
+  }
+
+  async start(): Promise<BoundPorts> {
+    const { host } = this.opts;
+    const transport = { host, maxRecord: NFS_IO_MAX + 64 * 1024, maxInFlight: 32, maxUnsentBytes: 8 * NFS_IO_MAX };
+    const pmTable = new PortmapTable();
+    let usePmap = false;
+    let systemPmap = false;
+    const pmPort = this.opts.portmapPort;
+    if (pmPort !== null) {
+      systemPmap = await portmapperListening('127.0.0.1', pmPort);
+      usePmap = !systemPmap;
+    }
+    const programs = usePmap ? [...this.programs, portmapProgram(pmTable)] : this.programs;
+    const dispatcher = new RpcDispatcher(programs, { warn: (m, e) => this.opts.log?.warn(m, e) });
+    const open = async (port: number): Promise<number> => {
+      const l = new RpcListener(dispatcher, { ...transport, port });
+      const bound = await l.listen();
+      this.listeners.push(l);
+      return bound;
+    };
+    try {
+      const nfs = await open(this.opts.nfsPort);
+      const mount = this.opts.mountPort === this.opts.nfsPort && this.opts.nfsPort !== 0 ? nfs : await open(this.opts.mountPort);
+      const portmap = usePmap && pmPort !== null ? await open(pmPort) : null;
+      const maps: PortMapping[] = [
+        { prog: PMAP_PROG, vers: PMAP_VERS, prot: IPPROTO_TCP, port: portmap ?? pmPort ?? 111 },
+        { prog: MOUNT_PROG, vers: MOUNT_VERS, prot: IPPROTO_TCP, port: mount },
+        { prog: NFS_PROG, vers: NFS_VERS, prot: IPPROTO_TCP, port: nfs },
+      ];
+      if (usePmap) for (const m of maps) pmTable.set(m);
+      if (systemPmap && pmPort !== null) {
+        const mine = maps.slice(1);
+        for (const m of mine) {
+          await pmapUnset('127.0.0.1', pmPort, m);
+          if (!(await pmapSet('127.0.0.1', pmPort, m))) throw new Error(`system portmapper refused to register program ${m.prog}`);
+        }
+        this.registered = { host: '127.0.0.1', port: pmPort, maps: mine };
+      }
+      return { nfs, mount, portmap, registeredWithSystemPortmapper: systemPmap };
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+  }
+
+  async stop(): Promise<void> {
+    const reg = this.registered;
+    this.registered = undefined;
+    if (reg) for (const m of reg.maps) await pmapUnset(reg.host, reg.port, m).catch(() => false);
+    const ls = this.listeners.splice(0);
+    await Promise.all(ls.map((l) => l.close()));
+  }
+}

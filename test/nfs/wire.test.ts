@@ -1,0 +1,56 @@
+import t from 'tap';
+import { XdrError, XdrReader, XdrWriter } from '../../src/nfs/xdr.js';
+import { RecordFramer, RecordTooLargeError } from '../../src/nfs/record.js';
+import { cat, hyper, mark, opaque, words } from './fixtures/bytes.js';
+
+t.test('XdrWriter encodes big-endian with padding', async (t) => {
+  const w = new XdrWriter(4).u32(1).i32(-2).u64(2 ** 40 + 5).bool(true).opaque(Buffer.from('abcde')).string('xy');
+  t.same(w.bytes(), cat(words(1, 0xfffffffe), hyper(2 ** 40 + 5), words(1), opaque('abcde'), opaque('xy')));
+  const big = Buffer.alloc(5000, 7);
+  t.same(new XdrWriter().opaque(big).u32(9).bytes(), cat(opaque(big), words(9)), 'large opaque by reference');
+});
+
+t.test('XdrReader decodes and bounds-checks', async (t) => {
+  const r = new XdrReader(cat(words(7), hyper(123456789012), words(1), opaque('hello'), words(2, 5, 6)));
+  t.equal(r.u32(), 7);
+  t.equal(r.u64(), 123456789012);
+  t.equal(r.bool(), true);
+  t.equal(r.string(10), 'hello');
+  t.same(r.array(4, (x) => x.u32()), [5, 6]);
+  t.throws(() => r.u32(), XdrError, 'truncated');
+  t.throws(() => new XdrReader(words(2)).bool(), XdrError, 'bad bool');
+  t.throws(() => new XdrReader(words(9)).enum([0, 1, 2]), XdrError, 'unknown enum');
+  t.throws(() => new XdrReader(words(100)).opaque(10), XdrError, 'opaque over max');
+  t.throws(() => new XdrReader(words(5, 1)).opaque(10), XdrError, 'opaque past end');
+  t.throws(() => new XdrReader(words(0xffffffff)).array(1000, (x) => x.u32()), XdrError, 'huge array');
+  t.throws(() => new XdrReader(hyper(2 ** 53 + 2)).u64(), XdrError, 'hyper beyond safe');
+});
+
+t.test('record marking at every split point', async (t) => {
+  const rec1 = Buffer.from('0123456789ab');
+  const rec2a = Buffer.from('wxyz');
+  const rec2b = Buffer.from('ABCDEFGH');
+  const stream = cat(mark(rec1.length), rec1, mark(rec2a.length, false), rec2a, mark(rec2b.length), rec2b, mark(0), );
+  for (let i = 0; i <= stream.length; i++) {
+    for (let j = i; j <= stream.length; j++) {
+      const f = new RecordFramer(1024);
+      const got = [...f.push(stream.subarray(0, i)), ...f.push(stream.subarray(i, j)), ...f.push(stream.subarray(j))];
+      if (got.length !== 3 || !got[0]!.equals(rec1) || !got[1]!.equals(cat(rec2a, rec2b)) || got[2]!.length !== 0) {
+        t.fail(`split ${i},${j}`);
+        return;
+      }
+    }
+  }
+  const f = new RecordFramer(1024);
+  const one: Buffer[] = [];
+  for (const b of stream) one.push(...f.push(Buffer.from([b])));
+  t.equal(one.length, 3, 'byte-at-a-time');
+  t.equal(f.buffered, 0);
+});
+
+t.test('huge record length is rejected without allocating', async (t) => {
+  const f = new RecordFramer(1 << 20);
+  t.throws(() => f.push(mark(1 << 30)), RecordTooLargeError);
+  const g = new RecordFramer(100);
+  t.throws(() => { g.push(cat(mark(60, false), Buffer.alloc(60))); g.push(mark(60)); }, RecordTooLargeError, 'total across fragments');
+});
