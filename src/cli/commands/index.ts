@@ -3,9 +3,13 @@ import type { RegisterCommand } from '../context.js';
 import { registerDoctor } from './doctor.js';
 import { registerDemo } from './demo.js';
 import { registerConfig } from './config.js';
+import { registerLab } from './lab.js';
+import { registerSurebackup } from './surebackup.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
   registerDoctor,
   registerConfig,
+  registerLab,
+  registerSurebackup,
 ];

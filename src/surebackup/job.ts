@@ -1,0 +1,22 @@
+/** Loads a job file: schema first, then the cron expression with croner, so a bad job fails before anything boots. */
+import { Cron } from 'croner';
+import { badInput } from '../errors.js';
+import { loadValidated } from '../schema/validate.js';
+import type { Job } from './runner.js';
+
+export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicationGroup'> {
+  applicationGroup?: Job['applicationGroup'];
+  point?: string; concurrency?: number; schedule?: string; afterBackup?: boolean;
+  notifications?: { webhook?: string; smtp?: { host: string; port?: number; from: string; to: string[] } };
+}
+
+export function loadJob(path: string): Job & JobFile {
+  const j = loadValidated<JobFile>('job.schema.json', path, 'SureBackup job');
+  if (j.schedule !== undefined) {
+    try { new Cron(j.schedule, { paused: true }).stop(); } catch (err) {
+      throw badInput('BAD_SCHEDULE', `job ${j.name}: schedule "${j.schedule}" is not a valid cron expression (${(err as Error).message})`,
+        'use five or six cron fields, e.g. "0 2 * * *" for 02:00 every day');
+    }
+  }
+  return { ...j, applicationGroup: j.applicationGroup ?? [], point: j.point ?? 'latest', concurrency: j.concurrency ?? 3 };
+}

@@ -1,0 +1,53 @@
+/**
+ * SureBackup words: a *job* verifies restore points of VMs in a *lab*; the
+ * *application group* is the ordered set of VMs booted first so the VMs
+ * *under test* find their dependencies (DNS, database). A *role* names what a
+ * VM does and supplies default tests and timeouts (Veeam-like: max boot 600 s,
+ * app init 120 s, 1800 s for heavyweight roles), overridable per VM.
+ */
+import { badInput } from '../errors.js';
+
+export type TestSpec =
+  | { kind: 'heartbeat' }
+  | { kind: 'ping' }
+  | { kind: 'tcp'; port: number; banner?: string }
+  | { kind: 'http'; port?: number; path?: string; status?: number; body?: string }
+  | { kind: 'dns'; name: string; expect?: string }
+  | { kind: 'script'; path: string; args?: string[]; timeoutSeconds?: number }
+  | { kind: 'screenshot' }
+  | { kind: 'integrity' };
+
+export interface Role { name: string; tests: TestSpec[]; maxBootSeconds: number; appInitSeconds: number }
+
+const base: TestSpec[] = [{ kind: 'heartbeat' }, { kind: 'ping' }];
+const tail: TestSpec[] = [{ kind: 'screenshot' }, { kind: 'integrity' }];
+const role = (name: string, app: TestSpec[], heavy = false): Role =>
+  ({ name, tests: [...base, ...app, ...tail], maxBootSeconds: heavy ? 1800 : 600, appInitSeconds: heavy ? 1800 : 120 });
+
+export const roles: Record<string, Role> = {
+  dns: role('dns', [{ kind: 'tcp', port: 53 }]),
+  web: role('web', [{ kind: 'tcp', port: 80 }, { kind: 'http', port: 80, path: '/', status: 200 }]),
+  dc: role('dc', [{ kind: 'tcp', port: 389 }], true),
+  'global-catalog': role('global-catalog', [{ kind: 'tcp', port: 3268 }], true),
+  mail: role('mail', [{ kind: 'tcp', port: 25, banner: '^220' }]),
+  mssql: role('mssql', [{ kind: 'tcp', port: 1433 }], true),
+  postgresql: role('postgresql', [{ kind: 'tcp', port: 5432 }]),
+  mysql: role('mysql', [{ kind: 'tcp', port: 3306 }]),
+  ssh: role('ssh', [{ kind: 'tcp', port: 22, banner: '^SSH-' }]),
+};
+
+/** Role defaults merged with per-VM overrides; a VM left with no tests is bad input before anything boots. */
+export function resolveRole(vm: string, roleName: string | undefined, over: Partial<Role>): Role {
+  const r = roleName === undefined ? undefined : roles[roleName];
+  const merged: Role = {
+    name: roleName ?? 'custom',
+    tests: over.tests ?? r?.tests ?? [],
+    maxBootSeconds: over.maxBootSeconds ?? r?.maxBootSeconds ?? 600,
+    appInitSeconds: over.appInitSeconds ?? r?.appInitSeconds ?? 120,
+  };
+  if (merged.tests.length === 0) {
+    throw badInput('ROLE_WITHOUT_TESTS', `VM ${vm} has role "${merged.name}" with no tests`,
+      `give it "tests" or one of the predefined roles: ${Object.keys(roles).join(', ')}`);
+  }
+  return merged;
+}

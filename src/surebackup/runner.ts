@@ -1,0 +1,166 @@
+/**
+ * The runner: application group first, in order (honouring waitForPrevious),
+ * then the VMs under test with the job's concurrency cap and the global
+ * Limiter. A failed group VM fails later VMs as a *dependency failure*. The
+ * lab is always torn down (cancel, timeout, error) unless keepLabOnFailure
+ * and the run failed.
+ */
+import type { Role, TestSpec } from './roles.js';
+import { resolveRole } from './roles.js';
+import { Limiter, mapLimited } from './limiter.js';
+
+export type Verdict = 'passed' | 'failed' | 'skipped' | 'warning';
+export interface TestResult { name: string; kind: string; result: Verdict; seconds: number; detail: string }
+
+/** A VM recovered into the lab. */
+export interface RecoveredVm {
+  ip: string;
+  masqIp: string;
+  /** Network namespace of the lab, for tests that run "inside" it. */
+  netns: string;
+  /** Guest agent ping; undefined if the VM has no agent. */
+  agentPing?: () => Promise<boolean>;
+  /** QMP screendump to a PPM file; returns its path. */
+  screendump(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** What the lead implements with the real hypervisor / lab / publish pieces. */
+export interface LabBackend {
+  labUp(lab: unknown, signal: AbortSignal): Promise<{ netns: string }>;
+  labDown(): Promise<void>;
+  /** Restore points of a VM, newest last; used by the point selector. */
+  listPoints(vm: string): Promise<{ id: string; time: string }[]>;
+  /** Names of every VM (for "all") or those carrying a tag. */
+  listVms(tag?: string): Promise<string[]>;
+  recover(vm: string, pointId: string, opts: { memoryMiB?: number; signal: AbortSignal }): Promise<RecoveredVm>;
+}
+
+/** Runs one test against a recovered VM; src/verify provides the real ones. */
+export type TestRunner = (spec: TestSpec, vm: { name: string; pointId: string; role: Role; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult>;
+
+export interface GroupVm { name: string; role?: string; tests?: TestSpec[]; maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number; waitForPrevious?: boolean }
+export interface Job {
+  name: string;
+  lab: unknown;
+  applicationGroup: GroupVm[];
+  verify: { vms?: string[] | 'all'; tag?: string; role?: string; tests?: TestSpec[] };
+  point: 'latest' | string;
+  concurrency: number;
+  keepLabOnFailure?: boolean;
+}
+
+export interface VmResult {
+  name: string; point: string; group: boolean; result: 'success' | 'warning' | 'failed' | 'dependency-failed';
+  tests: TestResult[]; startedAt: number; endedAt: number;
+  bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null; recoverySeconds: number;
+}
+export interface RunResult { result: 'success' | 'warning' | 'failed'; vms: VmResult[]; labKept: boolean }
+
+interface Planned { vm: GroupVm; role: Role; point: string; group: boolean }
+const now = (): number => Date.now();
+
+export function selectPoint(points: { id: string; time: string }[], sel: string): string | undefined {
+  if (sel === 'latest') return points.at(-1)?.id;
+  const t = Date.parse(sel);
+  return points.filter((p) => Date.parse(p.time) <= t).at(-1)?.id;
+}
+
+export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
+  opts: { limiter?: Limiter; signal?: AbortSignal } = {}): Promise<RunResult> {
+  const limiter = opts.limiter ?? new Limiter(64, Number.MAX_SAFE_INTEGER);
+  const ctl = new AbortController();
+  opts.signal?.addEventListener('abort', () => ctl.abort(opts.signal?.reason), { once: true });
+  const signal = ctl.signal;
+
+  const underTestNames = job.verify.vms === 'all' || job.verify.vms === undefined
+    ? await backend.listVms(job.verify.tag) : job.verify.vms;
+  // Every bad input is found before anything boots.
+  const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
+    const role = resolveRole(g.name, g.role, { tests: g.tests, maxBootSeconds: g.maxBootSeconds, appInitSeconds: g.appInitSeconds });
+    const point = selectPoint(await backend.listPoints(g.name), job.point);
+    if (point === undefined) {
+      const { notFound } = await import('../errors.js');
+      throw notFound('NO_RESTORE_POINT', `VM ${g.name} has no restore point matching "${job.point}"`, 'back it up first or change "point"');
+    }
+    return { vm: g, role, point, group };
+  };
+  const groupPlan: Planned[] = [];
+  for (const g of job.applicationGroup) groupPlan.push(await plan(g, true));
+  const testPlan: Planned[] = [];
+  for (const n of underTestNames) {
+    testPlan.push(await plan({ name: n, role: job.verify.role, tests: job.verify.tests }, false));
+  }
+
+  const handles = new Set<RecoveredVm>();
+  const results: VmResult[] = [];
+  let labUp = false;
+  let kept: boolean;
+  const verifyOne = async (p: Planned, keepRunning: boolean): Promise<VmResult> => {
+    const start = now();
+    const r: VmResult = { name: p.vm.name, point: p.point, group: p.group, result: 'success', tests: [], startedAt: start, endedAt: start,
+      bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
+    const release = await limiter.acquire(p.vm.memoryMiB ?? 1024, signal);
+    let h: RecoveredVm | undefined;
+    try {
+      r.startedAt = now();
+      h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal });
+      handles.add(h);
+      for (const spec of p.role.tests) {
+        if (signal.aborted) throw signal.reason;
+        const tr = await runTest(spec, { name: p.vm.name, pointId: p.point, role: p.role, handle: h }, signal);
+        r.tests.push(tr);
+        const el = (now() - r.startedAt) / 1000;
+        if (spec.kind === 'heartbeat' && tr.result !== 'failed') r.bootToHeartbeatSeconds = el;
+        if (spec.kind !== 'heartbeat' && spec.kind !== 'screenshot' && spec.kind !== 'integrity' && tr.result === 'passed') r.toFirstAnswerSeconds ??= el;
+        if (tr.result === 'failed') r.result = 'failed';
+        else if (tr.result === 'warning' && r.result === 'success') r.result = 'warning';
+      }
+    } catch (err) {
+      if (signal.aborted) throw err;
+      r.result = 'failed';
+      r.tests.push({ name: 'recover', kind: 'recover', result: 'failed', seconds: (now() - start) / 1000, detail: String(err instanceof Error ? err.message : err) });
+    } finally {
+      r.endedAt = now();
+      r.recoverySeconds = (r.endedAt - r.startedAt) / 1000;
+      if (h && !keepRunning) { handles.delete(h); await h.stop().catch(() => undefined); }
+      release();
+    }
+    return r;
+  };
+
+  try {
+    await backend.labUp(job.lab, signal);
+    labUp = true;
+    let groupFailed: string | undefined;
+    let pending: Promise<VmResult>[] = [];
+    for (const p of groupPlan) {
+      if (p.vm.waitForPrevious !== false) {
+        for (const x of await Promise.all(pending)) { results.push(x); if (x.result === 'failed') groupFailed ??= x.name; }
+        pending = [];
+      }
+      if (groupFailed !== undefined) { results.push(depFail(p, groupFailed)); continue; }
+      pending.push(verifyOne(p, true));
+    }
+    for (const x of await Promise.all(pending)) { results.push(x); if (x.result === 'failed') groupFailed ??= x.name; }
+    if (groupFailed !== undefined) for (const p of testPlan) results.push(depFail(p, groupFailed));
+    else results.push(...await mapLimited(testPlan, job.concurrency, (p) => verifyOne(p, false)));
+  } finally {
+    const failed = results.some((x) => x.result !== 'success' && x.result !== 'warning') || signal.aborted;
+    kept = Boolean(job.keepLabOnFailure) && failed && !signal.aborted;
+    if (!kept) {
+      for (const h of handles) await h.stop().catch(() => undefined);
+      if (labUp) await backend.labDown();
+    }
+  }
+  const result = results.some((x) => x.result === 'failed' || x.result === 'dependency-failed') ? 'failed'
+    : results.some((x) => x.result === 'warning') ? 'warning' : 'success';
+  return { result, vms: results, labKept: kept };
+}
+
+function depFail(p: { vm: GroupVm; point: string; group: boolean }, on: string): VmResult {
+  const t = now();
+  return { name: p.vm.name, point: p.point, group: p.group, result: 'dependency-failed', startedAt: t, endedAt: t,
+    tests: [{ name: 'dependency', kind: 'dependency', result: 'skipped', seconds: 0, detail: `application group VM ${on} failed` }],
+    bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
+}

@@ -1,0 +1,90 @@
+// Unit test of the runner with a fake LabBackend (the real end-to-end test is the lead's).
+import t from 'tap';
+import { runJob, type Job, type LabBackend, type RecoveredVm, type TestRunner } from '../../src/surebackup/runner.js';
+import { Limiter } from '../../src/surebackup/limiter.js';
+
+function fake(opts: { failing?: string[]; delayMs?: number } = {}) {
+  const log: string[] = [];
+  const live = new Set<string>();
+  let labUp = false;
+  const backend: LabBackend = {
+    labUp: async () => { labUp = true; log.push('lab-up'); return { netns: 'fake' }; },
+    labDown: async () => { labUp = false; log.push('lab-down'); },
+    listPoints: async (vm) => (vm === 'nopoint' ? [] : [{ id: `${vm}-p1`, time: '2026-01-01T00:00:00Z' }]),
+    listVms: async () => ['a', 'b', 'c', 'd', 'e'],
+    recover: async (vm) => {
+      log.push(`recover ${vm}`); live.add(vm);
+      const h: RecoveredVm = { ip: '192.168.77.10', masqIp: '10.0.0.10', netns: 'fake',
+        screendump: async () => '/dev/null', stop: async () => { live.delete(vm); log.push(`stop ${vm}`); } };
+      return h;
+    },
+  };
+  const runTest: TestRunner = async (spec, vm, signal) => {
+    await new Promise((r, j) => { const tm = setTimeout(r, opts.delayMs ?? 5); signal.addEventListener('abort', () => { clearTimeout(tm); j(signal.reason); }, { once: true }); });
+    const bad = opts.failing?.includes(vm.name) && spec.kind === 'tcp';
+    return { name: spec.kind, kind: spec.kind, result: bad ? 'failed' : 'passed', seconds: 0.005, detail: '' };
+  };
+  return { backend, runTest, log, live, isLabUp: () => labUp };
+}
+
+const job = (over: Partial<Job> = {}): Job => ({
+  name: 'j', lab: {}, point: 'latest', concurrency: 3,
+  applicationGroup: [{ name: 'dns', role: 'dns' }, { name: 'db', role: 'postgresql' }],
+  verify: { vms: ['web'], role: 'web' }, ...over,
+});
+
+t.test('application group boots in order, then VMs under test; lab torn down', async (t) => {
+  const f = fake();
+  const r = await runJob(job(), f.backend, f.runTest);
+  t.equal(r.result, 'success');
+  t.same(f.log.filter((l) => l.startsWith('recover')), ['recover dns', 'recover db', 'recover web']);
+  t.equal(f.log.at(-1), 'lab-down');
+  t.equal(f.live.size, 0);
+  t.ok(r.vms.every((v) => v.bootToHeartbeatSeconds !== null && v.toFirstAnswerSeconds !== null));
+});
+
+t.test('a failed group VM is a dependency failure for the rest', async (t) => {
+  const f = fake({ failing: ['dns'] });
+  const r = await runJob(job(), f.backend, f.runTest);
+  t.equal(r.result, 'failed');
+  t.same(r.vms.map((v) => [v.name, v.result]), [['dns', 'failed'], ['db', 'dependency-failed'], ['web', 'dependency-failed']]);
+  t.equal(f.live.size, 0);
+});
+
+t.test('cap of 2 with 5 VMs is never exceeded (from recorded timings)', async (t) => {
+  const f = fake({ delayMs: 20 });
+  const r = await runJob(job({ applicationGroup: [], verify: { vms: 'all', role: 'ssh' }, concurrency: 2 }), f.backend, f.runTest, { limiter: new Limiter(10, 1e6) });
+  t.equal(r.vms.length, 5);
+  const edges = r.vms.flatMap((v) => [[v.startedAt, 1], [v.endedAt, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let cur = 0; let peak = 0;
+  for (const [, d] of edges) { cur += d; peak = Math.max(peak, cur); }
+  t.ok(peak <= 2, `peak concurrency ${peak}`);
+  t.ok(peak === 2, 'cap actually used');
+});
+
+t.test('global limiter caps across two jobs', async (t) => {
+  const f = fake({ delayMs: 15 });
+  const lim = new Limiter(1, 1e6);
+  const [a, b] = await Promise.all([
+    runJob(job({ applicationGroup: [], verify: { vms: ['a', 'b'], role: 'ssh' } }), f.backend, f.runTest, { limiter: lim }),
+    runJob(job({ applicationGroup: [], verify: { vms: ['c', 'd'], role: 'ssh' } }), f.backend, f.runTest, { limiter: lim }),
+  ]);
+  const all = [...a.vms, ...b.vms].sort((x, y) => x.startedAt - y.startedAt);
+  for (let i = 1; i < all.length; i++) t.ok(all[i]!.startedAt >= all[i - 1]!.endedAt, 'no overlap');
+});
+
+t.test('cancel mid-run tears everything down', async (t) => {
+  const f = fake({ delayMs: 50 });
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(new Error('cancelled')), 80);
+  await t.rejects(runJob(job({ keepLabOnFailure: true }), f.backend, f.runTest, { signal: ac.signal }));
+  t.equal(f.live.size, 0, 'no VM left');
+  t.equal(f.isLabUp(), false, 'lab down');
+});
+
+t.test('bad input before anything boots', async (t) => {
+  const f = fake();
+  await t.rejects(runJob(job({ verify: { vms: ['nopoint'], role: 'web' } }), f.backend, f.runTest), { code: 'NO_RESTORE_POINT' });
+  await t.rejects(runJob(job({ verify: { vms: ['x'], tests: [] } }), f.backend, f.runTest), { code: 'ROLE_WITHOUT_TESTS' });
+  t.same(f.log, [], 'nothing booted');
+});
