@@ -33,6 +33,12 @@ export interface RepoConfig {
   encryption: 'none' | 'aes-256-gcm';
   /** ISO 8601. */
   created: string;
+  /**
+   * Encrypted repositories only: HMAC-SHA-256 of a fixed message under a key
+   * derived from the key file, so a wrong key is reported before any chunk
+   * fails to decrypt.
+   */
+  keyCheck?: string;
 }
 
 /**
@@ -58,7 +64,14 @@ export interface StoredChunk {
 
 export interface ChunkStore {
   readonly path: string;
+  /**
+   * Whether the chunk is stored. It does NOT refresh the chunk's mtime, so a
+   * backup must not skip insert() because of it: use insert() (or touch()) for
+   * every chunk a new index references, or gc may collect it.
+   */
   has(digest: string): Promise<boolean>;
+  /** Refreshes the mtime of a stored chunk; false when it is not stored. */
+  touch(digest: string): Promise<boolean>;
   /**
    * Idempotent and crash-safe (temp file, fsync, rename, fsync directory).
    * When the chunk already exists its mtime is refreshed, so a gc running
@@ -72,6 +85,14 @@ export interface ChunkStore {
   quarantine(digest: string): Promise<void>;
   /** Deletes the chunk; returns the bytes freed. */
   remove(digest: string): Promise<number>;
+  /**
+   * gc's delete: removes the chunk only if its mtime is still older than
+   * `cutoffMs`, without racing a concurrent insert()/touch() that refreshes
+   * it (see docs/formats.md). Returns the bytes freed, 0 when kept.
+   */
+  removeIfUnused(digest: string, cutoffMs: number): Promise<number>;
+  /** Quarantined chunks (`.bad`), for reports; gc never deletes them. */
+  listQuarantined(): AsyncIterable<StoredChunk>;
 }
 
 export interface FixedIndex {
@@ -82,10 +103,34 @@ export interface FixedIndex {
   digests: (string | null)[];
 }
 
+/**
+ * shared: backups and verify, any number at once. exclusive: prune, alone.
+ * gc: one at a time, excludes prune but runs beside backups (it honours their
+ * `since`).
+ */
+export type LockKind = 'shared' | 'exclusive' | 'gc';
+
+/** What a lock file records about its holder. */
+export interface LockHolder {
+  kind: LockKind;
+  purpose: string;
+  pid: number;
+  hostname: string;
+  /** Epoch ms the lock was taken. */
+  since: number;
+  /** Kernel boot id and /proc start time of the holder, so a reused pid is not mistaken for it. */
+  bootId?: string;
+  startTicks?: number;
+  /** The lock file's name under locks/. */
+  file: string;
+}
+
 export interface RepoLock {
-  kind: 'shared' | 'exclusive';
+  kind: LockKind;
   /** When the holder started (epoch ms): gc keeps chunks newer than the oldest live shared holder. */
   since: number;
+  /** Locks left by dead processes that were found, reported here, and removed. */
+  staleRemoved: LockHolder[];
   release(): Promise<void>;
 }
 
@@ -107,5 +152,5 @@ export interface Repository extends RepositoryReader {
    * RestorelabError naming the holder; a lock whose process is dead is
    * reported as stale (and removed).
    */
-  lock(kind: 'shared' | 'exclusive', purpose: string): Promise<RepoLock>;
+  lock(kind: LockKind, purpose: string): Promise<RepoLock>;
 }

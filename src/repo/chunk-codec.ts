@@ -1,0 +1,128 @@
+/**
+ * Chunk encoding: plaintext ⇄ blob, and the digest that names a chunk.
+ *
+ * Blob = 24-byte header (format.ts) + payload. The payload is the zstd frame,
+ * or the raw bytes when zstd would not shrink them, and when encrypted it is
+ * nonce ‖ AES-256-GCM(ciphertext) ‖ tag, with the header as additional data.
+ * The CRC covers the payload so a flipped bit is caught before any
+ * decompression or decryption work, and the digest check after decoding
+ * proves the bytes are the ones the index asked for.
+ *
+ * Pure: it holds only the config and derived keys, so workers can build their
+ * own codec from (config, key) and use it without touching the repository.
+ */
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import { compress, decompress } from 'zstd-napi';
+import type { ChunkCodec, RepoConfig } from './api.js';
+import { CorruptChunkError } from './contract.js';
+import { badInput } from '../errors.js';
+import {
+  CHUNK_FLAG_COMPRESSED, CHUNK_FLAG_ENCRYPTED, CHUNK_HEADER_SIZE, CHUNK_KNOWN_FLAGS, CHUNK_MAGIC,
+  GCM_NONCE_SIZE, GCM_TAG_SIZE, KDF_INFO_CHECK, KDF_INFO_DIGEST, KDF_INFO_ENCRYPT, KEY_CHECK_MESSAGE, KEY_SIZE, ZSTD_LEVEL,
+} from './format.js';
+
+export interface DerivedKeys {
+  encrypt: Buffer;
+  digest: Buffer;
+  check: Buffer;
+}
+
+/** Sub-keys from the master key; the repository id salts them so two repositories sharing a key file differ. */
+export function deriveKeys(masterKey: Buffer, repoId: string): DerivedKeys {
+  if (masterKey.length !== KEY_SIZE) throw badInput('KEY_INVALID', `a repository key must be ${KEY_SIZE} bytes, got ${masterKey.length}`);
+  const derive = (info: string): Buffer => Buffer.from(hkdfSync('sha256', masterKey, Buffer.from(repoId), info, KEY_SIZE));
+  return { encrypt: derive(KDF_INFO_ENCRYPT), digest: derive(KDF_INFO_DIGEST), check: derive(KDF_INFO_CHECK) };
+}
+
+export function keyCheckValue(masterKey: Buffer, repoId: string): string {
+  return createHmac('sha256', deriveKeys(masterKey, repoId).check).update(KEY_CHECK_MESSAGE).digest('hex');
+}
+
+/** Constant-time comparison of a key against the config's key check value. */
+export function keyMatches(masterKey: Buffer, config: RepoConfig): boolean {
+  if (!config.keyCheck) return false;
+  const want = Buffer.from(config.keyCheck, 'hex');
+  const got = Buffer.from(keyCheckValue(masterKey, config.id), 'hex');
+  return want.length === got.length && timingSafeEqual(want, got);
+}
+
+/** Reads the fields of a blob header; throws CorruptChunkError when it cannot be trusted. */
+export function parseChunkHeader(digest: string, blob: Buffer): { flags: number; crc: number; plainLength: number } {
+  if (blob.length < CHUNK_HEADER_SIZE) throw new CorruptChunkError(digest, `blob is ${blob.length} bytes, shorter than its ${CHUNK_HEADER_SIZE}-byte header`);
+  if (!blob.subarray(0, CHUNK_MAGIC.length).equals(CHUNK_MAGIC)) throw new CorruptChunkError(digest, 'bad magic');
+  const flags = blob.readUInt8(8);
+  if ((flags & ~CHUNK_KNOWN_FLAGS) !== 0) throw new CorruptChunkError(digest, `unknown flags 0x${flags.toString(16)}`);
+  return { flags, crc: blob.readUInt32LE(12), plainLength: blob.readUInt32LE(16) };
+}
+
+export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec {
+  const encrypted = config.encryption === 'aes-256-gcm';
+  if (encrypted && !masterKey) throw badInput('KEY_REQUIRED', 'an encrypted repository needs its key to encode or decode chunks', 'pass --key-file');
+  const keys = encrypted && masterKey ? deriveKeys(masterKey, config.id) : undefined;
+  const maxPlain = config.chunkSize;
+
+  const digestOf = (plain: Buffer): string =>
+    keys ? createHmac('sha256', keys.digest).update(plain).digest('hex') : createHash('sha256').update(plain).digest('hex');
+
+  return {
+    digest: digestOf,
+
+    encode(plain: Buffer): Buffer {
+      if (plain.length > maxPlain) throw badInput('CHUNK_TOO_LARGE', `chunk of ${plain.length} bytes exceeds the repository chunk size ${maxPlain}`);
+      const packed = compress(plain, { compressionLevel: ZSTD_LEVEL });
+      const compressed = packed.length < plain.length;
+      let payload = compressed ? packed : plain;
+      const header = Buffer.alloc(CHUNK_HEADER_SIZE);
+      CHUNK_MAGIC.copy(header, 0);
+      header.writeUInt8((compressed ? CHUNK_FLAG_COMPRESSED : 0) | (keys ? CHUNK_FLAG_ENCRYPTED : 0), 8);
+      header.writeUInt32LE(plain.length, 16);
+      if (keys) {
+        const nonce = randomBytes(GCM_NONCE_SIZE);
+        const cipher = createCipheriv('aes-256-gcm', keys.encrypt, nonce);
+        // The CRC field is still zero here: the AAD binds magic, flags and length, which are known before sealing.
+        cipher.setAAD(header);
+        const sealed = Buffer.concat([nonce, cipher.update(payload), cipher.final(), cipher.getAuthTag()]);
+        payload = sealed;
+      }
+      header.writeUInt32LE(crc32(payload), 12);
+      return Buffer.concat([header, payload]);
+    },
+
+    decode(digest: string, blob: Buffer): Buffer {
+      const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
+      if (plainLength > maxPlain) throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
+      let payload = blob.subarray(CHUNK_HEADER_SIZE);
+      if (crc32(payload) !== crc) throw new CorruptChunkError(digest, 'CRC mismatch');
+      if (((flags & CHUNK_FLAG_ENCRYPTED) !== 0) !== encrypted) {
+        throw new CorruptChunkError(digest, encrypted ? 'chunk is not encrypted in an encrypted repository' : 'chunk is encrypted in an unencrypted repository');
+      }
+      if (keys) {
+        if (payload.length < GCM_NONCE_SIZE + GCM_TAG_SIZE) throw new CorruptChunkError(digest, 'encrypted payload too short');
+        const aad = Buffer.from(blob.subarray(0, CHUNK_HEADER_SIZE));
+        aad.writeUInt32LE(0, 12);
+        const decipher = createDecipheriv('aes-256-gcm', keys.encrypt, payload.subarray(0, GCM_NONCE_SIZE));
+        decipher.setAAD(aad);
+        decipher.setAuthTag(payload.subarray(payload.length - GCM_TAG_SIZE));
+        try {
+          payload = Buffer.concat([decipher.update(payload.subarray(GCM_NONCE_SIZE, payload.length - GCM_TAG_SIZE)), decipher.final()]);
+        } catch {
+          throw new CorruptChunkError(digest, 'authentication tag mismatch (corrupt, or encrypted with another key)');
+        }
+      }
+      let plain: Buffer;
+      if ((flags & CHUNK_FLAG_COMPRESSED) !== 0) {
+        try {
+          plain = decompress(payload);
+        } catch (err) {
+          throw new CorruptChunkError(digest, `zstd: ${(err as Error).message}`);
+        }
+      } else {
+        plain = Buffer.from(payload);
+      }
+      if (plain.length !== plainLength) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes, header says ${plainLength}`);
+      if (digestOf(plain) !== digest) throw new CorruptChunkError(digest, 'digest mismatch');
+      return plain;
+    },
+  };
+}

@@ -1,0 +1,186 @@
+/**
+ * The local-disk ChunkStore: `chunks/<first 2 hex digits>/<digest>`, one file
+ * per blob, the 256 shard directories created up front.
+ *
+ * Insert is crash-safe (temp file in the shard, fsync, rename, fsync shard)
+ * and idempotent: an existing chunk only gets its mtime refreshed, which is
+ * what tells a concurrent gc that a running backup uses it.
+ */
+import { mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ChunkStore, StoredChunk } from './api.js';
+import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
+import { fsyncDir, tempName } from './atomic-file.js';
+import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
+
+const DIGEST_RE = /^[0-9a-f]{64}$/;
+
+export function assertDigest(digest: string, where: string): void {
+  if (!DIGEST_RE.test(digest)) throw badInput('BAD_DIGEST', `${where}: "${digest}" is not a 64-digit hex digest`);
+}
+
+export async function createShards(path: string): Promise<void> {
+  await mkdir(path, { recursive: true });
+  for (let i = 0; i < 256; i++) await mkdir(join(path, i.toString(16).padStart(2, '0')), { recursive: true });
+}
+
+export class LocalChunkStore implements ChunkStore {
+  constructor(readonly path: string) {}
+
+  private file(digest: string): string {
+    assertDigest(digest, `chunk store ${this.path}`);
+    return join(this.path, digest.slice(0, 2), digest);
+  }
+
+  async has(digest: string): Promise<boolean> {
+    try {
+      await stat(this.file(digest));
+      return true;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return false;
+      throw this.ioError('check', digest, err);
+    }
+  }
+
+  async touch(digest: string): Promise<boolean> {
+    const now = new Date();
+    try {
+      await utimes(this.file(digest), now, now);
+      return true;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return false;
+      throw this.ioError('touch', digest, err);
+    }
+  }
+
+  async insert(digest: string, blob: Buffer): Promise<{ existed: boolean; size: number }> {
+    const target = this.file(digest);
+    // touch() first: if gc renamed the chunk away a moment ago it fails with ENOENT and we write it anew.
+    if (await this.touch(digest)) {
+      const st = await stat(target).catch(() => undefined);
+      if (st) return { existed: true, size: st.size };
+    }
+    const shard = join(this.path, digest.slice(0, 2));
+    const tmp = join(shard, tempName());
+    try {
+      const fh = await open(tmp, 'wx', 0o644);
+      try {
+        await fh.writeFile(blob);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, target);
+      await fsyncDir(shard);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw this.ioError('insert', digest, err);
+    }
+    return { existed: false, size: blob.length };
+  }
+
+  async get(digest: string): Promise<Buffer> {
+    const target = this.file(digest);
+    try {
+      return await readFile(target);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw this.ioError('read', digest, err);
+      const quarantined = await stat(target + QUARANTINE_SUFFIX).then(() => true, () => false);
+      throw quarantined
+        ? notFound('CHUNK_QUARANTINED', `chunk ${digest} in store ${this.path} is quarantined (${digest}${QUARANTINE_SUFFIX}): verify found it corrupt`,
+          'restore from another restore point or re-run a backup of the source to store the chunk again')
+        : notFound('CHUNK_NOT_FOUND', `chunk ${digest} not found in store ${this.path}`, 'run restorelab verify to find the restore points that need it');
+    }
+  }
+
+  list(): AsyncIterable<StoredChunk> {
+    return this.scan((name) => DIGEST_RE.test(name) ? name : undefined);
+  }
+
+  listQuarantined(): AsyncIterable<StoredChunk> {
+    return this.scan((name) => name.endsWith(QUARANTINE_SUFFIX) && DIGEST_RE.test(name.slice(0, -QUARANTINE_SUFFIX.length))
+      ? name.slice(0, -QUARANTINE_SUFFIX.length) : undefined);
+  }
+
+  /** Temp files older than `beforeMs` (left by crashed writers). */
+  async *listTemp(beforeMs: number): AsyncIterable<{ path: string; size: number }> {
+    for (const shard of await this.shards()) {
+      for (const name of await readdir(join(this.path, shard))) {
+        if (!name.startsWith(TEMP_PREFIX)) continue;
+        const p = join(this.path, shard, name);
+        const st = await stat(p).catch(() => undefined);
+        if (st && st.mtimeMs < beforeMs) yield { path: p, size: st.size };
+      }
+    }
+  }
+
+  async quarantine(digest: string): Promise<void> {
+    const target = this.file(digest);
+    try {
+      await rename(target, target + QUARANTINE_SUFFIX);
+      await fsyncDir(join(this.path, digest.slice(0, 2)));
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw notFound('CHUNK_NOT_FOUND', `cannot quarantine chunk ${digest}: not found in store ${this.path}`);
+      throw this.ioError('quarantine', digest, err);
+    }
+  }
+
+  async remove(digest: string): Promise<number> {
+    const target = this.file(digest);
+    try {
+      const st = await stat(target);
+      await unlink(target);
+      return st.size;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return 0;
+      throw this.ioError('remove', digest, err);
+    }
+  }
+
+  async removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
+    const target = this.file(digest);
+    const st = await stat(target).catch(() => undefined);
+    if (!st || st.mtimeMs >= cutoffMs) return 0;
+    // Rename first, then look at the mtime again: an insert() that touched the
+    // chunk before the rename shows up in the second stat (and we put it back);
+    // one that comes after finds the chunk gone and writes it anew.
+    const doomed = join(this.path, digest.slice(0, 2), tempName());
+    try {
+      await rename(target, doomed);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return 0;
+      throw this.ioError('remove', digest, err);
+    }
+    const again = await stat(doomed);
+    if (again.mtimeMs >= cutoffMs) {
+      await rename(doomed, target);
+      return 0;
+    }
+    await unlink(doomed);
+    return again.size;
+  }
+
+  private async shards(): Promise<string[]> {
+    return (await readdir(this.path)).filter((n) => /^[0-9a-f]{2}$/.test(n)).sort();
+  }
+
+  private async *scan(match: (name: string) => string | undefined): AsyncIterable<StoredChunk> {
+    for (const shard of await this.shards()) {
+      const names = (await readdir(join(this.path, shard))).sort();
+      for (const name of names) {
+        const digest = match(name);
+        if (!digest) continue;
+        const st = await stat(join(this.path, shard, name)).catch(() => undefined);
+        if (st) yield { digest, size: st.size, mtimeMs: st.mtimeMs };
+      }
+    }
+  }
+
+  private ioError(op: string, digest: string, err: unknown): RestorelabError {
+    if (err instanceof RestorelabError) return err;
+    const code = isErrno(err) ? err.code : undefined;
+    return new RestorelabError(code === 'ENOSPC' ? 'REPO_FULL' : 'CHUNK_IO',
+      `cannot ${op} chunk ${digest} in store ${this.path}: ${(err as Error).message}`,
+      { hint: code === 'ENOSPC' ? 'free space on the repository file system (prune, then gc)' : undefined, cause: err });
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * Every on-disk constant of repository format v1, in one place (after
+ * Proxmox's file_formats.rs). docs/formats.md describes each file byte by
+ * byte; change both together, and never change a magic: old repositories
+ * must keep opening.
+ *
+ * All multi-byte integers on disk are little-endian.
+ */
+
+/** Chunk blob magic, "RLCHUNK1". Do not modify. */
+export const CHUNK_MAGIC = Buffer.from('RLCHUNK1', 'latin1');
+/** magic(8) flags(1) reserved(3) crc32(4) plainLength(4) reserved(4). */
+export const CHUNK_HEADER_SIZE = 24;
+export const CHUNK_FLAG_COMPRESSED = 0x01;
+export const CHUNK_FLAG_ENCRYPTED = 0x02;
+export const CHUNK_KNOWN_FLAGS = CHUNK_FLAG_COMPRESSED | CHUNK_FLAG_ENCRYPTED;
+/** AES-256-GCM nonce, random per chunk. */
+export const GCM_NONCE_SIZE = 12;
+export const GCM_TAG_SIZE = 16;
+/** zstd level: 1 keeps ingest near disk speed; higher levels gain little on disk images. */
+export const ZSTD_LEVEL = 1;
+
+/** Fixed index magic, "RLFIDX01". Do not modify. */
+export const FIDX_MAGIC = Buffer.from('RLFIDX01', 'latin1');
+export const FIDX_VERSION = 1;
+/** magic(8) version(4) chunkSize(4) size(8) count(8) checksum(32): 64 bytes. */
+export const FIDX_HEADER_SIZE = 64;
+export const FIDX_CHECKSUM_OFFSET = 32;
+export const DIGEST_SIZE = 32;
+/** An all-zero digest slot in a fixed index is a hole (an all-zero chunk, not stored). */
+export const HOLE_DIGEST = Buffer.alloc(DIGEST_SIZE);
+
+/** Manifest "format" field of a restore point. Do not modify. */
+export const POINT_FORMAT = 'restorelab-point';
+export const POINT_VERSION = 1;
+
+/** Key file: 64 hex digits (a 256-bit master key), optional trailing newline. */
+export const KEY_SIZE = 32;
+/** HKDF-SHA-256 info strings deriving sub-keys from the master key (salt: repository id). Do not modify. */
+export const KDF_INFO_ENCRYPT = 'restorelab v1 chunk encryption';
+export const KDF_INFO_DIGEST = 'restorelab v1 chunk digest';
+export const KDF_INFO_CHECK = 'restorelab v1 key check';
+/** The key check value in config.json is HMAC-SHA-256(checkKey, this). Do not modify. */
+export const KEY_CHECK_MESSAGE = 'restorelab key check';
+
+/** Layout below the repository directory. */
+export const CONFIG_FILE = 'config.json';
+export const CHUNKS_DIR = 'chunks';
+export const INDEXES_DIR = 'indexes';
+export const POINTS_DIR = 'points';
+export const LOCKS_DIR = 'locks';
+export const INDEX_SUFFIX = '.fidx';
+export const POINT_SUFFIX = '.json';
+export const LOCK_SUFFIX = '.lock';
+export const QUARANTINE_SUFFIX = '.bad';
+/** Temp files are written under this prefix and renamed into place; readers ignore them. */
+export const TEMP_PREFIX = '.tmp-';
+
+/** 4 MiB: see docs/formats.md for why. */
+export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
+/**
+ * gc keeps chunks touched less than this before its cutoff: file system
+ * timestamps come from a coarse clock that can lag Date.now() by a tick.
+ */
+export const GC_SAFETY_MARGIN_MS = 5_000;

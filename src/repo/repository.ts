@@ -1,0 +1,435 @@
+/**
+ * A repository on a local file system (layout in docs/formats.md):
+ *
+ *   config.json              RepoConfig + checksum; its presence makes a repository
+ *   chunks/<2 hex>/<digest>  blobs (chunk-store.ts)
+ *   indexes/<sha256>.fidx    fixed indexes, named by the hash of their bytes
+ *   points/<id>.json         restore point manifests, checksummed
+ *   locks/*.lock             lock holders (lock.ts)
+ *
+ * Everything is written to a temp file and renamed into place, so a crash
+ * leaves either nothing or a complete file (plus a temp file gc removes).
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { ChunkCodec, FixedIndex, LockKind, NewRestorePoint, RepoConfig, RepoLock, Repository } from './api.js';
+import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION } from './api.js';
+import type { DiskSource, RestorePoint } from './contract.js';
+import { CorruptChunkError } from './contract.js';
+import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
+import { fsyncDir, writeFileAtomic } from './atomic-file.js';
+import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
+import { createShards, LocalChunkStore } from './chunk-store.js';
+import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
+import { acquireLock } from './lock.js';
+import {
+  CHUNKS_DIR, CONFIG_FILE, DEFAULT_CHUNK_SIZE, INDEX_SUFFIX, INDEXES_DIR, KEY_SIZE, LOCKS_DIR,
+  POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, TEMP_PREFIX,
+} from './format.js';
+
+export interface InitOptions {
+  /** Bytes per chunk; default DEFAULT_CHUNK_SIZE. */
+  chunkSize?: number;
+  /** Encrypt with this key file; created with a new random key when it does not exist. */
+  keyFile?: string;
+}
+
+export interface OpenOptions {
+  keyFile?: string;
+}
+
+/** A file some crashed writer left behind. */
+export interface Leftover {
+  path: string;
+  size: number;
+  mtimeMs: number;
+}
+
+/** The manifests of a repository, and those that could not be read. */
+export interface PointScan {
+  points: RestorePoint[];
+  problems: { file: string; reason: string }[];
+}
+
+const POINT_ID_RE = /^\d{8}T\d{6}Z-[0-9a-f]{6}$/;
+const INDEX_NAME_RE = /^[0-9a-f]{64}\.fidx$/;
+
+function sha256(data: Buffer | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export function validateChunkSize(chunkSize: number): void {
+  const pow2 = Number.isInteger(chunkSize) && chunkSize > 0 && (chunkSize & (chunkSize - 1)) === 0;
+  if (!pow2 || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
+    throw badInput('BAD_CHUNK_SIZE', `chunk size ${chunkSize} is not a power of two between ${MIN_CHUNK_SIZE} (256 KiB) and ${MAX_CHUNK_SIZE} (8 MiB)`,
+      'pass --chunk-size as e.g. 1048576, 4194304 (the default) or 8388608');
+  }
+}
+
+/** A point id sorts by time: `<YYYYMMDDTHHMMSSZ>-<6 hex>`. */
+export function newPointId(time: string): string {
+  const ms = Date.parse(time);
+  if (Number.isNaN(ms)) throw badInput('BAD_POINT', `restore point time "${time}" is not an ISO 8601 time`);
+  const stamp = new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `${stamp}-${randomBytes(3).toString('hex')}`;
+}
+
+export async function readKeyFile(path: string): Promise<Buffer> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw badInput('KEY_FILE_UNREADABLE', `cannot read key file ${path}: ${(err as Error).message}`, 'pass the key file given to repo init with --key-file');
+  }
+  const hex = text.trim();
+  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
+    throw badInput('KEY_FILE_INVALID', `key file ${path} is not a restorelab key: expected ${KEY_SIZE * 2} hex digits`, 'pass the key file given to repo init with --key-file');
+  }
+  return Buffer.from(hex, 'hex');
+}
+
+function configBody(config: RepoConfig): string {
+  return JSON.stringify(config);
+}
+
+export async function initRepository(dir: string, opts: InitOptions = {}): Promise<LocalRepository> {
+  const path = resolve(dir);
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  validateChunkSize(chunkSize);
+  try {
+    const st = await stat(path);
+    if (!st.isDirectory()) throw badInput('REPO_NOT_EMPTY', `cannot create a repository at ${path}: it is not a directory`);
+    if ((await readdir(path)).length > 0) {
+      throw badInput('REPO_NOT_EMPTY', `cannot create a repository at ${path}: the directory is not empty`, 'choose a new or empty directory');
+    }
+  } catch (err) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  }
+  const id = randomUUID();
+  let key: Buffer | undefined;
+  if (opts.keyFile) {
+    try {
+      key = await readKeyFile(opts.keyFile);
+    } catch (err) {
+      if (!(err instanceof RestorelabError && err.code === 'KEY_FILE_UNREADABLE')) throw err;
+      key = randomBytes(KEY_SIZE);
+      // 'wx': never overwrite a key someone else may depend on.
+      await writeFile(opts.keyFile, key.toString('hex') + '\n', { flag: 'wx', mode: 0o600 });
+    }
+  }
+  const config: RepoConfig = {
+    format: REPO_FORMAT,
+    version: REPO_FORMAT_VERSION,
+    id,
+    chunkSize,
+    hash: key ? 'hmac-sha256' : 'sha256',
+    compression: 'zstd',
+    encryption: key ? 'aes-256-gcm' : 'none',
+    created: new Date().toISOString(),
+    ...(key ? { keyCheck: keyCheckValue(key, id) } : {}),
+  };
+  await mkdir(path, { recursive: true });
+  await createShards(join(path, CHUNKS_DIR));
+  for (const d of [INDEXES_DIR, POINTS_DIR, LOCKS_DIR]) await mkdir(join(path, d), { recursive: true });
+  const body = configBody(config);
+  // The config goes last: a directory without it is not a repository yet.
+  await writeFileAtomic(path, CONFIG_FILE, JSON.stringify({ ...config, checksum: sha256(body) }, null, 2) + '\n');
+  return new LocalRepository(path, config, key);
+}
+
+function parseConfig(path: string, text: string): RepoConfig {
+  const file = join(path, CONFIG_FILE);
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(text) as Record<string, unknown>;
+  } catch (err) {
+    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (raw.format !== REPO_FORMAT) throw badInput('NOT_A_REPOSITORY', `${path} is not a restorelab repository (${file} has format ${JSON.stringify(raw.format)})`);
+  if (typeof raw.version !== 'number' || !Number.isInteger(raw.version)) throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} has no format version`);
+  if (raw.version > REPO_FORMAT_VERSION) {
+    throw badInput('REPO_VERSION_UNSUPPORTED',
+      `repository format version ${raw.version} is newer than this restorelab supports (${REPO_FORMAT_VERSION}): ${path}`,
+      'upgrade restorelab to open this repository');
+  }
+  if (raw.version < 1) throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} has invalid format version ${raw.version}`);
+  const { checksum, ...rest } = raw;
+  const config = rest as unknown as RepoConfig;
+  if (checksum !== sha256(configBody(config))) {
+    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} fails its checksum: it was edited or damaged`, 'restore config.json from a copy of the repository');
+  }
+  validateChunkSize(config.chunkSize);
+  if (config.compression !== 'zstd' || !['sha256', 'hmac-sha256'].includes(config.hash) || !['none', 'aes-256-gcm'].includes(config.encryption)) {
+    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} names an unknown hash, compression or encryption`);
+  }
+  return config;
+}
+
+export async function openRepository(dir: string, opts: OpenOptions = {}): Promise<LocalRepository> {
+  const path = resolve(dir);
+  let text: string;
+  try {
+    text = await readFile(join(path, CONFIG_FILE), 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) {
+      throw notFound('REPO_NOT_FOUND', `no restorelab repository at ${path} (no ${CONFIG_FILE})`, `create one with: restorelab repo init ${path}`);
+    }
+    throw err;
+  }
+  const config = parseConfig(path, text);
+  let key: Buffer | undefined;
+  if (config.encryption === 'aes-256-gcm') {
+    if (!opts.keyFile) throw badInput('KEY_REQUIRED', `repository ${path} is encrypted: its key is needed`, 'pass the key file with --key-file');
+    key = await readKeyFile(opts.keyFile);
+    if (!keyMatches(key, config)) {
+      throw badInput('KEY_WRONG', `key file ${opts.keyFile} does not match repository ${path} (key check failed)`, 'pass the key file given to repo init with --key-file');
+    }
+  }
+  return new LocalRepository(path, config, key);
+}
+
+function isRestorePoint(v: unknown): v is RestorePoint {
+  const p = v as RestorePoint;
+  return typeof p === 'object' && p !== null && typeof p.id === 'string' && typeof p.time === 'string' && Array.isArray(p.disks) &&
+    typeof p.vm === 'object' && p.vm !== null && typeof p.vm.name === 'string' && typeof p.stats === 'object' &&
+    p.disks.every((d) => typeof d.name === 'string' && typeof d.size === 'number' && typeof d.indexDigest === 'string');
+}
+
+export class LocalRepository implements Repository {
+  readonly chunks: LocalChunkStore;
+  readonly codec: ChunkCodec;
+
+  constructor(readonly path: string, readonly config: RepoConfig, private readonly key?: Buffer) {
+    this.chunks = new LocalChunkStore(join(path, CHUNKS_DIR));
+    this.codec = createCodec(config, key);
+  }
+
+  /** The master key, for building codecs in worker threads (createCodec(config, key)). */
+  get masterKey(): Buffer | undefined {
+    return this.key;
+  }
+
+  private get pointsDir(): string {
+    return join(this.path, POINTS_DIR);
+  }
+
+  private get indexesDir(): string {
+    return join(this.path, INDEXES_DIR);
+  }
+
+  private pointFile(id: string): string {
+    if (!POINT_ID_RE.test(id)) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}: not a restore point id`, 'list them with restorelab points');
+    return join(this.pointsDir, id + POINT_SUFFIX);
+  }
+
+  private parseManifest(file: string, text: string): RestorePoint {
+    const raw = JSON.parse(text) as { format?: unknown; version?: unknown; point?: unknown; checksum?: unknown };
+    if (raw.format !== POINT_FORMAT) throw new Error(`format is ${JSON.stringify(raw.format)}, not ${POINT_FORMAT}`);
+    if (raw.version !== POINT_VERSION) throw new Error(`unknown manifest version ${JSON.stringify(raw.version)}`);
+    if (raw.checksum !== sha256(JSON.stringify(raw.point))) throw new Error('checksum mismatch');
+    if (!isRestorePoint(raw.point)) throw new Error('required fields missing');
+    if (raw.point.id + POINT_SUFFIX !== file) throw new Error(`manifest of ${raw.point.id} stored as ${file}`);
+    return raw.point;
+  }
+
+  private manifestBody(point: RestorePoint): string {
+    const body = JSON.stringify(point);
+    return `{"format":${JSON.stringify(POINT_FORMAT)},"version":${POINT_VERSION},"point":${body},"checksum":"${sha256(body)}"}\n`;
+  }
+
+  /** All manifests; unreadable ones are listed as problems, temp files are skipped. */
+  async scanPoints(): Promise<PointScan> {
+    const out: PointScan = { points: [], problems: [] };
+    for (const file of (await readdir(this.pointsDir)).sort()) {
+      if (file.startsWith(TEMP_PREFIX) || !file.endsWith(POINT_SUFFIX)) continue;
+      try {
+        out.points.push(this.parseManifest(file, await readFile(join(this.pointsDir, file), 'utf8')));
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) continue;
+        out.problems.push({ file: join(this.pointsDir, file), reason: (err as Error).message });
+      }
+    }
+    return out;
+  }
+
+  async listPoints(filter: { vm?: string } = {}): Promise<RestorePoint[]> {
+    const { points, problems } = await this.scanPoints();
+    const first = problems[0];
+    if (first) {
+      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${first.file} is corrupt: ${first.reason}`,
+        { hint: 'run restorelab verify; move the damaged manifest away to list the others', exitCode: 3 });
+    }
+    return points.filter((p) => filter.vm === undefined || p.vm.name === filter.vm);
+  }
+
+  async getPoint(id: string): Promise<RestorePoint> {
+    const file = this.pointFile(id);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`, 'list them with restorelab points');
+      throw err;
+    }
+    try {
+      return this.parseManifest(id + POINT_SUFFIX, text);
+    } catch (err) {
+      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${file} is corrupt: ${(err as Error).message}`, { exitCode: 3 });
+    }
+  }
+
+  async openDisk(pointId: string, diskName: string): Promise<DiskSource> {
+    const point = await this.getPoint(pointId);
+    const disk = point.disks.find((d) => d.name === diskName);
+    if (!disk) {
+      throw notFound('DISK_NOT_FOUND', `restore point ${pointId} has no disk ${diskName}`,
+        `its disks: ${point.disks.map((d) => d.name).join(', ') || '(none)'}`);
+    }
+    const index = await this.readIndex(disk.indexDigest);
+    if (index.size !== disk.size) {
+      throw new RestorelabError('INDEX_CORRUPT', `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`, { exitCode: 3 });
+    }
+    return new IndexedDisk(index, this.chunks, this.codec);
+  }
+
+  async writeIndex(index: FixedIndex): Promise<string> {
+    if (index.chunkSize !== this.config.chunkSize) {
+      throw badInput('BAD_INDEX', `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`);
+    }
+    const buf = encodeFixedIndex(index);
+    const digest = sha256(buf);
+    const name = digest + INDEX_SUFFIX;
+    const now = new Date();
+    // Like chunks: an existing index only gets its mtime refreshed, which protects it from a concurrent gc.
+    const existed = await utimes(join(this.indexesDir, name), now, now).then(() => true, () => false);
+    if (!existed) await writeFileAtomic(this.indexesDir, name, buf);
+    return digest;
+  }
+
+  async readIndex(digest: string): Promise<FixedIndex> {
+    const name = digest + INDEX_SUFFIX;
+    if (!INDEX_NAME_RE.test(name)) throw badInput('BAD_DIGEST', `"${digest}" is not an index digest`);
+    const file = join(this.indexesDir, name);
+    let buf: Buffer;
+    try {
+      buf = await readFile(file);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw notFound('INDEX_NOT_FOUND', `fixed index ${file} is missing`, 'run restorelab verify to list the restore points that need it');
+      throw err;
+    }
+    if (sha256(buf) !== digest) {
+      throw new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: its content does not hash to its name`, { exitCode: 3 });
+    }
+    return decodeFixedIndex(buf, file);
+  }
+
+  async commitPoint(point: NewRestorePoint): Promise<RestorePoint> {
+    for (const d of point.disks) {
+      const index = await this.readIndex(d.indexDigest);
+      if (index.size !== d.size) throw badInput('BAD_POINT', `disk ${d.name}: index covers ${index.size} bytes, the point says ${d.size}`);
+    }
+    if (new Set(point.disks.map((d) => d.name)).size !== point.disks.length) throw badInput('BAD_POINT', 'restore point names a disk twice');
+    let id = newPointId(point.time);
+    while (await stat(this.pointFile(id)).then(() => true, () => false)) id = newPointId(point.time);
+    const full: RestorePoint = { id, ...point };
+    await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody(full));
+    return full;
+  }
+
+  /** Marks points damaged (verify): the manifest is rewritten crash-safely with `damaged: true`. */
+  async markDamaged(id: string): Promise<void> {
+    const point = await this.getPoint(id);
+    if (point.damaged) return;
+    await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody({ ...point, damaged: true }));
+  }
+
+  /** Deletes a manifest (prune); its chunks and index stay until gc. */
+  async removePoint(id: string): Promise<void> {
+    await unlink(this.pointFile(id));
+    await fsyncDir(this.pointsDir);
+  }
+
+  /** Index digests stored in indexes/, with their mtimes. */
+  async listIndexes(): Promise<{ digest: string; size: number; mtimeMs: number }[]> {
+    const out: { digest: string; size: number; mtimeMs: number }[] = [];
+    for (const name of (await readdir(this.indexesDir)).sort()) {
+      if (!INDEX_NAME_RE.test(name)) continue;
+      const st = await stat(join(this.indexesDir, name)).catch(() => undefined);
+      if (st) out.push({ digest: name.slice(0, -INDEX_SUFFIX.length), size: st.size, mtimeMs: st.mtimeMs });
+    }
+    return out;
+  }
+
+  async removeIndex(digest: string): Promise<number> {
+    const file = join(this.indexesDir, digest + INDEX_SUFFIX);
+    const st = await stat(file).catch(() => undefined);
+    if (!st) return 0;
+    await unlink(file);
+    return st.size;
+  }
+
+  /** Temp files left by crashed writers (all of them, or those older than `beforeMs`). */
+  async leftovers(beforeMs = Infinity): Promise<Leftover[]> {
+    const out: Leftover[] = [];
+    for (const dir of [this.path, this.pointsDir, this.indexesDir, join(this.path, LOCKS_DIR)]) {
+      for (const name of await readdir(dir)) {
+        if (!name.startsWith(TEMP_PREFIX)) continue;
+        const st = await stat(join(dir, name)).catch(() => undefined);
+        if (st && st.mtimeMs < beforeMs) out.push({ path: join(dir, name), size: st.size, mtimeMs: st.mtimeMs });
+      }
+    }
+    for await (const t of this.chunks.listTemp(beforeMs)) out.push({ ...t, mtimeMs: 0 });
+    return out;
+  }
+
+  get locksDir(): string {
+    return join(this.path, LOCKS_DIR);
+  }
+
+  lock(kind: LockKind, purpose: string): Promise<RepoLock> {
+    return acquireLock(this.locksDir, this.path, kind, purpose);
+  }
+}
+
+/** DiskSource over a fixed index: never returns bytes that fail their checks. */
+class IndexedDisk implements DiskSource {
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly chunkCount: number;
+
+  constructor(private readonly index: FixedIndex, private readonly store: LocalChunkStore, private readonly codec: ChunkCodec) {
+    this.size = index.size;
+    this.chunkSize = index.chunkSize;
+    this.chunkCount = chunkCountFor(index.size, index.chunkSize);
+  }
+
+  chunkId(i: number): string | null {
+    if (!Number.isInteger(i) || i < 0 || i >= this.chunkCount) throw new RangeError(`chunk ${i} outside 0..${this.chunkCount - 1}`);
+    return this.index.digests[i] ?? null;
+  }
+
+  async readChunk(i: number): Promise<Buffer | null> {
+    const digest = this.chunkId(i);
+    if (digest === null) return null;
+    let blob: Buffer;
+    try {
+      blob = await this.store.get(digest);
+    } catch (err) {
+      if (err instanceof RestorelabError && (err.code === 'CHUNK_QUARANTINED' || err.code === 'CHUNK_NOT_FOUND')) {
+        throw new CorruptChunkError(digest, err.code === 'CHUNK_QUARANTINED' ? 'quarantined by verify' : 'missing from the store', this.store.path);
+      }
+      throw err;
+    }
+    let plain: Buffer;
+    try {
+      plain = this.codec.decode(digest, blob);
+    } catch (err) {
+      if (err instanceof CorruptChunkError) throw new CorruptChunkError(digest, err.reason, this.store.path);
+      throw err;
+    }
+    const expected = Math.min(this.chunkSize, this.size - i * this.chunkSize);
+    if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
+    return plain;
+  }
+}
