@@ -5,6 +5,10 @@ import { registerDemo } from './demo.js';
 import { registerConfig } from './config.js';
 import { registerLab } from './lab.js';
 import { registerSurebackup } from './surebackup.js';
+import { registerRepo } from './repo.js';
+import { registerBackup } from './backup.js';
+import { registerPoints } from './points.js';
+import { registerRestore } from './restore.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -12,4 +16,8 @@ export const commands: RegisterCommand[] = [
   registerConfig,
   registerLab,
   registerSurebackup,
+  registerRepo,
+  registerBackup,
+  registerPoints,
+  registerRestore,
 ];

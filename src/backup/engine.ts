@@ -1,0 +1,202 @@
+/**
+ * The backup engine: disk images of one VM in, one restore point out.
+ *
+ * Words:
+ * - *hole chunk*: a chunk whose every byte lies in zero extents of the image;
+ *   it is never read and is recorded as null in the fixed index.
+ * - *reused*: a chunk the repository already holds (recognised by digest, so
+ *   reuse works across disks, VMs and points, not only against the parent).
+ *
+ * Memory stays bounded: at most `inFlight` chunks are read, hashed or
+ * compressed at once, whatever the image size. Nothing becomes visible until
+ * commitPoint writes the manifest; a failure before that leaves at most
+ * unreferenced chunks and indexes, which gc removes.
+ */
+import { availableParallelism } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import type { ImageSource } from '../ingest/contract.js';
+import { openImage } from '../ingest/open.js';
+import type { FixedIndex, Repository } from '../repo/api.js';
+import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '../repo/contract.js';
+import type { VmDefinition } from '../vm/definition.js';
+import { badInput } from '../errors.js';
+import { ChunkPool, type CodecInit } from './chunk-pool.js';
+
+export interface BackupProgress {
+  disk: string;
+  /** Bytes of this disk's virtual size dealt with so far. */
+  done: number;
+  total: number;
+  stats: Omit<BackupStats, 'seconds'>;
+}
+
+export interface BackupOptions {
+  repo: Repository;
+  vm: VmDefinition;
+  /** Disk name → image path; a disk not given here is read from its `image` in the definition. */
+  disks?: Record<string, string>;
+  consistency?: Consistency;
+  /** Where the data came from, recorded in the manifest. */
+  source?: string;
+  /** The point this one follows; default: the latest point of the same VM. Null: none. */
+  parent?: string | null;
+  /** How worker threads rebuild the codec; needed with the key when the repository is encrypted. */
+  codecInit?: CodecInit;
+  workers?: number;
+  onProgress?: (p: BackupProgress) => void;
+}
+
+interface DiskPlan {
+  name: string;
+  path: string;
+  format?: string;
+}
+
+/** Matches the definition's disks with the images given; throws before anything is opened or written. */
+export function planDisks(vm: VmDefinition, given: Record<string, string> = {}): DiskPlan[] {
+  const names = new Set(vm.disks.map((d) => d.name));
+  for (const name of Object.keys(given)) {
+    if (!names.has(name)) {
+      throw badInput('BACKUP_DISK_UNKNOWN', `disk "${name}" is not in the definition of VM ${vm.name} (it has: ${[...names].join(', ')})`,
+        'name one of the disks of the VM definition: --disk NAME=PATH');
+    }
+  }
+  return vm.disks.map((d) => {
+    const path = given[d.name] ?? d.image;
+    if (!path) {
+      throw badInput('BACKUP_DISK_MISSING', `disk "${d.name}" of VM ${vm.name} has no image: it is not given and the definition has no "image" for it`,
+        `give it: --disk ${d.name}=<image path>, or add "image" to the disk in the VM definition`);
+    }
+    return { name: d.name, path, ...(d.format ? { format: d.format } : {}) };
+  });
+}
+
+export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
+  const { repo, vm } = opts;
+  const started = performance.now();
+  const time = new Date().toISOString();
+  const plan = planDisks(vm, opts.disks);
+  const sources: ImageSource[] = [];
+  try {
+    // Open every image first: a bad one fails the backup before the repository is touched.
+    for (const d of plan) sources.push(await openImage(d.path, d.format ? { format: d.format } : {}));
+    const lock = await repo.lock('shared', `backup of ${vm.name}`);
+    try {
+      const parent = await chooseParent(repo, vm.name, opts.parent);
+      const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
+      const pool = new ChunkPool(opts.codecInit ?? { config: repo.config }, opts.workers ?? Math.min(availableParallelism(), 8));
+      const disks: RestorePointDisk[] = [];
+      try {
+        for (let i = 0; i < plan.length; i++) {
+          const d = plan[i] as DiskPlan;
+          const index = await backupDisk(repo, pool, sources[i] as ImageSource, d.name, stats, opts.onProgress);
+          disks.push({ name: d.name, size: index.size, indexDigest: await repo.writeIndex(index) });
+        }
+      } finally {
+        await pool.close();
+      }
+      return await repo.commitPoint({
+        vm,
+        disks,
+        consistency: opts.consistency ?? 'crash',
+        time,
+        source: opts.source ?? plan.map((d) => `${d.name}=${d.path}`).join(' '),
+        ...(parent ? { parent: parent.id } : {}),
+        stats: { ...stats, seconds: Math.round((performance.now() - started) / 10) / 100 },
+      });
+    } finally {
+      await lock.release();
+    }
+  } finally {
+    await Promise.allSettled(sources.map((s) => s.close()));
+  }
+}
+
+async function chooseParent(repo: Repository, vmName: string, wanted: string | null | undefined): Promise<RestorePoint | undefined> {
+  if (wanted === null) return undefined;
+  if (wanted !== undefined) return repo.getPoint(wanted);
+  const points = await repo.listPoints({ vm: vmName });
+  return points.filter((p) => !p.damaged).sort((a, b) => a.time.localeCompare(b.time)).at(-1);
+}
+
+/** Which chunks hold data: a chunk lying entirely in zero extents is never read. */
+async function dataChunks(src: ImageSource, chunkSize: number, count: number): Promise<Uint8Array> {
+  const data = new Uint8Array(count);
+  for await (const e of src.extents()) {
+    if (e.zero || e.length === 0) continue;
+    const first = Math.floor(e.offset / chunkSize);
+    const last = Math.min(count - 1, Math.floor((e.offset + e.length - 1) / chunkSize));
+    data.fill(1, first, last + 1);
+  }
+  return data;
+}
+
+async function backupDisk(
+  repo: Repository, pool: ChunkPool, src: ImageSource, name: string,
+  stats: Omit<BackupStats, 'seconds'>, onProgress: BackupOptions['onProgress'],
+): Promise<FixedIndex> {
+  const chunkSize = repo.config.chunkSize;
+  const count = Math.ceil(src.size / chunkSize);
+  const digests: (string | null)[] = new Array<string | null>(count).fill(null);
+  const hasData = await dataChunks(src, chunkSize, count);
+  const written = new Set<string>();
+  // Two chunks per worker keep every core busy while one waits on I/O.
+  const inFlight = Math.max(2, pool.size * 2);
+  let done = 0;
+  let failure: unknown;
+  const running = new Set<Promise<void>>();
+  const report = (): void => onProgress?.({ disk: name, done, total: src.size, stats: { ...stats } });
+
+  const one = async (i: number): Promise<void> => {
+    const offset = i * chunkSize;
+    const length = Math.min(chunkSize, src.size - offset);
+    const plain = await src.read(offset, length);
+    stats.bytesRead += length;
+    const { ticket, digest } = await pool.digest(plain);
+    if (!ticket || !digest) {
+      stats.bytesZero += length;
+    } else if (written.has(digest)) {
+      pool.drop(ticket);
+      stats.bytesReused += length;
+      digests[i] = digest;
+    } else {
+      // Claim the digest before awaiting, so an identical chunk in flight counts as reused.
+      written.add(digest);
+      try {
+        // touch() both proves the chunk is stored and refreshes its mtime, which a concurrent gc honours;
+        // only chunks the store lacks are compressed at all.
+        if (await repo.chunks.touch(digest)) {
+          pool.drop(ticket);
+          stats.bytesReused += length;
+        } else {
+          const r = await repo.chunks.insert(digest, await pool.encode(ticket));
+          if (r.existed) stats.bytesReused += length;
+          else stats.bytesNew += length;
+        }
+      } catch (err) {
+        written.delete(digest);
+        throw err;
+      }
+      digests[i] = digest;
+    }
+    done += length;
+    report();
+  };
+
+  for (let i = 0; i < count && failure === undefined; i++) {
+    if (!hasData[i]) {
+      const length = Math.min(chunkSize, src.size - i * chunkSize);
+      stats.bytesZero += length;
+      done += length;
+      continue;
+    }
+    while (running.size >= inFlight) await Promise.race(running);
+    if (failure !== undefined) break;
+    const p: Promise<void> = one(i).catch((err: unknown) => { failure ??= err; }).finally(() => running.delete(p));
+    running.add(p);
+  }
+  await Promise.all(running);
+  if (failure !== undefined) throw failure;
+  report();
+  return { size: src.size, chunkSize, digests };
+}

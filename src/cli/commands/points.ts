@@ -1,0 +1,35 @@
+/** `restorelab points`: the restore points of a repository, from the catalog. */
+import type { Command } from 'commander';
+import { contextFor } from '../context.js';
+import { openRepoFromFlags, type RepoFlags } from './repo.js';
+import { catalogKnows, listPoints, openCatalog, reindex, type PointSummary } from '../../catalog/catalog.js';
+import { formatBytes } from '../output.js';
+
+function render(points: PointSummary[]): string {
+  if (points.length === 0) return 'no restore points';
+  return points.map((p) => `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
+    `  new ${formatBytes(p.bytesNew)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
+}
+
+export function registerPoints(program: Command): void {
+  program
+    .command('points')
+    .description('list restore points (oldest first)')
+    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--vm <name>', 'only the points of this VM')
+    .option('--key-file <file>', 'key file of an encrypted repository')
+    .option('--json', 'print one JSON object')
+    .action(async (o: RepoFlags & { vm?: string }, c: Command) => {
+      const ctx = contextFor(c);
+      const { repo } = await openRepoFromFlags(ctx, o);
+      const db = openCatalog(ctx.config().catalog);
+      try {
+        // A catalog that has never seen this repository is filled from it first.
+        if (!catalogKnows(db, repo.path)) await reindex(db, repo);
+        const points = listPoints(db, repo.path, o.vm ? { vm: o.vm } : {});
+        ctx.out.result({ repo: repo.path, points }, () => render(points));
+      } finally {
+        db.close();
+      }
+    });
+}

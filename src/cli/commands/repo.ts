@@ -1,0 +1,98 @@
+/**
+ * `restorelab repo init|reindex`, and what every repository command shares:
+ * opening the repository named by --repo (with --key-file when encrypted) and
+ * the catalog beside the state directory.
+ */
+import type { Command } from 'commander';
+import { contextFor, type CommandContext } from '../context.js';
+import { initRepository, openRepository, readKeyFile, type LocalRepository } from '../../repo/index.js';
+import { openCatalog, reindex, type CatalogDb } from '../../catalog/catalog.js';
+import type { CodecInit } from '../../backup/chunk-pool.js';
+import { badInput } from '../../errors.js';
+import { formatBytes } from '../output.js';
+
+export interface RepoFlags {
+  repo?: string;
+  keyFile?: string;
+}
+
+export interface OpenedRepo {
+  repo: LocalRepository;
+  /** What worker threads need to rebuild the repository's codec. */
+  codecInit: CodecInit;
+}
+
+/** The repository of --repo, else the configured one. */
+export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Promise<OpenedRepo> {
+  const dir = o.repo ?? ctx.config().repository;
+  const repo = await openRepository(dir, o.keyFile ? { keyFile: o.keyFile } : {});
+  const key = repo.config.encryption === 'none' || !o.keyFile ? undefined : await readKeyFile(o.keyFile);
+  return { repo, codecInit: { config: repo.config, ...(key ? { key } : {}) } };
+}
+
+/**
+ * Runs `fn` with the catalog open. The catalog is a cache of the repository:
+ * when it cannot be opened or updated the command still succeeds, with a
+ * warning saying how to rebuild it.
+ */
+export function withCatalog(ctx: CommandContext, fn: (db: CatalogDb) => void | Promise<void>): Promise<void> {
+  return (async () => {
+    let db: CatalogDb | undefined;
+    try {
+      db = openCatalog(ctx.config().catalog);
+      await fn(db);
+    } catch (err) {
+      ctx.out.warn(`the catalog was not updated (${(err as Error).message}); rebuild it with: restorelab repo reindex --repo <dir>`);
+    } finally {
+      db?.close();
+    }
+  })();
+}
+
+export function parseSize(v: string): number {
+  const m = /^(\d+)\s*([KMG]i?B?|[kmg])?$/i.exec(v.trim());
+  if (!m) throw badInput('BAD_SIZE', `"${v}" is not a size`, 'give bytes, or a number with K, M or G (powers of 1024), e.g. 4M');
+  const unit = (m[2] ?? '').toUpperCase().charAt(0);
+  const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
+  return Number(m[1]) * mult;
+}
+
+export function registerRepo(program: Command): void {
+  const cmd = program.command('repo').description('create and maintain backup repositories');
+  cmd
+    .command('init <dir>')
+    .description('create an empty repository (chunk size fixed for its lifetime)')
+    .option('--chunk-size <size>', 'bytes per chunk, a power of two from 256K to 8M (default 4M)')
+    .option('--encrypt', 'encrypt chunks with AES-256-GCM (needs --key-file)')
+    .option('--key-file <file>', 'the key file; created with a new random key when it does not exist')
+    .option('--json', 'print one JSON object')
+    .action(async (dir: string, o: { chunkSize?: string; encrypt?: boolean; keyFile?: string }, c: Command) => {
+      const ctx = contextFor(c);
+      if (o.encrypt && !o.keyFile) throw badInput('KEY_FILE_REQUIRED', '--encrypt needs --key-file', 'add --key-file <file>; it is created when it does not exist, keep a copy safe');
+      if (o.keyFile && !o.encrypt) throw badInput('ENCRYPT_REQUIRED', '--key-file is only used with --encrypt', 'add --encrypt, or leave out --key-file');
+      const repo = await initRepository(dir, {
+        ...(o.chunkSize ? { chunkSize: parseSize(o.chunkSize) } : {}),
+        ...(o.encrypt && o.keyFile ? { keyFile: o.keyFile } : {}),
+      });
+      const c2 = repo.config;
+      ctx.out.result({ path: repo.path, id: c2.id, version: c2.version, chunkSize: c2.chunkSize, encryption: c2.encryption },
+        () => `repository ${repo.path} created: chunks of ${formatBytes(c2.chunkSize)}, ${c2.encryption === 'none' ? 'not encrypted' : 'encrypted (keep the key file safe: without it nothing restores)'}`);
+    });
+  cmd
+    .command('reindex')
+    .description('rebuild the catalog from the repository files (the source of truth)')
+    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--key-file <file>', 'key file of an encrypted repository')
+    .option('--json', 'print one JSON object')
+    .action(async (o: RepoFlags, c: Command) => {
+      const ctx = contextFor(c);
+      const { repo } = await openRepoFromFlags(ctx, o);
+      const db = openCatalog(ctx.config().catalog);
+      try {
+        const points = await reindex(db, repo);
+        ctx.out.result({ repo: repo.path, catalog: ctx.config().catalog, points }, () => `catalog ${ctx.config().catalog}: ${points} restore point(s) of ${repo.path}`);
+      } finally {
+        db.close();
+      }
+    });
+}
