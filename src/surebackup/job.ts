@@ -2,7 +2,10 @@
 import { Cron } from 'croner';
 import { badInput } from '../errors.js';
 import { loadValidated } from '../schema/validate.js';
+import { dirname } from 'node:path';
 import type { Job } from './runner.js';
+import type { TestSpec } from './roles.js';
+import { resolveScript } from '../verify/script.js';
 
 export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicationGroup'> {
   applicationGroup?: Job['applicationGroup'];
@@ -18,5 +21,11 @@ export function loadJob(path: string): Job & JobFile {
         'use five or six cron fields, e.g. "0 2 * * *" for 02:00 every day');
     }
   }
-  return { ...j, applicationGroup: j.applicationGroup ?? [], point: j.point ?? 'latest', concurrency: j.concurrency ?? 3 };
+  // Script paths are relative to the job file, and a missing script is bad input now, not after a boot.
+  const scripts = (tests: TestSpec[] | undefined, owner: string): TestSpec[] | undefined =>
+    tests?.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, dirname(path), `job ${j.name}, ${owner}`) } : t));
+  const applicationGroup = (j.applicationGroup ?? []).map((g) => ({ ...g, tests: scripts(g.tests, `VM ${g.name}`) }));
+  for (const g of applicationGroup) if (g.tests === undefined) delete g.tests;
+  const verify = { ...j.verify, ...(j.verify.tests ? { tests: scripts(j.verify.tests, 'verify') } : {}) };
+  return { ...j, applicationGroup, verify, point: j.point ?? 'latest', concurrency: j.concurrency ?? 3 };
 }

@@ -8,7 +8,7 @@
 import { badInput } from '../errors.js';
 
 export type TestSpec =
-  | { kind: 'heartbeat' }
+  | { kind: 'heartbeat'; stablePings?: number; stableSeconds?: number }
   | { kind: 'ping' }
   | { kind: 'tcp'; port: number; banner?: string }
   | { kind: 'http'; port?: number; path?: string; status?: number; body?: string }

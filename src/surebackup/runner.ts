@@ -8,9 +8,15 @@
 import type { Role, TestSpec } from './roles.js';
 import { resolveRole } from './roles.js';
 import { Limiter, mapLimited } from './limiter.js';
+import { notFound } from '../errors.js';
+import { resolveScript } from '../verify/script.js';
 
 export type Verdict = 'passed' | 'failed' | 'skipped' | 'warning';
-export interface TestResult { name: string; kind: string; result: Verdict; seconds: number; detail: string }
+export interface TestResult {
+  name: string; kind: string; result: Verdict; seconds: number; detail: string;
+  /** A file the test produced (the screenshot PNG). */
+  artifact?: string;
+}
 
 /** A VM recovered into the lab. */
 export interface RecoveredVm {
@@ -22,6 +28,10 @@ export interface RecoveredVm {
   agentPing?: () => Promise<boolean>;
   /** QMP screendump to a PPM file; returns its path. */
   screendump(): Promise<string>;
+  /** The 80x25 VGA text buffer (char/attr pairs), when the console is in text mode. */
+  consoleText?: () => Promise<Uint8Array>;
+  /** What the guest wrote on its serial console so far. */
+  serialLog?: () => Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -53,9 +63,13 @@ export interface Job {
 export interface VmResult {
   name: string; point: string; group: boolean; result: 'success' | 'warning' | 'failed' | 'dependency-failed';
   tests: TestResult[]; startedAt: number; endedAt: number;
+  /** PNG of the console, when a screenshot test ran. */
+  screenshot: string | null;
   bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null; recoverySeconds: number;
 }
 export interface RunResult { result: 'success' | 'warning' | 'failed'; vms: VmResult[]; labKept: boolean }
+
+const NEEDS_NETWORK = new Set(['ping', 'tcp', 'http', 'dns', 'script']);
 
 interface Planned { vm: GroupVm; role: Role; point: string; group: boolean }
 const now = (): number => Date.now();
@@ -78,9 +92,10 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   // Every bad input is found before anything boots.
   const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
     const role = resolveRole(g.name, g.role, { tests: g.tests, maxBootSeconds: g.maxBootSeconds, appInitSeconds: g.appInitSeconds });
+    const tests = role.tests.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, process.cwd(), `VM ${g.name}`) } : t));
+    role.tests = tests;
     const point = selectPoint(await backend.listPoints(g.name), job.point);
     if (point === undefined) {
-      const { notFound } = await import('../errors.js');
       throw notFound('NO_RESTORE_POINT', `VM ${g.name} has no restore point matching "${job.point}"`, 'back it up first or change "point"');
     }
     return { vm: g, role, point, group };
@@ -98,7 +113,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   let kept: boolean;
   const verifyOne = async (p: Planned, keepRunning: boolean): Promise<VmResult> => {
     const start = now();
-    const r: VmResult = { name: p.vm.name, point: p.point, group: p.group, result: 'success', tests: [], startedAt: start, endedAt: start,
+    const r: VmResult = { name: p.vm.name, point: p.point, group: p.group, result: 'success', tests: [], startedAt: start, endedAt: start, screenshot: null,
       bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
     const release = await limiter.acquire(p.vm.memoryMiB ?? 1024, signal);
     let h: RecoveredVm | undefined;
@@ -106,10 +121,19 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
       r.startedAt = now();
       h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal });
       handles.add(h);
+      let down: string | undefined;
       for (const spec of p.role.tests) {
         if (signal.aborted) throw signal.reason;
+        // Network and application tests of a VM that never came up would only
+        // wait out their own timeouts; the console and the chunks still tell a story.
+        if (down !== undefined && NEEDS_NETWORK.has(spec.kind)) {
+          r.tests.push({ name: spec.kind, kind: spec.kind, result: 'skipped', seconds: 0, detail: `not run: ${down}` });
+          continue;
+        }
         const tr = await runTest(spec, { name: p.vm.name, pointId: p.point, role: p.role, handle: h }, signal);
         r.tests.push(tr);
+        if (spec.kind === 'heartbeat' && tr.result === 'failed') down = 'heartbeat failed';
+        if (tr.artifact !== undefined && spec.kind === 'screenshot') r.screenshot = tr.artifact;
         const el = (now() - r.startedAt) / 1000;
         if (spec.kind === 'heartbeat' && tr.result !== 'failed') r.bootToHeartbeatSeconds = el;
         if (spec.kind !== 'heartbeat' && spec.kind !== 'screenshot' && spec.kind !== 'integrity' && tr.result === 'passed') r.toFirstAnswerSeconds ??= el;
@@ -160,7 +184,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
 
 function depFail(p: { vm: GroupVm; point: string; group: boolean }, on: string): VmResult {
   const t = now();
-  return { name: p.vm.name, point: p.point, group: p.group, result: 'dependency-failed', startedAt: t, endedAt: t,
+  return { name: p.vm.name, point: p.point, group: p.group, result: 'dependency-failed', startedAt: t, endedAt: t, screenshot: null,
     tests: [{ name: 'dependency', kind: 'dependency', result: 'skipped', seconds: 0, detail: `application group VM ${on} failed` }],
     bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
 }

@@ -88,3 +88,20 @@ t.test('bad input before anything boots', async (t) => {
   await t.rejects(runJob(job({ verify: { vms: ['x'], tests: [] } }), f.backend, f.runTest), { code: 'ROLE_WITHOUT_TESTS' });
   t.same(f.log, [], 'nothing booted');
 });
+
+t.test('a VM whose heartbeat fails skips its network tests but keeps screenshot and integrity', async (t) => {
+  const f = fake();
+  const runTest: TestRunner = async (spec) => ({ name: spec.kind, kind: spec.kind, result: spec.kind === 'heartbeat' || spec.kind === 'screenshot' ? 'failed' : 'passed',
+    seconds: 0, detail: '', ...(spec.kind === 'screenshot' ? { artifact: '/tmp/x.png' } : {}) });
+  const r = await runJob(job({ applicationGroup: [] }), f.backend, runTest);
+  const web = r.vms[0]!;
+  t.same(web.tests.map((x) => [x.kind, x.result]), [['heartbeat', 'failed'], ['ping', 'skipped'], ['tcp', 'skipped'], ['http', 'skipped'], ['screenshot', 'failed'], ['integrity', 'passed']]);
+  t.equal(web.screenshot, '/tmp/x.png');
+  t.equal(r.result, 'failed');
+});
+
+t.test('a missing script is bad input before anything boots', async (t) => {
+  const f = fake();
+  await t.rejects(runJob(job({ verify: { vms: ['web'], tests: [{ kind: 'script', path: '/nonexistent/check.sh' }] } }), f.backend, f.runTest), { code: 'SCRIPT_NOT_FOUND' });
+  t.same(f.log, [], 'nothing booted');
+});

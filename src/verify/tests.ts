@@ -1,0 +1,101 @@
+/**
+ * The TestRunner the SureBackup runner calls for every test of every VM: it
+ * dispatches on the test kind to the modules of src/verify.
+ *
+ * Application tests (tcp, http, dns) are retried every APP_RETRY_MS until they
+ * pass or the VM's application initialisation time (role appInitSeconds) is
+ * used up: a service that starts 20 s after the heartbeat is healthy, one that
+ * never starts is not. Scripts run once, with their own timeout, because a
+ * user script may not be safe to repeat.
+ */
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RepositoryReader } from '../repo/contract.js';
+import type { TestRunner, TestResult } from '../surebackup/runner.js';
+import type { TestSpec } from '../surebackup/roles.js';
+import { heartbeat, ipAnswers } from './heartbeat.js';
+import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
+import { scriptTest } from './script.js';
+import { screenshotTest } from './screenshot.js';
+import { integrityTest } from './integrity.js';
+
+export const APP_RETRY_MS = 2000;
+
+export interface TestRunnerOptions {
+  /** Repository the points come from (integrity). */
+  repo: () => Promise<RepositoryReader>;
+  /** Directory for this run's screenshots; one PNG per VM. */
+  screenshotDir: string;
+  /** Extra time an agent-equipped VM gets for its agent once its IP answers. */
+  agentGraceSeconds?: number;
+  /** Overrides APP_RETRY_MS (tests). */
+  appRetryMs?: number;
+}
+
+const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
+  const tm = setTimeout(resolve, ms);
+  signal.addEventListener('abort', () => { clearTimeout(tm); reject(signal.reason); }, { once: true });
+});
+
+export function createTestRunner(o: TestRunnerOptions): TestRunner {
+  return async (spec, vm, signal) => {
+    const h = vm.handle;
+    const withName = (r: TestResult): TestResult => ({ ...r, name: testName(spec) });
+    const app = async (once: () => Promise<TestResult>): Promise<TestResult> => {
+      const t0 = Date.now();
+      const until = t0 + vm.role.appInitSeconds * 1000;
+      let tries = 0;
+      for (;;) {
+        const r = await once();
+        tries++;
+        if (r.result === 'passed' || Date.now() >= until) {
+          return { ...r, seconds: (Date.now() - t0) / 1000, detail: tries > 1 ? `${r.detail} (attempt ${tries})` : r.detail };
+        }
+        await sleep(o.appRetryMs ?? APP_RETRY_MS, signal);
+      }
+    };
+    switch (spec.kind) {
+      case 'heartbeat': {
+        const { path: _path, ...r } = await heartbeat({ agentPing: h.agentPing, ipAnswer: () => ipAnswers(h.netns, h.ip) }, {
+          maxBootSeconds: vm.role.maxBootSeconds, agentGraceSeconds: o.agentGraceSeconds, signal,
+          stability: spec.stablePings !== undefined || spec.stableSeconds !== undefined
+            ? { pings: spec.stablePings ?? 3, seconds: spec.stableSeconds ?? 4 } : undefined,
+        });
+        return withName(r);
+      }
+      case 'ping': return withName(await pingTest(h.netns, h.ip));
+      case 'tcp': return withName(await app(() => tcpTest(h.netns, h.ip, spec.port, spec.banner)));
+      case 'http': return withName(await app(() => httpTest(h.netns, h.ip, spec)));
+      case 'dns': return withName(await app(() => dnsTest(h.netns, h.ip, spec.name, spec.expect)));
+      case 'script': return withName(await scriptTest(spec, { netns: h.netns, name: vm.name, ip: h.ip, masqIp: h.masqIp }, signal));
+      case 'screenshot': {
+        mkdirSync(o.screenshotDir, { recursive: true });
+        const ppm = await h.screendump();
+        const png = join(o.screenshotDir, `${vm.name}.png`);
+        const vgaDump = h.consoleText ? await h.consoleText().catch(() => undefined) : undefined;
+        const serialLog = h.serialLog ? await h.serialLog().catch(() => undefined) : undefined;
+        try {
+          return { ...withName(screenshotTest(ppm, png, { vgaDump, serialLog })), artifact: png };
+        } finally {
+          rmSync(ppm, { force: true });
+        }
+      }
+      case 'integrity': {
+        const { corrupt: _c, chunks: _n, ...r } = await integrityTest(await o.repo(), vm.pointId, { signal });
+        return withName(r);
+      }
+    }
+  };
+}
+
+/** A readable test name: the kind plus what it targets (e.g. "tcp:5432", "dns:web.lab.test"). */
+export function testName(spec: TestSpec): string {
+  switch (spec.kind) {
+    case 'tcp': return `tcp:${spec.port}`;
+    case 'http': return `http:${spec.port ?? 80}${spec.path ?? '/'}`;
+    case 'dns': return `dns:${spec.name}`;
+    case 'script': return `script:${spec.path.split('/').at(-1) ?? spec.path}`;
+    default: return spec.kind;
+  }
+}
+
