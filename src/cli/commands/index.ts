@@ -5,6 +5,10 @@ import { registerDemo } from './demo.js';
 import { registerConfig } from './config.js';
 import { registerLab } from './lab.js';
 import { registerSurebackup } from './surebackup.js';
+import { registerRecover } from './recover.js';
+import { registerSessions } from './sessions.js';
+import { registerStop } from './stop.js';
+import { registerMigrate } from './migrate.js';
 import { registerRepo } from './repo.js';
 import { registerBackup } from './backup.js';
 import { registerPoints } from './points.js';
@@ -16,6 +20,10 @@ export const commands: RegisterCommand[] = [
   registerConfig,
   registerLab,
   registerSurebackup,
+  registerRecover,
+  registerSessions,
+  registerStop,
+  registerMigrate,
   registerRepo,
   registerBackup,
   registerPoints,

@@ -1,0 +1,60 @@
+/**
+ * `restorelab recover --repo R <vm>[@<point>] [--lab F | --network BR] [--driver D]`:
+ * instant VM recovery (docs/recovery.md). Prints once the guest's heartbeat
+ * is seen and returns; the VM keeps running under a detached session
+ * supervisor (the hidden `session-supervise` command).
+ */
+import type { Command } from 'commander';
+import { contextFor } from '../context.js';
+import { badInput } from '../../errors.js';
+import { recover } from '../../session/recover.js';
+import { recoverResult, type RecoverResult } from '../../session/session.js';
+import { superviseSession } from '../../session/supervisor.js';
+import { realDeps } from '../../session/deps.js';
+
+function parseTarget(target: string): { vm: string; point?: string } {
+  const at = target.indexOf('@');
+  if (at === 0 || at === target.length - 1) throw badInput('BAD_TARGET', `"${target}" is not <vm> or <vm>@<point>`, 'e.g. restorelab recover web or web@<point id>');
+  return at < 0 ? { vm: target } : { vm: target.slice(0, at), point: target.slice(at + 1) };
+}
+
+export function registerRecover(program: Command): void {
+  program
+    .command('recover <vm[@point]>')
+    .description('run a VM straight from a restore point (latest by default), in a lab or on a bridge')
+    .option('--repo <dir>', 'backup repository (default from config)')
+    .option('--lab <lab.json>', 'run inside this virtual lab (brought up if it is not)')
+    .option('--network <bridge>', 'attach the NICs to this existing host bridge (production network)')
+    .option('--driver <driver>', 'hypervisor driver: qemu or libvirt (default from config)')
+    .option('--accel <accel>', 'kvm or tcg (default: probe)')
+    .action(async (target: string, o: { repo?: string; lab?: string; network?: string; driver?: string; accel?: string }, c: Command) => {
+      const ctx = contextFor(c);
+      const cfg = ctx.config();
+      const { vm, point } = parseTarget(target);
+      const driver = o.driver ?? cfg.driver;
+      if (driver !== 'qemu' && driver !== 'libvirt') throw badInput('UNKNOWN_DRIVER', `unknown hypervisor driver "${driver}"`, 'use --driver qemu or --driver libvirt');
+      const accel = o.accel ?? cfg.accel;
+      if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw badInput('BAD_ACCEL', `unknown accelerator "${accel}"`, 'use --accel kvm or --accel tcg');
+      ctx.out.info(`recovering ${target} with the ${driver} driver...`);
+      const s = await recover({
+        repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
+        ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}),
+      });
+      ctx.out.result(recoverResult(s), (v) => {
+        const r = v as RecoverResult;
+        const addrs = Object.entries(r.addresses).map(([n, a]) => `  ${n}: ${a}`);
+        return [`session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`, ...addrs,
+          `stop it with: restorelab stop ${r.session}`].join('\n');
+      });
+    });
+  program
+    .command('session-supervise <session>', { hidden: true })
+    .description('internal: the detached process that owns a recovery session')
+    .requiredOption('--state-dir <dir>', 'state directory')
+    .option('--heartbeat-timeout <ms>', 'how long to wait for the guest agent')
+    .action(async (id: string, o: { stateDir: string; heartbeatTimeout?: string }) => {
+      const code = await superviseSession(o.stateDir, id, realDeps,
+        o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {});
+      process.exitCode = code;
+    });
+}

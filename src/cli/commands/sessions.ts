@@ -1,0 +1,24 @@
+/** `restorelab sessions`: recovery sessions with their state and age. */
+import type { Command } from 'commander';
+import { contextFor } from '../context.js';
+import { listSessions } from '../../session/recover.js';
+import { ageSeconds } from '../../session/session.js';
+
+export function registerSessions(program: Command): void {
+  program
+    .command('sessions')
+    .description('list recovery sessions (state and age)')
+    .action((_o, c: Command) => {
+      const ctx = contextFor(c);
+      const now = Date.now();
+      const sessions = listSessions(ctx.config().stateDir).map((s) => ({
+        session: s.id, vm: s.vm, point: s.point, driver: s.driver, state: s.state, ageSeconds: ageSeconds(s, now),
+        heartbeatSeconds: s.heartbeatSeconds ?? null, addresses: s.addresses, ...(s.lab ? { lab: s.lab } : {}),
+        ...(s.network ? { network: s.network } : {}), ...(s.migratedTo ? { migratedTo: s.migratedTo } : {}),
+        ...(s.error ? { error: s.error } : {}),
+      }));
+      ctx.out.result({ sessions }, () => (sessions.length
+        ? sessions.map((s) => `${s.session}  ${s.vm.padEnd(16)} ${s.state.padEnd(9)} ${String(s.ageSeconds).padStart(6)} s  ${Object.values(s.addresses).join(' ')}${s.error ? `  (${s.error.message})` : ''}`).join('\n')
+        : 'no recovery sessions'));
+    });
+}

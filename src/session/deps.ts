@@ -1,0 +1,11 @@
+/** The real layers below a session: the local repository, FUSE publishing, the drivers. */
+import { createHypervisor } from '../hypervisor/index.js';
+import { openRepository } from '../repo/repository.js';
+import { startPublication } from '../publish/publish.js';
+import type { SessionDeps } from './seam.js';
+
+export const realDeps: SessionDeps = {
+  openRepository: (path) => openRepository(path),
+  startPublication: (opts) => startPublication(opts),
+  hypervisor: (driver, opts) => createHypervisor(driver, opts),
+};

@@ -1,0 +1,156 @@
+/**
+ * The client side of recovery sessions, as the CLI (and later the daemon)
+ * calls it: recover starts a supervisor and waits for the heartbeat; stop
+ * and migrate ask the supervisor; sessions lists the records, noticing
+ * supervisors that died.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { RestorelabError } from '../errors.js';
+import { projectPath } from '../paths.js';
+import { controlSocket, fromSessionError, requestControl } from './control.js';
+import { realDeps } from './deps.js';
+import { closeHypervisor, type SessionDeps } from './seam.js';
+import { checkMigration } from './migrate.js';
+import { planRecovery, type RecoverRequest } from './plan.js';
+import { HEARTBEAT_TIMEOUT_MS, teardown } from './runner.js';
+import { ACTIVE_STATES, type RecoverySession } from './session.js';
+import { SessionStore } from './store.js';
+
+export interface RecoverOptions extends RecoverRequest {
+  heartbeatTimeoutMs?: number;
+}
+
+function pidAlive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Domain names must be unique per driver: the same VM can be recovered twice at once. */
+function domainName(vm: string, id: string): string {
+  return `${vm.slice(0, 40)}-${id.slice(0, 6)}`;
+}
+
+/**
+ * Validates, then starts `restorelab session-supervise <id>` detached and
+ * waits until it reports the session running (heartbeat seen) or failed.
+ * The returned session keeps running under that supervisor.
+ */
+export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps): Promise<RecoverySession> {
+  const createdAt = new Date().toISOString();
+  const plan = await planRecovery(opts, deps);
+  const store = new SessionStore(opts.stateDir);
+  const id = randomBytes(4).toString('hex');
+  const accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : undefined;
+  const s: RecoverySession = {
+    id, vm: plan.vm.name, point: plan.point.id, repo: resolve(opts.repo), driver: opts.driver,
+    ...(accel ? { accel } : {}),
+    ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: plan.lab.name } : {}),
+    ...(opts.network ? { network: opts.network } : {}),
+    domain: domainName(plan.vm.name, id), state: 'starting', createdAt, updatedAt: createdAt,
+    addresses: {}, disks: {}, diskBytes: Object.fromEntries(plan.point.disks.map((d) => [d.name, d.size])),
+    resources: { taps: [] },
+  };
+  store.save(s);
+  const work = store.workDir(id);
+  mkdirSync(work, { recursive: true });
+  const log = openSync(join(work, 'supervisor.log'), 'a');
+  const args = [projectPath('bin', 'restorelab.js'), 'session-supervise', id, '--state-dir', opts.stateDir];
+  if (opts.heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(opts.heartbeatTimeoutMs));
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] });
+  closeSync(log);
+  child.unref();
+  const deadline = Date.now() + (opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS) + 120_000;
+  for (;;) {
+    await sleep(200);
+    const cur = store.get(id);
+    if (cur.state === 'running') return cur;
+    if (cur.state === 'failed' || cur.state === 'stopped') {
+      throw cur.error ? fromSessionError(cur.error) : new RestorelabError('RECOVER_FAILED', `session ${id} ended during start`);
+    }
+    const supervisorGone = child.exitCode !== null || child.signalCode !== null;
+    if (supervisorGone || Date.now() > deadline) {
+      if (!supervisorGone) child.kill('SIGKILL');
+      const why = supervisorGone
+        ? `the session supervisor exited during start (see ${join(work, 'supervisor.log')})`
+        : 'the session did not come up in time';
+      await cleanupOrphan(cur, store, deps, why);
+      throw new RestorelabError('RECOVER_FAILED', `recovery of ${s.vm} failed: ${why}`);
+    }
+  }
+}
+
+/** Removes what a session whose supervisor is gone left behind, and marks it failed. */
+async function cleanupOrphan(s: RecoverySession, store: SessionStore, deps: SessionDeps, why: string, final: 'failed' | 'stopped' = 'failed'): Promise<RecoverySession> {
+  const hv = deps.hypervisor(s.driver, { stateDir: store.stateDir });
+  try {
+    await teardown(s, store, hv);
+  } finally {
+    await closeHypervisor(hv);
+  }
+  s.state = final;
+  if (final === 'failed') s.error ??= { code: 'SUPERVISOR_GONE', message: why };
+  store.save(s);
+  return s;
+}
+
+/**
+ * The records, with a session whose supervisor died marked failed: without
+ * it nobody serves the publication, so the VM cannot be trusted.
+ */
+export function listSessions(stateDir: string): RecoverySession[] {
+  const store = new SessionStore(stateDir);
+  return store.list().map((s) => {
+    if (ACTIVE_STATES.includes(s.state) && s.state !== 'starting' && !pidAlive(s.supervisorPid)) {
+      s.state = 'failed';
+      s.error ??= { code: 'SUPERVISOR_GONE', message: `the session supervisor (pid ${s.supervisorPid}) is gone` };
+      store.save(s);
+    }
+    return s;
+  });
+}
+
+/**
+ * Powers the VM off, removes it, its taps and the lab it made, and closes
+ * the publication discarding every write. The repository is never written.
+ * Idempotent: stopping a stopped session succeeds and changes nothing.
+ */
+export async function stopSession(stateDir: string, id: string, deps: SessionDeps = realDeps): Promise<RecoverySession> {
+  const store = new SessionStore(stateDir);
+  const s = store.get(id);
+  if (pidAlive(s.supervisorPid) && ACTIVE_STATES.includes(s.state)) {
+    try {
+      await requestControl(controlSocket(store.workDir(id)), { op: 'stop' }, 180_000);
+    } catch (e) {
+      // The supervisor may close the socket as it exits; the record is what counts.
+      if (!(e instanceof RestorelabError && e.code === 'SUPERVISOR_GONE')) throw e;
+    }
+    const end = Date.now() + 30_000;
+    while (pidAlive(s.supervisorPid) && Date.now() < end) await sleep(100);
+    if (pidAlive(s.supervisorPid)) process.kill(s.supervisorPid as number, 'SIGKILL');
+  }
+  const cur = store.get(id);
+  const leftovers = cur.resources.domain || cur.resources.taps.length || cur.resources.labCreated || cur.resources.publication;
+  if (ACTIVE_STATES.includes(cur.state) || leftovers) {
+    return cleanupOrphan(cur, store, deps, 'stopped after its supervisor was gone', cur.state === 'failed' ? 'failed' : 'stopped');
+  }
+  return cur;
+}
+
+/** Mirrors every disk of a running session to `dir`, pivots, and unpublishes. */
+export async function migrateSession(stateDir: string, id: string, dir: string, format: 'raw' | 'qcow2'): Promise<RecoverySession> {
+  const store = new SessionStore(stateDir);
+  const s = listSessions(stateDir).find((x) => x.id === id) ?? store.get(id);
+  // Checked here too, so a bad target fails fast with nothing started.
+  checkMigration(s, dir, format);
+  return requestControl(controlSocket(store.workDir(id)), { op: 'migrate', to: resolve(dir), format }, 24 * 3600_000);
+}

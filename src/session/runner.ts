@@ -1,0 +1,182 @@
+/**
+ * The in-process half of a session: bring it up (publish, lab, taps,
+ * domain, heartbeat) and take it down. The supervisor runs these; every
+ * resource is written to the session record before it is created, so
+ * teardown (here, or `stop` after a supervisor crash) knows what to remove.
+ */
+import { existsSync, mkdirSync, readFileSync, statfsSync } from 'node:fs';
+import { join } from 'node:path';
+import { RestorelabError, badInput } from '../errors.js';
+import { exec } from '../host/exec.js';
+import { addLabTap, labDown, labUp, masqueradeAddress, readLabState, removeLabTap } from '../lab/lab.js';
+import { waitForAgent } from '../hypervisor/qga.js';
+import { QemuDomain } from '../hypervisor/qemu.js';
+import type { Domain, Hypervisor, NicAttachment } from '../hypervisor/types.js';
+import type { RunningPublication } from '../publish/contract.js';
+import type { RecoveryPlan } from './plan.js';
+import { ACTIVE_STATES, type RecoverySession } from './session.js';
+import type { SessionStore } from './store.js';
+import type { SessionDeps } from './seam.js';
+
+export const HEARTBEAT_TIMEOUT_MS = 180_000;
+
+export interface LiveSession {
+  session: RecoverySession;
+  hv: Hypervisor;
+  domain: Domain;
+  publication?: RunningPublication;
+}
+
+/** Brings the session up; on any failure everything made so far is removed and the error rethrown. */
+export async function bringUp(
+  s: RecoverySession, plan: RecoveryPlan, deps: SessionDeps, store: SessionStore, hv: Hypervisor,
+  opts: { heartbeatTimeoutMs?: number } = {},
+): Promise<LiveSession> {
+  const res = s.resources;
+  let publication: RunningPublication | undefined;
+  try {
+    const mount = join(store.workDir(s.id), 'mnt');
+    mkdirSync(mount, { recursive: true });
+    res.publication = { id: '', mount };
+    store.save(s);
+    publication = await deps.startPublication({ repo: s.repo, point: s.point, stateDir: store.stateDir, fuseDir: mount });
+    res.publication = { id: publication.id, mount };
+    store.save(s);
+
+    const nics: NicAttachment[] = [];
+    let lab = plan.lab ? readLabState(store.stateDir, plan.lab.name) : undefined;
+    if (plan.lab && !lab?.ready) {
+      res.labCreated = plan.lab.name;
+      store.save(s);
+      lab = await labUp(plan.lab, { stateDir: store.stateDir });
+    }
+    for (const nic of plan.vm.nics) {
+      const model = nic.model === 'e1000' ? 'e1000' : 'virtio';
+      if (lab) {
+        const { tap, netns } = await addLabTap(store.stateDir, lab.name, nic.network);
+        res.taps.push({ lab: lab.name, tap });
+        store.save(s);
+        nics.push({ kind: 'tap', tap, netns, mac: nic.mac, model });
+      } else if (s.network) {
+        nics.push({ kind: 'bridge', bridge: s.network, mac: nic.mac, model });
+      }
+    }
+    const disks = plan.vm.disks.map((d) => {
+      const path = publication?.disks[d.name];
+      if (!path) throw new RestorelabError('PUBLICATION_INCOMPLETE', `the publication of ${s.point} has no disk ${d.name}`);
+      return { name: d.name, path, format: 'raw' as const };
+    });
+    s.disks = Object.fromEntries(disks.map((d) => [d.name, d.path]));
+    res.domain = s.domain;
+    store.save(s);
+    const domain = await hv.start({ vm: { ...plan.vm, name: s.domain }, disks, nics, ...(s.accel ? { accel: s.accel } : {}) });
+    if (domain instanceof QemuDomain) {
+      const pid = domain.pid();
+      if (pid !== undefined) s.qemuPid = pid;
+    }
+    store.save(s);
+
+    const agent = await waitForAgent(domain.agentSocket, opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS)
+      .catch((e: unknown) => {
+        throw new RestorelabError('NO_HEARTBEAT', `VM ${s.vm} booted from ${s.point} but its guest agent never answered: ${(e as Error).message}`,
+          { hint: `the guest needs qemu-guest-agent running; its console is in ${domain.consoleLog}` });
+      });
+    agent.close();
+    s.heartbeatSeconds = Math.round((Date.now() - Date.parse(s.createdAt)) / 100) / 10;
+    s.addresses = {};
+    plan.vm.nics.forEach((nic, i) => {
+      if (!nic.ip) return;
+      const addr = lab ? masqueradeAddress(lab, nic.ip) : s.network ? nic.ip : undefined;
+      if (addr) s.addresses[`nic${i}`] = addr;
+    });
+    s.state = 'running';
+    store.save(s);
+    return { session: s, hv, domain, ...(publication ? { publication } : {}) };
+  } catch (e) {
+    await teardown(s, store, hv, publication);
+    throw e;
+  }
+}
+
+/**
+ * Removes everything the record says the session made, in reverse order of
+ * creation. Each step runs even when an earlier one failed; the first
+ * failure is rethrown at the end. Migrated disks are production storage and
+ * are never touched.
+ */
+export async function teardown(s: RecoverySession, store: SessionStore, hv: Hypervisor, publication?: RunningPublication): Promise<void> {
+  const res = s.resources;
+  const failures: unknown[] = [];
+  const step = async (f: () => Promise<void>): Promise<void> => {
+    try {
+      await f();
+    } catch (e) {
+      failures.push(e);
+    }
+  };
+  if (res.domain) {
+    await step(async () => {
+      const dom = await hv.attach(res.domain as string);
+      await dom?.destroy();
+      delete res.domain;
+      store.save(s);
+    });
+  }
+  for (const t of [...res.taps]) {
+    await step(async () => {
+      await removeLabTap(store.stateDir, t.lab, t.tap);
+      res.taps = res.taps.filter((x) => x !== t);
+      store.save(s);
+    });
+  }
+  if (res.labCreated) {
+    const name = res.labCreated;
+    // Another live session may have joined the lab this one brought up.
+    const shared = store.list().some((o) => o.id !== s.id && o.lab === name && ACTIVE_STATES.includes(o.state));
+    await step(async () => {
+      if (!shared) await labDown(name, { stateDir: store.stateDir, quietIfMissing: true });
+      delete res.labCreated;
+      store.save(s);
+    });
+  }
+  if (res.publication) {
+    const mount = res.publication.mount;
+    await step(async () => {
+      if (publication) await publication.close({ discard: true });
+      else await unmountStale(mount);
+      delete res.publication;
+      store.save(s);
+    });
+  }
+  if (failures.length) throw failures[0];
+}
+
+/** A publication whose serving process died leaves a dead FUSE mount ("transport endpoint is not connected"). */
+export async function unmountStale(mount: string): Promise<void> {
+  const mounts = readFileSync('/proc/mounts', 'utf8');
+  for (const line of mounts.split('\n')) {
+    const mp = line.split(' ')[1];
+    if (mp && (mp === mount || mp.startsWith(`${mount}/`))) {
+      const r = await exec('fusermount', ['-u', '-z', mp], { timeoutMs: 10_000 });
+      if (r.code !== 0) await exec('umount', ['-l', mp], { timeoutMs: 10_000 });
+    }
+  }
+}
+
+export function isMounted(path: string): boolean {
+  return readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => {
+    const mp = l.split(' ')[1];
+    return mp !== undefined && (mp === path || mp.startsWith(`${path}/`));
+  });
+}
+
+/** Throws when `dir` cannot hold `bytes` more (the disks' virtual size: a full mirror may allocate all of it). */
+export function assertFreeSpace(dir: string, bytes: number): void {
+  if (!existsSync(dir)) throw badInput('MIGRATE_TARGET_MISSING', `migrate target ${dir} does not exist`, 'create the directory first');
+  const st = statfsSync(dir);
+  const free = st.bavail * st.bsize;
+  if (free < bytes) {
+    throw badInput('MIGRATE_NO_SPACE', `migrate target ${dir} has ${free} bytes free, the disks need ${bytes}`,
+      'pick a target directory on a filesystem with at least the disks\' virtual size free');
+  }
+}

@@ -1,0 +1,21 @@
+/**
+ * What a session needs from the layers below it, as one seam: the
+ * repository (to resolve the VM and point), publishing, and a hypervisor
+ * driver. Unit tests hand in contract-shaped fakes; everything else uses
+ * realDeps (deps.ts).
+ */
+import type { RepositoryReader } from '../repo/contract.js';
+import type { PublishOptions, RunningPublication } from '../publish/contract.js';
+import type { Hypervisor } from '../hypervisor/types.js';
+
+export interface SessionDeps {
+  openRepository(path: string): Promise<RepositoryReader>;
+  startPublication(opts: PublishOptions): Promise<RunningPublication>;
+  hypervisor(driver: 'qemu' | 'libvirt', opts: { stateDir: string; accel?: 'auto' | 'kvm' | 'tcg' }): Hypervisor;
+}
+
+/** The libvirt driver holds a connection that keeps the event loop alive. */
+export async function closeHypervisor(hv: Hypervisor): Promise<void> {
+  const c = (hv as { close?: () => Promise<void> }).close;
+  if (typeof c === 'function') await c.call(hv).catch(() => undefined);
+}

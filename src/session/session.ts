@@ -1,0 +1,89 @@
+/**
+ * Instant VM recovery sessions.
+ *
+ * Words:
+ * - Recovery session: one restore point of one VM running straight from the
+ *   repository: a publication (FUSE) of the point, a domain under a
+ *   hypervisor driver with its disks on the published `.raw` files, and
+ *   either lab taps (inside a virtual lab) or a host bridge.
+ * - Supervisor: the detached `restorelab session-supervise` process that owns
+ *   the publication (FUSE is served by a living process) and watches the
+ *   domain; it is the only writer of a session's state once it runs.
+ * - Resources: everything a session made, recorded BEFORE it is made, so a
+ *   crash leaves a record that `stop` uses to remove the leftovers.
+ * - Heartbeat: the guest agent's first answer to guest-ping; heartbeatSeconds
+ *   is measured from the `recover` command to that answer.
+ */
+
+export type SessionState = 'starting' | 'running' | 'migrating' | 'migrated' | 'stopped' | 'failed';
+
+export const ACTIVE_STATES: readonly SessionState[] = ['starting', 'running', 'migrating', 'migrated'];
+
+export interface SessionError {
+  code: string;
+  message: string;
+  hint?: string;
+  exitCode?: number;
+}
+
+export interface SessionResources {
+  /** The domain name under the driver (also the qemu driver's state directory name). */
+  domain?: string;
+  /** Lab taps this session created. */
+  taps: { lab: string; tap: string }[];
+  /** The lab, when this session brought it up (and so takes it down). */
+  labCreated?: string;
+  /** The publication, while it exists. */
+  publication?: { id: string; mount: string };
+  /** Migrated disk files (production storage now; never deleted by stop). */
+  migratedDisks?: Record<string, string>;
+}
+
+export interface RecoverySession {
+  id: string;
+  vm: string;
+  point: string;
+  repo: string;
+  driver: 'qemu' | 'libvirt';
+  accel?: 'kvm' | 'tcg';
+  /** Lab definition file, and the lab name it defines. */
+  labFile?: string;
+  lab?: string;
+  /** Host bridge for a production-network recovery. */
+  network?: string;
+  domain: string;
+  state: SessionState;
+  /** ISO 8601 time the recover command started: the origin of heartbeatSeconds. */
+  createdAt: string;
+  updatedAt: string;
+  heartbeatSeconds?: number;
+  /** NIC key (`nic0`, ...) → the address the host reaches it on. */
+  addresses: Record<string, string>;
+  /** Disk name → the file the domain runs on (published, or the migration target). */
+  disks: Record<string, string>;
+  /** Disk name → virtual size in bytes (the space a migration needs). */
+  diskBytes: Record<string, number>;
+  supervisorPid?: number;
+  qemuPid?: number;
+  error?: SessionError;
+  resources: SessionResources;
+  /** Where the migration put the disks (state `migrated`). */
+  migratedTo?: string;
+}
+
+/** The line `recover --json` prints (scripts depend on it). */
+export interface RecoverResult {
+  session: string;
+  vm: string;
+  state: SessionState;
+  heartbeatSeconds: number;
+  addresses: Record<string, string>;
+}
+
+export function recoverResult(s: RecoverySession): RecoverResult {
+  return { session: s.id, vm: s.vm, state: s.state, heartbeatSeconds: s.heartbeatSeconds ?? 0, addresses: s.addresses };
+}
+
+export function ageSeconds(s: RecoverySession, now = Date.now()): number {
+  return Math.max(0, Math.round((now - Date.parse(s.createdAt)) / 1000));
+}

@@ -1,0 +1,148 @@
+/**
+ * Where sessions are persisted: one JSON file per session under
+ * `<stateDir>/sessions/<id>.json`, written crash-safely (temp file, fsync,
+ * rename, fsync of the directory), so a reader never sees half a record and
+ * a crash keeps either the old or the new state.
+ *
+ * Each save is mirrored into the `sessions` table of the SQLite catalog
+ * (src/catalog), where listings and the daemon query it. The JSON file stays
+ * the source of truth: the supervisor must record a state change even when
+ * the catalog is locked or damaged (it is rebuilt from the files by
+ * `syncCatalog`).
+ */
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { notFound } from '../errors.js';
+import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import type { RecoverySession } from './session.js';
+
+const SESSIONS_MIGRATIONS = [
+  `CREATE TABLE sessions (
+     id TEXT PRIMARY KEY,
+     vm TEXT NOT NULL,
+     point TEXT NOT NULL,
+     repo TEXT NOT NULL,
+     driver TEXT NOT NULL,
+     state TEXT NOT NULL,
+     created TEXT NOT NULL,
+     updated TEXT NOT NULL,
+     heartbeat_seconds REAL,
+     record TEXT NOT NULL
+   );
+   CREATE INDEX sessions_state ON sessions (state)`,
+];
+
+export class SessionStore {
+  readonly dir: string;
+  readonly catalogPath: string;
+
+  constructor(readonly stateDir: string, catalogPath?: string) {
+    this.dir = join(stateDir, 'sessions');
+    this.catalogPath = catalogPath ?? join(stateDir, 'catalog.sqlite');
+  }
+
+  private withCatalog(f: (db: CatalogDb) => void): void {
+    let db: CatalogDb | undefined;
+    try {
+      db = openCatalog(this.catalogPath);
+      migrate(db, 'sessions', SESSIONS_MIGRATIONS);
+      f(db);
+    } catch (e) {
+      process.emitWarning(`session catalog ${this.catalogPath} not updated: ${(e as Error).message}`);
+    } finally {
+      db?.close();
+    }
+  }
+
+  private mirror(s: RecoverySession): void {
+    this.withCatalog((db) => db.prepare(
+      `INSERT INTO sessions (id, vm, point, repo, driver, state, created, updated, heartbeat_seconds, record)
+       VALUES (@id, @vm, @point, @repo, @driver, @state, @createdAt, @updatedAt, @hb, @record)
+       ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated,
+         heartbeat_seconds = excluded.heartbeat_seconds, record = excluded.record`,
+    ).run({ id: s.id, vm: s.vm, point: s.point, repo: s.repo, driver: s.driver, state: s.state,
+      createdAt: s.createdAt, updatedAt: s.updatedAt, hb: s.heartbeatSeconds ?? null, record: JSON.stringify(s) }));
+  }
+
+  /** Sessions as the catalog lists them: id, state and timestamps. */
+  catalogRows(): { id: string; state: string; created: string }[] {
+    let rows: { id: string; state: string; created: string }[] = [];
+    this.withCatalog((db) => {
+      rows = db.prepare('SELECT id, state, created FROM sessions ORDER BY created').all() as typeof rows;
+    });
+    return rows;
+  }
+
+  /** Rebuilds the catalog's rows from the JSON records. */
+  syncCatalog(): void {
+    for (const s of this.list()) this.mirror(s);
+  }
+
+  path(id: string): string {
+    return join(this.dir, `${id}.json`);
+  }
+
+  /** A per-session scratch directory (FUSE mount point, supervisor log, control socket). */
+  workDir(id: string): string {
+    return join(this.dir, id);
+  }
+
+  save(s: RecoverySession): void {
+    mkdirSync(this.dir, { recursive: true });
+    s.updatedAt = new Date().toISOString();
+    const final = this.path(s.id);
+    const tmp = `${final}.${process.pid}.tmp`;
+    const fd = openSync(tmp, 'w');
+    try {
+      writeSync(fd, JSON.stringify(s, null, 2));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, final);
+    const dfd = openSync(this.dir, 'r');
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
+    this.mirror(s);
+  }
+
+  find(id: string): RecoverySession | undefined {
+    try {
+      return JSON.parse(readFileSync(this.path(id), 'utf8')) as RecoverySession;
+    } catch {
+      return undefined;
+    }
+  }
+
+  get(id: string): RecoverySession {
+    const s = this.find(id);
+    if (!s) throw notFound('SESSION_NOT_FOUND', `no recovery session ${id}`, 'restorelab sessions lists the sessions');
+    return s;
+  }
+
+  list(): RecoverySession[] {
+    if (!existsSync(this.dir)) return [];
+    return readdirSync(this.dir)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => this.find(f.slice(0, -5)))
+      .filter((s): s is RecoverySession => s !== undefined)
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  /** Read-modify-write of one record (only the supervisor and `stop` of a dead supervisor write). */
+  update(id: string, change: (s: RecoverySession) => void): RecoverySession {
+    const s = this.get(id);
+    change(s);
+    this.save(s);
+    return s;
+  }
+
+  remove(id: string): void {
+    rmSync(this.path(id), { force: true });
+    this.withCatalog((db) => db.prepare('DELETE FROM sessions WHERE id = ?').run(id));
+    rmSync(this.workDir(id), { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The session supervisor: `restorelab session-supervise <id>`, started
+ * detached by `recover`. It owns the publication (FUSE is served from this
+ * process, so it must outlive the CLI) and the domain: it brings the session
+ * up, records it as running, serves stop/migrate requests on the control
+ * socket, and watches the domain. When the domain ends without a stop
+ * request (QEMU killed, crashed, powered off from inside), the session is
+ * marked failed and its taps, lab and publication are removed.
+ */
+import { readFileSync } from 'node:fs';
+import { QemuDomain } from '../hypervisor/qemu.js';
+import type { Domain } from '../hypervisor/types.js';
+import { controlSocket, serveControl, toSessionError, type ControlRequest } from './control.js';
+import { closeHypervisor, type SessionDeps } from './seam.js';
+import { migrateLive } from './migrate.js';
+import { planRecovery } from './plan.js';
+import { bringUp, teardown, type LiveSession } from './runner.js';
+import type { RecoverySession } from './session.js';
+import { SessionStore } from './store.js';
+
+const WATCH_INTERVAL_MS = 1000;
+
+function qemuAlive(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system');
+  } catch {
+    return false;
+  }
+}
+
+/** QEMU's monitor serves one client, so the qemu driver is watched by pid, never over QMP. */
+async function domainAlive(d: Domain, s: RecoverySession): Promise<boolean> {
+  if (d instanceof QemuDomain) {
+    const pid = s.qemuPid ?? d.pid();
+    return pid !== undefined && qemuAlive(pid);
+  }
+  const st = await d.state();
+  return st === 'running' || st === 'paused';
+}
+
+export interface SuperviseOptions {
+  heartbeatTimeoutMs?: number;
+}
+
+/** Runs until the session ends; resolves with the process exit code. */
+export async function superviseSession(stateDir: string, id: string, deps: SessionDeps, opts: SuperviseOptions = {}): Promise<number> {
+  const store = new SessionStore(stateDir);
+  const s = store.get(id);
+  s.supervisorPid = process.pid;
+  store.save(s);
+  const hv = deps.hypervisor(s.driver, { stateDir, ...(s.accel ? { accel: s.accel } : {}) });
+  let live: LiveSession;
+  try {
+    const plan = await planRecovery({
+      repo: s.repo, vm: s.vm, point: s.point, driver: s.driver, stateDir,
+      ...(s.labFile ? { lab: s.labFile } : {}), ...(s.network ? { network: s.network } : {}),
+    }, deps);
+    live = await bringUp(s, plan, deps, store, hv, opts);
+  } catch (e) {
+    s.state = 'failed';
+    s.error = toSessionError(e);
+    store.save(s);
+    await closeHypervisor(hv);
+    return 1;
+  }
+
+  let busy: Promise<unknown> = Promise.resolve();
+  let ending = false;
+  let finish!: (code: number) => void;
+  const finished = new Promise<number>((r) => (finish = r));
+
+  const end = async (state: 'stopped' | 'failed', reason?: string): Promise<RecoverySession> => {
+    ending = true;
+    clearInterval(watch);
+    try {
+      await teardown(s, store, hv, live.publication);
+    } catch (e) {
+      s.error = toSessionError(e);
+    }
+    s.state = state;
+    if (reason) s.error = { code: 'VM_ENDED', message: reason };
+    store.save(s);
+    server.close();
+    await closeHypervisor(hv);
+    finish(state === 'stopped' ? 0 : 1);
+    return s;
+  };
+
+  // Requests run one at a time: a stop during a migration waits for it.
+  const handle = (req: ControlRequest): Promise<RecoverySession> => {
+    const run = busy.then(async () => {
+      if (ending) return s;
+      if (req.op === 'stop') return end('stopped');
+      await migrateLive(live, store, req.to, req.format);
+      return s;
+    });
+    busy = run.catch(() => undefined);
+    return run;
+  };
+
+  const server = serveControl(controlSocket(store.workDir(id)), handle);
+  const watch = setInterval(() => {
+    if (ending) return;
+    domainAlive(live.domain, s).then((alive) => {
+      if (alive || ending) return;
+      const why = live.domain instanceof QemuDomain ? live.domain.outcome()?.reason : undefined;
+      void end('failed', `the VM stopped while the session was ${s.state}${why ? ` (${why})` : ''}`);
+    }, () => undefined);
+  }, WATCH_INTERVAL_MS);
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.once(sig, () => void handle({ op: 'stop' }));
+  }
+  return finished;
+}
