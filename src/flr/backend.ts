@@ -1,0 +1,187 @@
+/**
+ * The seam between file-level restore and whatever actually reads a guest
+ * filesystem. Today that is the host kernel (HostMountBackend): loop devices
+ * plus read-only mounts. Mounting an untrusted filesystem in the host kernel
+ * exposes the kernel's filesystem drivers to a crafted image, so a later
+ * backend can run the mounts inside a throwaway helper VM and export the
+ * trees to the host (see docs/file-level-restore.md). Everything above this
+ * interface (browse, CLI) sees only directories.
+ */
+import { open } from 'node:fs/promises';
+import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { RestorelabError, badInput, notFound, ExitCode } from '../errors.js';
+import { readPartitionTable, type Partition, type ReadAt } from './partitions.js';
+import { HARDENING_OPTIONS, MOUNT_OPTIONS, identifyFilesystem, kernelFilesystems, probeFilesystem, type FilesystemProbe } from './filesystems.js';
+import type { MountedPartition, Resource, SessionJournal } from './session.js';
+import { attachLoop, detachLoop, isMountPoint, loopInfo, mountDevice, unmount } from './system.js';
+import { exec, which } from '../host/exec.js';
+
+/** One disk to open: a raw image file (a FUSE-published `<disk>.raw` or any local file). */
+export interface DiskFile {
+  name: string;
+  path: string;
+}
+
+export interface MountRequest {
+  disks: DiskFile[];
+  /** Mount root; each partition goes to `<dir>/p<N>` (one disk) or `<dir>/<disk>/p<N>` (several). */
+  dir: string;
+  /** Only this partition number. */
+  partition?: number;
+}
+
+export interface FileLevelBackend {
+  readonly name: string;
+  /**
+   * Mounts every recognised partition of every disk read-only below
+   * `req.dir`, journalling each resource as it is created. On failure the
+   * caller releases the journal; the backend leaves nothing unjournalled.
+   */
+  mount(req: MountRequest, journal: SessionJournal): Promise<MountedPartition[]>;
+  /** Undoes one resource this backend created; safe to call again and after a crash. */
+  release(resource: Resource): Promise<void>;
+}
+
+/** A partition and what is on it. */
+export interface PartitionContent extends Partition {
+  filesystem?: FilesystemProbe;
+}
+
+export function fileReader(fd: { read: (b: Buffer, o: number, l: number, p: number) => Promise<{ bytesRead: number }> }): ReadAt {
+  return async (offset, length) => {
+    const buf = Buffer.alloc(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fd.read(buf, got, length - got, offset + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return buf.subarray(0, got);
+  };
+}
+
+/** Parses a disk file's partition table and probes each partition's filesystem. */
+export async function inspectDisk(path: string): Promise<{ scheme: string; partitions: PartitionContent[]; warnings: string[] }> {
+  const fh = await open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const read = fileReader(fh);
+    const table = await readPartitionTable(read, size, async () => identifyFilesystem(await read(0, 65536 + 4096)) !== undefined);
+    const partitions: PartitionContent[] = [];
+    for (const p of table.partitions) {
+      const fs = await probeFilesystem((o, l) => read(p.offset + o, Math.max(0, Math.min(l, p.size - o))));
+      partitions.push({ ...p, ...(fs ? { filesystem: fs } : {}) });
+    }
+    return { scheme: table.scheme, partitions, warnings: table.warnings };
+  } finally {
+    await fh.close();
+  }
+}
+
+function unknownFilesystem(disk: string, what: string): RestorelabError {
+  return badInput('UNKNOWN_FILESYSTEM', `disk ${disk}: ${what}`, 'file-level restore reads ext2/3/4, xfs, btrfs and vfat; restore the whole disk instead (`restorelab restore`) and open it with a tool for that filesystem');
+}
+
+/** Whether the host kernel can mount `driver`, loading its module if it is not in yet. */
+async function kernelHas(driver: string): Promise<boolean> {
+  if (kernelFilesystems().has(driver)) return true;
+  const modprobe = which('modprobe');
+  if (modprobe) await exec(modprobe, [driver], { timeoutMs: 30_000 });
+  return kernelFilesystems().has(driver);
+}
+
+/** Refuses a mount directory that is itself a mount point or has anything in it. */
+export function checkMountDir(dir: string): void {
+  if (!existsSync(dir)) return;
+  if (!statSync(dir).isDirectory()) throw badInput('MOUNT_POINT_NOT_DIRECTORY', `${dir} is not a directory`, 'give an empty or new directory to mount on');
+  if (isMountPoint(dir) || readdirSync(dir).length > 0) {
+    throw new RestorelabError('MOUNT_POINT_IN_USE', `mount point ${dir} is in use (${isMountPoint(dir) ? 'something is mounted there' : 'it is not empty'})`, {
+      hint: 'give an empty or new directory, or unmount what is there (`restorelab umount <dir>`)',
+      exitCode: ExitCode.busy,
+    });
+  }
+}
+
+export class HostMountBackend implements FileLevelBackend {
+  readonly name = 'host-mount';
+
+  async mount(req: MountRequest, journal: SessionJournal): Promise<MountedPartition[]> {
+    const dir = resolve(req.dir);
+    checkMountDir(dir);
+    const plan: { disk: DiskFile; part: PartitionContent; path: string }[] = [];
+    const out: MountedPartition[] = [];
+    for (const disk of req.disks) {
+      const info = await inspectDisk(disk.path);
+      if (info.partitions.length === 0) throw unknownFilesystem(disk.name, 'no partition table and no filesystem we recognise at the start of the disk');
+      let parts = info.partitions;
+      if (req.partition !== undefined) {
+        parts = parts.filter((p) => p.number === req.partition);
+        if (parts.length === 0) throw notFound('PARTITION_NOT_FOUND', `disk ${disk.name} has no partition ${req.partition} (it has ${info.partitions.map((p) => p.number).join(', ')})`, 'pick one of the listed partition numbers');
+      }
+      const base = req.disks.length > 1 ? join(dir, disk.name) : dir;
+      for (const part of parts) {
+        const path = join(base, `p${part.number}`);
+        const fs = part.filesystem;
+        let skipped: string | undefined;
+        if (!fs) skipped = 'unknown filesystem';
+        else if (!fs.driver) skipped = `unsupported filesystem ${fs.fstype}`;
+        else if (!MOUNT_OPTIONS[fs.driver]) skipped = `unsupported filesystem ${fs.fstype}`;
+        else if (!(await kernelHas(fs.driver))) skipped = `unsupported filesystem ${fs.fstype}: this host's kernel has no ${fs.driver} driver`;
+        if (skipped) {
+          out.push({ disk: disk.name, partition: part.number, fstype: fs?.fstype ?? 'unknown', path: '', skipped });
+          continue;
+        }
+        plan.push({ disk, part, path });
+      }
+    }
+    if (plan.length === 0) {
+      const why = out.map((m) => `partition ${m.partition}: ${m.skipped}`).join('; ');
+      if (out.some((m) => m.fstype === 'unknown')) throw unknownFilesystem(req.disks.map((d) => d.name).join(', '), `nothing to mount (${why})`);
+      throw badInput('UNSUPPORTED_FILESYSTEM', `nothing to mount: ${why}`, 'restore the whole disk instead and open it with a tool for that filesystem');
+    }
+    this.makeDir(dir, journal);
+    for (const { disk, part, path } of plan) {
+      const fs = part.filesystem as FilesystemProbe & { driver: string };
+      this.makeDir(join(path, '..'), journal);
+      this.makeDir(path, journal);
+      const device = await attachLoop(disk.path, part.offset, part.size);
+      journal.add({ kind: 'loop', device, backing: disk.path, offset: part.offset });
+      await mountDevice(device, path, fs.driver, [...MOUNT_OPTIONS[fs.driver]!, ...HARDENING_OPTIONS]);
+      journal.add({ kind: 'mount', path, device });
+      out.push({ disk: disk.name, partition: part.number, fstype: fs.fstype, path });
+    }
+    return out.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition);
+  }
+
+  private makeDir(path: string, journal: SessionJournal): void {
+    if (existsSync(path)) return;
+    mkdirSync(path);
+    journal.add({ kind: 'dir', path });
+  }
+
+  async release(r: Resource): Promise<void> {
+    switch (r.kind) {
+      case 'mount': {
+        // Only unmount what is still the mount we made (same device).
+        if (isMountPoint(r.path)) await unmount(r.path);
+        return;
+      }
+      case 'loop': {
+        const info = loopInfo(r.device);
+        if (info && info.offset === r.offset && (info.backing === r.backing || info.backing.startsWith(`${r.backing} (`))) await detachLoop(r.device);
+        return;
+      }
+      case 'dir': {
+        try {
+          rmdirSync(r.path);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        }
+        return;
+      }
+      case 'holder':
+        return;
+    }
+  }
+}
