@@ -42,6 +42,40 @@ export class OverlayError extends Error {
   }
 }
 
+/**
+ * A size limit shared by the overlays of one publication (its disks draw on
+ * one budget), with warnings when usage first crosses 80 % and 90 %.
+ */
+export class OverlayBudget {
+  usedBytes = 0;
+  private readonly fired = new Set<number>();
+
+  constructor(
+    readonly limitBytes = Number.MAX_SAFE_INTEGER,
+    private readonly onThreshold?: (percent: number, usedBytes: number, limitBytes: number) => void,
+  ) {}
+
+  get freeBytes(): number {
+    return Math.max(0, this.limitBytes - this.usedBytes);
+  }
+
+  get limited(): boolean {
+    return this.limitBytes < Number.MAX_SAFE_INTEGER;
+  }
+
+  /** Records usage and fires each threshold once (also when opened already past it). */
+  add(bytes: number, warn = true): void {
+    this.usedBytes += bytes;
+    if (!this.limited) return;
+    for (const p of [80, 90]) {
+      if (!this.fired.has(p) && this.usedBytes * 100 >= this.limitBytes * p) {
+        this.fired.add(p);
+        if (warn) this.onThreshold?.(p, this.usedBytes, this.limitBytes);
+      }
+    }
+  }
+}
+
 /** What the overlay reads through to: the published disk. */
 export interface OverlayBase {
   readonly size: number;
@@ -54,10 +88,12 @@ export interface OverlayOptions {
   /** Disk name: the files are `<name>.data`, `.map`, `.journal`. */
   name: string;
   base: OverlayBase;
-  /** Bytes of overlay data allowed; writes needing more fail with ENOSPC. Default: unlimited. */
+  /** Bytes of overlay data allowed; writes needing more fail with ENOSPC. Default: unlimited. Ignored with `budget`. */
   limitBytes?: number;
+  /** A limit shared with other overlays (the disks of one publication). */
+  budget?: OverlayBudget;
   readOnly?: boolean;
-  /** Called once each time usage first crosses 80 % and 90 % of the limit. */
+  /** Called once each time usage first crosses 80 % and 90 % of the limit. Ignored with `budget`. */
   onThreshold?: (percent: number, usedBytes: number, limitBytes: number) => void;
 }
 
@@ -85,13 +121,12 @@ function popcount(b: number): number {
 export class Overlay {
   readonly size: number;
   readonly blockCount: number;
-  readonly limitBytes: number;
+  readonly budget: OverlayBudget;
   private readonly bitmap: Uint8Array;
   private allocated = 0;
   private pending: Array<[number, number]> = [];
   private dirty = false;
   private lock: Promise<unknown> = Promise.resolve();
-  private readonly fired = new Set<number>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -103,10 +138,10 @@ export class Overlay {
   ) {
     this.size = opts.base.size;
     this.blockCount = Math.ceil(this.size / BLOCK_SIZE);
-    this.limitBytes = opts.limitBytes ?? Number.MAX_SAFE_INTEGER;
+    this.budget = opts.budget ?? new OverlayBudget(opts.limitBytes, opts.onThreshold);
     this.bitmap = bitmap;
     for (const byte of bitmap) this.allocated += popcount(byte);
-    for (const p of [80, 90]) if (this.usedBytes * 100 >= this.limitBytes * p) this.fired.add(p);
+    this.budget.add(this.usedBytes, false);
   }
 
   /** Opens (or creates) the overlay, replaying and compacting its map journal. */
@@ -138,8 +173,13 @@ export class Overlay {
     return this.allocated * BLOCK_SIZE;
   }
 
+  get limitBytes(): number {
+    return this.budget.limitBytes;
+  }
+
+  /** Bytes the budget still allows (shared with the publication's other disks). */
   get freeBytes(): number {
-    return Math.max(0, this.limitBytes - this.usedBytes);
+    return this.budget.freeBytes;
   }
 
   present(block: number): boolean {
@@ -214,8 +254,8 @@ export class Overlay {
     const b1 = Math.floor((end - 1) / BLOCK_SIZE);
     const fresh: number[] = [];
     for (let b = b0; b <= b1; b++) if (!this.present(b)) fresh.push(b);
-    if (this.usedBytes + fresh.length * BLOCK_SIZE > this.limitBytes) {
-      throw new OverlayError('ENOSPC', `overlay of ${this.opts.name} is full (${this.usedBytes} of ${this.limitBytes} bytes used)`);
+    if (fresh.length * BLOCK_SIZE > this.budget.freeBytes) {
+      throw new OverlayError('ENOSPC', `overlay of ${this.opts.name} is full (${this.budget.usedBytes} of ${this.budget.limitBytes} bytes used)`);
     }
     const start = b0 * BLOCK_SIZE;
     const stop = Math.min(this.size, (b1 + 1) * BLOCK_SIZE);
@@ -247,8 +287,8 @@ export class Overlay {
     }
     this.allocated += fresh.length;
     this.dirty = true;
+    this.budget.add(fresh.length * BLOCK_SIZE);
     if (sync) await this.commitLocked();
-    this.checkThresholds();
   }
 
   private async commitLocked(): Promise<void> {
@@ -269,16 +309,6 @@ export class Overlay {
       this.dirty = true;
       const code = (err as NodeJS.ErrnoException).code;
       throw new OverlayError(code === 'ENOSPC' ? 'ENOSPC' : 'EIO', `committing the overlay of ${this.opts.name} failed: ${(err as Error).message}`, { cause: err });
-    }
-  }
-
-  private checkThresholds(): void {
-    if (this.limitBytes === Number.MAX_SAFE_INTEGER) return;
-    for (const p of [80, 90]) {
-      if (!this.fired.has(p) && this.usedBytes * 100 >= this.limitBytes * p) {
-        this.fired.add(p);
-        this.opts.onThreshold?.(p, this.usedBytes, this.limitBytes);
-      }
     }
   }
 
