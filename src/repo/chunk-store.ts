@@ -10,7 +10,7 @@ import { mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'no
 import { join } from 'node:path';
 import type { ChunkStore, StoredChunk } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
-import { fsyncDir, tempName } from './atomic-file.js';
+import { fsyncDir, removeIfOlder, tempName } from './atomic-file.js';
 import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
@@ -139,25 +139,11 @@ export class LocalChunkStore implements ChunkStore {
 
   async removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
     const target = this.file(digest);
-    const st = await stat(target).catch(() => undefined);
-    if (!st || st.mtimeMs >= cutoffMs) return 0;
-    // Rename first, then look at the mtime again: an insert() that touched the
-    // chunk before the rename shows up in the second stat (and we put it back);
-    // one that comes after finds the chunk gone and writes it anew.
-    const doomed = join(this.path, digest.slice(0, 2), tempName());
     try {
-      await rename(target, doomed);
+      return await removeIfOlder(target, cutoffMs);
     } catch (err) {
-      if (isErrno(err, 'ENOENT')) return 0;
       throw this.ioError('remove', digest, err);
     }
-    const again = await stat(doomed);
-    if (again.mtimeMs >= cutoffMs) {
-      await rename(doomed, target);
-      return 0;
-    }
-    await unlink(doomed);
-    return again.size;
   }
 
   private async shards(): Promise<string[]> {

@@ -7,3 +7,10 @@ export { encodeFixedIndex, decodeFixedIndex, chunkCountFor } from './fixed-index
 export { initRepository, openRepository, readKeyFile, validateChunkSize, newPointId, LocalRepository } from './repository.js';
 export type { InitOptions, OpenOptions, Leftover, PointScan } from './repository.js';
 export { readLocks, liveLocks, isStale } from './lock.js';
+export { CodecPool } from './codec-pool.js';
+export { verifyRepository } from './verify.js';
+export type { VerifyReport, VerifyFinding, VerifyOptions } from './verify.js';
+export { pruneRepository, planPrune } from './prune.js';
+export type { PrunePolicy, PruneOptions, PruneReport, PruneDecision } from './prune.js';
+export { collectGarbage } from './gc.js';
+export type { GcOptions, GcReport } from './gc.js';

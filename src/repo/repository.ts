@@ -18,7 +18,7 @@ import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION } from
 import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
-import { fsyncDir, writeFileAtomic } from './atomic-file.js';
+import { fsyncDir, removeIfOlder, writeFileAtomic } from './atomic-file.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
@@ -339,9 +339,15 @@ export class LocalRepository implements Repository {
 
   /** Marks points damaged (verify): the manifest is rewritten crash-safely with `damaged: true`. */
   async markDamaged(id: string): Promise<void> {
+    await this.setDamaged(id, true);
+  }
+
+  /** Sets or clears the damaged mark (verify clears it once every chunk checks out again). */
+  async setDamaged(id: string, damaged: boolean): Promise<void> {
     const point = await this.getPoint(id);
-    if (point.damaged) return;
-    await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody({ ...point, damaged: true }));
+    if ((point.damaged ?? false) === damaged) return;
+    const { damaged: _old, ...rest } = point;
+    await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody(damaged ? { ...rest, damaged: true } : rest));
   }
 
   /** Deletes a manifest (prune); its chunks and index stay until gc. */
@@ -361,12 +367,9 @@ export class LocalRepository implements Repository {
     return out;
   }
 
-  async removeIndex(digest: string): Promise<number> {
-    const file = join(this.indexesDir, digest + INDEX_SUFFIX);
-    const st = await stat(file).catch(() => undefined);
-    if (!st) return 0;
-    await unlink(file);
-    return st.size;
+  /** gc's delete of an unreferenced index: only if untouched since `cutoffMs` (see removeIfOlder). */
+  async removeIndex(digest: string, cutoffMs: number): Promise<number> {
+    return removeIfOlder(join(this.indexesDir, digest + INDEX_SUFFIX), cutoffMs);
   }
 
   /** Temp files left by crashed writers (all of them, or those older than `beforeMs`). */

@@ -1,0 +1,118 @@
+/**
+ * Garbage collection: mark every chunk and index that a restore point
+ * references, then sweep the rest, but only what was last touched before the
+ * cutoff:
+ *
+ *   cutoff = min(gc start, since of every live shared lock) - safety margin
+ *
+ * A running backup holds a shared lock and inserts (or touches) every chunk
+ * its new index references, which refreshes the chunk's mtime past its
+ * `since`; so nothing a live backup may reference is older than the cutoff.
+ * gc holds a 'gc' lock: it excludes prune and other gc runs, not backups.
+ * Quarantined `.bad` chunks are never deleted.
+ */
+import { unlink } from 'node:fs/promises';
+import type { LocalRepository } from './repository.js';
+import { RestorelabError } from '../errors.js';
+import { liveLocks } from './lock.js';
+import { GC_SAFETY_MARGIN_MS } from './format.js';
+import type { LockHolder } from './api.js';
+
+export interface GcOptions {
+  /** Count only, delete nothing. */
+  dryRun?: boolean;
+  /** Default GC_SAFETY_MARGIN_MS; raise it for repositories on network file systems with clock skew. */
+  safetyMarginMs?: number;
+}
+
+export interface GcReport {
+  dryRun: boolean;
+  /** ISO time: unreferenced files touched at or after it were kept. */
+  cutoff: string;
+  chunksTotal: number;
+  chunksReferenced: number;
+  chunksRemoved: number;
+  bytesFreed: number;
+  /** Unreferenced but newer than the cutoff (a running or very recent backup may use them). */
+  chunksKeptRecent: number;
+  indexesRemoved: number;
+  indexBytesFreed: number;
+  tempFilesRemoved: number;
+  quarantinedChunks: number;
+  staleLocksRemoved: LockHolder[];
+  seconds: number;
+}
+
+export async function collectGarbage(repo: LocalRepository, opts: GcOptions = {}): Promise<GcReport> {
+  const dryRun = opts.dryRun ?? false;
+  const margin = opts.safetyMarginMs ?? GC_SAFETY_MARGIN_MS;
+  const lock = await repo.lock('gc', dryRun ? 'gc --dry-run' : 'gc');
+  try {
+    const start = lock.since;
+    // Read the writers only now: one that locks later has since >= start.
+    const writers = (await liveLocks(repo.locksDir)).filter((h) => h.kind === 'shared');
+    const cutoffMs = Math.min(start, ...writers.map((w) => w.since)) - margin;
+
+    const scan = await repo.scanPoints();
+    const firstProblem = scan.problems[0];
+    if (firstProblem) {
+      throw new RestorelabError('GC_UNSAFE', `gc stopped before deleting anything: manifest ${firstProblem.file} is unreadable (${firstProblem.reason})`,
+        { hint: 'gc cannot know which chunks that point needs; move the manifest away or restore it, then run gc again' });
+    }
+    const liveChunks = new Set<string>();
+    const liveIndexes = new Set<string>();
+    for (const point of scan.points) {
+      for (const disk of point.disks) {
+        liveIndexes.add(disk.indexDigest);
+        let digests: (string | null)[];
+        try {
+          ({ digests } = await repo.readIndex(disk.indexDigest));
+        } catch (err) {
+          throw new RestorelabError('GC_UNSAFE', `gc stopped before deleting anything: restore point ${point.id} disk ${disk.name}: ${(err as Error).message}`,
+            { hint: `run restorelab verify, then prune or remove restore point ${point.id}`, cause: err });
+        }
+        for (const d of digests) if (d !== null) liveChunks.add(d);
+      }
+    }
+
+    const report: GcReport = {
+      dryRun, cutoff: new Date(cutoffMs).toISOString(), chunksTotal: 0, chunksReferenced: 0, chunksRemoved: 0, bytesFreed: 0,
+      chunksKeptRecent: 0, indexesRemoved: 0, indexBytesFreed: 0, tempFilesRemoved: 0, quarantinedChunks: 0,
+      staleLocksRemoved: lock.staleRemoved, seconds: 0,
+    };
+    for await (const c of repo.chunks.list()) {
+      report.chunksTotal++;
+      if (liveChunks.has(c.digest)) {
+        report.chunksReferenced++;
+      } else if (c.mtimeMs >= cutoffMs) {
+        report.chunksKeptRecent++;
+      } else if (dryRun) {
+        report.chunksRemoved++;
+        report.bytesFreed += c.size;
+      } else {
+        const freed = await repo.chunks.removeIfUnused(c.digest, cutoffMs);
+        if (freed > 0) {
+          report.chunksRemoved++;
+          report.bytesFreed += freed;
+        } else {
+          report.chunksKeptRecent++;
+        }
+      }
+    }
+    for await (const _ of repo.chunks.listQuarantined()) report.quarantinedChunks++;
+    for (const idx of await repo.listIndexes()) {
+      if (liveIndexes.has(idx.digest) || idx.mtimeMs >= cutoffMs) continue;
+      const freed = dryRun ? idx.size : await repo.removeIndex(idx.digest, cutoffMs);
+      if (freed > 0) report.indexesRemoved++;
+      report.indexBytesFreed += freed;
+    }
+    for (const t of await repo.leftovers(cutoffMs)) {
+      report.tempFilesRemoved++;
+      if (!dryRun) await unlink(t.path).catch(() => undefined);
+    }
+    report.seconds = (Date.now() - start) / 1000;
+    return report;
+  } finally {
+    await lock.release();
+  }
+}
