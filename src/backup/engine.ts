@@ -16,7 +16,10 @@ import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { ImageSource } from '../ingest/contract.js';
 import { openImage } from '../ingest/open.js';
-import type { FixedIndex, Repository } from '../repo/api.js';
+import { join } from 'node:path';
+import type { FixedIndex, RepoLock, Repository } from '../repo/api.js';
+import { liveLocks } from '../repo/lock.js';
+import { LOCKS_DIR } from '../repo/format.js';
 import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { badInput } from '../errors.js';
@@ -84,31 +87,60 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
     try {
       const parent = await chooseParent(repo, vm.name, opts.parent);
       const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
+      const inserted: { digest: string; at: number }[] = [];
       const pool = new ChunkPool(opts.codecInit ?? { config: repo.config }, opts.workers ?? Math.min(availableParallelism(), 8));
-      const disks: RestorePointDisk[] = [];
       try {
-        for (let i = 0; i < plan.length; i++) {
-          const d = plan[i] as DiskPlan;
-          const index = await backupDisk(repo, pool, sources[i] as ImageSource, d.name, stats, opts.onProgress);
-          disks.push({ name: d.name, size: index.size, indexDigest: await repo.writeIndex(index) });
+        const indexes: FixedIndex[] = [];
+        try {
+          for (let i = 0; i < plan.length; i++) {
+            indexes.push(await backupDisk(repo, pool, sources[i] as ImageSource, (plan[i] as DiskPlan).name, stats, inserted, opts.onProgress));
+          }
+        } finally {
+          await pool.close();
         }
-      } finally {
-        await pool.close();
+        // Indexes are written only once every disk is read, so a failed read leaves no index behind.
+        const disks: RestorePointDisk[] = [];
+        for (let i = 0; i < plan.length; i++) {
+          const index = indexes[i] as FixedIndex;
+          disks.push({ name: (plan[i] as DiskPlan).name, size: index.size, indexDigest: await repo.writeIndex(index) });
+        }
+        return await repo.commitPoint({
+          vm,
+          disks,
+          consistency: opts.consistency ?? 'crash',
+          time,
+          source: opts.source ?? plan.map((d) => `${d.name}=${d.path}`).join(' '),
+          ...(parent ? { parent: parent.id } : {}),
+          stats: { ...stats, seconds: Math.round((performance.now() - started) / 10) / 100 },
+        });
+      } catch (err) {
+        await rollBack(repo, lock, inserted);
+        throw err;
       }
-      return await repo.commitPoint({
-        vm,
-        disks,
-        consistency: opts.consistency ?? 'crash',
-        time,
-        source: opts.source ?? plan.map((d) => `${d.name}=${d.path}`).join(' '),
-        ...(parent ? { parent: parent.id } : {}),
-        stats: { ...stats, seconds: Math.round((performance.now() - started) / 10) / 100 },
-      });
     } finally {
       await lock.release();
     }
   } finally {
     await Promise.allSettled(sources.map((s) => s.close()));
+  }
+}
+
+/**
+ * Removes the chunks this backup added, so a failed backup (a full disk, a
+ * bad read) leaves the repository as it found it. Only when no other writer
+ * is live: another backup may have found one of these chunks and referenced
+ * it. And only chunks not touched since we wrote them (removeIfUnused), for
+ * the same reason. Otherwise they stay for gc, which removes them safely.
+ */
+async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: string; at: number }[]): Promise<void> {
+  if (inserted.length === 0) return;
+  try {
+    const others = (await liveLocks(join(repo.path, LOCKS_DIR)))
+      .filter((h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since));
+    if (others.length > 0) return;
+    for (const c of inserted) await repo.chunks.removeIfUnused(c.digest, c.at);
+  } catch {
+    // Best effort: what is left is unreferenced, and gc removes it.
   }
 }
 
@@ -132,8 +164,8 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number): P
 }
 
 async function backupDisk(
-  repo: Repository, pool: ChunkPool, src: ImageSource, name: string,
-  stats: Omit<BackupStats, 'seconds'>, onProgress: BackupOptions['onProgress'],
+  repo: Repository, pool: ChunkPool, src: ImageSource, name: string, stats: Omit<BackupStats, 'seconds'>,
+  inserted: { digest: string; at: number }[], onProgress: BackupOptions['onProgress'],
 ): Promise<FixedIndex> {
   const chunkSize = repo.config.chunkSize;
   const count = Math.ceil(src.size / chunkSize);
@@ -171,7 +203,10 @@ async function backupDisk(
         } else {
           const r = await repo.chunks.insert(digest, await pool.encode(ticket));
           if (r.existed) stats.bytesReused += length;
-          else stats.bytesNew += length;
+          else {
+            stats.bytesNew += length;
+            inserted.push({ digest, at: Date.now() + 1 });
+          }
         }
       } catch (err) {
         written.delete(digest);

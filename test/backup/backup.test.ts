@@ -1,0 +1,182 @@
+import t from 'tap';
+import { createHash } from 'node:crypto';
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { backupVm } from '../../src/backup/engine.js';
+import { restoreDisk } from '../../src/backup/restore.js';
+import { initRepository, openRepository, readKeyFile } from '../../src/repo/index.js';
+import type { VmDefinition } from '../../src/vm/definition.js';
+import { loadVmDefinition } from '../../src/vm/definition.js';
+import { exec } from '../../src/host/exec.js';
+import { guestImage } from '../helpers/guests.js';
+import { changeRegions, convert, makeGuestImage, sha256File } from './fixtures/images.js';
+import { chunkFiles, snapshot } from './fixtures/repo-state.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+const work = await mkdtemp(join(tmpdir(), 'rl-backup-'));
+t.teardown(() => rm(work, { recursive: true, force: true }));
+
+function vmDef(name: string, disks: VmDefinition['disks'] = [{ name: 'root' }]): VmDefinition {
+  return { name, memoryMiB: 256, vcpus: 1, disks, nics: [] };
+}
+
+async function qemu(tool: string, args: string[]): Promise<void> {
+  const r = await exec(tool, args);
+  if (r.code !== 0) throw new Error(`${tool} ${args.join(' ')}: ${r.stderr}`);
+}
+
+async function restoredSha(repoDir: string, point: string, format: 'raw' | 'qcow2' = 'raw', keyFile?: string): Promise<string> {
+  const repo = await openRepository(repoDir, keyFile ? { keyFile } : {});
+  const to = join(work, `out-${point}.${format}`);
+  await restoreDisk({ repo, point, disk: 'root', to, format });
+  if (format === 'raw') return sha256File(to);
+  const raw = `${to}.raw`;
+  await qemu('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', to, raw]);
+  return sha256File(raw);
+}
+
+t.test('a built guest restores bit-identically from raw and qcow2 sources, to raw and qcow2', async (t) => {
+  const web = await guestImage('web');
+  const want = await sha256File(web);
+  const repoDir = join(work, 'rt-repo');
+  const repo = await initRepository(repoDir);
+  const p1 = await backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'raw' }]), disks: { root: web } });
+  t.equal(p1.stats.bytesNew + p1.stats.bytesReused + p1.stats.bytesZero, p1.disks[0]?.size, 'every byte is new, reused or zero');
+  t.ok(p1.stats.bytesZero > 0, 'the guest has zero chunks');
+  t.equal(await restoredSha(repoDir, p1.id, 'raw'), want, 'raw restore is bit-identical');
+  t.equal(await restoredSha(repoDir, p1.id, 'qcow2'), want, 'qcow2 restore is bit-identical');
+
+  // A qcow2 with a backing chain: the top layer changes 1 MiB of the base.
+  const base = join(work, 'base.qcow2');
+  const top = join(work, 'top.qcow2');
+  await convert(web, base, 'qcow2');
+  await qemu('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+  await qemu('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xab 8M 1M', top]);
+  const flat = join(work, 'top-flat.raw');
+  await qemu('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', top, flat]);
+  const p2 = await backupVm({ repo, vm: vmDef('web'), disks: { root: top } });
+  t.equal(p2.parent, p1.id, 'the parent is the latest point of the VM');
+  t.equal(p2.stats.bytesNew, 4 * MiB, 'only the one changed 4 MiB chunk is new');
+  t.equal(await restoredSha(repoDir, p2.id, 'raw'), await sha256File(flat), 'the backing chain restores as the guest sees it');
+});
+
+t.test('a second backup with 1% of blocks changed writes about 1% new data', async (t) => {
+  const img = join(work, 'inc.raw');
+  await makeGuestImage(img, 128, 64);
+  const repoDir = join(work, 'inc-repo');
+  const repo = await initRepository(repoDir, { chunkSize: 256 * KiB });
+  const vm = vmDef('inc', [{ name: 'root', format: 'raw' }]);
+  const p1 = await backupVm({ repo, vm, disks: { root: img } });
+  const before = (await snapshot(repoDir)).length;
+  await changeRegions(img, 256 * KiB, 5);
+  const p2 = await backupVm({ repo, vm, disks: { root: img } });
+  const size = 128 * MiB;
+  t.equal(p2.stats.bytesNew + p2.stats.bytesReused + p2.stats.bytesZero, size);
+  t.ok(p2.stats.bytesNew >= 0.005 * size && p2.stats.bytesNew <= 0.02 * size, `new bytes ${p2.stats.bytesNew} are about 1% of ${size}`);
+  t.ok(p2.stats.bytesReused > 0.3 * size, 'the rest is reused');
+  // 5 new chunks, one index and one manifest.
+  t.ok((await snapshot(repoDir)).length - before <= 7, 'only the changed chunks were stored');
+  t.equal(await restoredSha(repoDir, p2.id), await sha256File(img), 'the new point restores the changed image');
+  t.not(await restoredSha(repoDir, p1.id), await sha256File(img), 'the old point still restores the old image');
+});
+
+t.test('zero regions cost no storage, holes or written zeros alike', async (t) => {
+  const img = join(work, 'sparse.raw');
+  const fh = await open(img, 'w');
+  await fh.truncate(256 * MiB);
+  await fh.write(Buffer.alloc(16 * MiB), 0, 16 * MiB, 32 * MiB); // allocated, but zero
+  const data = Buffer.alloc(MiB, 0x5a);
+  await fh.write(data, 0, MiB, 100 * MiB);
+  await fh.close();
+  const repoDir = join(work, 'sparse-repo');
+  const repo = await initRepository(repoDir);
+  const p = await backupVm({ repo, vm: vmDef('sparse', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
+  t.equal(p.stats.bytesZero, 252 * MiB, 'all but the one data chunk are zero');
+  t.equal(p.stats.bytesRead, 20 * MiB, 'holes are not read; allocated zeros are read once');
+  t.equal((await chunkFiles(repoDir)).length, 1, 'one chunk stored');
+  const out = join(work, 'sparse-out.raw');
+  await restoreDisk({ repo, point: p.id, disk: 'root', to: out });
+  t.equal(await sha256File(out), await sha256File(img));
+  const du = await exec('du', ['-k', out]);
+  t.ok(Number(du.stdout.split('\t')[0]) <= 8 * 1024, `the restored file is sparse (${du.stdout.trim()})`);
+});
+
+t.test('bad input gets a clear error and leaves the repository unchanged', async (t) => {
+  const repoDir = join(work, 'bad-repo');
+  const repo = await initRepository(repoDir);
+  const web = await guestImage('web');
+  await backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'raw' }]), disks: { root: web } });
+  const before = await snapshot(repoDir);
+  const garbage = join(work, 'garbage.vmdk');
+  await writeFile(garbage, Buffer.alloc(3 * MiB, 0x41));
+  const truncated = join(work, 'truncated.qcow2');
+  await convert(web, join(work, 'full.qcow2'), 'qcow2');
+  const full = await readFile(join(work, 'full.qcow2'));
+  await writeFile(truncated, full.subarray(0, Math.floor(full.length / 2)));
+  const cases: [string, () => Promise<unknown>, RegExp][] = [
+    ['missing image', () => backupVm({ repo, vm: vmDef('web'), disks: { root: join(work, 'nope.raw') } }), /IMAGE_NOT_FOUND|does not exist/],
+    ['format qemu cannot open', () => backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'vmdk' }]), disks: { root: garbage } }), /not a vmdk image|cannot open/],
+    ['truncated qcow2', () => backupVm({ repo, vm: vmDef('web'), disks: { root: truncated } }), /truncated/],
+    ['disk not given', () => backupVm({ repo, vm: vmDef('web', [{ name: 'root' }, { name: 'data' }]), disks: { root: web } }), /disk "data" of VM web has no image/],
+    ['unknown disk given', () => backupVm({ repo, vm: vmDef('web'), disks: { root: web, swap: web } }), /disk "swap" is not in the definition/],
+  ];
+  for (const [what, run, msg] of cases) {
+    const err = await run().then(() => undefined, (e: unknown) => e as { code?: string; message: string; hint?: string });
+    t.ok(err, `${what}: rejected`);
+    t.match(err?.message ?? '', msg, `${what}: says what is wrong`);
+    t.ok(err?.hint, `${what}: has a hint`);
+    t.same(await snapshot(repoDir), before, `${what}: repository unchanged`);
+  }
+  const vmFile = join(work, 'bad-vm.json');
+  await writeFile(vmFile, JSON.stringify({ name: 'web', memoryMiB: 'lots', vcpus: 1, disks: [{ name: 'root' }], nics: [] }));
+  t.throws(() => loadVmDefinition(vmFile), /\/memoryMiB: must be integer/, 'a schema-failing VM definition names the field');
+
+  const cfgPath = join(repoDir, 'config.json');
+  const cfg = JSON.parse(await readFile(cfgPath, 'utf8')) as Record<string, unknown>;
+  await writeFile(cfgPath, JSON.stringify({ ...cfg, version: 99 }));
+  const before2 = await snapshot(repoDir);
+  await t.rejects(openRepository(repoDir), /format version 99 is newer/, 'an unknown repository version is refused');
+  t.same(await snapshot(repoDir), before2, 'unknown version: repository unchanged');
+});
+
+t.test('encrypted repository: round trip, keyed digests, wrong and missing key rejected', async (t) => {
+  const web = await guestImage('web');
+  const repoDir = join(work, 'enc-repo');
+  const keyFile = join(work, 'repo.key');
+  const repo = await initRepository(repoDir, { keyFile });
+  const key = await readKeyFile(keyFile);
+  const p = await backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'raw' }]), disks: { root: web }, codecInit: { config: repo.config, key } });
+  t.equal(await restoredSha(repoDir, p.id, 'raw', keyFile), await sha256File(web), 'restores bit-identically with the key');
+  // The first 4 MiB of the guest (MBR + boot area) is data: its plain SHA-256 must not name a chunk.
+  const first = (await readFile(web)).subarray(0, 4 * MiB);
+  const plainDigest = createHash('sha256').update(first).digest('hex');
+  t.notOk((await chunkFiles(repoDir)).some((f) => f.endsWith(plainDigest)), 'chunk names do not leak plaintext hashes');
+  const chunk = await readFile(join(repoDir, 'chunks', ...((await chunkFiles(repoDir))[0] as string).split('/')));
+  t.equal(chunk.indexOf(Buffer.from('restorelab test')), -1, 'no plaintext in blobs');
+  const wrong = join(work, 'wrong.key');
+  await writeFile(wrong, 'ab'.repeat(32) + '\n');
+  await t.rejects(openRepository(repoDir, { keyFile: wrong }), /does not match/, 'a wrong key is rejected');
+  await t.rejects(openRepository(repoDir), /is encrypted: its key is needed/, 'no key: a clear error');
+});
+
+t.test('a full disk (ENOSPC) fails the backup cleanly with nothing partial left', async (t) => {
+  const mnt = join(work, 'tiny');
+  await qemu('mkdir', ['-p', mnt]);
+  const m = await exec('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
+  if (m.code !== 0) throw new Error(`this test needs to mount a tmpfs (root): ${m.stderr}`);
+  t.teardown(async () => { await exec('umount', [mnt]); });
+  const img = join(work, 'enospc.raw');
+  await makeGuestImage(img, 64, 32);
+  const repoDir = join(mnt, 'repo');
+  const repo = await initRepository(repoDir);
+  const before = await snapshot(repoDir);
+  const err = await backupVm({ repo, vm: vmDef('full', [{ name: 'root', format: 'raw' }]), disks: { root: img } })
+    .then(() => undefined, (e: unknown) => e as Error);
+  t.ok(err, 'the backup fails');
+  t.match(err?.message ?? '', /ENOSPC|no space/i, `it says the disk is full: ${err?.message}`);
+  t.same(await snapshot(repoDir), before, 'no chunk, index, manifest, lock or temp file is left');
+  t.same(await repo.listPoints(), [], 'no restore point is visible');
+});
