@@ -1,0 +1,105 @@
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { createCodec, keyCheckValue } from '../../src/repo/chunk-codec.js';
+import { CorruptChunkError } from '../../src/repo/contract.js';
+import type { RepoConfig } from '../../src/repo/api.js';
+import { CHUNK_HEADER_SIZE, CHUNK_MAGIC } from '../../src/repo/format.js';
+import { chunkBytes } from './fixtures/points.js';
+
+const plainConfig: RepoConfig = {
+  format: 'restorelab-repository', version: 1, id: 'test-repo', chunkSize: 1024 * 1024,
+  hash: 'sha256', compression: 'zstd', encryption: 'none', created: '2026-01-01T00:00:00Z',
+};
+const key = randomBytes(32);
+const encConfig: RepoConfig = { ...plainConfig, hash: 'hmac-sha256', encryption: 'aes-256-gcm', keyCheck: keyCheckValue(key, 'test-repo') };
+
+function corruptReason(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof CorruptChunkError) return err.reason;
+    throw err;
+  }
+  throw new Error('expected a CorruptChunkError');
+}
+
+t.test('plain: round trip, compressed, digest is sha256', async (t) => {
+  const codec = createCodec(plainConfig);
+  const plain = chunkBytes(1, 1024 * 1024);
+  const digest = codec.digest(plain);
+  t.equal(digest, (await import('node:crypto')).createHash('sha256').update(plain).digest('hex'));
+  const blob = codec.encode(plain);
+  t.ok(blob.subarray(0, 8).equals(CHUNK_MAGIC));
+  t.equal(blob.readUInt8(8) & 1, 1, 'compressed flag set');
+  t.ok(blob.length < plain.length * 0.8, `compressed ${plain.length} → ${blob.length}`);
+  t.ok(codec.decode(digest, blob).equals(plain));
+});
+
+t.test('incompressible data is stored raw and still round-trips', async (t) => {
+  const codec = createCodec(plainConfig);
+  const plain = randomBytes(300_000);
+  const blob = codec.encode(plain);
+  t.equal(blob.readUInt8(8) & 1, 0);
+  t.equal(blob.length, plain.length + CHUNK_HEADER_SIZE);
+  t.ok(codec.decode(codec.digest(plain), blob).equals(plain));
+});
+
+t.test('a flipped payload byte fails the CRC; a fixed-up CRC fails later checks', async (t) => {
+  const codec = createCodec(plainConfig);
+  const plain = chunkBytes(2, 500_000);
+  const digest = codec.digest(plain);
+  const blob = codec.encode(plain);
+  const bad = Buffer.from(blob);
+  bad.writeUInt8(bad.readUInt8(CHUNK_HEADER_SIZE + 100) ^ 0x40, CHUNK_HEADER_SIZE + 100);
+  t.equal(corruptReason(() => codec.decode(digest, bad)), 'CRC mismatch');
+  // Someone who also rewrites the CRC still cannot make it serve wrong data.
+  const { crc32 } = await import('node:zlib');
+  bad.writeUInt32LE(crc32(bad.subarray(CHUNK_HEADER_SIZE)), 12);
+  t.match(corruptReason(() => codec.decode(digest, bad)), /zstd|digest mismatch|decoded/);
+});
+
+t.test('bad magic, unknown flags, truncation and wrong digest are rejected', async (t) => {
+  const codec = createCodec(plainConfig);
+  const plain = chunkBytes(3, 4096);
+  const digest = codec.digest(plain);
+  const blob = codec.encode(plain);
+  const badMagic = Buffer.from(blob);
+  badMagic.writeUInt8(0, 0);
+  t.equal(corruptReason(() => codec.decode(digest, badMagic)), 'bad magic');
+  const badFlags = Buffer.from(blob);
+  badFlags.writeUInt8(badFlags.readUInt8(8) | 0x80, 8);
+  t.match(corruptReason(() => codec.decode(digest, badFlags)), /unknown flags/);
+  t.match(corruptReason(() => codec.decode(digest, blob.subarray(0, 10))), /shorter than its/);
+  t.equal(corruptReason(() => codec.decode('0'.repeat(63) + '1', blob)), 'digest mismatch');
+  const err = t.throws(() => codec.decode(digest, badMagic)) as unknown as CorruptChunkError;
+  t.match(err.message, new RegExp(`chunk ${digest}`));
+});
+
+t.test('encrypted: keyed digest, no plaintext leak, tag checks, wrong key fails', async (t) => {
+  const codec = createCodec(encConfig, key);
+  const plain = chunkBytes(4, 1024 * 1024);
+  const digest = codec.digest(plain);
+  t.not(digest, createCodec(plainConfig).digest(plain), 'digest is keyed, not the plain sha256');
+  const blob = codec.encode(plain);
+  t.equal(blob.readUInt8(8), 3, 'compressed + encrypted');
+  t.not(blob.toString('hex').indexOf(plain.subarray(0, 32).toString('hex')), 0);
+  t.ok(codec.decode(digest, blob).equals(plain));
+  t.not(codec.encode(plain).subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + 12).toString('hex'),
+    blob.subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + 12).toString('hex'), 'fresh nonce per encode');
+
+  const bad = Buffer.from(blob);
+  bad.writeUInt8(bad.readUInt8(blob.length - 3) ^ 1, blob.length - 3);
+  const { crc32 } = await import('node:zlib');
+  bad.writeUInt32LE(crc32(bad.subarray(CHUNK_HEADER_SIZE)), 12);
+  t.match(corruptReason(() => codec.decode(digest, bad)), /authentication tag mismatch/);
+
+  const other = createCodec({ ...encConfig }, randomBytes(32));
+  t.match(corruptReason(() => other.decode(digest, blob)), /authentication tag mismatch/);
+  t.match(corruptReason(() => createCodec(plainConfig).decode(digest, blob)), /encrypted in an unencrypted repository/);
+  t.throws(() => createCodec(encConfig), /needs its key/);
+});
+
+t.test('a chunk larger than the chunk size is refused', async (t) => {
+  const codec = createCodec({ ...plainConfig, chunkSize: 256 * 1024 });
+  t.throws(() => codec.encode(Buffer.alloc(256 * 1024 + 1)), /exceeds the repository chunk size/);
+});

@@ -1,0 +1,44 @@
+import t from 'tap';
+import { readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createShards, LocalChunkStore } from '../../src/repo/chunk-store.js';
+import { runChunkStoreSuite } from './fixtures/chunk-store-suite.js';
+import { tmpDir } from './fixtures/points.js';
+
+runChunkStoreSuite(t, async (t) => {
+  const dir = join(tmpDir(t, 'rl-store-'), 'chunks');
+  await createShards(dir);
+  const store = new LocalChunkStore(dir);
+  return {
+    store,
+    async age(digest, mtimeMs) {
+      const when = new Date(mtimeMs);
+      utimesSync(join(dir, digest.slice(0, 2), digest), when, when);
+    },
+  };
+});
+
+t.test('local store: sharded by the first two hex digits, no temp files left behind', async (t) => {
+  const dir = join(tmpDir(t, 'rl-store-'), 'chunks');
+  await createShards(dir);
+  t.equal(readdirSync(dir).length, 256);
+  const store = new LocalChunkStore(dir);
+  const digest = 'ab' + '1'.repeat(62);
+  await store.insert(digest, Buffer.from('x'));
+  t.same(readdirSync(join(dir, 'ab')), [digest]);
+});
+
+t.test('local store: temp files of a crashed insert are not chunks, and are listed by age', async (t) => {
+  const dir = join(tmpDir(t, 'rl-store-'), 'chunks');
+  await createShards(dir);
+  const store = new LocalChunkStore(dir);
+  writeFileSync(join(dir, 'cd', '.tmp-999-abc'), 'partial');
+  const old = new Date(Date.now() - 3_600_000);
+  utimesSync(join(dir, 'cd', '.tmp-999-abc'), old, old);
+  const listed = [];
+  for await (const c of store.list()) listed.push(c);
+  t.same(listed, []);
+  const temps = [];
+  for await (const x of store.listTemp(Date.now() - 60_000)) temps.push(x.path);
+  t.same(temps, [join(dir, 'cd', '.tmp-999-abc')]);
+});
