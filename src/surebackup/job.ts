@@ -10,7 +10,7 @@ import { resolveScript } from '../verify/script.js';
 export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicationGroup'> {
   applicationGroup?: Job['applicationGroup'];
   point?: string; concurrency?: number; schedule?: string; afterBackup?: boolean;
-  notifications?: { webhook?: string; smtp?: { host: string; port?: number; from: string; to: string[] } };
+  notifications?: { webhook?: string; smtp?: { host: string; port?: number; secure?: boolean; from: string; to: string[] } };
 }
 
 export function loadJob(path: string): Job & JobFile {
