@@ -230,3 +230,20 @@ export async function umountSession(stateDir: string, idOrDir: string, backend?:
   await releaseJournal(journal, backend ?? defaultBackend());
   return { id: journal.record.id, dir: journal.record.dir, released };
 }
+
+/**
+ * A completed session of `restorelab mount` for this repository and point
+ * whose holder still runs and whose mounts are all still there, to browse
+ * without mounting again.
+ */
+export function findMountedSession(stateDir: string, repo: string, point: string): FlrSession | undefined {
+  for (const j of listSessions(stateDir)) {
+    const r = j.record;
+    if (!r.complete || r.temporary || r.repo !== repo || r.point !== point) continue;
+    const holder = r.resources.find((x) => x.kind === 'holder');
+    if (holder?.kind !== 'holder' || !isOurHolder(holder.pid, r.id)) continue;
+    if (!r.mounts.filter((m) => !m.skipped).every((m) => isMountPoint(m.path))) continue;
+    return { id: r.id, dir: r.dir, mounts: r.mounts, ...(holder.publication ? { publication: holder.publication } : {}), warnings: [] };
+  }
+  return undefined;
+}

@@ -13,6 +13,9 @@ import { registerRepo } from './repo.js';
 import { registerBackup } from './backup.js';
 import { registerPoints } from './points.js';
 import { registerRestore } from './restore.js';
+import { registerMount } from './mount.js';
+import { registerFiles } from './files.js';
+import { registerUmount } from './umount.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -28,4 +31,7 @@ export const commands: RegisterCommand[] = [
   registerBackup,
   registerPoints,
   registerRestore,
+  registerMount,
+  registerFiles,
+  registerUmount,
 ];

@@ -1,0 +1,101 @@
+/**
+ * `restorelab files ls|get`: browse and extract guest files of a restore
+ * point. Uses the mount of a running `restorelab mount` of the same point if
+ * there is one; otherwise mounts temporarily and unmounts afterwards.
+ */
+import type { Command } from 'commander';
+import { mkdtempSync, mkdirSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { contextFor, type CommandContext } from '../context.js';
+import { findMountedSession, mountRestorePoint, umountSession, type FlrSession } from '../../flr/mount.js';
+import { getGuestPath, listGuestPath, resolveGuestPath, type GuestEntry } from '../../flr/browse.js';
+import { sessionsDir, type MountedPartition } from '../../flr/session.js';
+import { RestorelabError, badInput, notFound } from '../../errors.js';
+import { partitionNumber, repoPath, type PointFlags } from './mount.js';
+
+async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags, use: (s: FlrSession) => Promise<T>): Promise<T> {
+  const stateDir = ctx.config().stateDir;
+  const repo = repoPath(ctx, o);
+  const existing = findMountedSession(stateDir, repo, point);
+  if (existing) return use(existing);
+  mkdirSync(sessionsDir(stateDir), { recursive: true });
+  const parent = mkdtempSync(join(sessionsDir(stateDir), 'tmp-'));
+  try {
+    ctx.out.info(`mounting restore point ${point} temporarily`);
+    const s = await mountRestorePoint({
+      stateDir, repo, point, dir: join(parent, 'mnt'), temporary: true,
+      ...(o.disk !== undefined ? { disk: o.disk } : {}),
+      ...(partitionNumber(o) !== undefined ? { partition: partitionNumber(o) } : {}),
+    });
+    try {
+      return await use(s);
+    } finally {
+      await umountSession(stateDir, s.id);
+    }
+  } finally {
+    rmdirSync(parent);
+  }
+}
+
+/** The mounted partition holding `guestPath`: the one asked for, or the first (by disk, number) where the path exists. */
+async function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
+  const want = partitionNumber(o);
+  const candidates = s.mounts.filter((m) => !m.skipped && (o.disk === undefined || m.disk === o.disk) && (want === undefined || m.partition === want));
+  if (candidates.length === 0) {
+    throw notFound('PARTITION_NOT_MOUNTED', `no mounted partition matches${o.disk ? ` disk ${o.disk}` : ''}${want !== undefined ? ` partition ${want}` : ''}`,
+      `mounted: ${s.mounts.filter((m) => !m.skipped).map((m) => `${m.disk} p${m.partition}`).join(', ') || 'none'}`);
+  }
+  if (candidates.length === 1) return candidates[0]!;
+  for (const m of candidates) {
+    try {
+      await resolveGuestPath(m.path, guestPath, { followFinal: false });
+      return m;
+    } catch (err) {
+      if (err instanceof RestorelabError && err.code === 'GUEST_PATH_NOT_FOUND') continue;
+      throw err;
+    }
+  }
+  throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath} exists on none of the mounted partitions (${candidates.map((m) => `${m.disk} p${m.partition}`).join(', ')})`,
+    'pick a partition with --partition and list it with `restorelab files ls <point> /`');
+}
+
+function renderEntries(entries: GuestEntry[]): string {
+  return entries.map((e) => `${e.type === 'directory' ? 'd' : e.type === 'symlink' ? 'l' : e.type === 'file' ? '-' : '?'}${e.mode} ${String(e.size).padStart(12)} ${e.mtime} ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ''}`).join('\n');
+}
+
+export function registerFiles(program: Command): void {
+  const cmd = program.command('files').description('browse and extract guest files of a restore point (file-level restore)');
+  cmd
+    .command('ls <point> <guest-path>')
+    .description('list a guest directory (symlinks are shown, not followed)')
+    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--disk <name>', 'disk of the restore point')
+    .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
+    .option('--json', 'print one JSON object')
+    .action(async (point: string, guestPath: string, o: PointFlags, c: Command) => {
+      const ctx = contextFor(c);
+      const r = await withSession(ctx, point, o, async (s) => {
+        const m = await pickPartition(s, guestPath, o);
+        return { disk: m.disk, partition: m.partition, fstype: m.fstype, entries: await listGuestPath(m.path, guestPath) };
+      });
+      ctx.out.result(r, () => renderEntries(r.entries));
+    });
+  cmd
+    .command('get <point> <guest-path>')
+    .description('extract a guest file, or a directory as a tar stream')
+    .requiredOption('--to <local>', 'local file to write, or - for stdout')
+    .option('--tar', 'write a tar stream even for a single file')
+    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--disk <name>', 'disk of the restore point')
+    .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
+    .option('--json', 'print one JSON object')
+    .action(async (point: string, guestPath: string, o: PointFlags & { to: string; tar?: boolean }, c: Command) => {
+      const ctx = contextFor(c);
+      if (o.to === '-' && ctx.out.json) throw badInput('STDOUT_CONFLICT', '--to - and --json both want stdout', 'write to a file with --to <local>, or drop --json');
+      const r = await withSession(ctx, point, o, async (s) => {
+        const m = await pickPartition(s, guestPath, o);
+        return { disk: m.disk, partition: m.partition, to: o.to, ...(await getGuestPath(m.path, guestPath, o.to, { tar: o.tar === true })) };
+      });
+      if (o.to !== '-') ctx.out.result(r, () => `${r.guestPath} -> ${r.to} (${r.format}, ${r.bytes} bytes, ${r.files} file(s))`);
+    });
+}

@@ -1,0 +1,50 @@
+/** `restorelab mount`: a restore point's guest filesystems, read-only, for file-level restore (docs/file-level-restore.md). */
+import type { Command } from 'commander';
+import { resolve } from 'node:path';
+import { contextFor, type CommandContext } from '../context.js';
+import { mountRestorePoint, type FlrSession } from '../../flr/mount.js';
+import { badInput } from '../../errors.js';
+
+export interface PointFlags {
+  repo?: string;
+  disk?: string;
+  partition?: string;
+}
+
+export function repoPath(ctx: CommandContext, o: { repo?: string }): string {
+  return resolve(o.repo ?? ctx.config().repository);
+}
+
+export function partitionNumber(o: { partition?: string }): number | undefined {
+  if (o.partition === undefined) return undefined;
+  const n = Number(o.partition);
+  if (!Number.isInteger(n) || n < 0) throw badInput('BAD_PARTITION', `partition "${o.partition}" is not a partition number`, 'give the number `restorelab mount` lists (0 for a disk without a partition table)');
+  return n;
+}
+
+function render(s: FlrSession): string {
+  const lines = s.mounts.map((m) => (m.skipped ? `  ${m.disk} partition ${m.partition} (${m.fstype}): not mounted: ${m.skipped}` : `  ${m.disk} partition ${m.partition} (${m.fstype}): ${m.path}`));
+  return [`mounted read-only (session ${s.id}):`, ...lines, `unmount with: restorelab umount ${s.dir}`].join('\n');
+}
+
+export function registerMount(program: Command): void {
+  program
+    .command('mount <point> <dir>')
+    .description('mount the guest filesystems of a restore point read-only below <dir> (one p<N> per partition); stays mounted until `restorelab umount`')
+    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--disk <name>', 'only this disk of the restore point')
+    .option('--partition <n>', 'only this partition number')
+    .option('--json', 'print one JSON object')
+    .action(async (point: string, dir: string, o: PointFlags, c: Command) => {
+      const ctx = contextFor(c);
+      const s = await mountRestorePoint({
+        stateDir: ctx.config().stateDir,
+        repo: repoPath(ctx, o),
+        point,
+        dir: resolve(dir),
+        ...(o.disk !== undefined ? { disk: o.disk } : {}),
+        ...(partitionNumber(o) !== undefined ? { partition: partitionNumber(o) } : {}),
+      });
+      ctx.out.result({ id: s.id, publication: s.publication, mounts: s.mounts }, () => render(s));
+    });
+}
