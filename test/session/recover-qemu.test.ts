@@ -1,0 +1,96 @@
+/**
+ * Instant recovery with the embedded qemu driver, for real: a repository
+ * holding a backup of the `web` guest, published over FUSE, booted (TCG)
+ * inside a virtual lab. Two boots: one through the CLI as a script runs it
+ * (recover --json returns while the VM runs; HTTP through the masquerade
+ * address; sessions; stop leaves nothing and the repository unchanged), one
+ * through the library whose QEMU is then killed (session failed, lab and
+ * publication cleaned by the supervisor).
+ */
+import t from 'tap';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
+import { recover, stopSession } from '../../src/session/recover.js';
+import { SessionStore } from '../../src/session/store.js';
+import type { RecoverResult } from '../../src/session/session.js';
+import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, waitFor, webRepository } from './fixture.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'rl-recover-qemu-'));
+const stateDir = join(dir, 'state');
+const store = new SessionStore(stateDir);
+const tag = randomBytes(2).toString('hex');
+
+t.teardown(async () => {
+  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
+  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function labFile(name: string, masquerade: string): string {
+  const p = join(dir, `${name}.json`);
+  writeFileSync(p, JSON.stringify({ name, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade }] }));
+  return p;
+}
+
+const fixture = webRepository(dir);
+
+t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, sessions, stop', async (t) => {
+  const { repo } = await fixture;
+  const before = chunkFingerprint(repo);
+  const lab = `rq${tag}`;
+  const r = await cli(['recover', '--repo', repo, 'web', '--lab', labFile(lab, '172.18.101.0/24'), '--driver', 'qemu', '--json'], stateDir);
+  t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
+  const out = lastJsonLine<RecoverResult>(r.stdout);
+  t.same(Object.keys(out).sort(), ['addresses', 'heartbeatSeconds', 'session', 'state', 'vm'], 'the documented line');
+  t.equal(out.state, 'running');
+  t.equal(out.vm, 'web');
+  t.ok(out.heartbeatSeconds > 0 && out.heartbeatSeconds < BOOT_TIMEOUT_MS / 1000, `command to heartbeat: ${out.heartbeatSeconds} s`);
+  t.same(out.addresses, { nic0: '172.18.101.10' }, 'the masquerade address of 192.168.77.10');
+
+  const page = await httpGet(`http://${out.addresses.nic0}/`);
+  t.equal(page.status, 200, 'the VM kept running after recover returned, and answers HTTP through the lab');
+  t.match(page.body, WEB_EXPECT);
+
+  const listed = await cli(['sessions', '--json'], stateDir, 30_000);
+  t.equal(listed.code, 0);
+  const sessions = lastJsonLine<{ sessions: { session: string; state: string; ageSeconds: number }[] }>(listed.stdout).sessions;
+  const mine = sessions.find((s) => s.session === out.session);
+  t.equal(mine?.state, 'running', 'listed as running');
+  t.ok((mine?.ageSeconds ?? -1) >= out.heartbeatSeconds - 1, `with its age (${mine?.ageSeconds} s)`);
+  t.ok(store.catalogRows().some((row) => row.id === out.session), 'and in the catalog');
+
+  const s = store.get(out.session);
+  const netns = readLabState(stateDir, lab)?.netns;
+  const stop = await cli(['stop', out.session, '--json'], stateDir, 120_000);
+  t.equal(stop.code, 0, stop.stderr);
+  t.equal(lastJsonLine<{ state: string }>(stop.stdout).state, 'stopped');
+  const left = await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) });
+  t.same(left, [], 'no process, namespace, tap or mount remains');
+  t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
+  t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
+  const again = await cli(['stop', out.session, '--json'], stateDir, 60_000);
+  t.equal(again.code, 0, 'stop is idempotent');
+  t.equal(lastJsonLine<{ state: string }>(again.stdout).state, 'stopped');
+});
+
+t.test('QEMU killed under a running session: failed, lab and publication cleaned', async (t) => {
+  const { repo, point } = await fixture;
+  const lab = `rk${tag}`;
+  const s = await recover({ repo, vm: 'web', point: point.id, lab: labFile(lab, '172.18.102.0/24'), driver: 'qemu', accel: 'tcg', stateDir });
+  t.equal(s.state, 'running');
+  t.equal(s.point, point.id, 'the point asked for');
+  const netns = readLabState(stateDir, lab)?.netns;
+  t.ok(netns, 'lab up');
+  t.ok(s.qemuPid, 'QEMU pid recorded');
+  process.kill(s.qemuPid as number, 'SIGKILL');
+  await waitFor('the session to be marked failed', () => store.get(s.id).state === 'failed', 60_000);
+  const after = store.get(s.id);
+  t.match(after.error?.message, /VM stopped/, `reason recorded: ${after.error?.message}`);
+  await waitFor('the supervisor to exit', async () => (await residue({ domain: s.domain, mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) })).length === 0, 30_000);
+  t.same(await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }), [], 'lab namespace and publication mount are gone');
+  t.equal(readLabState(stateDir, lab), undefined, 'lab state removed');
+  t.same(after.resources, { taps: [] }, 'nothing left in the record');
+});
