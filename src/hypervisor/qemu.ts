@@ -400,6 +400,9 @@ export class QemuDomain implements Domain {
     await qmp.execute('job-complete', { id: `mirror-job-${disk}` });
     const ev = await done;
     if (ev.data?.error) throw new RestorelabError('PIVOT_FAILED', `pivot of ${disk} failed: ${String(ev.data.error)}`);
+    // The source node came from -blockdev, so QEMU keeps it (and its file
+    // open) after the pivot; a published source could then not be unmounted.
+    await qmp.execute('blockdev-del', { 'node-name': `disk-${disk}` });
   }
 
   /** Resolves when the QEMU process ends (only for domains this process started). */
