@@ -190,6 +190,25 @@ t.test('a lab that is already up is used and left up', async (t) => {
   await labDown(lab.name, { stateDir });
 });
 
+t.test('on a production bridge: the NIC joins the bridge and the address is the production IP', async (t) => {
+  const bridge = `rlbr${tag}`;
+  t.equal((await exec('ip', ['link', 'add', bridge, 'type', 'bridge'])).code, 0, 'test bridge created');
+  t.teardown(() => exec('ip', ['link', 'del', bridge]).then(() => undefined));
+  const calls: Calls = { closed: [], started: [], destroyed: [] };
+  const deps = fakeDeps(calls, { agent: true });
+  const store = new SessionStore(stateDir);
+  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, network: bridge };
+  const plan = await planRecovery(req, deps);
+  const s = { ...newSession(store, req), network: bridge };
+  const hv = deps.hypervisor('qemu', { stateDir });
+  const live = await bringUp(s, plan, deps, store, hv, { heartbeatTimeoutMs: 20_000 });
+  t.same(calls.started[0]?.nics, [{ kind: 'bridge', bridge, mac: '52:54:00:77:00:10', model: 'virtio' }]);
+  t.same(live.session.addresses, { nic0: '192.168.77.10' });
+  t.same(listLabs(stateDir), [], 'no lab involved');
+  await teardown(s, store, hv, live.publication);
+  t.same(calls.closed, [{ discard: true }]);
+});
+
 t.test('bad inputs are rejected before anything is made', async (t) => {
   const calls: Calls = { closed: [], started: [], destroyed: [] };
   const deps = fakeDeps(calls, { agent: false });

@@ -55,6 +55,8 @@ export function registerRecover(program: Command): void {
     .action(async (id: string, o: { stateDir: string; heartbeatTimeout?: string }) => {
       const code = await superviseSession(o.stateDir, id, realDeps,
         o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {});
-      process.exitCode = code;
+      // Whatever a lower layer left open (a FUSE channel, a libvirt
+      // connection) must not keep a finished supervisor alive.
+      process.exit(code);
     });
 }
