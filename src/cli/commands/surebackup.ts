@@ -1,17 +1,26 @@
-/** `restorelab surebackup run|validate`: SureBackup verification jobs (docs/surebackup.md). */
+/** `restorelab surebackup validate|run|history|schedule list`: SureBackup verification jobs (docs/surebackup.md). */
 import type { Command } from 'commander';
-import { randomUUID } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
 import { contextFor } from '../context.js';
 import { loadJob } from '../../surebackup/job.js';
-import { runJob } from '../../surebackup/runner.js';
 import { createLabBackend } from '../../surebackup/backend.js';
-import { RestorelabError, ExitCode } from '../../errors.js';
+import { executeRun, runOutput } from '../../surebackup/execute.js';
+import { History } from '../../surebackup/history.js';
+import { Limiter } from '../../surebackup/limiter.js';
+import { describeJobs, loadJobsDir } from '../../scheduler/scheduler.js';
+import { badInput, ExitCode } from '../../errors.js';
+import { projectPath } from '../../paths.js';
+
+/** Jobs directory: --jobs, else RESTORELAB_JOBS_DIR, else the project's lab-templates/jobs. */
+function jobsDir(opt: string | undefined): string {
+  return resolve(opt ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'));
+}
 
 export function registerSurebackup(program: Command): void {
   const cmd = program.command('surebackup').description('verify restore points by booting them in an isolated lab');
   cmd
     .command('validate <job>')
-    .description('check a job file (schema, roles, schedule) without booting anything')
+    .description('check a job file (schema, roles, scripts, schedule) without booting anything')
     .action((file: string, _o, c: Command) => {
       const ctx = contextFor(c);
       const job = loadJob(file);
@@ -19,23 +28,66 @@ export function registerSurebackup(program: Command): void {
     });
   cmd
     .command('run <job>')
-    .description('run a verification job now')
-    .option('--repo <dir>', 'backup repository')
+    .description('run a verification job now; exits 0 only when every VM passed')
+    .option('--repo <dir>', 'backup repository (default: the configured one)')
     .action(async (file: string, o: { repo?: string }, c: Command) => {
       const ctx = contextFor(c);
       const job = loadJob(file);
       const cfg = ctx.config();
-      const backend = createLabBackend({ repo: o.repo ?? cfg.repository, stateDir: cfg.stateDir });
-      // Real tests (src/verify) are not written yet: see docs/surebackup.md "Status".
-      const r = await runJob(job, backend, () => {
-        throw new RestorelabError('NOT_AVAILABLE', 'SureBackup test kinds are not implemented yet', { exitCode: ExitCode.notImplemented });
-      });
-      const out = {
-        run: randomUUID(), result: r.result,
-        vms: r.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, tests: v.tests, recoverySeconds: v.recoverySeconds, screenshot: null })),
-        report: null,
-      };
-      ctx.out.result(out, () => `${job.name}: ${r.result}`);
-      if (r.result !== 'success') process.exitCode = ExitCode.verifyFailed;
+      const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)) });
+      const history = History.open(cfg.catalog);
+      const ac = new AbortController();
+      // Ctrl-C or a service stop cancels the run; the runner still tears everything down.
+      const cancel = (sig: string): void => { ctx.out.warn(`${sig}: cancelling, tearing the lab down`); ac.abort(new Error(`cancelled by ${sig}`)); };
+      const onInt = (): void => cancel('SIGINT'); const onTerm = (): void => cancel('SIGTERM');
+      process.once('SIGINT', onInt); process.once('SIGTERM', onTerm);
+      try {
+        const rep = await executeRun({
+          job, jobFile: resolve(file), backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history, trigger: 'manual', signal: ac.signal,
+          limiter: new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB), log: { warn: (l) => ctx.out.warn(l) },
+        });
+        ctx.out.result(runOutput(rep), () => [`${job.name}: ${rep.result} (run ${rep.run})`,
+          ...rep.vms.map((v) => `  ${v.name.padEnd(16)} ${v.result.padEnd(18)} ${v.recoverySeconds.toFixed(1)} s  ${v.tests.map((t) => `${t.name}:${t.result}`).join(' ')}`),
+          `report: ${rep.report}`].join('\n'));
+        if (rep.result !== 'success') process.exitCode = ExitCode.verifyFailed;
+      } finally {
+        process.off('SIGINT', onInt); process.off('SIGTERM', onTerm);
+        history.close();
+        await backend.close();
+      }
+    });
+  cmd
+    .command('history')
+    .description('past runs (newest first), pass rate and recovery-time trend per VM')
+    .option('--job <name>', 'only this job')
+    .option('--limit <n>', 'how many runs', '20')
+    .action((o: { job?: string; limit: string }, c: Command) => {
+      const ctx = contextFor(c);
+      const limit = Number(o.limit);
+      if (!Number.isInteger(limit) || limit < 1) throw badInput('BAD_LIMIT', `--limit ${o.limit} is not a positive integer`, 'e.g. --limit 50');
+      const history = History.open(ctx.config().catalog);
+      try {
+        const runs = history.lastRuns({ job: o.job, limit }).map((r) => {
+          const full = history.run(r.id)!;
+          return { id: r.id, job: r.job, trigger: r.trigger, status: r.status, startedAt: r.startedAt, endedAt: r.endedAt, dueAt: r.dueAt, detail: r.detail,
+            report: r.reportHtml, vms: full.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, recoverySeconds: v.recoverySeconds, screenshot: v.screenshot })) };
+        });
+        const vms = [...new Set(runs.flatMap((r) => r.vms.map((v) => v.name)))].sort();
+        const out = { job: o.job ?? null, passRate: history.passRate({ job: o.job }), runs,
+          recoveryTrend: Object.fromEntries(vms.map((vm) => [vm, history.recoveryTrend(vm, { job: o.job })])) };
+        ctx.out.result(out, () => [`pass rate: ${out.passRate.rate === null ? 'no runs' : `${(out.passRate.rate * 100).toFixed(0)}% of ${out.passRate.runs}`}`,
+          ...runs.map((r) => `${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(12)} ${r.status.padEnd(15)} ${r.detail ?? r.vms.map((v) => `${v.name}:${v.result}`).join(' ')}`)].join('\n'));
+      } finally { history.close(); }
+    });
+  const sched = cmd.command('schedule').description('scheduled SureBackup jobs');
+  sched
+    .command('list')
+    .description('jobs in the jobs directory with their schedules and next fire times')
+    .option('--jobs <dir>', 'jobs directory (default: RESTORELAB_JOBS_DIR, else lab-templates/jobs)')
+    .action((o: { jobs?: string }, c: Command) => {
+      const ctx = contextFor(c);
+      const dir = jobsDir(o.jobs);
+      const jobs = describeJobs(loadJobsDir(dir));
+      ctx.out.result({ jobsDir: dir, jobs }, () => jobs.map((j) => `${j.name.padEnd(20)} ${(j.schedule ?? '-').padEnd(16)} ${j.afterBackup ? 'after-backup ' : ''}next: ${j.next[0] ?? 'never'}`).join('\n') || `no jobs in ${dir}`);
     });
 }

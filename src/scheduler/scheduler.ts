@@ -1,0 +1,184 @@
+/**
+ * The SureBackup scheduler (started by `restorelab server`): fires jobs on
+ * their cron `schedule` (croner) and right after a backup of a VM they cover
+ * (`afterBackup`, through the exported notifyBackup hook the backup engine
+ * calls).
+ *
+ * Rules:
+ * - Two runs of one job never overlap. A trigger that arrives while the job
+ *   runs is recorded as a `skipped-overlap` run, not queued: the run in
+ *   progress already verifies the newest points it could see.
+ * - Runs missed while the server was down are reported on start: for each
+ *   scheduled job, the fire times between its last run (or last reported
+ *   miss) and now become one `missed` history entry naming how many and
+ *   when. They are not run late: a burst of catch-up runs at start would
+ *   load the host exactly when it is recovering. A job that never ran has
+ *   nothing to compare with and reports no miss.
+ */
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Cron } from 'croner';
+import { notFound } from '../errors.js';
+import { loadJob, type JobFile } from '../surebackup/job.js';
+import type { Job, RunResult } from '../surebackup/runner.js';
+import type { History, RunTrigger } from '../surebackup/history.js';
+
+export interface ScheduledJob { name: string; file: string; job: Job & JobFile }
+
+/** Every *.json job in `dir`, validated (a bad file is an error naming it). */
+export function loadJobsDir(dir: string): ScheduledJob[] {
+  let names: string[];
+  try { names = readdirSync(dir).filter((n) => n.endsWith('.json')).sort(); } catch {
+    throw notFound('JOBS_DIR_NOT_FOUND', `jobs directory ${dir} does not exist`, 'create it, or point --jobs at the directory holding your job files');
+  }
+  return names.map((n) => { const file = join(dir, n); const job = loadJob(file); return { name: job.name, file, job }; });
+}
+
+/** Next fire times of a job's schedule (croner), or none. */
+export function nextFireTimes(s: ScheduledJob, n = 1, from = new Date()): Date[] {
+  if (s.job.schedule === undefined) return [];
+  const c = new Cron(s.job.schedule, { paused: true });
+  try { return c.nextRuns(n, from); } finally { c.stop(); }
+}
+
+export interface JobListing { name: string; file: string; schedule: string | null; afterBackup: boolean; next: string[] }
+
+/** What `schedule list` shows: each job's triggers and its next three fire times. */
+export function describeJobs(jobs: ScheduledJob[], from = new Date()): JobListing[] {
+  return jobs.map((s) => ({ name: s.name, file: s.file, schedule: s.job.schedule ?? null, afterBackup: Boolean(s.job.afterBackup),
+    next: nextFireTimes(s, 3, from).map((d) => d.toISOString()) }));
+}
+
+/** Whether a backup of `vm` should trigger the job: the VMs it names, or every VM when it selects "all" or a tag. */
+export function covers(s: ScheduledJob, vm: string): boolean {
+  const v = s.job.verify.vms;
+  if (v === undefined || v === 'all') return true;
+  return v.includes(vm) || s.job.applicationGroup.some((g) => g.name === vm);
+}
+
+export type RunJobFn = (s: ScheduledJob, ctx: { runId: string; trigger: RunTrigger; signal: AbortSignal }) => Promise<RunResult | void>;
+
+export interface SchedulerOptions {
+  jobsDir?: string;
+  jobs?: ScheduledJob[];
+  history: History;
+  run: RunJobFn;
+  log?: { info(line: string): void; warn(line: string): void };
+  now?: () => Date;
+}
+
+export type TriggerOutcome = { status: 'started'; runId: string; done: Promise<void> } | { status: 'skipped-overlap'; runId: string };
+
+export class Scheduler {
+  readonly jobs: ScheduledJob[];
+  private readonly crons: Cron[] = [];
+  private readonly running = new Map<string, AbortController>();
+  private readonly inFlight = new Set<Promise<void>>();
+  private stopped = false;
+
+  constructor(private readonly o: SchedulerOptions) {
+    this.jobs = o.jobs ?? (o.jobsDir === undefined ? [] : loadJobsDir(o.jobsDir));
+  }
+
+  /** Reports missed runs, then arms every schedule. */
+  start(): this {
+    for (const s of this.jobs) this.o.history.recordJob(s.name, s.job, s.file);
+    this.reportMissed();
+    for (const s of this.jobs) {
+      if (s.job.schedule === undefined) continue;
+      this.crons.push(new Cron(s.job.schedule, { name: `surebackup:${s.name}` }, () => { void this.trigger(s.name, 'schedule'); }));
+    }
+    active.add(this);
+    return this;
+  }
+
+  /** One `missed` entry per scheduled job whose fire times passed while nothing ran them. */
+  reportMissed(): { job: string; count: number; first: Date }[] {
+    const now = this.o.now?.() ?? new Date();
+    const out: { job: string; count: number; first: Date }[] = [];
+    for (const s of this.jobs) {
+      if (s.job.schedule === undefined) continue;
+      const lastRun = this.o.history.lastRunTime(s.name);
+      const lastMiss = this.o.history.lastRuns({ job: s.name, limit: 50 }).find((r) => r.status === 'missed');
+      const refs = [lastRun?.getTime() ?? -Infinity, lastMiss ? Date.parse(lastMiss.startedAt) : -Infinity];
+      const ref = Math.max(...refs);
+      if (!Number.isFinite(ref)) continue;
+      const c = new Cron(s.job.schedule, { paused: true });
+      const missed: Date[] = [];
+      try {
+        let t = c.nextRun(new Date(ref));
+        // Fire times within the last second are the live scheduler's, not misses.
+        while (t !== null && t.getTime() < now.getTime() - 1000 && missed.length < 10_000) { missed.push(t); t = c.nextRun(t); }
+      } finally { c.stop(); }
+      if (missed.length === 0) continue;
+      const first = missed[0]!, last = missed.at(-1)!;
+      const detail = `${missed.length} scheduled run(s) missed while the server was down: ${first.toISOString()}${missed.length > 1 ? ` … ${last.toISOString()}` : ''}`;
+      this.o.history.recordNonRun(s.name, 'schedule', 'missed', detail, first);
+      this.o.log?.warn(`job ${s.name}: ${detail}`);
+      out.push({ job: s.name, count: missed.length, first });
+    }
+    return out;
+  }
+
+  /** Starts a run of `name` unless one is in progress (then records skipped-overlap). */
+  trigger(name: string, trigger: RunTrigger): TriggerOutcome {
+    const s = this.jobs.find((j) => j.name === name);
+    if (!s) throw notFound('JOB_NOT_FOUND', `no SureBackup job named ${name}`, `known jobs: ${this.jobs.map((j) => j.name).join(', ') || 'none'}`);
+    if (this.running.has(name) || this.stopped) {
+      const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap',
+        this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`);
+      this.o.log?.info(`job ${name}: ${trigger} trigger skipped, previous run still going`);
+      return { status: 'skipped-overlap', runId };
+    }
+    const ac = new AbortController();
+    this.running.set(name, ac);
+    const runId = this.o.history.startRun(name, trigger);
+    const done = (async () => {
+      try {
+        const r = await this.o.run(s, { runId, trigger, signal: ac.signal });
+        if (this.o.history.run(runId)?.status === 'running') {
+          if (r) this.o.history.finishRun(runId, r);
+          else this.o.history.abortRun(runId, 'error', 'the run ended without a result');
+        }
+      } catch (err) {
+        this.o.history.abortRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+        this.o.log?.warn(`job ${name}: run ${runId} ended with an error: ${(err as Error).message}`);
+      } finally {
+        this.running.delete(name);
+      }
+    })();
+    this.inFlight.add(done);
+    void done.finally(() => this.inFlight.delete(done));
+    return { status: 'started', runId, done };
+  }
+
+  /** A backup of these VMs finished: trigger every afterBackup job covering one of them. */
+  notifyBackup(vmNames: string[]): TriggerOutcome[] {
+    return this.jobs.filter((s) => s.job.afterBackup && vmNames.some((vm) => covers(s, vm))).map((s) => this.trigger(s.name, 'after-backup'));
+  }
+
+  isRunning(name: string): boolean { return this.running.has(name); }
+
+  list(from = new Date()): (JobListing & { running: boolean })[] {
+    return describeJobs(this.jobs, from).map((j) => ({ ...j, running: this.running.has(j.name) }));
+  }
+
+  /** Disarms the schedules, cancels runs in progress and waits for them to tear down. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    active.delete(this);
+    for (const c of this.crons) c.stop();
+    for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
+    await Promise.allSettled([...this.inFlight]);
+  }
+}
+
+const active = new Set<Scheduler>();
+
+/** What `restorelab server` calls. */
+export function startScheduler(o: SchedulerOptions): Scheduler { return new Scheduler(o).start(); }
+
+/** The after-backup hook: the backup engine calls it with the VMs it just backed up. */
+export function notifyBackup(vmNames: string[]): TriggerOutcome[] {
+  return [...active].flatMap((s) => s.notifyBackup(vmNames));
+}

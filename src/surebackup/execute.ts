@@ -1,0 +1,72 @@
+/**
+ * One run of a job from trigger to report: the history row, the runner with
+ * the real tests, the report files, the notifications. `surebackup run` and
+ * the scheduler both call this, so a run looks the same however it started.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RepositoryReader } from '../repo/contract.js';
+import { runDir, runReport, writeReports, type RunReport } from '../report/report.js';
+import { notifyRun, type NotifyLog } from '../report/notify.js';
+import { createTestRunner } from '../verify/tests.js';
+import type { History, RunTrigger } from './history.js';
+import type { JobFile } from './job.js';
+import type { Limiter } from './limiter.js';
+import { runJob, type Job, type LabBackend, type RunResult, type TestRunner } from './runner.js';
+
+export interface ExecuteOptions {
+  job: Job & Partial<JobFile>;
+  jobFile?: string;
+  backend: LabBackend;
+  repo: () => Promise<RepositoryReader>;
+  stateDir: string;
+  history: History;
+  trigger: RunTrigger;
+  /** A run row the caller (the scheduler) already opened. */
+  runId?: string;
+  signal?: AbortSignal;
+  limiter?: Limiter;
+  /** Replaces the real tests (unit tests of this module only). */
+  runTest?: TestRunner;
+  log: NotifyLog;
+}
+
+export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
+  const startedAt = new Date();
+  o.history.recordJob(o.job.name, o.job, o.jobFile);
+  const runId = o.runId ?? o.history.startRun(o.job.name, o.trigger, startedAt);
+  const dir = runDir(o.stateDir, runId);
+  const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir });
+  let r: RunResult;
+  try {
+    r = await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal });
+  } catch (err) {
+    o.history.abortRun(runId, o.signal?.aborted ? 'cancelled' : 'error', err instanceof Error ? err.message : String(err));
+    throw err;
+  }
+  o.history.finishRun(runId, r);
+  const trends = Object.fromEntries(r.vms.map((v) => [v.name, o.history.recoveryTrend(v.name, { job: o.job.name })]));
+  const rep = runReport(runId, o.job.name, r, { startedAt, endedAt: new Date(), htmlPath: join(dir, 'report.html') });
+  const paths = writeReports(dir, rep, { trends, passRate: o.history.passRate({ job: o.job.name, lastN: 30 }) });
+  o.history.setReports(runId, paths);
+  const n = o.job.notifications;
+  if (n) {
+    await notifyRun(n, rep, readFileSync(paths.html, 'utf8'), o.log);
+  }
+  return rep;
+}
+
+/** Exactly the document `surebackup run --json` promises (docs/surebackup.md, "Interface"). */
+export function runOutput(rep: RunReport): {
+  run: string; result: RunReport['result'];
+  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null }[];
+  report: string;
+} {
+  return {
+    run: rep.run, result: rep.result,
+    vms: rep.vms.map((v) => ({ name: v.name, point: v.point, result: v.result,
+      tests: v.tests.map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: t.seconds, detail: t.detail })),
+      recoverySeconds: v.recoverySeconds, screenshot: v.screenshot })),
+    report: rep.report,
+  };
+}

@@ -1,0 +1,92 @@
+import t from 'tap';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { History } from '../../src/surebackup/history.js';
+import { loadJobsDir, notifyBackup, startScheduler, Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
+import { runJob } from '../../src/surebackup/runner.js';
+import { fakeLab } from '../surebackup/fixtures/fake-lab.js';
+
+function jobsDir(dir: string, jobs: Record<string, unknown>[]): string {
+  for (const j of jobs) writeFileSync(join(dir, `${j.name as string}.json`), JSON.stringify({ lab: 'lab.json', verify: { vms: ['web'], role: 'web' }, ...j }));
+  return dir;
+}
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+t.test('a schedule every second fires and records real runs', async (t) => {
+  const dir = t.testdir();
+  const history = History.open(join(dir, 'c.db'));
+  const f = fakeLab({ vms: ['web'] });
+  const run: RunJobFn = async (s, ctx) => runJob(s.job, f.backend, f.runTest, { signal: ctx.signal });
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'every-second', schedule: '* * * * * *' }, { name: 'nightly', schedule: '0 2 * * *' }]), history, run });
+  t.teardown(async () => { await sch.stop(); history.close(); });
+  await sleep(3300);
+  const runs = history.lastRuns({ job: 'every-second' });
+  t.ok(runs.length >= 2, `${runs.length} runs fired`);
+  t.ok(runs.every((r) => r.trigger === 'schedule'));
+  t.ok(runs.filter((r) => r.status === 'success').length >= 2);
+  t.same(history.lastRuns({ job: 'nightly' }), [], 'the nightly job did not fire');
+  const list = sch.list(new Date('2026-03-01T12:00:00Z'));
+  t.same(list.find((j) => j.name === 'nightly')!.next, ['2026-03-02T02:00:00.000Z', '2026-03-03T02:00:00.000Z', '2026-03-04T02:00:00.000Z']);
+});
+
+t.test('overlapping triggers do not double-run; the extra ones are recorded as skipped-overlap', async (t) => {
+  const dir = t.testdir();
+  const history = History.open(join(dir, 'c.db'));
+  let live = 0; let peak = 0; let runs = 0;
+  const slow: RunJobFn = async (_s, ctx) => {
+    live++; runs++; peak = Math.max(peak, live);
+    try { await new Promise((r, j) => { const tm = setTimeout(r, 2500); ctx.signal.addEventListener('abort', () => { clearTimeout(tm); j(ctx.signal.reason); }); }); } finally { live--; }
+    return { result: 'success', vms: [], labKept: false };
+  };
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'slow', schedule: '* * * * * *', afterBackup: true }]), history, run: slow });
+  t.teardown(() => history.close());
+  await sleep(1200);
+  const manual = sch.trigger('slow', 'manual');
+  t.equal(manual.status, 'skipped-overlap');
+  const hooked = notifyBackup(['web']);
+  t.same(hooked.map((o) => o.status), ['skipped-overlap'], 'the after-backup hook reached the running scheduler');
+  await sleep(2800);
+  await sch.stop();
+  t.equal(peak, 1, 'never two runs of one job at once');
+  const all = history.lastRuns({ job: 'slow', limit: 100 });
+  const skipped = all.filter((r) => r.status === 'skipped-overlap');
+  t.ok(skipped.length >= 3, `${skipped.length} skipped triggers recorded`);
+  t.ok(skipped.some((r) => r.trigger === 'after-backup') && skipped.some((r) => r.trigger === 'manual') && skipped.some((r) => r.trigger === 'schedule'));
+  t.equal(all.filter((r) => r.status !== 'skipped-overlap').length, runs, 'each real run has one row');
+  t.ok(all.some((r) => r.status === 'success'));
+});
+
+t.test('missed runs while the server was down are reported once', async (t) => {
+  const dir = t.testdir();
+  const history = History.open(join(dir, 'c.db'));
+  t.teardown(() => history.close());
+  const jobs = loadJobsDir(jobsDir(dir, [{ name: 'nightly', schedule: '0 2 * * *' }, { name: 'fresh', schedule: '0 2 * * *' }]));
+  const id = history.startRun('nightly', 'schedule', new Date('2026-01-07T02:00:00Z'));
+  history.finishRun(id, { result: 'success', vms: [], labKept: false });
+  const warnings: string[] = [];
+  const now = (): Date => new Date('2026-01-10T12:00:00Z');
+  const s1 = new Scheduler({ jobs, history, run: async () => undefined, now, log: { info: () => undefined, warn: (l) => warnings.push(l) } });
+  const missed = s1.reportMissed();
+  t.same(missed.map((m) => [m.job, m.count, m.first.toISOString()]), [['nightly', 3, '2026-01-08T02:00:00.000Z']], 'a job that never ran reports nothing');
+  const row = history.lastRuns({ job: 'nightly' })[0]!;
+  t.equal(row.status, 'missed'); t.equal(row.dueAt, '2026-01-08T02:00:00.000Z');
+  t.match(row.detail!, /3 scheduled run\(s\) missed .* 2026-01-08T02:00:00.000Z … 2026-01-10T02:00:00.000Z/);
+  t.match(warnings[0]!, /job nightly: 3 scheduled run/);
+  t.same(new Scheduler({ jobs, history, run: async () => undefined, now }).reportMissed(), [], 'not reported twice');
+  t.same(history.passRate({ job: 'nightly' }), { runs: 1, passed: 1, rate: 1 }, 'a missed run is not counted as a run');
+});
+
+t.test('after-backup triggers only jobs covering a backed-up VM; errors are recorded', async (t) => {
+  const dir = t.testdir();
+  const history = History.open(join(dir, 'c.db'));
+  const sch = startScheduler({ history, run: async (s) => { if (s.name === 'db-job') throw new Error('lab exploded'); },
+    jobsDir: jobsDir(dir, [{ name: 'web-job', afterBackup: true }, { name: 'db-job', afterBackup: true, verify: { vms: ['db'] } }, { name: 'plain' }]) });
+  t.teardown(async () => { await sch.stop(); history.close(); });
+  const out = sch.notifyBackup(['db']);
+  t.equal(out.length, 1);
+  if (out[0]!.status === 'started') await out[0]!.done;
+  const r = history.lastRuns({ job: 'db-job' })[0]!;
+  t.equal(r.trigger, 'after-backup'); t.equal(r.status, 'error'); t.equal(r.detail, 'lab exploded');
+  t.same(history.lastRuns({ job: 'plain' }), []);
+  t.throws(() => sch.trigger('nope', 'manual'), { code: 'JOB_NOT_FOUND' });
+});
