@@ -43,7 +43,10 @@ export interface BackupOptions {
   source?: string;
   /** The point this one follows; default: the latest point of the same VM. Null: none. */
   parent?: string | null;
-  /** How worker threads rebuild the codec; needed with the key when the repository is encrypted. */
+  /**
+   * How worker threads rebuild the codec. Default: the repository's config,
+   * and its master key when it exposes one (LocalRepository does).
+   */
   codecInit?: CodecInit;
   workers?: number;
   onProgress?: (p: BackupProgress) => void;
@@ -88,7 +91,7 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
       const parent = await chooseParent(repo, vm.name, opts.parent);
       const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
       const inserted: { digest: string; at: number }[] = [];
-      const pool = new ChunkPool(opts.codecInit ?? { config: repo.config }, opts.workers ?? Math.min(availableParallelism(), 8));
+      const pool = new ChunkPool(opts.codecInit ?? defaultCodecInit(repo), opts.workers ?? Math.min(availableParallelism(), 8));
       try {
         const indexes: FixedIndex[] = [];
         try {
@@ -142,6 +145,11 @@ async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: st
   } catch {
     // Best effort: what is left is unreferenced, and gc removes it.
   }
+}
+
+function defaultCodecInit(repo: Repository): CodecInit {
+  const key = (repo as Partial<{ masterKey: Buffer | undefined }>).masterKey;
+  return { config: repo.config, ...(key ? { key } : {}) };
 }
 
 async function chooseParent(repo: Repository, vmName: string, wanted: string | null | undefined): Promise<RestorePoint | undefined> {

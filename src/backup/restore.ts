@@ -11,7 +11,7 @@
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { RepositoryReader } from '../repo/contract.js';
+import { CorruptChunkError, type DiskSource, type RepositoryReader } from '../repo/contract.js';
 import { badInput, RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
 import { qemuImg } from '../ingest/qemu-img.js';
@@ -39,6 +39,18 @@ export interface RestoreResult {
   seconds: number;
 }
 
+/** A corrupt chunk is a user-facing failure with a way out, not a crash. */
+async function readChecked(disk: DiskSource, i: number, opts: RestoreOptions): Promise<Buffer | null> {
+  try {
+    return await disk.readChunk(i);
+  } catch (err) {
+    if (!(err instanceof CorruptChunkError)) throw err;
+    throw new RestorelabError('RESTORE_CHUNK_CORRUPT',
+      `cannot restore ${opts.point}/${opts.disk}: the chunk at offset ${i * disk.chunkSize} is damaged (${err.message})`,
+      { hint: 'run restorelab verify to list every damaged restore point, and restore from an older or newer point', cause: err });
+  }
+}
+
 export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> {
   const format = opts.format ?? 'raw';
   if (format !== 'raw' && format !== 'qcow2') {
@@ -60,7 +72,7 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
       const zero = Buffer.alloc(disk.chunkSize);
       const worker = async (): Promise<void> => {
         for (let i = next++; i < disk.chunkCount; i = next++) {
-          const data = disk.chunkId(i) === null ? null : await disk.readChunk(i);
+          const data = disk.chunkId(i) === null ? null : await readChecked(disk, i, opts);
           if (data && !data.equals(zero.subarray(0, data.length))) {
             let off = 0;
             while (off < data.length) {
