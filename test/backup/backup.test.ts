@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { backupVm } from '../../src/backup/engine.js';
 import { restoreDisk } from '../../src/backup/restore.js';
-import { initRepository, openRepository, readKeyFile } from '../../src/repo/index.js';
+import { initRepository, openRepository } from '../../src/repo/index.js';
 import type { VmDefinition } from '../../src/vm/definition.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { exec } from '../../src/host/exec.js';
@@ -147,8 +147,7 @@ t.test('encrypted repository: round trip, keyed digests, wrong and missing key r
   const repoDir = join(work, 'enc-repo');
   const keyFile = join(work, 'repo.key');
   const repo = await initRepository(repoDir, { keyFile });
-  const key = await readKeyFile(keyFile);
-  const p = await backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'raw' }]), disks: { root: web }, codecInit: { config: repo.config, key } });
+  const p = await backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'raw' }]), disks: { root: web } });
   t.equal(await restoredSha(repoDir, p.id, 'raw', keyFile), await sha256File(web), 'restores bit-identically with the key');
   // The first 4 MiB of the guest (MBR + boot area) is data: its plain SHA-256 must not name a chunk.
   const first = (await readFile(web)).subarray(0, 4 * MiB);

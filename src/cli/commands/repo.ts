@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { contextFor, type CommandContext } from '../context.js';
-import { initRepository, openRepository, readKeyFile, type LocalRepository } from '../../repo/index.js';
+import { initRepository, openRepository, type LocalRepository } from '../../repo/index.js';
 import { openCatalog, reindex, type CatalogDb } from '../../catalog/catalog.js';
 import type { CodecInit } from '../../backup/chunk-pool.js';
 import { badInput } from '../../errors.js';
@@ -26,7 +26,7 @@ export interface OpenedRepo {
 export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Promise<OpenedRepo> {
   const dir = o.repo ?? ctx.config().repository;
   const repo = await openRepository(dir, o.keyFile ? { keyFile: o.keyFile } : {});
-  const key = repo.config.encryption === 'none' || !o.keyFile ? undefined : await readKeyFile(o.keyFile);
+  const key = repo.masterKey;
   return { repo, codecInit: { config: repo.config, ...(key ? { key } : {}) } };
 }
 
