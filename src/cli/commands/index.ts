@@ -16,10 +16,6 @@ import { registerRestore } from './restore.js';
 import { registerMount } from './mount.js';
 import { registerFiles } from './files.js';
 import { registerUmount } from './umount.js';
-import { registerRepo } from './repo.js';
-import { registerBackup } from './backup.js';
-import { registerPoints } from './points.js';
-import { registerRestore } from './restore.js';
 import { registerVerify } from './verify.js';
 import { registerPrune } from './prune.js';
 import { registerGc } from './gc.js';
@@ -41,10 +37,6 @@ export const commands: RegisterCommand[] = [
   registerMount,
   registerFiles,
   registerUmount,
-  registerRepo,
-  registerBackup,
-  registerPoints,
-  registerRestore,
   registerVerify,
   registerPrune,
   registerGc,
