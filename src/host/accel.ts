@@ -1,14 +1,21 @@
 /**
  * Which QEMU accelerator really works here. /dev/kvm can exist and still hang
- * (nested KVM), so we boot a 512-byte boot sector that writes to QEMU's
- * isa-debug-exit port: a working accelerator exits within a second, a hanging
- * one is killed at the deadline and we fall back to TCG. The verdict is cached
- * per kernel boot, because it cannot change without a reboot.
+ * (nested KVM): on this kind of host a 512-byte boot sector runs fine under
+ * KVM while a real kernel never prints a line. So when the test guests are
+ * built, KVM must boot the guest kernel (`-kernel`, no disk: it panics at the
+ * root mount, which with panic=-1 and -no-reboot ends QEMU) and print the
+ * panic line on serial within PROBE_KERNEL_TIMEOUT_MS; without a guest kernel
+ * we fall back to the boot sector, which writes to QEMU's isa-debug-exit port.
+ * TCG only has to show QEMU runs at all, so it always gets the boot sector.
+ * A KVM that hangs is killed at the deadline and we use TCG. The verdict is
+ * cached per kernel boot, because it cannot change without a reboot, unless
+ * it came from the boot sector and a guest kernel has appeared since.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exec, which } from './exec.js';
+import { projectPath } from '../paths.js';
 
 export type Accel = 'kvm' | 'tcg';
 
@@ -17,12 +24,17 @@ export interface AccelProbe {
   kvm: 'works' | 'hangs' | 'unavailable' | 'fails';
   tcg: boolean;
   detail: string;
+  /** What KVM had to boot: the test guest kernel, or the boot sector fallback. */
+  method?: 'guest-kernel' | 'boot-sector';
 }
 
 const DEBUG_EXIT_VALUE = 0x41;
 /** QEMU exits with (value << 1) | 1 when the guest writes to isa-debug-exit. */
 const EXPECTED_EXIT = (DEBUG_EXIT_VALUE << 1) | 1;
 const PROBE_TIMEOUT_MS = 8000;
+const PROBE_KERNEL_TIMEOUT_MS = 20_000;
+/** The last line of kernel init when there is no root device: the kernel ran all the way through. */
+const KERNEL_DONE = /Kernel panic - not syncing: VFS: Unable to mount root fs/;
 
 /** mov al,0x41; out 0xf4,al; then hlt forever, with the MBR signature. */
 function bootSector(): Buffer {
@@ -43,6 +55,31 @@ async function tryBoot(qemu: string, accel: Accel, image: string): Promise<'work
   return r.code === EXPECTED_EXIT ? 'works' : 'fails';
 }
 
+/**
+ * Boots `kernel` without a disk under `accel`: 'works' when kernel init ran to
+ * its end (the root-mount panic) within `timeoutMs`.
+ */
+export async function bootGuestKernel(qemu: string, accel: Accel, kernel: string, dir: string,
+  timeoutMs = PROBE_KERNEL_TIMEOUT_MS): Promise<'works' | 'hangs' | 'fails'> {
+  const serial = join(dir, `serial-${accel}.log`);
+  const r = await exec(qemu, [
+    '-accel', accel, ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
+    '-display', 'none', '-nodefaults', '-no-user-config', '-m', '256',
+    '-serial', `file:${serial}`,
+    '-kernel', kernel, '-append', 'console=ttyS0 panic=-1', '-no-reboot',
+  ], { timeoutMs });
+  const text = existsSync(serial) ? readFileSync(serial, 'utf8') : '';
+  if (KERNEL_DONE.test(text)) return 'works';
+  return r.timedOut ? 'hangs' : 'fails';
+}
+
+/** The guest kernel scripts/build-guests extracts, when the guests are built. */
+export function guestKernelPath(guestsDir?: string): string | undefined {
+  const dir = guestsDir ?? process.env.RESTORELAB_GUESTS_DIR ?? projectPath('var', 'guests');
+  const p = join(dir, 'vmlinuz');
+  return existsSync(p) ? p : undefined;
+}
+
 function bootId(): string {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
@@ -51,12 +88,14 @@ function bootId(): string {
   }
 }
 
-export async function probeAccel(opts: { cacheDir?: string; force?: boolean } = {}): Promise<AccelProbe> {
+export async function probeAccel(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<AccelProbe> {
   const cacheFile = opts.cacheDir ? join(opts.cacheDir, 'accel-probe.json') : undefined;
+  const kernel = guestKernelPath(opts.guestsDir);
   if (cacheFile && !opts.force && existsSync(cacheFile)) {
     try {
       const cached = JSON.parse(readFileSync(cacheFile, 'utf8')) as { bootId: string; probe: AccelProbe };
-      if (cached.bootId === bootId()) return cached.probe;
+      const weaker = cached.probe.method !== 'guest-kernel' && kernel !== undefined && cached.probe.kvm === 'works';
+      if (cached.bootId === bootId() && !weaker) return cached.probe;
     } catch {
       // a damaged cache is simply re-probed
     }
@@ -69,14 +108,18 @@ export async function probeAccel(opts: { cacheDir?: string; force?: boolean } = 
     writeFileSync(image, bootSector());
     const tcg = (await tryBoot(qemu, 'tcg', image)) === 'works';
     let kvm: AccelProbe['kvm'] = 'unavailable';
-    if (existsSync('/dev/kvm')) kvm = await tryBoot(qemu, 'kvm', image);
+    const method: AccelProbe['method'] = kernel ? 'guest-kernel' : 'boot-sector';
+    if (existsSync('/dev/kvm')) kvm = kernel ? await bootGuestKernel(qemu, 'kvm', kernel, dir) : await tryBoot(qemu, 'kvm', image);
+    const what = kernel ? 'the test guest kernel' : 'a test boot sector';
+    const bound = (kernel ? PROBE_KERNEL_TIMEOUT_MS : PROBE_TIMEOUT_MS) / 1000;
     const probe: AccelProbe = {
       accel: kvm === 'works' ? 'kvm' : 'tcg',
       kvm,
       tcg,
-      detail: kvm === 'works' ? 'KVM boots a test guest' :
-        kvm === 'hangs' ? `KVM test boot did not finish in ${PROBE_TIMEOUT_MS / 1000} s (nested KVM?); using TCG` :
-        kvm === 'fails' ? 'KVM test boot failed; using TCG' : '/dev/kvm is absent; using TCG',
+      method,
+      detail: kvm === 'works' ? `KVM boots ${what}` :
+        kvm === 'hangs' ? `KVM did not boot ${what} within ${bound} s (nested KVM?); using TCG` :
+        kvm === 'fails' ? `KVM failed to boot ${what}; using TCG` : '/dev/kvm is absent; using TCG',
     };
     if (cacheFile) {
       mkdirSync(opts.cacheDir as string, { recursive: true });
