@@ -30,7 +30,8 @@ export function fromSessionError(e: SessionError): RestorelabError {
   return new RestorelabError(e.code, e.message, { ...(e.hint ? { hint: e.hint } : {}), exitCode: (e.exitCode ?? ExitCode.failure) as ExitCodeT });
 }
 
-export function serveControl(path: string, handle: (req: ControlRequest) => Promise<RecoverySession>): Server {
+/** Resolves once the socket accepts connections. */
+export async function serveControl(path: string, handle: (req: ControlRequest) => Promise<RecoverySession>): Promise<Server> {
   rmSync(path, { force: true });
   const server = createServer((sock) => {
     const framer = new JsonLineFramer((m) => {
@@ -43,7 +44,10 @@ export function serveControl(path: string, handle: (req: ControlRequest) => Prom
     sock.on('data', (d: Buffer) => framer.push(d));
     sock.on('error', () => undefined);
   });
-  server.listen(path);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
   return server;
 }
 

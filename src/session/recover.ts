@@ -4,7 +4,7 @@
  * and migrate ask the supervisor; sessions lists the records, noticing
  * supervisors that died.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -62,13 +62,7 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps
   };
   store.save(s);
   const work = store.workDir(id);
-  mkdirSync(work, { recursive: true });
-  const log = openSync(join(work, 'supervisor.log'), 'a');
-  const args = [projectPath('bin', 'restorelab.js'), 'session-supervise', id, '--state-dir', opts.stateDir];
-  if (opts.heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(opts.heartbeatTimeoutMs));
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] });
-  closeSync(log);
-  child.unref();
+  const child = startSupervisor(store, id, opts.heartbeatTimeoutMs);
   const deadline = Date.now() + (opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS) + 120_000;
   for (;;) {
     await sleep(200);
@@ -89,6 +83,19 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps
   }
 }
 
+/** `restorelab session-supervise <id>`, detached in its own session so it outlives the CLI. */
+function startSupervisor(store: SessionStore, id: string, heartbeatTimeoutMs?: number): ChildProcess {
+  const work = store.workDir(id);
+  mkdirSync(work, { recursive: true });
+  const log = openSync(join(work, 'supervisor.log'), 'a');
+  const args = [projectPath('bin', 'restorelab.js'), 'session-supervise', id, '--state-dir', store.stateDir];
+  if (heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(heartbeatTimeoutMs));
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] });
+  closeSync(log);
+  child.unref();
+  return child;
+}
+
 /** Removes what a session whose supervisor is gone left behind, and marks it failed. */
 async function cleanupOrphan(s: RecoverySession, store: SessionStore, deps: SessionDeps, why: string, final: 'failed' | 'stopped' = 'failed'): Promise<RecoverySession> {
   const hv = deps.hypervisor(s.driver, { stateDir: store.stateDir });
@@ -104,19 +111,40 @@ async function cleanupOrphan(s: RecoverySession, store: SessionStore, deps: Sess
 }
 
 /**
- * The records, with a session whose supervisor died marked failed: without
- * it nobody serves the publication, so the VM cannot be trusted.
+ * The records, with sessions whose supervisor died dealt with. A running
+ * session is marked failed: nobody serves its publication any more, so its
+ * disks are gone. A migrated session no longer needs the publication, so a
+ * new supervisor re-attaches to its VM (the qemu driver through pidfile and
+ * QMP, libvirt by name) and it stays migrated.
  */
-export function listSessions(stateDir: string): RecoverySession[] {
+export async function listSessions(stateDir: string): Promise<RecoverySession[]> {
   const store = new SessionStore(stateDir);
-  return store.list().map((s) => {
+  const out: RecoverySession[] = [];
+  for (const s of store.list()) {
     if (ACTIVE_STATES.includes(s.state) && s.state !== 'starting' && !pidAlive(s.supervisorPid)) {
+      if (s.state === 'migrated') {
+        out.push(await reattach(store, s));
+        continue;
+      }
       s.state = 'failed';
       s.error ??= { code: 'SUPERVISOR_GONE', message: `the session supervisor (pid ${s.supervisorPid}) is gone` };
       store.save(s);
     }
-    return s;
-  });
+    out.push(s);
+  }
+  return out;
+}
+
+async function reattach(store: SessionStore, s: RecoverySession): Promise<RecoverySession> {
+  const old = s.supervisorPid;
+  const child = startSupervisor(store, s.id);
+  const end = Date.now() + 30_000;
+  for (;;) {
+    await sleep(100);
+    const cur = store.get(s.id);
+    if (cur.state !== 'migrated' || (cur.supervisorPid !== old && cur.controlSocket)) return cur;
+    if (child.exitCode !== null || Date.now() > end) return store.get(s.id);
+  }
 }
 
 /**
@@ -149,7 +177,7 @@ export async function stopSession(stateDir: string, id: string, deps: SessionDep
 /** Mirrors every disk of a running session to `dir`, pivots, and unpublishes. */
 export async function migrateSession(stateDir: string, id: string, dir: string, format: 'raw' | 'qcow2'): Promise<RecoverySession> {
   const store = new SessionStore(stateDir);
-  const s = listSessions(stateDir).find((x) => x.id === id) ?? store.get(id);
+  const s = (await listSessions(stateDir)).find((x) => x.id === id) ?? store.get(id);
   // Checked here too, so a bad target fails fast with nothing started.
   checkMigration(s, dir, format);
   return requestControl(controlSocket(store.workDir(id)), { op: 'migrate', to: resolve(dir), format }, 24 * 3600_000);

@@ -64,6 +64,8 @@ export interface RecoverySession {
   /** Disk name → virtual size in bytes (the space a migration needs). */
   diskBytes: Record<string, number>;
   supervisorPid?: number;
+  /** Set by the supervisor once it accepts stop/migrate requests. */
+  controlSocket?: string;
   qemuPid?: number;
   error?: SessionError;
   resources: SessionResources;

@@ -8,6 +8,7 @@
  * marked failed and its taps, lab and publication are removed.
  */
 import { readFileSync } from 'node:fs';
+import { RestorelabError } from '../errors.js';
 import { QemuDomain } from '../hypervisor/qemu.js';
 import type { Domain } from '../hypervisor/types.js';
 import { controlSocket, serveControl, toSessionError, type ControlRequest } from './control.js';
@@ -47,10 +48,20 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
   const store = new SessionStore(stateDir);
   const s = store.get(id);
   s.supervisorPid = process.pid;
+  delete s.controlSocket;
   store.save(s);
   const hv = deps.hypervisor(s.driver, { stateDir, ...(s.accel ? { accel: s.accel } : {}) });
   let live: LiveSession;
   try {
+    if (s.state === 'migrated') {
+      // A restarted supervisor of a migrated session: nothing is published
+      // any more, so the running domain is all there is to re-attach to.
+      const domain = await hv.attach(s.domain);
+      if (!domain || !(await domainAlive(domain, s))) throw new RestorelabError('VM_GONE', `the VM of session ${s.id} is no longer running`);
+      live = { session: s, hv, domain };
+      store.save(s);
+      return await watchSession(live, store, id);
+    }
     const plan = await planRecovery({
       repo: s.repo, vm: s.vm, point: s.point, driver: s.driver, stateDir,
       ...(s.labFile ? { lab: s.labFile } : {}), ...(s.network ? { network: s.network } : {}),
@@ -59,10 +70,18 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
   } catch (e) {
     s.state = 'failed';
     s.error = toSessionError(e);
+    await teardown(s, store, hv).catch(() => undefined);
     store.save(s);
     await closeHypervisor(hv);
     return 1;
   }
+  return watchSession(live, store, id);
+}
+
+/** Serves control requests and watches the domain until the session ends. */
+async function watchSession(live: LiveSession, store: SessionStore, id: string): Promise<number> {
+  const s = live.session;
+  const hv = live.hv;
 
   let busy: Promise<unknown> = Promise.resolve();
   let ending = false;
@@ -98,7 +117,9 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
     return run;
   };
 
-  const server = serveControl(controlSocket(store.workDir(id)), handle);
+  const server = await serveControl(controlSocket(store.workDir(id)), handle);
+  s.controlSocket = controlSocket(store.workDir(id));
+  store.save(s);
   const watch = setInterval(() => {
     if (ending) return;
     domainAlive(live.domain, s).then((alive) => {

@@ -8,10 +8,10 @@ export function registerSessions(program: Command): void {
   program
     .command('sessions')
     .description('list recovery sessions (state and age)')
-    .action((_o, c: Command) => {
+    .action(async (_o, c: Command) => {
       const ctx = contextFor(c);
       const now = Date.now();
-      const sessions = listSessions(ctx.config().stateDir).map((s) => ({
+      const sessions = (await listSessions(ctx.config().stateDir)).map((s) => ({
         session: s.id, vm: s.vm, point: s.point, driver: s.driver, state: s.state, ageSeconds: ageSeconds(s, now),
         heartbeatSeconds: s.heartbeatSeconds ?? null, addresses: s.addresses, ...(s.lab ? { lab: s.lab } : {}),
         ...(s.network ? { network: s.network } : {}), ...(s.migratedTo ? { migratedTo: s.migratedTo } : {}),
