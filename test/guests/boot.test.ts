@@ -55,6 +55,8 @@ t.test('web, broken-app and no-boot boot under TCG and behave as documented', as
     });
     t.equal(r.status, 200, `GET ${url} from inside the test namespace`);
     t.equal(r.body?.trim(), GUESTS.web?.services[0]?.expect, 'serves the known page');
+    t.ok(await agent.fsfreeze() >= 1, 'guest-fsfreeze-freeze freezes the root filesystem');
+    t.ok(await agent.fsthaw() >= 1, 'and guest-fsfreeze-thaw thaws it');
     const shot = join(dir, 'web.ppm');
     await web.dom.screendump(shot);
     t.ok(statSync(shot).size > 1000, 'the VGA console can be captured');
