@@ -4,7 +4,7 @@
  * resource is written to the session record before it is created, so
  * teardown (here, or `stop` after a supervisor crash) knows what to remove.
  */
-import { existsSync, mkdirSync, readFileSync, statfsSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestorelabError, badInput } from '../errors.js';
 import { exec } from '../host/exec.js';
@@ -49,6 +49,7 @@ export async function bringUp(
       res.labCreated = plan.lab.name;
       store.save(s);
       lab = await labUp(plan.lab, { stateDir: store.stateDir });
+      writeFileSync(labMarker(store, plan.lab.name), s.id);
     }
     for (const nic of plan.vm.nics) {
       const model = nic.model === 'e1000' ? 'e1000' : 'virtio';
@@ -129,12 +130,17 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
       store.save(s);
     });
   }
-  if (res.labCreated) {
-    const name = res.labCreated;
-    // Another live session may have joined the lab this one brought up.
-    const shared = store.list().some((o) => o.id !== s.id && o.lab === name && ACTIVE_STATES.includes(o.state));
+  // A lab a session brought up is taken down by the last live session in
+  // it, whichever that is: the marker says recovery owns the lab (one the
+  // user brought up with `lab up` has none and stays).
+  const labName = res.labCreated ?? s.lab;
+  if (labName && (res.labCreated || existsSync(labMarker(store, labName)))) {
+    const shared = store.list().some((o) => o.id !== s.id && o.lab === labName && ACTIVE_STATES.includes(o.state));
     await step(async () => {
-      if (!shared) await labDown(name, { stateDir: store.stateDir, quietIfMissing: true });
+      if (!shared) {
+        await labDown(labName, { stateDir: store.stateDir, quietIfMissing: true });
+        rmSync(labMarker(store, labName), { force: true });
+      }
       delete res.labCreated;
       store.save(s);
     });
@@ -149,6 +155,10 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
     });
   }
   if (failures.length) throw failures[0];
+}
+
+function labMarker(store: SessionStore, lab: string): string {
+  return join(store.dir, `lab-${lab}.owned`);
 }
 
 /** A publication whose serving process died leaves a dead FUSE mount ("transport endpoint is not connected"). */

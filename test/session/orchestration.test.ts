@@ -190,6 +190,27 @@ t.test('a lab that is already up is used and left up', async (t) => {
   await labDown(lab.name, { stateDir });
 });
 
+t.test('a lab recovery brought up is taken down by the last session in it', async (t) => {
+  const calls: Calls = { closed: [], started: [], destroyed: [] };
+  const deps = fakeDeps(calls, { agent: true });
+  const store = new SessionStore(stateDir);
+  const name = `u6${tag}`;
+  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(name, '172.18.96.0/24') };
+  const hv = deps.hypervisor('qemu', { stateDir });
+  const a = newSession(store, req, name);
+  const liveA = await bringUp(a, await planRecovery(req, deps), deps, store, hv, { heartbeatTimeoutMs: 20_000 });
+  const planB = await planRecovery(req, deps);
+  t.equal(planB.labIsUp, true, 'the second session finds the lab up');
+  const b = newSession(store, req, name);
+  const liveB = await bringUp(b, planB, deps, store, hv, { heartbeatTimeoutMs: 20_000 });
+  await teardown(a, store, hv, liveA.publication);
+  a.state = 'stopped';
+  store.save(a);
+  t.ok(readLabState(stateDir, name)?.ready, 'still up while the other session runs in it');
+  await teardown(b, store, hv, liveB.publication);
+  t.equal(readLabState(stateDir, name), undefined, 'down after the last session');
+});
+
 t.test('on a production bridge: the NIC joins the bridge and the address is the production IP', async (t) => {
   const bridge = `rlbr${tag}`;
   t.equal((await exec('ip', ['link', 'add', bridge, 'type', 'bridge'])).code, 0, 'test bridge created');
