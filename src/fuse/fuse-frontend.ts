@@ -1,0 +1,215 @@
+/**
+ * FuseFrontend: serves a Datastore as a FUSE filesystem (fuse-native over
+ * libfuse2's multi-threaded loop).
+ *
+ * The frontend is a translation only: paths are resolved to file ids with
+ * lookups, opens hand out small handle numbers mapped to file ids, and
+ * DatastoreError codes become -errno. Large requests are negotiated
+ * (max_read/max_write up to the 128 KiB a libfuse2 kernel session allows,
+ * big_writes), so sequential I/O is not a round trip per 4 KiB page.
+ * kernel_cache keeps the page cache across opens: every change goes through
+ * this mount, so the cache cannot go stale.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import Fuse from 'fuse-native';
+import { RestorelabError, ExitCode, missingComponent } from '../errors.js';
+import { DatastoreError, ROOT_ID, type Datastore, type FileAttr, type FileId } from '../datastore/types.js';
+import { detachMount, isStaleFuseMount, mountEntry } from './mounts.js';
+
+/** Largest request libfuse2 can negotiate with the kernel (32 pages). */
+export const FUSE_MAX_IO = 128 * 1024;
+
+export interface FuseMountOptions {
+  mountPoint: string;
+  /** Log a line per failed operation to stderr. */
+  debug?: boolean;
+  /** Called when a stale mount was found and cleared before mounting. */
+  onStaleCleared?: (dir: string) => void;
+}
+
+interface Handle {
+  id: FileId;
+  sync: boolean;
+}
+
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+
+function errno(err: unknown): number {
+  const code = err instanceof DatastoreError ? err.code : (err as NodeJS.ErrnoException)?.code;
+  const n = code ? (os.constants.errno as Record<string, number>)[code] : undefined;
+  return n ? -n : Fuse.EIO;
+}
+
+function statOf(a: FileAttr): Record<string, unknown> {
+  const type = a.type === 'dir' ? S_IFDIR : a.type === 'symlink' ? S_IFLNK : S_IFREG;
+  return {
+    mode: type | a.mode, uid: a.uid, gid: a.gid, size: a.size, nlink: a.nlink, blksize: 4096,
+    blocks: Math.ceil(a.used / 512), atime: a.atime, mtime: a.mtime, ctime: a.ctime,
+  };
+}
+
+/** Checks that FUSE can be used on this host; a missing /dev/fuse is a missing component. */
+export function assertFuseAvailable(): void {
+  try {
+    fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    throw missingComponent('/dev/fuse (FUSE: libfuse2 / fuse3)',
+      'install the fuse3 and libfuse2 packages (apt-get install fuse3 libfuse2) and load the module (modprobe fuse); in a container pass --device /dev/fuse');
+  }
+}
+
+export class FuseFrontend {
+  private readonly handles = new Map<number, Handle>();
+  private nextHandle = 1;
+  private mounted = false;
+
+  private constructor(private readonly ds: Datastore, readonly mountPoint: string, private readonly fuse: Fuse) {}
+
+  /**
+   * Mounts `ds` at `opts.mountPoint` (created if missing). A stale mount left by
+   * a crashed server is cleared first; a live mount there is refused.
+   */
+  static async mount(ds: Datastore, opts: FuseMountOptions): Promise<FuseFrontend> {
+    assertFuseAvailable();
+    const dir = opts.mountPoint;
+    if (mountEntry(dir) && await isStaleFuseMount(dir)) {
+      if (!(await detachMount(dir))) throw new RestorelabError('MOUNT_POINT_STALE', `${dir} holds a stale FUSE mount that could not be removed`, { hint: `run: umount -l ${dir}`, exitCode: ExitCode.busy });
+      opts.onStaleCleared?.(dir);
+    }
+    const existing = mountEntry(dir);
+    if (existing) {
+      throw new RestorelabError('MOUNT_POINT_IN_USE', `${dir} is already a mount point (${existing.fstype} from ${existing.source})`, {
+        hint: 'choose an empty directory, or unpublish/umount what is mounted there', exitCode: ExitCode.busy,
+      });
+    }
+    await fs.promises.mkdir(dir, { recursive: true });
+    if ((await fs.promises.readdir(dir)).length > 0) {
+      throw new RestorelabError('MOUNT_POINT_IN_USE', `${dir} is not empty`, { hint: 'choose an empty directory for the FUSE mount', exitCode: ExitCode.busy });
+    }
+    let frontend: FuseFrontend | undefined;
+    const ops = FuseFrontend.operations(() => frontend!, opts.debug ?? false);
+    const fuse = new Fuse(dir, ops, { timeout: false });
+    const options = [
+      'fsname=restorelab', 'subtype=restorelab', 'allow_other', 'kernel_cache', 'big_writes',
+      `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, 'attr_timeout=1', 'entry_timeout=1',
+    ];
+    // fuse-native only knows a fixed option list; max_write and big_writes are not on it.
+    (fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => '-o' + options.join(',');
+    frontend = new FuseFrontend(ds, dir, fuse);
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+    frontend.mounted = true;
+    return frontend;
+  }
+
+  /** Unmounts (lazily, so open files held by a dying hypervisor do not block it). */
+  async unmount(): Promise<void> {
+    if (!this.mounted) return;
+    this.mounted = false;
+    await new Promise<void>((resolve) => this.fuse.unmount(() => resolve()));
+    if (mountEntry(this.mountPoint)) await detachMount(this.mountPoint);
+  }
+
+  private async resolve(p: string): Promise<FileId> {
+    let id = ROOT_ID;
+    for (const part of p.split('/')) if (part) id = await this.ds.lookup(id, part);
+    return id;
+  }
+
+  private async resolveParent(p: string): Promise<{ dir: FileId; name: string }> {
+    const i = p.lastIndexOf('/');
+    return { dir: await this.resolve(p.slice(0, i)), name: p.slice(i + 1) };
+  }
+
+  private handle(fd: number): Handle {
+    const h = this.handles.get(fd);
+    if (!h) throw new DatastoreError('EINVAL', `unknown handle ${fd}`);
+    return h;
+  }
+
+  private open(id: FileId, flags: number): number {
+    const fd = this.nextHandle++;
+    const c = fs.constants;
+    this.handles.set(fd, { id, sync: (flags & (c.O_SYNC | c.O_DSYNC)) !== 0 });
+    return fd;
+  }
+
+  private static operations(self: () => FuseFrontend, debug: boolean): Fuse.Operations {
+    // Each op runs a promise and reports either a result or -errno.
+    const run = <T>(name: string, cb: (err: number, v?: T) => void, fn: () => Promise<T>): void => {
+      fn().then((v) => cb(0, v), (err: unknown) => {
+        if (debug) process.stderr.write(`fuse ${name}: ${(err as Error).message}\n`);
+        cb(errno(err));
+      });
+    };
+    const io = (name: string, cb: (n: number) => void, fn: () => Promise<number>): void => {
+      fn().then(cb, (err: unknown) => {
+        if (debug || !(err instanceof DatastoreError)) process.stderr.write(`fuse ${name}: ${(err as Error).message}\n`);
+        cb(errno(err));
+      });
+    };
+    return {
+      init: (cb) => cb(0),
+      getattr: (p, cb) => run('getattr', cb, async () => statOf(await self().ds.getattr(await self().resolve(p)))),
+      fgetattr: (p, fd, cb) => run('fgetattr', cb, async () => statOf(await self().ds.getattr(self().handle(fd).id))),
+      readdir: (p, cb) => run('readdir', cb, async () => (await self().ds.readdir(await self().resolve(p))).map((e) => e.name)),
+      open: (p, flags, cb) => run('open', cb, async () => self().open(await self().resolve(p), flags)),
+      opendir: (p, flags, cb) => run('opendir', cb, async () => { await self().resolve(p); return 0; }),
+      create: (p, mode, cb) => run('create', cb, async () => {
+        const { dir, name } = await self().resolveParent(p);
+        return self().open(await self().ds.create(dir, name, mode & 0o7777), 0);
+      }),
+      release: (p, fd, cb) => { self().handles.delete(fd); cb(0); },
+      releasedir: (p, fd, cb) => cb(0),
+      read: (p, fd, buf, len, pos, cb) => io('read', cb, async () => {
+        const { data } = await self().ds.read(self().handle(fd).id, pos, len);
+        data.copy(buf);
+        return data.length;
+      }),
+      write: (p, fd, buf, len, pos, cb) => io('write', cb, async () => {
+        const h = self().handle(fd);
+        await self().ds.write(h.id, pos, buf.subarray(0, len), h.sync);
+        return len;
+      }),
+      flush: (p, fd, cb) => cb(0),
+      fsync: (p, datasync, fd, cb) => run('fsync', cb, async () => self().ds.commit(self().handle(fd).id)),
+      truncate: (p, size, cb) => run('truncate', cb, async () => { await self().ds.setattr(await self().resolve(p), { size }); }),
+      ftruncate: (p, fd, size, cb) => run('ftruncate', cb, async () => { await self().ds.setattr(self().handle(fd).id, { size }); }),
+      utimens: (p, atime, mtime, cb) => run('utimens', cb, async () => {
+        await self().ds.setattr(await self().resolve(p), { atime: new Date(atime), mtime: new Date(mtime) });
+      }),
+      chmod: (p, mode, cb) => run('chmod', cb, async () => { await self().ds.setattr(await self().resolve(p), { mode: mode & 0o7777 }); }),
+      chown: (p, uid, gid, cb) => run('chown', cb, async () => { await self().ds.setattr(await self().resolve(p), { uid, gid }); }),
+      unlink: (p, cb) => run('unlink', cb, async () => { const { dir, name } = await self().resolveParent(p); await self().ds.remove(dir, name); }),
+      rmdir: (p, cb) => run('rmdir', cb, async () => { const { dir, name } = await self().resolveParent(p); await self().ds.rmdir(dir, name); }),
+      mkdir: (p, mode, cb) => run('mkdir', cb, async () => { const { dir, name } = await self().resolveParent(p); await self().ds.mkdir(dir, name, mode & 0o7777); }),
+      rename: (src, dest, cb) => run('rename', cb, async () => {
+        const a = await self().resolveParent(src);
+        const b = await self().resolveParent(dest);
+        await self().ds.rename(a.dir, a.name, b.dir, b.name);
+      }),
+      symlink: (target, p, cb) => run('symlink', cb, async () => {
+        const ds = self().ds;
+        if (!ds.symlink) throw new DatastoreError('ENOTSUP');
+        const { dir, name } = await self().resolveParent(p);
+        await ds.symlink(dir, name, target);
+      }),
+      readlink: (p, cb) => run('readlink', cb, async () => {
+        const ds = self().ds;
+        if (!ds.readlink) throw new DatastoreError('EINVAL');
+        return ds.readlink(await self().resolve(p));
+      }),
+      statfs: (p, cb) => run('statfs', cb, async () => {
+        const s = await self().ds.fsstat(await self().resolve(p).catch(() => ROOT_ID));
+        const bsize = 4096;
+        const blocks = (n: number): number => Math.min(0xffffffff, Math.floor(n / bsize));
+        return {
+          bsize, frsize: bsize, blocks: blocks(s.totalBytes), bfree: blocks(s.freeBytes), bavail: blocks(s.availBytes),
+          files: Math.min(0xffffffff, s.totalFiles), ffree: Math.min(0xffffffff, s.freeFiles), favail: Math.min(0xffffffff, s.freeFiles), fsid: 0, flag: 0, namemax: 255,
+        };
+      }),
+    };
+  }
+}
