@@ -1,5 +1,7 @@
 import t from 'tap';
 import { readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { RestorelabError } from '../../src/errors.js';
 import { join } from 'node:path';
 import { createShards, LocalChunkStore } from '../../src/repo/chunk-store.js';
 import { runChunkStoreSuite } from './fixtures/chunk-store-suite.js';
@@ -41,4 +43,28 @@ t.test('local store: temp files of a crashed insert are not chunks, and are list
   const temps = [];
   for await (const x of store.listTemp(Date.now() - 60_000)) temps.push(x.path);
   t.same(temps, [join(dir, 'cd', '.tmp-999-abc')]);
+});
+
+t.test('local store: a full file system fails the insert cleanly, naming store and digest, leaving no temp file', async (t) => {
+  const mnt = tmpDir(t, 'rl-full-');
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k', 'rl-full', mnt]);
+  } catch (err) {
+    t.fail(`mounting a 512 KiB tmpfs needs root and the mount command: ${(err as Error).message}`);
+    return;
+  }
+  t.teardown(() => execFileSync('umount', ['-l', mnt]));
+  const dir = join(mnt, 'chunks');
+  await createShards(dir);
+  const store = new LocalChunkStore(dir);
+  const data = Buffer.alloc(1024 * 1024, 1);
+  const digest = 'ef' + '2'.repeat(62);
+  const err = await store.insert(digest, data).then(() => undefined, (e: unknown) => e) as RestorelabError;
+  t.ok(err instanceof RestorelabError);
+  t.equal(err.code, 'REPO_FULL');
+  t.match(err.message, digest);
+  t.match(err.message, dir);
+  t.match(err.hint ?? '', /free space/);
+  t.same(readdirSync(join(dir, 'ef')), [], 'no partial chunk and no temp file');
+  t.notOk(await store.has(digest));
 });
