@@ -6,6 +6,17 @@ import { exec } from '../host/exec.js';
 import { projectPath } from '../paths.js';
 import { RestorelabError, ExitCode } from '../errors.js';
 import type { DemoStep } from './pipeline.js';
+import { loadVmDefinition } from '../vm/definition.js';
+import { initRepository, openRepository, type LocalRepository } from '../repo/repository.js';
+import { verifyRepository } from '../repo/verify.js';
+import { backupVm } from '../backup/engine.js';
+import { openCatalog, recordPoint } from '../catalog/catalog.js';
+import { formatBytes } from '../cli/output.js';
+
+/** The demo keeps one repository across runs, so a second run shows an incremental backup. */
+async function openOrInitRepository(dir: string): Promise<LocalRepository> {
+  return existsSync(join(dir, 'config.json')) ? openRepository(dir) : initRepository(dir);
+}
 
 export const demoSteps: DemoStep[] = [
   {
@@ -32,8 +43,31 @@ export const demoSteps: DemoStep[] = [
       return image;
     },
   },
-  { name: 'backup', description: 'back up the guest into the repository' },
-  { name: 'verify', description: 'verify every chunk of the restore point' },
+  {
+    name: 'backup',
+    description: 'back up the guest into the repository',
+    run: async ({ config, values }) => {
+      const repo = await openOrInitRepository(config.repository);
+      const vm = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
+      const point = await backupVm({ repo, vm, disks: { [vm.disks[0]?.name ?? 'root']: values.image ?? '' } });
+      const db = openCatalog(config.catalog);
+      try { recordPoint(db, repo.path, point); } finally { db.close(); }
+      values.point = point.id;
+      const s = point.stats;
+      return `restore point ${point.id} in ${config.repository}: read ${formatBytes(s.bytesRead)}, new ${formatBytes(s.bytesNew)}, ` +
+        `reused ${formatBytes(s.bytesReused)}, zero ${formatBytes(s.bytesZero)} in ${s.seconds} s`;
+    },
+  },
+  {
+    name: 'verify',
+    description: 'verify every chunk of the restore point',
+    run: async ({ config, values }) => {
+      const repo = await openRepository(config.repository);
+      const r = await verifyRepository(repo, values.point ? { point: values.point } : {});
+      if (!r.ok) throw new RestorelabError('VERIFY_FAILED', `${r.corrupt.length} corrupt item(s) in ${config.repository}`, { hint: 'run restorelab verify --repo ' + config.repository, exitCode: ExitCode.verifyFailed });
+      return `${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)}) verified in ${r.seconds.toFixed(1)} s`;
+    },
+  },
   { name: 'publish', description: 'publish the restore point over FUSE and NFS' },
   { name: 'recover', description: 'boot the VM from the backup inside a virtual lab' },
   { name: 'surebackup', description: 'run the SureBackup verification job and write the report' },
