@@ -2,10 +2,10 @@
  * The other three variants under TCG, booted at once in a test-made copy of
  * `prod`: db answers its banner on 5432, dns answers its one A record over
  * UDP 53 (and nothing else), no-agent serves HTTP but never answers the
- * guest agent. guest-shutdown powers a guest off through busybox.
+ * guest agent. guest-shutdown and the ACPI power button power a guest off.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitForAgent } from '../../src/hypervisor/qga.js';
@@ -76,6 +76,12 @@ t.test('db, dns and no-agent serve what lab-templates/guests documents', async (
     // QEMU exits when the guest powers off; the driver records no outcome of its own.
     await waitFor('db to power off', 60_000, async () => ((await db.dom.state()) === 'running' ? undefined : true));
     t.not(await db.dom.state(), 'running', 'the VM is no longer running');
+  });
+
+  await t.test('an ACPI power-off (the driver\'s graceful stop) shuts the guest down', async (t) => {
+    await noAgent.dom.stop(90_000);
+    t.not(await noAgent.dom.state(), 'running');
+    t.match(readFileSync(noAgent.dom.consoleLog, 'utf8'), /reboot: Power down/, 'the guest powered itself off (acpid)');
   });
 
   await lab.close();
