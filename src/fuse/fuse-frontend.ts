@@ -89,8 +89,9 @@ export class FuseFrontend {
     if ((await fs.promises.readdir(dir)).length > 0) {
       throw new RestorelabError('MOUNT_POINT_IN_USE', `${dir} is not empty`, { hint: 'choose an empty directory for the FUSE mount', exitCode: ExitCode.busy });
     }
-    let frontend: FuseFrontend | undefined;
-    const ops = FuseFrontend.operations(() => frontend!, opts.debug ?? false);
+    // The operations need the frontend, the frontend needs the Fuse built from them.
+    const holder: { frontend?: FuseFrontend } = {};
+    const ops = FuseFrontend.operations(() => holder.frontend!, opts.debug ?? false);
     const fuse = new Fuse(dir, ops, { timeout: false });
     const options = [
       'fsname=restorelab', 'subtype=restorelab', 'allow_other', 'kernel_cache', 'big_writes',
@@ -98,7 +99,8 @@ export class FuseFrontend {
     ];
     // fuse-native only knows a fixed option list; max_write and big_writes are not on it.
     (fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => '-o' + options.join(',');
-    frontend = new FuseFrontend(ds, dir, fuse);
+    const frontend = new FuseFrontend(ds, dir, fuse);
+    holder.frontend = frontend;
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
     frontend.mounted = true;
     return frontend;
