@@ -26,6 +26,8 @@ export function loadJob(path: string): Job & JobFile {
     tests?.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, dirname(path), `job ${j.name}, ${owner}`) } : t));
   const applicationGroup = (j.applicationGroup ?? []).map((g) => ({ ...g, tests: scripts(g.tests, `VM ${g.name}`) }));
   for (const g of applicationGroup) if (g.tests === undefined) delete g.tests;
-  const verify = { ...j.verify, ...(j.verify.tests ? { tests: scripts(j.verify.tests, 'verify') } : {}) };
+  const overrides = j.verify.overrides === undefined ? undefined : Object.fromEntries(Object.entries(j.verify.overrides)
+    .map(([vm, o]) => [vm, { ...o, ...(o.tests ? { tests: scripts(o.tests, `VM ${vm}`) } : {}) }]));
+  const verify = { ...j.verify, ...(j.verify.tests ? { tests: scripts(j.verify.tests, 'verify') } : {}), ...(overrides ? { overrides } : {}) };
   return { ...j, applicationGroup, verify, point: j.point ?? 'latest', concurrency: j.concurrency ?? 3 };
 }

@@ -54,7 +54,12 @@ export interface Job {
   name: string;
   lab: unknown;
   applicationGroup: GroupVm[];
-  verify: { vms?: string[] | 'all'; tag?: string; role?: string; tests?: TestSpec[] };
+  verify: {
+    vms?: string[] | 'all'; tag?: string; role?: string; tests?: TestSpec[];
+    maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number;
+    /** Per-VM overrides, by VM name. */
+    overrides?: Record<string, Omit<GroupVm, 'name' | 'waitForPrevious'>>;
+  };
   point: 'latest' | string;
   concurrency: number;
   keepLabOnFailure?: boolean;
@@ -104,7 +109,10 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   for (const g of job.applicationGroup) groupPlan.push(await plan(g, true));
   const testPlan: Planned[] = [];
   for (const n of underTestNames) {
-    testPlan.push(await plan({ name: n, role: job.verify.role, tests: job.verify.tests }, false));
+    const v = job.verify;
+    const over = v.overrides?.[n] ?? {};
+    testPlan.push(await plan({ name: n, role: over.role ?? v.role, tests: over.tests ?? v.tests, maxBootSeconds: over.maxBootSeconds ?? v.maxBootSeconds,
+      appInitSeconds: over.appInitSeconds ?? v.appInitSeconds, memoryMiB: over.memoryMiB ?? v.memoryMiB }, false));
   }
 
   const handles = new Set<RecoveredVm>();

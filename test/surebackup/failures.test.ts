@@ -1,0 +1,54 @@
+// Real guests under TCG that fail in the ways a nightly job must catch:
+// broken-app (service down), no-agent (heartbeat falls back), no-boot (kernel panic).
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { History } from '../../src/surebackup/history.js';
+import { createLabBackend } from '../../src/surebackup/backend.js';
+import { executeRun } from '../../src/surebackup/execute.js';
+import type { Job } from '../../src/surebackup/runner.js';
+import { shortDir, guestRepository, labFile, leftovers, restoreDeps } from './fixtures/guest-lab.js';
+
+t.test('broken-app fails its app test, no-agent falls back to its IP, no-boot fails its heartbeat; the run failed', async (t) => {
+  const dir = shortDir(t);
+  const stateDir = join(dir, 'state');
+  const { repo } = await guestRepository(dir, ['broken-app', 'no-agent', 'no-boot']);
+  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg', deps: restoreDeps });
+  const history = History.open(join(stateDir, 'catalog.sqlite'));
+  t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
+  let netns: string | undefined;
+  const origUp = backend.labUp.bind(backend);
+  backend.labUp = async (l, s) => { const r = await origUp(l, s); netns = r.netns; return r; };
+  const job: Job = {
+    name: 'failures', lab: labFile(dir, `sbf${process.pid % 10000}`, '172.18.122.0/24'), point: 'latest', concurrency: 2, applicationGroup: [],
+    verify: { vms: ['broken-app', 'no-agent', 'no-boot'], role: 'web', maxBootSeconds: 150, appInitSeconds: 15, overrides: { 'no-boot': { maxBootSeconds: 45 } } },
+  };
+  const rep = await executeRun({ job, backend, repo: () => backend.reader(), stateDir, history, trigger: 'manual', log: { warn: (l) => t.comment(l) } });
+  const vm = (n: string) => rep.vms.find((v) => v.name === n)!;
+  const test = (n: string, name: string) => vm(n).tests.find((x) => x.name === name)!;
+  const show = (n: string): string => vm(n).tests.map((x) => `${x.name}=${x.result} ${x.detail}`).join(' | ');
+  t.equal(rep.result, 'failed');
+
+  t.equal(vm('broken-app').result, 'failed', show('broken-app'));
+  t.equal(test('broken-app', 'heartbeat').result, 'passed');
+  t.equal(test('broken-app', 'tcp:80').result, 'failed');
+  t.match(test('broken-app', 'tcp:80').detail, /attempt/, 'retried through the app init time');
+  t.equal(test('broken-app', 'http:80/').result, 'failed');
+  for (const k of ['ping', 'screenshot', 'integrity']) t.equal(test('broken-app', k).result, 'passed', `broken-app ${k}`);
+
+  t.equal(vm('no-agent').result, 'success', show('no-agent'));
+  t.match(test('no-agent', 'heartbeat').detail, /via IP on the lab bridge \(guest agent silent/);
+  t.equal(test('no-agent', 'http:80/').result, 'passed');
+
+  const nb = vm('no-boot');
+  t.equal(nb.result, 'failed', show('no-boot'));
+  const hb = test('no-boot', 'heartbeat');
+  t.equal(hb.result, 'failed'); t.match(hb.detail, /maximum boot time \(45 s\)/);
+  t.ok(hb.seconds >= 44 && hb.seconds < 70, `failed after its boot timeout (${hb.seconds} s)`);
+  t.same(nb.tests.filter((x) => x.result === 'skipped').map((x) => x.kind), ['ping', 'tcp', 'http']);
+  const shot = test('no-boot', 'screenshot');
+  t.equal(shot.result, 'failed', 'screenshot flagged'); t.match(shot.detail, /kernel panic|blank screen/);
+  t.ok(nb.screenshot, 'the failing console is kept');
+  t.match(readFileSync(rep.report, 'utf8'), /flagged: (kernel panic|blank screen)/);
+  t.same(await leftovers(stateDir, netns), []);
+});
