@@ -8,6 +8,7 @@
 import type { LocalRepository } from './repository.js';
 import type { RestorePoint } from './contract.js';
 import { badInput } from '../errors.js';
+import type { LockHolder } from './api.js';
 
 export interface PrunePolicy {
   keepLast?: number;
@@ -36,6 +37,8 @@ export interface PruneReport {
   dryRun: boolean;
   kept: PruneDecision[];
   removed: PruneDecision[];
+  /** Lock files of dead processes found and removed when prune took its lock. */
+  staleLocksRemoved: LockHolder[];
 }
 
 const pad = (n: number): string => String(n).padStart(2, '0');
@@ -103,7 +106,7 @@ export async function pruneRepository(repo: LocalRepository, opts: PruneOptions)
     const points = (await repo.scanPoints()).points.filter((p) => opts.vm === undefined || p.vm.name === opts.vm);
     const plan = planPrune(points, opts);
     if (!dryRun) for (const p of plan.removed) await repo.removePoint(p.id);
-    return { dryRun, ...plan };
+    return { dryRun, ...plan, staleLocksRemoved: lock.staleRemoved };
   } finally {
     await lock.release();
   }

@@ -352,7 +352,12 @@ export class LocalRepository implements Repository {
 
   /** Deletes a manifest (prune); its chunks and index stay until gc. */
   async removePoint(id: string): Promise<void> {
-    await unlink(this.pointFile(id));
+    try {
+      await unlink(this.pointFile(id));
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`);
+      throw err;
+    }
     await fsyncDir(this.pointsDir);
   }
 

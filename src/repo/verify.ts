@@ -12,6 +12,7 @@ import type { RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { RestorelabError } from '../errors.js';
 import { CodecPool } from './codec-pool.js';
+import type { LockHolder } from './api.js';
 
 export interface VerifyFinding {
   /** Chunk digest; for kind "index" the index digest, for "manifest" empty. */
@@ -32,6 +33,10 @@ export interface VerifyReport {
   corrupt: VerifyFinding[];
   affectedPoints: string[];
   pointsChecked: number;
+  /** Temp files left by crashed writers (gc removes them). */
+  leftovers: string[];
+  /** Lock files of dead processes found and removed when verify took its lock. */
+  staleLocksRemoved: LockHolder[];
   seconds: number;
 }
 
@@ -127,6 +132,8 @@ export async function verifyRepository(repo: LocalRepository, opts: VerifyOption
       corrupt,
       affectedPoints: [...affected].sort(),
       pointsChecked: points.length,
+      leftovers: (await repo.leftovers()).map((l) => l.path),
+      staleLocksRemoved: lock.staleRemoved,
       seconds: (Date.now() - started) / 1000,
     };
   } finally {
