@@ -19,6 +19,9 @@ import { registerUmount } from './umount.js';
 import { registerVerify } from './verify.js';
 import { registerPrune } from './prune.js';
 import { registerGc } from './gc.js';
+import { registerPublish } from './publish.js';
+import { registerUnpublish } from './unpublish.js';
+import { registerPublications } from './publications.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -40,4 +43,7 @@ export const commands: RegisterCommand[] = [
   registerVerify,
   registerPrune,
   registerGc,
+  registerPublish,
+  registerUnpublish,
+  registerPublications,
 ];

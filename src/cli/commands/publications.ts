@@ -1,0 +1,22 @@
+/** `restorelab publications`: every recorded publication, running or stopped (resumable). */
+import type { Command } from 'commander';
+import { contextFor } from '../context.js';
+import { formatBytes } from '../output.js';
+import { listPublications, type PublicationStatus } from '../../publish/publish.js';
+
+function render(list: PublicationStatus[]): string {
+  if (list.length === 0) return 'no publications';
+  return list.map((p) => `${p.id}  ${p.running ? `running (pid ${p.pid})` : 'stopped'}  ${p.path ?? ''}  overlay ${formatBytes(p.overlayBytes)}`).join('\n');
+}
+
+export function registerPublications(program: Command): void {
+  program
+    .command('publications')
+    .description('list publications (running ones and stopped ones that can be resumed)')
+    .option('--json', 'print one JSON object')
+    .action((_o, c: Command) => {
+      const ctx = contextFor(c);
+      const publications = listPublications(ctx.config().stateDir);
+      ctx.out.result({ publications }, () => render(publications));
+    });
+}

@@ -1,0 +1,117 @@
+/**
+ * `restorelab publish`: a restore point as live, writable disk files on a FUSE
+ * mount (see docs/publish.md). In the foreground it serves until SIGINT or
+ * SIGTERM, then unmounts; `--background` starts that same foreground command
+ * as a detached child and returns once the child reports the mount ready.
+ */
+import { Option, type Command } from 'commander';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { contextFor } from '../context.js';
+import { parseSize } from './repo.js';
+import { RestorelabError } from '../../errors.js';
+import { startPublication } from '../../publish/publish.js';
+
+interface PublishFlags {
+  repo?: string;
+  keyFile?: string;
+  fuse: string;
+  overlayDir?: string;
+  overlayLimit?: string;
+  resume?: boolean;
+  readOnly?: boolean;
+  background?: boolean;
+  readyFile?: string;
+}
+
+export interface PublishResult {
+  publication: string;
+  path: string;
+  disks: Record<string, string>;
+}
+
+const READY_WAIT_MS = 120_000;
+
+function render(r: PublishResult): string {
+  return [`published ${r.publication} at ${r.path}`, ...Object.entries(r.disks).map(([n, p]) => `  ${n}: ${p}`)].join('\n');
+}
+
+/** Starts the foreground command detached and waits for its ready file (or its death). */
+async function background(stateDir: string): Promise<PublishResult> {
+  const spawnDir = path.join(stateDir, 'publications');
+  fs.mkdirSync(spawnDir, { recursive: true });
+  const tag = randomBytes(4).toString('hex');
+  const readyFile = path.join(spawnDir, `.ready-${tag}.json`);
+  const logFile = path.join(spawnDir, `.publish-${tag}.log`);
+  const args = process.argv.slice(1).filter((a) => a !== '--background');
+  const log = fs.openSync(logFile, 'a');
+  const child = spawn(process.execPath, [...args, '--ready-file', readyFile], { detached: true, stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  let exited: number | null | undefined;
+  child.on('exit', (code) => { exited = code; });
+  child.unref();
+  const deadline = Date.now() + READY_WAIT_MS;
+  try {
+    while (Date.now() < deadline) {
+      if (fs.existsSync(readyFile)) return JSON.parse(fs.readFileSync(readyFile, 'utf8')) as PublishResult;
+      if (exited !== undefined) {
+        const tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-5).join('\n');
+        const err = /"code":"([A-Z_]+)"/.exec(tail);
+        throw new RestorelabError(err?.[1] ?? 'PUBLISH_FAILED', `the background publisher exited (code ${exited}): ${tail}`, { exitCode: (exited ?? 1) as never });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill('SIGTERM');
+    throw new RestorelabError('PUBLISH_TIMEOUT', `the background publisher was not ready within ${READY_WAIT_MS / 1000} s`, { hint: `see ${logFile}` });
+  } finally {
+    fs.rmSync(readyFile, { force: true });
+    if (exited === undefined) fs.rmSync(logFile, { force: true });
+  }
+}
+
+export function registerPublish(program: Command): void {
+  program
+    .command('publish <point>')
+    .description('publish a restore point as writable disk files on a FUSE mount (writes go to an overlay)')
+    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--key-file <file>', 'key file of an encrypted repository')
+    .requiredOption('--fuse <dir>', 'mount the publications here (created if missing)')
+    .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
+    .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
+    .option('--resume', 'keep the overlay of an earlier publication of this point (default: start from the restore point)')
+    .option('--read-only', 'refuse all writes')
+    .option('--background', 'detach once the mount is ready')
+    .addOption(new Option('--ready-file <file>', 'written with the result once mounted (used by --background)').hideHelp())
+    .option('--json', 'print one JSON object')
+    .action(async (point: string, o: PublishFlags, c: Command) => {
+      const ctx = contextFor(c);
+      const cfg = ctx.config();
+      if (o.background) {
+        const r = await background(cfg.stateDir);
+        ctx.out.result(r, (v) => render(v as PublishResult));
+        return;
+      }
+      const pub = await startPublication({
+        repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, fuseDir: o.fuse,
+        ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
+        overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
+        resume: o.resume ?? false, readOnly: o.readOnly ?? false, cacheMiB: cfg.limits.chunkCacheMiB,
+      }, { ...(o.keyFile ? { keyFile: o.keyFile } : {}), onWarning: (m) => ctx.out.warn(m) });
+      const result: PublishResult = { publication: pub.id, path: pub.path ?? '', disks: pub.disks };
+      ctx.out.result(result, (v) => render(v as PublishResult));
+      if (o.readyFile) {
+        fs.writeFileSync(o.readyFile + '.tmp', JSON.stringify(result));
+        fs.renameSync(o.readyFile + '.tmp', o.readyFile);
+      }
+      ctx.out.info('serving until SIGINT or SIGTERM (restorelab unpublish ' + pub.id + ')');
+      await new Promise<void>((resolve) => {
+        const stop = (): void => resolve();
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+      await pub.close();
+      ctx.out.info(`unpublished ${pub.id} (overlay kept: restorelab publish --resume ${point})`);
+    });
+}
