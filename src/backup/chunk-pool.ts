@@ -1,33 +1,32 @@
 /**
- * A pool of worker threads that hash and compress chunks, one per core.
+ * A pool of worker threads that hash, compress and decode chunks, one per
+ * core, over a fixed set of shared-memory slots.
+ *
+ * Words:
+ * - *slot*: one chunk-sized window of a SharedArrayBuffer. The reader fills a
+ *   slot, workers hash and compress straight from it, then it is released.
+ *   The slots are the whole of the pool's chunk memory: memory stays bounded
+ *   whatever the image size, and no chunk buffer is allocated (or page-
+ *   faulted in) per chunk.
  *
  * A chunk goes through two steps, so that data the repository already holds
- * is hashed but never compressed:
- *  1. `digest(plain)`: the worker checks for all zeros, then hashes. The
- *     plaintext stays in the worker (it was transferred, not copied).
- *  2. `encode(ticket)` compresses (and seals) it into a blob, or `drop(ticket)`
- *     frees it when the chunk is already stored.
- * The caller bounds how many chunks are in flight; the pool never queues
- * more than it is given.
+ * is hashed but never compressed: `digest(slot)` (null for all zeros), then
+ * `encode(slot)` only when the store lacks it.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { CorruptChunkError } from '../repo/contract.js';
 import type { CodecInit } from './chunk-worker.js';
 
 export type { CodecInit } from './chunk-worker.js';
 
-export interface DigestResult {
-  /** Pass to encode() or drop(); null when the chunk is all zeros (nothing kept). */
-  ticket: Ticket | null;
-  digest: string | null;
+export interface Slot {
+  readonly index: number;
+  /** The slot's memory (chunkSize bytes); fill it before digest(). */
+  readonly buffer: Buffer;
 }
 
-export interface Ticket {
-  readonly worker: number;
-  readonly id: number;
-}
-
-type Reply = { id: number; digest?: string | null; blob?: Uint8Array; error?: string };
+type Reply = { id: number; digest?: string | null; data?: Uint8Array; error?: string; corrupt?: boolean };
 
 interface Pending {
   resolve(r: Reply): void;
@@ -38,12 +37,23 @@ export class ChunkPool {
   private readonly workers: Worker[] = [];
   private readonly pending = new Map<number, Pending>();
   private readonly load: number[] = [];
+  private readonly free: number[] = [];
+  private readonly waiting: (() => void)[] = [];
+  private readonly memory: SharedArrayBuffer;
   private nextId = 1;
   private failure: Error | undefined;
 
-  constructor(init: CodecInit, readonly size = Math.max(1, Math.min(availableParallelism(), 8))) {
+  constructor(
+    init: CodecInit,
+    readonly size = Math.max(1, Math.min(availableParallelism(), 8)),
+    /** Two per worker: one being read while the other is hashed or compressed. */
+    readonly slots = size * 2,
+  ) {
+    const slotSize = init.config.chunkSize;
+    this.memory = new SharedArrayBuffer(slots * slotSize);
+    for (let i = 0; i < slots; i++) this.free.push(i);
     for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData: init });
+      const w = new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData: { ...init, memory: this.memory } });
       w.on('message', (m: Reply) => this.settle(m));
       w.on('error', (e) => this.fail(e));
       w.on('exit', (code) => { if (code !== 0) this.fail(new Error(`chunk worker exited with code ${code}`)); });
@@ -52,25 +62,38 @@ export class ChunkPool {
     }
   }
 
-  /** Moves `plain`'s memory to a worker (the buffer is unusable afterwards). */
-  async digest(plain: Buffer): Promise<DigestResult> {
-    const worker = this.leastLoaded();
-    const id = this.nextId++;
-    const ab = plain.buffer;
-    const whole = plain.byteOffset === 0 && plain.byteLength === ab.byteLength && ab instanceof ArrayBuffer;
-    const r = await this.call(worker, { op: 'digest', id, plain: whole ? plain : Buffer.from(plain) }, whole ? [ab] : undefined);
-    if (r.digest === null || r.digest === undefined) return { ticket: null, digest: null };
-    return { ticket: { worker, id }, digest: r.digest };
+  /** Waits for a free slot. */
+  async acquire(): Promise<Slot> {
+    while (this.free.length === 0) {
+      if (this.failure) throw this.failure;
+      await new Promise<void>((r) => this.waiting.push(r));
+    }
+    const index = this.free.shift() as number;
+    const size = this.memory.byteLength / this.slots;
+    return { index, buffer: Buffer.from(this.memory, index * size, size) };
   }
 
-  async encode(t: Ticket): Promise<Buffer> {
-    const r = await this.call(t.worker, { op: 'encode', id: t.id });
-    const blob = r.blob as Uint8Array;
-    return Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
+  release(slot: Slot): void {
+    this.free.push(slot.index);
+    this.waiting.shift()?.();
   }
 
-  drop(t: Ticket): void {
-    this.workers[t.worker]?.postMessage({ op: 'drop', id: t.id });
+  /** Digest of the first `length` bytes of the slot, or null when they are all zeros. */
+  async digest(slot: Slot, length: number): Promise<string | null> {
+    const r = await this.call({ op: 'digest', slot: slot.index, length });
+    return r.digest ?? null;
+  }
+
+  /** The blob of the first `length` bytes of the slot. */
+  async encode(slot: Slot, length: number): Promise<Buffer> {
+    return asBuffer((await this.call({ op: 'encode', slot: slot.index, length })).data);
+  }
+
+  /** Checks and decodes a blob; rejects with CorruptChunkError like ChunkCodec.decode. */
+  async decode(digest: string, blob: Buffer): Promise<Buffer> {
+    const owned = ownsMemory(blob);
+    const r = await this.call({ op: 'decode', digest, blob: owned ? blob : Buffer.from(blob) }, owned ? [blob.buffer as ArrayBuffer] : undefined);
+    return asBuffer(r.data);
   }
 
   async close(): Promise<void> {
@@ -79,32 +102,30 @@ export class ChunkPool {
     this.fail(new Error('chunk pool closed'));
   }
 
-  private leastLoaded(): number {
-    let best = 0;
-    for (let i = 1; i < this.load.length; i++) if ((this.load[i] as number) < (this.load[best] as number)) best = i;
-    return best;
-  }
-
-  private call(worker: number, msg: { op: string; id: number; plain?: Buffer }, transfer?: ArrayBuffer[]): Promise<Reply> {
+  private call(msg: Record<string, unknown>, transfer?: ArrayBuffer[]): Promise<Reply> {
     if (this.failure) return Promise.reject(this.failure);
-    const w = this.workers[worker] as Worker;
-    // Replies are keyed by message id; encode reuses the digest's id, so give it its own slot.
-    const key = msg.op === 'encode' ? -msg.id : msg.id;
+    let worker = 0;
+    for (let i = 1; i < this.load.length; i++) if ((this.load[i] as number) < (this.load[worker] as number)) worker = i;
+    const id = this.nextId++;
     this.load[worker] = (this.load[worker] as number) + 1;
+    const done = (): void => { this.load[worker] = (this.load[worker] as number) - 1; };
     return new Promise<Reply>((resolve, reject) => {
-      this.pending.set(key, {
-        resolve: (r) => { this.load[worker] = (this.load[worker] as number) - 1; if (r.error) reject(new Error(r.error)); else resolve(r); },
-        reject: (e) => { this.load[worker] = (this.load[worker] as number) - 1; reject(e); },
+      this.pending.set(id, {
+        resolve: (r) => {
+          done();
+          if (r.error === undefined) resolve(r);
+          else reject(r.corrupt ? new CorruptChunkError(String(msg.digest), r.error) : new Error(r.error));
+        },
+        reject: (e) => { done(); reject(e); },
       });
-      w.postMessage(msg, transfer);
+      (this.workers[worker] as Worker).postMessage({ ...msg, id }, transfer);
     });
   }
 
-  private settle(m: Reply & { op?: string }): void {
-    const key = m.op === 'encode' ? -m.id : m.id;
-    const p = this.pending.get(key);
+  private settle(m: Reply): void {
+    const p = this.pending.get(m.id);
     if (!p) return;
-    this.pending.delete(key);
+    this.pending.delete(m.id);
     p.resolve(m);
   }
 
@@ -112,5 +133,16 @@ export class ChunkPool {
     this.failure ??= e;
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
+    for (const w of this.waiting.splice(0)) w();
   }
+}
+
+/** Only a buffer that owns its whole ArrayBuffer may be transferred (small ones share Node's pool). */
+export function ownsMemory(b: Buffer): boolean {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer;
+}
+
+function asBuffer(u: Uint8Array | undefined): Buffer {
+  if (!u) throw new Error('chunk worker replied without data');
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }

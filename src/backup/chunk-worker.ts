@@ -1,10 +1,11 @@
 /**
- * One hashing/compressing thread of the ChunkPool (see chunk-pool.ts for the
- * protocol). The codec is pure, so each worker builds its own from the
- * repository config and key; no file handle crosses the thread boundary.
+ * One thread of the ChunkPool (see chunk-pool.ts for the protocol). The codec
+ * is pure, so each worker builds its own from the repository config and key;
+ * no file handle crosses the thread boundary, only the shared slot memory.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RepoConfig } from '../repo/api.js';
+import { CorruptChunkError } from '../repo/contract.js';
 import { createCodec } from '../repo/chunk-codec.js';
 
 export interface CodecInit {
@@ -13,50 +14,40 @@ export interface CodecInit {
   key?: Uint8Array;
 }
 
-type Request = { op: 'digest'; id: number; plain: Uint8Array } | { op: 'encode'; id: number } | { op: 'drop'; id: number };
+type Request =
+  | { op: 'digest' | 'encode'; id: number; slot: number; length: number }
+  | { op: 'decode'; id: number; digest: string; blob: Uint8Array };
 
-const init = workerData as CodecInit;
+const init = workerData as CodecInit & { memory: SharedArrayBuffer };
 const codec = createCodec(init.config, init.key ? Buffer.from(init.key) : undefined);
-const held = new Map<number, Buffer>();
-const zeros = new Map<number, Buffer>();
-
-function isZero(b: Buffer): boolean {
-  let z = zeros.get(b.length);
-  if (!z) {
-    z = Buffer.alloc(b.length);
-    zeros.set(b.length, z);
-  }
-  return b.equals(z);
-}
+const slotSize = init.config.chunkSize;
+const zeros = Buffer.alloc(slotSize);
 
 const port = parentPort;
 if (!port) throw new Error('chunk-worker must run as a worker thread');
 
+/** Hands a buffer back without copying when it owns its memory. */
+function reply(id: number, data: Buffer): void {
+  const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+  const out = whole ? data : Buffer.allocUnsafeSlow(data.length);
+  if (!whole) data.copy(out);
+  port?.postMessage({ id, data: out }, [out.buffer as ArrayBuffer]);
+}
+
 port.on('message', (m: Request) => {
   try {
+    if (m.op === 'decode') {
+      reply(m.id, codec.decode(m.digest, Buffer.from(m.blob.buffer, m.blob.byteOffset, m.blob.byteLength)));
+      return;
+    }
+    const plain = Buffer.from(init.memory, m.slot * slotSize, m.length);
     if (m.op === 'digest') {
-      const plain = Buffer.from(m.plain.buffer, m.plain.byteOffset, m.plain.byteLength);
-      if (isZero(plain)) {
-        port.postMessage({ id: m.id, digest: null });
-        return;
-      }
-      const digest = codec.digest(plain);
-      held.set(m.id, plain);
-      port.postMessage({ id: m.id, digest });
-    } else if (m.op === 'encode') {
-      const plain = held.get(m.id);
-      held.delete(m.id);
-      if (!plain) throw new Error(`chunk ${m.id} is not held by this worker`);
-      const blob = codec.encode(plain);
-      const whole = blob.byteOffset === 0 && blob.byteLength === blob.buffer.byteLength;
-      // Only a buffer that owns its whole ArrayBuffer may be transferred (small ones share Node's pool).
-      const out = whole ? blob : Buffer.allocUnsafeSlow(blob.length);
-      if (!whole) blob.copy(out);
-      port.postMessage({ op: 'encode', id: m.id, blob: out }, [out.buffer as ArrayBuffer]);
+      port.postMessage({ id: m.id, digest: plain.equals(zeros.subarray(0, m.length)) ? null : codec.digest(plain) });
     } else {
-      held.delete(m.id);
+      reply(m.id, codec.encode(plain));
     }
   } catch (err) {
-    port.postMessage({ op: m.op, id: m.id, error: (err as Error).message });
+    const corrupt = err instanceof CorruptChunkError;
+    port.postMessage({ id: m.id, error: corrupt ? err.reason : (err as Error).message, corrupt });
   }
 });

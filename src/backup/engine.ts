@@ -180,8 +180,8 @@ async function backupDisk(
   const digests: (string | null)[] = new Array<string | null>(count).fill(null);
   const hasData = await dataChunks(src, chunkSize, count);
   const written = new Set<string>();
-  // Two chunks per worker keep every core busy while one waits on I/O.
-  const inFlight = Math.max(2, pool.size * 2);
+  // As many chunks in flight as the pool has slots: every core busy while others wait on I/O.
+  const inFlight = pool.slots;
   let done = 0;
   let failure: unknown;
   const running = new Set<Promise<void>>();
@@ -190,37 +190,42 @@ async function backupDisk(
   const one = async (i: number): Promise<void> => {
     const offset = i * chunkSize;
     const length = Math.min(chunkSize, src.size - offset);
-    const plain = await src.read(offset, length);
-    stats.bytesRead += length;
-    const { ticket, digest } = await pool.digest(plain);
-    if (!ticket || !digest) {
-      stats.bytesZero += length;
-    } else if (written.has(digest)) {
-      pool.drop(ticket);
-      stats.bytesReused += length;
-      digests[i] = digest;
-    } else {
-      // Claim the digest before awaiting, so an identical chunk in flight counts as reused.
-      written.add(digest);
-      try {
-        // touch() both proves the chunk is stored and refreshes its mtime, which a concurrent gc honours;
-        // only chunks the store lacks are compressed at all.
-        if (await repo.chunks.touch(digest)) {
-          pool.drop(ticket);
-          stats.bytesReused += length;
-        } else {
-          const r = await repo.chunks.insert(digest, await pool.encode(ticket));
-          if (r.existed) stats.bytesReused += length;
-          else {
-            stats.bytesNew += length;
-            inserted.push({ digest, at: Date.now() + 1 });
+    const slot = await pool.acquire();
+    try {
+      const plain = slot.buffer.subarray(0, length);
+      if (src.readInto) await src.readInto(plain, offset);
+      else plain.set(await src.read(offset, length));
+      stats.bytesRead += length;
+      const digest = await pool.digest(slot, length);
+      if (!digest) {
+        stats.bytesZero += length;
+      } else if (written.has(digest)) {
+        stats.bytesReused += length;
+        digests[i] = digest;
+      } else {
+        // Claim the digest before awaiting, so an identical chunk in flight counts as reused.
+        written.add(digest);
+        try {
+          // touch() both proves the chunk is stored and refreshes its mtime, which a concurrent gc honours;
+          // only chunks the store lacks are compressed at all.
+          if (await repo.chunks.touch(digest)) {
+            stats.bytesReused += length;
+          } else {
+            const r = await repo.chunks.insert(digest, await pool.encode(slot, length));
+            if (r.existed) stats.bytesReused += length;
+            else {
+              stats.bytesNew += length;
+              inserted.push({ digest, at: Date.now() + 1 });
+            }
           }
+        } catch (err) {
+          written.delete(digest);
+          throw err;
         }
-      } catch (err) {
-        written.delete(digest);
-        throw err;
+        digests[i] = digest;
       }
-      digests[i] = digest;
+    } finally {
+      pool.release(slot);
     }
     done += length;
     report();

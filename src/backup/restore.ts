@@ -11,20 +11,22 @@
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { CorruptChunkError, type DiskSource, type RepositoryReader } from '../repo/contract.js';
-import { badInput, RestorelabError } from '../errors.js';
+import { CorruptChunkError } from '../repo/contract.js';
+import type { Repository } from '../repo/api.js';
+import { ChunkPool } from './chunk-pool.js';
+import { badInput, notFound, RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
 import { qemuImg } from '../ingest/qemu-img.js';
 
 export type RestoreFormat = 'raw' | 'qcow2';
 
 export interface RestoreOptions {
-  repo: RepositoryReader;
+  repo: Repository;
   point: string;
   disk: string;
   to: string;
   format?: RestoreFormat;
-  /** Chunks decoded at once. */
+  /** Decoding threads; default one per core. */
   parallel?: number;
   onProgress?: (done: number, total: number) => void;
 }
@@ -39,16 +41,21 @@ export interface RestoreResult {
   seconds: number;
 }
 
-/** A corrupt chunk is a user-facing failure with a way out, not a crash. */
-async function readChecked(disk: DiskSource, i: number, opts: RestoreOptions): Promise<Buffer | null> {
+/** A damaged or quarantined chunk is a user-facing failure with a way out, not a crash. */
+async function readChecked(repo: Repository, pool: ChunkPool, digest: string, offset: number, opts: RestoreOptions): Promise<Buffer> {
   try {
-    return await disk.readChunk(i);
+    return await pool.decode(digest, await repo.chunks.get(digest));
   } catch (err) {
-    if (!(err instanceof CorruptChunkError)) throw err;
+    const quarantined = err instanceof RestorelabError && err.code === 'CHUNK_QUARANTINED';
+    if (!(err instanceof CorruptChunkError) && !quarantined) throw err;
     throw new RestorelabError('RESTORE_CHUNK_CORRUPT',
-      `cannot restore ${opts.point}/${opts.disk}: the chunk at offset ${i * disk.chunkSize} is damaged (${err.message})`,
+      `cannot restore ${opts.point}/${opts.disk}: the chunk at offset ${offset} is damaged (${(err as Error).message})`,
       { hint: 'run restorelab verify to list every damaged restore point, and restore from an older or newer point', cause: err });
   }
+}
+
+function keyOf(repo: Repository): Buffer | undefined {
+  return (repo as Partial<{ masterKey: Buffer | undefined }>).masterKey;
 }
 
 export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> {
@@ -58,21 +65,32 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
   }
   const started = Date.now();
   const to = resolve(opts.to);
-  const disk = await opts.repo.openDisk(opts.point, opts.disk);
+  const { repo } = opts;
+  const point = await repo.getPoint(opts.point);
+  const entry = point.disks.find((d) => d.name === opts.disk);
+  if (!entry) {
+    throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disk "${opts.disk}" (it has: ${point.disks.map((d) => d.name).join(', ')})`,
+      'name one of its disks with --disk');
+  }
+  const disk = await repo.readIndex(entry.indexDigest);
+  const chunkCount = disk.digests.length;
   const tmpRaw = join(dirname(to), `.${basename(to)}.restore-${randomBytes(4).toString('hex')}`);
   const tmpOut = format === 'qcow2' ? `${tmpRaw}.qcow2` : tmpRaw;
   let bytesWritten = 0;
+  // Decoding (decompress, decrypt, re-hash) is the costly part: it runs on every core.
+  const pool = new ChunkPool({ config: repo.config, ...(keyOf(repo) ? { key: keyOf(repo) as Buffer } : {}) }, opts.parallel, 0);
   try {
     const fh = await open(tmpRaw, 'wx', 0o600);
     try {
       await fh.truncate(disk.size);
-      const parallel = opts.parallel ?? 4;
+      const parallel = pool.size * 2;
       let next = 0;
       let done = 0;
       const zero = Buffer.alloc(disk.chunkSize);
       const worker = async (): Promise<void> => {
-        for (let i = next++; i < disk.chunkCount; i = next++) {
-          const data = disk.chunkId(i) === null ? null : await readChecked(disk, i, opts);
+        for (let i = next++; i < chunkCount; i = next++) {
+          const digest = disk.digests[i];
+          const data = digest ? await readChecked(repo, pool, digest, i * disk.chunkSize, opts) : null;
           if (data && !data.equals(zero.subarray(0, data.length))) {
             let off = 0;
             while (off < data.length) {
@@ -103,6 +121,8 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
   } catch (err) {
     await Promise.allSettled([unlink(tmpRaw), unlink(tmpOut)]);
     throw err;
+  } finally {
+    await pool.close();
   }
   return { point: opts.point, disk: opts.disk, to, format, size: disk.size, bytesWritten, seconds: (Date.now() - started) / 1000 };
 }

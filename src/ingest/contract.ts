@@ -20,6 +20,12 @@ export interface ImageSource {
   extents(): AsyncIterable<Extent>;
   /** Reads exactly `length` bytes at `offset` (within size) into a new buffer. */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Fills `target` with the bytes at `offset`, when the source can do so
+   * without an intermediate buffer (the backup engine reads into reused
+   * shared memory this way).
+   */
+  readInto?(target: Buffer, offset: number): Promise<void>;
   /** Stops any helper process (qemu-nbd) and closes files. Idempotent. */
   close(): Promise<void>;
 }

@@ -57,10 +57,16 @@ export class RawImageSource implements ImageSource {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    if (offset < 0 || length < 0 || offset + length > this.size) {
+    const buf = Buffer.allocUnsafe(length);
+    await this.readInto(buf, offset);
+    return buf;
+  }
+
+  async readInto(buf: Buffer, offset: number): Promise<void> {
+    const length = buf.length;
+    if (offset < 0 || offset + length > this.size) {
       throw new RangeError(`read of ${length} bytes at ${offset} is outside ${this.path} (size ${this.size})`);
     }
-    const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
@@ -71,7 +77,6 @@ export class RawImageSource implements ImageSource {
       }
       done += bytesRead;
     }
-    return buf;
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,232 @@
+/**
+ * Repository benchmark: restorelab vs `restic backup` and `borg create` on the
+ * same series of images, in the same run.
+ *
+ * Data set: a guest-like raw image of REPO_BENCH_MIB (default 2048) MiB: a
+ * built test guest at the start, then generated files (incompressible,
+ * compressible text-like, and zero-filled regions, about a third each, plus
+ * unallocated holes), and 5 more versions with 1..5% of its 1 MiB blocks
+ * rewritten. Each tool backs up all 6 versions into its own repository, then
+ * restores the last one in full.
+ *
+ * Figures (each with its ratio to restic): total backup time, repository size,
+ * full-restore throughput, peak RSS of our backup process, ingest throughput
+ * against `cat image > /dev/null` from page cache. Then a chunk-size study
+ * (1/4/8 MiB): first-backup time, repository size after two versions, and
+ * random 4 KiB read latency through DiskSource (cold chunk: read + decode).
+ *
+ * Run: node dist/bench/repo.js   (needs restic, borgbackup, qemu-utils, /usr/bin/time)
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { which } from '../src/host/exec.js';
+import { projectPath } from '../src/paths.js';
+import { openImage } from '../src/ingest/open.js';
+import { openRepository } from '../src/repo/index.js';
+
+const MiB = 1024 * 1024;
+const SIZE_MIB = Number(process.env.REPO_BENCH_MIB ?? 2048);
+const SIZE = SIZE_MIB * MiB;
+const VERSIONS = 5;
+const bin = projectPath('bin', 'restorelab.js');
+
+interface Timed { code: number | null; seconds: number; maxRssKiB: number; out: string }
+
+/** Runs a command under /usr/bin/time -v; returns wall time and peak RSS. */
+function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Timed> {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const p = spawn('/usr/bin/time', ['-v', cmd, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const keep = (c: Buffer): void => { out = (out + c.toString()).slice(-65536); };
+    p.stdout.on('data', keep);
+    p.stderr.on('data', keep);
+    p.on('error', reject);
+    p.on('close', (code) => {
+      const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(out);
+      resolve({ code, seconds: Number(process.hrtime.bigint() - t0) / 1e9, maxRssKiB: rss ? Number(rss[1]) : 0, out });
+    });
+  });
+}
+
+async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Timed> {
+  const r = await timed(cmd, args, env);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.out.slice(-3000)}`);
+  return r;
+}
+
+async function duBytes(path: string): Promise<number> {
+  const r = await must('du', ['-sb', path]);
+  return Number(r.out.trim().split('\n').find((l) => /^\d+\s/.test(l))?.split(/\s/)[0]);
+}
+
+/** Deterministic-enough pseudo-random choice without keeping state in files. */
+function lcg(seed: number): () => number {
+  let x = seed;
+  return () => { x = (x * 1103515245 + 12345) % 2147483648; return x; };
+}
+
+function textBlock(i: number): Buffer {
+  const line = `${new Date(1_700_000_000_000 + i * 1000).toISOString()} web[${i % 977}]: GET /api/items/${i % 4099} 200 ${i % 1500}ms\n`;
+  return Buffer.from(line.repeat(Math.ceil(MiB / line.length))).subarray(0, MiB);
+}
+
+async function buildImage(path: string, guest: string): Promise<void> {
+  copyFileSync(guest, path);
+  const fh = await open(path, 'r+');
+  await fh.truncate(SIZE);
+  const next = lcg(7);
+  // Start past the guest; leave the last eighth unallocated (free space that was never written).
+  const start = 64;
+  for (let mb = start; mb < Math.floor(SIZE_MIB * 7 / 8); mb++) {
+    const kind = next() % 3;
+    const block = kind === 0 ? randomBytes(MiB) : kind === 1 ? textBlock(mb) : Buffer.alloc(MiB);
+    await fh.write(block, 0, MiB, mb * MiB);
+  }
+  await fh.close();
+}
+
+/** Rewrites `percent`% of the 1 MiB blocks: half with random data, half with log-like text. */
+async function changeVersion(path: string, percent: number, seed: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  const next = lcg(seed);
+  const count = Math.round((SIZE_MIB * percent) / 100);
+  for (let i = 0; i < count; i++) {
+    const mb = next() % SIZE_MIB;
+    await fh.write(i % 2 ? randomBytes(MiB) : textBlock(mb + seed * 7919), 0, MiB, mb * MiB);
+  }
+  await fh.close();
+}
+
+const fmt = (n: number, d = 2): string => n.toFixed(d);
+const mib = (b: number): string => `${fmt(b / MiB, 1)} MiB`;
+const line = (label: string, ours: string, peer: string, ratio: number, target: string): void =>
+  console.log(`${label.padEnd(34)} restorelab ${ours.padEnd(14)} restic ${peer.padEnd(14)} ratio ${fmt(ratio)}x  (target ${target})`);
+
+async function main(): Promise<void> {
+  for (const tool of ['restic', 'borg', 'qemu-img']) if (!which(tool)) throw new Error(`bench needs ${tool}: apt-get install ${tool === 'borg' ? 'borgbackup' : tool === 'qemu-img' ? 'qemu-utils' : tool}`);
+  const work = mkdtempSync(join(process.env.REPO_BENCH_DIR ?? '/var/tmp', 'rl-bench-repo-'));
+  const cleanup = (): void => rmSync(work, { recursive: true, force: true });
+  process.on('exit', cleanup);
+  const guest = process.env.REPO_BENCH_GUEST ?? join(projectPath('var', 'guests'), 'web.raw');
+  const env = { ...process.env, RESTORELAB_HOME: work, RESTORELAB_STATE_DIR: join(work, 'state'), RESTIC_PASSWORD: 'bench', BORG_PASSPHRASE: '', BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes' };
+  console.log(`data set: ${SIZE_MIB} MiB guest-like image (${guest} + generated files), ${VERSIONS} more versions with 1..${VERSIONS}% of 1 MiB blocks changed`);
+
+  // Versions are built one after another in one file, and each tool backs up each version before the next is made.
+  const img = join(work, 'disk.raw');
+  await buildImage(img, guest);
+  const vmFile = join(work, 'vm.json');
+  writeFileSync(vmFile, JSON.stringify({ name: 'bench', memoryMiB: 512, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] }));
+  const ours = join(work, 'rl-repo');
+  const resticRepo = join(work, 'restic-repo');
+  const borgRepo = join(work, 'borg-repo');
+  await must('node', [bin, 'repo', 'init', ours], env);
+  await must('restic', ['init', '--repo', resticRepo], env);
+  await must('borg', ['init', '--encryption', 'none', borgRepo], env);
+
+  // Page cache warm for everyone: every tool reads the same cached file.
+  await must('cat', [img]);
+  const catS = (await must('sh', ['-c', `cat '${img}' > /dev/null`])).seconds;
+
+  const t = { ours: 0, restic: 0, borg: 0 };
+  let peakRss = 0;
+  let lastPoint = '';
+  for (let v = 0; v <= VERSIONS; v++) {
+    if (v > 0) await changeVersion(img, v, 100 + v);
+    await must('cat', [img]);
+    const a = await must('node', [bin, 'backup', '--repo', ours, '--vm', vmFile, '--disk', img, '--json'], env);
+    const json = a.out.split('\n').find((l) => l.startsWith('{"restorePoint"'));
+    const stats = json ? (JSON.parse(json) as { restorePoint: string; stats: { bytesNew: number; bytesRead: number } }) : undefined;
+    lastPoint = stats?.restorePoint ?? lastPoint;
+    const b = await must('restic', ['backup', '--repo', resticRepo, '--quiet', img], env);
+    const c = await must('borg', ['create', '--compression', 'zstd,3', `${borgRepo}::v${v}`, img], env);
+    t.ours += a.seconds; t.restic += b.seconds; t.borg += c.seconds;
+    peakRss = Math.max(peakRss, a.maxRssKiB);
+    console.log(`version ${v}: restorelab ${fmt(a.seconds)} s (new ${mib(stats?.stats.bytesNew ?? 0)}, RSS ${fmt(a.maxRssKiB / 1024, 0)} MiB), restic ${fmt(b.seconds)} s (RSS ${fmt(b.maxRssKiB / 1024, 0)} MiB), borg ${fmt(c.seconds)} s (RSS ${fmt(c.maxRssKiB / 1024, 0)} MiB)`);
+  }
+  const size = { ours: await duBytes(ours), restic: await duBytes(resticRepo), borg: await duBytes(borgRepo) };
+
+  // Full restore of the last version.
+  const rOut = join(work, 'restore-ours.raw');
+  const rs = await must('node', [bin, 'restore', '--repo', ours, lastPoint, '--disk', 'root', '--to', rOut], env);
+  rmSync(rOut, { force: true });
+  const resticTarget = join(work, 'restore-restic');
+  const rr = await must('restic', ['restore', 'latest', '--repo', resticRepo, '--target', resticTarget], env);
+  rmSync(resticTarget, { recursive: true, force: true });
+  const borgTarget = join(work, 'restore-borg');
+  mkdirSync(borgTarget);
+  const rb = await must('sh', ['-c', `cd '${borgTarget}' && borg extract '${borgRepo}::v${VERSIONS}'`], env);
+  rmSync(borgTarget, { recursive: true, force: true });
+
+  // Ingest: the ImageSource read path alone (extents + reads of the data chunks), against cat.
+  await must('cat', [img]);
+  const src = await openImage(img, { format: 'raw' });
+  const t0 = process.hrtime.bigint();
+  let ingested = 0;
+  for await (const e of src.extents()) {
+    if (e.zero) continue;
+    for (let off = e.offset; off < e.offset + e.length; off += 4 * MiB) {
+      const n = Math.min(4 * MiB, e.offset + e.length - off);
+      await src.read(off, n);
+      ingested += n;
+    }
+  }
+  const ingestS = Number(process.hrtime.bigint() - t0) / 1e9;
+  await src.close();
+
+  console.log('');
+  line('total backup time (6 versions)', `${fmt(t.ours)} s`, `${fmt(t.restic)} s`, t.ours / t.restic, '<= 0.5x');
+  console.log(`${''.padEnd(34)} borg ${fmt(t.borg)} s (${fmt(t.ours / t.borg)}x)`);
+  line('repository size', mib(size.ours), mib(size.restic), size.ours / size.restic, '<= 1x');
+  console.log(`${''.padEnd(34)} borg ${mib(size.borg)} (${fmt(size.ours / size.borg)}x)`);
+  const thr = (s: number): number => SIZE / MiB / s;
+  line('full-restore throughput', `${fmt(thr(rs.seconds), 0)} MiB/s`, `${fmt(thr(rr.seconds), 0)} MiB/s`, thr(rs.seconds) / thr(rr.seconds), '>= 1.5x');
+  console.log(`${''.padEnd(34)} borg ${fmt(thr(rb.seconds), 0)} MiB/s (${fmt(thr(rs.seconds) / thr(rb.seconds))}x)`);
+  console.log(`${'peak RSS of a restorelab backup'.padEnd(34)} ${fmt(peakRss / 1024, 0)} MiB (target < 300 MiB)`);
+  const catMiBs = SIZE / MiB / catS;
+  const ingestMiBs = ingested / MiB / ingestS;
+  console.log(`${'ingest throughput (data extents)'.padEnd(34)} ${fmt(ingestMiBs, 0)} MiB/s vs cat ${fmt(catMiBs, 0)} MiB/s: ${fmt(ingestMiBs / catMiBs)}x (target >= 0.5x)`);
+  const firstBackupMiBs = SIZE / MiB / (t.ours / (VERSIONS + 1));
+  console.log(`${'backup throughput (mean, virtual)'.padEnd(34)} ${fmt(firstBackupMiBs, 0)} MiB/s vs cat ${fmt(catMiBs, 0)} MiB/s: ${fmt(firstBackupMiBs / catMiBs)}x`);
+  rmSync(ours, { recursive: true, force: true });
+  rmSync(resticRepo, { recursive: true, force: true });
+  rmSync(borgRepo, { recursive: true, force: true });
+
+  // Chunk size: backup speed, space after one changed version, random-read latency.
+  console.log('\nchunk size study (first backup of the last version, then 3% changed)');
+  for (const cs of [1, 4, 8]) {
+    const repoDir = join(work, `cs-${cs}`);
+    await must('node', [bin, 'repo', 'init', repoDir, '--chunk-size', `${cs}M`], env);
+    await must('cat', [img]);
+    const b1 = await must('node', [bin, 'backup', '--repo', repoDir, '--vm', vmFile, '--disk', img, '--json'], env);
+    const before = await duBytes(repoDir);
+    await changeVersion(img, 3, 900 + cs);
+    const b2 = await must('node', [bin, 'backup', '--repo', repoDir, '--vm', vmFile, '--disk', img, '--json'], env);
+    const grown = (await duBytes(repoDir)) - before;
+    const repo = await openRepository(repoDir);
+    const point = (await repo.listPoints()).at(-1);
+    const disk = await repo.openDisk(point?.id as string, 'root');
+    const next = lcg(cs);
+    const lat: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      let idx = next() % disk.chunkCount;
+      for (let k = 0; k < disk.chunkCount && disk.chunkId(idx) === null; k++) idx = (idx + 1) % disk.chunkCount;
+      const s = process.hrtime.bigint();
+      await disk.readChunk(idx);
+      lat.push(Number(process.hrtime.bigint() - s) / 1e6);
+    }
+    lat.sort((a, b) => a - b);
+    const mean = lat.reduce((a, b) => a + b, 0) / lat.length;
+    console.log(`  ${cs} MiB: first backup ${fmt(b1.seconds)} s (${fmt(SIZE / MiB / b1.seconds, 0)} MiB/s), 3% change ${fmt(b2.seconds)} s stores ${mib(grown)}, ` +
+      `random 4 KiB read (cold chunk) mean ${fmt(mean)} ms p99 ${fmt(lat[Math.floor(lat.length * 0.99)] as number)} ms`);
+    rmSync(repoDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
