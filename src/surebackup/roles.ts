@@ -46,7 +46,8 @@ export function resolveRole(vm: string, roleName: string | undefined, over: Part
     appInitSeconds: over.appInitSeconds ?? r?.appInitSeconds ?? 120,
   };
   if (merged.tests.length === 0) {
-    throw badInput('ROLE_WITHOUT_TESTS', `VM ${vm} has role "${merged.name}" with no tests`,
+    const known = roleName === undefined ? 'no role' : r ? `role "${roleName}"` : `role "${roleName}", which is not a predefined role,`;
+    throw badInput('ROLE_WITHOUT_TESTS', `VM ${vm} has ${known} and no tests`,
       `give it "tests" or one of the predefined roles: ${Object.keys(roles).join(', ')}`);
   }
   return merged;
