@@ -1,0 +1,97 @@
+/**
+ * The publish CLI over a real repository (no guest boot): content, overlay
+ * resume and discard, ENOSPC through the FUSE mount at the overlay limit,
+ * bad input, and nothing left mounted afterwards.
+ */
+import t from 'tap';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { exec } from '../../src/host/exec.js';
+import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
+import { listPublications, removePublication } from '../../src/publish/publish.js';
+import { chunkFingerprint, cli, json, occurrences, webRepository, type PublishJson } from './fixtures/web.js';
+
+const dir = mkdtempSync('/tmp/rlpubcli-');
+const state = join(dir, 'state');
+const mnt = join(dir, 'mnt');
+const busy = join(dir, 'busy');
+const { repo, point, image } = await webRepository(dir);
+const before = chunkFingerprint(repo);
+
+t.teardown(async () => {
+  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+  for (const m of [mnt, busy]) if (mountEntry(m)) await detachMount(m);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const publish = (...extra: string[]): Promise<PublishJson> =>
+  cli(['publish', '--repo', repo, point.id, '--fuse', mnt, '--background', '--json', ...extra], state).then((r) => json<PublishJson>(r));
+
+t.test('publish shows the point, keeps writes for --resume, forgets them without', async (t) => {
+  let pub = await publish();
+  t.equal(pub.publication, `web-${point.id}`);
+  t.equal(pub.path, join(mnt, pub.publication));
+  const raw = pub.disks.root!;
+  t.equal(raw, join(pub.path, 'root.raw'));
+  t.equal((await exec('cmp', [raw, image])).code, 0, 'the published disk has the bytes of the backed-up image');
+  const list = json<{ publications: Array<{ id: string; running: boolean }> }>(await cli(['publications', '--json'], state));
+  t.same(list.publications.map((p) => [p.id, p.running]), [[pub.publication, true]]);
+
+  const w = await exec('sh', ['-c', `printf 'publish-cli-marker' | dd of=${raw} bs=4096 seek=100 conv=notrunc,fsync status=none`]);
+  t.equal(w.code, 0, w.stderr);
+  t.equal(await occurrences(raw, 'publish-cli-marker'), 1);
+  json(await cli(['unpublish', pub.publication, '--json'], state));
+  t.equal(mountEntry(mnt), undefined, 'unpublish leaves no FUSE mount');
+
+  pub = await publish('--resume');
+  t.equal(await occurrences(pub.disks.root!, 'publish-cli-marker'), 1, 'resume shows the write');
+  json(await cli(['unpublish', pub.publication, '--json'], state));
+  pub = await publish();
+  t.equal((await exec('cmp', [pub.disks.root!, image])).code, 0, 'without --resume: the original content');
+  json(await cli(['unpublish', pub.publication, '--discard', '--json'], state));
+  t.equal(mountEntry(mnt), undefined);
+  t.same(listPublications(state), [], 'discard forgets the publication');
+  t.equal(chunkFingerprint(repo), before, 'the repository chunks are byte-identical');
+});
+
+t.test('at the overlay limit dd through the mount gets ENOSPC and nothing is corrupted', async (t) => {
+  const pub = await publish('--overlay-limit', '1M');
+  const raw = pub.disks.root!;
+  const dd = await exec('dd', ['if=/dev/zero', `of=${raw}`, 'bs=256k', 'count=8', 'seek=8', 'conv=notrunc,fsync']);
+  t.not(dd.code, 0, 'dd fails');
+  t.match(dd.stderr, /No space left on device/);
+  const df = await exec('stat', ['-f', '-c', '%a', raw]);
+  t.equal(df.stdout.trim(), '0', 'statfs: no space left');
+  json(await cli(['unpublish', pub.publication, '--json'], state));
+  const again = await publish('--resume');
+  const cmpHead = await exec('cmp', ['-n', String(2 * 1024 * 1024), again.disks.root!, image]);
+  t.equal(cmpHead.code, 0, 'below the writes: untouched');
+  const zeros = await exec('sh', ['-c', `dd if=${again.disks.root!} bs=256k skip=8 count=4 status=none | cmp -s - /dev/zero -n ${1024 * 1024} && echo zero`]);
+  t.equal(zeros.stdout.trim(), 'zero', 'the accepted 1 MiB is there after a restart');
+  const tail = await exec('cmp', ['-i', String(3 * 1024 * 1024), again.disks.root!, image]);
+  t.equal(tail.code, 0, 'past the limit: the original bytes');
+  json(await cli(['unpublish', again.publication, '--discard', '--json'], state));
+  t.equal(chunkFingerprint(repo), before);
+});
+
+t.test('bad input: unknown point, busy point, a mount point in use; nothing left behind', async (t) => {
+  const unknown = await cli(['publish', '--repo', repo, '20200101T000000Z-000000', '--fuse', mnt, '--json'], state);
+  t.equal(unknown.code, 5);
+  t.match(unknown.stdout, /POINT_NOT_FOUND/);
+  mkdirSync(busy, { recursive: true });
+  t.equal((await exec('mount', ['-t', 'tmpfs', 'none', busy])).code, 0);
+  const inUse = await cli(['publish', '--repo', repo, point.id, '--fuse', busy, '--json'], state);
+  t.equal(inUse.code, 6);
+  t.match(inUse.stdout, /MOUNT_POINT_IN_USE/);
+  t.equal(mountEntry(busy)?.fstype, 'tmpfs', 'the other mount is untouched');
+  await exec('umount', [busy]);
+  const pub = await publish();
+  const twice = await cli(['publish', '--repo', repo, point.id, '--fuse', join(dir, 'other'), '--json'], state);
+  t.equal(twice.code, 6);
+  t.match(twice.stdout, /PUBLICATION_BUSY/);
+  const notThere = await cli(['unpublish', 'nope', '--json'], state);
+  t.equal(notThere.code, 5);
+  json(await cli(['unpublish', pub.publication, '--discard', '--json'], state));
+  t.equal(mountEntry(mnt), undefined);
+  t.equal(mountEntry(join(dir, 'other')), undefined);
+});
