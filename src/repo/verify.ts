@@ -12,7 +12,7 @@ import type { RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { RestorelabError } from '../errors.js';
 import { CodecPool } from './codec-pool.js';
-import type { LockHolder } from './api.js';
+import type { FixedIndex, LockHolder } from './api.js';
 
 export interface VerifyFinding {
   /** Chunk digest; for kind "index" the index digest, for "manifest" empty. */
@@ -48,11 +48,6 @@ export interface VerifyOptions {
   onProgress?: (checked: number, total: number) => void;
 }
 
-interface Wanted {
-  points: Set<string>;
-  length: number;
-}
-
 export async function verifyRepository(repo: LocalRepository, opts: VerifyOptions = {}): Promise<VerifyReport> {
   const started = Date.now();
   const lock = await repo.lock('shared', opts.point ? `verify ${opts.point}` : 'verify');
@@ -68,59 +63,69 @@ export async function verifyRepository(repo: LocalRepository, opts: VerifyOption
       for (const p of scan.problems) corrupt.push({ digest: '', kind: 'manifest', reason: `${p.file}: ${p.reason}`, points: [] });
     }
 
-    const wanted = new Map<string, Wanted>();
+    // Digest → plaintext length, one entry per distinct chunk: the only per-chunk state, so
+    // verifying a large repository stays bounded. Which points a bad chunk breaks is
+    // looked up afterwards, for the few bad chunks only.
+    const wanted = new Map<string, number>();
+    const readable: { point: RestorePoint; indexDigest: string }[] = [];
     for (const point of points) {
       for (const disk of point.disks) {
-        let digests: (string | null)[];
-        let size: number;
-        let chunkSize: number;
+        let index: FixedIndex;
         try {
-          ({ digests, size, chunkSize } = await repo.readIndex(disk.indexDigest));
+          index = await repo.readIndex(disk.indexDigest);
         } catch (err) {
           if (!(err instanceof RestorelabError)) throw err;
           corrupt.push({ digest: disk.indexDigest, kind: 'index', reason: `disk ${disk.name}: ${err.message}`, points: [point.id] });
           continue;
         }
+        readable.push({ point, indexDigest: disk.indexDigest });
+        const { digests, size, chunkSize } = index;
         digests.forEach((d, i) => {
-          if (d === null) return;
-          let w = wanted.get(d);
-          if (!w) wanted.set(d, w = { points: new Set(), length: Math.min(chunkSize, size - i * chunkSize) });
-          w.points.add(point.id);
+          if (d !== null && !wanted.has(d)) wanted.set(d, Math.min(chunkSize, size - i * chunkSize));
         });
       }
     }
 
     let checked = 0;
     let bytes = 0;
-    const queue = [...wanted.entries()];
-    const total = queue.length;
-    const checkOne = async (digest: string, w: Wanted): Promise<void> => {
+    const total = wanted.size;
+    const bad: Omit<VerifyFinding, 'points'>[] = [];
+    const checkOne = async (digest: string, length: number): Promise<void> => {
       let blob: Buffer;
       try {
         blob = await repo.chunks.get(digest);
       } catch (err) {
         if (!(err instanceof RestorelabError)) throw err;
-        corrupt.push({ digest, kind: 'chunk', reason: err.code === 'CHUNK_QUARANTINED' ? 'quarantined by an earlier verify' : 'missing from the store', points: [...w.points] });
+        bad.push({ digest, kind: 'chunk', reason: err.code === 'CHUNK_QUARANTINED' ? 'quarantined by an earlier verify' : 'missing from the store' });
         return;
       }
       bytes += blob.length;
       try {
-        await pool.check(digest, blob, w.length);
+        await pool.check(digest, blob, length);
       } catch (err) {
         if (!(err instanceof CorruptChunkError)) throw err;
         await repo.chunks.quarantine(digest).catch(() => undefined);
-        corrupt.push({ digest, kind: 'chunk', reason: err.reason, points: [...w.points], quarantined: true });
+        bad.push({ digest, kind: 'chunk', reason: err.reason, quarantined: true });
       }
     };
     // A few reads in flight per worker keep both the disk and the cores busy with bounded memory.
     const inFlight = Math.max(2, pool.size * 3);
+    const queue = wanted.entries();
     await Promise.all(Array.from({ length: inFlight }, async () => {
-      for (let next = queue.shift(); next; next = queue.shift()) {
-        await checkOne(next[0], next[1]);
+      for (let next = queue.next(); !next.done; next = queue.next()) {
+        await checkOne(next.value[0], next.value[1]);
         checked++;
         opts.onProgress?.(checked, total);
       }
     }));
+
+    if (bad.length > 0) {
+      const users = new Map(bad.map((f) => [f.digest, new Set<string>()]));
+      for (const { point, indexDigest } of readable) {
+        for (const d of (await repo.readIndex(indexDigest)).digests) if (d !== null) users.get(d)?.add(point.id);
+      }
+      for (const f of bad) corrupt.push({ ...f, points: [...(users.get(f.digest) ?? [])].sort() });
+    }
 
     const affected = new Set(corrupt.flatMap((f) => f.points));
     for (const point of points) await repo.setDamaged(point.id, affected.has(point.id));
