@@ -1,24 +1,14 @@
 /** The real layers below a session: the local repository, FUSE publishing, the drivers. */
 import { createHypervisor } from '../hypervisor/index.js';
 import { openRepository } from '../repo/repository.js';
-import type { PublishOptions, RunningPublication } from '../publish/contract.js';
+import { removePublication, startPublication } from '../publish/publish.js';
 import type { SessionDeps } from './seam.js';
-
-type StartPublication = (opts: PublishOptions) => Promise<RunningPublication>;
-
-/**
- * Loaded on first use, through the contract's types: the publishing module
- * is written in parallel with this one, and a session that never publishes
- * (planning, listing, stop) must not depend on it being loadable.
- */
-async function publisher(): Promise<StartPublication> {
-  const specifier = '../publish/publish.js';
-  const mod = (await import(specifier)) as { startPublication: StartPublication };
-  return mod.startPublication;
-}
 
 export const realDeps: SessionDeps = {
   openRepository: (path) => openRepository(path),
-  startPublication: async (opts) => (await publisher())(opts),
+  startPublication: (opts) => startPublication(opts),
+  removePublication: async (stateDir, id) => {
+    await removePublication(stateDir, id, { discard: true });
+  },
   hypervisor: (driver, opts) => createHypervisor(driver, opts),
 };

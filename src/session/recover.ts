@@ -100,7 +100,7 @@ function startSupervisor(store: SessionStore, id: string, heartbeatTimeoutMs?: n
 async function cleanupOrphan(s: RecoverySession, store: SessionStore, deps: SessionDeps, why: string, final: 'failed' | 'stopped' = 'failed'): Promise<RecoverySession> {
   const hv = deps.hypervisor(s.driver, { stateDir: store.stateDir });
   try {
-    await teardown(s, store, hv);
+    await teardown(s, store, hv, undefined, deps);
   } finally {
     await closeHypervisor(hv);
   }

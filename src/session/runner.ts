@@ -105,7 +105,7 @@ export async function bringUp(
  * failure is rethrown at the end. Migrated disks are production storage and
  * are never touched.
  */
-export async function teardown(s: RecoverySession, store: SessionStore, hv: Hypervisor, publication?: RunningPublication): Promise<void> {
+export async function teardown(s: RecoverySession, store: SessionStore, hv: Hypervisor, publication?: RunningPublication, deps?: SessionDeps): Promise<void> {
   const res = s.resources;
   const failures: unknown[] = [];
   const step = async (f: () => Promise<void>): Promise<void> => {
@@ -149,7 +149,13 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
     const mount = res.publication.mount;
     await step(async () => {
       if (publication) await publication.close({ discard: true });
-      else await unmountStale(mount);
+      else {
+        const id = res.publication?.id;
+        if (id && deps) await deps.removePublication(store.stateDir, id).catch((e: unknown) => {
+          if (!(e instanceof RestorelabError && e.code === 'PUBLICATION_NOT_FOUND')) throw e;
+        });
+        await unmountStale(mount);
+      }
       delete res.publication;
       store.save(s);
     });

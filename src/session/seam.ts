@@ -11,6 +11,11 @@ import type { Hypervisor } from '../hypervisor/types.js';
 export interface SessionDeps {
   openRepository(path: string): Promise<RepositoryReader>;
   startPublication(opts: PublishOptions): Promise<RunningPublication>;
+  /**
+   * Removes a publication whose serving process is gone (a supervisor that
+   * died), discarding its overlay; a publication already gone is no error.
+   */
+  removePublication(stateDir: string, id: string): Promise<void>;
   hypervisor(driver: 'qemu' | 'libvirt', opts: { stateDir: string; accel?: 'auto' | 'kvm' | 'tcg' }): Hypervisor;
 }
 

@@ -18,7 +18,7 @@ import { QgaClient } from '../../src/hypervisor/qga.js';
 import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
-import { chunkFingerprint, cli, lastJsonLine, waitFor, webRepository } from './fixture.js';
+import { chunkFingerprint, cli, lastJsonLine, waitFor, webRepository } from './fixtures/recovery.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-migrate-'));
 const stateDir = join(dir, 'state');

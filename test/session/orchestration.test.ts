@@ -94,6 +94,7 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
         close: async (c) => { calls.closed.push(c ?? {}); rmSync(disk, { force: true }); },
       };
     },
+    removePublication: async () => { throw new Error('not used: every publication here is live'); },
     hypervisor: (driver, o) => (driver === 'libvirt' ? new LibvirtDriver({ ...o, socket: opts.libvirtSocket ?? '/nonexistent/libvirt-sock' }) : hv),
   };
 }

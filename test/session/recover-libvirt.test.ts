@@ -18,7 +18,7 @@ import { stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
 import type { RecoverResult } from '../../src/session/session.js';
-import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, webRepository } from './fixture.js';
+import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, webRepository } from './fixtures/recovery.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-libvirt-'));
 const stateDir = join(dir, 'state');

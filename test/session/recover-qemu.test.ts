@@ -16,7 +16,7 @@ import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
 import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import type { RecoverResult } from '../../src/session/session.js';
-import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, waitFor, webRepository } from './fixture.js';
+import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, waitFor, webRepository } from './fixtures/recovery.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-qemu-'));
 const stateDir = join(dir, 'state');
