@@ -13,6 +13,7 @@
  * `umount` check that a recorded pid is still this holder before killing it.
  */
 import type { PublishOptions, RunningPublication } from '../publish/contract.js';
+import { startPublication } from '../publish/publish.js';
 
 export interface HolderRequest {
   publish: PublishOptions;
@@ -21,15 +22,6 @@ export interface HolderRequest {
 export type HolderReply =
   | { ok: true; publication: string; disks: Record<string, string> }
   | { ok: false; error: { code: string; message: string; hint?: string; exitCode?: number } };
-
-type StartPublication = (opts: PublishOptions) => Promise<RunningPublication>;
-
-/** Loaded lazily so that the parts of file-level restore that work on plain files never load the publish stack. */
-async function loadPublisher(): Promise<StartPublication> {
-  const specifier = '../publish/publish.js';
-  const mod = (await import(specifier)) as { startPublication: StartPublication };
-  return mod.startPublication;
-}
 
 function send(msg: HolderReply): Promise<void> {
   return new Promise((resolve) => {
@@ -42,7 +34,6 @@ async function main(): Promise<void> {
   const req = await new Promise<HolderRequest>((resolve) => process.once('message', (m) => resolve(m as HolderRequest)));
   let pub: RunningPublication;
   try {
-    const startPublication = await loadPublisher();
     pub = await startPublication({ ...req.publish, readOnly: true });
   } catch (err) {
     const e = err as { code?: string; message?: string; hint?: string; exitCode?: number };
