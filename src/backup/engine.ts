@@ -50,6 +50,8 @@ export interface BackupOptions {
   codecInit?: CodecInit;
   workers?: number;
   onProgress?: (p: BackupProgress) => void;
+  /** Things a person should know that do not fail the backup (stale locks removed). */
+  onWarning?: (message: string) => void;
 }
 
 interface DiskPlan {
@@ -87,6 +89,9 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
     // Open every image first: a bad one fails the backup before the repository is touched.
     for (const d of plan) sources.push(await openImage(d.path, d.format ? { format: d.format } : {}));
     const lock = await repo.lock('shared', `backup of ${vm.name}`);
+    for (const h of lock.staleRemoved) {
+      opts.onWarning?.(`removed a stale ${h.kind} lock of dead process ${h.pid} on ${h.hostname} ("${h.purpose}", since ${new Date(h.since).toISOString()})`);
+    }
     try {
       const parent = await chooseParent(repo, vm.name, opts.parent);
       const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };

@@ -57,6 +57,14 @@ export class QemuImageSource implements ImageSource {
     }
   }
 
+  async readInto(target: Buffer, offset: number): Promise<void> {
+    try {
+      await this.server.client.readInto(target, offset);
+    } catch (err) {
+      throw this.wrap(err, `reading ${target.length} bytes at offset ${offset}`);
+    }
+  }
+
   close(): Promise<void> {
     return this.server.stop();
   }

@@ -153,6 +153,7 @@ t.test('kill -9 during a backup leaves no visible point; the next backup and ver
   const b = await cli(['backup', '--repo', repo, '--vm', vm, '--disk', img, '--json']);
   t.equal(b.code, 0, b.stderr);
   t.ok((b.json.stats as { bytesReused: number }).bytesReused > 0, 'chunks the killed backup stored are reused');
+  t.match(b.stderr, /removed a stale shared lock of dead process \d+/, 'the dead backup\'s lock is reported');
   const v = await cli(['verify', '--repo', repo, '--json']);
   t.equal(v.code, 0, v.stdout);
   const out = join(work, 'kill-out.raw');

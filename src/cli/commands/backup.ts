@@ -59,6 +59,7 @@ export function registerBackup(program: Command): void {
       let current = '';
       const point = await backupVm({
         repo, vm, disks, codecInit, consistency: o.consistency as Consistency,
+        onWarning: (m) => ctx.out.warn(m),
         onProgress: (p) => {
           if (p.disk !== current) {
             bar?.finish();
