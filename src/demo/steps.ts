@@ -20,18 +20,6 @@ async function openOrInitRepository(dir: string): Promise<LocalRepository> {
 
 export const demoSteps: DemoStep[] = [
   {
-    name: 'doctor',
-    description: 'probe the host (QEMU, accelerator, FUSE, netns)',
-    run: async ({ config }) => {
-      const r = await runDoctor({ cacheDir: config.stateDir });
-      if (!r.ok) {
-        const bad = r.checks.filter((c) => !c.ok && c.required).map((c) => `${c.name} (${c.fix ?? c.detail})`);
-        throw new RestorelabError('HOST_UNFIT', `host lacks required components: ${bad.join(', ')}`, { hint: 'run scripts/setup', exitCode: ExitCode.missingComponent });
-      }
-      return `accelerator ${r.accel}; ${r.checks.filter((c) => c.ok).length}/${r.checks.length} checks ok`;
-    },
-  },
-  {
     name: 'build-guest',
     description: 'build the `web` test guest from Debian packages',
     run: async ({ config, values }) => {
@@ -41,6 +29,18 @@ export const demoSteps: DemoStep[] = [
       if (!existsSync(image)) throw new Error(`scripts/build-guests did not produce ${image}`);
       values.image = image;
       return image;
+    },
+  },
+  {
+    name: 'doctor',
+    description: 'probe the host (QEMU, accelerator, FUSE, netns)',
+    run: async ({ config }) => {
+      const r = await runDoctor({ cacheDir: config.stateDir, guestsDir: config.guestsDir });
+      if (!r.ok) {
+        const bad = r.checks.filter((c) => !c.ok && c.required).map((c) => `${c.name} (${c.fix ?? c.detail})`);
+        throw new RestorelabError('HOST_UNFIT', `host lacks required components: ${bad.join(', ')}`, { hint: 'run scripts/setup', exitCode: ExitCode.missingComponent });
+      }
+      return `accelerator ${r.accel}; ${r.checks.filter((c) => c.ok).length}/${r.checks.length} checks ok`;
     },
   },
   {

@@ -74,7 +74,7 @@ function qemuNfsCheck(): Check {
     : { name: 'qemu-nfs', ok: false, detail: "QEMU's nfs:// block driver is missing", fix: 'apt-get install qemu-block-extra', required: false };
 }
 
-export async function runDoctor(opts: { cacheDir?: string; force?: boolean } = {}): Promise<DoctorReport> {
+export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<DoctorReport> {
   const accel = await probeAccel(opts);
   const checks: Check[] = [
     tool('qemu-system-x86_64', 'qemu-system-x86', true, 'boots VMs'),

@@ -19,12 +19,13 @@ export function registerDoctor(program: Command): void {
     .action(async (o: { force?: boolean }, c: Command) => {
       const ctx = contextFor(c);
       let cacheDir: string | undefined;
+      let guestsDir: string | undefined;
       try {
-        cacheDir = ctx.config().stateDir;
+        ({ stateDir: cacheDir, guestsDir } = ctx.config());
       } catch {
         // doctor must work even with a broken config; it just does not cache
       }
-      const report = await runDoctor({ cacheDir, force: o.force });
+      const report = await runDoctor({ cacheDir, guestsDir, force: o.force });
       ctx.out.result(report, () => render(report));
       if (!report.ok) process.exitCode = ExitCode.missingComponent;
     });
