@@ -81,7 +81,7 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): s
     args.push('-blockdev', JSON.stringify({
       driver: d.format, 'node-name': `disk-${d.name}`, 'read-only': Boolean(d.readOnly),
       // cache.direct off: FUSE-published files do not support O_DIRECT.
-      file: { driver: 'file', filename: d.path, 'read-only': Boolean(d.readOnly), aio: 'threads' },
+      file: fileNode(d.path, Boolean(d.readOnly)),
     }));
     const bootindex = i === 0 ? ',bootindex=0' : '';
     if (bus === 'ide' || bus === 'sata') args.push('-device', `ide-hd,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
@@ -94,6 +94,19 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): s
     args.push('-device', `${model},netdev=net${i},mac=${n.mac}`);
   });
   return args;
+}
+
+/**
+ * The protocol node under a disk: a local file, or an `nfs://host/path` URL
+ * served through QEMU's own libnfs driver (qemu-block-extra), which finds
+ * mountd and nfsd through the portmapper on the server.
+ */
+export function fileNode(path: string, readOnly: boolean): Record<string, unknown> {
+  if (path.startsWith('nfs://')) {
+    const url = new URL(path);
+    return { driver: 'nfs', server: { type: 'inet', host: url.hostname }, path: decodeURIComponent(url.pathname), 'read-only': readOnly };
+  }
+  return { driver: 'file', filename: path, 'read-only': readOnly, aio: 'threads' };
 }
 
 /** For bridge attachments the driver makes its own tap: at most 15 characters. */

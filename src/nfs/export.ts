@@ -1,0 +1,108 @@
+/**
+ * An NFS export of a datastore, as `publish --nfs` and `restorelab server`
+ * run it: the NfsServer plus what makes it usable from outside — a server id
+ * persisted in the state directory (file handles stay valid across restarts,
+ * so a VM booted over NFS survives one), clear errors for busy ports, and the
+ * `nfs://` URLs clients are given.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ExitCode, RestorelabError, isErrno } from '../errors.js';
+import type { Datastore } from '../datastore/types.js';
+import { NfsServer, newServerId, type BoundPorts, type NfsMetrics } from './server.js';
+
+export const EXPORT_PATH = '/restorelab';
+/** The only portmapper port clients such as QEMU's libnfs ever ask. */
+const STANDARD_PORTMAP_PORT = 111;
+
+export interface NfsExportOptions {
+  datastore: Datastore;
+  stateDir: string;
+  /** NFS port (default 2049); 0 picks a free one. */
+  port?: number;
+  /** MOUNT port (default 20048); 0 picks a free one. */
+  mountPort?: number;
+  /** Our portmapper's port, or null for none (then URLs carry the ports). */
+  portmapPort?: number | null;
+  allow?: string[];
+  readOnly?: boolean;
+  /** Address to listen on (default 0.0.0.0) and the one put in URLs (default 127.0.0.1). */
+  listen?: string;
+  advertise?: string;
+  log?: { warn(msg: string, err?: unknown): void };
+}
+
+export interface NfsExport {
+  host: string;
+  port: number;
+  mountPort: number;
+  /** Port of the portmapper clients reach (ours or the system's), or null. */
+  portmapPort: number | null;
+  exportPath: string;
+  /** `nfs://host/restorelab/<dir>/<file>`, usable by qemu-img, qemu -drive and libnfs tools. */
+  url(...components: string[]): string;
+  readonly metrics: NfsMetrics;
+  stop(): Promise<void>;
+}
+
+/**
+ * The server id lives in the state directory and is created once, so every
+ * file handle given out stays valid across server restarts.
+ */
+export function loadServerId(stateDir: string): string {
+  const file = path.join(stateDir, 'nfs', 'server-id');
+  try {
+    const id = fs.readFileSync(file, 'utf8').trim();
+    if (/^[0-9a-f]{32}$/.test(id)) return id;
+  } catch (err) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  }
+  const id = newServerId();
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+  fs.writeFileSync(tmp, id + '\n');
+  fs.renameSync(tmp, file);
+  return id;
+}
+
+export async function startNfsExport(opts: NfsExportOptions): Promise<NfsExport> {
+  const server = new NfsServer({
+    datastore: opts.datastore,
+    serverId: loadServerId(opts.stateDir),
+    exportPath: EXPORT_PATH,
+    allow: opts.allow ?? ['127.0.0.0/8'],
+    readOnly: opts.readOnly ?? false,
+    nfsPort: opts.port ?? 2049,
+    mountPort: opts.mountPort ?? 20048,
+    portmapPort: opts.portmapPort === undefined ? STANDARD_PORTMAP_PORT : opts.portmapPort,
+    host: opts.listen ?? '0.0.0.0',
+    ...(opts.log ? { log: opts.log } : {}),
+  });
+  let ports: BoundPorts;
+  try {
+    ports = await server.start();
+  } catch (err) {
+    if (isErrno(err, 'EADDRINUSE') || isErrno(err, 'EACCES')) {
+      const e = err as NodeJS.ErrnoException & { port?: number };
+      throw new RestorelabError('NFS_PORT_UNAVAILABLE', `cannot listen for NFS: ${e.message}`, {
+        hint: isErrno(err, 'EACCES')
+          ? 'ports below 1024 need root: run as root or pass --nfs-port/--mount-port above 1024 and --portmap-port 0'
+          : 'another NFS server (or restorelab) holds the port: stop it, or pass --nfs-port N (0 = any free port)',
+        exitCode: ExitCode.busy,
+      });
+    }
+    throw err;
+  }
+  const host = opts.advertise ?? '127.0.0.1';
+  const portmapPort = ports.portmap ?? (ports.registeredWithSystemPortmapper ? STANDARD_PORTMAP_PORT : null);
+  // libnfs (and with it QEMU) finds nfsd and mountd only through a portmapper
+  // on 111; anywhere else, the URL has to carry the ports itself.
+  const query = portmapPort === STANDARD_PORTMAP_PORT ? '' : `?nfsport=${ports.nfs}&mountport=${ports.mount}`;
+  return {
+    host, port: ports.nfs, mountPort: ports.mount, portmapPort, exportPath: EXPORT_PATH,
+    url: (...components) => `nfs://${host}${EXPORT_PATH}/${components.map(encodeURIComponent).join('/')}${query}`,
+    get metrics() { return server.metrics; },
+    stop: () => server.stop(),
+  };
+}
