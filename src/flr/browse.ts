@@ -11,7 +11,7 @@
  * served by FUSE, and a synchronous call in a process that also serves FUSE
  * would wait on itself.
  */
-import { lstat, readdir, readlink, open, utimes, chmod } from 'node:fs/promises';
+import { lstat, readdir, readlink, open, utimes, chmod, rm, stat } from 'node:fs/promises';
 import { constants, createWriteStream, type Stats } from 'node:fs';
 import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -139,6 +139,8 @@ export async function listGuestPath(root: string, guestPath: string): Promise<Gu
 
 export interface GetResult {
   guestPath: string;
+  /** Where it was written ("-" for stdout); inside `to` when `to` is a directory. */
+  to: string;
   format: 'file' | 'tar';
   bytes: number;
   files: number;
@@ -172,25 +174,56 @@ export async function getGuestPath(root: string, guestPath: string, to: string, 
   const r = await resolveGuestPath(root, guestPath, { followFinal: true });
   const asTar = opts.tar === true || r.stat.isDirectory();
   if (!asTar && !r.stat.isFile()) throw badInput('NOT_A_REGULAR_FILE', `guest path ${guestPath} is a ${typeOf(r.stat)}, not a file`, 'use --tar to get it as a tar stream');
-  const out = to === '-' ? process.stdout : createWriteStream(to, { mode: 0o600 });
-  const sink = new CountingSink(out);
-  const result: GetResult = { guestPath: r.guestPath, format: asTar ? 'tar' : 'file', bytes: 0, files: 0, directories: 0, symlinks: 0, skipped: 0 };
-  if (!asTar) {
-    // O_NOFOLLOW: what we open is what we resolved.
-    const fh = await open(r.hostPath, constants.O_RDONLY | constants.O_NOFOLLOW);
-    try {
-      await pipeline(fh.createReadStream({ autoClose: false }), sink);
-    } finally {
-      await fh.close();
-    }
-    result.files = 1;
-    result.bytes = sink.bytes;
-    if (to !== '-') {
-      await chmod(to, r.stat.mode & 0o777);
-      await utimes(to, r.stat.atime, r.stat.mtime);
-    }
-    return result;
+  const base = r.guestPath === '/' ? 'root' : posix.basename(r.guestPath);
+  // Like cp: a directory as the target means "into it".
+  const target = to !== '-' && (await isDirectory(to)) ? join(to, asTar ? `${base}.tar` : base) : to;
+  const result: GetResult = { guestPath: r.guestPath, to: target, format: asTar ? 'tar' : 'file', bytes: 0, files: 0, directories: 0, symlinks: 0, skipped: 0 };
+  const sink = new CountingSink(target === '-' ? process.stdout : createWriteStream(target, { mode: 0o600 }));
+  try {
+    if (asTar) await writeTar(r, sink, result);
+    else await copyFile(r, sink, result);
+  } catch (err) {
+    // A half-written file must not pass for the guest's file.
+    if (target !== '-') await rm(target, { force: true });
+    throw readFailure(err, guestPath);
   }
+  result.bytes = sink.bytes;
+  if (!asTar && target !== '-') {
+    await chmod(target, r.stat.mode & 0o777);
+    await utimes(target, r.stat.atime, r.stat.mtime);
+  }
+  return result;
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  try {
+    return (await stat(p)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** EIO under a mounted restore point means a chunk failed its checks: say so instead of a bare errno. */
+function readFailure(err: unknown, guestPath: string): unknown {
+  if ((err as NodeJS.ErrnoException).code !== 'EIO') return err;
+  return new RestorelabError('GUEST_READ_FAILED', `reading ${guestPath} failed with an I/O error`, {
+    hint: 'the restore point may have corrupt chunks: run `restorelab verify`, and try an earlier restore point',
+    cause: err,
+  });
+}
+
+async function copyFile(r: ResolvedPath, sink: CountingSink, result: GetResult): Promise<void> {
+  // O_NOFOLLOW: what we open is what we resolved.
+  const fh = await open(r.hostPath, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    await pipeline(fh.createReadStream({ autoClose: false }), sink);
+  } finally {
+    await fh.close();
+  }
+  result.files = 1;
+}
+
+async function writeTar(r: ResolvedPath, sink: CountingSink, result: GetResult): Promise<void> {
   const pack = tar.pack();
   const done = pipeline(pack, sink);
   const prefix = r.guestPath === '/' ? '.' : posix.basename(r.guestPath);
@@ -203,8 +236,6 @@ export async function getGuestPath(root: string, guestPath: string, to: string, 
     throw err;
   }
   await done;
-  result.bytes = sink.bytes;
-  return result;
 }
 
 type TarHeader = Partial<tar.Header> & { name: string };

@@ -68,3 +68,14 @@ t.test('get of a single file with --tar wraps it in a tar', async (t) => {
   t.match(r, { format: 'tar', files: 1 });
   t.equal(execFileSync('tar', ['-xOf', out, 'file.txt'], { encoding: 'utf8' }), 'deep\n');
 });
+
+t.test('a directory as the target receives the file (or <name>.tar) inside it', async (t) => {
+  const into = join(work, 'into');
+  mkdirSync(into);
+  const f = await getGuestPath(root, '/a/b/c/file.txt', into);
+  t.equal(f.to, join(into, 'file.txt'));
+  t.equal(readFileSync(join(into, 'file.txt'), 'utf8'), 'deep\n');
+  const d = await getGuestPath(root, '/a/b', into);
+  t.equal(d.to, join(into, 'b.tar'));
+  t.match(execFileSync('tar', ['-tf', d.to], { encoding: 'utf8' }), /b\/c\/file\.txt/);
+});

@@ -94,7 +94,7 @@ export function registerFiles(program: Command): void {
       if (o.to === '-' && ctx.out.json) throw badInput('STDOUT_CONFLICT', '--to - and --json both want stdout', 'write to a file with --to <local>, or drop --json');
       const r = await withSession(ctx, point, o, async (s) => {
         const m = await pickPartition(s, guestPath, o);
-        return { disk: m.disk, partition: m.partition, to: o.to, ...(await getGuestPath(m.path, guestPath, o.to, { tar: o.tar === true })) };
+        return { disk: m.disk, partition: m.partition, ...(await getGuestPath(m.path, guestPath, o.to, { tar: o.tar === true })) };
       });
       if (o.to !== '-') ctx.out.result(r, () => `${r.guestPath} -> ${r.to} (${r.format}, ${r.bytes} bytes, ${r.files} file(s))`);
     });
