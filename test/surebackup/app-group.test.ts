@@ -7,14 +7,14 @@ import { createLabBackend } from '../../src/surebackup/backend.js';
 import { executeRun, runOutput } from '../../src/surebackup/execute.js';
 import type { Job } from '../../src/surebackup/runner.js';
 import { readLabState } from '../../src/lab/lab.js';
-import { shortDir, guestRepository, labFile, leftovers, restoreDeps } from './fixtures/guest-lab.js';
+import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 
 t.test('application group dns → db, then web: all pass, in order, everything torn down', async (t) => {
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
   const { repo, points } = await guestRepository(dir, ['dns', 'db', 'web']);
   const labName = `sbag${process.pid % 10000}`;
-  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg', deps: restoreDeps });
+  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
   const history = History.open(join(stateDir, 'catalog.sqlite'));
   t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
   const timeouts = { maxBootSeconds: 150, appInitSeconds: 60 };

@@ -11,7 +11,7 @@ import { createLabBackend } from '../../src/surebackup/backend.js';
 import { executeRun } from '../../src/surebackup/execute.js';
 import type { Job, TestRunner } from '../../src/surebackup/runner.js';
 import { readLabState } from '../../src/lab/lab.js';
-import { shortDir, guestRepository, labFile, leftovers, restoreDeps } from './fixtures/guest-lab.js';
+import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 
 t.test('a flipped chunk byte fails the integrity test and names the chunk', async (t) => {
   const dir = shortDir(t);
@@ -44,7 +44,7 @@ t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', 
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
   const { repo } = await guestRepository(dir, ['web']);
-  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg', deps: restoreDeps });
+  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
   const history = History.open(join(stateDir, 'catalog.sqlite'));
   t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
   let netns: string | undefined;

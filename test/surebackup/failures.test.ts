@@ -7,13 +7,13 @@ import { History } from '../../src/surebackup/history.js';
 import { createLabBackend } from '../../src/surebackup/backend.js';
 import { executeRun } from '../../src/surebackup/execute.js';
 import type { Job } from '../../src/surebackup/runner.js';
-import { shortDir, guestRepository, labFile, leftovers, restoreDeps } from './fixtures/guest-lab.js';
+import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 
 t.test('broken-app fails its app test, no-agent falls back to its IP, no-boot fails its heartbeat; the run failed', async (t) => {
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
   const { repo } = await guestRepository(dir, ['broken-app', 'no-agent', 'no-boot']);
-  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg', deps: restoreDeps });
+  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
   const history = History.open(join(stateDir, 'catalog.sqlite'));
   t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
   let netns: string | undefined;
