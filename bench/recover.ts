@@ -19,12 +19,12 @@ import { addLabTap, labDown, labUp, loadLab, masqueradeAddress, removeLabTap } f
 import { QemuDriver } from '../src/hypervisor/qemu.js';
 import { waitForAgent } from '../src/hypervisor/qga.js';
 import { recover, stopSession } from '../src/session/recover.js';
+import { probeAccel } from '../src/host/accel.js';
 import { guestImage } from '../test/helpers/guests.js';
 
 const rounds = Number(process.argv[2] ?? 2);
 const dir = mkdtempSync(join(tmpdir(), 'rl-bench-recover-'));
 const stateDir = join(dir, 'state');
-const accel = process.env.RESTORELAB_ACCEL === 'kvm' ? 'kvm' : process.env.RESTORELAB_ACCEL === 'tcg' ? 'tcg' : undefined;
 
 async function firstHttp(url: string, t0: number): Promise<number> {
   for (;;) {
@@ -42,6 +42,9 @@ interface Times { heartbeat: number; http: number }
 
 async function main(): Promise<void> {
   const image = await guestImage('web');
+  // Decided once, so neither side pays for the probe.
+  const env = process.env.RESTORELAB_ACCEL;
+  const accel = env === 'kvm' || env === 'tcg' ? env : (await probeAccel({ cacheDir: stateDir })).accel;
   const vm = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
   const repoDir = join(dir, 'repo');
   const repo = await initRepository(repoDir);
@@ -59,7 +62,7 @@ async function main(): Promise<void> {
       // Peer: plain qemu on a local raw copy, on a tap in the same lab.
       const local = join(dir, 'local.raw');
       copyFileSync(image, local);
-      const qemu = new QemuDriver({ stateDir, ...(accel ? { accel } : {}) });
+      const qemu = new QemuDriver({ stateDir, accel });
       const { tap, netns } = await addLabTap(stateDir, lab.name, nic.network);
       const t0 = performance.now();
       const dom = await qemu.start({ vm: { ...vm, name: 'bench-plain' }, disks: [{ name: 'root', path: local, format: 'raw' }], nics: [{ kind: 'tap', tap, netns, mac: nic.mac }] });
@@ -71,7 +74,7 @@ async function main(): Promise<void> {
       rmSync(local, { force: true });
 
       const t1 = performance.now();
-      const s = await recover({ repo: repoDir, vm: vm.name, lab: labFile, driver: 'qemu', stateDir, ...(accel ? { accel } : {}) });
+      const s = await recover({ repo: repoDir, vm: vm.name, lab: labFile, driver: 'qemu', stateDir, accel });
       const recovered = { heartbeat: (performance.now() - t1) / 1000, http: await firstHttp(url, t1) };
       ours.push(recovered);
       await stopSession(stateDir, s.id);
@@ -82,7 +85,7 @@ async function main(): Promise<void> {
     await labDown(lab.name, { stateDir, quietIfMissing: true });
   }
   const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-  console.log(`\nweb guest, ${rounds} round(s), accel ${accel ?? 'auto'}: mean seconds`);
+  console.log(`\nweb guest, ${rounds} round(s), accel ${accel}: mean seconds`);
   for (const k of ['heartbeat', 'http'] as const) {
     const o = mean(ours.map((x) => x[k]));
     const p = mean(plain.map((x) => x[k]));
@@ -91,7 +94,6 @@ async function main(): Promise<void> {
 }
 
 main().then(() => rmSync(dir, { recursive: true, force: true }), (e: unknown) => {
-  console.error(e);
-  rmSync(dir, { recursive: true, force: true });
+  console.error(e, `\n(state kept in ${dir})`);
   process.exitCode = 1;
 });
