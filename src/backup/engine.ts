@@ -7,10 +7,11 @@
  * - *reused*: a chunk the repository already holds (recognised by digest, so
  *   reuse works across disks, VMs and points, not only against the parent).
  *
- * Memory stays bounded: at most `inFlight` chunks are read, hashed or
- * compressed at once, whatever the image size. Nothing becomes visible until
- * commitPoint writes the manifest; a failure before that leaves at most
- * unreferenced chunks and indexes, which gc removes.
+ * Memory stays bounded: the pool's slots hold the chunks being read, hashed
+ * or compressed, and at most as many blobs wait on the store, whatever the
+ * image size. Nothing becomes visible until commitPoint writes the manifest;
+ * a failure before that rolls back the chunks it added when it safely can
+ * (see rollBack), and leaves the rest, unreferenced, to gc.
  */
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
@@ -185,8 +186,8 @@ async function backupDisk(
   const digests: (string | null)[] = new Array<string | null>(count).fill(null);
   const hasData = await dataChunks(src, chunkSize, count);
   const written = new Set<string>();
-  // As many chunks in flight as the pool has slots: every core busy while others wait on I/O.
-  const inFlight = pool.slots;
+  // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's fsync.
+  const inFlight = pool.slots * 2;
   let done = 0;
   let failure: unknown;
   const running = new Set<Promise<void>>();
@@ -196,12 +197,16 @@ async function backupDisk(
     const offset = i * chunkSize;
     const length = Math.min(chunkSize, src.size - offset);
     const slot = await pool.acquire();
+    let held = true;
+    // The slot is free again as soon as its bytes are hashed (and compressed), before the store's fsync.
+    const free = (): void => { if (held) { held = false; pool.release(slot); } };
     try {
       const plain = slot.buffer.subarray(0, length);
       if (src.readInto) await src.readInto(plain, offset);
       else plain.set(await src.read(offset, length));
       stats.bytesRead += length;
       const digest = await pool.digest(slot, length);
+      if (!digest || written.has(digest)) free();
       if (!digest) {
         stats.bytesZero += length;
       } else if (written.has(digest)) {
@@ -214,9 +219,12 @@ async function backupDisk(
           // touch() both proves the chunk is stored and refreshes its mtime, which a concurrent gc honours;
           // only chunks the store lacks are compressed at all.
           if (await repo.chunks.touch(digest)) {
+            free();
             stats.bytesReused += length;
           } else {
-            const r = await repo.chunks.insert(digest, await pool.encode(slot, length));
+            const blob = await pool.encode(slot, length);
+            free();
+            const r = await repo.chunks.insert(digest, blob);
             if (r.existed) stats.bytesReused += length;
             else {
               stats.bytesNew += length;
@@ -230,7 +238,7 @@ async function backupDisk(
         digests[i] = digest;
       }
     } finally {
-      pool.release(slot);
+      free();
     }
     done += length;
     report();
