@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BLOCK_SIZE, Overlay, OverlayError, discardOverlay, overlayFiles } from '../../src/overlay/overlay.js';
+import { BLOCK_SIZE, Overlay, OverlayBudget, OverlayError, discardOverlay, overlayFiles } from '../../src/overlay/overlay.js';
 import { patternBytes } from '../publish/fixtures/memory-repository.js';
 import { crashWrite, patternBase } from './fixtures/crash-plan.js';
 
@@ -135,4 +135,18 @@ t.test('kill -9 of a writer: every acknowledged sync write survives and the over
   t.ok((await ov.read(untouched, 4096)).equals(base.bytes.subarray(untouched, untouched + 4096)), 'unwritten blocks still read the base');
   await ov.write(0, Buffer.from('resumed'), true);
   await ov.close();
+});
+
+t.test('the disks of a publication share one budget', async (t) => {
+  const dir = tmpdir(t);
+  const budget = new OverlayBudget(BLOCK_SIZE * 4);
+  const a = await Overlay.open({ dir, name: 'sda', base: memBase(1024 * 1024), budget });
+  const b = await Overlay.open({ dir, name: 'sdb', base: memBase(1024 * 1024), budget });
+  t.teardown(async () => { await a.close(); await b.close(); });
+  await a.write(0, Buffer.alloc(BLOCK_SIZE * 3, 1), true);
+  t.equal(b.freeBytes, BLOCK_SIZE, 'the other disk sees what is left');
+  await t.rejects(b.write(0, Buffer.alloc(BLOCK_SIZE * 2, 2), true), { code: 'ENOSPC' });
+  await b.write(0, Buffer.alloc(BLOCK_SIZE, 2), true);
+  t.equal(budget.usedBytes, BLOCK_SIZE * 4);
+  await t.rejects(a.write(BLOCK_SIZE * 10, Buffer.alloc(1, 3), true), { code: 'ENOSPC' });
 });

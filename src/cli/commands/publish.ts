@@ -57,9 +57,12 @@ async function background(stateDir: string): Promise<PublishResult> {
     while (Date.now() < deadline) {
       if (fs.existsSync(readyFile)) return JSON.parse(fs.readFileSync(readyFile, 'utf8')) as PublishResult;
       if (exited !== undefined) {
-        const tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-5).join('\n');
-        const err = /"code":"([A-Z_]+)"/.exec(tail);
-        throw new RestorelabError(err?.[1] ?? 'PUBLISH_FAILED', `the background publisher exited (code ${exited}): ${tail}`, { exitCode: (exited ?? 1) as never });
+        const log = fs.readFileSync(logFile, 'utf8').trim().split('\n');
+        // The child ran with --json when we did: its error object is the most precise report.
+        const reported = log.map((l) => { try { return (JSON.parse(l) as { error?: { code: string; message: string; hint?: string } }).error; } catch { return undefined; } }).find(Boolean);
+        if (reported) throw new RestorelabError(reported.code, reported.message, { hint: reported.hint, exitCode: (exited ?? 1) as never });
+        const first = log.find((l) => /error/i.test(l)) ?? '';
+        throw new RestorelabError('PUBLISH_FAILED', `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`, { hint: `see ${logFile}`, exitCode: (exited ?? 1) as never });
       }
       await new Promise((r) => setTimeout(r, 100));
     }
