@@ -1,0 +1,163 @@
+/**
+ * Published-disk benchmark (issue 4), every figure against a peer measured in
+ * the same run:
+ * - sequential read of a published 2 GiB disk through FUSE, cold chunk cache
+ *   (fresh publisher, dropped page cache) then warm, vs the same bytes from
+ *   a restored raw file (cold, then warm);
+ * - random 4 KiB reads, p50/p99, cold and warm, FUSE vs raw;
+ * - boot time of `web` to its agent heartbeat, FUSE-published vs a local raw copy;
+ * - peak RSS of the publishing process (256 MiB chunk cache).
+ *
+ * Run: node dist/bench/publish.js [--size-mib 2048] (as root: drops caches).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { exec } from '../src/host/exec.js';
+import { projectPath } from '../src/paths.js';
+import { initRepository, openRepository } from '../src/repo/repository.js';
+import { backupVm } from '../src/backup/engine.js';
+import { restoreDisk } from '../src/backup/restore.js';
+import { QemuDriver } from '../src/hypervisor/qemu.js';
+import { waitForAgent } from '../src/hypervisor/qga.js';
+import { loadVmDefinition } from '../src/vm/definition.js';
+import { listPublications, removePublication } from '../src/publish/publish.js';
+import { guestImage } from '../test/helpers/guests.js';
+
+const sizeArg = process.argv.indexOf('--size-mib');
+const SIZE_MIB = sizeArg > 0 ? Number(process.argv[sizeArg + 1]) : 2048;
+const RANDOM_READS = 400;
+const dir = fs.mkdtempSync('/tmp/rlbench-');
+const state = path.join(dir, 'state');
+const mnt = path.join(dir, 'mnt');
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], {
+    timeoutMs: 300_000, env: { ...process.env, RESTORELAB_STATE_DIR: state, RESTORELAB_CHUNK_CACHE_MIB: '256' },
+  });
+}
+
+async function dropCaches(): Promise<void> {
+  await exec('sync', []);
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+}
+
+async function seqRead(file: string): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const r = await exec('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M'], { timeoutMs: 600_000 });
+  if (r.code !== 0) throw new Error(`dd ${file}: ${r.stderr}`);
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  return (SIZE_MIB / s);
+}
+
+async function randomReads(file: string, offsets: number[]): Promise<{ p50: number; p99: number }> {
+  const h = await fs.promises.open(file, 'r');
+  const buf = Buffer.alloc(4096);
+  const lat: number[] = [];
+  try {
+    for (const off of offsets) {
+      const t0 = process.hrtime.bigint();
+      await h.read(buf, 0, 4096, off);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+  } finally {
+    await h.close();
+  }
+  lat.sort((a, b) => a - b);
+  return { p50: lat[Math.floor(lat.length * 0.5)]!, p99: lat[Math.floor(lat.length * 0.99)]! };
+}
+
+async function publish(repo: string, point: string): Promise<{ pub: string; disk: string; pid: number }> {
+  const r = await cli(['publish', '--repo', repo, point, '--fuse', mnt, '--background', '--json']);
+  if (r.code !== 0) throw new Error(`publish: ${r.stdout} ${r.stderr}`);
+  const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { publication: string; disks: Record<string, string> };
+  const pid = listPublications(state).find((p) => p.id === j.publication)!.pid!;
+  return { pub: j.publication, disk: Object.values(j.disks)[0]!, pid };
+}
+
+async function unpublish(pub: string): Promise<void> {
+  await removePublication(state, pub, { discard: true });
+}
+
+function peakRss(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+const fmt = (n: number, d = 1): string => n.toFixed(d);
+
+async function bootToHeartbeat(qemu: QemuDriver, disk: string, name: string): Promise<number> {
+  const web = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
+  const t0 = Date.now();
+  const dom = await qemu.start({ vm: { ...web, name }, disks: [{ name: 'root', path: disk, format: 'raw' }], nics: [] });
+  try {
+    const agent = await waitForAgent(dom.agentSocket, 240_000);
+    agent.close();
+    return (Date.now() - t0) / 1000;
+  } finally {
+    await dom.destroy();
+  }
+}
+
+try {
+  // A 2 GiB disk of incompressible data: no holes, every chunk decoded.
+  const image = path.join(dir, 'disk.raw');
+  await exec('sh', ['-c', `head -c ${SIZE_MIB}M /dev/urandom > ${image}`], { timeoutMs: 600_000 });
+  const repoDir = path.join(dir, 'repo');
+  const repo = await initRepository(repoDir);
+  const vm = { name: 'bench', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' as const }], nics: [] };
+  const point = await backupVm({ repo, vm, disks: { sda: image }, source: image });
+  const restored = path.join(dir, 'restored.raw');
+  await restoreDisk({ repo: await openRepository(repoDir), point: point.id, disk: 'sda', to: restored });
+  fs.rmSync(image);
+  const offsets = Array.from({ length: RANDOM_READS }, () => Math.floor(randomBytes(4).readUInt32LE() / 2 ** 32 * (SIZE_MIB * 256)) * 4096);
+
+  // Sequential: raw cold/warm, FUSE cold (fresh publisher, dropped caches)/warm.
+  await dropCaches();
+  const rawCold = await seqRead(restored);
+  const rawWarm = await seqRead(restored);
+  const p1 = await publish(repoDir, point.id);
+  await dropCaches();
+  const fuseCold = await seqRead(p1.disk);
+  const fuseWarm = await seqRead(p1.disk);
+  const rss = peakRss(p1.pid);
+  await unpublish(p1.pub);
+
+  // Random 4 KiB reads.
+  await dropCaches();
+  const rawRandCold = await randomReads(restored, offsets);
+  const rawRandWarm = await randomReads(restored, offsets);
+  const p2 = await publish(repoDir, point.id);
+  await dropCaches();
+  const fuseRandCold = await randomReads(p2.disk, offsets);
+  const fuseRandWarm = await randomReads(p2.disk, offsets);
+  await unpublish(p2.pub);
+
+  console.log(`sequential read of ${SIZE_MIB} MiB (MiB/s):`);
+  console.log(`  cold: FUSE ${fmt(fuseCold)} vs restored raw ${fmt(rawCold)}  ratio ${fmt(fuseCold / rawCold, 2)}x (target >= 0.5x)`);
+  console.log(`  warm: FUSE ${fmt(fuseWarm)} vs restored raw ${fmt(rawWarm)}  ratio ${fmt(fuseWarm / rawWarm, 2)}x (target >= 0.8x)`);
+  console.log(`random 4 KiB reads, ${RANDOM_READS} (ms):`);
+  console.log(`  cold p50/p99: FUSE ${fmt(fuseRandCold.p50, 3)}/${fmt(fuseRandCold.p99, 3)} vs raw ${fmt(rawRandCold.p50, 3)}/${fmt(rawRandCold.p99, 3)}  p50 ratio ${fmt(fuseRandCold.p50 / rawRandCold.p50, 2)}x`);
+  console.log(`  warm p50/p99: FUSE ${fmt(fuseRandWarm.p50, 3)}/${fmt(fuseRandWarm.p99, 3)} vs raw ${fmt(rawRandWarm.p50, 3)}/${fmt(rawRandWarm.p99, 3)}  p50 ratio ${fmt(fuseRandWarm.p50 / rawRandWarm.p50, 2)}x`);
+  console.log(`peak RSS of the publisher (256 MiB chunk cache): ${fmt(rss)} MiB`);
+  fs.rmSync(restored);
+
+  // Boot time of web: FUSE-published point vs a local raw copy.
+  const webImage = await guestImage('web');
+  const webRepo = path.join(dir, 'webrepo');
+  const wr = await initRepository(webRepo);
+  const webVm = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
+  const webPoint = await backupVm({ repo: wr, vm: webVm, disks: { root: webImage }, source: webImage });
+  const localCopy = path.join(dir, 'web-local.raw');
+  fs.copyFileSync(webImage, localCopy);
+  const qemu = new QemuDriver({ stateDir: path.join(dir, 'vms'), accel: 'tcg' });
+  const tag = String(process.pid % 10000);
+  const bootLocal = await bootToHeartbeat(qemu, localCopy, `bl${tag}`);
+  const p3 = await publish(webRepo, webPoint.id);
+  const bootFuse = await bootToHeartbeat(qemu, p3.disk, `bf${tag}`);
+  await unpublish(p3.pub);
+  console.log(`boot of web to agent heartbeat (TCG): FUSE ${fmt(bootFuse)} s vs local raw ${fmt(bootLocal)} s  ratio ${fmt(bootFuse / bootLocal, 2)}x (target <= 1.3x)`);
+} finally {
+  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+  fs.rmSync(dir, { recursive: true, force: true });
+}
