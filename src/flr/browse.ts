@@ -126,6 +126,14 @@ async function entryOf(hostPath: string, guestPath: string, st: Stats): Promise<
 
 /** Lists a directory (its entries, sorted by name) or a single non-directory. Symlinks are not followed. */
 export async function listGuestPath(root: string, guestPath: string): Promise<GuestEntry[]> {
+  try {
+    return await list(root, guestPath);
+  } catch (err) {
+    throw readFailure(err, guestPath);
+  }
+}
+
+async function list(root: string, guestPath: string): Promise<GuestEntry[]> {
   const r = await resolveGuestPath(root, guestPath, { followFinal: false });
   if (!r.stat.isDirectory()) return [await entryOf(r.hostPath, r.guestPath, r.stat)];
   const names = (await readdir(r.hostPath)).sort();
@@ -171,7 +179,12 @@ class CountingSink extends Writable {
  * stream of it. `to` is a local file path, or "-" for stdout.
  */
 export async function getGuestPath(root: string, guestPath: string, to: string, opts: { tar?: boolean } = {}): Promise<GetResult> {
-  const r = await resolveGuestPath(root, guestPath, { followFinal: true });
+  let r: ResolvedPath;
+  try {
+    r = await resolveGuestPath(root, guestPath, { followFinal: true });
+  } catch (err) {
+    throw readFailure(err, guestPath);
+  }
   const asTar = opts.tar === true || r.stat.isDirectory();
   if (!asTar && !r.stat.isFile()) throw badInput('NOT_A_REGULAR_FILE', `guest path ${guestPath} is a ${typeOf(r.stat)}, not a file`, 'use --tar to get it as a tar stream');
   const base = r.guestPath === '/' ? 'root' : posix.basename(r.guestPath);

@@ -4,7 +4,7 @@
 // nothing (loop device, mount, FUSE mount, holder process) is left behind.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync, openSync, readSync, writeSync, closeSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,4 +123,50 @@ t.test('bad input: an unknown restore point or disk fails clearly and leaves not
   t.match(d.json, { ok: false, error: { code: 'DISK_NOT_FOUND', message: /no disk sdz/ } });
   t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 });
   t.notOk(existsSync(dir));
+});
+
+/** Byte offset in `image` of a 1 KiB-aligned block equal to `block` (a small ext4 uses 1 KiB blocks). */
+function findBlock(image: string, block: Buffer): number {
+  const fd = openSync(image, 'r');
+  const buf = Buffer.alloc(1024 * 1024);
+  try {
+    for (let base = 0; base < statSync(image).size; base += buf.length) {
+      const n = readSync(fd, buf, 0, buf.length, base);
+      for (let o = 0; o + block.length <= n; o += 1024) if (buf.subarray(o, o + block.length).equals(block)) return base + o;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  throw new Error('block not found in the image');
+}
+
+t.test('a corrupt chunk under a guest file: files get fails with GUEST_READ_FAILED, writes nothing, leaves nothing', async (t) => {
+  const repo2Dir = join(work, 'repo-corrupt');
+  const repo2 = await initRepository(repo2Dir);
+  const p = await backupVm({ repo: repo2, vm: { name: 'fileserver', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: disk.path } });
+  // The chunk holding a block near the end of /data/blob.bin.
+  const good = join(work, 'blob-good.bin');
+  t.equal(cli(['files', 'get', '--repo', repo2Dir, p.id, '/data/blob.bin', '--to', good]).status, 0);
+  const blob = readFileSync(good);
+  const last = Math.floor((blob.length - 1) / 1024) * 1024 - 1024;
+  const at = findBlock(disk.path, blob.subarray(last, last + 1024));
+  const src = await repo2.openDisk(p.id, 'sda');
+  const index = Math.floor(at / src.chunkSize);
+  t.ok(index > 0, 'the damaged chunk is not the one with the partition table and superblock');
+  const digest = src.chunkId(index)!;
+  const chunkFile = join(repo2Dir, 'chunks', digest.slice(0, 2), digest);
+  const fd = openSync(chunkFile, 'r+');
+  const size = statSync(chunkFile).size;
+  const b = Buffer.alloc(1);
+  readSync(fd, b, 0, 1, Math.floor(size / 2));
+  b[0] = b[0]! ^ 0xff;
+  writeSync(fd, b, 0, 1, Math.floor(size / 2));
+  closeSync(fd);
+
+  const out = join(work, 'blob-corrupt.bin');
+  const r = cli(['files', 'get', '--repo', repo2Dir, p.id, '/data/blob.bin', '--to', out]);
+  t.equal(r.status, 1, r.stderr);
+  t.match(r.json, { ok: false, error: { code: 'GUEST_READ_FAILED', hint: /restorelab verify/ } });
+  t.notOk(existsSync(out), 'no half-written or wrong file is left');
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 });
 });
