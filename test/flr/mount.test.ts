@@ -14,7 +14,7 @@ import { listGuestPath, getGuestPath } from '../../src/flr/browse.js';
 import { listSessions } from '../../src/flr/session.js';
 import { kernelFilesystems } from '../../src/flr/filesystems.js';
 import { RestorelabError } from '../../src/errors.js';
-import { buildMbrDisk, buildGptXfsDisk, buildWholeDiskExt4, buildUnknownFsDisk, loopDevicesOn, sha } from './fixtures/disks.js';
+import { buildMbrDisk, buildGptXfsDisk, buildWholeDiskExt4, buildUnknownFsDisk, buildLogicalDisk, loopDevicesOn, sha } from './fixtures/disks.js';
 
 const work = mkdtempSync(join(tmpdir(), 'flr-mount-test-'));
 const stateDir = join(work, 'state');
@@ -22,6 +22,7 @@ const mbr = buildMbrDisk(work);
 const gpt = buildGptXfsDisk(work);
 const whole = buildWholeDiskExt4(work);
 const unknown = buildUnknownFsDisk(work);
+const logical = buildLogicalDisk(work);
 
 function mountsBelow(dir: string): string[] {
   return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((p) => p.startsWith(dir));
@@ -29,7 +30,7 @@ function mountsBelow(dir: string): string[] {
 
 function leftovers(): { loops: string[]; mounts: string[]; sessions: number } {
   return {
-    loops: [mbr.path, gpt.path, whole.path, unknown].flatMap((f) => loopDevicesOn(f)),
+    loops: [mbr.path, gpt.path, whole.path, unknown, logical.path].flatMap((f) => loopDevicesOn(f)),
     mounts: mountsBelow(work),
     sessions: listSessions(stateDir).length,
   };
@@ -38,7 +39,7 @@ function leftovers(): { loops: string[]; mounts: string[]; sessions: number } {
 t.teardown(async () => {
   for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);
   for (const m of mountsBelow(work).reverse()) execFileSync('umount', ['-l', m]);
-  for (const f of [mbr.path, gpt.path, whole.path, unknown]) {
+  for (const f of [mbr.path, gpt.path, whole.path, unknown, logical.path]) {
     for (const line of loopDevicesOn(f)) execFileSync('losetup', ['-d', line.split(':')[0]!]);
   }
   rmSync(work, { recursive: true, force: true });
@@ -204,4 +205,25 @@ t.test('a mount that fails half-way undoes the partitions it already mounted', a
   t.same(leftovers(), { loops: [], mounts: [], sessions: 0 }, 'no mount or session left');
   t.notOk(existsSync(dir));
   t.same(readdirSync(join(stateDir, 'flr')), [], 'no journal left');
+});
+
+t.test('a logical partition in an extended partition mounts as p5', async (t) => {
+  const dir = join(work, 'mnt-logical');
+  const s = await mountDisks({ stateDir, dir, disks: [{ name: 'sdd', path: logical.path }] });
+  t.same(s.mounts.map((m) => [m.partition, m.fstype, m.path]), [[5, 'ext4', join(dir, 'p5')]]);
+  const out = join(work, 'logical-blob.bin');
+  await getGuestPath(join(dir, 'p5'), '/data/blob.bin', out);
+  t.equal(sha(readFileSync(out)), logical.files.sha256['/data/blob.bin']);
+  await umountSession(stateDir, dir);
+  t.same(leftovers(), { loops: [], mounts: [], sessions: 0 });
+});
+
+t.test('several disks mount at <dir>/<disk>/p<N>', async (t) => {
+  const dir = join(work, 'mnt-multi');
+  const s = await mountDisks({ stateDir, dir, disks: [{ name: 'sda', path: whole.path }, { name: 'sdb', path: gpt.path }] });
+  t.same(s.mounts.map((m) => [m.disk, m.partition, m.path]), [['sda', 0, join(dir, 'sda', 'p0')], ['sdb', 1, join(dir, 'sdb', 'p1')]]);
+  t.match(await listGuestPath(join(dir, 'sdb', 'p1'), '/hello.txt'), [{ size: 21 }]);
+  await umountSession(stateDir, dir);
+  t.same(leftovers(), { loops: [], mounts: [], sessions: 0 });
+  t.notOk(existsSync(dir), 'the per-disk directories and the root are removed');
 });
