@@ -16,12 +16,13 @@ export class Limiter {
     } else {
       // pump() reserves for us before resolving, so nobody can slip in between.
       await new Promise<void>((resolve, reject) => {
-        const w = { need, go: resolve };
-        this.queue.push(w);
-        signal?.addEventListener('abort', () => {
+        const onAbort = (): void => {
           const i = this.queue.indexOf(w);
-          if (i >= 0) { this.queue.splice(i, 1); reject(signal.reason); }
-        }, { once: true });
+          if (i >= 0) { this.queue.splice(i, 1); reject(signal?.reason); }
+        };
+        const w = { need, go: (): void => { signal?.removeEventListener('abort', onAbort); resolve(); } };
+        this.queue.push(w);
+        signal?.addEventListener('abort', onAbort, { once: true });
       });
     }
     let done = false;

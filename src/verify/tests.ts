@@ -33,8 +33,10 @@ export interface TestRunnerOptions {
 }
 
 const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
-  const tm = setTimeout(resolve, ms);
-  signal.addEventListener('abort', () => { clearTimeout(tm); reject(signal.reason); }, { once: true });
+  if (signal.aborted) { reject(signal.reason); return; }
+  const onAbort = (): void => { clearTimeout(tm); reject(signal.reason); };
+  const tm = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve(); }, ms);
+  signal.addEventListener('abort', onAbort, { once: true });
 });
 
 export function createTestRunner(o: TestRunnerOptions): TestRunner {

@@ -1,36 +1,38 @@
-// Real guests under TCG: dns then db as the application group, web under test.
+// Real guests under TCG, published over FUSE, through `surebackup run --json`
+// as a script calls it: dns then db as the application group, web under test.
 import t from 'tap';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { History } from '../../src/surebackup/history.js';
-import { createLabBackend } from '../../src/surebackup/backend.js';
-import { executeRun, runOutput } from '../../src/surebackup/execute.js';
-import type { Job } from '../../src/surebackup/runner.js';
+import { loadConfig } from '../../src/config/config.js';
 import { readLabState } from '../../src/lab/lab.js';
-import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
+import { cli, guestRepository, labFile, leftovers, shortDir } from './fixtures/guest-lab.js';
+
+interface RunOut {
+  run: string; result: string; report: string;
+  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null }[];
+}
 
 t.test('application group dns → db, then web: all pass, in order, everything torn down', async (t) => {
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
   const { repo, points } = await guestRepository(dir, ['dns', 'db', 'web']);
   const labName = `sbag${process.pid % 10000}`;
-  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
-  const history = History.open(join(stateDir, 'catalog.sqlite'));
-  t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
   const timeouts = { maxBootSeconds: 150, appInitSeconds: 60 };
-  const job: Job = {
-    name: 'app-group', lab: labFile(dir, labName, '172.18.121.0/24'), point: 'latest', concurrency: 1,
+  const jobFile = join(dir, 'app-group.json');
+  writeFileSync(jobFile, JSON.stringify({
+    name: 'app-group', lab: labFile(dir, labName, '172.18.121.0/24'), concurrency: 1,
     applicationGroup: [
       { name: 'dns', role: 'dns', ...timeouts, tests: [{ kind: 'heartbeat' }, { kind: 'ping' }, { kind: 'dns', name: 'web.lab.test', expect: '192.168.77.10' }, { kind: 'screenshot' }] },
       { name: 'db', role: 'postgresql', ...timeouts, tests: [{ kind: 'heartbeat' }, { kind: 'tcp', port: 5432, banner: '^RESTORELAB-DB READY' }] },
     ],
     verify: { vms: ['web'], role: 'web' },
-  };
-  let netns: string | undefined;
-  const origUp = backend.labUp.bind(backend);
-  backend.labUp = async (l, s) => { const r = await origUp(l, s); netns = r.netns; return r; };
-  const rep = await executeRun({ job, backend, repo: () => backend.reader(), stateDir, history, trigger: 'manual', log: { warn: (l) => t.comment(l) } });
-  const out = runOutput(rep);
+  }));
+  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--json'], stateDir);
+  t.equal(r.code, 0, `exit 0 on success; stderr: ${r.stderr.slice(-800)}`);
+  const out = JSON.parse(r.stdout) as RunOut;
+  t.same(Object.keys(out).sort(), ['report', 'result', 'run', 'vms']);
+  t.same(Object.keys(out.vms[0]!).sort(), ['name', 'point', 'recoverySeconds', 'result', 'screenshot', 'tests']);
   t.equal(out.result, 'success', JSON.stringify(out.vms.map((v) => [v.name, v.result, v.tests.filter((x) => x.result !== 'passed')])));
   t.same(out.vms.map((v) => [v.name, v.point]), [['dns', points.dns!.id], ['db', points.db!.id], ['web', points.web!.id]]);
   for (const v of out.vms) t.ok(v.tests.every((x) => x.result === 'passed'), `${v.name}: ${v.tests.map((x) => `${x.name}=${x.result} ${x.detail}`).join(' | ')}`);
@@ -40,11 +42,12 @@ t.test('application group dns → db, then web: all pass, in order, everything t
   t.ok(web.screenshot && existsSync(web.screenshot), 'screenshot PNG kept');
   t.ok(web.recoverySeconds > 0 && web.recoverySeconds < 200);
   // Order, from the catalog: each group VM was up and tested before the next started.
-  const timings = history.vmTimings(rep.run);
-  const by = Object.fromEntries(timings.map((x) => [x.vm, x]));
+  const history = History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);
+  t.teardown(() => history.close());
+  const by = Object.fromEntries(history.vmTimings(out.run).map((x) => [x.vm, x]));
   t.ok(by.dns!.startedMs < by.db!.startedMs && by.db!.startedMs < by.web!.startedMs, 'dns, then db, then web');
-  const html = readFileSync(rep.report, 'utf8');
-  t.match(html, /data:image\/png;base64,/);
-  t.same(await leftovers(stateDir, netns), [], 'no VM, namespace, mount or publication left');
+  t.equal(history.run(out.run)?.status, 'success');
+  t.match(readFileSync(out.report, 'utf8'), /data:image\/png;base64,/);
+  t.same(await leftovers(stateDir, undefined, labName), [], 'no VM, namespace, mount or publication left');
   t.equal(readLabState(stateDir, labName), undefined, 'lab down');
 });

@@ -1,29 +1,23 @@
 // Real guests under TCG that fail in the ways a nightly job must catch:
 // broken-app (service down), no-agent (heartbeat falls back), no-boot (kernel panic).
 import t from 'tap';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { History } from '../../src/surebackup/history.js';
-import { createLabBackend } from '../../src/surebackup/backend.js';
-import { executeRun } from '../../src/surebackup/execute.js';
-import type { Job } from '../../src/surebackup/runner.js';
-import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
+import { cli, shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 
 t.test('broken-app fails its app test, no-agent falls back to its IP, no-boot fails its heartbeat; the run failed', async (t) => {
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
   const { repo } = await guestRepository(dir, ['broken-app', 'no-agent', 'no-boot']);
-  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
-  const history = History.open(join(stateDir, 'catalog.sqlite'));
-  t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
-  let netns: string | undefined;
-  const origUp = backend.labUp.bind(backend);
-  backend.labUp = async (l, s) => { const r = await origUp(l, s); netns = r.netns; return r; };
-  const job: Job = {
-    name: 'failures', lab: labFile(dir, `sbf${process.pid % 10000}`, '172.18.122.0/24'), point: 'latest', concurrency: 2, applicationGroup: [],
+  const labName = `sbf${process.pid % 10000}`;
+  const jobFile = join(dir, 'failures.json');
+  writeFileSync(jobFile, JSON.stringify({
+    name: 'failures', lab: labFile(dir, labName, '172.18.122.0/24'), concurrency: 2,
     verify: { vms: ['broken-app', 'no-agent', 'no-boot'], role: 'web', maxBootSeconds: 150, appInitSeconds: 15, overrides: { 'no-boot': { maxBootSeconds: 45 } } },
-  };
-  const rep = await executeRun({ job, backend, repo: () => backend.reader(), stateDir, history, trigger: 'manual', log: { warn: (l) => t.comment(l) } });
+  }));
+  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--json'], stateDir);
+  t.equal(r.code, 3, `exit 3 when verification failed; stderr: ${r.stderr.slice(-800)}`);
+  const rep = JSON.parse(r.stdout) as { result: string; report: string; vms: { name: string; result: string; screenshot: string | null; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[] }[] };
   const vm = (n: string) => rep.vms.find((v) => v.name === n)!;
   const test = (n: string, name: string) => vm(n).tests.find((x) => x.name === name)!;
   const show = (n: string): string => vm(n).tests.map((x) => `${x.name}=${x.result} ${x.detail}`).join(' | ');
@@ -50,5 +44,5 @@ t.test('broken-app fails its app test, no-agent falls back to its IP, no-boot fa
   t.equal(shot.result, 'failed', 'screenshot flagged'); t.match(shot.detail, /kernel panic|blank screen/);
   t.ok(nb.screenshot, 'the failing console is kept');
   t.match(readFileSync(rep.report, 'utf8'), /flagged: (kernel panic|blank screen)/);
-  t.same(await leftovers(stateDir, netns), []);
+  t.same(await leftovers(stateDir, undefined, labName), []);
 });
