@@ -21,7 +21,9 @@ import { Cron } from 'croner';
 import { notFound } from '../errors.js';
 import { loadJob, type JobFile } from '../surebackup/job.js';
 import type { Job, RunResult } from '../surebackup/runner.js';
-import type { History, RunTrigger } from '../surebackup/history.js';
+import { History, type RunTrigger } from '../surebackup/history.js';
+import { loadConfig } from '../config/config.js';
+import { configuredRun } from './run.js';
 
 export interface ScheduledJob { name: string; file: string; job: Job & JobFile }
 
@@ -61,8 +63,10 @@ export type RunJobFn = (s: ScheduledJob, ctx: { runId: string; trigger: RunTrigg
 export interface SchedulerOptions {
   jobsDir?: string;
   jobs?: ScheduledJob[];
-  history: History;
-  run: RunJobFn;
+  /** Default: the configured catalog (closed by stop()). */
+  history?: History;
+  /** Default: a real run with the configured repository, driver and limits (src/scheduler/run.ts). */
+  run?: RunJobFn;
   log?: { info(line: string): void; warn(line: string): void };
   now?: () => Date;
 }
@@ -76,8 +80,16 @@ export class Scheduler {
   private readonly inFlight = new Set<Promise<void>>();
   private stopped = false;
 
-  constructor(private readonly o: SchedulerOptions) {
-    this.jobs = o.jobs ?? (o.jobsDir === undefined ? [] : loadJobsDir(o.jobsDir));
+  private readonly o: SchedulerOptions & { history: History; run: RunJobFn };
+  private readonly ownsHistory: boolean;
+
+  constructor(opts: SchedulerOptions) {
+    this.jobs = opts.jobs ?? (opts.jobsDir === undefined ? [] : loadJobsDir(opts.jobsDir));
+    this.ownsHistory = opts.history === undefined;
+    const cfg = opts.history === undefined || opts.run === undefined ? loadConfig() : undefined;
+    const history = opts.history ?? History.open(cfg!.catalog);
+    const log = opts.log ?? { info: () => undefined, warn: (l: string) => process.stderr.write(`warning: ${l}\n`) };
+    this.o = { ...opts, history, log, run: opts.run ?? configuredRun(cfg!, history, log) };
   }
 
   /** Reports missed runs, then arms every schedule. */
@@ -170,6 +182,7 @@ export class Scheduler {
     for (const c of this.crons) c.stop();
     for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
     await Promise.allSettled([...this.inFlight]);
+    if (this.ownsHistory) this.o.history.close();
   }
 }
 

@@ -90,3 +90,22 @@ t.test('after-backup triggers only jobs covering a backed-up VM; errors are reco
   t.same(history.lastRuns({ job: 'plain' }), []);
   t.throws(() => sch.trigger('nope', 'manual'), { code: 'JOB_NOT_FOUND' });
 });
+
+t.test('startScheduler({jobsDir}) alone: configured catalog and real runs (here: bad input recorded, nothing booted)', async (t) => {
+  const dir = t.testdir();
+  const saved = { ...process.env };
+  process.env.RESTORELAB_STATE_DIR = join(dir, 'state');
+  process.env.RESTORELAB_REPO = join(dir, 'no-repo');
+  t.teardown(() => { process.env = saved; });
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'after', afterBackup: true }]) });
+  const [o] = notifyBackup(['web']);
+  t.equal(o?.status, 'started');
+  if (o?.status === 'started') await o.done;
+  await sch.stop();
+  const { loadConfig } = await import('../../src/config/config.js');
+  const h = History.open(loadConfig().catalog);
+  t.teardown(() => h.close());
+  const r = h.lastRuns({ job: 'after' })[0]!;
+  t.equal(r.trigger, 'after-backup'); t.equal(r.status, 'error');
+  t.match(r.detail!, /no-repo/, `the repository error is recorded: ${r.detail}`);
+});
