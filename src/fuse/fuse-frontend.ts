@@ -95,7 +95,7 @@ export class FuseFrontend {
     const fuse = new Fuse(dir, ops, { timeout: false });
     const options = [
       'fsname=restorelab', 'subtype=restorelab', 'allow_other', 'kernel_cache', 'big_writes',
-      `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, 'attr_timeout=1', 'entry_timeout=1',
+      `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, 'max_readahead=4194304', 'attr_timeout=1', 'entry_timeout=1',
     ];
     // fuse-native only knows a fixed option list; max_write and big_writes are not on it.
     (fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => '-o' + options.join(',');

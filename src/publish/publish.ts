@@ -17,6 +17,7 @@ import type { RepositoryReader } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { ChunkCache } from '../disk/chunk-cache.js';
 import { PublishedDisk } from '../disk/published-disk.js';
+import { DecodePool } from '../disk/decode-pool.js';
 import { Overlay, OverlayBudget, discardOverlay } from '../overlay/overlay.js';
 import { PublicationDatastore, type DatastorePublication } from '../datastore/publication-datastore.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
@@ -25,6 +26,8 @@ import type { PublicationInfo, PublishOptions, RunningPublication } from './cont
 
 const DEFAULT_CACHE_MIB = 256;
 const STOP_WAIT_MS = 30_000;
+/** Decode threads per publication: two keep a sequential reader fed (readahead is two chunks). */
+const DECODE_WORKERS = 2;
 
 /** What `publication.json` holds. */
 export interface PublicationRecord {
@@ -189,7 +192,7 @@ interface OpenedPublication {
 }
 
 async function openPublication(rec: PublicationRecord, repo: RepositoryReader, point: { vm: VmDefinition; disks: { name: string }[] },
-  cache: ChunkCache, stateDir: string, warn: (m: string) => void): Promise<OpenedPublication> {
+  cache: ChunkCache, stateDir: string, warn: (m: string) => void, pool?: DecodePool): Promise<OpenedPublication> {
   const dir = path.join(rec.overlayDir, rec.id);
   const budget = new OverlayBudget(rec.overlayLimitBytes, (pct, used, limit) =>
     warn(`publication ${rec.id}: overlay ${pct} % full (${used} of ${limit} bytes); writes fail with ENOSPC at the limit`));
@@ -197,7 +200,8 @@ async function openPublication(rec: PublicationRecord, repo: RepositoryReader, p
   try {
     const disks = [];
     for (const d of point.disks) {
-      const source = await repo.openDisk(rec.point, d.name);
+      const stored = await repo.openDisk(rec.point, d.name);
+      const source = pool ? pool.wrap(stored, rec.point, d.name) : stored;
       const base = new PublishedDisk(source, { cache, name: `${rec.point}/${d.name}` });
       const overlay = await Overlay.open({ dir, name: d.name, base, budget, readOnly: rec.readOnly });
       opened.push(overlay);
@@ -259,7 +263,15 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   };
 
   const cache = new ChunkCache((opts.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
-  const opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn);
+  // Decoding on worker threads keeps the thread that answers FUSE free; an injected repository decodes in-process.
+  const pool = hooks.repository ? undefined : new DecodePool(path.resolve(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+  let opened: OpenedPublication;
+  try {
+    opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn, pool);
+  } catch (err) {
+    await pool?.close();
+    throw err;
+  }
   const datastore = new PublicationDatastore();
   let fuse: FuseFrontend | undefined;
   try {
@@ -267,6 +279,7 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
     if (fuseDir) fuse = await FuseFrontend.mount(datastore, { mountPoint: fuseDir, onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`) });
   } catch (err) {
     await opened.close();
+    await pool?.close();
     throw err;
   }
   writeRecord(opts.stateDir, { ...rec, pid: process.pid });
@@ -280,6 +293,7 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
       if (fuse) await fuse.unmount();
       datastore.detach(id);
       await opened.close();
+      await pool?.close();
       if (o.discard) {
         fs.rmSync(path.join(overlayRoot, id), { recursive: true, force: true });
         fs.rmSync(path.dirname(recordFile(opts.stateDir, id)), { recursive: true, force: true });

@@ -1,0 +1,42 @@
+/** DecodePool over a real repository: the same bytes as in-process decoding; a corrupt chunk is EIO in the caller's thread too. */
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { initRepository, openRepository } from '../../src/repo/repository.js';
+import { CHUNKS_DIR } from '../../src/repo/format.js';
+import { backupVm } from '../../src/backup/engine.js';
+import { DecodePool } from '../../src/disk/decode-pool.js';
+import { DiskIoError, PublishedDisk } from '../../src/disk/published-disk.js';
+import { patternBytes } from '../publish/fixtures/memory-repository.js';
+
+const CHUNK = 256 * 1024;
+
+t.test('chunks decoded in workers equal the image; corruption fails the read', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rl-pool-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const image = path.join(dir, 'disk.raw');
+  const data = patternBytes(CHUNK * 6, 5);
+  data.fill(0, CHUNK * 2, CHUNK * 3); // a hole
+  fs.writeFileSync(image, data);
+  const repo = await initRepository(path.join(dir, 'repo'), { chunkSize: CHUNK });
+  const point = await backupVm({ repo, vm: { name: 'p', memoryMiB: 64, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: image } });
+  const reader = await openRepository(path.join(dir, 'repo'));
+  const source = await reader.openDisk(point.id, 'sda');
+  const pool = new DecodePool(path.join(dir, 'repo'), { size: 2 });
+  t.teardown(() => pool.close());
+  const disk = new PublishedDisk(pool.wrap(source, point.id, 'sda'), { name: 'sda' });
+  t.ok((await disk.read(0, data.length)).equals(data), 'whole disk through the pool');
+  t.equal(await pool.decode(point.id, 'sda', 2), null, 'a hole is null');
+
+  const digest = source.chunkId(4)!;
+  const file = path.join(dir, 'repo', CHUNKS_DIR, digest.slice(0, 2), digest);
+  const blob = fs.readFileSync(file);
+  blob.writeUInt8(blob.readUInt8(blob.length - 1) ^ 0xff, blob.length - 1);
+  fs.chmodSync(file, 0o644);
+  fs.writeFileSync(file, blob);
+  const fresh = new PublishedDisk(pool.wrap(source, point.id, 'sda'), { name: 'sda', readaheadChunks: 0 });
+  const err = await fresh.read(CHUNK * 4 + 10, 100).catch((e: unknown) => e);
+  t.ok(err instanceof DiskIoError && err.code === 'EIO', `corrupt chunk: ${String(err)}`);
+  t.ok((await fresh.read(CHUNK * 5, 100)).equals(data.subarray(CHUNK * 5, CHUNK * 5 + 100)), 'other chunks still read');
+});
