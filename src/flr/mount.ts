@@ -184,7 +184,7 @@ function isOurHolder(pid: number, sessionId: string): boolean {
   }
 }
 
-async function releaseHolder(r: Extract<Resource, { kind: 'holder' }>, sessionId: string): Promise<void> {
+async function releaseHolder(r: Extract<Resource, { kind: 'holder' }>, sessionId: string, stateDir: string): Promise<void> {
   if (isOurHolder(r.pid, sessionId)) {
     process.kill(r.pid, 'SIGTERM');
     const deadline = Date.now() + HOLDER_STOP_TIMEOUT_MS;
@@ -198,6 +198,16 @@ async function releaseHolder(r: Extract<Resource, { kind: 'holder' }>, sessionId
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
+  // A holder that closed cleanly removed its publication (discard); one that
+  // crashed left the record and overlay directory behind.
+  if (r.publication) {
+    const { removePublication } = await import('../publish/publish.js');
+    try {
+      await removePublication(stateDir, r.publication, { discard: true });
+    } catch (err) {
+      if (!(err instanceof RestorelabError && err.code === 'PUBLICATION_NOT_FOUND')) throw err;
+    }
+  }
 }
 
 /** Undoes every resource of a session, newest first, then deletes its journal. */
@@ -205,7 +215,7 @@ export async function releaseJournal(journal: SessionJournal, backend: FileLevel
   const errors: unknown[] = [];
   for (const r of [...journal.record.resources].reverse()) {
     try {
-      if (r.kind === 'holder') await releaseHolder(r, journal.record.id);
+      if (r.kind === 'holder') await releaseHolder(r, journal.record.id, journal.stateDir);
       else await backend.release(r);
       journal.update((rec) => {
         rec.resources = rec.resources.filter((x) => x !== r);

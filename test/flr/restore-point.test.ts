@@ -12,6 +12,7 @@ import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';
+import { listPublications } from '../../src/publish/publish.js';
 import { buildMbrDisk, sha } from './fixtures/disks.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
@@ -28,7 +29,7 @@ function mountInfo(): string[][] {
 }
 
 /** Mounts, FUSE mounts and loop devices anywhere near this test, and holder processes of its sessions. */
-function leftovers(): { mounts: string[]; loops: string[]; holders: number[]; sessions: number } {
+function leftovers(): { mounts: string[]; loops: string[]; holders: number[]; sessions: number; publications: number } {
   const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(work));
   // Holders inherit the CLI's environment, so ours carry this test's state directory.
   const holders = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
@@ -39,7 +40,7 @@ function leftovers(): { mounts: string[]; loops: string[]; holders: number[]; se
       return false;
     }
   });
-  return { mounts: mountInfo().map((f) => f[4] ?? '').filter((p) => p.startsWith(work)), loops, holders, sessions: listSessions(stateDir).length };
+  return { mounts: mountInfo().map((f) => f[4] ?? '').filter((p) => p.startsWith(work)), loops, holders, sessions: listSessions(stateDir).length, publications: listPublications(stateDir).length };
 }
 
 function cli(args: string[]): { status: number | null; json: Record<string, unknown>; stderr: string } {
@@ -66,7 +67,7 @@ t.test('files get extracts a file of the restore point with the right bytes, and
   t.equal(r.status, 0, r.stderr);
   t.match(r.json, { disk: 'sda', partition: 1, format: 'file', bytes: 3 * 1024 * 1024 + 123 });
   t.equal(sha(readFileSync(out)), disk.files.sha256['/data/blob.bin'], 'the bytes the guest wrote');
-  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 }, 'the temporary mount is gone');
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 }, 'the temporary mount is gone');
 });
 
 t.test('mount lists the partitions, stays mounted for ls/get, and umount removes mounts, loops, FUSE and the holder', async (t) => {
@@ -81,6 +82,7 @@ t.test('mount lists the partitions, stays mounted for ls/get, and umount removes
   const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(stateDir) && l.includes('.raw'));
   t.ok(loops.length >= 1, 'loop devices read the published <disk>.raw');
   t.same(leftovers().holders.length, 1, 'one holder process serves the publication');
+  t.match(listPublications(stateDir), [{ running: true, point: point.id }], 'one publication, recorded by the publish layer');
 
   const ls = cli(['files', 'ls', '--repo', repoDir, point.id, '/data/docs']);
   t.equal(ls.status, 0, ls.stderr);
@@ -96,7 +98,7 @@ t.test('mount lists the partitions, stays mounted for ls/get, and umount removes
 
   const u = cli(['umount', dir]);
   t.equal(u.status, 0, u.stderr);
-  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 }, 'no loop device, mount, FUSE mount or holder left');
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 }, 'no loop device, mount, FUSE mount or holder left');
   t.notOk(existsSync(dir));
 });
 
@@ -107,10 +109,11 @@ t.test('a killed holder (stale FUSE mount) is still cleaned up by umount', async
   const [holder] = leftovers().holders;
   t.ok(holder, 'a holder runs');
   process.kill(holder!, 'SIGKILL');
+  t.equal(listPublications(stateDir).length, 1, 'the crashed holder left its publication record');
   await new Promise((r) => setTimeout(r, 500));
   const u = cli(['umount', m.json.id as string]);
   t.equal(u.status, 0, u.stderr);
-  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 });
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 });
 });
 
 t.test('bad input: an unknown restore point or disk fails clearly and leaves nothing', async (t) => {
@@ -121,7 +124,7 @@ t.test('bad input: an unknown restore point or disk fails clearly and leaves not
   const d = cli(['mount', '--repo', repoDir, point.id, dir, '--disk', 'sdz']);
   t.equal(d.status, 5);
   t.match(d.json, { ok: false, error: { code: 'DISK_NOT_FOUND', message: /no disk sdz/ } });
-  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 });
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 });
   t.notOk(existsSync(dir));
 });
 
@@ -168,5 +171,5 @@ t.test('a corrupt chunk under a guest file: files get fails with GUEST_READ_FAIL
   t.equal(r.status, 1, r.stderr);
   t.match(r.json, { ok: false, error: { code: 'GUEST_READ_FAILED', hint: /restorelab verify/ } });
   t.notOk(existsSync(out), 'no half-written or wrong file is left');
-  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0 });
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 });
 });
