@@ -16,6 +16,8 @@
  * random 4 KiB read latency through DiskSource (cold chunk: read + decode).
  *
  * Run: node dist/bench/repo.js   (needs restic, borgbackup, qemu-utils, /usr/bin/time)
+ * Knobs: REPO_BENCH_MIB (image size), REPO_BENCH_CHUNK (our chunk size, e.g. 1M),
+ * REPO_BENCH_DIR (work directory, default /var/tmp), REPO_BENCH_GUEST (guest image).
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -124,7 +126,8 @@ async function main(): Promise<void> {
   const ours = join(work, 'rl-repo');
   const resticRepo = join(work, 'restic-repo');
   const borgRepo = join(work, 'borg-repo');
-  await must('node', [bin, 'repo', 'init', ours], env);
+  // REPO_BENCH_CHUNK (e.g. 1M) runs the series at another chunk size than the default.
+  await must('node', [bin, 'repo', 'init', ours, ...(process.env.REPO_BENCH_CHUNK ? ['--chunk-size', process.env.REPO_BENCH_CHUNK] : [])], env);
   await must('restic', ['init', '--repo', resticRepo], env);
   await must('borg', ['init', '--encryption', 'none', borgRepo], env);
 
