@@ -22,17 +22,17 @@ export async function integrityTest(repo: RepositoryReader, pointId: string, o: 
   let chunks = 0;
   for (const d of point.disks) {
     const disk = await repo.openDisk(pointId, d.name);
-    const todo: number[] = [];
+    const toCheck: number[] = [];
     for (let i = 0; i < disk.chunkCount; i++) {
       const id = disk.chunkId(i);
       if (id === null || seen.has(id)) continue;
-      seen.add(id); todo.push(i);
+      seen.add(id); toCheck.push(i);
     }
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < todo.length) {
+      while (next < toCheck.length) {
         if (o.signal?.aborted) throw o.signal.reason;
-        const i = todo[next++]!;
+        const i = toCheck[next++]!;
         chunks++;
         try {
           await disk.readChunk(i);

@@ -20,7 +20,7 @@ function fake(opts: { failing?: string[]; delayMs?: number } = {}) {
     },
   };
   const runTest: TestRunner = async (spec, vm, signal) => {
-    await new Promise((r, j) => { const tm = setTimeout(r, opts.delayMs ?? 5); signal.addEventListener('abort', () => { clearTimeout(tm); j(signal.reason); }, { once: true }); });
+    await new Promise<void>((r, j) => { const onAbort = () => { clearTimeout(tm); j(signal.reason); }; const tm = setTimeout(() => { signal.removeEventListener('abort', onAbort); r(); }, opts.delayMs ?? 5); signal.addEventListener('abort', onAbort, { once: true }); });
     const bad = opts.failing?.includes(vm.name) && spec.kind === 'tcp';
     return { name: spec.kind, kind: spec.kind, result: bad ? 'failed' : 'passed', seconds: 0.005, detail: '' };
   };
