@@ -4,7 +4,7 @@
  * Layout: the root holds one directory per publication, `<vm>-<point>`; each
  * holds `<disk>.raw` (the overlay over the published disk), `<disk>.vmdk` (a
  * monolithicFlat descriptor) + `<disk>-flat.vmdk` (the same bytes as .raw),
- * `<vm>.json` (the VM definition), and scratch files and directories a
+ * `<vm>.json` (the VM definition), `<vm>.vmx` (a VMware configuration), and scratch files and directories a
  * hypervisor creates (locks, swap, logs), stored as ordinary files under the
  * publication's state directory.
  *
@@ -18,7 +18,7 @@ import path from 'node:path';
 import type { VmDefinition } from '../vm/definition.js';
 import { OverlayError, type Overlay } from '../overlay/overlay.js';
 import { DiskIoError } from '../disk/published-disk.js';
-import { vmdkDescriptor } from './vmdk.js';
+import { vmdkDescriptor, vmxConfig } from './vmdk.js';
 import {
   DatastoreError, NAME_MAX, ROOT_ID, type Caller, type Datastore, type DatastoreErrorCode, type DirEntry, type FileAttr,
   type FileId, type FsStat, type SetAttr,
@@ -28,6 +28,7 @@ import {
 export const PUBLICATION_ID_SPAN = 2 ** 24;
 const LOCAL_DIR = 1;
 const LOCAL_DEFINITION = 2;
+const LOCAL_VMX = 3;
 const LOCAL_DISKS = 16;
 const IDS_PER_DISK = 4;
 const LOCAL_SCRATCH_FIRST = 4096;
@@ -54,7 +55,7 @@ export interface DatastorePublication {
   readOnly: boolean;
 }
 
-type Kind = 'dir' | 'definition' | 'raw' | 'vmdk' | 'flat' | 'scratch';
+type Kind = 'dir' | 'definition' | 'vmx' | 'raw' | 'vmdk' | 'flat' | 'scratch';
 
 interface Node {
   pub: Pub;
@@ -73,12 +74,14 @@ class Pub {
   readonly byLocal = new Map<number, string>();
   readonly mtimes = new Map<number, Date>();
   readonly definition: Buffer;
+  readonly vmx: Buffer;
   readonly descriptors: Buffer[];
 
   constructor(readonly p: DatastorePublication) {
     this.scratchDir = path.join(p.stateDir, 'scratch');
     this.idsFile = path.join(p.stateDir, 'ids.json');
     this.definition = Buffer.from(JSON.stringify(p.vm, null, 2) + '\n');
+    this.vmx = Buffer.from(vmxConfig(p.vm, p.disks.map((d) => d.name)));
     this.descriptors = p.disks.map((d) => Buffer.from(vmdkDescriptor(d.name, d.overlay.size)));
   }
 
@@ -127,7 +130,7 @@ class Pub {
   }
 
   virtualNames(): Array<[string, number]> {
-    const out: Array<[string, number]> = [[`${this.p.vm.name}.json`, LOCAL_DEFINITION]];
+    const out: Array<[string, number]> = [[`${this.p.vm.name}.json`, LOCAL_DEFINITION], [`${this.p.vm.name}.vmx`, LOCAL_VMX]];
     this.p.disks.forEach((d, i) => {
       const base = LOCAL_DISKS + i * IDS_PER_DISK;
       out.push([`${d.name}.raw`, base], [`${d.name}.vmdk`, base + 1], [`${d.name}-flat.vmdk`, base + 2]);
@@ -194,6 +197,7 @@ export class PublicationDatastore implements Datastore {
     if (!pub) fail('ESTALE');
     if (local === LOCAL_DIR) return { pub, kind: 'dir', local };
     if (local === LOCAL_DEFINITION) return { pub, kind: 'definition', local };
+    if (local === LOCAL_VMX) return { pub, kind: 'vmx', local };
     if (local >= LOCAL_DISKS && local < LOCAL_DISKS + pub.p.disks.length * IDS_PER_DISK) {
       const k = local - LOCAL_DISKS;
       const kind = (['raw', 'vmdk', 'flat'] as const)[k % IDS_PER_DISK];
@@ -233,6 +237,7 @@ export class PublicationDatastore implements Datastore {
     switch (n.kind) {
       case 'dir': return this.dirAttr(id, 2, p.created, p.readOnly);
       case 'definition': return file(n.pub.definition.length, n.pub.definition.length, false);
+      case 'vmx': return file(n.pub.vmx.length, n.pub.vmx.length, false);
       case 'raw':
       case 'flat': return file(n.disk!.overlay.size, n.disk!.overlay.usedBytes, !p.readOnly);
       case 'vmdk': {
@@ -331,6 +336,7 @@ export class PublicationDatastore implements Datastore {
     switch (n.kind) {
       case 'dir': return fail('EISDIR');
       case 'definition': return slice(n.pub.definition);
+      case 'vmx': return slice(n.pub.vmx);
       case 'vmdk': return slice(n.pub.descriptors[n.pub.p.disks.indexOf(n.disk!)]!);
       case 'raw':
       case 'flat': {
@@ -357,7 +363,7 @@ export class PublicationDatastore implements Datastore {
     const n = this.node(id);
     if (n.kind === 'dir') fail('EISDIR');
     if (n.pub.p.readOnly) fail('EROFS', `publication ${n.pub.p.name} is read-only`);
-    if (n.kind === 'definition' || n.kind === 'vmdk') fail('EACCES', 'generated files cannot be written');
+    if (n.kind === 'definition' || n.kind === 'vmx' || n.kind === 'vmdk') fail('EACCES', 'generated files cannot be written');
     if (n.kind === 'raw' || n.kind === 'flat') {
       await n.disk!.overlay.write(offset, data, sync).catch(mapError);
       n.pub.mtimes.set(n.local, new Date());
@@ -515,7 +521,7 @@ export class PublicationDatastore implements Datastore {
     if (id === ROOT_ID) return true;
     try {
       const n = this.node(id);
-      return n.pub.p.readOnly || n.kind === 'definition' || n.kind === 'vmdk';
+      return n.pub.p.readOnly || n.kind === 'definition' || n.kind === 'vmx' || n.kind === 'vmdk';
     } catch {
       return true;
     }

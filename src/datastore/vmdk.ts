@@ -36,3 +36,24 @@ export function vmdkDescriptor(diskName: string, sizeBytes: number, adapter = 'l
     '',
   ].join('\n');
 }
+
+/** A minimal VMware configuration naming the publication's descriptors, so ESXi can register the VM from the datastore. */
+export function vmxConfig(vm: { name: string; memoryMiB: number; vcpus: number; firmware?: string }, diskNames: string[]): string {
+  const lines = [
+    '.encoding = "UTF-8"',
+    'config.version = "8"',
+    'virtualHW.version = "14"',
+    `displayName = "${vm.name.replace(/"/g, '')}"`,
+    `memSize = "${vm.memoryMiB}"`,
+    `numvcpus = "${vm.vcpus}"`,
+    'guestOS = "other-64"',
+    `firmware = "${vm.firmware === 'uefi' ? 'efi' : 'bios'}"`,
+    'scsi0.present = "TRUE"',
+    'scsi0.virtualDev = "lsilogic"',
+  ];
+  diskNames.forEach((d, i) => {
+    const unit = i >= 7 ? i + 1 : i; // unit 7 is the controller itself
+    lines.push(`scsi0:${unit}.present = "TRUE"`, `scsi0:${unit}.fileName = "${d}.vmdk"`, `scsi0:${unit}.deviceType = "scsi-hardDisk"`);
+  });
+  return lines.join('\n') + '\n';
+}

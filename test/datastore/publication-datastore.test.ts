@@ -43,7 +43,7 @@ t.test('layout: one directory per publication with raw, vmdk, flat and the defin
   const root = await ds.readdir(ROOT_ID);
   t.same(root.map((e) => e.name), ['web-p1']);
   const names = (await ds.readdir(root[0]!.fileid)).map((e) => e.name);
-  t.same(names, ['web.json', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk']);
+  t.same(names, ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk']);
   const raw = await walk(ds, 'web-p1/sda.raw');
   t.equal((await ds.getattr(raw)).size, SIZE);
   t.ok((await ds.read(raw, 1000, 70000)).data.equals(base.subarray(1000, 71000)), 'raw reads the restore point');
@@ -52,6 +52,7 @@ t.test('layout: one directory per publication with raw, vmdk, flat and the defin
   t.match(vmdk, new RegExp(`RW ${SIZE / 512} FLAT "sda-flat.vmdk" 0`));
   const def = JSON.parse((await ds.read(await walk(ds, 'web-p1/web.json'), 0, 4096)).data.toString()) as { name: string };
   t.equal(def.name, 'web');
+  t.match((await ds.read(await walk(ds, 'web-p1/web.vmx'), 0, 4096)).data.toString(), /scsi0:0.fileName = "sda.vmdk"/);
   t.equal(ds.readOnly(await walk(ds, 'web-p1/web.json')), true);
   t.equal(ds.readOnly(raw), false);
   await t.rejects(ds.lookup(ROOT_ID, 'nope'), { code: 'ENOENT' });
@@ -111,7 +112,7 @@ t.test('scratch files: create, write, rename, mkdir, remove; ids stable across a
   await ds2.remove(ids.sub, 'vmware.log');
   await ds2.rmdir(ids.dir, 'logs');
   await t.rejects(ds2.getattr(ids.log), { code: 'ESTALE' });
-  t.same((await ds2.readdir(ids.dir)).map((e) => e.name), ['web.json', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk']);
+  t.same((await ds2.readdir(ids.dir)).map((e) => e.name), ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk']);
   await t.rejects(ds2.rmdir(ROOT_ID, 'web-p1'), { code: 'EACCES' });
   await t.rejects(ds2.create(ROOT_ID, 'x', 0o644), { code: 'EACCES' });
 });

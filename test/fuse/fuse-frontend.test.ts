@@ -42,7 +42,7 @@ t.test('a mounted publication reads, writes, syncs and handles scratch files lik
   t.teardown(() => fuse.unmount());
   t.equal(mountEntry(mnt)?.fstype, 'fuse.restorelab');
   const pubDir = path.join(mnt, 'web-p1');
-  t.same((await fsp.readdir(pubDir)).sort(), ['sda-flat.vmdk', 'sda.raw', 'sda.vmdk', 'web.json']);
+  t.same((await fsp.readdir(pubDir)).sort(), ['sda-flat.vmdk', 'sda.raw', 'sda.vmdk', 'web.json', 'web.vmx']);
   const raw = path.join(pubDir, 'sda.raw');
   t.equal((await fsp.stat(raw)).size, DISK_SIZE);
   t.ok((await fsp.readFile(raw)).equals(diskBytes), 'whole disk reads back the restore point');
