@@ -13,7 +13,7 @@ import { backupVm } from '../../src/backup/engine.js';
 import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';
 import { listPublications } from '../../src/publish/publish.js';
-import { buildMbrDisk, sha } from './fixtures/disks.js';
+import { buildMbrDisk, buildUnknownFsDisk, sha } from './fixtures/disks.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'flr-e2e-test-'));
@@ -22,7 +22,9 @@ const repoDir = join(work, 'repo');
 const env = { ...process.env, RESTORELAB_STATE_DIR: stateDir };
 const disk = buildMbrDisk(work);
 const repo = await initRepository(repoDir);
-const point = await backupVm({ repo, vm: { name: 'fileserver', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: disk.path } });
+const vm = (name: string): Parameters<typeof backupVm>[0]['vm'] => ({ name, memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] });
+const point = await backupVm({ repo, vm: vm('fileserver'), disks: { sda: disk.path } });
+const unknownPoint = await backupVm({ repo, vm: vm('mystery'), disks: { sda: buildUnknownFsDisk(work) } });
 
 function mountInfo(): string[][] {
   return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' '));
@@ -92,6 +94,9 @@ t.test('mount lists the partitions, stays mounted for ls/get, and umount removes
   const g = cli(['files', 'get', '--repo', repoDir, point.id, '/data/docs/readme.txt', '--to', readme]);
   t.equal(g.status, 0, g.stderr);
   t.equal(sha(readFileSync(readme)), disk.files.sha256['/data/docs/readme.txt']);
+  const piped = spawnSync(process.execPath, [bin, 'files', 'get', '--repo', repoDir, point.id, '/data/blob.bin', '--to', '-'], { env, timeout: 300_000, maxBuffer: 64 * 1024 * 1024 });
+  t.equal(piped.status, 0);
+  t.equal(sha(piped.stdout), disk.files.sha256['/data/blob.bin'], '--to - streams the file to stdout');
   const refused = cli(['files', 'get', '--repo', repoDir, point.id, '/passwd-link', '--to', join(work, 'nope')]);
   t.equal(refused.status, 2);
   t.match(refused.json, { ok: false, error: { code: 'PATH_ESCAPES_MOUNT' } });
@@ -125,6 +130,15 @@ t.test('bad input: an unknown restore point or disk fails clearly and leaves not
   t.equal(d.status, 5);
   t.match(d.json, { ok: false, error: { code: 'DISK_NOT_FOUND', message: /no disk sdz/ } });
   t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 });
+  t.notOk(existsSync(dir));
+});
+
+t.test('bad input: a point whose disk holds no filesystem we know fails after publishing, and the publication goes too', async (t) => {
+  const dir = join(work, 'restore-unknown');
+  const r = cli(['mount', '--repo', repoDir, unknownPoint.id, dir]);
+  t.equal(r.status, 2);
+  t.match(r.json, { ok: false, error: { code: 'UNKNOWN_FILESYSTEM', message: /partition 1: unknown filesystem/ } });
+  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 }, 'no FUSE mount, holder or publication left');
   t.notOk(existsSync(dir));
 });
 
