@@ -3,6 +3,8 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { History } from '../../src/surebackup/history.js';
+import { loadConfig } from '../../src/config/config.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 
 t.test('broken-app fails its app test, no-agent falls back to its IP, no-boot fails its heartbeat; the run failed', async (t) => {
@@ -45,4 +47,11 @@ t.test('broken-app fails its app test, no-agent falls back to its IP, no-boot fa
   t.ok(nb.screenshot, 'the failing console is kept');
   t.match(readFileSync(rep.report, 'utf8'), /flagged: (kernel panic|blank screen)/);
   t.same(await leftovers(stateDir, undefined, labName), []);
+  // The job's cap of 2 held on the real path too (3 VMs), read back from the catalog.
+  const history = History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);
+  t.teardown(() => history.close());
+  const edges = history.vmTimings((JSON.parse(r.stdout) as { run: string }).run).flatMap((v) => [[v.startedMs, 1], [v.endedMs, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let cur = 0; let peak = 0;
+  for (const [, d] of edges) { cur += d; peak = Math.max(peak, cur); }
+  t.equal(peak, 2, 'at most 2 VMs at once, and the cap was used');
 });
