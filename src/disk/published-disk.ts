@@ -51,7 +51,11 @@ export class PublishedDisk {
     this.name = opts.name ?? 'disk';
   }
 
-  /** Bytes [offset, offset+length) clamped to the disk size (a short buffer past the end). */
+  /**
+   * Bytes [offset, offset+length) clamped to the disk size (a short buffer
+   * past the end). The result may be a view of a cached chunk: callers must
+   * not modify it.
+   */
   async read(offset: number, length: number): Promise<Buffer> {
     if (offset < 0 || length < 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) {
       throw new RangeError(`bad read range ${offset}+${length}`);
@@ -59,16 +63,27 @@ export class PublishedDisk {
     const end = Math.min(this.size, offset + length);
     if (end <= offset) return Buffer.alloc(0);
     this.noteAccess(offset, end);
-    const out = Buffer.alloc(end - offset);
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((end - 1) / this.chunkSize);
+    if (first === last) {
+      // The common case (a FUSE/NFS request inside one chunk): no copy at all.
+      const buf = await this.chunk(first);
+      const cStart = first * this.chunkSize;
+      if (buf && buf.length >= end - cStart) return buf.subarray(offset - cStart, end - cStart);
+      const out = Buffer.alloc(end - offset);
+      if (buf) buf.copy(out, 0, offset - cStart);
+      return out;
+    }
+    const out = Buffer.allocUnsafe(end - offset);
     const parts: Promise<void>[] = [];
     for (let i = first; i <= last; i++) {
       const cStart = i * this.chunkSize;
       const from = Math.max(offset, cStart);
       const to = Math.min(end, cStart + this.chunkSize);
       parts.push(this.chunk(i).then((buf) => {
-        if (buf) buf.copy(out, from - offset, from - cStart, Math.min(to - cStart, buf.length));
+        const copied = buf ? buf.copy(out, from - offset, from - cStart, Math.min(to - cStart, buf.length)) : 0;
+        // Holes, and anything a short chunk leaves, read as zeros.
+        if (from + copied < to) out.fill(0, from - offset + copied, to - offset);
       }));
     }
     await Promise.all(parts);
