@@ -142,12 +142,17 @@ async function main(): Promise<void> {
   let lastPoint = '';
   for (let v = 0; v <= VERSIONS; v++) {
     if (v > 0) await changeVersion(img, v, 100 + v);
-    await must('cat', [img]);
+    // Each tool starts with the image in page cache and no dirty pages of another tool to flush:
+    // our chunk writes fsync, and on ext4 an fsync can wait on the writeback of whatever was written just before.
+    const settle = async (): Promise<void> => { await must('sync', []); await must('cat', [img]); };
+    await settle();
     const a = await must('node', [bin, 'backup', '--repo', ours, '--vm', vmFile, '--disk', img, '--json'], env);
     const json = a.out.split('\n').find((l) => l.startsWith('{"restorePoint"'));
     const stats = json ? (JSON.parse(json) as { restorePoint: string; stats: { bytesNew: number; bytesRead: number } }) : undefined;
     lastPoint = stats?.restorePoint ?? lastPoint;
+    await settle();
     const b = await must('restic', ['backup', '--repo', resticRepo, '--quiet', img], env);
+    await settle();
     const c = await must('borg', ['create', '--compression', 'zstd,3', `${borgRepo}::v${v}`, img], env);
     t.ours += a.seconds; t.restic += b.seconds; t.borg += c.seconds;
     cpu.ours += a.cpuSeconds; cpu.restic += b.cpuSeconds; cpu.borg += c.cpuSeconds;
@@ -157,12 +162,15 @@ async function main(): Promise<void> {
   const size = { ours: await duBytes(ours), restic: await duBytes(resticRepo), borg: await duBytes(borgRepo) };
 
   // Full restore of the last version.
+  await must('sync', []);
   const rOut = join(work, 'restore-ours.raw');
   const rs = await must('node', [bin, 'restore', '--repo', ours, lastPoint, '--disk', 'root', '--to', rOut], env);
   rmSync(rOut, { force: true });
+  await must('sync', []);
   const resticTarget = join(work, 'restore-restic');
   const rr = await must('restic', ['restore', 'latest', '--repo', resticRepo, '--target', resticTarget], env);
   rmSync(resticTarget, { recursive: true, force: true });
+  await must('sync', []);
   const borgTarget = join(work, 'restore-borg');
   mkdirSync(borgTarget);
   const rb = await must('sh', ['-c', `cd '${borgTarget}' && borg extract '${borgRepo}::v${VERSIONS}'`], env);
@@ -210,10 +218,12 @@ async function main(): Promise<void> {
   for (const cs of [1, 4, 8]) {
     const repoDir = join(work, `cs-${cs}`);
     await must('node', [bin, 'repo', 'init', repoDir, '--chunk-size', `${cs}M`], env);
+    await must('sync', []);
     await must('cat', [img]);
     const b1 = await must('node', [bin, 'backup', '--repo', repoDir, '--vm', vmFile, '--disk', img, '--json'], env);
     const before = await duBytes(repoDir);
     await changeVersion(img, 3, 900 + cs);
+    await must('sync', []);
     const b2 = await must('node', [bin, 'backup', '--repo', repoDir, '--vm', vmFile, '--disk', img, '--json'], env);
     const grown = (await duBytes(repoDir)) - before;
     const repo = await openRepository(repoDir);
