@@ -308,11 +308,18 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
  * Re-attaches every recorded publication to `datastore` (a server restart:
  * the NFS server keeps its file handles). Returns a closer for the overlays.
  */
-export async function restorePublications(stateDir: string, datastore: PublicationDatastore, hooks: PublishHooks & { cacheMiB?: number } = {}): Promise<{ restored: string[]; close(): Promise<void> }> {
+export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
+  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; close(): Promise<void> }> {
   const cache = new ChunkCache((hooks.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   const closers: Array<() => Promise<void>> = [];
   const restored: string[] = [];
   for (const rec of allRecords(stateDir)) {
+    if (hooks.filter && !hooks.filter(rec)) continue;
+    // Two writers on one overlay would corrupt it: a publication another live process serves is left alone.
+    if (rec.pid !== undefined && rec.pid !== process.pid && pidAlive(rec.pid)) {
+      hooks.onWarning?.(`publication ${rec.id} is served by process ${rec.pid}; not restored here`);
+      continue;
+    }
     const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
     const point = await repo.getPoint(rec.point);
     const opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));

@@ -13,15 +13,16 @@ import { registerRepo } from './repo.js';
 import { registerBackup } from './backup.js';
 import { registerPoints } from './points.js';
 import { registerRestore } from './restore.js';
-import { registerMount } from './mount.js';
-import { registerFiles } from './files.js';
-import { registerUmount } from './umount.js';
 import { registerVerify } from './verify.js';
 import { registerPrune } from './prune.js';
 import { registerGc } from './gc.js';
+import { registerMount } from './mount.js';
+import { registerFiles } from './files.js';
+import { registerUmount } from './umount.js';
 import { registerPublish } from './publish.js';
 import { registerUnpublish } from './unpublish.js';
 import { registerPublications } from './publications.js';
+import { registerServer } from './server.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -37,13 +38,14 @@ export const commands: RegisterCommand[] = [
   registerBackup,
   registerPoints,
   registerRestore,
-  registerMount,
-  registerFiles,
-  registerUmount,
   registerVerify,
   registerPrune,
   registerGc,
+  registerMount,
+  registerFiles,
+  registerUmount,
   registerPublish,
   registerUnpublish,
   registerPublications,
+  registerServer,
 ];

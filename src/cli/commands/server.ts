@@ -1,0 +1,96 @@
+/**
+ * `restorelab server`: the long-running daemon. It serves every publication
+ * recorded in the state directory over NFS (those not held by a live
+ * `publish` process, which serves its own), and runs scheduled SureBackup
+ * jobs. File handles survive a restart of the server, so VMs booted from its
+ * NFS export keep running across one (docs/nfs.md).
+ */
+import type { Command } from 'commander';
+import { contextFor } from '../context.js';
+import { badInput } from '../../errors.js';
+import { PublicationDatastore } from '../../datastore/publication-datastore.js';
+import { pidAlive, restorePublications } from '../../publish/publish.js';
+import { startNfsExport } from '../../nfs/export.js';
+import { startScheduler } from '../../scheduler/scheduler.js';
+import { projectPath } from '../../paths.js';
+
+interface ServerFlags {
+  nfs: boolean;
+  nfsPort?: string;
+  mountPort?: string;
+  portmapPort?: string;
+  allow: string[];
+  readOnly?: boolean;
+  jobs?: string;
+  schedule: boolean;
+}
+
+export function parsePort(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw badInput('BAD_PORT', `${flag} must be a port number 0-65535, got "${v}"`, `e.g. ${flag} 2049 (0 picks a free port)`);
+  return n;
+}
+
+export function registerServer(program: Command): void {
+  program
+    .command('server')
+    .description('serve every publication over NFS and run scheduled verification jobs, until SIGINT/SIGTERM')
+    .option('--no-nfs', 'do not serve NFS')
+    .option('--nfs-port <n>', 'NFS port (default from config, 2049)')
+    .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
+    .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
+    .option('--allow <cidr>', 'client address or CIDR allowed to mount (repeatable; default from config)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--read-only', 'refuse every write over NFS')
+    .option('--jobs <dir>', 'directory of SureBackup job files to schedule (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
+    .option('--no-schedule', 'do not run scheduled jobs')
+    .option('--json', 'print one JSON object once serving')
+    .action(async (o: ServerFlags, c: Command) => {
+      const ctx = contextFor(c);
+      const cfg = ctx.config();
+      const closers: Array<() => Promise<void>> = [];
+      const result: Record<string, unknown> = { pid: process.pid };
+      try {
+        if (o.nfs) {
+          const datastore = new PublicationDatastore();
+          const pubs = await restorePublications(cfg.stateDir, datastore, {
+            onWarning: (m) => ctx.out.warn(m),
+            // A publication whose `publish` process is alive is served by that process.
+            filter: (rec) => !(rec.pid !== undefined && rec.pid !== process.pid && pidAlive(rec.pid)),
+          });
+          closers.push(pubs.close);
+          const portmap = parsePort('--portmap-port', o.portmapPort) ?? cfg.nfs.portmapPort;
+          const nfs = await startNfsExport({
+            datastore, stateDir: cfg.stateDir,
+            port: parsePort('--nfs-port', o.nfsPort) ?? cfg.nfs.port,
+            mountPort: parsePort('--mount-port', o.mountPort) ?? cfg.nfs.mountPort,
+            portmapPort: portmap === 0 ? null : portmap,
+            allow: o.allow.length > 0 ? o.allow : cfg.nfs.allow,
+            readOnly: o.readOnly ?? cfg.nfs.readOnly,
+            log: { warn: (m) => ctx.out.warn(m) },
+          });
+          closers.unshift(() => nfs.stop());
+          result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, portmapPort: nfs.portmapPort, export: nfs.exportPath, publications: pubs.restored };
+        }
+        if (o.schedule) {
+          const scheduler = startScheduler({ jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'), log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } });
+          closers.unshift(async () => { await scheduler.stop(); });
+          result.jobs = scheduler.jobs.map((j) => j.name);
+        }
+      } catch (err) {
+        for (const close of closers) await close().catch(() => undefined);
+        throw err;
+      }
+      ctx.out.result(result, () => [
+        `restorelab server (pid ${process.pid})`,
+        result.nfs ? `  NFS: ${JSON.stringify(result.nfs)}` : '  NFS: off',
+        result.jobs ? `  scheduled jobs: ${(result.jobs as string[]).join(', ') || 'none'}` : '  scheduler: off',
+      ].join('\n'));
+      await new Promise<void>((resolve) => {
+        const stop = (): void => resolve();
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+      for (const close of closers) await close().catch((e: Error) => ctx.out.warn(`while stopping: ${e.message}`));
+    });
+}

@@ -1,0 +1,52 @@
+/**
+ * `restorelab server` serves the publications recorded in the state
+ * directory over NFS, with the server id that file handles carry.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { once } from 'node:events';
+import { startPublication } from '../../src/publish/publish.js';
+import { projectPath } from '../../src/paths.js';
+import { requireTool, run } from './fixtures/harness.js';
+import { backedUpGuest, sha } from './fixtures/published-guest.js';
+import fs from 'node:fs';
+
+t.test('restorelab server exports a stopped publication and stops on SIGTERM', async (t) => {
+  requireTool('nfs-ls');
+  const g = await backedUpGuest('web');
+  t.teardown(g.cleanup);
+  const pub = await startPublication({ repo: g.repo.path, point: g.point, stateDir: g.stateDir }, { repository: g.repo });
+  await pub.close();
+
+  const env = { ...process.env, RESTORELAB_STATE_DIR: g.stateDir, RESTORELAB_REPO: g.repo.path };
+  const child = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'server', '--nfs-port', '0', '--mount-port', '0', '--portmap-port', '0', '--no-schedule'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const line = await new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(out.split('\n')[0] ?? ''); });
+    child.on('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
+    setTimeout(() => reject(new Error(`server did not report within 60 s: ${err}`)), 60_000);
+  });
+  const started = JSON.parse(line) as { nfs: { port: number; mountPort: number; publications: string[] } };
+  t.same(started.nfs.publications, [pub.id], 'the recorded publication is served');
+  const q = `?nfsport=${started.nfs.port}&mountport=${started.nfs.mountPort}`;
+  const ls = await run('nfs-ls', [`nfs://127.0.0.1/restorelab/${pub.name}${q}`]);
+  t.equal(ls.code, 0, ls.stderr);
+  t.match(ls.stdout.toString(), /root\.raw/);
+  const cat = await run('nfs-cat', [`nfs://127.0.0.1/restorelab/${pub.name}/root.raw${q}`], undefined, 120_000);
+  t.equal(sha(cat.stdout), sha(fs.readFileSync(g.image)), 'the disk reads back through the server');
+
+  child.kill('SIGTERM');
+  const [code] = await once(child, 'exit') as [number | null];
+  t.equal(code, 0, `server stops cleanly on SIGTERM: ${err}`);
+});
+
+t.test('restorelab server rejects a bad port with exit 2', async (t) => {
+  const r = await run(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'server', '--nfs-port', 'x'], undefined, 30_000);
+  t.equal(r.code, 2);
+  t.match(JSON.parse(r.stdout.toString()), { ok: false, error: { code: 'BAD_PORT' } });
+  t.ok(path.isAbsolute(projectPath('bin')));
+});
