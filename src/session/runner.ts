@@ -4,7 +4,7 @@
  * resource is written to the session record before it is created, so
  * teardown (here, or `stop` after a supervisor crash) knows what to remove.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestorelabError, badInput } from '../errors.js';
 import { exec } from '../host/exec.js';
@@ -115,6 +115,11 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
       failures.push(e);
     }
   };
+  // Without its live publication object the FUSE server is gone (the
+  // supervisor died), yet QEMU inherited the /dev/fuse descriptor and keeps
+  // the connection open: its I/O then waits forever, it cannot be killed,
+  // and statfs of the mount hangs. Aborting the connection ends all that.
+  if (res.publication && !publication) await step(() => abortFuseConnections(res.publication?.mount as string));
   if (res.domain) {
     await step(async () => {
       const dom = await hv.attach(res.domain as string);
@@ -165,6 +170,25 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
 
 function labMarker(store: SessionStore, lab: string): string {
   return join(store.dir, `lab-${lab}.owned`);
+}
+
+const FUSE_CONNECTIONS = '/sys/fs/fuse/connections';
+
+/** Aborts the kernel side of every FUSE mount at or below `mount` (see teardown). */
+export async function abortFuseConnections(mount: string): Promise<void> {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const parts = line.split(' ');
+    const sep = parts.indexOf('-');
+    const mp = parts[4];
+    const fstype = sep >= 0 ? parts[sep + 1] : undefined;
+    if (!mp || !fstype?.startsWith('fuse') || (mp !== mount && !mp.startsWith(`${mount}/`))) continue;
+    const minor = parts[2]?.split(':')[1];
+    if (!existsSync(FUSE_CONNECTIONS) || readdirSync(FUSE_CONNECTIONS).length === 0) {
+      await exec('mount', ['-t', 'fusectl', 'fusectl', FUSE_CONNECTIONS], { timeoutMs: 10_000 });
+    }
+    const abort = join(FUSE_CONNECTIONS, String(minor), 'abort');
+    if (minor && existsSync(abort)) writeFileSync(abort, '1');
+  }
 }
 
 /** A publication whose serving process died leaves a dead FUSE mount ("transport endpoint is not connected"). */

@@ -5,16 +5,18 @@
  * (recover --json returns while the VM runs; HTTP through the masquerade
  * address; sessions; stop leaves nothing and the repository unchanged), one
  * through the library whose QEMU is then killed (session failed, lab and
- * publication cleaned by the supervisor).
+ * publication cleaned by the supervisor), and one whose supervisor is
+ * killed (sessions marks it failed; stop cleans up from the record).
  */
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
 import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
+import { listPublications } from '../../src/publish/publish.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, waitFor, webRepository } from './fixtures/recovery.js';
 
@@ -72,7 +74,7 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
   t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
   const again = await cli(['stop', out.session, '--json'], stateDir, 60_000);
-  t.equal(again.code, 0, 'stop is idempotent');
+  t.equal(again.code, 0, `stop is idempotent ${again.stderr}`);
   t.equal(lastJsonLine<{ state: string }>(again.stdout).state, 'stopped');
 });
 
@@ -93,4 +95,24 @@ t.test('QEMU killed under a running session: failed, lab and publication cleaned
   t.same(await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }), [], 'lab namespace and publication mount are gone');
   t.equal(readLabState(stateDir, lab), undefined, 'lab state removed');
   t.same(after.resources, { taps: [] }, 'nothing left in the record');
+});
+
+t.test('supervisor killed under a running session: failed, and stop removes what it left', async (t) => {
+  const { repo } = await fixture;
+  const lab = `rs${tag}`;
+  const s = await recover({ repo, vm: 'web', lab: labFile(lab, '172.18.105.0/24'), driver: 'qemu', accel: 'tcg', stateDir });
+  const netns = readLabState(stateDir, lab)?.netns;
+  const pub = s.resources.publication?.id;
+  t.ok(pub && listPublications(stateDir).some((p) => p.id === pub), 'published');
+  process.kill(s.supervisorPid as number, 'SIGKILL');
+  await waitFor('the supervisor to die', () => !existsSync(`/proc/${s.supervisorPid}`), 10_000);
+  const listed = await cli(['sessions', '--json'], stateDir, 60_000);
+  const mine = lastJsonLine<{ sessions: { session: string; state: string; error?: { code: string } }[] }>(listed.stdout).sessions.find((x) => x.session === s.id);
+  t.equal(mine?.state, 'failed', 'a running session without its supervisor is failed');
+  t.equal(mine?.error?.code, 'SUPERVISOR_GONE');
+  const stop = await cli(['stop', s.id, '--json'], stateDir, 120_000);
+  t.equal(stop.code, 0, stop.stderr);
+  t.same(await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }), [], 'no QEMU, namespace or mount remains');
+  t.notOk(listPublications(stateDir).some((p) => p.id === pub), 'the publication and its overlay are gone');
+  t.same(store.get(s.id).resources, { taps: [] }, 'nothing left in the record');
 });
