@@ -5,7 +5,7 @@
  * supervisors that died.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../errors.js';
@@ -23,11 +23,12 @@ export interface RecoverOptions extends RecoverRequest {
   heartbeatTimeoutMs?: number;
 }
 
+/** A zombie counts as dead: a supervisor whose parent exited waits for init to reap it. */
 function pidAlive(pid: number | undefined): boolean {
   if (pid === undefined) return false;
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
@@ -155,7 +156,13 @@ async function reattach(store: SessionStore, s: RecoverySession): Promise<Recove
 export async function stopSession(stateDir: string, id: string, deps: SessionDeps = realDeps): Promise<RecoverySession> {
   const store = new SessionStore(stateDir);
   const s = store.get(id);
-  if (pidAlive(s.supervisorPid) && ACTIVE_STATES.includes(s.state)) {
+  if (pidAlive(s.supervisorPid) && ACTIVE_STATES.includes(s.state) && !s.controlSocket) {
+    // Still starting: the supervisor serves no requests yet. It dies here and
+    // the record says what to remove.
+    process.kill(s.supervisorPid as number, 'SIGKILL');
+    const end = Date.now() + 10_000;
+    while (pidAlive(s.supervisorPid) && Date.now() < end) await sleep(100);
+  } else if (pidAlive(s.supervisorPid) && ACTIVE_STATES.includes(s.state)) {
     try {
       await requestControl(controlSocket(store.workDir(id)), { op: 'stop' }, 180_000);
     } catch (e) {
