@@ -52,11 +52,11 @@ function statOf(a: FileAttr): Record<string, unknown> {
 }
 
 /** Checks that FUSE can be used on this host; a missing /dev/fuse is a missing component. */
-export function assertFuseAvailable(): void {
+export function assertFuseAvailable(device = '/dev/fuse'): void {
   try {
-    fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK);
+    fs.accessSync(device, fs.constants.R_OK | fs.constants.W_OK);
   } catch {
-    throw missingComponent('/dev/fuse (FUSE: libfuse2 / fuse3)',
+    throw missingComponent(`${device} (FUSE: libfuse2 / fuse3)`,
       'install the fuse3 and libfuse2 packages (apt-get install fuse3 libfuse2) and load the module (modprobe fuse); in a container pass --device /dev/fuse');
   }
 }

@@ -196,16 +196,20 @@ async function openPublication(rec: PublicationRecord, repo: RepositoryReader, p
   const dir = path.join(rec.overlayDir, rec.id);
   const budget = new OverlayBudget(rec.overlayLimitBytes, (pct, used, limit) =>
     warn(`publication ${rec.id}: overlay ${pct} % full (${used} of ${limit} bytes); writes fail with ENOSPC at the limit`));
+  // Every disk is opened before any overlay is created: an unknown disk leaves nothing behind.
+  const sources = [];
+  for (const d of point.disks) {
+    const stored = await repo.openDisk(rec.point, d.name);
+    sources.push({ name: d.name, source: pool ? pool.wrap(stored, rec.point, d.name) : stored });
+  }
   const opened: Overlay[] = [];
   try {
     const disks = [];
-    for (const d of point.disks) {
-      const stored = await repo.openDisk(rec.point, d.name);
-      const source = pool ? pool.wrap(stored, rec.point, d.name) : stored;
-      const base = new PublishedDisk(source, { cache, name: `${rec.point}/${d.name}` });
-      const overlay = await Overlay.open({ dir, name: d.name, base, budget, readOnly: rec.readOnly });
+    for (const { name, source } of sources) {
+      const base = new PublishedDisk(source, { cache, name: `${rec.point}/${name}` });
+      const overlay = await Overlay.open({ dir, name, base, budget, readOnly: rec.readOnly });
       opened.push(overlay);
-      disks.push({ name: d.name, overlay });
+      disks.push({ name, overlay });
     }
     return {
       pub: {
