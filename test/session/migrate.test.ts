@@ -18,7 +18,7 @@ import { QgaClient } from '../../src/hypervisor/qga.js';
 import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
-import { chunkFingerprint, cli, lastJsonLine, waitFor, webRepository } from './fixtures/recovery.js';
+import { chunkFingerprint, cli, lastJsonLine, running, waitFor, webRepository } from './fixtures/recovery.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-migrate-'));
 const stateDir = join(dir, 'state');
@@ -90,12 +90,12 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   // A migrated session survives its supervisor: a new one re-attaches.
   const oldSupervisor = rec.supervisorPid as number;
   process.kill(oldSupervisor, 'SIGKILL');
-  await waitFor('the old supervisor to die', () => !existsSync(`/proc/${oldSupervisor}`), 10_000);
+  await waitFor('the old supervisor to die', () => !running(oldSupervisor), 10_000);
   const listed = await cli(['sessions', '--json'], stateDir, 60_000);
   const again = lastJsonLine<{ sessions: { session: string; state: string }[] }>(listed.stdout).sessions.find((x) => x.session === s.id);
   t.equal(again?.state, 'migrated', 'still migrated after its supervisor was killed');
   const reattached = store.get(s.id).supervisorPid;
-  t.ok(reattached && reattached !== oldSupervisor && existsSync(`/proc/${reattached}`), 'a new supervisor re-attached to the VM');
+  t.ok(reattached && reattached !== oldSupervisor && running(reattached), 'a new supervisor re-attached to the VM');
   await agent.ping();
 
   await agent.exec('/bin/kill', [String(writer.pid)]);

@@ -9,7 +9,7 @@
  * killed (sessions marks it failed; stop cleans up from the record).
  */
 import t from 'tap';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -18,7 +18,7 @@ import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { listPublications } from '../../src/publish/publish.js';
 import type { RecoverResult } from '../../src/session/session.js';
-import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, waitFor, webRepository } from './fixtures/recovery.js';
+import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, running, waitFor, webRepository } from './fixtures/recovery.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-qemu-'));
 const stateDir = join(dir, 'state');
@@ -105,7 +105,7 @@ t.test('supervisor killed under a running session: failed, and stop removes what
   const pub = s.resources.publication?.id;
   t.ok(pub && listPublications(stateDir).some((p) => p.id === pub), 'published');
   process.kill(s.supervisorPid as number, 'SIGKILL');
-  await waitFor('the supervisor to die', () => !existsSync(`/proc/${s.supervisorPid}`), 10_000);
+  await waitFor('the supervisor to die', () => !running(s.supervisorPid as number), 10_000);
   const listed = await cli(['sessions', '--json'], stateDir, 60_000);
   const mine = lastJsonLine<{ sessions: { session: string; state: string; error?: { code: string } }[] }>(listed.stdout).sessions.find((x) => x.session === s.id);
   t.equal(mine?.state, 'failed', 'a running session without its supervisor is failed');
