@@ -50,3 +50,34 @@ t.test('restorelab server rejects a bad port with exit 2', async (t) => {
   t.match(JSON.parse(r.stdout.toString()), { ok: false, error: { code: 'BAD_PORT' } });
   t.ok(path.isAbsolute(projectPath('bin')));
 });
+
+t.test('restorelab publish --nfs --background prints a usable nfs:// URL; unpublish stops it', async (t) => {
+  requireTool('nfs-cat');
+  const g = await backedUpGuest('web');
+  t.teardown(g.cleanup);
+  const env = { ...process.env, RESTORELAB_STATE_DIR: g.stateDir, RESTORELAB_REPO: g.repo.path };
+  const cli = (args: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const c = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    c.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+  const none = await cli(['publish', g.point]);
+  t.equal(none.code, 2, 'publish without --fuse or --nfs is bad input');
+  t.match(JSON.parse(none.stdout), { error: { code: 'PUBLISH_NO_FRONTEND' } });
+
+  const r = await cli(['publish', g.point, '--nfs', '--nfs-port', '0', '--mount-port', '0', '--portmap-port', '0', '--background']);
+  t.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { publication: string; nfs: { port: number; export: string; url: string } };
+  t.teardown(() => cli(['unpublish', out.publication, '--discard']));
+  t.match(out.nfs.url, new RegExp(`^nfs://127\\.0\\.0\\.1/restorelab/${out.publication}/root\\.raw\\?nfsport=\\d+&mountport=\\d+$`));
+  const cat = await run('nfs-cat', [out.nfs.url], undefined, 120_000);
+  t.equal(cat.code, 0, cat.stderr);
+  t.equal(sha(cat.stdout), sha(fs.readFileSync(g.image)), 'the URL serves the backed-up disk');
+  const un = await cli(['unpublish', out.publication, '--discard']);
+  t.equal(un.code, 0, un.stderr);
+  const again = await run('nfs-ls', [out.nfs.url.replace('/root.raw', '')]);
+  t.not(again.code, 0, 'nothing serves the export after unpublish');
+});

@@ -11,13 +11,20 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { contextFor } from '../context.js';
 import { parseSize } from './repo.js';
-import { RestorelabError } from '../../errors.js';
+import { RestorelabError, badInput } from '../../errors.js';
 import { startPublication } from '../../publish/publish.js';
+import { startNfsExport, type NfsExport } from '../../nfs/export.js';
+import { parsePort } from './server.js';
 
 interface PublishFlags {
   repo?: string;
   keyFile?: string;
-  fuse: string;
+  fuse?: string;
+  nfs?: boolean;
+  nfsPort?: string;
+  mountPort?: string;
+  portmapPort?: string;
+  allow: string[];
   overlayDir?: string;
   overlayLimit?: string;
   resume?: boolean;
@@ -30,12 +37,17 @@ export interface PublishResult {
   publication: string;
   path: string;
   disks: Record<string, string>;
+  nfs?: { host: string; port: number; mountPort: number; export: string; url: string; urls: Record<string, string> };
 }
 
 const READY_WAIT_MS = 120_000;
 
 function render(r: PublishResult): string {
-  return [`published ${r.publication} at ${r.path}`, ...Object.entries(r.disks).map(([n, p]) => `  ${n}: ${p}`)].join('\n');
+  return [
+    `published ${r.publication}${r.path ? ` at ${r.path}` : ''}`,
+    ...(r.path ? Object.entries(r.disks).map(([n, p]) => `  ${n}: ${p}`) : []),
+    ...(r.nfs ? [`  NFS export ${r.nfs.host}:${r.nfs.export} (nfsd ${r.nfs.port}, mountd ${r.nfs.mountPort})`, ...Object.entries(r.nfs.urls).map(([n, u]) => `  ${n}: ${u}`)] : []),
+  ].join('\n');
 }
 
 /** Starts the foreground command detached and waits for its ready file (or its death). */
@@ -77,10 +89,15 @@ async function background(stateDir: string): Promise<PublishResult> {
 export function registerPublish(program: Command): void {
   program
     .command('publish <point>')
-    .description('publish a restore point as writable disk files on a FUSE mount (writes go to an overlay)')
+    .description('publish a restore point as writable disk files on a FUSE mount and/or over NFS (writes go to an overlay)')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
-    .requiredOption('--fuse <dir>', 'mount the publications here (created if missing)')
+    .option('--fuse <dir>', 'mount the publications here (created if missing)')
+    .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)')
+    .option('--nfs-port <n>', 'NFS port (default from config, 2049; 0 = any free port)')
+    .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
+    .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
+    .option('--allow <cidr>', 'client address or CIDR allowed to mount (repeatable; default from config)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
     .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
     .option('--resume', 'keep the overlay of an earlier publication of this point (default: start from the restore point)')
@@ -91,18 +108,39 @@ export function registerPublish(program: Command): void {
     .action(async (point: string, o: PublishFlags, c: Command) => {
       const ctx = contextFor(c);
       const cfg = ctx.config();
+      if (!o.fuse && !o.nfs) throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both');
       if (o.background) {
         const r = await background(cfg.stateDir);
         ctx.out.result(r, (v) => render(v as PublishResult));
         return;
       }
       const pub = await startPublication({
-        repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, fuseDir: o.fuse,
+        repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, ...(o.fuse ? { fuseDir: o.fuse } : {}),
         ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
         overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
         resume: o.resume ?? false, readOnly: o.readOnly ?? false, cacheMiB: cfg.limits.chunkCacheMiB,
       }, { ...(o.keyFile ? { keyFile: o.keyFile } : {}), onWarning: (m) => ctx.out.warn(m) });
       const result: PublishResult = { publication: pub.id, path: pub.path ?? '', disks: pub.disks };
+      let nfs: NfsExport | undefined;
+      if (o.nfs) {
+        const portmap = parsePort('--portmap-port', o.portmapPort) ?? cfg.nfs.portmapPort;
+        try {
+          nfs = await startNfsExport({
+            datastore: pub.datastore, stateDir: cfg.stateDir,
+            port: parsePort('--nfs-port', o.nfsPort) ?? cfg.nfs.port,
+            mountPort: parsePort('--mount-port', o.mountPort) ?? cfg.nfs.mountPort,
+            portmapPort: portmap === 0 ? null : portmap,
+            allow: o.allow.length > 0 ? o.allow : cfg.nfs.allow,
+            readOnly: (o.readOnly ?? false) || cfg.nfs.readOnly,
+            log: { warn: (m) => ctx.out.warn(m) },
+          });
+        } catch (err) {
+          await pub.close();
+          throw err;
+        }
+        const urls = Object.fromEntries(Object.keys(pub.disks).map((d) => [d, nfs!.url(pub.name, `${d}.raw`)]));
+        result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, export: `${nfs.exportPath}/${pub.name}`, url: Object.values(urls)[0] ?? '', urls };
+      }
       ctx.out.result(result, (v) => render(v as PublishResult));
       if (o.readyFile) {
         fs.writeFileSync(o.readyFile + '.tmp', JSON.stringify(result));
@@ -114,6 +152,7 @@ export function registerPublish(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       });
+      await nfs?.stop();
       await pub.close();
       ctx.out.info(`unpublished ${pub.id} (overlay kept: restorelab publish --resume ${point})`);
     });
