@@ -116,3 +116,24 @@ t.test('supervisor killed under a running session: failed, and stop removes what
   t.notOk(listPublications(stateDir).some((p) => p.id === pub), 'the publication and its overlay are gone');
   t.same(store.get(s.id).resources, { taps: [] }, 'nothing left in the record');
 });
+
+t.test('recover --json with bad input: a clear error and nothing left', async (t) => {
+  const { repo } = await fixture;
+  const before = new SessionStore(stateDir).list().length;
+  const cases: [string[], number, string][] = [
+    [['nosuch'], 5, 'VM_NOT_FOUND'],
+    [['web@20990101T000000Z-000000'], 5, 'POINT_NOT_FOUND'],
+    [['web', '--network', `nobr${tag}`], 2, 'BRIDGE_NOT_FOUND'],
+    [['web', '--lab', labFile(`ro${tag}`, '127.0.0.0/24')], 2, 'LAB_MASQUERADE_OVERLAP'],
+    [['web', '--driver', 'xen'], 2, 'UNKNOWN_DRIVER'],
+  ];
+  for (const [args, exit, code] of cases) {
+    const r = await cli(['recover', '--repo', repo, ...args, '--json'], stateDir, 60_000);
+    t.equal(r.code, exit, `${args.join(' ')}: exit ${exit}`);
+    const out = lastJsonLine<{ ok: boolean; error: { code: string; hint?: string } }>(r.stdout);
+    t.equal(out.error.code, code, `${args.join(' ')}: ${code}`);
+    t.ok(out.error.hint, 'with a hint');
+  }
+  t.equal(new SessionStore(stateDir).list().length, before, 'no session was recorded');
+  t.equal(readLabState(stateDir, `ro${tag}`), undefined, 'no lab was brought up');
+});
