@@ -1,5 +1,8 @@
 /** The demo's steps in pipeline order; each capability fills in its `run`. */
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { existsSync } from 'node:fs';
 import { runDoctor } from '../host/doctor.js';
 import { exec } from '../host/exec.js';
@@ -12,6 +15,23 @@ import { verifyRepository } from '../repo/verify.js';
 import { backupVm } from '../backup/engine.js';
 import { openCatalog, recordPoint } from '../catalog/catalog.js';
 import { formatBytes } from '../cli/output.js';
+import { startPublication } from '../publish/publish.js';
+import { startNfsExport } from '../nfs/export.js';
+import { loadJob } from '../surebackup/job.js';
+import { createLabBackend } from '../surebackup/backend.js';
+import { executeRun } from '../surebackup/execute.js';
+import { History } from '../surebackup/history.js';
+import { Limiter } from '../surebackup/limiter.js';
+
+/**
+ * Streamed, and asynchronous on purpose: this process also serves the FUSE
+ * mount being read, so a synchronous read would deadlock it.
+ */
+async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), h);
+  return h.digest('hex');
+}
 
 /** The demo keeps one repository across runs, so a second run shows an incremental backup. */
 async function openOrInitRepository(dir: string): Promise<LocalRepository> {
@@ -68,7 +88,51 @@ export const demoSteps: DemoStep[] = [
       return `${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)}) verified in ${r.seconds.toFixed(1)} s`;
     },
   },
-  { name: 'publish', description: 'publish the restore point over FUSE and NFS' },
+  {
+    name: 'publish',
+    description: 'publish the restore point over FUSE and NFS',
+    run: async ({ config, values }) => {
+      const pub = await startPublication({ repo: config.repository, point: values.point ?? '', stateDir: config.stateDir, fuseDir: join(config.stateDir, 'demo-mount') });
+      try {
+        // Ephemeral ports and no portmapper: the demo must not collide with an NFS server already on this host.
+        const nfs = await startNfsExport({ datastore: pub.datastore, stateDir: config.stateDir, port: 0, mountPort: 0, portmapPort: null, listen: '127.0.0.1' });
+        try {
+          const [disk, path] = Object.entries(pub.disks)[0] ?? [];
+          if (!disk || !path) throw new Error(`publication ${pub.id} has no disk`);
+          const [published, source] = await Promise.all([sha256File(path), sha256File(values.image ?? '')]);
+          if (published !== source) throw new Error(`${path} differs from ${values.image}: the published disk must read back the backed-up bytes`);
+          const ls = await exec('nfs-ls', [nfs.url(pub.name)], { timeoutMs: 60_000 });
+          if (ls.code !== 0 || !ls.stdout.includes(`${disk}.raw`)) throw new Error(`nfs-ls of the export failed: ${ls.stderr.trim()}`);
+          return `${disk}.raw on FUSE (${path}) reads back the source image bit for bit; NFS export lists it (${nfs.url(pub.name, `${disk}.raw`)})`;
+        } finally {
+          await nfs.stop();
+        }
+      } finally {
+        await pub.close({ discard: true });
+      }
+    },
+  },
   { name: 'recover', description: 'boot the VM from the backup inside a virtual lab' },
-  { name: 'surebackup', description: 'run the SureBackup verification job and write the report' },
+  {
+    name: 'surebackup',
+    description: 'run the SureBackup verification job and write the report',
+    run: async ({ config, out }) => {
+      const jobFile = projectPath('lab-templates', 'jobs', 'demo.json');
+      const job = loadJob(jobFile);
+      const backend = createLabBackend({ repo: config.repository, stateDir: config.stateDir, driver: config.driver, accel: config.accel, baseDir: dirname(jobFile) });
+      const history = History.open(config.catalog);
+      try {
+        const rep = await executeRun({
+          job, jobFile, backend, repo: () => backend.reader(), stateDir: config.stateDir, history, trigger: 'manual',
+          limiter: new Limiter(config.limits.maxConcurrentVms, config.limits.memoryBudgetMiB), log: { warn: (l) => out.warn(l) },
+        });
+        const vms = rep.vms.map((v) => `${v.name} ${v.result} (recovered in ${v.recoverySeconds.toFixed(1)} s; ${v.tests.map((x) => `${x.name} ${x.result}`).join(', ')})`);
+        if (rep.result !== 'success') throw new RestorelabError('VERIFY_FAILED', `job ${job.name}: ${rep.result}: ${vms.join('; ')}`, { hint: `see the report ${rep.report}`, exitCode: ExitCode.verifyFailed });
+        return `${rep.result}: ${vms.join('; ')}; report ${rep.report}`;
+      } finally {
+        history.close();
+        await backend.close();
+      }
+    },
+  },
 ];
