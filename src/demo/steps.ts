@@ -22,6 +22,7 @@ import { createLabBackend } from '../surebackup/backend.js';
 import { executeRun } from '../surebackup/execute.js';
 import { History } from '../surebackup/history.js';
 import { Limiter } from '../surebackup/limiter.js';
+import { recover, stopSession } from '../session/recover.js';
 
 /**
  * Streamed, and asynchronous on purpose: this process also serves the FUSE
@@ -112,7 +113,25 @@ export const demoSteps: DemoStep[] = [
       }
     },
   },
-  { name: 'recover', description: 'boot the VM from the backup inside a virtual lab' },
+  {
+    name: 'recover',
+    description: 'boot the VM from the backup inside a virtual lab',
+    run: async ({ config, values }) => {
+      const session = await recover({
+        repo: config.repository, vm: 'web', ...(values.point ? { point: values.point } : {}),
+        lab: projectPath('lab-templates', 'labs', 'prod-lab.json'), driver: config.driver, stateDir: config.stateDir, accel: config.accel,
+      });
+      try {
+        const ip = Object.values(session.addresses)[0];
+        if (!ip) throw new Error(`session ${session.id} reports no address`);
+        const page = await fetch(`http://${ip}/`, { signal: AbortSignal.timeout(60_000) });
+        if (page.status !== 200) throw new Error(`the recovered web guest answered HTTP ${page.status} on ${ip}`);
+        return `session ${session.id}: heartbeat after ${session.heartbeatSeconds?.toFixed(1)} s, HTTP 200 from ${ip} (the masquerade address of 192.168.77.10)`;
+      } finally {
+        await stopSession(config.stateDir, session.id);
+      }
+    },
+  },
   {
     name: 'surebackup',
     description: 'run the SureBackup verification job and write the report',
