@@ -101,7 +101,7 @@ async function writeGuestLikeImage(file: string): Promise<void> {
 interface Figures { seqColdS: number; seqWarmS: number; randS: number; writeS: number }
 
 /** Reads from `url`, writes into `writeUrl`; `beforeCold` makes the next read cold. */
-async function measure(url: string, writeUrl: string, tmpfs: string, beforeCold: () => Promise<void>): Promise<Figures> {
+async function measure(url: string, writeUrl: string, tmpfs: string, beforeCold: () => Promise<void>, phase: (name: string) => void = () => undefined): Promise<Figures> {
   const out = path.join(tmpfs, 'out.raw');
   const seqRead = async (): Promise<number> => {
     const s = await must('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', url, out]);
@@ -111,6 +111,7 @@ async function measure(url: string, writeUrl: string, tmpfs: string, beforeCold:
   await beforeCold();
   const seqColdS = await seqRead();
   const seqWarmS = await seqRead();
+  phase('sequential reads');
   // A raw layer with a size keeps the offsets inside the working set (bench wraps at the image end).
   // (QEMU's nfs driver takes no URL inside json:, so the URL is spelled out as options.)
   const u = new URL(url);
@@ -119,7 +120,9 @@ async function measure(url: string, writeUrl: string, tmpfs: string, beforeCold:
   const randArgs = ['bench', '-c', String(RANDOM_READS), '-d', '8', '-s', '4096', '-S', String(4096 * 257), windowed];
   await must('qemu-img', randArgs);
   const randS = await must('qemu-img', randArgs);
+  phase('random reads');
   const writeS = await must('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', path.join(tmpfs, 'src.raw'), writeUrl]);
+  phase('sequential write');
   return { seqColdS, seqWarmS, randS, writeS };
 }
 
@@ -205,7 +208,9 @@ LOG { Default_Log_Level = EVENT; }
     if (!pid) throw new Error(`publication ${published.publication} has no running publisher`);
     console.log(`measuring restorelab (publisher pid ${pid}, ${published.nfs.url})`);
     // The publisher was just started: its chunk cache is empty; dropping the page cache makes the pack files cold too.
-    const ours = await measure(published.nfs.url, published.nfs.url, tmpfs, dropCaches);
+    // VmHWM only grows: read after each phase, it shows which phase raised the peak.
+    const rssAfter: Array<[string, number]> = [['publish (idle)', peakRssMiB(pid)]];
+    const ours = await measure(published.nfs.url, published.nfs.url, tmpfs, dropCaches, (name) => rssAfter.push([name, peakRssMiB(pid)]));
     const rss = peakRssMiB(pid);
     await removePublication(state, published.publication, { discard: true });
 
@@ -222,6 +227,7 @@ LOG { Default_Log_Level = EVENT; }
     row(`random 4K read QD8 warm (${RANDOM_SET_MIB} MiB set)`, ours.randS, peer.randS, iops, 0.5);
     row('sequential write (convert -n)', ours.writeS, peer.writeS, rate, 0.5);
     console.log(`${'publisher peak RSS (VmHWM)'.padEnd(40)} ${rss.toFixed(1)} MiB   target < 300 MiB  ${rss < 300 ? 'PASS' : 'MISS'}`);
+    console.log(`  peak after each phase (chunk cache ${process.env.RESTORELAB_CHUNK_CACHE_MIB ?? 'default'} MiB): ${rssAfter.map(([n, m]) => `${n} ${m.toFixed(0)} MiB`).join(', ')}`);
   } finally {
     kill(ganesha);
     for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
