@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { RestorelabError, badInput, missingComponent, isErrno } from '../errors.js';
 import { exec, which } from '../host/exec.js';
 import { probeAccel } from '../host/accel.js';
+import { stdioWithoutFuse } from '../host/fds.js';
 import { QmpClient } from './qmp.js';
 import { QgaClient } from './qga.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
@@ -171,7 +172,7 @@ export class QemuDriver implements Hypervisor {
     writeFileSync(join(dir, 'spec.json'), JSON.stringify({ spec, accel, args, bridgeTaps, startedAt: new Date().toISOString() }, null, 2));
     const log = openSync(join(dir, 'qemu.log'), 'a');
     const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, qemu, ...args]] : [qemu, args];
-    const child = spawn(cmd, argv, { detached: true, stdio: ['ignore', log, log] });
+    const child = spawn(cmd, argv, { detached: true, stdio: stdioWithoutFuse(['ignore', log, log]) });
     closeSync(log);
     const dom = new QemuDomain(name, dir);
     this.live.set(name, dom);
