@@ -18,15 +18,28 @@ export const SCHEMA_DIR = projectPath('config', 'schemas');
 
 let ajv: Ajv2020 | undefined;
 
-function instance(): Ajv2020 {
-  if (ajv) return ajv;
-  ajv = new Ajv2020({ allErrors: true, strict: true, useDefaults: true });
-  addFormats(ajv);
+/** The schemas of config/schemas, by file name. */
+export function schemaFiles(): Map<string, Record<string, unknown>> {
+  const out = new Map<string, Record<string, unknown>>();
   for (const file of readdirSync(SCHEMA_DIR).filter((f) => f.endsWith('.schema.json')).sort()) {
-    const schema = JSON.parse(readFileSync(join(SCHEMA_DIR, file), 'utf8')) as { $id?: string };
-    ajv.addSchema(schema, schema.$id ?? file);
+    out.set(file, JSON.parse(readFileSync(join(SCHEMA_DIR, file), 'utf8')) as Record<string, unknown>);
   }
-  return ajv;
+  return out;
+}
+
+/**
+ * An ajv holding every schema. `coerceTypes` is for query strings, whose
+ * values all arrive as text; bodies are validated without it.
+ */
+export function createAjv(opts: { coerceTypes?: boolean } = {}): Ajv2020 {
+  const a = new Ajv2020({ allErrors: true, strict: true, useDefaults: true, coerceTypes: opts.coerceTypes ?? false });
+  addFormats(a);
+  for (const [file, schema] of schemaFiles()) a.addSchema(schema, (schema.$id as string | undefined) ?? file);
+  return a;
+}
+
+function instance(): Ajv2020 {
+  return (ajv ??= createAjv());
 }
 
 /** The compiled validator for a schema file name such as `vm.schema.json`. */

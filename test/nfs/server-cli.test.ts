@@ -20,7 +20,7 @@ t.test('restorelab server exports a stopped publication and stops on SIGTERM', a
   await pub.close();
 
   const env = { ...process.env, RESTORELAB_STATE_DIR: g.stateDir, RESTORELAB_REPO: g.repo.path };
-  const child = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'server', '--nfs-port', '0', '--mount-port', '0', '--portmap-port', '0', '--no-schedule'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'server', '--nfs-port', '0', '--mount-port', '0', '--portmap-port', '0', '--no-schedule', '--port', '0'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   let out = '';
   let err = '';
@@ -30,8 +30,11 @@ t.test('restorelab server exports a stopped publication and stops on SIGTERM', a
     child.on('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
     setTimeout(() => reject(new Error(`server did not report within 60 s: ${err}`)), 60_000);
   });
-  const started = JSON.parse(line) as { nfs: { port: number; mountPort: number; publications: string[] } };
+  const started = JSON.parse(line) as { nfs: { port: number; mountPort: number; publications: string[] }; api: { url: string } };
   t.same(started.nfs.publications, [pub.id], 'the recorded publication is served');
+  const health = await fetch(`${started.api.url}/healthz`);
+  t.equal(health.status, 200, 'the API answers /healthz');
+  t.equal((await fetch(`${started.api.url}/api/v1/publications`)).status, 401, 'and refuses the API without a token');
   const q = `?nfsport=${started.nfs.port}&mountport=${started.nfs.mountPort}`;
   const ls = await run('nfs-ls', [`nfs://127.0.0.1/restorelab/${pub.name}${q}`]);
   t.equal(ls.code, 0, ls.stderr);

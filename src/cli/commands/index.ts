@@ -23,6 +23,7 @@ import { registerPublish } from './publish.js';
 import { registerUnpublish } from './unpublish.js';
 import { registerPublications } from './publications.js';
 import { registerServer } from './server.js';
+import { registerToken } from './token.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -48,4 +49,5 @@ export const commands: RegisterCommand[] = [
   registerUnpublish,
   registerPublications,
   registerServer,
+  registerToken,
 ];

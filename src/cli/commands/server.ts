@@ -1,5 +1,6 @@
 /**
- * `restorelab server`: the long-running daemon. It serves every publication
+ * `restorelab server`: the long-running daemon. It serves the REST API and
+ * the dashboard (docs/api.md), every publication
  * recorded in the state directory over NFS (those not held by a live
  * `publish` process, which serves its own), and runs scheduled SureBackup
  * jobs. File handles survive a restart of the server, so VMs booted from its
@@ -13,6 +14,7 @@ import { pidAlive, restorePublications } from '../../publish/publish.js';
 import { startNfsExport } from '../../nfs/export.js';
 import { startScheduler } from '../../scheduler/scheduler.js';
 import { projectPath } from '../../paths.js';
+import { startApiServer } from '../../api/server.js';
 
 interface ServerFlags {
   nfs: boolean;
@@ -23,6 +25,9 @@ interface ServerFlags {
   readOnly?: boolean;
   jobs?: string;
   schedule: boolean;
+  api: boolean;
+  listen?: string;
+  port?: string;
 }
 
 export function parsePort(flag: string, v: string | undefined): number | undefined {
@@ -44,15 +49,19 @@ export function registerServer(program: Command): void {
     .option('--read-only', 'refuse every write over NFS')
     .option('--jobs <dir>', 'directory of SureBackup job files to schedule (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
     .option('--no-schedule', 'do not run scheduled jobs')
+    .option('--no-api', 'do not serve the REST API and dashboard')
+    .option('--listen <addr>', 'API listen address (default from config, 127.0.0.1)')
+    .option('--port <n>', 'API port (default from config, 8470; 0 picks a free port)')
     .option('--json', 'print one JSON object once serving')
     .action(async (o: ServerFlags, c: Command) => {
       const ctx = contextFor(c);
       const cfg = ctx.config();
       const closers: Array<() => Promise<void>> = [];
       const result: Record<string, unknown> = { pid: process.pid };
+      let datastore: PublicationDatastore | undefined;
       try {
         if (o.nfs) {
-          const datastore = new PublicationDatastore();
+          datastore = new PublicationDatastore();
           const pubs = await restorePublications(cfg.stateDir, datastore, {
             onWarning: (m) => ctx.out.warn(m),
             // A publication whose `publish` process is alive is served by that process.
@@ -77,6 +86,16 @@ export function registerServer(program: Command): void {
           closers.unshift(async () => { await scheduler.stop(); });
           result.jobs = scheduler.jobs.map((j) => j.name);
         }
+        if (o.api) {
+          const jobsDir = o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs');
+          const api = await startApiServer({
+            config: cfg, jobsDir, ...(datastore ? { datastore } : {}),
+            ...(o.listen ? { listen: o.listen } : {}),
+            ...(o.port !== undefined ? { port: parsePort('--port', o.port) } : {}),
+          });
+          closers.unshift(() => api.close());
+          result.api = { url: api.url, tls: api.tls, dashboard: `${api.url}/` };
+        }
       } catch (err) {
         for (const close of closers) await close().catch(() => undefined);
         throw err;
@@ -85,6 +104,7 @@ export function registerServer(program: Command): void {
         `restorelab server (pid ${process.pid})`,
         result.nfs ? `  NFS: ${JSON.stringify(result.nfs)}` : '  NFS: off',
         result.jobs ? `  scheduled jobs: ${(result.jobs as string[]).join(', ') || 'none'}` : '  scheduler: off',
+        result.api ? `  API and dashboard: ${(result.api as { url: string }).url}/ (tokens: restorelab token create NAME --role viewer)` : '  API: off',
       ].join('\n'));
       await new Promise<void>((resolve) => {
         const stop = (): void => resolve();

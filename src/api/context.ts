@@ -1,0 +1,29 @@
+/** What every route module gets from the server. */
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import type { CatalogDb } from '../catalog/catalog.js';
+import type { TokenStore } from './tokens.js';
+import type { OperationRegistry } from './operations.js';
+import type { Metrics } from './metrics.js';
+import type { AuthFailureLimiter } from './rate-limit.js';
+import type { PublicationDatastore } from '../datastore/publication-datastore.js';
+
+export interface ApiContext {
+  config: Config;
+  /** The catalog database, shared by every route (better-sqlite3 is synchronous and safe to share). */
+  catalog: CatalogDb;
+  tokens: TokenStore;
+  operations: OperationRegistry;
+  metrics: Metrics;
+  log: Logger;
+  authLimiter: AuthFailureLimiter;
+  /** Directory of SureBackup job files (the jobs resource reads and writes here). */
+  jobsDir: string;
+  /**
+   * The datastore the server's NFS export serves, when NFS is on: publications
+   * made through the API are added to it so they are reachable over NFS.
+   */
+  datastore?: PublicationDatastore;
+  /** Registers cleanup for server shutdown, run last-registered first. */
+  onClose(fn: () => Promise<void> | void): void;
+}

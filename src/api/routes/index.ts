@@ -1,0 +1,10 @@
+/** Every route module, one line each (like the CLI's commands/index.ts). */
+import type { RouteTable } from '../route-table.js';
+import type { ApiContext } from '../context.js';
+import { systemRoutes } from './system.js';
+
+export type RegisterRoutes = (table: RouteTable, ctx: ApiContext) => void;
+
+export const routeModules: RegisterRoutes[] = [
+  systemRoutes,
+];

@@ -1,0 +1,108 @@
+/**
+ * Builds the API's context and serves it over HTTP, or HTTPS when the config
+ * names a certificate and key. `restorelab server` calls startApiServer; the
+ * in-process tests call createApiContext and hand its app to supertest.
+ */
+import { createServer as createHttp, type Server } from 'node:http';
+import { createServer as createHttps } from 'node:https';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { pino, type Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import { openCatalog } from '../catalog/catalog.js';
+import { History } from '../surebackup/history.js';
+import { listPublications } from '../publish/publish.js';
+import { listSessions } from '../session/recover.js';
+import { badInput } from '../errors.js';
+import { TokenStore } from './tokens.js';
+import { OperationRegistry } from './operations.js';
+import { Metrics } from './metrics.js';
+import { AuthFailureLimiter } from './rate-limit.js';
+import { createApp } from './app.js';
+import { errorBody, toApiError } from './errors.js';
+import type { ApiContext } from './context.js';
+import type { PublicationDatastore } from '../datastore/publication-datastore.js';
+
+export interface ApiOptions {
+  config: Config;
+  jobsDir: string;
+  log?: Logger;
+  authLimiter?: AuthFailureLimiter;
+  datastore?: PublicationDatastore;
+}
+
+export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {
+  const catalog = openCatalog(o.config.catalog);
+  new History(catalog); // applies the run tables' migrations, which the metrics read
+  const closers: Array<() => Promise<void> | void> = [];
+  const operations = new OperationRegistry((err) => errorBody(toApiError(err).error).error);
+  const stateDir = o.config.stateDir;
+  const metrics = new Metrics({
+    publications: () => listPublications(stateDir).filter((p) => p.running).length,
+    sessionsByState: async () => {
+      const out: Record<string, number> = {};
+      for (const s of await listSessions(stateDir)) out[s.state] = (out[s.state] ?? 0) + 1;
+      return out;
+    },
+    jobRunsByResult: () => Object.fromEntries((catalog.prepare('SELECT status, COUNT(*) AS n FROM surebackup_runs GROUP BY status').all() as Array<{ status: string; n: number }>).map((r) => [r.status, r.n])),
+  });
+  return {
+    config: o.config,
+    catalog,
+    tokens: new TokenStore(catalog),
+    operations,
+    metrics,
+    // Logs go to stderr so that stdout stays one JSON document under --json; journald takes both.
+    log: o.log ?? pino({ level: process.env.RESTORELAB_LOG_LEVEL ?? 'info' }, pino.destination(2)),
+    authLimiter: o.authLimiter ?? new AuthFailureLimiter(),
+    jobsDir: o.jobsDir,
+    ...(o.datastore ? { datastore: o.datastore } : {}),
+    onClose: (fn) => { closers.push(fn); },
+    close: async () => {
+      await operations.shutdown();
+      for (const fn of closers.reverse()) await fn();
+      catalog.close();
+    },
+  };
+}
+
+export interface RunningApi { url: string; port: number; tls: boolean; server: Server; ctx: ApiContext; close(): Promise<void> }
+
+export async function startApiServer(o: ApiOptions & { listen?: string; port?: number }): Promise<RunningApi> {
+  const cfg = o.config.server;
+  const ctx = createApiContext(o);
+  const { app } = createApp(ctx);
+  const tls = Boolean(cfg.tlsCert || cfg.tlsKey);
+  if (tls && !(cfg.tlsCert && cfg.tlsKey)) {
+    await ctx.close();
+    throw badInput('TLS_INCOMPLETE', 'server.tlsCert and server.tlsKey must be set together', 'set both in the config file, or neither for plain HTTP');
+  }
+  let server: Server;
+  try {
+    server = tls
+      ? createHttps({ cert: readFileSync(cfg.tlsCert as string), key: readFileSync(cfg.tlsKey as string) }, app) as unknown as Server
+      : createHttp(app);
+  } catch (err) {
+    await ctx.close();
+    throw badInput('TLS_UNREADABLE', `cannot load the TLS certificate or key: ${(err as Error).message}`, 'check server.tlsCert and server.tlsKey point to PEM files readable by the server');
+  }
+  const host = o.listen ?? cfg.listen;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? cfg.port, host, () => { server.off('error', reject); resolve(); });
+  }).catch(async (err: NodeJS.ErrnoException) => {
+    await ctx.close();
+    throw badInput('API_LISTEN_FAILED', `cannot listen on ${host}:${o.port ?? cfg.port}: ${err.message}`, 'choose another port with --port, or stop what holds it');
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  ctx.log.info({ url }, 'API listening');
+  return {
+    url, port, tls, server, ctx,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await ctx.close();
+    },
+  };
+}

@@ -1,0 +1,140 @@
+/** The API's frame: auth and roles, rate limiting, validation, errors, OpenAPI, operations with SSE, metrics. */
+import t from 'tap';
+import request from 'supertest';
+import { readFileSync } from 'node:fs';
+import { projectPath } from '../../src/paths.js';
+import { API_ERRORS } from '../../src/api/errors.js';
+import { AuthFailureLimiter } from '../../src/api/rate-limit.js';
+import { testApi } from '../helpers/api.js';
+
+t.test('healthz needs no token; everything else does', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  await request(api.app).get('/healthz').expect(200);
+  for (const path of ['/api/v1/whoami', '/api/v1/openapi.json', '/metrics', '/api/v1/operations', '/api/v1/no-such-route']) {
+    const res = await request(api.app).get(path).expect(401);
+    t.equal(res.body.error.code, 'UNAUTHENTICATED', path);
+    t.equal(res.headers['www-authenticate'], 'Bearer realm="restorelab"');
+  }
+});
+
+t.test('a wrong token gets 401 and is logged without the token', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const wrong = 'rl_0123456789ab_' + 'A'.repeat(43);
+  const res = await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${wrong}`).expect(401);
+  t.match(res.body.error.message, /not valid/);
+  const failed = api.logs.filter((l) => l.msg === 'authentication failed');
+  t.equal(failed.length, 1);
+  t.notMatch(JSON.stringify(api.logs), /AAAAAAAAAA/, 'the token is in no log line');
+  // A token that is right but revoked is refused too.
+  const made = api.ctx.tokens.create('gone', 'viewer');
+  await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.token}`).expect(200);
+  api.ctx.tokens.revoke('gone');
+  await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.token}`).expect(401);
+});
+
+t.test('roles: viewer reads, operator acts, admin manages tokens; 403 names the role needed', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const who = await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.viewer).expect(200);
+  t.equal(who.body.role, 'viewer');
+  const denied = await request(api.app).get('/api/v1/tokens').set('authorization', api.auth.operator).expect(403);
+  t.equal(denied.body.error.code, 'FORBIDDEN');
+  t.match(denied.body.error.message, /needs admin/);
+  t.ok(api.logs.some((l) => l.level === 40 && String(l.msg).includes('needs admin')), 'a 403 is logged');
+  t.notMatch(JSON.stringify(api.logs), new RegExp(api.auth.operator.slice(7 + 16)), 'the token is in no log line');
+  const list = await request(api.app).get('/api/v1/tokens').set('authorization', api.auth.admin).expect(200);
+  t.equal(list.body.tokens.length, 3);
+  t.notOk(JSON.stringify(list.body).includes('hash'), 'hashes are never listed');
+  const made = await request(api.app).post('/api/v1/tokens').set('authorization', api.auth.admin).send({ name: 'ci', role: 'operator' }).expect(201);
+  t.match(made.body.token, /^rl_[a-f0-9]{12}_/);
+  await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.body.token}`).expect(200);
+  await request(api.app).delete(`/api/v1/tokens/${made.body.id}`).set('authorization', api.auth.admin).expect(200);
+  await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.body.token}`).expect(401);
+  await request(api.app).delete('/api/v1/tokens/nobody').set('authorization', api.auth.admin).expect(404);
+});
+
+t.test('repeated auth failures from one client are rate limited', async (t) => {
+  const api = await testApi({ authLimiter: new AuthFailureLimiter(3, 60_000) });
+  t.teardown(api.close);
+  for (let i = 0; i < 3; i++) await request(api.app).get('/api/v1/whoami').set('authorization', 'Bearer nope').expect(401);
+  const res = await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.admin).expect(429);
+  t.equal(res.body.error.code, 'RATE_LIMITED');
+  t.ok(Number(res.headers['retry-after']) > 0);
+});
+
+t.test('bad bodies: malformed JSON, unknown fields, wrong types, oversize, wrong media type', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const post = () => request(api.app).post('/api/v1/tokens').set('authorization', api.auth.admin);
+  const malformed = await post().set('content-type', 'application/json').send('{"name": "x", ').expect(400);
+  t.equal(malformed.body.error.code, 'MALFORMED_JSON');
+  const unknown = await post().send({ name: 'x', role: 'viewer', extra: 1 }).expect(400);
+  t.equal(unknown.body.error.code, 'VALIDATION_FAILED');
+  t.match(unknown.body.error.message, /body: unknown property "extra"/);
+  t.equal(unknown.body.error.details[0].path, 'body/extra');
+  const wrong = await post().send({ name: 'x', role: 'root' }).expect(400);
+  t.match(wrong.body.error.message, /body\/role: must be one of/);
+  const missing = await post().send({}).expect(400);
+  t.match(missing.body.error.message, /required property 'name'/);
+  const big = await post().send({ name: 'x'.repeat(300 * 1024), role: 'viewer' }).expect(413);
+  t.equal(big.body.error.code, 'BODY_TOO_LARGE');
+  const text = await post().set('content-type', 'text/plain').send('name=x').expect(415);
+  t.equal(text.body.error.code, 'UNSUPPORTED_MEDIA_TYPE');
+  const q = await request(api.app).get('/api/v1/whoami?debug=1').set('authorization', api.auth.viewer).expect(400);
+  t.match(q.body.error.message, /query: unknown parameter "debug"/);
+});
+
+t.test('every error code of the registry is documented in docs/api.md', async (t) => {
+  const doc = readFileSync(projectPath('docs', 'api.md'), 'utf8');
+  for (const code of Object.keys(API_ERRORS)) t.match(doc, new RegExp(`\`${code}\``), `${code} is documented`);
+});
+
+t.test('the OpenAPI document lists every route with its schemas', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const res = await request(api.app).get('/api/v1/openapi.json').set('authorization', api.auth.viewer).expect(200);
+  t.equal(res.body.openapi, '3.1.0');
+  for (const r of api.table.routes) {
+    const p = r.path.replace(/:(\w+)/g, '{$1}');
+    t.ok(res.body.paths[p]?.[r.method], `${r.method} ${p} is in the document`);
+    if (r.body) t.ok(JSON.stringify(res.body.paths[p][r.method].requestBody).includes('#/components/schemas/'), `${r.method} ${p} has its body schema`);
+  }
+  t.ok(res.body.components.schemas.ApiTokenCreate, 'schemas from config/schemas are components');
+});
+
+t.test('long operations: 202-style resource, progress over SSE, cancel', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const op = api.ctx.operations.start('test', 'tester', async (o) => {
+    for (let i = 1; i <= 3; i++) { o.progress(i / 3, `step ${i}`); await new Promise((r) => setTimeout(r, 20)); }
+    return { result: { done: true }, resource: '/api/v1/whoami' };
+  });
+  const sse = await request(api.app).get(`/api/v1/operations/${op.id}/events`).set('authorization', api.auth.viewer).buffer(true).parse((res, cb) => {
+    let text = ''; res.on('data', (c: Buffer) => { text += c.toString(); }); res.on('end', () => cb(null, text));
+  }).expect(200);
+  t.match(sse.headers['content-type'], /^text\/event-stream/);
+  const events = String(sse.body).split('\n\n').filter(Boolean);
+  t.ok(events.filter((e) => e.includes('event: progress')).length >= 3, 'progress events');
+  t.match(events[events.length - 1], /event: done/);
+  const got = await request(api.app).get(`/api/v1/operations/${op.id}`).set('authorization', api.auth.viewer).expect(200);
+  t.equal(got.body.state, 'succeeded');
+  t.same(got.body.result, { done: true });
+  const slow = api.ctx.operations.start('slow', 'tester', (o) => new Promise((_r, reject) => o.signal.addEventListener('abort', () => reject(new Error('stopped')))));
+  await request(api.app).post(`/api/v1/operations/${slow.id}/cancel`).set('authorization', api.auth.viewer).expect(403);
+  await request(api.app).post(`/api/v1/operations/${slow.id}/cancel`).set('authorization', api.auth.operator).expect(202);
+  t.equal((await api.ctx.operations.wait(slow.id))?.state, 'cancelled');
+  await request(api.app).post(`/api/v1/operations/${slow.id}/cancel`).set('authorization', api.auth.operator).expect(409);
+  await request(api.app).get('/api/v1/operations/nope').set('authorization', api.auth.viewer).expect(404);
+});
+
+t.test('metrics are Prometheus text and count requests', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.viewer).expect(200);
+  const res = await request(api.app).get('/metrics').set('authorization', api.auth.viewer).expect(200);
+  t.match(res.text, /restorelab_publications 0/);
+  t.match(res.text, /restorelab_http_requests_total\{method="GET",route="\/api\/v1\/whoami",status="200"\} 1/);
+  t.match(res.text, /restorelab_recovery_seconds_bucket/);
+});
