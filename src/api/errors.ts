@@ -22,7 +22,6 @@ export const API_ERRORS = {
   PATH_TRAVERSAL: { status: 400, message: 'the path leaves the guest filesystem' },
   OPERATION_NOT_CANCELLABLE: { status: 409, message: 'the operation has already ended' },
   MISSING_COMPONENT: { status: 503, message: 'a required system component is missing on the server' },
-  NOT_IMPLEMENTED: { status: 501, message: 'not implemented' },
   DOMAIN_ERROR: { status: 500, message: 'the operation failed' },
   INTERNAL: { status: 500, message: 'internal error; the server log has the details' },
 } as const satisfies Record<string, ApiErrorSpec>;
