@@ -6,7 +6,12 @@
  * through get-or-compute, so concurrent readers of one chunk share a single
  * decode; a failed decode is never cached, so a transient error is retried by
  * the next reader and a corrupt chunk keeps failing.
+ *
+ * Every lookup is also counted process-wide (src/telemetry/counters.ts) for
+ * the server's chunk cache hit ratio; `hits`/`misses` here are this cache's own.
  */
+import { countCacheLookup } from '../telemetry/counters.js';
+
 export class ChunkCache {
   private readonly entries = new Map<string, Buffer>();
   private readonly inflight = new Map<string, Promise<Buffer | null>>();
@@ -36,14 +41,17 @@ export class ChunkCache {
       this.entries.delete(key);
       this.entries.set(key, hit);
       this.hits++;
+      countCacheLookup(true);
       return hit;
     }
     const running = this.inflight.get(key);
     if (running) {
       this.hits++;
+      countCacheLookup(true);
       return running;
     }
     this.misses++;
+    countCacheLookup(false);
     const p = compute().then(
       (buf) => {
         this.inflight.delete(key);

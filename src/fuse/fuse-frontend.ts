@@ -16,6 +16,7 @@ import Fuse from 'fuse-native';
 import { RestorelabError, ExitCode, missingComponent } from '../errors.js';
 import { DatastoreError, ROOT_ID, type Datastore, type FileAttr, type FileId } from '../datastore/types.js';
 import { detachMount, isStaleFuseMount, mountEntry } from './mounts.js';
+import { countBytes, countOp } from '../telemetry/counters.js';
 
 /** Largest request libfuse2 can negotiate with the kernel (32 pages). */
 export const FUSE_MAX_IO = 128 * 1024;
@@ -139,14 +140,17 @@ export class FuseFrontend {
   }
 
   private static operations(self: () => FuseFrontend, debug: boolean): Fuse.Operations {
-    // Each op runs a promise and reports either a result or -errno.
+    // Each op runs a promise and reports either a result or -errno. Both
+    // helpers count the op process-wide for /metrics; read and write add their bytes.
     const run = <T>(name: string, cb: (err: number, v?: T) => void, fn: () => Promise<T>): void => {
+      countOp('fuse', name);
       fn().then((v) => cb(0, v), (err: unknown) => {
         if (debug) process.stderr.write(`fuse ${name}: ${(err as Error).message}\n`);
         cb(errno(err));
       });
     };
     const io = (name: string, cb: (n: number) => void, fn: () => Promise<number>): void => {
+      countOp('fuse', name);
       fn().then(cb, (err: unknown) => {
         if (debug || !(err instanceof DatastoreError)) process.stderr.write(`fuse ${name}: ${(err as Error).message}\n`);
         cb(errno(err));
@@ -168,11 +172,13 @@ export class FuseFrontend {
       read: (p, fd, buf, len, pos, cb) => io('read', cb, async () => {
         const { data } = await self().ds.read(self().handle(fd).id, pos, len);
         data.copy(buf);
+        countBytes('fuse', 'read', data.length);
         return data.length;
       }),
       write: (p, fd, buf, len, pos, cb) => io('write', cb, async () => {
         const h = self().handle(fd);
         await self().ds.write(h.id, pos, buf.subarray(0, len), h.sync);
+        countBytes('fuse', 'write', len);
         return len;
       }),
       flush: (p, fd, cb) => cb(0),

@@ -9,6 +9,7 @@ import { XdrError } from '../xdr.js';
 import type { NfsEnv } from './context.js';
 import type { NfsProcedure } from './procedure.js';
 import { NFS_PROG, NFS_VERS, Nfs3Status, NfsStatusError } from './types.js';
+import { countOp } from '../../telemetry/counters.js';
 import { nullProc } from './proc/null.js';
 import { getattr } from './proc/getattr.js';
 import { setattr } from './proc/setattr.js';
@@ -47,6 +48,7 @@ function wrap<A>(env: NfsEnv, p: NfsProcedure<A>, log?: NfsLog): RpcProcedure {
     const args = p.decode(r); // XdrError propagates: GARBAGE_ARGS
     env.counters.ops++;
     env.counters.byProc[p.name] = (env.counters.byProc[p.name] ?? 0) + 1;
+    countOp('nfs', p.name); // process-wide, for /metrics; READ/WRITE add their bytes
     const call = { env, rpc: ctx, caller: ctx.caller };
     const mark = w.length;
     try {

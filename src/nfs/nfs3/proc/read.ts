@@ -1,6 +1,7 @@
 import { attrOrUndefined, fileIdOf, readHandle, resolve } from '../context.js';
 import { defineProc } from '../procedure.js';
 import { NFS_IO_MAX, Nfs3Status, NfsStatusError, writePostOpAttr } from '../types.js';
+import { countBytes } from '../../../telemetry/counters.js';
 
 /** NFSPROC3_READ (RFC 1813 3.3.6). */
 export const read = defineProc({
@@ -15,6 +16,7 @@ export const read = defineProc({
       ? { data: Buffer.alloc(0), eof: a.offset >= attr.size }
       : await call.env.datastore.read(id, a.offset, count);
     call.env.counters.bytesRead += data.length;
+    countBytes('nfs', 'read', data.length);
     w.u32(Nfs3Status.OK);
     writePostOpAttr(w, attr);
     w.u32(data.length).bool(eof).opaque(data);

@@ -1,6 +1,7 @@
 import { attrOrUndefined, fileIdOf, readHandle, requireWritable, resolve } from '../context.js';
 import { defineProc } from '../procedure.js';
 import { NFS_IO_MAX, Nfs3Status, NfsStatusError, StableHow, writeWcc } from '../types.js';
+import { countBytes } from '../../../telemetry/counters.js';
 
 /**
  * NFSPROC3_WRITE (RFC 1813 3.3.7). DATA_SYNC and FILE_SYNC are both made
@@ -27,6 +28,7 @@ export const write = defineProc({
     const sync = a.stable !== StableHow.UNSTABLE;
     const post = await call.env.datastore.write(id, a.offset, data, sync);
     call.env.counters.bytesWritten += data.length;
+    countBytes('nfs', 'write', data.length);
     w.u32(Nfs3Status.OK);
     writeWcc(w, pre, post);
     w.u32(data.length).u32(sync ? StableHow.FILE_SYNC : StableHow.UNSTABLE).fixed(call.env.writeVerifier);
