@@ -1,22 +1,28 @@
 /**
  * The `restorelab` command line. Each capability registers its subcommands
  * from its own module in ./commands; this file only wires them up and turns
- * errors into messages and exit codes (docs/cli.md).
+ * errors into messages and exit codes (docs/cli.md). With --server (or
+ * RESTORELAB_SERVER) the commands run through a daemon instead: remote.ts.
  */
 import { Command, CommanderError } from 'commander';
 import { RestorelabError, ExitCode } from '../errors.js';
 import { commands } from './commands/index.js';
+import { applyRemoteMode, remoteTarget, type RemoteTarget } from './remote.js';
+import { remoteCommands } from './remote-commands.js';
 
-export function buildProgram(): Command {
+export function buildProgram(remote?: RemoteTarget): Command {
   const program = new Command();
   program
     .name('restorelab')
     .description('Backup repository, instant VM recovery and SureBackup-style verification labs')
     .option('--json', 'print one JSON document on stdout (for scripts)')
     .option('--config <file>', 'configuration file (default: config/default.json plus environment)')
+    .option('--server <url>', 'run the command through a restorelab server, e.g. https://host:8470 (env RESTORELAB_SERVER)')
+    .option('--token <token>', 'API token for --server (env RESTORELAB_TOKEN)')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   for (const register of commands) register(program);
+  if (remote) applyRemoteMode(program, remote, remoteCommands);
   return program;
 }
 
@@ -25,8 +31,8 @@ function wantsJson(argv: string[]): boolean {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const program = buildProgram();
   try {
+    const program = buildProgram(remoteTarget(argv));
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok;
   } catch (err) {

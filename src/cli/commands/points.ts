@@ -5,7 +5,8 @@ import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import { catalogKnows, listPoints, openCatalog, reindex, type PointSummary } from '../../catalog/catalog.js';
 import { formatBytes } from '../output.js';
 
-function render(points: PointSummary[]): string {
+/** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
+export function renderPoints(points: PointSummary[]): string {
   if (points.length === 0) return 'no restore points';
   return points.map((p) => `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
     `  new ${formatBytes(p.bytesNew)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
@@ -27,7 +28,7 @@ export function registerPoints(program: Command): void {
         // A catalog that has never seen this repository is filled from it first.
         if (!catalogKnows(db, repo.path)) await reindex(db, repo);
         const points = listPoints(db, repo.path, o.vm ? { vm: o.vm } : {});
-        ctx.out.result({ repo: repo.path, points }, () => render(points));
+        ctx.out.result({ repo: repo.path, points }, () => renderPoints(points));
       } finally {
         db.close();
       }

@@ -4,7 +4,8 @@ import { contextFor } from '../context.js';
 import { formatBytes } from '../output.js';
 import { listPublications, type PublicationStatus } from '../../publish/publish.js';
 
-function render(list: PublicationStatus[]): string {
+/** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
+export function renderPublications(list: PublicationStatus[]): string {
   if (list.length === 0) return 'no publications';
   return list.map((p) => `${p.id}  ${p.running ? `running (pid ${p.pid})` : 'stopped'}  ${p.path ?? ''}  overlay ${formatBytes(p.overlayBytes)}`).join('\n');
 }
@@ -17,6 +18,6 @@ export function registerPublications(program: Command): void {
     .action((_o, c: Command) => {
       const ctx = contextFor(c);
       const publications = listPublications(ctx.config().stateDir);
-      ctx.out.result({ publications }, () => render(publications));
+      ctx.out.result({ publications }, () => renderPublications(publications));
     });
 }

@@ -12,10 +12,17 @@ import { recoverResult, type RecoverResult } from '../../session/session.js';
 import { superviseSession } from '../../session/supervisor.js';
 import { realDeps } from '../../session/deps.js';
 
-function parseTarget(target: string): { vm: string; point?: string } {
+export function parseTarget(target: string): { vm: string; point?: string } {
   const at = target.indexOf('@');
   if (at === 0 || at === target.length - 1) throw badInput('BAD_TARGET', `"${target}" is not <vm> or <vm>@<point>`, 'e.g. restorelab recover web or web@<point id>');
   return at < 0 ? { vm: target } : { vm: target.slice(0, at), point: target.slice(at + 1) };
+}
+
+/** The human result (shared with remote mode, src/cli/remote-commands.ts). */
+export function renderRecovered(r: RecoverResult): string {
+  const addrs = Object.entries(r.addresses).map(([n, a]) => `  ${n}: ${a}`);
+  return [`session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`, ...addrs,
+    `stop it with: restorelab stop ${r.session}`].join('\n');
 }
 
 export function registerRecover(program: Command): void {
@@ -40,12 +47,7 @@ export function registerRecover(program: Command): void {
         repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
         ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}),
       });
-      ctx.out.result(recoverResult(s), (v) => {
-        const r = v as RecoverResult;
-        const addrs = Object.entries(r.addresses).map(([n, a]) => `  ${n}: ${a}`);
-        return [`session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`, ...addrs,
-          `stop it with: restorelab stop ${r.session}`].join('\n');
-      });
+      ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
     });
   program
     .command('session-supervise <session>', { hidden: true })

@@ -16,6 +16,25 @@ function jobsDir(opt: string | undefined): string {
   return resolve(opt ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'));
 }
 
+// The human renderings and --limit check, shared with remote mode (src/cli/remote-commands.ts).
+
+export function renderRun(job: string, r: { run: string; result: string; vms: Array<{ name: string; result: string; recoverySeconds: number; tests: Array<{ name: string; result: string }> }>; report: string | null }): string {
+  return [`${job}: ${r.result} (run ${r.run})`,
+    ...r.vms.map((v) => `  ${v.name.padEnd(16)} ${v.result.padEnd(18)} ${v.recoverySeconds.toFixed(1)} s  ${v.tests.map((t) => `${t.name}:${t.result}`).join(' ')}`),
+    `report: ${r.report}`].join('\n');
+}
+
+export function renderHistory(out: { passRate: { rate: number | null; runs: number }; runs: Array<{ startedAt: string; job: string; trigger: string; status: string; detail: string | null; vms: Array<{ name: string; result: string }> }> }): string {
+  return [`pass rate: ${out.passRate.rate === null ? 'no runs' : `${(out.passRate.rate * 100).toFixed(0)}% of ${out.passRate.runs}`}`,
+    ...out.runs.map((r) => `${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(12)} ${r.status.padEnd(15)} ${r.detail ?? r.vms.map((v) => `${v.name}:${v.result}`).join(' ')}`)].join('\n');
+}
+
+export function parseLimit(v: string): number {
+  const limit = Number(v);
+  if (!Number.isInteger(limit) || limit < 1) throw badInput('BAD_LIMIT', `--limit ${v} is not a positive integer`, 'e.g. --limit 50');
+  return limit;
+}
+
 export function registerSurebackup(program: Command): void {
   const cmd = program.command('surebackup').description('verify restore points by booting them in an isolated lab');
   cmd
@@ -46,9 +65,7 @@ export function registerSurebackup(program: Command): void {
           job, jobFile: resolve(file), backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history, trigger: 'manual', signal: ac.signal,
           limiter: new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB), log: { warn: (l) => ctx.out.warn(l) },
         });
-        ctx.out.result(runOutput(rep), () => [`${job.name}: ${rep.result} (run ${rep.run})`,
-          ...rep.vms.map((v) => `  ${v.name.padEnd(16)} ${v.result.padEnd(18)} ${v.recoverySeconds.toFixed(1)} s  ${v.tests.map((t) => `${t.name}:${t.result}`).join(' ')}`),
-          `report: ${rep.report}`].join('\n'));
+        ctx.out.result(runOutput(rep), () => renderRun(job.name, runOutput(rep)));
         if (rep.result !== 'success') process.exitCode = ExitCode.verifyFailed;
       } finally {
         process.off('SIGINT', onInt); process.off('SIGTERM', onTerm);
@@ -63,8 +80,7 @@ export function registerSurebackup(program: Command): void {
     .option('--limit <n>', 'how many runs', '20')
     .action((o: { job?: string; limit: string }, c: Command) => {
       const ctx = contextFor(c);
-      const limit = Number(o.limit);
-      if (!Number.isInteger(limit) || limit < 1) throw badInput('BAD_LIMIT', `--limit ${o.limit} is not a positive integer`, 'e.g. --limit 50');
+      const limit = parseLimit(o.limit);
       const history = History.open(ctx.config().catalog);
       try {
         const runs = history.lastRuns({ job: o.job, limit }).map((r) => {
@@ -75,8 +91,7 @@ export function registerSurebackup(program: Command): void {
         const vms = [...new Set(runs.flatMap((r) => r.vms.map((v) => v.name)))].sort();
         const out = { job: o.job ?? null, passRate: history.passRate({ job: o.job }), runs,
           recoveryTrend: Object.fromEntries(vms.map((vm) => [vm, history.recoveryTrend(vm, { job: o.job })])) };
-        ctx.out.result(out, () => [`pass rate: ${out.passRate.rate === null ? 'no runs' : `${(out.passRate.rate * 100).toFixed(0)}% of ${out.passRate.runs}`}`,
-          ...runs.map((r) => `${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(12)} ${r.status.padEnd(15)} ${r.detail ?? r.vms.map((v) => `${v.name}:${v.result}`).join(' ')}`)].join('\n'));
+        ctx.out.result(out, () => renderHistory(out));
       } finally { history.close(); }
     });
   const sched = cmd.command('schedule').description('scheduled SureBackup jobs');
