@@ -208,6 +208,36 @@ export async function getGuestPath(root: string, guestPath: string, to: string, 
   return result;
 }
 
+/**
+ * Writes a guest file or directory as a tar stream into `out`, a stream the
+ * caller owns (the API's download sends it as the HTTP response). Nothing is
+ * buffered beyond the tar packer's chunk. If `out` closes early (the client
+ * went away), packing stops with an error instead of waiting on it forever.
+ */
+export async function streamGuestTar(root: string, guestPath: string, out: Writable): Promise<GetResult> {
+  let r: ResolvedPath;
+  try {
+    r = await resolveGuestPath(root, guestPath, { followFinal: true });
+  } catch (err) {
+    throw readFailure(err, guestPath);
+  }
+  const result: GetResult = { guestPath: r.guestPath, to: '-', format: 'tar', bytes: 0, files: 0, directories: 0, symlinks: 0, skipped: 0 };
+  const sink = new CountingSink(out);
+  const onClose = (): void => {
+    if (!sink.writableFinished) sink.destroy(new Error(`the receiver of ${guestPath} closed the stream`));
+  };
+  out.once('close', onClose);
+  try {
+    await writeTar(r, sink, result);
+  } catch (err) {
+    throw readFailure(err, guestPath);
+  } finally {
+    out.off('close', onClose);
+  }
+  result.bytes = sink.bytes;
+  return result;
+}
+
 async function isDirectory(p: string): Promise<boolean> {
   try {
     return (await stat(p)).isDirectory();
@@ -239,6 +269,8 @@ async function copyFile(r: ResolvedPath, sink: CountingSink, result: GetResult):
 async function writeTar(r: ResolvedPath, sink: CountingSink, result: GetResult): Promise<void> {
   const pack = tar.pack();
   const done = pipeline(pack, sink);
+  // Awaited below; a sink that fails while packing (a client gone) must not count as unhandled meanwhile.
+  done.catch(() => undefined);
   const prefix = r.guestPath === '/' ? '.' : posix.basename(r.guestPath);
   try {
     await packTree(pack, r.hostPath, prefix, r.stat, result);

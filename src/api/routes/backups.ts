@@ -1,0 +1,69 @@
+/**
+ * Backups: the disk images of a VM into a new restore point of the
+ * configured repository, as `restorelab backup`, run as a long operation.
+ * The VM is named, not given as a file: the API reads definitions from
+ * lab-templates/vms only, so a request cannot make the server parse an
+ * arbitrary file as a definition. Image paths are server paths, as on the
+ * CLI (operators are trusted with them, as with restore targets).
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RegisterRoutes } from './index.js';
+import { apiError } from '../errors.js';
+import { principal } from '../route-table.js';
+import { accepted } from '../sse.js';
+import { openDefaultRepository } from './repositories.js';
+import { percentProgress } from './progress.js';
+import { projectPath } from '../../paths.js';
+import { loadVmDefinition } from '../../vm/definition.js';
+import { backupVm, planDisks } from '../../backup/engine.js';
+import { recordPoint } from '../../catalog/catalog.js';
+import type { Consistency } from '../../repo/contract.js';
+
+export const VM_DEFINITIONS_DIR = projectPath('lab-templates', 'vms');
+
+/** The definition file of a VM by name (the schema's pattern keeps `/` and `..` out of it). */
+function vmDefinitionFile(name: string): string {
+  const file = join(VM_DEFINITIONS_DIR, `${name}.json`);
+  if (!existsSync(file)) {
+    const known = readdirSync(VM_DEFINITIONS_DIR).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
+    throw apiError('NOT_FOUND', `no VM definition "${name}" in ${VM_DEFINITIONS_DIR} (there are: ${known.join(', ') || 'none'})`);
+  }
+  return file;
+}
+
+export const backupRoutes: RegisterRoutes = (t, ctx) => {
+  t.add({
+    method: 'post', path: '/backups', role: 'operator', tag: 'backups',
+    summary: 'backs up the disk images of a VM as a new restore point; progress per disk, result = the restore point',
+    body: 'api-backup.schema.json', success: { status: 202, description: 'the backup operation; once succeeded, `resource` is the new point' },
+    handler: async (req, res) => {
+      const b = req.body as { vm: string; disks?: Record<string, string>; consistency: Consistency };
+      const vm = loadVmDefinition(vmDefinitionFile(b.vm));
+      // Everything that can be checked before the work starts is a 4xx now, not a failed operation later.
+      const plan = planDisks(vm, b.disks);
+      for (const d of plan) {
+        if (!existsSync(d.path)) throw apiError('NOT_FOUND', `image ${d.path} of disk ${d.name} of VM ${vm.name} does not exist on the server`);
+      }
+      const repo = await openDefaultRepository(ctx);
+      const order = vm.disks.map((d) => d.name);
+      const op = ctx.operations.start('backup', principal(res).name, async (o) => {
+        const progress = percentProgress(o);
+        const point = await backupVm({
+          repo, vm, consistency: b.consistency, ...(b.disks ? { disks: b.disks } : {}),
+          onWarning: (m) => o.log(m),
+          onProgress: (p) => {
+            // Disks are backed up one after the other, in definition order.
+            const i = Math.max(0, order.indexOf(p.disk));
+            const share = p.total > 0 ? p.done / p.total : 1;
+            progress((i + share) / order.length, `disk ${p.disk}: ${p.done} of ${p.total} bytes, ${p.stats.bytesNew} new`);
+          },
+        });
+        recordPoint(ctx.catalog, repo.path, point);
+        ctx.log.info({ point: point.id, vm: vm.name, stats: point.stats }, 'backup done');
+        return { result: point, resource: `/api/v1/points/${point.id}` };
+      });
+      accepted(res, op);
+    },
+  });
+};

@@ -1,0 +1,119 @@
+/**
+ * Restore points of the configured repository, each with its latest
+ * SureBackup verdict, and the full restore of one disk (as `restorelab
+ * points` and `restorelab restore`). Listing reads the catalog; one point is
+ * read from its manifest, the source of truth.
+ */
+import type { RegisterRoutes } from './index.js';
+import type { ApiContext } from '../context.js';
+import { apiError } from '../errors.js';
+import { principal, queryOf } from '../route-table.js';
+import { accepted } from '../sse.js';
+import { ensureIndexed, openDefaultRepository } from './repositories.js';
+import { percentProgress } from './progress.js';
+import { forgetPoints, listPoints } from '../../catalog/catalog.js';
+import { restoreDisk, type RestoreFormat } from '../../backup/restore.js';
+import { listPublications } from '../../publish/publish.js';
+
+/** The newest SureBackup result of a restore point (surebackup_vm_results, src/surebackup/history.ts). */
+export interface PointVerification {
+  run: string;
+  job: string;
+  vm: string;
+  /** success, warning, failed or dependency-failed. */
+  result: string;
+  /** When the VM's verification started (ISO 8601). */
+  at: string;
+  recoverySeconds: number;
+  /** Whether a console screenshot was kept for this VM in that run. */
+  screenshot: boolean;
+}
+
+export function pointVerification(ctx: ApiContext): (pointId: string) => PointVerification | null {
+  const q = ctx.catalog.prepare(`SELECT v.run_id AS run, r.job AS job, v.vm AS vm, v.result AS result, v.started_ms AS startedMs,
+      v.recovery_s AS recoverySeconds, v.screenshot AS screenshot
+    FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
+    WHERE v.point = ? ORDER BY v.started_ms DESC, r.started_at DESC LIMIT 1`);
+  return (pointId) => {
+    const row = q.get(pointId) as { run: string; job: string; vm: string; result: string; startedMs: number; recoverySeconds: number; screenshot: string | null } | undefined;
+    if (!row) return null;
+    return { run: row.run, job: row.job, vm: row.vm, result: row.result, at: new Date(row.startedMs).toISOString(), recoverySeconds: row.recoverySeconds, screenshot: row.screenshot !== null };
+  };
+}
+
+export const pointRoutes: RegisterRoutes = (t, ctx) => {
+  t.add({
+    method: 'get', path: '/points', role: 'viewer', tag: 'points',
+    summary: 'restore points of the configured repository (oldest first), each with its latest SureBackup verification or null',
+    query: 'api-point-query.schema.json',
+    handler: async (_req, res) => {
+      const q = queryOf<{ vm?: string }>(res);
+      const repo = await openDefaultRepository(ctx);
+      await ensureIndexed(ctx, repo);
+      const verification = pointVerification(ctx);
+      const points = listPoints(ctx.catalog, repo.path, q.vm !== undefined ? { vm: q.vm } : {});
+      return { repository: repo.path, points: points.map((p) => ({ ...p, verification: verification(p.id) })) };
+    },
+  });
+  t.add({
+    method: 'get', path: '/points/:id', role: 'viewer', tag: 'points',
+    summary: 'one restore point: its manifest (VM definition, disks, stats) and latest verification',
+    handler: async (req) => {
+      const repo = await openDefaultRepository(ctx);
+      const point = await repo.getPoint(String(req.params.id));
+      return { ...point, verification: pointVerification(ctx)(point.id) };
+    },
+  });
+  t.add({
+    method: 'delete', path: '/points/:id', role: 'admin', tag: 'points',
+    summary: 'forgets one restore point (its manifest; gc frees the data). Refused while a publication uses it',
+    handler: async (req, res) => {
+      const id = String(req.params.id);
+      const repo = await openDefaultRepository(ctx);
+      const point = await repo.getPoint(id);
+      // A stopped publication can be resumed, so it needs the point as much as a running one.
+      const users = listPublications(ctx.config.stateDir).filter((p) => p.point === id);
+      if (users.length > 0) {
+        throw apiError('CONFLICT', `restore point ${id} is published (${users.map((p) => `${p.name}${p.running ? '' : ' (stopped)'}`).join(', ')}); remove the publication first`);
+      }
+      // The same lock prune takes: no backup may choose this point as its parent meanwhile.
+      const lock = await repo.lock('exclusive', `forget ${id}`);
+      try {
+        await repo.removePoint(id);
+      } finally {
+        await lock.release();
+      }
+      forgetPoints(ctx.catalog, repo.path, [id]);
+      ctx.log.info({ by: principal(res).name, point: id, vm: point.vm.name }, 'restore point forgotten');
+      return { id, vm: point.vm.name, time: point.time, removed: true };
+    },
+  });
+  t.add({
+    method: 'post', path: '/points/:id/restore', role: 'operator', tag: 'points',
+    summary: 'writes one disk of the point to a raw or qcow2 file on the server (sparse; renamed into place when complete)',
+    body: 'api-restore.schema.json', success: { status: 202, description: 'the restore operation; its result says where and how much was written' },
+    handler: async (req, res) => {
+      const b = req.body as { disk?: string; to: string; format: RestoreFormat };
+      const repo = await openDefaultRepository(ctx);
+      const point = await repo.getPoint(String(req.params.id));
+      const names = point.disks.map((d) => d.name);
+      let disk = b.disk;
+      if (disk === undefined) {
+        if (names.length !== 1) throw apiError('VALIDATION_FAILED', `body/disk: restore point ${point.id} has ${names.length} disks (${names.join(', ')}); name one`, [{ path: 'body/disk', message: 'required when the point has several disks' }]);
+        disk = names[0] as string;
+      } else if (!names.includes(disk)) {
+        throw apiError('NOT_FOUND', `restore point ${point.id} has no disk ${disk} (it has ${names.join(', ')})`);
+      }
+      const diskName = disk;
+      const op = ctx.operations.start('restore', principal(res).name, async (o) => {
+        const progress = percentProgress(o);
+        const result = await restoreDisk({
+          repo, point: point.id, disk: diskName, to: b.to, format: b.format,
+          onProgress: (done, total) => progress(total > 0 ? done / total : 1, `${done} of ${total} bytes`),
+        });
+        return { result, resource: `/api/v1/points/${point.id}` };
+      });
+      accepted(res, op);
+    },
+  });
+};

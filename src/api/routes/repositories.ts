@@ -1,0 +1,182 @@
+/**
+ * Repositories: the configured one, named `default`, and any other the
+ * catalog has indexed (named by the repository id in its config.json, which
+ * stays the same when the directory moves). Verify, prune and gc run as long
+ * operations over the same library calls as `restorelab verify|prune|gc`.
+ *
+ * The server holds no key files, so it opens unencrypted repositories only;
+ * an encrypted one is listed with the error that says so.
+ */
+import { resolve } from 'node:path';
+import type { RegisterRoutes } from './index.js';
+import type { ApiContext } from '../context.js';
+import { apiError } from '../errors.js';
+import { principal } from '../route-table.js';
+import { accepted } from '../sse.js';
+import { percentProgress } from './progress.js';
+import { initRepository, openRepository, type LocalRepository } from '../../repo/repository.js';
+import { verifyRepository } from '../../repo/verify.js';
+import { planPrune, pruneRepository, type PrunePolicy } from '../../repo/prune.js';
+import { collectGarbage } from '../../repo/gc.js';
+import { catalogKnows, forgetPoints, listPoints, reindex } from '../../catalog/catalog.js';
+import { ExitCode, RestorelabError } from '../../errors.js';
+
+export const DEFAULT_REPOSITORY = 'default';
+
+/** The configured repository, opened fresh (opening reads config.json only). */
+export function openDefaultRepository(ctx: ApiContext): Promise<LocalRepository> {
+  return openRepository(ctx.config.repository);
+}
+
+/** Fills the catalog from a repository it has never seen, as `restorelab points` does. */
+export async function ensureIndexed(ctx: ApiContext, repo: LocalRepository): Promise<void> {
+  if (!catalogKnows(ctx.catalog, repo.path)) await reindex(ctx.catalog, repo);
+}
+
+/** Paths of the repositories the catalog has indexed (its `repos` table, src/catalog/catalog.ts). */
+function indexedPaths(ctx: ApiContext): string[] {
+  return (ctx.catalog.prepare('SELECT repo FROM repos ORDER BY repo').all() as { repo: string }[]).map((r) => r.repo);
+}
+
+/** `default`, or the id of a repository the catalog knows. */
+export async function openNamedRepository(ctx: ApiContext, name: string): Promise<LocalRepository> {
+  if (name === DEFAULT_REPOSITORY) return openDefaultRepository(ctx);
+  for (const path of indexedPaths(ctx)) {
+    if (path === resolve(ctx.config.repository)) continue;
+    const repo = await openRepository(path).catch(() => undefined);
+    if (repo?.config.id === name) return repo;
+  }
+  throw apiError('NOT_FOUND', `no repository named ${name}: use "${DEFAULT_REPOSITORY}" (the configured one) or the id of a repository GET /api/v1/repositories lists`);
+}
+
+export interface RepositoryView {
+  name: string;
+  path: string;
+  default: boolean;
+  id: string;
+  format: { version: number; chunkSize: number; hash: string; compression: string; encryption: string; created: string };
+  counts: { points: number; vms: number; damagedPoints: number };
+  latestPoint: string | null;
+}
+
+export async function describeRepository(ctx: ApiContext, repo: LocalRepository): Promise<RepositoryView> {
+  await ensureIndexed(ctx, repo);
+  const points = listPoints(ctx.catalog, repo.path);
+  const c = repo.config;
+  const isDefault = repo.path === resolve(ctx.config.repository);
+  return {
+    name: isDefault ? DEFAULT_REPOSITORY : c.id,
+    path: repo.path,
+    default: isDefault,
+    id: c.id,
+    format: { version: c.version, chunkSize: c.chunkSize, hash: c.hash, compression: c.compression, encryption: c.encryption, created: c.created },
+    counts: { points: points.length, vms: new Set(points.map((p) => p.vm)).size, damagedPoints: points.filter((p) => p.damaged).length },
+    latestPoint: points.at(-1)?.id ?? null,
+  };
+}
+
+/** A repository that cannot be opened still appears in the list, with why. */
+function unopenable(ctx: ApiContext, path: string, err: unknown): Record<string, unknown> {
+  const isDefault = path === resolve(ctx.config.repository);
+  const e = err instanceof RestorelabError ? { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) } : { code: 'REPO_UNREADABLE', message: String(err) };
+  return { name: isDefault ? DEFAULT_REPOSITORY : null, path, default: isDefault, error: e };
+}
+
+export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
+  t.add({
+    method: 'get', path: '/repositories', role: 'viewer', tag: 'repositories',
+    summary: 'the configured repository (`default`) and every other one the catalog has indexed, with format and counts',
+    handler: async () => {
+      const out: unknown[] = [];
+      const def = resolve(ctx.config.repository);
+      for (const path of [def, ...indexedPaths(ctx).filter((p) => p !== def)]) {
+        try {
+          out.push(await describeRepository(ctx, await openRepository(path)));
+        } catch (err) {
+          // Repositories the catalog once saw may be gone; only the configured one is always listed.
+          if (path === def || !(err instanceof RestorelabError && err.code === 'REPO_NOT_FOUND')) out.push(unopenable(ctx, path, err));
+        }
+      }
+      return { repositories: out };
+    },
+  });
+  t.add({
+    method: 'post', path: '/repositories', role: 'admin', tag: 'repositories',
+    summary: 'creates an empty repository at a server path (as `restorelab repo init`) and indexes it in the catalog',
+    body: 'api-repo-create.schema.json', success: { status: 201, description: 'the new repository' },
+    handler: async (req, res) => {
+      const b = req.body as { path: string; chunkSize?: number };
+      const repo = await initRepository(b.path, b.chunkSize !== undefined ? { chunkSize: b.chunkSize } : {});
+      await reindex(ctx.catalog, repo);
+      const view = await describeRepository(ctx, repo);
+      ctx.log.info({ by: principal(res).name, repository: repo.path, id: view.id }, 'repository created');
+      res.location(`/api/v1/repositories/${view.name}`);
+      return view;
+    },
+  });
+  t.add({
+    method: 'get', path: '/repositories/:name', role: 'viewer', tag: 'repositories',
+    summary: 'one repository: `default` or a repository id',
+    handler: async (req) => describeRepository(ctx, await openNamedRepository(ctx, String(req.params.name))),
+  });
+  t.add({
+    method: 'post', path: '/repositories/:name/verify', role: 'operator', tag: 'repositories',
+    summary: 're-reads and re-hashes every chunk the points (or one point) reference; corrupt chunks are quarantined and their points marked damaged',
+    body: 'api-repo-verify.schema.json', success: { status: 202, description: 'the verify operation; it fails with REPOSITORY_CORRUPT when corruption is found' },
+    handler: async (req, res) => {
+      const b = req.body as { point?: string };
+      const repo = await openNamedRepository(ctx, String(req.params.name));
+      if (b.point !== undefined) await repo.getPoint(b.point); // an unknown point is a 404 now, not a failed operation later
+      const op = ctx.operations.start('verify', principal(res).name, async (o) => {
+        const progress = percentProgress(o);
+        const report = await verifyRepository(repo, {
+          ...(b.point !== undefined ? { point: b.point } : {}),
+          onProgress: (done, total) => progress(total > 0 ? done / total : 1, `${done} of ${total} chunks checked`),
+        });
+        // The damaged marks live in the manifests; the catalog mirrors them.
+        await reindex(ctx.catalog, repo);
+        if (!report.ok) {
+          // The full report goes out as the last progress event; the operation's error says what broke.
+          o.progress(1, 'corruption found', report);
+          throw new RestorelabError('REPOSITORY_CORRUPT',
+            `${report.corrupt.length} corrupt item(s) in ${repo.path}; damaged restore points: ${report.affectedPoints.join(', ') || 'none'}`,
+            { hint: 'restore from an undamaged point; the bad chunks are quarantined as .bad files (a new backup of the same data heals them)', exitCode: ExitCode.verifyFailed });
+        }
+        return { result: report, resource: `/api/v1/repositories/${req.params.name}` };
+      });
+      accepted(res, op);
+    },
+  });
+  t.add({
+    method: 'post', path: '/repositories/:name/prune', role: 'admin', tag: 'repositories',
+    summary: 'removes the restore points no retention rule keeps (per VM); run gc afterwards to free their data',
+    body: 'api-repo-prune.schema.json', success: { status: 202, description: 'the prune operation; its result is the prune report' },
+    handler: async (req, res) => {
+      const b = req.body as PrunePolicy & { vm?: string; dryRun?: boolean };
+      planPrune([], b); // a policy without any keep rule is a 400 now, not a failed operation later
+      const repo = await openNamedRepository(ctx, String(req.params.name));
+      const op = ctx.operations.start('prune', principal(res).name, async (o) => {
+        o.progress(null, b.dryRun ? 'planning (dry run)' : 'pruning');
+        const report = await pruneRepository(repo, { ...b, dryRun: b.dryRun === true });
+        if (!report.dryRun) forgetPoints(ctx.catalog, repo.path, report.removed.map((p) => p.id));
+        return { result: report, resource: `/api/v1/repositories/${req.params.name}` };
+      });
+      accepted(res, op);
+    },
+  });
+  t.add({
+    method: 'post', path: '/repositories/:name/gc', role: 'admin', tag: 'repositories',
+    summary: 'frees chunks and indexes no restore point references (safe beside running backups)',
+    body: 'api-repo-gc.schema.json', success: { status: 202, description: 'the gc operation; its result is the gc report' },
+    handler: async (req, res) => {
+      const b = req.body as { dryRun?: boolean };
+      const repo = await openNamedRepository(ctx, String(req.params.name));
+      const op = ctx.operations.start('gc', principal(res).name, async (o) => {
+        o.progress(null, b.dryRun ? 'counting (dry run)' : 'collecting garbage');
+        const report = await collectGarbage(repo, { dryRun: b.dryRun === true });
+        return { result: report, resource: `/api/v1/repositories/${req.params.name}` };
+      });
+      accepted(res, op);
+    },
+  });
+};
