@@ -1,0 +1,106 @@
+/* global URLSearchParams -- browser globals: the lint config targets Node, this module runs in the page */
+/**
+ * Pure helpers: formatting and the role order. No DOM and no fetch here, so
+ * the unit test imports this module in Node as it is.
+ */
+
+/** Roles in order; a token may do what its role and every lower role may. */
+export const ROLES = ['viewer', 'operator', 'admin'];
+
+export function roleAllows(have, need) {
+  const i = ROLES.indexOf(have);
+  return i >= 0 && i >= ROLES.indexOf(need);
+}
+
+/** 1536 → "1.5 KiB" (binary units, as `restorelab points` prints them). */
+export function formatBytes(n) {
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return '—';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+/** 75.2 → "1 min 15 s"; null → "—". */
+export function formatSeconds(s) {
+  if (typeof s !== 'number' || !Number.isFinite(s) || s < 0) return '—';
+  if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
+  const m = Math.floor(s / 60);
+  const rest = Math.round(s - m * 60);
+  return m < 60 ? `${m} min ${rest} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+/** An ISO time as "2026-12-01 03:04:05 UTC": one zone for everyone reading the same night's runs. */
+export function formatTime(iso) {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return `${d.toISOString().slice(0, 19).replace('T', ' ')} UTC`;
+}
+
+/** The first characters of an id, enough to tell points and sessions apart on screen. */
+export function shortId(id, n = 12) {
+  return typeof id === 'string' && id.length > n ? id.slice(0, n) : String(id ?? '');
+}
+
+/**
+ * What a verification, run, test or session state looks like: the word is
+ * always shown (colour is only a second cue), and `tone` picks the style.
+ */
+export function badge(value) {
+  const v = value === null || value === undefined ? 'not verified' : String(value);
+  const good = ['passed', 'success', 'succeeded', 'running', 'ok'];
+  const bad = ['failed', 'error', 'dependency-failed', 'cancelled', 'missed'];
+  const busy = ['starting', 'migrating', 'queued', 'pending', 'warning'];
+  const tone = good.includes(v) ? 'good' : bad.includes(v) ? 'bad' : busy.includes(v) ? 'busy' : 'neutral';
+  return { label: v, tone };
+}
+
+/** Session states that still hold a VM (the same list as src/session/session.ts ACTIVE_STATES). */
+export const ACTIVE_SESSION_STATES = ['starting', 'running', 'migrating', 'migrated'];
+
+export function isActiveSession(s) {
+  return ACTIVE_SESSION_STATES.includes(s?.state);
+}
+
+/** Points grouped by VM name, each group newest first, groups by name. */
+export function groupPointsByVm(points) {
+  const by = new Map();
+  for (const p of points ?? []) {
+    const list = by.get(p.vm) ?? [];
+    list.push(p);
+    by.set(p.vm, list);
+  }
+  for (const list of by.values()) list.sort((a, b) => String(b.time).localeCompare(String(a.time)));
+  return [...by.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+}
+
+/** A directory path one level up: "/etc/ssh" → "/etc", "/etc" → "/". */
+export function parentPath(p) {
+  const parts = String(p).split('/').filter(Boolean);
+  parts.pop();
+  return `/${parts.join('/')}`;
+}
+
+export function joinPath(dir, name) {
+  return `${dir.endsWith('/') ? dir : `${dir}/`}${name}`;
+}
+
+/** The file name a download should get, from Content-Disposition or the path. */
+export function downloadName(contentDisposition, path) {
+  const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(contentDisposition ?? '');
+  if (m) {
+    try { return decodeURIComponent(m[1]); } catch { return m[1]; }
+  }
+  const base = String(path).split('/').filter(Boolean).pop() ?? 'root';
+  return `${base}.tar`;
+}
+
+/** The route a hash names: "#/runs/abc" → { view: 'runs', args: ['abc'], query }. */
+export function parseHash(hash) {
+  const raw = String(hash ?? '').replace(/^#\/?/, '');
+  const [path, qs] = raw.split('?');
+  const parts = (path ?? '').split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+  return { view: parts[0] ?? 'overview', args: parts.slice(1), query: new URLSearchParams(qs ?? '') };
+}
