@@ -1,0 +1,79 @@
+/**
+ * `restorelab recover` through the server, for real: the API over a
+ * repository of the `web` guest served on 127.0.0.1 (an ephemeral port), and
+ * the CLI in a child process with --server/--token recovering `web` in a lab
+ * of this file's own (masquerade 172.18.131.0/24, QEMU under TCG), following
+ * the operation's progress over SSE, then listing and stopping the session.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { projectPath } from '../../src/paths.js';
+import { labApi } from './fixtures/lab-api.js';
+import { httpGet, WEB_EXPECT } from '../session/fixtures/recovery.js';
+
+interface Cli { code: number | null; stdout: string; stderr: string; json: Record<string, unknown> }
+
+function cli(args: string[], env: Record<string, string>): Promise<Cli> {
+  return new Promise((resolve, reject) => {
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RESTORELAB_')));
+    const p = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { env: { ...clean, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
+    p.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
+    p.on('error', reject);
+    p.on('close', (code) => {
+      let json: Record<string, unknown> = {};
+      try { json = JSON.parse(stdout) as Record<string, unknown>; } catch { /* not JSON */ }
+      resolve({ code, stdout, stderr, json });
+    });
+  });
+}
+
+t.test('recover web, list it, stop it, all through the server', async (t) => {
+  const { api, lab } = await labApi(t, { prefix: 'cr', masquerade: '172.18.131.0/24' });
+  const server = createServer(api.app);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const elsewhere = mkdtempSync(join(tmpdir(), 'rl-remote-client-'));
+  t.teardown(() => rmSync(elsewhere, { recursive: true, force: true }));
+  const operator = api.auth.operator.replace(/^Bearer /, '');
+  const remote = (args: string[]): Promise<Cli> => cli(['--server', url, '--token', operator, ...args], { RESTORELAB_HOME: elsewhere });
+
+  const unknown = await remote(['recover', 'nosuchvm', '--lab', lab]);
+  t.equal(unknown.code, 5, `an unknown VM is refused before anything starts: ${unknown.stderr}`);
+  t.match(unknown.stderr, /error: server: .*nosuchvm/);
+  const labFile = await remote(['recover', 'web', '--lab', './labs/x.json']);
+  t.equal(labFile.code, 2);
+  t.match(labFile.stderr, /--lab names a lab template on the server.*\n.*--lab x/);
+
+  // Without --json, so the progress lines show (--json keeps stderr for warnings only).
+  const rec = await remote(['recover', 'web', '--lab', lab]);
+  t.equal(rec.code, 0, rec.stderr);
+  const m = /^session (\S+): web is running \(heartbeat after ([\d.]+) s\)\n {2}nic0: 172\.18\.131\.10\nstop it with: restorelab stop \1\n$/.exec(rec.stdout);
+  t.ok(m, `the same rendering as embedded recover: ${rec.stdout}`);
+  const id = m?.[1] as string;
+  t.teardown(() => cli(['--server', url, '--token', operator, 'stop', id], { RESTORELAB_HOME: elsewhere }));
+  t.ok(Number(m?.[2]) > 0, 'a heartbeat time');
+  t.match(rec.stderr, /operation [0-9a-f-]+ \(recover\) on http:\/\/127\.0\.0\.1/);
+  t.match(rec.stderr, /recovering web with the qemu driver/, 'progress streamed from the server');
+  const page = await httpGet('http://172.18.131.10/');
+  t.match(page.body, WEB_EXPECT, 'the VM the CLI recovered answers through the lab');
+
+  const listed = await remote(['sessions', '--json']);
+  t.match(listed.json.sessions, [{ session: id, vm: 'web', state: 'running', lab }]);
+  const human = await remote(['sessions']);
+  t.match(human.stdout, new RegExp(`${id}\\s+web\\s+running`));
+
+  const stop = await remote(['stop', id, '--json']);
+  t.equal(stop.code, 0, stop.stderr);
+  t.same(stop.json, { session: id, vm: 'web', state: 'stopped' });
+  const after = await remote(['sessions', '--json']);
+  t.match(after.json.sessions, [{ session: id, state: 'stopped' }]);
+});
