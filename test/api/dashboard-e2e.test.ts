@@ -6,9 +6,11 @@
  *
  * - a wrong token is refused with the server's message; an operator token logs in;
  * - Recover on the points view → the session runs in Sessions with a console
- *   screenshot that loads → Stop → it leaves the live list, stopped;
+ *   screenshot that loads → Migrate (a taken target shows the server's error
+ *   and hint; then the disks move) → Stop → it leaves the live list, stopped;
  * - Run now on a one-VM job → the run ends → its page shows web's tests, its
  *   screenshot and the HTML report;
+ * - File restore: mount the point, browse /etc, download hostname as tar, unmount;
  * - a viewer token sees no Recover or Run buttons.
  *
  * Page screenshots are kept in test-artifacts/dashboard/ for a human to look at.
@@ -163,6 +165,32 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await shot(page, '04-session-running');
   });
 
+  await t.test('Migrate: a taken target is refused with message and hint; then the disks move and the VM keeps running', async (t) => {
+    if (!sessionId) { t.fail('no session to migrate: the recovery above failed'); return; }
+    const prod = join(dir, 'prod');
+    mkdirSync(prod, { recursive: true });
+    writeFileSync(join(prod, 'web-root.raw'), 'taken');
+    const card = page.locator(`article[data-session="${sessionId}"]`);
+    await card.getByLabel('Target directory').fill(prod);
+    await card.getByLabel('Format').selectOption('raw');
+    await card.getByRole('button', { name: 'Migrate' }).click();
+    const err = page.locator('#error');
+    await err.waitFor({ state: 'visible', timeout: 60_000 });
+    t.match(await err.textContent(), /already exists/, 'the server\'s message');
+    t.match(await err.locator('.hint').textContent(), /Hint: remove it or pick another/, 'and its hint');
+    await shot(page, '05-migrate-refused');
+    await err.getByRole('button', { name: 'Dismiss' }).click();
+    await card.getByLabel('Format').selectOption('qcow2');
+    await card.getByRole('button', { name: 'Migrate' }).click();
+    await card.locator('[data-state="migrated"]').waitFor({ timeout: 180_000 });
+    t.ok(existsSync(join(prod, 'web-root.qcow2')), 'the disk is in the target directory');
+    t.match(await card.textContent(), new RegExp(`Migrated to${prod}`), 'the card says where');
+    const img = card.getByRole('img', { name: /Console of web/ });
+    await page.waitForFunction((el) => (el as HTMLImageElement).naturalWidth > 0, await img.elementHandle(), { timeout: 30_000 });
+    t.pass('still running, with its screen');
+    await shot(page, '06-session-migrated');
+  });
+
   await t.test('Stop: the session leaves the live list and is listed stopped', async (t) => {
     if (!sessionId) { t.fail('no session to stop: the recovery above failed'); return; }
     const card = page.locator(`article[data-session="${sessionId}"]`);
@@ -173,7 +201,7 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     t.match(await ended.textContent(), /web/);
     t.equal((await listSessions(stateDir)).find((s) => s.id === sessionId)?.state, 'stopped');
     t.same(listPublications(stateDir).filter((p) => p.running), [], 'its publication is gone');
-    await shot(page, '05-session-stopped');
+    await shot(page, '07-session-stopped');
   });
 
   await t.test('Run now on a job; the run page shows web\'s tests, screenshot and report', async (t) => {
@@ -182,7 +210,7 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     // The runs list refreshes on its own; the run appears, then ends.
     const row = page.getByRole('table', { name: 'Recent runs' }).getByRole('row').filter({ hasText: 'dash-web' }).first();
     await row.waitFor({ timeout: 30_000 });
-    await shot(page, '06-job-running');
+    await shot(page, '08-job-running');
     await row.locator('[data-status]:not([data-status="running"])').waitFor({ timeout: RUN_MS });
     const status = await row.locator('[data-status]').getAttribute('data-status');
     t.equal(status, 'success', 'the run of web passed');
@@ -205,9 +233,9 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     t.pass('the HTML report is shown, with the job and its verdict');
     t.match(await report.locator('body').textContent(), /web/, 'naming web');
     t.equal(await page.locator('#report-frame').getAttribute('sandbox'), '', 'in a sandbox without scripts');
-    await shot(page, '07-run');
+    await shot(page, '09-run');
     await page.locator('#report-frame').scrollIntoViewIfNeeded();
-    await page.locator('#report-frame').screenshot({ path: join(ARTIFACTS, '07-run-report-frame.png') });
+    await page.locator('#report-frame').screenshot({ path: join(ARTIFACTS, '09-run-report-frame.png') });
   });
 
   await t.test('File restore: mount the point, browse /etc, download hostname as tar, unmount', async (t) => {
@@ -217,7 +245,7 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await page.getByRole('table', { name: 'Contents of /' }).waitFor({ timeout: 60_000 });
     await page.getByRole('button', { name: 'Open directory etc' }).click();
     await page.getByRole('table', { name: 'Contents of /etc' }).waitFor();
-    await shot(page, '08-file-restore');
+    await shot(page, '10-file-restore');
     const [download] = await Promise.all([
       page.waitForEvent('download'),
       page.getByRole('button', { name: 'Download /etc/hostname' }).click(),
@@ -245,7 +273,7 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await vpage.goto(`${url}/#/jobs`);
     await vpage.getByRole('table', { name: 'SureBackup jobs' }).waitFor();
     t.equal(await vpage.getByRole('button', { name: /Run job/ }).count(), 0, 'no Run now button');
-    await shot(vpage, '09-viewer-points');
+    await shot(vpage, '11-viewer-points');
     await vpage.getByRole('button', { name: 'Log out' }).click();
     await vpage.getByLabel('API token').waitFor();
     t.equal(await vpage.evaluate(() => window.sessionStorage.length), 0, 'logout forgets the token');

@@ -55,8 +55,8 @@ export async function render(ctx) {
         ctx.notify(`Migrating ${s.vm} to ${dir.value.trim()} (operation ${shortId(op.id, 8)})…`);
         const done = await ctx.api.waitOperation(op.id, { onProgress: (o) => { if (o.progress?.message) ctx.notify(`Migrating ${s.vm}: ${o.progress.message}`); } });
         if (done.state === 'succeeded') ctx.notify(`${s.vm} now runs on its migrated disks in ${dir.value.trim()}.`);
-        else ctx.fail(done.error ?? { message: `the migration ${done.state}` });
-      } catch (err) { ctx.fail(err); }
+        else { ctx.notify(''); ctx.fail(done.error ?? { message: `the migration ${done.state}` }); }
+      } catch (err) { ctx.notify(''); ctx.fail(err); }
       await refresh();
     });
     return form;
