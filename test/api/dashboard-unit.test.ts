@@ -3,13 +3,16 @@
  * loads them (no build step): formatting, routing, and the API client with a
  * fake fetch (unit test; the real server and browser are in
  * dashboard-e2e.test.ts). Plus the offline rule: no file of the dashboard
- * loads anything from another origin.
+ * loads anything from another origin; and the server hands out the shell
+ * without a token but no data.
  */
 import t from 'tap';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import request from 'supertest';
 import { projectPath } from '../../src/paths.js';
+import { testApi } from '../helpers/api.js';
 
 const DASHBOARD = projectPath('dashboard');
 
@@ -185,4 +188,17 @@ t.test('offline: no file loads anything from another origin, no inline script', 
   const html = readFileSync(join(DASHBOARD, 'index.html'), 'utf8');
   t.notMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/i, 'index.html has no inline script');
   t.match(html, /<html lang="en">/);
+});
+
+t.test('the server serves the dashboard shell without a token, and nothing else', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const index = await request(api.app).get('/').expect(200);
+  t.match(index.headers['content-type'], /^text\/html/);
+  t.match(index.text, /<script type="module" src="js\/app.js">/);
+  const mod = await request(api.app).get('/js/app.js').expect(200);
+  t.match(mod.headers['content-type'], /javascript/, 'ES modules need a JavaScript MIME type or the browser refuses them');
+  await request(api.app).get('/style.css').expect(200).expect('content-type', /text\/css/);
+  const data = await request(api.app).get('/api/v1/points').expect(401);
+  t.equal(data.body.error.code, 'UNAUTHENTICATED', 'the data behind it still needs a token');
 });
