@@ -5,13 +5,15 @@
 import t, { type Test } from 'tap';
 import request from 'supertest';
 import { createHash } from 'node:crypto';
-import { cpSync, createReadStream, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestRepository } from '../helpers/repository.js';
 import { testApi, type TestApi } from '../helpers/api.js';
 import { History } from '../../src/surebackup/history.js';
 import { CHUNKS_DIR } from '../../src/repo/format.js';
+import { initRepository } from '../../src/repo/repository.js';
 import type { Operation } from '../../src/api/operations.js';
 
 const work = mkdtempSync(join(tmpdir(), 'rl-api-storage-'));
@@ -296,4 +298,47 @@ t.test('prune, forget one point, gc: admin operations over a repository with two
   const restored = await finished(a, await request(a.app).post(`/api/v1/points/${thirdId}/restore`).set('authorization', a.auth.operator).send({ to }));
   t.equal(restored.state, 'succeeded', JSON.stringify(restored.error));
   t.equal(await sha256File(to), await sha256File(guest.image));
+});
+
+t.test('cancel: a backup and a restore stop at the next chunk and leave no point and no file behind', async (t) => {
+  // 256 MiB of random bytes: 64 chunks that neither compress nor dedupe, so the work is still running when it is cancelled.
+  const image = join(work, 'big.raw');
+  const fd = openSync(image, 'w');
+  for (let i = 0; i < 64; i++) writeSync(fd, randomBytes(4 * 1024 * 1024));
+  closeSync(fd);
+  const dir = join(work, 'cancel-repo');
+  await initRepository(dir);
+  const a = await api(t, { RESTORELAB_REPO: dir });
+  /** Starts the operation and cancels it at its first progress event (subscribers run synchronously on each event). */
+  const startAndCancel = async (res: request.Response): Promise<Operation> => {
+    t.equal(res.status, 202);
+    const id = res.body.id as string;
+    let asked = false;
+    const stop = a.ctx.operations.subscribe(id, (e) => {
+      if (e.type === 'progress' && !asked) asked = a.ctx.operations.cancel(id);
+    });
+    const op = await a.ctx.operations.wait(id);
+    stop();
+    t.ok(asked, 'cancelled while running');
+    return op as Operation;
+  };
+
+  const backup = await startAndCancel(await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: image } }));
+  t.equal(backup.state, 'cancelled');
+  t.match(backup.error, { code: 'OPERATION_CANCELLED', message: /stopped at the next chunk: cancelled through the API/ });
+  t.ok((backup.progress.fraction ?? 1) < 0.5, 'it stopped early');
+  t.same((await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200)).body.points, [], 'no restore point');
+  t.same(readdirSync(join(dir, 'points')), [], 'no manifest');
+
+  const done = await finished(a, await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: image } }));
+  t.equal(done.state, 'succeeded', JSON.stringify(done.error));
+  const id = (done.result as { id: string }).id;
+  const outDir = join(work, 'cancel-out');
+  mkdirSync(outDir);
+  const to = join(outDir, 'restored.raw');
+  const restore = await startAndCancel(await request(a.app).post(`/api/v1/points/${id}/restore`).set('authorization', a.auth.operator).send({ to }));
+  t.equal(restore.state, 'cancelled');
+  t.equal(restore.error?.code, 'OPERATION_CANCELLED');
+  t.notOk(existsSync(to), 'no restored file');
+  t.same(readdirSync(outDir), [], 'and no temp file');
 });
