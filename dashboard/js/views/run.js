@@ -63,8 +63,9 @@ export async function render(ctx, route) {
       const frame = h('iframe', { title: `Report of run ${shortId(id, 8)}`, sandbox: '', class: 'report', id: 'report-frame' });
       frame.srcdoc = html;
       replace(reportBox, section('Report',
-        h('p', {}, h('a', { href: url, target: '_blank', rel: 'noopener' }, 'Open the report in a new tab'), ' · ',
-          h('a', { href: url, download: `run-${id}.html` }, 'Download it')),
+        // Download only, no "open in a new tab": a blob: page would run with
+        // this page's origin, outside the sandbox the iframe gives it.
+        h('p', {}, h('a', { href: url, download: `run-${id}.html` }, 'Download the report')),
         frame));
     } catch (err) {
       replace(reportBox, section('Report', h('p', { class: 'empty' }, `No report: ${err.message}`)));
