@@ -20,6 +20,7 @@ export const API_ERRORS = {
   NOT_FOUND: { status: 404, message: 'no such resource' },
   CONFLICT: { status: 409, message: 'the resource is busy or already exists' },
   PATH_TRAVERSAL: { status: 400, message: 'the path leaves the guest filesystem' },
+  OPERATION_CANCELLED: { status: 409, message: 'the operation was cancelled before it finished' },
   OPERATION_NOT_CANCELLABLE: { status: 409, message: 'the operation has already ended' },
   MISSING_COMPONENT: { status: 503, message: 'a required system component is missing on the server' },
   DOMAIN_ERROR: { status: 500, message: 'the operation failed' },

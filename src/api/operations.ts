@@ -77,11 +77,17 @@ export class OperationRegistry {
         const w = (out && typeof out === 'object' && 'result' in out) ? out as StartedWork : { result: out };
         op.result = w.result ?? null;
         op.resource = w.resource ?? null;
-        op.state = entry.abort.signal.aborted ? 'cancelled' : 'succeeded';
-        if (op.state === 'succeeded') op.progress = { fraction: 1, message: op.progress.message };
+        // Work that completed despite a late cancel did its job: its result stands.
+        op.state = 'succeeded';
+        op.progress = { fraction: 1, message: op.progress.message };
       } catch (err) {
-        op.state = entry.abort.signal.aborted ? 'cancelled' : 'failed';
-        op.error = this.describeError(err);
+        if (entry.abort.signal.aborted) {
+          op.state = 'cancelled';
+          op.error = { code: 'OPERATION_CANCELLED', message: `cancelled: ${(entry.abort.signal.reason as Error | undefined)?.message ?? 'on request'}` };
+        } else {
+          op.state = 'failed';
+          op.error = this.describeError(err);
+        }
       }
       op.ended = new Date().toISOString();
       emit({ type: 'done', at: op.ended, data: op });

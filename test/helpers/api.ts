@@ -3,7 +3,7 @@
  * for supertest route tests. `home` holds the repository, state, catalog and
  * jobs directory; nothing outside it is touched.
  */
-import { mkdtempSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -38,5 +38,10 @@ export async function testApi(opts: { home?: string; env?: Record<string, string
   const ctx = createApiContext({ config, jobsDir, log, authLimiter: opts.authLimiter ?? new AuthFailureLimiter(1000) });
   const { app, table } = createApp(ctx);
   const bearer = (role: 'viewer' | 'operator' | 'admin'): string => `Bearer ${ctx.tokens.create(`test-${role}`, role).token}`;
-  return { home, config, ctx, app, table, auth: { viewer: bearer('viewer'), operator: bearer('operator'), admin: bearer('admin') }, logs, close: () => ctx.close() };
+  return { home, config, ctx, app, table, auth: { viewer: bearer('viewer'), operator: bearer('operator'), admin: bearer('admin') }, logs,
+    close: async () => {
+      await ctx.close();
+      // A home this helper made is its own to remove; a given one belongs to the caller.
+      if (!opts.home) rmSync(home, { recursive: true, force: true });
+    } };
 }
