@@ -3,13 +3,14 @@
  * repository of the `web` guest served on 127.0.0.1 (an ephemeral port), and
  * the CLI in a child process with --server/--token recovering `web` in a lab
  * of this file's own (masquerade 172.18.131.0/24, QEMU under TCG), following
- * the operation's progress over SSE, then listing and stopping the session.
+ * the operation's progress over SSE, then listing and stopping the session;
+ * then a SureBackup job of the server run from the CLI, and its history.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectPath } from '../../src/paths.js';
@@ -76,4 +77,19 @@ t.test('recover web, list it, stop it, all through the server', async (t) => {
   t.same(stop.json, { session: id, vm: 'web', state: 'stopped' });
   const after = await remote(['sessions', '--json']);
   t.match(after.json.sessions, [{ session: id, state: 'stopped' }]);
+
+  // A SureBackup job of the server's jobs directory, run from here.
+  mkdirSync(api.ctx.jobsDir, { recursive: true });
+  writeFileSync(join(api.ctx.jobsDir, 'remote-demo.json'), JSON.stringify({ name: 'remote-demo', lab: `../labs/${lab}.json`, verify: { vms: ['web'], role: 'web' }, point: 'latest', concurrency: 1 }));
+  const run = await remote(['surebackup', 'run', 'jobs/remote-demo.json', '--json']);
+  t.equal(run.code, 0, run.stderr);
+  // A path names the server's job of that file name (the run above would be a 404 otherwise).
+  t.match(run.json, { result: 'success', vms: [{ name: 'web', result: 'success', tests: [{ kind: 'heartbeat', result: 'passed' }, { kind: 'ping', result: 'passed' }] }] }, 'the run --json document');
+  t.same(Object.keys(run.json).sort(), ['report', 'result', 'run', 'vms']);
+  const history = await remote(['surebackup', 'history', '--job', 'remote-demo', '--json']);
+  t.equal(history.code, 0, history.stderr);
+  t.match(history.json, { job: 'remote-demo', passRate: { runs: 1, passed: 1, rate: 1 }, runs: [{ id: run.json.run, status: 'success', vms: [{ name: 'web', result: 'success' }] }] });
+  t.match((history.json.recoveryTrend as Record<string, unknown[]>).web, [{ run: run.json.run, result: 'success' }], 'the recovery trend of web');
+  const busy = await remote(['surebackup', 'run', 'nosuchjob']);
+  t.equal(busy.code, 5, 'an unknown job is not found');
 });
