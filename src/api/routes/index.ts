@@ -2,6 +2,11 @@
 import type { RouteTable } from '../route-table.js';
 import type { ApiContext } from '../context.js';
 import { systemRoutes } from './system.js';
+import { publicationRoutes } from './publications.js';
+import { sessionRoutes } from './sessions.js';
+import { labRoutes } from './labs.js';
+import { jobRoutes } from './jobs.js';
+import { runRoutes } from './runs.js';
 import { repositoryRoutes } from './repositories.js';
 import { pointRoutes } from './points.js';
 import { backupRoutes } from './backups.js';
@@ -11,6 +16,11 @@ export type RegisterRoutes = (table: RouteTable, ctx: ApiContext) => void;
 
 export const routeModules: RegisterRoutes[] = [
   systemRoutes,
+  publicationRoutes,
+  sessionRoutes,
+  labRoutes,
+  jobRoutes,
+  runRoutes,
   repositoryRoutes,
   pointRoutes,
   backupRoutes,

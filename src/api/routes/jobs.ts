@@ -1,0 +1,181 @@
+/**
+ * SureBackup jobs (docs/surebackup.md) as files in ctx.jobsDir, one
+ * `<name>.json` each, the same files the scheduler and `surebackup run`
+ * read. A job is checked exactly as loadJob checks a file (schema, cron
+ * expression, script paths) before it replaces the old one, and is written
+ * crash-safely: a reader sees the old file or the new one, never half.
+ * Running a job is a long operation over executeRun, the call the CLI and
+ * the scheduler make, so a run looks the same however it started.
+ */
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { RegisterRoutes } from './index.js';
+import type { ApiContext } from '../context.js';
+import { apiError } from '../errors.js';
+import { principal } from '../route-table.js';
+import { accepted } from '../sse.js';
+import { nameParam } from './params.js';
+import { loadJob, type JobFile } from '../../surebackup/job.js';
+import type { Job } from '../../surebackup/runner.js';
+import { History } from '../../surebackup/history.js';
+import { createLabBackend } from '../../surebackup/backend.js';
+import { executeRun } from '../../surebackup/execute.js';
+import { Limiter } from '../../surebackup/limiter.js';
+import { nextFireTimes } from '../../scheduler/scheduler.js';
+import { writeFileAtomic } from '../../repo/atomic-file.js';
+
+export interface JobListing {
+  name: string;
+  file: string;
+  definition: Job & JobFile;
+  schedule: string | null;
+  afterBackup: boolean;
+  /** The next three fire times of the schedule. */
+  next: string[];
+  lastRun: { id: string; status: string; trigger: string; startedAt: string; endedAt: string | null } | null;
+  running: boolean;
+}
+
+export const jobRoutes: RegisterRoutes = (t, ctx) => {
+  const cfg = ctx.config;
+  const history = new History(ctx.catalog);
+  // One limiter for every run this server starts: the global VM cap and memory budget.
+  const limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
+  /** Jobs this process is running, by name (two runs of one job never overlap). */
+  const running = new Set<string>();
+
+  const fileOf = (name: string): string => join(ctx.jobsDir, `${name}.json`);
+
+  const listing = (file: string, job: Job & JobFile): JobListing => {
+    const last = history.lastRuns({ job: job.name, limit: 1 })[0];
+    return {
+      name: job.name, file, definition: job, schedule: job.schedule ?? null, afterBackup: Boolean(job.afterBackup),
+      next: nextFireTimes({ name: job.name, file, job }, 3).map((d) => d.toISOString()),
+      lastRun: last ? { id: last.id, status: last.status, trigger: last.trigger, startedAt: last.startedAt, endedAt: last.endedAt } : null,
+      running: running.has(job.name),
+    };
+  };
+
+  /** The job file `name`, loaded and checked; 404 when there is none. */
+  const load = (name: string): { file: string; job: Job & JobFile } => {
+    const file = fileOf(name);
+    if (!existsSync(file)) throw apiError('NOT_FOUND', `no job ${name} in ${ctx.jobsDir}`, [{ path: 'params/name', message: 'GET /api/v1/jobs lists them' }]);
+    return { file, job: loadJob(file) };
+  };
+
+  t.add({
+    method: 'get', path: '/jobs', role: 'viewer', tag: 'jobs', summary: 'SureBackup jobs with their schedule and last run (an invalid job file is listed under invalid)',
+    handler: () => {
+      const jobs: JobListing[] = [];
+      const invalid: { file: string; error: string }[] = [];
+      const names = existsSync(ctx.jobsDir) ? readdirSync(ctx.jobsDir).filter((n) => n.endsWith('.json')).sort() : [];
+      for (const n of names) {
+        const file = join(ctx.jobsDir, n);
+        try {
+          jobs.push(listing(file, loadJob(file)));
+        } catch (err) {
+          invalid.push({ file, error: (err as Error).message });
+        }
+      }
+      return { jobs, ...(invalid.length ? { invalid } : {}) };
+    },
+  });
+
+  t.add({
+    method: 'get', path: '/jobs/:name', role: 'viewer', tag: 'jobs', summary: 'one job',
+    handler: (req) => { const { file, job } = load(nameParam(req, 'name')); return listing(file, job); },
+  });
+
+  t.add({
+    method: 'put', path: '/jobs/:name', role: 'admin', tag: 'jobs', body: 'job.schema.json',
+    summary: 'creates or replaces a job (checked like a job file: schema, schedule, scripts relative to the jobs directory)',
+    success: { status: 200, description: 'the job as listed (201 when it is new)' },
+    handler: async (req, res) => {
+      const name = nameParam(req, 'name');
+      const body = req.body as JobFile;
+      if (body.name !== name) {
+        throw apiError('VALIDATION_FAILED', `body/name: "${body.name}" differs from the name in the path, "${name}"`, [{ path: 'body/name', message: `must be "${name}"` }]);
+      }
+      const text = JSON.stringify(body, null, 2) + '\n';
+      // loadJob checks what the schema cannot (cron expression, script files
+      // relative to the job's directory), so it reads a probe file beside the
+      // real one. The probe's name does not end in .json: no lister sees it.
+      const probe = join(ctx.jobsDir, `.${name}.${randomBytes(4).toString('hex')}.probe`);
+      let job: Job & JobFile;
+      mkdirSync(ctx.jobsDir, { recursive: true });
+      try {
+        writeFileSync(probe, text);
+        job = loadJob(probe);
+      } finally {
+        rmSync(probe, { force: true });
+      }
+      const created = !existsSync(fileOf(name));
+      await writeFileAtomic(ctx.jobsDir, `${name}.json`, text);
+      ctx.log.info({ by: principal(res).name, job: name, created }, 'job saved');
+      res.status(created ? 201 : 200).json(listing(fileOf(name), job));
+    },
+  });
+
+  t.add({
+    method: 'delete', path: '/jobs/:name', role: 'admin', tag: 'jobs', summary: 'deletes a job file (its run history stays)',
+    handler: (req, res) => {
+      const name = nameParam(req, 'name');
+      if (!existsSync(fileOf(name))) throw apiError('NOT_FOUND', `no job ${name} in ${ctx.jobsDir}`);
+      rmSync(fileOf(name));
+      ctx.log.info({ by: principal(res).name, job: name }, 'job deleted');
+      return { name, deleted: true };
+    },
+  });
+
+  t.add({
+    method: 'post', path: '/jobs/:name/run', role: 'operator', tag: 'jobs',
+    summary: 'runs a job now; cancel with POST /operations/:id/cancel (the lab is still torn down)',
+    success: { status: 202, description: 'the operation; its first progress event names the run, its result is the run summary, its resource /api/v1/runs/<id>' },
+    handler: (req, res) => {
+      const { file, job } = load(nameParam(req, 'name'));
+      if (running.has(job.name)) throw apiError('CONFLICT', `job ${job.name} is already running`, [{ path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' }]);
+      running.add(job.name);
+      const runId = history.startRun(job.name, 'manual');
+      const op = ctx.operations.start('job-run', principal(res).name, async (o) => {
+        try {
+          return await runJob(ctx, { job, file, runId, history, limiter, signal: o.signal, progress: (m) => o.progress(null, m, { run: runId }) });
+        } finally {
+          running.delete(job.name);
+        }
+      });
+      accepted(res, op);
+    },
+  });
+};
+
+interface RunInput {
+  job: Job & JobFile; file: string; runId: string; history: History; limiter: Limiter; signal: AbortSignal;
+  progress(message: string): void;
+}
+
+async function runJob(ctx: ApiContext, r: RunInput): Promise<{ result: unknown; resource: string }> {
+  const cfg = ctx.config;
+  r.progress(`run ${r.runId} of job ${r.job.name} started`);
+  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: ctx.jobsDir });
+  try {
+    const rep = await executeRun({
+      job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
+      trigger: 'manual', runId: r.runId, signal: r.signal, limiter: r.limiter, log: { warn: (l) => ctx.log.warn({ job: r.job.name, run: r.runId }, l) },
+    });
+    for (const v of rep.vms) if (v.result !== 'dependency-failed') ctx.metrics.recoverySeconds.observe(v.recoverySeconds);
+    return {
+      result: {
+        run: rep.run, job: r.job.name, result: rep.result, report: `/api/v1/runs/${rep.run}/report`,
+        vms: rep.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, recoverySeconds: v.recoverySeconds })),
+      },
+      resource: `/api/v1/runs/${rep.run}`,
+    };
+  } catch (err) {
+    // executeRun closes the row when the runner fails; a failure before that must not leave it "running".
+    if (r.history.run(r.runId)?.status === 'running') r.history.abortRun(r.runId, r.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+    throw err;
+  } finally {
+    await backend.close();
+  }
+}

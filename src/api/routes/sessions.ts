@@ -1,0 +1,147 @@
+/**
+ * Recovery sessions (docs/recovery.md) over the session library, exactly as
+ * the recover, sessions, stop and migrate commands call it. A session lives
+ * in its own detached supervisor process, not in the server: it survives a
+ * server restart, and the next server lists and stops it from the record.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encode } from 'fast-png';
+import type { Response } from 'express';
+import type { RegisterRoutes } from './index.js';
+import type { ApiContext } from '../context.js';
+import { apiError } from '../errors.js';
+import { principal } from '../route-table.js';
+import { accepted } from '../sse.js';
+import { nameParam } from './params.js';
+import { labTemplateFile } from './labs.js';
+import { listSessions, migrateSession, recover, stopSession } from '../../session/recover.js';
+import { planRecovery, type RecoverRequest } from '../../session/plan.js';
+import { realDeps } from '../../session/deps.js';
+import { closeHypervisor } from '../../session/seam.js';
+import { SessionStore } from '../../session/store.js';
+import type { RecoverySession } from '../../session/session.js';
+import { parsePpm } from '../../hypervisor/screen.js';
+
+interface CreateBody { vm: string; point?: string; lab?: string; network?: string; driver?: 'qemu' | 'libvirt'; accel?: 'auto' | 'kvm' | 'tcg' }
+
+/** States in which the session's VM exists and has a screen. */
+const LIVE = new Set(['running', 'migrating', 'migrated']);
+
+/** The session as listed (a dead supervisor noticed), or a 404. */
+async function findSession(stateDir: string, id: string): Promise<RecoverySession> {
+  const s = (await listSessions(stateDir)).find((x) => x.id === id);
+  if (!s) throw apiError('NOT_FOUND', `no recovery session ${id}`, [{ path: 'params/id', message: 'GET /api/v1/sessions lists them' }]);
+  return s;
+}
+
+/** The live console of a session's VM as PNG, through the driver's screendump. */
+async function screenshot(ctx: ApiContext, s: RecoverySession): Promise<Buffer> {
+  const hv = realDeps.hypervisor(s.driver, { stateDir: ctx.config.stateDir });
+  const dir = mkdtempSync(join(tmpdir(), 'rl-shot-'));
+  try {
+    const dom = await hv.attach(s.domain);
+    if (!dom) throw apiError('NOT_FOUND', `session ${s.id}: its VM ${s.domain} is gone`);
+    const file = join(dir, 'screen');
+    const format = await dom.screendump(file);
+    const raw = readFileSync(file);
+    if (format === 'png') return raw;
+    const img = parsePpm(raw);
+    return Buffer.from(encode({ width: img.width, height: img.height, data: img.data, channels: 3, depth: 8 }));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await closeHypervisor(hv);
+  }
+}
+
+function sendPng(res: Response, png: Buffer): void {
+  // A console changes every second: the dashboard polls, nothing may cache it.
+  res.status(200).set({ 'content-type': 'image/png', 'cache-control': 'no-store' }).send(png);
+}
+
+export const sessionRoutes: RegisterRoutes = (t, ctx) => {
+  const stateDir = ctx.config.stateDir;
+
+  t.add({
+    method: 'get', path: '/sessions', role: 'viewer', tag: 'sessions', summary: 'recovery sessions, every state (a session whose supervisor died is reported failed)',
+    handler: async () => ({ sessions: await listSessions(stateDir) }),
+  });
+
+  t.add({
+    method: 'get', path: '/sessions/:id', role: 'viewer', tag: 'sessions', summary: 'one recovery session',
+    handler: (req) => findSession(stateDir, nameParam(req, 'id')),
+  });
+
+  t.add({
+    method: 'post', path: '/sessions', role: 'operator', tag: 'sessions', body: 'api-session-create.schema.json',
+    summary: 'instant recovery of a VM (latest point by default), in a lab or on a bridge; the operation ends when the guest\'s heartbeat is seen',
+    success: { status: 202, description: 'the operation; its result is the RecoverySession and its resource /api/v1/sessions/<id>' },
+    handler: async (req, res) => {
+      const b = req.body as CreateBody;
+      const request: RecoverRequest = {
+        repo: ctx.config.repository, vm: b.vm, stateDir, driver: b.driver ?? ctx.config.driver, accel: b.accel ?? ctx.config.accel,
+        ...(b.point ? { point: b.point } : {}), ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}), ...(b.network ? { network: b.network } : {}),
+      };
+      // The same checks recover makes first, made before the 202: an unknown
+      // VM or point, a clashing lab or a missing bridge is the client's 4xx,
+      // not a failed operation to poll for.
+      await planRecovery(request, realDeps);
+      const by = principal(res).name;
+      const op = ctx.operations.start('recover', by, async (o) => {
+        o.progress(null, `recovering ${b.vm}${b.point ? `@${b.point}` : ''} with the ${request.driver} driver`);
+        const s = await recover(request);
+        ctx.metrics.recoverySeconds.observe(s.heartbeatSeconds ?? 0);
+        ctx.log.info({ by, session: s.id, vm: s.vm, heartbeatSeconds: s.heartbeatSeconds }, 'session recovered');
+        // Recovery cannot be interrupted half-way (the supervisor owns it);
+        // a cancel that came meanwhile stops the session it made.
+        if (o.signal.aborted) {
+          await stopSession(stateDir, s.id);
+          throw apiError('CONFLICT', `cancelled: session ${s.id} was stopped after it came up`);
+        }
+        return { result: s, resource: `/api/v1/sessions/${s.id}` };
+      });
+      accepted(res, op);
+    },
+  });
+
+  t.add({
+    method: 'post', path: '/sessions/:id/stop', role: 'operator', tag: 'sessions',
+    summary: 'stops a session: the VM, its taps and its publication go, the backup is untouched; idempotent',
+    handler: async (req, res) => {
+      const id = nameParam(req, 'id');
+      new SessionStore(stateDir).get(id); // 404 for an unknown id
+      const s = await stopSession(stateDir, id);
+      ctx.log.info({ by: principal(res).name, session: id, state: s.state }, 'session stopped');
+      return s;
+    },
+  });
+
+  t.add({
+    method: 'post', path: '/sessions/:id/migrate', role: 'operator', tag: 'sessions', body: 'api-session-migrate.schema.json',
+    summary: 'copies a running session\'s disks to production storage while it runs, then stops depending on the backup',
+    success: { status: 202, description: 'the operation; its result is the migrated RecoverySession' },
+    handler: async (req, res) => {
+      const id = nameParam(req, 'id');
+      const b = req.body as { dir: string; format: 'raw' | 'qcow2' };
+      const s = await findSession(stateDir, id);
+      if (s.state !== 'running') throw apiError('CONFLICT', `session ${id} is ${s.state}; only a running session can be migrated`);
+      const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
+        o.progress(null, `migrating session ${id} to ${b.dir} (${b.format})`);
+        const done = await migrateSession(stateDir, id, b.dir, b.format);
+        return { result: done, resource: `/api/v1/sessions/${id}` };
+      });
+      accepted(res, op);
+    },
+  });
+
+  t.add({
+    method: 'get', path: '/sessions/:id/screenshot', role: 'viewer', tag: 'sessions', summary: 'the live console of the session\'s VM (404 unless it runs)',
+    success: { status: 200, description: 'a PNG image', contentType: 'image/png' },
+    handler: async (req, res) => {
+      const s = await findSession(stateDir, nameParam(req, 'id'));
+      if (!LIVE.has(s.state)) throw apiError('NOT_FOUND', `session ${s.id} is ${s.state}: its VM has no screen`);
+      sendPng(res, await screenshot(ctx, s));
+    },
+  });
+};
