@@ -20,7 +20,8 @@ import { contextFor, type CommandContext } from './context.js';
 
 export interface RemoteTarget {
   url: string;
-  token: string;
+  /** Checked when a remote command runs, so a host command (env-only target) needs none. */
+  token: string | undefined;
   /** Whether --server was on the command line (rather than only RESTORELAB_SERVER in the environment). */
   explicit: boolean;
 }
@@ -52,10 +53,6 @@ export function remoteTarget(argv: string[], env: NodeJS.ProcessEnv = process.en
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw badInput('BAD_SERVER_URL', `--server "${server}" must be an http:// or https:// URL`, 'e.g. --server https://backup-host:8470');
   const token = flag('--token') ?? (env.RESTORELAB_TOKEN || undefined);
-  if (!token) {
-    throw badInput('TOKEN_REQUIRED', `a token is needed to use the server at ${url.origin}`,
-      'pass --token T or set RESTORELAB_TOKEN; on the server host: restorelab token create NAME --role viewer');
-  }
   return { url: url.origin + url.pathname.replace(/\/+$/, ''), token, explicit: cliServer !== undefined };
 }
 
@@ -137,7 +134,7 @@ export class ApiClient {
     try {
       res = await fetch(url, {
         method,
-        headers: { authorization: `Bearer ${this.target.token}`, accept, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        headers: { authorization: `Bearer ${this.target.token ?? ''}`, accept, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
     } catch (err) {
@@ -234,6 +231,10 @@ export function applyRemoteMode(program: Command, target: RemoteTarget, remote: 
         const supported = Object.keys(remote).sort().join(', ');
         throw badInput('REMOTE_UNSUPPORTED', `\`restorelab ${path}\` cannot run against a server (--server ${target.url})`,
           `run it on the server host without --server${target.explicit ? '' : ' (unset RESTORELAB_SERVER)'}; commands that work remotely: ${supported}`);
+      }
+      if (!target.token) {
+        throw badInput('TOKEN_REQUIRED', `a token is needed to use the server at ${target.url}`,
+          'pass --token T or set RESTORELAB_TOKEN; on the server host: restorelab token create NAME --role viewer');
       }
       await impl(api, contextFor(c), args, opts);
     });

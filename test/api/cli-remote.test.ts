@@ -141,9 +141,12 @@ t.test('a wrong token, no token, no server, an unsupported command', async (t) =
   t.equal(repoFlag.code, 2);
   t.match(repoFlag.stderr, /--repo names something on this host/);
   // Host commands keep working with the server only in the environment.
-  const local = await cli(['token', 'list', '--json'], { ...env, RESTORELAB_SERVER: server.url, RESTORELAB_TOKEN: token });
+  const local = await cli(['token', 'list', '--json'], { ...env, RESTORELAB_SERVER: server.url });
   t.equal(local.code, 0, local.stderr);
-  t.ok(Array.isArray(local.json.tokens), 'token list ran embedded');
+  t.ok(Array.isArray(local.json.tokens), 'token list ran embedded, with no token needed');
+  const explicit = await cli(['--server', server.url, '--token', token, 'token', 'list'], env);
+  t.equal(explicit.code, 2, 'given --server explicitly, a host command is refused');
+  t.match(explicit.stderr, /`restorelab token list` cannot run against a server/);
 
   const url = server.url;
   await server.close();
