@@ -126,9 +126,37 @@ export class RouteTable {
         properties: { error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' }, hint: { type: 'string' }, details: {} } } },
       },
     };
-    for (const id of used) {
-      const { $schema: _s, $id: _i, ...rest } = files.get(id) ?? {};
-      schemas[componentName(id)] = rest;
+    // Schemas become components; their $defs are hoisted beside them as
+    // `<Component>_<def>`, and every `#/$defs/x` or `file.schema.json#/$defs/x`
+    // reference is rewritten to point there, so the document resolves on its own.
+    const pending = [...used];
+    const hoisted = new Set<string>();
+    const rewrite = (node: unknown, file: string): unknown => {
+      if (Array.isArray(node)) return node.map((n) => rewrite(n, file));
+      if (!node || typeof node !== 'object') return node;
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(node as Record<string, unknown>)) {
+        if (k === '$ref' && typeof v === 'string') {
+          const m = /^([^#]*)#\/\$defs\/(\w+)$/.exec(v);
+          if (m) {
+            const target = m[1] || file;
+            if (!hoisted.has(target) && !pending.includes(target)) pending.push(target);
+            out[k] = `#/components/schemas/${componentName(target)}_${m[2] as string}`;
+            continue;
+          }
+          if (files.has(v)) { if (!pending.includes(v)) pending.push(v); out[k] = `#/components/schemas/${componentName(v)}`; continue; }
+        }
+        out[k] = rewrite(v, file);
+      }
+      return out;
+    };
+    while (pending.length > 0) {
+      const id = pending.shift() as string;
+      if (hoisted.has(id)) continue;
+      hoisted.add(id);
+      const { $schema: _s, $id: _i, $defs, ...rest } = (files.get(id) ?? {}) as Record<string, unknown> & { $defs?: Record<string, unknown> };
+      schemas[componentName(id)] = rewrite(rest, id);
+      for (const [name, def] of Object.entries($defs ?? {})) schemas[`${componentName(id)}_${name}`] = rewrite(def, id);
     }
     return {
       openapi: '3.1.0',

@@ -102,6 +102,13 @@ t.test('the OpenAPI document lists every route with its schemas', async (t) => {
     if (r.body) t.ok(JSON.stringify(res.body.paths[p][r.method].requestBody).includes('#/components/schemas/'), `${r.method} ${p} has its body schema`);
   }
   t.ok(res.body.components.schemas.ApiTokenCreate, 'schemas from config/schemas are components');
+  // Every reference resolves inside the document (no $defs or file references left dangling).
+  const refs = [...JSON.stringify(res.body).matchAll(/"\$ref":"([^"]+)"/g)].map((m) => m[1] as string);
+  t.ok(refs.length > 0);
+  for (const ref of new Set(refs)) {
+    t.match(ref, /^#\/components\/schemas\//, `${ref} is local`);
+    t.ok(res.body.components.schemas[ref.split('/').pop() as string], `${ref} resolves`);
+  }
 });
 
 t.test('long operations: 202-style resource, progress over SSE, cancel', async (t) => {
