@@ -7,7 +7,7 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdtempSync, rmSync, existsSync, statSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/hypervisor/qmp.js';
@@ -15,14 +15,7 @@ import { QgaClient } from '../../src/hypervisor/qga.js';
 import { which } from '../../src/host/exec.js';
 import { ppmToPng } from '../../src/hypervisor/screen.js';
 import { decode } from 'fast-png';
-
-async function waitFor(path: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!existsSync(path)) {
-    if (Date.now() > end) throw new Error(`${path} did not appear`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+import { waitListening } from '../helpers/unix-socket.js';
 
 t.test('QMP: greeting, commands by id, events, screendump, errors, close', async (t) => {
   const qemu = which('qemu-system-x86_64');
@@ -33,7 +26,7 @@ t.test('QMP: greeting, commands by id, events, screendump, errors, close', async
   const p = spawn(qemu, ['-accel', 'tcg', '-display', 'none', '-vga', 'std', '-nodefaults', '-m', '32', '-S',
     '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
   t.teardown(() => { p.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });
-  await waitFor(sock);
+  await waitListening(sock);
   const qmp = await QmpClient.connect(sock);
   t.ok(qmp.greeting && 'version' in qmp.greeting, 'greeting carries the version');
   const [st, ver] = await Promise.all([
@@ -72,7 +65,7 @@ t.test('QGA: sync, ping, exec with output, errors against a real qemu-ga', async
   const sock = join(dir, 'qga.sock');
   const p = spawn(qga, ['-m', 'unix-listen', '-p', sock, '-t', dir, '-f', join(dir, 'qga.pid')], { stdio: 'ignore' });
   t.teardown(() => { p.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });
-  await waitFor(sock);
+  await waitListening(sock);
   const c = await QgaClient.connect(sock);
   await c.ping();
   t.pass('guest-ping answered');
