@@ -7,6 +7,7 @@ import type { OperationRegistry } from './operations.js';
 import type { Metrics } from './metrics.js';
 import type { AuthFailureLimiter } from './rate-limit.js';
 import type { PublicationDatastore } from '../datastore/publication-datastore.js';
+import type { JobGate } from '../surebackup/gate.js';
 
 export interface ApiContext {
   config: Config;
@@ -24,6 +25,10 @@ export interface ApiContext {
    * made through the API are added to it so they are reachable over NFS.
    */
   datastore?: PublicationDatastore;
+  /** Shared with the scheduler: one run of a job at a time, one VM limiter for every run. */
+  jobGate: JobGate;
+  /** The server's scheduler, when it runs one: told to re-read the jobs directory after a job changes. */
+  scheduler?: { reload(): void };
   /** Registers cleanup for server shutdown, run last-registered first. */
   onClose(fn: () => Promise<void> | void): void;
 }

@@ -22,6 +22,7 @@ import { createApp } from './app.js';
 import { errorBody, toApiError } from './errors.js';
 import type { ApiContext } from './context.js';
 import type { PublicationDatastore } from '../datastore/publication-datastore.js';
+import { JobGate } from '../surebackup/gate.js';
 
 export interface ApiOptions {
   config: Config;
@@ -29,6 +30,8 @@ export interface ApiOptions {
   log?: Logger;
   authLimiter?: AuthFailureLimiter;
   datastore?: PublicationDatastore;
+  jobGate?: JobGate;
+  scheduler?: { reload(): void };
 }
 
 export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {
@@ -57,6 +60,8 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
     authLimiter: o.authLimiter ?? new AuthFailureLimiter(),
     jobsDir: o.jobsDir,
     ...(o.datastore ? { datastore: o.datastore } : {}),
+    jobGate: o.jobGate ?? new JobGate(o.config.limits.maxConcurrentVms, o.config.limits.memoryBudgetMiB),
+    ...(o.scheduler ? { scheduler: o.scheduler } : {}),
     onClose: (fn) => { closers.push(fn); },
     close: async () => {
       await operations.shutdown();

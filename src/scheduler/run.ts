@@ -7,9 +7,9 @@ import type { History } from '../surebackup/history.js';
 import { Limiter } from '../surebackup/limiter.js';
 import type { RunJobFn } from './scheduler.js';
 
-export function configuredRun(cfg: Config, history: History, log: { warn(line: string): void }): RunJobFn {
+export function configuredRun(cfg: Config, history: History, log: { warn(line: string): void },
   // One limiter for every job the server runs: the global cap and memory budget.
-  const limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
+  limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB)): RunJobFn {
   return async (s, ctx) => {
     const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(s.file) });
     try {

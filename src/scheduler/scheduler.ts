@@ -15,6 +15,7 @@
  *   load the host exactly when it is recovering. A job that never ran has
  *   nothing to compare with and reports no miss.
  */
+import { JobGate } from '../surebackup/gate.js';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cron } from 'croner';
@@ -69,14 +70,18 @@ export interface SchedulerOptions {
   run?: RunJobFn;
   log?: { info(line: string): void; warn(line: string): void };
   now?: () => Date;
+  /** Shared with the API's manual runs (src/surebackup/gate.ts); default: one of its own from the config limits. */
+  gate?: JobGate;
 }
 
 export type TriggerOutcome = { status: 'started'; runId: string; done: Promise<void> } | { status: 'skipped-overlap'; runId: string };
 
 export class Scheduler {
-  readonly jobs: ScheduledJob[];
+  private current: ScheduledJob[];
   private readonly crons: Cron[] = [];
+  /** The runs this scheduler started (the gate also knows other starters' runs). */
   private readonly running = new Map<string, AbortController>();
+  private readonly gate: JobGate;
   private readonly inFlight = new Set<Promise<void>>();
   private stopped = false;
 
@@ -84,24 +89,43 @@ export class Scheduler {
   private readonly ownsHistory: boolean;
 
   constructor(opts: SchedulerOptions) {
-    this.jobs = opts.jobs ?? (opts.jobsDir === undefined ? [] : loadJobsDir(opts.jobsDir));
+    this.current = opts.jobs ?? (opts.jobsDir === undefined ? [] : loadJobsDir(opts.jobsDir));
     this.ownsHistory = opts.history === undefined;
-    const cfg = opts.history === undefined || opts.run === undefined ? loadConfig() : undefined;
+    const cfg = opts.history === undefined || opts.run === undefined || opts.gate === undefined ? loadConfig() : undefined;
     const history = opts.history ?? History.open(cfg!.catalog);
     const log = opts.log ?? { info: () => undefined, warn: (l: string) => process.stderr.write(`warning: ${l}\n`) };
-    this.o = { ...opts, history, log, run: opts.run ?? configuredRun(cfg!, history, log) };
+    this.gate = opts.gate ?? new JobGate(cfg!.limits.maxConcurrentVms, cfg!.limits.memoryBudgetMiB);
+    this.o = { ...opts, history, log, run: opts.run ?? configuredRun(cfg!, history, log, this.gate.limiter) };
   }
+
+  get jobs(): readonly ScheduledJob[] { return this.current; }
 
   /** Reports missed runs, then arms every schedule. */
   start(): this {
-    for (const s of this.jobs) this.o.history.recordJob(s.name, s.job, s.file);
+    for (const s of this.current) this.o.history.recordJob(s.name, s.job, s.file);
     this.reportMissed();
-    for (const s of this.jobs) {
+    this.arm();
+    active.add(this);
+    return this;
+  }
+
+  private arm(): void {
+    for (const s of this.current) {
       if (s.job.schedule === undefined) continue;
       this.crons.push(new Cron(s.job.schedule, { name: `surebackup:${s.name}` }, () => { void this.trigger(s.name, 'schedule'); }));
     }
-    active.add(this);
-    return this;
+  }
+
+  /**
+   * Re-reads the jobs directory and re-arms the schedules: the API calls this
+   * after a job is saved or deleted. Runs in progress go on.
+   */
+  reload(): void {
+    if (this.o.jobsDir === undefined || this.stopped) return;
+    this.current = loadJobsDir(this.o.jobsDir);
+    for (const c of this.crons.splice(0)) c.stop();
+    for (const s of this.current) this.o.history.recordJob(s.name, s.job, s.file);
+    this.arm();
   }
 
   /** One `missed` entry per scheduled job whose fire times passed while nothing ran them. */
@@ -134,15 +158,16 @@ export class Scheduler {
 
   /** Starts a run of `name` unless one is in progress (then records skipped-overlap). */
   trigger(name: string, trigger: RunTrigger): TriggerOutcome {
-    const s = this.jobs.find((j) => j.name === name);
-    if (!s) throw notFound('JOB_NOT_FOUND', `no SureBackup job named ${name}`, `known jobs: ${this.jobs.map((j) => j.name).join(', ') || 'none'}`);
-    if (this.running.has(name) || this.stopped) {
+    const s = this.current.find((j) => j.name === name);
+    if (!s) throw notFound('JOB_NOT_FOUND', `no SureBackup job named ${name}`, `known jobs: ${this.current.map((j) => j.name).join(', ') || 'none'}`);
+    const ac = new AbortController();
+    const release = this.stopped ? undefined : this.gate.claim(name, ac);
+    if (!release) {
       const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap',
         this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`);
       this.o.log?.info(`job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { status: 'skipped-overlap', runId };
     }
-    const ac = new AbortController();
     this.running.set(name, ac);
     const runId = this.o.history.startRun(name, trigger);
     const done = (async () => {
@@ -157,6 +182,7 @@ export class Scheduler {
         this.o.log?.warn(`job ${name}: run ${runId} ended with an error: ${(err as Error).message}`);
       } finally {
         this.running.delete(name);
+        release();
       }
     })();
     this.inFlight.add(done);
@@ -166,13 +192,13 @@ export class Scheduler {
 
   /** A backup of these VMs finished: trigger every afterBackup job covering one of them. */
   notifyBackup(vmNames: string[]): TriggerOutcome[] {
-    return this.jobs.filter((s) => s.job.afterBackup && vmNames.some((vm) => covers(s, vm))).map((s) => this.trigger(s.name, 'after-backup'));
+    return this.current.filter((s) => s.job.afterBackup && vmNames.some((vm) => covers(s, vm))).map((s) => this.trigger(s.name, 'after-backup'));
   }
 
-  isRunning(name: string): boolean { return this.running.has(name); }
+  isRunning(name: string): boolean { return this.gate.isRunning(name); }
 
   list(from = new Date()): (JobListing & { running: boolean })[] {
-    return describeJobs(this.jobs, from).map((j) => ({ ...j, running: this.running.has(j.name) }));
+    return describeJobs([...this.current], from).map((j) => ({ ...j, running: this.gate.isRunning(j.name) }));
   }
 
   /** Disarms the schedules, cancels runs in progress and waits for them to tear down. */

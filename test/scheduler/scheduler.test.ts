@@ -1,10 +1,11 @@
 import t from 'tap';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { History } from '../../src/surebackup/history.js';
 import { loadJobsDir, notifyBackup, startScheduler, Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
 import { runJob } from '../../src/surebackup/runner.js';
 import { fakeLab } from '../surebackup/fixtures/fake-lab.js';
+import { JobGate } from '../../src/surebackup/gate.js';
 
 function jobsDir(dir: string, jobs: Record<string, unknown>[]): string {
   for (const j of jobs) writeFileSync(join(dir, `${j.name as string}.json`), JSON.stringify({ lab: 'lab.json', verify: { vms: ['web'], role: 'web' }, ...j }));
@@ -108,4 +109,33 @@ t.test('startScheduler({jobsDir}) alone: configured catalog and real runs (here:
   const r = h.lastRuns({ job: 'after' })[0]!;
   t.equal(r.trigger, 'after-backup'); t.equal(r.status, 'error');
   t.match(r.detail!, /no-repo/, `the repository error is recorded: ${r.detail}`);
+});
+
+t.test('a shared JobGate: a run started elsewhere (the API) makes a scheduled trigger skip; reload picks up new and deleted jobs', async (t) => {
+  const dir = t.testdir();
+  const history = History.open(join(dir, 'c.db'));
+  const gate = new JobGate(3, 8192);
+  let runs = 0;
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'nightly', schedule: '0 2 * * *' }]), history, gate, run: async () => { runs++; } });
+  t.teardown(async () => { await sch.stop(); history.close(); });
+  const release = gate.claim('nightly', new AbortController());
+  t.ok(release, 'the API claims the job');
+  t.equal(gate.claim('nightly', new AbortController()), undefined, 'a second claim is refused');
+  t.ok(sch.isRunning('nightly'), 'the scheduler sees the run it did not start');
+  t.equal(sch.trigger('nightly', 'schedule').status, 'skipped-overlap');
+  release!();
+  const started = sch.trigger('nightly', 'schedule');
+  t.equal(started.status, 'started');
+  if (started.status === 'started') await started.done;
+  t.equal(runs, 1);
+  t.notOk(gate.isRunning('nightly'), 'released after the run');
+
+  jobsDir(dir, [{ name: 'hourly', schedule: '0 * * * *' }]);
+  t.same(sch.jobs.map((j) => j.name), ['nightly'], 'not seen before reload');
+  sch.reload();
+  t.same(sch.jobs.map((j) => j.name).sort(), ['hourly', 'nightly']);
+  rmSync(join(dir, 'nightly.json'));
+  sch.reload();
+  t.same(sch.jobs.map((j) => j.name), ['hourly']);
+  t.throws(() => sch.trigger('nightly', 'manual'), /no SureBackup job named nightly/);
 });

@@ -21,7 +21,7 @@ import type { Job } from '../../surebackup/runner.js';
 import { History } from '../../surebackup/history.js';
 import { createLabBackend } from '../../surebackup/backend.js';
 import { executeRun } from '../../surebackup/execute.js';
-import { Limiter } from '../../surebackup/limiter.js';
+import type { Limiter } from '../../surebackup/limiter.js';
 import { nextFireTimes } from '../../scheduler/scheduler.js';
 import { writeFileAtomic } from '../../repo/atomic-file.js';
 
@@ -38,12 +38,9 @@ export interface JobListing {
 }
 
 export const jobRoutes: RegisterRoutes = (t, ctx) => {
-  const cfg = ctx.config;
   const history = new History(ctx.catalog);
-  // One limiter for every run this server starts: the global VM cap and memory budget.
-  const limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
-  /** Jobs this process is running, by name (two runs of one job never overlap). */
-  const running = new Set<string>();
+  // Shared with the scheduler: one run of a job at a time, one VM limiter for all.
+  const gate = ctx.jobGate;
 
   const fileOf = (name: string): string => join(ctx.jobsDir, `${name}.json`);
 
@@ -53,7 +50,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
       name: job.name, file, definition: job, schedule: job.schedule ?? null, afterBackup: Boolean(job.afterBackup),
       next: nextFireTimes({ name: job.name, file, job }, 3).map((d) => d.toISOString()),
       lastRun: last ? { id: last.id, status: last.status, trigger: last.trigger, startedAt: last.startedAt, endedAt: last.endedAt } : null,
-      running: running.has(job.name),
+      running: gate.isRunning(job.name),
     };
   };
 
@@ -113,6 +110,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
       const created = !existsSync(fileOf(name));
       await writeFileAtomic(ctx.jobsDir, `${name}.json`, text);
       ctx.log.info({ by: principal(res).name, job: name, created }, 'job saved');
+      ctx.scheduler?.reload();
       res.status(created ? 201 : 200).json(listing(fileOf(name), job));
     },
   });
@@ -124,6 +122,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
       if (!existsSync(fileOf(name))) throw apiError('NOT_FOUND', `no job ${name} in ${ctx.jobsDir}`);
       rmSync(fileOf(name));
       ctx.log.info({ by: principal(res).name, job: name }, 'job deleted');
+      ctx.scheduler?.reload();
       return { name, deleted: true };
     },
   });
@@ -134,14 +133,15 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
     success: { status: 202, description: 'the operation; its first progress event names the run, its result is the run summary, its resource /api/v1/runs/<id>' },
     handler: (req, res) => {
       const { file, job } = load(nameParam(req, 'name'));
-      if (running.has(job.name)) throw apiError('CONFLICT', `job ${job.name} is already running`, [{ path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' }]);
-      running.add(job.name);
+      const claim = new AbortController();
+      const release = gate.claim(job.name, claim);
+      if (!release) throw apiError('CONFLICT', `job ${job.name} is already running`, [{ path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' }]);
       const runId = history.startRun(job.name, 'manual');
       const op = ctx.operations.start('job-run', principal(res).name, async (o) => {
         try {
-          return await runJob(ctx, { job, file, runId, history, limiter, signal: o.signal, progress: (m) => o.progress(null, m, { run: runId }) });
+          return await runJob(ctx, { job, file, runId, history, limiter: gate.limiter, signal: o.signal, progress: (m) => o.progress(null, m, { run: runId }) });
         } finally {
-          running.delete(job.name);
+          release();
         }
       });
       accepted(res, op);

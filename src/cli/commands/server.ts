@@ -12,7 +12,8 @@ import { badInput } from '../../errors.js';
 import { PublicationDatastore } from '../../datastore/publication-datastore.js';
 import { pidAlive, restorePublications } from '../../publish/publish.js';
 import { startNfsExport } from '../../nfs/export.js';
-import { startScheduler } from '../../scheduler/scheduler.js';
+import { startScheduler, type Scheduler } from '../../scheduler/scheduler.js';
+import { JobGate } from '../../surebackup/gate.js';
 import { projectPath } from '../../paths.js';
 import { startApiServer } from '../../api/server.js';
 
@@ -59,6 +60,9 @@ export function registerServer(program: Command): void {
       const closers: Array<() => Promise<void>> = [];
       const result: Record<string, unknown> = { pid: process.pid };
       let datastore: PublicationDatastore | undefined;
+      let scheduler: Scheduler | undefined;
+      // Scheduled and API-started runs share one gate: no overlap of a job, one VM limiter.
+      const jobGate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
       try {
         if (o.nfs) {
           datastore = new PublicationDatastore();
@@ -82,14 +86,15 @@ export function registerServer(program: Command): void {
           result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, portmapPort: nfs.portmapPort, export: nfs.exportPath, publications: pubs.restored };
         }
         if (o.schedule) {
-          const scheduler = startScheduler({ jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'), log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } });
-          closers.unshift(async () => { await scheduler.stop(); });
-          result.jobs = scheduler.jobs.map((j) => j.name);
+          const s = startScheduler({ jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'), gate: jobGate, log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } });
+          scheduler = s;
+          closers.unshift(async () => { await s.stop(); });
+          result.jobs = s.jobs.map((j) => j.name);
         }
         if (o.api) {
           const jobsDir = o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs');
           const api = await startApiServer({
-            config: cfg, jobsDir, ...(datastore ? { datastore } : {}),
+            config: cfg, jobsDir, jobGate, ...(datastore ? { datastore } : {}), ...(scheduler ? { scheduler } : {}),
             ...(o.listen ? { listen: o.listen } : {}),
             ...(o.port !== undefined ? { port: parsePort('--port', o.port) } : {}),
           });
