@@ -7,34 +7,14 @@
  * then a SureBackup job of the server run from the CLI, and its history.
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { cli, type Cli } from './fixtures/cli.js';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { projectPath } from '../../src/paths.js';
 import { labApi } from './fixtures/lab-api.js';
 import { httpGet, WEB_EXPECT } from '../session/fixtures/recovery.js';
-
-interface Cli { code: number | null; stdout: string; stderr: string; json: Record<string, unknown> }
-
-function cli(args: string[], env: Record<string, string>): Promise<Cli> {
-  return new Promise((resolve, reject) => {
-    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RESTORELAB_')));
-    const p = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { env: { ...clean, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
-    p.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
-    p.on('error', reject);
-    p.on('close', (code) => {
-      let json: Record<string, unknown> = {};
-      try { json = JSON.parse(stdout) as Record<string, unknown>; } catch { /* not JSON */ }
-      resolve({ code, stdout, stderr, json });
-    });
-  });
-}
 
 t.test('recover web, list it, stop it, all through the server', async (t) => {
   const { api, lab } = await labApi(t, { prefix: 'cr', masquerade: '172.18.131.0/24' });

@@ -7,38 +7,17 @@
  * on the server host.
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { cli, type Cli } from './fixtures/cli.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { loadConfig } from '../../src/config/config.js';
 import { startApiServer } from '../../src/api/server.js';
-import { projectPath } from '../../src/paths.js';
 import { SessionStore } from '../../src/session/store.js';
 import { guestRepository } from '../helpers/repository.js';
 import { ApiClient, type RemoteOperation } from '../../src/cli/remote.js';
 import { RestorelabError } from '../../src/errors.js';
-
-interface Cli { code: number | null; stdout: string; stderr: string; json: Record<string, unknown> }
-
-/** Runs the CLI without blocking this process, which serves the API it calls. */
-function cli(args: string[], env: Record<string, string>): Promise<Cli> {
-  return new Promise((resolve, reject) => {
-    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RESTORELAB_')));
-    const p = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { env: { ...clean, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
-    p.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
-    p.on('error', reject);
-    p.on('close', (code) => {
-      let json: Record<string, unknown> = {};
-      try { json = JSON.parse(stdout) as Record<string, unknown>; } catch { /* not JSON: the test says what it expected */ }
-      resolve({ code, stdout, stderr, json });
-    });
-  });
-}
 
 t.test('points, sessions, publications, history and stop through the server', async (t) => {
   const home = mkdtempSync(join(tmpdir(), 'rl-remote-'));
