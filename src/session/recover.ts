@@ -4,6 +4,7 @@
  * and migrate ask the supervisor; sessions lists the records, noticing
  * supervisors that died.
  */
+import { longRunningEnv } from '../host/malloc.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -91,7 +92,7 @@ function startSupervisor(store: SessionStore, id: string, heartbeatTimeoutMs?: n
   const log = openSync(join(work, 'supervisor.log'), 'a');
   const args = [projectPath('bin', 'restorelab.js'), 'session-supervise', id, '--state-dir', store.stateDir];
   if (heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(heartbeatTimeoutMs));
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] });
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log], env: longRunningEnv() });
   closeSync(log);
   child.unref();
   return child;

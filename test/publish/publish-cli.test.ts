@@ -4,7 +4,7 @@
  * bad input, and nothing left mounted afterwards.
  */
 import t from 'tap';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
 import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
@@ -34,8 +34,10 @@ t.test('publish shows the point, keeps writes for --resume, forgets them without
   const raw = pub.disks.root!;
   t.equal(raw, join(pub.path, 'root.raw'));
   t.equal((await exec('cmp', [raw, image])).code, 0, 'the published disk has the bytes of the backed-up image');
-  const list = json<{ publications: Array<{ id: string; running: boolean }> }>(await cli(['publications', '--json'], state));
+  const list = json<{ publications: Array<{ id: string; running: boolean; pid?: number }> }>(await cli(['publications', '--json'], state));
   t.same(list.publications.map((p) => [p.id, p.running]), [[pub.publication, true]]);
+  const environ = readFileSync(`/proc/${list.publications[0]?.pid}/environ`, 'utf8').split('\0');
+  t.ok(environ.includes('MALLOC_MMAP_THRESHOLD_=131072'), 'the background publisher runs with large buffers in their own mappings (src/host/malloc.ts)');
 
   const w = await exec('sh', ['-c', `printf 'publish-cli-marker' | dd of=${raw} bs=4096 seek=100 conv=notrunc,fsync status=none`]);
   t.equal(w.code, 0, w.stderr);

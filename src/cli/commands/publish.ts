@@ -4,6 +4,7 @@
  * SIGTERM, then unmounts; `--background` starts that same foreground command
  * as a detached child and returns once the child reports the mount ready.
  */
+import { longRunningEnv } from '../../host/malloc.js';
 import { Option, type Command } from 'commander';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -59,7 +60,7 @@ async function background(stateDir: string): Promise<PublishResult> {
   const logFile = path.join(spawnDir, `.publish-${tag}.log`);
   const args = process.argv.slice(1).filter((a) => a !== '--background');
   const log = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [...args, '--ready-file', readyFile], { detached: true, stdio: ['ignore', log, log] });
+  const child = spawn(process.execPath, [...args, '--ready-file', readyFile], { detached: true, stdio: ['ignore', log, log], env: longRunningEnv() });
   fs.closeSync(log);
   let exited: number | null | undefined;
   child.on('exit', (code) => { exited = code; });
