@@ -169,6 +169,11 @@ async function main(): Promise<void> {
   await must('sync', []);
   const resticTarget = join(work, 'restore-restic');
   const rr = await must('restic', ['restore', 'latest', '--repo', resticRepo, '--target', resticTarget], env);
+  // restorelab fsyncs the restored file before it renames it into place (a
+  // restore that returned is on disk); restic returns with its data still in
+  // the page cache. Timing restic's restore plus the sync that makes it durable
+  // compares the same guarantee.
+  const rrSync = await must('sync', []);
   rmSync(resticTarget, { recursive: true, force: true });
   await must('sync', []);
   const borgTarget = join(work, 'restore-borg');
@@ -201,6 +206,8 @@ async function main(): Promise<void> {
   console.log(`${''.padEnd(34)} borg ${mib(size.borg)} (${fmt(size.ours / size.borg)}x)`);
   const thr = (s: number): number => SIZE / MiB / s;
   line('full-restore throughput', `${fmt(thr(rs.seconds), 0)} MiB/s`, `${fmt(thr(rr.seconds), 0)} MiB/s`, thr(rs.seconds) / thr(rr.seconds), '>= 1.5x');
+  const durable = rr.seconds + rrSync.seconds;
+  line('  durable (restic + sync)', `${fmt(thr(rs.seconds), 0)} MiB/s`, `${fmt(thr(durable), 0)} MiB/s`, thr(rs.seconds) / thr(durable), '>= 1.5x');
   console.log(`${''.padEnd(34)} restore CPU: restorelab ${fmt(rs.cpuSeconds)} s, restic ${fmt(rr.cpuSeconds)} s, borg ${fmt(rb.cpuSeconds)} s`);
   console.log(`${''.padEnd(34)} borg ${fmt(thr(rb.seconds), 0)} MiB/s (${fmt(thr(rs.seconds) / thr(rb.seconds))}x)`);
   console.log(`${'peak RSS of a restorelab backup'.padEnd(34)} ${fmt(peakRss / 1024, 0)} MiB (target < 300 MiB)`);
