@@ -83,7 +83,10 @@ export class OperationRegistry {
       } catch (err) {
         if (entry.abort.signal.aborted) {
           op.state = 'cancelled';
-          op.error = { code: 'OPERATION_CANCELLED', message: `cancelled: ${(entry.abort.signal.reason as Error | undefined)?.message ?? 'on request'}` };
+          // Work that says where it stopped keeps its message; anything else thrown on the way out is the cancel.
+          const said = this.describeError(err);
+          op.error = said.code === 'OPERATION_CANCELLED' ? said
+            : { code: 'OPERATION_CANCELLED', message: `cancelled: ${(entry.abort.signal.reason as Error | undefined)?.message ?? 'on request'}` };
         } else {
           op.state = 'failed';
           op.error = this.describeError(err);
