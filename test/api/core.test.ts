@@ -145,3 +145,19 @@ t.test('metrics are Prometheus text and count requests', async (t) => {
   t.match(res.text, /restorelab_http_requests_total\{method="GET",route="\/api\/v1\/whoami",status="200"\} 1/);
   t.match(res.text, /restorelab_recovery_seconds_bucket/);
 });
+
+t.test('every declared route: 401 without a token, 403 for a role below the one it needs', async (t) => {
+  const api = await testApi();
+  t.teardown(api.close);
+  const below: Record<string, string[]> = { viewer: [], operator: ['viewer'], admin: ['viewer', 'operator'] };
+  t.ok(api.table.routes.length >= 40, `${api.table.routes.length} routes declared`);
+  for (const r of api.table.routes) {
+    const path = `/api/v1${r.path.replace(/:(\w+)/g, 'x')}`;
+    const anon = await request(api.app)[r.method](path).expect(401);
+    t.equal(anon.body.error.code, 'UNAUTHENTICATED', `${r.method} ${r.path} without a token`);
+    for (const role of below[r.role] ?? []) {
+      const res = await request(api.app)[r.method](path).set('authorization', api.auth[role as 'viewer' | 'operator']).expect(403);
+      t.match(res.body.error.message, new RegExp(`needs ${r.role}`), `${r.method} ${r.path} as ${role}`);
+    }
+  }
+});
