@@ -41,7 +41,12 @@ export function formatTime(iso) {
 
 /** The first characters of an id, enough to tell points and sessions apart on screen. */
 export function shortId(id, n = 12) {
-  return typeof id === 'string' && id.length > n ? id.slice(0, n) : String(id ?? '');
+  if (typeof id !== 'string') return String(id ?? '');
+  // Restore point and run ids are `<UTC time>-<random>`: cut after the
+  // seconds, so two points of one minute stay apart (the title has it all).
+  const timed = /^(\d{8}T\d{6}Z)-/.exec(id);
+  if (timed) return timed[1];
+  return id.length > n ? id.slice(0, n) : id;
 }
 
 /**

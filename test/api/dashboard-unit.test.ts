@@ -17,6 +17,7 @@ import { testApi } from '../helpers/api.js';
 const DASHBOARD = projectPath('dashboard');
 
 type Fmt = {
+  shortId(id: unknown, n?: number): string;
   roleAllows(have: string, need: string): boolean;
   formatBytes(n: unknown): string;
   formatSeconds(s: unknown): string;
@@ -83,6 +84,9 @@ t.test('formatting and roles', async (t) => {
   t.same(f.badge('dependency-failed'), { label: 'dependency-failed', tone: 'bad' });
   t.same(f.badge('warning'), { label: 'warning', tone: 'busy' });
   t.same(f.badge(null), { label: 'not verified', tone: 'neutral' }, 'a point never verified says so in words');
+  t.equal(f.shortId('20261201T040951Z-bfe834'), '20261201T040951Z', 'time-based ids keep their seconds');
+  t.equal(f.shortId('3f2c9a1e-0d4b-4c8e-9a77-5e1f00c2ab10'), '3f2c9a1e-0d4');
+  t.equal(f.shortId('c0134c26'), 'c0134c26');
   t.ok(f.isActiveSession({ state: 'migrated' }));
   t.notOk(f.isActiveSession({ state: 'stopped' }));
 });
