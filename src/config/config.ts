@@ -33,6 +33,8 @@ export interface ServerConfig {
 
 export interface Config {
   repository: string;
+  /** Key file of the configured repository when it is encrypted (absent: it is not). */
+  repositoryKeyFile?: string;
   stateDir: string;
   catalog: string;
   driver: 'qemu' | 'libvirt';
@@ -46,6 +48,7 @@ export interface Config {
 /** Environment variables that override single settings (documented in docs/operations.md). */
 export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) => unknown }> = {
   RESTORELAB_REPO: { path: ['repository'], parse: (v) => v },
+  RESTORELAB_KEY_FILE: { path: ['repositoryKeyFile'], parse: (v) => v },
   RESTORELAB_STATE_DIR: { path: ['stateDir'], parse: (v) => v },
   RESTORELAB_DRIVER: { path: ['driver'], parse: (v) => v },
   RESTORELAB_ACCEL: { path: ['accel'], parse: (v) => v },
@@ -101,6 +104,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const home = env.RESTORELAB_HOME ?? process.cwd();
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(home, p));
   cfg.repository = abs(cfg.repository);
+  if (cfg.repositoryKeyFile !== undefined) cfg.repositoryKeyFile = abs(cfg.repositoryKeyFile);
   cfg.stateDir = abs(cfg.stateDir);
   cfg.guestsDir = abs(cfg.guestsDir);
   cfg.catalog = isAbsolute(cfg.catalog) ? cfg.catalog : resolve(cfg.stateDir, cfg.catalog);

@@ -17,6 +17,8 @@ import { startPublication } from '../publish/publish.js';
 
 export interface HolderRequest {
   publish: PublishOptions;
+  /** Key file of an encrypted repository (the startPublication hook). */
+  keyFile?: string;
 }
 
 export type HolderReply =
@@ -34,7 +36,7 @@ async function main(): Promise<void> {
   const req = await new Promise<HolderRequest>((resolve) => process.once('message', (m) => resolve(m as HolderRequest)));
   let pub: RunningPublication;
   try {
-    pub = await startPublication({ ...req.publish, readOnly: true });
+    pub = await startPublication({ ...req.publish, readOnly: true }, req.keyFile ? { keyFile: req.keyFile } : {});
   } catch (err) {
     const e = err as { code?: string; message?: string; hint?: string; exitCode?: number };
     await send({ ok: false, error: { code: typeof e.code === 'string' ? e.code : 'PUBLISH_FAILED', message: e.message ?? String(err), hint: e.hint, exitCode: e.exitCode } });

@@ -48,6 +48,8 @@ export interface MountPointOptions {
   temporary?: boolean;
   /** How long to wait for the publication to come up. */
   publishTimeoutMs?: number;
+  /** Key file of an encrypted repository; the holder opens the repository with it. */
+  keyFile?: string;
 }
 
 const HOLDER_STOP_TIMEOUT_MS = 30_000;
@@ -137,7 +139,8 @@ async function startHolder(journal: SessionJournal, opts: MountPointOptions): Pr
   closeSync(log);
   if (child.pid === undefined) throw new RestorelabError('HOLDER_START_FAILED', 'cannot start the publication holder process', { hint: 'check that node can spawn processes here' });
   journal.add({ kind: 'holder', pid: child.pid, fuseDir });
-  const req: HolderRequest = { publish: { repo: opts.repo, point: opts.point, stateDir: opts.stateDir, fuseDir, readOnly: true } };
+  // The key file's path, not the key, crosses the IPC channel: the holder reads it as the CLI would.
+  const req: HolderRequest = { publish: { repo: opts.repo, point: opts.point, stateDir: opts.stateDir, fuseDir, readOnly: true }, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) };
   const reply = await new Promise<HolderReply>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new RestorelabError('PUBLISH_TIMEOUT', `the read-only publication of ${opts.point} did not come up within ${(opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS) / 1000} s`, {
       hint: `see ${sessionsDir(opts.stateDir)}/${journal.record.id}.holder.log`,

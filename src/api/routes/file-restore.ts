@@ -16,7 +16,7 @@ import type { RegisterRoutes } from './index.js';
 import type { ApiContext } from '../context.js';
 import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
-import { openDefaultRepository } from './repositories.js';
+import { openDefaultRepository, openOptions } from './repositories.js';
 import { mountRestorePoint, umountSession } from '../../flr/mount.js';
 import { listSessions, sessionsDir, type MountedPartition, type SessionRecord } from '../../flr/session.js';
 import { listGuestPath, resolveGuestPath, streamGuestTar } from '../../flr/browse.js';
@@ -140,7 +140,7 @@ export const fileRestoreRoutes: RegisterRoutes = (t, ctx) => {
       let id: string;
       try {
         const s = await mountRestorePoint({
-          stateDir, repo: repo.path, point: point.id, dir: join(parent, 'mnt'),
+          stateDir, repo: repo.path, point: point.id, dir: join(parent, 'mnt'), ...openOptions(ctx, repo.path),
           ...(b.disk !== undefined ? { disk: b.disk } : {}),
           ...(b.partition !== undefined ? { partition: b.partition } : {}),
         });

@@ -14,9 +14,9 @@ import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
+import { openDefaultRepository, openOptions } from './repositories.js';
 import { badInput } from '../../errors.js';
 import { listPublications, removePublication, startPublication } from '../../publish/publish.js';
-import { openRepository } from '../../repo/repository.js';
 import { SessionStore } from '../../session/store.js';
 import { ACTIVE_STATES } from '../../session/session.js';
 
@@ -62,7 +62,7 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
         throw badInput('PUBLISH_NO_FRONTEND', 'this server does not run NFS, so a publication needs a FUSE mount', 'pass "fuse": "/some/dir", or start the server with NFS');
       }
       // An unknown point is the client's 404 now, not a failed operation later.
-      await (await openRepository(cfg.repository)).getPoint(b.point);
+      await (await openDefaultRepository(ctx)).getPoint(b.point);
       // startPublication refuses a point another live process serves, but
       // not one this process serves: that would open its overlay twice.
       const busy = listPublications(cfg.stateDir).find((p) => p.point === b.point
@@ -75,7 +75,7 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
           repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, ...(b.fuse ? { fuseDir: b.fuse } : {}),
           overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
           resume: b.resume, readOnly: b.readOnly, cacheMiB: cfg.limits.chunkCacheMiB,
-        }, { onWarning: (m) => o.log(m) });
+        }, { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) });
         let frontend: Served['frontend'] = 'fuse';
         if (!b.fuse && nfs) {
           // Moved from the publication's own datastore to the one the NFS export serves.

@@ -4,8 +4,9 @@
  * stays the same when the directory moves). Verify, prune and gc run as long
  * operations over the same library calls as `restorelab verify|prune|gc`.
  *
- * The server holds no key files, so it opens unencrypted repositories only;
- * an encrypted one is listed with the error that says so.
+ * The server holds one key file at most, `repositoryKeyFile`, for the
+ * configured repository; any other encrypted repository is listed with the
+ * error that says its key is needed.
  */
 import { resolve } from 'node:path';
 import type { RegisterRoutes } from './index.js';
@@ -23,9 +24,19 @@ import { ExitCode, RestorelabError } from '../../errors.js';
 
 export const DEFAULT_REPOSITORY = 'default';
 
-/** The configured repository, opened fresh (opening reads config.json only). */
+/**
+ * How to open the repository at `path`: with the configured key file when it
+ * is the configured repository (as the CLI's --key-file), without otherwise,
+ * so the key never reaches a repository it does not belong to.
+ */
+export function openOptions(ctx: ApiContext, path: string): { keyFile?: string } {
+  const keyFile = ctx.config.repositoryKeyFile;
+  return keyFile !== undefined && resolve(path) === resolve(ctx.config.repository) ? { keyFile } : {};
+}
+
+/** The configured repository, opened fresh (opening reads config.json and the key file only). */
 export function openDefaultRepository(ctx: ApiContext): Promise<LocalRepository> {
-  return openRepository(ctx.config.repository);
+  return openRepository(ctx.config.repository, openOptions(ctx, ctx.config.repository));
 }
 
 /** Fills the catalog from a repository it has never seen, as `restorelab points` does. */
@@ -91,7 +102,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
       const def = resolve(ctx.config.repository);
       for (const path of [def, ...indexedPaths(ctx).filter((p) => p !== def)]) {
         try {
-          out.push(await describeRepository(ctx, await openRepository(path)));
+          out.push(await describeRepository(ctx, await openRepository(path, openOptions(ctx, path))));
         } catch (err) {
           // Repositories the catalog once saw may be gone; only the configured one is always listed.
           if (path === def || !(err instanceof RestorelabError && err.code === 'REPO_NOT_FOUND')) out.push(unopenable(ctx, path, err));

@@ -22,10 +22,15 @@ export interface OpenedRepo {
   codecInit: CodecInit;
 }
 
-/** The repository of --repo, else the configured one. */
+/**
+ * The repository of --repo, else the configured one. --key-file, else the
+ * configured repositoryKeyFile only for the configured repository: a key set
+ * for it is never tried on a repository named with --repo.
+ */
 export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Promise<OpenedRepo> {
   const dir = o.repo ?? ctx.config().repository;
-  const repo = await openRepository(dir, o.keyFile ? { keyFile: o.keyFile } : {});
+  const keyFile = o.keyFile ?? (o.repo === undefined ? ctx.config().repositoryKeyFile : undefined);
+  const repo = await openRepository(dir, keyFile ? { keyFile } : {});
   const key = repo.masterKey;
   return { repo, codecInit: { config: repo.config, ...(key ? { key } : {}) } };
 }

@@ -67,6 +67,8 @@ export function registerServer(program: Command): void {
         if (o.nfs) {
           datastore = new PublicationDatastore();
           const pubs = await restorePublications(cfg.stateDir, datastore, {
+            // Publications of an encrypted configured repository reopen with its key file.
+            ...(cfg.repositoryKeyFile ? { keyFile: cfg.repositoryKeyFile } : {}),
             onWarning: (m) => ctx.out.warn(m),
             // A publication whose `publish` process is alive is served by that process.
             filter: (rec) => !(rec.pid !== undefined && rec.pid !== process.pid && pidAlive(rec.pid)),
