@@ -18,6 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import tar from 'tar-stream';
 import { RestorelabError, badInput, notFound, ExitCode } from '../errors.js';
+import type { MountedPartition } from './session.js';
 
 /** The kernel's own limit on symlinks followed in one lookup. */
 const MAX_SYMLINKS = 40;
@@ -324,4 +325,33 @@ function addEntry(pack: tar.Pack, h: TarHeader): Promise<void> {
   return new Promise((resolve, reject) => {
     pack.entry(h, (err) => (err ? reject(err) : resolve()));
   });
+}
+
+/**
+ * The mounted partition holding `guestPath`: the one asked for (by disk and/or
+ * partition number), or else the first, by disk then number, where the path
+ * exists. `howToChoose` ends the error hints: how the caller's user names a
+ * partition (a CLI flag, a query parameter).
+ */
+export async function choosePartition(mounts: readonly MountedPartition[], guestPath: string,
+  want: { disk?: string; partition?: number }, howToChoose: string): Promise<MountedPartition> {
+  const usable = mounts.filter((m) => !m.skipped);
+  const candidates = usable.filter((m) => (want.disk === undefined || m.disk === want.disk) && (want.partition === undefined || m.partition === want.partition));
+  const names = (ms: readonly MountedPartition[]): string => ms.map((m) => `${m.disk} p${m.partition}`).join(', ') || 'none';
+  if (candidates.length === 0) {
+    throw notFound('PARTITION_NOT_MOUNTED',
+      `no mounted partition matching${want.disk !== undefined ? ` disk ${want.disk}` : ''}${want.partition !== undefined ? ` partition ${want.partition}` : ''} (mounted: ${names(usable)})`,
+      howToChoose);
+  }
+  if (candidates.length === 1) return candidates[0] as MountedPartition;
+  for (const m of candidates) {
+    try {
+      await resolveGuestPath(m.path, guestPath, { followFinal: false });
+      return m;
+    } catch (err) {
+      if (err instanceof RestorelabError && err.code === 'GUEST_PATH_NOT_FOUND') continue;
+      throw err;
+    }
+  }
+  throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath} exists on none of the mounted partitions (${names(candidates)})`, howToChoose);
 }

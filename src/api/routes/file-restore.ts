@@ -19,7 +19,7 @@ import { principal, queryOf } from '../route-table.js';
 import { openDefaultRepository, openOptions } from './repositories.js';
 import { mountRestorePoint, umountSession } from '../../flr/mount.js';
 import { listSessions, sessionsDir, type MountedPartition, type SessionRecord } from '../../flr/session.js';
-import { listGuestPath, resolveGuestPath, streamGuestTar } from '../../flr/browse.js';
+import { choosePartition, listGuestPath, resolveGuestPath, streamGuestTar } from '../../flr/browse.js';
 import { RestorelabError } from '../../errors.js';
 
 /** Parent directories of API-made mounts, inside the flr sessions directory: `<stateDir>/flr/api-XXXXXX/mnt`. */
@@ -67,28 +67,15 @@ function confined(err: unknown): unknown {
   return err;
 }
 
-/**
- * The mounted partition for a guest path: the one asked for, or the first (by
- * disk, then number) where the path exists, as `restorelab files` chooses.
- */
+/** The mounted partition for a guest path, chosen as `restorelab files` chooses (src/flr/browse.ts choosePartition). */
 async function partitionFor(r: SessionRecord, q: PathQuery): Promise<MountedPartition> {
   if (r.complete !== true) throw apiError('CONFLICT', `file-level restore session ${r.id} is not mounted (still mounting, or interrupted: DELETE it)`);
-  const candidates = r.mounts.filter((m) => !m.skipped && (q.disk === undefined || m.disk === q.disk) && (q.partition === undefined || m.partition === q.partition));
-  const mounted = r.mounts.filter((m) => !m.skipped).map((m) => `${m.disk} p${m.partition}`).join(', ') || 'none';
-  if (candidates.length === 0) {
-    throw apiError('NOT_FOUND', `session ${r.id} has no mounted partition matching${q.disk !== undefined ? ` disk ${q.disk}` : ''}${q.partition !== undefined ? ` partition ${q.partition}` : ''} (mounted: ${mounted})`);
+  const want = { ...(q.disk !== undefined ? { disk: q.disk } : {}), ...(q.partition !== undefined ? { partition: q.partition } : {}) };
+  try {
+    return await choosePartition(r.mounts, q.path, want, 'choose one with ?disk= and/or ?partition=');
+  } catch (err) {
+    throw confined(err);
   }
-  if (candidates.length === 1) return candidates[0] as MountedPartition;
-  for (const m of candidates) {
-    try {
-      await resolveGuestPath(m.path, q.path, { followFinal: false });
-      return m;
-    } catch (err) {
-      if (err instanceof RestorelabError && err.code === 'GUEST_PATH_NOT_FOUND') continue;
-      throw confined(err);
-    }
-  }
-  throw apiError('NOT_FOUND', `guest path ${q.path} exists on none of the mounted partitions (${mounted}); choose one with ?partition=`);
 }
 
 /** A name for Content-Disposition: the guest's base name, kept to safe characters. */

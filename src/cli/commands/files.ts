@@ -8,9 +8,9 @@ import { mkdtempSync, mkdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { contextFor, type CommandContext } from '../context.js';
 import { findMountedSession, mountRestorePoint, umountSession, type FlrSession } from '../../flr/mount.js';
-import { getGuestPath, listGuestPath, resolveGuestPath, type GuestEntry } from '../../flr/browse.js';
+import { choosePartition, getGuestPath, listGuestPath, type GuestEntry } from '../../flr/browse.js';
 import { sessionsDir, type MountedPartition } from '../../flr/session.js';
-import { RestorelabError, badInput, notFound } from '../../errors.js';
+import { badInput } from '../../errors.js';
 import { partitionNumber, repoPath, type PointFlags } from './mount.js';
 
 async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags, use: (s: FlrSession) => Promise<T>): Promise<T> {
@@ -37,26 +37,11 @@ async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags,
   }
 }
 
-/** The mounted partition holding `guestPath`: the one asked for, or the first (by disk, number) where the path exists. */
-async function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
+/** The mounted partition holding `guestPath` (src/flr/browse.ts choosePartition). */
+function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
   const want = partitionNumber(o);
-  const candidates = s.mounts.filter((m) => !m.skipped && (o.disk === undefined || m.disk === o.disk) && (want === undefined || m.partition === want));
-  if (candidates.length === 0) {
-    throw notFound('PARTITION_NOT_MOUNTED', `no mounted partition matches${o.disk ? ` disk ${o.disk}` : ''}${want !== undefined ? ` partition ${want}` : ''}`,
-      `mounted: ${s.mounts.filter((m) => !m.skipped).map((m) => `${m.disk} p${m.partition}`).join(', ') || 'none'}`);
-  }
-  if (candidates.length === 1) return candidates[0]!;
-  for (const m of candidates) {
-    try {
-      await resolveGuestPath(m.path, guestPath, { followFinal: false });
-      return m;
-    } catch (err) {
-      if (err instanceof RestorelabError && err.code === 'GUEST_PATH_NOT_FOUND') continue;
-      throw err;
-    }
-  }
-  throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath} exists on none of the mounted partitions (${candidates.map((m) => `${m.disk} p${m.partition}`).join(', ')})`,
-    'pick a partition with --partition and list it with `restorelab files ls <point> /`');
+  return choosePartition(s.mounts, guestPath, { ...(o.disk !== undefined ? { disk: o.disk } : {}), ...(want !== undefined ? { partition: want } : {}) },
+    'pick a partition with --disk/--partition and list it with `restorelab files ls <point> /`');
 }
 
 function renderEntries(entries: GuestEntry[]): string {
