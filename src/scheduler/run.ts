@@ -1,22 +1,42 @@
-/** The run function `restorelab server` hands to startScheduler: a real run with the configured repository, driver and limits. */
+/** One SureBackup run with the configured repository, driver and limits: what the scheduler and the API's "run now" both call. */
 import { dirname } from 'node:path';
 import type { Config } from '../config/config.js';
 import { createLabBackend } from '../surebackup/backend.js';
 import { executeRun } from '../surebackup/execute.js';
-import type { History } from '../surebackup/history.js';
+import type { History, RunTrigger } from '../surebackup/history.js';
+import type { Job } from '../surebackup/runner.js';
+import type { JobFile } from '../surebackup/job.js';
 import { Limiter } from '../surebackup/limiter.js';
+import type { RunReport } from '../report/report.js';
 import type { RunJobFn } from './scheduler.js';
+
+export interface ConfiguredRun {
+  job: Job & JobFile;
+  /** The job file; scripts and labs it names are relative to its directory. */
+  file: string;
+  history: History;
+  trigger: RunTrigger;
+  runId: string;
+  signal: AbortSignal;
+  limiter: Limiter;
+  log: { warn(line: string): void };
+}
+
+/** Runs the job in a real lab backend over the configured repository, and closes the backend whatever happens. */
+export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<RunReport> {
+  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file) });
+  try {
+    return await executeRun({ job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
+      trigger: r.trigger, runId: r.runId, signal: r.signal, limiter: r.limiter, log: r.log });
+  } finally {
+    await backend.close();
+  }
+}
 
 export function configuredRun(cfg: Config, history: History, log: { warn(line: string): void },
   // One limiter for every job the server runs: the global cap and memory budget.
   limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB)): RunJobFn {
   return async (s, ctx) => {
-    const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(s.file) });
-    try {
-      await executeRun({ job: s.job, jobFile: s.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history,
-        trigger: ctx.trigger, runId: ctx.runId, signal: ctx.signal, limiter, log });
-    } finally {
-      await backend.close();
-    }
+    await runConfiguredJob(cfg, { job: s.job, file: s.file, history, trigger: ctx.trigger, runId: ctx.runId, signal: ctx.signal, limiter, log });
   };
 }

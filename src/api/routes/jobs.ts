@@ -19,8 +19,7 @@ import { nameParam } from './params.js';
 import { loadJob, type JobFile } from '../../surebackup/job.js';
 import type { Job } from '../../surebackup/runner.js';
 import { History } from '../../surebackup/history.js';
-import { createLabBackend } from '../../surebackup/backend.js';
-import { executeRun } from '../../surebackup/execute.js';
+import { runConfiguredJob } from '../../scheduler/run.js';
 import type { Limiter } from '../../surebackup/limiter.js';
 import { nextFireTimes } from '../../scheduler/scheduler.js';
 import { writeFileAtomic } from '../../repo/atomic-file.js';
@@ -155,13 +154,11 @@ interface RunInput {
 }
 
 async function runJob(ctx: ApiContext, r: RunInput): Promise<{ result: unknown; resource: string }> {
-  const cfg = ctx.config;
   r.progress(`run ${r.runId} of job ${r.job.name} started`);
-  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: ctx.jobsDir });
   try {
-    const rep = await executeRun({
-      job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
-      trigger: 'manual', runId: r.runId, signal: r.signal, limiter: r.limiter, log: { warn: (l) => ctx.log.warn({ job: r.job.name, run: r.runId }, l) },
+    const rep = await runConfiguredJob(ctx.config, {
+      job: r.job, file: r.file, history: r.history, trigger: 'manual', runId: r.runId, signal: r.signal, limiter: r.limiter,
+      log: { warn: (l) => ctx.log.warn({ job: r.job.name, run: r.runId }, l) },
     });
     for (const v of rep.vms) if (v.result !== 'dependency-failed') ctx.metrics.recoverySeconds.observe(v.recoverySeconds);
     return {
@@ -175,7 +172,5 @@ async function runJob(ctx: ApiContext, r: RunInput): Promise<{ result: unknown; 
     // executeRun closes the row when the runner fails; a failure before that must not leave it "running".
     if (r.history.run(r.runId)?.status === 'running') r.history.abortRun(r.runId, r.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
     throw err;
-  } finally {
-    await backend.close();
   }
 }
