@@ -283,8 +283,14 @@ export class QemuDomain implements Domain {
     const deadline = Date.now() + SOCKET_WAIT_MS;
     while (Date.now() < deadline) {
       if (existsSync(join(this.dir, 'qmp.sock')) && this.pid() !== undefined) {
-        await this.withMonitor(async () => undefined);
-        return;
+        try {
+          await this.withMonitor(async () => undefined);
+          return;
+        } catch (e) {
+          // QEMU binds the socket (the file appears) a moment before it
+          // listens: a refused connect then only means "not yet".
+          if (!isErrno(e, 'ECONNREFUSED') && !isErrno(e, 'ENOENT')) throw e;
+        }
       }
       if (this.outcome()?.state === 'failed') throw new Error(this.outcome()?.reason);
       if (childPid && !pidAliveAny(childPid)) throw new Error('qemu exited during start');
