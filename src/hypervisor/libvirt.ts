@@ -27,6 +27,7 @@
 import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Hypervisor as LibvirtConnection, DomainState as LvState } from '@unraid/libvirt';
+import { lendLabTaps } from './tap-handover.js';
 import { RestorelabError, missingComponent } from '../errors.js';
 import { exec, which } from '../host/exec.js';
 import { probeAccel } from '../host/accel.js';
@@ -49,14 +50,21 @@ function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 }
 
+/** A local file, or an `nfs://host/path` URL as a network disk that QEMU's libnfs driver opens. */
+function diskSource(path: string): string {
+  if (!path.startsWith('nfs://')) return `<source file='${esc(path)}'/>`;
+  const url = new URL(path);
+  return `<source protocol='nfs' name='${esc(decodeURIComponent(url.pathname))}'><host name='${esc(url.hostname)}'/></source>`;
+}
+
 export function domainXml(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', hostTaps: string[]): string {
   const vm = spec.vm;
   const disks = spec.disks.map((d, i) => {
     const bus = vm.disks.find((x) => x.name === d.name)?.bus ?? 'virtio';
     const dev = bus === 'virtio' ? `vd${String.fromCharCode(97 + i)}` : `sd${String.fromCharCode(97 + i)}`;
-    return `    <disk type='file' device='disk'>
+    return `    <disk type='${d.path.startsWith('nfs://') ? 'network' : 'file'}' device='disk'>
       <driver name='qemu' type='${d.format}'/>
-      <source file='${esc(d.path)}'/>
+      ${diskSource(d.path)}
       <target dev='${dev}' bus='${bus === 'virtio' ? 'virtio' : 'sata'}'/>
       <alias name='ua-${esc(d.name)}'/>${d.readOnly ? '\n      <readonly/>' : ''}
     </disk>`;
@@ -116,13 +124,6 @@ async function sh(cmd: string, args: string[], timeoutMs = 30_000): Promise<stri
   return r.stdout;
 }
 
-async function labTapBridge(netns: string, tap: string): Promise<string> {
-  const j = JSON.parse(await sh('ip', ['-n', netns, '-j', 'link', 'show', tap])) as { master?: string }[];
-  const master = j[0]?.master;
-  if (!master) throw new RestorelabError('LAB_TAP_UNATTACHED', `tap ${tap} in ${netns} is on no bridge`);
-  return master;
-}
-
 export class LibvirtDriver implements Hypervisor {
   readonly driver = 'libvirt' as const;
   private conn: LibvirtConnection | undefined;
@@ -178,29 +179,17 @@ export class LibvirtDriver implements Hypervisor {
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true });
     // Lab taps come to the host namespace for QEMU to open them; see the module doc.
-    const moved: { tap: string; netns: string; bridge: string }[] = [];
-    for (const n of spec.nics) {
-      if (n.kind !== 'tap' || !n.netns) continue;
-      const bridge = await labTapBridge(n.netns, n.tap);
-      await sh('ip', ['-n', n.netns, 'link', 'set', n.tap, 'netns', '1']);
-      moved.push({ tap: n.tap, netns: n.netns, bridge });
-    }
-    const restore = async (): Promise<void> => {
-      for (const m of moved) {
-        await sh('ip', ['link', 'set', m.tap, 'netns', m.netns]);
-        await sh('ip', ['-n', m.netns, 'link', 'set', m.tap, 'master', m.bridge, 'up']);
-      }
-    };
+    const lent = await lendLabTaps(spec.nics);
     try {
       const xml = domainXml(spec, dir, accel, spec.nics.map((n: NicAttachment) => (n.kind === 'tap' ? n.tap : '')));
       const dom = await c.domainDefineXML(xml);
       await c.domainCreate(dom);
     } catch (e) {
       await exec('virsh', ['-c', LIBVIRT_URI, 'undefine', `${PREFIX}${name}`]);
-      await restore().catch(() => undefined);
+      await lent.giveBack().catch(() => undefined);
       throw new RestorelabError('VM_START_FAILED', `libvirt could not start VM ${name}: ${(e as Error).message}`, { cause: e });
     }
-    await restore();
+    await lent.giveBack();
     return new LibvirtDomain(name, dir, this);
   }
 

@@ -24,6 +24,7 @@ import { probeAccel } from '../host/accel.js';
 import { stdioWithoutFuse } from '../host/fds.js';
 import { QmpClient } from './qmp.js';
 import { QgaClient } from './qga.js';
+import { lendLabTaps } from './tap-handover.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 
 export interface QemuDriverOptions {
@@ -170,8 +171,11 @@ export class QemuDriver implements Hypervisor {
     }
     const args = qemuArgs(spec, dir, accel);
     writeFileSync(join(dir, 'spec.json'), JSON.stringify({ spec, accel, args, bridgeTaps, startedAt: new Date().toISOString() }, null, 2));
+    // QEMU in the lab namespace would not reach an NFS server on the host's
+    // loopback: it then starts in the host namespace with its lab taps lent.
+    const lent = netns && spec.disks.some((d) => d.path.startsWith('nfs://')) ? await lendLabTaps(spec.nics) : undefined;
     const log = openSync(join(dir, 'qemu.log'), 'a');
-    const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, qemu, ...args]] : [qemu, args];
+    const [cmd, argv] = netns && !lent ? ['ip', ['netns', 'exec', netns, qemu, ...args]] : [qemu, args];
     const child = spawn(cmd, argv, { detached: true, stdio: stdioWithoutFuse(['ignore', log, log]) });
     closeSync(log);
     const dom = new QemuDomain(name, dir);
@@ -186,7 +190,10 @@ export class QemuDriver implements Hypervisor {
     child.unref();
     try {
       await dom.waitReady(child.pid ?? 0);
+      // QEMU answers its monitor only once its devices, taps included, are set up.
+      await lent?.giveBack();
     } catch (e) {
+      await lent?.giveBack().catch(() => undefined);
       child.kill('SIGKILL');
       const tail = existsSync(join(dir, 'qemu.log')) ? readFileSync(join(dir, 'qemu.log'), 'utf8').slice(-2000) : '';
       await dom.destroy();
