@@ -67,6 +67,10 @@ const sessions: RemoteAction = async (api, ctx) => {
 
 const recover: RemoteAction = async (api, ctx, [target], o) => {
   refuseLocal(o, [['repo', '--repo']]);
+  if (o.publish !== undefined && o.publish !== 'fuse') {
+    throw badInput('REMOTE_OPTION_UNSUPPORTED', `--publish ${String(o.publish)} cannot be used with --server: the server holds the host's NFS ports for its own export`,
+      'drop --publish: sessions the server starts are served over FUSE');
+  }
   const { vm, point } = parseTarget(target as string);
   const lab = o.lab as string | undefined;
   if (lab !== undefined && (lab.includes('/') || lab.endsWith('.json'))) {

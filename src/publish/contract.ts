@@ -2,7 +2,7 @@
  * Publishing, as the layers above it (file-level restore, instant recovery,
  * verification) see it: a restore point turned into live, writable disk
  * files, with writes going to a redo-log overlay. Who serves the files (FUSE
- * now, NFS next) is an option, not a different API.
+ * or NFS) is an option, not a different API.
  *
  * Words: a *publication* is one restore point made live; its *overlay* holds
  * every write made through it; *discard* throws the overlay away, *resume*
@@ -28,6 +28,23 @@ export interface PublishOptions {
   readOnly?: boolean;
   /** Decompressed chunk cache size in MiB (default from config). */
   cacheMiB?: number;
+  /**
+   * Also serve this publication over NFSv3 from this process, on these ports
+   * (a recovery session's own export; `restorelab server` instead serves
+   * every publication from one shared export).
+   */
+  nfs?: PublicationNfs;
+}
+
+export interface PublicationNfs {
+  port: number;
+  mountPort: number;
+  /** Our portmapper's port, or null for none (URLs then carry the ports). */
+  portmapPort: number | null;
+  /** Listen address, also put in the URLs (default 127.0.0.1: a hypervisor on this host). */
+  listen?: string;
+  /** Client CIDRs allowed to mount (default 127.0.0.0/8). */
+  allow?: string[];
 }
 
 export interface PublicationInfo {
@@ -41,6 +58,8 @@ export interface PublicationInfo {
   path?: string;
   /** Disk name → absolute path of `<disk>.raw` on the FUSE mount. */
   disks: Record<string, string>;
+  /** Disk name → `nfs://` URL of `<disk>.raw`, when served over NFS (PublishOptions.nfs). */
+  urls?: Record<string, string>;
 }
 
 export interface RunningPublication extends PublicationInfo {

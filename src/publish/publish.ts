@@ -1,6 +1,7 @@
 /**
  * Publishing a restore point: its disks become live files (overlay over a
- * PublishedDisk) in a PublicationDatastore, mounted with FUSE when asked.
+ * PublishedDisk) in a PublicationDatastore, mounted with FUSE and/or
+ * exported over NFS by this process when asked.
  *
  * State, below `<stateDir>/publications/<id>/`: `publication.json` (the
  * record: point, repository, number, overlay place and limit, owning pid) and
@@ -21,6 +22,7 @@ import { DecodePool } from '../disk/decode-pool.js';
 import { Overlay, OverlayBudget, discardOverlay } from '../overlay/overlay.js';
 import { PublicationDatastore, type DatastorePublication } from '../datastore/publication-datastore.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
+import { startNfsExport, type NfsExport } from '../nfs/export.js';
 import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
 import type { PublicationInfo, PublishOptions, RunningPublication } from './contract.js';
 
@@ -278,10 +280,19 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   }
   const datastore = new PublicationDatastore();
   let fuse: FuseFrontend | undefined;
+  let nfs: NfsExport | undefined;
   try {
     await datastore.attach(opened.pub);
     if (fuseDir) fuse = await FuseFrontend.mount(datastore, { mountPoint: fuseDir, onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`) });
+    if (opts.nfs) {
+      const listen = opts.nfs.listen ?? '127.0.0.1';
+      nfs = await startNfsExport({
+        datastore, stateDir: opts.stateDir, port: opts.nfs.port, mountPort: opts.nfs.mountPort, portmapPort: opts.nfs.portmapPort,
+        listen, advertise: listen, allow: opts.nfs.allow ?? ['127.0.0.0/8'], readOnly: opts.readOnly ?? false, log: { warn },
+      });
+    }
   } catch (err) {
+    await fuse?.unmount();
     await opened.close();
     await pool?.close();
     throw err;
@@ -291,9 +302,11 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   let closed = false;
   return {
     id, name, point: point.id, vm: point.vm.name, ...(pubPath ? { path: pubPath } : {}), disks: rec.disks, datastore,
+    ...(nfs ? { urls: Object.fromEntries(point.disks.map((d) => [d.name, nfs!.url(name, `${d.name}.raw`)])) } : {}),
     close: async (o = {}) => {
       if (closed) return;
       closed = true;
+      await nfs?.stop();
       if (fuse) await fuse.unmount();
       datastore.detach(id);
       await opened.close();

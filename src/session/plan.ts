@@ -11,6 +11,7 @@ import { loadLab, readLabState, type LabDefinition } from '../lab/lab.js';
 import { formatCidr, overlaps, parseCidr, type Cidr } from '../lab/ipv4.js';
 import { assertBridgesExist } from '../hypervisor/qemu.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
+import type { SessionPublish } from './session.js';
 
 export interface RecoverRequest {
   repo: string;
@@ -24,6 +25,8 @@ export interface RecoverRequest {
   driver: 'qemu' | 'libvirt';
   stateDir: string;
   accel?: 'auto' | 'kvm' | 'tcg';
+  /** How the disks reach the hypervisor; default FUSE. */
+  publish?: SessionPublish;
 }
 
 export interface RecoveryPlan {

@@ -58,6 +58,7 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps
     ...(accel ? { accel } : {}),
     ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: plan.lab.name } : {}),
     ...(opts.network ? { network: opts.network } : {}),
+    ...(opts.publish ? { publish: opts.publish } : {}),
     domain: domainName(plan.vm.name, id), state: 'starting', createdAt, updatedAt: createdAt,
     addresses: {}, disks: {}, diskBytes: Object.fromEntries(plan.point.disks.map((d) => [d.name, d.size])),
     resources: { taps: [] },

@@ -35,12 +35,17 @@ export async function bringUp(
   const res = s.resources;
   let publication: RunningPublication | undefined;
   try {
-    const mount = join(store.workDir(s.id), 'mnt');
-    mkdirSync(mount, { recursive: true });
-    res.publication = { id: '', mount };
+    const via = s.publish ?? { via: 'fuse' as const };
+    const mount = via.via === 'fuse' ? join(store.workDir(s.id), 'mnt') : undefined;
+    if (mount) mkdirSync(mount, { recursive: true });
+    res.publication = { id: '', ...(mount ? { mount } : {}) };
     store.save(s);
-    publication = await deps.startPublication({ repo: s.repo, point: s.point, stateDir: store.stateDir, fuseDir: mount });
-    res.publication = { id: publication.id, mount };
+    publication = await deps.startPublication({
+      repo: s.repo, point: s.point, stateDir: store.stateDir,
+      ...(mount ? { fuseDir: mount } : {}),
+      ...(via.via === 'nfs' ? { nfs: { port: via.port, mountPort: via.mountPort, portmapPort: via.portmapPort } } : {}),
+    });
+    res.publication = { id: publication.id, ...(mount ? { mount } : {}) };
     store.save(s);
 
     const nics: NicAttachment[] = [];
@@ -63,7 +68,7 @@ export async function bringUp(
       }
     }
     const disks = plan.vm.disks.map((d) => {
-      const path = publication?.disks[d.name];
+      const path = via.via === 'nfs' ? publication?.urls?.[d.name] : publication?.disks[d.name];
       if (!path) throw new RestorelabError('PUBLICATION_INCOMPLETE', `the publication of ${s.point} has no disk ${d.name}`);
       return { name: d.name, path, format: 'raw' as const };
     });
@@ -119,7 +124,8 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
   // supervisor died), yet QEMU inherited the /dev/fuse descriptor and keeps
   // the connection open: its I/O then waits forever, it cannot be killed,
   // and statfs of the mount hangs. Aborting the connection ends all that.
-  if (res.publication && !publication) await step(() => abortFuseConnections(res.publication?.mount as string));
+  const mount = res.publication?.mount;
+  if (mount && !publication) await step(() => abortFuseConnections(mount));
   if (res.domain) {
     await step(async () => {
       const dom = await hv.attach(res.domain as string);
@@ -151,7 +157,6 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
     });
   }
   if (res.publication) {
-    const mount = res.publication.mount;
     await step(async () => {
       if (publication) await publication.close({ discard: true });
       else {
@@ -159,7 +164,7 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
         if (id && deps) await deps.removePublication(store.stateDir, id).catch((e: unknown) => {
           if (!(e instanceof RestorelabError && e.code === 'PUBLICATION_NOT_FOUND')) throw e;
         });
-        await unmountStale(mount);
+        if (mount) await unmountStale(mount);
       }
       delete res.publication;
       store.save(s);

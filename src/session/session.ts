@@ -3,9 +3,10 @@
  *
  * Words:
  * - Recovery session: one restore point of one VM running straight from the
- *   repository: a publication (FUSE) of the point, a domain under a
- *   hypervisor driver with its disks on the published `.raw` files, and
- *   either lab taps (inside a virtual lab) or a host bridge.
+ *   repository: a publication of the point, served over FUSE (default) or
+ *   NFS, a domain under a hypervisor driver with its disks on the published
+ *   `.raw` files (FUSE paths or `nfs://` URLs), and either lab taps (inside
+ *   a virtual lab) or a host bridge.
  * - Supervisor: the detached `restorelab session-supervise` process that owns
  *   the publication (FUSE is served by a living process) and watches the
  *   domain; it is the only writer of a session's state once it runs.
@@ -33,11 +34,21 @@ export interface SessionResources {
   taps: { lab: string; tap: string }[];
   /** The lab, when this session brought it up (and so takes it down). */
   labCreated?: string;
-  /** The publication, while it exists. */
-  publication?: { id: string; mount: string };
+  /** The publication, while it exists; `mount` is its FUSE mount (none when served over NFS). */
+  publication?: { id: string; mount?: string };
   /** Migrated disk files (production storage now; never deleted by stop). */
   migratedDisks?: Record<string, string>;
 }
+
+/**
+ * FUSE, or our NFSv3 server run by the supervisor on the given ports: QEMU's
+ * libnfs (and libvirt's network disks) find mountd and nfsd only through a
+ * portmapper on 111, so these are the host's NFS ports and one NFS-served
+ * session runs per host at a time (a second one gets NFS_PORT_IN_USE).
+ */
+export type SessionPublish =
+  | { via: 'fuse' }
+  | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
 
 export interface RecoverySession {
   id: string;
@@ -51,6 +62,8 @@ export interface RecoverySession {
   lab?: string;
   /** Host bridge for a production-network recovery. */
   network?: string;
+  /** How the disks are served to the hypervisor (absent in older records: FUSE). */
+  publish?: SessionPublish;
   domain: string;
   state: SessionState;
   /** ISO 8601 time the recover command started: the origin of heartbeatSeconds. */

@@ -119,6 +119,9 @@ t.test('a wrong token, no token, no server, an unsupported command', async (t) =
   const repoFlag = await cli(['--server', server.url, '--token', token, 'points', '--repo', '/elsewhere'], env);
   t.equal(repoFlag.code, 2);
   t.match(repoFlag.stderr, /--repo names something on this host/);
+  const nfs = await cli(['--server', server.url, '--token', token, 'recover', 'web', '--publish', 'nfs'], env);
+  t.equal(nfs.code, 2, 'recover --publish nfs is embedded only');
+  t.match(nfs.stderr, /the server holds the host's NFS ports/);
   // Host commands keep working with the server only in the environment.
   const local = await cli(['token', 'list', '--json'], { ...env, RESTORELAB_SERVER: server.url });
   t.equal(local.code, 0, local.stderr);

@@ -1,5 +1,6 @@
 // The only NFS test that uses the portmapper port 111 (QEMU's libnfs finds
-// mountd and nfsd only through it); no other test file may bind 111.
+// mountd and nfsd only through it); no other test file may bind 111. So the
+// recovery session served over NFS (`recover --publish nfs`) is tested here.
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -12,6 +13,12 @@ import { startPublication } from '../../src/publish/publish.js';
 import { startNfsExport } from '../../src/nfs/export.js';
 import { QemuDriver } from '../../src/hypervisor/qemu.js';
 import { waitForAgent } from '../../src/hypervisor/qga.js';
+import { SessionStore } from '../../src/session/store.js';
+import { exec } from '../../src/host/exec.js';
+import { projectPath } from '../../src/paths.js';
+import { stopSession } from '../../src/session/recover.js';
+import type { RecoverResult } from '../../src/session/session.js';
+import { WEB_EXPECT, cli, httpGet, lastJsonLine, residue, webRepository } from '../session/fixtures/recovery.js';
 
 t.test('qemu-img reads a raw disk over nfs:// through our portmapper on 111', async (t) => {
   requireTool('qemu-img');
@@ -80,4 +87,68 @@ t.test('the web guest boots from the nfs:// URL of a published restore point and
   t.ok(s.nfs.metrics.bytesWritten > 0, 'the restarted server took the guest\'s new writes');
   await dom.destroy();
   t.equal(chunkFingerprint(g.repo.path), before, 'the repository chunks are byte-identical: writes went to the overlay');
+});
+
+for (const driver of ['qemu', 'libvirt'] as const) {
+  t.test(`recover --publish nfs (${driver}): web boots from our NFS export in a lab, answers HTTP, and stop leaves nothing`, async (t) => {
+    requireTool('qemu-system-x86_64');
+    if (driver === 'libvirt') {
+      const started = await exec(projectPath('scripts', 'libvirtd'), ['start'], { timeoutMs: 60_000 });
+      t.equal(started.code, 0, `scripts/libvirtd start ${started.stderr}`);
+    }
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rl-recover-nfs-'));
+    const stateDir = path.join(dir, 'state');
+    t.teardown(async () => {
+      for (const s of new SessionStore(stateDir).list()) await stopSession(stateDir, s.id).catch(() => undefined);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const { repo } = await webRepository(dir);
+    const before = chunkFingerprint(repo);
+    const lab = `rn${driver[0]}${process.pid % 10000}`;
+    const labPath = path.join(dir, 'lab.json');
+    const masquerade = driver === 'qemu' ? '172.18.107' : '172.18.108';
+    fs.writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: `${masquerade}.0/24` }] }));
+    const r = await cli(['recover', '--repo', repo, 'web', '--lab', labPath, '--driver', driver, '--publish', 'nfs', '--json'], stateDir);
+    t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
+    const out = lastJsonLine<RecoverResult>(r.stdout);
+    t.equal(out.state, 'running', `heartbeat after ${out.heartbeatSeconds} s`);
+    t.same(out.addresses, { nic0: `${masquerade}.10` });
+    const s = new SessionStore(stateDir).get(out.session);
+    t.same(s.publish, { via: 'nfs', port: 2049, mountPort: 20048, portmapPort: 111 }, 'the session records how its disks are served');
+    t.match(s.disks.root, /^nfs:\/\/127\.0\.0\.1\/restorelab\/web-[^/]+\/root\.raw$/, 'the VM runs on the nfs:// URL, not a FUSE path');
+    t.notOk(s.resources.publication?.mount, 'and nothing is mounted');
+    const page = await httpGet(`http://${out.addresses.nic0}/`);
+    t.equal(page.status, 200, 'HTTP through the masquerade address: the lab tap went back into the lab');
+    t.match(page.body, WEB_EXPECT);
+
+    if (driver === 'qemu') {
+      const busy = await cli(['recover', '--repo', repo, 'web', '--driver', 'qemu', '--publish', 'nfs', '--json'], path.join(dir, 'other-state'), 60_000);
+      t.not(busy.code, 0, 'a second NFS-served session on the same ports fails');
+      t.match(busy.stdout + busy.stderr, /NFS_PORT_UNAVAILABLE/, 'naming the busy NFS port');
+    }
+
+    const stop = await cli(['stop', out.session, '--json'], stateDir, 120_000);
+    t.equal(stop.code, 0, stop.stderr);
+    t.same(await residue({ domain: s.domain, mount: path.join(stateDir, 'sessions'), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) }), [],
+      'no QEMU, supervisor or mount remains');
+    t.same((await exec('ip', ['netns', 'list'])).stdout.split('\n').filter((l) => l.startsWith(`rl-${lab}-`)), [], 'the lab is down');
+    const free = await run('nfs-ls', ['nfs://127.0.0.1/restorelab/']);
+    t.not(free.code, 0, 'and nothing serves NFS any more');
+    t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
+  });
+}
+
+t.test('recover --publish rejects what it cannot serve', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rl-recover-nfs-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const { repo } = await webRepository(dir);
+  const bad = await cli(['recover', '--repo', repo, 'web', '--publish', 'iscsi', '--json'], path.join(dir, 'state'), 30_000);
+  t.equal(bad.code, 2);
+  t.match(bad.stdout + bad.stderr, /BAD_PUBLISH/);
+  const config = path.join(dir, 'config.json');
+  fs.writeFileSync(config, JSON.stringify({ nfs: { portmapPort: 0 } }));
+  const noPortmap = await cli(['--config', config, 'recover', '--repo', repo, 'web', '--publish', 'nfs', '--json'], path.join(dir, 'state'), 30_000);
+  t.equal(noPortmap.code, 2);
+  t.match(noPortmap.stdout + noPortmap.stderr, /NFS_NEEDS_PORTMAPPER/);
+  t.same(new SessionStore(path.join(dir, 'state')).list(), [], 'no session was recorded');
 });

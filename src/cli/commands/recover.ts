@@ -1,5 +1,5 @@
 /**
- * `restorelab recover --repo R <vm>[@<point>] [--lab F | --network BR] [--driver D]`:
+ * `restorelab recover --repo R <vm>[@<point>] [--lab F | --network BR] [--driver D] [--publish fuse|nfs]`:
  * instant VM recovery (docs/recovery.md). Prints once the guest's heartbeat
  * is seen and returns; the VM keeps running under a detached session
  * supervisor (the hidden `session-supervise` command).
@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
 import { recover } from '../../session/recover.js';
-import { recoverResult, type RecoverResult } from '../../session/session.js';
+import { recoverResult, type RecoverResult, type SessionPublish } from '../../session/session.js';
 import { superviseSession } from '../../session/supervisor.js';
 import { realDeps } from '../../session/deps.js';
 
@@ -34,7 +34,8 @@ export function registerRecover(program: Command): void {
     .option('--network <bridge>', 'attach the NICs to this existing host bridge (production network)')
     .option('--driver <driver>', 'hypervisor driver: qemu or libvirt (default from config)')
     .option('--accel <accel>', 'kvm or tcg (default: probe)')
-    .action(async (target: string, o: { repo?: string; lab?: string; network?: string; driver?: string; accel?: string }, c: Command) => {
+    .option('--publish <via>', 'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)')
+    .action(async (target: string, o: { repo?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string }, c: Command) => {
       const ctx = contextFor(c);
       const cfg = ctx.config();
       const { vm, point } = parseTarget(target);
@@ -42,10 +43,19 @@ export function registerRecover(program: Command): void {
       if (driver !== 'qemu' && driver !== 'libvirt') throw badInput('UNKNOWN_DRIVER', `unknown hypervisor driver "${driver}"`, 'use --driver qemu or --driver libvirt');
       const accel = o.accel ?? cfg.accel;
       if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw badInput('BAD_ACCEL', `unknown accelerator "${accel}"`, 'use --accel kvm or --accel tcg');
-      ctx.out.info(`recovering ${target} with the ${driver} driver...`);
+      const via = o.publish ?? 'fuse';
+      if (via !== 'fuse' && via !== 'nfs') throw badInput('BAD_PUBLISH', `unknown --publish "${o.publish}"`, 'use --publish fuse or --publish nfs');
+      if (via === 'nfs' && cfg.nfs.portmapPort !== 111) {
+        throw badInput('NFS_NEEDS_PORTMAPPER', `--publish nfs needs the portmapper on port 111 (nfs.portmapPort is ${cfg.nfs.portmapPort})`,
+          'QEMU\'s NFS driver finds the server only through port 111: set nfs.portmapPort to 111, or use --publish fuse');
+      }
+      const publish: SessionPublish = via === 'nfs'
+        ? { via: 'nfs', port: cfg.nfs.port, mountPort: cfg.nfs.mountPort, portmapPort: cfg.nfs.portmapPort }
+        : { via: 'fuse' };
+      ctx.out.info(`recovering ${target} with the ${driver} driver (disks over ${via})...`);
       const s = await recover({
         repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
-        ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}),
+        ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}), publish,
       });
       ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
     });
