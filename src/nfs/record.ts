@@ -12,6 +12,42 @@ export class RecordTooLargeError extends Error {
   }
 }
 
+/**
+ * Reusable buffers for large single-fragment records (a 1 MiB WRITE).
+ *
+ * Why: such a record spans many socket chunks and is assembled into one
+ * buffer. A fresh 1 MiB ArrayBuffer per WRITE counts against V8's external
+ * memory budget, and at a few hundred MiB/s that started a full garbage
+ * collection every 50 ms. The transport gives a record back once its call
+ * has finished, reply sent: nothing may keep a view of a record after its
+ * call (a reused buffer would change bytes under it).
+ */
+export class RecordBufferPool {
+  private readonly free: Buffer[] = [];
+  private readonly lent = new WeakSet<ArrayBufferLike>();
+
+  /** `size`: the largest record it serves; `keep`: free buffers kept between calls. */
+  constructor(readonly size: number, private readonly keep: number) {}
+
+  /** A buffer of exactly `n` bytes, or undefined when `n` is larger than the pool's buffers. */
+  acquire(n: number): Buffer | undefined {
+    if (n > this.size) return undefined;
+    const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    this.lent.add(b.buffer);
+    return b.subarray(0, n);
+  }
+
+  /** Takes back a record the pool lent; anything else is left to the garbage collector. */
+  release(record: Buffer): void {
+    if (!this.lent.has(record.buffer)) return;
+    this.lent.delete(record.buffer);
+    if (this.free.length < this.keep) this.free.push(Buffer.from(record.buffer, 0, this.size));
+  }
+}
+
+/** Records at least this large are assembled in pooled buffers (when the framer has a pool). */
+export const POOLED_RECORD_MIN = 128 * 1024;
+
 export class RecordFramer {
   private pending: Buffer[] = [];
   private pendingLen = 0;
@@ -22,7 +58,7 @@ export class RecordFramer {
   private fragLen = -1;
   private fragLast = false;
 
-  constructor(private readonly maxRecord: number) {}
+  constructor(private readonly maxRecord: number, private readonly pool?: RecordBufferPool) {}
 
   /** Bytes held for incomplete records: bounded by maxRecord plus one socket chunk. */
   get buffered(): number { return this.pendingLen + this.recordLen; }
@@ -43,7 +79,8 @@ export class RecordFramer {
         if (this.recordLen + this.fragLen > this.maxRecord) throw new RecordTooLargeError(this.recordLen + this.fragLen, this.maxRecord);
       }
       if (this.pendingLen < this.fragLen) break;
-      const body = this.take(this.fragLen);
+      // Only a whole record may live in a pooled buffer: fragments are concatenated and dropped.
+      const body = this.take(this.fragLen, this.fragLast && this.fragments.length === 0);
       this.fragLen = -1;
       this.fragments.push(body);
       this.recordLen += body.length;
@@ -56,7 +93,7 @@ export class RecordFramer {
     return out;
   }
 
-  private take(n: number): Buffer {
+  private take(n: number, pooled = false): Buffer {
     if (n === 0) return Buffer.alloc(0);
     const first = this.pending[0]!;
     let result: Buffer;
@@ -65,7 +102,7 @@ export class RecordFramer {
       if (first.length === n) this.pending.shift();
       else this.pending[0] = first.subarray(n);
     } else {
-      result = Buffer.allocUnsafe(n);
+      result = (pooled && n >= POOLED_RECORD_MIN ? this.pool?.acquire(n) : undefined) ?? Buffer.allocUnsafe(n);
       let off = 0;
       while (off < n) {
         const c = this.pending[0]!;

@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { decodeCall, MalformedCallError, type RpcDispatcher } from './rpc.js';
-import { RecordFramer, RecordTooLargeError, recordMark } from './record.js';
+import { RecordBufferPool, RecordFramer, RecordTooLargeError, recordMark } from './record.js';
 
 export interface TransportOptions {
   host: string;
@@ -28,8 +28,12 @@ export class RpcListener {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
   readonly counters: TransportCounters = { connections: 0, closedForAbuse: 0 };
+  /** Shared by the connections; a few free buffers are kept, so idle memory stays small. */
+  private readonly records: RecordBufferPool;
 
-  constructor(private readonly dispatcher: RpcDispatcher, private readonly opts: TransportOptions) {}
+  constructor(private readonly dispatcher: RpcDispatcher, private readonly opts: TransportOptions) {
+    this.records = new RecordBufferPool(opts.maxRecord, 8);
+  }
 
   async listen(): Promise<number> {
     const server = net.createServer((s) => this.accept(s));
@@ -55,7 +59,7 @@ export class RpcListener {
     this.sockets.add(socket);
     this.counters.connections++;
     socket.setNoDelay(true);
-    const framer = new RecordFramer(this.opts.maxRecord);
+    const framer = new RecordFramer(this.opts.maxRecord, this.records);
     const remoteAddress = (socket.remoteAddress ?? '').replace(/^::ffff:/, '');
     const remotePort = socket.remotePort ?? 0;
     let inFlight = 0;
@@ -70,10 +74,12 @@ export class RpcListener {
       try {
         decoded = decodeCall(record);
       } catch (e) {
+        this.records.release(record);
         if (e instanceof MalformedCallError) return abuse();
         throw e;
       }
       if (decoded.kind === 'denied') {
+        this.records.release(record);
         this.send(socket, [decoded.reply]);
         return;
       }
@@ -85,6 +91,8 @@ export class RpcListener {
         },
         () => abuse(),
       ).finally(() => {
+        // The call is over and its reply was written (copied, or pieces of its own): the record is free.
+        this.records.release(record);
         inFlight--;
         maybeResume();
       });

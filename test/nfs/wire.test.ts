@@ -1,6 +1,6 @@
 import t from 'tap';
 import { XdrError, XdrReader, XdrWriter } from '../../src/nfs/xdr.js';
-import { RecordFramer, RecordTooLargeError } from '../../src/nfs/record.js';
+import { POOLED_RECORD_MIN, RecordBufferPool, RecordFramer, RecordTooLargeError } from '../../src/nfs/record.js';
 import { cat, hyper, mark, opaque, words } from './fixtures/bytes.js';
 
 t.test('XdrWriter encodes big-endian with padding', async (t) => {
@@ -53,4 +53,39 @@ t.test('huge record length is rejected without allocating', async (t) => {
   t.throws(() => f.push(mark(1 << 30)), RecordTooLargeError);
   const g = new RecordFramer(100);
   t.throws(() => { g.push(cat(mark(60, false), Buffer.alloc(60))); g.push(mark(60)); }, RecordTooLargeError, 'total across fragments');
+});
+
+t.test('large records spanning socket chunks are assembled in pooled buffers, reused only once released', async (t) => {
+  const size = POOLED_RECORD_MIN + 4096;
+  const pool = new RecordBufferPool(size, 2);
+  const f = new RecordFramer(size, pool);
+  const record = (fill: number): Buffer => Buffer.alloc(size, fill);
+  // Split into socket-sized chunks, as TCP delivers them.
+  const feed = (...recs: Buffer[]): Buffer[] => {
+    const stream = cat(...recs.flatMap((r) => [mark(r.length), r]));
+    const out: Buffer[] = [];
+    for (let at = 0; at < stream.length; at += 65536) out.push(...f.push(stream.subarray(at, at + 65536)));
+    return out;
+  };
+  const [a, b] = feed(record(1), record(2));
+  t.ok(a!.equals(record(1)) && b!.equals(record(2)), 'two records in flight keep their own bytes');
+  t.not(a!.buffer, b!.buffer, 'in separate buffers');
+  pool.release(a!);
+  const [c] = feed(record(3));
+  t.equal(c!.buffer, a!.buffer, 'a released buffer is reused');
+  t.ok(c!.equals(record(3)) && b!.equals(record(2)), 'and the record still in flight is untouched');
+  pool.release(c!);
+  pool.release(c!);
+  const [d, e] = feed(record(4), record(5));
+  t.not(d!.buffer, e!.buffer, 'a double release does not hand one buffer out twice');
+  t.ok(d!.equals(record(4)) && e!.equals(record(5)));
+
+  const small = Buffer.alloc(1000, 9);
+  const [s1] = feed(small);
+  pool.release(s1!);
+  t.ok(s1!.equals(small), 'small records are not pooled, and releasing one is harmless');
+  const frag = new RecordFramer(2 * size, pool);
+  const half = POOLED_RECORD_MIN;
+  const [whole] = frag.push(cat(mark(half, false), Buffer.alloc(half, 6), mark(half), Buffer.alloc(half, 7)));
+  t.ok(whole!.equals(cat(Buffer.alloc(half, 6), Buffer.alloc(half, 7))), 'a multi-fragment record is concatenated');
 });
