@@ -11,9 +11,11 @@
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { CorruptChunkError } from '../repo/contract.js';
 import type { Repository } from '../repo/api.js';
-import { ChunkPool } from './chunk-pool.js';
+import type { RestoreJob, RestoreJobResult } from './restore-worker.js';
 import { badInput, notFound, RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
 import { qemuImg } from '../ingest/qemu-img.js';
@@ -31,6 +33,14 @@ export interface RestoreOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** Decoding (decompress, decrypt, re-hash) is the costly part: one thread per core. */
+function defaultThreads(): number {
+  return Math.max(1, Math.min(availableParallelism(), 8));
+}
+
+/** Bytes written between two background flushes of the output. */
+const FLUSH_EVERY = 128 * 1024 * 1024;
+
 export interface RestoreResult {
   point: string;
   disk: string;
@@ -42,20 +52,87 @@ export interface RestoreResult {
 }
 
 /** A damaged or quarantined chunk is a user-facing failure with a way out, not a crash. */
-async function readChecked(repo: Repository, pool: ChunkPool, digest: string, offset: number, opts: RestoreOptions): Promise<Buffer> {
-  try {
-    return await pool.decode(digest, await repo.chunks.get(digest));
-  } catch (err) {
-    const quarantined = err instanceof RestorelabError && err.code === 'CHUNK_QUARANTINED';
-    if (!(err instanceof CorruptChunkError) && !quarantined) throw err;
-    throw new RestorelabError('RESTORE_CHUNK_CORRUPT',
-      `cannot restore ${opts.point}/${opts.disk}: the chunk at offset ${offset} is damaged (${(err as Error).message})`,
-      { hint: 'run restorelab verify to list every damaged restore point, and restore from an older or newer point', cause: err });
+function damaged(opts: RestoreOptions, offset: number, err: unknown): RestorelabError {
+  return new RestorelabError('RESTORE_CHUNK_CORRUPT',
+    `cannot restore ${opts.point}/${opts.disk}: the chunk at offset ${offset} is damaged (${(err as Error).message})`,
+    { hint: 'run restorelab verify to list every damaged restore point, and restore from an older or newer point', cause: err });
+}
+
+/** Turns a worker's failure into the error the user sees. */
+async function failure(repo: Repository, opts: RestoreOptions, job: RestoreJob, r: Extract<RestoreJobResult, { error: string }>): Promise<Error> {
+  if (r.corrupt) return damaged(opts, job.position, new CorruptChunkError(job.digest, r.error));
+  if (r.stage === 'read' && r.code === 'ENOENT') {
+    // The store knows why a chunk is missing (quarantined by verify, or never stored) and says so.
+    try {
+      await repo.chunks.get(job.digest);
+    } catch (err) {
+      if (err instanceof RestorelabError && err.code === 'CHUNK_QUARANTINED') return damaged(opts, job.position, err);
+      return err as Error;
+    }
   }
+  if (r.stage === 'write') {
+    return new RestorelabError('RESTORE_WRITE_FAILED', `cannot write the restored disk next to ${opts.to}: ${r.error}`,
+      { hint: r.code === 'ENOSPC' ? `free space in ${dirname(resolve(opts.to))} or restore elsewhere with --to` : 'check the target directory' });
+  }
+  return new Error(`reading chunk ${job.digest}: ${r.error}`);
 }
 
 function keyOf(repo: Repository): Buffer | undefined {
   return (repo as Partial<{ masterKey: Buffer | undefined }>).masterKey;
+}
+
+/**
+ * Writes every non-hole chunk of `digests` into `fd` on `threads` restore
+ * workers (restore-worker.ts), two chunks in flight per worker so none waits
+ * for the next job. Rejects with the first failure, once in-flight work ended.
+ */
+async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, digests: (string | null)[], chunkSize: number,
+  threads: number, onChunk: (written: number) => void): Promise<void> {
+  const init = { config: repo.config, fd, ...(keyOf(repo) ? { key: keyOf(repo) as Buffer } : {}) };
+  const workers = Array.from({ length: threads }, () => new Worker(new URL('./restore-worker.js', import.meta.url), { workerData: init }));
+  let next = 0;
+  let id = 0;
+  let error: Error | undefined;
+  try {
+    await new Promise<void>((resolveAll, rejectAll) => {
+      let inFlight = 0;
+      const jobs = new Map<number, RestoreJob>();
+      const finish = (): void => {
+        if (inFlight > 0) return;
+        if (error) rejectAll(error);
+        else if (next >= digests.length) resolveAll();
+      };
+      const feed = (w: Worker): void => {
+        while (!error && next < digests.length && !digests[next]) { next++; onChunk(0); }
+        if (error || next >= digests.length) return finish();
+        const digest = digests[next] as string;
+        const job: RestoreJob = { id: ++id, digest, file: repo.chunks.fileOf(digest), position: next * chunkSize };
+        next++;
+        jobs.set(job.id, job);
+        inFlight++;
+        w.postMessage(job);
+      };
+      for (const w of workers) {
+        w.on('message', (r: RestoreJobResult) => {
+          inFlight--;
+          const job = jobs.get(r.id) as RestoreJob;
+          jobs.delete(r.id);
+          if ('error' in r) {
+            inFlight++; // held until the failure is described
+            void failure(repo, opts, job, r).then((e) => { error ??= e; inFlight--; finish(); });
+            return;
+          }
+          onChunk(r.written);
+          feed(w);
+        });
+        w.on('error', (e) => { error ??= e; finish(); });
+        feed(w);
+        feed(w);
+      }
+    });
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
 }
 
 export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> {
@@ -73,37 +150,28 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
       'name one of its disks with --disk');
   }
   const disk = await repo.readIndex(entry.indexDigest);
-  const chunkCount = disk.digests.length;
   const tmpRaw = join(dirname(to), `.${basename(to)}.restore-${randomBytes(4).toString('hex')}`);
   const tmpOut = format === 'qcow2' ? `${tmpRaw}.qcow2` : tmpRaw;
   let bytesWritten = 0;
-  // Decoding (decompress, decrypt, re-hash) is the costly part: it runs on every core.
-  const pool = new ChunkPool({ config: repo.config, ...(keyOf(repo) ? { key: keyOf(repo) as Buffer } : {}) }, opts.parallel, 0);
   try {
     const fh = await open(tmpRaw, 'wx', 0o600);
     try {
       await fh.truncate(disk.size);
-      const parallel = pool.size * 2;
-      let next = 0;
       let done = 0;
-      const zero = Buffer.alloc(disk.chunkSize);
-      const worker = async (): Promise<void> => {
-        for (let i = next++; i < chunkCount; i = next++) {
-          const digest = disk.digests[i];
-          const data = digest ? await readChecked(repo, pool, digest, i * disk.chunkSize, opts) : null;
-          if (data && !data.equals(zero.subarray(0, data.length))) {
-            let off = 0;
-            while (off < data.length) {
-              const { bytesWritten: n } = await fh.write(data, off, data.length - off, i * disk.chunkSize + off);
-              off += n;
-            }
-            bytesWritten += data.length;
-          }
-          done++;
-          opts.onProgress?.(Math.min(done * disk.chunkSize, disk.size), disk.size);
+      // Flush as we go, one flush at a time, so that the final fsync finds little left to write.
+      let flushed = 0;
+      let flushing: Promise<void> | undefined;
+      await writeChunks(repo, opts, fh.fd, disk.digests, disk.chunkSize, opts.parallel ?? defaultThreads(), (written) => {
+        bytesWritten += written;
+        done++;
+        if (!flushing && bytesWritten - flushed >= FLUSH_EVERY) {
+          flushed = bytesWritten;
+          // A failed flush fails the final sync again, which reports it.
+          flushing = fh.datasync().catch(() => undefined).finally(() => { flushing = undefined; });
         }
-      };
-      await Promise.all(Array.from({ length: Math.max(1, parallel) }, () => worker()));
+        opts.onProgress?.(Math.min(done * disk.chunkSize, disk.size), disk.size);
+      });
+      await flushing;
       await fh.sync();
     } finally {
       await fh.close();
@@ -121,8 +189,6 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
   } catch (err) {
     await Promise.allSettled([unlink(tmpRaw), unlink(tmpOut)]);
     throw err;
-  } finally {
-    await pool.close();
   }
   return { point: opts.point, disk: opts.disk, to, format, size: disk.size, bytesWritten, seconds: (Date.now() - started) / 1000 };
 }

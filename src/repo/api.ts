@@ -54,6 +54,12 @@ export interface ChunkCodec {
    * the plaintext hashes to `digest`. Throws CorruptChunkError otherwise.
    */
   decode(digest: string, blob: Buffer): Buffer;
+  /**
+   * decode() without a fresh buffer: the plaintext is decompressed into `out`
+   * (chunkSize bytes), or is a view of `blob` when it was stored uncompressed.
+   * The result is valid until `out` or `blob` is reused.
+   */
+  decodeInto(digest: string, blob: Buffer, out: Buffer): Buffer;
 }
 
 export interface StoredChunk {
@@ -80,6 +86,8 @@ export interface ChunkStore {
   insert(digest: string, blob: Buffer): Promise<{ existed: boolean; size: number }>;
   /** The blob; rejects with a not-found RestorelabError naming store and digest. */
   get(digest: string): Promise<Buffer>;
+  /** The file that holds a chunk's blob, for readers on other threads that do their own I/O. */
+  fileOf(digest: string): string;
   list(): AsyncIterable<StoredChunk>;
   /** Renames the chunk to `<digest>.bad`; it is never served again and never deleted by gc. */
   quarantine(digest: string): Promise<void>;

@@ -14,6 +14,7 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { compress, decompress } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import type { ChunkCodec, RepoConfig } from './api.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput } from '../errors.js';
@@ -65,6 +66,54 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
   const digestOf = (plain: Buffer): string =>
     keys ? createHmac('sha256', keys.digest).update(plain).digest('hex') : createHash('sha256').update(plain).digest('hex');
 
+  let dctx: zstdBinding.DCtx | undefined;
+
+  /**
+   * Checks a blob and returns its plaintext: in a fresh buffer, or, given
+   * `out`, decompressed into `out` (or as a view of the blob when it was
+   * stored uncompressed), so a hot loop allocates nothing per chunk.
+   */
+  const open = (digest: string, blob: Buffer, out?: Buffer): Buffer => {
+    const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
+    if (plainLength > maxPlain) throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
+    let payload = blob.subarray(CHUNK_HEADER_SIZE);
+    if (crc32(payload) !== crc) throw new CorruptChunkError(digest, 'CRC mismatch');
+    if (((flags & CHUNK_FLAG_ENCRYPTED) !== 0) !== encrypted) {
+      throw new CorruptChunkError(digest, encrypted ? 'chunk is not encrypted in an encrypted repository' : 'chunk is encrypted in an unencrypted repository');
+    }
+    if (keys) {
+      if (payload.length < GCM_NONCE_SIZE + GCM_TAG_SIZE) throw new CorruptChunkError(digest, 'encrypted payload too short');
+      const aad = Buffer.from(blob.subarray(0, CHUNK_HEADER_SIZE));
+      aad.writeUInt32LE(0, 12);
+      const decipher = createDecipheriv('aes-256-gcm', keys.encrypt, payload.subarray(0, GCM_NONCE_SIZE));
+      decipher.setAAD(aad);
+      decipher.setAuthTag(payload.subarray(payload.length - GCM_TAG_SIZE));
+      try {
+        payload = Buffer.concat([decipher.update(payload.subarray(GCM_NONCE_SIZE, payload.length - GCM_TAG_SIZE)), decipher.final()]);
+      } catch {
+        throw new CorruptChunkError(digest, 'authentication tag mismatch (corrupt, or encrypted with another key)');
+      }
+    }
+    let plain: Buffer;
+    if ((flags & CHUNK_FLAG_COMPRESSED) !== 0) {
+      try {
+        if (out) {
+          dctx ??= new zstdBinding.DCtx();
+          plain = out.subarray(0, dctx.decompress(out, payload));
+        } else {
+          plain = decompress(payload);
+        }
+      } catch (err) {
+        throw new CorruptChunkError(digest, `zstd: ${(err as Error).message}`);
+      }
+    } else {
+      plain = out ? payload : Buffer.from(payload);
+    }
+    if (plain.length !== plainLength) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes, header says ${plainLength}`);
+    if (digestOf(plain) !== digest) throw new CorruptChunkError(digest, 'digest mismatch');
+    return plain;
+  };
+
   return {
     digest: digestOf,
 
@@ -90,39 +139,11 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
     },
 
     decode(digest: string, blob: Buffer): Buffer {
-      const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
-      if (plainLength > maxPlain) throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
-      let payload = blob.subarray(CHUNK_HEADER_SIZE);
-      if (crc32(payload) !== crc) throw new CorruptChunkError(digest, 'CRC mismatch');
-      if (((flags & CHUNK_FLAG_ENCRYPTED) !== 0) !== encrypted) {
-        throw new CorruptChunkError(digest, encrypted ? 'chunk is not encrypted in an encrypted repository' : 'chunk is encrypted in an unencrypted repository');
-      }
-      if (keys) {
-        if (payload.length < GCM_NONCE_SIZE + GCM_TAG_SIZE) throw new CorruptChunkError(digest, 'encrypted payload too short');
-        const aad = Buffer.from(blob.subarray(0, CHUNK_HEADER_SIZE));
-        aad.writeUInt32LE(0, 12);
-        const decipher = createDecipheriv('aes-256-gcm', keys.encrypt, payload.subarray(0, GCM_NONCE_SIZE));
-        decipher.setAAD(aad);
-        decipher.setAuthTag(payload.subarray(payload.length - GCM_TAG_SIZE));
-        try {
-          payload = Buffer.concat([decipher.update(payload.subarray(GCM_NONCE_SIZE, payload.length - GCM_TAG_SIZE)), decipher.final()]);
-        } catch {
-          throw new CorruptChunkError(digest, 'authentication tag mismatch (corrupt, or encrypted with another key)');
-        }
-      }
-      let plain: Buffer;
-      if ((flags & CHUNK_FLAG_COMPRESSED) !== 0) {
-        try {
-          plain = decompress(payload);
-        } catch (err) {
-          throw new CorruptChunkError(digest, `zstd: ${(err as Error).message}`);
-        }
-      } else {
-        plain = Buffer.from(payload);
-      }
-      if (plain.length !== plainLength) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes, header says ${plainLength}`);
-      if (digestOf(plain) !== digest) throw new CorruptChunkError(digest, 'digest mismatch');
-      return plain;
+      return open(digest, blob);
+    },
+
+    decodeInto(digest: string, blob: Buffer, out: Buffer): Buffer {
+      return open(digest, blob, out);
     },
   };
 }

@@ -27,6 +27,10 @@ export async function createShards(path: string): Promise<void> {
 export class LocalChunkStore implements ChunkStore {
   constructor(readonly path: string) {}
 
+  fileOf(digest: string): string {
+    return this.file(digest);
+  }
+
   private file(digest: string): string {
     assertDigest(digest, `chunk store ${this.path}`);
     return join(this.path, digest.slice(0, 2), digest);

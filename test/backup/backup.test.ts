@@ -179,3 +179,63 @@ t.test('a full disk (ENOSPC) fails the backup cleanly with nothing partial left'
   t.same(await snapshot(repoDir), before, 'no chunk, index, manifest, lock or temp file is left');
   t.same(await repo.listPoints(), [], 'no restore point is visible');
 });
+
+t.test('restore keeps zero runs inside a data chunk as holes, and the bytes are still identical', async (t) => {
+  const img = join(work, 'holey.raw');
+  const fh = await open(img, 'w');
+  await fh.truncate(16 * MiB);
+  // One 4 MiB chunk: 1 MiB of data, 2 MiB of written zeros, 1 MiB of data.
+  await fh.write(Buffer.alloc(MiB, 0x11), 0, MiB, 0);
+  await fh.write(Buffer.alloc(2 * MiB), 0, 2 * MiB, MiB);
+  await fh.write(Buffer.alloc(MiB, 0x22), 0, MiB, 3 * MiB);
+  await fh.close();
+  const repo = await initRepository(join(work, 'holey-repo'));
+  const p = await backupVm({ repo, vm: vmDef('holey', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
+  const out = join(work, 'holey-out.raw');
+  const r = await restoreDisk({ repo, point: p.id, disk: 'root', to: out });
+  t.equal(await sha256File(out), await sha256File(img), 'bit-identical');
+  t.equal(r.bytesWritten, 2 * MiB, 'only the data blocks were written');
+  const du = await exec('du', ['-k', out]);
+  t.ok(Number(du.stdout.split('\t')[0]) <= 2 * 1024 + 64, `the zeros inside the chunk are holes (${du.stdout.trim()})`);
+});
+
+t.test('restore of a point with a corrupt chunk fails with RESTORE_CHUNK_CORRUPT and leaves no file', async (t) => {
+  const img = join(work, 'rot.raw');
+  await makeGuestImage(img, 32, 8);
+  const repoDir = join(work, 'rot-repo');
+  const repo = await initRepository(repoDir);
+  const p = await backupVm({ repo, vm: vmDef('rot', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
+  for (const [what, damage] of [
+    ['a flipped byte', (b: Buffer) => { b[b.length - 5] = (b[b.length - 5] as number) ^ 0x01; return b; }],
+    ['a truncated blob', (b: Buffer) => b.subarray(0, b.length >> 1)],
+    ['an overlong blob', (b: Buffer) => Buffer.concat([b, Buffer.alloc(5 * MiB, 1)])],
+  ] as const) {
+    const file = join(repoDir, 'chunks', (await chunkFiles(repoDir))[0] as string);
+    const good = await readFile(file);
+    await writeFile(file, damage(Buffer.from(good)));
+    const to = join(work, 'rot-out.raw');
+    const err = await restoreDisk({ repo, point: p.id, disk: 'root', to }).then(() => undefined, (e: unknown) => e as { code?: string; message: string; hint?: string });
+    t.equal(err?.code, 'RESTORE_CHUNK_CORRUPT', `${what}: the restore fails as corrupt (${err?.message})`);
+    t.ok(err?.hint, `${what}: with a hint`);
+    t.same((await exec('ls', ['-a', work])).stdout.split('\n').filter((n) => n.includes('rot-out')), [], `${what}: no output or temp file is left`);
+    await writeFile(file, good);
+  }
+  t.equal(await restoredSha(repoDir, p.id), await sha256File(img), 'the mended chunk restores again');
+});
+
+t.test('restore to a full disk fails with RESTORE_WRITE_FAILED and leaves no partial file', async (t) => {
+  const mnt = join(work, 'tiny-target');
+  await qemu('mkdir', ['-p', mnt]);
+  const m = await exec('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+  if (m.code !== 0) throw new Error(`this test needs to mount a tmpfs (root): ${m.stderr}`);
+  t.teardown(async () => { await exec('umount', [mnt]); });
+  const img = join(work, 'big-target.raw');
+  await makeGuestImage(img, 32, 16);
+  const repo = await initRepository(join(work, 'big-target-repo'));
+  const p = await backupVm({ repo, vm: vmDef('big', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
+  const err = await restoreDisk({ repo, point: p.id, disk: 'root', to: join(mnt, 'out.raw') })
+    .then(() => undefined, (e: unknown) => e as { code?: string; message: string; hint?: string });
+  t.equal(err?.code, 'RESTORE_WRITE_FAILED', `the restore fails (${err?.message})`);
+  t.match(err?.hint ?? '', /free space/, 'and says to free space');
+  t.same((await exec('ls', ['-a', mnt])).stdout.trim().split('\n').filter((n) => n !== '.' && n !== '..'), [], 'nothing is left on the target');
+});

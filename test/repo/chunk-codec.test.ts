@@ -103,3 +103,24 @@ t.test('a chunk larger than the chunk size is refused', async (t) => {
   const codec = createCodec({ ...plainConfig, chunkSize: 256 * 1024 });
   t.throws(() => codec.encode(Buffer.alloc(256 * 1024 + 1)), /exceeds the repository chunk size/);
 });
+
+t.test('decodeInto: the same plaintext as decode, in the caller\'s buffer, with the same checks', async (t) => {
+  for (const [name, codec] of [['plain', createCodec(plainConfig)], ['encrypted', createCodec(encConfig, key)]] as const) {
+    const out = Buffer.alloc(plainConfig.chunkSize);
+    const text = chunkBytes(7, 700_000);
+    const textBlob = codec.encode(text);
+    const got = codec.decodeInto(codec.digest(text), textBlob, out);
+    t.ok(got.equals(text), `${name}: compressed chunk decodes`);
+    if (name === 'plain') t.equal(got.buffer, out.buffer, 'into the given buffer');
+    const noise = randomBytes(200_000);
+    t.ok(codec.decodeInto(codec.digest(noise), codec.encode(noise), out).equals(noise), `${name}: stored-raw chunk decodes`);
+    const bad = Buffer.from(textBlob);
+    bad.writeUInt8(bad.readUInt8(CHUNK_HEADER_SIZE + 3) ^ 1, CHUNK_HEADER_SIZE + 3);
+    t.equal(corruptReason(() => codec.decodeInto(codec.digest(text), bad, out)), 'CRC mismatch', `${name}: CRC checked`);
+    t.equal(corruptReason(() => codec.decodeInto('0'.repeat(64), textBlob, out)), 'digest mismatch', `${name}: digest checked`);
+  }
+  const codec = createCodec(plainConfig);
+  const plain = chunkBytes(8, 500_000);
+  t.match(corruptReason(() => codec.decodeInto(codec.digest(plain), codec.encode(plain), Buffer.alloc(1000))), /zstd/,
+    'a frame larger than the buffer is corrupt, not an overflow');
+});
