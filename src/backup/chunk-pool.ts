@@ -1,5 +1,5 @@
 /**
- * A pool of worker threads that hash, compress and decode chunks, one per
+ * A pool of worker threads that hash and compress chunks, one per
  * core, over a fixed set of shared-memory slots.
  *
  * Words:
@@ -15,7 +15,6 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { CorruptChunkError } from '../repo/contract.js';
 import type { CodecInit } from './chunk-worker.js';
 
 export type { CodecInit } from './chunk-worker.js';
@@ -26,7 +25,7 @@ export interface Slot {
   readonly buffer: Buffer;
 }
 
-type Reply = { id: number; digest?: string | null; data?: Uint8Array; error?: string; corrupt?: boolean };
+type Reply = { id: number; digest?: string | null; data?: Uint8Array; error?: string };
 
 interface Pending {
   resolve(r: Reply): void;
@@ -89,20 +88,13 @@ export class ChunkPool {
     return asBuffer((await this.call({ op: 'encode', slot: slot.index, length })).data);
   }
 
-  /** Checks and decodes a blob; rejects with CorruptChunkError like ChunkCodec.decode. */
-  async decode(digest: string, blob: Buffer): Promise<Buffer> {
-    const owned = ownsMemory(blob);
-    const r = await this.call({ op: 'decode', digest, blob: owned ? blob : Buffer.from(blob) }, owned ? [blob.buffer as ArrayBuffer] : undefined);
-    return asBuffer(r.data);
-  }
-
   async close(): Promise<void> {
     const ws = this.workers.splice(0);
     await Promise.all(ws.map((w) => w.terminate()));
     this.fail(new Error('chunk pool closed'));
   }
 
-  private call(msg: Record<string, unknown>, transfer?: ArrayBuffer[]): Promise<Reply> {
+  private call(msg: Record<string, unknown>): Promise<Reply> {
     if (this.failure) return Promise.reject(this.failure);
     let worker = 0;
     for (let i = 1; i < this.load.length; i++) if ((this.load[i] as number) < (this.load[worker] as number)) worker = i;
@@ -114,11 +106,11 @@ export class ChunkPool {
         resolve: (r) => {
           done();
           if (r.error === undefined) resolve(r);
-          else reject(r.corrupt ? new CorruptChunkError(String(msg.digest), r.error) : new Error(r.error));
+          else reject(new Error(r.error));
         },
         reject: (e) => { done(); reject(e); },
       });
-      (this.workers[worker] as Worker).postMessage({ ...msg, id }, transfer);
+      (this.workers[worker] as Worker).postMessage({ ...msg, id });
     });
   }
 
@@ -135,11 +127,6 @@ export class ChunkPool {
     this.pending.clear();
     for (const w of this.waiting.splice(0)) w();
   }
-}
-
-/** Only a buffer that owns its whole ArrayBuffer may be transferred (small ones share Node's pool). */
-export function ownsMemory(b: Buffer): boolean {
-  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer;
 }
 
 function asBuffer(u: Uint8Array | undefined): Buffer {

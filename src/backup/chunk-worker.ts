@@ -5,7 +5,6 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RepoConfig } from '../repo/api.js';
-import { CorruptChunkError } from '../repo/contract.js';
 import { createCodec } from '../repo/chunk-codec.js';
 
 export interface CodecInit {
@@ -14,9 +13,7 @@ export interface CodecInit {
   key?: Uint8Array;
 }
 
-type Request =
-  | { op: 'digest' | 'encode'; id: number; slot: number; length: number }
-  | { op: 'decode'; id: number; digest: string; blob: Uint8Array };
+type Request = { op: 'digest' | 'encode'; id: number; slot: number; length: number };
 
 const init = workerData as CodecInit & { memory: SharedArrayBuffer };
 const codec = createCodec(init.config, init.key ? Buffer.from(init.key) : undefined);
@@ -36,10 +33,6 @@ function reply(id: number, data: Buffer): void {
 
 port.on('message', (m: Request) => {
   try {
-    if (m.op === 'decode') {
-      reply(m.id, codec.decode(m.digest, Buffer.from(m.blob.buffer, m.blob.byteOffset, m.blob.byteLength)));
-      return;
-    }
     const plain = Buffer.from(init.memory, m.slot * slotSize, m.length);
     if (m.op === 'digest') {
       port.postMessage({ id: m.id, digest: plain.equals(zeros.subarray(0, m.length)) ? null : codec.digest(plain) });
@@ -47,7 +40,6 @@ port.on('message', (m: Request) => {
       reply(m.id, codec.encode(plain));
     }
   } catch (err) {
-    const corrupt = err instanceof CorruptChunkError;
-    port.postMessage({ id: m.id, error: corrupt ? err.reason : (err as Error).message, corrupt });
+    port.postMessage({ id: m.id, error: (err as Error).message });
   }
 });
