@@ -181,16 +181,19 @@ async function main(): Promise<void> {
   const rb = await must('sh', ['-c', `cd '${borgTarget}' && borg extract '${borgRepo}::v${VERSIONS}'`], env);
   rmSync(borgTarget, { recursive: true, force: true });
 
-  // Ingest: the ImageSource read path alone (extents + reads of the data chunks), against cat.
+  // Ingest: the ImageSource read path alone (extents + reads of the data chunks), against cat. It
+  // reads the way the backup engine does: into a reused chunk buffer (the engine's shared slots).
   await must('cat', [img]);
   const src = await openImage(img, { format: 'raw' });
+  const slot = Buffer.allocUnsafeSlow(4 * MiB);
   const t0 = process.hrtime.bigint();
   let ingested = 0;
   for await (const e of src.extents()) {
     if (e.zero) continue;
     for (let off = e.offset; off < e.offset + e.length; off += 4 * MiB) {
       const n = Math.min(4 * MiB, e.offset + e.length - off);
-      await src.read(off, n);
+      if (src.readInto) await src.readInto(slot.subarray(0, n), off);
+      else await src.read(off, n);
       ingested += n;
     }
   }
