@@ -1,6 +1,6 @@
 /** What every command gets: the parsed global options, the config and the output. */
 import type { Command } from 'commander';
-import { loadConfig, type Config } from '../config/config.js';
+import type { Config } from '../config/config.js';
 import { Output } from './output.js';
 
 export interface GlobalOptions {
@@ -11,8 +11,12 @@ export interface GlobalOptions {
 export interface CommandContext {
   opts: GlobalOptions;
   out: Output;
-  /** Loaded lazily so that commands that need no config (doctor) never fail on one. */
-  config(): Config;
+  /**
+   * Loaded lazily so that commands that need no config (doctor) never fail on
+   * one; the config module too, so that a command that never asks for the
+   * config never loads its schema validator (ajv).
+   */
+  config(): Promise<Config>;
 }
 
 export function contextFor(cmd: Command): CommandContext {
@@ -21,7 +25,10 @@ export function contextFor(cmd: Command): CommandContext {
   return {
     opts,
     out: new Output(Boolean(opts.json)),
-    config: () => (cfg ??= loadConfig({ file: opts.config })),
+    config: async () => {
+      const { loadConfig } = await import('../config/config.js');
+      return (cfg ??= loadConfig({ file: opts.config }));
+    },
   };
 }
 

@@ -3,7 +3,11 @@
  * one JSON document on stdout; everything human (progress, warnings) goes to
  * stderr so that stdout stays parseable.
  */
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type * as CliProgress from 'cli-progress';
+
+// cli-progress draws the bar on a TTY; loaded when one is drawn, not on every start.
+const require = createRequire(import.meta.url);
 
 export interface Progress {
   update(done: number, detail?: string): void;
@@ -34,6 +38,7 @@ export class Output {
   progress(label: string, total: number, unit = 'bytes'): Progress {
     const fmt = (n: number): string => (unit === 'bytes' ? formatBytes(n) : String(n));
     if (this.stderr.isTTY && !this.json) {
+      const cliProgress = require('cli-progress') as typeof CliProgress;
       const bar = new cliProgress.SingleBar(
         { format: `${label} [{bar}] {percentage}% {done}/{all} {detail}`, hideCursor: true, clearOnComplete: false },
         cliProgress.Presets.shades_classic,

@@ -2,9 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
-import { backupVm } from '../../backup/engine.js';
-import { recordPoint } from '../../catalog/catalog.js';
-import { loadVmDefinition, type VmDefinition } from '../../vm/definition.js';
+import type { VmDefinition } from '../../vm/definition.js';
 import type { Consistency } from '../../repo/contract.js';
 import { badInput } from '../../errors.js';
 import { formatBytes } from '../output.js';
@@ -47,6 +45,9 @@ export function registerBackup(program: Command): void {
     .option('--consistency <state>', 'crash, filesystem or application', 'crash')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags & { vm: string; disk: string[]; consistency: string }, c: Command) => {
+      const { backupVm } = await import('../../backup/engine.js');
+      const { recordPoint } = await import('../../catalog/catalog.js');
+      const { loadVmDefinition } = await import('../../vm/definition.js');
       const ctx = contextFor(c);
       if (!['crash', 'filesystem', 'application'].includes(o.consistency)) {
         throw badInput('BAD_CONSISTENCY', `consistency "${o.consistency}" is not one of crash, filesystem, application`, 'pass --consistency crash (the default for images)');

@@ -1,8 +1,6 @@
 /** `restorelab demo`: the main job end to end on the embedded defaults. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
-import { runPipeline } from '../../demo/pipeline.js';
-import { demoSteps } from '../../demo/steps.js';
 import { ExitCode } from '../../errors.js';
 
 export function registerDemo(program: Command): void {
@@ -11,8 +9,10 @@ export function registerDemo(program: Command): void {
     .description('run the main job on the embedded defaults: build a guest, back it up, verify, publish, recover, SureBackup')
     .option('--json', 'print one JSON object')
     .action(async (_o, c: Command) => {
+      const { runPipeline } = await import('../../demo/pipeline.js');
+      const { demoSteps } = await import('../../demo/steps.js');
       const ctx = contextFor(c);
-      const config = ctx.config();
+      const config = await ctx.config();
       ctx.out.info(`restorelab demo: repository ${config.repository}, state ${config.stateDir}, driver ${config.driver}`);
       const steps = await runPipeline(demoSteps, { config, out: ctx.out, values: {} });
       const failed = steps.some((s) => s.status === 'failed');

@@ -1,7 +1,7 @@
 /** `restorelab doctor`: what this host can do, and what to install. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
-import { runDoctor, type DoctorReport } from '../../host/doctor.js';
+import type { DoctorReport } from '../../host/doctor.js';
 import { ExitCode } from '../../errors.js';
 
 function render(r: DoctorReport): string {
@@ -17,11 +17,12 @@ export function registerDoctor(program: Command): void {
     .option('--force', 'probe the accelerator again instead of using the cached verdict')
     .option('--json', 'print one JSON object')
     .action(async (o: { force?: boolean }, c: Command) => {
+      const { runDoctor } = await import('../../host/doctor.js');
       const ctx = contextFor(c);
       let cacheDir: string | undefined;
       let guestsDir: string | undefined;
       try {
-        ({ stateDir: cacheDir, guestsDir } = ctx.config());
+        ({ stateDir: cacheDir, guestsDir } = await ctx.config());
       } catch {
         // doctor must work even with a broken config; it just does not cache
       }

@@ -7,15 +7,17 @@ import type { Command } from 'commander';
 import { mkdtempSync, mkdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { contextFor, type CommandContext } from '../context.js';
-import { findMountedSession, mountRestorePoint, umountSession, type FlrSession } from '../../flr/mount.js';
-import { choosePartition, getGuestPath, listGuestPath, type GuestEntry } from '../../flr/browse.js';
-import { sessionsDir, type MountedPartition } from '../../flr/session.js';
+import type { FlrSession } from '../../flr/mount.js';
+import type { GuestEntry } from '../../flr/browse.js';
+import type { MountedPartition } from '../../flr/session.js';
 import { badInput } from '../../errors.js';
 import { partitionNumber, repoPath, type PointFlags } from './mount.js';
 
 async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags, use: (s: FlrSession) => Promise<T>): Promise<T> {
-  const stateDir = ctx.config().stateDir;
-  const repo = repoPath(ctx, o);
+  const { findMountedSession, mountRestorePoint, umountSession } = await import('../../flr/mount.js');
+  const { sessionsDir } = await import('../../flr/session.js');
+  const stateDir = (await ctx.config()).stateDir;
+  const repo = await repoPath(ctx, o);
   const existing = findMountedSession(stateDir, repo, point);
   if (existing) return use(existing);
   mkdirSync(sessionsDir(stateDir), { recursive: true });
@@ -38,7 +40,8 @@ async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags,
 }
 
 /** The mounted partition holding `guestPath` (src/flr/browse.ts choosePartition). */
-function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
+async function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
+  const { choosePartition } = await import('../../flr/browse.js');
   const want = partitionNumber(o);
   return choosePartition(s.mounts, guestPath, { ...(o.disk !== undefined ? { disk: o.disk } : {}), ...(want !== undefined ? { partition: want } : {}) },
     'pick a partition with --disk/--partition and list it with `restorelab files ls <point> /`');
@@ -58,6 +61,7 @@ export function registerFiles(program: Command): void {
     .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
     .option('--json', 'print one JSON object')
     .action(async (point: string, guestPath: string, o: PointFlags, c: Command) => {
+      const { listGuestPath } = await import('../../flr/browse.js');
       const ctx = contextFor(c);
       const r = await withSession(ctx, point, o, async (s) => {
         const m = await pickPartition(s, guestPath, o);
@@ -75,6 +79,7 @@ export function registerFiles(program: Command): void {
     .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
     .option('--json', 'print one JSON object')
     .action(async (point: string, guestPath: string, o: PointFlags & { to: string; tar?: boolean }, c: Command) => {
+      const { getGuestPath } = await import('../../flr/browse.js');
       const ctx = contextFor(c);
       if (o.to === '-' && ctx.out.json) throw badInput('STDOUT_CONFLICT', '--to - and --json both want stdout', 'write to a file with --to <local>, or drop --json');
       const r = await withSession(ctx, point, o, async (s) => {

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
-import { collectGarbage, type GcReport } from '../../repo/gc.js';
+import type { GcReport } from '../../repo/gc.js';
 import { formatBytes } from '../output.js';
 
 function render(r: GcReport): string {
@@ -24,6 +24,7 @@ export function registerGc(program: Command): void {
     .option('--dry-run', 'count only, delete nothing')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags & { dryRun?: boolean }, c: Command) => {
+      const { collectGarbage } = await import('../../repo/gc.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
       const report = await collectGarbage(repo, { dryRun: Boolean(o.dryRun) });

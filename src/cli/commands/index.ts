@@ -1,4 +1,5 @@
 /** Every capability's CLI module, in help order. Add one line per module. */
+// Each module imports its implementation inside its actions: top-level imports made every CLI call load every capability (startup time).
 import type { RegisterCommand } from '../context.js';
 import { registerDoctor } from './doctor.js';
 import { registerDemo } from './demo.js';

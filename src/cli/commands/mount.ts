@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { contextFor, type CommandContext } from '../context.js';
-import { mountRestorePoint, type FlrSession } from '../../flr/mount.js';
+import type { FlrSession } from '../../flr/mount.js';
 import { badInput } from '../../errors.js';
 
 export interface PointFlags {
@@ -11,8 +11,8 @@ export interface PointFlags {
   partition?: string;
 }
 
-export function repoPath(ctx: CommandContext, o: { repo?: string }): string {
-  return resolve(o.repo ?? ctx.config().repository);
+export async function repoPath(ctx: CommandContext, o: { repo?: string }): Promise<string> {
+  return resolve(o.repo ?? (await ctx.config()).repository);
 }
 
 export function partitionNumber(o: { partition?: string }): number | undefined {
@@ -36,10 +36,11 @@ export function registerMount(program: Command): void {
     .option('--partition <n>', 'only this partition number')
     .option('--json', 'print one JSON object')
     .action(async (point: string, dir: string, o: PointFlags, c: Command) => {
+      const { mountRestorePoint } = await import('../../flr/mount.js');
       const ctx = contextFor(c);
       const s = await mountRestorePoint({
-        stateDir: ctx.config().stateDir,
-        repo: repoPath(ctx, o),
+        stateDir: (await ctx.config()).stateDir,
+        repo: await repoPath(ctx, o),
         point,
         dir: resolve(dir),
         ...(o.disk !== undefined ? { disk: o.disk } : {}),

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
-import { catalogKnows, listPoints, openCatalog, reindex, type PointSummary } from '../../catalog/catalog.js';
+import type { PointSummary } from '../../catalog/catalog.js';
 import { formatBytes } from '../output.js';
 
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
@@ -21,9 +21,10 @@ export function registerPoints(program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags & { vm?: string }, c: Command) => {
+      const { catalogKnows, listPoints, openCatalog, reindex } = await import('../../catalog/catalog.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
-      const db = openCatalog(ctx.config().catalog);
+      const db = openCatalog((await ctx.config()).catalog);
       try {
         // A catalog that has never seen this repository is filled from it first.
         if (!catalogKnows(db, repo.path)) await reindex(db, repo);

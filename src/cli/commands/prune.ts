@@ -2,8 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
-import { pruneRepository, type PrunePolicy, type PruneReport } from '../../repo/prune.js';
-import { forgetPoints } from '../../catalog/catalog.js';
+import type { PrunePolicy, PruneReport } from '../../repo/prune.js';
 import { badInput } from '../../errors.js';
 
 function count(flag: string): (v: string) => number {
@@ -39,6 +38,8 @@ export function registerPrune(program: Command): void {
     .option('--dry-run', 'show what would be removed, remove nothing')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags & PrunePolicy & { vm?: string; dryRun?: boolean }, c: Command) => {
+      const { pruneRepository } = await import('../../repo/prune.js');
+      const { forgetPoints } = await import('../../catalog/catalog.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
       const policy: PrunePolicy = {};

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { formatBytes } from '../output.js';
-import { listPublications, type PublicationStatus } from '../../publish/publish.js';
+import type { PublicationStatus } from '../../publish/publish.js';
 
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderPublications(list: PublicationStatus[]): string {
@@ -15,9 +15,10 @@ export function registerPublications(program: Command): void {
     .command('publications')
     .description('list publications (running ones and stopped ones that can be resumed)')
     .option('--json', 'print one JSON object')
-    .action((_o, c: Command) => {
+    .action(async (_o, c: Command) => {
+      const { listPublications } = await import('../../publish/publish.js');
       const ctx = contextFor(c);
-      const publications = listPublications(ctx.config().stateDir);
+      const publications = listPublications((await ctx.config()).stateDir);
       ctx.out.result({ publications }, () => renderPublications(publications));
     });
 }

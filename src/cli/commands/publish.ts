@@ -4,7 +4,6 @@
  * SIGTERM, then unmounts; `--background` starts that same foreground command
  * as a detached child and returns once the child reports the mount ready.
  */
-import { longRunningEnv } from '../../host/malloc.js';
 import { Option, type Command } from 'commander';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -13,8 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { contextFor } from '../context.js';
 import { parseSize } from './repo.js';
 import { RestorelabError, badInput } from '../../errors.js';
-import { startPublication } from '../../publish/publish.js';
-import { startNfsExport, type NfsExport } from '../../nfs/export.js';
+import type { NfsExport } from '../../nfs/export.js';
 import { parsePort } from './server.js';
 
 interface PublishFlags {
@@ -53,6 +51,7 @@ function render(r: PublishResult): string {
 
 /** Starts the foreground command detached and waits for its ready file (or its death). */
 async function background(stateDir: string): Promise<PublishResult> {
+  const { longRunningEnv } = await import('../../host/malloc.js');
   const spawnDir = path.join(stateDir, 'publications');
   fs.mkdirSync(spawnDir, { recursive: true });
   const tag = randomBytes(4).toString('hex');
@@ -108,13 +107,15 @@ export function registerPublish(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (point: string, o: PublishFlags, c: Command) => {
       const ctx = contextFor(c);
-      const cfg = ctx.config();
+      const cfg = await ctx.config();
       if (!o.fuse && !o.nfs) throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both');
       if (o.background) {
         const r = await background(cfg.stateDir);
         ctx.out.result(r, (v) => render(v as PublishResult));
         return;
       }
+      // Loaded here, not above: the --background parent only spawns the process that serves.
+      const { startPublication } = await import('../../publish/publish.js');
       const pub = await startPublication({
         repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, ...(o.fuse ? { fuseDir: o.fuse } : {}),
         ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
@@ -126,6 +127,7 @@ export function registerPublish(program: Command): void {
       if (o.nfs) {
         const portmap = parsePort('--portmap-port', o.portmapPort) ?? cfg.nfs.portmapPort;
         try {
+          const { startNfsExport } = await import('../../nfs/export.js');
           nfs = await startNfsExport({
             datastore: pub.datastore, stateDir: cfg.stateDir,
             port: parsePort('--nfs-port', o.nfsPort) ?? cfg.nfs.port,

@@ -7,10 +7,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
-import { recover } from '../../session/recover.js';
 import { recoverResult, type RecoverResult, type SessionPublish } from '../../session/session.js';
-import { superviseSession } from '../../session/supervisor.js';
-import { realDeps } from '../../session/deps.js';
 
 export function parseTarget(target: string): { vm: string; point?: string } {
   const at = target.indexOf('@');
@@ -36,8 +33,9 @@ export function registerRecover(program: Command): void {
     .option('--accel <accel>', 'kvm or tcg (default: probe)')
     .option('--publish <via>', 'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)')
     .action(async (target: string, o: { repo?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string }, c: Command) => {
+      const { recover } = await import('../../session/recover.js');
       const ctx = contextFor(c);
-      const cfg = ctx.config();
+      const cfg = await ctx.config();
       const { vm, point } = parseTarget(target);
       const driver = o.driver ?? cfg.driver;
       if (driver !== 'qemu' && driver !== 'libvirt') throw badInput('UNKNOWN_DRIVER', `unknown hypervisor driver "${driver}"`, 'use --driver qemu or --driver libvirt');
@@ -65,6 +63,8 @@ export function registerRecover(program: Command): void {
     .requiredOption('--state-dir <dir>', 'state directory')
     .option('--heartbeat-timeout <ms>', 'how long to wait for the guest agent')
     .action(async (id: string, o: { stateDir: string; heartbeatTimeout?: string }) => {
+      const { superviseSession } = await import('../../session/supervisor.js');
+      const { realDeps } = await import('../../session/deps.js');
       const code = await superviseSession(o.stateDir, id, realDeps,
         o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {});
       // Whatever a lower layer left open (a FUSE channel, a libvirt

@@ -5,8 +5,8 @@
  */
 import type { Command } from 'commander';
 import { contextFor, type CommandContext } from '../context.js';
-import { initRepository, openRepository, type LocalRepository } from '../../repo/index.js';
-import { openCatalog, reindex, type CatalogDb } from '../../catalog/catalog.js';
+import type { LocalRepository } from '../../repo/index.js';
+import type { CatalogDb } from '../../catalog/catalog.js';
 import type { CodecInit } from '../../backup/chunk-pool.js';
 import { badInput } from '../../errors.js';
 import { formatBytes } from '../output.js';
@@ -28,8 +28,9 @@ export interface OpenedRepo {
  * for it is never tried on a repository named with --repo.
  */
 export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Promise<OpenedRepo> {
-  const dir = o.repo ?? ctx.config().repository;
-  const keyFile = o.keyFile ?? (o.repo === undefined ? ctx.config().repositoryKeyFile : undefined);
+  const { openRepository } = await import('../../repo/index.js');
+  const dir = o.repo ?? (await ctx.config()).repository;
+  const keyFile = o.keyFile ?? (o.repo === undefined ? (await ctx.config()).repositoryKeyFile : undefined);
   const repo = await openRepository(dir, keyFile ? { keyFile } : {});
   const key = repo.masterKey;
   return { repo, codecInit: { config: repo.config, ...(key ? { key } : {}) } };
@@ -42,9 +43,10 @@ export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Prom
  */
 export function withCatalog(ctx: CommandContext, fn: (db: CatalogDb) => void | Promise<void>): Promise<void> {
   return (async () => {
+    const { openCatalog } = await import('../../catalog/catalog.js');
     let db: CatalogDb | undefined;
     try {
-      db = openCatalog(ctx.config().catalog);
+      db = openCatalog((await ctx.config()).catalog);
       await fn(db);
     } catch (err) {
       ctx.out.warn(`the catalog was not updated (${(err as Error).message}); rebuild it with: restorelab repo reindex --repo <dir>`);
@@ -72,6 +74,7 @@ export function registerRepo(program: Command): void {
     .option('--key-file <file>', 'the key file; created with a new random key when it does not exist')
     .option('--json', 'print one JSON object')
     .action(async (dir: string, o: { chunkSize?: string; encrypt?: boolean; keyFile?: string }, c: Command) => {
+      const { initRepository } = await import('../../repo/index.js');
       const ctx = contextFor(c);
       if (o.encrypt && !o.keyFile) throw badInput('KEY_FILE_REQUIRED', '--encrypt needs --key-file', 'add --key-file <file>; it is created when it does not exist, keep a copy safe');
       if (o.keyFile && !o.encrypt) throw badInput('ENCRYPT_REQUIRED', '--key-file is only used with --encrypt', 'add --encrypt, or leave out --key-file');
@@ -90,12 +93,14 @@ export function registerRepo(program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags, c: Command) => {
+      const { openCatalog, reindex } = await import('../../catalog/catalog.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
-      const db = openCatalog(ctx.config().catalog);
+      const { catalog } = await ctx.config();
+      const db = openCatalog(catalog);
       try {
         const points = await reindex(db, repo);
-        ctx.out.result({ repo: repo.path, catalog: ctx.config().catalog, points }, () => `catalog ${ctx.config().catalog}: ${points} restore point(s) of ${repo.path}`);
+        ctx.out.result({ repo: repo.path, catalog, points }, () => `catalog ${catalog}: ${points} restore point(s) of ${repo.path}`);
       } finally {
         db.close();
       }

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
-import { restoreDisk, type RestoreFormat } from '../../backup/restore.js';
+import type { RestoreFormat } from '../../backup/restore.js';
 import { formatBytes } from '../output.js';
 
 export function registerRestore(program: Command): void {
@@ -16,6 +16,7 @@ export function registerRestore(program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (id: string, o: RepoFlags & { disk: string; to: string; format: string }, c: Command) => {
+      const { restoreDisk } = await import('../../backup/restore.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
       let bar: ReturnType<typeof ctx.out.progress> | undefined;

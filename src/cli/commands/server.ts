@@ -9,13 +9,9 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
-import { PublicationDatastore } from '../../datastore/publication-datastore.js';
-import { pidAlive, restorePublications } from '../../publish/publish.js';
-import { startNfsExport } from '../../nfs/export.js';
-import { startScheduler, type Scheduler } from '../../scheduler/scheduler.js';
-import { JobGate } from '../../surebackup/gate.js';
+import type { PublicationDatastore } from '../../datastore/publication-datastore.js';
+import type { Scheduler } from '../../scheduler/scheduler.js';
 import { projectPath } from '../../paths.js';
-import { startApiServer } from '../../api/server.js';
 
 interface ServerFlags {
   nfs: boolean;
@@ -55,8 +51,9 @@ export function registerServer(program: Command): void {
     .option('--port <n>', 'API port (default from config, 8470; 0 picks a free port)')
     .option('--json', 'print one JSON object once serving')
     .action(async (o: ServerFlags, c: Command) => {
+      const { JobGate } = await import('../../surebackup/gate.js');
       const ctx = contextFor(c);
-      const cfg = ctx.config();
+      const cfg = await ctx.config();
       const closers: Array<() => Promise<void>> = [];
       const result: Record<string, unknown> = { pid: process.pid };
       let datastore: PublicationDatastore | undefined;
@@ -65,6 +62,9 @@ export function registerServer(program: Command): void {
       const jobGate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
       try {
         if (o.nfs) {
+          const { PublicationDatastore } = await import('../../datastore/publication-datastore.js');
+          const { pidAlive, restorePublications } = await import('../../publish/publish.js');
+          const { startNfsExport } = await import('../../nfs/export.js');
           datastore = new PublicationDatastore();
           const pubs = await restorePublications(cfg.stateDir, datastore, {
             // Publications of an encrypted configured repository reopen with its key file.
@@ -88,12 +88,14 @@ export function registerServer(program: Command): void {
           result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, portmapPort: nfs.portmapPort, export: nfs.exportPath, publications: pubs.restored };
         }
         if (o.schedule) {
+          const { startScheduler } = await import('../../scheduler/scheduler.js');
           const s = startScheduler({ jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'), gate: jobGate, log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } });
           scheduler = s;
           closers.unshift(async () => { await s.stop(); });
           result.jobs = s.jobs.map((j) => j.name);
         }
         if (o.api) {
+          const { startApiServer } = await import('../../api/server.js');
           const jobsDir = o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs');
           const api = await startApiServer({
             config: cfg, jobsDir, jobGate, ...(datastore ? { datastore } : {}), ...(scheduler ? { scheduler } : {}),

@@ -1,7 +1,6 @@
 /** `restorelab sessions`: recovery sessions with their state and age. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
-import { listSessions } from '../../session/recover.js';
 import { ageSeconds, type RecoverySession } from '../../session/session.js';
 
 /** One listed session, as `sessions --json` prints it (embedded and remote). */
@@ -25,9 +24,10 @@ export function registerSessions(program: Command): void {
     .command('sessions')
     .description('list recovery sessions (state and age)')
     .action(async (_o, c: Command) => {
+      const { listSessions } = await import('../../session/recover.js');
       const ctx = contextFor(c);
       const now = Date.now();
-      const sessions = (await listSessions(ctx.config().stateDir)).map((s) => sessionRow(s, now));
+      const sessions = (await listSessions((await ctx.config()).stateDir)).map((s) => sessionRow(s, now));
       ctx.out.result({ sessions }, () => renderSessions(sessions));
     });
 }

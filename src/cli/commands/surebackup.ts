@@ -2,12 +2,6 @@
 import type { Command } from 'commander';
 import { dirname, resolve } from 'node:path';
 import { contextFor } from '../context.js';
-import { loadJob } from '../../surebackup/job.js';
-import { createLabBackend } from '../../surebackup/backend.js';
-import { executeRun, runOutput } from '../../surebackup/execute.js';
-import { History } from '../../surebackup/history.js';
-import { Limiter } from '../../surebackup/limiter.js';
-import { describeJobs, loadJobsDir } from '../../scheduler/scheduler.js';
 import { badInput, ExitCode } from '../../errors.js';
 import { projectPath } from '../../paths.js';
 
@@ -40,7 +34,8 @@ export function registerSurebackup(program: Command): void {
   cmd
     .command('validate <job>')
     .description('check a job file (schema, roles, scripts, schedule) without booting anything')
-    .action((file: string, _o, c: Command) => {
+    .action(async (file: string, _o, c: Command) => {
+      const { loadJob } = await import('../../surebackup/job.js');
       const ctx = contextFor(c);
       const job = loadJob(file);
       ctx.out.result({ ok: true, file, job }, () => `${file}: valid job "${job.name}"`);
@@ -50,9 +45,14 @@ export function registerSurebackup(program: Command): void {
     .description('run a verification job now; exits 0 only when every VM passed')
     .option('--repo <dir>', 'backup repository (default: the configured one)')
     .action(async (file: string, o: { repo?: string }, c: Command) => {
+      const { loadJob } = await import('../../surebackup/job.js');
+      const { createLabBackend } = await import('../../surebackup/backend.js');
+      const { executeRun, runOutput } = await import('../../surebackup/execute.js');
+      const { History } = await import('../../surebackup/history.js');
+      const { Limiter } = await import('../../surebackup/limiter.js');
       const ctx = contextFor(c);
       const job = loadJob(file);
-      const cfg = ctx.config();
+      const cfg = await ctx.config();
       const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)) });
       const history = History.open(cfg.catalog);
       const ac = new AbortController();
@@ -78,10 +78,11 @@ export function registerSurebackup(program: Command): void {
     .description('past runs (newest first), pass rate and recovery-time trend per VM')
     .option('--job <name>', 'only this job')
     .option('--limit <n>', 'how many runs', '20')
-    .action((o: { job?: string; limit: string }, c: Command) => {
+    .action(async (o: { job?: string; limit: string }, c: Command) => {
+      const { History } = await import('../../surebackup/history.js');
       const ctx = contextFor(c);
       const limit = parseLimit(o.limit);
-      const history = History.open(ctx.config().catalog);
+      const history = History.open((await ctx.config()).catalog);
       try {
         const runs = history.lastRuns({ job: o.job, limit }).map((r) => {
           const full = history.run(r.id)!;
@@ -99,7 +100,8 @@ export function registerSurebackup(program: Command): void {
     .command('list')
     .description('jobs in the jobs directory with their schedules and next fire times')
     .option('--jobs <dir>', 'jobs directory (default: RESTORELAB_JOBS_DIR, else lab-templates/jobs)')
-    .action((o: { jobs?: string }, c: Command) => {
+    .action(async (o: { jobs?: string }, c: Command) => {
+      const { describeJobs, loadJobsDir } = await import('../../scheduler/scheduler.js');
       const ctx = contextFor(c);
       const dir = jobsDir(o.jobs);
       const jobs = describeJobs(loadJobsDir(dir));

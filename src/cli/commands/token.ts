@@ -1,11 +1,12 @@
 /** `restorelab token create|list|revoke`: API tokens, kept hashed in the catalog. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
+// Imported eagerly, unlike other implementations: the help text names the roles.
 import { ROLES, TokenStore, type Role } from '../../api/tokens.js';
 import { badInput } from '../../errors.js';
 
-function withStore<T>(c: Command, fn: (s: TokenStore) => T): T {
-  const store = TokenStore.open(contextFor(c).config().catalog);
+async function withStore<T>(c: Command, fn: (s: TokenStore) => T): Promise<T> {
+  const store = TokenStore.open((await contextFor(c).config()).catalog);
   return fn(store);
 }
 
@@ -15,25 +16,25 @@ export function registerToken(program: Command): void {
     .command('create <name>')
     .description('create a token; its secret is printed once, only its hash is stored')
     .requiredOption('--role <role>', `one of ${ROLES.join(', ')}`)
-    .action((name: string, o: { role: string }, c: Command) => {
+    .action(async (name: string, o: { role: string }, c: Command) => {
       if (!(ROLES as readonly string[]).includes(o.role)) throw badInput('BAD_ROLE', `unknown role "${o.role}"`, `use --role ${ROLES.join('|')}`);
-      const made = withStore(c, (s) => s.create(name, o.role as Role));
+      const made = await withStore(c, (s) => s.create(name, o.role as Role));
       contextFor(c).out.result({ ...made.info, token: made.token }, () =>
         `token ${made.info.name} (${made.info.role}):\n  ${made.token}\nkeep it now: it is not shown again. Use it as: Authorization: Bearer <token>, or restorelab --server URL --token <token>`);
     });
   token
     .command('list')
     .description('list tokens (never their secrets)')
-    .action((_o, c: Command) => {
-      const tokens = withStore(c, (s) => s.list());
+    .action(async (_o, c: Command) => {
+      const tokens = await withStore(c, (s) => s.list());
       contextFor(c).out.result({ tokens }, () => tokens.length === 0 ? 'no tokens; create one with: restorelab token create NAME --role viewer'
         : tokens.map((t) => `${t.id}  ${t.name.padEnd(20)} ${t.role.padEnd(8)} created ${t.created}  last used ${t.lastUsed ?? 'never'}`).join('\n'));
     });
   token
     .command('revoke <idOrName>')
     .description('revoke a token at once')
-    .action((id: string, _o, c: Command) => {
-      const gone = withStore(c, (s) => s.revoke(id));
+    .action(async (id: string, _o, c: Command) => {
+      const gone = await withStore(c, (s) => s.revoke(id));
       contextFor(c).out.result({ revoked: gone }, () => `revoked token ${gone.name} (${gone.id})`);
     });
 }

@@ -1,7 +1,6 @@
 /** `restorelab umount`: take a file-level restore mount down, with its loop devices and publication. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
-import { umountSession } from '../../flr/mount.js';
 
 export function registerUmount(program: Command): void {
   program
@@ -9,8 +8,9 @@ export function registerUmount(program: Command): void {
     .description('unmount what `restorelab mount` mounted (by its directory or session id): mounts, loop devices and the publication')
     .option('--json', 'print one JSON object')
     .action(async (target: string, _o: unknown, c: Command) => {
+      const { umountSession } = await import('../../flr/mount.js');
       const ctx = contextFor(c);
-      const r = await umountSession(ctx.config().stateDir, target);
+      const r = await umountSession((await ctx.config()).stateDir, target);
       ctx.out.result(r, () => `unmounted ${r.dir} (session ${r.id})`);
     });
 }

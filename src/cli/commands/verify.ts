@@ -2,8 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
-import { verifyRepository, type VerifyReport } from '../../repo/verify.js';
-import { reindex } from '../../catalog/catalog.js';
+import type { VerifyReport } from '../../repo/verify.js';
 import { ExitCode } from '../../errors.js';
 import { formatBytes } from '../output.js';
 
@@ -22,6 +21,8 @@ export function registerVerify(program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (id: string | undefined, o: RepoFlags, c: Command) => {
+      const { verifyRepository } = await import('../../repo/verify.js');
+      const { reindex } = await import('../../catalog/catalog.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
       let bar: ReturnType<typeof ctx.out.progress> | undefined;
