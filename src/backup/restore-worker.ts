@@ -8,11 +8,12 @@
  * I/O is synchronous on purpose: this thread has nothing else to do while it
  * waits, and there are as many of them as cores.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { CorruptChunkError } from '../repo/contract.js';
 import { createCodec } from '../repo/chunk-codec.js';
-import { CHUNK_HEADER_SIZE, GCM_NONCE_SIZE, GCM_TAG_SIZE } from '../repo/format.js';
+import { readBlobSync } from '../repo/chunk-store.js';
+import { maxBlobSize } from '../repo/format.js';
 import type { CodecInit } from './chunk-worker.js';
 
 export interface RestoreJob {
@@ -31,30 +32,19 @@ export type RestoreJobResult =
 const init = workerData as CodecInit & { fd: number };
 const codec = createCodec(init.config, init.key ? Buffer.from(init.key) : undefined);
 const chunkSize = init.config.chunkSize;
-// The largest valid blob: an incompressible chunk stored raw, sealed. One byte more tells a blob that is too long.
-const blob = Buffer.allocUnsafeSlow(CHUNK_HEADER_SIZE + GCM_NONCE_SIZE + chunkSize + GCM_TAG_SIZE + 1);
+// One byte past the largest valid blob tells a blob that is too long.
+const blob = Buffer.allocUnsafeSlow(maxBlobSize(chunkSize) + 1);
 const plain = Buffer.allocUnsafeSlow(chunkSize);
 /** The hole granularity of the output: a filesystem block multiple, small enough to keep a guest's free space sparse. */
 const SPARSE_BLOCK = 64 * 1024;
 const zeros = Buffer.alloc(SPARSE_BLOCK);
-
-function readBlob(file: string): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    let n = 0;
-    for (let r = 1; r > 0 && n < blob.length; n += r) r = readSync(fd, blob, n, blob.length - n, n);
-    return blob.subarray(0, n);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Which half of a job failed: a read error is the repository's, a write error the target's. */
 let stage: 'read' | 'write' = 'read';
 
 function restore(job: RestoreJob): number {
   stage = 'read';
-  const data = readBlob(job.file);
+  const data = readBlobSync(job.file, blob);
   if (data.length === blob.length) throw new CorruptChunkError(job.digest, `blob is longer than any chunk of ${chunkSize} bytes`);
   const out = codec.decodeInto(job.digest, data, plain);
   stage = 'write';

@@ -6,6 +6,7 @@
  * and idempotent: an existing chunk only gets its mtime refreshed, which is
  * what tells a concurrent gc that a running backup uses it.
  */
+import { closeSync, openSync, readSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkStore, StoredChunk } from './api.js';
@@ -22,6 +23,22 @@ export function assertDigest(digest: string, where: string): void {
 export async function createShards(path: string): Promise<void> {
   await mkdir(path, { recursive: true });
   for (let i = 0; i < 256; i++) await mkdir(join(path, i.toString(16).padStart(2, '0')), { recursive: true });
+}
+
+/**
+ * Reads a blob file into `scratch` with blocking I/O, for threads that do
+ * nothing else; returns the bytes read. A result as long as `scratch` means
+ * the file may be longer: size `scratch` one byte past the largest valid blob.
+ */
+export function readBlobSync(file: string, scratch: Buffer): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    let n = 0;
+    for (let r = 1; r > 0 && n < scratch.length; n += r) r = readSync(fd, scratch, n, scratch.length - n, n);
+    return scratch.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export class LocalChunkStore implements ChunkStore {

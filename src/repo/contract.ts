@@ -58,6 +58,12 @@ export interface DiskSource {
    * turn that into EIO and never serve the bytes.
    */
   readChunk(index: number): Promise<Buffer | null>;
+  /**
+   * readChunk for a thread that does nothing else (a decode worker): blocking
+   * I/O into `scratch`, a blob buffer the caller reuses (see maxBlobSize), and
+   * one fresh buffer per chunk that owns its memory, so it can be transferred.
+   */
+  readChunkSync?(index: number, scratch: Buffer): Buffer | null;
 }
 
 /** What the publish/verify layers need from a repository. */

@@ -17,6 +17,10 @@ export const CHUNK_KNOWN_FLAGS = CHUNK_FLAG_COMPRESSED | CHUNK_FLAG_ENCRYPTED;
 /** AES-256-GCM nonce, random per chunk. */
 export const GCM_NONCE_SIZE = 12;
 export const GCM_TAG_SIZE = 16;
+/** The longest valid blob of a chunk: incompressible, so stored raw, and sealed. */
+export function maxBlobSize(chunkSize: number): number {
+  return CHUNK_HEADER_SIZE + GCM_NONCE_SIZE + chunkSize + GCM_TAG_SIZE;
+}
 /** zstd level: 1 keeps ingest near disk speed; higher levels gain little on disk images. */
 export const ZSTD_LEVEL = 1;
 

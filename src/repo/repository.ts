@@ -12,6 +12,7 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ChunkCodec, FixedIndex, LockKind, NewRestorePoint, RepoConfig, RepoLock, Repository } from './api.js';
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION } from './api.js';
@@ -20,12 +21,12 @@ import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, writeFileAtomic } from './atomic-file.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
-import { createShards, LocalChunkStore } from './chunk-store.js';
+import { createShards, LocalChunkStore, readBlobSync } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
 import { acquireLock } from './lock.js';
 import {
   CHUNKS_DIR, CONFIG_FILE, DEFAULT_CHUNK_SIZE, INDEX_SUFFIX, INDEXES_DIR, KEY_SIZE, LOCKS_DIR,
-  POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, TEMP_PREFIX,
+  POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, QUARANTINE_SUFFIX, TEMP_PREFIX,
 } from './format.js';
 
 export interface InitOptions {
@@ -439,5 +440,32 @@ class IndexedDisk implements DiskSource {
     const expected = Math.min(this.chunkSize, this.size - i * this.chunkSize);
     if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
     return plain;
+  }
+
+  readChunkSync(i: number, scratch: Buffer): Buffer | null {
+    const digest = this.chunkId(i);
+    if (digest === null) return null;
+    let blob: Buffer;
+    try {
+      blob = readBlobSync(this.store.fileOf(digest), scratch);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw err;
+      const quarantined = existsSync(this.store.fileOf(digest) + QUARANTINE_SUFFIX);
+      throw new CorruptChunkError(digest, quarantined ? 'quarantined by verify' : 'missing from the store', this.store.path);
+    }
+    if (blob.length === scratch.length) throw new CorruptChunkError(digest, 'blob is longer than any chunk', this.store.path);
+    const expected = Math.min(this.chunkSize, this.size - i * this.chunkSize);
+    const out = Buffer.allocUnsafeSlow(expected);
+    let plain: Buffer;
+    try {
+      plain = this.codec.decodeInto(digest, blob, out);
+    } catch (err) {
+      if (err instanceof CorruptChunkError) throw new CorruptChunkError(digest, err.reason, this.store.path);
+      throw err;
+    }
+    if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
+    // A chunk stored uncompressed decodes to a view of the scratch blob: it still needs its own memory.
+    if (plain.buffer !== out.buffer) plain.copy(out);
+    return out;
   }
 }

@@ -40,3 +40,30 @@ t.test('chunks decoded in workers equal the image; corruption fails the read', a
   t.ok(err instanceof DiskIoError && err.code === 'EIO', `corrupt chunk: ${String(err)}`);
   t.ok((await fresh.read(CHUNK * 5, 100)).equals(data.subarray(CHUNK * 5, CHUNK * 5 + 100)), 'other chunks still read');
 });
+
+t.test('in the workers, a missing, quarantined or overlong blob is EIO too, and names why', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rl-pool-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const image = path.join(dir, 'disk.raw');
+  const data = patternBytes(CHUNK * 4, 9);
+  fs.writeFileSync(image, data);
+  const repoDir = path.join(dir, 'repo');
+  const repo = await initRepository(repoDir, { chunkSize: CHUNK });
+  const point = await backupVm({ repo, vm: { name: 'p', memoryMiB: 64, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: image } });
+  const source = await (await openRepository(repoDir)).openDisk(point.id, 'sda');
+  const file = (i: number): string => path.join(repoDir, CHUNKS_DIR, source.chunkId(i)!.slice(0, 2), source.chunkId(i)!);
+  fs.rmSync(file(0));
+  fs.renameSync(file(1), `${file(1)}.bad`);
+  fs.appendFileSync(file(2), Buffer.alloc(CHUNK + 100, 7));
+  const pool = new DecodePool(repoDir, { size: 2 });
+  t.teardown(() => pool.close());
+  const disk = new PublishedDisk(pool.wrap(source, point.id, 'sda'), { name: 'sda', readaheadChunks: 0 });
+  for (const [i, why] of [[0, /missing from the store/], [1, /quarantined by verify/], [2, /longer than any chunk/]] as const) {
+    const err = await disk.read(CHUNK * i, 10).catch((e: unknown) => e);
+    t.ok(err instanceof DiskIoError && err.code === 'EIO', `chunk ${i}: EIO`);
+    t.match(String(err), why, `chunk ${i}: ${String(err)}`);
+  }
+  t.ok((await disk.read(CHUNK * 3, CHUNK)).equals(data.subarray(CHUNK * 3)), 'the intact chunk still reads');
+  const scratch = Buffer.alloc(CHUNK * 2);
+  t.ok(source.readChunkSync?.(3, scratch)?.equals(await source.readChunk(3) as Buffer), 'readChunkSync equals readChunk');
+});
