@@ -32,7 +32,9 @@ export function schemaFiles(): Map<string, Record<string, unknown>> {
  * values all arrive as text; bodies are validated without it.
  */
 export function createAjv(opts: { coerceTypes?: boolean } = {}): Ajv2020 {
-  const a = new Ajv2020({ allErrors: true, strict: true, useDefaults: true, coerceTypes: opts.coerceTypes ?? false });
+  // validateSchema off: checking our own shipped schemas against the meta-schema cost ~150 ms on every
+  // CLI call; test/foundation/schemas.test.ts checks them once instead.
+  const a = new Ajv2020({ allErrors: true, strict: true, useDefaults: true, coerceTypes: opts.coerceTypes ?? false, validateSchema: false });
   addFormats(a);
   for (const [file, schema] of schemaFiles()) a.addSchema(schema, (schema.$id as string | undefined) ?? file);
   return a;
