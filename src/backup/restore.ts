@@ -84,7 +84,8 @@ function keyOf(repo: Repository): Buffer | undefined {
 /**
  * Writes every non-hole chunk of `digests` into `fd` on `threads` restore
  * workers (restore-worker.ts), two chunks in flight per worker so none waits
- * for the next job. Rejects with the first failure, once in-flight work ended.
+ * for the next job. Rejects with the first failure, or with what `onChunk`
+ * threw, once in-flight work ended.
  */
 async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, digests: (string | null)[], chunkSize: number,
   threads: number, onChunk: (written: number) => void): Promise<void> {
@@ -102,8 +103,16 @@ async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, d
         if (error) rejectAll(error);
         else if (next >= digests.length) resolveAll();
       };
+      // The progress callback may throw to cancel (an API operation does): that stops the restore like a failure.
+      const progress = (written: number): void => {
+        try {
+          onChunk(written);
+        } catch (err) {
+          error ??= err as Error;
+        }
+      };
       const feed = (w: Worker): void => {
-        while (!error && next < digests.length && !digests[next]) { next++; onChunk(0); }
+        while (!error && next < digests.length && !digests[next]) { next++; progress(0); }
         if (error || next >= digests.length) return finish();
         const digest = digests[next] as string;
         const job: RestoreJob = { id: ++id, digest, file: repo.chunks.fileOf(digest), position: next * chunkSize };
@@ -122,7 +131,7 @@ async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, d
             void failure(repo, opts, job, r).then((e) => { error ??= e; inFlight--; finish(); });
             return;
           }
-          onChunk(r.written);
+          progress(r.written);
           feed(w);
         });
         w.on('error', (e) => { error ??= e; finish(); });

@@ -23,11 +23,14 @@ export class DiskIoError extends Error {
 export interface PublishedDiskOptions {
   /** Shared across disks of a process; default: a private 64 MiB cache. */
   cache?: ChunkCache;
-  /** Chunks prefetched ahead of a sequential reader (0 disables readahead). */
+  /** Chunks prefetched ahead of a sequential reader (0 disables readahead); default 8 MiB worth, at least 2. */
   readaheadChunks?: number;
   /** Name used in error messages. */
   name?: string;
 }
+
+/** How far ahead of a sequential reader chunks are decoded by default: enough to keep every decode worker busy. */
+const READAHEAD_BYTES = 8 * 1024 * 1024;
 
 /** Sequential reads in a row before readahead starts, so that random access never prefetches. */
 const SEQUENTIAL_STREAK = 2;
@@ -47,7 +50,7 @@ export class PublishedDisk {
     this.size = source.size;
     this.chunkSize = source.chunkSize;
     this.cache = opts.cache ?? new ChunkCache(64 * 1024 * 1024);
-    this.readahead = opts.readaheadChunks ?? 2;
+    this.readahead = opts.readaheadChunks ?? Math.max(2, Math.ceil(READAHEAD_BYTES / this.chunkSize));
     this.name = opts.name ?? 'disk';
   }
 

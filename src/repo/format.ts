@@ -60,8 +60,8 @@ export const QUARANTINE_SUFFIX = '.bad';
 /** Temp files are written under this prefix and renamed into place; readers ignore them. */
 export const TEMP_PREFIX = '.tmp-';
 
-/** 4 MiB: see docs/formats.md for why. */
-export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
+/** 1 MiB: see docs/formats.md for why. */
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 /**
  * gc keeps chunks touched less than this before its cutoff: file system
  * timestamps come from a coarse clock that can lag Date.now() by a tick.

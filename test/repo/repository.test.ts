@@ -21,7 +21,7 @@ t.test('init writes config, shards and directories; open reads it back', async (
   t.same(again.config, repo.config);
   t.equal(again.config.chunkSize, SMALL);
   t.equal(again.config.encryption, 'none');
-  t.equal((await initRepository(join(tmpDir(t), 'r2'))).config.chunkSize, 4 * 1024 * 1024, 'default 4 MiB');
+  t.equal((await initRepository(join(tmpDir(t), 'r2'))).config.chunkSize, 1024 * 1024, 'default 1 MiB');
 });
 
 t.test('init refuses a non-empty directory and bad chunk sizes', async (t) => {

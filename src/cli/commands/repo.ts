@@ -69,7 +69,7 @@ export function registerRepo(program: Command): void {
   cmd
     .command('init <dir>')
     .description('create an empty repository (chunk size fixed for its lifetime)')
-    .option('--chunk-size <size>', 'bytes per chunk, a power of two from 256K to 8M (default 4M)')
+    .option('--chunk-size <size>', 'bytes per chunk, a power of two from 256K to 8M (default 1M)')
     .option('--encrypt', 'encrypt chunks with AES-256-GCM (needs --key-file)')
     .option('--key-file <file>', 'the key file; created with a new random key when it does not exist')
     .option('--json', 'print one JSON object')
