@@ -61,6 +61,11 @@ async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promi
   return r;
 }
 
+/** Reads a file into the page cache (cat to /dev/null: piping it through this process cost minutes of CPU). */
+async function warm(file: string): Promise<void> {
+  await must('sh', ['-c', `cat '${file}' > /dev/null`]);
+}
+
 async function duBytes(path: string): Promise<number> {
   const r = await must('du', ['-sb', path]);
   return Number(r.out.trim().split('\n').find((l) => /^\d+\s/.test(l))?.split(/\s/)[0]);
@@ -132,7 +137,7 @@ async function main(): Promise<void> {
   await must('borg', ['init', '--encryption', 'none', borgRepo], env);
 
   // Page cache warm for everyone: every tool reads the same cached file.
-  await must('cat', [img]);
+  await warm(img);
   const catS = (await must('sh', ['-c', `cat '${img}' > /dev/null`])).seconds;
 
   const t = { ours: 0, restic: 0, borg: 0 };
@@ -144,7 +149,7 @@ async function main(): Promise<void> {
     if (v > 0) await changeVersion(img, v, 100 + v);
     // Each tool starts with the image in page cache and no dirty pages of another tool to flush:
     // our chunk writes fsync, and on ext4 an fsync can wait on the writeback of whatever was written just before.
-    const settle = async (): Promise<void> => { await must('sync', []); await must('cat', [img]); };
+    const settle = async (): Promise<void> => { await must('sync', []); await warm(img); };
     await settle();
     const a = await must('node', [bin, 'backup', '--repo', ours, '--vm', vmFile, '--disk', img, '--json'], env);
     const json = a.out.split('\n').find((l) => l.startsWith('{"restorePoint"'));
@@ -183,7 +188,7 @@ async function main(): Promise<void> {
 
   // Ingest: the ImageSource read path alone (extents + reads of the data chunks), against cat. It
   // reads the way the backup engine does: into a reused chunk buffer (the engine's shared slots).
-  await must('cat', [img]);
+  await warm(img);
   const src = await openImage(img, { format: 'raw' });
   const slot = Buffer.allocUnsafeSlow(4 * MiB);
   const t0 = process.hrtime.bigint();
@@ -229,7 +234,7 @@ async function main(): Promise<void> {
     const repoDir = join(work, `cs-${cs}`);
     await must('node', [bin, 'repo', 'init', repoDir, '--chunk-size', `${cs}M`], env);
     await must('sync', []);
-    await must('cat', [img]);
+    await warm(img);
     const b1 = await must('node', [bin, 'backup', '--repo', repoDir, '--vm', vmFile, '--disk', img, '--json'], env);
     const before = await duBytes(repoDir);
     await changeVersion(img, 3, 900 + cs);
