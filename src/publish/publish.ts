@@ -26,7 +26,7 @@ import { startNfsExport, type NfsExport } from '../nfs/export.js';
 import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
 import type { PublicationInfo, PublishOptions, RunningPublication } from './contract.js';
 
-const DEFAULT_CACHE_MIB = 256;
+const DEFAULT_CACHE_MIB = 128;
 const STOP_WAIT_MS = 30_000;
 /** Decode threads per publication: two keep a sequential reader fed (readahead is two chunks). */
 const DECODE_WORKERS = 2;
