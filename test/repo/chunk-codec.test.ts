@@ -124,3 +124,17 @@ t.test('decodeInto: the same plaintext as decode, in the caller\'s buffer, with 
   t.match(corruptReason(() => codec.decodeInto(codec.digest(plain), codec.encode(plain), Buffer.alloc(1000))), /zstd/,
     'a frame larger than the buffer is corrupt, not an overflow');
 });
+
+t.test('decodeInto checks the CRC only when another check fails; decode (verify) checks it first', async (t) => {
+  const codec = createCodec(plainConfig);
+  const plain = chunkBytes(9, 400_000);
+  const digest = codec.digest(plain);
+  const blob = codec.encode(plain);
+  const badCrcField = Buffer.from(blob);
+  badCrcField.writeUInt32LE(badCrcField.readUInt32LE(12) ^ 1, 12);
+  t.equal(corruptReason(() => codec.decode(digest, badCrcField)), 'CRC mismatch', 'verify reports a damaged CRC field');
+  t.ok(codec.decodeInto(digest, badCrcField, Buffer.alloc(plainConfig.chunkSize)).equals(plain), 'the payload its digest proves is still served');
+  const badPayload = Buffer.from(blob);
+  badPayload.writeUInt8(badPayload.readUInt8(CHUNK_HEADER_SIZE + 50) ^ 4, CHUNK_HEADER_SIZE + 50);
+  t.equal(corruptReason(() => codec.decodeInto(digest, badPayload, Buffer.alloc(plainConfig.chunkSize))), 'CRC mismatch', 'damaged storage is named as such');
+});
