@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -26,6 +26,16 @@ function vmDef(name: string, disks: VmDefinition['disks'] = [{ name: 'root' }]):
 async function qemu(tool: string, args: string[]): Promise<void> {
   const r = await exec(tool, args);
   if (r.code !== 0) throw new Error(`${tool} ${args.join(' ')}: ${r.stderr}`);
+}
+
+/** A tmpfs of `size` mounted for the test: a disk that fills up. */
+async function smallDisk(t: Test, name: string, size: string): Promise<string> {
+  const mnt = join(work, name);
+  await qemu('mkdir', ['-p', mnt]);
+  const m = await exec('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  if (m.code !== 0) throw new Error(`this test needs to mount a tmpfs (root): ${m.stderr}`);
+  t.teardown(async () => { await exec('umount', [mnt]); });
+  return mnt;
 }
 
 async function restoredSha(repoDir: string, point: string, format: 'raw' | 'qcow2' = 'raw', keyFile?: string): Promise<string> {
@@ -163,11 +173,7 @@ t.test('encrypted repository: round trip, keyed digests, wrong and missing key r
 });
 
 t.test('a full disk (ENOSPC) fails the backup cleanly with nothing partial left', async (t) => {
-  const mnt = join(work, 'tiny');
-  await qemu('mkdir', ['-p', mnt]);
-  const m = await exec('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
-  if (m.code !== 0) throw new Error(`this test needs to mount a tmpfs (root): ${m.stderr}`);
-  t.teardown(async () => { await exec('umount', [mnt]); });
+  const mnt = await smallDisk(t, 'tiny', '6m');
   const img = join(work, 'enospc.raw');
   await makeGuestImage(img, 64, 32);
   const repoDir = join(mnt, 'repo');
@@ -225,11 +231,7 @@ t.test('restore of a point with a corrupt chunk fails with RESTORE_CHUNK_CORRUPT
 });
 
 t.test('restore to a full disk fails with RESTORE_WRITE_FAILED and leaves no partial file', async (t) => {
-  const mnt = join(work, 'tiny-target');
-  await qemu('mkdir', ['-p', mnt]);
-  const m = await exec('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
-  if (m.code !== 0) throw new Error(`this test needs to mount a tmpfs (root): ${m.stderr}`);
-  t.teardown(async () => { await exec('umount', [mnt]); });
+  const mnt = await smallDisk(t, 'tiny-target', '4m');
   const img = join(work, 'big-target.raw');
   await makeGuestImage(img, 32, 16);
   const repo = await initRepository(join(work, 'big-target-repo'));
