@@ -111,6 +111,8 @@ async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, d
           error ??= err as Error;
         }
       };
+      // Jobs each worker holds: a worker that dies takes its jobs' replies with it.
+      const held = new Map<Worker, number>(workers.map((w) => [w, 0]));
       const feed = (w: Worker): void => {
         while (!error && next < digests.length && !digests[next]) { next++; progress(0); }
         if (error || next >= digests.length) return finish();
@@ -119,11 +121,19 @@ async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, d
         next++;
         jobs.set(job.id, job);
         inFlight++;
+        held.set(w, (held.get(w) as number) + 1);
         w.postMessage(job);
+      };
+      const died = (w: Worker, e: Error): void => {
+        error ??= e;
+        inFlight -= held.get(w) as number;
+        held.set(w, 0);
+        finish();
       };
       for (const w of workers) {
         w.on('message', (r: RestoreJobResult) => {
           inFlight--;
+          held.set(w, (held.get(w) as number) - 1);
           const job = jobs.get(r.id) as RestoreJob;
           jobs.delete(r.id);
           if ('error' in r) {
@@ -134,12 +144,15 @@ async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, d
           progress(r.written);
           feed(w);
         });
-        w.on('error', (e) => { error ??= e; finish(); });
+        w.on('error', (e) => died(w, e));
+        w.on('exit', (code) => { if (code !== 0) died(w, new Error(`a restore worker exited with code ${code}`)); });
         feed(w);
         feed(w);
       }
     });
   } finally {
+    // terminate() ends a worker with code 1: not a death to report.
+    for (const w of workers) w.removeAllListeners('exit');
     await Promise.all(workers.map((w) => w.terminate()));
   }
 }
