@@ -13,6 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ExitCode, RestorelabError, badInput, notFound } from '../errors.js';
+import { processAlive as pidAlive } from '../host/process.js';
 import { openRepository } from '../repo/repository.js';
 import type { RepositoryReader } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
@@ -95,16 +96,6 @@ function allRecords(stateDir: string): PublicationRecord[] {
   const dir = publicationsDir(stateDir);
   if (!fs.existsSync(dir)) return [];
   return fs.readdirSync(dir).sort().map((id) => readRecord(recordFile(stateDir, id))).filter((r): r is PublicationRecord => r !== undefined);
-}
-
-export function pidAlive(pid: number | undefined): boolean {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

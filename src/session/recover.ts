@@ -6,7 +6,7 @@
  */
 import { longRunningEnv } from '../host/malloc.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../errors.js';
@@ -19,20 +19,10 @@ import { planRecovery, type RecoverRequest } from './plan.js';
 import { HEARTBEAT_TIMEOUT_MS, teardown } from './runner.js';
 import { ACTIVE_STATES, type RecoverySession } from './session.js';
 import { SessionStore } from './store.js';
+import { processAlive as pidAlive } from '../host/process.js';
 
 export interface RecoverOptions extends RecoverRequest {
   heartbeatTimeoutMs?: number;
-}
-
-/** A zombie counts as dead: a supervisor whose parent exited waits for init to reap it. */
-function pidAlive(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -16,6 +16,7 @@ import { waitForAgent } from '../../src/hypervisor/qga.js';
 import type { Domain } from '../../src/hypervisor/types.js';
 import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
 import { listPublications, removePublication } from '../../src/publish/publish.js';
+import { processAlive } from '../../src/host/process.js';
 import { BOOT_TIMEOUT_MS, chunkFingerprint, cli, json, occurrences, webDefinition, webRepository, type PublishJson } from './fixtures/web.js';
 
 // Short: QEMU's socket paths must stay under 108 bytes.
@@ -90,6 +91,10 @@ t.test('kill -9 of the publisher while the guest writes: --resume keeps every sy
   t.ok(running?.running && running.pid, 'the publisher runs');
   process.kill(running!.pid!, 'SIGKILL');
   await dom.destroy();
+  // SIGKILL is immediate, but a process is gone only once its threads leave the kernel (an overlay
+  // fsync under the guest's writes can take a while): until then it still holds the publication.
+  for (let i = 0; i < 100 && processAlive(running!.pid); i++) await new Promise((r) => setTimeout(r, 100));
+  t.notOk(processAlive(running!.pid), 'the killed publisher is gone');
   const resumed = await publish('--resume');
   t.ok(await occurrences(resumed.disks.root!, marker) >= 1, 'the acknowledged write survived kill -9');
   const fsck = await exec('sh', ['-c', `t=$(mktemp) && dd if=${resumed.disks.root!} of=$t bs=1M status=none && ` +

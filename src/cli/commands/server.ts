@@ -63,7 +63,8 @@ export function registerServer(program: Command): void {
       try {
         if (o.nfs) {
           const { PublicationDatastore } = await import('../../datastore/publication-datastore.js');
-          const { pidAlive, restorePublications } = await import('../../publish/publish.js');
+          const { restorePublications } = await import('../../publish/publish.js');
+          const { processAlive: pidAlive } = await import('../../host/process.js');
           const { startNfsExport } = await import('../../nfs/export.js');
           datastore = new PublicationDatastore();
           const pubs = await restorePublications(cfg.stateDir, datastore, {
