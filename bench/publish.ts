@@ -3,7 +3,7 @@
  * the same run:
  * - sequential read of a published 2 GiB disk through FUSE, cold chunk cache
  *   (fresh publisher, dropped page cache) then warm, vs the same bytes from
- *   a restored raw file (cold, then warm);
+ *   a restored raw file (cold, then warm); best of several runs each;
  * - random 4 KiB reads, p50/p99, cold and warm, FUSE vs raw;
  * - boot time of `web` to its agent heartbeat, FUSE-published vs a local raw copy;
  * - peak RSS of the publishing process (256 MiB chunk cache).
@@ -27,6 +27,8 @@ import { guestImage } from '../test/helpers/guests.js';
 const sizeArg = process.argv.indexOf('--size-mib');
 const SIZE_MIB = sizeArg > 0 ? Number(process.argv[sizeArg + 1]) : 2048;
 const RANDOM_READS = 400;
+const SEQ_ROUNDS = 2;
+const WARM_PASSES = 3;
 const dir = fs.mkdtempSync('/tmp/rlbench-');
 const state = path.join(dir, 'state');
 const mnt = path.join(dir, 'mnt');
@@ -112,16 +114,27 @@ try {
   fs.rmSync(image);
   const offsets = Array.from({ length: RANDOM_READS }, () => Math.floor(randomBytes(4).readUInt32LE() / 2 ** 32 * (SIZE_MIB * 256)) * 4096);
 
-  // Sequential: raw cold/warm, FUSE cold (fresh publisher, dropped caches)/warm.
-  await dropCaches();
-  const rawCold = await seqRead(restored);
-  const rawWarm = await seqRead(restored);
-  const p1 = await publish(repoDir, point.id);
-  await dropCaches();
-  const fuseCold = await seqRead(p1.disk);
-  const fuseWarm = await seqRead(p1.disk);
-  const rss = peakRss(p1.pid);
-  await unpublish(p1.pub);
+  // Sequential, in rounds so that a busy host (steal time) shows as spread,
+  // not as a ratio: raw cold then warm passes, FUSE cold (fresh publisher,
+  // dropped caches) then warm passes. Each figure is the best of its runs,
+  // the same rule for both sides. The first warm pass over a file is slower
+  // for both (the kernel moves its pages to the active list), so "warm" is
+  // the steady state after it.
+  const raw = { cold: [] as number[], warm: [] as number[] };
+  const fuse = { cold: [] as number[], warm: [] as number[] };
+  let rss = 0;
+  for (let round = 0; round < SEQ_ROUNDS; round++) {
+    await dropCaches();
+    raw.cold.push(await seqRead(restored));
+    for (let k = 0; k < WARM_PASSES; k++) raw.warm.push(await seqRead(restored));
+    const p1 = await publish(repoDir, point.id);
+    await dropCaches();
+    fuse.cold.push(await seqRead(p1.disk));
+    for (let k = 0; k < WARM_PASSES; k++) fuse.warm.push(await seqRead(p1.disk));
+    rss = Math.max(rss, peakRss(p1.pid));
+    await unpublish(p1.pub);
+  }
+  const [rawCold, rawWarm, fuseCold, fuseWarm] = [raw.cold, raw.warm, fuse.cold, fuse.warm].map((runs) => Math.max(...runs)) as [number, number, number, number];
 
   // Random 4 KiB reads.
   await dropCaches();
@@ -133,9 +146,12 @@ try {
   const fuseRandWarm = await randomReads(p2.disk, offsets);
   await unpublish(p2.pub);
 
-  console.log(`sequential read of ${SIZE_MIB} MiB (MiB/s):`);
+  const runs = (xs: number[]): string => xs.map((x) => fmt(x, 0)).join(', ');
+  console.log(`sequential read of ${SIZE_MIB} MiB (MiB/s, best of ${SEQ_ROUNDS} cold and ${SEQ_ROUNDS * WARM_PASSES} warm runs):`);
   console.log(`  cold: FUSE ${fmt(fuseCold)} vs restored raw ${fmt(rawCold)}  ratio ${fmt(fuseCold / rawCold, 2)}x (target >= 0.5x)`);
+  console.log(`        runs: FUSE ${runs(fuse.cold)}; raw ${runs(raw.cold)}`);
   console.log(`  warm: FUSE ${fmt(fuseWarm)} vs restored raw ${fmt(rawWarm)}  ratio ${fmt(fuseWarm / rawWarm, 2)}x (target >= 0.8x)`);
+  console.log(`        runs: FUSE ${runs(fuse.warm)}; raw ${runs(raw.warm)}`);
   console.log(`random 4 KiB reads, ${RANDOM_READS} (ms):`);
   console.log(`  cold p50/p99: FUSE ${fmt(fuseRandCold.p50, 3)}/${fmt(fuseRandCold.p99, 3)} vs raw ${fmt(rawRandCold.p50, 3)}/${fmt(rawRandCold.p99, 3)}  p50 ratio ${fmt(fuseRandCold.p50 / rawRandCold.p50, 2)}x`);
   console.log(`  warm p50/p99: FUSE ${fmt(fuseRandWarm.p50, 3)}/${fmt(fuseRandWarm.p99, 3)} vs raw ${fmt(rawRandWarm.p50, 3)}/${fmt(rawRandWarm.p99, 3)}  p50 ratio ${fmt(fuseRandWarm.p50 / rawRandWarm.p50, 2)}x`);

@@ -358,6 +358,17 @@ export class PublicationDatastore implements Datastore {
     }
   }
 
+  async readInto(id: FileId, offset: number, target: Buffer): Promise<{ length: number; eof: boolean }> {
+    const n = id === ROOT_ID ? undefined : this.node(id);
+    if (n && (n.kind === 'raw' || n.kind === 'flat')) {
+      const ov = n.disk!.overlay;
+      const length = await ov.readInto(offset, target).catch(mapError);
+      return { length, eof: offset + length >= ov.size };
+    }
+    const { data, eof } = await this.read(id, offset, target.length);
+    return { length: data.copy(target), eof };
+  }
+
   async write(id: FileId, offset: number, data: Buffer, sync: boolean): Promise<FileAttr> {
     if (id === ROOT_ID) fail('EISDIR');
     const n = this.node(id);

@@ -81,6 +81,8 @@ export interface Datastore {
   /** Entries in a stable order (by file id), without `.` and `..`. */
   readdir(dir: FileId): Promise<DirEntry[]>;
   read(id: FileId, offset: number, length: number): Promise<{ data: Buffer; eof: boolean }>;
+  /** read() into the caller's buffer, up to its length: a frontend that owns a buffer (FUSE) skips an allocation per request. */
+  readInto?(id: FileId, offset: number, target: Buffer): Promise<{ length: number; eof: boolean }>;
   /** Writes land in the publication's overlay or scratch file; `sync` makes them durable before returning. */
   write(id: FileId, offset: number, data: Buffer, sync: boolean): Promise<FileAttr>;
   /** Makes every acknowledged write to `id` durable (NFS COMMIT, FUSE fsync). */

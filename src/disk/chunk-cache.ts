@@ -3,24 +3,56 @@
  *
  * Keyed by digest rather than (disk, index) because equal digests mean equal
  * bytes: a chunk shared by several disks or points is decoded once. Lookups go
- * through get-or-compute, so concurrent readers of one chunk share a single
+ * through withChunk, so concurrent readers of one chunk share a single
  * decode; a failed decode is never cached, so a transient error is retried by
  * the next reader and a corrupt chunk keeps failing.
+ *
+ * Memory comes in *slots*: SharedArrayBuffers that decode workers write into
+ * directly, reused when their chunk is evicted. A fresh buffer per decoded
+ * chunk cost a third of a cold read's CPU (page faults, zeroing, and garbage
+ * collections forced by external memory). Because a slot is rewritten once
+ * its chunk is evicted, nobody may keep a view of cached bytes: withChunk
+ * hands them to a synchronous `use` callback, which copies what it needs.
+ * Eviction only takes chunks that are complete, and only while the main
+ * thread runs, so the bytes cannot change during `use`.
  *
  * Every lookup is also counted process-wide (src/telemetry/counters.ts) for
  * the server's chunk cache hit ratio; `hits`/`misses` here are this cache's own.
  */
 import { countCacheLookup } from '../telemetry/counters.js';
 
+interface Entry {
+  bytes: Buffer;
+  /** Bytes charged against the bound: the slot's size, or the buffer's. */
+  cost: number;
+  /** The slot holding `bytes`, reused once the entry is evicted. */
+  slot?: SharedArrayBuffer;
+}
+
+/** Asks the cache for a slot of `size` bytes to decode into (a view of shared memory). */
+export type SlotRequest = (size: number) => Buffer;
+
+/**
+ * Produces a chunk's bytes: either a view of a slot it requested, or a buffer
+ * of its own (the cache then keeps that buffer and takes the slot back).
+ */
+export type ChunkFill = (slot: SlotRequest) => Promise<Buffer>;
+
 export class ChunkCache {
-  private readonly entries = new Map<string, Buffer>();
-  private readonly inflight = new Map<string, Promise<Buffer | null>>();
+  private readonly entries = new Map<string, Entry>();
+  private readonly inflight = new Map<string, Promise<void>>();
+  /** Slots of evicted chunks, reused before new ones are made. */
+  private readonly spare: SharedArrayBuffer[] = [];
+  /** Bytes of cached entries, of slots lent to running fills, and of spare slots. */
   private bytes = 0;
+  private lent = 0;
+  private spareBytes = 0;
   hits = 0;
   misses = 0;
 
   constructor(readonly maxBytes: number) {}
 
+  /** Bytes held by cached chunks. */
   get size(): number {
     return this.bytes;
   }
@@ -33,58 +65,116 @@ export class ChunkCache {
     return this.entries.has(key) || this.inflight.has(key);
   }
 
-  /** The cached chunk, or the result of `compute` (shared with concurrent callers for the same key). */
-  async getOrCompute(key: string, compute: () => Promise<Buffer | null>): Promise<Buffer | null> {
-    const hit = this.entries.get(key);
-    if (hit) {
-      // Re-insert to mark as most recently used (Map keeps insertion order).
-      this.entries.delete(key);
-      this.entries.set(key, hit);
-      this.hits++;
-      countCacheLookup(true);
-      return hit;
+  /**
+   * Calls `use` with the bytes of chunk `key`, running `fill` first on a miss
+   * (shared with concurrent callers for the same key). `use` runs
+   * synchronously and must copy what it keeps: the bytes may belong to a slot
+   * that is rewritten after `use` returns.
+   */
+  async withChunk<T>(key: string, fill: ChunkFill, use: (bytes: Buffer) => T): Promise<T> {
+    let counted = false;
+    const count = (hit: boolean): void => {
+      if (counted) return;
+      counted = true;
+      if (hit) this.hits++;
+      else this.misses++;
+      countCacheLookup(hit);
+    };
+    // Normally one or two rounds: a hit, or a fill and then a hit. A chunk
+    // evicted between its fill and this caller resuming is filled again.
+    for (;;) {
+      const hit = this.entries.get(key);
+      if (hit) {
+        // Re-insert to mark as most recently used (Map keeps insertion order).
+        this.entries.delete(key);
+        this.entries.set(key, hit);
+        count(true);
+        return use(hit.bytes);
+      }
+      let running = this.inflight.get(key);
+      count(running !== undefined);
+      if (!running) {
+        running = this.fill(key, fill).finally(() => this.inflight.delete(key));
+        this.inflight.set(key, running);
+      }
+      await running;
     }
-    const running = this.inflight.get(key);
-    if (running) {
-      this.hits++;
-      countCacheLookup(true);
-      return running;
-    }
-    this.misses++;
-    countCacheLookup(false);
-    const p = compute().then(
-      (buf) => {
-        this.inflight.delete(key);
-        if (buf) this.insert(key, buf);
-        return buf;
-      },
-      (err: unknown) => {
-        this.inflight.delete(key);
-        throw err;
-      },
-    );
-    this.inflight.set(key, p);
-    return p;
   }
 
-  private insert(key: string, buf: Buffer): void {
-    if (buf.length > this.maxBytes) return;
-    const old = this.entries.get(key);
-    if (old) {
-      this.bytes -= old.length;
-      this.entries.delete(key);
+  private async fill(key: string, fill: ChunkFill): Promise<void> {
+    let slot: SharedArrayBuffer | undefined;
+    const request: SlotRequest = (size) => {
+      if (slot) throw new Error('a chunk fill asked for a second slot');
+      slot = this.lend(size);
+      return Buffer.from(slot);
+    };
+    let bytes: Buffer;
+    try {
+      bytes = await fill(request);
+    } catch (err) {
+      // A failed fill's slot is dropped, not reused: a worker that died mid-decode may still be writing it.
+      if (slot) this.lent -= slot.byteLength;
+      throw err;
     }
-    this.entries.set(key, buf);
-    this.bytes += buf.length;
-    for (const [k, v] of this.entries) {
-      if (this.bytes <= this.maxBytes) break;
-      this.entries.delete(k);
-      this.bytes -= v.length;
+    if (slot) this.lent -= slot.byteLength;
+    const own = slot !== undefined && bytes.buffer === slot;
+    if (slot && !own) this.putSpare(slot);
+    const entry: Entry = own ? { bytes, cost: slot!.byteLength, slot } : { bytes, cost: bytes.length };
+    this.entries.set(key, entry);
+    this.bytes += entry.cost;
+    this.trim();
+  }
+
+  /** A slot for a fill: a spare one, one taken from the least recently used chunk, or a new one. */
+  private lend(size: number): SharedArrayBuffer {
+    let slot = this.takeSpare(size);
+    while (!slot && this.bytes + this.lent + this.spareBytes + size > this.maxBytes && this.evictOldest()) slot = this.takeSpare(size);
+    // Over the bound only while every byte is lent to running fills; trim() gives it back.
+    slot ??= new SharedArrayBuffer(size);
+    this.lent += size;
+    return slot;
+  }
+
+  private takeSpare(size: number): SharedArrayBuffer | undefined {
+    const i = this.spare.findIndex((s) => s.byteLength === size);
+    if (i < 0) return undefined;
+    const [slot] = this.spare.splice(i, 1);
+    this.spareBytes -= size;
+    return slot;
+  }
+
+  private putSpare(slot: SharedArrayBuffer): void {
+    this.spare.push(slot);
+    this.spareBytes += slot.byteLength;
+  }
+
+  private evictOldest(): boolean {
+    const oldest = this.entries.keys().next();
+    if (oldest.done) return false;
+    const entry = this.entries.get(oldest.value)!;
+    this.entries.delete(oldest.value);
+    this.bytes -= entry.cost;
+    if (entry.slot) this.putSpare(entry.slot);
+    return true;
+  }
+
+  /** Back within the bound: spare slots go first, then the least recently used chunks (the newest stays). */
+  private trim(): void {
+    while (this.bytes + this.lent + this.spareBytes > this.maxBytes) {
+      if (this.spare.length > 0) {
+        this.spareBytes -= this.spare.pop()!.byteLength;
+      } else if (this.entries.size > 1) {
+        this.evictOldest();
+      } else {
+        break;
+      }
     }
   }
 
   clear(): void {
     this.entries.clear();
+    this.spare.length = 0;
     this.bytes = 0;
+    this.spareBytes = 0;
   }
 }

@@ -4,6 +4,8 @@
  * the repository itself through the RepositoryReader contract; `wrap` turns a
  * DiskSource into one whose readChunk runs in the pool (chunk ids still come
  * from the in-process index, so holes and cache keys cost no round trip).
+ * readChunkInto with shared memory (a ChunkCache slot) is the fast way: the
+ * worker decodes into it and only a length comes back.
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
@@ -13,6 +15,8 @@ import type { DecodeReply, DecodeRequest } from './decode-worker.js';
 interface Pending {
   resolve: (b: Buffer | null) => void;
   reject: (e: Error) => void;
+  /** The shared memory the worker decodes into, if any. */
+  into?: Buffer;
 }
 
 export class DecodePool {
@@ -33,7 +37,8 @@ export class DecodePool {
         this.pending.delete(reply.id);
         if (this.pending.size === 0) this.setRef(false);
         if (!p) return;
-        if (reply.ok) p.resolve(reply.data ? Buffer.from(reply.data.buffer, reply.data.byteOffset, reply.data.byteLength) : null);
+        if (reply.ok && 'length' in reply) p.resolve(reply.length === null ? null : p.into!.subarray(0, reply.length));
+        else if (reply.ok) p.resolve(reply.data ? Buffer.from(reply.data.buffer, reply.data.byteOffset, reply.data.byteLength) : null);
         else if (reply.corrupt) p.reject(new CorruptChunkError(reply.corrupt.digest, reply.corrupt.reason, reply.corrupt.store));
         else p.reject(new Error(reply.message));
       });
@@ -59,15 +64,23 @@ export class DecodePool {
     this.setRef(false);
   }
 
-  decode(point: string, disk: string, index: number): Promise<Buffer | null> {
+  /**
+   * Chunk `index` of `disk` of `point`, decoded in a worker: into `into` when
+   * given (it must be backed by a SharedArrayBuffer; the result is a view of
+   * it), else into memory transferred from the worker.
+   */
+  decode(point: string, disk: string, index: number, into?: Buffer): Promise<Buffer | null> {
     if (this.failure) return Promise.reject(this.failure);
+    if (into && !(into.buffer instanceof SharedArrayBuffer)) return Promise.reject(new TypeError('a decode target must be shared memory'));
     const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;
     slot.busy++;
     if (this.pending.size === 0) this.setRef(true);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      slot.worker.postMessage({ id, point, disk, index } satisfies DecodeRequest);
+      this.pending.set(id, { resolve, reject, ...(into ? { into } : {}) });
+      const request: DecodeRequest = { id, point, disk, index };
+      if (into) request.into = new Uint8Array(into.buffer, into.byteOffset, into.length);
+      slot.worker.postMessage(request);
     });
   }
 
@@ -79,6 +92,12 @@ export class DecodePool {
       chunkCount: source.chunkCount,
       chunkId: (i) => source.chunkId(i),
       readChunk: (i) => (source.chunkId(i) === null ? Promise.resolve(null) : this.decode(point, disk, i)),
+      readChunkInto: (i, into) => {
+        if (source.chunkId(i) === null) return Promise.resolve(null);
+        // Memory a worker cannot share is decoded the transferring way and copied.
+        if (!(into.buffer instanceof SharedArrayBuffer)) return this.decode(point, disk, i).then((b) => (b ? into.subarray(0, b.copy(into)) : null));
+        return this.decode(point, disk, i, into);
+      },
     };
   }
 

@@ -1,7 +1,8 @@
 /**
  * Worker thread for DecodePool: opens the repository itself (through the
  * public RepositoryReader contract) and answers "decode chunk i of disk d of
- * point p" with the plaintext, transferred, not copied.
+ * point p" with the plaintext: written into the shared memory the request
+ * names, or else transferred, not copied.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { openRepository } from '../repo/repository.js';
@@ -13,10 +14,13 @@ export interface DecodeRequest {
   point: string;
   disk: string;
   index: number;
+  /** Shared memory to decode into; without it the plaintext is transferred back. */
+  into?: Uint8Array;
 }
 
 export type DecodeReply =
   | { id: number; ok: true; data: Uint8Array | null }
+  | { id: number; ok: true; length: number | null }
   | { id: number; ok: false; corrupt?: { digest: string; reason: string; store?: string }; message: string };
 
 const { repo, keyFile } = workerData as { repo: string; keyFile?: string };
@@ -39,18 +43,25 @@ let scratch: Buffer | undefined;
 
 /**
  * One chunk at a time, with blocking reads into the reused scratch buffer when
- * the source offers them: this thread has nothing else to do meanwhile, and a
- * chunk then costs one allocation (the plaintext it hands over), not three.
+ * the source offers them: this thread has nothing else to do meanwhile. With
+ * `into` (a cache slot) a chunk costs no allocation at all.
  */
-function decode(d: DiskSource, index: number): Promise<Buffer | null> | Buffer | null {
-  if (!d.readChunkSync) return d.readChunk(index);
+function decode(d: DiskSource, index: number, into: Buffer | undefined): Promise<Buffer | null> | Buffer | null {
+  if (!d.readChunkSync) return into && d.readChunkInto ? d.readChunkInto(index, into) : d.readChunk(index);
   if (!scratch || scratch.length < maxBlobSize(d.chunkSize) + 1) scratch = Buffer.allocUnsafeSlow(maxBlobSize(d.chunkSize) + 1);
-  return d.readChunkSync(index, scratch);
+  return d.readChunkSync(index, scratch, into);
 }
 
 parentPort?.on('message', (req: DecodeRequest) => {
-  disk(req.point, req.disk).then((d) => decode(d, req.index)).then(
+  const into = req.into ? Buffer.from(req.into.buffer, req.into.byteOffset, req.into.byteLength) : undefined;
+  disk(req.point, req.disk).then((d) => decode(d, req.index, into)).then(
     (buf) => {
+      if (into) {
+        // The bytes are in shared memory already: only their length goes back.
+        if (buf && buf.buffer !== into.buffer) buf.copy(into);
+        parentPort?.postMessage({ id: req.id, ok: true, length: buf ? buf.length : null } satisfies DecodeReply);
+        return;
+      }
       if (!buf) {
         parentPort?.postMessage({ id: req.id, ok: true, data: null } satisfies DecodeReply);
         return;

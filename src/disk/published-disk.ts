@@ -4,13 +4,14 @@
  * Words: the *base* is the DiskSource (fixed index + chunk store); a read is
  * split at chunk boundaries (finding the chunk for an offset is a division),
  * each chunk comes from the shared ChunkCache, holes are zeros without I/O.
- * Sequential access is detected (a read starting where the previous one
+ * Sequential access is detected (reads starting near where the stream
  * ended) and the next chunks are prefetched into the cache so that a
  * sequential reader rarely waits for a decode. A corrupt chunk fails the read
  * with DiskIoError (EIO): callers never see wrong bytes.
  */
 import { CorruptChunkError, type DiskSource } from '../repo/contract.js';
-import { ChunkCache } from './chunk-cache.js';
+import { ChunkCache, type ChunkFill } from './chunk-cache.js';
+import { settleAll } from '../settle.js';
 
 export class DiskIoError extends Error {
   readonly code = 'EIO';
@@ -35,6 +36,19 @@ const READAHEAD_BYTES = 8 * 1024 * 1024;
 /** Sequential reads in a row before readahead starts, so that random access never prefetches. */
 const SEQUENTIAL_STREAK = 2;
 
+/**
+ * How far from the end of the stream a read may start and still continue it:
+ * a FUSE kernel keeps up to 12 requests of 128 KiB in flight (1.5 MiB), and
+ * answers come back in any order.
+ */
+const SEQUENTIAL_SLACK = 2 * 1024 * 1024;
+
+function checkRange(offset: number, length: number): void {
+  if (offset < 0 || length < 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) {
+    throw new RangeError(`bad read range ${offset}+${length}`);
+  }
+}
+
 export class PublishedDisk {
   readonly size: number;
   readonly chunkSize: number;
@@ -54,43 +68,41 @@ export class PublishedDisk {
     this.name = opts.name ?? 'disk';
   }
 
-  /**
-   * Bytes [offset, offset+length) clamped to the disk size (a short buffer
-   * past the end). The result may be a view of a cached chunk: callers must
-   * not modify it.
-   */
+  /** Bytes [offset, offset+length) clamped to the disk size (a short buffer past the end), in a buffer of the caller's own. */
   async read(offset: number, length: number): Promise<Buffer> {
-    if (offset < 0 || length < 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) {
-      throw new RangeError(`bad read range ${offset}+${length}`);
-    }
-    const end = Math.min(this.size, offset + length);
-    if (end <= offset) return Buffer.alloc(0);
+    checkRange(offset, length);
+    const out = Buffer.allocUnsafe(Math.max(0, Math.min(this.size, offset + length) - offset));
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  /**
+   * Copies the bytes at `offset` into `target`, clamped to the disk size, and
+   * resolves to how many were copied. Cached chunks live in reused memory,
+   * so this copy is the only way out of the cache; a frontend that has its
+   * own buffer (FUSE) gets its bytes without any allocation.
+   */
+  async readInto(offset: number, target: Buffer): Promise<number> {
+    checkRange(offset, target.length);
+    const end = Math.min(this.size, offset + target.length);
+    if (end <= offset) return 0;
     this.noteAccess(offset, end);
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((end - 1) / this.chunkSize);
-    if (first === last) {
-      // The common case (a FUSE/NFS request inside one chunk): no copy at all.
-      const buf = await this.chunk(first);
-      const cStart = first * this.chunkSize;
-      if (buf && buf.length >= end - cStart) return buf.subarray(offset - cStart, end - cStart);
-      const out = Buffer.alloc(end - offset);
-      if (buf) buf.copy(out, 0, offset - cStart);
-      return out;
-    }
-    const out = Buffer.allocUnsafe(end - offset);
-    const parts: Promise<void>[] = [];
-    for (let i = first; i <= last; i++) {
+    const part = (i: number): Promise<void> => {
       const cStart = i * this.chunkSize;
       const from = Math.max(offset, cStart);
       const to = Math.min(end, cStart + this.chunkSize);
-      parts.push(this.chunk(i).then((buf) => {
-        const copied = buf ? buf.copy(out, from - offset, from - cStart, Math.min(to - cStart, buf.length)) : 0;
-        // Holes, and anything a short chunk leaves, read as zeros.
-        if (from + copied < to) out.fill(0, from - offset + copied, to - offset);
-      }));
-    }
-    await Promise.all(parts);
-    return out;
+      // Holes, and anything a short chunk leaves, read as zeros.
+      const copy = (buf: Buffer | null): void => {
+        const copied = buf ? buf.copy(target, from - offset, from - cStart, Math.min(to - cStart, buf.length)) : 0;
+        if (from + copied < to) target.fill(0, from - offset + copied, to - offset);
+      };
+      return this.chunk(i, copy);
+    };
+    if (first === last) await part(first);
+    else await settleAll(Array.from({ length: last - first + 1 }, (_, k) => part(first + k)));
+    return end - offset;
   }
 
   /** Whether chunk `index` is a hole (no stored data). */
@@ -98,10 +110,21 @@ export class PublishedDisk {
     return this.source.chunkId(index) === null;
   }
 
-  private chunk(index: number): Promise<Buffer | null> {
+  /** Runs `use` on chunk `index` (null for a hole), synchronously with the cached bytes. */
+  private chunk(index: number, use: (buf: Buffer | null) => void): Promise<void> {
     const id = this.source.chunkId(index);
-    if (id === null) return Promise.resolve(null);
-    return this.cache.getOrCompute(id, () => this.source.readChunk(index)).catch((err: unknown) => {
+    if (id === null) {
+      use(null);
+      return Promise.resolve();
+    }
+    const source = this.source;
+    const fill: ChunkFill = async (slot) => {
+      const buf = source.readChunkInto ? await source.readChunkInto(index, slot(this.chunkSize)) : await source.readChunk(index);
+      // The index says data: a source that calls it a hole is broken, not zeros.
+      if (!buf) throw new Error(`the source returned no bytes for chunk ${index} (${id})`);
+      return buf;
+    };
+    return this.cache.withChunk(id, fill, use).catch((err: unknown) => {
       if (err instanceof CorruptChunkError) {
         throw new DiskIoError(`${this.name}: chunk ${index} (${err.digest}) is corrupt: ${err.reason}`, { cause: err });
       }
@@ -110,16 +133,20 @@ export class PublishedDisk {
   }
 
   private noteAccess(offset: number, end: number): void {
-    this.streak = offset === this.lastEnd ? this.streak + 1 : 0;
-    this.lastEnd = end;
+    // A kernel reading ahead has several requests in flight, and they arrive
+    // out of order: a read starting near where the furthest one ended still
+    // continues the stream.
+    const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= SEQUENTIAL_SLACK;
+    this.streak = near ? this.streak + 1 : 0;
+    this.lastEnd = near ? Math.max(this.lastEnd, end) : end;
     if (this.readahead <= 0 || this.streak < SEQUENTIAL_STREAK) return;
-    const next = Math.floor((end - 1) / this.chunkSize) + 1;
+    const next = Math.floor((this.lastEnd - 1) / this.chunkSize) + 1;
     for (let i = next; i < next + this.readahead && i < this.source.chunkCount; i++) {
       const id = this.source.chunkId(i);
       if (id === null || this.cache.has(id)) continue;
       this.prefetched++;
       // A failed prefetch is not cached; the real read reports the error.
-      this.chunk(i).catch(() => undefined);
+      this.chunk(i, () => undefined).catch(() => undefined);
     }
   }
 }

@@ -21,6 +21,31 @@ import { countBytes, countOp } from '../telemetry/counters.js';
 /** Largest request libfuse2 can negotiate with the kernel (32 pages). */
 export const FUSE_MAX_IO = 128 * 1024;
 
+/**
+ * Readahead wanted from the kernel on the mount: eight requests of 128 KiB in
+ * flight. Measured on a 2 GiB sequential read, 1 to 16 MiB all run at the
+ * same speed, 25% faster than the 128 KiB default.
+ */
+const FUSE_READAHEAD_KIB = 1024;
+
+/**
+ * The kernel reads ahead on a FUSE mount no further than the mount's bdi
+ * allows, 128 KiB by default, whatever max_readahead libfuse2 asks for. A
+ * sequential reader then has one or two requests in flight and waits out
+ * every round trip. As root, sysfs raises it; without the right, the default
+ * stays and reads are merely slower.
+ */
+function raiseKernelReadahead(dir: string): void {
+  // From mountinfo, not stat: a synchronous stat of this mount would wait for the loop that answers it.
+  const device = mountEntry(dir)?.device;
+  if (!device) return;
+  try {
+    fs.writeFileSync(`/sys/class/bdi/${device}/read_ahead_kb`, String(FUSE_READAHEAD_KIB));
+  } catch {
+    // Not root (or sysfs read-only, as in some containers): keep the kernel's default.
+  }
+}
+
 export interface FuseMountOptions {
   mountPoint: string;
   /** Log a line per failed operation to stderr. */
@@ -96,7 +121,7 @@ export class FuseFrontend {
     const fuse = new Fuse(dir, ops, { timeout: false });
     const options = [
       'fsname=restorelab', 'subtype=restorelab', 'allow_other', 'kernel_cache', 'big_writes',
-      `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, 'max_readahead=4194304', 'attr_timeout=1', 'entry_timeout=1',
+      `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, `max_readahead=${FUSE_READAHEAD_KIB * 1024}`, 'attr_timeout=1', 'entry_timeout=1',
     ];
     // fuse-native only knows a fixed option list; max_write and big_writes are not on it.
     (fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => '-o' + options.join(',');
@@ -104,6 +129,10 @@ export class FuseFrontend {
     holder.frontend = frontend;
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
     frontend.mounted = true;
+    // The kernel sets the mount's readahead when libfuse answers INIT, and no
+    // request is served before that: once a statfs returns, raising it sticks.
+    await fs.promises.statfs(dir).catch(() => undefined);
+    raiseKernelReadahead(dir);
     return frontend;
   }
 
@@ -170,10 +199,12 @@ export class FuseFrontend {
       release: (p, fd, cb) => { self().handles.delete(fd); cb(0); },
       releasedir: (p, fd, cb) => cb(0),
       read: (p, fd, buf, len, pos, cb) => io('read', cb, async () => {
-        const { data } = await self().ds.read(self().handle(fd).id, pos, len);
-        data.copy(buf);
-        countBytes('fuse', 'read', data.length);
-        return data.length;
+        const { ds } = self();
+        const id = self().handle(fd).id;
+        // Straight into libfuse's buffer when the datastore can: no allocation per request.
+        const n = ds.readInto ? (await ds.readInto(id, pos, buf.subarray(0, len))).length : (await ds.read(id, pos, len)).data.copy(buf);
+        countBytes('fuse', 'read', n);
+        return n;
       }),
       write: (p, fd, buf, len, pos, cb) => io('write', cb, async () => {
         const h = self().handle(fd);

@@ -10,6 +10,8 @@ export interface MountEntry {
   mountPoint: string;
   fstype: string;
   source: string;
+  /** The mounted filesystem's device, `major:minor` (0:N for FUSE). */
+  device: string;
 }
 
 /** /proc/self/mountinfo decodes spaces and such as octal escapes. */
@@ -24,7 +26,7 @@ export function mountEntry(dir: string): MountEntry | undefined {
     const parts = line.split(' ');
     const sep = parts.indexOf('-');
     if (sep < 0 || !parts[4]) continue;
-    if (unescape(parts[4]) === target) found = { mountPoint: target, fstype: parts[sep + 1] ?? '', source: unescape(parts[sep + 2] ?? '') };
+    if (unescape(parts[4]) === target) found = { mountPoint: target, fstype: parts[sep + 1] ?? '', source: unescape(parts[sep + 2] ?? ''), device: parts[2] ?? '' };
   }
   return found;
 }

@@ -35,6 +35,7 @@ import { NbdConnectionError, NbdProtocolError, NbdServerError, NbdTimeoutError }
 import { ByteQueue, ReplyFramer, type ReplyEvent } from './framer.js';
 import { negotiate, type BlockSizeConstraints, type HandshakeIo } from './handshake.js';
 import { encodeRequest, parseBlockStatus, parseErrorChunk, parseHole } from './wire.js';
+import { settleAll } from '../settle.js';
 
 export interface NbdConnectOptions {
   /** Unix socket path (qemu-nbd --socket). Either this or host/port. */
@@ -211,10 +212,7 @@ export class NbdClient {
       const n = Math.min(this.maxRequestBytes, length - done);
       parts.push(this.request<PendingRead>({ kind: 'read', what: `read of ${n} bytes at offset ${offset + done}`, offset: offset + done, length: n, target, targetOffset: done, covered: 0 }, NBD_CMD_READ));
     }
-    // Every part must settle before we return, so no reply writes into the buffer afterwards.
-    const results = await Promise.allSettled(parts);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    await settleAll(parts);
   }
 
   /**

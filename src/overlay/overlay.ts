@@ -24,6 +24,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
+import { settleAll } from '../settle.js';
 
 export const BLOCK_SIZE = 4096;
 const MAP_MAGIC = 'RLOVMAP1'; // do not modify: on-disk format
@@ -79,7 +80,8 @@ export class OverlayBudget {
 /** What the overlay reads through to: the published disk. */
 export interface OverlayBase {
   readonly size: number;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** Copies the bytes at `offset` into `target` (clamped to the size); resolves to how many. */
+  readInto(offset: number, target: Buffer): Promise<number>;
 }
 
 export interface OverlayOptions {
@@ -188,13 +190,19 @@ export class Overlay {
 
   /** The disk's current bytes: overlay blocks over the base. */
   async read(offset: number, length: number): Promise<Buffer> {
-    const end = Math.min(this.size, offset + length);
-    if (end <= offset) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(Math.max(0, Math.min(this.size, offset + length) - offset));
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  /** read() into the caller's buffer (clamped to the size): resolves to how many bytes were copied. */
+  async readInto(offset: number, target: Buffer): Promise<number> {
+    const end = Math.min(this.size, offset + target.length);
+    if (end <= offset) return 0;
     const b0 = Math.floor(offset / BLOCK_SIZE);
     const b1 = Math.floor((end - 1) / BLOCK_SIZE);
-    if (this.allocated === 0 || this.noneIn(b0, b1)) return this.opts.base.read(offset, end - offset);
-    const out = Buffer.alloc(end - offset);
-    const parts: Promise<void>[] = [];
+    if (this.allocated === 0 || this.noneIn(b0, b1)) return this.opts.base.readInto(offset, target.subarray(0, end - offset));
+    const parts: Promise<unknown>[] = [];
     let run = b0;
     while (run <= b1) {
       const inOverlay = this.present(run);
@@ -203,12 +211,15 @@ export class Overlay {
       const from = Math.max(offset, run * BLOCK_SIZE);
       const to = Math.min(end, (stop + 1) * BLOCK_SIZE);
       parts.push(inOverlay
-        ? this.data.read(out, from - offset, to - from, from).then(() => undefined)
-        : this.opts.base.read(from, to - from).then((b) => { b.copy(out, from - offset); }));
+        ? this.data.read(target, from - offset, to - from, from).then(({ bytesRead }) => {
+          // Allocated blocks are written in full; zeros stand in should the file still end early.
+          if (bytesRead < to - from) target.fill(0, from - offset + bytesRead, to - offset);
+        })
+        : this.opts.base.readInto(from, target.subarray(from - offset, to - offset)));
       run = stop + 1;
     }
-    await Promise.all(parts);
-    return out;
+    await settleAll(parts);
+    return end - offset;
   }
 
   private noneIn(b0: number, b1: number): boolean {

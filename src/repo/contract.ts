@@ -59,11 +59,18 @@ export interface DiskSource {
    */
   readChunk(index: number): Promise<Buffer | null>;
   /**
-   * readChunk for a thread that does nothing else (a decode worker): blocking
-   * I/O into `scratch`, a blob buffer the caller reuses (see maxBlobSize), and
-   * one fresh buffer per chunk that owns its memory, so it can be transferred.
+   * readChunk into memory the caller owns: `into` holds at least `chunkSize`
+   * bytes, and the result is the view of it that holds the chunk. Lets a
+   * cache have chunks decoded straight into its reused slots.
    */
-  readChunkSync?(index: number, scratch: Buffer): Buffer | null;
+  readChunkInto?(index: number, into: Buffer): Promise<Buffer | null>;
+  /**
+   * readChunk for a thread that does nothing else (a decode worker): blocking
+   * I/O into `scratch`, a blob buffer the caller reuses (see maxBlobSize).
+   * The plaintext goes into `into` when given (as with readChunkInto), else
+   * into a fresh buffer that owns its memory, so it can be transferred.
+   */
+  readChunkSync?(index: number, scratch: Buffer, into?: Buffer): Buffer | null;
 }
 
 /** What the publish/verify layers need from a repository. */

@@ -442,7 +442,7 @@ class IndexedDisk implements DiskSource {
     return plain;
   }
 
-  readChunkSync(i: number, scratch: Buffer): Buffer | null {
+  readChunkSync(i: number, scratch: Buffer, into?: Buffer): Buffer | null {
     const digest = this.chunkId(i);
     if (digest === null) return null;
     let blob: Buffer;
@@ -455,7 +455,8 @@ class IndexedDisk implements DiskSource {
     }
     if (blob.length === scratch.length) throw new CorruptChunkError(digest, 'blob is longer than any chunk', this.store.path);
     const expected = Math.min(this.chunkSize, this.size - i * this.chunkSize);
-    const out = Buffer.allocUnsafeSlow(expected);
+    if (into && into.length < expected) throw new RangeError(`chunk ${i} needs ${expected} bytes, the buffer holds ${into.length}`);
+    const out = into ? into.subarray(0, expected) : Buffer.allocUnsafeSlow(expected);
     let plain: Buffer;
     try {
       plain = this.codec.decodeInto(digest, blob, out);

@@ -67,11 +67,24 @@ t.test('sequential access prefetches the next chunks, random access does not', a
   await disk.read(CHUNK * 2, 16384);
   t.equal(src.readsByIndex.get(2), 1, 'the sequential reader finds the next chunk cached');
 
-  const src2 = new MemoryDiskSource(patternBytes(CHUNK * 16), CHUNK);
+  // Random reads, each more than the sequential slack (2 MiB) away from the last.
+  const src2 = new MemoryDiskSource(patternBytes(CHUNK * 256), CHUNK);
   const disk2 = new PublishedDisk(src2, { readaheadChunks: 2 });
-  for (const i of [9, 2, 14, 5, 11]) await disk2.read(i * CHUNK + 100, 4096);
+  for (const i of [200, 10, 150, 60, 240]) await disk2.read(i * CHUNK + 100, 4096);
   t.equal(disk2.prefetched, 0, 'random reads prefetch nothing');
   t.equal(src2.reads, 5);
+});
+
+t.test('a stream read out of order, as a FUSE kernel reading ahead sends it, is still sequential', async (t) => {
+  const src = new MemoryDiskSource(patternBytes(CHUNK * 16), CHUNK);
+  const disk = new PublishedDisk(src, { readaheadChunks: 2 });
+  // 16 KiB requests in flight four at a time, each batch answered backwards.
+  for (let batch = 0; batch < CHUNK * 2; batch += 65536) {
+    await Promise.all([3, 2, 1, 0].map((k) => disk.read(batch + k * 16384, 16384)));
+  }
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(src.readsByIndex.get(2), 1, 'chunk 2 was read ahead');
+  t.equal(src.readsByIndex.get(3), 1, 'chunk 3 was read ahead');
 });
 
 t.test('a corrupt chunk fails with EIO, never wrong bytes, and is not cached', async (t) => {

@@ -4,15 +4,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BLOCK_SIZE, Overlay, OverlayBudget, OverlayError, discardOverlay, overlayFiles } from '../../src/overlay/overlay.js';
+import { BLOCK_SIZE, Overlay, OverlayBudget, OverlayError, discardOverlay, overlayFiles, type OverlayBase } from '../../src/overlay/overlay.js';
 import { patternBytes } from '../publish/fixtures/memory-repository.js';
 import { crashWrite, patternBase } from './fixtures/crash-plan.js';
 
-function memBase(size: number): { size: number; bytes: Buffer; reads: number; read(o: number, l: number): Promise<Buffer> } {
+function memBase(size: number): OverlayBase & { bytes: Buffer; reads: number } {
   const bytes = patternBytes(size, 3);
   const b = {
     size, bytes, reads: 0,
-    read: async (o: number, l: number) => { b.reads++; return Buffer.from(bytes.subarray(o, Math.min(size, o + l))); },
+    readInto: async (o: number, target: Buffer) => { b.reads++; return bytes.copy(target, 0, o, Math.min(size, o + target.length)); },
   };
   return b;
 }
