@@ -13,8 +13,9 @@
  * collections forced by external memory). Because a slot is rewritten once
  * its chunk is evicted, nobody may keep a view of cached bytes: withChunk
  * hands them to a synchronous `use` callback, which copies what it needs.
- * Eviction only takes chunks that are complete, and only while the main
- * thread runs, so the bytes cannot change during `use`.
+ * Eviction only takes chunks that are complete, that no reader waiting for
+ * their decode still has to see, and only while the main thread runs, so
+ * the bytes cannot change during `use`.
  *
  * Every lookup is also counted process-wide (src/telemetry/counters.ts) for
  * the server's chunk cache hit ratio; `hits`/`misses` here are this cache's own.
@@ -27,6 +28,14 @@ interface Entry {
   cost: number;
   /** The slot holding `bytes`, reused once the entry is evicted. */
   slot?: SharedArrayBuffer;
+  /** Readers that waited for this fill and have not had the bytes yet: it is not evicted before they have. */
+  pins: number;
+}
+
+/** A fill under way, and how many readers wait for it. */
+interface Flight {
+  waiters: number;
+  done: Promise<Entry>;
 }
 
 /** Asks the cache for a slot of `size` bytes to decode into (a view of shared memory). */
@@ -40,7 +49,7 @@ export type ChunkFill = (slot: SlotRequest) => Promise<Buffer>;
 
 export class ChunkCache {
   private readonly entries = new Map<string, Entry>();
-  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly inflight = new Map<string, Flight>();
   /** Slots of evicted chunks, reused before new ones are made. */
   private readonly spare: SharedArrayBuffer[] = [];
   /** Bytes of cached entries, of slots lent to running fills, and of spare slots. */
@@ -72,36 +81,36 @@ export class ChunkCache {
    * that is rewritten after `use` returns.
    */
   async withChunk<T>(key: string, fill: ChunkFill, use: (bytes: Buffer) => T): Promise<T> {
-    let counted = false;
-    const count = (hit: boolean): void => {
-      if (counted) return;
-      counted = true;
-      if (hit) this.hits++;
-      else this.misses++;
-      countCacheLookup(hit);
-    };
-    // Normally one or two rounds: a hit, or a fill and then a hit. A chunk
-    // evicted between its fill and this caller resuming is filled again.
-    for (;;) {
-      const hit = this.entries.get(key);
-      if (hit) {
-        // Re-insert to mark as most recently used (Map keeps insertion order).
-        this.entries.delete(key);
-        this.entries.set(key, hit);
-        count(true);
-        return use(hit.bytes);
-      }
-      let running = this.inflight.get(key);
-      count(running !== undefined);
-      if (!running) {
-        running = this.fill(key, fill).finally(() => this.inflight.delete(key));
-        this.inflight.set(key, running);
-      }
-      await running;
+    const hit = this.entries.get(key);
+    if (hit) {
+      // Re-insert to mark as most recently used (Map keeps insertion order).
+      this.entries.delete(key);
+      this.entries.set(key, hit);
+      this.tally(true);
+      return use(hit.bytes);
     }
+    let flight = this.inflight.get(key);
+    this.tally(flight !== undefined);
+    if (!flight) {
+      flight = { waiters: 0 } as Flight;
+      this.inflight.set(key, flight);
+      flight.done = this.fill(key, fill, flight);
+    }
+    flight.waiters++;
+    // The entry arrives pinned once per waiter, so no other fill can evict it
+    // (and rewrite its slot) before every waiter has had its bytes.
+    const entry = await flight.done;
+    entry.pins--;
+    return use(entry.bytes);
   }
 
-  private async fill(key: string, fill: ChunkFill): Promise<void> {
+  private tally(hit: boolean): void {
+    if (hit) this.hits++;
+    else this.misses++;
+    countCacheLookup(hit);
+  }
+
+  private async fill(key: string, fill: ChunkFill, flight: Flight): Promise<Entry> {
     let slot: SharedArrayBuffer | undefined;
     const request: SlotRequest = (size) => {
       if (slot) throw new Error('a chunk fill asked for a second slot');
@@ -112,17 +121,20 @@ export class ChunkCache {
     try {
       bytes = await fill(request);
     } catch (err) {
+      this.inflight.delete(key);
       // A failed fill's slot is dropped, not reused: a worker that died mid-decode may still be writing it.
       if (slot) this.lent -= slot.byteLength;
       throw err;
     }
+    this.inflight.delete(key);
     if (slot) this.lent -= slot.byteLength;
     const own = slot !== undefined && bytes.buffer === slot;
     if (slot && !own) this.putSpare(slot);
-    const entry: Entry = own ? { bytes, cost: slot!.byteLength, slot } : { bytes, cost: bytes.length };
+    const entry: Entry = own ? { bytes, cost: slot!.byteLength, slot, pins: flight.waiters } : { bytes, cost: bytes.length, pins: flight.waiters };
     this.entries.set(key, entry);
     this.bytes += entry.cost;
     this.trim();
+    return entry;
   }
 
   /** A slot for a fill: a spare one, one taken from the least recently used chunk, or a new one. */
@@ -148,26 +160,23 @@ export class ChunkCache {
     this.spareBytes += slot.byteLength;
   }
 
+  /** Evicts the least recently used chunk that no waiting reader has pinned; false when there is none. */
   private evictOldest(): boolean {
-    const oldest = this.entries.keys().next();
-    if (oldest.done) return false;
-    const entry = this.entries.get(oldest.value)!;
-    this.entries.delete(oldest.value);
-    this.bytes -= entry.cost;
-    if (entry.slot) this.putSpare(entry.slot);
-    return true;
+    for (const [key, entry] of this.entries) {
+      if (entry.pins > 0) continue;
+      this.entries.delete(key);
+      this.bytes -= entry.cost;
+      if (entry.slot) this.putSpare(entry.slot);
+      return true;
+    }
+    return false;
   }
 
-  /** Back within the bound: spare slots go first, then the least recently used chunks (the newest stays). */
+  /** Back within the bound: spare slots go first, then the least recently used chunks. */
   private trim(): void {
     while (this.bytes + this.lent + this.spareBytes > this.maxBytes) {
-      if (this.spare.length > 0) {
-        this.spareBytes -= this.spare.pop()!.byteLength;
-      } else if (this.entries.size > 1) {
-        this.evictOldest();
-      } else {
-        break;
-      }
+      if (this.spare.length > 0) this.spareBytes -= this.spare.pop()!.byteLength;
+      else if (!this.evictOldest()) break;
     }
   }
 

@@ -13,7 +13,8 @@ export class RecordTooLargeError extends Error {
 }
 
 /**
- * Reusable buffers for large single-fragment records (a 1 MiB WRITE).
+ * Reusable buffers for large single-fragment records (a 1 MiB WRITE), and
+ * for the data of large READ replies.
  *
  * Why: such a record spans many socket chunks and is assembled into one
  * buffer. A fresh 1 MiB ArrayBuffer per WRITE counts against V8's external
@@ -37,7 +38,7 @@ export class RecordBufferPool {
     return b.subarray(0, n);
   }
 
-  /** Takes back a record the pool lent; anything else is left to the garbage collector. */
+  /** Takes back a buffer the pool lent (or a view of one); anything else is left to the garbage collector. */
   release(record: Buffer): void {
     if (!this.lent.has(record.buffer)) return;
     this.lent.delete(record.buffer);

@@ -24,6 +24,7 @@ import {
 } from './portmap.js';
 import { RpcDispatcher, type RpcProgram } from './rpc.js';
 import { RpcListener } from './transport.js';
+import { RecordBufferPool } from './record.js';
 
 export interface NfsServerOptions {
   datastore: Datastore;
@@ -91,6 +92,8 @@ export function allowListMatcher(allow: readonly string[]): (addr: string) => bo
 export class NfsServer {
   private readonly listeners: RpcListener[] = [];
   private readonly env: NfsEnv;
+  /** READ replies of every connection; eight free 1 MiB buffers are kept between calls. */
+  private readonly replyBuffers = new RecordBufferPool(NFS_IO_MAX, 8);
   private readonly programs: RpcProgram[];
   private registered: { host: string; port: number; maps: PortMapping[] } | undefined;
   private readonly opts: Required<Omit<NfsServerOptions, 'log'>> & Pick<NfsServerOptions, 'log'>;
@@ -112,6 +115,7 @@ export class NfsServer {
       isAllowed,
       counters: { ops: 0, bytesRead: 0, bytesWritten: 0, errors: 0, byProc: {} },
       exclusiveCreates: new Map(),
+      replyBuffers: this.replyBuffers,
     };
     this.programs = [
       nfsProgram(this.env, opts.log),
@@ -130,7 +134,7 @@ export class NfsServer {
 
   async start(): Promise<BoundPorts> {
     const { host } = this.opts;
-    const transport = { host, maxRecord: NFS_IO_MAX + 64 * 1024, maxInFlight: 32, maxUnsentBytes: 8 * NFS_IO_MAX };
+    const transport = { host, maxRecord: NFS_IO_MAX + 64 * 1024, maxInFlight: 32, maxUnsentBytes: 8 * NFS_IO_MAX, replyBuffers: this.replyBuffers };
     const pmTable = new PortmapTable();
     let usePmap = false;
     let systemPmap = false;

@@ -17,6 +17,8 @@ export interface TransportOptions {
   maxInFlight: number;
   /** Reply bytes queued for a slow reader before reading from it pauses. */
   maxUnsentBytes: number;
+  /** The pool replies may take buffers from: each is given back once written. */
+  replyBuffers?: RecordBufferPool;
 }
 
 export interface TransportCounters {
@@ -133,16 +135,23 @@ export class RpcListener {
   }
 
   private send(socket: net.Socket, pieces: Buffer[]): void {
-    if (socket.destroyed) return;
+    const replies = this.opts.replyBuffers;
+    const giveBack = (p: Buffer): void => replies?.release(p);
+    if (socket.destroyed) {
+      pieces.forEach(giveBack);
+      return;
+    }
     const len = pieces.reduce((a, b) => a + b.length, 0);
     // Small replies go out as one buffer: one syscall instead of a writev per piece.
     if (len < 64 * 1024) {
       socket.write(Buffer.concat([recordMark(len), ...pieces], len + 4));
+      pieces.forEach(giveBack);
       return;
     }
     socket.cork();
     socket.write(recordMark(len));
-    for (const p of pieces) socket.write(p);
+    // A piece is referenced until the socket has written it (or failed to): only then may it be reused.
+    for (const p of pieces) socket.write(p, () => giveBack(p));
     socket.uncork();
   }
 }

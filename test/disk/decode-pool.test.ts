@@ -28,6 +28,11 @@ t.test('chunks decoded in workers equal the image; corruption fails the read', a
   const disk = new PublishedDisk(pool.wrap(source, point.id, 'sda'), { name: 'sda' });
   t.ok((await disk.read(0, data.length)).equals(data), 'whole disk through the pool');
   t.equal(await pool.decode(point.id, 'sda', 2), null, 'a hole is null');
+  const slot = Buffer.from(new SharedArrayBuffer(CHUNK));
+  const into = await pool.decode(point.id, 'sda', 1, slot);
+  t.equal(into?.buffer, slot.buffer, 'decoded into the shared slot, not transferred');
+  t.ok(into?.equals(data.subarray(CHUNK, CHUNK * 2)), 'with the chunk\'s bytes');
+  await t.rejects(pool.decode(point.id, 'sda', 1, Buffer.alloc(CHUNK)), TypeError, 'memory a worker cannot share is refused');
 
   const digest = source.chunkId(4)!;
   const file = path.join(dir, 'repo', CHUNKS_DIR, digest.slice(0, 2), digest);

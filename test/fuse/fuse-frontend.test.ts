@@ -41,6 +41,8 @@ t.test('a mounted publication reads, writes, syncs and handles scratch files lik
   const fuse = await FuseFrontend.mount(ds, { mountPoint: mnt });
   t.teardown(() => fuse.unmount());
   t.equal(mountEntry(mnt)?.fstype, 'fuse.restorelab');
+  // The kernel's 128 KiB default would leave a sequential reader one request in flight.
+  t.equal((await fsp.readFile(`/sys/class/bdi/${mountEntry(mnt)!.device}/read_ahead_kb`, 'utf8')).trim(), '1024', 'kernel readahead raised to 1 MiB');
   const pubDir = path.join(mnt, 'web-p1');
   t.same((await fsp.readdir(pubDir)).sort(), ['sda-flat.vmdk', 'sda.raw', 'sda.vmdk', 'web.json', 'web.vmx']);
   const raw = path.join(pubDir, 'sda.raw');

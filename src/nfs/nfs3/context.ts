@@ -8,6 +8,7 @@ import type { HandleCodec } from '../handle.js';
 import type { RpcContext } from '../rpc.js';
 import type { XdrReader } from '../xdr.js';
 import { Nfs3Status, NFS3_FHSIZE, NfsStatusError } from './types.js';
+import type { RecordBufferPool } from '../record.js';
 
 export interface NfsCounters {
   ops: number;
@@ -29,6 +30,8 @@ export interface NfsEnv {
   counters: NfsCounters;
   /** Server-side memory of EXCLUSIVE create verifiers (RFC 1813 section 3.3.8). */
   exclusiveCreates: Map<string, Buffer>;
+  /** Large READ replies are read into these; the transport takes each back once the socket has written it. */
+  replyBuffers?: RecordBufferPool;
 }
 
 export interface NfsCall {
