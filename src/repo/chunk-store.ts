@@ -6,13 +6,14 @@
  * and idempotent: an existing chunk only gets its mtime refreshed, which is
  * what tells a concurrent gc that a running backup uses it.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkStore, StoredChunk } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, tempName } from './atomic-file.js';
 import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
+import { CorruptChunkError } from './contract.js';
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
 
@@ -26,19 +27,21 @@ export async function createShards(path: string): Promise<void> {
 }
 
 /**
- * Reads a blob file into `scratch` with blocking I/O, for threads that do
- * nothing else; returns the bytes read. A result as long as `scratch` means
- * the file may be longer: size `scratch` one byte past the largest valid blob.
+ * Reads the blob of `digest` from `file` into `scratch` with blocking I/O,
+ * for threads that do nothing else; returns the bytes read. Size `scratch`
+ * one byte past the largest valid blob (maxBlobSize + 1): a file that fills
+ * it is longer than any blob, and corrupt.
  */
-export function readBlobSync(file: string, scratch: Buffer): Buffer {
+export function readBlobSync(digest: string, file: string, scratch: Buffer): Buffer {
   const fd = openSync(file, 'r');
+  let n = 0;
   try {
-    let n = 0;
     for (let r = 1; r > 0 && n < scratch.length; n += r) r = readSync(fd, scratch, n, scratch.length - n, n);
-    return scratch.subarray(0, n);
   } finally {
     closeSync(fd);
   }
+  if (n === scratch.length) throw new CorruptChunkError(digest, `blob is longer than any chunk (over ${scratch.length - 1} bytes)`);
+  return scratch.subarray(0, n);
 }
 
 export class LocalChunkStore implements ChunkStore {
@@ -106,12 +109,27 @@ export class LocalChunkStore implements ChunkStore {
       return await readFile(target);
     } catch (err) {
       if (!isErrno(err, 'ENOENT')) throw this.ioError('read', digest, err);
-      const quarantined = await stat(target + QUARANTINE_SUFFIX).then(() => true, () => false);
-      throw quarantined
-        ? notFound('CHUNK_QUARANTINED', `chunk ${digest} in store ${this.path} is quarantined (${digest}${QUARANTINE_SUFFIX}): verify found it corrupt`,
-          'restore from another restore point or re-run a backup of the source to store the chunk again')
-        : notFound('CHUNK_NOT_FOUND', `chunk ${digest} not found in store ${this.path}`, 'run restorelab verify to find the restore points that need it');
+      throw this.missing(digest, await stat(target + QUARANTINE_SUFFIX).then(() => true, () => false));
     }
+  }
+
+  /** get() with blocking I/O into `scratch` (see readBlobSync), for a thread that does nothing else. */
+  getSync(digest: string, scratch: Buffer): Buffer {
+    const target = this.file(digest);
+    try {
+      return readBlobSync(digest, target, scratch);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw err instanceof CorruptChunkError ? err : this.ioError('read', digest, err);
+      throw this.missing(digest, existsSync(target + QUARANTINE_SUFFIX));
+    }
+  }
+
+  /** Why a chunk is not there: quarantined by verify, or never stored (or lost). */
+  private missing(digest: string, quarantined: boolean): RestorelabError {
+    return quarantined
+      ? notFound('CHUNK_QUARANTINED', `chunk ${digest} in store ${this.path} is quarantined (${digest}${QUARANTINE_SUFFIX}): verify found it corrupt`,
+        'restore from another restore point or re-run a backup of the source to store the chunk again')
+      : notFound('CHUNK_NOT_FOUND', `chunk ${digest} not found in store ${this.path}`, 'run restorelab verify to find the restore points that need it');
   }
 
   list(): AsyncIterable<StoredChunk> {

@@ -12,7 +12,6 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ChunkCodec, FixedIndex, LockKind, NewRestorePoint, RepoConfig, RepoLock, Repository } from './api.js';
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION } from './api.js';
@@ -21,12 +20,12 @@ import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, writeFileAtomic } from './atomic-file.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
-import { createShards, LocalChunkStore, readBlobSync } from './chunk-store.js';
+import { createShards, LocalChunkStore } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
 import { acquireLock } from './lock.js';
 import {
   CHUNKS_DIR, CONFIG_FILE, DEFAULT_CHUNK_SIZE, INDEX_SUFFIX, INDEXES_DIR, KEY_SIZE, LOCKS_DIR,
-  POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, QUARANTINE_SUFFIX, TEMP_PREFIX,
+  POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, TEMP_PREFIX,
 } from './format.js';
 
 export interface InitOptions {
@@ -421,25 +420,8 @@ class IndexedDisk implements DiskSource {
   async readChunk(i: number): Promise<Buffer | null> {
     const digest = this.chunkId(i);
     if (digest === null) return null;
-    let blob: Buffer;
-    try {
-      blob = await this.store.get(digest);
-    } catch (err) {
-      if (err instanceof RestorelabError && (err.code === 'CHUNK_QUARANTINED' || err.code === 'CHUNK_NOT_FOUND')) {
-        throw new CorruptChunkError(digest, err.code === 'CHUNK_QUARANTINED' ? 'quarantined by verify' : 'missing from the store', this.store.path);
-      }
-      throw err;
-    }
-    let plain: Buffer;
-    try {
-      plain = this.codec.decode(digest, blob);
-    } catch (err) {
-      if (err instanceof CorruptChunkError) throw new CorruptChunkError(digest, err.reason, this.store.path);
-      throw err;
-    }
-    const expected = Math.min(this.chunkSize, this.size - i * this.chunkSize);
-    if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
-    return plain;
+    const blob = await this.store.get(digest).catch((err: unknown) => { throw this.asCorrupt(digest, err); });
+    return this.checked(i, digest, () => this.codec.decode(digest, blob));
   }
 
   readChunkSync(i: number, scratch: Buffer, into?: Buffer): Buffer | null {
@@ -447,26 +429,41 @@ class IndexedDisk implements DiskSource {
     if (digest === null) return null;
     let blob: Buffer;
     try {
-      blob = readBlobSync(this.store.fileOf(digest), scratch);
+      blob = this.store.getSync(digest, scratch);
     } catch (err) {
-      if (!isErrno(err, 'ENOENT')) throw err;
-      const quarantined = existsSync(this.store.fileOf(digest) + QUARANTINE_SUFFIX);
-      throw new CorruptChunkError(digest, quarantined ? 'quarantined by verify' : 'missing from the store', this.store.path);
+      throw this.asCorrupt(digest, err);
     }
-    if (blob.length === scratch.length) throw new CorruptChunkError(digest, 'blob is longer than any chunk', this.store.path);
-    const expected = Math.min(this.chunkSize, this.size - i * this.chunkSize);
+    const expected = this.lengthOf(i);
     if (into && into.length < expected) throw new RangeError(`chunk ${i} needs ${expected} bytes, the buffer holds ${into.length}`);
     const out = into ? into.subarray(0, expected) : Buffer.allocUnsafeSlow(expected);
-    let plain: Buffer;
-    try {
-      plain = this.codec.decodeInto(digest, blob, out);
-    } catch (err) {
-      if (err instanceof CorruptChunkError) throw new CorruptChunkError(digest, err.reason, this.store.path);
-      throw err;
-    }
-    if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
+    const plain = this.checked(i, digest, () => this.codec.decodeInto(digest, blob, out));
     // A chunk stored uncompressed decodes to a view of the scratch blob: it still needs its own memory.
     if (plain.buffer !== out.buffer) plain.copy(out);
     return out;
+  }
+
+  private lengthOf(i: number): number {
+    return Math.min(this.chunkSize, this.size - i * this.chunkSize);
+  }
+
+  /** A chunk the store cannot give (missing, quarantined, overlong) as a CorruptChunkError naming the store; other errors as they are. */
+  private asCorrupt(digest: string, err: unknown): unknown {
+    if (err instanceof RestorelabError && (err.code === 'CHUNK_QUARANTINED' || err.code === 'CHUNK_NOT_FOUND')) {
+      return new CorruptChunkError(digest, err.code === 'CHUNK_QUARANTINED' ? 'quarantined by verify' : 'missing from the store', this.store.path);
+    }
+    return err instanceof CorruptChunkError ? new CorruptChunkError(digest, err.reason, this.store.path) : err;
+  }
+
+  /** Runs a decode of chunk `i`: its failures name the store, and the plaintext must be as long as the chunk. */
+  private checked(i: number, digest: string, decode: () => Buffer): Buffer {
+    let plain: Buffer;
+    try {
+      plain = decode();
+    } catch (err) {
+      throw this.asCorrupt(digest, err);
+    }
+    const expected = this.lengthOf(i);
+    if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
+    return plain;
   }
 }
