@@ -154,8 +154,7 @@ async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: st
 }
 
 function defaultCodecInit(repo: Repository): CodecInit {
-  const key = (repo as Partial<{ masterKey: Buffer | undefined }>).masterKey;
-  return { config: repo.config, ...(key ? { key } : {}) };
+  return { config: repo.config, ...(repo.masterKey ? { key: repo.masterKey } : {}) };
 }
 
 async function chooseParent(repo: Repository, vmName: string, wanted: string | null | undefined): Promise<RestorePoint | undefined> {

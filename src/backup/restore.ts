@@ -77,10 +77,6 @@ async function failure(repo: Repository, opts: RestoreOptions, job: RestoreJob, 
   return new Error(`reading chunk ${job.digest}: ${r.error}`);
 }
 
-function keyOf(repo: Repository): Buffer | undefined {
-  return (repo as Partial<{ masterKey: Buffer | undefined }>).masterKey;
-}
-
 /**
  * Writes every non-hole chunk of `digests` into `fd` on `threads` restore
  * workers (restore-worker.ts), two chunks in flight per worker so none waits
@@ -89,7 +85,7 @@ function keyOf(repo: Repository): Buffer | undefined {
  */
 async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, digests: (string | null)[], chunkSize: number,
   threads: number, onChunk: (written: number) => void): Promise<void> {
-  const init = { config: repo.config, fd, ...(keyOf(repo) ? { key: keyOf(repo) as Buffer } : {}) };
+  const init = { config: repo.config, fd, ...(repo.masterKey ? { key: repo.masterKey } : {}) };
   const workers = Array.from({ length: threads }, () => new Worker(new URL('./restore-worker.js', import.meta.url), { workerData: init }));
   let next = 0;
   let id = 0;

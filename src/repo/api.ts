@@ -149,6 +149,8 @@ export interface Repository extends RepositoryReader {
   readonly config: RepoConfig;
   readonly chunks: ChunkStore;
   readonly codec: ChunkCodec;
+  /** The master key of an encrypted repository, for codecs built in worker threads (createCodec(config, key)). */
+  readonly masterKey: Buffer | undefined;
   /** Writes an index crash-safely; returns its digest (the name it is stored under). */
   writeIndex(index: FixedIndex): Promise<string>;
   /** Checks the index header checksum; rejects with CorruptChunkError-like errors naming the file. */
