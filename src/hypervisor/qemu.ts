@@ -39,7 +39,8 @@ interface Outcome {
   at: string;
 }
 
-const SOCKET_WAIT_MS = 15_000;
+/** How long a starting QEMU may take to answer on QMP (seconds under TCG on a loaded 2-core host). */
+const SOCKET_WAIT_MS = 30_000;
 
 function pidAlive(pid: number): boolean {
   try {
@@ -291,7 +292,9 @@ export class QemuDomain implements Domain {
     while (Date.now() < deadline) {
       if (existsSync(join(this.dir, 'qmp.sock')) && this.pid() !== undefined) {
         try {
-          await this.withMonitor(async () => undefined);
+          // On a loaded host a starting QEMU can take seconds to greet on QMP:
+          // that is still a start, so the probe waits as long as the start may take.
+          await this.withMonitor(async () => undefined, Math.max(5000, deadline - Date.now()));
           return;
         } catch (e) {
           // QEMU binds the socket (the file appears) a moment before it
@@ -303,7 +306,7 @@ export class QemuDomain implements Domain {
       if (childPid && !pidAliveAny(childPid)) throw new Error('qemu exited during start');
       await sleep(50);
     }
-    throw new Error(`no QMP socket within ${SOCKET_WAIT_MS} ms`);
+    throw new Error(`no answer on QMP within ${SOCKET_WAIT_MS} ms`);
   }
 
   /**

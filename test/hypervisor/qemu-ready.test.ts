@@ -11,9 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QemuDomain } from '../../src/hypervisor/qemu.js';
 
-function qmpPeer(path: string): Promise<Server> {
+function qmpPeer(path: string, greetAfterMs = 0): Promise<Server> {
   const srv = createServer((c) => {
-    c.write('{"QMP": {"version": {}, "capabilities": []}}\r\n');
+    setTimeout(() => c.write('{"QMP": {"version": {}, "capabilities": []}}\r\n'), greetAfterMs);
     c.on('data', (d: Buffer) => {
       for (const line of d.toString().split('\n').filter((l) => l.trim())) {
         const { id } = JSON.parse(line) as { id?: unknown };
@@ -51,4 +51,16 @@ t.test('a peer that is not QMP still fails the start', async (t) => {
   await new Promise<void>((resolve) => srv.listen(join(dir, 'qmp.sock'), resolve));
   t.teardown(() => srv.close());
   await t.rejects(new QemuDomain('ready', dir).waitReady(0), /closed before greeting/);
+});
+
+t.test('a QEMU slow to greet on QMP (a loaded host) is still a start', async (t) => {
+  // The CI lost a SureBackup run to a 5 s QMP greeting timeout while both cores were busy.
+  const dir = mkdtempSync(join(tmpdir(), 'rl-ready-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'qemu.pid'), String(process.pid));
+  const srv = await qmpPeer(join(dir, 'qmp.sock'), 6000);
+  t.teardown(() => srv.close());
+  const t0 = Date.now();
+  await new QemuDomain('ready', dir).waitReady(0);
+  t.ok(Date.now() - t0 >= 5900, 'ready once the late greeting came');
 });
