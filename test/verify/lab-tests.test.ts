@@ -112,7 +112,8 @@ t.test('the TestRunner dispatches every kind', async (t) => {
     [{ kind: 'integrity' }, 'passed'],
     [{ kind: 'tcp', port: 81 }, 'failed'],
   ];
-  const role = { ...resolveRole('web', 'web', {}), appInitSeconds: 1 };
+  // Long enough for several tries even when one probe is slow on a loaded host.
+  const role = { ...resolveRole('web', 'web', {}), appInitSeconds: 3 };
   const ac = new AbortController();
   for (const [spec, want] of specs) {
     const r = await run(spec, { name: 'web', pointId: 'p1', role, handle }, ac.signal);
