@@ -22,6 +22,28 @@ export interface NfsConfig {
   portmapPort: number;
   allow: string[];
   readOnly: boolean;
+  /** Addresses NFS, MOUNT and the portmapper listen on (default ["127.0.0.1"]: this host only). */
+  listen: string[];
+  /** Map AUTH_SYS uid/gid 0 to 65534 (default true; ESXi needs false). */
+  rootSquash: boolean;
+  /** Hostile-client budget; unset fields take the defaults of src/nfs/limits.ts (docs/nfs.md "Limits"). */
+  limits?: Partial<NfsWireLimits>;
+}
+
+/** Mirrors WireLimits of src/nfs/limits.ts (config stays free of NFS imports). */
+export interface NfsWireLimits {
+  maxRecordBytes: number;
+  maxFragmentsPerRecord: number;
+  maxConnections: number;
+  maxConnectionsPerAddress: number;
+  maxCallsInFlightPerConnection: number;
+  maxPendingReplyBytesPerConnection: number;
+  maxPendingBytesTotal: number;
+  maxPartialRecordBytesTotal: number;
+  idleTimeoutMs: number;
+  recordTimeoutMs: number;
+  slowReaderTimeoutMs: number;
+  maxMountEntries: number;
 }
 
 export interface ServerConfig {

@@ -21,6 +21,8 @@ export interface MountEnv {
   isAllowed(address: string): boolean;
   /** Clients allowed, as written in the configuration, for EXPORT. */
   allow: readonly string[];
+  /** Bound of the mount table (limits.ts maxMountEntries). */
+  maxEntries: number;
 }
 
 export function normalizePath(p: string): string {
@@ -28,8 +30,42 @@ export function normalizePath(p: string): string {
   return '/' + parts.join('/');
 }
 
-export function mountProgram(env: MountEnv): RpcProgram {
-  const mounts = new Map<string, { host: string; dir: string }>();
+/**
+ * What DUMP lists: who mounted what. Informational only (NFS v3 is
+ * stateless; nothing is refused for a missing entry), so it is bounded by
+ * dropping the oldest entry, and keyed by the normalised path, so that
+ * `/restorelab`, `//restorelab/` and `/restorelab/.` are one entry.
+ */
+export class MountTable {
+  private readonly mounts = new Map<string, { host: string; dir: string }>();
+
+  constructor(private readonly maxEntries: number) {}
+
+  get size(): number { return this.mounts.size; }
+
+  add(host: string, path: string): void {
+    const dir = normalizePath(path);
+    const key = `${host}\0${dir}`;
+    this.mounts.delete(key);
+    if (this.mounts.size >= this.maxEntries) {
+      const oldest = this.mounts.keys().next().value;
+      if (oldest !== undefined) this.mounts.delete(oldest);
+    }
+    this.mounts.set(key, { host, dir });
+  }
+
+  remove(host: string, path: string): void {
+    this.mounts.delete(`${host}\0${normalizePath(path)}`);
+  }
+
+  removeHost(host: string): void {
+    for (const [k, m] of this.mounts) if (m.host === host) this.mounts.delete(k);
+  }
+
+  entries(): IterableIterator<{ host: string; dir: string }> { return this.mounts.values(); }
+}
+
+export function mountProgram(env: MountEnv, mounts = new MountTable(env.maxEntries)): RpcProgram {
   const exportPath = normalizePath(env.exportPath);
 
   async function resolvePath(path: string): Promise<{ stat: MountStat; id?: number }> {
@@ -58,22 +94,22 @@ export function mountProgram(env: MountEnv): RpcProgram {
     if (!env.isAllowed(ctx.remoteAddress)) return void w.u32(MountStat.ACCES);
     const res = await resolvePath(dir);
     if (res.stat !== MountStat.OK || res.id === undefined) return void w.u32(res.stat);
-    mounts.set(`${ctx.remoteAddress}\0${dir}`, { host: ctx.remoteAddress, dir });
+    mounts.add(ctx.remoteAddress, dir);
     w.u32(MountStat.OK).opaque(env.handles.encode(res.id));
     w.u32(2).u32(AUTH_SYS).u32(AUTH_NONE);
   };
   // MOUNTPROC3_DUMP
   procs[2] = (_r: XdrReader, _ctx: unknown, w: XdrWriter) => {
-    for (const m of mounts.values()) w.bool(true).string(m.host).string(m.dir);
+    for (const m of mounts.entries()) w.bool(true).string(m.host).string(m.dir);
     w.bool(false);
   };
   // MOUNTPROC3_UMNT
   procs[3] = (r: XdrReader, ctx: { remoteAddress: string }) => {
-    mounts.delete(`${ctx.remoteAddress}\0${r.string(MNTPATHLEN)}`);
+    mounts.remove(ctx.remoteAddress, r.string(MNTPATHLEN));
   };
   // MOUNTPROC3_UMNTALL
   procs[4] = (_r: XdrReader, ctx: { remoteAddress: string }) => {
-    for (const [k, m] of mounts) if (m.host === ctx.remoteAddress) mounts.delete(k);
+    mounts.removeHost(ctx.remoteAddress);
   };
   // MOUNTPROC3_EXPORT
   procs[5] = (_r: XdrReader, _ctx: unknown, w: XdrWriter) => {

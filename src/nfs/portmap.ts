@@ -17,7 +17,7 @@ const enum PmapProc { NULL = 0, SET = 1, UNSET = 2, GETPORT = 3, DUMP = 4 }
 export interface PortMapping { prog: number; vers: number; prot: number; port: number }
 
 const readMapping = (r: XdrReader): PortMapping => ({ prog: r.u32(), vers: r.u32(), prot: r.u32(), port: r.u32() });
-const isLoopback = (addr: string): boolean => addr === '::1' || addr.startsWith('127.');
+export const isLoopback = (addr: string): boolean => addr === '::1' || addr.startsWith('127.');
 
 export class PortmapTable {
   private readonly maps: PortMapping[] = [];

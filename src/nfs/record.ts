@@ -5,12 +5,43 @@
  * merge fragments arbitrarily, so the framer buffers only what it needs.
  */
 
-export class RecordTooLargeError extends Error {
+/** The byte stream breaks the framing rules or a limit: nothing more can be read from it, so the connection closes. */
+export class FramingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FramingError';
+  }
+}
+
+export class RecordTooLargeError extends FramingError {
   constructor(readonly length: number, readonly max: number) {
     super(`RPC record of ${length} bytes exceeds the ${max}-byte limit`);
     this.name = 'RecordTooLargeError';
   }
 }
+
+/** More fragments in one record than the limit: each costs an object, so 1-byte fragments must not be free. */
+export class TooManyFragmentsError extends FramingError {
+  constructor(readonly max: number) {
+    super(`RPC record has more than ${max} fragments`);
+    this.name = 'TooManyFragmentsError';
+  }
+}
+
+/**
+ * A zero-length fragment that is not the last of its record. It carries
+ * nothing and advances nothing, so a stream of them would be kept forever
+ * (the size limit counts bytes); no client sends one.
+ */
+export class EmptyFragmentError extends FramingError {
+  constructor() {
+    super('RPC record has a zero-length fragment that is not its last');
+    this.name = 'EmptyFragmentError';
+  }
+}
+
+/** Default fragments per record (see WireLimits.maxFragmentsPerRecord in limits.ts). */
+export const DEFAULT_MAX_FRAGMENTS = 1024;
 
 /**
  * Reusable buffers for large single-fragment records (a 1 MiB WRITE), and
@@ -59,12 +90,24 @@ export class RecordFramer {
   private fragLen = -1;
   private fragLast = false;
 
-  constructor(private readonly maxRecord: number, private readonly pool?: RecordBufferPool) {}
+  constructor(
+    private readonly maxRecord: number,
+    private readonly pool?: RecordBufferPool,
+    private readonly maxFragments = DEFAULT_MAX_FRAGMENTS,
+  ) {}
 
   /** Bytes held for incomplete records: bounded by maxRecord plus one socket chunk. */
   get buffered(): number { return this.pendingLen + this.recordLen; }
 
-  /** Feeds one TCP chunk; returns every record it completes. Throws RecordTooLargeError before allocating. */
+  /** True between the first byte of a record and its end: the sender owes us the rest. */
+  get inRecord(): boolean { return this.pendingLen > 0 || this.fragLen >= 0 || this.fragments.length > 0; }
+
+  /**
+   * Feeds one TCP chunk; returns every record it completes. Throws a
+   * FramingError (too large, too many fragments, an empty non-last fragment)
+   * as soon as a header shows it, before allocating for it; the framer is
+   * unusable afterwards.
+   */
   push(chunk: Buffer): Buffer[] {
     if (chunk.length) {
       this.pending.push(chunk);
@@ -78,6 +121,8 @@ export class RecordFramer {
         this.fragLast = (h & 0x80000000) !== 0;
         this.fragLen = h & 0x7fffffff;
         if (this.recordLen + this.fragLen > this.maxRecord) throw new RecordTooLargeError(this.recordLen + this.fragLen, this.maxRecord);
+        if (this.fragLen === 0 && !this.fragLast) throw new EmptyFragmentError();
+        if (this.fragments.length >= this.maxFragments) throw new TooManyFragmentsError(this.maxFragments);
       }
       if (this.pendingLen < this.fragLen) break;
       // Only a whole record may live in a pooled buffer: fragments are concatenated and dropped.

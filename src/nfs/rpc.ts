@@ -18,9 +18,40 @@ export const enum AuthStat { AUTH_OK = 0, AUTH_BADCRED = 1, AUTH_REJECTEDCRED = 
 // RFC 5531 section 8.2 / appendix A: authentication flavors.
 export const AUTH_NONE = 0;
 export const AUTH_SYS = 1;
+/** RFC 5531 section 8.2: an opaque_auth body is at most 400 bytes. */
 const MAX_AUTH_BYTES = 400;
+/** RFC 5531 appendix A: authsys_parms.machinename<255>, gids<16>. */
+const AUTH_SYS_MACHINENAME_MAX = 255;
+const AUTH_SYS_GIDS_MAX = 16;
+/** The anonymous id: AUTH_NONE callers, and uid/gid 0 under root squash. */
+export const ANONYMOUS_ID = 65534;
 /** The nobody identity used for AUTH_NONE callers. */
-export const NOBODY: Caller = { uid: 65534, gid: 65534 };
+export const NOBODY: Caller = { uid: ANONYMOUS_ID, gid: ANONYMOUS_ID };
+
+/**
+ * Root squash: uid 0 and gid 0 become the anonymous id, each on its own (as
+ * Linux's root_squash does), so a client's root cannot own files on the host.
+ */
+export function squashRoot(c: Caller): Caller {
+  if (c.uid !== 0 && c.gid !== 0) return c;
+  return { uid: c.uid === 0 ? ANONYMOUS_ID : c.uid, gid: c.gid === 0 ? ANONYMOUS_ID : c.gid };
+}
+
+/**
+ * The authsys_parms of an AUTH_SYS credential body (RFC 5531 appendix A),
+ * strictly: the machine name and gid list within their bounds, and nothing
+ * after them. Throws XdrError for anything else.
+ */
+export function decodeAuthSys(body: Buffer): Caller {
+  const c = new XdrReader(body);
+  c.u32(); // stamp
+  c.string(AUTH_SYS_MACHINENAME_MAX);
+  const uid = c.u32();
+  const gid = c.u32();
+  c.array(AUTH_SYS_GIDS_MAX, (x) => x.u32());
+  if (c.remaining !== 0) throw new XdrError(`AUTH_SYS credential has ${c.remaining} bytes after its gids`);
+  return { uid, gid };
+}
 
 export interface CallHeader {
   xid: number;
@@ -89,19 +120,14 @@ export function decodeCall(record: Buffer): Decoded {
     r.opaque(MAX_AUTH_BYTES);
     let caller = NOBODY;
     if (flavor === AUTH_SYS) {
-      const c = new XdrReader(body);
-      c.u32(); // stamp
-      c.string(255); // machinename
-      const uid = c.u32();
-      const gid = c.u32();
-      c.array(16, (x) => x.u32());
-      caller = { uid, gid };
+      caller = decodeAuthSys(body);
     } else if (flavor !== AUTH_NONE) {
       // As Linux's sunrpc does for flavors it does not know (e.g. RPCSEC_GSS here).
       return { kind: 'denied', xid, reply: deniedReply(xid, (w) => w.u32(AUTH_ERROR).u32(AuthStat.AUTH_BADCRED)) };
     }
     return { kind: 'call', call: { xid, prog, vers, proc, caller, flavor, args: r } };
   } catch (e) {
+    // A truncated header or a malformed credential: AUTH_BADCRED, as Linux's sunrpc answers it.
     if (e instanceof XdrError) return { kind: 'denied', xid, reply: deniedReply(xid, (w) => w.u32(AUTH_ERROR).u32(AuthStat.AUTH_BADCRED)) };
     throw e;
   }
@@ -122,6 +148,11 @@ export interface DispatchLog {
   warn(msg: string, err: unknown): void;
 }
 
+export interface DispatchPolicy {
+  /** Map AUTH_SYS uid 0 / gid 0 to the anonymous id before any procedure sees the caller (default true). */
+  rootSquash?: boolean;
+}
+
 /**
  * Routes a decoded call to its program and procedure. Every reply is built
  * here, so a procedure can only add a result body: PROG_UNAVAIL,
@@ -130,8 +161,10 @@ export interface DispatchLog {
  */
 export class RpcDispatcher {
   private readonly byProg = new Map<number, RpcProgram[]>();
+  private readonly rootSquash: boolean;
 
-  constructor(programs: readonly RpcProgram[], private readonly log?: DispatchLog) {
+  constructor(programs: readonly RpcProgram[], private readonly log?: DispatchLog, policy: DispatchPolicy = {}) {
+    this.rootSquash = policy.rootSquash ?? true;
     for (const p of programs) {
       const list = this.byProg.get(p.prog) ?? [];
       list.push(p);
@@ -152,7 +185,8 @@ export class RpcDispatcher {
     if (!proc) return acceptedHeader(w, call.xid, AcceptStat.PROC_UNAVAIL).pieces();
     acceptedHeader(w, call.xid, AcceptStat.SUCCESS);
     try {
-      await proc(call.args, { caller: call.caller, flavor: call.flavor, remoteAddress, remotePort }, w);
+      const caller = this.rootSquash ? squashRoot(call.caller) : call.caller;
+      await proc(call.args, { caller, flavor: call.flavor, remoteAddress, remotePort }, w);
       return w.pieces();
     } catch (e) {
       w.reset();

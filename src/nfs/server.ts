@@ -19,12 +19,14 @@ import { nfsProgram } from './nfs3/program.js';
 import type { NfsCounters, NfsEnv } from './nfs3/context.js';
 import { NFS_IO_MAX, NFS_PROG, NFS_VERS } from './nfs3/types.js';
 import {
-  IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PortmapTable, pmapSet, pmapUnset, portmapProgram, portmapperListening,
+  IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PortmapTable, isLoopback, pmapSet, pmapUnset, portmapProgram, portmapperListening,
   type PortMapping,
 } from './portmap.js';
 import { RpcDispatcher, type RpcProgram } from './rpc.js';
-import { RpcListener } from './transport.js';
+import { RpcListener, WireBudget, type TransportCounters } from './transport.js';
 import { RecordBufferPool } from './record.js';
+import { wireLimits, type WireLimits } from './limits.js';
+import { MountTable } from './mount.js';
 
 export interface NfsServerOptions {
   datastore: Datastore;
@@ -44,7 +46,15 @@ export interface NfsServerOptions {
    * Default 111 when running as root, otherwise null.
    */
   portmapPort?: number | null;
-  host?: string;
+  /**
+   * Address(es) to listen on (default 127.0.0.1: only this host). A
+   * hypervisor elsewhere (ESXi) needs the address it reaches us on, or 0.0.0.0.
+   */
+  host?: string | readonly string[];
+  /** Map AUTH_SYS uid/gid 0 to 65534 (default true). ESXi mounts as root and needs it off. */
+  rootSquash?: boolean;
+  /** Hostile-client budget (limits.ts); unset fields take the defaults. */
+  limits?: Partial<WireLimits>;
   log?: { warn(msg: string, err?: unknown): void };
 }
 
@@ -56,9 +66,14 @@ export interface BoundPorts {
   registeredWithSystemPortmapper: boolean;
 }
 
-export interface NfsMetrics extends NfsCounters {
-  connections: number;
-  closedForAbuse: number;
+export interface NfsMetrics extends NfsCounters, TransportCounters {
+  /** Connections open now, across the NFS, MOUNT and portmapper listeners. */
+  openConnections: number;
+  /** Bytes of running calls and queued replies (bounded by limits.maxPendingBytesTotal). */
+  pendingBytes: number;
+  /** Bytes of half-received records (bounded by limits.maxPartialRecordBytesTotal). */
+  partialRecordBytes: number;
+  mountEntries: number;
 }
 
 /** Generates a new server id for the state directory. */
@@ -96,20 +111,33 @@ export class NfsServer {
   private readonly replyBuffers = new RecordBufferPool(NFS_IO_MAX, 8);
   private readonly programs: RpcProgram[];
   private registered: { host: string; port: number; maps: PortMapping[] } | undefined;
-  private readonly opts: Required<Omit<NfsServerOptions, 'log'>> & Pick<NfsServerOptions, 'log'>;
+  private readonly opts: Required<Omit<NfsServerOptions, 'log' | 'limits' | 'host'>> & Pick<NfsServerOptions, 'log'> & { hosts: readonly string[] };
+  private readonly limits: WireLimits;
+  private readonly budget: WireBudget;
+  private readonly isAllowed: (addr: string) => boolean;
+  private readonly mounts: MountTable;
 
   constructor(opts: NfsServerOptions) {
     const serverId = typeof opts.serverId === 'string' ? Buffer.from(opts.serverId, 'hex') : opts.serverId;
+    const { host, limits, ...rest } = opts;
+    const hosts = host === undefined ? ['127.0.0.1'] : typeof host === 'string' ? [host] : [...host];
+    if (!hosts.length) throw new RangeError('NfsServer needs at least one listen address');
+    for (const h of hosts) if (!net.isIP(h)) throw new RangeError(`not a listen address: ${h}`);
     this.opts = {
       exportPath: '/restorelab', allow: ['127.0.0.1/32'], readOnly: false, nfsPort: 2049, mountPort: 20048,
-      portmapPort: process.getuid?.() === 0 ? 111 : null, host: '0.0.0.0', ...opts, serverId,
+      portmapPort: process.getuid?.() === 0 ? 111 : null, rootSquash: true, ...rest, serverId, hosts,
     };
+    this.limits = wireLimits(limits);
+    this.budget = new WireBudget(this.limits);
     const handles = new HandleCodec(serverId);
     const isAllowed = allowListMatcher(this.opts.allow);
+    this.isAllowed = isAllowed;
+    this.mounts = new MountTable(this.limits.maxMountEntries);
     this.env = {
       datastore: opts.datastore,
       handles,
       readOnly: this.opts.readOnly,
+      rootSquash: this.opts.rootSquash,
       writeVerifier: crypto.randomBytes(8),
       cookieVerifier: serverId.subarray(0, 8),
       isAllowed,
@@ -119,22 +147,32 @@ export class NfsServer {
     };
     this.programs = [
       nfsProgram(this.env, opts.log),
-      mountProgram({ datastore: opts.datastore, handles, exportPath: this.opts.exportPath, isAllowed, allow: this.opts.allow }),
+      mountProgram({
+        datastore: opts.datastore, handles, exportPath: this.opts.exportPath, isAllowed, allow: this.opts.allow, maxEntries: this.limits.maxMountEntries,
+      }, this.mounts),
     ];
   }
 
   get metrics(): NfsMetrics {
     const c = this.env.counters;
+    const sum = (k: keyof TransportCounters): number => this.listeners.reduce((a, l) => a + l.counters[k], 0);
     return {
       ...c, byProc: { ...c.byProc },
-      connections: this.listeners.reduce((a, l) => a + l.counters.connections, 0),
-      closedForAbuse: this.listeners.reduce((a, l) => a + l.counters.closedForAbuse, 0),
+      connections: sum('connections'),
+      closedForAbuse: sum('closedForAbuse'),
+      refusedNotAllowed: sum('refusedNotAllowed'),
+      refusedOverCapacity: sum('refusedOverCapacity'),
+      closedIdle: sum('closedIdle'),
+      closedSlowReader: sum('closedSlowReader'),
+      openConnections: this.budget.connections,
+      pendingBytes: this.budget.pendingBytes,
+      partialRecordBytes: this.budget.partialBytes,
+      mountEntries: this.mounts.size,
     };
   }
 
   async start(): Promise<BoundPorts> {
-    const { host } = this.opts;
-    const transport = { host, maxRecord: NFS_IO_MAX + 64 * 1024, maxInFlight: 32, maxUnsentBytes: 8 * NFS_IO_MAX, replyBuffers: this.replyBuffers };
+    const transport = { hosts: this.opts.hosts, limits: this.limits, budget: this.budget, replyBuffers: this.replyBuffers };
     const pmTable = new PortmapTable();
     let usePmap = false;
     let systemPmap = false;
@@ -144,9 +182,11 @@ export class NfsServer {
       usePmap = !systemPmap;
     }
     const programs = usePmap ? [...this.programs, portmapProgram(pmTable)] : this.programs;
-    const dispatcher = new RpcDispatcher(programs, { warn: (m, e) => this.opts.log?.warn(m, e) });
-    const open = async (port: number): Promise<number> => {
-      const l = new RpcListener(dispatcher, { ...transport, port });
+    const dispatcher = new RpcDispatcher(programs, { warn: (m, e) => this.opts.log?.warn(m, e) }, { rootSquash: this.opts.rootSquash });
+    // Our portmapper also takes local services' SET/UNSET, so loopback may always reach it.
+    const pmapAllowed = (a: string): boolean => this.isAllowed(a) || isLoopback(a);
+    const open = async (port: number, isAllowed = this.isAllowed): Promise<number> => {
+      const l = new RpcListener(dispatcher, { ...transport, port, isAllowed });
       const bound = await l.listen();
       this.listeners.push(l);
       return bound;
@@ -154,7 +194,7 @@ export class NfsServer {
     try {
       const nfs = await open(this.opts.nfsPort);
       const mount = this.opts.mountPort === this.opts.nfsPort && this.opts.nfsPort !== 0 ? nfs : await open(this.opts.mountPort);
-      const portmap = usePmap && pmPort !== null ? await open(pmPort) : null;
+      const portmap = usePmap && pmPort !== null ? await open(pmPort, pmapAllowed) : null;
       const maps: PortMapping[] = [
         { prog: PMAP_PROG, vers: PMAP_VERS, prot: IPPROTO_TCP, port: portmap ?? pmPort ?? 111 },
         { prog: MOUNT_PROG, vers: MOUNT_VERS, prot: IPPROTO_TCP, port: mount },

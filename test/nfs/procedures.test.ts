@@ -40,11 +40,12 @@ t.test('every NFSv3 procedure reply, byte for byte', async (t) => {
   const wr2 = await call(7, cat(opaque(fh(2)), hyper(0), words(1, 2), opaque('A')));
   t.same(wr2, cat(ok(xid), wcc(f({ size: 5 }), f({ size: 5 })), words(1, 2), verf), 'WRITE FILE_SYNC');
   t.equal(ds.syncWrites, 1, 'FILE_SYNC write passes sync=true');
+  // The raw client calls as uid 0 / gid 0: root squash (on by default) makes the new file 65534's.
   t.same(await call(8, cat(opaque(fh(ROOT_ID)), opaque('g'), words(0), sattrMode(0o640))),
-    cat(ok(xid), words(1), opaque(fh(3)), postOp({ type: 1, mode: 0o640, nlink: 1, size: 0, fileid: 3, t: T }), wcc(root(), root())), 'CREATE');
+    cat(ok(xid), words(1), opaque(fh(3)), postOp({ type: 1, mode: 0o640, nlink: 1, size: 0, fileid: 3, t: T, uid: 65534, gid: 65534 }), wcc(root(), root())), 'CREATE');
   t.same(await call(8, cat(opaque(fh(ROOT_ID)), opaque('g'), words(1), sattrMode(0o640))), cat(fail(xid, 17), wcc(undefined, root())), 'CREATE GUARDED existing -> EXIST');
   t.same(await call(9, cat(opaque(fh(ROOT_ID)), opaque('d'), sattrMode(0o700))),
-    cat(ok(xid), words(1), opaque(fh(4)), postOp({ type: 2, mode: 0o700, nlink: 2, size: 0, fileid: 4, t: T }), wcc(root(), root())), 'MKDIR');
+    cat(ok(xid), words(1), opaque(fh(4)), postOp({ type: 2, mode: 0o700, nlink: 2, size: 0, fileid: 4, t: T, uid: 65534, gid: 65534 }), wcc(root(), root())), 'MKDIR');
   t.same(await call(10, cat(opaque(fh(ROOT_ID)), opaque('s'), sattrMode(0o777), opaque('f'))), cat(fail(xid, 10004), wcc(undefined, root())), 'SYMLINK -> NOTSUPP');
   t.same(await call(11, cat(opaque(fh(ROOT_ID)), opaque('p'), words(7), sattrMode(0o600))), cat(fail(xid, 10004), wcc(undefined, root())), 'MKNOD fifo -> NOTSUPP');
   t.same(await call(12, cat(opaque(fh(ROOT_ID)), opaque('g'))), cat(ok(xid), wcc(root(), root())), 'REMOVE');

@@ -24,6 +24,8 @@ interface PublishFlags {
   mountPort?: string;
   portmapPort?: string;
   allow: string[];
+  nfsListen: string[];
+  rootSquash?: boolean;
   overlayDir?: string;
   overlayLimit?: string;
   resume?: boolean;
@@ -98,6 +100,8 @@ export function registerPublish(program: Command): void {
     .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
     .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
     .option('--allow <cidr>', 'client address or CIDR allowed to mount (repeatable; default from config)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--nfs-listen <addr>', 'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
     .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
     .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
     .option('--resume', 'keep the overlay of an earlier publication of this point (default: start from the restore point)')
@@ -134,6 +138,10 @@ export function registerPublish(program: Command): void {
             mountPort: parsePort('--mount-port', o.mountPort) ?? cfg.nfs.mountPort,
             portmapPort: portmap === 0 ? null : portmap,
             allow: o.allow.length > 0 ? o.allow : cfg.nfs.allow,
+            listen: o.nfsListen.length > 0 ? o.nfsListen : cfg.nfs.listen,
+            // The flag can only turn squash off; without it the configuration decides.
+            rootSquash: o.rootSquash === false ? false : cfg.nfs.rootSquash,
+            ...(cfg.nfs.limits ? { limits: cfg.nfs.limits } : {}),
             readOnly: (o.readOnly ?? false) || cfg.nfs.readOnly,
             log: { warn: (m) => ctx.out.warn(m) },
           });

@@ -19,6 +19,8 @@ interface ServerFlags {
   mountPort?: string;
   portmapPort?: string;
   allow: string[];
+  nfsListen: string[];
+  rootSquash?: boolean;
   readOnly?: boolean;
   jobs?: string;
   schedule: boolean;
@@ -43,6 +45,8 @@ export function registerServer(program: Command): void {
     .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
     .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
     .option('--allow <cidr>', 'client address or CIDR allowed to mount (repeatable; default from config)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--nfs-listen <addr>', 'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
     .option('--read-only', 'refuse every write over NFS')
     .option('--jobs <dir>', 'directory of SureBackup job files to schedule (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
     .option('--no-schedule', 'do not run scheduled jobs')
@@ -82,6 +86,10 @@ export function registerServer(program: Command): void {
             mountPort: parsePort('--mount-port', o.mountPort) ?? cfg.nfs.mountPort,
             portmapPort: portmap === 0 ? null : portmap,
             allow: o.allow.length > 0 ? o.allow : cfg.nfs.allow,
+            listen: o.nfsListen.length > 0 ? o.nfsListen : cfg.nfs.listen,
+            // The flag can only turn squash off; without it the configuration decides.
+            rootSquash: o.rootSquash === false ? false : cfg.nfs.rootSquash,
+            ...(cfg.nfs.limits ? { limits: cfg.nfs.limits } : {}),
             readOnly: o.readOnly ?? cfg.nfs.readOnly,
             log: { warn: (m) => ctx.out.warn(m) },
           });

@@ -9,6 +9,7 @@ import type { RpcContext } from '../rpc.js';
 import type { XdrReader } from '../xdr.js';
 import { Nfs3Status, NFS3_FHSIZE, NfsStatusError } from './types.js';
 import type { RecordBufferPool } from '../record.js';
+import { MAX_EXCLUSIVE_CREATE_VERIFIERS } from '../limits.js';
 
 export interface NfsCounters {
   ops: number;
@@ -27,6 +28,8 @@ export interface NfsEnv {
   /** Cookies are file ids, valid across restarts, so the verifier stays constant per server id. */
   cookieVerifier: Buffer;
   isAllowed(address: string): boolean;
+  /** The export squashes root (rpc.ts squashRoot): nobody may then give a file to uid or gid 0 either. */
+  rootSquash: boolean;
   counters: NfsCounters;
   /** Server-side memory of EXCLUSIVE create verifiers (RFC 1813 section 3.3.8). */
   exclusiveCreates: Map<string, Buffer>;
@@ -38,6 +41,26 @@ export interface NfsCall {
   env: NfsEnv;
   rpc: RpcContext;
   caller: Caller;
+}
+
+/**
+ * Under root squash a SETATTR (or CREATE's attributes) may not give a file
+ * to uid or gid 0: the datastore runs as root and would chown on the host,
+ * handing any client the root-owned files that squash exists to prevent.
+ * PERM, as a Linux server answers a chown by a squashed root.
+ */
+export function checkOwnerChange(call: NfsCall, attr: { uid?: number; gid?: number }): void {
+  if (call.env.rootSquash && (attr.uid === 0 || attr.gid === 0)) throw new NfsStatusError(Nfs3Status.PERM);
+}
+
+/** Adds an EXCLUSIVE create verifier, dropping the oldest beyond the bound: a client cannot grow the table. */
+export function rememberExclusiveCreate(env: NfsEnv, key: string, verf: Buffer): void {
+  env.exclusiveCreates.delete(key);
+  if (env.exclusiveCreates.size >= MAX_EXCLUSIVE_CREATE_VERIFIERS) {
+    const oldest = env.exclusiveCreates.keys().next().value;
+    if (oldest !== undefined) env.exclusiveCreates.delete(oldest);
+  }
+  env.exclusiveCreates.set(key, verf);
 }
 
 export function readHandle(r: XdrReader): Buffer {

@@ -3,6 +3,7 @@ import { defineProc } from '../procedure.js';
 import { Nfs3Status, NfsStatusError, isEmptySattr, readSattr, type Sattr3 } from '../types.js';
 import { failDirWcc, modifyingDir, readDirop, writeCreated } from './dirop.js';
 import { toSetAttr } from './setattr.js';
+import { checkOwnerChange, rememberExclusiveCreate } from '../context.js';
 
 const enum CreateMode { UNCHECKED = 0, GUARDED = 1, EXCLUSIVE = 2 }
 
@@ -29,13 +30,14 @@ export const create = defineProc({
       const key = `${dir}/${a.name}`;
       try {
         id = await ds.create(dir, a.name, mode, call.caller, true);
-        call.env.exclusiveCreates.set(key, Buffer.from(a.verf!));
+        rememberExclusiveCreate(call.env, key, Buffer.from(a.verf!));
       } catch (e) {
         const prior = call.env.exclusiveCreates.get(key);
         if (e instanceof DatastoreError && e.code === 'EEXIST' && prior?.equals(a.verf!)) id = await ds.lookup(dir, a.name);
         else throw e;
       }
     } else {
+      checkOwnerChange(call, a.attr);
       id = await ds.create(dir, a.name, mode, call.caller, a.how === CreateMode.GUARDED);
       const rest = { ...a.attr };
       delete rest.mode;

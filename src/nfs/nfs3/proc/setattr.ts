@@ -1,5 +1,5 @@
 import type { SetAttr } from '../../../datastore/types.js';
-import { attrOrUndefined, fileIdOf, readHandle, requireWritable, resolve } from '../context.js';
+import { attrOrUndefined, checkOwnerChange, fileIdOf, readHandle, requireWritable, resolve } from '../context.js';
 import { defineProc } from '../procedure.js';
 import { Nfs3Status, NfsStatusError, readSattr, readTime, writeWcc, type Sattr3 } from '../types.js';
 
@@ -22,6 +22,7 @@ export const setattr = defineProc({
   async run(call, a, w) {
     const { id, attr: pre } = await resolve(call, a.fh);
     requireWritable(call, id);
+    checkOwnerChange(call, a.attr);
     // The guard compares whole seconds and nanoseconds; we keep milliseconds, so compare at that precision.
     if (a.guard && a.guard.getTime() !== Math.floor(pre.ctime.getTime())) throw new NfsStatusError(Nfs3Status.NOT_SYNC);
     const post = await call.env.datastore.setattr(id, toSetAttr(a.attr), call.caller);
