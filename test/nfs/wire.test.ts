@@ -1,6 +1,6 @@
 import t from 'tap';
 import { XdrError, XdrReader, XdrWriter } from '../../src/nfs/xdr.js';
-import { POOLED_RECORD_MIN, RecordBufferPool, RecordFramer, RecordTooLargeError } from '../../src/nfs/record.js';
+import { EmptyFragmentError, POOLED_RECORD_MIN, RecordBufferPool, RecordFramer, RecordTooLargeError, TooManyFragmentsError } from '../../src/nfs/record.js';
 import { cat, hyper, mark, opaque, words } from './fixtures/bytes.js';
 
 t.test('XdrWriter encodes big-endian with padding', async (t) => {
@@ -88,4 +88,59 @@ t.test('large records spanning socket chunks are assembled in pooled buffers, re
   const half = POOLED_RECORD_MIN;
   const [whole] = frag.push(cat(mark(half, false), Buffer.alloc(half, 6), mark(half), Buffer.alloc(half, 7)));
   t.ok(whole!.equals(cat(Buffer.alloc(half, 6), Buffer.alloc(half, 7))), 'a multi-fragment record is concatenated');
+});
+
+t.test('a zero-length fragment that is not the last is refused at its header, at every split point', async (t) => {
+  const rec = Buffer.from('abcd');
+  // One good record, then the empty non-last fragment, then bytes that must never be looked at.
+  const stream = cat(mark(rec.length), rec, mark(0, false), mark(0, false), Buffer.alloc(64, 0xee));
+  for (let i = 0; i <= stream.length; i++) {
+    const f = new RecordFramer(1024);
+    const got: Buffer[] = [];
+    let thrown: unknown;
+    try {
+      got.push(...f.push(stream.subarray(0, i)));
+      got.push(...f.push(stream.subarray(i)));
+    } catch (e) { thrown = e; }
+    // The connection closes on the error, so a good record in the same push may be dropped with it; never anything after it.
+    if (!(thrown instanceof EmptyFragmentError) || got.length > 1 || (got.length === 1 && !got[0]!.equals(rec))) {
+      t.fail(`split ${i}: ${String(thrown)} after ${got.length} records`);
+      return;
+    }
+  }
+  t.pass('thrown at every split, and nothing past the bad header is delivered');
+  const g = new RecordFramer(1024);
+  t.throws(() => g.push(cat(mark(3, false), Buffer.from('xyz'), mark(0, false))), EmptyFragmentError, 'also after a non-empty fragment');
+  // A zero-length LAST fragment is legal: it ends a record (or is an empty record).
+  const h = new RecordFramer(1024);
+  const out = h.push(cat(mark(3, false), Buffer.from('xyz'), mark(0), mark(0)));
+  t.same(out.map((b) => b.toString()), ['xyz', ''], 'an empty last fragment ends the record; alone, it is an empty record');
+});
+
+t.test('fragments per record are bounded, so 1-byte fragments cannot cost an object per byte', async (t) => {
+  const oneByteFrags = (n: number, last: boolean): Buffer =>
+    cat(...Array.from({ length: n }, (_, i) => cat(mark(1, last && i === n - 1), Buffer.from([0x41 + (i % 26)]))));
+  const f = new RecordFramer(1 << 20, undefined, 8);
+  const [r] = f.push(oneByteFrags(8, true));
+  t.equal(r!.toString(), 'ABCDEFGH', 'exactly the limit is one record');
+  t.equal(f.inRecord, false, 'and nothing is owed after it');
+  const g = new RecordFramer(1 << 20, undefined, 8);
+  g.push(oneByteFrags(8, false));
+  t.equal(g.inRecord, true, 'a record half-sent is owed');
+  t.throws(() => g.push(mark(1)), TooManyFragmentsError, 'the ninth fragment header is refused before its body');
+  // Byte at a time: the refusal comes at the 4th byte of the ninth header, not later.
+  const stream = oneByteFrags(9, true);
+  const h = new RecordFramer(1 << 20, undefined, 8);
+  let at = -1;
+  for (let i = 0; i < stream.length; i++) {
+    try { h.push(stream.subarray(i, i + 1)); } catch (e) { if (e instanceof TooManyFragmentsError) { at = i; break; } throw e; }
+  }
+  t.equal(at, 8 * 5 + 3, 'refused at the last byte of the ninth header');
+  const d = new RecordFramer(1 << 20);
+  t.throws(() => d.push(oneByteFrags(1025, false)), TooManyFragmentsError, 'default limit: 1024 fragments');
+});
+
+t.test('a record of many fragments still respects the byte limit', async (t) => {
+  const f = new RecordFramer(10, undefined, 100);
+  t.throws(() => f.push(cat(mark(6, false), Buffer.alloc(6), mark(5, false))), RecordTooLargeError);
 });
