@@ -165,23 +165,25 @@ export class ScratchStore {
     const sane = (r: ScratchRecord): boolean => r.id >= this.o.firstId && r.id < this.o.endId && r.parent !== r.id &&
       Buffer.byteLength(r.name) <= NAME_MAX && !['', '.', '..'].includes(r.name) && !/[/\0]/.test(r.name) &&
       (r.target === undefined || Buffer.byteLength(r.target) <= SYMLINK_MAX);
-    let pending = [...records.values()].filter(sane);
-    // Parents first: repeat until no record finds its parent (at most depth passes).
-    for (let progress = true; progress && pending.length > 0;) {
-      progress = false;
-      const rest: ScratchRecord[] = [];
-      for (const r of pending) {
-        const siblings = this.children.get(r.parent);
-        if (!siblings || siblings.has(r.name) || this.entries.size >= MAX_SCRATCH_ENTRIES) {
-          rest.push(r);
-          continue;
-        }
-        this.insert({ ...r, mode: clientMode(r.type, r.mode), size: 0, live: true, lock: Promise.resolve(), timesDirty: false });
-        progress = true;
-      }
-      pending = rest;
+    const byParent = new Map<number, ScratchRecord[]>();
+    for (const r of records.values()) {
+      if (!sane(r)) continue;
+      const list = byParent.get(r.parent);
+      if (list) list.push(r); else byParent.set(r.parent, [r]);
     }
-    if (pending.length > 0) this.o.warn(`publication ${this.o.label}: ${pending.length} scratch entries without a parent were dropped`);
+    // Breadth-first from the root: a record is taken only below a directory already taken.
+    const queue = [SCRATCH_ROOT];
+    let taken = 0;
+    for (let q = 0; q < queue.length; q++) {
+      for (const r of byParent.get(queue[q]!) ?? []) {
+        if (this.children.get(r.parent)!.has(r.name) || this.entries.size >= MAX_SCRATCH_ENTRIES) continue;
+        this.insert({ ...r, mode: clientMode(r.type, r.mode), size: 0, live: true, lock: Promise.resolve(), timesDirty: false });
+        taken++;
+        if (r.type === 'dir') queue.push(r.id);
+      }
+    }
+    const dropped = records.size - taken;
+    if (dropped > 0) this.o.warn(`publication ${this.o.label}: ${dropped} damaged or unreachable scratch entries were dropped`);
   }
 
   /** Matches content files to file entries: sizes from the host files, orphans removed, missing ones created empty. */
