@@ -5,7 +5,7 @@
  *
  * State, below `<stateDir>/publications/<id>/`: `publication.json` (the
  * record: point, repository, number, overlay place and limit, owning pid) and
- * the datastore's scratch files and ids. Overlays live in
+ * the datastore's scratch metadata and content (scratch-store.ts). Overlays live in
  * `<overlayDir>/<id>/` (default `<stateDir>/overlays`). The record outlives
  * the process, so `resume` finds the overlay again after a stop or a crash,
  * and `unpublish` finds the process to signal.
@@ -22,6 +22,7 @@ import { PublishedDisk } from '../disk/published-disk.js';
 import { DecodePool } from '../disk/decode-pool.js';
 import { Overlay, OverlayBudget, discardOverlay } from '../overlay/overlay.js';
 import { PublicationDatastore, type DatastorePublication } from '../datastore/publication-datastore.js';
+import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
 import { startNfsExport, type NfsExport } from '../nfs/export.js';
 import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
@@ -245,8 +246,7 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   if (!opts.resume && previous) {
     if (existingOverlay) warn(`discarding the overlay of the earlier publication ${id} (pass --resume to keep its writes)`);
     for (const d of point.disks) await discardOverlay(path.join(overlayRoot, id), d.name);
-    fs.rmSync(path.join(path.dirname(recordFile(opts.stateDir, id)), 'scratch'), { recursive: true, force: true });
-    fs.rmSync(path.join(path.dirname(recordFile(opts.stateDir, id)), 'ids.json'), { force: true });
+    await discardScratch(path.dirname(recordFile(opts.stateDir, id)));
   }
   const number = previous?.number ?? allocateNumber(opts.stateDir);
   const fuseDir = opts.fuseDir ? path.resolve(opts.fuseDir) : undefined;
@@ -273,7 +273,7 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   let fuse: FuseFrontend | undefined;
   let nfs: NfsExport | undefined;
   try {
-    await datastore.attach(opened.pub);
+    await datastore.attach(opened.pub, { onWarning: warn });
     if (fuseDir) fuse = await FuseFrontend.mount(datastore, { mountPoint: fuseDir, onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`) });
     if (opts.nfs) {
       const listen = opts.nfs.listen ?? '127.0.0.1';
@@ -331,7 +331,7 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
     const point = await repo.getPoint(rec.point);
     const opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
-    await datastore.attach(opened.pub);
+    await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
     closers.push(opened.close);
     restored.push(rec.id);
   }

@@ -91,7 +91,9 @@ t.test('scratch files: create, write, rename, mkdir, remove; ids stable across a
   await t.rejects(ds.lookup(dir, 'web.vmx.lck'), { code: 'ENOENT' });
   t.equal(await ds.parent!(sub), dir);
   t.equal(await ds.lookup(sub, '..'), dir);
-  t.ok(fs.existsSync(path.join(first.pub.stateDir, 'scratch', 'logs', 'moved.lck')), 'stored as an ordinary file in the state dir');
+  // Stored by id, not by the client's names: no host path is made from a client's name.
+  t.equal(fs.readFileSync(path.join(first.pub.stateDir, 'scratch-data', String(lck % 2 ** 24)), 'utf8'), 'lock', 'content lives in scratch-data/<local id>');
+  t.notOk(fs.existsSync(path.join(first.pub.stateDir, 'scratch')), 'no host tree named after client paths');
   const ids = { dir, raw: await walk(ds, 'web-p1/sda.raw'), sub, lck, log };
   const raw = await walk(ds, 'web-p1/sda.raw');
   await ds.write(raw, 0, Buffer.from('persisted'), true);
