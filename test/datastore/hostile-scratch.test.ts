@@ -73,7 +73,9 @@ const publish = (resume: boolean): ReturnType<typeof startPublication> =>
   startPublication({ repo: repository.path, point: point.id, stateDir, overlayLimitBytes: LIMIT, resume }, { repository });
 
 let pub = await publish(false);
-let served = await startServer(pub.datastore);
+// The worst case: an export without root squash (as ESXi needs), so a client's claim of uid 0 reaches the datastore.
+const NO_SQUASH = { rootSquash: false };
+let served = await startServer(pub.datastore, NO_SQUASH);
 let client = await Nfs3TestClient.connect(served.ports.nfs);
 t.teardown(async () => {
   client.close();
@@ -209,7 +211,7 @@ t.test('file handles of scratch entries resolve to the same names and contents a
   await served.server.stop();
   await pub.close();
   pub = await publish(true);
-  served = await startServer(pub.datastore);
+  served = await startServer(pub.datastore, NO_SQUASH);
   client = await Nfs3TestClient.connect(served.ports.nfs);
 
   t.equal((await client.getattr(logs.fh!)).attr?.fileid, before.logs.fileid, 'the old directory handle resolves');
