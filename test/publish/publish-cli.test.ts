@@ -19,7 +19,7 @@ const { repo, point, image } = await webRepository(dir);
 const before = chunkFingerprint(repo);
 
 t.teardown(async () => {
-  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);
   for (const m of [mnt, busy]) if (mountEntry(m)) await detachMount(m);
   rmSync(dir, { recursive: true, force: true });
 });
