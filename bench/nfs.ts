@@ -32,7 +32,7 @@ import { initRepository, openRepository } from '../src/repo/repository.js';
 import { backupVm } from '../src/backup/engine.js';
 import { restoreDisk } from '../src/backup/restore.js';
 import { loadVmDefinition } from '../src/vm/definition.js';
-import { listPublications, removePublication } from '../src/publish/publish.js';
+import { LOCAL_USER, listPublications, removePublication } from '../src/publish/publish.js';
 
 const MB = Number(process.env.NFS_BENCH_MB ?? 1024);
 const BYTES = MB * 1024 * 1024;
@@ -219,7 +219,7 @@ LOG { Default_Log_Level = EVENT; }
     const rssAfter: Array<[string, number]> = [['publish (idle)', peakRssMiB(pid)]];
     const ours = await measure(published.nfs.url, published.nfs.url, tmpfs, dropCaches, (name) => rssAfter.push([name, peakRssMiB(pid)]));
     const rss = peakRssMiB(pid);
-    await removePublication(state, published.publication, { discard: true });
+    await removePublication(state, published.publication, { discard: true, as: LOCAL_USER });
 
     const gib = BYTES / 2 ** 30;
     const rate = (s: number): string => `${(gib / s).toFixed(2)} GiB/s`;
@@ -238,7 +238,7 @@ LOG { Default_Log_Level = EVENT; }
     console.log(`  peak after each phase (chunk cache ${process.env.RESTORELAB_CHUNK_CACHE_MIB ?? 'default'} MiB): ${rssAfter.map(([n, m]) => `${n} ${m.toFixed(0)} MiB`).join(', ')}`);
   } finally {
     kill(ganesha);
-    for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+    for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);
     kill(rpcbind);
     fs.rmSync(work, { recursive: true, force: true });
     fs.rmSync(tmpfs, { recursive: true, force: true });

@@ -21,7 +21,7 @@ import { restoreDisk } from '../src/backup/restore.js';
 import { QemuDriver } from '../src/hypervisor/qemu.js';
 import { waitForAgent } from '../src/hypervisor/qga.js';
 import { loadVmDefinition } from '../src/vm/definition.js';
-import { listPublications, removePublication } from '../src/publish/publish.js';
+import { LOCAL_USER, listPublications, removePublication } from '../src/publish/publish.js';
 import { guestImage } from '../test/helpers/guests.js';
 
 const sizeArg = process.argv.indexOf('--size-mib');
@@ -78,7 +78,7 @@ async function publish(repo: string, point: string): Promise<{ pub: string; disk
 }
 
 async function unpublish(pub: string): Promise<void> {
-  await removePublication(state, pub, { discard: true });
+  await removePublication(state, pub, { discard: true, as: LOCAL_USER });
 }
 
 function peakRss(pid: number): number {
@@ -174,6 +174,6 @@ try {
   await unpublish(p3.pub);
   console.log(`boot of web to agent heartbeat (TCG): FUSE ${fmt(bootFuse)} s vs local raw ${fmt(bootLocal)} s  ratio ${fmt(bootFuse / bootLocal, 2)}x (target <= 1.3x)`);
 } finally {
-  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);
   fs.rmSync(dir, { recursive: true, force: true });
 }

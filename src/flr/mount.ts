@@ -140,7 +140,7 @@ async function startHolder(journal: SessionJournal, opts: MountPointOptions): Pr
   if (child.pid === undefined) throw new RestorelabError('HOLDER_START_FAILED', 'cannot start the publication holder process', { hint: 'check that node can spawn processes here' });
   journal.add({ kind: 'holder', pid: child.pid, fuseDir });
   // The key file's path, not the key, crosses the IPC channel: the holder reads it as the CLI would.
-  const req: HolderRequest = { publish: { repo: opts.repo, point: opts.point, stateDir: opts.stateDir, fuseDir, readOnly: true }, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) };
+  const req: HolderRequest = { publish: { repo: opts.repo, point: opts.point, stateDir: opts.stateDir, fuseDir, readOnly: true, owner: { kind: 'flr', id: journal.record.id } }, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) };
   const reply = await new Promise<HolderReply>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new RestorelabError('PUBLISH_TIMEOUT', `the read-only publication of ${opts.point} did not come up within ${(opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS) / 1000} s`, {
       hint: `see ${sessionsDir(opts.stateDir)}/${journal.record.id}.holder.log`,
@@ -206,7 +206,7 @@ async function releaseHolder(r: Extract<Resource, { kind: 'holder' }>, sessionId
   if (r.publication) {
     const { removePublication } = await import('../publish/publish.js');
     try {
-      await removePublication(stateDir, r.publication, { discard: true });
+      await removePublication(stateDir, r.publication, { discard: true, as: { kind: 'flr', id: sessionId } });
     } catch (err) {
       if (!(err instanceof RestorelabError && err.code === 'PUBLICATION_NOT_FOUND')) throw err;
     }

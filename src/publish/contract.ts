@@ -7,7 +7,26 @@
  * Words: a *publication* is one restore point made live; its *overlay* holds
  * every write made through it; *discard* throws the overlay away, *resume*
  * picks an existing overlay up again after a stop or a crash.
+ *
+ * Every publication has an *owner*: the user who published it (CLI or API),
+ * a recovery session, a SureBackup run, or a file-level restore session.
+ * Only its owner may stop it for good: delete its overlay, scratch files and
+ * record. Someone else who needs the same point gets a publication of their
+ * own (docs/publish.md, "Owners and second publications").
  */
+
+/**
+ * Who a publication belongs to. Users share theirs: any operator may stop a
+ * `user` publication (the API's roles decide who is one); every other kind
+ * belongs to exactly the session or run `id` names.
+ */
+export type PublicationOwnerKind = 'user' | 'session' | 'surebackup' | 'flr';
+
+export interface PublicationOwner {
+  kind: PublicationOwnerKind;
+  /** Session or run id; for `user`, who published it (token name, or `cli`). */
+  id: string;
+}
 
 export interface PublishOptions {
   /** Repository directory. */
@@ -16,6 +35,8 @@ export interface PublishOptions {
   point: string;
   /** State directory (publications and overlays are persisted below it). */
   stateDir: string;
+  /** Who the publication belongs to (default: a `user` publication, `cli`). */
+  owner?: PublicationOwner;
   /** Mount the datastore with FUSE here (created if missing). */
   fuseDir?: string;
   /** Overlay (write cache) directory; default `<stateDir>/overlays`. */
@@ -48,10 +69,15 @@ export interface PublicationNfs {
 }
 
 export interface PublicationInfo {
-  /** Publication id (stable; names the overlay and the datastore directory). */
+  /**
+   * Publication id (stable; names the overlay, the state directory and the
+   * datastore directory): `<vm>-<point>`, or `<vm>-<point>.<n>` for a second
+   * publication of a point someone else already holds.
+   */
   id: string;
-  /** Directory name inside the datastore, `<vm>-<point>`. */
+  /** Directory name inside the datastore: the id. */
   name: string;
+  owner: PublicationOwner;
   point: string;
   vm: string;
   /** `<fuseDir>/<name>` when mounted with FUSE. */

@@ -4,11 +4,18 @@
  * exported over NFS by this process when asked.
  *
  * State, below `<stateDir>/publications/<id>/`: `publication.json` (the
- * record: point, repository, number, overlay place and limit, owning pid) and
- * the datastore's scratch metadata and content (scratch-store.ts). Overlays live in
+ * record: point, repository, number, overlay place and limit, owner, serving
+ * pid), the datastore's scratch metadata and content (scratch-store.ts), and
+ * `publisher.log` of a background publisher. Overlays live in
  * `<overlayDir>/<id>/` (default `<stateDir>/overlays`). The record outlives
  * the process, so `resume` finds the overlay again after a stop or a crash,
  * and `unpublish` finds the process to signal.
+ *
+ * Ownership: only a publication's owner reuses, resets or removes it. A
+ * second publisher of a point that someone else holds gets an id of its own
+ * (`<vm>-<point>.<n>`), so its overlay and state never touch the first's:
+ * a SureBackup run verifying a point the server exports over NFS used to
+ * reset, and at its end delete, the overlay the NFS clients were writing to.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,12 +33,20 @@ import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
 import { startNfsExport, type NfsExport } from '../nfs/export.js';
 import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
-import type { PublicationInfo, PublishOptions, RunningPublication } from './contract.js';
+import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
 
 const DEFAULT_CACHE_MIB = 128;
 const STOP_WAIT_MS = 30_000;
 /** Decode threads per publication: two keep a sequential reader fed (readahead is two chunks). */
 const DECODE_WORKERS = 2;
+/** Publications of one point at a time (`<vm>-<point>`, then `.2` …): bounds the search and the state. */
+export const MAX_PUBLICATIONS_PER_POINT = 16;
+/** A background publisher's stdout and stderr, in the publication's state directory. */
+export const PUBLISHER_LOG = 'publisher.log';
+/** The local user of the CLI (root on this host): the default owner. */
+export const LOCAL_USER: PublicationOwner = { kind: 'user', id: 'cli' };
+/** Records written before publications had owners were all made by users. */
+const LEGACY_OWNER: PublicationOwner = { kind: 'user', id: 'unknown' };
 
 /** What `publication.json` holds. */
 export interface PublicationRecord {
@@ -47,6 +62,8 @@ export interface PublicationRecord {
   fuseDir?: string;
   path?: string;
   disks: Record<string, string>;
+  /** Who may reuse, reset and remove it (absent in records of older versions: a user's). */
+  owner?: PublicationOwner;
   /** The serving process while it runs. */
   pid?: number;
   created: string;
@@ -59,6 +76,10 @@ export interface PublicationStatus extends PublicationInfo {
   overlayLimitBytes?: number;
   /** Bytes held by the overlays (allocated blocks of the data files). */
   overlayBytes: number;
+  /** Its serving process is gone without a clean stop (killed, crashed). */
+  crashed: boolean;
+  /** The background publisher's log, while the publication is kept. */
+  log?: string;
 }
 
 export interface PublishHooks {
@@ -76,6 +97,49 @@ function publicationsDir(stateDir: string): string {
 
 function recordFile(stateDir: string, id: string): string {
   return path.join(publicationsDir(stateDir), id, 'publication.json');
+}
+
+/** Same owner: the same session or run; any two users (they share, see PublicationOwner). */
+export function sameOwner(a: PublicationOwner, b: PublicationOwner): boolean {
+  return a.kind === b.kind && (a.kind === 'user' || a.id === b.id);
+}
+
+function ownerOf(rec: PublicationRecord): PublicationOwner {
+  return rec.owner ?? LEGACY_OWNER;
+}
+
+export function describeOwner(o: PublicationOwner): string {
+  switch (o.kind) {
+    case 'user': return `user ${o.id}`;
+    case 'session': return `recovery session ${o.id}`;
+    case 'surebackup': return `SureBackup run ${o.id}`;
+    case 'flr': return `file-level restore session ${o.id}`;
+  }
+}
+
+function ownerHint(o: PublicationOwner): string {
+  switch (o.kind) {
+    case 'user': return 'stop it as a user: restorelab unpublish, or DELETE /api/v1/publications/<id>';
+    case 'session': return `stop the session instead: restorelab stop ${o.id}`;
+    case 'surebackup': return 'it goes when its run ends (cancel the run to end it sooner)';
+    case 'flr': return `unmount the session instead: restorelab umount ${o.id}`;
+  }
+}
+
+/**
+ * Record directories of the publications this process serves. A record
+ * alone cannot say so: the API and `restorelab server` serve many
+ * publications from one process, whose pid every one of them records.
+ */
+const servedHere = new Set<string>();
+
+function recordDir(stateDir: string, id: string): string {
+  return path.resolve(publicationsDir(stateDir), id);
+}
+
+/** Served right now, by this process or another live one. */
+function isLive(stateDir: string, rec: PublicationRecord): boolean {
+  return servedHere.has(recordDir(stateDir, rec.id)) || (rec.pid !== undefined && rec.pid !== process.pid && pidAlive(rec.pid));
 }
 
 function readRecord(file: string): PublicationRecord | undefined {
@@ -126,19 +190,23 @@ function overlayBytes(dir: string): number {
   return total;
 }
 
-function statusOf(rec: PublicationRecord): PublicationStatus {
+function statusOf(stateDir: string, rec: PublicationRecord): PublicationStatus {
   const running = rec.pid !== undefined && pidAlive(rec.pid);
+  // A clean stop rewrites the record without a pid: one left behind names a process that died.
+  const crashed = rec.pid !== undefined && !running;
+  const log = path.join(recordDir(stateDir, rec.id), PUBLISHER_LOG);
   return {
-    id: rec.id, name: rec.name, point: rec.point, vm: rec.vm, ...(rec.path ? { path: rec.path } : {}), disks: rec.disks,
+    id: rec.id, name: rec.name, owner: ownerOf(rec), point: rec.point, vm: rec.vm, ...(rec.path ? { path: rec.path } : {}), disks: rec.disks,
     running, ...(running ? { pid: rec.pid } : {}), overlayDir: rec.overlayDir,
     ...(rec.overlayLimitBytes !== undefined ? { overlayLimitBytes: rec.overlayLimitBytes } : {}),
     overlayBytes: overlayBytes(path.join(rec.overlayDir, rec.id)),
+    crashed, ...(fs.existsSync(log) ? { log } : {}),
   };
 }
 
 /** Every publication recorded in `stateDir`, running or stopped (and resumable). */
 export function listPublications(stateDir: string): PublicationStatus[] {
-  return allRecords(stateDir).map(statusOf);
+  return allRecords(stateDir).map((r) => statusOf(stateDir, r));
 }
 
 function findRecord(stateDir: string, idOrName: string): PublicationRecord {
@@ -150,12 +218,33 @@ function findRecord(stateDir: string, idOrName: string): PublicationRecord {
 }
 
 /**
- * Stops a publication: signals its serving process (SIGTERM, which unmounts
- * cleanly) and waits for it to exit; a stale FUSE mount of a crashed server is
- * removed. With `discard`, its overlay and scratch files are deleted too.
+ * Throws PUBLICATION_NOT_OWNER unless `as` may stop publication `rec`: its
+ * owner may; so may anyone once a SureBackup run's process is gone (a run
+ * lives only in its process, so nobody else is left to remove it).
  */
-export async function removePublication(stateDir: string, idOrName: string, opts: { discard?: boolean } = {}): Promise<PublicationStatus> {
+function assertOwner(stateDir: string, rec: PublicationRecord, as: PublicationOwner): void {
+  const owner = ownerOf(rec);
+  if (sameOwner(owner, as)) return;
+  if (owner.kind === 'surebackup' && !isLive(stateDir, rec)) return;
+  throw new RestorelabError('PUBLICATION_NOT_OWNER', `publication ${rec.id} belongs to ${describeOwner(owner)}, not to ${describeOwner(as)}; only its owner may stop it`, {
+    hint: ownerHint(owner), exitCode: ExitCode.busy,
+  });
+}
+
+/** Throws (PUBLICATION_NOT_FOUND, PUBLICATION_NOT_OWNER) unless `as` may remove the publication; checks before a caller acts. */
+export function checkPublicationOwner(stateDir: string, idOrName: string, as: PublicationOwner): void {
+  assertOwner(stateDir, findRecord(stateDir, idOrName), as);
+}
+
+/**
+ * Stops a publication on behalf of `as`, who must own it: signals its
+ * serving process (SIGTERM, which unmounts cleanly) and waits for it to exit;
+ * a stale FUSE mount of a crashed server is removed. With `discard`, its
+ * overlay and scratch files are deleted too.
+ */
+export async function removePublication(stateDir: string, idOrName: string, opts: { discard?: boolean; as: PublicationOwner }): Promise<PublicationStatus> {
   const rec = findRecord(stateDir, idOrName);
+  assertOwner(stateDir, rec, opts.as);
   if (rec.pid !== undefined && pidAlive(rec.pid) && rec.pid !== process.pid) {
     process.kill(rec.pid, 'SIGTERM');
     const deadline = Date.now() + STOP_WAIT_MS;
@@ -168,11 +257,16 @@ export async function removePublication(stateDir: string, idOrName: string, opts
   }
   if (rec.fuseDir && mountEntry(rec.fuseDir) && (await isStaleFuseMount(rec.fuseDir))) await detachMount(rec.fuseDir);
   const fresh = readRecord(recordFile(stateDir, rec.id)) ?? rec;
+  // Said before the pid goes: a publisher that died is reported as crashed, with its log.
+  const status: PublicationStatus = { ...statusOf(stateDir, fresh), running: false };
+  delete status.pid;
   delete fresh.pid;
-  const status = statusOf(fresh);
   if (opts.discard) {
     fs.rmSync(path.join(rec.overlayDir, rec.id), { recursive: true, force: true });
-    fs.rmSync(path.dirname(recordFile(stateDir, rec.id)), { recursive: true, force: true });
+    fs.rmSync(recordDir(stateDir, rec.id), { recursive: true, force: true });
+    delete status.log;
+    // Whoever served it here has let it go (the API detached it from the NFS export first).
+    servedHere.delete(recordDir(stateDir, rec.id));
   } else {
     writeRecord(stateDir, fresh);
   }
@@ -218,10 +312,52 @@ async function openPublication(rec: PublicationRecord, repo: RepositoryReader, p
   }
 }
 
+/** Where a new publication goes: an earlier one of the same owner to reuse, or a fresh id. */
+interface Slot { id: string; previous?: PublicationRecord }
+
 /**
- * Publishes `opts.point`: opens its disks with overlays, serves them in a
- * datastore, and mounts it with FUSE at `opts.fuseDir` when given. Without
- * `resume`, an earlier overlay of the same point is discarded first.
+ * Picks the id of a new publication of a point: `<vm>-<point>`, else
+ * `<vm>-<point>.2` …. A stopped publication of the same owner is reused
+ * (resumed or reset); anyone else's, live or not, is skipped and never
+ * touched. A fresh id is claimed by creating its record directory, which
+ * only one process can do.
+ */
+function chooseSlot(stateDir: string, base: string, point: string, owner: PublicationOwner): Slot {
+  fs.mkdirSync(publicationsDir(stateDir), { recursive: true });
+  for (let n = 1; n <= MAX_PUBLICATIONS_PER_POINT; n++) {
+    const id = n === 1 ? base : `${base}.${n}`;
+    const rec = readRecord(recordFile(stateDir, id));
+    if (rec) {
+      if (!sameOwner(ownerOf(rec), owner)) continue;
+      if (!isLive(stateDir, rec)) return { id, previous: rec };
+      // Two users publishing one point would share nothing but confusion: one publication, as before.
+      if (owner.kind === 'user') {
+        throw new RestorelabError('PUBLICATION_BUSY', `restore point ${point} is already published as ${id}${rec.pid !== undefined ? ` by process ${rec.pid}` : ''}`, {
+          hint: `use it (${rec.path ?? 'see restorelab publications'}), or stop it first: restorelab unpublish ${id}`, exitCode: ExitCode.busy,
+        });
+      }
+      continue;
+    }
+    try {
+      fs.mkdirSync(recordDir(stateDir, id));
+    } catch (err) {
+      // Being claimed right now, or left by a publisher that died between claiming and recording: not ours either way.
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw err;
+    }
+    return { id };
+  }
+  throw new RestorelabError('PUBLICATION_LIMIT', `restore point ${point} already has ${MAX_PUBLICATIONS_PER_POINT} publications`, {
+    hint: 'list them with: restorelab publications; stop the ones no longer needed', exitCode: ExitCode.busy,
+  });
+}
+
+/**
+ * Publishes `opts.point` for `opts.owner`: opens its disks with overlays,
+ * serves them in a datastore, and mounts it with FUSE at `opts.fuseDir` when
+ * given. Without `resume`, the owner's earlier overlay of the same point is
+ * discarded first; another owner's publication of the point is left alone
+ * and this one gets an id of its own (chooseSlot).
  */
 export async function startPublication(opts: PublishOptions, hooks: PublishHooks = {}): Promise<RunningPublication & { datastore: PublicationDatastore }> {
   const warn = hooks.onWarning ?? (() => undefined);
@@ -233,31 +369,40 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   const point = await repo.getPoint(opts.point);
   if (point.disks.length === 0) throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disks`);
 
-  const name = publicationName(point.vm.name, point.id);
-  const id = name;
-  const previous = readRecord(recordFile(opts.stateDir, id));
-  if (previous?.pid !== undefined && pidAlive(previous.pid) && previous.pid !== process.pid) {
-    throw new RestorelabError('PUBLICATION_BUSY', `restore point ${point.id} is already published as ${id} by process ${previous.pid}`, {
-      hint: `use it (${previous.path ?? 'see restorelab publications'}), or stop it first: restorelab unpublish ${id}`, exitCode: ExitCode.busy,
-    });
-  }
-  const overlayRoot = path.resolve(opts.overlayDir ?? previous?.overlayDir ?? path.join(opts.stateDir, 'overlays'));
-  const existingOverlay = fs.existsSync(path.join(overlayRoot, id));
-  if (!opts.resume && previous) {
-    if (existingOverlay) warn(`discarding the overlay of the earlier publication ${id} (pass --resume to keep its writes)`);
-    for (const d of point.disks) await discardOverlay(path.join(overlayRoot, id), d.name);
-    await discardScratch(path.dirname(recordFile(opts.stateDir, id)));
-  }
-  const number = previous?.number ?? allocateNumber(opts.stateDir);
+  const owner = opts.owner ?? LOCAL_USER;
+  const { id, previous } = chooseSlot(opts.stateDir, publicationName(point.vm.name, point.id), point.id, owner);
+  const name = id;
   const fuseDir = opts.fuseDir ? path.resolve(opts.fuseDir) : undefined;
   const pubPath = fuseDir ? path.join(fuseDir, name) : undefined;
-  const rec: PublicationRecord = {
-    id, name, number, point: point.id, vm: point.vm.name, repo: path.resolve(opts.repo), overlayDir: overlayRoot,
-    ...(opts.overlayLimitBytes !== undefined ? { overlayLimitBytes: opts.overlayLimitBytes } : previous?.overlayLimitBytes !== undefined && opts.resume ? { overlayLimitBytes: previous.overlayLimitBytes } : {}),
-    readOnly: opts.readOnly ?? false, ...(fuseDir ? { fuseDir, path: pubPath } : {}),
-    disks: Object.fromEntries(point.disks.map((d) => [d.name, pubPath ? path.join(pubPath, `${d.name}.raw`) : `${d.name}.raw`])),
-    created: previous && opts.resume ? previous.created : new Date().toISOString(),
+  const overlayRoot = path.resolve(opts.overlayDir ?? previous?.overlayDir ?? path.join(opts.stateDir, 'overlays'));
+  // A fresh id's claim (its record directory) and new overlay are given back if the start fails.
+  const unclaim = (): void => {
+    if (previous) return;
+    fs.rmSync(recordDir(opts.stateDir, id), { recursive: true, force: true });
+    if (!opts.resume) fs.rmSync(path.join(overlayRoot, id), { recursive: true, force: true });
   };
+  let rec: PublicationRecord;
+  try {
+    // Everything below is this owner's: an earlier publication of its own, or leftovers no record claims.
+    if (!opts.resume && fs.existsSync(path.join(overlayRoot, id))) {
+      warn(`discarding the overlay of the earlier publication ${id} (pass --resume to keep its writes)`);
+      for (const d of point.disks) await discardOverlay(path.join(overlayRoot, id), d.name);
+    }
+    if (!opts.resume && previous) {
+      await discardScratch(recordDir(opts.stateDir, id));
+    }
+    const number = previous?.number ?? allocateNumber(opts.stateDir);
+    rec = {
+      id, name, number, point: point.id, vm: point.vm.name, repo: path.resolve(opts.repo), overlayDir: overlayRoot,
+      ...(opts.overlayLimitBytes !== undefined ? { overlayLimitBytes: opts.overlayLimitBytes } : previous?.overlayLimitBytes !== undefined && opts.resume ? { overlayLimitBytes: previous.overlayLimitBytes } : {}),
+      readOnly: opts.readOnly ?? false, ...(fuseDir ? { fuseDir, path: pubPath } : {}),
+      disks: Object.fromEntries(point.disks.map((d) => [d.name, pubPath ? path.join(pubPath, `${d.name}.raw`) : `${d.name}.raw`])),
+      owner, created: previous && opts.resume ? previous.created : new Date().toISOString(),
+    };
+  } catch (err) {
+    unclaim();
+    throw err;
+  }
 
   const cache = new ChunkCache((opts.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   // Decoding on worker threads keeps the thread that answers FUSE free; an injected repository decodes in-process.
@@ -267,6 +412,7 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
     opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn, pool);
   } catch (err) {
     await pool?.close();
+    unclaim();
     throw err;
   }
   const datastore = new PublicationDatastore();
@@ -286,13 +432,15 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
     await fuse?.unmount();
     await opened.close();
     await pool?.close();
+    unclaim();
     throw err;
   }
   writeRecord(opts.stateDir, { ...rec, pid: process.pid });
+  servedHere.add(recordDir(opts.stateDir, id));
 
   let closed = false;
   return {
-    id, name, point: point.id, vm: point.vm.name, ...(pubPath ? { path: pubPath } : {}), disks: rec.disks, datastore,
+    id, name, owner, point: point.id, vm: point.vm.name, ...(pubPath ? { path: pubPath } : {}), disks: rec.disks, datastore,
     ...(nfs ? { urls: Object.fromEntries(point.disks.map((d) => [d.name, nfs!.url(name, `${d.name}.raw`)])) } : {}),
     close: async (o = {}) => {
       if (closed) return;
@@ -302,9 +450,16 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
       datastore.detach(id);
       await opened.close();
       await pool?.close();
+      servedHere.delete(recordDir(opts.stateDir, id));
+      // Only what is still this publication's own goes: removed and claimed by someone else meanwhile, it is theirs.
+      const onDisk = readRecord(recordFile(opts.stateDir, id));
+      if (onDisk && !(onDisk.number === rec.number && sameOwner(ownerOf(onDisk), owner))) {
+        warn(`publication ${id} now belongs to ${describeOwner(ownerOf(onDisk))}; its overlay and record are left alone`);
+        return;
+      }
       if (o.discard) {
         fs.rmSync(path.join(overlayRoot, id), { recursive: true, force: true });
-        fs.rmSync(path.dirname(recordFile(opts.stateDir, id)), { recursive: true, force: true });
+        fs.rmSync(recordDir(opts.stateDir, id), { recursive: true, force: true });
       } else {
         writeRecord(opts.stateDir, rec);
       }
@@ -313,8 +468,10 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
 }
 
 /**
- * Re-attaches every recorded publication to `datastore` (a server restart:
- * the NFS server keeps its file handles). Returns a closer for the overlays.
+ * Re-attaches every recorded user publication to `datastore` (a server
+ * restart: the NFS server keeps its file handles). Returns a closer for the
+ * overlays. A session's, a run's or a file-level restore's publication is
+ * its owner's to serve or remove, never the server's.
  */
 export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
   hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; close(): Promise<void> }> {
@@ -322,17 +479,20 @@ export async function restorePublications(stateDir: string, datastore: Publicati
   const closers: Array<() => Promise<void>> = [];
   const restored: string[] = [];
   for (const rec of allRecords(stateDir)) {
+    if (ownerOf(rec).kind !== 'user') continue;
     if (hooks.filter && !hooks.filter(rec)) continue;
     // Two writers on one overlay would corrupt it: a publication another live process serves is left alone.
-    if (rec.pid !== undefined && rec.pid !== process.pid && pidAlive(rec.pid)) {
-      hooks.onWarning?.(`publication ${rec.id} is served by process ${rec.pid}; not restored here`);
+    if (isLive(stateDir, rec)) {
+      hooks.onWarning?.(`publication ${rec.id} is served by ${rec.pid !== undefined && rec.pid !== process.pid ? `process ${rec.pid}` : 'this process already'}; not restored here`);
       continue;
     }
     const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
     const point = await repo.getPoint(rec.point);
     const opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
     await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
-    closers.push(opened.close);
+    const key = recordDir(stateDir, rec.id);
+    servedHere.add(key);
+    closers.push(async () => { servedHere.delete(key); await opened.close(); });
     restored.push(rec.id);
   }
   return { restored, close: async () => { for (const c of closers) await c(); } };

@@ -7,8 +7,8 @@ import type { SessionDeps } from './seam.js';
 export const realDeps: SessionDeps = {
   openRepository: (path) => openRepository(path),
   startPublication: (opts) => startPublication(opts),
-  removePublication: async (stateDir, id) => {
-    await removePublication(stateDir, id, { discard: true });
+  removePublication: async (stateDir, id, owner) => {
+    await removePublication(stateDir, id, { discard: true, as: owner });
   },
   hypervisor: (driver, opts) => createHypervisor(driver, opts),
 };

@@ -40,8 +40,9 @@ export async function bringUp(
     if (mount) mkdirSync(mount, { recursive: true });
     res.publication = { id: '', ...(mount ? { mount } : {}) };
     store.save(s);
+    // Owned by the session: a point the server already exports gets a publication of its own.
     publication = await deps.startPublication({
-      repo: s.repo, point: s.point, stateDir: store.stateDir,
+      repo: s.repo, point: s.point, stateDir: store.stateDir, owner: { kind: 'session', id: s.id },
       ...(mount ? { fuseDir: mount } : {}),
       ...(via.via === 'nfs' ? { nfs: { port: via.port, mountPort: via.mountPort, portmapPort: via.portmapPort } } : {}),
     });
@@ -161,7 +162,7 @@ export async function teardown(s: RecoverySession, store: SessionStore, hv: Hype
       if (publication) await publication.close({ discard: true });
       else {
         const id = res.publication?.id;
-        if (id && deps) await deps.removePublication(store.stateDir, id).catch((e: unknown) => {
+        if (id && deps) await deps.removePublication(store.stateDir, id, { kind: 'session', id: s.id }).catch((e: unknown) => {
           if (!(e instanceof RestorelabError && e.code === 'PUBLICATION_NOT_FOUND')) throw e;
         });
         if (mount) await unmountStale(mount);

@@ -5,7 +5,7 @@
  * realDeps (deps.ts).
  */
 import type { RepositoryReader } from '../repo/contract.js';
-import type { PublishOptions, RunningPublication } from '../publish/contract.js';
+import type { PublicationOwner, PublishOptions, RunningPublication } from '../publish/contract.js';
 import type { Hypervisor } from '../hypervisor/types.js';
 
 export interface SessionDeps {
@@ -13,9 +13,10 @@ export interface SessionDeps {
   startPublication(opts: PublishOptions): Promise<RunningPublication>;
   /**
    * Removes a publication whose serving process is gone (a supervisor that
-   * died), discarding its overlay; a publication already gone is no error.
+   * died), discarding its overlay, on behalf of `owner` (the session: nobody
+   * else's publication is touched); a publication already gone is no error.
    */
-  removePublication(stateDir: string, id: string): Promise<void>;
+  removePublication(stateDir: string, id: string, owner: PublicationOwner): Promise<void>;
   hypervisor(driver: 'qemu' | 'libvirt', opts: { stateDir: string; accel?: 'auto' | 'kvm' | 'tcg' }): Hypervisor;
 }
 

@@ -104,7 +104,11 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         mkdirSync(work, { recursive: true });
         undo.push(async () => rmSync(work, { recursive: true, force: true }));
         const check = (): void => { if (opts.signal.aborted) throw opts.signal.reason; };
-        const pub: RunningPublication = await deps.startPublication({ repo: o.repo, point: pointId, stateDir: o.stateDir, fuseDir: join(work, 'mnt') });
+        // Owned by this VM's verification: a point the server exports over NFS gets a second
+        // publication, so its clients' overlay is neither reset now nor discarded at the end.
+        const pub: RunningPublication = await deps.startPublication({
+          repo: o.repo, point: pointId, stateDir: o.stateDir, fuseDir: join(work, 'mnt'), owner: { kind: 'surebackup', id: `${vmName}-${id}` },
+        });
         undo.push(() => pub.close({ discard: true }));
         check();
         const nics: NicAttachment[] = [];

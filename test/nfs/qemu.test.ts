@@ -1,6 +1,8 @@
 // The only NFS test that uses the portmapper port 111 (QEMU's libnfs finds
 // mountd and nfsd only through it); no other test file may bind 111. So the
-// recovery session served over NFS (`recover --publish nfs`) is tested here.
+// recovery session served over NFS (`recover --publish nfs`) is tested here,
+// and so is a SureBackup run of a point the server exports (qemu-io writes
+// the disk over nfs://).
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -19,6 +21,15 @@ import { projectPath } from '../../src/paths.js';
 import { stopSession } from '../../src/session/recover.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { WEB_EXPECT, cli, httpGet, lastJsonLine, residue, webRepository } from '../session/fixtures/recovery.js';
+import { PublicationDatastore } from '../../src/datastore/publication-datastore.js';
+import { listPublications } from '../../src/publish/publish.js';
+import { createLabBackend } from '../../src/surebackup/backend.js';
+import { executeRun } from '../../src/surebackup/execute.js';
+import { History } from '../../src/surebackup/history.js';
+import { createTestRunner } from '../../src/verify/tests.js';
+import type { Job, TestRunner } from '../../src/surebackup/runner.js';
+import { guestRepository as sbGuestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
+import { guestImage } from '../helpers/guests.js';
 
 t.test('qemu-img reads a raw disk over nfs:// through our portmapper on 111', async (t) => {
   requireTool('qemu-img');
@@ -151,4 +162,91 @@ t.test('recover --publish rejects what it cannot serve', async (t) => {
   t.equal(noPortmap.code, 2);
   t.match(noPortmap.stdout + noPortmap.stderr, /NFS_NEEDS_PORTMAPPER/);
   t.same(new SessionStore(path.join(dir, 'state')).list(), [], 'no session was recorded');
+});
+
+t.test('a SureBackup run of a point the server exports over NFS loses none of the NFS clients\' writes', async (t) => {
+  for (const tool of ['qemu-io', 'nfs-cat', 'nfs-cp', 'qemu-system-x86_64']) requireTool(tool);
+  // Short: QEMU's socket paths under the state directory must stay under 108 bytes.
+  const dir = fs.mkdtempSync('/tmp/rlsbn-');
+  const stateDir = path.join(dir, 'state');
+  const { repo, points } = await sbGuestRepository(dir, ['web']);
+  const point = points.web!;
+  const image = fs.readFileSync(await guestImage('web'));
+  const before = chunkFingerprint(repo);
+
+  // As the API publishes for a user in `restorelab server`: a publication of
+  // its own, moved onto the datastore the server's NFS export serves.
+  const datastore = new PublicationDatastore();
+  let pub = await startPublication({ repo, point: point.id, stateDir, owner: { kind: 'user', id: 'test-operator' } });
+  const moved = pub.datastore.detach(pub.id);
+  if (!moved) throw new Error('the publication is not in its datastore');
+  await datastore.attach(moved);
+  const nfs = await startNfsExport({ datastore, stateDir, port: 0, mountPort: 0, portmapPort: 111, listen: '127.0.0.1' });
+  const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
+  const history = History.open(path.join(stateDir, 'catalog.sqlite'));
+  t.teardown(async () => {
+    history.close();
+    await backend.labDown().catch(() => undefined);
+    await backend.close();
+    await nfs.stop();
+    datastore.detach(pub.id);
+    await pub.close({ discard: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  // A client writes recognisable blocks into the disk (through our portmapper,
+  // as QEMU finds the server) and a scratch file, as a hypervisor would.
+  const qemuUrl = `nfs://127.0.0.1/restorelab/${pub.name}/root.raw`;
+  const writeBlock = async (pattern: number, offset: number): Promise<void> => {
+    const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${pattern} ${offset} 65536`, '-c', 'flush', qemuUrl], undefined, 120_000);
+    t.equal(w.code, 0, `qemu-io write of 0x${pattern.toString(16)} at ${offset} over NFS: ${w.stderr}`);
+  };
+  const patched = Buffer.from(image);
+  await writeBlock(0xa5, 8 << 20);
+  patched.fill(0xa5, 8 << 20, (8 << 20) + 65536);
+  const scratch = crypto.randomBytes(100_000);
+  fs.writeFileSync(path.join(dir, 'client.log'), scratch);
+  const put = await run('nfs-cp', [path.join(dir, 'client.log'), nfs.url(pub.name, 'client.log')]);
+  t.equal(put.code, 0, put.stderr);
+
+  const labName = `sbn${process.pid % 10000}`;
+  const job: Job = { name: 'nfs-owned', lab: labFile(dir, labName, '172.18.124.0/24'), point: 'latest', concurrency: 1, applicationGroup: [],
+    verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 } };
+  const real = createTestRunner({ repo: () => backend.reader(), screenshotDir: path.join(dir, 'shots') });
+  let wroteDuringRun = false;
+  let jobPublications: string[] = [];
+  // The client keeps writing while the run's VM is up.
+  const runTest: TestRunner = async (spec, vm, signal) => {
+    if (!wroteDuringRun) {
+      wroteDuringRun = true;
+      jobPublications = listPublications(stateDir).map((p) => `${p.id} ${p.owner.kind}`);
+      await writeBlock(0x5c, 16 << 20);
+      patched.fill(0x5c, 16 << 20, (16 << 20) + 65536);
+    }
+    return real(spec, vm, signal);
+  };
+  const rep = await executeRun({ job, backend, repo: () => backend.reader(), stateDir, history, trigger: 'manual', runTest, log: { warn: () => undefined } });
+  t.equal(rep.result, 'success', JSON.stringify(rep.vms.map((v) => v.tests.map((x) => [x.name, x.result, x.detail]))));
+  t.ok(wroteDuringRun, 'the client wrote while the run\'s VM was up');
+  t.same(jobPublications, [`${pub.id} user`, `${pub.id}.2 surebackup`], 'the run verified a second publication of the point, its own');
+
+  t.same(listPublications(stateDir).map((p) => [p.id, p.owner.kind, p.running]), [[pub.id, 'user', true]], 'the exported publication\'s record is still there');
+  t.ok(fs.existsSync(path.join(stateDir, 'overlays', pub.id, 'root.data')), 'and its overlay');
+  t.same(await leftovers(stateDir).then((l) => l.filter((x) => !x.startsWith(`publication ${pub.id} `))), [], 'the run left nothing of its own');
+  const cat = await run('nfs-cat', [nfs.url(pub.name, 'root.raw')], undefined, 120_000);
+  t.equal(cat.code, 0, cat.stderr);
+  t.ok(cat.stdout.equals(patched), 'read back over NFS after the run: the disk holds every block the client wrote, and nothing else changed');
+  const back = await run('nfs-cat', [nfs.url(pub.name, 'client.log')]);
+  t.ok(back.stdout.equals(scratch), 'the client\'s scratch file is still there');
+
+  // Not just open descriptors: the overlay on disk holds the writes (a server restart resumes them).
+  datastore.detach(pub.id);
+  await pub.close();
+  pub = await startPublication({ repo, point: point.id, stateDir, owner: { kind: 'user', id: 'test-operator' }, resume: true });
+  const again = pub.datastore.detach(pub.id);
+  if (!again) throw new Error('the resumed publication is not in its datastore');
+  await datastore.attach(again);
+  const resumed = await run('nfs-cat', [nfs.url(pub.name, 'root.raw')], undefined, 120_000);
+  t.ok(resumed.stdout.equals(patched), 'after a restart with resume the writes are all there');
+  t.equal(chunkFingerprint(repo), before, 'the repository chunks are byte-identical');
 });

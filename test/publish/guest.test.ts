@@ -31,7 +31,7 @@ const before = chunkFingerprint(repo);
 
 t.teardown(async () => {
   for (const d of domains) await d.destroy().catch(() => undefined);
-  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);
   if (mountEntry(mnt)) await detachMount(mnt);
   rmSync(dir, { recursive: true, force: true });
 });

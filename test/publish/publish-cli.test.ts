@@ -4,11 +4,12 @@
  * bad input, and nothing left mounted afterwards.
  */
 import t from 'tap';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
 import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
-import { listPublications, removePublication } from '../../src/publish/publish.js';
+import { listPublications, removePublication, type PublicationStatus } from '../../src/publish/publish.js';
+import { processAlive } from '../../src/host/process.js';
 import { chunkFingerprint, cli, json, occurrences, webRepository, type PublishJson } from './fixtures/web.js';
 
 const dir = mkdtempSync('/tmp/rlpubcli-');
@@ -19,7 +20,7 @@ const { repo, point, image } = await webRepository(dir);
 const before = chunkFingerprint(repo);
 
 t.teardown(async () => {
-  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true }).catch(() => undefined);
+  for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);
   for (const m of [mnt, busy]) if (mountEntry(m)) await detachMount(m);
   rmSync(dir, { recursive: true, force: true });
 });
@@ -96,4 +97,39 @@ t.test('bad input: unknown point, busy point, a mount point in use; nothing left
   json(await cli(['unpublish', pub.publication, '--discard', '--json'], state));
   t.equal(mountEntry(mnt), undefined);
   t.equal(mountEntry(join(dir, 'other')), undefined);
+});
+
+t.test('a background publisher that dies keeps its log, and what the user sees names it', async (t) => {
+  // Killed once it published: its log has moved into the publication's state directory.
+  const pub = await publish() as PublishJson & { log?: string };
+  const log = join(state, 'publications', pub.publication, 'publisher.log');
+  t.equal(pub.log, log, 'the result names the log');
+  const pid = listPublications(state).find((p) => p.id === pub.publication)?.pid;
+  if (pid === undefined) throw new Error('the publisher records no pid');
+  process.kill(pid, 'SIGKILL');
+  const deadline = Date.now() + 30_000;
+  while (processAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.notOk(processAlive(pid), 'the publisher is dead');
+  t.ok(existsSync(log), 'its log is kept');
+  t.match(readFileSync(log, 'utf8'), `"publication":"${pub.publication}"`, 'and holds what it wrote');
+  const listed = await cli(['publications'], state);
+  t.match(listed.stdout, `${pub.publication}  publisher died (log: ${log})`, 'the listing names the log');
+  const st = json<{ publications: PublicationStatus[] }>(await cli(['publications', '--json'], state)).publications[0];
+  t.same([st?.running, st?.crashed, st?.log], [false, true, log]);
+  const un = json<{ crashed?: boolean; log?: string }>(await cli(['unpublish', pub.publication, '--json'], state));
+  t.same([un.crashed, un.log], [true, log], 'unpublish names it too');
+  t.equal(mountEntry(mnt), undefined, 'the dead FUSE mount is gone');
+  t.ok(existsSync(log), 'kept until the publication is discarded');
+  json(await cli(['unpublish', pub.publication, '--discard', '--json'], state));
+  t.notOk(existsSync(log), 'discard takes it with the rest');
+
+  // Failing before it published: the log stays where it was, and the error names it.
+  const bad = await cli(['publish', '--repo', repo, '20200101T000000Z-000000', '--fuse', mnt, '--background', '--json'], state);
+  t.equal(bad.code, 5);
+  const err = (JSON.parse(bad.stdout.trim().split('\n').at(-1) ?? '{}') as { error?: { code: string; hint?: string } }).error;
+  t.equal(err?.code, 'POINT_NOT_FOUND');
+  const named = /the publisher's log: (\S+)/.exec(err?.hint ?? '')?.[1];
+  t.ok(named?.startsWith(join(state, 'publications', '.publish-')), `the hint names the log: ${err?.hint}`);
+  t.match(readFileSync(named ?? '/nonexistent', 'utf8'), /POINT_NOT_FOUND/, 'which holds the publisher\'s own report');
+  t.equal(mountEntry(mnt), undefined);
 });

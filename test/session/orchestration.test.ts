@@ -90,7 +90,7 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
       const disk = join(dir, `${o.point}-root.raw`);
       writeFileSync(disk, Buffer.alloc(1 << 20));
       return {
-        id: `pub-${o.point}`, name: `web-${o.point}`, point: o.point, vm: 'web', disks: { root: disk },
+        id: `pub-${o.point}`, name: `web-${o.point}`, owner: o.owner ?? { kind: 'user', id: 'cli' }, point: o.point, vm: 'web', disks: { root: disk },
         close: async (c) => { calls.closed.push(c ?? {}); rmSync(disk, { force: true }); },
       };
     },

@@ -8,6 +8,10 @@
  * directory would hand out the same id twice. On server stop the
  * publications are closed with their overlays kept; the next server's NFS
  * export restores them from their records (restorePublications).
+ *
+ * A publication made here is a user's (owner kind `user`, id the token's
+ * name); recovery sessions, SureBackup runs and file-level restores own
+ * theirs, and DELETE refuses those (PUBLICATION_NOT_OWNER, 409).
  */
 import type { RegisterRoutes } from './index.js';
 import { apiError } from '../errors.js';
@@ -16,7 +20,8 @@ import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
 import { openDefaultRepository, openOptions } from './repositories.js';
 import { badInput } from '../../errors.js';
-import { listPublications, removePublication, startPublication } from '../../publish/publish.js';
+import { checkPublicationOwner, listPublications, removePublication, startPublication } from '../../publish/publish.js';
+import type { PublicationOwner } from '../../publish/contract.js';
 import { SessionStore } from '../../session/store.js';
 import { ACTIVE_STATES } from '../../session/session.js';
 
@@ -63,16 +68,18 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
       }
       // An unknown point is the client's 404 now, not a failed operation later.
       await (await openDefaultRepository(ctx)).getPoint(b.point);
-      // startPublication refuses a point another live process serves, but
-      // not one this process serves: that would open its overlay twice.
-      const busy = listPublications(cfg.stateDir).find((p) => p.point === b.point
+      // One user publication of a point at a time, as startPublication has it;
+      // asked here too so the client gets its 409 now. A session's or a
+      // run's publication of the point does not count: this one gets its own.
+      const busy = listPublications(cfg.stateDir).find((p) => p.point === b.point && p.owner.kind === 'user'
         && (p.running || served.has(p.id) || (nfs?.publications().some((d) => d.id === p.id) ?? false)));
       if (busy) throw apiError('CONFLICT', `restore point ${b.point} is already published as ${busy.id}`, [{ path: 'body/point', message: `use it, or DELETE /api/v1/publications/${busy.id} first` }]);
       const by = principal(res).name;
+      const owner: PublicationOwner = { kind: 'user', id: by };
       const op = ctx.operations.start('publish', by, async (o) => {
         o.progress(null, `publishing ${b.point}`);
         const pub = await startPublication({
-          repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, ...(b.fuse ? { fuseDir: b.fuse } : {}),
+          repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, owner, ...(b.fuse ? { fuseDir: b.fuse } : {}),
           overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
           resume: b.resume, readOnly: b.readOnly, cacheMiB: cfg.limits.chunkCacheMiB,
         }, { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) });
@@ -114,6 +121,9 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
       // pull them from under the running VM (and signal its supervisor).
       const owner = new SessionStore(cfg.stateDir).list().find((s) => ACTIVE_STATES.includes(s.state) && s.resources.publication?.id === p.id);
       if (owner) throw apiError('CONFLICT', `publication ${p.id} holds the disks of recovery session ${owner.id}`, [{ path: 'params/id', message: `stop the session instead: POST /api/v1/sessions/${owner.id}/stop` }]);
+      // Before anything is detached: a run's or a file-level restore's publication is not a user's to stop.
+      const as: PublicationOwner = { kind: 'user', id: principal(res).name };
+      checkPublicationOwner(cfg.stateDir, p.id, as);
       const mine = served.get(p.id);
       if (mine) {
         served.delete(p.id);
@@ -121,7 +131,7 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
       } else {
         // Served by the NFS export since the server started, or by another process.
         ctx.datastore?.detach(p.id);
-        await removePublication(cfg.stateDir, p.id, { discard });
+        await removePublication(cfg.stateDir, p.id, { discard, as });
       }
       ctx.log.info({ by: principal(res).name, publication: p.id, discard }, 'unpublished');
       return { publication: p.id, stopped: true, discarded: discard };

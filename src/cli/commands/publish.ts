@@ -3,6 +3,12 @@
  * mount (see docs/publish.md). In the foreground it serves until SIGINT or
  * SIGTERM, then unmounts; `--background` starts that same foreground command
  * as a detached child and returns once the child reports the mount ready.
+ *
+ * The child's output goes to a log that is never deleted: once published,
+ * the child moves it into its publication's state directory
+ * (`publisher.log`), where `restorelab publications` names it if the child
+ * dies; one that fails to start leaves it in `<stateDir>/publications/` and
+ * the error names it.
  */
 import { Option, type Command } from 'commander';
 import { spawn } from 'node:child_process';
@@ -32,6 +38,7 @@ interface PublishFlags {
   readOnly?: boolean;
   background?: boolean;
   readyFile?: string;
+  logFile?: string;
 }
 
 export interface PublishResult {
@@ -39,6 +46,8 @@ export interface PublishResult {
   path: string;
   disks: Record<string, string>;
   nfs?: { host: string; port: number; mountPort: number; export: string; url: string; urls: Record<string, string> };
+  /** A background publisher's log. */
+  log?: string;
 }
 
 const READY_WAIT_MS = 120_000;
@@ -48,7 +57,17 @@ function render(r: PublishResult): string {
     `published ${r.publication}${r.path ? ` at ${r.path}` : ''}`,
     ...(r.path ? Object.entries(r.disks).map(([n, p]) => `  ${n}: ${p}`) : []),
     ...(r.nfs ? [`  NFS export ${r.nfs.host}:${r.nfs.export} (nfsd ${r.nfs.port}, mountd ${r.nfs.mountPort})`, ...Object.entries(r.nfs.urls).map(([n, u]) => `  ${n}: ${u}`)] : []),
+    ...(r.log ? [`  publisher log: ${r.log}`] : []),
   ].join('\n');
+}
+
+/** The lines of a log; one the child already moved (it died right after) reads as empty. */
+function readLog(file: string): string[] {
+  try {
+    return fs.readFileSync(file, 'utf8').trim().split('\n');
+  } catch {
+    return [];
+  }
 }
 
 /** Starts the foreground command detached and waits for its ready file (or its death). */
@@ -61,7 +80,7 @@ async function background(stateDir: string): Promise<PublishResult> {
   const logFile = path.join(spawnDir, `.publish-${tag}.log`);
   const args = process.argv.slice(1).filter((a) => a !== '--background');
   const log = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [...args, '--ready-file', readyFile], { detached: true, stdio: ['ignore', log, log], env: longRunningEnv() });
+  const child = spawn(process.execPath, [...args, '--ready-file', readyFile, '--log-file', logFile], { detached: true, stdio: ['ignore', log, log], env: longRunningEnv() });
   fs.closeSync(log);
   let exited: number | null | undefined;
   child.on('exit', (code) => { exited = code; });
@@ -71,20 +90,21 @@ async function background(stateDir: string): Promise<PublishResult> {
     while (Date.now() < deadline) {
       if (fs.existsSync(readyFile)) return JSON.parse(fs.readFileSync(readyFile, 'utf8')) as PublishResult;
       if (exited !== undefined) {
-        const log = fs.readFileSync(logFile, 'utf8').trim().split('\n');
+        const log = readLog(logFile);
         // The child ran with --json when we did: its error object is the most precise report.
         const reported = log.map((l) => { try { return (JSON.parse(l) as { error?: { code: string; message: string; hint?: string } }).error; } catch { return undefined; } }).find(Boolean);
-        if (reported) throw new RestorelabError(reported.code, reported.message, { hint: reported.hint, exitCode: (exited ?? 1) as never });
+        const seeLog = `the publisher's log: ${logFile}`;
+        if (reported) throw new RestorelabError(reported.code, reported.message, { hint: reported.hint ? `${reported.hint}; ${seeLog}` : seeLog, exitCode: (exited ?? 1) as never });
         const first = log.find((l) => /error/i.test(l)) ?? '';
-        throw new RestorelabError('PUBLISH_FAILED', `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`, { hint: `see ${logFile}`, exitCode: (exited ?? 1) as never });
+        throw new RestorelabError('PUBLISH_FAILED', `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`, { hint: `see ${seeLog}`, exitCode: (exited ?? 1) as never });
       }
       await new Promise((r) => setTimeout(r, 100));
     }
     child.kill('SIGTERM');
-    throw new RestorelabError('PUBLISH_TIMEOUT', `the background publisher was not ready within ${READY_WAIT_MS / 1000} s`, { hint: `see ${logFile}` });
+    throw new RestorelabError('PUBLISH_TIMEOUT', `the background publisher was not ready within ${READY_WAIT_MS / 1000} s`, { hint: `see the publisher's log: ${logFile}` });
   } finally {
+    // The log stays: it is all that tells why a publisher died (see the top of this file).
     fs.rmSync(readyFile, { force: true });
-    if (exited === undefined) fs.rmSync(logFile, { force: true });
   }
 }
 
@@ -108,6 +128,7 @@ export function registerPublish(program: Command): void {
     .option('--read-only', 'refuse all writes')
     .option('--background', 'detach once the mount is ready')
     .addOption(new Option('--ready-file <file>', 'written with the result once mounted (used by --background)').hideHelp())
+    .addOption(new Option('--log-file <file>', 'this process\'s log, moved into the publication\'s state directory once published (used by --background)').hideHelp())
     .option('--json', 'print one JSON object')
     .action(async (point: string, o: PublishFlags, c: Command) => {
       const ctx = contextFor(c);
@@ -119,7 +140,7 @@ export function registerPublish(program: Command): void {
         return;
       }
       // Loaded here, not above: the --background parent only spawns the process that serves.
-      const { startPublication } = await import('../../publish/publish.js');
+      const { PUBLISHER_LOG, startPublication } = await import('../../publish/publish.js');
       const pub = await startPublication({
         repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, ...(o.fuse ? { fuseDir: o.fuse } : {}),
         ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
@@ -152,6 +173,7 @@ export function registerPublish(program: Command): void {
         const urls = Object.fromEntries(Object.keys(pub.disks).map((d) => [d, nfs!.url(pub.name, `${d}.raw`)]));
         result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, export: `${nfs.exportPath}/${pub.name}`, url: Object.values(urls)[0] ?? '', urls };
       }
+      if (o.logFile) result.log = keepLog(o.logFile, path.join(cfg.stateDir, 'publications', pub.id, PUBLISHER_LOG));
       ctx.out.result(result, (v) => render(v as PublishResult));
       if (o.readyFile) {
         fs.writeFileSync(o.readyFile + '.tmp', JSON.stringify(result));
@@ -167,4 +189,19 @@ export function registerPublish(program: Command): void {
       await pub.close();
       ctx.out.info(`unpublished ${pub.id} (overlay kept: restorelab publish --resume ${point})`);
     });
+}
+
+/**
+ * Moves a background publisher's log (still open as its stdout and stderr)
+ * into the publication's state directory, where it lives and goes with the
+ * publication; the path it ends up at.
+ */
+function keepLog(from: string, to: string): string {
+  try {
+    fs.renameSync(from, to);
+    return to;
+  } catch {
+    // Another filesystem or a vanished file: where it is, it is still kept.
+    return from;
+  }
 }
