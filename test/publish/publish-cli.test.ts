@@ -4,11 +4,12 @@
  * bad input, and nothing left mounted afterwards.
  */
 import t from 'tap';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
 import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
 import { listPublications, removePublication } from '../../src/publish/publish.js';
+import { NOBODY, probeAs } from '../helpers/as-user.js';
 import { chunkFingerprint, cli, json, occurrences, webRepository, type PublishJson } from './fixtures/web.js';
 
 const dir = mkdtempSync('/tmp/rlpubcli-');
@@ -96,4 +97,31 @@ t.test('bad input: unknown point, busy point, a mount point in use; nothing left
   json(await cli(['unpublish', pub.publication, '--discard', '--json'], state));
   t.equal(mountEntry(mnt), undefined);
   t.equal(mountEntry(join(dir, 'other')), undefined);
+});
+
+t.test('the published disks are the publisher\'s alone, or shared with the group of --fuse-group / config fuse.group', async (t) => {
+  chmodSync(dir, 0o755); // only the mount's own policy decides what nobody gets
+  const ownerOnly = await publish();
+  const raw = ownerOnly.disks.root!;
+  t.same([statSync(raw).mode & 0o7777, statSync(raw).uid], [0o600, 0], 'without a group: 0600, root\'s');
+  t.same(await probeAs(NOBODY, [['read', raw], ['write', raw]]), ['EACCES', 'EACCES'], 'nobody gets nothing');
+  json(await cli(['unpublish', ownerOnly.publication, '--json'], state));
+
+  const config = join(dir, 'fuse-group.json');
+  writeFileSync(config, JSON.stringify({ fuse: { group: 'nogroup' } }));
+  const shared = json<PublishJson>(await cli(['--config', config, 'publish', '--repo', repo, point.id, '--fuse', mnt, '--background', '--json'], state));
+  const st = statSync(shared.disks.root!);
+  t.same([st.mode & 0o7777, st.gid], [0o660, 65534], 'config fuse.group: 0660 with that group');
+  t.same(await probeAs(NOBODY, [['read', shared.disks.root!], ['write', shared.disks.root!]]), ['ok', 'ok'], 'a member reads and writes');
+  json(await cli(['unpublish', shared.publication, '--json'], state));
+
+  const flag = await publish('--fuse-group', '65533');
+  t.equal(statSync(flag.disks.root!).gid, 65533, '--fuse-group takes a numeric gid');
+  t.same(await probeAs(NOBODY, [['read', flag.disks.root!]]), ['EACCES'], 'and nobody is not in it');
+  json(await cli(['unpublish', flag.publication, '--discard', '--json'], state));
+
+  const unknown = await cli(['publish', '--repo', repo, point.id, '--fuse', mnt, '--fuse-group', 'no-such-group-rl', '--json'], state);
+  t.equal(unknown.code, 2);
+  t.match(unknown.stdout, /GROUP_UNKNOWN/);
+  t.equal(mountEntry(mnt), undefined, 'nothing mounted');
 });
