@@ -46,6 +46,12 @@ export interface NfsWireLimits {
   maxMountEntries: number;
 }
 
+/** Who besides the publishing user may use FUSE publications (docs/publish.md). */
+export interface FuseConfig {
+  /** Group name or gid given the owner's rights, e.g. the group libvirt runs QEMU as. */
+  group?: string;
+}
+
 export interface ServerConfig {
   listen: string;
   port: number;
@@ -64,6 +70,7 @@ export interface Config {
   guestsDir: string;
   limits: Limits;
   nfs: NfsConfig;
+  fuse: FuseConfig;
   server: ServerConfig;
 }
 
@@ -77,6 +84,7 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   RESTORELAB_GUESTS_DIR: { path: ['guestsDir'], parse: (v) => v },
   RESTORELAB_CHUNK_CACHE_MIB: { path: ['limits', 'chunkCacheMiB'], parse: Number },
   RESTORELAB_NFS_PORT: { path: ['nfs', 'port'], parse: Number },
+  RESTORELAB_FUSE_GROUP: { path: ['fuse', 'group'], parse: (v) => v },
 };
 
 type Json = Record<string, unknown>;

@@ -8,7 +8,7 @@
  * interface (browse, CLI) sees only directories.
  */
 import { open } from 'node:fs/promises';
-import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { RestorelabError, badInput, notFound, ExitCode } from '../errors.js';
 import { readPartitionTable, type Partition, type ReadAt } from './partitions.js';
@@ -140,7 +140,7 @@ export class HostMountBackend implements FileLevelBackend {
       if (out.some((m) => m.fstype === 'unknown')) throw unknownFilesystem(req.disks.map((d) => d.name).join(', '), `nothing to mount (${why})`);
       throw badInput('UNSUPPORTED_FILESYSTEM', `nothing to mount: ${why}`, 'restore the whole disk instead and open it with a tool for that filesystem');
     }
-    this.makeDir(dir, journal);
+    this.makeRoot(dir, journal);
     for (const { disk, part, path } of plan) {
       const fs = part.filesystem as FilesystemProbe & { driver: string };
       this.makeDir(join(path, '..'), journal);
@@ -152,6 +152,24 @@ export class HostMountBackend implements FileLevelBackend {
       out.push({ disk: disk.name, partition: part.number, fstype: fs.fstype, path });
     }
     return out.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition);
+  }
+
+  /**
+   * The session's mount root, closed to other users (0700): a guest
+   * filesystem keeps the guest's modes, so a world-readable file in the
+   * guest would be readable on the host by anyone who can reach it. A
+   * directory we were given keeps its old mode in the journal, to get it back.
+   */
+  private makeRoot(dir: string, journal: SessionJournal): void {
+    if (existsSync(dir)) {
+      const mode = statSync(dir).mode & 0o7777;
+      if (mode === 0o700) return;
+      journal.add({ kind: 'mode', path: dir, mode });
+      chmodSync(dir, 0o700);
+      return;
+    }
+    mkdirSync(dir, { mode: 0o700 });
+    journal.add({ kind: 'dir', path: dir });
   }
 
   private makeDir(path: string, journal: SessionJournal): void {
@@ -175,6 +193,14 @@ export class HostMountBackend implements FileLevelBackend {
       case 'dir': {
         try {
           rmdirSync(r.path);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        }
+        return;
+      }
+      case 'mode': {
+        try {
+          chmodSync(r.path, r.mode);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
         }

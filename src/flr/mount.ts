@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RestorelabError, notFound, ExitCode } from '../errors.js';
 import { HostMountBackend, checkMountDir, type DiskFile, type FileLevelBackend } from './backend.js';
-import { SessionJournal, findSession, listSessions, sessionsDir, type MountedPartition, type Resource } from './session.js';
+import { SessionJournal, findSession, listSessions, makeSessionsDir, sessionsDir, type MountedPartition, type Resource } from './session.js';
 import type { HolderReply, HolderRequest } from './holder.js';
 import { isMountPoint, unmount } from './system.js';
 
@@ -129,8 +129,9 @@ export async function mountRestorePoint(opts: MountPointOptions): Promise<FlrSes
 }
 
 async function startHolder(journal: SessionJournal, opts: MountPointOptions): Promise<Record<string, string>> {
-  const fuseDir = join(sessionsDir(opts.stateDir), `${journal.record.id}.fuse`);
-  mkdirSync(fuseDir, { recursive: true });
+  // Inside the 0700 sessions directory; the publication is owner-only too (src/fuse/access.ts).
+  const fuseDir = join(makeSessionsDir(opts.stateDir), `${journal.record.id}.fuse`);
+  mkdirSync(fuseDir, { recursive: true, mode: 0o700 });
   const log = openSync(join(sessionsDir(opts.stateDir), `${journal.record.id}.holder.log`), 'a');
   const child = spawn(process.execPath, [holderScript(), journal.record.id], {
     detached: true,

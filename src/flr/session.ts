@@ -7,13 +7,15 @@
  * A *resource* is appended to the journal right after it exists and before
  * the next one is made; release walks the journal backwards.
  */
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { notFound } from '../errors.js';
 
 export type Resource =
   | { kind: 'dir'; path: string }
+  /** A directory we were given and closed to other users: its mode before. */
+  | { kind: 'mode'; path: string; mode: number }
   | { kind: 'loop'; device: string; backing: string; offset: number }
   | { kind: 'mount'; path: string; device: string }
   | { kind: 'holder'; pid: number; fuseDir: string; publication?: string };
@@ -48,6 +50,18 @@ export function sessionsDir(stateDir: string): string {
   return join(stateDir, 'flr');
 }
 
+/**
+ * Creates the sessions directory closed to other users (0700): it holds the
+ * holders' FUSE mounts of whole disks, their logs and the journals.
+ */
+export function makeSessionsDir(stateDir: string): string {
+  const dir = sessionsDir(stateDir);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // One made by an older version, or by hand, may be wider.
+  chmodSync(dir, 0o700);
+  return dir;
+}
+
 export function newSessionId(): string {
   return `flr-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}-${randomBytes(3).toString('hex')}`;
 }
@@ -61,7 +75,7 @@ export class SessionJournal {
   }
 
   static create(stateDir: string, init: Omit<SessionRecord, 'id' | 'created' | 'pid' | 'resources' | 'mounts'>): SessionJournal {
-    mkdirSync(sessionsDir(stateDir), { recursive: true });
+    makeSessionsDir(stateDir);
     const j = new SessionJournal(stateDir, { id: newSessionId(), created: new Date().toISOString(), pid: process.pid, resources: [], mounts: [], ...init });
     j.save();
     return j;

@@ -9,6 +9,10 @@
  * big_writes), so sequential I/O is not a round trip per 4 KiB page.
  * kernel_cache keeps the page cache across opens: every change goes through
  * this mount, so the cache cannot go stale.
+ *
+ * The kernel enforces who may open what (default_permissions) from the
+ * ownership and modes src/fuse/access.ts reports: the publishing user, and
+ * an access group when one is configured; nobody else.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -16,6 +20,7 @@ import Fuse from 'fuse-native';
 import { RestorelabError, ExitCode, missingComponent } from '../errors.js';
 import { DatastoreError, ROOT_ID, type Datastore, type FileAttr, type FileId } from '../datastore/types.js';
 import { detachMount, isStaleFuseMount, mountEntry } from './mounts.js';
+import { accessMountOptions, fuseAccess, presentedOwnership, type FuseAccess } from './access.js';
 import { countBytes, countOp } from '../telemetry/counters.js';
 
 /** Largest request libfuse2 can negotiate with the kernel (32 pages). */
@@ -52,6 +57,12 @@ export interface FuseMountOptions {
   debug?: boolean;
   /** Called when a stale mount was found and cleared before mounting. */
   onStaleCleared?: (dir: string) => void;
+  /**
+   * A group (name or gid) given the owner's rights besides the publishing
+   * user, e.g. the hypervisor's group when it runs QEMU as another user.
+   * Without it no other user reaches the mount.
+   */
+  accessGroup?: string;
 }
 
 interface Handle {
@@ -69,10 +80,11 @@ function errno(err: unknown): number {
   return n ? -n : Fuse.EIO;
 }
 
-function statOf(a: FileAttr): Record<string, unknown> {
+function statOf(a: FileAttr, access: FuseAccess): Record<string, unknown> {
   const type = a.type === 'dir' ? S_IFDIR : a.type === 'symlink' ? S_IFLNK : S_IFREG;
+  const own = presentedOwnership(a, access);
   return {
-    mode: type | a.mode, uid: a.uid, gid: a.gid, size: a.size, nlink: a.nlink, blksize: 4096,
+    mode: type | own.mode, uid: own.uid, gid: own.gid, size: a.size, nlink: a.nlink, blksize: 4096,
     blocks: Math.ceil(a.used / 512), atime: a.atime, mtime: a.mtime, ctime: a.ctime,
   };
 }
@@ -92,7 +104,7 @@ export class FuseFrontend {
   private nextHandle = 1;
   private mounted = false;
 
-  private constructor(private readonly ds: Datastore, readonly mountPoint: string, private readonly fuse: Fuse) {}
+  private constructor(private readonly ds: Datastore, readonly mountPoint: string, private readonly fuse: Fuse, readonly access: FuseAccess) {}
 
   /**
    * Mounts `ds` at `opts.mountPoint` (created if missing). A stale mount left by
@@ -100,6 +112,7 @@ export class FuseFrontend {
    */
   static async mount(ds: Datastore, opts: FuseMountOptions): Promise<FuseFrontend> {
     assertFuseAvailable();
+    const access = await fuseAccess(opts.accessGroup);
     const dir = opts.mountPoint;
     if (mountEntry(dir) && await isStaleFuseMount(dir)) {
       if (!(await detachMount(dir))) throw new RestorelabError('MOUNT_POINT_STALE', `${dir} holds a stale FUSE mount that could not be removed`, { hint: `run: umount -l ${dir}`, exitCode: ExitCode.busy });
@@ -120,12 +133,12 @@ export class FuseFrontend {
     const ops = FuseFrontend.operations(() => holder.frontend!, opts.debug ?? false);
     const fuse = new Fuse(dir, ops, { timeout: false });
     const options = [
-      'fsname=restorelab', 'subtype=restorelab', 'allow_other', 'kernel_cache', 'big_writes',
+      'fsname=restorelab', 'subtype=restorelab', ...accessMountOptions(access), 'kernel_cache', 'big_writes',
       `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, `max_readahead=${FUSE_READAHEAD_KIB * 1024}`, 'attr_timeout=1', 'entry_timeout=1',
     ];
     // fuse-native only knows a fixed option list; max_write and big_writes are not on it.
     (fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => '-o' + options.join(',');
-    const frontend = new FuseFrontend(ds, dir, fuse);
+    const frontend = new FuseFrontend(ds, dir, fuse, access);
     holder.frontend = frontend;
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
     frontend.mounted = true;
@@ -187,8 +200,8 @@ export class FuseFrontend {
     };
     return {
       init: (cb) => cb(0),
-      getattr: (p, cb) => run('getattr', cb, async () => statOf(await self().ds.getattr(await self().resolve(p)))),
-      fgetattr: (p, fd, cb) => run('fgetattr', cb, async () => statOf(await self().ds.getattr(self().handle(fd).id))),
+      getattr: (p, cb) => run('getattr', cb, async () => statOf(await self().ds.getattr(await self().resolve(p)), self().access)),
+      fgetattr: (p, fd, cb) => run('fgetattr', cb, async () => statOf(await self().ds.getattr(self().handle(fd).id), self().access)),
       readdir: (p, cb) => run('readdir', cb, async () => (await self().ds.readdir(await self().resolve(p))).map((e) => e.name)),
       open: (p, flags, cb) => run('open', cb, async () => self().open(await self().resolve(p), flags)),
       opendir: (p, flags, cb) => run('opendir', cb, async () => { await self().resolve(p); return 0; }),

@@ -39,6 +39,12 @@ export interface PublishOptions {
   owner?: PublicationOwner;
   /** Mount the datastore with FUSE here (created if missing). */
   fuseDir?: string;
+  /**
+   * Group (name or gid) that may use the FUSE mount besides the publishing
+   * user, with the owner's rights (config fuse.group, --fuse-group). Without
+   * it no other user can open anything there (src/fuse/access.ts).
+   */
+  fuseGroup?: string;
   /** Overlay (write cache) directory; default `<stateDir>/overlays`. */
   overlayDir?: string;
   /** Overlay size limit in bytes: writes past it fail with ENOSPC. */

@@ -420,7 +420,12 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
   let nfs: NfsExport | undefined;
   try {
     await datastore.attach(opened.pub, { onWarning: warn });
-    if (fuseDir) fuse = await FuseFrontend.mount(datastore, { mountPoint: fuseDir, onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`) });
+    if (fuseDir) {
+      fuse = await FuseFrontend.mount(datastore, {
+        mountPoint: fuseDir, onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`),
+        ...(opts.fuseGroup !== undefined ? { accessGroup: opts.fuseGroup } : {}),
+      });
+    }
     if (opts.nfs) {
       const listen = opts.nfs.listen ?? '127.0.0.1';
       nfs = await startNfsExport({

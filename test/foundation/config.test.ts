@@ -29,6 +29,14 @@ t.test('environment overrides win over the file', async (t) => {
   t.equal(cfg.repository, '/other/repo');
 });
 
+t.test('fuse.group: none by default (owner-only mounts), from the file or RESTORELAB_FUSE_GROUP, and only a group name or gid', async (t) => {
+  t.equal(loadConfig({ env: {} }).fuse.group, undefined);
+  const file = write('fuse.json', JSON.stringify({ fuse: { group: 'libvirt-qemu' } }));
+  t.equal(loadConfig({ file, env: {} }).fuse.group, 'libvirt-qemu');
+  t.equal(loadConfig({ file, env: { RESTORELAB_FUSE_GROUP: '64055' } }).fuse.group, '64055');
+  t.throws(() => loadConfig({ file: write('fuse-bad.json', JSON.stringify({ fuse: { group: 'kvm,disk' } })), env: {} }), /\/fuse\/group/);
+});
+
 t.test('an unknown driver is rejected with its path and a fix', async (t) => {
   const file = write('bad-driver.json', JSON.stringify({ driver: 'vmware' }));
   const err = t.throws(() => loadConfig({ file, env: {} })) as unknown as RestorelabError;

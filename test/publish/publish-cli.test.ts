@@ -4,12 +4,13 @@
  * bad input, and nothing left mounted afterwards.
  */
 import t from 'tap';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
 import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
 import { listPublications, removePublication, type PublicationStatus } from '../../src/publish/publish.js';
 import { processAlive } from '../../src/host/process.js';
+import { NOBODY, probeAs } from '../helpers/as-user.js';
 import { chunkFingerprint, cli, json, occurrences, webRepository, type PublishJson } from './fixtures/web.js';
 
 const dir = mkdtempSync('/tmp/rlpubcli-');
@@ -132,4 +133,31 @@ t.test('a background publisher that dies keeps its log, and what the user sees n
   t.ok(named?.startsWith(join(state, 'publications', '.publish-')), `the hint names the log: ${err?.hint}`);
   t.match(readFileSync(named ?? '/nonexistent', 'utf8'), /POINT_NOT_FOUND/, 'which holds the publisher\'s own report');
   t.equal(mountEntry(mnt), undefined);
+});
+
+t.test('the published disks are the publisher\'s alone, or shared with the group of --fuse-group / config fuse.group', async (t) => {
+  chmodSync(dir, 0o755); // only the mount's own policy decides what nobody gets
+  const ownerOnly = await publish();
+  const raw = ownerOnly.disks.root!;
+  t.same([statSync(raw).mode & 0o7777, statSync(raw).uid], [0o600, 0], 'without a group: 0600, root\'s');
+  t.same(await probeAs(NOBODY, [['read', raw], ['write', raw]]), ['EACCES', 'EACCES'], 'nobody gets nothing');
+  json(await cli(['unpublish', ownerOnly.publication, '--json'], state));
+
+  const config = join(dir, 'fuse-group.json');
+  writeFileSync(config, JSON.stringify({ fuse: { group: 'nogroup' } }));
+  const shared = json<PublishJson>(await cli(['--config', config, 'publish', '--repo', repo, point.id, '--fuse', mnt, '--background', '--json'], state));
+  const st = statSync(shared.disks.root!);
+  t.same([st.mode & 0o7777, st.gid], [0o660, 65534], 'config fuse.group: 0660 with that group');
+  t.same(await probeAs(NOBODY, [['read', shared.disks.root!], ['write', shared.disks.root!]]), ['ok', 'ok'], 'a member reads and writes');
+  json(await cli(['unpublish', shared.publication, '--json'], state));
+
+  const flag = await publish('--fuse-group', '65533');
+  t.equal(statSync(flag.disks.root!).gid, 65533, '--fuse-group takes a numeric gid');
+  t.same(await probeAs(NOBODY, [['read', flag.disks.root!]]), ['EACCES'], 'and nobody is not in it');
+  json(await cli(['unpublish', flag.publication, '--discard', '--json'], state));
+
+  const unknown = await cli(['publish', '--repo', repo, point.id, '--fuse', mnt, '--fuse-group', 'no-such-group-rl', '--json'], state);
+  t.equal(unknown.code, 2);
+  t.match(unknown.stdout, /GROUP_UNKNOWN/);
+  t.equal(mountEntry(mnt), undefined, 'nothing mounted');
 });

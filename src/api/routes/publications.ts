@@ -80,6 +80,7 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
         o.progress(null, `publishing ${b.point}`);
         const pub = await startPublication({
           repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, owner, ...(b.fuse ? { fuseDir: b.fuse } : {}),
+          ...(b.fuse && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
           overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
           resume: b.resume, readOnly: b.readOnly, cacheMiB: cfg.limits.chunkCacheMiB,
         }, { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) });

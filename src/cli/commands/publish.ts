@@ -25,6 +25,7 @@ interface PublishFlags {
   repo?: string;
   keyFile?: string;
   fuse?: string;
+  fuseGroup?: string;
   nfs?: boolean;
   nfsPort?: string;
   mountPort?: string;
@@ -115,6 +116,7 @@ export function registerPublish(program: Command): void {
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--fuse <dir>', 'mount the publications here (created if missing)')
+    .option('--fuse-group <group>', 'group (name or gid) that may use the FUSE mount besides you, e.g. the hypervisor\'s (default: config fuse.group; none)')
     .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)')
     .option('--nfs-port <n>', 'NFS port (default from config, 2049; 0 = any free port)')
     .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
@@ -143,6 +145,7 @@ export function registerPublish(program: Command): void {
       const { PUBLISHER_LOG, startPublication } = await import('../../publish/publish.js');
       const pub = await startPublication({
         repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, ...(o.fuse ? { fuseDir: o.fuse } : {}),
+        ...(o.fuse && (o.fuseGroup ?? cfg.fuse.group) !== undefined ? { fuseGroup: o.fuseGroup ?? cfg.fuse.group } : {}),
         ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
         overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
         resume: o.resume ?? false, readOnly: o.readOnly ?? false, cacheMiB: cfg.limits.chunkCacheMiB,
