@@ -32,11 +32,12 @@
  * naming everything that will be, so a crash at any step leaves a record
  * that the next `lab up` or `lab down` uses to remove the leftovers.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError, badInput, missingComponent, notFound } from '../errors.js';
 import { exec, which } from '../host/exec.js';
+import { ensurePrivateDir } from '../host/private-files.js';
 import { loadValidated, assertValid } from '../schema/validate.js';
 import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, translate, type Cidr } from './ipv4.js';
 
@@ -144,7 +145,7 @@ function statePath(stateDir: string, name: string): string {
 }
 
 function saveState(stateDir: string, st: LabState): void {
-  mkdirSync(labsDir(stateDir), { recursive: true });
+  ensurePrivateDir(labsDir(stateDir));
   const p = statePath(stateDir, st.name);
   writeFileSync(`${p}.tmp`, JSON.stringify(st, null, 2));
   renameSync(`${p}.tmp`, p);
