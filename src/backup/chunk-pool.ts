@@ -11,7 +11,8 @@
  *
  * A chunk goes through two steps, so that data the repository already holds
  * is hashed but never compressed: `digest(slot)` (null for all zeros), then
- * `encode(slot)` only when the store lacks it.
+ * `encode(slot)` only when the store lacks it (or holds a damaged copy:
+ * `checkStored(slot)` decides that for a chunk the store has).
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -25,7 +26,14 @@ export interface Slot {
   readonly buffer: Buffer;
 }
 
-type Reply = { id: number; digest?: string | null; data?: Uint8Array; error?: string };
+type Reply = { id: number; digest?: string | null; data?: Uint8Array; damage?: StoredDamage | null; error?: string };
+
+/** What is wrong with a stored blob (see storedDamage in chunk-worker.ts). */
+export interface StoredDamage {
+  reason: string;
+  /** The blob decodes to the right bytes; only its CRC field is wrong. */
+  dataOk: boolean;
+}
 
 interface Pending {
   resolve(r: Reply): void;
@@ -81,6 +89,14 @@ export class ChunkPool {
   async digest(slot: Slot, length: number): Promise<string | null> {
     const r = await this.call({ op: 'digest', slot: slot.index, length });
     return r.digest ?? null;
+  }
+
+  /**
+   * Checks the stored blob (in `file`) of the chunk in the slot before it is
+   * reused: null when it is sound, else what is wrong with it.
+   */
+  async checkStored(slot: Slot, length: number, digest: string, file: string): Promise<StoredDamage | null> {
+    return (await this.call({ op: 'stored', slot: slot.index, length, digest, file })).damage ?? null;
   }
 
   /** The blob of the first `length` bytes of the slot. */

@@ -5,7 +5,10 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RepoConfig } from '../repo/api.js';
-import { createCodec } from '../repo/chunk-codec.js';
+import { crcMatches, createCodec } from '../repo/chunk-codec.js';
+import { readBlobSync } from '../repo/chunk-store.js';
+import { CorruptChunkError } from '../repo/contract.js';
+import { maxBlobSize } from '../repo/format.js';
 
 export interface CodecInit {
   config: RepoConfig;
@@ -13,12 +16,45 @@ export interface CodecInit {
   key?: Uint8Array;
 }
 
-type Request = { op: 'digest' | 'encode'; id: number; slot: number; length: number };
+type Request =
+  | { op: 'digest' | 'encode'; id: number; slot: number; length: number }
+  | { op: 'stored'; id: number; slot: number; length: number; digest: string; file: string };
 
 const init = workerData as CodecInit & { memory: SharedArrayBuffer };
 const codec = createCodec(init.config, init.key ? Buffer.from(init.key) : undefined);
 const slotSize = init.config.chunkSize;
 const zeros = Buffer.alloc(slotSize);
+// Scratch for checking a stored blob, allocated on the first reuse (a first backup never needs it).
+let blobScratch: Buffer | undefined;
+let plainScratch: Buffer | undefined;
+
+/**
+ * Why the stored blob of a chunk we are about to reuse cannot be trusted, or
+ * undefined when it is sound: its CRC matches and it decodes (GCM tag, zstd)
+ * to exactly the bytes in the slot. Comparing with the slot proves what a
+ * digest check would (the slot's bytes hash to `digest`) at a fraction of
+ * the cost, so a reused chunk costs a read and a decompression, no hash.
+ * `dataOk` tells a blob whose data is right but whose CRC field is not.
+ */
+function storedDamage(digest: string, file: string, plain: Buffer): { reason: string; dataOk: boolean } | undefined {
+  blobScratch ??= Buffer.allocUnsafeSlow(maxBlobSize(slotSize) + 1);
+  plainScratch ??= Buffer.allocUnsafeSlow(slotSize);
+  let blob: Buffer;
+  try {
+    blob = readBlobSync(digest, file, blobScratch);
+  } catch (err) {
+    return { reason: err instanceof CorruptChunkError ? err.reason : `unreadable: ${(err as Error).message}`, dataOk: false };
+  }
+  let dataOk: boolean;
+  try {
+    dataOk = codec.decodeInto(digest, blob, plainScratch).equals(plain);
+  } catch (err) {
+    if (!(err instanceof CorruptChunkError)) throw err;
+    return { reason: err.reason, dataOk: false };
+  }
+  if (!dataOk) return { reason: 'decodes to other bytes than the chunk', dataOk };
+  return crcMatches(digest, blob) ? undefined : { reason: 'CRC mismatch', dataOk };
+}
 
 const port = parentPort;
 if (!port) throw new Error('chunk-worker must run as a worker thread');
@@ -36,6 +72,8 @@ port.on('message', (m: Request) => {
     const plain = Buffer.from(init.memory, m.slot * slotSize, m.length);
     if (m.op === 'digest') {
       port.postMessage({ id: m.id, digest: plain.equals(zeros.subarray(0, m.length)) ? null : codec.digest(plain) });
+    } else if (m.op === 'stored') {
+      port.postMessage({ id: m.id, damage: storedDamage(m.digest, m.file, plain) ?? null });
     } else {
       reply(m.id, codec.encode(plain));
     }

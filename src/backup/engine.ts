@@ -5,7 +5,9 @@
  * - *hole chunk*: a chunk whose every byte lies in zero extents of the image;
  *   it is never read and is recorded as null in the fixed index.
  * - *reused*: a chunk the repository already holds (recognised by digest, so
- *   reuse works across disks, VMs and points, not only against the parent).
+ *   reuse works across disks, VMs and points, not only against the parent),
+ *   and whose stored blob decodes to the bytes just read: once per digest and
+ *   backup, a damaged blob is replaced by a good copy instead of reused.
  *
  * Memory stays bounded: the pool's slots hold the chunks being read, hashed
  * or compressed, and at most as many blobs wait on the store, whatever the
@@ -102,7 +104,7 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
         const indexes: FixedIndex[] = [];
         try {
           for (let i = 0; i < plan.length; i++) {
-            indexes.push(await backupDisk(repo, pool, sources[i] as ImageSource, (plan[i] as DiskPlan).name, stats, inserted, opts.onProgress));
+            indexes.push(await backupDisk(repo, pool, sources[i] as ImageSource, (plan[i] as DiskPlan).name, stats, inserted, opts.onProgress, opts.onWarning));
           }
         } finally {
           await pool.close();
@@ -178,7 +180,7 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number): P
 
 async function backupDisk(
   repo: Repository, pool: ChunkPool, src: ImageSource, name: string, stats: Omit<BackupStats, 'seconds'>,
-  inserted: { digest: string; at: number }[], onProgress: BackupOptions['onProgress'],
+  inserted: { digest: string; at: number }[], onProgress: BackupOptions['onProgress'], onWarning: BackupOptions['onWarning'],
 ): Promise<FixedIndex> {
   const chunkSize = repo.config.chunkSize;
   const count = Math.ceil(src.size / chunkSize);
@@ -215,11 +217,23 @@ async function backupDisk(
         // Claim the digest before awaiting, so an identical chunk in flight counts as reused.
         written.add(digest);
         try {
-          // touch() both proves the chunk is stored and refreshes its mtime, which a concurrent gc honours;
-          // only chunks the store lacks are compressed at all.
-          if (await repo.chunks.touch(digest)) {
+          // touch() both finds the chunk stored and refreshes its mtime, which a concurrent gc honours.
+          // A stored blob is reused only once it proves sound (see checkStored): a damaged one would
+          // make this point damaged from birth. Only chunks the store lacks or holds damaged are compressed.
+          const damage = await repo.chunks.touch(digest)
+            ? await pool.checkStored(slot, length, digest, repo.chunks.fileOf(digest))
+            : undefined;
+          if (damage === null) {
             free();
             stats.bytesReused += length;
+          } else if (damage) {
+            const blob = await pool.encode(slot, length);
+            free();
+            // Not recorded in `inserted`: older points need this chunk, so a failed backup must not roll it back.
+            await repo.chunks.replace(digest, blob, { keepDamaged: !damage.dataOk });
+            stats.bytesNew += length;
+            onWarning?.(`chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
+              (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`));
           } else {
             const blob = await pool.encode(slot, length);
             free();

@@ -11,19 +11,31 @@
  *   area in `schema_migrations`, and the database's `user_version` pragma is
  *   bumped on every applied step, so tools can see the schema changed.
  */
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
 import { RestorelabError } from '../errors.js';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenMode } from '../host/private-files.js';
 
 export type CatalogDb = Database.Database;
 
-/** Opens (creating when needed) the catalog database with the points tables migrated. */
+/** Companion files SQLite keeps beside the database. */
+const SQLITE_SIDE_FILES = ['-wal', '-shm', '-journal'];
+
+/**
+ * Opens (creating when needed) the catalog database with the points tables
+ * migrated. The catalog holds API token hashes and every point's manifest,
+ * so it is owner-only (0600): created so before SQLite opens it (SQLite gives
+ * its -wal and -shm files the database's mode), and tightened when an older
+ * installation left it readable by others. A directory it creates is 0700.
+ */
 export function openCatalog(path: string): CatalogDb {
-  mkdirSync(dirname(path), { recursive: true });
   let db: CatalogDb;
   try {
+    mkdirSync(dirname(path), { recursive: true, mode: PRIVATE_DIR_MODE });
+    closeSync(openSync(path, 'a', PRIVATE_FILE_MODE));
+    for (const f of [path, ...SQLITE_SIDE_FILES.map((s) => path + s)]) tightenMode(f);
     db = new Database(path);
     db.pragma('journal_mode = WAL');
     db.pragma('busy_timeout = 5000');

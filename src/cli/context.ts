@@ -27,7 +27,13 @@ export function contextFor(cmd: Command): CommandContext {
     out: new Output(Boolean(opts.json)),
     config: async () => {
       const { loadConfig } = await import('../config/config.js');
-      return (cfg ??= loadConfig({ file: opts.config }));
+      const { tightenMode } = await import('../host/private-files.js');
+      if (!cfg) {
+        cfg = loadConfig({ file: opts.config });
+        // The state directory (catalog, labs, sessions) is owner-only; one an older version left open is closed here.
+        tightenMode(cfg.stateDir);
+      }
+      return cfg;
     },
   };
 }

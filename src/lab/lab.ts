@@ -22,18 +22,22 @@
  * Isolation: the lab's forward chain drops everything a lab guest starts,
  * except traffic between the lab's own networks; its input chain answers
  * only ping to the gateway; and on the host an input/forward filter drops
- * new connections arriving from the uplink. Labs are not routed to each
+ * new connections arriving from the uplink. All of these are nftables tables
+ * of family inet, so they hold for IPv6 as for IPv4 (a lab speaks no IPv6
+ * beyond its bridges: guests on one bridge still reach each other, link-local,
+ * as they do with IPv4). Labs are not routed to each
  * other (no route on the host leads from one uplink to another).
  *
  * State: <stateDir>/labs/<name>.json is written BEFORE anything is created,
  * naming everything that will be, so a crash at any step leaves a record
  * that the next `lab up` or `lab down` uses to remove the leftovers.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError, badInput, missingComponent, notFound } from '../errors.js';
 import { exec, which } from '../host/exec.js';
+import { ensurePrivateDir } from '../host/private-files.js';
 import { loadValidated, assertValid } from '../schema/validate.js';
 import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, translate, type Cidr } from './ipv4.js';
 
@@ -141,7 +145,7 @@ function statePath(stateDir: string, name: string): string {
 }
 
 function saveState(stateDir: string, st: LabState): void {
-  mkdirSync(labsDir(stateDir), { recursive: true });
+  ensurePrivateDir(labsDir(stateDir));
   const p = statePath(stateDir, st.name);
   writeFileSync(`${p}.tmp`, JSON.stringify(st, null, 2));
   renameSync(`${p}.tmp`, p);
@@ -200,11 +204,15 @@ function labNftRules(st: LabState): string {
   for (const n of st.networks) {
     pings.push(`iifname "${n.bridge}" ip daddr ${n.gateway} icmp type echo-request accept`);
     nat.push(`iifname "${LAB_UPLINK}" ip daddr ${formatCidr(parseCidr(n.masquerade, 'm'))} dnat ip prefix to ip daddr map { ${formatCidr(parseCidr(n.masquerade, 'm'))} : ${formatCidr(parseCidr(n.subnet, 's'))} }`);
-    for (const m of n.staticMappings ?? []) nat.push(`iifname "${LAB_UPLINK}" ip daddr ${m.host} dnat to ${m.production}`);
-    snat.push(`iifname "${LAB_UPLINK}" oifname "${n.bridge}" snat to ${n.gateway}`);
+    for (const m of n.staticMappings ?? []) nat.push(`iifname "${LAB_UPLINK}" ip daddr ${m.host} dnat ip to ${m.production}`);
+    snat.push(`iifname "${LAB_UPLINK}" oifname "${n.bridge}" snat ip to ${n.gateway}`);
   }
+  // Family inet, not ip: the filter chains must see IPv6 too. Every interface of the lab has an
+  // IPv6 link-local address, and a table of family ip would let a guest reach the lab namespace
+  // (where its QEMU runs) and, were forwarding on, anything beyond it over IPv6. Nothing below
+  // accepts IPv6, so it is dropped as IPv4 is; the NAT rules name IPv4 explicitly.
   return `
-table ip restorelab {
+table inet restorelab {
   chain prerouting {
     type nat hook prerouting priority dstnat; policy accept;
     ${nat.join('\n    ')}
@@ -297,7 +305,8 @@ export async function labUp(def: LabDefinition, opts: { stateDir: string }): Pro
     const ns = st.netns;
     await sh('ip', ['netns', 'add', ns]);
     await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    // IPv6 forwarding stays off whatever the host's defaults (the inet filter drops it anyway).
+    await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=0']);
     for (const n of st.networks) {
       const prefix = parseCidr(n.subnet, n.name).prefix;
       await sh('ip', ['-n', ns, 'link', 'add', n.bridge, 'type', 'bridge']);

@@ -81,9 +81,19 @@ export interface ChunkStore {
   /**
    * Idempotent and crash-safe (temp file, fsync, rename, fsync directory).
    * When the chunk already exists its mtime is refreshed, so a gc running
-   * concurrently treats it as in use (see RepoLock.since).
+   * concurrently treats it as in use (see RepoLock.since), and the stored blob
+   * is kept as it is: a caller that may meet a damaged blob (the backup
+   * engine) checks it and calls replace().
    */
   insert(digest: string, blob: Buffer): Promise<{ existed: boolean; size: number }>;
+  /**
+   * Writes a good blob over a damaged (or missing) one, crash-safely: the
+   * name holds the old blob or the new one at every moment, never nothing.
+   * With `keepDamaged` the old blob is kept as `<digest>.bad`, as verify
+   * quarantines (a blob whose data is wrong); without it, it is dropped (a
+   * blob whose data was proven and only a header field was rewritten).
+   */
+  replace(digest: string, blob: Buffer, opts: { keepDamaged: boolean }): Promise<void>;
   /** The blob; rejects with a not-found RestorelabError naming store and digest. */
   get(digest: string): Promise<Buffer>;
   /** The file that holds a chunk's blob, for readers on other threads that do their own I/O. */

@@ -57,6 +57,21 @@ export function parseChunkHeader(digest: string, blob: Buffer): { flags: number;
   return { flags, crc: blob.readUInt32LE(12), plainLength: blob.readUInt32LE(16) };
 }
 
+/** Whether the CRC field of a blob matches its payload (the header must parse). */
+export function crcMatches(digest: string, blob: Buffer): boolean {
+  return crc32(blob.subarray(CHUNK_HEADER_SIZE)) === parseChunkHeader(digest, blob).crc;
+}
+
+/**
+ * The blob with its CRC field recomputed over its payload, in place. Only for
+ * a blob whose payload decoding proved (digest, GCM tag): the CRC is outside
+ * the GCM additional data, so this never touches what the tag covers.
+ */
+export function withCorrectCrc(blob: Buffer): Buffer {
+  blob.writeUInt32LE(crc32(blob.subarray(CHUNK_HEADER_SIZE)), 12);
+  return blob;
+}
+
 export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec {
   const encrypted = config.encryption === 'aes-256-gcm';
   if (encrypted && !masterKey) throw badInput('KEY_REQUIRED', 'an encrypted repository needs its key to encode or decode chunks', 'pass --key-file');

@@ -7,7 +7,7 @@
  * what tells a concurrent gc that a running backup uses it.
  */
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkStore, StoredChunk } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
@@ -16,6 +16,8 @@ import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 import { CorruptChunkError } from './contract.js';
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
+/** Blobs are readable by the owner only: an unencrypted blob is a piece of a VM disk. */
+const BLOB_MODE = 0o600;
 
 export function assertDigest(digest: string, where: string): void {
   if (!DIGEST_RE.test(digest)) throw badInput('BAD_DIGEST', `${where}: "${digest}" is not a 64-digit hex digest`);
@@ -87,13 +89,7 @@ export class LocalChunkStore implements ChunkStore {
     const shard = join(this.path, digest.slice(0, 2));
     const tmp = join(shard, tempName());
     try {
-      const fh = await open(tmp, 'wx', 0o644);
-      try {
-        await fh.writeFile(blob);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await this.writeTemp(tmp, blob);
       await rename(tmp, target);
       await fsyncDir(shard);
     } catch (err) {
@@ -101,6 +97,42 @@ export class LocalChunkStore implements ChunkStore {
       throw this.ioError('insert', digest, err);
     }
     return { existed: false, size: blob.length };
+  }
+
+  async replace(digest: string, blob: Buffer, opts: { keepDamaged: boolean }): Promise<void> {
+    const target = this.file(digest);
+    const shard = join(this.path, digest.slice(0, 2));
+    const tmp = join(shard, tempName());
+    const aside = join(shard, tempName());
+    try {
+      await this.writeTemp(tmp, blob);
+      if (opts.keepDamaged) {
+        // A hard link keeps the damaged bytes without ever leaving the name empty; the
+        // rename makes it the quarantined copy (replacing an older one of the same chunk).
+        try {
+          await link(target, aside);
+          await rename(aside, target + QUARANTINE_SUFFIX);
+        } catch (err) {
+          if (!isErrno(err, 'ENOENT')) throw err;
+        }
+      }
+      await rename(tmp, target);
+      await fsyncDir(shard);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      await unlink(aside).catch(() => undefined);
+      throw this.ioError('replace', digest, err);
+    }
+  }
+
+  private async writeTemp(tmp: string, blob: Buffer): Promise<void> {
+    const fh = await open(tmp, 'wx', BLOB_MODE);
+    try {
+      await fh.writeFile(blob);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
   }
 
   async get(digest: string): Promise<Buffer> {

@@ -66,15 +66,21 @@ export class CodecPool {
     });
   }
 
-  /** Decodes and checks a blob; resolves with the plaintext length, rejects with CorruptChunkError. The blob is consumed. */
-  async check(digest: string, blob: Buffer, expectedLength?: number): Promise<number> {
+  /**
+   * Decodes and checks a blob; resolves with the plaintext length, rejects
+   * with CorruptChunkError when its data is wrong. When only its CRC field is
+   * wrong (the data decodes to the digest), `crcFixed` is the blob with a
+   * correct CRC, for the caller to store. The blob is consumed.
+   */
+  async check(digest: string, blob: Buffer, expectedLength?: number): Promise<{ length: number; crcFixed?: Buffer }> {
     const { view, transfer } = transferable(blob);
     const reply = await this.send({ op: 'check', digest, blob: view, expectedLength }, transfer);
     if (!reply.ok) {
       if (reply.corrupt) throw new CorruptChunkError(digest, reply.reason);
       throw new Error(reply.reason);
     }
-    return reply.length ?? 0;
+    const fixed = reply.blob;
+    return { length: reply.length ?? 0, ...(fixed ? { crcFixed: Buffer.from(fixed.buffer, fixed.byteOffset, fixed.byteLength) } : {}) };
   }
 
   /** Digest and blob of a chunk, computed in a worker. The plaintext buffer is consumed. */

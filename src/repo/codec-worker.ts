@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RepoConfig } from './api.js';
-import { createCodec } from './chunk-codec.js';
+import { createCodec, crcMatches, withCorrectCrc } from './chunk-codec.js';
 import { CorruptChunkError } from './contract.js';
 
 interface Data { config: RepoConfig; key?: Uint8Array }
@@ -13,6 +13,7 @@ export type CodecRequest =
   | { id: number; op: 'check'; digest: string; blob: Uint8Array; expectedLength?: number }
   | { id: number; op: 'encode'; plain: Uint8Array };
 export type CodecReply =
+  /** For check: `blob` is set when only the CRC field was wrong; it holds the blob with a correct one. */
   | { id: number; ok: true; digest?: string; blob?: Uint8Array; length?: number }
   | { id: number; ok: false; corrupt: boolean; reason: string };
 
@@ -21,16 +22,35 @@ const codec = createCodec(config, key ? Buffer.from(key) : undefined);
 const port = parentPort;
 if (!port) throw new Error('codec-worker must run in a worker thread');
 
+let plainScratch: Buffer | undefined;
+
+/**
+ * Decodes a blob whose CRC does not match without trusting the CRC: into a
+ * bounded buffer (a damaged zstd frame cannot make it allocate), with the
+ * digest (and GCM tag) proving every byte. Throws the CorruptChunkError of
+ * decode() when the data is wrong too.
+ */
+function decodeDespiteCrc(digest: string, blob: Buffer): Buffer {
+  plainScratch ??= Buffer.allocUnsafeSlow(config.chunkSize);
+  return codec.decodeInto(digest, blob, plainScratch);
+}
+
 port.on('message', (req: CodecRequest) => {
   try {
     if (req.op === 'check') {
       const blob = Buffer.from(req.blob.buffer, req.blob.byteOffset, req.blob.byteLength);
-      const plain = codec.decode(req.digest, blob);
+      const crcOk = crcMatches(req.digest, blob);
+      const plain = crcOk ? codec.decode(req.digest, blob) : decodeDespiteCrc(req.digest, blob);
       if (req.expectedLength !== undefined && plain.length !== req.expectedLength) {
         port.postMessage({ id: req.id, ok: false, corrupt: true, reason: `decoded ${plain.length} bytes, the index needs ${req.expectedLength}` });
         return;
       }
-      port.postMessage({ id: req.id, ok: true, length: plain.length } satisfies CodecReply);
+      if (crcOk) {
+        port.postMessage({ id: req.id, ok: true, length: plain.length } satisfies CodecReply);
+      } else {
+        const fixed = new Uint8Array(withCorrectCrc(blob));
+        port.postMessage({ id: req.id, ok: true, length: plain.length, blob: fixed } satisfies CodecReply, [fixed.buffer]);
+      }
     } else {
       const plain = Buffer.from(req.plain.buffer, req.plain.byteOffset, req.plain.byteLength);
       const digest = codec.digest(plain);

@@ -19,6 +19,7 @@ import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, writeFileAtomic } from './atomic-file.js';
+import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
@@ -82,6 +83,8 @@ export async function readKeyFile(path: string): Promise<Buffer> {
   } catch (err) {
     throw badInput('KEY_FILE_UNREADABLE', `cannot read key file ${path}: ${(err as Error).message}`, 'pass the key file given to repo init with --key-file');
   }
+  // A key file older installations (or a careless copy) left readable by others is made owner-only.
+  tightenMode(path);
   const hex = text.trim();
   if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
     throw badInput('KEY_FILE_INVALID', `key file ${path} is not a restorelab key: expected ${KEY_SIZE * 2} hex digits`, 'pass the key file given to repo init with --key-file');
@@ -129,7 +132,9 @@ export async function initRepository(dir: string, opts: InitOptions = {}): Promi
     created: new Date().toISOString(),
     ...(key ? { keyCheck: keyCheckValue(key, id) } : {}),
   };
-  await mkdir(path, { recursive: true });
+  // Owner-only: an unencrypted chunk is a piece of a VM disk, and a manifest names the VM.
+  await mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+  tightenMode(path);
   await createShards(join(path, CHUNKS_DIR));
   for (const d of [INDEXES_DIR, POINTS_DIR, LOCKS_DIR]) await mkdir(join(path, d), { recursive: true });
   const body = configBody(config);
@@ -178,6 +183,7 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
     throw err;
   }
   const config = parseConfig(path, text);
+  tightenMode(path);
   let key: Buffer | undefined;
   if (config.encryption === 'aes-256-gcm') {
     if (!opts.keyFile) throw badInput('KEY_REQUIRED', `repository ${path} is encrypted: its key is needed`, 'pass the key file with --key-file');

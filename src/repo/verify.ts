@@ -3,7 +3,9 @@
  * restore point (or every point) references, each shared chunk once, on a
  * worker pool. It keeps going after errors, quarantines bad chunks (renamed
  * `.bad`, never deleted) and marks the points they break as damaged in their
- * manifests. A point whose chunks all check out again loses its mark.
+ * manifests. A point whose chunks all check out again loses its mark. A chunk
+ * whose data is good but whose CRC field is damaged is not quarantined: its
+ * blob is rewritten with a correct CRC and reported as "repaired".
  *
  * Findings only; the CLI decides exit codes and output.
  */
@@ -18,8 +20,13 @@ export interface VerifyFinding {
   /** Chunk digest; for kind "index" the index digest, for "manifest" empty. */
   digest: string;
   reason: string;
-  kind: 'chunk' | 'index' | 'manifest';
-  /** The restore points this finding breaks. */
+  /**
+   * What is corrupt; "repaired" is a warning, not corruption: a chunk whose
+   * data its digest proved good, but whose CRC field was damaged, and which
+   * this run rewrote with a correct one.
+   */
+  kind: 'chunk' | 'index' | 'manifest' | 'repaired';
+  /** The restore points this finding breaks (for "repaired": the points that use the chunk, unharmed). */
   points: string[];
   /** Set for a corrupt chunk that this run renamed to `<digest>.bad`. */
   quarantined?: boolean;
@@ -31,6 +38,8 @@ export interface VerifyReport {
   /** Bytes of stored blobs read. */
   bytesChecked: number;
   corrupt: VerifyFinding[];
+  /** Warnings (kind "repaired"): chunks this run mended in place; they do not make `ok` false. */
+  repaired: VerifyFinding[];
   affectedPoints: string[];
   pointsChecked: number;
   /** Temp files left by crashed writers (gc removes them). */
@@ -90,6 +99,7 @@ export async function verifyRepository(repo: LocalRepository, opts: VerifyOption
     let bytes = 0;
     const total = wanted.size;
     const bad: Omit<VerifyFinding, 'points'>[] = [];
+    const mended: Omit<VerifyFinding, 'points'>[] = [];
     const checkOne = async (digest: string, length: number): Promise<void> => {
       let blob: Buffer;
       try {
@@ -101,7 +111,12 @@ export async function verifyRepository(repo: LocalRepository, opts: VerifyOption
       }
       bytes += blob.length;
       try {
-        await pool.check(digest, blob, length);
+        const { crcFixed } = await pool.check(digest, blob, length);
+        if (crcFixed) {
+          // The data is good (its digest says so): quarantining it would break points for nothing.
+          await repo.chunks.replace(digest, crcFixed, { keepDamaged: false });
+          mended.push({ digest, kind: 'repaired', reason: 'CRC field damaged, data proven by its digest: blob rewritten with a correct CRC' });
+        }
       } catch (err) {
         if (!(err instanceof CorruptChunkError)) throw err;
         await repo.chunks.quarantine(digest).catch(() => undefined);
@@ -119,22 +134,26 @@ export async function verifyRepository(repo: LocalRepository, opts: VerifyOption
       }
     }));
 
-    if (bad.length > 0) {
-      const users = new Map(bad.map((f) => [f.digest, new Set<string>()]));
+    const repaired: VerifyFinding[] = [];
+    if (bad.length + mended.length > 0) {
+      const users = new Map([...bad, ...mended].map((f) => [f.digest, new Set<string>()]));
       for (const { point, indexDigest } of readable) {
         for (const d of (await repo.readIndex(indexDigest)).digests) if (d !== null) users.get(d)?.add(point.id);
       }
       for (const f of bad) corrupt.push({ ...f, points: [...(users.get(f.digest) ?? [])].sort() });
+      for (const f of mended) repaired.push({ ...f, points: [...(users.get(f.digest) ?? [])].sort() });
     }
 
     const affected = new Set(corrupt.flatMap((f) => f.points));
     for (const point of points) await repo.setDamaged(point.id, affected.has(point.id));
     corrupt.sort((a, b) => a.digest.localeCompare(b.digest));
+    repaired.sort((a, b) => a.digest.localeCompare(b.digest));
     return {
       ok: corrupt.length === 0,
       chunksChecked: checked,
       bytesChecked: bytes,
       corrupt,
+      repaired,
       affectedPoints: [...affected].sort(),
       pointsChecked: points.length,
       leftovers: (await repo.leftovers()).map((l) => l.path),

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { backupVm } from '../../src/backup/engine.js';
 import { restoreDisk } from '../../src/backup/restore.js';
-import { initRepository, openRepository } from '../../src/repo/index.js';
+import { initRepository, openRepository, verifyRepository } from '../../src/repo/index.js';
 import type { VmDefinition } from '../../src/vm/definition.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { exec } from '../../src/host/exec.js';
@@ -228,6 +228,50 @@ t.test('restore of a point with a corrupt chunk fails with RESTORE_CHUNK_CORRUPT
     await writeFile(file, good);
   }
   t.equal(await restoredSha(repoDir, p.id), await sha256File(img), 'the mended chunk restores again');
+});
+
+t.test('a backup that would reuse a damaged, missing or quarantined chunk writes a good copy instead', async (t) => {
+  const img = join(work, 'heal.raw');
+  await makeGuestImage(img, 32, 12);
+  const repoDir = join(work, 'heal-repo');
+  const repo = await initRepository(repoDir, { chunkSize: 256 * KiB });
+  const vm = vmDef('heal', [{ name: 'root', format: 'raw' }]);
+  const p1 = await backupVm({ repo, vm, disks: { root: img } });
+  const files = await chunkFiles(repoDir);
+  t.ok(files.length >= 4, `the first backup stored ${files.length} chunks`);
+  const path = (f: string): string => join(repoDir, 'chunks', f);
+  const digestOf = (f: string): string => f.split('/')[1] as string;
+  const [flipped, crcOnly, missing, quarantined] = files.slice(0, 4) as [string, string, string, string];
+  const goodCrcOnly = await readFile(path(crcOnly));
+  const flip = async (f: string, at: (b: Buffer) => number): Promise<void> => {
+    const b = await readFile(path(f));
+    const i = at(b);
+    b[i] = (b[i] as number) ^ 0x01;
+    await writeFile(path(f), b);
+  };
+  await flip(flipped, (b) => b.length - 5); // a data byte: the blob no longer decodes
+  await flip(crcOnly, () => 13); // the CRC field only: the data is good
+  await rm(path(missing));
+  await repo.chunks.quarantine(digestOf(quarantined));
+
+  const warnings: string[] = [];
+  const p2 = await backupVm({ repo, vm, disks: { root: img }, onWarning: (m) => warnings.push(m) });
+  t.equal(p2.stats.bytesNew, 4 * 256 * KiB, 'exactly the four unusable chunks were written again');
+  t.equal(warnings.filter((w) => / was damaged in the repository /.test(w)).length, 2, `the two damaged blobs are reported: ${warnings.join(' | ')}`);
+  t.match(warnings.find((w) => w.includes(digestOf(flipped))), /kept the damaged one as .*\.bad/, 'the damaged blob is kept in quarantine');
+  for (const f of [flipped, crcOnly, missing, quarantined]) {
+    t.ok((await chunkFiles(repoDir)).includes(f), `${digestOf(f).slice(0, 12)}: a blob is stored again`);
+  }
+  t.ok((await readFile(path(crcOnly))).equals(goodCrcOnly), 'the CRC-damaged blob is a good copy again (byte-identical: same plaintext, same zstd)');
+  await t.rejects(readFile(path(crcOnly) + '.bad'), { code: 'ENOENT' }, 'a blob whose data was good is not kept as .bad');
+  t.equal(await restoredSha(repoDir, p2.id), await sha256File(img), 'the new point restores bit-identically');
+  const report = await verifyRepository(repo);
+  t.same([report.ok, report.corrupt, report.repaired], [true, [], []], 'and the repository verifies clean, the old point included');
+  t.equal(await restoredSha(repoDir, p1.id), await sha256File(img), 'the old point, which shares the chunks, is whole again');
+
+  // Each digest is checked once per run: a third backup finds everything sound and writes nothing.
+  const p3 = await backupVm({ repo, vm, disks: { root: img } });
+  t.equal(p3.stats.bytesNew, 0, 'a third backup reuses every chunk');
 });
 
 t.test('restore to a full disk fails with RESTORE_WRITE_FAILED and leaves no partial file', async (t) => {

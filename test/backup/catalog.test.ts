@@ -58,3 +58,27 @@ t.test('points: record, list by VM in time order, forget, reindex from a real re
   t.match(listPoints(db, repo.path), [{ id: p.id, vm: 'tiny', size: 1024 * 1024, damaged: false }], 'the catalog mirrors the repository');
   t.same(listPoints(db, '/other').map((x) => x.id), ['z'], 'other repositories are untouched');
 });
+
+t.test('the catalog and its -wal/-shm are owner-only (0600), its new directory 0700; an older, open catalog is tightened', async (t) => {
+  const { chmod, stat } = await import('node:fs/promises');
+  const dir = join(work, 'private', 'state');
+  const path = join(dir, 'catalog.sqlite');
+  const db = openCatalog(path);
+  recordPoint(db, '/repo', point('p1', 'web', '2026-01-01T00:00:00Z')); // WAL mode: the write makes -wal and -shm
+  const mode = async (p: string): Promise<number> => (await stat(p)).mode & 0o777;
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) t.equal((await mode(f)) & 0o077, 0, `${f.slice(work.length)} is not readable by group or others (${(await mode(f)).toString(8)})`);
+  t.equal(await mode(dir), 0o700, 'the directory it created is 0700');
+  db.close();
+
+  // As an older version left it: world-readable.
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) await chmod(f, 0o644).catch(() => undefined);
+  await chmod(path, 0o644);
+  const again = openCatalog(path);
+  t.equal((await mode(path)) & 0o077, 0, 'reopening tightens the database file');
+  for (const f of [`${path}-wal`, `${path}-shm`]) {
+    const m = await mode(f).catch(() => undefined);
+    if (m !== undefined) t.equal(m & 0o077, 0, `and ${f.slice(work.length)}`);
+  }
+  t.same(listPoints(again, '/repo').map((p) => p.id), ['p1'], 'the data is intact');
+  again.close();
+});

@@ -177,3 +177,22 @@ t.test('writeIndex is idempotent and names the index by the hash of its bytes', 
   mkdirSync(join(dir, 'unrelated'));
   await t.rejects(repo.writeIndex({ ...index, chunkSize: 2 * SMALL, size: 4 * SMALL }), /differs from the repository/);
 });
+
+t.test('a repository and its key file are owner-only; open tightens what an older version left open', async (t) => {
+  const { chmodSync } = await import('node:fs');
+  const base = tmpDir(t);
+  const dir = join(base, 'repo');
+  const keyFile = join(base, 'k');
+  const repo = await initRepository(dir, { chunkSize: SMALL, keyFile });
+  await makePoint(repo, 'web', [1]);
+  const mode = (p: string): number => statSync(p).mode & 0o777;
+  t.equal(mode(dir) & 0o077, 0, `the repository directory is owner-only (${mode(dir).toString(8)})`);
+  t.equal(mode(keyFile) & 0o077, 0, 'the key file is owner-only');
+  const chunk = join(dir, 'chunks', repo.codec.digest(chunkBytes(1, SMALL)).slice(0, 2), repo.codec.digest(chunkBytes(1, SMALL)));
+  t.equal(mode(chunk) & 0o077, 0, 'a chunk blob is owner-only');
+  chmodSync(dir, 0o755);
+  chmodSync(keyFile, 0o644);
+  await openRepository(dir, { keyFile });
+  t.equal(mode(dir), 0o700, 'open tightens the repository directory');
+  t.equal(mode(keyFile), 0o600, 'and the key file');
+});

@@ -94,3 +94,41 @@ t.test('encrypted repository: workers verify with the key and catch a flipped by
   t.match(report.corrupt[0]?.reason, /authentication tag mismatch/);
   t.same(report.affectedPoints, [p.id]);
 });
+
+t.test('only the CRC field damaged: the digest proves the data, so verify rewrites the CRC instead of quarantining', async (t) => {
+  for (const encrypted of [false, true]) {
+    const base = tmpDir(t);
+    const repo = await initRepository(join(base, 'repo'), { chunkSize: SMALL, ...(encrypted ? { keyFile: join(base, 'k') } : {}) });
+    const p = await makePoint(repo, 'web', [1, 2, 3]);
+    const d = repo.codec.digest(chunkBytes(2, SMALL));
+    const file = chunkFile(repo, d);
+    const good = readFileSync(file);
+    flipByte(file, 13); // inside the CRC field (bytes 12..15 of the header)
+    const report = await verifyRepository(repo);
+    const what = encrypted ? 'encrypted' : 'plain';
+    t.equal(report.ok, true, `${what}: no corruption: the data is good`);
+    t.same(report.corrupt, [], `${what}: no corrupt finding`);
+    t.same(report.repaired.map((f) => [f.digest, f.kind, f.quarantined, f.points]), [[d, 'repaired', undefined, [p.id]]], `${what}: one "repaired" warning naming the chunk`);
+    t.match(report.repaired[0]?.reason, /CRC/);
+    t.notOk(existsSync(file + '.bad'), `${what}: not quarantined`);
+    t.ok(readFileSync(file).equals(good), `${what}: the blob is the original again, byte for byte`);
+    t.equal((await repo.getPoint(p.id)).damaged, undefined, `${what}: the point is not marked damaged`);
+    t.ok((await (await repo.openDisk(p.id, 'sda')).readChunk(1))?.equals(chunkBytes(2, SMALL)), `${what}: the chunk reads`);
+    const again = await verifyRepository(repo);
+    t.equal(again.ok, true);
+    t.same([again.corrupt, again.repaired], [[], []], `${what}: a second verify is clean`);
+  }
+});
+
+t.test('a data byte damaged next to a good CRC field is still quarantined', async (t) => {
+  const repo = await initRepository(join(tmpDir(t), 'repo'), { chunkSize: SMALL });
+  const p = await makePoint(repo, 'web', [1, 2]);
+  const d = repo.codec.digest(chunkBytes(1, SMALL));
+  flipByte(chunkFile(repo, d), 300);
+  const report = await verifyRepository(repo);
+  t.equal(report.ok, false);
+  t.same(report.repaired, [], 'nothing is "repaired" when the data is wrong');
+  t.same(report.corrupt.map((f) => [f.digest, f.kind, f.quarantined]), [[d, 'chunk', true]]);
+  t.ok(existsSync(chunkFile(repo, d) + '.bad'));
+  t.equal((await repo.getPoint(p.id)).damaged, true);
+});

@@ -9,6 +9,7 @@ import { formatBytes } from '../output.js';
 function render(r: VerifyReport): string {
   const head = `${r.ok ? 'ok' : 'CORRUPT'}: ${r.chunksChecked} chunk(s), ${formatBytes(r.bytesChecked)} of ${r.pointsChecked} restore point(s) checked in ${r.seconds} s`;
   const lines = r.corrupt.map((f) => `  ${f.kind} ${f.digest || '(manifest)'}: ${f.reason}${f.quarantined ? ' (quarantined)' : ''}; breaks ${f.points.join(', ') || 'no point'}`);
+  for (const f of r.repaired) lines.push(`  warning: chunk ${f.digest} repaired: ${f.reason}`);
   if (r.affectedPoints.length) lines.push(`damaged restore points: ${r.affectedPoints.join(', ')}`);
   return [head, ...lines].join('\n');
 }
