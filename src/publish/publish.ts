@@ -92,7 +92,8 @@ function writeRecord(stateDir: string, rec: PublicationRecord): void {
   fs.renameSync(file + '.tmp', file);
 }
 
-function allRecords(stateDir: string): PublicationRecord[] {
+/** Every record in `stateDir` (reconcile checks them against the host: src/reconcile). */
+export function allRecords(stateDir: string): PublicationRecord[] {
   const dir = publicationsDir(stateDir);
   if (!fs.existsSync(dir)) return [];
   return fs.readdirSync(dir).sort().map((id) => readRecord(recordFile(stateDir, id))).filter((r): r is PublicationRecord => r !== undefined);
@@ -315,12 +316,15 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
 /**
  * Re-attaches every recorded publication to `datastore` (a server restart:
  * the NFS server keeps its file handles). Returns a closer for the overlays.
+ * One record that cannot be opened (its point or repository gone) is skipped
+ * with its reason, never fatal: the server still serves every other one.
  */
 export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
-  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; close(): Promise<void> }> {
+  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; skipped: Array<{ id: string; reason: string }>; close(): Promise<void> }> {
   const cache = new ChunkCache((hooks.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   const closers: Array<() => Promise<void>> = [];
   const restored: string[] = [];
+  const skipped: Array<{ id: string; reason: string }> = [];
   for (const rec of allRecords(stateDir)) {
     if (hooks.filter && !hooks.filter(rec)) continue;
     // Two writers on one overlay would corrupt it: a publication another live process serves is left alone.
@@ -328,12 +332,21 @@ export async function restorePublications(stateDir: string, datastore: Publicati
       hooks.onWarning?.(`publication ${rec.id} is served by process ${rec.pid}; not restored here`);
       continue;
     }
-    const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
-    const point = await repo.getPoint(rec.point);
-    const opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
-    await datastore.attach(opened.pub);
+    let opened: OpenedPublication | undefined;
+    try {
+      const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
+      const point = await repo.getPoint(rec.point);
+      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
+      await datastore.attach(opened.pub);
+    } catch (err) {
+      await opened?.close().catch(() => undefined);
+      const reason = err instanceof RestorelabError ? `${err.code}: ${err.message}` : (err as Error).message;
+      hooks.onWarning?.(`publication ${rec.id} not restored: ${reason} (restorelab cleanup lists it)`);
+      skipped.push({ id: rec.id, reason });
+      continue;
+    }
     closers.push(opened.close);
     restored.push(rec.id);
   }
-  return { restored, close: async () => { for (const c of closers) await c(); } };
+  return { restored, skipped, close: async () => { for (const c of closers) await c(); } };
 }
