@@ -73,6 +73,8 @@ export interface ReconcileOptions {
 }
 
 const MOUNT_CHECK_MS = 5000;
+/** Unrecorded `rl-*` namespaces younger than this are left out: another state directory's lab may be coming up. */
+const UNRECORDED_NETNS_MIN_AGE_S = 600;
 const ITEM_ID = /^(publication|session|lab|netns|mount|overlay):.{1,4096}$/;
 
 /** Checks every record of `o.stateDir` against the host, and (unless a dry run) cleans up. */
@@ -267,11 +269,17 @@ async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise
   }
   // Namespaces named like ours that no lab record here names: another state
   // directory may own them, so they are listed, and removed only when named.
+  // A young one is most likely being set up right now, so only old ones are listed.
   const known = new Set(labs.map((l) => l.netns));
   for (const ns of present) {
     if (!ns.startsWith('rl-') || ns.startsWith('rl-doctor-') || known.has(ns)) continue;
+    const age = netnsAgeSeconds(ns);
+    if (age === undefined || age < UNRECORDED_NETNS_MIN_AGE_S) continue;
     items.push({
-      item: { id: `netns:${ns}`, kind: 'netns', name: ns, safe: false, reason: `no lab record in ${stateDir} names namespace ${ns} (left by a crash, or another state directory's lab)` },
+      item: {
+        id: `netns:${ns}`, kind: 'netns', name: ns, safe: false, ageSeconds: age,
+        reason: `no lab record in ${stateDir} names namespace ${ns} (left by a crash, or another state directory's lab)`,
+      },
       clean: async () => {
         const pids = await netnsPids(ns);
         if (pids.length > 0) throw new RestorelabError('NETNS_BUSY', `processes ${pids.join(', ')} still run in ${ns}`, { hint: 'stop them first' });
@@ -282,6 +290,15 @@ async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise
     });
   }
   return items;
+}
+
+/** Seconds since `ip netns add` made `ns` (its bind-mount file under /run/netns). */
+function netnsAgeSeconds(ns: string): number | undefined {
+  try {
+    return Math.max(0, Math.round((Date.now() - fs.statSync(path.join('/run/netns', ns)).ctimeMs) / 1000));
+  } catch {
+    return undefined;
+  }
 }
 
 // --- FUSE mounts ------------------------------------------------------------
