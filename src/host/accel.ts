@@ -13,7 +13,7 @@
  * same, unless it came from the boot sector and a guest kernel has appeared
  * since. A cached answer says so (`cached`, `checkedAt`).
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync, renameSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync, renameSync, realpathSync, statSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exec, which } from './exec.js';
@@ -37,6 +37,7 @@ export interface AccelProbe {
 /** What the accelerator verdict depends on; a change of any part means a new test boot. */
 export interface HostIdentity {
   kernelRelease: string;
+  /** The QEMU binary's identity (real path, inode, size, mtime), which changes with its version. */
   qemuVersion: string;
   /** /dev/kvm's device number, inode and mode, or 'absent'; the node is made anew at each boot or module load. */
   kvmDevice: string;
@@ -94,7 +95,7 @@ export function guestKernelPath(guestsDir?: string): string | undefined {
   return existsSync(p) ? p : undefined;
 }
 
-export async function hostIdentity(qemu: string | undefined): Promise<HostIdentity> {
+export function hostIdentity(qemu: string | undefined): HostIdentity {
   let kvmDevice = 'absent';
   try {
     const st = statSync('/dev/kvm');
@@ -102,8 +103,18 @@ export async function hostIdentity(qemu: string | undefined): Promise<HostIdenti
   } catch {
     // no /dev/kvm: 'absent'
   }
-  const v = qemu ? await exec(qemu, ['--version'], { timeoutMs: 5000 }) : undefined;
-  return { kernelRelease: release(), qemuVersion: v?.stdout.split('\n')[0]?.trim() || 'none', kvmDevice };
+  // The installed binary stands for its version: an upgrade replaces the file.
+  // (Running `qemu --version` costs a process start on every doctor call.)
+  let qemuVersion = 'none';
+  if (qemu) {
+    try {
+      const st = statSync(qemu);
+      qemuVersion = `${realpathSync(qemu)}:${st.ino}:${st.size}:${st.mtimeMs}`;
+    } catch {
+      // vanished between which() and here: 'none'
+    }
+  }
+  return { kernelRelease: release(), qemuVersion, kvmDevice };
 }
 
 function sameHost(a: HostIdentity | undefined, b: HostIdentity): boolean {
@@ -114,7 +125,7 @@ export async function probeAccel(opts: { cacheDir?: string; force?: boolean; gue
   const cacheFile = opts.cacheDir ? join(opts.cacheDir, 'accel-probe.json') : undefined;
   const kernel = guestKernelPath(opts.guestsDir);
   const qemu = which('qemu-system-x86_64');
-  const host = await hostIdentity(qemu);
+  const host = hostIdentity(qemu);
   if (cacheFile && !opts.force && existsSync(cacheFile)) {
     try {
       const cached = JSON.parse(readFileSync(cacheFile, 'utf8')) as { host?: HostIdentity; probe: AccelProbe };

@@ -25,6 +25,8 @@ export interface DoctorReport {
   cached: boolean;
   /** When the test boot behind the verdict ran. */
   accelCheckedAt?: string;
+  /** How long the checks took in this process (the CLI's own start-up is not in it). */
+  seconds: number;
   checks: Check[];
   /** Stale state in the state directory (a dry-run reconcile), when one was given. */
   stale?: StaleItem[];
@@ -82,6 +84,7 @@ function qemuNfsCheck(): Check {
 }
 
 export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string; stateDir?: string; keyFile?: string } = {}): Promise<DoctorReport> {
+  const started = performance.now();
   const accel = await probeAccel(opts);
   const checks: Check[] = [
     tool('qemu-system-x86_64', 'qemu-system-x86', true, 'boots VMs'),
@@ -114,6 +117,7 @@ export async function runDoctor(opts: { cacheDir?: string; force?: boolean; gues
   }
   return {
     ok: checks.every((c) => c.ok || !c.required), accel: accel.accel, kvm: accel.kvm, cached: Boolean(accel.cached),
-    ...(accel.checkedAt ? { accelCheckedAt: accel.checkedAt } : {}), checks, ...(stale ? { stale } : {}),
+    ...(accel.checkedAt ? { accelCheckedAt: accel.checkedAt } : {}), seconds: Math.round(performance.now() - started) / 1000,
+    checks, ...(stale ? { stale } : {}),
   };
 }

@@ -92,8 +92,7 @@ function writeRecord(stateDir: string, rec: PublicationRecord): void {
   fs.renameSync(file + '.tmp', file);
 }
 
-/** Every record in `stateDir` (reconcile checks them against the host: src/reconcile). */
-export function allRecords(stateDir: string): PublicationRecord[] {
+function allRecords(stateDir: string): PublicationRecord[] {
   const dir = publicationsDir(stateDir);
   if (!fs.existsSync(dir)) return [];
   return fs.readdirSync(dir).sort().map((id) => readRecord(recordFile(stateDir, id))).filter((r): r is PublicationRecord => r !== undefined);

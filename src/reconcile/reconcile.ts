@@ -25,12 +25,14 @@ import { processAlive } from '../host/process.js';
 import { exec } from '../host/exec.js';
 import { listNetns, netnsPids } from '../host/netns.js';
 import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
-import { allRecords, removePublication, type PublicationRecord } from '../publish/publish.js';
+import type { PublicationRecord } from '../publish/publish.js';
 import { openRepository } from '../repo/repository.js';
 import { SessionStore } from '../session/store.js';
-import { listSessions, stopSession } from '../session/recover.js';
 import { ACTIVE_STATES, type RecoverySession } from '../session/session.js';
-import { labDown, listLabs, type LabState } from '../lab/lab.js';
+import type { LabState } from '../lab/lab.js';
+// publish, session/recover and lab load FUSE, the hypervisors and ajv (about
+// a second): they are imported when something is to be done with them, so
+// that `doctor` and a dry run stay quick.
 
 export type StaleKind = 'publication' | 'session' | 'lab' | 'netns' | 'mount' | 'overlay';
 
@@ -129,8 +131,8 @@ interface Found { item: StaleItem; clean(discardWrites: boolean): Promise<string
 async function check(o: ReconcileOptions): Promise<{ items: Found[]; resumable: ReconcileReport['resumable'] }> {
   // Outside a dry run, listSessions marks sessions with a dead supervisor
   // failed and restarts the supervisor of a migrated one (that is resuming it).
-  const sessions = o.dryRun ? new SessionStore(o.stateDir).list() : await listSessions(o.stateDir);
-  const records = allRecords(o.stateDir);
+  const sessions = o.dryRun ? new SessionStore(o.stateDir).list() : await (await import('../session/recover.js')).listSessions(o.stateDir);
+  const records = publicationRecords(o.stateDir);
   const pubs = await checkPublications(o, records);
   const items: Found[] = [
     ...checkSessions(o.stateDir, sessions),
@@ -143,6 +145,25 @@ async function check(o: ReconcileOptions): Promise<{ items: Found[]; resumable: 
 }
 
 // --- publications -----------------------------------------------------------
+
+/**
+ * The records as src/publish/publish.ts writes them
+ * (`<stateDir>/publications/<id>/publication.json`), read here without
+ * loading the publisher; an unreadable one is skipped as it is there.
+ */
+function publicationRecords(stateDir: string): PublicationRecord[] {
+  const dir = path.join(stateDir, 'publications');
+  if (!fs.existsSync(dir)) return [];
+  const out: PublicationRecord[] = [];
+  for (const id of fs.readdirSync(dir).sort()) {
+    try {
+      out.push(JSON.parse(fs.readFileSync(path.join(dir, id, 'publication.json'), 'utf8')) as PublicationRecord);
+    } catch {
+      // not a publication directory (.next-number), or a record being written
+    }
+  }
+  return out;
+}
 
 /** Why the point of `rec` cannot be opened, or undefined when it can (or the check itself cannot tell). */
 async function pointGone(rec: PublicationRecord, keyFile?: string): Promise<string | undefined> {
@@ -180,6 +201,7 @@ async function checkPublications(o: ReconcileOptions, records: PublicationRecord
       clean: async (discardWrites) => {
         const keep = overlayUse(path.join(rec.overlayDir, rec.id)).bytes > 0 && !discardWrites;
         if (keep) return keptWhy({ ...item, bytes: overlayUse(path.join(rec.overlayDir, rec.id)).bytes });
+        const { removePublication } = await import('../publish/publish.js');
         await removePublication(o.stateDir, rec.id, { discard: true });
         return undefined;
       },
@@ -226,7 +248,7 @@ function checkSessions(stateDir: string, sessions: RecoverySession[]): Found[] {
         reason: `${was}its supervisor${s.supervisorPid ? ` (pid ${s.supervisorPid})` : ''} is gone${qemu}${left.length ? `; left behind: ${left.join(', ')}` : ''}`,
       },
       // A session's writes are discarded by design when it stops, so nothing of value is lost.
-      clean: async () => { await stopSession(stateDir, s.id); return undefined; },
+      clean: async () => { await (await import('../session/recover.js')).stopSession(stateDir, s.id); return undefined; },
     });
   }
   return items;
@@ -245,11 +267,16 @@ function labOwner(stateDir: string, lab: LabState, sessions: RecoverySession[]):
 
 async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise<Found[]> {
   const items: Found[] = [];
-  const labs = listLabs(stateDir);
+  const labsDir = path.join(stateDir, 'labs');
+  const hasLabs = fs.existsSync(labsDir) && fs.readdirSync(labsDir).some((f) => f.endsWith('.json'));
+  const labs = hasLabs ? (await import('../lab/lab.js')).listLabs(stateDir) : [];
   const present = new Set(await listNetns());
   for (const lab of labs) {
     const owner = labOwner(stateDir, lab, sessions);
-    const down = async (): Promise<undefined> => { await labDown(lab.name, { stateDir, quietIfMissing: true }); return undefined; };
+    const down = async (): Promise<undefined> => {
+      await (await import('../lab/lab.js')).labDown(lab.name, { stateDir, quietIfMissing: true });
+      return undefined;
+    };
     const base = { id: `lab:${lab.name}`, kind: 'lab' as const, name: lab.name, ageSeconds: ageOf(lab.createdAt) };
     if (!present.has(lab.netns)) {
       items.push({ item: { ...base, safe: true, reason: `its namespace ${lab.netns} is gone (host reboot or removed by hand)` }, clean: down });
