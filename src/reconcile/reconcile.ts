@@ -360,16 +360,14 @@ async function checkMounts(stateDir: string, records: PublicationRecord[], sessi
   for (const rec of records) {
     if (rec.fuseDir && !(rec.pid !== undefined && processAlive(rec.pid)) && mountEntry(rec.fuseDir)) candidates.add(rec.fuseDir);
   }
-  for (const mp of fuseMountsUnder(root)) {
-    // A session's mount is its supervisor's, and a stale session's cleanup
-    // aborts it first (QEMU may hold its connection): left to the session.
-    if (mp.startsWith(`${sessionsDir}/`) && sessions.some((s) => mp.startsWith(`${path.join(sessionsDir, s.id)}`))) continue;
-    candidates.add(mp);
-  }
+  for (const mp of fuseMountsUnder(root)) candidates.add(mp);
   const liveDirs = new Set(records.filter((r) => r.fuseDir && r.pid !== undefined && processAlive(r.pid)).map((r) => r.fuseDir));
+  // A session's mount is its supervisor's, and a stale session's cleanup
+  // aborts it first (QEMU may hold its connection): left to the session.
+  const sessionOwned = (mp: string): boolean => sessions.some((s) => mp === path.join(sessionsDir, s.id) || mp.startsWith(`${path.join(sessionsDir, s.id)}/`));
   const items: Found[] = [];
   for (const dir of candidates) {
-    if (liveDirs.has(dir)) continue;
+    if (liveDirs.has(dir) || sessionOwned(dir)) continue;
     const dead = await mountDead(dir);
     if (dead === false) continue;
     items.push({
