@@ -8,11 +8,13 @@
  * we fall back to the boot sector, which writes to QEMU's isa-debug-exit port.
  * TCG only has to show QEMU runs at all, so it always gets the boot sector.
  * A KVM that hangs is killed at the deadline and we use TCG. The verdict is
- * cached per kernel boot, because it cannot change without a reboot, unless
- * it came from the boot sector and a guest kernel has appeared since.
+ * cached per host identity (kernel release, QEMU version, /dev/kvm's device
+ * node: see hostIdentity), because it cannot change while those stay the
+ * same, unless it came from the boot sector and a guest kernel has appeared
+ * since. A cached answer says so (`cached`, `checkedAt`).
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync, renameSync, realpathSync, statSync } from 'node:fs';
+import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exec, which } from './exec.js';
 import { projectPath } from '../paths.js';
@@ -26,6 +28,19 @@ export interface AccelProbe {
   detail: string;
   /** What KVM had to boot: the test guest kernel, or the boot sector fallback. */
   method?: 'guest-kernel' | 'boot-sector';
+  /** True when this verdict came from the cache, not a test boot just now. */
+  cached?: boolean;
+  /** When the test boot behind this verdict ran (ISO 8601). */
+  checkedAt?: string;
+}
+
+/** What the accelerator verdict depends on; a change of any part means a new test boot. */
+export interface HostIdentity {
+  kernelRelease: string;
+  /** The QEMU binary's identity (real path, inode, size, mtime), which changes with its version. */
+  qemuVersion: string;
+  /** /dev/kvm's device number, inode and mode, or 'absent'; the node is made anew at each boot or module load. */
+  kvmDevice: string;
 }
 
 const DEBUG_EXIT_VALUE = 0x41;
@@ -80,27 +95,46 @@ export function guestKernelPath(guestsDir?: string): string | undefined {
   return existsSync(p) ? p : undefined;
 }
 
-function bootId(): string {
+export function hostIdentity(qemu: string | undefined): HostIdentity {
+  let kvmDevice = 'absent';
   try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const st = statSync('/dev/kvm');
+    kvmDevice = `${st.rdev}:${st.ino}:${st.mode.toString(8)}`;
   } catch {
-    return 'unknown';
+    // no /dev/kvm: 'absent'
   }
+  // The installed binary stands for its version: an upgrade replaces the file.
+  // (Running `qemu --version` costs a process start on every doctor call.)
+  let qemuVersion = 'none';
+  if (qemu) {
+    try {
+      const st = statSync(qemu);
+      qemuVersion = `${realpathSync(qemu)}:${st.ino}:${st.size}:${st.mtimeMs}`;
+    } catch {
+      // vanished between which() and here: 'none'
+    }
+  }
+  return { kernelRelease: release(), qemuVersion, kvmDevice };
+}
+
+function sameHost(a: HostIdentity | undefined, b: HostIdentity): boolean {
+  return a !== undefined && a.kernelRelease === b.kernelRelease && a.qemuVersion === b.qemuVersion && a.kvmDevice === b.kvmDevice;
 }
 
 export async function probeAccel(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<AccelProbe> {
   const cacheFile = opts.cacheDir ? join(opts.cacheDir, 'accel-probe.json') : undefined;
   const kernel = guestKernelPath(opts.guestsDir);
+  const qemu = which('qemu-system-x86_64');
+  const host = hostIdentity(qemu);
   if (cacheFile && !opts.force && existsSync(cacheFile)) {
     try {
-      const cached = JSON.parse(readFileSync(cacheFile, 'utf8')) as { bootId: string; probe: AccelProbe };
+      const cached = JSON.parse(readFileSync(cacheFile, 'utf8')) as { host?: HostIdentity; probe: AccelProbe };
       const weaker = cached.probe.method !== 'guest-kernel' && kernel !== undefined && cached.probe.kvm === 'works';
-      if (cached.bootId === bootId() && !weaker) return cached.probe;
+      if (sameHost(cached.host, host) && !weaker) return { ...cached.probe, cached: true };
     } catch {
       // a damaged cache is simply re-probed
     }
   }
-  const qemu = which('qemu-system-x86_64');
   if (!qemu) return { accel: 'tcg', kvm: 'unavailable', tcg: false, detail: 'qemu-system-x86_64 not found (apt-get install qemu-system-x86)' };
   const dir = mkdtempSync(join(tmpdir(), 'restorelab-accel-'));
   try {
@@ -120,10 +154,14 @@ export async function probeAccel(opts: { cacheDir?: string; force?: boolean; gue
       detail: kvm === 'works' ? `KVM boots ${what}` :
         kvm === 'hangs' ? `KVM did not boot ${what} within ${bound} s (nested KVM?); using TCG` :
         kvm === 'fails' ? `KVM failed to boot ${what}; using TCG` : '/dev/kvm is absent; using TCG',
+      cached: false,
+      checkedAt: new Date().toISOString(),
     };
     if (cacheFile) {
       mkdirSync(opts.cacheDir as string, { recursive: true });
-      writeFileSync(cacheFile, JSON.stringify({ bootId: bootId(), probe }));
+      // Renamed into place: a concurrent reader sees the old verdict or the new, never half of one.
+      writeFileSync(`${cacheFile}.${process.pid}.tmp`, JSON.stringify({ host, probe }));
+      renameSync(`${cacheFile}.${process.pid}.tmp`, cacheFile);
     }
     return probe;
   } finally {

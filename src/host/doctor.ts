@@ -5,6 +5,7 @@
 import { existsSync, accessSync, constants } from 'node:fs';
 import { exec, which } from './exec.js';
 import { probeAccel, type AccelProbe } from './accel.js';
+import type { StaleItem } from '../reconcile/reconcile.js';
 
 export interface Check {
   name: string;
@@ -20,7 +21,15 @@ export interface DoctorReport {
   ok: boolean;
   accel: AccelProbe['accel'];
   kvm: AccelProbe['kvm'];
+  /** The accelerator verdict came from the per-host cache (`doctor --recheck` boots again). */
+  cached: boolean;
+  /** When the test boot behind the verdict ran. */
+  accelCheckedAt?: string;
+  /** How long the checks took in this process (the CLI's own start-up is not in it). */
+  seconds: number;
   checks: Check[];
+  /** Stale state in the state directory (a dry-run reconcile), when one was given. */
+  stale?: StaleItem[];
 }
 
 function tool(name: string, pkg: string, required: boolean, purpose: string): Check {
@@ -74,7 +83,8 @@ function qemuNfsCheck(): Check {
     : { name: 'qemu-nfs', ok: false, detail: "QEMU's nfs:// block driver is missing", fix: 'apt-get install qemu-block-extra', required: false };
 }
 
-export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<DoctorReport> {
+export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string; stateDir?: string; keyFile?: string } = {}): Promise<DoctorReport> {
+  const started = performance.now();
   const accel = await probeAccel(opts);
   const checks: Check[] = [
     tool('qemu-system-x86_64', 'qemu-system-x86', true, 'boots VMs'),
@@ -99,5 +109,15 @@ export async function runDoctor(opts: { cacheDir?: string; force?: boolean; gues
     tool('nft', 'nftables', false, 'lab masquerade NAT'),
     tool('losetup', 'mount', false, 'file-level restore'),
   ];
-  return { ok: checks.every((c) => c.ok || !c.required), accel: accel.accel, kvm: accel.kvm, checks };
+  let stale: StaleItem[] | undefined;
+  if (opts.stateDir) {
+    // Loaded here, not at the top: the demo and the hypervisors import this module without needing it.
+    const { reconcile } = await import('../reconcile/reconcile.js');
+    stale = (await reconcile({ stateDir: opts.stateDir, dryRun: true, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) })).stale;
+  }
+  return {
+    ok: checks.every((c) => c.ok || !c.required), accel: accel.accel, kvm: accel.kvm, cached: Boolean(accel.cached),
+    ...(accel.checkedAt ? { accelCheckedAt: accel.checkedAt } : {}), seconds: Math.round(performance.now() - started) / 1000,
+    checks, ...(stale ? { stale } : {}),
+  };
 }

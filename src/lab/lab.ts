@@ -75,6 +75,12 @@ export interface LabState {
   taps: { name: string; network: string }[];
   createdAt: string;
   ready: boolean;
+  /**
+   * The process that brought the lab up for its own use (a SureBackup run, a
+   * session supervisor) and takes it down; absent for `lab up`. Reconcile
+   * removes a lab whose owner is gone (src/reconcile).
+   */
+  owner?: { pid: number; what: string };
 }
 
 const LAB_UPLINK = 'uplink';
@@ -260,7 +266,7 @@ function requireTools(): void {
 }
 
 /** Creates the lab; a leftover of the same name (crash) is removed first. */
-export async function labUp(def: LabDefinition, opts: { stateDir: string }): Promise<LabState> {
+export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?: LabState['owner'] }): Promise<LabState> {
   requireTools();
   await labDown(def.name, { stateDir: opts.stateDir, quietIfMissing: true });
   const routes = await hostRoutes();
@@ -291,6 +297,7 @@ export async function labUp(def: LabDefinition, opts: { stateDir: string }): Pro
     taps: [],
     createdAt: new Date().toISOString(),
     ready: false,
+    ...(opts.owner ? { owner: opts.owner } : {}),
   };
   // Bridge names must be unique inside the namespace even after truncation.
   if (new Set(st.networks.map((n) => n.bridge)).size !== st.networks.length) {

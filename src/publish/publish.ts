@@ -477,12 +477,15 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
  * restart: the NFS server keeps its file handles). Returns a closer for the
  * overlays. A session's, a run's or a file-level restore's publication is
  * its owner's to serve or remove, never the server's.
+ * One record that cannot be opened (its point or repository gone) is skipped
+ * with its reason, never fatal: the server still serves every other one.
  */
 export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
-  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; close(): Promise<void> }> {
+  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; skipped: Array<{ id: string; reason: string }>; close(): Promise<void> }> {
   const cache = new ChunkCache((hooks.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   const closers: Array<() => Promise<void>> = [];
   const restored: string[] = [];
+  const skipped: Array<{ id: string; reason: string }> = [];
   for (const rec of allRecords(stateDir)) {
     if (ownerOf(rec).kind !== 'user') continue;
     if (hooks.filter && !hooks.filter(rec)) continue;
@@ -491,14 +494,24 @@ export async function restorePublications(stateDir: string, datastore: Publicati
       hooks.onWarning?.(`publication ${rec.id} is served by ${rec.pid !== undefined && rec.pid !== process.pid ? `process ${rec.pid}` : 'this process already'}; not restored here`);
       continue;
     }
-    const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
-    const point = await repo.getPoint(rec.point);
-    const opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
-    await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
+    let opened: OpenedPublication | undefined;
+    try {
+      const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
+      const point = await repo.getPoint(rec.point);
+      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
+      await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
+    } catch (err) {
+      await opened?.close().catch(() => undefined);
+      const reason = err instanceof RestorelabError ? `${err.code}: ${err.message}` : (err as Error).message;
+      hooks.onWarning?.(`publication ${rec.id} not restored: ${reason} (restorelab cleanup lists it)`);
+      skipped.push({ id: rec.id, reason });
+      continue;
+    }
     const key = recordDir(stateDir, rec.id);
     servedHere.add(key);
-    closers.push(async () => { servedHere.delete(key); await opened.close(); });
+    const served = opened;
+    closers.push(async () => { servedHere.delete(key); await served.close(); });
     restored.push(rec.id);
   }
-  return { restored, close: async () => { for (const c of closers) await c(); } };
+  return { restored, skipped, close: async () => { for (const c of closers) await c(); } };
 }

@@ -54,7 +54,7 @@ export async function bringUp(
     if (plan.lab && !lab?.ready) {
       res.labCreated = plan.lab.name;
       store.save(s);
-      lab = await labUp(plan.lab, { stateDir: store.stateDir });
+      lab = await labUp(plan.lab, { stateDir: store.stateDir, owner: { pid: process.pid, what: `session ${s.id}` } });
       writeFileSync(labMarker(store, plan.lab.name), s.id);
     }
     for (const nic of plan.vm.nics) {

@@ -69,7 +69,7 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         ? loadLab(isAbsolute(def) ? def : resolve(o.baseDir ?? process.cwd(), def))
         : parseLab(def, 'the job\'s inline lab');
       const existing = readLabState(o.stateDir, d.name);
-      if (existing?.ready) { lab = existing; labCreated = false; } else { labCreated = true; lab = await labUp(d, { stateDir: o.stateDir }); }
+      if (existing?.ready) { lab = existing; labCreated = false; } else { labCreated = true; lab = await labUp(d, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run' } }); }
       return { netns: lab.netns };
     },
 

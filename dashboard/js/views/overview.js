@@ -3,15 +3,16 @@
  * latest restore point fared in verification (last night's run, normally).
  */
 import { h, replace } from '../dom.js';
-import { formatTime, groupPointsByVm, isActiveSession, shortId } from '../format.js';
-import { badgeEl, section, table } from '../ui.js';
+import { formatBytes, formatSeconds, formatTime, groupPointsByVm, isActiveSession, shortId } from '../format.js';
+import { actionButton, badgeEl, section, table } from '../ui.js';
 
 export async function render(ctx) {
-  const [pub, ses, pts, runs] = await Promise.all([
+  const [pub, ses, pts, runs, state] = await Promise.all([
     ctx.api.get('/publications'),
     ctx.api.get('/sessions'),
     ctx.api.get('/points'),
     ctx.api.get('/runs?limit=10'),
+    ctx.api.get('/state/stale'),
   ]);
   if (!ctx.live()) return;
   const live = (ses.sessions ?? []).filter(isActiveSession);
@@ -49,6 +50,22 @@ export async function render(ctx) {
           p.path ? h('code', {}, p.path) : '—',
         ]),
         'nothing is published.')),
+    section('Stale state',
+      table('Stale records and leftovers', ['Item', 'Reason', 'Writes held', 'Age', ''],
+        (state.stale ?? []).map((i) => [
+          h('code', {}, i.id), i.reason, i.bytes ? formatBytes(i.bytes) : '—',
+          i.ageSeconds !== undefined ? formatSeconds(i.ageSeconds) : '—',
+          // Cleaning is an admin's; an item holding writes says so before they are discarded.
+          ctx.can('admin') ? actionButton(i.bytes ? 'Discard writes and clean' : 'Clean', async () => {
+            try {
+              const r = await ctx.api.post('/state/cleanup', { items: [i.id], discardWrites: Boolean(i.bytes) });
+              const done = (r.stale ?? []).find((x) => x.id === i.id);
+              ctx.notify(`${i.id}: ${done?.outcome?.action ?? 'done'}${done?.outcome?.detail ? ` (${done.outcome.detail})` : ''}`);
+              await render(ctx);
+            } catch (err) { ctx.fail(err); }
+          }, { 'aria-label': `Clean ${i.id}`, class: i.bytes ? 'danger' : '' }) : '',
+        ]),
+        'nothing stale: every record matches the host.')),
     section('Recent verification runs',
       table('Recent runs', ['Run', 'Job', 'Trigger', 'Status', 'Started', 'Ended'],
         (runs.runs ?? []).map((r) => [h('a', { href: `#/runs/${encodeURIComponent(r.id)}` }, shortId(r.id)), r.job, r.trigger ?? '—', badgeEl(r.status), formatTime(r.startedAt), formatTime(r.endedAt)]),

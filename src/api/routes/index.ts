@@ -11,6 +11,7 @@ import { repositoryRoutes } from './repositories.js';
 import { pointRoutes } from './points.js';
 import { backupRoutes } from './backups.js';
 import { fileRestoreRoutes } from './file-restore.js';
+import { stateRoutes } from './state.js';
 
 export type RegisterRoutes = (table: RouteTable, ctx: ApiContext) => void;
 
@@ -25,4 +26,5 @@ export const routeModules: RegisterRoutes[] = [
   pointRoutes,
   backupRoutes,
   fileRestoreRoutes,
+  stateRoutes,
 ];

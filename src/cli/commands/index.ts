@@ -25,6 +25,7 @@ import { registerUnpublish } from './unpublish.js';
 import { registerPublications } from './publications.js';
 import { registerServer } from './server.js';
 import { registerToken } from './token.js';
+import { registerCleanup } from './cleanup.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -51,4 +52,5 @@ export const commands: RegisterCommand[] = [
   registerPublications,
   registerServer,
   registerToken,
+  registerCleanup,
 ];

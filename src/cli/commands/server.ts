@@ -64,6 +64,22 @@ export function registerServer(program: Command): void {
       let scheduler: Scheduler | undefined;
       // Scheduled and API-started runs share one gate: no overlap of a job, one VM limiter.
       const jobGate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
+      // Reconcile first, and never fatally: one stale record must not keep
+      // the API, the other publications and the schedules down.
+      try {
+        const { reconcile } = await import('../../reconcile/reconcile.js');
+        const rec = await reconcile({
+          stateDir: cfg.stateDir, ...(cfg.repositoryKeyFile ? { keyFile: cfg.repositoryKeyFile } : {}),
+          log: (l) => ctx.out.warn(`reconcile: ${l}`),
+        });
+        for (const s of rec.stale.filter((x) => x.outcome?.action !== 'removed')) ctx.out.warn(`stale: ${s.id}: ${s.reason} (restorelab cleanup)`);
+        result.reconcile = {
+          resumable: rec.resumable.map((p) => p.id),
+          stale: rec.stale.map((x) => ({ id: x.id, reason: x.reason, action: x.outcome?.action ?? 'kept' })),
+        };
+      } catch (err) {
+        ctx.out.warn(`reconcile at start failed, serving anyway: ${(err as Error).message}`);
+      }
       try {
         if (o.nfs) {
           const { PublicationDatastore } = await import('../../datastore/publication-datastore.js');
@@ -94,7 +110,7 @@ export function registerServer(program: Command): void {
             log: { warn: (m) => ctx.out.warn(m) },
           });
           closers.unshift(() => nfs.stop());
-          result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, portmapPort: nfs.portmapPort, export: nfs.exportPath, publications: pubs.restored };
+          result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, portmapPort: nfs.portmapPort, export: nfs.exportPath, publications: pubs.restored, skipped: pubs.skipped };
         }
         if (o.schedule) {
           const { startScheduler } = await import('../../scheduler/scheduler.js');
