@@ -35,7 +35,7 @@ writeFileSync(wrongKey, randomBytes(32).toString('hex') + '\n', { mode: 0o600 })
 
 const apis: TestApi[] = [];
 async function api(env: Record<string, string>): Promise<TestApi> {
-  const a = await testApi({ env: { RESTORELAB_REPO: repoDir, ...env } });
+  const a = await testApi({ env: { RESTORELAB_REPO: repoDir, ...env }, limits: { sourceRoots: [work], restoreRoots: [work] } });
   apis.push(a);
   return a;
 }

@@ -21,7 +21,8 @@ t.teardown(() => rmSync(work, { recursive: true, force: true }));
 const guest = await guestRepository(work);
 
 async function api(t: Test, env: Record<string, string> = {}): Promise<TestApi> {
-  const a = await testApi({ env });
+  // The test's images and restore targets are in its work directory.
+  const a = await testApi({ env, limits: { sourceRoots: [work], restoreRoots: [work] } });
   t.teardown(async () => {
     await a.close();
     rmSync(a.home, { recursive: true, force: true });
