@@ -3,14 +3,17 @@
  * /api/v1. Authentication runs before every API route and /metrics; the only
  * unauthenticated routes are /healthz and the dashboard's static shell, which
  * holds no data (it asks for a token and then calls the API with it).
+ * Every response carries the security headers of securityHeaders().
  */
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { projectPath } from '../paths.js';
 import { apiError, errorBody, toApiError } from './errors.js';
 import { RouteTable } from './route-table.js';
 import { routeModules } from './routes/index.js';
 import type { ApiContext } from './context.js';
+import { REPORT_CSS } from '../report/report.js';
 
 export const API_PREFIX = '/api/v1';
 export const BODY_LIMIT = '256kb';
@@ -23,8 +26,10 @@ export function createApp(ctx: ApiContext): { app: express.Express; table: Route
   app.disable('x-powered-by');
   app.set('trust proxy', false);
   app.use(requestLog(ctx));
+  app.use(securityHeaders);
 
-  app.get('/healthz', (_req, res) => { res.json({ ok: true, pid: process.pid, uptimeSeconds: Math.round(process.uptime()) }); });
+  // Unauthenticated, so it says only that the server answers (no pid, no uptime: nothing about the host).
+  app.get('/healthz', (_req, res) => { res.json({ ok: true }); });
 
   const auth = authenticate(ctx);
   app.get('/metrics', auth, async (_req, res) => {
@@ -33,6 +38,8 @@ export function createApp(ctx: ApiContext): { app: express.Express; table: Route
   });
 
   const api = express.Router();
+  // API responses are data, never a page: nothing in them may load or run.
+  api.use((_req, res, next) => { res.set('content-security-policy', API_CSP); next(); });
   api.get('/openapi.json', auth, (_req, res) => { res.json(table.openapi({ title: 'restorelab API', version: '1' })); });
   api.use(auth);
   api.use(express.json({ limit: BODY_LIMIT, strict: true }));
@@ -52,26 +59,67 @@ function clientOf(req: Request): string {
   return req.socket.remoteAddress ?? 'unknown';
 }
 
+/**
+ * Bearer authentication. A valid token always passes, at once: only failures
+ * are rate limited (src/api/rate-limit.ts), so failures from an address that
+ * every local client shares cannot lock the CLI or the dashboard out.
+ */
 function authenticate(ctx: ApiContext) {
-  return (req: Request, res: Response, next: NextFunction): void => {
+  return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
     const client = clientOf(req);
-    if (ctx.authLimiter.blocked(client)) {
-      res.set('retry-after', String(ctx.authLimiter.retryAfter(client)));
-      throw apiError('RATE_LIMITED');
-    }
     const header = req.get('authorization') ?? '';
     const m = /^Bearer\s+(\S+)$/i.exec(header);
     const who = m ? ctx.tokens.check(m[1] as string) : undefined;
-    if (!who) {
-      ctx.authLimiter.fail(client);
-      // Never log the token itself: only whether one was sent.
-      ctx.log.warn({ client, method: req.method, path: req.path, reason: m ? 'unknown or revoked token' : 'no bearer token' }, 'authentication failed');
-      res.set('www-authenticate', 'Bearer realm="restorelab"');
-      throw apiError('UNAUTHENTICATED', m ? 'the bearer token is not valid (revoked, mistyped or from another server)' : 'send Authorization: Bearer <token>; create one with: restorelab token create NAME --role viewer');
+    if (who) {
+      res.locals.principal = who;
+      next();
+      return;
     }
-    res.locals.principal = who;
-    next();
+    const wasLimited = ctx.authLimiter.blocked(client);
+    const delay = ctx.authLimiter.fail(client);
+    // Never log the token itself: only whether one was sent. Once an address is
+    // over its limit, one line says so instead of one line per guess.
+    if (!wasLimited) ctx.log.warn({ client, method: req.method, path: req.path, reason: m ? 'unknown or revoked token' : 'no bearer token' }, 'authentication failed');
+    if (!wasLimited && ctx.authLimiter.blocked(client)) ctx.log.warn({ client, maxFailures: ctx.authLimiter.maxFailures }, 'too many failed authentications from this address; its further failures are delayed and get 429 (valid tokens still pass)');
+    if (wasLimited) {
+      await ctx.authLimiter.hold(client, delay);
+      res.set('retry-after', String(ctx.authLimiter.retryAfter(client)));
+      throw apiError('RATE_LIMITED');
+    }
+    res.set('www-authenticate', 'Bearer realm="restorelab"');
+    throw apiError('UNAUTHENTICATED', m ? 'the bearer token is not valid (revoked, mistyped or from another server)' : 'send Authorization: Bearer <token>; create one with: restorelab token create NAME --role viewer');
   };
+}
+
+/** The sha256 CSP source of an inline style sheet. */
+function styleHash(css: string): string {
+  return `'sha256-${createHash('sha256').update(css, 'utf8').digest('base64')}'`;
+}
+
+/**
+ * The dashboard's policy: its own files only (it has no inline script or
+ * style). img-src allows blob: for the screenshots it fetches with the token
+ * and data: for those inlined in a run report; the report is shown in a
+ * srcdoc iframe, which inherits this policy, so its one inline sheet is
+ * allowed by hash.
+ */
+export const DASHBOARD_CSP = [
+  "default-src 'self'", "script-src 'self'", `style-src 'self' ${styleHash(REPORT_CSS)}`, "img-src 'self' data: blob:",
+  "connect-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'",
+].join('; ');
+
+/** The policy of /api/v1 responses: JSON, SSE and stored reports are never a page that may load or run anything. */
+export const API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox";
+
+/** Headers on every response: no framing (clickjacking), no MIME sniffing, no Referer with a URL leaving the server. */
+function securityHeaders(_req: Request, res: Response, next: NextFunction): void {
+  res.set({
+    'content-security-policy': DASHBOARD_CSP,
+    'x-frame-options': 'DENY',
+    'x-content-type-options': 'nosniff',
+    'referrer-policy': 'no-referrer',
+  });
+  next();
 }
 
 function requestLog(ctx: ApiContext) {

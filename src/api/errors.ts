@@ -20,6 +20,8 @@ export const API_ERRORS = {
   NOT_FOUND: { status: 404, message: 'no such resource' },
   CONFLICT: { status: 409, message: 'the resource is busy or already exists' },
   PATH_TRAVERSAL: { status: 400, message: 'the path leaves the guest filesystem' },
+  PATH_NOT_ALLOWED: { status: 403, message: 'the host path is outside the directories the server allows for this (config api.sourceRoots / api.restoreRoots)' },
+  SCRIPT_NOT_ALLOWED: { status: 403, message: 'a job script is outside the server\'s scripts directory (config api.scriptsDir)' },
   OPERATION_CANCELLED: { status: 409, message: 'the operation was cancelled before it finished' },
   OPERATION_NOT_CANCELLABLE: { status: 409, message: 'the operation has already ended' },
   MISSING_COMPONENT: { status: 503, message: 'a required system component is missing on the server' },
@@ -49,9 +51,9 @@ export class ApiError extends Error {
   }
 }
 
-export function apiError(code: ApiErrorCode, message?: string, details?: unknown): ApiError {
+export function apiError(code: ApiErrorCode, message?: string, details?: unknown, hint?: string): ApiError {
   const spec = API_ERRORS[code];
-  return new ApiError(code, spec.status, message ?? spec.message, details);
+  return new ApiError(code, spec.status, message ?? spec.message, details, hint);
 }
 
 /** Any thrown value as the ApiError the client sees. Unknown errors become INTERNAL (logged by the caller). */

@@ -19,6 +19,7 @@ import { OperationRegistry } from './operations.js';
 import { Metrics } from './metrics.js';
 import { AuthFailureLimiter } from './rate-limit.js';
 import { createApp } from './app.js';
+import { createApiDirs } from './host-paths.js';
 import { errorBody, toApiError } from './errors.js';
 import type { ApiContext } from './context.js';
 import type { PublicationDatastore } from '../datastore/publication-datastore.js';
@@ -36,6 +37,7 @@ export interface ApiOptions {
 
 export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {
   const catalog = openCatalog(o.config.catalog);
+  createApiDirs(o.config.api, o.config.stateDir);
   new History(catalog); // applies the run tables' migrations, which the metrics read
   const closers: Array<() => Promise<void> | void> = [];
   const operations = new OperationRegistry((err) => errorBody(toApiError(err).error).error);

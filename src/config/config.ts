@@ -59,6 +59,24 @@ export interface ServerConfig {
   tlsKey?: string;
 }
 
+/**
+ * What API clients, and the jobs the server runs, may reach on the host
+ * (docs/security-h5.md). Paths are absolute after loading (relative ones are
+ * resolved against stateDir).
+ */
+export interface ApiLimits {
+  /** Directories an API backup may read images from. */
+  sourceRoots: string[];
+  /** Directories an API restore may write into. */
+  restoreRoots: string[];
+  /** The only directory whose executables script tests of server-run jobs may start. */
+  scriptsDir: string;
+  /** The local user those scripts run as. */
+  scriptUser: string;
+  /** Upper bound on a script test's timeout in server-run jobs. */
+  scriptMaxSeconds: number;
+}
+
 export interface Config {
   repository: string;
   /** Key file of the configured repository when it is encrypted (absent: it is not). */
@@ -72,6 +90,7 @@ export interface Config {
   nfs: NfsConfig;
   fuse: FuseConfig;
   server: ServerConfig;
+  api: ApiLimits;
 }
 
 /** Environment variables that override single settings (documented in docs/operations.md). */
@@ -138,5 +157,9 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   cfg.stateDir = abs(cfg.stateDir);
   cfg.guestsDir = abs(cfg.guestsDir);
   cfg.catalog = isAbsolute(cfg.catalog) ? cfg.catalog : resolve(cfg.stateDir, cfg.catalog);
+  const inState = (p: string): string => (isAbsolute(p) ? p : resolve(cfg.stateDir, p));
+  cfg.api.sourceRoots = cfg.api.sourceRoots.map(inState);
+  cfg.api.restoreRoots = cfg.api.restoreRoots.map(inState);
+  cfg.api.scriptsDir = inState(cfg.api.scriptsDir);
   return cfg;
 }

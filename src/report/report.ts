@@ -57,6 +57,24 @@ export interface HtmlExtra {
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 const cls = (r: string): string => (r === 'passed' || r === 'success' ? 'ok' : r === 'warning' || r === 'skipped' ? 'warn' : 'bad');
 
+/**
+ * The report's one style sheet, inline so the file stands alone. Exported
+ * so the dashboard's Content-Security-Policy can allow exactly this sheet by
+ * its hash (the report is shown in a srcdoc iframe, which inherits the
+ * dashboard's policy) instead of every inline style. The hash covers the
+ * element's whole text, so the sheet is exactly this string, newlines included.
+ */
+export const REPORT_CSS = `
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1 .verdict{padding:.1em .5em;border-radius:4px;color:#fff}
+.verdict.ok,h1 .ok{background:#2a7;color:#fff}.verdict.warn,h1 .warn{background:#d90;color:#fff}.verdict.bad,h1 .bad{background:#c33;color:#fff}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.5em;vertical-align:top;text-align:left}
+ul{margin:0;padding-left:1em}li.ok b{color:#2a7}li.warn b{color:#b80}li.bad b{color:#c33}
+.detail{color:#555;font-size:12px;white-space:pre-wrap;word-break:break-word;max-width:40em}
+.muted{color:#888;font-size:12px}.tag{background:#eef;border-radius:3px;padding:0 .3em;font-size:11px}
+.shot img{max-width:320px;border:1px solid #ccc}.shot.flagged img{border:3px solid #c33}div.bad{color:#c33;font-weight:bold}
+`;
+
 /** An inline SVG sparkline of recovery seconds; failed runs are red dots. */
 export function sparkline(points: TrendPoint[], w = 160, h = 32): string {
   if (points.length === 0) return '';
@@ -94,16 +112,7 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
   }).join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>SureBackup ${esc(rep.job)} ${esc(rep.run)}: ${esc(rep.result)}</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-h1 .verdict{padding:.1em .5em;border-radius:4px;color:#fff}
-.verdict.ok,h1 .ok{background:#2a7;color:#fff}.verdict.warn,h1 .warn{background:#d90;color:#fff}.verdict.bad,h1 .bad{background:#c33;color:#fff}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.5em;vertical-align:top;text-align:left}
-ul{margin:0;padding-left:1em}li.ok b{color:#2a7}li.warn b{color:#b80}li.bad b{color:#c33}
-.detail{color:#555;font-size:12px;white-space:pre-wrap;word-break:break-word;max-width:40em}
-.muted{color:#888;font-size:12px}.tag{background:#eef;border-radius:3px;padding:0 .3em;font-size:11px}
-.shot img{max-width:320px;border:1px solid #ccc}.shot.flagged img{border:3px solid #c33}div.bad{color:#c33;font-weight:bold}
-</style></head><body>
+<style>${REPORT_CSS}</style></head><body>
 <h1>SureBackup job ${esc(rep.job)}: <span class="verdict ${cls(rep.result)}">${esc(rep.result)}</span></h1>
 <p>Run ${esc(rep.run)} · ${esc(rep.startedAt)} → ${esc(rep.endedAt)} · ${rep.vms.length} VMs: ${counts.ok} passed, ${counts.warn} with warnings, ${rep.vms.length - counts.ok - counts.warn} failed${rep.labKept ? ' · <b>lab kept running for troubleshooting</b>' : ''}${rate === undefined || rate === null ? '' : ` · pass rate ${(rate * 100).toFixed(0)}% over the last ${extra.passRate!.runs} runs`}</p>
 <table><thead><tr><th>VM / point</th><th>result</th><th>tests</th><th>heartbeat / first answer / recovery</th><th>recovery trend</th><th>console</th></tr></thead>

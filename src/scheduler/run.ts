@@ -9,6 +9,7 @@ import type { JobFile } from '../surebackup/job.js';
 import { Limiter } from '../surebackup/limiter.js';
 import type { RunReport } from '../report/report.js';
 import type { RunJobFn } from './scheduler.js';
+import { serverScriptPolicy } from '../verify/script.js';
 
 export interface ConfiguredRun {
   job: Job & JobFile;
@@ -22,12 +23,17 @@ export interface ConfiguredRun {
   log: { warn(line: string): void };
 }
 
-/** Runs the job in a real lab backend over the configured repository, and closes the backend whatever happens. */
+/**
+ * Runs the job in a real lab backend over the configured repository, and
+ * closes the backend whatever happens. These are the server's runs, of job
+ * files API admins write, so script tests run under the config's policy.
+ */
 export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<RunReport> {
+  const scripts = serverScriptPolicy(cfg.api);
   const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file) });
   try {
     return await executeRun({ job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
-      trigger: r.trigger, runId: r.runId, signal: r.signal, limiter: r.limiter, log: r.log });
+      trigger: r.trigger, runId: r.runId, signal: r.signal, limiter: r.limiter, log: r.log, scripts });
   } finally {
     await backend.close();
   }

@@ -91,8 +91,55 @@ export function readJsonFile(path: string, what: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw badInput('JSON_INVALID', `${what} ${path} is not valid JSON: ${(err as Error).message}`, 'fix the JSON syntax (a JSON linter shows the exact spot)');
+    throw badInput('JSON_INVALID', `${what} ${path} is not valid JSON: ${jsonSyntaxProblem(text, err)}`, 'fix the JSON syntax at that spot');
   }
+}
+
+/**
+ * What is wrong with JSON text and where (line, column), never quoting it.
+ * V8's own messages quote a stretch of the input ("Unexpected token 'r',
+ * "root:$y$j9T..." is not valid JSON"), and these errors reach API clients
+ * and the operation list, so a file the server was pointed at must not be
+ * readable through them (docs/security-h5.md).
+ */
+export function jsonSyntaxProblem(text: string, err: unknown): string {
+  const msg = err instanceof Error ? err.message : '';
+  const at = / in JSON at position (\d+)/.exec(msg);
+  let problem: string;
+  let pos: number;
+  if (at && !msg.slice(0, at.index).includes('"')) {
+    problem = msg.slice(0, at.index);
+    pos = Number(at[1]);
+  } else if (msg.startsWith('Unexpected end of JSON input')) {
+    problem = 'unexpected end of input';
+    pos = text.length;
+  } else {
+    problem = 'unexpected character';
+    pos = firstBadOffset(text);
+  }
+  const before = text.slice(0, pos);
+  const line = before.split('\n').length;
+  const column = pos - before.lastIndexOf('\n');
+  return `${problem} at line ${line}, column ${column}`;
+}
+
+/**
+ * Where an "Unexpected token" error sits, which V8 reports only by quoting:
+ * the shortest prefix that fails the same way ends just after it. Prefixes
+ * before it fail only as incomplete, so the search is a bisection.
+ */
+function firstBadOffset(text: string): number {
+  const broken = (n: number): boolean => {
+    try { JSON.parse(text.slice(0, n)); return false; } catch (e) { return (e as Error).message.startsWith('Unexpected token'); }
+  };
+  let lo = 1;
+  let hi = text.length;
+  if (!broken(hi)) return 0;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (broken(mid)) hi = mid; else lo = mid + 1;
+  }
+  return lo - 1;
 }
 
 /** Reads a JSON file and validates it in one step. */

@@ -9,6 +9,7 @@ import type { RepositoryReader } from '../repo/contract.js';
 import { runDir, runReport, writeReports, type RunReport } from '../report/report.js';
 import { notifyRun, type NotifyLog } from '../report/notify.js';
 import { createTestRunner } from '../verify/tests.js';
+import type { ScriptPolicy } from '../verify/script.js';
 import type { History, RunTrigger } from './history.js';
 import type { JobFile } from './job.js';
 import type { Limiter } from './limiter.js';
@@ -28,6 +29,8 @@ export interface ExecuteOptions {
   limiter?: Limiter;
   /** Replaces the real tests (unit tests of this module only). */
   runTest?: TestRunner;
+  /** Confines script tests: set for jobs the server runs (scheduler, API), not for the CLI. */
+  scripts?: ScriptPolicy;
   log: NotifyLog;
 }
 
@@ -36,7 +39,7 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   o.history.recordJob(o.job.name, o.job, o.jobFile);
   const runId = o.runId ?? o.history.startRun(o.job.name, o.trigger, startedAt);
   const dir = runDir(o.stateDir, runId);
-  const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir });
+  const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, ...(o.scripts ? { scripts: o.scripts } : {}) });
   let r: RunResult;
   try {
     r = await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal });

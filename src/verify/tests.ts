@@ -15,7 +15,7 @@ import type { TestRunner, TestResult } from '../surebackup/runner.js';
 import type { TestSpec } from '../surebackup/roles.js';
 import { heartbeat, ipAnswers } from './heartbeat.js';
 import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
-import { scriptTest } from './script.js';
+import { scriptTest, type ScriptPolicy } from './script.js';
 import { screenshotTest } from './screenshot.js';
 import { integrityTest } from './integrity.js';
 
@@ -30,6 +30,8 @@ export interface TestRunnerOptions {
   agentGraceSeconds?: number;
   /** Overrides APP_RETRY_MS (tests). */
   appRetryMs?: number;
+  /** Confines script tests (jobs the server runs); absent for the CLI. */
+  scripts?: ScriptPolicy;
 }
 
 const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
@@ -69,7 +71,7 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
       case 'tcp': return withName(await app(() => tcpTest(h.netns, h.ip, spec.port, spec.banner)));
       case 'http': return withName(await app(() => httpTest(h.netns, h.ip, spec)));
       case 'dns': return withName(await app(() => dnsTest(h.netns, h.ip, spec.name, spec.expect)));
-      case 'script': return withName(await scriptTest(spec, { netns: h.netns, name: vm.name, ip: h.ip, masqIp: h.masqIp }, signal));
+      case 'script': return withName(await scriptTest(spec, { netns: h.netns, name: vm.name, ip: h.ip, masqIp: h.masqIp }, signal, o.scripts));
       case 'screenshot': {
         mkdirSync(o.screenshotDir, { recursive: true });
         const ppm = await h.screendump();

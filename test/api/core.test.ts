@@ -55,13 +55,75 @@ t.test('roles: viewer reads, operator acts, admin manages tokens; 403 names the 
   await request(api.app).delete('/api/v1/tokens/nobody').set('authorization', api.auth.admin).expect(404);
 });
 
-t.test('repeated auth failures from one client are rate limited', async (t) => {
-  const api = await testApi({ authLimiter: new AuthFailureLimiter(3, 60_000) });
+t.test('healthz says only ok; every response carries the security headers', async (t) => {
+  const api = await testApi();
   t.teardown(api.close);
-  for (let i = 0; i < 3; i++) await request(api.app).get('/api/v1/whoami').set('authorization', 'Bearer nope').expect(401);
-  const res = await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.admin).expect(429);
-  t.equal(res.body.error.code, 'RATE_LIMITED');
-  t.ok(Number(res.headers['retry-after']) > 0);
+  const health = await request(api.app).get('/healthz').expect(200);
+  t.same(health.body, { ok: true }, 'no pid, nothing about the host');
+  const pages = [await request(api.app).get('/').expect(200), await request(api.app).get('/js/app.js').expect(200)];
+  const apis = [health, await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.viewer).expect(200),
+    await request(api.app).get('/api/v1/whoami').expect(401), await request(api.app).get('/metrics').set('authorization', api.auth.viewer).expect(200)];
+  for (const [i, r] of [...pages, ...apis].entries()) {
+    const what = `response ${i} (${r.status})`;
+    t.equal(r.headers['x-frame-options'], 'DENY', what);
+    t.equal(r.headers['x-content-type-options'], 'nosniff', what);
+    t.equal(r.headers['referrer-policy'], 'no-referrer', what);
+    t.match(r.headers['content-security-policy'], /frame-ancestors 'none'/, what);
+  }
+  const csp = pages[0]?.headers['content-security-policy'] as string;
+  t.match(csp, /default-src 'self'/);
+  t.match(csp, /script-src 'self'(;|$)/, 'no inline or foreign script');
+  t.notMatch(csp, /unsafe-inline|unsafe-eval/);
+  t.equal(apis[1]?.headers['content-security-policy'], "default-src 'none'; frame-ancestors 'none'; sandbox", 'API responses may load nothing');
+});
+
+t.test('the dashboard policy allows exactly the run report\'s inline style sheet', async (t) => {
+  const { DASHBOARD_CSP } = await import('../../src/api/app.js');
+  const { renderHtml } = await import('../../src/report/report.js');
+  const { createHash } = await import('node:crypto');
+  const html = renderHtml({ run: 'r', job: 'j', result: 'success', startedAt: '', endedAt: '', vms: [], labKept: false, report: '' });
+  const sheets = [...html.matchAll(/<style>([\s\S]*?)<\/style>/g)].map((m) => m[1] as string);
+  t.equal(sheets.length, 1);
+  t.match(DASHBOARD_CSP, `'sha256-${createHash('sha256').update(sheets[0] as string).digest('base64')}'`);
+  t.notMatch(html, /style=/, 'and the report has no style attribute the policy would block');
+});
+
+t.test('auth failures are rate limited, but never lock out a valid token', async (t) => {
+  const limiter = new AuthFailureLimiter(10, 60_000, Date.now, { baseDelayMs: 5, maxDelayMs: 20 });
+  const api = await testApi({ authLimiter: limiter });
+  t.teardown(api.close);
+  const wrong = 'rl_0123456789ab_' + 'B'.repeat(43);
+  const statuses: number[] = [];
+  for (let i = 0; i < 50; i++) statuses.push((await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${wrong}`)).status);
+  t.same(statuses.slice(0, 10), Array(10).fill(401), 'the first ten failures are 401');
+  t.same(statuses.slice(10), Array(40).fill(429), 'then 429');
+  const limited = await request(api.app).get('/api/v1/whoami').set('authorization', 'Bearer nope').expect(429);
+  t.equal(limited.body.error.code, 'RATE_LIMITED');
+  t.ok(Number(limited.headers['retry-after']) > 0, 'with Retry-After');
+  // Every local client shares 127.0.0.1: the CLI's valid token still works, at once.
+  const t0 = Date.now();
+  for (const role of ['viewer', 'operator', 'admin'] as const) {
+    const ok = await request(api.app).get('/api/v1/whoami').set('authorization', api.auth[role]).expect(200);
+    t.equal(ok.body.role, role);
+  }
+  t.ok(Date.now() - t0 < 1000, 'without a delay');
+  await request(api.app).get('/metrics').set('authorization', api.auth.viewer).expect(200);
+  t.equal(api.logs.filter((l) => l.msg === 'authentication failed').length, 10, 'one log line per failure until the limit');
+  t.equal(api.logs.filter((l) => String(l.msg).startsWith('too many failed authentications')).length, 1, 'then one line for the address');
+});
+
+t.test('the limiter: failures over the limit back off, capped; memory per address is bounded', async (t) => {
+  let now = 1_000_000;
+  const l = new AuthFailureLimiter(3, 60_000, () => now, { baseDelayMs: 100, maxDelayMs: 1000 });
+  t.same([l.fail('a'), l.fail('a'), l.fail('a')], [0, 0, 0]);
+  t.ok(l.blocked('a'));
+  t.notOk(l.blocked('b'), 'per address');
+  t.same([l.fail('a'), l.fail('a'), l.fail('a'), l.fail('a'), l.fail('a')], [100, 200, 400, 800, 1000]);
+  for (let i = 0; i < 10_000; i++) l.fail('a');
+  t.equal((l as unknown as { failures: Map<string, number[]> }).failures.get('a')?.length, 3, 'only the last maxFailures times are kept');
+  now += 61_000;
+  t.notOk(l.blocked('a'), 'the window passes');
+  t.equal(l.fail('a'), 0, 'and the backoff starts over');
 });
 
 t.test('bad bodies: malformed JSON, unknown fields, wrong types, oversize, wrong media type', async (t) => {

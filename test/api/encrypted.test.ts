@@ -12,7 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { createReadStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { guestImage } from '../helpers/guests.js';
 import { testApi, type TestApi } from '../helpers/api.js';
 import { projectPath } from '../../src/paths.js';
@@ -35,7 +35,7 @@ writeFileSync(wrongKey, randomBytes(32).toString('hex') + '\n', { mode: 0o600 })
 
 const apis: TestApi[] = [];
 async function api(env: Record<string, string>): Promise<TestApi> {
-  const a = await testApi({ env: { RESTORELAB_REPO: repoDir, ...env } });
+  const a = await testApi({ env: { RESTORELAB_REPO: repoDir, ...env }, limits: { sourceRoots: [dirname(image), work], restoreRoots: [work] } });
   apis.push(a);
   return a;
 }

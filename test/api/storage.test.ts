@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { cpSync, createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { guestRepository } from '../helpers/repository.js';
 import { testApi, type TestApi } from '../helpers/api.js';
 import { History } from '../../src/surebackup/history.js';
@@ -21,7 +21,8 @@ t.teardown(() => rmSync(work, { recursive: true, force: true }));
 const guest = await guestRepository(work);
 
 async function api(t: Test, env: Record<string, string> = {}): Promise<TestApi> {
-  const a = await testApi({ env });
+  // The test's images are the guest cache and its work directory, its restore targets in the latter.
+  const a = await testApi({ env, limits: { sourceRoots: [dirname(guest.image), work], restoreRoots: [work] } });
   t.teardown(async () => {
     await a.close();
     rmSync(a.home, { recursive: true, force: true });

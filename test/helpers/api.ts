@@ -7,7 +7,7 @@ import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { loadConfig, type Config } from '../../src/config/config.js';
+import { loadConfig, type ApiLimits, type Config } from '../../src/config/config.js';
 import { createApiContext } from '../../src/api/server.js';
 import { createApp } from '../../src/api/app.js';
 import { AuthFailureLimiter } from '../../src/api/rate-limit.js';
@@ -28,9 +28,11 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
-export async function testApi(opts: { home?: string; env?: Record<string, string>; authLimiter?: AuthFailureLimiter } = {}): Promise<TestApi> {
+export async function testApi(opts: { home?: string; env?: Record<string, string>; authLimiter?: AuthFailureLimiter; limits?: Partial<ApiLimits> } = {}): Promise<TestApi> {
   const home = opts.home ?? mkdtempSync(join(tmpdir(), 'rl-api-'));
   const config = loadConfig({ env: { RESTORELAB_HOME: home, ...opts.env } });
+  // The API's host-path limits (config `api`), e.g. a test's work directory as a backup source.
+  Object.assign(config.api, opts.limits);
   const jobsDir = join(home, 'jobs');
   mkdirSync(jobsDir, { recursive: true });
   const logs: Array<Record<string, unknown>> = [];

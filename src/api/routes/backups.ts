@@ -3,8 +3,10 @@
  * configured repository, as `restorelab backup`, run as a long operation.
  * The VM is named, not given as a file: the API reads definitions from
  * lab-templates/vms only, so a request cannot make the server parse an
- * arbitrary file as a definition. Image paths are server paths, as on the
- * CLI (operators are trusted with them, as with restore targets).
+ * arbitrary file as a definition; the images a definition names are as
+ * trusted as the definition. Image paths given in the body must lie under
+ * api.sourceRoots (src/api/host-paths.ts): an operator may back up what the
+ * host's admin put there, not any file the server can read.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +15,7 @@ import { apiError } from '../errors.js';
 import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { openDefaultRepository } from './repositories.js';
+import { allowedSource } from '../host-paths.js';
 import { percentProgress } from './progress.js';
 import { projectPath } from '../../paths.js';
 import { loadVmDefinition } from '../../vm/definition.js';
@@ -40,8 +43,11 @@ export const backupRoutes: RegisterRoutes = (t, ctx) => {
     handler: async (req, res) => {
       const b = req.body as { vm: string; disks?: Record<string, string>; consistency: Consistency };
       const vm = loadVmDefinition(vmDefinitionFile(b.vm));
+      // From here on the real paths: what was checked is what is read.
+      const disks = b.disks === undefined ? undefined
+        : Object.fromEntries(Object.entries(b.disks).map(([name, path]) => [name, allowedSource(ctx.config.api, path, `image of disk ${name}`)]));
       // Everything that can be checked before the work starts is a 4xx now, not a failed operation later.
-      const plan = planDisks(vm, b.disks);
+      const plan = planDisks(vm, disks);
       for (const d of plan) {
         if (!existsSync(d.path)) throw apiError('NOT_FOUND', `image ${d.path} of disk ${d.name} of VM ${vm.name} does not exist on the server`);
       }
@@ -50,7 +56,7 @@ export const backupRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('backup', principal(res).name, async (o) => {
         const progress = percentProgress(o);
         const point = await backupVm({
-          repo, vm, consistency: b.consistency, ...(b.disks ? { disks: b.disks } : {}),
+          repo, vm, consistency: b.consistency, ...(disks ? { disks } : {}),
           onWarning: (m) => o.log(m),
           onProgress: (p) => {
             // Disks are backed up one after the other, in definition order.

@@ -6,6 +6,9 @@
  * crash-safely: a reader sees the old file or the new one, never half.
  * Running a job is a long operation over executeRun, the call the CLI and
  * the scheduler make, so a run looks the same however it started.
+ * An admin is not root on the host: a job's scripts must be executables
+ * inside api.scriptsDir (403 SCRIPT_NOT_ALLOWED otherwise), and the server
+ * runs them as api.scriptUser (src/verify/script.ts).
  */
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,6 +26,9 @@ import { runConfiguredJob } from '../../scheduler/run.js';
 import type { Limiter } from '../../surebackup/limiter.js';
 import { nextFireTimes } from '../../scheduler/scheduler.js';
 import { writeFileAtomic } from '../../repo/atomic-file.js';
+import { allowedScript } from '../../verify/script.js';
+import type { TestSpec } from '../../surebackup/roles.js';
+import { RestorelabError } from '../../errors.js';
 
 export interface JobListing {
   name: string;
@@ -106,6 +112,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
       } finally {
         rmSync(probe, { force: true });
       }
+      checkScripts(job, ctx.config.api.scriptsDir);
       const created = !existsSync(fileOf(name));
       await writeFileAtomic(ctx.jobsDir, `${name}.json`, text);
       ctx.log.info({ by: principal(res).name, job: name, created }, 'job saved');
@@ -147,6 +154,30 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
 };
+
+/** Every script test of a job, with where it is (the paths are absolute: loadJob resolved them). */
+function scriptTests(job: Job & JobFile): Array<{ path: string; where: string }> {
+  const out: Array<{ path: string; where: string }> = [];
+  const add = (tests: TestSpec[] | undefined, where: string): void => {
+    for (const t of tests ?? []) if (t.kind === 'script') out.push({ path: t.path, where });
+  };
+  add(job.verify.tests, 'verify');
+  for (const [vm, o] of Object.entries(job.verify.overrides ?? {})) add(o.tests, `VM ${vm}`);
+  for (const g of job.applicationGroup) add(g.tests, `VM ${g.name}`);
+  return out;
+}
+
+/** 403 SCRIPT_NOT_ALLOWED unless every script of the job is inside the scripts directory (checked again at every run). */
+function checkScripts(job: Job & JobFile, scriptsDir: string): void {
+  for (const s of scriptTests(job)) {
+    try {
+      allowedScript(s.path, scriptsDir, `job ${job.name}, ${s.where}`);
+    } catch (err) {
+      if (!(err instanceof RestorelabError)) throw err;
+      throw apiError('SCRIPT_NOT_ALLOWED', err.message, [{ path: 'body', message: `script ${s.path} of ${s.where}` }], err.hint);
+    }
+  }
+}
 
 interface RunInput {
   job: Job & JobFile; file: string; runId: string; history: History; limiter: Limiter; signal: AbortSignal;

@@ -11,6 +11,7 @@ import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { ensureIndexed, openDefaultRepository } from './repositories.js';
 import { percentProgress } from './progress.js';
+import { allowedTarget } from '../host-paths.js';
 import { forgetPoints, listPoints } from '../../catalog/catalog.js';
 import { restoreDisk, type RestoreFormat } from '../../backup/restore.js';
 import { listPublications } from '../../publish/publish.js';
@@ -94,6 +95,8 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     body: 'api-restore.schema.json', success: { status: 202, description: 'the restore operation; its result says where and how much was written' },
     handler: async (req, res) => {
       const b = req.body as { disk?: string; to: string; format: RestoreFormat };
+      // The real path from here on: what was checked is what is written.
+      const to = allowedTarget(ctx.config.api, b.to, 'restore target');
       const repo = await openDefaultRepository(ctx);
       const point = await repo.getPoint(String(req.params.id));
       const names = point.disks.map((d) => d.name);
@@ -108,7 +111,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('restore', principal(res).name, async (o) => {
         const progress = percentProgress(o);
         const result = await restoreDisk({
-          repo, point: point.id, disk: diskName, to: b.to, format: b.format,
+          repo, point: point.id, disk: diskName, to, format: b.format,
           onProgress: (done, total) => progress(total > 0 ? done / total : 1, `${done} of ${total} bytes`),
         });
         return { result, resource: `/api/v1/points/${point.id}` };
