@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { assertValid, readJsonFile } from '../schema/validate.js';
 import { badInput } from '../errors.js';
 import { projectPath } from '../paths.js';
+import type { WireLimits } from '../nfs/limits.js';
 
 export interface Limits {
   chunkCacheMiB: number;
@@ -30,21 +31,8 @@ export interface NfsConfig {
   limits?: Partial<NfsWireLimits>;
 }
 
-/** Mirrors WireLimits of src/nfs/limits.ts (config stays free of NFS imports). */
-export interface NfsWireLimits {
-  maxRecordBytes: number;
-  maxFragmentsPerRecord: number;
-  maxConnections: number;
-  maxConnectionsPerAddress: number;
-  maxCallsInFlightPerConnection: number;
-  maxPendingReplyBytesPerConnection: number;
-  maxPendingBytesTotal: number;
-  maxPartialRecordBytesTotal: number;
-  idleTimeoutMs: number;
-  recordTimeoutMs: number;
-  slowReaderTimeoutMs: number;
-  maxMountEntries: number;
-}
+/** The NFS listeners' hostile-client budget, documented field by field where it is enforced. */
+export type NfsWireLimits = WireLimits;
 
 /** Who besides the publishing user may use FUSE publications (docs/publish.md). */
 export interface FuseConfig {
