@@ -8,6 +8,7 @@ import type { Metrics } from './metrics.js';
 import type { AuthFailureLimiter } from './rate-limit.js';
 import type { PublicationDatastore } from '../datastore/publication-datastore.js';
 import type { JobGate } from '../surebackup/gate.js';
+import type { BackedUpVm, TriggerOutcome } from '../scheduler/scheduler.js';
 
 export interface ApiContext {
   config: Config;
@@ -27,8 +28,12 @@ export interface ApiContext {
   datastore?: PublicationDatastore;
   /** Shared with the scheduler: one run of a job at a time, one VM limiter for every run. */
   jobGate: JobGate;
-  /** The server's scheduler, when it runs one: told to re-read the jobs directory after a job changes. */
-  scheduler?: { reload(): void };
+  /**
+   * The server's scheduler, when it runs one: told to re-read the jobs
+   * directory after a job changes, and of every backup that succeeded (it
+   * triggers the afterBackup jobs covering the VM).
+   */
+  scheduler?: { reload(): void; notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[] };
   /** Registers cleanup for server shutdown, run last-registered first. */
   onClose(fn: () => Promise<void> | void): void;
 }

@@ -32,7 +32,7 @@ export interface ApiOptions {
   authLimiter?: AuthFailureLimiter;
   datastore?: PublicationDatastore;
   jobGate?: JobGate;
-  scheduler?: { reload(): void };
+  scheduler?: ApiContext['scheduler'];
 }
 
 export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {

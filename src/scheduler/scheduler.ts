@@ -1,8 +1,10 @@
 /**
  * The SureBackup scheduler (started by `restorelab server`): fires jobs on
  * their cron `schedule` (croner) and right after a backup of a VM they cover
- * (`afterBackup`, through the exported notifyBackup hook the backup engine
- * calls).
+ * (`afterBackup`): the API's backup route calls notifyBackup of the server's
+ * scheduler, and `restorelab backup` reaches it over the notice socket
+ * (src/scheduler/notice.ts) or, with no server on the state directory, runs
+ * the jobs itself (src/scheduler/after-backup.ts).
  *
  * Rules:
  * - Two runs of one job never overlap. A trigger that arrives while the job
@@ -52,11 +54,19 @@ export function describeJobs(jobs: ScheduledJob[], from = new Date()): JobListin
     next: nextFireTimes(s, 3, from).map((d) => d.toISOString()) }));
 }
 
-/** Whether a backup of `vm` should trigger the job: the VMs it names, or every VM when it selects "all" or a tag. */
-export function covers(s: ScheduledJob, vm: string): boolean {
-  const v = s.job.verify.vms;
-  if (v === undefined || v === 'all') return true;
-  return v.includes(vm) || s.job.applicationGroup.some((g) => g.name === vm);
+/** A VM a backup just finished, as its definition names it. */
+export interface BackedUpVm { name: string; tags?: readonly string[] }
+
+/**
+ * Whether a backup of `vm` should trigger the job: the runner's own choice
+ * of VMs (the VMs it names, else every VM or those carrying its tag), plus
+ * the VMs of its application group, whose new points it boots too.
+ */
+export function covers(s: ScheduledJob, vm: BackedUpVm): boolean {
+  if (s.job.applicationGroup.some((g) => g.name === vm.name)) return true;
+  const { vms, tag } = s.job.verify;
+  if (Array.isArray(vms)) return vms.includes(vm.name);
+  return tag === undefined || (vm.tags ?? []).includes(tag);
 }
 
 export type RunJobFn = (s: ScheduledJob, ctx: { runId: string; trigger: RunTrigger; signal: AbortSignal }) => Promise<RunResult | void>;
@@ -74,7 +84,7 @@ export interface SchedulerOptions {
   gate?: JobGate;
 }
 
-export type TriggerOutcome = { status: 'started'; runId: string; done: Promise<void> } | { status: 'skipped-overlap'; runId: string };
+export type TriggerOutcome = { job: string; status: 'started'; runId: string; done: Promise<void> } | { job: string; status: 'skipped-overlap'; runId: string };
 
 export class Scheduler {
   private current: ScheduledJob[];
@@ -105,7 +115,6 @@ export class Scheduler {
     for (const s of this.current) this.o.history.recordJob(s.name, s.job, s.file);
     this.reportMissed();
     this.arm();
-    active.add(this);
     return this;
   }
 
@@ -166,7 +175,7 @@ export class Scheduler {
       const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap',
         this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`);
       this.o.log?.info(`job ${name}: ${trigger} trigger skipped, previous run still going`);
-      return { status: 'skipped-overlap', runId };
+      return { job: name, status: 'skipped-overlap', runId };
     }
     this.running.set(name, ac);
     const runId = this.o.history.startRun(name, trigger);
@@ -187,12 +196,17 @@ export class Scheduler {
     })();
     this.inFlight.add(done);
     void done.finally(() => this.inFlight.delete(done));
-    return { status: 'started', runId, done };
+    return { job: name, status: 'started', runId, done };
   }
 
-  /** A backup of these VMs finished: trigger every afterBackup job covering one of them. */
-  notifyBackup(vmNames: string[]): TriggerOutcome[] {
-    return this.current.filter((s) => s.job.afterBackup && vmNames.some((vm) => covers(s, vm))).map((s) => this.trigger(s.name, 'after-backup'));
+  /**
+   * A backup of these VMs finished (call it only for a backup that
+   * succeeded): triggers every afterBackup job covering one of them, once.
+   */
+  notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[] {
+    const due = this.current.filter((s) => s.job.afterBackup && vms.some((vm) => covers(s, vm)));
+    for (const s of due) this.o.log?.info(`job ${s.name}: after-backup trigger for ${vms.map((v) => v.name).join(', ')}`);
+    return due.map((s) => this.trigger(s.name, 'after-backup'));
   }
 
   isRunning(name: string): boolean { return this.gate.isRunning(name); }
@@ -204,7 +218,6 @@ export class Scheduler {
   /** Disarms the schedules, cancels runs in progress and waits for them to tear down. */
   async stop(): Promise<void> {
     this.stopped = true;
-    active.delete(this);
     for (const c of this.crons) c.stop();
     for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
     await Promise.allSettled([...this.inFlight]);
@@ -212,12 +225,5 @@ export class Scheduler {
   }
 }
 
-const active = new Set<Scheduler>();
-
 /** What `restorelab server` calls. */
 export function startScheduler(o: SchedulerOptions): Scheduler { return new Scheduler(o).start(); }
-
-/** The after-backup hook: the backup engine calls it with the VMs it just backed up. */
-export function notifyBackup(vmNames: string[]): TriggerOutcome[] {
-  return [...active].flatMap((s) => s.notifyBackup(vmNames));
-}

@@ -2,7 +2,7 @@ import t from 'tap';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { History } from '../../src/surebackup/history.js';
-import { loadJobsDir, notifyBackup, startScheduler, Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
+import { covers, loadJobsDir, startScheduler, Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
 import { runJob } from '../../src/surebackup/runner.js';
 import { fakeLab } from '../surebackup/fixtures/fake-lab.js';
 import { JobGate } from '../../src/surebackup/gate.js';
@@ -44,8 +44,8 @@ t.test('overlapping triggers do not double-run; the extra ones are recorded as s
   await sleep(1200);
   const manual = sch.trigger('slow', 'manual');
   t.equal(manual.status, 'skipped-overlap');
-  const hooked = notifyBackup(['web']);
-  t.same(hooked.map((o) => o.status), ['skipped-overlap'], 'the after-backup hook reached the running scheduler');
+  const hooked = sch.notifyBackup([{ name: 'web' }]);
+  t.same(hooked.map((o) => [o.job, o.status]), [['slow', 'skipped-overlap']], 'a backup during the run is recorded, not queued');
   await sleep(2800);
   await sch.stop();
   t.equal(peak, 1, 'never two runs of one job at once');
@@ -83,13 +83,27 @@ t.test('after-backup triggers only jobs covering a backed-up VM; errors are reco
   const sch = startScheduler({ history, run: async (s) => { if (s.name === 'db-job') throw new Error('lab exploded'); },
     jobsDir: jobsDir(dir, [{ name: 'web-job', afterBackup: true }, { name: 'db-job', afterBackup: true, verify: { vms: ['db'] } }, { name: 'plain' }]) });
   t.teardown(async () => { await sch.stop(); history.close(); });
-  const out = sch.notifyBackup(['db']);
+  const out = sch.notifyBackup([{ name: 'db' }]);
   t.equal(out.length, 1);
   if (out[0]!.status === 'started') await out[0]!.done;
   const r = history.lastRuns({ job: 'db-job' })[0]!;
   t.equal(r.trigger, 'after-backup'); t.equal(r.status, 'error'); t.equal(r.detail, 'lab exploded');
   t.same(history.lastRuns({ job: 'plain' }), []);
   t.throws(() => sch.trigger('nope', 'manual'), { code: 'JOB_NOT_FOUND' });
+});
+
+t.test('covers: the VMs a job names, its application group, every VM, or those with its tag', (t) => {
+  const job = (verify: Record<string, unknown>, group: string[] = []): Parameters<typeof covers>[0] =>
+    ({ name: 'j', file: 'j.json', job: { name: 'j', lab: {}, point: 'latest', concurrency: 1, applicationGroup: group.map((name) => ({ name })), verify } });
+  const web = { name: 'web', tags: ['frontend'] };
+  const db = { name: 'db', tags: ['backend'] };
+  t.ok(covers(job({ vms: ['web'] }), web)); t.notOk(covers(job({ vms: ['web'] }), db), 'a named list covers only its VMs');
+  t.ok(covers(job({ vms: ['web'] }, ['db']), db), 'the application group boots the new point of db too');
+  t.ok(covers(job({ vms: 'all' }), db)); t.ok(covers(job({}), web), 'no list is every VM');
+  t.ok(covers(job({ tag: 'frontend' }), web)); t.notOk(covers(job({ tag: 'frontend' }), db), 'a tag covers only the VMs carrying it');
+  t.notOk(covers(job({ vms: 'all', tag: 'frontend' }), { name: 'untagged' }));
+  t.notOk(covers(job({ vms: ['web'], tag: 'backend' }), db), 'a named list wins over the tag, as in the runner');
+  t.end();
 });
 
 t.test('startScheduler({jobsDir}) alone: configured catalog and real runs (here: bad input recorded, nothing booted)', async (t) => {
@@ -99,7 +113,7 @@ t.test('startScheduler({jobsDir}) alone: configured catalog and real runs (here:
   process.env.RESTORELAB_REPO = join(dir, 'no-repo');
   t.teardown(() => { process.env = saved; });
   const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'after', afterBackup: true }]) });
-  const [o] = notifyBackup(['web']);
+  const [o] = sch.notifyBackup([{ name: 'web' }]);
   t.equal(o?.status, 'started');
   if (o?.status === 'started') await o.done;
   await sch.stop();

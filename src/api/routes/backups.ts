@@ -7,6 +7,9 @@
  * trusted as the definition. Image paths given in the body must lie under
  * api.sourceRoots (src/api/host-paths.ts): an operator may back up what the
  * host's admin put there, not any file the server can read.
+ * A backup that succeeded triggers the afterBackup jobs covering its VM
+ * through the server's scheduler (none when it runs with --no-schedule); the
+ * result names their runs. A failed or cancelled backup triggers nothing.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,7 +21,9 @@ import { openDefaultRepository } from './repositories.js';
 import { allowedSource } from '../host-paths.js';
 import { percentProgress } from './progress.js';
 import { projectPath } from '../../paths.js';
-import { loadVmDefinition } from '../../vm/definition.js';
+import { loadVmDefinition, type VmDefinition } from '../../vm/definition.js';
+import { triggeredRun, type TriggeredRun } from '../../scheduler/notice.js';
+import type { ApiContext } from '../context.js';
 import { backupVm, planDisks } from '../../backup/engine.js';
 import { recordPoint } from '../../catalog/catalog.js';
 import type { Consistency } from '../../repo/contract.js';
@@ -33,6 +38,27 @@ function vmDefinitionFile(name: string): string {
     throw apiError('NOT_FOUND', `no VM definition "${name}" in ${VM_DEFINITIONS_DIR} (there are: ${known.join(', ') || 'none'})`);
   }
   return file;
+}
+
+/**
+ * Triggers the afterBackup jobs covering `vm`; the runs started (or skipped
+ * because the job was still running), each with its /runs/:id. The backup
+ * itself succeeded: a trigger that fails is logged, not a failed backup.
+ */
+function afterBackupRuns(scheduler: ApiContext['scheduler'], vm: VmDefinition, log: (m: string) => void): TriggeredRun[] {
+  if (!scheduler) {
+    log('after-backup: this server runs no scheduler (--no-schedule): afterBackup jobs were not triggered');
+    return [];
+  }
+  try {
+    const runs = scheduler.notifyBackup([{ name: vm.name, ...(vm.tags ? { tags: vm.tags } : {}) }]).map(triggeredRun);
+    for (const r of runs) log(`after-backup: job ${r.job} ${r.status === 'running' ? 'started as' : 'skipped (still running),'} run ${r.run} (/api/v1/runs/${r.run})`);
+    if (runs.length === 0) log(`after-backup: no afterBackup job covers ${vm.name}`);
+    return runs;
+  } catch (err) {
+    log(`after-backup: triggering the afterBackup jobs failed: ${(err as Error).message}`);
+    return [];
+  }
 }
 
 export const backupRoutes: RegisterRoutes = (t, ctx) => {
@@ -67,7 +93,8 @@ export const backupRoutes: RegisterRoutes = (t, ctx) => {
         });
         recordPoint(ctx.catalog, repo.path, point);
         ctx.log.info({ point: point.id, vm: vm.name, stats: point.stats }, 'backup done');
-        return { result: point, resource: `/api/v1/points/${point.id}` };
+        const afterBackup = afterBackupRuns(ctx.scheduler, vm, (m) => o.log(m));
+        return { result: { ...point, afterBackup }, resource: `/api/v1/points/${point.id}` };
       });
       accepted(res, op);
     },

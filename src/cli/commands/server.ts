@@ -12,6 +12,7 @@ import { badInput } from '../../errors.js';
 import type { PublicationDatastore } from '../../datastore/publication-datastore.js';
 import type { Scheduler } from '../../scheduler/scheduler.js';
 import { projectPath } from '../../paths.js';
+import { resolve } from 'node:path';
 
 interface ServerFlags {
   nfs: boolean;
@@ -118,6 +119,13 @@ export function registerServer(program: Command): void {
           scheduler = s;
           closers.unshift(async () => { await s.stop(); });
           result.jobs = s.jobs.map((j) => j.name);
+          // `restorelab backup` on this host tells the scheduler of its backups here (afterBackup jobs).
+          // Never fatal: without it the API's backups still trigger, and the CLI runs the jobs itself.
+          const { serveBackupNotices } = await import('../../scheduler/notice.js');
+          const notices = await serveBackupNotices({ stateDir: cfg.stateDir, jobsDir: resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')), notify: (vms) => s.notifyBackup(vms), log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } })
+            .catch((err: Error) => { ctx.out.warn(`backup notices: cannot listen in ${cfg.stateDir}: ${err.message}; \`restorelab backup\` will run afterBackup jobs itself`); return undefined; });
+          if (notices) closers.unshift(() => notices.close());
+          result.backupNotices = notices?.path ?? null;
         }
         if (o.api) {
           const { startApiServer } = await import('../../api/server.js');
