@@ -20,7 +20,7 @@ export const API_ERRORS = {
   NOT_FOUND: { status: 404, message: 'no such resource' },
   CONFLICT: { status: 409, message: 'the resource is busy or already exists' },
   PATH_TRAVERSAL: { status: 400, message: 'the path leaves the guest filesystem' },
-  PATH_NOT_ALLOWED: { status: 403, message: 'the host path is outside the directories the server allows for this (config api.sourceRoots / api.restoreRoots)' },
+  PATH_NOT_ALLOWED: { status: 403, message: 'the host path is outside the directories the server allows for this (config api.sourceRoots, api.restoreRoots, api.mountRoots, api.repositoryRoots)' },
   SCRIPT_NOT_ALLOWED: { status: 403, message: 'a job script is outside the server\'s scripts directory (config api.scriptsDir)' },
   OPERATION_CANCELLED: { status: 409, message: 'the operation was cancelled before it finished' },
   OPERATION_NOT_CANCELLABLE: { status: 409, message: 'the operation has already ended' },

@@ -1,16 +1,37 @@
 /**
- * The host paths an API request may name: images to back up only under
- * api.sourceRoots, restore targets only under api.restoreRoots (config,
- * docs/security-h5.md). An operator is trusted with restore points, not with
- * the host: without these limits one could back up /etc/shadow and restore
- * it over any root-owned file. The returned path is the real one, so the
- * work reads and writes exactly what was checked.
+ * The host paths an API request may name (config `api`, docs/security-h5.md):
+ * images to back up only under api.sourceRoots; restored disks and migrated
+ * session disks only under api.restoreRoots; FUSE publications mounted only
+ * below api.mountRoots; new repositories only under api.repositoryRoots or
+ * at the configured repository. An operator is trusted with restore points,
+ * not with the host: without these limits one could back up /etc/shadow and
+ * restore it over any root-owned file, or mount a publication over /etc.
+ * The returned path is the real one, so the work reads and writes exactly
+ * what was checked.
  */
 import { mkdirSync } from 'node:fs';
 import type { ApiLimits } from '../config/config.js';
 import { resolve } from 'node:path';
-import { confine, isInside } from '../host/confine.js';
+import { confine, isInside, realPathOrParent } from '../host/confine.js';
 import { apiError } from './errors.js';
+
+/** One kind of host path an API request may name: its roots, its config key, and what the roots hold. */
+interface HostPathRule {
+  roots: readonly string[];
+  key: string;
+  holds: string;
+}
+
+function refuse(rule: HostPathRule, path: string, what: string, detail = ''): never {
+  throw apiError('PATH_NOT_ALLOWED', `${what} ${path} is outside the ${rule.holds} (${rule.roots.join(', ')})${detail}`, undefined,
+    `choose a path under one of them, or add a directory to ${rule.key} in the server's config file`);
+}
+
+function allowed(rule: HostPathRule, path: string, what: string): string {
+  const real = confine(path, rule.roots);
+  if (real !== undefined) return real;
+  return refuse(rule, path, what);
+}
 
 /** The image `path` as its real path, or 403 PATH_NOT_ALLOWED. */
 export function allowedSource(limits: ApiLimits, path: string, what: string): string {
@@ -20,12 +41,36 @@ export function allowedSource(limits: ApiLimits, path: string, what: string): st
     'copy the image under one of them, or add its directory to api.sourceRoots in the server\'s config file');
 }
 
-/** The target `path` as its real path, or 403 PATH_NOT_ALLOWED. */
+/**
+ * The target `path` (a restored disk file, or the directory a session's
+ * disks migrate into) as its real path, or 403 PATH_NOT_ALLOWED.
+ */
 export function allowedTarget(limits: ApiLimits, path: string, what: string): string {
-  const real = confine(path, limits.restoreRoots);
-  if (real !== undefined) return real;
-  throw apiError('PATH_NOT_ALLOWED', `${what} ${path} is outside the restore target directories (${limits.restoreRoots.join(', ')})`, undefined,
-    'choose a path under one of them, or add a directory to api.restoreRoots in the server\'s config file');
+  return allowed({ roots: limits.restoreRoots, key: 'api.restoreRoots', holds: 'restore target directories' }, path, what);
+}
+
+/**
+ * The directory a FUSE publication mounts on, as its real path, or 403
+ * PATH_NOT_ALLOWED. Strictly below a root: a mount on the root itself would
+ * hide every other publication's mount point under it.
+ */
+export function allowedMountDir(limits: ApiLimits, path: string, what: string): string {
+  const rule: HostPathRule = { roots: limits.mountRoots, key: 'api.mountRoots', holds: 'FUSE mount directories' };
+  const real = allowed(rule, path, what);
+  if (limits.mountRoots.some((root) => realPathOrParent(root) === real)) refuse(rule, path, what, '; a mount goes in a directory below one, not on it');
+  return real;
+}
+
+/**
+ * The directory a new repository is made in, as its real path, or 403
+ * PATH_NOT_ALLOWED: under api.repositoryRoots, or exactly the configured
+ * repository (so a fresh server's admin can create it over the API). That
+ * one is returned as configured, so the catalog and the `default` name agree.
+ */
+export function allowedRepositoryDir(limits: ApiLimits, configured: string, path: string, what: string): string {
+  const real = realPathOrParent(path);
+  if (real !== undefined && real === realPathOrParent(configured)) return resolve(configured);
+  return allowed({ roots: limits.repositoryRoots, key: 'api.repositoryRoots', holds: 'repository directories' }, path, what);
 }
 
 /**
@@ -36,7 +81,7 @@ export function allowedTarget(limits: ApiLimits, path: string, what: string): st
  * choose what the server runs.
  */
 export function createApiDirs(limits: ApiLimits, stateDir: string): void {
-  for (const dir of [...limits.sourceRoots, ...limits.restoreRoots, limits.scriptsDir]) {
+  for (const dir of [...limits.sourceRoots, ...limits.restoreRoots, ...limits.mountRoots, ...limits.repositoryRoots, limits.scriptsDir]) {
     if (!isInside(resolve(dir), resolve(stateDir))) continue;
     try { mkdirSync(dir, { recursive: true, mode: 0o755 }); } catch { /* a root that cannot be made allows nothing; the refusal says which */ }
   }

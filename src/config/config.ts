@@ -55,8 +55,12 @@ export interface ServerConfig {
 export interface ApiLimits {
   /** Directories an API backup may read images from. */
   sourceRoots: string[];
-  /** Directories an API restore may write into. */
+  /** Directories an API restore, or a session's live migration, may write disks into. */
   restoreRoots: string[];
+  /** Directories below which an API publication may mount FUSE. */
+  mountRoots: string[];
+  /** Directories an API admin may create repositories in (besides the configured repository itself). */
+  repositoryRoots: string[];
   /** The only directory whose executables script tests of server-run jobs may start. */
   scriptsDir: string;
   /** The local user those scripts run as. */
@@ -148,6 +152,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const inState = (p: string): string => (isAbsolute(p) ? p : resolve(cfg.stateDir, p));
   cfg.api.sourceRoots = cfg.api.sourceRoots.map(inState);
   cfg.api.restoreRoots = cfg.api.restoreRoots.map(inState);
+  cfg.api.mountRoots = cfg.api.mountRoots.map(inState);
+  cfg.api.repositoryRoots = cfg.api.repositoryRoots.map(inState);
   cfg.api.scriptsDir = inState(cfg.api.scriptsDir);
   return cfg;
 }

@@ -18,6 +18,7 @@ import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION } from
 import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
+import { jsonSyntaxProblem } from '../schema/validate.js';
 import { fsyncDir, removeIfOlder, writeFileAtomic } from './atomic-file.js';
 import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
@@ -145,13 +146,21 @@ export async function initRepository(dir: string, opts: InitOptions = {}): Promi
 
 function parseConfig(path: string, text: string): RepoConfig {
   const file = join(path, CONFIG_FILE);
-  let raw: Record<string, unknown>;
+  // The errors name the file and the spot, never its bytes: they reach every
+  // API viewer (GET /repositories lists an unopenable repository with its
+  // error, the operation list keeps failures), and a config.json that is not
+  // ours may be some other program's secret (docs/security-h5.md).
+  let parsed: unknown;
   try {
-    raw = JSON.parse(text) as Record<string, unknown>;
+    parsed = JSON.parse(text);
   } catch (err) {
-    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} is not valid JSON: ${(err as Error).message}`);
+    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} is not valid JSON: ${jsonSyntaxProblem(text, err)}`);
   }
-  if (raw.format !== REPO_FORMAT) throw badInput('NOT_A_REPOSITORY', `${path} is not a restorelab repository (${file} has format ${JSON.stringify(raw.format)})`);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw badInput('NOT_A_REPOSITORY', `${path} is not a restorelab repository (${file} holds no JSON object)`);
+  }
+  const raw = parsed as Record<string, unknown>;
+  if (raw.format !== REPO_FORMAT) throw badInput('NOT_A_REPOSITORY', `${path} is not a restorelab repository (${file} does not have format ${JSON.stringify(REPO_FORMAT)})`);
   if (typeof raw.version !== 'number' || !Number.isInteger(raw.version)) throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} has no format version`);
   if (raw.version > REPO_FORMAT_VERSION) {
     throw badInput('REPO_VERSION_UNSUPPORTED',

@@ -41,6 +41,8 @@ const dir = mkdtempSync('/tmp/rlde-');
 const home = join(dir, 'home');
 const jobsDir = join(dir, 'jobs');
 const labsDir = join(dir, 'labs');
+/** Where the session migrates to: the server's one restore root (api.restoreRoots). */
+const prod = join(dir, 'prod');
 const labName = `rld${randomBytes(2).toString('hex')}`;
 const logs: string[] = [];
 
@@ -100,6 +102,8 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
   }));
 
   const config = loadConfig({ env: { RESTORELAB_HOME: home, RESTORELAB_REPO: repo, RESTORELAB_DRIVER: 'qemu', RESTORELAB_ACCEL: 'tcg' } });
+  mkdirSync(prod, { recursive: true });
+  config.api.restoreRoots = [prod];
   server = await startApiServer({
     config, jobsDir, port: 0, listen: '127.0.0.1',
     log: pino({ level: 'info' }, { write: (l: string) => { logs.push(l); } }),
@@ -167,8 +171,6 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
 
   await t.test('Migrate: a taken target is refused with message and hint; then the disks move and the VM keeps running', async (t) => {
     if (!sessionId) { t.fail('no session to migrate: the recovery above failed'); return; }
-    const prod = join(dir, 'prod');
-    mkdirSync(prod, { recursive: true });
     writeFileSync(join(prod, 'web-root.raw'), 'taken');
     const card = page.locator(`article[data-session="${sessionId}"]`);
     await card.getByLabel('Target directory').fill(prod);

@@ -1,19 +1,22 @@
 /**
  * What API roles may do to the host (docs/security-h5.md), in process: an
- * operator backs up only under api.sourceRoots and restores only under
- * api.restoreRoots (a symlink or `..` pointing out does not help); an admin's
- * job may start only scripts inside api.scriptsDir; a file the server was
- * pointed at never shows its bytes in an error, in the response or in
- * /operations. The script user itself is tested for real in
- * test/verify/script-policy.test.ts.
+ * operator backs up only under api.sourceRoots, restores and migrates
+ * session disks only under api.restoreRoots, mounts FUSE publications only
+ * below api.mountRoots (a real mount here); an admin creates repositories
+ * only under api.repositoryRoots or at the configured repository (a symlink
+ * or `..` pointing out does not help anywhere); an admin's job may start
+ * only scripts inside api.scriptsDir; a file the server was pointed at never
+ * shows its bytes in an error, in the response or in /operations. The script
+ * user itself is tested for real in test/verify/script-policy.test.ts.
  */
 import t from 'tap';
 import request from 'supertest';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
-import { guestRepository } from '../helpers/repository.js';
+import { guestRepository, type GuestRepository } from '../helpers/repository.js';
 import { testApi } from '../helpers/api.js';
+import { mountEntry } from '../../src/fuse/mounts.js';
 
 const work = mkdtempSync(join(tmpdir(), 'rl-api-limits-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -22,6 +25,10 @@ mkdirSync(outside);
 writeFileSync(join(outside, 'victim.raw'), 'not for operators\n');
 
 const SECRET = 'SECRET-h5-7c1e9b42';
+
+/** One repository of the web guest for the tests that need a real point (`<work>/repo`). */
+let guestMade: Promise<GuestRepository> | undefined;
+const guest = (): Promise<GuestRepository> => (guestMade ??= guestRepository(work));
 
 t.test('backup: image paths only under api.sourceRoots; the default root is <state>/sources', async (t) => {
   const a = await testApi();
@@ -60,6 +67,113 @@ t.test('restore: targets only under api.restoreRoots, checked before anything is
   t.not(inside.status, 403, JSON.stringify(inside.body));
 });
 
+t.test('migrate: a session\'s disks go only under api.restoreRoots, checked before the session is looked up', async (t) => {
+  const a = await testApi();
+  t.teardown(a.close);
+  const root = join(a.config.stateDir, 'restores');
+  symlinkSync(outside, join(root, 'linkdir'));
+  const post = (dir: string): request.Test => request(a.app).post('/api/v1/sessions/abcdef12/migrate').set('authorization', a.auth.operator).send({ dir });
+  for (const dir of ['/etc', '/root/prod', outside, join(root, 'linkdir'), join(root, 'linkdir', 'prod'), `${root}/../prod`, `${root}/${relative(root, outside)}`]) {
+    const r = await post(dir).expect(403);
+    t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', dir);
+    t.match(r.body.error.message, `migration target ${dir} is outside the restore target directories (${root})`);
+    t.match(r.body.error.hint, /api\.restoreRoots/);
+  }
+  // Inside the root (the root itself too) the request passes the limit and finds no such session.
+  for (const dir of [root, join(root, 'prod')]) {
+    const inside = await post(dir).expect(404);
+    t.match(inside.body.error.message, /no recovery session abcdef12/, dir);
+  }
+  t.same(readdirSync(outside).sort(), ['victim.raw'], 'nothing was written outside');
+  t.equal(a.ctx.operations.list().length, 0, 'no migration started');
+});
+
+t.test('publications: FUSE mounts only below api.mountRoots, on the real path', async (t) => {
+  const g = await guest();
+  const a = await testApi({ env: { RESTORELAB_REPO: g.repo } });
+  t.teardown(a.close);
+  const root = join(a.config.stateDir, 'mnt');
+  t.same(a.config.api.mountRoots, [root], 'the default');
+  symlinkSync(outside, join(root, 'linkdir'));
+  const post = (fuse: string): request.Test => request(a.app).post('/api/v1/publications').set('authorization', a.auth.operator).send({ point: g.point.id, readOnly: true, fuse });
+  for (const dir of ['/etc', '/usr/lib', outside, join(root, 'linkdir'), join(root, 'linkdir', 'pub'), `${root}/../mnt-next-door`, `${root}/${relative(root, join(outside, 'pub'))}`]) {
+    const r = await post(dir).expect(403);
+    t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', dir);
+    t.match(r.body.error.message, `FUSE mount directory ${dir} is outside the FUSE mount directories (${root})`);
+    t.match(r.body.error.hint, /api\.mountRoots/);
+  }
+  // The root itself is refused: a mount there would hide every mount point below it.
+  for (const dir of [root, `${root}/`]) {
+    const r = await post(dir).expect(403);
+    t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', dir);
+    t.match(r.body.error.message, /a mount goes in a directory below one, not on it/);
+  }
+  t.equal(a.ctx.operations.list().length, 0, 'nothing was started');
+  t.equal(mountEntry(outside), undefined, 'nothing is mounted outside');
+
+  // Inside, through a symlink that stays inside: mounted on the real directory.
+  mkdirSync(join(root, 'real'));
+  symlinkSync(join(root, 'real'), join(root, 'alias'));
+  const started = await post(join(root, 'alias', 'pub')).expect(202);
+  const op = await a.ctx.operations.wait(started.body.id as string);
+  t.equal(op?.state, 'succeeded', op?.error ? JSON.stringify(op.error) : 'published');
+  const pub = op?.result as { id: string; name: string; path: string; disks: Record<string, string> };
+  t.teardown(() => request(a.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', a.auth.operator));
+  const real = join(root, 'real', 'pub');
+  t.equal(pub.path, join(real, pub.name), 'the real path is what was mounted');
+  t.ok(mountEntry(real), `a FUSE mount at ${real}`);
+  t.ok(Object.values(pub.disks).every((d) => d.startsWith(`${real}/`)), 'its disks are there');
+  await request(a.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', a.auth.operator).expect(200);
+  t.equal(mountEntry(real), undefined, 'unmounted');
+});
+
+t.test('repositories: created only under api.repositoryRoots or at the configured repository', async (t) => {
+  const home = mkdtempSync(join(tmpdir(), 'rl-api-repos-'));
+  const configured = join(home, 'var', 'repo');
+  const a = await testApi({ home, env: { RESTORELAB_REPO: configured } });
+  t.teardown(async () => { await a.close(); rmSync(home, { recursive: true, force: true }); });
+  const root = join(a.config.stateDir, 'repositories');
+  t.same(a.config.api.repositoryRoots, [root], 'the default');
+  symlinkSync(outside, join(root, 'linkdir'));
+  const post = (path: string): request.Test => request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path });
+  for (const path of ['/etc/restorelab-repo', join(outside, 'repo'), join(root, 'linkdir'), join(root, 'linkdir', 'repo'), `${root}/../repo`, `${root}/${relative(root, join(outside, 'repo2'))}`, join(configured, 'inner'), join(home, 'var')]) {
+    const r = await post(path).expect(403);
+    t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', path);
+    t.match(r.body.error.message, `repository directory ${path} is outside the repository directories (${root})`);
+    t.match(r.body.error.hint, /api\.repositoryRoots/);
+  }
+  t.same(readdirSync(outside).sort(), ['victim.raw'], 'nothing was made outside');
+  t.notOk(existsSync(configured), 'nor anywhere else');
+
+  const made = await post(join(root, 'second')).expect(201);
+  t.match(made.body, { path: join(root, 'second'), default: false });
+  t.ok(existsSync(join(root, 'second', 'config.json')), 'a repository inside the root');
+  // The configured repository, not made yet, may be created over the API.
+  const def = await post(configured).expect(201);
+  t.match(def.body, { name: 'default', path: configured, default: true });
+});
+
+t.test('a broken repository config.json: the error names the file and the spot, never its bytes', async (t) => {
+  const home = mkdtempSync(join(tmpdir(), 'rl-api-repocfg-'));
+  const a = await testApi({ home, env: { RESTORELAB_REPO: join(home, 'var', 'repo') } });
+  t.teardown(async () => { await a.close(); rmSync(home, { recursive: true, force: true }); });
+  const dir = join(a.config.stateDir, 'repositories', 'r');
+  await request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path: dir }).expect(201);
+  const file = join(dir, 'config.json');
+  const original = readFileSync(file, 'utf8');
+  const listed = async (): Promise<{ code: string; message: string }> => {
+    const r = await request(a.app).get('/api/v1/repositories').set('authorization', a.auth.viewer).expect(200);
+    t.notMatch(JSON.stringify(r.body), SECRET, 'the file\'s bytes are not in the list');
+    return (r.body.repositories as Array<{ path: string; error: { code: string; message: string } }>).find((x) => x.path === dir)!.error;
+  };
+  writeFileSync(file, `{"format": "restorelab-repository",\n "key": ${SECRET}}\n`);
+  t.match(await listed(), { code: 'REPO_CONFIG_CORRUPT', message: `repository config ${file} is not valid JSON: unexpected character at line 2, column 9` });
+  writeFileSync(file, JSON.stringify({ ...JSON.parse(original), format: SECRET }));
+  t.match(await listed(), { code: 'NOT_A_REPOSITORY', message: `${dir} is not a restorelab repository (${file} does not have format "restorelab-repository")` });
+  writeFileSync(file, JSON.stringify([SECRET]));
+  t.match(await listed(), { code: 'NOT_A_REPOSITORY', message: `${dir} is not a restorelab repository (${file} holds no JSON object)` });
+});
+
 t.test('jobs: an admin\'s job may only start scripts inside api.scriptsDir', async (t) => {
   const a = await testApi();
   t.teardown(a.close);
@@ -88,14 +202,14 @@ t.test('jobs: an admin\'s job may only start scripts inside api.scriptsDir', asy
 });
 
 t.test('a malformed lab or job file: the error names the file and the spot, never its bytes', async (t) => {
-  const guest = await guestRepository(work);
+  const g = await guest();
   const labsDir = join(work, 'labs');
   mkdirSync(labsDir);
   writeFileSync(join(labsDir, 'broken.json'), `{"name": "x", "password": ${SECRET}}\n`);
   const before = process.env.RESTORELAB_LABS_DIR;
   process.env.RESTORELAB_LABS_DIR = labsDir;
   t.teardown(() => { if (before === undefined) delete process.env.RESTORELAB_LABS_DIR; else process.env.RESTORELAB_LABS_DIR = before; });
-  const a = await testApi({ env: { RESTORELAB_REPO: guest.repo } });
+  const a = await testApi({ env: { RESTORELAB_REPO: g.repo } });
   t.teardown(a.close);
 
   // A file the admin names as the job's lab, as if it were /etc/shadow.

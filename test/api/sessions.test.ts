@@ -64,10 +64,10 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
     ['get', '/sessions/abcdef12', undefined, 'NOT_FOUND'],
     ['get', '/sessions/abcdef12/screenshot', undefined, 'NOT_FOUND'],
     ['post', '/sessions/abcdef12/stop', undefined, 'SESSION_NOT_FOUND'],
-    ['post', '/sessions/abcdef12/migrate', { dir: '/tmp/x' }, 'NOT_FOUND'],
+    ['post', '/sessions/abcdef12/migrate', { dir: join(api.config.stateDir, 'restores', 'x') }, 'NOT_FOUND'],
     ['get', '/publications/nothing', undefined, 'NOT_FOUND'],
     ['delete', '/publications/nothing', undefined, 'NOT_FOUND'],
-    ['post', '/publications', { point: '20990101T000000Z-000000', fuse: '/tmp/x' }, 'POINT_NOT_FOUND'],
+    ['post', '/publications', { point: '20990101T000000Z-000000', fuse: join(api.config.stateDir, 'mnt', 'x') }, 'POINT_NOT_FOUND'],
   ];
   for (const [m, p, body, code] of missing) {
     const res = await (request(api.app) as unknown as Record<string, (p: string) => request.Test>)[m]!(`/api/v1${p}`).set('authorization', op).send(body as object);
@@ -85,7 +85,7 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
 });
 
 t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, stop', async (t) => {
-  const { api, lab, home } = await fx;
+  const { api, lab } = await fx;
   const started = await request(api.app).post('/api/v1/sessions').set('authorization', api.auth.operator).send({ vm: 'web', lab }).expect(202);
   t.equal(started.headers.location, `/api/v1/operations/${started.body.id}`);
   t.equal(started.body.kind, 'recover');
@@ -119,8 +119,9 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
   t.match(metrics.text, /restorelab_recovery_seconds_count 1\b/, 'the recovery is in the histogram');
   t.match(metrics.text, /restorelab_sessions\{state="running"\} 1\b/);
 
-  // Live migration off the backup, then the VM keeps running from the copies.
-  const target = join(home, 'production');
+  // Live migration off the backup, then the VM keeps running from the copies,
+  // into a directory of the default restore root (api.restoreRoots).
+  const target = join(api.config.stateDir, 'restores', 'production');
   const mig = await request(api.app).post(`/api/v1/sessions/${s.id}/migrate`).set('authorization', api.auth.operator).send({ dir: target }).expect(202);
   const migOp = await settled(api, mig.body.id);
   t.equal(migOp.state, 'succeeded', JSON.stringify(migOp.error));
@@ -151,7 +152,7 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
 });
 
 t.test('publications: over the server datastore (NFS), over FUSE, busy, discard', async (t) => {
-  const { api, guest, home } = await fx;
+  const { api, guest } = await fx;
   const point = guest.point.id;
   const datastore = new PublicationDatastore();
   // As `restorelab server` hands the NFS export's datastore to the API.
@@ -177,7 +178,8 @@ t.test('publications: over the server datastore (NFS), over FUSE, busy, discard'
   t.same(datastore.publications(), [], 'detached from the datastore');
   t.same((await request(api.app).get('/api/v1/publications').set('authorization', api.auth.viewer).expect(200)).body.publications, [], 'and gone, overlay discarded');
 
-  const mnt = join(home, 'fuse');
+  // Below the default mount root (api.mountRoots).
+  const mnt = join(api.config.stateDir, 'mnt', 'fuse');
   const f = await request(api.app).post('/api/v1/publications').set('authorization', api.auth.operator).send({ point, fuse: mnt }).expect(202);
   const fop = await settled(api, f.body.id);
   t.equal(fop.state, 'succeeded', JSON.stringify(fop.error));

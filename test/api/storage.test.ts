@@ -21,8 +21,8 @@ t.teardown(() => rmSync(work, { recursive: true, force: true }));
 const guest = await guestRepository(work);
 
 async function api(t: Test, env: Record<string, string> = {}): Promise<TestApi> {
-  // The test's images are the guest cache and its work directory, its restore targets in the latter.
-  const a = await testApi({ env, limits: { sourceRoots: [dirname(guest.image), work], restoreRoots: [work] } });
+  // The test's images are the guest cache and its work directory, its restore targets and new repositories in the latter.
+  const a = await testApi({ env, limits: { sourceRoots: [dirname(guest.image), work], restoreRoots: [work], repositoryRoots: [work] } });
   t.teardown(async () => {
     await a.close();
     rmSync(a.home, { recursive: true, force: true });

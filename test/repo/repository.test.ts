@@ -53,7 +53,15 @@ t.test('open: missing repository, newer version, edited config', async (t) => {
   writeFileSync(cfgPath, JSON.stringify({ ...cfg, chunkSize: 512 * 1024 }));
   t.match((await rejection(openRepository(dir))).message, /fails its checksum/);
   writeFileSync(cfgPath, '{not json');
-  t.equal((await rejection(openRepository(dir))).code, 'REPO_CONFIG_CORRUPT');
+  const broken = await rejection(openRepository(dir));
+  t.equal(broken.code, 'REPO_CONFIG_CORRUPT');
+  t.match(broken.message, `repository config ${cfgPath} is not valid JSON: `);
+  t.match(broken.message, / at line 1, column 2$/, 'the spot');
+  t.notMatch(broken.message, /not json/, 'not the bytes');
+  writeFileSync(cfgPath, JSON.stringify({ ...cfg, format: 'not-json-secret' }));
+  const foreign = await rejection(openRepository(dir));
+  t.equal(foreign.code, 'NOT_A_REPOSITORY');
+  t.notMatch(foreign.message, /not-json-secret/, 'the file\'s format value is not echoed');
 });
 
 t.test('encryption: key file created at init, required and checked at open', async (t) => {

@@ -3,7 +3,7 @@
  *
  * A publication made here is served by this process: over the server's NFS
  * export when the server runs NFS (ctx.datastore), or over FUSE at the
- * directory the request names. Never both at once: each datastore keeps its
+ * directory the request names (below api.mountRoots). Never both at once: each datastore keeps its
  * own table of the scratch files' ids, and two tables over one overlay
  * directory would hand out the same id twice. On server stop the
  * publications are closed with their overlays kept; the next server's NFS
@@ -19,6 +19,7 @@ import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
 import { openDefaultRepository, openOptions } from './repositories.js';
+import { allowedMountDir } from '../host-paths.js';
 import { badInput } from '../../errors.js';
 import { checkPublicationOwner, listPublications, removePublication, startPublication } from '../../publish/publish.js';
 import type { PublicationOwner } from '../../publish/contract.js';
@@ -62,9 +63,12 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
     success: { status: 202, description: 'the operation; its result is the publication' },
     handler: async (req, res) => {
       const b = req.body as CreateBody;
+      // A FUSE mount hides what is below it: only in a directory below
+      // api.mountRoots, checked first and on the real path, which is the one mounted.
+      const fuseDir = b.fuse !== undefined ? allowedMountDir(cfg.api, b.fuse, 'FUSE mount directory') : undefined;
       const nfs = ctx.datastore;
-      if (!b.fuse && !nfs) {
-        throw badInput('PUBLISH_NO_FRONTEND', 'this server does not run NFS, so a publication needs a FUSE mount', 'pass "fuse": "/some/dir", or start the server with NFS');
+      if (!fuseDir && !nfs) {
+        throw badInput('PUBLISH_NO_FRONTEND', 'this server does not run NFS, so a publication needs a FUSE mount', 'pass "fuse": a directory below api.mountRoots (e.g. <stateDir>/mnt/<name>), or start the server with NFS');
       }
       // An unknown point is the client's 404 now, not a failed operation later.
       await (await openDefaultRepository(ctx)).getPoint(b.point);
@@ -79,13 +83,13 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('publish', by, async (o) => {
         o.progress(null, `publishing ${b.point}`);
         const pub = await startPublication({
-          repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, owner, ...(b.fuse ? { fuseDir: b.fuse } : {}),
-          ...(b.fuse && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+          repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, owner, ...(fuseDir ? { fuseDir } : {}),
+          ...(fuseDir && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
           overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
           resume: b.resume, readOnly: b.readOnly, cacheMiB: cfg.limits.chunkCacheMiB,
         }, { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) });
         let frontend: Served['frontend'] = 'fuse';
-        if (!b.fuse && nfs) {
+        if (!fuseDir && nfs) {
           // Moved from the publication's own datastore to the one the NFS export serves.
           const dp = pub.datastore.detach(pub.id);
           try {

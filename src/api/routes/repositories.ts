@@ -14,6 +14,7 @@ import type { ApiContext } from '../context.js';
 import { apiError } from '../errors.js';
 import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
+import { allowedRepositoryDir } from '../host-paths.js';
 import { percentProgress } from './progress.js';
 import { initRepository, openRepository, type LocalRepository } from '../../repo/repository.js';
 import { verifyRepository } from '../../repo/verify.js';
@@ -117,7 +118,9 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     body: 'api-repo-create.schema.json', success: { status: 201, description: 'the new repository' },
     handler: async (req, res) => {
       const b = req.body as { path: string; chunkSize?: number };
-      const repo = await initRepository(b.path, b.chunkSize !== undefined ? { chunkSize: b.chunkSize } : {});
+      // Only where the host admin allows repositories (api.repositoryRoots) or at the configured one.
+      const path = allowedRepositoryDir(ctx.config.api, ctx.config.repository, b.path, 'repository directory');
+      const repo = await initRepository(path, b.chunkSize !== undefined ? { chunkSize: b.chunkSize } : {});
       await reindex(ctx.catalog, repo);
       const view = await describeRepository(ctx, repo);
       ctx.log.info({ by: principal(res).name, repository: repo.path, id: view.id }, 'repository created');

@@ -16,6 +16,7 @@ import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
 import { labTemplateFile } from './labs.js';
+import { allowedTarget } from '../host-paths.js';
 import { listSessions, migrateSession, recover, stopSession } from '../../session/recover.js';
 import { planRecovery, type RecoverRequest } from '../../session/plan.js';
 import { realDeps } from '../../session/deps.js';
@@ -124,11 +125,14 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     handler: async (req, res) => {
       const id = nameParam(req, 'id');
       const b = req.body as { dir: string; format: 'raw' | 'qcow2' };
+      // The disks land where restored disks may (api.restoreRoots), checked
+      // first and on the real path, which is the one the copy then uses.
+      const dir = allowedTarget(ctx.config.api, b.dir, 'migration target');
       const s = await findSession(stateDir, id);
       if (s.state !== 'running') throw apiError('CONFLICT', `session ${id} is ${s.state}; only a running session can be migrated`);
       const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
-        o.progress(null, `migrating session ${id} to ${b.dir} (${b.format})`);
-        const done = await migrateSession(stateDir, id, b.dir, b.format);
+        o.progress(null, `migrating session ${id} to ${dir} (${b.format})`);
+        const done = await migrateSession(stateDir, id, dir, b.format);
         return { result: done, resource: `/api/v1/sessions/${id}` };
       });
       accepted(res, op);
