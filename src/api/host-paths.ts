@@ -1,5 +1,5 @@
 /**
- * The host paths an API request may name (config `api`, docs/security-h5.md):
+ * The host paths an API request may name (config `api`, docs/security.md, "API roles and the host"):
  * images to back up only under api.sourceRoots; restored disks and migrated
  * session disks only under api.restoreRoots; FUSE publications mounted only
  * below api.mountRoots; new repositories only under api.repositoryRoots or

@@ -49,7 +49,7 @@ export interface ServerConfig {
 
 /**
  * What API clients, and the jobs the server runs, may reach on the host
- * (docs/security-h5.md). Paths are absolute after loading (relative ones are
+ * (docs/security.md, "API roles and the host"). Paths are absolute after loading (relative ones are
  * resolved against stateDir).
  */
 export interface ApiLimits {

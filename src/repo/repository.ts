@@ -149,7 +149,7 @@ function parseConfig(path: string, text: string): RepoConfig {
   // The errors name the file and the spot, never its bytes: they reach every
   // API viewer (GET /repositories lists an unopenable repository with its
   // error, the operation list keeps failures), and a config.json that is not
-  // ours may be some other program's secret (docs/security-h5.md).
+  // ours may be some other program's secret (docs/security.md, "API roles and the host").
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

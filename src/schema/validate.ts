@@ -100,7 +100,7 @@ export function readJsonFile(path: string, what: string): unknown {
  * V8's own messages quote a stretch of the input ("Unexpected token 'r',
  * "root:$y$j9T..." is not valid JSON"), and these errors reach API clients
  * and the operation list, so a file the server was pointed at must not be
- * readable through them (docs/security-h5.md).
+ * readable through them (docs/security.md, "API roles and the host").
  */
 export function jsonSyntaxProblem(text: string, err: unknown): string {
   const msg = err instanceof Error ? err.message : '';

@@ -1,5 +1,5 @@
 /**
- * What API roles may do to the host (docs/security-h5.md), in process: an
+ * What API roles may do to the host (docs/security.md, "API roles and the host"), in process: an
  * operator backs up only under api.sourceRoots, restores and migrates
  * session disks only under api.restoreRoots, mounts FUSE publications only
  * below api.mountRoots (a real mount here); an admin creates repositories
