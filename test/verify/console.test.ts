@@ -76,3 +76,42 @@ t.test('a source that keeps failing is given up; an abort stops the watch', asyn
   await w.stop();
   t.same(w.findings(), []);
 });
+
+t.test('the test runner watches a VM from its first test; what comes after the screenshot is a failed console test', async (t) => {
+  const { createTestRunner } = await import('../../src/verify/tests.js');
+  const { writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const dir = t.testdir();
+  const textMem = (rows: string[]): Uint8Array => {
+    const b = new Uint8Array(0x8000);
+    for (let i = 0; i < b.length; i += 2) { b[i] = 0x20; b[i + 1] = 0x07; }
+    rows.forEach((r, y) => [...r].forEach((c, x) => { b[(y * 80 + x) * 2] = c.charCodeAt(0); }));
+    return b;
+  };
+  let screen = ['web login:'];
+  let serial = 'svc: fatal: no config\nsvc: fatal: no config\n';
+  const handle = {
+    ip: '192.168.77.10', masqIp: '172.18.77.10', netns: 'none',
+    screendump: async () => {
+      const p = join(dir, `s${Date.now()}.ppm`);
+      const px = Buffer.alloc(16 * 8 * 3); for (let i = 0; i < px.length; i += 7) px[i] = 200;
+      writeFileSync(p, Buffer.concat([Buffer.from('P6\n16 8\n255\n'), px]));
+      return p;
+    },
+    consoleText: async () => textMem(screen),
+    serialLog: async () => serial,
+    stop: async () => undefined,
+  };
+  const run = createTestRunner({ repo: async () => { throw new Error('unused'); }, screenshotDir: dir, ocr: false, consoleIntervalMs: 20 });
+  const role = { name: 'custom', tests: [{ kind: 'screenshot' as const }], maxBootSeconds: 10, appInitSeconds: 1 };
+  const ac = new AbortController();
+  const shot = await run({ kind: 'screenshot' }, { name: 'web', pointId: 'p', role, handle }, ac.signal);
+  t.equal(shot.result, 'passed', `twice is not a loop: ${shot.detail}`);
+  serial += 'svc: fatal: no config\n';
+  screen = ['[   9.1] Kernel panic - not syncing: Attempted to kill init!'];
+  const late = await run.vmDone!({ name: 'web', handle }, ac.signal);
+  t.equal(late.length, 1);
+  t.equal(late[0]?.result, 'failed');
+  t.match(late[0]?.detail, /^kernel panic on the VGA console: "\[ {3}9\.1\] Kernel panic - not syncing: Attempted to kill init!"; crash loop on the serial console: "svc: fatal: no config" \(3 times\)/);
+  t.same(await run.vmDone!({ name: 'web', handle }, ac.signal), [], 'once');
+});
