@@ -6,8 +6,9 @@
  * destroy, undefine, state, XML). What the binding lacks goes through
  * `virsh`, which is libvirt's own client of the same API, rather than
  * talking QMP behind libvirt's back (libvirt owns the monitor socket and
- * would see unexplained state changes): screenshots (`virsh screenshot`) and
- * block copies (`virsh blockcopy` / `blockjob --pivot`).
+ * would see unexplained state changes): screenshots (`virsh screenshot`),
+ * block copies (`virsh blockcopy` / `blockjob --pivot`) and the VGA text
+ * buffer (`virsh qemu-monitor-command --hmp`, which libvirt allows and logs).
  *
  * Guest agent: libvirt itself connects to any channel whose target name is
  * org.qemu.guest_agent.0, and QEMU's chardev socket serves one client, so a
@@ -33,6 +34,7 @@ import { exec, which } from '../host/exec.js';
 import { probeAccel } from '../host/accel.js';
 import { QgaClient } from './qga.js';
 import { assertBridgesExist } from './qemu.js';
+import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 
 export const LIBVIRT_URI = 'qemu:///system';
@@ -313,6 +315,11 @@ export class LibvirtDomain implements Domain {
       closeSync(fd);
     }
     return head.toString('latin1') === 'P6' ? 'ppm' : 'png';
+  }
+
+  /** Through libvirt's own monitor connection (HMP passthrough), as with screenshots: we never open its socket. */
+  async readVgaText(): Promise<Uint8Array> {
+    return parseXpBytes(await sh('virsh', ['-c', LIBVIRT_URI, 'qemu-monitor-command', '--hmp', this.domainName, VGA_XP_COMMAND], 15_000));
   }
 
   async blockMirror(disk: string, target: string, format: 'raw' | 'qcow2'): Promise<void> {

@@ -25,6 +25,7 @@ import { stdioWithoutFuse } from '../host/fds.js';
 import { QmpClient } from './qmp.js';
 import { QgaClient } from './qga.js';
 import { lendLabTaps } from './tap-handover.js';
+import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 
 export interface QemuDriverOptions {
@@ -396,6 +397,11 @@ export class QemuDomain implements Domain {
   async screendump(path: string): Promise<'ppm' | 'png'> {
     await this.withMonitor((q) => q.execute('screendump', { filename: path }));
     return 'ppm';
+  }
+
+  async readVgaText(): Promise<Uint8Array> {
+    const out = await this.withMonitor((q) => q.execute<string>('human-monitor-command', { 'command-line': VGA_XP_COMMAND }));
+    return parseXpBytes(out);
   }
 
   /**

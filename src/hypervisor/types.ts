@@ -59,6 +59,14 @@ export interface Domain {
   /** Writes the screen to `path`; the format is what the driver got from QEMU. */
   screendump(path: string): Promise<'ppm' | 'png'>;
   readonly consoleLog: string;
+  /**
+   * The VGA text memory (32 KiB of char/attribute pairs at guest-physical
+   * 0xB8000: the 80x25 screen and vgacon's scrollback, src/hypervisor/vga.ts),
+   * read through the monitor. Meaningful
+   * while the guest console is in text mode; in graphics mode it holds stale
+   * or no text.
+   */
+  readVgaText(): Promise<Uint8Array>;
   /** Starts a live copy of one disk to `target`; resolves when it is in sync. */
   blockMirror(disk: string, target: string, format: 'raw' | 'qcow2'): Promise<void>;
   /** Switches the disk to its mirror target; the source is no longer used. */

@@ -14,6 +14,8 @@ export interface VmReport {
   name: string; point: string; result: VmResult['result']; group: boolean;
   tests: TestResult[]; recoverySeconds: number; bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null;
   screenshot: string | null;
+  /** The screenshot of the VM's last passing run, when this run's screen looks very different (a warning). */
+  baselineScreenshot?: string | null;
 }
 export interface RunReport {
   run: string; job: string; result: RunResult['result'];
@@ -30,6 +32,7 @@ export function runReport(run: string, job: string, r: RunResult, o: { startedAt
       tests: v.tests.map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: round(t.seconds), detail: t.detail })),
       recoverySeconds: round(v.recoverySeconds), bootToHeartbeatSeconds: v.bootToHeartbeatSeconds === null ? null : round(v.bootToHeartbeatSeconds),
       toFirstAnswerSeconds: v.toFirstAnswerSeconds === null ? null : round(v.toFirstAnswerSeconds), screenshot: v.screenshot,
+      baselineScreenshot: v.tests.find((t) => t.kind === 'screenshot' && t.baseline !== undefined)?.baseline ?? null,
     })),
     report: o.htmlPath,
   };
@@ -73,6 +76,7 @@ ul{margin:0;padding-left:1em}li.ok b{color:#2a7}li.warn b{color:#b80}li.bad b{co
 .detail{color:#555;font-size:12px;white-space:pre-wrap;word-break:break-word;max-width:40em}
 .muted{color:#888;font-size:12px}.tag{background:#eef;border-radius:3px;padding:0 .3em;font-size:11px}
 .shot img{max-width:320px;border:1px solid #ccc}.shot.flagged img{border:3px solid #c33}div.bad{color:#c33;font-weight:bold}
+.shot.changed img{border:3px solid #d90}div.warn{color:#b80;font-weight:bold}.shot figure{margin:0 0 .5em}
 `;
 
 /** An inline SVG sparkline of recovery seconds; failed runs are red dots. */
@@ -86,11 +90,25 @@ export function sparkline(points: TrendPoint[], w = 160, h = 32): string {
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img" aria-label="recovery time trend"><polyline fill="none" stroke="#888" stroke-width="1.5" points="${line}"/>${dots}</svg>`;
 }
 
-function inlinePng(path: string | null): string {
+function inlinePng(path: string | null, alt = 'console'): string {
   if (path === null) return '<span class="muted">none</span>';
   let data: Buffer;
   try { data = readFileSync(path); } catch { return `<span class="muted">missing: ${esc(path)}</span>`; }
-  return `<img alt="console" src="data:image/png;base64,${data.toString('base64')}">`;
+  return `<img alt="${esc(alt)}" src="data:image/png;base64,${data.toString('base64')}">`;
+}
+
+/** The console cell: the screenshot, flagged when the console check failed, beside the last passing run's when the screen changed. */
+function consoleCell(v: VmReport): string {
+  const flaggedTest = v.tests.find((t) => (t.kind === 'screenshot' || t.kind === 'console') && t.result === 'failed');
+  if (flaggedTest) {
+    return `<td class="shot flagged"><div class="bad">flagged: ${esc(flaggedTest.detail.split('; ')[0] ?? '')}</div>${inlinePng(v.screenshot)}</td>`;
+  }
+  if (v.baselineScreenshot) {
+    return `<td class="shot changed"><div class="warn">screen changed since the last passing run</div>`
+      + `<figure>${inlinePng(v.screenshot)}<figcaption class="muted">this run</figcaption></figure>`
+      + `<figure>${inlinePng(v.baselineScreenshot, 'console in the last passing run')}<figcaption class="muted">last passing run</figcaption></figure></td>`;
+  }
+  return `<td class="shot">${inlinePng(v.screenshot)}</td>`;
 }
 
 export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
@@ -98,8 +116,6 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
   const counts = { ok: rep.vms.filter((v) => v.result === 'success').length, warn: rep.vms.filter((v) => v.result === 'warning').length };
   const rate = extra.passRate?.rate;
   const rows = rep.vms.map((v) => {
-    const shotTest = v.tests.find((t) => t.kind === 'screenshot');
-    const flagged = shotTest !== undefined && shotTest.result === 'failed';
     const tests = v.tests.map((t) => `<li class="${cls(t.result)}"><b>${esc(t.name)}</b> ${esc(t.result)} <span class="muted">${t.seconds.toFixed(1)} s</span><div class="detail">${esc(t.detail)}</div></li>`).join('');
     return `<tr class="${cls(v.result)}">
 <td><b>${esc(v.name)}</b>${v.group ? ' <span class="tag">application group</span>' : ''}<div class="muted">${esc(v.point)}</div></td>
@@ -107,7 +123,7 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
 <td><ul>${tests}</ul></td>
 <td>${secs(v.bootToHeartbeatSeconds)}<br>${secs(v.toFirstAnswerSeconds)}<br><b>${secs(v.recoverySeconds)}</b></td>
 <td>${sparkline(extra.trends?.[v.name] ?? [])}</td>
-<td class="shot${flagged ? ' flagged' : ''}">${flagged ? `<div class="bad">flagged: ${esc(shotTest.detail.split(';')[0] ?? '')}</div>` : ''}${inlinePng(v.screenshot)}</td>
+${consoleCell(v)}
 </tr>`;
   }).join('\n');
   return `<!doctype html>

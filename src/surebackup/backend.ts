@@ -136,6 +136,7 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
             try { await c.ping(2000); return true; } finally { c.close(); }
           },
           screendump: async () => { const p = join(work, `screen-${dumps++}.ppm`); await domain.screendump(p); return p; },
+          consoleText: () => domain.readVgaText(),
           serialLog: async () => tail(domain.consoleLog, SERIAL_TAIL_BYTES),
           stop: cleanup,
         };

@@ -3,7 +3,7 @@
  * the real tests, the report files, the notifications. `surebackup run` and
  * the scheduler both call this, so a run looks the same however it started.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RepositoryReader } from '../repo/contract.js';
 import { runDir, runReport, writeReports, type RunReport } from '../report/report.js';
@@ -39,7 +39,10 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   o.history.recordJob(o.job.name, o.job, o.jobFile);
   const runId = o.runId ?? o.history.startRun(o.job.name, o.trigger, startedAt);
   const dir = runDir(o.stateDir, runId);
-  const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, ...(o.scripts ? { scripts: o.scripts } : {}) });
+  // Looked up when the screenshot is taken, so it is the VM's previous passing run, never this one.
+  const baseline = (vm: string): { run: string; path: string } | undefined =>
+    o.history.lastPassingScreenshots(vm, o.job.name).find((b) => b.run !== runId && existsSync(b.path));
+  const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, baseline, ...(o.scripts ? { scripts: o.scripts } : {}) });
   let r: RunResult;
   try {
     r = await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal });

@@ -160,6 +160,18 @@ export class History {
     return rows.reverse().map((r) => ({ run: r.run, at: r.at, recoverySeconds: r.s, result: r.result }));
   }
 
+  /**
+   * The console screenshot of the VM's last passing result (success or
+   * warning) in this job, the picture a new screenshot is compared with. A
+   * warning counts as passing so a screen that changed for good warns once,
+   * not at every run after. Runs whose PNG is gone are skipped by the caller.
+   */
+  lastPassingScreenshots(vm: string, job: string, limit = 5): { run: string; path: string }[] {
+    return (this.db.prepare(`SELECT v.run_id AS run, v.screenshot AS path FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
+      WHERE v.vm = ? AND r.job = ? AND v.result IN ('success', 'warning') AND v.screenshot IS NOT NULL
+      ORDER BY v.started_ms DESC LIMIT ?`).all(vm, job, limit) as { run: string; path: string }[]);
+  }
+
   /** Per-VM start/end of one run, for reports and for checking the concurrency cap. */
   vmTimings(runId: string): VmTiming[] {
     return (this.db.prepare('SELECT run_id, vm, started_ms, ended_ms, recovery_s, result FROM surebackup_vm_results WHERE run_id = ? ORDER BY started_ms').all(runId) as

@@ -16,6 +16,8 @@ export interface TestResult {
   name: string; kind: string; result: Verdict; seconds: number; detail: string;
   /** A file the test produced (the screenshot PNG). */
   artifact?: string;
+  /** The screenshot of the VM's last passing run, when this one looks very different from it. */
+  baseline?: string;
 }
 
 /** A VM recovered into the lab. */
@@ -28,7 +30,7 @@ export interface RecoveredVm {
   agentPing?: () => Promise<boolean>;
   /** QMP screendump to a PPM file; returns its path. */
   screendump(): Promise<string>;
-  /** The 80x25 VGA text buffer (char/attr pairs), when the console is in text mode. */
+  /** The VGA text memory (char/attr pairs from 0xB8000), when the console is in text mode. */
   consoleText?: () => Promise<Uint8Array>;
   /** What the guest wrote on its serial console so far. */
   serialLog?: () => Promise<string>;
@@ -47,7 +49,14 @@ export interface LabBackend {
 }
 
 /** Runs one test against a recovered VM; src/verify provides the real ones. */
-export type TestRunner = (spec: TestSpec, vm: { name: string; pointId: string; role: Role; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult>;
+export type TestRunner = ((spec: TestSpec, vm: { name: string; pointId: string; role: Role; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult>) & {
+  /**
+   * Called once per recovered VM after its tests, before it stops: results
+   * of what watched the VM the whole time (the console watch), if it saw
+   * something after the tests that report it had run.
+   */
+  vmDone?: (vm: { name: string; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult[]>;
+};
 
 export interface GroupVm { name: string; role?: string; tests?: TestSpec[]; maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number; waitForPrevious?: boolean }
 export interface Job {
@@ -153,6 +162,13 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
       r.result = 'failed';
       r.tests.push({ name: 'recover', kind: 'recover', result: 'failed', seconds: (now() - start) / 1000, detail: String(err instanceof Error ? err.message : err) });
     } finally {
+      if (h && runTest.vmDone) {
+        for (const tr of await runTest.vmDone({ name: p.vm.name, handle: h }, signal).catch(() => [])) {
+          r.tests.push(tr);
+          if (tr.result === 'failed') r.result = 'failed';
+          else if (tr.result === 'warning' && r.result === 'success') r.result = 'warning';
+        }
+      }
       r.endedAt = now();
       r.recoverySeconds = (r.endedAt - r.startedAt) / 1000;
       if (h && !keepRunning) { handles.delete(h); await h.stop().catch(() => undefined); }

@@ -16,7 +16,11 @@ import type { TestSpec } from '../surebackup/roles.js';
 import { heartbeat, ipAnswers } from './heartbeat.js';
 import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
 import { scriptTest, type ScriptPolicy } from './script.js';
-import { screenshotTest } from './screenshot.js';
+import { screenshotTest, type ScreenBaseline } from './screenshot.js';
+import { ConsoleWatch, describeFindings } from './console.js';
+import { ocrText } from './ocr.js';
+import { decodeVgaText, dedupeVgaRows } from '../hypervisor/vga.js';
+import type { RecoveredVm } from '../surebackup/runner.js';
 import { integrityTest } from './integrity.js';
 
 export const APP_RETRY_MS = 2000;
@@ -32,6 +36,12 @@ export interface TestRunnerOptions {
   appRetryMs?: number;
   /** Confines script tests (jobs the server runs); absent for the CLI. */
   scripts?: ScriptPolicy;
+  /** The VM's screenshot from its last passing run, to compare with (src/surebackup/history.ts). */
+  baseline?: (vm: string) => ScreenBaseline | undefined;
+  /** OCR the screenshot (default true; tesseract-ocr). */
+  ocr?: boolean;
+  /** Overrides the console watch's poll interval (tests). */
+  consoleIntervalMs?: number;
 }
 
 const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
@@ -42,8 +52,22 @@ const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((r
 });
 
 export function createTestRunner(o: TestRunnerOptions): TestRunner {
-  return async (spec, vm, signal) => {
+  // One console watch per VM that has a screenshot test, from its first test to vmDone.
+  const watches = new WeakMap<RecoveredVm, ConsoleWatch>();
+  const watchOf = (h: RecoveredVm, wanted: boolean, signal: AbortSignal): ConsoleWatch | undefined => {
+    let w = watches.get(h);
+    if (w || !wanted || (!h.consoleText && !h.serialLog)) return w;
+    const vga = h.consoleText;
+    w = new ConsoleWatch({
+      ...(vga ? { vga: async () => dedupeVgaRows(decodeVgaText(await vga())) } : {}),
+      ...(h.serialLog ? { serial: h.serialLog } : {}),
+    }, { intervalMs: o.consoleIntervalMs, signal }).start();
+    watches.set(h, w);
+    return w;
+  };
+  const run: TestRunner = async (spec, vm, signal) => {
     const h = vm.handle;
+    const watch = watchOf(h, vm.role.tests.some((t) => t.kind === 'screenshot'), signal);
     const withName = (r: TestResult): TestResult => ({ ...r, name: testName(spec) });
     const app = async (once: () => Promise<TestResult>): Promise<TestResult> => {
       const t0 = Date.now();
@@ -74,12 +98,18 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
       case 'script': return withName(await scriptTest(spec, { netns: h.netns, name: vm.name, ip: h.ip, masqIp: h.masqIp }, signal, o.scripts));
       case 'screenshot': {
         mkdirSync(o.screenshotDir, { recursive: true });
+        await watch?.poll();
         const ppm = await h.screendump();
         const png = join(o.screenshotDir, `${vm.name}.png`);
-        const vgaDump = h.consoleText ? await h.consoleText().catch(() => undefined) : undefined;
-        const serialLog = h.serialLog ? await h.serialLog().catch(() => undefined) : undefined;
+        // Without a watch (a handle with no console readers) the screen's own text is all there is.
+        const vgaDump = !watch && h.consoleText ? await h.consoleText().catch(() => undefined) : undefined;
+        const ocr = o.ocr === false ? undefined : await ocrText(ppm);
+        const baseline = o.baseline?.(vm.name);
         try {
-          return { ...withName(screenshotTest(ppm, png, { vgaDump, serialLog })), artifact: png };
+          const { findings, ...r } = screenshotTest(ppm, png, { findings: watch?.take() ?? [], ocr, ...(vgaDump ? { vgaDump } : {}), ...(baseline ? { baseline } : {}) });
+          // What this test reported is not reported again at the end of the VM.
+          watch?.add(findings); watch?.take();
+          return { ...withName(r), artifact: png };
         } finally {
           rmSync(ppm, { force: true });
         }
@@ -90,6 +120,19 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
       }
     }
   };
+  run.vmDone = async (vm, signal) => {
+    const w = watches.get(vm.handle);
+    if (!w) return [];
+    watches.delete(vm.handle);
+    if (signal.aborted) return [];
+    const t0 = Date.now();
+    await w.stop();
+    const late = w.take();
+    if (late.length === 0) return [];
+    return [{ name: 'console', kind: 'console', result: 'failed', seconds: (Date.now() - t0) / 1000,
+      detail: `${describeFindings(late)} (seen after the screenshot test, or with no screenshot taken)` }];
+  };
+  return run;
 }
 
 /** A readable test name: the kind plus what it targets (e.g. "tcp:5432", "dns:web.lab.test"). */

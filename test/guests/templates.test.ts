@@ -17,7 +17,7 @@ const jsonIn = (sub: string): string[] => readdirSync(join(templates, sub)).filt
 
 t.test('every guest variant validates and has a matching VM definition', async (t) => {
   const names = jsonIn('guests').map((f) => f.slice(0, -5));
-  t.same(names, ['broken-app', 'db', 'dns', 'no-agent', 'no-boot', 'web'], 'the six documented variants');
+  t.same(names, ['broken-app', 'crash-loop', 'db', 'dns', 'no-agent', 'no-boot', 'vga-panic', 'web'], 'the eight documented variants');
   const macs = new Set<string>();
   for (const name of names) {
     const g = loadValidated<{ name: string; ip: string; mac: string }>('guest.schema.json', join(templates, 'guests', `${name}.json`), 'guest');
@@ -49,10 +49,11 @@ t.test('the example lab mirrors prod and the example group validates', async (t)
 t.test('bad templates are rejected with the failing path', async (t) => {
   const good = { ...GUESTS.web };
   t.throws(() => assertValid('guest.schema.json', { ...good, ip: '192.168.77.300' }, 'g'), /\/ip: must match format "ipv4"/);
-  t.throws(() => assertValid('guest.schema.json', { ...good, boot: 'maybe' }, 'g'), /\/boot: must be one of "ok", "kernel-panic"/);
+  t.throws(() => assertValid('guest.schema.json', { ...good, boot: 'maybe' }, 'g'), /\/boot: must be one of "ok", "kernel-panic", "kernel-panic-vga"/);
   t.throws(() => assertValid('guest.schema.json', { ...good, services: [{ kind: 'ftp', protocol: 'tcp', port: 21, starts: true, expect: 'x' }] }, 'g'),
     /\/services\/0\/kind: must be one of/);
   t.throws(() => assertValid('guest.schema.json', { ...good, colour: 'red' }, 'g'), /unknown property "colour"/);
+  t.throws(() => assertValid('guest.schema.json', { ...good, crashLoop: "it's\nbroken" }, 'g'), /\/crashLoop: must match pattern/);
   t.throws(() => assertValid('group.schema.json', { name: 'g', vms: [] }, 'g'), /\/vms: must NOT have fewer than 1 items/);
   t.throws(() => assertValid('group.schema.json', { name: 'g', vms: [{ name: 'db', tests: [{ kind: 'tcp' }] }] }, 'g'),
     /\/vms\/0\/tests\/0: must have required property 'port'/);

@@ -31,8 +31,10 @@ export interface GuestVariant {
   prefix?: number;
   gateway: string;
   mac: string;
-  boot: 'ok' | 'kernel-panic';
+  boot: 'ok' | 'kernel-panic' | 'kernel-panic-vga';
   agent: boolean;
+  /** A line a respawned service prints before it exits, every 2 s (a crash loop). */
+  crashLoop?: string;
   services: GuestService[];
 }
 

@@ -5,6 +5,7 @@
  * answering through that socket from a real guest is in web-guest.test.ts.
  */
 import t from 'tap';
+import { decodeVgaText } from '../../src/hypervisor/vga.js';
 import { mkdtempSync, rmSync, writeFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,6 +59,13 @@ t.test('lifecycle: start, state, screenshot, stop, destroy + undefine', async (t
   const fmt = await dom.screendump(shot);
   t.ok(['ppm', 'png'].includes(fmt));
   t.ok(statSync(shot).size > 100, 'screenshot written');
+  // The BIOS writes its banner in VGA text mode; poll until it is there.
+  let rows: string[] = [];
+  for (const end = Date.now() + 30_000; Date.now() < end && !rows.some((l) => /SeaBIOS/.test(l));) {
+    rows = decodeVgaText(await dom.readVgaText());
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  t.ok(rows.some((l) => /SeaBIOS \(version/.test(l)), `VGA text memory shows the BIOS banner: ${rows.filter((l) => l !== '').slice(0, 3).join(' | ')}`);
   await dom.stop(1000);
   t.equal(await dom.state(), 'stopped');
   await dom.destroy();

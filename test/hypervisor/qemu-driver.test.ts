@@ -4,6 +4,7 @@
  * need; guest-agent heartbeats on a real guest are in web-guest.test.ts.
  */
 import t from 'tap';
+import { decodeVgaText } from '../../src/hypervisor/vga.js';
 import { mkdtempSync, rmSync, writeFileSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +34,13 @@ t.test('start, state, screendump, re-attach from a new driver, graceful stop', a
   const ppm = join(dir, 'life.ppm');
   await dom.screendump(ppm);
   t.ok(statSync(ppm).size > 1000, 'screendump wrote an image');
+  // The BIOS writes its banner in VGA text mode; poll until it is there.
+  let rows: string[] = [];
+  for (const end = Date.now() + 30_000; Date.now() < end && !rows.some((l) => /SeaBIOS/.test(l));) {
+    rows = decodeVgaText(await dom.readVgaText());
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  t.ok(rows.some((l) => /SeaBIOS \(version/.test(l)), `VGA text memory shows the BIOS banner: ${rows.filter((l) => l !== '').slice(0, 3).join(' | ')}`);
   await t.rejects(d1.start(spec('life')), /already running/);
 
   // A restorelab restart: a fresh driver object finds the VM via pidfile + QMP.

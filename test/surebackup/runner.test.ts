@@ -105,3 +105,21 @@ t.test('a missing script is bad input before anything boots', async (t) => {
   await t.rejects(runJob(job({ verify: { vms: ['web'], tests: [{ kind: 'script', path: '/nonexistent/check.sh' }] } }), f.backend, f.runTest), { code: 'SCRIPT_NOT_FOUND' });
   t.same(f.log, [], 'nothing booted');
 });
+
+t.test('vmDone: what watched a VM the whole time reports after its tests, before it stops', async (t) => {
+  const f = fake();
+  const calls: string[] = [];
+  const runTest: TestRunner = Object.assign(f.runTest, {
+    vmDone: async (vm: { name: string }) => {
+      calls.push(`done ${vm.name} (live: ${f.live.has(vm.name)})`);
+      return vm.name === 'web' ? [{ name: 'console', kind: 'console', result: 'failed' as const, seconds: 0, detail: 'kernel panic on the VGA console: "Kernel panic"' }] : [];
+    },
+  });
+  const r = await runJob(job(), f.backend, runTest);
+  t.same(calls, ['done dns (live: true)', 'done db (live: true)', 'done web (live: true)'], 'once per VM, while it still runs');
+  t.equal(r.result, 'failed');
+  const web = r.vms.find((v) => v.name === 'web')!;
+  t.equal(web.result, 'failed');
+  t.same(web.tests.at(-1), { name: 'console', kind: 'console', result: 'failed', seconds: 0, detail: 'kernel panic on the VGA console: "Kernel panic"' });
+  t.equal(r.vms.find((v) => v.name === 'dns')?.result, 'success');
+});
