@@ -14,6 +14,8 @@ export interface VmReport {
   name: string; point: string; result: VmResult['result']; group: boolean;
   tests: TestResult[]; recoverySeconds: number; bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null;
   screenshot: string | null;
+  /** The VM's serial console log, kept in the run's directory. */
+  console: string | null;
 }
 export interface RunReport {
   run: string; job: string; result: RunResult['result'];
@@ -30,6 +32,7 @@ export function runReport(run: string, job: string, r: RunResult, o: { startedAt
       tests: v.tests.map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: round(t.seconds), detail: t.detail })),
       recoverySeconds: round(v.recoverySeconds), bootToHeartbeatSeconds: v.bootToHeartbeatSeconds === null ? null : round(v.bootToHeartbeatSeconds),
       toFirstAnswerSeconds: v.toFirstAnswerSeconds === null ? null : round(v.toFirstAnswerSeconds), screenshot: v.screenshot,
+      console: v.console ?? null,
     })),
     report: o.htmlPath,
   };
@@ -107,7 +110,7 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
 <td><ul>${tests}</ul></td>
 <td>${secs(v.bootToHeartbeatSeconds)}<br>${secs(v.toFirstAnswerSeconds)}<br><b>${secs(v.recoverySeconds)}</b></td>
 <td>${sparkline(extra.trends?.[v.name] ?? [])}</td>
-<td class="shot${flagged ? ' flagged' : ''}">${flagged ? `<div class="bad">flagged: ${esc(shotTest.detail.split(';')[0] ?? '')}</div>` : ''}${inlinePng(v.screenshot)}</td>
+<td class="shot${flagged ? ' flagged' : ''}">${flagged ? `<div class="bad">flagged: ${esc(shotTest.detail.split(';')[0] ?? '')}</div>` : ''}${inlinePng(v.screenshot)}${v.console ? `<div class="muted">serial console: ${esc(v.console)}</div>` : ''}</td>
 </tr>`;
   }).join('\n');
   return `<!doctype html>
