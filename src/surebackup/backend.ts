@@ -114,18 +114,15 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         ...(accel ? { accel } : {}), ...(o.fuseGroup !== undefined ? { fuseGroup: o.fuseGroup } : {}),
         ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}), signal: opts.signal,
       });
-      let vm;
-      try {
-        vm = await bringUp(req, hv, deps);
-      } catch (err) {
+      const vm = await bringUp(req, hv, deps).catch((err: unknown) => {
         rmSync(work, { recursive: true, force: true });
         throw err;
-      }
+      });
       const domain = vm.domain;
       let dumps = 0;
       let stopped: Promise<KeptEvidence> | undefined;
       const h: RecoveredVm = {
-        ip, masqIp: vm.addresses.nic0 ?? ip, netns: labState.netns,
+        ip, masqIp: vm.addresses[`nic${def.nics.findIndex((n) => n.ip)}`] ?? ip, netns: labState.netns,
         ...(vm.probes.agentPing ? { agentPing: vm.probes.agentPing } : {}),
         screendump: async () => { const p = join(work, `screen-${dumps++}.ppm`); await domain.screendump(p); return p; },
         serialLog: async () => tail(domain.consoleLog, SERIAL_TAIL_BYTES),
