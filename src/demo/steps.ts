@@ -120,6 +120,7 @@ export const demoSteps: DemoStep[] = [
       const session = await recover({
         repo: config.repository, vm: 'web', ...(values.point ? { point: values.point } : {}),
         lab: projectPath('lab-templates', 'labs', 'prod-lab.json'), driver: config.driver, stateDir: config.stateDir, accel: config.accel,
+        ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}),
       });
       try {
         const ip = Object.values(session.addresses)[0];
@@ -138,7 +139,8 @@ export const demoSteps: DemoStep[] = [
     run: async ({ config, out }) => {
       const jobFile = projectPath('lab-templates', 'jobs', 'demo.json');
       const job = loadJob(jobFile);
-      const backend = createLabBackend({ repo: config.repository, stateDir: config.stateDir, driver: config.driver, accel: config.accel, baseDir: dirname(jobFile) });
+      const backend = createLabBackend({ repo: config.repository, stateDir: config.stateDir, driver: config.driver, accel: config.accel, baseDir: dirname(jobFile),
+        ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}) });
       const history = History.open(config.catalog);
       try {
         const rep = await executeRun({

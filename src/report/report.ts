@@ -16,6 +16,8 @@ export interface VmReport {
   screenshot: string | null;
   /** The screenshot of the VM's last passing run, when this run's screen looks very different (a warning). */
   baselineScreenshot?: string | null;
+  /** The VM's serial console log, kept in the run's directory. */
+  console: string | null;
 }
 export interface RunReport {
   run: string; job: string; result: RunResult['result'];
@@ -33,6 +35,7 @@ export function runReport(run: string, job: string, r: RunResult, o: { startedAt
       recoverySeconds: round(v.recoverySeconds), bootToHeartbeatSeconds: v.bootToHeartbeatSeconds === null ? null : round(v.bootToHeartbeatSeconds),
       toFirstAnswerSeconds: v.toFirstAnswerSeconds === null ? null : round(v.toFirstAnswerSeconds), screenshot: v.screenshot,
       baselineScreenshot: v.tests.find((t) => t.kind === 'screenshot' && t.baseline !== undefined)?.baseline ?? null,
+      console: v.console ?? null,
     })),
     report: o.htmlPath,
   };
@@ -99,16 +102,17 @@ function inlinePng(path: string | null, alt = 'console'): string {
 
 /** The console cell: the screenshot, flagged when the console check failed, beside the last passing run's when the screen changed. */
 function consoleCell(v: VmReport): string {
+  const kept = v.console ? `<div class="muted">serial console: ${esc(v.console)}</div>` : '';
   const flaggedTest = v.tests.find((t) => (t.kind === 'screenshot' || t.kind === 'console') && t.result === 'failed');
   if (flaggedTest) {
-    return `<td class="shot flagged"><div class="bad">flagged: ${esc(flaggedTest.detail.split('; ')[0] ?? '')}</div>${inlinePng(v.screenshot)}</td>`;
+    return `<td class="shot flagged"><div class="bad">flagged: ${esc(flaggedTest.detail.split('; ')[0] ?? '')}</div>${inlinePng(v.screenshot)}${kept}</td>`;
   }
   if (v.baselineScreenshot) {
     return `<td class="shot changed"><div class="warn">screen changed since the last passing run</div>`
       + `<figure>${inlinePng(v.screenshot)}<figcaption class="muted">this run</figcaption></figure>`
-      + `<figure>${inlinePng(v.baselineScreenshot, 'console in the last passing run')}<figcaption class="muted">last passing run</figcaption></figure></td>`;
+      + `<figure>${inlinePng(v.baselineScreenshot, 'console in the last passing run')}<figcaption class="muted">last passing run</figcaption></figure>${kept}</td>`;
   }
-  return `<td class="shot">${inlinePng(v.screenshot)}</td>`;
+  return `<td class="shot">${inlinePng(v.screenshot)}${kept}</td>`;
 }
 
 export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {

@@ -30,7 +30,8 @@ export interface ConfiguredRun {
  */
 export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<RunReport> {
   const scripts = serverScriptPolicy(cfg.api);
-  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file) });
+  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file),
+    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}) });
   try {
     return await executeRun({ job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
       trigger: r.trigger, runId: r.runId, signal: r.signal, limiter: r.limiter, log: r.log, scripts });

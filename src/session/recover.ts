@@ -17,12 +17,15 @@ import { closeHypervisor, type SessionDeps } from './seam.js';
 import { checkMigration } from './migrate.js';
 import { planRecovery, type RecoverRequest } from './plan.js';
 import { HEARTBEAT_TIMEOUT_MS, teardown } from './runner.js';
+import { describeEvidence } from '../bringup/evidence.js';
 import { ACTIVE_STATES, type RecoverySession } from './session.js';
 import { SessionStore } from './store.js';
 import { processAlive as pidAlive } from '../host/process.js';
 
 export interface RecoverOptions extends RecoverRequest {
   heartbeatTimeoutMs?: number;
+  /** FUSE access group for the session's publication (config fuse.group): QEMU running as another user. */
+  fuseGroup?: string;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -49,6 +52,7 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps
     ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: plan.lab.name } : {}),
     ...(opts.network ? { network: opts.network } : {}),
     ...(opts.publish ? { publish: opts.publish } : {}),
+    ...(opts.fuseGroup !== undefined ? { fuseGroup: opts.fuseGroup } : {}),
     domain: domainName(plan.vm.name, id), state: 'starting', createdAt, updatedAt: createdAt,
     addresses: {}, disks: {}, diskBytes: Object.fromEntries(plan.point.disks.map((d) => [d.name, d.size])),
     resources: { taps: [] },
@@ -70,8 +74,9 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps
       const why = supervisorGone
         ? `the session supervisor exited during start (see ${join(work, 'supervisor.log')})`
         : 'the session did not come up in time';
-      await cleanupOrphan(cur, store, deps, why);
-      throw new RestorelabError('RECOVER_FAILED', `recovery of ${s.vm} failed: ${why}`);
+      const left = await cleanupOrphan(cur, store, deps, why);
+      const kept = describeEvidence(left.evidence ?? {});
+      throw new RestorelabError('RECOVER_FAILED', `recovery of ${s.vm} failed: ${why}`, kept ? { hint: kept } : {});
     }
   }
 }

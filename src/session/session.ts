@@ -12,8 +12,10 @@
  *   domain; it is the only writer of a session's state once it runs.
  * - Resources: everything a session made, recorded BEFORE it is made, so a
  *   crash leaves a record that `stop` uses to remove the leftovers.
- * - Heartbeat: the guest agent's first answer to guest-ping; heartbeatSeconds
- *   is measured from the `recover` command to that answer.
+ * - Heartbeat: the VM is up, as src/verify/heartbeat.ts decides it (stable
+ *   answers of the guest agent, or of its address where the decision
+ *   accepts that), the same decision a SureBackup heartbeat test makes;
+ *   heartbeatSeconds is measured from the `recover` command to it.
  */
 
 export type SessionState = 'starting' | 'running' | 'migrating' | 'migrated' | 'stopped' | 'failed';
@@ -81,6 +83,16 @@ export interface RecoverySession {
   controlSocket?: string;
   qemuPid?: number;
   error?: SessionError;
+  /** How the heartbeat was seen (src/verify/heartbeat.ts: agent, ip or boot-time) and its detail. */
+  heartbeat?: { path: string; detail: string };
+  /** FUSE access group the publication is made with (config fuse.group). */
+  fuseGroup?: string;
+  /**
+   * What was kept of the VM when it went (src/bringup/evidence.ts): its
+   * serial console log always, its last screen when the session failed.
+   * Files under the session's work directory; teardown leaves them.
+   */
+  evidence?: { console?: string; screenshot?: string };
   resources: SessionResources;
   /** Where the migration put the disks (state `migrated`). */
   migratedTo?: string;

@@ -16,6 +16,7 @@ import { closeHypervisor, type SessionDeps } from './seam.js';
 import { migrateLive } from './migrate.js';
 import { planRecovery } from './plan.js';
 import { bringUp, teardown, type LiveSession } from './runner.js';
+import { describeEvidence } from '../bringup/evidence.js';
 import type { RecoverySession } from './session.js';
 import { SessionStore } from './store.js';
 
@@ -69,8 +70,9 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
     live = await bringUp(s, plan, deps, store, hv, opts);
   } catch (e) {
     s.state = 'failed';
+    // The hint of a failed bring-up names the evidence it kept (console log, last screen).
     s.error = toSessionError(e);
-    await teardown(s, store, hv).catch(() => undefined);
+    await teardown(s, store, hv, undefined, undefined, { screenshot: true }).catch(() => undefined);
     store.save(s);
     await closeHypervisor(hv);
     return 1;
@@ -92,12 +94,14 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
     ending = true;
     clearInterval(watch);
     try {
-      await teardown(s, store, hv, live.publication);
+      // A VM that ended by itself may still show why on its last screen (QEMU alive but shut down).
+      await teardown(s, store, hv, live.publication, undefined, { screenshot: state === 'failed' });
     } catch (e) {
       s.error = toSessionError(e);
     }
     s.state = state;
-    if (reason) s.error = { code: 'VM_ENDED', message: reason };
+    const kept = describeEvidence(s.evidence ?? {});
+    if (reason) s.error = { code: 'VM_ENDED', message: reason, ...(kept ? { hint: kept } : {}) };
     store.save(s);
     server.close();
     await closeHypervisor(hv);

@@ -3,24 +3,25 @@
  * session layer's seam: repository, publishing, hypervisor driver), VMs
  * started under the configured driver on taps in the job's virtual lab.
  *
- * Unlike `recover` (src/session), a SureBackup VM is handed to the tests as
- * soon as its domain starts: the heartbeat *test* decides whether it came up
- * (agent, IP, or boot time; src/verify/heartbeat.ts), so a VM without an agent
- * or one that never boots is still there for its screenshot. The run's process
- * serves the publications, and every VM is torn down by the runner (stop), on
- * cancel too; what a VM made is removed in reverse order even when a step of
- * its start failed.
+ * Each VM comes up through the one bring-up path `recover` uses too
+ * (src/bringup): the same publication, taps, domain and heartbeat probes.
+ * The one difference is a parameter: a verification does not wait for the
+ * heartbeat there; the heartbeat *test* decides whether it came up (the same
+ * decision, src/verify/heartbeat.ts), so a VM that never boots is still there
+ * for its screenshot. The run's process serves the publications, and every
+ * VM is torn down by the runner (stop), on cancel too, keeping its serial
+ * console log (and the last screen of a failed VM) in the run's directory.
  */
 import { mkdirSync, openSync, readSync, closeSync, fstatSync, rmSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { addLabTap, labDown, labUp, loadLab, masqueradeAddress, parseLab, readLabState, removeLabTap, type LabDefinition, type LabState } from '../lab/lab.js';
+import { labDown, labUp, loadLab, parseLab, readLabState, type LabDefinition, type LabState } from '../lab/lab.js';
 import type { RepositoryReader } from '../repo/contract.js';
-import type { RunningPublication } from '../publish/contract.js';
-import type { Domain, NicAttachment } from '../hypervisor/types.js';
 import { closeHypervisor, type SessionDeps } from '../session/seam.js';
 import { realDeps } from '../session/deps.js';
 import { RestorelabError } from '../errors.js';
+import { bringUp, tearDown, type BringUpRequest, type BringUpResources, type KeptEvidence } from '../bringup/bringup.js';
+import type { EvidencePaths } from '../bringup/evidence.js';
 import type { LabBackend, RecoveredVm } from './runner.js';
 
 export interface BackendOptions {
@@ -30,6 +31,8 @@ export interface BackendOptions {
   accel?: 'auto' | 'kvm' | 'tcg';
   /** Relative lab paths in a job are resolved against this (the job file's directory). */
   baseDir?: string;
+  /** FUSE access group for the VMs' publications (config fuse.group): QEMU running as another user. */
+  fuseGroup?: string;
   deps?: SessionDeps;
 }
 
@@ -49,6 +52,11 @@ function tail(path: string, bytes: number): string {
     readSync(fd, buf, 0, len, size - len);
     return buf.toString('utf8');
   } finally { closeSync(fd); }
+}
+
+/** Where a run keeps a VM's evidence: beside its report and screenshot, `<vm>.console.log` and `<vm>.png`. */
+export function runEvidence(dir: string, vm: string, screenshot: boolean): EvidencePaths {
+  return { console: join(dir, `${vm}.console.log`), ...(screenshot ? { screenshot: join(dir, `${vm}.png`) } : {}) };
 }
 
 export function createLabBackend(o: BackendOptions): RealLabBackend {
@@ -93,58 +101,66 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
       const labState = lab;
       const point = await (await reader()).getPoint(pointId);
       const def = point.vm;
+      const ip = def.nics.find((n) => n.ip)?.ip;
+      if (!ip) throw new RestorelabError('VM_WITHOUT_ADDRESS', `VM ${vmName} has no NIC with an "ip" in its definition`, { hint: 'network tests need the production address of the VM' });
       const id = randomBytes(3).toString('hex');
       const work = join(o.stateDir, 'surebackup', 'vms', `${vmName}-${id}`);
-      const undo: (() => Promise<void>)[] = [];
-      const cleanup = async (): Promise<void> => {
-        for (const f of undo.reverse()) await f().catch(() => undefined);
-        undo.length = 0;
-      };
-      try {
-        mkdirSync(work, { recursive: true });
-        undo.push(async () => rmSync(work, { recursive: true, force: true }));
-        const check = (): void => { if (opts.signal.aborted) throw opts.signal.reason; };
-        // Owned by this VM's verification: a point the server exports over NFS gets a second
-        // publication, so its clients' overlay is neither reset now nor discarded at the end.
-        const pub: RunningPublication = await deps.startPublication({
-          repo: o.repo, point: pointId, stateDir: o.stateDir, fuseDir: join(work, 'mnt'), owner: { kind: 'surebackup', id: `${vmName}-${id}` },
-        });
-        undo.push(() => pub.close({ discard: true }));
-        check();
-        const nics: NicAttachment[] = [];
-        for (const nic of def.nics) {
-          const { tap, netns } = await addLabTap(o.stateDir, labState.name, nic.network);
-          undo.push(() => removeLabTap(o.stateDir, labState.name, tap));
-          nics.push({ kind: 'tap', tap, netns, mac: nic.mac, model: nic.model === 'e1000' ? 'e1000' : 'virtio' });
-        }
-        const disks = def.disks.map((d) => {
-          const path = pub.disks[d.name];
-          if (!path) throw new RestorelabError('PUBLICATION_INCOMPLETE', `the publication of ${pointId} has no disk ${d.name}`);
-          return { name: d.name, path, format: 'raw' as const };
-        });
-        check();
-        const domain: Domain = await hv.start({ vm: { ...def, name: `sb-${vmName.slice(0, 30)}-${id}`, memoryMiB: opts.memoryMiB ?? def.memoryMiB }, disks, nics, ...(accel ? { accel } : {}) });
-        undo.push(() => domain.destroy());
-        check();
-        const ip = def.nics.find((n) => n.ip)?.ip;
-        if (!ip) throw new RestorelabError('VM_WITHOUT_ADDRESS', `VM ${vmName} has no NIC with an "ip" in its definition`, { hint: 'network tests need the production address of the VM' });
-        let dumps = 0;
-        const h: RecoveredVm = {
-          ip, masqIp: masqueradeAddress(labState, ip) ?? ip, netns: labState.netns,
-          agentPing: async () => {
-            const c = await domain.agent(2000);
-            try { await c.ping(2000); return true; } finally { c.close(); }
-          },
-          screendump: async () => { const p = join(work, `screen-${dumps++}.ppm`); await domain.screendump(p); return p; },
-          consoleText: () => domain.readVgaText(),
-          serialLog: async () => tail(domain.consoleLog, SERIAL_TAIL_BYTES),
-          stop: cleanup,
-        };
-        return h;
-      } catch (err) {
-        await cleanup();
+      mkdirSync(work, { recursive: true });
+      // Without the run's directory (a caller that keeps nothing) the evidence would die with the work dir.
+      const evidenceDir = opts.evidenceDir ?? join(o.stateDir, 'surebackup', 'evidence', `${vmName}-${id}`);
+      const resources: BringUpResources = { taps: [] };
+      const req = backendBringUpRequest({
+        repo: o.repo, stateDir: o.stateDir, point: pointId, vm: def, vmName, id, work, lab: labState, evidenceDir, resources,
+        ...(accel ? { accel } : {}), ...(o.fuseGroup !== undefined ? { fuseGroup: o.fuseGroup } : {}),
+        ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}), signal: opts.signal,
+      });
+      const vm = await bringUp(req, hv, deps).catch((err: unknown) => {
+        rmSync(work, { recursive: true, force: true });
         throw err;
-      }
+      });
+      const domain = vm.domain;
+      let dumps = 0;
+      let stopped: Promise<KeptEvidence> | undefined;
+      const h: RecoveredVm = {
+        ip, masqIp: vm.addresses[`nic${def.nics.findIndex((n) => n.ip)}`] ?? ip, netns: labState.netns,
+        ...(vm.probes.agentPing ? { agentPing: vm.probes.agentPing } : {}),
+        screendump: async () => { const p = join(work, `screen-${dumps++}.ppm`); await domain.screendump(p); return p; },
+        consoleText: () => domain.readVgaText(),
+        serialLog: async () => tail(domain.consoleLog, SERIAL_TAIL_BYTES),
+        // Stopped once, whoever asks first (the VM's end, or the run's end on cancel).
+        stop: (how = {}) => (stopped ??= (async () => {
+          try {
+            return await tearDown({
+              hv, deps, stateDir: o.stateDir, owner: req.owner, resources, save: req.save, publication: vm.publication, domain,
+              evidence: runEvidence(evidenceDir, vmName, how.screenshot === true),
+            });
+          } finally {
+            rmSync(work, { recursive: true, force: true });
+          }
+        })()),
+      };
+      return h;
     },
+  };
+}
+
+/** What a SureBackup VM passes to the one bring-up path (src/bringup). */
+export function backendBringUpRequest(a: {
+  repo: string; stateDir: string; point: string; vm: BringUpRequest['vm']; vmName: string; id: string; work: string; lab: LabState;
+  evidenceDir: string; resources: BringUpResources; accel?: 'kvm' | 'tcg'; fuseGroup?: string; memoryMiB?: number; signal?: AbortSignal;
+}): BringUpRequest {
+  return {
+    repo: a.repo, stateDir: a.stateDir, point: a.point, vm: a.vm,
+    // Owned by this VM's verification: a point the server exports over NFS gets a second
+    // publication, so its clients' overlay is neither reset now nor discarded at the end.
+    owner: { kind: 'surebackup', id: `${a.vmName}-${a.id}` },
+    domainName: `sb-${a.vmName.slice(0, 30)}-${a.id}`, workDir: a.work,
+    ...(a.fuseGroup !== undefined ? { fuseGroup: a.fuseGroup } : {}),
+    network: { kind: 'lab', lab: a.lab }, ...(a.accel ? { accel: a.accel } : {}),
+    ...(a.memoryMiB !== undefined ? { memoryMiB: a.memoryMiB } : {}),
+    // No heartbeat wait: the heartbeat test decides, and a VM that never boots stays for its screenshot.
+    evidence: runEvidence(a.evidenceDir, a.vmName, true),
+    resources: a.resources, save: () => undefined,
+    ...(a.signal ? { signal: a.signal } : {}),
   };
 }

@@ -45,7 +45,8 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, baseline, ...(o.scripts ? { scripts: o.scripts } : {}) });
   let r: RunResult;
   try {
-    r = await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal });
+    // The run's directory also keeps each VM's console log (and a failed VM's last screen).
+    r = await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal, evidenceDir: dir });
   } catch (err) {
     o.history.abortRun(runId, o.signal?.aborted ? 'cancelled' : 'error', err instanceof Error ? err.message : String(err));
     throw err;
@@ -65,14 +66,14 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
 /** Exactly the document `surebackup run --json` promises (docs/surebackup.md, "Interface"). */
 export function runOutput(rep: RunReport): {
   run: string; result: RunReport['result'];
-  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null }[];
+  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null; console: string | null }[];
   report: string;
 } {
   return {
     run: rep.run, result: rep.result,
     vms: rep.vms.map((v) => ({ name: v.name, point: v.point, result: v.result,
       tests: v.tests.map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: t.seconds, detail: t.detail })),
-      recoverySeconds: v.recoverySeconds, screenshot: v.screenshot })),
+      recoverySeconds: v.recoverySeconds, screenshot: v.screenshot, console: v.console })),
     report: rep.report,
   };
 }

@@ -34,8 +34,16 @@ export interface RecoveredVm {
   consoleText?: () => Promise<Uint8Array>;
   /** What the guest wrote on its serial console so far. */
   serialLog?: () => Promise<string>;
-  stop(): Promise<void>;
+  /**
+   * Powers the VM off and removes what its bring-up made; idempotent. Keeps
+   * its serial console log (and with `screenshot`, its last screen) in the
+   * evidence directory first and says where.
+   */
+  stop(how?: { screenshot?: boolean }): Promise<Evidence | void>;
 }
+
+/** Files kept of a VM when it was stopped (src/bringup/evidence.ts). */
+export interface Evidence { console?: string; screenshot?: string }
 
 /** What the lead implements with the real hypervisor / lab / publish pieces. */
 export interface LabBackend {
@@ -45,7 +53,8 @@ export interface LabBackend {
   listPoints(vm: string): Promise<{ id: string; time: string }[]>;
   /** Names of every VM (for "all") or those carrying a tag. */
   listVms(tag?: string): Promise<string[]>;
-  recover(vm: string, pointId: string, opts: { memoryMiB?: number; signal: AbortSignal }): Promise<RecoveredVm>;
+  /** `evidenceDir`: where the VM's console log and last screen are kept when it stops (the run's directory). */
+  recover(vm: string, pointId: string, opts: { memoryMiB?: number; signal: AbortSignal; evidenceDir?: string }): Promise<RecoveredVm>;
 }
 
 /** Runs one test against a recovered VM; src/verify provides the real ones. */
@@ -77,8 +86,10 @@ export interface Job {
 export interface VmResult {
   name: string; point: string; group: boolean; result: 'success' | 'warning' | 'failed' | 'dependency-failed';
   tests: TestResult[]; startedAt: number; endedAt: number;
-  /** PNG of the console, when a screenshot test ran. */
+  /** PNG of the console: the screenshot test's, or the last screen of a failed VM. */
   screenshot: string | null;
+  /** The VM's serial console log, kept in the run's directory (absent in rows from before it was kept). */
+  console?: string | null;
   bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null; recoverySeconds: number;
 }
 export interface RunResult { result: 'success' | 'warning' | 'failed'; vms: VmResult[]; labKept: boolean }
@@ -95,7 +106,7 @@ export function selectPoint(points: { id: string; time: string }[], sel: string)
 }
 
 export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
-  opts: { limiter?: Limiter; signal?: AbortSignal } = {}): Promise<RunResult> {
+  opts: { limiter?: Limiter; signal?: AbortSignal; evidenceDir?: string } = {}): Promise<RunResult> {
   const limiter = opts.limiter ?? new Limiter(64, Number.MAX_SAFE_INTEGER);
   const ctl = new AbortController();
   opts.signal?.addEventListener('abort', () => ctl.abort(opts.signal?.reason), { once: true });
@@ -125,19 +136,31 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   }
 
   const handles = new Set<RecoveredVm>();
+  /** The result each live handle's evidence goes to when it stops. */
+  const resultOf = new Map<RecoveredVm, VmResult>();
   const results: VmResult[] = [];
+  // A failed VM also keeps its last screen, unless its screenshot test already took one.
+  const stopVm = async (h: RecoveredVm, r: VmResult | undefined): Promise<void> => {
+    handles.delete(h);
+    const failed = r !== undefined && r.result !== 'success' && r.result !== 'warning';
+    const kept = await h.stop({ screenshot: failed && r.screenshot === null }).catch(() => undefined);
+    if (!r || !kept) return;
+    r.console = kept.console ?? r.console ?? null;
+    r.screenshot ??= kept.screenshot ?? null;
+  };
   let labUp = false;
   let kept: boolean;
   const verifyOne = async (p: Planned, keepRunning: boolean): Promise<VmResult> => {
     const start = now();
-    const r: VmResult = { name: p.vm.name, point: p.point, group: p.group, result: 'success', tests: [], startedAt: start, endedAt: start, screenshot: null,
+    const r: VmResult = { name: p.vm.name, point: p.point, group: p.group, result: 'success', tests: [], startedAt: start, endedAt: start, screenshot: null, console: null,
       bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
     const release = await limiter.acquire(p.vm.memoryMiB ?? 1024, signal);
     let h: RecoveredVm | undefined;
     try {
       r.startedAt = now();
-      h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal });
+      h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal, ...(opts.evidenceDir ? { evidenceDir: opts.evidenceDir } : {}) });
       handles.add(h);
+      resultOf.set(h, r);
       let down: string | undefined;
       for (const spec of p.role.tests) {
         if (signal.aborted) throw signal.reason;
@@ -171,7 +194,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
       }
       r.endedAt = now();
       r.recoverySeconds = (r.endedAt - r.startedAt) / 1000;
-      if (h && !keepRunning) { handles.delete(h); await h.stop().catch(() => undefined); }
+      if (h && !keepRunning) await stopVm(h, r);
       release();
     }
     return r;
@@ -197,7 +220,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     const failed = results.some((x) => x.result !== 'success' && x.result !== 'warning') || signal.aborted;
     kept = Boolean(job.keepLabOnFailure) && failed && !signal.aborted;
     if (!kept) {
-      for (const h of handles) await h.stop().catch(() => undefined);
+      for (const h of [...handles]) await stopVm(h, resultOf.get(h));
       if (labUp) await backend.labDown();
     }
   }
@@ -208,7 +231,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
 
 function depFail(p: { vm: GroupVm; point: string; group: boolean }, on: string): VmResult {
   const t = now();
-  return { name: p.vm.name, point: p.point, group: p.group, result: 'dependency-failed', startedAt: t, endedAt: t, screenshot: null,
+  return { name: p.vm.name, point: p.point, group: p.group, result: 'dependency-failed', startedAt: t, endedAt: t, screenshot: null, console: null,
     tests: [{ name: 'dependency', kind: 'dependency', result: 'skipped', seconds: 0, detail: `application group VM ${on} failed` }],
     bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
 }

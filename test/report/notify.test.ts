@@ -7,7 +7,7 @@ import { notifyRun, postWebhook, sendMail } from '../../src/report/notify.js';
 import type { RunReport } from '../../src/report/report.js';
 
 const rep: RunReport = { run: 'r1', job: 'nightly', result: 'failed', startedAt: 'a', endedAt: 'b', labKept: false, report: '/tmp/r.html',
-  vms: [{ name: 'web', point: 'p', result: 'failed', group: false, tests: [], recoverySeconds: 12, bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, screenshot: null }] };
+  vms: [{ name: 'web', point: 'p', result: 'failed', group: false, tests: [], recoverySeconds: 12, bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, screenshot: null, console: null }] };
 
 const listen = async (s: { listen(port: number, host: string, cb: () => void): unknown; address(): AddressInfo | string | null }): Promise<number> => {
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));

@@ -23,7 +23,7 @@ function result(dir: string): RunResult {
 t.test('JSON has the interface shape; HTML is one self-contained file', async (t) => {
   const dir = t.testdir();
   const rep = runReport('r1', 'nightly', result(dir), { startedAt: new Date(0), endedAt: new Date(60_000), htmlPath: join(dir, 'report.html') });
-  t.same(Object.keys(rep.vms[1]!).sort(), ['baselineScreenshot', 'bootToHeartbeatSeconds', 'group', 'name', 'point', 'recoverySeconds', 'result', 'screenshot', 'tests', 'toFirstAnswerSeconds'].sort());
+  t.same(Object.keys(rep.vms[1]!).sort(), ['baselineScreenshot', 'bootToHeartbeatSeconds', 'console', 'group', 'name', 'point', 'recoverySeconds', 'result', 'screenshot', 'tests', 'toFirstAnswerSeconds'].sort());
   t.equal(rep.vms[1]!.baselineScreenshot, null);
   t.same(Object.keys(rep.vms[1]!.tests[0]!).sort(), ['detail', 'kind', 'name', 'result', 'seconds']);
   const trend = [{ run: 'a', at: '2026-01-01', recoverySeconds: 25, result: 'success' }, { run: 'b', at: '2026-01-02', recoverySeconds: 40, result: 'failed' }, { run: 'r1', at: '2026-01-03', recoverySeconds: 30.25, result: 'failed' }];

@@ -17,6 +17,7 @@ import { exec, which } from '../../src/host/exec.js';
 import { notFound, RestorelabError } from '../../src/errors.js';
 import { labDown, labUp, listLabs, parseLab, readLabState } from '../../src/lab/lab.js';
 import { LibvirtDriver } from '../../src/hypervisor/libvirt.js';
+import { QgaClient } from '../../src/hypervisor/qga.js';
 import type { Domain, DomainInfo, DomainSpec, Hypervisor } from '../../src/hypervisor/types.js';
 import type { RepositoryReader, RestorePoint } from '../../src/repo/contract.js';
 import type { PublishOptions, RunningPublication } from '../../src/publish/contract.js';
@@ -73,6 +74,8 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
       const d = {
         name: spec.vm.name, agentSocket: sock, consoleLog: join(dir, 'console.log'),
         state: async () => 'running' as const,
+        // The heartbeat decision (src/verify/heartbeat.ts) pings the agent through the domain.
+        agent: (timeoutMs?: number) => QgaClient.connect(sock, { timeoutMs: timeoutMs ?? 2000 }),
         destroy: async () => { calls.destroyed.push(spec.vm.name); live.delete(spec.vm.name); },
       } as unknown as Domain;
       live.set(spec.vm.name, d);

@@ -1,8 +1,8 @@
 // Real guests under TCG, published over FUSE, through `surebackup run --json`
 // as a script calls it: dns then db as the application group, web under test.
 import t from 'tap';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { History } from '../../src/surebackup/history.js';
 import { loadConfig } from '../../src/config/config.js';
 import { readLabState } from '../../src/lab/lab.js';
@@ -10,7 +10,7 @@ import { cli, guestRepository, labFile, leftovers, shortDir } from './fixtures/g
 
 interface RunOut {
   run: string; result: string; report: string;
-  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null }[];
+  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null; console: string | null }[];
 }
 
 t.test('application group dns → db, then web: all pass, in order, everything torn down', async (t) => {
@@ -32,7 +32,7 @@ t.test('application group dns → db, then web: all pass, in order, everything t
   t.equal(r.code, 0, `exit 0 on success; stderr: ${r.stderr.slice(-800)}`);
   const out = JSON.parse(r.stdout) as RunOut;
   t.same(Object.keys(out).sort(), ['report', 'result', 'run', 'vms']);
-  t.same(Object.keys(out.vms[0]!).sort(), ['name', 'point', 'recoverySeconds', 'result', 'screenshot', 'tests']);
+  t.same(Object.keys(out.vms[0]!).sort(), ['console', 'name', 'point', 'recoverySeconds', 'result', 'screenshot', 'tests']);
   t.equal(out.result, 'success', JSON.stringify(out.vms.map((v) => [v.name, v.result, v.tests.filter((x) => x.result !== 'passed')])));
   t.same(out.vms.map((v) => [v.name, v.point]), [['dns', points.dns!.id], ['db', points.db!.id], ['web', points.web!.id]]);
   for (const v of out.vms) t.ok(v.tests.every((x) => x.result === 'passed'), `${v.name}: ${v.tests.map((x) => `${x.name}=${x.result} ${x.detail}`).join(' | ')}`);
@@ -40,6 +40,13 @@ t.test('application group dns → db, then web: all pass, in order, everything t
   t.same(web.tests.map((x) => x.kind), ['heartbeat', 'ping', 'tcp', 'http', 'screenshot', 'integrity']);
   t.match(web.tests[0]!.detail, /via guest agent/);
   t.ok(web.screenshot && existsSync(web.screenshot), 'screenshot PNG kept');
+  // Every VM's serial console is kept beside the report, and the guest wrote to it while it booted.
+  for (const v of out.vms) {
+    t.ok(v.console && existsSync(v.console), `${v.name}: console log kept at ${v.console}`);
+    t.equal(dirname(v.console ?? ''), dirname(out.report), `${v.name}: in the run's directory`);
+    t.ok(v.console && statSync(v.console).size > 0, `${v.name}: the console log is not empty`);
+  }
+  t.match(readFileSync(out.report, 'utf8'), new RegExp(`serial console: ${web.console}`), 'the report names the console log');
   t.ok(web.recoverySeconds > 0 && web.recoverySeconds < 200);
   // Order, from the catalog: each group VM was up and tested before the next started.
   const history = History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);

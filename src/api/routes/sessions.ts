@@ -91,7 +91,8 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       const by = principal(res).name;
       const op = ctx.operations.start('recover', by, async (o) => {
         o.progress(null, `recovering ${b.vm}${b.point ? `@${b.point}` : ''} with the ${request.driver} driver`);
-        const s = await recover(request);
+        // The FUSE access group (config fuse.group) for a hypervisor whose QEMU runs as another user.
+        const s = await recover({ ...request, ...(ctx.config.fuse.group !== undefined ? { fuseGroup: ctx.config.fuse.group } : {}) });
         ctx.metrics.recoverySeconds.observe(s.heartbeatSeconds ?? 0);
         ctx.log.info({ by, session: s.id, vm: s.vm, heartbeatSeconds: s.heartbeatSeconds }, 'session recovered');
         // Recovery cannot be interrupted half-way (the supervisor owns it);

@@ -54,6 +54,7 @@ export function registerRecover(program: Command): void {
       const s = await recover({
         repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
         ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}), publish,
+        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
       });
       ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
     });

@@ -53,7 +53,8 @@ export function registerSurebackup(program: Command): void {
       const ctx = contextFor(c);
       const job = loadJob(file);
       const cfg = await ctx.config();
-      const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)) });
+      const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)),
+        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}) });
       const history = History.open(cfg.catalog);
       const ac = new AbortController();
       // Ctrl-C or a service stop cancels the run; the runner still tears everything down.

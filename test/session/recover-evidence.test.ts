@@ -1,0 +1,61 @@
+/**
+ * A failed recovery keeps its evidence, for real: the `no-boot` test guest
+ * (its kernel panics, lab-templates/vms/no-boot.json) recovered with the qemu
+ * driver into a lab gives no heartbeat, so `recover` fails with NO_HEARTBEAT;
+ * the serial console log and the last screen the hint names exist after
+ * teardown, and nothing else is left (QEMU, namespace, mount, publication).
+ */
+import t from 'tap';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { RestorelabError } from '../../src/errors.js';
+import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
+import { listPublications } from '../../src/publish/publish.js';
+import { recover, stopSession } from '../../src/session/recover.js';
+import { SessionStore } from '../../src/session/store.js';
+import { guestRepository } from '../helpers/repository.js';
+import { residue } from './fixtures/recovery.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'rl-recover-ev-'));
+const stateDir = join(dir, 'state');
+const store = new SessionStore(stateDir);
+const tag = randomBytes(2).toString('hex');
+
+t.teardown(async () => {
+  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
+  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
+  rmSync(dir, { recursive: true, force: true });
+});
+
+t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log and screen the hint names are kept', async (t) => {
+  const { repo } = await guestRepository(dir, 'no-boot');
+  const lab = `re${tag}`;
+  const labPath = join(dir, `${lab}.json`);
+  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.106.0/24' }] }));
+  const err = await recover({ repo, vm: 'no-boot', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 45_000 }).catch((e: unknown) => e);
+  t.ok(err instanceof RestorelabError, `recover fails: ${(err as Error).message}`);
+  const e = err as RestorelabError;
+  t.equal(e.code, 'NO_HEARTBEAT');
+  t.match(e.message, /45 s/, 'after its boot timeout');
+  const consolePath = /serial console is kept in (\S+?)(,|$)/.exec(e.hint ?? '')?.[1];
+  const screenPath = /last screen in (\S+?)(,|;|$)/.exec(e.hint ?? '')?.[1];
+  t.ok(consolePath, `the hint names the console log: ${e.hint}`);
+  t.ok(consolePath && existsSync(consolePath), `the console log exists after teardown: ${consolePath}`);
+  const text = consolePath && existsSync(consolePath) ? readFileSync(consolePath, 'utf8') : '';
+  t.match(text, /Linux version/, 'it is what the guest kernel wrote on its serial console');
+  t.ok(screenPath && existsSync(screenPath), `the last screen is kept too: ${screenPath}`);
+  if (screenPath && existsSync(screenPath)) t.same([...readFileSync(screenPath).subarray(1, 4)], [...Buffer.from('PNG')], 'as PNG');
+
+  const s = store.list().find((x) => x.vm === 'no-boot');
+  t.equal(s?.state, 'failed');
+  t.equal(s?.error?.code, 'NO_HEARTBEAT');
+  t.same(s?.evidence, { console: consolePath, screenshot: screenPath }, 'the record names the same files');
+  t.ok(consolePath?.startsWith(store.workDir(s?.id ?? '')), "kept in the session's own directory");
+  t.same(s?.resources, { taps: [] }, 'nothing left in the record');
+  const left = await residue({ domain: s?.domain ?? 'none', mount: join(store.workDir(s?.id ?? ''), 'mnt'), ...(s?.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) });
+  t.same(left.filter((x) => !x.startsWith('supervisor')), [], 'no QEMU or mount remains');
+  t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
+  t.same(listPublications(stateDir), [], 'the publication is gone');
+});
