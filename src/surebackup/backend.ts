@@ -131,10 +131,13 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         let dumps = 0;
         const h: RecoveredVm = {
           ip, masqIp: masqueradeAddress(labState, ip) ?? ip, netns: labState.netns,
-          agentPing: async () => {
-            const c = await domain.agent(2000);
-            try { await c.ping(2000); return true; } finally { c.close(); }
-          },
+          // Only a VM whose definition promises an agent is judged by it ("agent", default true).
+          ...(def.agent === false ? {} : {
+            agentPing: async () => {
+              const c = await domain.agent(2000);
+              try { await c.ping(2000); return true; } finally { c.close(); }
+            },
+          }),
           screendump: async () => { const p = join(work, `screen-${dumps++}.ppm`); await domain.screendump(p); return p; },
           serialLog: async () => tail(domain.consoleLog, SERIAL_TAIL_BYTES),
           stop: cleanup,
