@@ -4,6 +4,10 @@
  * *under test* find their dependencies (DNS, database). A *role* names what a
  * VM does and supplies default tests and timeouts (Veeam-like: max boot 600 s,
  * app init 120 s, 1800 s for heavyweight roles), overridable per VM.
+ *
+ * The `dns` role asks the server a real question: an A query for the name the
+ * job configures (`dns: {name, expect}`) must come back with the expected
+ * address. An open port 53 proves nothing about the zone behind it.
  */
 import { badInput } from '../errors.js';
 
@@ -18,6 +22,8 @@ export type TestSpec =
   | { kind: 'integrity' };
 
 export interface Role { name: string; tests: TestSpec[]; maxBootSeconds: number; appInitSeconds: number }
+/** The question a `dns` role VM must answer: `name`'s A record is `expect`. */
+export interface DnsQuery { name: string; expect: string }
 
 const base: TestSpec[] = [{ kind: 'heartbeat' }, { kind: 'ping' }];
 const tail: TestSpec[] = [{ kind: 'screenshot' }, { kind: 'integrity' }];
@@ -25,7 +31,8 @@ const role = (name: string, app: TestSpec[], heavy = false): Role =>
   ({ name, tests: [...base, ...app, ...tail], maxBootSeconds: heavy ? 1800 : 600, appInitSeconds: heavy ? 1800 : 120 });
 
 export const roles: Record<string, Role> = {
-  dns: role('dns', [{ kind: 'tcp', port: 53 }]),
+  // The query is the job's (see resolveRole): a role table cannot know a zone.
+  dns: role('dns', [{ kind: 'dns', name: '', expect: '' }]),
   web: role('web', [{ kind: 'tcp', port: 80 }, { kind: 'http', port: 80, path: '/', status: 200 }]),
   dc: role('dc', [{ kind: 'tcp', port: 389 }], true),
   'global-catalog': role('global-catalog', [{ kind: 'tcp', port: 3268 }], true),
@@ -36,12 +43,24 @@ export const roles: Record<string, Role> = {
   ssh: role('ssh', [{ kind: 'tcp', port: 22, banner: '^SSH-' }]),
 };
 
-/** Role defaults merged with per-VM overrides; a VM left with no tests is bad input before anything boots. */
-export function resolveRole(vm: string, roleName: string | undefined, over: Partial<Role>): Role {
+/**
+ * Role defaults merged with per-VM overrides; a VM left with no tests, or a
+ * `dns` role VM without the query to ask, is bad input before anything boots.
+ */
+export function resolveRole(vm: string, roleName: string | undefined, over: Partial<Role> & { dns?: DnsQuery }): Role {
   const r = roleName === undefined ? undefined : roles[roleName];
+  let tests = over.tests ?? r?.tests ?? [];
+  if (over.tests === undefined && roleName === 'dns') {
+    if (!over.dns) {
+      throw badInput('DNS_QUERY_MISSING', `VM ${vm} has role "dns" but no DNS query to check`,
+        'give the VM "dns": {"name": "<a name its zone holds>", "expect": "<its A record>"}, or its own "tests"');
+    }
+    const q = over.dns;
+    tests = tests.map((t) => (t.kind === 'dns' ? { kind: 'dns', name: q.name, expect: q.expect } : t));
+  }
   const merged: Role = {
     name: roleName ?? 'custom',
-    tests: over.tests ?? r?.tests ?? [],
+    tests,
     maxBootSeconds: over.maxBootSeconds ?? r?.maxBootSeconds ?? 600,
     appInitSeconds: over.appInitSeconds ?? r?.appInitSeconds ?? 120,
   };

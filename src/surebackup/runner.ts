@@ -5,7 +5,7 @@
  * lab is always torn down (cancel, timeout, error) unless keepLabOnFailure
  * and the run failed.
  */
-import type { Role, TestSpec } from './roles.js';
+import type { DnsQuery, Role, TestSpec } from './roles.js';
 import { resolveRole } from './roles.js';
 import { Limiter, mapLimited } from './limiter.js';
 import { notFound } from '../errors.js';
@@ -18,6 +18,12 @@ export interface TestResult {
   artifact?: string;
   /** The screenshot of the VM's last passing run, when this one looks very different from it. */
   baseline?: string;
+  /**
+   * A test that keeps watching for the rest of the VM's test window (the
+   * heartbeat): called once the VM's other tests are done, it gives the final
+   * verdict that replaces this one. `abandon` asks for it at once (cancel, error).
+   */
+  settle?: (o?: { abandon?: boolean }) => Promise<TestResult>;
 }
 
 /** A VM recovered into the lab. */
@@ -67,13 +73,17 @@ export type TestRunner = ((spec: TestSpec, vm: { name: string; pointId: string; 
   vmDone?: (vm: { name: string; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult[]>;
 };
 
-export interface GroupVm { name: string; role?: string; tests?: TestSpec[]; maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number; waitForPrevious?: boolean }
+export interface GroupVm {
+  name: string; role?: string; tests?: TestSpec[]; maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number; waitForPrevious?: boolean;
+  /** The question the `dns` role asks (roles.ts). */
+  dns?: DnsQuery;
+}
 export interface Job {
   name: string;
   lab: unknown;
   applicationGroup: GroupVm[];
   verify: {
-    vms?: string[] | 'all'; tag?: string; role?: string; tests?: TestSpec[];
+    vms?: string[] | 'all'; tag?: string; role?: string; tests?: TestSpec[]; dns?: DnsQuery;
     maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number;
     /** Per-VM overrides, by VM name. */
     overrides?: Record<string, Omit<GroupVm, 'name' | 'waitForPrevious'>>;
@@ -116,7 +126,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     ? await backend.listVms(job.verify.tag) : job.verify.vms;
   // Every bad input is found before anything boots.
   const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
-    const role = resolveRole(g.name, g.role, { tests: g.tests, maxBootSeconds: g.maxBootSeconds, appInitSeconds: g.appInitSeconds });
+    const role = resolveRole(g.name, g.role, { tests: g.tests, maxBootSeconds: g.maxBootSeconds, appInitSeconds: g.appInitSeconds, dns: g.dns });
     const tests = role.tests.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, process.cwd(), `VM ${g.name}`) } : t));
     role.tests = tests;
     const point = selectPoint(await backend.listPoints(g.name), job.point);
@@ -132,7 +142,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     const v = job.verify;
     const over = v.overrides?.[n] ?? {};
     testPlan.push(await plan({ name: n, role: over.role ?? v.role, tests: over.tests ?? v.tests, maxBootSeconds: over.maxBootSeconds ?? v.maxBootSeconds,
-      appInitSeconds: over.appInitSeconds ?? v.appInitSeconds, memoryMiB: over.memoryMiB ?? v.memoryMiB }, false));
+      appInitSeconds: over.appInitSeconds ?? v.appInitSeconds, memoryMiB: over.memoryMiB ?? v.memoryMiB, dns: over.dns ?? v.dns }, false));
   }
 
   const handles = new Set<RecoveredVm>();
@@ -156,12 +166,18 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
       bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
     const release = await limiter.acquire(p.vm.memoryMiB ?? 1024, signal);
     let h: RecoveredVm | undefined;
+    const watches: (TestResult['settle'] | undefined)[] = [];
+    const judge = (tr: TestResult): void => {
+      if (tr.result === 'failed') r.result = 'failed';
+      else if (tr.result === 'warning' && r.result === 'success') r.result = 'warning';
+    };
     try {
       r.startedAt = now();
       h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal, ...(opts.evidenceDir ? { evidenceDir: opts.evidenceDir } : {}) });
       handles.add(h);
       resultOf.set(h, r);
       let down: string | undefined;
+      const watching: number[] = [];
       for (const spec of p.role.tests) {
         if (signal.aborted) throw signal.reason;
         // Network and application tests of a VM that never came up would only
@@ -171,20 +187,30 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
           continue;
         }
         const tr = await runTest(spec, { name: p.vm.name, pointId: p.point, role: p.role, handle: h }, signal);
-        r.tests.push(tr);
+        if (tr.settle) { watches.push(tr.settle); watching.push(r.tests.length); }
+        const { settle: _s, ...plain } = tr;
+        r.tests.push(plain);
         if (spec.kind === 'heartbeat' && tr.result === 'failed') down = 'heartbeat failed';
         if (tr.artifact !== undefined && spec.kind === 'screenshot') r.screenshot = tr.artifact;
         const el = (now() - r.startedAt) / 1000;
         if (spec.kind === 'heartbeat' && tr.result !== 'failed') r.bootToHeartbeatSeconds = el;
         if (spec.kind !== 'heartbeat' && spec.kind !== 'screenshot' && spec.kind !== 'integrity' && tr.result === 'passed') r.toFirstAnswerSeconds ??= el;
-        if (tr.result === 'failed') r.result = 'failed';
-        else if (tr.result === 'warning' && r.result === 'success') r.result = 'warning';
+        judge(tr);
+      }
+      // The test window ends here: a watching test (the heartbeat) gives its final verdict.
+      for (const [k, i] of watching.entries()) {
+        const settle = watches[k]!;
+        watches[k] = undefined;
+        const { settle: _s, ...final } = await settle();
+        r.tests[i] = final;
+        judge(final);
       }
     } catch (err) {
       if (signal.aborted) throw err;
       r.result = 'failed';
       r.tests.push({ name: 'recover', kind: 'recover', result: 'failed', seconds: (now() - start) / 1000, detail: String(err instanceof Error ? err.message : err) });
     } finally {
+      for (const w of watches) if (w) await w({ abandon: true }).catch(() => undefined);
       if (h && runTest.vmDone) {
         for (const tr of await runTest.vmDone({ name: p.vm.name, handle: h }, signal).catch(() => [])) {
           r.tests.push(tr);

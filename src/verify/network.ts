@@ -15,17 +15,26 @@ export async function tcpTest(netns: string, ip: string, port: number, banner?: 
 
 export async function httpTest(netns: string, ip: string, o: { port?: number; path?: string; status?: number; body?: string }, timeoutMs = 10_000): Promise<TestResult> {
   const t0 = Date.now();
+  const want = o.status ?? 200;
   const a = await probeInNetns(netns, { kind: 'http', host: ip, port: o.port ?? 80, path: o.path ?? '/', timeoutMs });
-  const statusOk = a.status === (o.status ?? 200);
+  const statusOk = a.status === want;
   const bodyOk = o.body === undefined || (a.body ?? '').includes(o.body);
-  return result('http', t0, statusOk && bodyOk, `${a.detail}${bodyOk ? '' : `; body lacks ${JSON.stringify(o.body)}`}`);
+  const why = [statusOk ? '' : `expected status ${want}`, bodyOk ? '' : `body lacks ${JSON.stringify(o.body)}`].filter(Boolean).join('; ');
+  return result('http', t0, statusOk && bodyOk, `${a.detail}${why ? `; ${why}` : ''}`);
 }
 
+/**
+ * One A query for `name` to the server at `ip`, UDP 53 (src/verify/dnswire.ts).
+ * Passes only on NOERROR with an A record: `expect` itself when given, any
+ * otherwise. A failure says what came back (rcode, the A records or none).
+ */
 export async function dnsTest(netns: string, ip: string, name: string, expect?: string, timeoutMs = 5000): Promise<TestResult> {
   const t0 = Date.now();
   const a = await probeInNetns(netns, { kind: 'dns', host: ip, name, timeoutMs });
-  const ok = a.ok && (expect === undefined ? (a.a?.length ?? 0) > 0 : (a.a ?? []).includes(expect));
-  return result('dns', t0, ok, `${name} → ${a.detail}`);
+  const got = a.a ?? [];
+  const ok = a.ok && (expect === undefined ? got.length > 0 : got.includes(expect));
+  const wanted = expect === undefined ? 'an A record' : `A ${expect}`;
+  return result('dns', t0, ok, `${name} → ${a.detail}${ok ? '' : `; expected ${wanted}`}`);
 }
 
 /** ICMP from inside the lab namespace. */

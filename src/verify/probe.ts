@@ -8,21 +8,33 @@ import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { buildQuery, parseAnswers } from './dnswire.js';
+import { buildQuery, parseAnswers, rcodeName } from './dnswire.js';
 
 export type Probe =
   | { kind: 'tcp'; host: string; port: number; banner?: string; timeoutMs: number }
   | { kind: 'http'; host: string; port: number; path: string; timeoutMs: number }
   | { kind: 'dns'; host: string; name: string; timeoutMs: number };
-export interface ProbeAnswer { ok: boolean; detail: string; status?: number; body?: string; banner?: string; a?: string[] }
+export interface ProbeAnswer { ok: boolean; detail: string; status?: number; body?: string; banner?: string; a?: string[]; rcode?: string }
 
 export async function probe(p: Probe): Promise<ProbeAnswer> {
   if (p.kind === 'dns') {
     return new Promise((resolve) => {
       const s = createSocket('udp4'); const id = Math.floor(Math.random() * 65535);
-      const tm = setTimeout(() => { s.close(); resolve({ ok: false, detail: `no DNS answer from ${p.host} in ${p.timeoutMs} ms` }); }, p.timeoutMs);
-      s.on('message', (m) => { clearTimeout(tm); s.close(); try { const r = parseAnswers(m, id); resolve({ ok: r.rcode === 0, a: r.a, detail: `rcode ${r.rcode}, A ${r.a.join(',') || 'none'}` }); } catch (e) { resolve({ ok: false, detail: String(e) }); } });
-      s.send(buildQuery(id, p.name), 53, p.host);
+      let last = '';
+      const done = (a: ProbeAnswer): void => { clearTimeout(tm); s.close(); resolve(a); };
+      const tm = setTimeout(() => done({ ok: false, detail: `no DNS answer from ${p.host} in ${p.timeoutMs} ms${last ? ` (ignored: ${last})` : ''}` }), p.timeoutMs);
+      s.on('error', (e) => done({ ok: false, detail: `DNS query to ${p.host}: ${e.message}` }));
+      s.on('message', (m, from) => {
+        // Only the server's reply to this query counts; anything else is ignored, not a verdict.
+        if (from.address !== p.host || from.port !== 53) { last = `a packet from ${from.address}:${from.port}`; return; }
+        let r: ReturnType<typeof parseAnswers>;
+        try { r = parseAnswers(m, id); } catch (e) { last = (e as Error).message; return; }
+        done({ ok: r.rcode === 0 && !r.truncated, a: r.a, rcode: rcodeName(r.rcode),
+          detail: `${rcodeName(r.rcode)}${r.truncated ? ' (truncated)' : ''}, A ${r.a.join(',') || 'none'}` });
+      });
+      let query: Buffer;
+      try { query = buildQuery(id, p.name); } catch (e) { done({ ok: false, detail: (e as Error).message }); return; }
+      s.send(query, 53, p.host);
     });
   }
   return new Promise((resolve) => {

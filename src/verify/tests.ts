@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { RepositoryReader } from '../repo/contract.js';
 import type { TestRunner, TestResult } from '../surebackup/runner.js';
 import type { TestSpec } from '../surebackup/roles.js';
-import { heartbeat, ipAnswers } from './heartbeat.js';
+import { heartbeat, ipAnswers, watchHeartbeat, type WatchOptions } from './heartbeat.js';
 import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
 import { scriptTest, type ScriptPolicy } from './script.js';
 import { screenshotTest, type ScreenBaseline } from './screenshot.js';
@@ -30,8 +30,8 @@ export interface TestRunnerOptions {
   repo: () => Promise<RepositoryReader>;
   /** Directory for this run's screenshots; one PNG per VM. */
   screenshotDir: string;
-  /** Extra time an agent-equipped VM gets for its agent once its IP answers. */
-  agentGraceSeconds?: number;
+  /** How the heartbeat watch after a pass judges a loss (tests shorten it). */
+  heartbeatWatch?: Omit<WatchOptions, 'signal'>;
   /** Overrides APP_RETRY_MS (tests). */
   appRetryMs?: number;
   /** Confines script tests (jobs the server runs); absent for the CLI. */
@@ -84,12 +84,25 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
     };
     switch (spec.kind) {
       case 'heartbeat': {
-        const { path: _path, ...r } = await heartbeat({ agentPing: h.agentPing, ipAnswer: () => ipAnswers(h.netns, h.ip) }, {
-          maxBootSeconds: vm.role.maxBootSeconds, agentGraceSeconds: o.agentGraceSeconds, signal,
+        const ipAnswer = (): Promise<boolean> => ipAnswers(h.netns, h.ip);
+        const { path, ...r } = await heartbeat({ agentPing: h.agentPing, ipAnswer }, {
+          maxBootSeconds: vm.role.maxBootSeconds, signal,
           stability: spec.stablePings !== undefined || spec.stableSeconds !== undefined
             ? { pings: spec.stablePings ?? 3, seconds: spec.stableSeconds ?? 4 } : undefined,
         });
-        return withName(r);
+        if (r.result !== 'passed') return withName(r);
+        // Passed: keep probing the same path until the runner ends the VM's test window.
+        const watch = path === 'agent' && h.agentPing
+          ? watchHeartbeat(h.agentPing, 'the guest agent', { ...o.heartbeatWatch, signal })
+          : watchHeartbeat(ipAnswer, `${h.ip} (ICMP)`, { ...o.heartbeatWatch, signal });
+        const first = withName(r);
+        return {
+          ...first,
+          settle: async (so) => {
+            const w = await watch.settle(so);
+            return { ...first, result: w.held ? 'passed' : 'failed', seconds: first.seconds, detail: `${first.detail}; ${w.detail}` };
+          },
+        };
       }
       case 'ping': return withName(await pingTest(h.netns, h.ip));
       case 'tcp': return withName(await app(() => tcpTest(h.netns, h.ip, spec.port, spec.banner)));

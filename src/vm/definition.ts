@@ -32,6 +32,13 @@ export interface VmDefinition {
   role?: string;
   tags?: string[];
   description?: string;
+  /**
+   * Whether the guest runs a guest agent (qemu-guest-agent on
+   * org.qemu.guest_agent.0). Default true: verification then requires the
+   * agent to answer, and a guest whose agent never does fails its heartbeat
+   * even if its address answers. false: the heartbeat is ICMP on its address.
+   */
+  agent?: boolean;
   disks: VmDisk[];
   nics: VmNic[];
   [extra: string]: unknown;

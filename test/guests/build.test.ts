@@ -70,10 +70,10 @@ t.test('bad input: an unknown variant or option fails with the fix', async (t) =
   const out = join(dir, 'bad');
   const r = await exec(builder, ['--out', out, 'mainframe'], { timeoutMs: 60_000 });
   t.not(r.code, 0);
-  t.match(r.stderr, /unknown variant 'mainframe' \(known: broken-app crash-loop db dns no-agent no-boot vga-panic web/);
+  t.match(r.stderr, /unknown variant 'mainframe' \(known: broken-app crash-loop damaged db dns no-agent no-boot vga-panic web/);
   t.notOk(existsSync(join(out, 'mainframe.raw')));
   const o = await exec(builder, ['--colour'], { timeoutMs: 60_000 });
   t.not(o.code, 0);
   t.match(o.stderr, /unknown option --colour \(usage: scripts\/build-guests/);
-  await t.rejects(guestImage('mainframe'), /unknown test guest "mainframe"; known: broken-app, db/);
+  await t.rejects(guestImage('mainframe'), /unknown test guest "mainframe"; known: broken-app, damaged, db/);
 });

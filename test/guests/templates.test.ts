@@ -17,10 +17,10 @@ const jsonIn = (sub: string): string[] => readdirSync(join(templates, sub)).filt
 
 t.test('every guest variant validates and has a matching VM definition', async (t) => {
   const names = jsonIn('guests').map((f) => f.slice(0, -5));
-  t.same(names, ['broken-app', 'crash-loop', 'db', 'dns', 'no-agent', 'no-boot', 'vga-panic', 'web'], 'the eight documented variants');
+  t.same(names, ['broken-app', 'crash-loop', 'damaged', 'db', 'dns', 'no-agent', 'no-boot', 'vga-panic', 'web'], 'the nine documented variants');
   const macs = new Set<string>();
   for (const name of names) {
-    const g = loadValidated<{ name: string; ip: string; mac: string }>('guest.schema.json', join(templates, 'guests', `${name}.json`), 'guest');
+    const g = loadValidated<{ name: string; ip: string; mac: string; agent: boolean }>('guest.schema.json', join(templates, 'guests', `${name}.json`), 'guest');
     t.equal(g.name, name, `${name}: the file name is the variant name`);
     t.equal(Number(g.ip.split('.')[3]), parseInt(g.mac.split(':')[5] ?? '', 16), `${name}: the MAC's last octet matches the IP`);
     macs.add(g.mac);
@@ -29,6 +29,8 @@ t.test('every guest variant validates and has a matching VM definition', async (
     t.equal(vm.nics[0]?.mac, g.mac, `${name}: VM definition has the MAC`);
     t.equal(vm.nics[0]?.network, 'prod');
     t.equal(vm.disks[0]?.image, projectPath('var', 'guests', `${name}.raw`), `${name}: the disk is the built image`);
+    // A verification judges the heartbeat by what the definition promises: it must match the disk.
+    t.equal(vm.agent ?? true, g.agent, `${name}: the VM definition expects an agent exactly when the guest has one`);
   }
   t.equal(macs.size, names.length, 'MACs are unique');
   t.equal(GUESTS.web?.ip, '192.168.77.10');
@@ -54,6 +56,8 @@ t.test('bad templates are rejected with the failing path', async (t) => {
     /\/services\/0\/kind: must be one of/);
   t.throws(() => assertValid('guest.schema.json', { ...good, colour: 'red' }, 'g'), /unknown property "colour"/);
   t.throws(() => assertValid('guest.schema.json', { ...good, crashLoop: "it's\nbroken" }, 'g'), /\/crashLoop: must match pattern/);
+  t.throws(() => assertValid('guest.schema.json', { ...good, damage: 'kernel' }, 'g'), /\/damage: must be one of "dynamic-loader"/);
+  t.throws(() => assertValid('vm.schema.json', { name: 'v', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root' }], nics: [], agent: 'no' }, 'v'), /\/agent: must be boolean/);
   t.throws(() => assertValid('group.schema.json', { name: 'g', vms: [] }, 'g'), /\/vms: must NOT have fewer than 1 items/);
   t.throws(() => assertValid('group.schema.json', { name: 'g', vms: [{ name: 'db', tests: [{ kind: 'tcp' }] }] }, 'g'),
     /\/vms\/0\/tests\/0: must have required property 'port'/);

@@ -21,7 +21,7 @@ function fake(opts: { failing?: string[]; delayMs?: number } = {}) {
   };
   const runTest: TestRunner = async (spec, vm, signal) => {
     await new Promise<void>((r, j) => { const onAbort = () => { clearTimeout(tm); j(signal.reason); }; const tm = setTimeout(() => { signal.removeEventListener('abort', onAbort); r(); }, opts.delayMs ?? 5); signal.addEventListener('abort', onAbort, { once: true }); });
-    const bad = opts.failing?.includes(vm.name) && spec.kind === 'tcp';
+    const bad = opts.failing?.includes(vm.name) && (spec.kind === 'tcp' || spec.kind === 'dns');
     return { name: spec.kind, kind: spec.kind, result: bad ? 'failed' : 'passed', seconds: 0.005, detail: '' };
   };
   return { backend, runTest, log, live, isLabUp: () => labUp };
@@ -29,7 +29,7 @@ function fake(opts: { failing?: string[]; delayMs?: number } = {}) {
 
 const job = (over: Partial<Job> = {}): Job => ({
   name: 'j', lab: {}, point: 'latest', concurrency: 3,
-  applicationGroup: [{ name: 'dns', role: 'dns' }, { name: 'db', role: 'postgresql' }],
+  applicationGroup: [{ name: 'dns', role: 'dns', dns: { name: 'web.lab.test', expect: '192.168.77.10' } }, { name: 'db', role: 'postgresql' }],
   verify: { vms: ['web'], role: 'web' }, ...over,
 });
 
@@ -122,4 +122,56 @@ t.test('vmDone: what watched a VM the whole time reports after its tests, before
   t.equal(web.result, 'failed');
   t.same(web.tests.at(-1), { name: 'console', kind: 'console', result: 'failed', seconds: 0, detail: 'kernel panic on the VGA console: "Kernel panic"' });
   t.equal(r.vms.find((v) => v.name === 'dns')?.result, 'success');
+});
+
+t.test('the dns role asks the job\'s question, and without one it is bad input before anything boots', async (t) => {
+  const f = fake();
+  const asked: unknown[] = [];
+  const runTest: TestRunner = async (spec, vm, signal) => { if (spec.kind === 'dns') asked.push([vm.name, spec]); return f.runTest(spec, vm, signal); };
+  t.equal((await runJob(job(), f.backend, runTest)).result, 'success');
+  t.same(asked, [['dns', { kind: 'dns', name: 'web.lab.test', expect: '192.168.77.10' }]], 'an A query for the configured name, expecting its address');
+  const g = fake();
+  await t.rejects(runJob(job({ applicationGroup: [{ name: 'dns', role: 'dns' }] }), g.backend, g.runTest), { code: 'DNS_QUERY_MISSING', message: /VM dns has role "dns" but no DNS query/ });
+  await t.rejects(runJob(job({ applicationGroup: [], verify: { vms: ['ns1'], role: 'dns' } }), g.backend, g.runTest), { code: 'DNS_QUERY_MISSING' });
+  t.same(g.log, [], 'nothing booted');
+  // Per-VM override of the question.
+  const h = fake(); asked.length = 0;
+  const viaOverride: TestRunner = async (spec, vm, signal) => { if (spec.kind === 'dns') asked.push([vm.name, spec]); return h.runTest(spec, vm, signal); };
+  await runJob(job({ applicationGroup: [], verify: { vms: ['ns1'], role: 'dns', dns: { name: 'a.test', expect: '10.0.0.1' }, overrides: { ns1: { dns: { name: 'b.test', expect: '10.0.0.2' } } } } }), h.backend, viaOverride);
+  t.same(asked, [['ns1', { kind: 'dns', name: 'b.test', expect: '10.0.0.2' }]]);
+});
+
+t.test('a watching test gives its final verdict at the end of the VM\'s test window, before the VM stops', async (t) => {
+  for (const held of [true, false]) {
+    const f = fake();
+    const order: string[] = [];
+    const runTest: TestRunner = async (spec) => {
+      order.push(spec.kind);
+      const r = { name: spec.kind, kind: spec.kind, result: 'passed' as const, seconds: 0, detail: 'up' };
+      if (spec.kind !== 'heartbeat') return r;
+      return { ...r, settle: async () => { order.push(`settle ${f.live.size}`); return { ...r, result: held ? 'passed' : 'failed', detail: held ? 'up; held' : 'up; lost' }; } };
+    };
+    const r = await runJob(job({ applicationGroup: [] }), f.backend, runTest);
+    const web = r.vms[0]!;
+    t.same(order, ['heartbeat', 'ping', 'tcp', 'http', 'screenshot', 'integrity', 'settle 1'], 'settled after every other test, while the VM still ran');
+    t.equal(web.tests[0]!.result, held ? 'passed' : 'failed');
+    t.equal(web.tests[0]!.detail, held ? 'up; held' : 'up; lost');
+    t.notOk('settle' in web.tests[0]!, 'no function left in the recorded result');
+    t.equal(web.result, held ? 'success' : 'failed');
+    t.equal(r.result, held ? 'success' : 'failed');
+  }
+});
+
+t.test('a watch is abandoned when a later test throws, and the VM still stops', async (t) => {
+  const f = fake();
+  let abandoned: boolean | undefined;
+  const runTest: TestRunner = async (spec) => {
+    if (spec.kind === 'tcp') throw new Error('probe exploded');
+    const r = { name: spec.kind, kind: spec.kind, result: 'passed' as const, seconds: 0, detail: '' };
+    return spec.kind === 'heartbeat' ? { ...r, settle: async (o) => { abandoned = o?.abandon; return r; } } : r;
+  };
+  const r = await runJob(job({ applicationGroup: [] }), f.backend, runTest);
+  t.equal(abandoned, true);
+  t.equal(r.vms[0]!.result, 'failed');
+  t.equal(f.live.size, 0);
 });

@@ -56,11 +56,55 @@ t.test('ping and the heartbeat IP probe run inside the lab namespace', async (t)
   t.equal(await ipAnswers(labNs, '10.233.0.77'), false);
   // The host itself has no route to the lab: the probe really ran inside.
   t.equal(await ipAnswers(vmNs, '10.233.0.1'), true, 'and from the other side');
-  // An ARP-only guest (drops ICMP) still counts as an answer on the bridge.
+  // A guest that drops ICMP still has a REACHABLE neighbour entry (the ping
+  // above resolved it), but an entry is not an answer: it outlives a dead guest.
   execFileSync('ip', ['netns', 'exec', vmNs, 'sysctl', '-qw', 'net.ipv4.icmp_echo_ignore_all=1']);
   t.teardown(() => execFileSync('ip', ['netns', 'exec', vmNs, 'sysctl', '-qw', 'net.ipv4.icmp_echo_ignore_all=0']));
+  t.match(execFileSync('ip', ['-n', labNs, 'neigh', 'show', VM_IP]).toString(), /lladdr \S+ .*(REACHABLE|DELAY|STALE)/, 'the neighbour entry is there');
   t.equal((await pingTest(labNs, VM_IP)).result, 'failed', 'ICMP dropped');
-  t.equal(await ipAnswers(labNs, VM_IP), true, 'ARP answer accepted');
+  t.equal(await ipAnswers(labNs, VM_IP), false, 'a neighbour entry alone is not a heartbeat');
+});
+
+t.test('an address that answers, then stops, fails the heartbeat (watched through the test window)', async (t) => {
+  const dir = t.testdir();
+  const stopNs = `rlvW${id}`;
+  t.teardown(() => { try { ip('netns', 'del', stopNs); } catch { /* gone */ } });
+  // A second stand-in "VM" of its own, so taking it down leaves the others alone.
+  ip('netns', 'add', stopNs);
+  ip('link', 'add', `vW${id}`, 'netns', stopNs, 'type', 'veth', 'peer', 'name', `vX${id}`, 'netns', labNs);
+  ip('-n', stopNs, 'addr', 'add', '10.233.1.2/24', 'dev', `vW${id}`); ip('-n', labNs, 'addr', 'add', '10.233.1.1/24', 'dev', `vX${id}`);
+  ip('-n', stopNs, 'link', 'set', `vW${id}`, 'up'); ip('-n', labNs, 'link', 'set', `vX${id}`, 'up');
+  const handle: RecoveredVm = { ip: '10.233.1.2', masqIp: '172.18.77.11', netns: labNs, screendump: async () => '/dev/null', stop: async () => undefined };
+  const run = createTestRunner({ repo: async () => new FileRepo(join(dir, 'repo')), screenshotDir: join(dir, 'shots'),
+    heartbeatWatch: { loss: { pings: 3, seconds: 2 }, intervalMs: 500 } });
+  const role = { ...resolveRole('no-agent', 'web', {}), maxBootSeconds: 20 };
+  const ac = new AbortController();
+  const vm = { name: 'no-agent', pointId: 'p1', role, handle };
+
+  // Answers throughout: passed, and still passed when the window ends.
+  const steady = await run({ kind: 'heartbeat', stablePings: 2, stableSeconds: 0.5 }, vm, ac.signal);
+  t.equal(steady.result, 'passed', steady.detail); t.match(steady.detail, /via ICMP on the lab bridge \(VM has no guest agent\)/);
+  t.ok(steady.settle, 'the heartbeat keeps watching');
+  t.equal((await pingTest(labNs, '10.233.1.2')).result, 'passed', 'the window: other tests run');
+  const held = await steady.settle!();
+  t.equal(held.result, 'passed', held.detail); t.match(held.detail, /10\.233\.1\.2 \(ICMP\) kept answering through the test window/);
+
+  // Answers, then the "guest" loses its link half-way through the window.
+  const r = await run({ kind: 'heartbeat', stablePings: 2, stableSeconds: 0.5 }, vm, ac.signal);
+  t.equal(r.result, 'passed', 'it answered at first');
+  ip('-n', stopNs, 'link', 'set', `vW${id}`, 'down');
+  // The rest of the VM's test window: its other tests run (and fail) meanwhile.
+  t.equal((await pingTest(labNs, '10.233.1.2')).result, 'failed', 'the address is gone');
+  const lost = await r.settle!();
+  t.equal(lost.result, 'failed', lost.detail);
+  t.match(lost.detail, /lost during the test window: 10\.233\.1\.2 \(ICMP\) stopped answering \(3 consecutive misses over ≥2 s\)/);
+
+  // And one that never comes back up does not pass at all (no ARP shortcut).
+  const t0 = Date.now();
+  const gone = await run({ kind: 'heartbeat', stablePings: 2, stableSeconds: 0.5 }, { ...vm, role: { ...role, maxBootSeconds: 3 } }, ac.signal);
+  t.equal(gone.result, 'warning', gone.detail); t.match(gone.detail, /no guest agent and no ICMP answer/);
+  t.ok(Date.now() - t0 >= 2900, 'waited out its boot time');
+  t.notOk(gone.settle, 'nothing to watch');
 });
 
 t.test('script: environment, namespace, exit code, stdout, timeout, missing script', async (t) => {
@@ -100,13 +144,14 @@ t.test('the TestRunner dispatches every kind', async (t) => {
   let agentCalls = 0;
   const handle: RecoveredVm = { ip: VM_IP, masqIp: '172.18.77.10', netns: labNs, agentPing: async () => { agentCalls++; return true; },
     screendump: async () => ppm(), stop: async () => undefined };
-  const run = createTestRunner({ repo: async () => repo, screenshotDir: join(dir, 'shots'), appRetryMs: 300 });
+  const run = createTestRunner({ repo: async () => repo, screenshotDir: join(dir, 'shots'), appRetryMs: 300, heartbeatWatch: { intervalMs: 300 } });
   const specs: [TestSpec, string][] = [
     [{ kind: 'heartbeat', stablePings: 2, stableSeconds: 0.5 }, 'passed'],
     [{ kind: 'ping' }, 'passed'],
     [{ kind: 'tcp', port: 5432, banner: '^RESTORELAB-DB' }, 'passed'],
     [{ kind: 'http', port: 80, path: '/', status: 200, body: 'restorelab web guest OK' }, 'passed'],
     [{ kind: 'dns', name: 'web.lab.test', expect: '192.168.77.10' }, 'passed'],
+    [{ kind: 'dns', name: 'web.lab.test', expect: '192.168.77.99' }, 'failed'],
     [{ kind: 'script', path: script(dir, 's.sh', 'curl -s -o /dev/null "http://$VM_IP/" 2>/dev/null || busybox wget -q -O - "http://$VM_IP/"') }, 'passed'],
     [{ kind: 'screenshot' }, 'passed'],
     [{ kind: 'integrity' }, 'passed'],
@@ -117,6 +162,7 @@ t.test('the TestRunner dispatches every kind', async (t) => {
   const ac = new AbortController();
   for (const [spec, want] of specs) {
     const r = await run(spec, { name: 'web', pointId: 'p1', role, handle }, ac.signal);
+    await r.settle?.({ abandon: true });
     t.equal(r.result, want, `${r.name}: ${r.detail}`);
     t.equal(r.kind, spec.kind);
     if (spec.kind === 'screenshot') {
@@ -126,4 +172,11 @@ t.test('the TestRunner dispatches every kind', async (t) => {
     if (spec.kind === 'tcp' && want === 'failed') t.match(r.detail, /attempt \d/, 'retried during app init');
   }
   t.ok(agentCalls >= 2, 'heartbeat used the agent');
+  // The runner settles the heartbeat; here the TestRunner is called directly.
+  const hb = await run({ kind: 'heartbeat', stablePings: 2, stableSeconds: 0.5 }, { name: 'web', pointId: 'p1', role, handle }, ac.signal);
+  const calls = agentCalls;
+  t.equal((await pingTest(labNs, VM_IP)).result, 'passed', 'the window: other tests run');
+  const settled = await hb.settle!();
+  t.equal(settled.result, 'passed'); t.match(settled.detail, /the guest agent kept answering/);
+  t.ok(agentCalls > calls, 'the watch pinged the agent');
 });

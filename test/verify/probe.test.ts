@@ -49,7 +49,30 @@ t.test('tcp, http and dns probes from inside a namespace', async (t) => {
   t.equal((await httpTest(cli, '10.231.0.2', { body: 'not there' })).result, 'failed');
   t.equal((await tcpTest(cli, '10.231.0.2', 5432, '^PGBANNER')).result, 'passed');
   t.equal((await tcpTest(cli, '10.231.0.2', 5432, '^SSH-')).result, 'failed');
-  t.equal((await dnsTest(cli, '10.231.0.2', 'web.lab.test', '192.168.77.10')).result, 'passed');
+  // DNS: the query really goes out and the answer is judged.
+  const right = await dnsTest(cli, '10.231.0.2', 'web.lab.test', '192.168.77.10');
+  t.equal(right.result, 'passed', right.detail);
+  t.match(right.detail, 'web.lab.test → NOERROR, A 192.168.77.10');
+  const wrong = await dnsTest(cli, '10.231.0.2', 'web.lab.test', '192.168.77.99');
+  t.equal(wrong.result, 'failed', 'a wrong address fails');
+  t.match(wrong.detail, 'web.lab.test → NOERROR, A 192.168.77.10; expected A 192.168.77.99', 'and says what came back');
+  const missing = await dnsTest(cli, '10.231.0.2', 'db.lab.test', '192.168.77.11');
+  t.equal(missing.result, 'failed', 'a name with no record fails');
+  t.match(missing.detail, /db\.lab\.test → [A-Z]+, A none; expected A 192\.168\.77\.11/);
+  const anyA = await dnsTest(cli, '10.231.0.2', 'db.lab.test');
+  t.equal(anyA.result, 'failed', 'no record fails even without an expected address');
+  t.match(anyA.detail, /A none; expected an A record/);
+  const noServer = await dnsTest(cli, '10.231.0.9', 'web.lab.test', '192.168.77.10', 1500);
+  t.equal(noServer.result, 'failed'); t.match(noServer.detail, /no DNS answer from 10\.231\.0\.9 in 1500 ms/);
+  const portOnly = await tcpTest(cli, '10.231.0.2', 53);
+  t.equal(portOnly.result, 'passed', 'port 53 is open either way: why the dns role asks a question');
+
+  // HTTP: the status is checked, not only that something answered.
+  const notFound = await httpTest(cli, '10.231.0.2', { path: '/missing.html' });
+  t.equal(notFound.result, 'failed', 'a wrong status fails');
+  t.match(notFound.detail, /HTTP 404; expected status 200/);
+  t.equal((await httpTest(cli, '10.231.0.2', { path: '/missing.html', status: 404 })).result, 'passed', 'the expected status passes');
+  t.equal((await httpTest(cli, '10.231.0.2', { status: 201 })).result, 'failed', 'a 200 where 201 is expected fails');
   t.equal((await pingTest(cli, '10.231.0.2')).result, 'passed');
   t.equal((await pingTest(cli, '10.231.0.9')).result, 'failed');
 });
