@@ -19,7 +19,7 @@ import type { RepositoryReader } from '../repo/contract.js';
 import type { RunningPublication } from '../publish/contract.js';
 import type { Domain, NicAttachment } from '../hypervisor/types.js';
 import { closeHypervisor, type SessionDeps } from '../session/seam.js';
-import { realDeps } from '../session/deps.js';
+import { depsWithKey, realDeps } from '../session/deps.js';
 import { RestorelabError } from '../errors.js';
 import type { LabBackend, RecoveredVm } from './runner.js';
 
@@ -31,6 +31,8 @@ export interface BackendOptions {
   /** Relative lab paths in a job are resolved against this (the job file's directory). */
   baseDir?: string;
   deps?: SessionDeps;
+  /** Key file of an encrypted repository (config/key-file.ts). */
+  keyFile?: string;
 }
 
 export interface RealLabBackend extends LabBackend {
@@ -52,7 +54,7 @@ function tail(path: string, bytes: number): string {
 }
 
 export function createLabBackend(o: BackendOptions): RealLabBackend {
-  const deps = o.deps ?? realDeps;
+  const deps = o.deps ?? (o.keyFile === undefined ? realDeps : depsWithKey(o.keyFile));
   const hv = deps.hypervisor(o.driver, { stateDir: o.stateDir, ...(o.accel ? { accel: o.accel } : {}) });
   let repo: Promise<RepositoryReader> | undefined;
   const reader = (): Promise<RepositoryReader> => (repo ??= deps.openRepository(o.repo));

@@ -18,7 +18,8 @@ import { nameParam } from './params.js';
 import { labTemplateFile } from './labs.js';
 import { listSessions, migrateSession, recover, stopSession } from '../../session/recover.js';
 import { planRecovery, type RecoverRequest } from '../../session/plan.js';
-import { realDeps } from '../../session/deps.js';
+import { depsWithKey, realDeps } from '../../session/deps.js';
+import { keyFileOption } from '../../config/key-file.js';
 import { closeHypervisor } from '../../session/seam.js';
 import { SessionStore } from '../../session/store.js';
 import type { RecoverySession } from '../../session/session.js';
@@ -82,11 +83,12 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       const request: RecoverRequest = {
         repo: ctx.config.repository, vm: b.vm, stateDir, driver: b.driver ?? ctx.config.driver, accel: b.accel ?? ctx.config.accel,
         ...(b.point ? { point: b.point } : {}), ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}), ...(b.network ? { network: b.network } : {}),
+        ...keyFileOption(undefined, ctx.config),
       };
       // The same checks recover makes first, made before the 202: an unknown
       // VM or point, a clashing lab or a missing bridge is the client's 4xx,
       // not a failed operation to poll for.
-      await planRecovery(request, realDeps);
+      await planRecovery(request, depsWithKey(request.keyFile));
       const by = principal(res).name;
       const op = ctx.operations.start('recover', by, async (o) => {
         o.progress(null, `recovering ${b.vm}${b.point ? `@${b.point}` : ''} with the ${request.driver} driver`);
