@@ -31,6 +31,12 @@ interface CreateBody { vm: string; point?: string; lab?: string; network?: strin
 const LIVE = new Set(['running', 'migrating', 'migrated']);
 
 /** The session as listed (a dead supervisor noticed), or a 404. */
+/** A session as clients see it: the record without the server's key file path (where the server keeps its key is not theirs to know). */
+function shown(s: RecoverySession): Omit<RecoverySession, 'keyFile'> {
+  const { keyFile: _keyFile, ...rest } = s;
+  return rest;
+}
+
 async function findSession(stateDir: string, id: string): Promise<RecoverySession> {
   const s = (await listSessions(stateDir)).find((x) => x.id === id);
   if (!s) throw apiError('NOT_FOUND', `no recovery session ${id}`, [{ path: 'params/id', message: 'GET /api/v1/sessions lists them' }]);
@@ -66,12 +72,12 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
 
   t.add({
     method: 'get', path: '/sessions', role: 'viewer', tag: 'sessions', summary: 'recovery sessions, every state (a session whose supervisor died is reported failed)',
-    handler: async () => ({ sessions: await listSessions(stateDir) }),
+    handler: async () => ({ sessions: (await listSessions(stateDir)).map(shown) }),
   });
 
   t.add({
     method: 'get', path: '/sessions/:id', role: 'viewer', tag: 'sessions', summary: 'one recovery session',
-    handler: (req) => findSession(stateDir, nameParam(req, 'id')),
+    handler: async (req) => shown(await findSession(stateDir, nameParam(req, 'id'))),
   });
 
   t.add({
@@ -101,7 +107,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
           await stopSession(stateDir, s.id);
           throw apiError('CONFLICT', `cancelled: session ${s.id} was stopped after it came up`);
         }
-        return { result: s, resource: `/api/v1/sessions/${s.id}` };
+        return { result: shown(s), resource: `/api/v1/sessions/${s.id}` };
       });
       accepted(res, op);
     },
@@ -115,7 +121,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       new SessionStore(stateDir).get(id); // 404 for an unknown id
       const s = await stopSession(stateDir, id);
       ctx.log.info({ by: principal(res).name, session: id, state: s.state }, 'session stopped');
-      return s;
+      return shown(s);
     },
   });
 
@@ -131,7 +137,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
         o.progress(null, `migrating session ${id} to ${b.dir} (${b.format})`);
         const done = await migrateSession(stateDir, id, b.dir, b.format);
-        return { result: done, resource: `/api/v1/sessions/${id}` };
+        return { result: shown(done), resource: `/api/v1/sessions/${id}` };
       });
       accepted(res, op);
     },
