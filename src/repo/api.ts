@@ -17,7 +17,14 @@
 import type { RepositoryReader, RestorePoint } from './contract.js';
 
 export const REPO_FORMAT = 'restorelab-repository';
-export const REPO_FORMAT_VERSION = 1;
+/**
+ * 2: the manifests and indexes of an encrypted repository are sealed (and
+ * plaintext ones refused). Unencrypted repositories are still created as 1,
+ * which they are byte for byte, so older versions keep opening them.
+ */
+export const REPO_FORMAT_VERSION = 2;
+/** The first version whose encrypted repositories hold sealed metadata only. */
+export const SEALED_METADATA_VERSION = 2;
 export const MIN_CHUNK_SIZE = 256 * 1024;
 export const MAX_CHUNK_SIZE = 8 * 1024 * 1024;
 

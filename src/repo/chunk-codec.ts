@@ -29,10 +29,15 @@ export interface DerivedKeys {
   check: Buffer;
 }
 
-/** Sub-keys from the master key; the repository id salts them so two repositories sharing a key file differ. */
-export function deriveKeys(masterKey: Buffer, repoId: string): DerivedKeys {
+/** One sub-key of the master key (HKDF-SHA-256); the repository id salts it so two repositories sharing a key file differ. */
+export function deriveSubkey(masterKey: Buffer, repoId: string, info: string): Buffer {
   if (masterKey.length !== KEY_SIZE) throw badInput('KEY_INVALID', `a repository key must be ${KEY_SIZE} bytes, got ${masterKey.length}`);
-  const derive = (info: string): Buffer => Buffer.from(hkdfSync('sha256', masterKey, Buffer.from(repoId), info, KEY_SIZE));
+  return Buffer.from(hkdfSync('sha256', masterKey, Buffer.from(repoId), info, KEY_SIZE));
+}
+
+/** The chunk sub-keys (metadata-seal.ts derives the manifest and index ones). */
+export function deriveKeys(masterKey: Buffer, repoId: string): DerivedKeys {
+  const derive = (info: string): Buffer => deriveSubkey(masterKey, repoId, info);
   return { encrypt: derive(KDF_INFO_ENCRYPT), digest: derive(KDF_INFO_DIGEST), check: derive(KDF_INFO_CHECK) };
 }
 
@@ -74,7 +79,7 @@ export function withCorrectCrc(blob: Buffer): Buffer {
 
 export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec {
   const encrypted = config.encryption === 'aes-256-gcm';
-  if (encrypted && !masterKey) throw badInput('KEY_REQUIRED', 'an encrypted repository needs its key to encode or decode chunks', 'pass --key-file');
+  if (encrypted && !masterKey) throw badInput('KEY_REQUIRED', 'an encrypted repository needs its key to encode or decode chunks', 'pass --key-file, set RESTORELAB_KEY_FILE, or set repositoryKeyFile in the config');
   const keys = encrypted && masterKey ? deriveKeys(masterKey, config.id) : undefined;
   const maxPlain = config.chunkSize;
 

@@ -44,8 +44,26 @@ export const KEY_SIZE = 32;
 export const KDF_INFO_ENCRYPT = 'restorelab v1 chunk encryption';
 export const KDF_INFO_DIGEST = 'restorelab v1 chunk digest';
 export const KDF_INFO_CHECK = 'restorelab v1 key check';
+/**
+ * Format v2 (encrypted repositories): manifests and indexes are sealed with
+ * AES-256-GCM under their own sub-keys, and an index is named by an HMAC of
+ * its plaintext under a third one. Do not modify.
+ */
+export const KDF_INFO_MANIFEST = 'restorelab v2 manifest encryption';
+export const KDF_INFO_INDEX = 'restorelab v2 index encryption';
+export const KDF_INFO_INDEX_NAME = 'restorelab v2 index name';
 /** The key check value in config.json is HMAC-SHA-256(checkKey, this). Do not modify. */
 export const KEY_CHECK_MESSAGE = 'restorelab key check';
+
+/**
+ * Sealed metadata file (manifest or index of an encrypted repository):
+ * magic(8) purpose(1) reserved(3) nonce(12) ciphertext tag(16). The 12-byte
+ * header is the GCM additional data. Magic "RLSEAL01": do not modify.
+ */
+export const SEAL_MAGIC = Buffer.from('RLSEAL01', 'latin1');
+export const SEAL_HEADER_SIZE = 12;
+export const SEAL_PURPOSE_MANIFEST = 1;
+export const SEAL_PURPOSE_INDEX = 2;
 
 /** Layout below the repository directory. */
 export const CONFIG_FILE = 'config.json';

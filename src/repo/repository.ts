@@ -3,8 +3,9 @@
  *
  *   config.json              RepoConfig + checksum; its presence makes a repository
  *   chunks/<2 hex>/<digest>  blobs (chunk-store.ts)
- *   indexes/<sha256>.fidx    fixed indexes, named by the hash of their bytes
- *   points/<id>.json         restore point manifests, checksummed
+ *   indexes/<name>.fidx      fixed indexes, named by the hash of their bytes
+ *                            (encrypted: sealed, named by an HMAC of the plaintext)
+ *   points/<id>.json         restore point manifests, checksummed (encrypted: sealed)
  *   locks/*.lock             lock holders (lock.ts)
  *
  * Everything is written to a temp file and renamed into place, so a crash
@@ -14,7 +15,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { ChunkCodec, FixedIndex, LockKind, NewRestorePoint, RepoConfig, RepoLock, Repository } from './api.js';
-import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION } from './api.js';
+import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION, SEALED_METADATA_VERSION } from './api.js';
 import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
@@ -25,6 +26,7 @@ import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
 import { acquireLock } from './lock.js';
+import { createMetadataSeal, isSealed, type MetadataSeal } from './metadata-seal.js';
 import {
   CHUNKS_DIR, CONFIG_FILE, DEFAULT_CHUNK_SIZE, INDEX_SUFFIX, INDEXES_DIR, KEY_SIZE, LOCKS_DIR,
   POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, TEMP_PREFIX,
@@ -124,7 +126,8 @@ export async function initRepository(dir: string, opts: InitOptions = {}): Promi
   }
   const config: RepoConfig = {
     format: REPO_FORMAT,
-    version: REPO_FORMAT_VERSION,
+    // An unencrypted repository is the same bytes in either version: version 1 keeps older restorelab opening it.
+    version: key ? REPO_FORMAT_VERSION : 1,
     id,
     chunkSize,
     hash: key ? 'hmac-sha256' : 'sha256',
@@ -180,6 +183,9 @@ function parseConfig(path: string, text: string): RepoConfig {
   return config;
 }
 
+/** Where a key file comes from, in the order every command and the server look (src/config/key-file.ts). */
+const KEY_HINT = 'pass --key-file, set RESTORELAB_KEY_FILE, or set repositoryKeyFile in the config';
+
 export async function openRepository(dir: string, opts: OpenOptions = {}): Promise<LocalRepository> {
   const path = resolve(dir);
   let text: string;
@@ -195,10 +201,10 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
   tightenMode(path);
   let key: Buffer | undefined;
   if (config.encryption === 'aes-256-gcm') {
-    if (!opts.keyFile) throw badInput('KEY_REQUIRED', `repository ${path} is encrypted: its key is needed`, 'pass the key file with --key-file');
+    if (!opts.keyFile) throw badInput('KEY_REQUIRED', `repository ${path} is encrypted: its key is needed`, KEY_HINT);
     key = await readKeyFile(opts.keyFile);
     if (!keyMatches(key, config)) {
-      throw badInput('KEY_WRONG', `key file ${opts.keyFile} does not match repository ${path} (key check failed)`, 'pass the key file given to repo init with --key-file');
+      throw badInput('KEY_WRONG', `key file ${opts.keyFile} does not match repository ${path} (key check failed)`, `use the key file given to repo init: ${KEY_HINT}`);
     }
   }
   return new LocalRepository(path, config, key);
@@ -214,10 +220,21 @@ function isRestorePoint(v: unknown): v is RestorePoint {
 export class LocalRepository implements Repository {
   readonly chunks: LocalChunkStore;
   readonly codec: ChunkCodec;
+  /** Encrypted repositories: seals manifests and indexes (every one written, in any version). */
+  private readonly seal?: MetadataSeal;
+  /**
+   * Plaintext manifests and indexes are read in unencrypted repositories and
+   * in encrypted ones of version 1 (written before metadata was sealed); a
+   * version 2 encrypted repository refuses them, so nobody can slip a
+   * plaintext manifest past the key.
+   */
+  private readonly plainMetadataAllowed: boolean;
 
   constructor(readonly path: string, readonly config: RepoConfig, private readonly key?: Buffer) {
     this.chunks = new LocalChunkStore(join(path, CHUNKS_DIR));
     this.codec = createCodec(config, key);
+    if (key) this.seal = createMetadataSeal(key, config.id);
+    this.plainMetadataAllowed = config.encryption === 'none' || config.version < SEALED_METADATA_VERSION;
   }
 
   /** The master key, for building codecs in worker threads (createCodec(config, key)). */
@@ -238,7 +255,18 @@ export class LocalRepository implements Repository {
     return join(this.pointsDir, id + POINT_SUFFIX);
   }
 
-  private parseManifest(file: string, text: string): RestorePoint {
+  /** The plaintext of a manifest or index file: unsealed, or as it is when plaintext is allowed here. */
+  private unseal(purpose: 'manifest' | 'index', buf: Buffer): Buffer {
+    if (isSealed(buf)) {
+      if (!this.seal) throw new Error(`a sealed ${purpose} in an unencrypted repository`);
+      return this.seal.open(purpose, buf);
+    }
+    if (!this.plainMetadataAllowed) throw new Error(`a plaintext ${purpose} in an encrypted repository of format version ${this.config.version}`);
+    return buf;
+  }
+
+  private parseManifest(file: string, buf: Buffer): RestorePoint {
+    const text = this.unseal('manifest', buf).toString('utf8');
     const raw = JSON.parse(text) as { format?: unknown; version?: unknown; point?: unknown; checksum?: unknown };
     if (raw.format !== POINT_FORMAT) throw new Error(`format is ${JSON.stringify(raw.format)}, not ${POINT_FORMAT}`);
     if (raw.version !== POINT_VERSION) throw new Error(`unknown manifest version ${JSON.stringify(raw.version)}`);
@@ -248,9 +276,10 @@ export class LocalRepository implements Repository {
     return raw.point;
   }
 
-  private manifestBody(point: RestorePoint): string {
+  private manifestBody(point: RestorePoint): Buffer {
     const body = JSON.stringify(point);
-    return `{"format":${JSON.stringify(POINT_FORMAT)},"version":${POINT_VERSION},"point":${body},"checksum":"${sha256(body)}"}\n`;
+    const text = Buffer.from(`{"format":${JSON.stringify(POINT_FORMAT)},"version":${POINT_VERSION},"point":${body},"checksum":"${sha256(body)}"}\n`);
+    return this.seal ? this.seal.seal('manifest', text) : text;
   }
 
   /** All manifests; unreadable ones are listed as problems, temp files are skipped. */
@@ -259,7 +288,7 @@ export class LocalRepository implements Repository {
     for (const file of (await readdir(this.pointsDir)).sort()) {
       if (file.startsWith(TEMP_PREFIX) || !file.endsWith(POINT_SUFFIX)) continue;
       try {
-        out.points.push(this.parseManifest(file, await readFile(join(this.pointsDir, file), 'utf8')));
+        out.points.push(this.parseManifest(file, await readFile(join(this.pointsDir, file))));
       } catch (err) {
         if (isErrno(err, 'ENOENT')) continue;
         out.problems.push({ file: join(this.pointsDir, file), reason: (err as Error).message });
@@ -280,9 +309,9 @@ export class LocalRepository implements Repository {
 
   async getPoint(id: string): Promise<RestorePoint> {
     const file = this.pointFile(id);
-    let text: string;
+    let text: Buffer;
     try {
-      text = await readFile(file, 'utf8');
+      text = await readFile(file);
     } catch (err) {
       if (isErrno(err, 'ENOENT')) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`, 'list them with restorelab points');
       throw err;
@@ -312,8 +341,9 @@ export class LocalRepository implements Repository {
     if (index.chunkSize !== this.config.chunkSize) {
       throw badInput('BAD_INDEX', `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`);
     }
-    const buf = encodeFixedIndex(index);
-    const digest = sha256(buf);
+    const plain = encodeFixedIndex(index);
+    const digest = this.seal ? this.seal.indexName(plain) : sha256(plain);
+    const buf = this.seal ? this.seal.seal('index', plain) : plain;
     const name = digest + INDEX_SUFFIX;
     const now = new Date();
     // Like chunks: an existing index only gets its mtime refreshed, which protects it from a concurrent gc.
@@ -333,10 +363,17 @@ export class LocalRepository implements Repository {
       if (isErrno(err, 'ENOENT')) throw notFound('INDEX_NOT_FOUND', `fixed index ${file} is missing`, 'run restorelab verify to list the restore points that need it');
       throw err;
     }
-    if (sha256(buf) !== digest) {
-      throw new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: its content does not hash to its name`, { exitCode: 3 });
+    const corrupt = (why: string): RestorelabError => new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: ${why}`, { exitCode: 3 });
+    let plain: Buffer;
+    try {
+      plain = this.unseal('index', buf);
+    } catch (err) {
+      throw corrupt((err as Error).message);
     }
-    return decodeFixedIndex(buf, file);
+    // A sealed index is named by the HMAC of its plaintext, a plaintext one (format v1) by the hash of its bytes.
+    const actual = plain === buf ? sha256(buf) : this.seal?.indexName(plain);
+    if (actual !== digest) throw corrupt('its content does not hash to its name');
+    return decodeFixedIndex(plain, file);
   }
 
   async commitPoint(point: NewRestorePoint): Promise<RestorePoint> {

@@ -1,6 +1,7 @@
 /** One SureBackup run with the configured repository, driver and limits: what the scheduler and the API's "run now" both call. */
 import { dirname } from 'node:path';
 import type { Config } from '../config/config.js';
+import { keyFileOption } from '../config/key-file.js';
 import { createLabBackend } from '../surebackup/backend.js';
 import { executeRun } from '../surebackup/execute.js';
 import type { History, RunTrigger } from '../surebackup/history.js';
@@ -31,7 +32,7 @@ export interface ConfiguredRun {
 export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<RunReport> {
   const scripts = serverScriptPolicy(cfg.api);
   const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file),
-    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}) });
+    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}), ...keyFileOption(undefined, cfg) });
   try {
     return await executeRun({ job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
       trigger: r.trigger, runId: r.runId, signal: r.signal, limiter: r.limiter, log: r.log, scripts });

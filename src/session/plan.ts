@@ -27,6 +27,8 @@ export interface RecoverRequest {
   accel?: 'auto' | 'kvm' | 'tcg';
   /** How the disks reach the hypervisor; default FUSE. */
   publish?: SessionPublish;
+  /** Key file of an encrypted repository (config/key-file.ts); recorded so the supervisor opens it too. */
+  keyFile?: string;
 }
 
 export interface RecoveryPlan {

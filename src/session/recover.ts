@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../errors.js';
 import { projectPath } from '../paths.js';
 import { controlSocket, fromSessionError, requestControl } from './control.js';
-import { realDeps } from './deps.js';
+import { depsWithKey, realDeps } from './deps.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
 import { checkMigration } from './migrate.js';
 import { planRecovery, type RecoverRequest } from './plan.js';
@@ -40,14 +40,14 @@ function domainName(vm: string, id: string): string {
  * waits until it reports the session running (heartbeat seen) or failed.
  * The returned session keeps running under that supervisor.
  */
-export async function recover(opts: RecoverOptions, deps: SessionDeps = realDeps): Promise<RecoverySession> {
+export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWithKey(opts.keyFile)): Promise<RecoverySession> {
   const createdAt = new Date().toISOString();
   const plan = await planRecovery(opts, deps);
   const store = new SessionStore(opts.stateDir);
   const id = randomBytes(4).toString('hex');
   const accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : undefined;
   const s: RecoverySession = {
-    id, vm: plan.vm.name, point: plan.point.id, repo: resolve(opts.repo), driver: opts.driver,
+    id, vm: plan.vm.name, point: plan.point.id, repo: resolve(opts.repo), ...(opts.keyFile ? { keyFile: resolve(opts.keyFile) } : {}), driver: opts.driver,
     ...(accel ? { accel } : {}),
     ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: plan.lab.name } : {}),
     ...(opts.network ? { network: opts.network } : {}),

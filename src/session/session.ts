@@ -57,6 +57,8 @@ export interface RecoverySession {
   vm: string;
   point: string;
   repo: string;
+  /** Key file of an encrypted repository: its path only, for the supervisor (the record is owner-only). */
+  keyFile?: string;
   driver: 'qemu' | 'libvirt';
   accel?: 'kvm' | 'tcg';
   /** Lab definition file, and the lab name it defines. */

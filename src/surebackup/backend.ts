@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { labDown, labUp, loadLab, parseLab, readLabState, type LabDefinition, type LabState } from '../lab/lab.js';
 import type { RepositoryReader } from '../repo/contract.js';
 import { closeHypervisor, type SessionDeps } from '../session/seam.js';
-import { realDeps } from '../session/deps.js';
+import { depsWithKey, realDeps } from '../session/deps.js';
 import { RestorelabError } from '../errors.js';
 import { bringUp, tearDown, type BringUpRequest, type BringUpResources, type KeptEvidence } from '../bringup/bringup.js';
 import type { EvidencePaths } from '../bringup/evidence.js';
@@ -34,6 +34,8 @@ export interface BackendOptions {
   /** FUSE access group for the VMs' publications (config fuse.group): QEMU running as another user. */
   fuseGroup?: string;
   deps?: SessionDeps;
+  /** Key file of an encrypted repository (config/key-file.ts). */
+  keyFile?: string;
 }
 
 export interface RealLabBackend extends LabBackend {
@@ -60,7 +62,7 @@ export function runEvidence(dir: string, vm: string, screenshot: boolean): Evide
 }
 
 export function createLabBackend(o: BackendOptions): RealLabBackend {
-  const deps = o.deps ?? realDeps;
+  const deps = o.deps ?? (o.keyFile === undefined ? realDeps : depsWithKey(o.keyFile));
   const hv = deps.hypervisor(o.driver, { stateDir: o.stateDir, ...(o.accel ? { accel: o.accel } : {}) });
   let repo: Promise<RepositoryReader> | undefined;
   const reader = (): Promise<RepositoryReader> => (repo ??= deps.openRepository(o.repo));

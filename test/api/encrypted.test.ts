@@ -5,7 +5,7 @@
 // process opens the repository with the same key file) and lists /etc.
 // Without the key file every route answers 400 KEY_REQUIRED, with another
 // key 400 KEY_WRONG, as the CLI does without or with a wrong --key-file.
-// The CLI falls back to the same setting for the configured repository only.
+// The CLI resolves the key file the same way (src/config/key-file.ts).
 import t from 'tap';
 import request from 'supertest';
 import { createHash, randomBytes } from 'node:crypto';
@@ -126,7 +126,7 @@ t.test('without the key file: 400 KEY_REQUIRED; with another key: 400 KEY_WRONG'
   t.equal(wr.body.error.code, 'KEY_WRONG', 'refused before any operation starts');
 });
 
-t.test('the CLI: the configured repository opens with repositoryKeyFile when --key-file is absent, a --repo one does not', async (t) => {
+t.test('the CLI: with --key-file absent, RESTORELAB_KEY_FILE opens the configured repository and a --repo one; another repository is refused with KEY_WRONG', async (t) => {
   const env = {
     ...Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<string, string>,
     RESTORELAB_HOME: work, RESTORELAB_STATE_DIR: join(work, 'cli-state'), RESTORELAB_REPO: repoDir, RESTORELAB_KEY_FILE: keyFile,
@@ -139,8 +139,13 @@ t.test('the CLI: the configured repository opens with repositoryKeyFile when --k
   t.equal(ok.status, 0, ok.out);
   t.match(ok.out, point.id);
   const explicit = cli(['points', '--repo', repoDir], env);
-  t.not(explicit.status, 0, 'the configured key is not tried on a repository named with --repo');
-  t.match(explicit.out, /is encrypted: its key is needed/);
+  t.equal(explicit.status, 0, `the key file is resolved the same way for a repository named with --repo: ${explicit.out}`);
+  t.match(explicit.out, point.id);
+  const otherDir = join(work, 'other-repo');
+  await initRepository(otherDir, { keyFile: join(work, 'other-repo.key') });
+  const other = cli(['points', '--repo', otherDir], env);
+  t.not(other.status, 0, 'a key file that does not fit is refused by the key check');
+  t.match(other.out, /KEY_WRONG|does not match repository/);
   t.equal(cli(['points', '--repo', repoDir, '--key-file', keyFile], env).status, 0, '--key-file still works');
   const { RESTORELAB_KEY_FILE: _unused, ...noKey } = env;
   const missing = cli(['points'], noKey);

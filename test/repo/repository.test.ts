@@ -47,7 +47,7 @@ t.test('open: missing repository, newer version, edited config', async (t) => {
   writeFileSync(cfgPath, JSON.stringify({ ...cfg, version: 7 }));
   const newer = await rejection(openRepository(dir));
   t.equal(newer.code, 'REPO_VERSION_UNSUPPORTED');
-  t.match(newer.message, /repository format version 7 is newer than this restorelab supports \(1\)/);
+  t.match(newer.message, /repository format version 7 is newer than this restorelab supports \(2\)/);
   t.match(newer.hint ?? '', /upgrade/);
 
   writeFileSync(cfgPath, JSON.stringify({ ...cfg, chunkSize: 512 * 1024 }));

@@ -22,17 +22,18 @@ import { planPrune, pruneRepository, type PrunePolicy } from '../../repo/prune.j
 import { collectGarbage } from '../../repo/gc.js';
 import { catalogKnows, forgetPoints, listPoints, reindex } from '../../catalog/catalog.js';
 import { ExitCode, RestorelabError } from '../../errors.js';
+import { keyFileOption } from '../../config/key-file.js';
 
 export const DEFAULT_REPOSITORY = 'default';
 
 /**
- * How to open the repository at `path`: with the configured key file when it
- * is the configured repository (as the CLI's --key-file), without otherwise,
- * so the key never reaches a repository it does not belong to.
+ * How to open the repository at `path`: with the server's key file
+ * (resolveKeyFile: RESTORELAB_KEY_FILE, then repositoryKeyFile) when it is the
+ * configured repository, without otherwise: API clients name the other
+ * repositories, and the server's key is for its own.
  */
 export function openOptions(ctx: ApiContext, path: string): { keyFile?: string } {
-  const keyFile = ctx.config.repositoryKeyFile;
-  return keyFile !== undefined && resolve(path) === resolve(ctx.config.repository) ? { keyFile } : {};
+  return resolve(path) === resolve(ctx.config.repository) ? keyFileOption(undefined, ctx.config) : {};
 }
 
 /** The configured repository, opened fresh (opening reads config.json and the key file only). */

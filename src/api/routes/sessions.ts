@@ -19,7 +19,8 @@ import { labTemplateFile } from './labs.js';
 import { allowedTarget } from '../host-paths.js';
 import { listSessions, migrateSession, recover, stopSession } from '../../session/recover.js';
 import { planRecovery, type RecoverRequest } from '../../session/plan.js';
-import { realDeps } from '../../session/deps.js';
+import { depsWithKey, realDeps } from '../../session/deps.js';
+import { keyFileOption } from '../../config/key-file.js';
 import { closeHypervisor } from '../../session/seam.js';
 import { SessionStore } from '../../session/store.js';
 import type { RecoverySession } from '../../session/session.js';
@@ -31,6 +32,12 @@ interface CreateBody { vm: string; point?: string; lab?: string; network?: strin
 const LIVE = new Set(['running', 'migrating', 'migrated']);
 
 /** The session as listed (a dead supervisor noticed), or a 404. */
+/** A session as clients see it: the record without the server's key file path (where the server keeps its key is not theirs to know). */
+function shown(s: RecoverySession): Omit<RecoverySession, 'keyFile'> {
+  const { keyFile: _keyFile, ...rest } = s;
+  return rest;
+}
+
 async function findSession(stateDir: string, id: string): Promise<RecoverySession> {
   const s = (await listSessions(stateDir)).find((x) => x.id === id);
   if (!s) throw apiError('NOT_FOUND', `no recovery session ${id}`, [{ path: 'params/id', message: 'GET /api/v1/sessions lists them' }]);
@@ -66,12 +73,12 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
 
   t.add({
     method: 'get', path: '/sessions', role: 'viewer', tag: 'sessions', summary: 'recovery sessions, every state (a session whose supervisor died is reported failed)',
-    handler: async () => ({ sessions: await listSessions(stateDir) }),
+    handler: async () => ({ sessions: (await listSessions(stateDir)).map(shown) }),
   });
 
   t.add({
     method: 'get', path: '/sessions/:id', role: 'viewer', tag: 'sessions', summary: 'one recovery session',
-    handler: (req) => findSession(stateDir, nameParam(req, 'id')),
+    handler: async (req) => shown(await findSession(stateDir, nameParam(req, 'id'))),
   });
 
   t.add({
@@ -83,11 +90,12 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       const request: RecoverRequest = {
         repo: ctx.config.repository, vm: b.vm, stateDir, driver: b.driver ?? ctx.config.driver, accel: b.accel ?? ctx.config.accel,
         ...(b.point ? { point: b.point } : {}), ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}), ...(b.network ? { network: b.network } : {}),
+        ...keyFileOption(undefined, ctx.config),
       };
       // The same checks recover makes first, made before the 202: an unknown
       // VM or point, a clashing lab or a missing bridge is the client's 4xx,
       // not a failed operation to poll for.
-      await planRecovery(request, realDeps);
+      await planRecovery(request, depsWithKey(request.keyFile));
       const by = principal(res).name;
       const op = ctx.operations.start('recover', by, async (o) => {
         o.progress(null, `recovering ${b.vm}${b.point ? `@${b.point}` : ''} with the ${request.driver} driver`);
@@ -101,7 +109,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
           await stopSession(stateDir, s.id);
           throw apiError('CONFLICT', `cancelled: session ${s.id} was stopped after it came up`);
         }
-        return { result: s, resource: `/api/v1/sessions/${s.id}` };
+        return { result: shown(s), resource: `/api/v1/sessions/${s.id}` };
       });
       accepted(res, op);
     },
@@ -115,7 +123,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       new SessionStore(stateDir).get(id); // 404 for an unknown id
       const s = await stopSession(stateDir, id);
       ctx.log.info({ by: principal(res).name, session: id, state: s.state }, 'session stopped');
-      return s;
+      return shown(s);
     },
   });
 
@@ -134,7 +142,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
         o.progress(null, `migrating session ${id} to ${dir} (${b.format})`);
         const done = await migrateSession(stateDir, id, dir, b.format);
-        return { result: done, resource: `/api/v1/sessions/${id}` };
+        return { result: shown(done), resource: `/api/v1/sessions/${id}` };
       });
       accepted(res, op);
     },

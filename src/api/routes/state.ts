@@ -3,6 +3,7 @@
  * host no longer has, or has left over. Listing is a dry run; cleaning is an
  * admin's, one item (the dashboard's button) or every safe one at a time.
  */
+import { keyFileOption } from '../../config/key-file.js';
 import type { RegisterRoutes } from './index.js';
 import { badInput } from '../../errors.js';
 import { principal } from '../route-table.js';
@@ -12,7 +13,7 @@ interface CleanupBody { items?: string[]; discardWrites: boolean; dryRun: boolea
 
 export const stateRoutes: RegisterRoutes = (t, ctx) => {
   const cfg = ctx.config;
-  const keyFile = cfg.repositoryKeyFile ? { keyFile: cfg.repositoryKeyFile } : {};
+  const keyFile = keyFileOption(undefined, cfg);
   // Two cleanups at once would race on the same records: they run one after another.
   let queue: Promise<unknown> = Promise.resolve();
 

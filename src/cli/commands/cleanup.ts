@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
+import { keyFileOption } from '../../config/key-file.js';
 
 interface CleanupFlags { dryRun?: boolean; item: string[]; discardWrites?: boolean }
 
@@ -22,7 +23,7 @@ export function registerCleanup(program: Command): void {
       const cfg = await ctx.config();
       const report = await reconcile({
         stateDir: cfg.stateDir, dryRun: Boolean(o.dryRun), ...(o.item.length ? { only: o.item } : {}),
-        discardWrites: Boolean(o.discardWrites), ...(cfg.repositoryKeyFile ? { keyFile: cfg.repositoryKeyFile } : {}),
+        discardWrites: Boolean(o.discardWrites), ...keyFileOption(undefined, cfg),
         log: (l) => ctx.out.info(l),
       });
       ctx.out.result(report, () => `${renderStale(report)}${report.dryRun ? '\n(dry run: nothing changed)' : ''}`);

@@ -11,7 +11,7 @@ import type { FlrSession } from '../../flr/mount.js';
 import type { GuestEntry } from '../../flr/browse.js';
 import type { MountedPartition } from '../../flr/session.js';
 import { badInput } from '../../errors.js';
-import { partitionNumber, repoPath, type PointFlags } from './mount.js';
+import { partitionNumber, pointKeyFile, repoPath, type PointFlags } from './mount.js';
 
 async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags, use: (s: FlrSession) => Promise<T>): Promise<T> {
   const { findMountedSession, mountRestorePoint, umountSession } = await import('../../flr/mount.js');
@@ -25,7 +25,7 @@ async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags,
   try {
     ctx.out.info(`mounting restore point ${point} temporarily`);
     const s = await mountRestorePoint({
-      stateDir, repo, point, dir: join(parent, 'mnt'), temporary: true,
+      stateDir, repo, point, dir: join(parent, 'mnt'), temporary: true, ...(await pointKeyFile(ctx, o)),
       ...(o.disk !== undefined ? { disk: o.disk } : {}),
       ...(partitionNumber(o) !== undefined ? { partition: partitionNumber(o) } : {}),
     });
@@ -57,6 +57,7 @@ export function registerFiles(program: Command): void {
     .command('ls <point> <guest-path>')
     .description('list a guest directory (symlinks are shown, not followed)')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'disk of the restore point')
     .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
     .option('--json', 'print one JSON object')
@@ -75,6 +76,7 @@ export function registerFiles(program: Command): void {
     .requiredOption('--to <local>', 'local file to write, or - for stdout')
     .option('--tar', 'write a tar stream even for a single file')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'disk of the restore point')
     .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
     .option('--json', 'print one JSON object')

@@ -4,11 +4,18 @@ import { resolve } from 'node:path';
 import { contextFor, type CommandContext } from '../context.js';
 import type { FlrSession } from '../../flr/mount.js';
 import { badInput } from '../../errors.js';
+import { keyFileOption } from '../../config/key-file.js';
 
 export interface PointFlags {
   repo?: string;
+  keyFile?: string;
   disk?: string;
   partition?: string;
+}
+
+/** The key file for the holder process that publishes the point (config/key-file.ts): its path, never the key. */
+export async function pointKeyFile(ctx: CommandContext, o: { keyFile?: string }): Promise<{ keyFile?: string }> {
+  return keyFileOption(o.keyFile, await ctx.config());
 }
 
 export async function repoPath(ctx: CommandContext, o: { repo?: string }): Promise<string> {
@@ -32,6 +39,7 @@ export function registerMount(program: Command): void {
     .command('mount <point> <dir>')
     .description('mount the guest filesystems of a restore point read-only below <dir> (one p<N> per partition); stays mounted until `restorelab umount`')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'only this disk of the restore point')
     .option('--partition <n>', 'only this partition number')
     .option('--json', 'print one JSON object')
@@ -43,6 +51,7 @@ export function registerMount(program: Command): void {
         repo: await repoPath(ctx, o),
         point,
         dir: resolve(dir),
+        ...(await pointKeyFile(ctx, o)),
         ...(o.disk !== undefined ? { disk: o.disk } : {}),
         ...(partitionNumber(o) !== undefined ? { partition: partitionNumber(o) } : {}),
       });

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { contextFor } from '../context.js';
 import { parseSize } from './repo.js';
+import { keyFileOption } from '../../config/key-file.js';
 import { RestorelabError, badInput } from '../../errors.js';
 import type { NfsExport } from '../../nfs/export.js';
 import { parsePort } from './server.js';
@@ -149,7 +150,7 @@ export function registerPublish(program: Command): void {
         ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
         overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
         resume: o.resume ?? false, readOnly: o.readOnly ?? false, cacheMiB: cfg.limits.chunkCacheMiB,
-      }, { ...(o.keyFile ? { keyFile: o.keyFile } : {}), onWarning: (m) => ctx.out.warn(m) });
+      }, { ...keyFileOption(o.keyFile, cfg), onWarning: (m) => ctx.out.warn(m) });
       const result: PublishResult = { publication: pub.id, path: pub.path ?? '', disks: pub.disks };
       let nfs: NfsExport | undefined;
       if (o.nfs) {

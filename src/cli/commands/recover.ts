@@ -27,13 +27,15 @@ export function registerRecover(program: Command): void {
     .command('recover <vm[@point]>')
     .description('run a VM straight from a restore point (latest by default), in a lab or on a bridge')
     .option('--repo <dir>', 'backup repository (default from config)')
+    .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--lab <lab.json>', 'run inside this virtual lab (brought up if it is not)')
     .option('--network <bridge>', 'attach the NICs to this existing host bridge (production network)')
     .option('--driver <driver>', 'hypervisor driver: qemu or libvirt (default from config)')
     .option('--accel <accel>', 'kvm or tcg (default: probe)')
     .option('--publish <via>', 'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)')
-    .action(async (target: string, o: { repo?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string }, c: Command) => {
+    .action(async (target: string, o: { repo?: string; keyFile?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string }, c: Command) => {
       const { recover } = await import('../../session/recover.js');
+      const { keyFileOption } = await import('../../config/key-file.js');
       const ctx = contextFor(c);
       const cfg = await ctx.config();
       const { vm, point } = parseTarget(target);
@@ -53,7 +55,7 @@ export function registerRecover(program: Command): void {
       ctx.out.info(`recovering ${target} with the ${driver} driver (disks over ${via})...`);
       const s = await recover({
         repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
-        ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}), publish,
+        ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}), publish, ...keyFileOption(o.keyFile, cfg),
         ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
       });
       ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
@@ -65,8 +67,10 @@ export function registerRecover(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'how long to wait for the guest agent')
     .action(async (id: string, o: { stateDir: string; heartbeatTimeout?: string }) => {
       const { superviseSession } = await import('../../session/supervisor.js');
-      const { realDeps } = await import('../../session/deps.js');
-      const code = await superviseSession(o.stateDir, id, realDeps,
+      const { depsWithKey } = await import('../../session/deps.js');
+      const { SessionStore } = await import('../../session/store.js');
+      // The key file recover resolved is in the owner-only session record: only its path, never the key, reaches this process.
+      const code = await superviseSession(o.stateDir, id, depsWithKey(new SessionStore(o.stateDir).get(id).keyFile),
         o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {});
       // Whatever a lower layer left open (a FUSE channel, a libvirt
       // connection) must not keep a finished supervisor alive.

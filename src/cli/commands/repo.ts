@@ -10,6 +10,7 @@ import type { CatalogDb } from '../../catalog/catalog.js';
 import type { CodecInit } from '../../backup/chunk-pool.js';
 import { badInput } from '../../errors.js';
 import { formatBytes } from '../output.js';
+import { keyFileOption } from '../../config/key-file.js';
 
 export interface RepoFlags {
   repo?: string;
@@ -23,15 +24,14 @@ export interface OpenedRepo {
 }
 
 /**
- * The repository of --repo, else the configured one. --key-file, else the
- * configured repositoryKeyFile only for the configured repository: a key set
- * for it is never tried on a repository named with --repo.
+ * The repository of --repo, else the configured one, with the key file of
+ * resolveKeyFile (--key-file, RESTORELAB_KEY_FILE, the config).
  */
 export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Promise<OpenedRepo> {
   const { openRepository } = await import('../../repo/index.js');
-  const dir = o.repo ?? (await ctx.config()).repository;
-  const keyFile = o.keyFile ?? (o.repo === undefined ? (await ctx.config()).repositoryKeyFile : undefined);
-  const repo = await openRepository(dir, keyFile ? { keyFile } : {});
+  const cfg = await ctx.config();
+  const dir = o.repo ?? cfg.repository;
+  const repo = await openRepository(dir, keyFileOption(o.keyFile, cfg));
   const key = repo.masterKey;
   return { repo, codecInit: { config: repo.config, ...(key ? { key } : {}) } };
 }

@@ -13,6 +13,7 @@ import type { PublicationDatastore } from '../../datastore/publication-datastore
 import type { Scheduler } from '../../scheduler/scheduler.js';
 import { projectPath } from '../../paths.js';
 import { resolve } from 'node:path';
+import { keyFileOption } from '../../config/key-file.js';
 
 interface ServerFlags {
   nfs: boolean;
@@ -70,7 +71,7 @@ export function registerServer(program: Command): void {
       try {
         const { reconcile } = await import('../../reconcile/reconcile.js');
         const rec = await reconcile({
-          stateDir: cfg.stateDir, ...(cfg.repositoryKeyFile ? { keyFile: cfg.repositoryKeyFile } : {}),
+          stateDir: cfg.stateDir, ...keyFileOption(undefined, cfg),
           log: (l) => ctx.out.warn(`reconcile: ${l}`),
         });
         for (const s of rec.stale.filter((x) => x.outcome?.action !== 'removed')) ctx.out.warn(`stale: ${s.id}: ${s.reason} (restorelab cleanup)`);
@@ -90,7 +91,7 @@ export function registerServer(program: Command): void {
           datastore = new PublicationDatastore();
           const pubs = await restorePublications(cfg.stateDir, datastore, {
             // Publications of an encrypted configured repository reopen with its key file.
-            ...(cfg.repositoryKeyFile ? { keyFile: cfg.repositoryKeyFile } : {}),
+            ...keyFileOption(undefined, cfg),
             onWarning: (m) => ctx.out.warn(m),
             // A publication whose `publish` process is alive is served by that process.
             filter: (rec) => !(rec.pid !== undefined && rec.pid !== process.pid && pidAlive(rec.pid)),

@@ -44,9 +44,11 @@ export function registerSurebackup(program: Command): void {
     .command('run <job>')
     .description('run a verification job now; exits 0 only when every VM passed')
     .option('--repo <dir>', 'backup repository (default: the configured one)')
-    .action(async (file: string, o: { repo?: string }, c: Command) => {
+    .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
+    .action(async (file: string, o: { repo?: string; keyFile?: string }, c: Command) => {
       const { loadJob } = await import('../../surebackup/job.js');
       const { createLabBackend } = await import('../../surebackup/backend.js');
+      const { keyFileOption } = await import('../../config/key-file.js');
       const { executeRun, runOutput } = await import('../../surebackup/execute.js');
       const { History } = await import('../../surebackup/history.js');
       const { Limiter } = await import('../../surebackup/limiter.js');
@@ -54,7 +56,7 @@ export function registerSurebackup(program: Command): void {
       const job = loadJob(file);
       const cfg = await ctx.config();
       const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)),
-        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}) });
+        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}), ...keyFileOption(o.keyFile, cfg) });
       const history = History.open(cfg.catalog);
       const ac = new AbortController();
       // Ctrl-C or a service stop cancels the run; the runner still tears everything down.
