@@ -59,3 +59,21 @@ t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log a
   t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
   t.same(listPublications(stateDir), [], 'the publication is gone');
 });
+
+t.test('recover of the damaged guest fails for the reason its verification gives: the guest agent never answered', async (t) => {
+  const ddir = join(dir, 'damaged');
+  const { repo } = await guestRepository(ddir, 'damaged');
+  const lab = `rd${tag}`;
+  const labPath = join(dir, `${lab}.json`);
+  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.109.0/24' }] }));
+  const err = await recover({ repo, vm: 'damaged', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 60_000 }).catch((e: unknown) => e);
+  t.ok(err instanceof RestorelabError, `recover fails: ${(err as Error).message}`);
+  const e = err as RestorelabError;
+  t.equal(e.code, 'NO_HEARTBEAT');
+  // The same words test/surebackup/verdicts.test.ts expects from the heartbeat test of a verification.
+  t.match(e.message, /the guest agent never answered within the maximum boot time/, 'the reason a verification reports');
+  const consolePath = /serial console is kept in (\S+?)(,|$)/.exec(e.hint ?? '')?.[1];
+  t.ok(consolePath && existsSync(consolePath), `the console log is kept: ${e.hint}`);
+  t.match(consolePath && existsSync(consolePath) ? readFileSync(consolePath, 'utf8') : '', /guest agent exited/, 'and shows the agent failing');
+  t.same(listPublications(stateDir), [], 'the publication is gone');
+});

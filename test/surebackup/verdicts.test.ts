@@ -14,9 +14,6 @@ import { waitForAgent } from '../../src/hypervisor/qga.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 import { GUESTS, GuestNetwork, waitFor } from '../helpers/guests.js';
 
-// LEAD: once encrypted repositories work everywhere, set this to process.env.RESTORELAB_KEY_FILE
-// and hand it to guestRepository() and the CLI, so these verdicts are checked on an encrypted repository.
-const REPOSITORY_KEY_FILE: string | undefined = undefined;
 
 t.test('the damaged guest really is half alive: HTTP and ICMP answer, the agent never does', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'rl-damaged-'));
@@ -35,18 +32,19 @@ t.test('the damaged guest really is half alive: HTTP and ICMP answer, the agent 
   await t.rejects(waitForAgent(dom.agentSocket, 15_000), /gave no heartbeat/, 'the agent does not answer');
 });
 
-t.test('surebackup run over web, damaged and no-agent: success, failed on the heartbeat, success', async (t) => {
-  if (REPOSITORY_KEY_FILE !== undefined) throw new Error('wire REPOSITORY_KEY_FILE into guestRepository() and the CLI first');
+t.test('surebackup run over web, damaged and no-agent on an encrypted repository (key from RESTORELAB_KEY_FILE): success, failed on the heartbeat, success', async (t) => {
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
-  const { repo } = await guestRepository(dir, ['web', 'damaged', 'no-agent']);
+  // On an encrypted repository, its key found through RESTORELAB_KEY_FILE alone (no --key-file).
+  const keyFile = join(dir, 'repo.key');
+  const { repo } = await guestRepository(dir, ['web', 'damaged', 'no-agent'], { keyFile });
   const labName = `sbv${process.pid % 10000}`;
   const jobFile = join(dir, 'verdicts.json');
   writeFileSync(jobFile, JSON.stringify({
     name: 'verdicts', lab: labFile(dir, labName, '172.18.127.0/24'), concurrency: 3,
     verify: { vms: ['web', 'damaged', 'no-agent'], role: 'web', maxBootSeconds: 150, appInitSeconds: 30, overrides: { damaged: { maxBootSeconds: 60 } } },
   }));
-  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--json'], stateDir);
+  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--json'], stateDir, 600_000, { RESTORELAB_KEY_FILE: keyFile });
   t.equal(r.code, 3, `exit 3 when verification failed; stderr: ${r.stderr.slice(-800)}`);
   const rep = JSON.parse(r.stdout) as { result: string; report: string; vms: { name: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[] }[] };
   const vm = (n: string) => rep.vms.find((v) => v.name === n)!;
