@@ -75,5 +75,5 @@ t.test('bad input: an unknown variant or option fails with the fix', async (t) =
   const o = await exec(builder, ['--colour'], { timeoutMs: 60_000 });
   t.not(o.code, 0);
   t.match(o.stderr, /unknown option --colour \(usage: scripts\/build-guests/);
-  await t.rejects(guestImage('mainframe'), /unknown test guest "mainframe"; known: broken-app, damaged, db/);
+  await t.rejects(guestImage('mainframe'), /unknown test guest "mainframe"; known: broken-app, crash-loop, damaged, db/);
 });
