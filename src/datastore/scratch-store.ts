@@ -23,7 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE, type OverlayBudget } from '../overlay/overlay.js';
 import { RestorelabError } from '../errors.js';
-import { DatastoreError, NAME_MAX, type Caller, type DatastoreErrorCode, type FileType, type SetAttr } from './types.js';
+import { DatastoreError, NAME_MAX, type Caller, type DatastoreErrorCode, type FileAttr, type SetAttr } from './types.js';
 import { JOURNAL_FILE, SNAPSHOT_FILE, ScratchJournal, type JournalRecord, type ScratchRecord, type ScratchType } from './scratch-journal.js';
 
 export const MAX_SCRATCH_ENTRIES = 10_000;
@@ -35,19 +35,8 @@ export const SCRATCH_DATA_DIR = 'scratch-data';
 /** Local id of the publication directory, the parent of top-level scratch entries. */
 export const SCRATCH_ROOT = 1;
 
-/** The attributes of one entry, as the datastore reports them. */
-export interface ScratchAttr {
-  type: FileType;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  size: number;
-  used: number;
-  atime: Date;
-  mtime: Date;
-  ctime: Date;
-}
+/** The attributes of one entry, as the datastore reports them (the datastore adds the file id). */
+export type ScratchAttr = Omit<FileAttr, 'fileid'>;
 
 interface Entry extends ScratchRecord {
   /** Files: the content's length (the host file's size). */
