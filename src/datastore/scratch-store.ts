@@ -431,19 +431,22 @@ export class ScratchStore {
       } catch (err) {
         hostError(err);
       }
-      this.insert(e);
-      await this.persist(this.put(e, this.touchDir(parent, e.ctime)));
-      return e.id;
+      return this.link(e);
     });
+  }
+
+  /** Enters a new entry in its directory and journals both: the common end of create, mkdir and symlink. */
+  private async link(e: Entry): Promise<number> {
+    this.insert(e);
+    await this.persist(this.put(e, this.touchDir(e.parent, e.ctime)));
+    return e.id;
   }
 
   mkdir(parent: number, name: string, mode: number, owner: Caller | undefined): Promise<number> {
     return this.exclusive(async () => {
       if (this.lookup(parent, name) !== undefined) fail('EEXIST');
       const e = this.newEntry(parent, name, 'dir', mode, owner);
-      this.insert(e);
-      await this.persist(this.put(e, this.touchDir(parent, e.ctime)));
-      return e.id;
+      return this.link(e);
     });
   }
 
@@ -453,9 +456,7 @@ export class ScratchStore {
       if (this.lookup(parent, name) !== undefined) fail('EEXIST');
       if (target.includes('\0')) fail('EINVAL', 'symlink text contains NUL');
       const e = this.newEntry(parent, name, 'symlink', 0o777, owner, target);
-      this.insert(e);
-      await this.persist(this.put(e, this.touchDir(parent, e.ctime)));
-      return e.id;
+      return this.link(e);
     });
   }
 
