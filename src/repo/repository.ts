@@ -67,7 +67,7 @@ export function validateChunkSize(chunkSize: number): void {
   const pow2 = Number.isInteger(chunkSize) && chunkSize > 0 && (chunkSize & (chunkSize - 1)) === 0;
   if (!pow2 || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
     throw badInput('BAD_CHUNK_SIZE', `chunk size ${chunkSize} is not a power of two between ${MIN_CHUNK_SIZE} (256 KiB) and ${MAX_CHUNK_SIZE} (8 MiB)`,
-      'pass --chunk-size as e.g. 1048576, 4194304 (the default) or 8388608');
+      'pass --chunk-size as a power of two from 256K to 8M, e.g. 1M (the default) or 4M');
   }
 }
 

@@ -12,7 +12,7 @@
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { notFound } from '../errors.js';
+import { badInput, notFound } from '../errors.js';
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
 import type { RecoverySession } from './session.js';
 
@@ -31,6 +31,20 @@ const SESSIONS_MIGRATIONS = [
    );
    CREATE INDEX sessions_state ON sessions (state)`,
 ];
+
+/**
+ * What a session id may look like (recover makes 8 hex digits): a plain name,
+ * so `<dir>/<id>.json` never names a file outside the sessions directory. A
+ * record read from elsewhere would have its pids signalled and its resources
+ * removed by `stop`.
+ */
+const SESSION_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+export function checkSessionId(id: string): void {
+  if (!SESSION_ID.test(id)) {
+    throw badInput('BAD_SESSION_ID', `"${id}" is not a session id (letters, digits, '-' and '_')`, 'restorelab sessions lists the sessions');
+  }
+}
 
 export class SessionStore {
   readonly dir: string;
@@ -79,11 +93,13 @@ export class SessionStore {
   }
 
   path(id: string): string {
+    checkSessionId(id);
     return join(this.dir, `${id}.json`);
   }
 
   /** A per-session scratch directory (FUSE mount point, supervisor log, control socket). */
   workDir(id: string): string {
+    checkSessionId(id);
     return join(this.dir, id);
   }
 
@@ -118,6 +134,7 @@ export class SessionStore {
   }
 
   get(id: string): RecoverySession {
+    checkSessionId(id);
     const s = this.find(id);
     if (!s) throw notFound('SESSION_NOT_FOUND', `no recovery session ${id}`, 'restorelab sessions lists the sessions');
     return s;

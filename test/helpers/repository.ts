@@ -4,7 +4,7 @@
  * a restore point and must prove the backup never changed.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectPath } from '../../src/paths.js';
 import { initRepository, type LocalRepository } from '../../src/repo/repository.js';
@@ -36,18 +36,30 @@ export async function guestRepository(dir: string, variant = 'web'): Promise<Gue
 
 /** Name, size, mtime and content hash of every chunk file: any write to the repository changes it. */
 export function chunkFingerprint(repo: string): string {
+  return treeFingerprint(join(repo, CHUNKS_DIR));
+}
+
+/**
+ * Path, size, mtime and content hash of every file below `dir` (every
+ * directory too, so an empty one made counts): any change to the tree
+ * changes it. A missing `dir` has a fingerprint of its own.
+ */
+export function treeFingerprint(dir: string): string {
   const h = createHash('sha256');
+  if (!existsSync(dir)) return 'absent';
   const walk = (d: string): void => {
     for (const e of readdirSync(d, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else {
+      if (e.isDirectory()) {
+        h.update(`${p}/\n`);
+        walk(p);
+      } else {
         const st = statSync(p);
         h.update(`${p} ${st.size} ${st.mtimeMs}\n`);
         h.update(readFileSync(p));
       }
     }
   };
-  walk(join(repo, CHUNKS_DIR));
+  walk(dir);
   return h.digest('hex');
 }
