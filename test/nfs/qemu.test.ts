@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ROOT_ID } from '../../src/datastore/types.js';
-import { memoryFactory, requireTool, run, startServer } from './fixtures/harness.js';
+import { requireTool, run, startServer } from './fixtures/harness.js';
+import { MemoryDatastore } from './fixtures/memory-datastore.js';
 import { backedUpGuest, chunkFingerprint } from './fixtures/published-guest.js';
 import { startPublication } from '../../src/publish/publish.js';
 import { startNfsExport } from '../../src/nfs/export.js';
@@ -33,10 +34,10 @@ import { guestImage } from '../helpers/guests.js';
 
 t.test('qemu-img reads a raw disk over nfs:// through our portmapper on 111', async (t) => {
   requireTool('qemu-img');
-  const { datastore, seed } = await memoryFactory();
-  const pub = seed!.putDir(ROOT_ID, 'pub1');
+  const datastore = new MemoryDatastore();
+  const pub = datastore.putDir(ROOT_ID, 'pub1');
   const disk = crypto.randomBytes(4 * 1024 * 1024);
-  seed!.putFile(pub, 'disk.raw', disk);
+  datastore.putFile(pub, 'disk.raw', disk);
   const { server, ports } = await startServer(datastore, { portmapPort: 111 });
   t.teardown(() => server.stop());
   t.ok(ports.portmap === 111 || ports.registeredWithSystemPortmapper, 'portmapper reachable on 111');
@@ -55,8 +56,8 @@ t.test('qemu-img reads a raw disk over nfs:// through our portmapper on 111', as
   fs.writeFileSync(out, fresh);
   const wr = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', out, url]);
   t.equal(wr.code, 0, wr.stderr);
-  t.ok(seed!.fileData(await datastore.lookup(pub, 'disk.raw')).equals(fresh), 'qemu-img wrote through NFS into the datastore');
-  t.ok(seed!.commits + seed!.syncWrites > 0, 'writes were committed or synced');
+  t.ok(datastore.fileData(await datastore.lookup(pub, 'disk.raw')).equals(fresh), 'qemu-img wrote through NFS into the datastore');
+  t.ok(datastore.commits + datastore.syncWrites > 0, 'writes were committed or synced');
 });
 
 t.test('the web guest boots from the nfs:// URL of a published restore point and survives a server restart', async (t) => {
