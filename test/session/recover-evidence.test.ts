@@ -3,7 +3,8 @@
  * (its kernel panics, lab-templates/vms/no-boot.json) recovered with the qemu
  * driver into a lab gives no heartbeat, so `recover` fails with NO_HEARTBEAT;
  * the serial console log and the last screen the hint names exist after
- * teardown, and nothing else is left (QEMU, namespace, mount, publication).
+ * teardown, and nothing else is left: QEMU, the supervisor, the lab's
+ * namespace, taps and host veth, the FUSE mount, the publication.
  */
 import t from 'tap';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,12 +12,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../../src/errors.js';
-import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
+import { labDown, listLabs, readLabState, type LabState } from '../../src/lab/lab.js';
+import { exec } from '../../src/host/exec.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { guestRepository } from '../helpers/repository.js';
-import { residue } from './fixtures/recovery.js';
+import { residue, running, waitFor } from './fixtures/recovery.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-ev-'));
 const stateDir = join(dir, 'state');
@@ -34,11 +36,21 @@ t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log a
   const lab = `re${tag}`;
   const labPath = join(dir, `${lab}.json`);
   writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.106.0/24' }] }));
-  const err = await recover({ repo, vm: 'no-boot', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 45_000 }).catch((e: unknown) => e);
+  // The lab as it stood while the VM ran (its namespace, host veth and taps), to look for each after teardown.
+  let seen: LabState | undefined;
+  const watch = setInterval(() => { const st = readLabState(stateDir, lab); if (st?.ready && st.taps.length > 0) seen = st; }, 200);
+  const err = await recover({ repo, vm: 'no-boot', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 45_000 })
+    .catch((e: unknown) => e).finally(() => clearInterval(watch));
   t.ok(err instanceof RestorelabError, `recover fails: ${(err as Error).message}`);
   const e = err as RestorelabError;
   t.equal(e.code, 'NO_HEARTBEAT');
   t.match(e.message, /45 s/, 'after its boot timeout');
+  t.ok(seen, 'the lab was up with the VM\'s tap while it booted');
+  if (seen) {
+    const links = (await exec('ip', ['-j', 'link', 'show'])).stdout;
+    t.notOk((await exec('ip', ['netns', 'list'])).stdout.includes(seen.netns), `the lab namespace ${seen.netns} is gone, and its taps (${seen.taps.map((x) => x.name).join(', ')}) with it`);
+    t.notOk(links.includes(`"${seen.hostVeth}"`), `the host end of the lab's veth (${seen.hostVeth}) is gone`);
+  }
   const consolePath = /serial console is kept in (\S+?)(,|$)/.exec(e.hint ?? '')?.[1];
   const screenPath = /last screen in (\S+?)(,|;|$)/.exec(e.hint ?? '')?.[1];
   t.ok(consolePath, `the hint names the console log: ${e.hint}`);
@@ -54,8 +66,10 @@ t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log a
   t.same(s?.evidence, { console: consolePath, screenshot: screenPath }, 'the record names the same files');
   t.ok(consolePath?.startsWith(store.workDir(s?.id ?? '')), "kept in the session's own directory");
   t.same(s?.resources, { taps: [] }, 'nothing left in the record');
+  // The supervisor ends on its own once it has torn down; init may reap it a little later.
+  if (s?.supervisorPid) await waitFor(`supervisor pid ${s.supervisorPid} to exit`, () => !running(s.supervisorPid!), 30_000).catch(() => undefined);
   const left = await residue({ domain: s?.domain ?? 'none', mount: join(store.workDir(s?.id ?? ''), 'mnt'), ...(s?.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) });
-  t.same(left.filter((x) => !x.startsWith('supervisor')), [], 'no QEMU or mount remains');
+  t.same(left, [], 'no QEMU, supervisor or mount remains');
   t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
   t.same(listPublications(stateDir), [], 'the publication is gone');
 });
