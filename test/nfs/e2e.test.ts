@@ -51,7 +51,8 @@ eachDatastore(t, 'libnfs clients over loopback', async (t, fx) => {
 
 eachDatastore(t, 'large directory pages through READDIRPLUS cookies', async (t, fx) => {
   requireTool('nfs-ls');
-  const names = Array.from({ length: 3000 }, (_, i) => `scratch-file-with-a-longish-name-${i}.log`);
+  // A publication's scratch entries are durable metadata, each create journaled: 800 of them still take several pages.
+  const names = Array.from({ length: fx.kind === 'memory' ? 3000 : 800 }, (_, i) => `scratch-file-with-a-longish-name-${i}.log`);
   for (const n of names) await fx.putFile(n, Buffer.from(n));
   const { server, ports } = await startServer(fx.datastore);
   t.teardown(() => server.stop());
