@@ -17,7 +17,7 @@
  * retention rules, host scripts), so a bad job fails before anything is read
  * or written. Relative paths are relative to the job file's directory.
  */
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Cron } from 'croner';
 import { badInput, notFound } from '../../errors.js';
@@ -25,6 +25,8 @@ import { assertValid, readJsonFile } from '../../schema/validate.js';
 import { loadVmDefinition, type VmDefinition } from '../../vm/definition.js';
 import { planDisks } from '../engine.js';
 import { resolveScript } from '../../verify/script.js';
+import { projectPath } from '../../paths.js';
+import type { Config } from '../../config/config.js';
 import type { PrunePolicy } from '../../repo/prune.js';
 import type { Consistency } from '../../repo/contract.js';
 import type { HostScripts, LiveSource } from '../live/index.js';
@@ -170,16 +172,34 @@ export function loadBackupJobsDir(dir: string): BackupJob[] {
 }
 
 /**
- * `NAME|FILE` of `backup-job run`: an existing path (or one ending in .json)
- * is a file; anything else is the name of a job in `dir`.
+ * `NAME|FILE` of `backup-job run`: a path (it has a `/`, ends in .json or
+ * exists) is a job file; anything else names a job in `dir`, whose other
+ * files may be broken without hiding it.
  */
-export function findBackupJob(nameOrFile: string, dir: string, exists: (p: string) => boolean): BackupJob {
-  if (nameOrFile.endsWith('.json') || nameOrFile.includes('/') || exists(nameOrFile)) return loadBackupJob(nameOrFile);
-  const jobs = loadBackupJobsDir(dir);
+export function findBackupJob(nameOrFile: string, dir: string): BackupJob {
+  if (nameOrFile.endsWith('.json') || nameOrFile.includes('/') || existsSync(nameOrFile)) return loadBackupJob(nameOrFile);
+  const { jobs, invalid } = scanBackupJobsDir(dir);
   const job = jobs.find((x) => x.name === nameOrFile);
   if (!job) {
     throw notFound('BACKUP_JOB_NOT_FOUND', `no backup job named ${nameOrFile} in ${dir}`,
-      `known jobs: ${jobs.map((x) => x.name).join(', ') || 'none'}; or give the job file's path`);
+      `known jobs: ${jobs.map((x) => x.name).join(', ') || 'none'}${invalid.length ? `; files that do not load: ${invalid.map((x) => x.file).join(', ')}` : ''}; or give the job file's path`);
   }
   return job;
+}
+
+/** The backup jobs directory: `--backup-jobs`, else backupJobsDir of the config (RESTORELAB_BACKUP_JOBS_DIR overrides it), else lab-templates/backup-jobs. */
+export function backupJobsDir(flag: string | undefined, cfg: Pick<Config, 'backupJobsDir'>): string {
+  return resolve(flag ?? cfg.backupJobsDir ?? projectPath('lab-templates', 'backup-jobs'));
+}
+
+/** Every job of `dir` that loads, and the files that do not with why: what listings show (the server refuses a bad file instead). */
+export function scanBackupJobsDir(dir: string): { jobs: BackupJob[]; invalid: { file: string; error: string }[] } {
+  const jobs: BackupJob[] = [];
+  const invalid: { file: string; error: string }[] = [];
+  const names = existsSync(dir) ? readdirSync(dir).filter((n) => n.endsWith('.json')).sort() : [];
+  for (const n of names) {
+    const file = join(dir, n);
+    try { jobs.push(loadBackupJob(file)); } catch (err) { invalid.push({ file, error: (err as Error).message }); }
+  }
+  return { jobs, invalid };
 }

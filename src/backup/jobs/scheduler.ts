@@ -41,6 +41,8 @@ export interface BackupJobSchedulerOptions {
   jobsDir?: string;
   jobs?: BackupJob[];
   history: BackupJobHistory;
+  /** stop() closes the history's catalog (the scheduler opened it for itself). */
+  closeHistory?: boolean;
   run: RunBackupJobFn;
   log?: { info(line: string): void; warn(line: string): void };
   now?: () => Date;
@@ -125,8 +127,9 @@ export class BackupJobScheduler {
    * Starts a run of the job (by name: as loaded; or the job itself, e.g. as
    * the API just read it) unless one is in progress: then records
    * skipped-overlap. `done` never rejects: an error ends the run as `error`.
+   * `signal` (an API operation's cancel) cancels the run as stop() does.
    */
-  trigger(nameOrJob: string | BackupJob, trigger: BackupJobTrigger, onProgress?: (p: BackupJobProgress) => void): BackupTriggerOutcome {
+  trigger(nameOrJob: string | BackupJob, trigger: BackupJobTrigger, opts: { onProgress?: (p: BackupJobProgress) => void; signal?: AbortSignal } = {}): BackupTriggerOutcome {
     const job = typeof nameOrJob === 'string' ? this.current.find((j) => j.name === nameOrJob) : nameOrJob;
     if (!job) {
       throw notFound('BACKUP_JOB_NOT_FOUND', `no backup job named ${String(nameOrJob)}`, `known jobs: ${this.current.map((j) => j.name).join(', ') || 'none'}`);
@@ -141,11 +144,13 @@ export class BackupJobScheduler {
       return { job: name, status: 'skipped-overlap', runId };
     }
     this.running.set(name, ac);
+    const onCancel = (): void => ac.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onCancel, { once: true });
     const runId = this.o.history.startRun(name, trigger, this.o.now?.() ?? new Date());
     this.o.log?.info(`backup job ${name}: run ${runId} started (${trigger})`);
     const done = (async () => {
       try {
-        const r = await this.o.run(job, { runId, trigger, signal: ac.signal, ...(onProgress ? { onProgress } : {}) });
+        const r = await this.o.run(job, { runId, trigger, signal: ac.signal, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
         this.o.log?.info(`backup job ${name}: run ${runId} ended: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
         return r;
       } catch (err) {
@@ -154,6 +159,7 @@ export class BackupJobScheduler {
         this.o.log?.warn(`backup job ${name}: run ${runId} ended with an error: ${(err as Error).message}`);
         return undefined;
       } finally {
+        opts.signal?.removeEventListener('abort', onCancel);
         this.running.delete(name);
         release();
       }
@@ -175,5 +181,6 @@ export class BackupJobScheduler {
     for (const c of this.crons) c.stop();
     for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
     await Promise.allSettled([...this.inFlight]);
+    if (this.o.closeHistory) this.o.history.close();
   }
 }
