@@ -45,7 +45,8 @@ export interface RunNotice { jobs: string[]; by: string }
 export type NamedRun = TriggeredRun | { job: string; run: null; status: 'not-found' };
 export type NoticeReply = { ok: true; pid: number; jobsDir: string; triggered: TriggeredRun[] } | { ok: false; error: string };
 export type RunNoticeReply = { ok: true; pid: number; jobsDir: string; triggered: NamedRun[] };
-const JOB_NAME = /^[^\u0000-\u001f/]{1,128}$/;
+// As config/schemas/job.schema.json names a job.
+const JOB_NAME = /^[A-Za-z0-9._-]{1,128}$/;
 
 export function triggeredRun(o: TriggerOutcome): TriggeredRun {
   return { job: o.job, run: o.runId, status: o.status === 'started' ? 'running' : 'skipped-overlap' };

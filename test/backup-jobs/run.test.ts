@@ -26,7 +26,7 @@ const cli = (args: string[], env: Record<string, string>) =>
 const dir = t.testdir();
 const state = join(dir, 'state');
 const repoDir = join(dir, 'repo');
-const alpha = smallVm(dir, 'alpha');
+smallVm(dir, 'alpha');
 const beta = smallVm(dir, 'beta');
 const repo = await initRepository(repoDir, { chunkSize: 256 * 1024 });
 const file = jobFile(dir, 'daily.json', {

@@ -3,8 +3,7 @@
  * files of ctx.backupJobsDir, the same ones its scheduler arms, and their run
  * history in the catalog. A run started here goes through the server's
  * backup job scheduler (ctx.backupJobs), so it never overlaps a scheduled run
- * of the same job: a job already running is 409 CONFLICT (and the trigger is
- * recorded as skipped-overlap, as a scheduled one would be). Job files are
+ * of the same job: a job already running is 409 CONFLICT. Job files are
  * the host admin's (written on the host, not over the API): they name image
  * files and sockets, and the scripts of the runs the server makes must lie
  * in api.scriptsDir.
@@ -53,6 +52,10 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
     success: { status: 202, description: 'the operation; its progress names the run and each VM\'s disk, its result is the run, its resource /api/v1/backup-job-runs/<id>' },
     handler: (req, res) => {
       const job = load(nameParam(req, 'name'));
+      // Checked here for a 409 before any operation exists; the operation's work triggers in this same tick, so nothing slips in between.
+      if (ctx.backupJobs.isRunning(job.name)) {
+        throw apiError('CONFLICT', `backup job ${job.name} is already running`, [{ path: 'params/name', message: `GET /api/v1/backup-job-runs?job=${job.name} shows it` }]);
+      }
       const op = ctx.operations.start('backup-job-run', principal(res).name, async (o) => {
         const started = ctx.backupJobs.trigger(job, 'manual', {
           signal: o.signal,

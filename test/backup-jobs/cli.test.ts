@@ -1,0 +1,80 @@
+// `restorelab backup-job run|list|history` as scripts call them: JSON, retention, exit codes.
+import t from 'tap';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { exec } from '../../src/host/exec.js';
+import { projectPath } from '../../src/paths.js';
+import { initRepository } from '../../src/repo/repository.js';
+import { jobFile, smallVm } from './fixtures.js';
+
+const dir = t.testdir();
+const state = join(dir, 'state');
+const repoDir = join(dir, 'repo');
+const jobs = join(dir, 'backup-jobs');
+const sureBackupJobs = join(dir, 'jobs');
+mkdirSync(jobs);
+mkdirSync(sureBackupJobs);
+smallVm(dir, 'alpha', 1);
+await initRepository(repoDir, { chunkSize: 256 * 1024 });
+const env = { RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir, RESTORELAB_BACKUP_JOBS_DIR: jobs, RESTORELAB_JOBS_DIR: sureBackupJobs };
+const cli = (args: string[]) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } });
+const alphaVm = { vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } };
+
+interface RunJson { run: string; job: string; status: string; detail: string | null; vms: { vm: string; status: string; point: string | null; pruned: string[]; error: string | null }[]; surebackup: { job: string; status: string }[] }
+
+t.test('run, list, history', async (t) => {
+  jobFile(jobs, 'keep-one.json', { name: 'keep-one', vms: [alphaVm], retention: { keepLast: 1 } });
+  const list0 = await cli(['backup-job', 'list', '--json']);
+  t.equal(list0.code, 0, list0.stderr);
+  const l0 = JSON.parse(list0.stdout) as { backupJobsDir: string; jobs: { name: string; lastRun: unknown; vms: { name: string; source: string }[] }[] };
+  t.equal(l0.backupJobsDir, jobs, 'RESTORELAB_BACKUP_JOBS_DIR names the directory');
+  t.same(l0.jobs.map((j) => [j.name, j.lastRun, j.vms[0]!.name]), [['keep-one', null, 'alpha']]);
+
+  const first = await cli(['backup-job', 'run', 'keep-one', '--json']);
+  t.equal(first.code, 0, first.stderr);
+  const r1 = JSON.parse(first.stdout) as RunJson;
+  t.equal(r1.status, 'success');
+  t.ok(r1.vms[0]!.point);
+  const second = await cli(['backup-job', 'run', join(jobs, 'keep-one.json'), '--json']);
+  t.equal(second.code, 0, second.stderr);
+  const r2 = JSON.parse(second.stdout) as RunJson;
+  t.same(r2.vms[0]!.pruned, [r1.vms[0]!.point], 'keepLast 1: the second run pruned the first point');
+  const points = JSON.parse((await cli(['points', '--json'])).stdout) as { points: { id: string }[] };
+  t.same(points.points.map((p) => p.id), [r2.vms[0]!.point]);
+
+  const hist = await cli(['backup-job', 'history', 'keep-one', '--json']);
+  t.equal(hist.code, 0, hist.stderr);
+  const h = JSON.parse(hist.stdout) as { runs: { id: string; trigger: string; status: string; vms: { point: string }[] }[] };
+  t.same(h.runs.map((r) => [r.id, r.trigger, r.status]), [[r2.run, 'manual', 'success'], [r1.run, 'manual', 'success']], 'newest first');
+  const human = await cli(['backup-job', 'history']);
+  t.match(human.stdout, /keep-one\s+manual\s+success/);
+  const list1 = JSON.parse((await cli(['backup-job', 'list', '--json'])).stdout) as { jobs: { lastRun: { id: string; status: string } }[] };
+  t.same([list1.jobs[0]!.lastRun.id, list1.jobs[0]!.lastRun.status], [r2.run, 'success']);
+});
+
+t.test('failures: exit codes scripts can act on', async (t) => {
+  const gone = jobFile(dir, 'gone.json', { name: 'gone', vms: [{ vm: 'alpha.json', source: { disks: { root: 'missing.raw' } } }], retention: { keepLast: 1 } });
+  const before = JSON.parse((await cli(['points', '--json'])).stdout) as { points: unknown[] };
+  const r = await cli(['backup-job', 'run', gone, '--json']);
+  t.equal(r.code, 1, 'a VM not backed up is a failure');
+  const out = JSON.parse(r.stdout) as RunJson;
+  t.equal(out.status, 'failed');
+  t.match(out.vms[0]!.error, /missing\.raw/);
+  t.same((JSON.parse((await cli(['points', '--json'])).stdout) as { points: unknown[] }).points, before.points, 'nothing pruned, nothing added');
+
+  const bad = jobFile(dir, 'bad.json', { name: 'bad', vms: [alphaVm], schedule: '0 0 31 2 * * *' });
+  const b = await cli(['backup-job', 'run', bad, '--json']);
+  t.equal(b.code, 2, 'a bad job file is bad input');
+  t.match(b.stdout, /BAD_SCHEDULE|SCHEMA_INVALID|BACKUP_DISK/);
+  const unknown = await cli(['backup-job', 'run', 'nope', '--json']);
+  t.equal(unknown.code, 5);
+  t.match(unknown.stdout, /BACKUP_JOB_NOT_FOUND/);
+
+  const linked = jobFile(dir, 'linked.json', { name: 'linked', vms: [{ vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } }], surebackup: ['no-such-job'] });
+  const l = await cli(['backup-job', 'run', linked, '--json']);
+  t.equal(l.code, 3, 'backed up, but its verification could not run');
+  const lo = JSON.parse(l.stdout) as RunJson;
+  t.equal(lo.status, 'warning');
+  t.same(lo.surebackup.map((s) => [s.job, s.status]), [['no-such-job', 'not-found']]);
+});
+
