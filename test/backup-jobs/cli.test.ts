@@ -76,5 +76,17 @@ t.test('failures: exit codes scripts can act on', async (t) => {
   const lo = JSON.parse(l.stdout) as RunJson;
   t.equal(lo.status, 'warning');
   t.same(lo.surebackup.map((s) => [s.job, s.status]), [['no-such-job', 'not-found']]);
+
+  // A linked job that exists runs in this process (no server here): its lab file is missing, so it ends in error before anything boots.
+  jobFile(sureBackupJobs, 'check.json', { name: 'check', lab: 'no-such-lab.json', verify: { vms: ['alpha'] } });
+  const here = jobFile(dir, 'here.json', { name: 'here', vms: [{ vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } }], surebackup: ['check'] });
+  const hr = await cli(['backup-job', 'run', here, '--json']);
+  t.equal(hr.code, 3, hr.stderr);
+  const ho = JSON.parse(hr.stdout) as RunJson & { surebackup: { run: string | null; detail: string | null }[] };
+  t.equal(ho.status, 'success', 'the backup itself succeeded');
+  t.equal(ho.surebackup[0]!.job, 'check');
+  t.ok(ho.surebackup[0]!.run, 'this process started a SureBackup run');
+  t.equal(ho.surebackup[0]!.status, 'error');
+  t.match(ho.surebackup[0]!.detail, /no-such-lab/);
 });
 
