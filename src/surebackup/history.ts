@@ -11,8 +11,8 @@
  * Times: runs carry ISO 8601 strings; VM rows carry epoch milliseconds as
  * well, so concurrency can be checked from the catalog alone.
  */
-import { randomUUID } from 'node:crypto';
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import { lastStartedAt, newRunId, newestRunRows } from '../catalog/job-runs.js';
 import type { RunResult, VmResult } from './runner.js';
 
 export type RunTrigger = 'manual' | 'schedule' | 'after-backup';
@@ -89,7 +89,7 @@ export class History {
   }
 
   startRun(job: string, trigger: RunTrigger, at = new Date()): string {
-    const id = `${at.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomUUID().slice(0, 8)}`;
+    const id = newRunId(at);
     this.db.prepare('INSERT INTO surebackup_runs (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)')
       .run(id, job, trigger, 'running', at.toISOString());
     return id;
@@ -130,16 +130,12 @@ export class History {
 
   /** Newest first. */
   lastRuns(o: { job?: string; limit?: number } = {}): RunRow[] {
-    const rows = (o.job === undefined
-      ? this.db.prepare('SELECT * FROM surebackup_runs ORDER BY started_at DESC, rowid DESC LIMIT ?').all(o.limit ?? 20)
-      : this.db.prepare('SELECT * FROM surebackup_runs WHERE job = ? ORDER BY started_at DESC, rowid DESC LIMIT ?').all(o.job, o.limit ?? 20)) as RunDbRow[];
-    return rows.map(toRun);
+    return newestRunRows<RunDbRow>(this.db, 'surebackup_runs', o).map(toRun);
   }
 
   /** When the job last started a real run (not a skipped or missed trigger). */
   lastRunTime(job: string): Date | undefined {
-    const r = this.db.prepare(`SELECT MAX(started_at) AS at FROM surebackup_runs WHERE job = ? AND status NOT IN ('skipped-overlap', 'missed')`).get(job) as { at: string | null };
-    return r.at === null ? undefined : new Date(r.at);
+    return lastStartedAt(this.db, 'surebackup_runs', job);
   }
 
   /** Share of finished runs (success or warning count as passed) among the last `lastN` finished runs. */

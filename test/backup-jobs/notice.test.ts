@@ -1,26 +1,15 @@
 // A backup job run by the CLI hands its linked SureBackup jobs to the server over the notice socket:
 // the server's scheduler runs the ones it knows (trigger after-backup), reports the others, refuses bad requests.
 import t from 'tap';
-import { connect } from 'node:net';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { History } from '../../src/surebackup/history.js';
 import { JobGate } from '../../src/surebackup/gate.js';
 import { Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
 import { sendRunNotice, serveBackupNotices } from '../../src/scheduler/notice.js';
+import { rawRequest } from '../helpers/unix-socket.js';
 
 const quiet = { info: (): void => undefined, warn: (): void => undefined };
-
-function rawRequest(path: string, line: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = connect(path);
-    let out = '';
-    s.on('connect', () => s.write(line));
-    s.on('data', (d: Buffer) => { out += d.toString(); });
-    s.on('close', () => resolve(out));
-    s.on('error', reject);
-  });
-}
 
 t.test('run request: known jobs start, unknown ones are named, bad requests refused', async (t) => {
   // A short home: the socket path must stay under 108 bytes.

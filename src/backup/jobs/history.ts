@@ -5,8 +5,8 @@
  * running) and `missed` (the server was down when it was due). Each VM of a
  * run gets a row once its backup (and, after success, its prune) ended.
  */
-import { randomUUID } from 'node:crypto';
 import { migrate, openCatalog, type CatalogDb } from '../../catalog/catalog.js';
+import { lastStartedAt, newRunId, newestRunRows } from '../../catalog/job-runs.js';
 import type { Consistency } from '../../repo/contract.js';
 
 export type BackupJobTrigger = 'manual' | 'schedule';
@@ -89,7 +89,7 @@ export class BackupJobHistory {
   close(): void { this.db.close(); }
 
   startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string {
-    const id = `${at.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomUUID().slice(0, 8)}`;
+    const id = newRunId(at);
     this.db.prepare('INSERT INTO backup_job_runs (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)').run(id, job, trigger, 'running', at.toISOString());
     return id;
   }
@@ -117,22 +117,17 @@ export class BackupJobHistory {
 
   /** Newest first. */
   lastRuns(o: { job?: string; limit?: number } = {}): BackupRunRow[] {
-    const rows = (o.job === undefined
-      ? this.db.prepare('SELECT * FROM backup_job_runs ORDER BY started_at DESC, rowid DESC LIMIT ?').all(o.limit ?? 20)
-      : this.db.prepare('SELECT * FROM backup_job_runs WHERE job = ? ORDER BY started_at DESC, rowid DESC LIMIT ?').all(o.job, o.limit ?? 20)) as RunDbRow[];
-    return rows.map(toRun);
+    return newestRunRows<RunDbRow>(this.db, 'backup_job_runs', o).map(toRun);
   }
 
   /** When the job last started a real run (not a skipped or missed trigger). */
   lastRunTime(job: string): Date | undefined {
-    const r = this.db.prepare(`SELECT MAX(started_at) AS at FROM backup_job_runs WHERE job = ? AND status NOT IN ('skipped-overlap', 'missed')`).get(job) as { at: string | null };
-    return r.at === null ? undefined : new Date(r.at);
+    return lastStartedAt(this.db, 'backup_job_runs', job);
   }
 
   /** When the job's last `missed` entry was recorded. */
   lastMissTime(job: string): Date | undefined {
-    const r = this.db.prepare(`SELECT MAX(started_at) AS at FROM backup_job_runs WHERE job = ? AND status = 'missed'`).get(job) as { at: string | null };
-    return r.at === null ? undefined : new Date(r.at);
+    return lastStartedAt(this.db, 'backup_job_runs', job, 'missed');
   }
 
   /** One run with its VMs, in job order. */
