@@ -89,7 +89,7 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
 function ownBackupJobs(o: ApiOptions, catalog: CatalogDb, closers: Array<() => Promise<void> | void>): BackupJobScheduler {
   const history = new BackupJobHistory(catalog);
   const log = o.log ?? pino({ level: process.env.RESTORELAB_LOG_LEVEL ?? 'info' }, pino.destination(2));
-  const s = new BackupJobScheduler({ history, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) },
+  const s = new BackupJobScheduler({ history, stateDir: o.config.stateDir, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) },
     run: configuredBackupRun(o.config, { history, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) }, confineScripts: true,
       ...(o.scheduler ? { fireSureBackup: fireThroughScheduler(o.scheduler) } : {}) }) });
   closers.push(() => s.stop());

@@ -1,10 +1,12 @@
 // `restorelab backup-job run` failing as scripts see it: exit codes, nothing pruned, linked SureBackup jobs that cannot run.
 import t from 'tap';
-import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
 import { projectPath } from '../../src/paths.js';
 import { initRepository } from '../../src/repo/repository.js';
+import { runLockFile } from '../../src/backup/jobs/run-lock.js';
 import { jobFile, smallVm } from './fixtures.js';
 
 const dir = t.testdir();
@@ -36,6 +38,19 @@ t.test('failures: exit codes scripts can act on', async (t) => {
   const b = await cli(['backup-job', 'run', bad, '--json']);
   t.equal(b.code, 2, 'a bad job file is bad input');
   t.match(b.stdout, /BAD_SCHEDULE|SCHEMA_INVALID|BACKUP_DISK/);
+  // Another process (here: a stand-in holding the run lock) runs the job: the CLI does not start a second run.
+  const holder = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => { holder.kill('SIGKILL'); });
+  mkdirSync(join(state, 'backup-jobs'), { recursive: true });
+  writeFileSync(runLockFile(state, 'gone'), `${holder.pid}\n`);
+  const busy = await cli(['backup-job', 'run', gone, '--json']);
+  t.equal(busy.code, 6, 'busy');
+  t.match(busy.stdout, /BACKUP_JOB_BUSY/);
+  t.match(busy.stdout, new RegExp(`process ${holder.pid}`));
+  holder.kill('SIGKILL');
+  const hist = JSON.parse((await cli(['backup-job', 'history', 'gone', '--json'])).stdout) as { runs: { status: string; detail: string }[] };
+  t.same(hist.runs.map((r) => r.status), ['skipped-overlap', 'failed'], 'the refused trigger is in the history');
+
   const unknown = await cli(['backup-job', 'run', 'nope', '--json']);
   t.equal(unknown.code, 5);
   t.match(unknown.stdout, /BACKUP_JOB_NOT_FOUND/);

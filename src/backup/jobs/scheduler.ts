@@ -2,9 +2,11 @@
  * The backup job scheduler (started by `restorelab server`, also the one
  * place the API's "run now" goes through). Its rules are the SureBackup
  * scheduler's (src/scheduler/scheduler.ts):
- * - Two runs of one job never overlap. A trigger that arrives while the job
- *   runs is recorded as a `skipped-overlap` run, not queued: the run in
- *   progress already takes the VMs' newest state it can.
+ * - Two runs of one job never overlap, also across processes (the run lock
+ *   in the state directory, src/backup/jobs/run-lock.ts, against
+ *   `backup-job run`). A trigger that arrives while the job runs is
+ *   recorded as a `skipped-overlap` run, not queued: the run in progress
+ *   already takes the VMs' newest state it can.
  * - Runs missed while the server was down are reported on start as one
  *   `missed` entry per job naming how many and when, and not run late.
  */
@@ -15,6 +17,7 @@ import { describeMissed, missedFireTimes, nextRunsOf } from '../../scheduler/sch
 import { loadBackupJobsDir, type BackupJob } from './job.js';
 import type { BackupJobHistory, BackupJobTrigger, BackupRunRow } from './history.js';
 import type { BackupJobProgress, BackupJobRunResult } from './runner.js';
+import { claimRunLock } from './run-lock.js';
 
 export interface BackupRunContext { runId: string; trigger: BackupJobTrigger; signal: AbortSignal; onProgress?: (p: BackupJobProgress) => void }
 export type RunBackupJobFn = (job: BackupJob, ctx: BackupRunContext) => Promise<BackupJobRunResult>;
@@ -46,6 +49,8 @@ export interface BackupJobSchedulerOptions {
   run: RunBackupJobFn;
   log?: { info(line: string): void; warn(line: string): void };
   now?: () => Date;
+  /** The state directory whose run locks exclude other processes' runs of the same job; none: this process only. */
+  stateDir?: string;
 }
 
 /** How a VM's source reads in a listing: `disks root=/x.img`, `qmp /run/vm.qmp`, `libvirt web`. */
@@ -136,13 +141,20 @@ export class BackupJobScheduler {
     }
     const name = job.name;
     const ac = new AbortController();
-    const release = this.stopped ? undefined : this.gate.claim(name, ac);
-    if (!release) {
-      const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap',
-        this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`);
+    const claimed = this.stopped ? undefined : this.gate.claim(name, ac);
+    // This process's gate first, then the run lock other processes see.
+    const lock = claimed && this.o.stateDir !== undefined ? claimRunLock(this.o.stateDir, name) : undefined;
+    const heldBy = lock && 'heldBy' in lock ? lock.heldBy : undefined;
+    if (!claimed || heldBy !== undefined) {
+      claimed?.();
+      const why = this.stopped ? 'scheduler stopping'
+        : heldBy !== undefined ? `a ${trigger} trigger arrived while process ${heldBy} was still running the job`
+          : `a ${trigger} trigger arrived while the previous run was still going`;
+      const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap', why);
       this.o.log?.info(`backup job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { job: name, status: 'skipped-overlap', runId };
     }
+    const release = (): void => { if (lock && 'release' in lock) lock.release(); claimed(); };
     this.running.set(name, ac);
     const onCancel = (): void => ac.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onCancel, { once: true });

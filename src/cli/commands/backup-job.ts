@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { contextFor } from '../context.js';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, RestorelabError } from '../../errors.js';
 import { projectPath } from '../../paths.js';
 import { formatBytes } from '../output.js';
 import { parseLimit } from './surebackup.js';
@@ -52,11 +52,21 @@ export function registerBackupJob(program: Command): void {
       const { BackupJobHistory } = await import('../../backup/jobs/history.js');
       const { configuredBackupRun } = await import('../../backup/jobs/run.js');
       const { fireFromCli } = await import('../../backup/jobs/surebackup-link.js');
+      const { claimRunLock } = await import('../../backup/jobs/run-lock.js');
       const ctx = contextFor(c);
       const cfg = await ctx.config();
       const job = findBackupJob(name, backupJobsDir(o.backupJobs, cfg));
       const log = { info: (l: string) => ctx.out.info(l), warn: (l: string) => ctx.out.warn(l) };
       const history = BackupJobHistory.open(cfg.catalog);
+      // The server (its schedule, its API) may be running this job right now: never two runs at once.
+      const lock = claimRunLock(cfg.stateDir, job.name);
+      if ('heldBy' in lock) {
+        history.recordNonRun(job.name, 'manual', 'skipped-overlap', `a manual run was asked for while process ${lock.heldBy} was still running the job`);
+        history.close();
+        throw new RestorelabError('BACKUP_JOB_BUSY', `backup job ${job.name} is being run by process ${lock.heldBy}`, {
+          exitCode: ExitCode.busy, hint: `wait for it to end: restorelab backup-job history ${job.name}`,
+        });
+      }
       const ac = new AbortController();
       // Ctrl-C stops the run after the VM being backed up (a live backup at once); what is done stays recorded.
       const cancel = (sig: string): void => { ctx.out.warn(`${sig}: cancelling backup job ${job.name}`); ac.abort(new Error(`cancelled by ${sig}`)); };
@@ -88,6 +98,7 @@ export function registerBackupJob(program: Command): void {
         else if (r.surebackup.some((s) => !['running', 'success', 'warning'].includes(s.status))) process.exitCode = ExitCode.verifyFailed;
       } finally {
         process.off('SIGINT', onInt); process.off('SIGTERM', onTerm);
+        lock.release();
         history.close();
       }
     });

@@ -189,7 +189,7 @@ async function startBackupJobs(cfg: Config, dir: string, surebackup: Scheduler, 
   const history = BackupJobHistory.open(cfg.catalog);
   try {
     const s = new BackupJobScheduler({
-      ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }), history, closeHistory: true, log,
+      ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }), history, closeHistory: true, log, stateDir: cfg.stateDir,
       run: configuredBackupRun(cfg, { history, log, confineScripts: true, fireSureBackup: fireThroughScheduler(surebackup) }),
     }).start();
     return s;
