@@ -31,3 +31,18 @@ export function lastStartedAt(db: CatalogDb, table: JobRunTable, job: string, wh
   const r = db.prepare(`SELECT MAX(started_at) AS at FROM ${table} WHERE job = ? AND ${where}`).get(job) as { at: string | null };
   return r.at === null ? undefined : new Date(r.at);
 }
+
+/** A new run row, `running` from `at`; its id. */
+export function insertRun(db: CatalogDb, table: JobRunTable, job: string, trigger: string, at: Date): string {
+  const id = newRunId(at);
+  db.prepare(`INSERT INTO ${table} (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)`).run(id, job, trigger, 'running', at.toISOString());
+  return id;
+}
+
+/** A trigger that ran nothing (the job was still running, or the server was down when it was due), ended now; its id. */
+export function insertNonRun(db: CatalogDb, table: JobRunTable, job: string, trigger: string, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
+  const at = new Date();
+  const id = insertRun(db, table, job, trigger, at);
+  db.prepare(`UPDATE ${table} SET status = ?, ended_at = ?, due_at = ?, detail = ? WHERE id = ?`).run(status, at.toISOString(), dueAt?.toISOString() ?? null, detail, id);
+  return id;
+}

@@ -12,7 +12,7 @@
  * well, so concurrency can be checked from the catalog alone.
  */
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
-import { lastStartedAt, newRunId, newestRunRows } from '../catalog/job-runs.js';
+import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../catalog/job-runs.js';
 import type { RunResult, VmResult } from './runner.js';
 
 export type RunTrigger = 'manual' | 'schedule' | 'after-backup';
@@ -88,20 +88,11 @@ export class History {
       .run(name, file ?? null, JSON.stringify(definition), new Date().toISOString());
   }
 
-  startRun(job: string, trigger: RunTrigger, at = new Date()): string {
-    const id = newRunId(at);
-    this.db.prepare('INSERT INTO surebackup_runs (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)')
-      .run(id, job, trigger, 'running', at.toISOString());
-    return id;
-  }
+  startRun(job: string, trigger: RunTrigger, at = new Date()): string { return insertRun(this.db, 'surebackup_runs', job, trigger, at); }
 
   /** A trigger that verified nothing: skipped because the job was running, or missed while the server was down. */
   recordNonRun(job: string, trigger: RunTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
-    const at = new Date();
-    const id = this.startRun(job, trigger, at);
-    this.db.prepare('UPDATE surebackup_runs SET status = ?, ended_at = ?, due_at = ?, detail = ? WHERE id = ?')
-      .run(status, at.toISOString(), dueAt?.toISOString() ?? null, detail, id);
-    return id;
+    return insertNonRun(this.db, 'surebackup_runs', job, trigger, status, detail, dueAt);
   }
 
   finishRun(id: string, r: RunResult, reports: { html?: string; json?: string } = {}): void {

@@ -1,28 +1,13 @@
 // `restorelab backup-job run` failing as scripts see it: exit codes, nothing pruned, linked SureBackup jobs that cannot run.
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { exec } from '../../src/host/exec.js';
-import { projectPath } from '../../src/paths.js';
-import { initRepository } from '../../src/repo/repository.js';
+import { spawn } from 'node:child_process';
 import { runLockFile } from '../../src/backup/jobs/run-lock.js';
-import { jobFile, smallVm } from './fixtures.js';
+import { cliHome, jobFile, type RunJson } from './fixtures.js';
 
 const dir = t.testdir();
-const state = join(dir, 'state');
-const repoDir = join(dir, 'repo');
-const jobs = join(dir, 'backup-jobs');
-const sureBackupJobs = join(dir, 'jobs');
-mkdirSync(jobs);
-mkdirSync(sureBackupJobs);
-smallVm(dir, 'alpha', 1);
-await initRepository(repoDir, { chunkSize: 256 * 1024 });
-const env = { RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir, RESTORELAB_BACKUP_JOBS_DIR: jobs, RESTORELAB_JOBS_DIR: sureBackupJobs };
-const cli = (args: string[]) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } });
-const alphaVm = { vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } };
-
-interface RunJson { run: string; job: string; status: string; detail: string | null; vms: { vm: string; status: string; point: string | null; pruned: string[]; error: string | null }[]; surebackup: { job: string; status: string }[] }
+const { state, sureBackupJobs, cli, alphaVm } = await cliHome(dir);
 
 t.test('failures: exit codes scripts can act on', async (t) => {
   const gone = jobFile(dir, 'gone.json', { name: 'gone', vms: [{ vm: 'alpha.json', source: { disks: { root: 'missing.raw' } } }], retention: { keepLast: 1 } });

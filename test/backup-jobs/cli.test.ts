@@ -1,26 +1,10 @@
 // `restorelab backup-job run|list|history` as scripts call them: JSON, retention, exit codes.
 import t from 'tap';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { exec } from '../../src/host/exec.js';
-import { projectPath } from '../../src/paths.js';
-import { initRepository } from '../../src/repo/repository.js';
-import { jobFile, smallVm } from './fixtures.js';
+import { cliHome, jobFile, type RunJson } from './fixtures.js';
 
 const dir = t.testdir();
-const state = join(dir, 'state');
-const repoDir = join(dir, 'repo');
-const jobs = join(dir, 'backup-jobs');
-const sureBackupJobs = join(dir, 'jobs');
-mkdirSync(jobs);
-mkdirSync(sureBackupJobs);
-smallVm(dir, 'alpha', 1);
-await initRepository(repoDir, { chunkSize: 256 * 1024 });
-const env = { RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir, RESTORELAB_BACKUP_JOBS_DIR: jobs, RESTORELAB_JOBS_DIR: sureBackupJobs };
-const cli = (args: string[]) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } });
-const alphaVm = { vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } };
-
-interface RunJson { run: string; job: string; status: string; detail: string | null; vms: { vm: string; status: string; point: string | null; pruned: string[]; error: string | null }[]; surebackup: { job: string; status: string }[] }
+const { jobs, cli, alphaVm } = await cliHome(dir);
 
 t.test('run, list, history', async (t) => {
   jobFile(jobs, 'keep-one.json', { name: 'keep-one', vms: [alphaVm], retention: { keepLast: 1 } });

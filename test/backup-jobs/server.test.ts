@@ -4,22 +4,12 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { exec } from '../../src/host/exec.js';
 import { projectPath } from '../../src/paths.js';
-import { initRepository } from '../../src/repo/repository.js';
 import { BackupJobHistory } from '../../src/backup/jobs/history.js';
-import { jobFile, smallVm } from './fixtures.js';
+import { cliHome, jobFile } from './fixtures.js';
 
 const dir = t.testdir();
-const state = join(dir, 'state');
-const repoDir = join(dir, 'repo');
-const sureBackupJobs = join(dir, 'jobs');
-mkdirSync(sureBackupJobs);
-smallVm(dir, 'alpha', 1);
-await initRepository(repoDir, { chunkSize: 256 * 1024 });
-const env = { RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir, RESTORELAB_JOBS_DIR: sureBackupJobs };
-const cli = (args: string[]) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } });
-const alphaVm = { vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } };
+const { state, env, cli, alphaVm } = await cliHome(dir);
 
 t.test('the server fires a scheduled job; runs of one job never overlap', async (t) => {
   const tickDir = join(dir, 'tick-jobs');

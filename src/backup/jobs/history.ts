@@ -6,7 +6,7 @@
  * run gets a row once its backup (and, after success, its prune) ended.
  */
 import { migrate, openCatalog, type CatalogDb } from '../../catalog/catalog.js';
-import { lastStartedAt, newRunId, newestRunRows } from '../../catalog/job-runs.js';
+import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../../catalog/job-runs.js';
 import type { Consistency } from '../../repo/contract.js';
 
 export type BackupJobTrigger = 'manual' | 'schedule';
@@ -88,19 +88,11 @@ export class BackupJobHistory {
   static open(catalogPath: string): BackupJobHistory { return new BackupJobHistory(openCatalog(catalogPath)); }
   close(): void { this.db.close(); }
 
-  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string {
-    const id = newRunId(at);
-    this.db.prepare('INSERT INTO backup_job_runs (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)').run(id, job, trigger, 'running', at.toISOString());
-    return id;
-  }
+  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string { return insertRun(this.db, 'backup_job_runs', job, trigger, at); }
 
   /** A trigger that backed up nothing: the job was still running, or the server was down when it was due. */
   recordNonRun(job: string, trigger: BackupJobTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
-    const at = new Date();
-    const id = this.startRun(job, trigger, at);
-    this.db.prepare('UPDATE backup_job_runs SET status = ?, ended_at = ?, due_at = ?, detail = ? WHERE id = ?')
-      .run(status, at.toISOString(), dueAt?.toISOString() ?? null, detail, id);
-    return id;
+    return insertNonRun(this.db, 'backup_job_runs', job, trigger, status, detail, dueAt);
   }
 
   recordVm(runId: string, seq: number, r: BackupVmResult): void {
