@@ -13,11 +13,13 @@ import * as sessions from './views/sessions.js';
 import * as jobs from './views/jobs.js';
 import * as run from './views/run.js';
 import * as files from './views/files.js';
+import * as backupJobs from './views/backup-jobs.js';
 
 const VIEWS = {
   overview: { module: overview, title: 'Overview' },
   points: { module: points, title: 'Restore points' },
   sessions: { module: sessions, title: 'Sessions' },
+  'backup-jobs': { module: backupJobs, title: 'Backup jobs' },
   jobs: { module: jobs, title: 'Jobs & runs' },
   runs: { module: run, title: 'Run' },
   files: { module: files, title: 'File restore' },

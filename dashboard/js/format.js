@@ -57,9 +57,17 @@ export function badge(value) {
   const v = value === null || value === undefined ? 'not verified' : String(value);
   const good = ['passed', 'success', 'succeeded', 'running', 'ok'];
   const bad = ['failed', 'error', 'dependency-failed', 'cancelled', 'missed'];
-  const busy = ['starting', 'migrating', 'queued', 'pending', 'warning'];
+  const busy = ['starting', 'migrating', 'queued', 'pending', 'warning', 'partial', 'skipped-overlap'];
   const tone = good.includes(v) ? 'good' : bad.includes(v) ? 'bad' : busy.includes(v) ? 'busy' : 'neutral';
   return { label: v, tone };
+}
+
+/** A backup job's retention in words: "last 3, daily 7, weekly 4 (then gc)"; "keep all" without one. */
+export function retentionText(r) {
+  if (!r) return 'keep all';
+  const rules = [['keepLast', 'last'], ['keepHourly', 'hourly'], ['keepDaily', 'daily'], ['keepWeekly', 'weekly'], ['keepMonthly', 'monthly'], ['keepYearly', 'yearly']]
+    .filter(([k]) => r[k] > 0).map(([k, w]) => `${w} ${r[k]}`);
+  return rules.join(', ') + (r.gc ? ' (then gc)' : '');
 }
 
 /** Session states that still hold a VM (the same list as src/session/session.ts ACTIVE_STATES). */

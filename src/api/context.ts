@@ -9,6 +9,8 @@ import type { AuthFailureLimiter } from './rate-limit.js';
 import type { PublicationDatastore } from '../datastore/publication-datastore.js';
 import type { JobGate } from '../surebackup/gate.js';
 import type { BackedUpVm, TriggerOutcome } from '../scheduler/scheduler.js';
+import type { RunTrigger } from '../surebackup/history.js';
+import type { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 
 export interface ApiContext {
   config: Config;
@@ -33,7 +35,15 @@ export interface ApiContext {
    * directory after a job changes, and of every backup that succeeded (it
    * triggers the afterBackup jobs covering the VM).
    */
-  scheduler?: { reload(): void; notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[] };
+  scheduler?: { reload(): void; notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[]; trigger(name: string, trigger: RunTrigger): TriggerOutcome };
+  /** Directory of backup job files (src/backup/jobs). */
+  backupJobsDir: string;
+  /**
+   * The server's backup job scheduler, through which every backup job run
+   * starts (no overlap of one job); the API's own, unarmed, when the server
+   * runs no schedules.
+   */
+  backupJobs: Pick<BackupJobScheduler, 'trigger' | 'isRunning'>;
   /** Registers cleanup for server shutdown, run last-registered first. */
   onClose(fn: () => Promise<void> | void): void;
 }

@@ -9,7 +9,12 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import { openCatalog } from '../catalog/catalog.js';
+import { openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import { BackupJobHistory } from '../backup/jobs/history.js';
+import { BackupJobScheduler } from '../backup/jobs/scheduler.js';
+import { configuredBackupRun } from '../backup/jobs/run.js';
+import { fireThroughScheduler } from '../backup/jobs/surebackup-link.js';
+import { backupJobsDir } from '../backup/jobs/job.js';
 import { History } from '../surebackup/history.js';
 import { listPublications } from '../publish/publish.js';
 import { listSessions } from '../session/recover.js';
@@ -33,6 +38,10 @@ export interface ApiOptions {
   datastore?: PublicationDatastore;
   jobGate?: JobGate;
   scheduler?: ApiContext['scheduler'];
+  /** Default: lab-templates/backup-jobs (or the config's backupJobsDir). */
+  backupJobsDir?: string;
+  /** The server's backup job scheduler; default: one of the API's own, armed with no schedule. */
+  backupJobs?: ApiContext['backupJobs'];
 }
 
 export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {
@@ -42,6 +51,7 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
   const closers: Array<() => Promise<void> | void> = [];
   const operations = new OperationRegistry((err) => errorBody(toApiError(err).error).error);
   const stateDir = o.config.stateDir;
+  const backupJobs = o.backupJobs ?? ownBackupJobs(o, catalog, closers);
   const metrics = new Metrics({
     publications: () => listPublications(stateDir).filter((p) => p.running).length,
     sessionsByState: async () => {
@@ -64,6 +74,8 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
     ...(o.datastore ? { datastore: o.datastore } : {}),
     jobGate: o.jobGate ?? new JobGate(o.config.limits.maxConcurrentVms, o.config.limits.memoryBudgetMiB),
     ...(o.scheduler ? { scheduler: o.scheduler } : {}),
+    backupJobsDir: backupJobsDir(o.backupJobsDir, o.config),
+    backupJobs,
     onClose: (fn) => { closers.push(fn); },
     close: async () => {
       await operations.shutdown();
@@ -71,6 +83,17 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
       catalog.close();
     },
   };
+}
+
+/** A backup job scheduler that only runs what the API starts, stopped (runs cancelled and awaited) when the API closes. */
+function ownBackupJobs(o: ApiOptions, catalog: CatalogDb, closers: Array<() => Promise<void> | void>): BackupJobScheduler {
+  const history = new BackupJobHistory(catalog);
+  const log = o.log ?? pino({ level: process.env.RESTORELAB_LOG_LEVEL ?? 'info' }, pino.destination(2));
+  const s = new BackupJobScheduler({ history, stateDir: o.config.stateDir, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) },
+    run: configuredBackupRun(o.config, { history, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) }, confineScripts: true,
+      ...(o.scheduler ? { fireSureBackup: fireThroughScheduler(o.scheduler) } : {}) }) });
+  closers.push(() => s.stop());
+  return s;
 }
 
 export interface RunningApi { url: string; port: number; tls: boolean; server: Server; ctx: ApiContext; close(): Promise<void> }

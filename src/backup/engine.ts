@@ -55,6 +55,11 @@ export interface BackupOptions {
   onProgress?: (p: BackupProgress) => void;
   /** Things a person should know that do not fail the backup (stale locks removed). */
   onWarning?: (message: string) => void;
+  /**
+   * The point's time; default now. Backup jobs pass their clock, so tests of
+   * retention over days and weeks need not wait for them.
+   */
+  time?: Date;
 }
 
 interface DiskPlan {
@@ -85,7 +90,7 @@ export function planDisks(vm: VmDefinition, given: Record<string, string> = {}):
 export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
   const { repo, vm } = opts;
   const started = performance.now();
-  const time = new Date().toISOString();
+  const time = (opts.time ?? new Date()).toISOString();
   const plan = planDisks(vm, opts.disks);
   const sources: ImageSource[] = [];
   try {

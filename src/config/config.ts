@@ -78,6 +78,8 @@ export interface Config {
   driver: 'qemu' | 'libvirt';
   accel: 'auto' | 'kvm' | 'tcg';
   guestsDir: string;
+  /** Backup job files (absolute after loading); absent: lab-templates/backup-jobs (src/backup/jobs/job.ts). */
+  backupJobsDir?: string;
   limits: Limits;
   nfs: NfsConfig;
   fuse: FuseConfig;
@@ -93,6 +95,7 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   RESTORELAB_DRIVER: { path: ['driver'], parse: (v) => v },
   RESTORELAB_ACCEL: { path: ['accel'], parse: (v) => v },
   RESTORELAB_GUESTS_DIR: { path: ['guestsDir'], parse: (v) => v },
+  RESTORELAB_BACKUP_JOBS_DIR: { path: ['backupJobsDir'], parse: (v) => v },
   RESTORELAB_CHUNK_CACHE_MIB: { path: ['limits', 'chunkCacheMiB'], parse: Number },
   RESTORELAB_NFS_PORT: { path: ['nfs', 'port'], parse: Number },
   RESTORELAB_FUSE_GROUP: { path: ['fuse', 'group'], parse: (v) => v },
@@ -148,6 +151,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   if (cfg.repositoryKeyFile !== undefined) cfg.repositoryKeyFile = abs(cfg.repositoryKeyFile);
   cfg.stateDir = abs(cfg.stateDir);
   cfg.guestsDir = abs(cfg.guestsDir);
+  if (cfg.backupJobsDir !== undefined) cfg.backupJobsDir = abs(cfg.backupJobsDir);
   cfg.catalog = isAbsolute(cfg.catalog) ? cfg.catalog : resolve(cfg.stateDir, cfg.catalog);
   const inState = (p: string): string => (isAbsolute(p) ? p : resolve(cfg.stateDir, p));
   cfg.api.sourceRoots = cfg.api.sourceRoots.map(inState);

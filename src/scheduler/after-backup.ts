@@ -17,8 +17,8 @@ import type { Config } from '../config/config.js';
 import { History, type RunStatus } from '../surebackup/history.js';
 import { JobGate } from '../surebackup/gate.js';
 import { configuredRun } from './run.js';
-import { Scheduler, covers, loadJobsDir, type BackedUpVm } from './scheduler.js';
-import { sendBackupNotice, triggeredRun } from './notice.js';
+import { Scheduler, covers, loadJobsDir, type BackedUpVm, type ScheduledJob, type TriggerOutcome } from './scheduler.js';
+import { sendBackupNotice, sendRunNotice, triggeredRun } from './notice.js';
 
 export interface AfterBackupRun {
   job: string;
@@ -58,28 +58,56 @@ export async function afterBackup(o: AfterBackupOptions): Promise<AfterBackupRep
   const jobs = existsSync(o.jobsDir) ? loadJobsDir(o.jobsDir).filter((s) => s.job.afterBackup && covers(s, o.vm)) : [];
   if (jobs.length === 0) return { by: 'this-process', jobsDir: o.jobsDir, runs: [] };
 
-  const history = History.open(o.cfg.catalog);
-  const gate = new JobGate(o.cfg.limits.maxConcurrentVms, o.cfg.limits.memoryBudgetMiB);
-  const scheduler = new Scheduler({ jobs, history, gate, log: o.log, run: configuredRun(o.cfg, history, o.log, gate.limiter) });
+  return { by: 'this-process', jobsDir: o.jobsDir, runs: await runHere(o.cfg, jobs, o.log, o.signal, (s) => s.notifyBackup([o.vm])) };
+}
+
+/**
+ * Runs `jobs` in this process through a Scheduler of its own (same history,
+ * gate rules and configured run as the server), starting them with `start`,
+ * and waits for their verdicts.
+ */
+async function runHere(cfg: Config, jobs: ScheduledJob[], log: AfterBackupOptions['log'], signal: AbortSignal | undefined,
+  start: (s: Scheduler) => TriggerOutcome[]): Promise<AfterBackupRun[]> {
+  const history = History.open(cfg.catalog);
+  const gate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
+  const scheduler = new Scheduler({ jobs, history, gate, log, run: configuredRun(cfg, history, log, gate.limiter) });
   const cancel = (): void => { void scheduler.stop(); };
-  o.signal?.addEventListener('abort', cancel, { once: true });
+  signal?.addEventListener('abort', cancel, { once: true });
   try {
     for (const s of jobs) history.recordJob(s.name, s.job, s.file);
-    const outcomes = scheduler.notifyBackup([o.vm]);
-    for (const r of outcomes.map(triggeredRun)) o.log.info(`after-backup: job ${r.job} run ${r.run} started`);
+    const outcomes = start(scheduler);
+    for (const r of outcomes.map(triggeredRun)) log.info(`after-backup: job ${r.job} run ${r.run} started`);
     await Promise.all(outcomes.map((x) => (x.status === 'started' ? x.done : undefined)));
-    return {
-      by: 'this-process', jobsDir: o.jobsDir,
-      runs: outcomes.map((x) => {
-        const row = history.run(x.runId);
-        return { job: x.job, run: x.runId, status: row?.status ?? 'error', detail: row?.detail ?? null, vms: (row?.vms ?? []).map((v) => ({ name: v.name, result: v.result })) };
-      }),
-    };
+    return outcomes.map((x) => {
+      const row = history.run(x.runId);
+      return { job: x.job, run: x.runId, status: row?.status ?? 'error', detail: row?.detail ?? null, vms: (row?.vms ?? []).map((v) => ({ name: v.name, result: v.result })) };
+    });
   } finally {
-    o.signal?.removeEventListener('abort', cancel);
+    signal?.removeEventListener('abort', cancel);
     await scheduler.stop();
     history.close();
   }
+}
+
+/** A SureBackup job a backup job fired: its run, or why there is none. */
+export interface LinkedRun { job: string; run: string | null; status: RunStatus | 'not-found'; detail?: string | null }
+
+/**
+ * Fires SureBackup jobs by name once a backup job's run succeeded
+ * (src/backup/jobs), with the same two owners as afterBackup: the server on
+ * this state directory (it runs them under its gate; they are `running` here
+ * and end later), else this process, which waits for their verdicts.
+ */
+export async function runLinkedJobs(o: { cfg: Config; jobsDir: string; jobs: readonly string[]; by: string; log: AfterBackupOptions['log']; signal?: AbortSignal }): Promise<LinkedRun[]> {
+  const reply = await sendRunNotice(o.cfg.stateDir, { jobs: [...o.jobs], by: o.by });
+  if (reply) return reply.triggered.map((r) => ({ job: r.job, run: r.run, status: r.status }));
+  const known = existsSync(o.jobsDir) ? loadJobsDir(o.jobsDir) : [];
+  const jobs = known.filter((s) => o.jobs.includes(s.name));
+  const missing: LinkedRun[] = o.jobs.filter((n) => !jobs.some((s) => s.name === n))
+    .map((job) => ({ job, run: null, status: 'not-found', detail: `no SureBackup job named ${job} in ${o.jobsDir}` }));
+  if (jobs.length === 0) return missing;
+  const runs = await runHere(o.cfg, jobs, o.log, o.signal, (s) => jobs.map((j) => s.trigger(j.name, 'after-backup')));
+  return [...runs, ...missing];
 }
 
 /** Whether every run this process waited for passed (success or warning); a server's runs are not known yet. */

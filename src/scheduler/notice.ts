@@ -8,6 +8,9 @@
  *   → {"backup":{"vm":"web","tags":["test-guest"],"point":"<id>"}}
  *   ← {"ok":true,"pid":1234,"jobsDir":"...","triggered":[{"job":"j","run":"<id>","status":"running"}]}
  *   ← {"ok":false,"error":"..."}
+ * A backup job (src/backup/jobs) fires its linked SureBackup jobs by name:
+ *   → {"run":{"jobs":["nightly"],"by":"backup job daily run <id>"}}
+ *   ← the same reply; a job the server does not know is `"status":"not-found"`
  * Whether the socket answers is also how the CLI knows a server with a
  * scheduler is there: no socket, or a stale one nobody listens on, means
  * none, and the CLI runs the jobs itself.
@@ -36,7 +39,14 @@ export function noticeSocket(stateDir: string): string { return join(stateDir, N
 export interface TriggeredRun { job: string; run: string; status: 'running' | 'skipped-overlap' }
 
 export interface BackupNotice { vm: BackedUpVm; point: string }
+/** Named SureBackup jobs to run now, and who asks (for the server's log). */
+export interface RunNotice { jobs: string[]; by: string }
+/** A named job the server does not know is reported, not an error of the whole request. */
+export type NamedRun = TriggeredRun | { job: string; run: null; status: 'not-found' };
 export type NoticeReply = { ok: true; pid: number; jobsDir: string; triggered: TriggeredRun[] } | { ok: false; error: string };
+export type RunNoticeReply = { ok: true; pid: number; jobsDir: string; triggered: NamedRun[] };
+// As config/schemas/job.schema.json names a job.
+const JOB_NAME = /^[A-Za-z0-9._-]{1,128}$/;
 
 export function triggeredRun(o: TriggerOutcome): TriggeredRun {
   return { job: o.job, run: o.runId, status: o.status === 'started' ? 'running' : 'skipped-overlap' };
@@ -53,6 +63,27 @@ export function parseNotice(line: string): BackupNotice | string {
   const tags = b.tags ?? [];
   if (!Array.isArray(tags) || tags.length > 64 || !tags.every((t) => typeof t === 'string' && t.length > 0 && t.length <= 128)) return 'backup.tags must be a list of tags';
   return { vm: { name: b.vm, tags: tags as string[] }, point: b.point };
+}
+
+/** A run request in a line already parsed as JSON, or why it is refused. */
+function parseRunNotice(r: unknown): RunNotice | string {
+  const o = r as { jobs?: unknown; by?: unknown } | null;
+  if (typeof o !== 'object' || o === null) return 'run must be an object';
+  if (!Array.isArray(o.jobs) || o.jobs.length === 0 || o.jobs.length > 64 || !o.jobs.every((j) => typeof j === 'string' && JOB_NAME.test(j))) return 'run.jobs must be a list of job names';
+  if (typeof o.by !== 'string' || o.by.length > 256) return 'run.by must say who asks';
+  return { jobs: o.jobs as string[], by: o.by };
+}
+
+/** Either request a line may hold, or why it is refused. */
+export function parseRequest(line: string): { backup: BackupNotice } | { run: RunNotice } | string {
+  let m: unknown;
+  try { m = JSON.parse(line); } catch { return 'the request is not JSON'; }
+  if (typeof m === 'object' && m !== null && 'run' in m) {
+    const r = parseRunNotice((m as { run: unknown }).run);
+    return typeof r === 'string' ? r : { run: r };
+  }
+  const b = parseNotice(line);
+  return typeof b === 'string' ? b : { backup: b };
 }
 
 /** Reads one line of at most NOTICE_MAX_BYTES; undefined when the peer sends more, or closes first. */
@@ -80,6 +111,8 @@ export interface NoticeServer { path: string; close(): Promise<void> }
  */
 export async function serveBackupNotices(o: {
   stateDir: string; jobsDir: string; notify(vms: BackedUpVm[]): TriggerOutcome[]; log: { info(l: string): void; warn(l: string): void };
+  /** Runs named jobs now (a backup job's linked SureBackup jobs); undefined: the job does not exist. */
+  run?(job: string): TriggerOutcome | undefined;
 }): Promise<NoticeServer | undefined> {
   const path = noticeSocket(o.stateDir);
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
@@ -97,15 +130,24 @@ export async function serveBackupNotices(o: {
     sock.setTimeout(5000, () => sock.destroy());
     sock.on('error', () => undefined);
     readLine(sock, (line) => {
-      const n = line === undefined ? `a request is one line of at most ${NOTICE_MAX_BYTES} bytes` : parseNotice(line);
-      let reply: NoticeReply;
-      if (typeof n === 'string') {
-        reply = { ok: false, error: n };
+      const req = line === undefined ? `a request is one line of at most ${NOTICE_MAX_BYTES} bytes` : parseRequest(line);
+      let reply: NoticeReply | RunNoticeReply;
+      if (typeof req === 'string') {
+        reply = { ok: false, error: req };
       } else {
         try {
-          const triggered = o.notify([n.vm]).map(triggeredRun);
-          o.log.info(`backup of ${n.vm.name} (point ${n.point}) reported: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ') || 'no afterBackup job covers it'}`);
-          reply = { ok: true, pid: process.pid, jobsDir: o.jobsDir, triggered };
+          if ('run' in req) {
+            if (!o.run) throw new Error('this server does not run jobs by name');
+            const run = o.run.bind(o);
+            const triggered = req.run.jobs.map((job): NamedRun => { const x = run(job); return x ? triggeredRun(x) : { job, run: null, status: 'not-found' }; });
+            o.log.info(`${req.run.by} fired: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ')}`);
+            reply = { ok: true, pid: process.pid, jobsDir: o.jobsDir, triggered };
+          } else {
+            const n = req.backup;
+            const triggered = o.notify([n.vm]).map(triggeredRun);
+            o.log.info(`backup of ${n.vm.name} (point ${n.point}) reported: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ') || 'no afterBackup job covers it'}`);
+            reply = { ok: true, pid: process.pid, jobsDir: o.jobsDir, triggered };
+          }
         } catch (err) {
           reply = { ok: false, error: (err as Error).message };
         }
@@ -140,21 +182,31 @@ function answers(path: string): Promise<boolean> {
  * started the jobs: running them here as well could run them twice.
  */
 export function sendBackupNotice(stateDir: string, notice: BackupNotice, timeoutMs = 10_000): Promise<(NoticeReply & { ok: true }) | undefined> {
+  return sendRequest(stateDir, { backup: { vm: notice.vm.name, tags: notice.vm.tags ?? [], point: notice.point } },
+    `its afterBackup jobs for ${notice.vm.name} may not have run`, timeoutMs);
+}
+
+/** Asks the server on `stateDir` to run SureBackup jobs by name; undefined when no server listens (as sendBackupNotice). */
+export function sendRunNotice(stateDir: string, notice: RunNotice, timeoutMs = 10_000): Promise<RunNoticeReply | undefined> {
+  return sendRequest(stateDir, { run: notice }, `the SureBackup jobs ${notice.jobs.join(', ')} may not have started`, timeoutMs);
+}
+
+function sendRequest<R>(stateDir: string, request: unknown, unsure: string, timeoutMs: number): Promise<R | undefined> {
   const path = noticeSocket(stateDir);
   if (!existsSync(path)) return Promise.resolve(undefined);
-  return new Promise((resolve, reject) => {
+  return new Promise<R | undefined>((resolve, reject) => {
     const sock = connect(path);
     let connected = false;
     const fail = (why: string): void => {
       sock.destroy();
-      reject(new RestorelabError('SERVER_NOTICE_FAILED', `the restorelab server on ${stateDir} ${why}; its afterBackup jobs for ${notice.vm.name} may not have run`, {
+      reject(new RestorelabError('SERVER_NOTICE_FAILED', `the restorelab server on ${stateDir} ${why}; ${unsure}`, {
         hint: `check the server's log; \`restorelab surebackup history\` shows what ran, \`restorelab surebackup run JOB\` runs a job now`,
       }));
     };
     const timer = setTimeout(() => fail(`did not answer the backup notice within ${timeoutMs / 1000} s`), timeoutMs);
     sock.on('connect', () => {
       connected = true;
-      sock.write(JSON.stringify({ backup: { vm: notice.vm.name, tags: notice.vm.tags ?? [], point: notice.point } }) + '\n');
+      sock.write(JSON.stringify(request) + '\n');
     });
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
@@ -165,11 +217,11 @@ export function sendBackupNotice(stateDir: string, notice: BackupNotice, timeout
     readLine(sock, (line) => {
       clearTimeout(timer);
       if (line === undefined) { if (connected) fail('closed the connection without an answer'); return; }
-      let r: NoticeReply;
-      try { r = JSON.parse(line) as NoticeReply; } catch { fail('answered something that is not JSON'); return; }
+      let r: { ok: true } | { ok: false; error: string };
+      try { r = JSON.parse(line) as typeof r; } catch { fail('answered something that is not JSON'); return; }
       sock.destroy();
-      if (r.ok) resolve(r);
-      else fail(`refused the backup notice: ${r.error}`);
+      if (r.ok) resolve(r as R);
+      else fail(`refused the request: ${r.error}`);
     });
   });
 }

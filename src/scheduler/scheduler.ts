@@ -39,10 +39,36 @@ export function loadJobsDir(dir: string): ScheduledJob[] {
   return names.map((n) => { const file = join(dir, n); const job = loadJob(file); return { name: job.name, file, job }; });
 }
 
+/**
+ * The fire times of `schedule` after `since` (epoch ms) that passed before
+ * `now`, at most 10 000. Fire times within the last second are the live
+ * scheduler's, not misses.
+ */
+export function missedFireTimes(schedule: string, since: number, now: Date): Date[] {
+  const c = new Cron(schedule, { paused: true });
+  const missed: Date[] = [];
+  try {
+    let t = c.nextRun(new Date(since));
+    while (t !== null && t.getTime() < now.getTime() - 1000 && missed.length < 10_000) { missed.push(t); t = c.nextRun(t); }
+  } finally { c.stop(); }
+  return missed;
+}
+
+/** The detail of a `missed` history entry. */
+export function describeMissed(missed: readonly Date[]): string {
+  const first = missed[0]!, last = missed.at(-1)!;
+  return `${missed.length} scheduled run(s) missed while the server was down: ${first.toISOString()}${missed.length > 1 ? ` … ${last.toISOString()}` : ''}`;
+}
+
 /** Next fire times of a job's schedule (croner), or none. */
 export function nextFireTimes(s: ScheduledJob, n = 1, from = new Date()): Date[] {
-  if (s.job.schedule === undefined) return [];
-  const c = new Cron(s.job.schedule, { paused: true });
+  return nextRunsOf(s.job.schedule, n, from);
+}
+
+/** The next `n` fire times of a cron expression (croner), or none without one. */
+export function nextRunsOf(schedule: string | undefined, n = 1, from = new Date()): Date[] {
+  if (schedule === undefined) return [];
+  const c = new Cron(schedule, { paused: true });
   try { return c.nextRuns(n, from); } finally { c.stop(); }
 }
 
@@ -148,16 +174,10 @@ export class Scheduler {
       const refs = [lastRun?.getTime() ?? -Infinity, lastMiss ? Date.parse(lastMiss.startedAt) : -Infinity];
       const ref = Math.max(...refs);
       if (!Number.isFinite(ref)) continue;
-      const c = new Cron(s.job.schedule, { paused: true });
-      const missed: Date[] = [];
-      try {
-        let t = c.nextRun(new Date(ref));
-        // Fire times within the last second are the live scheduler's, not misses.
-        while (t !== null && t.getTime() < now.getTime() - 1000 && missed.length < 10_000) { missed.push(t); t = c.nextRun(t); }
-      } finally { c.stop(); }
+      const missed = missedFireTimes(s.job.schedule, ref, now);
       if (missed.length === 0) continue;
-      const first = missed[0]!, last = missed.at(-1)!;
-      const detail = `${missed.length} scheduled run(s) missed while the server was down: ${first.toISOString()}${missed.length > 1 ? ` … ${last.toISOString()}` : ''}`;
+      const first = missed[0]!;
+      const detail = describeMissed(missed);
       this.o.history.recordNonRun(s.name, 'schedule', 'missed', detail, first);
       this.o.log?.warn(`job ${s.name}: ${detail}`);
       out.push({ job: s.name, count: missed.length, first });

@@ -11,8 +11,8 @@
  * Times: runs carry ISO 8601 strings; VM rows carry epoch milliseconds as
  * well, so concurrency can be checked from the catalog alone.
  */
-import { randomUUID } from 'node:crypto';
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../catalog/job-runs.js';
 import type { RunResult, VmResult } from './runner.js';
 
 export type RunTrigger = 'manual' | 'schedule' | 'after-backup';
@@ -88,20 +88,11 @@ export class History {
       .run(name, file ?? null, JSON.stringify(definition), new Date().toISOString());
   }
 
-  startRun(job: string, trigger: RunTrigger, at = new Date()): string {
-    const id = `${at.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomUUID().slice(0, 8)}`;
-    this.db.prepare('INSERT INTO surebackup_runs (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)')
-      .run(id, job, trigger, 'running', at.toISOString());
-    return id;
-  }
+  startRun(job: string, trigger: RunTrigger, at = new Date()): string { return insertRun(this.db, 'surebackup_runs', job, trigger, at); }
 
   /** A trigger that verified nothing: skipped because the job was running, or missed while the server was down. */
   recordNonRun(job: string, trigger: RunTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
-    const at = new Date();
-    const id = this.startRun(job, trigger, at);
-    this.db.prepare('UPDATE surebackup_runs SET status = ?, ended_at = ?, due_at = ?, detail = ? WHERE id = ?')
-      .run(status, at.toISOString(), dueAt?.toISOString() ?? null, detail, id);
-    return id;
+    return insertNonRun(this.db, 'surebackup_runs', job, trigger, status, detail, dueAt);
   }
 
   finishRun(id: string, r: RunResult, reports: { html?: string; json?: string } = {}): void {
@@ -130,16 +121,12 @@ export class History {
 
   /** Newest first. */
   lastRuns(o: { job?: string; limit?: number } = {}): RunRow[] {
-    const rows = (o.job === undefined
-      ? this.db.prepare('SELECT * FROM surebackup_runs ORDER BY started_at DESC, rowid DESC LIMIT ?').all(o.limit ?? 20)
-      : this.db.prepare('SELECT * FROM surebackup_runs WHERE job = ? ORDER BY started_at DESC, rowid DESC LIMIT ?').all(o.job, o.limit ?? 20)) as RunDbRow[];
-    return rows.map(toRun);
+    return newestRunRows<RunDbRow>(this.db, 'surebackup_runs', o).map(toRun);
   }
 
   /** When the job last started a real run (not a skipped or missed trigger). */
   lastRunTime(job: string): Date | undefined {
-    const r = this.db.prepare(`SELECT MAX(started_at) AS at FROM surebackup_runs WHERE job = ? AND status NOT IN ('skipped-overlap', 'missed')`).get(job) as { at: string | null };
-    return r.at === null ? undefined : new Date(r.at);
+    return lastStartedAt(this.db, 'surebackup_runs', job);
   }
 
   /** Share of finished runs (success or warning count as passed) among the last `lastN` finished runs. */

@@ -6,6 +6,7 @@
  * only connection. /proc/net/unix shows the listening flag without touching it.
  */
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 
 const SO_ACCEPTCON = 0x10000;
 
@@ -25,4 +26,16 @@ export async function waitListening(path: string, ms = 20_000, giveUp: () => boo
     if (Date.now() > end) throw new Error(`${path} is not a listening socket after ${ms / 1000} s`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** One raw request to the unix socket at `path`, the raw answer back (until the server closes). */
+export function rawRequest(path: string, data: Buffer | string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    let out = '';
+    s.on('connect', () => s.write(data));
+    s.on('data', (d: Buffer) => { out += d.toString(); });
+    s.on('close', () => resolve(out));
+    s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'EPIPE' || e.code === 'ECONNRESET' ? resolve(out) : reject(e)));
+  });
 }

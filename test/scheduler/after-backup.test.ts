@@ -9,7 +9,6 @@
  */
 import t from 'tap';
 import request from 'supertest';
-import { connect } from 'node:net';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,6 +22,7 @@ import { JobGate } from '../../src/surebackup/gate.js';
 import { Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
 import { configuredRun } from '../../src/scheduler/run.js';
 import { NOTICE_MAX_BYTES, noticeSocket, sendBackupNotice, serveBackupNotices } from '../../src/scheduler/notice.js';
+import { rawRequest } from '../helpers/unix-socket.js';
 import { createApiContext } from '../../src/api/server.js';
 import { createApp } from '../../src/api/app.js';
 import { AuthFailureLimiter } from '../../src/api/rate-limit.js';
@@ -41,18 +41,6 @@ function home(t: { teardown(fn: () => void): void }): string {
   const d = mkdtempSync('/tmp/rlab-');
   t.teardown(() => rmSync(d, { recursive: true, force: true }));
   return d;
-}
-
-/** One raw line to the socket, the raw answer back. */
-function rawRequest(path: string, data: Buffer | string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = connect(path);
-    let out = '';
-    s.on('connect', () => s.write(data));
-    s.on('data', (d: Buffer) => { out += d.toString(); });
-    s.on('close', () => resolve(out));
-    s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'EPIPE' || e.code === 'ECONNRESET' ? resolve(out) : reject(e)));
-  });
 }
 
 t.test('notice socket: a notice reaches the scheduler; bad requests are refused; a stale socket is no server', async (t) => {

@@ -10,6 +10,7 @@ import { runRoutes } from './runs.js';
 import { repositoryRoutes } from './repositories.js';
 import { pointRoutes } from './points.js';
 import { backupRoutes } from './backups.js';
+import { backupJobRoutes } from './backup-jobs.js';
 import { fileRestoreRoutes } from './file-restore.js';
 import { stateRoutes } from './state.js';
 
@@ -25,6 +26,7 @@ export const routeModules: RegisterRoutes[] = [
   repositoryRoutes,
   pointRoutes,
   backupRoutes,
+  backupJobRoutes,
   fileRestoreRoutes,
   stateRoutes,
 ];

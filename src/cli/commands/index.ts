@@ -12,6 +12,7 @@ import { registerStop } from './stop.js';
 import { registerMigrate } from './migrate.js';
 import { registerRepo } from './repo.js';
 import { registerBackup } from './backup.js';
+import { registerBackupJob } from './backup-job.js';
 import { registerPoints } from './points.js';
 import { registerRestore } from './restore.js';
 import { registerVerify } from './verify.js';
@@ -39,6 +40,7 @@ export const commands: RegisterCommand[] = [
   registerMigrate,
   registerRepo,
   registerBackup,
+  registerBackupJob,
   registerPoints,
   registerRestore,
   registerVerify,

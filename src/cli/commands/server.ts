@@ -11,6 +11,8 @@ import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
 import type { PublicationDatastore } from '../../datastore/publication-datastore.js';
 import type { Scheduler } from '../../scheduler/scheduler.js';
+import type { BackupJobScheduler } from '../../backup/jobs/scheduler.js';
+import type { Config } from '../../config/config.js';
 import { projectPath } from '../../paths.js';
 import { resolve } from 'node:path';
 import { keyFileOption } from '../../config/key-file.js';
@@ -25,6 +27,7 @@ interface ServerFlags {
   rootSquash?: boolean;
   readOnly?: boolean;
   jobs?: string;
+  backupJobs?: string;
   schedule: boolean;
   api: boolean;
   listen?: string;
@@ -51,7 +54,8 @@ export function registerServer(program: Command): void {
     .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
     .option('--read-only', 'refuse every write over NFS')
     .option('--jobs <dir>', 'directory of SureBackup job files to schedule (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
-    .option('--no-schedule', 'do not run scheduled jobs')
+    .option('--backup-jobs <dir>', 'directory of backup job files to schedule (default: backupJobsDir of the config or RESTORELAB_BACKUP_JOBS_DIR, else lab-templates/backup-jobs)')
+    .option('--no-schedule', 'do not run scheduled jobs (SureBackup and backup jobs)')
     .option('--no-api', 'do not serve the REST API and dashboard')
     .option('--listen <addr>', 'API listen address (default from config, 127.0.0.1)')
     .option('--port <n>', 'API port (default from config, 8470; 0 picks a free port)')
@@ -64,6 +68,9 @@ export function registerServer(program: Command): void {
       const result: Record<string, unknown> = { pid: process.pid };
       let datastore: PublicationDatastore | undefined;
       let scheduler: Scheduler | undefined;
+      let backupJobs: BackupJobScheduler | undefined;
+      const { backupJobsDir } = await import('../../backup/jobs/job.js');
+      const backupDir = backupJobsDir(o.backupJobs, cfg);
       // Scheduled and API-started runs share one gate: no overlap of a job, one VM limiter.
       const jobGate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
       // Reconcile first, and never fatally: one stale record must not keep
@@ -123,16 +130,24 @@ export function registerServer(program: Command): void {
           // `restorelab backup` on this host tells the scheduler of its backups here (afterBackup jobs).
           // Never fatal: without it the API's backups still trigger, and the CLI runs the jobs itself.
           const { serveBackupNotices } = await import('../../scheduler/notice.js');
-          const notices = await serveBackupNotices({ stateDir: cfg.stateDir, jobsDir: resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')), notify: (vms) => s.notifyBackup(vms), log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } })
+          const notices = await serveBackupNotices({ stateDir: cfg.stateDir, jobsDir: resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')), notify: (vms) => s.notifyBackup(vms),
+            // `backup-job run` on this host fires its linked SureBackup jobs here.
+            run: (job) => (s.jobs.some((j) => j.name === job) ? s.trigger(job, 'after-backup') : undefined),
+            log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } })
             .catch((err: Error) => { ctx.out.warn(`backup notices: cannot listen in ${cfg.stateDir}: ${err.message}; \`restorelab backup\` will run afterBackup jobs itself`); return undefined; });
           if (notices) closers.unshift(() => notices.close());
           result.backupNotices = notices?.path ?? null;
+          backupJobs = await startBackupJobs(cfg, backupDir, s, { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) });
+          const bj = backupJobs;
+          closers.unshift(() => bj.stop());
+          result.backupJobs = bj.jobs.map((j) => j.name);
         }
         if (o.api) {
           const { startApiServer } = await import('../../api/server.js');
           const jobsDir = o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs');
           const api = await startApiServer({
             config: cfg, jobsDir, jobGate, ...(datastore ? { datastore } : {}), ...(scheduler ? { scheduler } : {}),
+            backupJobsDir: backupDir, ...(backupJobs ? { backupJobs } : {}),
             ...(o.listen ? { listen: o.listen } : {}),
             ...(o.port !== undefined ? { port: parsePort('--port', o.port) } : {}),
           });
@@ -147,8 +162,9 @@ export function registerServer(program: Command): void {
         `restorelab server (pid ${process.pid})`,
         result.nfs ? `  NFS: ${JSON.stringify(result.nfs)}` : '  NFS: off',
         result.jobs ? `  scheduled jobs: ${(result.jobs as string[]).join(', ') || 'none'}` : '  scheduler: off',
+        result.backupJobs ? `  backup jobs: ${(result.backupJobs as string[]).join(', ') || 'none'} (${backupDir})` : '',
         result.api ? `  API and dashboard: ${(result.api as { url: string }).url}/ (tokens: restorelab token create NAME --role viewer)` : '  API: off',
-      ].join('\n'));
+      ].filter((l) => l !== '').join('\n'));
       await new Promise<void>((resolve) => {
         const stop = (): void => resolve();
         process.once('SIGINT', stop);
@@ -156,4 +172,29 @@ export function registerServer(program: Command): void {
       });
       for (const close of closers) await close().catch((e: Error) => ctx.out.warn(`while stopping: ${e.message}`));
     });
+}
+
+/**
+ * The backup job scheduler of the server: the jobs of `dir` (none when the
+ * directory does not exist: a host may have no backup jobs; a bad file stops
+ * the start, as a bad SureBackup job does), armed, firing their linked
+ * SureBackup jobs through the server's SureBackup scheduler.
+ */
+async function startBackupJobs(cfg: Config, dir: string, surebackup: Scheduler, log: { info(l: string): void; warn(l: string): void }): Promise<BackupJobScheduler> {
+  const { existsSync } = await import('node:fs');
+  const { BackupJobScheduler } = await import('../../backup/jobs/scheduler.js');
+  const { BackupJobHistory } = await import('../../backup/jobs/history.js');
+  const { configuredBackupRun } = await import('../../backup/jobs/run.js');
+  const { fireThroughScheduler } = await import('../../backup/jobs/surebackup-link.js');
+  const history = BackupJobHistory.open(cfg.catalog);
+  try {
+    const s = new BackupJobScheduler({
+      ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }), history, closeHistory: true, log, stateDir: cfg.stateDir,
+      run: configuredBackupRun(cfg, { history, log, confineScripts: true, fireSureBackup: fireThroughScheduler(surebackup) }),
+    }).start();
+    return s;
+  } catch (err) {
+    history.close();
+    throw err;
+  }
 }

@@ -1,0 +1,132 @@
+/**
+ * Backup job history in the SQLite catalog, migration area `backup-jobs`
+ * (src/catalog/catalog.ts). A *run* row exists for every trigger, including
+ * those that backed up nothing: `skipped-overlap` (the job was still
+ * running) and `missed` (the server was down when it was due). Each VM of a
+ * run gets a row once its backup (and, after success, its prune) ended.
+ */
+import { migrate, openCatalog, type CatalogDb } from '../../catalog/catalog.js';
+import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../../catalog/job-runs.js';
+import type { Consistency } from '../../repo/contract.js';
+
+export type BackupJobTrigger = 'manual' | 'schedule';
+/**
+ * success: every VM backed up (and pruned); warning: every VM backed up, but
+ * a prune, gc or the firing of a SureBackup job failed; partial: some VMs
+ * failed; failed: every VM failed.
+ */
+export type BackupRunStatus = 'running' | 'success' | 'warning' | 'partial' | 'failed' | 'cancelled' | 'error' | 'skipped-overlap' | 'missed';
+
+/** A SureBackup job fired after a run: its run id, or why it did not start. */
+export interface FiredSureBackup { job: string; run: string | null; status: string; detail?: string | null }
+
+export interface BackupVmResult {
+  vm: string;
+  status: 'success' | 'failed' | 'cancelled';
+  point: string | null;
+  /** Achieved (a live backup may fall back to crash). */
+  consistency: Consistency | null;
+  changedBlockTracking: { used: boolean; reason: string } | null;
+  bytesRead: number;
+  bytesNew: number;
+  seconds: number;
+  /** Points the retention removed after this backup. */
+  pruned: string[];
+  error: string | null;
+  /** A prune or gc that failed after the backup succeeded. */
+  pruneError: string | null;
+}
+
+export interface BackupRunRow {
+  id: string; job: string; trigger: BackupJobTrigger; status: BackupRunStatus; startedAt: string; endedAt: string | null;
+  dueAt: string | null; detail: string | null; surebackup: FiredSureBackup[];
+}
+
+const MIGRATIONS = [
+  `CREATE TABLE backup_job_runs (
+     id TEXT PRIMARY KEY,
+     job TEXT NOT NULL,
+     trigger TEXT NOT NULL,
+     status TEXT NOT NULL,
+     started_at TEXT NOT NULL,
+     ended_at TEXT,
+     due_at TEXT,
+     detail TEXT,
+     surebackup TEXT NOT NULL DEFAULT '[]'
+   );
+   CREATE INDEX backup_job_runs_job ON backup_job_runs (job, started_at);
+   CREATE TABLE backup_job_vm_results (
+     run_id TEXT NOT NULL REFERENCES backup_job_runs (id) ON DELETE CASCADE,
+     seq INTEGER NOT NULL,
+     vm TEXT NOT NULL,
+     status TEXT NOT NULL,
+     point TEXT,
+     consistency TEXT,
+     cbt TEXT,
+     bytes_read INTEGER NOT NULL,
+     bytes_new INTEGER NOT NULL,
+     seconds REAL NOT NULL,
+     pruned TEXT NOT NULL,
+     error TEXT,
+     prune_error TEXT,
+     PRIMARY KEY (run_id, vm)
+   )`,
+];
+
+interface RunDbRow { id: string; job: string; trigger: string; status: string; started_at: string; ended_at: string | null; due_at: string | null; detail: string | null; surebackup: string }
+interface VmDbRow { vm: string; status: string; point: string | null; consistency: string | null; cbt: string | null; bytes_read: number; bytes_new: number; seconds: number; pruned: string; error: string | null; prune_error: string | null }
+
+const toRun = (r: RunDbRow): BackupRunRow => ({ id: r.id, job: r.job, trigger: r.trigger as BackupJobTrigger, status: r.status as BackupRunStatus,
+  startedAt: r.started_at, endedAt: r.ended_at, dueAt: r.due_at, detail: r.detail, surebackup: JSON.parse(r.surebackup) as FiredSureBackup[] });
+const toVm = (r: VmDbRow): BackupVmResult => ({ vm: r.vm, status: r.status as BackupVmResult['status'], point: r.point, consistency: r.consistency as Consistency | null,
+  changedBlockTracking: r.cbt === null ? null : JSON.parse(r.cbt) as { used: boolean; reason: string }, bytesRead: r.bytes_read, bytesNew: r.bytes_new,
+  seconds: r.seconds, pruned: JSON.parse(r.pruned) as string[], error: r.error, pruneError: r.prune_error });
+
+export class BackupJobHistory {
+  constructor(readonly db: CatalogDb) { migrate(db, 'backup-jobs', MIGRATIONS); }
+
+  static open(catalogPath: string): BackupJobHistory { return new BackupJobHistory(openCatalog(catalogPath)); }
+  close(): void { this.db.close(); }
+
+  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string { return insertRun(this.db, 'backup_job_runs', job, trigger, at); }
+
+  /** A trigger that backed up nothing: the job was still running, or the server was down when it was due. */
+  recordNonRun(job: string, trigger: BackupJobTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
+    return insertNonRun(this.db, 'backup_job_runs', job, trigger, status, detail, dueAt);
+  }
+
+  recordVm(runId: string, seq: number, r: BackupVmResult): void {
+    this.db.prepare(`INSERT OR REPLACE INTO backup_job_vm_results
+      (run_id, seq, vm, status, point, consistency, cbt, bytes_read, bytes_new, seconds, pruned, error, prune_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(runId, seq, r.vm, r.status, r.point, r.consistency, r.changedBlockTracking === null ? null : JSON.stringify(r.changedBlockTracking),
+        r.bytesRead, r.bytesNew, r.seconds, JSON.stringify(r.pruned), r.error, r.pruneError);
+  }
+
+  finishRun(id: string, status: Exclude<BackupRunStatus, 'running'>, detail: string | null, surebackup: FiredSureBackup[] = []): void {
+    this.db.prepare('UPDATE backup_job_runs SET status = ?, ended_at = ?, detail = ?, surebackup = ? WHERE id = ?')
+      .run(status, new Date().toISOString(), detail, JSON.stringify(surebackup), id);
+  }
+
+  /** Newest first. */
+  lastRuns(o: { job?: string; limit?: number } = {}): BackupRunRow[] {
+    return newestRunRows<RunDbRow>(this.db, 'backup_job_runs', o).map(toRun);
+  }
+
+  /** When the job last started a real run (not a skipped or missed trigger). */
+  lastRunTime(job: string): Date | undefined {
+    return lastStartedAt(this.db, 'backup_job_runs', job);
+  }
+
+  /** When the job's last `missed` entry was recorded. */
+  lastMissTime(job: string): Date | undefined {
+    return lastStartedAt(this.db, 'backup_job_runs', job, 'missed');
+  }
+
+  /** One run with its VMs, in job order. */
+  run(id: string): (BackupRunRow & { vms: BackupVmResult[] }) | undefined {
+    const row = this.db.prepare('SELECT * FROM backup_job_runs WHERE id = ?').get(id) as RunDbRow | undefined;
+    if (!row) return undefined;
+    const vms = this.db.prepare('SELECT * FROM backup_job_vm_results WHERE run_id = ? ORDER BY seq').all(id) as VmDbRow[];
+    return { ...toRun(row), vms: vms.map(toVm) };
+  }
+}
