@@ -97,7 +97,8 @@ export function signalsChart(vm, points) {
   const g = signalsTimeline(points);
   if (g.marks.length === 0) return h('p', { class: 'empty' }, `No ransomware signals for ${vm} yet (points backed up before they existed have none).`);
   const anomalies = g.marks.filter((m) => m.anomaly).length;
-  const label = `Change rate and entropy of ${vm}: ${g.marks.length} points, ${anomalies} ${anomalies === 1 ? 'anomaly' : 'anomalies'}`;
+  const n = g.marks.length;
+  const label = `Change rate and entropy of ${vm}: ${n} ${n === 1 ? 'point' : 'points'}, ${anomalies} ${anomalies === 1 ? 'anomaly' : 'anomalies'}`;
   const bottom = g.height - g.pad;
   const chart = svg('svg', { class: 'signals-chart', role: 'img', 'aria-label': label, viewBox: `0 0 ${g.width} ${g.height}`, width: g.width, height: g.height, 'data-anomalies': anomalies },
     svg('title', {}, label),
