@@ -27,7 +27,7 @@ import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '.
 import type { VmDefinition } from '../vm/definition.js';
 import { badInput } from '../errors.js';
 import { ChunkPool, type CodecInit } from './chunk-pool.js';
-import { decideAnomaly, historyOf, parentDisk, SignalsRecorder } from './signals.js';
+import { judgeSignals, parentDisk, SignalsRecorder } from './signals.js';
 
 export interface BackupProgress {
   disk: string;
@@ -130,7 +130,7 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
           ...(parent ? { parent: parent.id } : {}),
           stats: {
             ...stats, seconds: Math.round((performance.now() - started) / 10) / 100,
-            signals: decideAnomaly(signals.figures(), historyOf(await repo.listPoints({ vm: vm.name }), time)),
+            signals: await judgeSignals(repo, vm.name, time, signals.figures(), opts.onWarning),
           },
         });
       } catch (err) {

@@ -180,6 +180,23 @@ export function baselineOf(history: readonly SignalFigures[]): SignalsBaseline {
 }
 
 /**
+ * The figures judged against the VM's earlier points in the repository. A
+ * manifest that cannot be read must not fail a backup that needs nothing
+ * else from it: the point is then judged without history (a warning says so).
+ */
+export async function judgeSignals(
+  repo: Pick<Repository, 'listPoints'>, vm: string, time: string, figures: SignalFigures, onWarning?: (m: string) => void,
+): Promise<PointSignals> {
+  let history: SignalFigures[] = [];
+  try {
+    history = historyOf(await repo.listPoints({ vm }), time);
+  } catch (err) {
+    onWarning?.(`ransomware signals: the earlier points of ${vm} could not be read (${(err as Error).message}); this point is judged without them`);
+  }
+  return decideAnomaly(figures, history);
+}
+
+/**
  * The anomaly rule. A point is an anomaly when either holds:
  *
  * 1. Entropy: its new data is mostly incompressible where earlier points'

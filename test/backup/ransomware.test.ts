@@ -15,20 +15,19 @@
  * under /tmp/rl-heavy.lock.
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import request from 'supertest';
 import { exec } from '../../src/host/exec.js';
-import { projectPath } from '../../src/paths.js';
 import { initRepository, openRepository } from '../../src/repo/index.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import type { PointSignals } from '../../src/repo/contract.js';
 import { guestImage } from '../helpers/guests.js';
 import { testApi } from '../helpers/api.js';
+import { cli as runCli, type Cli } from '../api/fixtures/cli.js';
 
 const work = mkdtempSync('/tmp/rl-signals-');
 const mnt = join(work, 'mnt');
@@ -36,8 +35,7 @@ const image = join(work, 'disk.raw');
 const plainRepo = join(work, 'repo');
 const sealedRepo = join(work, 'repo-sealed');
 const keyFile = join(work, 'key');
-const env = { ...process.env, RESTORELAB_HOME: join(work, 'home'), RESTORELAB_STATE_DIR: join(work, 'state') };
-const bin = projectPath('bin', 'restorelab.js');
+const env = { RESTORELAB_HOME: join(work, 'home'), RESTORELAB_STATE_DIR: join(work, 'state') };
 let mounted = false;
 
 t.teardown(async () => {
@@ -45,19 +43,7 @@ t.teardown(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-interface Run { code: number | null; stdout: string; stderr: string }
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (args: string[]): Promise<Cli> => runCli(args, env);
 
 /** Byte offset of the image's first partition (the guests have one, from sector 2048). */
 async function partitionOffset(file: string): Promise<number> {
