@@ -140,7 +140,7 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
   }
   let encrypted = { files: 0, bytes: 0 };
   await changeGuest(offset, async (root) => { encrypted = await encryptAll(root); });
-  t.ok(encrypted.files > 20 && encrypted.bytes > 8 * 1024 * 1024, `the "ransomware" encrypted ${encrypted.files} files, ${encrypted.bytes} bytes`);
+  t.ok(encrypted.files >= 10 && encrypted.bytes > 8 * 1024 * 1024, `the "ransomware" encrypted ${encrypted.files} files, ${encrypted.bytes} bytes`);
   await backUp();
 
   t.same(backups.map((b) => b.code), [0, 0, 0, 0, 0], 'every backup succeeded (an anomaly does not fail a backup)');
@@ -158,7 +158,9 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
     t.equal(s.anomaly, false, `ordinary night ${i + 1} is no anomaly`);
     t.equal(s.full, false);
     t.equal(s.comparedWith, backups[i]?.id, 'compared with the point before');
-    t.ok(s.changedBytes > 0 && s.changeRate < 0.1, `ordinary night ${i + 1} changed a little (${s.changedBytes} bytes)`);
+    // On a 64 MiB disk with 1 MiB chunks, a log file plus the journal, bitmaps and inode table it touches is several chunks.
+    t.ok(s.changedBytes > 0 && s.changeRate < 0.25, `ordinary night ${i + 1} changed a few chunks (${s.changedBytes} bytes)`);
+    t.ok(s.incompressibleRatio < 0.5, `and its new data compresses (${s.incompressibleRatio} incompressible)`);
   }
   t.equal(last.anomaly, true, 'the encrypted night is an anomaly');
   t.ok(last.incompressibleRatio >= 0.8, `its new data is mostly incompressible (${last.incompressibleRatio})`);
