@@ -25,6 +25,7 @@ import { initRepository, openRepository } from '../../src/repo/index.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import type { PointSignals } from '../../src/repo/contract.js';
+import { ENTROPY_MIN_RATIO } from '../../src/backup/signals.js';
 import { guestImage } from '../helpers/guests.js';
 import { testApi } from '../helpers/api.js';
 import { cli as runCli, type Cli } from '../api/fixtures/cli.js';
@@ -165,7 +166,8 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
     t.ok(s.incompressibleRatio < 0.5, `and its new data compresses (${s.incompressibleRatio} incompressible)`);
   }
   t.equal(last.anomaly, true, 'the encrypted night is an anomaly');
-  t.ok(last.incompressibleRatio >= 0.8, `its new data is mostly incompressible (${last.incompressibleRatio})`);
+  // Not all of it: the journal, inode tables and bitmaps the rewrite touched are new chunks too, and they compress.
+  t.ok(last.incompressibleRatio >= ENTROPY_MIN_RATIO, `its new data is mostly incompressible (${last.incompressibleRatio})`);
   t.ok(last.changedBytes >= encrypted.bytes * 0.9, 'the changed bytes cover the encrypted files');
   t.match(last.reasons.join(' '), /of the new data is incompressible/, 'the reason names the figures');
   t.equal(last.baseline.points, 4, 'judged against the four points before it');
