@@ -117,3 +117,36 @@ export function parseHash(hash) {
   const parts = (path ?? '').split('/').filter(Boolean).map((s) => decodeURIComponent(s));
   return { view: parts[0] ?? 'overview', args: parts.slice(1), query: new URLSearchParams(qs ?? '') };
 }
+
+const pct = (x) => `${(Number(x) * 100).toFixed(1)}%`;
+
+/** A point's ransomware signals in a few words, as `restorelab points` prints them; "—" for a point without. */
+export function signalsText(s) {
+  if (!s) return '—';
+  const changed = s.full ? 'full backup' : `changed ${formatBytes(s.changedBytes)} (${pct(s.changeRate)})`;
+  return `${changed} · ${pct(s.incompressibleRatio)} of new data incompressible`;
+}
+
+/**
+ * The per-VM timeline of the ransomware signals as chart geometry (an
+ * inline SVG draws it, see ui.js): the points with signals, oldest left,
+ * spread evenly; y is 0 to 100 % for both the change rate (share of the
+ * disk changed) and the entropy (share of new data incompressible).
+ */
+export function signalsTimeline(points, { width = 480, height = 140, pad = 28 } = {}) {
+  const list = [...(points ?? [])].filter((p) => p && p.signals).sort((a, b) => String(a.time).localeCompare(String(b.time)));
+  const n = list.length;
+  const x = (i) => (n === 1 ? width / 2 : pad + (i * (width - 2 * pad)) / (n - 1));
+  const y = (r) => height - pad - Math.min(1, Math.max(0, Number(r) || 0)) * (height - 2 * pad);
+  const line = (key) => list.map((p, i) => `${x(i).toFixed(1)},${y(p.signals[key]).toFixed(1)}`).join(' ');
+  return {
+    width, height, pad,
+    change: line('changeRate'),
+    entropy: line('incompressibleRatio'),
+    marks: list.map((p, i) => ({
+      id: p.id, time: p.time, x: x(i), yChange: y(p.signals.changeRate), yEntropy: y(p.signals.incompressibleRatio),
+      anomaly: Boolean(p.signals.anomaly),
+      label: `${p.time}: ${signalsText(p.signals)}${p.signals.anomaly ? ` · ANOMALY: ${(p.signals.reasons ?? []).join('; ')}` : ''}`,
+    })),
+  };
+}

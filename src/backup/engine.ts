@@ -27,6 +27,7 @@ import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '.
 import type { VmDefinition } from '../vm/definition.js';
 import { badInput } from '../errors.js';
 import { ChunkPool, type CodecInit } from './chunk-pool.js';
+import { judgeSignals, parentDisk, SignalsRecorder } from './signals.js';
 
 export interface BackupProgress {
   disk: string;
@@ -104,12 +105,17 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
       const parent = await chooseParent(repo, vm.name, opts.parent);
       const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
       const inserted: { digest: string; at: number }[] = [];
+      const signals = new SignalsRecorder(parent?.id ?? null);
       const pool = new ChunkPool(opts.codecInit ?? defaultCodecInit(repo), opts.workers ?? Math.min(availableParallelism(), 8));
       try {
         const indexes: FixedIndex[] = [];
         try {
           for (let i = 0; i < plan.length; i++) {
-            indexes.push(await backupDisk(repo, pool, sources[i] as ImageSource, (plan[i] as DiskPlan).name, stats, inserted, opts.onProgress, opts.onWarning));
+            const name = (plan[i] as DiskPlan).name;
+            const index = await backupDisk(repo, pool, sources[i] as ImageSource, name, stats, signals, inserted, opts.onProgress, opts.onWarning);
+            // Change against the parent from the two indexes: metadata only, the disk is not read again.
+            signals.disk(index.size, index.chunkSize, index.digests, await parentDisk(repo, parent, name, opts.onWarning));
+            indexes.push(index);
           }
         } finally {
           await pool.close();
@@ -127,7 +133,10 @@ export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
           time,
           source: opts.source ?? plan.map((d) => `${d.name}=${d.path}`).join(' '),
           ...(parent ? { parent: parent.id } : {}),
-          stats: { ...stats, seconds: Math.round((performance.now() - started) / 10) / 100 },
+          stats: {
+            ...stats, seconds: Math.round((performance.now() - started) / 10) / 100,
+            signals: await judgeSignals(repo, vm.name, time, signals.figures(), opts.onWarning),
+          },
         });
       } catch (err) {
         await rollBack(repo, lock, inserted);
@@ -184,7 +193,7 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number): P
 }
 
 async function backupDisk(
-  repo: Repository, pool: ChunkPool, src: ImageSource, name: string, stats: Omit<BackupStats, 'seconds'>,
+  repo: Repository, pool: ChunkPool, src: ImageSource, name: string, stats: Omit<BackupStats, 'seconds'>, signals: SignalsRecorder,
   inserted: { digest: string; at: number }[], onProgress: BackupOptions['onProgress'], onWarning: BackupOptions['onWarning'],
 ): Promise<FixedIndex> {
   const chunkSize = repo.config.chunkSize;
@@ -237,6 +246,7 @@ async function backupDisk(
             // Not recorded in `inserted`: older points need this chunk, so a failed backup must not roll it back.
             await repo.chunks.replace(digest, blob, { keepDamaged: !damage.dataOk });
             stats.bytesNew += length;
+            signals.newChunk(length, blob);
             onWarning?.(`chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
               (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`));
           } else {
@@ -246,6 +256,7 @@ async function backupDisk(
             if (r.existed) stats.bytesReused += length;
             else {
               stats.bytesNew += length;
+              signals.newChunk(length, blob);
               inserted.push({ digest, at: Date.now() + 1 });
             }
           }

@@ -14,7 +14,7 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
+import type { PointSignals, RepositoryReader, RestorePoint } from '../repo/contract.js';
 import { RestorelabError } from '../errors.js';
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenMode } from '../host/private-files.js';
 
@@ -97,11 +97,13 @@ export interface PointSummary {
   size: number;
   bytesNew: number;
   damaged: boolean;
+  /** Ransomware signals of the backup (src/backup/signals.ts); null for points taken before they existed. */
+  signals: PointSignals | null;
 }
 
 interface PointRow {
   id: string; vm: string; time: string; consistency: string; parent: string | null;
-  disks: string; size: number; bytes_new: number; damaged: number;
+  disks: string; size: number; bytes_new: number; damaged: number; signals: string | null;
 }
 
 /** Whether `reindex` ever ran for this repository (otherwise the catalog may miss its older points). */
@@ -123,13 +125,17 @@ export function forgetPoints(db: CatalogDb, repoPath: string, ids: readonly stri
   db.transaction(() => { for (const id of ids) del.run(repoPath, id); })();
 }
 
+/** The signals straight from the stored manifest: SQLite's JSON1 extracts them, no column or migration needed. */
+const SIGNALS = "json_extract(manifest, '$.stats.signals') AS signals";
+
 export function listPoints(db: CatalogDb, repoPath: string, filter: { vm?: string } = {}): PointSummary[] {
   const rows = (filter.vm
-    ? db.prepare('SELECT * FROM points WHERE repo = ? AND vm = ? ORDER BY time, id').all(repoPath, filter.vm)
-    : db.prepare('SELECT * FROM points WHERE repo = ? ORDER BY time, id').all(repoPath)) as PointRow[];
+    ? db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? AND vm = ? ORDER BY time, id`).all(repoPath, filter.vm)
+    : db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? ORDER BY time, id`).all(repoPath)) as PointRow[];
   return rows.map((r) => ({
     id: r.id, vm: r.vm, time: r.time, consistency: r.consistency, ...(r.parent ? { parent: r.parent } : {}),
     disks: JSON.parse(r.disks) as { name: string; size: number }[], size: r.size, bytesNew: r.bytes_new, damaged: r.damaged === 1,
+    signals: r.signals === null ? null : JSON.parse(r.signals) as PointSignals,
   }));
 }
 

@@ -21,6 +21,40 @@ export interface BackupStats {
   bytesReused: number;
   bytesZero: number;
   seconds: number;
+  /** Ransomware signals (src/backup/signals.ts); absent in points backed up before they existed. */
+  signals?: PointSignals;
+}
+
+/** The baseline a point was judged against: its previous points' figures. */
+export interface SignalsBaseline {
+  /** How many previous points had signals (at most HISTORY_POINTS). */
+  points: number;
+  incompressibleMedian: number;
+  incompressibleMad: number;
+  /** Over incremental points only (null when there were none). */
+  changeRateMedian: number | null;
+  changeRateMad: number | null;
+}
+
+/** Stored in the point's manifest as `stats.signals` (sealed with it in an encrypted repository). */
+export interface PointSignals {
+  changedBytes: number;
+  changeRate: number;
+  /** No parent point had any of this point's disks: changedBytes counts every data byte. */
+  full: boolean;
+  /** The point compared with (its parent), or null for a full backup. */
+  comparedWith: string | null;
+  /** A disk's virtual size differs from the parent's. */
+  resized: boolean;
+  newBytes: number;
+  /** The new chunks' payloads after compression (before encryption overhead). */
+  newStoredBytes: number;
+  incompressibleBytes: number;
+  incompressibleRatio: number;
+  baseline: SignalsBaseline;
+  anomaly: boolean;
+  /** Why it is an anomaly, in words a notification can carry; empty when it is not. */
+  reasons: string[];
 }
 
 export interface RestorePoint {

@@ -86,17 +86,29 @@ export function sendMail(o: SmtpOptions, subject: string, text: string, html?: s
 
 export interface Notifications { webhook?: string; smtp?: SmtpOptions }
 
+/**
+ * One line per VM whose booted point the backup flagged as a ransomware
+ * anomaly (src/backup/signals.ts). The webhook carries the same in each VM's
+ * `signals`; a point can boot and pass every test with its files encrypted.
+ */
+export function anomalyLines(rep: RunReport): string[] {
+  return rep.vms.filter((v) => v.signals?.anomaly)
+    .map((v) => `ANOMALY: the backup ${v.point} of ${v.name} looks like ransomware: ${(v.signals?.reasons ?? []).join('; ')}`);
+}
+
 /** Sends every configured notification for a finished run; never throws. */
 export async function notifyRun(n: Notifications | undefined, rep: RunReport, html: string | undefined, log: NotifyLog): Promise<NotifyOutcome[]> {
   const out: NotifyOutcome[] = [];
   if (n?.webhook) out.push(await postWebhook(n.webhook, rep, { log }));
   if (n?.smtp) {
     const failed = rep.vms.filter((v) => v.result !== 'success' && v.result !== 'warning').map((v) => v.name);
+    const anomalies = anomalyLines(rep);
     const text = [`SureBackup job ${rep.job}: ${rep.result}`, `run ${rep.run}, ${rep.startedAt} to ${rep.endedAt}`,
       ...rep.vms.map((v) => `${v.name}: ${v.result} (recovery ${v.recoverySeconds.toFixed(1)} s)`),
-      ...(failed.length > 0 ? ['', `failed: ${failed.join(', ')}`] : []), '', `report: ${rep.report}`].join('\n');
+      ...(failed.length > 0 ? ['', `failed: ${failed.join(', ')}`] : []),
+      ...(anomalies.length > 0 ? ['', ...anomalies] : []), '', `report: ${rep.report}`].join('\n');
     try {
-      await sendMail(n.smtp, `[restorelab] ${rep.job}: ${rep.result}`, text, html);
+      await sendMail(n.smtp, `[restorelab] ${rep.job}: ${rep.result}${anomalies.length > 0 ? ' - ransomware ANOMALY in the backup' : ''}`, text, html);
       out.push({ channel: 'smtp', ok: true, detail: `sent to ${n.smtp.to.join(', ')}` });
     } catch (err) {
       const detail = `mail via ${n.smtp.host} failed: ${(err as Error).message}`;

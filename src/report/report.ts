@@ -9,6 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RunResult, TestResult, VmResult } from '../surebackup/runner.js';
 import type { TrendPoint } from '../surebackup/history.js';
+import type { PointSignals } from '../repo/contract.js';
 
 export interface VmReport {
   name: string; point: string; result: VmResult['result']; group: boolean;
@@ -18,6 +19,8 @@ export interface VmReport {
   baselineScreenshot?: string | null;
   /** The VM's serial console log, kept in the run's directory. */
   console: string | null;
+  /** Ransomware signals of the point the VM booted (src/backup/signals.ts); null when the point has none. */
+  signals?: PointSignals | null;
 }
 export interface RunReport {
   run: string; job: string; result: RunResult['result'];
@@ -122,7 +125,7 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
   const rows = rep.vms.map((v) => {
     const tests = v.tests.map((t) => `<li class="${cls(t.result)}"><b>${esc(t.name)}</b> ${esc(t.result)} <span class="muted">${t.seconds.toFixed(1)} s</span><div class="detail">${esc(t.detail)}</div></li>`).join('');
     return `<tr class="${cls(v.result)}">
-<td><b>${esc(v.name)}</b>${v.group ? ' <span class="tag">application group</span>' : ''}<div class="muted">${esc(v.point)}</div></td>
+<td><b>${esc(v.name)}</b>${v.group ? ' <span class="tag">application group</span>' : ''}<div class="muted">${esc(v.point)}</div>${v.signals?.anomaly ? `<div class="bad"><b>ransomware anomaly:</b> ${esc(v.signals.reasons.join('; '))}</div>` : ''}</td>
 <td class="verdict ${cls(v.result)}">${esc(v.result)}</td>
 <td><ul>${tests}</ul></td>
 <td>${secs(v.bootToHeartbeatSeconds)}<br>${secs(v.toFirstAnswerSeconds)}<br><b>${secs(v.recoverySeconds)}</b></td>

@@ -54,6 +54,7 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   o.history.finishRun(runId, r);
   const trends = Object.fromEntries(r.vms.map((v) => [v.name, o.history.recoveryTrend(v.name, { job: o.job.name })]));
   const rep = runReport(runId, o.job.name, r, { startedAt, endedAt: new Date(), htmlPath: join(dir, 'report.html') });
+  await attachSignals(rep, o.repo);
   const paths = writeReports(dir, rep, { trends, passRate: o.history.passRate({ job: o.job.name, lastN: 30 }) });
   o.history.setReports(runId, paths);
   const n = o.job.notifications;
@@ -61,6 +62,17 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
     await notifyRun(n, rep, readFileSync(paths.html, 'utf8'), o.log);
   }
   return rep;
+}
+
+/**
+ * The ransomware signals of each booted point, so that the report and the
+ * notification of a run (an afterBackup run above all) say when the backup
+ * it verified looked like ransomware: such a point often boots fine.
+ * Best effort: a point that cannot be read has none.
+ */
+async function attachSignals(rep: RunReport, repo: () => Promise<RepositoryReader>): Promise<void> {
+  const reader = await repo().catch(() => undefined);
+  for (const v of rep.vms) v.signals = (await reader?.getPoint(v.point).catch(() => undefined))?.stats.signals ?? null;
 }
 
 /** Exactly the document `surebackup run --json` promises (docs/surebackup.md, "Interface"). */

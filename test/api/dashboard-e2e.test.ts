@@ -11,7 +11,10 @@
  * - Run now on a one-VM job → the run ends → its page shows web's tests, its
  *   screenshot and the HTML report;
  * - File restore: mount the point, browse /etc, download hostname as tar, unmount;
- * - a viewer token sees no Recover or Run buttons.
+ * - a viewer token sees no Recover or Run buttons;
+ * - the points view charts each VM's change rate and entropy (ransomware
+ *   signals): a second VM, `worker`, has ordinary points and then one whose
+ *   new data is random bytes, marked as the anomaly.
  *
  * Page screenshots are kept in test-artifacts/dashboard/ for a human to look at.
  */
@@ -28,6 +31,9 @@ import { labDown, listLabs } from '../../src/lab/lab.js';
 import { listSessions, stopSession } from '../../src/session/recover.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { guestRepository } from '../helpers/repository.js';
+import { backupVm } from '../../src/backup/engine.js';
+import { loadVmDefinition } from '../../src/vm/definition.js';
+import type { LocalRepository } from '../../src/repo/repository.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = projectPath('test-artifacts', 'dashboard');
@@ -73,6 +79,33 @@ function untarFirst(tar: Buffer): { name: string; content: string } {
   return { name, content: tar.subarray(512, 512 + size).toString('utf8') };
 }
 
+/**
+ * Points of a VM `worker` beside web's: three nights whose new data is log
+ * text, then one whose new data is random (as encrypted files are). Its name
+ * sorts after web, so web stays the first VM of every list the other steps use.
+ */
+async function workerPoints(repo: LocalRepository): Promise<string> {
+  const vmFile = join(dir, 'worker.json');
+  writeFileSync(vmFile, JSON.stringify({ name: 'worker', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] }));
+  const vm = loadVmDefinition(vmFile);
+  const image = join(dir, 'worker.raw');
+  const MiB = 1024 * 1024;
+  const log = (night: number, mib: number): Buffer => {
+    const lines = Buffer.from(Array.from({ length: 4096 }, (_, i) => `night ${night} GET /${i % 97} 200\n`).join(''));
+    return Buffer.alloc(mib * MiB, lines);
+  };
+  const disk = Buffer.alloc(64 * MiB);
+  log(0, 24).copy(disk, 0);
+  let last = '';
+  for (let night = 0; night < 4; night++) {
+    if (night > 0 && night < 3) log(night, 2).copy(disk, (24 + 2 * night) * MiB);
+    if (night === 3) randomBytes(24 * MiB).copy(disk, 0);
+    writeFileSync(image, disk);
+    last = (await backupVm({ repo, vm, disks: { root: image } })).id;
+  }
+  return last;
+}
+
 async function login(page: Page, url: string, token: string): Promise<void> {
   await page.goto(`${url}/`);
   await page.getByLabel('API token').fill(token);
@@ -89,7 +122,8 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
   mkdirSync(ARTIFACTS, { recursive: true });
   mkdirSync(jobsDir, { recursive: true });
   mkdirSync(labsDir, { recursive: true });
-  const { repo } = await guestRepository(dir, 'web');
+  const { repo, repository } = await guestRepository(dir, 'web');
+  const workerAnomaly = await workerPoints(repository);
 
   // The lab template the server offers (labs are named, never given as paths), and a one-VM job using it.
   const labFile = join(labsDir, `${labName}.json`);
@@ -136,6 +170,23 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
     await page.getByRole('table', { name: 'Latest verification per VM' }).getByRole('link', { name: 'web' }).waitFor();
     await shot(page, '02-overview');
+  });
+
+  await t.test('the points view charts each VM\'s change rate and entropy; worker\'s encrypted night is the anomaly', async (t) => {
+    await page.getByRole('link', { name: 'Restore points' }).click();
+    const chart = page.getByRole('img', { name: /^Change rate and entropy of worker/ });
+    await chart.waitFor();
+    t.equal(await chart.getAttribute('aria-label'), 'Change rate and entropy of worker: 4 points, 1 anomaly');
+    t.equal(await chart.locator('circle.anomaly').count(), 2, 'both lines mark the anomalous point');
+    t.same(await chart.locator('circle.anomaly').evaluateAll((els) => els.map((e) => e.getAttribute('data-point'))), [workerAnomaly, workerAnomaly]);
+    t.match(await chart.locator('circle.anomaly title').first().textContent(), /ANOMALY: 100\.0 % of the new data is incompressible/, 'its tooltip says why');
+    t.equal(await page.getByRole('img', { name: /^Change rate and entropy of web/ }).getAttribute('aria-label'), 'Change rate and entropy of web: 1 point, 0 anomalies');
+    const rows = page.getByRole('table', { name: 'Restore points of worker' }).locator('[data-anomaly]');
+    t.same(await rows.evaluateAll((els) => els.map((e) => e.getAttribute('data-anomaly'))), ['true', 'false', 'false', 'false'], 'newest first: only the newest row is an anomaly');
+    t.match(await rows.first().textContent(), /100\.0% of new data incompressible anomaly/);
+    t.match(await page.getByRole('table', { name: 'Restore points of web' }).textContent(), /full backup/, 'web\'s one point is its full backup');
+    await chart.scrollIntoViewIfNeeded();
+    await shot(page, '02b-points-signals');
   });
 
   let sessionId = '';

@@ -29,6 +29,10 @@ type Fmt = {
   downloadName(cd: string | null, path: string): string;
   parseHash(h: string): { view: string; args: string[]; query: URLSearchParams };
   isActiveSession(s: { state: string }): boolean;
+  signalsText(s: unknown): string;
+  signalsTimeline(points: unknown[], o?: { width?: number; height?: number; pad?: number }): {
+    change: string; entropy: string; marks: Array<{ id: string; x: number; yChange: number; yEntropy: number; anomaly: boolean; label: string }>;
+  };
 };
 
 interface FakeResponse { ok: boolean; status: number; statusText: string; headers: Map<string, string>; json(): Promise<unknown>; text(): Promise<string>; blob(): Promise<Blob> }
@@ -99,6 +103,31 @@ t.test('points grouped per VM, newest first', async (t) => {
     { vm: 'web', time: '2026-01-03T00:00:00Z', id: 'w2' },
   ]);
   t.same(g.map(([vm, l]) => [vm, l.map((p) => p.id)]), [['db', ['d1']], ['web', ['w2', 'w1']]]);
+});
+
+t.test('ransomware signals: the words of a point, and the timeline chart\'s geometry', async (t) => {
+  const f = await load<Fmt>('js/format.js');
+  const sig = (changeRate: number, incompressibleRatio: number, o: { full?: boolean; anomaly?: boolean } = {}) => ({
+    changedBytes: changeRate * 64 * 1048576, changeRate, incompressibleRatio, full: o.full ?? false, anomaly: o.anomaly ?? false,
+    reasons: o.anomaly ? ['93.0 % of the new data is incompressible'] : [],
+  });
+  t.equal(f.signalsText(null), '—', 'a point from before signals');
+  t.equal(f.signalsText(sig(0.5, 0.1, { full: true })), 'full backup · 10.0% of new data incompressible');
+  t.equal(f.signalsText(sig(0.25, 0.05)), 'changed 16 MiB (25.0%) · 5.0% of new data incompressible');
+  const g = f.signalsTimeline([
+    { id: 'c', time: '2026-01-03T00:00:00Z', signals: sig(1, 1, { anomaly: true }) },
+    { id: 'old', time: '2026-01-00T00:00:00Z', signals: null },
+    { id: 'a', time: '2026-01-01T00:00:00Z', signals: sig(0, 0, { full: true }) },
+    { id: 'b', time: '2026-01-02T00:00:00Z', signals: sig(0.5, 0.25) },
+  ], { width: 200, height: 100, pad: 10 });
+  t.same(g.marks.map((m) => m.id), ['a', 'b', 'c'], 'oldest left; a point without signals is left out');
+  t.same(g.marks.map((m) => m.x), [10, 100, 190], 'spread evenly between the paddings');
+  t.same(g.marks.map((m) => m.yChange), [90, 50, 10], '0 % at the bottom, 100 % at the top');
+  t.equal(g.change, '10.0,90.0 100.0,50.0 190.0,10.0');
+  t.equal(g.entropy, '10.0,90.0 100.0,70.0 190.0,10.0');
+  t.same(g.marks.map((m) => m.anomaly), [false, false, true]);
+  t.match(g.marks[2]?.label, /ANOMALY: 93\.0 % of the new data is incompressible/, 'the tooltip says why');
+  t.equal(f.signalsTimeline([{ id: 'x', time: 't', signals: sig(2, -1) }], { width: 200, height: 100, pad: 10 }).change, '100.0,10.0', 'one point in the middle, rates clamped to 0..100 %');
 });
 
 t.test('paths, download names and hash routes', async (t) => {

@@ -3,7 +3,8 @@ import t from 'tap';
 import { createServer as createHttp } from 'node:http';
 import { createServer as createTcp, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { notifyRun, postWebhook, sendMail } from '../../src/report/notify.js';
+import { anomalyLines, notifyRun, postWebhook, sendMail } from '../../src/report/notify.js';
+import { decideAnomaly } from '../../src/backup/signals.js';
 import type { RunReport } from '../../src/report/report.js';
 
 const rep: RunReport = { run: 'r1', job: 'nightly', result: 'failed', startedAt: 'a', endedAt: 'b', labKept: false, report: '/tmp/r.html',
@@ -95,4 +96,25 @@ t.test('notifyRun: a refused recipient is logged, the webhook still goes', async
   t.same(out.map((o) => [o.channel, o.ok]), [['webhook', true], ['smtp', false]]);
   t.equal(posted, 1);
   t.match(warnings[0]!, /550 no such user/);
+});
+
+t.test('notifyRun: a booted point the backup flagged as a ransomware anomaly is named in the mail and the webhook body', async (t) => {
+  const { srv, mails } = smtpServer();
+  const port = await listen(srv);
+  const bodies: string[] = [];
+  const http = createHttp((req, res) => { let b = ''; req.on('data', (d: Buffer) => (b += d.toString())); req.on('end', () => { bodies.push(b); res.end(); }); });
+  const hport = await listen(http);
+  t.teardown(() => { srv.close(); http.close(); });
+  const signals = decideAnomaly({ changedBytes: 40 << 20, changeRate: 0.6, full: false, comparedWith: 'p0', resized: false,
+    newBytes: 40 << 20, newStoredBytes: 40 << 20, incompressibleBytes: 38 << 20, incompressibleRatio: 0.95 },
+  [{ changedBytes: 1 << 20, changeRate: 0.01, full: true, comparedWith: null, resized: false, newBytes: 30 << 20, newStoredBytes: 10 << 20, incompressibleBytes: 3 << 20, incompressibleRatio: 0.1 }]);
+  t.ok(signals.anomaly, 'the fixture is an anomaly');
+  const flagged: RunReport = { ...rep, result: 'success', vms: [{ ...rep.vms[0]!, result: 'success', signals }] };
+  t.match(anomalyLines(flagged)[0], /^ANOMALY: the backup p of web looks like ransomware: 95\.0 % of the new data is incompressible/);
+  t.same(anomalyLines(rep), [], 'a run without signals has no anomaly line');
+  await notifyRun({ webhook: `http://127.0.0.1:${hport}/`, smtp: { host: '127.0.0.1', port, from: 'a@x.test', to: ['ops@example.test'] } }, flagged, undefined, { warn: () => undefined });
+  t.match(mails[0]!.data, /Subject: \[restorelab\] nightly: success - ransomware ANOMALY in the backup/, 'the subject says so even when the run passed');
+  t.match(mails[0]!.data, /ANOMALY: the backup p of web looks like ransomware/);
+  const posted = JSON.parse(bodies[0]!) as RunReport;
+  t.equal(posted.vms[0]?.signals?.anomaly, true, 'the webhook carries the signals');
 });

@@ -5,8 +5,8 @@
  * follows the operation until the VM runs, then opens the Sessions view.
  */
 import { h, replace } from '../dom.js';
-import { formatBytes, formatTime, groupPointsByVm, shortId } from '../format.js';
-import { actionButton, badgeEl, section, table } from '../ui.js';
+import { formatBytes, formatTime, groupPointsByVm, shortId, signalsText } from '../format.js';
+import { actionButton, badgeEl, section, signalsChart, table } from '../ui.js';
 
 export async function render(ctx, route) {
   const vm = route.query.get('vm') ?? '';
@@ -63,12 +63,15 @@ export async function render(ctx, route) {
     progress,
     groups.length
       ? groups.map(([name, list]) => section(name,
-        table(`Restore points of ${name}`, ['Time', 'Point', 'Consistency', 'Size', 'Verification', ...(canRecover ? ['Action'] : [])],
+        signalsChart(name, list),
+        table(`Restore points of ${name}`, ['Time', 'Point', 'Consistency', 'Size', 'Ransomware signals', 'Verification', ...(canRecover ? ['Action'] : [])],
           list.map((p) => [
             formatTime(p.time),
             h('code', { title: p.id }, shortId(p.id)),
             p.consistency ?? '—',
             formatBytes(p.size),
+            h('span', { class: 'signals-cell', 'data-anomaly': p.signals ? String(Boolean(p.signals.anomaly)) : null, title: p.signals?.reasons?.join('; ') || null },
+              signalsText(p.signals), p.signals?.anomaly ? [' ', h('span', { class: 'badge badge-bad' }, 'anomaly')] : null),
             p.verification
               ? h('a', { href: `#/runs/${encodeURIComponent(p.verification.run)}`, title: `verified ${formatTime(p.verification.at)}` }, badgeEl(p.verification.result))
               : badgeEl(null),

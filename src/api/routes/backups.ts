@@ -93,6 +93,11 @@ export const backupRoutes: RegisterRoutes = (t, ctx) => {
         });
         recordPoint(ctx.catalog, repo.path, point);
         ctx.log.info({ point: point.id, vm: vm.name, stats: point.stats }, 'backup done');
+        const signals = point.stats.signals;
+        if (signals?.anomaly) {
+          o.log(`ransomware signals: ANOMALY: ${signals.reasons.join('; ')}`);
+          ctx.log.warn({ point: point.id, vm: vm.name, reasons: signals.reasons }, 'backup is a ransomware anomaly');
+        }
         const afterBackup = afterBackupRuns(ctx.scheduler, vm, (m) => o.log(m));
         return { result: { ...point, afterBackup }, resource: `/api/v1/points/${point.id}` };
       });

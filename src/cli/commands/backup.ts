@@ -52,6 +52,7 @@ export function registerBackup(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags & { vm: string; disk: string[]; consistency: string; jobs?: string; afterBackup: boolean }, c: Command) => {
       const { backupVm } = await import('../../backup/engine.js');
+      const { describeSignals } = await import('../../backup/signals.js');
       const { recordPoint } = await import('../../catalog/catalog.js');
       const { loadVmDefinition } = await import('../../vm/definition.js');
       const ctx = contextFor(c);
@@ -78,19 +79,23 @@ export function registerBackup(program: Command): void {
       });
       bar?.finish();
       await withCatalog(ctx, (db) => recordPoint(db, repo.path, point));
-      const s = point.stats;
+      const { signals: sig, ...s } = point.stats;
+      const signals = sig ?? null;
       const summary = `restore point ${point.id} of ${vm.name} (${total} disk(s)) in ${s.seconds} s: read ${formatBytes(s.bytesRead)}, ` +
-        `new ${formatBytes(s.bytesNew)}, reused ${formatBytes(s.bytesReused)}, zero ${formatBytes(s.bytesZero)}`;
+        `new ${formatBytes(s.bytesNew)}, reused ${formatBytes(s.bytesReused)}, zero ${formatBytes(s.bytesZero)}` +
+        (signals ? `\n${describeSignals(signals)}` : '');
+      // Not a failure (the point is good data of whatever the VM holds), but nobody should miss it, --json or not.
+      if (signals?.anomaly) ctx.out.warn(`restore point ${point.id} of ${vm.name} is a ransomware ANOMALY: ${signals.reasons.join('; ')}`);
       // afterBackup jobs verify the configured repository: a point elsewhere is not theirs to boot.
       const elsewhere = o.repo !== undefined && resolve(o.repo) !== resolve((await ctx.config()).repository);
       if (o.afterBackup && elsewhere) ctx.out.info(`after-backup: ${repo.path} is not the configured repository, which afterBackup jobs verify: none triggered`);
       if (!o.afterBackup || elsewhere) {
-        ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, afterBackup: null }, () => summary);
+        ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, signals, afterBackup: null }, () => summary);
         return;
       }
       const { afterBackupPassed, renderAfterBackup } = await import('../../scheduler/after-backup.js');
       const after = await runAfterBackup(ctx, o.jobs, { name: vm.name, ...(vm.tags ? { tags: vm.tags } : {}) }, point.id);
-      ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, afterBackup: after ?? null }, () =>
+      ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, signals, afterBackup: after ?? null }, () =>
         after ? `${summary}\n${renderAfterBackup(after, vm.name)}` : summary);
       // The point is recorded either way; a failed verdict of it is its own exit code (docs/cli.md).
       if (after && !afterBackupPassed(after)) process.exitCode = ExitCode.verifyFailed;

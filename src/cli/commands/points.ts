@@ -3,13 +3,22 @@ import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import type { PointSummary } from '../../catalog/catalog.js';
+import type { PointSignals } from '../../repo/contract.js';
 import { formatBytes } from '../output.js';
 
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderPoints(points: PointSummary[]): string {
   if (points.length === 0) return 'no restore points';
   return points.map((p) => `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
-    `  new ${formatBytes(p.bytesNew)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
+    `  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
+}
+
+/** A point's ransomware signals in a few words (docs/secure-restore.md, "Ransomware signals"). */
+export function renderSignals(s: PointSignals | null): string {
+  if (!s) return 'signals: none (backed up before they existed)';
+  const pct = (x: number): string => `${(x * 100).toFixed(1)}%`;
+  const changed = s.full ? 'full' : `changed ${formatBytes(s.changedBytes)} (${pct(s.changeRate)})`;
+  return `${changed}, ${pct(s.incompressibleRatio)} incompressible${s.anomaly ? '  ANOMALY' : ''}`;
 }
 
 export function registerPoints(program: Command): void {
