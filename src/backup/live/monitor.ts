@@ -64,7 +64,7 @@ export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system')
       if (reply?.error) throw new QmpError(command, reply.error.class ?? 'GenericError', reply.error.desc ?? 'unknown error');
       if (r.code !== 0 || !reply) {
         // libvirt refuses some commands itself (and reports QEMU's errors on stderr in older versions).
-        const said = r.stderr.trim().replace(/^error: /gm, '');
+        const said = r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ');
         throw new QmpError(command, 'GenericError', said || `virsh exited with ${r.code}`);
       }
       return reply.return as T;

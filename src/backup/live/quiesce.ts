@@ -52,7 +52,7 @@ export function libvirtFreezer(domain: string, uri: string): Promise<GuestFreeze
   const run = async (cmd: string, ms: number): Promise<number> => {
     const r = await exec('virsh', ['-c', uri, cmd, domain], { timeoutMs: ms });
     if (r.timedOut) throw new Error(`virsh ${cmd}: no answer within ${ms} ms (guest agent hung?)`);
-    if (r.code !== 0) throw new Error(r.stderr.trim().replace(/^error: /gm, '') || `virsh ${cmd} exited with ${r.code}`);
+    if (r.code !== 0) throw new Error(r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ') || `virsh ${cmd} exited with ${r.code}`);
     return Number(/(\d+)/.exec(r.stdout)?.[1] ?? 0);
   };
   return Promise.resolve({
@@ -134,7 +134,7 @@ export async function quiesced<T>(o: QuiesceOptions, snapshot: () => Promise<T>)
       } catch (err) {
         lower('crash', `guest-fsfreeze-freeze failed: ${(err as Error).message}`);
         // It may have frozen some filesystems before failing (or after our timeout): thaw to be sure.
-        await thaw(freezer, o.onWarning);
+        await thaw(freezer, (m) => reasons.push(m));
         refuseIfRequired(o, achieved, reasons);
       }
       if (frozen) {
