@@ -131,6 +131,7 @@ export function registerBackup(program: Command): void {
         ...(cap?.consistencyReason ? { consistencyReason: cap.consistencyReason } : {}),
         ...(cap?.freezeMs !== undefined ? { freezeMs: cap.freezeMs } : {}),
       } : { consistency: point.consistency };
+      // Image backups carry the consistency as given (a label: nothing froze the guest).
       // afterBackup jobs verify the configured repository: a point elsewhere is not theirs to boot.
       const elsewhere = o.repo !== undefined && resolve(o.repo) !== resolve((await ctx.config()).repository);
       if (o.afterBackup && elsewhere) ctx.out.info(`after-backup: ${repo.path} is not the configured repository, which afterBackup jobs verify: none triggered`);
