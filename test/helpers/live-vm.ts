@@ -60,7 +60,7 @@ export async function startLiveVm(dir: string, opts: LiveVmOptions): Promise<Liv
   const child = spawn(qemu, [
     '-accel', 'tcg', '-m', '256', '-smp', '1', '-nodefaults', '-display', 'none', '-no-user-config',
     '-serial', `file:${join(dir, 'console.log')}`,
-    '-drive', `file=${disk},format=${opts.format},if=virtio,id=root,cache=none,aio=threads`,
+    '-drive', `file=${disk},format=${opts.format},if=virtio,id=root`,
     '-qmp', `unix:${qmp},server=on,wait=off`,
     '-chardev', `socket,id=qga0,path=${qga},server=on,wait=off`,
     '-device', 'virtio-serial', '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
