@@ -28,6 +28,7 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
+import { libvirtGuest, virsh } from '../test/helpers/live-vm.js';
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.LIVE_BENCH_MIB ?? 2048);
@@ -57,40 +58,6 @@ async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promi
   const r = await run(cmd, args, env);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-5).join('\n')}`);
   return r;
-}
-
-const virsh = (...args: string[]): Promise<Run> => must('virsh', ['-c', URI, ...args]);
-
-async function agent<T>(domain: string, command: string, args?: Record<string, unknown>): Promise<T> {
-  const out = await virsh('qemu-agent-command', domain, JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }));
-  return (JSON.parse(out.stdout) as { return: T }).return;
-}
-
-async function guestSh(domain: string, script: string, timeoutMs = 600_000): Promise<void> {
-  const { pid } = await agent<{ pid: number }>(domain, 'guest-exec', { path: '/bin/sh', arg: ['-c', script], 'capture-output': true });
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const st = await agent<{ exited: boolean; exitcode?: number; 'err-data'?: string }>(domain, 'guest-exec-status', { pid });
-    if (st.exited) {
-      if (st.exitcode !== 0) throw new Error(`guest: exit ${st.exitcode}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error('guest command timed out');
-}
-
-async function waitAgent(domain: string): Promise<void> {
-  const deadline = Date.now() + 600_000;
-  for (;;) {
-    try {
-      await agent(domain, 'guest-ping');
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
 }
 
 /** The raw data set: guest, incompressible data, holes; then converted to qcow2. */
@@ -130,9 +97,9 @@ async function main(): Promise<void> {
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
   </devices></domain>`);
-    await virsh('define', xml);
-    await virsh('start', domain);
-    await waitAgent(domain);
+    await virsh(URI, 'define', xml);
+    await virsh(URI, 'start', domain);
+    await libvirtGuest(URI, domain).waitAgent(600_000);
 
     const repo = join(dir, 'repo');
     const home = join(dir, 'home');
@@ -152,7 +119,7 @@ async function main(): Promise<void> {
     const blocks = Math.round(SIZE_MIB * CHANGED_FRACTION);
     const offsets = new Set<number>();
     while (offsets.size < blocks) offsets.add(randomInt(GUEST_MIB, GUEST_MIB + DATA_MIB));
-    await guestSh(domain, `for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`);
+    await libvirtGuest(URI, domain).sh(`for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`);
     const vInc = await theirs('inc');
     const oInc = await ours();
 

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { exec } from '../../src/host/exec.js';
 import { openRepository } from '../../src/repo/index.js';
 import { guestImage } from '../helpers/guests.js';
-import { restoredRoot } from '../helpers/live-vm.js';
+import { libvirtGuest, restoredRoot, virsh as virshIn } from '../helpers/live-vm.js';
 import { cliIn } from '../helpers/cli.js';
 
 const URI = 'qemu:///system';
@@ -23,43 +23,9 @@ const cli = cliIn(work);
 const domain = `rl-live-${process.pid}`;
 const libvirtd = fileURLToPath(new URL('../../../scripts/libvirtd', import.meta.url));
 
-async function virsh(...args: string[]): Promise<string> {
-  const r = await exec('virsh', ['-c', URI, ...args], { timeoutMs: 60_000 });
-  if (r.code !== 0) throw new Error(`virsh ${args.join(' ')}: ${r.stderr.trim()}`);
-  return r.stdout;
-}
-
-async function agent<T>(command: string, args?: Record<string, unknown>): Promise<T> {
-  const out = await virsh('qemu-agent-command', domain, JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }));
-  return (JSON.parse(out) as { return: T }).return;
-}
-
-/** sh -c in the guest through libvirt's agent channel; waits for it. */
-async function sh(script: string): Promise<string> {
-  const { pid } = await agent<{ pid: number }>('guest-exec', { path: '/bin/sh', arg: ['-c', script], 'capture-output': true });
-  for (let i = 0; i < 600; i++) {
-    const st = await agent<{ exited: boolean; exitcode?: number; 'out-data'?: string }>('guest-exec-status', { pid });
-    if (st.exited) {
-      if (st.exitcode !== 0) throw new Error(`guest: ${script} exited ${st.exitcode}`);
-      return Buffer.from(st['out-data'] ?? '', 'base64').toString();
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`guest: ${script} did not finish`);
-}
-
-async function waitAgent(): Promise<void> {
-  const deadline = Date.now() + 300_000;
-  for (;;) {
-    try {
-      await agent('guest-ping');
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
-}
+const virsh = (...args: string[]): Promise<string> => virshIn(URI, ...args);
+const guest = libvirtGuest(URI, domain);
+const { agent, sh, waitAgent } = guest;
 
 t.teardown(async () => {
   await exec('virsh', ['-c', URI, 'destroy', domain]);

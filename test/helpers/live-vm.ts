@@ -123,3 +123,53 @@ export async function restoredRoot(repo: Repository, point: string, dir: string,
     },
   };
 }
+
+/** A libvirt domain's guest, through libvirt's own agent channel (`virsh qemu-agent-command`). */
+export interface LibvirtGuest {
+  agent<T>(command: string, args?: Record<string, unknown>): Promise<T>;
+  /** Runs `sh -c script` in the guest and returns its stdout; rejects on a non-zero exit. */
+  sh(script: string, timeoutMs?: number): Promise<string>;
+  /** Polls guest-ping until the agent answers. */
+  waitAgent(timeoutMs?: number): Promise<void>;
+}
+
+export async function virsh(uri: string, ...args: string[]): Promise<string> {
+  const r = await exec('virsh', ['-c', uri, ...args], { timeoutMs: 120_000 });
+  if (r.code !== 0) throw new Error(`virsh ${args.join(' ')}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+export function libvirtGuest(uri: string, domain: string): LibvirtGuest {
+  const agent = async <T>(command: string, args?: Record<string, unknown>): Promise<T> => {
+    const out = await virsh(uri, 'qemu-agent-command', domain, JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }));
+    return (JSON.parse(out) as { return: T }).return;
+  };
+  return {
+    agent,
+    async sh(script, timeoutMs = 600_000) {
+      const { pid } = await agent<{ pid: number }>('guest-exec', { path: '/bin/sh', arg: ['-c', script], 'capture-output': true });
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        const st = await agent<{ exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid });
+        if (st.exited) {
+          if (st.exitcode !== 0) throw new Error(`guest: ${script} exited ${st.exitcode}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
+          return Buffer.from(st['out-data'] ?? '', 'base64').toString();
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      throw new Error(`guest: ${script} did not finish within ${timeoutMs} ms`);
+    },
+    async waitAgent(timeoutMs = 300_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        try {
+          await agent('guest-ping');
+          return;
+        } catch (err) {
+          if (Date.now() > deadline) throw err;
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+    },
+  };
+}
