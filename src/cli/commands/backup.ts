@@ -105,7 +105,7 @@ export function registerBackup(program: Command): void {
       if (live) {
         const { backupLiveVm } = await import('../../backup/live/index.js');
         const ac = new AbortController();
-        const cancel = (): void => ac.abort(new RestorelabError('CANCELLED', 'live backup cancelled by signal; everything it added to the VM is being removed'));
+        const cancel = (): void => ac.abort(new RestorelabError('OPERATION_CANCELLED', 'live backup cancelled by a signal; what it added to the VM was removed and no point was written'));
         process.once('SIGINT', cancel); process.once('SIGTERM', cancel);
         try {
           liveResult = await backupLiveVm({
