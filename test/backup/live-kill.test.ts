@@ -30,10 +30,11 @@ t.teardown(async () => {
 async function ours(socket: string): Promise<{ nodes: string[]; bitmaps: string[]; exports: string[]; jobs: string[] }> {
   const q = await QmpClient.connect(socket);
   try {
-    const nodes = await q.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name: string }[] }[]>('query-named-block-nodes', { flat: true });
+    const nodes = await q.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', { flat: true });
     return {
       nodes: nodes.map((n) => n['node-name']).filter((n) => n.startsWith('restorelab-')),
-      bitmaps: nodes.flatMap((n) => n['dirty-bitmaps'] ?? []).map((b) => b.name).filter((n) => n.startsWith('restorelab-')),
+      // The killed job's copy-before-write filter also holds an anonymous bitmap (no name).
+      bitmaps: nodes.flatMap((n) => n['dirty-bitmaps'] ?? []).map((b) => b.name ?? '').filter((n) => n.startsWith('restorelab-')),
       exports: (await q.execute<{ id: string }[]>('query-block-exports')).map((e) => e.id),
       jobs: (await q.execute<{ id: string }[]>('query-jobs')).map((j) => j.id),
     };

@@ -88,7 +88,8 @@ export async function findDisks(mon: BlockMonitor, vm: VmDefinition): Promise<Li
 
 export async function bitmapsOf(mon: BlockMonitor, node: string): Promise<BitmapInfo[]> {
   const nodes = await mon.execute<{ 'node-name': string; 'dirty-bitmaps'?: BitmapInfo[] }[]>('query-named-block-nodes', { flat: true });
-  return nodes.find((n) => n['node-name'] === node)?.['dirty-bitmaps'] ?? [];
+  // A running block job's copy-before-write filter holds an anonymous bitmap: only named ones are anybody's.
+  return (nodes.find((n) => n['node-name'] === node)?.['dirty-bitmaps'] ?? []).filter((b) => typeof b.name === 'string');
 }
 
 export const names = {
