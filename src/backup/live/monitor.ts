@@ -10,6 +10,7 @@
 import { exec, which } from '../../host/exec.js';
 import { QmpClient, QmpError } from '../../hypervisor/qmp.js';
 import { RestorelabError, missingComponent } from '../../errors.js';
+import { VirshSession } from './virsh-session.js';
 
 export interface BlockMonitor {
   /** For messages: "QMP /run/vm.qmp", "libvirt domain web". */
@@ -49,12 +50,20 @@ export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system')
       hint: 'a live backup needs the VM running; back up its image files with --disk while it is shut off',
     });
   }
+  // One virsh process for all commands when the domain name can be quoted; else one process per command.
+  const session = VirshSession.quotable(domain) ? new VirshSession(uri) : undefined;
+  const virsh = async (args: string[], timeoutMs: number): Promise<{ ok: boolean; stdout: string; stderr: string }> => {
+    if (session && args.every(VirshSession.quotable)) return session.run(args, timeoutMs);
+    const r = await exec('virsh', ['-c', uri, ...args], { timeoutMs });
+    if (r.timedOut) throw new Error(`virsh ${args[0] ?? ''}: no answer within ${timeoutMs} ms`);
+    return { ok: r.code === 0, stdout: r.stdout, stderr: r.stderr };
+  };
   return {
     where: `libvirt domain ${domain}`,
     async execute<T>(command: string, args?: Record<string, unknown>, timeoutMs = MONITOR_TIMEOUT_MS): Promise<T> {
-      const msg = JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args });
-      const r = await exec('virsh', ['-c', uri, 'qemu-monitor-command', domain, msg], { timeoutMs });
-      if (r.timedOut) throw new Error(`QMP ${command} through libvirt: no reply within ${timeoutMs} ms`);
+      // \u0027 keeps the JSON free of single quotes, so it can be quoted for virsh's shell.
+      const msg = JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args }).replace(/'/g, '\\u0027');
+      const r = await virsh(['qemu-monitor-command', domain, msg], timeoutMs);
       let reply: { return?: unknown; error?: { class?: string; desc?: string } } | undefined;
       try {
         reply = JSON.parse(r.stdout) as typeof reply;
@@ -62,13 +71,13 @@ export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system')
         reply = undefined;
       }
       if (reply?.error) throw new QmpError(command, reply.error.class ?? 'GenericError', reply.error.desc ?? 'unknown error');
-      if (r.code !== 0 || !reply) {
+      if (!r.ok || !reply) {
         // libvirt refuses some commands itself (and reports QEMU's errors on stderr in older versions).
         const said = r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ');
-        throw new QmpError(command, 'GenericError', said || `virsh exited with ${r.code}`);
+        throw new QmpError(command, 'GenericError', said || 'virsh printed no reply');
       }
       return reply.return as T;
     },
-    close: () => Promise.resolve(),
+    close: () => { session?.close(); return Promise.resolve(); },
   };
 }
