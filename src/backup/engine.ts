@@ -89,64 +89,102 @@ export function planDisks(vm: VmDefinition, given: Record<string, string> = {}):
 }
 
 export async function backupVm(opts: BackupOptions): Promise<RestorePoint> {
-  const { repo, vm } = opts;
-  const started = performance.now();
   const time = (opts.time ?? new Date()).toISOString();
-  const plan = planDisks(vm, opts.disks);
+  const plan = planDisks(opts.vm, opts.disks);
   const sources: ImageSource[] = [];
   try {
     // Open every image first: a bad one fails the backup before the repository is touched.
     for (const d of plan) sources.push(await openImage(d.path, d.format ? { format: d.format } : {}));
-    const lock = await repo.lock('shared', `backup of ${vm.name}`);
-    for (const h of lock.staleRemoved) {
-      opts.onWarning?.(`removed a stale ${h.kind} lock of dead process ${h.pid} on ${h.hostname} ("${h.purpose}", since ${new Date(h.since).toISOString()})`);
-    }
-    try {
-      const parent = await chooseParent(repo, vm.name, opts.parent);
-      const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
-      const inserted: { digest: string; at: number }[] = [];
-      const signals = new SignalsRecorder(parent?.id ?? null);
-      const pool = new ChunkPool(opts.codecInit ?? defaultCodecInit(repo), opts.workers ?? Math.min(availableParallelism(), 8));
-      try {
-        const indexes: FixedIndex[] = [];
-        try {
-          for (let i = 0; i < plan.length; i++) {
-            const name = (plan[i] as DiskPlan).name;
-            const index = await backupDisk(repo, pool, sources[i] as ImageSource, name, stats, signals, inserted, opts.onProgress, opts.onWarning);
-            // Change against the parent from the two indexes: metadata only, the disk is not read again.
-            signals.disk(index.size, index.chunkSize, index.digests, await parentDisk(repo, parent, name, opts.onWarning));
-            indexes.push(index);
-          }
-        } finally {
-          await pool.close();
-        }
-        // Indexes are written only once every disk is read, so a failed read leaves no index behind.
-        const disks: RestorePointDisk[] = [];
-        for (let i = 0; i < plan.length; i++) {
-          const index = indexes[i] as FixedIndex;
-          disks.push({ name: (plan[i] as DiskPlan).name, size: index.size, indexDigest: await repo.writeIndex(index) });
-        }
-        return await repo.commitPoint({
-          vm,
-          disks,
-          consistency: opts.consistency ?? 'crash',
-          time,
-          source: opts.source ?? plan.map((d) => `${d.name}=${d.path}`).join(' '),
-          ...(parent ? { parent: parent.id } : {}),
-          stats: {
-            ...stats, seconds: Math.round((performance.now() - started) / 10) / 100,
-            signals: await judgeSignals(repo, vm.name, time, signals.figures(), opts.onWarning),
-          },
-        });
-      } catch (err) {
-        await rollBack(repo, lock, inserted);
-        throw err;
-      }
-    } finally {
-      await lock.release();
-    }
+    return await backupImages({
+      ...opts,
+      time,
+      images: plan.map((d, i) => ({ name: d.name, source: sources[i] as ImageSource })),
+      source: opts.source ?? plan.map((d) => `${d.name}=${d.path}`).join(' '),
+    });
   } finally {
     await Promise.allSettled(sources.map((s) => s.close()));
+  }
+}
+
+/**
+ * What an earlier point lets a backup skip: chunks outside `changed` are taken
+ * from `index` (the previous point's index of the same disk) without reading.
+ * The live backup builds it from a dirty bitmap (src/backup/live/).
+ */
+export interface ReusePlan {
+  index: FixedIndex;
+  /** One byte per chunk: 1 when the chunk may differ from `index` and must be read. */
+  changed: Uint8Array;
+}
+
+export interface ImageToBackUp {
+  name: string;
+  source: ImageSource;
+  reuse?: ReusePlan;
+}
+
+export interface BackupImagesOptions extends Omit<BackupOptions, 'disks' | 'source' | 'time'> {
+  images: ImageToBackUp[];
+  source: string;
+  /** ISO 8601 time of the point: when its data was taken. */
+  time: string;
+  /** How a live backup captured the VM, recorded in the manifest. */
+  capture?: RestorePoint['capture'];
+  signal?: AbortSignal;
+}
+
+/** Already-open sources of one VM's disks in, one restore point out (backupVm and the live backup share it). */
+export async function backupImages(opts: BackupImagesOptions): Promise<RestorePoint> {
+  const { repo, vm } = opts;
+  const started = performance.now();
+  const lock = await repo.lock('shared', `backup of ${vm.name}`);
+  for (const h of lock.staleRemoved) {
+    opts.onWarning?.(`removed a stale ${h.kind} lock of dead process ${h.pid} on ${h.hostname} ("${h.purpose}", since ${new Date(h.since).toISOString()})`);
+  }
+  try {
+    const parent = await chooseParent(repo, vm.name, opts.parent);
+    const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
+    const inserted: { digest: string; at: number }[] = [];
+    const signals = new SignalsRecorder(parent?.id ?? null);
+    const pool = new ChunkPool(opts.codecInit ?? defaultCodecInit(repo), opts.workers ?? Math.min(availableParallelism(), 8));
+    try {
+      const indexes: FixedIndex[] = [];
+      try {
+        for (const img of opts.images) {
+          const index = await backupDisk(repo, pool, img, stats, signals, inserted, opts);
+          // Change against the parent from the two indexes: metadata only, the disk is not read again.
+          signals.disk(index.size, index.chunkSize, index.digests, await parentDisk(repo, parent, img.name, opts.onWarning));
+          indexes.push(index);
+        }
+      } finally {
+        await pool.close();
+      }
+      // Indexes are written only once every disk is read, so a failed read leaves no index behind.
+      const disks: RestorePointDisk[] = [];
+      for (let i = 0; i < opts.images.length; i++) {
+        const index = indexes[i] as FixedIndex;
+        disks.push({ name: (opts.images[i] as ImageToBackUp).name, size: index.size, indexDigest: await repo.writeIndex(index) });
+      }
+      opts.signal?.throwIfAborted();
+      return await repo.commitPoint({
+        vm,
+        disks,
+        consistency: opts.consistency ?? 'crash',
+        time: opts.time,
+        source: opts.source,
+        ...(parent ? { parent: parent.id } : {}),
+        stats: {
+          ...stats, seconds: Math.round((performance.now() - started) / 10) / 100,
+          signals: await judgeSignals(repo, vm.name, opts.time, signals.figures(), opts.onWarning),
+        },
+        ...(opts.capture ? { capture: opts.capture } : {}),
+      });
+    } catch (err) {
+      await rollBack(repo, lock, inserted);
+      throw err;
+    }
+  } finally {
+    await lock.release();
   }
 }
 
@@ -169,6 +207,25 @@ async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: st
   }
 }
 
+/** The reuse plan when it matches this disk (same size and chunking), else none: then every chunk is read. */
+function usableReuse(reuse: ReusePlan | undefined, size: number, chunkSize: number, count: number): ReusePlan | undefined {
+  if (!reuse) return undefined;
+  const ok = reuse.index.size === size && reuse.index.chunkSize === chunkSize && reuse.index.digests.length === count && reuse.changed.length === count;
+  return ok ? reuse : undefined;
+}
+
+/**
+ * Takes chunk `i` from the previous index. A stored chunk is touched (gc
+ * honours the new mtime); one the store lost is not reused: false, and the
+ * caller reads it.
+ */
+async function reuseChunk(repo: Repository, index: FixedIndex, i: number, digests: (string | null)[]): Promise<boolean> {
+  const digest = index.digests[i] ?? null;
+  if (digest !== null && !(await repo.chunks.touch(digest))) return false;
+  digests[i] = digest;
+  return true;
+}
+
 function defaultCodecInit(repo: Repository): CodecInit {
   return { config: repo.config, ...(repo.masterKey ? { key: repo.masterKey } : {}) };
 }
@@ -180,9 +237,13 @@ async function chooseParent(repo: Repository, vmName: string, wanted: string | n
   return points.filter((p) => !p.damaged).sort((a, b) => a.time.localeCompare(b.time)).at(-1);
 }
 
-/** Which chunks hold data: a chunk lying entirely in zero extents is never read. */
-async function dataChunks(src: ImageSource, chunkSize: number, count: number): Promise<Uint8Array> {
+/**
+ * Which chunks hold data: a chunk lying entirely in zero extents is never read.
+ * With `only` (the chunks that must be read) and none of them set, nothing is asked.
+ */
+async function dataChunks(src: ImageSource, chunkSize: number, count: number, only?: Uint8Array): Promise<Uint8Array> {
   const data = new Uint8Array(count);
+  if (only && !only.includes(1)) return data;
   for await (const e of src.extents()) {
     if (e.zero || e.length === 0) continue;
     const first = Math.floor(e.offset / chunkSize);
@@ -193,13 +254,16 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number): P
 }
 
 async function backupDisk(
-  repo: Repository, pool: ChunkPool, src: ImageSource, name: string, stats: Omit<BackupStats, 'seconds'>, signals: SignalsRecorder,
-  inserted: { digest: string; at: number }[], onProgress: BackupOptions['onProgress'], onWarning: BackupOptions['onWarning'],
+  repo: Repository, pool: ChunkPool, img: ImageToBackUp, stats: Omit<BackupStats, 'seconds'>, signals: SignalsRecorder,
+  inserted: { digest: string; at: number }[], opts: Pick<BackupImagesOptions, 'onProgress' | 'onWarning' | 'signal'>,
 ): Promise<FixedIndex> {
+  const { source: src, name } = img;
+  const { onProgress, onWarning } = opts;
   const chunkSize = repo.config.chunkSize;
   const count = Math.ceil(src.size / chunkSize);
   const digests: (string | null)[] = new Array<string | null>(count).fill(null);
-  const hasData = await dataChunks(src, chunkSize, count);
+  const reuse = usableReuse(img.reuse, src.size, chunkSize, count);
+  const hasData = await dataChunks(src, chunkSize, count, reuse?.changed);
   const written = new Set<string>();
   // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's fsync.
   const inFlight = pool.slots * 2;
@@ -274,6 +338,17 @@ async function backupDisk(
   };
 
   for (let i = 0; i < count && failure === undefined; i++) {
+    if (opts.signal?.aborted) {
+      failure ??= opts.signal.reason;
+      break;
+    }
+    if (reuse && !reuse.changed[i] && await reuseChunk(repo, reuse.index, i, digests)) {
+      const length = Math.min(chunkSize, src.size - i * chunkSize);
+      if (digests[i] === null) stats.bytesZero += length;
+      else stats.bytesReused += length;
+      done += length;
+      continue;
+    }
     if (!hasData[i]) {
       const length = Math.min(chunkSize, src.size - i * chunkSize);
       stats.bytesZero += length;

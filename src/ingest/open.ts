@@ -32,6 +32,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
   const abs = resolve(path);
   await checkReadableFile(abs);
   const chain = await detect(abs, opts.format);
+  if (opts.format !== undefined) await checkFormatAsProbed(abs, opts.format);
   const top = chain[0] as ImageLayer;
   if (top.format === 'raw' && chain.length === 1) return RawImageSource.open(abs);
   await checkLayersIntact(chain);
@@ -54,6 +55,23 @@ async function checkReadableFile(path: string): Promise<void> {
     await access(path, constants.R_OK);
   } catch (err) {
     throw badInput('IMAGE_UNREADABLE', `image ${path} is not readable: ${(err as Error).message}`, 'run restorelab as a user that can read the image, or fix its permissions');
+  }
+}
+
+/**
+ * A format given by the caller (the VM definition) must be what the image
+ * is. qemu opens any file as raw, so a qcow2 named raw would otherwise be
+ * backed up as its container bytes and boot as garbage. The probe is only
+ * used to refuse, never to pick a format: a raw guest disk whose guest wrote
+ * a qcow2 header probes as qcow2 and is refused here too, which is the safe
+ * side (the definition must then be fixed by someone who knows).
+ */
+async function checkFormatAsProbed(path: string, format: string): Promise<void> {
+  const probed = await imageInfo(path);
+  const actual = probed.ok ? probed.chain[0]?.format : undefined;
+  if (actual !== undefined && actual !== format) {
+    throw badInput('IMAGE_FORMAT_MISMATCH', `${path} is a ${actual} image, but the VM definition says ${format}`,
+      `set "format": "${actual}" for this disk in the VM definition (or give the right image)`);
   }
 }
 

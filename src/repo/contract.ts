@@ -57,6 +57,24 @@ export interface PointSignals {
   reasons: string[];
 }
 
+/**
+ * What a live backup records about how it took the point: the consistency
+ * asked for and why the achieved one (RestorePoint.consistency) may be less,
+ * how long the guest's filesystems were frozen, and whether changed block
+ * tracking let it skip unchanged chunks.
+ */
+export interface PointCapture {
+  kind: 'qmp' | 'libvirt';
+  consistencyWanted: Consistency;
+  /** Why the achieved consistency is below the wanted one; absent when it is not. */
+  consistencyReason?: string;
+  /** Milliseconds from the freeze request to the thaw's answer; absent when nothing was frozen. */
+  freezeMs?: number;
+  changedBlockTracking: { used: boolean; reason: string };
+  /** Per disk: the dirty bitmap created with this point, which the next backup may read. */
+  bitmaps: Record<string, string>;
+}
+
 export interface RestorePoint {
   id: string;
   vm: VmDefinition;
@@ -67,6 +85,8 @@ export interface RestorePoint {
   source: string;
   parent?: string;
   stats: BackupStats;
+  /** How a running VM was captured (live backups only). */
+  capture?: PointCapture;
   /** Set by verify when a chunk this point references is corrupt. */
   damaged?: boolean;
 }

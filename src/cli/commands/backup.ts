@@ -7,7 +7,9 @@ import type { BackedUpVm } from '../../scheduler/scheduler.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
 import type { VmDefinition } from '../../vm/definition.js';
 import type { Consistency } from '../../repo/contract.js';
-import { ExitCode, badInput } from '../../errors.js';
+import { ExitCode, RestorelabError, badInput } from '../../errors.js';
+import type { BackupProgress } from '../../backup/engine.js';
+import type { LiveBackupResult, LiveSource } from '../../backup/live/index.js';
 import { formatBytes } from '../output.js';
 import { projectPath } from '../../paths.js';
 
@@ -38,6 +40,24 @@ export function assignDisks(vm: VmDefinition, args: readonly string[]): Record<s
   return named;
 }
 
+interface LiveFlags {
+  qmp?: string; qga?: string; domain?: string; libvirtUri: string; requireConsistency?: boolean; preFreeze?: string; postThaw?: string;
+}
+
+/** The live source the flags name, or undefined for an image backup; contradictory flags are refused. */
+export function liveSource(o: LiveFlags & { disk: string[] }): LiveSource | undefined {
+  if (o.qmp && o.domain) throw badInput('BACKUP_SOURCE_CONFLICT', '--qmp and --domain both given', 'give one: --qmp SOCKET for a QEMU VM, --domain NAME for a libvirt domain');
+  const live = o.qmp !== undefined || o.domain !== undefined;
+  if (live && o.disk.length > 0) throw badInput('BACKUP_SOURCE_CONFLICT', '--disk cannot be combined with --qmp or --domain', 'a live backup reads the disks from the running VM; drop --disk');
+  if (!live) {
+    const stray = (['qga', 'requireConsistency', 'preFreeze', 'postThaw'] as const).filter((k) => o[k] !== undefined);
+    if (stray.length > 0) throw badInput('BACKUP_SOURCE_CONFLICT', `${stray.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} only apply to a live backup`, 'add --qmp SOCKET or --domain NAME');
+    return undefined;
+  }
+  if (o.qga && !o.qmp) throw badInput('BACKUP_SOURCE_CONFLICT', '--qga goes with --qmp; a libvirt domain is frozen through libvirt\'s own agent channel', 'drop --qga');
+  return o.qmp !== undefined ? { kind: 'qmp', qmp: resolve(o.qmp), ...(o.qga ? { qga: resolve(o.qga) } : {}) } : { kind: 'libvirt', domain: o.domain as string, uri: o.libvirtUri };
+}
+
 export function registerBackup(program: Command): void {
   program
     .command('backup')
@@ -46,11 +66,18 @@ export function registerBackup(program: Command): void {
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--disk <image>', 'image of a disk: NAME=PATH, or PATH for the next disk of the definition (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--key-file <file>', 'key file of an encrypted repository')
-    .option('--consistency <state>', 'crash, filesystem or application', 'crash')
+    .option('--consistency <state>', 'crash, filesystem or application (live backups freeze the guest for the last two)', 'crash')
+    .option('--qmp <socket>', 'back up the running VM behind this QMP socket (live backup; no --disk)')
+    .option('--qga <socket>', 'its guest-agent socket, for --consistency filesystem|application')
+    .option('--domain <name>', 'back up this running libvirt domain (live backup; no --disk)')
+    .option('--libvirt-uri <uri>', 'libvirt connection for --domain', 'qemu:///system')
+    .option('--require-consistency', 'fail instead of falling back to crash-consistent when the guest cannot be frozen')
+    .option('--pre-freeze <script>', 'host script run before the freeze (--consistency application)')
+    .option('--post-thaw <script>', 'host script run after the thaw (--consistency application)')
     .option('--jobs <dir>', 'SureBackup jobs whose afterBackup runs follow the backup (default: RESTORELAB_JOBS_DIR or lab-templates/jobs; a server on this state directory uses its own)')
     .option('--no-after-backup', 'do not run or trigger the afterBackup jobs covering the VM')
     .option('--json', 'print one JSON object')
-    .action(async (o: RepoFlags & { vm: string; disk: string[]; consistency: string; jobs?: string; afterBackup: boolean }, c: Command) => {
+    .action(async (o: RepoFlags & LiveFlags & { vm: string; disk: string[]; consistency: string; jobs?: string; afterBackup: boolean }, c: Command) => {
       const { backupVm } = await import('../../backup/engine.js');
       const { describeSignals } = await import('../../backup/signals.js');
       const { recordPoint } = await import('../../catalog/catalog.js');
@@ -60,42 +87,66 @@ export function registerBackup(program: Command): void {
         throw badInput('BAD_CONSISTENCY', `consistency "${o.consistency}" is not one of crash, filesystem, application`, 'pass --consistency crash (the default for images)');
       }
       const vm = loadVmDefinition(o.vm);
+      const live = liveSource(o);
       const disks = assignDisks(vm, o.disk);
       const { repo, codecInit } = await openRepoFromFlags(ctx, o);
       const total = vm.disks.length;
       let bar: ReturnType<typeof ctx.out.progress> | undefined;
       let current = '';
-      const point = await backupVm({
-        repo, vm, disks, codecInit, consistency: o.consistency as Consistency,
-        onWarning: (m) => ctx.out.warn(m),
-        onProgress: (p) => {
-          if (p.disk !== current) {
-            bar?.finish();
-            current = p.disk;
-            bar = ctx.out.progress(`backup ${vm.name}/${p.disk}`, p.total);
-          }
-          bar?.update(p.done, `new ${formatBytes(p.stats.bytesNew)}`);
-        },
-      });
+      const onProgress = (p: BackupProgress): void => {
+        if (p.disk !== current) {
+          bar?.finish();
+          current = p.disk;
+          bar = ctx.out.progress(`backup ${vm.name}/${p.disk}`, p.total);
+        }
+        bar?.update(p.done, `new ${formatBytes(p.stats.bytesNew)}`);
+      };
+      const onWarning = (m: string): void => ctx.out.warn(m);
+      let liveResult: LiveBackupResult | undefined;
+      if (live) {
+        const { backupLiveVm } = await import('../../backup/live/index.js');
+        const ac = new AbortController();
+        const cancel = (): void => ac.abort(new RestorelabError('OPERATION_CANCELLED', 'live backup cancelled by a signal; what it added to the VM was removed and no point was written'));
+        process.once('SIGINT', cancel); process.once('SIGTERM', cancel);
+        try {
+          liveResult = await backupLiveVm({
+            repo, vm, source: live, codecInit, consistency: o.consistency as Consistency, onProgress, onWarning, signal: ac.signal,
+            ...(o.requireConsistency ? { requireConsistency: true } : {}),
+            ...(o.preFreeze || o.postThaw ? { hostScripts: { ...(o.preFreeze ? { preFreeze: resolve(o.preFreeze) } : {}), ...(o.postThaw ? { postThaw: resolve(o.postThaw) } : {}) } } : {}),
+          });
+        } finally {
+          process.off('SIGINT', cancel); process.off('SIGTERM', cancel);
+        }
+      }
+      const point = liveResult?.point ?? await backupVm({ repo, vm, disks, codecInit, consistency: o.consistency as Consistency, onWarning, onProgress });
       bar?.finish();
       await withCatalog(ctx, (db) => recordPoint(db, repo.path, point));
       const { signals: sig, ...s } = point.stats;
       const signals = sig ?? null;
+      const cap = point.capture;
       const summary = `restore point ${point.id} of ${vm.name} (${total} disk(s)) in ${s.seconds} s: read ${formatBytes(s.bytesRead)}, ` +
         `new ${formatBytes(s.bytesNew)}, reused ${formatBytes(s.bytesReused)}, zero ${formatBytes(s.bytesZero)}` +
+        (cap ? `\nconsistency: ${point.consistency}${cap.consistencyReason ? ` (wanted ${cap.consistencyWanted}: ${cap.consistencyReason})` : ''}` +
+          `${cap.freezeMs !== undefined ? `, guest frozen ${cap.freezeMs} ms` : ''}\nchanged block tracking: ${cap.changedBlockTracking.used ? 'used' : 'not used'}: ${cap.changedBlockTracking.reason}` : '') +
         (signals ? `\n${describeSignals(signals)}` : '');
       // Not a failure (the point is good data of whatever the VM holds), but nobody should miss it, --json or not.
       if (signals?.anomaly) ctx.out.warn(`restore point ${point.id} of ${vm.name} is a ransomware ANOMALY: ${signals.reasons.join('; ')}`);
+      const liveJson = liveResult ? {
+        consistency: point.consistency, changedBlockTracking: liveResult.changedBlockTracking,
+        ...(cap?.consistencyReason ? { consistencyReason: cap.consistencyReason } : {}),
+        ...(cap?.freezeMs !== undefined ? { freezeMs: cap.freezeMs } : {}),
+      } : { consistency: point.consistency };
+      // Image backups carry the consistency as given (a label: nothing froze the guest).
       // afterBackup jobs verify the configured repository: a point elsewhere is not theirs to boot.
       const elsewhere = o.repo !== undefined && resolve(o.repo) !== resolve((await ctx.config()).repository);
       if (o.afterBackup && elsewhere) ctx.out.info(`after-backup: ${repo.path} is not the configured repository, which afterBackup jobs verify: none triggered`);
       if (!o.afterBackup || elsewhere) {
-        ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, signals, afterBackup: null }, () => summary);
+        ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, ...liveJson, signals, afterBackup: null }, () => summary);
         return;
       }
       const { afterBackupPassed, renderAfterBackup } = await import('../../scheduler/after-backup.js');
       const after = await runAfterBackup(ctx, o.jobs, { name: vm.name, ...(vm.tags ? { tags: vm.tags } : {}) }, point.id);
-      ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, signals, afterBackup: after ?? null }, () =>
+      ctx.out.result({ restorePoint: point.id, vm: vm.name, stats: s, ...liveJson, signals, afterBackup: after ?? null }, () =>
         after ? `${summary}\n${renderAfterBackup(after, vm.name)}` : summary);
       // The point is recorded either way; a failed verdict of it is its own exit code (docs/cli.md).
       if (after && !afterBackupPassed(after)) process.exitCode = ExitCode.verifyFailed;

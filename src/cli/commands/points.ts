@@ -10,7 +10,7 @@ import { formatBytes } from '../output.js';
 export function renderPoints(points: PointSummary[]): string {
   if (points.length === 0) return 'no restore points';
   return points.map((p) => `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
-    `  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
+    `  ${p.consistency}  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
 }
 
 /** A point's ransomware signals in a few words (docs/secure-restore.md, "Ransomware signals"). */

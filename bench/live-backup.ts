@@ -1,0 +1,139 @@
+/**
+ * Live-backup benchmark: `restorelab backup --domain` against virtnbdbackup
+ * (libvirt's backup API in pull mode, with checkpoints) on the same running
+ * libvirt domain, in the same run.
+ *
+ * Data set: a LIVE_BENCH_MIB (default 2048) MiB qcow2 disk (virtnbdbackup's
+ * incremental mode needs qcow2): the web test guest in its first 64 MiB,
+ * then LIVE_BENCH_DATA_MIB (default 1024) MiB of incompressible data, the
+ * rest unallocated. The guest boots from it under TCG with libvirt's guest
+ * agent channel, so both tools freeze its filesystems.
+ *
+ * Sequence: virtnbdbackup full, restorelab full (filesystem-consistent);
+ * then the guest rewrites 3% of the disk's 1 MiB blocks (random blocks in
+ * the data region, with dd on /dev/vda); then virtnbdbackup inc, restorelab
+ * incremental. Figures: wall time of each, the ratio ours/theirs (targets:
+ * full <= 0.7, incremental <= 0.5), bytes read from the VM, and how long
+ * restorelab kept the guest frozen (target < 1 s).
+ *
+ * Run (root, libvirtd, virtnbdbackup, qemu-utils; heavy: take the lock):
+ *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
+ * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
+ * size, default 1M), LIVE_BENCH_DIR (default /var/tmp).
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes, randomInt } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { exec, which } from '../src/host/exec.js';
+import { projectPath } from '../src/paths.js';
+import { libvirtGuest, virsh } from '../test/helpers/live-vm.js';
+
+const MiB = 1024 * 1024;
+const SIZE_MIB = Number(process.env.LIVE_BENCH_MIB ?? 2048);
+const DATA_MIB = Number(process.env.LIVE_BENCH_DATA_MIB ?? 1024);
+const CHUNK = process.env.LIVE_BENCH_CHUNK ?? '1M';
+const GUEST_MIB = 64;
+const CHANGED_FRACTION = 0.03;
+const URI = 'qemu:///system';
+const bin = projectPath('bin', 'restorelab.js');
+
+interface Run { code: number | null; seconds: number; stdout: string; stderr: string }
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-16384); });
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, seconds: Number(process.hrtime.bigint() - t0) / 1e9, stdout, stderr }));
+  });
+}
+
+async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Run> {
+  const r = await run(cmd, args, env);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-5).join('\n')}`);
+  return r;
+}
+
+/** The raw data set: guest, incompressible data, holes; then converted to qcow2. */
+async function buildDisk(dir: string): Promise<string> {
+  const { guestImage } = await import('../test/helpers/guests.js');
+  const raw = join(dir, 'disk.raw');
+  await must('cp', ['--sparse=always', await guestImage('web'), raw]);
+  const fh = await open(raw, 'r+');
+  for (let off = GUEST_MIB; off < GUEST_MIB + DATA_MIB; off += 16) await fh.write(randomBytes(16 * MiB), 0, 16 * MiB, off * MiB);
+  await fh.truncate(SIZE_MIB * MiB);
+  await fh.close();
+  const qcow2 = join(dir, 'disk.qcow2');
+  await must('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
+  rmSync(raw);
+  return qcow2;
+}
+
+function ratio(ours: number, theirs: number): string {
+  return (ours / theirs).toFixed(2);
+}
+
+async function main(): Promise<void> {
+  for (const tool of ['virsh', 'virtnbdbackup', 'qemu-img']) {
+    if (!which(tool)) throw new Error(`${tool} is missing: scripts/setup --bench installs virtnbdbackup (and libvirt-clients, qemu-utils)`);
+  }
+  const up = await exec(projectPath('scripts', 'libvirtd'), ['start'], { timeoutMs: 60_000 });
+  if (up.code !== 0) throw new Error(`libvirtd: ${up.stderr}`);
+  const dir = mkdtempSync(join(process.env.LIVE_BENCH_DIR ?? '/var/tmp', 'rl-live-bench-'));
+  const domain = `rl-live-bench-${process.pid}`;
+  try {
+    console.log(`live-backup bench: ${SIZE_MIB} MiB qcow2 disk, ${DATA_MIB} MiB data, ${CHANGED_FRACTION * 100}% of 1 MiB blocks changed, our chunk size ${CHUNK}`);
+    const disk = await buildDisk(dir);
+    const xml = join(dir, 'domain.xml');
+    writeFileSync(xml, `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+  </devices></domain>`);
+    await virsh(URI, 'define', xml);
+    await virsh(URI, 'start', domain);
+    await libvirtGuest(URI, domain).waitAgent(600_000);
+
+    const repo = join(dir, 'repo');
+    const home = join(dir, 'home');
+    const env = { ...process.env, RESTORELAB_HOME: home, RESTORELAB_STATE_DIR: join(home, 'state') };
+    await must(process.execPath, [bin, 'repo', 'init', repo, '--chunk-size', CHUNK, '--json'], env);
+    const vmFile = join(dir, 'vm.json');
+    writeFileSync(vmFile, JSON.stringify({ name: 'bench', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }));
+    const ours = async (): Promise<{ seconds: number; json: { stats: { bytesRead: number }; freezeMs?: number; consistency: string; changedBlockTracking: { used: boolean } } }> => {
+      const r = await must(process.execPath, [bin, 'backup', '--repo', repo, '--vm', vmFile, '--domain', domain, '--consistency', 'filesystem', '--no-after-backup', '--json'], env);
+      return { seconds: r.seconds, json: JSON.parse(r.stdout) as never };
+    };
+    const theirs = (level: 'full' | 'inc'): Promise<Run> =>
+      must('virtnbdbackup', ['-d', domain, '-l', level, '-o', join(dir, 'vnb'), '-S', dir, '-n', '-U', URI]);
+
+    const vFull = await theirs('full');
+    const oFull = await ours();
+    const blocks = Math.round(SIZE_MIB * CHANGED_FRACTION);
+    const offsets = new Set<number>();
+    while (offsets.size < blocks) offsets.add(randomInt(GUEST_MIB, GUEST_MIB + DATA_MIB));
+    await libvirtGuest(URI, domain).sh(`for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`);
+    const vInc = await theirs('inc');
+    const oInc = await ours();
+
+    const mb = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
+    console.log(`full:        restorelab ${oFull.seconds.toFixed(1)} s (read ${mb(oFull.json.stats.bytesRead)}, ${oFull.json.consistency}, frozen ${oFull.json.freezeMs ?? '-'} ms)` +
+      `  virtnbdbackup ${vFull.seconds.toFixed(1)} s  ratio ${ratio(oFull.seconds, vFull.seconds)} (target <= 0.7)`);
+    console.log(`incremental: restorelab ${oInc.seconds.toFixed(1)} s (read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
+      `  virtnbdbackup ${vInc.seconds.toFixed(1)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5)`);
+    console.log(`changed: ${blocks} blocks of 1 MiB (${mb(blocks * MiB)})`);
+  } finally {
+    await exec('virsh', ['-c', URI, 'destroy', domain]);
+    await exec('virsh', ['-c', URI, 'undefine', domain, '--checkpoints-metadata']);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
