@@ -12,7 +12,7 @@
  * Library first: `restorelab scan`, `recover --scan`, a SureBackup job's
  * `scan` and the API's scan route all call scanPoint / findLastClean.
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import type { CatalogDb } from '../catalog/catalog.js';
@@ -60,6 +60,11 @@ export interface PointScan {
   partitions: PartitionScan[];
   ruleset: string;
   seconds: number;
+}
+
+/** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
+export function scanOutput(s: PointScan): Record<string, unknown> {
+  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds };
 }
 
 export interface ScanProgress {
@@ -291,5 +296,19 @@ export async function withRules<T>(stateDir: string, rulesFile: string, use: (ru
     return await use(rules);
   } finally {
     rules.dispose();
+  }
+}
+
+/** Compiles rule source text (the API's body): written to a private file, compiled, the file removed; the caller disposes the rules. */
+export async function compileRuleSource(stateDir: string, source: string): Promise<CompiledRules> {
+  const scratch = join(stateDir, 'scan');
+  mkdirSync(scratch, { recursive: true, mode: 0o700 });
+  const dir = mkdtempSync(join(scratch, 'src-'));
+  try {
+    const file = join(dir, 'rules.yar');
+    writeFileSync(file, source, { mode: 0o600 });
+    return await compileRules(file, scratch);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }

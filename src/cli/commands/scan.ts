@@ -20,11 +20,6 @@ interface ScanFlags extends RepoFlags {
   until?: string;
 }
 
-/** The document `scan --json` prints for one point (scripts depend on its first four keys). */
-export function scanOutput(s: PointScan): Record<string, unknown> {
-  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds };
-}
-
 export function renderScan(s: PointScan): string {
   const head = `${s.point} (${s.vm}): ${s.verdict.toUpperCase()}, ${s.files.scanned} file(s) scanned, ${s.files.cached} answered from the cache, ${s.seconds.toFixed(1)} s`;
   const skipped = s.partitions.filter((p) => p.skipped).map((p) => `  ${p.disk} partition ${p.partition} (${p.fstype}) not scanned: ${p.skipped}`);
@@ -54,7 +49,7 @@ async function resolveTarget(repo: RepositoryReader, target: string): Promise<{ 
 }
 
 async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<void> {
-  const { findLastClean, scanPoint, withRules } = await import('../../scan/scan.js');
+  const { findLastClean, scanOutput, scanPoint, withRules } = await import('../../scan/scan.js');
   const { openCatalog } = await import('../../catalog/catalog.js');
   const cfg = await ctx.config();
   const { repo } = await openRepoFromFlags(ctx, o);
