@@ -9,11 +9,11 @@
  *    over the tenth point restored. Target <= 0.2x.
  *
  * The data disk: an MBR disk with one ext4 partition holding `--files` files
- * (1 KiB..512 KiB; half random bytes, half text), the rule set `--rules`
+ * (1 KiB..256 KiB; half random bytes, half text), the rule set `--rules`
  * generated rules of four strings each (a mid-sized real-world set has
  * hundreds to thousands). Page caches are dropped before each timed scan.
  *
- * Run (root): node dist/bench/scan.js [--files 3000] [--rules 300] [--size-mib 768]
+ * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, statSync } from 'node:fs';
@@ -31,9 +31,9 @@ const arg = (name: string, dflt: number): number => {
   const i = process.argv.indexOf(name);
   return i > 0 ? Number(process.argv[i + 1]) : dflt;
 };
-const FILES = arg('--files', 3000);
+const FILES = arg('--files', 2000);
 const RULES = arg('--rules', 300);
-const SIZE_MIB = arg('--size-mib', 768);
+const SIZE_MIB = arg('--size-mib', 512);
 const CHANGED = 0.03;
 const POINTS = 10;
 const START_SECTOR = 2048;
@@ -64,7 +64,7 @@ function withPartition<T>(file: string, readOnly: boolean, use: (root: string) =
 
 const WORDS = ['invoice', 'report', 'config', 'backup', 'customer', 'order', 'server', 'payload', 'session', 'archive'];
 function fileContent(i: number, gen: number): Buffer {
-  const size = 1024 + Math.floor(Math.random() * 511 * 1024);
+  const size = 1024 + Math.floor(Math.random() * 255 * 1024);
   if (i % 2 === 0) return randomBytes(size);
   const line = `${gen} ${i} ${WORDS.map((w) => `${w}-${Math.floor(Math.random() * 1e6)}`).join(' ')}\n`;
   return Buffer.from(line.repeat(Math.ceil(size / line.length))).subarray(0, size);

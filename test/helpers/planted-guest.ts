@@ -6,7 +6,7 @@
  * The scan tests, the recovery gate test and bench/scan.ts use it.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join, dirname } from 'node:path';
 import { backupVm } from '../../src/backup/engine.js';
@@ -70,8 +70,8 @@ export interface PlantedGuest {
 
 /**
  * A repository in `<dir>/repo` with three points of a copy of `variant`:
- * 1 as built (clean), 2 with PLANTED_PATH added, 3 as 2 with one more
- * file changed (/etc/motd).
+ * 1 as built (clean), 2 with PLANTED_PATH added, 3 as 2 with one existing
+ * file changed (a comment appended to /etc/inittab, harmless to init).
  */
 export async function plantedGuest(dir: string, variant = 'web'): Promise<PlantedGuest> {
   const image = join(dir, `${variant}.raw`);
@@ -84,7 +84,7 @@ export async function plantedGuest(dir: string, variant = 'web'): Promise<Plante
   const points = [await backup()];
   changeGuest(image, (root) => writeGuestFile(root, PLANTED_PATH, plantedContent()));
   points.push(await backup());
-  changeGuest(image, (root) => writeGuestFile(root, '/etc/motd', `changed after the second backup ${Date.now()}\n`));
+  changeGuest(image, (root) => appendFileSync(join(root, 'etc/inittab'), `# changed after the second backup ${Date.now()}\n`));
   points.push(await backup());
   return { repoDir, repository, vm, image, points };
 }

@@ -87,7 +87,7 @@ t.test('the infected second point: the scan names the planted file, exit 3', asy
   t.equal(r.json.verdict, 'infected');
   t.same(r.json.matches, [{ rule: 'RestorelabTestDropper', disk: 'root', partition: 1, path: PLANTED_PATH, sha256: sha256(plantedContent()) }]);
   const files = r.json.files as { scanned: number; cached: number };
-  t.ok(files.scanned > 100, `yara read the guest's files (${files.scanned})`);
+  t.ok(files.scanned > 20, `yara read the guest's files (${files.scanned})`);
   filesInPoint = files.scanned + files.cached;
   t.same(leftovers(), NOTHING, 'the temporary mount is gone');
   t.same(statuses(), { [p1]: 'unscanned', [p2]: 'infected', [p3]: 'suspect' }, 'the point after the infected one is suspect until scanned');
