@@ -13,7 +13,7 @@
  * generated rules of four strings each (a mid-sized real-world set has
  * hundreds to thousands). Page caches are dropped before each timed scan.
  *
- * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512]
+ * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, statSync } from 'node:fs';
@@ -178,6 +178,7 @@ async function main(): Promise<void> {
   const first = await timed(() => restorelabScan(repoDir, points[0]!.id, rules));
   process.stdout.write(`first scan: restorelab ${first.seconds.toFixed(2)} s (${first.value.files.scanned} scanned, ${first.value.files.cached} cached) vs yara -r ${peer1.toFixed(2)} s: ${(first.seconds / peer1).toFixed(2)}x (target <= 1.2x)\n`);
 
+  if (process.argv.includes('--first-only')) return;
   for (let gen = 1; gen < POINTS; gen++) {
     changeFiles(gen);
     points.push(await backupVm({ repo, vm, disks: { sda: image } }));
