@@ -65,11 +65,13 @@ export interface PointScan {
   partitions: PartitionScan[];
   ruleset: string;
   seconds: number;
+  /** Where the time went: publishing and mounting, walking/hashing/scanning, unmounting (seconds). */
+  timings: { mount: number; scan: number; unmount: number };
 }
 
 /** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
 export function scanOutput(s: PointScan): Record<string, unknown> {
-  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds };
+  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
 }
 
 export interface ScanProgress {
@@ -234,19 +236,24 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
   const point = await o.repo.getPoint(o.point);
   const parent = mkdtempSync(join(makeSessionsDir(o.stateDir), 'scan-'));
   try {
+    const t0 = Date.now();
     const session = await mountRestorePoint({
       stateDir: o.stateDir, repo: o.repo.path, point: point.id, dir: join(parent, 'mnt'), temporary: true, ...(o.keyFile ? { keyFile: o.keyFile } : {}),
     });
+    const t1 = Date.now();
     let result: Awaited<ReturnType<typeof scanPartitions>>;
+    let t2 = t1;
     try {
       o.onMounted?.(session.mounts);
       result = await scanPartitions(session.mounts, o.rules, new VerdictCache(o.db, o.rules.hash), o.onProgress);
     } finally {
+      t2 = Date.now();
       await umountSession(o.stateDir, session.id);
     }
+    const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000 };
     const scan: PointScan = {
       point: point.id, vm: point.vm.name, verdict: result.matches.length > 0 ? 'infected' : 'clean', matches: result.matches, files: result.files,
-      partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000,
+      partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
     };
     recordPointScan(o.db, { repo: o.repo.path, point: point.id, vm: point.vm.name, ruleset: o.rules.hash, verdict: scan.verdict, scannedAt: new Date().toISOString(), matches: scan.matches, files: scan.files });
     return scan;
