@@ -55,9 +55,10 @@ export function shortId(id, n = 12) {
  */
 export function badge(value) {
   const v = value === null || value === undefined ? 'not verified' : String(value);
-  const good = ['passed', 'success', 'succeeded', 'running', 'ok'];
-  const bad = ['failed', 'error', 'dependency-failed', 'cancelled', 'missed'];
-  const busy = ['starting', 'migrating', 'queued', 'pending', 'warning', 'partial', 'skipped-overlap'];
+  // clean, infected and suspect are a point's malware scan status (docs/secure-restore.md).
+  const good = ['passed', 'success', 'succeeded', 'running', 'ok', 'clean'];
+  const bad = ['failed', 'error', 'dependency-failed', 'cancelled', 'missed', 'infected'];
+  const busy = ['starting', 'migrating', 'queued', 'pending', 'warning', 'partial', 'skipped-overlap', 'suspect'];
   const tone = good.includes(v) ? 'good' : bad.includes(v) ? 'bad' : busy.includes(v) ? 'busy' : 'neutral';
   return { label: v, tone };
 }

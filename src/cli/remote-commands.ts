@@ -66,7 +66,8 @@ const sessions: RemoteAction = async (api, ctx) => {
 };
 
 const recover: RemoteAction = async (api, ctx, [target], o) => {
-  refuseLocal(o, [['repo', '--repo']]);
+  // A scan gate the server would not apply must not be dropped silently (docs/secure-restore.md).
+  refuseLocal(o, [['repo', '--repo'], ['scan', '--scan'], ['allowInfected', '--allow-infected']]);
   if (o.publish !== undefined && o.publish !== 'fuse') {
     throw badInput('REMOTE_OPTION_UNSUPPORTED', `--publish ${String(o.publish)} cannot be used with --server: the server holds the host's NFS ports for its own export`,
       'drop --publish: sessions the server starts are served over FUSE');

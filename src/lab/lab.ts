@@ -81,6 +81,8 @@ export interface LabState {
    * removes a lab whose owner is gone (src/reconcile).
    */
   owner?: { pid: number; what: string };
+  /** False for a quarantine lab: no uplink, routes or host table exist (absent: true). */
+  uplink?: boolean;
 }
 
 const LAB_UPLINK = 'uplink';
@@ -266,9 +268,10 @@ function requireTools(): void {
 }
 
 /** Creates the lab; a leftover of the same name (crash) is removed first. */
-export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?: LabState['owner'] }): Promise<LabState> {
+export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?: LabState['owner']; uplink?: boolean }): Promise<LabState> {
   requireTools();
   await labDown(def.name, { stateDir: opts.stateDir, quietIfMissing: true });
+  if (opts.uplink === false) return quarantineLabUp(def, opts);
   const routes = await hostRoutes();
   for (const n of def.networks) {
     const masq = parseCidr(n.masquerade, n.name);
@@ -338,10 +341,46 @@ export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?
   }
 }
 
+/**
+ * A lab with no uplink: the namespace, its bridges (holding the gateway
+ * addresses, so in-namespace tests and the heartbeat's ping still work) and
+ * the lab's own filter table, and nothing on the host side.
+ */
+async function quarantineLabUp(def: LabDefinition, opts: { stateDir: string; owner?: LabState['owner'] }): Promise<LabState> {
+  const suffix = randomBytes(3).toString('hex');
+  const st: LabState = {
+    name: def.name, netns: `rl-${def.name.slice(0, 20)}-${suffix}`, hostVeth: '', hostAddress: '', labAddress: '', hostTable: '', routes: [],
+    networks: def.networks.map((n, i) => ({ ...n, bridge: `br-${i}` })), taps: [], createdAt: new Date().toISOString(), ready: false, uplink: false,
+    ...(opts.owner ? { owner: opts.owner } : {}),
+  };
+  saveState(opts.stateDir, st);
+  try {
+    const ns = st.netns;
+    await sh('ip', ['netns', 'add', ns]);
+    await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=0']);
+    for (const n of st.networks) {
+      await sh('ip', ['-n', ns, 'link', 'add', n.bridge, 'type', 'bridge']);
+      await sh('ip', ['-n', ns, 'addr', 'add', `${n.gateway}/${parseCidr(n.subnet, n.name).prefix}`, 'dev', n.bridge]);
+      await sh('ip', ['-n', ns, 'link', 'set', n.bridge, 'up']);
+    }
+    await sh('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: labNftRules(st) });
+    st.ready = true;
+    saveState(opts.stateDir, st);
+    return st;
+  } catch (e) {
+    await teardown(st);
+    rmSync(statePath(opts.stateDir, st.name), { force: true });
+    throw e;
+  }
+}
+
 async function teardown(st: LabState): Promise<void> {
-  for (const r of st.routes) await quiet('ip', ['route', 'del', r, 'dev', st.hostVeth]);
-  await quiet('nft', ['delete', 'table', 'inet', st.hostTable]);
-  await quiet('ip', ['link', 'del', st.hostVeth]);
+  if (st.uplink !== false) {
+    for (const r of st.routes) await quiet('ip', ['route', 'del', r, 'dev', st.hostVeth]);
+    await quiet('nft', ['delete', 'table', 'inet', st.hostTable]);
+    await quiet('ip', ['link', 'del', st.hostVeth]);
+  }
   // Whatever still runs in the lab (a VM a crashed session left) holds the
   // namespace and its taps alive after `ip netns del`: end it first.
   const pids = await exec('ip', ['netns', 'pids', st.netns], { timeoutMs: 5000 });
@@ -396,6 +435,8 @@ export async function removeLabTap(stateDir: string, labName: string, tap: strin
 
 /** The host-reachable (masquerade) address for a production address in the lab. */
 export function masqueradeAddress(st: LabState, productionIp: string): string | undefined {
+  // A quarantine lab is not reachable from the host at any address.
+  if (st.uplink === false) return undefined;
   const ip = parseIp(productionIp, 'address');
   for (const n of st.networks) {
     const subnet = parseCidr(n.subnet, n.name);

@@ -31,7 +31,7 @@ export interface ConfiguredRun {
  */
 export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<RunReport> {
   const scripts = serverScriptPolicy(cfg.api);
-  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file),
+  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, catalog: cfg.catalog, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file),
     ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}), ...keyFileOption(undefined, cfg) });
   try {
     return await executeRun({ job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,

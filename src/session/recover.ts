@@ -9,21 +9,27 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { RestorelabError } from '../errors.js';
+import { ExitCode, RestorelabError, badInput } from '../errors.js';
 import { projectPath } from '../paths.js';
 import { controlSocket, fromSessionError, requestControl } from './control.js';
 import { depsWithKey, realDeps } from './deps.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
 import { checkMigration } from './migrate.js';
-import { planRecovery, type RecoverRequest } from './plan.js';
+import { planRecovery, type RecoverRequest, type RecoveryPlan } from './plan.js';
 import { HEARTBEAT_TIMEOUT_MS, teardown } from './runner.js';
 import { describeEvidence } from '../bringup/evidence.js';
-import { ACTIVE_STATES, type RecoverySession } from './session.js';
+import { ACTIVE_STATES, type RecoverySession, type SessionScan } from './session.js';
 import { SessionStore } from './store.js';
 import { processAlive as pidAlive } from '../host/process.js';
 
 export interface RecoverOptions extends RecoverRequest {
   heartbeatTimeoutMs?: number;
+  /**
+   * Scan the point with these YARA rules before anything starts (the
+   * recovery gate, docs/secure-restore.md): an infected point is refused,
+   * or with `allowInfected` recovered into a lab with no uplink at all.
+   */
+  scan?: { rules: string; allowInfected?: boolean; catalog: string };
   /** FUSE access group for the session's publication (config fuse.group): QEMU running as another user. */
   fuseGroup?: string;
 }
@@ -45,11 +51,13 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWith
   const plan = await planRecovery(opts, deps);
   const store = new SessionStore(opts.stateDir);
   const id = randomBytes(4).toString('hex');
+  const gate = opts.scan ? await scanGate(opts, plan, opts.scan, deps, id) : undefined;
   const accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : undefined;
   const s: RecoverySession = {
     id, vm: plan.vm.name, point: plan.point.id, repo: resolve(opts.repo), ...(opts.keyFile ? { keyFile: resolve(opts.keyFile) } : {}), driver: opts.driver,
     ...(accel ? { accel } : {}),
-    ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: plan.lab.name } : {}),
+    ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: gate?.quarantineLab ?? plan.lab.name } : {}),
+    ...(gate ? { scan: gate.scan } : {}), ...(gate?.quarantine ? { quarantine: true } : {}),
     ...(opts.network ? { network: opts.network } : {}),
     ...(opts.publish ? { publish: opts.publish } : {}),
     ...(opts.fuseGroup !== undefined ? { fuseGroup: opts.fuseGroup } : {}),
@@ -79,6 +87,44 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWith
       throw new RestorelabError('RECOVER_FAILED', `recovery of ${s.vm} failed: ${why}`, kept ? { hint: kept } : {});
     }
   }
+}
+
+/**
+ * The recovery gate: scans the planned point before anything is made. Clean
+ * passes; infected is refused (POINT_INFECTED, exit 3) unless allowed, and
+ * an allowed infected point never touches a production bridge and gets its
+ * own lab with no uplink (a copy of the given lab under the session's name).
+ */
+async function scanGate(opts: RecoverOptions, plan: RecoveryPlan, gate: NonNullable<RecoverOptions['scan']>, deps: SessionDeps, id: string): Promise<{ scan: SessionScan; quarantine: boolean; quarantineLab?: string }> {
+  const { scanPoint, withRules } = await import('../scan/scan.js');
+  const { openCatalog } = await import('../catalog/catalog.js');
+  const db = openCatalog(gate.catalog);
+  let result;
+  try {
+    const repo = await deps.openRepository(opts.repo);
+    result = await withRules(opts.stateDir, gate.rules, (rules) => scanPoint({ repo, point: plan.point.id, stateDir: opts.stateDir, db, rules, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) }));
+  } finally {
+    db.close();
+  }
+  const scan: SessionScan = { verdict: result.verdict, ruleset: result.ruleset, matches: result.matches, files: result.files };
+  if (result.verdict === 'clean') return { scan, quarantine: false };
+  const named = result.matches.slice(0, 3).map((m) => `${m.rule} in ${m.disk} p${m.partition} ${m.path}`).join('; ') + (result.matches.length > 3 ? `; and ${result.matches.length - 3} more` : '');
+  if (!gate.allowInfected) {
+    throw new RestorelabError('POINT_INFECTED', `restore point ${plan.point.id} of ${plan.vm.name} is infected (${named}); it was not recovered`, {
+      hint: `find the newest clean point with \`restorelab scan --last-clean ${plan.vm.name} --yara ${gate.rules}\`, or recover it isolated with --allow-infected (a lab with no uplink)`,
+      exitCode: ExitCode.verifyFailed,
+    });
+  }
+  if (opts.network) {
+    throw badInput('INFECTED_ON_NETWORK', `restore point ${plan.point.id} is infected (${named}); --allow-infected never puts it on a production bridge (--network ${opts.network})`,
+      'recover it into a lab (--lab F): it then runs in a copy of that lab with no uplink, or without --lab and --network: no NIC at all');
+  }
+  return { scan, quarantine: true, ...(plan.lab ? { quarantineLab: quarantineLabName(plan.lab.name, id) } : {}) };
+}
+
+/** The name of a session's quarantine lab: its own, so it never shares (or is) a lab with an uplink. */
+function quarantineLabName(lab: string, id: string): string {
+  return `${lab.slice(0, 20)}-q${id}`;
 }
 
 /** `restorelab session-supervise <id>`, detached in its own session so it outlives the CLI. */

@@ -65,7 +65,12 @@ export async function bringUp(
   const res = s.resources;
   try {
     let network: BringUpNetwork = s.network ? { kind: 'bridge', bridge: s.network } : { kind: 'none' };
-    if (plan.lab) {
+    if (plan.lab && s.quarantine && s.lab) {
+      // An infected point allowed in: a copy of the lab under the session's own name, with no uplink (docs/secure-restore.md).
+      res.labCreated = s.lab;
+      store.save(s);
+      network = { kind: 'lab', lab: await labUp({ ...plan.lab, name: s.lab }, { stateDir: store.stateDir, owner: { pid: process.pid, what: `session ${s.id}` }, uplink: false }) };
+    } else if (plan.lab) {
       let lab = readLabState(store.stateDir, plan.lab.name);
       if (!lab?.ready) {
         res.labCreated = plan.lab.name;

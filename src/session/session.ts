@@ -96,8 +96,23 @@ export interface RecoverySession {
    */
   evidence?: { console?: string; screenshot?: string };
   resources: SessionResources;
+  /** The scan `recover --scan` made of the point before anything started (docs/secure-restore.md). */
+  scan?: SessionScan;
+  /**
+   * True when an infected point was recovered with --allow-infected: its lab
+   * (`lab`, a copy of the given lab under its own name) has no uplink at all,
+   * and without a lab the VM has no NIC.
+   */
+  quarantine?: boolean;
   /** Where the migration put the disks (state `migrated`). */
   migratedTo?: string;
+}
+
+export interface SessionScan {
+  verdict: 'clean' | 'infected';
+  ruleset: string;
+  matches: { rule: string; disk: string; partition: number; path: string; sha256: string }[];
+  files: { scanned: number; cached: number };
 }
 
 /** The line `recover --json` prints (scripts depend on it). */
@@ -107,10 +122,18 @@ export interface RecoverResult {
   state: SessionState;
   heartbeatSeconds: number;
   addresses: Record<string, string>;
+  /** With --scan: the scan's verdict and matches. */
+  scan?: SessionScan;
+  /** With --allow-infected on an infected point: where it runs, and that nothing connects it to the host's network. */
+  quarantine?: { lab: string | null; uplink: false };
 }
 
 export function recoverResult(s: RecoverySession): RecoverResult {
-  return { session: s.id, vm: s.vm, state: s.state, heartbeatSeconds: s.heartbeatSeconds ?? 0, addresses: s.addresses };
+  return {
+    session: s.id, vm: s.vm, state: s.state, heartbeatSeconds: s.heartbeatSeconds ?? 0, addresses: s.addresses,
+    ...(s.scan ? { scan: s.scan } : {}),
+    ...(s.quarantine ? { quarantine: { lab: s.lab ?? null, uplink: false as const } } : {}),
+  };
 }
 
 export function ageSeconds(s: RecoverySession, now = Date.now()): number {

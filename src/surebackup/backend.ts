@@ -36,6 +36,8 @@ export interface BackendOptions {
   deps?: SessionDeps;
   /** Key file of an encrypted repository (config/key-file.ts). */
   keyFile?: string;
+  /** The catalog a job's `scan` gate keeps its verdicts in (default: `<stateDir>/catalog.sqlite`, the configured default). */
+  catalog?: string;
 }
 
 export interface RealLabBackend extends LabBackend {
@@ -74,10 +76,16 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
     reader,
     async close() { await closeHypervisor(hv); },
 
-    async labUp(def: unknown) {
+    async labUp(def: unknown, _signal, opts = {}) {
       const d: LabDefinition = typeof def === 'string'
         ? loadLab(isAbsolute(def) ? def : resolve(o.baseDir ?? process.cwd(), def))
         : parseLab(def, 'the job\'s inline lab');
+      if (opts.uplink === false) {
+        // A quarantine lab is never shared: its own name, made and removed by this run.
+        labCreated = true;
+        lab = await labUp({ ...d, name: `${d.name.slice(0, 20)}-q${randomBytes(3).toString('hex')}` }, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run (quarantine)' }, uplink: false });
+        return { netns: lab.netns };
+      }
       const existing = readLabState(o.stateDir, d.name);
       if (existing?.ready) { lab = existing; labCreated = false; } else { labCreated = true; lab = await labUp(d, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run' } }); }
       return { netns: lab.netns };
@@ -96,6 +104,19 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
     async listVms(tag) {
       const points = await (await reader()).listPoints();
       return [...new Set(points.filter((p) => tag === undefined || (p.vm.tags ?? []).includes(tag)).map((p) => p.vm.name))].sort();
+    },
+
+    async scan(_vm, pointId, rulesFile) {
+      const { scanPoint, withRules } = await import('../scan/scan.js');
+      const { openCatalog } = await import('../catalog/catalog.js');
+      const db = openCatalog(o.catalog ?? join(o.stateDir, 'catalog.sqlite'));
+      try {
+        const repo = await reader();
+        const r = await withRules(o.stateDir, rulesFile, (rules) => scanPoint({ repo, point: pointId, stateDir: o.stateDir, db, rules, ...(o.keyFile ? { keyFile: o.keyFile } : {}) }));
+        return { verdict: r.verdict, matches: r.matches, files: r.files };
+      } finally {
+        db.close();
+      }
     },
 
     async recover(vmName, pointId, opts) {

@@ -2,7 +2,8 @@
 import { Cron } from 'croner';
 import { badInput } from '../errors.js';
 import { loadValidated } from '../schema/validate.js';
-import { dirname } from 'node:path';
+import { dirname, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
 import type { Job } from './runner.js';
 import type { TestSpec } from './roles.js';
 import { resolveScript } from '../verify/script.js';
@@ -29,5 +30,8 @@ export function loadJob(path: string): Job & JobFile {
   const overrides = j.verify.overrides === undefined ? undefined : Object.fromEntries(Object.entries(j.verify.overrides)
     .map(([vm, o]) => [vm, { ...o, ...(o.tests ? { tests: scripts(o.tests, `VM ${vm}`) } : {}) }]));
   const verify = { ...j.verify, ...(j.verify.tests ? { tests: scripts(j.verify.tests, 'verify') } : {}), ...(overrides ? { overrides } : {}) };
-  return { ...j, applicationGroup, verify, point: j.point ?? 'latest', concurrency: j.concurrency ?? 3 };
+  // The scan gate's rule file, relative to the job file like scripts; a missing one is bad input before anything boots.
+  const scan = j.scan === undefined ? undefined : { ...j.scan, rules: resolve(dirname(path), j.scan.rules) };
+  if (scan && !existsSync(scan.rules)) throw badInput('JOB_SCAN_RULES_MISSING', `job ${j.name}: the scan rule file ${scan.rules} does not exist`, 'give "scan": {"rules": "<file.yar>"} relative to the job file');
+  return { ...j, applicationGroup, verify, point: j.point ?? 'latest', concurrency: j.concurrency ?? 3, ...(scan ? { scan } : {}) };
 }

@@ -8,7 +8,7 @@
 import type { DnsQuery, Role, TestSpec } from './roles.js';
 import { resolveRole } from './roles.js';
 import { Limiter, mapLimited } from './limiter.js';
-import { notFound } from '../errors.js';
+import { ExitCode, RestorelabError, notFound } from '../errors.js';
 import { resolveScript } from '../verify/script.js';
 
 export type Verdict = 'passed' | 'failed' | 'skipped' | 'warning';
@@ -52,8 +52,16 @@ export interface RecoveredVm {
 export interface Evidence { console?: string; screenshot?: string }
 
 /** What the lead implements with the real hypervisor / lab / publish pieces. */
+/** What a job's `scan` gate found for one VM's point (src/scan). */
+export interface PointScanVerdict {
+  verdict: 'clean' | 'infected';
+  matches: { rule: string; disk: string; partition: number; path: string }[];
+  files: { scanned: number; cached: number };
+}
+
 export interface LabBackend {
-  labUp(lab: unknown, signal: AbortSignal): Promise<{ netns: string }>;
+  /** `uplink: false`: a quarantine lab, with nothing connecting it to the host (an infected point allowed in). */
+  labUp(lab: unknown, signal: AbortSignal, opts?: { uplink?: boolean }): Promise<{ netns: string }>;
   labDown(): Promise<void>;
   /** Restore points of a VM, newest last; used by the point selector. */
   listPoints(vm: string): Promise<{ id: string; time: string }[]>;
@@ -61,6 +69,8 @@ export interface LabBackend {
   listVms(tag?: string): Promise<string[]>;
   /** `evidenceDir`: where the VM's console log and last screen are kept when it stops (the run's directory). */
   recover(vm: string, pointId: string, opts: { memoryMiB?: number; signal: AbortSignal; evidenceDir?: string }): Promise<RecoveredVm>;
+  /** Scans a point with a YARA rule file (a job's `scan`); backends without it cannot run such jobs. */
+  scan?(vm: string, pointId: string, rules: string, signal: AbortSignal): Promise<PointScanVerdict>;
 }
 
 /** Runs one test against a recovered VM; src/verify provides the real ones. */
@@ -91,6 +101,12 @@ export interface Job {
   point: 'latest' | string;
   concurrency: number;
   keepLabOnFailure?: boolean;
+  /**
+   * Scan every VM's point first (docs/secure-restore.md): an infected one is
+   * not booted and fails, unless `allowInfected`: then the whole run's lab
+   * comes up with no uplink at all, and the VM's `scan` test says so.
+   */
+  scan?: { rules: string; allowInfected?: boolean };
 }
 
 export interface VmResult {
@@ -145,6 +161,9 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
       appInitSeconds: over.appInitSeconds ?? v.appInitSeconds, memoryMiB: over.memoryMiB ?? v.memoryMiB, dns: over.dns ?? v.dns }, false));
   }
 
+  const scans = job.scan ? await scanPlanned(job.scan, [...groupPlan, ...testPlan], backend, signal) : new Map<string, TestResult>();
+  const quarantine = [...scans.values()].some((r) => r.result === 'warning');
+
   const handles = new Set<RecoveredVm>();
   /** The result each live handle's evidence goes to when it stops. */
   const resultOf = new Map<RecoveredVm, VmResult>();
@@ -173,6 +192,13 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     };
     try {
       r.startedAt = now();
+      const scanned = scans.get(`${p.vm.name}@${p.point}`);
+      if (scanned) {
+        r.tests.push(scanned);
+        judge(scanned);
+        // Refused: an infected point is never booted without allowInfected.
+        if (scanned.result === 'failed') return r;
+      }
       h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal, ...(opts.evidenceDir ? { evidenceDir: opts.evidenceDir } : {}) });
       handles.add(h);
       resultOf.set(h, r);
@@ -227,7 +253,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   };
 
   try {
-    await backend.labUp(job.lab, signal);
+    await backend.labUp(job.lab, signal, quarantine ? { uplink: false } : {});
     labUp = true;
     let groupFailed: string | undefined;
     let pending: Promise<VmResult>[] = [];
@@ -253,6 +279,29 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   const result = results.some((x) => x.result === 'failed' || x.result === 'dependency-failed') ? 'failed'
     : results.some((x) => x.result === 'warning') ? 'warning' : 'success';
   return { result, vms: results, labKept: kept };
+}
+
+/** The scan gate: one `scan` test result per planned VM, before anything boots. */
+async function scanPlanned(gate: NonNullable<Job['scan']>, planned: Planned[], backend: LabBackend, signal: AbortSignal): Promise<Map<string, TestResult>> {
+  if (!backend.scan) throw new RestorelabError('SCAN_UNSUPPORTED', 'this job has a "scan" gate, but its lab backend cannot scan restore points', { exitCode: ExitCode.badInput });
+  const out = new Map<string, TestResult>();
+  for (const p of planned) {
+    const key = `${p.vm.name}@${p.point}`;
+    if (out.has(key)) continue;
+    const t0 = now();
+    const v = await backend.scan(p.vm.name, p.point, gate.rules, signal);
+    const seconds = (now() - t0) / 1000;
+    const counts = `${v.files.scanned} file(s) scanned, ${v.files.cached} from the cache`;
+    if (v.verdict === 'clean') {
+      out.set(key, { name: 'scan', kind: 'scan', result: 'passed', seconds, detail: `clean: ${counts}` });
+      continue;
+    }
+    const named = v.matches.slice(0, 3).map((m) => `${m.rule} in ${m.disk} p${m.partition} ${m.path}`).join('; ') + (v.matches.length > 3 ? `; and ${v.matches.length - 3} more` : '');
+    out.set(key, gate.allowInfected
+      ? { name: 'scan', kind: 'scan', result: 'warning', seconds, detail: `INFECTED (${named}); verified in a lab with NO uplink at all (allowInfected)` }
+      : { name: 'scan', kind: 'scan', result: 'failed', seconds, detail: `INFECTED (${named}); not booted (set "allowInfected" to verify it in a lab with no uplink)` });
+  }
+  return out;
 }
 
 function depFail(p: { vm: GroupVm; point: string; group: boolean }, on: string): VmResult {

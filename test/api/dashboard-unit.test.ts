@@ -86,6 +86,7 @@ t.test('formatting and roles', async (t) => {
   t.equal(f.formatTime(null), '—');
   t.same(f.badge('success'), { label: 'success', tone: 'good' });
   t.same(f.badge('dependency-failed'), { label: 'dependency-failed', tone: 'bad' });
+  t.same([f.badge('clean').tone, f.badge('infected').tone, f.badge('suspect').tone, f.badge('unscanned').tone], ['good', 'bad', 'busy', 'neutral'], 'a point\'s scan status');
   t.same(f.badge('warning'), { label: 'warning', tone: 'busy' });
   t.same(f.badge(null), { label: 'not verified', tone: 'neutral' }, 'a point never verified says so in words');
   t.equal(f.shortId('20261201T040951Z-bfe834'), '20261201T040951Z', 'time-based ids keep their seconds');

@@ -1,12 +1,20 @@
 /* global FormData -- browser globals: the lint config targets Node, this module runs in the page */
 /**
- * Restore points per VM, with their verification status, and a Recover
+ * Restore points per VM, with their verification and malware scan status
+ * (clean, infected, suspect, unscanned: docs/secure-restore.md), and a Recover
  * button for operators: it starts a recovery session (202 + operation) and
  * follows the operation until the VM runs, then opens the Sessions view.
  */
 import { h, replace } from '../dom.js';
 import { formatBytes, formatTime, groupPointsByVm, shortId, signalsText } from '../format.js';
 import { actionButton, badgeEl, section, signalsChart, table } from '../ui.js';
+
+function scanTitle(status) {
+  if (status === 'suspect') return 'not scanned, and newer than an infected point of this VM';
+  if (status === 'infected') return 'its latest YARA scan matched (restorelab scan names the files)';
+  if (status === 'clean') return 'its latest YARA scan matched nothing';
+  return 'never scanned (restorelab scan)';
+}
 
 export async function render(ctx, route) {
   const vm = route.query.get('vm') ?? '';
@@ -64,7 +72,7 @@ export async function render(ctx, route) {
     groups.length
       ? groups.map(([name, list]) => section(name,
         signalsChart(name, list),
-        table(`Restore points of ${name}`, ['Time', 'Point', 'Consistency', 'Size', 'Ransomware signals', 'Verification', ...(canRecover ? ['Action'] : [])],
+        table(`Restore points of ${name}`, ['Time', 'Point', 'Consistency', 'Size', 'Ransomware signals', 'Verification', 'Scan', ...(canRecover ? ['Action'] : [])],
           list.map((p) => [
             formatTime(p.time),
             h('code', { title: p.id }, shortId(p.id)),
@@ -75,6 +83,7 @@ export async function render(ctx, route) {
             p.verification
               ? h('a', { href: `#/runs/${encodeURIComponent(p.verification.run)}`, title: `verified ${formatTime(p.verification.at)}` }, badgeEl(p.verification.result))
               : badgeEl(null),
+            badgeEl(p.scan ?? 'unscanned', { 'data-scan': p.id, title: scanTitle(p.scan) }),
             ...(canRecover ? [actionButton('Recover', () => recover(p), { 'aria-label': `Recover ${name} from ${formatTime(p.time)}`, 'data-vm': name, 'data-point': p.id })] : []),
           ]))))
       : h('p', { class: 'empty' }, vm ? `No restore points of ${vm}.` : 'The repository holds no restore points.'),

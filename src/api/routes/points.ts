@@ -9,7 +9,9 @@ import type { ApiContext } from '../context.js';
 import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
-import { ensureIndexed, openDefaultRepository } from './repositories.js';
+import { ensureIndexed, openDefaultRepository, openOptions } from './repositories.js';
+import { withScanStatus } from '../../scan/store.js';
+import { compileRuleSource, scanOutput, scanPoint } from '../../scan/scan.js';
 import { percentProgress } from './progress.js';
 import { allowedTarget } from '../host-paths.js';
 import { forgetPoints, listPoints } from '../../catalog/catalog.js';
@@ -52,7 +54,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const repo = await openDefaultRepository(ctx);
       await ensureIndexed(ctx, repo);
       const verification = pointVerification(ctx);
-      const points = listPoints(ctx.catalog, repo.path, q.vm !== undefined ? { vm: q.vm } : {});
+      const points = withScanStatus(ctx.catalog, repo.path, listPoints(ctx.catalog, repo.path, q.vm !== undefined ? { vm: q.vm } : {}));
       return { repository: repo.path, points: points.map((p) => ({ ...p, verification: verification(p.id) })) };
     },
   });
@@ -63,6 +65,31 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const repo = await openDefaultRepository(ctx);
       const point = await repo.getPoint(String(req.params.id));
       return { ...point, verification: pointVerification(ctx)(point.id) };
+    },
+  });
+  t.add({
+    method: 'post', path: '/points/:id/scan', role: 'operator', tag: 'points',
+    summary: 'scans the point\'s guest filesystems with the YARA rules in the body (read-only mounts, verdicts cached by content hash); the result is `restorelab scan --json`\'s',
+    body: 'api-point-scan.schema.json', success: { status: 202, description: 'the scan operation; its result has the verdict, the matches and the file counts' },
+    handler: async (req, res) => {
+      const b = req.body as { rules: string };
+      const repo = await openDefaultRepository(ctx);
+      const point = await repo.getPoint(String(req.params.id));
+      // Compiled before the 202: a rule set that does not compile is a 400 with yarac's reason, and nothing is mounted.
+      const rules = await compileRuleSource(ctx.config.stateDir, b.rules);
+      const op = ctx.operations.start('scan', principal(res).name, async (o) => {
+        try {
+          const s = await scanPoint({
+            repo, point: point.id, stateDir: ctx.config.stateDir, db: ctx.catalog, rules, ...openOptions(ctx, repo.path),
+            onProgress: (d) => o.progress(null, `${d.files} file(s) hashed (${d.partition})`),
+          });
+          ctx.log.info({ by: principal(res).name, point: point.id, verdict: s.verdict, matches: s.matches.length, files: s.files }, 'restore point scanned');
+          return { result: scanOutput(s), resource: `/api/v1/points/${point.id}` };
+        } finally {
+          rules.dispose();
+        }
+      });
+      accepted(res, op);
     },
   });
   t.add({

@@ -21,6 +21,7 @@ import { registerGc } from './gc.js';
 import { registerMount } from './mount.js';
 import { registerFiles } from './files.js';
 import { registerUmount } from './umount.js';
+import { registerScan } from './scan.js';
 import { registerPublish } from './publish.js';
 import { registerUnpublish } from './unpublish.js';
 import { registerPublications } from './publications.js';
@@ -49,6 +50,7 @@ export const commands: RegisterCommand[] = [
   registerMount,
   registerFiles,
   registerUmount,
+  registerScan,
   registerPublish,
   registerUnpublish,
   registerPublications,

@@ -7,10 +7,10 @@ import type { PointSignals } from '../../repo/contract.js';
 import { formatBytes } from '../output.js';
 
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
-export function renderPoints(points: PointSummary[]): string {
+export function renderPoints(points: (PointSummary & { scan?: string })[]): string {
   if (points.length === 0) return 'no restore points';
   return points.map((p) => `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
-    `  ${p.consistency}  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}`).join('\n');
+    `  ${p.consistency}  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}${p.scan && p.scan !== 'unscanned' ? `  scan ${p.scan.toUpperCase()}` : ''}`).join('\n');
 }
 
 /** A point's ransomware signals in a few words (docs/secure-restore.md, "Ransomware signals"). */
@@ -37,7 +37,8 @@ export function registerPoints(program: Command): void {
       try {
         // A catalog that has never seen this repository is filled from it first.
         if (!catalogKnows(db, repo.path)) await reindex(db, repo);
-        const points = listPoints(db, repo.path, o.vm ? { vm: o.vm } : {});
+        const { withScanStatus } = await import('../../scan/store.js');
+        const points = withScanStatus(db, repo.path, listPoints(db, repo.path, o.vm ? { vm: o.vm } : {}));
         ctx.out.result({ repo: repo.path, points }, () => renderPoints(points));
       } finally {
         db.close();

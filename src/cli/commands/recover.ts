@@ -18,7 +18,12 @@ export function parseTarget(target: string): { vm: string; point?: string } {
 /** The human result (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderRecovered(r: RecoverResult): string {
   const addrs = Object.entries(r.addresses).map(([n, a]) => `  ${n}: ${a}`);
-  return [`session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`, ...addrs,
+  const scan = r.scan ? [`scan: ${r.scan.verdict} (${r.scan.files.scanned} file(s) scanned, ${r.scan.files.cached} from the cache)`,
+    ...r.scan.matches.map((m) => `  ${m.rule}  ${m.disk} p${m.partition} ${m.path}`)] : [];
+  const quarantine = r.quarantine
+    ? [`INFECTED point recovered in quarantine: ${r.quarantine.lab ? `lab ${r.quarantine.lab}, with no uplink at all` : 'no NIC at all'}; the host cannot reach it and it cannot reach anything`]
+    : [];
+  return [...scan, `session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`, ...quarantine, ...addrs,
     `stop it with: restorelab stop ${r.session}`].join('\n');
 }
 
@@ -33,7 +38,9 @@ export function registerRecover(program: Command): void {
     .option('--driver <driver>', 'hypervisor driver: qemu or libvirt (default from config)')
     .option('--accel <accel>', 'kvm or tcg (default: probe)')
     .option('--publish <via>', 'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)')
-    .action(async (target: string, o: { repo?: string; keyFile?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string }, c: Command) => {
+    .option('--scan <rules>', 'scan the point with this YARA rule file first; an infected point is refused (exit 3)')
+    .option('--allow-infected', 'with --scan: recover an infected point anyway, in a lab with no uplink at all (never on --network)')
+    .action(async (target: string, o: { repo?: string; keyFile?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string; scan?: string; allowInfected?: boolean }, c: Command) => {
       const { recover } = await import('../../session/recover.js');
       const { keyFileOption } = await import('../../config/key-file.js');
       const ctx = contextFor(c);
@@ -52,11 +59,13 @@ export function registerRecover(program: Command): void {
       const publish: SessionPublish = via === 'nfs'
         ? { via: 'nfs', port: cfg.nfs.port, mountPort: cfg.nfs.mountPort, portmapPort: cfg.nfs.portmapPort }
         : { via: 'fuse' };
-      ctx.out.info(`recovering ${target} with the ${driver} driver (disks over ${via})...`);
+      if (o.allowInfected && !o.scan) throw badInput('ALLOW_INFECTED_NEEDS_SCAN', '--allow-infected only means something with --scan RULES', 'add --scan <rules.yar>');
+      ctx.out.info(`recovering ${target} with the ${driver} driver (disks over ${via})${o.scan ? `, after a scan with ${o.scan}` : ''}...`);
       const s = await recover({
         repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
         ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}), publish, ...keyFileOption(o.keyFile, cfg),
         ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+        ...(o.scan ? { scan: { rules: o.scan, allowInfected: o.allowInfected === true, catalog: cfg.catalog } } : {}),
       });
       ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
     });

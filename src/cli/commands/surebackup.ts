@@ -55,7 +55,7 @@ export function registerSurebackup(program: Command): void {
       const ctx = contextFor(c);
       const job = loadJob(file);
       const cfg = await ctx.config();
-      const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)),
+      const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, catalog: cfg.catalog, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)),
         ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}), ...keyFileOption(o.keyFile, cfg) });
       const history = History.open(cfg.catalog);
       const ac = new AbortController();

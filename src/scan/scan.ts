@@ -1,0 +1,326 @@
+/**
+ * Scanning restore points for malware with YARA (docs/secure-restore.md).
+ *
+ * A point is published read-only and its guest filesystems are mounted
+ * read-only, `nodev,nosuid,noexec`, by the file-level-restore machinery
+ * (src/flr: our own partition parser, ext4/xfs/btrfs/vfat by superblock,
+ * loop devices at the partition offsets). Every regular file is hashed
+ * (SHA-256); a file whose content has a verdict for this rule set in the
+ * catalog is answered from it, the others go to yara in batches while the
+ * walk goes on. The mounts are taken down whatever happens.
+ *
+ * Library first: `restorelab scan`, `recover --scan`, a SureBackup job's
+ * `scan` and the API's scan route all call scanPoint / findLastClean.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { RestorelabError, badInput, notFound } from '../errors.js';
+import type { CatalogDb } from '../catalog/catalog.js';
+import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
+import type { MountedPartition } from '../flr/session.js';
+import { mountRestorePoint, umountSession } from '../flr/mount.js';
+import { makeSessionsDir } from '../flr/session.js';
+import { compileRules, pathKey, scanBatch, type CompiledRules } from './yara.js';
+import { hashFile, walkRegularFiles } from './walk.js';
+import { VerdictCache, recordPointScan, type ScanMatch, type ScanVerdict } from './store.js';
+
+export { compileRules, type CompiledRules } from './yara.js';
+
+/**
+ * Files per yara batch: one process start (a few ms) spread over many files,
+ * and a bounded list in memory. Small enough that yara starts while the walk
+ * is still hashing: bench/scan.ts measured a whole 250 MiB point fitting one
+ * 256 MiB batch, hashing then scanning one after the other.
+ */
+const BATCH_FILES = 512;
+/** Bytes per yara batch (same reason). */
+const BATCH_BYTES = 32 * 1024 * 1024;
+/** Files hashed at once (reads overlap: the point is served through FUSE, chunk by chunk). */
+const HASH_CONCURRENCY = 4;
+/** Unreadable files named in an error, at most. */
+const ERRORS_NAMED = 5;
+
+export interface ScanFiles {
+  /** Files yara read. */
+  scanned: number;
+  /** Files answered without yara: a verdict for their content and rule set was known (from an earlier scan, or a copy earlier in this one). */
+  cached: number;
+}
+
+export interface PartitionScan {
+  disk: string;
+  partition: number;
+  fstype: string;
+  /** Why the partition was not scanned (swap, LVM, a filesystem without a driver here). */
+  skipped?: string;
+  files?: number;
+}
+
+export interface PointScan {
+  point: string;
+  vm: string;
+  verdict: ScanVerdict;
+  matches: ScanMatch[];
+  files: ScanFiles;
+  partitions: PartitionScan[];
+  ruleset: string;
+  seconds: number;
+  /** Where the time went: publishing and mounting, walking/hashing/scanning, unmounting (seconds). */
+  timings: { mount: number; scan: number; unmount: number };
+}
+
+/** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
+export function scanOutput(s: PointScan): Record<string, unknown> {
+  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
+}
+
+export interface ScanProgress {
+  (done: { files: number; bytes: number; partition: string }): void;
+}
+
+interface Pending {
+  sha: string;
+  where: { disk: string; partition: number; path: string }[];
+}
+
+/**
+ * Scans mounted partitions: the engine under scanPoint, usable on any
+ * read-only mount (the benchmark scans a plain loop mount with it too).
+ */
+export async function scanPartitions(mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[] }> {
+  const matches: ScanMatch[] = [];
+  const files: ScanFiles = { scanned: 0, cached: 0 };
+  const partitions: PartitionScan[] = [];
+  const errors: string[] = [];
+  let errorCount = 0;
+  // Content seen in this scan, by hash: a second copy waits for (or reuses) the first's verdict.
+  const known = new Map<string, string[]>();
+  let batch = new Map<string, Pending>();
+  let batchBytes = 0;
+  let running: Promise<void> = Promise.resolve();
+  let seenFiles = 0;
+  /** The first error of a hashing job (a yara batch that failed), rethrown once the jobs in flight are done. */
+  let failure: unknown;
+  let seenBytes = 0;
+
+  const answer = (sha: string, rules: string[], where: Pending['where']): void => {
+    for (const w of where) for (const rule of rules) matches.push({ rule, disk: w.disk, partition: w.partition, path: w.path, sha256: sha });
+  };
+
+  /** Content waiting in a batch that yara has not answered yet, by hash: a copy joins it instead of being scanned twice. */
+  const pending = new Map<string, Pending>();
+
+  const runBatch = async (todo: Map<string, Pending>): Promise<void> => {
+    const r = await scanBatch(rules, [...todo.keys()].map((k) => Buffer.from(k, 'latin1')));
+    const verdicts: [string, string[]][] = [];
+    for (const [key, p] of todo) {
+      pending.delete(p.sha);
+      const err = r.errors.get(key);
+      if (err !== undefined) {
+        errorCount += p.where.length;
+        const w = p.where[0]!;
+        if (errors.length < ERRORS_NAMED) errors.push(`${w.disk} p${w.partition} ${w.path}: ${err}`);
+        continue;
+      }
+      const hit = r.matches.get(key) ?? [];
+      files.scanned++;
+      files.cached += p.where.length - 1;
+      verdicts.push([p.sha, hit]);
+      known.set(p.sha, hit);
+      answer(p.sha, hit, p.where);
+    }
+    cache.storeAll(verdicts);
+  };
+
+  /**
+   * Hands the full batch to yara behind the one before it (one yara at a
+   * time: it runs its own threads) and waits for that earlier one only, so
+   * the walk and hashing go on while yara works.
+   */
+  const flush = async (): Promise<void> => {
+    const todo = batch;
+    batch = new Map();
+    batchBytes = 0;
+    if (todo.size === 0) return;
+    const before = running;
+    running = before.then(() => runBatch(todo));
+    // Handled here so a failure waits for the next await instead of crashing the process.
+    running.catch(() => undefined);
+    await before;
+  };
+
+  for (const m of mounts) {
+    if (m.skipped) {
+      partitions.push({ disk: m.disk, partition: m.partition, fstype: m.fstype, skipped: m.skipped });
+      continue;
+    }
+    const part: PartitionScan = { disk: m.disk, partition: m.partition, fstype: m.fstype, files: 0 };
+    partitions.push(part);
+    const inFlight = new Set<Promise<void>>();
+    for await (const f of walkRegularFiles(m.path)) {
+      part.files!++;
+      const guestPath = f.guestPath.toString('utf8');
+      const where = { disk: m.disk, partition: m.partition, path: guestPath };
+      const job = (async () => {
+        let sha: string;
+        try {
+          sha = await hashFile(f.path, f.dev);
+        } catch (err) {
+          errorCount++;
+          if (errors.length < ERRORS_NAMED) errors.push(`${m.disk} p${m.partition} ${guestPath}: ${(err as Error).message}`);
+          return;
+        }
+        seenFiles++;
+        seenBytes += f.size;
+        onProgress?.({ files: seenFiles, bytes: seenBytes, partition: `${m.disk} p${m.partition}` });
+        const cached = known.get(sha) ?? cache.lookup(sha);
+        if (cached !== undefined) {
+          files.cached++;
+          known.set(sha, cached);
+          answer(sha, cached, [where]);
+          return;
+        }
+        const same = pending.get(sha);
+        if (same) {
+          same.where.push(where);
+          return;
+        }
+        const entry = { sha, where: [where] };
+        pending.set(sha, entry);
+        batch.set(pathKey(f.path), entry);
+        batchBytes += f.size;
+        if (batch.size >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flush();
+      })().catch((err: unknown) => {
+        failure ??= err;
+      });
+      inFlight.add(job);
+      void job.then(() => inFlight.delete(job));
+      if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
+      if (failure !== undefined) break;
+    }
+    await Promise.all(inFlight);
+    if (failure !== undefined) {
+      await running.catch(() => undefined);
+      throw failure;
+    }
+  }
+  await flush();
+  await running;
+  if (errorCount > 0) {
+    throw new RestorelabError('SCAN_INCOMPLETE', `${errorCount} file(s) could not be read, so the point cannot be called clean or infected: ${errors.join('; ')}${errorCount > errors.length ? '; …' : ''}`, {
+      hint: 'a damaged chunk shows as an I/O error: run `restorelab verify --repo R <point>`; nothing was recorded for this scan',
+    });
+  }
+  matches.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition || a.path.localeCompare(b.path) || a.rule.localeCompare(b.rule));
+  return { matches, files, partitions };
+}
+
+export interface ScanPointOptions {
+  repo: RepositoryReader;
+  point: string;
+  stateDir: string;
+  db: CatalogDb;
+  rules: CompiledRules;
+  keyFile?: string;
+  onProgress?: ScanProgress;
+  /** Called with the mounts once they are up (progress messages). */
+  onMounted?: (mounts: readonly MountedPartition[]) => void;
+}
+
+/**
+ * Mounts `point` read-only in a temporary file-level-restore session, scans
+ * it, unmounts, and records the result in the catalog.
+ */
+export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
+  const started = Date.now();
+  const point = await o.repo.getPoint(o.point);
+  const parent = mkdtempSync(join(makeSessionsDir(o.stateDir), 'scan-'));
+  try {
+    const t0 = Date.now();
+    const session = await mountRestorePoint({
+      stateDir: o.stateDir, repo: o.repo.path, point: point.id, dir: join(parent, 'mnt'), temporary: true, ...(o.keyFile ? { keyFile: o.keyFile } : {}),
+    });
+    const t1 = Date.now();
+    let result: Awaited<ReturnType<typeof scanPartitions>>;
+    let t2 = t1;
+    try {
+      o.onMounted?.(session.mounts);
+      result = await scanPartitions(session.mounts, o.rules, new VerdictCache(o.db, o.rules.hash), o.onProgress);
+    } finally {
+      t2 = Date.now();
+      await umountSession(o.stateDir, session.id);
+    }
+    const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000 };
+    const scan: PointScan = {
+      point: point.id, vm: point.vm.name, verdict: result.matches.length > 0 ? 'infected' : 'clean', matches: result.matches, files: result.files,
+      partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
+    };
+    recordPointScan(o.db, { repo: o.repo.path, point: point.id, vm: point.vm.name, ruleset: o.rules.hash, verdict: scan.verdict, scannedAt: new Date().toISOString(), matches: scan.matches, files: scan.files });
+    return scan;
+  } finally {
+    rmSync(parent, { recursive: true, force: true });
+  }
+}
+
+export interface LastCleanResult {
+  vm: string;
+  lastClean: string | null;
+  points: { id: string; verdict: ScanVerdict }[];
+}
+
+export interface LastCleanOptions extends Omit<ScanPointOptions, 'point'> {
+  vm: string;
+  /** Only points at or after / before this time (ISO 8601). */
+  since?: string;
+  until?: string;
+  /** Called before each point is scanned. */
+  onPoint?: (p: RestorePoint, index: number, total: number) => void;
+}
+
+/** Scans a VM's points newest first and stops at the first clean one. */
+export async function findLastClean(o: LastCleanOptions): Promise<LastCleanResult> {
+  const all = await o.repo.listPoints({ vm: o.vm });
+  if (all.length === 0) throw notFound('VM_NOT_FOUND', `the repository ${o.repo.path} has no restore point of a VM named ${o.vm}`, 'check the VM name (restorelab points lists what the repository holds)');
+  const since = o.since === undefined ? -Infinity : Date.parse(o.since);
+  const until = o.until === undefined ? Infinity : Date.parse(o.until);
+  if (Number.isNaN(since) || Number.isNaN(until)) throw badInput('BAD_TIME', `--since/--until must be ISO 8601 times (got ${o.since ?? ''} ${o.until ?? ''})`, 'e.g. --since 2026-11-01T00:00:00Z');
+  const points = all.filter((p) => Date.parse(p.time) >= since && Date.parse(p.time) <= until)
+    .sort((a, b) => b.time.localeCompare(a.time) || b.id.localeCompare(a.id));
+  const out: LastCleanResult = { vm: o.vm, lastClean: null, points: [] };
+  for (const [i, p] of points.entries()) {
+    o.onPoint?.(p, i, points.length);
+    const s = await scanPoint({ ...o, point: p.id });
+    out.points.push({ id: p.id, verdict: s.verdict });
+    if (s.verdict === 'clean') {
+      out.lastClean = p.id;
+      break;
+    }
+  }
+  return out;
+}
+
+/** Compiles `rulesFile` in a private scratch directory of the state directory, runs `use`, and removes the scratch. */
+export async function withRules<T>(stateDir: string, rulesFile: string, use: (rules: CompiledRules) => Promise<T>): Promise<T> {
+  const scratch = join(stateDir, 'scan');
+  mkdirSync(scratch, { recursive: true, mode: 0o700 });
+  const rules = await compileRules(rulesFile, scratch);
+  try {
+    return await use(rules);
+  } finally {
+    rules.dispose();
+  }
+}
+
+/** Compiles rule source text (the API's body): written to a private file, compiled, the file removed; the caller disposes the rules. */
+export async function compileRuleSource(stateDir: string, source: string): Promise<CompiledRules> {
+  const scratch = join(stateDir, 'scan');
+  mkdirSync(scratch, { recursive: true, mode: 0o700 });
+  const dir = mkdtempSync(join(scratch, 'src-'));
+  try {
+    const file = join(dir, 'rules.yar');
+    writeFileSync(file, source, { mode: 0o600 });
+    return await compileRules(file, scratch);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

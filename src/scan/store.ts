@@ -1,0 +1,149 @@
+/**
+ * What scanning keeps in the catalog (migration area `scan`):
+ *
+ * - *verdicts*: per (file content SHA-256, rule-set hash), the rules that
+ *   matched (an empty list: no match). A file whose content was scanned
+ *   with the same rules before is answered from here and not read by yara
+ *   again. Keyed by content, never by name, size or timestamps: a guest
+ *   controls those, so an "unchanged" judgement on them can be spoofed.
+ * - *point scans*: per restore point and rule set, the verdict, the
+ *   matches and the file counts of its latest scan.
+ *
+ * Words: a point's *scan status* is the verdict of its newest scan
+ * (`clean` or `infected`); a point never scanned is `suspect` when the
+ * nearest older scanned point of the same VM is infected (it may carry the
+ * same infection), `unscanned` otherwise.
+ */
+import type Database from 'better-sqlite3';
+import { migrate, type CatalogDb, type PointSummary } from '../catalog/catalog.js';
+
+export type ScanVerdict = 'clean' | 'infected';
+export type ScanStatus = ScanVerdict | 'suspect' | 'unscanned';
+
+export interface ScanMatch {
+  rule: string;
+  disk: string;
+  partition: number;
+  /** Guest path inside the partition ("/etc/cron.d/x"); bytes that are not UTF-8 show as U+FFFD. */
+  path: string;
+  sha256: string;
+}
+
+export interface PointScanRecord {
+  repo: string;
+  point: string;
+  vm: string;
+  ruleset: string;
+  verdict: ScanVerdict;
+  /** ISO 8601. */
+  scannedAt: string;
+  matches: ScanMatch[];
+  files: { scanned: number; cached: number };
+}
+
+const SCAN_MIGRATIONS = [
+  `CREATE TABLE scan_verdicts (
+     sha256 TEXT NOT NULL,
+     ruleset TEXT NOT NULL,
+     rules TEXT NOT NULL,
+     scanned_at TEXT NOT NULL,
+     PRIMARY KEY (sha256, ruleset)
+   ) WITHOUT ROWID;
+   CREATE TABLE scan_points (
+     repo TEXT NOT NULL,
+     point TEXT NOT NULL,
+     vm TEXT NOT NULL,
+     ruleset TEXT NOT NULL,
+     verdict TEXT NOT NULL,
+     scanned_at TEXT NOT NULL,
+     matches TEXT NOT NULL,
+     files_scanned INTEGER NOT NULL,
+     files_cached INTEGER NOT NULL,
+     PRIMARY KEY (repo, point, ruleset)
+   );
+   CREATE INDEX scan_points_time ON scan_points (repo, point, scanned_at)`,
+];
+
+/** Applies the scan area's migrations (idempotent). */
+export function migrateScan(db: CatalogDb): void {
+  migrate(db, 'scan', SCAN_MIGRATIONS);
+}
+
+/** The verdict cache of one rule set. */
+export class VerdictCache {
+  private readonly get: Database.Statement<[string, string]>;
+  private readonly put: Database.Statement<[string, string, string, string]>;
+
+  constructor(private readonly db: CatalogDb, readonly ruleset: string) {
+    migrateScan(db);
+    this.get = db.prepare('SELECT rules FROM scan_verdicts WHERE sha256 = ? AND ruleset = ?');
+    this.put = db.prepare('INSERT OR REPLACE INTO scan_verdicts (sha256, ruleset, rules, scanned_at) VALUES (?, ?, ?, ?)');
+  }
+
+  /** Rules that matched this content before (empty: none), or undefined when it was never scanned with this rule set. */
+  lookup(sha256: string): string[] | undefined {
+    const row = this.get.get(sha256, this.ruleset) as { rules: string } | undefined;
+    return row ? (JSON.parse(row.rules) as string[]) : undefined;
+  }
+
+  /** Records many verdicts in one transaction (a batch's). */
+  storeAll(verdicts: Iterable<[sha256: string, rules: string[]]>): void {
+    const at = new Date().toISOString();
+    this.db.transaction(() => {
+      for (const [sha, rules] of verdicts) this.put.run(sha, this.ruleset, JSON.stringify(rules), at);
+    })();
+  }
+}
+
+export function recordPointScan(db: CatalogDb, r: PointScanRecord): void {
+  migrateScan(db);
+  db.prepare(`INSERT OR REPLACE INTO scan_points (repo, point, vm, ruleset, verdict, scanned_at, matches, files_scanned, files_cached)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+    r.repo, r.point, r.vm, r.ruleset, r.verdict, r.scannedAt, JSON.stringify(r.matches), r.files.scanned, r.files.cached,
+  );
+}
+
+interface PointScanRow {
+  repo: string; point: string; vm: string; ruleset: string; verdict: string; scanned_at: string; matches: string; files_scanned: number; files_cached: number;
+}
+
+/** The newest scan of each point of `repo` (any rule set). */
+export function latestPointScans(db: CatalogDb, repo: string): Map<string, PointScanRecord> {
+  migrateScan(db);
+  const rows = db.prepare('SELECT * FROM scan_points WHERE repo = ? ORDER BY scanned_at').all(repo) as PointScanRow[];
+  const out = new Map<string, PointScanRecord>();
+  for (const r of rows) {
+    out.set(r.point, {
+      repo: r.repo, point: r.point, vm: r.vm, ruleset: r.ruleset, verdict: r.verdict as ScanVerdict, scannedAt: r.scanned_at,
+      matches: JSON.parse(r.matches) as ScanMatch[], files: { scanned: r.files_scanned, cached: r.files_cached },
+    });
+  }
+  return out;
+}
+
+/** Each point's scan status (see the module comment); `points` may span several VMs. */
+export function scanStatuses(db: CatalogDb, repo: string, points: readonly Pick<PointSummary, 'id' | 'vm' | 'time'>[]): Map<string, ScanStatus> {
+  const scans = latestPointScans(db, repo);
+  const byVm = new Map<string, Pick<PointSummary, 'id' | 'vm' | 'time'>[]>();
+  for (const p of points) byVm.set(p.vm, [...(byVm.get(p.vm) ?? []), p]);
+  const out = new Map<string, ScanStatus>();
+  for (const list of byVm.values()) {
+    let lastScanned: ScanVerdict | undefined;
+    for (const p of [...list].sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id))) {
+      const s = scans.get(p.id);
+      if (s) {
+        lastScanned = s.verdict;
+        out.set(p.id, s.verdict);
+      } else {
+        out.set(p.id, lastScanned === 'infected' ? 'suspect' : 'unscanned');
+      }
+    }
+  }
+  return out;
+}
+
+/** The points with their `scan` status added (what `points` and the API list). */
+export function withScanStatus<P extends Pick<PointSummary, 'id' | 'vm' | 'time'>>(db: CatalogDb, repo: string, points: P[]): (P & { scan: ScanStatus })[] {
+  const st = scanStatuses(db, repo, points);
+  return points.map((p) => ({ ...p, scan: st.get(p.id) ?? 'unscanned' }));
+}
