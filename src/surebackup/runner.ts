@@ -140,6 +140,11 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
 
   const underTestNames = job.verify.vms === 'all' || job.verify.vms === undefined
     ? await backend.listVms(job.verify.tag) : job.verify.vms;
+  // A run that verified nothing must not read as a success.
+  if (underTestNames.length === 0) {
+    throw notFound('NO_VMS_TO_VERIFY', `job ${job.name} selects no VM to verify${job.verify.tag === undefined ? '' : ` (no backed-up VM carries tag "${job.verify.tag}")`}`,
+      'back up the VMs the job should verify, or change verify.vms / verify.tag');
+  }
   // Every bad input is found before anything boots.
   const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
     const role = resolveRole(g.name, g.role, { tests: g.tests, maxBootSeconds: g.maxBootSeconds, appInitSeconds: g.appInitSeconds, dns: g.dns });
@@ -171,7 +176,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   // A failed VM also keeps its last screen, unless its screenshot test already took one.
   const stopVm = async (h: RecoveredVm, r: VmResult | undefined): Promise<void> => {
     handles.delete(h);
-    const failed = r !== undefined && r.result !== 'success' && r.result !== 'warning';
+    const failed = r !== undefined && !passedVm(r);
     const kept = await h.stop({ screenshot: failed && r.screenshot === null }).catch(() => undefined);
     if (!r || !kept) return;
     r.console = kept.console ?? r.console ?? null;
@@ -186,10 +191,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     const release = await limiter.acquire(p.vm.memoryMiB ?? 1024, signal);
     let h: RecoveredVm | undefined;
     const watches: (TestResult['settle'] | undefined)[] = [];
-    const judge = (tr: TestResult): void => {
-      if (tr.result === 'failed') r.result = 'failed';
-      else if (tr.result === 'warning' && r.result === 'success') r.result = 'warning';
-    };
+    const judge = (tr: TestResult): void => { r.result = vmVerdict(r.result, tr.result); };
     try {
       r.startedAt = now();
       const scanned = scans.get(`${p.vm.name}@${p.point}`);
@@ -240,8 +242,7 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
       if (h && runTest.vmDone) {
         for (const tr of await runTest.vmDone({ name: p.vm.name, handle: h }, signal).catch(() => [])) {
           r.tests.push(tr);
-          if (tr.result === 'failed') r.result = 'failed';
-          else if (tr.result === 'warning' && r.result === 'success') r.result = 'warning';
+          judge(tr);
         }
       }
       r.endedAt = now();
@@ -269,16 +270,29 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     if (groupFailed !== undefined) for (const p of testPlan) results.push(depFail(p, groupFailed));
     else results.push(...await mapLimited(testPlan, job.concurrency, (p) => verifyOne(p, false)));
   } finally {
-    const failed = results.some((x) => x.result !== 'success' && x.result !== 'warning') || signal.aborted;
-    kept = Boolean(job.keepLabOnFailure) && failed && !signal.aborted;
+    kept = Boolean(job.keepLabOnFailure) && !signal.aborted && results.some((x) => !passedVm(x));
     if (!kept) {
       for (const h of [...handles]) await stopVm(h, resultOf.get(h));
       if (labUp) await backend.labDown();
     }
   }
-  const result = results.some((x) => x.result === 'failed' || x.result === 'dependency-failed') ? 'failed'
-    : results.some((x) => x.result === 'warning') ? 'warning' : 'success';
-  return { result, vms: results, labKept: kept };
+  return { result: runVerdict(results), vms: results, labKept: kept };
+}
+
+/** A VM's result after one more test: a failed test fails it, a warning marks a success; skipped and passed change nothing. */
+export function vmVerdict(current: VmResult['result'], test: Verdict): VmResult['result'] {
+  if (test === 'failed') return 'failed';
+  if (test === 'warning' && current === 'success') return 'warning';
+  return current;
+}
+
+/** Success and warning are a VM that passed; failed and dependency-failed are not. */
+export const passedVm = (v: Pick<VmResult, 'result'>): boolean => v.result === 'success' || v.result === 'warning';
+
+/** The run's result: failed when any VM did not pass, warning when any warned, else success. */
+export function runVerdict(vms: Pick<VmResult, 'result'>[]): RunResult['result'] {
+  if (vms.some((v) => !passedVm(v))) return 'failed';
+  return vms.some((v) => v.result === 'warning') ? 'warning' : 'success';
 }
 
 /** The scan gate: one `scan` test result per planned VM, before anything boots. */

@@ -45,22 +45,37 @@ export interface HeartbeatOptions {
   maxBootSeconds: number;
   stability?: Stability;
   signal?: AbortSignal;
+  /** Default realClock. */
+  clock?: Clock;
 }
 
 export type HeartbeatPath = 'agent' | 'ip' | 'boot-time';
 
-const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
-  if (signal?.aborted) { reject(signal.reason); return; }
-  const tm = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-  const onAbort = (): void => { clearTimeout(tm); reject(signal?.reason); };
-  signal?.addEventListener('abort', onAbort, { once: true });
-});
+/**
+ * Time as the heartbeat sees it. The real one is the wall clock; unit tests
+ * pass a virtual one so a 600 s boot window is decided in milliseconds.
+ */
+export interface Clock {
+  now(): number;
+  /** Resolves after `ms`; rejects with the signal's reason when it aborts first. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+export const realClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms, signal) => new Promise((resolve, reject) => {
+    if (signal?.aborted) { reject(signal.reason); return; }
+    const tm = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
+    const onAbort = (): void => { clearTimeout(tm); reject(signal?.reason); };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  }),
+};
 
 /** A probe that hangs counts as a miss after `ms`: it must not stall the loop. */
-const bounded = (p: Promise<boolean>, ms: number): Promise<boolean> => {
-  let tm: NodeJS.Timeout | undefined;
-  const late = new Promise<boolean>((resolve) => { tm = setTimeout(() => resolve(false), ms); });
-  return Promise.race([p.catch(() => false), late]).finally(() => clearTimeout(tm));
+const bounded = (p: Promise<boolean>, ms: number, clock: Clock): Promise<boolean> => {
+  const timer = new AbortController();
+  const late = clock.sleep(ms, timer.signal).then(() => false, () => false);
+  return Promise.race([p.catch(() => false), late]).finally(() => timer.abort());
 };
 
 /** Counts a run of equal outcomes; complete once `pings` of them span `seconds`. */
@@ -84,7 +99,8 @@ export async function heartbeat(probes: HeartbeatProbes, o: HeartbeatOptions): P
   const stability = o.stability ?? DEFAULT_STABILITY;
   const intervalMs = intervalOf(stability);
   const probeMs = Math.max(intervalMs, 1000);
-  const t0 = Date.now();
+  const clock = o.clock ?? realClock;
+  const t0 = clock.now();
   const deadline = t0 + o.maxBootSeconds * 1000;
   const agent = new RunCounter(stability, true);
   const ip = new RunCounter(stability, true);
@@ -92,17 +108,17 @@ export async function heartbeat(probes: HeartbeatProbes, o: HeartbeatOptions): P
   let ipSeenAt: number | undefined;
   let ipStableAt: number | undefined;
   const done = (result: TestResult['result'], path: HeartbeatPath | 'none', detail: string): TestResult & { path: HeartbeatPath | 'none' } =>
-    ({ name: 'heartbeat', kind: 'heartbeat', result, seconds: (Date.now() - t0) / 1000, detail, path });
+    ({ name: 'heartbeat', kind: 'heartbeat', result, seconds: (clock.now() - t0) / 1000, detail, path });
   const stableText = `${stability.pings} consecutive answers over ≥${stability.seconds} s`;
 
   for (;;) {
-    const roundStart = Date.now();
+    const roundStart = clock.now();
     // The address is probed for an agent VM too: only to say in a failure whether the guest ran at all.
     const [a, i] = await Promise.all([
-      probes.agentPing ? bounded(probes.agentPing(), probeMs) : Promise.resolve(false),
-      ipStableAt === undefined ? bounded(probes.ipAnswer(), probeMs) : Promise.resolve(true),
+      probes.agentPing ? bounded(probes.agentPing(), probeMs, clock) : Promise.resolve(false),
+      ipStableAt === undefined ? bounded(probes.ipAnswer(), probeMs, clock) : Promise.resolve(true),
     ]);
-    const at = Date.now();
+    const at = clock.now();
     if (a) agentSeenAt ??= at;
     if (i) ipSeenAt ??= at;
     if (probes.agentPing) {
@@ -126,7 +142,7 @@ export async function heartbeat(probes: HeartbeatProbes, o: HeartbeatOptions): P
       return done('failed', 'none', `${agentText} within the maximum boot time (${o.maxBootSeconds} s); ${ipText}` +
         ' (the VM definition expects an agent; a guest without one needs "agent": false)');
     }
-    await sleep(Math.max(0, Math.min(intervalMs - (Date.now() - roundStart), deadline - Date.now())), o.signal);
+    await clock.sleep(Math.max(0, Math.min(intervalMs - (clock.now() - roundStart), deadline - clock.now())), o.signal);
   }
 }
 
@@ -146,6 +162,8 @@ export interface WatchOptions {
   /** A probe that takes longer is a miss (default 5 s). */
   probeTimeoutMs?: number;
   signal?: AbortSignal;
+  /** Default realClock. */
+  clock?: Clock;
 }
 
 /**
@@ -157,10 +175,11 @@ export function watchHeartbeat(answer: () => Promise<boolean>, what: string, o: 
   const loss = o.loss ?? DEFAULT_LOSS;
   const intervalMs = o.intervalMs ?? 2000;
   const probeTimeoutMs = o.probeTimeoutMs ?? 5000;
+  const clock = o.clock ?? realClock;
   const stop = new AbortController();
   const onAbort = (): void => stop.abort(o.signal?.reason);
   o.signal?.addEventListener('abort', onAbort, { once: true });
-  const t0 = Date.now();
+  const t0 = clock.now();
   const misses = new RunCounter(loss, false);
   let probes = 0;
   let lostAt: number | undefined;
@@ -168,13 +187,13 @@ export function watchHeartbeat(answer: () => Promise<boolean>, what: string, o: 
 
   const loop = (async (): Promise<void> => {
     while (!stop.signal.aborted && lostAt === undefined) {
-      const roundStart = Date.now();
-      const ok = await bounded(answer(), probeTimeoutMs);
+      const roundStart = clock.now();
+      const ok = await bounded(answer(), probeTimeoutMs, clock);
       probes++;
-      if (misses.record(ok, Date.now())) { lostAt = Date.now(); break; }
+      if (misses.record(ok, clock.now())) { lostAt = clock.now(); break; }
       // Settling waits only for a miss streak to be decided.
       if (settling && !misses.running) break;
-      try { await sleep(Math.max(0, intervalMs - (Date.now() - roundStart)), stop.signal); } catch { break; }
+      try { await clock.sleep(Math.max(0, intervalMs - (clock.now() - roundStart)), stop.signal); } catch { break; }
     }
   })();
 
@@ -188,11 +207,12 @@ export function watchHeartbeat(answer: () => Promise<boolean>, what: string, o: 
       if (lostAt !== undefined) {
         return { held: false, detail: `lost during the test window: ${what} stopped answering (${loss.pings} consecutive misses over ≥${loss.seconds} s), ${secs(lostAt - t0)} s after the heartbeat passed` };
       }
-      return { held: true, detail: `${what} kept answering through the test window (${secs(Date.now() - t0)} s, ${probes} probes)` };
+      return { held: true, detail: `${what} kept answering through the test window (${secs(clock.now() - t0)} s, ${probes} probes)` };
     },
   };
 }
 
+// Stryker disable all: ping inside a lab namespace; test/verify/lab-tests.test.ts runs it for real.
 /**
  * One ICMP echo reply from `ip`, seen from inside `netns`. Only a reply counts:
  * a neighbour entry can stay REACHABLE for tens of seconds after the guest died.

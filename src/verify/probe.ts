@@ -8,13 +8,31 @@ import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { buildQuery, parseAnswers, rcodeName } from './dnswire.js';
+import { buildQuery, parseAnswers, rcodeName, type DnsReply } from './dnswire.js';
 
 export type Probe =
   | { kind: 'tcp'; host: string; port: number; banner?: string; timeoutMs: number }
   | { kind: 'http'; host: string; port: number; path: string; timeoutMs: number }
   | { kind: 'dns'; host: string; name: string; timeoutMs: number };
 export interface ProbeAnswer { ok: boolean; detail: string; status?: number; body?: string; banner?: string; a?: string[]; rcode?: string }
+
+/**
+ * What an HTTP/1.0 server sent before it closed: the status of its status
+ * line (0, not an answer, when there is none) and the body after the header.
+ * A reply whose header never ended has no body: text of the header must not
+ * satisfy a body check.
+ */
+export function httpAnswer(data: string): ProbeAnswer {
+  const status = Number(/^HTTP\/\d\.\d (\d{3})/.exec(data)?.[1] ?? 0);
+  const end = data.indexOf('\r\n\r\n');
+  return { ok: status > 0, status, body: end < 0 ? '' : data.slice(end + 4), detail: `HTTP ${status}` };
+}
+
+/** A DNS reply to our query: an answer only when NOERROR and complete (a truncated reply may lack records). */
+export function dnsAnswer(r: DnsReply): ProbeAnswer {
+  return { ok: r.rcode === 0 && !r.truncated, a: r.a, rcode: rcodeName(r.rcode),
+    detail: `${rcodeName(r.rcode)}${r.truncated ? ' (truncated)' : ''}, A ${r.a.join(',') || 'none'}` };
+}
 
 export async function probe(p: Probe): Promise<ProbeAnswer> {
   if (p.kind === 'dns') {
@@ -27,10 +45,9 @@ export async function probe(p: Probe): Promise<ProbeAnswer> {
       s.on('message', (m, from) => {
         // Only the server's reply to this query counts; anything else is ignored, not a verdict.
         if (from.address !== p.host || from.port !== 53) { last = `a packet from ${from.address}:${from.port}`; return; }
-        let r: ReturnType<typeof parseAnswers>;
+        let r: DnsReply;
         try { r = parseAnswers(m, id); } catch (e) { last = (e as Error).message; return; }
-        done({ ok: r.rcode === 0 && !r.truncated, a: r.a, rcode: rcodeName(r.rcode),
-          detail: `${rcodeName(r.rcode)}${r.truncated ? ' (truncated)' : ''}, A ${r.a.join(',') || 'none'}` });
+        done(dnsAnswer(r));
       });
       let query: Buffer;
       try { query = buildQuery(id, p.name); } catch (e) { done({ ok: false, detail: (e as Error).message }); return; }
@@ -53,14 +70,14 @@ export async function probe(p: Probe): Promise<ProbeAnswer> {
       if (p.kind === 'tcp' && p.banner && data.includes('\n')) done({ ok: true, banner: data.split('\n')[0], detail: 'banner received' });
     });
     sock.on('end', () => {
-      if (p.kind === 'http') {
-        const status = Number(/^HTTP\/\d\.\d (\d{3})/.exec(data)?.[1] ?? 0);
-        done({ ok: status > 0, status, body: data.slice(data.indexOf('\r\n\r\n') + 4), detail: `HTTP ${status}` });
-      } else done({ ok: data !== '', banner: data, detail: 'closed' });
+      if (p.kind === 'http') done(httpAnswer(data));
+      else done({ ok: data !== '', banner: data, detail: 'closed' });
     });
   });
 }
 
+// Stryker disable all: a child process inside a lab namespace (ip netns exec), which the mutation run's
+// unit tests cannot create; test/verify/probe.test.ts runs it against real servers.
 /** Runs a probe inside network namespace `netns`. */
 export function probeInNetns(netns: string, p: Probe): Promise<ProbeAnswer> {
   const script = fileURLToPath(import.meta.url);

@@ -67,8 +67,12 @@ export function blueShare(p: Ppm): number {
   return n === 0 ? 0 : blue / n;
 }
 const BLUE_SCREEN_SHARE = 0.5;
-/** Words of a stop screen that OCR of a blue screen reads even when the strong phrases come out garbled. */
-const STOP_WORDS = /\b(?:problem|stop code|STOP:|restart|crash dump|physical memory|BSOD)\b/i;
+/**
+ * Words of a stop screen that OCR of a blue screen reads even when the strong
+ * phrases come out garbled. "STOP:" ends in a colon, so no word boundary
+ * after it: followed by a space it would never match.
+ */
+const STOP_WORDS = /\b(?:problem|stop code|restart|crash dump|physical memory|BSOD)\b|\bSTOP:/i;
 
 export interface RasterImage { width: number; height: number; data: ArrayLike<number>; channels: number }
 

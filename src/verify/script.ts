@@ -63,6 +63,21 @@ export function allowedScript(path: string, dir: string, owner: string): string 
 
 export interface ScriptTarget { netns: string; name: string; ip: string; masqIp: string }
 
+/** How a script run ended. */
+export interface ScriptEnd { code: number | null; signal: NodeJS.Signals | null; timedOut: boolean; timeoutSeconds: number; stdout: string; stderr: string }
+
+/**
+ * Exit 0 passes; a timeout, a signal or any other code fails. The detail is
+ * its stdout, and on failure what ended it and the tail of its stderr.
+ */
+export function judgeScript(e: ScriptEnd): { ok: boolean; detail: string } {
+  const out = e.stdout.trim();
+  if (e.timedOut) return { ok: false, detail: `timed out after ${e.timeoutSeconds} s; stdout: ${out}` };
+  if (e.code === 0) return { ok: true, detail: out };
+  const tail = e.stderr.trim() === '' ? '' : `; stderr: ${e.stderr.trim().slice(-500)}`;
+  return { ok: false, detail: `exit ${e.code ?? e.signal}; stdout: ${out}${tail}` };
+}
+
 export function scriptTest(spec: { path: string; args?: string[]; timeoutSeconds?: number }, vm: ScriptTarget, signal?: AbortSignal, policy?: ScriptPolicy): Promise<TestResult> {
   const t0 = Date.now();
   let timeoutS = spec.timeoutSeconds ?? SCRIPT_DEFAULT_TIMEOUT_SECONDS;
@@ -88,6 +103,8 @@ export function scriptTest(spec: { path: string; args?: string[]; timeoutSeconds
     env = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/', LANG: 'C.UTF-8', ...vmEnv };
     cwd = policy.dir;
   }
+  // Stryker disable all: the script runs inside a lab namespace (judged by judgeScript above);
+  // test/verify/lab-tests.test.ts and script-policy.test.ts run it for real.
   return new Promise((resolveResult, reject) => {
     const child = spawn('ip', ['netns', 'exec', vm.netns, ...command], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -110,12 +127,12 @@ export function scriptTest(spec: { path: string; args?: string[]; timeoutSeconds
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
       if (signal?.aborted) { reject(signal.reason); return; }
-      if (timedOut) { resolveResult(done(false, `timed out after ${timeoutS} s; stdout: ${out.trim()}`)); return; }
-      const tail = err.trim() === '' ? '' : `; stderr: ${err.trim().slice(-500)}`;
-      resolveResult(done(code === 0, code === 0 ? out.trim() : `exit ${code ?? sig}; stdout: ${out.trim()}${tail}`, out));
+      const j = judgeScript({ code, signal: sig, timedOut, timeoutSeconds: timeoutS, stdout: out, stderr: err });
+      resolveResult(done(j.ok, j.detail));
     });
     function done(ok: boolean, detail: string, stdout = out): TestResult & { stdout: string } {
       return { name: 'script', kind: 'script', result: ok ? 'passed' : 'failed', seconds: (Date.now() - t0) / 1000, detail, stdout };
     }
   });
+  // Stryker restore all
 }

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { RepositoryReader } from '../repo/contract.js';
 import type { TestRunner, TestResult } from '../surebackup/runner.js';
 import type { TestSpec } from '../surebackup/roles.js';
-import { heartbeat, ipAnswers, watchHeartbeat, type WatchOptions } from './heartbeat.js';
+import { heartbeat, ipAnswers, realClock, watchHeartbeat, type Clock, type WatchOptions } from './heartbeat.js';
 import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
 import { scriptTest, type ScriptPolicy } from './script.js';
 import { screenshotTest, type ScreenBaseline } from './screenshot.js';
@@ -44,12 +44,25 @@ export interface TestRunnerOptions {
   consoleIntervalMs?: number;
 }
 
-const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
-  if (signal.aborted) { reject(signal.reason); return; }
-  const onAbort = (): void => { clearTimeout(tm); reject(signal.reason); };
-  const tm = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve(); }, ms);
-  signal.addEventListener('abort', onAbort, { once: true });
-});
+/**
+ * An application test, tried every `retryMs` until it passes or `windowMs`
+ * (the role's appInitSeconds) is used up; the last answer is the verdict, and
+ * its detail says how many attempts it took.
+ */
+export async function untilPassed(once: () => Promise<TestResult>, o: { windowMs: number; retryMs: number; signal: AbortSignal; clock?: Clock }): Promise<TestResult> {
+  const clock = o.clock ?? realClock;
+  const t0 = clock.now();
+  const until = t0 + o.windowMs;
+  let tries = 0;
+  for (;;) {
+    const r = await once();
+    tries++;
+    if (r.result === 'passed' || clock.now() >= until) {
+      return { ...r, seconds: (clock.now() - t0) / 1000, detail: tries > 1 ? `${r.detail} (attempt ${tries})` : r.detail };
+    }
+    await clock.sleep(o.retryMs, o.signal);
+  }
+}
 
 export function createTestRunner(o: TestRunnerOptions): TestRunner {
   // One console watch per VM that has a screenshot test, from its first test to vmDone.
@@ -69,19 +82,8 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
     const h = vm.handle;
     const watch = watchOf(h, vm.role.tests.some((t) => t.kind === 'screenshot'), signal);
     const withName = (r: TestResult): TestResult => ({ ...r, name: testName(spec) });
-    const app = async (once: () => Promise<TestResult>): Promise<TestResult> => {
-      const t0 = Date.now();
-      const until = t0 + vm.role.appInitSeconds * 1000;
-      let tries = 0;
-      for (;;) {
-        const r = await once();
-        tries++;
-        if (r.result === 'passed' || Date.now() >= until) {
-          return { ...r, seconds: (Date.now() - t0) / 1000, detail: tries > 1 ? `${r.detail} (attempt ${tries})` : r.detail };
-        }
-        await sleep(o.appRetryMs ?? APP_RETRY_MS, signal);
-      }
-    };
+    const app = (once: () => Promise<TestResult>): Promise<TestResult> =>
+      untilPassed(once, { windowMs: vm.role.appInitSeconds * 1000, retryMs: o.appRetryMs ?? APP_RETRY_MS, signal });
     switch (spec.kind) {
       case 'heartbeat': {
         const ipAnswer = (): Promise<boolean> => ipAnswers(h.netns, h.ip);

@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import request from 'supertest';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readLabState } from '../../src/lab/lab.js';
 import { binary, isPng, labApi, settled } from './fixtures/lab-api.js';
@@ -171,10 +171,16 @@ t.test('run a job: 202, the run, its report and screenshot; runs listing and its
 
 t.test('cancel a run through its operation: cancelled, torn down', async (t) => {
   const { api, lab } = await fx;
+  // Each VM of a run has a work directory under surebackup/vms while it is up; the directory
+  // itself stays from the run before, so only an entry in it says that this run is booting one.
+  const vmsDir = join(api.config.stateDir, 'surebackup', 'vms');
+  const booting = (): string[] => (existsSync(vmsDir) ? readdirSync(vmsDir) : []);
+  t.same(booting(), [], 'nothing left up from the run before');
   const started = await call(api.app, 'post', '/jobs/webcheck/run').set('authorization', api.auth.operator).expect(202);
   // Cancel once the VM is being booted, so teardown has something to undo.
   const end = Date.now() + 120_000;
-  while (!existsSync(join(api.config.stateDir, 'surebackup', 'vms')) && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+  while (booting().length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+  t.equal(booting().length, 1, 'the run\'s VM was being brought up when the cancel came');
   const cancel = await call(api.app, 'post', `/operations/${started.body.id}/cancel`).set('authorization', api.auth.operator).expect(202);
   t.equal(cancel.body.id, started.body.id);
   const op = await settled(api, started.body.id);
@@ -182,6 +188,7 @@ t.test('cancel a run through its operation: cancelled, torn down', async (t) => 
   const runs = await call(api.app, 'get', '/runs?job=webcheck&limit=1').set('authorization', api.auth.viewer).expect(200);
   t.equal(runs.body.runs[0].status, 'cancelled', 'the run is recorded as cancelled');
   t.same(await leftovers(api.config.stateDir, undefined, `${lab}j`), [], 'the lab and the VM are gone');
+  t.same(booting(), [], 'and the VM\'s work directory');
   await call(api.app, 'post', `/operations/${started.body.id}/cancel`).set('authorization', api.auth.operator).expect(409);
   await call(api.app, 'delete', '/jobs/webcheck').set('authorization', api.auth.admin).expect(200);
   await call(api.app, 'get', '/jobs/webcheck').set('authorization', api.auth.viewer).expect(404);

@@ -102,6 +102,11 @@ t.test('lab up again cleans a leftover; down is idempotent and leaves nothing', 
   const netns = await ok('ip', ['netns', 'list']);
   t.notMatch(netns, old?.netns ?? 'x', 'the previous namespace is gone');
   const all = [fresh, readLabState(stateDir, `lb${tag}`) as LabState];
+  // The routes the labs added, seen while they are up: what "removed" below must not find.
+  const masqRoutes = all.flatMap((l) => l.routes);
+  t.same([...masqRoutes].sort(), ['172.18.84.0/24', '172.18.85.0/24'], 'each lab routes its masquerade subnet');
+  const routesUp = await ok('ip', ['route', 'show', 'table', 'all']);
+  for (const r of masqRoutes) t.match(routesUp, r, `route ${r} present while the lab is up`);
   for (const l of all) await labDown(l.name, { stateDir });
   await t.rejects(labDown(name, { stateDir }), { code: 'LAB_NOT_FOUND' });
   const [nsList, links, rules, routes] = await Promise.all([
@@ -112,7 +117,7 @@ t.test('lab up again cleans a leftover; down is idempotent and leaves nothing', 
     t.notMatch(links, l.hostVeth, `veth ${l.hostVeth} removed`);
     t.notMatch(rules, l.hostTable, `nft table ${l.hostTable} removed`);
   }
-  t.notMatch(routes, /172\.18\.7[78]\.0/, 'masquerade routes removed');
+  for (const r of masqRoutes) t.notMatch(routes, r, `masquerade route ${r} removed`);
   t.same(listLabs(stateDir), []);
 });
 

@@ -5,6 +5,8 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { decode } from 'fast-png';
+import { isBlank } from '../../src/verify/screenshot.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 
 interface Rep { result: string; report: string; vms: { name: string; result: string; screenshot: string | null; tests: { name: string; kind: string; result: string; detail: string }[] }[] }
@@ -40,6 +42,11 @@ t.test('a crash loop on serial and a panic shown only on the VGA console are eac
   t.match(panic.detail, /^kernel panic on the VGA console: "\[ *\d+\.\d+\] Kernel panic - not syncing: VFS: Unable to mount root fs/);
   t.notMatch(panic.detail, /serial console/, 'nothing about it on serial: the VGA console alone told');
   t.ok(vm('vga-panic').screenshot, 'the panic screen is kept');
+  // The screen shows the panic, so it is not blank: only the panic detector can have failed it.
+  const png = decode(readFileSync(vm('vga-panic').screenshot!));
+  const rgb = new Uint8Array(png.width * png.height * 3);
+  for (let i = 0; i < png.width * png.height; i++) for (let c = 0; c < 3; c++) rgb[i * 3 + c] = png.data[i * png.channels + c]!;
+  t.equal(isBlank({ width: png.width, height: png.height, rgb }), false, 'the panic screen is not blank: the blank-screen check would pass it');
   const html = readFileSync(rep.report, 'utf8');
   t.match(html, /flagged: kernel panic on the VGA console: &quot;\[ *\d+\.\d+\] Kernel panic - not syncing/);
   t.match(html, /flagged: crash loop on the serial console/);
