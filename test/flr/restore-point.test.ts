@@ -13,6 +13,7 @@ import { backupVm } from '../../src/backup/engine.js';
 import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';
 import { listPublications } from '../../src/publish/publish.js';
+import { processAlive } from '../../src/host/process.js';
 import { buildMbrDisk, buildUnknownFsDisk, sha } from './fixtures/disks.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
@@ -115,7 +116,9 @@ t.test('a killed holder (stale FUSE mount) is still cleaned up by umount', async
   t.ok(holder, 'a holder runs');
   process.kill(holder!, 'SIGKILL');
   t.equal(listPublications(stateDir).length, 1, 'the crashed holder left its publication record');
-  await new Promise((r) => setTimeout(r, 500));
+  // Gone, not just signalled: until then it still holds the FUSE mount.
+  for (const end = Date.now() + 10_000; processAlive(holder!) && Date.now() < end;) await new Promise((r) => setTimeout(r, 20));
+  t.notOk(processAlive(holder!), 'the holder is gone');
   const u = cli(['umount', m.json.id as string]);
   t.equal(u.status, 0, u.stderr);
   t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 });

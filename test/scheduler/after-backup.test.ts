@@ -197,7 +197,8 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
   const human = await cli(['backup', '--vm', w.def, '--disk', w.image], w.env);
   t.match(human.stdout, /after-backup: the server \(pid \d+\) skipped job web-check: its previous run is still going/);
   release();
-  await new Promise((res) => setTimeout(res, 100));
+  const heldRun = out.afterBackup.runs[0]!.run;
+  for (const end = Date.now() + 10_000; history.run(heldRun)?.status === 'running' && Date.now() < end;) await new Promise((res) => setTimeout(res, 20));
   const rows = history.lastRuns({ job: 'web-check' });
   t.same(rows.map((x) => [x.trigger, x.status]), [['after-backup', 'skipped-overlap'], ['after-backup', 'success']]);
 });
