@@ -9,6 +9,7 @@ import { openRepository } from '../../src/repo/index.js';
 import { guestImage } from '../helpers/guests.js';
 import { changeRegions, sha256File } from '../backup/fixtures/images.js';
 import { chunkFiles } from '../backup/fixtures/repo-state.js';
+import { settle } from '../helpers/ready.js';
 
 const MiB = 1024 * 1024;
 const work = await mkdtemp(join(tmpdir(), 'rl-cli-repo-'));
@@ -150,7 +151,7 @@ t.test('kill -9 during a backup leaves no visible point; the next backup and ver
   // Kill it mid-way, once it has stored a good number of its 1536 chunks (a state, not a guessed delay).
   const WRITTEN = 64;
   let stored = 0;
-  for (const end = Date.now() + 120_000; !ended && (stored = (await chunkFiles(repo)).length) < WRITTEN && Date.now() < end;) await new Promise((r) => setTimeout(r, 20));
+  await settle(async () => ended || (stored = (await chunkFiles(repo)).length) >= WRITTEN, 120_000);
   t.notOk(ended, 'the backup still ran when killed');
   child.kill('SIGKILL');
   await closed;

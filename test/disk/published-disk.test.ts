@@ -2,13 +2,12 @@ import t from 'tap';
 import { ChunkCache } from '../../src/disk/chunk-cache.js';
 import { DiskIoError, PublishedDisk } from '../../src/disk/published-disk.js';
 import { MemoryDiskSource, patternBytes } from '../publish/fixtures/memory-repository.js';
+import { settle } from '../helpers/ready.js';
 
 const CHUNK = 64 * 1024;
 
-/** Read-ahead runs in the background: wait until `done` (at most 5 s); the assertions after it say what was expected. */
-async function readAhead(done: () => boolean): Promise<void> {
-  for (const end = Date.now() + 5000; !done() && Date.now() < end;) await new Promise((r) => setTimeout(r, 2));
-}
+// Read-ahead runs in the background: the tests wait until it is done, at most 5 s.
+const readAhead = (done: () => boolean): Promise<boolean> => settle(done, 5000, 2);
 
 t.test('reads any range, across chunk boundaries and clamped at the end', async (t) => {
   const data = patternBytes(CHUNK * 5 + 1000);

@@ -15,6 +15,7 @@ import { releaseJournal } from '../../src/flr/mount.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { processAlive } from '../../src/host/process.js';
 import { buildMbrDisk, buildUnknownFsDisk, sha } from './fixtures/disks.js';
+import { settle } from '../helpers/ready.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'flr-e2e-test-'));
@@ -117,7 +118,7 @@ t.test('a killed holder (stale FUSE mount) is still cleaned up by umount', async
   process.kill(holder!, 'SIGKILL');
   t.equal(listPublications(stateDir).length, 1, 'the crashed holder left its publication record');
   // Gone, not just signalled: until then it still holds the FUSE mount.
-  for (const end = Date.now() + 10_000; processAlive(holder!) && Date.now() < end;) await new Promise((r) => setTimeout(r, 20));
+  await settle(() => !processAlive(holder!), 10_000);
   t.notOk(processAlive(holder!), 'the holder is gone');
   const u = cli(['umount', m.json.id as string]);
   t.equal(u.status, 0, u.stderr);

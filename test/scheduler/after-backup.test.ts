@@ -27,6 +27,7 @@ import { createApiContext } from '../../src/api/server.js';
 import { createApp } from '../../src/api/app.js';
 import { AuthFailureLimiter } from '../../src/api/rate-limit.js';
 import type { Operation } from '../../src/api/operations.js';
+import { settle } from '../helpers/ready.js';
 
 const quiet = { info: (): void => undefined, warn: (): void => undefined };
 
@@ -198,7 +199,7 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
   t.match(human.stdout, /after-backup: the server \(pid \d+\) skipped job web-check: its previous run is still going/);
   release();
   const heldRun = out.afterBackup.runs[0]!.run;
-  for (const end = Date.now() + 10_000; history.run(heldRun)?.status === 'running' && Date.now() < end;) await new Promise((res) => setTimeout(res, 20));
+  await settle(() => history.run(heldRun)?.status !== 'running', 10_000);
   const rows = history.lastRuns({ job: 'web-check' });
   t.same(rows.map((x) => [x.trigger, x.status]), [['after-backup', 'skipped-overlap'], ['after-backup', 'success']]);
 });

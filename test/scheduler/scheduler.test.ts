@@ -8,6 +8,7 @@ import { fakeLab } from '../surebackup/fixtures/fake-lab.js';
 import { JobGate } from '../../src/surebackup/gate.js';
 import { systemClock } from '../../src/scheduler/clock.js';
 import { ManualClock } from './fixtures/manual-clock.js';
+import { settle } from '../helpers/ready.js';
 
 function jobsDir(dir: string, jobs: Record<string, unknown>[]): string {
   for (const j of jobs) writeFileSync(join(dir, `${j.name as string}.json`), JSON.stringify({ lab: 'lab.json', verify: { vms: ['web'], role: 'web' }, ...j }));
@@ -54,7 +55,7 @@ t.test('on the system clock a schedule fires on its own', async (t) => {
   t.teardown(async () => { await sch.stop(); history.close(); });
   // Readiness, not a guess: wait until two runs are recorded (a second apart), with a generous deadline.
   const passed = (): number => history.lastRuns({ job: 'every-second' }).filter((r) => r.status === 'success').length;
-  for (const end = Date.now() + 15_000; passed() < 2 && Date.now() < end;) await new Promise((r) => setTimeout(r, 50));
+  await settle(() => passed() >= 2, 15_000, 50);
   const runs = history.lastRuns({ job: 'every-second' });
   t.ok(passed() >= 2, `two scheduled runs within 15 s (${runs.length} recorded)`);
   t.ok(runs.every((r) => r.trigger === 'schedule'));
@@ -94,7 +95,7 @@ t.test('overlapping triggers do not double-run; the extra ones are recorded as s
   t.same(hooked.map((o) => [o.job, o.status]), [['slow', 'skipped-overlap']], 'a backup during the run is recorded, not queued');
   clock.advance(2000);
   finish();
-  for (const end = Date.now() + 10_000; sch.isRunning('slow') && Date.now() < end;) await new Promise((r) => setTimeout(r, 10));
+  await settle(() => !sch.isRunning('slow'), 10_000, 10);
   clock.advance(1000);
   t.equal(runs, 2, 'the next fire time after the run ended starts a new run');
   finish();
