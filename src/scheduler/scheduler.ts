@@ -27,6 +27,7 @@ import type { Job, RunResult } from '../surebackup/runner.js';
 import { History, type RunTrigger } from '../surebackup/history.js';
 import { loadConfig } from '../config/config.js';
 import { configuredRun } from './run.js';
+import { systemClock, type Clock } from './clock.js';
 
 export interface ScheduledJob { name: string; file: string; job: Job & JobFile }
 
@@ -105,7 +106,8 @@ export interface SchedulerOptions {
   /** Default: a real run with the configured repository, driver and limits (src/scheduler/run.ts). */
   run?: RunJobFn;
   log?: { info(line: string): void; warn(line: string): void };
-  now?: () => Date;
+  /** Fire times and "now" (missed runs, listings); default: the system clock. Tests pass one they move by hand. */
+  clock?: Clock;
   /** Shared with the API's manual runs (src/surebackup/gate.ts); default: one of its own from the config limits. */
   gate?: JobGate;
 }
@@ -114,7 +116,9 @@ export type TriggerOutcome = { job: string; status: 'started'; runId: string; do
 
 export class Scheduler {
   private current: ScheduledJob[];
-  private readonly crons: Cron[] = [];
+  /** Cancels the armed fire time of each scheduled job. */
+  private readonly disarms: (() => void)[] = [];
+  private readonly clock: Clock;
   /** The runs this scheduler started (the gate also knows other starters' runs). */
   private readonly running = new Map<string, AbortController>();
   private readonly gate: JobGate;
@@ -132,6 +136,7 @@ export class Scheduler {
     const log = opts.log ?? { info: () => undefined, warn: (l: string) => process.stderr.write(`warning: ${l}\n`) };
     this.gate = opts.gate ?? new JobGate(cfg!.limits.maxConcurrentVms, cfg!.limits.memoryBudgetMiB);
     this.o = { ...opts, history, log, run: opts.run ?? configuredRun(cfg!, history, log, this.gate.limiter) };
+    this.clock = opts.clock ?? systemClock;
   }
 
   get jobs(): readonly ScheduledJob[] { return this.current; }
@@ -144,10 +149,28 @@ export class Scheduler {
     return this;
   }
 
+  /**
+   * Sets one timer per scheduled job at its next fire time; each firing
+   * triggers the job and sets the next. The next time is counted from the
+   * fire time (or now, if the timer ran late), so a timer that fires a
+   * little early or late neither repeats nor skips a time.
+   */
   private arm(): void {
     for (const s of this.current) {
       if (s.job.schedule === undefined) continue;
-      this.crons.push(new Cron(s.job.schedule, { name: `surebackup:${s.name}` }, () => { void this.trigger(s.name, 'schedule'); }));
+      const cron = new Cron(s.job.schedule, { paused: true });
+      let cancel = (): void => undefined;
+      const next = (after: Date): void => {
+        const at = cron.nextRun(after);
+        if (at === null) return;
+        cancel = this.clock.at(at, () => {
+          try { this.trigger(s.name, 'schedule'); } catch (err) { this.o.log?.warn(`job ${s.name}: scheduled trigger failed: ${(err as Error).message}`); }
+          const now = this.clock.now();
+          next(now > at ? now : at);
+        });
+      };
+      next(this.clock.now());
+      this.disarms.push(() => { cancel(); cron.stop(); });
     }
   }
 
@@ -158,14 +181,14 @@ export class Scheduler {
   reload(): void {
     if (this.o.jobsDir === undefined || this.stopped) return;
     this.current = loadJobsDir(this.o.jobsDir);
-    for (const c of this.crons.splice(0)) c.stop();
+    for (const d of this.disarms.splice(0)) d();
     for (const s of this.current) this.o.history.recordJob(s.name, s.job, s.file);
     this.arm();
   }
 
   /** One `missed` entry per scheduled job whose fire times passed while nothing ran them. */
   reportMissed(): { job: string; count: number; first: Date }[] {
-    const now = this.o.now?.() ?? new Date();
+    const now = this.clock.now();
     const out: { job: string; count: number; first: Date }[] = [];
     for (const s of this.jobs) {
       if (s.job.schedule === undefined) continue;
@@ -231,14 +254,14 @@ export class Scheduler {
 
   isRunning(name: string): boolean { return this.gate.isRunning(name); }
 
-  list(from = new Date()): (JobListing & { running: boolean })[] {
+  list(from = this.clock.now()): (JobListing & { running: boolean })[] {
     return describeJobs([...this.current], from).map((j) => ({ ...j, running: this.gate.isRunning(j.name) }));
   }
 
   /** Disarms the schedules, cancels runs in progress and waits for them to tear down. */
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const c of this.crons) c.stop();
+    for (const d of this.disarms.splice(0)) d();
     for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
     await Promise.allSettled([...this.inFlight]);
     if (this.ownsHistory) this.o.history.close();

@@ -2,7 +2,7 @@
  * `restorelab recover` through the server, for real: the API over a
  * repository of the `web` guest served on 127.0.0.1 (an ephemeral port), and
  * the CLI in a child process with --server/--token recovering `web` in a lab
- * of this file's own (masquerade 172.18.131.0/24, QEMU under TCG), following
+ * of this file's own (its own masquerade subnet, QEMU under TCG), following
  * the operation's progress over SSE, then listing and stopping the session;
  * then a SureBackup job of the server run from the CLI, and its history.
  */
@@ -15,9 +15,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { labApi } from './fixtures/lab-api.js';
 import { httpGet, WEB_EXPECT } from '../session/fixtures/recovery.js';
+import { address, subnet } from '../helpers/subnets.js';
 
 t.test('recover web, list it, stop it, all through the server', async (t) => {
-  const { api, lab } = await labApi(t, { prefix: 'cr', masquerade: '172.18.131.0/24' });
+  const { api, lab } = await labApi(t, { prefix: 'cr', masquerade: subnet('api/cli-remote-recover') });
   const server = createServer(api.app);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }));
@@ -37,14 +38,15 @@ t.test('recover web, list it, stop it, all through the server', async (t) => {
   // Without --json, so the progress lines show (--json keeps stderr for warnings only).
   const rec = await remote(['recover', 'web', '--lab', lab]);
   t.equal(rec.code, 0, rec.stderr);
-  const m = /^session (\S+): web is running \(heartbeat after ([\d.]+) s\)\n {2}nic0: 172\.18\.131\.10\nstop it with: restorelab stop \1\n$/.exec(rec.stdout);
+  const nic0 = address('api/cli-remote-recover').replaceAll('.', '\\.');
+  const m = new RegExp(`^session (\\S+): web is running \\(heartbeat after ([\\d.]+) s\\)\\n {2}nic0: ${nic0}\\nstop it with: restorelab stop \\1\\n$`).exec(rec.stdout);
   t.ok(m, `the same rendering as embedded recover: ${rec.stdout}`);
   const id = m?.[1] as string;
   t.teardown(() => cli(['--server', url, '--token', operator, 'stop', id], { RESTORELAB_HOME: elsewhere }));
   t.ok(Number(m?.[2]) > 0, 'a heartbeat time');
   t.match(rec.stderr, /operation [0-9a-f-]+ \(recover\) on http:\/\/127\.0\.0\.1/);
   t.match(rec.stderr, /recovering web with the qemu driver/, 'progress streamed from the server');
-  const page = await httpGet('http://172.18.131.10/');
+  const page = await httpGet(`http://${address('api/cli-remote-recover')}/`);
   t.match(page.body, WEB_EXPECT, 'the VM the CLI recovered answers through the lab');
 
   const listed = await remote(['sessions', '--json']);

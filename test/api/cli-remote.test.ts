@@ -18,6 +18,7 @@ import { SessionStore } from '../../src/session/store.js';
 import { guestRepository } from '../helpers/repository.js';
 import { ApiClient, type RemoteOperation } from '../../src/cli/remote.js';
 import { RestorelabError } from '../../src/errors.js';
+import { address } from '../helpers/subnets.js';
 
 t.test('points, sessions, publications, history and stop through the server', async (t) => {
   const home = mkdtempSync(join(tmpdir(), 'rl-remote-'));
@@ -30,7 +31,7 @@ t.test('points, sessions, publications, history and stop through the server', as
   new SessionStore(config.stateDir).save({
     id: 'sess-remote-1', vm: 'web', point: g.point.id, repo: g.repo, driver: 'qemu', domain: 'rl-web-test', state: 'stopped',
     createdAt: new Date(Date.now() - 60_000).toISOString(), updatedAt: new Date().toISOString(), heartbeatSeconds: 12.5,
-    addresses: { nic0: '172.18.0.10' }, disks: {}, diskBytes: {}, resources: { taps: [] },
+    addresses: { nic0: address('prod-lab') }, disks: {}, diskBytes: {}, resources: { taps: [] },
   });
   const server = await startApiServer({ config, jobsDir: join(home, 'jobs'), log: pino({ level: 'silent' }), listen: '127.0.0.1', port: 0 });
   t.teardown(() => server.close());
@@ -60,7 +61,7 @@ t.test('points, sessions, publications, history and stop through the server', as
   const strip = (j: Record<string, unknown>): unknown => (j.sessions as Array<Record<string, unknown>>).map(({ ageSeconds: _a, ...s }) => s);
   t.equal((rs.json.sessions as unknown[]).length, 1);
   t.same(strip(rs.json), strip(es.json), 'the same sessions as embedded (age aside, it ticks)');
-  t.match(rs.json.sessions, [{ session: 'sess-remote-1', state: 'stopped', heartbeatSeconds: 12.5, addresses: { nic0: '172.18.0.10' } }]);
+  t.match(rs.json.sessions, [{ session: 'sess-remote-1', state: 'stopped', heartbeatSeconds: 12.5, addresses: { nic0: address('prod-lab') } }]);
 
   for (const args of [['publications', '--json'], ['surebackup', 'history', '--json']]) {
     const r = await remote(args);

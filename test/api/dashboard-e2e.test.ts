@@ -2,7 +2,7 @@
  * The dashboard end to end, in Debian's headless Chromium driven by
  * playwright-core, against the real API server on 127.0.0.1 (port 0), a real
  * repository holding the `web` test guest, real recoveries (qemu driver, TCG)
- * in a lab of this test's own (masquerade 172.18.95.0/24):
+ * in a lab of this test's own (its own masquerade subnet, test/helpers/subnets.ts):
  *
  * - a wrong token is refused with the server's message; an operator token logs in;
  * - Recover on the points view → the session runs in Sessions with a console
@@ -34,13 +34,14 @@ import { guestRepository } from '../helpers/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import type { LocalRepository } from '../../src/repo/repository.js';
+import { subnet } from '../helpers/subnets.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = projectPath('test-artifacts', 'dashboard');
 /** A TCG boot of the web guest takes well under this; the runner's own limits are shorter. */
 const BOOT_MS = 240_000;
 const RUN_MS = 600_000;
-const MASQUERADE = '172.18.95.0/24';
+const MASQUERADE = subnet('api/dashboard-e2e');
 
 // A short directory: QEMU's socket paths must stay under 108 bytes.
 const dir = mkdtempSync('/tmp/rlde-');

@@ -17,6 +17,7 @@ import { join, relative } from 'node:path';
 import { guestRepository, type GuestRepository } from '../helpers/repository.js';
 import { testApi } from '../helpers/api.js';
 import { mountEntry } from '../../src/fuse/mounts.js';
+import { subnet } from '../helpers/subnets.js';
 
 const work = mkdtempSync(join(tmpdir(), 'rl-api-limits-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -186,7 +187,7 @@ t.test('jobs: an admin\'s job may only start scripts inside api.scriptsDir', asy
   chmodSync(evil, 0o755);
   const job = (path: string, args?: string[]): Record<string, unknown> => ({
     name: 'j',
-    lab: { name: 'l', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.92.0/24' }] },
+    lab: { name: 'l', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('api/host-limits') }] },
     verify: { vms: ['web'], role: 'web', tests: [{ kind: 'script', path, ...(args ? { args } : {}) }] },
   });
   const put = (body: Record<string, unknown>): request.Test => request(a.app).put('/api/v1/jobs/j').set('authorization', a.auth.admin).send(body);

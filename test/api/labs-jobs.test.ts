@@ -12,8 +12,9 @@ import { join } from 'node:path';
 import { readLabState } from '../../src/lab/lab.js';
 import { binary, isPng, labApi, settled } from './fixtures/lab-api.js';
 import { leftovers } from '../surebackup/fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
-const fx = labApi(t, { prefix: 'aj', masquerade: '172.18.91.0/24' });
+const fx = labApi(t, { prefix: 'aj', masquerade: subnet('api/labs-jobs:template') });
 
 type Verb = 'get' | 'post' | 'put' | 'delete';
 const call = (app: unknown, m: Verb, p: string): request.Test => (request(app as never) as unknown as Record<Verb, (p: string) => request.Test>)[m](`/api/v1${p}`);
@@ -21,7 +22,7 @@ const call = (app: unknown, m: Verb, p: string): request.Test => (request(app as
 function jobBody(name: string, lab: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     name,
-    lab: { name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.92.0/24' }] },
+    lab: { name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('api/labs-jobs:job') }] },
     verify: { vms: ['web'], role: 'web' },
     ...extra,
   };
@@ -47,7 +48,7 @@ t.test('labs: listed from the templates, up, 409 when up, down, idempotent down'
   t.ok(mine, 'the template is listed');
   t.equal(mine.up, false);
   t.equal(mine.state, null);
-  t.equal(mine.template.definition.networks[0].masquerade, '172.18.91.0/24');
+  t.equal(mine.template.definition.networks[0].masquerade, subnet('api/labs-jobs:template'));
 
   await call(api.app, 'post', '/labs/no-such-lab/up').set('authorization', api.auth.operator).expect(404);
   const bad = await call(api.app, 'post', '/labs/a..b/up').set('authorization', api.auth.operator).expect(400);

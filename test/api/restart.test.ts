@@ -14,9 +14,10 @@ import type { RecoverySession } from '../../src/session/session.js';
 import { testApi } from '../helpers/api.js';
 import { ENV, binary, isPng, labApi, settled } from './fixtures/lab-api.js';
 import { residue } from '../session/fixtures/recovery.js';
+import { subnet } from '../helpers/subnets.js';
 
 t.test('a running session survives a server restart and is stopped by the new server', async (t) => {
-  const { api, home, guest, lab } = await labApi(t, { prefix: 'ar', masquerade: '172.18.93.0/24' });
+  const { api, home, guest, lab } = await labApi(t, { prefix: 'ar', masquerade: subnet('api/restart') });
   const started = await request(api.app).post('/api/v1/sessions').set('authorization', api.auth.operator).send({ vm: 'web', lab }).expect(202);
   const op = await settled(api, started.body.id);
   t.equal(op.state, 'succeeded', JSON.stringify(op.error));

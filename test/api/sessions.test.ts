@@ -1,7 +1,7 @@
 /**
  * /api/v1/sessions and /api/v1/publications for real: a repository holding
  * the `web` guest, a recovery booted under TCG in a lab of this file's own
- * (masquerade 172.18.90.0/24), its live console as PNG, a live migration,
+ * (its own masquerade subnet, test/helpers/subnets.ts), its live console as PNG, a live migration,
  * stop; publications over a datastore (as the NFS export serves it) and over
  * FUSE. Auth by role and validation of every body and query too.
  */
@@ -15,8 +15,9 @@ import { PublicationDatastore } from '../../src/datastore/publication-datastore.
 import type { RecoverySession } from '../../src/session/session.js';
 import { binary, isPng, labApi, settled } from './fixtures/lab-api.js';
 import { httpGet, residue, WEB_EXPECT } from '../session/fixtures/recovery.js';
+import { address, subnet } from '../helpers/subnets.js';
 
-const fx = labApi(t, { prefix: 'as', masquerade: '172.18.90.0/24' });
+const fx = labApi(t, { prefix: 'as', masquerade: subnet('api/sessions') });
 
 t.test('auth: no token is 401, a viewer may not act (403)', async (t) => {
   const { api } = await fx;
@@ -96,7 +97,7 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
   t.equal(s.state, 'running');
   t.equal(s.lab, lab);
   t.equal(op.resource, `/api/v1/sessions/${s.id}`);
-  t.same(s.addresses, { nic0: '172.18.90.10' }, 'the masquerade address of 192.168.77.10');
+  t.same(s.addresses, { nic0: address('api/sessions') }, 'the masquerade address of 192.168.77.10');
 
   const viaOp = await request(api.app).get(`/api/v1/operations/${op.id}`).set('authorization', api.auth.viewer).expect(200);
   t.equal(viaOp.body.state, 'succeeded');

@@ -24,6 +24,7 @@ import type { RecoverySession } from '../../src/session/session.js';
 import { SessionStore } from '../../src/session/store.js';
 import type * as RunnerModule from '../../src/session/runner.js';
 import type * as BackendModule from '../../src/surebackup/backend.js';
+import { address, subnet } from '../helpers/subnets.js';
 
 const vm = { name: 'web', memoryMiB: 64, vcpus: 1, disks: [{ name: 'root' }], nics: [{ mac: '52:54:00:77:00:10', network: 'prod', ip: '192.168.77.10' }] };
 const point: RestorePoint = {
@@ -83,7 +84,7 @@ function fakeDeps(dir: string, calls: Calls): SessionDeps {
 function readyLab(stateDir: string): LabState {
   const lab: LabState = {
     name: 'unitlab', netns: 'rl-unitlab-x', hostVeth: 'rlh-x', hostAddress: '169.254.1.1', labAddress: '169.254.1.2', hostTable: 'rl_unitlab', routes: [],
-    networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.199.0/24', bridge: 'br0' }],
+    networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('bringup/one-path'), bridge: 'br0' }],
     taps: [], createdAt: new Date().toISOString(), ready: true,
   };
   mkdirSync(join(stateDir, 'labs'), { recursive: true });
@@ -101,7 +102,7 @@ t.test('recover and SureBackup call the same bring-up, differing only in the doc
   const spy = async function bringUpSpy(req: BringUpRequest): Promise<LabVm> {
     seen.push({ req });
     return {
-      domain: fakeDomain(dir, req.domainName, calls), disks: { root: join(dir, 'root.raw') }, addresses: { nic0: '172.18.199.10' },
+      domain: fakeDomain(dir, req.domainName, calls), disks: { root: join(dir, 'root.raw') }, addresses: { nic0: address('bringup/one-path') },
       publication: { id: 'pub', name: 'web-p-1', owner: req.owner, point: req.point, vm: 'web', disks: {}, close: async () => undefined },
       probes: { ipAnswer: async () => false },
     };
@@ -120,7 +121,7 @@ t.test('recover and SureBackup call the same bring-up, differing only in the doc
     addresses: {}, disks: {}, diskBytes: { root: 1 << 20 }, resources: { taps: [] },
   };
   store.save(s);
-  const labDef = { name: 'unitlab', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.199.0/24' }] };
+  const labDef = { name: 'unitlab', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('bringup/one-path') }] };
   const live = await runner.bringUp(s, { point, vm, lab: labDef, labIsUp: true }, deps, store, deps.hypervisor('qemu', { stateDir }), { heartbeatTimeoutMs: 90_000 });
   t.equal(live.session.state, 'running');
 

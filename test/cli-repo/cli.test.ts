@@ -9,6 +9,7 @@ import { openRepository } from '../../src/repo/index.js';
 import { guestImage } from '../helpers/guests.js';
 import { changeRegions, sha256File } from '../backup/fixtures/images.js';
 import { chunkFiles } from '../backup/fixtures/repo-state.js';
+import { settle } from '../helpers/ready.js';
 
 const MiB = 1024 * 1024;
 const work = await mkdtemp(join(tmpdir(), 'rl-cli-repo-'));
@@ -141,15 +142,20 @@ t.test('kill -9 during a backup leaves no visible point; the next backup and ver
   const vm = await vmFile('victim');
   const child = spawn(process.execPath, [bin, 'backup', '--repo', repo, '--vm', vm, '--disk', img, '--json'], { env });
   t.teardown(() => { child.kill('SIGKILL'); });
+  let ended = false;
+  const closed = new Promise((r) => child.on('close', () => { ended = true; r(undefined); }));
   await new Promise<void>((resolve, reject) => {
     child.stderr.on('data', (d: Buffer) => { if (d.toString().includes('backup victim/root')) resolve(); });
-    child.on('close', () => reject(new Error('the backup ended before it could be killed')));
+    void closed.then(() => reject(new Error('the backup ended before it could be killed')));
   });
-  // Let it write a good number of chunks, then kill it mid-way.
-  await new Promise((r) => setTimeout(r, 300));
+  // Kill it mid-way, once it has stored a good number of its 1536 chunks (a state, not a guessed delay).
+  const WRITTEN = 64;
+  let stored = 0;
+  await settle(async () => ended || (stored = (await chunkFiles(repo)).length) >= WRITTEN, 120_000);
+  t.notOk(ended, 'the backup still ran when killed');
   child.kill('SIGKILL');
-  await new Promise((r) => child.on('close', r));
-  t.ok((await chunkFiles(repo)).length > 0, 'the killed backup had written chunks');
+  await closed;
+  t.ok(stored >= WRITTEN && (await chunkFiles(repo)).length >= stored, `the killed backup had written chunks (${stored} when killed)`);
   t.same((await cli(['points', '--repo', repo, '--json'])).json.points, [], 'no restore point is visible');
   const b = await cli(['backup', '--repo', repo, '--vm', vm, '--disk', img, '--json']);
   t.equal(b.code, 0, b.stderr);

@@ -2,8 +2,12 @@ import t from 'tap';
 import { ChunkCache } from '../../src/disk/chunk-cache.js';
 import { DiskIoError, PublishedDisk } from '../../src/disk/published-disk.js';
 import { MemoryDiskSource, patternBytes } from '../publish/fixtures/memory-repository.js';
+import { settle } from '../helpers/ready.js';
 
 const CHUNK = 64 * 1024;
+
+// Read-ahead runs in the background: the tests wait until it is done, at most 5 s.
+const readAhead = (done: () => boolean): Promise<boolean> => settle(done, 5000, 2);
 
 t.test('reads any range, across chunk boundaries and clamped at the end', async (t) => {
   const data = patternBytes(CHUNK * 5 + 1000);
@@ -60,7 +64,7 @@ t.test('sequential access prefetches the next chunks, random access does not', a
   const src = new MemoryDiskSource(patternBytes(CHUNK * 16), CHUNK);
   const disk = new PublishedDisk(src, { readaheadChunks: 2 });
   for (let off = 0; off < CHUNK * 2; off += 16384) await disk.read(off, 16384);
-  await new Promise((r) => setTimeout(r, 20));
+  await readAhead(() => disk.prefetched >= 2 && src.readsByIndex.get(3) === 1);
   t.ok(disk.prefetched >= 2, `prefetched ${disk.prefetched}`);
   t.equal(src.readsByIndex.get(2), 1, 'chunk 2 was read ahead');
   t.equal(src.readsByIndex.get(3), 1, 'chunk 3 was read ahead');
@@ -82,7 +86,7 @@ t.test('a stream read out of order, as a FUSE kernel reading ahead sends it, is 
   for (let batch = 0; batch < CHUNK * 2; batch += 65536) {
     await Promise.all([3, 2, 1, 0].map((k) => disk.read(batch + k * 16384, 16384)));
   }
-  await new Promise((r) => setTimeout(r, 20));
+  await readAhead(() => src.readsByIndex.get(2) === 1 && src.readsByIndex.get(3) === 1);
   t.equal(src.readsByIndex.get(2), 1, 'chunk 2 was read ahead');
   t.equal(src.readsByIndex.get(3), 1, 'chunk 3 was read ahead');
 });

@@ -13,7 +13,9 @@ import { backupVm } from '../../src/backup/engine.js';
 import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';
 import { listPublications } from '../../src/publish/publish.js';
+import { processAlive } from '../../src/host/process.js';
 import { buildMbrDisk, buildUnknownFsDisk, sha } from './fixtures/disks.js';
+import { settle } from '../helpers/ready.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'flr-e2e-test-'));
@@ -115,7 +117,9 @@ t.test('a killed holder (stale FUSE mount) is still cleaned up by umount', async
   t.ok(holder, 'a holder runs');
   process.kill(holder!, 'SIGKILL');
   t.equal(listPublications(stateDir).length, 1, 'the crashed holder left its publication record');
-  await new Promise((r) => setTimeout(r, 500));
+  // Gone, not just signalled: until then it still holds the FUSE mount.
+  await settle(() => !processAlive(holder!), 10_000);
+  t.notOk(processAlive(holder!), 'the holder is gone');
   const u = cli(['umount', m.json.id as string]);
   t.equal(u.status, 0, u.stderr);
   t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 });

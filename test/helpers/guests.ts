@@ -189,13 +189,13 @@ async function must(cmd: string, args: string[]): Promise<string> {
   return r.stdout;
 }
 
-/** Polls `fn` until it returns a value. */
-export async function waitFor<T>(what: string, deadlineMs: number, fn: () => Promise<T | undefined>): Promise<T> {
+/** Polls `fn` every `intervalMs` until it returns a value; past `deadlineMs` the error names `what`. */
+export async function waitFor<T>(what: string, deadlineMs: number, fn: () => Promise<T | undefined>, intervalMs = 500): Promise<T> {
   const end = Date.now() + deadlineMs;
   for (;;) {
     const v = await fn();
     if (v !== undefined) return v;
     if (Date.now() > end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { exec, which } from '../../src/host/exec.js';
 import { labUp, labDown, listLabs, parseLab, type LabState } from '../../src/lab/lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-lab6-'));
 const stateDir = join(dir, 'state');
@@ -103,7 +104,7 @@ t.test('control: IPv6 link-local flows between two bare namespaces on this host'
 t.test('IPv6 from a lab guest to the lab namespace, and from the lab namespace to the host, is dropped', async (t) => {
   const lab = await labUp(parseLab({
     name: `l6${tag}`,
-    networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.87.0/24' }],
+    networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('lab/lab-ipv6') }],
   }, 'lab'), { stateDir });
   const g1 = await fakeGuest(lab, 1);
   const g2 = await fakeGuest(lab, 2);

@@ -16,6 +16,7 @@ import { labUp, labDown, parseLab, addLabTap, listLabs } from '../../src/lab/lab
 import { QemuDriver } from '../../src/hypervisor/qemu.js';
 import { LibvirtDriver } from '../../src/hypervisor/libvirt.js';
 import type { DomainSpec, Hypervisor } from '../../src/hypervisor/types.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-labvm-'));
 const stateDir = join(dir, 'state');
@@ -42,7 +43,7 @@ for (const [label, driver] of [['qemu', qemu], ['libvirt', libvirt]] as const) {
       const s = await exec(fileURLToPath(new URL('../../../scripts/libvirtd', import.meta.url)), ['start'], { timeoutMs: 30_000 });
       t.equal(s.code, 0, s.stderr);
     }
-    const lab = await labUp(parseLab({ name: `lv${label}${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.90.0/24' }] }, 'lab'), { stateDir });
+    const lab = await labUp(parseLab({ name: `lv${label}${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('lab/lab-vm') }] }, 'lab'), { stateDir });
     const { tap, netns } = await addLabTap(stateDir, lab.name, 'prod');
     const spec: DomainSpec = {
       vm: { name: `labvm${tag}${label}`, memoryMiB: 64, vcpus: 1, disks: [{ name: 'root' }], nics: [{ mac: '52:54:00:77:00:10', network: 'prod' }] },

@@ -14,6 +14,8 @@ import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { exec } from '../../src/host/exec.js';
 import { labUp, labDown, parseLab, listLabs, masqueradeAddress, readLabState, type LabState } from '../../src/lab/lab.js';
+import { waitFor } from '../helpers/guests.js';
+import { MASQUERADE_PREFIX, address, subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-lab-'));
 const stateDir = join(dir, 'state');
@@ -73,22 +75,26 @@ t.teardown(async () => {
 });
 
 t.test('two labs mirror the same subnet; each guest answers on its own masquerade address; isolation holds', async (t) => {
-  const a = await labUp(parseLab(labDef(`la${tag}`, '172.18.84.0/24'), 'lab A'), { stateDir });
-  const b = await labUp(parseLab(labDef(`lb${tag}`, '172.18.85.0/24'), 'lab B'), { stateDir });
-  t.equal(masqueradeAddress(a, '192.168.77.10'), '172.18.84.10');
-  t.equal(masqueradeAddress(b, '192.168.77.10'), '172.18.85.10');
+  const a = await labUp(parseLab(labDef(`la${tag}`, subnet('lab/lab:a')), 'lab A'), { stateDir });
+  const b = await labUp(parseLab(labDef(`lb${tag}`, subnet('lab/lab:b')), 'lab B'), { stateDir });
+  t.equal(masqueradeAddress(a, '192.168.77.10'), address('lab/lab:a'));
+  t.equal(masqueradeAddress(b, '192.168.77.10'), address('lab/lab:b'));
   const ga = await fakeGuest(a, 'guest-A');
   await fakeGuest(b, 'guest-B');
-  await new Promise((r) => setTimeout(r, 300));
-  t.equal(await httpGet('http://172.18.84.10/'), 'guest-A', 'lab A guest answers on 172.18.84.10 from the host');
-  t.equal(await httpGet('http://172.18.85.10/'), 'guest-B', 'lab B guest answers on 172.18.85.10 from the host');
+  // httpd starts in the background and the veths just came up: poll until both answer through their labs.
+  await waitFor('both stand-in guests to answer on their masquerade addresses', 15_000, async () => {
+    const answers = await Promise.all((['lab/lab:a', 'lab/lab:b'] as const).map((n) => httpGet(`http://${address(n)}/`).catch(() => undefined)));
+    return answers.every((x) => x !== undefined) ? true : undefined;
+  }, 50);
+  t.equal(await httpGet(`http://${address('lab/lab:a')}/`), 'guest-A', 'lab A guest answers on its masquerade address from the host');
+  t.equal(await httpGet(`http://${address('lab/lab:b')}/`), 'guest-B', 'lab B guest answers on its masquerade address from the host');
 
   // From inside lab A's guest.
   t.equal(await inNs(ga, ['ping', '-c1', '-W1', '192.168.77.1']), 0, 'the guest reaches its gateway');
   t.not(await inNs(ga, ['ping', '-c1', '-W1', a.hostAddress]), 0, 'host uplink address unreachable (ping)');
   t.not(await inNs(ga, ['ping', '-c1', '-W1', a.labAddress]), 0, 'lab uplink address unreachable (ping)');
-  t.not(await inNs(ga, ['busybox', 'wget', '-q', '-T', '2', '-O', '-', 'http://172.18.85.10/']), 0, 'the other lab is unreachable');
-  t.not(await inNs(ga, ['ping', '-c1', '-W1', '172.18.85.10']), 0, 'the other lab is unreachable (ping)');
+  t.not(await inNs(ga, ['busybox', 'wget', '-q', '-T', '2', '-O', '-', `http://${address('lab/lab:b')}/`]), 0, 'the other lab is unreachable');
+  t.not(await inNs(ga, ['ping', '-c1', '-W1', address('lab/lab:b')]), 0, 'the other lab is unreachable (ping)');
   const labRoutes = await ok('ip', ['-n', a.netns, '-4', 'route', 'show']);
   t.notMatch(labRoutes, /default/, 'the lab namespace has no default route: nothing beyond it is routable');
 });
@@ -97,14 +103,14 @@ t.test('lab up again cleans a leftover; down is idempotent and leaves nothing', 
   const name = `la${tag}`;
   const old = readLabState(stateDir, name);
   t.ok(old);
-  const fresh = await labUp(parseLab(labDef(name, '172.18.84.0/24'), 'lab A'), { stateDir });
+  const fresh = await labUp(parseLab(labDef(name, subnet('lab/lab:a')), 'lab A'), { stateDir });
   t.not(fresh.netns, old?.netns);
   const netns = await ok('ip', ['netns', 'list']);
   t.notMatch(netns, old?.netns ?? 'x', 'the previous namespace is gone');
   const all = [fresh, readLabState(stateDir, `lb${tag}`) as LabState];
   // The routes the labs added, seen while they are up: what "removed" below must not find.
   const masqRoutes = all.flatMap((l) => l.routes);
-  t.same([...masqRoutes].sort(), ['172.18.84.0/24', '172.18.85.0/24'], 'each lab routes its masquerade subnet');
+  t.same([...masqRoutes].sort(), [subnet('lab/lab:a'), subnet('lab/lab:b')], 'each lab routes its masquerade subnet');
   const routesUp = await ok('ip', ['route', 'show', 'table', 'all']);
   for (const r of masqRoutes) t.match(routesUp, r, `route ${r} present while the lab is up`);
   for (const l of all) await labDown(l.name, { stateDir });
@@ -123,11 +129,11 @@ t.test('lab up again cleans a leftover; down is idempotent and leaves nothing', 
 
 t.test('bad input: schema, masquerade overlapping a host route, bad arithmetic', async (t) => {
   t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod' }] }, 'bad.json'), { code: 'SCHEMA_INVALID' });
-  t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '10.0.0.1', masquerade: '172.18.84.0/24' }] }, 'bad.json'), /not in 192.168.77.0\/24/);
-  t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.0.0/16' }] }, 'bad.json'), /differ in size/);
-  const before = await ok('ip', ['netns', 'list']);
+  t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '10.0.0.1', masquerade: subnet('lab/lab:a') }] }, 'bad.json'), /not in 192.168.77.0\/24/);
+  t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: `${MASQUERADE_PREFIX}.0.0/16` }] }, 'bad.json'), /differ in size/);
   await t.rejects(labUp(parseLab(labDef(`lc${tag}`, '127.0.0.0/24'), 'lab C'), { stateDir }), { code: 'LAB_MASQUERADE_OVERLAP' });
-  t.equal(await ok('ip', ['netns', 'list']), before, 'nothing created');
+  // Only this lab's names: other test files make namespaces of their own at the same time.
+  t.notMatch(await ok('ip', ['netns', 'list']), `lc${tag}`, 'nothing created');
   t.same(listLabs(stateDir), []);
 });
 
@@ -135,7 +141,7 @@ t.test('CLI: lab up / list / down --json', async (t) => {
   const { fileURLToPath } = await import('node:url');
   const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
   const file = join(dir, 'cli-lab.json');
-  writeFileSync(file, JSON.stringify(labDef(`ld${tag}`, '172.18.86.0/24')));
+  writeFileSync(file, JSON.stringify(labDef(`ld${tag}`, subnet('lab/lab:cli'))));
   const env = { ...process.env, RESTORELAB_STATE_DIR: stateDir };
   const run = async (args: string[]): Promise<{ code: number | null; json: Record<string, unknown> }> => {
     const r = await exec(process.execPath, [bin, ...args, '--json'], { env, timeoutMs: 30_000 });
@@ -143,7 +149,7 @@ t.test('CLI: lab up / list / down --json', async (t) => {
   };
   const up = await run(['lab', 'up', file]);
   t.equal(up.code, 0);
-  t.match(up.json, { name: `ld${tag}`, ready: true, networks: [{ masquerade: '172.18.86.0/24' }] });
+  t.match(up.json, { name: `ld${tag}`, ready: true, networks: [{ masquerade: subnet('lab/lab:cli') }] });
   t.match((await run(['lab', 'list'])).json, { labs: [{ name: `ld${tag}` }] });
   t.match((await run(['lab', 'down', file])).json, { removed: true });
   t.match((await run(['lab', 'down', file])).json, { removed: false }, 'down again is fine');

@@ -31,6 +31,7 @@ import { createTestRunner } from '../../src/verify/tests.js';
 import type { Job, TestRunner } from '../../src/surebackup/runner.js';
 import { guestRepository as sbGuestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
 import { guestImage } from '../helpers/guests.js';
+import { address, subnet } from '../helpers/subnets.js';
 
 t.test('qemu-img reads a raw disk over nfs:// through our portmapper on 111', async (t) => {
   requireTool('qemu-img');
@@ -118,13 +119,13 @@ for (const driver of ['qemu', 'libvirt'] as const) {
     const before = chunkFingerprint(repo);
     const lab = `rn${driver[0]}${process.pid % 10000}`;
     const labPath = path.join(dir, 'lab.json');
-    const masquerade = driver === 'qemu' ? '172.18.107' : '172.18.108';
-    fs.writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: `${masquerade}.0/24` }] }));
+    const masq = driver === 'qemu' ? 'nfs/qemu:qemu' : 'nfs/qemu:libvirt';
+    fs.writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet(masq) }] }));
     const r = await cli(['recover', '--repo', repo, 'web', '--lab', labPath, '--driver', driver, '--publish', 'nfs', '--json'], stateDir);
     t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
     const out = lastJsonLine<RecoverResult>(r.stdout);
     t.equal(out.state, 'running', `heartbeat after ${out.heartbeatSeconds} s`);
-    t.same(out.addresses, { nic0: `${masquerade}.10` });
+    t.same(out.addresses, { nic0: address(masq) });
     const s = new SessionStore(stateDir).get(out.session);
     t.same(s.publish, { via: 'nfs', port: 2049, mountPort: 20048, portmapPort: 111 }, 'the session records how its disks are served');
     t.match(s.disks.root, /^nfs:\/\/127\.0\.0\.1\/restorelab\/web-[^/]+\/root\.raw$/, 'the VM runs on the nfs:// URL, not a FUSE path');
@@ -211,7 +212,7 @@ t.test('a SureBackup run of a point the server exports over NFS loses none of th
   t.equal(put.code, 0, put.stderr);
 
   const labName = `sbn${process.pid % 10000}`;
-  const job: Job = { name: 'nfs-owned', lab: labFile(dir, labName, '172.18.124.0/24'), point: 'latest', concurrency: 1, applicationGroup: [],
+  const job: Job = { name: 'nfs-owned', lab: labFile(dir, labName, subnet('nfs/qemu:owned')), point: 'latest', concurrency: 1, applicationGroup: [],
     verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 } };
   const real = createTestRunner({ repo: () => backend.reader(), screenshotDir: path.join(dir, 'shots') });
   let wroteDuringRun = false;

@@ -19,6 +19,7 @@ import { listPublications, removePublication } from '../../src/publish/publish.j
 import { processAlive } from '../../src/host/process.js';
 import { fsckAfterCrash } from './fixtures/fsck.js';
 import { BOOT_TIMEOUT_MS, chunkFingerprint, cli, json, occurrences, webDefinition, webRepository, type PublishJson } from './fixtures/web.js';
+import { settle } from '../helpers/ready.js';
 
 // Short: QEMU's socket paths must stay under 108 bytes.
 const dir = mkdtempSync('/tmp/rlpg-');
@@ -87,7 +88,9 @@ t.test('kill -9 of the publisher while the guest writes: --resume keeps every sy
   await guestSh(dom, `echo ${marker} > /root/acked.txt && sync`);
   // Keep the guest writing (and syncing) while the publisher dies.
   await guestSh(dom, '(while true; do dd if=/dev/urandom of=/root/churn bs=64k count=32 conv=fsync; done) >/dev/null 2>&1 &');
-  await new Promise((r) => setTimeout(r, 3000));
+  // Killed mid-write: once the loop has written a whole 2 MiB file with fsync (a state, not a 3 s guess).
+  const churning = await settle(async () => Number((await guestSh(dom, 'stat -c %s /root/churn 2>/dev/null || echo 0')).trim()) >= 2 * 1024 * 1024, 120_000, 250);
+  t.ok(churning, 'the guest is writing');
   const running = listPublications(state).find((p) => p.id === pub.publication);
   t.ok(running?.running && running.pid, 'the publisher runs');
   process.kill(running!.pid!, 'SIGKILL');

@@ -28,6 +28,7 @@ import { cli as cliRun } from '../api/fixtures/cli.js';
 import { cleanState, writeLabTemplate } from '../api/fixtures/lab-api.js';
 import { BOOT_TIMEOUT_MS, residue, running, waitFor } from '../session/fixtures/recovery.js';
 import { fingerprint, publicationOfDeletedRepo, scribble } from './fixtures/state.js';
+import { subnet } from '../helpers/subnets.js';
 
 const home = mkdtempSync('/tmp/rlsr-'); // short: QEMU's socket paths must stay under 108 bytes
 const state = join(home, 'state');
@@ -65,7 +66,7 @@ await backupVm({ repo: live.repository, vm: live.vm, disks: { root: live.image }
 // 3. A session in a lab; its supervisor, then its QEMU, are killed with SIGKILL.
 const labsDir = join(home, 'labs');
 const sessionLab = `rs${tag}`;
-writeLabTemplate(labsDir, sessionLab, '172.18.97.0/24');
+writeLabTemplate(labsDir, sessionLab, subnet('reconcile/server-start:session'));
 const recovered = await cliRun(['recover', 'web', '--lab', join(labsDir, `${sessionLab}.json`), '--json'], env);
 if (recovered.code !== 0) throw new Error(`recover failed: ${recovered.stdout} ${recovered.stderr}`);
 const sessionId = String(recovered.json.session);
@@ -80,7 +81,7 @@ for (const pid of [session.supervisorPid, session.qemuPid] as number[]) {
 const runLab = `rr${tag}`;
 const run = spawn(process.execPath, ['--input-type=module', '-e', `
   const { labUp, parseLab } = await import(${JSON.stringify(projectPath('dist', 'src', 'lab', 'lab.js'))});
-  await labUp(parseLab({ name: ${JSON.stringify(runLab)}, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.98.0/24' }] }, 'run'),
+  await labUp(parseLab({ name: ${JSON.stringify(runLab)}, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: ${JSON.stringify(subnet('reconcile/server-start:run'))} }] }, 'run'),
     { stateDir: ${JSON.stringify(state)}, owner: { pid: process.pid, what: 'SureBackup run' } });
   process.stdout.write('up\\n');
   setInterval(() => undefined, 1000);

@@ -22,6 +22,7 @@ import { SessionStore } from '../../src/session/store.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { cli, lastJsonLine } from '../session/fixtures/recovery.js';
 import { PLANTED_PATH, TEST_RULES, plantedGuest } from '../helpers/planted-guest.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-scan-gate-'));
 const stateDir = join(dir, 'state');
@@ -51,7 +52,7 @@ const infected = guest.points[1]!.id;
 
 t.test('recover --scan refuses the infected point; nothing is started', async (t) => {
   const lab = `sg${tag}`;
-  const r = await cli(['recover', '--repo', guest.repoDir, `web@${infected}`, '--lab', labFile(lab, '172.18.160.0/24'), '--driver', 'qemu', '--scan', rules, '--json'], stateDir);
+  const r = await cli(['recover', '--repo', guest.repoDir, `web@${infected}`, '--lab', labFile(lab, subnet('scan:scan/gate:refused')), '--driver', 'qemu', '--scan', rules, '--json'], stateDir);
   t.equal(r.code, 3, r.stderr);
   const out = lastJsonLine<{ ok: boolean; error: { code: string; message: string } }>(r.stdout);
   t.equal(out.error.code, 'POINT_INFECTED');
@@ -63,7 +64,7 @@ t.test('recover --scan refuses the infected point; nothing is started', async (t
 t.test('--allow-infected boots it in a lab with no uplink at all', async (t) => {
   const lab = `sg${tag}`;
   const linksBefore = await hostLinks();
-  const r = await cli(['recover', '--repo', guest.repoDir, `web@${infected}`, '--lab', labFile(lab, '172.18.161.0/24'), '--driver', 'qemu',
+  const r = await cli(['recover', '--repo', guest.repoDir, `web@${infected}`, '--lab', labFile(lab, subnet('scan:scan/gate:quarantine')), '--driver', 'qemu',
     '--scan', rules, '--allow-infected', '--json'], stateDir);
   t.equal(r.code, 0, r.stderr);
   const out = lastJsonLine<RecoverResult>(r.stdout);
@@ -78,7 +79,7 @@ t.test('--allow-infected boots it in a lab with no uplink at all', async (t) => 
   t.same(st?.routes, []);
   t.same((await hostLinks()).filter((l) => !linksBefore.includes(l)), [], 'no new link on the host: no uplink veth');
   const routes = await exec('ip', ['route', 'show', 'table', 'all']);
-  t.notMatch(routes.stdout, /172\.18\.161\./, 'no host route to the masquerade subnet');
+  t.notMatch(routes.stdout, subnet('scan:scan/gate:quarantine').replace(/\.0\/24$/, '.'), 'no host route to the masquerade subnet');
   const inLab = JSON.parse((await exec('ip', ['-n', st!.netns, '-j', 'link', 'show'])).stdout) as { ifname: string }[];
   t.notOk(inLab.some((l) => l.ifname === 'uplink' || l.ifname.startsWith('veth')), `links in the lab: ${inLab.map((l) => l.ifname).join(', ')}`);
   t.ok(inLab.some((l) => l.ifname.startsWith('tap')), 'the VM\'s tap is there');
@@ -97,7 +98,7 @@ t.test('a SureBackup job with a scan gate: refused without allowInfected, verifi
   const job = (allow: boolean): string => {
     const p = join(dir, `job-${allow}.json`);
     writeFileSync(p, JSON.stringify({
-      name: `scan-gate-${allow}`, lab: labFile(lab, '172.18.162.0/24'), point: guest.points[1]!.time, concurrency: 1,
+      name: `scan-gate-${allow}`, lab: labFile(lab, subnet('scan:scan/gate:surebackup')), point: guest.points[1]!.time, concurrency: 1,
       verify: { vms: ['web'], tests: [{ kind: 'heartbeat' }, { kind: 'ping' }] },
       scan: { rules, allowInfected: allow },
     }));

@@ -21,6 +21,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { History } from '../../src/surebackup/history.js';
 import { exec } from '../../src/host/exec.js';
 import { guestRepository, labFile, leftovers, shortDir } from '../surebackup/fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = shortDir(t);
 const stateDir = join(dir, 'state');
@@ -29,7 +30,7 @@ mkdirSync(jobsDir);
 const labName = `ab${randomBytes(2).toString('hex')}`;
 const { repo } = await guestRepository(dir, ['web']);
 writeFileSync(join(jobsDir, 'web-after.json'), JSON.stringify({
-  name: 'web-after', lab: labFile(dir, labName, '172.18.141.0/24'), verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 }, concurrency: 1, afterBackup: true,
+  name: 'web-after', lab: labFile(dir, labName, subnet('scheduler/after-backup-vm')), verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 }, concurrency: 1, afterBackup: true,
 }));
 const env = { RESTORELAB_STATE_DIR: stateDir, RESTORELAB_REPO: repo, RESTORELAB_JOBS_DIR: jobsDir, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu' };
 const cli = (args: string[]) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 600_000, env: { ...process.env, ...env } });

@@ -27,6 +27,7 @@ import { createApiContext } from '../../src/api/server.js';
 import { createApp } from '../../src/api/app.js';
 import { AuthFailureLimiter } from '../../src/api/rate-limit.js';
 import type { Operation } from '../../src/api/operations.js';
+import { settle } from '../helpers/ready.js';
 
 const quiet = { info: (): void => undefined, warn: (): void => undefined };
 
@@ -185,7 +186,8 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
   const human = await cli(['backup', '--vm', w.def, '--disk', w.image], w.env);
   t.match(human.stdout, /after-backup: the server \(pid \d+\) skipped job web-check: its previous run is still going/);
   release();
-  await new Promise((res) => setTimeout(res, 100));
+  const heldRun = out.afterBackup.runs[0]!.run;
+  await settle(() => history.run(heldRun)?.status !== 'running', 10_000);
   const rows = history.lastRuns({ job: 'web-check' });
   t.same(rows.map((x) => [x.trigger, x.status]), [['after-backup', 'skipped-overlap'], ['after-backup', 'success']]);
 });

@@ -6,52 +6,104 @@ import { covers, loadJobsDir, startScheduler, Scheduler, type RunJobFn } from '.
 import { runJob } from '../../src/surebackup/runner.js';
 import { fakeLab } from '../surebackup/fixtures/fake-lab.js';
 import { JobGate } from '../../src/surebackup/gate.js';
+import { systemClock } from '../../src/scheduler/clock.js';
+import { ManualClock } from './fixtures/manual-clock.js';
+import { settle } from '../helpers/ready.js';
 
 function jobsDir(dir: string, jobs: Record<string, unknown>[]): string {
   for (const j of jobs) writeFileSync(join(dir, `${j.name as string}.json`), JSON.stringify({ lab: 'lab.json', verify: { vms: ['web'], role: 'web' }, ...j }));
   return dir;
 }
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-t.test('a schedule every second fires and records real runs', async (t) => {
+t.test('a schedule every second fires at each second of the clock and records real runs', async (t) => {
   const dir = t.testdir();
   const history = History.open(join(dir, 'c.db'));
   const f = fakeLab({ vms: ['web'] });
-  const run: RunJobFn = async (s, ctx) => runJob(s.job, f.backend, f.runTest, { signal: ctx.signal });
-  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'every-second', schedule: '* * * * * *' }, { name: 'nightly', schedule: '0 2 * * *' }]), history, run });
+  const started: Promise<unknown>[] = [];
+  const run: RunJobFn = async (s, ctx) => { const p = runJob(s.job, f.backend, f.runTest, { signal: ctx.signal }); started.push(p); return p; };
+  const clock = new ManualClock(new Date('2026-03-01T12:00:00.400Z'));
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'every-second', schedule: '* * * * * *' }, { name: 'nightly', schedule: '0 2 * * *' }]), history, run, clock });
   t.teardown(async () => { await sch.stop(); history.close(); });
-  await sleep(3300);
+  t.equal(clock.pending, 2, 'one timer per scheduled job');
+  clock.advance(500);
+  t.equal(started.length, 0, 'nothing before the first whole second');
+  // A run is over once the scheduler has recorded it and released the job, a few turns after it returns.
+  const settled = async (): Promise<void> => {
+    await Promise.all(started);
+    for (let i = 0; i < 1000 && sch.isRunning('every-second'); i++) await new Promise((r) => setImmediate(r));
+  };
+  for (let i = 1; i <= 3; i++) {
+    clock.advance(1000);
+    t.equal(started.length, i, `fired at second ${i}`);
+    await settled();
+  }
   const runs = history.lastRuns({ job: 'every-second' });
-  t.ok(runs.length >= 2, `${runs.length} runs fired`);
-  t.ok(runs.every((r) => r.trigger === 'schedule'));
-  t.ok(runs.filter((r) => r.status === 'success').length >= 2);
+  t.equal(runs.length, 3, 'one run per second passed');
+  t.ok(runs.every((r) => r.trigger === 'schedule' && r.status === 'success'), runs.map((r) => `${r.trigger}:${r.status}`).join(' '));
   t.same(history.lastRuns({ job: 'nightly' }), [], 'the nightly job did not fire');
   const list = sch.list(new Date('2026-03-01T12:00:00Z'));
   t.same(list.find((j) => j.name === 'nightly')!.next, ['2026-03-02T02:00:00.000Z', '2026-03-03T02:00:00.000Z', '2026-03-04T02:00:00.000Z']);
+  t.same(sch.list().find((j) => j.name === 'nightly')!.next[0], '2026-03-02T02:00:00.000Z', 'list counts from the clock by default');
+  await sch.stop();
+  t.equal(clock.pending, 0, 'stop disarms every timer');
+});
+
+t.test('on the system clock a schedule fires on its own', async (t) => {
+  const dir = t.testdir();
+  const history = History.open(join(dir, 'c.db'));
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'every-second', schedule: '* * * * * *' }]), history, run: async () => ({ result: 'success', vms: [], labKept: false }) });
+  t.teardown(async () => { await sch.stop(); history.close(); });
+  // Readiness, not a guess: wait until two runs are recorded (a second apart), with a generous deadline.
+  const passed = (): number => history.lastRuns({ job: 'every-second' }).filter((r) => r.status === 'success').length;
+  await settle(() => passed() >= 2, 15_000, 50);
+  const runs = history.lastRuns({ job: 'every-second' });
+  t.ok(passed() >= 2, `two scheduled runs within 15 s (${runs.length} recorded)`);
+  t.ok(runs.every((r) => r.trigger === 'schedule'));
+});
+
+t.test('systemClock: fires at its time, not before; cancel keeps it from firing', async (t) => {
+  const t0 = Date.now();
+  const fired: string[] = [];
+  const cancel = systemClock.at(new Date(t0 + 20), () => fired.push('cancelled'));
+  cancel();
+  await new Promise<void>((resolve) => systemClock.at(new Date(t0 + 60), () => { fired.push('due'); resolve(); }));
+  t.ok(Date.now() >= t0 + 60 - 1, 'not before its time');
+  t.same(fired, ['due'], 'the cancelled timer, due earlier, never fired');
+  await new Promise<void>((resolve) => systemClock.at(new Date(t0 - 1000), resolve));
+  t.pass('a time already passed fires at once');
 });
 
 t.test('overlapping triggers do not double-run; the extra ones are recorded as skipped-overlap', async (t) => {
   const dir = t.testdir();
   const history = History.open(join(dir, 'c.db'));
   let live = 0; let peak = 0; let runs = 0;
+  // The run lasts until the test ends it: the overlap is a state, not a race with a timer.
+  let finish = (): void => undefined;
   const slow: RunJobFn = async (_s, ctx) => {
     live++; runs++; peak = Math.max(peak, live);
-    try { await new Promise((r, j) => { const tm = setTimeout(r, 2500); ctx.signal.addEventListener('abort', () => { clearTimeout(tm); j(ctx.signal.reason); }); }); } finally { live--; }
+    try { await new Promise<void>((r, j) => { finish = r; ctx.signal.addEventListener('abort', () => j(ctx.signal.reason)); }); } finally { live--; }
     return { result: 'success', vms: [], labKept: false };
   };
-  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'slow', schedule: '* * * * * *', afterBackup: true }]), history, run: slow });
+  const clock = new ManualClock(new Date('2026-03-01T12:00:00.500Z'));
+  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'slow', schedule: '* * * * * *', afterBackup: true }]), history, run: slow, clock });
   t.teardown(() => history.close());
-  await sleep(1200);
+  clock.advance(1000);
+  t.equal(runs, 1, 'the schedule started a run');
   const manual = sch.trigger('slow', 'manual');
   t.equal(manual.status, 'skipped-overlap');
   const hooked = sch.notifyBackup([{ name: 'web' }]);
   t.same(hooked.map((o) => [o.job, o.status]), [['slow', 'skipped-overlap']], 'a backup during the run is recorded, not queued');
-  await sleep(2800);
+  clock.advance(2000);
+  finish();
+  await settle(() => !sch.isRunning('slow'), 10_000, 10);
+  clock.advance(1000);
+  t.equal(runs, 2, 'the next fire time after the run ended starts a new run');
+  finish();
   await sch.stop();
   t.equal(peak, 1, 'never two runs of one job at once');
   const all = history.lastRuns({ job: 'slow', limit: 100 });
   const skipped = all.filter((r) => r.status === 'skipped-overlap');
-  t.ok(skipped.length >= 3, `${skipped.length} skipped triggers recorded`);
+  t.equal(skipped.length, 4, `the manual, the after-backup and two scheduled triggers during the run were skipped: ${skipped.map((r) => r.trigger).join(' ')}`);
   t.ok(skipped.some((r) => r.trigger === 'after-backup') && skipped.some((r) => r.trigger === 'manual') && skipped.some((r) => r.trigger === 'schedule'));
   t.equal(all.filter((r) => r.status !== 'skipped-overlap').length, runs, 'each real run has one row');
   t.ok(all.some((r) => r.status === 'success'));
@@ -65,15 +117,15 @@ t.test('missed runs while the server was down are reported once', async (t) => {
   const id = history.startRun('nightly', 'schedule', new Date('2026-01-07T02:00:00Z'));
   history.finishRun(id, { result: 'success', vms: [], labKept: false });
   const warnings: string[] = [];
-  const now = (): Date => new Date('2026-01-10T12:00:00Z');
-  const s1 = new Scheduler({ jobs, history, run: async () => undefined, now, log: { info: () => undefined, warn: (l) => warnings.push(l) } });
+  const clock = new ManualClock(new Date('2026-01-10T12:00:00Z'));
+  const s1 = new Scheduler({ jobs, history, run: async () => undefined, clock, log: { info: () => undefined, warn: (l) => warnings.push(l) } });
   const missed = s1.reportMissed();
   t.same(missed.map((m) => [m.job, m.count, m.first.toISOString()]), [['nightly', 3, '2026-01-08T02:00:00.000Z']], 'a job that never ran reports nothing');
   const row = history.lastRuns({ job: 'nightly' })[0]!;
   t.equal(row.status, 'missed'); t.equal(row.dueAt, '2026-01-08T02:00:00.000Z');
   t.match(row.detail!, /3 scheduled run\(s\) missed .* 2026-01-08T02:00:00.000Z … 2026-01-10T02:00:00.000Z/);
   t.match(warnings[0]!, /job nightly: 3 scheduled run/);
-  t.same(new Scheduler({ jobs, history, run: async () => undefined, now }).reportMissed(), [], 'not reported twice');
+  t.same(new Scheduler({ jobs, history, run: async () => undefined, clock }).reportMissed(), [], 'not reported twice');
   t.same(history.passRate({ job: 'nightly' }), { runs: 1, passed: 1, rate: 1 }, 'a missed run is not counted as a run');
 });
 

@@ -19,6 +19,7 @@ import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
 import { chunkFingerprint, cli, lastJsonLine, running, waitFor, webRepository } from './fixtures/recovery.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-migrate-'));
 const stateDir = join(dir, 'state');
@@ -36,7 +37,6 @@ t.teardown(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function guestLines(agent: QgaClient): Promise<number[]> {
   const r = await agent.exec('/bin/cat', [LOG], { timeoutMs: 30_000 });
@@ -47,7 +47,7 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   let { repo } = await webRepository(dir);
   const before = chunkFingerprint(repo);
   const labPath = join(dir, 'lab.json');
-  writeFileSync(labPath, JSON.stringify({ name: `mg${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.104.0/24' }] }));
+  writeFileSync(labPath, JSON.stringify({ name: `mg${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/migrate') }] }));
   const s = await recover({ repo, vm: 'web', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir });
   const dom = await new QemuDriver({ stateDir }).attach(s.domain);
   const agent = await QgaClient.connect(dom?.agentSocket as string);
@@ -56,7 +56,7 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
     path: '/bin/sh',
     arg: ['-c', `i=0; while true; do i=$((i+1)); echo $i >> ${LOG}; sync; sleep 0.05; done`],
   });
-  await sleep(2000);
+  await waitFor('the guest writer to write its first lines', async () => (await guestLines(agent)).length > 0, 60_000);
   t.ok((await guestLines(agent)).length > 0, 'the guest writer is running');
 
   mkdirSync(small);
@@ -81,7 +81,8 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   const moved = `${repo}.moved`;
   renameSync(repo, moved);
   const atPivot = (await guestLines(agent)).length;
-  await sleep(3000);
+  // Several more synced writes, however long the loaded host takes for them.
+  await waitFor('the guest to write on after the pivot', async () => (await guestLines(agent)).length >= atPivot + 10, 60_000);
   const lines = await guestLines(agent);
   t.ok(lines.length > atPivot, `writes go on after the pivot without the repository (${atPivot} -> ${lines.length} lines)`);
   renameSync(moved, repo);

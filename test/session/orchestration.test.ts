@@ -26,6 +26,7 @@ import { planRecovery, type RecoverRequest } from '../../src/session/plan.js';
 import { bringUp, teardown } from '../../src/session/runner.js';
 import { SessionStore } from '../../src/session/store.js';
 import type { RecoverySession } from '../../src/session/session.js';
+import { address, subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-sess-unit-'));
 const stateDir = join(dir, 'state');
@@ -127,7 +128,7 @@ t.test('bring-up into a lab: heartbeat, masquerade address; teardown removes eve
   const calls: Calls = { closed: [], started: [], destroyed: [] };
   const deps = fakeDeps(calls, { agent: true });
   const store = new SessionStore(stateDir);
-  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(`u1${tag}`, '172.18.91.0/24') };
+  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(`u1${tag}`, subnet('session/orchestration:u1')) };
   const plan = await planRecovery(req, deps);
   t.equal(plan.point.id, 'p-1', 'the latest point of the VM');
   t.equal(plan.labIsUp, false);
@@ -136,7 +137,7 @@ t.test('bring-up into a lab: heartbeat, masquerade address; teardown removes eve
   const live = await bringUp(s, plan, deps, store, hv, { heartbeatTimeoutMs: 20_000 });
   t.equal(live.session.state, 'running');
   t.ok((live.session.heartbeatSeconds ?? -1) >= 0, `heartbeat after ${live.session.heartbeatSeconds} s`);
-  t.same(live.session.addresses, { nic0: '172.18.91.10' }, 'the masquerade address of the production IP');
+  t.same(live.session.addresses, { nic0: address('session/orchestration:u1') }, 'the masquerade address of the production IP');
   const spec = calls.started[0] as DomainSpec;
   t.same(spec.disks, [{ name: 'root', path: join(dir, 'p-1-root.raw'), format: 'raw' }], 'disk on the published raw file');
   const nic = spec.nics[0];
@@ -162,7 +163,7 @@ t.test('a start that never gets a heartbeat tears everything down', async (t) =>
   const calls: Calls = { closed: [], started: [], destroyed: [] };
   const deps = fakeDeps(calls, { agent: false });
   const store = new SessionStore(stateDir);
-  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(`u2${tag}`, '172.18.92.0/24') };
+  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(`u2${tag}`, subnet('session/orchestration:u2')) };
   const plan = await planRecovery(req, deps);
   const s = newSession(store, req, `u2${tag}`);
   const hv = deps.hypervisor('qemu', { stateDir });
@@ -177,8 +178,8 @@ t.test('a lab that is already up is used and left up', async (t) => {
   const calls: Calls = { closed: [], started: [], destroyed: [] };
   const deps = fakeDeps(calls, { agent: true });
   const store = new SessionStore(stateDir);
-  const file = labFile(`u3${tag}`, '172.18.93.0/24');
-  const lab = await labUp(parseLab({ name: `u3${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.93.0/24' }] }, 'lab'), { stateDir });
+  const file = labFile(`u3${tag}`, subnet('session/orchestration:u3'));
+  const lab = await labUp(parseLab({ name: `u3${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/orchestration:u3') }] }, 'lab'), { stateDir });
   const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: file };
   const plan = await planRecovery(req, deps);
   t.equal(plan.labIsUp, true);
@@ -199,7 +200,7 @@ t.test('a lab recovery brought up is taken down by the last session in it', asyn
   const deps = fakeDeps(calls, { agent: true });
   const store = new SessionStore(stateDir);
   const name = `u6${tag}`;
-  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(name, '172.18.96.0/24') };
+  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(name, subnet('session/orchestration:u6')) };
   const hv = deps.hypervisor('qemu', { stateDir });
   const a = newSession(store, req, name);
   const liveA = await bringUp(a, await planRecovery(req, deps), deps, store, hv, { heartbeatTimeoutMs: 20_000 });
@@ -248,7 +249,7 @@ t.test('bad inputs are rejected before anything is made', async (t) => {
   await t.rejects(planRecovery({ ...base, lab: labFile(`u4${tag}`, '127.0.0.0/24') }, deps),
     { code: 'LAB_MASQUERADE_OVERLAP', message: /overlaps the host route 127\.0\.0\.0\/8/ }, 'masquerade subnet overlapping a host route');
   const other = join(dir, 'other-net.json');
-  writeFileSync(other, JSON.stringify({ name: `u5${tag}`, networks: [{ name: 'dmz', subnet: '10.9.0.0/24', gateway: '10.9.0.1', masquerade: '172.18.94.0/24' }] }));
+  writeFileSync(other, JSON.stringify({ name: `u5${tag}`, networks: [{ name: 'dmz', subnet: '10.9.0.0/24', gateway: '10.9.0.1', masquerade: subnet('session/orchestration:u5') }] }));
   await t.rejects(planRecovery({ ...base, lab: other }, deps), { code: 'LAB_NO_SUCH_NETWORK' }, "a lab that lacks the VM's network");
   await t.rejects(planRecovery({ ...base, network: `nobr${tag}` }, deps), { code: 'BRIDGE_NOT_FOUND', message: new RegExp(`nobr${tag}`) }, 'a bridge that does not exist');
   await t.rejects(planRecovery({ ...base, network: 'x', lab: other }, deps), { code: 'LAB_AND_NETWORK' });

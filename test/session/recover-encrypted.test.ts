@@ -16,6 +16,7 @@ import { stopSession } from '../../src/session/recover.js';
 import { labDown, listLabs } from '../../src/lab/lab.js';
 import { guestImage } from '../helpers/guests.js';
 import { labFile, leftovers, shortDir } from '../surebackup/fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = shortDir(t);
 const stateDir = join(dir, 'state');
@@ -45,7 +46,7 @@ function lastJson<T>(r: ExecResult): T {
 }
 
 t.test('recover with the key from RESTORELAB_KEY_FILE: running, supervisor holds only the record, stop', async (t) => {
-  const lab = labFile(dir, `re${tag}`, '172.18.131.0/24');
+  const lab = labFile(dir, `re${tag}`, subnet('session/recover-encrypted:recover'));
   const r = await cli(['recover', '--repo', repoDir, 'web', '--lab', lab, '--json']);
   t.equal(r.code, 0, `recover exits 0: ${r.stdout.slice(-400)} ${r.stderr.slice(-800)}`);
   const out = lastJson<{ session: string; state: string; vm: string }>(r);
@@ -64,7 +65,7 @@ t.test('recover with the key from RESTORELAB_KEY_FILE: running, supervisor holds
 });
 
 t.test('surebackup run with the key from RESTORELAB_KEY_FILE passes, and fails clearly without it', async (t) => {
-  const lab = labFile(dir, `sbe${tag}`, '172.18.132.0/24');
+  const lab = labFile(dir, `sbe${tag}`, subnet('session/recover-encrypted:surebackup'));
   const job = join(dir, 'job.json');
   writeFileSync(job, JSON.stringify({ name: `enc${tag}`, lab, verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 } }));
   const r = await cli(['surebackup', 'run', job, '--repo', repoDir, '--json']);

@@ -19,6 +19,7 @@ import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { guestRepository } from '../helpers/repository.js';
 import { residue, running, waitFor } from './fixtures/recovery.js';
+import { subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-ev-'));
 const stateDir = join(dir, 'state');
@@ -35,7 +36,7 @@ t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log a
   const { repo } = await guestRepository(dir, 'no-boot');
   const lab = `re${tag}`;
   const labPath = join(dir, `${lab}.json`);
-  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.106.0/24' }] }));
+  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-evidence:panic') }] }));
   // The lab as it stood while the VM ran (its namespace, host veth and taps), to look for each after teardown.
   let seen: LabState | undefined;
   const watch = setInterval(() => { const st = readLabState(stateDir, lab); if (st?.ready && st.taps.length > 0) seen = st; }, 200);
@@ -79,7 +80,7 @@ t.test('recover of the damaged guest fails for the reason its verification gives
   const { repo } = await guestRepository(ddir, 'damaged');
   const lab = `rd${tag}`;
   const labPath = join(dir, `${lab}.json`);
-  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.109.0/24' }] }));
+  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-evidence:second') }] }));
   const err = await recover({ repo, vm: 'damaged', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 60_000 }).catch((e: unknown) => e);
   t.ok(err instanceof RestorelabError, `recover fails: ${(err as Error).message}`);
   const e = err as RestorelabError;

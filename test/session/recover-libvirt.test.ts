@@ -19,6 +19,7 @@ import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, webRepository } from './fixtures/recovery.js';
+import { address, subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-libvirt-'));
 const stateDir = join(dir, 'state');
@@ -38,14 +39,14 @@ t.test('libvirt: recover into a lab, virsh sees it, HTTP, block copy to qcow2, s
   const before = chunkFingerprint(repo);
   const lab = `rl${tag}`;
   const labPath = join(dir, 'lab.json');
-  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.103.0/24' }] }));
+  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-libvirt') }] }));
 
   const r = await cli(['recover', '--repo', repo, 'web', '--lab', labPath, '--driver', 'libvirt', '--json'], stateDir);
   t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
   const out = lastJsonLine<RecoverResult>(r.stdout);
   t.equal(out.state, 'running');
   t.ok(out.heartbeatSeconds > 0, `command to heartbeat: ${out.heartbeatSeconds} s`);
-  t.same(out.addresses, { nic0: '172.18.103.10' });
+  t.same(out.addresses, { nic0: address('session/recover-libvirt') });
   const s = store.get(out.session);
   const virsh = await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', `rl-${s.domain}`]);
   t.match(virsh.stdout, /running/, 'virsh shows the recovered VM');

@@ -19,6 +19,7 @@ import { SessionStore } from '../../src/session/store.js';
 import { listPublications } from '../../src/publish/publish.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, running, waitFor, webRepository } from './fixtures/recovery.js';
+import { address, subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-qemu-'));
 const stateDir = join(dir, 'state');
@@ -43,14 +44,14 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
   const { repo } = await fixture;
   const before = chunkFingerprint(repo);
   const lab = `rq${tag}`;
-  const r = await cli(['recover', '--repo', repo, 'web', '--lab', labFile(lab, '172.18.101.0/24'), '--driver', 'qemu', '--json'], stateDir);
+  const r = await cli(['recover', '--repo', repo, 'web', '--lab', labFile(lab, subnet('session/recover-qemu:cli')), '--driver', 'qemu', '--json'], stateDir);
   t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
   const out = lastJsonLine<RecoverResult>(r.stdout);
   t.same(Object.keys(out).sort(), ['addresses', 'heartbeatSeconds', 'session', 'state', 'vm'], 'the documented line');
   t.equal(out.state, 'running');
   t.equal(out.vm, 'web');
   t.ok(out.heartbeatSeconds > 0 && out.heartbeatSeconds < BOOT_TIMEOUT_MS / 1000, `command to heartbeat: ${out.heartbeatSeconds} s`);
-  t.same(out.addresses, { nic0: '172.18.101.10' }, 'the masquerade address of 192.168.77.10');
+  t.same(out.addresses, { nic0: address('session/recover-qemu:cli') }, 'the masquerade address of 192.168.77.10');
 
   const page = await httpGet(`http://${out.addresses.nic0}/`);
   t.equal(page.status, 200, 'the VM kept running after recover returned, and answers HTTP through the lab');
@@ -81,7 +82,7 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
 t.test('QEMU killed under a running session: failed, lab and publication cleaned', async (t) => {
   const { repo, point } = await fixture;
   const lab = `rk${tag}`;
-  const s = await recover({ repo, vm: 'web', point: point.id, lab: labFile(lab, '172.18.102.0/24'), driver: 'qemu', accel: 'tcg', stateDir });
+  const s = await recover({ repo, vm: 'web', point: point.id, lab: labFile(lab, subnet('session/recover-qemu:lib')), driver: 'qemu', accel: 'tcg', stateDir });
   t.equal(s.state, 'running');
   t.equal(s.point, point.id, 'the point asked for');
   const netns = readLabState(stateDir, lab)?.netns;
@@ -100,7 +101,7 @@ t.test('QEMU killed under a running session: failed, lab and publication cleaned
 t.test('supervisor killed under a running session: failed, and stop removes what it left', async (t) => {
   const { repo } = await fixture;
   const lab = `rs${tag}`;
-  const s = await recover({ repo, vm: 'web', lab: labFile(lab, '172.18.105.0/24'), driver: 'qemu', accel: 'tcg', stateDir });
+  const s = await recover({ repo, vm: 'web', lab: labFile(lab, subnet('session/recover-qemu:stop')), driver: 'qemu', accel: 'tcg', stateDir });
   const netns = readLabState(stateDir, lab)?.netns;
   const pub = s.resources.publication?.id;
   t.ok(pub && listPublications(stateDir).some((p) => p.id === pub), 'published');

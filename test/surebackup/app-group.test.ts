@@ -7,6 +7,7 @@ import { History } from '../../src/surebackup/history.js';
 import { loadConfig } from '../../src/config/config.js';
 import { readLabState } from '../../src/lab/lab.js';
 import { cli, guestRepository, labFile, leftovers, shortDir } from './fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 interface RunOut {
   run: string; result: string; report: string;
@@ -21,7 +22,7 @@ t.test('application group dns → db, then web: all pass, in order, everything t
   const timeouts = { maxBootSeconds: 150, appInitSeconds: 60 };
   const jobFile = join(dir, 'app-group.json');
   writeFileSync(jobFile, JSON.stringify({
-    name: 'app-group', lab: labFile(dir, labName, '172.18.121.0/24'), concurrency: 1,
+    name: 'app-group', lab: labFile(dir, labName, subnet('surebackup/app-group')), concurrency: 1,
     applicationGroup: [
       { name: 'dns', role: 'dns', ...timeouts, tests: [{ kind: 'heartbeat' }, { kind: 'ping' }, { kind: 'dns', name: 'web.lab.test', expect: '192.168.77.10' }, { kind: 'screenshot' }] },
       { name: 'db', role: 'postgresql', ...timeouts, tests: [{ kind: 'heartbeat' }, { kind: 'tcp', port: 5432, banner: '^RESTORELAB-DB READY' }] },

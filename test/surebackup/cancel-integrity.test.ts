@@ -12,6 +12,7 @@ import { executeRun } from '../../src/surebackup/execute.js';
 import type { Job, TestRunner } from '../../src/surebackup/runner.js';
 import { readLabState } from '../../src/lab/lab.js';
 import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 t.test('a flipped chunk byte fails the integrity test and names the chunk', async (t) => {
   const dir = shortDir(t);
@@ -51,7 +52,7 @@ t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', 
   const origUp = backend.labUp.bind(backend);
   backend.labUp = async (l, s) => { const r = await origUp(l, s); netns = r.netns; return r; };
   const labName = `sbc${process.pid % 10000}`;
-  const job: Job = { name: 'cancelled', lab: labFile(dir, labName, '172.18.123.0/24'), point: 'latest', concurrency: 1, applicationGroup: [],
+  const job: Job = { name: 'cancelled', lab: labFile(dir, labName, subnet('surebackup/cancel-integrity')), point: 'latest', concurrency: 1, applicationGroup: [],
     verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 }, keepLabOnFailure: true };
   const ac = new AbortController();
   const real = createTestRunner({ repo: () => backend.reader(), screenshotDir: join(dir, 'shots') });

@@ -5,12 +5,13 @@ import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
 import { projectPath } from '../../src/paths.js';
 import { shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 t.test('bad input to surebackup run: schema, cron, script, point, role', async (t) => {
   const dir = shortDir(t);
   const stateDir = join(dir, 'state');
   const { repo } = await guestRepository(dir, ['web']);
-  const lab = labFile(dir, `sbx${process.pid % 10000}`, '172.18.124.0/24');
+  const lab = labFile(dir, `sbx${process.pid % 10000}`, subnet('surebackup/cli'));
   const cases: [string, Record<string, unknown>, string, number][] = [
     ['schema', { name: 'x', lab, verify: { vms: [] } }, 'SCHEMA_INVALID', 2],
     ['cron', { name: 'x', lab, verify: { vms: ['web'] }, schedule: '0 25 * * *' }, 'BAD_SCHEDULE', 2],

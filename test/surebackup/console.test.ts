@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { decode } from 'fast-png';
 import { isBlank } from '../../src/verify/screenshot.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 interface Rep { result: string; report: string; vms: { name: string; result: string; screenshot: string | null; tests: { name: string; kind: string; result: string; detail: string }[] }[] }
 
@@ -18,7 +19,7 @@ t.test('a crash loop on serial and a panic shown only on the VGA console are eac
   const labName = `sbc${process.pid % 10000}`;
   const jobFile = join(dir, 'console.json');
   writeFileSync(jobFile, JSON.stringify({
-    name: 'console', lab: labFile(dir, labName, '172.18.123.0/24'), concurrency: 2,
+    name: 'console', lab: labFile(dir, labName, subnet('surebackup/console')), concurrency: 2,
     verify: { vms: ['crash-loop', 'vga-panic'], role: 'web', maxBootSeconds: 150, appInitSeconds: 15, overrides: { 'vga-panic': { maxBootSeconds: 40 } } },
   }));
   const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--json'], stateDir);

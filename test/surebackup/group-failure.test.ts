@@ -19,6 +19,7 @@ import { executeRun } from '../../src/surebackup/execute.js';
 import type { Job, RecoveredVm } from '../../src/surebackup/runner.js';
 import { readLabState } from '../../src/lab/lab.js';
 import { guestRepository, labFile, leftovers, shortDir } from './fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
 
 /** A boot timeout the no-boot guest cannot beat, and short so the group fails soon. */
 const NO_BOOT_SECONDS = 20;
@@ -48,7 +49,7 @@ t.test('a failing group member: dependency-failed after it, waitForPrevious: fal
   });
   const labName = `realg${process.pid % 10000}`;
   const job: Job = {
-    name: 'group-failure', lab: labFile(dir, labName, '172.18.180.0/24'), point: 'latest', concurrency: 1, keepLabOnFailure: true,
+    name: 'group-failure', lab: labFile(dir, labName, subnet('real:surebackup/group-failure')), point: 'latest', concurrency: 1, keepLabOnFailure: true,
     applicationGroup: [
       { name: 'no-boot', role: 'web', tests: [{ kind: 'heartbeat' }], maxBootSeconds: NO_BOOT_SECONDS },
       { name: 'web', role: 'web', tests: [{ kind: 'heartbeat' }], maxBootSeconds: 150, waitForPrevious: false },

@@ -76,8 +76,10 @@ t.test('global limiter caps across two jobs', async (t) => {
 t.test('cancel mid-run tears everything down', async (t) => {
   const f = fake({ delayMs: 50 });
   const ac = new AbortController();
-  setTimeout(() => ac.abort(new Error('cancelled')), 80);
-  await t.rejects(runJob(job({ keepLabOnFailure: true }), f.backend, f.runTest, { signal: ac.signal }));
+  // Cancelled at a known point mid-run: the group is up and web is booted, its first test starting.
+  const cancelling: TestRunner = async (spec, vm, signal) => { if (vm.name === 'web') ac.abort(new Error('cancelled')); return f.runTest(spec, vm, signal); };
+  await t.rejects(runJob(job({ keepLabOnFailure: true }), f.backend, cancelling, { signal: ac.signal }));
+  t.same(f.log.filter((l) => l.startsWith('recover')), ['recover dns', 'recover db', 'recover web'], 'cancelled with three VMs up');
   t.equal(f.live.size, 0, 'no VM left');
   t.equal(f.isLabUp(), false, 'lab down');
 });

@@ -8,6 +8,7 @@ import t from 'tap';
 import { passedVm, runJob, runVerdict, selectPoint, vmVerdict, type Job, type LabBackend, type RecoveredVm, type TestResult, type TestRunner, type VmResult } from '../../src/surebackup/runner.js';
 import { resolveRole, roles } from '../../src/surebackup/roles.js';
 import { Limiter } from '../../src/surebackup/limiter.js';
+import { address } from '../helpers/subnets.js';
 
 t.test('a VM\'s result: failed beats warning beats success; passed and skipped change nothing', async (t) => {
   const all: VmResult['result'][] = ['success', 'warning', 'failed', 'dependency-failed'];
@@ -77,7 +78,7 @@ function lab(o: { vms?: string[]; evidence?: boolean; recoverFails?: string[] } 
       log.push(`recover ${vm}${opts.evidenceDir ? ` ${opts.evidenceDir}` : ''}`);
       if (o.recoverFails?.includes(vm)) throw new Error(`cannot boot ${vm}`);
       live.add(vm);
-      const h: RecoveredVm = { ip: '10.0.0.2', masqIp: '172.18.170.2', netns: 'ns', screendump: async () => '/dev/null',
+      const h: RecoveredVm = { ip: '10.0.0.2', masqIp: address('mutation:fake-vm', 2), netns: 'ns', screendump: async () => '/dev/null',
         stop: async (how) => {
           stops[vm] = how; live.delete(vm); log.push(`stop ${vm}`);
           return o.evidence ? { console: `/ev/${vm}.console.log`, ...(how?.screenshot ? { screenshot: `/ev/${vm}.png` } : {}) } : undefined;

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { waitForAgent } from '../../src/hypervisor/qga.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from './fixtures/guest-lab.js';
 import { GUESTS, GuestNetwork, waitFor } from '../helpers/guests.js';
+import { subnet } from '../helpers/subnets.js';
 
 
 t.test('the damaged guest really is half alive: HTTP and ICMP answer, the agent never does', async (t) => {
@@ -41,7 +42,7 @@ t.test('surebackup run over web, damaged and no-agent on an encrypted repository
   const labName = `sbv${process.pid % 10000}`;
   const jobFile = join(dir, 'verdicts.json');
   writeFileSync(jobFile, JSON.stringify({
-    name: 'verdicts', lab: labFile(dir, labName, '172.18.127.0/24'), concurrency: 3,
+    name: 'verdicts', lab: labFile(dir, labName, subnet('surebackup/verdicts')), concurrency: 3,
     verify: { vms: ['web', 'damaged', 'no-agent'], role: 'web', maxBootSeconds: 150, appInitSeconds: 30, overrides: { damaged: { maxBootSeconds: 60 } } },
   }));
   const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--json'], stateDir, 600_000, { RESTORELAB_KEY_FILE: keyFile });

@@ -4,6 +4,7 @@
 // it against real guests.
 import t from 'tap';
 import { ConsoleWatch, CRASH_LOOP_MIN, describeFindings, normaliseLine, scanConsole } from '../../src/verify/console.js';
+import { address } from '../helpers/subnets.js';
 
 t.test('each pattern is found, with its line', async (t) => {
   const cases: [string, string][] = [
@@ -91,7 +92,7 @@ t.test('the test runner watches a VM from its first test; what comes after the s
   let screen = ['web login:'];
   let serial = 'svc: fatal: no config\nsvc: fatal: no config\n';
   const handle = {
-    ip: '192.168.77.10', masqIp: '172.18.77.10', netns: 'none',
+    ip: '192.168.77.10', masqIp: address('prod-lab'), netns: 'none',
     screendump: async () => {
       const p = join(dir, `s${Date.now()}.ppm`);
       const px = Buffer.alloc(16 * 8 * 3); for (let i = 0; i < px.length; i += 7) px[i] = 200;

@@ -14,6 +14,7 @@ import { createTestRunner } from '../../src/verify/tests.js';
 import { resolveRole, type TestSpec } from '../../src/surebackup/roles.js';
 import type { RecoveredVm } from '../../src/surebackup/runner.js';
 import { FileRepo } from './fixtures/file-repo.js';
+import { address } from '../helpers/subnets.js';
 
 const id = process.pid % 10000;
 const vmNs = `rlvV${id}`, labNs = `rlvL${id}`;
@@ -74,7 +75,7 @@ t.test('an address that answers, then stops, fails the heartbeat (watched throug
   ip('link', 'add', `vW${id}`, 'netns', stopNs, 'type', 'veth', 'peer', 'name', `vX${id}`, 'netns', labNs);
   ip('-n', stopNs, 'addr', 'add', '10.233.1.2/24', 'dev', `vW${id}`); ip('-n', labNs, 'addr', 'add', '10.233.1.1/24', 'dev', `vX${id}`);
   ip('-n', stopNs, 'link', 'set', `vW${id}`, 'up'); ip('-n', labNs, 'link', 'set', `vX${id}`, 'up');
-  const handle: RecoveredVm = { ip: '10.233.1.2', masqIp: '172.18.77.11', netns: labNs, screendump: async () => '/dev/null', stop: async () => undefined };
+  const handle: RecoveredVm = { ip: '10.233.1.2', masqIp: address('prod-lab', 11), netns: labNs, screendump: async () => '/dev/null', stop: async () => undefined };
   const run = createTestRunner({ repo: async () => new FileRepo(join(dir, 'repo')), screenshotDir: join(dir, 'shots'),
     heartbeatWatch: { loss: { pings: 3, seconds: 2 }, intervalMs: 500 } });
   const role = { ...resolveRole('no-agent', 'web', {}), maxBootSeconds: 20 };
@@ -109,11 +110,11 @@ t.test('an address that answers, then stops, fails the heartbeat (watched throug
 
 t.test('script: environment, namespace, exit code, stdout, timeout, missing script', async (t) => {
   const dir = t.testdir();
-  const vm = { netns: labNs, name: 'web', ip: VM_IP, masqIp: '172.18.77.10' };
+  const vm = { netns: labNs, name: 'web', ip: VM_IP, masqIp: address('prod-lab') };
   const ok = script(dir, 'ok.sh', 'echo "name=$VM_NAME ip=$VM_IP masq=$VM_MASQ_IP"; ip -o addr show | grep -q 10.233.0.1 && echo inside-lab; ping -c1 -W1 "$VM_IP" >/dev/null && echo reached');
   const r = await scriptTest({ path: ok }, vm) as Awaited<ReturnType<typeof scriptTest>> & { stdout: string };
   t.equal(r.result, 'passed', r.detail);
-  t.match(r.stdout, 'name=web ip=10.233.0.2 masq=172.18.77.10');
+  t.match(r.stdout, `name=web ip=10.233.0.2 masq=${address('prod-lab')}`);
   t.match(r.stdout, 'inside-lab'); t.match(r.stdout, 'reached');
   const bad = await scriptTest({ path: script(dir, 'bad.sh', 'echo half-way; echo oops >&2; exit 3') }, vm);
   t.equal(bad.result, 'failed'); t.match(bad.detail, /exit 3; stdout: half-way; stderr: oops/);
@@ -142,7 +143,7 @@ t.test('the TestRunner dispatches every kind', async (t) => {
     const p = join(dir, `dump-${Date.now()}.ppm`); writeFileSync(p, Buffer.concat([Buffer.from(`P6\n${w} ${h}\n255\n`), body])); return p;
   };
   let agentCalls = 0;
-  const handle: RecoveredVm = { ip: VM_IP, masqIp: '172.18.77.10', netns: labNs, agentPing: async () => { agentCalls++; return true; },
+  const handle: RecoveredVm = { ip: VM_IP, masqIp: address('prod-lab'), netns: labNs, agentPing: async () => { agentCalls++; return true; },
     screendump: async () => ppm(), stop: async () => undefined };
   const run = createTestRunner({ repo: async () => repo, screenshotDir: join(dir, 'shots'), appRetryMs: 300, heartbeatWatch: { intervalMs: 300 } });
   const specs: [TestSpec, string][] = [

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { probeInNetns } from '../../src/verify/probe.js';
 import { dnsTest, httpTest, pingTest, tcpTest } from '../../src/verify/network.js';
 import { which } from '../../src/host/exec.js';
+import { waitFor } from '../helpers/guests.js';
 
 const id = process.pid % 10000;
 const srv = `rlsbS${id}`, cli = `rlsbC${id}`;
@@ -34,7 +35,15 @@ t.test('tcp, http and dns probes from inside a namespace', async (t) => {
   run('busybox', 'httpd', '-f', '-p', '10.231.0.2:80', '-h', www);
   run('socat', 'TCP-LISTEN:5432,bind=10.231.0.2,fork,reuseaddr', 'SYSTEM:echo PGBANNER-1');
   run('dnsmasq', '-k', '--no-resolv', '--no-hosts', '--listen-address=10.231.0.2', '--bind-interfaces', '--address=/web.lab.test/192.168.77.10', '--pid-file=');
-  await new Promise((r) => setTimeout(r, 700));
+  // The servers start in the background: poll each from the client namespace until it answers.
+  await waitFor('httpd, socat and dnsmasq to answer in their namespace', 15_000, async () => {
+    const [h, p, d] = await Promise.all([
+      probeInNetns(cli, { kind: 'http', host: '10.231.0.2', port: 80, path: '/', timeoutMs: 1000 }),
+      probeInNetns(cli, { kind: 'tcp', host: '10.231.0.2', port: 5432, timeoutMs: 1000 }),
+      probeInNetns(cli, { kind: 'dns', host: '10.231.0.2', name: 'web.lab.test', timeoutMs: 1000 }),
+    ]);
+    return h.status === 200 && p.ok && d.ok ? true : undefined;
+  }, 50);
 
   const http = await probeInNetns(cli, { kind: 'http', host: '10.231.0.2', port: 80, path: '/', timeoutMs: 3000 });
   t.equal(http.status, 200); t.match(http.body ?? '', /restorelab web OK/);

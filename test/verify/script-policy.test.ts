@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { scriptTest, type ScriptPolicy } from '../../src/verify/script.js';
 import { lookupUser } from '../../src/host/users.js';
+import { address } from '../helpers/subnets.js';
 
 for (const tool of ['ip', 'setpriv', 'getent']) {
   if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) throw new Error(`missing ${tool}: install iproute2 / util-linux / libc-bin`);
@@ -40,7 +41,7 @@ symlinkSync('/usr/bin/touch', join(dir, 'touch'));
 
 const nobody = lookupUser('nobody', 'test');
 const policy: ScriptPolicy = { dir, user: 'nobody', maxSeconds: 2 };
-const vm = { netns: ns, name: 'web', ip: '192.168.77.10', masqIp: '172.18.77.10' };
+const vm = { netns: ns, name: 'web', ip: '192.168.77.10', masqIp: address('prod-lab') };
 process.env.RL_TEST_SECRET = 'from-the-server-environment';
 t.teardown(() => { delete process.env.RL_TEST_SECRET; });
 const nsId = execFileSync('ip', ['netns', 'exec', ns, 'readlink', '/proc/self/ns/net'], { encoding: 'utf8' }).trim();

@@ -8,6 +8,7 @@ import t from 'tap';
 import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { allowedScript, judgeScript, resolveScript, scriptTest, serverScriptPolicy, SCRIPT_DEFAULT_TIMEOUT_SECONDS } from '../../src/verify/script.js';
+import { address } from '../helpers/subnets.js';
 
 const end = (o: Partial<Parameters<typeof judgeScript>[0]> = {}) => ({ code: 0, signal: null, timedOut: false, timeoutSeconds: 60, stdout: '', stderr: '', ...o });
 
@@ -50,7 +51,7 @@ t.test('server-run jobs: only scripts inside the scripts directory, by their rea
   t.throws(() => allowedScript(join(scripts, 'link.sh'), scripts, 'x'), { code: 'SCRIPT_NOT_ALLOWED' }, 'a symlink leading out');
   t.throws(() => allowedScript(join(scripts, 'sub', '..', '..', 'elsewhere', 'x.sh'), scripts, 'x'), { code: 'SCRIPT_NOT_ALLOWED' }, 'dot-dot out');
   t.same(serverScriptPolicy({ scriptsDir: '/srv/checks', scriptUser: 'nobody', scriptMaxSeconds: 30 } as Parameters<typeof serverScriptPolicy>[0]), { dir: '/srv/checks', user: 'nobody', maxSeconds: 30 });
-  const vm = { netns: 'rl-mut-none', name: 'web', ip: '10.0.0.2', masqIp: '172.18.170.2' };
+  const vm = { netns: 'rl-mut-none', name: 'web', ip: '10.0.0.2', masqIp: address('mutation:fake-vm', 2) };
   const refused = await scriptTest({ path: outside }, vm, undefined, { dir: scripts, user: 'nobody', maxSeconds: 5 });
   t.same(refused, { name: 'script', kind: 'script', result: 'failed', seconds: 0, detail: `refused: script test: script ${outside} is outside the scripts directory ${scripts}` });
   const noUser = await scriptTest({ path: inside }, vm, undefined, { dir: scripts, user: 'no-such-user-mut', maxSeconds: 5 });
@@ -58,7 +59,7 @@ t.test('server-run jobs: only scripts inside the scripts directory, by their rea
 });
 
 t.test('a script in a namespace that does not exist fails, and the run\'s cancel rejects', async (t) => {
-  const vm = { netns: 'rl-mut-none', name: 'web', ip: '10.0.0.2', masqIp: '172.18.170.2' };
+  const vm = { netns: 'rl-mut-none', name: 'web', ip: '10.0.0.2', masqIp: address('mutation:fake-vm', 2) };
   const r = await scriptTest({ path: '/bin/true' }, vm);
   t.same([r.name, r.kind, r.result], ['script', 'script', 'failed']);
   t.match(r.detail, /^exit \d+; stdout: ; stderr: .*rl-mut-none/);

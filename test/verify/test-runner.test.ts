@@ -13,6 +13,7 @@ import type { RecoveredVm, TestResult } from '../../src/surebackup/runner.js';
 import type { Role, TestSpec } from '../../src/surebackup/roles.js';
 import { FileRepo } from './fixtures/file-repo.js';
 import { virtualClock } from './fixtures/virtual-clock.js';
+import { address } from '../helpers/subnets.js';
 
 const res = (result: TestResult['result'], detail = 'd'): TestResult => ({ name: 'tcp', kind: 'tcp', result, seconds: 0.5, detail });
 
@@ -59,7 +60,7 @@ const role = (tests: TestSpec[], o: Partial<Role> = {}): Role => ({ name: 'custo
 function handle(dir: string, o: Partial<RecoveredVm> = {}): RecoveredVm {
   let n = 0;
   return {
-    ip: '10.0.0.2', masqIp: '172.18.170.2', netns: `rl-mut-none-${randomBytes(3).toString('hex')}`,
+    ip: '10.0.0.2', masqIp: address('mutation:fake-vm', 2), netns: `rl-mut-none-${randomBytes(3).toString('hex')}`,
     screendump: async () => {
       const p = join(dir, `dump-${n++}.ppm`);
       const px = Buffer.alloc(16 * 8 * 3); for (let i = 0; i < px.length; i += 7) px[i] = 200;

@@ -1,0 +1,58 @@
+/**
+ * Test pools (test/pools.json): which test files may run side by side, and
+ * how many at once. scripts/test runs them; test/suite/pools.test.ts checks
+ * that every test file is in exactly one pool.
+ *
+ * - `host`: boots no VM (processes, namespaces, FUSE, loop devices,
+ *   sockets). Mostly waiting on the kernel and child processes, so several
+ *   at once.
+ * - `vm`: boots QEMU guests under TCG, which each take a core: two at once.
+ * - `exclusive`: binds fixed host resources (the NFS ports 111/2049): alone,
+ *   before anything else runs.
+ *
+ * `stages` run one after the other; the pools of one stage run at the same
+ * time, each with its own `jobs`.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { projectPath } from '../../src/paths.js';
+
+export interface Pool { jobs: number; why: string; files: string[] }
+export interface Pools { stages: string[][]; pools: Record<string, Pool> }
+
+export const POOLS_FILE = projectPath('test', 'pools.json');
+
+export function loadPools(file = POOLS_FILE): Pools {
+  return JSON.parse(readFileSync(file, 'utf8')) as Pools;
+}
+
+/** Every test file under test/, by its pool name: `<dir>/<file>` without `.test.ts`. */
+export function testFiles(root = projectPath('test')): string[] {
+  return readdirSync(root, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && e.name.endsWith('.test.ts'))
+    .map((e) => relative(root, join(e.parentPath, e.name)).slice(0, -'.test.ts'.length))
+    .sort();
+}
+
+/** The compiled file tap runs for a pool entry. */
+export function compiled(name: string): string { return join('dist', 'test', `${name}.test.js`); }
+
+/** What is wrong with `p` against the test files on disk; empty when nothing is. */
+export function poolProblems(p: Pools, files: readonly string[]): string[] {
+  const out: string[] = [];
+  const seen = new Map<string, string>();
+  for (const [name, pool] of Object.entries(p.pools)) {
+    if (!Number.isInteger(pool.jobs) || pool.jobs < 1) out.push(`pool ${name}: jobs must be a whole number ≥ 1, not ${pool.jobs}`);
+    for (const f of pool.files) {
+      const other = seen.get(f);
+      if (other !== undefined) out.push(`${f} is in two pools: ${other} and ${name}`);
+      seen.set(f, name);
+      if (!files.includes(f)) out.push(`pool ${name} lists ${f}, but test/${f}.test.ts does not exist`);
+    }
+  }
+  for (const f of files) if (!seen.has(f)) out.push(`test/${f}.test.ts is in no pool: add it to test/pools.json (host, unless it boots a VM or binds a fixed port)`);
+  const staged = p.stages.flat();
+  for (const name of Object.keys(p.pools)) if (staged.filter((s) => s === name).length !== 1) out.push(`pool ${name} must be in exactly one stage`);
+  for (const s of staged) if (!(s in p.pools)) out.push(`stage names an unknown pool ${s}`);
+  return out;
+}
