@@ -60,7 +60,7 @@ t.test('commands print the documented --json shapes', async (t) => {
   const web = await guestImage('web');
   const b = await cli(['backup', '--repo', repo, '--vm', await vmFile('web'), '--disk', `root=${web}`, '--json']);
   t.equal(b.code, 0, b.stderr);
-  t.same(Object.keys(b.json).sort(), ['afterBackup', 'consistency', 'restorePoint', 'stats', 'vm']);
+  t.same(Object.keys(b.json).sort(), ['afterBackup', 'consistency', 'restorePoint', 'signals', 'stats', 'vm']);
   t.equal(b.json.afterBackup, null, 'no afterBackup job covers it: nothing triggered');
   t.same(Object.keys(b.json.stats as object).sort(), ['bytesNew', 'bytesRead', 'bytesReused', 'bytesZero', 'seconds']);
   t.equal(b.json.vm, 'web');
