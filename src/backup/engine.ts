@@ -214,16 +214,27 @@ function usableReuse(reuse: ReusePlan | undefined, size: number, chunkSize: numb
   return ok ? reuse : undefined;
 }
 
+/** Unchanged chunks of a reuse plan are touched this many at a time (one at a time they cost more than the reads). */
+const REUSE_BATCH = 256;
+const TOUCH_CONCURRENCY = 32;
+
 /**
- * Takes chunk `i` from the previous index. A stored chunk is touched (gc
- * honours the new mtime); one the store lost is not reused: false, and the
- * caller reads it.
+ * Touches the stored chunks a reuse plan takes from the previous index (gc
+ * honours the new mtime). True per digest when the store still holds it (a
+ * hole, null, always); false when the store lost it: the caller reads it.
  */
-async function reuseChunk(repo: Repository, index: FixedIndex, i: number, digests: (string | null)[]): Promise<boolean> {
-  const digest = index.digests[i] ?? null;
-  if (digest !== null && !(await repo.chunks.touch(digest))) return false;
-  digests[i] = digest;
-  return true;
+async function touchReused(repo: Repository, digests: (string | null)[]): Promise<boolean[]> {
+  const held = new Array<boolean>(digests.length).fill(true);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < digests.length) {
+      const k = next++;
+      const digest = digests[k] ?? null;
+      if (digest !== null) held[k] = await repo.chunks.touch(digest);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(TOUCH_CONCURRENCY, digests.length) }, worker));
+  return held;
 }
 
 function defaultCodecInit(repo: Repository): CodecInit {
@@ -337,16 +348,41 @@ async function backupDisk(
     report();
   };
 
+  const schedule = async (i: number): Promise<void> => {
+    while (running.size >= inFlight) await Promise.race(running);
+    if (failure !== undefined) return;
+    const p: Promise<void> = one(i).catch((err: unknown) => { failure ??= err; }).finally(() => running.delete(p));
+    running.add(p);
+  };
+  // Chunks the reuse plan takes unread, waiting for their touch; reads of changed chunks go on meanwhile.
+  let unchanged: number[] = [];
+  const takeUnchanged = async (): Promise<void> => {
+    const batch = unchanged;
+    unchanged = [];
+    const index = (reuse as ReusePlan).index;
+    const held = await touchReused(repo, batch.map((i) => index.digests[i] ?? null));
+    for (const [k, i] of batch.entries()) {
+      const length = Math.min(chunkSize, src.size - i * chunkSize);
+      if (held[k]) {
+        digests[i] = index.digests[i] ?? null;
+        if (digests[i] === null) stats.bytesZero += length;
+        else stats.bytesReused += length;
+        done += length;
+      } else {
+        // The store lost it: read it, whatever the extent map said (it was only asked about changed chunks).
+        await schedule(i);
+      }
+    }
+  };
+
   for (let i = 0; i < count && failure === undefined; i++) {
     if (opts.signal?.aborted) {
       failure ??= opts.signal.reason;
       break;
     }
-    if (reuse && !reuse.changed[i] && await reuseChunk(repo, reuse.index, i, digests)) {
-      const length = Math.min(chunkSize, src.size - i * chunkSize);
-      if (digests[i] === null) stats.bytesZero += length;
-      else stats.bytesReused += length;
-      done += length;
+    if (reuse && !reuse.changed[i]) {
+      unchanged.push(i);
+      if (unchanged.length >= REUSE_BATCH) await takeUnchanged();
       continue;
     }
     if (!hasData[i]) {
@@ -355,11 +391,9 @@ async function backupDisk(
       done += length;
       continue;
     }
-    while (running.size >= inFlight) await Promise.race(running);
-    if (failure !== undefined) break;
-    const p: Promise<void> = one(i).catch((err: unknown) => { failure ??= err; }).finally(() => running.delete(p));
-    running.add(p);
+    await schedule(i);
   }
+  if (unchanged.length > 0 && failure === undefined) await takeUnchanged();
   await Promise.all(running);
   if (failure !== undefined) throw failure;
   report();

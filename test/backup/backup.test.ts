@@ -1,9 +1,11 @@
 import t, { type Test } from 'tap';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { backupVm } from '../../src/backup/engine.js';
+import { backupImages, backupVm } from '../../src/backup/engine.js';
+import { openImage } from '../../src/ingest/open.js';
+import type { ImageSource } from '../../src/ingest/contract.js';
 import { restoreDisk } from '../../src/backup/restore.js';
 import { initRepository, openRepository, verifyRepository } from '../../src/repo/index.js';
 import type { VmDefinition } from '../../src/vm/definition.js';
@@ -15,6 +17,8 @@ import { chunkFiles, snapshot } from './fixtures/repo-state.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+/** The engine touches unchanged chunks 256 at a time (REUSE_BATCH): the reuse test spans more than one batch. */
+const REUSE_TEST_MIN = 256;
 
 const work = await mkdtemp(join(tmpdir(), 'rl-backup-'));
 t.teardown(() => rm(work, { recursive: true, force: true }));
@@ -285,4 +289,43 @@ t.test('restore to a full disk fails with RESTORE_WRITE_FAILED and leaves no par
   t.equal(err?.code, 'RESTORE_WRITE_FAILED', `the restore fails (${err?.message})`);
   t.match(err?.hint ?? '', /free space/, 'and says to free space');
   t.same((await exec('ls', ['-a', mnt])).stdout.trim().split('\n').filter((n) => n !== '.' && n !== '..'), [], 'nothing is left on the target');
+});
+
+t.test('a reuse plan takes unchanged chunks unread, and reads a chunk the store lost even when nothing changed', async (t) => {
+  const img = join(work, 'reuse.raw');
+  // Random data: every chunk distinct, more chunks than one touch batch, and a hole at the end.
+  const fh = await open(img, 'w');
+  await fh.write(randomBytes(300 * 256 * KiB), 0, undefined, 0);
+  await fh.truncate(320 * 256 * KiB);
+  await fh.close();
+  const repoDir = join(work, 'reuse-repo');
+  const repo = await initRepository(repoDir, { chunkSize: 256 * KiB });
+  const vm = vmDef('reuse', [{ name: 'root', format: 'raw' }]);
+  const p1 = await backupVm({ repo, vm, disks: { root: img } });
+  const index = await repo.readIndex(p1.disks[0]?.indexDigest as string);
+  const stored = index.digests.map((d, i) => ({ d, i })).filter((x): x is { d: string; i: number } => x.d !== null);
+  t.ok(stored.length > REUSE_TEST_MIN, `the first point holds ${stored.length} data chunks (more than one touch batch)`);
+
+  // The plan says nothing changed; one chunk is gone from the store.
+  const lost = stored[Math.floor(stored.length / 2)] as { d: string; i: number };
+  await rm(join(repoDir, 'chunks', lost.d.slice(0, 2), lost.d));
+  const source = await openImage(img, { format: 'raw' });
+  const reads: number[] = [];
+  const counting: ImageSource = {
+    size: source.size, format: source.format, extents: () => source.extents(), close: () => source.close(),
+    read: (offset, length) => { reads.push(offset); return source.read(offset, length); },
+  };
+  try {
+    const p2 = await backupImages({
+      repo, vm, source: 'test', time: new Date(Date.parse(p1.time) + 1000).toISOString(),
+      images: [{ name: 'root', source: counting, reuse: { index, changed: new Uint8Array(index.digests.length) } }],
+    });
+    t.same(reads, [lost.i * 256 * KiB], 'only the lost chunk was read');
+    t.equal(p2.stats.bytesNew, 256 * KiB, 'and stored again');
+    const again = await repo.readIndex(p2.disks[0]?.indexDigest as string);
+    t.same(again.digests, index.digests, 'the new point has the same chunks as the old one');
+    t.equal(await restoredSha(repoDir, p2.id), await sha256File(img), 'and restores bit-identically');
+  } finally {
+    await counting.close();
+  }
 });
