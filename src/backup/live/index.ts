@@ -83,9 +83,11 @@ async function judgeDisks(mon: BlockMonitor, repo: Repository, vm: VmDefinition,
   const expected = latest?.capture && !latest.damaged ? bitmapName(repo.config.id, latest.time) : undefined;
   const out: CbtVerdict[] = [];
   for (const d of disks) {
-    const tidied = await tidyBitmaps(mon, d, await bitmapsOf(mon, d.node), repo.config.id, expected);
+    const found = await bitmapsOf(mon, d.node);
+    const tidied = await tidyBitmaps(mon, d, found, repo.config.id, expected);
     if (tidied.length > 0) onWarning?.(`disk ${d.name}: removed stale restorelab bitmap(s) ${tidied.join(', ')}${expected ? ` (merged into ${expected} when it exists)` : ''}`);
-    out.push(await judgeBitmap({ vmName: vm.name, disk: d, latest, bitmaps: await bitmapsOf(mon, d.node), repoId: repo.config.id, readIndex: (x) => repo.readIndex(x) }));
+    const bitmaps = tidied.length > 0 ? await bitmapsOf(mon, d.node) : found;
+    out.push(await judgeBitmap({ vmName: vm.name, disk: d, latest, bitmaps, repoId: repo.config.id, readIndex: (x) => repo.readIndex(x) }));
   }
   return out;
 }
@@ -103,7 +105,7 @@ async function capture(o: LiveBackupOptions, mon: BlockMonitor, disks: LiveDisk[
       ...(o.requireConsistency ? { requireConsistency: true } : {}),
       ...(o.hostScripts ? { hostScripts: o.hostScripts } : {}),
       ...(source.kind === 'libvirt'
-        ? { freezer: () => libvirtFreezer(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI) }
+        ? { freezer: () => libvirtFreezer(source.domain, mon.virsh ?? noVirsh) }
         : source.qga ? { freezer: () => qgaFreezer(source.qga as string) } : { noAgentReason: 'no guest agent socket given (--qga)' }),
       scriptEnv: { RESTORELAB_VM: vm.name, RESTORELAB_CONSISTENCY: o.consistency },
       ...(o.onWarning ? { onWarning: o.onWarning } : {}),
@@ -193,6 +195,10 @@ async function restoreBitmaps(mon: BlockMonitor, disks: LiveDisk[], verdicts: Cb
     }
   }
 }
+
+const noVirsh = (): never => {
+  throw new Error('the libvirt monitor has no virsh session');
+};
 
 async function closeAll(clients: NbdClient[]): Promise<void> {
   await Promise.allSettled(clients.splice(0).map((c) => c.close()));

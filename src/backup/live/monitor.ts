@@ -10,14 +10,18 @@
 import { exec, which } from '../../host/exec.js';
 import { QmpClient, QmpError } from '../../hypervisor/qmp.js';
 import { RestorelabError, missingComponent } from '../../errors.js';
-import { VirshSession } from './virsh-session.js';
+import { VirshSession, type VirshReply } from './virsh-session.js';
 
 export interface BlockMonitor {
   /** For messages: "QMP /run/vm.qmp", "libvirt domain web". */
   readonly where: string;
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T>;
+  /** A libvirt monitor runs other virsh commands (the guest freeze) through its session too. */
+  virsh?: VirshRunner;
   close(): Promise<void>;
 }
+
+export type VirshRunner = (args: string[], timeoutMs: number) => Promise<VirshReply>;
 
 export const MONITOR_TIMEOUT_MS = 30_000;
 
@@ -39,25 +43,30 @@ export async function openQmpMonitor(socket: string): Promise<BlockMonitor> {
 
 export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system'): Promise<BlockMonitor> {
   if (!which('virsh')) throw missingComponent('virsh', 'apt-get install libvirt-clients');
-  const state = await exec('virsh', ['-c', uri, 'domstate', domain], { timeoutMs: 30_000 });
-  if (state.code !== 0) {
-    throw new RestorelabError('LIVE_SOURCE_UNREACHABLE', `libvirt (${uri}) does not know domain ${domain}: ${state.stderr.trim()}`, {
-      hint: 'name a defined, running domain (virsh list), and start libvirtd if it is down (scripts/libvirtd start)',
-    });
-  }
-  if (!/running|paused/.test(state.stdout)) {
-    throw new RestorelabError('LIVE_SOURCE_UNREACHABLE', `domain ${domain} is not running (${state.stdout.trim()})`, {
-      hint: 'a live backup needs the VM running; back up its image files with --disk while it is shut off',
-    });
-  }
-  // One virsh process for all commands when the domain name can be quoted; else one process per command.
+  // One virsh process for all commands when the domain name can be quoted; else (or once the session ended) one per command.
   const session = VirshSession.quotable(domain) ? new VirshSession(uri) : undefined;
-  const virsh = async (args: string[], timeoutMs: number): Promise<{ ok: boolean; stdout: string; stderr: string }> => {
-    if (session && args.every(VirshSession.quotable)) return session.run(args, timeoutMs);
+  const virsh: VirshRunner = async (args, timeoutMs) => {
+    if (session && !session.ended && args.every(VirshSession.quotable)) return session.run(args, timeoutMs);
     const r = await exec('virsh', ['-c', uri, ...args], { timeoutMs });
     if (r.timedOut) throw new Error(`virsh ${args[0] ?? ''}: no answer within ${timeoutMs} ms`);
     return { ok: r.code === 0, stdout: r.stdout, stderr: r.stderr };
   };
+  try {
+    const state = await virsh(['domstate', domain], 30_000);
+    if (!state.ok) {
+      throw new RestorelabError('LIVE_SOURCE_UNREACHABLE', `libvirt (${uri}) does not know domain ${domain}: ${state.stderr.trim()}`, {
+        hint: 'name a defined, running domain (virsh list), and start libvirtd if it is down (scripts/libvirtd start)',
+      });
+    }
+    if (!/running|paused/.test(state.stdout)) {
+      throw new RestorelabError('LIVE_SOURCE_UNREACHABLE', `domain ${domain} is not running (${state.stdout.trim()})`, {
+        hint: 'a live backup needs the VM running; back up its image files with --disk while it is shut off',
+      });
+    }
+  } catch (err) {
+    session?.close();
+    throw err;
+  }
   return {
     where: `libvirt domain ${domain}`,
     async execute<T>(command: string, args?: Record<string, unknown>, timeoutMs = MONITOR_TIMEOUT_MS): Promise<T> {
@@ -78,6 +87,7 @@ export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system')
       }
       return reply.return as T;
     },
+    virsh,
     close: () => { session?.close(); return Promise.resolve(); },
   };
 }

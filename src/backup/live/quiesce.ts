@@ -20,6 +20,7 @@ import { exec } from '../../host/exec.js';
 import { QgaClient } from '../../hypervisor/qga.js';
 import { RestorelabError } from '../../errors.js';
 import type { Consistency } from '../../repo/contract.js';
+import type { VirshRunner } from './monitor.js';
 
 export const FREEZE_TIMEOUT_MS = 10_000;
 export const THAW_TIMEOUT_MS = 10_000;
@@ -48,11 +49,11 @@ export async function qgaFreezer(socket: string): Promise<GuestFreezer> {
 }
 
 /** libvirt's own agent connection (virsh domfsfreeze / domfsthaw). */
-export function libvirtFreezer(domain: string, uri: string): Promise<GuestFreezer> {
+/** The freeze through libvirt's agent channel, with the monitor's virsh session (`virsh`, see monitor.ts). */
+export function libvirtFreezer(domain: string, virsh: VirshRunner): Promise<GuestFreezer> {
   const run = async (cmd: string, ms: number): Promise<number> => {
-    const r = await exec('virsh', ['-c', uri, cmd, domain], { timeoutMs: ms });
-    if (r.timedOut) throw new Error(`virsh ${cmd}: no answer within ${ms} ms (guest agent hung?)`);
-    if (r.code !== 0) throw new Error(r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ') || `virsh ${cmd} exited with ${r.code}`);
+    const r = await virsh([cmd, domain], ms).catch((err: Error) => { throw new Error(`${err.message} (guest agent hung?)`); });
+    if (!r.ok) throw new Error(r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ') || `virsh ${cmd} failed`);
     return Number(/(\d+)/.exec(r.stdout)?.[1] ?? 0);
   };
   return Promise.resolve({

@@ -35,6 +35,11 @@ export class VirshSession {
     this.child.on('close', () => { this.exited = true; this.wake?.(); });
   }
 
+  /** True once virsh exited or was closed (a timed-out command closes it): callers then run virsh once per command. */
+  get ended(): boolean {
+    return this.exited || this.child.stdin.writableEnded;
+  }
+
   static quotable(arg: string): boolean {
     return !arg.includes('\'') && !arg.includes('\n');
   }
