@@ -1,6 +1,8 @@
-// Lint config: typescript-eslint's recommended rules over src, test and bench.
+// Lint config: typescript-eslint's recommended rules over src, test and bench; layout is prettier's
+// (.prettierrc.json, `npm run format`), so rules that would argue with it are off (eslint-config-prettier).
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import prettier from 'eslint-config-prettier';
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', 'var/**', 'bin/**'] },
@@ -12,4 +14,5 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  prettier,
 );
