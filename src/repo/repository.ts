@@ -383,11 +383,6 @@ export class LocalRepository implements RepositoryMaintenance {
     return full;
   }
 
-  /** Marks points damaged (verify): the manifest is rewritten crash-safely with `damaged: true`. */
-  async markDamaged(id: string): Promise<void> {
-    await this.setDamaged(id, true);
-  }
-
   /** Sets or clears the damaged mark (verify clears it once every chunk checks out again). */
   async setDamaged(id: string, damaged: boolean): Promise<void> {
     const point = await this.getPoint(id);
