@@ -24,7 +24,7 @@ export interface DatastoreUnderTest {
   reopen?(): Promise<Datastore>;
 }
 
-export interface DatastoreFactory {
+export interface DatastoreSuiteFactory {
   kind: string;
   /** A fresh datastore, torn down with `t`. */
   create(t: Test, opts: { readOnly: boolean }): Promise<DatastoreUnderTest>;
@@ -43,7 +43,7 @@ async function readAll(ds: Datastore, id: FileId, size: number): Promise<Buffer>
   return Buffer.concat(parts);
 }
 
-export function runDatastoreSuite(t: Test, factory: DatastoreFactory): void {
+export function runDatastoreSuite(t: Test, factory: DatastoreSuiteFactory): void {
   const writable = (t: Test): Promise<DatastoreUnderTest> => factory.create(t, { readOnly: false });
 
   t.test(`${factory.kind}: lookup and getattr agree on file ids; root and directory are directories`, async (t) => {
