@@ -10,7 +10,8 @@ import { projectPath } from '../paths.js';
 import { RestorelabError, ExitCode } from '../errors.js';
 import type { DemoStep } from './pipeline.js';
 import { loadVmDefinition } from '../vm/definition.js';
-import { initRepository, openRepository, type LocalRepository } from '../repo/repository.js';
+import { initRepository, openRepository } from '../repo/repository.js';
+import type { RepositoryMaintenance } from '../repo/api.js';
 import { verifyRepository } from '../repo/verify.js';
 import { backupVm } from '../backup/engine.js';
 import { openCatalog, recordPoint } from '../catalog/catalog.js';
@@ -35,7 +36,7 @@ async function sha256File(path: string): Promise<string> {
 }
 
 /** The demo keeps one repository across runs, so a second run shows an incremental backup. */
-async function openOrInitRepository(dir: string): Promise<LocalRepository> {
+async function openOrInitRepository(dir: string): Promise<RepositoryMaintenance> {
   return existsSync(join(dir, 'config.json')) ? openRepository(dir) : initRepository(dir);
 }
 

@@ -4,8 +4,6 @@ import { LibvirtDriver } from './libvirt.js';
 import { QemuDriver } from './qemu.js';
 import type { Hypervisor } from './types.js';
 
-export type DriverName = 'qemu' | 'libvirt';
-
 export function createHypervisor(driver: string, opts: { stateDir: string; accel?: 'auto' | 'kvm' | 'tcg' }): Hypervisor {
   if (driver === 'qemu') return new QemuDriver(opts);
   if (driver === 'libvirt') return new LibvirtDriver(opts);

@@ -23,7 +23,6 @@ import { RestorelabError } from '../errors.js';
 
 export const VGA_TEXT_BASE = 0xb8000;
 export const VGA_COLS = 80;
-export const VGA_ROWS = 25;
 /** The whole text memory (0xB8000-0xBFFFF): the screen plus vgacon's scrollback. */
 export const VGA_TEXT_BYTES = 0x8000;
 

@@ -103,11 +103,6 @@ export function overlayFiles(dir: string, name: string): { data: string; map: st
   return { data: path.join(dir, `${name}.data`), map: path.join(dir, `${name}.map`), journal: path.join(dir, `${name}.journal`) };
 }
 
-/** True when an overlay for `name` exists in `dir`. */
-export function overlayExists(dir: string, name: string): boolean {
-  return fs.existsSync(overlayFiles(dir, name).data);
-}
-
 /** Deletes an overlay's files (the writes made through a publication). */
 export async function discardOverlay(dir: string, name: string): Promise<void> {
   for (const f of Object.values(overlayFiles(dir, name))) await fs.promises.rm(f, { force: true });

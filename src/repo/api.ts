@@ -181,3 +181,47 @@ export interface Repository extends RepositoryReader {
    */
   lock(kind: LockKind, purpose: string): Promise<RepoLock>;
 }
+
+/** A file some crashed writer left behind. */
+export interface Leftover {
+  path: string;
+  size: number;
+  mtimeMs: number;
+}
+
+/** The manifests of a repository, and those that could not be read. */
+export interface PointScan {
+  points: RestorePoint[];
+  problems: { file: string; reason: string }[];
+}
+
+/** A stored fixed index, as gc sees it. */
+export interface StoredIndex {
+  digest: string;
+  size: number;
+  mtimeMs: number;
+}
+
+/**
+ * What verify, prune and gc need beyond writing points: the manifests as they
+ * are (readable or not), the damaged mark, deletes that honour a cutoff, and
+ * the lock holders. They take this interface, never the local implementation,
+ * so a second repository backend (object storage) gets them for free.
+ */
+export interface RepositoryMaintenance extends Repository {
+  /** All manifests; unreadable ones are listed as problems instead of failing the scan. */
+  scanPoints(): Promise<PointScan>;
+  /** Sets or clears a point's damaged mark, crash-safely. */
+  setDamaged(id: string, damaged: boolean): Promise<void>;
+  /** Deletes a point's manifest (prune); its chunks and indexes stay until gc. */
+  removePoint(id: string): Promise<void>;
+  listIndexes(): Promise<StoredIndex[]>;
+  /** gc's delete of an unreferenced index: only if untouched since `cutoffMs`; returns the bytes freed. */
+  removeIndex(digest: string, cutoffMs: number): Promise<number>;
+  /** Temp files left by crashed writers (all of them, or those older than `beforeMs`). */
+  leftovers(beforeMs?: number): Promise<Leftover[]>;
+  /** Deletes one leftover that leftovers() returned; a file already gone is no error. */
+  removeLeftover(leftover: Leftover): Promise<void>;
+  /** The holders of locks whose processes are alive (gc keeps what live backups may reference). */
+  liveHolders(): Promise<LockHolder[]>;
+}

@@ -11,12 +11,9 @@
  * gc holds a 'gc' lock: it excludes prune and other gc runs, not backups.
  * Quarantined `.bad` chunks are never deleted.
  */
-import { unlink } from 'node:fs/promises';
-import type { LocalRepository } from './repository.js';
 import { RestorelabError } from '../errors.js';
-import { liveLocks } from './lock.js';
 import { GC_SAFETY_MARGIN_MS } from './format.js';
-import type { LockHolder } from './api.js';
+import type { LockHolder, RepositoryMaintenance } from './api.js';
 
 export interface GcOptions {
   /** Count only, delete nothing. */
@@ -43,14 +40,14 @@ export interface GcReport {
   seconds: number;
 }
 
-export async function collectGarbage(repo: LocalRepository, opts: GcOptions = {}): Promise<GcReport> {
+export async function collectGarbage(repo: RepositoryMaintenance, opts: GcOptions = {}): Promise<GcReport> {
   const dryRun = opts.dryRun ?? false;
   const margin = opts.safetyMarginMs ?? GC_SAFETY_MARGIN_MS;
   const lock = await repo.lock('gc', dryRun ? 'gc --dry-run' : 'gc');
   try {
     const start = lock.since;
     // Read the writers only now: one that locks later has since >= start.
-    const writers = (await liveLocks(repo.locksDir)).filter((h) => h.kind === 'shared');
+    const writers = (await repo.liveHolders()).filter((h) => h.kind === 'shared');
     const cutoffMs = Math.min(start, ...writers.map((w) => w.since)) - margin;
 
     const scan = await repo.scanPoints();
@@ -108,7 +105,8 @@ export async function collectGarbage(repo: LocalRepository, opts: GcOptions = {}
     }
     for (const t of await repo.leftovers(cutoffMs)) {
       report.tempFilesRemoved++;
-      if (!dryRun) await unlink(t.path).catch(() => undefined);
+      // One leftover that cannot go (permissions) does not stop gc; the next run tries again.
+      if (!dryRun) await repo.removeLeftover(t).catch(() => undefined);
     }
     report.seconds = (Date.now() - start) / 1000;
     return report;

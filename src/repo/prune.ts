@@ -5,10 +5,9 @@
  * first N distinct periods (UTC). A point is kept if any rule keeps it.
  * Prune deletes manifests only; gc frees the data.
  */
-import type { LocalRepository } from './repository.js';
 import type { RestorePoint } from './contract.js';
 import { badInput } from '../errors.js';
-import type { LockHolder } from './api.js';
+import type { LockHolder, RepositoryMaintenance } from './api.js';
 
 export interface PrunePolicy {
   keepLast?: number;
@@ -98,7 +97,7 @@ export function planPrune(points: RestorePoint[], policy: PrunePolicy): { kept: 
   return { kept, removed };
 }
 
-export async function pruneRepository(repo: LocalRepository, opts: PruneOptions): Promise<PruneReport> {
+export async function pruneRepository(repo: RepositoryMaintenance, opts: PruneOptions): Promise<PruneReport> {
   const dryRun = opts.dryRun ?? false;
   // A dry run changes nothing, so it can run beside backups.
   const lock = await repo.lock(dryRun ? 'shared' : 'exclusive', dryRun ? 'prune --dry-run' : 'prune');

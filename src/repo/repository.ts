@@ -14,7 +14,9 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { ChunkCodec, FixedIndex, LockKind, NewRestorePoint, RepoConfig, RepoLock, Repository } from './api.js';
+import type {
+  ChunkCodec, ChunkStore, FixedIndex, Leftover, LockHolder, LockKind, NewRestorePoint, PointScan, RepoConfig, RepoLock, RepositoryMaintenance, StoredIndex,
+} from './api.js';
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION, SEALED_METADATA_VERSION } from './api.js';
 import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
@@ -25,7 +27,7 @@ import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
-import { acquireLock } from './lock.js';
+import { acquireLock, liveLocks } from './lock.js';
 import { createMetadataSeal, isSealed, type MetadataSeal } from './metadata-seal.js';
 import {
   CHUNKS_DIR, CONFIG_FILE, DEFAULT_CHUNK_SIZE, INDEX_SUFFIX, INDEXES_DIR, KEY_SIZE, LOCKS_DIR,
@@ -43,18 +45,7 @@ export interface OpenOptions {
   keyFile?: string;
 }
 
-/** A file some crashed writer left behind. */
-export interface Leftover {
-  path: string;
-  size: number;
-  mtimeMs: number;
-}
-
-/** The manifests of a repository, and those that could not be read. */
-export interface PointScan {
-  points: RestorePoint[];
-  problems: { file: string; reason: string }[];
-}
+export type { Leftover, PointScan } from './api.js';
 
 const POINT_ID_RE = /^\d{8}T\d{6}Z-[0-9a-f]{6}$/;
 const INDEX_NAME_RE = /^[0-9a-f]{64}\.fidx$/;
@@ -217,8 +208,10 @@ function isRestorePoint(v: unknown): v is RestorePoint {
     p.disks.every((d) => typeof d.name === 'string' && typeof d.size === 'number' && typeof d.indexDigest === 'string');
 }
 
-export class LocalRepository implements Repository {
-  readonly chunks: LocalChunkStore;
+export class LocalRepository implements RepositoryMaintenance {
+  readonly chunks: ChunkStore;
+  /** The same store as `chunks`, with what only a local store has: blocking reads for decode workers, temp files. */
+  private readonly store: LocalChunkStore;
   readonly codec: ChunkCodec;
   /** Encrypted repositories: seals manifests and indexes (every one written, in any version). */
   private readonly seal?: MetadataSeal;
@@ -231,7 +224,8 @@ export class LocalRepository implements Repository {
   private readonly plainMetadataAllowed: boolean;
 
   constructor(readonly path: string, readonly config: RepoConfig, private readonly key?: Buffer) {
-    this.chunks = new LocalChunkStore(join(path, CHUNKS_DIR));
+    this.store = new LocalChunkStore(join(path, CHUNKS_DIR));
+    this.chunks = this.store;
     this.codec = createCodec(config, key);
     if (key) this.seal = createMetadataSeal(key, config.id);
     this.plainMetadataAllowed = config.encryption === 'none' || config.version < SEALED_METADATA_VERSION;
@@ -334,7 +328,7 @@ export class LocalRepository implements Repository {
     if (index.size !== disk.size) {
       throw new RestorelabError('INDEX_CORRUPT', `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`, { exitCode: 3 });
     }
-    return new IndexedDisk(index, this.chunks, this.codec);
+    return new IndexedDisk(index, this.store, this.codec);
   }
 
   async writeIndex(index: FixedIndex): Promise<string> {
@@ -389,11 +383,6 @@ export class LocalRepository implements Repository {
     return full;
   }
 
-  /** Marks points damaged (verify): the manifest is rewritten crash-safely with `damaged: true`. */
-  async markDamaged(id: string): Promise<void> {
-    await this.setDamaged(id, true);
-  }
-
   /** Sets or clears the damaged mark (verify clears it once every chunk checks out again). */
   async setDamaged(id: string, damaged: boolean): Promise<void> {
     const point = await this.getPoint(id);
@@ -414,8 +403,8 @@ export class LocalRepository implements Repository {
   }
 
   /** Index digests stored in indexes/, with their mtimes. */
-  async listIndexes(): Promise<{ digest: string; size: number; mtimeMs: number }[]> {
-    const out: { digest: string; size: number; mtimeMs: number }[] = [];
+  async listIndexes(): Promise<StoredIndex[]> {
+    const out: StoredIndex[] = [];
     for (const name of (await readdir(this.indexesDir)).sort()) {
       if (!INDEX_NAME_RE.test(name)) continue;
       const st = await stat(join(this.indexesDir, name)).catch(() => undefined);
@@ -439,8 +428,18 @@ export class LocalRepository implements Repository {
         if (st && st.mtimeMs < beforeMs) out.push({ path: join(dir, name), size: st.size, mtimeMs: st.mtimeMs });
       }
     }
-    for await (const t of this.chunks.listTemp(beforeMs)) out.push({ ...t, mtimeMs: 0 });
+    for await (const t of this.store.listTemp(beforeMs)) out.push({ ...t, mtimeMs: 0 });
     return out;
+  }
+
+  async removeLeftover(leftover: Leftover): Promise<void> {
+    await unlink(leftover.path).catch((err: unknown) => {
+      if (!isErrno(err, 'ENOENT')) throw err;
+    });
+  }
+
+  liveHolders(): Promise<LockHolder[]> {
+    return liveLocks(this.locksDir);
   }
 
   get locksDir(): string {

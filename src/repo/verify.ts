@@ -9,12 +9,11 @@
  *
  * Findings only; the CLI decides exit codes and output.
  */
-import type { LocalRepository } from './repository.js';
 import type { RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { RestorelabError } from '../errors.js';
 import { CodecPool } from './codec-pool.js';
-import type { FixedIndex, LockHolder } from './api.js';
+import type { FixedIndex, LockHolder, RepositoryMaintenance } from './api.js';
 
 export interface VerifyFinding {
   /** Chunk digest; for kind "index" the index digest, for "manifest" empty. */
@@ -57,7 +56,7 @@ export interface VerifyOptions {
   onProgress?: (checked: number, total: number) => void;
 }
 
-export async function verifyRepository(repo: LocalRepository, opts: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verifyRepository(repo: RepositoryMaintenance, opts: VerifyOptions = {}): Promise<VerifyReport> {
   const started = Date.now();
   const lock = await repo.lock('shared', opts.point ? `verify ${opts.point}` : 'verify');
   const pool = new CodecPool(repo.config, repo.masterKey, opts.workers);

@@ -4,7 +4,7 @@
  * extend, do not rename).
  */
 import { dirname, resolve } from 'node:path';
-import { loadValidated, assertValid } from '../schema/validate.js';
+import { loadValidated } from '../schema/validate.js';
 
 export interface VmDisk {
   name: string;
@@ -42,10 +42,6 @@ export interface VmDefinition {
   disks: VmDisk[];
   nics: VmNic[];
   [extra: string]: unknown;
-}
-
-export function parseVmDefinition(value: unknown, source: string): VmDefinition {
-  return assertValid<VmDefinition>('vm.schema.json', value, source);
 }
 
 /** Loads a definition file; disk image paths become absolute. */

@@ -9,11 +9,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startPublication } from '../../src/publish/publish.js';
 import { startNfsExport, loadServerId } from '../../src/nfs/export.js';
-import { loadVmDefinition } from '../../src/vm/definition.js';
-import { projectPath } from '../../src/paths.js';
 import { requireTool, run } from './fixtures/harness.js';
 import { backedUpGuest, chunkFingerprint, sha } from './fixtures/published-guest.js';
-import { vmxFile } from '../../src/datastore/vmx.js';
 
 t.test('libnfs clients read, write and list a real publication', async (t) => {
   for (const tool of ['nfs-ls', 'nfs-cat', 'nfs-cp']) requireTool(tool);
@@ -54,14 +51,4 @@ t.test('libnfs clients read, write and list a real publication', async (t) => {
 
   t.equal(chunkFingerprint(repo.path), before, 'every chunk of the repository is byte-identical');
   t.ok(nfs.metrics.bytesWritten >= scratch.length, 'the server counted the bytes written');
-});
-
-t.test('a .vmx for ESXi names the disks, MACs and port groups', async (t) => {
-  const vm = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
-  const vmx = vmxFile(vm, { prod: 'Isolated-prod' });
-  t.match(vmx, /numvcpus = "1"/);
-  t.match(vmx, /memSize = "256"/);
-  t.match(vmx, /scsi0:0\.fileName = "root\.vmdk"/);
-  t.match(vmx, /ethernet0\.networkName = "Isolated-prod"/);
-  t.match(vmx, /ethernet0\.generatedAddress = "52:54:00:77:00:0a"/);
 });

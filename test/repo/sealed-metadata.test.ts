@@ -81,7 +81,7 @@ t.test('an encrypted repository writes sealed manifests and indexes with nothing
   const before = readdirSync(join(dir, 'indexes'));
   await again.writeIndex({ size: 4 * SMALL, chunkSize: SMALL, digests: [disk.chunkId(0), disk.chunkId(1), null, disk.chunkId(3)] });
   t.same(readdirSync(join(dir, 'indexes')), before, 'the same index is stored once');
-  await again.markDamaged(p.id);
+  await again.setDamaged(p.id, true);
   t.ok(isSealed(readFileSync(join(dir, 'points', `${p.id}.json`))), 'a rewritten manifest stays sealed');
   t.equal((await again.getPoint(p.id)).damaged, true);
 

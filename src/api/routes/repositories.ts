@@ -16,7 +16,9 @@ import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { allowedRepositoryDir } from '../host-paths.js';
 import { percentProgress } from './progress.js';
-import { initRepository, openRepository, type LocalRepository } from '../../repo/repository.js';
+import { initRepository, openRepository } from '../../repo/repository.js';
+import type { Repository, RepositoryMaintenance } from '../../repo/api.js';
+import type { RepositoryReader } from '../../repo/contract.js';
 import { verifyRepository } from '../../repo/verify.js';
 import { planPrune, pruneRepository, type PrunePolicy } from '../../repo/prune.js';
 import { collectGarbage } from '../../repo/gc.js';
@@ -37,12 +39,12 @@ export function openOptions(ctx: ApiContext, path: string): { keyFile?: string }
 }
 
 /** The configured repository, opened fresh (opening reads config.json and the key file only). */
-export function openDefaultRepository(ctx: ApiContext): Promise<LocalRepository> {
+export function openDefaultRepository(ctx: ApiContext): Promise<RepositoryMaintenance> {
   return openRepository(ctx.config.repository, openOptions(ctx, ctx.config.repository));
 }
 
 /** Fills the catalog from a repository it has never seen, as `restorelab points` does. */
-export async function ensureIndexed(ctx: ApiContext, repo: LocalRepository): Promise<void> {
+export async function ensureIndexed(ctx: ApiContext, repo: RepositoryReader): Promise<void> {
   if (!catalogKnows(ctx.catalog, repo.path)) await reindex(ctx.catalog, repo);
 }
 
@@ -52,7 +54,7 @@ function indexedPaths(ctx: ApiContext): string[] {
 }
 
 /** `default`, or the id of a repository the catalog knows. */
-export async function openNamedRepository(ctx: ApiContext, name: string): Promise<LocalRepository> {
+export async function openNamedRepository(ctx: ApiContext, name: string): Promise<RepositoryMaintenance> {
   if (name === DEFAULT_REPOSITORY) return openDefaultRepository(ctx);
   for (const path of indexedPaths(ctx)) {
     if (path === resolve(ctx.config.repository)) continue;
@@ -72,7 +74,7 @@ export interface RepositoryView {
   latestPoint: string | null;
 }
 
-export async function describeRepository(ctx: ApiContext, repo: LocalRepository): Promise<RepositoryView> {
+export async function describeRepository(ctx: ApiContext, repo: Repository): Promise<RepositoryView> {
   await ensureIndexed(ctx, repo);
   const points = listPoints(ctx.catalog, repo.path);
   const c = repo.config;

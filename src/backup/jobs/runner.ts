@@ -8,7 +8,7 @@
  * the linked SureBackup jobs are fired only when every VM got its point.
  */
 import { performance } from 'node:perf_hooks';
-import type { LocalRepository } from '../../repo/repository.js';
+import type { RepositoryMaintenance } from '../../repo/api.js';
 import type { RestorePoint } from '../../repo/contract.js';
 import type { CodecInit } from '../chunk-pool.js';
 import { backupVm } from '../engine.js';
@@ -37,7 +37,7 @@ export type FireSureBackup = (jobs: readonly string[], from: { job: string; run:
 
 export interface BackupJobRunOptions {
   job: BackupJob;
-  repo: LocalRepository;
+  repo: RepositoryMaintenance;
   codecInit?: CodecInit;
   /** Holds the catalog the points are recorded in, and the run's rows. */
   history: BackupJobHistory;

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { contextFor, type CommandContext } from '../context.js';
-import type { LocalRepository } from '../../repo/index.js';
+import type { RepositoryMaintenance } from '../../repo/api.js';
 import type { CatalogDb } from '../../catalog/catalog.js';
 import type { CodecInit } from '../../backup/chunk-pool.js';
 import { badInput } from '../../errors.js';
@@ -18,7 +18,7 @@ export interface RepoFlags {
 }
 
 export interface OpenedRepo {
-  repo: LocalRepository;
+  repo: RepositoryMaintenance;
   /** What worker threads need to rebuild the repository's codec. */
   codecInit: CodecInit;
 }
