@@ -206,9 +206,11 @@ export class QemuDriver implements Hypervisor {
   }
 
   async attach(name: string): Promise<QemuDomain | undefined> {
-    const known = this.live.get(name);
-    if (known) return known;
     const dir = this.vmDir(name);
+    const known = this.live.get(name);
+    // A domain destroyed since (its directory gone) is no longer there to attach to.
+    if (known && existsSync(join(dir, 'spec.json'))) return known;
+    this.live.delete(name);
     if (!existsSync(join(dir, 'spec.json'))) return undefined;
     const dom = new QemuDomain(name, dir);
     this.live.set(name, dom);
@@ -254,7 +256,14 @@ export class QemuDomain implements Domain {
     this.consoleLog = join(dir, 'console.log');
   }
 
+  /** QEMU's pid while it runs: its pidfile outlives a QEMU that was killed. */
   pid(): number | undefined {
+    const n = this.pidFromFile();
+    return n !== undefined && pidAlive(n) ? n : undefined;
+  }
+
+  /** What QEMU wrote to its pidfile, alive or not. */
+  private pidFromFile(): number | undefined {
     try {
       const n = Number(readFileSync(join(this.dir, 'qemu.pid'), 'utf8').trim());
       return Number.isInteger(n) && n > 0 ? n : undefined;
@@ -285,7 +294,7 @@ export class QemuDomain implements Domain {
   async waitReady(childPid: number): Promise<void> {
     const deadline = Date.now() + SOCKET_WAIT_MS;
     while (Date.now() < deadline) {
-      if (existsSync(join(this.dir, 'qmp.sock')) && this.pid() !== undefined) {
+      if (existsSync(join(this.dir, 'qmp.sock')) && this.pidFromFile() !== undefined) {
         try {
           // On a loaded host a starting QEMU can take seconds to greet on QMP:
           // that is still a start, so the probe waits as long as the start may take.
