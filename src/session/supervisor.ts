@@ -108,8 +108,9 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
     // Domain.alive is cheap (the qemu driver asks /proc, not its one-client monitor).
     live.domain.alive().then(async (alive) => {
       if (alive || ending) return;
+      // Noticed once: asking libvirt why may take longer than one tick.
+      ending = true;
       const why = await live.domain.exitReason().catch(() => undefined);
-      if (ending) return;
       void end('failed', `the VM stopped while the session was ${s.state}${why ? ` (${why})` : ''}`);
     }, () => undefined);
   }, WATCH_INTERVAL_MS);
