@@ -25,19 +25,22 @@
  * then move it back into the lab namespace and onto its bridge: an open tap
  * fd follows its device across namespaces.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Hypervisor as LibvirtConnection, DomainState as LvState } from '@unraid/libvirt';
 import { lendLabTaps } from './tap-handover.js';
 import { RestorelabError, missingComponent } from '../errors.js';
 import { exec, which } from '../host/exec.js';
 import { probeAccel } from '../host/accel.js';
+import { assertBridgesExist } from '../host/bridges.js';
+import { processAlive } from '../host/process.js';
 import { QgaClient } from './qga.js';
-import { assertBridgesExist } from './qemu.js';
 import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 
 export const LIBVIRT_URI = 'qemu:///system';
+/** Where libvirtd's QEMU driver keeps the pidfile of each running domain's QEMU. */
+const QEMU_PID_DIR = '/var/run/libvirt/qemu';
 /** Domains we own carry this prefix so `list` never touches anyone else's. */
 const PREFIX = 'rl-';
 
@@ -176,7 +179,7 @@ export class LibvirtDriver implements Hypervisor {
     const env = process.env.RESTORELAB_ACCEL;
     const want = spec.accel ?? (env === 'kvm' || env === 'tcg' ? env : undefined) ?? this.opts.accel ?? 'auto';
     const accel = want === 'auto' ? (await probeAccel({ cacheDir: this.opts.stateDir })).accel : want;
-    await assertBridgesExist(spec.nics);
+    await assertBridgesExist(spec.nics.flatMap((n) => (n.kind === 'bridge' ? [n.bridge] : [])));
     const dir = this.vmDir(name);
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true });
@@ -243,8 +246,13 @@ export class LibvirtDriver implements Hypervisor {
 
   /** libvirt reports why a domain is off: "crashed"/"failed" are failures, the rest are stops. */
   private async shutoffReason(name: string): Promise<DomainState> {
+    return /crashed|failed/.test(await this.stateReason(name) ?? '') ? 'failed' : 'stopped';
+  }
+
+  /** libvirt's own words for the state and why ("shut off (crashed)"); undefined for a domain it does not know. */
+  async stateReason(name: string): Promise<string | undefined> {
     const r = await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', '--reason', `${PREFIX}${name}`], { timeoutMs: 10_000 });
-    return /crashed|failed/.test(r.stdout) ? 'failed' : 'stopped';
+    return r.code === 0 ? r.stdout.trim() : undefined;
   }
 
   async shutdown(name: string): Promise<void> {
@@ -332,6 +340,35 @@ export class LibvirtDomain implements Domain {
   async pivot(disk: string): Promise<void> {
     const dev = await this.targetOf(disk);
     await sh('virsh', ['-c', LIBVIRT_URI, 'blockjob', this.domainName, dev, '--pivot'], 600_000);
+  }
+
+  /** Through libvirt's own job API, as the copy itself; a disk without a job is no error. */
+  async abortMirror(disk: string): Promise<void> {
+    try {
+      await sh('virsh', ['-c', LIBVIRT_URI, 'blockjob', this.domainName, await this.targetOf(disk), '--abort'], 30_000);
+    } catch {
+      // best effort: nothing to cancel, or the domain is gone
+    }
+  }
+
+  /** libvirtd writes the pid of the QEMU it runs for a domain beside its own, and removes it when QEMU ends. */
+  pid(): number | undefined {
+    try {
+      const n = Number(readFileSync(join(QEMU_PID_DIR, `${this.domainName}.pid`), 'utf8').trim());
+      return Number.isInteger(n) && n > 0 && processAlive(n) ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async alive(): Promise<boolean> {
+    const st = await this.state();
+    return st === 'running' || st === 'paused';
+  }
+
+  async exitReason(): Promise<string | undefined> {
+    if (await this.alive()) return undefined;
+    return this.driver.stateReason(this.name);
   }
 
   private async targetOf(disk: string): Promise<string> {

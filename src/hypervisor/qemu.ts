@@ -18,7 +18,8 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { RestorelabError, badInput, missingComponent, isErrno } from '../errors.js';
+import { RestorelabError, missingComponent, isErrno } from '../errors.js';
+import { assertBridgesExist } from '../host/bridges.js';
 import { exec, which } from '../host/exec.js';
 import { probeAccel } from '../host/accel.js';
 import { stdioWithoutFuse } from '../host/fds.js';
@@ -156,7 +157,7 @@ export class QemuDriver implements Hypervisor {
     mkdirSync(dir, { recursive: true });
     const accel = await this.resolveAccel(spec);
     const netns = netnsOf(spec.nics);
-    await assertBridgesExist(spec.nics);
+    await assertBridgesExist(spec.nics.flatMap((n) => (n.kind === 'bridge' ? [n.bridge] : [])));
     const bridgeTaps: string[] = [];
     try {
       for (const [i, n] of spec.nics.entries()) {
@@ -205,9 +206,11 @@ export class QemuDriver implements Hypervisor {
   }
 
   async attach(name: string): Promise<QemuDomain | undefined> {
-    const known = this.live.get(name);
-    if (known) return known;
     const dir = this.vmDir(name);
+    const known = this.live.get(name);
+    // A domain destroyed since (its directory gone) is no longer there to attach to.
+    if (known && existsSync(join(dir, 'spec.json'))) return known;
+    this.live.delete(name);
     if (!existsSync(join(dir, 'spec.json'))) return undefined;
     const dom = new QemuDomain(name, dir);
     this.live.set(name, dom);
@@ -231,17 +234,10 @@ export class QemuDriver implements Hypervisor {
     }
     return out;
   }
-}
 
-/** --network <bridge>: the bridge must already exist in the host namespace. */
-export async function assertBridgesExist(nics: NicAttachment[]): Promise<void> {
-  for (const n of nics) {
-    if (n.kind !== 'bridge') continue;
-    const r = await exec('ip', ['-j', 'link', 'show', 'dev', n.bridge, 'type', 'bridge'], { timeoutMs: 5000 });
-    if (r.code !== 0 || r.stdout.trim() === '' || r.stdout.trim() === '[]') {
-      throw badInput('BRIDGE_NOT_FOUND', `bridge ${n.bridge} does not exist on this host`,
-        'create it first (ip link add NAME type bridge) or use --lab for an isolated lab');
-    }
+  /** Holds nothing open between calls (each monitor use is its own connection). */
+  async close(): Promise<void> {
+    // nothing to release
   }
 }
 
@@ -260,7 +256,14 @@ export class QemuDomain implements Domain {
     this.consoleLog = join(dir, 'console.log');
   }
 
+  /** QEMU's pid while it runs: its pidfile outlives a QEMU that was killed. */
   pid(): number | undefined {
+    const n = this.pidFromFile();
+    return n !== undefined && pidAlive(n) ? n : undefined;
+  }
+
+  /** What QEMU wrote to its pidfile, alive or not. */
+  private pidFromFile(): number | undefined {
     try {
       const n = Number(readFileSync(join(this.dir, 'qemu.pid'), 'utf8').trim());
       return Number.isInteger(n) && n > 0 ? n : undefined;
@@ -291,7 +294,7 @@ export class QemuDomain implements Domain {
   async waitReady(childPid: number): Promise<void> {
     const deadline = Date.now() + SOCKET_WAIT_MS;
     while (Date.now() < deadline) {
-      if (existsSync(join(this.dir, 'qmp.sock')) && this.pid() !== undefined) {
+      if (existsSync(join(this.dir, 'qmp.sock')) && this.pidFromFile() !== undefined) {
         try {
           // On a loaded host a starting QEMU can take seconds to greet on QMP:
           // that is still a start, so the probe waits as long as the start may take.
@@ -439,6 +442,26 @@ export class QemuDomain implements Domain {
     // The source node came from -blockdev, so QEMU keeps it (and its file
     // open) after the pivot; a published source could then not be unmounted.
     await qmp.execute('blockdev-del', { 'node-name': `disk-${disk}` });
+  }
+
+  /** The job and node names are mirrorOn's; cancelling before READY leaves the source in use. */
+  async abortMirror(disk: string): Promise<void> {
+    await this.withMonitor(async (q) => {
+      await q.execute('block-job-cancel', { device: `mirror-job-${disk}`, force: true }).catch(() => undefined);
+      // The cancelled job lets go of its target node a moment later.
+      await sleep(500);
+      await q.execute('blockdev-del', { 'node-name': `mirror-${disk}` }).catch(() => undefined);
+    }).catch(() => undefined);
+  }
+
+  /** By pid, never over QMP (see Domain.alive). */
+  async alive(): Promise<boolean> {
+    const pid = this.pid();
+    return pid !== undefined && pidAlive(pid);
+  }
+
+  async exitReason(): Promise<string | undefined> {
+    return this.outcome()?.reason;
   }
 
   /** Resolves when the QEMU process ends (only for domains this process started). */

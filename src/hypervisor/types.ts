@@ -71,6 +71,22 @@ export interface Domain {
   blockMirror(disk: string, target: string, format: 'raw' | 'qcow2'): Promise<void>;
   /** Switches the disk to its mirror target; the source is no longer used. */
   pivot(disk: string): Promise<void>;
+  /**
+   * Cancels a mirror of `disk` that `blockMirror` started and `pivot` did
+   * not complete, so the VM stays on its source; best effort, never throws
+   * (nothing to cancel is no error).
+   */
+  abortMirror(disk: string): Promise<void>;
+  /** The pid of the QEMU process that runs the domain, while the driver can tell; undefined otherwise. */
+  pid(): number | undefined;
+  /**
+   * Whether the guest still runs (running or paused). Cheap enough to poll
+   * every second: the qemu driver asks /proc, never QMP, because QEMU's
+   * monitor serves one client and a watcher must not lock out the others.
+   */
+  alive(): Promise<boolean>;
+  /** Why a domain that is over ended ("qemu killed by SIGKILL"), when the driver knows; undefined while it runs. */
+  exitReason(): Promise<string | undefined>;
 }
 
 export interface Hypervisor {
@@ -80,4 +96,9 @@ export interface Hypervisor {
   /** Re-attaches to a domain started earlier (maybe by another process). */
   attach(name: string): Promise<Domain | undefined>;
   list(): Promise<DomainInfo[]>;
+  /**
+   * Releases what the driver holds open (libvirt: its connection, which
+   * keeps the event loop alive); domains keep running. Idempotent.
+   */
+  close(): Promise<void>;
 }

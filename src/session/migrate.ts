@@ -13,9 +13,6 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { RestorelabError, badInput } from '../errors.js';
-import { exec } from '../host/exec.js';
-import { QemuDomain } from '../hypervisor/qemu.js';
-import { LIBVIRT_URI, LibvirtDomain } from '../hypervisor/libvirt.js';
 import type { LiveSession } from './runner.js';
 import { assertFreeSpace } from './runner.js';
 import type { SessionStore } from './store.js';
@@ -53,7 +50,8 @@ export async function migrateLive(live: LiveSession, store: SessionStore, dir: s
     }
     for (const disk of Object.keys(targets)) await live.domain.pivot(disk);
   } catch (e) {
-    for (const disk of started) await abortMirror(live, disk);
+    // Best effort: a half-done mirror is cancelled so the VM stays on its source.
+    for (const disk of started) await live.domain.abortMirror(disk);
     for (const t of Object.values(targets)) rmSync(t, { force: true });
     s.state = 'running';
     store.save(s);
@@ -72,23 +70,4 @@ export async function migrateLive(live: LiveSession, store: SessionStore, dir: s
   }
   delete s.resources.publication;
   store.save(s);
-}
-
-/** Best effort: a half-done mirror is cancelled so the VM stays on its source. */
-async function abortMirror(live: LiveSession, disk: string): Promise<void> {
-  const d = live.domain;
-  if (d instanceof QemuDomain) {
-    await d.withMonitor(async (q) => {
-      await q.execute('block-job-cancel', { device: `mirror-job-${disk}`, force: true }).catch(() => undefined);
-      await new Promise((r) => setTimeout(r, 500));
-      await q.execute('blockdev-del', { 'node-name': `mirror-${disk}` }).catch(() => undefined);
-    }).catch(() => undefined);
-  } else if (d instanceof LibvirtDomain) {
-    const xml = await exec('virsh', ['-c', LIBVIRT_URI, 'domblklist', d.domainName], { timeoutMs: 10_000 });
-    for (const m of xml.stdout.matchAll(/^\s*(\S+)\s+/gm)) {
-      if (m[1] && m[1] !== 'Target' && !m[1].startsWith('-')) {
-        await exec('virsh', ['-c', LIBVIRT_URI, 'blockjob', d.domainName, m[1], '--abort'], { timeoutMs: 30_000 });
-      }
-    }
-  }
 }

@@ -9,7 +9,7 @@ import type { RestorePoint } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { loadLab, readLabState, type LabDefinition } from '../lab/lab.js';
 import { formatCidr, overlaps, parseCidr, type Cidr } from '../lab/ipv4.js';
-import { assertBridgesExist } from '../hypervisor/qemu.js';
+import { assertBridgesExist } from '../host/bridges.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
 import type { SessionPublish } from './session.js';
 
@@ -82,7 +82,7 @@ export async function planRecovery(req: RecoverRequest, deps: SessionDeps): Prom
   }
   if (req.network) {
     if (!which('ip')) throw missingComponent('ip (iproute2)', 'apt-get install iproute2');
-    await assertBridgesExist([{ kind: 'bridge', bridge: req.network, mac: '' }]);
+    await assertBridgesExist([req.network]);
   }
   if (req.driver === 'qemu' && !which('qemu-system-x86_64')) throw missingComponent('qemu-system-x86_64', 'apt-get install qemu-system-x86');
   if (req.driver === 'libvirt') {

@@ -10,7 +10,6 @@ import { existsSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { badInput } from '../errors.js';
 import { labDown, labUp, readLabState } from '../lab/lab.js';
-import { QemuDomain } from '../hypervisor/qemu.js';
 import type { Domain, Hypervisor } from '../hypervisor/types.js';
 import type { RunningPublication } from '../publish/contract.js';
 import { bringUp as bringUpPoint, tearDown, type BringUpNetwork, type BringUpRequest, type KeptEvidence } from '../bringup/bringup.js';
@@ -81,10 +80,8 @@ export async function bringUp(
       network = { kind: 'lab', lab };
     }
     const vm = await bringUpPoint(sessionBringUpRequest(s, plan, store, network, opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS), hv, deps);
-    if (vm.domain instanceof QemuDomain) {
-      const pid = vm.domain.pid();
-      if (pid !== undefined) s.qemuPid = pid;
-    }
+    const pid = vm.domain.pid();
+    if (pid !== undefined) s.qemuPid = pid;
     s.disks = vm.disks;
     s.heartbeatSeconds = Math.round((Date.now() - Date.parse(s.createdAt)) / 100) / 10;
     if (vm.heartbeat) s.heartbeat = { path: vm.heartbeat.path, detail: vm.heartbeat.detail };

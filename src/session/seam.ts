@@ -20,8 +20,10 @@ export interface SessionDeps {
   hypervisor(driver: 'qemu' | 'libvirt', opts: { stateDir: string; accel?: 'auto' | 'kvm' | 'tcg' }): Hypervisor;
 }
 
-/** The libvirt driver holds a connection that keeps the event loop alive. */
+/**
+ * Closes the driver on the way out (the libvirt driver holds a connection
+ * that keeps the event loop alive); a failure to close is not the caller's.
+ */
 export async function closeHypervisor(hv: Hypervisor): Promise<void> {
-  const c = (hv as { close?: () => Promise<void> }).close;
-  if (typeof c === 'function') await c.call(hv).catch(() => undefined);
+  await hv.close().catch(() => undefined);
 }

@@ -83,6 +83,7 @@ export interface RecoverySession {
   supervisorPid?: number;
   /** Set by the supervisor once it accepts stop/migrate requests. */
   controlSocket?: string;
+  /** The QEMU process that runs the VM, as the driver reports it (Domain.pid), recorded at bring-up. */
   qemuPid?: number;
   error?: SessionError;
   /** How the heartbeat was seen (src/verify/heartbeat.ts: agent, ip or boot-time) and its detail. */

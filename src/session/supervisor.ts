@@ -7,10 +7,7 @@
  * request (QEMU killed, crashed, powered off from inside), the session is
  * marked failed and its taps, lab and publication are removed.
  */
-import { readFileSync } from 'node:fs';
 import { RestorelabError } from '../errors.js';
-import { QemuDomain } from '../hypervisor/qemu.js';
-import type { Domain } from '../hypervisor/types.js';
 import { controlSocket, serveControl, toSessionError, type ControlRequest } from './control.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
 import { migrateLive } from './migrate.js';
@@ -21,24 +18,6 @@ import type { RecoverySession } from './session.js';
 import { SessionStore } from './store.js';
 
 const WATCH_INTERVAL_MS = 1000;
-
-function qemuAlive(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system');
-  } catch {
-    return false;
-  }
-}
-
-/** QEMU's monitor serves one client, so the qemu driver is watched by pid, never over QMP. */
-async function domainAlive(d: Domain, s: RecoverySession): Promise<boolean> {
-  if (d instanceof QemuDomain) {
-    const pid = s.qemuPid ?? d.pid();
-    return pid !== undefined && qemuAlive(pid);
-  }
-  const st = await d.state();
-  return st === 'running' || st === 'paused';
-}
 
 export interface SuperviseOptions {
   heartbeatTimeoutMs?: number;
@@ -58,7 +37,7 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
       // A restarted supervisor of a migrated session: nothing is published
       // any more, so the running domain is all there is to re-attach to.
       const domain = await hv.attach(s.domain);
-      if (!domain || !(await domainAlive(domain, s))) throw new RestorelabError('VM_GONE', `the VM of session ${s.id} is no longer running`);
+      if (!domain || !(await domain.alive())) throw new RestorelabError('VM_GONE', `the VM of session ${s.id} is no longer running`);
       live = { session: s, hv, domain };
       store.save(s);
       return await watchSession(live, store, id);
@@ -126,9 +105,12 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
   store.save(s);
   const watch = setInterval(() => {
     if (ending) return;
-    domainAlive(live.domain, s).then((alive) => {
+    // Domain.alive is cheap (the qemu driver asks /proc, not its one-client monitor).
+    live.domain.alive().then(async (alive) => {
       if (alive || ending) return;
-      const why = live.domain instanceof QemuDomain ? live.domain.outcome()?.reason : undefined;
+      // Noticed once: asking libvirt why may take longer than one tick.
+      ending = true;
+      const why = await live.domain.exitReason().catch(() => undefined);
       void end('failed', `the VM stopped while the session was ${s.state}${why ? ` (${why})` : ''}`);
     }, () => undefined);
   }, WATCH_INTERVAL_MS);

@@ -52,6 +52,10 @@ function fakeDomain(dir: string, name: string, calls: Calls): Domain {
     readVgaText: async () => new Uint8Array(0),
     blockMirror: async () => undefined,
     pivot: async () => undefined,
+    abortMirror: async () => undefined,
+    pid: () => undefined,
+    alive: async () => true,
+    exitReason: async () => undefined,
   };
 }
 
@@ -67,6 +71,7 @@ function fakeDeps(dir: string, calls: Calls): SessionDeps {
     start: async (spec) => { calls.started.push(spec); return fakeDomain(dir, spec.vm.name, calls); },
     attach: async () => undefined,
     list: async () => [],
+    close: async () => undefined,
   };
   return {
     openRepository: async () => repo,

@@ -75,6 +75,7 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
       const d = {
         name: spec.vm.name, agentSocket: sock, consoleLog: join(dir, 'console.log'),
         state: async () => 'running' as const,
+        pid: () => undefined,
         // The heartbeat decision (src/verify/heartbeat.ts) pings the agent through the domain.
         agent: (timeoutMs?: number) => QgaClient.connect(sock, { timeoutMs: timeoutMs ?? 2000 }),
         destroy: async () => { calls.destroyed.push(spec.vm.name); live.delete(spec.vm.name); },
@@ -84,6 +85,7 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
     },
     attach: async (name) => live.get(name),
     list: async () => [...live.keys()].map((name): DomainInfo => ({ name, driver: 'qemu', state: 'running' })),
+    close: async () => undefined,
   };
   return {
     openRepository: async (path) => {
