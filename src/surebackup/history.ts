@@ -13,7 +13,9 @@
  */
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
 import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../catalog/job-runs.js';
-import type { RunResult, VmResult } from './runner.js';
+import type { RunResult, VmResult } from '../verify/contract.js';
+import type { TrendPoint } from '../report/report.js';
+
 
 export type RunTrigger = 'manual' | 'schedule' | 'after-backup';
 export type RunStatus = 'running' | 'success' | 'warning' | 'failed' | 'cancelled' | 'error' | 'skipped-overlap' | 'missed';
@@ -70,7 +72,6 @@ export interface RunRow {
   id: string; job: string; trigger: RunTrigger; status: RunStatus; startedAt: string; endedAt: string | null;
   dueAt: string | null; detail: string | null; reportHtml: string | null; reportJson: string | null;
 }
-export interface TrendPoint { run: string; at: string; recoverySeconds: number; result: string }
 export interface VmTiming { run: string; vm: string; startedMs: number; endedMs: number; recoverySeconds: number; result: string }
 
 interface RunDbRow { id: string; job: string; trigger: string; status: string; started_at: string; ended_at: string | null; due_at: string | null; detail: string | null; report_html: string | null; report_json: string | null }

@@ -5,7 +5,7 @@ import { loadValidated } from '../schema/validate.js';
 import { dirname, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import type { Job } from './runner.js';
-import type { TestSpec } from './roles.js';
+import type { TestSpec } from '../verify/contract.js';
 import { resolveScript } from '../verify/script.js';
 
 export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicationGroup'> {

@@ -27,7 +27,7 @@ import type { Limiter } from '../../surebackup/limiter.js';
 import { nextFireTimes } from '../../scheduler/scheduler.js';
 import { writeFileAtomic } from '../../repo/atomic-file.js';
 import { allowedScript } from '../../verify/script.js';
-import type { TestSpec } from '../../surebackup/roles.js';
+import type { TestSpec } from '../../verify/contract.js';
 import { RestorelabError } from '../../errors.js';
 
 export interface JobListing {
