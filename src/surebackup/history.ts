@@ -72,6 +72,19 @@ export interface RunRow {
   id: string; job: string; trigger: RunTrigger; status: RunStatus; startedAt: string; endedAt: string | null;
   dueAt: string | null; detail: string | null; reportHtml: string | null; reportJson: string | null;
 }
+/** The newest SureBackup result of a restore point, as the API's points show it. */
+export interface PointVerification {
+  run: string;
+  job: string;
+  vm: string;
+  /** success, warning, failed or dependency-failed. */
+  result: string;
+  /** When the VM's verification started (ISO 8601). */
+  at: string;
+  recoverySeconds: number;
+  /** Whether a console screenshot was kept for this VM in that run. */
+  screenshot: boolean;
+}
 export interface VmTiming { run: string; vm: string; startedMs: number; endedMs: number; recoverySeconds: number; result: string }
 
 interface RunDbRow { id: string; job: string; trigger: string; status: string; started_at: string; ended_at: string | null; due_at: string | null; detail: string | null; report_html: string | null; report_json: string | null }
@@ -158,6 +171,24 @@ export class History {
     return (this.db.prepare(`SELECT v.run_id AS run, v.screenshot AS path FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
       WHERE v.vm = ? AND r.job = ? AND v.result IN ('success', 'warning') AND v.screenshot IS NOT NULL
       ORDER BY v.started_ms DESC LIMIT ?`).all(vm, job, limit) as { run: string; path: string }[]);
+  }
+
+  /** How many runs ended (or are running) with each status, for the server's metrics. */
+  runsByStatus(): Record<string, number> {
+    return Object.fromEntries((this.db.prepare('SELECT status, COUNT(*) AS n FROM surebackup_runs GROUP BY status').all() as { status: string; n: number }[]).map((r) => [r.status, r.n]));
+  }
+
+  /** Looks up the newest verification of restore points, one statement prepared for a whole listing. */
+  pointVerifier(): (pointId: string) => PointVerification | null {
+    const q = this.db.prepare(`SELECT v.run_id AS run, r.job AS job, v.vm AS vm, v.result AS result, v.started_ms AS startedMs,
+        v.recovery_s AS recoverySeconds, v.screenshot AS screenshot
+      FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
+      WHERE v.point = ? ORDER BY v.started_ms DESC, r.started_at DESC LIMIT 1`);
+    return (pointId) => {
+      const row = q.get(pointId) as { run: string; job: string; vm: string; result: string; startedMs: number; recoverySeconds: number; screenshot: string | null } | undefined;
+      if (!row) return null;
+      return { run: row.run, job: row.job, vm: row.vm, result: row.result, at: new Date(row.startedMs).toISOString(), recoverySeconds: row.recoverySeconds, screenshot: row.screenshot !== null };
+    };
   }
 
   /** Per-VM start/end of one run, for reports and for checking the concurrency cap. */
