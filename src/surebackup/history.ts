@@ -12,7 +12,7 @@
  * well, so concurrency can be checked from the catalog alone.
  */
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
-import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../catalog/job-runs.js';
+import { endRun, insertNonRun, insertRun, lastStartedAt, newestRunRows, runRow } from '../catalog/job-runs.js';
 import type { RunResult, VmResult } from '../verify/contract.js';
 import type { TrendPoint } from '../report/report.js';
 
@@ -126,7 +126,7 @@ export class History {
 
   /** A run that ended without a result (cancelled, or an error before/while verifying). */
   abortRun(id: string, status: 'cancelled' | 'error', detail: string): void {
-    this.db.prepare('UPDATE surebackup_runs SET status = ?, ended_at = ?, detail = ? WHERE id = ?').run(status, new Date().toISOString(), detail, id);
+    endRun(this.db, 'surebackup_runs', id, status, detail);
   }
 
   setReports(id: string, reports: { html?: string; json?: string }): void {
@@ -200,7 +200,7 @@ export class History {
 
   /** One run with its VMs and tests, as the report and `history` show it. */
   run(id: string): (RunRow & { vms: (Omit<VmResult, 'startedAt' | 'endedAt'> & { startedAt: number; endedAt: number })[] }) | undefined {
-    const row = this.db.prepare('SELECT * FROM surebackup_runs WHERE id = ?').get(id) as RunDbRow | undefined;
+    const row = runRow<RunDbRow>(this.db, 'surebackup_runs', id);
     if (!row) return undefined;
     const vms = this.db.prepare('SELECT * FROM surebackup_vm_results WHERE run_id = ? ORDER BY grp DESC, started_ms').all(id) as
       { vm: string; point: string; grp: number; result: VmResult['result']; started_ms: number; ended_ms: number; boot_to_heartbeat_s: number | null; to_first_answer_s: number | null; recovery_s: number; screenshot: string | null }[];
