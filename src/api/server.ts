@@ -47,7 +47,7 @@ export interface ApiOptions {
 export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {
   const catalog = openCatalog(o.config.catalog);
   createApiDirs(o.config.api, o.config.stateDir);
-  new History(catalog); // applies the run tables' migrations, which the metrics read
+  const runs = new History(catalog);
   const closers: Array<() => Promise<void> | void> = [];
   const operations = new OperationRegistry((err) => errorBody(toApiError(err).error).error);
   const stateDir = o.config.stateDir;
@@ -59,7 +59,7 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
       for (const s of await listSessions(stateDir)) out[s.state] = (out[s.state] ?? 0) + 1;
       return out;
     },
-    jobRunsByResult: () => Object.fromEntries((catalog.prepare('SELECT status, COUNT(*) AS n FROM surebackup_runs GROUP BY status').all() as Array<{ status: string; n: number }>).map((r) => [r.status, r.n])),
+    jobRunsByResult: () => runs.runsByStatus(),
   });
   return {
     config: o.config,

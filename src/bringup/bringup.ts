@@ -33,7 +33,7 @@ import type { Domain, Hypervisor, NicAttachment } from '../hypervisor/types.js';
 import type { PublicationOwner, PublishOptions, RunningPublication } from '../publish/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { heartbeat, ipAnswers, type HeartbeatProbes } from '../verify/heartbeat.js';
-import type { TestResult } from '../surebackup/runner.js';
+import type { TestResult } from '../verify/contract.js';
 import { describeEvidence, keepEvidence, type EvidencePaths, type KeptEvidence } from './evidence.js';
 
 export type { KeptEvidence } from './evidence.js';

@@ -111,6 +111,11 @@ export function catalogKnows(db: CatalogDb, repoPath: string): boolean {
   return db.prepare('SELECT 1 FROM repos WHERE repo = ?').get(repoPath) !== undefined;
 }
 
+/** Paths of every repository `reindex` ever ran for, sorted. */
+export function indexedRepositories(db: CatalogDb): string[] {
+  return (db.prepare('SELECT repo FROM repos ORDER BY repo').all() as { repo: string }[]).map((r) => r.repo);
+}
+
 export function recordPoint(db: CatalogDb, repoPath: string, p: RestorePoint): void {
   db.prepare(`INSERT OR REPLACE INTO points (repo, id, vm, time, consistency, parent, disks, size, bytes_new, damaged, manifest)
               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(

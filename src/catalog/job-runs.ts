@@ -22,6 +22,16 @@ export function newestRunRows<Row>(db: CatalogDb, table: JobRunTable, o: { job?:
     : db.prepare(`SELECT * FROM ${table} WHERE job = ? ORDER BY started_at DESC, rowid DESC LIMIT ?`).all(o.job, o.limit ?? 20)) as Row[];
 }
 
+/** The raw row of one run, by its id. */
+export function runRow<Row>(db: CatalogDb, table: JobRunTable, id: string): Row | undefined {
+  return db.prepare(`SELECT * FROM ${table} WHERE id = ?`).get(id) as Row | undefined;
+}
+
+/** Ends a run: its status, the time it ended, and why (null when there is nothing to say). */
+export function endRun(db: CatalogDb, table: JobRunTable, id: string, status: string, detail: string | null): void {
+  db.prepare(`UPDATE ${table} SET status = ?, ended_at = ?, detail = ? WHERE id = ?`).run(status, new Date().toISOString(), detail, id);
+}
+
 /**
  * When the job last started a real run (not a skipped or missed trigger),
  * or, with `missed`, when its last `missed` entry was recorded.

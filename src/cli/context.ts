@@ -1,7 +1,7 @@
 /** What every command gets: the parsed global options, the config and the output. */
 import type { Command } from 'commander';
 import type { Config } from '../config/config.js';
-import { Output } from './output.js';
+import { Output } from '../format/output.js';
 
 export interface GlobalOptions {
   json?: boolean;

@@ -5,7 +5,7 @@
  * demo runs what is there and names plainly what is not.
  */
 import type { Config } from '../config/config.js';
-import type { Output } from '../cli/output.js';
+import type { Output } from '../format/output.js';
 
 export interface DemoState {
   config: Config;

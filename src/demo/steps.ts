@@ -15,7 +15,7 @@ import type { RepositoryMaintenance } from '../repo/api.js';
 import { verifyRepository } from '../repo/verify.js';
 import { backupVm } from '../backup/engine.js';
 import { openCatalog, recordPoint } from '../catalog/catalog.js';
-import { formatBytes } from '../cli/output.js';
+import { formatBytes } from '../format/output.js';
 import { startPublication } from '../publish/publish.js';
 import { startNfsExport } from '../nfs/export.js';
 import { loadJob } from '../surebackup/job.js';

@@ -5,7 +5,6 @@
 import { existsSync, accessSync, constants } from 'node:fs';
 import { exec, which } from './exec.js';
 import { probeAccel, type AccelProbe } from './accel.js';
-import type { StaleItem } from '../reconcile/reconcile.js';
 
 export interface Check {
   name: string;
@@ -28,8 +27,6 @@ export interface DoctorReport {
   /** How long the checks took in this process (the CLI's own start-up is not in it). */
   seconds: number;
   checks: Check[];
-  /** Stale state in the state directory (a dry-run reconcile), when one was given. */
-  stale?: StaleItem[];
 }
 
 function tool(name: string, pkg: string, required: boolean, purpose: string): Check {
@@ -83,7 +80,7 @@ function qemuNfsCheck(): Check {
     : { name: 'qemu-nfs', ok: false, detail: "QEMU's nfs:// block driver is missing", fix: 'apt-get install qemu-block-extra', required: false };
 }
 
-export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string; stateDir?: string; keyFile?: string } = {}): Promise<DoctorReport> {
+export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<DoctorReport> {
   const started = performance.now();
   const accel = await probeAccel(opts);
   const checks: Check[] = [
@@ -109,15 +106,9 @@ export async function runDoctor(opts: { cacheDir?: string; force?: boolean; gues
     tool('nft', 'nftables', false, 'lab masquerade NAT'),
     tool('losetup', 'mount', false, 'file-level restore'),
   ];
-  let stale: StaleItem[] | undefined;
-  if (opts.stateDir) {
-    // Loaded here, not at the top: the demo and the hypervisors import this module without needing it.
-    const { reconcile } = await import('../reconcile/reconcile.js');
-    stale = (await reconcile({ stateDir: opts.stateDir, dryRun: true, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) })).stale;
-  }
   return {
     ok: checks.every((c) => c.ok || !c.required), accel: accel.accel, kvm: accel.kvm, cached: Boolean(accel.cached),
     ...(accel.checkedAt ? { accelCheckedAt: accel.checkedAt } : {}), seconds: Math.round(performance.now() - started) / 1000,
-    checks, ...(stale ? { stale } : {}),
+    checks,
   };
 }

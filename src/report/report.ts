@@ -7,9 +7,11 @@
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { RunResult, TestResult, VmResult } from '../surebackup/runner.js';
-import type { TrendPoint } from '../surebackup/history.js';
+import type { RunResult, TestResult, VmResult } from '../verify/contract.js';
 import type { PointSignals } from '../repo/contract.js';
+
+/** One run's recovery time of a VM, as the history keeps it (src/surebackup/history.ts) and the sparkline draws it. */
+export interface TrendPoint { run: string; at: string; recoverySeconds: number; result: string }
 
 export interface VmReport {
   name: string; point: string; result: VmResult['result']; group: boolean;

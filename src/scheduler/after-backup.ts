@@ -16,8 +16,8 @@ import { existsSync } from 'node:fs';
 import type { Config } from '../config/config.js';
 import { History, type RunStatus } from '../surebackup/history.js';
 import { JobGate } from '../surebackup/gate.js';
-import { configuredRun } from './run.js';
-import { Scheduler, covers, loadJobsDir, type BackedUpVm, type ScheduledJob, type TriggerOutcome } from './scheduler.js';
+import { configuredRun, type ScheduledJob } from './run.js';
+import { Scheduler, covers, loadJobsDir, type BackedUpVm, type TriggerOutcome } from './scheduler.js';
 import { sendBackupNotice, sendRunNotice, triggeredRun } from './notice.js';
 
 export interface AfterBackupRun {

@@ -9,8 +9,14 @@ import type { Job } from '../surebackup/runner.js';
 import type { JobFile } from '../surebackup/job.js';
 import { Limiter } from '../surebackup/limiter.js';
 import type { RunReport } from '../report/report.js';
-import type { RunJobFn } from './scheduler.js';
+import type { RunResult } from '../verify/contract.js';
 import { serverScriptPolicy } from '../verify/script.js';
+
+/** A job file the scheduler knows, by its job's name. */
+export interface ScheduledJob { name: string; file: string; job: Job & JobFile }
+
+/** One run of a scheduled job: the real one is configuredRun's; tests pass their own. */
+export type RunJobFn = (s: ScheduledJob, ctx: { runId: string; trigger: RunTrigger; signal: AbortSignal }) => Promise<RunResult | void>;
 
 export interface ConfiguredRun {
   job: Job & JobFile;

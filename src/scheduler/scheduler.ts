@@ -22,14 +22,11 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cron } from 'croner';
 import { notFound } from '../errors.js';
-import { loadJob, type JobFile } from '../surebackup/job.js';
-import type { Job, RunResult } from '../surebackup/runner.js';
+import { loadJob } from '../surebackup/job.js';
 import { History, type RunTrigger } from '../surebackup/history.js';
 import { loadConfig } from '../config/config.js';
-import { configuredRun } from './run.js';
+import { configuredRun, type RunJobFn, type ScheduledJob } from './run.js';
 import { systemClock, type Clock } from './clock.js';
-
-export interface ScheduledJob { name: string; file: string; job: Job & JobFile }
 
 /** Every *.json job in `dir`, validated (a bad file is an error naming it). */
 export function loadJobsDir(dir: string): ScheduledJob[] {
@@ -95,8 +92,6 @@ export function covers(s: ScheduledJob, vm: BackedUpVm): boolean {
   if (Array.isArray(vms)) return vms.includes(vm.name);
   return tag === undefined || (vm.tags ?? []).includes(tag);
 }
-
-export type RunJobFn = (s: ScheduledJob, ctx: { runId: string; trigger: RunTrigger; signal: AbortSignal }) => Promise<RunResult | void>;
 
 export interface SchedulerOptions {
   jobsDir?: string;

@@ -22,7 +22,8 @@ import { depsWithKey, realDeps } from '../session/deps.js';
 import { RestorelabError } from '../errors.js';
 import { bringUp, tearDown, type BringUpRequest, type BringUpResources, type KeptEvidence } from '../bringup/bringup.js';
 import type { EvidencePaths } from '../bringup/evidence.js';
-import type { LabBackend, RecoveredVm } from './runner.js';
+import type { LabBackend } from './runner.js';
+import type { RecoveredVm } from '../verify/contract.js';
 
 export interface BackendOptions {
   repo: string;

@@ -13,7 +13,8 @@ import type { ScriptPolicy } from '../verify/script.js';
 import type { History, RunTrigger } from './history.js';
 import type { JobFile } from './job.js';
 import type { Limiter } from './limiter.js';
-import { runJob, type Job, type LabBackend, type RunResult, type TestRunner } from './runner.js';
+import { runJob, type Job, type LabBackend } from './runner.js';
+import type { RunResult, TestRunner } from '../verify/contract.js';
 
 export interface ExecuteOptions {
   job: Job & Partial<JobFile>;

@@ -12,8 +12,10 @@
  * well, so concurrency can be checked from the catalog alone.
  */
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
-import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../catalog/job-runs.js';
-import type { RunResult, VmResult } from './runner.js';
+import { endRun, insertNonRun, insertRun, lastStartedAt, newestRunRows, runRow } from '../catalog/job-runs.js';
+import type { RunResult, VmResult } from '../verify/contract.js';
+import type { TrendPoint } from '../report/report.js';
+
 
 export type RunTrigger = 'manual' | 'schedule' | 'after-backup';
 export type RunStatus = 'running' | 'success' | 'warning' | 'failed' | 'cancelled' | 'error' | 'skipped-overlap' | 'missed';
@@ -70,7 +72,19 @@ export interface RunRow {
   id: string; job: string; trigger: RunTrigger; status: RunStatus; startedAt: string; endedAt: string | null;
   dueAt: string | null; detail: string | null; reportHtml: string | null; reportJson: string | null;
 }
-export interface TrendPoint { run: string; at: string; recoverySeconds: number; result: string }
+/** The newest SureBackup result of a restore point, as the API's points show it. */
+export interface PointVerification {
+  run: string;
+  job: string;
+  vm: string;
+  /** success, warning, failed or dependency-failed. */
+  result: string;
+  /** When the VM's verification started (ISO 8601). */
+  at: string;
+  recoverySeconds: number;
+  /** Whether a console screenshot was kept for this VM in that run. */
+  screenshot: boolean;
+}
 export interface VmTiming { run: string; vm: string; startedMs: number; endedMs: number; recoverySeconds: number; result: string }
 
 interface RunDbRow { id: string; job: string; trigger: string; status: string; started_at: string; ended_at: string | null; due_at: string | null; detail: string | null; report_html: string | null; report_json: string | null }
@@ -112,7 +126,7 @@ export class History {
 
   /** A run that ended without a result (cancelled, or an error before/while verifying). */
   abortRun(id: string, status: 'cancelled' | 'error', detail: string): void {
-    this.db.prepare('UPDATE surebackup_runs SET status = ?, ended_at = ?, detail = ? WHERE id = ?').run(status, new Date().toISOString(), detail, id);
+    endRun(this.db, 'surebackup_runs', id, status, detail);
   }
 
   setReports(id: string, reports: { html?: string; json?: string }): void {
@@ -159,6 +173,24 @@ export class History {
       ORDER BY v.started_ms DESC LIMIT ?`).all(vm, job, limit) as { run: string; path: string }[]);
   }
 
+  /** How many runs ended (or are running) with each status, for the server's metrics. */
+  runsByStatus(): Record<string, number> {
+    return Object.fromEntries((this.db.prepare('SELECT status, COUNT(*) AS n FROM surebackup_runs GROUP BY status').all() as { status: string; n: number }[]).map((r) => [r.status, r.n]));
+  }
+
+  /** Looks up the newest verification of restore points, one statement prepared for a whole listing. */
+  pointVerifier(): (pointId: string) => PointVerification | null {
+    const q = this.db.prepare(`SELECT v.run_id AS run, r.job AS job, v.vm AS vm, v.result AS result, v.started_ms AS startedMs,
+        v.recovery_s AS recoverySeconds, v.screenshot AS screenshot
+      FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
+      WHERE v.point = ? ORDER BY v.started_ms DESC, r.started_at DESC LIMIT 1`);
+    return (pointId) => {
+      const row = q.get(pointId) as { run: string; job: string; vm: string; result: string; startedMs: number; recoverySeconds: number; screenshot: string | null } | undefined;
+      if (!row) return null;
+      return { run: row.run, job: row.job, vm: row.vm, result: row.result, at: new Date(row.startedMs).toISOString(), recoverySeconds: row.recoverySeconds, screenshot: row.screenshot !== null };
+    };
+  }
+
   /** Per-VM start/end of one run, for reports and for checking the concurrency cap. */
   vmTimings(runId: string): VmTiming[] {
     return (this.db.prepare('SELECT run_id, vm, started_ms, ended_ms, recovery_s, result FROM surebackup_vm_results WHERE run_id = ? ORDER BY started_ms').all(runId) as
@@ -168,7 +200,7 @@ export class History {
 
   /** One run with its VMs and tests, as the report and `history` show it. */
   run(id: string): (RunRow & { vms: (Omit<VmResult, 'startedAt' | 'endedAt'> & { startedAt: number; endedAt: number })[] }) | undefined {
-    const row = this.db.prepare('SELECT * FROM surebackup_runs WHERE id = ?').get(id) as RunDbRow | undefined;
+    const row = runRow<RunDbRow>(this.db, 'surebackup_runs', id);
     if (!row) return undefined;
     const vms = this.db.prepare('SELECT * FROM surebackup_vm_results WHERE run_id = ? ORDER BY grp DESC, started_ms').all(id) as
       { vm: string; point: string; grp: number; result: VmResult['result']; started_ms: number; ended_ms: number; boot_to_heartbeat_s: number | null; to_first_answer_s: number | null; recovery_s: number; screenshot: string | null }[];

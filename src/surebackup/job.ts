@@ -2,10 +2,12 @@
 import { Cron } from 'croner';
 import { badInput } from '../errors.js';
 import { loadValidated } from '../schema/validate.js';
-import { dirname, resolve } from 'node:path';
-import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { writeFileAtomic } from '../repo/atomic-file.js';
 import type { Job } from './runner.js';
-import type { TestSpec } from './roles.js';
+import type { TestSpec } from '../verify/contract.js';
 import { resolveScript } from '../verify/script.js';
 
 export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicationGroup'> {
@@ -34,4 +36,26 @@ export function loadJob(path: string): Job & JobFile {
   const scan = j.scan === undefined ? undefined : { ...j.scan, rules: resolve(dirname(path), j.scan.rules) };
   if (scan && !existsSync(scan.rules)) throw badInput('JOB_SCAN_RULES_MISSING', `job ${j.name}: the scan rule file ${scan.rules} does not exist`, 'give "scan": {"rules": "<file.yar>"} relative to the job file');
   return { ...j, applicationGroup, verify, point: j.point ?? 'latest', concurrency: j.concurrency ?? 3, ...(scan ? { scan } : {}) };
+}
+
+/**
+ * The job `text` would be as `<dir>/<name>.json`, checked as loadJob checks a
+ * file (the cron expression, script files relative to the job's directory,
+ * which the schema cannot): it reads a probe file beside the real one, whose
+ * name does not end in .json, so no lister sees it.
+ */
+export function checkJobText(dir: string, name: string, text: string): Job & JobFile {
+  const probe = join(dir, `.${name}.${randomBytes(4).toString('hex')}.probe`);
+  mkdirSync(dir, { recursive: true });
+  try {
+    writeFileSync(probe, text);
+    return loadJob(probe);
+  } finally {
+    rmSync(probe, { force: true });
+  }
+}
+
+/** Writes the job file `<dir>/<name>.json` crash-safely: a reader sees the old job or the new one, never half of it. */
+export async function writeJobFile(dir: string, name: string, text: string): Promise<void> {
+  await writeFileAtomic(dir, `${name}.json`, text);
 }

@@ -10,20 +10,7 @@
  * address. An open port 53 proves nothing about the zone behind it.
  */
 import { badInput } from '../errors.js';
-
-export type TestSpec =
-  | { kind: 'heartbeat'; stablePings?: number; stableSeconds?: number }
-  | { kind: 'ping' }
-  | { kind: 'tcp'; port: number; banner?: string }
-  | { kind: 'http'; port?: number; path?: string; status?: number; body?: string }
-  | { kind: 'dns'; name: string; expect?: string }
-  | { kind: 'script'; path: string; args?: string[]; timeoutSeconds?: number }
-  | { kind: 'screenshot' }
-  | { kind: 'integrity' };
-
-export interface Role { name: string; tests: TestSpec[]; maxBootSeconds: number; appInitSeconds: number }
-/** The question a `dns` role VM must answer: `name`'s A record is `expect`. */
-export interface DnsQuery { name: string; expect: string }
+import type { DnsQuery, Role, TestSpec } from '../verify/contract.js';
 
 const base: TestSpec[] = [{ kind: 'heartbeat' }, { kind: 'ping' }];
 const tail: TestSpec[] = [{ kind: 'screenshot' }, { kind: 'integrity' }];

@@ -5,53 +5,12 @@
  * lab is always torn down (cancel, timeout, error) unless keepLabOnFailure
  * and the run failed.
  */
-import type { DnsQuery, Role, TestSpec } from './roles.js';
+import type { DnsQuery, RecoveredVm, Role, RunResult, TestResult, TestRunner, TestSpec, Verdict, VmResult } from '../verify/contract.js';
 import { resolveRole } from './roles.js';
 import { Limiter, mapLimited } from './limiter.js';
 import { ExitCode, RestorelabError, notFound } from '../errors.js';
 import { resolveScript } from '../verify/script.js';
 
-export type Verdict = 'passed' | 'failed' | 'skipped' | 'warning';
-export interface TestResult {
-  name: string; kind: string; result: Verdict; seconds: number; detail: string;
-  /** A file the test produced (the screenshot PNG). */
-  artifact?: string;
-  /** The screenshot of the VM's last passing run, when this one looks very different from it. */
-  baseline?: string;
-  /**
-   * A test that keeps watching for the rest of the VM's test window (the
-   * heartbeat): called once the VM's other tests are done, it gives the final
-   * verdict that replaces this one. `abandon` asks for it at once (cancel, error).
-   */
-  settle?: (o?: { abandon?: boolean }) => Promise<TestResult>;
-}
-
-/** A VM recovered into the lab. */
-export interface RecoveredVm {
-  ip: string;
-  masqIp: string;
-  /** Network namespace of the lab, for tests that run "inside" it. */
-  netns: string;
-  /** Guest agent ping; undefined if the VM has no agent. */
-  agentPing?: () => Promise<boolean>;
-  /** QMP screendump to a PPM file; returns its path. */
-  screendump(): Promise<string>;
-  /** The VGA text memory (char/attr pairs from 0xB8000), when the console is in text mode. */
-  consoleText?: () => Promise<Uint8Array>;
-  /** What the guest wrote on its serial console so far. */
-  serialLog?: () => Promise<string>;
-  /**
-   * Powers the VM off and removes what its bring-up made; idempotent. Keeps
-   * its serial console log (and with `screenshot`, its last screen) in the
-   * evidence directory first and says where.
-   */
-  stop(how?: { screenshot?: boolean }): Promise<Evidence | void>;
-}
-
-/** Files kept of a VM when it was stopped (src/bringup/evidence.ts). */
-export interface Evidence { console?: string; screenshot?: string }
-
-/** What the lead implements with the real hypervisor / lab / publish pieces. */
 /** What a job's `scan` gate found for one VM's point (src/scan). */
 export interface PointScanVerdict {
   verdict: 'clean' | 'infected';
@@ -59,6 +18,7 @@ export interface PointScanVerdict {
   files: { scanned: number; cached: number };
 }
 
+/** What the lead implements with the real hypervisor / lab / publish pieces. */
 export interface LabBackend {
   /** `uplink: false`: a quarantine lab, with nothing connecting it to the host (an infected point allowed in). */
   labUp(lab: unknown, signal: AbortSignal, opts?: { uplink?: boolean }): Promise<{ netns: string }>;
@@ -73,15 +33,6 @@ export interface LabBackend {
   scan?(vm: string, pointId: string, rules: string, signal: AbortSignal): Promise<PointScanVerdict>;
 }
 
-/** Runs one test against a recovered VM; src/verify provides the real ones. */
-export type TestRunner = ((spec: TestSpec, vm: { name: string; pointId: string; role: Role; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult>) & {
-  /**
-   * Called once per recovered VM after its tests, before it stops: results
-   * of what watched the VM the whole time (the console watch), if it saw
-   * something after the tests that report it had run.
-   */
-  vmDone?: (vm: { name: string; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult[]>;
-};
 
 export interface GroupVm {
   name: string; role?: string; tests?: TestSpec[]; maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number; waitForPrevious?: boolean;
@@ -109,16 +60,6 @@ export interface Job {
   scan?: { rules: string; allowInfected?: boolean };
 }
 
-export interface VmResult {
-  name: string; point: string; group: boolean; result: 'success' | 'warning' | 'failed' | 'dependency-failed';
-  tests: TestResult[]; startedAt: number; endedAt: number;
-  /** PNG of the console: the screenshot test's, or the last screen of a failed VM. */
-  screenshot: string | null;
-  /** The VM's serial console log, kept in the run's directory (absent in rows from before it was kept). */
-  console?: string | null;
-  bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null; recoverySeconds: number;
-}
-export interface RunResult { result: 'success' | 'warning' | 'failed'; vms: VmResult[]; labKept: boolean }
 
 const NEEDS_NETWORK = new Set(['ping', 'tcp', 'http', 'dns', 'script']);
 

@@ -24,7 +24,7 @@
  * rest of the VM's test window, and a heartbeat lost there fails the test.
  */
 import { exec } from '../host/exec.js';
-import type { TestResult } from '../surebackup/runner.js';
+import type { TestResult } from './contract.js';
 
 export interface Stability { pings: number; seconds: number }
 export const DEFAULT_STABILITY: Stability = { pings: 3, seconds: 4 };

@@ -8,7 +8,7 @@
  * worker: memory stays at `workers` chunks whatever the disk size.
  */
 import { CorruptChunkError, type RepositoryReader } from '../repo/contract.js';
-import type { TestResult } from '../surebackup/runner.js';
+import type { TestResult } from './contract.js';
 
 const MAX_NAMED = 10;
 

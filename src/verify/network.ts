@@ -6,7 +6,7 @@
  * what the unit and mutation tests pin (docs/testing.md).
  */
 import { execFile } from 'node:child_process';
-import type { TestResult } from '../surebackup/runner.js';
+import type { TestResult } from './contract.js';
 import { probeInNetns, type ProbeAnswer } from './probe.js';
 
 /** A verdict before it is timed: passed or not, and what a person reads. */

@@ -11,7 +11,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { decode, encode } from 'fast-png';
-import type { TestResult } from '../surebackup/runner.js';
+import type { TestResult } from './contract.js';
 import { decodeVgaText, dedupeVgaRows } from '../hypervisor/vga.js';
 import { describeFindings, scanConsole, type ConsoleFinding } from './console.js';
 import type { OcrOutcome } from './ocr.js';

@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { badInput, ExitCode, RestorelabError } from '../errors.js';
-import type { TestResult } from '../surebackup/runner.js';
+import type { TestResult } from './contract.js';
 import type { ApiLimits } from '../config/config.js';
 import { confine } from '../host/confine.js';
 import { lookupUser, type HostUser } from '../host/users.js';

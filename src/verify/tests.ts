@@ -11,8 +11,7 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RepositoryReader } from '../repo/contract.js';
-import type { TestRunner, TestResult } from '../surebackup/runner.js';
-import type { TestSpec } from '../surebackup/roles.js';
+import type { RecoveredVm, TestRunner, TestResult, TestSpec } from './contract.js';
 import { heartbeat, ipAnswers, realClock, watchHeartbeat, type Clock, type WatchOptions } from './heartbeat.js';
 import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
 import { scriptTest, type ScriptPolicy } from './script.js';
@@ -20,7 +19,6 @@ import { screenshotTest, type ScreenBaseline } from './screenshot.js';
 import { ConsoleWatch, describeFindings } from './console.js';
 import { ocrText } from './ocr.js';
 import { decodeVgaText, dedupeVgaRows } from '../hypervisor/vga.js';
-import type { RecoveredVm } from '../surebackup/runner.js';
 import { integrityTest } from './integrity.js';
 
 export const APP_RETRY_MS = 2000;

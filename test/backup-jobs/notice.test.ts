@@ -5,7 +5,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { History } from '../../src/surebackup/history.js';
 import { JobGate } from '../../src/surebackup/gate.js';
-import { Scheduler, type RunJobFn } from '../../src/scheduler/scheduler.js';
+import { Scheduler } from '../../src/scheduler/scheduler.js';
+import type { RunJobFn } from '../../src/scheduler/run.js';
 import { sendRunNotice, serveBackupNotices } from '../../src/scheduler/notice.js';
 import { rawRequest } from '../helpers/unix-socket.js';
 

@@ -6,7 +6,7 @@
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { DoctorReport } from '../../src/host/doctor.js';
+import type { DoctorOutput } from '../../src/cli/commands/doctor.js';
 import { cli, json } from './fixtures/state.js';
 
 const dir = mkdtempSync('/tmp/rldoc-');
@@ -14,12 +14,12 @@ const state = join(dir, 'state');
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 t.test('the second doctor answers from its cache in under 2 s; --recheck boots again', async (t) => {
-  const first = json<DoctorReport>(await cli(['doctor', '--json'], state));
+  const first = json<DoctorOutput>(await cli(['doctor', '--json'], state));
   t.equal(first.cached, false, 'a fresh state directory has no verdict: the first call boots');
   t.type(first.accelCheckedAt, 'string');
 
   const start = Date.now();
-  const second = json<DoctorReport>(await cli(['doctor', '--json'], state));
+  const second = json<DoctorOutput>(await cli(['doctor', '--json'], state));
   const ms = Date.now() - start;
   t.equal(second.cached, true, 'the second call says its verdict is cached');
   t.equal(second.accelCheckedAt, first.accelCheckedAt, 'the verdict of the first call');
@@ -30,7 +30,7 @@ t.test('the second doctor answers from its cache in under 2 s; --recheck boots a
   t.ok(first.seconds > second.seconds, `the cached call (${second.seconds} s) is quicker than the one that booted (${first.seconds} s)`);
   t.same(second.stale, [], 'a fresh state directory holds nothing stale');
 
-  const again = json<DoctorReport>(await cli(['doctor', '--recheck', '--json'], state));
+  const again = json<DoctorOutput>(await cli(['doctor', '--recheck', '--json'], state));
   t.equal(again.cached, false, '--recheck boots again');
   t.not(again.accelCheckedAt, first.accelCheckedAt);
 });

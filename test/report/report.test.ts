@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encode } from 'fast-png';
 import { renderHtml, runReport, sparkline, writeReports } from '../../src/report/report.js';
-import type { RunResult } from '../../src/surebackup/runner.js';
+import type { RunResult } from '../../src/verify/contract.js';
 
 function result(dir: string): RunResult {
   const png = join(dir, 'web.png');

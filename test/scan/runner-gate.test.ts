@@ -5,7 +5,8 @@
 // test is a warning; a clean point passes; a backend that cannot scan is
 // refused before anything boots.
 import t from 'tap';
-import { runJob, type Job, type LabBackend, type PointScanVerdict, type RecoveredVm, type TestRunner } from '../../src/surebackup/runner.js';
+import { runJob, type Job, type LabBackend, type PointScanVerdict } from '../../src/surebackup/runner.js';
+import type { RecoveredVm, TestRunner } from '../../src/verify/contract.js';
 
 function fake(infected: string[]) {
   const log: string[] = [];

@@ -1,6 +1,7 @@
 // Unit test of the runner with a fake LabBackend (the real end-to-end test is the lead's).
 import t from 'tap';
-import { runJob, type Job, type LabBackend, type RecoveredVm, type TestRunner } from '../../src/surebackup/runner.js';
+import { runJob, type Job, type LabBackend } from '../../src/surebackup/runner.js';
+import type { RecoveredVm, TestRunner } from '../../src/verify/contract.js';
 import { Limiter } from '../../src/surebackup/limiter.js';
 
 function fake(opts: { failing?: string[]; delayMs?: number } = {}) {

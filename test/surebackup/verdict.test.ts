@@ -5,7 +5,8 @@
 // (docs/testing.md); real guests go through the same runner in
 // test/surebackup/failures.test.ts and verdicts.test.ts.
 import t from 'tap';
-import { passedVm, runJob, runVerdict, selectPoint, vmVerdict, type Job, type LabBackend, type RecoveredVm, type TestResult, type TestRunner, type VmResult } from '../../src/surebackup/runner.js';
+import { passedVm, runJob, runVerdict, selectPoint, vmVerdict, type Job, type LabBackend } from '../../src/surebackup/runner.js';
+import type { RecoveredVm, TestResult, TestRunner, VmResult } from '../../src/verify/contract.js';
 import { resolveRole, roles } from '../../src/surebackup/roles.js';
 import { Limiter } from '../../src/surebackup/limiter.js';
 import { address } from '../helpers/subnets.js';

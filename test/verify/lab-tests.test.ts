@@ -11,8 +11,9 @@ import { ipAnswers } from '../../src/verify/heartbeat.js';
 import { pingTest } from '../../src/verify/network.js';
 import { resolveScript, scriptTest } from '../../src/verify/script.js';
 import { createTestRunner } from '../../src/verify/tests.js';
-import { resolveRole, type TestSpec } from '../../src/surebackup/roles.js';
-import type { RecoveredVm } from '../../src/surebackup/runner.js';
+import { resolveRole } from '../../src/surebackup/roles.js';
+import type { TestSpec } from '../../src/verify/contract.js';
+import type { RecoveredVm } from '../../src/verify/contract.js';
 import { FileRepo } from './fixtures/file-repo.js';
 import { address } from '../helpers/subnets.js';
 

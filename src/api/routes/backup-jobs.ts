@@ -8,7 +8,7 @@
  * files and sockets, and the scripts of the runs the server makes must lie
  * in api.scriptsDir.
  */
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';

@@ -13,11 +13,11 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
-import { openDefaultRepository } from './repositories.js';
+import { openDefaultRepository } from '../repositories.js';
 import { allowedSource } from '../host-paths.js';
 import { percentProgress } from './progress.js';
 import { projectPath } from '../../paths.js';

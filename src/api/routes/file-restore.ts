@@ -12,11 +12,11 @@
 import { mkdirSync, mkdtempSync, rmdirSync } from 'node:fs';
 import { basename, dirname, join, posix } from 'node:path';
 import type { Response } from 'express';
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import type { ApiContext } from '../context.js';
 import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
-import { openDefaultRepository, openOptions } from './repositories.js';
+import { openDefaultRepository, openOptions } from '../repositories.js';
 import { mountRestorePoint, umountSession } from '../../flr/mount.js';
 import { listSessions, sessionsDir, type MountedPartition, type SessionRecord } from '../../flr/session.js';
 import { choosePartition, listGuestPath, resolveGuestPath, streamGuestTar } from '../../flr/browse.js';

@@ -1,6 +1,5 @@
 /** Every route module, one line each (like the CLI's commands/index.ts). */
-import type { RouteTable } from '../route-table.js';
-import type { ApiContext } from '../context.js';
+import type { RegisterRoutes } from './register.js';
 import { systemRoutes } from './system.js';
 import { publicationRoutes } from './publications.js';
 import { sessionRoutes } from './sessions.js';
@@ -13,8 +12,6 @@ import { backupRoutes } from './backups.js';
 import { backupJobRoutes } from './backup-jobs.js';
 import { fileRestoreRoutes } from './file-restore.js';
 import { stateRoutes } from './state.js';
-
-export type RegisterRoutes = (table: RouteTable, ctx: ApiContext) => void;
 
 export const routeModules: RegisterRoutes[] = [
   systemRoutes,

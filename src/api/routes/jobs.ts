@@ -10,24 +10,22 @@
  * inside api.scriptsDir (403 SCRIPT_NOT_ALLOWED otherwise), and the server
  * runs them as api.scriptUser (src/verify/script.ts).
  */
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import type { ApiContext } from '../context.js';
 import { apiError } from '../errors.js';
 import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
-import { loadJob, type JobFile } from '../../surebackup/job.js';
+import { checkJobText, loadJob, writeJobFile, type JobFile } from '../../surebackup/job.js';
 import type { Job } from '../../surebackup/runner.js';
 import { History } from '../../surebackup/history.js';
 import { runConfiguredJob } from '../../scheduler/run.js';
 import type { Limiter } from '../../surebackup/limiter.js';
 import { nextFireTimes } from '../../scheduler/scheduler.js';
-import { writeFileAtomic } from '../../repo/atomic-file.js';
 import { allowedScript } from '../../verify/script.js';
-import type { TestSpec } from '../../surebackup/roles.js';
+import type { TestSpec } from '../../verify/contract.js';
 import { RestorelabError } from '../../errors.js';
 
 export interface JobListing {
@@ -100,21 +98,10 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
         throw apiError('VALIDATION_FAILED', `body/name: "${body.name}" differs from the name in the path, "${name}"`, [{ path: 'body/name', message: `must be "${name}"` }]);
       }
       const text = JSON.stringify(body, null, 2) + '\n';
-      // loadJob checks what the schema cannot (cron expression, script files
-      // relative to the job's directory), so it reads a probe file beside the
-      // real one. The probe's name does not end in .json: no lister sees it.
-      const probe = join(ctx.jobsDir, `.${name}.${randomBytes(4).toString('hex')}.probe`);
-      let job: Job & JobFile;
-      mkdirSync(ctx.jobsDir, { recursive: true });
-      try {
-        writeFileSync(probe, text);
-        job = loadJob(probe);
-      } finally {
-        rmSync(probe, { force: true });
-      }
+      const job = checkJobText(ctx.jobsDir, name, text);
       checkScripts(job, ctx.config.api.scriptsDir);
       const created = !existsSync(fileOf(name));
-      await writeFileAtomic(ctx.jobsDir, `${name}.json`, text);
+      await writeJobFile(ctx.jobsDir, name, text);
       ctx.log.info({ by: principal(res).name, job: name, created }, 'job saved');
       ctx.scheduler?.reload();
       res.status(created ? 201 : 200).json(listing(fileOf(name), job));

@@ -4,12 +4,11 @@
  * points` and `restorelab restore`). Listing reads the catalog; one point is
  * read from its manifest, the source of truth.
  */
-import type { RegisterRoutes } from './index.js';
-import type { ApiContext } from '../context.js';
+import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
-import { ensureIndexed, openDefaultRepository, openOptions } from './repositories.js';
+import { ensureIndexed, openDefaultRepository, openOptions } from '../repositories.js';
 import { withScanStatus } from '../../scan/store.js';
 import { compileRuleSource, scanOutput, scanPoint } from '../../scan/scan.js';
 import { percentProgress } from './progress.js';
@@ -17,32 +16,7 @@ import { allowedTarget } from '../host-paths.js';
 import { forgetPoints, listPoints } from '../../catalog/catalog.js';
 import { restoreDisk, type RestoreFormat } from '../../backup/restore.js';
 import { listPublications } from '../../publish/publish.js';
-
-/** The newest SureBackup result of a restore point (surebackup_vm_results, src/surebackup/history.ts). */
-export interface PointVerification {
-  run: string;
-  job: string;
-  vm: string;
-  /** success, warning, failed or dependency-failed. */
-  result: string;
-  /** When the VM's verification started (ISO 8601). */
-  at: string;
-  recoverySeconds: number;
-  /** Whether a console screenshot was kept for this VM in that run. */
-  screenshot: boolean;
-}
-
-export function pointVerification(ctx: ApiContext): (pointId: string) => PointVerification | null {
-  const q = ctx.catalog.prepare(`SELECT v.run_id AS run, r.job AS job, v.vm AS vm, v.result AS result, v.started_ms AS startedMs,
-      v.recovery_s AS recoverySeconds, v.screenshot AS screenshot
-    FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
-    WHERE v.point = ? ORDER BY v.started_ms DESC, r.started_at DESC LIMIT 1`);
-  return (pointId) => {
-    const row = q.get(pointId) as { run: string; job: string; vm: string; result: string; startedMs: number; recoverySeconds: number; screenshot: string | null } | undefined;
-    if (!row) return null;
-    return { run: row.run, job: row.job, vm: row.vm, result: row.result, at: new Date(row.startedMs).toISOString(), recoverySeconds: row.recoverySeconds, screenshot: row.screenshot !== null };
-  };
-}
+import { History } from '../../surebackup/history.js';
 
 export const pointRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
@@ -53,7 +27,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const q = queryOf<{ vm?: string }>(res);
       const repo = await openDefaultRepository(ctx);
       await ensureIndexed(ctx, repo);
-      const verification = pointVerification(ctx);
+      const verification = new History(ctx.catalog).pointVerifier();
       const points = withScanStatus(ctx.catalog, repo.path, listPoints(ctx.catalog, repo.path, q.vm !== undefined ? { vm: q.vm } : {}));
       return { repository: repo.path, points: points.map((p) => ({ ...p, verification: verification(p.id) })) };
     },
@@ -64,7 +38,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     handler: async (req) => {
       const repo = await openDefaultRepository(ctx);
       const point = await repo.getPoint(String(req.params.id));
-      return { ...point, verification: pointVerification(ctx)(point.id) };
+      return { ...point, verification: new History(ctx.catalog).pointVerifier()(point.id) };
     },
   });
   t.add({

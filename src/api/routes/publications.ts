@@ -13,12 +13,12 @@
  * name); recovery sessions, SureBackup runs and file-level restores own
  * theirs, and DELETE refuses those (PUBLICATION_NOT_OWNER, 409).
  */
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
-import { openDefaultRepository, openOptions } from './repositories.js';
+import { openDefaultRepository, openOptions } from '../repositories.js';
 import { allowedMountDir } from '../host-paths.js';
 import { badInput } from '../../errors.js';
 import { checkPublicationOwner, listPublications, removePublication, startPublication } from '../../publish/publish.js';

@@ -9,93 +9,18 @@
  * error that says its key is needed.
  */
 import { resolve } from 'node:path';
-import type { RegisterRoutes } from './index.js';
-import type { ApiContext } from '../context.js';
-import { apiError } from '../errors.js';
+import type { RegisterRoutes } from './register.js';
 import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { allowedRepositoryDir } from '../host-paths.js';
 import { percentProgress } from './progress.js';
 import { initRepository, openRepository } from '../../repo/repository.js';
-import type { Repository, RepositoryMaintenance } from '../../repo/api.js';
-import type { RepositoryReader } from '../../repo/contract.js';
 import { verifyRepository } from '../../repo/verify.js';
 import { planPrune, pruneRepository, type PrunePolicy } from '../../repo/prune.js';
 import { collectGarbage } from '../../repo/gc.js';
-import { catalogKnows, forgetPoints, listPoints, reindex } from '../../catalog/catalog.js';
+import { forgetPoints, indexedRepositories, reindex } from '../../catalog/catalog.js';
 import { ExitCode, RestorelabError } from '../../errors.js';
-import { keyFileOption } from '../../config/key-file.js';
-
-export const DEFAULT_REPOSITORY = 'default';
-
-/**
- * How to open the repository at `path`: with the server's key file
- * (resolveKeyFile: RESTORELAB_KEY_FILE, then repositoryKeyFile) when it is the
- * configured repository, without otherwise: API clients name the other
- * repositories, and the server's key is for its own.
- */
-export function openOptions(ctx: ApiContext, path: string): { keyFile?: string } {
-  return resolve(path) === resolve(ctx.config.repository) ? keyFileOption(undefined, ctx.config) : {};
-}
-
-/** The configured repository, opened fresh (opening reads config.json and the key file only). */
-export function openDefaultRepository(ctx: ApiContext): Promise<RepositoryMaintenance> {
-  return openRepository(ctx.config.repository, openOptions(ctx, ctx.config.repository));
-}
-
-/** Fills the catalog from a repository it has never seen, as `restorelab points` does. */
-export async function ensureIndexed(ctx: ApiContext, repo: RepositoryReader): Promise<void> {
-  if (!catalogKnows(ctx.catalog, repo.path)) await reindex(ctx.catalog, repo);
-}
-
-/** Paths of the repositories the catalog has indexed (its `repos` table, src/catalog/catalog.ts). */
-function indexedPaths(ctx: ApiContext): string[] {
-  return (ctx.catalog.prepare('SELECT repo FROM repos ORDER BY repo').all() as { repo: string }[]).map((r) => r.repo);
-}
-
-/** `default`, or the id of a repository the catalog knows. */
-export async function openNamedRepository(ctx: ApiContext, name: string): Promise<RepositoryMaintenance> {
-  if (name === DEFAULT_REPOSITORY) return openDefaultRepository(ctx);
-  for (const path of indexedPaths(ctx)) {
-    if (path === resolve(ctx.config.repository)) continue;
-    const repo = await openRepository(path).catch(() => undefined);
-    if (repo?.config.id === name) return repo;
-  }
-  throw apiError('NOT_FOUND', `no repository named ${name}: use "${DEFAULT_REPOSITORY}" (the configured one) or the id of a repository GET /api/v1/repositories lists`);
-}
-
-export interface RepositoryView {
-  name: string;
-  path: string;
-  default: boolean;
-  id: string;
-  format: { version: number; chunkSize: number; hash: string; compression: string; encryption: string; created: string };
-  counts: { points: number; vms: number; damagedPoints: number };
-  latestPoint: string | null;
-}
-
-export async function describeRepository(ctx: ApiContext, repo: Repository): Promise<RepositoryView> {
-  await ensureIndexed(ctx, repo);
-  const points = listPoints(ctx.catalog, repo.path);
-  const c = repo.config;
-  const isDefault = repo.path === resolve(ctx.config.repository);
-  return {
-    name: isDefault ? DEFAULT_REPOSITORY : c.id,
-    path: repo.path,
-    default: isDefault,
-    id: c.id,
-    format: { version: c.version, chunkSize: c.chunkSize, hash: c.hash, compression: c.compression, encryption: c.encryption, created: c.created },
-    counts: { points: points.length, vms: new Set(points.map((p) => p.vm)).size, damagedPoints: points.filter((p) => p.damaged).length },
-    latestPoint: points.at(-1)?.id ?? null,
-  };
-}
-
-/** A repository that cannot be opened still appears in the list, with why. */
-function unopenable(ctx: ApiContext, path: string, err: unknown): Record<string, unknown> {
-  const isDefault = path === resolve(ctx.config.repository);
-  const e = err instanceof RestorelabError ? { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) } : { code: 'REPO_UNREADABLE', message: String(err) };
-  return { name: isDefault ? DEFAULT_REPOSITORY : null, path, default: isDefault, error: e };
-}
+import { describeRepository, openNamedRepository, openOptions, unopenable } from '../repositories.js';
 
 export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
@@ -104,7 +29,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     handler: async () => {
       const out: unknown[] = [];
       const def = resolve(ctx.config.repository);
-      for (const path of [def, ...indexedPaths(ctx).filter((p) => p !== def)]) {
+      for (const path of [def, ...indexedRepositories(ctx.catalog).filter((p) => p !== def)]) {
         try {
           out.push(await describeRepository(ctx, await openRepository(path, openOptions(ctx, path))));
         } catch (err) {

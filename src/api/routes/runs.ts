@@ -6,7 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import type { Response } from 'express';
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { queryOf } from '../route-table.js';
 import { nameParam } from './params.js';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encode } from 'fast-png';
 import type { Response } from 'express';
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import type { ApiContext } from '../context.js';
 import { apiError } from '../errors.js';
 import { principal } from '../route-table.js';

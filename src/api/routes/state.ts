@@ -4,7 +4,7 @@
  * admin's, one item (the dashboard's button) or every safe one at a time.
  */
 import { keyFileOption } from '../../config/key-file.js';
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import { badInput } from '../../errors.js';
 import { principal } from '../route-table.js';
 import { reconcile, type ReconcileReport } from '../../reconcile/reconcile.js';

@@ -1,5 +1,5 @@
 /** The server's own resources: who am I, long operations (with SSE), API tokens. */
-import type { RegisterRoutes } from './index.js';
+import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { principal } from '../route-table.js';
 import { streamOperation } from '../sse.js';

@@ -6,7 +6,7 @@
  * run gets a row once its backup (and, after success, its prune) ended.
  */
 import { migrate, openCatalog, type CatalogDb } from '../../catalog/catalog.js';
-import { insertNonRun, insertRun, lastStartedAt, newestRunRows } from '../../catalog/job-runs.js';
+import { endRun, insertNonRun, insertRun, lastStartedAt, newestRunRows, runRow } from '../../catalog/job-runs.js';
 import type { Consistency } from '../../repo/contract.js';
 
 export type BackupJobTrigger = 'manual' | 'schedule';
@@ -103,8 +103,10 @@ export class BackupJobHistory {
   }
 
   finishRun(id: string, status: Exclude<BackupRunStatus, 'running'>, detail: string | null, surebackup: FiredSureBackup[] = []): void {
-    this.db.prepare('UPDATE backup_job_runs SET status = ?, ended_at = ?, detail = ?, surebackup = ? WHERE id = ?')
-      .run(status, new Date().toISOString(), detail, JSON.stringify(surebackup), id);
+    this.db.transaction(() => {
+      this.db.prepare('UPDATE backup_job_runs SET surebackup = ? WHERE id = ?').run(JSON.stringify(surebackup), id);
+      endRun(this.db, 'backup_job_runs', id, status, detail);
+    })();
   }
 
   /** Newest first. */
@@ -124,7 +126,7 @@ export class BackupJobHistory {
 
   /** One run with its VMs, in job order. */
   run(id: string): (BackupRunRow & { vms: BackupVmResult[] }) | undefined {
-    const row = this.db.prepare('SELECT * FROM backup_job_runs WHERE id = ?').get(id) as RunDbRow | undefined;
+    const row = runRow<RunDbRow>(this.db, 'backup_job_runs', id);
     if (!row) return undefined;
     const vms = this.db.prepare('SELECT * FROM backup_job_vm_results WHERE run_id = ? ORDER BY seq').all(id) as VmDbRow[];
     return { ...toRun(row), vms: vms.map(toVm) };

@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { contextFor } from '../context.js';
 import { ExitCode, RestorelabError } from '../../errors.js';
 import { projectPath } from '../../paths.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 import { parseLimit } from './surebackup.js';
 import type { BackupJobRunResult } from '../../backup/jobs/runner.js';
 import type { BackupJobListing } from '../../backup/jobs/scheduler.js';

@@ -10,7 +10,7 @@ import type { Consistency } from '../../repo/contract.js';
 import { ExitCode, RestorelabError, badInput } from '../../errors.js';
 import type { BackupProgress } from '../../backup/engine.js';
 import type { LiveBackupResult, LiveSource } from '../../backup/live/index.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 import { projectPath } from '../../paths.js';
 
 /**

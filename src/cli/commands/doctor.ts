@@ -2,9 +2,13 @@
 import { Option, type Command } from 'commander';
 import { contextFor } from '../context.js';
 import type { DoctorReport } from '../../host/doctor.js';
+import type { StaleItem } from '../../reconcile/reconcile.js';
 import { ExitCode } from '../../errors.js';
 
-function render(r: DoctorReport): string {
+/** The host's checks, and the stale state of the state directory (a dry-run reconcile) when there is one. */
+export type DoctorOutput = DoctorReport & { stale?: StaleItem[] };
+
+function render(r: DoctorOutput): string {
   const lines = r.checks.map((c) => `${c.ok ? ' ok ' : c.required ? 'FAIL' : 'miss'}  ${c.name.padEnd(20)} ${c.detail}${c.ok || !c.fix ? '' : `\n      fix: ${c.fix}`}`);
   lines.push('', `accelerator: ${r.accel} (kvm: ${r.kvm}${r.cached ? `; cached verdict of ${r.accelCheckedAt ?? 'an earlier run'}, --recheck boots again` : ''})`);
   if (r.stale?.length) {
@@ -33,7 +37,10 @@ export function registerDoctor(program: Command): void {
       } catch {
         // doctor must work even with a broken config; it just does not cache
       }
-      const report = await runDoctor({ cacheDir, guestsDir, force: Boolean(o.recheck ?? o.force), ...(cacheDir ? { stateDir: cacheDir } : {}), ...(keyFile ? { keyFile } : {}) });
+      const checked = await runDoctor({ cacheDir, guestsDir, force: Boolean(o.recheck ?? o.force) });
+      // Loaded here, not at the top: the other commands do not need it.
+      const stale = cacheDir ? (await (await import('../../reconcile/reconcile.js')).reconcile({ stateDir: cacheDir, dryRun: true, ...(keyFile ? { keyFile } : {}) })).stale : undefined;
+      const report: DoctorOutput = { ...checked, ...(stale ? { stale } : {}) };
       ctx.out.result(report, () => render(report));
       if (!report.ok) process.exitCode = ExitCode.missingComponent;
     });

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import type { GcReport } from '../../repo/gc.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 
 function render(r: GcReport): string {
   return [

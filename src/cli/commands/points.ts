@@ -4,7 +4,7 @@ import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import type { PointSummary } from '../../catalog/catalog.js';
 import type { PointSignals } from '../../repo/contract.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderPoints(points: (PointSummary & { scan?: string })[]): string {

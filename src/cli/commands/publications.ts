@@ -1,7 +1,7 @@
 /** `restorelab publications`: every recorded publication, running or stopped (resumable). */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 import type { PublicationStatus } from '../../publish/publish.js';
 
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */

@@ -9,7 +9,7 @@ import type { RepositoryMaintenance } from '../../repo/api.js';
 import type { CatalogDb } from '../../catalog/catalog.js';
 import type { CodecInit } from '../../backup/chunk-pool.js';
 import { badInput } from '../../errors.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 import { keyFileOption } from '../../config/key-file.js';
 
 export interface RepoFlags {

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import type { RestoreFormat } from '../../backup/restore.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 
 export function registerRestore(program: Command): void {
   program

@@ -9,7 +9,7 @@ import { contextFor, type CommandContext } from '../context.js';
 import { ExitCode, RestorelabError } from '../../errors.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import { pointKeyFile } from './mount.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 import type { LastCleanResult, PointScan } from '../../scan/scan.js';
 import type { RepositoryReader } from '../../repo/contract.js';
 

@@ -4,7 +4,7 @@ import { contextFor } from '../context.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
 import type { VerifyReport } from '../../repo/verify.js';
 import { ExitCode } from '../../errors.js';
-import { formatBytes } from '../output.js';
+import { formatBytes } from '../../format/output.js';
 
 function render(r: VerifyReport): string {
   const head = `${r.ok ? 'ok' : 'CORRUPT'}: ${r.chunksChecked} chunk(s), ${formatBytes(r.bytesChecked)} of ${r.pointsChecked} restore point(s) checked in ${r.seconds} s`;

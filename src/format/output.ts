@@ -1,7 +1,8 @@
 /**
  * How commands talk to people and scripts. With --json a command prints exactly
  * one JSON document on stdout; everything human (progress, warnings) goes to
- * stderr so that stdout stays parseable.
+ * stderr so that stdout stays parseable. Below the CLI (the demo prints
+ * through it too), with the byte formatting every command shares.
  */
 import { createRequire } from 'node:module';
 import type * as CliProgress from 'cli-progress';
