@@ -20,6 +20,7 @@ import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
 import { mountRestorePoint, umountSession } from '../flr/mount.js';
 import { makeSessionsDir } from '../flr/session.js';
+import { checkApiRules } from './rules-policy.js';
 import { compileRules, pathKey, scanBatch, type CompiledRules } from './yara.js';
 import { hashFile, walkRegularFiles } from './walk.js';
 import { VerdictCache, recordPointScan, type ScanMatch, type ScanVerdict } from './store.js';
@@ -311,8 +312,13 @@ export async function withRules<T>(stateDir: string, rulesFile: string, use: (ru
   }
 }
 
-/** Compiles rule source text (the API's body): written to a private file, compiled, the file removed; the caller disposes the rules. */
+/**
+ * Compiles rule source text (the API's body): checked against the API's rule
+ * policy (no include, only safe modules: src/scan/rules-policy.ts), written to
+ * a private file, compiled, the file removed; the caller disposes the rules.
+ */
 export async function compileRuleSource(stateDir: string, source: string): Promise<CompiledRules> {
+  checkApiRules(source);
   const scratch = join(stateDir, 'scan');
   mkdirSync(scratch, { recursive: true, mode: 0o700 });
   const dir = mkdtempSync(join(scratch, 'src-'));
