@@ -22,7 +22,9 @@ import { mountRestorePoint, umountSession } from '../flr/mount.js';
 import { makeSessionsDir } from '../flr/session.js';
 import { checkApiRules } from './rules-policy.js';
 import { compileRules, pathKey, scanBatch, type CompiledRules } from './yara.js';
-import { hashFile, walkRegularFiles } from './walk.js';
+import { hashFile, walkRegularFiles, type WalkedFile } from './walk.js';
+import { readExtents, type Extent } from './extents.js';
+import { FileMap } from './filemap.js';
 import { VerdictCache, recordPointScan, type ScanMatch, type ScanVerdict } from './store.js';
 
 export { compileRules, type CompiledRules } from './yara.js';
@@ -38,6 +40,8 @@ const BATCH_FILES = 512;
 const BATCH_BYTES = 32 * 1024 * 1024;
 /** Files hashed at once (reads overlap: the point is served through FUSE, chunk by chunk). */
 const HASH_CONCURRENCY = 4;
+/** Files whose extents one filefrag process reads. */
+const EXTENT_GROUP = 256;
 /** Unreadable files named in an error, at most. */
 const ERRORS_NAMED = 5;
 
@@ -63,6 +67,8 @@ export interface PointScan {
   verdict: ScanVerdict;
   matches: ScanMatch[];
   files: ScanFiles;
+  /** Of the cached files, those not even read: unchanged since a scanned point of the same VM (src/scan/filemap.ts). */
+  unread: number;
   partitions: PartitionScan[];
   ruleset: string;
   seconds: number;
@@ -72,7 +78,7 @@ export interface PointScan {
 
 /** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
 export function scanOutput(s: PointScan): Record<string, unknown> {
-  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
+  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, unread: s.unread, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
 }
 
 export interface ScanProgress {
@@ -88,7 +94,9 @@ interface Pending {
  * Scans mounted partitions: the engine under scanPoint, usable on any
  * read-only mount (the benchmark scans a plain loop mount with it too).
  */
-export async function scanPartitions(mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[] }> {
+export async function scanPartitions(
+  mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress, opts: { fileMap?: FileMap } = {},
+): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[] }> {
   const matches: ScanMatch[] = [];
   const files: ScanFiles = { scanned: 0, cached: 0 };
   const partitions: PartitionScan[] = [];
@@ -158,19 +166,24 @@ export async function scanPartitions(mounts: readonly MountedPartition[], rules:
     const part: PartitionScan = { disk: m.disk, partition: m.partition, fstype: m.fstype, files: 0 };
     partitions.push(part);
     const inFlight = new Set<Promise<void>>();
-    for await (const f of walkRegularFiles(m.path)) {
+    const map = opts.fileMap?.partition(m);
+    const start = (f: WalkedFile, extents: Extent[] | null): void => {
       part.files!++;
       const guestPath = f.guestPath.toString('utf8');
       const where = { disk: m.disk, partition: m.partition, path: guestPath };
       const job = (async () => {
-        let sha: string;
-        try {
-          sha = await hashFile(f.path, f.dev);
-        } catch (err) {
-          errorCount++;
-          if (errors.length < ERRORS_NAMED) errors.push(`${m.disk} p${m.partition} ${guestPath}: ${(err as Error).message}`);
-          return;
+        // Unchanged since the reference point (same extents, same chunks): its hash is known and it is not read.
+        let sha = await map?.known(f.guestPath, f.size, extents);
+        if (sha === undefined) {
+          try {
+            sha = await hashFile(f.path, f.dev);
+          } catch (err) {
+            errorCount++;
+            if (errors.length < ERRORS_NAMED) errors.push(`${m.disk} p${m.partition} ${guestPath}: ${(err as Error).message}`);
+            return;
+          }
         }
+        map?.record(f.guestPath, f.size, extents, sha);
         seenFiles++;
         seenBytes += f.size;
         onProgress?.({ files: seenFiles, bytes: seenBytes, partition: `${m.disk} p${m.partition}` });
@@ -196,9 +209,26 @@ export async function scanPartitions(mounts: readonly MountedPartition[], rules:
       });
       inFlight.add(job);
       void job.then(() => inFlight.delete(job));
-      if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
+    };
+    /** Starts the files of one group, their extents read first in one filefrag when the partition has a file map. */
+    const runGroup = async (group: WalkedFile[]): Promise<void> => {
+      const extents = map ? await readExtents(group.map((f) => f.path)) : group.map(() => null);
+      for (const [i, f] of group.entries()) {
+        if (failure !== undefined) return;
+        start(f, extents[i] ?? null);
+        if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
+      }
+    };
+    let group: WalkedFile[] = [];
+    for await (const f of walkRegularFiles(m.path)) {
+      group.push(f);
+      if (group.length >= EXTENT_GROUP) {
+        await runGroup(group);
+        group = [];
+      }
       if (failure !== undefined) break;
     }
+    if (failure === undefined) await runGroup(group);
     await Promise.all(inFlight);
     if (failure !== undefined) {
       await running.catch(() => undefined);
@@ -243,10 +273,13 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     });
     const t1 = Date.now();
     let result: Awaited<ReturnType<typeof scanPartitions>>;
+    let fileMap: FileMap | undefined;
     let t2 = t1;
     try {
       o.onMounted?.(session.mounts);
-      result = await scanPartitions(session.mounts, o.rules, new VerdictCache(o.db, o.rules.hash), o.onProgress);
+      fileMap = await FileMap.open(o.db, o.repo, point, session.mounts);
+      result = await scanPartitions(session.mounts, o.rules, new VerdictCache(o.db, o.rules.hash), o.onProgress, { fileMap });
+      fileMap.commit();
     } finally {
       t2 = Date.now();
       await umountSession(o.stateDir, session.id);
@@ -254,7 +287,7 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000 };
     const scan: PointScan = {
       point: point.id, vm: point.vm.name, verdict: result.matches.length > 0 ? 'infected' : 'clean', matches: result.matches, files: result.files,
-      partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
+      unread: fileMap?.unread ?? 0, partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
     };
     recordPointScan(o.db, { repo: o.repo.path, point: point.id, vm: point.vm.name, ruleset: o.rules.hash, verdict: scan.verdict, scannedAt: new Date().toISOString(), matches: scan.matches, files: scan.files });
     return scan;
