@@ -7,7 +7,9 @@
  * loop devices at the partition offsets). Every regular file is hashed
  * (SHA-256); a file whose content has a verdict for this rule set in the
  * catalog is answered from it, the others go to yara in batches while the
- * walk goes on. The mounts are taken down whatever happens.
+ * walk goes on. A file unchanged since a scanned point of the same VM (same
+ * extents over the same chunk bytes: src/scan/filemap.ts) is not even read:
+ * its hash is known. The mounts are taken down whatever happens.
  *
  * Library first: `restorelab scan`, `recover --scan`, a SureBackup job's
  * `scan` and the API's scan route all call scanPoint / findLastClean.
