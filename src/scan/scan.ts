@@ -75,13 +75,21 @@ export interface PointScan {
   ruleset: string;
   seconds: number;
   /** Where the time went: publishing and mounting, walking/hashing/scanning, unmounting (seconds). */
-  timings: { mount: number; scan: number; unmount: number };
+  timings: { mount: number; scan: number; unmount: number } & ScanPhases;
 }
 
 /** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
 export function scanOutput(s: PointScan): Record<string, unknown> {
   return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, unread: s.unread, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
 }
+
+/**
+ * Where the scan's own time went (seconds): `walk` the directory walk,
+ * `extents` filefrag, `yara` waiting for yara after the walk; `compare` and
+ * `hash` add up the time of the files' comparisons and reads, which overlap
+ * (four at a time), so they can exceed the wall time.
+ */
+export interface ScanPhases { walk: number; extents: number; compare: number; hash: number; yara: number }
 
 export interface ScanProgress {
   (done: { files: number; bytes: number; partition: string }): void;
@@ -98,7 +106,9 @@ interface Pending {
  */
 export async function scanPartitions(
   mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress, opts: { fileMap?: FileMap } = {},
-): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[] }> {
+): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[]; phases: ScanPhases }> {
+  const phases: ScanPhases = { walk: 0, extents: 0, compare: 0, hash: 0, yara: 0 };
+  const since = (t: bigint): number => Number(process.hrtime.bigint() - t) / 1e9;
   const matches: ScanMatch[] = [];
   const files: ScanFiles = { scanned: 0, cached: 0 };
   const partitions: PartitionScan[] = [];
@@ -175,10 +185,14 @@ export async function scanPartitions(
       const where = { disk: m.disk, partition: m.partition, path: guestPath };
       const job = (async () => {
         // Unchanged since the reference point (same extents, same chunks): its hash is known and it is not read.
+        let at = process.hrtime.bigint();
         let sha = await map?.known(f.guestPath, f.size, extents);
+        phases.compare += since(at);
         if (sha === undefined) {
           try {
+            at = process.hrtime.bigint();
             sha = await hashFile(f.path, f.dev);
+            phases.hash += since(at);
           } catch (err) {
             errorCount++;
             if (errors.length < ERRORS_NAMED) errors.push(`${m.disk} p${m.partition} ${guestPath}: ${(err as Error).message}`);
@@ -214,7 +228,9 @@ export async function scanPartitions(
     };
     /** Starts the files of one group, their extents read first in one filefrag when the partition has a file map. */
     const runGroup = async (group: WalkedFile[]): Promise<void> => {
+      const at = process.hrtime.bigint();
       const extents = map ? await readExtents(group.map((f) => f.path)) : group.map(() => null);
+      phases.extents += since(at);
       for (const [i, f] of group.entries()) {
         if (failure !== undefined) return;
         start(f, extents[i] ?? null);
@@ -222,13 +238,16 @@ export async function scanPartitions(
       }
     };
     let group: WalkedFile[] = [];
+    let walking = process.hrtime.bigint();
     for await (const f of walkRegularFiles(m.path)) {
+      phases.walk += since(walking);
       group.push(f);
       if (group.length >= EXTENT_GROUP) {
         await runGroup(group);
         group = [];
       }
       if (failure !== undefined) break;
+      walking = process.hrtime.bigint();
     }
     if (failure === undefined) await runGroup(group);
     await Promise.all(inFlight);
@@ -237,15 +256,18 @@ export async function scanPartitions(
       throw failure;
     }
   }
+  const waiting = process.hrtime.bigint();
   await flush();
   await running;
+  phases.yara += since(waiting);
   if (errorCount > 0) {
     throw new RestorelabError('SCAN_INCOMPLETE', `${errorCount} file(s) could not be read, so the point cannot be called clean or infected: ${errors.join('; ')}${errorCount > errors.length ? '; …' : ''}`, {
       hint: 'a damaged chunk shows as an I/O error: run `restorelab verify --repo R <point>`; nothing was recorded for this scan',
     });
   }
   matches.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition || a.path.localeCompare(b.path) || a.rule.localeCompare(b.rule));
-  return { matches, files, partitions };
+  const r3 = (x: number): number => Math.round(x * 1000) / 1000;
+  return { matches, files, partitions, phases: { walk: r3(phases.walk), extents: r3(phases.extents), compare: r3(phases.compare), hash: r3(phases.hash), yara: r3(phases.yara) } };
 }
 
 export interface ScanPointOptions {
@@ -286,7 +308,7 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
       t2 = Date.now();
       await umountSession(o.stateDir, session.id);
     }
-    const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000 };
+    const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000, ...result.phases };
     const scan: PointScan = {
       point: point.id, vm: point.vm.name, verdict: result.matches.length > 0 ? 'infected' : 'clean', matches: result.matches, files: result.files,
       unread: fileMap?.unread ?? 0, partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
