@@ -13,13 +13,14 @@
  * generated rules of four strings each (a mid-sized real-world set has
  * hundreds to thousands). Page caches are dropped before each timed scan.
  *
- * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only]
+ * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only] [--cpu-prof-dir DIR]
+ * (--cpu-prof-dir: a V8 CPU profile of the tenth scan's CLI process.)
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { exec } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
 import { initRepository } from '../src/repo/repository.js';
@@ -126,14 +127,14 @@ async function timed<T>(what: () => Promise<T>): Promise<{ seconds: number; valu
   return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, value };
 }
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 3_600_000, env: { ...process.env, RESTORELAB_STATE_DIR: state } });
+function cli(args: string[], nodeFlags: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return exec(process.execPath, [...nodeFlags, projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 3_600_000, env: { ...process.env, RESTORELAB_STATE_DIR: state } });
 }
 
-interface ScanJson { files: { scanned: number; cached: number }; verdict: string; timings: { mount: number; scan: number; unmount: number } }
+interface ScanJson { files: { scanned: number; cached: number }; unread: number; verdict: string; timings: Record<string, number> }
 
-async function restorelabScan(repoDir: string, point: string, rules: string): Promise<ScanJson> {
-  const r = await cli(['scan', '--repo', repoDir, point, '--yara', rules, '--json']);
+async function restorelabScan(repoDir: string, point: string, rules: string, nodeFlags: string[] = []): Promise<ScanJson> {
+  const r = await cli(['scan', '--repo', repoDir, point, '--yara', rules, '--json'], nodeFlags);
   if (r.code !== 0 && r.code !== 3) throw new Error(`restorelab scan ${point}: exit ${r.code}: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '{}') as ScanJson;
 }
@@ -164,6 +165,16 @@ async function plainYara(repoDir: string, point: RestorePoint, rules: string): P
   }
 }
 
+/** The scan's own phases (src/scan/scan.ts ScanPhases). */
+function phases(s: ScanJson): string {
+  return ['walk', 'extents', 'compare', 'hash', 'yara'].map((k) => `${k} ${s.timings[k] ?? '?'}`).join(', ');
+}
+
+/** The 1-minute load average: the machine is shared, so each figure says how busy it was. */
+function load(): string {
+  return loadavg()[0]!.toFixed(2);
+}
+
 async function main(): Promise<void> {
   const rules = join(dir, 'bench.yar');
   writeRules(rules);
@@ -178,7 +189,7 @@ async function main(): Promise<void> {
 
   const peer1 = await plainYara(repoDir, points[0]!, rules);
   const first = await timed(() => restorelabScan(repoDir, points[0]!.id, rules));
-  process.stdout.write(`first scan: restorelab ${first.seconds.toFixed(2)} s (${first.value.files.scanned} scanned, ${first.value.files.cached} cached; mount ${first.value.timings.mount} s, walk+hash+yara ${first.value.timings.scan} s, unmount ${first.value.timings.unmount} s) vs yara -r ${peer1.toFixed(2)} s: ${(first.seconds / peer1).toFixed(2)}x (target <= 1.2x)\n`);
+  process.stdout.write(`first scan: restorelab ${first.seconds.toFixed(2)} s (${first.value.files.scanned} scanned, ${first.value.files.cached} cached, ${first.value.unread} unread; mount ${first.value.timings.mount} s, walk+hash+yara ${first.value.timings.scan} s, unmount ${first.value.timings.unmount} s; phases ${phases(first.value)}) vs yara -r ${peer1.toFixed(2)} s: ${(first.seconds / peer1).toFixed(2)}x (target <= 1.2x); load ${load()}\n`);
 
   if (process.argv.includes('--first-only')) return;
   for (let gen = 1; gen < POINTS; gen++) {
@@ -189,8 +200,9 @@ async function main(): Promise<void> {
   }
   const tenthPoint = points[POINTS - 1]!;
   const peer10 = await plainYara(repoDir, tenthPoint, rules);
-  const tenth = await timed(() => restorelabScan(repoDir, tenthPoint.id, rules));
-  process.stdout.write(`tenth point (${(CHANGED * 100).toFixed(0)}% changed): restorelab ${tenth.seconds.toFixed(2)} s (${tenth.value.files.scanned} scanned, ${tenth.value.files.cached} cached; mount ${tenth.value.timings.mount} s, walk+hash+yara ${tenth.value.timings.scan} s, unmount ${tenth.value.timings.unmount} s) vs yara -r ${peer10.toFixed(2)} s: ${(tenth.seconds / peer10).toFixed(2)}x (target <= 0.2x)\n`);
+  const profile = process.argv.indexOf('--cpu-prof-dir');
+  const tenth = await timed(() => restorelabScan(repoDir, tenthPoint.id, rules, profile > 0 ? ['--cpu-prof', '--cpu-prof-dir', process.argv[profile + 1]!] : []));
+  process.stdout.write(`tenth point (${(CHANGED * 100).toFixed(0)}% changed): restorelab ${tenth.seconds.toFixed(2)} s (${tenth.value.files.scanned} scanned, ${tenth.value.files.cached} cached, ${tenth.value.unread} unread; mount ${tenth.value.timings.mount} s, walk+hash+yara ${tenth.value.timings.scan} s, unmount ${tenth.value.timings.unmount} s; phases ${phases(tenth.value)}) vs yara -r ${peer10.toFixed(2)} s: ${(tenth.seconds / peer10).toFixed(2)}x (target <= 0.2x); load ${load()}\n`);
 }
 
 main().then(() => rmSync(dir, { recursive: true, force: true }), (err: unknown) => {

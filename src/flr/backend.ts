@@ -149,7 +149,7 @@ export class HostMountBackend implements FileLevelBackend {
       journal.add({ kind: 'loop', device, backing: disk.path, offset: part.offset });
       await mountDevice(device, path, fs.driver, [...MOUNT_OPTIONS[fs.driver]!, ...HARDENING_OPTIONS]);
       journal.add({ kind: 'mount', path, device });
-      out.push({ disk: disk.name, partition: part.number, fstype: fs.fstype, path });
+      out.push({ disk: disk.name, partition: part.number, fstype: fs.fstype, path, offset: part.offset });
     }
     return out.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition);
   }

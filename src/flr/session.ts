@@ -25,6 +25,8 @@ export interface MountedPartition {
   partition: number;
   fstype: string;
   path: string;
+  /** Byte offset of the partition on its disk (where its filesystem's block 0 is); absent in journals of older versions. */
+  offset?: number;
   /** Set when a partition was found but could not be mounted (swap, LVM, a missing kernel driver). */
   skipped?: string;
 }

@@ -31,7 +31,7 @@ import { Overlay, OverlayBudget, discardOverlay } from '../overlay/overlay.js';
 import { PublicationDatastore, type DatastorePublication } from '../datastore/publication-datastore.js';
 import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
-import { startNfsExport, type NfsExport } from '../nfs/export.js';
+import type { NfsExport } from '../nfs/export.js';
 import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
 import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
 
@@ -428,6 +428,8 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
     }
     if (opts.nfs) {
       const listen = opts.nfs.listen ?? '127.0.0.1';
+      // Loaded only when asked for: the NFS server's modules are a good part of a holder's start-up (a scan's publication has no NFS).
+      const { startNfsExport } = await import('../nfs/export.js');
       nfs = await startNfsExport({
         datastore, stateDir: opts.stateDir, port: opts.nfs.port, mountPort: opts.nfs.mountPort, portmapPort: opts.nfs.portmapPort,
         listen, advertise: listen, allow: opts.nfs.allow ?? ['127.0.0.0/8'], readOnly: opts.readOnly ?? false, log: { warn },

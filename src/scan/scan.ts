@@ -7,7 +7,9 @@
  * loop devices at the partition offsets). Every regular file is hashed
  * (SHA-256); a file whose content has a verdict for this rule set in the
  * catalog is answered from it, the others go to yara in batches while the
- * walk goes on. The mounts are taken down whatever happens.
+ * walk goes on. A file unchanged since a scanned point of the same VM (same
+ * extents over the same chunk bytes: src/scan/filemap.ts) is not even read:
+ * its hash is known. The mounts are taken down whatever happens.
  *
  * Library first: `restorelab scan`, `recover --scan`, a SureBackup job's
  * `scan` and the API's scan route all call scanPoint / findLastClean.
@@ -20,8 +22,11 @@ import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
 import { mountRestorePoint, umountSession } from '../flr/mount.js';
 import { makeSessionsDir } from '../flr/session.js';
+import { checkApiRules } from './rules-policy.js';
 import { compileRules, pathKey, scanBatch, type CompiledRules } from './yara.js';
-import { hashFile, walkRegularFiles } from './walk.js';
+import { hashFile, walkRegularFiles, type WalkedFile } from './walk.js';
+import { readExtents, type Extent } from './extents.js';
+import { FileMap } from './filemap.js';
 import { VerdictCache, recordPointScan, type ScanMatch, type ScanVerdict } from './store.js';
 
 export { compileRules, type CompiledRules } from './yara.js';
@@ -37,6 +42,8 @@ const BATCH_FILES = 512;
 const BATCH_BYTES = 32 * 1024 * 1024;
 /** Files hashed at once (reads overlap: the point is served through FUSE, chunk by chunk). */
 const HASH_CONCURRENCY = 4;
+/** Files whose extents one filefrag process reads. */
+const EXTENT_GROUP = 256;
 /** Unreadable files named in an error, at most. */
 const ERRORS_NAMED = 5;
 
@@ -62,17 +69,27 @@ export interface PointScan {
   verdict: ScanVerdict;
   matches: ScanMatch[];
   files: ScanFiles;
+  /** Of the cached files, those not even read: unchanged since a scanned point of the same VM (src/scan/filemap.ts). */
+  unread: number;
   partitions: PartitionScan[];
   ruleset: string;
   seconds: number;
   /** Where the time went: publishing and mounting, walking/hashing/scanning, unmounting (seconds). */
-  timings: { mount: number; scan: number; unmount: number };
+  timings: { mount: number; scan: number; unmount: number } & ScanPhases;
 }
 
 /** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
 export function scanOutput(s: PointScan): Record<string, unknown> {
-  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
+  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, unread: s.unread, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
 }
+
+/**
+ * Where the scan's own time went (seconds): `walk` the directory walk,
+ * `extents` filefrag, `yara` waiting for yara after the walk; `compare` and
+ * `hash` add up the time of the files' comparisons and reads, which overlap
+ * (four at a time), so they can exceed the wall time.
+ */
+export interface ScanPhases { walk: number; extents: number; compare: number; hash: number; yara: number }
 
 export interface ScanProgress {
   (done: { files: number; bytes: number; partition: string }): void;
@@ -87,7 +104,11 @@ interface Pending {
  * Scans mounted partitions: the engine under scanPoint, usable on any
  * read-only mount (the benchmark scans a plain loop mount with it too).
  */
-export async function scanPartitions(mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[] }> {
+export async function scanPartitions(
+  mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress, opts: { fileMap?: FileMap } = {},
+): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[]; phases: ScanPhases }> {
+  const phases: ScanPhases = { walk: 0, extents: 0, compare: 0, hash: 0, yara: 0 };
+  const since = (t: bigint): number => Number(process.hrtime.bigint() - t) / 1e9;
   const matches: ScanMatch[] = [];
   const files: ScanFiles = { scanned: 0, cached: 0 };
   const partitions: PartitionScan[] = [];
@@ -157,19 +178,28 @@ export async function scanPartitions(mounts: readonly MountedPartition[], rules:
     const part: PartitionScan = { disk: m.disk, partition: m.partition, fstype: m.fstype, files: 0 };
     partitions.push(part);
     const inFlight = new Set<Promise<void>>();
-    for await (const f of walkRegularFiles(m.path)) {
+    const map = opts.fileMap?.partition(m);
+    const start = (f: WalkedFile, extents: Extent[] | null): void => {
       part.files!++;
       const guestPath = f.guestPath.toString('utf8');
       const where = { disk: m.disk, partition: m.partition, path: guestPath };
       const job = (async () => {
-        let sha: string;
-        try {
-          sha = await hashFile(f.path, f.dev);
-        } catch (err) {
-          errorCount++;
-          if (errors.length < ERRORS_NAMED) errors.push(`${m.disk} p${m.partition} ${guestPath}: ${(err as Error).message}`);
-          return;
+        // Unchanged since the reference point (same extents, same chunks): its hash is known and it is not read.
+        let at = process.hrtime.bigint();
+        let sha = await map?.known(f.guestPath, f.size, extents);
+        phases.compare += since(at);
+        if (sha === undefined) {
+          try {
+            at = process.hrtime.bigint();
+            sha = await hashFile(f.path, f.dev);
+            phases.hash += since(at);
+          } catch (err) {
+            errorCount++;
+            if (errors.length < ERRORS_NAMED) errors.push(`${m.disk} p${m.partition} ${guestPath}: ${(err as Error).message}`);
+            return;
+          }
         }
+        map?.record(f.guestPath, f.size, extents, sha);
         seenFiles++;
         seenBytes += f.size;
         onProgress?.({ files: seenFiles, bytes: seenBytes, partition: `${m.disk} p${m.partition}` });
@@ -195,24 +225,49 @@ export async function scanPartitions(mounts: readonly MountedPartition[], rules:
       });
       inFlight.add(job);
       void job.then(() => inFlight.delete(job));
-      if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
+    };
+    /** Starts the files of one group, their extents read first in one filefrag when the partition has a file map. */
+    const runGroup = async (group: WalkedFile[]): Promise<void> => {
+      const at = process.hrtime.bigint();
+      const extents = map ? await readExtents(group.map((f) => f.path)) : group.map(() => null);
+      phases.extents += since(at);
+      for (const [i, f] of group.entries()) {
+        if (failure !== undefined) return;
+        start(f, extents[i] ?? null);
+        if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
+      }
+    };
+    let group: WalkedFile[] = [];
+    let walking = process.hrtime.bigint();
+    for await (const f of walkRegularFiles(m.path)) {
+      phases.walk += since(walking);
+      group.push(f);
+      if (group.length >= EXTENT_GROUP) {
+        await runGroup(group);
+        group = [];
+      }
       if (failure !== undefined) break;
+      walking = process.hrtime.bigint();
     }
+    if (failure === undefined) await runGroup(group);
     await Promise.all(inFlight);
     if (failure !== undefined) {
       await running.catch(() => undefined);
       throw failure;
     }
   }
+  const waiting = process.hrtime.bigint();
   await flush();
   await running;
+  phases.yara += since(waiting);
   if (errorCount > 0) {
     throw new RestorelabError('SCAN_INCOMPLETE', `${errorCount} file(s) could not be read, so the point cannot be called clean or infected: ${errors.join('; ')}${errorCount > errors.length ? '; …' : ''}`, {
       hint: 'a damaged chunk shows as an I/O error: run `restorelab verify --repo R <point>`; nothing was recorded for this scan',
     });
   }
   matches.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition || a.path.localeCompare(b.path) || a.rule.localeCompare(b.rule));
-  return { matches, files, partitions };
+  const r3 = (x: number): number => Math.round(x * 1000) / 1000;
+  return { matches, files, partitions, phases: { walk: r3(phases.walk), extents: r3(phases.extents), compare: r3(phases.compare), hash: r3(phases.hash), yara: r3(phases.yara) } };
 }
 
 export interface ScanPointOptions {
@@ -242,18 +297,21 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     });
     const t1 = Date.now();
     let result: Awaited<ReturnType<typeof scanPartitions>>;
+    let fileMap: FileMap | undefined;
     let t2 = t1;
     try {
       o.onMounted?.(session.mounts);
-      result = await scanPartitions(session.mounts, o.rules, new VerdictCache(o.db, o.rules.hash), o.onProgress);
+      fileMap = await FileMap.open(o.db, o.repo, point, session.mounts);
+      result = await scanPartitions(session.mounts, o.rules, new VerdictCache(o.db, o.rules.hash), o.onProgress, { fileMap });
+      fileMap.commit();
     } finally {
       t2 = Date.now();
       await umountSession(o.stateDir, session.id);
     }
-    const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000 };
+    const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000, ...result.phases };
     const scan: PointScan = {
       point: point.id, vm: point.vm.name, verdict: result.matches.length > 0 ? 'infected' : 'clean', matches: result.matches, files: result.files,
-      partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
+      unread: fileMap?.unread ?? 0, partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
     };
     recordPointScan(o.db, { repo: o.repo.path, point: point.id, vm: point.vm.name, ruleset: o.rules.hash, verdict: scan.verdict, scannedAt: new Date().toISOString(), matches: scan.matches, files: scan.files });
     return scan;
@@ -311,8 +369,13 @@ export async function withRules<T>(stateDir: string, rulesFile: string, use: (ru
   }
 }
 
-/** Compiles rule source text (the API's body): written to a private file, compiled, the file removed; the caller disposes the rules. */
+/**
+ * Compiles rule source text (the API's body): checked against the API's rule
+ * policy (no include, only safe modules: src/scan/rules-policy.ts), written to
+ * a private file, compiled, the file removed; the caller disposes the rules.
+ */
 export async function compileRuleSource(stateDir: string, source: string): Promise<CompiledRules> {
+  checkApiRules(source);
   const scratch = join(stateDir, 'scan');
   mkdirSync(scratch, { recursive: true, mode: 0o700 });
   const dir = mkdtempSync(join(scratch, 'src-'));

@@ -62,6 +62,29 @@ const SCAN_MIGRATIONS = [
      PRIMARY KEY (repo, point, ruleset)
    );
    CREATE INDEX scan_points_time ON scan_points (repo, point, scanned_at)`,
+  // File maps (src/scan/filemap.ts): per scanned point, each file's content hash and extents, so a later point's unchanged files are not read.
+  `CREATE TABLE scan_files (
+     repo TEXT NOT NULL,
+     point TEXT NOT NULL,
+     disk TEXT NOT NULL,
+     partition INTEGER NOT NULL,
+     path BLOB NOT NULL,
+     size INTEGER NOT NULL,
+     sha256 TEXT NOT NULL,
+     extents TEXT NOT NULL,
+     PRIMARY KEY (repo, point, disk, partition, path)
+   ) WITHOUT ROWID;
+   CREATE TABLE scan_maps (
+     repo TEXT NOT NULL,
+     point TEXT NOT NULL,
+     vm TEXT NOT NULL,
+     time TEXT NOT NULL,
+     disk TEXT NOT NULL,
+     partition INTEGER NOT NULL,
+     offset INTEGER NOT NULL,
+     PRIMARY KEY (repo, point, disk, partition)
+   );
+   CREATE INDEX scan_maps_vm ON scan_maps (repo, vm, disk, partition, time)`,
 ];
 
 /** Applies the scan area's migrations (idempotent). */

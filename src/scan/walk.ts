@@ -29,6 +29,8 @@ export interface WalkedFile {
 
 const SLASH = Buffer.from('/');
 const HASH_BUFFER_BYTES = 1024 * 1024;
+/** Entries of a directory lstat'ed at once (bounded memory for wide directories). */
+const STAT_GROUP = 64;
 
 /** Yields every regular file below `root` (depth first), without following symlinks or crossing devices. */
 export async function* walkRegularFiles(root: string): AsyncGenerator<WalkedFile> {
@@ -38,6 +40,21 @@ export async function* walkRegularFiles(root: string): AsyncGenerator<WalkedFile
     const dir = stack.pop()!;
     const handle = await opendir(dir.host as unknown as string, { encoding: 'buffer' as BufferEncoding });
     const subdirs: { host: Buffer; guest: Buffer }[] = [];
+    let pending: { host: Buffer; guest: Buffer; isDir: boolean; isFile: boolean }[] = [];
+    // lstat a group of entries at once: one at a time, a cold walk through a FUSE-backed loop mount waits on each in turn.
+    const settle = async function* (): AsyncGenerator<WalkedFile> {
+      const stats = await Promise.all(pending.map((e) => (e.isDir || e.isFile ? lstat(e.host) : undefined)));
+      for (const [i, e] of pending.entries()) {
+        const st = stats[i];
+        if (!st || st.dev !== rootDev) continue;
+        if (e.isDir) {
+          if (st.isDirectory()) subdirs.push({ host: e.host, guest: e.guest });
+        } else if (st.isFile()) {
+          yield { path: e.host, guestPath: e.guest, size: st.size, dev: rootDev };
+        }
+      }
+      pending = [];
+    };
     for await (const ent of handle) {
       const name = ent.name as unknown as Buffer;
       const host = Buffer.concat([dir.host, SLASH, name]);
@@ -50,16 +67,11 @@ export async function* walkRegularFiles(root: string): AsyncGenerator<WalkedFile
         isDir = st.isDirectory();
         isFile = st.isFile();
       }
-      if (isDir) {
-        const st = await lstat(host);
-        if (st.isDirectory() && st.dev === rootDev) subdirs.push({ host, guest });
-        continue;
-      }
-      if (!isFile) continue;
-      const st = await lstat(host);
-      if (!st.isFile() || st.dev !== rootDev) continue;
-      yield { path: host, guestPath: guest, size: st.size, dev: rootDev };
+      // Checked again by lstat (not followed, same device) before it counts.
+      if (isDir || isFile) pending.push({ host, guest, isDir, isFile });
+      if (pending.length >= STAT_GROUP) yield* settle();
     }
+    yield* settle();
     // Reversed so the walk visits subdirectories in directory order.
     for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
   }

@@ -75,3 +75,19 @@ t.test('a rule set that does not compile is a 400 with yarac\'s reason; nothing 
   t.match(r.body.error.message, /\$nope/);
   t.same(leftovers(), { mounts: [], loops: [], sessions: 0 });
 });
+
+t.test('API rules may not include host files or import unsafe modules: a 400 before anything is compiled or mounted', async (t) => {
+  const inc = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator)
+    .send({ rules: `include "/etc/passwd"\n${RULES}` }).expect(400);
+  t.equal(inc.body.error.code, 'YARA_RULES_INVALID');
+  t.match(inc.body.error.message, /include is not allowed/);
+  t.notMatch(JSON.stringify(inc.body), /root:/, 'nothing of the host file comes back');
+  const imp = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator)
+    .send({ rules: `import "console"\n${RULES}` }).expect(400);
+  t.equal(imp.body.error.code, 'YARA_RULES_INVALID');
+  t.match(imp.body.error.message, /import "console" is not allowed/);
+  const ok = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator)
+    .send({ rules: `import "pe"\nimport "math"\n${RULES}` }).expect(202);
+  t.equal((await finished(ok.body.id as string)).state, 'succeeded', 'an allowed import compiles and scans');
+  t.same(leftovers(), { mounts: [], loops: [], sessions: 0 });
+});

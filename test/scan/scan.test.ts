@@ -5,11 +5,14 @@
 // partition, path, sha256); the third point is suspect until scanned; the
 // second scan of a point with one changed file scans one file; --last-clean
 // names the first point; a bad rule file and a point with no known
-// filesystem fail clearly and leave nothing mounted. xfs on GPT is scanned
+// filesystem fail clearly and leave nothing mounted. Unchanged files of a
+// point are not read at all (same extents in unchanged chunks of a scanned
+// point), while a file rewritten in place under its old size, extents and
+// mtime is read and found. xfs on GPT is scanned
 // too, and a guest symlink to a host file is not followed.
 import t from 'tap';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, writeSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +22,7 @@ import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { buildGptXfsDisk, buildUnknownFsDisk } from '../flr/fixtures/disks.js';
-import { PLANTED_PATH, TEST_RULES, plantedContent, plantedGuest, sha256 } from '../helpers/planted-guest.js';
+import { PLANTED_MARKER, PLANTED_PATH, TEST_RULES, changeGuest, plantedContent, plantedGuest, sha256 } from '../helpers/planted-guest.js';
 
 for (const tool of ['yara', 'yarac', 'losetup', 'mount']) {
   if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) throw new Error(`the scan tests need ${tool}: apt-get install yara (scripts/setup installs it)`);
@@ -97,6 +100,8 @@ t.test('the third point differs by one file: only that file is scanned, the rest
   const r = cli(['scan', '--repo', guest.repoDir, p3, '--yara', rules]);
   t.equal(r.status, 3, r.stderr);
   t.same(r.json.files, { scanned: 1, cached: filesInPoint - 1 }, 'one file changed, one file scanned');
+  const unread = r.json.unread as number;
+  t.ok(unread > filesInPoint / 2 && unread < filesInPoint, `most files were not even read: unchanged extents in unchanged chunks of the second point (${unread} of ${filesInPoint})`);
   t.match(r.json.matches, [{ path: PLANTED_PATH, rule: 'RestorelabTestDropper' }], 'a cached verdict still names the file where it is now');
   t.same(statuses(), { [p1]: 'unscanned', [p2]: 'infected', [p3]: 'infected' });
 });
@@ -106,6 +111,37 @@ t.test('--last-clean scans newest first and names the first point', async (t) =>
   t.equal(r.status, 0, r.stderr);
   t.same(r.json, { vm: guest.vm.name, lastClean: p1, points: [{ id: p3, verdict: 'infected' }, { id: p2, verdict: 'infected' }, { id: p1, verdict: 'clean' }] });
   t.same(statuses(), { [p1]: 'clean', [p2]: 'infected', [p3]: 'infected' });
+  t.same(leftovers(), NOTHING);
+});
+
+t.test('a file rewritten in place (same size, same extents, old mtime) is read again and its new content found', async (t) => {
+  const target = '/etc/inittab';
+  let before = '';
+  let after = '';
+  const extents = (root: string): string => execFileSync('filefrag', ['-e', '-b1', join(root, target)], { encoding: 'utf8' }).split('\n').filter((l) => /^\s*\d+:/.test(l)).join('\n');
+  changeGuest(guest.image, (root) => {
+    const file = join(root, target);
+    const st = statSync(file);
+    before = extents(root);
+    const fd = openSync(file, 'r+');
+    try {
+      writeSync(fd, Buffer.from(`# ${PLANTED_MARKER}\n`), 0, undefined, 0);
+    } finally {
+      closeSync(fd);
+    }
+    utimesSync(file, st.atime, st.mtime);
+    t.equal(statSync(file).size, st.size, 'same size');
+    after = extents(root);
+  });
+  t.ok(before.length > 0, before);
+  t.equal(after, before, 'the guest kept the file where it was: only the chunk under it changed');
+  const p4 = (await backupVm({ repo: guest.repository, vm: guest.vm, disks: { [guest.vm.disks[0]!.name]: guest.image }, source: guest.image })).id;
+  const r = cli(['scan', '--repo', guest.repoDir, p4, '--yara', rules]);
+  t.equal(r.status, 3, r.stderr);
+  t.match(r.json.matches, [{ path: target, rule: 'RestorelabTestDropper' }, { path: PLANTED_PATH }]);
+  t.equal((r.json.matches as unknown[]).length, 2);
+  t.ok((r.json.files as { scanned: number }).scanned >= 1, 'the rewritten file was read by yara');
+  t.ok((r.json.unread as number) > 0, 'other files still came from the third point\'s map');
   t.same(leftovers(), NOTHING);
 });
 
