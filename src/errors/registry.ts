@@ -272,10 +272,6 @@ export function isErrorCode(code: string): code is ErrorCode {
   return Object.hasOwn(ERRORS, code);
 }
 
-export function errorSpec(code: ErrorCode): ErrorSpec {
-  return ERRORS[code];
-}
-
 export function exitCodeOf(code: ErrorCode): (typeof ERROR_CLASSES)[ErrorClass]['exitCode'] {
   return ERROR_CLASSES[ERRORS[code].class].exitCode;
 }
