@@ -156,7 +156,7 @@ async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, d
 export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> {
   const format = opts.format ?? 'raw';
   if (format !== 'raw' && format !== 'qcow2') {
-    throw badInput('RESTORE_FORMAT', `cannot restore to format "${String(format)}"`, 'use --format raw or --format qcow2');
+    throw badInput('BAD_FORMAT', `cannot restore to format "${String(format)}"`, 'use --format raw or --format qcow2');
   }
   const started = Date.now();
   const to = resolve(opts.to);

@@ -249,7 +249,7 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
 function withEvidence(e: unknown, kept: KeptEvidence): unknown {
   const said = describeEvidence(kept);
   if (!said || !(e instanceof RestorelabError)) return e;
-  return new RestorelabError(e.code, e.message, { hint: e.hint ? `${e.hint}; ${said}` : said, exitCode: e.exitCode, cause: e });
+  return RestorelabError.revive({ code: e.code, message: e.message, hint: e.hint ? `${e.hint}; ${said}` : said, exitCode: e.exitCode }, { cause: e });
 }
 
 export interface TearDownOptions {

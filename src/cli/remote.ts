@@ -154,14 +154,14 @@ export class ApiClient {
     if (res.status === 401) hint ??= 'check --token (or RESTORELAB_TOKEN); on the server host, `restorelab token list` shows the valid ones';
     if (res.status === 403) hint ??= 'use a token with a higher role (viewer < operator < admin)';
     if (res.status === 429) hint ??= `wait ${res.headers.get('retry-after') ?? 'a while'} seconds: too many bad tokens came from this address`;
-    throw new RestorelabError(code, message, { exitCode: exitCodeOf(res.status), ...(hint ? { hint } : {}) });
+    throw RestorelabError.revive({ code, message, exitCode: exitCodeOf(res.status), hint });
   }
 }
 
 function finished(op: RemoteOperation): unknown {
   if (op.state === 'succeeded') return op.result;
   const e = op.error ?? { code: 'OPERATION_CANCELLED', message: `operation ${op.id} was ${op.state}` };
-  throw new RestorelabError(e.code, `server: ${e.message}`, { ...(e.hint ? { hint: e.hint } : {}) });
+  throw RestorelabError.revive({ code: e.code, message: `server: ${e.message}`, hint: e.hint, exitCode: ExitCode.failure });
 }
 
 /** The events of a text/event-stream body (only the fields the server sends: id, event, data). */

@@ -136,7 +136,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   if (file) {
     const user = readJsonFile(file, 'config file');
     if (typeof user !== 'object' || user === null || Array.isArray(user)) {
-      throw badInput('CONFIG_INVALID', `config file ${file} must hold a JSON object`, 'wrap the settings in { ... }');
+      throw badInput('SCHEMA_INVALID', `config file ${file} must hold a JSON object`, 'wrap the settings in { ... }');
     }
     merged = merge(defaults, user as Json);
   }

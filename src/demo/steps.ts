@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { runDoctor } from '../host/doctor.js';
 import { exec } from '../host/exec.js';
 import { projectPath } from '../paths.js';
-import { RestorelabError, ExitCode } from '../errors.js';
+import { RestorelabError } from '../errors.js';
 import type { DemoStep } from './pipeline.js';
 import { loadVmDefinition } from '../vm/definition.js';
 import { initRepository, openRepository } from '../repo/repository.js';
@@ -60,7 +60,7 @@ export const demoSteps: DemoStep[] = [
       const r = await runDoctor({ cacheDir: config.stateDir, guestsDir: config.guestsDir });
       if (!r.ok) {
         const bad = r.checks.filter((c) => !c.ok && c.required).map((c) => `${c.name} (${c.fix ?? c.detail})`);
-        throw new RestorelabError('HOST_UNFIT', `host lacks required components: ${bad.join(', ')}`, { hint: 'run scripts/setup', exitCode: ExitCode.missingComponent });
+        throw new RestorelabError('HOST_UNFIT', `host lacks required components: ${bad.join(', ')}`, { hint: 'run scripts/setup' });
       }
       return `accelerator ${r.accel}; ${r.checks.filter((c) => c.ok).length}/${r.checks.length} checks ok`;
     },
@@ -86,7 +86,7 @@ export const demoSteps: DemoStep[] = [
     run: async ({ config, values }) => {
       const repo = await openRepository(config.repository);
       const r = await verifyRepository(repo, values.point ? { point: values.point } : {});
-      if (!r.ok) throw new RestorelabError('VERIFY_FAILED', `${r.corrupt.length} corrupt item(s) in ${config.repository}`, { hint: 'run restorelab verify --repo ' + config.repository, exitCode: ExitCode.verifyFailed });
+      if (!r.ok) throw new RestorelabError('VERIFY_FAILED', `${r.corrupt.length} corrupt item(s) in ${config.repository}`, { hint: 'run restorelab verify --repo ' + config.repository });
       return `${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)}) verified in ${r.seconds.toFixed(1)} s`;
     },
   },
@@ -149,7 +149,7 @@ export const demoSteps: DemoStep[] = [
           limiter: new Limiter(config.limits.maxConcurrentVms, config.limits.memoryBudgetMiB), log: { warn: (l) => out.warn(l) },
         });
         const vms = rep.vms.map((v) => `${v.name} ${v.result} (recovered in ${v.recoverySeconds.toFixed(1)} s; ${v.tests.map((x) => `${x.name} ${x.result}`).join(', ')})`);
-        if (rep.result !== 'success') throw new RestorelabError('VERIFY_FAILED', `job ${job.name}: ${rep.result}: ${vms.join('; ')}`, { hint: `see the report ${rep.report}`, exitCode: ExitCode.verifyFailed });
+        if (rep.result !== 'success') throw new RestorelabError('VERIFY_FAILED', `job ${job.name}: ${rep.result}: ${vms.join('; ')}`, { hint: `see the report ${rep.report}` });
         return `${rep.result}: ${vms.join('; ')}; report ${rep.report}`;
       } finally {
         history.close();

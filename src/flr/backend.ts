@@ -10,7 +10,7 @@
 import { open } from 'node:fs/promises';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { RestorelabError, badInput, notFound, ExitCode } from '../errors.js';
+import { RestorelabError, badInput, notFound } from '../errors.js';
 import { readPartitionTable, type Partition, type ReadAt } from './partitions.js';
 import { HARDENING_OPTIONS, MOUNT_OPTIONS, identifyFilesystem, kernelFilesystems, probeFilesystem, type FilesystemProbe } from './filesystems.js';
 import type { MountedPartition, Resource, SessionJournal } from './session.js';
@@ -98,7 +98,6 @@ export function checkMountDir(dir: string): void {
   if (isMountPoint(dir) || readdirSync(dir).length > 0) {
     throw new RestorelabError('MOUNT_POINT_IN_USE', `mount point ${dir} is in use (${isMountPoint(dir) ? 'something is mounted there' : 'it is not empty'})`, {
       hint: 'give an empty or new directory, or unmount what is there (`restorelab umount <dir>`)',
-      exitCode: ExitCode.busy,
     });
   }
 }
@@ -138,7 +137,7 @@ export class HostMountBackend implements FileLevelBackend {
     if (plan.length === 0) {
       const why = out.map((m) => `partition ${m.partition}: ${m.skipped}`).join('; ');
       if (out.some((m) => m.fstype === 'unknown')) throw unknownFilesystem(req.disks.map((d) => d.name).join(', '), `nothing to mount (${why})`);
-      throw badInput('UNSUPPORTED_FILESYSTEM', `nothing to mount: ${why}`, 'restore the whole disk instead and open it with a tool for that filesystem');
+      throw badInput('UNKNOWN_FILESYSTEM', `nothing to mount: ${why}`, 'restore the whole disk instead and open it with a tool for that filesystem');
     }
     this.makeRoot(dir, journal);
     for (const { disk, part, path } of plan) {

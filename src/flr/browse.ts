@@ -17,7 +17,7 @@ import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import tar from 'tar-stream';
-import { RestorelabError, badInput, notFound, ExitCode } from '../errors.js';
+import { RestorelabError, badInput, notFound } from '../errors.js';
 import type { MountedPartition } from './session.js';
 
 /** The kernel's own limit on symlinks followed in one lookup. */
@@ -49,9 +49,8 @@ export interface ResolvedPath {
 }
 
 function escapes(guestPath: string, why: string): RestorelabError {
-  return new RestorelabError('PATH_ESCAPES_MOUNT', `guest path ${guestPath} is refused: ${why}`, {
+  return new RestorelabError('PATH_TRAVERSAL', `guest path ${guestPath} is refused: ${why}`, {
     hint: 'guest paths are confined to the mounted partition; give the path the link points to, inside the same partition',
-    exitCode: ExitCode.badInput,
   });
 }
 

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { RestorelabError, notFound, ExitCode } from '../errors.js';
+import { RestorelabError, notFound } from '../errors.js';
 import { HostMountBackend, checkMountDir, type DiskFile, type FileLevelBackend } from './backend.js';
 import { SessionJournal, findSession, listSessions, makeSessionsDir, sessionsDir, type MountedPartition, type Resource } from './session.js';
 import type { HolderReply, HolderRequest } from './holder.js';
@@ -101,7 +101,6 @@ function refuseDirOfOtherSession(stateDir: string, dir: string): void {
   if (other) {
     throw new RestorelabError('MOUNT_POINT_IN_USE', `mount point ${dir} is in use by file-level restore session ${other.record.id}`, {
       hint: `run \`restorelab umount ${other.record.id}\` first, or pick another directory`,
-      exitCode: ExitCode.busy,
     });
   }
 }
@@ -161,7 +160,7 @@ async function startHolder(journal: SessionJournal, opts: MountPointOptions): Pr
   child.unref();
   if (!reply.ok) {
     const e = reply.error;
-    throw new RestorelabError(e.code, e.message, { hint: e.hint, exitCode: (e.exitCode ?? ExitCode.failure) as ExitCode });
+    throw RestorelabError.revive(e);
   }
   journal.update((r) => {
     const h = r.resources.find((x) => x.kind === 'holder');

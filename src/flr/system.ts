@@ -89,7 +89,6 @@ export async function unmount(dir: string, opts: { lazy?: boolean } = {}): Promi
   if (r.code !== 0 && isMountPoint(dir)) {
     throw new RestorelabError('UNMOUNT_FAILED', `cannot unmount ${dir}: ${r.stderr.trim()}`, {
       hint: `a process is using files below ${dir}; find it with \`fuser -vm ${dir}\`, stop it, and run \`restorelab umount\` again`,
-      exitCode: 6,
     });
   }
 }

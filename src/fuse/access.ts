@@ -16,7 +16,7 @@
  * runs QEMU as the same user (scripts/setup: user = group = "root").
  */
 import fs from 'node:fs';
-import { RestorelabError, ExitCode } from '../errors.js';
+import { RestorelabError } from '../errors.js';
 import type { FileAttr } from '../datastore/types.js';
 import { resolveGroup, type HostGroup } from '../host/groups.js';
 
@@ -54,7 +54,6 @@ function assertUserAllowOther(conf = '/etc/fuse.conf'): void {
   if (!text.split('\n').some((l) => l.trim() === 'user_allow_other')) {
     throw new RestorelabError('FUSE_ALLOW_OTHER_DISABLED', `a FUSE access group needs allow_other, which ${conf} does not allow for users other than root`, {
       hint: `add a line "user_allow_other" to ${conf}, or publish as root, or publish without an access group`,
-      exitCode: ExitCode.missingComponent,
     });
   }
 }

@@ -17,7 +17,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import Fuse from 'fuse-native';
-import { RestorelabError, ExitCode, missingComponent } from '../errors.js';
+import { RestorelabError, missingComponent } from '../errors.js';
 import { DatastoreError, ROOT_ID, type Datastore, type FileAttr, type FileId } from '../datastore/types.js';
 import { detachMount, isStaleFuseMount, mountEntry } from './mounts.js';
 import { accessMountOptions, fuseAccess, presentedOwnership, type FuseAccess } from './access.js';
@@ -115,18 +115,18 @@ export class FuseFrontend {
     const access = await fuseAccess(opts.accessGroup);
     const dir = opts.mountPoint;
     if (mountEntry(dir) && await isStaleFuseMount(dir)) {
-      if (!(await detachMount(dir))) throw new RestorelabError('MOUNT_POINT_STALE', `${dir} holds a stale FUSE mount that could not be removed`, { hint: `run: umount -l ${dir}`, exitCode: ExitCode.busy });
+      if (!(await detachMount(dir))) throw new RestorelabError('MOUNT_POINT_STALE', `${dir} holds a stale FUSE mount that could not be removed`, { hint: `run: umount -l ${dir}` });
       opts.onStaleCleared?.(dir);
     }
     const existing = mountEntry(dir);
     if (existing) {
       throw new RestorelabError('MOUNT_POINT_IN_USE', `${dir} is already a mount point (${existing.fstype} from ${existing.source})`, {
-        hint: 'choose an empty directory, or unpublish/umount what is mounted there', exitCode: ExitCode.busy,
+        hint: 'choose an empty directory, or unpublish/umount what is mounted there',
       });
     }
     await fs.promises.mkdir(dir, { recursive: true });
     if ((await fs.promises.readdir(dir)).length > 0) {
-      throw new RestorelabError('MOUNT_POINT_IN_USE', `${dir} is not empty`, { hint: 'choose an empty directory for the FUSE mount', exitCode: ExitCode.busy });
+      throw new RestorelabError('MOUNT_POINT_IN_USE', `${dir} is not empty`, { hint: 'choose an empty directory for the FUSE mount' });
     }
     // The operations need the frontend, the frontend needs the Fuse built from them.
     const holder: { frontend?: FuseFrontend } = {};

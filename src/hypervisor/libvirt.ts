@@ -141,7 +141,6 @@ export class LibvirtDriver implements Hypervisor {
     if (!existsSync(sock)) {
       throw new RestorelabError('LIBVIRTD_NOT_RUNNING', `libvirtd is not running (no ${sock})`, {
         hint: 'start it with scripts/libvirtd start (or systemctl start libvirtd), or use --driver qemu',
-        exitCode: 4,
       });
     }
     const c = new LibvirtConnection({ uri: LIBVIRT_URI });
@@ -149,7 +148,7 @@ export class LibvirtDriver implements Hypervisor {
       await c.connectOpen();
     } catch (e) {
       throw new RestorelabError('LIBVIRTD_NOT_RUNNING', `cannot connect to libvirtd at ${LIBVIRT_URI}: ${(e as Error).message}`, {
-        hint: 'start it with scripts/libvirtd start', exitCode: 4, cause: e,
+        hint: 'start it with scripts/libvirtd start', cause: e,
       });
     }
     this.conn = c;
@@ -375,6 +374,6 @@ export class LibvirtDomain implements Domain {
     const xml = await sh('virsh', ['-c', LIBVIRT_URI, 'dumpxml', this.domainName]);
     const re = /<disk[\s\S]*?<target dev='([^']+)'[\s\S]*?<alias name='ua-([^']+)'\/>[\s\S]*?<\/disk>/g;
     for (const m of xml.matchAll(re)) if (m[2] === disk) return m[1] as string;
-    throw new RestorelabError('NO_SUCH_DISK', `VM ${this.name} has no disk ${disk}`);
+    throw new RestorelabError('DISK_NOT_FOUND', `VM ${this.name} has no disk ${disk}`);
   }
 }

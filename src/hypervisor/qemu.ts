@@ -418,7 +418,7 @@ export class QemuDomain implements Domain {
   private async mirrorOn(qmp: QmpClient, disk: string, target: string, format: 'raw' | 'qcow2'): Promise<void> {
     const nodes = await qmp.execute<{ 'node-name': string; image: { 'virtual-size': number } }[]>('query-named-block-nodes', { flat: true });
     const src = nodes.find((n) => n['node-name'] === `disk-${disk}`);
-    if (!src) throw new RestorelabError('NO_SUCH_DISK', `VM ${this.name} has no disk ${disk}`);
+    if (!src) throw new RestorelabError('DISK_NOT_FOUND', `VM ${this.name} has no disk ${disk}`);
     const r = await exec('qemu-img', ['create', '-f', format, target, String(src.image['virtual-size'])], { timeoutMs: 30_000 });
     if (r.code !== 0) throw new RestorelabError('MIRROR_TARGET_FAILED', `cannot create ${target}: ${r.stderr.trim()}`, { hint: 'check the target directory exists and has space' });
     await qmp.execute('blockdev-add', {

@@ -134,7 +134,7 @@ function checkLab(lab: LabDefinition, source: string): void {
 async function sh(cmd: string, args: string[], opts: { input?: string } = {}): Promise<string> {
   const r = await exec(cmd, args, { timeoutMs: 15_000, ...opts });
   if (r.code !== 0) {
-    throw new RestorelabError('LAB_HOST_COMMAND_FAILED', `${cmd} ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim()}`);
+    throw new RestorelabError('HOST_COMMAND_FAILED', `${cmd} ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim()}`);
   }
   return r.stdout;
 }

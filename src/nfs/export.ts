@@ -8,7 +8,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ExitCode, RestorelabError, badInput, isErrno } from '../errors.js';
+import { RestorelabError, badInput, isErrno } from '../errors.js';
 import type { Datastore } from '../datastore/types.js';
 import { NfsServer, newServerId, type BoundPorts, type NfsMetrics } from './server.js';
 import { wireLimits, type WireLimits } from './limits.js';
@@ -123,7 +123,6 @@ export async function startNfsExport(opts: NfsExportOptions): Promise<NfsExport>
         hint: isErrno(err, 'EACCES')
           ? 'ports below 1024 need root: run as root or pass --nfs-port/--mount-port above 1024 and --portmap-port 0'
           : 'another NFS server (or restorelab) holds the port: stop it, or pass --nfs-port N (0 = any free port)',
-        exitCode: ExitCode.busy,
       });
     }
     throw err;

@@ -19,7 +19,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ExitCode, RestorelabError, badInput, notFound } from '../errors.js';
+import { RestorelabError, badInput, notFound } from '../errors.js';
 import { processAlive as pidAlive } from '../host/process.js';
 import { openRepository } from '../repo/repository.js';
 import type { RepositoryReader } from '../repo/contract.js';
@@ -227,7 +227,7 @@ function assertOwner(stateDir: string, rec: PublicationRecord, as: PublicationOw
   if (sameOwner(owner, as)) return;
   if (owner.kind === 'surebackup' && !isLive(stateDir, rec)) return;
   throw new RestorelabError('PUBLICATION_NOT_OWNER', `publication ${rec.id} belongs to ${describeOwner(owner)}, not to ${describeOwner(as)}; only its owner may stop it`, {
-    hint: ownerHint(owner), exitCode: ExitCode.busy,
+    hint: ownerHint(owner),
   });
 }
 
@@ -251,7 +251,7 @@ export async function removePublication(stateDir: string, idOrName: string, opts
     while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     if (pidAlive(rec.pid)) {
       throw new RestorelabError('PUBLICATION_BUSY', `publication ${rec.id}: process ${rec.pid} did not stop within ${STOP_WAIT_MS / 1000} s`, {
-        hint: `something may hold files open under ${rec.path ?? 'the mount'}; stop it, or kill ${rec.pid}`, exitCode: ExitCode.busy,
+        hint: `something may hold files open under ${rec.path ?? 'the mount'}; stop it, or kill ${rec.pid}`,
       });
     }
   }
@@ -333,7 +333,7 @@ function chooseSlot(stateDir: string, base: string, point: string, owner: Public
       // Two users publishing one point would share nothing but confusion: one publication, as before.
       if (owner.kind === 'user') {
         throw new RestorelabError('PUBLICATION_BUSY', `restore point ${point} is already published as ${id}${rec.pid !== undefined ? ` by process ${rec.pid}` : ''}`, {
-          hint: `use it (${rec.path ?? 'see restorelab publications'}), or stop it first: restorelab unpublish ${id}`, exitCode: ExitCode.busy,
+          hint: `use it (${rec.path ?? 'see restorelab publications'}), or stop it first: restorelab unpublish ${id}`,
         });
       }
       continue;
@@ -348,7 +348,7 @@ function chooseSlot(stateDir: string, base: string, point: string, owner: Public
     return { id };
   }
   throw new RestorelabError('PUBLICATION_LIMIT', `restore point ${point} already has ${MAX_PUBLICATIONS_PER_POINT} publications`, {
-    hint: 'list them with: restorelab publications; stop the ones no longer needed', exitCode: ExitCode.busy,
+    hint: 'list them with: restorelab publications; stop the ones no longer needed',
   });
 }
 

@@ -377,7 +377,7 @@ async function checkMounts(stateDir: string, records: PublicationRecord[], sessi
         reason: dead === true ? 'a FUSE mount whose serving process is gone (transport endpoint is not connected)' : `a FUSE mount that did not answer statfs within ${MOUNT_CHECK_MS / 1000} s`,
       },
       clean: async () => {
-        if (!(await detachMount(dir))) throw new RestorelabError('MOUNT_DETACH_FAILED', `${dir} is still mounted after fusermount -uz and umount -l`);
+        if (!(await detachMount(dir))) throw new RestorelabError('UNMOUNT_FAILED', `${dir} is still mounted after fusermount -uz and umount -l`);
         return undefined;
       },
     });

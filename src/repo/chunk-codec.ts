@@ -31,7 +31,7 @@ export interface DerivedKeys {
 
 /** One sub-key of the master key (HKDF-SHA-256); the repository id salts it so two repositories sharing a key file differ. */
 export function deriveSubkey(masterKey: Buffer, repoId: string, info: string): Buffer {
-  if (masterKey.length !== KEY_SIZE) throw badInput('KEY_INVALID', `a repository key must be ${KEY_SIZE} bytes, got ${masterKey.length}`);
+  if (masterKey.length !== KEY_SIZE) throw badInput('KEY_FILE_INVALID', `a repository key must be ${KEY_SIZE} bytes, got ${masterKey.length}`);
   return Buffer.from(hkdfSync('sha256', masterKey, Buffer.from(repoId), info, KEY_SIZE));
 }
 

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { FixedIndex } from './api.js';
-import { badInput, RestorelabError } from '../errors.js';
+import { RestorelabError } from '../errors.js';
 import { DIGEST_SIZE, FIDX_CHECKSUM_OFFSET, FIDX_HEADER_SIZE, FIDX_MAGIC, FIDX_VERSION, HOLE_DIGEST } from './format.js';
 import { assertDigest } from './chunk-store.js';
 
@@ -16,11 +16,11 @@ export function chunkCountFor(size: number, chunkSize: number): number {
 
 export function encodeFixedIndex(index: FixedIndex): Buffer {
   const { size, chunkSize, digests } = index;
-  if (!Number.isSafeInteger(size) || size < 0) throw badInput('BAD_INDEX', `index size ${size} is not a byte count`);
-  if (!Number.isInteger(chunkSize) || chunkSize <= 0) throw badInput('BAD_INDEX', `index chunk size ${chunkSize} is invalid`);
+  if (!Number.isSafeInteger(size) || size < 0) throw new RestorelabError('INDEX_CORRUPT', `index size ${size} is not a byte count`);
+  if (!Number.isInteger(chunkSize) || chunkSize <= 0) throw new RestorelabError('INDEX_CORRUPT', `index chunk size ${chunkSize} is invalid`);
   const count = chunkCountFor(size, chunkSize);
   if (digests.length !== count) {
-    throw badInput('BAD_INDEX', `an index of ${size} bytes in ${chunkSize}-byte chunks needs ${count} digests, got ${digests.length}`);
+    throw new RestorelabError('INDEX_CORRUPT', `an index of ${size} bytes in ${chunkSize}-byte chunks needs ${count} digests, got ${digests.length}`);
   }
   const buf = Buffer.alloc(FIDX_HEADER_SIZE + count * DIGEST_SIZE);
   FIDX_MAGIC.copy(buf, 0);
@@ -31,7 +31,7 @@ export function encodeFixedIndex(index: FixedIndex): Buffer {
   digests.forEach((d, i) => {
     if (d === null) return;
     assertDigest(d, `index entry ${i}`);
-    if (/^0+$/.test(d)) throw badInput('BAD_INDEX', `index entry ${i}: the all-zero digest is reserved for holes`);
+    if (/^0+$/.test(d)) throw new RestorelabError('INDEX_CORRUPT', `index entry ${i}: the all-zero digest is reserved for holes`);
     buf.write(d, FIDX_HEADER_SIZE + i * DIGEST_SIZE, DIGEST_SIZE, 'hex');
   });
   checksum(buf).copy(buf, FIDX_CHECKSUM_OFFSET);
@@ -48,7 +48,7 @@ function checksum(buf: Buffer): Buffer {
 
 function corrupt(name: string, why: string): RestorelabError {
   return new RestorelabError('INDEX_CORRUPT', `fixed index ${name} is corrupt: ${why}`,
-    { hint: 'run restorelab verify; the restore points using this index cannot be restored', exitCode: 3 });
+    { hint: 'run restorelab verify; the restore points using this index cannot be restored' });
 }
 
 /** Decodes and checks an index file; `name` is used in errors. Magic and size are checked before any field is trusted. */

@@ -14,7 +14,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { LockHolder, LockKind, RepoLock } from './api.js';
-import { ExitCode, isErrno, RestorelabError } from '../errors.js';
+import { isErrno, RestorelabError } from '../errors.js';
 import { writeFileAtomic } from './atomic-file.js';
 import { LOCK_SUFFIX } from './format.js';
 
@@ -114,7 +114,6 @@ export async function acquireLock(dir: string, repoPath: string, kind: LockKind,
       }
       if (conflicts(kind, other.kind)) {
         throw new RestorelabError('REPO_BUSY', `repository ${repoPath} is busy: ${describe(other)}`, {
-          exitCode: ExitCode.busy,
           hint: `wait for it to finish; if that process no longer exists, delete ${join(dir, other.file)}`,
         });
       }

@@ -296,7 +296,7 @@ export class LocalRepository implements RepositoryMaintenance {
     const first = problems[0];
     if (first) {
       throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${first.file} is corrupt: ${first.reason}`,
-        { hint: 'run restorelab verify; move the damaged manifest away to list the others', exitCode: 3 });
+        { hint: 'run restorelab verify; move the damaged manifest away to list the others' });
     }
     return points.filter((p) => filter.vm === undefined || p.vm.name === filter.vm);
   }
@@ -313,7 +313,7 @@ export class LocalRepository implements RepositoryMaintenance {
     try {
       return this.parseManifest(id + POINT_SUFFIX, text);
     } catch (err) {
-      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${file} is corrupt: ${(err as Error).message}`, { exitCode: 3 });
+      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${file} is corrupt: ${(err as Error).message}`);
     }
   }
 
@@ -326,14 +326,14 @@ export class LocalRepository implements RepositoryMaintenance {
     }
     const index = await this.readIndex(disk.indexDigest);
     if (index.size !== disk.size) {
-      throw new RestorelabError('INDEX_CORRUPT', `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`, { exitCode: 3 });
+      throw new RestorelabError('INDEX_CORRUPT', `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`);
     }
     return new IndexedDisk(index, this.store, this.codec);
   }
 
   async writeIndex(index: FixedIndex): Promise<string> {
     if (index.chunkSize !== this.config.chunkSize) {
-      throw badInput('BAD_INDEX', `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`);
+      throw new RestorelabError('INDEX_CORRUPT', `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`);
     }
     const plain = encodeFixedIndex(index);
     const digest = this.seal ? this.seal.indexName(plain) : sha256(plain);
@@ -357,7 +357,7 @@ export class LocalRepository implements RepositoryMaintenance {
       if (isErrno(err, 'ENOENT')) throw notFound('INDEX_NOT_FOUND', `fixed index ${file} is missing`, 'run restorelab verify to list the restore points that need it');
       throw err;
     }
-    const corrupt = (why: string): RestorelabError => new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: ${why}`, { exitCode: 3 });
+    const corrupt = (why: string): RestorelabError => new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: ${why}`);
     let plain: Buffer;
     try {
       plain = this.unseal('index', buf);

@@ -7,7 +7,7 @@
 import { createServer, connect, type Server } from 'node:net';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { RestorelabError, ExitCode, type ExitCode as ExitCodeT } from '../errors.js';
+import { RestorelabError } from '../errors.js';
 import { JsonLineFramer } from '../hypervisor/jsonlines.js';
 import type { RecoverySession, SessionError } from './session.js';
 
@@ -27,7 +27,7 @@ export function toSessionError(e: unknown): SessionError {
 }
 
 export function fromSessionError(e: SessionError): RestorelabError {
-  return new RestorelabError(e.code, e.message, { ...(e.hint ? { hint: e.hint } : {}), exitCode: (e.exitCode ?? ExitCode.failure) as ExitCodeT });
+  return RestorelabError.revive(e);
 }
 
 /** Resolves once the socket accepts connections. */

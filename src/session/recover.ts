@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ExitCode, RestorelabError, badInput } from '../errors.js';
+import { RestorelabError, badInput } from '../errors.js';
 import { projectPath } from '../paths.js';
 import { controlSocket, fromSessionError, requestControl } from './control.js';
 import { depsWithKey, realDeps } from './deps.js';
@@ -112,7 +112,6 @@ async function scanGate(opts: RecoverOptions, plan: RecoveryPlan, gate: NonNulla
   if (!gate.allowInfected) {
     throw new RestorelabError('POINT_INFECTED', `restore point ${plan.point.id} of ${plan.vm.name} is infected (${named}); it was not recovered`, {
       hint: `find the newest clean point with \`restorelab scan --last-clean ${plan.vm.name} --yara ${gate.rules}\`, or recover it isolated with --allow-infected (a lab with no uplink)`,
-      exitCode: ExitCode.verifyFailed,
     });
   }
   if (opts.network) {

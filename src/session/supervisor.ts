@@ -37,7 +37,7 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
       // A restarted supervisor of a migrated session: nothing is published
       // any more, so the running domain is all there is to re-attach to.
       const domain = await hv.attach(s.domain);
-      if (!domain || !(await domain.alive())) throw new RestorelabError('VM_GONE', `the VM of session ${s.id} is no longer running`);
+      if (!domain || !(await domain.alive())) throw new RestorelabError('VM_ENDED', `the VM of session ${s.id} is no longer running`);
       live = { session: s, hv, domain };
       store.save(s);
       return await watchSession(live, store, id);

@@ -8,7 +8,7 @@
 import type { DnsQuery, RecoveredVm, Role, RunResult, TestResult, TestRunner, TestSpec, Verdict, VmResult } from '../verify/contract.js';
 import { resolveRole } from './roles.js';
 import { Limiter, mapLimited } from './limiter.js';
-import { ExitCode, RestorelabError, notFound } from '../errors.js';
+import { RestorelabError, notFound } from '../errors.js';
 import { resolveScript } from '../verify/script.js';
 
 /** What a job's `scan` gate found for one VM's point (src/scan). */
@@ -238,7 +238,7 @@ export function runVerdict(vms: Pick<VmResult, 'result'>[]): RunResult['result']
 
 /** The scan gate: one `scan` test result per planned VM, before anything boots. */
 async function scanPlanned(gate: NonNullable<Job['scan']>, planned: Planned[], backend: LabBackend, signal: AbortSignal): Promise<Map<string, TestResult>> {
-  if (!backend.scan) throw new RestorelabError('SCAN_UNSUPPORTED', 'this job has a "scan" gate, but its lab backend cannot scan restore points', { exitCode: ExitCode.badInput });
+  if (!backend.scan) throw new RestorelabError('SCAN_UNSUPPORTED', 'this job has a "scan" gate, but its lab backend cannot scan restore points');
   const out = new Map<string, TestResult>();
   for (const p of planned) {
     const key = `${p.vm.name}@${p.point}`;

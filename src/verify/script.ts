@@ -15,7 +15,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
-import { badInput, ExitCode, RestorelabError } from '../errors.js';
+import { badInput, RestorelabError } from '../errors.js';
 import type { TestResult } from './contract.js';
 import type { ApiLimits } from '../config/config.js';
 import { confine } from '../host/confine.js';
@@ -56,7 +56,6 @@ export function allowedScript(path: string, dir: string, owner: string): string 
   const real = confine(path, [dir]);
   if (real !== undefined) return real;
   throw new RestorelabError('SCRIPT_NOT_ALLOWED', `${owner}: script ${path} is outside the scripts directory ${dir}`, {
-    exitCode: ExitCode.badInput,
     hint: 'jobs the server runs may only start executables inside api.scriptsDir: install the script there (root-owned, not writable by api.scriptUser) and give its path, or set api.scriptsDir in the server\'s config file',
   });
 }

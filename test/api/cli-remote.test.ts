@@ -163,7 +163,7 @@ t.test('the client follows a long operation over SSE to its result or its error'
 
   const bad = server.ctx.operations.start('demo', 'test', async () => {
     await tick();
-    throw new RestorelabError('HEARTBEAT_TIMEOUT', 'no heartbeat from web', { hint: 'look at the console screenshot' });
+    throw new RestorelabError('NO_HEARTBEAT', 'no heartbeat from web', { hint: 'look at the console screenshot' });
   });
-  await t.rejects(api.follow(bad as RemoteOperation, () => undefined), { name: 'RestorelabError', code: 'HEARTBEAT_TIMEOUT', message: 'server: no heartbeat from web', hint: 'look at the console screenshot' });
+  await t.rejects(api.follow(bad as RemoteOperation, () => undefined), { name: 'RestorelabError', code: 'NO_HEARTBEAT', message: 'server: no heartbeat from web', hint: 'look at the console screenshot' });
 });

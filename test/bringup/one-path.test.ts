@@ -44,7 +44,7 @@ function fakeDomain(dir: string, name: string, calls: Calls): Domain {
     state: async () => 'running',
     stop: async () => undefined,
     destroy: async () => { calls.destroyed.push(name); },
-    agent: async () => { throw new RestorelabError('QGA_TIMEOUT', 'no guest agent'); },
+    agent: async () => { throw new RestorelabError('NO_HEARTBEAT', 'no guest agent'); },
     screendump: async (path: string) => {
       writeFileSync(path, Buffer.concat([Buffer.from('P6\n2 1\n255\n'), Buffer.from([255, 0, 0, 0, 0, 255])]));
       return 'ppm' as const;

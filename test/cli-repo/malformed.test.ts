@@ -99,7 +99,7 @@ t.test('restore', async (t) => {
   const to = join(work, 'restored.raw');
   await refused(t, 'an unknown restore point', { args: ['restore', 'nosuchpoint', '--repo', repo, '--disk', 'root', '--to', to], exit: 5, code: 'POINT_NOT_FOUND', message: /nosuchpoint/, absent: [to] });
   await refused(t, 'an unknown disk', { args: ['restore', point, '--repo', repo, '--disk', 'sdb', '--to', to], exit: 5, code: 'DISK_NOT_FOUND', message: /has no disk "sdb" \(it has: root\)/, absent: [to] });
-  await refused(t, 'an unknown format', { args: ['restore', point, '--repo', repo, '--disk', 'root', '--to', to, '--format', 'vmdk'], exit: 2, code: 'RESTORE_FORMAT', message: /cannot restore to format "vmdk"/, absent: [to] });
+  await refused(t, 'an unknown format', { args: ['restore', point, '--repo', repo, '--disk', 'root', '--to', to, '--format', 'vmdk'], exit: 2, code: 'BAD_FORMAT', message: /cannot restore to format "vmdk"/, absent: [to] });
   await refused(t, 'no --disk', { args: ['restore', point, '--repo', repo, '--to', to], exit: 2, code: 'USAGE', message: /required option '--disk <name>' not specified/, absent: [to] });
   await refused(t, 'a point id with a path in it', { args: ['restore', '../../etc/passwd', '--repo', repo, '--disk', 'root', '--to', to], exit: 5, code: 'POINT_NOT_FOUND', message: /no restore point \.\.\/\.\.\/etc\/passwd .*not a restore point id/, absent: [to] });
 });

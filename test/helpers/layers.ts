@@ -19,7 +19,7 @@ export interface Layer { units: string[]; why: string }
 
 /** Lowest first. Every unit of src/ is in exactly one layer. */
 export const LAYERS: Layer[] = [
-  { units: ['errors.ts', 'paths.ts', 'settle.ts', 'telemetry', 'schema', 'format'], why: 'foundation: error codes, the package root, polling waits, counters, JSON-schema validation, output for people and scripts' },
+  { units: ['errors.ts', 'errors', 'paths.ts', 'settle.ts', 'telemetry', 'schema', 'format'], why: 'foundation: error codes, the package root, polling waits, counters, JSON-schema validation, output for people and scripts' },
   { units: ['host', 'vm'], why: 'host plumbing (exec, processes, namespaces, users, accelerator) and the VM definition every layer above describes a VM with' },
   { units: ['nbd'], why: 'the NBD wire client that reads live and image sources' },
   { units: ['ingest'], why: 'backup sources: raw files, qemu-img images, NBD exports' },

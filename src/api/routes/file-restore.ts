@@ -61,7 +61,7 @@ function sessionOf(ctx: ApiContext, id: string): SessionRecord {
 
 /** The library's confinement refusal, as the API's PATH_TRAVERSAL; other errors pass through. */
 function confined(err: unknown): unknown {
-  if (err instanceof RestorelabError && err.code === 'PATH_ESCAPES_MOUNT') {
+  if (err instanceof RestorelabError && err.code === 'PATH_TRAVERSAL') {
     return apiError('PATH_TRAVERSAL', err.message, [{ path: 'query/path', message: 'leaves the guest filesystem' }]);
   }
   return err;

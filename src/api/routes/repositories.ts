@@ -19,7 +19,7 @@ import { verifyRepository } from '../../repo/verify.js';
 import { planPrune, pruneRepository, type PrunePolicy } from '../../repo/prune.js';
 import { collectGarbage } from '../../repo/gc.js';
 import { forgetPoints, indexedRepositories, reindex } from '../../catalog/catalog.js';
-import { ExitCode, RestorelabError } from '../../errors.js';
+import { RestorelabError } from '../../errors.js';
 import { describeRepository, openNamedRepository, openOptions, unopenable } from '../repositories.js';
 
 export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
@@ -82,7 +82,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
           o.progress(1, 'corruption found', report);
           throw new RestorelabError('REPOSITORY_CORRUPT',
             `${report.corrupt.length} corrupt item(s) in ${repo.path}; damaged restore points: ${report.affectedPoints.join(', ') || 'none'}`,
-            { hint: 'restore from an undamaged point; the bad chunks are quarantined as .bad files (a new backup of the same data heals them)', exitCode: ExitCode.verifyFailed });
+            { hint: 'restore from an undamaged point; the bad chunks are quarantined as .bad files (a new backup of the same data heals them)' });
         }
         return { result: report, resource: `/api/v1/repositories/${req.params.name}` };
       });

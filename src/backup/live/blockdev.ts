@@ -200,7 +200,7 @@ export class Fleece {
       const others = await this.mon.execute<{ id: string }[]>('query-block-exports');
       if (others.length > 0) {
         throw new RestorelabError('LIVE_NBD_BUSY', `${this.mon.where} already runs an NBD server with exports (${others.map((e) => e.id).join(', ')}) that are not restorelab's`,
-          { hint: 'QEMU has one NBD server; stop the other user of it (nbd-server-stop) or wait for it to finish', exitCode: 6 });
+          { hint: 'QEMU has one NBD server; stop the other user of it (nbd-server-stop) or wait for it to finish' });
       }
       await this.mon.execute('nbd-server-stop');
       await this.mon.execute('nbd-server-start', { addr: { type: 'unix', data: { path: this.socket } } });

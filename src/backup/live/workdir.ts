@@ -36,7 +36,7 @@ export async function claimWorkDir(sourceKey: string, onWarning?: (m: string) =>
     }
     const pid = Number((await readFile(owner, 'utf8').catch(() => '')).trim()) || undefined;
     if (pid !== undefined && pid !== process.pid && processAlive(pid)) {
-      throw new RestorelabError('LIVE_BACKUP_RUNNING', `a live backup of ${sourceKey} is already running (process ${pid})`, { hint: 'wait for it to finish', exitCode: 6 });
+      throw new RestorelabError('LIVE_BACKUP_RUNNING', `a live backup of ${sourceKey} is already running (process ${pid})`, { hint: 'wait for it to finish' });
     }
     onWarning?.(`removed the work directory of an interrupted live backup of ${sourceKey} (process ${pid ?? 'unknown'} is gone)`);
     await rm(dir, { recursive: true, force: true });

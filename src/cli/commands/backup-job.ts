@@ -64,7 +64,7 @@ export function registerBackupJob(program: Command): void {
         history.recordNonRun(job.name, 'manual', 'skipped-overlap', `a manual run was asked for while process ${lock.heldBy} was still running the job`);
         history.close();
         throw new RestorelabError('BACKUP_JOB_BUSY', `backup job ${job.name} is being run by process ${lock.heldBy}`, {
-          exitCode: ExitCode.busy, hint: `wait for it to end: restorelab backup-job history ${job.name}`,
+          hint: `wait for it to end: restorelab backup-job history ${job.name}`,
         });
       }
       const ac = new AbortController();

@@ -96,9 +96,9 @@ async function background(stateDir: string): Promise<PublishResult> {
         // The child ran with --json when we did: its error object is the most precise report.
         const reported = log.map((l) => { try { return (JSON.parse(l) as { error?: { code: string; message: string; hint?: string } }).error; } catch { return undefined; } }).find(Boolean);
         const seeLog = `the publisher's log: ${logFile}`;
-        if (reported) throw new RestorelabError(reported.code, reported.message, { hint: reported.hint ? `${reported.hint}; ${seeLog}` : seeLog, exitCode: (exited ?? 1) as never });
+        if (reported) throw RestorelabError.revive({ code: reported.code, message: reported.message, hint: reported.hint ? `${reported.hint}; ${seeLog}` : seeLog, exitCode: exited ?? 1 });
         const first = log.find((l) => /error/i.test(l)) ?? '';
-        throw new RestorelabError('PUBLISH_FAILED', `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`, { hint: `see ${seeLog}`, exitCode: (exited ?? 1) as never });
+        throw RestorelabError.revive({ code: 'PUBLISH_FAILED', message: `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`, hint: `see ${seeLog}`, exitCode: exited ?? 1 });
       }
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -76,7 +76,7 @@ export function registerRepo(program: Command): void {
     .action(async (dir: string, o: { chunkSize?: string; encrypt?: boolean; keyFile?: string }, c: Command) => {
       const { initRepository } = await import('../../repo/index.js');
       const ctx = contextFor(c);
-      if (o.encrypt && !o.keyFile) throw badInput('KEY_FILE_REQUIRED', '--encrypt needs --key-file', 'add --key-file <file>; it is created when it does not exist, keep a copy safe');
+      if (o.encrypt && !o.keyFile) throw badInput('KEY_REQUIRED', '--encrypt needs --key-file', 'add --key-file <file>; it is created when it does not exist, keep a copy safe');
       if (o.keyFile && !o.encrypt) throw badInput('ENCRYPT_REQUIRED', '--key-file is only used with --encrypt', 'add --encrypt, or leave out --key-file');
       const repo = await initRepository(dir, {
         ...(o.chunkSize ? { chunkSize: parseSize(o.chunkSize) } : {}),

@@ -42,7 +42,7 @@ async function resolveTarget(repo: RepositoryReader, target: string): Promise<{ 
   const points = await repo.listPoints({ vm: target });
   if (points.length === 0) {
     throw new RestorelabError('TARGET_NOT_FOUND', `${target} is neither a restore point nor a VM with restore points in ${repo.path}`, {
-      hint: '`restorelab points` lists point ids and VM names', exitCode: ExitCode.notFound,
+      hint: '`restorelab points` lists point ids and VM names',
     });
   }
   return { vm: target };
@@ -69,7 +69,7 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
       };
       const base = { repo, stateDir: cfg.stateDir, db, rules, ...(keyFile ? { keyFile } : {}) };
       if (o.lastClean) {
-        if (!t.vm) throw new RestorelabError('LAST_CLEAN_NEEDS_VM', `--last-clean scans a VM's points; ${target} is a restore point`, { hint: 'give the VM name instead', exitCode: ExitCode.badInput });
+        if (!t.vm) throw new RestorelabError('LAST_CLEAN_NEEDS_VM', `--last-clean scans a VM's points; ${target} is a restore point`, { hint: 'give the VM name instead' });
         const r = await findLastClean({
           ...base, vm: t.vm, ...(o.since ? { since: o.since } : {}), ...(o.until ? { until: o.until } : {}),
           onPoint: (p, i, n) => ctx.out.info(`scanning ${p.id} (${p.time}), ${i + 1} of at most ${n}`),
