@@ -32,7 +32,8 @@ import { PublicationDatastore, type DatastorePublication } from '../datastore/pu
 import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
 import { startNfsExport, type NfsExport } from '../nfs/export.js';
-import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
+import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
+import { mountEntry } from '../host/mounts.js';
 import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
 
 const DEFAULT_CACHE_MIB = 128;

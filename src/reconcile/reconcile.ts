@@ -24,7 +24,8 @@ import { RestorelabError, badInput, notFound } from '../errors.js';
 import { processAlive } from '../host/process.js';
 import { exec } from '../host/exec.js';
 import { listNetns, netnsPids } from '../host/netns.js';
-import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
+import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
+import { mountEntry, mountsUnder } from '../host/mounts.js';
 import type { PublicationRecord } from '../publish/publish.js';
 import { openRepository } from '../repo/repository.js';
 import { SessionStore } from '../session/store.js';
@@ -343,15 +344,7 @@ async function mountDead(dir: string): Promise<boolean | 'unknown'> {
 }
 
 function fuseMountsUnder(root: string): string[] {
-  const out: string[] = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const parts = line.split(' ');
-    const sep = parts.indexOf('-');
-    const mp = parts[4]?.replace(/\\([0-7]{3})/g, (_, c: string) => String.fromCharCode(parseInt(c, 8)));
-    if (sep < 0 || !mp || !(parts[sep + 1] ?? '').startsWith('fuse')) continue;
-    if (mp === root || mp.startsWith(`${root}/`)) out.push(mp);
-  }
-  return out;
+  return mountsUnder(root).filter((m) => m.fstype.startsWith('fuse')).map((m) => m.mountPoint);
 }
 
 async function checkMounts(stateDir: string, records: PublicationRecord[], sessions: RecoverySession[]): Promise<Found[]> {
