@@ -8,7 +8,7 @@
  * when complete, so a failed restore (a corrupt chunk, a full disk) never
  * leaves a file that looks like a good disk.
  */
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
@@ -18,6 +18,7 @@ import type { Repository } from '../repo/api.js';
 import type { RestoreJob, RestoreJobResult } from './restore-worker.js';
 import { badInput, notFound, RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
+import { commitTempFile } from '../host/atomic-file.js';
 import { qemuImg } from '../ingest/qemu-img.js';
 
 export type RestoreFormat = 'raw' | 'qcow2';
@@ -203,7 +204,7 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
       }
       await unlink(tmpRaw);
     }
-    await rename(tmpOut, to);
+    await commitTempFile(tmpOut, to);
   } catch (err) {
     await Promise.allSettled([unlink(tmpRaw), unlink(tmpOut)]);
     throw err;

@@ -25,6 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { settleAll } from '../settle.js';
+import { fsyncDir, writeFileAtomic } from '../host/atomic-file.js';
 
 export const BLOCK_SIZE = 4096;
 const MAP_MAGIC = 'RLOVMAP1'; // do not modify: on-disk format
@@ -111,7 +112,6 @@ export function overlayExists(dir: string, name: string): boolean {
 /** Deletes an overlay's files (the writes made through a publication). */
 export async function discardOverlay(dir: string, name: string): Promise<void> {
   for (const f of Object.values(overlayFiles(dir, name))) await fs.promises.rm(f, { force: true });
-  await fs.promises.rm(overlayFiles(dir, name).map + '.tmp', { force: true });
 }
 
 function popcount(b: number): number {
@@ -395,24 +395,5 @@ async function writeSnapshot(file: string, blockCount: number, bitmap: Uint8Arra
   header.writeBigUInt64LE(BigInt(blockCount), 16);
   header.writeUInt32LE(crc32(bitmap), 24);
   header.writeUInt32LE(crc32(header.subarray(0, 28)), 28);
-  const tmp = file + '.tmp';
-  const h = await fs.promises.open(tmp, 'w', 0o600);
-  try {
-    await h.write(header);
-    await h.write(bitmap);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  await fs.promises.rename(tmp, file);
-  await fsyncDir(path.dirname(file));
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const h = await fs.promises.open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
+  await writeFileAtomic(path.dirname(file), path.basename(file), Buffer.concat([header, bitmap]), 0o600);
 }

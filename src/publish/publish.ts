@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ExitCode, RestorelabError, badInput, notFound } from '../errors.js';
 import { processAlive as pidAlive } from '../host/process.js';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { openRepository } from '../repo/repository.js';
 import type { RepositoryReader } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
@@ -154,8 +155,7 @@ function readRecord(file: string): PublicationRecord | undefined {
 function writeRecord(stateDir: string, rec: PublicationRecord): void {
   const file = recordFile(stateDir, rec.id);
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file + '.tmp', JSON.stringify(rec, null, 2) + '\n');
-  fs.renameSync(file + '.tmp', file);
+  writeFileAtomicSync(path.dirname(file), path.basename(file), JSON.stringify(rec, null, 2) + '\n');
 }
 
 function allRecords(stateDir: string): PublicationRecord[] {

@@ -22,6 +22,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import { processAlive } from '../host/process.js';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { exec } from '../host/exec.js';
 import { listNetns, netnsPids } from '../host/netns.js';
 import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
@@ -121,9 +122,7 @@ function keptWhy(item: StaleItem): string {
 /** The last reconcile's verdict, beside the records it judged (`<stateDir>/reconcile.json`). */
 function writeLastReport(stateDir: string, report: ReconcileReport): void {
   fs.mkdirSync(stateDir, { recursive: true });
-  const file = path.join(stateDir, 'reconcile.json');
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(report, null, 2) + '\n');
-  fs.renameSync(`${file}.tmp`, file);
+  writeFileAtomicSync(stateDir, 'reconcile.json', JSON.stringify(report, null, 2) + '\n');
 }
 
 /** A found item and how to clean it; `clean` resolves with a reason when it kept something. */

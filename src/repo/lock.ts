@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { LockHolder, LockKind, RepoLock } from './api.js';
 import { ExitCode, isErrno, RestorelabError } from '../errors.js';
-import { writeFileAtomic } from './atomic-file.js';
+import { writeFileAtomic } from '../host/atomic-file.js';
 import { LOCK_SUFFIX } from './format.js';
 import { processAlive } from '../host/process.js';
 

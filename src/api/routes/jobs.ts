@@ -25,7 +25,7 @@ import { History } from '../../surebackup/history.js';
 import { runConfiguredJob } from '../../scheduler/run.js';
 import type { Limiter } from '../../surebackup/limiter.js';
 import { nextFireTimes } from '../../scheduler/scheduler.js';
-import { writeFileAtomic } from '../../repo/atomic-file.js';
+import { writeFileAtomic } from '../../host/atomic-file.js';
 import { allowedScript } from '../../verify/script.js';
 import type { TestSpec } from '../../surebackup/roles.js';
 import { RestorelabError } from '../../errors.js';
