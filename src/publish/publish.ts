@@ -484,8 +484,21 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
 export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
   hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; skipped: Array<{ id: string; reason: string }>; close(): Promise<void> }> {
   const cache = new ChunkCache((hooks.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
+  // As a fresh publish does: chunks decode on worker threads, one pool per repository, so the
+  // thread that answers NFS only copies bytes. An injected repository decodes in-process.
+  const pools = new Map<string, DecodePool>();
+  const poolFor = (repo: string): DecodePool | undefined => {
+    if (hooks.repository) return undefined;
+    let pool = pools.get(repo);
+    if (!pool) {
+      pool = new DecodePool(repo, { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+      pools.set(repo, pool);
+    }
+    return pool;
+  };
   const closers: Array<() => Promise<void>> = [];
   const restored: string[] = [];
+  const restoredRepos: string[] = [];
   const skipped: Array<{ id: string; reason: string }> = [];
   for (const rec of allRecords(stateDir)) {
     if (ownerOf(rec).kind !== 'user') continue;
@@ -499,7 +512,7 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     try {
       const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
       const point = await repo.getPoint(rec.point);
-      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
+      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined), poolFor(path.resolve(rec.repo)));
       await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
     } catch (err) {
       await opened?.close().catch(() => undefined);
@@ -513,6 +526,20 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     const served = opened;
     closers.push(async () => { servedHere.delete(key); await served.close(); });
     restored.push(rec.id);
+    restoredRepos.push(path.resolve(rec.repo));
   }
-  return { restored, skipped, close: async () => { for (const c of closers) await c(); } };
+  // A pool whose every publication was skipped serves nothing.
+  const used = new Set(restoredRepos);
+  for (const [repo, pool] of pools) {
+    if (used.has(repo)) continue;
+    await pool.close();
+    pools.delete(repo);
+  }
+  return {
+    restored, skipped,
+    close: async () => {
+      for (const c of closers) await c();
+      for (const pool of pools.values()) await pool.close();
+    },
+  };
 }
