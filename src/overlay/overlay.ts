@@ -26,12 +26,14 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { settleAll } from '../settle.js';
 import { fsyncDir, writeFileAtomic } from '../host/atomic-file.js';
+import { OVERLAY_JOURNAL_MAGIC, OVERLAY_JOURNAL_RECORD_BYTES, OVERLAY_MAP_HEADER_BYTES, OVERLAY_MAP_MAGIC } from '../formats.js';
 
 export const BLOCK_SIZE = 4096;
-const MAP_MAGIC = 'RLOVMAP1'; // do not modify: on-disk format
-const JOURNAL_MAGIC = 0x524c4a31; // 'RLJ1', do not modify
-const MAP_HEADER_BYTES = 32;
-const JOURNAL_RECORD_BYTES = 24;
+// The on-disk layout is registered in src/formats.ts (and docs/formats.md, "Overlay").
+const MAP_MAGIC = OVERLAY_MAP_MAGIC;
+const JOURNAL_MAGIC = OVERLAY_JOURNAL_MAGIC;
+const MAP_HEADER_BYTES = OVERLAY_MAP_HEADER_BYTES;
+const JOURNAL_RECORD_BYTES = OVERLAY_JOURNAL_RECORD_BYTES;
 /** Unstable writes are made durable at least this often even without a commit. */
 const BACKGROUND_COMMIT_MS = 2000;
 
