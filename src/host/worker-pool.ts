@@ -79,6 +79,8 @@ export class WorkerPool<Req extends { id: number }, Rep extends { id: number }> 
   /** Sends `message` to the least busy worker; resolves with its reply. `transfer` moves buffers instead of copying them. */
   request(message: WithoutId<Req>, transfer: ArrayBuffer[] = []): Promise<Rep> {
     if (this.failed) return Promise.reject(this.failed);
+    // Closing: the workers are going (their list is already empty).
+    if (this.closing) return Promise.reject(new Error(`${this.opts.name} pool closed`));
     const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;
     slot.busy++;
