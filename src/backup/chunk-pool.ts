@@ -15,8 +15,8 @@
  * `checkStored(slot)` decides that for a chunk the store has).
  */
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
-import type { CodecInit } from './chunk-worker.js';
+import { WorkerPool, type WithoutId } from '../host/worker-pool.js';
+import type { ChunkRequest, CodecInit } from './chunk-worker.js';
 
 export type { CodecInit } from './chunk-worker.js';
 
@@ -35,20 +35,11 @@ export interface StoredDamage {
   dataOk: boolean;
 }
 
-interface Pending {
-  resolve(r: Reply): void;
-  reject(e: Error): void;
-}
-
 export class ChunkPool {
-  private readonly workers: Worker[] = [];
-  private readonly pending = new Map<number, Pending>();
-  private readonly load: number[] = [];
+  private readonly pool: WorkerPool<ChunkRequest, Reply>;
   private readonly free: number[] = [];
   private readonly waiting: (() => void)[] = [];
   private readonly memory: SharedArrayBuffer;
-  private nextId = 1;
-  private failure: Error | undefined;
 
   constructor(
     init: CodecInit,
@@ -59,20 +50,19 @@ export class ChunkPool {
     const slotSize = init.config.chunkSize;
     this.memory = new SharedArrayBuffer(slots * slotSize);
     for (let i = 0; i < slots; i++) this.free.push(i);
-    for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData: { ...init, memory: this.memory } });
-      w.on('message', (m: Reply) => this.settle(m));
-      w.on('error', (e) => this.fail(e));
-      w.on('exit', (code) => { if (code !== 0) this.fail(new Error(`chunk worker exited with code ${code}`)); });
-      this.workers.push(w);
-      this.load.push(0);
-    }
+    this.pool = new WorkerPool({
+      script: new URL('./chunk-worker.js', import.meta.url),
+      workerData: { ...init, memory: this.memory },
+      size, name: 'chunk',
+      // A reader waiting for a slot must hear of the failure, not wait forever.
+      onFailure: () => { for (const w of this.waiting.splice(0)) w(); },
+    });
   }
 
   /** Waits for a free slot. */
   async acquire(): Promise<Slot> {
     while (this.free.length === 0) {
-      if (this.failure) throw this.failure;
+      if (this.pool.failure) throw this.pool.failure;
       await new Promise<void>((r) => this.waiting.push(r));
     }
     const index = this.free.shift() as number;
@@ -105,43 +95,13 @@ export class ChunkPool {
   }
 
   async close(): Promise<void> {
-    const ws = this.workers.splice(0);
-    await Promise.all(ws.map((w) => w.terminate()));
-    this.fail(new Error('chunk pool closed'));
+    await this.pool.close();
   }
 
-  private call(msg: Record<string, unknown>): Promise<Reply> {
-    if (this.failure) return Promise.reject(this.failure);
-    let worker = 0;
-    for (let i = 1; i < this.load.length; i++) if ((this.load[i] as number) < (this.load[worker] as number)) worker = i;
-    const id = this.nextId++;
-    this.load[worker] = (this.load[worker] as number) + 1;
-    const done = (): void => { this.load[worker] = (this.load[worker] as number) - 1; };
-    return new Promise<Reply>((resolve, reject) => {
-      this.pending.set(id, {
-        resolve: (r) => {
-          done();
-          if (r.error === undefined) resolve(r);
-          else reject(new Error(r.error));
-        },
-        reject: (e) => { done(); reject(e); },
-      });
-      (this.workers[worker] as Worker).postMessage({ ...msg, id });
-    });
-  }
-
-  private settle(m: Reply): void {
-    const p = this.pending.get(m.id);
-    if (!p) return;
-    this.pending.delete(m.id);
-    p.resolve(m);
-  }
-
-  private fail(e: Error): void {
-    this.failure ??= e;
-    for (const p of this.pending.values()) p.reject(e);
-    this.pending.clear();
-    for (const w of this.waiting.splice(0)) w();
+  private async call(msg: WithoutId<ChunkRequest>): Promise<Reply> {
+    const r = await this.pool.request(msg);
+    if (r.error !== undefined) throw new Error(r.error);
+    return r;
   }
 }
 

@@ -16,7 +16,7 @@ export interface CodecInit {
   key?: Uint8Array;
 }
 
-type Request =
+export type ChunkRequest =
   | { op: 'digest' | 'encode'; id: number; slot: number; length: number }
   | { op: 'stored'; id: number; slot: number; length: number; digest: string; file: string };
 
@@ -67,7 +67,7 @@ function reply(id: number, data: Buffer): void {
   port?.postMessage({ id, data: out }, [out.buffer as ArrayBuffer]);
 }
 
-port.on('message', (m: Request) => {
+port.on('message', (m: ChunkRequest) => {
   try {
     const plain = Buffer.from(init.memory, m.slot * slotSize, m.length);
     if (m.op === 'digest') {

@@ -8,16 +8,17 @@
  * when complete, so a failed restore (a corrupt chunk, a full disk) never
  * leaves a file that looks like a good disk.
  */
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { CorruptChunkError } from '../repo/contract.js';
 import type { Repository } from '../repo/api.js';
 import type { RestoreJob, RestoreJobResult } from './restore-worker.js';
 import { badInput, notFound, RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
+import { commitTempFile } from '../host/atomic-file.js';
+import { WorkerPool } from '../host/worker-pool.js';
 import { qemuImg } from '../ingest/qemu-img.js';
 
 export type RestoreFormat = 'raw' | 'qcow2';
@@ -85,72 +86,53 @@ async function failure(repo: Repository, opts: RestoreOptions, job: RestoreJob, 
  */
 async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, digests: (string | null)[], chunkSize: number,
   threads: number, onChunk: (written: number) => void): Promise<void> {
-  const init = { config: repo.config, fd, ...(repo.masterKey ? { key: repo.masterKey } : {}) };
-  const workers = Array.from({ length: threads }, () => new Worker(new URL('./restore-worker.js', import.meta.url), { workerData: init }));
+  const pool = new WorkerPool<RestoreJob, RestoreJobResult>({
+    script: new URL('./restore-worker.js', import.meta.url),
+    workerData: { config: repo.config, fd, ...(repo.masterKey ? { key: repo.masterKey } : {}) },
+    size: threads, name: 'restore',
+  });
   let next = 0;
-  let id = 0;
   let error: Error | undefined;
-  try {
-    await new Promise<void>((resolveAll, rejectAll) => {
-      let inFlight = 0;
-      const jobs = new Map<number, RestoreJob>();
-      const finish = (): void => {
-        if (inFlight > 0) return;
-        if (error) rejectAll(error);
-        else if (next >= digests.length) resolveAll();
-      };
-      // The progress callback may throw to cancel (an API operation does): that stops the restore like a failure.
-      const progress = (written: number): void => {
-        try {
-          onChunk(written);
-        } catch (err) {
-          error ??= err as Error;
-        }
-      };
-      // Jobs each worker holds: a worker that dies takes its jobs' replies with it.
-      const held = new Map<Worker, number>(workers.map((w) => [w, 0]));
-      const feed = (w: Worker): void => {
-        while (!error && next < digests.length && !digests[next]) { next++; progress(0); }
-        if (error || next >= digests.length) return finish();
-        const digest = digests[next] as string;
-        const job: RestoreJob = { id: ++id, digest, file: repo.chunks.fileOf(digest), position: next * chunkSize };
-        next++;
-        jobs.set(job.id, job);
-        inFlight++;
-        held.set(w, (held.get(w) as number) + 1);
-        w.postMessage(job);
-      };
-      const died = (w: Worker, e: Error): void => {
-        error ??= e;
-        inFlight -= held.get(w) as number;
-        held.set(w, 0);
-        finish();
-      };
-      for (const w of workers) {
-        w.on('message', (r: RestoreJobResult) => {
-          inFlight--;
-          held.set(w, (held.get(w) as number) - 1);
-          const job = jobs.get(r.id) as RestoreJob;
-          jobs.delete(r.id);
-          if ('error' in r) {
-            inFlight++; // held until the failure is described
-            void failure(repo, opts, job, r).then((e) => { error ??= e; inFlight--; finish(); });
-            return;
-          }
-          progress(r.written);
-          feed(w);
-        });
-        w.on('error', (e) => died(w, e));
-        w.on('exit', (code) => { if (code !== 0) died(w, new Error(`a restore worker exited with code ${code}`)); });
-        feed(w);
-        feed(w);
+  // The progress callback may throw to cancel (an API operation does): that stops the restore like a failure.
+  const progress = (written: number): void => {
+    try {
+      onChunk(written);
+    } catch (err) {
+      error ??= err as Error;
+    }
+  };
+  // One lane per job in flight: each takes the next chunk when its last one is written.
+  const lane = async (): Promise<void> => {
+    while (!error && next < digests.length) {
+      const digest = digests[next];
+      const position = next * chunkSize;
+      next++;
+      if (!digest) {
+        progress(0);
+        continue;
       }
-    });
+      const job = { digest, file: repo.chunks.fileOf(digest), position };
+      let r: RestoreJobResult;
+      try {
+        r = await pool.request(job);
+      } catch (err) {
+        error ??= err as Error;
+        return;
+      }
+      if ('error' in r) {
+        const e = await failure(repo, opts, { ...job, id: r.id }, r);
+        error ??= e;
+        return;
+      }
+      progress(r.written);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: pool.size * 2 }, lane));
   } finally {
-    // terminate() ends a worker with code 1: not a death to report.
-    for (const w of workers) w.removeAllListeners('exit');
-    await Promise.all(workers.map((w) => w.terminate()));
+    await pool.close();
   }
+  if (error) throw error;
 }
 
 export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> {
@@ -203,7 +185,7 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
       }
       await unlink(tmpRaw);
     }
-    await rename(tmpOut, to);
+    await commitTempFile(tmpOut, to);
   } catch (err) {
     await Promise.allSettled([unlink(tmpRaw), unlink(tmpOut)]);
     throw err;

@@ -24,10 +24,11 @@
  * `domainName`, `workDir`, `evidence`, `resources`/`save`). BRINGUP_CALLER_PARAMS
  * lists them; test/bringup/one-path.test.ts checks that nothing else differs.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
+import { mountsUnder } from '../host/mounts.js';
 import { addLabTap, masqueradeAddress, removeLabTap, type LabState } from '../lab/lab.js';
 import type { Domain, Hypervisor, NicAttachment } from '../hypervisor/types.js';
 import type { PublicationOwner, PublishOptions, RunningPublication } from '../publish/contract.js';
@@ -331,13 +332,9 @@ const FUSE_CONNECTIONS = '/sys/fs/fuse/connections';
 
 /** Aborts the kernel side of every FUSE mount at or below `mount` (see tearDown). */
 export async function abortFuseConnections(mount: string): Promise<void> {
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const parts = line.split(' ');
-    const sep = parts.indexOf('-');
-    const mp = parts[4];
-    const fstype = sep >= 0 ? parts[sep + 1] : undefined;
-    if (!mp || !fstype?.startsWith('fuse') || (mp !== mount && !mp.startsWith(`${mount}/`))) continue;
-    const minor = parts[2]?.split(':')[1];
+  for (const m of mountsUnder(mount)) {
+    if (!m.fstype.startsWith('fuse')) continue;
+    const minor = m.device.split(':')[1];
     if (!existsSync(FUSE_CONNECTIONS) || readdirSync(FUSE_CONNECTIONS).length === 0) {
       await exec('mount', ['-t', 'fusectl', 'fusectl', FUSE_CONNECTIONS], { timeoutMs: 10_000 });
     }
@@ -348,12 +345,8 @@ export async function abortFuseConnections(mount: string): Promise<void> {
 
 /** A publication whose serving process died leaves a dead FUSE mount ("transport endpoint is not connected"). */
 export async function unmountStale(mount: string): Promise<void> {
-  const mounts = readFileSync('/proc/mounts', 'utf8');
-  for (const line of mounts.split('\n')) {
-    const mp = line.split(' ')[1];
-    if (mp && (mp === mount || mp.startsWith(`${mount}/`))) {
-      const r = await exec('fusermount', ['-u', '-z', mp], { timeoutMs: 10_000 });
-      if (r.code !== 0) await exec('umount', ['-l', mp], { timeoutMs: 10_000 });
-    }
+  for (const { mountPoint: mp } of mountsUnder(mount)) {
+    const r = await exec('fusermount', ['-u', '-z', mp], { timeoutMs: 10_000 });
+    if (r.code !== 0) await exec('umount', ['-l', mp], { timeoutMs: 10_000 });
   }
 }

@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { fsyncDir, writeFileAtomic } from '../repo/atomic-file.js';
+import { fsyncDir, writeFileAtomic } from '../host/atomic-file.js';
 
 export const SCRATCH_FORMAT = 'restorelab-scratch'; // do not modify: on-disk format
 export const SCRATCH_VERSION = 1;

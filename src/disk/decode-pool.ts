@@ -7,61 +7,22 @@
  * readChunkInto with shared memory (a ChunkCache slot) is the fast way: the
  * worker decodes into it and only a length comes back.
  */
-import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
+import { WorkerPool } from '../host/worker-pool.js';
 import { CorruptChunkError, type DiskSource } from '../repo/contract.js';
 import type { DecodeReply, DecodeRequest } from './decode-worker.js';
 
-interface Pending {
-  resolve: (b: Buffer | null) => void;
-  reject: (e: Error) => void;
-  /** The shared memory the worker decodes into, if any. */
-  into?: Buffer;
-}
-
 export class DecodePool {
-  private readonly workers: Array<{ worker: Worker; busy: number }> = [];
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
-  private failure: Error | undefined;
-  private closing = false;
+  private readonly pool: WorkerPool<DecodeRequest, DecodeReply>;
 
   constructor(repo: string, opts: { keyFile?: string; size?: number } = {}) {
-    const size = Math.max(1, opts.size ?? availableParallelism());
-    for (let i = 0; i < size; i++) {
-      const worker = new Worker(new URL('./decode-worker.js', import.meta.url), { workerData: { repo, keyFile: opts.keyFile } });
-      const slot = { worker, busy: 0 };
-      worker.on('message', (reply: DecodeReply) => {
-        slot.busy--;
-        const p = this.pending.get(reply.id);
-        this.pending.delete(reply.id);
-        if (this.pending.size === 0) this.setRef(false);
-        if (!p) return;
-        if (reply.ok && 'length' in reply) p.resolve(reply.length === null ? null : p.into!.subarray(0, reply.length));
-        else if (reply.ok) p.resolve(reply.data ? Buffer.from(reply.data.buffer, reply.data.byteOffset, reply.data.byteLength) : null);
-        else if (reply.corrupt) p.reject(new CorruptChunkError(reply.corrupt.digest, reply.corrupt.reason, reply.corrupt.store));
-        else p.reject(new Error(reply.message));
-      });
-      worker.on('error', (err) => this.fail(err));
-      worker.on('exit', (code) => { if (code !== 0 && !this.closing) this.fail(new Error(`decode worker exited with code ${code}`)); });
-      // Idle workers must not keep the process alive; busy ones must.
-      worker.unref();
-      this.workers.push(slot);
-    }
-  }
-
-  private setRef(on: boolean): void {
-    for (const w of this.workers) {
-      if (on) w.worker.ref();
-      else w.worker.unref();
-    }
-  }
-
-  private fail(err: Error): void {
-    this.failure ??= err;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
-    this.setRef(false);
+    this.pool = new WorkerPool({
+      script: new URL('./decode-worker.js', import.meta.url),
+      workerData: { repo, keyFile: opts.keyFile },
+      size: opts.size ?? availableParallelism(), name: 'decode',
+      // A server's publications live as long as it does: idle decoders must not keep a process alive.
+      unrefWhenIdle: true,
+    });
   }
 
   /**
@@ -69,19 +30,15 @@ export class DecodePool {
    * given (it must be backed by a SharedArrayBuffer; the result is a view of
    * it), else into memory transferred from the worker.
    */
-  decode(point: string, disk: string, index: number, into?: Buffer): Promise<Buffer | null> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (into && !(into.buffer instanceof SharedArrayBuffer)) return Promise.reject(new TypeError('a decode target must be shared memory'));
-    const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
-    const id = this.nextId++;
-    slot.busy++;
-    if (this.pending.size === 0) this.setRef(true);
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, ...(into ? { into } : {}) });
-      const request: DecodeRequest = { id, point, disk, index };
-      if (into) request.into = new Uint8Array(into.buffer, into.byteOffset, into.length);
-      slot.worker.postMessage(request);
-    });
+  async decode(point: string, disk: string, index: number, into?: Buffer): Promise<Buffer | null> {
+    if (into && !(into.buffer instanceof SharedArrayBuffer)) throw new TypeError('a decode target must be shared memory');
+    const request: Omit<DecodeRequest, 'id'> = { point, disk, index };
+    if (into) request.into = new Uint8Array(into.buffer, into.byteOffset, into.length);
+    const reply = await this.pool.request(request);
+    if (reply.ok && 'length' in reply) return reply.length === null ? null : (into as Buffer).subarray(0, reply.length);
+    if (reply.ok) return reply.data ? Buffer.from(reply.data.buffer, reply.data.byteOffset, reply.data.byteLength) : null;
+    if (reply.corrupt) throw new CorruptChunkError(reply.corrupt.digest, reply.corrupt.reason, reply.corrupt.store);
+    throw new Error(reply.message);
   }
 
   /** `source` (of `point`/`disk`) with its chunk reads done in the pool. */
@@ -102,8 +59,6 @@ export class DecodePool {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
-    await Promise.all(this.workers.map((w) => w.worker.terminate()));
-    this.workers.length = 0;
+    await this.pool.close();
   }
 }

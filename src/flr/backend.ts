@@ -14,7 +14,8 @@ import { RestorelabError, badInput, notFound } from '../errors.js';
 import { readPartitionTable, type Partition, type ReadAt } from './partitions.js';
 import { HARDENING_OPTIONS, MOUNT_OPTIONS, identifyFilesystem, kernelFilesystems, probeFilesystem, type FilesystemProbe } from './filesystems.js';
 import type { MountedPartition, Resource, SessionJournal } from './session.js';
-import { attachLoop, detachLoop, isMountPoint, loopInfo, mountDevice, unmount } from './system.js';
+import { attachLoop, detachLoop, loopInfo, mountDevice, unmount } from './system.js';
+import { isMountPoint } from '../host/mounts.js';
 import { exec, which } from '../host/exec.js';
 
 /** One disk to open: a raw image file (a FUSE-published `<disk>.raw` or any local file). */

@@ -16,7 +16,9 @@ import { RestorelabError, notFound } from '../errors.js';
 import { HostMountBackend, checkMountDir, type DiskFile, type FileLevelBackend } from './backend.js';
 import { SessionJournal, findSession, listSessions, makeSessionsDir, sessionsDir, type MountedPartition, type Resource } from './session.js';
 import type { HolderReply, HolderRequest } from './holder.js';
-import { isMountPoint, unmount } from './system.js';
+import { unmount } from './system.js';
+import { isMountPoint } from '../host/mounts.js';
+import { processAlive } from '../host/process.js';
 
 export interface FlrSession {
   id: string;
@@ -167,15 +169,6 @@ async function startHolder(journal: SessionJournal, opts: MountPointOptions): Pr
     if (h?.kind === 'holder') h.publication = reply.publication;
   });
   return reply.disks;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** True while `pid` is still the holder of `sessionId` (pids are reused). */

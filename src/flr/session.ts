@@ -7,9 +7,10 @@
  * A *resource* is appended to the journal right after it exists and before
  * the next one is made; release walks the journal backwards.
  */
-import { chmodSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { notFound } from '../errors.js';
 
 export type Resource =
@@ -94,9 +95,7 @@ export class SessionJournal {
   }
 
   save(): void {
-    const tmp = `${this.file}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(this.record, null, 2) + '\n');
-    renameSync(tmp, this.file);
+    writeFileAtomicSync(dirname(this.file), basename(this.file), JSON.stringify(this.record, null, 2) + '\n');
   }
 
   remove(): void {

@@ -5,8 +5,9 @@
  * reboot a loop device number can belong to someone else).
  */
 import { readFileSync } from 'node:fs';
-import { basename, resolve } from 'node:path';
+import { basename } from 'node:path';
 import { exec, which } from '../host/exec.js';
+import { isMountPoint } from '../host/mounts.js';
 import { RestorelabError, missingComponent } from '../errors.js';
 
 const TOOL_TIMEOUT_MS = 60_000;
@@ -15,30 +16,6 @@ export function requireTool(name: string, pkg: string): string {
   const p = which(name);
   if (!p) throw missingComponent(name, `install ${pkg} (apt-get install ${pkg})`);
   return p;
-}
-
-/** Unescapes the octal escapes (\040 for a space) of /proc/self/mountinfo. */
-function unescapeMountPath(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-export interface MountEntry { mountPoint: string; fstype: string; source: string }
-
-export function mountTable(): MountEntry[] {
-  const out: MountEntry[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    if (!line) continue;
-    const [pre, post] = line.split(' - ');
-    const f = (pre ?? '').split(' ');
-    const g = (post ?? '').split(' ');
-    out.push({ mountPoint: unescapeMountPath(f[4] ?? ''), fstype: g[0] ?? '', source: unescapeMountPath(g[1] ?? '') });
-  }
-  return out;
-}
-
-export function isMountPoint(path: string): boolean {
-  const p = resolve(path);
-  return mountTable().some((m) => m.mountPoint === p);
 }
 
 export interface LoopInfo { device: string; backing: string; offset: number }

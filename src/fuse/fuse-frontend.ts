@@ -19,7 +19,8 @@ import os from 'node:os';
 import Fuse from 'fuse-native';
 import { RestorelabError, missingComponent } from '../errors.js';
 import { DatastoreError, ROOT_ID, type Datastore, type FileAttr, type FileId } from '../datastore/types.js';
-import { detachMount, isStaleFuseMount, mountEntry } from './mounts.js';
+import { detachMount, isStaleFuseMount } from './mounts.js';
+import { mountEntry } from '../host/mounts.js';
 import { accessMountOptions, fuseAccess, presentedOwnership, type FuseAccess } from './access.js';
 import { countBytes, countOp } from '../telemetry/counters.js';
 

@@ -1,35 +1,11 @@
 /**
  * Mount-point housekeeping for FUSE: is a directory a mount point, is it a
  * stale FUSE mount left by a crashed server (ENOTCONN), and clearing one.
+ * The mount table itself is src/host/mounts.ts.
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import { exec, which } from '../host/exec.js';
-
-export interface MountEntry {
-  mountPoint: string;
-  fstype: string;
-  source: string;
-  /** The mounted filesystem's device, `major:minor` (0:N for FUSE). */
-  device: string;
-}
-
-/** /proc/self/mountinfo decodes spaces and such as octal escapes. */
-function unescape(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-export function mountEntry(dir: string): MountEntry | undefined {
-  const target = path.resolve(dir);
-  let found: MountEntry | undefined;
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const parts = line.split(' ');
-    const sep = parts.indexOf('-');
-    if (sep < 0 || !parts[4]) continue;
-    if (unescape(parts[4]) === target) found = { mountPoint: target, fstype: parts[sep + 1] ?? '', source: unescape(parts[sep + 2] ?? ''), device: parts[2] ?? '' };
-  }
-  return found;
-}
+import { mountEntry } from '../host/mounts.js';
 
 /**
  * True when `dir` is a FUSE mount whose server is gone (stat fails with

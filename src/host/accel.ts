@@ -13,9 +13,10 @@
  * same, unless it came from the boot sector and a guest kernel has appeared
  * since. A cached answer says so (`cached`, `checkedAt`).
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync, renameSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, mkdtempSync, realpathSync, statSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { writeFileAtomicSync } from './atomic-file.js';
 import { exec, which } from './exec.js';
 import { projectPath } from '../paths.js';
 
@@ -159,9 +160,8 @@ export async function probeAccel(opts: { cacheDir?: string; force?: boolean; gue
     };
     if (cacheFile) {
       mkdirSync(opts.cacheDir as string, { recursive: true });
-      // Renamed into place: a concurrent reader sees the old verdict or the new, never half of one.
-      writeFileSync(`${cacheFile}.${process.pid}.tmp`, JSON.stringify({ host, probe }));
-      renameSync(`${cacheFile}.${process.pid}.tmp`, cacheFile);
+      // Atomic: a concurrent reader sees the old verdict or the new, never half of one.
+      writeFileAtomicSync(dirname(cacheFile), basename(cacheFile), JSON.stringify({ host, probe }));
     }
     return probe;
   } finally {

@@ -23,6 +23,7 @@ import { assertBridgesExist } from '../host/bridges.js';
 import { exec, which } from '../host/exec.js';
 import { probeAccel } from '../host/accel.js';
 import { stdioWithoutFuse } from '../host/fds.js';
+import { processAlive } from '../host/process.js';
 import { QmpClient } from './qmp.js';
 import { QgaClient } from './qga.js';
 import { lendLabTaps } from './tap-handover.js';
@@ -45,11 +46,7 @@ interface Outcome {
 const SOCKET_WAIT_MS = 30_000;
 
 function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    return isErrno(e, 'EPERM');
-  }
+  if (!processAlive(pid)) return false;
   // A recycled pid belongs to something else: check it is still a QEMU.
   try {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system');
@@ -307,7 +304,7 @@ export class QemuDomain implements Domain {
         }
       }
       if (this.outcome()?.state === 'failed') throw new Error(this.outcome()?.reason);
-      if (childPid && !pidAliveAny(childPid)) throw new Error('qemu exited during start');
+      if (childPid && !processAlive(childPid)) throw new Error('qemu exited during start');
       await sleep(50);
     }
     throw new Error(`no answer on QMP within ${SOCKET_WAIT_MS} ms`);
@@ -481,11 +478,3 @@ export class QemuDomain implements Domain {
   }
 }
 
-function pidAliveAny(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

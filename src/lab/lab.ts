@@ -32,8 +32,9 @@
  * naming everything that will be, so a crash at any step leaves a record
  * that the next `lab up` or `lab down` uses to remove the leftovers.
  */
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError, badInput, missingComponent, notFound } from '../errors.js';
 import { exec, which } from '../host/exec.js';
@@ -154,9 +155,7 @@ function statePath(stateDir: string, name: string): string {
 
 function saveState(stateDir: string, st: LabState): void {
   ensurePrivateDir(labsDir(stateDir));
-  const p = statePath(stateDir, st.name);
-  writeFileSync(`${p}.tmp`, JSON.stringify(st, null, 2));
-  renameSync(`${p}.tmp`, p);
+  writeFileAtomicSync(labsDir(stateDir), basename(statePath(stateDir, st.name)), JSON.stringify(st, null, 2));
 }
 
 export function readLabState(stateDir: string, name: string): LabState | undefined {

@@ -5,9 +5,9 @@
  * so a VM booted over NFS survives one), clear errors for busy ports, and the
  * `nfs://` URLs clients are given.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { RestorelabError, badInput, isErrno } from '../errors.js';
 import type { Datastore } from '../datastore/types.js';
 import { NfsServer, newServerId, type BoundPorts, type NfsMetrics } from './server.js';
@@ -70,9 +70,7 @@ export function loadServerId(stateDir: string): string {
   }
   const id = newServerId();
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${crypto.randomBytes(4).toString('hex')}.tmp`;
-  fs.writeFileSync(tmp, id + '\n');
-  fs.renameSync(tmp, file);
+  writeFileAtomicSync(path.dirname(file), path.basename(file), id + '\n');
   return id;
 }
 

@@ -4,10 +4,12 @@
  * out before a restart still resolves after it.
  */
 import type { FileId } from '../datastore/types.js';
+import { NFS_HANDLE_BYTES, NFS_HANDLE_MAGIC, NFS_SERVER_ID_BYTES } from '../formats.js';
 
-const MAGIC = Buffer.from('RLN1');
-export const SERVER_ID_BYTES = 16;
-export const HANDLE_BYTES = 4 + SERVER_ID_BYTES + 8;
+// The layout is registered in src/formats.ts (and docs/formats.md, "NFS file handle").
+const MAGIC = NFS_HANDLE_MAGIC;
+export const SERVER_ID_BYTES = NFS_SERVER_ID_BYTES;
+export const HANDLE_BYTES = NFS_HANDLE_BYTES;
 
 export type HandleCheck = { ok: true; fileid: FileId } | { ok: false; reason: 'bad' | 'stale' };
 

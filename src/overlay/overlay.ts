@@ -25,12 +25,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { settleAll } from '../settle.js';
+import { fsyncDir, writeFileAtomic } from '../host/atomic-file.js';
+import { OVERLAY_JOURNAL_MAGIC, OVERLAY_JOURNAL_RECORD_BYTES, OVERLAY_MAP_HEADER_BYTES, OVERLAY_MAP_MAGIC } from '../formats.js';
 
 export const BLOCK_SIZE = 4096;
-const MAP_MAGIC = 'RLOVMAP1'; // do not modify: on-disk format
-const JOURNAL_MAGIC = 0x524c4a31; // 'RLJ1', do not modify
-const MAP_HEADER_BYTES = 32;
-const JOURNAL_RECORD_BYTES = 24;
+// The on-disk layout is registered in src/formats.ts (and docs/formats.md, "Overlay").
+const MAP_MAGIC = OVERLAY_MAP_MAGIC;
+const JOURNAL_MAGIC = OVERLAY_JOURNAL_MAGIC;
+const MAP_HEADER_BYTES = OVERLAY_MAP_HEADER_BYTES;
+const JOURNAL_RECORD_BYTES = OVERLAY_JOURNAL_RECORD_BYTES;
 /** Unstable writes are made durable at least this often even without a commit. */
 const BACKGROUND_COMMIT_MS = 2000;
 
@@ -106,7 +109,6 @@ export function overlayFiles(dir: string, name: string): { data: string; map: st
 /** Deletes an overlay's files (the writes made through a publication). */
 export async function discardOverlay(dir: string, name: string): Promise<void> {
   for (const f of Object.values(overlayFiles(dir, name))) await fs.promises.rm(f, { force: true });
-  await fs.promises.rm(overlayFiles(dir, name).map + '.tmp', { force: true });
 }
 
 function popcount(b: number): number {
@@ -390,24 +392,5 @@ async function writeSnapshot(file: string, blockCount: number, bitmap: Uint8Arra
   header.writeBigUInt64LE(BigInt(blockCount), 16);
   header.writeUInt32LE(crc32(bitmap), 24);
   header.writeUInt32LE(crc32(header.subarray(0, 28)), 28);
-  const tmp = file + '.tmp';
-  const h = await fs.promises.open(tmp, 'w', 0o600);
-  try {
-    await h.write(header);
-    await h.write(bitmap);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  await fs.promises.rename(tmp, file);
-  await fsyncDir(path.dirname(file));
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const h = await fs.promises.open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
+  await writeFileAtomic(path.dirname(file), path.basename(file), Buffer.concat([header, bitmap]), 0o600);
 }

@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import { processAlive as pidAlive } from '../host/process.js';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { openRepository } from '../repo/repository.js';
 import type { RepositoryReader } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
@@ -32,7 +33,8 @@ import { PublicationDatastore, type DatastorePublication } from '../datastore/pu
 import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
 import type { NfsExport } from '../nfs/export.js';
-import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
+import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
+import { mountEntry } from '../host/mounts.js';
 import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
 
 const DEFAULT_CACHE_MIB = 128;
@@ -153,8 +155,7 @@ function readRecord(file: string): PublicationRecord | undefined {
 function writeRecord(stateDir: string, rec: PublicationRecord): void {
   const file = recordFile(stateDir, rec.id);
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file + '.tmp', JSON.stringify(rec, null, 2) + '\n');
-  fs.renameSync(file + '.tmp', file);
+  writeFileAtomicSync(path.dirname(file), path.basename(file), JSON.stringify(rec, null, 2) + '\n');
 }
 
 function allRecords(stateDir: string): PublicationRecord[] {
@@ -485,8 +486,21 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
 export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
   hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; skipped: Array<{ id: string; reason: string }>; close(): Promise<void> }> {
   const cache = new ChunkCache((hooks.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
+  // As a fresh publish does: chunks decode on worker threads, one pool per repository, so the
+  // thread that answers NFS only copies bytes. An injected repository decodes in-process.
+  const pools = new Map<string, DecodePool>();
+  const poolFor = (repo: string): DecodePool | undefined => {
+    if (hooks.repository) return undefined;
+    let pool = pools.get(repo);
+    if (!pool) {
+      pool = new DecodePool(repo, { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+      pools.set(repo, pool);
+    }
+    return pool;
+  };
   const closers: Array<() => Promise<void>> = [];
   const restored: string[] = [];
+  const restoredRepos: string[] = [];
   const skipped: Array<{ id: string; reason: string }> = [];
   for (const rec of allRecords(stateDir)) {
     if (ownerOf(rec).kind !== 'user') continue;
@@ -500,7 +514,7 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     try {
       const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
       const point = await repo.getPoint(rec.point);
-      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined));
+      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined), poolFor(path.resolve(rec.repo)));
       await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
     } catch (err) {
       await opened?.close().catch(() => undefined);
@@ -514,6 +528,20 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     const served = opened;
     closers.push(async () => { servedHere.delete(key); await served.close(); });
     restored.push(rec.id);
+    restoredRepos.push(path.resolve(rec.repo));
   }
-  return { restored, skipped, close: async () => { for (const c of closers) await c(); } };
+  // A pool whose every publication was skipped serves nothing.
+  const used = new Set(restoredRepos);
+  for (const [repo, pool] of pools) {
+    if (used.has(repo)) continue;
+    await pool.close();
+    pools.delete(repo);
+  }
+  return {
+    restored, skipped,
+    close: async () => {
+      for (const c of closers) await c();
+      for (const pool of pools.values()) await pool.close();
+    },
+  };
 }

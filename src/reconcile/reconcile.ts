@@ -22,9 +22,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import { processAlive } from '../host/process.js';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { exec } from '../host/exec.js';
 import { listNetns, netnsPids } from '../host/netns.js';
-import { detachMount, isStaleFuseMount, mountEntry } from '../fuse/mounts.js';
+import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
+import { mountEntry, mountsUnder } from '../host/mounts.js';
 import type { PublicationRecord } from '../publish/publish.js';
 import { openRepository } from '../repo/repository.js';
 import { SessionStore } from '../session/store.js';
@@ -120,9 +122,7 @@ function keptWhy(item: StaleItem): string {
 /** The last reconcile's verdict, beside the records it judged (`<stateDir>/reconcile.json`). */
 function writeLastReport(stateDir: string, report: ReconcileReport): void {
   fs.mkdirSync(stateDir, { recursive: true });
-  const file = path.join(stateDir, 'reconcile.json');
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(report, null, 2) + '\n');
-  fs.renameSync(`${file}.tmp`, file);
+  writeFileAtomicSync(stateDir, 'reconcile.json', JSON.stringify(report, null, 2) + '\n');
 }
 
 /** A found item and how to clean it; `clean` resolves with a reason when it kept something. */
@@ -343,15 +343,7 @@ async function mountDead(dir: string): Promise<boolean | 'unknown'> {
 }
 
 function fuseMountsUnder(root: string): string[] {
-  const out: string[] = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const parts = line.split(' ');
-    const sep = parts.indexOf('-');
-    const mp = parts[4]?.replace(/\\([0-7]{3})/g, (_, c: string) => String.fromCharCode(parseInt(c, 8)));
-    if (sep < 0 || !mp || !(parts[sep + 1] ?? '').startsWith('fuse')) continue;
-    if (mp === root || mp.startsWith(`${root}/`)) out.push(mp);
-  }
-  return out;
+  return mountsUnder(root).filter((m) => m.fstype.startsWith('fuse')).map((m) => m.mountPoint);
 }
 
 async function checkMounts(stateDir: string, records: PublicationRecord[], sessions: RecoverySession[]): Promise<Found[]> {

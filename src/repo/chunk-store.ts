@@ -8,10 +8,10 @@
  */
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { ChunkStore, StoredChunk } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
-import { fsyncDir, removeIfOlder, tempName } from './atomic-file.js';
+import { fsyncDir, removeIfOlder, tempName, writeFileAtomic } from '../host/atomic-file.js';
 import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 import { CorruptChunkError } from './contract.js';
 
@@ -86,19 +86,19 @@ export class LocalChunkStore implements ChunkStore {
       const st = await stat(target).catch(() => undefined);
       if (st) return { existed: true, size: st.size };
     }
-    const shard = join(this.path, digest.slice(0, 2));
-    const tmp = join(shard, tempName());
     try {
-      await this.writeTemp(tmp, blob);
-      await rename(tmp, target);
-      await fsyncDir(shard);
+      await writeFileAtomic(dirname(target), basename(target), blob, BLOB_MODE);
     } catch (err) {
-      await unlink(tmp).catch(() => undefined);
       throw this.ioError('insert', digest, err);
     }
     return { existed: false, size: blob.length };
   }
 
+  /**
+   * The chunk store's own temp-then-rename, not writeFileAtomic: the damaged
+   * copy must be linked aside between writing the new bytes and renaming them
+   * over it, so the name is never empty and the old bytes are never lost.
+   */
   async replace(digest: string, blob: Buffer, opts: { keepDamaged: boolean }): Promise<void> {
     const target = this.file(digest);
     const shard = join(this.path, digest.slice(0, 2));

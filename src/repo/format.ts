@@ -75,8 +75,8 @@ export const INDEX_SUFFIX = '.fidx';
 export const POINT_SUFFIX = '.json';
 export const LOCK_SUFFIX = '.lock';
 export const QUARANTINE_SUFFIX = '.bad';
-/** Temp files are written under this prefix and renamed into place; readers ignore them. */
-export const TEMP_PREFIX = '.tmp-';
+/** Temp files are written under this prefix and renamed into place; readers ignore them (defined by src/host/atomic-file.ts). */
+export { TEMP_PREFIX } from '../host/atomic-file.js';
 
 /** 1 MiB: see docs/formats.md for why. */
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;

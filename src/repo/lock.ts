@@ -15,8 +15,9 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { LockHolder, LockKind, RepoLock } from './api.js';
 import { isErrno, RestorelabError } from '../errors.js';
-import { writeFileAtomic } from './atomic-file.js';
+import { writeFileAtomic } from '../host/atomic-file.js';
 import { LOCK_SUFFIX } from './format.js';
+import { processAlive } from '../host/process.js';
 
 function conflicts(a: LockKind, b: LockKind): boolean {
   if (a === 'exclusive' || b === 'exclusive') return true;
@@ -43,21 +44,12 @@ function startTicks(pid: number): number | undefined {
   }
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return isErrno(err, 'EPERM');
-  }
-}
-
 /** Whether the process that wrote `h` is known to be gone. */
 export function isStale(h: LockHolder): boolean {
   if (h.hostname !== hostname()) return false;
   const boot = bootId();
   if (h.bootId && boot && h.bootId !== boot) return true;
-  if (!pidAlive(h.pid)) return true;
+  if (!processAlive(h.pid)) return true;
   if (h.startTicks !== undefined) {
     const now = startTicks(h.pid);
     if (now !== undefined && now !== h.startTicks) return true;

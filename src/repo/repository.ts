@@ -22,7 +22,7 @@ import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { jsonSyntaxProblem } from '../schema/validate.js';
-import { fsyncDir, removeIfOlder, writeFileAtomic } from './atomic-file.js';
+import { fsyncDir, removeIfOlder, writeFileAtomic } from '../host/atomic-file.js';
 import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore } from './chunk-store.js';

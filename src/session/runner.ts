@@ -6,7 +6,8 @@
  * and its record: every resource is written to it before it is created, so
  * teardown (here, or `stop` after a supervisor crash) knows what to remove.
  */
-import { existsSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { mountsUnder } from '../host/mounts.js';
 import { join } from 'node:path';
 import { badInput } from '../errors.js';
 import { labDown, labUp, readLabState } from '../lab/lab.js';
@@ -155,11 +156,9 @@ function labMarker(store: SessionStore, lab: string): string {
   return join(store.dir, `lab-${lab}.owned`);
 }
 
+/** Whether anything is mounted at `path` or below it. */
 export function isMounted(path: string): boolean {
-  return readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => {
-    const mp = l.split(' ')[1];
-    return mp !== undefined && (mp === path || mp.startsWith(`${path}/`));
-  });
+  return mountsUnder(path).length > 0;
 }
 
 /** Throws when `dir` cannot hold `bytes` more (the disks' virtual size: a full mirror may allocate all of it). */

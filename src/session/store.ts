@@ -10,8 +10,9 @@
  * the catalog is locked or damaged (it is rebuilt from the files by
  * `syncCatalog`).
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { badInput, notFound } from '../errors.js';
 import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
 import type { RecoverySession } from './session.js';
@@ -106,22 +107,7 @@ export class SessionStore {
   save(s: RecoverySession): void {
     mkdirSync(this.dir, { recursive: true });
     s.updatedAt = new Date().toISOString();
-    const final = this.path(s.id);
-    const tmp = `${final}.${process.pid}.tmp`;
-    const fd = openSync(tmp, 'w');
-    try {
-      writeSync(fd, JSON.stringify(s, null, 2));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, final);
-    const dfd = openSync(this.dir, 'r');
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
+    writeFileAtomicSync(this.dir, basename(this.path(s.id)), JSON.stringify(s, null, 2));
     this.mirror(s);
   }
 

@@ -5,7 +5,7 @@ import { loadValidated } from '../schema/validate.js';
 import { dirname, join, resolve } from 'node:path';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { writeFileAtomic } from '../repo/atomic-file.js';
+import { writeFileAtomic } from '../host/atomic-file.js';
 import type { Job } from './runner.js';
 import type { TestSpec } from '../verify/contract.js';
 import { resolveScript } from '../verify/script.js';

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { guestRepository, type GuestRepository } from '../helpers/repository.js';
 import { testApi } from '../helpers/api.js';
-import { mountEntry } from '../../src/fuse/mounts.js';
+import { mountEntry } from '../../src/host/mounts.js';
 import { subnet } from '../helpers/subnets.js';
 
 const work = mkdtempSync(join(tmpdir(), 'rl-api-limits-'));

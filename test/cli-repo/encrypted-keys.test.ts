@@ -13,7 +13,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, sy
 import { join } from 'node:path';
 import { exec, type ExecResult } from '../../src/host/exec.js';
 import { projectPath } from '../../src/paths.js';
-import { mountEntry, detachMount } from '../../src/fuse/mounts.js';
+import { detachMount } from '../../src/fuse/mounts.js';
+import { mountEntry } from '../../src/host/mounts.js';
 import { listPublications, removePublication } from '../../src/publish/publish.js';
 import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';

@@ -7,7 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FuseFrontend } from '../../src/fuse/fuse-frontend.js';
-import { isStaleFuseMount, mountEntry, detachMount } from '../../src/fuse/mounts.js';
+import { isStaleFuseMount, detachMount } from '../../src/fuse/mounts.js';
+import { mountEntry } from '../../src/host/mounts.js';
 import { DISK_SIZE, diskBytes, memoryPublication } from './fixtures/memory-publication.js';
 
 // Everything touching the mount is asynchronous or in a child process: this

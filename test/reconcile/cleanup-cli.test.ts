@@ -9,7 +9,8 @@
 import t from 'tap';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { detachMount, mountEntry } from '../../src/fuse/mounts.js';
+import { detachMount } from '../../src/fuse/mounts.js';
+import { mountEntry } from '../../src/host/mounts.js';
 import { LOCAL_USER, listPublications, removePublication } from '../../src/publish/publish.js';
 import type { ReconcileReport } from '../../src/reconcile/reconcile.js';
 import { cli, fingerprint, json, publicationOfDeletedRepo } from './fixtures/state.js';

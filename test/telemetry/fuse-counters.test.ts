@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FuseFrontend } from '../../src/fuse/fuse-frontend.js';
-import { detachMount, mountEntry } from '../../src/fuse/mounts.js';
+import { detachMount } from '../../src/fuse/mounts.js';
+import { mountEntry } from '../../src/host/mounts.js';
 import { frontendStats } from '../../src/telemetry/counters.js';
 import { DISK_SIZE, diskBytes, memoryPublication } from '../fuse/fixtures/memory-publication.js';
 

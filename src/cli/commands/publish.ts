@@ -14,6 +14,7 @@ import { Option, type Command } from 'commander';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomicSync } from '../../host/atomic-file.js';
 import { randomBytes } from 'node:crypto';
 import { contextFor } from '../context.js';
 import { parseSize } from './repo.js';
@@ -180,8 +181,8 @@ export function registerPublish(program: Command): void {
       if (o.logFile) result.log = keepLog(o.logFile, path.join(cfg.stateDir, 'publications', pub.id, PUBLISHER_LOG));
       ctx.out.result(result, (v) => render(v as PublishResult));
       if (o.readyFile) {
-        fs.writeFileSync(o.readyFile + '.tmp', JSON.stringify(result));
-        fs.renameSync(o.readyFile + '.tmp', o.readyFile);
+        const ready = path.resolve(o.readyFile);
+        writeFileAtomicSync(path.dirname(ready), path.basename(ready), JSON.stringify(result));
       }
       ctx.out.info('serving until SIGINT or SIGTERM (restorelab unpublish ' + pub.id + ')');
       await new Promise<void>((resolve) => {
