@@ -24,6 +24,7 @@ export const LAYERS: Layer[] = [
   { units: ['nbd'], why: 'the NBD wire client that reads live and image sources' },
   { units: ['ingest'], why: 'backup sources: raw files, qemu-img images, NBD exports' },
   { units: ['repo'], why: 'the repository: chunks, indexes, restore points, verify/prune/gc' },
+  { units: ['formats.ts'], why: 'the format registry: the repository\'s formats and those of the overlay and NFS file handles, in one list' },
   { units: ['catalog'], why: 'the SQLite catalog that indexes repositories and holds the job areas\' tables' },
   { units: ['backup', 'disk', 'overlay'], why: 'the backup engine (source → repository), the published disk (repository → random reads) and its copy-on-write overlay' },
   { units: ['datastore'], why: 'the files a hypervisor sees for a published point (vmdk/vmx, scratch space)' },
