@@ -39,7 +39,12 @@ const CHANGED_FRACTION = 0.03;
 const URI = 'qemu:///system';
 const bin = projectPath('bin', 'restorelab.js');
 
-interface Run { code: number | null; seconds: number; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  seconds: number;
+  stdout: string;
+  stderr: string;
+}
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
   const t0 = process.hrtime.bigint();
@@ -48,7 +53,9 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env):
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-16384); });
+    p.stderr.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-16384);
+    });
     p.on('error', reject);
     p.on('close', (code) => resolve({ code, seconds: Number(process.hrtime.bigint() - t0) / 1e9, stdout, stderr }));
   });
@@ -56,7 +63,8 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env):
 
 async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Run> {
   const r = await run(cmd, args, env);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-5).join('\n')}`);
+  if (r.code !== 0)
+    throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-5).join('\n')}`);
   return r;
 }
 
@@ -88,15 +96,20 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(process.env.LIVE_BENCH_DIR ?? '/var/tmp', 'rl-live-bench-'));
   const domain = `rl-live-bench-${process.pid}`;
   try {
-    console.log(`live-backup bench: ${SIZE_MIB} MiB qcow2 disk, ${DATA_MIB} MiB data, ${CHANGED_FRACTION * 100}% of 1 MiB blocks changed, our chunk size ${CHUNK}`);
+    console.log(
+      `live-backup bench: ${SIZE_MIB} MiB qcow2 disk, ${DATA_MIB} MiB data, ${CHANGED_FRACTION * 100}% of 1 MiB blocks changed, our chunk size ${CHUNK}`,
+    );
     const disk = await buildDisk(dir);
     const xml = join(dir, 'domain.xml');
-    writeFileSync(xml, `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+    writeFileSync(
+      xml,
+      `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-  </devices></domain>`);
+  </devices></domain>`,
+    );
     await virsh(URI, 'define', xml);
     await virsh(URI, 'start', domain);
     await libvirtGuest(URI, domain).waitAgent(600_000);
@@ -106,9 +119,19 @@ async function main(): Promise<void> {
     const env = { ...process.env, RESTORELAB_HOME: home, RESTORELAB_STATE_DIR: join(home, 'state') };
     await must(process.execPath, [bin, 'repo', 'init', repo, '--chunk-size', CHUNK, '--json'], env);
     const vmFile = join(dir, 'vm.json');
-    writeFileSync(vmFile, JSON.stringify({ name: 'bench', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }));
-    const ours = async (): Promise<{ seconds: number; json: { stats: { bytesRead: number }; freezeMs?: number; consistency: string; changedBlockTracking: { used: boolean } } }> => {
-      const r = await must(process.execPath, [bin, 'backup', '--repo', repo, '--vm', vmFile, '--domain', domain, '--consistency', 'filesystem', '--no-after-backup', '--json'], env);
+    writeFileSync(
+      vmFile,
+      JSON.stringify({ name: 'bench', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }),
+    );
+    const ours = async (): Promise<{
+      seconds: number;
+      json: { stats: { bytesRead: number }; freezeMs?: number; consistency: string; changedBlockTracking: { used: boolean } };
+    }> => {
+      const r = await must(
+        process.execPath,
+        [bin, 'backup', '--repo', repo, '--vm', vmFile, '--domain', domain, '--consistency', 'filesystem', '--no-after-backup', '--json'],
+        env,
+      );
       return { seconds: r.seconds, json: JSON.parse(r.stdout) as never };
     };
     const theirs = (level: 'full' | 'inc'): Promise<Run> =>
@@ -119,15 +142,21 @@ async function main(): Promise<void> {
     const blocks = Math.round(SIZE_MIB * CHANGED_FRACTION);
     const offsets = new Set<number>();
     while (offsets.size < blocks) offsets.add(randomInt(GUEST_MIB, GUEST_MIB + DATA_MIB));
-    await libvirtGuest(URI, domain).sh(`for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`);
+    await libvirtGuest(URI, domain).sh(
+      `for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`,
+    );
     const vInc = await theirs('inc');
     const oInc = await ours();
 
     const mb = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
-    console.log(`full:        restorelab ${oFull.seconds.toFixed(1)} s (read ${mb(oFull.json.stats.bytesRead)}, ${oFull.json.consistency}, frozen ${oFull.json.freezeMs ?? '-'} ms)` +
-      `  virtnbdbackup ${vFull.seconds.toFixed(1)} s  ratio ${ratio(oFull.seconds, vFull.seconds)} (target <= 0.7)`);
-    console.log(`incremental: restorelab ${oInc.seconds.toFixed(1)} s (read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
-      `  virtnbdbackup ${vInc.seconds.toFixed(1)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5)`);
+    console.log(
+      `full:        restorelab ${oFull.seconds.toFixed(1)} s (read ${mb(oFull.json.stats.bytesRead)}, ${oFull.json.consistency}, frozen ${oFull.json.freezeMs ?? '-'} ms)` +
+        `  virtnbdbackup ${vFull.seconds.toFixed(1)} s  ratio ${ratio(oFull.seconds, vFull.seconds)} (target <= 0.7)`,
+    );
+    console.log(
+      `incremental: restorelab ${oInc.seconds.toFixed(1)} s (read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
+        `  virtnbdbackup ${vInc.seconds.toFixed(1)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5)`,
+    );
     console.log(`changed: ${blocks} blocks of 1 MiB (${mb(blocks * MiB)})`);
   } finally {
     await exec('virsh', ['-c', URI, 'destroy', domain]);

@@ -52,7 +52,9 @@ function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ co
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     let out = '';
     // Keep only the tail: enough for an error message, never a whole image.
-    const keep = (c: Buffer): void => { out = (out + c.toString()).slice(-65536); };
+    const keep = (c: Buffer): void => {
+      out = (out + c.toString()).slice(-65536);
+    };
     p.stdout.on('data', keep);
     p.stderr.on('data', keep);
     p.on('error', reject);
@@ -90,7 +92,10 @@ async function writeGuestLikeImage(file: string): Promise<void> {
       } else if (kind < 11) {
         let off = 0;
         for (let line = 0; off < block.length; line++) {
-          off += block.write(`${new Date(1.7e12 + (mib * 65536 + line) * 1000).toISOString()} web[${mib}] GET /item/${line * 7919 % 10007} 200 ${line % 977}\n`, off);
+          off += block.write(
+            `${new Date(1.7e12 + (mib * 65536 + line) * 1000).toISOString()} web[${mib}] GET /item/${(line * 7919) % 10007} 200 ${line % 977}\n`,
+            off,
+          );
         }
       } else {
         continue;
@@ -103,10 +108,22 @@ async function writeGuestLikeImage(file: string): Promise<void> {
   }
 }
 
-interface Figures { seqColdS: number; seqSecondS: number; seqWarmS: number; randS: number; writeS: number }
+interface Figures {
+  seqColdS: number;
+  seqSecondS: number;
+  seqWarmS: number;
+  randS: number;
+  writeS: number;
+}
 
 /** Reads from `url`, writes into `writeUrl`; `beforeCold` makes the next read cold. */
-async function measure(url: string, writeUrl: string, tmpfs: string, beforeCold: () => Promise<void>, phase: (name: string) => void = () => undefined): Promise<Figures> {
+async function measure(
+  url: string,
+  writeUrl: string,
+  tmpfs: string,
+  beforeCold: () => Promise<void>,
+  phase: (name: string) => void = () => undefined,
+): Promise<Figures> {
   const out = path.join(tmpfs, 'out.raw');
   const seqRead = async (from = url): Promise<number> => {
     const s = await must('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', from, out]);
@@ -143,11 +160,16 @@ function peakRssMiB(pid: number): number {
   return Number(m[1]) / 1024;
 }
 
-const load = (): string => os.loadavg().map((l) => l.toFixed(2)).join(' ');
+const load = (): string =>
+  os
+    .loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
 
 async function main(): Promise<void> {
   for (const tool of ['qemu-img', 'ganesha.nfsd', 'rpcbind', 'nfs-ls']) {
-    if (!which(tool)) throw new Error(`missing ${tool}: apt-get install qemu-utils qemu-block-extra nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils`);
+    if (!which(tool))
+      throw new Error(`missing ${tool}: apt-get install qemu-utils qemu-block-extra nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils`);
   }
   const work = fs.mkdtempSync(path.join('/var/tmp', 'nfs-bench-'));
   const data = path.join(work, 'export');
@@ -186,12 +208,17 @@ async function main(): Promise<void> {
     }
 
     const conf = path.join(work, 'ganesha.conf');
-    fs.writeFileSync(conf, `NFS_CORE_PARAM { NFS_Port = ${GANESHA_PORTS.nfs}; MNT_Port = ${GANESHA_PORTS.mount}; NLM_Port = 12047; Rquota_Port = 12046; Protocols = 3; Enable_NLM = false; Enable_RQUOTA = false; }
+    fs.writeFileSync(
+      conf,
+      `NFS_CORE_PARAM { NFS_Port = ${GANESHA_PORTS.nfs}; MNT_Port = ${GANESHA_PORTS.mount}; NLM_Port = 12047; Rquota_Port = 12046; Protocols = 3; Enable_NLM = false; Enable_RQUOTA = false; }
 NFSV4 { Graceless = true; }
 EXPORT { Export_Id = 1; Path = ${data}; Pseudo = ${data}; Access_Type = RW; Squash = No_Root_Squash; Protocols = 3; Transports = TCP; SecType = sys; FSAL { Name = VFS; } }
 LOG { Default_Log_Level = EVENT; }
-`);
-    ganesha = spawn('ganesha.nfsd', ['-F', '-f', conf, '-L', path.join(work, 'ganesha.log'), '-p', path.join(work, 'ganesha.pid')], { stdio: 'ignore' });
+`,
+    );
+    ganesha = spawn('ganesha.nfsd', ['-F', '-f', conf, '-L', path.join(work, 'ganesha.log'), '-p', path.join(work, 'ganesha.pid')], {
+      stdio: 'ignore',
+    });
     let ready = false;
     for (let i = 0; i < 100 && !ready; i++) {
       await sleep(300);
@@ -207,8 +234,22 @@ LOG { Default_Log_Level = EVENT; }
 
     // The publisher is a separate process (the real CLI), so its RSS is its own.
     const env = { ...process.env, RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir };
-    const pub = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), 'publish', point.id, '--nfs',
-      '--nfs-port', String(OUR_PORTS.nfs), '--mount-port', String(OUR_PORTS.mount), '--background', '--json'], { env, timeoutMs: 180_000 });
+    const pub = await exec(
+      process.execPath,
+      [
+        projectPath('bin', 'restorelab.js'),
+        'publish',
+        point.id,
+        '--nfs',
+        '--nfs-port',
+        String(OUR_PORTS.nfs),
+        '--mount-port',
+        String(OUR_PORTS.mount),
+        '--background',
+        '--json',
+      ],
+      { env, timeoutMs: 180_000 },
+    );
     if (pub.code !== 0) throw new Error(`publish --nfs failed: ${pub.stdout} ${pub.stderr}`);
     const published = JSON.parse(pub.stdout.trim().split('\n').at(-1)!) as { publication: string; nfs: { url: string } };
     const pid = listPublications(state).find((p) => p.id === published.publication)?.pid;
@@ -226,16 +267,22 @@ LOG { Default_Log_Level = EVENT; }
     const iops = (s: number): string => `${Math.round(RANDOM_READS / s)} IOPS`;
     const row = (name: string, o: number, p: number, unit: (s: number) => string, target: number): void => {
       const ratio = p / o;
-      console.log(`${name.padEnd(40)} restorelab ${unit(o).padStart(12)}   ganesha ${unit(p).padStart(12)}   ratio ${ratio.toFixed(2)}x  target >= ${target}x  ${ratio >= target ? 'PASS' : 'MISS'}`);
+      console.log(
+        `${name.padEnd(40)} restorelab ${unit(o).padStart(12)}   ganesha ${unit(p).padStart(12)}   ratio ${ratio.toFixed(2)}x  target >= ${target}x  ${ratio >= target ? 'PASS' : 'MISS'}`,
+      );
     };
     console.log(`\nNFS v3 over loopback, ${MB} MiB guest-like disk, qemu-img (libnfs); load average before ${loadBefore}, now ${load()}`);
     row('sequential read cold (convert)', ours.seqColdS, peer.seqColdS, rate, 0.5);
     row(`sequential read warm (convert, ${WARM_SET_MIB} MiB set)`, ours.seqWarmS, peer.seqWarmS, rate, 0.8);
-    console.log(`${'  second pass over the whole disk'.padEnd(40)} restorelab ${rate(ours.seqSecondS).padStart(12)}   ganesha ${rate(peer.seqSecondS).padStart(12)}   ratio ${(peer.seqSecondS / ours.seqSecondS).toFixed(2)}x  (larger than the chunk cache: cold for restorelab)`);
+    console.log(
+      `${'  second pass over the whole disk'.padEnd(40)} restorelab ${rate(ours.seqSecondS).padStart(12)}   ganesha ${rate(peer.seqSecondS).padStart(12)}   ratio ${(peer.seqSecondS / ours.seqSecondS).toFixed(2)}x  (larger than the chunk cache: cold for restorelab)`,
+    );
     row(`random 4K read QD8 warm (${WARM_SET_MIB} MiB set)`, ours.randS, peer.randS, iops, 0.5);
     row('sequential write (convert -n)', ours.writeS, peer.writeS, rate, 0.5);
     console.log(`${'publisher peak RSS (VmHWM)'.padEnd(40)} ${rss.toFixed(1)} MiB   target < 300 MiB  ${rss < 300 ? 'PASS' : 'MISS'}`);
-    console.log(`  peak after each phase (chunk cache ${process.env.RESTORELAB_CHUNK_CACHE_MIB ?? 'default'} MiB): ${rssAfter.map(([n, m]) => `${n} ${m.toFixed(0)} MiB`).join(', ')}`);
+    console.log(
+      `  peak after each phase (chunk cache ${process.env.RESTORELAB_CHUNK_CACHE_MIB ?? 'default'} MiB): ${rssAfter.map(([n, m]) => `${n} ${m.toFixed(0)} MiB`).join(', ')}`,
+    );
   } finally {
     kill(ganesha);
     for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);

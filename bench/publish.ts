@@ -35,7 +35,8 @@ const mnt = path.join(dir, 'mnt');
 
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], {
-    timeoutMs: 300_000, env: { ...process.env, RESTORELAB_STATE_DIR: state, RESTORELAB_CHUNK_CACHE_MIB: '256' },
+    timeoutMs: 300_000,
+    env: { ...process.env, RESTORELAB_STATE_DIR: state, RESTORELAB_CHUNK_CACHE_MIB: '256' },
   });
 }
 
@@ -49,7 +50,7 @@ async function seqRead(file: string): Promise<number> {
   const r = await exec('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M'], { timeoutMs: 600_000 });
   if (r.code !== 0) throw new Error(`dd ${file}: ${r.stderr}`);
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  return (SIZE_MIB / s);
+  return SIZE_MIB / s;
 }
 
 async function randomReads(file: string, offsets: number[]): Promise<{ p50: number; p99: number }> {
@@ -112,7 +113,10 @@ try {
   const restored = path.join(dir, 'restored.raw');
   await restoreDisk({ repo: await openRepository(repoDir), point: point.id, disk: 'sda', to: restored });
   fs.rmSync(image);
-  const offsets = Array.from({ length: RANDOM_READS }, () => Math.floor(randomBytes(4).readUInt32LE() / 2 ** 32 * (SIZE_MIB * 256)) * 4096);
+  const offsets = Array.from(
+    { length: RANDOM_READS },
+    () => Math.floor((randomBytes(4).readUInt32LE() / 2 ** 32) * (SIZE_MIB * 256)) * 4096,
+  );
 
   // Sequential, in rounds so that a busy host (steal time) shows as spread,
   // not as a ratio: raw cold then warm passes, FUSE cold (fresh publisher,
@@ -134,7 +138,12 @@ try {
     rss = Math.max(rss, peakRss(p1.pid));
     await unpublish(p1.pub);
   }
-  const [rawCold, rawWarm, fuseCold, fuseWarm] = [raw.cold, raw.warm, fuse.cold, fuse.warm].map((runs) => Math.max(...runs)) as [number, number, number, number];
+  const [rawCold, rawWarm, fuseCold, fuseWarm] = [raw.cold, raw.warm, fuse.cold, fuse.warm].map((runs) => Math.max(...runs)) as [
+    number,
+    number,
+    number,
+    number,
+  ];
 
   // Random 4 KiB reads.
   await dropCaches();
@@ -153,8 +162,12 @@ try {
   console.log(`  warm: FUSE ${fmt(fuseWarm)} vs restored raw ${fmt(rawWarm)}  ratio ${fmt(fuseWarm / rawWarm, 2)}x (target >= 0.8x)`);
   console.log(`        runs: FUSE ${runs(fuse.warm)}; raw ${runs(raw.warm)}`);
   console.log(`random 4 KiB reads, ${RANDOM_READS} (ms):`);
-  console.log(`  cold p50/p99: FUSE ${fmt(fuseRandCold.p50, 3)}/${fmt(fuseRandCold.p99, 3)} vs raw ${fmt(rawRandCold.p50, 3)}/${fmt(rawRandCold.p99, 3)}  p50 ratio ${fmt(fuseRandCold.p50 / rawRandCold.p50, 2)}x`);
-  console.log(`  warm p50/p99: FUSE ${fmt(fuseRandWarm.p50, 3)}/${fmt(fuseRandWarm.p99, 3)} vs raw ${fmt(rawRandWarm.p50, 3)}/${fmt(rawRandWarm.p99, 3)}  p50 ratio ${fmt(fuseRandWarm.p50 / rawRandWarm.p50, 2)}x`);
+  console.log(
+    `  cold p50/p99: FUSE ${fmt(fuseRandCold.p50, 3)}/${fmt(fuseRandCold.p99, 3)} vs raw ${fmt(rawRandCold.p50, 3)}/${fmt(rawRandCold.p99, 3)}  p50 ratio ${fmt(fuseRandCold.p50 / rawRandCold.p50, 2)}x`,
+  );
+  console.log(
+    `  warm p50/p99: FUSE ${fmt(fuseRandWarm.p50, 3)}/${fmt(fuseRandWarm.p99, 3)} vs raw ${fmt(rawRandWarm.p50, 3)}/${fmt(rawRandWarm.p99, 3)}  p50 ratio ${fmt(fuseRandWarm.p50 / rawRandWarm.p50, 2)}x`,
+  );
   console.log(`peak RSS of the publisher (256 MiB chunk cache): ${fmt(rss)} MiB`);
   fs.rmSync(restored);
 
@@ -172,7 +185,9 @@ try {
   const p3 = await publish(webRepo, webPoint.id);
   const bootFuse = await bootToHeartbeat(qemu, p3.disk, `bf${tag}`);
   await unpublish(p3.pub);
-  console.log(`boot of web to agent heartbeat (TCG): FUSE ${fmt(bootFuse)} s vs local raw ${fmt(bootLocal)} s  ratio ${fmt(bootFuse / bootLocal, 2)}x (target <= 1.3x)`);
+  console.log(
+    `boot of web to agent heartbeat (TCG): FUSE ${fmt(bootFuse)} s vs local raw ${fmt(bootLocal)} s  ratio ${fmt(bootFuse / bootLocal, 2)}x (target <= 1.3x)`,
+  );
 } finally {
   for (const p of listPublications(state)) await removePublication(state, p.id, { discard: true, as: p.owner }).catch(() => undefined);
   fs.rmSync(dir, { recursive: true, force: true });

@@ -38,7 +38,10 @@ async function firstHttp(url: string, t0: number): Promise<number> {
   }
 }
 
-interface Times { heartbeat: number; http: number }
+interface Times {
+  heartbeat: number;
+  http: number;
+}
 
 async function main(): Promise<void> {
   const image = await guestImage('web');
@@ -52,7 +55,13 @@ async function main(): Promise<void> {
   const nic = vm.nics[0];
   if (!nic?.ip) throw new Error('the web definition has no NIC address');
   const labFile = join(dir, 'lab.json');
-  writeFileSync(labFile, JSON.stringify({ name: 'benchrec', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.109.0/24' }] }));
+  writeFileSync(
+    labFile,
+    JSON.stringify({
+      name: 'benchrec',
+      networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.109.0/24' }],
+    }),
+  );
   const lab = await labUp(loadLab(labFile), { stateDir });
   const url = `http://${masqueradeAddress(lab, nic.ip)}/`;
   const plain: Times[] = [];
@@ -65,7 +74,11 @@ async function main(): Promise<void> {
       const qemu = new QemuDriver({ stateDir, accel });
       const { tap, netns } = await addLabTap(stateDir, lab.name, nic.network);
       const t0 = performance.now();
-      const dom = await qemu.start({ vm: { ...vm, name: 'bench-plain' }, disks: [{ name: 'root', path: local, format: 'raw' }], nics: [{ kind: 'tap', tap, netns, mac: nic.mac }] });
+      const dom = await qemu.start({
+        vm: { ...vm, name: 'bench-plain' },
+        disks: [{ name: 'root', path: local, format: 'raw' }],
+        nics: [{ kind: 'tap', tap, netns, mac: nic.mac }],
+      });
       (await waitForAgent(dom.agentSocket, 300_000)).close();
       const heartbeat = (performance.now() - t0) / 1000;
       plain.push({ heartbeat, http: await firstHttp(url, t0) });
@@ -78,8 +91,10 @@ async function main(): Promise<void> {
       const recovered = { heartbeat: (performance.now() - t1) / 1000, http: await firstHttp(url, t1) };
       ours.push(recovered);
       await stopSession(stateDir, s.id);
-      console.log(`round ${i + 1}: plain heartbeat ${plain[i]?.heartbeat.toFixed(2)} s, http ${plain[i]?.http.toFixed(2)} s; ` +
-        `recover heartbeat ${recovered.heartbeat.toFixed(2)} s (session says ${s.heartbeatSeconds} s), http ${recovered.http.toFixed(2)} s`);
+      console.log(
+        `round ${i + 1}: plain heartbeat ${plain[i]?.heartbeat.toFixed(2)} s, http ${plain[i]?.http.toFixed(2)} s; ` +
+          `recover heartbeat ${recovered.heartbeat.toFixed(2)} s (session says ${s.heartbeatSeconds} s), http ${recovered.http.toFixed(2)} s`,
+      );
     }
   } finally {
     await labDown(lab.name, { stateDir, quietIfMissing: true });
@@ -89,11 +104,16 @@ async function main(): Promise<void> {
   for (const k of ['heartbeat', 'http'] as const) {
     const o = mean(ours.map((x) => x[k]));
     const p = mean(plain.map((x) => x[k]));
-    console.log(`command -> ${k.padEnd(9)} recover ${o.toFixed(2).padStart(7)}   plain qemu (local raw) ${p.toFixed(2).padStart(7)}   ratio ${(o / p).toFixed(2)} (target <= 1.30)`);
+    console.log(
+      `command -> ${k.padEnd(9)} recover ${o.toFixed(2).padStart(7)}   plain qemu (local raw) ${p.toFixed(2).padStart(7)}   ratio ${(o / p).toFixed(2)} (target <= 1.30)`,
+    );
   }
 }
 
-main().then(() => rmSync(dir, { recursive: true, force: true }), (e: unknown) => {
-  console.error(e, `\n(state kept in ${dir})`);
-  process.exitCode = 1;
-});
+main().then(
+  () => rmSync(dir, { recursive: true, force: true }),
+  (e: unknown) => {
+    console.error(e, `\n(state kept in ${dir})`);
+    process.exitCode = 1;
+  },
+);

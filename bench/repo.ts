@@ -37,7 +37,13 @@ const SIZE = SIZE_MIB * MiB;
 const VERSIONS = 5;
 const bin = projectPath('bin', 'restorelab.js');
 
-interface Timed { code: number | null; seconds: number; cpuSeconds: number; maxRssKiB: number; out: string }
+interface Timed {
+  code: number | null;
+  seconds: number;
+  cpuSeconds: number;
+  maxRssKiB: number;
+  out: string;
+}
 
 /** Runs a command under /usr/bin/time -v; returns wall time and peak RSS. */
 function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Timed> {
@@ -45,14 +51,22 @@ function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env
   return new Promise((resolve, reject) => {
     const p = spawn('/usr/bin/time', ['-v', cmd, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    const keep = (c: Buffer): void => { out = (out + c.toString()).slice(-65536); };
+    const keep = (c: Buffer): void => {
+      out = (out + c.toString()).slice(-65536);
+    };
     p.stdout.on('data', keep);
     p.stderr.on('data', keep);
     p.on('error', reject);
     p.on('close', (code) => {
       const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(out);
       const cpu = (what: string): number => Number(new RegExp(`${what} time \\(seconds\\): ([\\d.]+)`).exec(out)?.[1] ?? 0);
-      resolve({ code, seconds: Number(process.hrtime.bigint() - t0) / 1e9, cpuSeconds: cpu('User') + cpu('System'), maxRssKiB: rss ? Number(rss[1]) : 0, out });
+      resolve({
+        code,
+        seconds: Number(process.hrtime.bigint() - t0) / 1e9,
+        cpuSeconds: cpu('User') + cpu('System'),
+        maxRssKiB: rss ? Number(rss[1]) : 0,
+        out,
+      });
     });
   });
 }
@@ -70,13 +84,22 @@ async function warm(file: string): Promise<void> {
 
 async function duBytes(path: string): Promise<number> {
   const r = await must('du', ['-sb', path]);
-  return Number(r.out.trim().split('\n').find((l) => /^\d+\s/.test(l))?.split(/\s/)[0]);
+  return Number(
+    r.out
+      .trim()
+      .split('\n')
+      .find((l) => /^\d+\s/.test(l))
+      ?.split(/\s/)[0],
+  );
 }
 
 /** Deterministic-enough pseudo-random choice without keeping state in files. */
 function lcg(seed: number): () => number {
   let x = seed;
-  return () => { x = (x * 1103515245 + 12345) % 2147483648; return x; };
+  return () => {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    return x;
+  };
 }
 
 function textBlock(i: number): Buffer {
@@ -91,7 +114,7 @@ async function buildImage(path: string, guest: string): Promise<void> {
   const next = lcg(7);
   // Start past the guest; leave the last eighth unallocated (free space that was never written).
   const start = 64;
-  for (let mb = start; mb < Math.floor(SIZE_MIB * 7 / 8); mb++) {
+  for (let mb = start; mb < Math.floor((SIZE_MIB * 7) / 8); mb++) {
     const kind = next() % 3;
     const block = kind === 0 ? randomBytes(MiB) : kind === 1 ? textBlock(mb) : Buffer.alloc(MiB);
     await fh.write(block, 0, MiB, mb * MiB);
@@ -117,13 +140,24 @@ const line = (label: string, ours: string, peer: string, ratio: number, target: 
   console.log(`${label.padEnd(34)} restorelab ${ours.padEnd(14)} restic ${peer.padEnd(14)} ratio ${fmt(ratio)}x  (target ${target})`);
 
 async function main(): Promise<void> {
-  for (const tool of ['restic', 'borg', 'qemu-img']) if (!which(tool)) throw new Error(`bench needs ${tool}: apt-get install ${tool === 'borg' ? 'borgbackup' : tool === 'qemu-img' ? 'qemu-utils' : tool}`);
+  for (const tool of ['restic', 'borg', 'qemu-img'])
+    if (!which(tool))
+      throw new Error(`bench needs ${tool}: apt-get install ${tool === 'borg' ? 'borgbackup' : tool === 'qemu-img' ? 'qemu-utils' : tool}`);
   const work = mkdtempSync(join(process.env.REPO_BENCH_DIR ?? '/var/tmp', 'rl-bench-repo-'));
   const cleanup = (): void => rmSync(work, { recursive: true, force: true });
   process.on('exit', cleanup);
   const guest = process.env.REPO_BENCH_GUEST ?? join(projectPath('var', 'guests'), 'web.raw');
-  const env = { ...process.env, RESTORELAB_HOME: work, RESTORELAB_STATE_DIR: join(work, 'state'), RESTIC_PASSWORD: 'bench', BORG_PASSPHRASE: '', BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes' };
-  console.log(`data set: ${SIZE_MIB} MiB guest-like image (${guest} + generated files), ${VERSIONS} more versions with 1..${VERSIONS}% of 1 MiB blocks changed`);
+  const env = {
+    ...process.env,
+    RESTORELAB_HOME: work,
+    RESTORELAB_STATE_DIR: join(work, 'state'),
+    RESTIC_PASSWORD: 'bench',
+    BORG_PASSPHRASE: '',
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+  };
+  console.log(
+    `data set: ${SIZE_MIB} MiB guest-like image (${guest} + generated files), ${VERSIONS} more versions with 1..${VERSIONS}% of 1 MiB blocks changed`,
+  );
 
   // Versions are built one after another in one file, and each tool backs up each version before the next is made.
   const img = join(work, 'disk.raw');
@@ -134,7 +168,11 @@ async function main(): Promise<void> {
   const resticRepo = join(work, 'restic-repo');
   const borgRepo = join(work, 'borg-repo');
   // REPO_BENCH_CHUNK (e.g. 1M) runs the series at another chunk size than the default.
-  await must('node', [bin, 'repo', 'init', ours, ...(process.env.REPO_BENCH_CHUNK ? ['--chunk-size', process.env.REPO_BENCH_CHUNK] : [])], env);
+  await must(
+    'node',
+    [bin, 'repo', 'init', ours, ...(process.env.REPO_BENCH_CHUNK ? ['--chunk-size', process.env.REPO_BENCH_CHUNK] : [])],
+    env,
+  );
   await must('restic', ['init', '--repo', resticRepo], env);
   await must('borg', ['init', '--encryption', 'none', borgRepo], env);
 
@@ -151,7 +189,10 @@ async function main(): Promise<void> {
     if (v > 0) await changeVersion(img, v, 100 + v);
     // Each tool starts with the image in page cache and no dirty pages of another tool to flush:
     // our chunk writes fsync, and on ext4 an fsync can wait on the writeback of whatever was written just before.
-    const settle = async (): Promise<void> => { await must('sync', []); await warm(img); };
+    const settle = async (): Promise<void> => {
+      await must('sync', []);
+      await warm(img);
+    };
     await settle();
     const a = await must('node', [bin, 'backup', '--repo', ours, '--vm', vmFile, '--disk', img, '--json'], env);
     const json = a.out.split('\n').find((l) => l.startsWith('{"restorePoint"'));
@@ -161,10 +202,16 @@ async function main(): Promise<void> {
     const b = await must('restic', ['backup', '--repo', resticRepo, '--quiet', img], env);
     await settle();
     const c = await must('borg', ['create', '--compression', 'zstd,3', `${borgRepo}::v${v}`, img], env);
-    t.ours += a.seconds; t.restic += b.seconds; t.borg += c.seconds;
-    cpu.ours += a.cpuSeconds; cpu.restic += b.cpuSeconds; cpu.borg += c.cpuSeconds;
+    t.ours += a.seconds;
+    t.restic += b.seconds;
+    t.borg += c.seconds;
+    cpu.ours += a.cpuSeconds;
+    cpu.restic += b.cpuSeconds;
+    cpu.borg += c.cpuSeconds;
     peakRss = Math.max(peakRss, a.maxRssKiB);
-    console.log(`version ${v}: restorelab ${fmt(a.seconds)} s (new ${mib(stats?.stats.bytesNew ?? 0)}, RSS ${fmt(a.maxRssKiB / 1024, 0)} MiB), restic ${fmt(b.seconds)} s (RSS ${fmt(b.maxRssKiB / 1024, 0)} MiB), borg ${fmt(c.seconds)} s (RSS ${fmt(c.maxRssKiB / 1024, 0)} MiB)`);
+    console.log(
+      `version ${v}: restorelab ${fmt(a.seconds)} s (new ${mib(stats?.stats.bytesNew ?? 0)}, RSS ${fmt(a.maxRssKiB / 1024, 0)} MiB), restic ${fmt(b.seconds)} s (RSS ${fmt(b.maxRssKiB / 1024, 0)} MiB), borg ${fmt(c.seconds)} s (RSS ${fmt(c.maxRssKiB / 1024, 0)} MiB)`,
+    );
   }
   const size = { ours: await duBytes(ours), restic: await duBytes(resticRepo), borg: await duBytes(borgRepo) };
 
@@ -202,15 +249,17 @@ async function main(): Promise<void> {
   }
   let ingested = 0;
   let nextRead = 0;
-  await Promise.all(Array.from({ length: 2 * Math.min(availableParallelism(), 8) }, async () => {
-    const slot = Buffer.allocUnsafeSlow(chunk);
-    for (let r = reads[nextRead++]; r; r = reads[nextRead++]) {
-      const [off, n] = r;
-      if (src.readInto) await src.readInto(slot.subarray(0, n), off);
-      else await src.read(off, n);
-      ingested += n;
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: 2 * Math.min(availableParallelism(), 8) }, async () => {
+      const slot = Buffer.allocUnsafeSlow(chunk);
+      for (let r = reads[nextRead++]; r; r = reads[nextRead++]) {
+        const [off, n] = r;
+        if (src.readInto) await src.readInto(slot.subarray(0, n), off);
+        else await src.read(off, n);
+        ingested += n;
+      }
+    }),
+  );
   const ingestS = Number(process.hrtime.bigint() - t0) / 1e9;
   await src.close();
 
@@ -222,17 +271,35 @@ async function main(): Promise<void> {
   line('repository size', mib(size.ours), mib(size.restic), size.ours / size.restic, '<= 1x');
   console.log(`${''.padEnd(34)} borg ${mib(size.borg)} (${fmt(size.ours / size.borg)}x)`);
   const thr = (s: number): number => SIZE / MiB / s;
-  line('full-restore throughput', `${fmt(thr(rs.seconds), 0)} MiB/s`, `${fmt(thr(rr.seconds), 0)} MiB/s`, thr(rs.seconds) / thr(rr.seconds), '>= 1.5x');
+  line(
+    'full-restore throughput',
+    `${fmt(thr(rs.seconds), 0)} MiB/s`,
+    `${fmt(thr(rr.seconds), 0)} MiB/s`,
+    thr(rs.seconds) / thr(rr.seconds),
+    '>= 1.5x',
+  );
   const durable = rr.seconds + rrSync.seconds;
-  line('  durable (restic + sync)', `${fmt(thr(rs.seconds), 0)} MiB/s`, `${fmt(thr(durable), 0)} MiB/s`, thr(rs.seconds) / thr(durable), '>= 1.5x');
-  console.log(`${''.padEnd(34)} restore CPU: restorelab ${fmt(rs.cpuSeconds)} s, restic ${fmt(rr.cpuSeconds)} s, borg ${fmt(rb.cpuSeconds)} s`);
+  line(
+    '  durable (restic + sync)',
+    `${fmt(thr(rs.seconds), 0)} MiB/s`,
+    `${fmt(thr(durable), 0)} MiB/s`,
+    thr(rs.seconds) / thr(durable),
+    '>= 1.5x',
+  );
+  console.log(
+    `${''.padEnd(34)} restore CPU: restorelab ${fmt(rs.cpuSeconds)} s, restic ${fmt(rr.cpuSeconds)} s, borg ${fmt(rb.cpuSeconds)} s`,
+  );
   console.log(`${''.padEnd(34)} borg ${fmt(thr(rb.seconds), 0)} MiB/s (${fmt(thr(rs.seconds) / thr(rb.seconds))}x)`);
   console.log(`${'peak RSS of a restorelab backup'.padEnd(34)} ${fmt(peakRss / 1024, 0)} MiB (target < 300 MiB)`);
   const catMiBs = SIZE / MiB / catS;
   const ingestMiBs = ingested / MiB / ingestS;
-  console.log(`${'ingest throughput (data extents)'.padEnd(34)} ${fmt(ingestMiBs, 0)} MiB/s vs cat ${fmt(catMiBs, 0)} MiB/s: ${fmt(ingestMiBs / catMiBs)}x (target >= 0.5x)`);
+  console.log(
+    `${'ingest throughput (data extents)'.padEnd(34)} ${fmt(ingestMiBs, 0)} MiB/s vs cat ${fmt(catMiBs, 0)} MiB/s: ${fmt(ingestMiBs / catMiBs)}x (target >= 0.5x)`,
+  );
   const firstBackupMiBs = SIZE / MiB / (t.ours / (VERSIONS + 1));
-  console.log(`${'backup throughput (mean, virtual)'.padEnd(34)} ${fmt(firstBackupMiBs, 0)} MiB/s vs cat ${fmt(catMiBs, 0)} MiB/s: ${fmt(firstBackupMiBs / catMiBs)}x`);
+  console.log(
+    `${'backup throughput (mean, virtual)'.padEnd(34)} ${fmt(firstBackupMiBs, 0)} MiB/s vs cat ${fmt(catMiBs, 0)} MiB/s: ${fmt(firstBackupMiBs / catMiBs)}x`,
+  );
   rmSync(ours, { recursive: true, force: true });
   rmSync(resticRepo, { recursive: true, force: true });
   rmSync(borgRepo, { recursive: true, force: true });
@@ -264,8 +331,10 @@ async function main(): Promise<void> {
     }
     lat.sort((a, b) => a - b);
     const mean = lat.reduce((a, b) => a + b, 0) / lat.length;
-    console.log(`  ${cs} MiB: first backup ${fmt(b1.seconds)} s (${fmt(SIZE / MiB / b1.seconds, 0)} MiB/s), 3% change ${fmt(b2.seconds)} s stores ${mib(grown)}, ` +
-      `random 4 KiB read (cold chunk) mean ${fmt(mean)} ms p99 ${fmt(lat[Math.floor(lat.length * 0.99)] as number)} ms`);
+    console.log(
+      `  ${cs} MiB: first backup ${fmt(b1.seconds)} s (${fmt(SIZE / MiB / b1.seconds, 0)} MiB/s), 3% change ${fmt(b2.seconds)} s stores ${mib(grown)}, ` +
+        `random 4 KiB read (cold chunk) mean ${fmt(mean)} ms p99 ${fmt(lat[Math.floor(lat.length * 0.99)] as number)} ms`,
+    );
     rmSync(repoDir, { recursive: true, force: true });
   }
 }

@@ -48,7 +48,14 @@ function sh(cmd: string, args: string[], input?: string): string {
 }
 
 function withPartition<T>(file: string, readOnly: boolean, use: (root: string) => T): T {
-  const dev = sh('losetup', ['--find', '--show', ...(readOnly ? ['--read-only'] : []), '--offset', String(START_SECTOR * 512), file]).trim();
+  const dev = sh('losetup', [
+    '--find',
+    '--show',
+    ...(readOnly ? ['--read-only'] : []),
+    '--offset',
+    String(START_SECTOR * 512),
+    file,
+  ]).trim();
   const mnt = mkdtempSync(join(dir, 'mnt-'));
   try {
     sh('mount', ['-t', 'ext4', '-o', readOnly ? 'ro,noload' : 'rw', dev, mnt]);
@@ -128,10 +135,18 @@ async function timed<T>(what: () => Promise<T>): Promise<{ seconds: number; valu
 }
 
 function cli(args: string[], nodeFlags: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return exec(process.execPath, [...nodeFlags, projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 3_600_000, env: { ...process.env, RESTORELAB_STATE_DIR: state } });
+  return exec(process.execPath, [...nodeFlags, projectPath('bin', 'restorelab.js'), ...args], {
+    timeoutMs: 3_600_000,
+    env: { ...process.env, RESTORELAB_STATE_DIR: state },
+  });
 }
 
-interface ScanJson { files: { scanned: number; cached: number }; unread: number; verdict: string; timings: Record<string, number> }
+interface ScanJson {
+  files: { scanned: number; cached: number };
+  unread: number;
+  verdict: string;
+  timings: Record<string, number>;
+}
 
 async function restorelabScan(repoDir: string, point: string, rules: string, nodeFlags: string[] = []): Promise<ScanJson> {
   const r = await cli(['scan', '--repo', repoDir, point, '--yara', rules, '--json'], nodeFlags);
@@ -150,7 +165,9 @@ async function plainYara(repoDir: string, point: RestorePoint, rules: string): P
     try {
       sh('mount', ['-t', 'ext4', '-o', 'ro,noload,nodev,nosuid,noexec', dev, mnt]);
       try {
-        const t = await timed(() => exec('yara', ['-w', '-r', '-N', '-p', String(Math.min(8, availableParallelism())), rules, mnt], { timeoutMs: 3_600_000 }));
+        const t = await timed(() =>
+          exec('yara', ['-w', '-r', '-N', '-p', String(Math.min(8, availableParallelism())), rules, mnt], { timeoutMs: 3_600_000 }),
+        );
         if (t.value.code !== 0) throw new Error(`yara -r: ${t.value.stderr}`);
         return t.seconds;
       } finally {
@@ -183,13 +200,20 @@ async function main(): Promise<void> {
   const repo = await initRepository(repoDir);
   const vm = { name: 'bench-scan', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' as const }], nics: [] };
   const points: RestorePoint[] = [await backupVm({ repo, vm, disks: { sda: image } })];
-  const bytes = withPartition(image, true, (root) => readdirSync(root).filter((d) => d.startsWith('d'))
-    .reduce((s, d) => s + readdirSync(join(root, d)).reduce((x, f) => x + statSync(join(root, d, f)).size, 0), 0));
-  process.stdout.write(`data: ${FILES} files, ${(bytes / 2 ** 20).toFixed(0)} MiB on a ${SIZE_MIB} MiB ext4 disk; ${RULES} rules; ${Math.min(8, availableParallelism())} yara threads\n`);
+  const bytes = withPartition(image, true, (root) =>
+    readdirSync(root)
+      .filter((d) => d.startsWith('d'))
+      .reduce((s, d) => s + readdirSync(join(root, d)).reduce((x, f) => x + statSync(join(root, d, f)).size, 0), 0),
+  );
+  process.stdout.write(
+    `data: ${FILES} files, ${(bytes / 2 ** 20).toFixed(0)} MiB on a ${SIZE_MIB} MiB ext4 disk; ${RULES} rules; ${Math.min(8, availableParallelism())} yara threads\n`,
+  );
 
   const peer1 = await plainYara(repoDir, points[0]!, rules);
   const first = await timed(() => restorelabScan(repoDir, points[0]!.id, rules));
-  process.stdout.write(`first scan: restorelab ${first.seconds.toFixed(2)} s (${first.value.files.scanned} scanned, ${first.value.files.cached} cached, ${first.value.unread} unread; mount ${first.value.timings.mount} s, walk+hash+yara ${first.value.timings.scan} s, unmount ${first.value.timings.unmount} s; phases ${phases(first.value)}) vs yara -r ${peer1.toFixed(2)} s: ${(first.seconds / peer1).toFixed(2)}x (target <= 1.2x); load ${load()}\n`);
+  process.stdout.write(
+    `first scan: restorelab ${first.seconds.toFixed(2)} s (${first.value.files.scanned} scanned, ${first.value.files.cached} cached, ${first.value.unread} unread; mount ${first.value.timings.mount} s, walk+hash+yara ${first.value.timings.scan} s, unmount ${first.value.timings.unmount} s; phases ${phases(first.value)}) vs yara -r ${peer1.toFixed(2)} s: ${(first.seconds / peer1).toFixed(2)}x (target <= 1.2x); load ${load()}\n`,
+  );
 
   if (process.argv.includes('--first-only')) return;
   for (let gen = 1; gen < POINTS; gen++) {
@@ -201,12 +225,19 @@ async function main(): Promise<void> {
   const tenthPoint = points[POINTS - 1]!;
   const peer10 = await plainYara(repoDir, tenthPoint, rules);
   const profile = process.argv.indexOf('--cpu-prof-dir');
-  const tenth = await timed(() => restorelabScan(repoDir, tenthPoint.id, rules, profile > 0 ? ['--cpu-prof', '--cpu-prof-dir', process.argv[profile + 1]!] : []));
-  process.stdout.write(`tenth point (${(CHANGED * 100).toFixed(0)}% changed): restorelab ${tenth.seconds.toFixed(2)} s (${tenth.value.files.scanned} scanned, ${tenth.value.files.cached} cached, ${tenth.value.unread} unread; mount ${tenth.value.timings.mount} s, walk+hash+yara ${tenth.value.timings.scan} s, unmount ${tenth.value.timings.unmount} s; phases ${phases(tenth.value)}) vs yara -r ${peer10.toFixed(2)} s: ${(tenth.seconds / peer10).toFixed(2)}x (target <= 0.2x); load ${load()}\n`);
+  const tenth = await timed(() =>
+    restorelabScan(repoDir, tenthPoint.id, rules, profile > 0 ? ['--cpu-prof', '--cpu-prof-dir', process.argv[profile + 1]!] : []),
+  );
+  process.stdout.write(
+    `tenth point (${(CHANGED * 100).toFixed(0)}% changed): restorelab ${tenth.seconds.toFixed(2)} s (${tenth.value.files.scanned} scanned, ${tenth.value.files.cached} cached, ${tenth.value.unread} unread; mount ${tenth.value.timings.mount} s, walk+hash+yara ${tenth.value.timings.scan} s, unmount ${tenth.value.timings.unmount} s; phases ${phases(tenth.value)}) vs yara -r ${peer10.toFixed(2)} s: ${(tenth.seconds / peer10).toFixed(2)}x (target <= 0.2x); load ${load()}\n`,
+  );
 }
 
-main().then(() => rmSync(dir, { recursive: true, force: true }), (err: unknown) => {
-  process.stderr.write(`${String(err instanceof Error ? err.stack : err)}\n`);
-  rmSync(dir, { recursive: true, force: true });
-  process.exitCode = 1;
-});
+main().then(
+  () => rmSync(dir, { recursive: true, force: true }),
+  (err: unknown) => {
+    process.stderr.write(`${String(err instanceof Error ? err.stack : err)}\n`);
+    rmSync(dir, { recursive: true, force: true });
+    process.exitCode = 1;
+  },
+);

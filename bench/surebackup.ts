@@ -28,7 +28,15 @@ import { labFile } from '../test/surebackup/fixtures/guest-lab.js';
 
 const VMS = 6;
 const memUsedMiB = (): number => {
-  const m = Object.fromEntries(readFileSync('/proc/meminfo', 'utf8').split('\n').filter(Boolean).map((l) => { const [k, v] = l.split(/:\s+/); return [k, parseInt(v ?? '0', 10)]; }));
+  const m = Object.fromEntries(
+    readFileSync('/proc/meminfo', 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const [k, v] = l.split(/:\s+/);
+        return [k, parseInt(v ?? '0', 10)];
+      }),
+  );
   return Math.round(((m.MemTotal ?? 0) - (m.MemAvailable ?? 0)) / 1024);
 };
 
@@ -51,26 +59,47 @@ async function main(): Promise<void> {
       const limiter = new Limiter(cap, Number.MAX_SAFE_INTEGER);
       const base = memUsedMiB();
       let peak = base;
-      const sampler = setInterval(() => { peak = Math.max(peak, memUsedMiB()); }, 250);
+      const sampler = setInterval(() => {
+        peak = Math.max(peak, memUsedMiB());
+      }, 250);
       const t0 = Date.now();
-      const results: VmResult[] = (await Promise.all(names.map(async (name, i) => {
-        const backend = createLabBackend({ repo: repo.path, stateDir, driver: 'qemu', accel: 'tcg' });
-        const job: Job = { name: `bench-${name}`, lab: labFile(dir, `sbb${cap}${i}`, `172.18.${140 + i}.0/24`), point: 'latest', concurrency: 1,
-          applicationGroup: [], verify: { vms: [name], role: 'web', maxBootSeconds: 300 } };
-        try {
-          const r = await runJob(job, backend, createTestRunner({ repo: () => backend.reader(), screenshotDir: join(dir, `shots-${cap}`) }), { limiter, signal: ac.signal });
-          return r.vms;
-        } finally { await backend.close(); }
-      }))).flat();
+      const results: VmResult[] = (
+        await Promise.all(
+          names.map(async (name, i) => {
+            const backend = createLabBackend({ repo: repo.path, stateDir, driver: 'qemu', accel: 'tcg' });
+            const job: Job = {
+              name: `bench-${name}`,
+              lab: labFile(dir, `sbb${cap}${i}`, `172.18.${140 + i}.0/24`),
+              point: 'latest',
+              concurrency: 1,
+              applicationGroup: [],
+              verify: { vms: [name], role: 'web', maxBootSeconds: 300 },
+            };
+            try {
+              const r = await runJob(
+                job,
+                backend,
+                createTestRunner({ repo: () => backend.reader(), screenshotDir: join(dir, `shots-${cap}`) }),
+                { limiter, signal: ac.signal },
+              );
+              return r.vms;
+            } finally {
+              await backend.close();
+            }
+          }),
+        )
+      ).flat();
       clearInterval(sampler);
       const wall = (Date.now() - t0) / 1000;
       const sum = results.reduce((s, v) => s + v.recoverySeconds, 0);
       if (cap === 1) individual = sum;
       const failed = results.filter((v) => v.result !== 'success').map((v) => v.name);
-      console.log(`concurrency ${cap}: wall ${wall.toFixed(1)} s; sum of individual recovery times ${individual.toFixed(1)} s; ` +
-        `speed-up ${(individual / wall).toFixed(2)}x; mean recovery at this concurrency ${(sum / results.length).toFixed(1)} s ` +
-        `(${(sum / results.length / (individual / VMS)).toFixed(2)}x the solo mean); peak host memory ${peak} MiB (+${peak - base} MiB over ${base} MiB before)` +
-        (failed.length ? `; NOT PASSED: ${failed.join(', ')}` : ''));
+      console.log(
+        `concurrency ${cap}: wall ${wall.toFixed(1)} s; sum of individual recovery times ${individual.toFixed(1)} s; ` +
+          `speed-up ${(individual / wall).toFixed(2)}x; mean recovery at this concurrency ${(sum / results.length).toFixed(1)} s ` +
+          `(${(sum / results.length / (individual / VMS)).toFixed(2)}x the solo mean); peak host memory ${peak} MiB (+${peak - base} MiB over ${base} MiB before)` +
+          (failed.length ? `; NOT PASSED: ${failed.join(', ')}` : ''),
+      );
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

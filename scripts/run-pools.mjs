@@ -24,7 +24,9 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const { loadPools, poolProblems, testFiles, compiled } = await import(join(root, 'dist', 'test', 'helpers', 'pools.js'));
 
 function usage(msg) {
-  process.stderr.write(`run-pools: ${msg}\nusage: scripts/test [--shuffle] [--pool NAME]... [--file NAME]... [--jobs POOL=N]... [--list]\n`);
+  process.stderr.write(
+    `run-pools: ${msg}\nusage: scripts/test [--shuffle] [--pool NAME]... [--file NAME]... [--jobs POOL=N]... [--list]\n`,
+  );
   process.exit(2);
 }
 
@@ -49,7 +51,8 @@ if (problems.length) {
   for (const p of problems) process.stderr.write(`run-pools: ${p}\n`);
   process.exit(1);
 }
-for (const name of [...opts.only, ...Object.keys(opts.jobs)]) if (!(name in pools.pools)) usage(`no pool named ${name}; pools: ${Object.keys(pools.pools).join(', ')}`);
+for (const name of [...opts.only, ...Object.keys(opts.jobs)])
+  if (!(name in pools.pools)) usage(`no pool named ${name}; pools: ${Object.keys(pools.pools).join(', ')}`);
 
 const listed = Object.values(pools.pools).flatMap((p) => p.files);
 for (const f of opts.files) if (!listed.includes(f)) usage(`no test file ${f} in test/pools.json (names look like lab/lab)`);
@@ -109,17 +112,29 @@ function runPool(name) {
 
 const t0 = Date.now();
 const results = [];
-for (const stage of stages) results.push(...await Promise.all(stage.map(runPool)));
+for (const stage of stages) results.push(...(await Promise.all(stage.map(runPool))));
 
 const total = {};
 for (const r of results) for (const [k, n] of Object.entries(r.counts)) total[k] = (total[k] ?? 0) + n;
 const timing = Object.fromEntries(results.flatMap((r) => Object.entries(r.times).map(([f, s]) => [f, { pool: r.name, seconds: s }])));
-writeFileSync(join(logDir, 'timing.json'), `${JSON.stringify({ wallSeconds: (Date.now() - t0) / 1000, pools: Object.fromEntries(results.map((r) => [r.name, r.seconds])), files: timing }, null, 2)}\n`);
-const slowest = Object.entries(timing).filter(([, v]) => v.seconds !== null).sort((a, b) => b[1].seconds - a[1].seconds).slice(0, 10);
+writeFileSync(
+  join(logDir, 'timing.json'),
+  `${JSON.stringify({ wallSeconds: (Date.now() - t0) / 1000, pools: Object.fromEntries(results.map((r) => [r.name, r.seconds])), files: timing }, null, 2)}\n`,
+);
+const slowest = Object.entries(timing)
+  .filter(([, v]) => v.seconds !== null)
+  .sort((a, b) => b[1].seconds - a[1].seconds)
+  .slice(0, 10);
 console.log(`slowest files: ${slowest.map(([f, v]) => `${f.replace(/^dist\/test\//, '')} ${v.seconds.toFixed(0)} s`).join(', ')}`);
-console.log(`pools: ${results.map((r) => `${r.name} ${r.seconds.toFixed(0)} s`).join(', ')}; all ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+console.log(
+  `pools: ${results.map((r) => `${r.name} ${r.seconds.toFixed(0)} s`).join(', ')}; all ${((Date.now() - t0) / 1000).toFixed(0)} s`,
+);
 const failedPools = results.filter((r) => r.code !== 0 || (r.counts.fail ?? 0) > 0 || r.counts.total === undefined);
-const extra = Object.entries(total).filter(([k]) => !['total', 'pass', 'fail'].includes(k)).map(([k, n]) => `, ${k}: ${n}`).join('');
+const extra = Object.entries(total)
+  .filter(([k]) => !['total', 'pass', 'fail'].includes(k))
+  .map(([k, n]) => `, ${k}: ${n}`)
+  .join('');
 console.log(`# { total: ${total.total ?? 0}, pass: ${total.pass ?? 0}, fail: ${total.fail ?? 0}${extra} }`);
-if (failedPools.length) console.log(`run-pools: failed in ${failedPools.map((r) => r.name).join(', ')}; full TAP in var/test-logs/<pool>.tap`);
+if (failedPools.length)
+  console.log(`run-pools: failed in ${failedPools.map((r) => r.name).join(', ')}; full TAP in var/test-logs/<pool>.tap`);
 process.exit(failedPools.length ? 1 : 0);

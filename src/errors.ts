@@ -10,7 +10,16 @@
  */
 import { ERROR_CLASSES, exitCodeOf, isErrorCode, type ErrorCode, type ErrorCodeOf } from './errors/registry.js';
 
-export { ERRORS, ERROR_CLASSES, ERROR_MERGES, httpStatusOf, isErrorCode, type ErrorClass, type ErrorCode, type ErrorCodeOf } from './errors/registry.js';
+export {
+  ERRORS,
+  ERROR_CLASSES,
+  ERROR_MERGES,
+  httpStatusOf,
+  isErrorCode,
+  type ErrorClass,
+  type ErrorCode,
+  type ErrorCodeOf,
+} from './errors/registry.js';
 
 export const ExitCode = {
   ok: 0,
@@ -29,7 +38,12 @@ declare const foreign: unique symbol;
 export type ForeignCode = string & { readonly [foreign]: true };
 
 /** An error as it crosses a process boundary (a socket, a child's IPC, an HTTP body). */
-export interface WireError { code: string; message: string; hint?: string | undefined; exitCode?: number | undefined }
+export interface WireError {
+  code: string;
+  message: string;
+  hint?: string | undefined;
+  exitCode?: number | undefined;
+}
 
 export class RestorelabError extends Error {
   readonly code: ErrorCode | ForeignCode;
@@ -74,6 +88,9 @@ export function missingComponent(component: string, hint: string): RestorelabErr
 
 /** Node's system errors carry an errno code; this narrows `unknown` to them. */
 export function isErrno(err: unknown, code?: string): err is NodeJS.ErrnoException {
-  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' &&
-    (code === undefined || (err as NodeJS.ErrnoException).code === code);
+  return (
+    err instanceof Error &&
+    typeof (err as NodeJS.ErrnoException).code === 'string' &&
+    (code === undefined || (err as NodeJS.ErrnoException).code === code)
+  );
 }

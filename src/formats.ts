@@ -8,7 +8,15 @@
  * that every entry is documented there. Never change a magic.
  */
 import {
-  CHUNK_HEADER_SIZE, CHUNK_MAGIC, FIDX_HEADER_SIZE, FIDX_MAGIC, FIDX_VERSION, POINT_FORMAT, POINT_VERSION, SEAL_HEADER_SIZE, SEAL_MAGIC,
+  CHUNK_HEADER_SIZE,
+  CHUNK_MAGIC,
+  FIDX_HEADER_SIZE,
+  FIDX_MAGIC,
+  FIDX_VERSION,
+  POINT_FORMAT,
+  POINT_VERSION,
+  SEAL_HEADER_SIZE,
+  SEAL_MAGIC,
 } from './repo/format.js';
 
 /** Overlay bitmap snapshot `<disk>.map` magic, "RLOVMAP1". Do not modify. */
@@ -41,27 +49,39 @@ export interface FormatEntry {
 /** Every format, in pipeline order: repository, publication (overlay), frontend (NFS). */
 export const FORMATS: readonly FormatEntry[] = [
   {
-    name: 'Blob', version: 1, magic: CHUNK_MAGIC.toString('latin1'),
+    name: 'Blob',
+    version: 1,
+    magic: CHUNK_MAGIC.toString('latin1'),
     layout: `chunks/<2 hex>/<digest>: ${CHUNK_HEADER_SIZE}-byte header (magic, flags, crc32, plain length), then zstd and/or AES-256-GCM payload`,
   },
   {
-    name: 'Fixed index', version: FIDX_VERSION, magic: FIDX_MAGIC.toString('latin1'),
+    name: 'Fixed index',
+    version: FIDX_VERSION,
+    magic: FIDX_MAGIC.toString('latin1'),
     layout: `indexes/<sha256>.fidx: ${FIDX_HEADER_SIZE}-byte header (magic, version, chunk size, size, count, checksum), then 32-byte digests`,
   },
   {
-    name: 'Sealed files', version: 1, magic: SEAL_MAGIC.toString('latin1'),
+    name: 'Sealed files',
+    version: 1,
+    magic: SEAL_MAGIC.toString('latin1'),
     layout: `a manifest or index of an encrypted repository: ${SEAL_HEADER_SIZE}-byte header (magic, purpose), nonce, ciphertext, tag`,
   },
   {
-    name: 'Restore point manifest', version: POINT_VERSION, magic: POINT_FORMAT,
+    name: 'Restore point manifest',
+    version: POINT_VERSION,
+    magic: POINT_FORMAT,
     layout: 'points/<id>.json: JSON with "format" and "version", the VM definition and one index digest per disk',
   },
   {
-    name: 'Overlay', version: 1, magic: OVERLAY_MAP_MAGIC,
+    name: 'Overlay',
+    version: 1,
+    magic: OVERLAY_MAP_MAGIC,
     layout: `<overlayDir>/<id>/<disk>.{data,map,journal}: sparse data file; map = ${OVERLAY_MAP_HEADER_BYTES}-byte header + bitmap; journal = ${OVERLAY_JOURNAL_RECORD_BYTES}-byte records (magic RLJ1)`,
   },
   {
-    name: 'NFS file handle', version: 1, magic: NFS_HANDLE_MAGIC.toString('latin1'),
+    name: 'NFS file handle',
+    version: 1,
+    magic: NFS_HANDLE_MAGIC.toString('latin1'),
     layout: `${NFS_HANDLE_BYTES} bytes: magic(4), server id(${NFS_SERVER_ID_BYTES}), file id(8, big-endian)`,
   },
 ];

@@ -26,7 +26,11 @@ export class ApiError extends Error {
 /** The error a failed response carries: the API's {error:{code,message,hint}} body, or the status line. */
 export async function errorFrom(res) {
   let body = null;
-  try { body = await res.json(); } catch { /* not JSON: a proxy page or an empty body */ }
+  try {
+    body = await res.json();
+  } catch {
+    /* not JSON: a proxy page or an empty body */
+  }
   const e = body && typeof body === 'object' ? body.error : null;
   if (e && typeof e.message === 'string') return new ApiError(res.status, e.code ?? `HTTP_${res.status}`, e.message, e.hint);
   return new ApiError(res.status, `HTTP_${res.status}`, `${res.status} ${res.statusText || 'error'} from the server`);
@@ -64,8 +68,12 @@ export function createApi({ fetch: fetchImpl, storage, base = API_BASE, onUnauth
 
   return {
     token,
-    setToken(t) { storage.setItem(TOKEN_KEY, t); },
-    clearToken() { storage.removeItem(TOKEN_KEY); },
+    setToken(t) {
+      storage.setItem(TOKEN_KEY, t);
+    },
+    clearToken() {
+      storage.removeItem(TOKEN_KEY);
+    },
 
     /** JSON in, JSON out. A 204 gives null. */
     async json(method, path, body) {
@@ -73,9 +81,15 @@ export function createApi({ fetch: fetchImpl, storage, base = API_BASE, onUnauth
       if (res.status === 204) return null;
       return res.json();
     },
-    get(path) { return this.json('GET', path); },
-    post(path, body = {}) { return this.json('POST', path, body); },
-    del(path) { return this.json('DELETE', path); },
+    get(path) {
+      return this.json('GET', path);
+    },
+    post(path, body = {}) {
+      return this.json('POST', path, body);
+    },
+    del(path) {
+      return this.json('DELETE', path);
+    },
 
     /** A binary body (screenshot, tar) and its headers. */
     async blob(path) {

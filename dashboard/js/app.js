@@ -40,16 +40,25 @@ const api = createApi({
   storage: window.sessionStorage,
   onUnauthenticated: (e) => {
     // A revoked or expired token: back to the login page, saying why.
-    if (who) { who = null; showLogin(e); }
+    if (who) {
+      who = null;
+      showLogin(e);
+    }
   },
 });
 
 function showError(err) {
-  if (!err) { errorBox.hidden = true; errorBox.replaceChildren(); return; }
-  replace(errorBox,
+  if (!err) {
+    errorBox.hidden = true;
+    errorBox.replaceChildren();
+    return;
+  }
+  replace(
+    errorBox,
     h('p', {}, h('strong', {}, 'Error: '), err.message ?? String(err), err.code ? h('code', { class: 'code' }, ` (${err.code})`) : null),
     err.hint ? h('p', { class: 'hint' }, h('strong', {}, 'Hint: '), err.hint) : null,
-    h('button', { type: 'button', onclick: () => showError(null) }, 'Dismiss'));
+    h('button', { type: 'button', onclick: () => showError(null) }, 'Dismiss'),
+  );
   errorBox.hidden = false;
 }
 
@@ -59,7 +68,11 @@ function notify(message) {
 
 function endView() {
   for (const fn of current.cleanups.splice(0)) {
-    try { fn(); } catch { /* a cleanup must not stop the others */ }
+    try {
+      fn();
+    } catch {
+      /* a cleanup must not stop the others */
+    }
   }
 }
 
@@ -67,16 +80,30 @@ function context() {
   const cleanups = [];
   current = { cleanups };
   const ctx = {
-    api, who, main, notify,
+    api,
+    who,
+    main,
+    notify,
     fail: showError,
     can: (role) => roleAllows(who?.role, role),
-    navigate: (hash, notice = '') => { pendingNotice = notice; window.location.hash = hash; },
-    onCleanup: (fn) => { cleanups.push(fn); },
+    navigate: (hash, notice = '') => {
+      pendingNotice = notice;
+      window.location.hash = hash;
+    },
+    onCleanup: (fn) => {
+      cleanups.push(fn);
+    },
     /** Runs fn every ms until the view ends; a failure is shown once, not every tick. */
     every: (ms, fn) => {
       let failing = false;
       const t = setInterval(async () => {
-        try { await fn(); failing = false; } catch (err) { if (!failing) showError(err); failing = true; }
+        try {
+          await fn();
+          failing = false;
+        } catch (err) {
+          if (!failing) showError(err);
+          failing = true;
+        }
       }, ms);
       cleanups.push(() => clearInterval(t));
     },
@@ -95,7 +122,8 @@ async function route() {
   const r = parseHash(window.location.hash);
   const view = VIEWS[r.view] ?? VIEWS.overview;
   for (const a of document.querySelectorAll('#nav a')) {
-    if (a.getAttribute('href') === `#/${r.view}` || (r.view === 'runs' && a.getAttribute('href') === '#/jobs')) a.setAttribute('aria-current', 'page');
+    if (a.getAttribute('href') === `#/${r.view}` || (r.view === 'runs' && a.getAttribute('href') === '#/jobs'))
+      a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   document.title = `${view.title} · restorelab`;
@@ -104,7 +132,10 @@ async function route() {
   try {
     await view.module.render(ctx, r);
   } catch (err) {
-    if (ctx.live()) { main.replaceChildren(h('h2', {}, view.title)); showError(err); }
+    if (ctx.live()) {
+      main.replaceChildren(h('h2', {}, view.title));
+      showError(err);
+    }
   }
   main.focus({ preventScroll: true });
 }
@@ -125,13 +156,29 @@ function showLogin(reason) {
   $('who').hidden = true;
   delete document.body.dataset.role;
   document.title = 'Log in · restorelab';
-  const input = h('input', { id: 'token', name: 'token', type: 'password', autocomplete: 'off', required: true, spellcheck: 'false', 'aria-describedby': 'token-help' });
-  const form = h('form', { id: 'login', class: 'login' },
+  const input = h('input', {
+    id: 'token',
+    name: 'token',
+    type: 'password',
+    autocomplete: 'off',
+    required: true,
+    spellcheck: 'false',
+    'aria-describedby': 'token-help',
+  });
+  const form = h(
+    'form',
+    { id: 'login', class: 'login' },
     h('h2', {}, 'Log in'),
-    h('p', { id: 'token-help' }, 'Paste an API token. Create one on the server with ', h('code', {}, 'restorelab token create NAME --role viewer|operator|admin'),
-      '. It is kept in this tab only (sessionStorage) and sent as a bearer token.'),
+    h(
+      'p',
+      { id: 'token-help' },
+      'Paste an API token. Create one on the server with ',
+      h('code', {}, 'restorelab token create NAME --role viewer|operator|admin'),
+      '. It is kept in this tab only (sessionStorage) and sent as a bearer token.',
+    ),
     h('p', {}, h('label', { for: 'token' }, 'API token'), ' ', input),
-    h('p', {}, h('button', { type: 'submit' }, 'Log in')));
+    h('p', {}, h('button', { type: 'submit' }, 'Log in')),
+  );
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     api.setToken(input.value.trim());
@@ -157,8 +204,13 @@ async function start() {
     notify('Logged out.');
     showLogin();
   });
-  window.addEventListener('hashchange', () => { void route(); });
-  if (!api.token()) { showLogin(); return; }
+  window.addEventListener('hashchange', () => {
+    void route();
+  });
+  if (!api.token()) {
+    showLogin();
+    return;
+  }
   try {
     who = await api.get('/whoami');
     showShell();

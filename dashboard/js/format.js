@@ -18,7 +18,10 @@ export function formatBytes(n) {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let v = n;
   let i = 0;
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
   return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
@@ -66,8 +69,16 @@ export function badge(value) {
 /** A backup job's retention in words: "last 3, daily 7, weekly 4 (then gc)"; "keep all" without one. */
 export function retentionText(r) {
   if (!r) return 'keep all';
-  const rules = [['keepLast', 'last'], ['keepHourly', 'hourly'], ['keepDaily', 'daily'], ['keepWeekly', 'weekly'], ['keepMonthly', 'monthly'], ['keepYearly', 'yearly']]
-    .filter(([k]) => r[k] > 0).map(([k, w]) => `${w} ${r[k]}`);
+  const rules = [
+    ['keepLast', 'last'],
+    ['keepHourly', 'hourly'],
+    ['keepDaily', 'daily'],
+    ['keepWeekly', 'weekly'],
+    ['keepMonthly', 'monthly'],
+    ['keepYearly', 'yearly'],
+  ]
+    .filter(([k]) => r[k] > 0)
+    .map(([k, w]) => `${w} ${r[k]}`);
   return rules.join(', ') + (r.gc ? ' (then gc)' : '');
 }
 
@@ -105,7 +116,11 @@ export function joinPath(dir, name) {
 export function downloadName(contentDisposition, path) {
   const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(contentDisposition ?? '');
   if (m) {
-    try { return decodeURIComponent(m[1]); } catch { return m[1]; }
+    try {
+      return decodeURIComponent(m[1]);
+    } catch {
+      return m[1];
+    }
   }
   const base = String(path).split('/').filter(Boolean).pop() ?? 'root';
   return `${base}.tar`;
@@ -115,7 +130,10 @@ export function downloadName(contentDisposition, path) {
 export function parseHash(hash) {
   const raw = String(hash ?? '').replace(/^#\/?/, '');
   const [path, qs] = raw.split('?');
-  const parts = (path ?? '').split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+  const parts = (path ?? '')
+    .split('/')
+    .filter(Boolean)
+    .map((s) => decodeURIComponent(s));
   return { view: parts[0] ?? 'overview', args: parts.slice(1), query: new URLSearchParams(qs ?? '') };
 }
 
@@ -141,11 +159,17 @@ export function signalsTimeline(points, { width = 480, height = 140, pad = 28 } 
   const y = (r) => height - pad - Math.min(1, Math.max(0, Number(r) || 0)) * (height - 2 * pad);
   const line = (key) => list.map((p, i) => `${x(i).toFixed(1)},${y(p.signals[key]).toFixed(1)}`).join(' ');
   return {
-    width, height, pad,
+    width,
+    height,
+    pad,
     change: line('changeRate'),
     entropy: line('incompressibleRatio'),
     marks: list.map((p, i) => ({
-      id: p.id, time: p.time, x: x(i), yChange: y(p.signals.changeRate), yEntropy: y(p.signals.incompressibleRatio),
+      id: p.id,
+      time: p.time,
+      x: x(i),
+      yChange: y(p.signals.changeRate),
+      yEntropy: y(p.signals.incompressibleRatio),
       anomaly: Boolean(p.signals.anomaly),
       label: `${p.time}: ${signalsText(p.signals)}${p.signals.anomaly ? ` · ANOMALY: ${(p.signals.reasons ?? []).join('; ')}` : ''}`,
     })),

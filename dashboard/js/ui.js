@@ -11,10 +11,31 @@ export function badgeEl(value, extra = {}) {
 /** A table with a caption and a header row; rows are arrays of cells (nodes or text). */
 export function table(caption, headers, rows, empty = 'Nothing yet.') {
   if (!rows.length) return h('p', { class: 'empty' }, `${caption}: ${empty}`);
-  return h('table', {},
+  return h(
+    'table',
+    {},
     h('caption', {}, caption),
-    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { scope: 'col' }, t)))),
-    h('tbody', {}, rows.map((r) => h('tr', {}, r.map((c, i) => (i === 0 ? h('th', { scope: 'row' }, c) : h('td', {}, c)))))));
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        headers.map((t) => h('th', { scope: 'col' }, t)),
+      ),
+    ),
+    h(
+      'tbody',
+      {},
+      rows.map((r) =>
+        h(
+          'tr',
+          {},
+          r.map((c, i) => (i === 0 ? h('th', { scope: 'row' }, c) : h('td', {}, c))),
+        ),
+      ),
+    ),
+  );
 }
 
 export function section(title, ...children) {
@@ -73,7 +94,12 @@ export function actionButton(label, action, attrs = {}) {
     if (b.disabled) return;
     b.disabled = true;
     b.setAttribute('aria-busy', 'true');
-    try { await action(b); } finally { b.disabled = false; b.removeAttribute('aria-busy'); }
+    try {
+      await action(b);
+    } finally {
+      b.disabled = false;
+      b.removeAttribute('aria-busy');
+    }
   });
   return b;
 }
@@ -95,12 +121,23 @@ function svg(tag, attrs = {}, ...children) {
  */
 export function signalsChart(vm, points) {
   const g = signalsTimeline(points);
-  if (g.marks.length === 0) return h('p', { class: 'empty' }, `No ransomware signals for ${vm} yet (points backed up before they existed have none).`);
+  if (g.marks.length === 0)
+    return h('p', { class: 'empty' }, `No ransomware signals for ${vm} yet (points backed up before they existed have none).`);
   const anomalies = g.marks.filter((m) => m.anomaly).length;
   const n = g.marks.length;
   const label = `Change rate and entropy of ${vm}: ${n} ${n === 1 ? 'point' : 'points'}, ${anomalies} ${anomalies === 1 ? 'anomaly' : 'anomalies'}`;
   const bottom = g.height - g.pad;
-  const chart = svg('svg', { class: 'signals-chart', role: 'img', 'aria-label': label, viewBox: `0 0 ${g.width} ${g.height}`, width: g.width, height: g.height, 'data-anomalies': anomalies },
+  const chart = svg(
+    'svg',
+    {
+      class: 'signals-chart',
+      role: 'img',
+      'aria-label': label,
+      viewBox: `0 0 ${g.width} ${g.height}`,
+      width: g.width,
+      height: g.height,
+      'data-anomalies': anomalies,
+    },
     svg('title', {}, label),
     svg('line', { class: 'axis', x1: g.pad, y1: bottom, x2: g.width - g.pad, y2: bottom }),
     svg('line', { class: 'grid', x1: g.pad, y1: g.pad, x2: g.width - g.pad, y2: g.pad }),
@@ -109,10 +146,42 @@ export function signalsChart(vm, points) {
     svg('polyline', { class: 'change', points: g.change }),
     svg('polyline', { class: 'entropy', points: g.entropy }),
     ...g.marks.flatMap((m) => [
-      svg('circle', { class: `change${m.anomaly ? ' anomaly' : ''}`, cx: m.x.toFixed(1), cy: m.yChange.toFixed(1), r: m.anomaly ? 6 : 3, 'data-point': m.id }, svg('title', {}, m.label)),
-      svg('circle', { class: `entropy${m.anomaly ? ' anomaly' : ''}`, cx: m.x.toFixed(1), cy: m.yEntropy.toFixed(1), r: m.anomaly ? 6 : 3, 'data-point': m.id }, svg('title', {}, m.label)),
-    ]));
-  return h('figure', { class: 'signals' }, chart,
-    h('figcaption', {}, h('span', { class: 'key change' }, 'changed share of the disk'), ' · ',
-      h('span', { class: 'key entropy' }, 'incompressible share of new data'), ' · ', h('span', { class: 'key anomaly' }, 'anomaly')));
+      svg(
+        'circle',
+        {
+          class: `change${m.anomaly ? ' anomaly' : ''}`,
+          cx: m.x.toFixed(1),
+          cy: m.yChange.toFixed(1),
+          r: m.anomaly ? 6 : 3,
+          'data-point': m.id,
+        },
+        svg('title', {}, m.label),
+      ),
+      svg(
+        'circle',
+        {
+          class: `entropy${m.anomaly ? ' anomaly' : ''}`,
+          cx: m.x.toFixed(1),
+          cy: m.yEntropy.toFixed(1),
+          r: m.anomaly ? 6 : 3,
+          'data-point': m.id,
+        },
+        svg('title', {}, m.label),
+      ),
+    ]),
+  );
+  return h(
+    'figure',
+    { class: 'signals' },
+    chart,
+    h(
+      'figcaption',
+      {},
+      h('span', { class: 'key change' }, 'changed share of the disk'),
+      ' · ',
+      h('span', { class: 'key entropy' }, 'incompressible share of new data'),
+      ' · ',
+      h('span', { class: 'key anomaly' }, 'anomaly'),
+    ),
+  );
 }

@@ -29,7 +29,9 @@ export function createApp(ctx: ApiContext): { app: express.Express; table: Route
   app.use(securityHeaders);
 
   // Unauthenticated, so it says only that the server answers (no pid, no uptime: nothing about the host).
-  app.get('/healthz', (_req, res) => { res.json({ ok: true }); });
+  app.get('/healthz', (_req, res) => {
+    res.json({ ok: true });
+  });
 
   const auth = authenticate(ctx);
   app.get('/metrics', auth, async (_req, res) => {
@@ -39,18 +41,27 @@ export function createApp(ctx: ApiContext): { app: express.Express; table: Route
 
   const api = express.Router();
   // API responses are data, never a page: nothing in them may load or run.
-  api.use((_req, res, next) => { res.set('content-security-policy', API_CSP); next(); });
-  api.get('/openapi.json', auth, (_req, res) => { res.json(table.openapi({ title: 'restorelab API', version: '1' })); });
+  api.use((_req, res, next) => {
+    res.set('content-security-policy', API_CSP);
+    next();
+  });
+  api.get('/openapi.json', auth, (_req, res) => {
+    res.json(table.openapi({ title: 'restorelab API', version: '1' }));
+  });
   api.use(auth);
   api.use(express.json({ limit: BODY_LIMIT, strict: true }));
   table.mount(api);
-  api.use((req) => { throw apiError('ROUTE_NOT_FOUND', `no route ${req.method} ${API_PREFIX}${req.path}; see ${API_PREFIX}/openapi.json`); });
+  api.use((req) => {
+    throw apiError('ROUTE_NOT_FOUND', `no route ${req.method} ${API_PREFIX}${req.path}; see ${API_PREFIX}/openapi.json`);
+  });
   app.use(API_PREFIX, api);
 
   const dashboard = projectPath('dashboard');
   if (existsSync(dashboard)) app.use(express.static(dashboard, { index: 'index.html', maxAge: 0 }));
 
-  app.use((req: Request) => { throw apiError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.path}`); });
+  app.use((req: Request) => {
+    throw apiError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.path}`);
+  });
   app.use(errorHandler(ctx));
   return { app, table };
 }
@@ -79,15 +90,28 @@ function authenticate(ctx: ApiContext) {
     const delay = ctx.authLimiter.fail(client);
     // Never log the token itself: only whether one was sent. Once an address is
     // over its limit, one line says so instead of one line per guess.
-    if (!wasLimited) ctx.log.warn({ client, method: req.method, path: req.path, reason: m ? 'unknown or revoked token' : 'no bearer token' }, 'authentication failed');
-    if (!wasLimited && ctx.authLimiter.blocked(client)) ctx.log.warn({ client, maxFailures: ctx.authLimiter.maxFailures }, 'too many failed authentications from this address; its further failures are delayed and get 429 (valid tokens still pass)');
+    if (!wasLimited)
+      ctx.log.warn(
+        { client, method: req.method, path: req.path, reason: m ? 'unknown or revoked token' : 'no bearer token' },
+        'authentication failed',
+      );
+    if (!wasLimited && ctx.authLimiter.blocked(client))
+      ctx.log.warn(
+        { client, maxFailures: ctx.authLimiter.maxFailures },
+        'too many failed authentications from this address; its further failures are delayed and get 429 (valid tokens still pass)',
+      );
     if (wasLimited) {
       await ctx.authLimiter.hold(client, delay);
       res.set('retry-after', String(ctx.authLimiter.retryAfter(client)));
       throw apiError('RATE_LIMITED');
     }
     res.set('www-authenticate', 'Bearer realm="restorelab"');
-    throw apiError('UNAUTHENTICATED', m ? 'the bearer token is not valid (revoked, mistyped or from another server)' : 'send Authorization: Bearer <token>; create one with: restorelab token create NAME --role viewer');
+    throw apiError(
+      'UNAUTHENTICATED',
+      m
+        ? 'the bearer token is not valid (revoked, mistyped or from another server)'
+        : 'send Authorization: Bearer <token>; create one with: restorelab token create NAME --role viewer',
+    );
   };
 }
 
@@ -104,8 +128,15 @@ function styleHash(css: string): string {
  * allowed by hash.
  */
 export const DASHBOARD_CSP = [
-  "default-src 'self'", "script-src 'self'", `style-src 'self' ${styleHash(REPORT_CSS)}`, "img-src 'self' data: blob:",
-  "connect-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'",
+  "default-src 'self'",
+  "script-src 'self'",
+  `style-src 'self' ${styleHash(REPORT_CSS)}`,
+  "img-src 'self' data: blob:",
+  "connect-src 'self'",
+  "object-src 'none'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
 ].join('; ');
 
 /** The policy of /api/v1 responses: JSON, SSE and stored reports are never a page that may load or run anything. */
@@ -129,7 +160,11 @@ function requestLog(ctx: ApiContext) {
       const ms = Number(process.hrtime.bigint() - start) / 1e6;
       const route = (req.route as { path?: string } | undefined)?.path;
       const who = (res.locals.principal as { name?: string } | undefined)?.name;
-      ctx.metrics.httpRequests.inc({ method: req.method, route: route ? `${req.baseUrl}${route}` : 'unmatched', status: String(res.statusCode) });
+      ctx.metrics.httpRequests.inc({
+        method: req.method,
+        route: route ? `${req.baseUrl}${route}` : 'unmatched',
+        status: String(res.statusCode),
+      });
       const level = res.statusCode >= 500 ? 'error' : res.statusCode === 401 || res.statusCode === 403 ? 'warn' : 'info';
       ctx.log[level]({ method: req.method, path: req.path, status: res.statusCode, ms: Math.round(ms * 10) / 10, token: who }, 'request');
     });
@@ -145,9 +180,16 @@ function errorHandler(ctx: ApiContext) {
     else if (t === 'entity.too.large') e = apiError('BODY_TOO_LARGE', `the request body is larger than ${BODY_LIMIT}`);
     else if (t === 'encoding.unsupported' || t === 'charset.unsupported') e = apiError('UNSUPPORTED_MEDIA_TYPE', (err as Error).message);
     const { error, internal } = toApiError(e);
-    if (error.status === 403) ctx.log.warn({ method: req.method, path: req.path, token: (res.locals.principal as { name?: string } | undefined)?.name }, error.message);
+    if (error.status === 403)
+      ctx.log.warn(
+        { method: req.method, path: req.path, token: (res.locals.principal as { name?: string } | undefined)?.name },
+        error.message,
+      );
     if (internal) ctx.log.error({ err, method: req.method, path: req.path }, 'unhandled error');
-    if (res.headersSent) { res.end(); return; }
+    if (res.headersSent) {
+      res.end();
+      return;
+    }
     res.status(error.status).json(errorBody(error));
   };
 }

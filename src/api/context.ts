@@ -35,7 +35,11 @@ export interface ApiContext {
    * directory after a job changes, and of every backup that succeeded (it
    * triggers the afterBackup jobs covering the VM).
    */
-  scheduler?: { reload(): void; notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[]; trigger(name: string, trigger: RunTrigger): TriggerOutcome };
+  scheduler?: {
+    reload(): void;
+    notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[];
+    trigger(name: string, trigger: RunTrigger): TriggerOutcome;
+  };
   /** Directory of backup job files (src/backup/jobs). */
   backupJobsDir: string;
   /**

@@ -7,12 +7,30 @@
  */
 import { ERROR_CLASSES, ERRORS, httpStatusOf, isErrorCode, RestorelabError, type ErrorCode } from '../errors.js';
 
-export interface ApiErrorSpec { status: number; message: string }
+export interface ApiErrorSpec {
+  status: number;
+  message: string;
+}
 
 const API_CODES = [
-  'UNAUTHENTICATED', 'FORBIDDEN', 'RATE_LIMITED', 'MALFORMED_JSON', 'VALIDATION_FAILED', 'BODY_TOO_LARGE',
-  'UNSUPPORTED_MEDIA_TYPE', 'ROUTE_NOT_FOUND', 'NOT_FOUND', 'CONFLICT', 'PATH_TRAVERSAL', 'PATH_NOT_ALLOWED',
-  'SCRIPT_NOT_ALLOWED', 'OPERATION_CANCELLED', 'OPERATION_NOT_CANCELLABLE', 'MISSING_COMPONENT', 'DOMAIN_ERROR', 'INTERNAL',
+  'UNAUTHENTICATED',
+  'FORBIDDEN',
+  'RATE_LIMITED',
+  'MALFORMED_JSON',
+  'VALIDATION_FAILED',
+  'BODY_TOO_LARGE',
+  'UNSUPPORTED_MEDIA_TYPE',
+  'ROUTE_NOT_FOUND',
+  'NOT_FOUND',
+  'CONFLICT',
+  'PATH_TRAVERSAL',
+  'PATH_NOT_ALLOWED',
+  'SCRIPT_NOT_ALLOWED',
+  'OPERATION_CANCELLED',
+  'OPERATION_NOT_CANCELLABLE',
+  'MISSING_COMPONENT',
+  'DOMAIN_ERROR',
+  'INTERNAL',
 ] as const satisfies readonly ErrorCode[];
 
 export type ApiErrorCode = (typeof API_CODES)[number];
@@ -23,7 +41,13 @@ export const API_ERRORS: Readonly<Record<ApiErrorCode, ApiErrorSpec>> = Object.f
 
 /** An error with an HTTP status, as the error middleware sends it. */
 export class ApiError extends Error {
-  constructor(readonly code: string, readonly status: number, message: string, readonly details?: unknown, readonly hint?: string) {
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    message: string,
+    readonly details?: unknown,
+    readonly hint?: string,
+  ) {
     super(message);
     this.name = 'ApiError';
   }
@@ -39,7 +63,9 @@ export function toApiError(err: unknown): { error: ApiError; internal: boolean }
   if (err instanceof ApiError) return { error: err, internal: false };
   if (err instanceof RestorelabError) {
     // A code from another process this build does not know keeps the status of its exit code's class.
-    const status = isErrorCode(err.code) ? httpStatusOf(err.code) : Object.values(ERROR_CLASSES).find((c) => c.exitCode === err.exitCode)?.status ?? 500;
+    const status = isErrorCode(err.code)
+      ? httpStatusOf(err.code)
+      : (Object.values(ERROR_CLASSES).find((c) => c.exitCode === err.exitCode)?.status ?? 500);
     return { error: new ApiError(err.code, status, err.message, undefined, err.hint), internal: false };
   }
   return { error: apiError('INTERNAL'), internal: true };
@@ -47,5 +73,12 @@ export function toApiError(err: unknown): { error: ApiError; internal: boolean }
 
 /** The body of every error response. */
 export function errorBody(e: ApiError): { error: { code: string; message: string; hint?: string; details?: unknown } } {
-  return { error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}), ...(e.details !== undefined ? { details: e.details } : {}) } };
+  return {
+    error: {
+      code: e.code,
+      message: e.message,
+      ...(e.hint ? { hint: e.hint } : {}),
+      ...(e.details !== undefined ? { details: e.details } : {}),
+    },
+  };
 }

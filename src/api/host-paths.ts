@@ -23,8 +23,12 @@ interface HostPathRule {
 }
 
 function refuse(rule: HostPathRule, path: string, what: string, detail = ''): never {
-  throw apiError('PATH_NOT_ALLOWED', `${what} ${path} is outside the ${rule.holds} (${rule.roots.join(', ')})${detail}`, undefined,
-    `choose a path under one of them, or add a directory to ${rule.key} in the server's config file`);
+  throw apiError(
+    'PATH_NOT_ALLOWED',
+    `${what} ${path} is outside the ${rule.holds} (${rule.roots.join(', ')})${detail}`,
+    undefined,
+    `choose a path under one of them, or add a directory to ${rule.key} in the server's config file`,
+  );
 }
 
 function allowed(rule: HostPathRule, path: string, what: string): string {
@@ -37,8 +41,12 @@ function allowed(rule: HostPathRule, path: string, what: string): string {
 export function allowedSource(limits: ApiLimits, path: string, what: string): string {
   const real = confine(path, limits.sourceRoots);
   if (real !== undefined) return real;
-  throw apiError('PATH_NOT_ALLOWED', `${what} ${path} is outside the backup source directories (${limits.sourceRoots.join(', ')})`, undefined,
-    'copy the image under one of them, or add its directory to api.sourceRoots in the server\'s config file');
+  throw apiError(
+    'PATH_NOT_ALLOWED',
+    `${what} ${path} is outside the backup source directories (${limits.sourceRoots.join(', ')})`,
+    undefined,
+    "copy the image under one of them, or add its directory to api.sourceRoots in the server's config file",
+  );
 }
 
 /**
@@ -57,7 +65,8 @@ export function allowedTarget(limits: ApiLimits, path: string, what: string): st
 export function allowedMountDir(limits: ApiLimits, path: string, what: string): string {
   const rule: HostPathRule = { roots: limits.mountRoots, key: 'api.mountRoots', holds: 'FUSE mount directories' };
   const real = allowed(rule, path, what);
-  if (limits.mountRoots.some((root) => realPathOrParent(root) === real)) refuse(rule, path, what, '; a mount goes in a directory below one, not on it');
+  if (limits.mountRoots.some((root) => realPathOrParent(root) === real))
+    refuse(rule, path, what, '; a mount goes in a directory below one, not on it');
   return real;
 }
 
@@ -83,6 +92,10 @@ export function allowedRepositoryDir(limits: ApiLimits, configured: string, path
 export function createApiDirs(limits: ApiLimits, stateDir: string): void {
   for (const dir of [...limits.sourceRoots, ...limits.restoreRoots, ...limits.mountRoots, ...limits.repositoryRoots, limits.scriptsDir]) {
     if (!isInside(resolve(dir), resolve(stateDir))) continue;
-    try { mkdirSync(dir, { recursive: true, mode: 0o755 }); } catch { /* a root that cannot be made allows nothing; the refusal says which */ }
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+    } catch {
+      /* a root that cannot be made allows nothing; the refusal says which */
+    }
   }
 }

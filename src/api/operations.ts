@@ -41,7 +41,10 @@ export interface OperationContext {
   log(message: string): void;
 }
 
-export interface StartedWork { result: unknown; resource?: string }
+export interface StartedWork {
+  result: unknown;
+  resource?: string;
+}
 
 const KEEP_ENDED = 200;
 
@@ -52,8 +55,16 @@ export class OperationRegistry {
 
   start(kind: string, by: string, work: (ctx: OperationContext) => Promise<StartedWork | unknown>): Operation {
     const op: Operation = {
-      id: randomUUID(), kind, state: 'running', created: new Date().toISOString(), ended: null, by,
-      progress: { fraction: null, message: null }, result: null, error: null, resource: null,
+      id: randomUUID(),
+      kind,
+      state: 'running',
+      created: new Date().toISOString(),
+      ended: null,
+      by,
+      progress: { fraction: null, message: null },
+      result: null,
+      error: null,
+      resource: null,
     };
     const entry = { op, events: [] as OperationEvent[], abort: new AbortController(), bus: new EventEmitter() };
     entry.bus.setMaxListeners(0);
@@ -74,7 +85,7 @@ export class OperationRegistry {
     void (async () => {
       try {
         const out = await work(ctx);
-        const w = (out && typeof out === 'object' && 'result' in out) ? out as StartedWork : { result: out };
+        const w = out && typeof out === 'object' && 'result' in out ? (out as StartedWork) : { result: out };
         op.result = w.result ?? null;
         op.resource = w.resource ?? null;
         // Work that completed despite a late cancel did its job: its result stands.
@@ -85,8 +96,13 @@ export class OperationRegistry {
           op.state = 'cancelled';
           // Work that says where it stopped keeps its message; anything else thrown on the way out is the cancel.
           const said = this.describeError(err);
-          op.error = said.code === 'OPERATION_CANCELLED' ? said
-            : { code: 'OPERATION_CANCELLED', message: `cancelled: ${(entry.abort.signal.reason as Error | undefined)?.message ?? 'on request'}` };
+          op.error =
+            said.code === 'OPERATION_CANCELLED'
+              ? said
+              : {
+                  code: 'OPERATION_CANCELLED',
+                  message: `cancelled: ${(entry.abort.signal.reason as Error | undefined)?.message ?? 'on request'}`,
+                };
         } else {
           op.state = 'failed';
           op.error = this.describeError(err);
@@ -99,9 +115,13 @@ export class OperationRegistry {
     return op;
   }
 
-  get(id: string): Operation | undefined { return this.ops.get(id)?.op; }
+  get(id: string): Operation | undefined {
+    return this.ops.get(id)?.op;
+  }
 
-  list(): Operation[] { return [...this.ops.values()].map((e) => e.op).reverse(); }
+  list(): Operation[] {
+    return [...this.ops.values()].map((e) => e.op).reverse();
+  }
 
   /** Asks a running operation to stop; false when it has already ended. */
   cancel(id: string): boolean {
@@ -118,7 +138,9 @@ export class OperationRegistry {
     for (const ev of e.events) onEvent(ev);
     if (e.op.state !== 'running') return () => undefined;
     e.bus.on('event', onEvent);
-    return () => { e.bus.off('event', onEvent); };
+    return () => {
+      e.bus.off('event', onEvent);
+    };
   }
 
   /** Resolves when the operation has ended (tests and the CLI's remote mode wait on this). */
@@ -127,7 +149,12 @@ export class OperationRegistry {
     if (!e) return undefined;
     if (e.op.state !== 'running') return e.op;
     await new Promise<void>((resolve) => {
-      const on = (ev: OperationEvent): void => { if (ev.type === 'done') { e.bus.off('event', on); resolve(); } };
+      const on = (ev: OperationEvent): void => {
+        if (ev.type === 'done') {
+          e.bus.off('event', on);
+          resolve();
+        }
+      };
       e.bus.on('event', on);
     });
     return e.op;

@@ -27,7 +27,12 @@ export class AuthFailureLimiter {
   /** Failures over the limit per address, for the backoff. */
   private readonly excess = new Map<string, number>();
 
-  constructor(readonly maxFailures = 10, readonly windowMs = 60_000, private readonly now: () => number = Date.now, o: LimiterOptions = {}) {
+  constructor(
+    readonly maxFailures = 10,
+    readonly windowMs = 60_000,
+    private readonly now: () => number = Date.now,
+    o: LimiterOptions = {},
+  ) {
     this.baseDelayMs = o.baseDelayMs ?? 250;
     this.maxDelayMs = o.maxDelayMs ?? 5000;
     this.maxPending = o.maxPending ?? 8;
@@ -36,12 +41,17 @@ export class AuthFailureLimiter {
   private recent(client: string): number[] {
     const cutoff = this.now() - this.windowMs;
     const list = (this.failures.get(client) ?? []).filter((t) => t > cutoff);
-    if (list.length === 0) { this.failures.delete(client); this.excess.delete(client); } else this.failures.set(client, list);
+    if (list.length === 0) {
+      this.failures.delete(client);
+      this.excess.delete(client);
+    } else this.failures.set(client, list);
     return list;
   }
 
   /** Whether the address has used up its failures: its next failure is answered 429, after delay(). */
-  blocked(client: string): boolean { return this.recent(client).length >= this.maxFailures; }
+  blocked(client: string): boolean {
+    return this.recent(client).length >= this.maxFailures;
+  }
 
   /** Seconds until the address's failures fall out of the window. */
   retryAfter(client: string): number {
@@ -78,7 +88,8 @@ export class AuthFailureLimiter {
       await new Promise((resolve) => setTimeout(resolve, ms).unref());
     } finally {
       const left = (this.pending.get(client) ?? 1) - 1;
-      if (left <= 0) this.pending.delete(client); else this.pending.set(client, left);
+      if (left <= 0) this.pending.delete(client);
+      else this.pending.set(client, left);
     }
   }
 }

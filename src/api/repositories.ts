@@ -49,7 +49,10 @@ export async function openNamedRepository(ctx: ApiContext, name: string): Promis
     const repo = await openRepository(path).catch(() => undefined);
     if (repo?.config.id === name) return repo;
   }
-  throw apiError('NOT_FOUND', `no repository named ${name}: use "${DEFAULT_REPOSITORY}" (the configured one) or the id of a repository GET /api/v1/repositories lists`);
+  throw apiError(
+    'NOT_FOUND',
+    `no repository named ${name}: use "${DEFAULT_REPOSITORY}" (the configured one) or the id of a repository GET /api/v1/repositories lists`,
+  );
 }
 
 export interface RepositoryView {
@@ -72,7 +75,14 @@ export async function describeRepository(ctx: ApiContext, repo: Repository): Pro
     path: repo.path,
     default: isDefault,
     id: c.id,
-    format: { version: c.version, chunkSize: c.chunkSize, hash: c.hash, compression: c.compression, encryption: c.encryption, created: c.created },
+    format: {
+      version: c.version,
+      chunkSize: c.chunkSize,
+      hash: c.hash,
+      compression: c.compression,
+      encryption: c.encryption,
+      created: c.created,
+    },
     counts: { points: points.length, vms: new Set(points.map((p) => p.vm)).size, damagedPoints: points.filter((p) => p.damaged).length },
     latestPoint: points.at(-1)?.id ?? null,
   };
@@ -81,6 +91,9 @@ export async function describeRepository(ctx: ApiContext, repo: Repository): Pro
 /** A repository that cannot be opened still appears in the list, with why. */
 export function unopenable(ctx: ApiContext, path: string, err: unknown): Record<string, unknown> {
   const isDefault = path === resolve(ctx.config.repository);
-  const e = err instanceof RestorelabError ? { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) } : { code: 'REPO_UNREADABLE', message: String(err) };
+  const e =
+    err instanceof RestorelabError
+      ? { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) }
+      : { code: 'REPO_UNREADABLE', message: String(err) };
   return { name: isDefault ? DEFAULT_REPOSITORY : null, path, default: isDefault, error: e };
 }

@@ -48,7 +48,8 @@ export class RouteTable {
   private readonly queryAjv = createAjv({ coerceTypes: true });
 
   add(spec: RouteSpec): void {
-    if (this.routes.some((r) => r.method === spec.method && r.path === spec.path)) throw new Error(`route declared twice: ${spec.method} ${spec.path}`);
+    if (this.routes.some((r) => r.method === spec.method && r.path === spec.path))
+      throw new Error(`route declared twice: ${spec.method} ${spec.path}`);
     // Fail at start-up, not on the first request, when a schema is missing.
     if (spec.body) this.validator(this.bodyAjv, spec.body);
     if (spec.query) this.validator(this.queryAjv, spec.query);
@@ -69,11 +70,18 @@ export class RouteTable {
       router[spec.method](spec.path, async (req: Request, res: Response) => {
         const who = principal(res);
         if (!roleAllows(who.role, spec.role)) {
-          throw apiError('FORBIDDEN', `token "${who.name}" has role ${who.role}; ${spec.method.toUpperCase()} ${spec.path} needs ${spec.role}`);
+          throw apiError(
+            'FORBIDDEN',
+            `token "${who.name}" has role ${who.role}; ${spec.method.toUpperCase()} ${spec.path} needs ${spec.role}`,
+          );
         }
         if (body) {
           const hasBody = Number(req.get('content-length') ?? 0) > 0 || req.get('transfer-encoding') !== undefined;
-          if (req.body === undefined && hasBody) throw apiError('UNSUPPORTED_MEDIA_TYPE', `send the body as application/json, not ${req.get('content-type') ?? 'an unnamed type'}`);
+          if (req.body === undefined && hasBody)
+            throw apiError(
+              'UNSUPPORTED_MEDIA_TYPE',
+              `send the body as application/json, not ${req.get('content-type') ?? 'an unnamed type'}`,
+            );
           if (req.body === undefined) req.body = {};
           if (req.body !== undefined && !body(req.body)) throw validationError('body', body);
         }
@@ -81,7 +89,9 @@ export class RouteTable {
         if (query) {
           if (!query(q)) throw validationError('query', query);
         } else if (Object.keys(q).length > 0) {
-          throw apiError('VALIDATION_FAILED', `query: unknown parameter "${Object.keys(q)[0]}"`, [{ path: `query/${Object.keys(q)[0]}`, message: 'unknown parameter' }]);
+          throw apiError('VALIDATION_FAILED', `query: unknown parameter "${Object.keys(q)[0]}"`, [
+            { path: `query/${Object.keys(q)[0]}`, message: 'unknown parameter' },
+          ]);
         }
         res.locals.query = q;
         const out = await spec.handler(req, res);
@@ -95,10 +105,18 @@ export class RouteTable {
     const files = schemaFiles();
     const used = new Set<string>();
     const paths: Record<string, Record<string, unknown>> = {};
-    const ref = (id: string): { $ref: string } => { used.add(id); return { $ref: `#/components/schemas/${componentName(id)}` }; };
+    const ref = (id: string): { $ref: string } => {
+      used.add(id);
+      return { $ref: `#/components/schemas/${componentName(id)}` };
+    };
     for (const r of this.routes) {
       const path = r.path.replace(/:(\w+)/g, '{$1}');
-      const params: unknown[] = [...r.path.matchAll(/:(\w+)/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } }));
+      const params: unknown[] = [...r.path.matchAll(/:(\w+)/g)].map((m) => ({
+        name: m[1],
+        in: 'path',
+        required: true,
+        schema: { type: 'string' },
+      }));
       if (r.query) {
         const qs = files.get(r.query) as { properties?: Record<string, unknown>; required?: string[] } | undefined;
         for (const [name, schema] of Object.entries(qs?.properties ?? {})) {
@@ -114,7 +132,10 @@ export class RouteTable {
         ...(params.length ? { parameters: params } : {}),
         ...(r.body ? { requestBody: { required: true, content: { 'application/json': { schema: ref(r.body) } } } } : {}),
         responses: {
-          [String(success.status)]: { description: success.description, ...(success.contentType ? { content: { [success.contentType]: {} } } : {}) },
+          [String(success.status)]: {
+            description: success.description,
+            ...(success.contentType ? { content: { [success.contentType]: {} } } : {}),
+          },
           '4XX': { description: 'client error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
           '5XX': { description: 'server error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
         },
@@ -122,8 +143,15 @@ export class RouteTable {
     }
     const schemas: Record<string, unknown> = {
       Error: {
-        type: 'object', required: ['error'],
-        properties: { error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' }, hint: { type: 'string' }, details: {} } } },
+        type: 'object',
+        required: ['error'],
+        properties: {
+          error: {
+            type: 'object',
+            required: ['code', 'message'],
+            properties: { code: { type: 'string' }, message: { type: 'string' }, hint: { type: 'string' }, details: {} },
+          },
+        },
       },
     };
     // Schemas become components; their $defs are hoisted beside them as
@@ -144,7 +172,11 @@ export class RouteTable {
             out[k] = `#/components/schemas/${componentName(target)}_${m[2] as string}`;
             continue;
           }
-          if (files.has(v)) { if (!pending.includes(v)) pending.push(v); out[k] = `#/components/schemas/${componentName(v)}`; continue; }
+          if (files.has(v)) {
+            if (!pending.includes(v)) pending.push(v);
+            out[k] = `#/components/schemas/${componentName(v)}`;
+            continue;
+          }
         }
         out[k] = rewrite(v, file);
       }
@@ -154,7 +186,12 @@ export class RouteTable {
       const id = pending.shift() as string;
       if (hoisted.has(id)) continue;
       hoisted.add(id);
-      const { $schema: _s, $id: _i, $defs, ...rest } = (files.get(id) ?? {}) as Record<string, unknown> & { $defs?: Record<string, unknown> };
+      const {
+        $schema: _s,
+        $id: _i,
+        $defs,
+        ...rest
+      } = (files.get(id) ?? {}) as Record<string, unknown> & { $defs?: Record<string, unknown> };
       schemas[componentName(id)] = rewrite(rest, id);
       for (const [name, def] of Object.entries($defs ?? {})) schemas[`${componentName(id)}_${name}`] = rewrite(def, id);
     }
@@ -164,7 +201,12 @@ export class RouteTable {
       servers: [{ url: '/api/v1' }],
       security: [{ bearerAuth: [] }],
       paths,
-      components: { schemas, securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer', description: 'a token from: restorelab token create NAME --role ROLE' } } },
+      components: {
+        schemas,
+        securitySchemes: {
+          bearerAuth: { type: 'http', scheme: 'bearer', description: 'a token from: restorelab token create NAME --role ROLE' },
+        },
+      },
     };
   }
 }

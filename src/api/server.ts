@@ -76,7 +76,9 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
     ...(o.scheduler ? { scheduler: o.scheduler } : {}),
     backupJobsDir: backupJobsDir(o.backupJobsDir, o.config),
     backupJobs,
-    onClose: (fn) => { closers.push(fn); },
+    onClose: (fn) => {
+      closers.push(fn);
+    },
     close: async () => {
       await operations.shutdown();
       for (const fn of closers.reverse()) await fn();
@@ -89,14 +91,29 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
 function ownBackupJobs(o: ApiOptions, catalog: CatalogDb, closers: Array<() => Promise<void> | void>): BackupJobScheduler {
   const history = new BackupJobHistory(catalog);
   const log = o.log ?? pino({ level: process.env.RESTORELAB_LOG_LEVEL ?? 'info' }, pino.destination(2));
-  const s = new BackupJobScheduler({ history, stateDir: o.config.stateDir, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) },
-    run: configuredBackupRun(o.config, { history, log: { info: (l) => log.info(l), warn: (l) => log.warn(l) }, confineScripts: true,
-      ...(o.scheduler ? { fireSureBackup: fireThroughScheduler(o.scheduler) } : {}) }) });
+  const s = new BackupJobScheduler({
+    history,
+    stateDir: o.config.stateDir,
+    log: { info: (l) => log.info(l), warn: (l) => log.warn(l) },
+    run: configuredBackupRun(o.config, {
+      history,
+      log: { info: (l) => log.info(l), warn: (l) => log.warn(l) },
+      confineScripts: true,
+      ...(o.scheduler ? { fireSureBackup: fireThroughScheduler(o.scheduler) } : {}),
+    }),
+  });
   closers.push(() => s.stop());
   return s;
 }
 
-export interface RunningApi { url: string; port: number; tls: boolean; server: Server; ctx: ApiContext; close(): Promise<void> }
+export interface RunningApi {
+  url: string;
+  port: number;
+  tls: boolean;
+  server: Server;
+  ctx: ApiContext;
+  close(): Promise<void>;
+}
 
 export async function startApiServer(o: ApiOptions & { listen?: string; port?: number }): Promise<RunningApi> {
   const cfg = o.config.server;
@@ -105,30 +122,49 @@ export async function startApiServer(o: ApiOptions & { listen?: string; port?: n
   const tls = Boolean(cfg.tlsCert || cfg.tlsKey);
   if (tls && !(cfg.tlsCert && cfg.tlsKey)) {
     await ctx.close();
-    throw badInput('TLS_INCOMPLETE', 'server.tlsCert and server.tlsKey must be set together', 'set both in the config file, or neither for plain HTTP');
+    throw badInput(
+      'TLS_INCOMPLETE',
+      'server.tlsCert and server.tlsKey must be set together',
+      'set both in the config file, or neither for plain HTTP',
+    );
   }
   let server: Server;
   try {
     server = tls
-      ? createHttps({ cert: readFileSync(cfg.tlsCert as string), key: readFileSync(cfg.tlsKey as string) }, app) as unknown as Server
+      ? (createHttps({ cert: readFileSync(cfg.tlsCert as string), key: readFileSync(cfg.tlsKey as string) }, app) as unknown as Server)
       : createHttp(app);
   } catch (err) {
     await ctx.close();
-    throw badInput('TLS_UNREADABLE', `cannot load the TLS certificate or key: ${(err as Error).message}`, 'check server.tlsCert and server.tlsKey point to PEM files readable by the server');
+    throw badInput(
+      'TLS_UNREADABLE',
+      `cannot load the TLS certificate or key: ${(err as Error).message}`,
+      'check server.tlsCert and server.tlsKey point to PEM files readable by the server',
+    );
   }
   const host = o.listen ?? cfg.listen;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(o.port ?? cfg.port, host, () => { server.off('error', reject); resolve(); });
+    server.listen(o.port ?? cfg.port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   }).catch(async (err: NodeJS.ErrnoException) => {
     await ctx.close();
-    throw badInput('API_LISTEN_FAILED', `cannot listen on ${host}:${o.port ?? cfg.port}: ${err.message}`, 'choose another port with --port, or stop what holds it');
+    throw badInput(
+      'API_LISTEN_FAILED',
+      `cannot listen on ${host}:${o.port ?? cfg.port}: ${err.message}`,
+      'choose another port with --port, or stop what holds it',
+    );
   });
   const port = (server.address() as AddressInfo).port;
   const url = `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   ctx.log.info({ url }, 'API listening');
   return {
-    url, port, tls, server, ctx,
+    url,
+    port,
+    tls,
+    server,
+    ctx,
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

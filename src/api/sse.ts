@@ -3,13 +3,19 @@ import type { Request, Response } from 'express';
 import type { OperationRegistry } from './operations.js';
 
 export function streamOperation(req: Request, res: Response, ops: OperationRegistry, id: string): void {
-  res.status(200).set({ 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res
+    .status(200)
+    .set({ 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
   res.flushHeaders();
   let seq = 0;
   let unsubscribe: () => void = () => undefined;
   // A comment line every 15 s keeps proxies from closing an idle stream.
   const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
-  const end = (): void => { clearInterval(keepAlive); unsubscribe(); if (!res.writableEnded) res.end(); };
+  const end = (): void => {
+    clearInterval(keepAlive);
+    unsubscribe();
+    if (!res.writableEnded) res.end();
+  };
   unsubscribe = ops.subscribe(id, (e) => {
     res.write(`id: ${seq++}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
     if (e.type === 'done') setImmediate(end);

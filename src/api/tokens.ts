@@ -18,7 +18,13 @@ export function roleAllows(have: Role, need: Role): boolean {
   return ROLES.indexOf(have) >= ROLES.indexOf(need);
 }
 
-export interface TokenInfo { id: string; name: string; role: Role; created: string; lastUsed: string | null }
+export interface TokenInfo {
+  id: string;
+  name: string;
+  role: Role;
+  created: string;
+  lastUsed: string | null;
+}
 
 const MIGRATIONS = [
   `CREATE TABLE api_tokens (
@@ -35,22 +41,35 @@ const TOKEN_RE = /^rl_([a-f0-9]{12})_([A-Za-z0-9_-]{43})$/;
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 
-interface Row { id: string; name: string; role: string; hash: string; created: string; last_used: string | null }
+interface Row {
+  id: string;
+  name: string;
+  role: string;
+  hash: string;
+  created: string;
+  last_used: string | null;
+}
 const toInfo = (r: Row): TokenInfo => ({ id: r.id, name: r.name, role: r.role as Role, created: r.created, lastUsed: r.last_used });
 
 export class TokenStore {
-  constructor(private readonly db: CatalogDb) { migrate(db, 'api-tokens', MIGRATIONS); }
+  constructor(private readonly db: CatalogDb) {
+    migrate(db, 'api-tokens', MIGRATIONS);
+  }
 
-  static open(catalogPath: string): TokenStore { return new TokenStore(openCatalog(catalogPath)); }
+  static open(catalogPath: string): TokenStore {
+    return new TokenStore(openCatalog(catalogPath));
+  }
 
   /** Creates a token and returns its secret form, shown once. */
   create(name: string, role: Role): { token: string; info: TokenInfo } {
     if (!ROLES.includes(role)) throw badInput('BAD_ROLE', `unknown role "${role}"`, `use one of: ${ROLES.join(', ')}`);
-    if (!/^[\w.@-]{1,64}$/.test(name)) throw badInput('BAD_TOKEN_NAME', `token name "${name}" is not allowed`, 'use 1-64 letters, digits, . _ @ or -');
+    if (!/^[\w.@-]{1,64}$/.test(name))
+      throw badInput('BAD_TOKEN_NAME', `token name "${name}" is not allowed`, 'use 1-64 letters, digits, . _ @ or -');
     const id = randomBytes(6).toString('hex');
     const secret = randomBytes(32).toString('base64url');
     const created = new Date().toISOString();
-    this.db.prepare('INSERT INTO api_tokens (id, name, role, hash, created) VALUES (?, ?, ?, ?, ?)')
+    this.db
+      .prepare('INSERT INTO api_tokens (id, name, role, hash, created) VALUES (?, ?, ?, ?, ?)')
       .run(id, name, role, sha256(secret).toString('hex'), created);
     return { token: `rl_${id}_${secret}`, info: { id, name, role, created, lastUsed: null } };
   }
@@ -73,7 +92,8 @@ export class TokenStore {
   }
 
   revoke(idOrName: string): TokenInfo {
-    const row = this.db.prepare('SELECT * FROM api_tokens WHERE id = ? OR name = ? ORDER BY created LIMIT 1').get(idOrName, idOrName) as Row | undefined;
+    const row = this.db.prepare('SELECT * FROM api_tokens WHERE id = ? OR name = ? ORDER BY created LIMIT 1').get(idOrName, idOrName) as
+      Row | undefined;
     if (!row) throw notFound('TOKEN_NOT_FOUND', `no API token "${idOrName}"`, 'list them with: restorelab token list');
     this.db.prepare('DELETE FROM api_tokens WHERE id = ?').run(row.id);
     return toInfo(row);

@@ -53,9 +53,12 @@ export class ChunkPool {
     this.pool = new WorkerPool({
       script: new URL('./chunk-worker.js', import.meta.url),
       workerData: { ...init, memory: this.memory },
-      size, name: 'chunk',
+      size,
+      name: 'chunk',
       // A reader waiting for a slot must hear of the failure, not wait forever.
-      onFailure: () => { for (const w of this.waiting.splice(0)) w(); },
+      onFailure: () => {
+        for (const w of this.waiting.splice(0)) w();
+      },
     });
   }
 

@@ -74,15 +74,21 @@ export function planDisks(vm: VmDefinition, given: Record<string, string> = {}):
   const names = new Set(vm.disks.map((d) => d.name));
   for (const name of Object.keys(given)) {
     if (!names.has(name)) {
-      throw badInput('BACKUP_DISK_UNKNOWN', `disk "${name}" is not in the definition of VM ${vm.name} (it has: ${[...names].join(', ')})`,
-        'name one of the disks of the VM definition: --disk NAME=PATH');
+      throw badInput(
+        'BACKUP_DISK_UNKNOWN',
+        `disk "${name}" is not in the definition of VM ${vm.name} (it has: ${[...names].join(', ')})`,
+        'name one of the disks of the VM definition: --disk NAME=PATH',
+      );
     }
   }
   return vm.disks.map((d) => {
     const path = given[d.name] ?? d.image;
     if (!path) {
-      throw badInput('BACKUP_DISK_MISSING', `disk "${d.name}" of VM ${vm.name} has no image: it is not given and the definition has no "image" for it`,
-        `give it: --disk ${d.name}=<image path>, or add "image" to the disk in the VM definition`);
+      throw badInput(
+        'BACKUP_DISK_MISSING',
+        `disk "${d.name}" of VM ${vm.name} has no image: it is not given and the definition has no "image" for it`,
+        `give it: --disk ${d.name}=<image path>, or add "image" to the disk in the VM definition`,
+      );
     }
     return { name: d.name, path, ...(d.format ? { format: d.format } : {}) };
   });
@@ -139,7 +145,9 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
   const started = performance.now();
   const lock = await repo.lock('shared', `backup of ${vm.name}`);
   for (const h of lock.staleRemoved) {
-    opts.onWarning?.(`removed a stale ${h.kind} lock of dead process ${h.pid} on ${h.hostname} ("${h.purpose}", since ${new Date(h.since).toISOString()})`);
+    opts.onWarning?.(
+      `removed a stale ${h.kind} lock of dead process ${h.pid} on ${h.hostname} ("${h.purpose}", since ${new Date(h.since).toISOString()})`,
+    );
   }
   try {
     const parent = await chooseParent(repo, vm.name, opts.parent);
@@ -174,7 +182,8 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
         source: opts.source,
         ...(parent ? { parent: parent.id } : {}),
         stats: {
-          ...stats, seconds: Math.round((performance.now() - started) / 10) / 100,
+          ...stats,
+          seconds: Math.round((performance.now() - started) / 10) / 100,
           signals: await judgeSignals(repo, vm.name, opts.time, signals.figures(), opts.onWarning),
         },
         ...(opts.capture ? { capture: opts.capture } : {}),
@@ -198,8 +207,9 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
 async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: string; at: number }[]): Promise<void> {
   if (inserted.length === 0) return;
   try {
-    const others = (await liveLocks(join(repo.path, LOCKS_DIR)))
-      .filter((h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since));
+    const others = (await liveLocks(join(repo.path, LOCKS_DIR))).filter(
+      (h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since),
+    );
     if (others.length > 0) return;
     for (const c of inserted) await repo.chunks.removeIfUnused(c.digest, c.at);
   } catch {
@@ -210,7 +220,11 @@ async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: st
 /** The reuse plan when it matches this disk (same size and chunking), else none: then every chunk is read. */
 function usableReuse(reuse: ReusePlan | undefined, size: number, chunkSize: number, count: number): ReusePlan | undefined {
   if (!reuse) return undefined;
-  const ok = reuse.index.size === size && reuse.index.chunkSize === chunkSize && reuse.index.digests.length === count && reuse.changed.length === count;
+  const ok =
+    reuse.index.size === size &&
+    reuse.index.chunkSize === chunkSize &&
+    reuse.index.digests.length === count &&
+    reuse.changed.length === count;
   return ok ? reuse : undefined;
 }
 
@@ -245,7 +259,10 @@ async function chooseParent(repo: Repository, vmName: string, wanted: string | n
   if (wanted === null) return undefined;
   if (wanted !== undefined) return repo.getPoint(wanted);
   const points = await repo.listPoints({ vm: vmName });
-  return points.filter((p) => !p.damaged).sort((a, b) => a.time.localeCompare(b.time)).at(-1);
+  return points
+    .filter((p) => !p.damaged)
+    .sort((a, b) => a.time.localeCompare(b.time))
+    .at(-1);
 }
 
 /**
@@ -265,8 +282,13 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number, on
 }
 
 async function backupDisk(
-  repo: Repository, pool: ChunkPool, img: ImageToBackUp, stats: Omit<BackupStats, 'seconds'>, signals: SignalsRecorder,
-  inserted: { digest: string; at: number }[], opts: Pick<BackupImagesOptions, 'onProgress' | 'onWarning' | 'signal'>,
+  repo: Repository,
+  pool: ChunkPool,
+  img: ImageToBackUp,
+  stats: Omit<BackupStats, 'seconds'>,
+  signals: SignalsRecorder,
+  inserted: { digest: string; at: number }[],
+  opts: Pick<BackupImagesOptions, 'onProgress' | 'onWarning' | 'signal'>,
 ): Promise<FixedIndex> {
   const { source: src, name } = img;
   const { onProgress, onWarning } = opts;
@@ -289,7 +311,12 @@ async function backupDisk(
     const slot = await pool.acquire();
     let held = true;
     // The slot is free again as soon as its bytes are hashed (and compressed), before the store's fsync.
-    const free = (): void => { if (held) { held = false; pool.release(slot); } };
+    const free = (): void => {
+      if (held) {
+        held = false;
+        pool.release(slot);
+      }
+    };
     try {
       const plain = slot.buffer.subarray(0, length);
       if (src.readInto) await src.readInto(plain, offset);
@@ -309,7 +336,7 @@ async function backupDisk(
           // touch() both finds the chunk stored and refreshes its mtime, which a concurrent gc honours.
           // A stored blob is reused only once it proves sound (see checkStored): a damaged one would
           // make this point damaged from birth. Only chunks the store lacks or holds damaged are compressed.
-          const damage = await repo.chunks.touch(digest)
+          const damage = (await repo.chunks.touch(digest))
             ? await pool.checkStored(slot, length, digest, repo.chunks.fileOf(digest))
             : undefined;
           if (damage === null) {
@@ -322,8 +349,10 @@ async function backupDisk(
             await repo.chunks.replace(digest, blob, { keepDamaged: !damage.dataOk });
             stats.bytesNew += length;
             signals.newChunk(length, blob);
-            onWarning?.(`chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
-              (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`));
+            onWarning?.(
+              `chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
+                (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`),
+            );
           } else {
             const blob = await pool.encode(slot, length);
             free();
@@ -351,7 +380,11 @@ async function backupDisk(
   const schedule = async (i: number): Promise<void> => {
     while (running.size >= inFlight) await Promise.race(running);
     if (failure !== undefined) return;
-    const p: Promise<void> = one(i).catch((err: unknown) => { failure ??= err; }).finally(() => running.delete(p));
+    const p: Promise<void> = one(i)
+      .catch((err: unknown) => {
+        failure ??= err;
+      })
+      .finally(() => running.delete(p));
     running.add(p);
   };
   // Chunks the reuse plan takes unread, waiting for their touch; reads of changed chunks go on meanwhile.
@@ -360,7 +393,10 @@ async function backupDisk(
     const batch = unchanged;
     unchanged = [];
     const index = (reuse as ReusePlan).index;
-    const held = await touchReused(repo, batch.map((i) => index.digests[i] ?? null));
+    const held = await touchReused(
+      repo,
+      batch.map((i) => index.digests[i] ?? null),
+    );
     for (const [k, i] of batch.entries()) {
       const length = Math.min(chunkSize, src.size - i * chunkSize);
       if (held[k]) {

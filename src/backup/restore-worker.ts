@@ -26,8 +26,7 @@ export interface RestoreJob {
 }
 
 export type RestoreJobResult =
-  | { id: number; written: number }
-  | { id: number; error: string; corrupt: boolean; stage: 'read' | 'write'; code?: string };
+  { id: number; written: number } | { id: number; error: string; corrupt: boolean; stage: 'read' | 'write'; code?: string };
 
 const init = workerData as CodecInit & { fd: number };
 const codec = createCodec(init.config, init.key ? Buffer.from(init.key) : undefined);
@@ -75,8 +74,11 @@ port.on('message', (job: RestoreJob) => {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     port.postMessage({
-      id: job.id, error: err instanceof CorruptChunkError ? err.reason : (err as Error).message,
-      corrupt: err instanceof CorruptChunkError, stage, ...(code ? { code } : {}),
+      id: job.id,
+      error: err instanceof CorruptChunkError ? err.reason : (err as Error).message,
+      corrupt: err instanceof CorruptChunkError,
+      stage,
+      ...(code ? { code } : {}),
     } satisfies RestoreJobResult);
   }
 });

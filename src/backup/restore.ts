@@ -54,13 +54,20 @@ export interface RestoreResult {
 
 /** A damaged or quarantined chunk is a user-facing failure with a way out, not a crash. */
 function damaged(opts: RestoreOptions, offset: number, err: unknown): RestorelabError {
-  return new RestorelabError('RESTORE_CHUNK_CORRUPT',
+  return new RestorelabError(
+    'RESTORE_CHUNK_CORRUPT',
     `cannot restore ${opts.point}/${opts.disk}: the chunk at offset ${offset} is damaged (${(err as Error).message})`,
-    { hint: 'run restorelab verify to list every damaged restore point, and restore from an older or newer point', cause: err });
+    { hint: 'run restorelab verify to list every damaged restore point, and restore from an older or newer point', cause: err },
+  );
 }
 
 /** Turns a worker's failure into the error the user sees. */
-async function failure(repo: Repository, opts: RestoreOptions, job: RestoreJob, r: Extract<RestoreJobResult, { error: string }>): Promise<Error> {
+async function failure(
+  repo: Repository,
+  opts: RestoreOptions,
+  job: RestoreJob,
+  r: Extract<RestoreJobResult, { error: string }>,
+): Promise<Error> {
   if (r.corrupt) return damaged(opts, job.position, new CorruptChunkError(job.digest, r.error));
   if (r.stage === 'read' && r.code === 'ENOENT') {
     // The store knows why a chunk is missing (quarantined by verify, or never stored) and says so.
@@ -72,8 +79,10 @@ async function failure(repo: Repository, opts: RestoreOptions, job: RestoreJob, 
     }
   }
   if (r.stage === 'write') {
-    return new RestorelabError('RESTORE_WRITE_FAILED', `cannot write the restored disk next to ${opts.to}: ${r.error}`,
-      { hint: r.code === 'ENOSPC' ? `free space in ${dirname(resolve(opts.to))} or restore elsewhere with --to` : 'check the target directory' });
+    return new RestorelabError('RESTORE_WRITE_FAILED', `cannot write the restored disk next to ${opts.to}: ${r.error}`, {
+      hint:
+        r.code === 'ENOSPC' ? `free space in ${dirname(resolve(opts.to))} or restore elsewhere with --to` : 'check the target directory',
+    });
   }
   return new Error(`reading chunk ${job.digest}: ${r.error}`);
 }
@@ -84,12 +93,20 @@ async function failure(repo: Repository, opts: RestoreOptions, job: RestoreJob, 
  * for the next job. Rejects with the first failure, or with what `onChunk`
  * threw, once in-flight work ended.
  */
-async function writeChunks(repo: Repository, opts: RestoreOptions, fd: number, digests: (string | null)[], chunkSize: number,
-  threads: number, onChunk: (written: number) => void): Promise<void> {
+async function writeChunks(
+  repo: Repository,
+  opts: RestoreOptions,
+  fd: number,
+  digests: (string | null)[],
+  chunkSize: number,
+  threads: number,
+  onChunk: (written: number) => void,
+): Promise<void> {
   const pool = new WorkerPool<RestoreJob, RestoreJobResult>({
     script: new URL('./restore-worker.js', import.meta.url),
     workerData: { config: repo.config, fd, ...(repo.masterKey ? { key: repo.masterKey } : {}) },
-    size: threads, name: 'restore',
+    size: threads,
+    name: 'restore',
   });
   let next = 0;
   let error: Error | undefined;
@@ -146,8 +163,11 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
   const point = await repo.getPoint(opts.point);
   const entry = point.disks.find((d) => d.name === opts.disk);
   if (!entry) {
-    throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disk "${opts.disk}" (it has: ${point.disks.map((d) => d.name).join(', ')})`,
-      'name one of its disks with --disk');
+    throw notFound(
+      'DISK_NOT_FOUND',
+      `restore point ${opts.point} has no disk "${opts.disk}" (it has: ${point.disks.map((d) => d.name).join(', ')})`,
+      'name one of its disks with --disk',
+    );
   }
   const disk = await repo.readIndex(entry.indexDigest);
   const tmpRaw = join(dirname(to), `.${basename(to)}.restore-${randomBytes(4).toString('hex')}`);
@@ -167,7 +187,12 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
         if (!flushing && bytesWritten - flushed >= FLUSH_EVERY) {
           flushed = bytesWritten;
           // A failed flush fails the final sync again, which reports it.
-          flushing = fh.datasync().catch(() => undefined).finally(() => { flushing = undefined; });
+          flushing = fh
+            .datasync()
+            .catch(() => undefined)
+            .finally(() => {
+              flushing = undefined;
+            });
         }
         opts.onProgress?.(Math.min(done * disk.chunkSize, disk.size), disk.size);
       });

@@ -66,11 +66,16 @@ export function compressedPayload(blob: Buffer, rawLength: number): { stored: nu
 }
 
 /** Bytes of a disk that differ from the parent's at the same chunk offsets (see "changed bytes" above). */
-export function changedBytes(size: number, chunkSize: number, digests: readonly (string | null)[], parent?: readonly (string | null)[]): number {
+export function changedBytes(
+  size: number,
+  chunkSize: number,
+  digests: readonly (string | null)[],
+  parent?: readonly (string | null)[],
+): number {
   let changed = 0;
   for (let i = 0; i < digests.length; i++) {
     const d = digests[i] ?? null;
-    const before = parent === undefined || i >= parent.length ? null : parent[i] ?? null;
+    const before = parent === undefined || i >= parent.length ? null : (parent[i] ?? null);
     if (d !== before) changed += Math.min(chunkSize, size - i * chunkSize);
   }
   // A shrunk disk: the chunks beyond its end are gone, not changed (nothing of them is backed up).
@@ -84,7 +89,10 @@ export function changedBytes(size: number, chunkSize: number, digests: readonly 
  * that needs nothing else from it.
  */
 export async function parentDisk(
-  repo: Pick<Repository, 'readIndex'>, parent: RestorePoint | undefined, name: string, onWarning?: (m: string) => void,
+  repo: Pick<Repository, 'readIndex'>,
+  parent: RestorePoint | undefined,
+  name: string,
+  onWarning?: (m: string) => void,
 ): Promise<{ size: number; digests: readonly (string | null)[] } | undefined> {
   const disk = parent?.disks.find((d) => d.name === name);
   if (!parent || !disk) return undefined;
@@ -92,8 +100,10 @@ export async function parentDisk(
     const index = await repo.readIndex(disk.indexDigest);
     return { size: index.size, digests: index.digests };
   } catch (err) {
-    onWarning?.(`ransomware signals: the index of disk ${name} of the parent point ${parent.id} is unreadable (${(err as Error).message}); ` +
-      'the disk counts as changed in full');
+    onWarning?.(
+      `ransomware signals: the index of disk ${name} of the parent point ${parent.id} is unreadable (${(err as Error).message}); ` +
+        'the disk counts as changed in full',
+    );
     return undefined;
   }
 }
@@ -121,7 +131,12 @@ export class SignalsRecorder {
   }
 
   /** `parent`: the parent point's digests of the same disk, with its size; undefined when it has no such disk. */
-  disk(size: number, chunkSize: number, digests: readonly (string | null)[], parent?: { size: number; digests: readonly (string | null)[] }): void {
+  disk(
+    size: number,
+    chunkSize: number,
+    digests: readonly (string | null)[],
+    parent?: { size: number; digests: readonly (string | null)[] },
+  ): void {
     this.size += size;
     if (parent) {
       this.anyParentDisk = true;
@@ -149,7 +164,7 @@ export function median(xs: readonly number[]): number {
   if (xs.length === 0) return 0;
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid] as number : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 /** Median absolute deviation from the median. */
@@ -185,13 +200,19 @@ export function baselineOf(history: readonly SignalFigures[]): SignalsBaseline {
  * else from it: the point is then judged without history (a warning says so).
  */
 export async function judgeSignals(
-  repo: Pick<Repository, 'listPoints'>, vm: string, time: string, figures: SignalFigures, onWarning?: (m: string) => void,
+  repo: Pick<Repository, 'listPoints'>,
+  vm: string,
+  time: string,
+  figures: SignalFigures,
+  onWarning?: (m: string) => void,
 ): Promise<PointSignals> {
   let history: SignalFigures[] = [];
   try {
     history = historyOf(await repo.listPoints({ vm }), time);
   } catch (err) {
-    onWarning?.(`ransomware signals: the earlier points of ${vm} could not be read (${(err as Error).message}); this point is judged without them`);
+    onWarning?.(
+      `ransomware signals: the earlier points of ${vm} could not be read (${(err as Error).message}); this point is judged without them`,
+    );
   }
   return decideAnomaly(figures, history);
 }
@@ -218,15 +239,28 @@ export function decideAnomaly(f: SignalFigures, history: readonly SignalFigures[
   if (history.length > 0 && f.newBytes >= ENTROPY_MIN_NEW_BYTES && f.incompressibleRatio >= ENTROPY_MIN_RATIO) {
     const bound = baseline.incompressibleMedian + Math.max(ENTROPY_MIN_JUMP, MAD_FACTOR * MAD_TO_SIGMA * baseline.incompressibleMad);
     if (f.incompressibleRatio > bound) {
-      reasons.push(`${pct(f.incompressibleRatio)} of the new data is incompressible (encrypted or compressed), ` +
-        `the previous ${baseline.points} point(s) had a median of ${pct(baseline.incompressibleMedian)}`);
+      reasons.push(
+        `${pct(f.incompressibleRatio)} of the new data is incompressible (encrypted or compressed), ` +
+          `the previous ${baseline.points} point(s) had a median of ${pct(baseline.incompressibleMedian)}`,
+      );
     }
   }
   const rates = history.filter((h) => !h.full).length;
-  if (!f.full && rates >= CHANGE_MIN_HISTORY && baseline.changeRateMedian !== null && baseline.changeRateMad !== null && f.changeRate >= CHANGE_MIN_RATE) {
-    const bound = Math.max(CHANGE_MIN_FACTOR * baseline.changeRateMedian, baseline.changeRateMedian + MAD_FACTOR * MAD_TO_SIGMA * baseline.changeRateMad);
+  if (
+    !f.full &&
+    rates >= CHANGE_MIN_HISTORY &&
+    baseline.changeRateMedian !== null &&
+    baseline.changeRateMad !== null &&
+    f.changeRate >= CHANGE_MIN_RATE
+  ) {
+    const bound = Math.max(
+      CHANGE_MIN_FACTOR * baseline.changeRateMedian,
+      baseline.changeRateMedian + MAD_FACTOR * MAD_TO_SIGMA * baseline.changeRateMad,
+    );
     if (f.changeRate > bound) {
-      reasons.push(`${pct(f.changeRate)} of the disk changed, the previous ${rates} incremental point(s) had a median of ${pct(baseline.changeRateMedian)}`);
+      reasons.push(
+        `${pct(f.changeRate)} of the disk changed, the previous ${rates} incremental point(s) had a median of ${pct(baseline.changeRateMedian)}`,
+      );
     }
   }
   return { ...f, baseline, anomaly: reasons.length > 0, reasons };

@@ -54,9 +54,7 @@ export type BringUpNetwork =
   | { kind: 'none' };
 
 /** How the disks reach the hypervisor: FUSE (default), or our NFSv3 server on these ports. */
-export type BringUpPublish =
-  | { via: 'fuse' }
-  | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
+export type BringUpPublish = { via: 'fuse' } | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
 
 /** What a bring-up made, recorded before it is made. A session's SessionResources is one. */
 export interface BringUpResources {
@@ -175,7 +173,10 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
     // Owned: a point the server (or someone else) already exports gets a
     // publication of its own, whose overlay nobody else resets or discards.
     publication = await deps.startPublication({
-      repo: req.repo, point: req.point, stateDir: req.stateDir, owner: req.owner,
+      repo: req.repo,
+      point: req.point,
+      stateDir: req.stateDir,
+      owner: req.owner,
       ...(mount ? { fuseDir: mount } : {}),
       ...(mount && req.fuseGroup !== undefined ? { fuseGroup: req.fuseGroup } : {}),
       ...(via.via === 'nfs' ? { nfs: { port: via.port, mountPort: via.mountPort, portmapPort: via.portmapPort } } : {}),
@@ -208,7 +209,9 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
     req.save();
     domain = await hv.start({
       vm: { ...req.vm, name: req.domainName, memoryMiB: req.memoryMiB ?? req.vm.memoryMiB },
-      disks, nics, ...(req.accel ? { accel: req.accel } : {}),
+      disks,
+      nics,
+      ...(req.accel ? { accel: req.accel } : {}),
     });
     check();
 
@@ -220,18 +223,29 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
       if (addr) addresses[`nic${i}`] = addr;
     });
     const vm: LabVm = {
-      domain, publication, disks: Object.fromEntries(disks.map((d) => [d.name, d.path])), addresses,
+      domain,
+      publication,
+      disks: Object.fromEntries(disks.map((d) => [d.name, d.path])),
+      addresses,
       probes: heartbeatProbes(domain, req.vm, net),
-      ...(ip ? { ip } : {}), ...(net.kind === 'lab' ? { netns: net.lab.netns } : {}),
+      ...(ip ? { ip } : {}),
+      ...(net.kind === 'lab' ? { netns: net.lab.netns } : {}),
     };
     if (req.heartbeat) {
-      const verdict = await heartbeat(vm.probes, { maxBootSeconds: req.heartbeat.maxBootSeconds, ...(req.signal ? { signal: req.signal } : {}) });
+      const verdict = await heartbeat(vm.probes, {
+        maxBootSeconds: req.heartbeat.maxBootSeconds,
+        ...(req.signal ? { signal: req.signal } : {}),
+      });
       if (verdict.result === 'failed') {
-        throw new RestorelabError('NO_HEARTBEAT', `VM ${req.vm.name} was started from ${req.point} but gave no heartbeat: ${verdict.detail}`, {
-          hint: agentExpected(req.vm)
-            ? 'the guest needs qemu-guest-agent running (or "agent": false in its VM definition if it has none)'
-            : 'the guest never answered on its address; check its network configuration',
-        });
+        throw new RestorelabError(
+          'NO_HEARTBEAT',
+          `VM ${req.vm.name} was started from ${req.point} but gave no heartbeat: ${verdict.detail}`,
+          {
+            hint: agentExpected(req.vm)
+              ? 'the guest needs qemu-guest-agent running (or "agent": false in its VM definition if it has none)'
+              : 'the guest never answered on its address; check its network configuration',
+          },
+        );
       }
       vm.heartbeat = verdict;
     }
@@ -239,8 +253,16 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
   } catch (e) {
     const kept: KeptEvidence = {};
     await tearDown({
-      hv, deps, stateDir: req.stateDir, owner: req.owner, resources: res, save: req.save,
-      ...(publication ? { publication } : {}), ...(domain ? { domain } : {}), evidence: req.evidence, kept,
+      hv,
+      deps,
+      stateDir: req.stateDir,
+      owner: req.owner,
+      resources: res,
+      save: req.save,
+      ...(publication ? { publication } : {}),
+      ...(domain ? { domain } : {}),
+      evidence: req.evidence,
+      kept,
     }).catch(() => undefined);
     throw withEvidence(e, kept);
   }
@@ -250,7 +272,10 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
 function withEvidence(e: unknown, kept: KeptEvidence): unknown {
   const said = describeEvidence(kept);
   if (!said || !(e instanceof RestorelabError)) return e;
-  return RestorelabError.revive({ code: e.code, message: e.message, hint: e.hint ? `${e.hint}; ${said}` : said, exitCode: e.exitCode }, { cause: e });
+  return RestorelabError.revive(
+    { code: e.code, message: e.message, hint: e.hint ? `${e.hint}; ${said}` : said, exitCode: e.exitCode },
+    { cause: e },
+  );
 }
 
 export interface TearDownOptions {
@@ -315,9 +340,10 @@ export async function tearDown(o: TearDownOptions): Promise<KeptEvidence> {
       if (o.publication) await o.publication.close({ discard: true });
       else {
         const id = res.publication?.id;
-        if (id && o.deps) await o.deps.removePublication(o.stateDir, id, o.owner).catch((e: unknown) => {
-          if (!(e instanceof RestorelabError && e.code === 'PUBLICATION_NOT_FOUND')) throw e;
-        });
+        if (id && o.deps)
+          await o.deps.removePublication(o.stateDir, id, o.owner).catch((e: unknown) => {
+            if (!(e instanceof RestorelabError && e.code === 'PUBLICATION_NOT_FOUND')) throw e;
+          });
         if (mount) await unmountStale(mount);
       }
       delete res.publication;

@@ -41,7 +41,8 @@ export function openCatalog(path: string): CatalogDb {
     db.pragma('busy_timeout = 5000');
   } catch (err) {
     throw new RestorelabError('CATALOG_UNREADABLE', `cannot open the catalog ${path}: ${(err as Error).message}`, {
-      hint: 'delete the catalog file and rebuild it with: restorelab repo reindex --repo <dir>', cause: err,
+      hint: 'delete the catalog file and rebuild it with: restorelab repo reindex --repo <dir>',
+      cause: err,
     });
   }
   migrate(db, 'points', POINTS_MIGRATIONS);
@@ -53,7 +54,9 @@ export function openCatalog(path: string): CatalogDb {
  * Steps are append-only: never edit or reorder one that has shipped.
  */
 export function migrate(db: CatalogDb, area: string, steps: readonly string[]): void {
-  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (area TEXT NOT NULL, step INTEGER NOT NULL, applied TEXT NOT NULL, PRIMARY KEY (area, step))');
+  db.exec(
+    'CREATE TABLE IF NOT EXISTS schema_migrations (area TEXT NOT NULL, step INTEGER NOT NULL, applied TEXT NOT NULL, PRIMARY KEY (area, step))',
+  );
   const row = db.prepare('SELECT MAX(step) AS step FROM schema_migrations WHERE area = ?').get(area) as { step: number | null };
   const done = row.step ?? -1;
   for (let step = done + 1; step < steps.length; step++) {
@@ -102,8 +105,16 @@ export interface PointSummary {
 }
 
 interface PointRow {
-  id: string; vm: string; time: string; consistency: string; parent: string | null;
-  disks: string; size: number; bytes_new: number; damaged: number; signals: string | null;
+  id: string;
+  vm: string;
+  time: string;
+  consistency: string;
+  parent: string | null;
+  disks: string;
+  size: number;
+  bytes_new: number;
+  damaged: number;
+  signals: string | null;
 }
 
 /** Whether `reindex` ever ran for this repository (otherwise the catalog may miss its older points). */
@@ -117,30 +128,51 @@ export function indexedRepositories(db: CatalogDb): string[] {
 }
 
 export function recordPoint(db: CatalogDb, repoPath: string, p: RestorePoint): void {
-  db.prepare(`INSERT OR REPLACE INTO points (repo, id, vm, time, consistency, parent, disks, size, bytes_new, damaged, manifest)
-              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
-    repoPath, p.id, p.vm.name, p.time, p.consistency, p.parent ?? null,
+  db.prepare(
+    `INSERT OR REPLACE INTO points (repo, id, vm, time, consistency, parent, disks, size, bytes_new, damaged, manifest)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  ).run(
+    repoPath,
+    p.id,
+    p.vm.name,
+    p.time,
+    p.consistency,
+    p.parent ?? null,
     JSON.stringify(p.disks.map((d) => ({ name: d.name, size: d.size }))),
-    p.disks.reduce((s, d) => s + d.size, 0), p.stats.bytesNew, p.damaged ? 1 : 0, JSON.stringify(p),
+    p.disks.reduce((s, d) => s + d.size, 0),
+    p.stats.bytesNew,
+    p.damaged ? 1 : 0,
+    JSON.stringify(p),
   );
 }
 
 export function forgetPoints(db: CatalogDb, repoPath: string, ids: readonly string[]): void {
   const del = db.prepare('DELETE FROM points WHERE repo = ? AND id = ?');
-  db.transaction(() => { for (const id of ids) del.run(repoPath, id); })();
+  db.transaction(() => {
+    for (const id of ids) del.run(repoPath, id);
+  })();
 }
 
 /** The signals straight from the stored manifest: SQLite's JSON1 extracts them, no column or migration needed. */
 const SIGNALS = "json_extract(manifest, '$.stats.signals') AS signals";
 
 export function listPoints(db: CatalogDb, repoPath: string, filter: { vm?: string } = {}): PointSummary[] {
-  const rows = (filter.vm
-    ? db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? AND vm = ? ORDER BY time, id`).all(repoPath, filter.vm)
-    : db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? ORDER BY time, id`).all(repoPath)) as PointRow[];
+  const rows = (
+    filter.vm
+      ? db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? AND vm = ? ORDER BY time, id`).all(repoPath, filter.vm)
+      : db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? ORDER BY time, id`).all(repoPath)
+  ) as PointRow[];
   return rows.map((r) => ({
-    id: r.id, vm: r.vm, time: r.time, consistency: r.consistency, ...(r.parent ? { parent: r.parent } : {}),
-    disks: JSON.parse(r.disks) as { name: string; size: number }[], size: r.size, bytesNew: r.bytes_new, damaged: r.damaged === 1,
-    signals: r.signals === null ? null : JSON.parse(r.signals) as PointSignals,
+    id: r.id,
+    vm: r.vm,
+    time: r.time,
+    consistency: r.consistency,
+    ...(r.parent ? { parent: r.parent } : {}),
+    disks: JSON.parse(r.disks) as { name: string; size: number }[],
+    size: r.size,
+    bytesNew: r.bytes_new,
+    damaged: r.damaged === 1,
+    signals: r.signals === null ? null : (JSON.parse(r.signals) as PointSignals),
   }));
 }
 

@@ -12,14 +12,19 @@ export type JobRunTable = 'surebackup_runs' | 'backup_job_runs';
 
 /** `20261202T041350Z-1a2b3c4d`: the start time (so ids sort by it) and a random suffix. */
 export function newRunId(at: Date): string {
-  return `${at.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomUUID().slice(0, 8)}`;
+  return `${at
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z')}-${randomUUID().slice(0, 8)}`;
 }
 
 /** Raw rows of the newest runs, of one job or all; newest first. */
 export function newestRunRows<Row>(db: CatalogDb, table: JobRunTable, o: { job?: string | undefined; limit?: number | undefined }): Row[] {
-  return (o.job === undefined
-    ? db.prepare(`SELECT * FROM ${table} ORDER BY started_at DESC, rowid DESC LIMIT ?`).all(o.limit ?? 20)
-    : db.prepare(`SELECT * FROM ${table} WHERE job = ? ORDER BY started_at DESC, rowid DESC LIMIT ?`).all(o.job, o.limit ?? 20)) as Row[];
+  return (
+    o.job === undefined
+      ? db.prepare(`SELECT * FROM ${table} ORDER BY started_at DESC, rowid DESC LIMIT ?`).all(o.limit ?? 20)
+      : db.prepare(`SELECT * FROM ${table} WHERE job = ? ORDER BY started_at DESC, rowid DESC LIMIT ?`).all(o.job, o.limit ?? 20)
+  ) as Row[];
 }
 
 /** The raw row of one run, by its id. */
@@ -45,14 +50,34 @@ export function lastStartedAt(db: CatalogDb, table: JobRunTable, job: string, wh
 /** A new run row, `running` from `at`; its id. */
 export function insertRun(db: CatalogDb, table: JobRunTable, job: string, trigger: string, at: Date): string {
   const id = newRunId(at);
-  db.prepare(`INSERT INTO ${table} (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)`).run(id, job, trigger, 'running', at.toISOString());
+  db.prepare(`INSERT INTO ${table} (id, job, trigger, status, started_at) VALUES (?, ?, ?, ?, ?)`).run(
+    id,
+    job,
+    trigger,
+    'running',
+    at.toISOString(),
+  );
   return id;
 }
 
 /** A trigger that ran nothing (the job was still running, or the server was down when it was due), ended now; its id. */
-export function insertNonRun(db: CatalogDb, table: JobRunTable, job: string, trigger: string, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
+export function insertNonRun(
+  db: CatalogDb,
+  table: JobRunTable,
+  job: string,
+  trigger: string,
+  status: 'skipped-overlap' | 'missed',
+  detail: string,
+  dueAt?: Date,
+): string {
   const at = new Date();
   const id = insertRun(db, table, job, trigger, at);
-  db.prepare(`UPDATE ${table} SET status = ?, ended_at = ?, due_at = ?, detail = ? WHERE id = ?`).run(status, at.toISOString(), dueAt?.toISOString() ?? null, detail, id);
+  db.prepare(`UPDATE ${table} SET status = ?, ended_at = ?, due_at = ?, detail = ? WHERE id = ?`).run(
+    status,
+    at.toISOString(),
+    dueAt?.toISOString() ?? null,
+    detail,
+    id,
+  );
   return id;
 }

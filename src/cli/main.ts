@@ -57,6 +57,8 @@ function report(err: unknown, json: boolean): number {
   }
   const e = err instanceof Error ? err : new Error(String(err));
   if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: 'INTERNAL', message: e.message } }) + '\n');
-  process.stderr.write(`internal error: ${e.stack ?? e.message}\n  this is a bug in restorelab; please report it with the command you ran\n`);
+  process.stderr.write(
+    `internal error: ${e.stack ?? e.message}\n  this is a bug in restorelab; please report it with the command you ran\n`,
+  );
   return ExitCode.failure;
 }

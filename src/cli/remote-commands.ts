@@ -20,11 +20,28 @@ import { parseTarget, renderRecovered } from './commands/recover.js';
 import { parseLimit, renderHistory, renderRun } from './commands/surebackup.js';
 
 /** GET /runs item (src/api/routes/runs.ts). */
-interface RunSummary { id: string; job: string; trigger: string; status: string; startedAt: string; endedAt: string | null; dueAt: string | null; detail: string | null; report: string | null }
+interface RunSummary {
+  id: string;
+  job: string;
+  trigger: string;
+  status: string;
+  startedAt: string;
+  endedAt: string | null;
+  dueAt: string | null;
+  detail: string | null;
+  report: string | null;
+}
 /** GET /runs/:id. */
 interface RunDetail {
   run: RunSummary;
-  vms: Array<{ name: string; point: string; result: string; recoverySeconds: number; screenshot: string | null; tests: Array<{ name: string; kind: string; result: string; seconds: number; detail: string }> }>;
+  vms: Array<{
+    name: string;
+    point: string;
+    result: string;
+    recoverySeconds: number;
+    screenshot: string | null;
+    tests: Array<{ name: string; kind: string; result: string; seconds: number; detail: string }>;
+  }>;
 }
 
 /** Statuses of finished runs, the ones a pass rate counts (History.passRate). */
@@ -36,8 +53,11 @@ const TREND_POINTS = 30;
 function refuseLocal(opts: Record<string, unknown>, names: Array<[key: string, flag: string]>): void {
   for (const [key, flag] of names) {
     if (opts[key] !== undefined) {
-      throw badInput('REMOTE_OPTION_UNSUPPORTED', `${flag} names something on this host and cannot be used with --server`,
-        `drop ${flag}: the server uses its own configured repository and files`);
+      throw badInput(
+        'REMOTE_OPTION_UNSUPPORTED',
+        `${flag} names something on this host and cannot be used with --server`,
+        `drop ${flag}: the server uses its own configured repository and files`,
+      );
     }
   }
 }
@@ -54,7 +74,10 @@ function jobName(arg: string): string {
 }
 
 const points: RemoteAction = async (api, ctx, _args, o) => {
-  refuseLocal(o, [['repo', '--repo'], ['keyFile', '--key-file']]);
+  refuseLocal(o, [
+    ['repo', '--repo'],
+    ['keyFile', '--key-file'],
+  ]);
   const r = await api.get<{ repository: string; points: PointSummary[] }>('/points', { vm: o.vm as string | undefined });
   ctx.out.result({ repo: r.repository, points: r.points }, () => renderPoints(r.points));
 };
@@ -67,20 +90,37 @@ const sessions: RemoteAction = async (api, ctx) => {
 
 const recover: RemoteAction = async (api, ctx, [target], o) => {
   // A scan gate the server would not apply must not be dropped silently (docs/secure-restore.md).
-  refuseLocal(o, [['repo', '--repo'], ['scan', '--scan'], ['allowInfected', '--allow-infected']]);
+  refuseLocal(o, [
+    ['repo', '--repo'],
+    ['scan', '--scan'],
+    ['allowInfected', '--allow-infected'],
+  ]);
   if (o.publish !== undefined && o.publish !== 'fuse') {
-    throw badInput('REMOTE_OPTION_UNSUPPORTED', `--publish ${String(o.publish)} cannot be used with --server: the server holds the host's NFS ports for its own export`,
-      'drop --publish: sessions the server starts are served over FUSE');
+    throw badInput(
+      'REMOTE_OPTION_UNSUPPORTED',
+      `--publish ${String(o.publish)} cannot be used with --server: the server holds the host's NFS ports for its own export`,
+      'drop --publish: sessions the server starts are served over FUSE',
+    );
   }
   const { vm, point } = parseTarget(target as string);
   const lab = o.lab as string | undefined;
   if (lab !== undefined && (lab.includes('/') || lab.endsWith('.json'))) {
-    throw badInput('REMOTE_LAB_IS_A_NAME', `--lab ${lab}: with --server, --lab names a lab template on the server, not a file here`,
-      `use its name, e.g. --lab ${basename(lab).replace(/\.json$/, '')} (GET /api/v1/labs lists them)`);
+    throw badInput(
+      'REMOTE_LAB_IS_A_NAME',
+      `--lab ${lab}: with --server, --lab names a lab template on the server, not a file here`,
+      `use its name, e.g. --lab ${basename(lab).replace(/\.json$/, '')} (GET /api/v1/labs lists them)`,
+    );
   }
-  const body = { vm, ...(point ? { point } : {}), ...(lab ? { lab } : {}), ...(o.network ? { network: o.network } : {}), ...(o.driver ? { driver: o.driver } : {}), ...(o.accel ? { accel: o.accel } : {}) };
+  const body = {
+    vm,
+    ...(point ? { point } : {}),
+    ...(lab ? { lab } : {}),
+    ...(o.network ? { network: o.network } : {}),
+    ...(o.driver ? { driver: o.driver } : {}),
+    ...(o.accel ? { accel: o.accel } : {}),
+  };
   ctx.out.info(`recovering ${target} on ${api.target.url}...`);
-  const s = await follow(api, ctx, await api.post<RemoteOperation>('/sessions', body)) as RecoverySession;
+  const s = (await follow(api, ctx, await api.post<RemoteOperation>('/sessions', body))) as RecoverySession;
   ctx.out.result(recoverResult(s), (v) => renderRecovered(v as ReturnType<typeof recoverResult>));
 };
 
@@ -98,12 +138,26 @@ const surebackupRun: RemoteAction = async (api, ctx, [arg], o) => {
   refuseLocal(o, [['repo', '--repo']]);
   const name = jobName(arg as string);
   if (name !== arg) ctx.out.info(`running job ${name} from the server's jobs directory (not ${arg} of this host)`);
-  const done = await follow(api, ctx, await api.post<RemoteOperation>(`/jobs/${encodeURIComponent(name)}/run`)) as { run: string; job: string; result: string; report: string };
+  const done = (await follow(api, ctx, await api.post<RemoteOperation>(`/jobs/${encodeURIComponent(name)}/run`))) as {
+    run: string;
+    job: string;
+    result: string;
+    report: string;
+  };
   // The operation's result is a summary; the run resource has the tests, as `run --json` prints them.
   const d = await api.get<RunDetail>(`/runs/${encodeURIComponent(done.run)}`);
   const out = {
-    run: done.run, result: done.result, report: done.report,
-    vms: d.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, tests: v.tests, recoverySeconds: v.recoverySeconds, screenshot: v.screenshot })),
+    run: done.run,
+    result: done.result,
+    report: done.report,
+    vms: d.vms.map((v) => ({
+      name: v.name,
+      point: v.point,
+      result: v.result,
+      tests: v.tests,
+      recoverySeconds: v.recoverySeconds,
+      screenshot: v.screenshot,
+    })),
   };
   ctx.out.result(out, () => renderRun(done.job, out));
   if (done.result !== 'success') process.exitCode = ExitCode.verifyFailed;
@@ -117,23 +171,53 @@ const surebackupHistory: RemoteAction = async (api, ctx, _args, o) => {
   const details = new Map<string, RunDetail>();
   const detail = async (id: string): Promise<RunDetail> => {
     let d = details.get(id);
-    if (!d) { d = await api.get<RunDetail>(`/runs/${encodeURIComponent(id)}`); details.set(id, d); }
+    if (!d) {
+      d = await api.get<RunDetail>(`/runs/${encodeURIComponent(id)}`);
+      details.set(id, d);
+    }
     return d;
   };
-  const runs = await Promise.all(all.slice(0, limit).map(async (r) => {
-    const d = await detail(r.id);
-    return { ...r, report: d.run.report, vms: d.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, recoverySeconds: v.recoverySeconds, screenshot: v.screenshot })) };
-  }));
+  const runs = await Promise.all(
+    all.slice(0, limit).map(async (r) => {
+      const d = await detail(r.id);
+      return {
+        ...r,
+        report: d.run.report,
+        vms: d.vms.map((v) => ({
+          name: v.name,
+          point: v.point,
+          result: v.result,
+          recoverySeconds: v.recoverySeconds,
+          screenshot: v.screenshot,
+        })),
+      };
+    }),
+  );
   const finished = all.filter((r) => FINISHED.has(r.status));
   const passed = finished.filter((r) => PASSED.has(r.status)).length;
   // A VM's trend is its last results across runs; the newest runs hold them
   // (exactly so when every run of the job verifies every VM).
   const trendRuns = await Promise.all(finished.slice(0, Math.max(limit, TREND_POINTS)).map((r) => detail(r.id)));
   const vms = [...new Set(runs.flatMap((r) => r.vms.map((v) => v.name)))].sort();
-  const recoveryTrend = Object.fromEntries(vms.map((vm) => [vm, trendRuns
-    .flatMap((d) => d.vms.filter((v) => v.name === vm && v.result !== 'dependency-failed').map((v) => ({ run: d.run.id, at: d.run.startedAt, recoverySeconds: v.recoverySeconds, result: v.result })))
-    .slice(0, TREND_POINTS).reverse()]));
-  const out = { job: job ?? null, passRate: { runs: finished.length, passed, rate: finished.length === 0 ? null : passed / finished.length }, runs, recoveryTrend };
+  const recoveryTrend = Object.fromEntries(
+    vms.map((vm) => [
+      vm,
+      trendRuns
+        .flatMap((d) =>
+          d.vms
+            .filter((v) => v.name === vm && v.result !== 'dependency-failed')
+            .map((v) => ({ run: d.run.id, at: d.run.startedAt, recoverySeconds: v.recoverySeconds, result: v.result })),
+        )
+        .slice(0, TREND_POINTS)
+        .reverse(),
+    ]),
+  );
+  const out = {
+    job: job ?? null,
+    passRate: { runs: finished.length, passed, rate: finished.length === 0 ? null : passed / finished.length },
+    runs,
+    recoveryTrend,
+  };
   ctx.out.result(out, () => renderHistory(out));
 };
 

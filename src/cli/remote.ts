@@ -51,13 +51,16 @@ export function remoteTarget(argv: string[], env: NodeJS.ProcessEnv = process.en
   } catch {
     throw badInput('BAD_SERVER_URL', `--server "${server}" is not a URL`, 'e.g. --server https://backup-host:8470');
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw badInput('BAD_SERVER_URL', `--server "${server}" must be an http:// or https:// URL`, 'e.g. --server https://backup-host:8470');
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw badInput('BAD_SERVER_URL', `--server "${server}" must be an http:// or https:// URL`, 'e.g. --server https://backup-host:8470');
   const token = flag('--token') ?? (env.RESTORELAB_TOKEN || undefined);
   return { url: url.origin + url.pathname.replace(/\/+$/, ''), token, explicit: cliServer !== undefined };
 }
 
 /** What the server's error body holds (src/api/errors.ts errorBody). */
-interface ErrorBody { error?: { code?: string; message?: string; hint?: string; details?: unknown } }
+interface ErrorBody {
+  error?: { code?: string; message?: string; hint?: string; details?: unknown };
+}
 
 /**
  * Exit code of an HTTP error, in the CLI's classes (docs/cli.md). A refused
@@ -84,14 +87,21 @@ export interface RemoteOperation {
   resource: string | null;
 }
 
-interface OperationEvent { type: 'progress' | 'log' | 'done'; fraction?: number; message?: string; data?: unknown }
+interface OperationEvent {
+  type: 'progress' | 'log' | 'done';
+  fraction?: number;
+  message?: string;
+  data?: unknown;
+}
 
 export class ApiClient {
   constructor(readonly target: RemoteTarget) {}
 
   /** GET /api/v1<path> with an optional query; the JSON body. */
   async get<T>(path: string, query: Record<string, string | number | undefined> = {}): Promise<T> {
-    const q = Object.entries(query).filter(([, v]) => v !== undefined).map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
+    const q = Object.entries(query)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
     return (await this.request('GET', path + (q.length ? `?${q.join('&')}` : ''))).json() as Promise<T>;
   }
 
@@ -116,14 +126,20 @@ export class ApiClient {
         if (index++ < seen) continue;
         seen++;
         const ev = JSON.parse(e.data) as OperationEvent;
-        if (ev.type === 'done') { done = ev.data as RemoteOperation; break; }
+        if (ev.type === 'done') {
+          done = ev.data as RemoteOperation;
+          break;
+        }
         if (ev.message) onEvent({ fraction: ev.fraction ?? null, message: ev.message });
       }
       if (done) return finished(done);
       // The stream ended without `done`: ask for the operation itself.
       const now = await this.get<RemoteOperation>(`/operations/${encodeURIComponent(op.id)}`);
       if (now.state !== 'running') return finished(now);
-      if (attempt >= 5) throw new RestorelabError('OPERATION_STREAM_LOST', `lost the progress stream of operation ${op.id} (${op.kind}) five times`, { hint: `it may still be running: GET ${this.target.url}/api/v1/operations/${op.id}` });
+      if (attempt >= 5)
+        throw new RestorelabError('OPERATION_STREAM_LOST', `lost the progress stream of operation ${op.id} (${op.kind}) five times`, {
+          hint: `it may still be running: GET ${this.target.url}/api/v1/operations/${op.id}`,
+        });
       await new Promise((r) => setTimeout(r, 1000));
     }
   }
@@ -134,26 +150,40 @@ export class ApiClient {
     try {
       res = await fetch(url, {
         method,
-        headers: { authorization: `Bearer ${this.target.token ?? ''}`, accept, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        headers: {
+          authorization: `Bearer ${this.target.token ?? ''}`,
+          accept,
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
     } catch (err) {
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      throw new RestorelabError('SERVER_UNREACHABLE', `cannot reach the restorelab server at ${this.target.url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`, {
-        hint: 'check --server (or RESTORELAB_SERVER) and that `restorelab server` runs there; for a self-signed certificate set NODE_EXTRA_CA_CERTS',
-        cause: err,
-      });
+      throw new RestorelabError(
+        'SERVER_UNREACHABLE',
+        `cannot reach the restorelab server at ${this.target.url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`,
+        {
+          hint: 'check --server (or RESTORELAB_SERVER) and that `restorelab server` runs there; for a self-signed certificate set NODE_EXTRA_CA_CERTS',
+          cause: err,
+        },
+      );
     }
     if (res.ok) return res;
     const text = await res.text();
     let e: ErrorBody['error'];
-    try { e = (JSON.parse(text) as ErrorBody).error; } catch { e = undefined; }
+    try {
+      e = (JSON.parse(text) as ErrorBody).error;
+    } catch {
+      e = undefined;
+    }
     const code = e?.code ?? `HTTP_${res.status}`;
     const message = `server: ${e?.message ?? (text.trim().slice(0, 200) || res.statusText)}`;
     let hint = e?.hint;
-    if (res.status === 401) hint ??= 'check --token (or RESTORELAB_TOKEN); on the server host, `restorelab token list` shows the valid ones';
+    if (res.status === 401)
+      hint ??= 'check --token (or RESTORELAB_TOKEN); on the server host, `restorelab token list` shows the valid ones';
     if (res.status === 403) hint ??= 'use a token with a higher role (viewer < operator < admin)';
-    if (res.status === 429) hint ??= `wait ${res.headers.get('retry-after') ?? 'a while'} seconds: too many bad tokens came from this address`;
+    if (res.status === 429)
+      hint ??= `wait ${res.headers.get('retry-after') ?? 'a while'} seconds: too many bad tokens came from this address`;
     throw RestorelabError.revive({ code, message, exitCode: exitCodeOf(res.status), hint });
   }
 }
@@ -229,12 +259,18 @@ export function applyRemoteMode(program: Command, target: RemoteTarget, remote: 
       const args = a.slice(0, -2).flatMap((v) => (Array.isArray(v) ? v.map(String) : v === undefined ? [] : [String(v)]));
       if (!impl) {
         const supported = Object.keys(remote).sort().join(', ');
-        throw badInput('REMOTE_UNSUPPORTED', `\`restorelab ${path}\` cannot run against a server (--server ${target.url})`,
-          `run it on the server host without --server${target.explicit ? '' : ' (unset RESTORELAB_SERVER)'}; commands that work remotely: ${supported}`);
+        throw badInput(
+          'REMOTE_UNSUPPORTED',
+          `\`restorelab ${path}\` cannot run against a server (--server ${target.url})`,
+          `run it on the server host without --server${target.explicit ? '' : ' (unset RESTORELAB_SERVER)'}; commands that work remotely: ${supported}`,
+        );
       }
       if (!target.token) {
-        throw badInput('TOKEN_REQUIRED', `a token is needed to use the server at ${target.url}`,
-          'pass --token T or set RESTORELAB_TOKEN; on the server host: restorelab token create NAME --role viewer');
+        throw badInput(
+          'TOKEN_REQUIRED',
+          `a token is needed to use the server at ${target.url}`,
+          'pass --token T or set RESTORELAB_TOKEN; on the server host: restorelab token create NAME --role viewer',
+        );
       }
       await impl(api, contextFor(c), args, opts);
     });

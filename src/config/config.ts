@@ -107,9 +107,8 @@ function merge(base: Json, over: Json): Json {
   const out: Json = { ...base };
   for (const [k, v] of Object.entries(over)) {
     const b = out[k];
-    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b)
-      ? merge(b as Json, v as Json)
-      : v;
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b) ? merge(b as Json, v as Json) : v;
   }
   return out;
 }
@@ -144,7 +143,11 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     const v = env[name];
     if (v !== undefined && v !== '') setPath(merged, o.path, o.parse(v));
   }
-  const cfg = assertValid<Config>('config.schema.json', merged, file ? `config (${file} + environment)` : 'config (defaults + environment)');
+  const cfg = assertValid<Config>(
+    'config.schema.json',
+    merged,
+    file ? `config (${file} + environment)` : 'config (defaults + environment)',
+  );
   const home = env.RESTORELAB_HOME ?? process.cwd();
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(home, p));
   cfg.repository = abs(cfg.repository);

@@ -22,8 +22,16 @@ import { DiskIoError } from '../disk/published-disk.js';
 import { vmdkDescriptor, vmxConfig } from './vmdk.js';
 import { MAX_SCRATCH_ENTRIES, SCRATCH_ROOT, ScratchStore, checkScratchName } from './scratch-store.js';
 import {
-  DatastoreError, ROOT_ID, type Caller, type Datastore, type DatastoreErrorCode, type DirEntry, type FileAttr,
-  type FileId, type FsStat, type SetAttr,
+  DatastoreError,
+  ROOT_ID,
+  type Caller,
+  type Datastore,
+  type DatastoreErrorCode,
+  type DirEntry,
+  type FileAttr,
+  type FileId,
+  type FsStat,
+  type SetAttr,
 } from './types.js';
 
 /** Local ids per publication; publication numbers go above (2^53 / 2^24 leaves 2^29 publications). */
@@ -79,10 +87,19 @@ class Pub {
   readonly descriptors: Buffer[];
   readonly budget: OverlayBudget;
 
-  constructor(readonly p: DatastorePublication, readonly scratch: ScratchStore, budget: OverlayBudget) {
+  constructor(
+    readonly p: DatastorePublication,
+    readonly scratch: ScratchStore,
+    budget: OverlayBudget,
+  ) {
     this.budget = budget;
     this.definition = Buffer.from(JSON.stringify(p.vm, null, 2) + '\n');
-    this.vmx = Buffer.from(vmxConfig(p.vm, p.disks.map((d) => d.name)));
+    this.vmx = Buffer.from(
+      vmxConfig(
+        p.vm,
+        p.disks.map((d) => d.name),
+      ),
+    );
     this.descriptors = p.disks.map((d) => Buffer.from(vmdkDescriptor(d.name, d.overlay.size)));
   }
 
@@ -91,7 +108,10 @@ class Pub {
   }
 
   virtualNames(): Array<[string, number]> {
-    const out: Array<[string, number]> = [[`${this.p.vm.name}.json`, LOCAL_DEFINITION], [`${this.p.vm.name}.vmx`, LOCAL_VMX]];
+    const out: Array<[string, number]> = [
+      [`${this.p.vm.name}.json`, LOCAL_DEFINITION],
+      [`${this.p.vm.name}.vmx`, LOCAL_VMX],
+    ];
     this.p.disks.forEach((d, i) => {
       const base = LOCAL_DISKS + i * IDS_PER_DISK;
       out.push([`${d.name}.raw`, base], [`${d.name}.vmdk`, base + 1], [`${d.name}-flat.vmdk`, base + 2]);
@@ -130,8 +150,13 @@ export class PublicationDatastore implements Datastore {
     for (const other of this.pubs.values()) if (other.p.name === p.name) fail('EEXIST', `publication ${p.name} is already attached`);
     const budget = p.disks[0]?.overlay.budget ?? new OverlayBudget();
     const scratch = await ScratchStore.open({
-      stateDir: p.stateDir, firstId: LOCAL_SCRATCH_FIRST, endId: PUBLICATION_ID_SPAN, budget,
-      serverOwner: { uid: this.uid, gid: this.gid }, label: p.name, warn: opts.onWarning ?? (() => undefined),
+      stateDir: p.stateDir,
+      firstId: LOCAL_SCRATCH_FIRST,
+      endId: PUBLICATION_ID_SPAN,
+      budget,
+      serverOwner: { uid: this.uid, gid: this.gid },
+      label: p.name,
+      warn: opts.onWarning ?? (() => undefined),
     });
     // Checked again: another attach of the same publication may have finished while this one loaded.
     if (this.pubs.has(p.number)) {
@@ -184,7 +209,19 @@ export class PublicationDatastore implements Datastore {
   }
 
   private dirAttr(fileid: FileId, nlink: number, mtime: Date, ro: boolean): FileAttr {
-    return { fileid, type: 'dir', mode: ro ? 0o555 : 0o755, nlink, uid: this.uid, gid: this.gid, size: 4096, used: 4096, atime: mtime, mtime, ctime: mtime };
+    return {
+      fileid,
+      type: 'dir',
+      mode: ro ? 0o555 : 0o755,
+      nlink,
+      uid: this.uid,
+      gid: this.gid,
+      size: 4096,
+      used: 4096,
+      atime: mtime,
+      mtime,
+      ctime: mtime,
+    };
   }
 
   async getattr(id: FileId): Promise<FileAttr> {
@@ -193,19 +230,36 @@ export class PublicationDatastore implements Datastore {
     const p = n.pub.p;
     const file = (size: number, used: number, writable: boolean): FileAttr => {
       const mtime = n.pub.mtimes.get(n.local) ?? p.created;
-      return { fileid: id, type: 'file', mode: writable ? 0o644 : 0o444, nlink: 1, uid: this.uid, gid: this.gid, size, used, atime: mtime, mtime, ctime: mtime };
+      return {
+        fileid: id,
+        type: 'file',
+        mode: writable ? 0o644 : 0o444,
+        nlink: 1,
+        uid: this.uid,
+        gid: this.gid,
+        size,
+        used,
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+      };
     };
     switch (n.kind) {
-      case 'dir': return this.dirAttr(id, 2, p.created, p.readOnly);
-      case 'definition': return file(n.pub.definition.length, n.pub.definition.length, false);
-      case 'vmx': return file(n.pub.vmx.length, n.pub.vmx.length, false);
+      case 'dir':
+        return this.dirAttr(id, 2, p.created, p.readOnly);
+      case 'definition':
+        return file(n.pub.definition.length, n.pub.definition.length, false);
+      case 'vmx':
+        return file(n.pub.vmx.length, n.pub.vmx.length, false);
       case 'raw':
-      case 'flat': return file(n.disk!.overlay.size, n.disk!.overlay.usedBytes, !p.readOnly);
+      case 'flat':
+        return file(n.disk!.overlay.size, n.disk!.overlay.usedBytes, !p.readOnly);
       case 'vmdk': {
         const d = n.pub.descriptors[p.disks.indexOf(n.disk!)]!;
         return file(d.length, d.length, false);
       }
-      case 'scratch': return { fileid: id, ...n.pub.scratch.attr(n.local) };
+      case 'scratch':
+        return { fileid: id, ...n.pub.scratch.attr(n.local) };
     }
   }
 
@@ -269,17 +323,22 @@ export class PublicationDatastore implements Datastore {
       return { data, eof: offset + data.length >= b.length };
     };
     switch (n.kind) {
-      case 'dir': return fail('EISDIR');
-      case 'definition': return slice(n.pub.definition);
-      case 'vmx': return slice(n.pub.vmx);
-      case 'vmdk': return slice(n.pub.descriptors[n.pub.p.disks.indexOf(n.disk!)]!);
+      case 'dir':
+        return fail('EISDIR');
+      case 'definition':
+        return slice(n.pub.definition);
+      case 'vmx':
+        return slice(n.pub.vmx);
+      case 'vmdk':
+        return slice(n.pub.descriptors[n.pub.p.disks.indexOf(n.disk!)]!);
       case 'raw':
       case 'flat': {
         const ov = n.disk!.overlay;
         const data = await ov.read(offset, length).catch(mapError);
         return { data, eof: offset + data.length >= ov.size };
       }
-      case 'scratch': return n.pub.scratch.read(n.local, offset, length);
+      case 'scratch':
+        return n.pub.scratch.read(n.local, offset, length);
     }
   }
 
@@ -370,7 +429,8 @@ export class PublicationDatastore implements Datastore {
     const from = this.writableDir(fromDir, fromName);
     const to = this.writableDir(toDir, toName);
     if (from.pub !== to.pub) fail('EXDEV', 'publications do not share files');
-    if (from.pub.isVirtual(from.local, fromName) || to.pub.isVirtual(to.local, toName)) fail('EACCES', 'publication files cannot be renamed or replaced');
+    if (from.pub.isVirtual(from.local, fromName) || to.pub.isVirtual(to.local, toName))
+      fail('EACCES', 'publication files cannot be renamed or replaced');
     await from.pub.scratch.rename(from.local, fromName, to.local, toName);
   }
 
@@ -402,7 +462,13 @@ export class PublicationDatastore implements Datastore {
     const capped = limit > 0 && limit < Number.MAX_SAFE_INTEGER;
     const avail = Math.min(fsAvail, capped ? Math.max(0, limit - used) : fsAvail);
     const free = Math.min(fsFree, capped ? Math.max(0, limit - used) : fsFree);
-    return { totalBytes: capped ? Math.min(limit, used + fsAvail) : fsTotal, freeBytes: free, availBytes: avail, totalFiles: files, freeFiles };
+    return {
+      totalBytes: capped ? Math.min(limit, used + fsAvail) : fsTotal,
+      freeBytes: free,
+      availBytes: avail,
+      totalFiles: files,
+      freeFiles,
+    };
   }
 
   readOnly(id: FileId): boolean {

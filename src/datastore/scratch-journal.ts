@@ -112,12 +112,14 @@ export class ScratchJournal {
         return { next, records, problem: `${SNAPSHOT_FILE} is not JSON` };
       }
       if (v.format !== SCRATCH_FORMAT) return { next, records, problem: `${SNAPSHOT_FILE} is not a ${SCRATCH_FORMAT} file` };
-      if (v.version !== SCRATCH_VERSION) return { next, records, problem: `${SNAPSHOT_FILE} has version ${String(v.version)}, this server reads ${SCRATCH_VERSION}` };
-      if (!uint(v.next) || !Array.isArray(v.entries) || !v.entries.every(validRecord)) return { next, records, problem: `${SNAPSHOT_FILE} is malformed` };
+      if (v.version !== SCRATCH_VERSION)
+        return { next, records, problem: `${SNAPSHOT_FILE} has version ${String(v.version)}, this server reads ${SCRATCH_VERSION}` };
+      if (!uint(v.next) || !Array.isArray(v.entries) || !v.entries.every(validRecord))
+        return { next, records, problem: `${SNAPSHOT_FILE} is malformed` };
       next = Math.max(next, v.next);
       for (const r of v.entries) records.set(r.id, r);
     }
-    const journal = await readOptional(this.journalPath) ?? '';
+    const journal = (await readOptional(this.journalPath)) ?? '';
     const lines = journal.split('\n');
     // The piece after the last newline is a torn append (or empty): never acknowledged.
     lines.pop();

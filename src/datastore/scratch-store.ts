@@ -24,7 +24,14 @@ import path from 'node:path';
 import { BLOCK_SIZE, type OverlayBudget } from '../overlay/overlay.js';
 import { RestorelabError } from '../errors.js';
 import { DatastoreError, NAME_MAX, type Caller, type DatastoreErrorCode, type FileAttr, type SetAttr } from './types.js';
-import { JOURNAL_FILE, SNAPSHOT_FILE, ScratchJournal, type JournalRecord, type ScratchRecord, type ScratchType } from './scratch-journal.js';
+import {
+  JOURNAL_FILE,
+  SNAPSHOT_FILE,
+  ScratchJournal,
+  type JournalRecord,
+  type ScratchRecord,
+  type ScratchType,
+} from './scratch-journal.js';
 
 export const MAX_SCRATCH_ENTRIES = 10_000;
 /** PATH_MAX: the longest symlink text kept. */
@@ -79,7 +86,8 @@ export function clientMode(type: ScratchType, mode: number): number {
 
 export function checkScratchName(name: string): void {
   if (Buffer.byteLength(name) > NAME_MAX) fail('ENAMETOOLONG');
-  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) fail('EINVAL', `bad name ${JSON.stringify(name)}`);
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0'))
+    fail('EINVAL', `bad name ${JSON.stringify(name)}`);
 }
 
 /** Host errors of the store's own files, as datastore codes (never naming a client path). */
@@ -95,7 +103,14 @@ function hostError(err: unknown): never {
 async function discardLegacy(stateDir: string, label: string, warn: (m: string) => void): Promise<void> {
   const legacy = [path.join(stateDir, 'scratch'), path.join(stateDir, 'ids.json')];
   const present = [];
-  for (const p of legacy) if (await fs.promises.lstat(p).then(() => true, () => false)) present.push(p);
+  for (const p of legacy)
+    if (
+      await fs.promises.lstat(p).then(
+        () => true,
+        () => false,
+      )
+    )
+      present.push(p);
   if (present.length === 0) return;
   // fs.rm removes symlinks themselves and does not follow them.
   for (const p of present) await fs.promises.rm(p, { recursive: true, force: true });
@@ -151,14 +166,20 @@ export class ScratchStore {
 
   /** Takes the loaded records that form a tree under the root; anything else (a damaged file) is dropped with a warning. */
   private adopt(records: Map<number, ScratchRecord>): void {
-    const sane = (r: ScratchRecord): boolean => r.id >= this.o.firstId && r.id < this.o.endId && r.parent !== r.id &&
-      Buffer.byteLength(r.name) <= NAME_MAX && !['', '.', '..'].includes(r.name) && !/[/\0]/.test(r.name) &&
+    const sane = (r: ScratchRecord): boolean =>
+      r.id >= this.o.firstId &&
+      r.id < this.o.endId &&
+      r.parent !== r.id &&
+      Buffer.byteLength(r.name) <= NAME_MAX &&
+      !['', '.', '..'].includes(r.name) &&
+      !/[/\0]/.test(r.name) &&
       (r.target === undefined || Buffer.byteLength(r.target) <= SYMLINK_MAX);
     const byParent = new Map<number, ScratchRecord[]>();
     for (const r of records.values()) {
       if (!sane(r)) continue;
       const list = byParent.get(r.parent);
-      if (list) list.push(r); else byParent.set(r.parent, [r]);
+      if (list) list.push(r);
+      else byParent.set(r.parent, [r]);
     }
     // Breadth-first from the root: a record is taken only below a directory already taken.
     const queue = [SCRATCH_ROOT];
@@ -180,7 +201,9 @@ export class ScratchStore {
     await fs.promises.mkdir(this.dataDir, { recursive: true, mode: 0o700 });
     const st = await fs.promises.lstat(this.dataDir);
     if (!st.isDirectory()) {
-      throw new RestorelabError('SCRATCH_CORRUPT', `publication ${this.o.label}: ${this.dataDir} is not a directory`, { hint: 'remove it; scratch files start empty' });
+      throw new RestorelabError('SCRATCH_CORRUPT', `publication ${this.o.label}: ${this.dataDir} is not a directory`, {
+        hint: 'remove it; scratch files start empty',
+      });
     }
     const seen = new Set<number>();
     for (const name of await fs.promises.readdir(this.dataDir)) {
@@ -220,7 +243,18 @@ export class ScratchStore {
   }
 
   private record(e: Entry): ScratchRecord {
-    const r: ScratchRecord = { id: e.id, parent: e.parent, name: e.name, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, atime: e.atime, mtime: e.mtime, ctime: e.ctime };
+    const r: ScratchRecord = {
+      id: e.id,
+      parent: e.parent,
+      name: e.name,
+      type: e.type,
+      mode: e.mode,
+      uid: e.uid,
+      gid: e.gid,
+      atime: e.atime,
+      mtime: e.mtime,
+      ctime: e.ctime,
+    };
     if (e.target !== undefined) r.target = e.target;
     return r;
   }
@@ -258,7 +292,8 @@ export class ScratchStore {
       const st = await fs.promises.statfs(this.dataDir).catch(hostError);
       if (bytes > st.bavail * st.bsize) fail('ENOSPC', `no space left for scratch files in ${this.o.stateDir}`);
     }
-    if (bytes > b.freeBytes) fail('ENOSPC', `publication ${this.o.label} is full (${b.usedBytes} of ${b.limitBytes} bytes used by overlay and scratch)`);
+    if (bytes > b.freeBytes)
+      fail('ENOSPC', `publication ${this.o.label} is full (${b.usedBytes} of ${b.limitBytes} bytes used by overlay and scratch)`);
     this.charge(bytes);
   }
 
@@ -281,7 +316,7 @@ export class ScratchStore {
       } catch (err) {
         hostError(err);
       } finally {
-        const actual = h ? (await h.stat().catch(() => undefined))?.size ?? size : e.size;
+        const actual = h ? ((await h.stat().catch(() => undefined))?.size ?? size) : e.size;
         await h?.close();
         this.charge(chargeOf(actual) - chargeOf(e.size) - grow);
         e.size = actual;
@@ -377,8 +412,16 @@ export class ScratchStore {
       size = Buffer.byteLength(e.target ?? '');
     }
     return {
-      type: e.type, mode: e.mode, nlink, uid: e.uid, gid: e.gid, size, used: e.type === 'file' ? chargeOf(e.size) : e.type === 'dir' ? BLOCK_SIZE : 0,
-      atime: new Date(e.atime), mtime: new Date(e.mtime), ctime: new Date(e.ctime),
+      type: e.type,
+      mode: e.mode,
+      nlink,
+      uid: e.uid,
+      gid: e.gid,
+      size,
+      used: e.type === 'file' ? chargeOf(e.size) : e.type === 'dir' ? BLOCK_SIZE : 0,
+      atime: new Date(e.atime),
+      mtime: new Date(e.mtime),
+      ctime: new Date(e.ctime),
     };
   }
 
@@ -392,16 +435,31 @@ export class ScratchStore {
   private newEntry(parent: number, name: string, type: ScratchType, mode: number, owner: Caller | undefined, target?: string): Entry {
     checkScratchName(name);
     if (!this.children.has(parent)) fail(this.entries.has(parent) ? 'ENOTDIR' : 'ESTALE');
-    if (target !== undefined && Buffer.byteLength(target) > SYMLINK_MAX) fail('ENAMETOOLONG', `symlink text is longer than ${SYMLINK_MAX} bytes`);
-    if (this.entries.size >= MAX_SCRATCH_ENTRIES) fail('ENOSPC', `publication ${this.o.label} has ${MAX_SCRATCH_ENTRIES} scratch entries, the most it keeps`);
-    if (this.textBytes + Buffer.byteLength(name) + Buffer.byteLength(target ?? '') > MAX_SCRATCH_TEXT_BYTES) fail('ENOSPC', 'scratch names and symlinks use up their space');
+    if (target !== undefined && Buffer.byteLength(target) > SYMLINK_MAX)
+      fail('ENAMETOOLONG', `symlink text is longer than ${SYMLINK_MAX} bytes`);
+    if (this.entries.size >= MAX_SCRATCH_ENTRIES)
+      fail('ENOSPC', `publication ${this.o.label} has ${MAX_SCRATCH_ENTRIES} scratch entries, the most it keeps`);
+    if (this.textBytes + Buffer.byteLength(name) + Buffer.byteLength(target ?? '') > MAX_SCRATCH_TEXT_BYTES)
+      fail('ENOSPC', 'scratch names and symlinks use up their space');
     if (this.next >= this.o.endId) fail('ENOSPC', `publication ${this.o.label} ran out of file ids`);
     const now = Date.now();
     const who = owner ?? this.o.serverOwner;
     return {
-      id: this.next++, parent, name, type, mode: clientMode(type, mode), uid: who.uid >>> 0, gid: who.gid >>> 0,
-      atime: now, mtime: now, ctime: now, ...(target !== undefined ? { target } : {}),
-      size: 0, live: true, lock: Promise.resolve(), timesDirty: false,
+      id: this.next++,
+      parent,
+      name,
+      type,
+      mode: clientMode(type, mode),
+      uid: who.uid >>> 0,
+      gid: who.gid >>> 0,
+      atime: now,
+      mtime: now,
+      ctime: now,
+      ...(target !== undefined ? { target } : {}),
+      size: 0,
+      live: true,
+      lock: Promise.resolve(),
+      timesDirty: false,
     };
   }
 
@@ -504,7 +562,8 @@ export class ScratchStore {
       if (!this.children.has(toParent)) fail(this.entries.has(toParent) ? 'ENOTDIR' : 'ESTALE');
       if (fromParent === toParent && fromName === toName) return;
       if (src.type === 'dir') {
-        for (let p = toParent; p !== SCRATCH_ROOT; p = this.live(p).parent) if (p === src.id) fail('EINVAL', 'a directory cannot move below itself');
+        for (let p = toParent; p !== SCRATCH_ROOT; p = this.live(p).parent)
+          if (p === src.id) fail('EINVAL', 'a directory cannot move below itself');
       }
       const dstId = this.lookup(toParent, toName);
       const dst = dstId === undefined ? undefined : this.live(dstId);
@@ -513,7 +572,10 @@ export class ScratchStore {
         if (src.type !== 'dir' && dst.type === 'dir') fail('EISDIR');
         if (dst.type === 'dir' && this.children.get(dst.id)!.size > 0) fail('ENOTEMPTY');
       }
-      const grow = Buffer.byteLength(toName) - Buffer.byteLength(fromName) - (dst ? Buffer.byteLength(dst.name) + Buffer.byteLength(dst.target ?? '') : 0);
+      const grow =
+        Buffer.byteLength(toName) -
+        Buffer.byteLength(fromName) -
+        (dst ? Buffer.byteLength(dst.name) + Buffer.byteLength(dst.target ?? '') : 0);
       if (this.textBytes + grow > MAX_SCRATCH_TEXT_BYTES) fail('ENOSPC', 'scratch names and symlinks use up their space');
       if (dst) await this.withContent(dst, async () => this.unlink(dst));
       const now = Date.now();
@@ -525,7 +587,10 @@ export class ScratchStore {
       src.ctime = now;
       this.touchDir(fromParent, now);
       this.touchDir(toParent, now);
-      const recs: JournalRecord[] = [...(dst ? [{ del: dst.id }] : []), ...this.put(src, this.entries.get(fromParent), this.entries.get(toParent))];
+      const recs: JournalRecord[] = [
+        ...(dst ? [{ del: dst.id }] : []),
+        ...this.put(src, this.entries.get(fromParent), this.entries.get(toParent)),
+      ];
       await this.persist(recs);
       if (dst?.type === 'file') await fs.promises.rm(this.contentPath(dst.id), { force: true }).catch(() => undefined);
     });
@@ -543,7 +608,11 @@ export class ScratchStore {
         const size = attr.size;
         if (!Number.isSafeInteger(size) || size < 0) fail('EFBIG');
         const before = e.size;
-        await this.resize(e, () => size, (h) => h.truncate(size));
+        await this.resize(
+          e,
+          () => size,
+          (h) => h.truncate(size),
+        );
         if (e.size !== before) e.mtime = now;
       }
       if (attr.mode !== undefined) e.mode = clientMode(e.type, attr.mode);
@@ -578,13 +647,17 @@ export class ScratchStore {
     if (e.type === 'dir') fail('EISDIR');
     if (e.type !== 'file') fail('EINVAL');
     if (!Number.isSafeInteger(offset + data.length)) fail('EFBIG');
-    return this.resize(e, (current) => Math.max(current, offset + data.length), async (h) => {
-      let done = 0;
-      while (done < data.length) done += (await h.write(data, done, data.length - done, offset + done)).bytesWritten;
-      if (sync) await h.datasync();
-      e.mtime = Date.now();
-      e.timesDirty = true;
-    });
+    return this.resize(
+      e,
+      (current) => Math.max(current, offset + data.length),
+      async (h) => {
+        let done = 0;
+        while (done < data.length) done += (await h.write(data, done, data.length - done, offset + done)).bytesWritten;
+        if (sync) await h.datasync();
+        e.mtime = Date.now();
+        e.timesDirty = true;
+      },
+    );
   }
 
   /** Makes a file's content durable, and its times journaled. */

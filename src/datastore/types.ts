@@ -10,11 +10,28 @@
 
 /** Errno-like failure codes; frontends map them to NFS3ERR_* or -errno. */
 export type DatastoreErrorCode =
-  | 'ENOENT' | 'EEXIST' | 'ENOTDIR' | 'EISDIR' | 'ENOTEMPTY' | 'EACCES' | 'EPERM'
-  | 'EROFS' | 'ENOSPC' | 'EIO' | 'ENAMETOOLONG' | 'EINVAL' | 'ESTALE' | 'ENOTSUP' | 'EXDEV' | 'EFBIG';
+  | 'ENOENT'
+  | 'EEXIST'
+  | 'ENOTDIR'
+  | 'EISDIR'
+  | 'ENOTEMPTY'
+  | 'EACCES'
+  | 'EPERM'
+  | 'EROFS'
+  | 'ENOSPC'
+  | 'EIO'
+  | 'ENAMETOOLONG'
+  | 'EINVAL'
+  | 'ESTALE'
+  | 'ENOTSUP'
+  | 'EXDEV'
+  | 'EFBIG';
 
 export class DatastoreError extends Error {
-  constructor(readonly code: DatastoreErrorCode, message?: string) {
+  constructor(
+    readonly code: DatastoreErrorCode,
+    message?: string,
+  ) {
     super(message ?? code);
     this.name = 'DatastoreError';
   }

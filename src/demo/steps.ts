@@ -73,11 +73,17 @@ export const demoSteps: DemoStep[] = [
       const vm = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
       const point = await backupVm({ repo, vm, disks: { [vm.disks[0]?.name ?? 'root']: values.image ?? '' } });
       const db = openCatalog(config.catalog);
-      try { recordPoint(db, repo.path, point); } finally { db.close(); }
+      try {
+        recordPoint(db, repo.path, point);
+      } finally {
+        db.close();
+      }
       values.point = point.id;
       const s = point.stats;
-      return `restore point ${point.id} in ${config.repository}: read ${formatBytes(s.bytesRead)}, new ${formatBytes(s.bytesNew)}, ` +
-        `reused ${formatBytes(s.bytesReused)}, zero ${formatBytes(s.bytesZero)} in ${s.seconds} s`;
+      return (
+        `restore point ${point.id} in ${config.repository}: read ${formatBytes(s.bytesRead)}, new ${formatBytes(s.bytesNew)}, ` +
+        `reused ${formatBytes(s.bytesReused)}, zero ${formatBytes(s.bytesZero)} in ${s.seconds} s`
+      );
     },
   },
   {
@@ -86,7 +92,10 @@ export const demoSteps: DemoStep[] = [
     run: async ({ config, values }) => {
       const repo = await openRepository(config.repository);
       const r = await verifyRepository(repo, values.point ? { point: values.point } : {});
-      if (!r.ok) throw new RestorelabError('VERIFY_FAILED', `${r.corrupt.length} corrupt item(s) in ${config.repository}`, { hint: 'run restorelab verify --repo ' + config.repository });
+      if (!r.ok)
+        throw new RestorelabError('VERIFY_FAILED', `${r.corrupt.length} corrupt item(s) in ${config.repository}`, {
+          hint: 'run restorelab verify --repo ' + config.repository,
+        });
       return `${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)}) verified in ${r.seconds.toFixed(1)} s`;
     },
   },
@@ -94,15 +103,28 @@ export const demoSteps: DemoStep[] = [
     name: 'publish',
     description: 'publish the restore point over FUSE and NFS',
     run: async ({ config, values }) => {
-      const pub = await startPublication({ repo: config.repository, point: values.point ?? '', stateDir: config.stateDir, fuseDir: join(config.stateDir, 'demo-mount') });
+      const pub = await startPublication({
+        repo: config.repository,
+        point: values.point ?? '',
+        stateDir: config.stateDir,
+        fuseDir: join(config.stateDir, 'demo-mount'),
+      });
       try {
         // Ephemeral ports and no portmapper: the demo must not collide with an NFS server already on this host.
-        const nfs = await startNfsExport({ datastore: pub.datastore, stateDir: config.stateDir, port: 0, mountPort: 0, portmapPort: null, listen: '127.0.0.1' });
+        const nfs = await startNfsExport({
+          datastore: pub.datastore,
+          stateDir: config.stateDir,
+          port: 0,
+          mountPort: 0,
+          portmapPort: null,
+          listen: '127.0.0.1',
+        });
         try {
           const [disk, path] = Object.entries(pub.disks)[0] ?? [];
           if (!disk || !path) throw new Error(`publication ${pub.id} has no disk`);
           const [published, source] = await Promise.all([sha256File(path), sha256File(values.image ?? '')]);
-          if (published !== source) throw new Error(`${path} differs from ${values.image}: the published disk must read back the backed-up bytes`);
+          if (published !== source)
+            throw new Error(`${path} differs from ${values.image}: the published disk must read back the backed-up bytes`);
           const ls = await exec('nfs-ls', [nfs.url(pub.name)], { timeoutMs: 60_000 });
           if (ls.code !== 0 || !ls.stdout.includes(`${disk}.raw`)) throw new Error(`nfs-ls of the export failed: ${ls.stderr.trim()}`);
           return `${disk}.raw on FUSE (${path}) reads back the source image bit for bit; NFS export lists it (${nfs.url(pub.name, `${disk}.raw`)})`;
@@ -119,8 +141,13 @@ export const demoSteps: DemoStep[] = [
     description: 'boot the VM from the backup inside a virtual lab',
     run: async ({ config, values }) => {
       const session = await recover({
-        repo: config.repository, vm: 'web', ...(values.point ? { point: values.point } : {}),
-        lab: projectPath('lab-templates', 'labs', 'prod-lab.json'), driver: config.driver, stateDir: config.stateDir, accel: config.accel,
+        repo: config.repository,
+        vm: 'web',
+        ...(values.point ? { point: values.point } : {}),
+        lab: projectPath('lab-templates', 'labs', 'prod-lab.json'),
+        driver: config.driver,
+        stateDir: config.stateDir,
+        accel: config.accel,
         ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}),
       });
       try {
@@ -140,16 +167,35 @@ export const demoSteps: DemoStep[] = [
     run: async ({ config, out }) => {
       const jobFile = projectPath('lab-templates', 'jobs', 'demo.json');
       const job = loadJob(jobFile);
-      const backend = createLabBackend({ repo: config.repository, stateDir: config.stateDir, driver: config.driver, accel: config.accel, baseDir: dirname(jobFile),
-        ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}) });
+      const backend = createLabBackend({
+        repo: config.repository,
+        stateDir: config.stateDir,
+        driver: config.driver,
+        accel: config.accel,
+        baseDir: dirname(jobFile),
+        ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}),
+      });
       const history = History.open(config.catalog);
       try {
         const rep = await executeRun({
-          job, jobFile, backend, repo: () => backend.reader(), stateDir: config.stateDir, history, trigger: 'manual',
-          limiter: new Limiter(config.limits.maxConcurrentVms, config.limits.memoryBudgetMiB), log: { warn: (l) => out.warn(l) },
+          job,
+          jobFile,
+          backend,
+          repo: () => backend.reader(),
+          stateDir: config.stateDir,
+          history,
+          trigger: 'manual',
+          limiter: new Limiter(config.limits.maxConcurrentVms, config.limits.memoryBudgetMiB),
+          log: { warn: (l) => out.warn(l) },
         });
-        const vms = rep.vms.map((v) => `${v.name} ${v.result} (recovered in ${v.recoverySeconds.toFixed(1)} s; ${v.tests.map((x) => `${x.name} ${x.result}`).join(', ')})`);
-        if (rep.result !== 'success') throw new RestorelabError('VERIFY_FAILED', `job ${job.name}: ${rep.result}: ${vms.join('; ')}`, { hint: `see the report ${rep.report}` });
+        const vms = rep.vms.map(
+          (v) =>
+            `${v.name} ${v.result} (recovered in ${v.recoverySeconds.toFixed(1)} s; ${v.tests.map((x) => `${x.name} ${x.result}`).join(', ')})`,
+        );
+        if (rep.result !== 'success')
+          throw new RestorelabError('VERIFY_FAILED', `job ${job.name}: ${rep.result}: ${vms.join('; ')}`, {
+            hint: `see the report ${rep.report}`,
+          });
         return `${rep.result}: ${vms.join('; ')}; report ${rep.report}`;
       } finally {
         history.close();

@@ -130,7 +130,9 @@ export class ChunkCache {
     if (slot) this.lent -= slot.byteLength;
     const own = slot !== undefined && bytes.buffer === slot;
     if (slot && !own) this.putSpare(slot);
-    const entry: Entry = own ? { bytes, cost: slot!.byteLength, slot, pins: flight.waiters } : { bytes, cost: bytes.length, pins: flight.waiters };
+    const entry: Entry = own
+      ? { bytes, cost: slot!.byteLength, slot, pins: flight.waiters }
+      : { bytes, cost: bytes.length, pins: flight.waiters };
     this.entries.set(key, entry);
     this.bytes += entry.cost;
     this.trim();

@@ -19,7 +19,8 @@ export class DecodePool {
     this.pool = new WorkerPool({
       script: new URL('./decode-worker.js', import.meta.url),
       workerData: { repo, keyFile: opts.keyFile },
-      size: opts.size ?? availableParallelism(), name: 'decode',
+      size: opts.size ?? availableParallelism(),
+      name: 'decode',
       // A server's publications live as long as it does: idle decoders must not keep a process alive.
       unrefWhenIdle: true,
     });
@@ -52,7 +53,8 @@ export class DecodePool {
       readChunkInto: (i, into) => {
         if (source.chunkId(i) === null) return Promise.resolve(null);
         // Memory a worker cannot share is decoded the transferring way and copied.
-        if (!(into.buffer instanceof SharedArrayBuffer)) return this.decode(point, disk, i).then((b) => (b ? into.subarray(0, b.copy(into)) : null));
+        if (!(into.buffer instanceof SharedArrayBuffer))
+          return this.decode(point, disk, i).then((b) => (b ? into.subarray(0, b.copy(into)) : null));
         return this.decode(point, disk, i, into);
       },
     };

@@ -54,26 +54,36 @@ function decode(d: DiskSource, index: number, into: Buffer | undefined): Promise
 
 parentPort?.on('message', (req: DecodeRequest) => {
   const into = req.into ? Buffer.from(req.into.buffer, req.into.byteOffset, req.into.byteLength) : undefined;
-  disk(req.point, req.disk).then((d) => decode(d, req.index, into)).then(
-    (buf) => {
-      if (into) {
-        // The bytes are in shared memory already: only their length goes back.
-        if (buf && buf.buffer !== into.buffer) buf.copy(into);
-        parentPort?.postMessage({ id: req.id, ok: true, length: buf ? buf.length : null } satisfies DecodeReply);
-        return;
-      }
-      if (!buf) {
-        parentPort?.postMessage({ id: req.id, ok: true, data: null } satisfies DecodeReply);
-        return;
-      }
-      // Transfer when the buffer owns its memory; otherwise copy once.
-      const own = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer;
-      const data = own ? new Uint8Array(buf.buffer, 0, buf.byteLength) : new Uint8Array(buf);
-      parentPort?.postMessage({ id: req.id, ok: true, data } satisfies DecodeReply, [data.buffer as ArrayBuffer]);
-    },
-    (err: unknown) => {
-      const corrupt = err instanceof CorruptChunkError ? { digest: err.digest, reason: err.reason, ...(err.store ? { store: err.store } : {}) } : undefined;
-      parentPort?.postMessage({ id: req.id, ok: false, message: (err as Error).message, ...(corrupt ? { corrupt } : {}) } satisfies DecodeReply);
-    },
-  );
+  disk(req.point, req.disk)
+    .then((d) => decode(d, req.index, into))
+    .then(
+      (buf) => {
+        if (into) {
+          // The bytes are in shared memory already: only their length goes back.
+          if (buf && buf.buffer !== into.buffer) buf.copy(into);
+          parentPort?.postMessage({ id: req.id, ok: true, length: buf ? buf.length : null } satisfies DecodeReply);
+          return;
+        }
+        if (!buf) {
+          parentPort?.postMessage({ id: req.id, ok: true, data: null } satisfies DecodeReply);
+          return;
+        }
+        // Transfer when the buffer owns its memory; otherwise copy once.
+        const own = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer;
+        const data = own ? new Uint8Array(buf.buffer, 0, buf.byteLength) : new Uint8Array(buf);
+        parentPort?.postMessage({ id: req.id, ok: true, data } satisfies DecodeReply, [data.buffer as ArrayBuffer]);
+      },
+      (err: unknown) => {
+        const corrupt =
+          err instanceof CorruptChunkError
+            ? { digest: err.digest, reason: err.reason, ...(err.store ? { store: err.store } : {}) }
+            : undefined;
+        parentPort?.postMessage({
+          id: req.id,
+          ok: false,
+          message: (err as Error).message,
+          ...(corrupt ? { corrupt } : {}),
+        } satisfies DecodeReply);
+      },
+    );
 });

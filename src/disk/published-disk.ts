@@ -60,7 +60,10 @@ export class PublishedDisk {
   /** Chunks fetched for readahead (for tests and stats). */
   prefetched = 0;
 
-  constructor(private readonly source: DiskSource, opts: PublishedDiskOptions = {}) {
+  constructor(
+    private readonly source: DiskSource,
+    opts: PublishedDiskOptions = {},
+  ) {
     this.size = source.size;
     this.chunkSize = source.chunkSize;
     this.cache = opts.cache ?? new ChunkCache(64 * 1024 * 1024);

@@ -32,13 +32,23 @@ export function renderErrorsDoc(): string {
     const k = ERROR_CLASSES[c];
     out.push('', `## ${k.title} (exit ${k.exitCode})`, '', '| code | exit code | HTTP status | explanation |', '|---|---|---|---|');
     for (const code of mine) {
-      const former = Object.keys(ERROR_MERGES).filter((old) => ERROR_MERGES[old] === code).sort();
+      const former = Object.keys(ERROR_MERGES)
+        .filter((old) => ERROR_MERGES[old] === code)
+        .sort();
       const note = former.length > 0 ? ` (formerly ${former.map((f) => `\`${f}\``).join(', ')})` : '';
       out.push(`| \`${code}\` | ${k.exitCode} | ${httpStatusOf(code)} | ${ERRORS[code].explain.replaceAll('|', '\\|')}${note} |`);
     }
   }
-  out.push('', '## Merged codes', '', 'These codes named the same thing as another and were merged into it; scripts matching the old', 'name should match the new one.', '',
-    '| former code | now |', '|---|---|');
+  out.push(
+    '',
+    '## Merged codes',
+    '',
+    'These codes named the same thing as another and were merged into it; scripts matching the old',
+    'name should match the new one.',
+    '',
+    '| former code | now |',
+    '|---|---|',
+  );
   for (const old of Object.keys(ERROR_MERGES).sort()) out.push(`| \`${old}\` | \`${ERROR_MERGES[old]}\` |`);
   return out.join('\n') + '\n';
 }

@@ -12,7 +12,14 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, statSync } fr
 import { join, resolve } from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import { readPartitionTable, type Partition, type ReadAt } from './partitions.js';
-import { HARDENING_OPTIONS, MOUNT_OPTIONS, identifyFilesystem, kernelFilesystems, probeFilesystem, type FilesystemProbe } from './filesystems.js';
+import {
+  HARDENING_OPTIONS,
+  MOUNT_OPTIONS,
+  identifyFilesystem,
+  kernelFilesystems,
+  probeFilesystem,
+  type FilesystemProbe,
+} from './filesystems.js';
 import type { MountedPartition, Resource, SessionJournal } from './session.js';
 import { attachLoop, detachLoop, loopInfo, mountDevice, unmount } from './system.js';
 import { isMountPoint } from '../host/mounts.js';
@@ -81,7 +88,11 @@ export async function inspectDisk(path: string): Promise<{ scheme: string; parti
 }
 
 function unknownFilesystem(disk: string, what: string): RestorelabError {
-  return badInput('UNKNOWN_FILESYSTEM', `disk ${disk}: ${what}`, 'file-level restore reads ext2/3/4, xfs, btrfs and vfat; restore the whole disk instead (`restorelab restore`) and open it with a tool for that filesystem');
+  return badInput(
+    'UNKNOWN_FILESYSTEM',
+    `disk ${disk}: ${what}`,
+    'file-level restore reads ext2/3/4, xfs, btrfs and vfat; restore the whole disk instead (`restorelab restore`) and open it with a tool for that filesystem',
+  );
 }
 
 /** Whether the host kernel can mount `driver`, loading its module if it is not in yet. */
@@ -95,11 +106,16 @@ async function kernelHas(driver: string): Promise<boolean> {
 /** Refuses a mount directory that is itself a mount point or has anything in it. */
 export function checkMountDir(dir: string): void {
   if (!existsSync(dir)) return;
-  if (!statSync(dir).isDirectory()) throw badInput('MOUNT_POINT_NOT_DIRECTORY', `${dir} is not a directory`, 'give an empty or new directory to mount on');
+  if (!statSync(dir).isDirectory())
+    throw badInput('MOUNT_POINT_NOT_DIRECTORY', `${dir} is not a directory`, 'give an empty or new directory to mount on');
   if (isMountPoint(dir) || readdirSync(dir).length > 0) {
-    throw new RestorelabError('MOUNT_POINT_IN_USE', `mount point ${dir} is in use (${isMountPoint(dir) ? 'something is mounted there' : 'it is not empty'})`, {
-      hint: 'give an empty or new directory, or unmount what is there (`restorelab umount <dir>`)',
-    });
+    throw new RestorelabError(
+      'MOUNT_POINT_IN_USE',
+      `mount point ${dir} is in use (${isMountPoint(dir) ? 'something is mounted there' : 'it is not empty'})`,
+      {
+        hint: 'give an empty or new directory, or unmount what is there (`restorelab umount <dir>`)',
+      },
+    );
   }
 }
 
@@ -113,11 +129,17 @@ export class HostMountBackend implements FileLevelBackend {
     const out: MountedPartition[] = [];
     for (const disk of req.disks) {
       const info = await inspectDisk(disk.path);
-      if (info.partitions.length === 0) throw unknownFilesystem(disk.name, 'no partition table and no filesystem we recognise at the start of the disk');
+      if (info.partitions.length === 0)
+        throw unknownFilesystem(disk.name, 'no partition table and no filesystem we recognise at the start of the disk');
       let parts = info.partitions;
       if (req.partition !== undefined) {
         parts = parts.filter((p) => p.number === req.partition);
-        if (parts.length === 0) throw notFound('PARTITION_NOT_FOUND', `disk ${disk.name} has no partition ${req.partition} (it has ${info.partitions.map((p) => p.number).join(', ')})`, 'pick one of the listed partition numbers');
+        if (parts.length === 0)
+          throw notFound(
+            'PARTITION_NOT_FOUND',
+            `disk ${disk.name} has no partition ${req.partition} (it has ${info.partitions.map((p) => p.number).join(', ')})`,
+            'pick one of the listed partition numbers',
+          );
       }
       const base = req.disks.length > 1 ? join(dir, disk.name) : dir;
       for (const part of parts) {
@@ -127,7 +149,8 @@ export class HostMountBackend implements FileLevelBackend {
         if (!fs) skipped = 'unknown filesystem';
         else if (!fs.driver) skipped = `unsupported filesystem ${fs.fstype}`;
         else if (!MOUNT_OPTIONS[fs.driver]) skipped = `unsupported filesystem ${fs.fstype}`;
-        else if (!(await kernelHas(fs.driver))) skipped = `unsupported filesystem ${fs.fstype}: this host's kernel has no ${fs.driver} driver`;
+        else if (!(await kernelHas(fs.driver)))
+          skipped = `unsupported filesystem ${fs.fstype}: this host's kernel has no ${fs.driver} driver`;
         if (skipped) {
           out.push({ disk: disk.name, partition: part.number, fstype: fs?.fstype ?? 'unknown', path: '', skipped });
           continue;
@@ -137,8 +160,13 @@ export class HostMountBackend implements FileLevelBackend {
     }
     if (plan.length === 0) {
       const why = out.map((m) => `partition ${m.partition}: ${m.skipped}`).join('; ');
-      if (out.some((m) => m.fstype === 'unknown')) throw unknownFilesystem(req.disks.map((d) => d.name).join(', '), `nothing to mount (${why})`);
-      throw badInput('UNKNOWN_FILESYSTEM', `nothing to mount: ${why}`, 'restore the whole disk instead and open it with a tool for that filesystem');
+      if (out.some((m) => m.fstype === 'unknown'))
+        throw unknownFilesystem(req.disks.map((d) => d.name).join(', '), `nothing to mount (${why})`);
+      throw badInput(
+        'UNKNOWN_FILESYSTEM',
+        `nothing to mount: ${why}`,
+        'restore the whole disk instead and open it with a tool for that filesystem',
+      );
     }
     this.makeRoot(dir, journal);
     for (const { disk, part, path } of plan) {
@@ -187,7 +215,8 @@ export class HostMountBackend implements FileLevelBackend {
       }
       case 'loop': {
         const info = loopInfo(r.device);
-        if (info && info.offset === r.offset && (info.backing === r.backing || info.backing.startsWith(`${r.backing} (`))) await detachLoop(r.device);
+        if (info && info.offset === r.offset && (info.backing === r.backing || info.backing.startsWith(`${r.backing} (`)))
+          await detachLoop(r.device);
         return;
       }
       case 'dir': {

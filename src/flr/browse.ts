@@ -66,7 +66,8 @@ function typeOf(st: Stats): EntryType {
  * it stays inside; a final symlink is followed only with `followFinal`.
  */
 export async function resolveGuestPath(root: string, guestPath: string, opts: { followFinal: boolean }): Promise<ResolvedPath> {
-  if (guestPath.includes('\0')) throw badInput('BAD_GUEST_PATH', 'guest path contains a NUL byte', 'give a plain path such as /etc/hostname');
+  if (guestPath.includes('\0'))
+    throw badInput('BAD_GUEST_PATH', 'guest path contains a NUL byte', 'give a plain path such as /etc/hostname');
   const queue = guestPath.split('/').filter((c) => c !== '' && c !== '.');
   const stack: string[] = [];
   let links = 0;
@@ -83,8 +84,18 @@ export async function resolveGuestPath(root: string, guestPath: string, opts: { 
     try {
       st = await lstat(host);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath} does not exist (no ${posix.join('/', ...stack, c)})`, 'list the directory with `restorelab files ls` to see what is there');
-      if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath}: ${posix.join('/', ...stack)} is not a directory`, 'check the path');
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+        throw notFound(
+          'GUEST_PATH_NOT_FOUND',
+          `guest path ${guestPath} does not exist (no ${posix.join('/', ...stack, c)})`,
+          'list the directory with `restorelab files ls` to see what is there',
+        );
+      if ((err as NodeJS.ErrnoException).code === 'ENOTDIR')
+        throw notFound(
+          'GUEST_PATH_NOT_FOUND',
+          `guest path ${guestPath}: ${posix.join('/', ...stack)} is not a directory`,
+          'check the path',
+        );
       throw err;
     }
     const last = queue.length === 0;
@@ -103,7 +114,12 @@ export async function resolveGuestPath(root: string, guestPath: string, opts: { 
       queue.unshift(...parts);
       continue;
     }
-    if (!last && !st.isDirectory()) throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath}: ${posix.join('/', ...stack, c)} is not a directory`, 'check the path');
+    if (!last && !st.isDirectory())
+      throw notFound(
+        'GUEST_PATH_NOT_FOUND',
+        `guest path ${guestPath}: ${posix.join('/', ...stack, c)} is not a directory`,
+        'check the path',
+      );
     stack.push(c);
   }
   return { guestPath: posix.join('/', ...stack), hostPath: join(root, ...stack), stat: st };
@@ -186,11 +202,25 @@ export async function getGuestPath(root: string, guestPath: string, to: string, 
     throw readFailure(err, guestPath);
   }
   const asTar = opts.tar === true || r.stat.isDirectory();
-  if (!asTar && !r.stat.isFile()) throw badInput('NOT_A_REGULAR_FILE', `guest path ${guestPath} is a ${typeOf(r.stat)}, not a file`, 'use --tar to get it as a tar stream');
+  if (!asTar && !r.stat.isFile())
+    throw badInput(
+      'NOT_A_REGULAR_FILE',
+      `guest path ${guestPath} is a ${typeOf(r.stat)}, not a file`,
+      'use --tar to get it as a tar stream',
+    );
   const base = r.guestPath === '/' ? 'root' : posix.basename(r.guestPath);
   // Like cp: a directory as the target means "into it".
   const target = to !== '-' && (await isDirectory(to)) ? join(to, asTar ? `${base}.tar` : base) : to;
-  const result: GetResult = { guestPath: r.guestPath, to: target, format: asTar ? 'tar' : 'file', bytes: 0, files: 0, directories: 0, symlinks: 0, skipped: 0 };
+  const result: GetResult = {
+    guestPath: r.guestPath,
+    to: target,
+    format: asTar ? 'tar' : 'file',
+    bytes: 0,
+    files: 0,
+    directories: 0,
+    symlinks: 0,
+    skipped: 0,
+  };
   const sink = new CountingSink(target === '-' ? process.stdout : createWriteStream(target, { mode: 0o600 }));
   try {
     if (asTar) await writeTar(r, sink, result);
@@ -332,15 +362,23 @@ function addEntry(pack: tar.Pack, h: TarHeader): Promise<void> {
  * exists. `howToChoose` ends the error hints: how the caller's user names a
  * partition (a CLI flag, a query parameter).
  */
-export async function choosePartition(mounts: readonly MountedPartition[], guestPath: string,
-  want: { disk?: string; partition?: number }, howToChoose: string): Promise<MountedPartition> {
+export async function choosePartition(
+  mounts: readonly MountedPartition[],
+  guestPath: string,
+  want: { disk?: string; partition?: number },
+  howToChoose: string,
+): Promise<MountedPartition> {
   const usable = mounts.filter((m) => !m.skipped);
-  const candidates = usable.filter((m) => (want.disk === undefined || m.disk === want.disk) && (want.partition === undefined || m.partition === want.partition));
+  const candidates = usable.filter(
+    (m) => (want.disk === undefined || m.disk === want.disk) && (want.partition === undefined || m.partition === want.partition),
+  );
   const names = (ms: readonly MountedPartition[]): string => ms.map((m) => `${m.disk} p${m.partition}`).join(', ') || 'none';
   if (candidates.length === 0) {
-    throw notFound('PARTITION_NOT_MOUNTED',
+    throw notFound(
+      'PARTITION_NOT_MOUNTED',
       `no mounted partition matching${want.disk !== undefined ? ` disk ${want.disk}` : ''}${want.partition !== undefined ? ` partition ${want.partition}` : ''} (mounted: ${names(usable)})`,
-      howToChoose);
+      howToChoose,
+    );
   }
   if (candidates.length === 1) return candidates[0] as MountedPartition;
   for (const m of candidates) {
@@ -352,5 +390,9 @@ export async function choosePartition(mounts: readonly MountedPartition[], guest
       throw err;
     }
   }
-  throw notFound('GUEST_PATH_NOT_FOUND', `guest path ${guestPath} exists on none of the mounted partitions (${names(candidates)})`, howToChoose);
+  throw notFound(
+    'GUEST_PATH_NOT_FOUND',
+    `guest path ${guestPath} exists on none of the mounted partitions (${names(candidates)})`,
+    howToChoose,
+  );
 }

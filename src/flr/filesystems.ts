@@ -51,7 +51,8 @@ function uuidOf(b: Buffer): string {
 
 /** Identifies the filesystem in `head` (the first PROBE_BYTES of a partition), or returns undefined. */
 export function identifyFilesystem(head: Buffer): FilesystemProbe | undefined {
-  const at = (off: number, s: string): boolean => head.length >= off + s.length && head.subarray(off, off + s.length).toString('latin1') === s;
+  const at = (off: number, s: string): boolean =>
+    head.length >= off + s.length && head.subarray(off, off + s.length).toString('latin1') === s;
   if (head.length >= 1024 + 0x80 && head.readUInt16LE(1024 + 56) === 0xef53) {
     const sb = head.subarray(1024);
     const compat = sb.readUInt32LE(92);
@@ -59,12 +60,23 @@ export function identifyFilesystem(head: Buffer): FilesystemProbe | undefined {
     const fstype = incompat & EXT_INCOMPAT_EXT4 ? 'ext4' : compat & EXT_COMPAT_HAS_JOURNAL ? 'ext3' : 'ext2';
     return { fstype, driver: 'ext4', uuid: uuidOf(sb.subarray(104, 120)), label: cstr(sb.subarray(120, 136)) || undefined };
   }
-  if (at(0, 'XFSB')) return { fstype: 'xfs', driver: 'xfs', uuid: uuidOf(head.subarray(32, 48)), label: cstr(head.subarray(108, 120)) || undefined };
+  if (at(0, 'XFSB'))
+    return { fstype: 'xfs', driver: 'xfs', uuid: uuidOf(head.subarray(32, 48)), label: cstr(head.subarray(108, 120)) || undefined };
   if (at(65536 + 64, '_BHRfS_M')) {
-    return { fstype: 'btrfs', driver: 'btrfs', uuid: uuidOf(head.subarray(65536 + 32, 65536 + 48)), label: cstr(head.subarray(65536 + 0x12b, 65536 + 0x12b + 256)) || undefined };
+    return {
+      fstype: 'btrfs',
+      driver: 'btrfs',
+      uuid: uuidOf(head.subarray(65536 + 32, 65536 + 48)),
+      label: cstr(head.subarray(65536 + 0x12b, 65536 + 0x12b + 256)) || undefined,
+    };
   }
   if (at(3, 'NTFS    ')) return { fstype: 'ntfs', driver: 'ntfs3' };
-  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa && (at(54, 'FAT12   ') || at(54, 'FAT16   ') || at(54, 'FAT     ') || at(82, 'FAT32   '))) {
+  if (
+    head.length >= 512 &&
+    head[510] === 0x55 &&
+    head[511] === 0xaa &&
+    (at(54, 'FAT12   ') || at(54, 'FAT16   ') || at(54, 'FAT     ') || at(82, 'FAT32   '))
+  ) {
     const fat32 = at(82, 'FAT32   ');
     const label = cstr(head.subarray(fat32 ? 71 : 43, fat32 ? 82 : 54));
     return { fstype: 'vfat', driver: 'vfat', label: label && label !== 'NO NAME' ? label : undefined };

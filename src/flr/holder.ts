@@ -39,17 +39,28 @@ async function main(): Promise<void> {
     pub = await startPublication({ ...req.publish, readOnly: true }, req.keyFile ? { keyFile: req.keyFile } : {});
   } catch (err) {
     const e = err as { code?: string; message?: string; hint?: string; exitCode?: number };
-    await send({ ok: false, error: { code: typeof e.code === 'string' ? e.code : 'PUBLISH_FAILED', message: e.message ?? String(err), hint: e.hint, exitCode: e.exitCode } });
+    await send({
+      ok: false,
+      error: {
+        code: typeof e.code === 'string' ? e.code : 'PUBLISH_FAILED',
+        message: e.message ?? String(err),
+        hint: e.hint,
+        exitCode: e.exitCode,
+      },
+    });
     process.exit(1);
   }
   let closing = false;
   const stop = (): void => {
     if (closing) return;
     closing = true;
-    pub.close({ discard: true }).then(() => process.exit(0), (err: unknown) => {
-      process.stderr.write(`holder: closing the publication failed: ${String(err)}\n`);
-      process.exit(1);
-    });
+    pub.close({ discard: true }).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`holder: closing the publication failed: ${String(err)}\n`);
+        process.exit(1);
+      },
+    );
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

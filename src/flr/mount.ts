@@ -14,7 +14,15 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RestorelabError, notFound } from '../errors.js';
 import { HostMountBackend, checkMountDir, type DiskFile, type FileLevelBackend } from './backend.js';
-import { SessionJournal, findSession, listSessions, makeSessionsDir, sessionsDir, type MountedPartition, type Resource } from './session.js';
+import {
+  SessionJournal,
+  findSession,
+  listSessions,
+  makeSessionsDir,
+  sessionsDir,
+  type MountedPartition,
+  type Resource,
+} from './session.js';
 import type { HolderReply, HolderRequest } from './holder.js';
 import { unmount } from './system.js';
 import { isMountPoint } from '../host/mounts.js';
@@ -75,7 +83,11 @@ export async function mountDisks(opts: MountDisksOptions): Promise<FlrSession> {
   return finishMount(journal, backend, { disks: opts.disks, dir, partition: opts.partition });
 }
 
-async function finishMount(journal: SessionJournal, backend: FileLevelBackend, req: { disks: DiskFile[]; dir: string; partition?: number }): Promise<FlrSession> {
+async function finishMount(
+  journal: SessionJournal,
+  backend: FileLevelBackend,
+  req: { disks: DiskFile[]; dir: string; partition?: number },
+): Promise<FlrSession> {
   try {
     const mounts = await backend.mount(req, journal);
     journal.update((r) => {
@@ -113,14 +125,26 @@ export async function mountRestorePoint(opts: MountPointOptions): Promise<FlrSes
   const dir = resolve(opts.dir);
   refuseDirOfOtherSession(opts.stateDir, dir);
   checkMountDir(dir);
-  const journal = SessionJournal.create(opts.stateDir, { dir, repo: opts.repo, point: opts.point, backend: backend.name, ...(opts.temporary ? { temporary: true } : {}) });
+  const journal = SessionJournal.create(opts.stateDir, {
+    dir,
+    repo: opts.repo,
+    point: opts.point,
+    backend: backend.name,
+    ...(opts.temporary ? { temporary: true } : {}),
+  });
   let disks: DiskFile[];
   try {
     const published = await startHolder(journal, opts);
-    const all = Object.entries(published).map(([name, path]) => ({ name, path })).sort((a, b) => a.name.localeCompare(b.name));
+    const all = Object.entries(published)
+      .map(([name, path]) => ({ name, path }))
+      .sort((a, b) => a.name.localeCompare(b.name));
     disks = opts.disk === undefined ? all : all.filter((d) => d.name === opts.disk);
     if (disks.length === 0) {
-      throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disk ${opts.disk}`, `its disks are: ${all.map((d) => d.name).join(', ')}`);
+      throw notFound(
+        'DISK_NOT_FOUND',
+        `restore point ${opts.point} has no disk ${opts.disk}`,
+        `its disks are: ${all.map((d) => d.name).join(', ')}`,
+      );
     }
   } catch (err) {
     await releaseJournal(journal, backend).catch(() => undefined);
@@ -139,21 +163,48 @@ async function startHolder(journal: SessionJournal, opts: MountPointOptions): Pr
     stdio: ['ignore', log, log, 'ipc'],
   });
   closeSync(log);
-  if (child.pid === undefined) throw new RestorelabError('HOLDER_START_FAILED', 'cannot start the publication holder process', { hint: 'check that node can spawn processes here' });
+  if (child.pid === undefined)
+    throw new RestorelabError('HOLDER_START_FAILED', 'cannot start the publication holder process', {
+      hint: 'check that node can spawn processes here',
+    });
   journal.add({ kind: 'holder', pid: child.pid, fuseDir });
   // The key file's path, not the key, crosses the IPC channel: the holder reads it as the CLI would.
-  const req: HolderRequest = { publish: { repo: opts.repo, point: opts.point, stateDir: opts.stateDir, fuseDir, readOnly: true, owner: { kind: 'flr', id: journal.record.id } }, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) };
+  const req: HolderRequest = {
+    publish: {
+      repo: opts.repo,
+      point: opts.point,
+      stateDir: opts.stateDir,
+      fuseDir,
+      readOnly: true,
+      owner: { kind: 'flr', id: journal.record.id },
+    },
+    ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
+  };
   const reply = await new Promise<HolderReply>((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new RestorelabError('PUBLISH_TIMEOUT', `the read-only publication of ${opts.point} did not come up within ${(opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS) / 1000} s`, {
-      hint: `see ${sessionsDir(opts.stateDir)}/${journal.record.id}.holder.log`,
-    })), opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS);
+    const timer = setTimeout(
+      () =>
+        reject(
+          new RestorelabError(
+            'PUBLISH_TIMEOUT',
+            `the read-only publication of ${opts.point} did not come up within ${(opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS) / 1000} s`,
+            {
+              hint: `see ${sessionsDir(opts.stateDir)}/${journal.record.id}.holder.log`,
+            },
+          ),
+        ),
+      opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS,
+    );
     child.once('message', (m) => {
       clearTimeout(timer);
       resolvePromise(m as HolderReply);
     });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      reject(new RestorelabError('HOLDER_EXITED', `the publication holder exited (${signal ?? `code ${code}`}) before publishing`, { hint: `see ${sessionsDir(opts.stateDir)}/${journal.record.id}.holder.log` }));
+      reject(
+        new RestorelabError('HOLDER_EXITED', `the publication holder exited (${signal ?? `code ${code}`}) before publishing`, {
+          hint: `see ${sessionsDir(opts.stateDir)}/${journal.record.id}.holder.log`,
+        }),
+      );
     });
     child.send(req);
   });
@@ -230,7 +281,11 @@ export async function releaseJournal(journal: SessionJournal, backend: FileLevel
 }
 
 /** `restorelab umount`: by session id or by the directory given to mount. */
-export async function umountSession(stateDir: string, idOrDir: string, backend?: FileLevelBackend): Promise<{ id: string; dir: string; released: number }> {
+export async function umountSession(
+  stateDir: string,
+  idOrDir: string,
+  backend?: FileLevelBackend,
+): Promise<{ id: string; dir: string; released: number }> {
   const journal = findSession(stateDir, idOrDir, resolve(idOrDir));
   const released = journal.record.resources.length;
   await releaseJournal(journal, backend ?? defaultBackend());

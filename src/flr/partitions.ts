@@ -49,8 +49,18 @@ export interface PartitionTable {
 const MBR_EXTENDED_TYPES = new Set([0x05, 0x0f, 0x85]);
 const MBR_PROTECTIVE = 0xee;
 const MBR_TYPE_NAMES: Record<number, string> = {
-  0x01: 'fat12', 0x04: 'fat16', 0x06: 'fat16', 0x07: 'ntfs-exfat', 0x0b: 'fat32', 0x0c: 'fat32-lba',
-  0x0e: 'fat16-lba', 0x82: 'linux-swap', 0x83: 'linux', 0x8e: 'linux-lvm', 0xef: 'efi-system', 0xfd: 'linux-raid',
+  0x01: 'fat12',
+  0x04: 'fat16',
+  0x06: 'fat16',
+  0x07: 'ntfs-exfat',
+  0x0b: 'fat32',
+  0x0c: 'fat32-lba',
+  0x0e: 'fat16-lba',
+  0x82: 'linux-swap',
+  0x83: 'linux',
+  0x8e: 'linux-lvm',
+  0xef: 'efi-system',
+  0xfd: 'linux-raid',
 };
 const GPT_TYPE_NAMES: Record<string, string> = {
   '0FC63DAF-8483-4772-8E79-3D69D8477DE4': 'linux',
@@ -65,8 +75,11 @@ const GPT_TYPE_NAMES: Record<string, string> = {
 };
 
 function corrupt(what: string): Error {
-  return badInput('CORRUPT_PARTITION_TABLE', `the disk's partition table is corrupt: ${what}`,
-    'the restore point may have been taken from a damaged disk; pick an earlier restore point, or restore the whole disk and repair it with fdisk/gdisk');
+  return badInput(
+    'CORRUPT_PARTITION_TABLE',
+    `the disk's partition table is corrupt: ${what}`,
+    'the restore point may have been taken from a damaged disk; pick an earlier restore point, or restore the whole disk and repair it with fdisk/gdisk',
+  );
 }
 
 async function readExactly(read: ReadAt, offset: number, length: number, what: string): Promise<Buffer> {
@@ -86,7 +99,12 @@ export function hasMbrSignature(sector0: Buffer): boolean {
   return sector0.length >= 512 && sector0[510] === 0x55 && sector0[511] === 0xaa;
 }
 
-interface MbrEntry { status: number; type: number; lbaStart: number; sectors: number }
+interface MbrEntry {
+  status: number;
+  type: number;
+  lbaStart: number;
+  sectors: number;
+}
 
 function mbrEntries(sector: Buffer): MbrEntry[] {
   const out: MbrEntry[] = [];
@@ -126,7 +144,8 @@ export async function parseMbr(read: ReadAt, sector0: Buffer, diskSize: number):
   let extended: MbrEntry | undefined;
   mbrEntries(sector0).forEach((e, i) => {
     if (e.type === 0) return;
-    if (e.status !== 0x00 && e.status !== 0x80) throw corrupt(`primary entry ${i + 1} has an invalid status byte 0x${e.status.toString(16)}`);
+    if (e.status !== 0x00 && e.status !== 0x80)
+      throw corrupt(`primary entry ${i + 1} has an invalid status byte 0x${e.status.toString(16)}`);
     if (MBR_EXTENDED_TYPES.has(e.type)) {
       if (extended) throw corrupt('more than one extended partition');
       extended = e;
@@ -134,7 +153,13 @@ export async function parseMbr(read: ReadAt, sector0: Buffer, diskSize: number):
       checkRange(span, diskSize);
       return;
     }
-    const p: Partition = { number: i + 1, offset: e.lbaStart * SECTOR_SIZE, size: e.sectors * SECTOR_SIZE, type: hex2(e.type), typeName: MBR_TYPE_NAMES[e.type] };
+    const p: Partition = {
+      number: i + 1,
+      offset: e.lbaStart * SECTOR_SIZE,
+      size: e.sectors * SECTOR_SIZE,
+      type: hex2(e.type),
+      typeName: MBR_TYPE_NAMES[e.type],
+    };
     checkRange(p, diskSize);
     parts.push(p);
   });
@@ -162,19 +187,27 @@ async function parseExtended(read: ReadAt, ext: MbrEntry, diskSize: number): Pro
     if (out.length >= MAX_LOGICAL_PARTITIONS) throw corrupt(`more than ${MAX_LOGICAL_PARTITIONS} logical partitions`);
     if (seen.has(ebrLba)) throw corrupt(`the extended boot record chain loops at sector ${ebrLba}`);
     seen.add(ebrLba);
-    if (ebrLba < extStart || ebrLba >= extEnd) throw corrupt(`an extended boot record (sector ${ebrLba}) lies outside the extended partition`);
+    if (ebrLba < extStart || ebrLba >= extEnd)
+      throw corrupt(`an extended boot record (sector ${ebrLba}) lies outside the extended partition`);
     const ebr = await readExactly(read, ebrLba * SECTOR_SIZE, SECTOR_SIZE, 'extended boot record');
     if (!hasMbrSignature(ebr)) throw corrupt(`the extended boot record at sector ${ebrLba} has no 55AA signature`);
     const [logical, link] = mbrEntries(ebr) as [MbrEntry, MbrEntry];
     if (logical.type !== 0 && logical.sectors > 0) {
       const start = ebrLba + logical.lbaStart;
       if (start + logical.sectors > extEnd) throw corrupt(`logical partition ${n} extends past its extended partition`);
-      const p: Partition = { number: n, offset: start * SECTOR_SIZE, size: logical.sectors * SECTOR_SIZE, type: hex2(logical.type), typeName: MBR_TYPE_NAMES[logical.type] };
+      const p: Partition = {
+        number: n,
+        offset: start * SECTOR_SIZE,
+        size: logical.sectors * SECTOR_SIZE,
+        type: hex2(logical.type),
+        typeName: MBR_TYPE_NAMES[logical.type],
+      };
       checkRange(p, diskSize);
       out.push(p);
     }
     if (link.type === 0 || link.sectors === 0) break;
-    if (!MBR_EXTENDED_TYPES.has(link.type)) throw corrupt(`the extended boot record at sector ${ebrLba} links with type 0x${hex2(link.type)}`);
+    if (!MBR_EXTENDED_TYPES.has(link.type))
+      throw corrupt(`the extended boot record at sector ${ebrLba} links with type 0x${hex2(link.type)}`);
     ebrLba = extStart + link.lbaStart;
   }
   return out;
@@ -234,7 +267,8 @@ async function gptPartitions(read: ReadAt, h: GptHeader, diskSize: number, which
     const first = e.readBigUInt64LE(32);
     const last = e.readBigUInt64LE(40);
     if (last < first) throw corrupt(`GPT entry ${i + 1} ends (sector ${last}) before it starts (sector ${first})`);
-    if (first < h.firstUsable || last > h.lastUsable) throw corrupt(`GPT entry ${i + 1} lies outside the usable sectors ${h.firstUsable}..${h.lastUsable}`);
+    if (first < h.firstUsable || last > h.lastUsable)
+      throw corrupt(`GPT entry ${i + 1} lies outside the usable sectors ${h.firstUsable}..${h.lastUsable}`);
     const type = formatGuid(e.subarray(0, 16));
     const label = e.subarray(56, 128).toString('utf16le').replace(/\0.*$/s, '');
     const p: Partition = {
@@ -282,7 +316,11 @@ export async function parseGpt(read: ReadAt, diskSize: number): Promise<{ partit
  * filesystem starts at byte 0 (a FAT boot sector also ends in 55AA, so the
  * signature alone does not mean MBR).
  */
-export async function readPartitionTable(read: ReadAt, diskSize: number, hasFilesystemAt0: (sector0: Buffer) => Promise<boolean>): Promise<PartitionTable> {
+export async function readPartitionTable(
+  read: ReadAt,
+  diskSize: number,
+  hasFilesystemAt0: (sector0: Buffer) => Promise<boolean>,
+): Promise<PartitionTable> {
   if (diskSize < 2 * SECTOR_SIZE) throw badInput('DISK_TOO_SMALL', `the disk is only ${diskSize} bytes`, 'this is not a usable guest disk');
   const sector0 = await readExactly(read, 0, SECTOR_SIZE, 'sector 0');
   const sector1 = await readExactly(read, SECTOR_SIZE, SECTOR_SIZE, 'sector 1');

@@ -73,13 +73,23 @@ export function newSessionId(): string {
 export class SessionJournal {
   readonly file: string;
 
-  constructor(readonly stateDir: string, readonly record: SessionRecord) {
+  constructor(
+    readonly stateDir: string,
+    readonly record: SessionRecord,
+  ) {
     this.file = join(sessionsDir(stateDir), `${record.id}.json`);
   }
 
   static create(stateDir: string, init: Omit<SessionRecord, 'id' | 'created' | 'pid' | 'resources' | 'mounts'>): SessionJournal {
     makeSessionsDir(stateDir);
-    const j = new SessionJournal(stateDir, { id: newSessionId(), created: new Date().toISOString(), pid: process.pid, resources: [], mounts: [], ...init });
+    const j = new SessionJournal(stateDir, {
+      id: newSessionId(),
+      created: new Date().toISOString(),
+      pid: process.pid,
+      resources: [],
+      mounts: [],
+      ...init,
+    });
     j.save();
     return j;
   }
@@ -123,7 +133,14 @@ export function listSessions(stateDir: string): SessionJournal[] {
 
 /** Finds a session by id or by its mount directory. */
 export function findSession(stateDir: string, idOrDir: string, resolvedDir?: string): SessionJournal {
-  const s = listSessions(stateDir).find((j) => j.record.id === idOrDir || j.record.dir === idOrDir || (resolvedDir !== undefined && j.record.dir === resolvedDir));
-  if (!s) throw notFound('FLR_SESSION_NOT_FOUND', `no file-level restore mount named ${idOrDir}`, 'list mounts with `ls <stateDir>/flr`, or give the directory passed to `restorelab mount`');
+  const s = listSessions(stateDir).find(
+    (j) => j.record.id === idOrDir || j.record.dir === idOrDir || (resolvedDir !== undefined && j.record.dir === resolvedDir),
+  );
+  if (!s)
+    throw notFound(
+      'FLR_SESSION_NOT_FOUND',
+      `no file-level restore mount named ${idOrDir}`,
+      'list mounts with `ls <stateDir>/flr`, or give the directory passed to `restorelab mount`',
+    );
   return s;
 }

@@ -18,7 +18,11 @@ export function requireTool(name: string, pkg: string): string {
   return p;
 }
 
-export interface LoopInfo { device: string; backing: string; offset: number }
+export interface LoopInfo {
+  device: string;
+  backing: string;
+  offset: number;
+}
 
 /** What the kernel says a loop device is attached to, or undefined when it is free. */
 export function loopInfo(device: string): LoopInfo | undefined {
@@ -34,12 +38,18 @@ export function loopInfo(device: string): LoopInfo | undefined {
 
 export async function attachLoop(file: string, offset: number, size: number): Promise<string> {
   const losetup = requireTool('losetup', 'mount');
-  const r = await exec(losetup, ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), file], { timeoutMs: TOOL_TIMEOUT_MS });
+  const r = await exec(losetup, ['--find', '--show', '--read-only', '--offset', String(offset), '--sizelimit', String(size), file], {
+    timeoutMs: TOOL_TIMEOUT_MS,
+  });
   const dev = r.stdout.trim();
   if (r.code !== 0 || !dev.startsWith('/dev/')) {
-    throw new RestorelabError('LOOP_ATTACH_FAILED', `cannot attach ${file} (offset ${offset}, ${size} bytes) as a loop device: ${r.stderr.trim() || `exit ${r.code}`}`, {
-      hint: 'check that loop devices are available (`losetup -f`; modprobe loop) and that `restorelab doctor` is green',
-    });
+    throw new RestorelabError(
+      'LOOP_ATTACH_FAILED',
+      `cannot attach ${file} (offset ${offset}, ${size} bytes) as a loop device: ${r.stderr.trim() || `exit ${r.code}`}`,
+      {
+        hint: 'check that loop devices are available (`losetup -f`; modprobe loop) and that `restorelab doctor` is green',
+      },
+    );
   }
   return dev;
 }
@@ -47,7 +57,9 @@ export async function attachLoop(file: string, offset: number, size: number): Pr
 export async function detachLoop(device: string): Promise<void> {
   const r = await exec(requireTool('losetup', 'mount'), ['-d', device], { timeoutMs: TOOL_TIMEOUT_MS });
   if (r.code !== 0 && loopInfo(device)) {
-    throw new RestorelabError('LOOP_DETACH_FAILED', `cannot detach ${device}: ${r.stderr.trim()}`, { hint: `something still uses ${device}; find it with \`fuser -vm ${device}\`` });
+    throw new RestorelabError('LOOP_DETACH_FAILED', `cannot detach ${device}: ${r.stderr.trim()}`, {
+      hint: `something still uses ${device}; find it with \`fuser -vm ${device}\``,
+    });
   }
 }
 
@@ -55,9 +67,13 @@ export async function detachLoop(device: string): Promise<void> {
 export async function mountDevice(device: string, dir: string, driver: string, options: string[]): Promise<void> {
   const r = await exec(requireTool('mount', 'mount'), ['-t', driver, '-o', options.join(','), device, dir], { timeoutMs: TOOL_TIMEOUT_MS });
   if (r.code !== 0) {
-    throw new RestorelabError('MOUNT_FAILED', `cannot mount ${device} (${driver}, ${options.join(',')}) on ${dir}: ${r.stderr.trim() || `exit ${r.code}`}`, {
-      hint: 'the filesystem may be damaged or need a journal replay we refuse to do; `dmesg | tail` has the kernel\'s reason',
-    });
+    throw new RestorelabError(
+      'MOUNT_FAILED',
+      `cannot mount ${device} (${driver}, ${options.join(',')}) on ${dir}: ${r.stderr.trim() || `exit ${r.code}`}`,
+      {
+        hint: "the filesystem may be damaged or need a journal replay we refuse to do; `dmesg | tail` has the kernel's reason",
+      },
+    );
   }
 }
 

@@ -16,7 +16,10 @@ export interface Progress {
 }
 
 export class Output {
-  constructor(readonly json: boolean, private readonly stderr: NodeJS.WriteStream = process.stderr) {}
+  constructor(
+    readonly json: boolean,
+    private readonly stderr: NodeJS.WriteStream = process.stderr,
+  ) {}
 
   /** Prints a command's result: the object as JSON, or the human rendering. */
   result(value: unknown, human?: (v: typeof value) => string): void {
@@ -47,7 +50,10 @@ export class Output {
       bar.start(total, 0, { done: fmt(0), all: fmt(total), detail: '' });
       return {
         update: (done, detail = '') => bar.update(done, { done: fmt(done), all: fmt(total), detail }),
-        finish: (detail = '') => { bar.update(total, { done: fmt(total), all: fmt(total), detail }); bar.stop(); },
+        finish: (detail = '') => {
+          bar.update(total, { done: fmt(total), all: fmt(total), detail });
+          bar.stop();
+        },
       };
     }
     let last = 0;

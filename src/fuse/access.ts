@@ -52,9 +52,13 @@ function assertUserAllowOther(conf = '/etc/fuse.conf'): void {
     // no file: the option is off
   }
   if (!text.split('\n').some((l) => l.trim() === 'user_allow_other')) {
-    throw new RestorelabError('FUSE_ALLOW_OTHER_DISABLED', `a FUSE access group needs allow_other, which ${conf} does not allow for users other than root`, {
-      hint: `add a line "user_allow_other" to ${conf}, or publish as root, or publish without an access group`,
-    });
+    throw new RestorelabError(
+      'FUSE_ALLOW_OTHER_DISABLED',
+      `a FUSE access group needs allow_other, which ${conf} does not allow for users other than root`,
+      {
+        hint: `add a line "user_allow_other" to ${conf}, or publish as root, or publish without an access group`,
+      },
+    );
   }
 }
 

@@ -85,8 +85,16 @@ function statOf(a: FileAttr, access: FuseAccess): Record<string, unknown> {
   const type = a.type === 'dir' ? S_IFDIR : a.type === 'symlink' ? S_IFLNK : S_IFREG;
   const own = presentedOwnership(a, access);
   return {
-    mode: type | own.mode, uid: own.uid, gid: own.gid, size: a.size, nlink: a.nlink, blksize: 4096,
-    blocks: Math.ceil(a.used / 512), atime: a.atime, mtime: a.mtime, ctime: a.ctime,
+    mode: type | own.mode,
+    uid: own.uid,
+    gid: own.gid,
+    size: a.size,
+    nlink: a.nlink,
+    blksize: 4096,
+    blocks: Math.ceil(a.used / 512),
+    atime: a.atime,
+    mtime: a.mtime,
+    ctime: a.ctime,
   };
 }
 
@@ -95,8 +103,10 @@ export function assertFuseAvailable(device = '/dev/fuse'): void {
   try {
     fs.accessSync(device, fs.constants.R_OK | fs.constants.W_OK);
   } catch {
-    throw missingComponent(`${device} (FUSE: libfuse2 / fuse3)`,
-      'install the fuse3 and libfuse2 packages (apt-get install fuse3 libfuse2) and load the module (modprobe fuse); in a container pass --device /dev/fuse');
+    throw missingComponent(
+      `${device} (FUSE: libfuse2 / fuse3)`,
+      'install the fuse3 and libfuse2 packages (apt-get install fuse3 libfuse2) and load the module (modprobe fuse); in a container pass --device /dev/fuse',
+    );
   }
 }
 
@@ -105,7 +115,12 @@ export class FuseFrontend {
   private nextHandle = 1;
   private mounted = false;
 
-  private constructor(private readonly ds: Datastore, readonly mountPoint: string, private readonly fuse: Fuse, readonly access: FuseAccess) {}
+  private constructor(
+    private readonly ds: Datastore,
+    readonly mountPoint: string,
+    private readonly fuse: Fuse,
+    readonly access: FuseAccess,
+  ) {}
 
   /**
    * Mounts `ds` at `opts.mountPoint` (created if missing). A stale mount left by
@@ -115,8 +130,11 @@ export class FuseFrontend {
     assertFuseAvailable();
     const access = await fuseAccess(opts.accessGroup);
     const dir = opts.mountPoint;
-    if (mountEntry(dir) && await isStaleFuseMount(dir)) {
-      if (!(await detachMount(dir))) throw new RestorelabError('MOUNT_POINT_STALE', `${dir} holds a stale FUSE mount that could not be removed`, { hint: `run: umount -l ${dir}` });
+    if (mountEntry(dir) && (await isStaleFuseMount(dir))) {
+      if (!(await detachMount(dir)))
+        throw new RestorelabError('MOUNT_POINT_STALE', `${dir} holds a stale FUSE mount that could not be removed`, {
+          hint: `run: umount -l ${dir}`,
+        });
       opts.onStaleCleared?.(dir);
     }
     const existing = mountEntry(dir);
@@ -134,8 +152,16 @@ export class FuseFrontend {
     const ops = FuseFrontend.operations(() => holder.frontend!, opts.debug ?? false);
     const fuse = new Fuse(dir, ops, { timeout: false });
     const options = [
-      'fsname=restorelab', 'subtype=restorelab', ...accessMountOptions(access), 'kernel_cache', 'big_writes',
-      `max_read=${FUSE_MAX_IO}`, `max_write=${FUSE_MAX_IO}`, `max_readahead=${FUSE_READAHEAD_KIB * 1024}`, 'attr_timeout=1', 'entry_timeout=1',
+      'fsname=restorelab',
+      'subtype=restorelab',
+      ...accessMountOptions(access),
+      'kernel_cache',
+      'big_writes',
+      `max_read=${FUSE_MAX_IO}`,
+      `max_write=${FUSE_MAX_IO}`,
+      `max_readahead=${FUSE_READAHEAD_KIB * 1024}`,
+      'attr_timeout=1',
+      'entry_timeout=1',
     ];
     // fuse-native only knows a fixed option list; max_write and big_writes are not on it.
     (fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => '-o' + options.join(',');
@@ -187,10 +213,13 @@ export class FuseFrontend {
     // helpers count the op process-wide for /metrics; read and write add their bytes.
     const run = <T>(name: string, cb: (err: number, v?: T) => void, fn: () => Promise<T>): void => {
       countOp('fuse', name);
-      fn().then((v) => cb(0, v), (err: unknown) => {
-        if (debug) process.stderr.write(`fuse ${name}: ${(err as Error).message}\n`);
-        cb(errno(err));
-      });
+      fn().then(
+        (v) => cb(0, v),
+        (err: unknown) => {
+          if (debug) process.stderr.write(`fuse ${name}: ${(err as Error).message}\n`);
+          cb(errno(err));
+        },
+      );
     };
     const io = (name: string, cb: (n: number) => void, fn: () => Promise<number>): void => {
       countOp('fuse', name);
@@ -205,64 +234,116 @@ export class FuseFrontend {
       fgetattr: (p, fd, cb) => run('fgetattr', cb, async () => statOf(await self().ds.getattr(self().handle(fd).id), self().access)),
       readdir: (p, cb) => run('readdir', cb, async () => (await self().ds.readdir(await self().resolve(p))).map((e) => e.name)),
       open: (p, flags, cb) => run('open', cb, async () => self().open(await self().resolve(p), flags)),
-      opendir: (p, flags, cb) => run('opendir', cb, async () => { await self().resolve(p); return 0; }),
-      create: (p, mode, cb) => run('create', cb, async () => {
-        const { dir, name } = await self().resolveParent(p);
-        return self().open(await self().ds.create(dir, name, mode & 0o7777), 0);
-      }),
-      release: (p, fd, cb) => { self().handles.delete(fd); cb(0); },
+      opendir: (p, flags, cb) =>
+        run('opendir', cb, async () => {
+          await self().resolve(p);
+          return 0;
+        }),
+      create: (p, mode, cb) =>
+        run('create', cb, async () => {
+          const { dir, name } = await self().resolveParent(p);
+          return self().open(await self().ds.create(dir, name, mode & 0o7777), 0);
+        }),
+      release: (p, fd, cb) => {
+        self().handles.delete(fd);
+        cb(0);
+      },
       releasedir: (p, fd, cb) => cb(0),
-      read: (p, fd, buf, len, pos, cb) => io('read', cb, async () => {
-        const { ds } = self();
-        const id = self().handle(fd).id;
-        // Straight into libfuse's buffer when the datastore can: no allocation per request.
-        const n = ds.readInto ? (await ds.readInto(id, pos, buf.subarray(0, len))).length : (await ds.read(id, pos, len)).data.copy(buf);
-        countBytes('fuse', 'read', n);
-        return n;
-      }),
-      write: (p, fd, buf, len, pos, cb) => io('write', cb, async () => {
-        const h = self().handle(fd);
-        await self().ds.write(h.id, pos, buf.subarray(0, len), h.sync);
-        countBytes('fuse', 'write', len);
-        return len;
-      }),
+      read: (p, fd, buf, len, pos, cb) =>
+        io('read', cb, async () => {
+          const { ds } = self();
+          const id = self().handle(fd).id;
+          // Straight into libfuse's buffer when the datastore can: no allocation per request.
+          const n = ds.readInto ? (await ds.readInto(id, pos, buf.subarray(0, len))).length : (await ds.read(id, pos, len)).data.copy(buf);
+          countBytes('fuse', 'read', n);
+          return n;
+        }),
+      write: (p, fd, buf, len, pos, cb) =>
+        io('write', cb, async () => {
+          const h = self().handle(fd);
+          await self().ds.write(h.id, pos, buf.subarray(0, len), h.sync);
+          countBytes('fuse', 'write', len);
+          return len;
+        }),
       flush: (p, fd, cb) => cb(0),
       fsync: (p, datasync, fd, cb) => run('fsync', cb, async () => self().ds.commit(self().handle(fd).id)),
-      truncate: (p, size, cb) => run('truncate', cb, async () => { await self().ds.setattr(await self().resolve(p), { size }); }),
-      ftruncate: (p, fd, size, cb) => run('ftruncate', cb, async () => { await self().ds.setattr(self().handle(fd).id, { size }); }),
-      utimens: (p, atime, mtime, cb) => run('utimens', cb, async () => {
-        await self().ds.setattr(await self().resolve(p), { atime: new Date(atime), mtime: new Date(mtime) });
-      }),
-      chmod: (p, mode, cb) => run('chmod', cb, async () => { await self().ds.setattr(await self().resolve(p), { mode: mode & 0o7777 }); }),
-      chown: (p, uid, gid, cb) => run('chown', cb, async () => { await self().ds.setattr(await self().resolve(p), { uid, gid }); }),
-      unlink: (p, cb) => run('unlink', cb, async () => { const { dir, name } = await self().resolveParent(p); await self().ds.remove(dir, name); }),
-      rmdir: (p, cb) => run('rmdir', cb, async () => { const { dir, name } = await self().resolveParent(p); await self().ds.rmdir(dir, name); }),
-      mkdir: (p, mode, cb) => run('mkdir', cb, async () => { const { dir, name } = await self().resolveParent(p); await self().ds.mkdir(dir, name, mode & 0o7777); }),
-      rename: (src, dest, cb) => run('rename', cb, async () => {
-        const a = await self().resolveParent(src);
-        const b = await self().resolveParent(dest);
-        await self().ds.rename(a.dir, a.name, b.dir, b.name);
-      }),
-      symlink: (target, p, cb) => run('symlink', cb, async () => {
-        const ds = self().ds;
-        if (!ds.symlink) throw new DatastoreError('ENOTSUP');
-        const { dir, name } = await self().resolveParent(p);
-        await ds.symlink(dir, name, target);
-      }),
-      readlink: (p, cb) => run('readlink', cb, async () => {
-        const ds = self().ds;
-        if (!ds.readlink) throw new DatastoreError('EINVAL');
-        return ds.readlink(await self().resolve(p));
-      }),
-      statfs: (p, cb) => run('statfs', cb, async () => {
-        const s = await self().ds.fsstat(await self().resolve(p).catch(() => ROOT_ID));
-        const bsize = 4096;
-        const blocks = (n: number): number => Math.min(0xffffffff, Math.floor(n / bsize));
-        return {
-          bsize, frsize: bsize, blocks: blocks(s.totalBytes), bfree: blocks(s.freeBytes), bavail: blocks(s.availBytes),
-          files: Math.min(0xffffffff, s.totalFiles), ffree: Math.min(0xffffffff, s.freeFiles), favail: Math.min(0xffffffff, s.freeFiles), fsid: 0, flag: 0, namemax: 255,
-        };
-      }),
+      truncate: (p, size, cb) =>
+        run('truncate', cb, async () => {
+          await self().ds.setattr(await self().resolve(p), { size });
+        }),
+      ftruncate: (p, fd, size, cb) =>
+        run('ftruncate', cb, async () => {
+          await self().ds.setattr(self().handle(fd).id, { size });
+        }),
+      utimens: (p, atime, mtime, cb) =>
+        run('utimens', cb, async () => {
+          await self().ds.setattr(await self().resolve(p), { atime: new Date(atime), mtime: new Date(mtime) });
+        }),
+      chmod: (p, mode, cb) =>
+        run('chmod', cb, async () => {
+          await self().ds.setattr(await self().resolve(p), { mode: mode & 0o7777 });
+        }),
+      chown: (p, uid, gid, cb) =>
+        run('chown', cb, async () => {
+          await self().ds.setattr(await self().resolve(p), { uid, gid });
+        }),
+      unlink: (p, cb) =>
+        run('unlink', cb, async () => {
+          const { dir, name } = await self().resolveParent(p);
+          await self().ds.remove(dir, name);
+        }),
+      rmdir: (p, cb) =>
+        run('rmdir', cb, async () => {
+          const { dir, name } = await self().resolveParent(p);
+          await self().ds.rmdir(dir, name);
+        }),
+      mkdir: (p, mode, cb) =>
+        run('mkdir', cb, async () => {
+          const { dir, name } = await self().resolveParent(p);
+          await self().ds.mkdir(dir, name, mode & 0o7777);
+        }),
+      rename: (src, dest, cb) =>
+        run('rename', cb, async () => {
+          const a = await self().resolveParent(src);
+          const b = await self().resolveParent(dest);
+          await self().ds.rename(a.dir, a.name, b.dir, b.name);
+        }),
+      symlink: (target, p, cb) =>
+        run('symlink', cb, async () => {
+          const ds = self().ds;
+          if (!ds.symlink) throw new DatastoreError('ENOTSUP');
+          const { dir, name } = await self().resolveParent(p);
+          await ds.symlink(dir, name, target);
+        }),
+      readlink: (p, cb) =>
+        run('readlink', cb, async () => {
+          const ds = self().ds;
+          if (!ds.readlink) throw new DatastoreError('EINVAL');
+          return ds.readlink(await self().resolve(p));
+        }),
+      statfs: (p, cb) =>
+        run('statfs', cb, async () => {
+          const s = await self().ds.fsstat(
+            await self()
+              .resolve(p)
+              .catch(() => ROOT_ID),
+          );
+          const bsize = 4096;
+          const blocks = (n: number): number => Math.min(0xffffffff, Math.floor(n / bsize));
+          return {
+            bsize,
+            frsize: bsize,
+            blocks: blocks(s.totalBytes),
+            bfree: blocks(s.freeBytes),
+            bavail: blocks(s.availBytes),
+            files: Math.min(0xffffffff, s.totalFiles),
+            ffree: Math.min(0xffffffff, s.freeFiles),
+            favail: Math.min(0xffffffff, s.freeFiles),
+            fsid: 0,
+            flag: 0,
+            namemax: 255,
+          };
+        }),
     };
   }
 }

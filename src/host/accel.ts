@@ -62,11 +62,24 @@ function bootSector(): Buffer {
 }
 
 async function tryBoot(qemu: string, accel: Accel, image: string): Promise<'works' | 'hangs' | 'fails'> {
-  const r = await exec(qemu, [
-    '-accel', accel, '-display', 'none', '-nodefaults', '-no-user-config', '-m', '16',
-    '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04',
-    '-drive', `file=${image},format=raw,if=ide`,
-  ], { timeoutMs: PROBE_TIMEOUT_MS });
+  const r = await exec(
+    qemu,
+    [
+      '-accel',
+      accel,
+      '-display',
+      'none',
+      '-nodefaults',
+      '-no-user-config',
+      '-m',
+      '16',
+      '-device',
+      'isa-debug-exit,iobase=0xf4,iosize=0x04',
+      '-drive',
+      `file=${image},format=raw,if=ide`,
+    ],
+    { timeoutMs: PROBE_TIMEOUT_MS },
+  );
   if (r.timedOut) return 'hangs';
   return r.code === EXPECTED_EXIT ? 'works' : 'fails';
 }
@@ -75,15 +88,36 @@ async function tryBoot(qemu: string, accel: Accel, image: string): Promise<'work
  * Boots `kernel` without a disk under `accel`: 'works' when kernel init ran to
  * its end (the root-mount panic) within `timeoutMs`.
  */
-export async function bootGuestKernel(qemu: string, accel: Accel, kernel: string, dir: string,
-  timeoutMs = PROBE_KERNEL_TIMEOUT_MS): Promise<'works' | 'hangs' | 'fails'> {
+export async function bootGuestKernel(
+  qemu: string,
+  accel: Accel,
+  kernel: string,
+  dir: string,
+  timeoutMs = PROBE_KERNEL_TIMEOUT_MS,
+): Promise<'works' | 'hangs' | 'fails'> {
   const serial = join(dir, `serial-${accel}.log`);
-  const r = await exec(qemu, [
-    '-accel', accel, ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
-    '-display', 'none', '-nodefaults', '-no-user-config', '-m', '256',
-    '-serial', `file:${serial}`,
-    '-kernel', kernel, '-append', 'console=ttyS0 panic=-1', '-no-reboot',
-  ], { timeoutMs });
+  const r = await exec(
+    qemu,
+    [
+      '-accel',
+      accel,
+      ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
+      '-display',
+      'none',
+      '-nodefaults',
+      '-no-user-config',
+      '-m',
+      '256',
+      '-serial',
+      `file:${serial}`,
+      '-kernel',
+      kernel,
+      '-append',
+      'console=ttyS0 panic=-1',
+      '-no-reboot',
+    ],
+    { timeoutMs },
+  );
   const text = existsSync(serial) ? readFileSync(serial, 'utf8') : '';
   if (KERNEL_DONE.test(text)) return 'works';
   return r.timedOut ? 'hangs' : 'fails';
@@ -136,7 +170,8 @@ export async function probeAccel(opts: { cacheDir?: string; force?: boolean; gue
       // a damaged cache is simply re-probed
     }
   }
-  if (!qemu) return { accel: 'tcg', kvm: 'unavailable', tcg: false, detail: 'qemu-system-x86_64 not found (apt-get install qemu-system-x86)' };
+  if (!qemu)
+    return { accel: 'tcg', kvm: 'unavailable', tcg: false, detail: 'qemu-system-x86_64 not found (apt-get install qemu-system-x86)' };
   const dir = mkdtempSync(join(tmpdir(), 'restorelab-accel-'));
   try {
     const image = join(dir, 'probe.img');
@@ -152,9 +187,14 @@ export async function probeAccel(opts: { cacheDir?: string; force?: boolean; gue
       kvm,
       tcg,
       method,
-      detail: kvm === 'works' ? `KVM boots ${what}` :
-        kvm === 'hangs' ? `KVM did not boot ${what} within ${bound} s (nested KVM?); using TCG` :
-        kvm === 'fails' ? `KVM failed to boot ${what}; using TCG` : '/dev/kvm is absent; using TCG',
+      detail:
+        kvm === 'works'
+          ? `KVM boots ${what}`
+          : kvm === 'hangs'
+            ? `KVM did not boot ${what} within ${bound} s (nested KVM?); using TCG`
+            : kvm === 'fails'
+              ? `KVM failed to boot ${what}; using TCG`
+              : '/dev/kvm is absent; using TCG',
       cached: false,
       checkedAt: new Date().toISOString(),
     };

@@ -11,8 +11,11 @@ export async function assertBridgesExist(bridges: readonly string[]): Promise<vo
   for (const bridge of bridges) {
     const r = await exec('ip', ['-j', 'link', 'show', 'dev', bridge, 'type', 'bridge'], { timeoutMs: 5000 });
     if (r.code !== 0 || r.stdout.trim() === '' || r.stdout.trim() === '[]') {
-      throw badInput('BRIDGE_NOT_FOUND', `bridge ${bridge} does not exist on this host`,
-        'create it first (ip link add NAME type bridge) or use --lab for an isolated lab');
+      throw badInput(
+        'BRIDGE_NOT_FOUND',
+        `bridge ${bridge} does not exist on this host`,
+        'create it first (ip link add NAME type bridge) or use --lab for an isolated lab',
+      );
     }
   }
 }

@@ -48,7 +48,11 @@ export function confine(path: string, roots: readonly string[]): string | undefi
   if (real === undefined) return undefined;
   for (const root of roots) {
     let realRoot: string;
-    try { realRoot = realpathSync(root); } catch { continue; }
+    try {
+      realRoot = realpathSync(root);
+    } catch {
+      continue;
+    }
     if (isInside(real, realRoot)) return real;
   }
   return undefined;

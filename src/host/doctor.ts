@@ -40,17 +40,31 @@ async function netnsCheck(): Promise<Check> {
   const ns = `rl-doctor-${process.pid}`;
   const add = await exec('ip', ['netns', 'add', ns], { timeoutMs: 5000 });
   if (add.code !== 0) {
-    return { name: 'netns', ok: false, detail: `ip netns add failed: ${add.stderr.trim()}`, fix: 'run as root with iproute2 installed (apt-get install iproute2)', required: false };
+    return {
+      name: 'netns',
+      ok: false,
+      detail: `ip netns add failed: ${add.stderr.trim()}`,
+      fix: 'run as root with iproute2 installed (apt-get install iproute2)',
+      required: false,
+    };
   }
   await exec('ip', ['netns', 'delete', ns], { timeoutMs: 5000 });
   return { name: 'netns', ok: true, detail: 'network namespaces can be created', required: false };
 }
 
 function fuseCheck(): Check {
-  if (!existsSync('/dev/fuse')) return { name: 'fuse', ok: false, detail: '/dev/fuse is missing', fix: 'modprobe fuse (or start the container with /dev/fuse)', required: false };
+  if (!existsSync('/dev/fuse'))
+    return {
+      name: 'fuse',
+      ok: false,
+      detail: '/dev/fuse is missing',
+      fix: 'modprobe fuse (or start the container with /dev/fuse)',
+      required: false,
+    };
   const lib = ['/usr/lib/x86_64-linux-gnu/libfuse.so.2', '/lib/x86_64-linux-gnu/libfuse.so.2'].find((p) => existsSync(p));
   if (!lib) return { name: 'fuse', ok: false, detail: 'libfuse2 is not installed', fix: 'apt-get install libfuse2 fuse3', required: false };
-  if (!which('fusermount') && !which('fusermount3')) return { name: 'fuse', ok: false, detail: 'fusermount is missing', fix: 'apt-get install fuse3', required: false };
+  if (!which('fusermount') && !which('fusermount3'))
+    return { name: 'fuse', ok: false, detail: 'fusermount is missing', fix: 'apt-get install fuse3', required: false };
   return { name: 'fuse', ok: true, detail: `/dev/fuse and ${lib}`, required: false };
 }
 
@@ -66,7 +80,14 @@ function loopCheck(): Check {
 }
 
 function libvirtCheck(): Check {
-  if (!which('libvirtd')) return { name: 'libvirtd', ok: false, detail: 'libvirtd not installed', fix: 'apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients', required: false };
+  if (!which('libvirtd'))
+    return {
+      name: 'libvirtd',
+      ok: false,
+      detail: 'libvirtd not installed',
+      fix: 'apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients',
+      required: false,
+    };
   const running = existsSync('/var/run/libvirt/libvirt-sock') || existsSync('/run/libvirt/libvirt-sock');
   return running
     ? { name: 'libvirtd', ok: true, detail: 'libvirtd is running', required: false }
@@ -77,7 +98,13 @@ function qemuNfsCheck(): Check {
   const so = ['/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so'].find((p) => existsSync(p));
   return so
     ? { name: 'qemu-nfs', ok: true, detail: so, required: false }
-    : { name: 'qemu-nfs', ok: false, detail: "QEMU's nfs:// block driver is missing", fix: 'apt-get install qemu-block-extra', required: false };
+    : {
+        name: 'qemu-nfs',
+        ok: false,
+        detail: "QEMU's nfs:// block driver is missing",
+        fix: 'apt-get install qemu-block-extra',
+        required: false,
+      };
 }
 
 export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<DoctorReport> {
@@ -107,8 +134,12 @@ export async function runDoctor(opts: { cacheDir?: string; force?: boolean; gues
     tool('losetup', 'mount', false, 'file-level restore'),
   ];
   return {
-    ok: checks.every((c) => c.ok || !c.required), accel: accel.accel, kvm: accel.kvm, cached: Boolean(accel.cached),
-    ...(accel.checkedAt ? { accelCheckedAt: accel.checkedAt } : {}), seconds: Math.round(performance.now() - started) / 1000,
+    ok: checks.every((c) => c.ok || !c.required),
+    accel: accel.accel,
+    kvm: accel.kvm,
+    cached: Boolean(accel.cached),
+    ...(accel.checkedAt ? { accelCheckedAt: accel.checkedAt } : {}),
+    seconds: Math.round(performance.now() - started) / 1000,
     checks,
   };
 }

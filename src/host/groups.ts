@@ -37,7 +37,10 @@ async function lookup(key: string, groupFile: string): Promise<HostGroup | undef
     return undefined;
   }
   const byGid = /^\d+$/.test(key);
-  return text.split('\n').map(parseGroupLine).find((g) => g && (byGid ? g.gid === Number(key) : g.name === key));
+  return text
+    .split('\n')
+    .map(parseGroupLine)
+    .find((g) => g && (byGid ? g.gid === Number(key) : g.name === key));
 }
 
 /**
@@ -52,8 +55,14 @@ export async function resolveGroup(spec: string, groupFile = '/etc/group'): Prom
     if (gid > MAX_GID) throw badInput('GROUP_UNKNOWN', `group id ${s} is out of range`, `give a gid from 0 to ${MAX_GID} or a group name`);
     return (await lookup(s, groupFile)) ?? { name: s, gid };
   }
-  if (!GROUP_NAME.test(s)) throw badInput('GROUP_UNKNOWN', `"${spec}" is not a group name`, 'give a group name (e.g. libvirt-qemu, kvm) or a numeric gid');
+  if (!GROUP_NAME.test(s))
+    throw badInput('GROUP_UNKNOWN', `"${spec}" is not a group name`, 'give a group name (e.g. libvirt-qemu, kvm) or a numeric gid');
   const g = await lookup(s, groupFile);
-  if (!g) throw badInput('GROUP_UNKNOWN', `no group named ${s} on this host`, `create it (groupadd ${s}), or give an existing group or a numeric gid (getent group)`);
+  if (!g)
+    throw badInput(
+      'GROUP_UNKNOWN',
+      `no group named ${s} on this host`,
+      `create it (groupadd ${s}), or give an existing group or a numeric gid (getent group)`,
+    );
   return g;
 }

@@ -2,7 +2,11 @@
 import { spawnSync } from 'node:child_process';
 import { badInput, missingComponent } from '../errors.js';
 
-export interface HostUser { name: string; uid: number; gid: number }
+export interface HostUser {
+  name: string;
+  uid: number;
+  gid: number;
+}
 
 /** The user `name` (its uid and primary gid); bad input when the host has none by that name. */
 export function lookupUser(name: string, configKey: string): HostUser {
@@ -12,8 +16,11 @@ export function lookupUser(name: string, configKey: string): HostUser {
   const uid = Number(fields[2]);
   const gid = Number(fields[3]);
   if (r.status !== 0 || !Number.isInteger(uid) || !Number.isInteger(gid) || fields[2] === '' || fields[3] === '') {
-    throw badInput('USER_UNKNOWN', `${configKey} names user "${name}", which this host does not have`,
-      `set ${configKey} to an existing unprivileged user (the default is nobody)`);
+    throw badInput(
+      'USER_UNKNOWN',
+      `${configKey} names user "${name}", which this host does not have`,
+      `set ${configKey} to an existing unprivileged user (the default is nobody)`,
+    );
   }
   return { name, uid, gid };
 }

@@ -60,7 +60,9 @@ export class WorkerPool<Req extends { id: number }, Rep extends { id: number }> 
       });
       worker.on('error', (err) => this.fail(err));
       // terminate() in close() ends a worker with code 1: not a death to report.
-      worker.on('exit', (code) => { if (code !== 0 && !this.closing) this.fail(new Error(`${opts.name} worker exited with code ${code}`)); });
+      worker.on('exit', (code) => {
+        if (code !== 0 && !this.closing) this.fail(new Error(`${opts.name} worker exited with code ${code}`));
+      });
       if (opts.unrefWhenIdle) worker.unref();
       this.workers.push(slot);
     }

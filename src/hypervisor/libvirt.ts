@@ -125,7 +125,8 @@ ${nics.join('\n')}
 
 async function sh(cmd: string, args: string[], timeoutMs = 30_000): Promise<string> {
   const r = await exec(cmd, args, { timeoutMs });
-  if (r.code !== 0) throw new RestorelabError('LIBVIRT_COMMAND_FAILED', `${cmd} ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim()}`);
+  if (r.code !== 0)
+    throw new RestorelabError('LIBVIRT_COMMAND_FAILED', `${cmd} ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim()}`);
   return r.stdout;
 }
 
@@ -148,7 +149,8 @@ export class LibvirtDriver implements Hypervisor {
       await c.connectOpen();
     } catch (e) {
       throw new RestorelabError('LIBVIRTD_NOT_RUNNING', `cannot connect to libvirtd at ${LIBVIRT_URI}: ${(e as Error).message}`, {
-        hint: 'start it with scripts/libvirtd start', cause: e,
+        hint: 'start it with scripts/libvirtd start',
+        cause: e,
       });
     }
     this.conn = c;
@@ -171,7 +173,9 @@ export class LibvirtDriver implements Hypervisor {
     const existing = await this.attach(name);
     if (existing) {
       if ((await existing.state()) === 'running') {
-        throw new RestorelabError('VM_ALREADY_RUNNING', `VM ${name} is already running under libvirt (${PREFIX}${name})`, { hint: 'stop it first' });
+        throw new RestorelabError('VM_ALREADY_RUNNING', `VM ${name} is already running under libvirt (${PREFIX}${name})`, {
+          hint: 'stop it first',
+        });
       }
       await existing.destroy();
     }
@@ -185,7 +189,12 @@ export class LibvirtDriver implements Hypervisor {
     // Lab taps come to the host namespace for QEMU to open them; see the module doc.
     const lent = await lendLabTaps(spec.nics);
     try {
-      const xml = domainXml(spec, dir, accel, spec.nics.map((n: NicAttachment) => (n.kind === 'tap' ? n.tap : '')));
+      const xml = domainXml(
+        spec,
+        dir,
+        accel,
+        spec.nics.map((n: NicAttachment) => (n.kind === 'tap' ? n.tap : '')),
+      );
       const dom = await c.domainDefineXML(xml);
       await c.domainCreate(dom);
     } catch (e) {
@@ -245,7 +254,7 @@ export class LibvirtDriver implements Hypervisor {
 
   /** libvirt reports why a domain is off: "crashed"/"failed" are failures, the rest are stops. */
   private async shutoffReason(name: string): Promise<DomainState> {
-    return /crashed|failed/.test(await this.stateReason(name) ?? '') ? 'failed' : 'stopped';
+    return /crashed|failed/.test((await this.stateReason(name)) ?? '') ? 'failed' : 'stopped';
   }
 
   /** libvirt's own words for the state and why ("shut off (crashed)"); undefined for a domain it does not know. */
@@ -281,7 +290,11 @@ export class LibvirtDomain implements Domain {
   readonly consoleLog: string;
   readonly domainName: string;
 
-  constructor(readonly name: string, readonly dir: string, private readonly driver: LibvirtDriver) {
+  constructor(
+    readonly name: string,
+    readonly dir: string,
+    private readonly driver: LibvirtDriver,
+  ) {
     this.agentSocket = join(dir, 'qga.sock');
     this.consoleLog = join(dir, 'console.log');
     this.domainName = `${PREFIX}${name}`;
@@ -332,8 +345,11 @@ export class LibvirtDomain implements Domain {
   async blockMirror(disk: string, target: string, format: 'raw' | 'qcow2'): Promise<void> {
     const dev = await this.targetOf(disk);
     // --transient-job: libvirt refuses block copy on persistent domains otherwise.
-    await sh('virsh', ['-c', LIBVIRT_URI, 'blockcopy', this.domainName, dev, target, '--format', format,
-      '--wait', '--transient-job'], 24 * 3600_000);
+    await sh(
+      'virsh',
+      ['-c', LIBVIRT_URI, 'blockcopy', this.domainName, dev, target, '--format', format, '--wait', '--transient-job'],
+      24 * 3600_000,
+    );
   }
 
   async pivot(disk: string): Promise<void> {

@@ -62,29 +62,52 @@ function sleep(ms: number): Promise<void> {
 export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): string[] {
   const vm = spec.vm;
   const args = [
-    '-name', `${vm.name},process=rl-${vm.name}`,
-    '-nodefaults', '-no-user-config',
-    '-machine', vm.machine ?? 'pc', '-accel', accel,
-    '-m', String(vm.memoryMiB), '-smp', String(vm.vcpus),
+    '-name',
+    `${vm.name},process=rl-${vm.name}`,
+    '-nodefaults',
+    '-no-user-config',
+    '-machine',
+    vm.machine ?? 'pc',
+    '-accel',
+    accel,
+    '-m',
+    String(vm.memoryMiB),
+    '-smp',
+    String(vm.vcpus),
     // No window and no VNC, but a VGA adapter so QMP screendump has a screen.
-    '-display', 'none', '-vga', 'std',
-    '-qmp', `unix:${join(dir, 'qmp.sock')},server=on,wait=off`,
-    '-chardev', `socket,id=qga,path=${join(dir, 'qga.sock')},server=on,wait=off`,
-    '-device', 'virtio-serial-pci,id=vser0',
-    '-device', 'virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0',
-    '-chardev', `file,id=console,path=${join(dir, 'console.log')}`,
-    '-serial', 'chardev:console',
-    '-pidfile', join(dir, 'qemu.pid'),
+    '-display',
+    'none',
+    '-vga',
+    'std',
+    '-qmp',
+    `unix:${join(dir, 'qmp.sock')},server=on,wait=off`,
+    '-chardev',
+    `socket,id=qga,path=${join(dir, 'qga.sock')},server=on,wait=off`,
+    '-device',
+    'virtio-serial-pci,id=vser0',
+    '-device',
+    'virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0',
+    '-chardev',
+    `file,id=console,path=${join(dir, 'console.log')}`,
+    '-serial',
+    'chardev:console',
+    '-pidfile',
+    join(dir, 'qemu.pid'),
   ];
   if (accel === 'kvm') args.push('-cpu', 'host');
   spec.disks.forEach((d, i) => {
     const vmDisk = vm.disks.find((x) => x.name === d.name);
     const bus = vmDisk?.bus ?? 'virtio';
-    args.push('-blockdev', JSON.stringify({
-      driver: d.format, 'node-name': `disk-${d.name}`, 'read-only': Boolean(d.readOnly),
-      // cache.direct off: FUSE-published files do not support O_DIRECT.
-      file: fileNode(d.path, Boolean(d.readOnly)),
-    }));
+    args.push(
+      '-blockdev',
+      JSON.stringify({
+        driver: d.format,
+        'node-name': `disk-${d.name}`,
+        'read-only': Boolean(d.readOnly),
+        // cache.direct off: FUSE-published files do not support O_DIRECT.
+        file: fileNode(d.path, Boolean(d.readOnly)),
+      }),
+    );
     const bootindex = i === 0 ? ',bootindex=0' : '';
     if (bus === 'ide' || bus === 'sata') args.push('-device', `ide-hd,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
     else args.push('-device', `virtio-blk-pci,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
@@ -148,7 +171,9 @@ export class QemuDriver implements Hypervisor {
     const dir = this.vmDir(name);
     const old = await this.attach(name);
     if (old && (await old.state()) === 'running') {
-      throw new RestorelabError('VM_ALREADY_RUNNING', `VM ${name} is already running under the qemu driver`, { hint: `stop it first, or remove ${dir}` });
+      throw new RestorelabError('VM_ALREADY_RUNNING', `VM ${name} is already running under the qemu driver`, {
+        hint: `stop it first, or remove ${dir}`,
+      });
     }
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true });
@@ -248,7 +273,10 @@ export class QemuDomain implements Domain {
   readonly agentSocket: string;
   readonly consoleLog: string;
 
-  constructor(readonly name: string, readonly dir: string) {
+  constructor(
+    readonly name: string,
+    readonly dir: string,
+  ) {
     this.agentSocket = join(dir, 'qga.sock');
     this.consoleLog = join(dir, 'console.log');
   }
@@ -413,17 +441,28 @@ export class QemuDomain implements Domain {
   }
 
   private async mirrorOn(qmp: QmpClient, disk: string, target: string, format: 'raw' | 'qcow2'): Promise<void> {
-    const nodes = await qmp.execute<{ 'node-name': string; image: { 'virtual-size': number } }[]>('query-named-block-nodes', { flat: true });
+    const nodes = await qmp.execute<{ 'node-name': string; image: { 'virtual-size': number } }[]>('query-named-block-nodes', {
+      flat: true,
+    });
     const src = nodes.find((n) => n['node-name'] === `disk-${disk}`);
     if (!src) throw new RestorelabError('DISK_NOT_FOUND', `VM ${this.name} has no disk ${disk}`);
     const r = await exec('qemu-img', ['create', '-f', format, target, String(src.image['virtual-size'])], { timeoutMs: 30_000 });
-    if (r.code !== 0) throw new RestorelabError('MIRROR_TARGET_FAILED', `cannot create ${target}: ${r.stderr.trim()}`, { hint: 'check the target directory exists and has space' });
+    if (r.code !== 0)
+      throw new RestorelabError('MIRROR_TARGET_FAILED', `cannot create ${target}: ${r.stderr.trim()}`, {
+        hint: 'check the target directory exists and has space',
+      });
     await qmp.execute('blockdev-add', {
-      driver: format, 'node-name': `mirror-${disk}`,
+      driver: format,
+      'node-name': `mirror-${disk}`,
       file: { driver: 'file', filename: target, aio: 'threads' },
     });
     const ready = qmp.waitEvent('BLOCK_JOB_READY', (e) => e.data?.device === `mirror-job-${disk}`, 24 * 3600_000);
-    await qmp.execute('blockdev-mirror', { 'job-id': `mirror-job-${disk}`, device: `disk-${disk}`, target: `mirror-${disk}`, sync: 'full' });
+    await qmp.execute('blockdev-mirror', {
+      'job-id': `mirror-job-${disk}`,
+      device: `disk-${disk}`,
+      target: `mirror-${disk}`,
+      sync: 'full',
+    });
     await ready;
   }
 
@@ -477,4 +516,3 @@ export class QemuDomain implements Domain {
     });
   }
 }
-

@@ -15,7 +15,11 @@ import { randomInt } from 'node:crypto';
 import { JsonLineFramer } from './jsonlines.js';
 
 export class QgaError extends Error {
-  constructor(readonly command: string, readonly errorClass: string, desc: string) {
+  constructor(
+    readonly command: string,
+    readonly errorClass: string,
+    desc: string,
+  ) {
     super(`guest agent ${command}: ${errorClass}: ${desc}`);
     this.name = 'QgaError';
   }
@@ -39,7 +43,10 @@ export class QgaClient {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
 
-  private constructor(private readonly sock: Socket, readonly path: string) {}
+  private constructor(
+    private readonly sock: Socket,
+    readonly path: string,
+  ) {}
 
   /** Opens the channel and synchronises; fails if the agent does not answer in time. */
   static async connect(path: string, opts: { timeoutMs?: number } = {}): Promise<QgaClient> {
@@ -51,8 +58,12 @@ export class QgaClient {
     const client = new QgaClient(sock, path);
     const framer = new JsonLineFramer((m) => client.waiter?.accept(m));
     sock.on('data', (d: Buffer) => framer.push(d));
-    sock.on('error', () => { /* surfaced through close */ });
-    sock.on('close', () => { client.closed = true; });
+    sock.on('error', () => {
+      /* surfaced through close */
+    });
+    sock.on('close', () => {
+      client.closed = true;
+    });
     try {
       await client.sync(opts.timeoutMs ?? QGA_DEFAULT_TIMEOUT_MS);
     } catch (e) {
@@ -81,8 +92,12 @@ export class QgaClient {
     return run;
   }
 
-  private roundTrip(command: string, args: Record<string, unknown> | undefined, timeoutMs: number,
-    matches: (m: Record<string, unknown>) => boolean): Promise<unknown> {
+  private roundTrip(
+    command: string,
+    args: Record<string, unknown> | undefined,
+    timeoutMs: number,
+    matches: (m: Record<string, unknown>) => boolean,
+  ): Promise<unknown> {
     if (this.closed) return Promise.reject(new Error(`guest agent channel ${this.path} is closed (${command})`));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -129,7 +144,9 @@ export class QgaClient {
     let delay = 50;
     for (;;) {
       const st = await this.execute<{ exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string }>(
-        'guest-exec-status', { pid: started.pid });
+        'guest-exec-status',
+        { pid: started.pid },
+      );
       if (st.exited) {
         return {
           exitcode: st.exitcode ?? -1,

@@ -17,7 +17,11 @@ export interface QmpEvent {
 }
 
 export class QmpError extends Error {
-  constructor(readonly command: string, readonly errorClass: string, desc: string) {
+  constructor(
+    readonly command: string,
+    readonly errorClass: string,
+    desc: string,
+  ) {
     super(`QMP ${command}: ${errorClass}: ${desc}`);
     this.name = 'QmpError';
   }
@@ -49,13 +53,24 @@ export class QmpClient extends EventEmitter {
     const client = new QmpClient(sock);
     const greeting = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`QMP ${path}: no greeting within ${timeoutMs} ms`)), timeoutMs);
-      client.once('greeting', () => { clearTimeout(timer); resolve(); });
-      sock.once('error', (e) => { clearTimeout(timer); reject(e); });
-      sock.once('close', () => { clearTimeout(timer); reject(new Error(`QMP ${path}: closed before greeting`)); });
+      client.once('greeting', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      sock.once('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      sock.once('close', () => {
+        clearTimeout(timer);
+        reject(new Error(`QMP ${path}: closed before greeting`));
+      });
     });
     const framer = new JsonLineFramer((m) => client.onMessage(m));
     sock.on('data', (d: Buffer) => framer.push(d));
-    sock.on('error', () => { /* surfaced through close */ });
+    sock.on('error', () => {
+      /* surfaced through close */
+    });
     sock.on('close', () => client.onClose());
     try {
       await greeting;
@@ -126,8 +141,14 @@ export class QmpClient extends EventEmitter {
         cleanup();
         resolve(e);
       };
-      const onClose = (): void => { cleanup(); reject(new Error(`QMP closed while waiting for event ${name}`)); };
-      const timer = setTimeout(() => { cleanup(); reject(new Error(`QMP: no ${name} event within ${timeoutMs} ms`)); }, timeoutMs);
+      const onClose = (): void => {
+        cleanup();
+        reject(new Error(`QMP closed while waiting for event ${name}`));
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`QMP: no ${name} event within ${timeoutMs} ms`));
+      }, timeoutMs);
       const cleanup = (): void => {
         clearTimeout(timer);
         this.off('event', onEvent);

@@ -43,7 +43,8 @@ export function parseXpBytes(out: string, expected = VGA_TEXT_BYTES): Uint8Array
     const m = /^([0-9a-f]+):((?:\s+0x[0-9a-f]{2})+)$/i.exec(line);
     if (!m) throw new RestorelabError('VGA_READ_FAILED', `unexpected monitor output reading the VGA text buffer: ${line.slice(0, 120)}`);
     const addr = parseInt(m[1]!, 16);
-    if (addr !== VGA_TEXT_BASE + n) throw new RestorelabError('VGA_READ_FAILED', `VGA text buffer dump skips from offset ${n} to 0x${addr.toString(16)}`);
+    if (addr !== VGA_TEXT_BASE + n)
+      throw new RestorelabError('VGA_READ_FAILED', `VGA text buffer dump skips from offset ${n} to 0x${addr.toString(16)}`);
     for (const b of m[2]!.trim().split(/\s+/)) {
       if (n >= expected) throw new RestorelabError('VGA_READ_FAILED', `VGA text buffer dump is longer than ${expected} bytes`);
       bytes[n++] = parseInt(b.slice(2), 16);
@@ -63,7 +64,11 @@ export function cp437(byte: number): string {
   return ' ';
 }
 
-export interface VgaCell { char: string; fg: number; bg: number }
+export interface VgaCell {
+  char: string;
+  fg: number;
+  bg: number;
+}
 
 /**
  * Text memory as lines of `cols` characters, trailing blanks trimmed (char
@@ -71,7 +76,8 @@ export interface VgaCell { char: string; fg: number; bg: number }
  * row the buffer holds (25 for one screen, 204 for the 32 KiB).
  */
 export function decodeVgaText(buf: Uint8Array, cols = VGA_COLS, rows = Math.floor(buf.length / (cols * 2))): string[] {
-  if (rows < 1 || buf.length < cols * rows * 2) throw new RestorelabError('VGA_READ_FAILED', `VGA text buffer has ${buf.length} bytes, ${cols * Math.max(rows, 1) * 2} expected`);
+  if (rows < 1 || buf.length < cols * rows * 2)
+    throw new RestorelabError('VGA_READ_FAILED', `VGA text buffer has ${buf.length} bytes, ${cols * Math.max(rows, 1) * 2} expected`);
   const lines: string[] = [];
   for (let r = 0; r < rows; r++) {
     let line = '';
@@ -107,7 +113,10 @@ export function dedupeVgaRows(rows: string[], block = WRAP_BLOCK_ROWS): string[]
     if (new Set(win.filter((l) => l !== '')).size < block / 2) continue;
     const key = win.join('\n');
     const at = first.get(key);
-    if (at === undefined) { first.set(key, i); continue; }
+    if (at === undefined) {
+      first.set(key, i);
+      continue;
+    }
     if (i - at >= block) for (let k = i; k < i + block; k++) drop.add(k);
   }
   return rows.filter((_, i) => !drop.has(i));

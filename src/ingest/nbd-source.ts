@@ -70,7 +70,10 @@ export class NbdImageSource implements ImageSource {
 
   private wrap(err: unknown, what: string): unknown {
     if (err instanceof NbdServerError) {
-      return new RestorelabError('IMAGE_READ_FAILED', `${what} of ${this.label} (${this.format}) failed: ${err.message}`, { hint: this.hint, cause: err });
+      return new RestorelabError('IMAGE_READ_FAILED', `${what} of ${this.label} (${this.format}) failed: ${err.message}`, {
+        hint: this.hint,
+        cause: err,
+      });
     }
     return err;
   }
@@ -78,7 +81,11 @@ export class NbdImageSource implements ImageSource {
 
 /** An image in any format qemu reads, served by a private qemu-nbd. */
 export class QemuImageSource extends NbdImageSource {
-  private constructor(readonly path: string, format: string, private readonly server: QemuNbd) {
+  private constructor(
+    readonly path: string,
+    format: string,
+    private readonly server: QemuNbd,
+  ) {
     super(path, format, server.client, () => server.stop());
   }
 

@@ -46,15 +46,27 @@ async function checkReadableFile(path: string): Promise<void> {
     st = await stat(path);
   } catch (err) {
     if (isErrno(err, 'ENOENT')) throw notFound('IMAGE_NOT_FOUND', `image ${path} does not exist`, 'check the path given with --disk');
-    throw badInput('IMAGE_UNREADABLE', `cannot stat image ${path}: ${(err as Error).message}`, 'check the path and the permissions of its directories');
+    throw badInput(
+      'IMAGE_UNREADABLE',
+      `cannot stat image ${path}: ${(err as Error).message}`,
+      'check the path and the permissions of its directories',
+    );
   }
   if (!st.isFile() && !st.isBlockDevice()) {
-    throw badInput('IMAGE_NOT_A_FILE', `image ${path} is not a regular file or block device`, 'give the path of the disk image file itself');
+    throw badInput(
+      'IMAGE_NOT_A_FILE',
+      `image ${path} is not a regular file or block device`,
+      'give the path of the disk image file itself',
+    );
   }
   try {
     await access(path, constants.R_OK);
   } catch (err) {
-    throw badInput('IMAGE_UNREADABLE', `image ${path} is not readable: ${(err as Error).message}`, 'run restorelab as a user that can read the image, or fix its permissions');
+    throw badInput(
+      'IMAGE_UNREADABLE',
+      `image ${path} is not readable: ${(err as Error).message}`,
+      'run restorelab as a user that can read the image, or fix its permissions',
+    );
   }
 }
 
@@ -70,8 +82,11 @@ async function checkFormatAsProbed(path: string, format: string): Promise<void> 
   const probed = await imageInfo(path);
   const actual = probed.ok ? probed.chain[0]?.format : undefined;
   if (actual !== undefined && actual !== format) {
-    throw badInput('IMAGE_FORMAT_MISMATCH', `${path} is a ${actual} image, but the VM definition says ${format}`,
-      `set "format": "${actual}" for this disk in the VM definition (or give the right image)`);
+    throw badInput(
+      'IMAGE_FORMAT_MISMATCH',
+      `${path} is a ${actual} image, but the VM definition says ${format}`,
+      `set "format": "${actual}" for this disk in the VM definition (or give the right image)`,
+    );
   }
 }
 
@@ -82,22 +97,38 @@ async function detect(path: string, format: string | undefined): Promise<ImageLa
   const said = info.stderr.replace(/^qemu-img: /gm, '');
   if (format !== undefined) {
     if (/Unknown driver/.test(info.stderr)) {
-      throw badInput('IMAGE_FORMAT_UNKNOWN', `qemu does not know the image format "${format}" given for ${path}`, 'use one of raw, qcow2, vmdk, vdi, vhdx, qed, vpc, or leave the format out to detect it');
+      throw badInput(
+        'IMAGE_FORMAT_UNKNOWN',
+        `qemu does not know the image format "${format}" given for ${path}`,
+        'use one of raw, qcow2, vmdk, vdi, vhdx, qed, vpc, or leave the format out to detect it',
+      );
     }
     // Tell the user what the file really is, when qemu can tell.
     const probed = await imageInfo(path);
     if (probed.ok && probed.chain[0] && probed.chain[0].format !== format) {
       const actual = probed.chain[0].format;
-      throw badInput('IMAGE_FORMAT_MISMATCH', `${path} is not a ${format} image (${said}); qemu detects it as ${actual}`, `give the right format: --format ${actual}`);
+      throw badInput(
+        'IMAGE_FORMAT_MISMATCH',
+        `${path} is not a ${format} image (${said}); qemu detects it as ${actual}`,
+        `give the right format: --format ${actual}`,
+      );
     }
   }
-  const backing = [...said.matchAll(/Could not open '([^']+)'/g)].map((m) => m[1] as string).find((f) => resolve(dirname(path), f) !== path);
+  const backing = [...said.matchAll(/Could not open '([^']+)'/g)]
+    .map((m) => m[1] as string)
+    .find((f) => resolve(dirname(path), f) !== path);
   if (backing) {
-    throw badInput('IMAGE_BACKING_MISSING', `qemu cannot open ${path}: its backing image ${backing} cannot be opened (${said})`,
-      `put the backing image back at ${backing}, or rebase the image: qemu-img rebase -u -b <new backing> ${path}`);
+    throw badInput(
+      'IMAGE_BACKING_MISSING',
+      `qemu cannot open ${path}: its backing image ${backing} cannot be opened (${said})`,
+      `put the backing image back at ${backing}, or rebase the image: qemu-img rebase -u -b <new backing> ${path}`,
+    );
   }
-  throw badInput('IMAGE_UNREADABLE_BY_QEMU', `qemu cannot open ${path}${format ? ` as ${format}` : ''}: ${said}`,
-    `check that it is a complete disk image in a format qemu reads (raw, qcow2, vmdk, vdi, vhdx); try: qemu-img info ${path}`);
+  throw badInput(
+    'IMAGE_UNREADABLE_BY_QEMU',
+    `qemu cannot open ${path}${format ? ` as ${format}` : ''}: ${said}`,
+    `check that it is a complete disk image in a format qemu reads (raw, qcow2, vmdk, vdi, vhdx); try: qemu-img info ${path}`,
+  );
 }
 
 /**
@@ -120,13 +151,17 @@ async function checkLayersIntact(chain: ImageLayer[]): Promise<void> {
     const truncated = /exceeding the end of the file|beyond the end/i.test(r.stderr) || (r.imageEndOffset ?? 0) > fileSize;
     const firstError = r.stderr.split('\n').find((l) => /error/i.test(l)) ?? r.stderr.split('\n')[0] ?? '';
     if (truncated) {
-      throw badInput('IMAGE_TRUNCATED',
+      throw badInput(
+        'IMAGE_TRUNCATED',
         `${layer.filename} is truncated: qemu-img check finds ${r.corruptions} reference(s) past the end of the ${fileSize}-byte file (${firstError.trim()})`,
-        'the file is incomplete (an interrupted copy?); copy it again from its source, or salvage a copy with: qemu-img check -r all <copy>');
+        'the file is incomplete (an interrupted copy?); copy it again from its source, or salvage a copy with: qemu-img check -r all <copy>',
+      );
     }
-    throw badInput('IMAGE_CORRUPT',
+    throw badInput(
+      'IMAGE_CORRUPT',
       `${layer.filename} is damaged: qemu-img check ${r.code === 1 ? 'could not check it' : `found ${r.corruptions} corruption(s)`} (${firstError.trim()})`,
-      `inspect it with: qemu-img check ${layer.filename}; repair a copy with: qemu-img check -r all <copy>`);
+      `inspect it with: qemu-img check ${layer.filename}; repair a copy with: qemu-img check -r all <copy>`,
+    );
   }
 }
 
@@ -173,13 +208,19 @@ async function checkNotTruncated(path: string, format: string, chain: ImageLayer
       if (m.offset + m.length > fileSize) {
         const layer = chain[m.depth] as ImageLayer;
         const first = Math.max(m.start, m.start + (fileSize - m.offset));
-        throw badInput('IMAGE_TRUNCATED',
+        throw badInput(
+          'IMAGE_TRUNCATED',
           `${layer.filename} is truncated: disk bytes from offset ${first} are stored past the end of the file (it is ${fileSize} bytes, data reaches ${m.offset + m.length})`,
-          `the file is incomplete (an interrupted copy?); copy it again from its source, or salvage a copy with: qemu-img check -r all <copy>`);
+          `the file is incomplete (an interrupted copy?); copy it again from its source, or salvage a copy with: qemu-img check -r all <copy>`,
+        );
       }
     }
   } catch (err) {
     if ((err as { code?: string }).code === 'IMAGE_TRUNCATED') throw err;
-    throw badInput('IMAGE_UNREADABLE_BY_QEMU', `qemu cannot map the extents of ${path}: ${(err as Error).message}`, `check the image with: qemu-img check ${path}`);
+    throw badInput(
+      'IMAGE_UNREADABLE_BY_QEMU',
+      `qemu cannot map the extents of ${path}: ${(err as Error).message}`,
+      `check the image with: qemu-img check ${path}`,
+    );
   }
 }

@@ -91,7 +91,12 @@ export async function* mapImage(path: string, format: string): AsyncGenerator<Ma
       if (line === '') continue;
       yield JSON.parse(line) as MapEntry;
     }
-    const code = await Promise.race([exited, spawnError.then((e) => { throw e; })]);
+    const code = await Promise.race([
+      exited,
+      spawnError.then((e) => {
+        throw e;
+      }),
+    ]);
     finished = true;
     if (code !== 0) throw new Error(`qemu-img map failed (exit ${code}): ${stderr.trim()}`);
   } finally {

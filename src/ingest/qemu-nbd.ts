@@ -65,9 +65,15 @@ export class QemuNbd {
     const dir = mkdtempSync(join(tmpdir(), 'restorelab-nbd-'));
     const socketPath = join(dir, 'nbd.sock');
     const args = [
-      '--pdeathsig', 'KILL', '--', qemuNbd,
-      '--read-only', '--persistent', '--shared=4',
-      `--format=${opts.format}`, `--socket=${socketPath}`,
+      '--pdeathsig',
+      'KILL',
+      '--',
+      qemuNbd,
+      '--read-only',
+      '--persistent',
+      '--shared=4',
+      `--format=${opts.format}`,
+      `--socket=${socketPath}`,
       ...(opts.bitmaps ?? []).map((b) => `--bitmap=${b}`),
       opts.path,
     ];
@@ -86,11 +92,18 @@ export class QemuNbd {
     try {
       for (;;) {
         if (child.exitCode !== null || child.signalCode !== null) {
-          throw badInput('IMAGE_UNREADABLE_BY_QEMU', `qemu-nbd cannot serve ${opts.path} as ${opts.format}: ${stderr.trim() || `exit ${child.exitCode ?? child.signalCode}`}`,
-            `check the image with: qemu-img info ${opts.path}`);
+          throw badInput(
+            'IMAGE_UNREADABLE_BY_QEMU',
+            `qemu-nbd cannot serve ${opts.path} as ${opts.format}: ${stderr.trim() || `exit ${child.exitCode ?? child.signalCode}`}`,
+            `check the image with: qemu-img info ${opts.path}`,
+          );
         }
         try {
-          const client = await NbdClient.connect({ socketPath, timeoutMs, metaContexts: ['base:allocation', ...(opts.metaContexts ?? [])] });
+          const client = await NbdClient.connect({
+            socketPath,
+            timeoutMs,
+            metaContexts: ['base:allocation', ...(opts.metaContexts ?? [])],
+          });
           return new QemuNbd(child, dir, socketPath, client);
         } catch (err) {
           const code = (err as { cause?: NodeJS.ErrnoException }).cause?.code;

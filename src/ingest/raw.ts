@@ -48,7 +48,8 @@ export class RawImageSource implements ImageSource {
       }
     } catch (err) {
       throw new RestorelabError('IMAGE_MAP_FAILED', `cannot list the allocated extents of ${this.path}: ${(err as Error).message}`, {
-        hint: 'check that the file is readable and that qemu-img (qemu-utils) works', cause: err,
+        hint: 'check that the file is readable and that qemu-img (qemu-utils) works',
+        cause: err,
       });
     }
     if (pending) yield pending;
@@ -71,9 +72,13 @@ export class RawImageSource implements ImageSource {
     while (done < length) {
       const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
       if (bytesRead === 0) {
-        throw new RestorelabError('IMAGE_SHRANK', `${this.path} ended at ${offset + done} while reading; it was ${this.size} bytes at open`, {
-          hint: 'something truncated the image during the backup; back it up again when nothing writes to it',
-        });
+        throw new RestorelabError(
+          'IMAGE_SHRANK',
+          `${this.path} ended at ${offset + done} while reading; it was ${this.size} bytes at open`,
+          {
+            hint: 'something truncated the image during the backup; back it up again when nothing writes to it',
+          },
+        );
       }
       done += bytesRead;
     }

@@ -112,15 +112,20 @@ function checkLab(lab: LabDefinition, source: string): void {
     const subnet = parseCidr(n.subnet, `${where} subnet`);
     const masq = parseCidr(n.masquerade, `${where} masquerade`);
     if (subnet.prefix !== masq.prefix) {
-      throw badInput('LAB_INVALID', `${where}: masquerade ${n.masquerade} and subnet ${n.subnet} differ in size`,
-        'the masquerade subnet maps 1:1 onto the production subnet, so give it the same prefix length');
+      throw badInput(
+        'LAB_INVALID',
+        `${where}: masquerade ${n.masquerade} and subnet ${n.subnet} differ in size`,
+        'the masquerade subnet maps 1:1 onto the production subnet, so give it the same prefix length',
+      );
     }
     if (!contains(subnet, parseIp(n.gateway, `${where} gateway`))) {
       throw badInput('LAB_INVALID', `${where}: gateway ${n.gateway} is not in ${n.subnet}`);
     }
-    if (overlaps(masq, LINK_LOCAL)) throw badInput('LAB_INVALID', `${where}: masquerade ${n.masquerade} overlaps 169.254.0.0/16, which labs use for their uplinks`);
+    if (overlaps(masq, LINK_LOCAL))
+      throw badInput('LAB_INVALID', `${where}: masquerade ${n.masquerade} overlaps 169.254.0.0/16, which labs use for their uplinks`);
     for (const other of masqs) {
-      if (overlaps(other, masq)) throw badInput('LAB_INVALID', `${where}: masquerade ${n.masquerade} overlaps another network's masquerade subnet`);
+      if (overlaps(other, masq))
+        throw badInput('LAB_INVALID', `${where}: masquerade ${n.masquerade} overlaps another network's masquerade subnet`);
     }
     masqs.push(masq);
     for (const m of n.staticMappings ?? []) {
@@ -169,12 +174,15 @@ export function readLabState(stateDir: string, name: string): LabState | undefin
 export function listLabs(stateDir: string): LabState[] {
   const dir = labsDir(stateDir);
   if (!existsSync(dir)) return [];
-  return readdirSync(dir).filter((f) => f.endsWith('.json'))
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
     .map((f) => readLabState(stateDir, f.slice(0, -5)))
     .filter((s): s is LabState => s !== undefined);
 }
 
-interface HostRoute { dst: string }
+interface HostRoute {
+  dst: string;
+}
 
 async function hostRoutes(): Promise<Cidr[]> {
   const out = await sh('ip', ['-4', '-j', 'route', 'show', 'table', 'all']);
@@ -195,7 +203,7 @@ async function pickLinkSubnet(): Promise<{ host: string; lab: string }> {
   const used = await hostRoutes();
   for (let i = 0; i < 64; i++) {
     // Avoid 169.254.0.x and 169.254.255.x, which RFC 3927 reserves.
-    const third = 1 + (randomBytes(1)[0] as number) % 254;
+    const third = 1 + ((randomBytes(1)[0] as number) % 254);
     const fourth = ((randomBytes(1)[0] as number) % 64) * 4;
     const net: Cidr = { base: (parseIp('169.254.0.0', 'x') | (third << 8) | fourth) >>> 0, prefix: 30 };
     if (used.some((u) => overlaps(u, net) && u.prefix > 16)) continue;
@@ -210,7 +218,9 @@ function labNftRules(st: LabState): string {
   const pings: string[] = [];
   for (const n of st.networks) {
     pings.push(`iifname "${n.bridge}" ip daddr ${n.gateway} icmp type echo-request accept`);
-    nat.push(`iifname "${LAB_UPLINK}" ip daddr ${formatCidr(parseCidr(n.masquerade, 'm'))} dnat ip prefix to ip daddr map { ${formatCidr(parseCidr(n.masquerade, 'm'))} : ${formatCidr(parseCidr(n.subnet, 's'))} }`);
+    nat.push(
+      `iifname "${LAB_UPLINK}" ip daddr ${formatCidr(parseCidr(n.masquerade, 'm'))} dnat ip prefix to ip daddr map { ${formatCidr(parseCidr(n.masquerade, 'm'))} : ${formatCidr(parseCidr(n.subnet, 's'))} }`,
+    );
     for (const m of n.staticMappings ?? []) nat.push(`iifname "${LAB_UPLINK}" ip daddr ${m.host} dnat ip to ${m.production}`);
     snat.push(`iifname "${LAB_UPLINK}" oifname "${n.bridge}" snat ip to ${n.gateway}`);
   }
@@ -267,7 +277,10 @@ function requireTools(): void {
 }
 
 /** Creates the lab; a leftover of the same name (crash) is removed first. */
-export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?: LabState['owner']; uplink?: boolean }): Promise<LabState> {
+export async function labUp(
+  def: LabDefinition,
+  opts: { stateDir: string; owner?: LabState['owner']; uplink?: boolean },
+): Promise<LabState> {
   requireTools();
   await labDown(def.name, { stateDir: opts.stateDir, quietIfMissing: true });
   if (opts.uplink === false) return quarantineLabUp(def, opts);
@@ -276,13 +289,20 @@ export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?
     const masq = parseCidr(n.masquerade, n.name);
     const clash = routes.find((r) => overlaps(r, masq));
     if (clash) {
-      throw badInput('LAB_MASQUERADE_OVERLAP', `lab ${def.name}: masquerade subnet ${n.masquerade} of network ${n.name} overlaps the host route ${formatCidr(clash)}`,
-        'pick a masquerade subnet no host route (or other running lab) uses, e.g. another 172.18.x.0/24');
+      throw badInput(
+        'LAB_MASQUERADE_OVERLAP',
+        `lab ${def.name}: masquerade subnet ${n.masquerade} of network ${n.name} overlaps the host route ${formatCidr(clash)}`,
+        'pick a masquerade subnet no host route (or other running lab) uses, e.g. another 172.18.x.0/24',
+      );
     }
     for (const m of n.staticMappings ?? []) {
       const host = parseCidr(`${m.host}/32`, n.name);
       const c = routes.find((r) => overlaps(r, host));
-      if (c) throw badInput('LAB_MASQUERADE_OVERLAP', `lab ${def.name}: static mapping address ${m.host} is inside the host route ${formatCidr(c)}`);
+      if (c)
+        throw badInput(
+          'LAB_MASQUERADE_OVERLAP',
+          `lab ${def.name}: static mapping address ${m.host} is inside the host route ${formatCidr(c)}`,
+        );
     }
   }
   const suffix = randomBytes(3).toString('hex');
@@ -348,8 +368,18 @@ export async function labUp(def: LabDefinition, opts: { stateDir: string; owner?
 async function quarantineLabUp(def: LabDefinition, opts: { stateDir: string; owner?: LabState['owner'] }): Promise<LabState> {
   const suffix = randomBytes(3).toString('hex');
   const st: LabState = {
-    name: def.name, netns: `rl-${def.name.slice(0, 20)}-${suffix}`, hostVeth: '', hostAddress: '', labAddress: '', hostTable: '', routes: [],
-    networks: def.networks.map((n, i) => ({ ...n, bridge: `br-${i}` })), taps: [], createdAt: new Date().toISOString(), ready: false, uplink: false,
+    name: def.name,
+    netns: `rl-${def.name.slice(0, 20)}-${suffix}`,
+    hostVeth: '',
+    hostAddress: '',
+    labAddress: '',
+    hostTable: '',
+    routes: [],
+    networks: def.networks.map((n, i) => ({ ...n, bridge: `br-${i}` })),
+    taps: [],
+    createdAt: new Date().toISOString(),
+    ready: false,
+    uplink: false,
     ...(opts.owner ? { owner: opts.owner } : {}),
   };
   saveState(opts.stateDir, st);
@@ -411,8 +441,11 @@ export async function addLabTap(stateDir: string, labName: string, network: stri
   if (!st?.ready) throw notFound('LAB_NOT_FOUND', `lab ${labName} is not up`, `restorelab lab up <lab.json>`);
   const net = st.networks.find((n) => n.name === network);
   if (!net) {
-    throw badInput('LAB_NO_SUCH_NETWORK', `lab ${labName} has no network ${network}`,
-      `the VM's NIC network must be one of: ${st.networks.map((n) => n.name).join(', ')}`);
+    throw badInput(
+      'LAB_NO_SUCH_NETWORK',
+      `lab ${labName} has no network ${network}`,
+      `the VM's NIC network must be one of: ${st.networks.map((n) => n.name).join(', ')}`,
+    );
   }
   let i = st.taps.length;
   while (st.taps.some((t) => t.name === `tap${i}`)) i++;

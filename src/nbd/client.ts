@@ -121,7 +121,10 @@ export class NbdClient {
     this.contexts = negotiated.contexts;
     const serverMax = negotiated.blockSize?.maximum ?? NBD_DEFAULT_MAX_BLOCK;
     this.maxRequestBytes = Math.min(maxRequestBytes ?? NBD_DEFAULT_MAX_BLOCK, serverMax, NBD_DEFAULT_MAX_BLOCK);
-    this.framer = new ReplyFramer((e) => this.onEvent(e), (cookie, error) => this.simplePayload(cookie, error));
+    this.framer = new ReplyFramer(
+      (e) => this.onEvent(e),
+      (cookie, error) => this.simplePayload(cookie, error),
+    );
     socket.on('data', (b: Buffer) => this.onData(b));
     socket.on('error', (err) => this.fail(new NbdConnectionError(`NBD connection failed: ${err.message}`, err)));
     socket.on('close', () => {
@@ -137,7 +140,10 @@ export class NbdClient {
   static async connect(opts: NbdConnectOptions): Promise<NbdClient> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const where = opts.socketPath ?? `${opts.host ?? 'localhost'}:${opts.port ?? 10809}`;
-    const socket = opts.socketPath !== undefined ? netConnect({ path: opts.socketPath }) : netConnect({ host: opts.host ?? 'localhost', port: opts.port ?? 10809 });
+    const socket =
+      opts.socketPath !== undefined
+        ? netConnect({ path: opts.socketPath })
+        : netConnect({ host: opts.host ?? 'localhost', port: opts.port ?? 10809 });
     socket.setNoDelay?.(true);
     const incoming = new ByteQueue();
     let wake: (() => void) | undefined;
@@ -210,7 +216,20 @@ export class NbdClient {
     const parts: Promise<void>[] = [];
     for (let done = 0; done < length; done += this.maxRequestBytes) {
       const n = Math.min(this.maxRequestBytes, length - done);
-      parts.push(this.request<PendingRead>({ kind: 'read', what: `read of ${n} bytes at offset ${offset + done}`, offset: offset + done, length: n, target, targetOffset: done, covered: 0 }, NBD_CMD_READ));
+      parts.push(
+        this.request<PendingRead>(
+          {
+            kind: 'read',
+            what: `read of ${n} bytes at offset ${offset + done}`,
+            offset: offset + done,
+            length: n,
+            target,
+            targetOffset: done,
+            covered: 0,
+          },
+          NBD_CMD_READ,
+        ),
+      );
     }
     await settleAll(parts);
   }
@@ -232,7 +251,13 @@ export class NbdClient {
     if (this.contexts.size === 0) throw new NbdProtocolError('block status needs a metadata context; none was selected at connect');
     this.checkRange(offset, length, 'block status');
     const n = Math.min(length, MAX_STATUS_REQUEST);
-    const p: PendingStatus = { kind: 'status', what: `block status of ${n} bytes at offset ${offset}`, offset, length: n, byContext: new Map() } as PendingStatus;
+    const p: PendingStatus = {
+      kind: 'status',
+      what: `block status of ${n} bytes at offset ${offset}`,
+      offset,
+      length: n,
+      byContext: new Map(),
+    } as PendingStatus;
     await this.request(p, NBD_CMD_BLOCK_STATUS);
     const out = new Map<string, StatusExtent[]>();
     for (const [name, id] of this.contexts) {
@@ -262,11 +287,16 @@ export class NbdClient {
     if (this.closing) return;
     this.closing = true;
     // Let outstanding requests finish: DISC asks the server to, but we also want their replies.
-    await Promise.allSettled([...this.pending.values()].map((p) => new Promise<void>((r) => {
-      const { resolve, reject } = p;
-      p.resolve = () => (resolve(), r());
-      p.reject = (e) => (reject(e), r());
-    })));
+    await Promise.allSettled(
+      [...this.pending.values()].map(
+        (p) =>
+          new Promise<void>((r) => {
+            const { resolve, reject } = p;
+            p.resolve = () => (resolve(), r());
+            p.reject = (e) => (reject(e), r());
+          }),
+      ),
+    );
     if (!this.failure && !this.socket.destroyed) {
       this.socket.end(encodeRequest(0, NBD_CMD_DISC, this.nextCookie++, 0, 0));
       await new Promise<void>((r) => {
@@ -289,7 +319,10 @@ export class NbdClient {
     }
   }
 
-  private async request<P extends Pending>(init: Omit<P, 'cookie' | 'timer' | 'resolve' | 'reject' | 'error'>, command: number): Promise<void> {
+  private async request<P extends Pending>(
+    init: Omit<P, 'cookie' | 'timer' | 'resolve' | 'reject' | 'error'>,
+    command: number,
+  ): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.closing) throw new NbdConnectionError('NBD client is closed');
     // A slot is either free (counted here) or handed over by release().

@@ -141,7 +141,12 @@ export class ReplyFramer {
       case 'header': {
         if (q.available < 4) return false;
         const magic = q.peek(4).readUInt32BE(0);
-        const size = magic === NBD_SIMPLE_REPLY_MAGIC ? NBD_SIMPLE_REPLY_SIZE : magic === NBD_STRUCTURED_REPLY_MAGIC ? NBD_STRUCTURED_REPLY_HEADER_SIZE : 0;
+        const size =
+          magic === NBD_SIMPLE_REPLY_MAGIC
+            ? NBD_SIMPLE_REPLY_SIZE
+            : magic === NBD_STRUCTURED_REPLY_MAGIC
+              ? NBD_STRUCTURED_REPLY_HEADER_SIZE
+              : 0;
         if (size === 0) throw new NbdProtocolError(`reply magic 0x${magic.toString(16).padStart(8, '0')} is neither simple nor structured`);
         if (q.available < size) return false;
         const rest = q.take(size).subarray(4);
@@ -161,7 +166,8 @@ export class ReplyFramer {
           if (length < 9) throw new NbdProtocolError(`OFFSET_DATA chunk of length ${length}, must be at least 9`);
           this.state = { s: 'data-offset', cookie, flags, type, left: length - 8 };
         } else {
-          if (length > NBD_MAX_SMALL_PAYLOAD) throw new NbdProtocolError(`chunk type ${type} of ${length} bytes is larger than any we accept`);
+          if (length > NBD_MAX_SMALL_PAYLOAD)
+            throw new NbdProtocolError(`chunk type ${type} of ${length} bytes is larger than any we accept`);
           this.state = { s: 'chunk-payload', cookie, flags, type, length };
         }
         return true;

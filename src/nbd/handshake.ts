@@ -95,13 +95,19 @@ export async function negotiate(io: HandshakeIo, opts: HandshakeOptions): Promis
     io.write(encodeOption(NBD_OPT_STRUCTURED_REPLY));
     const sr = await readOptionReply(io, NBD_OPT_STRUCTURED_REPLY);
     if (sr.type === NBD_REP_ACK) structuredReplies = true;
-    else if (sr.type !== NBD_REP_ERR_UNSUP) throw new NbdProtocolError(`unexpected reply type 0x${sr.type.toString(16)} to NBD_OPT_STRUCTURED_REPLY`);
+    else if (sr.type !== NBD_REP_ERR_UNSUP)
+      throw new NbdProtocolError(`unexpected reply type 0x${sr.type.toString(16)} to NBD_OPT_STRUCTURED_REPLY`);
   }
 
   const contexts = new Map<string, number>();
   if (opts.metaContexts.length > 0) {
     if (!structuredReplies) {
-      throw new NbdOptionError('NBD_OPT_STRUCTURED_REPLY', NBD_REP_ERR_UNSUP, 'block status (metadata contexts) needs structured replies', 'use qemu-nbd or qemu-storage-daemon, which support them');
+      throw new NbdOptionError(
+        'NBD_OPT_STRUCTURED_REPLY',
+        NBD_REP_ERR_UNSUP,
+        'block status (metadata contexts) needs structured replies',
+        'use qemu-nbd or qemu-storage-daemon, which support them',
+      );
     }
     io.write(encodeSetMetaContext(opts.exportName, opts.metaContexts));
     for (;;) {
@@ -113,16 +119,26 @@ export async function negotiate(io: HandshakeIo, opts: HandshakeOptions): Promis
         continue;
       }
       if (isError(r.type)) {
-        throw new NbdOptionError(`NBD_OPT_SET_META_CONTEXT (${opts.metaContexts.join(', ')})`, r.type, r.payload.toString('utf8'),
-          'the server does not know these metadata contexts; for qemu:dirty-bitmap:<name> start qemu-nbd with --bitmap=<name>');
+        throw new NbdOptionError(
+          `NBD_OPT_SET_META_CONTEXT (${opts.metaContexts.join(', ')})`,
+          r.type,
+          r.payload.toString('utf8'),
+          'the server does not know these metadata contexts; for qemu:dirty-bitmap:<name> start qemu-nbd with --bitmap=<name>',
+        );
       }
       throw new NbdProtocolError(`unexpected reply type ${r.type} to NBD_OPT_SET_META_CONTEXT`);
     }
     // A query ending in ':' is a namespace wildcard that may legitimately match nothing.
     for (const q of opts.metaContexts) {
       if (!q.endsWith(':') && !contexts.has(q)) {
-        throw new NbdOptionError(`NBD_OPT_SET_META_CONTEXT (${q})`, NBD_REP_ERR_UNSUP, 'context not offered for this export',
-          q.startsWith('qemu:dirty-bitmap:') ? 'export the bitmap: qemu-nbd --bitmap=<name>, or block-export-add with "bitmaps"' : 'ask only for contexts the server supports');
+        throw new NbdOptionError(
+          `NBD_OPT_SET_META_CONTEXT (${q})`,
+          NBD_REP_ERR_UNSUP,
+          'context not offered for this export',
+          q.startsWith('qemu:dirty-bitmap:')
+            ? 'export the bitmap: qemu-nbd --bitmap=<name>, or block-export-add with "bitmaps"'
+            : 'ask only for contexts the server supports',
+        );
       }
     }
   }
@@ -145,8 +161,12 @@ export async function negotiate(io: HandshakeIo, opts: HandshakeOptions): Promis
       continue;
     }
     if (isError(r.type)) {
-      throw new NbdOptionError(`NBD_OPT_GO for export "${opts.exportName}"`, r.type, r.payload.toString('utf8'),
-        'check the export name (qemu-nbd --export-name) and that the server is not shutting down');
+      throw new NbdOptionError(
+        `NBD_OPT_GO for export "${opts.exportName}"`,
+        r.type,
+        r.payload.toString('utf8'),
+        'check the export name (qemu-nbd --export-name) and that the server is not shutting down',
+      );
     }
     throw new NbdProtocolError(`unexpected reply type ${r.type} to NBD_OPT_GO`);
   }

@@ -79,9 +79,11 @@ export const GREETING_SIZE = 18; // "NBDMAGIC", "IHAVEOPT", 16-bit handshake fla
 /** The server greeting; returns the handshake flags. */
 export function parseGreeting(b: Buffer): number {
   if (b.length < GREETING_SIZE) throw new NbdProtocolError(`greeting is ${b.length} bytes, expected ${GREETING_SIZE}`);
-  if (b.readBigUInt64BE(0) !== NBD_INIT_MAGIC) throw new NbdProtocolError('server greeting does not start with NBDMAGIC; this is not an NBD server');
+  if (b.readBigUInt64BE(0) !== NBD_INIT_MAGIC)
+    throw new NbdProtocolError('server greeting does not start with NBDMAGIC; this is not an NBD server');
   const second = b.readBigUInt64BE(8);
-  if (second === NBD_CLISERV_MAGIC) throw new NbdProtocolError('server speaks old-style negotiation, which cannot select exports or structured replies');
+  if (second === NBD_CLISERV_MAGIC)
+    throw new NbdProtocolError('server speaks old-style negotiation, which cannot select exports or structured replies');
   if (second !== NBD_OPTS_MAGIC) throw new NbdProtocolError(`unknown negotiation magic 0x${second.toString(16)}`);
   return b.readUInt16BE(16);
 }
@@ -96,7 +98,8 @@ export interface OptionReplyHeader {
 
 export function parseOptionReplyHeader(b: Buffer): OptionReplyHeader {
   const magic = b.readBigUInt64BE(0);
-  if (magic !== NBD_REP_MAGIC) throw new NbdProtocolError(`option reply magic 0x${magic.toString(16)}, expected 0x${NBD_REP_MAGIC.toString(16)}`);
+  if (magic !== NBD_REP_MAGIC)
+    throw new NbdProtocolError(`option reply magic 0x${magic.toString(16)}, expected 0x${NBD_REP_MAGIC.toString(16)}`);
   return { option: b.readUInt32BE(8), type: b.readUInt32BE(12), length: b.readUInt32BE(16) };
 }
 
@@ -147,7 +150,8 @@ export interface BlockStatusDescriptor {
 
 /** The payload of NBD_REPLY_TYPE_BLOCK_STATUS: context id, then (length, flags) pairs. */
 export function parseBlockStatus(p: Buffer): { contextId: number; descriptors: BlockStatusDescriptor[] } {
-  if (p.length < 12 || (p.length - 4) % 8 !== 0) throw new NbdProtocolError(`block status payload of ${p.length} bytes is not 4 + a positive multiple of 8`);
+  if (p.length < 12 || (p.length - 4) % 8 !== 0)
+    throw new NbdProtocolError(`block status payload of ${p.length} bytes is not 4 + a positive multiple of 8`);
   const descriptors: BlockStatusDescriptor[] = [];
   for (let at = 4; at < p.length; at += 8) {
     const length = p.readUInt32BE(at);

@@ -77,9 +77,15 @@ export function loadServerId(stateDir: string): string {
 /** The listen addresses, checked: a typo must not silently fall back to another interface. */
 export function listenAddresses(listen: string | readonly string[] | undefined): string[] {
   const list = listen === undefined ? ['127.0.0.1'] : typeof listen === 'string' ? [listen] : [...listen];
-  if (!list.length) throw badInput('NFS_BAD_LISTEN', 'no NFS listen address given', 'pass --nfs-listen ADDR (e.g. 127.0.0.1, or the address ESXi reaches)');
+  if (!list.length)
+    throw badInput('NFS_BAD_LISTEN', 'no NFS listen address given', 'pass --nfs-listen ADDR (e.g. 127.0.0.1, or the address ESXi reaches)');
   for (const a of list) {
-    if (!net.isIP(a)) throw badInput('NFS_BAD_LISTEN', `NFS listen address "${a}" is not an IP address`, 'pass an IPv4 or IPv6 address such as 127.0.0.1, 192.0.2.10 or 0.0.0.0');
+    if (!net.isIP(a))
+      throw badInput(
+        'NFS_BAD_LISTEN',
+        `NFS listen address "${a}" is not an IP address`,
+        'pass an IPv4 or IPv6 address such as 127.0.0.1, 192.0.2.10 or 0.0.0.0',
+      );
   }
   return list;
 }
@@ -112,8 +118,11 @@ export async function startNfsExport(opts: NfsExportOptions): Promise<NfsExport>
     ports = await server.start();
   } catch (err) {
     if (isErrno(err, 'EADDRNOTAVAIL')) {
-      throw badInput('NFS_BAD_LISTEN', `cannot listen for NFS on ${listen.join(', ')}: no such address on this host`,
-        'pass --nfs-listen with an address of this host (ip -br addr), or 0.0.0.0 for every interface');
+      throw badInput(
+        'NFS_BAD_LISTEN',
+        `cannot listen for NFS on ${listen.join(', ')}: no such address on this host`,
+        'pass --nfs-listen with an address of this host (ip -br addr), or 0.0.0.0 for every interface',
+      );
     }
     if (isErrno(err, 'EADDRINUSE') || isErrno(err, 'EACCES')) {
       const e = err as NodeJS.ErrnoException & { port?: number };
@@ -132,9 +141,16 @@ export async function startNfsExport(opts: NfsExportOptions): Promise<NfsExport>
   // on 111; anywhere else, the URL has to carry the ports itself.
   const query = portmapPort === STANDARD_PORTMAP_PORT ? '' : `?nfsport=${ports.nfs}&mountport=${ports.mount}`;
   return {
-    host, port: ports.nfs, mountPort: ports.mount, portmapPort, exportPath: EXPORT_PATH,
-    url: (...components) => `nfs://${net.isIPv6(host) ? `[${host}]` : host}${EXPORT_PATH}/${components.map(encodeURIComponent).join('/')}${query}`,
-    get metrics() { return server.metrics; },
+    host,
+    port: ports.nfs,
+    mountPort: ports.mount,
+    portmapPort,
+    exportPath: EXPORT_PATH,
+    url: (...components) =>
+      `nfs://${net.isIPv6(host) ? `[${host}]` : host}${EXPORT_PATH}/${components.map(encodeURIComponent).join('/')}${query}`,
+    get metrics() {
+      return server.metrics;
+    },
     stop: () => server.stop(),
   };
 }

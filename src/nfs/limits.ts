@@ -77,13 +77,18 @@ export function wireLimits(over: Partial<WireLimits> = {}): WireLimits {
     if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`NFS limit ${k} must be a positive integer, got ${v}`);
     l[k] = v;
   }
-  if (l.maxRecordBytes < 64 * KiB) throw new RangeError(`NFS limit maxRecordBytes must be at least ${64 * KiB} (a READ call), got ${l.maxRecordBytes}`);
+  if (l.maxRecordBytes < 64 * KiB)
+    throw new RangeError(`NFS limit maxRecordBytes must be at least ${64 * KiB} (a READ call), got ${l.maxRecordBytes}`);
   if (l.maxConnectionsPerAddress > l.maxConnections) l.maxConnectionsPerAddress = l.maxConnections;
   if (l.maxPartialRecordBytesTotal < l.maxRecordBytes) {
-    throw new RangeError(`NFS limit maxPartialRecordBytesTotal must hold one record (${l.maxRecordBytes} bytes), got ${l.maxPartialRecordBytesTotal}`);
+    throw new RangeError(
+      `NFS limit maxPartialRecordBytesTotal must hold one record (${l.maxRecordBytes} bytes), got ${l.maxPartialRecordBytesTotal}`,
+    );
   }
   if (l.maxPendingBytesTotal < l.maxRecordBytes + MAX_REPLY_BYTES) {
-    throw new RangeError(`NFS limit maxPendingBytesTotal must hold one call (${l.maxRecordBytes + MAX_REPLY_BYTES} bytes), got ${l.maxPendingBytesTotal}`);
+    throw new RangeError(
+      `NFS limit maxPendingBytesTotal must hold one call (${l.maxRecordBytes + MAX_REPLY_BYTES} bytes), got ${l.maxPendingBytesTotal}`,
+    );
   }
   return l;
 }

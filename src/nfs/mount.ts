@@ -12,7 +12,18 @@ import type { XdrReader, XdrWriter } from './xdr.js';
 export const MOUNT_PROG = 100005;
 export const MOUNT_VERS = 3;
 const MNTPATHLEN = 1024;
-const enum MountStat { OK = 0, PERM = 1, NOENT = 2, IO = 5, ACCES = 13, NOTDIR = 20, INVAL = 22, NAMETOOLONG = 63, NOTSUPP = 10004, SERVERFAULT = 10006 }
+const enum MountStat {
+  OK = 0,
+  PERM = 1,
+  NOENT = 2,
+  IO = 5,
+  ACCES = 13,
+  NOTDIR = 20,
+  INVAL = 22,
+  NAMETOOLONG = 63,
+  NOTSUPP = 10004,
+  SERVERFAULT = 10006,
+}
 
 export interface MountEnv {
   datastore: Datastore;
@@ -41,7 +52,9 @@ export class MountTable {
 
   constructor(private readonly maxEntries: number) {}
 
-  get size(): number { return this.mounts.size; }
+  get size(): number {
+    return this.mounts.size;
+  }
 
   add(host: string, path: string): void {
     const dir = normalizePath(path);
@@ -62,7 +75,9 @@ export class MountTable {
     for (const [k, m] of this.mounts) if (m.host === host) this.mounts.delete(k);
   }
 
-  entries(): IterableIterator<{ host: string; dir: string }> { return this.mounts.values(); }
+  entries(): IterableIterator<{ host: string; dir: string }> {
+    return this.mounts.values();
+  }
 }
 
 export function mountProgram(env: MountEnv, mounts = new MountTable(env.maxEntries)): RpcProgram {
@@ -80,7 +95,8 @@ export function mountProgram(env: MountEnv, mounts = new MountTable(env.maxEntri
       }
       if ((await env.datastore.getattr(id)).type !== 'dir') return { stat: MountStat.NOTDIR };
     } catch (e) {
-      if (e instanceof DatastoreError) return { stat: e.code === 'ENOTDIR' ? MountStat.NOTDIR : e.code === 'EACCES' ? MountStat.ACCES : MountStat.NOENT };
+      if (e instanceof DatastoreError)
+        return { stat: e.code === 'ENOTDIR' ? MountStat.NOTDIR : e.code === 'EACCES' ? MountStat.ACCES : MountStat.NOENT };
       throw e;
     }
     return { stat: MountStat.OK, id };

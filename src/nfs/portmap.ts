@@ -12,9 +12,20 @@ export const PMAP_PROG = 100000;
 export const PMAP_VERS = 2;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
-const enum PmapProc { NULL = 0, SET = 1, UNSET = 2, GETPORT = 3, DUMP = 4 }
+const enum PmapProc {
+  NULL = 0,
+  SET = 1,
+  UNSET = 2,
+  GETPORT = 3,
+  DUMP = 4,
+}
 
-export interface PortMapping { prog: number; vers: number; prot: number; port: number }
+export interface PortMapping {
+  prog: number;
+  vers: number;
+  prot: number;
+  port: number;
+}
 
 const readMapping = (r: XdrReader): PortMapping => ({ prog: r.u32(), vers: r.u32(), prot: r.u32(), port: r.u32() });
 export const isLoopback = (addr: string): boolean => addr === '::1' || addr.startsWith('127.');
@@ -41,7 +52,9 @@ export class PortmapTable {
     return this.maps.find((m) => m.prog === prog && m.vers === vers && m.prot === prot)?.port ?? 0;
   }
 
-  list(): readonly PortMapping[] { return this.maps; }
+  list(): readonly PortMapping[] {
+    return this.maps;
+  }
 }
 
 export function portmapProgram(table: PortmapTable): RpcProgram {
@@ -72,16 +85,33 @@ export function portmapProgram(table: PortmapTable): RpcProgram {
 export async function pmapCall(host: string, port: number, proc: number, m: PortMapping, timeoutMs = 3000): Promise<XdrReader> {
   const xid = (Math.random() * 0xffffffff) >>> 0;
   const w = new XdrWriter()
-    .u32(xid).u32(0).u32(2).u32(PMAP_PROG).u32(PMAP_VERS).u32(proc)
-    .u32(0).u32(0).u32(0).u32(0)
-    .u32(m.prog).u32(m.vers).u32(m.prot).u32(m.port);
+    .u32(xid)
+    .u32(0)
+    .u32(2)
+    .u32(PMAP_PROG)
+    .u32(PMAP_VERS)
+    .u32(proc)
+    .u32(0)
+    .u32(0)
+    .u32(0)
+    .u32(0)
+    .u32(m.prog)
+    .u32(m.vers)
+    .u32(m.prot)
+    .u32(m.port);
   const body = w.bytes();
   return await new Promise<XdrReader>((resolve, reject) => {
     const s = net.connect({ host, port });
     const framer = new RecordFramer(1 << 20);
-    const timer = setTimeout(() => { s.destroy(); reject(new Error('portmapper call timed out')); }, timeoutMs);
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error('portmapper call timed out'));
+    }, timeoutMs);
     s.on('connect', () => s.write(Buffer.concat([recordMark(body.length), body])));
-    s.on('error', (e) => { clearTimeout(timer); reject(e); });
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
     s.on('data', (c: Buffer) => {
       const recs = framer.push(c);
       if (!recs.length) return;
@@ -89,7 +119,8 @@ export async function pmapCall(host: string, port: number, proc: number, m: Port
       s.destroy();
       const r = new XdrReader(recs[0]!);
       if (r.u32() !== xid || r.u32() !== 1 || r.u32() !== 0) return reject(new Error('portmapper denied the call'));
-      r.u32(); r.opaque(400);
+      r.u32();
+      r.opaque(400);
       const stat = r.u32();
       if (stat !== 0) return reject(new RpcError(stat as AcceptStat, `portmapper answered accept_stat ${stat}`));
       resolve(r);

@@ -14,7 +14,10 @@ export class FramingError extends Error {
 }
 
 export class RecordTooLargeError extends FramingError {
-  constructor(readonly length: number, readonly max: number) {
+  constructor(
+    readonly length: number,
+    readonly max: number,
+  ) {
     super(`RPC record of ${length} bytes exceeds the ${max}-byte limit`);
     this.name = 'RecordTooLargeError';
   }
@@ -59,7 +62,10 @@ export class RecordBufferPool {
   private readonly lent = new WeakSet<ArrayBufferLike>();
 
   /** `size`: the largest record it serves; `keep`: free buffers kept between calls. */
-  constructor(readonly size: number, private readonly keep: number) {}
+  constructor(
+    readonly size: number,
+    private readonly keep: number,
+  ) {}
 
   /** A buffer of exactly `n` bytes, or undefined when `n` is larger than the pool's buffers. */
   acquire(n: number): Buffer | undefined {
@@ -97,10 +103,14 @@ export class RecordFramer {
   ) {}
 
   /** Bytes held for incomplete records: bounded by maxRecord plus one socket chunk. */
-  get buffered(): number { return this.pendingLen + this.recordLen; }
+  get buffered(): number {
+    return this.pendingLen + this.recordLen;
+  }
 
   /** True between the first byte of a record and its end: the sender owes us the rest. */
-  get inRecord(): boolean { return this.pendingLen > 0 || this.fragLen >= 0 || this.fragments.length > 0; }
+  get inRecord(): boolean {
+    return this.pendingLen > 0 || this.fragLen >= 0 || this.fragments.length > 0;
+  }
 
   /**
    * Feeds one TCP chunk; returns every record it completes. Throws a

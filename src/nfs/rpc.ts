@@ -11,10 +11,24 @@ export const CALL = 0;
 export const REPLY = 1;
 export const MSG_ACCEPTED = 0;
 export const MSG_DENIED = 1;
-export const enum AcceptStat { SUCCESS = 0, PROG_UNAVAIL = 1, PROG_MISMATCH = 2, PROC_UNAVAIL = 3, GARBAGE_ARGS = 4, SYSTEM_ERR = 5 }
+export const enum AcceptStat {
+  SUCCESS = 0,
+  PROG_UNAVAIL = 1,
+  PROG_MISMATCH = 2,
+  PROC_UNAVAIL = 3,
+  GARBAGE_ARGS = 4,
+  SYSTEM_ERR = 5,
+}
 export const RPC_MISMATCH = 0;
 export const AUTH_ERROR = 1;
-export const enum AuthStat { AUTH_OK = 0, AUTH_BADCRED = 1, AUTH_REJECTEDCRED = 2, AUTH_BADVERF = 3, AUTH_REJECTEDVERF = 4, AUTH_TOOWEAK = 5 }
+export const enum AuthStat {
+  AUTH_OK = 0,
+  AUTH_BADCRED = 1,
+  AUTH_REJECTEDCRED = 2,
+  AUTH_BADVERF = 3,
+  AUTH_REJECTEDVERF = 4,
+  AUTH_TOOWEAK = 5,
+}
 // RFC 5531 section 8.2 / appendix A: authentication flavors.
 export const AUTH_NONE = 0;
 export const AUTH_SYS = 1;
@@ -84,7 +98,10 @@ export interface RpcProgram {
 
 /** An RPC-level failure: the dispatcher answers it instead of a result body. */
 export class RpcError extends Error {
-  constructor(readonly stat: AcceptStat, message?: string) {
+  constructor(
+    readonly stat: AcceptStat,
+    message?: string,
+  ) {
     super(message ?? `rpc accept_stat ${stat}`);
     this.name = 'RpcError';
   }
@@ -93,9 +110,7 @@ export class RpcError extends Error {
 /** The call is unusable before the header can be read; nothing can be answered, so the connection closes. */
 export class MalformedCallError extends Error {}
 
-type Decoded =
-  | { kind: 'call'; call: CallHeader }
-  | { kind: 'denied'; xid: number; reply: Buffer };
+type Decoded = { kind: 'call'; call: CallHeader } | { kind: 'denied'; xid: number; reply: Buffer };
 
 /** Decodes a call header; a denial (RPC_MISMATCH, AUTH_ERROR) comes back as ready reply bytes. */
 export function decodeCall(record: Buffer): Decoded {
@@ -163,7 +178,11 @@ export class RpcDispatcher {
   private readonly byProg = new Map<number, RpcProgram[]>();
   private readonly rootSquash: boolean;
 
-  constructor(programs: readonly RpcProgram[], private readonly log?: DispatchLog, policy: DispatchPolicy = {}) {
+  constructor(
+    programs: readonly RpcProgram[],
+    private readonly log?: DispatchLog,
+    policy: DispatchPolicy = {},
+  ) {
     this.rootSquash = policy.rootSquash ?? true;
     for (const p of programs) {
       const list = this.byProg.get(p.prog) ?? [];
@@ -179,7 +198,10 @@ export class RpcDispatcher {
     const program = versions.find((p) => p.vers === call.vers);
     if (!program) {
       const vs = versions.map((p) => p.vers);
-      return acceptedHeader(w, call.xid, AcceptStat.PROG_MISMATCH).u32(Math.min(...vs)).u32(Math.max(...vs)).pieces();
+      return acceptedHeader(w, call.xid, AcceptStat.PROG_MISMATCH)
+        .u32(Math.min(...vs))
+        .u32(Math.max(...vs))
+        .pieces();
     }
     const proc = program.procs[call.proc];
     if (!proc) return acceptedHeader(w, call.xid, AcceptStat.PROC_UNAVAIL).pieces();

@@ -19,7 +19,15 @@ import { nfsProgram } from './nfs3/program.js';
 import type { NfsCounters, NfsEnv } from './nfs3/context.js';
 import { NFS_IO_MAX, NFS_PROG, NFS_VERS } from './nfs3/types.js';
 import {
-  IPPROTO_TCP, PMAP_PROG, PMAP_VERS, PortmapTable, isLoopback, pmapSet, pmapUnset, portmapProgram, portmapperListening,
+  IPPROTO_TCP,
+  PMAP_PROG,
+  PMAP_VERS,
+  PortmapTable,
+  isLoopback,
+  pmapSet,
+  pmapUnset,
+  portmapProgram,
+  portmapperListening,
   type PortMapping,
 } from './portmap.js';
 import { RpcDispatcher, type RpcProgram } from './rpc.js';
@@ -111,7 +119,8 @@ export class NfsServer {
   private readonly replyBuffers = new RecordBufferPool(NFS_IO_MAX, 8);
   private readonly programs: RpcProgram[];
   private registered: { host: string; port: number; maps: PortMapping[] } | undefined;
-  private readonly opts: Required<Omit<NfsServerOptions, 'log' | 'limits' | 'host'>> & Pick<NfsServerOptions, 'log'> & { hosts: readonly string[] };
+  private readonly opts: Required<Omit<NfsServerOptions, 'log' | 'limits' | 'host'>> &
+    Pick<NfsServerOptions, 'log'> & { hosts: readonly string[] };
   private readonly limits: WireLimits;
   private readonly budget: WireBudget;
   private readonly isAllowed: (addr: string) => boolean;
@@ -124,8 +133,16 @@ export class NfsServer {
     if (!hosts.length) throw new RangeError('NfsServer needs at least one listen address');
     for (const h of hosts) if (!net.isIP(h)) throw new RangeError(`not a listen address: ${h}`);
     this.opts = {
-      exportPath: '/restorelab', allow: ['127.0.0.1/32'], readOnly: false, nfsPort: 2049, mountPort: 20048,
-      portmapPort: process.getuid?.() === 0 ? 111 : null, rootSquash: true, ...rest, serverId, hosts,
+      exportPath: '/restorelab',
+      allow: ['127.0.0.1/32'],
+      readOnly: false,
+      nfsPort: 2049,
+      mountPort: 20048,
+      portmapPort: process.getuid?.() === 0 ? 111 : null,
+      rootSquash: true,
+      ...rest,
+      serverId,
+      hosts,
     };
     this.limits = wireLimits(limits);
     this.budget = new WireBudget(this.limits);
@@ -147,9 +164,17 @@ export class NfsServer {
     };
     this.programs = [
       nfsProgram(this.env, opts.log),
-      mountProgram({
-        datastore: opts.datastore, handles, exportPath: this.opts.exportPath, isAllowed, allow: this.opts.allow, maxEntries: this.limits.maxMountEntries,
-      }, this.mounts),
+      mountProgram(
+        {
+          datastore: opts.datastore,
+          handles,
+          exportPath: this.opts.exportPath,
+          isAllowed,
+          allow: this.opts.allow,
+          maxEntries: this.limits.maxMountEntries,
+        },
+        this.mounts,
+      ),
     ];
   }
 
@@ -157,7 +182,8 @@ export class NfsServer {
     const c = this.env.counters;
     const sum = (k: keyof TransportCounters): number => this.listeners.reduce((a, l) => a + l.counters[k], 0);
     return {
-      ...c, byProc: { ...c.byProc },
+      ...c,
+      byProc: { ...c.byProc },
       connections: sum('connections'),
       closedForAbuse: sum('closedForAbuse'),
       refusedNotAllowed: sum('refusedNotAllowed'),

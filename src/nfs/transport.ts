@@ -80,7 +80,8 @@ export class WireBudget {
   leave(address: string): void {
     this.connections--;
     const n = (this.perAddress.get(address) ?? 1) - 1;
-    if (n <= 0) this.perAddress.delete(address); else this.perAddress.set(address, n);
+    if (n <= 0) this.perAddress.delete(address);
+    else this.perAddress.set(address, n);
   }
 
   tryReserve(bytes: number): boolean {
@@ -98,8 +99,12 @@ export class WireBudget {
     for (const w of woken) w();
   }
 
-  wait(resume: () => void): void { this.waiters.add(resume); }
-  forget(resume: () => void): void { this.waiters.delete(resume); }
+  wait(resume: () => void): void {
+    this.waiters.add(resume);
+  }
+  forget(resume: () => void): void {
+    this.waiters.delete(resume);
+  }
 }
 
 type CloseReason = 'abuse' | 'idle' | 'slow';
@@ -134,13 +139,21 @@ export class RpcListener {
   private readonly conns = new Set<Connection>();
   private sweeper: NodeJS.Timeout | undefined;
   readonly counters: TransportCounters = {
-    connections: 0, closedForAbuse: 0, refusedNotAllowed: 0, refusedOverCapacity: 0, closedIdle: 0, closedSlowReader: 0,
+    connections: 0,
+    closedForAbuse: 0,
+    refusedNotAllowed: 0,
+    refusedOverCapacity: 0,
+    closedIdle: 0,
+    closedSlowReader: 0,
   };
   /** Shared by the connections; a few free buffers are kept, so idle memory stays small. */
   private readonly records: RecordBufferPool;
   private readonly limits: WireLimits;
 
-  constructor(private readonly dispatcher: RpcDispatcher, private readonly opts: TransportOptions) {
+  constructor(
+    private readonly dispatcher: RpcDispatcher,
+    private readonly opts: TransportOptions,
+  ) {
     this.limits = opts.limits;
     this.records = new RecordBufferPool(opts.limits.maxRecordBytes, 8);
   }
@@ -177,7 +190,9 @@ export class RpcListener {
   }
 
   /** Open connections of this listener. */
-  get open(): number { return this.conns.size; }
+  get open(): number {
+    return this.conns.size;
+  }
 
   private accept(socket: net.Socket): void {
     const address = peerAddress(socket);
@@ -196,15 +211,27 @@ export class RpcListener {
     socket.setNoDelay(true);
     const now = Date.now();
     const c: Connection = {
-      socket, address, port: socket.remotePort ?? 0,
+      socket,
+      address,
+      port: socket.remotePort ?? 0,
       framer: new RecordFramer(this.limits.maxRecordBytes, this.records, this.limits.maxFragmentsPerRecord),
-      waiting: [], waitingBytes: 0, inFlight: 0, queuedBytes: 0, partialCounted: 0,
-      closed: false, paused: false, lastReceiveMs: now, recordStartMs: 0, lastWriteMs: now,
+      waiting: [],
+      waitingBytes: 0,
+      inFlight: 0,
+      queuedBytes: 0,
+      partialCounted: 0,
+      closed: false,
+      paused: false,
+      lastReceiveMs: now,
+      recordStartMs: 0,
+      lastWriteMs: now,
       resume: () => this.maybeResume(c),
     };
     this.conns.add(c);
     socket.on('data', (chunk: Buffer) => this.receive(c, chunk));
-    socket.on('error', () => { /* peer resets are normal; 'close' cleans up */ });
+    socket.on('error', () => {
+      /* peer resets are normal; 'close' cleans up */
+    });
     socket.on('close', () => this.closed(c, address));
     socket.resume();
   }
@@ -278,16 +305,19 @@ export class RpcListener {
       return;
     }
     c.inFlight++;
-    this.dispatcher.dispatch(decoded.call, c.address, c.port).then(
-      (pieces) => this.send(c, pieces),
-      () => this.drop(c, 'abuse'),
-    ).finally(() => {
-      // The call is over and its reply was written (copied, or pieces of its own): the record is free.
-      this.records.release(record);
-      c.inFlight--;
-      budget.giveBack(share);
-      this.maybeResume(c);
-    });
+    this.dispatcher
+      .dispatch(decoded.call, c.address, c.port)
+      .then(
+        (pieces) => this.send(c, pieces),
+        () => this.drop(c, 'abuse'),
+      )
+      .finally(() => {
+        // The call is over and its reply was written (copied, or pieces of its own): the record is free.
+        this.records.release(record);
+        c.inFlight--;
+        budget.giveBack(share);
+        this.maybeResume(c);
+      });
   }
 
   private pause(c: Connection): void {
@@ -329,13 +359,15 @@ export class RpcListener {
     c.queuedBytes += total;
     this.opts.budget.pendingBytes += total;
     // Counted down as the socket writes; after a close, closed() has already given it all back.
-    const written = (n: number) => (err?: Error | null): void => {
-      if (c.closed || err) return;
-      c.queuedBytes -= n;
-      c.lastWriteMs = Date.now();
-      this.opts.budget.giveBack(n);
-      this.maybeResume(c);
-    };
+    const written =
+      (n: number) =>
+      (err?: Error | null): void => {
+        if (c.closed || err) return;
+        c.queuedBytes -= n;
+        c.lastWriteMs = Date.now();
+        this.opts.budget.giveBack(n);
+        this.maybeResume(c);
+      };
     // Small replies go out as one buffer: one syscall instead of a writev per piece.
     if (len < 64 * 1024) {
       socket.write(Buffer.concat([recordMark(len), ...pieces], total), written(total));
@@ -347,7 +379,10 @@ export class RpcListener {
     // A piece is referenced until the socket has written it (or failed to): only then may it be reused.
     for (const p of pieces) {
       const done = written(p.length);
-      socket.write(p, (err) => { giveBack(p); done(err); });
+      socket.write(p, (err) => {
+        giveBack(p);
+        done(err);
+      });
     }
     socket.uncork();
   }
@@ -389,7 +424,8 @@ export class RpcListener {
       if (c.closed) continue;
       if (c.queuedBytes > 0 && now - c.lastWriteMs > l.slowReaderTimeoutMs) this.drop(c, 'slow');
       else if (!c.paused && c.recordStartMs > 0 && now - c.recordStartMs > l.recordTimeoutMs) this.drop(c, 'idle');
-      else if (c.inFlight === 0 && c.queuedBytes === 0 && !c.waiting.length && now - c.lastReceiveMs > l.idleTimeoutMs) this.drop(c, 'idle');
+      else if (c.inFlight === 0 && c.queuedBytes === 0 && !c.waiting.length && now - c.lastReceiveMs > l.idleTimeoutMs)
+        this.drop(c, 'idle');
     }
   }
 }

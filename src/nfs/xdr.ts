@@ -17,8 +17,12 @@ export class XdrReader {
   private pos = 0;
   constructor(private readonly buf: Buffer) {}
 
-  get offset(): number { return this.pos; }
-  get remaining(): number { return this.buf.length - this.pos; }
+  get offset(): number {
+    return this.pos;
+  }
+  get remaining(): number {
+    return this.buf.length - this.pos;
+  }
 
   private need(n: number): void {
     if (n > this.buf.length - this.pos) throw new XdrError(`truncated: need ${n} bytes at ${this.pos}, have ${this.buf.length - this.pos}`);
@@ -109,7 +113,9 @@ export class XdrWriter {
     this.cur = Buffer.allocUnsafe(initial);
   }
 
-  get length(): number { return this.flushed + this.used; }
+  get length(): number {
+    return this.flushed + this.used;
+  }
 
   private room(n: number): void {
     if (this.cur.length - this.used >= n) return;

@@ -40,7 +40,11 @@ const BACKGROUND_COMMIT_MS = 2000;
 export type OverlayErrorCode = 'ENOSPC' | 'EROFS' | 'EFBIG' | 'EIO';
 
 export class OverlayError extends Error {
-  constructor(readonly code: OverlayErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly code: OverlayErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'OverlayError';
   }
@@ -207,12 +211,14 @@ export class Overlay {
       while (stop + 1 <= b1 && this.present(stop + 1) === inOverlay) stop++;
       const from = Math.max(offset, run * BLOCK_SIZE);
       const to = Math.min(end, (stop + 1) * BLOCK_SIZE);
-      parts.push(inOverlay
-        ? this.data.read(target, from - offset, to - from, from).then(({ bytesRead }) => {
-          // Allocated blocks are written in full; zeros stand in should the file still end early.
-          if (bytesRead < to - from) target.fill(0, from - offset + bytesRead, to - offset);
-        })
-        : this.opts.base.readInto(from, target.subarray(from - offset, to - offset)));
+      parts.push(
+        inOverlay
+          ? this.data.read(target, from - offset, to - from, from).then(({ bytesRead }) => {
+              // Allocated blocks are written in full; zeros stand in should the file still end early.
+              if (bytesRead < to - from) target.fill(0, from - offset + bytesRead, to - offset);
+            })
+          : this.opts.base.readInto(from, target.subarray(from - offset, to - offset)),
+      );
       run = stop + 1;
     }
     await settleAll(parts);
@@ -257,13 +263,17 @@ export class Overlay {
     if (this.opts.readOnly) throw new OverlayError('EROFS', `${this.opts.name} is published read-only`);
     if (data.length === 0) return;
     const end = offset + data.length;
-    if (offset < 0 || end > this.size) throw new OverlayError('EFBIG', `write ${offset}+${data.length} is past the end of ${this.opts.name} (${this.size} bytes)`);
+    if (offset < 0 || end > this.size)
+      throw new OverlayError('EFBIG', `write ${offset}+${data.length} is past the end of ${this.opts.name} (${this.size} bytes)`);
     const b0 = Math.floor(offset / BLOCK_SIZE);
     const b1 = Math.floor((end - 1) / BLOCK_SIZE);
     const fresh: number[] = [];
     for (let b = b0; b <= b1; b++) if (!this.present(b)) fresh.push(b);
     if (fresh.length * BLOCK_SIZE > this.budget.freeBytes) {
-      throw new OverlayError('ENOSPC', `overlay of ${this.opts.name} is full (${this.budget.usedBytes} of ${this.budget.limitBytes} bytes used)`);
+      throw new OverlayError(
+        'ENOSPC',
+        `overlay of ${this.opts.name} is full (${this.budget.usedBytes} of ${this.budget.limitBytes} bytes used)`,
+      );
     }
     const start = b0 * BLOCK_SIZE;
     const stop = Math.min(this.size, (b1 + 1) * BLOCK_SIZE);
@@ -284,8 +294,11 @@ export class Overlay {
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      throw new OverlayError(code === 'ENOSPC' || code === 'EDQUOT' ? 'ENOSPC' : 'EIO',
-        `writing the overlay of ${this.opts.name} failed: ${(err as Error).message}`, { cause: err });
+      throw new OverlayError(
+        code === 'ENOSPC' || code === 'EDQUOT' ? 'ENOSPC' : 'EIO',
+        `writing the overlay of ${this.opts.name} failed: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     for (const b of fresh) {
       this.bitmap[b >> 3] = (this.bitmap[b >> 3] ?? 0) | (1 << (b & 7));
@@ -316,7 +329,11 @@ export class Overlay {
       this.pending = records.concat(this.pending);
       this.dirty = true;
       const code = (err as NodeJS.ErrnoException).code;
-      throw new OverlayError(code === 'ENOSPC' ? 'ENOSPC' : 'EIO', `committing the overlay of ${this.opts.name} failed: ${(err as Error).message}`, { cause: err });
+      throw new OverlayError(
+        code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+        `committing the overlay of ${this.opts.name} failed: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
   }
 

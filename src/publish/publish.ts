@@ -112,19 +112,27 @@ function ownerOf(rec: PublicationRecord): PublicationOwner {
 
 export function describeOwner(o: PublicationOwner): string {
   switch (o.kind) {
-    case 'user': return `user ${o.id}`;
-    case 'session': return `recovery session ${o.id}`;
-    case 'surebackup': return `SureBackup run ${o.id}`;
-    case 'flr': return `file-level restore session ${o.id}`;
+    case 'user':
+      return `user ${o.id}`;
+    case 'session':
+      return `recovery session ${o.id}`;
+    case 'surebackup':
+      return `SureBackup run ${o.id}`;
+    case 'flr':
+      return `file-level restore session ${o.id}`;
   }
 }
 
 function ownerHint(o: PublicationOwner): string {
   switch (o.kind) {
-    case 'user': return 'stop it as a user: restorelab unpublish, or DELETE /api/v1/publications/<id>';
-    case 'session': return `stop the session instead: restorelab stop ${o.id}`;
-    case 'surebackup': return 'it goes when its run ends (cancel the run to end it sooner)';
-    case 'flr': return `unmount the session instead: restorelab umount ${o.id}`;
+    case 'user':
+      return 'stop it as a user: restorelab unpublish, or DELETE /api/v1/publications/<id>';
+    case 'session':
+      return `stop the session instead: restorelab stop ${o.id}`;
+    case 'surebackup':
+      return 'it goes when its run ends (cancel the run to end it sooner)';
+    case 'flr':
+      return `unmount the session instead: restorelab umount ${o.id}`;
   }
 }
 
@@ -161,7 +169,11 @@ function writeRecord(stateDir: string, rec: PublicationRecord): void {
 function allRecords(stateDir: string): PublicationRecord[] {
   const dir = publicationsDir(stateDir);
   if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir).sort().map((id) => readRecord(recordFile(stateDir, id))).filter((r): r is PublicationRecord => r !== undefined);
+  return fs
+    .readdirSync(dir)
+    .sort()
+    .map((id) => readRecord(recordFile(stateDir, id)))
+    .filter((r): r is PublicationRecord => r !== undefined);
 }
 
 /**
@@ -197,11 +209,20 @@ function statusOf(stateDir: string, rec: PublicationRecord): PublicationStatus {
   const crashed = rec.pid !== undefined && !running;
   const log = path.join(recordDir(stateDir, rec.id), PUBLISHER_LOG);
   return {
-    id: rec.id, name: rec.name, owner: ownerOf(rec), point: rec.point, vm: rec.vm, ...(rec.path ? { path: rec.path } : {}), disks: rec.disks,
-    running, ...(running ? { pid: rec.pid } : {}), overlayDir: rec.overlayDir,
+    id: rec.id,
+    name: rec.name,
+    owner: ownerOf(rec),
+    point: rec.point,
+    vm: rec.vm,
+    ...(rec.path ? { path: rec.path } : {}),
+    disks: rec.disks,
+    running,
+    ...(running ? { pid: rec.pid } : {}),
+    overlayDir: rec.overlayDir,
     ...(rec.overlayLimitBytes !== undefined ? { overlayLimitBytes: rec.overlayLimitBytes } : {}),
     overlayBytes: overlayBytes(path.join(rec.overlayDir, rec.id)),
-    crashed, ...(fs.existsSync(log) ? { log } : {}),
+    crashed,
+    ...(fs.existsSync(log) ? { log } : {}),
   };
 }
 
@@ -227,9 +248,13 @@ function assertOwner(stateDir: string, rec: PublicationRecord, as: PublicationOw
   const owner = ownerOf(rec);
   if (sameOwner(owner, as)) return;
   if (owner.kind === 'surebackup' && !isLive(stateDir, rec)) return;
-  throw new RestorelabError('PUBLICATION_NOT_OWNER', `publication ${rec.id} belongs to ${describeOwner(owner)}, not to ${describeOwner(as)}; only its owner may stop it`, {
-    hint: ownerHint(owner),
-  });
+  throw new RestorelabError(
+    'PUBLICATION_NOT_OWNER',
+    `publication ${rec.id} belongs to ${describeOwner(owner)}, not to ${describeOwner(as)}; only its owner may stop it`,
+    {
+      hint: ownerHint(owner),
+    },
+  );
 }
 
 /** Throws (PUBLICATION_NOT_FOUND, PUBLICATION_NOT_OWNER) unless `as` may remove the publication; checks before a caller acts. */
@@ -243,7 +268,11 @@ export function checkPublicationOwner(stateDir: string, idOrName: string, as: Pu
  * a stale FUSE mount of a crashed server is removed. With `discard`, its
  * overlay and scratch files are deleted too.
  */
-export async function removePublication(stateDir: string, idOrName: string, opts: { discard?: boolean; as: PublicationOwner }): Promise<PublicationStatus> {
+export async function removePublication(
+  stateDir: string,
+  idOrName: string,
+  opts: { discard?: boolean; as: PublicationOwner },
+): Promise<PublicationStatus> {
   const rec = findRecord(stateDir, idOrName);
   assertOwner(stateDir, rec, opts.as);
   if (rec.pid !== undefined && pidAlive(rec.pid) && rec.pid !== process.pid) {
@@ -251,9 +280,13 @@ export async function removePublication(stateDir: string, idOrName: string, opts
     const deadline = Date.now() + STOP_WAIT_MS;
     while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     if (pidAlive(rec.pid)) {
-      throw new RestorelabError('PUBLICATION_BUSY', `publication ${rec.id}: process ${rec.pid} did not stop within ${STOP_WAIT_MS / 1000} s`, {
-        hint: `something may hold files open under ${rec.path ?? 'the mount'}; stop it, or kill ${rec.pid}`,
-      });
+      throw new RestorelabError(
+        'PUBLICATION_BUSY',
+        `publication ${rec.id}: process ${rec.pid} did not stop within ${STOP_WAIT_MS / 1000} s`,
+        {
+          hint: `something may hold files open under ${rec.path ?? 'the mount'}; stop it, or kill ${rec.pid}`,
+        },
+      );
     }
   }
   if (rec.fuseDir && mountEntry(rec.fuseDir) && (await isStaleFuseMount(rec.fuseDir))) await detachMount(rec.fuseDir);
@@ -280,11 +313,19 @@ interface OpenedPublication {
   close(): Promise<void>;
 }
 
-async function openPublication(rec: PublicationRecord, repo: RepositoryReader, point: { vm: VmDefinition; disks: { name: string }[] },
-  cache: ChunkCache, stateDir: string, warn: (m: string) => void, pool?: DecodePool): Promise<OpenedPublication> {
+async function openPublication(
+  rec: PublicationRecord,
+  repo: RepositoryReader,
+  point: { vm: VmDefinition; disks: { name: string }[] },
+  cache: ChunkCache,
+  stateDir: string,
+  warn: (m: string) => void,
+  pool?: DecodePool,
+): Promise<OpenedPublication> {
   const dir = path.join(rec.overlayDir, rec.id);
   const budget = new OverlayBudget(rec.overlayLimitBytes, (pct, used, limit) =>
-    warn(`publication ${rec.id}: overlay ${pct} % full (${used} of ${limit} bytes); writes fail with ENOSPC at the limit`));
+    warn(`publication ${rec.id}: overlay ${pct} % full (${used} of ${limit} bytes); writes fail with ENOSPC at the limit`),
+  );
   // Every disk is opened before any overlay is created: an unknown disk leaves nothing behind.
   const sources = [];
   for (const d of point.disks) {
@@ -302,10 +343,19 @@ async function openPublication(rec: PublicationRecord, repo: RepositoryReader, p
     }
     return {
       pub: {
-        id: rec.id, name: rec.name, number: rec.number, vm: point.vm, created: new Date(rec.created), disks,
-        stateDir: path.dirname(recordFile(stateDir, rec.id)), overlayDir: dir, readOnly: rec.readOnly,
+        id: rec.id,
+        name: rec.name,
+        number: rec.number,
+        vm: point.vm,
+        created: new Date(rec.created),
+        disks,
+        stateDir: path.dirname(recordFile(stateDir, rec.id)),
+        overlayDir: dir,
+        readOnly: rec.readOnly,
       },
-      close: async () => { for (const o of opened) await o.close(); },
+      close: async () => {
+        for (const o of opened) await o.close();
+      },
     };
   } catch (err) {
     for (const o of opened) await o.close().catch(() => undefined);
@@ -314,7 +364,10 @@ async function openPublication(rec: PublicationRecord, repo: RepositoryReader, p
 }
 
 /** Where a new publication goes: an earlier one of the same owner to reuse, or a fresh id. */
-interface Slot { id: string; previous?: PublicationRecord }
+interface Slot {
+  id: string;
+  previous?: PublicationRecord;
+}
 
 /**
  * Picks the id of a new publication of a point: `<vm>-<point>`, else
@@ -333,9 +386,13 @@ function chooseSlot(stateDir: string, base: string, point: string, owner: Public
       if (!isLive(stateDir, rec)) return { id, previous: rec };
       // Two users publishing one point would share nothing but confusion: one publication, as before.
       if (owner.kind === 'user') {
-        throw new RestorelabError('PUBLICATION_BUSY', `restore point ${point} is already published as ${id}${rec.pid !== undefined ? ` by process ${rec.pid}` : ''}`, {
-          hint: `use it (${rec.path ?? 'see restorelab publications'}), or stop it first: restorelab unpublish ${id}`,
-        });
+        throw new RestorelabError(
+          'PUBLICATION_BUSY',
+          `restore point ${point} is already published as ${id}${rec.pid !== undefined ? ` by process ${rec.pid}` : ''}`,
+          {
+            hint: `use it (${rec.path ?? 'see restorelab publications'}), or stop it first: restorelab unpublish ${id}`,
+          },
+        );
       }
       continue;
     }
@@ -360,13 +417,16 @@ function chooseSlot(stateDir: string, base: string, point: string, owner: Public
  * discarded first; another owner's publication of the point is left alone
  * and this one gets an id of its own (chooseSlot).
  */
-export async function startPublication(opts: PublishOptions, hooks: PublishHooks = {}): Promise<RunningPublication & { datastore: PublicationDatastore }> {
+export async function startPublication(
+  opts: PublishOptions,
+  hooks: PublishHooks = {},
+): Promise<RunningPublication & { datastore: PublicationDatastore }> {
   const warn = hooks.onWarning ?? (() => undefined);
   if (opts.overlayLimitBytes !== undefined && !(opts.overlayLimitBytes > 0)) {
     throw badInput('BAD_OVERLAY_LIMIT', `overlay limit must be a positive size, got ${opts.overlayLimitBytes}`, 'e.g. --overlay-limit 10G');
   }
   if (opts.fuseDir) assertFuseAvailable();
-  const repo = hooks.repository ?? await openRepository(opts.repo, { keyFile: hooks.keyFile });
+  const repo = hooks.repository ?? (await openRepository(opts.repo, { keyFile: hooks.keyFile }));
   const point = await repo.getPoint(opts.point);
   if (point.disks.length === 0) throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disks`);
 
@@ -394,11 +454,23 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
     }
     const number = previous?.number ?? allocateNumber(opts.stateDir);
     rec = {
-      id, name, number, point: point.id, vm: point.vm.name, repo: path.resolve(opts.repo), overlayDir: overlayRoot,
-      ...(opts.overlayLimitBytes !== undefined ? { overlayLimitBytes: opts.overlayLimitBytes } : previous?.overlayLimitBytes !== undefined && opts.resume ? { overlayLimitBytes: previous.overlayLimitBytes } : {}),
-      readOnly: opts.readOnly ?? false, ...(fuseDir ? { fuseDir, path: pubPath } : {}),
+      id,
+      name,
+      number,
+      point: point.id,
+      vm: point.vm.name,
+      repo: path.resolve(opts.repo),
+      overlayDir: overlayRoot,
+      ...(opts.overlayLimitBytes !== undefined
+        ? { overlayLimitBytes: opts.overlayLimitBytes }
+        : previous?.overlayLimitBytes !== undefined && opts.resume
+          ? { overlayLimitBytes: previous.overlayLimitBytes }
+          : {}),
+      readOnly: opts.readOnly ?? false,
+      ...(fuseDir ? { fuseDir, path: pubPath } : {}),
       disks: Object.fromEntries(point.disks.map((d) => [d.name, pubPath ? path.join(pubPath, `${d.name}.raw`) : `${d.name}.raw`])),
-      owner, created: previous && opts.resume ? previous.created : new Date().toISOString(),
+      owner,
+      created: previous && opts.resume ? previous.created : new Date().toISOString(),
     };
   } catch (err) {
     unclaim();
@@ -407,7 +479,9 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
 
   const cache = new ChunkCache((opts.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   // Decoding on worker threads keeps the thread that answers FUSE free; an injected repository decodes in-process.
-  const pool = hooks.repository ? undefined : new DecodePool(path.resolve(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+  const pool = hooks.repository
+    ? undefined
+    : new DecodePool(path.resolve(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
   let opened: OpenedPublication;
   try {
     opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn, pool);
@@ -423,7 +497,8 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
     await datastore.attach(opened.pub, { onWarning: warn });
     if (fuseDir) {
       fuse = await FuseFrontend.mount(datastore, {
-        mountPoint: fuseDir, onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`),
+        mountPoint: fuseDir,
+        onStaleCleared: (d) => warn(`cleared a stale FUSE mount at ${d} (a crashed publisher)`),
         ...(opts.fuseGroup !== undefined ? { accessGroup: opts.fuseGroup } : {}),
       });
     }
@@ -432,8 +507,16 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
       // Loaded only when asked for: the NFS server's modules are a good part of a holder's start-up (a scan's publication has no NFS).
       const { startNfsExport } = await import('../nfs/export.js');
       nfs = await startNfsExport({
-        datastore, stateDir: opts.stateDir, port: opts.nfs.port, mountPort: opts.nfs.mountPort, portmapPort: opts.nfs.portmapPort,
-        listen, advertise: listen, allow: opts.nfs.allow ?? ['127.0.0.0/8'], readOnly: opts.readOnly ?? false, log: { warn },
+        datastore,
+        stateDir: opts.stateDir,
+        port: opts.nfs.port,
+        mountPort: opts.nfs.mountPort,
+        portmapPort: opts.nfs.portmapPort,
+        listen,
+        advertise: listen,
+        allow: opts.nfs.allow ?? ['127.0.0.0/8'],
+        readOnly: opts.readOnly ?? false,
+        log: { warn },
       });
     }
   } catch (err) {
@@ -448,7 +531,14 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
 
   let closed = false;
   return {
-    id, name, owner, point: point.id, vm: point.vm.name, ...(pubPath ? { path: pubPath } : {}), disks: rec.disks, datastore,
+    id,
+    name,
+    owner,
+    point: point.id,
+    vm: point.vm.name,
+    ...(pubPath ? { path: pubPath } : {}),
+    disks: rec.disks,
+    datastore,
     ...(nfs ? { urls: Object.fromEntries(point.disks.map((d) => [d.name, nfs!.url(name, `${d.name}.raw`)])) } : {}),
     close: async (o = {}) => {
       if (closed) return;
@@ -483,8 +573,11 @@ export async function startPublication(opts: PublishOptions, hooks: PublishHooks
  * One record that cannot be opened (its point or repository gone) is skipped
  * with its reason, never fatal: the server still serves every other one.
  */
-export async function restorePublications(stateDir: string, datastore: PublicationDatastore,
-  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {}): Promise<{ restored: string[]; skipped: Array<{ id: string; reason: string }>; close(): Promise<void> }> {
+export async function restorePublications(
+  stateDir: string,
+  datastore: PublicationDatastore,
+  hooks: PublishHooks & { cacheMiB?: number; filter?: (rec: PublicationRecord) => boolean } = {},
+): Promise<{ restored: string[]; skipped: Array<{ id: string; reason: string }>; close(): Promise<void> }> {
   const cache = new ChunkCache((hooks.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   // As a fresh publish does: chunks decode on worker threads, one pool per repository, so the
   // thread that answers NFS only copies bytes. An injected repository decodes in-process.
@@ -507,14 +600,24 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     if (hooks.filter && !hooks.filter(rec)) continue;
     // Two writers on one overlay would corrupt it: a publication another live process serves is left alone.
     if (isLive(stateDir, rec)) {
-      hooks.onWarning?.(`publication ${rec.id} is served by ${rec.pid !== undefined && rec.pid !== process.pid ? `process ${rec.pid}` : 'this process already'}; not restored here`);
+      hooks.onWarning?.(
+        `publication ${rec.id} is served by ${rec.pid !== undefined && rec.pid !== process.pid ? `process ${rec.pid}` : 'this process already'}; not restored here`,
+      );
       continue;
     }
     let opened: OpenedPublication | undefined;
     try {
-      const repo = hooks.repository ?? await openRepository(rec.repo, { keyFile: hooks.keyFile });
+      const repo = hooks.repository ?? (await openRepository(rec.repo, { keyFile: hooks.keyFile }));
       const point = await repo.getPoint(rec.point);
-      opened = await openPublication(rec, repo, point, cache, stateDir, hooks.onWarning ?? (() => undefined), poolFor(path.resolve(rec.repo)));
+      opened = await openPublication(
+        rec,
+        repo,
+        point,
+        cache,
+        stateDir,
+        hooks.onWarning ?? (() => undefined),
+        poolFor(path.resolve(rec.repo)),
+      );
       await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
     } catch (err) {
       await opened?.close().catch(() => undefined);
@@ -526,7 +629,10 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     const key = recordDir(stateDir, rec.id);
     servedHere.add(key);
     const served = opened;
-    closers.push(async () => { servedHere.delete(key); await served.close(); });
+    closers.push(async () => {
+      servedHere.delete(key);
+      await served.close();
+    });
     restored.push(rec.id);
     restoredRepos.push(path.resolve(rec.repo));
   }
@@ -538,7 +644,8 @@ export async function restorePublications(stateDir: string, datastore: Publicati
     pools.delete(repo);
   }
   return {
-    restored, skipped,
+    restored,
+    skipped,
     close: async () => {
       for (const c of closers) await c();
       for (const pool of pools.values()) await pool.close();

@@ -84,14 +84,29 @@ const ITEM_ID = /^(publication|session|lab|netns|mount|overlay):.{1,4096}$/;
 /** Checks every record of `o.stateDir` against the host, and (unless a dry run) cleans up. */
 export async function reconcile(o: ReconcileOptions): Promise<ReconcileReport> {
   for (const id of o.only ?? []) {
-    if (!ITEM_ID.test(id)) throw badInput('BAD_STALE_ITEM', `"${id}" is not a stale item id`, 'ids look like publication:<id>, session:<id>, lab:<name>, netns:<name>, mount:<dir>, overlay:<dir>; restorelab cleanup --dry-run lists them');
+    if (!ITEM_ID.test(id))
+      throw badInput(
+        'BAD_STALE_ITEM',
+        `"${id}" is not a stale item id`,
+        'ids look like publication:<id>, session:<id>, lab:<name>, netns:<name>, mount:<dir>, overlay:<dir>; restorelab cleanup --dry-run lists them',
+      );
   }
   const checkedAt = new Date().toISOString();
   const { items, resumable } = await check(o);
-  const report: ReconcileReport = { stateDir: o.stateDir, checkedAt, dryRun: Boolean(o.dryRun), resumable, stale: items.map((i) => i.item) };
+  const report: ReconcileReport = {
+    stateDir: o.stateDir,
+    checkedAt,
+    dryRun: Boolean(o.dryRun),
+    resumable,
+    stale: items.map((i) => i.item),
+  };
   const missing = (o.only ?? []).filter((id) => !items.some((i) => i.item.id === id));
   if (missing.length > 0) {
-    throw notFound('STALE_ITEM_NOT_FOUND', `nothing stale is named ${missing.join(', ')} (it may be cleaned already, or alive)`, 'restorelab cleanup --dry-run lists what is stale');
+    throw notFound(
+      'STALE_ITEM_NOT_FOUND',
+      `nothing stale is named ${missing.join(', ')} (it may be cleaned already, or alive)`,
+      'restorelab cleanup --dry-run lists what is stale',
+    );
   }
   if (o.dryRun) return report;
   for (const { item, clean } of items) {
@@ -126,7 +141,10 @@ function writeLastReport(stateDir: string, report: ReconcileReport): void {
 }
 
 /** A found item and how to clean it; `clean` resolves with a reason when it kept something. */
-interface Found { item: StaleItem; clean(discardWrites: boolean): Promise<string | undefined> }
+interface Found {
+  item: StaleItem;
+  clean(discardWrites: boolean): Promise<string | undefined>;
+}
 
 async function check(o: ReconcileOptions): Promise<{ items: Found[]; resumable: ReconcileReport['resumable'] }> {
   // Outside a dry run, listSessions marks sessions with a dead supervisor
@@ -181,7 +199,10 @@ async function pointGone(rec: PublicationRecord, keyFile?: string): Promise<stri
   }
 }
 
-async function checkPublications(o: ReconcileOptions, records: PublicationRecord[]): Promise<{ items: Found[]; resumable: ReconcileReport['resumable'] }> {
+async function checkPublications(
+  o: ReconcileOptions,
+  records: PublicationRecord[],
+): Promise<{ items: Found[]; resumable: ReconcileReport['resumable'] }> {
   const items: Found[] = [];
   const resumable: ReconcileReport['resumable'] = [];
   for (const rec of records) {
@@ -193,8 +214,13 @@ async function checkPublications(o: ReconcileOptions, records: PublicationRecord
     }
     const overlay = overlayUse(path.join(rec.overlayDir, rec.id));
     const item: StaleItem = {
-      id: `publication:${rec.id}`, kind: 'publication', name: rec.id, reason: why, safe: overlay.bytes === 0,
-      bytes: overlay.bytes, ageSeconds: overlay.ageSeconds ?? ageOf(rec.created),
+      id: `publication:${rec.id}`,
+      kind: 'publication',
+      name: rec.id,
+      reason: why,
+      safe: overlay.bytes === 0,
+      bytes: overlay.bytes,
+      ageSeconds: overlay.ageSeconds ?? ageOf(rec.created),
     };
     items.push({
       item,
@@ -241,15 +267,25 @@ function checkSessions(stateDir: string, sessions: RecoverySession[]): Found[] {
     if (s.state === 'migrated') continue;
     const left = leftovers(s);
     if (!active && left.length === 0) continue;
-    const qemu = s.driver === 'qemu' && s.qemuPid ? `; QEMU (pid ${s.qemuPid}) ${qemuAlive(s.qemuPid) ? 'still runs on disks nobody serves' : 'is gone'}` : '';
+    const qemu =
+      s.driver === 'qemu' && s.qemuPid
+        ? `; QEMU (pid ${s.qemuPid}) ${qemuAlive(s.qemuPid) ? 'still runs on disks nobody serves' : 'is gone'}`
+        : '';
     const was = active ? `was ${s.state}, ` : '';
     items.push({
       item: {
-        id: `session:${s.id}`, kind: 'session', name: s.id, safe: true, ageSeconds: ageOf(s.createdAt),
+        id: `session:${s.id}`,
+        kind: 'session',
+        name: s.id,
+        safe: true,
+        ageSeconds: ageOf(s.createdAt),
         reason: `${was}its supervisor${s.supervisorPid ? ` (pid ${s.supervisorPid})` : ''} is gone${qemu}${left.length ? `; left behind: ${left.join(', ')}` : ''}`,
       },
       // A session's writes are discarded by design when it stops, so nothing of value is lost.
-      clean: async () => { await (await import('../session/recover.js')).stopSession(stateDir, s.id); return undefined; },
+      clean: async () => {
+        await (await import('../session/recover.js')).stopSession(stateDir, s.id);
+        return undefined;
+      },
     });
   }
   return items;
@@ -262,7 +298,8 @@ function labOwner(stateDir: string, lab: LabState, sessions: RecoverySession[]):
   if (live.length > 0) return { what: `session ${live[0]?.id}`, alive: true };
   const marker = fs.existsSync(path.join(stateDir, 'sessions', `lab-${lab.name}.owned`));
   if (lab.owner) return { what: `${lab.owner.what} (pid ${lab.owner.pid})`, alive: processAlive(lab.owner.pid) };
-  if (marker || sessions.some((s) => s.resources.labCreated === lab.name)) return { what: 'the recovery sessions that brought it up', alive: false };
+  if (marker || sessions.some((s) => s.resources.labCreated === lab.name))
+    return { what: 'the recovery sessions that brought it up', alive: false };
   return undefined;
 }
 
@@ -280,17 +317,26 @@ async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise
     };
     const base = { id: `lab:${lab.name}`, kind: 'lab' as const, name: lab.name, ageSeconds: ageOf(lab.createdAt) };
     if (!present.has(lab.netns)) {
-      items.push({ item: { ...base, safe: true, reason: `its namespace ${lab.netns} is gone (host reboot or removed by hand)` }, clean: down });
+      items.push({
+        item: { ...base, safe: true, reason: `its namespace ${lab.netns} is gone (host reboot or removed by hand)` },
+        clean: down,
+      });
       continue;
     }
     if (owner?.alive) continue;
     if (!owner && lab.ready) continue; // brought up with `lab up`: the user's to take down
     const pids = await netnsPids(lab.netns);
-    const why = !lab.ready ? `it was left half built${owner ? ` by ${owner.what}` : ''}` : `${owner?.what ?? 'its owner'} is gone and no live session uses it`;
+    const why = !lab.ready
+      ? `it was left half built${owner ? ` by ${owner.what}` : ''}`
+      : `${owner?.what ?? 'its owner'} is gone and no live session uses it`;
     items.push({
       item: {
-        ...base, safe: pids.length === 0,
-        reason: pids.length === 0 ? `${why}; its namespace ${lab.netns} is empty` : `${why}; processes ${pids.join(', ')} still run in ${lab.netns}`,
+        ...base,
+        safe: pids.length === 0,
+        reason:
+          pids.length === 0
+            ? `${why}; its namespace ${lab.netns} is empty`
+            : `${why}; processes ${pids.join(', ')} still run in ${lab.netns}`,
       },
       clean: down,
     });
@@ -305,12 +351,17 @@ async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise
     if (age === undefined || age < UNRECORDED_NETNS_MIN_AGE_S) continue;
     items.push({
       item: {
-        id: `netns:${ns}`, kind: 'netns', name: ns, safe: false, ageSeconds: age,
+        id: `netns:${ns}`,
+        kind: 'netns',
+        name: ns,
+        safe: false,
+        ageSeconds: age,
         reason: `no lab record in ${stateDir} names namespace ${ns} (left by a crash, or another state directory's lab)`,
       },
       clean: async () => {
         const pids = await netnsPids(ns);
-        if (pids.length > 0) throw new RestorelabError('NETNS_BUSY', `processes ${pids.join(', ')} still run in ${ns}`, { hint: 'stop them first' });
+        if (pids.length > 0)
+          throw new RestorelabError('NETNS_BUSY', `processes ${pids.join(', ')} still run in ${ns}`, { hint: 'stop them first' });
         const r = await exec('ip', ['netns', 'del', ns], { timeoutMs: 10_000 });
         if (r.code !== 0) throw new RestorelabError('NETNS_DELETE_FAILED', `ip netns del ${ns}: ${r.stderr.trim()}`);
         return undefined;
@@ -334,7 +385,9 @@ function netnsAgeSeconds(ns: string): number | undefined {
 /** Whether a FUSE mount's server is gone; 'unknown' when statfs does not answer in time. */
 async function mountDead(dir: string): Promise<boolean | 'unknown'> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'unknown'>((resolve) => { timer = setTimeout(() => resolve('unknown'), MOUNT_CHECK_MS); });
+  const timeout = new Promise<'unknown'>((resolve) => {
+    timer = setTimeout(() => resolve('unknown'), MOUNT_CHECK_MS);
+  });
   try {
     return await Promise.race([isStaleFuseMount(dir), timeout]);
   } finally {
@@ -343,7 +396,9 @@ async function mountDead(dir: string): Promise<boolean | 'unknown'> {
 }
 
 function fuseMountsUnder(root: string): string[] {
-  return mountsUnder(root).filter((m) => m.fstype.startsWith('fuse')).map((m) => m.mountPoint);
+  return mountsUnder(root)
+    .filter((m) => m.fstype.startsWith('fuse'))
+    .map((m) => m.mountPoint);
 }
 
 async function checkMounts(stateDir: string, records: PublicationRecord[], sessions: RecoverySession[]): Promise<Found[]> {
@@ -357,7 +412,8 @@ async function checkMounts(stateDir: string, records: PublicationRecord[], sessi
   const liveDirs = new Set(records.filter((r) => r.fuseDir && r.pid !== undefined && processAlive(r.pid)).map((r) => r.fuseDir));
   // A session's mount is its supervisor's, and a stale session's cleanup
   // aborts it first (QEMU may hold its connection): left to the session.
-  const sessionOwned = (mp: string): boolean => sessions.some((s) => mp === path.join(sessionsDir, s.id) || mp.startsWith(`${path.join(sessionsDir, s.id)}/`));
+  const sessionOwned = (mp: string): boolean =>
+    sessions.some((s) => mp === path.join(sessionsDir, s.id) || mp.startsWith(`${path.join(sessionsDir, s.id)}/`));
   const items: Found[] = [];
   for (const dir of candidates) {
     if (liveDirs.has(dir) || sessionOwned(dir)) continue;
@@ -365,11 +421,18 @@ async function checkMounts(stateDir: string, records: PublicationRecord[], sessi
     if (dead === false) continue;
     items.push({
       item: {
-        id: `mount:${dir}`, kind: 'mount', name: dir, safe: dead === true,
-        reason: dead === true ? 'a FUSE mount whose serving process is gone (transport endpoint is not connected)' : `a FUSE mount that did not answer statfs within ${MOUNT_CHECK_MS / 1000} s`,
+        id: `mount:${dir}`,
+        kind: 'mount',
+        name: dir,
+        safe: dead === true,
+        reason:
+          dead === true
+            ? 'a FUSE mount whose serving process is gone (transport endpoint is not connected)'
+            : `a FUSE mount that did not answer statfs within ${MOUNT_CHECK_MS / 1000} s`,
       },
       clean: async () => {
-        if (!(await detachMount(dir))) throw new RestorelabError('UNMOUNT_FAILED', `${dir} is still mounted after fusermount -uz and umount -l`);
+        if (!(await detachMount(dir)))
+          throw new RestorelabError('UNMOUNT_FAILED', `${dir} is still mounted after fusermount -uz and umount -l`);
         return undefined;
       },
     });
@@ -404,7 +467,11 @@ function checkOrphanOverlays(stateDir: string, records: PublicationRecord[]): Fo
       if (!e.isDirectory() || named.has(dir)) continue;
       const use = overlayUse(dir);
       const item: StaleItem = {
-        id: `overlay:${dir}`, kind: 'overlay', name: dir, safe: use.bytes === 0, bytes: use.bytes,
+        id: `overlay:${dir}`,
+        kind: 'overlay',
+        name: dir,
+        safe: use.bytes === 0,
+        bytes: use.bytes,
         ...(use.ageSeconds !== undefined ? { ageSeconds: use.ageSeconds } : {}),
         reason: `no publication record names this overlay${use.bytes > 0 ? ' (it holds writes)' : ' (empty)'}`,
       };
@@ -434,7 +501,11 @@ export function renderStale(r: ReconcileReport): string {
   for (const s of r.stale) {
     const size = s.bytes ? `, ${s.bytes} bytes of writes` : '';
     const age = s.ageSeconds !== undefined ? `, ${s.ageSeconds} s old` : '';
-    const did = s.outcome ? ` -> ${s.outcome.action}${s.outcome.detail ? `: ${s.outcome.detail}` : ''}` : s.safe ? ' (safe to remove)' : ' (kept unless named)';
+    const did = s.outcome
+      ? ` -> ${s.outcome.action}${s.outcome.detail ? `: ${s.outcome.detail}` : ''}`
+      : s.safe
+        ? ' (safe to remove)'
+        : ' (kept unless named)';
     lines.push(`stale      ${s.id}: ${s.reason}${size}${age}${did}`);
   }
   return lines.length > 0 ? lines.join('\n') : 'nothing stale';

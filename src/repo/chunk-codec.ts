@@ -19,8 +19,19 @@ import type { ChunkCodec, RepoConfig } from './api.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput } from '../errors.js';
 import {
-  CHUNK_FLAG_COMPRESSED, CHUNK_FLAG_ENCRYPTED, CHUNK_HEADER_SIZE, CHUNK_KNOWN_FLAGS, CHUNK_MAGIC,
-  GCM_NONCE_SIZE, GCM_TAG_SIZE, KDF_INFO_CHECK, KDF_INFO_DIGEST, KDF_INFO_ENCRYPT, KEY_CHECK_MESSAGE, KEY_SIZE, ZSTD_LEVEL,
+  CHUNK_FLAG_COMPRESSED,
+  CHUNK_FLAG_ENCRYPTED,
+  CHUNK_HEADER_SIZE,
+  CHUNK_KNOWN_FLAGS,
+  CHUNK_MAGIC,
+  GCM_NONCE_SIZE,
+  GCM_TAG_SIZE,
+  KDF_INFO_CHECK,
+  KDF_INFO_DIGEST,
+  KDF_INFO_ENCRYPT,
+  KEY_CHECK_MESSAGE,
+  KEY_SIZE,
+  ZSTD_LEVEL,
 } from './format.js';
 
 export interface DerivedKeys {
@@ -31,7 +42,8 @@ export interface DerivedKeys {
 
 /** One sub-key of the master key (HKDF-SHA-256); the repository id salts it so two repositories sharing a key file differ. */
 export function deriveSubkey(masterKey: Buffer, repoId: string, info: string): Buffer {
-  if (masterKey.length !== KEY_SIZE) throw badInput('KEY_FILE_INVALID', `a repository key must be ${KEY_SIZE} bytes, got ${masterKey.length}`);
+  if (masterKey.length !== KEY_SIZE)
+    throw badInput('KEY_FILE_INVALID', `a repository key must be ${KEY_SIZE} bytes, got ${masterKey.length}`);
   return Buffer.from(hkdfSync('sha256', masterKey, Buffer.from(repoId), info, KEY_SIZE));
 }
 
@@ -55,7 +67,8 @@ export function keyMatches(masterKey: Buffer, config: RepoConfig): boolean {
 
 /** Reads the fields of a blob header; throws CorruptChunkError when it cannot be trusted. */
 export function parseChunkHeader(digest: string, blob: Buffer): { flags: number; crc: number; plainLength: number } {
-  if (blob.length < CHUNK_HEADER_SIZE) throw new CorruptChunkError(digest, `blob is ${blob.length} bytes, shorter than its ${CHUNK_HEADER_SIZE}-byte header`);
+  if (blob.length < CHUNK_HEADER_SIZE)
+    throw new CorruptChunkError(digest, `blob is ${blob.length} bytes, shorter than its ${CHUNK_HEADER_SIZE}-byte header`);
   if (!blob.subarray(0, CHUNK_MAGIC.length).equals(CHUNK_MAGIC)) throw new CorruptChunkError(digest, 'bad magic');
   const flags = blob.readUInt8(8);
   if ((flags & ~CHUNK_KNOWN_FLAGS) !== 0) throw new CorruptChunkError(digest, `unknown flags 0x${flags.toString(16)}`);
@@ -79,7 +92,12 @@ export function withCorrectCrc(blob: Buffer): Buffer {
 
 export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec {
   const encrypted = config.encryption === 'aes-256-gcm';
-  if (encrypted && !masterKey) throw badInput('KEY_REQUIRED', 'an encrypted repository needs its key to encode or decode chunks', 'pass --key-file, set RESTORELAB_KEY_FILE, or set repositoryKeyFile in the config');
+  if (encrypted && !masterKey)
+    throw badInput(
+      'KEY_REQUIRED',
+      'an encrypted repository needs its key to encode or decode chunks',
+      'pass --key-file, set RESTORELAB_KEY_FILE, or set repositoryKeyFile in the config',
+    );
   const keys = encrypted && masterKey ? deriveKeys(masterKey, config.id) : undefined;
   const maxPlain = config.chunkSize;
 
@@ -97,7 +115,8 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
     const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
     if (plainLength > maxPlain) throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
     const stored = blob.subarray(CHUNK_HEADER_SIZE);
-    const crcMismatch = (): CorruptChunkError | undefined => (crc32(stored) !== crc ? new CorruptChunkError(digest, 'CRC mismatch') : undefined);
+    const crcMismatch = (): CorruptChunkError | undefined =>
+      crc32(stored) !== crc ? new CorruptChunkError(digest, 'CRC mismatch') : undefined;
     // decode() checks the CRC first: a damaged frame header could make zstd allocate whatever size it
     // claims. decodeInto() decompresses into a bounded buffer, and every byte it returns is proven by
     // the digest (and the GCM tag) anyway, so there the CRC is computed only when a later check fails,
@@ -118,7 +137,10 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
   const unseal = (digest: string, blob: Buffer, flags: number, plainLength: number, out?: Buffer): Buffer => {
     let payload = blob.subarray(CHUNK_HEADER_SIZE);
     if (((flags & CHUNK_FLAG_ENCRYPTED) !== 0) !== encrypted) {
-      throw new CorruptChunkError(digest, encrypted ? 'chunk is not encrypted in an encrypted repository' : 'chunk is encrypted in an unencrypted repository');
+      throw new CorruptChunkError(
+        digest,
+        encrypted ? 'chunk is not encrypted in an encrypted repository' : 'chunk is encrypted in an unencrypted repository',
+      );
     }
     if (keys) {
       if (payload.length < GCM_NONCE_SIZE + GCM_TAG_SIZE) throw new CorruptChunkError(digest, 'encrypted payload too short');
@@ -157,7 +179,8 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
     digest: digestOf,
 
     encode(plain: Buffer): Buffer {
-      if (plain.length > maxPlain) throw badInput('CHUNK_TOO_LARGE', `chunk of ${plain.length} bytes exceeds the repository chunk size ${maxPlain}`);
+      if (plain.length > maxPlain)
+        throw badInput('CHUNK_TOO_LARGE', `chunk of ${plain.length} bytes exceeds the repository chunk size ${maxPlain}`);
       const packed = compress(plain, { compressionLevel: ZSTD_LEVEL });
       const compressed = packed.length < plain.length;
       let payload = compressed ? packed : plain;

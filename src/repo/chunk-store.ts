@@ -141,7 +141,13 @@ export class LocalChunkStore implements ChunkStore {
       return await readFile(target);
     } catch (err) {
       if (!isErrno(err, 'ENOENT')) throw this.ioError('read', digest, err);
-      throw this.missing(digest, await stat(target + QUARANTINE_SUFFIX).then(() => true, () => false));
+      throw this.missing(
+        digest,
+        await stat(target + QUARANTINE_SUFFIX).then(
+          () => true,
+          () => false,
+        ),
+      );
     }
   }
 
@@ -159,18 +165,28 @@ export class LocalChunkStore implements ChunkStore {
   /** Why a chunk is not there: quarantined by verify, or never stored (or lost). */
   private missing(digest: string, quarantined: boolean): RestorelabError {
     return quarantined
-      ? notFound('CHUNK_QUARANTINED', `chunk ${digest} in store ${this.path} is quarantined (${digest}${QUARANTINE_SUFFIX}): verify found it corrupt`,
-        'restore from another restore point or re-run a backup of the source to store the chunk again')
-      : notFound('CHUNK_NOT_FOUND', `chunk ${digest} not found in store ${this.path}`, 'run restorelab verify to find the restore points that need it');
+      ? notFound(
+          'CHUNK_QUARANTINED',
+          `chunk ${digest} in store ${this.path} is quarantined (${digest}${QUARANTINE_SUFFIX}): verify found it corrupt`,
+          'restore from another restore point or re-run a backup of the source to store the chunk again',
+        )
+      : notFound(
+          'CHUNK_NOT_FOUND',
+          `chunk ${digest} not found in store ${this.path}`,
+          'run restorelab verify to find the restore points that need it',
+        );
   }
 
   list(): AsyncIterable<StoredChunk> {
-    return this.scan((name) => DIGEST_RE.test(name) ? name : undefined);
+    return this.scan((name) => (DIGEST_RE.test(name) ? name : undefined));
   }
 
   listQuarantined(): AsyncIterable<StoredChunk> {
-    return this.scan((name) => name.endsWith(QUARANTINE_SUFFIX) && DIGEST_RE.test(name.slice(0, -QUARANTINE_SUFFIX.length))
-      ? name.slice(0, -QUARANTINE_SUFFIX.length) : undefined);
+    return this.scan((name) =>
+      name.endsWith(QUARANTINE_SUFFIX) && DIGEST_RE.test(name.slice(0, -QUARANTINE_SUFFIX.length))
+        ? name.slice(0, -QUARANTINE_SUFFIX.length)
+        : undefined,
+    );
   }
 
   /** Temp files older than `beforeMs` (left by crashed writers). */
@@ -236,8 +252,10 @@ export class LocalChunkStore implements ChunkStore {
   private ioError(op: string, digest: string, err: unknown): RestorelabError {
     if (err instanceof RestorelabError) return err;
     const code = isErrno(err) ? err.code : undefined;
-    return new RestorelabError(code === 'ENOSPC' ? 'REPO_FULL' : 'CHUNK_IO',
+    return new RestorelabError(
+      code === 'ENOSPC' ? 'REPO_FULL' : 'CHUNK_IO',
       `cannot ${op} chunk ${digest} in store ${this.path}: ${(err as Error).message}`,
-      { hint: code === 'ENOSPC' ? 'free space on the repository file system (prune, then gc)' : undefined, cause: err });
+      { hint: code === 'ENOSPC' ? 'free space on the repository file system (prune, then gc)' : undefined, cause: err },
+    );
   }
 }

@@ -24,7 +24,8 @@ export class CodecPool {
     this.pool = new WorkerPool({
       script: new URL('./codec-worker.js', import.meta.url),
       workerData: { config, key: key ? new Uint8Array(key) : undefined },
-      size, name: 'codec',
+      size,
+      name: 'codec',
     });
   }
 

@@ -8,10 +8,12 @@ import type { RepoConfig } from './api.js';
 import { createCodec, crcMatches, withCorrectCrc } from './chunk-codec.js';
 import { CorruptChunkError } from './contract.js';
 
-interface Data { config: RepoConfig; key?: Uint8Array }
+interface Data {
+  config: RepoConfig;
+  key?: Uint8Array;
+}
 export type CodecRequest =
-  | { id: number; op: 'check'; digest: string; blob: Uint8Array; expectedLength?: number }
-  | { id: number; op: 'encode'; plain: Uint8Array };
+  { id: number; op: 'check'; digest: string; blob: Uint8Array; expectedLength?: number } | { id: number; op: 'encode'; plain: Uint8Array };
 export type CodecReply =
   /** For check: `blob` is set when only the CRC field was wrong; it holds the blob with a correct one. */
   | { id: number; ok: true; digest?: string; blob?: Uint8Array; length?: number }
@@ -42,7 +44,12 @@ port.on('message', (req: CodecRequest) => {
       const crcOk = crcMatches(req.digest, blob);
       const plain = crcOk ? codec.decode(req.digest, blob) : decodeDespiteCrc(req.digest, blob);
       if (req.expectedLength !== undefined && plain.length !== req.expectedLength) {
-        port.postMessage({ id: req.id, ok: false, corrupt: true, reason: `decoded ${plain.length} bytes, the index needs ${req.expectedLength}` });
+        port.postMessage({
+          id: req.id,
+          ok: false,
+          corrupt: true,
+          reason: `decoded ${plain.length} bytes, the index needs ${req.expectedLength}`,
+        });
         return;
       }
       if (crcOk) {

@@ -138,7 +138,11 @@ export interface RepositoryReader {
 }
 
 export class CorruptChunkError extends Error {
-  constructor(readonly digest: string, readonly reason: string, readonly store?: string) {
+  constructor(
+    readonly digest: string,
+    readonly reason: string,
+    readonly store?: string,
+  ) {
     super(`chunk ${digest}${store ? ` in ${store}` : ''} is corrupt: ${reason}`);
     this.name = 'CorruptChunkError';
   }

@@ -17,10 +17,14 @@ export function chunkCountFor(size: number, chunkSize: number): number {
 export function encodeFixedIndex(index: FixedIndex): Buffer {
   const { size, chunkSize, digests } = index;
   if (!Number.isSafeInteger(size) || size < 0) throw new RestorelabError('INDEX_CORRUPT', `index size ${size} is not a byte count`);
-  if (!Number.isInteger(chunkSize) || chunkSize <= 0) throw new RestorelabError('INDEX_CORRUPT', `index chunk size ${chunkSize} is invalid`);
+  if (!Number.isInteger(chunkSize) || chunkSize <= 0)
+    throw new RestorelabError('INDEX_CORRUPT', `index chunk size ${chunkSize} is invalid`);
   const count = chunkCountFor(size, chunkSize);
   if (digests.length !== count) {
-    throw new RestorelabError('INDEX_CORRUPT', `an index of ${size} bytes in ${chunkSize}-byte chunks needs ${count} digests, got ${digests.length}`);
+    throw new RestorelabError(
+      'INDEX_CORRUPT',
+      `an index of ${size} bytes in ${chunkSize}-byte chunks needs ${count} digests, got ${digests.length}`,
+    );
   }
   const buf = Buffer.alloc(FIDX_HEADER_SIZE + count * DIGEST_SIZE);
   FIDX_MAGIC.copy(buf, 0);
@@ -47,8 +51,9 @@ function checksum(buf: Buffer): Buffer {
 }
 
 function corrupt(name: string, why: string): RestorelabError {
-  return new RestorelabError('INDEX_CORRUPT', `fixed index ${name} is corrupt: ${why}`,
-    { hint: 'run restorelab verify; the restore points using this index cannot be restored' });
+  return new RestorelabError('INDEX_CORRUPT', `fixed index ${name} is corrupt: ${why}`, {
+    hint: 'run restorelab verify; the restore points using this index cannot be restored',
+  });
 }
 
 /** Decodes and checks an index file; `name` is used in errors. Magic and size are checked before any field is trusted. */
@@ -66,7 +71,8 @@ export function decodeFixedIndex(buf: Buffer, name: string): FixedIndex {
   if (chunkSize === 0 || !Number.isSafeInteger(size) || chunkCountFor(size, chunkSize) !== count) {
     throw corrupt(name, `header fields disagree (size ${size}, chunk size ${chunkSize}, count ${count})`);
   }
-  if (!checksum(buf).equals(buf.subarray(FIDX_CHECKSUM_OFFSET, FIDX_CHECKSUM_OFFSET + DIGEST_SIZE))) throw corrupt(name, 'checksum mismatch');
+  if (!checksum(buf).equals(buf.subarray(FIDX_CHECKSUM_OFFSET, FIDX_CHECKSUM_OFFSET + DIGEST_SIZE)))
+    throw corrupt(name, 'checksum mismatch');
   const digests: (string | null)[] = new Array(count);
   for (let i = 0; i < count; i++) {
     const slot = buf.subarray(FIDX_HEADER_SIZE + i * DIGEST_SIZE, FIDX_HEADER_SIZE + (i + 1) * DIGEST_SIZE);

@@ -53,8 +53,11 @@ export async function collectGarbage(repo: RepositoryMaintenance, opts: GcOption
     const scan = await repo.scanPoints();
     const firstProblem = scan.problems[0];
     if (firstProblem) {
-      throw new RestorelabError('GC_UNSAFE', `gc stopped before deleting anything: manifest ${firstProblem.file} is unreadable (${firstProblem.reason})`,
-        { hint: 'gc cannot know which chunks that point needs; move the manifest away or restore it, then run gc again' });
+      throw new RestorelabError(
+        'GC_UNSAFE',
+        `gc stopped before deleting anything: manifest ${firstProblem.file} is unreadable (${firstProblem.reason})`,
+        { hint: 'gc cannot know which chunks that point needs; move the manifest away or restore it, then run gc again' },
+      );
     }
     const liveChunks = new Set<string>();
     const liveIndexes = new Set<string>();
@@ -65,17 +68,30 @@ export async function collectGarbage(repo: RepositoryMaintenance, opts: GcOption
         try {
           ({ digests } = await repo.readIndex(disk.indexDigest));
         } catch (err) {
-          throw new RestorelabError('GC_UNSAFE', `gc stopped before deleting anything: restore point ${point.id} disk ${disk.name}: ${(err as Error).message}`,
-            { hint: `run restorelab verify, then prune or remove restore point ${point.id}`, cause: err });
+          throw new RestorelabError(
+            'GC_UNSAFE',
+            `gc stopped before deleting anything: restore point ${point.id} disk ${disk.name}: ${(err as Error).message}`,
+            { hint: `run restorelab verify, then prune or remove restore point ${point.id}`, cause: err },
+          );
         }
         for (const d of digests) if (d !== null) liveChunks.add(d);
       }
     }
 
     const report: GcReport = {
-      dryRun, cutoff: new Date(cutoffMs).toISOString(), chunksTotal: 0, chunksReferenced: 0, chunksRemoved: 0, bytesFreed: 0,
-      chunksKeptRecent: 0, indexesRemoved: 0, indexBytesFreed: 0, tempFilesRemoved: 0, quarantinedChunks: 0,
-      staleLocksRemoved: lock.staleRemoved, seconds: 0,
+      dryRun,
+      cutoff: new Date(cutoffMs).toISOString(),
+      chunksTotal: 0,
+      chunksReferenced: 0,
+      chunksRemoved: 0,
+      bytesFreed: 0,
+      chunksKeptRecent: 0,
+      indexesRemoved: 0,
+      indexBytesFreed: 0,
+      tempFilesRemoved: 0,
+      quarantinedChunks: 0,
+      staleLocksRemoved: lock.staleRemoved,
+      seconds: 0,
     };
     for await (const c of repo.chunks.list()) {
       report.chunksTotal++;

@@ -92,7 +92,13 @@ export async function acquireLock(dir: string, repoPath: string, kind: LockKind,
   const since = Date.now();
   const file = `${kind}-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}${LOCK_SUFFIX}`;
   const mine: Omit<LockHolder, 'file'> = {
-    kind, purpose, pid: process.pid, hostname: hostname(), since, bootId: bootId(), startTicks: startTicks(process.pid),
+    kind,
+    purpose,
+    pid: process.pid,
+    hostname: hostname(),
+    since,
+    bootId: bootId(),
+    startTicks: startTicks(process.pid),
   };
   await writeFileAtomic(dir, file, JSON.stringify(mine) + '\n');
   const staleRemoved: LockHolder[] = [];
@@ -116,7 +122,9 @@ export async function acquireLock(dir: string, repoPath: string, kind: LockKind,
   }
   let released = false;
   return {
-    kind, since, staleRemoved,
+    kind,
+    since,
+    staleRemoved,
     async release() {
       if (released) return;
       released = true;

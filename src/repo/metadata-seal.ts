@@ -14,8 +14,15 @@
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { deriveSubkey } from './chunk-codec.js';
 import {
-  GCM_NONCE_SIZE, GCM_TAG_SIZE, KDF_INFO_INDEX, KDF_INFO_INDEX_NAME, KDF_INFO_MANIFEST,
-  SEAL_HEADER_SIZE, SEAL_MAGIC, SEAL_PURPOSE_INDEX, SEAL_PURPOSE_MANIFEST,
+  GCM_NONCE_SIZE,
+  GCM_TAG_SIZE,
+  KDF_INFO_INDEX,
+  KDF_INFO_INDEX_NAME,
+  KDF_INFO_MANIFEST,
+  SEAL_HEADER_SIZE,
+  SEAL_MAGIC,
+  SEAL_PURPOSE_INDEX,
+  SEAL_PURPOSE_MANIFEST,
 } from './format.js';
 
 export type SealPurpose = 'manifest' | 'index';
@@ -57,15 +64,20 @@ export function createMetadataSeal(masterKey: Buffer, repoId: string): MetadataS
     },
     open(purpose, sealed) {
       if (!isSealed(sealed)) throw new Error('not a sealed file (bad magic)');
-      if (sealed.length < SEAL_HEADER_SIZE + GCM_NONCE_SIZE + GCM_TAG_SIZE) throw new Error(`sealed file of ${sealed.length} bytes is too short`);
+      if (sealed.length < SEAL_HEADER_SIZE + GCM_NONCE_SIZE + GCM_TAG_SIZE)
+        throw new Error(`sealed file of ${sealed.length} bytes is too short`);
       const header = sealed.subarray(0, SEAL_HEADER_SIZE);
-      if (!header.equals(headerFor(purpose))) throw new Error(`sealed file is not a ${purpose} (purpose ${header.readUInt8(SEAL_MAGIC.length)})`);
+      if (!header.equals(headerFor(purpose)))
+        throw new Error(`sealed file is not a ${purpose} (purpose ${header.readUInt8(SEAL_MAGIC.length)})`);
       const nonce = sealed.subarray(SEAL_HEADER_SIZE, SEAL_HEADER_SIZE + GCM_NONCE_SIZE);
       const decipher = createDecipheriv('aes-256-gcm', keys[purpose], nonce);
       decipher.setAAD(header);
       decipher.setAuthTag(sealed.subarray(sealed.length - GCM_TAG_SIZE));
       try {
-        return Buffer.concat([decipher.update(sealed.subarray(SEAL_HEADER_SIZE + GCM_NONCE_SIZE, sealed.length - GCM_TAG_SIZE)), decipher.final()]);
+        return Buffer.concat([
+          decipher.update(sealed.subarray(SEAL_HEADER_SIZE + GCM_NONCE_SIZE, sealed.length - GCM_TAG_SIZE)),
+          decipher.final(),
+        ]);
       } catch {
         throw new Error('authentication tag mismatch (damaged, or sealed with another key)');
       }

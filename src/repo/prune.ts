@@ -64,10 +64,15 @@ const RULES: { key: keyof PrunePolicy; name: string; bucket: (d: Date) => string
 export function planPrune(points: RestorePoint[], policy: PrunePolicy): { kept: PruneDecision[]; removed: PruneDecision[] } {
   const counts = [policy.keepLast, ...RULES.map((r) => policy[r.key])];
   for (const c of counts) {
-    if (c !== undefined && (!Number.isInteger(c) || c < 0)) throw badInput('PRUNE_POLICY', `keep counts must be whole numbers ≥ 0, got ${c}`);
+    if (c !== undefined && (!Number.isInteger(c) || c < 0))
+      throw badInput('PRUNE_POLICY', `keep counts must be whole numbers ≥ 0, got ${c}`);
   }
   if (!counts.some((c) => c !== undefined && c > 0)) {
-    throw badInput('PRUNE_POLICY', 'no keep rule given: prune would remove every restore point', 'pass at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly');
+    throw badInput(
+      'PRUNE_POLICY',
+      'no keep rule given: prune would remove every restore point',
+      'pass at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly',
+    );
   }
   const groups = new Map<string, RestorePoint[]>();
   for (const p of points) groups.set(p.vm.name, [...(groups.get(p.vm.name) ?? []), p]);

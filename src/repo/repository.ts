@@ -15,7 +15,18 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type {
-  ChunkCodec, ChunkStore, FixedIndex, Leftover, LockHolder, LockKind, NewRestorePoint, PointScan, RepoConfig, RepoLock, RepositoryMaintenance, StoredIndex,
+  ChunkCodec,
+  ChunkStore,
+  FixedIndex,
+  Leftover,
+  LockHolder,
+  LockKind,
+  NewRestorePoint,
+  PointScan,
+  RepoConfig,
+  RepoLock,
+  RepositoryMaintenance,
+  StoredIndex,
 } from './api.js';
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION, SEALED_METADATA_VERSION } from './api.js';
 import type { DiskSource, RestorePoint } from './contract.js';
@@ -30,8 +41,18 @@ import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index
 import { acquireLock, liveLocks } from './lock.js';
 import { createMetadataSeal, isSealed, type MetadataSeal } from './metadata-seal.js';
 import {
-  CHUNKS_DIR, CONFIG_FILE, DEFAULT_CHUNK_SIZE, INDEX_SUFFIX, INDEXES_DIR, KEY_SIZE, LOCKS_DIR,
-  POINT_FORMAT, POINT_SUFFIX, POINT_VERSION, POINTS_DIR, TEMP_PREFIX,
+  CHUNKS_DIR,
+  CONFIG_FILE,
+  DEFAULT_CHUNK_SIZE,
+  INDEX_SUFFIX,
+  INDEXES_DIR,
+  KEY_SIZE,
+  LOCKS_DIR,
+  POINT_FORMAT,
+  POINT_SUFFIX,
+  POINT_VERSION,
+  POINTS_DIR,
+  TEMP_PREFIX,
 } from './format.js';
 
 export interface InitOptions {
@@ -57,8 +78,11 @@ function sha256(data: Buffer | string): string {
 export function validateChunkSize(chunkSize: number): void {
   const pow2 = Number.isInteger(chunkSize) && chunkSize > 0 && (chunkSize & (chunkSize - 1)) === 0;
   if (!pow2 || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
-    throw badInput('BAD_CHUNK_SIZE', `chunk size ${chunkSize} is not a power of two between ${MIN_CHUNK_SIZE} (256 KiB) and ${MAX_CHUNK_SIZE} (8 MiB)`,
-      'pass --chunk-size as a power of two from 256K to 8M, e.g. 1M (the default) or 4M');
+    throw badInput(
+      'BAD_CHUNK_SIZE',
+      `chunk size ${chunkSize} is not a power of two between ${MIN_CHUNK_SIZE} (256 KiB) and ${MAX_CHUNK_SIZE} (8 MiB)`,
+      'pass --chunk-size as a power of two from 256K to 8M, e.g. 1M (the default) or 4M',
+    );
   }
 }
 
@@ -66,7 +90,10 @@ export function validateChunkSize(chunkSize: number): void {
 export function newPointId(time: string): string {
   const ms = Date.parse(time);
   if (Number.isNaN(ms)) throw badInput('BAD_POINT', `restore point time "${time}" is not an ISO 8601 time`);
-  const stamp = new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const stamp = new Date(ms)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
@@ -75,13 +102,21 @@ export async function readKeyFile(path: string): Promise<Buffer> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw badInput('KEY_FILE_UNREADABLE', `cannot read key file ${path}: ${(err as Error).message}`, 'pass the key file given to repo init with --key-file');
+    throw badInput(
+      'KEY_FILE_UNREADABLE',
+      `cannot read key file ${path}: ${(err as Error).message}`,
+      'pass the key file given to repo init with --key-file',
+    );
   }
   // A key file older installations (or a careless copy) left readable by others is made owner-only.
   tightenMode(path);
   const hex = text.trim();
   if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
-    throw badInput('KEY_FILE_INVALID', `key file ${path} is not a restorelab key: expected ${KEY_SIZE * 2} hex digits`, 'pass the key file given to repo init with --key-file');
+    throw badInput(
+      'KEY_FILE_INVALID',
+      `key file ${path} is not a restorelab key: expected ${KEY_SIZE * 2} hex digits`,
+      'pass the key file given to repo init with --key-file',
+    );
   }
   return Buffer.from(hex, 'hex');
 }
@@ -98,7 +133,11 @@ export async function initRepository(dir: string, opts: InitOptions = {}): Promi
     const st = await stat(path);
     if (!st.isDirectory()) throw badInput('REPO_NOT_EMPTY', `cannot create a repository at ${path}: it is not a directory`);
     if ((await readdir(path)).length > 0) {
-      throw badInput('REPO_NOT_EMPTY', `cannot create a repository at ${path}: the directory is not empty`, 'choose a new or empty directory');
+      throw badInput(
+        'REPO_NOT_EMPTY',
+        `cannot create a repository at ${path}: the directory is not empty`,
+        'choose a new or empty directory',
+      );
     }
   } catch (err) {
     if (!isErrno(err, 'ENOENT')) throw err;
@@ -154,21 +193,36 @@ function parseConfig(path: string, text: string): RepoConfig {
     throw badInput('NOT_A_REPOSITORY', `${path} is not a restorelab repository (${file} holds no JSON object)`);
   }
   const raw = parsed as Record<string, unknown>;
-  if (raw.format !== REPO_FORMAT) throw badInput('NOT_A_REPOSITORY', `${path} is not a restorelab repository (${file} does not have format ${JSON.stringify(REPO_FORMAT)})`);
-  if (typeof raw.version !== 'number' || !Number.isInteger(raw.version)) throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} has no format version`);
+  if (raw.format !== REPO_FORMAT)
+    throw badInput(
+      'NOT_A_REPOSITORY',
+      `${path} is not a restorelab repository (${file} does not have format ${JSON.stringify(REPO_FORMAT)})`,
+    );
+  if (typeof raw.version !== 'number' || !Number.isInteger(raw.version))
+    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} has no format version`);
   if (raw.version > REPO_FORMAT_VERSION) {
-    throw badInput('REPO_VERSION_UNSUPPORTED',
+    throw badInput(
+      'REPO_VERSION_UNSUPPORTED',
       `repository format version ${raw.version} is newer than this restorelab supports (${REPO_FORMAT_VERSION}): ${path}`,
-      'upgrade restorelab to open this repository');
+      'upgrade restorelab to open this repository',
+    );
   }
   if (raw.version < 1) throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} has invalid format version ${raw.version}`);
   const { checksum, ...rest } = raw;
   const config = rest as unknown as RepoConfig;
   if (checksum !== sha256(configBody(config))) {
-    throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} fails its checksum: it was edited or damaged`, 'restore config.json from a copy of the repository');
+    throw badInput(
+      'REPO_CONFIG_CORRUPT',
+      `repository config ${file} fails its checksum: it was edited or damaged`,
+      'restore config.json from a copy of the repository',
+    );
   }
   validateChunkSize(config.chunkSize);
-  if (config.compression !== 'zstd' || !['sha256', 'hmac-sha256'].includes(config.hash) || !['none', 'aes-256-gcm'].includes(config.encryption)) {
+  if (
+    config.compression !== 'zstd' ||
+    !['sha256', 'hmac-sha256'].includes(config.hash) ||
+    !['none', 'aes-256-gcm'].includes(config.encryption)
+  ) {
     throw badInput('REPO_CONFIG_CORRUPT', `repository config ${file} names an unknown hash, compression or encryption`);
   }
   return config;
@@ -184,7 +238,11 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
     text = await readFile(join(path, CONFIG_FILE), 'utf8');
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) {
-      throw notFound('REPO_NOT_FOUND', `no restorelab repository at ${path} (no ${CONFIG_FILE})`, `create one with: restorelab repo init ${path}`);
+      throw notFound(
+        'REPO_NOT_FOUND',
+        `no restorelab repository at ${path} (no ${CONFIG_FILE})`,
+        `create one with: restorelab repo init ${path}`,
+      );
     }
     throw err;
   }
@@ -195,7 +253,11 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
     if (!opts.keyFile) throw badInput('KEY_REQUIRED', `repository ${path} is encrypted: its key is needed`, KEY_HINT);
     key = await readKeyFile(opts.keyFile);
     if (!keyMatches(key, config)) {
-      throw badInput('KEY_WRONG', `key file ${opts.keyFile} does not match repository ${path} (key check failed)`, `use the key file given to repo init: ${KEY_HINT}`);
+      throw badInput(
+        'KEY_WRONG',
+        `key file ${opts.keyFile} does not match repository ${path} (key check failed)`,
+        `use the key file given to repo init: ${KEY_HINT}`,
+      );
     }
   }
   return new LocalRepository(path, config, key);
@@ -203,9 +265,18 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
 
 function isRestorePoint(v: unknown): v is RestorePoint {
   const p = v as RestorePoint;
-  return typeof p === 'object' && p !== null && typeof p.id === 'string' && typeof p.time === 'string' && Array.isArray(p.disks) &&
-    typeof p.vm === 'object' && p.vm !== null && typeof p.vm.name === 'string' && typeof p.stats === 'object' &&
-    p.disks.every((d) => typeof d.name === 'string' && typeof d.size === 'number' && typeof d.indexDigest === 'string');
+  return (
+    typeof p === 'object' &&
+    p !== null &&
+    typeof p.id === 'string' &&
+    typeof p.time === 'string' &&
+    Array.isArray(p.disks) &&
+    typeof p.vm === 'object' &&
+    p.vm !== null &&
+    typeof p.vm.name === 'string' &&
+    typeof p.stats === 'object' &&
+    p.disks.every((d) => typeof d.name === 'string' && typeof d.size === 'number' && typeof d.indexDigest === 'string')
+  );
 }
 
 export class LocalRepository implements RepositoryMaintenance {
@@ -223,7 +294,11 @@ export class LocalRepository implements RepositoryMaintenance {
    */
   private readonly plainMetadataAllowed: boolean;
 
-  constructor(readonly path: string, readonly config: RepoConfig, private readonly key?: Buffer) {
+  constructor(
+    readonly path: string,
+    readonly config: RepoConfig,
+    private readonly key?: Buffer,
+  ) {
     this.store = new LocalChunkStore(join(path, CHUNKS_DIR));
     this.chunks = this.store;
     this.codec = createCodec(config, key);
@@ -245,7 +320,12 @@ export class LocalRepository implements RepositoryMaintenance {
   }
 
   private pointFile(id: string): string {
-    if (!POINT_ID_RE.test(id)) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}: not a restore point id`, 'list them with restorelab points');
+    if (!POINT_ID_RE.test(id))
+      throw notFound(
+        'POINT_NOT_FOUND',
+        `no restore point ${id} in ${this.path}: not a restore point id`,
+        'list them with restorelab points',
+      );
     return join(this.pointsDir, id + POINT_SUFFIX);
   }
 
@@ -255,7 +335,8 @@ export class LocalRepository implements RepositoryMaintenance {
       if (!this.seal) throw new Error(`a sealed ${purpose} in an unencrypted repository`);
       return this.seal.open(purpose, buf);
     }
-    if (!this.plainMetadataAllowed) throw new Error(`a plaintext ${purpose} in an encrypted repository of format version ${this.config.version}`);
+    if (!this.plainMetadataAllowed)
+      throw new Error(`a plaintext ${purpose} in an encrypted repository of format version ${this.config.version}`);
     return buf;
   }
 
@@ -272,7 +353,9 @@ export class LocalRepository implements RepositoryMaintenance {
 
   private manifestBody(point: RestorePoint): Buffer {
     const body = JSON.stringify(point);
-    const text = Buffer.from(`{"format":${JSON.stringify(POINT_FORMAT)},"version":${POINT_VERSION},"point":${body},"checksum":"${sha256(body)}"}\n`);
+    const text = Buffer.from(
+      `{"format":${JSON.stringify(POINT_FORMAT)},"version":${POINT_VERSION},"point":${body},"checksum":"${sha256(body)}"}\n`,
+    );
     return this.seal ? this.seal.seal('manifest', text) : text;
   }
 
@@ -295,8 +378,9 @@ export class LocalRepository implements RepositoryMaintenance {
     const { points, problems } = await this.scanPoints();
     const first = problems[0];
     if (first) {
-      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${first.file} is corrupt: ${first.reason}`,
-        { hint: 'run restorelab verify; move the damaged manifest away to list the others' });
+      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${first.file} is corrupt: ${first.reason}`, {
+        hint: 'run restorelab verify; move the damaged manifest away to list the others',
+      });
     }
     return points.filter((p) => filter.vm === undefined || p.vm.name === filter.vm);
   }
@@ -307,7 +391,8 @@ export class LocalRepository implements RepositoryMaintenance {
     try {
       text = await readFile(file);
     } catch (err) {
-      if (isErrno(err, 'ENOENT')) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`, 'list them with restorelab points');
+      if (isErrno(err, 'ENOENT'))
+        throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`, 'list them with restorelab points');
       throw err;
     }
     try {
@@ -321,19 +406,28 @@ export class LocalRepository implements RepositoryMaintenance {
     const point = await this.getPoint(pointId);
     const disk = point.disks.find((d) => d.name === diskName);
     if (!disk) {
-      throw notFound('DISK_NOT_FOUND', `restore point ${pointId} has no disk ${diskName}`,
-        `its disks: ${point.disks.map((d) => d.name).join(', ') || '(none)'}`);
+      throw notFound(
+        'DISK_NOT_FOUND',
+        `restore point ${pointId} has no disk ${diskName}`,
+        `its disks: ${point.disks.map((d) => d.name).join(', ') || '(none)'}`,
+      );
     }
     const index = await this.readIndex(disk.indexDigest);
     if (index.size !== disk.size) {
-      throw new RestorelabError('INDEX_CORRUPT', `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`);
+      throw new RestorelabError(
+        'INDEX_CORRUPT',
+        `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`,
+      );
     }
     return new IndexedDisk(index, this.store, this.codec);
   }
 
   async writeIndex(index: FixedIndex): Promise<string> {
     if (index.chunkSize !== this.config.chunkSize) {
-      throw new RestorelabError('INDEX_CORRUPT', `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`);
+      throw new RestorelabError(
+        'INDEX_CORRUPT',
+        `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`,
+      );
     }
     const plain = encodeFixedIndex(index);
     const digest = this.seal ? this.seal.indexName(plain) : sha256(plain);
@@ -341,7 +435,10 @@ export class LocalRepository implements RepositoryMaintenance {
     const name = digest + INDEX_SUFFIX;
     const now = new Date();
     // Like chunks: an existing index only gets its mtime refreshed, which protects it from a concurrent gc.
-    const existed = await utimes(join(this.indexesDir, name), now, now).then(() => true, () => false);
+    const existed = await utimes(join(this.indexesDir, name), now, now).then(
+      () => true,
+      () => false,
+    );
     if (!existed) await writeFileAtomic(this.indexesDir, name, buf);
     return digest;
   }
@@ -354,7 +451,12 @@ export class LocalRepository implements RepositoryMaintenance {
     try {
       buf = await readFile(file);
     } catch (err) {
-      if (isErrno(err, 'ENOENT')) throw notFound('INDEX_NOT_FOUND', `fixed index ${file} is missing`, 'run restorelab verify to list the restore points that need it');
+      if (isErrno(err, 'ENOENT'))
+        throw notFound(
+          'INDEX_NOT_FOUND',
+          `fixed index ${file} is missing`,
+          'run restorelab verify to list the restore points that need it',
+        );
       throw err;
     }
     const corrupt = (why: string): RestorelabError => new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: ${why}`);
@@ -375,9 +477,16 @@ export class LocalRepository implements RepositoryMaintenance {
       const index = await this.readIndex(d.indexDigest);
       if (index.size !== d.size) throw badInput('BAD_POINT', `disk ${d.name}: index covers ${index.size} bytes, the point says ${d.size}`);
     }
-    if (new Set(point.disks.map((d) => d.name)).size !== point.disks.length) throw badInput('BAD_POINT', 'restore point names a disk twice');
+    if (new Set(point.disks.map((d) => d.name)).size !== point.disks.length)
+      throw badInput('BAD_POINT', 'restore point names a disk twice');
     let id = newPointId(point.time);
-    while (await stat(this.pointFile(id)).then(() => true, () => false)) id = newPointId(point.time);
+    while (
+      await stat(this.pointFile(id)).then(
+        () => true,
+        () => false,
+      )
+    )
+      id = newPointId(point.time);
     const full: RestorePoint = { id, ...point };
     await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody(full));
     return full;
@@ -457,7 +566,11 @@ class IndexedDisk implements DiskSource {
   readonly chunkSize: number;
   readonly chunkCount: number;
 
-  constructor(private readonly index: FixedIndex, private readonly store: LocalChunkStore, private readonly codec: ChunkCodec) {
+  constructor(
+    private readonly index: FixedIndex,
+    private readonly store: LocalChunkStore,
+    private readonly codec: ChunkCodec,
+  ) {
     this.size = index.size;
     this.chunkSize = index.chunkSize;
     this.chunkCount = chunkCountFor(index.size, index.chunkSize);
@@ -471,7 +584,9 @@ class IndexedDisk implements DiskSource {
   async readChunk(i: number): Promise<Buffer | null> {
     const digest = this.chunkId(i);
     if (digest === null) return null;
-    const blob = await this.store.get(digest).catch((err: unknown) => { throw this.asCorrupt(digest, err); });
+    const blob = await this.store.get(digest).catch((err: unknown) => {
+      throw this.asCorrupt(digest, err);
+    });
     return this.checked(i, digest, () => this.codec.decode(digest, blob));
   }
 
@@ -500,7 +615,11 @@ class IndexedDisk implements DiskSource {
   /** A chunk the store cannot give (missing, quarantined, overlong) as a CorruptChunkError naming the store; other errors as they are. */
   private asCorrupt(digest: string, err: unknown): unknown {
     if (err instanceof RestorelabError && (err.code === 'CHUNK_QUARANTINED' || err.code === 'CHUNK_NOT_FOUND')) {
-      return new CorruptChunkError(digest, err.code === 'CHUNK_QUARANTINED' ? 'quarantined by verify' : 'missing from the store', this.store.path);
+      return new CorruptChunkError(
+        digest,
+        err.code === 'CHUNK_QUARANTINED' ? 'quarantined by verify' : 'missing from the store',
+        this.store.path,
+      );
     }
     return err instanceof CorruptChunkError ? new CorruptChunkError(digest, err.reason, this.store.path) : err;
   }
@@ -514,7 +633,8 @@ class IndexedDisk implements DiskSource {
       throw this.asCorrupt(digest, err);
     }
     const expected = this.lengthOf(i);
-    if (plain.length !== expected) throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
+    if (plain.length !== expected)
+      throw new CorruptChunkError(digest, `decoded ${plain.length} bytes where chunk ${i} has ${expected}`, this.store.path);
     return plain;
   }
 }

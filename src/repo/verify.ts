@@ -105,7 +105,11 @@ export async function verifyRepository(repo: RepositoryMaintenance, opts: Verify
         blob = await repo.chunks.get(digest);
       } catch (err) {
         if (!(err instanceof RestorelabError)) throw err;
-        bad.push({ digest, kind: 'chunk', reason: err.code === 'CHUNK_QUARANTINED' ? 'quarantined by an earlier verify' : 'missing from the store' });
+        bad.push({
+          digest,
+          kind: 'chunk',
+          reason: err.code === 'CHUNK_QUARANTINED' ? 'quarantined by an earlier verify' : 'missing from the store',
+        });
         return;
       }
       bytes += blob.length;
@@ -114,7 +118,11 @@ export async function verifyRepository(repo: RepositoryMaintenance, opts: Verify
         if (crcFixed) {
           // The data is good (its digest says so): quarantining it would break points for nothing.
           await repo.chunks.replace(digest, crcFixed, { keepDamaged: false });
-          mended.push({ digest, kind: 'repaired', reason: 'CRC field damaged, data proven by its digest: blob rewritten with a correct CRC' });
+          mended.push({
+            digest,
+            kind: 'repaired',
+            reason: 'CRC field damaged, data proven by its digest: blob rewritten with a correct CRC',
+          });
         }
       } catch (err) {
         if (!(err instanceof CorruptChunkError)) throw err;
@@ -125,13 +133,15 @@ export async function verifyRepository(repo: RepositoryMaintenance, opts: Verify
     // A few reads in flight per worker keep both the disk and the cores busy with bounded memory.
     const inFlight = Math.max(2, pool.size * 3);
     const queue = wanted.entries();
-    await Promise.all(Array.from({ length: inFlight }, async () => {
-      for (let next = queue.next(); !next.done; next = queue.next()) {
-        await checkOne(next.value[0], next.value[1]);
-        checked++;
-        opts.onProgress?.(checked, total);
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: inFlight }, async () => {
+        for (let next = queue.next(); !next.done; next = queue.next()) {
+          await checkOne(next.value[0], next.value[1]);
+          checked++;
+          opts.onProgress?.(checked, total);
+        }
+      }),
+    );
 
     const repaired: VerifyFinding[] = [];
     if (bad.length + mended.length > 0) {

@@ -11,11 +11,22 @@ import type { RunResult, TestResult, VmResult } from '../verify/contract.js';
 import type { PointSignals } from '../repo/contract.js';
 
 /** One run's recovery time of a VM, as the history keeps it (src/surebackup/history.ts) and the sparkline draws it. */
-export interface TrendPoint { run: string; at: string; recoverySeconds: number; result: string }
+export interface TrendPoint {
+  run: string;
+  at: string;
+  recoverySeconds: number;
+  result: string;
+}
 
 export interface VmReport {
-  name: string; point: string; result: VmResult['result']; group: boolean;
-  tests: TestResult[]; recoverySeconds: number; bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null;
+  name: string;
+  point: string;
+  result: VmResult['result'];
+  group: boolean;
+  tests: TestResult[];
+  recoverySeconds: number;
+  bootToHeartbeatSeconds: number | null;
+  toFirstAnswerSeconds: number | null;
   screenshot: string | null;
   /** The screenshot of the VM's last passing run, when this run's screen looks very different (a warning). */
   baselineScreenshot?: string | null;
@@ -25,20 +36,34 @@ export interface VmReport {
   signals?: PointSignals | null;
 }
 export interface RunReport {
-  run: string; job: string; result: RunResult['result'];
-  startedAt: string; endedAt: string; labKept: boolean;
+  run: string;
+  job: string;
+  result: RunResult['result'];
+  startedAt: string;
+  endedAt: string;
+  labKept: boolean;
   vms: VmReport[];
   report: string;
 }
 
 export function runReport(run: string, job: string, r: RunResult, o: { startedAt: Date; endedAt: Date; htmlPath: string }): RunReport {
   return {
-    run, job, result: r.result, startedAt: o.startedAt.toISOString(), endedAt: o.endedAt.toISOString(), labKept: r.labKept,
+    run,
+    job,
+    result: r.result,
+    startedAt: o.startedAt.toISOString(),
+    endedAt: o.endedAt.toISOString(),
+    labKept: r.labKept,
     vms: r.vms.map((v) => ({
-      name: v.name, point: v.point, result: v.result, group: v.group,
+      name: v.name,
+      point: v.point,
+      result: v.result,
+      group: v.group,
       tests: v.tests.map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: round(t.seconds), detail: t.detail })),
-      recoverySeconds: round(v.recoverySeconds), bootToHeartbeatSeconds: v.bootToHeartbeatSeconds === null ? null : round(v.bootToHeartbeatSeconds),
-      toFirstAnswerSeconds: v.toFirstAnswerSeconds === null ? null : round(v.toFirstAnswerSeconds), screenshot: v.screenshot,
+      recoverySeconds: round(v.recoverySeconds),
+      bootToHeartbeatSeconds: v.bootToHeartbeatSeconds === null ? null : round(v.bootToHeartbeatSeconds),
+      toFirstAnswerSeconds: v.toFirstAnswerSeconds === null ? null : round(v.toFirstAnswerSeconds),
+      screenshot: v.screenshot,
       baselineScreenshot: v.tests.find((t) => t.kind === 'screenshot' && t.baseline !== undefined)?.baseline ?? null,
       console: v.console ?? null,
     })),
@@ -48,7 +73,9 @@ export function runReport(run: string, job: string, r: RunResult, o: { startedAt
 
 const round = (s: number): number => Math.round(s * 1000) / 1000;
 
-export function runDir(stateDir: string, run: string): string { return join(stateDir, 'surebackup', 'runs', run); }
+export function runDir(stateDir: string, run: string): string {
+  return join(stateDir, 'surebackup', 'runs', run);
+}
 
 /** Writes report.json and report.html into `dir`; returns their paths. */
 export function writeReports(dir: string, rep: RunReport, extra: HtmlExtra = {}): { json: string; html: string } {
@@ -65,7 +92,8 @@ export interface HtmlExtra {
   passRate?: { runs: number; passed: number; rate: number | null };
 }
 
-const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const esc = (s: string): string =>
+  s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 const cls = (r: string): string => (r === 'passed' || r === 'success' ? 'ok' : r === 'warning' || r === 'skipped' ? 'warn' : 'bad');
 
 /**
@@ -94,14 +122,23 @@ export function sparkline(points: TrendPoint[], w = 160, h = 32): string {
   const x = (i: number): number => (points.length === 1 ? w / 2 : 3 + (i * (w - 6)) / (points.length - 1));
   const y = (v: number): number => h - 3 - (v / max) * (h - 6);
   const line = points.map((p, i) => `${x(i).toFixed(1)},${y(p.recoverySeconds).toFixed(1)}`).join(' ');
-  const dots = points.map((p, i) => `<circle cx="${x(i).toFixed(1)}" cy="${y(p.recoverySeconds).toFixed(1)}" r="2" fill="${p.result === 'success' || p.result === 'warning' ? '#2a7' : '#c33'}"><title>${esc(p.at)}: ${p.recoverySeconds.toFixed(1)} s (${esc(p.result)})</title></circle>`).join('');
+  const dots = points
+    .map(
+      (p, i) =>
+        `<circle cx="${x(i).toFixed(1)}" cy="${y(p.recoverySeconds).toFixed(1)}" r="2" fill="${p.result === 'success' || p.result === 'warning' ? '#2a7' : '#c33'}"><title>${esc(p.at)}: ${p.recoverySeconds.toFixed(1)} s (${esc(p.result)})</title></circle>`,
+    )
+    .join('');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img" aria-label="recovery time trend"><polyline fill="none" stroke="#888" stroke-width="1.5" points="${line}"/>${dots}</svg>`;
 }
 
 function inlinePng(path: string | null, alt = 'console'): string {
   if (path === null) return '<span class="muted">none</span>';
   let data: Buffer;
-  try { data = readFileSync(path); } catch { return `<span class="muted">missing: ${esc(path)}</span>`; }
+  try {
+    data = readFileSync(path);
+  } catch {
+    return `<span class="muted">missing: ${esc(path)}</span>`;
+  }
   return `<img alt="${esc(alt)}" src="data:image/png;base64,${data.toString('base64')}">`;
 }
 
@@ -113,9 +150,11 @@ function consoleCell(v: VmReport): string {
     return `<td class="shot flagged"><div class="bad">flagged: ${esc(flaggedTest.detail.split('; ')[0] ?? '')}</div>${inlinePng(v.screenshot)}${kept}</td>`;
   }
   if (v.baselineScreenshot) {
-    return `<td class="shot changed"><div class="warn">screen changed since the last passing run</div>`
-      + `<figure>${inlinePng(v.screenshot)}<figcaption class="muted">this run</figcaption></figure>`
-      + `<figure>${inlinePng(v.baselineScreenshot, 'console in the last passing run')}<figcaption class="muted">last passing run</figcaption></figure>${kept}</td>`;
+    return (
+      `<td class="shot changed"><div class="warn">screen changed since the last passing run</div>` +
+      `<figure>${inlinePng(v.screenshot)}<figcaption class="muted">this run</figcaption></figure>` +
+      `<figure>${inlinePng(v.baselineScreenshot, 'console in the last passing run')}<figcaption class="muted">last passing run</figcaption></figure>${kept}</td>`
+    );
   }
   return `<td class="shot">${inlinePng(v.screenshot)}${kept}</td>`;
 }
@@ -124,9 +163,15 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
   const secs = (s: number | null): string => (s === null ? '–' : `${s.toFixed(1)} s`);
   const counts = { ok: rep.vms.filter((v) => v.result === 'success').length, warn: rep.vms.filter((v) => v.result === 'warning').length };
   const rate = extra.passRate?.rate;
-  const rows = rep.vms.map((v) => {
-    const tests = v.tests.map((t) => `<li class="${cls(t.result)}"><b>${esc(t.name)}</b> ${esc(t.result)} <span class="muted">${t.seconds.toFixed(1)} s</span><div class="detail">${esc(t.detail)}</div></li>`).join('');
-    return `<tr class="${cls(v.result)}">
+  const rows = rep.vms
+    .map((v) => {
+      const tests = v.tests
+        .map(
+          (t) =>
+            `<li class="${cls(t.result)}"><b>${esc(t.name)}</b> ${esc(t.result)} <span class="muted">${t.seconds.toFixed(1)} s</span><div class="detail">${esc(t.detail)}</div></li>`,
+        )
+        .join('');
+      return `<tr class="${cls(v.result)}">
 <td><b>${esc(v.name)}</b>${v.group ? ' <span class="tag">application group</span>' : ''}<div class="muted">${esc(v.point)}</div>${v.signals?.anomaly ? `<div class="bad"><b>ransomware anomaly:</b> ${esc(v.signals.reasons.join('; '))}</div>` : ''}</td>
 <td class="verdict ${cls(v.result)}">${esc(v.result)}</td>
 <td><ul>${tests}</ul></td>
@@ -134,7 +179,8 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
 <td>${sparkline(extra.trends?.[v.name] ?? [])}</td>
 ${consoleCell(v)}
 </tr>`;
-  }).join('\n');
+    })
+    .join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>SureBackup ${esc(rep.job)} ${esc(rep.run)}: ${esc(rep.result)}</title>
 <style>${REPORT_CSS}</style></head><body>

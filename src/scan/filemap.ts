@@ -35,7 +35,11 @@ const DECODED_BUDGET = 64 * 1024 * 1024;
 /** Rows written per transaction: bounded memory whatever the number of files. */
 const FLUSH_ROWS = 1000;
 
-interface FileRow { size: number; sha256: string; extents: string }
+interface FileRow {
+  size: number;
+  sha256: string;
+  extents: string;
+}
 
 /** The file map of one mounted partition of the point being scanned. */
 export class PartitionMap {
@@ -51,7 +55,11 @@ export class PartitionMap {
     readonly offset: number,
     private readonly ref: { point: string; chunks: DiskSource; now: DiskSource } | undefined,
   ) {
-    this.get = ref ? owner.db.prepare('SELECT size, sha256, extents FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ? AND path = ?') : undefined;
+    this.get = ref
+      ? owner.db.prepare(
+          'SELECT size, sha256, extents FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ? AND path = ?',
+        )
+      : undefined;
   }
 
   /** The SHA-256 of a file when the reference proves its content unchanged (see the module comment); undefined: read it. */
@@ -101,8 +109,14 @@ export class FileMap {
   private readonly decoded = new Map<string, Buffer>();
   private decodedBytes = 0;
 
-  private constructor(readonly db: CatalogDb, readonly repo: string, readonly point: RestorePoint) {
-    this.put = db.prepare('INSERT OR REPLACE INTO scan_files (repo, point, disk, partition, path, size, sha256, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+  private constructor(
+    readonly db: CatalogDb,
+    readonly repo: string,
+    readonly point: RestorePoint,
+  ) {
+    this.put = db.prepare(
+      'INSERT OR REPLACE INTO scan_files (repo, point, disk, partition, path, size, sha256, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+    );
   }
 
   /**
@@ -115,7 +129,8 @@ export class FileMap {
     const map = new FileMap(db, repo.path, point);
     db.prepare('DELETE FROM scan_maps WHERE repo = ? AND point = ?').run(repo.path, point.id);
     db.prepare('DELETE FROM scan_files WHERE repo = ? AND point = ?').run(repo.path, point.id);
-    const pick = db.prepare(`SELECT point FROM scan_maps WHERE repo = ? AND vm = ? AND disk = ? AND partition = ? AND offset = ? AND point <> ?
+    const pick =
+      db.prepare(`SELECT point FROM scan_maps WHERE repo = ? AND vm = ? AND disk = ? AND partition = ? AND offset = ? AND point <> ?
                              ORDER BY CASE WHEN time <= ? THEN 0 ELSE 1 END, CASE WHEN time <= ? THEN time END DESC, time ASC LIMIT 1`);
     const disks = new Map<string, DiskSource>();
     const disk = async (p: string, name: string): Promise<DiskSource> => {
@@ -126,7 +141,8 @@ export class FileMap {
     };
     for (const m of mounts) {
       if (m.skipped || m.offset === undefined) continue;
-      const ref = pick.get(repo.path, point.vm.name, m.disk, m.partition, m.offset, point.id, point.time, point.time) as { point: string } | undefined;
+      const ref = pick.get(repo.path, point.vm.name, m.disk, m.partition, m.offset, point.id, point.time, point.time) as
+        { point: string } | undefined;
       let chunks: { point: string; chunks: DiskSource; now: DiskSource } | undefined;
       if (ref) {
         try {
@@ -199,7 +215,9 @@ export class FileMap {
 
   /** The scan completed: the point's map may now be a reference. */
   commit(): void {
-    const put = this.db.prepare('INSERT OR REPLACE INTO scan_maps (repo, point, vm, time, disk, partition, offset) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    const put = this.db.prepare(
+      'INSERT OR REPLACE INTO scan_maps (repo, point, vm, time, disk, partition, offset) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
     this.db.transaction(() => {
       for (const p of this.parts.values()) {
         p.flush();

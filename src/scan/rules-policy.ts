@@ -23,8 +23,11 @@ export const API_RULE_MODULES: readonly string[] = ['pe', 'elf', 'math', 'hash',
 type Token = { kind: 'word' | 'string' | 'other'; text: string; line: number };
 
 function refuse(why: string, line: number): RestorelabError {
-  return badInput('YARA_RULES_INVALID', `the YARA rules are refused (line ${line}): ${why}`,
-    `rules sent through the API may not use include and may import only ${API_RULE_MODULES.map((m) => `"${m}"`).join(', ')}; put the rules in one text, or scan with \`restorelab scan --yara FILE\` on the server`);
+  return badInput(
+    'YARA_RULES_INVALID',
+    `the YARA rules are refused (line ${line}): ${why}`,
+    `rules sent through the API may not use include and may import only ${API_RULE_MODULES.map((m) => `"${m}"`).join(', ')}; put the rules in one text, or scan with \`restorelab scan --yara FILE\` on the server`,
+  );
 }
 
 function* tokens(src: string): Generator<Token> {
@@ -71,7 +74,8 @@ export function checkApiRules(source: string): void {
   let importAt: number | undefined;
   for (const t of tokens(source)) {
     if (importAt !== undefined) {
-      if (t.kind !== 'string' || !API_RULE_MODULES.includes(t.text)) throw refuse(`import ${t.kind === 'string' ? `"${t.text}"` : 'without a module name'} is not allowed`, importAt);
+      if (t.kind !== 'string' || !API_RULE_MODULES.includes(t.text))
+        throw refuse(`import ${t.kind === 'string' ? `"${t.text}"` : 'without a module name'} is not allowed`, importAt);
       importAt = undefined;
       continue;
     }

@@ -80,7 +80,18 @@ export interface PointScan {
 
 /** The document `scan --json` (and the API's scan result) carries for one point; scripts depend on its first four keys. */
 export function scanOutput(s: PointScan): Record<string, unknown> {
-  return { point: s.point, verdict: s.verdict, matches: s.matches, files: s.files, unread: s.unread, vm: s.vm, ruleset: s.ruleset, partitions: s.partitions, seconds: s.seconds, timings: s.timings };
+  return {
+    point: s.point,
+    verdict: s.verdict,
+    matches: s.matches,
+    files: s.files,
+    unread: s.unread,
+    vm: s.vm,
+    ruleset: s.ruleset,
+    partitions: s.partitions,
+    seconds: s.seconds,
+    timings: s.timings,
+  };
 }
 
 /**
@@ -89,7 +100,13 @@ export function scanOutput(s: PointScan): Record<string, unknown> {
  * `hash` add up the time of the files' comparisons and reads, which overlap
  * (four at a time), so they can exceed the wall time.
  */
-export interface ScanPhases { walk: number; extents: number; compare: number; hash: number; yara: number }
+export interface ScanPhases {
+  walk: number;
+  extents: number;
+  compare: number;
+  hash: number;
+  yara: number;
+}
 
 export interface ScanProgress {
   (done: { files: number; bytes: number; partition: string }): void;
@@ -105,7 +122,11 @@ interface Pending {
  * read-only mount (the benchmark scans a plain loop mount with it too).
  */
 export async function scanPartitions(
-  mounts: readonly MountedPartition[], rules: CompiledRules, cache: VerdictCache, onProgress?: ScanProgress, opts: { fileMap?: FileMap } = {},
+  mounts: readonly MountedPartition[],
+  rules: CompiledRules,
+  cache: VerdictCache,
+  onProgress?: ScanProgress,
+  opts: { fileMap?: FileMap } = {},
 ): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[]; phases: ScanPhases }> {
   const phases: ScanPhases = { walk: 0, extents: 0, compare: 0, hash: 0, yara: 0 };
   const since = (t: bigint): number => Number(process.hrtime.bigint() - t) / 1e9;
@@ -125,14 +146,18 @@ export async function scanPartitions(
   let seenBytes = 0;
 
   const answer = (sha: string, rules: string[], where: Pending['where']): void => {
-    for (const w of where) for (const rule of rules) matches.push({ rule, disk: w.disk, partition: w.partition, path: w.path, sha256: sha });
+    for (const w of where)
+      for (const rule of rules) matches.push({ rule, disk: w.disk, partition: w.partition, path: w.path, sha256: sha });
   };
 
   /** Content waiting in a batch that yara has not answered yet, by hash: a copy joins it instead of being scanned twice. */
   const pending = new Map<string, Pending>();
 
   const runBatch = async (todo: Map<string, Pending>): Promise<void> => {
-    const r = await scanBatch(rules, [...todo.keys()].map((k) => Buffer.from(k, 'latin1')));
+    const r = await scanBatch(
+      rules,
+      [...todo.keys()].map((k) => Buffer.from(k, 'latin1')),
+    );
     const verdicts: [string, string[]][] = [];
     for (const [key, p] of todo) {
       pending.delete(p.sha);
@@ -261,13 +286,30 @@ export async function scanPartitions(
   await running;
   phases.yara += since(waiting);
   if (errorCount > 0) {
-    throw new RestorelabError('SCAN_INCOMPLETE', `${errorCount} file(s) could not be read, so the point cannot be called clean or infected: ${errors.join('; ')}${errorCount > errors.length ? '; …' : ''}`, {
-      hint: 'a damaged chunk shows as an I/O error: run `restorelab verify --repo R <point>`; nothing was recorded for this scan',
-    });
+    throw new RestorelabError(
+      'SCAN_INCOMPLETE',
+      `${errorCount} file(s) could not be read, so the point cannot be called clean or infected: ${errors.join('; ')}${errorCount > errors.length ? '; …' : ''}`,
+      {
+        hint: 'a damaged chunk shows as an I/O error: run `restorelab verify --repo R <point>`; nothing was recorded for this scan',
+      },
+    );
   }
-  matches.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition || a.path.localeCompare(b.path) || a.rule.localeCompare(b.rule));
+  matches.sort(
+    (a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition || a.path.localeCompare(b.path) || a.rule.localeCompare(b.rule),
+  );
   const r3 = (x: number): number => Math.round(x * 1000) / 1000;
-  return { matches, files, partitions, phases: { walk: r3(phases.walk), extents: r3(phases.extents), compare: r3(phases.compare), hash: r3(phases.hash), yara: r3(phases.yara) } };
+  return {
+    matches,
+    files,
+    partitions,
+    phases: {
+      walk: r3(phases.walk),
+      extents: r3(phases.extents),
+      compare: r3(phases.compare),
+      hash: r3(phases.hash),
+      yara: r3(phases.yara),
+    },
+  };
 }
 
 export interface ScanPointOptions {
@@ -293,7 +335,12 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
   try {
     const t0 = Date.now();
     const session = await mountRestorePoint({
-      stateDir: o.stateDir, repo: o.repo.path, point: point.id, dir: join(parent, 'mnt'), temporary: true, ...(o.keyFile ? { keyFile: o.keyFile } : {}),
+      stateDir: o.stateDir,
+      repo: o.repo.path,
+      point: point.id,
+      dir: join(parent, 'mnt'),
+      temporary: true,
+      ...(o.keyFile ? { keyFile: o.keyFile } : {}),
     });
     const t1 = Date.now();
     let result: Awaited<ReturnType<typeof scanPartitions>>;
@@ -310,10 +357,27 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     }
     const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000, ...result.phases };
     const scan: PointScan = {
-      point: point.id, vm: point.vm.name, verdict: result.matches.length > 0 ? 'infected' : 'clean', matches: result.matches, files: result.files,
-      unread: fileMap?.unread ?? 0, partitions: result.partitions, ruleset: o.rules.hash, seconds: (Date.now() - started) / 1000, timings,
+      point: point.id,
+      vm: point.vm.name,
+      verdict: result.matches.length > 0 ? 'infected' : 'clean',
+      matches: result.matches,
+      files: result.files,
+      unread: fileMap?.unread ?? 0,
+      partitions: result.partitions,
+      ruleset: o.rules.hash,
+      seconds: (Date.now() - started) / 1000,
+      timings,
     };
-    recordPointScan(o.db, { repo: o.repo.path, point: point.id, vm: point.vm.name, ruleset: o.rules.hash, verdict: scan.verdict, scannedAt: new Date().toISOString(), matches: scan.matches, files: scan.files });
+    recordPointScan(o.db, {
+      repo: o.repo.path,
+      point: point.id,
+      vm: point.vm.name,
+      ruleset: o.rules.hash,
+      verdict: scan.verdict,
+      scannedAt: new Date().toISOString(),
+      matches: scan.matches,
+      files: scan.files,
+    });
     return scan;
   } finally {
     rmSync(parent, { recursive: true, force: true });
@@ -338,11 +402,22 @@ export interface LastCleanOptions extends Omit<ScanPointOptions, 'point'> {
 /** Scans a VM's points newest first and stops at the first clean one. */
 export async function findLastClean(o: LastCleanOptions): Promise<LastCleanResult> {
   const all = await o.repo.listPoints({ vm: o.vm });
-  if (all.length === 0) throw notFound('VM_NOT_FOUND', `the repository ${o.repo.path} has no restore point of a VM named ${o.vm}`, 'check the VM name (restorelab points lists what the repository holds)');
+  if (all.length === 0)
+    throw notFound(
+      'VM_NOT_FOUND',
+      `the repository ${o.repo.path} has no restore point of a VM named ${o.vm}`,
+      'check the VM name (restorelab points lists what the repository holds)',
+    );
   const since = o.since === undefined ? -Infinity : Date.parse(o.since);
   const until = o.until === undefined ? Infinity : Date.parse(o.until);
-  if (Number.isNaN(since) || Number.isNaN(until)) throw badInput('BAD_TIME', `--since/--until must be ISO 8601 times (got ${o.since ?? ''} ${o.until ?? ''})`, 'e.g. --since 2026-11-01T00:00:00Z');
-  const points = all.filter((p) => Date.parse(p.time) >= since && Date.parse(p.time) <= until)
+  if (Number.isNaN(since) || Number.isNaN(until))
+    throw badInput(
+      'BAD_TIME',
+      `--since/--until must be ISO 8601 times (got ${o.since ?? ''} ${o.until ?? ''})`,
+      'e.g. --since 2026-11-01T00:00:00Z',
+    );
+  const points = all
+    .filter((p) => Date.parse(p.time) >= since && Date.parse(p.time) <= until)
     .sort((a, b) => b.time.localeCompare(a.time) || b.id.localeCompare(a.id));
   const out: LastCleanResult = { vm: o.vm, lastClean: null, points: [] };
   for (const [i, p] of points.entries()) {

@@ -97,7 +97,10 @@ export class VerdictCache {
   private readonly get: Database.Statement<[string, string]>;
   private readonly put: Database.Statement<[string, string, string, string]>;
 
-  constructor(private readonly db: CatalogDb, readonly ruleset: string) {
+  constructor(
+    private readonly db: CatalogDb,
+    readonly ruleset: string,
+  ) {
     migrateScan(db);
     this.get = db.prepare('SELECT rules FROM scan_verdicts WHERE sha256 = ? AND ruleset = ?');
     this.put = db.prepare('INSERT OR REPLACE INTO scan_verdicts (sha256, ruleset, rules, scanned_at) VALUES (?, ?, ?, ?)');
@@ -120,14 +123,22 @@ export class VerdictCache {
 
 export function recordPointScan(db: CatalogDb, r: PointScanRecord): void {
   migrateScan(db);
-  db.prepare(`INSERT OR REPLACE INTO scan_points (repo, point, vm, ruleset, verdict, scanned_at, matches, files_scanned, files_cached)
-              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
-    r.repo, r.point, r.vm, r.ruleset, r.verdict, r.scannedAt, JSON.stringify(r.matches), r.files.scanned, r.files.cached,
-  );
+  db.prepare(
+    `INSERT OR REPLACE INTO scan_points (repo, point, vm, ruleset, verdict, scanned_at, matches, files_scanned, files_cached)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  ).run(r.repo, r.point, r.vm, r.ruleset, r.verdict, r.scannedAt, JSON.stringify(r.matches), r.files.scanned, r.files.cached);
 }
 
 interface PointScanRow {
-  repo: string; point: string; vm: string; ruleset: string; verdict: string; scanned_at: string; matches: string; files_scanned: number; files_cached: number;
+  repo: string;
+  point: string;
+  vm: string;
+  ruleset: string;
+  verdict: string;
+  scanned_at: string;
+  matches: string;
+  files_scanned: number;
+  files_cached: number;
 }
 
 /** The newest scan of each point of `repo` (any rule set). */
@@ -137,15 +148,25 @@ export function latestPointScans(db: CatalogDb, repo: string): Map<string, Point
   const out = new Map<string, PointScanRecord>();
   for (const r of rows) {
     out.set(r.point, {
-      repo: r.repo, point: r.point, vm: r.vm, ruleset: r.ruleset, verdict: r.verdict as ScanVerdict, scannedAt: r.scanned_at,
-      matches: JSON.parse(r.matches) as ScanMatch[], files: { scanned: r.files_scanned, cached: r.files_cached },
+      repo: r.repo,
+      point: r.point,
+      vm: r.vm,
+      ruleset: r.ruleset,
+      verdict: r.verdict as ScanVerdict,
+      scannedAt: r.scanned_at,
+      matches: JSON.parse(r.matches) as ScanMatch[],
+      files: { scanned: r.files_scanned, cached: r.files_cached },
     });
   }
   return out;
 }
 
 /** Each point's scan status (see the module comment); `points` may span several VMs. */
-export function scanStatuses(db: CatalogDb, repo: string, points: readonly Pick<PointSummary, 'id' | 'vm' | 'time'>[]): Map<string, ScanStatus> {
+export function scanStatuses(
+  db: CatalogDb,
+  repo: string,
+  points: readonly Pick<PointSummary, 'id' | 'vm' | 'time'>[],
+): Map<string, ScanStatus> {
   const scans = latestPointScans(db, repo);
   const byVm = new Map<string, Pick<PointSummary, 'id' | 'vm' | 'time'>[]>();
   for (const p of points) byVm.set(p.vm, [...(byVm.get(p.vm) ?? []), p]);
@@ -166,7 +187,11 @@ export function scanStatuses(db: CatalogDb, repo: string, points: readonly Pick<
 }
 
 /** The points with their `scan` status added (what `points` and the API list). */
-export function withScanStatus<P extends Pick<PointSummary, 'id' | 'vm' | 'time'>>(db: CatalogDb, repo: string, points: P[]): (P & { scan: ScanStatus })[] {
+export function withScanStatus<P extends Pick<PointSummary, 'id' | 'vm' | 'time'>>(
+  db: CatalogDb,
+  repo: string,
+  points: P[],
+): (P & { scan: ScanStatus })[] {
   const st = scanStatuses(db, repo, points);
   return points.map((p) => ({ ...p, scan: st.get(p.id) ?? 'unscanned' }));
 }

@@ -61,7 +61,15 @@ export async function* walkRegularFiles(root: string): AsyncGenerator<WalkedFile
       const guest = Buffer.concat([dir.guest, SLASH, name]);
       let isDir = ent.isDirectory();
       let isFile = ent.isFile();
-      if (!isDir && !isFile && !ent.isSymbolicLink() && !ent.isFIFO() && !ent.isSocket() && !ent.isCharacterDevice() && !ent.isBlockDevice()) {
+      if (
+        !isDir &&
+        !isFile &&
+        !ent.isSymbolicLink() &&
+        !ent.isFIFO() &&
+        !ent.isSocket() &&
+        !ent.isCharacterDevice() &&
+        !ent.isBlockDevice()
+      ) {
         // DT_UNKNOWN: the filesystem did not say; ask without following.
         const st = await lstat(host);
         isDir = st.isDirectory();
@@ -86,7 +94,8 @@ export async function hashFile(path: Buffer, dev?: number): Promise<string> {
   const fh = await open(path as unknown as string, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     const st = await fh.stat();
-    if (!st.isFile() || (dev !== undefined && st.dev !== dev)) throw Object.assign(new Error('not a regular file of this filesystem'), { code: 'EINVAL' });
+    if (!st.isFile() || (dev !== undefined && st.dev !== dev))
+      throw Object.assign(new Error('not a regular file of this filesystem'), { code: 'EINVAL' });
     const h = createHash('sha256');
     const buf = Buffer.allocUnsafe(HASH_BUFFER_BYTES);
     for (;;) {

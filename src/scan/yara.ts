@@ -56,7 +56,11 @@ export function pathKey(p: Buffer): string {
   return p.toString('latin1');
 }
 
-function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: Buffer; stderr: string; timedOut: boolean }> {
+function run(
+  cmd: string,
+  args: string[],
+  timeoutMs: number,
+): Promise<{ code: number | null; stdout: Buffer; stderr: string; timedOut: boolean }> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
@@ -89,7 +93,11 @@ export async function compileRules(source: string, scratch: string): Promise<Com
   try {
     bytes = readFileSync(source);
   } catch (err) {
-    throw notFound('YARA_RULES_NOT_FOUND', `cannot read the YARA rule file ${source}: ${(err as Error).message}`, 'give the path of a .yar rule file with --yara');
+    throw notFound(
+      'YARA_RULES_NOT_FOUND',
+      `cannot read the YARA rule file ${source}: ${(err as Error).message}`,
+      'give the path of a .yar rule file with --yara',
+    );
   }
   const yarac = tool('yarac');
   tool('yara');
@@ -99,8 +107,14 @@ export async function compileRules(source: string, scratch: string): Promise<Com
   const r = await run(yarac, ['-w', source, compiled], COMPILE_TIMEOUT_MS);
   if (r.code !== 0) {
     dispose();
-    const why = r.timedOut ? `yarac did not finish within ${COMPILE_TIMEOUT_MS / 1000} s` : r.stderr.trim() || `yarac exited with ${r.code}`;
-    throw badInput('YARA_RULES_INVALID', `the YARA rule file ${source} does not compile: ${why}`, 'fix the rule file (`yarac <file> /dev/null` shows the same error); nothing was mounted or scanned');
+    const why = r.timedOut
+      ? `yarac did not finish within ${COMPILE_TIMEOUT_MS / 1000} s`
+      : r.stderr.trim() || `yarac exited with ${r.code}`;
+    throw badInput(
+      'YARA_RULES_INVALID',
+      `the YARA rule file ${source} does not compile: ${why}`,
+      'fix the rule file (`yarac <file> /dev/null` shows the same error); nothing was mounted or scanned',
+    );
   }
   return { source, compiled, hash: createHash('sha256').update(bytes).digest('hex'), workDir, dispose };
 }
@@ -117,7 +131,11 @@ let batchSeq = 0;
  * rules in one yara process. Every path is answered: with its matched rules
  * (none: no match), or in `errors` when yara could not read it.
  */
-export async function scanBatch(rules: CompiledRules, files: readonly Buffer[], opts: { threads?: number; timeoutMs?: number } = {}): Promise<BatchResult> {
+export async function scanBatch(
+  rules: CompiledRules,
+  files: readonly Buffer[],
+  opts: { threads?: number; timeoutMs?: number } = {},
+): Promise<BatchResult> {
   const result: BatchResult = { matches: new Map(), errors: new Map() };
   if (files.length === 0) return result;
   const n = batchSeq++;
@@ -138,11 +156,19 @@ export async function scanBatch(rules: CompiledRules, files: readonly Buffer[], 
   const list = join(rules.workDir, `list-${n}`);
   writeFileSync(list, Buffer.concat(lines.flatMap((l) => [l, Buffer.from('\n')])), { mode: 0o600 });
   try {
-    const r = await run(tool('yara'), ['-w', '-C', '-p', String(opts.threads ?? scanThreads()), '--scan-list', rules.compiled, list], opts.timeoutMs ?? 3_600_000);
+    const r = await run(
+      tool('yara'),
+      ['-w', '-C', '-p', String(opts.threads ?? scanThreads()), '--scan-list', rules.compiled, list],
+      opts.timeoutMs ?? 3_600_000,
+    );
     if (r.code !== 0 || r.timedOut) {
-      throw new RestorelabError('YARA_FAILED', `yara failed on a batch of ${files.length} files: ${r.timedOut ? 'timed out' : r.stderr.trim() || `exit ${r.code}`}`, {
-        hint: 'run `yara -C <compiled rules> <file>` on one of the files to see why',
-      });
+      throw new RestorelabError(
+        'YARA_FAILED',
+        `yara failed on a batch of ${files.length} files: ${r.timedOut ? 'timed out' : r.stderr.trim() || `exit ${r.code}`}`,
+        {
+          hint: 'run `yara -C <compiled rules> <file>` on one of the files to see why',
+        },
+      );
     }
     let at = 0;
     while (at < r.stdout.length) {
@@ -164,7 +190,9 @@ export async function scanBatch(rules: CompiledRules, files: readonly Buffer[], 
       const said = pathKey(Buffer.from(m[1] as string, 'utf8'));
       const key = alias.get(said) ?? said;
       // yara names the file in its stderr as UTF-8 text; match it back to the bytes we gave.
-      const hit = result.matches.has(key) ? key : [...result.matches.keys()].find((k) => Buffer.from(k, 'latin1').toString('utf8') === m[1]);
+      const hit = result.matches.has(key)
+        ? key
+        : [...result.matches.keys()].find((k) => Buffer.from(k, 'latin1').toString('utf8') === m[1]);
       if (hit !== undefined) {
         result.errors.set(hit, m[2] as string);
         result.matches.delete(hit);

@@ -66,12 +66,19 @@ export async function afterBackup(o: AfterBackupOptions): Promise<AfterBackupRep
  * gate rules and configured run as the server), starting them with `start`,
  * and waits for their verdicts.
  */
-async function runHere(cfg: Config, jobs: ScheduledJob[], log: AfterBackupOptions['log'], signal: AbortSignal | undefined,
-  start: (s: Scheduler) => TriggerOutcome[]): Promise<AfterBackupRun[]> {
+async function runHere(
+  cfg: Config,
+  jobs: ScheduledJob[],
+  log: AfterBackupOptions['log'],
+  signal: AbortSignal | undefined,
+  start: (s: Scheduler) => TriggerOutcome[],
+): Promise<AfterBackupRun[]> {
   const history = History.open(cfg.catalog);
   const gate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
   const scheduler = new Scheduler({ jobs, history, gate, log, run: configuredRun(cfg, history, log, gate.limiter) });
-  const cancel = (): void => { void scheduler.stop(); };
+  const cancel = (): void => {
+    void scheduler.stop();
+  };
   signal?.addEventListener('abort', cancel, { once: true });
   try {
     for (const s of jobs) history.recordJob(s.name, s.job, s.file);
@@ -80,7 +87,13 @@ async function runHere(cfg: Config, jobs: ScheduledJob[], log: AfterBackupOption
     await Promise.all(outcomes.map((x) => (x.status === 'started' ? x.done : undefined)));
     return outcomes.map((x) => {
       const row = history.run(x.runId);
-      return { job: x.job, run: x.runId, status: row?.status ?? 'error', detail: row?.detail ?? null, vms: (row?.vms ?? []).map((v) => ({ name: v.name, result: v.result })) };
+      return {
+        job: x.job,
+        run: x.runId,
+        status: row?.status ?? 'error',
+        detail: row?.detail ?? null,
+        vms: (row?.vms ?? []).map((v) => ({ name: v.name, result: v.result })),
+      };
     });
   } finally {
     signal?.removeEventListener('abort', cancel);
@@ -90,7 +103,12 @@ async function runHere(cfg: Config, jobs: ScheduledJob[], log: AfterBackupOption
 }
 
 /** A SureBackup job a backup job fired: its run, or why there is none. */
-export interface LinkedRun { job: string; run: string | null; status: RunStatus | 'not-found'; detail?: string | null }
+export interface LinkedRun {
+  job: string;
+  run: string | null;
+  status: RunStatus | 'not-found';
+  detail?: string | null;
+}
 
 /**
  * Fires SureBackup jobs by name once a backup job's run succeeded
@@ -98,12 +116,20 @@ export interface LinkedRun { job: string; run: string | null; status: RunStatus 
  * this state directory (it runs them under its gate; they are `running` here
  * and end later), else this process, which waits for their verdicts.
  */
-export async function runLinkedJobs(o: { cfg: Config; jobsDir: string; jobs: readonly string[]; by: string; log: AfterBackupOptions['log']; signal?: AbortSignal }): Promise<LinkedRun[]> {
+export async function runLinkedJobs(o: {
+  cfg: Config;
+  jobsDir: string;
+  jobs: readonly string[];
+  by: string;
+  log: AfterBackupOptions['log'];
+  signal?: AbortSignal;
+}): Promise<LinkedRun[]> {
   const reply = await sendRunNotice(o.cfg.stateDir, { jobs: [...o.jobs], by: o.by });
   if (reply) return reply.triggered.map((r) => ({ job: r.job, run: r.run, status: r.status }));
   const known = existsSync(o.jobsDir) ? loadJobsDir(o.jobsDir) : [];
   const jobs = known.filter((s) => o.jobs.includes(s.name));
-  const missing: LinkedRun[] = o.jobs.filter((n) => !jobs.some((s) => s.name === n))
+  const missing: LinkedRun[] = o.jobs
+    .filter((n) => !jobs.some((s) => s.name === n))
     .map((job) => ({ job, run: null, status: 'not-found', detail: `no SureBackup job named ${job} in ${o.jobsDir}` }));
   if (jobs.length === 0) return missing;
   const runs = await runHere(o.cfg, jobs, o.log, o.signal, (s) => jobs.map((j) => s.trigger(j.name, 'after-backup')));
@@ -119,10 +145,19 @@ export function afterBackupPassed(r: AfterBackupReport): boolean {
 export function renderAfterBackup(r: AfterBackupReport, vm: string): string {
   if (r.runs.length === 0) return `after-backup: no afterBackup job in ${r.jobsDir} covers ${vm}`;
   if (r.by === 'server') {
-    return r.runs.map((x) => x.status === 'skipped-overlap'
-      ? `after-backup: the server (pid ${r.server?.pid}) skipped job ${x.job}: its previous run is still going (run ${x.run})`
-      : `after-backup: the server (pid ${r.server?.pid}) runs job ${x.job} as run ${x.run}; \`restorelab surebackup history --job ${x.job}\` shows its result`).join('\n');
+    return r.runs
+      .map((x) =>
+        x.status === 'skipped-overlap'
+          ? `after-backup: the server (pid ${r.server?.pid}) skipped job ${x.job}: its previous run is still going (run ${x.run})`
+          : `after-backup: the server (pid ${r.server?.pid}) runs job ${x.job} as run ${x.run}; \`restorelab surebackup history --job ${x.job}\` shows its result`,
+      )
+      .join('\n');
   }
-  return r.runs.map((x) => `after-backup: job ${x.job} run ${x.run}: ${x.status}` +
-    (x.vms && x.vms.length ? ` (${x.vms.map((v) => `${v.name}: ${v.result}`).join(', ')})` : x.detail ? ` (${x.detail})` : '')).join('\n');
+  return r.runs
+    .map(
+      (x) =>
+        `after-backup: job ${x.job} run ${x.run}: ${x.status}` +
+        (x.vms && x.vms.length ? ` (${x.vms.map((v) => `${v.name}: ${v.result}`).join(', ')})` : x.detail ? ` (${x.detail})` : ''),
+    )
+    .join('\n');
 }

@@ -33,14 +33,26 @@ export const NOTICE_MAX_BYTES = 16 * 1024;
 const MAX_SOCKET_PATH = 107;
 const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
-export function noticeSocket(stateDir: string): string { return join(stateDir, NOTICE_SOCKET); }
+export function noticeSocket(stateDir: string): string {
+  return join(stateDir, NOTICE_SOCKET);
+}
 
 /** One triggered job as the backup reports it: the run's id and its status then (`running`, or `skipped-overlap`). */
-export interface TriggeredRun { job: string; run: string; status: 'running' | 'skipped-overlap' }
+export interface TriggeredRun {
+  job: string;
+  run: string;
+  status: 'running' | 'skipped-overlap';
+}
 
-export interface BackupNotice { vm: BackedUpVm; point: string }
+export interface BackupNotice {
+  vm: BackedUpVm;
+  point: string;
+}
 /** Named SureBackup jobs to run now, and who asks (for the server's log). */
-export interface RunNotice { jobs: string[]; by: string }
+export interface RunNotice {
+  jobs: string[];
+  by: string;
+}
 /** A named job the server does not know is reported, not an error of the whole request. */
 export type NamedRun = TriggeredRun | { job: string; run: null; status: 'not-found' };
 export type NoticeReply = { ok: true; pid: number; jobsDir: string; triggered: TriggeredRun[] } | { ok: false; error: string };
@@ -55,13 +67,18 @@ export function triggeredRun(o: TriggerOutcome): TriggeredRun {
 /** The notice in a request line, or why it is refused. */
 export function parseNotice(line: string): BackupNotice | string {
   let m: unknown;
-  try { m = JSON.parse(line); } catch { return 'the request is not JSON'; }
+  try {
+    m = JSON.parse(line);
+  } catch {
+    return 'the request is not JSON';
+  }
   const b = (m as { backup?: unknown } | null)?.backup as { vm?: unknown; tags?: unknown; point?: unknown } | undefined;
   if (typeof b !== 'object' || b === null) return 'the request has no "backup" object';
   if (typeof b.vm !== 'string' || !VM_NAME.test(b.vm)) return 'backup.vm must be a VM name';
   if (typeof b.point !== 'string' || b.point.length === 0 || b.point.length > 256) return 'backup.point must be a restore point id';
   const tags = b.tags ?? [];
-  if (!Array.isArray(tags) || tags.length > 64 || !tags.every((t) => typeof t === 'string' && t.length > 0 && t.length <= 128)) return 'backup.tags must be a list of tags';
+  if (!Array.isArray(tags) || tags.length > 64 || !tags.every((t) => typeof t === 'string' && t.length > 0 && t.length <= 128))
+    return 'backup.tags must be a list of tags';
   return { vm: { name: b.vm, tags: tags as string[] }, point: b.point };
 }
 
@@ -69,7 +86,13 @@ export function parseNotice(line: string): BackupNotice | string {
 function parseRunNotice(r: unknown): RunNotice | string {
   const o = r as { jobs?: unknown; by?: unknown } | null;
   if (typeof o !== 'object' || o === null) return 'run must be an object';
-  if (!Array.isArray(o.jobs) || o.jobs.length === 0 || o.jobs.length > 64 || !o.jobs.every((j) => typeof j === 'string' && JOB_NAME.test(j))) return 'run.jobs must be a list of job names';
+  if (
+    !Array.isArray(o.jobs) ||
+    o.jobs.length === 0 ||
+    o.jobs.length > 64 ||
+    !o.jobs.every((j) => typeof j === 'string' && JOB_NAME.test(j))
+  )
+    return 'run.jobs must be a list of job names';
   if (typeof o.by !== 'string' || o.by.length > 256) return 'run.by must say who asks';
   return { jobs: o.jobs as string[], by: o.by };
 }
@@ -77,7 +100,11 @@ function parseRunNotice(r: unknown): RunNotice | string {
 /** Either request a line may hold, or why it is refused. */
 export function parseRequest(line: string): { backup: BackupNotice } | { run: RunNotice } | string {
   let m: unknown;
-  try { m = JSON.parse(line); } catch { return 'the request is not JSON'; }
+  try {
+    m = JSON.parse(line);
+  } catch {
+    return 'the request is not JSON';
+  }
   if (typeof m === 'object' && m !== null && 'run' in m) {
     const r = parseRunNotice((m as { run: unknown }).run);
     return typeof r === 'string' ? r : { run: r };
@@ -90,7 +117,12 @@ export function parseRequest(line: string): { backup: BackupNotice } | { run: Ru
 function readLine(sock: Socket, onLine: (line: string | undefined) => void): void {
   let buf = Buffer.alloc(0);
   let done = false;
-  const finish = (line: string | undefined): void => { if (!done) { done = true; onLine(line); } };
+  const finish = (line: string | undefined): void => {
+    if (!done) {
+      done = true;
+      onLine(line);
+    }
+  };
   sock.on('data', (d: Buffer) => {
     if (done) return;
     buf = Buffer.concat([buf, d]);
@@ -102,7 +134,10 @@ function readLine(sock: Socket, onLine: (line: string | undefined) => void): voi
   sock.on('close', () => finish(undefined));
 }
 
-export interface NoticeServer { path: string; close(): Promise<void> }
+export interface NoticeServer {
+  path: string;
+  close(): Promise<void>;
+}
 
 /**
  * Serves notices for `scheduler` until closed. A socket file left by a dead
@@ -110,13 +145,18 @@ export interface NoticeServer { path: string; close(): Promise<void> }
  * server keeps receiving the notices): then this returns undefined.
  */
 export async function serveBackupNotices(o: {
-  stateDir: string; jobsDir: string; notify(vms: BackedUpVm[]): TriggerOutcome[]; log: { info(l: string): void; warn(l: string): void };
+  stateDir: string;
+  jobsDir: string;
+  notify(vms: BackedUpVm[]): TriggerOutcome[];
+  log: { info(l: string): void; warn(l: string): void };
   /** Runs named jobs now (a backup job's linked SureBackup jobs); undefined: the job does not exist. */
   run?(job: string): TriggerOutcome | undefined;
 }): Promise<NoticeServer | undefined> {
   const path = noticeSocket(o.stateDir);
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
-    o.log.warn(`backup notices: socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes; \`restorelab backup\` will run afterBackup jobs itself`);
+    o.log.warn(
+      `backup notices: socket path ${path} is longer than ${MAX_SOCKET_PATH} bytes; \`restorelab backup\` will run afterBackup jobs itself`,
+    );
     return undefined;
   }
   if (existsSync(path)) {
@@ -139,13 +179,18 @@ export async function serveBackupNotices(o: {
           if ('run' in req) {
             if (!o.run) throw new Error('this server does not run jobs by name');
             const run = o.run.bind(o);
-            const triggered = req.run.jobs.map((job): NamedRun => { const x = run(job); return x ? triggeredRun(x) : { job, run: null, status: 'not-found' }; });
+            const triggered = req.run.jobs.map((job): NamedRun => {
+              const x = run(job);
+              return x ? triggeredRun(x) : { job, run: null, status: 'not-found' };
+            });
             o.log.info(`${req.run.by} fired: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ')}`);
             reply = { ok: true, pid: process.pid, jobsDir: o.jobsDir, triggered };
           } else {
             const n = req.backup;
             const triggered = o.notify([n.vm]).map(triggeredRun);
-            o.log.info(`backup of ${n.vm.name} (point ${n.point}) reported: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ') || 'no afterBackup job covers it'}`);
+            o.log.info(
+              `backup of ${n.vm.name} (point ${n.point}) reported: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ') || 'no afterBackup job covers it'}`,
+            );
             reply = { ok: true, pid: process.pid, jobsDir: o.jobsDir, triggered };
           }
         } catch (err) {
@@ -157,11 +202,20 @@ export async function serveBackupNotices(o: {
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(path, () => { server.off('error', reject); resolve(); });
+    server.listen(path, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   return {
     path,
-    close: () => new Promise<void>((resolve) => server.close(() => { rmSync(path, { force: true }); resolve(); })),
+    close: () =>
+      new Promise<void>((resolve) =>
+        server.close(() => {
+          rmSync(path, { force: true });
+          resolve();
+        }),
+      ),
   };
 }
 
@@ -169,9 +223,19 @@ export async function serveBackupNotices(o: {
 function answers(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(path);
-    const timer = setTimeout(() => { s.destroy(); resolve(true); }, 2000);
-    s.on('connect', () => { clearTimeout(timer); s.destroy(); resolve(true); });
-    s.on('error', () => { clearTimeout(timer); resolve(false); });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve(true);
+    }, 2000);
+    s.on('connect', () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(true);
+    });
+    s.on('error', () => {
+      clearTimeout(timer);
+      resolve(false);
+    });
   });
 }
 
@@ -181,9 +245,17 @@ function answers(path: string): Promise<boolean> {
  * silence is an error, because a server is there and may or may not have
  * started the jobs: running them here as well could run them twice.
  */
-export function sendBackupNotice(stateDir: string, notice: BackupNotice, timeoutMs = 10_000): Promise<(NoticeReply & { ok: true }) | undefined> {
-  return sendRequest(stateDir, { backup: { vm: notice.vm.name, tags: notice.vm.tags ?? [], point: notice.point } },
-    `its afterBackup jobs for ${notice.vm.name} may not have run`, timeoutMs);
+export function sendBackupNotice(
+  stateDir: string,
+  notice: BackupNotice,
+  timeoutMs = 10_000,
+): Promise<(NoticeReply & { ok: true }) | undefined> {
+  return sendRequest(
+    stateDir,
+    { backup: { vm: notice.vm.name, tags: notice.vm.tags ?? [], point: notice.point } },
+    `its afterBackup jobs for ${notice.vm.name} may not have run`,
+    timeoutMs,
+  );
 }
 
 /** Asks the server on `stateDir` to run SureBackup jobs by name; undefined when no server listens (as sendBackupNotice). */
@@ -199,9 +271,11 @@ function sendRequest<R>(stateDir: string, request: unknown, unsure: string, time
     let connected = false;
     const fail = (why: string): void => {
       sock.destroy();
-      reject(new RestorelabError('SERVER_NOTICE_FAILED', `the restorelab server on ${stateDir} ${why}; ${unsure}`, {
-        hint: `check the server's log; \`restorelab surebackup history\` shows what ran, \`restorelab surebackup run JOB\` runs a job now`,
-      }));
+      reject(
+        new RestorelabError('SERVER_NOTICE_FAILED', `the restorelab server on ${stateDir} ${why}; ${unsure}`, {
+          hint: `check the server's log; \`restorelab surebackup history\` shows what ran, \`restorelab surebackup run JOB\` runs a job now`,
+        }),
+      );
     };
     const timer = setTimeout(() => fail(`did not answer the backup notice within ${timeoutMs / 1000} s`), timeoutMs);
     sock.on('connect', () => {
@@ -216,9 +290,17 @@ function sendRequest<R>(stateDir: string, request: unknown, unsure: string, time
     });
     readLine(sock, (line) => {
       clearTimeout(timer);
-      if (line === undefined) { if (connected) fail('closed the connection without an answer'); return; }
+      if (line === undefined) {
+        if (connected) fail('closed the connection without an answer');
+        return;
+      }
       let r: { ok: true } | { ok: false; error: string };
-      try { r = JSON.parse(line) as typeof r; } catch { fail('answered something that is not JSON'); return; }
+      try {
+        r = JSON.parse(line) as typeof r;
+      } catch {
+        fail('answered something that is not JSON');
+        return;
+      }
       sock.destroy();
       if (r.ok) resolve(r as R);
       else fail(`refused the request: ${r.error}`);

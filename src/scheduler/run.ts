@@ -13,7 +13,11 @@ import type { RunResult } from '../verify/contract.js';
 import { serverScriptPolicy } from '../verify/script.js';
 
 /** A job file the scheduler knows, by its job's name. */
-export interface ScheduledJob { name: string; file: string; job: Job & JobFile }
+export interface ScheduledJob {
+  name: string;
+  file: string;
+  job: Job & JobFile;
+}
 
 /** One run of a scheduled job: the real one is configuredRun's; tests pass their own. */
 export type RunJobFn = (s: ScheduledJob, ctx: { runId: string; trigger: RunTrigger; signal: AbortSignal }) => Promise<RunResult | void>;
@@ -37,20 +41,53 @@ export interface ConfiguredRun {
  */
 export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<RunReport> {
   const scripts = serverScriptPolicy(cfg.api);
-  const backend = createLabBackend({ repo: cfg.repository, stateDir: cfg.stateDir, catalog: cfg.catalog, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(r.file),
-    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}), ...keyFileOption(undefined, cfg) });
+  const backend = createLabBackend({
+    repo: cfg.repository,
+    stateDir: cfg.stateDir,
+    catalog: cfg.catalog,
+    driver: cfg.driver,
+    accel: cfg.accel,
+    baseDir: dirname(r.file),
+    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+    ...keyFileOption(undefined, cfg),
+  });
   try {
-    return await executeRun({ job: r.job, jobFile: r.file, backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history: r.history,
-      trigger: r.trigger, runId: r.runId, signal: r.signal, limiter: r.limiter, log: r.log, scripts });
+    return await executeRun({
+      job: r.job,
+      jobFile: r.file,
+      backend,
+      repo: () => backend.reader(),
+      stateDir: cfg.stateDir,
+      history: r.history,
+      trigger: r.trigger,
+      runId: r.runId,
+      signal: r.signal,
+      limiter: r.limiter,
+      log: r.log,
+      scripts,
+    });
   } finally {
     await backend.close();
   }
 }
 
-export function configuredRun(cfg: Config, history: History, log: { warn(line: string): void },
+export function configuredRun(
+  cfg: Config,
+  history: History,
+  log: { warn(line: string): void },
   // One limiter for every job the server runs: the global cap and memory budget.
-  limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB)): RunJobFn {
+  limiter = new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB),
+): RunJobFn {
   return async (s, ctx) => {
-    await runConfiguredJob(cfg, { job: s.job, file: s.file, history, trigger: ctx.trigger, runId: ctx.runId, signal: ctx.signal, limiter, log });
+    await runConfiguredJob(cfg, {
+      job: s.job,
+      file: s.file,
+      history,
+      trigger: ctx.trigger,
+      runId: ctx.runId,
+      signal: ctx.signal,
+      limiter,
+      log,
+    });
   };
 }

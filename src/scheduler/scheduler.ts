@@ -31,10 +31,22 @@ import { systemClock, type Clock } from './clock.js';
 /** Every *.json job in `dir`, validated (a bad file is an error naming it). */
 export function loadJobsDir(dir: string): ScheduledJob[] {
   let names: string[];
-  try { names = readdirSync(dir).filter((n) => n.endsWith('.json')).sort(); } catch {
-    throw notFound('JOBS_DIR_NOT_FOUND', `jobs directory ${dir} does not exist`, 'create it, or point --jobs at the directory holding your job files');
+  try {
+    names = readdirSync(dir)
+      .filter((n) => n.endsWith('.json'))
+      .sort();
+  } catch {
+    throw notFound(
+      'JOBS_DIR_NOT_FOUND',
+      `jobs directory ${dir} does not exist`,
+      'create it, or point --jobs at the directory holding your job files',
+    );
   }
-  return names.map((n) => { const file = join(dir, n); const job = loadJob(file); return { name: job.name, file, job }; });
+  return names.map((n) => {
+    const file = join(dir, n);
+    const job = loadJob(file);
+    return { name: job.name, file, job };
+  });
 }
 
 /**
@@ -47,14 +59,20 @@ export function missedFireTimes(schedule: string, since: number, now: Date): Dat
   const missed: Date[] = [];
   try {
     let t = c.nextRun(new Date(since));
-    while (t !== null && t.getTime() < now.getTime() - 1000 && missed.length < 10_000) { missed.push(t); t = c.nextRun(t); }
-  } finally { c.stop(); }
+    while (t !== null && t.getTime() < now.getTime() - 1000 && missed.length < 10_000) {
+      missed.push(t);
+      t = c.nextRun(t);
+    }
+  } finally {
+    c.stop();
+  }
   return missed;
 }
 
 /** The detail of a `missed` history entry. */
 export function describeMissed(missed: readonly Date[]): string {
-  const first = missed[0]!, last = missed.at(-1)!;
+  const first = missed[0]!,
+    last = missed.at(-1)!;
   return `${missed.length} scheduled run(s) missed while the server was down: ${first.toISOString()}${missed.length > 1 ? ` … ${last.toISOString()}` : ''}`;
 }
 
@@ -67,19 +85,37 @@ export function nextFireTimes(s: ScheduledJob, n = 1, from = new Date()): Date[]
 export function nextRunsOf(schedule: string | undefined, n = 1, from = new Date()): Date[] {
   if (schedule === undefined) return [];
   const c = new Cron(schedule, { paused: true });
-  try { return c.nextRuns(n, from); } finally { c.stop(); }
+  try {
+    return c.nextRuns(n, from);
+  } finally {
+    c.stop();
+  }
 }
 
-export interface JobListing { name: string; file: string; schedule: string | null; afterBackup: boolean; next: string[] }
+export interface JobListing {
+  name: string;
+  file: string;
+  schedule: string | null;
+  afterBackup: boolean;
+  next: string[];
+}
 
 /** What `schedule list` shows: each job's triggers and its next three fire times. */
 export function describeJobs(jobs: ScheduledJob[], from = new Date()): JobListing[] {
-  return jobs.map((s) => ({ name: s.name, file: s.file, schedule: s.job.schedule ?? null, afterBackup: Boolean(s.job.afterBackup),
-    next: nextFireTimes(s, 3, from).map((d) => d.toISOString()) }));
+  return jobs.map((s) => ({
+    name: s.name,
+    file: s.file,
+    schedule: s.job.schedule ?? null,
+    afterBackup: Boolean(s.job.afterBackup),
+    next: nextFireTimes(s, 3, from).map((d) => d.toISOString()),
+  }));
 }
 
 /** A VM a backup just finished, as its definition names it. */
-export interface BackedUpVm { name: string; tags?: readonly string[] }
+export interface BackedUpVm {
+  name: string;
+  tags?: readonly string[];
+}
 
 /**
  * Whether a backup of `vm` should trigger the job: the runner's own choice
@@ -107,7 +143,8 @@ export interface SchedulerOptions {
   gate?: JobGate;
 }
 
-export type TriggerOutcome = { job: string; status: 'started'; runId: string; done: Promise<void> } | { job: string; status: 'skipped-overlap'; runId: string };
+export type TriggerOutcome =
+  { job: string; status: 'started'; runId: string; done: Promise<void> } | { job: string; status: 'skipped-overlap'; runId: string };
 
 export class Scheduler {
   private current: ScheduledJob[];
@@ -134,7 +171,9 @@ export class Scheduler {
     this.clock = opts.clock ?? systemClock;
   }
 
-  get jobs(): readonly ScheduledJob[] { return this.current; }
+  get jobs(): readonly ScheduledJob[] {
+    return this.current;
+  }
 
   /** Reports missed runs, then arms every schedule. */
   start(): this {
@@ -159,13 +198,20 @@ export class Scheduler {
         const at = cron.nextRun(after);
         if (at === null) return;
         cancel = this.clock.at(at, () => {
-          try { this.trigger(s.name, 'schedule'); } catch (err) { this.o.log?.warn(`job ${s.name}: scheduled trigger failed: ${(err as Error).message}`); }
+          try {
+            this.trigger(s.name, 'schedule');
+          } catch (err) {
+            this.o.log?.warn(`job ${s.name}: scheduled trigger failed: ${(err as Error).message}`);
+          }
           const now = this.clock.now();
           next(now > at ? now : at);
         });
       };
       next(this.clock.now());
-      this.disarms.push(() => { cancel(); cron.stop(); });
+      this.disarms.push(() => {
+        cancel();
+        cron.stop();
+      });
     }
   }
 
@@ -206,12 +252,21 @@ export class Scheduler {
   /** Starts a run of `name` unless one is in progress (then records skipped-overlap). */
   trigger(name: string, trigger: RunTrigger): TriggerOutcome {
     const s = this.current.find((j) => j.name === name);
-    if (!s) throw notFound('JOB_NOT_FOUND', `no SureBackup job named ${name}`, `known jobs: ${this.current.map((j) => j.name).join(', ') || 'none'}`);
+    if (!s)
+      throw notFound(
+        'JOB_NOT_FOUND',
+        `no SureBackup job named ${name}`,
+        `known jobs: ${this.current.map((j) => j.name).join(', ') || 'none'}`,
+      );
     const ac = new AbortController();
     const release = this.stopped ? undefined : this.gate.claim(name, ac);
     if (!release) {
-      const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap',
-        this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`);
+      const runId = this.o.history.recordNonRun(
+        name,
+        trigger,
+        'skipped-overlap',
+        this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`,
+      );
       this.o.log?.info(`job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { job: name, status: 'skipped-overlap', runId };
     }
@@ -247,7 +302,9 @@ export class Scheduler {
     return due.map((s) => this.trigger(s.name, 'after-backup'));
   }
 
-  isRunning(name: string): boolean { return this.gate.isRunning(name); }
+  isRunning(name: string): boolean {
+    return this.gate.isRunning(name);
+  }
 
   list(from = this.clock.now()): (JobListing & { running: boolean })[] {
     return describeJobs([...this.current], from).map((j) => ({ ...j, running: this.gate.isRunning(j.name) }));
@@ -264,4 +321,6 @@ export class Scheduler {
 }
 
 /** What `restorelab server` calls. */
-export function startScheduler(o: SchedulerOptions): Scheduler { return new Scheduler(o).start(); }
+export function startScheduler(o: SchedulerOptions): Scheduler {
+  return new Scheduler(o).start();
+}

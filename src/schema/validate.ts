@@ -21,7 +21,9 @@ let ajv: Ajv2020 | undefined;
 /** The schemas of config/schemas, by file name. */
 export function schemaFiles(): Map<string, Record<string, unknown>> {
   const out = new Map<string, Record<string, unknown>>();
-  for (const file of readdirSync(SCHEMA_DIR).filter((f) => f.endsWith('.schema.json')).sort()) {
+  for (const file of readdirSync(SCHEMA_DIR)
+    .filter((f) => f.endsWith('.schema.json'))
+    .sort()) {
     out.set(file, JSON.parse(readFileSync(join(SCHEMA_DIR, file), 'utf8')) as Record<string, unknown>);
   }
   return out;
@@ -34,7 +36,13 @@ export function schemaFiles(): Map<string, Record<string, unknown>> {
 export function createAjv(opts: { coerceTypes?: boolean } = {}): Ajv2020 {
   // validateSchema off: checking our own shipped schemas against the meta-schema cost ~150 ms on every
   // CLI call; test/foundation/schemas.test.ts checks them once instead.
-  const a = new Ajv2020({ allErrors: true, strict: true, useDefaults: true, coerceTypes: opts.coerceTypes ?? false, validateSchema: false });
+  const a = new Ajv2020({
+    allErrors: true,
+    strict: true,
+    useDefaults: true,
+    coerceTypes: opts.coerceTypes ?? false,
+    validateSchema: false,
+  });
   addFormats(a);
   for (const [file, schema] of schemaFiles()) a.addSchema(schema, (schema.$id as string | undefined) ?? file);
   return a;
@@ -86,12 +94,20 @@ export function readJsonFile(path: string, what: string): unknown {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw badInput('FILE_UNREADABLE', `cannot read ${what} ${path}: ${(err as Error).message}`, `check that ${path} exists and is readable`);
+    throw badInput(
+      'FILE_UNREADABLE',
+      `cannot read ${what} ${path}: ${(err as Error).message}`,
+      `check that ${path} exists and is readable`,
+    );
   }
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw badInput('JSON_INVALID', `${what} ${path} is not valid JSON: ${jsonSyntaxProblem(text, err)}`, 'fix the JSON syntax at that spot');
+    throw badInput(
+      'JSON_INVALID',
+      `${what} ${path} is not valid JSON: ${jsonSyntaxProblem(text, err)}`,
+      'fix the JSON syntax at that spot',
+    );
   }
 }
 
@@ -130,14 +146,20 @@ export function jsonSyntaxProblem(text: string, err: unknown): string {
  */
 function firstBadOffset(text: string): number {
   const broken = (n: number): boolean => {
-    try { JSON.parse(text.slice(0, n)); return false; } catch (e) { return (e as Error).message.startsWith('Unexpected token'); }
+    try {
+      JSON.parse(text.slice(0, n));
+      return false;
+    } catch (e) {
+      return (e as Error).message.startsWith('Unexpected token');
+    }
   };
   let lo = 1;
   let hi = text.length;
   if (!broken(hi)) return 0;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (broken(mid)) hi = mid; else lo = mid + 1;
+    if (broken(mid)) hi = mid;
+    else lo = mid + 1;
   }
   return lo - 1;
 }

@@ -11,9 +11,7 @@ import { RestorelabError } from '../errors.js';
 import { JsonLineFramer } from '../hypervisor/jsonlines.js';
 import type { RecoverySession, SessionError } from './session.js';
 
-export type ControlRequest =
-  | { op: 'stop' }
-  | { op: 'migrate'; to: string; format: 'raw' | 'qcow2' };
+export type ControlRequest = { op: 'stop' } | { op: 'migrate'; to: string; format: 'raw' | 'qcow2' };
 
 export type ControlReply = { ok: true; session: RecoverySession } | { ok: false; error: SessionError };
 
@@ -77,7 +75,8 @@ export function requestControl(path: string, req: ControlRequest, timeoutMs: num
     });
     sock.on('close', () => {
       clearTimeout(timer);
-      if (!replied) reject(new RestorelabError('SUPERVISOR_GONE', `the session supervisor closed the connection before answering "${req.op}"`));
+      if (!replied)
+        reject(new RestorelabError('SUPERVISOR_GONE', `the session supervisor closed the connection before answering "${req.op}"`));
     });
   });
 }

@@ -23,17 +23,25 @@ export function migrationTargets(vm: string, disks: string[], dir: string, forma
 
 /** The checks `migrate` makes before asking the supervisor (and again inside it). */
 export function checkMigration(s: LiveSession['session'], dir: string, format: 'raw' | 'qcow2'): Record<string, string> {
-  if (format !== 'raw' && format !== 'qcow2') throw badInput('BAD_FORMAT', `unknown disk format ${String(format)}`, 'use --format raw or --format qcow2');
+  if (format !== 'raw' && format !== 'qcow2')
+    throw badInput('BAD_FORMAT', `unknown disk format ${String(format)}`, 'use --format raw or --format qcow2');
   if (s.state !== 'running') {
-    throw badInput('SESSION_NOT_RUNNING', `session ${s.id} is ${s.state}; only a running session can be migrated`,
-      s.state === 'migrated' ? `it already runs on ${s.migratedTo}` : 'recover the VM again');
+    throw badInput(
+      'SESSION_NOT_RUNNING',
+      `session ${s.id} is ${s.state}; only a running session can be migrated`,
+      s.state === 'migrated' ? `it already runs on ${s.migratedTo}` : 'recover the VM again',
+    );
   }
   mkdirSync(dir, { recursive: true });
   const targets = migrationTargets(s.vm, Object.keys(s.disks), dir, format);
   for (const t of Object.values(targets)) {
-    if (existsSync(t)) throw badInput('MIGRATE_TARGET_EXISTS', `migrate target ${t} already exists`, 'remove it or pick another --to directory');
+    if (existsSync(t))
+      throw badInput('MIGRATE_TARGET_EXISTS', `migrate target ${t} already exists`, 'remove it or pick another --to directory');
   }
-  assertFreeSpace(dir, Object.values(s.diskBytes).reduce((a, b) => a + b, 0));
+  assertFreeSpace(
+    dir,
+    Object.values(s.diskBytes).reduce((a, b) => a + b, 0),
+  );
   return targets;
 }
 
@@ -55,8 +63,10 @@ export async function migrateLive(live: LiveSession, store: SessionStore, dir: s
     for (const t of Object.values(targets)) rmSync(t, { force: true });
     s.state = 'running';
     store.save(s);
-    throw new RestorelabError('MIGRATE_FAILED', `migration of session ${s.id} failed: ${(e as Error).message}`,
-      { hint: 'the VM keeps running from the backup; check the target directory and try again', cause: e });
+    throw new RestorelabError('MIGRATE_FAILED', `migration of session ${s.id} failed: ${(e as Error).message}`, {
+      hint: 'the VM keeps running from the backup; check the target directory and try again',
+      cause: e,
+    });
   }
   // Converged and pivoted: the published files are no longer in use.
   s.disks = targets;

@@ -44,22 +44,32 @@ export async function planRecovery(req: RecoverRequest, deps: SessionDeps): Prom
     throw badInput('UNKNOWN_DRIVER', `unknown hypervisor driver "${String(req.driver)}"`, 'use --driver qemu or --driver libvirt');
   }
   if (req.lab && req.network) {
-    throw badInput('LAB_AND_NETWORK', 'a recovery runs either in a lab (--lab) or on a production bridge (--network), not both', 'drop one of the two options');
+    throw badInput(
+      'LAB_AND_NETWORK',
+      'a recovery runs either in a lab (--lab) or on a production bridge (--network), not both',
+      'drop one of the two options',
+    );
   }
   const repo = await deps.openRepository(req.repo);
   let point: RestorePoint;
   if (req.point) {
     point = await repo.getPoint(req.point);
     if (point.vm.name !== req.vm) {
-      throw notFound('POINT_NOT_FOUND', `restore point ${req.point} belongs to VM ${point.vm.name}, not ${req.vm}`,
-        `restorelab points --vm ${req.vm} lists that VM's points`);
+      throw notFound(
+        'POINT_NOT_FOUND',
+        `restore point ${req.point} belongs to VM ${point.vm.name}, not ${req.vm}`,
+        `restorelab points --vm ${req.vm} lists that VM's points`,
+      );
     }
   } else {
     const points = await repo.listPoints({ vm: req.vm });
     const latest = [...points].sort((a, b) => a.time.localeCompare(b.time)).at(-1);
     if (!latest) {
-      throw notFound('VM_NOT_FOUND', `the repository ${req.repo} has no restore point of a VM named ${req.vm}`,
-        'check the VM name (restorelab points lists what the repository holds)');
+      throw notFound(
+        'VM_NOT_FOUND',
+        `the repository ${req.repo} has no restore point of a VM named ${req.vm}`,
+        'check the VM name (restorelab points lists what the repository holds)',
+      );
     }
     point = latest;
   }
@@ -68,13 +78,17 @@ export async function planRecovery(req: RecoverRequest, deps: SessionDeps): Prom
   let lab: LabDefinition | undefined;
   let labIsUp = false;
   if (req.lab) {
-    if (!existsSync(req.lab)) throw notFound('LAB_FILE_NOT_FOUND', `no lab definition at ${req.lab}`, 'pass --lab with a lab JSON file (see lab-templates/labs)');
+    if (!existsSync(req.lab))
+      throw notFound('LAB_FILE_NOT_FOUND', `no lab definition at ${req.lab}`, 'pass --lab with a lab JSON file (see lab-templates/labs)');
     lab = loadLab(req.lab);
     const nets = new Set(lab.networks.map((n) => n.name));
     for (const nic of vm.nics) {
       if (!nets.has(nic.network)) {
-        throw badInput('LAB_NO_SUCH_NETWORK', `VM ${vm.name} has a NIC on network ${nic.network}, which lab ${lab.name} does not mirror`,
-          `add a network named ${nic.network} to ${req.lab}`);
+        throw badInput(
+          'LAB_NO_SUCH_NETWORK',
+          `VM ${vm.name} has a NIC on network ${nic.network}, which lab ${lab.name} does not mirror`,
+          `add a network named ${nic.network} to ${req.lab}`,
+        );
       }
     }
     labIsUp = readLabState(req.stateDir, lab.name)?.ready === true;
@@ -84,7 +98,8 @@ export async function planRecovery(req: RecoverRequest, deps: SessionDeps): Prom
     if (!which('ip')) throw missingComponent('ip (iproute2)', 'apt-get install iproute2');
     await assertBridgesExist([req.network]);
   }
-  if (req.driver === 'qemu' && !which('qemu-system-x86_64')) throw missingComponent('qemu-system-x86_64', 'apt-get install qemu-system-x86');
+  if (req.driver === 'qemu' && !which('qemu-system-x86_64'))
+    throw missingComponent('qemu-system-x86_64', 'apt-get install qemu-system-x86');
   if (req.driver === 'libvirt') {
     const hv = deps.hypervisor('libvirt', { stateDir: req.stateDir });
     try {
@@ -114,9 +129,11 @@ async function assertMasqueradeFree(lab: LabDefinition): Promise<void> {
     const masq = parseCidr(n.masquerade, n.name);
     const clash = routes.find((c) => overlaps(c, masq));
     if (clash) {
-      throw badInput('LAB_MASQUERADE_OVERLAP',
+      throw badInput(
+        'LAB_MASQUERADE_OVERLAP',
         `lab ${lab.name}: masquerade subnet ${n.masquerade} of network ${n.name} overlaps the host route ${formatCidr(clash)}`,
-        'pick a masquerade subnet no host route (or other running lab) uses, e.g. another 172.18.x.0/24');
+        'pick a masquerade subnet no host route (or other running lab) uses, e.g. another 172.18.x.0/24',
+      );
     }
   }
 }

@@ -54,15 +54,26 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWith
   const gate = opts.scan ? await scanGate(opts, plan, opts.scan, deps, id) : undefined;
   const accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : undefined;
   const s: RecoverySession = {
-    id, vm: plan.vm.name, point: plan.point.id, repo: resolve(opts.repo), ...(opts.keyFile ? { keyFile: resolve(opts.keyFile) } : {}), driver: opts.driver,
+    id,
+    vm: plan.vm.name,
+    point: plan.point.id,
+    repo: resolve(opts.repo),
+    ...(opts.keyFile ? { keyFile: resolve(opts.keyFile) } : {}),
+    driver: opts.driver,
     ...(accel ? { accel } : {}),
     ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: gate?.quarantineLab ?? plan.lab.name } : {}),
-    ...(gate ? { scan: gate.scan } : {}), ...(gate?.quarantine ? { quarantine: true } : {}),
+    ...(gate ? { scan: gate.scan } : {}),
+    ...(gate?.quarantine ? { quarantine: true } : {}),
     ...(opts.network ? { network: opts.network } : {}),
     ...(opts.publish ? { publish: opts.publish } : {}),
     ...(opts.fuseGroup !== undefined ? { fuseGroup: opts.fuseGroup } : {}),
-    domain: domainName(plan.vm.name, id), state: 'starting', createdAt, updatedAt: createdAt,
-    addresses: {}, disks: {}, diskBytes: Object.fromEntries(plan.point.disks.map((d) => [d.name, d.size])),
+    domain: domainName(plan.vm.name, id),
+    state: 'starting',
+    createdAt,
+    updatedAt: createdAt,
+    addresses: {},
+    disks: {},
+    diskBytes: Object.fromEntries(plan.point.disks.map((d) => [d.name, d.size])),
     resources: { taps: [] },
   };
   store.save(s);
@@ -95,28 +106,47 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWith
  * an allowed infected point never touches a production bridge and gets its
  * own lab with no uplink (a copy of the given lab under the session's name).
  */
-async function scanGate(opts: RecoverOptions, plan: RecoveryPlan, gate: NonNullable<RecoverOptions['scan']>, deps: SessionDeps, id: string): Promise<{ scan: SessionScan; quarantine: boolean; quarantineLab?: string }> {
+async function scanGate(
+  opts: RecoverOptions,
+  plan: RecoveryPlan,
+  gate: NonNullable<RecoverOptions['scan']>,
+  deps: SessionDeps,
+  id: string,
+): Promise<{ scan: SessionScan; quarantine: boolean; quarantineLab?: string }> {
   const { scanPoint, withRules } = await import('../scan/scan.js');
   const { openCatalog } = await import('../catalog/catalog.js');
   const db = openCatalog(gate.catalog);
   let result;
   try {
     const repo = await deps.openRepository(opts.repo);
-    result = await withRules(opts.stateDir, gate.rules, (rules) => scanPoint({ repo, point: plan.point.id, stateDir: opts.stateDir, db, rules, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) }));
+    result = await withRules(opts.stateDir, gate.rules, (rules) =>
+      scanPoint({ repo, point: plan.point.id, stateDir: opts.stateDir, db, rules, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) }),
+    );
   } finally {
     db.close();
   }
   const scan: SessionScan = { verdict: result.verdict, ruleset: result.ruleset, matches: result.matches, files: result.files };
   if (result.verdict === 'clean') return { scan, quarantine: false };
-  const named = result.matches.slice(0, 3).map((m) => `${m.rule} in ${m.disk} p${m.partition} ${m.path}`).join('; ') + (result.matches.length > 3 ? `; and ${result.matches.length - 3} more` : '');
+  const named =
+    result.matches
+      .slice(0, 3)
+      .map((m) => `${m.rule} in ${m.disk} p${m.partition} ${m.path}`)
+      .join('; ') + (result.matches.length > 3 ? `; and ${result.matches.length - 3} more` : '');
   if (!gate.allowInfected) {
-    throw new RestorelabError('POINT_INFECTED', `restore point ${plan.point.id} of ${plan.vm.name} is infected (${named}); it was not recovered`, {
-      hint: `find the newest clean point with \`restorelab scan --last-clean ${plan.vm.name} --yara ${gate.rules}\`, or recover it isolated with --allow-infected (a lab with no uplink)`,
-    });
+    throw new RestorelabError(
+      'POINT_INFECTED',
+      `restore point ${plan.point.id} of ${plan.vm.name} is infected (${named}); it was not recovered`,
+      {
+        hint: `find the newest clean point with \`restorelab scan --last-clean ${plan.vm.name} --yara ${gate.rules}\`, or recover it isolated with --allow-infected (a lab with no uplink)`,
+      },
+    );
   }
   if (opts.network) {
-    throw badInput('INFECTED_ON_NETWORK', `restore point ${plan.point.id} is infected (${named}); --allow-infected never puts it on a production bridge (--network ${opts.network})`,
-      'recover it into a lab (--lab F): it then runs in a copy of that lab with no uplink, or without --lab and --network: no NIC at all');
+    throw badInput(
+      'INFECTED_ON_NETWORK',
+      `restore point ${plan.point.id} is infected (${named}); --allow-infected never puts it on a production bridge (--network ${opts.network})`,
+      'recover it into a lab (--lab F): it then runs in a copy of that lab with no uplink, or without --lab and --network: no NIC at all',
+    );
   }
   return { scan, quarantine: true, ...(plan.lab ? { quarantineLab: quarantineLabName(plan.lab.name, id) } : {}) };
 }
@@ -140,7 +170,13 @@ function startSupervisor(store: SessionStore, id: string, heartbeatTimeoutMs?: n
 }
 
 /** Removes what a session whose supervisor is gone left behind, and marks it failed. */
-async function cleanupOrphan(s: RecoverySession, store: SessionStore, deps: SessionDeps, why: string, final: 'failed' | 'stopped' = 'failed'): Promise<RecoverySession> {
+async function cleanupOrphan(
+  s: RecoverySession,
+  store: SessionStore,
+  deps: SessionDeps,
+  why: string,
+  final: 'failed' | 'stopped' = 'failed',
+): Promise<RecoverySession> {
   const hv = deps.hypervisor(s.driver, { stateDir: store.stateDir });
   try {
     await teardown(s, store, hv, undefined, deps);

@@ -42,24 +42,39 @@ export function sessionEvidence(store: SessionStore, id: string, screenshot: boo
 
 /** What the session passes to the one bring-up path (src/bringup). */
 export function sessionBringUpRequest(
-  s: RecoverySession, plan: RecoveryPlan, store: SessionStore, network: BringUpNetwork, heartbeatTimeoutMs: number,
+  s: RecoverySession,
+  plan: RecoveryPlan,
+  store: SessionStore,
+  network: BringUpNetwork,
+  heartbeatTimeoutMs: number,
 ): BringUpRequest {
   return {
-    repo: s.repo, stateDir: store.stateDir, point: s.point, vm: plan.vm,
-    owner: { kind: 'session', id: s.id }, domainName: s.domain, workDir: store.workDir(s.id),
+    repo: s.repo,
+    stateDir: store.stateDir,
+    point: s.point,
+    vm: plan.vm,
+    owner: { kind: 'session', id: s.id },
+    domainName: s.domain,
+    workDir: store.workDir(s.id),
     ...(s.publish ? { publish: s.publish } : {}),
     ...(s.fuseGroup !== undefined ? { fuseGroup: s.fuseGroup } : {}),
-    network, ...(s.accel ? { accel: s.accel } : {}),
+    network,
+    ...(s.accel ? { accel: s.accel } : {}),
     // recover returns once the VM is up: it waits for the heartbeat here.
     heartbeat: { maxBootSeconds: heartbeatTimeoutMs / 1000 },
     evidence: sessionEvidence(store, s.id, true),
-    resources: s.resources, save: () => store.save(s),
+    resources: s.resources,
+    save: () => store.save(s),
   };
 }
 
 /** Brings the session up; on any failure everything made so far is removed (evidence kept) and the error rethrown. */
 export async function bringUp(
-  s: RecoverySession, plan: RecoveryPlan, deps: SessionDeps, store: SessionStore, hv: Hypervisor,
+  s: RecoverySession,
+  plan: RecoveryPlan,
+  deps: SessionDeps,
+  store: SessionStore,
+  hv: Hypervisor,
   opts: { heartbeatTimeoutMs?: number } = {},
 ): Promise<LiveSession> {
   const res = s.resources;
@@ -69,7 +84,13 @@ export async function bringUp(
       // An infected point allowed in: a copy of the lab under the session's own name, with no uplink (docs/secure-restore.md).
       res.labCreated = s.lab;
       store.save(s);
-      network = { kind: 'lab', lab: await labUp({ ...plan.lab, name: s.lab }, { stateDir: store.stateDir, owner: { pid: process.pid, what: `session ${s.id}` }, uplink: false }) };
+      network = {
+        kind: 'lab',
+        lab: await labUp(
+          { ...plan.lab, name: s.lab },
+          { stateDir: store.stateDir, owner: { pid: process.pid, what: `session ${s.id}` }, uplink: false },
+        ),
+      };
     } else if (plan.lab) {
       let lab = readLabState(store.stateDir, plan.lab.name);
       if (!lab?.ready) {
@@ -80,7 +101,11 @@ export async function bringUp(
       }
       network = { kind: 'lab', lab };
     }
-    const vm = await bringUpPoint(sessionBringUpRequest(s, plan, store, network, opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS), hv, deps);
+    const vm = await bringUpPoint(
+      sessionBringUpRequest(s, plan, store, network, opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS),
+      hv,
+      deps,
+    );
     const pid = vm.domain.pid();
     if (pid !== undefined) s.qemuPid = pid;
     s.disks = vm.disks;
@@ -105,7 +130,10 @@ export async function bringUp(
 /** The evidence files a session's work directory holds. */
 export function evidenceOnDisk(store: SessionStore, id: string): KeptEvidence {
   const p = sessionEvidence(store, id, true);
-  return { ...(existsSync(p.console) ? { console: p.console } : {}), ...(p.screenshot && existsSync(p.screenshot) ? { screenshot: p.screenshot } : {}) };
+  return {
+    ...(existsSync(p.console) ? { console: p.console } : {}),
+    ...(p.screenshot && existsSync(p.screenshot) ? { screenshot: p.screenshot } : {}),
+  };
 }
 
 /**
@@ -118,15 +146,26 @@ export function evidenceOnDisk(store: SessionStore, id: string): KeptEvidence {
  * never touched.
  */
 export async function teardown(
-  s: RecoverySession, store: SessionStore, hv: Hypervisor, publication?: RunningPublication, deps?: SessionDeps,
+  s: RecoverySession,
+  store: SessionStore,
+  hv: Hypervisor,
+  publication?: RunningPublication,
+  deps?: SessionDeps,
   opts: { screenshot?: boolean } = {},
 ): Promise<void> {
   const res = s.resources;
   const failures: unknown[] = [];
   const kept: KeptEvidence = {};
   await tearDown({
-    hv, stateDir: store.stateDir, owner: { kind: 'session', id: s.id }, resources: res, save: () => store.save(s),
-    ...(deps ? { deps } : {}), ...(publication ? { publication } : {}), evidence: sessionEvidence(store, s.id, opts.screenshot === true), kept,
+    hv,
+    stateDir: store.stateDir,
+    owner: { kind: 'session', id: s.id },
+    resources: res,
+    save: () => store.save(s),
+    ...(deps ? { deps } : {}),
+    ...(publication ? { publication } : {}),
+    evidence: sessionEvidence(store, s.id, opts.screenshot === true),
+    kept,
   }).catch((e: unknown) => failures.push(e));
   if (kept.console || kept.screenshot) {
     s.evidence = { ...s.evidence, ...kept };
@@ -167,7 +206,10 @@ export function assertFreeSpace(dir: string, bytes: number): void {
   const st = statfsSync(dir);
   const free = st.bavail * st.bsize;
   if (free < bytes) {
-    throw badInput('MIGRATE_NO_SPACE', `migrate target ${dir} has ${free} bytes free, the disks need ${bytes}`,
-      'pick a target directory on a filesystem with at least the disks\' virtual size free');
+    throw badInput(
+      'MIGRATE_NO_SPACE',
+      `migrate target ${dir} has ${free} bytes free, the disks need ${bytes}`,
+      "pick a target directory on a filesystem with at least the disks' virtual size free",
+    );
   }
 }

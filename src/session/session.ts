@@ -48,9 +48,7 @@ export interface SessionResources {
  * portmapper on 111, so these are the host's NFS ports and one NFS-served
  * session runs per host at a time (a second one gets NFS_PORT_IN_USE).
  */
-export type SessionPublish =
-  | { via: 'fuse' }
-  | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
+export type SessionPublish = { via: 'fuse' } | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
 
 export interface RecoverySession {
   id: string;
@@ -131,7 +129,11 @@ export interface RecoverResult {
 
 export function recoverResult(s: RecoverySession): RecoverResult {
   return {
-    session: s.id, vm: s.vm, state: s.state, heartbeatSeconds: s.heartbeatSeconds ?? 0, addresses: s.addresses,
+    session: s.id,
+    vm: s.vm,
+    state: s.state,
+    heartbeatSeconds: s.heartbeatSeconds ?? 0,
+    addresses: s.addresses,
     ...(s.scan ? { scan: s.scan } : {}),
     ...(s.quarantine ? { quarantine: { lab: s.lab ?? null, uplink: false as const } } : {}),
   };

@@ -43,7 +43,11 @@ const SESSION_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 export function checkSessionId(id: string): void {
   if (!SESSION_ID.test(id)) {
-    throw badInput('BAD_SESSION_ID', `"${id}" is not a session id (letters, digits, '-' and '_')`, 'restorelab sessions lists the sessions');
+    throw badInput(
+      'BAD_SESSION_ID',
+      `"${id}" is not a session id (letters, digits, '-' and '_')`,
+      'restorelab sessions lists the sessions',
+    );
   }
 }
 
@@ -51,7 +55,10 @@ export class SessionStore {
   readonly dir: string;
   readonly catalogPath: string;
 
-  constructor(readonly stateDir: string, catalogPath?: string) {
+  constructor(
+    readonly stateDir: string,
+    catalogPath?: string,
+  ) {
     this.dir = join(stateDir, 'sessions');
     this.catalogPath = catalogPath ?? join(stateDir, 'catalog.sqlite');
   }
@@ -70,13 +77,27 @@ export class SessionStore {
   }
 
   private mirror(s: RecoverySession): void {
-    this.withCatalog((db) => db.prepare(
-      `INSERT INTO sessions (id, vm, point, repo, driver, state, created, updated, heartbeat_seconds, record)
+    this.withCatalog((db) =>
+      db
+        .prepare(
+          `INSERT INTO sessions (id, vm, point, repo, driver, state, created, updated, heartbeat_seconds, record)
        VALUES (@id, @vm, @point, @repo, @driver, @state, @createdAt, @updatedAt, @hb, @record)
        ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated,
          heartbeat_seconds = excluded.heartbeat_seconds, record = excluded.record`,
-    ).run({ id: s.id, vm: s.vm, point: s.point, repo: s.repo, driver: s.driver, state: s.state,
-      createdAt: s.createdAt, updatedAt: s.updatedAt, hb: s.heartbeatSeconds ?? null, record: JSON.stringify(s) }));
+        )
+        .run({
+          id: s.id,
+          vm: s.vm,
+          point: s.point,
+          repo: s.repo,
+          driver: s.driver,
+          state: s.state,
+          createdAt: s.createdAt,
+          updatedAt: s.updatedAt,
+          hb: s.heartbeatSeconds ?? null,
+          record: JSON.stringify(s),
+        }),
+    );
   }
 
   /** Sessions as the catalog lists them: id, state and timestamps. */

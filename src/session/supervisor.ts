@@ -42,10 +42,18 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
       store.save(s);
       return await watchSession(live, store, id);
     }
-    const plan = await planRecovery({
-      repo: s.repo, vm: s.vm, point: s.point, driver: s.driver, stateDir,
-      ...(s.labFile ? { lab: s.labFile } : {}), ...(s.network ? { network: s.network } : {}),
-    }, deps);
+    const plan = await planRecovery(
+      {
+        repo: s.repo,
+        vm: s.vm,
+        point: s.point,
+        driver: s.driver,
+        stateDir,
+        ...(s.labFile ? { lab: s.labFile } : {}),
+        ...(s.network ? { network: s.network } : {}),
+      },
+      deps,
+    );
     live = await bringUp(s, plan, deps, store, hv, opts);
   } catch (e) {
     s.state = 'failed';
@@ -106,13 +114,16 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
   const watch = setInterval(() => {
     if (ending) return;
     // Domain.alive is cheap (the qemu driver asks /proc, not its one-client monitor).
-    live.domain.alive().then(async (alive) => {
-      if (alive || ending) return;
-      // Noticed once: asking libvirt why may take longer than one tick.
-      ending = true;
-      const why = await live.domain.exitReason().catch(() => undefined);
-      void end('failed', `the VM stopped while the session was ${s.state}${why ? ` (${why})` : ''}`);
-    }, () => undefined);
+    live.domain.alive().then(
+      async (alive) => {
+        if (alive || ending) return;
+        // Noticed once: asking libvirt why may take longer than one tick.
+        ending = true;
+        const why = await live.domain.exitReason().catch(() => undefined);
+        void end('failed', `the VM stopped while the session was ${s.state}${why ? ` (${why})` : ''}`);
+      },
+      () => undefined,
+    );
   }, WATCH_INTERVAL_MS);
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.once(sig, () => void handle({ op: 'stop' }));

@@ -56,7 +56,9 @@ function tail(path: string, bytes: number): string {
     const buf = Buffer.alloc(len);
     readSync(fd, buf, 0, len, size - len);
     return buf.toString('utf8');
-  } finally { closeSync(fd); }
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Where a run keeps a VM's evidence: beside its report and screenshot, `<vm>.console.log` and `<vm>.png`. */
@@ -75,20 +77,32 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
 
   return {
     reader,
-    async close() { await closeHypervisor(hv); },
+    async close() {
+      await closeHypervisor(hv);
+    },
 
     async labUp(def: unknown, _signal, opts = {}) {
-      const d: LabDefinition = typeof def === 'string'
-        ? loadLab(isAbsolute(def) ? def : resolve(o.baseDir ?? process.cwd(), def))
-        : parseLab(def, 'the job\'s inline lab');
+      const d: LabDefinition =
+        typeof def === 'string'
+          ? loadLab(isAbsolute(def) ? def : resolve(o.baseDir ?? process.cwd(), def))
+          : parseLab(def, "the job's inline lab");
       if (opts.uplink === false) {
         // A quarantine lab is never shared: its own name, made and removed by this run.
         labCreated = true;
-        lab = await labUp({ ...d, name: `${d.name.slice(0, 20)}-q${randomBytes(3).toString('hex')}` }, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run (quarantine)' }, uplink: false });
+        lab = await labUp(
+          { ...d, name: `${d.name.slice(0, 20)}-q${randomBytes(3).toString('hex')}` },
+          { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run (quarantine)' }, uplink: false },
+        );
         return { netns: lab.netns };
       }
       const existing = readLabState(o.stateDir, d.name);
-      if (existing?.ready) { lab = existing; labCreated = false; } else { labCreated = true; lab = await labUp(d, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run' } }); }
+      if (existing?.ready) {
+        lab = existing;
+        labCreated = false;
+      } else {
+        labCreated = true;
+        lab = await labUp(d, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run' } });
+      }
       return { netns: lab.netns };
     },
 
@@ -99,7 +113,10 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
 
     async listPoints(vm) {
       const points = await (await reader()).listPoints({ vm });
-      return points.filter((p) => !p.damaged).sort((a, b) => a.time.localeCompare(b.time)).map((p) => ({ id: p.id, time: p.time }));
+      return points
+        .filter((p) => !p.damaged)
+        .sort((a, b) => a.time.localeCompare(b.time))
+        .map((p) => ({ id: p.id, time: p.time }));
     },
 
     async listVms(tag) {
@@ -113,7 +130,9 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
       const db = openCatalog(o.catalog ?? join(o.stateDir, 'catalog.sqlite'));
       try {
         const repo = await reader();
-        const r = await withRules(o.stateDir, rulesFile, (rules) => scanPoint({ repo, point: pointId, stateDir: o.stateDir, db, rules, ...(o.keyFile ? { keyFile: o.keyFile } : {}) }));
+        const r = await withRules(o.stateDir, rulesFile, (rules) =>
+          scanPoint({ repo, point: pointId, stateDir: o.stateDir, db, rules, ...(o.keyFile ? { keyFile: o.keyFile } : {}) }),
+        );
         return { verdict: r.verdict, matches: r.matches, files: r.files };
       } finally {
         db.close();
@@ -126,7 +145,10 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
       const point = await (await reader()).getPoint(pointId);
       const def = point.vm;
       const ip = def.nics.find((n) => n.ip)?.ip;
-      if (!ip) throw new RestorelabError('VM_WITHOUT_ADDRESS', `VM ${vmName} has no NIC with an "ip" in its definition`, { hint: 'network tests need the production address of the VM' });
+      if (!ip)
+        throw new RestorelabError('VM_WITHOUT_ADDRESS', `VM ${vmName} has no NIC with an "ip" in its definition`, {
+          hint: 'network tests need the production address of the VM',
+        });
       const id = randomBytes(3).toString('hex');
       const work = join(o.stateDir, 'surebackup', 'vms', `${vmName}-${id}`);
       mkdirSync(work, { recursive: true });
@@ -134,9 +156,20 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
       const evidenceDir = opts.evidenceDir ?? join(o.stateDir, 'surebackup', 'evidence', `${vmName}-${id}`);
       const resources: BringUpResources = { taps: [] };
       const req = backendBringUpRequest({
-        repo: o.repo, stateDir: o.stateDir, point: pointId, vm: def, vmName, id, work, lab: labState, evidenceDir, resources,
-        ...(accel ? { accel } : {}), ...(o.fuseGroup !== undefined ? { fuseGroup: o.fuseGroup } : {}),
-        ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}), signal: opts.signal,
+        repo: o.repo,
+        stateDir: o.stateDir,
+        point: pointId,
+        vm: def,
+        vmName,
+        id,
+        work,
+        lab: labState,
+        evidenceDir,
+        resources,
+        ...(accel ? { accel } : {}),
+        ...(o.fuseGroup !== undefined ? { fuseGroup: o.fuseGroup } : {}),
+        ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}),
+        signal: opts.signal,
       });
       const vm = await bringUp(req, hv, deps).catch((err: unknown) => {
         rmSync(work, { recursive: true, force: true });
@@ -146,22 +179,36 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
       let dumps = 0;
       let stopped: Promise<KeptEvidence> | undefined;
       const h: RecoveredVm = {
-        ip, masqIp: vm.addresses[`nic${def.nics.findIndex((n) => n.ip)}`] ?? ip, netns: labState.netns,
+        ip,
+        masqIp: vm.addresses[`nic${def.nics.findIndex((n) => n.ip)}`] ?? ip,
+        netns: labState.netns,
         ...(vm.probes.agentPing ? { agentPing: vm.probes.agentPing } : {}),
-        screendump: async () => { const p = join(work, `screen-${dumps++}.ppm`); await domain.screendump(p); return p; },
+        screendump: async () => {
+          const p = join(work, `screen-${dumps++}.ppm`);
+          await domain.screendump(p);
+          return p;
+        },
         consoleText: () => domain.readVgaText(),
         serialLog: async () => tail(domain.consoleLog, SERIAL_TAIL_BYTES),
         // Stopped once, whoever asks first (the VM's end, or the run's end on cancel).
-        stop: (how = {}) => (stopped ??= (async () => {
-          try {
-            return await tearDown({
-              hv, deps, stateDir: o.stateDir, owner: req.owner, resources, save: req.save, publication: vm.publication, domain,
-              evidence: runEvidence(evidenceDir, vmName, how.screenshot === true),
-            });
-          } finally {
-            rmSync(work, { recursive: true, force: true });
-          }
-        })()),
+        stop: (how = {}) =>
+          (stopped ??= (async () => {
+            try {
+              return await tearDown({
+                hv,
+                deps,
+                stateDir: o.stateDir,
+                owner: req.owner,
+                resources,
+                save: req.save,
+                publication: vm.publication,
+                domain,
+                evidence: runEvidence(evidenceDir, vmName, how.screenshot === true),
+              });
+            } finally {
+              rmSync(work, { recursive: true, force: true });
+            }
+          })()),
       };
       return h;
     },
@@ -170,21 +217,39 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
 
 /** What a SureBackup VM passes to the one bring-up path (src/bringup). */
 export function backendBringUpRequest(a: {
-  repo: string; stateDir: string; point: string; vm: BringUpRequest['vm']; vmName: string; id: string; work: string; lab: LabState;
-  evidenceDir: string; resources: BringUpResources; accel?: 'kvm' | 'tcg'; fuseGroup?: string; memoryMiB?: number; signal?: AbortSignal;
+  repo: string;
+  stateDir: string;
+  point: string;
+  vm: BringUpRequest['vm'];
+  vmName: string;
+  id: string;
+  work: string;
+  lab: LabState;
+  evidenceDir: string;
+  resources: BringUpResources;
+  accel?: 'kvm' | 'tcg';
+  fuseGroup?: string;
+  memoryMiB?: number;
+  signal?: AbortSignal;
 }): BringUpRequest {
   return {
-    repo: a.repo, stateDir: a.stateDir, point: a.point, vm: a.vm,
+    repo: a.repo,
+    stateDir: a.stateDir,
+    point: a.point,
+    vm: a.vm,
     // Owned by this VM's verification: a point the server exports over NFS gets a second
     // publication, so its clients' overlay is neither reset now nor discarded at the end.
     owner: { kind: 'surebackup', id: `${a.vmName}-${a.id}` },
-    domainName: `sb-${a.vmName.slice(0, 30)}-${a.id}`, workDir: a.work,
+    domainName: `sb-${a.vmName.slice(0, 30)}-${a.id}`,
+    workDir: a.work,
     ...(a.fuseGroup !== undefined ? { fuseGroup: a.fuseGroup } : {}),
-    network: { kind: 'lab', lab: a.lab }, ...(a.accel ? { accel: a.accel } : {}),
+    network: { kind: 'lab', lab: a.lab },
+    ...(a.accel ? { accel: a.accel } : {}),
     ...(a.memoryMiB !== undefined ? { memoryMiB: a.memoryMiB } : {}),
     // No heartbeat wait: the heartbeat test decides, and a VM that never boots stays for its screenshot.
     evidence: runEvidence(a.evidenceDir, a.vmName, true),
-    resources: a.resources, save: () => undefined,
+    resources: a.resources,
+    save: () => undefined,
     ...(a.signal ? { signal: a.signal } : {}),
   };
 }

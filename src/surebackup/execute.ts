@@ -43,7 +43,8 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   // Looked up when the screenshot is taken, so it is the VM's previous passing run, never this one.
   const baseline = (vm: string): { run: string; path: string } | undefined =>
     o.history.lastPassingScreenshots(vm, o.job.name).find((b) => b.run !== runId && existsSync(b.path));
-  const runTest = o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, baseline, ...(o.scripts ? { scripts: o.scripts } : {}) });
+  const runTest =
+    o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, baseline, ...(o.scripts ? { scripts: o.scripts } : {}) });
   let r: RunResult;
   try {
     // The run's directory also keeps each VM's console log (and a failed VM's last screen).
@@ -78,15 +79,31 @@ async function attachSignals(rep: RunReport, repo: () => Promise<RepositoryReade
 
 /** Exactly the document `surebackup run --json` promises (docs/surebackup.md, "Interface"). */
 export function runOutput(rep: RunReport): {
-  run: string; result: RunReport['result'];
-  vms: { name: string; point: string; result: string; tests: { name: string; kind: string; result: string; seconds: number; detail: string }[]; recoverySeconds: number; screenshot: string | null; console: string | null }[];
+  run: string;
+  result: RunReport['result'];
+  vms: {
+    name: string;
+    point: string;
+    result: string;
+    tests: { name: string; kind: string; result: string; seconds: number; detail: string }[];
+    recoverySeconds: number;
+    screenshot: string | null;
+    console: string | null;
+  }[];
   report: string;
 } {
   return {
-    run: rep.run, result: rep.result,
-    vms: rep.vms.map((v) => ({ name: v.name, point: v.point, result: v.result,
+    run: rep.run,
+    result: rep.result,
+    vms: rep.vms.map((v) => ({
+      name: v.name,
+      point: v.point,
+      result: v.result,
       tests: v.tests.map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: t.seconds, detail: t.detail })),
-      recoverySeconds: v.recoverySeconds, screenshot: v.screenshot, console: v.console })),
+      recoverySeconds: v.recoverySeconds,
+      screenshot: v.screenshot,
+      console: v.console,
+    })),
     report: rep.report,
   };
 }

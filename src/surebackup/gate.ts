@@ -19,8 +19,12 @@ export class JobGate {
   claim(job: string, abort: AbortController): (() => void) | undefined {
     if (this.running.has(job)) return undefined;
     this.running.set(job, abort);
-    return () => { if (this.running.get(job) === abort) this.running.delete(job); };
+    return () => {
+      if (this.running.get(job) === abort) this.running.delete(job);
+    };
   }
 
-  isRunning(job: string): boolean { return this.running.has(job); }
+  isRunning(job: string): boolean {
+    return this.running.has(job);
+  }
 }

@@ -16,7 +16,6 @@ import { endRun, insertNonRun, insertRun, lastStartedAt, newestRunRows, runRow }
 import type { RunResult, VmResult } from '../verify/contract.js';
 import type { TrendPoint } from '../report/report.js';
 
-
 export type RunTrigger = 'manual' | 'schedule' | 'after-backup';
 export type RunStatus = 'running' | 'success' | 'warning' | 'failed' | 'cancelled' | 'error' | 'skipped-overlap' | 'missed';
 
@@ -69,8 +68,16 @@ const MIGRATIONS = [
 ];
 
 export interface RunRow {
-  id: string; job: string; trigger: RunTrigger; status: RunStatus; startedAt: string; endedAt: string | null;
-  dueAt: string | null; detail: string | null; reportHtml: string | null; reportJson: string | null;
+  id: string;
+  job: string;
+  trigger: RunTrigger;
+  status: RunStatus;
+  startedAt: string;
+  endedAt: string | null;
+  dueAt: string | null;
+  detail: string | null;
+  reportHtml: string | null;
+  reportJson: string | null;
 }
 /** The newest SureBackup result of a restore point, as the API's points show it. */
 export interface PointVerification {
@@ -85,24 +92,61 @@ export interface PointVerification {
   /** Whether a console screenshot was kept for this VM in that run. */
   screenshot: boolean;
 }
-export interface VmTiming { run: string; vm: string; startedMs: number; endedMs: number; recoverySeconds: number; result: string }
+export interface VmTiming {
+  run: string;
+  vm: string;
+  startedMs: number;
+  endedMs: number;
+  recoverySeconds: number;
+  result: string;
+}
 
-interface RunDbRow { id: string; job: string; trigger: string; status: string; started_at: string; ended_at: string | null; due_at: string | null; detail: string | null; report_html: string | null; report_json: string | null }
-const toRun = (r: RunDbRow): RunRow => ({ id: r.id, job: r.job, trigger: r.trigger as RunTrigger, status: r.status as RunStatus,
-  startedAt: r.started_at, endedAt: r.ended_at, dueAt: r.due_at, detail: r.detail, reportHtml: r.report_html, reportJson: r.report_json });
+interface RunDbRow {
+  id: string;
+  job: string;
+  trigger: string;
+  status: string;
+  started_at: string;
+  ended_at: string | null;
+  due_at: string | null;
+  detail: string | null;
+  report_html: string | null;
+  report_json: string | null;
+}
+const toRun = (r: RunDbRow): RunRow => ({
+  id: r.id,
+  job: r.job,
+  trigger: r.trigger as RunTrigger,
+  status: r.status as RunStatus,
+  startedAt: r.started_at,
+  endedAt: r.ended_at,
+  dueAt: r.due_at,
+  detail: r.detail,
+  reportHtml: r.report_html,
+  reportJson: r.report_json,
+});
 
 export class History {
-  constructor(readonly db: CatalogDb) { migrate(db, 'surebackup', MIGRATIONS); }
+  constructor(readonly db: CatalogDb) {
+    migrate(db, 'surebackup', MIGRATIONS);
+  }
 
-  static open(catalogPath: string): History { return new History(openCatalog(catalogPath)); }
-  close(): void { this.db.close(); }
+  static open(catalogPath: string): History {
+    return new History(openCatalog(catalogPath));
+  }
+  close(): void {
+    this.db.close();
+  }
 
   recordJob(name: string, definition: unknown, file?: string): void {
-    this.db.prepare('INSERT OR REPLACE INTO surebackup_jobs (name, file, definition, updated) VALUES (?, ?, ?, ?)')
+    this.db
+      .prepare('INSERT OR REPLACE INTO surebackup_jobs (name, file, definition, updated) VALUES (?, ?, ?, ?)')
       .run(name, file ?? null, JSON.stringify(definition), new Date().toISOString());
   }
 
-  startRun(job: string, trigger: RunTrigger, at = new Date()): string { return insertRun(this.db, 'surebackup_runs', job, trigger, at); }
+  startRun(job: string, trigger: RunTrigger, at = new Date()): string {
+    return insertRun(this.db, 'surebackup_runs', job, trigger, at);
+  }
 
   /** A trigger that verified nothing: skipped because the job was running, or missed while the server was down. */
   recordNonRun(job: string, trigger: RunTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
@@ -113,13 +157,28 @@ export class History {
     const vmIns = this.db.prepare(`INSERT OR REPLACE INTO surebackup_vm_results
       (run_id, vm, point, grp, result, started_ms, ended_ms, boot_to_heartbeat_s, to_first_answer_s, recovery_s, screenshot)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
-    const testIns = this.db.prepare('INSERT OR REPLACE INTO surebackup_test_results (run_id, vm, seq, name, kind, result, seconds, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+    const testIns = this.db.prepare(
+      'INSERT OR REPLACE INTO surebackup_test_results (run_id, vm, seq, name, kind, result, seconds, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+    );
     this.db.transaction(() => {
       for (const v of r.vms) {
-        vmIns.run(id, v.name, v.point, v.group ? 1 : 0, v.result, v.startedAt, v.endedAt, v.bootToHeartbeatSeconds, v.toFirstAnswerSeconds, v.recoverySeconds, v.screenshot);
+        vmIns.run(
+          id,
+          v.name,
+          v.point,
+          v.group ? 1 : 0,
+          v.result,
+          v.startedAt,
+          v.endedAt,
+          v.bootToHeartbeatSeconds,
+          v.toFirstAnswerSeconds,
+          v.recoverySeconds,
+          v.screenshot,
+        );
         v.tests.forEach((t, i) => testIns.run(id, v.name, i, t.name, t.kind, t.result, t.seconds, t.detail));
       }
-      this.db.prepare('UPDATE surebackup_runs SET status = ?, ended_at = ?, report_html = ?, report_json = ? WHERE id = ?')
+      this.db
+        .prepare('UPDATE surebackup_runs SET status = ?, ended_at = ?, report_html = ?, report_json = ? WHERE id = ?')
         .run(r.result, new Date().toISOString(), reports.html ?? null, reports.json ?? null, id);
     })();
   }
@@ -130,7 +189,9 @@ export class History {
   }
 
   setReports(id: string, reports: { html?: string; json?: string }): void {
-    this.db.prepare('UPDATE surebackup_runs SET report_html = ?, report_json = ? WHERE id = ?').run(reports.html ?? null, reports.json ?? null, id);
+    this.db
+      .prepare('UPDATE surebackup_runs SET report_html = ?, report_json = ? WHERE id = ?')
+      .run(reports.html ?? null, reports.json ?? null, id);
   }
 
   /** Newest first. */
@@ -147,17 +208,23 @@ export class History {
   passRate(o: { job?: string; lastN?: number } = {}): { runs: number; passed: number; rate: number | null } {
     const where = `status IN ('success', 'warning', 'failed', 'error')${o.job === undefined ? '' : ' AND job = ?'}`;
     const args: unknown[] = o.job === undefined ? [] : [o.job];
-    const rows = this.db.prepare(`SELECT status FROM surebackup_runs WHERE ${where} ORDER BY started_at DESC, rowid DESC LIMIT ?`).all(...args, o.lastN ?? 1000) as { status: string }[];
+    const rows = this.db
+      .prepare(`SELECT status FROM surebackup_runs WHERE ${where} ORDER BY started_at DESC, rowid DESC LIMIT ?`)
+      .all(...args, o.lastN ?? 1000) as { status: string }[];
     const passed = rows.filter((r) => r.status === 'success' || r.status === 'warning').length;
     return { runs: rows.length, passed, rate: rows.length === 0 ? null : passed / rows.length };
   }
 
   /** Measured recovery time of one VM across runs, oldest first (the last `limit`). */
   recoveryTrend(vm: string, o: { job?: string; limit?: number } = {}): TrendPoint[] {
-    const rows = this.db.prepare(`SELECT v.run_id AS run, r.started_at AS at, v.recovery_s AS s, v.result AS result
+    const rows = this.db
+      .prepare(
+        `SELECT v.run_id AS run, r.started_at AS at, v.recovery_s AS s, v.result AS result
       FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
       WHERE v.vm = ? AND v.result != 'dependency-failed' ${o.job === undefined ? '' : 'AND r.job = ?'}
-      ORDER BY v.started_ms DESC LIMIT ?`).all(...(o.job === undefined ? [vm] : [vm, o.job]), o.limit ?? 30) as { run: string; at: string; s: number; result: string }[];
+      ORDER BY v.started_ms DESC LIMIT ?`,
+      )
+      .all(...(o.job === undefined ? [vm] : [vm, o.job]), o.limit ?? 30) as { run: string; at: string; s: number; result: string }[];
     return rows.reverse().map((r) => ({ run: r.run, at: r.at, recoverySeconds: r.s, result: r.result }));
   }
 
@@ -168,14 +235,22 @@ export class History {
    * not at every run after. Runs whose PNG is gone are skipped by the caller.
    */
   lastPassingScreenshots(vm: string, job: string, limit = 5): { run: string; path: string }[] {
-    return (this.db.prepare(`SELECT v.run_id AS run, v.screenshot AS path FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
+    return this.db
+      .prepare(
+        `SELECT v.run_id AS run, v.screenshot AS path FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
       WHERE v.vm = ? AND r.job = ? AND v.result IN ('success', 'warning') AND v.screenshot IS NOT NULL
-      ORDER BY v.started_ms DESC LIMIT ?`).all(vm, job, limit) as { run: string; path: string }[]);
+      ORDER BY v.started_ms DESC LIMIT ?`,
+      )
+      .all(vm, job, limit) as { run: string; path: string }[];
   }
 
   /** How many runs ended (or are running) with each status, for the server's metrics. */
   runsByStatus(): Record<string, number> {
-    return Object.fromEntries((this.db.prepare('SELECT status, COUNT(*) AS n FROM surebackup_runs GROUP BY status').all() as { status: string; n: number }[]).map((r) => [r.status, r.n]));
+    return Object.fromEntries(
+      (this.db.prepare('SELECT status, COUNT(*) AS n FROM surebackup_runs GROUP BY status').all() as { status: string; n: number }[]).map(
+        (r) => [r.status, r.n],
+      ),
+    );
   }
 
   /** Looks up the newest verification of restore points, one statement prepared for a whole listing. */
@@ -185,33 +260,79 @@ export class History {
       FROM surebackup_vm_results v JOIN surebackup_runs r ON r.id = v.run_id
       WHERE v.point = ? ORDER BY v.started_ms DESC, r.started_at DESC LIMIT 1`);
     return (pointId) => {
-      const row = q.get(pointId) as { run: string; job: string; vm: string; result: string; startedMs: number; recoverySeconds: number; screenshot: string | null } | undefined;
+      const row = q.get(pointId) as
+        | { run: string; job: string; vm: string; result: string; startedMs: number; recoverySeconds: number; screenshot: string | null }
+        | undefined;
       if (!row) return null;
-      return { run: row.run, job: row.job, vm: row.vm, result: row.result, at: new Date(row.startedMs).toISOString(), recoverySeconds: row.recoverySeconds, screenshot: row.screenshot !== null };
+      return {
+        run: row.run,
+        job: row.job,
+        vm: row.vm,
+        result: row.result,
+        at: new Date(row.startedMs).toISOString(),
+        recoverySeconds: row.recoverySeconds,
+        screenshot: row.screenshot !== null,
+      };
     };
   }
 
   /** Per-VM start/end of one run, for reports and for checking the concurrency cap. */
   vmTimings(runId: string): VmTiming[] {
-    return (this.db.prepare('SELECT run_id, vm, started_ms, ended_ms, recovery_s, result FROM surebackup_vm_results WHERE run_id = ? ORDER BY started_ms').all(runId) as
-      { run_id: string; vm: string; started_ms: number; ended_ms: number; recovery_s: number; result: string }[])
-      .map((r) => ({ run: r.run_id, vm: r.vm, startedMs: r.started_ms, endedMs: r.ended_ms, recoverySeconds: r.recovery_s, result: r.result }));
+    return (
+      this.db
+        .prepare(
+          'SELECT run_id, vm, started_ms, ended_ms, recovery_s, result FROM surebackup_vm_results WHERE run_id = ? ORDER BY started_ms',
+        )
+        .all(runId) as { run_id: string; vm: string; started_ms: number; ended_ms: number; recovery_s: number; result: string }[]
+    ).map((r) => ({
+      run: r.run_id,
+      vm: r.vm,
+      startedMs: r.started_ms,
+      endedMs: r.ended_ms,
+      recoverySeconds: r.recovery_s,
+      result: r.result,
+    }));
   }
 
   /** One run with its VMs and tests, as the report and `history` show it. */
   run(id: string): (RunRow & { vms: (Omit<VmResult, 'startedAt' | 'endedAt'> & { startedAt: number; endedAt: number })[] }) | undefined {
     const row = runRow<RunDbRow>(this.db, 'surebackup_runs', id);
     if (!row) return undefined;
-    const vms = this.db.prepare('SELECT * FROM surebackup_vm_results WHERE run_id = ? ORDER BY grp DESC, started_ms').all(id) as
-      { vm: string; point: string; grp: number; result: VmResult['result']; started_ms: number; ended_ms: number; boot_to_heartbeat_s: number | null; to_first_answer_s: number | null; recovery_s: number; screenshot: string | null }[];
+    const vms = this.db.prepare('SELECT * FROM surebackup_vm_results WHERE run_id = ? ORDER BY grp DESC, started_ms').all(id) as {
+      vm: string;
+      point: string;
+      grp: number;
+      result: VmResult['result'];
+      started_ms: number;
+      ended_ms: number;
+      boot_to_heartbeat_s: number | null;
+      to_first_answer_s: number | null;
+      recovery_s: number;
+      screenshot: string | null;
+    }[];
     const tests = this.db.prepare('SELECT * FROM surebackup_test_results WHERE run_id = ? AND vm = ? ORDER BY seq');
     return {
       ...toRun(row),
       vms: vms.map((v) => ({
-        name: v.vm, point: v.point, group: v.grp === 1, result: v.result, startedAt: v.started_ms, endedAt: v.ended_ms,
-        bootToHeartbeatSeconds: v.boot_to_heartbeat_s, toFirstAnswerSeconds: v.to_first_answer_s, recoverySeconds: v.recovery_s, screenshot: v.screenshot,
-        tests: (tests.all(id, v.vm) as { name: string; kind: string; result: VmResult['tests'][number]['result']; seconds: number; detail: string }[])
-          .map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: t.seconds, detail: t.detail })),
+        name: v.vm,
+        point: v.point,
+        group: v.grp === 1,
+        result: v.result,
+        startedAt: v.started_ms,
+        endedAt: v.ended_ms,
+        bootToHeartbeatSeconds: v.boot_to_heartbeat_s,
+        toFirstAnswerSeconds: v.to_first_answer_s,
+        recoverySeconds: v.recovery_s,
+        screenshot: v.screenshot,
+        tests: (
+          tests.all(id, v.vm) as {
+            name: string;
+            kind: string;
+            result: VmResult['tests'][number]['result'];
+            seconds: number;
+            detail: string;
+          }[]
+        ).map((t) => ({ name: t.name, kind: t.kind, result: t.result, seconds: t.seconds, detail: t.detail })),
       })),
     };
   }

@@ -12,16 +12,24 @@ import { resolveScript } from '../verify/script.js';
 
 export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicationGroup'> {
   applicationGroup?: Job['applicationGroup'];
-  point?: string; concurrency?: number; schedule?: string; afterBackup?: boolean;
+  point?: string;
+  concurrency?: number;
+  schedule?: string;
+  afterBackup?: boolean;
   notifications?: { webhook?: string; smtp?: { host: string; port?: number; secure?: boolean; from: string; to: string[] } };
 }
 
 export function loadJob(path: string): Job & JobFile {
   const j = loadValidated<JobFile>('job.schema.json', path, 'SureBackup job');
   if (j.schedule !== undefined) {
-    try { new Cron(j.schedule, { paused: true }).stop(); } catch (err) {
-      throw badInput('BAD_SCHEDULE', `job ${j.name}: schedule "${j.schedule}" is not a valid cron expression (${(err as Error).message})`,
-        'use five or six cron fields, e.g. "0 2 * * *" for 02:00 every day');
+    try {
+      new Cron(j.schedule, { paused: true }).stop();
+    } catch (err) {
+      throw badInput(
+        'BAD_SCHEDULE',
+        `job ${j.name}: schedule "${j.schedule}" is not a valid cron expression (${(err as Error).message})`,
+        'use five or six cron fields, e.g. "0 2 * * *" for 02:00 every day',
+      );
     }
   }
   // Script paths are relative to the job file, and a missing script is bad input now, not after a boot.
@@ -29,12 +37,25 @@ export function loadJob(path: string): Job & JobFile {
     tests?.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, dirname(path), `job ${j.name}, ${owner}`) } : t));
   const applicationGroup = (j.applicationGroup ?? []).map((g) => ({ ...g, tests: scripts(g.tests, `VM ${g.name}`) }));
   for (const g of applicationGroup) if (g.tests === undefined) delete g.tests;
-  const overrides = j.verify.overrides === undefined ? undefined : Object.fromEntries(Object.entries(j.verify.overrides)
-    .map(([vm, o]) => [vm, { ...o, ...(o.tests ? { tests: scripts(o.tests, `VM ${vm}`) } : {}) }]));
-  const verify = { ...j.verify, ...(j.verify.tests ? { tests: scripts(j.verify.tests, 'verify') } : {}), ...(overrides ? { overrides } : {}) };
+  const overrides =
+    j.verify.overrides === undefined
+      ? undefined
+      : Object.fromEntries(
+          Object.entries(j.verify.overrides).map(([vm, o]) => [vm, { ...o, ...(o.tests ? { tests: scripts(o.tests, `VM ${vm}`) } : {}) }]),
+        );
+  const verify = {
+    ...j.verify,
+    ...(j.verify.tests ? { tests: scripts(j.verify.tests, 'verify') } : {}),
+    ...(overrides ? { overrides } : {}),
+  };
   // The scan gate's rule file, relative to the job file like scripts; a missing one is bad input before anything boots.
   const scan = j.scan === undefined ? undefined : { ...j.scan, rules: resolve(dirname(path), j.scan.rules) };
-  if (scan && !existsSync(scan.rules)) throw badInput('JOB_SCAN_RULES_MISSING', `job ${j.name}: the scan rule file ${scan.rules} does not exist`, 'give "scan": {"rules": "<file.yar>"} relative to the job file');
+  if (scan && !existsSync(scan.rules))
+    throw badInput(
+      'JOB_SCAN_RULES_MISSING',
+      `job ${j.name}: the scan rule file ${scan.rules} does not exist`,
+      'give "scan": {"rules": "<file.yar>"} relative to the job file',
+    );
   return { ...j, applicationGroup, verify, point: j.point ?? 'latest', concurrency: j.concurrency ?? 3, ...(scan ? { scan } : {}) };
 }
 

@@ -14,13 +14,20 @@ import type { DnsQuery, Role, TestSpec } from '../verify/contract.js';
 
 const base: TestSpec[] = [{ kind: 'heartbeat' }, { kind: 'ping' }];
 const tail: TestSpec[] = [{ kind: 'screenshot' }, { kind: 'integrity' }];
-const role = (name: string, app: TestSpec[], heavy = false): Role =>
-  ({ name, tests: [...base, ...app, ...tail], maxBootSeconds: heavy ? 1800 : 600, appInitSeconds: heavy ? 1800 : 120 });
+const role = (name: string, app: TestSpec[], heavy = false): Role => ({
+  name,
+  tests: [...base, ...app, ...tail],
+  maxBootSeconds: heavy ? 1800 : 600,
+  appInitSeconds: heavy ? 1800 : 120,
+});
 
 export const roles: Record<string, Role> = {
   // The query is the job's (see resolveRole): a role table cannot know a zone.
   dns: role('dns', [{ kind: 'dns', name: '', expect: '' }]),
-  web: role('web', [{ kind: 'tcp', port: 80 }, { kind: 'http', port: 80, path: '/', status: 200 }]),
+  web: role('web', [
+    { kind: 'tcp', port: 80 },
+    { kind: 'http', port: 80, path: '/', status: 200 },
+  ]),
   dc: role('dc', [{ kind: 'tcp', port: 389 }], true),
   'global-catalog': role('global-catalog', [{ kind: 'tcp', port: 3268 }], true),
   mail: role('mail', [{ kind: 'tcp', port: 25, banner: '^220' }]),
@@ -39,8 +46,11 @@ export function resolveRole(vm: string, roleName: string | undefined, over: Part
   let tests = over.tests ?? r?.tests ?? [];
   if (over.tests === undefined && roleName === 'dns') {
     if (!over.dns) {
-      throw badInput('DNS_QUERY_MISSING', `VM ${vm} has role "dns" but no DNS query to check`,
-        'give the VM "dns": {"name": "<a name its zone holds>", "expect": "<its A record>"}, or its own "tests"');
+      throw badInput(
+        'DNS_QUERY_MISSING',
+        `VM ${vm} has role "dns" but no DNS query to check`,
+        'give the VM "dns": {"name": "<a name its zone holds>", "expect": "<its A record>"}, or its own "tests"',
+      );
     }
     const q = over.dns;
     tests = tests.map((t) => (t.kind === 'dns' ? { kind: 'dns', name: q.name, expect: q.expect } : t));
@@ -53,8 +63,11 @@ export function resolveRole(vm: string, roleName: string | undefined, over: Part
   };
   if (merged.tests.length === 0) {
     const known = roleName === undefined ? 'no role' : r ? `role "${roleName}"` : `role "${roleName}", which is not a predefined role,`;
-    throw badInput('ROLE_WITHOUT_TESTS', `VM ${vm} has ${known} and no tests`,
-      `give it "tests" or one of the predefined roles: ${Object.keys(roles).join(', ')}`);
+    throw badInput(
+      'ROLE_WITHOUT_TESTS',
+      `VM ${vm} has ${known} and no tests`,
+      `give it "tests" or one of the predefined roles: ${Object.keys(roles).join(', ')}`,
+    );
   }
   return merged;
 }

@@ -33,9 +33,14 @@ export interface LabBackend {
   scan?(vm: string, pointId: string, rules: string, signal: AbortSignal): Promise<PointScanVerdict>;
 }
 
-
 export interface GroupVm {
-  name: string; role?: string; tests?: TestSpec[]; maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number; waitForPrevious?: boolean;
+  name: string;
+  role?: string;
+  tests?: TestSpec[];
+  maxBootSeconds?: number;
+  appInitSeconds?: number;
+  memoryMiB?: number;
+  waitForPrevious?: boolean;
   /** The question the `dns` role asks (roles.ts). */
   dns?: DnsQuery;
 }
@@ -44,8 +49,14 @@ export interface Job {
   lab: unknown;
   applicationGroup: GroupVm[];
   verify: {
-    vms?: string[] | 'all'; tag?: string; role?: string; tests?: TestSpec[]; dns?: DnsQuery;
-    maxBootSeconds?: number; appInitSeconds?: number; memoryMiB?: number;
+    vms?: string[] | 'all';
+    tag?: string;
+    role?: string;
+    tests?: TestSpec[];
+    dns?: DnsQuery;
+    maxBootSeconds?: number;
+    appInitSeconds?: number;
+    memoryMiB?: number;
     /** Per-VM overrides, by VM name. */
     overrides?: Record<string, Omit<GroupVm, 'name' | 'waitForPrevious'>>;
   };
@@ -60,10 +71,14 @@ export interface Job {
   scan?: { rules: string; allowInfected?: boolean };
 }
 
-
 const NEEDS_NETWORK = new Set(['ping', 'tcp', 'http', 'dns', 'script']);
 
-interface Planned { vm: GroupVm; role: Role; point: string; group: boolean }
+interface Planned {
+  vm: GroupVm;
+  role: Role;
+  point: string;
+  group: boolean;
+}
 const now = (): number => Date.now();
 
 export function selectPoint(points: { id: string; time: string }[], sel: string): string | undefined {
@@ -72,23 +87,34 @@ export function selectPoint(points: { id: string; time: string }[], sel: string)
   return points.filter((p) => Date.parse(p.time) <= t).at(-1)?.id;
 }
 
-export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
-  opts: { limiter?: Limiter; signal?: AbortSignal; evidenceDir?: string } = {}): Promise<RunResult> {
+export async function runJob(
+  job: Job,
+  backend: LabBackend,
+  runTest: TestRunner,
+  opts: { limiter?: Limiter; signal?: AbortSignal; evidenceDir?: string } = {},
+): Promise<RunResult> {
   const limiter = opts.limiter ?? new Limiter(64, Number.MAX_SAFE_INTEGER);
   const ctl = new AbortController();
   opts.signal?.addEventListener('abort', () => ctl.abort(opts.signal?.reason), { once: true });
   const signal = ctl.signal;
 
-  const underTestNames = job.verify.vms === 'all' || job.verify.vms === undefined
-    ? await backend.listVms(job.verify.tag) : job.verify.vms;
+  const underTestNames = job.verify.vms === 'all' || job.verify.vms === undefined ? await backend.listVms(job.verify.tag) : job.verify.vms;
   // A run that verified nothing must not read as a success.
   if (underTestNames.length === 0) {
-    throw notFound('NO_VMS_TO_VERIFY', `job ${job.name} selects no VM to verify${job.verify.tag === undefined ? '' : ` (no backed-up VM carries tag "${job.verify.tag}")`}`,
-      'back up the VMs the job should verify, or change verify.vms / verify.tag');
+    throw notFound(
+      'NO_VMS_TO_VERIFY',
+      `job ${job.name} selects no VM to verify${job.verify.tag === undefined ? '' : ` (no backed-up VM carries tag "${job.verify.tag}")`}`,
+      'back up the VMs the job should verify, or change verify.vms / verify.tag',
+    );
   }
   // Every bad input is found before anything boots.
   const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
-    const role = resolveRole(g.name, g.role, { tests: g.tests, maxBootSeconds: g.maxBootSeconds, appInitSeconds: g.appInitSeconds, dns: g.dns });
+    const role = resolveRole(g.name, g.role, {
+      tests: g.tests,
+      maxBootSeconds: g.maxBootSeconds,
+      appInitSeconds: g.appInitSeconds,
+      dns: g.dns,
+    });
     const tests = role.tests.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, process.cwd(), `VM ${g.name}`) } : t));
     role.tests = tests;
     const point = selectPoint(await backend.listPoints(g.name), job.point);
@@ -103,8 +129,20 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   for (const n of underTestNames) {
     const v = job.verify;
     const over = v.overrides?.[n] ?? {};
-    testPlan.push(await plan({ name: n, role: over.role ?? v.role, tests: over.tests ?? v.tests, maxBootSeconds: over.maxBootSeconds ?? v.maxBootSeconds,
-      appInitSeconds: over.appInitSeconds ?? v.appInitSeconds, memoryMiB: over.memoryMiB ?? v.memoryMiB, dns: over.dns ?? v.dns }, false));
+    testPlan.push(
+      await plan(
+        {
+          name: n,
+          role: over.role ?? v.role,
+          tests: over.tests ?? v.tests,
+          maxBootSeconds: over.maxBootSeconds ?? v.maxBootSeconds,
+          appInitSeconds: over.appInitSeconds ?? v.appInitSeconds,
+          memoryMiB: over.memoryMiB ?? v.memoryMiB,
+          dns: over.dns ?? v.dns,
+        },
+        false,
+      ),
+    );
   }
 
   const scans = job.scan ? await scanPlanned(job.scan, [...groupPlan, ...testPlan], backend, signal) : new Map<string, TestResult>();
@@ -127,12 +165,26 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
   let kept: boolean;
   const verifyOne = async (p: Planned, keepRunning: boolean): Promise<VmResult> => {
     const start = now();
-    const r: VmResult = { name: p.vm.name, point: p.point, group: p.group, result: 'success', tests: [], startedAt: start, endedAt: start, screenshot: null, console: null,
-      bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
+    const r: VmResult = {
+      name: p.vm.name,
+      point: p.point,
+      group: p.group,
+      result: 'success',
+      tests: [],
+      startedAt: start,
+      endedAt: start,
+      screenshot: null,
+      console: null,
+      bootToHeartbeatSeconds: null,
+      toFirstAnswerSeconds: null,
+      recoverySeconds: 0,
+    };
     const release = await limiter.acquire(p.vm.memoryMiB ?? 1024, signal);
     let h: RecoveredVm | undefined;
     const watches: (TestResult['settle'] | undefined)[] = [];
-    const judge = (tr: TestResult): void => { r.result = vmVerdict(r.result, tr.result); };
+    const judge = (tr: TestResult): void => {
+      r.result = vmVerdict(r.result, tr.result);
+    };
     try {
       r.startedAt = now();
       const scanned = scans.get(`${p.vm.name}@${p.point}`);
@@ -142,7 +194,11 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
         // Refused: an infected point is never booted without allowInfected.
         if (scanned.result === 'failed') return r;
       }
-      h = await backend.recover(p.vm.name, p.point, { memoryMiB: p.vm.memoryMiB, signal, ...(opts.evidenceDir ? { evidenceDir: opts.evidenceDir } : {}) });
+      h = await backend.recover(p.vm.name, p.point, {
+        memoryMiB: p.vm.memoryMiB,
+        signal,
+        ...(opts.evidenceDir ? { evidenceDir: opts.evidenceDir } : {}),
+      });
       handles.add(h);
       resultOf.set(h, r);
       let down: string | undefined;
@@ -156,14 +212,18 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
           continue;
         }
         const tr = await runTest(spec, { name: p.vm.name, pointId: p.point, role: p.role, handle: h }, signal);
-        if (tr.settle) { watches.push(tr.settle); watching.push(r.tests.length); }
+        if (tr.settle) {
+          watches.push(tr.settle);
+          watching.push(r.tests.length);
+        }
         const { settle: _s, ...plain } = tr;
         r.tests.push(plain);
         if (spec.kind === 'heartbeat' && tr.result === 'failed') down = 'heartbeat failed';
         if (tr.artifact !== undefined && spec.kind === 'screenshot') r.screenshot = tr.artifact;
         const el = (now() - r.startedAt) / 1000;
         if (spec.kind === 'heartbeat' && tr.result !== 'failed') r.bootToHeartbeatSeconds = el;
-        if (spec.kind !== 'heartbeat' && spec.kind !== 'screenshot' && spec.kind !== 'integrity' && tr.result === 'passed') r.toFirstAnswerSeconds ??= el;
+        if (spec.kind !== 'heartbeat' && spec.kind !== 'screenshot' && spec.kind !== 'integrity' && tr.result === 'passed')
+          r.toFirstAnswerSeconds ??= el;
         judge(tr);
       }
       // The test window ends here: a watching test (the heartbeat) gives its final verdict.
@@ -177,7 +237,13 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     } catch (err) {
       if (signal.aborted) throw err;
       r.result = 'failed';
-      r.tests.push({ name: 'recover', kind: 'recover', result: 'failed', seconds: (now() - start) / 1000, detail: String(err instanceof Error ? err.message : err) });
+      r.tests.push({
+        name: 'recover',
+        kind: 'recover',
+        result: 'failed',
+        seconds: (now() - start) / 1000,
+        detail: String(err instanceof Error ? err.message : err),
+      });
     } finally {
       for (const w of watches) if (w) await w({ abandon: true }).catch(() => undefined);
       if (h && runTest.vmDone) {
@@ -201,15 +267,24 @@ export async function runJob(job: Job, backend: LabBackend, runTest: TestRunner,
     let pending: Promise<VmResult>[] = [];
     for (const p of groupPlan) {
       if (p.vm.waitForPrevious !== false) {
-        for (const x of await Promise.all(pending)) { results.push(x); if (x.result === 'failed') groupFailed ??= x.name; }
+        for (const x of await Promise.all(pending)) {
+          results.push(x);
+          if (x.result === 'failed') groupFailed ??= x.name;
+        }
         pending = [];
       }
-      if (groupFailed !== undefined) { results.push(depFail(p, groupFailed)); continue; }
+      if (groupFailed !== undefined) {
+        results.push(depFail(p, groupFailed));
+        continue;
+      }
       pending.push(verifyOne(p, true));
     }
-    for (const x of await Promise.all(pending)) { results.push(x); if (x.result === 'failed') groupFailed ??= x.name; }
+    for (const x of await Promise.all(pending)) {
+      results.push(x);
+      if (x.result === 'failed') groupFailed ??= x.name;
+    }
     if (groupFailed !== undefined) for (const p of testPlan) results.push(depFail(p, groupFailed));
-    else results.push(...await mapLimited(testPlan, job.concurrency, (p) => verifyOne(p, false)));
+    else results.push(...(await mapLimited(testPlan, job.concurrency, (p) => verifyOne(p, false))));
   } finally {
     kept = Boolean(job.keepLabOnFailure) && !signal.aborted && results.some((x) => !passedVm(x));
     if (!kept) {
@@ -237,8 +312,14 @@ export function runVerdict(vms: Pick<VmResult, 'result'>[]): RunResult['result']
 }
 
 /** The scan gate: one `scan` test result per planned VM, before anything boots. */
-async function scanPlanned(gate: NonNullable<Job['scan']>, planned: Planned[], backend: LabBackend, signal: AbortSignal): Promise<Map<string, TestResult>> {
-  if (!backend.scan) throw new RestorelabError('SCAN_UNSUPPORTED', 'this job has a "scan" gate, but its lab backend cannot scan restore points');
+async function scanPlanned(
+  gate: NonNullable<Job['scan']>,
+  planned: Planned[],
+  backend: LabBackend,
+  signal: AbortSignal,
+): Promise<Map<string, TestResult>> {
+  if (!backend.scan)
+    throw new RestorelabError('SCAN_UNSUPPORTED', 'this job has a "scan" gate, but its lab backend cannot scan restore points');
   const out = new Map<string, TestResult>();
   for (const p of planned) {
     const key = `${p.vm.name}@${p.point}`;
@@ -251,17 +332,47 @@ async function scanPlanned(gate: NonNullable<Job['scan']>, planned: Planned[], b
       out.set(key, { name: 'scan', kind: 'scan', result: 'passed', seconds, detail: `clean: ${counts}` });
       continue;
     }
-    const named = v.matches.slice(0, 3).map((m) => `${m.rule} in ${m.disk} p${m.partition} ${m.path}`).join('; ') + (v.matches.length > 3 ? `; and ${v.matches.length - 3} more` : '');
-    out.set(key, gate.allowInfected
-      ? { name: 'scan', kind: 'scan', result: 'warning', seconds, detail: `INFECTED (${named}); verified in a lab with NO uplink at all (allowInfected)` }
-      : { name: 'scan', kind: 'scan', result: 'failed', seconds, detail: `INFECTED (${named}); not booted (set "allowInfected" to verify it in a lab with no uplink)` });
+    const named =
+      v.matches
+        .slice(0, 3)
+        .map((m) => `${m.rule} in ${m.disk} p${m.partition} ${m.path}`)
+        .join('; ') + (v.matches.length > 3 ? `; and ${v.matches.length - 3} more` : '');
+    out.set(
+      key,
+      gate.allowInfected
+        ? {
+            name: 'scan',
+            kind: 'scan',
+            result: 'warning',
+            seconds,
+            detail: `INFECTED (${named}); verified in a lab with NO uplink at all (allowInfected)`,
+          }
+        : {
+            name: 'scan',
+            kind: 'scan',
+            result: 'failed',
+            seconds,
+            detail: `INFECTED (${named}); not booted (set "allowInfected" to verify it in a lab with no uplink)`,
+          },
+    );
   }
   return out;
 }
 
 function depFail(p: { vm: GroupVm; point: string; group: boolean }, on: string): VmResult {
   const t = now();
-  return { name: p.vm.name, point: p.point, group: p.group, result: 'dependency-failed', startedAt: t, endedAt: t, screenshot: null, console: null,
+  return {
+    name: p.vm.name,
+    point: p.point,
+    group: p.group,
+    result: 'dependency-failed',
+    startedAt: t,
+    endedAt: t,
+    screenshot: null,
+    console: null,
     tests: [{ name: 'dependency', kind: 'dependency', result: 'skipped', seconds: 0, detail: `application group VM ${on} failed` }],
-    bootToHeartbeatSeconds: null, toFirstAnswerSeconds: null, recoverySeconds: 0 };
+    bootToHeartbeatSeconds: null,
+    toFirstAnswerSeconds: null,
+    recoverySeconds: 0,
+  };
 }

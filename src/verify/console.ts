@@ -33,16 +33,23 @@ export const CRASH_LOOP_MIN = 3;
 
 const PATTERNS: [FindingKind, RegExp][] = [
   ['kernel panic', /\bKernel panic\b/i],
-  ['oops', /\bOops(?::|\s+-|\s*\[#\d)|\bBUG: (?:unable to handle|kernel NULL pointer|soft lockup|scheduling while atomic)|\bgeneral protection fault\b/i],
+  [
+    'oops',
+    /\bOops(?::|\s+-|\s*\[#\d)|\bBUG: (?:unable to handle|kernel NULL pointer|soft lockup|scheduling while atomic)|\bgeneral protection fault\b/i,
+  ],
   ['segfault', /\bsegfault at\b|\bSegmentation fault\b/i],
   ['emergency mode', /\bemergency mode\b/i],
   ['maintenance prompt', /Give root password for maintenance/i],
-  ['stop screen', /ran into a problem and needs to restart|A problem has been detected and Windows has been shut down|\*\*\* STOP: 0x[0-9a-f]{8}|\bStop code:\s*[A-Z_]{6,}/i],
+  [
+    'stop screen',
+    /ran into a problem and needs to restart|A problem has been detected and Windows has been shut down|\*\*\* STOP: 0x[0-9a-f]{8}|\bStop code:\s*[A-Z_]{6,}/i,
+  ],
   ['crash loop', /respawning too fast/i],
 ];
 
 /** Words that make a line a failure report, for crash-loop counting. */
-const FAILURE = /\b(?:fail(?:s|ed|ure)?|error|fatal|cannot|can't|unable to|crash(?:ed)?|abort(?:ed)?|killed|core dumped|exited with|terminated)\b/i;
+const FAILURE =
+  /\b(?:fail(?:s|ed|ure)?|error|fatal|cannot|can't|unable to|crash(?:ed)?|abort(?:ed)?|killed|core dumped|exited with|terminated)\b/i;
 
 /**
  * A line with what varies between repeats taken out: kernel timestamps,
@@ -70,13 +77,17 @@ export function scanConsole(text: string | string[], source: ConsoleSource): Con
     for (const [kind, re] of PATTERNS) {
       if (!re.test(line)) continue;
       const key = `${kind}\0${normaliseLine(line)}`;
-      if (!seenKinds.has(key)) { seenKinds.add(key); out.push({ kind, source, line }); }
+      if (!seenKinds.has(key)) {
+        seenKinds.add(key);
+        out.push({ kind, source, line });
+      }
       break;
     }
     if (FAILURE.test(line)) {
       const n = normaliseLine(line);
       const r = repeats.get(n);
-      if (r) r.count++; else repeats.set(n, { line, count: 1 });
+      if (r) r.count++;
+      else repeats.set(n, { line, count: 1 });
     }
   }
   for (const { line, count } of repeats.values()) {
@@ -94,11 +105,13 @@ export function describeFindings(fs: ConsoleFinding[]): string {
   for (const f of [...fs].sort((a, b) => ORDER.indexOf(a.kind) - ORDER.indexOf(b.kind))) {
     byKind.set(f.kind, [...(byKind.get(f.kind) ?? []), f]);
   }
-  return [...byKind.values()].map((group) => {
-    const f = group[0]!;
-    const more = group.length > 1 ? ` (+${group.length - 1} more)` : '';
-    return `${f.kind} on the ${SOURCE_NAME[f.source]}: "${f.line.slice(0, 200)}"${f.count === undefined ? '' : ` (${f.count} times)`}${more}`;
-  }).join('; ');
+  return [...byKind.values()]
+    .map((group) => {
+      const f = group[0]!;
+      const more = group.length > 1 ? ` (+${group.length - 1} more)` : '';
+      return `${f.kind} on the ${SOURCE_NAME[f.source]}: "${f.line.slice(0, 200)}"${f.count === undefined ? '' : ` (${f.count} times)`}${more}`;
+    })
+    .join('; ');
 }
 
 export interface ConsoleReaders {
@@ -128,7 +141,10 @@ export class ConsoleWatch {
   private readonly reported = new Set<string>();
   static readonly MAX_FINDINGS = 50;
 
-  constructor(private readonly readers: ConsoleReaders, private readonly opts: { intervalMs?: number; signal?: AbortSignal } = {}) {
+  constructor(
+    private readonly readers: ConsoleReaders,
+    private readonly opts: { intervalMs?: number; signal?: AbortSignal } = {},
+  ) {
     opts.signal?.addEventListener('abort', () => this.halt(), { once: true });
   }
 
@@ -137,7 +153,10 @@ export class ConsoleWatch {
     const tick = (): void => {
       this.timer = undefined;
       void this.poll().finally(() => {
-        if (!this.stopped) { this.timer = setTimeout(tick, this.opts.intervalMs ?? WATCH_INTERVAL_MS); this.timer.unref(); }
+        if (!this.stopped) {
+          this.timer = setTimeout(tick, this.opts.intervalMs ?? WATCH_INTERVAL_MS);
+          this.timer.unref();
+        }
       });
     };
     tick();
@@ -146,7 +165,9 @@ export class ConsoleWatch {
 
   /** One read of every source; concurrent callers share it. */
   poll(): Promise<void> {
-    this.polling ??= this.readAll().finally(() => { this.polling = undefined; });
+    this.polling ??= this.readAll().finally(() => {
+      this.polling = undefined;
+    });
     return this.polling;
   }
 
@@ -170,17 +191,26 @@ export class ConsoleWatch {
     for (const f of fs) {
       const key = `${f.kind}\0${f.source}\0${normaliseLine(f.line)}`;
       const old = this.found.get(key);
-      if (old) { if ((f.count ?? 0) > (old.count ?? 0)) old.count = f.count; continue; }
+      if (old) {
+        if ((f.count ?? 0) > (old.count ?? 0)) old.count = f.count;
+        continue;
+      }
       if (this.found.size < ConsoleWatch.MAX_FINDINGS) this.found.set(key, { ...f });
     }
   }
 
-  findings(): ConsoleFinding[] { return [...this.found.values()]; }
+  findings(): ConsoleFinding[] {
+    return [...this.found.values()];
+  }
 
   /** Findings not yet taken, marked as taken (so the end-of-VM check reports only what came later). */
   take(): ConsoleFinding[] {
     const out: ConsoleFinding[] = [];
-    for (const [k, f] of this.found) if (!this.reported.has(k)) { this.reported.add(k); out.push(f); }
+    for (const [k, f] of this.found)
+      if (!this.reported.has(k)) {
+        this.reported.add(k);
+        out.push(f);
+      }
     return out;
   }
 

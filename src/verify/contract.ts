@@ -18,13 +18,25 @@ export type TestSpec =
   | { kind: 'screenshot' }
   | { kind: 'integrity' };
 
-export interface Role { name: string; tests: TestSpec[]; maxBootSeconds: number; appInitSeconds: number }
+export interface Role {
+  name: string;
+  tests: TestSpec[];
+  maxBootSeconds: number;
+  appInitSeconds: number;
+}
 /** The question a `dns` role VM must answer: `name`'s A record is `expect`. */
-export interface DnsQuery { name: string; expect: string }
+export interface DnsQuery {
+  name: string;
+  expect: string;
+}
 
 export type Verdict = 'passed' | 'failed' | 'skipped' | 'warning';
 export interface TestResult {
-  name: string; kind: string; result: Verdict; seconds: number; detail: string;
+  name: string;
+  kind: string;
+  result: Verdict;
+  seconds: number;
+  detail: string;
   /** A file the test produced (the screenshot PNG). */
   artifact?: string;
   /** The screenshot of the VM's last passing run, when this one looks very different from it. */
@@ -60,10 +72,17 @@ export interface RecoveredVm {
 }
 
 /** Files kept of a VM when it was stopped (src/bringup/evidence.ts). */
-export interface Evidence { console?: string; screenshot?: string }
+export interface Evidence {
+  console?: string;
+  screenshot?: string;
+}
 
 /** Runs one test against a recovered VM; src/verify provides the real ones. */
-export type TestRunner = ((spec: TestSpec, vm: { name: string; pointId: string; role: Role; handle: RecoveredVm }, signal: AbortSignal) => Promise<TestResult>) & {
+export type TestRunner = ((
+  spec: TestSpec,
+  vm: { name: string; pointId: string; role: Role; handle: RecoveredVm },
+  signal: AbortSignal,
+) => Promise<TestResult>) & {
   /**
    * Called once per recovered VM after its tests, before it stops: results
    * of what watched the VM the whole time (the console watch), if it saw
@@ -74,12 +93,23 @@ export type TestRunner = ((spec: TestSpec, vm: { name: string; pointId: string; 
 
 /** One verified VM: its tests and timings; `group`: it belongs to the application group. */
 export interface VmResult {
-  name: string; point: string; group: boolean; result: 'success' | 'warning' | 'failed' | 'dependency-failed';
-  tests: TestResult[]; startedAt: number; endedAt: number;
+  name: string;
+  point: string;
+  group: boolean;
+  result: 'success' | 'warning' | 'failed' | 'dependency-failed';
+  tests: TestResult[];
+  startedAt: number;
+  endedAt: number;
   /** PNG of the console: the screenshot test's, or the last screen of a failed VM. */
   screenshot: string | null;
   /** The VM's serial console log, kept in the run's directory (absent in rows from before it was kept). */
   console?: string | null;
-  bootToHeartbeatSeconds: number | null; toFirstAnswerSeconds: number | null; recoverySeconds: number;
+  bootToHeartbeatSeconds: number | null;
+  toFirstAnswerSeconds: number | null;
+  recoverySeconds: number;
 }
-export interface RunResult { result: 'success' | 'warning' | 'failed'; vms: VmResult[]; labKept: boolean }
+export interface RunResult {
+  result: 'success' | 'warning' | 'failed';
+  vms: VmResult[];
+  labKept: boolean;
+}

@@ -10,8 +10,14 @@ export function buildQuery(id: number, name: string): Buffer {
     throw new Error(`not a DNS name: ${JSON.stringify(name)}`);
   }
   const header = Buffer.alloc(12);
-  header.writeUInt16BE(id, 0); header.writeUInt16BE(0x0100, 2); header.writeUInt16BE(1, 4);
-  return Buffer.concat([header, ...labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'ascii')])), Buffer.from([0, 0, 1, 0, 1])]);
+  header.writeUInt16BE(id, 0);
+  header.writeUInt16BE(0x0100, 2);
+  header.writeUInt16BE(1, 4);
+  return Buffer.concat([
+    header,
+    ...labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'ascii')])),
+    Buffer.from([0, 0, 1, 0, 1]),
+  ]);
 }
 
 function skipName(b: Buffer, pos: number): number {
@@ -25,7 +31,11 @@ function skipName(b: Buffer, pos: number): number {
   throw new Error('name with too many labels');
 }
 
-export interface DnsReply { rcode: number; a: string[]; truncated: boolean }
+export interface DnsReply {
+  rcode: number;
+  a: string[];
+  truncated: boolean;
+}
 
 /**
  * The A records of a reply to query `id`. Throws on anything that is not
@@ -37,14 +47,16 @@ export function parseAnswers(b: Buffer, id: number): DnsReply {
   const flags = b.readUInt16BE(2);
   if ((flags & 0x8000) === 0) throw new Error('packet is a query, not a response');
   const rcode = flags & 0xf;
-  const qd = b.readUInt16BE(4), an = b.readUInt16BE(6);
+  const qd = b.readUInt16BE(4),
+    an = b.readUInt16BE(6);
   let pos = 12;
   for (let i = 0; i < qd; i++) pos = skipName(b, pos) + 4;
   const a: string[] = [];
   for (let i = 0; i < an; i++) {
     pos = skipName(b, pos);
     if (pos + 10 > b.length) throw new Error('truncated answer record');
-    const type = b.readUInt16BE(pos), rdlen = b.readUInt16BE(pos + 8);
+    const type = b.readUInt16BE(pos),
+      rdlen = b.readUInt16BE(pos + 8);
     if (pos + 10 + rdlen > b.length) throw new Error('truncated answer data');
     if (type === 1 && rdlen === 4) a.push(Array.from(b.subarray(pos + 10, pos + 14)).join('.'));
     pos += 10 + rdlen;

@@ -26,7 +26,10 @@
 import { exec } from '../host/exec.js';
 import type { TestResult } from './contract.js';
 
-export interface Stability { pings: number; seconds: number }
+export interface Stability {
+  pings: number;
+  seconds: number;
+}
 export const DEFAULT_STABILITY: Stability = { pings: 3, seconds: 4 };
 /**
  * Lost = this many consecutive misses spanning at least this long. Looser than
@@ -63,18 +66,31 @@ export interface Clock {
 
 export const realClock: Clock = {
   now: () => Date.now(),
-  sleep: (ms, signal) => new Promise((resolve, reject) => {
-    if (signal?.aborted) { reject(signal.reason); return; }
-    const tm = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = (): void => { clearTimeout(tm); reject(signal?.reason); };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  }),
+  sleep: (ms, signal) =>
+    new Promise((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const tm = setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }, ms);
+      const onAbort = (): void => {
+        clearTimeout(tm);
+        reject(signal?.reason);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+    }),
 };
 
 /** A probe that hangs counts as a miss after `ms`: it must not stall the loop. */
 const bounded = (p: Promise<boolean>, ms: number, clock: Clock): Promise<boolean> => {
   const timer = new AbortController();
-  const late = clock.sleep(ms, timer.signal).then(() => false, () => false);
+  const late = clock.sleep(ms, timer.signal).then(
+    () => false,
+    () => false,
+  );
   return Promise.race([p.catch(() => false), late]).finally(() => timer.abort());
 };
 
@@ -82,14 +98,23 @@ const bounded = (p: Promise<boolean>, ms: number, clock: Clock): Promise<boolean
 class RunCounter {
   private firstAt: number | undefined;
   private count = 0;
-  constructor(private readonly s: Stability, private readonly want: boolean) {}
+  constructor(
+    private readonly s: Stability,
+    private readonly want: boolean,
+  ) {}
   record(ok: boolean, at: number): boolean {
-    if (ok !== this.want) { this.count = 0; this.firstAt = undefined; return false; }
+    if (ok !== this.want) {
+      this.count = 0;
+      this.firstAt = undefined;
+      return false;
+    }
     this.firstAt ??= at;
     this.count++;
     return this.count >= this.s.pings && at - this.firstAt >= this.s.seconds * 1000;
   }
-  get running(): boolean { return this.count > 0; }
+  get running(): boolean {
+    return this.count > 0;
+  }
 }
 
 const intervalOf = (s: Stability): number => (s.pings > 1 ? (s.seconds * 1000) / (s.pings - 1) : 1000);
@@ -107,8 +132,18 @@ export async function heartbeat(probes: HeartbeatProbes, o: HeartbeatOptions): P
   let agentSeenAt: number | undefined;
   let ipSeenAt: number | undefined;
   let ipStableAt: number | undefined;
-  const done = (result: TestResult['result'], path: HeartbeatPath | 'none', detail: string): TestResult & { path: HeartbeatPath | 'none' } =>
-    ({ name: 'heartbeat', kind: 'heartbeat', result, seconds: (clock.now() - t0) / 1000, detail, path });
+  const done = (
+    result: TestResult['result'],
+    path: HeartbeatPath | 'none',
+    detail: string,
+  ): TestResult & { path: HeartbeatPath | 'none' } => ({
+    name: 'heartbeat',
+    kind: 'heartbeat',
+    result,
+    seconds: (clock.now() - t0) / 1000,
+    detail,
+    path,
+  });
   const stableText = `${stability.pings} consecutive answers over ≥${stability.seconds} s`;
 
   for (;;) {
@@ -130,17 +165,28 @@ export async function heartbeat(probes: HeartbeatProbes, o: HeartbeatOptions): P
     if (at >= deadline) {
       if (!probes.agentPing) {
         const seen = ipSeenAt === undefined ? 'no ICMP answer' : 'no stable ICMP answer';
-        return done('warning', 'boot-time', `no guest agent and ${seen} on the lab bridge; waited out the maximum boot time (${o.maxBootSeconds} s)`);
+        return done(
+          'warning',
+          'boot-time',
+          `no guest agent and ${seen} on the lab bridge; waited out the maximum boot time (${o.maxBootSeconds} s)`,
+        );
       }
-      const agentText = agentSeenAt !== undefined
-        ? `the guest agent answered (first after ${secs(agentSeenAt - t0)} s) but never ${stableText}`
-        : 'the guest agent never answered';
-      const ipText = ipStableAt !== undefined
-        ? `its address answered ICMP stably after ${secs(ipStableAt - t0)} s, so the guest runs but is not healthy`
-        : ipSeenAt !== undefined ? `its address answered ICMP (first after ${secs(ipSeenAt - t0)} s) but not stably`
-          : 'its address did not answer ICMP either';
-      return done('failed', 'none', `${agentText} within the maximum boot time (${o.maxBootSeconds} s); ${ipText}` +
-        ' (the VM definition expects an agent; a guest without one needs "agent": false)');
+      const agentText =
+        agentSeenAt !== undefined
+          ? `the guest agent answered (first after ${secs(agentSeenAt - t0)} s) but never ${stableText}`
+          : 'the guest agent never answered';
+      const ipText =
+        ipStableAt !== undefined
+          ? `its address answered ICMP stably after ${secs(ipStableAt - t0)} s, so the guest runs but is not healthy`
+          : ipSeenAt !== undefined
+            ? `its address answered ICMP (first after ${secs(ipSeenAt - t0)} s) but not stably`
+            : 'its address did not answer ICMP either';
+      return done(
+        'failed',
+        'none',
+        `${agentText} within the maximum boot time (${o.maxBootSeconds} s); ${ipText}` +
+          ' (the VM definition expects an agent; a guest without one needs "agent": false)',
+      );
     }
     await clock.sleep(Math.max(0, Math.min(intervalMs - (clock.now() - roundStart), deadline - clock.now())), o.signal);
   }
@@ -190,10 +236,17 @@ export function watchHeartbeat(answer: () => Promise<boolean>, what: string, o: 
       const roundStart = clock.now();
       const ok = await bounded(answer(), probeTimeoutMs, clock);
       probes++;
-      if (misses.record(ok, clock.now())) { lostAt = clock.now(); break; }
+      if (misses.record(ok, clock.now())) {
+        lostAt = clock.now();
+        break;
+      }
       // Settling waits only for a miss streak to be decided.
       if (settling && !misses.running) break;
-      try { await clock.sleep(Math.max(0, intervalMs - (clock.now() - roundStart)), stop.signal); } catch { break; }
+      try {
+        await clock.sleep(Math.max(0, intervalMs - (clock.now() - roundStart)), stop.signal);
+      } catch {
+        break;
+      }
     }
   })();
 
@@ -205,7 +258,10 @@ export function watchHeartbeat(answer: () => Promise<boolean>, what: string, o: 
       o.signal?.removeEventListener('abort', onAbort);
       stop.abort(new Error('heartbeat watch settled'));
       if (lostAt !== undefined) {
-        return { held: false, detail: `lost during the test window: ${what} stopped answering (${loss.pings} consecutive misses over ≥${loss.seconds} s), ${secs(lostAt - t0)} s after the heartbeat passed` };
+        return {
+          held: false,
+          detail: `lost during the test window: ${what} stopped answering (${loss.pings} consecutive misses over ≥${loss.seconds} s), ${secs(lostAt - t0)} s after the heartbeat passed`,
+        };
       }
       return { held: true, detail: `${what} kept answering through the test window (${secs(clock.now() - t0)} s, ${probes} probes)` };
     },

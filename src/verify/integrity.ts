@@ -12,9 +12,18 @@ import type { TestResult } from './contract.js';
 
 const MAX_NAMED = 10;
 
-export interface CorruptChunk { disk: string; index: number; digest: string; reason: string }
+export interface CorruptChunk {
+  disk: string;
+  index: number;
+  digest: string;
+  reason: string;
+}
 
-export async function integrityTest(repo: RepositoryReader, pointId: string, o: { workers?: number; signal?: AbortSignal } = {}): Promise<TestResult & { corrupt: CorruptChunk[]; chunks: number }> {
+export async function integrityTest(
+  repo: RepositoryReader,
+  pointId: string,
+  o: { workers?: number; signal?: AbortSignal } = {},
+): Promise<TestResult & { corrupt: CorruptChunk[]; chunks: number }> {
   const t0 = Date.now();
   const point = await repo.getPoint(pointId);
   const seen = new Set<string>();
@@ -26,7 +35,8 @@ export async function integrityTest(repo: RepositoryReader, pointId: string, o: 
     for (let i = 0; i < disk.chunkCount; i++) {
       const id = disk.chunkId(i);
       if (id === null || seen.has(id)) continue;
-      seen.add(id); toCheck.push(i);
+      seen.add(id);
+      toCheck.push(i);
     }
     let next = 0;
     const worker = async (): Promise<void> => {
@@ -45,9 +55,21 @@ export async function integrityTest(repo: RepositoryReader, pointId: string, o: 
     await Promise.all(Array.from({ length: o.workers ?? 2 }, worker));
   }
   corrupt.sort((a, b) => a.disk.localeCompare(b.disk) || a.index - b.index);
-  const named = corrupt.slice(0, MAX_NAMED).map((c) => `${c.disk} chunk #${c.index} ${c.digest} (${c.reason})`).join('; ');
-  const detail = corrupt.length === 0
-    ? `${chunks} chunks of ${point.disks.length} disk(s) verified`
-    : `${corrupt.length} of ${chunks} chunks corrupt: ${named}${corrupt.length > MAX_NAMED ? '; …' : ''}`;
-  return { name: 'integrity', kind: 'integrity', result: corrupt.length === 0 ? 'passed' : 'failed', seconds: (Date.now() - t0) / 1000, detail, corrupt, chunks };
+  const named = corrupt
+    .slice(0, MAX_NAMED)
+    .map((c) => `${c.disk} chunk #${c.index} ${c.digest} (${c.reason})`)
+    .join('; ');
+  const detail =
+    corrupt.length === 0
+      ? `${chunks} chunks of ${point.disks.length} disk(s) verified`
+      : `${corrupt.length} of ${chunks} chunks corrupt: ${named}${corrupt.length > MAX_NAMED ? '; …' : ''}`;
+  return {
+    name: 'integrity',
+    kind: 'integrity',
+    result: corrupt.length === 0 ? 'passed' : 'failed',
+    seconds: (Date.now() - t0) / 1000,
+    detail,
+    corrupt,
+    chunks,
+  };
 }

@@ -10,10 +10,18 @@ import type { TestResult } from './contract.js';
 import { probeInNetns, type ProbeAnswer } from './probe.js';
 
 /** A verdict before it is timed: passed or not, and what a person reads. */
-export interface Judged { ok: boolean; detail: string }
+export interface Judged {
+  ok: boolean;
+  detail: string;
+}
 
-const result = (kind: string, t0: number, j: Judged): TestResult =>
-  ({ name: kind, kind, result: j.ok ? 'passed' : 'failed', seconds: (Date.now() - t0) / 1000, detail: j.detail });
+const result = (kind: string, t0: number, j: Judged): TestResult => ({
+  name: kind,
+  kind,
+  result: j.ok ? 'passed' : 'failed',
+  seconds: (Date.now() - t0) / 1000,
+  detail: j.detail,
+});
 
 /** A TCP answer: connected, and when `banner` is given, the first line the service sent matches it. */
 export function judgeTcp(a: ProbeAnswer, ip: string, port: number, banner?: string): Judged {
@@ -53,7 +61,12 @@ export async function tcpTest(netns: string, ip: string, port: number, banner?: 
   return result('tcp', t0, judgeTcp(a, ip, port, banner));
 }
 
-export async function httpTest(netns: string, ip: string, o: { port?: number; path?: string; status?: number; body?: string }, timeoutMs = 10_000): Promise<TestResult> {
+export async function httpTest(
+  netns: string,
+  ip: string,
+  o: { port?: number; path?: string; status?: number; body?: string },
+  timeoutMs = 10_000,
+): Promise<TestResult> {
   const t0 = Date.now();
   const a = await probeInNetns(netns, { kind: 'http', host: ip, port: o.port ?? 80, path: o.path ?? '/', timeoutMs });
   return result('http', t0, judgeHttp(a, o));

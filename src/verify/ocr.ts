@@ -7,9 +7,7 @@
  */
 import { exec, which } from '../host/exec.js';
 
-export type OcrOutcome =
-  | { ok: true; text: string }
-  | { ok: false; why: string };
+export type OcrOutcome = { ok: true; text: string } | { ok: false; why: string };
 
 export const OCR_TIMEOUT_MS = 30_000;
 /** Tesseract's text for one screen is a few KiB; more is not a console. */
@@ -20,7 +18,8 @@ export async function ocrText(imagePath: string, o: { timeoutMs?: number } = {})
   if (!bin) return { ok: false, why: 'tesseract is not installed (apt-get install tesseract-ocr)' };
   // One thread: the host's cores belong to the VMs under test.
   const r = await exec(bin, [imagePath, 'stdout', '--psm', '3'], {
-    timeoutMs: o.timeoutMs ?? OCR_TIMEOUT_MS, env: { ...process.env, OMP_THREAD_LIMIT: '1' },
+    timeoutMs: o.timeoutMs ?? OCR_TIMEOUT_MS,
+    env: { ...process.env, OMP_THREAD_LIMIT: '1' },
   });
   if (r.timedOut) return { ok: false, why: `tesseract took longer than ${(o.timeoutMs ?? OCR_TIMEOUT_MS) / 1000} s` };
   if (r.code !== 0) return { ok: false, why: `tesseract failed (exit ${r.code}): ${r.stderr.trim().split('\n').at(-1) ?? ''}` };

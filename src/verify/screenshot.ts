@@ -16,14 +16,21 @@ import { decodeVgaText, dedupeVgaRows } from '../hypervisor/vga.js';
 import { describeFindings, scanConsole, type ConsoleFinding } from './console.js';
 import type { OcrOutcome } from './ocr.js';
 
-export interface Ppm { width: number; height: number; rgb: Uint8Array }
+export interface Ppm {
+  width: number;
+  height: number;
+  rgb: Uint8Array;
+}
 
 export function parsePpm(buf: Uint8Array): Ppm {
   let pos = 0;
   const token = (): string => {
     for (;;) {
       while (pos < buf.length && /\s/.test(String.fromCharCode(buf[pos]!))) pos++;
-      if (buf[pos] === 0x23) { while (pos < buf.length && buf[pos] !== 0x0a) pos++; continue; }
+      if (buf[pos] === 0x23) {
+        while (pos < buf.length && buf[pos] !== 0x0a) pos++;
+        continue;
+      }
       break;
     }
     const s = pos;
@@ -31,7 +38,9 @@ export function parsePpm(buf: Uint8Array): Ppm {
     return Buffer.from(buf.subarray(s, pos)).toString('latin1');
   };
   if (token() !== 'P6') throw new Error('not a binary PPM (P6)');
-  const width = Number(token()); const height = Number(token()); const max = Number(token());
+  const width = Number(token());
+  const height = Number(token());
+  const max = Number(token());
   if (!(width > 0 && height > 0) || max !== 255) throw new Error('unsupported PPM header');
   pos++; // single whitespace after maxval
   const rgb = buf.subarray(pos, pos + width * height * 3);
@@ -41,9 +50,12 @@ export function parsePpm(buf: Uint8Array): Ppm {
 
 /** True when every pixel is within `tolerance` of the first: a black or blank screen. */
 export function isBlank(p: Ppm, tolerance = 8): boolean {
-  const r0 = p.rgb[0]!, g0 = p.rgb[1]!, b0 = p.rgb[2]!;
+  const r0 = p.rgb[0]!,
+    g0 = p.rgb[1]!,
+    b0 = p.rgb[2]!;
   for (let i = 0; i < p.rgb.length; i += 3) {
-    if (Math.abs(p.rgb[i]! - r0) > tolerance || Math.abs(p.rgb[i + 1]! - g0) > tolerance || Math.abs(p.rgb[i + 2]! - b0) > tolerance) return false;
+    if (Math.abs(p.rgb[i]! - r0) > tolerance || Math.abs(p.rgb[i + 1]! - g0) > tolerance || Math.abs(p.rgb[i + 2]! - b0) > tolerance)
+      return false;
   }
   return true;
 }
@@ -61,7 +73,9 @@ export function blueShare(p: Ppm): number {
   let blue = 0;
   const n = p.width * p.height;
   for (let i = 0; i < n * 3; i += 3) {
-    const r = p.rgb[i]!, g = p.rgb[i + 1]!, b = p.rgb[i + 2]!;
+    const r = p.rgb[i]!,
+      g = p.rgb[i + 1]!,
+      b = p.rgb[i + 2]!;
     if (b >= 96 && b > r + 40 && b > g + 20) blue++;
   }
   return n === 0 ? 0 : blue / n;
@@ -74,9 +88,15 @@ const BLUE_SCREEN_SHARE = 0.5;
  */
 const STOP_WORDS = /\b(?:problem|stop code|restart|crash dump|physical memory|BSOD)\b|\bSTOP:/i;
 
-export interface RasterImage { width: number; height: number; data: ArrayLike<number>; channels: number }
+export interface RasterImage {
+  width: number;
+  height: number;
+  data: ArrayLike<number>;
+  channels: number;
+}
 
-const HASH_W = 16, HASH_H = 16;
+const HASH_W = 16,
+  HASH_H = 16;
 /**
  * Difference hash (dHash) of a downscaled greyscale: the image is averaged
  * down to 17x16 cells, and each bit says whether a cell is brighter than its
@@ -94,7 +114,8 @@ export function dHash(img: RasterImage): Uint8Array {
       const cx = Math.min(gw - 1, Math.floor((x * gw) / img.width));
       const i = (y * img.width + x) * ch;
       const grey = ch >= 3 ? 0.299 * img.data[i]! + 0.587 * img.data[i + 1]! + 0.114 * img.data[i + 2]! : img.data[i]!;
-      sum[cy * gw + cx]! += grey; cnt[cy * gw + cx]!++;
+      sum[cy * gw + cx]! += grey;
+      cnt[cy * gw + cx]!++;
     }
   }
   const bits = new Uint8Array((HASH_W * HASH_H) / 8);
@@ -112,7 +133,13 @@ export function dHash(img: RasterImage): Uint8Array {
 /** Share of differing bits between two hashes (0 = same picture, about 0.5 = unrelated). */
 export function hashDistance(a: Uint8Array, b: Uint8Array): number {
   let d = 0;
-  for (let i = 0; i < a.length; i++) { let x = (a[i]! ^ (b[i] ?? 0)) & 0xff; while (x) { d += x & 1; x >>= 1; } }
+  for (let i = 0; i < a.length; i++) {
+    let x = (a[i]! ^ (b[i] ?? 0)) & 0xff;
+    while (x) {
+      d += x & 1;
+      x >>= 1;
+    }
+  }
   return d / (a.length * 8);
 }
 
@@ -159,7 +186,9 @@ export function screenshotTest(ppmPath: string, pngPath: string, extra: Screensh
     const change = screenChange(ppm, extra.baseline);
     if (change !== undefined && change.distance > SCREEN_CHANGE_THRESHOLD) {
       baseline = extra.baseline.path;
-      warnings.push(`the screen changed a lot since run ${extra.baseline.run} (perceptual distance ${change.distance.toFixed(2)}, over ${SCREEN_CHANGE_THRESHOLD}); that run's screen: ${extra.baseline.path}`);
+      warnings.push(
+        `the screen changed a lot since run ${extra.baseline.run} (perceptual distance ${change.distance.toFixed(2)}, over ${SCREEN_CHANGE_THRESHOLD}); that run's screen: ${extra.baseline.path}`,
+      );
     }
   }
   const seconds = (Date.now() - t0) / 1000;
@@ -174,6 +203,10 @@ export function screenshotTest(ppmPath: string, pngPath: string, extra: Screensh
 /** Distance to the baseline PNG; undefined when it is gone or unreadable (a pruned run is no reason to warn). */
 function screenChange(ppm: Ppm, b: ScreenBaseline): { distance: number } | undefined {
   let old: RasterImage;
-  try { old = decode(readFileSync(b.path)); } catch { return undefined; }
+  try {
+    old = decode(readFileSync(b.path));
+  } catch {
+    return undefined;
+  }
   return { distance: hashDistance(dHash({ width: ppm.width, height: ppm.height, data: ppm.rgb, channels: 3 }), dHash(old)) };
 }

@@ -28,10 +28,18 @@ const STDOUT_KEEP = 16 * 1024;
 export function resolveScript(path: string, baseDir: string, owner: string): string {
   const abs = isAbsolute(path) ? path : resolve(baseDir, path);
   let ok: boolean;
-  try { ok = statSync(abs).isFile(); accessSync(abs, constants.X_OK); } catch { ok = false; }
+  try {
+    ok = statSync(abs).isFile();
+    accessSync(abs, constants.X_OK);
+  } catch {
+    ok = false;
+  }
   if (!ok) {
-    throw badInput('SCRIPT_NOT_FOUND', `${owner}: script ${abs} does not exist or is not executable`,
-      'give the path of an executable file (relative paths are resolved against the job file\'s directory)');
+    throw badInput(
+      'SCRIPT_NOT_FOUND',
+      `${owner}: script ${abs} does not exist or is not executable`,
+      "give the path of an executable file (relative paths are resolved against the job file's directory)",
+    );
   }
   return abs;
 }
@@ -56,14 +64,26 @@ export function allowedScript(path: string, dir: string, owner: string): string 
   const real = confine(path, [dir]);
   if (real !== undefined) return real;
   throw new RestorelabError('SCRIPT_NOT_ALLOWED', `${owner}: script ${path} is outside the scripts directory ${dir}`, {
-    hint: 'jobs the server runs may only start executables inside api.scriptsDir: install the script there (root-owned, not writable by api.scriptUser) and give its path, or set api.scriptsDir in the server\'s config file',
+    hint: "jobs the server runs may only start executables inside api.scriptsDir: install the script there (root-owned, not writable by api.scriptUser) and give its path, or set api.scriptsDir in the server's config file",
   });
 }
 
-export interface ScriptTarget { netns: string; name: string; ip: string; masqIp: string }
+export interface ScriptTarget {
+  netns: string;
+  name: string;
+  ip: string;
+  masqIp: string;
+}
 
 /** How a script run ended. */
-export interface ScriptEnd { code: number | null; signal: NodeJS.Signals | null; timedOut: boolean; timeoutSeconds: number; stdout: string; stderr: string }
+export interface ScriptEnd {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  timedOut: boolean;
+  timeoutSeconds: number;
+  stdout: string;
+  stderr: string;
+}
 
 /**
  * Exit 0 passes; a timeout, a signal or any other code fails. The detail is
@@ -77,7 +97,12 @@ export function judgeScript(e: ScriptEnd): { ok: boolean; detail: string } {
   return { ok: false, detail: `exit ${e.code ?? e.signal}; stdout: ${out}${tail}` };
 }
 
-export function scriptTest(spec: { path: string; args?: string[]; timeoutSeconds?: number }, vm: ScriptTarget, signal?: AbortSignal, policy?: ScriptPolicy): Promise<TestResult> {
+export function scriptTest(
+  spec: { path: string; args?: string[]; timeoutSeconds?: number },
+  vm: ScriptTarget,
+  signal?: AbortSignal,
+  policy?: ScriptPolicy,
+): Promise<TestResult> {
   const t0 = Date.now();
   let timeoutS = spec.timeoutSeconds ?? SCRIPT_DEFAULT_TIMEOUT_SECONDS;
   const vmEnv = { VM_NAME: vm.name, VM_IP: vm.ip, VM_MASQ_IP: vm.masqIp };
@@ -91,13 +116,28 @@ export function scriptTest(spec: { path: string; args?: string[]; timeoutSeconds
       real = allowedScript(spec.path, policy.dir, 'script test');
       user = lookupUser(policy.user, 'api.scriptUser');
     } catch (err) {
-      return Promise.resolve({ name: 'script', kind: 'script', result: 'failed', seconds: 0, detail: `refused: ${(err as Error).message}` });
+      return Promise.resolve({
+        name: 'script',
+        kind: 'script',
+        result: 'failed',
+        seconds: 0,
+        detail: `refused: ${(err as Error).message}`,
+      });
     }
     timeoutS = Math.min(timeoutS, policy.maxSeconds);
     // `ip netns exec` needs root (setns), so the user is dropped after it, by
     // setpriv: spawn's uid/gid options would drop it before and the netns
     // could not be entered. No supplementary groups, no way back up (no_new_privs).
-    command = ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--no-new-privs', '--', real, ...(spec.args ?? [])];
+    command = [
+      'setpriv',
+      `--reuid=${user.uid}`,
+      `--regid=${user.gid}`,
+      '--clear-groups',
+      '--no-new-privs',
+      '--',
+      real,
+      ...(spec.args ?? []),
+    ];
     // Not the server's environment: it may name key files and tokens.
     env = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/', LANG: 'C.UTF-8', ...vmEnv };
     cwd = policy.dir;
@@ -117,15 +157,30 @@ export function scriptTest(spec: { path: string; args?: string[]; timeoutSeconds
     const keep = (s: string, d: Buffer): string => (s + d.toString()).slice(-STDOUT_KEEP);
     child.stdout.on('data', (d: Buffer) => (out = keep(out, d)));
     child.stderr.on('data', (d: Buffer) => (err = keep(err, d)));
-    const kill = (): void => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ } };
-    const timer = setTimeout(() => { timedOut = true; kill(); }, timeoutS * 1000);
+    const kill = (): void => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, timeoutS * 1000);
     const onAbort = (): void => kill();
     signal?.addEventListener('abort', onAbort, { once: true });
-    child.on('error', (e) => { clearTimeout(timer); resolveResult(done(false, `cannot start: ${e.message}`)); });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      resolveResult(done(false, `cannot start: ${e.message}`));
+    });
     child.on('close', (code, sig) => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
-      if (signal?.aborted) { reject(signal.reason); return; }
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
       const j = judgeScript({ code, signal: sig, timedOut, timeoutSeconds: timeoutS, stdout: out, stderr: err });
       resolveResult(done(j.ok, j.detail));
     });

@@ -47,7 +47,10 @@ export interface TestRunnerOptions {
  * (the role's appInitSeconds) is used up; the last answer is the verdict, and
  * its detail says how many attempts it took.
  */
-export async function untilPassed(once: () => Promise<TestResult>, o: { windowMs: number; retryMs: number; signal: AbortSignal; clock?: Clock }): Promise<TestResult> {
+export async function untilPassed(
+  once: () => Promise<TestResult>,
+  o: { windowMs: number; retryMs: number; signal: AbortSignal; clock?: Clock },
+): Promise<TestResult> {
   const clock = o.clock ?? realClock;
   const t0 = clock.now();
   const until = t0 + o.windowMs;
@@ -69,32 +72,46 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
     let w = watches.get(h);
     if (w || !wanted || (!h.consoleText && !h.serialLog)) return w;
     const vga = h.consoleText;
-    w = new ConsoleWatch({
-      ...(vga ? { vga: async () => dedupeVgaRows(decodeVgaText(await vga())) } : {}),
-      ...(h.serialLog ? { serial: h.serialLog } : {}),
-    }, { intervalMs: o.consoleIntervalMs, signal }).start();
+    w = new ConsoleWatch(
+      {
+        ...(vga ? { vga: async () => dedupeVgaRows(decodeVgaText(await vga())) } : {}),
+        ...(h.serialLog ? { serial: h.serialLog } : {}),
+      },
+      { intervalMs: o.consoleIntervalMs, signal },
+    ).start();
     watches.set(h, w);
     return w;
   };
   const run: TestRunner = async (spec, vm, signal) => {
     const h = vm.handle;
-    const watch = watchOf(h, vm.role.tests.some((t) => t.kind === 'screenshot'), signal);
+    const watch = watchOf(
+      h,
+      vm.role.tests.some((t) => t.kind === 'screenshot'),
+      signal,
+    );
     const withName = (r: TestResult): TestResult => ({ ...r, name: testName(spec) });
     const app = (once: () => Promise<TestResult>): Promise<TestResult> =>
       untilPassed(once, { windowMs: vm.role.appInitSeconds * 1000, retryMs: o.appRetryMs ?? APP_RETRY_MS, signal });
     switch (spec.kind) {
       case 'heartbeat': {
         const ipAnswer = (): Promise<boolean> => ipAnswers(h.netns, h.ip);
-        const { path, ...r } = await heartbeat({ agentPing: h.agentPing, ipAnswer }, {
-          maxBootSeconds: vm.role.maxBootSeconds, signal,
-          stability: spec.stablePings !== undefined || spec.stableSeconds !== undefined
-            ? { pings: spec.stablePings ?? 3, seconds: spec.stableSeconds ?? 4 } : undefined,
-        });
+        const { path, ...r } = await heartbeat(
+          { agentPing: h.agentPing, ipAnswer },
+          {
+            maxBootSeconds: vm.role.maxBootSeconds,
+            signal,
+            stability:
+              spec.stablePings !== undefined || spec.stableSeconds !== undefined
+                ? { pings: spec.stablePings ?? 3, seconds: spec.stableSeconds ?? 4 }
+                : undefined,
+          },
+        );
         if (r.result !== 'passed') return withName(r);
         // Passed: keep probing the same path until the runner ends the VM's test window.
-        const watch = path === 'agent' && h.agentPing
-          ? watchHeartbeat(h.agentPing, 'the guest agent', { ...o.heartbeatWatch, signal })
-          : watchHeartbeat(ipAnswer, `${h.ip} (ICMP)`, { ...o.heartbeatWatch, signal });
+        const watch =
+          path === 'agent' && h.agentPing
+            ? watchHeartbeat(h.agentPing, 'the guest agent', { ...o.heartbeatWatch, signal })
+            : watchHeartbeat(ipAnswer, `${h.ip} (ICMP)`, { ...o.heartbeatWatch, signal });
         const first = withName(r);
         return {
           ...first,
@@ -104,11 +121,16 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
           },
         };
       }
-      case 'ping': return withName(await pingTest(h.netns, h.ip));
-      case 'tcp': return withName(await app(() => tcpTest(h.netns, h.ip, spec.port, spec.banner)));
-      case 'http': return withName(await app(() => httpTest(h.netns, h.ip, spec)));
-      case 'dns': return withName(await app(() => dnsTest(h.netns, h.ip, spec.name, spec.expect)));
-      case 'script': return withName(await scriptTest(spec, { netns: h.netns, name: vm.name, ip: h.ip, masqIp: h.masqIp }, signal, o.scripts));
+      case 'ping':
+        return withName(await pingTest(h.netns, h.ip));
+      case 'tcp':
+        return withName(await app(() => tcpTest(h.netns, h.ip, spec.port, spec.banner)));
+      case 'http':
+        return withName(await app(() => httpTest(h.netns, h.ip, spec)));
+      case 'dns':
+        return withName(await app(() => dnsTest(h.netns, h.ip, spec.name, spec.expect)));
+      case 'script':
+        return withName(await scriptTest(spec, { netns: h.netns, name: vm.name, ip: h.ip, masqIp: h.masqIp }, signal, o.scripts));
       case 'screenshot': {
         mkdirSync(o.screenshotDir, { recursive: true });
         await watch?.poll();
@@ -119,9 +141,15 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
         const ocr = o.ocr === false ? undefined : await ocrText(ppm);
         const baseline = o.baseline?.(vm.name);
         try {
-          const { findings, ...r } = screenshotTest(ppm, png, { findings: watch?.take() ?? [], ocr, ...(vgaDump ? { vgaDump } : {}), ...(baseline ? { baseline } : {}) });
+          const { findings, ...r } = screenshotTest(ppm, png, {
+            findings: watch?.take() ?? [],
+            ocr,
+            ...(vgaDump ? { vgaDump } : {}),
+            ...(baseline ? { baseline } : {}),
+          });
           // What this test reported is not reported again at the end of the VM.
-          watch?.add(findings); watch?.take();
+          watch?.add(findings);
+          watch?.take();
           return { ...withName(r), artifact: png };
         } finally {
           rmSync(ppm, { force: true });
@@ -142,8 +170,15 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
     await w.stop();
     const late = w.take();
     if (late.length === 0) return [];
-    return [{ name: 'console', kind: 'console', result: 'failed', seconds: (Date.now() - t0) / 1000,
-      detail: `${describeFindings(late)} (seen after the screenshot test, or with no screenshot taken)` }];
+    return [
+      {
+        name: 'console',
+        kind: 'console',
+        result: 'failed',
+        seconds: (Date.now() - t0) / 1000,
+        detail: `${describeFindings(late)} (seen after the screenshot test, or with no screenshot taken)`,
+      },
+    ];
   };
   return run;
 }
@@ -151,11 +186,15 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
 /** A readable test name: the kind plus what it targets (e.g. "tcp:5432", "dns:web.lab.test"). */
 export function testName(spec: TestSpec): string {
   switch (spec.kind) {
-    case 'tcp': return `tcp:${spec.port}`;
-    case 'http': return `http:${spec.port ?? 80}${spec.path ?? '/'}`;
-    case 'dns': return `dns:${spec.name}`;
-    case 'script': return `script:${spec.path.split('/').at(-1) ?? spec.path}`;
-    default: return spec.kind;
+    case 'tcp':
+      return `tcp:${spec.port}`;
+    case 'http':
+      return `http:${spec.port ?? 80}${spec.path ?? '/'}`;
+    case 'dns':
+      return `dns:${spec.name}`;
+    case 'script':
+      return `script:${spec.path.split('/').at(-1) ?? spec.path}`;
+    default:
+      return spec.kind;
   }
 }
-

@@ -21,7 +21,13 @@ t.test('recover web, list it, stop it, all through the server', async (t) => {
   const { api, lab } = await labApi(t, { prefix: 'cr', masquerade: subnet('api/cli-remote-recover') });
   const server = createServer(api.app);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }));
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  );
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const elsewhere = mkdtempSync(join(tmpdir(), 'rl-remote-client-'));
   t.teardown(() => rmSync(elsewhere, { recursive: true, force: true }));
@@ -39,7 +45,9 @@ t.test('recover web, list it, stop it, all through the server', async (t) => {
   const rec = await remote(['recover', 'web', '--lab', lab]);
   t.equal(rec.code, 0, rec.stderr);
   const nic0 = address('api/cli-remote-recover').replaceAll('.', '\\.');
-  const m = new RegExp(`^session (\\S+): web is running \\(heartbeat after ([\\d.]+) s\\)\\n {2}nic0: ${nic0}\\nstop it with: restorelab stop \\1\\n$`).exec(rec.stdout);
+  const m = new RegExp(
+    `^session (\\S+): web is running \\(heartbeat after ([\\d.]+) s\\)\\n {2}nic0: ${nic0}\\nstop it with: restorelab stop \\1\\n$`,
+  ).exec(rec.stdout);
   t.ok(m, `the same rendering as embedded recover: ${rec.stdout}`);
   const id = m?.[1] as string;
   t.teardown(() => cli(['--server', url, '--token', operator, 'stop', id], { RESTORELAB_HOME: elsewhere }));
@@ -62,16 +70,49 @@ t.test('recover web, list it, stop it, all through the server', async (t) => {
 
   // A SureBackup job of the server's jobs directory, run from here.
   mkdirSync(api.ctx.jobsDir, { recursive: true });
-  writeFileSync(join(api.ctx.jobsDir, 'remote-demo.json'), JSON.stringify({ name: 'remote-demo', lab: `../labs/${lab}.json`, verify: { vms: ['web'], role: 'web' }, point: 'latest', concurrency: 1 }));
+  writeFileSync(
+    join(api.ctx.jobsDir, 'remote-demo.json'),
+    JSON.stringify({
+      name: 'remote-demo',
+      lab: `../labs/${lab}.json`,
+      verify: { vms: ['web'], role: 'web' },
+      point: 'latest',
+      concurrency: 1,
+    }),
+  );
   const run = await remote(['surebackup', 'run', 'jobs/remote-demo.json', '--json']);
   t.equal(run.code, 0, run.stderr);
   // A path names the server's job of that file name (the run above would be a 404 otherwise).
-  t.match(run.json, { result: 'success', vms: [{ name: 'web', result: 'success', tests: [{ kind: 'heartbeat', result: 'passed' }, { kind: 'ping', result: 'passed' }] }] }, 'the run --json document');
+  t.match(
+    run.json,
+    {
+      result: 'success',
+      vms: [
+        {
+          name: 'web',
+          result: 'success',
+          tests: [
+            { kind: 'heartbeat', result: 'passed' },
+            { kind: 'ping', result: 'passed' },
+          ],
+        },
+      ],
+    },
+    'the run --json document',
+  );
   t.same(Object.keys(run.json).sort(), ['report', 'result', 'run', 'vms']);
   const history = await remote(['surebackup', 'history', '--job', 'remote-demo', '--json']);
   t.equal(history.code, 0, history.stderr);
-  t.match(history.json, { job: 'remote-demo', passRate: { runs: 1, passed: 1, rate: 1 }, runs: [{ id: run.json.run, status: 'success', vms: [{ name: 'web', result: 'success' }] }] });
-  t.match((history.json.recoveryTrend as Record<string, unknown[]>).web, [{ run: run.json.run, result: 'success' }], 'the recovery trend of web');
+  t.match(history.json, {
+    job: 'remote-demo',
+    passRate: { runs: 1, passed: 1, rate: 1 },
+    runs: [{ id: run.json.run, status: 'success', vms: [{ name: 'web', result: 'success' }] }],
+  });
+  t.match(
+    (history.json.recoveryTrend as Record<string, unknown[]>).web,
+    [{ run: run.json.run, result: 'success' }],
+    'the recovery trend of web',
+  );
   const busy = await remote(['surebackup', 'run', 'nosuchjob']);
   t.equal(busy.code, 5, 'an unknown job is not found');
 });

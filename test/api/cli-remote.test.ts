@@ -23,32 +23,57 @@ import { address } from '../helpers/subnets.js';
 t.test('points, sessions, publications, history and stop through the server', async (t) => {
   const home = mkdtempSync(join(tmpdir(), 'rl-remote-'));
   const elsewhere = mkdtempSync(join(tmpdir(), 'rl-remote-client-'));
-  t.teardown(() => { rmSync(home, { recursive: true, force: true }); rmSync(elsewhere, { recursive: true, force: true }); });
+  t.teardown(() => {
+    rmSync(home, { recursive: true, force: true });
+    rmSync(elsewhere, { recursive: true, force: true });
+  });
   const serverEnv = { RESTORELAB_HOME: home, RESTORELAB_REPO: join(home, 'repo') };
   const g = await guestRepository(home, 'web');
   const config = loadConfig({ env: serverEnv });
   // A finished session in the server's state: the listing has a row to compare.
   new SessionStore(config.stateDir).save({
-    id: 'sess-remote-1', vm: 'web', point: g.point.id, repo: g.repo, driver: 'qemu', domain: 'rl-web-test', state: 'stopped',
-    createdAt: new Date(Date.now() - 60_000).toISOString(), updatedAt: new Date().toISOString(), heartbeatSeconds: 12.5,
-    addresses: { nic0: address('prod-lab') }, disks: {}, diskBytes: {}, resources: { taps: [] },
+    id: 'sess-remote-1',
+    vm: 'web',
+    point: g.point.id,
+    repo: g.repo,
+    driver: 'qemu',
+    domain: 'rl-web-test',
+    state: 'stopped',
+    createdAt: new Date(Date.now() - 60_000).toISOString(),
+    updatedAt: new Date().toISOString(),
+    heartbeatSeconds: 12.5,
+    addresses: { nic0: address('prod-lab') },
+    disks: {},
+    diskBytes: {},
+    resources: { taps: [] },
   });
-  const server = await startApiServer({ config, jobsDir: join(home, 'jobs'), log: pino({ level: 'silent' }), listen: '127.0.0.1', port: 0 });
+  const server = await startApiServer({
+    config,
+    jobsDir: join(home, 'jobs'),
+    log: pino({ level: 'silent' }),
+    listen: '127.0.0.1',
+    port: 0,
+  });
   t.teardown(() => server.close());
   const viewer = server.ctx.tokens.create('cli-viewer', 'viewer').token;
-  const remote = (args: string[], token = viewer): Promise<Cli> => cli(['--server', server.url, '--token', token, ...args], { RESTORELAB_HOME: elsewhere });
+  const remote = (args: string[], token = viewer): Promise<Cli> =>
+    cli(['--server', server.url, '--token', token, ...args], { RESTORELAB_HOME: elsewhere });
   const embedded = (args: string[]): Promise<Cli> => cli(args, serverEnv);
 
   const rp = await remote(['points', '--json']);
   t.equal(rp.code, 0, rp.stderr);
   const ep = await embedded(['points', '--json']);
   t.equal(ep.code, 0, ep.stderr);
-  t.equal(rp.json.repo, ep.json.repo, 'the server\'s repository');
+  t.equal(rp.json.repo, ep.json.repo, "the server's repository");
   const remotePoints = rp.json.points as Array<Record<string, unknown>>;
   t.equal(remotePoints.length, 1);
   t.equal(remotePoints[0]?.id, g.point.id);
   t.equal(remotePoints[0]?.verification, null, 'remote adds what only the server knows: the latest verification');
-  t.same(remotePoints.map(({ verification: _v, ...p }) => p), ep.json.points, 'otherwise the same points as embedded');
+  t.same(
+    remotePoints.map(({ verification: _v, ...p }) => p),
+    ep.json.points,
+    'otherwise the same points as embedded',
+  );
   const human = await remote(['points', '--vm', 'web']);
   t.equal(human.code, 0, human.stderr);
   t.match(human.stdout, new RegExp(`${g.point.id}\\s+web`), 'the human listing');
@@ -58,12 +83,18 @@ t.test('points, sessions, publications, history and stop through the server', as
   const rs = await remote(['sessions', '--json']);
   t.equal(rs.code, 0, rs.stderr);
   const es = await embedded(['sessions', '--json']);
-  const strip = (j: Record<string, unknown>): unknown => (j.sessions as Array<Record<string, unknown>>).map(({ ageSeconds: _a, ...s }) => s);
+  const strip = (j: Record<string, unknown>): unknown =>
+    (j.sessions as Array<Record<string, unknown>>).map(({ ageSeconds: _a, ...s }) => s);
   t.equal((rs.json.sessions as unknown[]).length, 1);
   t.same(strip(rs.json), strip(es.json), 'the same sessions as embedded (age aside, it ticks)');
-  t.match(rs.json.sessions, [{ session: 'sess-remote-1', state: 'stopped', heartbeatSeconds: 12.5, addresses: { nic0: address('prod-lab') } }]);
+  t.match(rs.json.sessions, [
+    { session: 'sess-remote-1', state: 'stopped', heartbeatSeconds: 12.5, addresses: { nic0: address('prod-lab') } },
+  ]);
 
-  for (const args of [['publications', '--json'], ['surebackup', 'history', '--json']]) {
+  for (const args of [
+    ['publications', '--json'],
+    ['surebackup', 'history', '--json'],
+  ]) {
     const r = await remote(args);
     const e = await embedded(args);
     t.equal(r.code, 0, r.stderr);
@@ -93,7 +124,13 @@ t.test('a wrong token, no token, no server, an unsupported command', async (t) =
   const home = mkdtempSync(join(tmpdir(), 'rl-remote-auth-'));
   t.teardown(() => rmSync(home, { recursive: true, force: true }));
   const config = loadConfig({ env: { RESTORELAB_HOME: home } });
-  const server = await startApiServer({ config, jobsDir: join(home, 'jobs'), log: pino({ level: 'silent' }), listen: '127.0.0.1', port: 0 });
+  const server = await startApiServer({
+    config,
+    jobsDir: join(home, 'jobs'),
+    log: pino({ level: 'silent' }),
+    listen: '127.0.0.1',
+    port: 0,
+  });
   t.teardown(() => server.close());
   const env = { RESTORELAB_HOME: home };
 
@@ -142,7 +179,13 @@ t.test('the client follows a long operation over SSE to its result or its error'
   const home = mkdtempSync(join(tmpdir(), 'rl-remote-op-'));
   t.teardown(() => rmSync(home, { recursive: true, force: true }));
   const config = loadConfig({ env: { RESTORELAB_HOME: home } });
-  const server = await startApiServer({ config, jobsDir: join(home, 'jobs'), log: pino({ level: 'silent' }), listen: '127.0.0.1', port: 0 });
+  const server = await startApiServer({
+    config,
+    jobsDir: join(home, 'jobs'),
+    log: pino({ level: 'silent' }),
+    listen: '127.0.0.1',
+    port: 0,
+  });
   t.teardown(() => server.close());
   const api = new ApiClient({ url: server.url, token: server.ctx.tokens.create('op', 'viewer').token, explicit: true });
   const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 30));
@@ -157,7 +200,15 @@ t.test('the client follows a long operation over SSE to its result or its error'
   });
   const seen: Array<{ fraction: number | null; message: string }> = [];
   t.same(await api.follow(ok as RemoteOperation, (e) => seen.push(e)), { answer: 42 }, 'the result');
-  t.same(seen, [{ fraction: 0.25, message: 'a quarter' }, { fraction: null, message: 'halfway there' }, { fraction: 0.75, message: 'three quarters' }], 'every event in order, once');
+  t.same(
+    seen,
+    [
+      { fraction: 0.25, message: 'a quarter' },
+      { fraction: null, message: 'halfway there' },
+      { fraction: 0.75, message: 'three quarters' },
+    ],
+    'every event in order, once',
+  );
   // An operation that already ended is replayed, not waited for.
   t.same(await api.follow(ok as RemoteOperation, () => undefined), { answer: 42 });
 
@@ -165,5 +216,8 @@ t.test('the client follows a long operation over SSE to its result or its error'
     await tick();
     throw new RestorelabError('NO_HEARTBEAT', 'no heartbeat from web', { hint: 'look at the console screenshot' });
   });
-  await t.rejects(api.follow(bad as RemoteOperation, () => undefined), { name: 'RestorelabError', code: 'NO_HEARTBEAT', message: 'server: no heartbeat from web', hint: 'look at the console screenshot' });
+  await t.rejects(
+    api.follow(bad as RemoteOperation, () => undefined),
+    { name: 'RestorelabError', code: 'NO_HEARTBEAT', message: 'server: no heartbeat from web', hint: 'look at the console screenshot' },
+  );
 });

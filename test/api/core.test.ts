@@ -42,12 +42,19 @@ t.test('roles: viewer reads, operator acts, admin manages tokens; 403 names the 
   const denied = await request(api.app).get('/api/v1/tokens').set('authorization', api.auth.operator).expect(403);
   t.equal(denied.body.error.code, 'FORBIDDEN');
   t.match(denied.body.error.message, /needs admin/);
-  t.ok(api.logs.some((l) => l.level === 40 && String(l.msg).includes('needs admin')), 'a 403 is logged');
+  t.ok(
+    api.logs.some((l) => l.level === 40 && String(l.msg).includes('needs admin')),
+    'a 403 is logged',
+  );
   t.notMatch(JSON.stringify(api.logs), new RegExp(api.auth.operator.slice(7 + 16)), 'the token is in no log line');
   const list = await request(api.app).get('/api/v1/tokens').set('authorization', api.auth.admin).expect(200);
   t.equal(list.body.tokens.length, 3);
   t.notOk(JSON.stringify(list.body).includes('hash'), 'hashes are never listed');
-  const made = await request(api.app).post('/api/v1/tokens').set('authorization', api.auth.admin).send({ name: 'ci', role: 'operator' }).expect(201);
+  const made = await request(api.app)
+    .post('/api/v1/tokens')
+    .set('authorization', api.auth.admin)
+    .send({ name: 'ci', role: 'operator' })
+    .expect(201);
   t.match(made.body.token, /^rl_[a-f0-9]{12}_/);
   await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.body.token}`).expect(200);
   await request(api.app).delete(`/api/v1/tokens/${made.body.id}`).set('authorization', api.auth.admin).expect(200);
@@ -61,8 +68,12 @@ t.test('healthz says only ok; every response carries the security headers', asyn
   const health = await request(api.app).get('/healthz').expect(200);
   t.same(health.body, { ok: true }, 'no pid, nothing about the host');
   const pages = [await request(api.app).get('/').expect(200), await request(api.app).get('/js/app.js').expect(200)];
-  const apis = [health, await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.viewer).expect(200),
-    await request(api.app).get('/api/v1/whoami').expect(401), await request(api.app).get('/metrics').set('authorization', api.auth.viewer).expect(200)];
+  const apis = [
+    health,
+    await request(api.app).get('/api/v1/whoami').set('authorization', api.auth.viewer).expect(200),
+    await request(api.app).get('/api/v1/whoami').expect(401),
+    await request(api.app).get('/metrics').set('authorization', api.auth.viewer).expect(200),
+  ];
   for (const [i, r] of [...pages, ...apis].entries()) {
     const what = `response ${i} (${r.status})`;
     t.equal(r.headers['x-frame-options'], 'DENY', what);
@@ -74,17 +85,26 @@ t.test('healthz says only ok; every response carries the security headers', asyn
   t.match(csp, /default-src 'self'/);
   t.match(csp, /script-src 'self'(;|$)/, 'no inline or foreign script');
   t.notMatch(csp, /unsafe-inline|unsafe-eval/);
-  t.equal(apis[1]?.headers['content-security-policy'], "default-src 'none'; frame-ancestors 'none'; sandbox", 'API responses may load nothing');
+  t.equal(
+    apis[1]?.headers['content-security-policy'],
+    "default-src 'none'; frame-ancestors 'none'; sandbox",
+    'API responses may load nothing',
+  );
 });
 
-t.test('the dashboard policy allows exactly the run report\'s inline style sheet', async (t) => {
+t.test("the dashboard policy allows exactly the run report's inline style sheet", async (t) => {
   const { DASHBOARD_CSP } = await import('../../src/api/app.js');
   const { renderHtml } = await import('../../src/report/report.js');
   const { createHash } = await import('node:crypto');
   const html = renderHtml({ run: 'r', job: 'j', result: 'success', startedAt: '', endedAt: '', vms: [], labKept: false, report: '' });
   const sheets = [...html.matchAll(/<style>([\s\S]*?)<\/style>/g)].map((m) => m[1] as string);
   t.equal(sheets.length, 1);
-  t.match(DASHBOARD_CSP, `'sha256-${createHash('sha256').update(sheets[0] as string).digest('base64')}'`);
+  t.match(
+    DASHBOARD_CSP,
+    `'sha256-${createHash('sha256')
+      .update(sheets[0] as string)
+      .digest('base64')}'`,
+  );
   t.notMatch(html, /style=/, 'and the report has no style attribute the policy would block');
 });
 
@@ -140,7 +160,9 @@ t.test('bad bodies: malformed JSON, unknown fields, wrong types, oversize, wrong
   t.match(wrong.body.error.message, /body\/role: must be one of/);
   const missing = await post().send({}).expect(400);
   t.match(missing.body.error.message, /required property 'name'/);
-  const big = await post().send({ name: 'x'.repeat(300 * 1024), role: 'viewer' }).expect(413);
+  const big = await post()
+    .send({ name: 'x'.repeat(300 * 1024), role: 'viewer' })
+    .expect(413);
   t.equal(big.body.error.code, 'BODY_TOO_LARGE');
   const text = await post().set('content-type', 'text/plain').send('name=x').expect(415);
   t.equal(text.body.error.code, 'UNSUPPORTED_MEDIA_TYPE');
@@ -161,7 +183,11 @@ t.test('the OpenAPI document lists every route with its schemas', async (t) => {
   for (const r of api.table.routes) {
     const p = r.path.replace(/:(\w+)/g, '{$1}');
     t.ok(res.body.paths[p]?.[r.method], `${r.method} ${p} is in the document`);
-    if (r.body) t.ok(JSON.stringify(res.body.paths[p][r.method].requestBody).includes('#/components/schemas/'), `${r.method} ${p} has its body schema`);
+    if (r.body)
+      t.ok(
+        JSON.stringify(res.body.paths[p][r.method].requestBody).includes('#/components/schemas/'),
+        `${r.method} ${p} has its body schema`,
+      );
   }
   t.ok(res.body.components.schemas.ApiTokenCreate, 'schemas from config/schemas are components');
   // Every reference resolves inside the document (no $defs or file references left dangling).
@@ -177,12 +203,24 @@ t.test('long operations: 202-style resource, progress over SSE, cancel', async (
   const api = await testApi();
   t.teardown(api.close);
   const op = api.ctx.operations.start('test', 'tester', async (o) => {
-    for (let i = 1; i <= 3; i++) { o.progress(i / 3, `step ${i}`); await new Promise((r) => setTimeout(r, 20)); }
+    for (let i = 1; i <= 3; i++) {
+      o.progress(i / 3, `step ${i}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
     return { result: { done: true }, resource: '/api/v1/whoami' };
   });
-  const sse = await request(api.app).get(`/api/v1/operations/${op.id}/events`).set('authorization', api.auth.viewer).buffer(true).parse((res, cb) => {
-    let text = ''; res.on('data', (c: Buffer) => { text += c.toString(); }); res.on('end', () => cb(null, text));
-  }).expect(200);
+  const sse = await request(api.app)
+    .get(`/api/v1/operations/${op.id}/events`)
+    .set('authorization', api.auth.viewer)
+    .buffer(true)
+    .parse((res, cb) => {
+      let text = '';
+      res.on('data', (c: Buffer) => {
+        text += c.toString();
+      });
+      res.on('end', () => cb(null, text));
+    })
+    .expect(200);
   t.match(sse.headers['content-type'], /^text\/event-stream/);
   const events = String(sse.body).split('\n\n').filter(Boolean);
   t.ok(events.filter((e) => e.includes('event: progress')).length >= 3, 'progress events');
@@ -190,7 +228,11 @@ t.test('long operations: 202-style resource, progress over SSE, cancel', async (
   const got = await request(api.app).get(`/api/v1/operations/${op.id}`).set('authorization', api.auth.viewer).expect(200);
   t.equal(got.body.state, 'succeeded');
   t.same(got.body.result, { done: true });
-  const slow = api.ctx.operations.start('slow', 'tester', (o) => new Promise((_r, reject) => o.signal.addEventListener('abort', () => reject(new Error('stopped')))));
+  const slow = api.ctx.operations.start(
+    'slow',
+    'tester',
+    (o) => new Promise((_r, reject) => o.signal.addEventListener('abort', () => reject(new Error('stopped')))),
+  );
   await request(api.app).post(`/api/v1/operations/${slow.id}/cancel`).set('authorization', api.auth.viewer).expect(403);
   await request(api.app).post(`/api/v1/operations/${slow.id}/cancel`).set('authorization', api.auth.operator).expect(202);
   t.equal((await api.ctx.operations.wait(slow.id))?.state, 'cancelled');
@@ -218,7 +260,10 @@ t.test('every declared route: 401 without a token, 403 for a role below the one 
     const anon = await request(api.app)[r.method](path).expect(401);
     t.equal(anon.body.error.code, 'UNAUTHENTICATED', `${r.method} ${r.path} without a token`);
     for (const role of below[r.role] ?? []) {
-      const res = await request(api.app)[r.method](path).set('authorization', api.auth[role as 'viewer' | 'operator']).expect(403);
+      const res = await request(api.app)
+        [r.method](path)
+        .set('authorization', api.auth[role as 'viewer' | 'operator'])
+        .expect(403);
       t.match(res.body.error.message, new RegExp(`needs ${r.role}`), `${r.method} ${r.path} as ${role}`);
     }
   }

@@ -128,20 +128,42 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
 
   // The lab template the server offers (labs are named, never given as paths), and a one-VM job using it.
   const labFile = join(labsDir, `${labName}.json`);
-  writeFileSync(labFile, JSON.stringify({ name: labName, allowInternet: false,
-    networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: MASQUERADE }] }));
+  writeFileSync(
+    labFile,
+    JSON.stringify({
+      name: labName,
+      allowInternet: false,
+      networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: MASQUERADE }],
+    }),
+  );
   process.env.RESTORELAB_LABS_DIR = labsDir;
-  writeFileSync(join(jobsDir, 'dash-web.json'), JSON.stringify({
-    name: 'dash-web', lab: labFile, point: 'latest', concurrency: 1,
-    verify: { vms: ['web'], role: 'web', maxBootSeconds: 180, appInitSeconds: 60 },
-  }));
+  writeFileSync(
+    join(jobsDir, 'dash-web.json'),
+    JSON.stringify({
+      name: 'dash-web',
+      lab: labFile,
+      point: 'latest',
+      concurrency: 1,
+      verify: { vms: ['web'], role: 'web', maxBootSeconds: 180, appInitSeconds: 60 },
+    }),
+  );
 
   const config = loadConfig({ env: { RESTORELAB_HOME: home, RESTORELAB_REPO: repo, RESTORELAB_DRIVER: 'qemu', RESTORELAB_ACCEL: 'tcg' } });
   mkdirSync(prod, { recursive: true });
   config.api.restoreRoots = [prod];
   server = await startApiServer({
-    config, jobsDir, port: 0, listen: '127.0.0.1',
-    log: pino({ level: 'info' }, { write: (l: string) => { logs.push(l); } }),
+    config,
+    jobsDir,
+    port: 0,
+    listen: '127.0.0.1',
+    log: pino(
+      { level: 'info' },
+      {
+        write: (l: string) => {
+          logs.push(l);
+        },
+      },
+    ),
   });
   const { url, ctx } = server;
   const stateDir = config.stateDir;
@@ -153,13 +175,13 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
   const pageErrors: string[] = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
 
-  await t.test('a wrong token is refused with the server\'s message', async (t) => {
+  await t.test("a wrong token is refused with the server's message", async (t) => {
     await page.goto(`${url}/`);
     await page.getByLabel('API token').fill(`rl_0123456789ab_${'A'.repeat(43)}`);
     await page.getByRole('button', { name: 'Log in' }).click();
     const err = page.locator('#error');
     await err.waitFor({ state: 'visible' });
-    t.match(await err.textContent(), /not valid/, 'the API\'s message is shown');
+    t.match(await err.textContent(), /not valid/, "the API's message is shown");
     t.ok(await page.locator('#nav').isHidden(), 'no navigation without a valid token');
     await shot(page, '01-login-refused');
   });
@@ -173,19 +195,37 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await shot(page, '02-overview');
   });
 
-  await t.test('the points view charts each VM\'s change rate and entropy; worker\'s encrypted night is the anomaly', async (t) => {
+  await t.test("the points view charts each VM's change rate and entropy; worker's encrypted night is the anomaly", async (t) => {
     await page.getByRole('link', { name: 'Restore points' }).click();
     const chart = page.getByRole('img', { name: /^Change rate and entropy of worker/ });
     await chart.waitFor();
     t.equal(await chart.getAttribute('aria-label'), 'Change rate and entropy of worker: 4 points, 1 anomaly');
     t.equal(await chart.locator('circle.anomaly').count(), 2, 'both lines mark the anomalous point');
-    t.same(await chart.locator('circle.anomaly').evaluateAll((els) => els.map((e) => e.getAttribute('data-point'))), [workerAnomaly, workerAnomaly]);
-    t.match(await chart.locator('circle.anomaly title').first().textContent(), /ANOMALY: 100\.0 % of the new data is incompressible/, 'its tooltip says why');
-    t.equal(await page.getByRole('img', { name: /^Change rate and entropy of web/ }).getAttribute('aria-label'), 'Change rate and entropy of web: 1 point, 0 anomalies');
+    t.same(await chart.locator('circle.anomaly').evaluateAll((els) => els.map((e) => e.getAttribute('data-point'))), [
+      workerAnomaly,
+      workerAnomaly,
+    ]);
+    t.match(
+      await chart.locator('circle.anomaly title').first().textContent(),
+      /ANOMALY: 100\.0 % of the new data is incompressible/,
+      'its tooltip says why',
+    );
+    t.equal(
+      await page.getByRole('img', { name: /^Change rate and entropy of web/ }).getAttribute('aria-label'),
+      'Change rate and entropy of web: 1 point, 0 anomalies',
+    );
     const rows = page.getByRole('table', { name: 'Restore points of worker' }).locator('[data-anomaly]');
-    t.same(await rows.evaluateAll((els) => els.map((e) => e.getAttribute('data-anomaly'))), ['true', 'false', 'false', 'false'], 'newest first: only the newest row is an anomaly');
+    t.same(
+      await rows.evaluateAll((els) => els.map((e) => e.getAttribute('data-anomaly'))),
+      ['true', 'false', 'false', 'false'],
+      'newest first: only the newest row is an anomaly',
+    );
     t.match(await rows.first().textContent(), /100\.0% of new data incompressible anomaly/);
-    t.match(await page.getByRole('table', { name: 'Restore points of web' }).textContent(), /full backup/, 'web\'s one point is its full backup');
+    t.match(
+      await page.getByRole('table', { name: 'Restore points of web' }).textContent(),
+      /full backup/,
+      "web's one point is its full backup",
+    );
     await chart.scrollIntoViewIfNeeded();
     await shot(page, '02b-points-signals');
   });
@@ -195,7 +235,11 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await page.getByRole('link', { name: 'Restore points' }).click();
     const recover = page.locator('button[data-vm="web"]').first();
     await recover.waitFor();
-    t.equal(await page.getByRole('table', { name: 'Restore points of web' }).getByText('not verified').count(), 1, 'the point is not verified yet');
+    t.equal(
+      await page.getByRole('table', { name: 'Restore points of web' }).getByText('not verified').count(),
+      1,
+      'the point is not verified yet',
+    );
     await page.getByLabel('Lab').selectOption(labName);
     await shot(page, '03-points');
     await recover.click();
@@ -207,22 +251,31 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     t.ok(sessionId, `session ${sessionId}`);
     const img = card.getByRole('img', { name: /Console of web/ });
     await img.waitFor({ state: 'visible', timeout: 60_000 });
-    await page.waitForFunction((el) => (el as HTMLImageElement).complete && (el as HTMLImageElement).naturalWidth > 0, await img.elementHandle(), { timeout: 60_000 });
+    await page.waitForFunction(
+      (el) => (el as HTMLImageElement).complete && (el as HTMLImageElement).naturalWidth > 0,
+      await img.elementHandle(),
+      { timeout: 60_000 },
+    );
     const width = await img.evaluate((el) => (el as HTMLImageElement).naturalWidth);
     t.ok(width > 0, `the console screenshot loaded (${width} px wide)`);
     t.match(await img.getAttribute('src'), /^blob:/, 'fetched with the token, shown from a blob URL');
     // It refreshes: a new object URL replaces the first (and the old one is revoked).
     const first = await img.getAttribute('src');
-    await page.waitForFunction(([el, prev]) => (el as HTMLImageElement).src !== prev, [await img.elementHandle(), first] as const, { timeout: 20_000 });
+    await page.waitForFunction(([el, prev]) => (el as HTMLImageElement).src !== prev, [await img.elementHandle(), first] as const, {
+      timeout: 20_000,
+    });
     t.pass('the screenshot refreshed');
     const listed = (await listSessions(stateDir)).find((s) => s.id === sessionId);
     t.equal(listed?.state, 'running', 'the server agrees it runs');
-    t.equal(listed?.lab, labName, 'in the test\'s lab');
+    t.equal(listed?.lab, labName, "in the test's lab");
     await shot(page, '04-session-running');
   });
 
   await t.test('Migrate: a taken target is refused with message and hint; then the disks move and the VM keeps running', async (t) => {
-    if (!sessionId) { t.fail('no session to migrate: the recovery above failed'); return; }
+    if (!sessionId) {
+      t.fail('no session to migrate: the recovery above failed');
+      return;
+    }
     writeFileSync(join(prod, 'web-root.raw'), 'taken');
     const card = page.locator(`article[data-session="${sessionId}"]`);
     await card.getByLabel('Target directory').fill(prod);
@@ -230,7 +283,7 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await card.getByRole('button', { name: 'Migrate' }).click();
     const err = page.locator('#error');
     await err.waitFor({ state: 'visible', timeout: 60_000 });
-    t.match(await err.textContent(), /already exists/, 'the server\'s message');
+    t.match(await err.textContent(), /already exists/, "the server's message");
     t.match(await err.locator('.hint').textContent(), /Hint: remove it or pick another/, 'and its hint');
     await shot(page, '05-migrate-refused');
     await err.getByRole('button', { name: 'Dismiss' }).click();
@@ -246,7 +299,10 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
   });
 
   await t.test('Stop: the session leaves the live list and is listed stopped', async (t) => {
-    if (!sessionId) { t.fail('no session to stop: the recovery above failed'); return; }
+    if (!sessionId) {
+      t.fail('no session to stop: the recovery above failed');
+      return;
+    }
     const card = page.locator(`article[data-session="${sessionId}"]`);
     await card.getByRole('button', { name: /^Stop session/ }).click();
     await card.waitFor({ state: 'detached', timeout: 120_000 });
@@ -254,11 +310,15 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     await ended.locator('[data-state="stopped"]').first().waitFor({ timeout: 30_000 });
     t.match(await ended.textContent(), /web/);
     t.equal((await listSessions(stateDir)).find((s) => s.id === sessionId)?.state, 'stopped');
-    t.same(listPublications(stateDir).filter((p) => p.running), [], 'its publication is gone');
+    t.same(
+      listPublications(stateDir).filter((p) => p.running),
+      [],
+      'its publication is gone',
+    );
     await shot(page, '07-session-stopped');
   });
 
-  await t.test('Run now on a job; the run page shows web\'s tests, screenshot and report', async (t) => {
+  await t.test("Run now on a job; the run page shows web's tests, screenshot and report", async (t) => {
     await page.getByRole('link', { name: 'Jobs & runs' }).click();
     await page.getByRole('button', { name: 'Run job dash-web now' }).click();
     // The runs list refreshes on its own; the run appears, then ends.
@@ -279,8 +339,12 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     t.equal(await tests.getByText('passed').count(), kinds.length, 'all passed');
     const img = vm.getByRole('img', { name: /Console of web during run/ });
     await img.waitFor({ state: 'visible', timeout: 30_000 });
-    await page.waitForFunction((el) => (el as HTMLImageElement).complete && (el as HTMLImageElement).naturalWidth > 0, await img.elementHandle(), { timeout: 30_000 });
-    t.ok(await img.evaluate((el) => (el as HTMLImageElement).naturalWidth) > 0, 'the run\'s screenshot loaded');
+    await page.waitForFunction(
+      (el) => (el as HTMLImageElement).complete && (el as HTMLImageElement).naturalWidth > 0,
+      await img.elementHandle(),
+      { timeout: 30_000 },
+    );
+    t.ok((await img.evaluate((el) => (el as HTMLImageElement).naturalWidth)) > 0, "the run's screenshot loaded");
     const report = page.frameLocator('#report-frame');
     const heading = report.getByRole('heading', { name: /SureBackup job dash-web: success/ });
     await heading.waitFor({ timeout: 30_000 });
@@ -308,10 +372,14 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     const tar = readFileSync(await download.path());
     const entry = untarFirst(tar);
     t.equal(entry.name, 'hostname');
-    t.equal(entry.content, 'web\n', 'the guest\'s /etc/hostname, from the backup');
+    t.equal(entry.content, 'web\n', "the guest's /etc/hostname, from the backup");
     await page.getByRole('button', { name: 'Unmount' }).first().click();
     await page.getByText('Mounted restore points: none.').waitFor({ timeout: 60_000 });
-    t.same((await (await fetch(`${url}/api/v1/file-restore`, { headers: { authorization: `Bearer ${operator}` } })).json()).sessions, [], 'nothing stays mounted');
+    t.same(
+      (await (await fetch(`${url}/api/v1/file-restore`, { headers: { authorization: `Bearer ${operator}` } })).json()).sessions,
+      [],
+      'nothing stays mounted',
+    );
   });
 
   await t.test('a viewer sees the same pages without Recover or Run buttons', async (t) => {
@@ -336,5 +404,9 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
 
   t.same(pageErrors, [], 'no uncaught error in the page');
   t.notMatch(logs.join(''), new RegExp(operator.slice(-20)), 'the token never appears in the server log');
-  t.same((await listSessions(stateDir)).filter((s) => s.state !== 'stopped').map((s) => s.id), [], 'no session left running');
+  t.same(
+    (await listSessions(stateDir)).filter((s) => s.state !== 'stopped').map((s) => s.id),
+    [],
+    'no session left running',
+  );
 });

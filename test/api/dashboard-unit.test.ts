@@ -30,12 +30,25 @@ type Fmt = {
   parseHash(h: string): { view: string; args: string[]; query: URLSearchParams };
   isActiveSession(s: { state: string }): boolean;
   signalsText(s: unknown): string;
-  signalsTimeline(points: unknown[], o?: { width?: number; height?: number; pad?: number }): {
-    change: string; entropy: string; marks: Array<{ id: string; x: number; yChange: number; yEntropy: number; anomaly: boolean; label: string }>;
+  signalsTimeline(
+    points: unknown[],
+    o?: { width?: number; height?: number; pad?: number },
+  ): {
+    change: string;
+    entropy: string;
+    marks: Array<{ id: string; x: number; yChange: number; yEntropy: number; anomaly: boolean; label: string }>;
   };
 };
 
-interface FakeResponse { ok: boolean; status: number; statusText: string; headers: Map<string, string>; json(): Promise<unknown>; text(): Promise<string>; blob(): Promise<Blob> }
+interface FakeResponse {
+  ok: boolean;
+  status: number;
+  statusText: string;
+  headers: Map<string, string>;
+  json(): Promise<unknown>;
+  text(): Promise<string>;
+  blob(): Promise<Blob>;
+}
 type Api = {
   get(path: string): Promise<unknown>;
   post(path: string, body?: unknown): Promise<unknown>;
@@ -45,7 +58,11 @@ type Api = {
   waitOperation(id: string, o?: { intervalMs?: number; onProgress?: (op: { state: string }) => void }): Promise<{ state: string }>;
 };
 type ApiMod = {
-  createApi(o: { fetch: (url: string, init: RequestInit) => Promise<FakeResponse>; storage: unknown; onUnauthenticated?: (e?: unknown) => void }): Api;
+  createApi(o: {
+    fetch: (url: string, init: RequestInit) => Promise<FakeResponse>;
+    storage: unknown;
+    onUnauthenticated?: (e?: unknown) => void;
+  }): Api;
   relativeToApi(url: unknown): string | null;
   apiPath(path: string, q: Record<string, unknown>): string;
   ApiError: new (...a: unknown[]) => Error;
@@ -56,7 +73,9 @@ const load = async <T>(rel: string): Promise<T> => (await import(pathToFileURL(j
 function response(status: number, body: unknown, headers: Record<string, string> = {}): FakeResponse {
   const text = typeof body === 'string' ? body : JSON.stringify(body);
   return {
-    ok: status >= 200 && status < 300, status, statusText: status === 200 ? 'OK' : 'Error',
+    ok: status >= 200 && status < 300,
+    status,
+    statusText: status === 200 ? 'OK' : 'Error',
     headers: new Map(Object.entries(headers)),
     json: async () => JSON.parse(text) as unknown,
     text: async () => text,
@@ -66,7 +85,15 @@ function response(status: number, body: unknown, headers: Record<string, string>
 
 function memoryStorage(): { getItem(k: string): string | null; setItem(k: string, v: string): void; removeItem(k: string): void } {
   const m = new Map<string, string>();
-  return { getItem: (k) => m.get(k) ?? null, setItem: (k, v) => { m.set(k, v); }, removeItem: (k) => { m.delete(k); } };
+  return {
+    getItem: (k) => m.get(k) ?? null,
+    setItem: (k, v) => {
+      m.set(k, v);
+    },
+    removeItem: (k) => {
+      m.delete(k);
+    },
+  };
 }
 
 t.test('formatting and roles', async (t) => {
@@ -86,7 +113,11 @@ t.test('formatting and roles', async (t) => {
   t.equal(f.formatTime(null), '—');
   t.same(f.badge('success'), { label: 'success', tone: 'good' });
   t.same(f.badge('dependency-failed'), { label: 'dependency-failed', tone: 'bad' });
-  t.same([f.badge('clean').tone, f.badge('infected').tone, f.badge('suspect').tone, f.badge('unscanned').tone], ['good', 'bad', 'busy', 'neutral'], 'a point\'s scan status');
+  t.same(
+    [f.badge('clean').tone, f.badge('infected').tone, f.badge('suspect').tone, f.badge('unscanned').tone],
+    ['good', 'bad', 'busy', 'neutral'],
+    "a point's scan status",
+  );
   t.same(f.badge('warning'), { label: 'warning', tone: 'busy' });
   t.same(f.badge(null), { label: 'not verified', tone: 'neutral' }, 'a point never verified says so in words');
   t.equal(f.shortId('20261201T040951Z-bfe834'), '20261201T040951Z', 'time-based ids keep their seconds');
@@ -103,32 +134,64 @@ t.test('points grouped per VM, newest first', async (t) => {
     { vm: 'db', time: '2026-01-02T00:00:00Z', id: 'd1' },
     { vm: 'web', time: '2026-01-03T00:00:00Z', id: 'w2' },
   ]);
-  t.same(g.map(([vm, l]) => [vm, l.map((p) => p.id)]), [['db', ['d1']], ['web', ['w2', 'w1']]]);
+  t.same(
+    g.map(([vm, l]) => [vm, l.map((p) => p.id)]),
+    [
+      ['db', ['d1']],
+      ['web', ['w2', 'w1']],
+    ],
+  );
 });
 
-t.test('ransomware signals: the words of a point, and the timeline chart\'s geometry', async (t) => {
+t.test("ransomware signals: the words of a point, and the timeline chart's geometry", async (t) => {
   const f = await load<Fmt>('js/format.js');
   const sig = (changeRate: number, incompressibleRatio: number, o: { full?: boolean; anomaly?: boolean } = {}) => ({
-    changedBytes: changeRate * 64 * 1048576, changeRate, incompressibleRatio, full: o.full ?? false, anomaly: o.anomaly ?? false,
+    changedBytes: changeRate * 64 * 1048576,
+    changeRate,
+    incompressibleRatio,
+    full: o.full ?? false,
+    anomaly: o.anomaly ?? false,
     reasons: o.anomaly ? ['93.0 % of the new data is incompressible'] : [],
   });
   t.equal(f.signalsText(null), '—', 'a point from before signals');
   t.equal(f.signalsText(sig(0.5, 0.1, { full: true })), 'full backup · 10.0% of new data incompressible');
   t.equal(f.signalsText(sig(0.25, 0.05)), 'changed 16 MiB (25.0%) · 5.0% of new data incompressible');
-  const g = f.signalsTimeline([
-    { id: 'c', time: '2026-01-03T00:00:00Z', signals: sig(1, 1, { anomaly: true }) },
-    { id: 'old', time: '2026-01-00T00:00:00Z', signals: null },
-    { id: 'a', time: '2026-01-01T00:00:00Z', signals: sig(0, 0, { full: true }) },
-    { id: 'b', time: '2026-01-02T00:00:00Z', signals: sig(0.5, 0.25) },
-  ], { width: 200, height: 100, pad: 10 });
-  t.same(g.marks.map((m) => m.id), ['a', 'b', 'c'], 'oldest left; a point without signals is left out');
-  t.same(g.marks.map((m) => m.x), [10, 100, 190], 'spread evenly between the paddings');
-  t.same(g.marks.map((m) => m.yChange), [90, 50, 10], '0 % at the bottom, 100 % at the top');
+  const g = f.signalsTimeline(
+    [
+      { id: 'c', time: '2026-01-03T00:00:00Z', signals: sig(1, 1, { anomaly: true }) },
+      { id: 'old', time: '2026-01-00T00:00:00Z', signals: null },
+      { id: 'a', time: '2026-01-01T00:00:00Z', signals: sig(0, 0, { full: true }) },
+      { id: 'b', time: '2026-01-02T00:00:00Z', signals: sig(0.5, 0.25) },
+    ],
+    { width: 200, height: 100, pad: 10 },
+  );
+  t.same(
+    g.marks.map((m) => m.id),
+    ['a', 'b', 'c'],
+    'oldest left; a point without signals is left out',
+  );
+  t.same(
+    g.marks.map((m) => m.x),
+    [10, 100, 190],
+    'spread evenly between the paddings',
+  );
+  t.same(
+    g.marks.map((m) => m.yChange),
+    [90, 50, 10],
+    '0 % at the bottom, 100 % at the top',
+  );
   t.equal(g.change, '10.0,90.0 100.0,50.0 190.0,10.0');
   t.equal(g.entropy, '10.0,90.0 100.0,70.0 190.0,10.0');
-  t.same(g.marks.map((m) => m.anomaly), [false, false, true]);
+  t.same(
+    g.marks.map((m) => m.anomaly),
+    [false, false, true],
+  );
   t.match(g.marks[2]?.label, /ANOMALY: 93\.0 % of the new data is incompressible/, 'the tooltip says why');
-  t.equal(f.signalsTimeline([{ id: 'x', time: 't', signals: sig(2, -1) }], { width: 200, height: 100, pad: 10 }).change, '100.0,10.0', 'one point in the middle, rates clamped to 0..100 %');
+  t.equal(
+    f.signalsTimeline([{ id: 'x', time: 't', signals: sig(2, -1) }], { width: 200, height: 100, pad: 10 }).change,
+    '100.0,10.0',
+    'one point in the middle, rates clamped to 0..100 %',
+  );
 });
 
 t.test('paths, download names and hash routes', async (t) => {
@@ -154,9 +217,14 @@ t.test('API client: bearer header, JSON bodies, errors with code and hint', asyn
   const replies: FakeResponse[] = [];
   let unauth = 0;
   const api = createApi({
-    fetch: async (url, init) => { calls.push({ url, init }); return replies.shift() as FakeResponse; },
+    fetch: async (url, init) => {
+      calls.push({ url, init });
+      return replies.shift() as FakeResponse;
+    },
     storage: memoryStorage(),
-    onUnauthenticated: () => { unauth++; },
+    onUnauthenticated: () => {
+      unauth++;
+    },
   });
   await t.rejects(api.get('/whoami'), { status: 401, code: 'UNAUTHENTICATED' }, 'no token: no request at all');
   t.equal(calls.length, 0);
@@ -174,11 +242,18 @@ t.test('API client: bearer header, JSON bodies, errors with code and hint', asyn
   t.equal(calls[1]?.init.body, '{"vm":"web"}');
   t.equal((calls[1]?.init.headers as Record<string, string>)['content-type'], 'application/json');
 
-  replies.push(response(403, { error: { code: 'FORBIDDEN', message: 'this token\'s role may not do this', hint: 'use an operator token' } }));
-  await t.rejects(api.post('/sessions', { vm: 'web' }), { status: 403, code: 'FORBIDDEN', message: 'this token\'s role may not do this', hint: 'use an operator token' });
+  replies.push(
+    response(403, { error: { code: 'FORBIDDEN', message: "this token's role may not do this", hint: 'use an operator token' } }),
+  );
+  await t.rejects(api.post('/sessions', { vm: 'web' }), {
+    status: 403,
+    code: 'FORBIDDEN',
+    message: "this token's role may not do this",
+    hint: 'use an operator token',
+  });
 
   replies.push(response(502, '<html>bad gateway</html>'));
-  await t.rejects(api.get('/points'), { status: 502, code: 'HTTP_502' }, 'a body that is not the API\'s error still gives a message');
+  await t.rejects(api.get('/points'), { status: 502, code: 'HTTP_502' }, "a body that is not the API's error still gives a message");
 
   replies.push(response(401, { error: { code: 'UNAUTHENTICATED', message: 'the bearer token is not valid' } }));
   await t.rejects(api.get('/points'), { code: 'UNAUTHENTICATED' });
@@ -210,7 +285,10 @@ t.test('offline: no file loads anything from another origin, no inline script', 
     }
   };
   walk(DASHBOARD);
-  t.ok(files.some((f) => f.endsWith('index.html')), 'index.html exists');
+  t.ok(
+    files.some((f) => f.endsWith('index.html')),
+    'index.html exists',
+  );
   for (const f of files) {
     const text = readFileSync(f, 'utf8');
     const name = relative(DASHBOARD, f);
@@ -232,7 +310,10 @@ t.test('the server serves the dashboard shell without a token, and nothing else'
   t.match(index.text, /<script type="module" src="js\/app.js">/);
   const mod = await request(api.app).get('/js/app.js').expect(200);
   t.match(mod.headers['content-type'], /javascript/, 'ES modules need a JavaScript MIME type or the browser refuses them');
-  await request(api.app).get('/style.css').expect(200).expect('content-type', /text\/css/);
+  await request(api.app)
+    .get('/style.css')
+    .expect(200)
+    .expect('content-type', /text\/css/);
   const data = await request(api.app).get('/api/v1/points').expect(401);
   t.equal(data.body.error.code, 'UNAUTHENTICATED', 'the data behind it still needs a token');
 });

@@ -26,11 +26,26 @@ t.test('the systemd unit', async (t) => {
   t.same(unit.get('Restart'), ['on-failure']);
   t.same(unit.get('EnvironmentFile'), ['-/etc/restorelab/env'], 'the environment file, optional');
   t.ok(unit.get('Environment')?.includes('RESTORELAB_CONFIG=/etc/restorelab/server.json'));
-  t.same(unit.get('KillMode'), ['process'], 'a restart must not kill the recovery sessions\' supervisors');
+  t.same(unit.get('KillMode'), ['process'], "a restart must not kill the recovery sessions' supervisors");
   // Each of these gives the service its own mount namespace (FUSE and loop
   // mounts invisible to the host) or blocks namespaces, devices or the JIT.
-  for (const k of ['ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ReadWritePaths', 'ReadOnlyPaths', 'ProtectKernelTunables',
-    'ProtectKernelModules', 'ProtectControlGroups', 'ProtectClock', 'PrivateNetwork', 'RestrictNamespaces', 'MemoryDenyWriteExecute', 'DevicePolicy', 'PrivateMounts']) {
+  for (const k of [
+    'ProtectSystem',
+    'ProtectHome',
+    'PrivateTmp',
+    'PrivateDevices',
+    'ReadWritePaths',
+    'ReadOnlyPaths',
+    'ProtectKernelTunables',
+    'ProtectKernelModules',
+    'ProtectControlGroups',
+    'ProtectClock',
+    'PrivateNetwork',
+    'RestrictNamespaces',
+    'MemoryDenyWriteExecute',
+    'DevicePolicy',
+    'PrivateMounts',
+  ]) {
     t.notOk(unit.has(k), `${k} is not set`);
   }
   const analyze = which('systemd-analyze');
@@ -48,28 +63,44 @@ t.test('the example config is valid and docs/operations.md documents every key',
   t.equal(cfg.server.tlsCert, '/etc/restorelab/tls/server.crt');
   t.equal(cfg.stateDir, '/var/lib/restorelab/state');
   const docs = readFileSync(projectPath('docs', 'operations.md'), 'utf8');
-  const schema = JSON.parse(readFileSync(projectPath('config', 'schemas', 'config.schema.json'), 'utf8')) as { properties: Record<string, { properties?: Record<string, unknown> }> };
+  const schema = JSON.parse(readFileSync(projectPath('config', 'schemas', 'config.schema.json'), 'utf8')) as {
+    properties: Record<string, { properties?: Record<string, unknown> }>;
+  };
   for (const [k, v] of Object.entries(schema.properties)) {
     if (k === '$schema') continue;
     const keys = v.properties ? Object.keys(v.properties).map((c) => `${k}.${c}`) : [k];
-    for (const key of keys) t.ok(docs.includes(`\`${key}\``) || (v.properties !== undefined && docs.includes(`\`${k}.*\``)), `${key} is documented`);
+    for (const key of keys)
+      t.ok(docs.includes(`\`${key}\``) || (v.properties !== undefined && docs.includes(`\`${k}.*\``)), `${key} is documented`);
   }
 });
 
-interface Proc { code: number | null; stdout: string; stderr: string }
+interface Proc {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 function run(args: string[], env: Record<string, string>): Promise<Proc> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { env: { ...cleanEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], {
+      env: { ...cleanEnv(), ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
-    p.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
-    p.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
+    p.stdout.on('data', (c: Buffer) => {
+      stdout += c.toString();
+    });
+    p.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
     p.on('error', reject);
     p.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 function cleanEnv(): Record<string, string> {
-  return Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && k !== 'NODE_EXTRA_CA_CERTS' && v !== undefined)) as Record<string, string>;
+  return Object.fromEntries(
+    Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && k !== 'NODE_EXTRA_CA_CERTS' && v !== undefined),
+  ) as Record<string, string>;
 }
 
 t.test('the daemon as the unit starts it: TLS, a token, the remote CLI, a metrics scrape, SIGTERM', async (t) => {
@@ -79,27 +110,60 @@ t.test('the daemon as the unit starts it: TLS, a token, the remote CLI, a metric
   t.teardown(() => rmSync(home, { recursive: true, force: true }));
   const cert = join(home, 'server.crt');
   const key = join(home, 'server.key');
-  const gen = spawnSync(openssl, ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1',
-    '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { encoding: 'utf8' });
+  const gen = spawnSync(
+    openssl,
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { encoding: 'utf8' },
+  );
   t.equal(gen.status, 0, gen.stderr);
   const example = JSON.parse(readFileSync(projectPath('config', 'server.example.json'), 'utf8')) as Record<string, unknown>;
   const configFile = join(home, 'server.json');
-  writeFileSync(configFile, JSON.stringify({
-    ...example, $schema: undefined, repository: join(home, 'repo'), stateDir: join(home, 'state'), guestsDir: join(home, 'guests'),
-    server: { listen: '127.0.0.1', port: 0, tlsCert: cert, tlsKey: key },
-  }));
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      ...example,
+      $schema: undefined,
+      repository: join(home, 'repo'),
+      stateDir: join(home, 'state'),
+      guestsDir: join(home, 'guests'),
+      server: { listen: '127.0.0.1', port: 0, tlsCert: cert, tlsKey: key },
+    }),
+  );
   const env = { RESTORELAB_HOME: home, RESTORELAB_CONFIG: configFile, RESTORELAB_JOBS_DIR: join(home, 'jobs') };
 
   const made = await run(['token', 'create', 'prometheus', '--role', 'viewer', '--json'], env);
   t.equal(made.code, 0, made.stderr);
   const token = (JSON.parse(made.stdout) as { token: string }).token;
 
-  const daemon: ChildProcess = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'server', '--no-nfs', '--no-schedule', '--json'],
-    { env: { ...cleanEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const daemon: ChildProcess = spawn(
+    process.execPath,
+    [projectPath('bin', 'restorelab.js'), 'server', '--no-nfs', '--no-schedule', '--json'],
+    { env: { ...cleanEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let logs = '';
-  daemon.stderr?.on('data', (c: Buffer) => { logs += c.toString(); });
+  daemon.stderr?.on('data', (c: Buffer) => {
+    logs += c.toString();
+  });
   const exited = new Promise<number | null>((resolve) => daemon.on('close', resolve));
-  t.teardown(() => { if (daemon.exitCode === null) daemon.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (daemon.exitCode === null) daemon.kill('SIGKILL');
+  });
   const started = await new Promise<{ api: { url: string; tls: boolean } }>((resolve, reject) => {
     let out = '';
     daemon.stdout?.on('data', (c: Buffer) => {
@@ -111,7 +175,8 @@ t.test('the daemon as the unit starts it: TLS, a token, the remote CLI, a metric
   t.equal(started.api.tls, true);
   t.match(started.api.url, /^https:\/\/127\.0\.0\.1:\d+$/);
 
-  const remote = (extra: Record<string, string>): Promise<Proc> => run(['--server', started.api.url, '--token', token, 'sessions', '--json'], { RESTORELAB_HOME: join(home, 'client'), ...extra });
+  const remote = (extra: Record<string, string>): Promise<Proc> =>
+    run(['--server', started.api.url, '--token', token, 'sessions', '--json'], { RESTORELAB_HOME: join(home, 'client'), ...extra });
   const untrusted = await remote({});
   t.equal(untrusted.code, 1, 'a self-signed certificate is not trusted by default');
   t.match(untrusted.stderr, /cannot reach the restorelab server .*(SELF_SIGNED|CERT)/);
@@ -120,25 +185,40 @@ t.test('the daemon as the unit starts it: TLS, a token, the remote CLI, a metric
   t.equal(trusted.code, 0, trusted.stderr);
   t.same(JSON.parse(trusted.stdout), { sessions: [] });
 
-  const scrape = (auth?: string): Promise<{ status: number; body: string }> => new Promise((resolve, reject) => {
-    const req = request(`${started.api.url}/metrics`, { ca: readFileSync(cert), headers: auth ? { authorization: auth } : {} }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => { body += c.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+  const scrape = (auth?: string): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      const req = request(`${started.api.url}/metrics`, { ca: readFileSync(cert), headers: auth ? { authorization: auth } : {} }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => {
+          body += c.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on('error', reject);
+      req.end();
     });
-    req.on('error', reject);
-    req.end();
-  });
   t.equal((await scrape()).status, 401, 'no scrape without a token');
   const m = await scrape(`Bearer ${token}`);
   t.equal(m.status, 200);
-  for (const name of ['restorelab_publications', 'restorelab_nfs_bytes_total', 'restorelab_fuse_ops_total', 'restorelab_chunk_cache_hit_ratio', 'restorelab_recovery_seconds_bucket']) {
+  for (const name of [
+    'restorelab_publications',
+    'restorelab_nfs_bytes_total',
+    'restorelab_fuse_ops_total',
+    'restorelab_chunk_cache_hit_ratio',
+    'restorelab_recovery_seconds_bucket',
+  ]) {
     t.match(m.body, new RegExp(`^# TYPE ${name.replace(/_bucket$/, '')} `, 'm'), `${name} is exposed`);
   }
 
   daemon.kill('SIGTERM');
   t.equal(await exited, 0, 'SIGTERM stops the server cleanly (what systemctl stop sends)');
-  const lines = logs.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.ok(lines.some((l) => l.msg === 'API listening'), 'pino JSON lines on stderr');
+  const lines = logs
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.ok(
+    lines.some((l) => l.msg === 'API listening'),
+    'pino JSON lines on stderr',
+  );
   t.notMatch(logs, new RegExp(token.slice(-20)), 'the token is in no log line');
 });

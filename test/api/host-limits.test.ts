@@ -38,8 +38,18 @@ t.test('backup: image paths only under api.sourceRoots; the default root is <sta
   t.same(a.config.api.sourceRoots, [root], 'the default');
   symlinkSync(join(outside, 'victim.raw'), join(root, 'link.raw'));
   symlinkSync(outside, join(root, 'linkdir'));
-  const post = (path: string): request.Test => request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: path } });
-  for (const path of ['/etc/shadow', join(outside, 'victim.raw'), join(root, 'link.raw'), join(root, 'linkdir', 'victim.raw'), `${root}/../../outside/victim.raw`]) {
+  const post = (path: string): request.Test =>
+    request(a.app)
+      .post('/api/v1/backups')
+      .set('authorization', a.auth.operator)
+      .send({ vm: 'web', disks: { root: path } });
+  for (const path of [
+    '/etc/shadow',
+    join(outside, 'victim.raw'),
+    join(root, 'link.raw'),
+    join(root, 'linkdir', 'victim.raw'),
+    `${root}/../../outside/victim.raw`,
+  ]) {
     const r = await post(path).expect(403);
     t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', path);
     t.match(r.body.error.message, `is outside the backup source directories (${root})`);
@@ -58,23 +68,48 @@ t.test('restore: targets only under api.restoreRoots, checked before anything is
   t.same(a.config.api.restoreRoots, [root], 'the default');
   symlinkSync(outside, join(root, 'linkdir'));
   symlinkSync(join(outside, 'victim.raw'), join(root, 'victim.raw'));
-  for (const to of ['/etc/passwd', '/root/new.raw', join(outside, 'victim.raw'), join(root, 'linkdir', 'new.raw'), join(root, 'victim.raw'), `${root}/../outside.raw`, `${root}/no-dir/../../x.raw`, `${root}/${relative(root, join(outside, 'new.raw'))}`]) {
-    const r = await request(a.app).post('/api/v1/points/20260101T000000Z-deadbeef/restore').set('authorization', a.auth.operator).send({ to }).expect(403);
+  for (const to of [
+    '/etc/passwd',
+    '/root/new.raw',
+    join(outside, 'victim.raw'),
+    join(root, 'linkdir', 'new.raw'),
+    join(root, 'victim.raw'),
+    `${root}/../outside.raw`,
+    `${root}/no-dir/../../x.raw`,
+    `${root}/${relative(root, join(outside, 'new.raw'))}`,
+  ]) {
+    const r = await request(a.app)
+      .post('/api/v1/points/20260101T000000Z-deadbeef/restore')
+      .set('authorization', a.auth.operator)
+      .send({ to })
+      .expect(403);
     t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', to);
     t.match(r.body.error.hint, /api\.restoreRoots/);
   }
   // A target inside the root passes the limit and reaches the point lookup.
-  const inside = await request(a.app).post('/api/v1/points/20260101T000000Z-deadbeef/restore').set('authorization', a.auth.operator).send({ to: join(root, 'sub', 'x.raw') });
+  const inside = await request(a.app)
+    .post('/api/v1/points/20260101T000000Z-deadbeef/restore')
+    .set('authorization', a.auth.operator)
+    .send({ to: join(root, 'sub', 'x.raw') });
   t.not(inside.status, 403, JSON.stringify(inside.body));
 });
 
-t.test('migrate: a session\'s disks go only under api.restoreRoots, checked before the session is looked up', async (t) => {
+t.test("migrate: a session's disks go only under api.restoreRoots, checked before the session is looked up", async (t) => {
   const a = await testApi();
   t.teardown(a.close);
   const root = join(a.config.stateDir, 'restores');
   symlinkSync(outside, join(root, 'linkdir'));
-  const post = (dir: string): request.Test => request(a.app).post('/api/v1/sessions/abcdef12/migrate').set('authorization', a.auth.operator).send({ dir });
-  for (const dir of ['/etc', '/root/prod', outside, join(root, 'linkdir'), join(root, 'linkdir', 'prod'), `${root}/../prod`, `${root}/${relative(root, outside)}`]) {
+  const post = (dir: string): request.Test =>
+    request(a.app).post('/api/v1/sessions/abcdef12/migrate').set('authorization', a.auth.operator).send({ dir });
+  for (const dir of [
+    '/etc',
+    '/root/prod',
+    outside,
+    join(root, 'linkdir'),
+    join(root, 'linkdir', 'prod'),
+    `${root}/../prod`,
+    `${root}/${relative(root, outside)}`,
+  ]) {
     const r = await post(dir).expect(403);
     t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', dir);
     t.match(r.body.error.message, `migration target ${dir} is outside the restore target directories (${root})`);
@@ -96,8 +131,17 @@ t.test('publications: FUSE mounts only below api.mountRoots, on the real path', 
   const root = join(a.config.stateDir, 'mnt');
   t.same(a.config.api.mountRoots, [root], 'the default');
   symlinkSync(outside, join(root, 'linkdir'));
-  const post = (fuse: string): request.Test => request(a.app).post('/api/v1/publications').set('authorization', a.auth.operator).send({ point: g.point.id, readOnly: true, fuse });
-  for (const dir of ['/etc', '/usr/lib', outside, join(root, 'linkdir'), join(root, 'linkdir', 'pub'), `${root}/../mnt-next-door`, `${root}/${relative(root, join(outside, 'pub'))}`]) {
+  const post = (fuse: string): request.Test =>
+    request(a.app).post('/api/v1/publications').set('authorization', a.auth.operator).send({ point: g.point.id, readOnly: true, fuse });
+  for (const dir of [
+    '/etc',
+    '/usr/lib',
+    outside,
+    join(root, 'linkdir'),
+    join(root, 'linkdir', 'pub'),
+    `${root}/../mnt-next-door`,
+    `${root}/${relative(root, join(outside, 'pub'))}`,
+  ]) {
     const r = await post(dir).expect(403);
     t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', dir);
     t.match(r.body.error.message, `FUSE mount directory ${dir} is outside the FUSE mount directories (${root})`);
@@ -123,7 +167,10 @@ t.test('publications: FUSE mounts only below api.mountRoots, on the real path', 
   const real = join(root, 'real', 'pub');
   t.equal(pub.path, join(real, pub.name), 'the real path is what was mounted');
   t.ok(mountEntry(real), `a FUSE mount at ${real}`);
-  t.ok(Object.values(pub.disks).every((d) => d.startsWith(`${real}/`)), 'its disks are there');
+  t.ok(
+    Object.values(pub.disks).every((d) => d.startsWith(`${real}/`)),
+    'its disks are there',
+  );
   await request(a.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', a.auth.operator).expect(200);
   t.equal(mountEntry(real), undefined, 'unmounted');
 });
@@ -132,12 +179,25 @@ t.test('repositories: created only under api.repositoryRoots or at the configure
   const home = mkdtempSync(join(tmpdir(), 'rl-api-repos-'));
   const configured = join(home, 'var', 'repo');
   const a = await testApi({ home, env: { RESTORELAB_REPO: configured } });
-  t.teardown(async () => { await a.close(); rmSync(home, { recursive: true, force: true }); });
+  t.teardown(async () => {
+    await a.close();
+    rmSync(home, { recursive: true, force: true });
+  });
   const root = join(a.config.stateDir, 'repositories');
   t.same(a.config.api.repositoryRoots, [root], 'the default');
   symlinkSync(outside, join(root, 'linkdir'));
-  const post = (path: string): request.Test => request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path });
-  for (const path of ['/etc/restorelab-repo', join(outside, 'repo'), join(root, 'linkdir'), join(root, 'linkdir', 'repo'), `${root}/../repo`, `${root}/${relative(root, join(outside, 'repo2'))}`, join(configured, 'inner'), join(home, 'var')]) {
+  const post = (path: string): request.Test =>
+    request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path });
+  for (const path of [
+    '/etc/restorelab-repo',
+    join(outside, 'repo'),
+    join(root, 'linkdir'),
+    join(root, 'linkdir', 'repo'),
+    `${root}/../repo`,
+    `${root}/${relative(root, join(outside, 'repo2'))}`,
+    join(configured, 'inner'),
+    join(home, 'var'),
+  ]) {
     const r = await post(path).expect(403);
     t.equal(r.body.error.code, 'PATH_NOT_ALLOWED', path);
     t.match(r.body.error.message, `repository directory ${path} is outside the repository directories (${root})`);
@@ -157,25 +217,34 @@ t.test('repositories: created only under api.repositoryRoots or at the configure
 t.test('a broken repository config.json: the error names the file and the spot, never its bytes', async (t) => {
   const home = mkdtempSync(join(tmpdir(), 'rl-api-repocfg-'));
   const a = await testApi({ home, env: { RESTORELAB_REPO: join(home, 'var', 'repo') } });
-  t.teardown(async () => { await a.close(); rmSync(home, { recursive: true, force: true }); });
+  t.teardown(async () => {
+    await a.close();
+    rmSync(home, { recursive: true, force: true });
+  });
   const dir = join(a.config.stateDir, 'repositories', 'r');
   await request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path: dir }).expect(201);
   const file = join(dir, 'config.json');
   const original = readFileSync(file, 'utf8');
   const listed = async (): Promise<{ code: string; message: string }> => {
     const r = await request(a.app).get('/api/v1/repositories').set('authorization', a.auth.viewer).expect(200);
-    t.notMatch(JSON.stringify(r.body), SECRET, 'the file\'s bytes are not in the list');
+    t.notMatch(JSON.stringify(r.body), SECRET, "the file's bytes are not in the list");
     return (r.body.repositories as Array<{ path: string; error: { code: string; message: string } }>).find((x) => x.path === dir)!.error;
   };
   writeFileSync(file, `{"format": "restorelab-repository",\n "key": ${SECRET}}\n`);
-  t.match(await listed(), { code: 'REPO_CONFIG_CORRUPT', message: `repository config ${file} is not valid JSON: unexpected character at line 2, column 9` });
+  t.match(await listed(), {
+    code: 'REPO_CONFIG_CORRUPT',
+    message: `repository config ${file} is not valid JSON: unexpected character at line 2, column 9`,
+  });
   writeFileSync(file, JSON.stringify({ ...JSON.parse(original), format: SECRET }));
-  t.match(await listed(), { code: 'NOT_A_REPOSITORY', message: `${dir} is not a restorelab repository (${file} does not have format "restorelab-repository")` });
+  t.match(await listed(), {
+    code: 'NOT_A_REPOSITORY',
+    message: `${dir} is not a restorelab repository (${file} does not have format "restorelab-repository")`,
+  });
   writeFileSync(file, JSON.stringify([SECRET]));
   t.match(await listed(), { code: 'NOT_A_REPOSITORY', message: `${dir} is not a restorelab repository (${file} holds no JSON object)` });
 });
 
-t.test('jobs: an admin\'s job may only start scripts inside api.scriptsDir', async (t) => {
+t.test("jobs: an admin's job may only start scripts inside api.scriptsDir", async (t) => {
   const a = await testApi();
   t.teardown(a.close);
   const scripts = a.config.api.scriptsDir;
@@ -187,17 +256,30 @@ t.test('jobs: an admin\'s job may only start scripts inside api.scriptsDir', asy
   chmodSync(evil, 0o755);
   const job = (path: string, args?: string[]): Record<string, unknown> => ({
     name: 'j',
-    lab: { name: 'l', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('api/host-limits') }] },
+    lab: {
+      name: 'l',
+      networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('api/host-limits') }],
+    },
     verify: { vms: ['web'], role: 'web', tests: [{ kind: 'script', path, ...(args ? { args } : {}) }] },
   });
-  const put = (body: Record<string, unknown>): request.Test => request(a.app).put('/api/v1/jobs/j').set('authorization', a.auth.admin).send(body);
-  for (const [path, args] of [['/bin/sh', ['-c', 'id > /tmp/pwned']], [evil], [join(scripts, 'sh'), ['-c', 'id']], [`${scripts}/${relative(scripts, evil)}`]] as const) {
+  const put = (body: Record<string, unknown>): request.Test =>
+    request(a.app).put('/api/v1/jobs/j').set('authorization', a.auth.admin).send(body);
+  for (const [path, args] of [
+    ['/bin/sh', ['-c', 'id > /tmp/pwned']],
+    [evil],
+    [join(scripts, 'sh'), ['-c', 'id']],
+    [`${scripts}/${relative(scripts, evil)}`],
+  ] as const) {
     const r = await put(job(path, args ? [...args] : undefined)).expect(403);
     t.equal(r.body.error.code, 'SCRIPT_NOT_ALLOWED', path);
     t.match(r.body.error.message, `is outside the scripts directory ${scripts}`);
     t.match(r.body.error.hint, /api\.scriptsDir/);
   }
-  t.same((await request(a.app).get('/api/v1/jobs').set('authorization', a.auth.viewer).expect(200)).body, { jobs: [] }, 'no refused job was written');
+  t.same(
+    (await request(a.app).get('/api/v1/jobs').set('authorization', a.auth.viewer).expect(200)).body,
+    { jobs: [] },
+    'no refused job was written',
+  );
   const ok = await put(job(join(scripts, 'check.sh'))).expect(201);
   t.equal(ok.body.definition.verify.tests[0].path, join(scripts, 'check.sh'));
 });
@@ -209,31 +291,44 @@ t.test('a malformed lab or job file: the error names the file and the spot, neve
   writeFileSync(join(labsDir, 'broken.json'), `{"name": "x", "password": ${SECRET}}\n`);
   const before = process.env.RESTORELAB_LABS_DIR;
   process.env.RESTORELAB_LABS_DIR = labsDir;
-  t.teardown(() => { if (before === undefined) delete process.env.RESTORELAB_LABS_DIR; else process.env.RESTORELAB_LABS_DIR = before; });
+  t.teardown(() => {
+    if (before === undefined) delete process.env.RESTORELAB_LABS_DIR;
+    else process.env.RESTORELAB_LABS_DIR = before;
+  });
   const a = await testApi({ env: { RESTORELAB_REPO: g.repo } });
   t.teardown(a.close);
 
   // A file the admin names as the job's lab, as if it were /etc/shadow.
   const shadow = join(outside, 'shadow');
   writeFileSync(shadow, `root:${SECRET}:19000:0:99999:7:::\n`);
-  await request(a.app).put('/api/v1/jobs/leak').set('authorization', a.auth.admin)
-    .send({ name: 'leak', lab: shadow, verify: { vms: ['web'], role: 'web' } }).expect(201);
+  await request(a.app)
+    .put('/api/v1/jobs/leak')
+    .set('authorization', a.auth.admin)
+    .send({ name: 'leak', lab: shadow, verify: { vms: ['web'], role: 'web' } })
+    .expect(201);
   const run = await request(a.app).post('/api/v1/jobs/leak/run').set('authorization', a.auth.operator).expect(202);
   const op = await a.ctx.operations.wait(run.body.id as string);
   t.equal(op?.state, 'failed');
-  t.match(op?.error, { code: 'JSON_INVALID', message: `lab definition ${shadow} is not valid JSON: unexpected character at line 1, column 1` });
+  t.match(op?.error, {
+    code: 'JSON_INVALID',
+    message: `lab definition ${shadow} is not valid JSON: unexpected character at line 1, column 1`,
+  });
   const ops = await request(a.app).get('/api/v1/operations').set('authorization', a.auth.viewer).expect(200);
   t.match(JSON.stringify(ops.body), /not valid JSON/, 'the failure is listed');
-  t.notMatch(JSON.stringify(ops.body), SECRET, 'but not the file\'s bytes');
+  t.notMatch(JSON.stringify(ops.body), SECRET, "but not the file's bytes");
   const runs = await request(a.app).get('/api/v1/runs').set('authorization', a.auth.viewer).expect(200);
   t.notMatch(JSON.stringify(runs.body), SECRET, 'nor in the run history');
 
   // Invalid files in the directories the server lists.
   writeFileSync(join(a.ctx.jobsDir, 'bad.json'), `{"name": "bad",\n  "token": ${SECRET}\n}\n`);
   const jobs = await request(a.app).get('/api/v1/jobs').set('authorization', a.auth.viewer).expect(200);
-  t.match(jobs.body.invalid, [{ file: join(a.ctx.jobsDir, 'bad.json'), error: /is not valid JSON: unexpected character at line 2, column 12/ }]);
+  t.match(jobs.body.invalid, [
+    { file: join(a.ctx.jobsDir, 'bad.json'), error: /is not valid JSON: unexpected character at line 2, column 12/ },
+  ]);
   t.notMatch(JSON.stringify(jobs.body), SECRET);
   const labs = await request(a.app).get('/api/v1/labs').set('authorization', a.auth.viewer).expect(200);
-  t.match(labs.body.invalidTemplates, [{ file: join(labsDir, 'broken.json'), error: /is not valid JSON: unexpected character at line 1, column 27/ }]);
+  t.match(labs.body.invalidTemplates, [
+    { file: join(labsDir, 'broken.json'), error: /is not valid JSON: unexpected character at line 1, column 27/ },
+  ]);
   t.notMatch(JSON.stringify(labs.body), SECRET);
 });

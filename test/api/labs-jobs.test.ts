@@ -17,12 +17,16 @@ import { subnet } from '../helpers/subnets.js';
 const fx = labApi(t, { prefix: 'aj', masquerade: subnet('api/labs-jobs:template') });
 
 type Verb = 'get' | 'post' | 'put' | 'delete';
-const call = (app: unknown, m: Verb, p: string): request.Test => (request(app as never) as unknown as Record<Verb, (p: string) => request.Test>)[m](`/api/v1${p}`);
+const call = (app: unknown, m: Verb, p: string): request.Test =>
+  (request(app as never) as unknown as Record<Verb, (p: string) => request.Test>)[m](`/api/v1${p}`);
 
 function jobBody(name: string, lab: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     name,
-    lab: { name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('api/labs-jobs:job') }] },
+    lab: {
+      name: lab,
+      networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('api/labs-jobs:job') }],
+    },
     verify: { vms: ['web'], role: 'web' },
     ...extra,
   };
@@ -30,11 +34,28 @@ function jobBody(name: string, lab: string, extra: Record<string, unknown> = {})
 
 t.test('auth: 401 without a token; viewer reads, operator runs, admin writes jobs', async (t) => {
   const { api } = await fx;
-  const routes: [Verb, string][] = [['get', '/labs'], ['post', '/labs/x/up'], ['post', '/labs/x/down'], ['get', '/jobs'], ['get', '/jobs/x'], ['put', '/jobs/x'],
-    ['delete', '/jobs/x'], ['post', '/jobs/x/run'], ['get', '/runs'], ['get', '/runs/x'], ['get', '/runs/x/report'], ['get', '/runs/x/vms/web/screenshot']];
+  const routes: [Verb, string][] = [
+    ['get', '/labs'],
+    ['post', '/labs/x/up'],
+    ['post', '/labs/x/down'],
+    ['get', '/jobs'],
+    ['get', '/jobs/x'],
+    ['put', '/jobs/x'],
+    ['delete', '/jobs/x'],
+    ['post', '/jobs/x/run'],
+    ['get', '/runs'],
+    ['get', '/runs/x'],
+    ['get', '/runs/x/report'],
+    ['get', '/runs/x/vms/web/screenshot'],
+  ];
   for (const [m, p] of routes) t.equal((await call(api.app, m, p)).status, 401, `${m} ${p}`);
-  for (const [m, p, role, needs] of [['post', '/labs/x/up', 'viewer', 'operator'], ['post', '/labs/x/down', 'viewer', 'operator'], ['post', '/jobs/x/run', 'viewer', 'operator'],
-    ['put', '/jobs/x', 'operator', 'admin'], ['delete', '/jobs/x', 'operator', 'admin']] as const) {
+  for (const [m, p, role, needs] of [
+    ['post', '/labs/x/up', 'viewer', 'operator'],
+    ['post', '/labs/x/down', 'viewer', 'operator'],
+    ['post', '/jobs/x/run', 'viewer', 'operator'],
+    ['put', '/jobs/x', 'operator', 'admin'],
+    ['delete', '/jobs/x', 'operator', 'admin'],
+  ] as const) {
     const res = await call(api.app, m, p).set('authorization', api.auth[role]).send(jobBody('x', 'l'));
     t.equal(res.status, 403, `${m} ${p} as ${role}`);
     t.match(res.body.error.message, new RegExp(`needs ${needs}`));
@@ -57,7 +78,12 @@ t.test('labs: listed from the templates, up, 409 when up, down, idempotent down'
   const up = await call(api.app, 'post', `/labs/${lab}/up`).set('authorization', api.auth.operator).expect(200);
   t.equal(up.body.name, lab);
   t.equal(up.body.ready, true);
-  t.ok((await call(api.app, 'get', '/labs').set('authorization', api.auth.viewer)).body.labs.find((l: { name: string; up: boolean }) => l.name === lab && l.up), 'listed as up');
+  t.ok(
+    (await call(api.app, 'get', '/labs').set('authorization', api.auth.viewer)).body.labs.find(
+      (l: { name: string; up: boolean }) => l.name === lab && l.up,
+    ),
+    'listed as up',
+  );
   const again = await call(api.app, 'post', `/labs/${lab}/up`).set('authorization', api.auth.operator).expect(409);
   t.match(again.body.error.message, /already up/);
   const netns = readLabState(api.config.stateDir, lab)?.netns;
@@ -90,11 +116,18 @@ t.test('jobs: validation, create, replace, list with an invalid file beside', as
     t.match(res.body.error.message, msg, res.body.error.message);
   }
   await call(api.app, 'put', '/jobs/.hidden').set('authorization', admin).send(jobBody('.hidden', lab)).expect(400);
-  const malformed = await call(api.app, 'put', '/jobs/j1').set('authorization', admin).set('content-type', 'application/json').send('{"name": ').expect(400);
+  const malformed = await call(api.app, 'put', '/jobs/j1')
+    .set('authorization', admin)
+    .set('content-type', 'application/json')
+    .send('{"name": ')
+    .expect(400);
   t.equal(malformed.body.error.code, 'MALFORMED_JSON');
   t.notOk(existsSync(join(api.ctx.jobsDir, 'j1.json')), 'nothing was written');
 
-  const created = await call(api.app, 'put', '/jobs/j1').set('authorization', admin).send(jobBody('j1', lab, { schedule: '0 3 * * *' })).expect(201);
+  const created = await call(api.app, 'put', '/jobs/j1')
+    .set('authorization', admin)
+    .send(jobBody('j1', lab, { schedule: '0 3 * * *' }))
+    .expect(201);
   t.equal(created.body.name, 'j1');
   t.equal(created.body.schedule, '0 3 * * *');
   t.equal(created.body.next.length, 3);
@@ -104,7 +137,10 @@ t.test('jobs: validation, create, replace, list with an invalid file beside', as
   t.equal(replaced.body.schedule, null);
   writeFileSync(join(api.ctx.jobsDir, 'broken.json'), '{"name": "broken"}');
   const list = await call(api.app, 'get', '/jobs').set('authorization', api.auth.viewer).expect(200);
-  t.same(list.body.jobs.map((j: { name: string }) => j.name), ['j1']);
+  t.same(
+    list.body.jobs.map((j: { name: string }) => j.name),
+    ['j1'],
+  );
   t.equal(list.body.invalid.length, 1);
   t.match(list.body.invalid[0].file, /broken\.json$/);
   const one = await call(api.app, 'get', '/jobs/j1').set('authorization', api.auth.viewer).expect(200);
@@ -118,7 +154,10 @@ t.test('jobs: validation, create, replace, list with an invalid file beside', as
 
 t.test('run a job: 202, the run, its report and screenshot; runs listing and its query', async (t) => {
   const { api, lab } = await fx;
-  await call(api.app, 'put', '/jobs/webcheck').set('authorization', api.auth.admin).send(jobBody('webcheck', `${lab}j`)).expect(201);
+  await call(api.app, 'put', '/jobs/webcheck')
+    .set('authorization', api.auth.admin)
+    .send(jobBody('webcheck', `${lab}j`))
+    .expect(201);
   const started = await call(api.app, 'post', '/jobs/webcheck/run').set('authorization', api.auth.operator).expect(202);
   t.equal(started.body.kind, 'job-run');
   const overlap = await call(api.app, 'post', '/jobs/webcheck/run').set('authorization', api.auth.operator).expect(409);
@@ -127,7 +166,10 @@ t.test('run a job: 202, the run, its report and screenshot; runs listing and its
   t.equal(op.state, 'succeeded', JSON.stringify(op.error));
   const result = op.result as { run: string; result: string; vms: { name: string; result: string }[]; report: string };
   t.equal(result.result, 'success', JSON.stringify(result));
-  t.same(result.vms.map((v) => [v.name, v.result]), [['web', 'success']]);
+  t.same(
+    result.vms.map((v) => [v.name, v.result]),
+    [['web', 'success']],
+  );
   t.equal(op.resource, `/api/v1/runs/${result.run}`);
 
   const runs = await call(api.app, 'get', '/runs').set('authorization', api.auth.viewer).expect(200);
@@ -149,7 +191,10 @@ t.test('run a job: 202, the run, its report and screenshot; runs listing and its
   t.equal(web.name, 'web');
   t.equal(web.point, (await fx).guest.point.id);
   t.ok(web.recoverySeconds > 0);
-  t.ok(web.tests.some((x: { kind: string; result: string }) => x.kind === 'http' && x.result === 'passed'), 'the web role\'s HTTP test passed');
+  t.ok(
+    web.tests.some((x: { kind: string; result: string }) => x.kind === 'http' && x.result === 'passed'),
+    "the web role's HTTP test passed",
+  );
   t.same(Object.keys(web.tests[0]).sort(), ['detail', 'kind', 'name', 'result', 'seconds']);
   t.equal(web.screenshot, `/api/v1/runs/${result.run}/vms/web/screenshot`);
 
@@ -181,7 +226,7 @@ t.test('cancel a run through its operation: cancelled, torn down', async (t) => 
   // Cancel once the VM is being booted, so teardown has something to undo.
   const end = Date.now() + 120_000;
   while (booting().length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
-  t.equal(booting().length, 1, 'the run\'s VM was being brought up when the cancel came');
+  t.equal(booting().length, 1, "the run's VM was being brought up when the cancel came");
   const cancel = await call(api.app, 'post', `/operations/${started.body.id}/cancel`).set('authorization', api.auth.operator).expect(202);
   t.equal(cancel.body.id, started.body.id);
   const op = await settled(api, started.body.id);
@@ -189,7 +234,7 @@ t.test('cancel a run through its operation: cancelled, torn down', async (t) => 
   const runs = await call(api.app, 'get', '/runs?job=webcheck&limit=1').set('authorization', api.auth.viewer).expect(200);
   t.equal(runs.body.runs[0].status, 'cancelled', 'the run is recorded as cancelled');
   t.same(await leftovers(api.config.stateDir, undefined, `${lab}j`), [], 'the lab and the VM are gone');
-  t.same(booting(), [], 'and the VM\'s work directory');
+  t.same(booting(), [], "and the VM's work directory");
   await call(api.app, 'post', `/operations/${started.body.id}/cancel`).set('authorization', api.auth.operator).expect(409);
   await call(api.app, 'delete', '/jobs/webcheck').set('authorization', api.auth.admin).expect(200);
   await call(api.app, 'get', '/jobs/webcheck').set('authorization', api.auth.viewer).expect(404);

@@ -43,7 +43,14 @@ t.test('NFS reads and writes of a publication show in /metrics', async (t) => {
 
   const pub = await startPublication({ repo: g.repo.path, point: g.point, stateDir: g.stateDir }, { repository: g.repo });
   t.teardown(() => pub.close({ discard: true }));
-  const nfs = await startNfsExport({ datastore: pub.datastore, stateDir: g.stateDir, port: 0, mountPort: 0, portmapPort: null, listen: '127.0.0.1' });
+  const nfs = await startNfsExport({
+    datastore: pub.datastore,
+    stateDir: g.stateDir,
+    port: 0,
+    mountPort: 0,
+    portmapPort: null,
+    listen: '127.0.0.1',
+  });
   t.teardown(() => nfs.stop());
 
   const image = fs.readFileSync(g.image);
@@ -68,5 +75,8 @@ t.test('NFS reads and writes of a publication show in /metrics', async (t) => {
   t.ok(ratio > 0 && ratio < 1, `hit ratio ${ratio} is between 0 and 1`);
   t.equal(delta('restorelab_fuse_bytes_total{direction="read"}'), 0, 'nothing went through FUSE');
   t.equal(at(after, 'restorelab_publications'), 1, 'the running publication is counted');
-  t.ok(delta('restorelab_nfs_bytes_total{direction="write"}') >= nfs.metrics.bytesWritten, "the process-wide count covers the export's own");
+  t.ok(
+    delta('restorelab_nfs_bytes_total{direction="write"}') >= nfs.metrics.bytesWritten,
+    "the process-wide count covers the export's own",
+  );
 });

@@ -21,13 +21,28 @@ const fx = labApi(t, { prefix: 'as', masquerade: subnet('api/sessions') });
 
 t.test('auth: no token is 401, a viewer may not act (403)', async (t) => {
   const { api } = await fx;
-  for (const [m, p] of [['get', '/sessions'], ['get', '/sessions/abc'], ['post', '/sessions'], ['post', '/sessions/abc/stop'], ['post', '/sessions/abc/migrate'],
-    ['get', '/sessions/abc/screenshot'], ['get', '/publications'], ['get', '/publications/x'], ['post', '/publications'], ['delete', '/publications/x']] as const) {
+  for (const [m, p] of [
+    ['get', '/sessions'],
+    ['get', '/sessions/abc'],
+    ['post', '/sessions'],
+    ['post', '/sessions/abc/stop'],
+    ['post', '/sessions/abc/migrate'],
+    ['get', '/sessions/abc/screenshot'],
+    ['get', '/publications'],
+    ['get', '/publications/x'],
+    ['post', '/publications'],
+    ['delete', '/publications/x'],
+  ] as const) {
     const res = await request(api.app)[m](`/api/v1${p}`).expect(401);
     t.equal(res.body.error.code, 'UNAUTHENTICATED', `${m} ${p}`);
   }
-  for (const [m, p, body] of [['post', '/sessions', { vm: 'web' }], ['post', '/sessions/abc/stop', undefined], ['post', '/sessions/abc/migrate', { dir: '/tmp/x' }],
-    ['post', '/publications', { point: 'p' }], ['delete', '/publications/x', undefined]] as const) {
+  for (const [m, p, body] of [
+    ['post', '/sessions', { vm: 'web' }],
+    ['post', '/sessions/abc/stop', undefined],
+    ['post', '/sessions/abc/migrate', { dir: '/tmp/x' }],
+    ['post', '/publications', { point: 'p' }],
+    ['delete', '/publications/x', undefined],
+  ] as const) {
     const res = await request(api.app)[m](`/api/v1${p}`).set('authorization', api.auth.viewer).send(body).expect(403);
     t.match(res.body.error.message, /needs operator/, `${m} ${p}`);
   }
@@ -53,7 +68,9 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
     ['get', '/sessions/bad$id', undefined, /params\/id/],
   ];
   for (const [m, p, body, msg] of bad) {
-    const res = await (request(api.app) as unknown as Record<string, (p: string) => request.Test>)[m]!(`/api/v1${p}`).set('authorization', op).send(body as object);
+    const res = await (request(api.app) as unknown as Record<string, (p: string) => request.Test>)[m]!(`/api/v1${p}`)
+      .set('authorization', op)
+      .send(body as object);
     t.equal(res.status, 400, `${m} ${p} ${JSON.stringify(body)}: 400`);
     t.equal(res.body.error.code, 'VALIDATION_FAILED');
     t.match(res.body.error.message, msg, res.body.error.message);
@@ -71,13 +88,19 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
     ['post', '/publications', { point: '20990101T000000Z-000000', fuse: join(api.config.stateDir, 'mnt', 'x') }, 'POINT_NOT_FOUND'],
   ];
   for (const [m, p, body, code] of missing) {
-    const res = await (request(api.app) as unknown as Record<string, (p: string) => request.Test>)[m]!(`/api/v1${p}`).set('authorization', op).send(body as object);
+    const res = await (request(api.app) as unknown as Record<string, (p: string) => request.Test>)[m]!(`/api/v1${p}`)
+      .set('authorization', op)
+      .send(body as object);
     t.equal(res.status, 404, `${m} ${p}: 404`);
     t.equal(res.body.error.code, code, res.body.error.message);
   }
   const bridge = await request(api.app).post('/api/v1/sessions').set('authorization', op).send({ vm: 'web', network: 'nobr0' }).expect(400);
   t.equal(bridge.body.error.code, 'BRIDGE_NOT_FOUND');
-  const noFrontend = await request(api.app).post('/api/v1/publications').set('authorization', op).send({ point: (await fx).guest.point.id }).expect(400);
+  const noFrontend = await request(api.app)
+    .post('/api/v1/publications')
+    .set('authorization', op)
+    .send({ point: (await fx).guest.point.id })
+    .expect(400);
   t.equal(noFrontend.body.error.code, 'PUBLISH_NO_FRONTEND', 'no NFS in this server and no fuse directory');
   const listed = await request(api.app).get('/api/v1/sessions').set('authorization', api.auth.viewer).expect(200);
   t.same(listed.body.sessions, [], 'no session was recorded');
@@ -87,7 +110,11 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
 
 t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, stop', async (t) => {
   const { api, lab } = await fx;
-  const started = await request(api.app).post('/api/v1/sessions').set('authorization', api.auth.operator).send({ vm: 'web', lab }).expect(202);
+  const started = await request(api.app)
+    .post('/api/v1/sessions')
+    .set('authorization', api.auth.operator)
+    .send({ vm: 'web', lab })
+    .expect(202);
   t.equal(started.headers.location, `/api/v1/operations/${started.body.id}`);
   t.equal(started.body.kind, 'recover');
   t.equal(started.body.state, 'running');
@@ -105,12 +132,20 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
   t.equal(one.body.id, s.id);
   t.equal(one.body.state, 'running');
   const all = await request(api.app).get('/api/v1/sessions').set('authorization', api.auth.viewer).expect(200);
-  t.same(all.body.sessions.map((x: RecoverySession) => [x.id, x.state]), [[s.id, 'running']]);
+  t.same(
+    all.body.sessions.map((x: RecoverySession) => [x.id, x.state]),
+    [[s.id, 'running']],
+  );
 
   const page = await httpGet(`http://${s.addresses.nic0}/`);
   t.match(page.body, WEB_EXPECT, 'the recovered VM answers HTTP through the lab');
 
-  const shot = await request(api.app).get(`/api/v1/sessions/${s.id}/screenshot`).set('authorization', api.auth.viewer).buffer(true).parse(binary).expect(200);
+  const shot = await request(api.app)
+    .get(`/api/v1/sessions/${s.id}/screenshot`)
+    .set('authorization', api.auth.viewer)
+    .buffer(true)
+    .parse(binary)
+    .expect(200);
   t.equal(shot.headers['content-type'], 'image/png');
   t.equal(shot.headers['cache-control'], 'no-store');
   t.ok(isPng(shot.body as Buffer), 'PNG magic');
@@ -123,7 +158,11 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
   // Live migration off the backup, then the VM keeps running from the copies,
   // into a directory of the default restore root (api.restoreRoots).
   const target = join(api.config.stateDir, 'restores', 'production');
-  const mig = await request(api.app).post(`/api/v1/sessions/${s.id}/migrate`).set('authorization', api.auth.operator).send({ dir: target }).expect(202);
+  const mig = await request(api.app)
+    .post(`/api/v1/sessions/${s.id}/migrate`)
+    .set('authorization', api.auth.operator)
+    .send({ dir: target })
+    .expect(202);
   const migOp = await settled(api, mig.body.id);
   t.equal(migOp.state, 'succeeded', JSON.stringify(migOp.error));
   const migrated = migOp.result as RecoverySession;
@@ -131,11 +170,22 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
   const disk = Object.values(migrated.disks)[0]!;
   t.ok(disk.startsWith(target) && existsSync(disk), `the disk now lives at ${disk}`);
   const mbr = Buffer.alloc(2);
-  const fd = openSync(disk, 'r'); readSync(fd, mbr, 0, 2, 510); closeSync(fd);
-  t.same([...mbr], [0x55, 0xaa], 'the migrated disk holds the guest\'s boot sector');
-  const again = await request(api.app).post(`/api/v1/sessions/${s.id}/migrate`).set('authorization', api.auth.operator).send({ dir: target }).expect(409);
+  const fd = openSync(disk, 'r');
+  readSync(fd, mbr, 0, 2, 510);
+  closeSync(fd);
+  t.same([...mbr], [0x55, 0xaa], "the migrated disk holds the guest's boot sector");
+  const again = await request(api.app)
+    .post(`/api/v1/sessions/${s.id}/migrate`)
+    .set('authorization', api.auth.operator)
+    .send({ dir: target })
+    .expect(409);
   t.match(again.body.error.message, /migrated/);
-  await request(api.app).get(`/api/v1/sessions/${s.id}/screenshot`).set('authorization', api.auth.viewer).buffer(true).parse(binary).expect(200);
+  await request(api.app)
+    .get(`/api/v1/sessions/${s.id}/screenshot`)
+    .set('authorization', api.auth.viewer)
+    .buffer(true)
+    .parse(binary)
+    .expect(200);
 
   const busyLab = await request(api.app).post(`/api/v1/labs/${lab}/down`).set('authorization', api.auth.operator).expect(409);
   t.match(busyLab.body.error.message, new RegExp(s.id), 'a lab in use is not taken down');
@@ -158,30 +208,54 @@ t.test('publications: over the server datastore (NFS), over FUSE, busy, discard'
   const datastore = new PublicationDatastore();
   // As `restorelab server` hands the NFS export's datastore to the API.
   (api.ctx as { datastore?: PublicationDatastore }).datastore = datastore;
-  t.teardown(() => { delete (api.ctx as { datastore?: PublicationDatastore }).datastore; });
+  t.teardown(() => {
+    delete (api.ctx as { datastore?: PublicationDatastore }).datastore;
+  });
 
-  const started = await request(api.app).post('/api/v1/publications').set('authorization', api.auth.operator).send({ point, readOnly: true }).expect(202);
+  const started = await request(api.app)
+    .post('/api/v1/publications')
+    .set('authorization', api.auth.operator)
+    .send({ point, readOnly: true })
+    .expect(202);
   const op = await settled(api, started.body.id);
   t.equal(op.state, 'succeeded', JSON.stringify(op.error));
   const pub = op.result as { id: string; frontend: string; point: string };
   t.equal(pub.frontend, 'nfs');
   t.equal(pub.point, point);
   t.equal(op.resource, `/api/v1/publications/${pub.id}`);
-  t.same(datastore.publications().map((p) => p.id), [pub.id], 'the NFS export\'s datastore serves it');
+  t.same(
+    datastore.publications().map((p) => p.id),
+    [pub.id],
+    "the NFS export's datastore serves it",
+  );
   const listed = await request(api.app).get('/api/v1/publications').set('authorization', api.auth.viewer).expect(200);
-  t.same(listed.body.publications.map((p: { id: string; running: boolean; frontend: string }) => [p.id, p.running, p.frontend]), [[pub.id, true, 'nfs']]);
+  t.same(
+    listed.body.publications.map((p: { id: string; running: boolean; frontend: string }) => [p.id, p.running, p.frontend]),
+    [[pub.id, true, 'nfs']],
+  );
   const one = await request(api.app).get(op.resource!).set('authorization', api.auth.viewer).expect(200);
   t.equal(one.body.id, pub.id);
   const busy = await request(api.app).post('/api/v1/publications').set('authorization', api.auth.operator).send({ point }).expect(409);
   t.match(busy.body.error.message, /already published/);
-  const del = await request(api.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', api.auth.operator).expect(200);
+  const del = await request(api.app)
+    .delete(`/api/v1/publications/${pub.id}?discard=true`)
+    .set('authorization', api.auth.operator)
+    .expect(200);
   t.same(del.body, { publication: pub.id, stopped: true, discarded: true });
   t.same(datastore.publications(), [], 'detached from the datastore');
-  t.same((await request(api.app).get('/api/v1/publications').set('authorization', api.auth.viewer).expect(200)).body.publications, [], 'and gone, overlay discarded');
+  t.same(
+    (await request(api.app).get('/api/v1/publications').set('authorization', api.auth.viewer).expect(200)).body.publications,
+    [],
+    'and gone, overlay discarded',
+  );
 
   // Below the default mount root (api.mountRoots).
   const mnt = join(api.config.stateDir, 'mnt', 'fuse');
-  const f = await request(api.app).post('/api/v1/publications').set('authorization', api.auth.operator).send({ point, fuse: mnt }).expect(202);
+  const f = await request(api.app)
+    .post('/api/v1/publications')
+    .set('authorization', api.auth.operator)
+    .send({ point, fuse: mnt })
+    .expect(202);
   const fop = await settled(api, f.body.id);
   t.equal(fop.state, 'succeeded', JSON.stringify(fop.error));
   const fpub = fop.result as { id: string; frontend: string; disks: Record<string, string> };
@@ -199,6 +273,10 @@ t.test('publications: over the server datastore (NFS), over FUSE, busy, discard'
   t.equal(keep.body.discarded, false);
   t.notOk(readFileSync('/proc/mounts', 'utf8').includes(mnt), 'unmounted');
   const stopped = (await request(api.app).get('/api/v1/publications').set('authorization', api.auth.viewer).expect(200)).body.publications;
-  t.same(stopped.map((p: { id: string; running: boolean }) => [p.id, p.running]), [[fpub.id, false]], 'kept (resumable), not running');
+  t.same(
+    stopped.map((p: { id: string; running: boolean }) => [p.id, p.running]),
+    [[fpub.id, false]],
+    'kept (resumable), not running',
+  );
   await request(api.app).delete(`/api/v1/publications/${fpub.id}?discard=true`).set('authorization', api.auth.operator).expect(200);
 });

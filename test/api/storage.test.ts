@@ -5,7 +5,20 @@
 import t, { type Test } from 'tap';
 import request from 'supertest';
 import { createHash } from 'node:crypto';
-import { cpSync, createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import {
+  cpSync,
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+  closeSync,
+} from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -71,10 +84,17 @@ t.test('every storage and file-restore route: 401 without a token, 403 below its
   }
   const roles = Object.fromEntries(routes.map((r) => [`${r.method} ${r.path}`, r.role]));
   t.match(roles, {
-    'get /repositories': 'viewer', 'post /repositories': 'admin', 'post /repositories/:name/verify': 'operator',
-    'post /repositories/:name/prune': 'admin', 'post /repositories/:name/gc': 'admin', 'get /points': 'viewer',
-    'delete /points/:id': 'admin', 'post /points/:id/restore': 'operator', 'post /backups': 'operator',
-    'post /file-restore': 'operator', 'get /file-restore/:id/download': 'operator',
+    'get /repositories': 'viewer',
+    'post /repositories': 'admin',
+    'post /repositories/:name/verify': 'operator',
+    'post /repositories/:name/prune': 'admin',
+    'post /repositories/:name/gc': 'admin',
+    'get /points': 'viewer',
+    'delete /points/:id': 'admin',
+    'post /points/:id/restore': 'operator',
+    'post /backups': 'operator',
+    'post /file-restore': 'operator',
+    'get /file-restore/:id/download': 'operator',
   });
 });
 
@@ -82,19 +102,73 @@ t.test('bodies and queries: unknown fields and wrong types are 400 with the path
   const a = await api(t, { RESTORELAB_REPO: guest.repo });
   const p = guest.point.id;
   const cases: { method: 'get' | 'post'; path: string; body?: unknown; message: RegExp; auth: string }[] = [
-    { method: 'post', path: '/repositories', body: { path: '/tmp/x', bogus: 1 }, message: /body: unknown property "bogus"/, auth: a.auth.admin },
-    { method: 'post', path: '/repositories', body: { path: 'relative/dir' }, message: /body\/path: must match pattern/, auth: a.auth.admin },
-    { method: 'post', path: '/repositories', body: { path: '/tmp/x', chunkSize: '4M' }, message: /body\/chunkSize: must be integer/, auth: a.auth.admin },
-    { method: 'post', path: '/repositories/default/verify', body: { point: 7 }, message: /body\/point: must be string/, auth: a.auth.operator },
+    {
+      method: 'post',
+      path: '/repositories',
+      body: { path: '/tmp/x', bogus: 1 },
+      message: /body: unknown property "bogus"/,
+      auth: a.auth.admin,
+    },
+    {
+      method: 'post',
+      path: '/repositories',
+      body: { path: 'relative/dir' },
+      message: /body\/path: must match pattern/,
+      auth: a.auth.admin,
+    },
+    {
+      method: 'post',
+      path: '/repositories',
+      body: { path: '/tmp/x', chunkSize: '4M' },
+      message: /body\/chunkSize: must be integer/,
+      auth: a.auth.admin,
+    },
+    {
+      method: 'post',
+      path: '/repositories/default/verify',
+      body: { point: 7 },
+      message: /body\/point: must be string/,
+      auth: a.auth.operator,
+    },
     { method: 'post', path: '/repositories/default/verify', body: { all: true }, message: /unknown property "all"/, auth: a.auth.operator },
-    { method: 'post', path: '/repositories/default/prune', body: { keepLast: -1 }, message: /body\/keepLast: must be >= 0/, auth: a.auth.admin },
+    {
+      method: 'post',
+      path: '/repositories/default/prune',
+      body: { keepLast: -1 },
+      message: /body\/keepLast: must be >= 0/,
+      auth: a.auth.admin,
+    },
     { method: 'post', path: '/repositories/default/prune', body: { keep: 3 }, message: /unknown property "keep"/, auth: a.auth.admin },
-    { method: 'post', path: '/repositories/default/gc', body: { dryRun: 'yes' }, message: /body\/dryRun: must be boolean/, auth: a.auth.admin },
+    {
+      method: 'post',
+      path: '/repositories/default/gc',
+      body: { dryRun: 'yes' },
+      message: /body\/dryRun: must be boolean/,
+      auth: a.auth.admin,
+    },
     { method: 'post', path: '/backups', body: {}, message: /required property 'vm'/, auth: a.auth.operator },
     { method: 'post', path: '/backups', body: { vm: '../../etc/passwd' }, message: /body\/vm: must match pattern/, auth: a.auth.operator },
-    { method: 'post', path: '/backups', body: { vm: 'web', disks: { root: 'relative.raw' } }, message: /body\/disks\/root: must match pattern/, auth: a.auth.operator },
-    { method: 'post', path: '/backups', body: { vm: 'web', consistency: 'perfect' }, message: /body\/consistency: must be one of/, auth: a.auth.operator },
-    { method: 'post', path: `/points/${p}/restore`, body: { to: '/tmp/x.raw', format: 'vmdk' }, message: /body\/format: must be one of/, auth: a.auth.operator },
+    {
+      method: 'post',
+      path: '/backups',
+      body: { vm: 'web', disks: { root: 'relative.raw' } },
+      message: /body\/disks\/root: must match pattern/,
+      auth: a.auth.operator,
+    },
+    {
+      method: 'post',
+      path: '/backups',
+      body: { vm: 'web', consistency: 'perfect' },
+      message: /body\/consistency: must be one of/,
+      auth: a.auth.operator,
+    },
+    {
+      method: 'post',
+      path: `/points/${p}/restore`,
+      body: { to: '/tmp/x.raw', format: 'vmdk' },
+      message: /body\/format: must be one of/,
+      auth: a.auth.operator,
+    },
     { method: 'post', path: `/points/${p}/restore`, body: { to: 'x.raw' }, message: /body\/to: must match pattern/, auth: a.auth.operator },
     { method: 'post', path: `/points/${p}/restore`, body: { disk: 'root' }, message: /required property 'to'/, auth: a.auth.operator },
     { method: 'get', path: '/points?limit=1', message: /query: unknown property "limit"/, auth: a.auth.viewer },
@@ -115,9 +189,13 @@ t.test('repositories: the configured one with format and counts; create another;
   const list = await request(a.app).get('/api/v1/repositories').set('authorization', a.auth.viewer).expect(200);
   t.equal(list.body.repositories.length, 1);
   t.match(list.body.repositories[0], {
-    name: 'default', path: guest.repo, default: true, id: guest.repository.config.id,
+    name: 'default',
+    path: guest.repo,
+    default: true,
+    id: guest.repository.config.id,
     format: { version: 1, chunkSize: guest.repository.config.chunkSize, encryption: 'none', compression: 'zstd' },
-    counts: { points: 1, vms: 1, damagedPoints: 0 }, latestPoint: guest.point.id,
+    counts: { points: 1, vms: 1, damagedPoints: 0 },
+    latestPoint: guest.point.id,
   });
   const one = await request(a.app).get('/api/v1/repositories/default').set('authorization', a.auth.viewer).expect(200);
   t.equal(one.body.id, guest.repository.config.id);
@@ -125,7 +203,11 @@ t.test('repositories: the configured one with format and counts; create another;
   t.equal(missing.body.error.code, 'NOT_FOUND');
 
   const dir = join(work, 'created-repo');
-  const made = await request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path: dir, chunkSize: 1024 * 1024 }).expect(201);
+  const made = await request(a.app)
+    .post('/api/v1/repositories')
+    .set('authorization', a.auth.admin)
+    .send({ path: dir, chunkSize: 1024 * 1024 })
+    .expect(201);
   t.match(made.body, { path: dir, default: false, format: { chunkSize: 1024 * 1024 }, counts: { points: 0 } });
   t.equal(made.headers.location, `/api/v1/repositories/${made.body.id}`);
   t.ok(readFileSync(join(dir, 'config.json'), 'utf8').includes(made.body.id), 'a real repository on disk');
@@ -134,9 +216,16 @@ t.test('repositories: the configured one with format and counts; create another;
   t.equal((await request(a.app).get('/api/v1/repositories').set('authorization', a.auth.viewer)).body.repositories.length, 2);
   const twice = await request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path: dir }).expect(400);
   t.equal(twice.body.error.code, 'REPO_NOT_EMPTY');
-  const odd = await request(a.app).post('/api/v1/repositories').set('authorization', a.auth.admin).send({ path: join(work, 'odd'), chunkSize: 300000 }).expect(400);
+  const odd = await request(a.app)
+    .post('/api/v1/repositories')
+    .set('authorization', a.auth.admin)
+    .send({ path: join(work, 'odd'), chunkSize: 300000 })
+    .expect(400);
   t.match(odd.body.error.message, /chunk size/i);
-  t.ok(a.logs.some((l) => l.msg === 'repository created' && l.by === 'test-admin'), 'creation is logged with who did it');
+  t.ok(
+    a.logs.some((l) => l.msg === 'repository created' && l.by === 'test-admin'),
+    'creation is logged with who did it',
+  );
 });
 
 t.test('no repository configured: listed with the reason, and point routes say how to make one', async (t) => {
@@ -155,8 +244,17 @@ t.test('points: listed with their latest SureBackup verification, or null', asyn
   // Two runs verified the point; the newer verdict is the one shown.
   const h = new History(a.ctx.catalog);
   const vmResult = (result: 'success' | 'failed', startedAt: number) => ({
-    name: 'web', point: guest.point.id, group: false, result, tests: [], startedAt, endedAt: startedAt + 5000,
-    screenshot: result === 'success' ? '/state/shot.png' : null, bootToHeartbeatSeconds: 3, toFirstAnswerSeconds: 4, recoverySeconds: 5,
+    name: 'web',
+    point: guest.point.id,
+    group: false,
+    result,
+    tests: [],
+    startedAt,
+    endedAt: startedAt + 5000,
+    screenshot: result === 'success' ? '/state/shot.png' : null,
+    bootToHeartbeatSeconds: 3,
+    toFirstAnswerSeconds: 4,
+    recoverySeconds: 5,
   });
   const old = h.startRun('nightly', 'schedule', new Date(Date.UTC(2026, 10, 1)));
   h.finishRun(old, { result: 'failed', vms: [vmResult('failed', Date.UTC(2026, 10, 1))], labKept: false });
@@ -164,19 +262,30 @@ t.test('points: listed with their latest SureBackup verification, or null', asyn
   h.finishRun(recent, { result: 'success', vms: [vmResult('success', Date.UTC(2026, 10, 2))], labKept: false });
   const list = await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200);
   t.same(list.body.points[0].verification, {
-    run: recent, job: 'nightly', vm: 'web', result: 'success', at: '2026-11-02T00:00:00.000Z', recoverySeconds: 5, screenshot: true,
+    run: recent,
+    job: 'nightly',
+    vm: 'web',
+    result: 'success',
+    at: '2026-11-02T00:00:00.000Z',
+    recoverySeconds: 5,
+    screenshot: true,
   });
   const byVm = await request(a.app).get('/api/v1/points?vm=web').set('authorization', a.auth.viewer).expect(200);
   t.equal(byVm.body.points.length, 1);
   const other = await request(a.app).get('/api/v1/points?vm=db').set('authorization', a.auth.viewer).expect(200);
   t.same(other.body.points, []);
   const one = await request(a.app).get(`/api/v1/points/${guest.point.id}`).set('authorization', a.auth.viewer).expect(200);
-  t.match(one.body, { id: guest.point.id, vm: { name: 'web' }, disks: [{ name: 'root', size: 64 * 1024 * 1024 }], verification: { run: recent } });
+  t.match(one.body, {
+    id: guest.point.id,
+    vm: { name: 'web' },
+    disks: [{ name: 'root', size: 64 * 1024 * 1024 }],
+    verification: { run: recent },
+  });
   const nope = await request(a.app).get('/api/v1/points/20260101T000000Z-deadbeef').set('authorization', a.auth.viewer).expect(404);
   t.equal(nope.body.error.code, 'POINT_NOT_FOUND');
 });
 
-t.test('restore: 202, progress, and the restored file has the guest image\'s bytes', async (t) => {
+t.test("restore: 202, progress, and the restored file has the guest image's bytes", async (t) => {
   const a = await api(t, { RESTORELAB_REPO: guest.repo });
   const to = join(work, 'restored.raw');
   const res = await request(a.app).post(`/api/v1/points/${guest.point.id}/restore`).set('authorization', a.auth.operator).send({ to });
@@ -191,16 +300,27 @@ t.test('restore: 202, progress, and the restored file has the guest image\'s byt
   t.ok(events.length < 120, 'progress is thinned to whole percents');
   t.equal(op.by, 'test-operator');
 
-  const noDisk = await request(a.app).post(`/api/v1/points/${guest.point.id}/restore`).set('authorization', a.auth.operator).send({ to, disk: 'sdb' }).expect(404);
+  const noDisk = await request(a.app)
+    .post(`/api/v1/points/${guest.point.id}/restore`)
+    .set('authorization', a.auth.operator)
+    .send({ to, disk: 'sdb' })
+    .expect(404);
   t.match(noDisk.body.error.message, /has no disk sdb \(it has root\)/);
-  const noPoint = await request(a.app).post('/api/v1/points/20260101T000000Z-deadbeef/restore').set('authorization', a.auth.operator).send({ to }).expect(404);
+  const noPoint = await request(a.app)
+    .post('/api/v1/points/20260101T000000Z-deadbeef/restore')
+    .set('authorization', a.auth.operator)
+    .send({ to })
+    .expect(404);
   t.equal(noPoint.body.error.code, 'POINT_NOT_FOUND');
 });
 
 t.test('backup: a VM definition by name into a new point, with per-disk progress; bad requests refused before any work', async (t) => {
   const dir = repoCopy('backup-repo');
   const a = await api(t, { RESTORELAB_REPO: dir });
-  const res = await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: guest.image } });
+  const res = await request(a.app)
+    .post('/api/v1/backups')
+    .set('authorization', a.auth.operator)
+    .send({ vm: 'web', disks: { root: guest.image } });
   t.equal(res.body.kind, 'backup');
   const op = await finished(a, res);
   t.equal(op.state, 'succeeded', JSON.stringify(op.error));
@@ -213,9 +333,16 @@ t.test('backup: a VM definition by name into a new point, with per-disk progress
   const fractions = events.filter((e) => e.type === 'progress').map((e) => e.fraction ?? 0);
   t.ok(fractions.length >= 2 && fractions.every((f, i) => i === 0 || f >= (fractions[i - 1] ?? 0)), 'progress only goes forward');
   t.match(events.find((e) => e.type === 'progress')?.message, /^disk root: /);
-  await request(a.app).get(`/api/v1${op.resource?.slice('/api/v1'.length)}`).set('authorization', a.auth.viewer).expect(200);
+  await request(a.app)
+    .get(`/api/v1${op.resource?.slice('/api/v1'.length)}`)
+    .set('authorization', a.auth.viewer)
+    .expect(200);
   const list = await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200);
-  t.same(list.body.points.map((p: { id: string }) => p.id), [guest.point.id, point.id], 'the catalog has the new point');
+  t.same(
+    list.body.points.map((p: { id: string }) => p.id),
+    [guest.point.id, point.id],
+    'the catalog has the new point',
+  );
 
   const refusals: [unknown, number, RegExp][] = [
     [{ vm: 'no-such-vm' }, 404, /no VM definition "no-such-vm".*there are: .*web/],
@@ -223,7 +350,10 @@ t.test('backup: a VM definition by name into a new point, with per-disk progress
     [{ vm: 'web', disks: { root: join(work, 'missing.raw') } }, 404, /missing\.raw of disk root of VM web does not exist/],
   ];
   for (const [body, status, message] of refusals) {
-    const r = await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send(body as object);
+    const r = await request(a.app)
+      .post('/api/v1/backups')
+      .set('authorization', a.auth.operator)
+      .send(body as object);
     t.equal(r.status, status, JSON.stringify(body));
     t.match(r.body.error.message, message);
   }
@@ -238,9 +368,16 @@ t.test('verify: a sound repository passes; a flipped byte in a chunk fails the o
   t.match(ok.result, { ok: true, pointsChecked: 1, corrupt: [] });
   t.ok((ok.result as { chunksChecked: number }).chunksChecked > 0);
   t.equal(ok.resource, '/api/v1/repositories/default');
-  const one = await finished(a, await request(a.app).post('/api/v1/repositories/default/verify').set('authorization', a.auth.operator).send({ point: guest.point.id }));
+  const one = await finished(
+    a,
+    await request(a.app).post('/api/v1/repositories/default/verify').set('authorization', a.auth.operator).send({ point: guest.point.id }),
+  );
   t.equal(one.state, 'succeeded');
-  const unknown = await request(a.app).post('/api/v1/repositories/default/verify').set('authorization', a.auth.operator).send({ point: '20260101T000000Z-deadbeef' }).expect(404);
+  const unknown = await request(a.app)
+    .post('/api/v1/repositories/default/verify')
+    .set('authorization', a.auth.operator)
+    .send({ point: '20260101T000000Z-deadbeef' })
+    .expect(404);
   t.equal(unknown.body.error.code, 'POINT_NOT_FOUND');
 
   // Damage one stored chunk the point references.
@@ -255,7 +392,11 @@ t.test('verify: a sound repository passes; a flipped byte in a chunk fails the o
   t.match(bad.error, { code: 'REPOSITORY_CORRUPT', message: new RegExp(`damaged restore points: ${guest.point.id}`) });
   const events: { type: string; data?: unknown }[] = [];
   a.ctx.operations.subscribe(bad.id, (e) => events.push(e))();
-  t.match(events.filter((e) => e.type === 'progress').at(-1)?.data, { ok: false, affectedPoints: [guest.point.id] }, 'the full report is in the last progress event');
+  t.match(
+    events.filter((e) => e.type === 'progress').at(-1)?.data,
+    { ok: false, affectedPoints: [guest.point.id] },
+    'the full report is in the last progress event',
+  );
   const points = await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200);
   t.equal(points.body.points[0].damaged, true, 'the catalog mirrors the damaged mark');
   const repo = await request(a.app).get('/api/v1/repositories/default').set('authorization', a.auth.viewer).expect(200);
@@ -265,29 +406,60 @@ t.test('verify: a sound repository passes; a flipped byte in a chunk fails the o
 t.test('prune, forget one point, gc: admin operations over a repository with two points', async (t) => {
   const dir = repoCopy('prune-repo');
   const a = await api(t, { RESTORELAB_REPO: dir });
-  const second = await finished(a, await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: guest.image } }));
-  const third = await finished(a, await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: guest.image } }));
+  const second = await finished(
+    a,
+    await request(a.app)
+      .post('/api/v1/backups')
+      .set('authorization', a.auth.operator)
+      .send({ vm: 'web', disks: { root: guest.image } }),
+  );
+  const third = await finished(
+    a,
+    await request(a.app)
+      .post('/api/v1/backups')
+      .set('authorization', a.auth.operator)
+      .send({ vm: 'web', disks: { root: guest.image } }),
+  );
   const secondId = (second.result as { id: string }).id;
   const thirdId = (third.result as { id: string }).id;
 
   const noRule = await request(a.app).post('/api/v1/repositories/default/prune').set('authorization', a.auth.admin).send({}).expect(400);
   t.equal(noRule.body.error.code, 'PRUNE_POLICY');
-  const dry = await finished(a, await request(a.app).post('/api/v1/repositories/default/prune').set('authorization', a.auth.admin).send({ keepLast: 2, dryRun: true }));
+  const dry = await finished(
+    a,
+    await request(a.app).post('/api/v1/repositories/default/prune').set('authorization', a.auth.admin).send({ keepLast: 2, dryRun: true }),
+  );
   t.equal(dry.state, 'succeeded', JSON.stringify(dry.error));
   t.match(dry.result, { dryRun: true, removed: [{ id: guest.point.id }] });
-  t.equal((await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer)).body.points.length, 3, 'a dry run removes nothing');
-  const pruned = await finished(a, await request(a.app).post('/api/v1/repositories/default/prune').set('authorization', a.auth.admin).send({ keepLast: 2 }));
+  t.equal(
+    (await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer)).body.points.length,
+    3,
+    'a dry run removes nothing',
+  );
+  const pruned = await finished(
+    a,
+    await request(a.app).post('/api/v1/repositories/default/prune').set('authorization', a.auth.admin).send({ keepLast: 2 }),
+  );
   t.match(pruned.result, { dryRun: false, removed: [{ id: guest.point.id }], kept: [{ id: thirdId }, { id: secondId }] });
   const after = await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200);
-  t.same(after.body.points.map((p: { id: string }) => p.id), [secondId, thirdId]);
+  t.same(
+    after.body.points.map((p: { id: string }) => p.id),
+    [secondId, thirdId],
+  );
 
   const forgot = await request(a.app).delete(`/api/v1/points/${secondId}`).set('authorization', a.auth.admin).expect(200);
   t.match(forgot.body, { id: secondId, vm: 'web', removed: true });
   await request(a.app).get(`/api/v1/points/${secondId}`).set('authorization', a.auth.viewer).expect(404);
-  t.same((await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer)).body.points.map((p: { id: string }) => p.id), [thirdId]);
+  t.same(
+    (await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer)).body.points.map((p: { id: string }) => p.id),
+    [thirdId],
+  );
   await request(a.app).delete(`/api/v1/points/${secondId}`).set('authorization', a.auth.admin).expect(404);
 
-  const gc = await finished(a, await request(a.app).post('/api/v1/repositories/default/gc').set('authorization', a.auth.admin).send({ dryRun: true }));
+  const gc = await finished(
+    a,
+    await request(a.app).post('/api/v1/repositories/default/gc').set('authorization', a.auth.admin).send({ dryRun: true }),
+  );
   t.equal(gc.state, 'succeeded', JSON.stringify(gc.error));
   t.match(gc.result, { dryRun: true, chunksRemoved: 0 });
   t.ok((gc.result as { chunksReferenced: number }).chunksReferenced > 0, 'the remaining point still references its chunks');
@@ -296,7 +468,10 @@ t.test('prune, forget one point, gc: admin operations over a repository with two
   t.match(real.result, { dryRun: false });
   // The remaining point still restores after prune, forget and gc.
   const to = join(work, 'after-gc.raw');
-  const restored = await finished(a, await request(a.app).post(`/api/v1/points/${thirdId}/restore`).set('authorization', a.auth.operator).send({ to }));
+  const restored = await finished(
+    a,
+    await request(a.app).post(`/api/v1/points/${thirdId}/restore`).set('authorization', a.auth.operator).send({ to }),
+  );
   t.equal(restored.state, 'succeeded', JSON.stringify(restored.error));
   t.equal(await sha256File(to), await sha256File(guest.image));
 });
@@ -324,20 +499,33 @@ t.test('cancel: a backup and a restore stop at the next chunk and leave no point
     return op as Operation;
   };
 
-  const backup = await startAndCancel(await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: image } }));
+  const backup = await startAndCancel(
+    await request(a.app)
+      .post('/api/v1/backups')
+      .set('authorization', a.auth.operator)
+      .send({ vm: 'web', disks: { root: image } }),
+  );
   t.equal(backup.state, 'cancelled');
   t.match(backup.error, { code: 'OPERATION_CANCELLED', message: /stopped at the next chunk: cancelled through the API/ });
   t.ok((backup.progress.fraction ?? 1) < 0.5, 'it stopped early');
   t.same((await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200)).body.points, [], 'no restore point');
   t.same(readdirSync(join(dir, 'points')), [], 'no manifest');
 
-  const done = await finished(a, await request(a.app).post('/api/v1/backups').set('authorization', a.auth.operator).send({ vm: 'web', disks: { root: image } }));
+  const done = await finished(
+    a,
+    await request(a.app)
+      .post('/api/v1/backups')
+      .set('authorization', a.auth.operator)
+      .send({ vm: 'web', disks: { root: image } }),
+  );
   t.equal(done.state, 'succeeded', JSON.stringify(done.error));
   const id = (done.result as { id: string }).id;
   const outDir = join(work, 'cancel-out');
   mkdirSync(outDir);
   const to = join(outDir, 'restored.raw');
-  const restore = await startAndCancel(await request(a.app).post(`/api/v1/points/${id}/restore`).set('authorization', a.auth.operator).send({ to }));
+  const restore = await startAndCancel(
+    await request(a.app).post(`/api/v1/points/${id}/restore`).set('authorization', a.auth.operator).send({ to }),
+  );
   t.equal(restore.state, 'cancelled');
   t.equal(restore.error?.code, 'OPERATION_CANCELLED');
   t.notOk(existsSync(to), 'no restored file');

@@ -39,7 +39,10 @@ t.test('create, list, revoke; bad role, bad name and unknown token are clear err
 
   const list = await cli(['--json', 'token', 'list'], env);
   t.equal(list.code, 0, list.stderr);
-  t.same((list.json.tokens as Array<{ name: string }>).map((x) => x.name), ['ci']);
+  t.same(
+    (list.json.tokens as Array<{ name: string }>).map((x) => x.name),
+    ['ci'],
+  );
   t.notOk(list.stdout.includes(token.slice(-20)), 'list never shows a secret');
 
   const unknown = await cli(['--json', 'token', 'revoke', 'nobody'], env);

@@ -14,7 +14,12 @@ mkdirSync(jobs);
 smallVm(dir, 'alpha', 1);
 const repoDir = join(dir, 'repo');
 await initRepository(repoDir, { chunkSize: 256 * 1024 });
-jobFile(jobs, 'two.json', { name: 'two', vms: [{ vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } }], retention: { keepLast: 1 }, schedule: '0 3 * * *' });
+jobFile(jobs, 'two.json', {
+  name: 'two',
+  vms: [{ vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } }],
+  retention: { keepLast: 1 },
+  schedule: '0 3 * * *',
+});
 jobFile(jobs, 'broken.json', { name: 'broken', vms: [] });
 const a = await testApi({ env: { RESTORELAB_BACKUP_JOBS_DIR: jobs, RESTORELAB_REPO: repoDir } });
 t.teardown(() => a.close());
@@ -30,7 +35,10 @@ t.test('list: jobs with schedule and next fire times, invalid files named', asyn
   const r = await request(a.app).get('/api/v1/backup-jobs').set('Authorization', a.auth.viewer);
   t.equal(r.status, 200);
   t.equal(r.body.backupJobsDir, jobs);
-  t.same(r.body.jobs.map((j: { name: string }) => j.name), ['two']);
+  t.same(
+    r.body.jobs.map((j: { name: string }) => j.name),
+    ['two'],
+  );
   t.equal(r.body.jobs[0].schedule, '0 3 * * *');
   t.equal(r.body.jobs[0].next.length, 3);
   t.ok(r.body.jobs[0].next.every((n: string) => n.endsWith('T03:00:00.000Z')));
@@ -59,7 +67,13 @@ t.test('run now: operator only, an operation whose result is the run; two runs p
 
   const runs = await request(a.app).get('/api/v1/backup-job-runs?job=two&limit=5').set('Authorization', a.auth.viewer);
   t.equal(runs.status, 200);
-  t.same(runs.body.runs.map((r: { id: string; status: string; trigger: string }) => [r.id, r.status, r.trigger]), [[r2.run, 'success', 'manual'], [r1.run, 'success', 'manual']]);
+  t.same(
+    runs.body.runs.map((r: { id: string; status: string; trigger: string }) => [r.id, r.status, r.trigger]),
+    [
+      [r2.run, 'success', 'manual'],
+      [r1.run, 'success', 'manual'],
+    ],
+  );
   const one = await request(a.app).get(`/api/v1/backup-job-runs/${r2.run}`).set('Authorization', a.auth.viewer);
   t.equal(one.body.vms[0].vm, 'alpha');
   t.equal(one.body.vms[0].consistency, 'crash');

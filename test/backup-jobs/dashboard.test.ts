@@ -5,7 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { projectPath } from '../../src/paths.js';
 
 type Fmt = { retentionText(r: unknown): string; badge(v: unknown): { label: string; tone: string } };
-const f = await import(pathToFileURL(projectPath('dashboard', 'js', 'format.js')).href) as Fmt;
+const f = (await import(pathToFileURL(projectPath('dashboard', 'js', 'format.js')).href)) as Fmt;
 
 t.test('retention in words, in rule order, zero rules left out', async (t) => {
   t.equal(f.retentionText(null), 'keep all');
@@ -23,5 +23,6 @@ t.test('the view is routed and in the navigation', async (t) => {
   t.match(readFileSync(projectPath('dashboard', 'js', 'app.js'), 'utf8'), /'backup-jobs': \{ module: backupJobs, title: 'Backup jobs' \}/);
   t.match(readFileSync(projectPath('dashboard', 'index.html'), 'utf8'), /<a href="#\/backup-jobs">Backup jobs<\/a>/);
   const view = readFileSync(projectPath('dashboard', 'js', 'views', 'backup-jobs.js'), 'utf8');
-  for (const route of ['/backup-jobs', '/backup-job-runs?', '/backup-jobs/${encodeURIComponent(name)}/run']) t.ok(view.includes(route), `calls ${route}`);
+  for (const route of ['/backup-jobs', '/backup-job-runs?', '/backup-jobs/${encodeURIComponent(name)}/run'])
+    t.ok(view.includes(route), `calls ${route}`);
 });

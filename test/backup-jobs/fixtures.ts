@@ -48,17 +48,30 @@ export async function cliHome(dir: string): Promise<CliHome> {
   mkdirSync(sureBackupJobs);
   smallVm(dir, 'alpha', 1);
   await initRepository(repoDir, { chunkSize: 256 * 1024 });
-  const env = { RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir, RESTORELAB_BACKUP_JOBS_DIR: jobs, RESTORELAB_JOBS_DIR: sureBackupJobs };
+  const env = {
+    RESTORELAB_STATE_DIR: state,
+    RESTORELAB_REPO: repoDir,
+    RESTORELAB_BACKUP_JOBS_DIR: jobs,
+    RESTORELAB_JOBS_DIR: sureBackupJobs,
+  };
   return {
-    state, repoDir, jobs, sureBackupJobs, env,
-    cli: (args) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } }),
+    state,
+    repoDir,
+    jobs,
+    sureBackupJobs,
+    env,
+    cli: (args) =>
+      exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } }),
     alphaVm: { vm: '../alpha.json', source: { disks: { root: '../alpha.raw' } } },
   };
 }
 
 /** `backup-job run --json` as the tests read it. */
 export interface RunJson {
-  run: string; job: string; status: string; detail: string | null;
+  run: string;
+  job: string;
+  status: string;
+  detail: string | null;
   vms: { vm: string; status: string; point: string | null; pruned: string[]; error: string | null }[];
   surebackup: { job: string; run: string | null; status: string; detail?: string | null }[];
 }

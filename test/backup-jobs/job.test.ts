@@ -13,14 +13,24 @@ t.test('a valid job: paths relative to the job file become absolute, defaults fi
   writeFileSync(join(dir, 'scripts', 'pre.sh'), '#!/bin/sh\nexit 0\n');
   chmodSync(join(dir, 'scripts', 'pre.sh'), 0o755);
   const f = jobFile(dir, 'j.json', {
-    name: 'j', vms: [{ vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } }, { vm: 'alpha2.json', source: { qmp: 'run/b.qmp', qga: '/run/b.qga' } }],
-    retention: { keepLast: 2 }, schedule: '*/5 * * * *', hostScripts: { preFreeze: 'scripts/pre.sh' }, surebackup: ['nightly'],
+    name: 'j',
+    vms: [
+      { vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } },
+      { vm: 'alpha2.json', source: { qmp: 'run/b.qmp', qga: '/run/b.qga' } },
+    ],
+    retention: { keepLast: 2 },
+    schedule: '*/5 * * * *',
+    hostScripts: { preFreeze: 'scripts/pre.sh' },
+    surebackup: ['nightly'],
   });
   writeFileSync(join(dir, 'alpha2.json'), JSON.stringify({ name: 'beta', memoryMiB: 64, vcpus: 1, disks: [{ name: 'root' }], nics: [] }));
   const job = loadBackupJob(f);
   t.equal(job.consistency, 'crash');
   t.equal(job.requireConsistency, false);
-  t.same(job.vms.map((v) => v.vm.name), ['alpha', 'beta']);
+  t.same(
+    job.vms.map((v) => v.vm.name),
+    ['alpha', 'beta'],
+  );
   t.same(job.vms[0]!.source, { kind: 'disks', disks: { root: a.image } });
   t.same(job.vms[1]!.source, { kind: 'qmp', qmp: join(dir, 'run/b.qmp'), qga: '/run/b.qga' });
   t.same(job.hostScripts, { preFreeze: join(dir, 'scripts', 'pre.sh') });
@@ -42,17 +52,37 @@ t.test('bad files: a code, and a message naming the file and the field', async (
     ['unknown property', { name: 'x', vms: [vm], keep: 3 }, 'SCHEMA_INVALID', /unknown property "keep"/],
     ['no vms', { name: 'x', vms: [] }, 'SCHEMA_INVALID', /\/vms/],
     ['bad name', { name: '../x', vms: [vm] }, 'SCHEMA_INVALID', /\/name/],
-    ['two sources', { name: 'x', vms: [{ vm: 'alpha.json', source: { disks: { root: 'a' }, domain: 'web' } }] }, 'BACKUP_JOB_SOURCE', /\/vms\/0\/source names 2 sources \(disks, domain\)/],
+    [
+      'two sources',
+      { name: 'x', vms: [{ vm: 'alpha.json', source: { disks: { root: 'a' }, domain: 'web' } }] },
+      'BACKUP_JOB_SOURCE',
+      /\/vms\/0\/source names 2 sources \(disks, domain\)/,
+    ],
     ['no source', { name: 'x', vms: [{ vm: 'alpha.json', source: {} }] }, 'BACKUP_JOB_SOURCE', /no source/],
-    ['qga without qmp', { name: 'x', vms: [{ vm: 'alpha.json', source: { domain: 'web', qga: '/q' } }] }, 'SCHEMA_INVALID', /\/vms\/0\/source/],
-    ['bad consistency', { name: 'x', vms: [vm], consistency: 'perfect' }, 'SCHEMA_INVALID', /consistency: must be one of "crash", "filesystem", "application"/],
+    [
+      'qga without qmp',
+      { name: 'x', vms: [{ vm: 'alpha.json', source: { domain: 'web', qga: '/q' } }] },
+      'SCHEMA_INVALID',
+      /\/vms\/0\/source/,
+    ],
+    [
+      'bad consistency',
+      { name: 'x', vms: [vm], consistency: 'perfect' },
+      'SCHEMA_INVALID',
+      /consistency: must be one of "crash", "filesystem", "application"/,
+    ],
     ['negative keep', { name: 'x', vms: [vm], retention: { keepDaily: -1 } }, 'SCHEMA_INVALID', /\/retention\/keepDaily/],
     ['unknown keep rule', { name: 'x', vms: [vm], retention: { keepForever: 1 } }, 'SCHEMA_INVALID', /unknown property "keepForever"/],
     ['retention keeps nothing', { name: 'x', vms: [vm], retention: { keepLast: 0 } }, 'BACKUP_JOB_RETENTION', /retention keeps no point/],
     ['bad cron', { name: 'x', vms: [vm], schedule: '0 25 * * *' }, 'BAD_SCHEDULE', /schedule "0 25 \* \* \*"/],
     ['VM twice', { name: 'x', vms: [vm, vm] }, 'BACKUP_JOB_VM_TWICE', /\/vms\/1 .* is VM alpha again/],
     ['missing VM definition', { name: 'x', vms: [{ vm: 'nope.json', source: { disks: { root: 'a' } } }] }, 'FILE_UNREADABLE', /nope\.json/],
-    ['unknown disk', { name: 'x', vms: [{ vm: 'alpha.json', source: { disks: { data: 'a.raw' } } }] }, 'BACKUP_DISK_UNKNOWN', /disk "data" is not in the definition of VM alpha/],
+    [
+      'unknown disk',
+      { name: 'x', vms: [{ vm: 'alpha.json', source: { disks: { data: 'a.raw' } } }] },
+      'BACKUP_DISK_UNKNOWN',
+      /disk "data" is not in the definition of VM alpha/,
+    ],
     ['missing script', { name: 'x', vms: [vm], hostScripts: { postThaw: 'thaw.sh' } }, 'SCRIPT_NOT_FOUND', /hostScripts\.postThaw/],
   ];
   for (const [what, body, code, msg] of cases) {
@@ -73,7 +103,10 @@ t.test('a directory: strict for the server, tolerant for listings and finding on
   jobFile(jobs, 'b.json', { name: 'b', vms: [vm], schedule: 'never' });
   t.throws(() => loadBackupJobsDir(jobs), { code: 'BAD_SCHEDULE' }, 'the server refuses a bad file');
   const scan = scanBackupJobsDir(jobs);
-  t.same(scan.jobs.map((j) => j.name), ['a']);
+  t.same(
+    scan.jobs.map((j) => j.name),
+    ['a'],
+  );
   t.equal(scan.invalid.length, 1);
   t.match(scan.invalid[0]!.file, /b\.json$/);
   t.equal(findBackupJob('a', jobs).name, 'a', 'found by name beside a broken file');

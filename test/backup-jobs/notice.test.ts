@@ -23,17 +23,34 @@ t.test('run request: known jobs start, unknown ones are named, bad requests refu
   writeFileSync(join(jobs, 'verify.json'), JSON.stringify({ name: 'verify', lab: 'l.json', verify: { vms: 'all' } }));
   const history = History.open(join(dir, 'c.db'));
   const ran: string[] = [];
-  const run: RunJobFn = async (s, ctx) => { ran.push(`${s.name}:${ctx.trigger}`); return { result: 'success', vms: [], labKept: false }; };
+  const run: RunJobFn = async (s, ctx) => {
+    ran.push(`${s.name}:${ctx.trigger}`);
+    return { result: 'success', vms: [], labKept: false };
+  };
   const sch = new Scheduler({ jobsDir: jobs, history, run, gate: new JobGate(2, 4096) }).start();
-  t.teardown(async () => { await sch.stop(); history.close(); });
+  t.teardown(async () => {
+    await sch.stop();
+    history.close();
+  });
 
   t.equal(await sendRunNotice(state, { jobs: ['verify'], by: 'test' }), undefined, 'no server: undefined, the CLI runs them itself');
-  const srv = await serveBackupNotices({ stateDir: state, jobsDir: jobs, notify: () => [], log: quiet,
-    run: (job) => (sch.jobs.some((j) => j.name === job) ? sch.trigger(job, 'after-backup') : undefined) });
+  const srv = await serveBackupNotices({
+    stateDir: state,
+    jobsDir: jobs,
+    notify: () => [],
+    log: quiet,
+    run: (job) => (sch.jobs.some((j) => j.name === job) ? sch.trigger(job, 'after-backup') : undefined),
+  });
   t.teardown(() => srv?.close());
   const r = await sendRunNotice(state, { jobs: ['verify', 'gone'], by: 'backup job daily run 1' });
   t.equal(r?.pid, process.pid);
-  t.same(r?.triggered.map((x) => [x.job, x.status]), [['verify', 'running'], ['gone', 'not-found']]);
+  t.same(
+    r?.triggered.map((x) => [x.job, x.status]),
+    [
+      ['verify', 'running'],
+      ['gone', 'not-found'],
+    ],
+  );
   t.equal(history.run(r!.triggered[0]!.run!)!.trigger, 'after-backup');
   t.same(ran, ['verify:after-backup']);
 
@@ -43,10 +60,13 @@ t.test('run request: known jobs start, unknown ones are named, bad requests refu
     ['no by', '{"run":{"jobs":["verify"]}}\n', /run.by/],
   ] as const) {
     const ans = JSON.parse(await rawRequest(srv!.path, line)) as { ok: boolean; error: string };
-    t.equal(ans.ok, false, what); t.match(ans.error, msg, what);
+    t.equal(ans.ok, false, what);
+    t.match(ans.error, msg, what);
   }
   t.same(ran, ['verify:after-backup'], 'refused requests ran nothing');
 
-  const noRun = await serveBackupNotices({ stateDir: join(dir, 'other'), jobsDir: jobs, notify: () => [], log: quiet }).catch(() => undefined);
+  const noRun = await serveBackupNotices({ stateDir: join(dir, 'other'), jobsDir: jobs, notify: () => [], log: quiet }).catch(
+    () => undefined,
+  );
   t.equal(noRun, undefined, 'a state directory that does not exist serves nothing');
 });

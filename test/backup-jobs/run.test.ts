@@ -31,7 +31,10 @@ const beta = smallVm(dir, 'beta');
 const repo = await initRepository(repoDir, { chunkSize: 256 * 1024 });
 const file = jobFile(dir, 'daily.json', {
   name: 'daily',
-  vms: [{ vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } }, { vm: 'beta.json', source: { disks: { root: 'beta.raw' } } }],
+  vms: [
+    { vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } },
+    { vm: 'beta.json', source: { disks: { root: 'beta.raw' } } },
+  ],
   retention: { keepLast: 2, keepDaily: 3, keepWeekly: 2 },
   surebackup: ['verify-daily'],
 });
@@ -43,12 +46,20 @@ t.teardown(() => history.close());
 jobFile(dir, 'verify-daily.json', { name: 'verify-daily', lab: 'lab.json', verify: { vms: 'all' } });
 const sbHistory = new History(history.db);
 const verified: string[] = [];
-const sureBackup = new Scheduler({ jobs: [{ name: 'verify-daily', file: join(dir, 'verify-daily.json'), job: loadJob(join(dir, 'verify-daily.json')) }], history: sbHistory,
-  run: async (_s, c) => { verified.push(c.runId); }, log: { info: () => undefined, warn: () => undefined } });
+const sureBackup = new Scheduler({
+  jobs: [{ name: 'verify-daily', file: join(dir, 'verify-daily.json'), job: loadJob(join(dir, 'verify-daily.json')) }],
+  history: sbHistory,
+  run: async (_s, c) => {
+    verified.push(c.runId);
+  },
+  log: { info: () => undefined, warn: () => undefined },
+});
 t.teardown(() => sureBackup.stop());
 
 // Mon 2 Nov 2026 (ISO week 45) to Tue 10 Nov (week 46), 01:30 each day, and a second run at 13:00 on the 10th.
-const clock = [2, 3, 4, 5, 6, 7, 8, 9, 10].map((d) => new Date(Date.UTC(2026, 10, d, 1, 30))).concat([new Date(Date.UTC(2026, 10, 10, 13, 0))]);
+const clock = [2, 3, 4, 5, 6, 7, 8, 9, 10]
+  .map((d) => new Date(Date.UTC(2026, 10, d, 1, 30)))
+  .concat([new Date(Date.UTC(2026, 10, 10, 13, 0))]);
 const pointsOf = async (vm: string) => (await repo.listPoints({ vm })).sort((a, b) => a.time.localeCompare(b.time));
 const quiet = { info: () => undefined, warn: () => undefined };
 
@@ -60,7 +71,12 @@ for (const [i, at] of clock.entries()) {
     // Beta gets two points outside the job (a manual backup) on the 5th, then its image goes missing for run 5:
     // a prune now would remove its point of the 5th at 01:30 (the newest two and one per day keep the others).
     const vm = loadVmDefinition(beta.vm);
-    for (const h of [2, 3]) recordPoint(history.db, repo.path, await backupVm({ repo, vm, disks: { root: beta.image }, time: new Date(Date.UTC(2026, 10, 5, h, 30)) }));
+    for (const h of [2, 3])
+      recordPoint(
+        history.db,
+        repo.path,
+        await backupVm({ repo, vm, disks: { root: beta.image }, time: new Date(Date.UTC(2026, 10, 5, h, 30)) }),
+      );
     renameSync(beta.image, `${beta.image}.away`);
   }
   if (i === 5) renameSync(`${beta.image}.away`, beta.image);
@@ -68,7 +84,10 @@ for (const [i, at] of clock.entries()) {
   const before = (await pointsOf('beta')).map((p) => p.id);
   const r = await runBackupJob({ job, repo, history, runId, now: () => at, log: quiet, fireSureBackup: fireThroughScheduler(sureBackup) });
   runs.push(r);
-  if (i === 4) { betaBefore = before; betaAfter = (await pointsOf('beta')).map((p) => p.id); }
+  if (i === 4) {
+    betaBefore = before;
+    betaAfter = (await pointsOf('beta')).map((p) => p.id);
+  }
 }
 
 const ids = (vm: string) => runs.map((r) => r.vms.find((v) => v.vm === vm)!.point);
@@ -78,7 +97,7 @@ t.test('a VM whose backup failed is not pruned; the others are', async (t) => {
   t.equal(r.status, 'partial');
   const [a, b] = r.vms;
   t.equal(a!.status, 'success');
-  t.same(a!.pruned, [ids('alpha')[1]], 'alpha\'s retention went on: its point of the 3rd fell out of the last three days');
+  t.same(a!.pruned, [ids('alpha')[1]], "alpha's retention went on: its point of the 3rd fell out of the last three days");
   t.equal(b!.status, 'failed');
   t.match(b!.error, /beta\.raw/, 'the error names the missing image');
   t.same(b!.pruned, []);
@@ -95,16 +114,34 @@ t.test('retention kept exactly the newest two, one per day for three days, one p
   const a = ids('alpha');
   // 10th 13:00 and 01:30 (last 2), 9th and 8th (daily), 8th = newest of week 45 (weekly).
   const expected = [a[6], a[7], a[8], a[9]];
-  t.same((await pointsOf('alpha')).map((p) => p.id), expected, 'the repository holds these alpha points');
+  t.same(
+    (await pointsOf('alpha')).map((p) => p.id),
+    expected,
+    'the repository holds these alpha points',
+  );
   const b = ids('beta');
-  t.same((await pointsOf('beta')).map((p) => p.id), [b[6], b[7], b[8], b[9]], 'and these beta points');
-  t.same(listPoints(history.db, repo.path, { vm: 'alpha' }).map((p) => p.id), expected, 'the runner kept the catalog in step');
+  t.same(
+    (await pointsOf('beta')).map((p) => p.id),
+    [b[6], b[7], b[8], b[9]],
+    'and these beta points',
+  );
+  t.same(
+    listPoints(history.db, repo.path, { vm: 'alpha' }).map((p) => p.id),
+    expected,
+    'the runner kept the catalog in step',
+  );
   const out = await cli(['points', '--json'], { RESTORELAB_STATE_DIR: state, RESTORELAB_REPO: repoDir });
   t.equal(out.code, 0, out.stderr);
   const listed = (JSON.parse(out.stdout) as { points: { id: string; vm: string; time: string; consistency: string }[] }).points;
-  t.same(listed.filter((p) => p.vm === 'alpha').map((p) => p.id), expected, 'points --json (the catalog) agrees');
-  t.same(listed.filter((p) => p.vm === 'alpha').map((p) => p.time),
-    ['2026-11-08T01:30:00.000Z', '2026-11-09T01:30:00.000Z', '2026-11-10T01:30:00.000Z', '2026-11-10T13:00:00.000Z']);
+  t.same(
+    listed.filter((p) => p.vm === 'alpha').map((p) => p.id),
+    expected,
+    'points --json (the catalog) agrees',
+  );
+  t.same(
+    listed.filter((p) => p.vm === 'alpha').map((p) => p.time),
+    ['2026-11-08T01:30:00.000Z', '2026-11-09T01:30:00.000Z', '2026-11-10T01:30:00.000Z', '2026-11-10T13:00:00.000Z'],
+  );
   t.equal(listed.length, 8, 'no other point is listed');
   t.ok(listed.every((p) => p.consistency === 'crash'));
 });
@@ -112,10 +149,25 @@ t.test('retention kept exactly the newest two, one per day for three days, one p
 t.test('the history has every run, VM and pruned point', async (t) => {
   const rows = history.lastRuns({ job: 'daily', limit: 50 });
   t.equal(rows.length, 10);
-  t.same(rows.map((r) => r.status).reverse(), ['success', 'success', 'success', 'success', 'partial', 'success', 'success', 'success', 'success', 'success']);
+  t.same(rows.map((r) => r.status).reverse(), [
+    'success',
+    'success',
+    'success',
+    'success',
+    'partial',
+    'success',
+    'success',
+    'success',
+    'success',
+    'success',
+  ]);
   const first = history.run(runs[3]!.run)!;
   const a = ids('alpha');
-  t.same(first.vms.find((v) => v.vm === 'alpha')!.pruned, [a[0]], 'run 4 pruned the oldest alpha point: neither among the last two, nor the last three days, nor the newest of its week');
+  t.same(
+    first.vms.find((v) => v.vm === 'alpha')!.pruned,
+    [a[0]],
+    'run 4 pruned the oldest alpha point: neither among the last two, nor the last three days, nor the newest of its week',
+  );
   const v = history.run(runs[9]!.run)!.vms[0]!;
   t.equal(v.point, a[9]);
   t.equal(v.consistency, 'crash');
@@ -139,8 +191,21 @@ t.test('the linked SureBackup job ran after each complete run, as an after-backu
 });
 
 t.test('a linked SureBackup job that does not exist: the run is a warning naming it', async (t) => {
-  const other = loadBackupJob(jobFile(dir, 'other.json', { name: 'other', vms: [{ vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } }], surebackup: ['nope'] }));
-  const r = await runBackupJob({ job: other, repo, history, runId: history.startRun('other', 'manual'), log: quiet, fireSureBackup: fireThroughScheduler(sureBackup) });
+  const other = loadBackupJob(
+    jobFile(dir, 'other.json', {
+      name: 'other',
+      vms: [{ vm: 'alpha.json', source: { disks: { root: 'alpha.raw' } } }],
+      surebackup: ['nope'],
+    }),
+  );
+  const r = await runBackupJob({
+    job: other,
+    repo,
+    history,
+    runId: history.startRun('other', 'manual'),
+    log: quiet,
+    fireSureBackup: fireThroughScheduler(sureBackup),
+  });
   t.equal(r.status, 'warning');
   t.match(r.detail, /SureBackup job\(s\) not started: nope \(no SureBackup job named nope\)/);
   t.equal(history.run(r.run)!.status, 'warning');

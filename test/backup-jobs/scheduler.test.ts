@@ -28,7 +28,9 @@ function gatedRun(history: BackupJobHistory): { run: RunBackupJobFn; finish(): v
     finish: () => open?.(),
     run: async (j, ctx) => {
       started.push(ctx.runId);
-      await new Promise<void>((r) => { open = r; });
+      await new Promise<void>((r) => {
+        open = r;
+      });
       history.finishRun(ctx.runId, 'success', null);
       return { run: ctx.runId, job: j.name, status: 'success', detail: null, vms: [], surebackup: [] } satisfies BackupJobRunResult;
     },
@@ -63,7 +65,9 @@ t.test('across processes: a live holder of the run lock makes a trigger skip; a 
   const s = new BackupJobScheduler({ jobs: [job()], history, run: g.run, log: quiet, stateDir: state });
   t.teardown(() => s.stop());
   const other = spawn('sleep', ['60'], { stdio: 'ignore' });
-  t.teardown(() => { other.kill('SIGKILL'); });
+  t.teardown(() => {
+    other.kill('SIGKILL');
+  });
   mkdirSync(join(state, 'backup-jobs'), { recursive: true });
   writeFileSync(runLockFile(state, 'j'), `${other.pid}\n`);
   const skipped = s.trigger('j', 'schedule');
@@ -76,18 +80,32 @@ t.test('across processes: a live holder of the run lock makes a trigger skip; a 
   t.equal(taken.status, 'started', 'a lock of a dead process is stale');
   g.finish();
   await (taken as { done: Promise<unknown> }).done;
-  t.same(history.lastRuns({ job: 'j' }).map((r) => r.status), ['success', 'skipped-overlap']);
+  t.same(
+    history.lastRuns({ job: 'j' }).map((r) => r.status),
+    ['success', 'skipped-overlap'],
+  );
 });
 
 t.test('a run that throws is recorded as error; stop() cancels and records cancelled', async (t) => {
   const history = BackupJobHistory.open(join(dir, 'c.db'));
   t.teardown(() => history.close());
-  const s = new BackupJobScheduler({ jobs: [job()], history, log: quiet, run: async () => { throw new Error('repository gone'); } });
+  const s = new BackupJobScheduler({
+    jobs: [job()],
+    history,
+    log: quiet,
+    run: async () => {
+      throw new Error('repository gone');
+    },
+  });
   const r = s.trigger('j', 'manual');
   t.equal(await (r as { done: Promise<unknown> }).done, undefined);
   t.same([history.run(r.runId)!.status, history.run(r.runId)!.detail], ['error', 'repository gone']);
-  const waiting = new BackupJobScheduler({ jobs: [job()], history, log: quiet,
-    run: (_j, ctx) => new Promise((_res, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('stopped')))) });
+  const waiting = new BackupJobScheduler({
+    jobs: [job()],
+    history,
+    log: quiet,
+    run: (_j, ctx) => new Promise((_res, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('stopped')))),
+  });
   const w = waiting.trigger('j', 'manual');
   await waiting.stop();
   t.equal(history.run(w.runId)!.status, 'cancelled');
@@ -100,13 +118,36 @@ t.test('missed runs while the server was down: one entry, reported once, not run
   const now = new Date('2026-11-10T12:00:30Z');
   const id = history.startRun('j', 'schedule', new Date('2026-11-10T11:50:00Z'));
   history.finishRun(id, 'success', null);
-  const s = new BackupJobScheduler({ jobs: [job({ schedule: '*/5 * * * *' })], history, log: quiet, now: () => now,
-    run: async (_j, c) => { ran.push(c.runId); return { run: c.runId, job: 'j', status: 'success', detail: null, vms: [], surebackup: [] }; } });
+  const s = new BackupJobScheduler({
+    jobs: [job({ schedule: '*/5 * * * *' })],
+    history,
+    log: quiet,
+    now: () => now,
+    run: async (_j, c) => {
+      ran.push(c.runId);
+      return { run: c.runId, job: 'j', status: 'success', detail: null, vms: [], surebackup: [] };
+    },
+  });
   const missed = s.reportMissed();
-  t.same(missed.map((m) => [m.job, m.count, m.first.toISOString()]), [['j', 2, '2026-11-10T11:55:00.000Z']], '11:55 and 12:00');
-  t.match(history.lastRuns({ job: 'j' })[0]!.detail, /2 scheduled run\(s\) missed while the server was down: 2026-11-10T11:55:00.000Z … 2026-11-10T12:00:00.000Z/);
+  t.same(
+    missed.map((m) => [m.job, m.count, m.first.toISOString()]),
+    [['j', 2, '2026-11-10T11:55:00.000Z']],
+    '11:55 and 12:00',
+  );
+  t.match(
+    history.lastRuns({ job: 'j' })[0]!.detail,
+    /2 scheduled run\(s\) missed while the server was down: 2026-11-10T11:55:00.000Z … 2026-11-10T12:00:00.000Z/,
+  );
   t.same(s.reportMissed(), [], 'reported once');
   t.same(ran, [], 'nothing run late');
-  const never = new BackupJobScheduler({ jobs: [{ ...job({ schedule: '*/5 * * * *' }), name: 'fresh' }], history, log: quiet, now: () => now, run: async () => { throw new Error('unused'); } });
+  const never = new BackupJobScheduler({
+    jobs: [{ ...job({ schedule: '*/5 * * * *' }), name: 'fresh' }],
+    history,
+    log: quiet,
+    now: () => now,
+    run: async () => {
+      throw new Error('unused');
+    },
+  });
   t.same(never.reportMissed(), [], 'a job that never ran has nothing to compare with');
 });

@@ -15,14 +15,23 @@ t.test('the server fires a scheduled job; runs of one job never overlap', async 
   const tickDir = join(dir, 'tick-jobs');
   mkdirSync(tickDir);
   jobFile(tickDir, 'tick.json', { name: 'tick', vms: [alphaVm], schedule: '* * * * * *', retention: { keepLast: 2 } });
-  const server = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'server', '--no-nfs', '--no-api', '--backup-jobs', tickDir, '--json'],
-    { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = spawn(
+    process.execPath,
+    [projectPath('bin', 'restorelab.js'), 'server', '--no-nfs', '--no-api', '--backup-jobs', tickDir, '--json'],
+    { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let stdout = '';
   let stderr = '';
-  server.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-  server.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  server.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
+  server.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const exited = new Promise<number | null>((resolve) => server.on('exit', (code) => resolve(code)));
-  t.teardown(() => { if (server.exitCode === null) server.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  });
 
   const history = BackupJobHistory.open(join(state, 'catalog.sqlite'));
   t.teardown(() => history.close());
@@ -46,9 +55,15 @@ t.test('the server fires a scheduled job; runs of one job never overlap', async 
     t.ok(prev.endedAt !== null && prev.endedAt <= real[i]!.startedAt, `run ${real[i]!.id} started after ${prev.id} ended`);
   }
   const skipped = all.filter((r) => r.status === 'skipped-overlap');
-  t.ok(skipped.every((r) => /previous run was still going/.test(r.detail ?? '')), `${skipped.length} trigger(s) skipped while a run was going`);
+  t.ok(
+    skipped.every((r) => /previous run was still going/.test(r.detail ?? '')),
+    `${skipped.length} trigger(s) skipped while a run was going`,
+  );
   const points = (JSON.parse((await cli(['points', '--json', '--vm', 'alpha'])).stdout) as { points: { id: string }[] }).points;
   t.equal(points.length, 2, 'keepLast 2 held across the scheduled runs');
   const newest = history.run(done[0]!.id)!;
-  t.ok(points.some((p) => p.id === newest.vms[0]!.point), 'the newest scheduled point is kept');
+  t.ok(
+    points.some((p) => p.id === newest.vms[0]!.point),
+    'the newest scheduled point is kept',
+  );
 });

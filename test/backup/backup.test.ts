@@ -38,7 +38,9 @@ async function smallDisk(t: Test, name: string, size: string): Promise<string> {
   await qemu('mkdir', ['-p', mnt]);
   const m = await exec('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
   if (m.code !== 0) throw new Error(`this test needs to mount a tmpfs (root): ${m.stderr}`);
-  t.teardown(async () => { await exec('umount', [mnt]); });
+  t.teardown(async () => {
+    await exec('umount', [mnt]);
+  });
   return mnt;
 }
 
@@ -132,14 +134,33 @@ t.test('bad input gets a clear error and leaves the repository unchanged', async
   const full = await readFile(join(work, 'full.qcow2'));
   await writeFile(truncated, full.subarray(0, Math.floor(full.length / 2)));
   const cases: [string, () => Promise<unknown>, RegExp][] = [
-    ['missing image', () => backupVm({ repo, vm: vmDef('web'), disks: { root: join(work, 'nope.raw') } }), /IMAGE_NOT_FOUND|does not exist/],
-    ['format qemu cannot open', () => backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'vmdk' }]), disks: { root: garbage } }), /not a vmdk image|cannot open/],
+    [
+      'missing image',
+      () => backupVm({ repo, vm: vmDef('web'), disks: { root: join(work, 'nope.raw') } }),
+      /IMAGE_NOT_FOUND|does not exist/,
+    ],
+    [
+      'format qemu cannot open',
+      () => backupVm({ repo, vm: vmDef('web', [{ name: 'root', format: 'vmdk' }]), disks: { root: garbage } }),
+      /not a vmdk image|cannot open/,
+    ],
     ['truncated qcow2', () => backupVm({ repo, vm: vmDef('web'), disks: { root: truncated } }), /truncated/],
-    ['disk not given', () => backupVm({ repo, vm: vmDef('web', [{ name: 'root' }, { name: 'data' }]), disks: { root: web } }), /disk "data" of VM web has no image/],
-    ['unknown disk given', () => backupVm({ repo, vm: vmDef('web'), disks: { root: web, swap: web } }), /disk "swap" is not in the definition/],
+    [
+      'disk not given',
+      () => backupVm({ repo, vm: vmDef('web', [{ name: 'root' }, { name: 'data' }]), disks: { root: web } }),
+      /disk "data" of VM web has no image/,
+    ],
+    [
+      'unknown disk given',
+      () => backupVm({ repo, vm: vmDef('web'), disks: { root: web, swap: web } }),
+      /disk "swap" is not in the definition/,
+    ],
   ];
   for (const [what, run, msg] of cases) {
-    const err = await run().then(() => undefined, (e: unknown) => e as { code?: string; message: string; hint?: string });
+    const err = await run().then(
+      () => undefined,
+      (e: unknown) => e as { code?: string; message: string; hint?: string },
+    );
     t.ok(err, `${what}: rejected`);
     t.match(err?.message ?? '', msg, `${what}: says what is wrong`);
     t.ok(err?.hint, `${what}: has a hint`);
@@ -167,7 +188,10 @@ t.test('encrypted repository: round trip, keyed digests, wrong and missing key r
   // The first 4 MiB of the guest (MBR + boot area) is data: its plain SHA-256 must not name a chunk.
   const first = (await readFile(web)).subarray(0, 4 * MiB);
   const plainDigest = createHash('sha256').update(first).digest('hex');
-  t.notOk((await chunkFiles(repoDir)).some((f) => f.endsWith(plainDigest)), 'chunk names do not leak plaintext hashes');
+  t.notOk(
+    (await chunkFiles(repoDir)).some((f) => f.endsWith(plainDigest)),
+    'chunk names do not leak plaintext hashes',
+  );
   const chunk = await readFile(join(repoDir, 'chunks', ...((await chunkFiles(repoDir))[0] as string).split('/')));
   t.equal(chunk.indexOf(Buffer.from('restorelab test')), -1, 'no plaintext in blobs');
   const wrong = join(work, 'wrong.key');
@@ -183,8 +207,10 @@ t.test('a full disk (ENOSPC) fails the backup cleanly with nothing partial left'
   const repoDir = join(mnt, 'repo');
   const repo = await initRepository(repoDir);
   const before = await snapshot(repoDir);
-  const err = await backupVm({ repo, vm: vmDef('full', [{ name: 'root', format: 'raw' }]), disks: { root: img } })
-    .then(() => undefined, (e: unknown) => e as Error);
+  const err = await backupVm({ repo, vm: vmDef('full', [{ name: 'root', format: 'raw' }]), disks: { root: img } }).then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
   t.ok(err, 'the backup fails');
   t.match(err?.message ?? '', /ENOSPC|no space/i, `it says the disk is full: ${err?.message}`);
   t.same(await snapshot(repoDir), before, 'no chunk, index, manifest, lock or temp file is left');
@@ -217,7 +243,13 @@ t.test('restore of a point with a corrupt chunk fails with RESTORE_CHUNK_CORRUPT
   const repo = await initRepository(repoDir);
   const p = await backupVm({ repo, vm: vmDef('rot', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
   for (const [what, damage] of [
-    ['a flipped byte', (b: Buffer) => { b[b.length - 5] = (b[b.length - 5] as number) ^ 0x01; return b; }],
+    [
+      'a flipped byte',
+      (b: Buffer) => {
+        b[b.length - 5] = (b[b.length - 5] as number) ^ 0x01;
+        return b;
+      },
+    ],
     ['a truncated blob', (b: Buffer) => b.subarray(0, b.length >> 1)],
     ['an overlong blob', (b: Buffer) => Buffer.concat([b, Buffer.alloc(5 * MiB, 1)])],
   ] as const) {
@@ -225,10 +257,17 @@ t.test('restore of a point with a corrupt chunk fails with RESTORE_CHUNK_CORRUPT
     const good = await readFile(file);
     await writeFile(file, damage(Buffer.from(good)));
     const to = join(work, 'rot-out.raw');
-    const err = await restoreDisk({ repo, point: p.id, disk: 'root', to }).then(() => undefined, (e: unknown) => e as { code?: string; message: string; hint?: string });
+    const err = await restoreDisk({ repo, point: p.id, disk: 'root', to }).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string; message: string; hint?: string },
+    );
     t.equal(err?.code, 'RESTORE_CHUNK_CORRUPT', `${what}: the restore fails as corrupt (${err?.message})`);
     t.ok(err?.hint, `${what}: with a hint`);
-    t.same((await exec('ls', ['-a', work])).stdout.split('\n').filter((n) => n.includes('rot-out')), [], `${what}: no output or temp file is left`);
+    t.same(
+      (await exec('ls', ['-a', work])).stdout.split('\n').filter((n) => n.includes('rot-out')),
+      [],
+      `${what}: no output or temp file is left`,
+    );
     await writeFile(file, good);
   }
   t.equal(await restoredSha(repoDir, p.id), await sha256File(img), 'the mended chunk restores again');
@@ -261,12 +300,23 @@ t.test('a backup that would reuse a damaged, missing or quarantined chunk writes
   const warnings: string[] = [];
   const p2 = await backupVm({ repo, vm, disks: { root: img }, onWarning: (m) => warnings.push(m) });
   t.equal(p2.stats.bytesNew, 4 * 256 * KiB, 'exactly the four unusable chunks were written again');
-  t.equal(warnings.filter((w) => / was damaged in the repository /.test(w)).length, 2, `the two damaged blobs are reported: ${warnings.join(' | ')}`);
-  t.match(warnings.find((w) => w.includes(digestOf(flipped))), /kept the damaged one as .*\.bad/, 'the damaged blob is kept in quarantine');
+  t.equal(
+    warnings.filter((w) => / was damaged in the repository /.test(w)).length,
+    2,
+    `the two damaged blobs are reported: ${warnings.join(' | ')}`,
+  );
+  t.match(
+    warnings.find((w) => w.includes(digestOf(flipped))),
+    /kept the damaged one as .*\.bad/,
+    'the damaged blob is kept in quarantine',
+  );
   for (const f of [flipped, crcOnly, missing, quarantined]) {
     t.ok((await chunkFiles(repoDir)).includes(f), `${digestOf(f).slice(0, 12)}: a blob is stored again`);
   }
-  t.ok((await readFile(path(crcOnly))).equals(goodCrcOnly), 'the CRC-damaged blob is a good copy again (byte-identical: same plaintext, same zstd)');
+  t.ok(
+    (await readFile(path(crcOnly))).equals(goodCrcOnly),
+    'the CRC-damaged blob is a good copy again (byte-identical: same plaintext, same zstd)',
+  );
   await t.rejects(readFile(path(crcOnly) + '.bad'), { code: 'ENOENT' }, 'a blob whose data was good is not kept as .bad');
   t.equal(await restoredSha(repoDir, p2.id), await sha256File(img), 'the new point restores bit-identically');
   const report = await verifyRepository(repo);
@@ -284,11 +334,20 @@ t.test('restore to a full disk fails with RESTORE_WRITE_FAILED and leaves no par
   await makeGuestImage(img, 32, 16);
   const repo = await initRepository(join(work, 'big-target-repo'));
   const p = await backupVm({ repo, vm: vmDef('big', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
-  const err = await restoreDisk({ repo, point: p.id, disk: 'root', to: join(mnt, 'out.raw') })
-    .then(() => undefined, (e: unknown) => e as { code?: string; message: string; hint?: string });
+  const err = await restoreDisk({ repo, point: p.id, disk: 'root', to: join(mnt, 'out.raw') }).then(
+    () => undefined,
+    (e: unknown) => e as { code?: string; message: string; hint?: string },
+  );
   t.equal(err?.code, 'RESTORE_WRITE_FAILED', `the restore fails (${err?.message})`);
   t.match(err?.hint ?? '', /free space/, 'and says to free space');
-  t.same((await exec('ls', ['-a', mnt])).stdout.trim().split('\n').filter((n) => n !== '.' && n !== '..'), [], 'nothing is left on the target');
+  t.same(
+    (await exec('ls', ['-a', mnt])).stdout
+      .trim()
+      .split('\n')
+      .filter((n) => n !== '.' && n !== '..'),
+    [],
+    'nothing is left on the target',
+  );
 });
 
 t.test('a reuse plan takes unchanged chunks unread, and reads a chunk the store lost even when nothing changed', async (t) => {
@@ -312,12 +371,21 @@ t.test('a reuse plan takes unchanged chunks unread, and reads a chunk the store 
   const source = await openImage(img, { format: 'raw' });
   const reads: number[] = [];
   const counting: ImageSource = {
-    size: source.size, format: source.format, extents: () => source.extents(), close: () => source.close(),
-    read: (offset, length) => { reads.push(offset); return source.read(offset, length); },
+    size: source.size,
+    format: source.format,
+    extents: () => source.extents(),
+    close: () => source.close(),
+    read: (offset, length) => {
+      reads.push(offset);
+      return source.read(offset, length);
+    },
   };
   try {
     const p2 = await backupImages({
-      repo, vm, source: 'test', time: new Date(Date.parse(p1.time) + 1000).toISOString(),
+      repo,
+      vm,
+      source: 'test',
+      time: new Date(Date.parse(p1.time) + 1000).toISOString(),
       images: [{ name: 'root', source: counting, reuse: { index, changed: new Uint8Array(index.digests.length) } }],
     });
     t.same(reads, [lost.i * 256 * KiB], 'only the lost chunk was read');

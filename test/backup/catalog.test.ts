@@ -11,7 +11,10 @@ const work = await mkdtemp(join(tmpdir(), 'rl-catalog-'));
 t.teardown(() => rm(work, { recursive: true, force: true }));
 
 const point = (id: string, vm: string, time: string): RestorePoint => ({
-  id, time, consistency: 'crash', source: 'test',
+  id,
+  time,
+  consistency: 'crash',
+  source: 'test',
   vm: { name: vm, memoryMiB: 256, vcpus: 1, disks: [{ name: 'root' }], nics: [] },
   disks: [{ name: 'root', size: 1024, indexDigest: 'a'.repeat(64) }],
   stats: { bytesRead: 1024, bytesNew: 512, bytesReused: 0, bytesZero: 512, seconds: 0.1 },
@@ -30,7 +33,11 @@ t.test('migrations apply once per area, in order, and bump user_version', async 
   const again = openCatalog(path);
   t.equal(again.pragma('user_version', { simple: true }), v0 + 2, 'reopening applies nothing');
   t.throws(() => migrate(again, 'broken', ['CREATE TABLE ok1 (a)', 'THIS IS NOT SQL']), /syntax/);
-  t.same(again.prepare("SELECT COUNT(*) AS n FROM schema_migrations WHERE area = 'broken'").get(), { n: 1 }, 'a failing step is rolled back, earlier ones stay');
+  t.same(
+    again.prepare("SELECT COUNT(*) AS n FROM schema_migrations WHERE area = 'broken'").get(),
+    { n: 1 },
+    'a failing step is rolled back, earlier ones stay',
+  );
   again.close();
 });
 
@@ -41,22 +48,41 @@ t.test('points: record, list by VM in time order, forget, reindex from a real re
   recordPoint(db, '/r', point('a', 'web', '2026-01-01T00:00:00Z'));
   recordPoint(db, '/r', { ...point('c', 'db', '2026-01-03T00:00:00Z'), damaged: true });
   recordPoint(db, '/other', point('z', 'web', '2026-01-01T00:00:00Z'));
-  t.same(listPoints(db, '/r').map((p) => p.id), ['a', 'b', 'c']);
-  t.same(listPoints(db, '/r', { vm: 'web' }).map((p) => p.id), ['a', 'b']);
-  t.match(listPoints(db, '/r', { vm: 'db' }), [{ id: 'c', damaged: true, size: 1024, bytesNew: 512, disks: [{ name: 'root', size: 1024 }] }]);
+  t.same(
+    listPoints(db, '/r').map((p) => p.id),
+    ['a', 'b', 'c'],
+  );
+  t.same(
+    listPoints(db, '/r', { vm: 'web' }).map((p) => p.id),
+    ['a', 'b'],
+  );
+  t.match(listPoints(db, '/r', { vm: 'db' }), [
+    { id: 'c', damaged: true, size: 1024, bytesNew: 512, disks: [{ name: 'root', size: 1024 }] },
+  ]);
   forgetPoints(db, '/r', ['a']);
-  t.same(listPoints(db, '/r').map((p) => p.id), ['b', 'c']);
+  t.same(
+    listPoints(db, '/r').map((p) => p.id),
+    ['b', 'c'],
+  );
 
   const repoDir = join(work, 'repo');
   const repo = await initRepository(repoDir, { chunkSize: 256 * 1024 });
   const img = join(work, 'small.raw');
   await writeFile(img, Buffer.alloc(1024 * 1024, 7));
-  const p = await backupVm({ repo, vm: { name: 'tiny', memoryMiB: 64, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] }, disks: { root: img } });
+  const p = await backupVm({
+    repo,
+    vm: { name: 'tiny', memoryMiB: 64, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] },
+    disks: { root: img },
+  });
   t.notOk(catalogKnows(db, repo.path));
   t.equal(await reindex(db, repo), 1);
   t.ok(catalogKnows(db, repo.path));
   t.match(listPoints(db, repo.path), [{ id: p.id, vm: 'tiny', size: 1024 * 1024, damaged: false }], 'the catalog mirrors the repository');
-  t.same(listPoints(db, '/other').map((x) => x.id), ['z'], 'other repositories are untouched');
+  t.same(
+    listPoints(db, '/other').map((x) => x.id),
+    ['z'],
+    'other repositories are untouched',
+  );
 });
 
 t.test('the catalog and its -wal/-shm are owner-only (0600), its new directory 0700; an older, open catalog is tightened', async (t) => {
@@ -66,7 +92,8 @@ t.test('the catalog and its -wal/-shm are owner-only (0600), its new directory 0
   const db = openCatalog(path);
   recordPoint(db, '/repo', point('p1', 'web', '2026-01-01T00:00:00Z')); // WAL mode: the write makes -wal and -shm
   const mode = async (p: string): Promise<number> => (await stat(p)).mode & 0o777;
-  for (const f of [path, `${path}-wal`, `${path}-shm`]) t.equal((await mode(f)) & 0o077, 0, `${f.slice(work.length)} is not readable by group or others (${(await mode(f)).toString(8)})`);
+  for (const f of [path, `${path}-wal`, `${path}-shm`])
+    t.equal((await mode(f)) & 0o077, 0, `${f.slice(work.length)} is not readable by group or others (${(await mode(f)).toString(8)})`);
   t.equal(await mode(dir), 0o700, 'the directory it created is 0700');
   db.close();
 
@@ -79,6 +106,10 @@ t.test('the catalog and its -wal/-shm are owner-only (0600), its new directory 0
     const m = await mode(f).catch(() => undefined);
     if (m !== undefined) t.equal(m & 0o077, 0, `and ${f.slice(work.length)}`);
   }
-  t.same(listPoints(again, '/repo').map((p) => p.id), ['p1'], 'the data is intact');
+  t.same(
+    listPoints(again, '/repo').map((p) => p.id),
+    ['p1'],
+    'the data is intact',
+  );
   again.close();
 });

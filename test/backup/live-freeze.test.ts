@@ -31,7 +31,22 @@ t.before(async () => {
 });
 
 const backup = (vm: LiveVm, ...extra: string[]) =>
-  cli(['backup', '--repo', repo, '--vm', vmFile, '--qmp', vm.qmp, '--qga', vm.qga, '--consistency', 'filesystem', '--no-after-backup', '--json', ...extra]);
+  cli([
+    'backup',
+    '--repo',
+    repo,
+    '--vm',
+    vmFile,
+    '--qmp',
+    vm.qmp,
+    '--qga',
+    vm.qga,
+    '--consistency',
+    'filesystem',
+    '--no-after-backup',
+    '--json',
+    ...extra,
+  ]);
 
 t.test('a guest without an agent: crash-consistent point, reason recorded', async (t) => {
   const dir = join(work, 'no-agent');

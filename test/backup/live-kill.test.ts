@@ -30,11 +30,16 @@ t.teardown(async () => {
 async function ours(socket: string): Promise<{ nodes: string[]; bitmaps: string[]; exports: string[]; jobs: string[] }> {
   const q = await QmpClient.connect(socket);
   try {
-    const nodes = await q.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', { flat: true });
+    const nodes = await q.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', {
+      flat: true,
+    });
     return {
       nodes: nodes.map((n) => n['node-name']).filter((n) => n.startsWith('restorelab-')),
       // The killed job's copy-before-write filter also holds an anonymous bitmap (no name).
-      bitmaps: nodes.flatMap((n) => n['dirty-bitmaps'] ?? []).map((b) => b.name ?? '').filter((n) => n.startsWith('restorelab-')),
+      bitmaps: nodes
+        .flatMap((n) => n['dirty-bitmaps'] ?? [])
+        .map((b) => b.name ?? '')
+        .filter((n) => n.startsWith('restorelab-')),
       exports: (await q.execute<{ id: string }[]>('query-block-exports')).map((e) => e.id),
       jobs: (await q.execute<{ id: string }[]>('query-jobs')).map((j) => j.id),
     };
@@ -49,7 +54,21 @@ t.test('kill -9 mid-backup, then the next backup succeeds', async (t) => {
   t.equal((await cli(['repo', 'init', repo, '--chunk-size', '256K', '--json'])).code, 0);
   const vmFile = join(work, 'vm.json');
   await writeFile(vmFile, JSON.stringify({ name: 'kill', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }));
-  const args = ['backup', '--repo', repo, '--vm', vmFile, '--qmp', vm.qmp, '--qga', vm.qga, '--consistency', 'filesystem', '--no-after-backup', '--json'];
+  const args = [
+    'backup',
+    '--repo',
+    repo,
+    '--vm',
+    vmFile,
+    '--qmp',
+    vm.qmp,
+    '--qga',
+    vm.qga,
+    '--consistency',
+    'filesystem',
+    '--no-after-backup',
+    '--json',
+  ];
 
   const rawFile = join(work, 'raw.json');
   await writeFile(rawFile, JSON.stringify({ name: 'kill', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] }));
@@ -77,7 +96,7 @@ t.test('kill -9 mid-backup, then the next backup succeeds', async (t) => {
 
   const left = await ours(vm.qmp);
   t.ok(left.nodes.length + left.exports.length + left.jobs.length > 0, `the killed backup left QEMU state: ${JSON.stringify(left)}`);
-  t.equal(left.bitmaps.length, 2, 'the previous point\'s bitmap and the interrupted one\'s');
+  t.equal(left.bitmaps.length, 2, "the previous point's bitmap and the interrupted one's");
   const r = await openRepository(repo);
   t.equal((await r.listPoints({ vm: 'kill' })).length, 1, 'no partial point in the repository');
 
@@ -86,7 +105,11 @@ t.test('kill -9 mid-backup, then the next backup succeeds', async (t) => {
   t.match(next.stderr, /removed what an interrupted backup left/, 'the cleanup is reported');
   t.match(next.json, { consistency: 'filesystem', changedBlockTracking: { used: true } });
   const after = await ours(vm.qmp);
-  t.same({ ...after, bitmaps: after.bitmaps.length }, { nodes: [], exports: [], jobs: [], bitmaps: 1 }, 'nothing of ours left but the latest bitmap');
+  t.same(
+    { ...after, bitmaps: after.bitmaps.length },
+    { nodes: [], exports: [], jobs: [], bitmaps: 1 },
+    'nothing of ours left but the latest bitmap',
+  );
   const root = await restoredRoot(r, next.json.restorePoint as string, work);
   t.equal(root.fsck.code, 0, root.fsck.out);
   t.equal(await root.read('/m'), 'before-kill\n', 'the writes before the kill are in the next point (the bitmaps were merged)');

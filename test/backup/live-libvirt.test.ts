@@ -39,7 +39,9 @@ t.test('backup --domain: full, incremental, and full again after a restart', asy
   const disk = join(work, 'disk.raw');
   t.equal((await exec('cp', ['--sparse=always', await guestImage('web'), disk])).code, 0);
   const xml = join(work, 'domain.xml');
-  await writeFile(xml, `<domain type='qemu'>
+  await writeFile(
+    xml,
+    `<domain type='qemu'>
   <name>${domain}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
@@ -47,7 +49,8 @@ t.test('backup --domain: full, incremental, and full again after a restart', asy
     <serial type='file'><source path='${join(work, 'console.log')}'/></serial>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
   </devices>
-</domain>`);
+</domain>`,
+  );
   await virsh('define', xml);
   await virsh('start', domain);
   await waitAgent();
@@ -55,8 +58,26 @@ t.test('backup --domain: full, incremental, and full again after a restart', asy
   t.equal((await cli(['repo', 'init', repo, '--chunk-size', '256K', '--json'])).code, 0);
   const vmFile = join(work, 'vm.json');
   await writeFile(vmFile, JSON.stringify({ name: 'lvweb', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] }));
-  const backup = () => cli(['backup', '--repo', repo, '--vm', vmFile, '--domain', domain, '--libvirt-uri', URI, '--consistency', 'filesystem', '--no-after-backup', '--json']);
-  await agent('guest-exec', { path: '/bin/sh', arg: ['-c', 'i=0; while :; do i=$((i+1)); echo $i > /cnt.tmp; mv /cnt.tmp /counter; sleep 0.1; done'] });
+  const backup = () =>
+    cli([
+      'backup',
+      '--repo',
+      repo,
+      '--vm',
+      vmFile,
+      '--domain',
+      domain,
+      '--libvirt-uri',
+      URI,
+      '--consistency',
+      'filesystem',
+      '--no-after-backup',
+      '--json',
+    ]);
+  await agent('guest-exec', {
+    path: '/bin/sh',
+    arg: ['-c', 'i=0; while :; do i=$((i+1)); echo $i > /cnt.tmp; mv /cnt.tmp /counter; sleep 0.1; done'],
+  });
 
   await sh('echo one > /m1');
   const b1 = await backup();
@@ -78,12 +99,18 @@ t.test('backup --domain: full, incremental, and full again after a restart', asy
   await sh('echo three > /m3');
   const b3 = await backup();
   t.equal(b3.code, 0, b3.stderr);
-  t.match(b3.json, { changedBlockTracking: { used: false, reason: /bitmap restorelab-\S+ of point \S+ missing on disk root: VM restarted\?/ } });
+  t.match(b3.json, {
+    changedBlockTracking: { used: false, reason: /bitmap restorelab-\S+ of point \S+ missing on disk root: VM restarted\?/ },
+  });
   const read3 = (b3.json.stats as { bytesRead: number }).bytesRead;
   t.ok(read3 >= read1 / 2, `after the restart the whole disk is read again (${read3} bytes)`);
 
   const r = await openRepository(repo);
-  for (const [b, files] of [[b1, { '/m1': 'one\n', '/m2': undefined }], [b2, { '/m1': 'one\n', '/m2': 'two\n' }], [b3, { '/m2': 'two\n', '/m3': 'three\n' }]] as const) {
+  for (const [b, files] of [
+    [b1, { '/m1': 'one\n', '/m2': undefined }],
+    [b2, { '/m1': 'one\n', '/m2': 'two\n' }],
+    [b3, { '/m2': 'two\n', '/m3': 'three\n' }],
+  ] as const) {
     const root = await restoredRoot(r, b.json.restorePoint as string, work);
     t.equal(root.fsck.code, 0, `${b.json.restorePoint as string} is clean: ${root.fsck.out}`);
     for (const [path, want] of Object.entries(files)) t.equal(await root.read(path), want, `${path} in ${b.json.restorePoint as string}`);

@@ -26,7 +26,11 @@ t.teardown(async () => {
 
 async function qmpQuery<T>(socket: string, command: string, args?: Record<string, unknown>): Promise<T> {
   const q = await QmpClient.connect(socket);
-  try { return await q.execute<T>(command, args); } finally { await q.close(); }
+  try {
+    return await q.execute<T>(command, args);
+  } finally {
+    await q.close();
+  }
 }
 
 t.test('two live backups of a running, writing guest', async (t) => {
@@ -36,9 +40,26 @@ t.test('two live backups of a running, writing guest', async (t) => {
   const vmFile = join(work, 'web.json');
   await writeFile(vmFile, JSON.stringify({ name: 'web', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }));
   // The writer: a counter and a log, rewritten ten times a second for the whole test.
-  await vm.spawnInGuest('i=0; while :; do i=$((i+1)); echo $i > /cnt.tmp; mv /cnt.tmp /counter; echo line$i >> /writer.log; sleep 0.1; done');
+  await vm.spawnInGuest(
+    'i=0; while :; do i=$((i+1)); echo $i > /cnt.tmp; mv /cnt.tmp /counter; echo line$i >> /writer.log; sleep 0.1; done',
+  );
   await vm.sh('sleep 1; echo first > /m1'); // no sync: only the freeze flushes it
-  const backup = () => cli(['backup', '--repo', repo, '--vm', vmFile, '--qmp', vm!.qmp, '--qga', vm!.qga, '--consistency', 'filesystem', '--no-after-backup', '--json']);
+  const backup = () =>
+    cli([
+      'backup',
+      '--repo',
+      repo,
+      '--vm',
+      vmFile,
+      '--qmp',
+      vm!.qmp,
+      '--qga',
+      vm!.qga,
+      '--consistency',
+      'filesystem',
+      '--no-after-backup',
+      '--json',
+    ]);
 
   const b1 = await backup();
   t.equal(b1.code, 0, b1.stderr);
@@ -53,7 +74,10 @@ t.test('two live backups of a running, writing guest', async (t) => {
   await vm.sh('dd if=/dev/urandom of=/data bs=64k count=32 2>/dev/null; echo second > /m2');
   const b2 = await backup();
   t.equal(b2.code, 0, b2.stderr);
-  t.match(b2.json, { consistency: 'filesystem', changedBlockTracking: { used: true, reason: /dirty bitmap restorelab-.*root: \d+ of 256 chunks changed/ } });
+  t.match(b2.json, {
+    consistency: 'filesystem',
+    changedBlockTracking: { used: true, reason: /dirty bitmap restorelab-.*root: \d+ of 256 chunks changed/ },
+  });
   const read2 = (b2.json.stats as { bytesRead: number }).bytesRead;
   const changed = Number(/root: (\d+) of/.exec((b2.json.changedBlockTracking as { reason: string }).reason)?.[1]);
   t.ok(read2 > 0 && read2 <= changed * 256 * 1024, `second backup read ${read2} bytes: only the ${changed} changed chunks`);
@@ -79,10 +103,18 @@ t.test('two live backups of a running, writing guest', async (t) => {
   t.ok(Number(await p2.read('/counter')) > c1, 'point 2 has a later counter');
 
   // Only the latest point's bitmap stays; no node, job or export of ours.
-  const nodes = await qmpQuery<{ 'node-name': string; 'dirty-bitmaps'?: { name: string; persistent: boolean }[] }[]>(vm.qmp, 'query-named-block-nodes', { flat: true });
-  t.same(nodes.filter((n) => n['node-name'].startsWith('restorelab-')), [], 'no fleecing node left');
+  const nodes = await qmpQuery<{ 'node-name': string; 'dirty-bitmaps'?: { name: string; persistent: boolean }[] }[]>(
+    vm.qmp,
+    'query-named-block-nodes',
+    { flat: true },
+  );
+  t.same(
+    nodes.filter((n) => n['node-name'].startsWith('restorelab-')),
+    [],
+    'no fleecing node left',
+  );
   const bitmaps = nodes.flatMap((n) => n['dirty-bitmaps'] ?? []).filter((b) => b.name.startsWith('restorelab-'));
-  t.equal(bitmaps.length, 1, 'one bitmap: the latest point\'s');
+  t.equal(bitmaps.length, 1, "one bitmap: the latest point's");
   t.equal(bitmaps[0]?.persistent, true, 'persistent on a qcow2 disk');
   t.same(await qmpQuery(vm.qmp, 'query-block-exports'), []);
   t.same(await qmpQuery(vm.qmp, 'query-jobs'), []);

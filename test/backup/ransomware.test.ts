@@ -70,7 +70,10 @@ async function changeGuest(offset: number, change: (root: string) => Promise<voi
 /** An ordinary night: a few hundred KiB of log lines in new files. */
 async function ordinaryNight(night: number): Promise<void> {
   const lines: string[] = [];
-  for (let i = 0; i < 6000; i++) lines.push(`2026-12-0${night}T02:${String(i % 60).padStart(2, '0')}:00Z web httpd: GET /index.html 200 ${i % 977} bytes from 192.168.77.${i % 250}`);
+  for (let i = 0; i < 6000; i++)
+    lines.push(
+      `2026-12-0${night}T02:${String(i % 60).padStart(2, '0')}:00Z web httpd: GET /index.html 200 ${i % 977} bytes from 192.168.77.${i % 250}`,
+    );
   mkdirSync(join(mnt, 'var', 'log'), { recursive: true });
   writeFileSync(join(mnt, 'var', 'log', `httpd.${night}.log`), lines.join('\n') + '\n');
   writeFileSync(join(mnt, 'etc', 'motd'), `night ${night}\n`);
@@ -86,11 +89,17 @@ async function encryptAll(root: string): Promise<{ files: number; bytes: number 
     for (const name of await readdir(dir)) {
       const p = join(dir, name);
       const st = await lstat(p);
-      if (st.isDirectory()) { if (name !== 'lost+found') await walk(p); continue; }
+      if (st.isDirectory()) {
+        if (name !== 'lost+found') await walk(p);
+        continue;
+      }
       if (!st.isFile() || st.size === 0 || seen.has(st.ino)) continue;
       seen.add(st.ino);
       // extlinux marks its loader immutable: ransomware without CAP_LINUX_IMMUTABLE cannot touch it either.
-      const fh = await open(p, 'r+').catch((err: NodeJS.ErrnoException) => { if (err.code === 'EPERM') return undefined; throw err; });
+      const fh = await open(p, 'r+').catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'EPERM') return undefined;
+        throw err;
+      });
       if (!fh) continue;
       try {
         const cipher = createCipheriv('aes-256-ctr', key, randomBytes(16));
@@ -114,7 +123,12 @@ async function encryptAll(root: string): Promise<{ files: number; bytes: number 
 
 t.test('a guest whose files get encrypted: that point is an anomaly, the ordinary ones before it are not', async (t) => {
   for (const tool of ['mount', 'umount', 'sfdisk']) {
-    if (!existsSync(`/usr/bin/${tool}`) && !existsSync(`/usr/sbin/${tool}`) && !existsSync(`/bin/${tool}`) && !existsSync(`/sbin/${tool}`)) {
+    if (
+      !existsSync(`/usr/bin/${tool}`) &&
+      !existsSync(`/usr/sbin/${tool}`) &&
+      !existsSync(`/bin/${tool}`) &&
+      !existsSync(`/sbin/${tool}`)
+    ) {
       t.fail(`${tool} is missing: install util-linux / fdisk (scripts/setup installs them)`);
       return;
     }
@@ -142,15 +156,31 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
     await backUp();
   }
   let encrypted = { files: 0, bytes: 0 };
-  await changeGuest(offset, async (root) => { encrypted = await encryptAll(root); });
-  t.ok(encrypted.files >= 10 && encrypted.bytes > 8 * 1024 * 1024, `the "ransomware" encrypted ${encrypted.files} files, ${encrypted.bytes} bytes`);
+  await changeGuest(offset, async (root) => {
+    encrypted = await encryptAll(root);
+  });
+  t.ok(
+    encrypted.files >= 10 && encrypted.bytes > 8 * 1024 * 1024,
+    `the "ransomware" encrypted ${encrypted.files} files, ${encrypted.bytes} bytes`,
+  );
   await backUp();
 
-  t.same(backups.map((b) => b.code), [0, 0, 0, 0, 0], 'every backup succeeded (an anomaly does not fail a backup)');
+  t.same(
+    backups.map((b) => b.code),
+    [0, 0, 0, 0, 0],
+    'every backup succeeded (an anomaly does not fail a backup)',
+  );
   const sig = backups.map((b) => b.signals as PointSignals);
   t.ok(sig.every(Boolean), 'backup --json carries the signals');
-  t.comment(sig.map((s, i) => `point ${i + 1}: changed ${s.changedBytes} (${(s.changeRate * 100).toFixed(1)} %), new ${s.newBytes}, ` +
-    `${(s.incompressibleRatio * 100).toFixed(1)} % incompressible, anomaly ${s.anomaly}${s.reasons.length ? `: ${s.reasons.join('; ')}` : ''}`).join('\n'));
+  t.comment(
+    sig
+      .map(
+        (s, i) =>
+          `point ${i + 1}: changed ${s.changedBytes} (${(s.changeRate * 100).toFixed(1)} %), new ${s.newBytes}, ` +
+          `${(s.incompressibleRatio * 100).toFixed(1)} % incompressible, anomaly ${s.anomaly}${s.reasons.length ? `: ${s.reasons.join('; ')}` : ''}`,
+      )
+      .join('\n'),
+  );
 
   const [first, ...rest] = sig;
   const last = rest.pop() as PointSignals;
@@ -172,22 +202,43 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
   t.match(last.reasons.join(' '), /of the new data is incompressible/, 'the reason names the figures');
   t.equal(last.baseline.points, 4, 'judged against the four points before it');
   t.match(backups[4]?.stderr, /warning: restore point \S+ of ransim is a ransomware ANOMALY/, 'the backup warns on stderr');
-  t.notMatch(backups.slice(0, 4).map((b) => b.stderr).join(''), /ANOMALY/, 'the others do not');
+  t.notMatch(
+    backups
+      .slice(0, 4)
+      .map((b) => b.stderr)
+      .join(''),
+    /ANOMALY/,
+    'the others do not',
+  );
 
   await t.test('points --json and text', async (t) => {
     const r = await cli(['points', '--repo', plainRepo, '--json']);
     t.equal(r.code, 0, r.stderr);
     const points = (JSON.parse(r.stdout) as { points: { id: string; signals: PointSignals }[] }).points;
-    t.same(points.map((p) => p.id), backups.map((b) => b.id), 'oldest first');
-    t.same(points.map((p) => p.signals.anomaly), [false, false, false, false, true]);
-    t.same(points.map((p) => [p.signals.changedBytes, p.signals.incompressibleRatio]), sig.map((s) => [s.changedBytes, s.incompressibleRatio]),
-      'the figures the backup printed');
+    t.same(
+      points.map((p) => p.id),
+      backups.map((b) => b.id),
+      'oldest first',
+    );
+    t.same(
+      points.map((p) => p.signals.anomaly),
+      [false, false, false, false, true],
+    );
+    t.same(
+      points.map((p) => [p.signals.changedBytes, p.signals.incompressibleRatio]),
+      sig.map((s) => [s.changedBytes, s.incompressibleRatio]),
+      'the figures the backup printed',
+    );
     const text = await cli(['points', '--repo', plainRepo]);
     const lines = text.stdout.trim().split('\n');
     t.equal(lines.length, 5);
     t.match(lines[0], /full, \d+\.\d% incompressible/);
     t.match(lines[1], /changed [\d.]+ \w+ \(\d+\.\d%\), \d+\.\d% incompressible/);
-    t.same(lines.map((l) => l.includes('ANOMALY')), [false, false, false, false, true], 'only the encrypted night says ANOMALY');
+    t.same(
+      lines.map((l) => l.includes('ANOMALY')),
+      [false, false, false, false, true],
+      'only the encrypted night says ANOMALY',
+    );
   });
 
   await t.test('the API: /points and /points/:id', async (t) => {
@@ -196,7 +247,10 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
     const list = await request(api.app).get('/api/v1/points?vm=ransim').set('authorization', api.auth.viewer);
     t.equal(list.status, 200, JSON.stringify(list.body));
     const points = (list.body as { points: { id: string; signals: PointSignals }[] }).points;
-    t.same(points.map((p) => p.signals.anomaly), [false, false, false, false, true]);
+    t.same(
+      points.map((p) => p.signals.anomaly),
+      [false, false, false, false, true],
+    );
     const one = await request(api.app).get(`/api/v1/points/${backups[4]?.id}`).set('authorization', api.auth.viewer);
     t.equal(one.status, 200);
     const stats = (one.body as { stats: { signals: PointSignals } }).stats;
@@ -208,11 +262,21 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
     const again = await openRepository(sealedRepo, { keyFile });
     const points = (await again.listPoints({ vm: 'ransim' })).sort((a, b) => a.time.localeCompare(b.time));
     const s = points.map((p) => p.stats.signals as PointSignals);
-    t.same(s.map((x) => x.anomaly), [false, false, false, false, true], 'the same verdicts');
-    t.same(s.map((x) => [x.changedBytes, x.newBytes, x.incompressibleBytes, x.full]), sig.map((x) => [x.changedBytes, x.newBytes, x.incompressibleBytes, x.full]),
-      'the same changed, new and incompressible bytes as the plain repository: digests differ, the comparison does not');
+    t.same(
+      s.map((x) => x.anomaly),
+      [false, false, false, false, true],
+      'the same verdicts',
+    );
+    t.same(
+      s.map((x) => [x.changedBytes, x.newBytes, x.incompressibleBytes, x.full]),
+      sig.map((x) => [x.changedBytes, x.newBytes, x.incompressibleBytes, x.full]),
+      'the same changed, new and incompressible bytes as the plain repository: digests differ, the comparison does not',
+    );
     const manifests = readdirSync(join(sealedRepo, 'points')).map((f) => readFileSync(join(sealedRepo, 'points', f)));
     t.equal(manifests.length, 5);
-    t.notOk(manifests.some((m) => m.includes('incompressible') || m.includes('ransim')), 'no manifest shows its signals (or VM) in plaintext');
+    t.notOk(
+      manifests.some((m) => m.includes('incompressible') || m.includes('ransim')),
+      'no manifest shows its signals (or VM) in plaintext',
+    );
   });
 });

@@ -10,16 +10,31 @@ import { createCodec } from '../../src/repo/chunk-codec.js';
 import type { RepoConfig } from '../../src/repo/api.js';
 import type { RestorePoint } from '../../src/repo/contract.js';
 import {
-  changedBytes, compressedPayload, decideAnomaly, ENTROPY_MIN_NEW_BYTES, HISTORY_POINTS, historyOf, mad, median,
-  SignalsRecorder, type SignalFigures,
+  changedBytes,
+  compressedPayload,
+  decideAnomaly,
+  ENTROPY_MIN_NEW_BYTES,
+  HISTORY_POINTS,
+  historyOf,
+  mad,
+  median,
+  SignalsRecorder,
+  type SignalFigures,
 } from '../../src/backup/signals.js';
 
 const MiB = 1024 * 1024;
 const chunk = MiB;
-const config = (encryption: 'none' | 'aes-256-gcm'): RepoConfig => ({
-  format: 'restorelab-repository', version: encryption === 'none' ? 1 : 2, id: '00000000-0000-4000-8000-000000000000', chunkSize: chunk,
-  hash: encryption === 'none' ? 'sha256' : 'hmac-sha256', compression: 'zstd', encryption, created: '2026-01-01T00:00:00.000Z',
-} as RepoConfig);
+const config = (encryption: 'none' | 'aes-256-gcm'): RepoConfig =>
+  ({
+    format: 'restorelab-repository',
+    version: encryption === 'none' ? 1 : 2,
+    id: '00000000-0000-4000-8000-000000000000',
+    chunkSize: chunk,
+    hash: encryption === 'none' ? 'sha256' : 'hmac-sha256',
+    compression: 'zstd',
+    encryption,
+    created: '2026-01-01T00:00:00.000Z',
+  }) as RepoConfig;
 
 /** Text-like bytes: what most of a VM's new data is on an ordinary night. */
 function text(n: number): Buffer {
@@ -51,7 +66,11 @@ t.test('compressedPayload: random bytes are incompressible, text is not, encrypt
 t.test('changedBytes: digests differing from the parent at the same offset', async (t) => {
   const size = 4 * chunk + 1000;
   const d = ['a', 'b', null, 'c', 'e'];
-  t.equal(changedBytes(size, chunk, d, undefined), 3 * chunk + 1000, 'no parent: every data chunk counts, the short last one by its length');
+  t.equal(
+    changedBytes(size, chunk, d, undefined),
+    3 * chunk + 1000,
+    'no parent: every data chunk counts, the short last one by its length',
+  );
   t.equal(changedBytes(size, chunk, d, d), 0, 'the same digests: nothing changed');
   t.equal(changedBytes(size, chunk, d, ['a', 'x', null, 'c', 'e']), chunk, 'one chunk differs');
   t.equal(changedBytes(size, chunk, d, ['a', 'b', 'z', 'c', 'e']), chunk, 'data that became a hole changed');
@@ -80,7 +99,10 @@ t.test('SignalsRecorder: totals over disks and new chunks; full when no parent d
   t.equal(f.resized, false);
   const first = new SignalsRecorder(null);
   first.disk(2 * chunk, chunk, ['a', null]);
-  t.same({ full: first.figures().full, comparedWith: first.figures().comparedWith, changed: first.figures().changedBytes }, { full: true, comparedWith: null, changed: chunk });
+  t.same(
+    { full: first.figures().full, comparedWith: first.figures().comparedWith, changed: first.figures().changedBytes },
+    { full: true, comparedWith: null, changed: chunk },
+  );
   const grown = new SignalsRecorder('P');
   grown.disk(3 * chunk, chunk, ['a', 'b', 'c'], { size: 2 * chunk, digests: ['a', 'b'] });
   t.equal(grown.figures().resized, true, 'a disk whose size changed is reported as resized');
@@ -99,8 +121,15 @@ function fig(rate: number, inc: number, o: { full?: boolean; newBytes?: number }
   const size = 10 * 1024 * MiB;
   const newBytes = o.newBytes ?? Math.round(rate * size);
   return {
-    changedBytes: Math.round(rate * size), changeRate: rate, full: o.full ?? false, comparedWith: o.full ? null : 'parent', resized: false,
-    newBytes, newStoredBytes: Math.round(newBytes * 0.5), incompressibleBytes: Math.round(newBytes * inc), incompressibleRatio: inc,
+    changedBytes: Math.round(rate * size),
+    changeRate: rate,
+    full: o.full ?? false,
+    comparedWith: o.full ? null : 'parent',
+    resized: false,
+    newBytes,
+    newStoredBytes: Math.round(newBytes * 0.5),
+    incompressibleBytes: Math.round(newBytes * inc),
+    incompressibleRatio: inc,
   };
 }
 
@@ -123,7 +152,11 @@ t.test('anomaly rule: encrypted files after ordinary nights', async (t) => {
   t.ok(bigCopy.anomaly, 'a change rate about 18 times the median is flagged even when it compresses');
   t.match(bigCopy.reasons[0], /of the disk changed/);
 
-  for (const [what, f] of [['an ordinary night', fig(0.03, 0.07)], ['a busier night (2x)', fig(0.05, 0.15)], ['no new data', fig(0, 0, { newBytes: 0 })]] as const) {
+  for (const [what, f] of [
+    ['an ordinary night', fig(0.03, 0.07)],
+    ['a busier night (2x)', fig(0.05, 0.15)],
+    ['no new data', fig(0, 0, { newBytes: 0 })],
+  ] as const) {
     t.notOk(decideAnomaly(f, ordinary).anomaly, `${what} is not an anomaly`);
   }
 });
@@ -133,8 +166,14 @@ t.test('anomaly rule: floors, the first backup, and VMs that store compressed me
   const second = decideAnomaly(fig(0.5, 0.95), [fig(0.6, 0.1, { full: true })]);
   t.ok(second.anomaly, 'the second point is judged on entropy against the first');
   t.equal(second.reasons.length, 1, 'but not on change rate: no incremental history');
-  t.notOk(decideAnomaly(fig(0.8, 0.1, { full: true }), ordinary).anomaly, 'a full backup (a disk that was new) is never a change-rate jump');
-  t.notOk(decideAnomaly(fig(0.01, 0.99, { newBytes: ENTROPY_MIN_NEW_BYTES - 1 }), ordinary).anomaly, 'below 4 MiB of new data the share is noise');
+  t.notOk(
+    decideAnomaly(fig(0.8, 0.1, { full: true }), ordinary).anomaly,
+    'a full backup (a disk that was new) is never a change-rate jump',
+  );
+  t.notOk(
+    decideAnomaly(fig(0.01, 0.99, { newBytes: ENTROPY_MIN_NEW_BYTES - 1 }), ordinary).anomaly,
+    'below 4 MiB of new data the share is noise',
+  );
   const flat = [fig(0.02, 0.05, { full: true }), fig(0.02, 0.05), fig(0.02, 0.05), fig(0.02, 0.05)];
   t.notOk(decideAnomaly(fig(0.05, 0.3), flat).anomaly, 'a flat history (MAD 0) does not flag a small wobble');
   t.notOk(decideAnomaly(fig(0.08, 0.05), flat).anomaly, '4x the median but under 10 % of the disk is not a jump');
@@ -147,16 +186,30 @@ t.test('anomaly rule: floors, the first backup, and VMs that store compressed me
   t.notOk(decideAnomaly(fig(0.03, 0.9), mediaAdapted).anomaly, 'once most of its history holds media, it is ordinary again');
 });
 
-t.test('historyOf: the VM\'s previous points with signals, oldest first, at most HISTORY_POINTS', async (t) => {
+t.test("historyOf: the VM's previous points with signals, oldest first, at most HISTORY_POINTS", async (t) => {
   const point = (i: number, signals: boolean): RestorePoint => ({
-    id: `p${i}`, vm: { name: 'v', memoryMiB: 1, vcpus: 1, disks: [], nics: [] } as unknown as RestorePoint['vm'], disks: [], consistency: 'crash',
-    time: new Date(Date.UTC(2026, 0, 1 + i)).toISOString(), source: 's',
-    stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0, ...(signals ? { signals: decideAnomaly(fig(i / 100, 0), []) } : {}) },
+    id: `p${i}`,
+    vm: { name: 'v', memoryMiB: 1, vcpus: 1, disks: [], nics: [] } as unknown as RestorePoint['vm'],
+    disks: [],
+    consistency: 'crash',
+    time: new Date(Date.UTC(2026, 0, 1 + i)).toISOString(),
+    source: 's',
+    stats: {
+      bytesRead: 0,
+      bytesNew: 0,
+      bytesReused: 0,
+      bytesZero: 0,
+      seconds: 0,
+      ...(signals ? { signals: decideAnomaly(fig(i / 100, 0), []) } : {}),
+    },
   });
   const points = Array.from({ length: 14 }, (_, i) => point(i, i !== 5)).reverse();
   const h = historyOf(points, points[0]!.time);
   t.equal(h.length, HISTORY_POINTS);
-  t.same(h.map((x) => x.changeRate), [0.02, 0.03, 0.04, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12],
-    'the ten before the newest, oldest first, the one without signals skipped');
+  t.same(
+    h.map((x) => x.changeRate),
+    [0.02, 0.03, 0.04, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12],
+    'the ten before the newest, oldest first, the one without signals skipped',
+  );
   t.same(historyOf(points, points.at(-1)!.time), [], 'nothing before the first point');
 });

@@ -17,7 +17,12 @@ t.teardown(() => rm(work, { recursive: true, force: true }));
 const env = { ...process.env, RESTORELAB_HOME: work, RESTORELAB_STATE_DIR: join(work, 'state') };
 const bin = projectPath('bin', 'restorelab.js');
 
-interface Run { code: number | null; stdout: string; stderr: string; json: Record<string, unknown> }
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  json: Record<string, unknown>;
+}
 
 function cli(args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
@@ -129,7 +134,11 @@ t.test('a flipped byte: verify names the chunk and the points, reads fail, never
   const disk = await (await openRepository(repo)).openDisk(id1, 'root');
   let failed = 0;
   for (let i = 0; i < disk.chunkCount; i++) {
-    if (disk.chunkId(i) === digest) await disk.readChunk(i).then(() => t.fail('served a corrupt chunk'), () => failed++);
+    if (disk.chunkId(i) === digest)
+      await disk.readChunk(i).then(
+        () => t.fail('served a corrupt chunk'),
+        () => failed++,
+      );
   }
   t.ok(failed > 0, 'reading the chunk rejects');
 });
@@ -141,11 +150,20 @@ t.test('kill -9 during a backup leaves no visible point; the next backup and ver
   await randomImage(img, 384);
   const vm = await vmFile('victim');
   const child = spawn(process.execPath, [bin, 'backup', '--repo', repo, '--vm', vm, '--disk', img, '--json'], { env });
-  t.teardown(() => { child.kill('SIGKILL'); });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   let ended = false;
-  const closed = new Promise((r) => child.on('close', () => { ended = true; r(undefined); }));
+  const closed = new Promise((r) =>
+    child.on('close', () => {
+      ended = true;
+      r(undefined);
+    }),
+  );
   await new Promise<void>((resolve, reject) => {
-    child.stderr.on('data', (d: Buffer) => { if (d.toString().includes('backup victim/root')) resolve(); });
+    child.stderr.on('data', (d: Buffer) => {
+      if (d.toString().includes('backup victim/root')) resolve();
+    });
     void closed.then(() => reject(new Error('the backup ended before it could be killed')));
   });
   // Kill it mid-way, once it has stored a good number of its 1536 chunks (a state, not a guessed delay).
@@ -160,7 +178,7 @@ t.test('kill -9 during a backup leaves no visible point; the next backup and ver
   const b = await cli(['backup', '--repo', repo, '--vm', vm, '--disk', img, '--json']);
   t.equal(b.code, 0, b.stderr);
   t.ok((b.json.stats as { bytesReused: number }).bytesReused > 0, 'chunks the killed backup stored are reused');
-  t.match(b.stderr, /removed a stale shared lock of dead process \d+/, 'the dead backup\'s lock is reported');
+  t.match(b.stderr, /removed a stale shared lock of dead process \d+/, "the dead backup's lock is reported");
   const v = await cli(['verify', '--repo', repo, '--json']);
   t.equal(v.code, 0, v.stdout);
   const out = join(work, 'kill-out.raw');
@@ -199,18 +217,30 @@ t.test('prune then gc frees exactly the unreferenced chunks, with a backup runni
   await randomImage(big, 256);
   const other = await vmFile('other');
   const child = spawn(process.execPath, [bin, 'backup', '--repo', repo, '--vm', other, '--disk', big, '--json'], { env });
-  t.teardown(() => { child.kill('SIGKILL'); });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const done = new Promise<number | null>((resolve) => child.on('close', resolve));
-  await new Promise<void>((resolve) => child.stderr.on('data', (d: Buffer) => { if (d.toString().includes('backup other/root')) resolve(); }));
+  await new Promise<void>((resolve) =>
+    child.stderr.on('data', (d: Buffer) => {
+      if (d.toString().includes('backup other/root')) resolve();
+    }),
+  );
   const g = await cli(['gc', '--repo', repo, '--json']);
   t.equal(g.code, 0, g.stderr);
   t.equal(g.json.chunksRemoved, doomed.length, 'gc removes exactly the chunks only the pruned point used');
   t.equal(await done, 0, 'the concurrent backup succeeds');
   const chunks = new Set((await chunkFiles(repo)).map((f) => f.split('/')[1]));
-  t.notOk(doomed.some((d) => chunks.has(d)), 'the unreferenced chunks are gone');
-  t.ok([...keep].every((d) => chunks.has(d)), 'every chunk of the kept point is there');
+  t.notOk(
+    doomed.some((d) => chunks.has(d)),
+    'the unreferenced chunks are gone',
+  );
+  t.ok(
+    [...keep].every((d) => chunks.has(d)),
+    'every chunk of the kept point is there',
+  );
   const v = await cli(['verify', '--repo', repo, '--json']);
   t.equal(v.code, 0, `verify after gc: ${v.stdout}`);
   const id3 = (JSON.parse(out) as { restorePoint: string }).restorePoint;

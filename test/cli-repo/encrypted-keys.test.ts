@@ -30,7 +30,16 @@ mkdirSync(join(work, IMG_DIR));
 const image = join(work, IMG_DIR, 'root.raw');
 symlinkSync(web, image);
 const vmFile = join(work, 'vm.json');
-writeFileSync(vmFile, JSON.stringify({ name: VM, memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [{ mac: '52:54:00:99:88:77', network: 'prod', ip: IP }] }));
+writeFileSync(
+  vmFile,
+  JSON.stringify({
+    name: VM,
+    memoryMiB: 256,
+    vcpus: 1,
+    disks: [{ name: 'root', format: 'raw' }],
+    nics: [{ mac: '52:54:00:99:88:77', network: 'prod', ip: IP }],
+  }),
+);
 const repo = join(work, 'repo');
 const keyFile = join(work, 'repo.key');
 const wrongKey = join(work, 'wrong.key');
@@ -42,8 +51,13 @@ writeFileSync(wrongConfig, JSON.stringify({ repositoryKeyFile: wrongKey }));
 
 /** The environment without any RESTORELAB_ setting of the engineer's shell. */
 const baseEnv: Record<string, string> = {
-  ...Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<string, string>,
-  RESTORELAB_HOME: work, RESTORELAB_STATE_DIR: state, RESTORELAB_ACCEL: 'tcg',
+  ...(Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<
+    string,
+    string
+  >),
+  RESTORELAB_HOME: work,
+  RESTORELAB_STATE_DIR: state,
+  RESTORELAB_ACCEL: 'tcg',
 };
 
 type Source = 'flag' | 'env' | 'config';
@@ -56,7 +70,10 @@ function keyFrom(source: Source, key = keyFile): { args: string[]; env: Record<s
 
 function cli(args: string[], source?: Source, key?: string): Promise<ExecResult> {
   const k = source ? keyFrom(source, key) : { args: [], env: {} };
-  return exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args, ...k.args], { timeoutMs: 300_000, env: { ...baseEnv, ...k.env } });
+  return exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args, ...k.args], {
+    timeoutMs: 300_000,
+    env: { ...baseEnv, ...k.env },
+  });
 }
 
 function json<T>(r: ExecResult): T {
@@ -65,7 +82,11 @@ function json<T>(r: ExecResult): T {
 }
 
 function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4] ?? '').filter((p) => p.startsWith(dir));
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => p.startsWith(dir));
 }
 
 function filesUnder(dir: string): string[] {
@@ -91,14 +112,18 @@ t.teardown(async () => {
 });
 
 t.test('repo init --encrypt makes a format v2 repository', async (t) => {
-  const init = json<{ encryption: string; version: number }>(await cli(['repo', 'init', repo, '--encrypt', '--key-file', keyFile, '--chunk-size', '1M', '--json']));
+  const init = json<{ encryption: string; version: number }>(
+    await cli(['repo', 'init', repo, '--encrypt', '--key-file', keyFile, '--chunk-size', '1M', '--json']),
+  );
   t.match(init, { encryption: 'aes-256-gcm', version: 2 });
 });
 
 const points: string[] = [];
 for (const source of ['flag', 'env', 'config'] as const) {
   t.test(`key from ${source}: backup, points, restore, verify, files get, mount, publish`, async (t) => {
-    const b = json<{ restorePoint: string }>(await cli(['backup', '--repo', repo, '--vm', vmFile, '--disk', `root=${image}`, '--json'], source));
+    const b = json<{ restorePoint: string }>(
+      await cli(['backup', '--repo', repo, '--vm', vmFile, '--disk', `root=${image}`, '--json'], source),
+    );
     points.push(b.restorePoint);
     const list = json<{ points: { id: string; vm: string }[] }>(await cli(['points', '--repo', repo, '--json'], source));
     t.same(list.points.map((p) => p.id).sort(), [...points].sort(), 'points lists every point so far');
@@ -116,15 +141,23 @@ for (const source of ['flag', 'env', 'config'] as const) {
     t.equal(readFileSync(hostname, 'utf8').trim(), 'web', 'files get extracts the guest file through a temporary mount');
 
     const mnt = join(work, `mnt-${source}`);
-    const m = json<{ id: string; mounts: { path: string; fstype: string }[] }>(await cli(['mount', b.restorePoint, mnt, '--repo', repo, '--json'], source));
+    const m = json<{ id: string; mounts: { path: string; fstype: string }[] }>(
+      await cli(['mount', b.restorePoint, mnt, '--repo', repo, '--json'], source),
+    );
     const ext4 = m.mounts.find((x) => x.fstype === 'ext4');
     t.ok(ext4, 'an ext4 partition is mounted');
-    t.equal(readFileSync(join(ext4?.path ?? '/nonexistent', 'etc', 'hostname'), 'utf8').trim(), 'web', 'the guest file reads through the mount');
+    t.equal(
+      readFileSync(join(ext4?.path ?? '/nonexistent', 'etc', 'hostname'), 'utf8').trim(),
+      'web',
+      'the guest file reads through the mount',
+    );
     json(await cli(['umount', m.id, '--json']));
     t.same(mountsUnder(mnt), [], 'umount leaves nothing mounted');
 
     const fuse = join(work, `fuse-${source}`);
-    const pub = json<{ publication: string; disks: Record<string, string> }>(await cli(['publish', b.restorePoint, '--repo', repo, '--fuse', fuse, '--background', '--read-only', '--json'], source));
+    const pub = json<{ publication: string; disks: Record<string, string> }>(
+      await cli(['publish', b.restorePoint, '--repo', repo, '--fuse', fuse, '--background', '--read-only', '--json'], source),
+    );
     t.equal((await exec('cmp', [pub.disks.root ?? '/nonexistent', web])).code, 0, 'the published disk reads back as the image');
     json(await cli(['unpublish', pub.publication, '--discard', '--json']));
     t.equal(mountEntry(fuse), undefined, 'unpublish leaves no FUSE mount');
@@ -134,9 +167,12 @@ for (const source of ['flag', 'env', 'config'] as const) {
 t.test('a wrong key fails with KEY_WRONG from every source, no key with KEY_REQUIRED', async (t) => {
   const point = points[0] ?? '';
   for (const source of ['flag', 'env', 'config'] as const) {
-    for (const args of [['points', '--repo', repo], ['restore', point, '--repo', repo, '--disk', 'root', '--to', join(work, 'never.raw')],
+    for (const args of [
+      ['points', '--repo', repo],
+      ['restore', point, '--repo', repo, '--disk', 'root', '--to', join(work, 'never.raw')],
       ['files', 'get', point, '/etc/hostname', '--repo', repo, '--to', join(work, 'never')],
-      ['publish', point, '--repo', repo, '--fuse', join(work, 'never-fuse'), '--read-only']]) {
+      ['publish', point, '--repo', repo, '--fuse', join(work, 'never-fuse'), '--read-only'],
+    ]) {
       const r = await cli([...args, '--json'], source, wrongKey);
       t.not(r.code, 0, `${args[0]} with a wrong key from ${source} fails`);
       t.match(r.stdout + r.stderr, /KEY_WRONG/, `${args[0]} (${source}): KEY_WRONG`);
@@ -159,5 +195,9 @@ t.test('no repository file holds the VM name, its IP or the image path; an unenc
   json(await cli(['repo', 'init', control, '--chunk-size', '1M', '--json']));
   json(await cli(['backup', '--repo', control, '--vm', vmFile, '--disk', `root=${image}`, '--json']));
   const found = leaks(join(control, 'points'));
-  for (const s of [VM, IP, IMG_DIR]) t.ok(found.some((l) => l.endsWith(`: ${s}`)), `the check finds ${s} in a plaintext manifest`);
+  for (const s of [VM, IP, IMG_DIR])
+    t.ok(
+      found.some((l) => l.endsWith(`: ${s}`)),
+      `the check finds ${s} in a plaintext manifest`,
+    );
 });

@@ -21,7 +21,11 @@ const stateDir = join(work, 'state');
 const repo = join(work, 'repo');
 const env = { ...process.env, RESTORELAB_HOME: work, RESTORELAB_STATE_DIR: stateDir, RESTORELAB_REPOSITORY: repo };
 
-interface Run { code: number | null; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 function cli(args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
@@ -63,7 +67,11 @@ async function refused(t: Test, what: string, c: Case): Promise<void> {
   const r = await cli([...c.args, '--json']);
   t.equal(r.code, c.exit, `${what}: exit ${c.exit} (stderr: ${r.stderr.trim()})`);
   let doc: { ok?: boolean; error?: { code?: string; message?: string; hint?: string } } = {};
-  try { doc = JSON.parse(r.stdout) as typeof doc; } catch { t.fail(`${what}: stdout is one JSON document: ${r.stdout}`); }
+  try {
+    doc = JSON.parse(r.stdout) as typeof doc;
+  } catch {
+    t.fail(`${what}: stdout is one JSON document: ${r.stdout}`);
+  }
   t.equal(doc.ok, false, `${what}: ok false`);
   t.equal(doc.error?.code, c.code, `${what}: error code ${c.code}`);
   t.match(doc.error?.message ?? '', c.message, `${what}: the message says what is wrong`);
@@ -78,47 +86,151 @@ async function refused(t: Test, what: string, c: Case): Promise<void> {
 }
 
 t.test('prune', async (t) => {
-  await refused(t, 'no keep rule', { args: ['prune', '--repo', repo], exit: 2, code: 'PRUNE_POLICY', message: /no keep rule given: prune would remove every restore point/ });
-  await refused(t, 'a count that is not a number', { args: ['prune', '--repo', repo, '--keep-last', 'seven'], exit: 2, code: 'PRUNE_POLICY', message: /--keep-last needs a whole number, got "seven"/ });
-  await refused(t, 'a negative count', { args: ['prune', '--repo', repo, '--keep-daily=-1'], exit: 2, code: 'PRUNE_POLICY', message: /--keep-daily needs a whole number, got "-1"/ });
-  await refused(t, 'a fractional count', { args: ['prune', '--repo', repo, '--keep-last', '1.5'], exit: 2, code: 'PRUNE_POLICY', message: /got "1\.5"/ });
-  await refused(t, 'all rules zero', { args: ['prune', '--repo', repo, '--keep-last', '0'], exit: 2, code: 'PRUNE_POLICY', message: /no keep rule given/ });
+  await refused(t, 'no keep rule', {
+    args: ['prune', '--repo', repo],
+    exit: 2,
+    code: 'PRUNE_POLICY',
+    message: /no keep rule given: prune would remove every restore point/,
+  });
+  await refused(t, 'a count that is not a number', {
+    args: ['prune', '--repo', repo, '--keep-last', 'seven'],
+    exit: 2,
+    code: 'PRUNE_POLICY',
+    message: /--keep-last needs a whole number, got "seven"/,
+  });
+  await refused(t, 'a negative count', {
+    args: ['prune', '--repo', repo, '--keep-daily=-1'],
+    exit: 2,
+    code: 'PRUNE_POLICY',
+    message: /--keep-daily needs a whole number, got "-1"/,
+  });
+  await refused(t, 'a fractional count', {
+    args: ['prune', '--repo', repo, '--keep-last', '1.5'],
+    exit: 2,
+    code: 'PRUNE_POLICY',
+    message: /got "1\.5"/,
+  });
+  await refused(t, 'all rules zero', {
+    args: ['prune', '--repo', repo, '--keep-last', '0'],
+    exit: 2,
+    code: 'PRUNE_POLICY',
+    message: /no keep rule given/,
+  });
   const nowhere = join(work, 'no-repo-here');
-  await refused(t, 'a repository that does not exist', { args: ['prune', '--repo', nowhere, '--keep-last', '1'], exit: 5, code: 'REPO_NOT_FOUND', message: /no-repo-here/, absent: [nowhere] });
-  await refused(t, 'an unknown option', { args: ['prune', '--repo', repo, '--keep-forever'], exit: 2, code: 'USAGE', message: /unknown option '--keep-forever'/ });
+  await refused(t, 'a repository that does not exist', {
+    args: ['prune', '--repo', nowhere, '--keep-last', '1'],
+    exit: 5,
+    code: 'REPO_NOT_FOUND',
+    message: /no-repo-here/,
+    absent: [nowhere],
+  });
+  await refused(t, 'an unknown option', {
+    args: ['prune', '--repo', repo, '--keep-forever'],
+    exit: 2,
+    code: 'USAGE',
+    message: /unknown option '--keep-forever'/,
+  });
 });
 
 t.test('gc', async (t) => {
   const nowhere = join(work, 'gc-nowhere');
-  await refused(t, 'a repository that does not exist', { args: ['gc', '--repo', nowhere], exit: 5, code: 'REPO_NOT_FOUND', message: /gc-nowhere/, absent: [nowhere] });
-  await refused(t, 'a directory that is not a repository', { args: ['gc', '--repo', stateDir], exit: 5, code: 'REPO_NOT_FOUND', message: /state/ });
-  await refused(t, 'an argument gc does not take', { args: ['gc', '--repo', repo, point], exit: 2, code: 'USAGE', message: /too many arguments/ });
+  await refused(t, 'a repository that does not exist', {
+    args: ['gc', '--repo', nowhere],
+    exit: 5,
+    code: 'REPO_NOT_FOUND',
+    message: /gc-nowhere/,
+    absent: [nowhere],
+  });
+  await refused(t, 'a directory that is not a repository', {
+    args: ['gc', '--repo', stateDir],
+    exit: 5,
+    code: 'REPO_NOT_FOUND',
+    message: /state/,
+  });
+  await refused(t, 'an argument gc does not take', {
+    args: ['gc', '--repo', repo, point],
+    exit: 2,
+    code: 'USAGE',
+    message: /too many arguments/,
+  });
 });
 
 t.test('restore', async (t) => {
   const to = join(work, 'restored.raw');
-  await refused(t, 'an unknown restore point', { args: ['restore', 'nosuchpoint', '--repo', repo, '--disk', 'root', '--to', to], exit: 5, code: 'POINT_NOT_FOUND', message: /nosuchpoint/, absent: [to] });
-  await refused(t, 'an unknown disk', { args: ['restore', point, '--repo', repo, '--disk', 'sdb', '--to', to], exit: 5, code: 'DISK_NOT_FOUND', message: /has no disk "sdb" \(it has: root\)/, absent: [to] });
-  await refused(t, 'an unknown format', { args: ['restore', point, '--repo', repo, '--disk', 'root', '--to', to, '--format', 'vmdk'], exit: 2, code: 'BAD_FORMAT', message: /cannot restore to format "vmdk"/, absent: [to] });
-  await refused(t, 'no --disk', { args: ['restore', point, '--repo', repo, '--to', to], exit: 2, code: 'USAGE', message: /required option '--disk <name>' not specified/, absent: [to] });
-  await refused(t, 'a point id with a path in it', { args: ['restore', '../../etc/passwd', '--repo', repo, '--disk', 'root', '--to', to], exit: 5, code: 'POINT_NOT_FOUND', message: /no restore point \.\.\/\.\.\/etc\/passwd .*not a restore point id/, absent: [to] });
+  await refused(t, 'an unknown restore point', {
+    args: ['restore', 'nosuchpoint', '--repo', repo, '--disk', 'root', '--to', to],
+    exit: 5,
+    code: 'POINT_NOT_FOUND',
+    message: /nosuchpoint/,
+    absent: [to],
+  });
+  await refused(t, 'an unknown disk', {
+    args: ['restore', point, '--repo', repo, '--disk', 'sdb', '--to', to],
+    exit: 5,
+    code: 'DISK_NOT_FOUND',
+    message: /has no disk "sdb" \(it has: root\)/,
+    absent: [to],
+  });
+  await refused(t, 'an unknown format', {
+    args: ['restore', point, '--repo', repo, '--disk', 'root', '--to', to, '--format', 'vmdk'],
+    exit: 2,
+    code: 'BAD_FORMAT',
+    message: /cannot restore to format "vmdk"/,
+    absent: [to],
+  });
+  await refused(t, 'no --disk', {
+    args: ['restore', point, '--repo', repo, '--to', to],
+    exit: 2,
+    code: 'USAGE',
+    message: /required option '--disk <name>' not specified/,
+    absent: [to],
+  });
+  await refused(t, 'a point id with a path in it', {
+    args: ['restore', '../../etc/passwd', '--repo', repo, '--disk', 'root', '--to', to],
+    exit: 5,
+    code: 'POINT_NOT_FOUND',
+    message: /no restore point \.\.\/\.\.\/etc\/passwd .*not a restore point id/,
+    absent: [to],
+  });
 });
 
 t.test('verify', async (t) => {
-  await refused(t, 'an unknown restore point', { args: ['verify', 'nosuchpoint', '--repo', repo], exit: 5, code: 'POINT_NOT_FOUND', message: /nosuchpoint/ });
-  await refused(t, 'a point id with a path in it', { args: ['verify', '../points/x', '--repo', repo], exit: 5, code: 'POINT_NOT_FOUND', message: /not a restore point id/ });
+  await refused(t, 'an unknown restore point', {
+    args: ['verify', 'nosuchpoint', '--repo', repo],
+    exit: 5,
+    code: 'POINT_NOT_FOUND',
+    message: /nosuchpoint/,
+  });
+  await refused(t, 'a point id with a path in it', {
+    args: ['verify', '../points/x', '--repo', repo],
+    exit: 5,
+    code: 'POINT_NOT_FOUND',
+    message: /not a restore point id/,
+  });
 });
 
 t.test('stop', async (t) => {
-  await refused(t, 'an unknown session', { args: ['stop', 'deadbeef'], exit: 5, code: 'SESSION_NOT_FOUND', message: /no recovery session deadbeef/ });
+  await refused(t, 'an unknown session', {
+    args: ['stop', 'deadbeef'],
+    exit: 5,
+    code: 'SESSION_NOT_FOUND',
+    message: /no recovery session deadbeef/,
+  });
   // A record outside the sessions directory must never be read as a session: stop would signal its
   // supervisor (here a process of this test's) and remove its resources.
   const bystander = spawn('sleep', ['300'], { stdio: 'ignore' });
-  t.teardown(() => { bystander.kill('SIGKILL'); });
+  t.teardown(() => {
+    bystander.kill('SIGKILL');
+  });
   const decoy = join(work, 'decoy.json');
   const decoyText = JSON.stringify({ id: 'decoy', vm: 'x', state: 'starting', supervisorPid: bystander.pid, resources: { taps: [] } });
   writeFileSync(decoy, decoyText);
-  await refused(t, 'a session id with a path in it', { args: ['stop', '../../decoy'], exit: 2, code: 'BAD_SESSION_ID', message: /"\.\.\/\.\.\/decoy" is not a session id/ });
+  await refused(t, 'a session id with a path in it', {
+    args: ['stop', '../../decoy'],
+    exit: 2,
+    code: 'BAD_SESSION_ID',
+    message: /"\.\.\/\.\.\/decoy" is not a session id/,
+  });
   t.equal(bystander.exitCode ?? bystander.signalCode, null, 'the process the decoy names was not signalled');
   t.equal(readFileSync(decoy, 'utf8'), decoyText, 'and the decoy is untouched');
 });
@@ -126,7 +238,12 @@ t.test('stop', async (t) => {
 t.test('repo init', async (t) => {
   const fresh = join(work, 'fresh');
   const cases: [string, string, string, RegExp][] = [
-    ['not a power of two', '3M', 'BAD_CHUNK_SIZE', /chunk size 3145728 is not a power of two between 262144 \(256 KiB\) and 8388608 \(8 MiB\)/],
+    [
+      'not a power of two',
+      '3M',
+      'BAD_CHUNK_SIZE',
+      /chunk size 3145728 is not a power of two between 262144 \(256 KiB\) and 8388608 \(8 MiB\)/,
+    ],
     ['below 256K', '128K', 'BAD_CHUNK_SIZE', /chunk size 131072 is not a power of two between/],
     ['above 8M', '16M', 'BAD_CHUNK_SIZE', /chunk size 16777216 is not/],
     ['zero', '0', 'BAD_CHUNK_SIZE', /chunk size 0 is not/],
@@ -134,19 +251,53 @@ t.test('repo init', async (t) => {
     ['a negative size', '-1M', 'BAD_SIZE', /"-1M" is not a size/],
   ];
   for (const [what, size, code, message] of cases) {
-    await refused(t, `--chunk-size ${size} (${what})`, { args: ['repo', 'init', fresh, '--chunk-size', size], exit: 2, code, message, absent: [fresh] });
+    await refused(t, `--chunk-size ${size} (${what})`, {
+      args: ['repo', 'init', fresh, '--chunk-size', size],
+      exit: 2,
+      code,
+      message,
+      absent: [fresh],
+    });
   }
   const r = await cli(['repo', 'init', fresh, '--chunk-size', '3M', '--json']);
   t.match((JSON.parse(r.stdout) as { error: { hint: string } }).error.hint, /1M \(the default\)/, 'the hint names the real default');
-  await refused(t, 'an existing repository', { args: ['repo', 'init', repo], exit: 2, code: 'REPO_NOT_EMPTY', message: /the directory is not empty/ });
+  await refused(t, 'an existing repository', {
+    args: ['repo', 'init', repo],
+    exit: 2,
+    code: 'REPO_NOT_EMPTY',
+    message: /the directory is not empty/,
+  });
 });
 
 t.test('migrate', async (t) => {
   const to = join(work, 'migrated');
-  await refused(t, 'an unknown session', { args: ['migrate', 'deadbeef', '--to', to], exit: 5, code: 'SESSION_NOT_FOUND', message: /no recovery session deadbeef/, absent: [to] });
-  await refused(t, 'an unknown format', { args: ['migrate', 'deadbeef', '--to', to, '--format', 'vmdk'], exit: 2, code: 'BAD_FORMAT', message: /unknown disk format vmdk/, absent: [to] });
-  await refused(t, 'no --to', { args: ['migrate', 'deadbeef'], exit: 2, code: 'USAGE', message: /required option '--to <dir>' not specified/ });
-  await refused(t, 'a session id with a path in it', { args: ['migrate', '../x', '--to', to], exit: 2, code: 'BAD_SESSION_ID', message: /is not a session id/, absent: [to] });
+  await refused(t, 'an unknown session', {
+    args: ['migrate', 'deadbeef', '--to', to],
+    exit: 5,
+    code: 'SESSION_NOT_FOUND',
+    message: /no recovery session deadbeef/,
+    absent: [to],
+  });
+  await refused(t, 'an unknown format', {
+    args: ['migrate', 'deadbeef', '--to', to, '--format', 'vmdk'],
+    exit: 2,
+    code: 'BAD_FORMAT',
+    message: /unknown disk format vmdk/,
+    absent: [to],
+  });
+  await refused(t, 'no --to', {
+    args: ['migrate', 'deadbeef'],
+    exit: 2,
+    code: 'USAGE',
+    message: /required option '--to <dir>' not specified/,
+  });
+  await refused(t, 'a session id with a path in it', {
+    args: ['migrate', '../x', '--to', to],
+    exit: 2,
+    code: 'BAD_SESSION_ID',
+    message: /is not a session id/,
+    absent: [to],
+  });
 });
 
 t.test('the point is still whole after all of it', async (t) => {

@@ -37,7 +37,10 @@ runDatastoreSuite(t, {
     t.teardown(() => close());
     const dir = await pub.datastore.lookup(ROOT_ID, pub.name);
     return {
-      datastore: pub.datastore, dir, dirName: pub.name, disk: { name: 'root.raw', content: readFileSync(image) },
+      datastore: pub.datastore,
+      dir,
+      dirName: pub.name,
+      disk: { name: 'root.raw', content: readFileSync(image) },
       // A server restart: the publisher stops keeping its overlay and scratch files, the server re-attaches its record.
       async reopen() {
         await pub.close();

@@ -80,13 +80,20 @@ export function runDatastoreSuite(t: Test, factory: DatastoreSuiteFactory): void
   t.test(`${factory.kind}: readdir lists every entry once, in file id order, each found by lookup`, async (t) => {
     const { datastore: ds, dir, dirName, disk } = await writable(t);
     const root = await ds.readdir(ROOT_ID);
-    t.ok(root.some((e) => e.name === dirName && e.fileid === dir), 'the root lists the directory');
+    t.ok(
+      root.some((e) => e.name === dirName && e.fileid === dir),
+      'the root lists the directory',
+    );
     const extra = await ds.create(dir, 'listed.lck', 0o644, CALLER, true);
     const entries = await ds.readdir(dir);
     const names = entries.map((e) => e.name);
     t.notOk(names.includes('.') || names.includes('..'), 'no . or ..');
     t.equal(new Set(names).size, names.length, 'no name twice');
-    t.same(entries.map((e) => e.fileid), [...entries.map((e) => e.fileid)].sort((a, b) => a - b), 'in file id order');
+    t.same(
+      entries.map((e) => e.fileid),
+      [...entries.map((e) => e.fileid)].sort((a, b) => a - b),
+      'in file id order',
+    );
     t.ok(names.includes(disk.name) && names.includes('listed.lck'));
     for (const e of entries) t.equal(await ds.lookup(dir, e.name), e.fileid, `lookup ${e.name}`);
     t.equal(entries.find((e) => e.name === 'listed.lck')?.fileid, extra);

@@ -102,7 +102,11 @@ t.test('a symlink to a host file is only text: SETATTR, CREATE and WRITE through
   await client.setattr(link.fh!, { uid: 1000, gid: 1000 }, ROOT_ONLY);
   t.not(await client.setattr(link.fh!, { size: 0 }, ROOT_ONLY), NFS3.OK, 'SETATTR size on a symlink is refused');
   t.not((await client.write(link.fh!, 0, Buffer.from('pwned'))).status, NFS3.OK, 'WRITE to a symlink is refused');
-  t.equal((await client.create(top, 'evil', 0o666, 0, ROOT_ONLY)).status, NFS3.EXIST, 'CREATE UNCHECKED of the link name does not follow it');
+  t.equal(
+    (await client.create(top, 'evil', 0o666, 0, ROOT_ONLY)).status,
+    NFS3.EXIST,
+    'CREATE UNCHECKED of the link name does not follow it',
+  );
   t.equal((await client.create(top, 'evil', 0o666, 1, ROOT_ONLY)).status, NFS3.EXIST, 'CREATE GUARDED neither');
 
   const dirLink = await client.symlink(top, 'evildir', rootDir);
@@ -205,7 +209,11 @@ t.test('file handles of scratch entries resolve to the same names and contents a
   const log = await client.create(logs.fh!, 'vmware.log', 0o644);
   t.equal((await client.write(log.fh!, 0, Buffer.from('boot\n'))).status, NFS3.OK);
   const latest = await client.symlink(logs.fh!, 'latest', 'vmware.log');
-  const before = { logs: (await client.getattr(logs.fh!)).attr!, log: (await client.getattr(log.fh!)).attr!, latest: (await client.getattr(latest.fh!)).attr! };
+  const before = {
+    logs: (await client.getattr(logs.fh!)).attr!,
+    log: (await client.getattr(log.fh!)).attr!,
+    latest: (await client.getattr(latest.fh!)).attr!,
+  };
 
   client.close();
   await served.server.stop();

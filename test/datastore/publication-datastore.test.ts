@@ -16,13 +16,23 @@ async function publication(dir: string, opts: { readOnly?: boolean; limit?: numb
   const disk = new PublishedDisk(new MemoryDiskSource(base, 256 * 1024));
   const overlay = await Overlay.open({ dir: path.join(dir, 'overlays'), name: 'sda', base: disk, budget, readOnly: opts.readOnly });
   return {
-    id: 'web-p1', name: 'web-p1', number: 3, created: new Date(1_700_000_000_000),
+    id: 'web-p1',
+    name: 'web-p1',
+    number: 3,
+    created: new Date(1_700_000_000_000),
     vm: { name: 'web', memoryMiB: 512, vcpus: 1, disks: [{ name: 'sda' }], nics: [] } as never,
-    disks: [{ name: 'sda', overlay }], stateDir: path.join(dir, 'pub'), overlayDir: path.join(dir, 'overlays'), readOnly: opts.readOnly ?? false,
+    disks: [{ name: 'sda', overlay }],
+    stateDir: path.join(dir, 'pub'),
+    overlayDir: path.join(dir, 'overlays'),
+    readOnly: opts.readOnly ?? false,
   };
 }
 
-async function open(t: { teardown(fn: () => unknown): void }, opts: { readOnly?: boolean; limit?: number } = {}, dir?: string): Promise<{ ds: PublicationDatastore; dir: string; pub: DatastorePublication }> {
+async function open(
+  t: { teardown(fn: () => unknown): void },
+  opts: { readOnly?: boolean; limit?: number } = {},
+  dir?: string,
+): Promise<{ ds: PublicationDatastore; dir: string; pub: DatastorePublication }> {
   const d = dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rl-ds-'));
   if (!dir) t.teardown(() => fs.rmSync(d, { recursive: true, force: true }));
   const pub = await publication(d, opts);
@@ -41,7 +51,10 @@ async function walk(ds: Datastore, p: string): Promise<number> {
 t.test('layout: one directory per publication with raw, vmdk, flat and the definition', async (t) => {
   const { ds } = await open(t);
   const root = await ds.readdir(ROOT_ID);
-  t.same(root.map((e) => e.name), ['web-p1']);
+  t.same(
+    root.map((e) => e.name),
+    ['web-p1'],
+  );
   const names = (await ds.readdir(root[0]!.fileid)).map((e) => e.name);
   t.same(names, ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk']);
   const raw = await walk(ds, 'web-p1/sda.raw');
@@ -92,7 +105,11 @@ t.test('scratch files: create, write, rename, mkdir, remove; ids stable across a
   t.equal(await ds.parent!(sub), dir);
   t.equal(await ds.lookup(sub, '..'), dir);
   // Stored by id, not by the client's names: no host path is made from a client's name.
-  t.equal(fs.readFileSync(path.join(first.pub.stateDir, 'scratch-data', String(lck % 2 ** 24)), 'utf8'), 'lock', 'content lives in scratch-data/<local id>');
+  t.equal(
+    fs.readFileSync(path.join(first.pub.stateDir, 'scratch-data', String(lck % 2 ** 24)), 'utf8'),
+    'lock',
+    'content lives in scratch-data/<local id>',
+  );
   t.notOk(fs.existsSync(path.join(first.pub.stateDir, 'scratch')), 'no host tree named after client paths');
   const ids = { dir, raw: await walk(ds, 'web-p1/sda.raw'), sub, lck, log };
   const raw = await walk(ds, 'web-p1/sda.raw');
@@ -114,7 +131,10 @@ t.test('scratch files: create, write, rename, mkdir, remove; ids stable across a
   await ds2.remove(ids.sub, 'vmware.log');
   await ds2.rmdir(ids.dir, 'logs');
   await t.rejects(ds2.getattr(ids.log), { code: 'ESTALE' });
-  t.same((await ds2.readdir(ids.dir)).map((e) => e.name), ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk']);
+  t.same(
+    (await ds2.readdir(ids.dir)).map((e) => e.name),
+    ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk'],
+  );
   await t.rejects(ds2.rmdir(ROOT_ID, 'web-p1'), { code: 'EACCES' });
   await t.rejects(ds2.create(ROOT_ID, 'x', 0o644), { code: 'EACCES' });
 });
@@ -130,7 +150,10 @@ t.test('fsstat reports the overlay budget; at the limit writes fail with ENOSPC'
   t.equal(st.totalBytes, 64 * 1024);
   const err = await ds.write(raw, 1024 * 1024, Buffer.alloc(32 * 1024, 2), true).catch((e: unknown) => e);
   t.ok(err instanceof DatastoreError && err.code === 'ENOSPC', String(err));
-  t.ok((await ds.read(raw, 1024 * 1024, 32 * 1024)).data.equals(base.subarray(1024 * 1024, 1024 * 1024 + 32 * 1024)), 'nothing of the failed write');
+  t.ok(
+    (await ds.read(raw, 1024 * 1024, 32 * 1024)).data.equals(base.subarray(1024 * 1024, 1024 * 1024 + 32 * 1024)),
+    'nothing of the failed write',
+  );
 });
 
 t.test('a read-only publication refuses every write with EROFS', async (t) => {

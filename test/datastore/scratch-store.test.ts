@@ -20,14 +20,31 @@ import { MemoryDiskSource, patternBytes } from '../publish/fixtures/memory-repos
 const base = patternBytes(1024 * 1024, 5);
 const NUMBER = 7;
 
-interface Opened { ds: PublicationDatastore; pub: DatastorePublication; top: number; warnings: string[] }
+interface Opened {
+  ds: PublicationDatastore;
+  pub: DatastorePublication;
+  top: number;
+  warnings: string[];
+}
 
 async function open(t: { teardown(fn: () => unknown): void }, dir: string, limit?: number): Promise<Opened> {
-  const overlay = await Overlay.open({ dir: path.join(dir, 'overlays'), name: 'sda', base: new PublishedDisk(new MemoryDiskSource(base, 256 * 1024)), budget: new OverlayBudget(limit) });
+  const overlay = await Overlay.open({
+    dir: path.join(dir, 'overlays'),
+    name: 'sda',
+    base: new PublishedDisk(new MemoryDiskSource(base, 256 * 1024)),
+    budget: new OverlayBudget(limit),
+  });
   t.teardown(() => overlay.close());
   const pub: DatastorePublication = {
-    id: 'web-p1', name: 'web-p1', number: NUMBER, created: new Date(), vm: { name: 'web', memoryMiB: 256, vcpus: 1, disks: [], nics: [] },
-    disks: [{ name: 'sda', overlay }], stateDir: path.join(dir, 'pub'), overlayDir: path.join(dir, 'overlays'), readOnly: false,
+    id: 'web-p1',
+    name: 'web-p1',
+    number: NUMBER,
+    created: new Date(),
+    vm: { name: 'web', memoryMiB: 256, vcpus: 1, disks: [], nics: [] },
+    disks: [{ name: 'sda', overlay }],
+    stateDir: path.join(dir, 'pub'),
+    overlayDir: path.join(dir, 'overlays'),
+    readOnly: false,
   };
   const ds = new PublicationDatastore();
   const warnings: string[] = [];
@@ -45,10 +62,22 @@ t.test('at most MAX_SCRATCH_ENTRIES entries; FSSTAT reports the files left', asy
   const dir = tmp(t);
   // A snapshot already holding the cap, in the documented format.
   const entries = Array.from({ length: MAX_SCRATCH_ENTRIES }, (_, i) => ({
-    id: 4096 + i, parent: 1, name: `d${i}`, type: 'dir', mode: 0o755, uid: 0, gid: 0, atime: 0, mtime: 0, ctime: 0,
+    id: 4096 + i,
+    parent: 1,
+    name: `d${i}`,
+    type: 'dir',
+    mode: 0o755,
+    uid: 0,
+    gid: 0,
+    atime: 0,
+    mtime: 0,
+    ctime: 0,
   }));
   fs.mkdirSync(path.join(dir, 'pub'), { recursive: true });
-  fs.writeFileSync(path.join(dir, 'pub', 'scratch.json'), JSON.stringify({ format: SCRATCH_FORMAT, version: SCRATCH_VERSION, next: 4096 + MAX_SCRATCH_ENTRIES, entries }));
+  fs.writeFileSync(
+    path.join(dir, 'pub', 'scratch.json'),
+    JSON.stringify({ format: SCRATCH_FORMAT, version: SCRATCH_VERSION, next: 4096 + MAX_SCRATCH_ENTRIES, entries }),
+  );
   const { ds, top } = await open(t, dir);
   t.equal((await ds.readdir(top)).length, 5 + MAX_SCRATCH_ENTRIES);
   await t.rejects(ds.create(top, 'one-more', 0o644), { code: 'ENOSPC' });
@@ -146,7 +175,7 @@ t.test('an unreadable snapshot stops the attach with SCRATCH_CORRUPT', async (t)
   await t.rejects(open(t, dir), { code: 'SCRATCH_CORRUPT', message: /version 99/ });
 });
 
-t.test('an earlier version\'s scratch tree is discarded, links unfollowed, with a warning', async (t) => {
+t.test("an earlier version's scratch tree is discarded, links unfollowed, with a warning", async (t) => {
   const dir = tmp(t);
   const canary = path.join(dir, 'canary');
   fs.writeFileSync(canary, 'outside', { mode: 0o600 });
@@ -162,5 +191,9 @@ t.test('an earlier version\'s scratch tree is discarded, links unfollowed, with 
   t.notOk(fs.existsSync(path.join(dir, 'pub', 'ids.json')));
   t.equal(fs.readFileSync(canary, 'utf8'), 'outside', 'the link target is untouched');
   t.ok(fs.existsSync(dir), 'a linked directory is not removed');
-  t.same((await ds.readdir(top)).map((e) => e.name), ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk'], 'scratch starts empty');
+  t.same(
+    (await ds.readdir(top)).map((e) => e.name),
+    ['web.json', 'web.vmx', 'sda.raw', 'sda.vmdk', 'sda-flat.vmdk'],
+    'scratch starts empty',
+  );
 });

@@ -36,7 +36,9 @@ t.test('use() runs with the bytes of its own chunk even when fills race for slot
   // reader must see its own chunk. A waiter's chunk stays pinned until it has
   // read it; without that, fills evicted each other's chunks forever.
   const cache = new ChunkCache(SLOT * 4);
-  const reads = Array.from({ length: 60 }, (_, i) => cache.withChunk(`k${i % 20}`, slotFill(i % 20, (i * 7) % 5), (b) => b.every((x) => x === i % 20)));
+  const reads = Array.from({ length: 60 }, (_, i) =>
+    cache.withChunk(`k${i % 20}`, slotFill(i % 20, (i * 7) % 5), (b) => b.every((x) => x === i % 20)),
+  );
   t.same(await Promise.all(reads), Array(60).fill(true));
   t.ok(cache.size <= SLOT * 4, `within the bound once the fills are done (${cache.size})`);
 });
@@ -44,12 +46,18 @@ t.test('use() runs with the bytes of its own chunk even when fills race for slot
 t.test('concurrent readers share one fill; a failed fill is not cached and its slot is not reused', async (t) => {
   const cache = new ChunkCache(SLOT * 2);
   let fills = 0;
-  const counting: ChunkFill = async (slot) => { fills++; return slotFill(5, 10)(slot); };
+  const counting: ChunkFill = async (slot) => {
+    fills++;
+    return slotFill(5, 10)(slot);
+  };
   await Promise.all(Array.from({ length: 5 }, () => cache.withChunk('x', counting, copy)));
   t.equal(fills, 1, 'one fill for five readers');
 
   const given: Buffer[] = [];
-  const failing: ChunkFill = async (slot) => { given.push(slot(SLOT)); throw new Error('decode failed'); };
+  const failing: ChunkFill = async (slot) => {
+    given.push(slot(SLOT));
+    throw new Error('decode failed');
+  };
   await t.rejects(cache.withChunk('y', failing, copy), /decode failed/);
   t.notOk(cache.has('y'), 'the failure is not cached');
   const slots: Buffer[] = [];
@@ -60,7 +68,14 @@ t.test('concurrent readers share one fill; a failed fill is not cached and its s
 t.test('a fill may return memory of its own (an in-process source); the slot goes back', async (t) => {
   const cache = new ChunkCache(SLOT * 2);
   const own = Buffer.alloc(100, 7);
-  const got = await cache.withChunk('p', async (slot) => { slot(SLOT); return own; }, copy);
+  const got = await cache.withChunk(
+    'p',
+    async (slot) => {
+      slot(SLOT);
+      return own;
+    },
+    copy,
+  );
   t.ok(got.equals(own));
   t.equal(cache.size, 100, 'charged for its own buffer, not the slot');
   const slots: Buffer[] = [];

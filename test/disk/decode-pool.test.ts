@@ -20,7 +20,11 @@ t.test('chunks decoded in workers equal the image; corruption fails the read', a
   data.fill(0, CHUNK * 2, CHUNK * 3); // a hole
   fs.writeFileSync(image, data);
   const repo = await initRepository(path.join(dir, 'repo'), { chunkSize: CHUNK });
-  const point = await backupVm({ repo, vm: { name: 'p', memoryMiB: 64, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: image } });
+  const point = await backupVm({
+    repo,
+    vm: { name: 'p', memoryMiB: 64, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] },
+    disks: { sda: image },
+  });
   const reader = await openRepository(path.join(dir, 'repo'));
   const source = await reader.openDisk(point.id, 'sda');
   const pool = new DecodePool(path.join(dir, 'repo'), { size: 2 });
@@ -31,7 +35,7 @@ t.test('chunks decoded in workers equal the image; corruption fails the read', a
   const slot = Buffer.from(new SharedArrayBuffer(CHUNK));
   const into = await pool.decode(point.id, 'sda', 1, slot);
   t.equal(into?.buffer, slot.buffer, 'decoded into the shared slot, not transferred');
-  t.ok(into?.equals(data.subarray(CHUNK, CHUNK * 2)), 'with the chunk\'s bytes');
+  t.ok(into?.equals(data.subarray(CHUNK, CHUNK * 2)), "with the chunk's bytes");
   await t.rejects(pool.decode(point.id, 'sda', 1, Buffer.alloc(CHUNK)), TypeError, 'memory a worker cannot share is refused');
 
   const digest = source.chunkId(4)!;
@@ -54,7 +58,11 @@ t.test('in the workers, a missing, quarantined or overlong blob is EIO too, and 
   fs.writeFileSync(image, data);
   const repoDir = path.join(dir, 'repo');
   const repo = await initRepository(repoDir, { chunkSize: CHUNK });
-  const point = await backupVm({ repo, vm: { name: 'p', memoryMiB: 64, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: image } });
+  const point = await backupVm({
+    repo,
+    vm: { name: 'p', memoryMiB: 64, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] },
+    disks: { sda: image },
+  });
   const source = await (await openRepository(repoDir)).openDisk(point.id, 'sda');
   const file = (i: number): string => path.join(repoDir, CHUNKS_DIR, source.chunkId(i)!.slice(0, 2), source.chunkId(i)!);
   fs.rmSync(file(0));
@@ -63,12 +71,16 @@ t.test('in the workers, a missing, quarantined or overlong blob is EIO too, and 
   const pool = new DecodePool(repoDir, { size: 2 });
   t.teardown(() => pool.close());
   const disk = new PublishedDisk(pool.wrap(source, point.id, 'sda'), { name: 'sda', readaheadChunks: 0 });
-  for (const [i, why] of [[0, /missing from the store/], [1, /quarantined by verify/], [2, /longer than any chunk/]] as const) {
+  for (const [i, why] of [
+    [0, /missing from the store/],
+    [1, /quarantined by verify/],
+    [2, /longer than any chunk/],
+  ] as const) {
     const err = await disk.read(CHUNK * i, 10).catch((e: unknown) => e);
     t.ok(err instanceof DiskIoError && err.code === 'EIO', `chunk ${i}: EIO`);
     t.match(String(err), why, `chunk ${i}: ${String(err)}`);
   }
   t.ok((await disk.read(CHUNK * 3, CHUNK)).equals(data.subarray(CHUNK * 3)), 'the intact chunk still reads');
   const scratch = Buffer.alloc(CHUNK * 2);
-  t.ok(source.readChunkSync?.(3, scratch)?.equals(await source.readChunk(3) as Buffer), 'readChunkSync equals readChunk');
+  t.ok(source.readChunkSync?.(3, scratch)?.equals((await source.readChunk(3)) as Buffer), 'readChunkSync equals readChunk');
 });

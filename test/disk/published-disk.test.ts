@@ -12,7 +12,13 @@ const readAhead = (done: () => boolean): Promise<boolean> => settle(done, 5000, 
 t.test('reads any range, across chunk boundaries and clamped at the end', async (t) => {
   const data = patternBytes(CHUNK * 5 + 1000);
   const disk = new PublishedDisk(new MemoryDiskSource(data, CHUNK));
-  for (const [off, len] of [[0, 10], [CHUNK - 3, 7], [CHUNK * 2 - 100, CHUNK * 2 + 200], [data.length - 500, 4096], [0, data.length]] as const) {
+  for (const [off, len] of [
+    [0, 10],
+    [CHUNK - 3, 7],
+    [CHUNK * 2 - 100, CHUNK * 2 + 200],
+    [data.length - 500, 4096],
+    [0, data.length],
+  ] as const) {
     const got = await disk.read(off, len);
     t.same(got.equals(data.subarray(off, Math.min(data.length, off + len))), true, `range ${off}+${len}`);
   }

@@ -24,10 +24,17 @@ const stateDir = join(work, 'state');
 const repoDir = join(work, 'repo');
 const disk = buildMbrDisk(work);
 const repo = await initRepository(repoDir);
-const point = await backupVm({ repo, vm: { name: 'fileserver', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: disk.path } });
+const point = await backupVm({
+  repo,
+  vm: { name: 'fileserver', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] },
+  disks: { sda: disk.path },
+});
 
 function mountOptions(path: string): string[] {
-  const line = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === path) ?? '';
+  const line =
+    readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.split(' ')[4] === path) ?? '';
   return (line.split(' ')[5] ?? '').split(',');
 }
 
@@ -54,22 +61,45 @@ t.test('another user reads neither the raw disk nor the mounted guest files of a
   const resources = listSessions(stateDir).find((j) => j.record.id === s.id)!.record.resources;
   const holder = resources.find((r) => r.kind === 'holder');
   const loop = resources.find((r) => r.kind === 'loop');
-  if (holder?.kind !== 'holder' || loop?.kind !== 'loop' || !holder.publication) throw new Error(`session ${s.id} has no holder publication or loop device: ${JSON.stringify(resources)}`);
+  if (holder?.kind !== 'holder' || loop?.kind !== 'loop' || !holder.publication)
+    throw new Error(`session ${s.id} has no holder publication or loop device: ${JSON.stringify(resources)}`);
   const raw = join(holder.fuseDir, holder.publication, 'sda.raw');
-  t.same({ mode: (await stat(raw)).mode & 0o7777, uid: (await stat(raw)).uid }, { mode: 0o400, uid: 0 }, 'the raw disk is 0400, root\'s');
+  t.same({ mode: (await stat(raw)).mode & 0o7777, uid: (await stat(raw)).uid }, { mode: 0o400, uid: 0 }, "the raw disk is 0400, root's");
 
-  t.same(await probeAs(NOBODY, [['read', raw], ['read', loop.device], ['list', dir], ['list', p1], ['read', hello]]),
-    ['EACCES', 'EACCES', 'EACCES', 'EACCES', 'EACCES'], 'nobody reads the raw disk, the loop device, or any guest file');
+  t.same(
+    await probeAs(NOBODY, [
+      ['read', raw],
+      ['read', loop.device],
+      ['list', dir],
+      ['list', p1],
+      ['read', hello],
+    ]),
+    ['EACCES', 'EACCES', 'EACCES', 'EACCES', 'EACCES'],
+    'nobody reads the raw disk, the loop device, or any guest file',
+  );
 
   // Each layer on its own: with the sessions directory opened up, the FUSE mount still refuses.
   chmodSync(sessionsDir(stateDir), 0o755);
   try {
-    t.same(await probeAs(NOBODY, [['read', raw], ['list', holder.fuseDir]]), ['EACCES', 'EACCES'], 'the read-only publication is closed by itself');
+    t.same(
+      await probeAs(NOBODY, [
+        ['read', raw],
+        ['list', holder.fuseDir],
+      ]),
+      ['EACCES', 'EACCES'],
+      'the read-only publication is closed by itself',
+    );
   } finally {
     chmodSync(sessionsDir(stateDir), 0o700);
   }
 
   await umountSession(stateDir, s.id);
   t.equal((await stat(dir)).mode & 0o7777, 0o755, 'umount gives the directory its mode back');
-  t.same(spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(work)), [], 'no loop device left');
+  t.same(
+    spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .filter((l) => l.includes(work)),
+    [],
+    'no loop device left',
+  );
 });

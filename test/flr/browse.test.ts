@@ -24,14 +24,21 @@ symlinkSync('a/b/../../..', join(root, 'up-and-out'));
 symlinkSync('a/b/../..', join(root, 'up-to-root'));
 
 async function code(p: Promise<unknown>): Promise<string | undefined> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   return e instanceof RestorelabError ? e.code : e === undefined ? undefined : String(e);
 }
 
 t.test('relative symlinks inside the tree are followed, chains included', async (t) => {
   t.equal((await resolveGuestPath(root, '/a/to-c/file.txt', { followFinal: true })).guestPath, '/a/b/c/file.txt');
   t.equal((await resolveGuestPath(root, 'a/b/chain', { followFinal: true })).guestPath, '/a/b/c/file.txt');
-  t.equal((await resolveGuestPath(root, '/up-to-root/a', { followFinal: true })).guestPath, '/a', 'a link that climbs back to the root but not past it is fine');
+  t.equal(
+    (await resolveGuestPath(root, '/up-to-root/a', { followFinal: true })).guestPath,
+    '/a',
+    'a link that climbs back to the root but not past it is fine',
+  );
   t.equal((await resolveGuestPath(root, '/a/b/../b/./c', { followFinal: true })).guestPath, '/a/b/c');
 });
 
@@ -46,7 +53,10 @@ t.test('escapes and loops are refused', async (t) => {
 
 t.test('listings show symlinks without following them, even escaping ones', async (t) => {
   const l = await listGuestPath(root, '/');
-  t.match(l.find((e) => e.name === 'sneaky'), { type: 'symlink', target: '../outside.txt' });
+  t.match(
+    l.find((e) => e.name === 'sneaky'),
+    { type: 'symlink', target: '../outside.txt' },
+  );
   t.match(await listGuestPath(root, '/sneaky'), [{ type: 'symlink', target: '../outside.txt' }], 'a final symlink is listed, not followed');
 });
 

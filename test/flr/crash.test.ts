@@ -18,7 +18,10 @@ const disk = buildMbrDisk(work);
 const env = { ...process.env, RESTORELAB_STATE_DIR: stateDir };
 
 function mountsBelow(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((p) => p.startsWith(dir));
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => p.startsWith(dir));
 }
 
 t.teardown(async () => {

@@ -11,7 +11,10 @@ const noFs = async (): Promise<boolean> => false;
 
 /** What a rejected parse threw, flattened for one t.match. */
 async function failure(p: Promise<unknown>): Promise<Record<string, unknown>> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   if (!(err instanceof RestorelabError)) return { notARestorelabError: err };
   return { code: err.code, exitCode: err.exitCode, message: err.message, hint: err.hint };
 }
@@ -22,33 +25,64 @@ function corrupt(re: RegExp): Record<string, unknown> {
 
 t.test('MBR primaries are numbered by slot, with byte offsets and type names', async (t) => {
   const d = new SparseDisk(64 * MiB);
-  d.write(0, mbrSector([{ status: 0x80, type: 0x83, lba: 2048, sectors: 20480 }, { type: 0, lba: 0, sectors: 0 }, { type: 0x0c, lba: 22528, sectors: 8192 }]));
+  d.write(
+    0,
+    mbrSector([
+      { status: 0x80, type: 0x83, lba: 2048, sectors: 20480 },
+      { type: 0, lba: 0, sectors: 0 },
+      { type: 0x0c, lba: 22528, sectors: 8192 },
+    ]),
+  );
   const table = await readPartitionTable(d.read, d.size, noFs);
   t.equal(table.scheme, 'mbr');
-  t.same(table.partitions.map((p) => [p.number, p.offset, p.size, p.type, p.typeName]), [
-    [1, 2048 * SECTOR, 20480 * SECTOR, '83', 'linux'],
-    [3, 22528 * SECTOR, 8192 * SECTOR, '0c', 'fat32-lba'],
-  ]);
+  t.same(
+    table.partitions.map((p) => [p.number, p.offset, p.size, p.type, p.typeName]),
+    [
+      [1, 2048 * SECTOR, 20480 * SECTOR, '83', 'linux'],
+      [3, 22528 * SECTOR, 8192 * SECTOR, '0c', 'fat32-lba'],
+    ],
+  );
 });
 
 t.test('an extended partition yields logical partitions from 5, following the EBR chain', async (t) => {
   const d = new SparseDisk(64 * MiB);
-  d.write(0, mbrSector([{ type: 0x83, lba: 2048, sectors: 8192 }, { type: 0x05, lba: 10240, sectors: 40960 }]));
+  d.write(
+    0,
+    mbrSector([
+      { type: 0x83, lba: 2048, sectors: 8192 },
+      { type: 0x05, lba: 10240, sectors: 40960 },
+    ]),
+  );
   // EBR 1 at the start of the extended partition: logical at +2048, link to EBR 2 at ext+20480.
-  d.write(10240 * SECTOR, mbrSector([{ type: 0x83, lba: 2048, sectors: 8192 }, { type: 0x05, lba: 20480, sectors: 10240 }]));
+  d.write(
+    10240 * SECTOR,
+    mbrSector([
+      { type: 0x83, lba: 2048, sectors: 8192 },
+      { type: 0x05, lba: 20480, sectors: 10240 },
+    ]),
+  );
   d.write((10240 + 20480) * SECTOR, mbrSector([{ type: 0x82, lba: 2048, sectors: 4096 }]));
   const table = await readPartitionTable(d.read, d.size, noFs);
-  t.same(table.partitions.map((p) => [p.number, p.offset / SECTOR, p.size / SECTOR, p.type]), [
-    [1, 2048, 8192, '83'],
-    [5, 12288, 8192, '83'],
-    [6, 10240 + 20480 + 2048, 4096, '82'],
-  ]);
+  t.same(
+    table.partitions.map((p) => [p.number, p.offset / SECTOR, p.size / SECTOR, p.type]),
+    [
+      [1, 2048, 8192, '83'],
+      [5, 12288, 8192, '83'],
+      [6, 10240 + 20480 + 2048, 4096, '82'],
+    ],
+  );
 });
 
 t.test('an EBR chain that loops is corrupt', async (t) => {
   const d = new SparseDisk(64 * MiB);
   d.write(0, mbrSector([{ type: 0x0f, lba: 2048, sectors: 40960 }]));
-  d.write(2048 * SECTOR, mbrSector([{ type: 0x83, lba: 2048, sectors: 1024 }, { type: 0x05, lba: 0, sectors: 4096 }]));
+  d.write(
+    2048 * SECTOR,
+    mbrSector([
+      { type: 0x83, lba: 2048, sectors: 1024 },
+      { type: 0x05, lba: 0, sectors: 4096 },
+    ]),
+  );
   t.match(await failure(readPartitionTable(d.read, d.size, noFs)), corrupt(/loops/));
 });
 
@@ -63,7 +97,13 @@ t.test('MBR entries past the end, overlapping or with a bad status byte are corr
   past.write(0, mbrSector([{ type: 0x83, lba: 2048, sectors: 1_000_000 }]));
   t.match(await failure(readPartitionTable(past.read, past.size, noFs)), corrupt(/past the end/));
   const overlap = new SparseDisk(64 * MiB);
-  overlap.write(0, mbrSector([{ type: 0x83, lba: 2048, sectors: 8192 }, { type: 0x83, lba: 4096, sectors: 8192 }]));
+  overlap.write(
+    0,
+    mbrSector([
+      { type: 0x83, lba: 2048, sectors: 8192 },
+      { type: 0x83, lba: 4096, sectors: 8192 },
+    ]),
+  );
   t.match(await failure(readPartitionTable(overlap.read, overlap.size, noFs)), corrupt(/overlap/));
   const status = new SparseDisk(64 * MiB);
   status.write(0, mbrSector([{ status: 0x13, type: 0x83, lba: 2048, sectors: 8192 }]));
@@ -75,14 +115,20 @@ t.test('MBR entries past the end, overlapping or with a bad status byte are corr
 
 t.test('GPT: entries with types, names and the protective MBR recognised', async (t) => {
   const d = new SparseDisk(64 * MiB);
-  writeGpt(d, [{ type: EFI_SYSTEM, first: 2048, last: 4095, name: 'EFI' }, { type: LINUX_FS, first: 4096, last: 131038, name: 'root' }]);
+  writeGpt(d, [
+    { type: EFI_SYSTEM, first: 2048, last: 4095, name: 'EFI' },
+    { type: LINUX_FS, first: 4096, last: 131038, name: 'root' },
+  ]);
   const table = await readPartitionTable(d.read, d.size, noFs);
   t.equal(table.scheme, 'gpt');
   t.same(table.warnings, []);
-  t.same(table.partitions.map((p) => [p.number, p.offset / SECTOR, p.size / SECTOR, p.typeName, p.label]), [
-    [1, 2048, 2048, 'efi-system', 'EFI'],
-    [2, 4096, 131038 - 4096 + 1, 'linux', 'root'],
-  ]);
+  t.same(
+    table.partitions.map((p) => [p.number, p.offset / SECTOR, p.size / SECTOR, p.typeName, p.label]),
+    [
+      [1, 2048, 2048, 'efi-system', 'EFI'],
+      [2, 4096, 131038 - 4096 + 1, 'linux', 'root'],
+    ],
+  );
   t.equal(formatGuid(guidBytes(LINUX_FS)), LINUX_FS, 'GUIDs round-trip through their mixed-endian bytes');
 });
 
@@ -110,7 +156,10 @@ t.test('GPT: both copies damaged is a corrupt table naming both problems', async
   const at = writeGpt(d, [{ type: LINUX_FS, first: 2048, last: 8191 }]);
   d.write(at.primaryHeader + 60, Buffer.from([0x42]));
   d.write(at.backupEntries, Buffer.from([0x99]));
-  t.match(await failure(readPartitionTable(d.read, d.size, noFs)), corrupt(/primary header: header CRC32 mismatch.*backup entry array CRC32 mismatch/));
+  t.match(
+    await failure(readPartitionTable(d.read, d.size, noFs)),
+    corrupt(/primary header: header CRC32 mismatch.*backup entry array CRC32 mismatch/),
+  );
 });
 
 t.test('GPT: a valid CRC over an entry outside the usable area is still corrupt', async (t) => {

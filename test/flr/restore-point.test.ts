@@ -24,27 +24,51 @@ const repoDir = join(work, 'repo');
 const env = { ...process.env, RESTORELAB_STATE_DIR: stateDir };
 const disk = buildMbrDisk(work);
 const repo = await initRepository(repoDir);
-const vm = (name: string): Parameters<typeof backupVm>[0]['vm'] => ({ name, memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] });
+const vm = (name: string): Parameters<typeof backupVm>[0]['vm'] => ({
+  name,
+  memoryMiB: 256,
+  vcpus: 1,
+  disks: [{ name: 'sda', format: 'raw' }],
+  nics: [],
+});
 const point = await backupVm({ repo, vm: vm('fileserver'), disks: { sda: disk.path } });
 const unknownPoint = await backupVm({ repo, vm: vm('mystery'), disks: { sda: buildUnknownFsDisk(work) } });
 
 function mountInfo(): string[][] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' '));
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' '));
 }
 
 /** Mounts, FUSE mounts and loop devices anywhere near this test, and holder processes of its sessions. */
 function leftovers(): { mounts: string[]; loops: string[]; holders: number[]; sessions: number; publications: number } {
-  const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(work));
+  const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((l) => l.includes(work));
   // Holders inherit the CLI's environment, so ours carry this test's state directory.
-  const holders = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('flr/holder.js') &&
-        readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`RESTORELAB_STATE_DIR=${stateDir}`);
-    } catch {
-      return false;
-    }
-  });
-  return { mounts: mountInfo().map((f) => f[4] ?? '').filter((p) => p.startsWith(work)), loops, holders, sessions: listSessions(stateDir).length, publications: listPublications(stateDir).length };
+  const holders = readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return (
+          readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('flr/holder.js') &&
+          readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`RESTORELAB_STATE_DIR=${stateDir}`)
+        );
+      } catch {
+        return false;
+      }
+    });
+  return {
+    mounts: mountInfo()
+      .map((f) => f[4] ?? '')
+      .filter((p) => p.startsWith(work)),
+    loops,
+    holders,
+    sessions: listSessions(stateDir).length,
+    publications: listPublications(stateDir).length,
+  };
 }
 
 function cli(args: string[]): { status: number | null; json: Record<string, unknown>; stderr: string } {
@@ -60,8 +84,15 @@ function cli(args: string[]): { status: number | null; json: Record<string, unkn
 
 t.teardown(async () => {
   for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);
-  for (const m of mountInfo().map((f) => f[4] ?? '').filter((p) => p.startsWith(work)).reverse()) spawnSync('umount', ['-l', m]);
-  for (const l of spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((x) => x.includes(work))) spawnSync('losetup', ['-d', l.split(':')[0]!]);
+  for (const m of mountInfo()
+    .map((f) => f[4] ?? '')
+    .filter((p) => p.startsWith(work))
+    .reverse())
+    spawnSync('umount', ['-l', m]);
+  for (const l of spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((x) => x.includes(work)))
+    spawnSync('losetup', ['-d', l.split(':')[0]!]);
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -79,24 +110,42 @@ t.test('mount lists the partitions, stays mounted for ls/get, and umount removes
   const m = cli(['mount', '--repo', repoDir, point.id, dir]);
   t.equal(m.status, 0, m.stderr);
   const mounts = m.json.mounts as { partition: number; fstype: string; path: string; skipped?: string }[];
-  t.match(mounts.find((x) => x.partition === 1), { partition: 1, fstype: 'ext4', path: join(dir, 'p1') });
-  t.match(mounts.find((x) => x.partition === 2), { partition: 2, fstype: 'vfat' });
+  t.match(
+    mounts.find((x) => x.partition === 1),
+    { partition: 1, fstype: 'ext4', path: join(dir, 'p1') },
+  );
+  t.match(
+    mounts.find((x) => x.partition === 2),
+    { partition: 2, fstype: 'vfat' },
+  );
   const fuse = mountInfo().filter((f) => (f[4] ?? '').startsWith(stateDir) && f.slice(f.indexOf('-') + 1)[0]?.startsWith('fuse'));
   t.equal(fuse.length, 1, 'the restore point is published over FUSE');
-  const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(stateDir) && l.includes('.raw'));
+  const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((l) => l.includes(stateDir) && l.includes('.raw'));
   t.ok(loops.length >= 1, 'loop devices read the published <disk>.raw');
   t.same(leftovers().holders.length, 1, 'one holder process serves the publication');
   t.match(listPublications(stateDir), [{ running: true, point: point.id }], 'one publication, recorded by the publish layer');
 
   const ls = cli(['files', 'ls', '--repo', repoDir, point.id, '/data/docs']);
   t.equal(ls.status, 0, ls.stderr);
-  t.match(ls.json, { partition: 1, entries: [{ name: 'empty', type: 'file', size: 0 }, { name: 'readme.txt', type: 'file', size: 23 }] });
+  t.match(ls.json, {
+    partition: 1,
+    entries: [
+      { name: 'empty', type: 'file', size: 0 },
+      { name: 'readme.txt', type: 'file', size: 23 },
+    ],
+  });
   t.equal(listSessions(stateDir).length, 1, 'files ls used the running mount');
   const readme = join(work, 'readme.txt');
   const g = cli(['files', 'get', '--repo', repoDir, point.id, '/data/docs/readme.txt', '--to', readme]);
   t.equal(g.status, 0, g.stderr);
   t.equal(sha(readFileSync(readme)), disk.files.sha256['/data/docs/readme.txt']);
-  const piped = spawnSync(process.execPath, [bin, 'files', 'get', '--repo', repoDir, point.id, '/data/blob.bin', '--to', '-'], { env, timeout: 300_000, maxBuffer: 64 * 1024 * 1024 });
+  const piped = spawnSync(process.execPath, [bin, 'files', 'get', '--repo', repoDir, point.id, '/data/blob.bin', '--to', '-'], {
+    env,
+    timeout: 300_000,
+    maxBuffer: 64 * 1024 * 1024,
+  });
   t.equal(piped.status, 0);
   t.equal(sha(piped.stdout), disk.files.sha256['/data/blob.bin'], '--to - streams the file to stdout');
   const refused = cli(['files', 'get', '--repo', repoDir, point.id, '/passwd-link', '--to', join(work, 'nope')]);
@@ -105,7 +154,11 @@ t.test('mount lists the partitions, stays mounted for ls/get, and umount removes
 
   const u = cli(['umount', dir]);
   t.equal(u.status, 0, u.stderr);
-  t.same(leftovers(), { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 }, 'no loop device, mount, FUSE mount or holder left');
+  t.same(
+    leftovers(),
+    { mounts: [], loops: [], holders: [], sessions: 0, publications: 0 },
+    'no loop device, mount, FUSE mount or holder left',
+  );
   t.notOk(existsSync(dir));
 });
 
@@ -164,7 +217,11 @@ function findBlock(image: string, block: Buffer): number {
 t.test('a corrupt chunk under a guest file: files get fails with GUEST_READ_FAILED, writes nothing, leaves nothing', async (t) => {
   const repo2Dir = join(work, 'repo-corrupt');
   const repo2 = await initRepository(repo2Dir);
-  const p = await backupVm({ repo: repo2, vm: { name: 'fileserver', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: disk.path } });
+  const p = await backupVm({
+    repo: repo2,
+    vm: { name: 'fileserver', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] },
+    disks: { sda: disk.path },
+  });
   // The chunk holding a block near the end of /data/blob.bin.
   const good = join(work, 'blob-good.bin');
   t.equal(cli(['files', 'get', '--repo', repo2Dir, p.id, '/data/blob.bin', '--to', good]).status, 0);

@@ -29,13 +29,16 @@ t.test('environment overrides win over the file', async (t) => {
   t.equal(cfg.repository, '/other/repo');
 });
 
-t.test('fuse.group: none by default (owner-only mounts), from the file or RESTORELAB_FUSE_GROUP, and only a group name or gid', async (t) => {
-  t.equal(loadConfig({ env: {} }).fuse.group, undefined);
-  const file = write('fuse.json', JSON.stringify({ fuse: { group: 'libvirt-qemu' } }));
-  t.equal(loadConfig({ file, env: {} }).fuse.group, 'libvirt-qemu');
-  t.equal(loadConfig({ file, env: { RESTORELAB_FUSE_GROUP: '64055' } }).fuse.group, '64055');
-  t.throws(() => loadConfig({ file: write('fuse-bad.json', JSON.stringify({ fuse: { group: 'kvm,disk' } })), env: {} }), /\/fuse\/group/);
-});
+t.test(
+  'fuse.group: none by default (owner-only mounts), from the file or RESTORELAB_FUSE_GROUP, and only a group name or gid',
+  async (t) => {
+    t.equal(loadConfig({ env: {} }).fuse.group, undefined);
+    const file = write('fuse.json', JSON.stringify({ fuse: { group: 'libvirt-qemu' } }));
+    t.equal(loadConfig({ file, env: {} }).fuse.group, 'libvirt-qemu');
+    t.equal(loadConfig({ file, env: { RESTORELAB_FUSE_GROUP: '64055' } }).fuse.group, '64055');
+    t.throws(() => loadConfig({ file: write('fuse-bad.json', JSON.stringify({ fuse: { group: 'kvm,disk' } })), env: {} }), /\/fuse\/group/);
+  },
+);
 
 t.test('an unknown driver is rejected with its path and a fix', async (t) => {
   const file = write('bad-driver.json', JSON.stringify({ driver: 'vmware' }));
@@ -48,14 +51,23 @@ t.test('an unknown driver is rejected with its path and a fix', async (t) => {
 
 t.test('an unknown key, a wrong type and broken JSON are each rejected', async (t) => {
   t.throws(() => loadConfig({ file: write('unknown.json', '{"repositry": "x"}'), env: {} }), /unknown property "repositry"/);
-  t.throws(() => loadConfig({ file: write('type.json', '{"limits": {"chunkCacheMiB": "lots"}}'), env: {} }), /\/limits\/chunkCacheMiB: must be integer/);
+  t.throws(
+    () => loadConfig({ file: write('type.json', '{"limits": {"chunkCacheMiB": "lots"}}'), env: {} }),
+    /\/limits\/chunkCacheMiB: must be integer/,
+  );
   t.throws(() => loadConfig({ file: write('syntax.json', '{"driver": '), env: {} }), /is not valid JSON/);
   t.throws(() => loadConfig({ file: join(dir, 'missing.json'), env: {} }), /cannot read config file/);
   t.throws(() => loadConfig({ env: { RESTORELAB_DRIVER: 'xen' } }), /\/driver/);
 });
 
 t.test('VM definitions: the example shape passes, broken ones name the field', async (t) => {
-  const vm = { name: 'web', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root' }], nics: [{ mac: '52:54:00:77:00:10', network: 'prod', ip: '192.168.77.10' }] };
+  const vm = {
+    name: 'web',
+    memoryMiB: 256,
+    vcpus: 1,
+    disks: [{ name: 'root' }],
+    nics: [{ mac: '52:54:00:77:00:10', network: 'prod', ip: '192.168.77.10' }],
+  };
   t.same(assertValid('vm.schema.json', vm, 'vm'), vm);
   t.throws(() => assertValid('vm.schema.json', { ...vm, nics: [{ mac: 'zz', network: 'prod' }] }, 'vm'), /\/nics\/0\/mac/);
   t.throws(() => assertValid('vm.schema.json', { ...vm, disks: [] }, 'vm'), /\/disks: must NOT have fewer than 1 items/);

@@ -20,14 +20,21 @@ t.test('every format is named once and documented with its magic', async (t) => 
   const doc = readFileSync(projectPath('docs', 'formats.md'), 'utf8');
   const names = FORMATS.map((f) => f.name);
   t.same([...new Set(names)], names, 'names are unique');
-  const headings = doc.split('\n').filter((l) => l.startsWith('## ')).map((l) => l.slice(3));
+  const headings = doc
+    .split('\n')
+    .filter((l) => l.startsWith('## '))
+    .map((l) => l.slice(3));
   for (const f of FORMATS) {
     const heading = headings.find((h) => h.startsWith(f.name));
     t.ok(heading, `docs/formats.md has a section for ${f.name}`);
     const at = doc.indexOf(`## ${heading}`);
     const section = doc.slice(at, doc.indexOf('\n## ', at + 3) < 0 ? undefined : doc.indexOf('\n## ', at + 3));
     t.ok(section.includes(f.magic), `the ${f.name} section names its magic ${f.magic}`);
-    t.match(doc, new RegExp(`\\| ${f.name} \\| ${f.version} \\| \`${f.magic}\``), `the registry table lists ${f.name} at version ${f.version}`);
+    t.match(
+      doc,
+      new RegExp(`\\| ${f.name} \\| ${f.version} \\| \`${f.magic}\``),
+      `the registry table lists ${f.name} at version ${f.version}`,
+    );
   }
 });
 
@@ -38,8 +45,15 @@ t.test('the codecs write the registered magics', async (t) => {
 
   const dir = mkdtempSync(join(tmpdir(), 'rl-host-formats-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const base = new PublishedDisk(new MemoryDiskSource(patternBytes(1024 * 1024, 3), 64 * 1024), { cache: new ChunkCache(4 * 1024 * 1024), name: 'p/sda' });
+  const base = new PublishedDisk(new MemoryDiskSource(patternBytes(1024 * 1024, 3), 64 * 1024), {
+    cache: new ChunkCache(4 * 1024 * 1024),
+    name: 'p/sda',
+  });
   const overlay = await Overlay.open({ dir, name: 'sda', base });
   await overlay.close();
-  t.equal(readFileSync(join(dir, 'sda.map')).subarray(0, 8).toString('latin1'), OVERLAY_MAP_MAGIC, 'an overlay map starts with the registered magic');
+  t.equal(
+    readFileSync(join(dir, 'sda.map')).subarray(0, 8).toString('latin1'),
+    OVERLAY_MAP_MAGIC,
+    'an overlay map starts with the registered magic',
+  );
 });

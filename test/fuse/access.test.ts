@@ -34,7 +34,11 @@ function setup(t: { teardown(fn: () => unknown): void }): { dir: string; mnt: st
 
 /** The FUSE super options of the mount (/proc/self/mountinfo, after the separator). */
 function superOptions(mnt: string): string[] {
-  const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mnt) ?? '';
+  const line =
+    fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.split(' ')[4] === mnt) ?? '';
   return (line.split(' - ')[1] ?? '').split(' ')[2]?.split(',') ?? [];
 }
 
@@ -66,12 +70,21 @@ t.test('by default only the publishing user reaches a publication: another user 
   await fh.close();
   t.equal((await fsp.readFile(raw)).subarray(4096, 4101).toString(), 'owner');
 
-  t.same(await probeAs(NOBODY, [['read', raw], ['write', raw], ['list', pubDir], ['list', mnt], ['read', path.join(pubDir, 'web.log')]]),
-    ['EACCES', 'EACCES', 'EACCES', 'EACCES', 'EACCES'], 'nobody can open anything');
+  t.same(
+    await probeAs(NOBODY, [
+      ['read', raw],
+      ['write', raw],
+      ['list', pubDir],
+      ['list', mnt],
+      ['read', path.join(pubDir, 'web.log')],
+    ]),
+    ['EACCES', 'EACCES', 'EACCES', 'EACCES', 'EACCES'],
+    'nobody can open anything',
+  );
   t.equal((await fsp.readFile(raw)).subarray(4096, 4101).toString(), 'owner', 'the disk is as the owner left it');
 });
 
-t.test('with an access group, its members get the owner\'s rights; other users still get EACCES', async (t) => {
+t.test("with an access group, its members get the owner's rights; other users still get EACCES", async (t) => {
   const { dir, mnt } = setup(t);
   const { ds, pub } = await memoryPublication(path.join(dir, 'state'));
   t.teardown(() => pub.disks[0]!.overlay.close());
@@ -79,14 +92,37 @@ t.test('with an access group, its members get the owner\'s rights; other users s
   t.teardown(() => fuse.unmount());
   const pubDir = path.join(mnt, 'web-p1');
   const raw = path.join(pubDir, 'sda.raw');
-  t.ok(superOptions(mnt).includes('allow_other'), 'allow_other lets the group\'s users reach the mount');
+  t.ok(superOptions(mnt).includes('allow_other'), "allow_other lets the group's users reach the mount");
   t.ok(superOptions(mnt).includes('default_permissions'), 'and the kernel still checks the modes');
   t.same(await modeOf(raw), { mode: 0o660, uid, gid: 65534 }, 'the disk is 0660, reported with the access group');
   t.same(await modeOf(pubDir), { mode: 0o770, uid, gid: 65534 });
 
-  t.same(await probeAs(NOBODY, [['read', raw], ['write', raw], ['list', pubDir]]), ['ok', 'ok', 'ok'], 'a member by primary group reads and writes');
-  t.same(await probeAs({ ...STRANGER, groups: [65534] }, [['read', raw], ['write', raw]]), ['ok', 'ok'], 'a member by supplementary group too');
-  t.same(await probeAs(STRANGER, [['read', raw], ['write', raw], ['list', pubDir]]), ['EACCES', 'EACCES', 'EACCES'], 'a user outside the group gets nothing');
+  t.same(
+    await probeAs(NOBODY, [
+      ['read', raw],
+      ['write', raw],
+      ['list', pubDir],
+    ]),
+    ['ok', 'ok', 'ok'],
+    'a member by primary group reads and writes',
+  );
+  t.same(
+    await probeAs({ ...STRANGER, groups: [65534] }, [
+      ['read', raw],
+      ['write', raw],
+    ]),
+    ['ok', 'ok'],
+    'a member by supplementary group too',
+  );
+  t.same(
+    await probeAs(STRANGER, [
+      ['read', raw],
+      ['write', raw],
+      ['list', pubDir],
+    ]),
+    ['EACCES', 'EACCES', 'EACCES'],
+    'a user outside the group gets nothing',
+  );
   t.ok((await fsp.readFile(raw)).length > 0, 'the owner still reads');
 });
 
@@ -103,21 +139,40 @@ t.test('a read-only publication is 0400/0500, and a group member may read but no
   const shared = await FuseFrontend.mount(ds, { mountPoint: mnt, accessGroup: '65534' });
   t.teardown(() => shared.unmount());
   t.same(await modeOf(raw), { mode: 0o440, uid, gid: 65534 }, 'a numeric gid works as the access group');
-  t.same(await probeAs(NOBODY, [['read', raw], ['write', raw]]), ['ok', 'EACCES']);
+  t.same(
+    await probeAs(NOBODY, [
+      ['read', raw],
+      ['write', raw],
+    ]),
+    ['ok', 'EACCES'],
+  );
 });
 
 t.test('an unknown access group is refused before anything is mounted', async (t) => {
   const { dir, mnt } = setup(t);
   const { ds, pub } = await memoryPublication(path.join(dir, 'state'));
   t.teardown(() => pub.disks[0]!.overlay.close());
-  await t.rejects(FuseFrontend.mount(ds, { mountPoint: mnt, accessGroup: 'no-such-group-rl' }), { code: 'GROUP_UNKNOWN', hint: /groupadd/ });
+  await t.rejects(FuseFrontend.mount(ds, { mountPoint: mnt, accessGroup: 'no-such-group-rl' }), {
+    code: 'GROUP_UNKNOWN',
+    hint: /groupadd/,
+  });
   await t.rejects(FuseFrontend.mount(ds, { mountPoint: mnt, accessGroup: 'bad group;' }), { code: 'GROUP_UNKNOWN' });
   t.equal(mountEntry(mnt), undefined);
 });
 
 t.test('presented modes: owner bits only, mirrored to the group when there is one, never to others', async (t) => {
   const attr = (mode: number, type: FileAttr['type'] = 'file'): FileAttr => ({
-    fileid: 2, type, mode, nlink: 1, uid: 1000, gid: 1000, size: 0, used: 0, atime: new Date(0), mtime: new Date(0), ctime: new Date(0),
+    fileid: 2,
+    type,
+    mode,
+    nlink: 1,
+    uid: 1000,
+    gid: 1000,
+    size: 0,
+    used: 0,
+    atime: new Date(0),
+    mtime: new Date(0),
+    ctime: new Date(0),
   });
   const alone = { uid: 7, gid: 8 };
   const shared = { uid: 7, gid: 9, group: { name: 'kvm', gid: 9 } };

@@ -43,7 +43,11 @@ t.test('a mounted publication reads, writes, syncs and handles scratch files lik
   t.teardown(() => fuse.unmount());
   t.equal(mountEntry(mnt)?.fstype, 'fuse.restorelab');
   // The kernel's 128 KiB default would leave a sequential reader one request in flight.
-  t.equal((await fsp.readFile(`/sys/class/bdi/${mountEntry(mnt)!.device}/read_ahead_kb`, 'utf8')).trim(), '1024', 'kernel readahead raised to 1 MiB');
+  t.equal(
+    (await fsp.readFile(`/sys/class/bdi/${mountEntry(mnt)!.device}/read_ahead_kb`, 'utf8')).trim(),
+    '1024',
+    'kernel readahead raised to 1 MiB',
+  );
   const pubDir = path.join(mnt, 'web-p1');
   t.same((await fsp.readdir(pubDir)).sort(), ['sda-flat.vmdk', 'sda.raw', 'sda.vmdk', 'web.json', 'web.vmx']);
   const raw = path.join(pubDir, 'sda.raw');
@@ -89,7 +93,7 @@ t.test('at the overlay limit dd gets ENOSPC and earlier data is intact', async (
   t.not(dd.status, 0, 'dd fails');
   t.match(dd.stderr, /No space left on device/);
   t.equal(pub.disks[0]!.overlay.usedBytes, 512 * 1024, 'exactly the limit is used');
-  const data = (await fsp.readFile(raw));
+  const data = await fsp.readFile(raw);
   t.ok(data.subarray(0, 512 * 1024).equals(Buffer.alloc(512 * 1024)), 'accepted writes are there');
   t.ok(data.subarray(512 * 1024).equals(diskBytes.subarray(512 * 1024)), 'the rest is the untouched restore point');
   const st = await sh('stat', ['-f', '-c', '%a', raw]);
@@ -100,10 +104,18 @@ t.test('at the overlay limit dd gets ENOSPC and earlier data is intact', async (
 
 t.test('a stale mount left by a killed server is cleared; a live mount point is refused', async (t) => {
   const { dir, mnt } = setup(t);
-  const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/mount-child.js', import.meta.url)), mnt, path.join(dir, 'child')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => { child.kill('SIGKILL'); });
+  const child = spawn(
+    process.execPath,
+    [fileURLToPath(new URL('./fixtures/mount-child.js', import.meta.url)), mnt, path.join(dir, 'child')],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+    child.stdout.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) resolve();
+    });
     child.on('exit', (code) => reject(new Error(`mount child exited with ${code}`)));
   });
   const { ds, pub } = await memoryPublication(path.join(dir, 'state'));
@@ -113,7 +125,12 @@ t.test('a stale mount left by a killed server is cleared; a live mount point is 
   await new Promise((r) => child.once('exit', r));
   t.ok(await isStaleFuseMount(mnt), 'the killed server left a stale mount');
   let cleared = false;
-  const fuse = await FuseFrontend.mount(ds, { mountPoint: mnt, onStaleCleared: () => { cleared = true; } });
+  const fuse = await FuseFrontend.mount(ds, {
+    mountPoint: mnt,
+    onStaleCleared: () => {
+      cleared = true;
+    },
+  });
   t.ok(cleared, 'stale mount was cleared');
   t.ok((await fsp.stat(path.join(mnt, 'web-p1', 'sda.raw'))).isFile(), 'the new mount serves');
   await fuse.unmount();

@@ -25,7 +25,10 @@ t.teardown(async () => {
 function sha256(path: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const h = createHash('sha256');
-    createReadStream(path).on('data', (d) => h.update(d)).on('error', reject).on('end', () => resolve(h.digest('hex')));
+    createReadStream(path)
+      .on('data', (d) => h.update(d))
+      .on('error', reject)
+      .on('end', () => resolve(h.digest('hex')));
   });
 }
 
@@ -55,8 +58,8 @@ t.test('web, broken-app and no-boot boot under TCG and behave as documented', as
     });
     t.equal(r.status, 200, `GET ${url} from inside the test namespace`);
     t.equal(r.body?.trim(), GUESTS.web?.services[0]?.expect, 'serves the known page');
-    t.ok(await agent.fsfreeze() >= 1, 'guest-fsfreeze-freeze freezes the root filesystem');
-    t.ok(await agent.fsthaw() >= 1, 'and guest-fsfreeze-thaw thaws it');
+    t.ok((await agent.fsfreeze()) >= 1, 'guest-fsfreeze-freeze freezes the root filesystem');
+    t.ok((await agent.fsthaw()) >= 1, 'and guest-fsfreeze-thaw thaws it');
     const shot = join(dir, 'web.ppm');
     await web.dom.screendump(shot);
     t.ok(statSync(shot).size > 1000, 'the VGA console can be captured');
@@ -69,7 +72,8 @@ t.test('web, broken-app and no-boot boot under TCG and behave as documented', as
     await agent.ping();
     // The start script has run once the console says so; after that port 80 stays closed.
     await waitFor('the broken-app start attempt', 30_000, async () =>
-      consoleText(broken.dom).includes('http service failed to start') ? true : undefined);
+      consoleText(broken.dom).includes('http service failed to start') ? true : undefined,
+    );
     const listening = await agent.exec('/bin/sh', ['-c', 'netstat -ltn']);
     t.notMatch(listening.stdout, /:80\s/, 'nothing listens on port 80');
     const r = await lab.http(`http://${GUESTS['broken-app']?.ip}/`);

@@ -5,7 +5,19 @@
  * nothing (loop device, mount, partial file) is left behind.
  */
 import t from 'tap';
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+  existsSync,
+  readdirSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exec } from '../../src/host/exec.js';
@@ -59,7 +71,11 @@ t.test('builds into RESTORELAB_GUESTS_DIR or --out, and only when the recipe cha
   t.match(rebuilt.stdout, /built db/, 'a changed recipe stamp triggers a rebuild');
   t.not(readFileSync(join(out, 'db.stamp'), 'utf8'), 'an older recipe\n');
 
-  t.same(readdirSync(out).filter((f) => f.endsWith('.part')), [], 'no partial image left');
+  t.same(
+    readdirSync(out).filter((f) => f.endsWith('.part')),
+    [],
+    'no partial image left',
+  );
   const loops = await exec('losetup', ['-a']);
   t.notMatch(loops.stdout, out, 'no loop device left attached');
   const mounts = readFileSync('/proc/mounts', 'utf8');

@@ -78,7 +78,7 @@ t.test('db, dns and no-agent serve what lab-templates/guests documents', async (
     t.not(await db.dom.state(), 'running', 'the VM is no longer running');
   });
 
-  await t.test('an ACPI power-off (the driver\'s graceful stop) shuts the guest down', async (t) => {
+  await t.test("an ACPI power-off (the driver's graceful stop) shuts the guest down", async (t) => {
     await noAgent.dom.stop(90_000);
     t.not(await noAgent.dom.state(), 'running');
     t.match(readFileSync(noAgent.dom.consoleLog, 'utf8'), /reboot: Power down/, 'the guest powered itself off (acpid)');

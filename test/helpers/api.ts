@@ -28,7 +28,9 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
-export async function testApi(opts: { home?: string; env?: Record<string, string>; authLimiter?: AuthFailureLimiter; limits?: Partial<ApiLimits> } = {}): Promise<TestApi> {
+export async function testApi(
+  opts: { home?: string; env?: Record<string, string>; authLimiter?: AuthFailureLimiter; limits?: Partial<ApiLimits> } = {},
+): Promise<TestApi> {
   const home = opts.home ?? mkdtempSync(join(tmpdir(), 'rl-api-'));
   const config = loadConfig({ env: { RESTORELAB_HOME: home, ...opts.env } });
   // The API's host-path limits (config `api`), e.g. a test's work directory as a backup source.
@@ -36,14 +38,29 @@ export async function testApi(opts: { home?: string; env?: Record<string, string
   const jobsDir = join(home, 'jobs');
   mkdirSync(jobsDir, { recursive: true });
   const logs: Array<Record<string, unknown>> = [];
-  const log = pino({ level: 'debug' }, { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>); } });
+  const log = pino(
+    { level: 'debug' },
+    {
+      write: (line: string) => {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      },
+    },
+  );
   const ctx = createApiContext({ config, jobsDir, log, authLimiter: opts.authLimiter ?? new AuthFailureLimiter(1000) });
   const { app, table } = createApp(ctx);
   const bearer = (role: 'viewer' | 'operator' | 'admin'): string => `Bearer ${ctx.tokens.create(`test-${role}`, role).token}`;
-  return { home, config, ctx, app, table, auth: { viewer: bearer('viewer'), operator: bearer('operator'), admin: bearer('admin') }, logs,
+  return {
+    home,
+    config,
+    ctx,
+    app,
+    table,
+    auth: { viewer: bearer('viewer'), operator: bearer('operator'), admin: bearer('admin') },
+    logs,
     close: async () => {
       await ctx.close();
       // A home this helper made is its own to remove; a given one belongs to the caller.
       if (!opts.home) rmSync(home, { recursive: true, force: true });
-    } };
+    },
+  };
 }

@@ -48,8 +48,14 @@ export async function probeAs(user: LocalUser, probes: Array<[ProbeOp, string]>)
   const setpriv = which('setpriv');
   if (!setpriv) throw new Error('setpriv is missing: install util-linux (apt-get install util-linux)');
   const groups = user.groups?.length ? [`--groups=${user.groups.join(',')}`] : ['--clear-groups'];
-  const r = await run(setpriv, [`--reuid=${user.uid}`, `--regid=${user.gid}`, ...groups, process.execPath, '-e', PROBE_SCRIPT, JSON.stringify(probes)], {
-    encoding: 'utf8', cwd: '/', timeout: 30_000,
-  });
+  const r = await run(
+    setpriv,
+    [`--reuid=${user.uid}`, `--regid=${user.gid}`, ...groups, process.execPath, '-e', PROBE_SCRIPT, JSON.stringify(probes)],
+    {
+      encoding: 'utf8',
+      cwd: '/',
+      timeout: 30_000,
+    },
+  );
   return JSON.parse(r.stdout) as string[];
 }

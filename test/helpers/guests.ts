@@ -42,7 +42,9 @@ const TEMPLATES = projectPath('lab-templates', 'guests');
 
 function loadVariants(): Record<string, GuestVariant> {
   const out: Record<string, GuestVariant> = {};
-  for (const f of readdirSync(TEMPLATES).filter((n) => n.endsWith('.json')).sort()) {
+  for (const f of readdirSync(TEMPLATES)
+    .filter((n) => n.endsWith('.json'))
+    .sort()) {
     const g = JSON.parse(readFileSync(join(TEMPLATES, f), 'utf8')) as GuestVariant;
     out[g.name] = g;
   }
@@ -64,8 +66,14 @@ export function guestKernel(): string | undefined {
 }
 
 const BUILD_TOOLS: [string, string][] = [
-  ['apt-get', 'apt'], ['dpkg-deb', 'dpkg'], ['sfdisk', 'fdisk'], ['mkfs.ext4', 'e2fsprogs'],
-  ['losetup', 'mount'], ['extlinux', 'extlinux'], ['cpio', 'cpio'], ['flock', 'util-linux'],
+  ['apt-get', 'apt'],
+  ['dpkg-deb', 'dpkg'],
+  ['sfdisk', 'fdisk'],
+  ['mkfs.ext4', 'e2fsprogs'],
+  ['losetup', 'mount'],
+  ['extlinux', 'extlinux'],
+  ['cpio', 'cpio'],
+  ['flock', 'util-linux'],
 ];
 
 /**
@@ -85,7 +93,9 @@ export async function guestImage(variant: string): Promise<string> {
   const dir = guestsDir();
   const r = await exec(projectPath('scripts', 'build-guests'), ['--out', dir, variant], { timeoutMs: 15 * 60_000 });
   if (r.code !== 0) {
-    throw new Error(`scripts/build-guests --out ${dir} ${variant} failed (exit ${String(r.code)}): ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join('\n')}`);
+    throw new Error(
+      `scripts/build-guests --out ${dir} ${variant} failed (exit ${String(r.code)}): ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join('\n')}`,
+    );
   }
   const image = join(dir, `${variant}.raw`);
   if (!existsSync(image)) throw new Error(`scripts/build-guests did not produce ${image}`);
@@ -104,7 +114,10 @@ export class GuestNetwork {
   private readonly driver: QemuDriver;
   private taps = 0;
 
-  private constructor(private readonly dir: string, private readonly tag: string) {
+  private constructor(
+    private readonly dir: string,
+    private readonly tag: string,
+  ) {
     this.netns = `rlg-${tag}`;
     this.driver = new QemuDriver({ stateDir: join(dir, 'state'), accel: 'tcg' });
   }

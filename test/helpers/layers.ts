@@ -15,24 +15,42 @@
 import ts from 'typescript';
 import { posix } from 'node:path';
 
-export interface Layer { units: string[]; why: string }
+export interface Layer {
+  units: string[];
+  why: string;
+}
 
 /** Lowest first. Every unit of src/ is in exactly one layer. */
 export const LAYERS: Layer[] = [
-  { units: ['errors.ts', 'errors', 'paths.ts', 'settle.ts', 'telemetry', 'schema', 'format'], why: 'foundation: error codes, the package root, polling waits, counters, JSON-schema validation, output for people and scripts' },
-  { units: ['host', 'vm'], why: 'host plumbing (exec, processes, namespaces, users, accelerator) and the VM definition every layer above describes a VM with' },
+  {
+    units: ['errors.ts', 'errors', 'paths.ts', 'settle.ts', 'telemetry', 'schema', 'format'],
+    why: 'foundation: error codes, the package root, polling waits, counters, JSON-schema validation, output for people and scripts',
+  },
+  {
+    units: ['host', 'vm'],
+    why: 'host plumbing (exec, processes, namespaces, users, accelerator) and the VM definition every layer above describes a VM with',
+  },
   { units: ['nbd'], why: 'the NBD wire client that reads live and image sources' },
   { units: ['ingest'], why: 'backup sources: raw files, qemu-img images, NBD exports' },
   { units: ['repo'], why: 'the repository: chunks, indexes, restore points, verify/prune/gc' },
-  { units: ['formats.ts'], why: 'the format registry: the repository\'s formats and those of the overlay and NFS file handles, in one list' },
-  { units: ['catalog'], why: 'the SQLite catalog that indexes repositories and holds the job areas\' tables' },
-  { units: ['backup', 'disk', 'overlay'], why: 'the backup engine (source → repository), the published disk (repository → random reads) and its copy-on-write overlay' },
+  {
+    units: ['formats.ts'],
+    why: "the format registry: the repository's formats and those of the overlay and NFS file handles, in one list",
+  },
+  { units: ['catalog'], why: "the SQLite catalog that indexes repositories and holds the job areas' tables" },
+  {
+    units: ['backup', 'disk', 'overlay'],
+    why: 'the backup engine (source → repository), the published disk (repository → random reads) and its copy-on-write overlay',
+  },
   { units: ['datastore'], why: 'the files a hypervisor sees for a published point (vmdk/vmx, scratch space)' },
   { units: ['nfs', 'fuse'], why: 'the frontends that serve a datastore' },
-  { units: ['publish', 'config'], why: 'publishing a point over a frontend; the server configuration (which names the frontends\' limits)' },
+  { units: ['publish', 'config'], why: "publishing a point over a frontend; the server configuration (which names the frontends' limits)" },
   { units: ['flr'], why: 'file-level restore: partitions and filesystems of a published disk' },
-  { units: ['scan'], why: 'YARA scans of a point\'s files, through file-level restore' },
-  { units: ['hypervisor', 'backup/live'], why: 'the QEMU and libvirt drivers; live backup of a running VM, which talks QMP and the guest agent' },
+  { units: ['scan'], why: "YARA scans of a point's files, through file-level restore" },
+  {
+    units: ['hypervisor', 'backup/live'],
+    why: 'the QEMU and libvirt drivers; live backup of a running VM, which talks QMP and the guest agent',
+  },
   { units: ['lab'], why: 'virtual labs: namespaces, bridges, masquerade' },
   { units: ['verify'], why: 'the tests a recovered VM must pass (heartbeat, network, script, screenshot, integrity)' },
   { units: ['bringup'], why: 'one VM published, booted in a lab and heartbeat-checked' },
@@ -48,7 +66,11 @@ export const LAYERS: Layer[] = [
 ];
 
 /** One import of one file: the specifier as written, and the src-relative file it names. */
-export interface Import { from: string; specifier: string; target: string }
+export interface Import {
+  from: string;
+  specifier: string;
+  target: string;
+}
 
 /**
  * Relative imports of a TypeScript source: static `import … from`,
@@ -69,20 +91,33 @@ export function unitOf(file: string, units: readonly string[]): string | undefin
 
 /** Strongly connected components with more than one member (Tarjan), each in a stable order. */
 export function cycles(graph: ReadonlyMap<string, ReadonlySet<string>>): string[][] {
-  const index = new Map<string, number>(), low = new Map<string, number>(), stack: string[] = [], onStack = new Set<string>();
+  const index = new Map<string, number>(),
+    low = new Map<string, number>(),
+    stack: string[] = [],
+    onStack = new Set<string>();
   const out: string[][] = [];
   let next = 0;
   const visit = (v: string): void => {
-    index.set(v, next); low.set(v, next); next++;
-    stack.push(v); onStack.add(v);
+    index.set(v, next);
+    low.set(v, next);
+    next++;
+    stack.push(v);
+    onStack.add(v);
     for (const w of graph.get(v) ?? []) {
       if (!graph.has(w)) continue;
-      if (!index.has(w)) { visit(w); low.set(v, Math.min(low.get(v)!, low.get(w)!)); } else if (onStack.has(w)) low.set(v, Math.min(low.get(v)!, index.get(w)!));
+      if (!index.has(w)) {
+        visit(w);
+        low.set(v, Math.min(low.get(v)!, low.get(w)!));
+      } else if (onStack.has(w)) low.set(v, Math.min(low.get(v)!, index.get(w)!));
     }
     if (low.get(v) === index.get(v)) {
       const c: string[] = [];
       let w: string;
-      do { w = stack.pop()!; onStack.delete(w); c.push(w); } while (w !== v);
+      do {
+        w = stack.pop()!;
+        onStack.delete(w);
+        c.push(w);
+      } while (w !== v);
       if (c.length > 1) out.push(c.sort());
     }
   };
@@ -99,35 +134,51 @@ export function cycles(graph: ReadonlyMap<string, ReadonlySet<string>>): string[
 export function layerProblems(files: ReadonlyMap<string, string>, layers: readonly Layer[] = LAYERS): string[] {
   const problems: string[] = [];
   const rank = new Map<string, number>();
-  layers.forEach((l, i) => l.units.forEach((u) => {
-    if (rank.has(u)) problems.push(`${u} is in two layers: ${rank.get(u)} and ${i}`);
-    rank.set(u, i);
-  }));
+  layers.forEach((l, i) =>
+    l.units.forEach((u) => {
+      if (rank.has(u)) problems.push(`${u} is in two layers: ${rank.get(u)} and ${i}`);
+      rank.set(u, i);
+    }),
+  );
   const units = [...rank.keys()];
-  for (const u of units) if (![...files.keys()].some((f) => unitOf(f, [u]) === u)) problems.push(`the layer table names ${u}, but src/${u} holds no source`);
+  for (const u of units)
+    if (![...files.keys()].some((f) => unitOf(f, [u]) === u)) problems.push(`the layer table names ${u}, but src/${u} holds no source`);
 
-  const fileGraph = new Map<string, Set<string>>(), unitGraph = new Map<string, Set<string>>();
+  const fileGraph = new Map<string, Set<string>>(),
+    unitGraph = new Map<string, Set<string>>();
   const example = new Map<string, Import>();
   for (const [file, text] of [...files].sort(([a], [b]) => a.localeCompare(b))) {
     fileGraph.set(file, new Set());
     const from = unitOf(file, units);
-    if (from === undefined) { problems.push(`src/${file} is in no layer: add its folder to LAYERS in test/helpers/layers.ts`); continue; }
+    if (from === undefined) {
+      problems.push(`src/${file} is in no layer: add its folder to LAYERS in test/helpers/layers.ts`);
+      continue;
+    }
     unitGraph.set(from, unitGraph.get(from) ?? new Set());
     for (const imp of importsOf(file, text)) {
-      if (!files.has(imp.target)) { problems.push(`src/${file} imports '${imp.specifier}', which is no source file (src/${imp.target})`); continue; }
+      if (!files.has(imp.target)) {
+        problems.push(`src/${file} imports '${imp.specifier}', which is no source file (src/${imp.target})`);
+        continue;
+      }
       fileGraph.get(file)!.add(imp.target);
       const to = unitOf(imp.target, units);
       if (to === undefined || to === from) continue;
       unitGraph.get(from)!.add(to);
       if (!example.has(`${from}→${to}`)) example.set(`${from}→${to}`, imp);
       if (rank.get(to)! > rank.get(from)!) {
-        problems.push(`src/${file} imports '${imp.specifier}': ${from} (layer ${rank.get(from)}) may not import ${to} (layer ${rank.get(to)}, above it)`);
+        problems.push(
+          `src/${file} imports '${imp.specifier}': ${from} (layer ${rank.get(from)}) may not import ${to} (layer ${rank.get(to)}, above it)`,
+        );
       }
     }
   }
   for (const c of cycles(unitGraph)) {
     // The imports that close the circle: those that do not run down a layer.
-    const edges = [...example].filter(([k]) => { const [a, b] = k.split('→') as [string, string]; return c.includes(a) && c.includes(b) && rank.get(b)! >= rank.get(a)!; })
+    const edges = [...example]
+      .filter(([k]) => {
+        const [a, b] = k.split('→') as [string, string];
+        return c.includes(a) && c.includes(b) && rank.get(b)! >= rank.get(a)!;
+      })
       .map(([, i]) => `src/${i.from} imports '${i.specifier}'`);
     problems.push(`a circle between ${c.join(', ')}: ${edges.join('; ')}`);
   }

@@ -57,14 +57,34 @@ export async function startLiveVm(dir: string, opts: LiveVmOptions): Promise<Liv
   }
   const qmp = join(dir, 'qmp.sock');
   const qga = join(dir, 'qga.sock');
-  const child = spawn(qemu, [
-    '-accel', 'tcg', '-m', '256', '-smp', '1', '-nodefaults', '-display', 'none', '-no-user-config',
-    '-serial', `file:${join(dir, 'console.log')}`,
-    '-drive', `file=${disk},format=${opts.format},if=virtio,id=root`,
-    '-qmp', `unix:${qmp},server=on,wait=off`,
-    '-chardev', `socket,id=qga0,path=${qga},server=on,wait=off`,
-    '-device', 'virtio-serial', '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    qemu,
+    [
+      '-accel',
+      'tcg',
+      '-m',
+      '256',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-no-user-config',
+      '-serial',
+      `file:${join(dir, 'console.log')}`,
+      '-drive',
+      `file=${disk},format=${opts.format},if=virtio,id=root`,
+      '-qmp',
+      `unix:${qmp},server=on,wait=off`,
+      '-chardev',
+      `socket,id=qga0,path=${qga},server=on,wait=off`,
+      '-device',
+      'virtio-serial',
+      '-device',
+      'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const deadline = Date.now() + 10_000;
@@ -86,15 +106,31 @@ export async function startLiveVm(dir: string, opts: LiveVmOptions): Promise<Liv
   }
   const withAgent = async <T>(f: (c: QgaClient) => Promise<T>): Promise<T> => {
     const c = await QgaClient.connect(qga, { timeoutMs: 10_000 });
-    try { return await f(c); } finally { c.close(); }
+    try {
+      return await f(c);
+    } finally {
+      c.close();
+    }
   };
   return {
-    qmp, qga, disk, pid: child.pid as number, child, stop,
+    qmp,
+    qga,
+    disk,
+    pid: child.pid as number,
+    child,
+    stop,
     sh: (script, timeoutMs = 60_000) => withAgent((c) => c.exec('/bin/sh', ['-c', script], { timeoutMs })),
-    spawnInGuest: (script) => withAgent(async (c) => { await c.execute('guest-exec', { path: '/bin/sh', arg: ['-c', script] }); }),
+    spawnInGuest: (script) =>
+      withAgent(async (c) => {
+        await c.execute('guest-exec', { path: '/bin/sh', arg: ['-c', script] });
+      }),
     async status() {
       const q = await QmpClient.connect(qmp);
-      try { return (await q.execute<{ status: string }>('query-status')).status; } finally { await q.close(); }
+      try {
+        return (await q.execute<{ status: string }>('query-status')).status;
+      } finally {
+        await q.close();
+      }
     },
   };
 }
@@ -112,7 +148,10 @@ export async function restoredRoot(repo: Repository, point: string, dir: string,
   const raw = join(dir, `${point}.raw`);
   const part = join(dir, `${point}.part`);
   await restoreDisk({ repo, point, disk, to: raw, format: 'raw' });
-  await pipeline(createReadStream(raw, { start: ROOT_PARTITION_OFFSET, end: ROOT_PARTITION_OFFSET + 63 * 1024 * 1024 - 1 }), createWriteStream(part));
+  await pipeline(
+    createReadStream(raw, { start: ROOT_PARTITION_OFFSET, end: ROOT_PARTITION_OFFSET + 63 * 1024 * 1024 - 1 }),
+    createWriteStream(part),
+  );
   const f = await exec('e2fsck', ['-fn', part], { timeoutMs: 120_000 });
   return {
     fsck: { code: f.code, out: f.stdout + f.stderr },
@@ -141,7 +180,12 @@ export async function virsh(uri: string, ...args: string[]): Promise<string> {
 
 export function libvirtGuest(uri: string, domain: string): LibvirtGuest {
   const agent = async <T>(command: string, args?: Record<string, unknown>): Promise<T> => {
-    const out = await virsh(uri, 'qemu-agent-command', domain, JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }));
+    const out = await virsh(
+      uri,
+      'qemu-agent-command',
+      domain,
+      JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }),
+    );
     return (JSON.parse(out) as { return: T }).return;
   };
   return {
@@ -150,9 +194,12 @@ export function libvirtGuest(uri: string, domain: string): LibvirtGuest {
       const { pid } = await agent<{ pid: number }>('guest-exec', { path: '/bin/sh', arg: ['-c', script], 'capture-output': true });
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
-        const st = await agent<{ exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid });
+        const st = await agent<{ exited: boolean; exitcode?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', {
+          pid,
+        });
         if (st.exited) {
-          if (st.exitcode !== 0) throw new Error(`guest: ${script} exited ${st.exitcode}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
+          if (st.exitcode !== 0)
+            throw new Error(`guest: ${script} exited ${st.exitcode}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
           return Buffer.from(st['out-data'] ?? '', 'base64').toString();
         }
         await new Promise((r) => setTimeout(r, 200));

@@ -17,8 +17,15 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { projectPath } from '../../src/paths.js';
 
-export interface Pool { jobs: number; why: string; files: string[] }
-export interface Pools { stages: string[][]; pools: Record<string, Pool> }
+export interface Pool {
+  jobs: number;
+  why: string;
+  files: string[];
+}
+export interface Pools {
+  stages: string[][];
+  pools: Record<string, Pool>;
+}
 
 export const POOLS_FILE = projectPath('test', 'pools.json');
 
@@ -35,7 +42,9 @@ export function testFiles(root = projectPath('test')): string[] {
 }
 
 /** The compiled file tap runs for a pool entry. */
-export function compiled(name: string): string { return join('dist', 'test', `${name}.test.js`); }
+export function compiled(name: string): string {
+  return join('dist', 'test', `${name}.test.js`);
+}
 
 /** What is wrong with `p` against the test files on disk; empty when nothing is. */
 export function poolProblems(p: Pools, files: readonly string[]): string[] {
@@ -50,9 +59,12 @@ export function poolProblems(p: Pools, files: readonly string[]): string[] {
       if (!files.includes(f)) out.push(`pool ${name} lists ${f}, but test/${f}.test.ts does not exist`);
     }
   }
-  for (const f of files) if (!seen.has(f)) out.push(`test/${f}.test.ts is in no pool: add it to test/pools.json (host, unless it boots a VM or binds a fixed port)`);
+  for (const f of files)
+    if (!seen.has(f))
+      out.push(`test/${f}.test.ts is in no pool: add it to test/pools.json (host, unless it boots a VM or binds a fixed port)`);
   const staged = p.stages.flat();
-  for (const name of Object.keys(p.pools)) if (staged.filter((s) => s === name).length !== 1) out.push(`pool ${name} must be in exactly one stage`);
+  for (const name of Object.keys(p.pools))
+    if (staged.filter((s) => s === name).length !== 1) out.push(`pool ${name} must be in exactly one stage`);
   for (const s of staged) if (!(s in p.pools)) out.push(`stage names an unknown pool ${s}`);
   return out;
 }

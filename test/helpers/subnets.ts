@@ -77,22 +77,34 @@ const SUBNETS = {
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */
 export const RESERVED: Readonly<Record<string, readonly [number, number]>> = {
-  live: [150, 154], jobs: [155, 159], scan: [160, 164], signals: [165, 169], mutation: [170, 174], real: [180, 189],
+  live: [150, 154],
+  jobs: [155, 159],
+  scan: [160, 164],
+  signals: [165, 169],
+  mutation: [170, 174],
+  real: [180, 189],
 };
 
 export type SubnetName = keyof typeof SUBNETS;
 
 /** Refuses an octet named twice, an octet that is no /24 of the prefix, and an entry in a block it does not own. */
-export function checkRegistry(entries: Readonly<Record<string, number>>, reserved: Readonly<Record<string, readonly [number, number]>>): void {
+export function checkRegistry(
+  entries: Readonly<Record<string, number>>,
+  reserved: Readonly<Record<string, readonly [number, number]>>,
+): void {
   const owner = new Map<number, string>();
   for (const [name, octet] of Object.entries(entries)) {
-    if (!Number.isInteger(octet) || octet < 0 || octet > 255) throw new Error(`test subnet ${name}: ${octet} is no octet of ${MASQUERADE_PREFIX}.x.0/24`);
+    if (!Number.isInteger(octet) || octet < 0 || octet > 255)
+      throw new Error(`test subnet ${name}: ${octet} is no octet of ${MASQUERADE_PREFIX}.x.0/24`);
     const taken = owner.get(octet);
-    if (taken !== undefined) throw new Error(`test subnet ${MASQUERADE_PREFIX}.${octet}.0/24 is named twice: ${taken} and ${name}; give one a free octet`);
+    if (taken !== undefined)
+      throw new Error(`test subnet ${MASQUERADE_PREFIX}.${octet}.0/24 is named twice: ${taken} and ${name}; give one a free octet`);
     owner.set(octet, name);
     for (const [block, [lo, hi]] of Object.entries(reserved)) {
       if (octet >= lo && octet <= hi && !name.startsWith(`${block}:`)) {
-        throw new Error(`test subnet ${name}: ${octet} is in the block ${lo}-${hi} reserved for ${block}; name it ${block}:… or pick another octet`);
+        throw new Error(
+          `test subnet ${name}: ${octet} is in the block ${lo}-${hi} reserved for ${block}; name it ${block}:… or pick another octet`,
+        );
       }
     }
   }
@@ -101,10 +113,16 @@ export function checkRegistry(entries: Readonly<Record<string, number>>, reserve
 checkRegistry(SUBNETS, RESERVED);
 
 /** Every registered name and its octet (the suite test reads them). */
-export function registeredSubnets(): Readonly<Record<SubnetName, number>> { return SUBNETS; }
+export function registeredSubnets(): Readonly<Record<SubnetName, number>> {
+  return SUBNETS;
+}
 
 /** `172.18.<octet>.0/24` of `name`: a lab network's masquerade subnet. */
-export function subnet(name: SubnetName): string { return `${MASQUERADE_PREFIX}.${SUBNETS[name]}.0/24`; }
+export function subnet(name: SubnetName): string {
+  return `${MASQUERADE_PREFIX}.${SUBNETS[name]}.0/24`;
+}
 
 /** The host address `172.18.<octet>.<host>` of `name` (default .10: where 192.168.77.10 appears). */
-export function address(name: SubnetName, host = 10): string { return `${MASQUERADE_PREFIX}.${SUBNETS[name]}.${host}`; }
+export function address(name: SubnetName, host = 10): string {
+  return `${MASQUERADE_PREFIX}.${SUBNETS[name]}.${host}`;
+}

@@ -34,7 +34,9 @@ export function rawRequest(path: string, data: Buffer | string): Promise<string>
     const s = connect(path);
     let out = '';
     s.on('connect', () => s.write(data));
-    s.on('data', (d: Buffer) => { out += d.toString(); });
+    s.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     s.on('close', () => resolve(out));
     s.on('error', (e: NodeJS.ErrnoException) => (e.code === 'EPIPE' || e.code === 'ECONNRESET' ? resolve(out) : reject(e)));
   });

@@ -36,7 +36,11 @@ for (const [label, write] of [
     mkdirSync(join(dir, 'busy'));
     writeFileSync(join(dir, 'busy', 'x'), 'x');
     await t.rejects(write(dir, 'busy', 'data'), /EISDIR|ENOTEMPTY|EEXIST/);
-    t.same(readdirSync(dir).filter((f) => f.startsWith(TEMP_PREFIX)), [], 'the temp file was removed');
+    t.same(
+      readdirSync(dir).filter((f) => f.startsWith(TEMP_PREFIX)),
+      [],
+      'the temp file was removed',
+    );
     t.same(readdirSync(join(dir, 'busy')), ['x'], 'the target is untouched');
   });
 }

@@ -27,12 +27,20 @@ t.test('parses mountinfo lines, decoding octal escapes', async (t) => {
   const table = parseMountinfo(MOUNTINFO);
   t.equal(table.length, 4, 'four mounts, the blank and malformed lines skipped');
   t.same(table[0], { mountPoint: '/', fstype: 'ext4', source: '/dev/sda1', device: '8:1' });
-  t.same(table[1], { mountPoint: '/var/lib/restorelab/pub/a', fstype: 'fuse.restorelab', source: 'restorelab', device: '0:52' }, 'optional fields skipped');
+  t.same(
+    table[1],
+    { mountPoint: '/var/lib/restorelab/pub/a', fstype: 'fuse.restorelab', source: 'restorelab', device: '0:52' },
+    'optional fields skipped',
+  );
   const spaced = '/srv/my backups/tab\tand\\slash';
   t.same(table[2], { mountPoint: spaced, fstype: 'tmpfs', source: 'my tmpfs', device: '0:60' }, 'space, tab and backslash decoded');
   t.equal(mountEntry(spaced, table)?.device, '0:60', 'found by its real path');
   t.equal(mountEntry('/srv/my\\040backups/tab\\011and\\134slash', table), undefined, 'not by its escaped form');
-  t.same(mountsUnder('/srv/my backups', table).map((m) => m.device), ['0:60', '0:61'], 'mounts below a spaced directory');
+  t.same(
+    mountsUnder('/srv/my backups', table).map((m) => m.device),
+    ['0:60', '0:61'],
+    'mounts below a spaced directory',
+  );
   t.same(mountsUnder('/srv/my', table), [], 'a name prefix is not a parent directory');
   t.equal(mountsUnder('/', table).length, 4, 'everything is under /');
 });
@@ -57,8 +65,15 @@ t.test('a real tmpfs at a path with a space is found', async (t) => {
   t.equal(m?.source, 'rl host space', 'and its source, unescaped');
   t.match(m?.device ?? '', /^\d+:\d+$/, 'and its device');
   t.ok(isMountPoint(dir), 'isMountPoint');
-  t.ok(mountTable().some((e) => e.mountPoint === dir), 'in the mount table');
-  t.same(mountsUnder(root).map((e) => e.mountPoint), [dir], 'mountsUnder the parent');
+  t.ok(
+    mountTable().some((e) => e.mountPoint === dir),
+    'in the mount table',
+  );
+  t.same(
+    mountsUnder(root).map((e) => e.mountPoint),
+    [dir],
+    'mountsUnder the parent',
+  );
   t.ok(isMounted(join(root, 'with space')), 'the session runner sees the mount below a spaced path');
   t.ok(isMounted(dir), 'and at it');
   await exec(umount, [dir], { timeoutMs: 10_000 });

@@ -62,7 +62,11 @@ t.test('a process of another user is alive (EPERM)', async (t) => {
     let code = 'ok'; try { process.kill(1, 0); } catch (e) { code = e.code; }
     process.stdout.write(JSON.stringify({ code, alive: m.processAlive(1) }));
   });`;
-  const r = await promisify(execFile)(setpriv, ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], { encoding: 'utf8', cwd: '/', timeout: 30_000 });
+  const r = await promisify(execFile)(setpriv, ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], {
+    encoding: 'utf8',
+    cwd: '/',
+    timeout: 30_000,
+  });
   const seen = JSON.parse(r.stdout) as { code: string; alive: boolean };
   t.equal(seen.code, 'EPERM', 'kill(1, 0) as nobody is refused');
   t.equal(seen.alive, true, 'and processAlive counts it alive');

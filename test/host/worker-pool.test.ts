@@ -14,15 +14,29 @@ t.test('replies match requests, spread over the workers', async (t) => {
   t.teardown(() => pool.close());
   t.equal(pool.size, 2);
   // The slow first request keeps its worker busy: the next ones go to the other, least busy, one first.
-  const replies = await Promise.all(['a', 'b', 'c', 'd'].map((value, i) => pool.request({ op: 'echo', value, delayMs: i === 0 ? 200 : 10 })));
-  t.same(replies.map((r) => r.value), ['a', 'b', 'c', 'd'], 'each reply answers its own request');
+  const replies = await Promise.all(
+    ['a', 'b', 'c', 'd'].map((value, i) => pool.request({ op: 'echo', value, delayMs: i === 0 ? 200 : 10 })),
+  );
+  t.same(
+    replies.map((r) => r.value),
+    ['a', 'b', 'c', 'd'],
+    'each reply answers its own request',
+  );
   t.equal(new Set(replies.map((r) => r.thread)).size, 2, 'both workers served');
   t.not(replies[0]?.thread, replies[1]?.thread, 'the second request went to the idle worker');
 });
 
 t.test('a worker that dies fails the pool', async (t) => {
   let seen: Error | undefined;
-  const pool = new WorkerPool<EchoRequest, EchoReply>({ script, workerData: null, size: 2, name: 'echo', onFailure: (e) => { seen = e; } });
+  const pool = new WorkerPool<EchoRequest, EchoReply>({
+    script,
+    workerData: null,
+    size: 2,
+    name: 'echo',
+    onFailure: (e) => {
+      seen = e;
+    },
+  });
   t.teardown(() => pool.close());
   const slow = pool.request({ op: 'echo', value: 'x', delayMs: 2000 });
   await t.rejects(Promise.all([slow, pool.request({ op: 'exit', code: 3 })]), /echo worker exited with code 3/, 'pending requests reject');

@@ -103,11 +103,16 @@ export function runDriverSuite(t: Test, under: DriverUnderTest): void {
     const base = await guestImage('no-boot');
     await must('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', overlay]);
     await must('ip', ['link', 'add', bridge, 'type', 'bridge']);
-    const main = await hv.start(spec(names.main, { path: overlay, format: 'qcow2' }, [{ kind: 'bridge', bridge, mac: '52:54:00:5e:a0:01' }]));
+    const main = await hv.start(
+      spec(names.main, { path: overlay, format: 'qcow2' }, [{ kind: 'bridge', bridge, mac: '52:54:00:5e:a0:01' }]),
+    );
     dom = main;
     t.equal(main.name, names.main);
     t.equal(await main.state(), 'running');
-    t.match((await hv.list()).find((i) => i.name === names.main), { name: names.main, driver: under.driver, state: 'running' });
+    t.match(
+      (await hv.list()).find((i) => i.name === names.main),
+      { name: names.main, driver: under.driver, state: 'running' },
+    );
     pid = main.pid();
     t.ok(pid !== undefined && isQemu(pid), `pid ${String(pid)} is a running qemu-system`);
     t.ok(pid !== undefined && openFiles(pid).includes(overlay), 'that QEMU has the disk open');
@@ -126,10 +131,15 @@ export function runDriverSuite(t: Test, under: DriverUnderTest): void {
       return /Kernel panic - not syncing/.test(s) ? s : undefined;
     });
     t.match(text, /Linux version/, 'the console log holds the boot from its start');
-    const rows = await waitFor('the kernel panic in VGA text memory', 30_000, async () => {
-      const r = decodeVgaText(await main.readVgaText());
-      return r.some((l) => /Kernel panic - not syncing/.test(l)) ? r : undefined;
-    }, 250);
+    const rows = await waitFor(
+      'the kernel panic in VGA text memory',
+      30_000,
+      async () => {
+        const r = decodeVgaText(await main.readVgaText());
+        return r.some((l) => /Kernel panic - not syncing/.test(l)) ? r : undefined;
+      },
+      250,
+    );
     t.ok(rows.length >= 25, 'at least the 80x25 screen is decoded');
   });
 
@@ -174,7 +184,12 @@ export function runDriverSuite(t: Test, under: DriverUnderTest): void {
     const copy = join(dir, 'copy.raw');
     await main.blockMirror('root', copy, 'raw');
     await main.pivot('root');
-    await waitFor('QEMU to let go of the source after the pivot', 10_000, async () => (openFiles(qemu).includes(overlay) ? undefined : true), 200);
+    await waitFor(
+      'QEMU to let go of the source after the pivot',
+      10_000,
+      async () => (openFiles(qemu).includes(overlay) ? undefined : true),
+      200,
+    );
     t.ok(openFiles(qemu).includes(copy), 'the VM now runs on the copy');
     t.equal(await main.alive(), true, 'and still runs');
     // The panicked guest writes nothing, so the copy is the source's guest view exactly
@@ -191,7 +206,10 @@ export function runDriverSuite(t: Test, under: DriverUnderTest): void {
     t.type(await main.exitReason(), 'string', `the exit reason says why: ${String(await main.exitReason())}`);
     await main.destroy();
     t.equal(await hv.attach(names.main), undefined, 'attach finds nothing');
-    t.notOk((await hv.list()).some((i) => i.name === names.main), 'list has no trace');
+    t.notOk(
+      (await hv.list()).some((i) => i.name === names.main),
+      'list has no trace',
+    );
     t.notOk(existsSync(dirname(main.agentSocket)), 'the domain state directory is removed');
     t.same(await bridgePorts(bridge), [], 'no port left on the bridge');
     await main.destroy();
@@ -213,8 +231,10 @@ export function runDriverSuite(t: Test, under: DriverUnderTest): void {
   });
 
   t.test(`${under.driver}: a bridge that does not exist is bad input and leaves nothing`, async (t) => {
-    await t.rejects(hv.start(spec(names.nobr, { path: blank, format: 'raw' }, [{ kind: 'bridge', bridge: `${bridge}x`, mac: '52:54:00:5e:a0:02' }])),
-      { code: 'BRIDGE_NOT_FOUND' });
+    await t.rejects(
+      hv.start(spec(names.nobr, { path: blank, format: 'raw' }, [{ kind: 'bridge', bridge: `${bridge}x`, mac: '52:54:00:5e:a0:02' }])),
+      { code: 'BRIDGE_NOT_FOUND' },
+    );
     t.equal(await hv.attach(names.nobr), undefined);
   });
 }

@@ -42,7 +42,11 @@ t.test('scripts/libvirtd start is idempotent and status reports running', async 
   t.match(s.stdout, /running/);
 });
 
-runDriverSuite(t, { driver: 'libvirt', create: (stateDir) => new LibvirtDriver({ stateDir, accel: 'tcg' }), killedReason: /shut off \((crashed|failed)\)/ });
+runDriverSuite(t, {
+  driver: 'libvirt',
+  create: (stateDir) => new LibvirtDriver({ stateDir, accel: 'tcg' }),
+  killedReason: /shut off \((crashed|failed)\)/,
+});
 
 t.test('domain XML: type, disks, tap NIC, agent channel at our path', async (t) => {
   const xml = domainXml({ ...spec, nics: [{ kind: 'tap', tap: 'tap0', mac: '52:54:00:12:34:56', netns: 'x' }] }, '/st/vm', 'kvm', ['tap0']);
@@ -52,7 +56,7 @@ t.test('domain XML: type, disks, tap NIC, agent channel at our path', async (t) 
   t.match(xml, /name=org.qemu.guest_agent.0/);
 });
 
-t.test('libvirt: its domains are libvirt\'s own: virsh sees them, and undefine removes them', async (t) => {
+t.test("libvirt: its domains are libvirt's own: virsh sees them, and undefine removes them", async (t) => {
   const dom = await driver.start(spec);
   const virsh = await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', `rl-${spec.vm.name}`]);
   t.match(virsh.stdout, /running/, 'visible to virsh');

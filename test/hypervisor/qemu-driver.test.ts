@@ -12,7 +12,11 @@ import { QemuDriver } from '../../src/hypervisor/qemu.js';
 import type { DomainSpec } from '../../src/hypervisor/types.js';
 import { runDriverSuite } from './driver-suite.js';
 
-runDriverSuite(t, { driver: 'qemu', create: (stateDir) => new QemuDriver({ stateDir, accel: 'tcg' }), killedReason: /qemu killed by SIGKILL/ });
+runDriverSuite(t, {
+  driver: 'qemu',
+  create: (stateDir) => new QemuDriver({ stateDir, accel: 'tcg' }),
+  killedReason: /qemu killed by SIGKILL/,
+});
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-qd-'));
 const stateDir = join(dir, 'state');
@@ -38,7 +42,10 @@ t.test('qemu: list reports pid and failure reason; a crash nobody watched is inf
   const exited = (dom as unknown as { exited(): Promise<void> }).exited();
   process.kill(pid as number, 'SIGKILL');
   await exited;
-  t.match((await d1.list()).find((i) => i.name === 'crash'), { state: 'failed', reason: /SIGKILL/ });
+  t.match(
+    (await d1.list()).find((i) => i.name === 'crash'),
+    { state: 'failed', reason: /SIGKILL/ },
+  );
   await dom.destroy();
 
   // Now with nobody watching: the new driver infers the crash from a dead pid.

@@ -15,7 +15,10 @@ function qmpPeer(path: string, greetAfterMs = 0): Promise<Server> {
   const srv = createServer((c) => {
     setTimeout(() => c.write('{"QMP": {"version": {}, "capabilities": []}}\r\n'), greetAfterMs);
     c.on('data', (d: Buffer) => {
-      for (const line of d.toString().split('\n').filter((l) => l.trim())) {
+      for (const line of d
+        .toString()
+        .split('\n')
+        .filter((l) => l.trim())) {
         const { id } = JSON.parse(line) as { id?: unknown };
         c.write(`${JSON.stringify({ return: {}, id })}\r\n`);
       }
@@ -33,10 +36,15 @@ t.test('a socket file that refuses connections is waited out; other errors are n
   writeFileSync(sock, '');
   let srv: Server | undefined;
   t.teardown(() => srv?.close());
-  const listenLater = new Promise<void>((resolve) => setTimeout(() => {
-    unlinkSync(sock);
-    void qmpPeer(sock).then((s) => { srv = s; resolve(); });
-  }, 400));
+  const listenLater = new Promise<void>((resolve) =>
+    setTimeout(() => {
+      unlinkSync(sock);
+      void qmpPeer(sock).then((s) => {
+        srv = s;
+        resolve();
+      });
+    }, 400),
+  );
   const t0 = Date.now();
   await new QemuDomain('ready', dir).waitReady(0);
   await listenLater;

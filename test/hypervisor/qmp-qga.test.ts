@@ -23,9 +23,15 @@ t.test('QMP: greeting, commands by id, events, screendump, errors, close', async
   if (!qemu) return;
   const dir = mkdtempSync(join(tmpdir(), 'rl-qmp-'));
   const sock = join(dir, 'qmp.sock');
-  const p = spawn(qemu, ['-accel', 'tcg', '-display', 'none', '-vga', 'std', '-nodefaults', '-m', '32', '-S',
-    '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
-  t.teardown(() => { p.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });
+  const p = spawn(
+    qemu,
+    ['-accel', 'tcg', '-display', 'none', '-vga', 'std', '-nodefaults', '-m', '32', '-S', '-qmp', `unix:${sock},server=on,wait=off`],
+    { stdio: 'ignore' },
+  );
+  t.teardown(() => {
+    p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
   await waitListening(sock);
   const qmp = await QmpClient.connect(sock);
   t.ok(qmp.greeting && 'version' in qmp.greeting, 'greeting carries the version');
@@ -64,7 +70,10 @@ t.test('QGA: sync, ping, exec with output, errors against a real qemu-ga', async
   const dir = mkdtempSync(join(tmpdir(), 'rl-qga-'));
   const sock = join(dir, 'qga.sock');
   const p = spawn(qga, ['-m', 'unix-listen', '-p', sock, '-t', dir, '-f', join(dir, 'qga.pid')], { stdio: 'ignore' });
-  t.teardown(() => { p.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); });
+  t.teardown(() => {
+    p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
   await waitListening(sock);
   const c = await QgaClient.connect(sock);
   await c.ping();
@@ -103,7 +112,10 @@ t.test('QGA: stale replies and garbage before the sync are discarded (fake agent
     });
   });
   await new Promise<void>((r) => srv.listen(sock, r));
-  t.teardown(() => { srv.close(); rmSync(dir, { recursive: true, force: true }); });
+  t.teardown(() => {
+    srv.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
   const c = await QgaClient.connect(sock, { timeoutMs: 2000 });
   await c.ping();
   t.pass('synchronised past stale data');

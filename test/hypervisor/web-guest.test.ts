@@ -79,8 +79,26 @@ async function httpGet(url: string, deadlineMs = 30_000): Promise<{ status: numb
 }
 
 t.test('qemu driver: two labs mirror the same subnet; heartbeat, agent, screen, HTTP, isolation', async (t) => {
-  const labA = await labUp(parseLab({ name: `wa${suffix}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('hypervisor/web-guest:a') }] }, 'A'), { stateDir });
-  const labB = await labUp(parseLab({ name: `wb${suffix}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('hypervisor/web-guest:b') }] }, 'B'), { stateDir });
+  const labA = await labUp(
+    parseLab(
+      {
+        name: `wa${suffix}`,
+        networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('hypervisor/web-guest:a') }],
+      },
+      'A',
+    ),
+    { stateDir },
+  );
+  const labB = await labUp(
+    parseLab(
+      {
+        name: `wb${suffix}`,
+        networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('hypervisor/web-guest:b') }],
+      },
+      'B',
+    ),
+    { stateDir },
+  );
   const [a, b] = await Promise.all([boot(qemu, labA, `weba${suffix}`), boot(qemu, labB, `webb${suffix}`)]);
   t.comment(`boot to heartbeat (TCG, two guests at once): ${a.heartbeatMs} ms, ${b.heartbeatMs} ms`);
 
@@ -118,7 +136,16 @@ t.test('qemu driver: two labs mirror the same subnet; heartbeat, agent, screen, 
 t.test('libvirt driver: heartbeat through our agent channel and HTTP through the lab', async (t) => {
   const s = await exec(fileURLToPath(new URL('../../../scripts/libvirtd', import.meta.url)), ['start'], { timeoutMs: 30_000 });
   t.equal(s.code, 0, s.stderr);
-  const lab = await labUp(parseLab({ name: `wl${suffix}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('hypervisor/web-guest:l') }] }, 'L'), { stateDir });
+  const lab = await labUp(
+    parseLab(
+      {
+        name: `wl${suffix}`,
+        networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('hypervisor/web-guest:l') }],
+      },
+      'L',
+    ),
+    { stateDir },
+  );
   const { dom, heartbeatMs } = await boot(libvirt, lab, `webl${suffix}`);
   t.comment(`libvirt boot to heartbeat (TCG): ${heartbeatMs} ms`);
   t.equal(await dom.state(), 'running');

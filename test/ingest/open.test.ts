@@ -73,8 +73,14 @@ t.test('raw with holes: extents from SEEK_DATA/SEEK_HOLE, reads match the file',
   const d = await digest(src);
   t.equal(d.sha256, sha256File(raw), 'same bytes as the file');
   const data = d.extents.filter((e) => !e.zero);
-  t.ok(data.some((e) => e.offset <= MiB && e.offset + e.length >= 2 * MiB), 'data at 1 MiB');
-  t.ok(data.some((e) => e.offset <= 9 * MiB && e.offset + e.length >= 9 * MiB + 65536), 'data at 9 MiB');
+  t.ok(
+    data.some((e) => e.offset <= MiB && e.offset + e.length >= 2 * MiB),
+    'data at 1 MiB',
+  );
+  t.ok(
+    data.some((e) => e.offset <= 9 * MiB && e.offset + e.length >= 9 * MiB + 65536),
+    'data at 9 MiB',
+  );
   t.ok(d.zeroBytes >= 12 * MiB, `most of the file is holes (${d.zeroBytes} zero bytes)`);
   t.ok((await src.read(16 * MiB - 6, 6)).equals(Buffer.from('\0\0tail')), 'read at the very end');
   t.equal((await openImage(raw)).format, 'raw', 'probed as raw without a format');
@@ -89,7 +95,10 @@ t.test('qcow2 with a backing chain: bytes equal qemu-img convert, holes reported
   const d = await digest(src);
   t.equal(d.sha256, flatSha, 'sha256 equals qemu-img convert output');
   t.ok(d.zeroBytes >= 14 * MiB, `holes and the zeroed range are reported as zero (${d.zeroBytes} bytes)`);
-  t.ok(d.extents.some((e) => e.zero && e.offset <= 12 * MiB && e.offset + e.length >= 13 * MiB), 'write -z in the middle layer is a zero extent');
+  t.ok(
+    d.extents.some((e) => e.zero && e.offset <= 12 * MiB && e.offset + e.length >= 13 * MiB),
+    'write -z in the middle layer is a zero extent',
+  );
   await src.close();
   await src.close();
   t.notOk(isAlive(pid), 'qemu-nbd is gone after close');

@@ -37,16 +37,34 @@ t.teardown(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-for (const [label, driver] of [['qemu', qemu], ['libvirt', libvirt]] as const) {
+for (const [label, driver] of [
+  ['qemu', qemu],
+  ['libvirt', libvirt],
+] as const) {
   t.test(`${label}: a NIC on a lab tap is open by QEMU and sits on the lab bridge`, async (t) => {
     if (label === 'libvirt') {
       const s = await exec(fileURLToPath(new URL('../../../scripts/libvirtd', import.meta.url)), ['start'], { timeoutMs: 30_000 });
       t.equal(s.code, 0, s.stderr);
     }
-    const lab = await labUp(parseLab({ name: `lv${label}${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('lab/lab-vm') }] }, 'lab'), { stateDir });
+    const lab = await labUp(
+      parseLab(
+        {
+          name: `lv${label}${tag}`,
+          networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('lab/lab-vm') }],
+        },
+        'lab',
+      ),
+      { stateDir },
+    );
     const { tap, netns } = await addLabTap(stateDir, lab.name, 'prod');
     const spec: DomainSpec = {
-      vm: { name: `labvm${tag}${label}`, memoryMiB: 64, vcpus: 1, disks: [{ name: 'root' }], nics: [{ mac: '52:54:00:77:00:10', network: 'prod' }] },
+      vm: {
+        name: `labvm${tag}${label}`,
+        memoryMiB: 64,
+        vcpus: 1,
+        disks: [{ name: 'root' }],
+        nics: [{ mac: '52:54:00:77:00:10', network: 'prod' }],
+      },
       disks: [{ name: 'root', path: disk, format: 'raw' }],
       nics: [{ kind: 'tap', tap, netns, mac: '52:54:00:77:00:10' }],
       accel: 'tcg',

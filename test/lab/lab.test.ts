@@ -82,10 +82,17 @@ t.test('two labs mirror the same subnet; each guest answers on its own masquerad
   const ga = await fakeGuest(a, 'guest-A');
   await fakeGuest(b, 'guest-B');
   // httpd starts in the background and the veths just came up: poll until both answer through their labs.
-  await waitFor('both stand-in guests to answer on their masquerade addresses', 15_000, async () => {
-    const answers = await Promise.all((['lab/lab:a', 'lab/lab:b'] as const).map((n) => httpGet(`http://${address(n)}/`).catch(() => undefined)));
-    return answers.every((x) => x !== undefined) ? true : undefined;
-  }, 50);
+  await waitFor(
+    'both stand-in guests to answer on their masquerade addresses',
+    15_000,
+    async () => {
+      const answers = await Promise.all(
+        (['lab/lab:a', 'lab/lab:b'] as const).map((n) => httpGet(`http://${address(n)}/`).catch(() => undefined)),
+      );
+      return answers.every((x) => x !== undefined) ? true : undefined;
+    },
+    50,
+  );
   t.equal(await httpGet(`http://${address('lab/lab:a')}/`), 'guest-A', 'lab A guest answers on its masquerade address from the host');
   t.equal(await httpGet(`http://${address('lab/lab:b')}/`), 'guest-B', 'lab B guest answers on its masquerade address from the host');
 
@@ -93,7 +100,11 @@ t.test('two labs mirror the same subnet; each guest answers on its own masquerad
   t.equal(await inNs(ga, ['ping', '-c1', '-W1', '192.168.77.1']), 0, 'the guest reaches its gateway');
   t.not(await inNs(ga, ['ping', '-c1', '-W1', a.hostAddress]), 0, 'host uplink address unreachable (ping)');
   t.not(await inNs(ga, ['ping', '-c1', '-W1', a.labAddress]), 0, 'lab uplink address unreachable (ping)');
-  t.not(await inNs(ga, ['busybox', 'wget', '-q', '-T', '2', '-O', '-', `http://${address('lab/lab:b')}/`]), 0, 'the other lab is unreachable');
+  t.not(
+    await inNs(ga, ['busybox', 'wget', '-q', '-T', '2', '-O', '-', `http://${address('lab/lab:b')}/`]),
+    0,
+    'the other lab is unreachable',
+  );
   t.not(await inNs(ga, ['ping', '-c1', '-W1', address('lab/lab:b')]), 0, 'the other lab is unreachable (ping)');
   const labRoutes = await ok('ip', ['-n', a.netns, '-4', 'route', 'show']);
   t.notMatch(labRoutes, /default/, 'the lab namespace has no default route: nothing beyond it is routable');
@@ -116,7 +127,10 @@ t.test('lab up again cleans a leftover; down is idempotent and leaves nothing', 
   for (const l of all) await labDown(l.name, { stateDir });
   await t.rejects(labDown(name, { stateDir }), { code: 'LAB_NOT_FOUND' });
   const [nsList, links, rules, routes] = await Promise.all([
-    ok('ip', ['netns', 'list']), ok('ip', ['link']), ok('nft', ['list', 'ruleset']), ok('ip', ['route', 'show', 'table', 'all']),
+    ok('ip', ['netns', 'list']),
+    ok('ip', ['link']),
+    ok('nft', ['list', 'ruleset']),
+    ok('ip', ['route', 'show', 'table', 'all']),
   ]);
   for (const l of [...all, old as LabState]) {
     t.notMatch(nsList, l.netns, `netns ${l.netns} removed`);
@@ -129,8 +143,25 @@ t.test('lab up again cleans a leftover; down is idempotent and leaves nothing', 
 
 t.test('bad input: schema, masquerade overlapping a host route, bad arithmetic', async (t) => {
   t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod' }] }, 'bad.json'), { code: 'SCHEMA_INVALID' });
-  t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '10.0.0.1', masquerade: subnet('lab/lab:a') }] }, 'bad.json'), /not in 192.168.77.0\/24/);
-  t.throws(() => parseLab({ name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: `${MASQUERADE_PREFIX}.0.0/16` }] }, 'bad.json'), /differ in size/);
+  t.throws(
+    () =>
+      parseLab(
+        { name: 'x', networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '10.0.0.1', masquerade: subnet('lab/lab:a') }] },
+        'bad.json',
+      ),
+    /not in 192.168.77.0\/24/,
+  );
+  t.throws(
+    () =>
+      parseLab(
+        {
+          name: 'x',
+          networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: `${MASQUERADE_PREFIX}.0.0/16` }],
+        },
+        'bad.json',
+      ),
+    /differ in size/,
+  );
   await t.rejects(labUp(parseLab(labDef(`lc${tag}`, '127.0.0.0/24'), 'lab C'), { stateDir }), { code: 'LAB_MASQUERADE_OVERLAP' });
   // Only this lab's names: other test files make namespaces of their own at the same time.
   t.notMatch(await ok('ip', ['netns', 'list']), `lc${tag}`, 'nothing created');

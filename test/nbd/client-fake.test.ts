@@ -26,15 +26,17 @@ const HANDSHAKE_CLIENT_BYTES = 4 + 16 + (16 + 4 + 4 + 4 + 15) + (16 + 4 + 2 + 2)
 async function fakeServer(t: Parameters<typeof tempDir>[0], onRequest: (r: Req, sock: Socket, seen: Req[]) => void): Promise<string> {
   const path = join(tempDir(t), 'fake.sock');
   const server = createServer((sock) => {
-    sock.write(Buffer.concat([
-      bytes(NBDMAGIC, IHAVEOPT, { hex: '0003' }),
-      optionReply(8, 1),
-      optionReply(10, 4, bytes({ u32: 0 }, { ascii: 'base:allocation' })),
-      optionReply(10, 1),
-      optionReply(7, 3, bytes({ u16: 0 }, { u64: SIZE }, { u16: 0x8b })),
-      optionReply(7, 3, bytes({ u16: 3 }, { u32: 1 }, { u32: 4096 }, { u32: 256 * 1024 })),
-      optionReply(7, 1),
-    ]));
+    sock.write(
+      Buffer.concat([
+        bytes(NBDMAGIC, IHAVEOPT, { hex: '0003' }),
+        optionReply(8, 1),
+        optionReply(10, 4, bytes({ u32: 0 }, { ascii: 'base:allocation' })),
+        optionReply(10, 1),
+        optionReply(7, 3, bytes({ u16: 0 }, { u64: SIZE }, { u16: 0x8b })),
+        optionReply(7, 3, bytes({ u16: 3 }, { u32: 1 }, { u32: 4096 }, { u32: 256 * 1024 })),
+        optionReply(7, 1),
+      ]),
+    );
     let buf = Buffer.alloc(0);
     let skipped = false;
     const seen: Req[] = [];
@@ -46,7 +48,12 @@ async function fakeServer(t: Parameters<typeof tempDir>[0], onRequest: (r: Req, 
         skipped = true;
       }
       while (buf.length >= 28) {
-        const r = { type: buf.readUInt16BE(6), cookie: buf.readBigUInt64BE(8), offset: Number(buf.readBigUInt64BE(16)), length: buf.readUInt32BE(24) };
+        const r = {
+          type: buf.readUInt16BE(6),
+          cookie: buf.readBigUInt64BE(8),
+          offset: Number(buf.readBigUInt64BE(16)),
+          length: buf.readUInt32BE(24),
+        };
         buf = buf.subarray(28);
         seen.push(r);
         onRequest(r, sock, seen);
@@ -93,7 +100,8 @@ t.test('pipelined reads answered out of order, in data and hole pieces', async (
 t.test('an error chunk fails that request only; the connection stays usable', async (t) => {
   const path = await fakeServer(t, (r, sock) => {
     if (r.type === 2) return sock.end();
-    if (r.offset === 4096) sock.write(chunk(1, 0x8002, Number(r.cookie), bytes({ u32: 5 }, { u16: 9 }, { ascii: 'bad block' }, { u64: 4096 + 512 })));
+    if (r.offset === 4096)
+      sock.write(chunk(1, 0x8002, Number(r.cookie), bytes({ u32: 5 }, { u16: 9 }, { ascii: 'bad block' }, { u64: 4096 + 512 })));
     else sock.write(dataChunk(r));
   });
   const client = await NbdClient.connect({ socketPath: path });
@@ -145,7 +153,10 @@ t.test('block status: extents clipped to the request, loop covers the disk', asy
   });
   const client = await NbdClient.connect({ socketPath: path });
   const one = await client.blockStatus(0, 100_000);
-  t.same(one, [{ offset: 0, length: 32768, flags: 0 }, { offset: 32768, length: 100_000 - 32768, flags: 3 }]);
+  t.same(one, [
+    { offset: 0, length: 32768, flags: 0 },
+    { offset: 32768, length: 100_000 - 32768, flags: 3 },
+  ]);
   let covered = 0;
   for await (const e of client.extents()) {
     t.equal(e.offset, covered, 'contiguous');

@@ -30,7 +30,8 @@ function run(pieces: Buffer[]): Norm[] {
   const out: Norm[] = [];
   let dataRun: { kind: string; cookie: string; start: number; parts: Buffer[] } | undefined;
   const flush = (): void => {
-    if (dataRun) out.push({ kind: dataRun.kind, cookie: dataRun.cookie, rest: `${dataRun.start}:${Buffer.concat(dataRun.parts).toString('hex')}` });
+    if (dataRun)
+      out.push({ kind: dataRun.kind, cookie: dataRun.cookie, rest: `${dataRun.start}:${Buffer.concat(dataRun.parts).toString('hex')}` });
     dataRun = undefined;
   };
   const framer = new ReplyFramer((e: ReplyEvent) => {
@@ -41,7 +42,8 @@ function run(pieces: Buffer[]): Norm[] {
       return;
     }
     flush();
-    const rest = e.kind === 'chunk' ? `${e.flags}/${e.type}/${e.payload.toString('hex')}` : e.kind === 'simple' ? `${e.error}/${e.payload}` : '';
+    const rest =
+      e.kind === 'chunk' ? `${e.flags}/${e.type}/${e.payload.toString('hex')}` : e.kind === 'simple' ? `${e.error}/${e.payload}` : '';
     out.push({ kind: e.kind, cookie: String(e.cookie), rest });
   }, simplePayload);
   for (const p of pieces) framer.push(p);
@@ -87,9 +89,15 @@ t.test('every split point gives the same replies', async (t) => {
 
 t.test('a truncated stream is not idle, garbage is a protocol error', async (t) => {
   t.same(run([stream.subarray(0, stream.length - 1)]).at(-1), { kind: 'incomplete', cookie: '', rest: '' });
-  const framer = new ReplyFramer(() => {}, () => 0);
+  const framer = new ReplyFramer(
+    () => {},
+    () => 0,
+  );
   t.throws(() => framer.push(bytes({ ascii: 'HTTP/1.1 400' })), NbdProtocolError);
-  const f2 = new ReplyFramer(() => {}, () => 0);
+  const f2 = new ReplyFramer(
+    () => {},
+    () => 0,
+  );
   t.throws(() => f2.push(chunk(0, 1, 1, bytes({ u32: 0 }))), /at least 9/);
 });
 

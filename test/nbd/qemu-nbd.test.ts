@@ -40,10 +40,16 @@ t.test('unix socket: whole disk, odd ranges, split and pipelined reads', async (
 
   const small = await NbdClient.connect({ socketPath: sock, maxRequestBytes: MiB, maxInFlight: 3 });
   t.teardown(() => small.close());
-  t.ok((await small.read(MiB / 2, 10 * MiB)).equals(expected.subarray(MiB / 2, 10.5 * MiB)), 'a 10 MiB read split into 1 MiB requests, 3 in flight');
+  t.ok(
+    (await small.read(MiB / 2, 10 * MiB)).equals(expected.subarray(MiB / 2, 10.5 * MiB)),
+    'a 10 MiB read split into 1 MiB requests, 3 in flight',
+  );
   const offsets = Array.from({ length: 40 }, (_, i) => (i * 409_573) % (15 * MiB));
   const reads = await Promise.all(offsets.map((o) => small.read(o, 65536 + (o % 4096))));
-  t.ok(reads.every((b, i) => b.equals(expected.subarray(offsets[i], (offsets[i] as number) + b.length))), '40 concurrent reads all match');
+  t.ok(
+    reads.every((b, i) => b.equals(expected.subarray(offsets[i], (offsets[i] as number) + b.length))),
+    '40 concurrent reads all match',
+  );
 });
 
 t.test('base:allocation marks the holes, and only zeros are marked zero', async (t) => {
@@ -57,11 +63,17 @@ t.test('base:allocation marks the holes, and only zeros are marked zero', async 
     at += e.length;
     if (e.flags & NBD_STATE_ZERO) {
       zeroRanges.push([e.offset, e.offset + e.length]);
-      t.ok(expected.subarray(e.offset, e.offset + e.length).every((b) => b === 0), `zero extent ${e.offset}+${e.length} is zeros`);
+      t.ok(
+        expected.subarray(e.offset, e.offset + e.length).every((b) => b === 0),
+        `zero extent ${e.offset}+${e.length} is zeros`,
+      );
     }
   }
   t.equal(at, 16 * MiB);
-  t.ok(zeroRanges.some(([s, e]) => s <= 4 * MiB && e >= 8 * MiB), 'the 4-8 MiB hole is reported');
+  t.ok(
+    zeroRanges.some(([s, e]) => s <= 4 * MiB && e >= 8 * MiB),
+    'the 4-8 MiB hole is reported',
+  );
 });
 
 t.test('qemu:dirty-bitmap context reports exactly the blocks written after the bitmap', async (t) => {
@@ -70,7 +82,10 @@ t.test('qemu:dirty-bitmap context reports exactly the blocks written after the b
   t.teardown(() => c.close());
   const dirty: [number, number][] = [];
   for await (const e of c.extents('qemu:dirty-bitmap:b0')) if (e.flags & NBD_STATE_DIRTY) dirty.push([e.offset, e.length]);
-  t.same(dirty, [[8 * MiB, MiB], [13631488, 65536]]);
+  t.same(dirty, [
+    [8 * MiB, MiB],
+    [13631488, 65536],
+  ]);
   const both = await c.blockStatusAll(0, c.size);
   t.same([...both.keys()].sort(), ['base:allocation', 'qemu:dirty-bitmap:b0'], 'one request answers every context');
 });
@@ -101,8 +116,18 @@ t.test('refusals and server errors are clear', async (t) => {
   const cfg = join(dir, 'blkdebug.cfg');
   writeFileSync(cfg, '[inject-error]\nevent = "read_aio"\nerrno = "5"\nsector = "2048"\n');
   const esock = join(dir, 'eio.sock');
-  await startQemuNbd(t, ['--read-only', '--persistent', '--shared=4', `--socket=${esock}`, '--image-opts',
-    `driver=raw,file.driver=blkdebug,file.config=${cfg},file.image.driver=file,file.image.filename=${raw}`], esock);
+  await startQemuNbd(
+    t,
+    [
+      '--read-only',
+      '--persistent',
+      '--shared=4',
+      `--socket=${esock}`,
+      '--image-opts',
+      `driver=raw,file.driver=blkdebug,file.config=${cfg},file.image.driver=file,file.image.filename=${raw}`,
+    ],
+    esock,
+  );
   const simple = await NbdClient.connect({ socketPath: esock, structuredReplies: false });
   t.teardown(() => simple.close());
   t.equal(simple.structuredReplies, false);

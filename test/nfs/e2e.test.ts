@@ -38,12 +38,19 @@ eachDatastore(t, 'libnfs clients over loopback', async (t, fx) => {
   t.equal(put.code, 0, put.stderr);
   const back = await run('nfs-cat', [url('/up.bin')]);
   t.equal(sha(back.stdout), sha(up), 'written file reads back');
-  t.equal(sha((await datastore.read(await datastore.lookup(dir, 'up.bin'), 0, up.length + 1)).data), sha(up), 'datastore holds the written bytes');
+  t.equal(
+    sha((await datastore.read(await datastore.lookup(dir, 'up.bin'), 0, up.length + 1)).data),
+    sha(up),
+    'datastore holds the written bytes',
+  );
   t.ok(server.metrics.bytesRead >= disk.length * 2);
   t.ok(server.metrics.bytesWritten >= up.length);
 
   const many = await Promise.all(Array.from({ length: 6 }, () => run('nfs-cat', [url('/disk.raw')])));
-  t.ok(many.every((r) => r.code === 0 && sha(r.stdout) === sha(disk)), 'six concurrent clients read the same file');
+  t.ok(
+    many.every((r) => r.code === 0 && sha(r.stdout) === sha(disk)),
+    'six concurrent clients read the same file',
+  );
 
   const missing = await run('nfs-cat', [url('/nope.raw')]);
   t.not(missing.code, 0, 'missing file fails');
@@ -58,7 +65,11 @@ eachDatastore(t, 'large directory pages through READDIRPLUS cookies', async (t, 
   t.teardown(() => server.stop());
   const ls = await run('nfs-ls', [`nfs://127.0.0.1/restorelab${fx.dirPath}?nfsport=${ports.nfs}&mountport=${ports.mount}`]);
   t.equal(ls.code, 0, ls.stderr);
-  const listed = ls.stdout.toString().split('\n').map((l) => l.trim().split(/\s+/).pop()).filter((n): n is string => !!n && n.startsWith('scratch'));
+  const listed = ls.stdout
+    .toString()
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).pop())
+    .filter((n): n is string => !!n && n.startsWith('scratch'));
   t.equal(new Set(listed).size, names.length, 'every entry listed once');
   t.ok((server.metrics.byProc.READDIRPLUS ?? 0) + (server.metrics.byProc.READDIR ?? 0) > 1, 'listing took several pages');
 });
@@ -80,7 +91,10 @@ eachDatastore(t, 'read-only export refuses writes with ROFS', async (t, fx) => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'nfs-ro-'));
   t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
   fs.writeFileSync(path.join(tmp, 'x'), 'data');
-  const r = await run('nfs-cp', [path.join(tmp, 'x'), `nfs://127.0.0.1/restorelab${fx.dirPath}/x?nfsport=${ports.nfs}&mountport=${ports.mount}`]);
+  const r = await run('nfs-cp', [
+    path.join(tmp, 'x'),
+    `nfs://127.0.0.1/restorelab${fx.dirPath}/x?nfsport=${ports.nfs}&mountport=${ports.mount}`,
+  ]);
   t.not(r.code, 0);
   t.match(r.stderr + r.stdout.toString(), /ROFS|read-only|Read-only/i);
   t.equal(server.metrics.bytesWritten, 0);

@@ -34,7 +34,12 @@ function seeded(): { ds: MemoryDatastore; disk: Buffer; diskId: number } {
 /** The proof that the server still serves: a real NFS client (libnfs nfs-cat) reads the whole disk. */
 async function realClientRead(ports: BoundPorts): Promise<{ code: number | null; stderr: string; sha: string }> {
   requireTool('nfs-cat');
-  const r = await run('nfs-cat', [`nfs://127.0.0.1/restorelab/pub/disk.raw?nfsport=${ports.nfs}&mountport=${ports.mount}`], undefined, 120_000);
+  const r = await run(
+    'nfs-cat',
+    [`nfs://127.0.0.1/restorelab/pub/disk.raw?nfsport=${ports.nfs}&mountport=${ports.mount}`],
+    undefined,
+    120_000,
+  );
   return { code: r.code, stderr: r.stderr, sha: sha(r.stdout) };
 }
 
@@ -81,7 +86,10 @@ t.test('a flood of zero-length non-last fragments closes that connection at once
   t.equal(server.metrics.openConnections, 0);
   const after = mem();
   t.ok(after.heap - before.heap < 32 * MiB, `heap grew by ${((after.heap - before.heap) / MiB).toFixed(1)} MiB (< 32)`);
-  t.ok(after.buffers - before.buffers < 16 * MiB, `Buffer memory grew by ${((after.buffers - before.buffers) / MiB).toFixed(1)} MiB (< 16)`);
+  t.ok(
+    after.buffers - before.buffers < 16 * MiB,
+    `Buffer memory grew by ${((after.buffers - before.buffers) / MiB).toFixed(1)} MiB (< 16)`,
+  );
   t.ok(after.rss - before.rss < 96 * MiB, `RSS grew by ${((after.rss - before.rss) / MiB).toFixed(1)} MiB (< 96, the flood was 91)`);
   const read = await realClientRead(ports);
   t.equal(read.code, 0, read.stderr);
@@ -138,7 +146,10 @@ t.test('an idle connection is closed after the idle timeout; a busy one is not',
   t.teardown(() => server.stop());
   const idle = await RawClient.connect(ports.nfs);
   const busy = await RawClient.connect(ports.nfs);
-  t.teardown(() => { idle.close(); busy.close(); });
+  t.teardown(() => {
+    idle.close();
+    busy.close();
+  });
   const start = Date.now();
   while (Date.now() - start < 1500) {
     t.same(await busy.call(1, NFS, 3, 0), accepted(1, 0), 'NULL every 100 ms keeps it open');
@@ -181,10 +192,16 @@ t.test('60 clients that send READs and never read replies: the pending-reply bud
     await new Promise((r) => setTimeout(r, 25));
   }
   const mid = mem();
-  t.ok(peakPending > 0 && peakPending <= budget, `pending bytes peaked at ${(peakPending / MiB).toFixed(1)} MiB (budget ${budget / MiB} MiB)`);
+  t.ok(
+    peakPending > 0 && peakPending <= budget,
+    `pending bytes peaked at ${(peakPending / MiB).toFixed(1)} MiB (budget ${budget / MiB} MiB)`,
+  );
   t.ok(mid.rss - before.rss < budget + 96 * MiB, `RSS grew by ${((mid.rss - before.rss) / MiB).toFixed(1)} MiB (< budget + 96)`);
   // Buffers (reply data) track what is pinned more closely than RSS, which earlier tests may have raised already.
-  t.ok(mid.buffers - before.buffers < budget + 16 * MiB, `Buffer memory grew by ${((mid.buffers - before.buffers) / MiB).toFixed(1)} MiB (< budget + 16)`);
+  t.ok(
+    mid.buffers - before.buffers < budget + 16 * MiB,
+    `Buffer memory grew by ${((mid.buffers - before.buffers) / MiB).toFixed(1)} MiB (< budget + 16)`,
+  );
   // The hogs never take their replies: past the slow-reader timeout they are closed and the budget comes back.
   await until('the hogs are closed as slow readers', () => server.metrics.openConnections === 0, 120_000);
   t.ok(server.metrics.closedSlowReader >= 1, `${server.metrics.closedSlowReader} closed as slow readers`);
@@ -207,7 +224,10 @@ t.test('a client that reads slowly but steadily is not closed, and its replies a
   }
   // Take the replies in small sips: pause, wait a little, resume.
   c.sock.pause();
-  const sip = setInterval(() => { c.sock.resume(); setTimeout(() => c.sock.pause(), 5); }, 100);
+  const sip = setInterval(() => {
+    c.sock.resume();
+    setTimeout(() => c.sock.pause(), 5);
+  }, 100);
   t.teardown(() => clearInterval(sip));
   for (let i = 0; i < 3; i++) pieces.push(await c.next(20_000));
   clearInterval(sip);
@@ -226,7 +246,10 @@ t.test('a connection from an address outside the allowlist is closed before any 
   t.teardown(() => stranger.close());
   const mnt = callBytes(1, MOUNT, 3, 1, opaque('/restorelab'));
   stranger.sendRaw(cat(mark(mnt.length), mnt, mark(8, false)));
-  const answered = stranger.next(2000).then(() => true, () => false);
+  const answered = stranger.next(2000).then(
+    () => true,
+    () => false,
+  );
   await stranger.untilClosed();
   t.equal(await answered, false, 'nothing answered');
   t.equal(server.metrics.refusedNotAllowed, 1, 'refused at accept');
@@ -235,7 +258,11 @@ t.test('a connection from an address outside the allowlist is closed before any 
   t.equal(server.metrics.closedForAbuse, 0, 'not even framed (the trailing half fragment would count)');
   const friend = await RawClient.connect(ports.mount, '127.0.0.2');
   t.teardown(() => friend.close());
-  t.same((await friend.call(2, MOUNT, 3, 1, opaque('/restorelab'))).subarray(0, 28), cat(accepted(2, 0), words(0)), 'the allowed address mounts');
+  t.same(
+    (await friend.call(2, MOUNT, 3, 1, opaque('/restorelab'))).subarray(0, 28),
+    cat(accepted(2, 0), words(0)),
+    'the allowed address mounts',
+  );
   t.equal(server.metrics.mountEntries, 1);
 });
 
@@ -256,8 +283,11 @@ t.test('the MOUNT table is bounded and one path has one entry however it is spel
   for (let i = 0; i < 10; i++) await c.call(++xid, MOUNT, 3, 1, opaque(`/restorelab/d${i}`));
   t.equal(server.metrics.mountEntries, 4, 'bounded at maxMountEntries');
   const last = await c.call(++xid, MOUNT, 3, 2);
-  t.same(last.subarray(24), cat(...[6, 7, 8, 9].map((i) => cat(words(1), opaque('127.0.0.1'), opaque(`/restorelab/d${i}`))), words(0)),
-    'the newest entries are kept');
+  t.same(
+    last.subarray(24),
+    cat(...[6, 7, 8, 9].map((i) => cat(words(1), opaque('127.0.0.1'), opaque(`/restorelab/d${i}`))), words(0)),
+    'the newest entries are kept',
+  );
   await c.call(xid + 1, MOUNT, 3, 3, opaque('/restorelab/d9/.'));
   t.equal(server.metrics.mountEntries, 3, 'UMNT of another spelling removes the entry');
 });
@@ -276,7 +306,10 @@ t.test('root squash: uid/gid 0 reach the datastore as 65534 unless turned off', 
   t.teardown(() => server.stop());
   const c = await RawClient.connect(ports.nfs);
   t.teardown(() => c.close());
-  const send = async (b: Buffer): Promise<Buffer> => { c.sendRaw(cat(mark(b.length), b)); return c.next(); };
+  const send = async (b: Buffer): Promise<Buffer> => {
+    c.sendRaw(cat(mark(b.length), b));
+    return c.next();
+  };
   t.equal(status(await send(create(1, 'as-root', 0, 0))), 0, 'CREATE as uid 0');
   t.same(await owner(ds, 'as-root'), [65534, 65534], 'squash on (default): owner 65534:65534');
   t.equal(status(await send(create(2, 'root-in-staff', 0, 50))), 0);
@@ -287,8 +320,11 @@ t.test('root squash: uid/gid 0 reach the datastore as 65534 unless turned off', 
   const chown0 = callBytes(4, NFS, 3, 2, cat(opaque(fh(fileId)), words(0, 1, 0, 0, 0, 0, 0), words(0)), 2, 1000, 1000);
   t.equal(status(await send(chown0)), 1, 'SETATTR giving a file to uid 0 -> PERM under squash');
   t.same(await owner(ds, 'user'), [1000, 65534], 'and the owner is unchanged');
-  t.equal(status(await send(create(5, 'chowned-create', 1000, 1000, cat(words(0), words(1, 0), words(0, 0, 0, 0))))), 1,
-    'CREATE with attributes giving it to uid 0 -> PERM under squash');
+  t.equal(
+    status(await send(create(5, 'chowned-create', 1000, 1000, cat(words(0), words(1, 0), words(0, 0, 0, 0))))),
+    1,
+    'CREATE with attributes giving it to uid 0 -> PERM under squash',
+  );
   await t.rejects(ds.lookup(ROOT_ID, 'chowned-create'), 'and nothing was created');
 
   const open = new MemoryDatastore();

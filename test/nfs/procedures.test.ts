@@ -41,35 +41,134 @@ t.test('every NFSv3 procedure reply, byte for byte', async (t) => {
   t.same(wr2, cat(ok(xid), wcc(f({ size: 5 }), f({ size: 5 })), words(1, 2), verf), 'WRITE FILE_SYNC');
   t.equal(ds.syncWrites, 1, 'FILE_SYNC write passes sync=true');
   // The raw client calls as uid 0 / gid 0: root squash (on by default) makes the new file 65534's.
-  t.same(await call(8, cat(opaque(fh(ROOT_ID)), opaque('g'), words(0), sattrMode(0o640))),
-    cat(ok(xid), words(1), opaque(fh(3)), postOp({ type: 1, mode: 0o640, nlink: 1, size: 0, fileid: 3, t: T, uid: 65534, gid: 65534 }), wcc(root(), root())), 'CREATE');
-  t.same(await call(8, cat(opaque(fh(ROOT_ID)), opaque('g'), words(1), sattrMode(0o640))), cat(fail(xid, 17), wcc(undefined, root())), 'CREATE GUARDED existing -> EXIST');
-  t.same(await call(9, cat(opaque(fh(ROOT_ID)), opaque('d'), sattrMode(0o700))),
-    cat(ok(xid), words(1), opaque(fh(4)), postOp({ type: 2, mode: 0o700, nlink: 2, size: 0, fileid: 4, t: T, uid: 65534, gid: 65534 }), wcc(root(), root())), 'MKDIR');
-  t.same(await call(10, cat(opaque(fh(ROOT_ID)), opaque('s'), sattrMode(0o777), opaque('f'))), cat(fail(xid, 10004), wcc(undefined, root())), 'SYMLINK -> NOTSUPP');
-  t.same(await call(11, cat(opaque(fh(ROOT_ID)), opaque('p'), words(7), sattrMode(0o600))), cat(fail(xid, 10004), wcc(undefined, root())), 'MKNOD fifo -> NOTSUPP');
+  t.same(
+    await call(8, cat(opaque(fh(ROOT_ID)), opaque('g'), words(0), sattrMode(0o640))),
+    cat(
+      ok(xid),
+      words(1),
+      opaque(fh(3)),
+      postOp({ type: 1, mode: 0o640, nlink: 1, size: 0, fileid: 3, t: T, uid: 65534, gid: 65534 }),
+      wcc(root(), root()),
+    ),
+    'CREATE',
+  );
+  t.same(
+    await call(8, cat(opaque(fh(ROOT_ID)), opaque('g'), words(1), sattrMode(0o640))),
+    cat(fail(xid, 17), wcc(undefined, root())),
+    'CREATE GUARDED existing -> EXIST',
+  );
+  t.same(
+    await call(9, cat(opaque(fh(ROOT_ID)), opaque('d'), sattrMode(0o700))),
+    cat(
+      ok(xid),
+      words(1),
+      opaque(fh(4)),
+      postOp({ type: 2, mode: 0o700, nlink: 2, size: 0, fileid: 4, t: T, uid: 65534, gid: 65534 }),
+      wcc(root(), root()),
+    ),
+    'MKDIR',
+  );
+  t.same(
+    await call(10, cat(opaque(fh(ROOT_ID)), opaque('s'), sattrMode(0o777), opaque('f'))),
+    cat(fail(xid, 10004), wcc(undefined, root())),
+    'SYMLINK -> NOTSUPP',
+  );
+  t.same(
+    await call(11, cat(opaque(fh(ROOT_ID)), opaque('p'), words(7), sattrMode(0o600))),
+    cat(fail(xid, 10004), wcc(undefined, root())),
+    'MKNOD fifo -> NOTSUPP',
+  );
   t.same(await call(12, cat(opaque(fh(ROOT_ID)), opaque('g'))), cat(ok(xid), wcc(root(), root())), 'REMOVE');
   t.same(await call(13, cat(opaque(fh(ROOT_ID)), opaque('f'))), cat(fail(xid, 20), wcc(undefined, root())), 'RMDIR on a file -> NOTDIR');
   t.same(await call(13, cat(opaque(fh(ROOT_ID)), opaque('d'))), cat(ok(xid), wcc(root(), root())), 'RMDIR');
-  t.same(await call(14, cat(opaque(fh(ROOT_ID)), opaque('f'), opaque(fh(ROOT_ID)), opaque('f2'))), cat(ok(xid), wcc(root(), root()), wcc(root(), root())), 'RENAME');
-  t.same(await call(15, cat(opaque(fh(2)), opaque(fh(ROOT_ID)), opaque('l'))), cat(fail(xid, 10004), postOp(f({ size: 5 })), wcc(undefined, root())), 'LINK -> NOTSUPP');
+  t.same(
+    await call(14, cat(opaque(fh(ROOT_ID)), opaque('f'), opaque(fh(ROOT_ID)), opaque('f2'))),
+    cat(ok(xid), wcc(root(), root()), wcc(root(), root())),
+    'RENAME',
+  );
+  t.same(
+    await call(15, cat(opaque(fh(2)), opaque(fh(ROOT_ID)), opaque('l'))),
+    cat(fail(xid, 10004), postOp(f({ size: 5 })), wcc(undefined, root())),
+    'LINK -> NOTSUPP',
+  );
   const cv = Buffer.from(SERVER_ID, 'hex').subarray(0, 8);
-  t.same(await call(16, cat(opaque(fh(ROOT_ID)), hyper(0), Buffer.alloc(8), words(4096))),
-    cat(ok(xid), postOp(root()), cv, words(1), hyper(1), opaque('.'), hyper(1), words(1), hyper(1), opaque('..'), hyper(2),
-      words(1), hyper(2), opaque('f2'), hyper(4), words(0, 1)), 'READDIR');
-  t.same(await call(16, cat(opaque(fh(ROOT_ID)), hyper(2), Buffer.alloc(8), words(4096))), cat(fail(xid, 10003), postOp(root())), 'READDIR wrong verifier -> BAD_COOKIE');
-  t.same(await call(16, cat(opaque(fh(ROOT_ID)), hyper(2), cv, words(4096))),
-    cat(ok(xid), postOp(root()), cv, words(1), hyper(2), opaque('f2'), hyper(4), words(0, 1)), 'READDIR resumed after ..');
-  t.same(await call(16, cat(opaque(fh(ROOT_ID)), hyper(4), cv, words(4096))), cat(ok(xid), postOp(root()), cv, words(0, 1)), 'READDIR resumed at end');
-  t.same(await call(17, cat(opaque(fh(ROOT_ID)), hyper(2), cv, words(4096, 8192))),
-    cat(ok(xid), postOp(root()), cv, words(1), hyper(2), opaque('f2'), hyper(4), postOp(f({ size: 5 })), words(1), opaque(fh(2)), words(0, 1)), 'READDIRPLUS');
-  t.same(await call(18, opaque(fh(ROOT_ID))),
-    cat(ok(xid), postOp(root()), hyper(1 << 30), hyper(1 << 29), hyper(1 << 29), hyper(1000), hyper(998), hyper(998), words(0)), 'FSSTAT');
-  t.same(await call(19, opaque(fh(ROOT_ID))),
-    cat(ok(xid), postOp(root()), words(1 << 20, 1 << 20, 4096, 1 << 20, 1 << 20, 4096, 1 << 20), hyper(Number.MAX_SAFE_INTEGER), words(0, 1_000_000, 0x18)), 'FSINFO');
+  t.same(
+    await call(16, cat(opaque(fh(ROOT_ID)), hyper(0), Buffer.alloc(8), words(4096))),
+    cat(
+      ok(xid),
+      postOp(root()),
+      cv,
+      words(1),
+      hyper(1),
+      opaque('.'),
+      hyper(1),
+      words(1),
+      hyper(1),
+      opaque('..'),
+      hyper(2),
+      words(1),
+      hyper(2),
+      opaque('f2'),
+      hyper(4),
+      words(0, 1),
+    ),
+    'READDIR',
+  );
+  t.same(
+    await call(16, cat(opaque(fh(ROOT_ID)), hyper(2), Buffer.alloc(8), words(4096))),
+    cat(fail(xid, 10003), postOp(root())),
+    'READDIR wrong verifier -> BAD_COOKIE',
+  );
+  t.same(
+    await call(16, cat(opaque(fh(ROOT_ID)), hyper(2), cv, words(4096))),
+    cat(ok(xid), postOp(root()), cv, words(1), hyper(2), opaque('f2'), hyper(4), words(0, 1)),
+    'READDIR resumed after ..',
+  );
+  t.same(
+    await call(16, cat(opaque(fh(ROOT_ID)), hyper(4), cv, words(4096))),
+    cat(ok(xid), postOp(root()), cv, words(0, 1)),
+    'READDIR resumed at end',
+  );
+  t.same(
+    await call(17, cat(opaque(fh(ROOT_ID)), hyper(2), cv, words(4096, 8192))),
+    cat(
+      ok(xid),
+      postOp(root()),
+      cv,
+      words(1),
+      hyper(2),
+      opaque('f2'),
+      hyper(4),
+      postOp(f({ size: 5 })),
+      words(1),
+      opaque(fh(2)),
+      words(0, 1),
+    ),
+    'READDIRPLUS',
+  );
+  t.same(
+    await call(18, opaque(fh(ROOT_ID))),
+    cat(ok(xid), postOp(root()), hyper(1 << 30), hyper(1 << 29), hyper(1 << 29), hyper(1000), hyper(998), hyper(998), words(0)),
+    'FSSTAT',
+  );
+  t.same(
+    await call(19, opaque(fh(ROOT_ID))),
+    cat(
+      ok(xid),
+      postOp(root()),
+      words(1 << 20, 1 << 20, 4096, 1 << 20, 1 << 20, 4096, 1 << 20),
+      hyper(Number.MAX_SAFE_INTEGER),
+      words(0, 1_000_000, 0x18),
+    ),
+    'FSINFO',
+  );
   t.same(await call(20, opaque(fh(ROOT_ID))), cat(ok(xid), postOp(root()), words(1, 255, 1, 1, 0, 1)), 'PATHCONF');
   const commits = ds.commits;
-  t.same(await call(21, cat(opaque(fh(2)), hyper(0), words(0))), cat(ok(xid), wcc(f({ size: 5 }), f({ size: 5 })), verf), 'COMMIT returns the write verifier');
+  t.same(
+    await call(21, cat(opaque(fh(2)), hyper(0), words(0))),
+    cat(ok(xid), wcc(f({ size: 5 }), f({ size: 5 })), verf),
+    'COMMIT returns the write verifier',
+  );
   t.equal(ds.commits, commits + 1, 'COMMIT calls datastore.commit');
 });
 
@@ -82,7 +181,7 @@ t.test('every NFSv3 procedure reply, byte for byte', async (t) => {
  * datastore answers. Where the two differ by design (symlinks), the
  * datastore's capability decides the expected reply.
  */
-eachDatastore(t, 'every NFSv3 procedure on the datastore\'s own attributes, byte for byte', async (t, fx) => {
+eachDatastore(t, "every NFSv3 procedure on the datastore's own attributes, byte for byte", async (t, fx) => {
   const ds = fx.datastore;
   const D = fx.dir;
   const f = await fx.putFile('f', Buffer.from('abc'));
@@ -121,7 +220,11 @@ eachDatastore(t, 'every NFSv3 procedure on the datastore\'s own attributes, byte
   const g = await ds.lookup(D, 'g');
   t.same(w.r, cat(ok(xid), words(1), opaque(fh(g)), postOpOf(await A(g)), wccOf(w.pre[0], await A(D))), 'CREATE');
   t.match(await A(g), { type: 'file', mode: 0o640, uid: 65534, gid: 65534 }, 'CREATE made the file, squashed');
-  t.same(await call(8, cat(opaque(fh(D)), opaque('g'), words(1), sattrMode(0o640))), cat(fail(xid, 17), wccOf(undefined, await A(D))), 'CREATE GUARDED existing -> EXIST');
+  t.same(
+    await call(8, cat(opaque(fh(D)), opaque('g'), words(1), sattrMode(0o640))),
+    cat(fail(xid, 17), wccOf(undefined, await A(D))),
+    'CREATE GUARDED existing -> EXIST',
+  );
   w = await around([D], () => call(9, cat(opaque(fh(D)), opaque('d'), sattrMode(0o700))));
   const d = await ds.lookup(D, 'd');
   t.same(w.r, cat(ok(xid), words(1), opaque(fh(d)), postOpOf(await A(d)), wccOf(w.pre[0], await A(D))), 'MKDIR');
@@ -132,9 +235,17 @@ eachDatastore(t, 'every NFSv3 procedure on the datastore\'s own attributes, byte
     t.same(w.r, cat(ok(xid), words(1), opaque(fh(sl)), postOpOf(await A(sl)), wccOf(w.pre[0], await A(D))), 'SYMLINK');
     t.same(await call(5, opaque(fh(sl))), cat(ok(xid), postOpOf(await A(sl)), opaque('f')), 'READLINK');
   } else {
-    t.same(await call(10, cat(opaque(fh(D)), opaque('s'), sattrMode(0o777), opaque('f'))), cat(fail(xid, 10004), wccOf(undefined, await A(D))), 'SYMLINK -> NOTSUPP');
+    t.same(
+      await call(10, cat(opaque(fh(D)), opaque('s'), sattrMode(0o777), opaque('f'))),
+      cat(fail(xid, 10004), wccOf(undefined, await A(D))),
+      'SYMLINK -> NOTSUPP',
+    );
   }
-  t.same(await call(11, cat(opaque(fh(D)), opaque('p'), words(7), sattrMode(0o600))), cat(fail(xid, 10004), wccOf(undefined, await A(D))), 'MKNOD fifo -> NOTSUPP');
+  t.same(
+    await call(11, cat(opaque(fh(D)), opaque('p'), words(7), sattrMode(0o600))),
+    cat(fail(xid, 10004), wccOf(undefined, await A(D))),
+    'MKNOD fifo -> NOTSUPP',
+  );
   w = await around([D], () => call(12, cat(opaque(fh(D)), opaque('g'))));
   t.same(w.r, cat(ok(xid), wccOf(w.pre[0], await A(D))), 'REMOVE');
   await t.rejects(ds.lookup(D, 'g'), { code: 'ENOENT' }, 'REMOVE removed it');
@@ -144,22 +255,52 @@ eachDatastore(t, 'every NFSv3 procedure on the datastore\'s own attributes, byte
   w = await around([D, D], () => call(14, cat(opaque(fh(D)), opaque('f'), opaque(fh(D)), opaque('f2'))));
   t.same(w.r, cat(ok(xid), wccOf(w.pre[0], await A(D)), wccOf(w.pre[1], await A(D))), 'RENAME');
   t.equal(await ds.lookup(D, 'f2'), f, 'RENAME kept the file id');
-  t.same(await call(15, cat(opaque(fh(f)), opaque(fh(D)), opaque('l'))), cat(fail(xid, 10004), postOpOf(await A(f)), wccOf(undefined, await A(D))), 'LINK -> NOTSUPP');
+  t.same(
+    await call(15, cat(opaque(fh(f)), opaque(fh(D)), opaque('l'))),
+    cat(fail(xid, 10004), postOpOf(await A(f)), wccOf(undefined, await A(D))),
+    'LINK -> NOTSUPP',
+  );
 
   // READDIR cookies: `.` 1, `..` 2, every other entry its file id + 2 (src/nfs/nfs3/proc/readdir.ts).
   const cv = Buffer.from(SERVER_ID, 'hex').subarray(0, 8);
   const parent = await ds.parent!(D);
   const listed = await ds.readdir(D);
-  t.ok(listed.some((e) => e.name === 'f2'), 'the datastore lists the renamed file');
+  t.ok(
+    listed.some((e) => e.name === 'f2'),
+    'the datastore lists the renamed file',
+  );
   const entry = (id: number, name: string, cookie: number): Buffer => cat(words(1), hyper(id), opaque(name), hyper(cookie));
-  t.same(await call(16, cat(opaque(fh(D)), hyper(0), Buffer.alloc(8), words(8192))),
-    cat(ok(xid), postOpOf(await A(D)), cv, entry(D, '.', 1), entry(parent, '..', 2), ...listed.map((e) => entry(e.fileid, e.name, e.fileid + 2)), words(0, 1)), 'READDIR');
-  t.same(await call(16, cat(opaque(fh(D)), hyper(2), Buffer.alloc(8), words(8192))), cat(fail(xid, 10003), postOpOf(await A(D))), 'READDIR wrong verifier -> BAD_COOKIE');
+  t.same(
+    await call(16, cat(opaque(fh(D)), hyper(0), Buffer.alloc(8), words(8192))),
+    cat(
+      ok(xid),
+      postOpOf(await A(D)),
+      cv,
+      entry(D, '.', 1),
+      entry(parent, '..', 2),
+      ...listed.map((e) => entry(e.fileid, e.name, e.fileid + 2)),
+      words(0, 1),
+    ),
+    'READDIR',
+  );
+  t.same(
+    await call(16, cat(opaque(fh(D)), hyper(2), Buffer.alloc(8), words(8192))),
+    cat(fail(xid, 10003), postOpOf(await A(D))),
+    'READDIR wrong verifier -> BAD_COOKIE',
+  );
   const last = listed.at(-1)!;
-  t.same(await call(16, cat(opaque(fh(D)), hyper(last.fileid + 2), cv, words(8192))), cat(ok(xid), postOpOf(await A(D)), cv, words(0, 1)), 'READDIR resumed at end');
+  t.same(
+    await call(16, cat(opaque(fh(D)), hyper(last.fileid + 2), cv, words(8192))),
+    cat(ok(xid), postOpOf(await A(D)), cv, words(0, 1)),
+    'READDIR resumed at end',
+  );
   const plus: Buffer[] = [];
   for (const e of listed) plus.push(entry(e.fileid, e.name, e.fileid + 2), postOpOf(await A(e.fileid)), words(1), opaque(fh(e.fileid)));
-  t.same(await call(17, cat(opaque(fh(D)), hyper(2), cv, words(8192, 16384))), cat(ok(xid), postOpOf(await A(D)), cv, ...plus, words(0, 1)), 'READDIRPLUS after ..');
+  t.same(
+    await call(17, cat(opaque(fh(D)), hyper(2), cv, words(8192, 16384))),
+    cat(ok(xid), postOpOf(await A(D)), cv, ...plus, words(0, 1)),
+    'READDIRPLUS after ..',
+  );
 
   // FSSTAT: the datastore's numbers; free space is the host's, which other processes change, so it is compared loosely.
   const st = await call(18, opaque(fh(D)));
@@ -167,12 +308,27 @@ eachDatastore(t, 'every NFSv3 procedure on the datastore\'s own attributes, byte
   t.same(st.subarray(0, head.length), head, 'FSSTAT status and attributes');
   const mine = await ds.fsstat(D);
   const num = (i: number): number => Number(st.readBigUInt64BE(head.length + i * 8));
-  t.same([num(0), num(3), num(4), num(5)], [mine.totalBytes, mine.totalFiles, mine.freeFiles, mine.freeFiles], 'FSSTAT total bytes and files, free files');
-  t.ok(Math.abs(num(1) - mine.freeBytes) < 256 * 2 ** 20 && Math.abs(num(2) - mine.availBytes) < 256 * 2 ** 20, `FSSTAT free/avail bytes are the datastore's (${num(1)} vs ${mine.freeBytes})`);
+  t.same(
+    [num(0), num(3), num(4), num(5)],
+    [mine.totalBytes, mine.totalFiles, mine.freeFiles, mine.freeFiles],
+    'FSSTAT total bytes and files, free files',
+  );
+  t.ok(
+    Math.abs(num(1) - mine.freeBytes) < 256 * 2 ** 20 && Math.abs(num(2) - mine.availBytes) < 256 * 2 ** 20,
+    `FSSTAT free/avail bytes are the datastore's (${num(1)} vs ${mine.freeBytes})`,
+  );
   t.equal(st.length, head.length + 6 * 8 + 4, 'and invarsec ends it');
-  t.same(await call(19, opaque(fh(D))),
-    cat(ok(xid), postOpOf(await A(D)), words(1 << 20, 1 << 20, 4096, 1 << 20, 1 << 20, 4096, 1 << 20), hyper(Number.MAX_SAFE_INTEGER),
-      words(0, 1_000_000, 0x18 | (ds.symlink ? 0x2 : 0))), 'FSINFO');
+  t.same(
+    await call(19, opaque(fh(D))),
+    cat(
+      ok(xid),
+      postOpOf(await A(D)),
+      words(1 << 20, 1 << 20, 4096, 1 << 20, 1 << 20, 4096, 1 << 20),
+      hyper(Number.MAX_SAFE_INTEGER),
+      words(0, 1_000_000, 0x18 | (ds.symlink ? 0x2 : 0)),
+    ),
+    'FSINFO',
+  );
   t.same(await call(20, opaque(fh(D))), cat(ok(xid), postOpOf(await A(D)), words(1, 255, 1, 1, 0, 1)), 'PATHCONF');
   w = await around([f], () => call(21, cat(opaque(fh(f)), hyper(0), words(0))));
   t.same(w.r, cat(ok(xid), wccOf(w.pre[0], await A(f)), verf), 'COMMIT returns the write verifier');
@@ -189,8 +345,12 @@ t.test('handles survive a restart; the write verifier does not', async (t) => {
         t.equal((await c.call(1, NFS, 3, 1, opaque(fh(2)))).readUInt32BE(24), 0, 'old handle resolves');
         const r = await c.call(2, NFS, 3, 21, cat(opaque(fh(2)), hyper(0), words(0)));
         return r.subarray(r.length - 8);
-      } finally { c.close(); }
-    } finally { await server.stop(); }
+      } finally {
+        c.close();
+      }
+    } finally {
+      await server.stop();
+    }
   };
   const a = await verifier();
   const b = await verifier();

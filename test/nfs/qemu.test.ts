@@ -70,11 +70,21 @@ t.test('the web guest boots from the nfs:// URL of a published restore point and
   // Fixed ports: libnfs reconnects to the same nfsd port after the restart.
   const serve = async (resume: boolean) => {
     const pub = await startPublication({ repo: g.repo.path, point: g.point, stateDir: g.stateDir, resume }, { repository: g.repo });
-    const nfs = await startNfsExport({ datastore: pub.datastore, stateDir: g.stateDir, port: 2049, mountPort: 20048, portmapPort: 111, listen: '127.0.0.1' });
+    const nfs = await startNfsExport({
+      datastore: pub.datastore,
+      stateDir: g.stateDir,
+      port: 2049,
+      mountPort: 20048,
+      portmapPort: 111,
+      listen: '127.0.0.1',
+    });
     return { pub, nfs };
   };
   let s = await serve(false);
-  t.teardown(async () => { await s.nfs.stop(); await s.pub.close({ discard: true }); });
+  t.teardown(async () => {
+    await s.nfs.stop();
+    await s.pub.close({ discard: true });
+  });
   const url = s.nfs.url(s.pub.name, 'root.raw');
   t.match(url, /^nfs:\/\/127\.0\.0\.1\/restorelab\/web-[^?]+\/root\.raw$/, 'a plain nfs:// URL, as QEMU needs it');
 
@@ -85,7 +95,9 @@ t.test('the web guest boots from the nfs:// URL of a published restore point and
   t.teardown(() => dom.destroy());
   let agent = await waitForAgent(dom.agentSocket, 180_000);
   t.pass(`heartbeat after ${((Date.now() - t0) / 1000).toFixed(1)} s booting over NFS`);
-  const w = await agent.exec('/bin/sh', ['-c', 'echo before-restart > /root/nfs-marker && sync && cat /root/nfs-marker'], { timeoutMs: 60_000 });
+  const w = await agent.exec('/bin/sh', ['-c', 'echo before-restart > /root/nfs-marker && sync && cat /root/nfs-marker'], {
+    timeoutMs: 60_000,
+  });
   t.equal(w.stdout.trim(), 'before-restart', 'the guest writes its disk over NFS');
   agent.close();
   t.ok(s.nfs.metrics.bytesWritten > 0, 'the writes reached our server');
@@ -95,10 +107,14 @@ t.test('the web guest boots from the nfs:// URL of a published restore point and
   await s.pub.close();
   s = await serve(true);
   agent = await waitForAgent(dom.agentSocket, 60_000);
-  const r = await agent.exec('/bin/sh', ['-c', 'echo after-restart >> /root/nfs-marker && sync && echo 3 > /proc/sys/vm/drop_caches; cat /root/nfs-marker'], { timeoutMs: 120_000 });
+  const r = await agent.exec(
+    '/bin/sh',
+    ['-c', 'echo after-restart >> /root/nfs-marker && sync && echo 3 > /proc/sys/vm/drop_caches; cat /root/nfs-marker'],
+    { timeoutMs: 120_000 },
+  );
   t.equal(r.stdout.trim(), 'before-restart\nafter-restart', 'the guest keeps working after the server restart');
   agent.close();
-  t.ok(s.nfs.metrics.bytesWritten > 0, 'the restarted server took the guest\'s new writes');
+  t.ok(s.nfs.metrics.bytesWritten > 0, "the restarted server took the guest's new writes");
   await dom.destroy();
   t.equal(chunkFingerprint(g.repo.path), before, 'the repository chunks are byte-identical: writes went to the overlay');
 });
@@ -121,7 +137,13 @@ for (const driver of ['qemu', 'libvirt'] as const) {
     const lab = `rn${driver[0]}${process.pid % 10000}`;
     const labPath = path.join(dir, 'lab.json');
     const masq = driver === 'qemu' ? 'nfs/qemu:qemu' : 'nfs/qemu:libvirt';
-    fs.writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet(masq) }] }));
+    fs.writeFileSync(
+      labPath,
+      JSON.stringify({
+        name: lab,
+        networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet(masq) }],
+      }),
+    );
     const r = await cli(['recover', '--repo', repo, 'web', '--lab', labPath, '--driver', driver, '--publish', 'nfs', '--json'], stateDir);
     t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
     const out = lastJsonLine<RecoverResult>(r.stdout);
@@ -136,16 +158,31 @@ for (const driver of ['qemu', 'libvirt'] as const) {
     t.match(page.body, WEB_EXPECT);
 
     if (driver === 'qemu') {
-      const busy = await cli(['recover', '--repo', repo, 'web', '--driver', 'qemu', '--publish', 'nfs', '--json'], path.join(dir, 'other-state'), 60_000);
+      const busy = await cli(
+        ['recover', '--repo', repo, 'web', '--driver', 'qemu', '--publish', 'nfs', '--json'],
+        path.join(dir, 'other-state'),
+        60_000,
+      );
       t.not(busy.code, 0, 'a second NFS-served session on the same ports fails');
       t.match(busy.stdout + busy.stderr, /NFS_PORT_UNAVAILABLE/, 'naming the busy NFS port');
     }
 
     const stop = await cli(['stop', out.session, '--json'], stateDir, 120_000);
     t.equal(stop.code, 0, stop.stderr);
-    t.same(await residue({ domain: s.domain, mount: path.join(stateDir, 'sessions'), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) }), [],
-      'no QEMU, supervisor or mount remains');
-    t.same((await exec('ip', ['netns', 'list'])).stdout.split('\n').filter((l) => l.startsWith(`rl-${lab}-`)), [], 'the lab is down');
+    t.same(
+      await residue({
+        domain: s.domain,
+        mount: path.join(stateDir, 'sessions'),
+        ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
+      }),
+      [],
+      'no QEMU, supervisor or mount remains',
+    );
+    t.same(
+      (await exec('ip', ['netns', 'list'])).stdout.split('\n').filter((l) => l.startsWith(`rl-${lab}-`)),
+      [],
+      'the lab is down',
+    );
     const free = await run('nfs-ls', ['nfs://127.0.0.1/restorelab/']);
     t.not(free.code, 0, 'and nothing serves NFS any more');
     t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
@@ -161,13 +198,17 @@ t.test('recover --publish rejects what it cannot serve', async (t) => {
   t.match(bad.stdout + bad.stderr, /BAD_PUBLISH/);
   const config = path.join(dir, 'config.json');
   fs.writeFileSync(config, JSON.stringify({ nfs: { portmapPort: 0 } }));
-  const noPortmap = await cli(['--config', config, 'recover', '--repo', repo, 'web', '--publish', 'nfs', '--json'], path.join(dir, 'state'), 30_000);
+  const noPortmap = await cli(
+    ['--config', config, 'recover', '--repo', repo, 'web', '--publish', 'nfs', '--json'],
+    path.join(dir, 'state'),
+    30_000,
+  );
   t.equal(noPortmap.code, 2);
   t.match(noPortmap.stdout + noPortmap.stderr, /NFS_NEEDS_PORTMAPPER/);
   t.same(new SessionStore(path.join(dir, 'state')).list(), [], 'no session was recorded');
 });
 
-t.test('a SureBackup run of a point the server exports over NFS loses none of the NFS clients\' writes', async (t) => {
+t.test("a SureBackup run of a point the server exports over NFS loses none of the NFS clients' writes", async (t) => {
   for (const tool of ['qemu-io', 'nfs-cat', 'nfs-cp', 'qemu-system-x86_64']) requireTool(tool);
   // Short: QEMU's socket paths under the state directory must stay under 108 bytes.
   const dir = fs.mkdtempSync('/tmp/rlsbn-');
@@ -213,8 +254,14 @@ t.test('a SureBackup run of a point the server exports over NFS loses none of th
   t.equal(put.code, 0, put.stderr);
 
   const labName = `sbn${process.pid % 10000}`;
-  const job: Job = { name: 'nfs-owned', lab: labFile(dir, labName, subnet('nfs/qemu:owned')), point: 'latest', concurrency: 1, applicationGroup: [],
-    verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 } };
+  const job: Job = {
+    name: 'nfs-owned',
+    lab: labFile(dir, labName, subnet('nfs/qemu:owned')),
+    point: 'latest',
+    concurrency: 1,
+    applicationGroup: [],
+    verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+  };
   const real = createTestRunner({ repo: () => backend.reader(), screenshotDir: path.join(dir, 'shots') });
   let wroteDuringRun = false;
   let jobPublications: string[] = [];
@@ -228,19 +275,39 @@ t.test('a SureBackup run of a point the server exports over NFS loses none of th
     }
     return real(spec, vm, signal);
   };
-  const rep = await executeRun({ job, backend, repo: () => backend.reader(), stateDir, history, trigger: 'manual', runTest, log: { warn: () => undefined } });
+  const rep = await executeRun({
+    job,
+    backend,
+    repo: () => backend.reader(),
+    stateDir,
+    history,
+    trigger: 'manual',
+    runTest,
+    log: { warn: () => undefined },
+  });
   t.equal(rep.result, 'success', JSON.stringify(rep.vms.map((v) => v.tests.map((x) => [x.name, x.result, x.detail]))));
-  t.ok(wroteDuringRun, 'the client wrote while the run\'s VM was up');
+  t.ok(wroteDuringRun, "the client wrote while the run's VM was up");
   t.same(jobPublications, [`${pub.id} user`, `${pub.id}.2 surebackup`], 'the run verified a second publication of the point, its own');
 
-  t.same(listPublications(stateDir).map((p) => [p.id, p.owner.kind, p.running]), [[pub.id, 'user', true]], 'the exported publication\'s record is still there');
+  t.same(
+    listPublications(stateDir).map((p) => [p.id, p.owner.kind, p.running]),
+    [[pub.id, 'user', true]],
+    "the exported publication's record is still there",
+  );
   t.ok(fs.existsSync(path.join(stateDir, 'overlays', pub.id, 'root.data')), 'and its overlay');
-  t.same(await leftovers(stateDir).then((l) => l.filter((x) => !x.startsWith(`publication ${pub.id} `))), [], 'the run left nothing of its own');
+  t.same(
+    await leftovers(stateDir).then((l) => l.filter((x) => !x.startsWith(`publication ${pub.id} `))),
+    [],
+    'the run left nothing of its own',
+  );
   const cat = await run('nfs-cat', [nfs.url(pub.name, 'root.raw')], undefined, 120_000);
   t.equal(cat.code, 0, cat.stderr);
-  t.ok(cat.stdout.equals(patched), 'read back over NFS after the run: the disk holds every block the client wrote, and nothing else changed');
+  t.ok(
+    cat.stdout.equals(patched),
+    'read back over NFS after the run: the disk holds every block the client wrote, and nothing else changed',
+  );
   const back = await run('nfs-cat', [nfs.url(pub.name, 'client.log')]);
-  t.ok(back.stdout.equals(scratch), 'the client\'s scratch file is still there');
+  t.ok(back.stdout.equals(scratch), "the client's scratch file is still there");
 
   // Not just open descriptors: the overlay on disk holds the writes (a server restart resumes them).
   datastore.detach(pub.id);

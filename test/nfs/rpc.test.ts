@@ -59,7 +59,11 @@ eachDatastore(t, 'RPC-level errors and NFS status replies, byte for byte', async
   const mnt = await c.call(30, MOUNT, 3, 1, opaque('/restorelab'));
   t.same(mnt, cat(accepted(30, 0), words(0), opaque(fh(ROOT_ID)), words(2, 1, 0)), 'MNT returns root handle');
   t.same((await c.call(31, MOUNT, 3, 1, opaque('/other'))).subarray(24), words(2), 'MNT unknown path -> NOENT');
-  t.same(await c.call(32, MOUNT, 3, 1, opaque(`/restorelab${fx.dirPath}`)), cat(accepted(32, 0), words(0), opaque(fh(dir)), words(2, 1, 0)), 'MNT of the publication directory returns its handle');
+  t.same(
+    await c.call(32, MOUNT, 3, 1, opaque(`/restorelab${fx.dirPath}`)),
+    cat(accepted(32, 0), words(0), opaque(fh(dir)), words(2, 1, 0)),
+    'MNT of the publication directory returns its handle',
+  );
 });
 
 t.test('a client outside the allowed CIDR is closed at accept, before its MNT is read', async (t) => {
@@ -70,7 +74,10 @@ t.test('a client outside the allowed CIDR is closed at accept, before its MNT is
   t.teardown(() => c.close());
   const call = callBytes(1, MOUNT, 3, 1, opaque('/restorelab'));
   c.sendRaw(cat(mark(call.length), call));
-  const reply = c.next(2000).then(() => 'reply', () => 'none');
+  const reply = c.next(2000).then(
+    () => 'reply',
+    () => 'none',
+  );
   await c.untilClosed();
   t.equal(await reply, 'none', 'nothing was answered');
   t.equal(server.metrics.refusedNotAllowed, 1);
@@ -85,7 +92,10 @@ eachDatastore(t, 'fuzz: garbage never crashes, a good client keeps working, memo
   t.teardown(() => good.close());
   const rss0 = process.memoryUsage().rss;
   let seedN = 1;
-  const rnd = (n: number): number => { seedN = (seedN * 1103515245 + 12345) & 0x7fffffff; return seedN % n; };
+  const rnd = (n: number): number => {
+    seedN = (seedN * 1103515245 + 12345) & 0x7fffffff;
+    return seedN % n;
+  };
   for (let round = 0; round < 60; round++) {
     const bad = await RawClient.connect(ports.nfs);
     for (let i = 0; i < 50; i++) {

@@ -19,13 +19,37 @@ t.test('restorelab server exports a stopped publication and stops on SIGTERM', a
   await pub.close();
 
   const env = { ...process.env, RESTORELAB_STATE_DIR: g.stateDir, RESTORELAB_REPO: g.repo.path };
-  const child = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'server', '--nfs-port', '0', '--mount-port', '0', '--portmap-port', '0', '--no-schedule', '--port', '0'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  const child = spawn(
+    process.execPath,
+    [
+      projectPath('bin', 'restorelab.js'),
+      '--json',
+      'server',
+      '--nfs-port',
+      '0',
+      '--mount-port',
+      '0',
+      '--portmap-port',
+      '0',
+      '--no-schedule',
+      '--port',
+      '0',
+    ],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
   let out = '';
   let err = '';
-  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
   const line = await new Promise<string>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(out.split('\n')[0] ?? ''); });
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.split('\n')[0] ?? '');
+    });
     child.on('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
     setTimeout(() => reject(new Error(`server did not report within 60 s: ${err}`)), 60_000);
   });
@@ -42,7 +66,7 @@ t.test('restorelab server exports a stopped publication and stops on SIGTERM', a
   t.equal(sha(cat.stdout), sha(fs.readFileSync(g.image)), 'the disk reads back through the server');
 
   child.kill('SIGTERM');
-  const [code] = await once(child, 'exit') as [number | null];
+  const [code] = (await once(child, 'exit')) as [number | null];
   t.equal(code, 0, `server stops cleanly on SIGTERM: ${err}`);
 });
 
@@ -57,14 +81,22 @@ t.test('restorelab publish --nfs --background prints a usable nfs:// URL; unpubl
   const g = await backedUpGuest('web');
   t.teardown(g.cleanup);
   const env = { ...process.env, RESTORELAB_STATE_DIR: g.stateDir, RESTORELAB_REPO: g.repo.path };
-  const cli = (args: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    c.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
+  const cli = (args: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', ...args], {
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      c.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+      });
+      c.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
+      c.on('exit', (code) => resolve({ code, stdout, stderr }));
+    });
   const none = await cli(['publish', g.point]);
   t.equal(none.code, 2, 'publish without --fuse or --nfs is bad input');
   t.match(JSON.parse(none.stdout), { error: { code: 'PUBLISH_NO_FRONTEND' } });

@@ -1,10 +1,23 @@
 import t from 'tap';
 import { XdrError, XdrReader, XdrWriter } from '../../src/nfs/xdr.js';
-import { EmptyFragmentError, POOLED_RECORD_MIN, RecordBufferPool, RecordFramer, RecordTooLargeError, TooManyFragmentsError } from '../../src/nfs/record.js';
+import {
+  EmptyFragmentError,
+  POOLED_RECORD_MIN,
+  RecordBufferPool,
+  RecordFramer,
+  RecordTooLargeError,
+  TooManyFragmentsError,
+} from '../../src/nfs/record.js';
 import { cat, hyper, mark, opaque, words } from './fixtures/bytes.js';
 
 t.test('XdrWriter encodes big-endian with padding', async (t) => {
-  const w = new XdrWriter(4).u32(1).i32(-2).u64(2 ** 40 + 5).bool(true).opaque(Buffer.from('abcde')).string('xy');
+  const w = new XdrWriter(4)
+    .u32(1)
+    .i32(-2)
+    .u64(2 ** 40 + 5)
+    .bool(true)
+    .opaque(Buffer.from('abcde'))
+    .string('xy');
   t.same(w.bytes(), cat(words(1, 0xfffffffe), hyper(2 ** 40 + 5), words(1), opaque('abcde'), opaque('xy')));
   const big = Buffer.alloc(5000, 7);
   t.same(new XdrWriter().opaque(big).u32(9).bytes(), cat(opaque(big), words(9)), 'large opaque by reference');
@@ -16,7 +29,10 @@ t.test('XdrReader decodes and bounds-checks', async (t) => {
   t.equal(r.u64(), 123456789012);
   t.equal(r.bool(), true);
   t.equal(r.string(10), 'hello');
-  t.same(r.array(4, (x) => x.u32()), [5, 6]);
+  t.same(
+    r.array(4, (x) => x.u32()),
+    [5, 6],
+  );
   t.throws(() => r.u32(), XdrError, 'truncated');
   t.throws(() => new XdrReader(words(2)).bool(), XdrError, 'bad bool');
   t.throws(() => new XdrReader(words(9)).enum([0, 1, 2]), XdrError, 'unknown enum');
@@ -30,7 +46,7 @@ t.test('record marking at every split point', async (t) => {
   const rec1 = Buffer.from('0123456789ab');
   const rec2a = Buffer.from('wxyz');
   const rec2b = Buffer.from('ABCDEFGH');
-  const stream = cat(mark(rec1.length), rec1, mark(rec2a.length, false), rec2a, mark(rec2b.length), rec2b, mark(0), );
+  const stream = cat(mark(rec1.length), rec1, mark(rec2a.length, false), rec2a, mark(rec2b.length), rec2b, mark(0));
   for (let i = 0; i <= stream.length; i++) {
     for (let j = i; j <= stream.length; j++) {
       const f = new RecordFramer(1024);
@@ -52,7 +68,14 @@ t.test('huge record length is rejected without allocating', async (t) => {
   const f = new RecordFramer(1 << 20);
   t.throws(() => f.push(mark(1 << 30)), RecordTooLargeError);
   const g = new RecordFramer(100);
-  t.throws(() => { g.push(cat(mark(60, false), Buffer.alloc(60))); g.push(mark(60)); }, RecordTooLargeError, 'total across fragments');
+  t.throws(
+    () => {
+      g.push(cat(mark(60, false), Buffer.alloc(60)));
+      g.push(mark(60));
+    },
+    RecordTooLargeError,
+    'total across fragments',
+  );
 });
 
 t.test('large records spanning socket chunks are assembled in pooled buffers, reused only once released', async (t) => {
@@ -101,7 +124,9 @@ t.test('a zero-length fragment that is not the last is refused at its header, at
     try {
       got.push(...f.push(stream.subarray(0, i)));
       got.push(...f.push(stream.subarray(i)));
-    } catch (e) { thrown = e; }
+    } catch (e) {
+      thrown = e;
+    }
     // The connection closes on the error, so a good record in the same push may be dropped with it; never anything after it.
     if (!(thrown instanceof EmptyFragmentError) || got.length > 1 || (got.length === 1 && !got[0]!.equals(rec))) {
       t.fail(`split ${i}: ${String(thrown)} after ${got.length} records`);
@@ -114,7 +139,11 @@ t.test('a zero-length fragment that is not the last is refused at its header, at
   // A zero-length LAST fragment is legal: it ends a record (or is an empty record).
   const h = new RecordFramer(1024);
   const out = h.push(cat(mark(3, false), Buffer.from('xyz'), mark(0), mark(0)));
-  t.same(out.map((b) => b.toString()), ['xyz', ''], 'an empty last fragment ends the record; alone, it is an empty record');
+  t.same(
+    out.map((b) => b.toString()),
+    ['xyz', ''],
+    'an empty last fragment ends the record; alone, it is an empty record',
+  );
 });
 
 t.test('fragments per record are bounded, so 1-byte fragments cannot cost an object per byte', async (t) => {
@@ -133,7 +162,15 @@ t.test('fragments per record are bounded, so 1-byte fragments cannot cost an obj
   const h = new RecordFramer(1 << 20, undefined, 8);
   let at = -1;
   for (let i = 0; i < stream.length; i++) {
-    try { h.push(stream.subarray(i, i + 1)); } catch (e) { if (e instanceof TooManyFragmentsError) { at = i; break; } throw e; }
+    try {
+      h.push(stream.subarray(i, i + 1));
+    } catch (e) {
+      if (e instanceof TooManyFragmentsError) {
+        at = i;
+        break;
+      }
+      throw e;
+    }
   }
   t.equal(at, 8 * 5 + 3, 'refused at the last byte of the ninth header');
   const d = new RecordFramer(1 << 20);

@@ -4,15 +4,28 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BLOCK_SIZE, Overlay, OverlayBudget, OverlayError, discardOverlay, overlayFiles, type OverlayBase } from '../../src/overlay/overlay.js';
+import {
+  BLOCK_SIZE,
+  Overlay,
+  OverlayBudget,
+  OverlayError,
+  discardOverlay,
+  overlayFiles,
+  type OverlayBase,
+} from '../../src/overlay/overlay.js';
 import { patternBytes } from '../publish/fixtures/memory-repository.js';
 import { crashWrite, patternBase } from './fixtures/crash-plan.js';
 
 function memBase(size: number): OverlayBase & { bytes: Buffer; reads: number } {
   const bytes = patternBytes(size, 3);
   const b = {
-    size, bytes, reads: 0,
-    readInto: async (o: number, target: Buffer) => { b.reads++; return bytes.copy(target, 0, o, Math.min(size, o + target.length)); },
+    size,
+    bytes,
+    reads: 0,
+    readInto: async (o: number, target: Buffer) => {
+      b.reads++;
+      return bytes.copy(target, 0, o, Math.min(size, o + target.length));
+    },
   };
   return b;
 }
@@ -23,7 +36,6 @@ function tmpdir(t: { teardown(fn: () => void): void }): string {
   return d;
 }
 
-
 t.test('reads merge the overlay over the base, partial blocks keep the base bytes', async (t) => {
   const dir = tmpdir(t);
   const base = memBase(1024 * 1024);
@@ -31,7 +43,12 @@ t.test('reads merge the overlay over the base, partial blocks keep the base byte
   const ov = await Overlay.open({ dir, name: 'sda', base });
   t.teardown(() => ov.close());
   t.ok((await ov.read(0, 8192)).equals(expect.subarray(0, 8192)), 'empty overlay reads the base');
-  const writes: Array<[number, Buffer]> = [[0, Buffer.alloc(4096, 1)], [10000, Buffer.alloc(300, 2)], [BLOCK_SIZE * 7 - 10, Buffer.alloc(5000, 3)], [base.size - 100, Buffer.alloc(100, 4)]];
+  const writes: Array<[number, Buffer]> = [
+    [0, Buffer.alloc(4096, 1)],
+    [10000, Buffer.alloc(300, 2)],
+    [BLOCK_SIZE * 7 - 10, Buffer.alloc(5000, 3)],
+    [base.size - 100, Buffer.alloc(100, 4)],
+  ];
   for (const [off, d] of writes) {
     await ov.write(off, d, false);
     d.copy(expect, off);
@@ -66,7 +83,10 @@ t.test('at the limit writes fail with ENOSPC, nothing is half-written, threshold
   t.same(warnings, [80, 90]);
   const err = await ov.write(9 * BLOCK_SIZE, Buffer.alloc(BLOCK_SIZE * 2, 0xee), true).catch((e: unknown) => e);
   t.ok(err instanceof OverlayError && err.code === 'ENOSPC', 'a write needing two more blocks fails');
-  t.ok((await ov.read(9 * BLOCK_SIZE, BLOCK_SIZE * 2)).equals(base.bytes.subarray(9 * BLOCK_SIZE, 11 * BLOCK_SIZE)), 'the failed write left no trace');
+  t.ok(
+    (await ov.read(9 * BLOCK_SIZE, BLOCK_SIZE * 2)).equals(base.bytes.subarray(9 * BLOCK_SIZE, 11 * BLOCK_SIZE)),
+    'the failed write left no trace',
+  );
   await ov.write(0, Buffer.alloc(BLOCK_SIZE, 0x55), true);
   t.ok((await ov.read(0, BLOCK_SIZE)).equals(Buffer.alloc(BLOCK_SIZE, 0x55)), 'rewriting an allocated block still works at the limit');
   await ov.write(9 * BLOCK_SIZE, Buffer.alloc(BLOCK_SIZE, 0x66), true);
@@ -74,7 +94,8 @@ t.test('at the limit writes fail with ENOSPC, nothing is half-written, threshold
   await ov.close();
   const again = await Overlay.open({ dir, name: 'sda', base, limitBytes: BLOCK_SIZE * 10 });
   t.equal(again.usedBytes, BLOCK_SIZE * 10);
-  for (let i = 1; i < 9; i++) t.ok((await again.read(i * BLOCK_SIZE, BLOCK_SIZE)).equals(Buffer.alloc(BLOCK_SIZE, i + 1)), `block ${i} intact`);
+  for (let i = 1; i < 9; i++)
+    t.ok((await again.read(i * BLOCK_SIZE, BLOCK_SIZE)).equals(Buffer.alloc(BLOCK_SIZE, i + 1)), `block ${i} intact`);
   await again.close();
 });
 
@@ -105,8 +126,12 @@ t.test('a torn journal tail is ignored, a corrupt map is refused', async (t) => 
 
 t.test('kill -9 of a writer: every acknowledged sync write survives and the overlay resumes', async (t) => {
   const dir = tmpdir(t);
-  const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/crash-writer.js', import.meta.url)), dir, 'sync'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => { child.kill('SIGKILL'); });
+  const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/crash-writer.js', import.meta.url)), dir, 'sync'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   let acked = -1;
   await new Promise<void>((resolve, reject) => {
     let buf = '';
@@ -120,7 +145,9 @@ t.test('kill -9 of a writer: every acknowledged sync write survives and the over
         resolve();
       }
     });
-    child.on('exit', (code, sig) => { if (sig !== 'SIGKILL') reject(new Error(`writer exited early: ${code}`)); });
+    child.on('exit', (code, sig) => {
+      if (sig !== 'SIGKILL') reject(new Error(`writer exited early: ${code}`));
+    });
   });
   await new Promise((r) => child.once('exit', r));
   const base = patternBase();
@@ -142,7 +169,10 @@ t.test('the disks of a publication share one budget', async (t) => {
   const budget = new OverlayBudget(BLOCK_SIZE * 4);
   const a = await Overlay.open({ dir, name: 'sda', base: memBase(1024 * 1024), budget });
   const b = await Overlay.open({ dir, name: 'sdb', base: memBase(1024 * 1024), budget });
-  t.teardown(async () => { await a.close(); await b.close(); });
+  t.teardown(async () => {
+    await a.close();
+    await b.close();
+  });
   await a.write(0, Buffer.alloc(BLOCK_SIZE * 3, 1), true);
   t.equal(b.freeBytes, BLOCK_SIZE, 'the other disk sees what is left');
   await t.rejects(b.write(0, Buffer.alloc(BLOCK_SIZE * 2, 2), true), { code: 'ENOSPC' });

@@ -14,27 +14,34 @@ async function sh(cmd: string, args: string[], input?: string): Promise<void> {
 }
 
 t.before(() => {
-  for (const tool of ['mkfs.ext4', 'debugfs', 'truncate']) if (!which(tool)) throw new Error(`required system tool missing: ${tool} (apt-get install e2fsprogs coreutils)`);
+  for (const tool of ['mkfs.ext4', 'debugfs', 'truncate'])
+    if (!which(tool)) throw new Error(`required system tool missing: ${tool} (apt-get install e2fsprogs coreutils)`);
 });
 
 t.test('a clean filesystem passes, whole-disk or in the first partition', async (t) => {
   const dir = t.testdir();
   const whole = join(dir, 'whole.img');
-  await sh('truncate', ['-s', '16M', whole]); await sh('mkfs.ext4', ['-q', '-F', whole]);
+  await sh('truncate', ['-s', '16M', whole]);
+  await sh('mkfs.ext4', ['-q', '-F', whole]);
   t.match(await fsckAfterCrash(whole, dir), { clean: true, preen: 0, check: 0 });
   const parted = join(dir, 'parted.img');
   await sh('truncate', ['-s', '24M', parted]);
   await sh('sfdisk', ['-q', parted], 'start=2048, type=83\n');
   await sh('mkfs.ext4', ['-q', '-F', '-E', 'offset=1048576', parted, '20M']);
-  t.match(await fsckAfterCrash(parted, dir), { clean: true, preen: 0, check: 0 }, 'the filesystem is found at the partition\'s start');
+  t.match(await fsckAfterCrash(parted, dir), { clean: true, preen: 0, check: 0 }, "the filesystem is found at the partition's start");
 });
 
 t.test('what a crash leaves is repaired as at boot; errors left uncorrected fail', async (t) => {
   const dir = t.testdir();
   const img = join(dir, 'fs.img');
-  await sh('truncate', ['-s', '16M', img]); await sh('mkfs.ext4', ['-q', '-F', img]);
+  await sh('truncate', ['-s', '16M', img]);
+  await sh('mkfs.ext4', ['-q', '-F', img]);
   await sh('debugfs', ['-w', '-R', 'set_super_value free_blocks_count 10', img]);
-  t.match(await fsckAfterCrash(img, dir), { clean: true, preen: 1, check: 0 }, 'free counts are recomputed, as every unclean shutdown needs');
+  t.match(
+    await fsckAfterCrash(img, dir),
+    { clean: true, preen: 1, check: 0 },
+    'free counts are recomputed, as every unclean shutdown needs',
+  );
   await sh('debugfs', ['-w', '-R', 'clri <2>', img]);
   const broken = await fsckAfterCrash(img, dir);
   t.match(broken, { clean: false, preen: 4 }, 'a cleared root inode is an error the boot-time repair leaves');

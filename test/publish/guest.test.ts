@@ -19,7 +19,16 @@ import { mountEntry } from '../../src/host/mounts.js';
 import { listPublications, removePublication } from '../../src/publish/publish.js';
 import { processAlive } from '../../src/host/process.js';
 import { fsckAfterCrash } from './fixtures/fsck.js';
-import { BOOT_TIMEOUT_MS, chunkFingerprint, cli, json, occurrences, webDefinition, webRepository, type PublishJson } from './fixtures/web.js';
+import {
+  BOOT_TIMEOUT_MS,
+  chunkFingerprint,
+  cli,
+  json,
+  occurrences,
+  webDefinition,
+  webRepository,
+  type PublishJson,
+} from './fixtures/web.js';
 import { settle } from '../helpers/ready.js';
 
 // Short: QEMU's socket paths must stay under 108 bytes.
@@ -44,7 +53,11 @@ const publish = (...extra: string[]): Promise<PublishJson> =>
 
 async function boot(disk: string, name: string): Promise<Domain> {
   const web = webDefinition();
-  const dom = await qemu.start({ vm: { ...web, name: `${name}${suffix}` }, disks: [{ name: 'root', path: disk, format: 'raw' }], nics: [] });
+  const dom = await qemu.start({
+    vm: { ...web, name: `${name}${suffix}` },
+    disks: [{ name: 'root', path: disk, format: 'raw' }],
+    nics: [],
+  });
   domains.push(dom);
   return dom;
 }
@@ -72,7 +85,7 @@ t.test('a guest boots from a published point; its synced write is in the overlay
   t.equal(chunkFingerprint(repo), before, 'every chunk file is byte-identical to before');
 
   const resumed = await publish('--resume');
-  t.ok(await occurrences(resumed.disks.root!, marker) >= 1, 'resuming the overlay shows the write');
+  t.ok((await occurrences(resumed.disks.root!, marker)) >= 1, 'resuming the overlay shows the write');
   json(await cli(['unpublish', resumed.publication, '--json'], state));
 
   const fresh = await publish();
@@ -90,7 +103,11 @@ t.test('kill -9 of the publisher while the guest writes: --resume keeps every sy
   // Keep the guest writing (and syncing) while the publisher dies.
   await guestSh(dom, '(while true; do dd if=/dev/urandom of=/root/churn bs=64k count=32 conv=fsync; done) >/dev/null 2>&1 &');
   // Killed mid-write: once the loop has written a whole 2 MiB file with fsync (a state, not a 3 s guess).
-  const churning = await settle(async () => Number((await guestSh(dom, 'stat -c %s /root/churn 2>/dev/null || echo 0')).trim()) >= 2 * 1024 * 1024, 120_000, 250);
+  const churning = await settle(
+    async () => Number((await guestSh(dom, 'stat -c %s /root/churn 2>/dev/null || echo 0')).trim()) >= 2 * 1024 * 1024,
+    120_000,
+    250,
+  );
   t.ok(churning, 'the guest is writing');
   const running = listPublications(state).find((p) => p.id === pub.publication);
   t.ok(running?.running && running.pid, 'the publisher runs');
@@ -101,7 +118,7 @@ t.test('kill -9 of the publisher while the guest writes: --resume keeps every sy
   for (let i = 0; i < 100 && processAlive(running!.pid); i++) await new Promise((r) => setTimeout(r, 100));
   t.notOk(processAlive(running!.pid), 'the killed publisher is gone');
   const resumed = await publish('--resume');
-  t.ok(await occurrences(resumed.disks.root!, marker) >= 1, 'the acknowledged write survived kill -9');
+  t.ok((await occurrences(resumed.disks.root!, marker)) >= 1, 'the acknowledged write survived kill -9');
   // As the guest's next boot would: journal replayed, crash leftovers repaired, and nothing else wrong.
   const fsck = await fsckAfterCrash(resumed.disks.root!, dir);
   t.ok(fsck.clean, `the guest filesystem is consistent after the crash: ${fsck.output}`);

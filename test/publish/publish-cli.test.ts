@@ -38,9 +38,15 @@ t.test('publish shows the point, keeps writes for --resume, forgets them without
   t.equal(raw, join(pub.path, 'root.raw'));
   t.equal((await exec('cmp', [raw, image])).code, 0, 'the published disk has the bytes of the backed-up image');
   const list = json<{ publications: Array<{ id: string; running: boolean; pid?: number }> }>(await cli(['publications', '--json'], state));
-  t.same(list.publications.map((p) => [p.id, p.running]), [[pub.publication, true]]);
+  t.same(
+    list.publications.map((p) => [p.id, p.running]),
+    [[pub.publication, true]],
+  );
   const environ = readFileSync(`/proc/${list.publications[0]?.pid}/environ`, 'utf8').split('\0');
-  t.ok(environ.includes('MALLOC_MMAP_THRESHOLD_=131072'), 'the background publisher runs with large buffers in their own mappings (src/host/malloc.ts)');
+  t.ok(
+    environ.includes('MALLOC_MMAP_THRESHOLD_=131072'),
+    'the background publisher runs with large buffers in their own mappings (src/host/malloc.ts)',
+  );
 
   const w = await exec('sh', ['-c', `printf 'publish-cli-marker' | dd of=${raw} bs=4096 seek=100 conv=notrunc,fsync status=none`]);
   t.equal(w.code, 0, w.stderr);
@@ -71,7 +77,10 @@ t.test('at the overlay limit dd through the mount gets ENOSPC and nothing is cor
   const again = await publish('--resume');
   const cmpHead = await exec('cmp', ['-n', String(2 * 1024 * 1024), again.disks.root!, image]);
   t.equal(cmpHead.code, 0, 'below the writes: untouched');
-  const zeros = await exec('sh', ['-c', `dd if=${again.disks.root!} bs=256k skip=8 count=4 status=none | cmp -s - /dev/zero -n ${1024 * 1024} && echo zero`]);
+  const zeros = await exec('sh', [
+    '-c',
+    `dd if=${again.disks.root!} bs=256k skip=8 count=4 status=none | cmp -s - /dev/zero -n ${1024 * 1024} && echo zero`,
+  ]);
   t.equal(zeros.stdout.trim(), 'zero', 'the accepted 1 MiB is there after a restart');
   const tail = await exec('cmp', ['-i', String(3 * 1024 * 1024), again.disks.root!, image]);
   t.equal(tail.code, 0, 'past the limit: the original bytes');
@@ -103,7 +112,7 @@ t.test('bad input: unknown point, busy point, a mount point in use; nothing left
 
 t.test('a background publisher that dies keeps its log, and what the user sees names it', async (t) => {
   // Killed once it published: its log has moved into the publication's state directory.
-  const pub = await publish() as PublishJson & { log?: string };
+  const pub = (await publish()) as PublishJson & { log?: string };
   const log = join(state, 'publications', pub.publication, 'publisher.log');
   t.equal(pub.log, log, 'the result names the log');
   const pid = listPublications(state).find((p) => p.id === pub.publication)?.pid;
@@ -132,24 +141,40 @@ t.test('a background publisher that dies keeps its log, and what the user sees n
   t.equal(err?.code, 'POINT_NOT_FOUND');
   const named = /the publisher's log: (\S+)/.exec(err?.hint ?? '')?.[1];
   t.ok(named?.startsWith(join(state, 'publications', '.publish-')), `the hint names the log: ${err?.hint}`);
-  t.match(readFileSync(named ?? '/nonexistent', 'utf8'), /POINT_NOT_FOUND/, 'which holds the publisher\'s own report');
+  t.match(readFileSync(named ?? '/nonexistent', 'utf8'), /POINT_NOT_FOUND/, "which holds the publisher's own report");
   t.equal(mountEntry(mnt), undefined);
 });
 
-t.test('the published disks are the publisher\'s alone, or shared with the group of --fuse-group / config fuse.group', async (t) => {
+t.test("the published disks are the publisher's alone, or shared with the group of --fuse-group / config fuse.group", async (t) => {
   chmodSync(dir, 0o755); // only the mount's own policy decides what nobody gets
   const ownerOnly = await publish();
   const raw = ownerOnly.disks.root!;
-  t.same([statSync(raw).mode & 0o7777, statSync(raw).uid], [0o600, 0], 'without a group: 0600, root\'s');
-  t.same(await probeAs(NOBODY, [['read', raw], ['write', raw]]), ['EACCES', 'EACCES'], 'nobody gets nothing');
+  t.same([statSync(raw).mode & 0o7777, statSync(raw).uid], [0o600, 0], "without a group: 0600, root's");
+  t.same(
+    await probeAs(NOBODY, [
+      ['read', raw],
+      ['write', raw],
+    ]),
+    ['EACCES', 'EACCES'],
+    'nobody gets nothing',
+  );
   json(await cli(['unpublish', ownerOnly.publication, '--json'], state));
 
   const config = join(dir, 'fuse-group.json');
   writeFileSync(config, JSON.stringify({ fuse: { group: 'nogroup' } }));
-  const shared = json<PublishJson>(await cli(['--config', config, 'publish', '--repo', repo, point.id, '--fuse', mnt, '--background', '--json'], state));
+  const shared = json<PublishJson>(
+    await cli(['--config', config, 'publish', '--repo', repo, point.id, '--fuse', mnt, '--background', '--json'], state),
+  );
   const st = statSync(shared.disks.root!);
   t.same([st.mode & 0o7777, st.gid], [0o660, 65534], 'config fuse.group: 0660 with that group');
-  t.same(await probeAs(NOBODY, [['read', shared.disks.root!], ['write', shared.disks.root!]]), ['ok', 'ok'], 'a member reads and writes');
+  t.same(
+    await probeAs(NOBODY, [
+      ['read', shared.disks.root!],
+      ['write', shared.disks.root!],
+    ]),
+    ['ok', 'ok'],
+    'a member reads and writes',
+  );
   json(await cli(['unpublish', shared.publication, '--json'], state));
 
   const flag = await publish('--fuse-group', '65533');

@@ -35,10 +35,22 @@ const orphan = join(state, 'overlays', 'web-20200101T000000Z-000000');
 mkdirSync(orphan, { recursive: true });
 // A lab record as `lab up` writes it, whose namespace no longer exists (a reboot removes every namespace).
 mkdirSync(join(state, 'labs'), { recursive: true });
-writeFileSync(join(state, 'labs', 'rebooted.json'), JSON.stringify({
-  name: 'rebooted', netns: 'rl-rebooted-0a0b0c', hostVeth: 'rl0a0b0ch', hostAddress: '169.254.77.1', labAddress: '169.254.77.2',
-  hostTable: 'restorelab_0a0b0c', routes: [], networks: [], taps: [], createdAt: new Date().toISOString(), ready: true,
-}));
+writeFileSync(
+  join(state, 'labs', 'rebooted.json'),
+  JSON.stringify({
+    name: 'rebooted',
+    netns: 'rl-rebooted-0a0b0c',
+    hostVeth: 'rl0a0b0ch',
+    hostAddress: '169.254.77.1',
+    labAddress: '169.254.77.2',
+    hostTable: 'restorelab_0a0b0c',
+    routes: [],
+    networks: [],
+    taps: [],
+    createdAt: new Date().toISOString(),
+    ready: true,
+  }),
+);
 
 t.test('bad flags get a clear error and change nothing', async (t) => {
   const before = fingerprint(state);
@@ -67,7 +79,10 @@ t.test('--dry-run reports every stale item and changes nothing', async (t) => {
   t.type(byId.get(`publication:${gone.id}`)?.ageSeconds, 'number', 'and its age');
   t.match(byId.get(`overlay:${orphan}`), { safe: true, bytes: 0, reason: /no publication record/ });
   t.match(byId.get('lab:rebooted'), { safe: true, reason: /namespace rl-rebooted-0a0b0c is gone/ });
-  t.ok(r.stale.every((s) => s.outcome === undefined), 'a dry run does nothing to any item');
+  t.ok(
+    r.stale.every((s) => s.outcome === undefined),
+    'a dry run does nothing to any item',
+  );
   t.equal(fingerprint(state), before, 'the state directory is unchanged');
   const human = await cli(['cleanup', '--dry-run'], state);
   t.match(human.stdout, /dry run: nothing changed/);
@@ -85,7 +100,11 @@ t.test('cleanup removes what is safe and keeps the overlay with writes until it 
   t.ok(existsSync(join(overlay, 'root.data')), 'the overlay with writes is kept');
 
   const again = json<ReconcileReport>(await cli(['cleanup', '--json'], state));
-  t.same(ours(again).map((s) => [s.id, s.outcome?.action]), [[`publication:${gone.id}`, 'kept']], 'a second run finds only what it keeps');
+  t.same(
+    ours(again).map((s) => [s.id, s.outcome?.action]),
+    [[`publication:${gone.id}`, 'kept']],
+    'a second run finds only what it keeps',
+  );
 
   const named = json<ReconcileReport>(await cli(['cleanup', '--item', `publication:${gone.id}`, '--discard-writes', '--json'], state));
   t.equal(named.stale.find((s) => s.id === `publication:${gone.id}`)?.outcome?.action, 'removed');

@@ -57,7 +57,10 @@ const gone = await publicationOfDeletedRepo(join(home, 'b'), state, join(home, '
 
 // 2. A publisher killed with SIGKILL; its point stays. The session below takes a newer point of the same VM.
 const mnt = join(home, 'ma');
-const killedPub = await cli(['publish', '--repo', live.repo, live.point.id, '--fuse', mnt, '--background']) as { publication: string; disks: Record<string, string> };
+const killedPub = (await cli(['publish', '--repo', live.repo, live.point.id, '--fuse', mnt, '--background'])) as {
+  publication: string;
+  disks: Record<string, string>;
+};
 await scribble(killedPub.disks.root as string);
 const publisherPid = JSON.parse(readFileSync(join(state, 'publications', killedPub.publication, 'publication.json'), 'utf8')).pid as number;
 process.kill(publisherPid, 'SIGKILL');
@@ -80,16 +83,26 @@ for (const pid of [session.supervisorPid, session.qemuPid] as number[]) {
 
 // 4. A lab brought up by a run that is killed with SIGKILL.
 const runLab = `rr${tag}`;
-const run = spawn(process.execPath, ['--input-type=module', '-e', `
+const run = spawn(
+  process.execPath,
+  [
+    '--input-type=module',
+    '-e',
+    `
   const { labUp, parseLab } = await import(${JSON.stringify(projectPath('dist', 'src', 'lab', 'lab.js'))});
   await labUp(parseLab({ name: ${JSON.stringify(runLab)}, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: ${JSON.stringify(subnet('reconcile/server-start:run'))} }] }, 'run'),
     { stateDir: ${JSON.stringify(state)}, owner: { pid: process.pid, what: 'SureBackup run' } });
   process.stdout.write('up\\n');
   setInterval(() => undefined, 1000);
-`], { stdio: ['ignore', 'pipe', 'inherit'] });
+`,
+  ],
+  { stdio: ['ignore', 'pipe', 'inherit'] },
+);
 children.push(run);
 let runOut = '';
-run.stdout?.on('data', (c: Buffer) => { runOut += c.toString(); });
+run.stdout?.on('data', (c: Buffer) => {
+  runOut += c.toString();
+});
 await waitFor('the run to bring its lab up', () => runOut.includes('up'), 60_000);
 const runNetns = readLabState(state, runLab)?.netns as string;
 run.kill('SIGKILL');
@@ -99,75 +112,135 @@ const netnsList = async (): Promise<string> => (await exec('ip', ['netns', 'list
 
 t.test('cleanup --dry-run reports every stale item and changes nothing', async (t) => {
   const before = fingerprint(state);
-  const mountsBefore = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(home)).length;
-  const r = await cli(['cleanup', '--dry-run']) as unknown as ReconcileReport;
+  const mountsBefore = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(home)).length;
+  const r = (await cli(['cleanup', '--dry-run'])) as unknown as ReconcileReport;
   const byId = new Map(ours(r).map((s) => [s.id, s]));
   t.match(byId.get(`publication:${gone.id}`), { safe: false, reason: /repository .* is gone/ });
-  t.match(byId.get(`session:${sessionId}`), { safe: true, reason: /was running, its supervisor \(pid \d+\) is gone; QEMU \(pid \d+\) is gone/ });
+  t.match(byId.get(`session:${sessionId}`), {
+    safe: true,
+    reason: /was running, its supervisor \(pid \d+\) is gone; QEMU \(pid \d+\) is gone/,
+  });
   t.match(byId.get(`lab:${runLab}`), { safe: true, reason: /SureBackup run \(pid \d+\) is gone .* namespace .* is empty/ });
   t.match(byId.get(`mount:${mnt}`), { safe: true, reason: /serving process is gone/ });
-  t.same(r.resumable.filter((p) => p.id === killedPub.publication), [{ id: killedPub.publication, point: live.point.id, publisherDied: true }]);
+  t.same(
+    r.resumable.filter((p) => p.id === killedPub.publication),
+    [{ id: killedPub.publication, point: live.point.id, publisherDied: true }],
+  );
   t.equal(fingerprint(state), before, 'the state directory is unchanged');
-  t.equal(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(home)).length, mountsBefore, 'no mount was removed');
-  t.match(await netnsList(), runNetns, 'the killed run\'s namespace is still there');
+  t.equal(
+    readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .filter((l) => l.includes(home)).length,
+    mountsBefore,
+    'no mount was removed',
+  );
+  t.match(await netnsList(), runNetns, "the killed run's namespace is still there");
 });
 
-t.test('the server starts, resumes the live publication, reports and removes the stale', { timeout: BOOT_TIMEOUT_MS + 300_000 }, async (t) => {
-  const server = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'server', '--json', '--port', '0', '--nfs-port', '0', '--mount-port', '0', '--portmap-port', '0', '--no-schedule'],
-    { env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RESTORELAB_'))), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(server);
-  let out = '';
-  let err = '';
-  server.stdout?.on('data', (c: Buffer) => { out += c.toString(); });
-  server.stderr?.on('data', (c: Buffer) => { err += c.toString(); });
-  t.teardown(async () => {
-    if (server.exitCode === null) server.kill('SIGTERM');
-    await waitFor('the server to stop', () => server.exitCode !== null || server.signalCode !== null, 60_000).catch(() => server.kill('SIGKILL'));
-  });
-  await waitFor('the server to serve', () => out.includes('\n') || server.exitCode !== null, 240_000);
-  t.equal(server.exitCode, null, `the server runs (stderr: ${err})`);
-  const started = JSON.parse(out.split('\n')[0] as string) as {
-    api: { url: string }; nfs: { publications: string[]; skipped: Array<{ id: string; reason: string }> };
-    reconcile: { resumable: string[]; stale: Array<{ id: string; reason: string; action: string }> };
-  };
-  const health = await fetch(`${started.api.url}/healthz`);
-  t.equal(health.status, 200, '/healthz answers');
-  t.ok(started.nfs.publications.includes(killedPub.publication), 'the publication whose publisher was killed is served again');
-  t.match(started.nfs.skipped, [{ id: gone.id, reason: /REPO_NOT_FOUND|no restorelab repository/ }], 'the one whose repository is gone is skipped with its reason');
-  const action = new Map(started.reconcile.stale.map((s) => [s.id, s]));
-  t.match(action.get(`publication:${gone.id}`), { action: 'kept', reason: /repository .* is gone/ });
-  t.match(action.get(`session:${sessionId}`), { action: 'removed', reason: /supervisor/ });
-  t.match(action.get(`lab:${runLab}`), { action: 'removed', reason: /SureBackup run/ });
-  t.match(action.get(`mount:${mnt}`), { action: 'removed' });
-  t.match(err, new RegExp(`stale: publication:${gone.id}: its repository`), 'the kept stale item is logged');
+t.test(
+  'the server starts, resumes the live publication, reports and removes the stale',
+  { timeout: BOOT_TIMEOUT_MS + 300_000 },
+  async (t) => {
+    const server = spawn(
+      process.execPath,
+      [
+        projectPath('bin', 'restorelab.js'),
+        'server',
+        '--json',
+        '--port',
+        '0',
+        '--nfs-port',
+        '0',
+        '--mount-port',
+        '0',
+        '--portmap-port',
+        '0',
+        '--no-schedule',
+      ],
+      {
+        env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RESTORELAB_'))), ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    children.push(server);
+    let out = '';
+    let err = '';
+    server.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    server.stderr?.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    t.teardown(async () => {
+      if (server.exitCode === null) server.kill('SIGTERM');
+      await waitFor('the server to stop', () => server.exitCode !== null || server.signalCode !== null, 60_000).catch(() =>
+        server.kill('SIGKILL'),
+      );
+    });
+    await waitFor('the server to serve', () => out.includes('\n') || server.exitCode !== null, 240_000);
+    t.equal(server.exitCode, null, `the server runs (stderr: ${err})`);
+    const started = JSON.parse(out.split('\n')[0] as string) as {
+      api: { url: string };
+      nfs: { publications: string[]; skipped: Array<{ id: string; reason: string }> };
+      reconcile: { resumable: string[]; stale: Array<{ id: string; reason: string; action: string }> };
+    };
+    const health = await fetch(`${started.api.url}/healthz`);
+    t.equal(health.status, 200, '/healthz answers');
+    t.ok(started.nfs.publications.includes(killedPub.publication), 'the publication whose publisher was killed is served again');
+    t.match(
+      started.nfs.skipped,
+      [{ id: gone.id, reason: /REPO_NOT_FOUND|no restorelab repository/ }],
+      'the one whose repository is gone is skipped with its reason',
+    );
+    const action = new Map(started.reconcile.stale.map((s) => [s.id, s]));
+    t.match(action.get(`publication:${gone.id}`), { action: 'kept', reason: /repository .* is gone/ });
+    t.match(action.get(`session:${sessionId}`), { action: 'removed', reason: /supervisor/ });
+    t.match(action.get(`lab:${runLab}`), { action: 'removed', reason: /SureBackup run/ });
+    t.match(action.get(`mount:${mnt}`), { action: 'removed' });
+    t.match(err, new RegExp(`stale: publication:${gone.id}: its repository`), 'the kept stale item is logged');
 
-  t.equal(mountEntry(mnt), undefined, 'the dead publisher\'s mount is gone');
-  const ns = await netnsList();
-  t.notMatch(ns, runNetns, 'the killed run\'s namespace is gone');
-  t.notMatch(ns, sessionNetns, 'the lab the session brought up is gone');
-  t.equal(readLabState(state, runLab), undefined);
-  t.equal(readLabState(state, sessionLab), undefined);
-  const s = new SessionStore(state).get(sessionId);
-  t.same(s.resources, { taps: [] }, 'the session holds nothing any more');
-  t.same(await residue({ domain: s.domain, mount: join(state, 'sessions', sessionId) }), [], 'no QEMU or mount of the session remains');
-  t.ok(existsSync(join(state, 'overlays', gone.id, 'root.data')), 'the overlay with writes is kept');
+    t.equal(mountEntry(mnt), undefined, "the dead publisher's mount is gone");
+    const ns = await netnsList();
+    t.notMatch(ns, runNetns, "the killed run's namespace is gone");
+    t.notMatch(ns, sessionNetns, 'the lab the session brought up is gone');
+    t.equal(readLabState(state, runLab), undefined);
+    t.equal(readLabState(state, sessionLab), undefined);
+    const s = new SessionStore(state).get(sessionId);
+    t.same(s.resources, { taps: [] }, 'the session holds nothing any more');
+    t.same(await residue({ domain: s.domain, mount: join(state, 'sessions', sessionId) }), [], 'no QEMU or mount of the session remains');
+    t.ok(existsSync(join(state, 'overlays', gone.id, 'root.data')), 'the overlay with writes is kept');
 
-  // cleanup beside the running server: only what it keeps is left.
-  const again = await cli(['cleanup']) as unknown as ReconcileReport;
-  t.same(ours(again).map((x) => [x.id, x.outcome?.action]), [[`publication:${gone.id}`, 'kept']]);
+    // cleanup beside the running server: only what it keeps is left.
+    const again = (await cli(['cleanup'])) as unknown as ReconcileReport;
+    t.same(
+      ours(again).map((x) => [x.id, x.outcome?.action]),
+      [[`publication:${gone.id}`, 'kept']],
+    );
 
-  // The API: a viewer sees it, only an admin cleans it, naming it with discardWrites.
-  const admin = String((await cli(['token', 'create', 'reconcile-admin', '--role', 'admin'])).token);
-  const viewer = String((await cli(['token', 'create', 'reconcile-viewer', '--role', 'viewer'])).token);
-  const api = (path: string, token: string, body?: unknown): Promise<Response> => fetch(`${started.api.url}/api/v1${path}`, {
-    method: body ? 'POST' : 'GET', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, ...(body ? { body: JSON.stringify(body) } : {}),
-  });
-  const listed = await (await api('/state/stale', viewer)).json() as ReconcileReport;
-  t.same(ours(listed).map((x) => [x.id, x.safe]), [[`publication:${gone.id}`, false]], 'GET /state/stale lists it for a viewer');
-  t.equal((await api('/state/cleanup', viewer, { items: [`publication:${gone.id}`] })).status, 403, 'a viewer may not clean');
-  const bad = await api('/state/cleanup', admin, { items: ['nonsense'] });
-  t.equal(bad.status, 400, 'an item id that is no id is refused by the schema');
-  const cleaned = await (await api('/state/cleanup', admin, { items: [`publication:${gone.id}`], discardWrites: true })).json() as ReconcileReport;
-  t.equal(cleaned.stale.find((x) => x.id === `publication:${gone.id}`)?.outcome?.action, 'removed');
-  t.notOk(existsSync(join(state, 'overlays', gone.id)), 'named by an admin with discardWrites, the overlay is discarded');
-});
+    // The API: a viewer sees it, only an admin cleans it, naming it with discardWrites.
+    const admin = String((await cli(['token', 'create', 'reconcile-admin', '--role', 'admin'])).token);
+    const viewer = String((await cli(['token', 'create', 'reconcile-viewer', '--role', 'viewer'])).token);
+    const api = (path: string, token: string, body?: unknown): Promise<Response> =>
+      fetch(`${started.api.url}/api/v1${path}`, {
+        method: body ? 'POST' : 'GET',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        ...(body ? { body: JSON.stringify(body) } : {}),
+      });
+    const listed = (await (await api('/state/stale', viewer)).json()) as ReconcileReport;
+    t.same(
+      ours(listed).map((x) => [x.id, x.safe]),
+      [[`publication:${gone.id}`, false]],
+      'GET /state/stale lists it for a viewer',
+    );
+    t.equal((await api('/state/cleanup', viewer, { items: [`publication:${gone.id}`] })).status, 403, 'a viewer may not clean');
+    const bad = await api('/state/cleanup', admin, { items: ['nonsense'] });
+    t.equal(bad.status, 400, 'an item id that is no id is refused by the schema');
+    const cleaned = (await (
+      await api('/state/cleanup', admin, { items: [`publication:${gone.id}`], discardWrites: true })
+    ).json()) as ReconcileReport;
+    t.equal(cleaned.stale.find((x) => x.id === `publication:${gone.id}`)?.outcome?.action, 'removed');
+    t.notOk(existsSync(join(state, 'overlays', gone.id)), 'named by an admin with discardWrites, the overlay is discarded');
+  },
+);

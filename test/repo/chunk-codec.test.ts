@@ -7,8 +7,14 @@ import { CHUNK_HEADER_SIZE, CHUNK_MAGIC } from '../../src/repo/format.js';
 import { chunkBytes } from './fixtures/points.js';
 
 const plainConfig: RepoConfig = {
-  format: 'restorelab-repository', version: 1, id: 'test-repo', chunkSize: 1024 * 1024,
-  hash: 'sha256', compression: 'zstd', encryption: 'none', created: '2026-01-01T00:00:00Z',
+  format: 'restorelab-repository',
+  version: 1,
+  id: 'test-repo',
+  chunkSize: 1024 * 1024,
+  hash: 'sha256',
+  compression: 'zstd',
+  encryption: 'none',
+  created: '2026-01-01T00:00:00Z',
 };
 const key = randomBytes(32);
 const encConfig: RepoConfig = { ...plainConfig, hash: 'hmac-sha256', encryption: 'aes-256-gcm', keyCheck: keyCheckValue(key, 'test-repo') };
@@ -51,11 +57,17 @@ t.test('a flipped payload byte fails the CRC; a fixed-up CRC fails later checks'
   const blob = codec.encode(plain);
   const bad = Buffer.from(blob);
   bad.writeUInt8(bad.readUInt8(CHUNK_HEADER_SIZE + 100) ^ 0x40, CHUNK_HEADER_SIZE + 100);
-  t.equal(corruptReason(() => codec.decode(digest, bad)), 'CRC mismatch');
+  t.equal(
+    corruptReason(() => codec.decode(digest, bad)),
+    'CRC mismatch',
+  );
   // Someone who also rewrites the CRC still cannot make it serve wrong data.
   const { crc32 } = await import('node:zlib');
   bad.writeUInt32LE(crc32(bad.subarray(CHUNK_HEADER_SIZE)), 12);
-  t.match(corruptReason(() => codec.decode(digest, bad)), /zstd|digest mismatch|decoded/);
+  t.match(
+    corruptReason(() => codec.decode(digest, bad)),
+    /zstd|digest mismatch|decoded/,
+  );
 });
 
 t.test('bad magic, unknown flags, truncation and wrong digest are rejected', async (t) => {
@@ -65,12 +77,24 @@ t.test('bad magic, unknown flags, truncation and wrong digest are rejected', asy
   const blob = codec.encode(plain);
   const badMagic = Buffer.from(blob);
   badMagic.writeUInt8(0, 0);
-  t.equal(corruptReason(() => codec.decode(digest, badMagic)), 'bad magic');
+  t.equal(
+    corruptReason(() => codec.decode(digest, badMagic)),
+    'bad magic',
+  );
   const badFlags = Buffer.from(blob);
   badFlags.writeUInt8(badFlags.readUInt8(8) | 0x80, 8);
-  t.match(corruptReason(() => codec.decode(digest, badFlags)), /unknown flags/);
-  t.match(corruptReason(() => codec.decode(digest, blob.subarray(0, 10))), /shorter than its/);
-  t.equal(corruptReason(() => codec.decode('0'.repeat(63) + '1', blob)), 'digest mismatch');
+  t.match(
+    corruptReason(() => codec.decode(digest, badFlags)),
+    /unknown flags/,
+  );
+  t.match(
+    corruptReason(() => codec.decode(digest, blob.subarray(0, 10))),
+    /shorter than its/,
+  );
+  t.equal(
+    corruptReason(() => codec.decode('0'.repeat(63) + '1', blob)),
+    'digest mismatch',
+  );
   const err = t.throws(() => codec.decode(digest, badMagic)) as unknown as CorruptChunkError;
   t.match(err.message, new RegExp(`chunk ${digest}`));
 });
@@ -84,18 +108,33 @@ t.test('encrypted: keyed digest, no plaintext leak, tag checks, wrong key fails'
   t.equal(blob.readUInt8(8), 3, 'compressed + encrypted');
   t.not(blob.toString('hex').indexOf(plain.subarray(0, 32).toString('hex')), 0);
   t.ok(codec.decode(digest, blob).equals(plain));
-  t.not(codec.encode(plain).subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + 12).toString('hex'),
-    blob.subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + 12).toString('hex'), 'fresh nonce per encode');
+  t.not(
+    codec
+      .encode(plain)
+      .subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + 12)
+      .toString('hex'),
+    blob.subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + 12).toString('hex'),
+    'fresh nonce per encode',
+  );
 
   const bad = Buffer.from(blob);
   bad.writeUInt8(bad.readUInt8(blob.length - 3) ^ 1, blob.length - 3);
   const { crc32 } = await import('node:zlib');
   bad.writeUInt32LE(crc32(bad.subarray(CHUNK_HEADER_SIZE)), 12);
-  t.match(corruptReason(() => codec.decode(digest, bad)), /authentication tag mismatch/);
+  t.match(
+    corruptReason(() => codec.decode(digest, bad)),
+    /authentication tag mismatch/,
+  );
 
   const other = createCodec({ ...encConfig }, randomBytes(32));
-  t.match(corruptReason(() => other.decode(digest, blob)), /authentication tag mismatch/);
-  t.match(corruptReason(() => createCodec(plainConfig).decode(digest, blob)), /encrypted in an unencrypted repository/);
+  t.match(
+    corruptReason(() => other.decode(digest, blob)),
+    /authentication tag mismatch/,
+  );
+  t.match(
+    corruptReason(() => createCodec(plainConfig).decode(digest, blob)),
+    /encrypted in an unencrypted repository/,
+  );
   t.throws(() => createCodec(encConfig), /needs its key/);
 });
 
@@ -104,8 +143,11 @@ t.test('a chunk larger than the chunk size is refused', async (t) => {
   t.throws(() => codec.encode(Buffer.alloc(256 * 1024 + 1)), /exceeds the repository chunk size/);
 });
 
-t.test('decodeInto: the same plaintext as decode, in the caller\'s buffer, with the same checks', async (t) => {
-  for (const [name, codec] of [['plain', createCodec(plainConfig)], ['encrypted', createCodec(encConfig, key)]] as const) {
+t.test("decodeInto: the same plaintext as decode, in the caller's buffer, with the same checks", async (t) => {
+  for (const [name, codec] of [
+    ['plain', createCodec(plainConfig)],
+    ['encrypted', createCodec(encConfig, key)],
+  ] as const) {
     const out = Buffer.alloc(plainConfig.chunkSize);
     const text = chunkBytes(7, 700_000);
     const textBlob = codec.encode(text);
@@ -116,13 +158,24 @@ t.test('decodeInto: the same plaintext as decode, in the caller\'s buffer, with 
     t.ok(codec.decodeInto(codec.digest(noise), codec.encode(noise), out).equals(noise), `${name}: stored-raw chunk decodes`);
     const bad = Buffer.from(textBlob);
     bad.writeUInt8(bad.readUInt8(CHUNK_HEADER_SIZE + 3) ^ 1, CHUNK_HEADER_SIZE + 3);
-    t.equal(corruptReason(() => codec.decodeInto(codec.digest(text), bad, out)), 'CRC mismatch', `${name}: CRC checked`);
-    t.equal(corruptReason(() => codec.decodeInto('0'.repeat(64), textBlob, out)), 'digest mismatch', `${name}: digest checked`);
+    t.equal(
+      corruptReason(() => codec.decodeInto(codec.digest(text), bad, out)),
+      'CRC mismatch',
+      `${name}: CRC checked`,
+    );
+    t.equal(
+      corruptReason(() => codec.decodeInto('0'.repeat(64), textBlob, out)),
+      'digest mismatch',
+      `${name}: digest checked`,
+    );
   }
   const codec = createCodec(plainConfig);
   const plain = chunkBytes(8, 500_000);
-  t.match(corruptReason(() => codec.decodeInto(codec.digest(plain), codec.encode(plain), Buffer.alloc(1000))), /zstd/,
-    'a frame larger than the buffer is corrupt, not an overflow');
+  t.match(
+    corruptReason(() => codec.decodeInto(codec.digest(plain), codec.encode(plain), Buffer.alloc(1000))),
+    /zstd/,
+    'a frame larger than the buffer is corrupt, not an overflow',
+  );
 });
 
 t.test('decodeInto checks the CRC only when another check fails; decode (verify) checks it first', async (t) => {
@@ -132,9 +185,20 @@ t.test('decodeInto checks the CRC only when another check fails; decode (verify)
   const blob = codec.encode(plain);
   const badCrcField = Buffer.from(blob);
   badCrcField.writeUInt32LE(badCrcField.readUInt32LE(12) ^ 1, 12);
-  t.equal(corruptReason(() => codec.decode(digest, badCrcField)), 'CRC mismatch', 'verify reports a damaged CRC field');
-  t.ok(codec.decodeInto(digest, badCrcField, Buffer.alloc(plainConfig.chunkSize)).equals(plain), 'the payload its digest proves is still served');
+  t.equal(
+    corruptReason(() => codec.decode(digest, badCrcField)),
+    'CRC mismatch',
+    'verify reports a damaged CRC field',
+  );
+  t.ok(
+    codec.decodeInto(digest, badCrcField, Buffer.alloc(plainConfig.chunkSize)).equals(plain),
+    'the payload its digest proves is still served',
+  );
   const badPayload = Buffer.from(blob);
   badPayload.writeUInt8(badPayload.readUInt8(CHUNK_HEADER_SIZE + 50) ^ 4, CHUNK_HEADER_SIZE + 50);
-  t.equal(corruptReason(() => codec.decodeInto(digest, badPayload, Buffer.alloc(plainConfig.chunkSize))), 'CRC mismatch', 'damaged storage is named as such');
+  t.equal(
+    corruptReason(() => codec.decodeInto(digest, badPayload, Buffer.alloc(plainConfig.chunkSize))),
+    'CRC mismatch',
+    'damaged storage is named as such',
+  );
 });

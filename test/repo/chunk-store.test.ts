@@ -59,7 +59,10 @@ t.test('local store: a full file system fails the insert cleanly, naming store a
   const store = new LocalChunkStore(dir);
   const data = Buffer.alloc(1024 * 1024, 1);
   const digest = 'ef' + '2'.repeat(62);
-  const err = await store.insert(digest, data).then(() => undefined, (e: unknown) => e) as RestorelabError;
+  const err = (await store.insert(digest, data).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as RestorelabError;
   t.ok(err instanceof RestorelabError);
   t.equal(err.code, 'REPO_FULL');
   t.match(err.message, digest);

@@ -8,8 +8,15 @@ import { chunkBytes } from './fixtures/points.js';
 
 const key = randomBytes(32);
 const config: RepoConfig = {
-  format: 'restorelab-repository', version: 1, id: 'pool-test', chunkSize: 1024 * 1024, hash: 'hmac-sha256',
-  compression: 'zstd', encryption: 'aes-256-gcm', created: '2026-01-01T00:00:00Z', keyCheck: keyCheckValue(key, 'pool-test'),
+  format: 'restorelab-repository',
+  version: 1,
+  id: 'pool-test',
+  chunkSize: 1024 * 1024,
+  hash: 'hmac-sha256',
+  compression: 'zstd',
+  encryption: 'aes-256-gcm',
+  created: '2026-01-01T00:00:00Z',
+  keyCheck: keyCheckValue(key, 'pool-test'),
 };
 
 t.test('workers encode and check exactly like the in-thread codec', async (t) => {
@@ -24,7 +31,11 @@ t.test('workers encode and check exactly like the in-thread codec', async (t) =>
     t.ok(local.decode(digest, blob).equals(plain), `chunk ${i} decodes in this thread`);
   });
   const lengths = await Promise.all(encoded.map(({ digest, blob }) => pool.check(digest, Buffer.from(blob), 1024 * 1024)));
-  t.same(lengths, plains.map((p) => ({ length: p.length })), 'sound blobs: lengths, nothing to repair');
+  t.same(
+    lengths,
+    plains.map((p) => ({ length: p.length })),
+    'sound blobs: lengths, nothing to repair',
+  );
 });
 
 t.test('check rejects corrupt blobs and wrong lengths with CorruptChunkError; the pool keeps working', async (t) => {
@@ -33,7 +44,10 @@ t.test('check rejects corrupt blobs and wrong lengths with CorruptChunkError; th
   const { digest, blob } = await pool.encode(chunkBytes(99, 4096));
   const bad = Buffer.from(blob);
   bad.writeUInt8(bad.readUInt8(40) ^ 1, 40);
-  const err = await pool.check(digest, bad).then(() => undefined, (e: unknown) => e);
+  const err = await pool.check(digest, bad).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof CorruptChunkError);
   t.equal((err as CorruptChunkError).reason, 'CRC mismatch');
   await t.rejects(pool.check(digest, Buffer.from(blob), 8192), { name: 'CorruptChunkError', reason: /the index needs 8192/ });

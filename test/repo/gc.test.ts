@@ -100,8 +100,13 @@ t.test('gc beside a running backup never deletes what the backup references', as
     }
     const indexDigest = await repo.writeIndex({ size: 5 * SMALL, chunkSize: SMALL, digests });
     return repo.commitPoint({
-      vm: b.vm, disks: [{ name: 'sda', size: 5 * SMALL, indexDigest }], consistency: 'crash', time: new Date().toISOString(),
-      source: 'fake writer', parent: b.id, stats: b.stats,
+      vm: b.vm,
+      disks: [{ name: 'sda', size: 5 * SMALL, indexDigest }],
+      consistency: 'crash',
+      time: new Date().toISOString(),
+      source: 'fake writer',
+      parent: b.id,
+      stats: b.stats,
     });
   })();
   const [report, w] = await Promise.all([collectGarbage(repo), backup]);

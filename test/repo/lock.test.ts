@@ -14,22 +14,33 @@ const child = fileURLToPath(new URL('./fixtures/lock-child.js', import.meta.url)
 
 async function spawnHolder(t: Test, dir: string, kind: string): Promise<ChildProcess> {
   const proc = spawn(process.execPath, [child, dir, kind], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+  });
   let out = '';
   proc.stdout?.setEncoding('utf8');
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('lock child did not report within 30 s')), 30_000);
     proc.stdout?.on('data', (d: string) => {
       out += d;
-      if (out.includes('locked')) { clearTimeout(timer); resolve(); }
+      if (out.includes('locked')) {
+        clearTimeout(timer);
+        resolve();
+      }
     });
-    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`lock child exited with ${code}`)); });
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`lock child exited with ${code}`));
+    });
   });
   return proc;
 }
 
 async function busy(p: Promise<unknown>): Promise<RestorelabError> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   if (!(err instanceof RestorelabError) || err.code !== 'REPO_BUSY') throw new Error(`expected REPO_BUSY, got ${String(err)}`);
   return err;
 }
@@ -75,20 +86,41 @@ t.test('a lock held by another live process blocks; after kill -9 it is reported
 t.test('a reused pid is not mistaken for the holder (start time differs)', async (t) => {
   const repo = await initRepository(join(tmpDir(t), 'repo'), { chunkSize: SMALL });
   // Our own pid is alive, but a holder that started at another time is a different process.
-  writeFileSync(join(repo.locksDir, 'exclusive-old.lock'), JSON.stringify({
-    kind: 'exclusive', purpose: 'old run', pid: process.pid, hostname: hostname(), since: 1, startTicks: 1,
-  }));
+  writeFileSync(
+    join(repo.locksDir, 'exclusive-old.lock'),
+    JSON.stringify({
+      kind: 'exclusive',
+      purpose: 'old run',
+      pid: process.pid,
+      hostname: hostname(),
+      since: 1,
+      startTicks: 1,
+    }),
+  );
   const lock = await repo.lock('shared', 'backup');
-  t.same(lock.staleRemoved.map((h) => h.purpose), ['old run']);
+  t.same(
+    lock.staleRemoved.map((h) => h.purpose),
+    ['old run'],
+  );
   await lock.release();
 });
 
 t.test('a holder on another host counts as live', async (t) => {
   const repo = await initRepository(join(tmpDir(t), 'repo'), { chunkSize: SMALL });
-  writeFileSync(join(repo.locksDir, 'shared-elsewhere.lock'), JSON.stringify({
-    kind: 'shared', purpose: 'remote backup', pid: 1, hostname: 'some-other-host', since: 1000,
-  }));
+  writeFileSync(
+    join(repo.locksDir, 'shared-elsewhere.lock'),
+    JSON.stringify({
+      kind: 'shared',
+      purpose: 'remote backup',
+      pid: 1,
+      hostname: 'some-other-host',
+      since: 1000,
+    }),
+  );
   const live = await liveLocks(repo.locksDir);
-  t.same(live.map((h) => h.since), [1000]);
+  t.same(
+    live.map((h) => h.since),
+    [1000],
+  );
   await busy(repo.lock('exclusive', 'prune'));
 });

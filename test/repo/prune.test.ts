@@ -7,16 +7,18 @@ import { makePoint, SMALL, tmpDir } from './fixtures/points.js';
 
 function point(id: string, vm: string, time: string): RestorePoint {
   return {
-    id, vm: { name: vm, memoryMiB: 1, vcpus: 1, disks: [], nics: [] }, disks: [], consistency: 'crash', time, source: 's',
+    id,
+    vm: { name: vm, memoryMiB: 1, vcpus: 1, disks: [], nics: [] },
+    disks: [],
+    consistency: 'crash',
+    time,
+    source: 's',
     stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0 },
   };
 }
 
 // Two points a day for 10 days in Nov 2026, plus one each in Jan 2025 and Jun 2026.
-const series: RestorePoint[] = [
-  point('y2025', 'web', '2025-01-15T12:00:00Z'),
-  point('jun', 'web', '2026-06-10T12:00:00Z'),
-];
+const series: RestorePoint[] = [point('y2025', 'web', '2025-01-15T12:00:00Z'), point('jun', 'web', '2026-06-10T12:00:00Z')];
 for (let day = 1; day <= 10; day++) {
   for (const h of ['06', '18']) series.push(point(`d${day}-${h}`, 'web', `2026-11-${String(day).padStart(2, '0')}T${h}:00:00Z`));
 }

@@ -7,7 +7,10 @@ import { RestorelabError } from '../../src/errors.js';
 import { chunkBytes, makePoint, SMALL, tmpDir } from './fixtures/points.js';
 
 async function rejection(p: Promise<unknown>): Promise<RestorelabError> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   if (!(err instanceof RestorelabError)) throw new Error(`expected a RestorelabError, got ${String(err)}`);
   return err;
 }
@@ -61,7 +64,7 @@ t.test('open: missing repository, newer version, edited config', async (t) => {
   writeFileSync(cfgPath, JSON.stringify({ ...cfg, format: 'not-json-secret' }));
   const foreign = await rejection(openRepository(dir));
   t.equal(foreign.code, 'NOT_A_REPOSITORY');
-  t.notMatch(foreign.message, /not-json-secret/, 'the file\'s format value is not echoed');
+  t.notMatch(foreign.message, /not-json-secret/, "the file's format value is not echoed");
 });
 
 t.test('encryption: key file created at init, required and checked at open', async (t) => {
@@ -102,8 +105,14 @@ t.test('points: commit, list, filter, get, openDisk reads back exact bytes', asy
   const p1 = await makePoint(repo, 'web', [1, 2, null, 3], { lastLength: 1000, time: '2026-11-01T10:00:00.000Z' });
   const p2 = await makePoint(repo, 'db', [4], { time: '2026-11-02T10:00:00.000Z' });
   t.match(p1.id, /^20261101T100000Z-[0-9a-f]{6}$/);
-  t.same((await repo.listPoints()).map((p) => p.id), [p1.id, p2.id]);
-  t.same((await repo.listPoints({ vm: 'db' })).map((p) => p.id), [p2.id]);
+  t.same(
+    (await repo.listPoints()).map((p) => p.id),
+    [p1.id, p2.id],
+  );
+  t.same(
+    (await repo.listPoints({ vm: 'db' })).map((p) => p.id),
+    [p2.id],
+  );
   t.same(await repo.getPoint(p1.id), p1);
 
   const disk = await repo.openDisk(p1.id, 'sda');
@@ -127,8 +136,14 @@ t.test('a manifest is visible only once complete; temp files are ignored and rep
   // What a writer killed mid-commit leaves: a temp file holding half a manifest.
   const whole = readFileSync(join(dir, 'points', `${p.id}.json`), 'utf8');
   writeFileSync(join(dir, 'points', '.tmp-4242-deadbeef0000'), whole.slice(0, whole.length / 2));
-  t.same((await repo.listPoints()).map((x) => x.id), [p.id]);
-  t.same((await repo.leftovers()).map((l) => l.path), [join(dir, 'points', '.tmp-4242-deadbeef0000')]);
+  t.same(
+    (await repo.listPoints()).map((x) => x.id),
+    [p.id],
+  );
+  t.same(
+    (await repo.leftovers()).map((l) => l.path),
+    [join(dir, 'points', '.tmp-4242-deadbeef0000')],
+  );
 });
 
 t.test('a tampered manifest fails its checksum', async (t) => {
@@ -145,10 +160,16 @@ t.test('a tampered manifest fails its checksum', async (t) => {
 t.test('commitPoint refuses a point whose index is missing or the wrong size', async (t) => {
   const repo = await initRepository(join(tmpDir(t), 'repo'), { chunkSize: SMALL });
   const base = {
-    vm: { name: 'x', memoryMiB: 1, vcpus: 1, disks: [], nics: [] }, consistency: 'crash' as const, time: new Date().toISOString(),
-    source: 's', stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0 },
+    vm: { name: 'x', memoryMiB: 1, vcpus: 1, disks: [], nics: [] },
+    consistency: 'crash' as const,
+    time: new Date().toISOString(),
+    source: 's',
+    stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0 },
   };
-  t.equal((await rejection(repo.commitPoint({ ...base, disks: [{ name: 'a', size: 1, indexDigest: 'f'.repeat(64) }] }))).code, 'INDEX_NOT_FOUND');
+  t.equal(
+    (await rejection(repo.commitPoint({ ...base, disks: [{ name: 'a', size: 1, indexDigest: 'f'.repeat(64) }] }))).code,
+    'INDEX_NOT_FOUND',
+  );
   const idx = await repo.writeIndex({ size: SMALL, chunkSize: SMALL, digests: [null] });
   t.equal((await rejection(repo.commitPoint({ ...base, disks: [{ name: 'a', size: 2 * SMALL, indexDigest: idx }] }))).code, 'BAD_POINT');
   t.same(await repo.listPoints(), []);
@@ -159,11 +180,17 @@ t.test('readChunk never returns wrong data: flipped, missing and quarantined chu
   const repo = await initRepository(dir, { chunkSize: SMALL });
   const p = await makePoint(repo, 'web', [1, 2, 3]);
   const disk = await repo.openDisk(p.id, 'sda');
-  const file = (i: number): string => { const d = disk.chunkId(i) ?? ''; return join(dir, 'chunks', d.slice(0, 2), d); };
+  const file = (i: number): string => {
+    const d = disk.chunkId(i) ?? '';
+    return join(dir, 'chunks', d.slice(0, 2), d);
+  };
   const blob = readFileSync(file(0));
   blob.writeUInt8(blob.readUInt8(blob.length - 10) ^ 0xff, blob.length - 10);
   writeFileSync(file(0), blob);
-  const err = await disk.readChunk(0).then(() => undefined, (e: unknown) => e);
+  const err = await disk.readChunk(0).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof CorruptChunkError);
   t.equal((err as CorruptChunkError).digest, disk.chunkId(0));
   t.match((err as Error).message, /CRC mismatch/);

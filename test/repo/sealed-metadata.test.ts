@@ -49,7 +49,11 @@ t.test('seal: round trip, purpose bound, tamper and another key fail', async (t)
   flipped[20] = (flipped[20] as number) ^ 1;
   t.throws(() => seal.open('manifest', flipped), /authentication tag mismatch/);
   t.throws(() => createMetadataSeal(randomBytes(32), 'repo-id').open('manifest', sealed), /authentication tag mismatch/);
-  t.throws(() => createMetadataSeal(key, 'other-repo').open('manifest', sealed), /authentication tag mismatch/, 'sub-keys are salted by the repository id');
+  t.throws(
+    () => createMetadataSeal(key, 'other-repo').open('manifest', sealed),
+    /authentication tag mismatch/,
+    'sub-keys are salted by the repository id',
+  );
   t.throws(() => seal.open('manifest', sealed.subarray(0, 30)), /too short/);
   t.equal(seal.indexName(plain), seal.indexName(Buffer.from(plain)), 'index names are deterministic');
   t.not(seal.indexName(plain), createHash('sha256').update(plain).digest('hex'), 'and not the plain hash');
@@ -75,7 +79,10 @@ t.test('an encrypted repository writes sealed manifests and indexes with nothing
   t.notOk(readFileSync(join(dir, 'config.json')).includes(VM));
   const again = await openRepository(dir, { keyFile });
   t.same(await again.getPoint(p.id), p);
-  t.same((await again.listPoints({ vm: VM })).map((x) => x.id), [p.id]);
+  t.same(
+    (await again.listPoints({ vm: VM })).map((x) => x.id),
+    [p.id],
+  );
   const disk = await again.openDisk(p.id, 'sda');
   t.equal(disk.chunkId(2), null, 'the hole survives the round trip');
   const before = readdirSync(join(dir, 'indexes'));
@@ -89,13 +96,19 @@ t.test('an encrypted repository writes sealed manifests and indexes with nothing
   const { id: _id, ...rest } = p;
   const forgedId = '20200101T000000Z-abcdef';
   writeFileSync(join(dir, 'points', `${forgedId}.json`), v1Manifest({ id: forgedId, ...rest }));
-  const err = await again.getPoint(forgedId).then(() => undefined, (e: unknown) => e);
+  const err = await again.getPoint(forgedId).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof RestorelabError && err.code === 'POINT_CORRUPT', 'refused');
   t.match((err as Error).message, /plaintext manifest in an encrypted repository of format version 2/);
   const plainIndex = encodeFixedIndex({ size: SMALL, chunkSize: SMALL, digests: [disk.chunkId(0)] });
   const plainName = createHash('sha256').update(plainIndex).digest('hex');
   writeFileSync(join(dir, 'indexes', `${plainName}.fidx`), plainIndex);
-  const ierr = await again.readIndex(plainName).then(() => undefined, (e: unknown) => e);
+  const ierr = await again.readIndex(plainName).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(ierr instanceof RestorelabError && ierr.code === 'INDEX_CORRUPT');
   t.match((ierr as Error).message, /plaintext index/);
 });
@@ -113,8 +126,13 @@ t.test('an encrypted repository of format v1 (plaintext metadata) still opens, r
   writeFileSync(join(dir, 'indexes', `${indexDigest}.fidx`), plainIndex);
   const oldId = '20240101T000000Z-0a0b0c';
   const oldPoint = {
-    id: oldId, vm: { name: VM, memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda' }], nics: [] }, disks: [{ name: 'sda', size: 2 * SMALL, indexDigest }],
-    consistency: 'crash', time: '2024-01-01T00:00:00.000Z', source: 'old', stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0 },
+    id: oldId,
+    vm: { name: VM, memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda' }], nics: [] },
+    disks: [{ name: 'sda', size: 2 * SMALL, indexDigest }],
+    consistency: 'crash',
+    time: '2024-01-01T00:00:00.000Z',
+    source: 'old',
+    stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0 },
   };
   writeFileSync(join(dir, 'points', `${oldId}.json`), v1Manifest(oldPoint));
   setVersion(dir, 1);
@@ -141,5 +159,10 @@ t.test('an unencrypted repository is unchanged: format v1, plaintext manifests a
   t.notOk(isSealed(manifest));
   t.ok(manifest.includes(VM), 'the plaintext control: the name is there when nothing is encrypted');
   const [idx] = readdirSync(join(dir, 'indexes'));
-  t.equal(idx, `${createHash('sha256').update(readFileSync(join(dir, 'indexes', idx as string))).digest('hex')}.fidx`);
+  t.equal(
+    idx,
+    `${createHash('sha256')
+      .update(readFileSync(join(dir, 'indexes', idx as string)))
+      .digest('hex')}.fidx`,
+  );
 });

@@ -32,7 +32,10 @@ t.test('a flipped byte: verify names the chunk, quarantines it, marks the affect
   const report = await verifyRepository(repo, { workers: 2 });
   t.equal(report.ok, false);
   t.equal(report.chunksChecked, 6, 'keeps going after the error');
-  t.same(report.corrupt.map((f) => [f.digest, f.kind, f.reason, f.quarantined]), [[bad, 'chunk', 'CRC mismatch', true]]);
+  t.same(
+    report.corrupt.map((f) => [f.digest, f.kind, f.reason, f.quarantined]),
+    [[bad, 'chunk', 'CRC mismatch', true]],
+  );
   t.same(report.affectedPoints, [a.id, b.id].sort());
   t.ok(existsSync(chunkFile(repo, bad) + '.bad'), 'quarantined, not deleted');
   t.notOk(existsSync(chunkFile(repo, bad)));
@@ -41,7 +44,10 @@ t.test('a flipped byte: verify names the chunk, quarantines it, marks the affect
   t.equal((await repo.getPoint(c.id)).damaged, undefined);
 
   const disk = await repo.openDisk(a.id, 'sda');
-  const err = await disk.readChunk(2).then(() => undefined, (e: unknown) => e);
+  const err = await disk.readChunk(2).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof CorruptChunkError, 'a read of the region fails');
   t.ok((await disk.readChunk(0))?.equals(chunkBytes(1, SMALL)), 'other chunks still read');
 
@@ -50,7 +56,10 @@ t.test('a flipped byte: verify names the chunk, quarantines it, marks the affect
   t.equal(onlyC.chunksChecked, 2);
 
   const again = await verifyRepository(repo);
-  t.same(again.corrupt.map((f) => f.reason), ['quarantined by an earlier verify']);
+  t.same(
+    again.corrupt.map((f) => f.reason),
+    ['quarantined by an earlier verify'],
+  );
 
   // A later backup that stores the same bytes again heals the points.
   const plain = chunkBytes(3, SMALL);
@@ -71,7 +80,10 @@ t.test('a missing chunk and a damaged index are findings too', async (t) => {
   const report = await verifyRepository(repo);
   t.equal(report.ok, false);
   t.same(report.corrupt.map((f) => f.kind).sort(), ['chunk', 'index']);
-  t.match(report.corrupt.find((f) => f.kind === 'chunk'), { digest: gone, reason: 'missing from the store', points: [a.id] });
+  t.match(
+    report.corrupt.find((f) => f.kind === 'chunk'),
+    { digest: gone, reason: 'missing from the store', points: [a.id] },
+  );
   t.match(report.corrupt.find((f) => f.kind === 'index')?.reason, /disk sda: fixed index .* is corrupt/);
   t.same(report.affectedPoints, [a.id, b.id].sort());
 });
@@ -90,7 +102,10 @@ t.test('encrypted repository: workers verify with the key and catch a flipped by
   blob.writeUInt32LE(crc32(blob.subarray(24)), 12);
   writeFileSync(file, blob);
   const report = await verifyRepository(repo);
-  t.same(report.corrupt.map((f) => f.digest), [d]);
+  t.same(
+    report.corrupt.map((f) => f.digest),
+    [d],
+  );
   t.match(report.corrupt[0]?.reason, /authentication tag mismatch/);
   t.same(report.affectedPoints, [p.id]);
 });
@@ -108,7 +123,11 @@ t.test('only the CRC field damaged: the digest proves the data, so verify rewrit
     const what = encrypted ? 'encrypted' : 'plain';
     t.equal(report.ok, true, `${what}: no corruption: the data is good`);
     t.same(report.corrupt, [], `${what}: no corrupt finding`);
-    t.same(report.repaired.map((f) => [f.digest, f.kind, f.quarantined, f.points]), [[d, 'repaired', undefined, [p.id]]], `${what}: one "repaired" warning naming the chunk`);
+    t.same(
+      report.repaired.map((f) => [f.digest, f.kind, f.quarantined, f.points]),
+      [[d, 'repaired', undefined, [p.id]]],
+      `${what}: one "repaired" warning naming the chunk`,
+    );
     t.match(report.repaired[0]?.reason, /CRC/);
     t.notOk(existsSync(file + '.bad'), `${what}: not quarantined`);
     t.ok(readFileSync(file).equals(good), `${what}: the blob is the original again, byte for byte`);
@@ -128,7 +147,10 @@ t.test('a data byte damaged next to a good CRC field is still quarantined', asyn
   const report = await verifyRepository(repo);
   t.equal(report.ok, false);
   t.same(report.repaired, [], 'nothing is "repaired" when the data is wrong');
-  t.same(report.corrupt.map((f) => [f.digest, f.kind, f.quarantined]), [[d, 'chunk', true]]);
+  t.same(
+    report.corrupt.map((f) => [f.digest, f.kind, f.quarantined]),
+    [[d, 'chunk', true]],
+  );
   t.ok(existsSync(chunkFile(repo, d) + '.bad'));
   t.equal((await repo.getPoint(p.id)).damaged, true);
 });

@@ -28,8 +28,14 @@ const api = await testApi({ env: { RESTORELAB_REPO: repoDir } });
 const RULES = 'rule Readme { strings: $a = "inside the backup only" condition: $a }\n';
 
 function leftovers(): { mounts: string[]; loops: string[]; sessions: number } {
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4] ?? '').filter((p) => p.startsWith(api.home));
-  const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(api.home));
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => p.startsWith(api.home));
+  const loops = spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((l) => l.includes(api.home));
   return { mounts, loops, sessions: listSessions(api.config.stateDir).length };
 }
 
@@ -52,42 +58,78 @@ async function finished(id: string): Promise<{ state: string; result?: Record<st
 
 t.test('POST /points/:id/scan scans the point and GET /points shows the status', async (t) => {
   const before = await request(api.app).get('/api/v1/points').set('authorization', api.auth.viewer).expect(200);
-  t.same(before.body.points.map((p: { scan: string }) => p.scan), ['unscanned', 'unscanned']);
+  t.same(
+    before.body.points.map((p: { scan: string }) => p.scan),
+    ['unscanned', 'unscanned'],
+  );
 
   await request(api.app).post(`/api/v1/points/${first.id}/scan`).set('authorization', api.auth.viewer).send({ rules: RULES }).expect(403);
-  const extra = await request(api.app).post(`/api/v1/points/${first.id}/scan`).set('authorization', api.auth.operator).send({ rules: RULES, path: '/etc/x.yar' }).expect(400);
+  const extra = await request(api.app)
+    .post(`/api/v1/points/${first.id}/scan`)
+    .set('authorization', api.auth.operator)
+    .send({ rules: RULES, path: '/etc/x.yar' })
+    .expect(400);
   t.equal(extra.body.error.code, 'VALIDATION_FAILED', 'a rule file path is not accepted: only rule source');
 
-  const op = await request(api.app).post(`/api/v1/points/${first.id}/scan`).set('authorization', api.auth.operator).send({ rules: RULES }).expect(202);
+  const op = await request(api.app)
+    .post(`/api/v1/points/${first.id}/scan`)
+    .set('authorization', api.auth.operator)
+    .send({ rules: RULES })
+    .expect(202);
   const done = await finished(op.body.id as string);
   t.equal(done.state, 'succeeded', JSON.stringify(done.error));
-  t.match(done.result, { point: first.id, verdict: 'infected', files: { scanned: 4, cached: 0 },
-    matches: [{ rule: 'Readme', disk: 'sda', partition: 1, path: '/data/docs/readme.txt', sha256: disk.files.sha256['/data/docs/readme.txt'] }] });
+  t.match(done.result, {
+    point: first.id,
+    verdict: 'infected',
+    files: { scanned: 4, cached: 0 },
+    matches: [
+      { rule: 'Readme', disk: 'sda', partition: 1, path: '/data/docs/readme.txt', sha256: disk.files.sha256['/data/docs/readme.txt'] },
+    ],
+  });
   t.same(leftovers(), { mounts: [], loops: [], sessions: 0 });
 
   const after = await request(api.app).get('/api/v1/points').set('authorization', api.auth.viewer).expect(200);
-  t.same(after.body.points.map((p: { id: string; scan: string }) => [p.id, p.scan]), [[first.id, 'infected'], [second.id, 'suspect']]);
+  t.same(
+    after.body.points.map((p: { id: string; scan: string }) => [p.id, p.scan]),
+    [
+      [first.id, 'infected'],
+      [second.id, 'suspect'],
+    ],
+  );
 });
 
-t.test('a rule set that does not compile is a 400 with yarac\'s reason; nothing is mounted', async (t) => {
-  const r = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator).send({ rules: 'rule X { condition: $nope }' }).expect(400);
+t.test("a rule set that does not compile is a 400 with yarac's reason; nothing is mounted", async (t) => {
+  const r = await request(api.app)
+    .post(`/api/v1/points/${second.id}/scan`)
+    .set('authorization', api.auth.operator)
+    .send({ rules: 'rule X { condition: $nope }' })
+    .expect(400);
   t.equal(r.body.error.code, 'YARA_RULES_INVALID');
   t.match(r.body.error.message, /\$nope/);
   t.same(leftovers(), { mounts: [], loops: [], sessions: 0 });
 });
 
 t.test('API rules may not include host files or import unsafe modules: a 400 before anything is compiled or mounted', async (t) => {
-  const inc = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator)
-    .send({ rules: `include "/etc/passwd"\n${RULES}` }).expect(400);
+  const inc = await request(api.app)
+    .post(`/api/v1/points/${second.id}/scan`)
+    .set('authorization', api.auth.operator)
+    .send({ rules: `include "/etc/passwd"\n${RULES}` })
+    .expect(400);
   t.equal(inc.body.error.code, 'YARA_RULES_INVALID');
   t.match(inc.body.error.message, /include is not allowed/);
   t.notMatch(JSON.stringify(inc.body), /root:/, 'nothing of the host file comes back');
-  const imp = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator)
-    .send({ rules: `import "console"\n${RULES}` }).expect(400);
+  const imp = await request(api.app)
+    .post(`/api/v1/points/${second.id}/scan`)
+    .set('authorization', api.auth.operator)
+    .send({ rules: `import "console"\n${RULES}` })
+    .expect(400);
   t.equal(imp.body.error.code, 'YARA_RULES_INVALID');
   t.match(imp.body.error.message, /import "console" is not allowed/);
-  const ok = await request(api.app).post(`/api/v1/points/${second.id}/scan`).set('authorization', api.auth.operator)
-    .send({ rules: `import "pe"\nimport "math"\n${RULES}` }).expect(202);
+  const ok = await request(api.app)
+    .post(`/api/v1/points/${second.id}/scan`)
+    .set('authorization', api.auth.operator)
+    .send({ rules: `import "pe"\nimport "math"\n${RULES}` })
+    .expect(202);
   t.equal((await finished(ok.body.id as string)).state, 'succeeded', 'an allowed import compiles and scans');
   t.same(leftovers(), { mounts: [], loops: [], sessions: 0 });
 });

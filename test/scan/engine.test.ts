@@ -35,7 +35,10 @@ if (tmpfs) writeFileSync(join(root, 'inner-mount/other-fs.txt'), MARK);
 
 const catalog = openCatalog(join(work, 'catalog.sqlite'));
 const rulesFile = join(work, 'r.yar');
-writeFileSync(rulesFile, `rule Mark { strings: $a = "${MARK}" condition: $a }\nrule HostPasswd { strings: $a = "root:x:0:0:" condition: $a }\n`);
+writeFileSync(
+  rulesFile,
+  `rule Mark { strings: $a = "${MARK}" condition: $a }\nrule HostPasswd { strings: $a = "root:x:0:0:" condition: $a }\n`,
+);
 
 t.teardown(() => {
   catalog.close();
@@ -55,10 +58,17 @@ t.test('scan, cache, rule-set change', async (t) => {
   t.teardown(() => rules.dispose());
   const mounts = [{ disk: 'sda', partition: 1, fstype: 'test', path: root }];
   const first = await scanPartitions(mounts, rules, new VerdictCache(catalog, rules.hash));
-  t.same(first.files, { scanned: 4, cached: 1 }, 'the copy of hit.bin is answered by its twin\'s verdict');
-  t.same(first.matches.map((m) => [m.rule, m.path]), [
-    ['Mark', '/a/b/hit.bin'], ['Mark', '/a/copy-of-hit.bin'], ['Mark', '/a/f\ufffd\ufffd.bin'], ['Mark', '/a/new\nline.bin'],
-  ], 'every planted copy, whatever its name; no host passwd through the links');
+  t.same(first.files, { scanned: 4, cached: 1 }, "the copy of hit.bin is answered by its twin's verdict");
+  t.same(
+    first.matches.map((m) => [m.rule, m.path]),
+    [
+      ['Mark', '/a/b/hit.bin'],
+      ['Mark', '/a/copy-of-hit.bin'],
+      ['Mark', '/a/f\ufffd\ufffd.bin'],
+      ['Mark', '/a/new\nline.bin'],
+    ],
+    'every planted copy, whatever its name; no host passwd through the links',
+  );
   t.equal(first.matches[0]!.sha256, sha256(`xx ${MARK} yy`));
   const again = await scanPartitions(mounts, rules, new VerdictCache(catalog, rules.hash));
   t.same(again.files, { scanned: 0, cached: 5 }, 'a second scan reads nothing with yara');

@@ -11,12 +11,14 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { extentsKey, readExtents } from '../../src/scan/extents.js';
 
-if (spawnSync('sh', ['-c', 'command -v filefrag']).status !== 0) throw new Error('the extent tests need filefrag: apt-get install e2fsprogs');
+if (spawnSync('sh', ['-c', 'command -v filefrag']).status !== 0)
+  throw new Error('the extent tests need filefrag: apt-get install e2fsprogs');
 
 // The temporary directory must be on a filesystem with FIEMAP (ext4 on this project's hosts; a tmpfs has none).
 const dir = mkdtempSync(join(tmpdir(), 'extents-test-'));
 const fstype = spawnSync('stat', ['-f', '-c', '%T', dir], { encoding: 'utf8' }).stdout.trim();
-if (!['ext2/ext3', 'xfs', 'btrfs'].includes(fstype)) throw new Error(`the extent tests need ${tmpdir()} on ext4, xfs or btrfs (it is ${fstype}): set TMPDIR`);
+if (!['ext2/ext3', 'xfs', 'btrfs'].includes(fstype))
+  throw new Error(`the extent tests need ${tmpdir()} on ext4, xfs or btrfs (it is ${fstype}): set TMPDIR`);
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 function synced(name: string, data: Buffer): Buffer {
@@ -43,7 +45,10 @@ t.test('allocated files: byte extents covering the file, in the order asked', as
   t.ok(ea && ea.length >= 1, extentsKey(ea ?? []));
   t.equal(ea![0]!.logical, 0);
   t.ok(ea!.reduce((s, e) => s + e.length, 0) >= 300_000, 'the extents cover the file (block-rounded)');
-  t.ok(ea!.every((e) => e.physical > 0 && e.physical % 512 === 0), 'physical offsets in bytes on the device');
+  t.ok(
+    ea!.every((e) => e.physical > 0 && e.physical % 512 === 0),
+    'physical offsets in bytes on the device',
+  );
   t.ok(eb && eb[0]!.length >= 5000, 'a name with " is " in it is matched exactly');
   t.equal(eg, null, 'a file that is gone');
   t.equal(ee, null, 'an empty file has no extents: read (it costs nothing)');

@@ -52,7 +52,22 @@ const infected = guest.points[1]!.id;
 
 t.test('recover --scan refuses the infected point; nothing is started', async (t) => {
   const lab = `sg${tag}`;
-  const r = await cli(['recover', '--repo', guest.repoDir, `web@${infected}`, '--lab', labFile(lab, subnet('scan:scan/gate:refused')), '--driver', 'qemu', '--scan', rules, '--json'], stateDir);
+  const r = await cli(
+    [
+      'recover',
+      '--repo',
+      guest.repoDir,
+      `web@${infected}`,
+      '--lab',
+      labFile(lab, subnet('scan:scan/gate:refused')),
+      '--driver',
+      'qemu',
+      '--scan',
+      rules,
+      '--json',
+    ],
+    stateDir,
+  );
   t.equal(r.code, 3, r.stderr);
   const out = lastJsonLine<{ ok: boolean; error: { code: string; message: string } }>(r.stdout);
   t.equal(out.error.code, 'POINT_INFECTED');
@@ -63,8 +78,23 @@ t.test('recover --scan refuses the infected point; nothing is started', async (t
 
 t.test('--allow-infected boots it in a lab with no uplink at all', async (t) => {
   const lab = `sg${tag}`;
-  const r = await cli(['recover', '--repo', guest.repoDir, `web@${infected}`, '--lab', labFile(lab, subnet('scan:scan/gate:quarantine')), '--driver', 'qemu',
-    '--scan', rules, '--allow-infected', '--json'], stateDir);
+  const r = await cli(
+    [
+      'recover',
+      '--repo',
+      guest.repoDir,
+      `web@${infected}`,
+      '--lab',
+      labFile(lab, subnet('scan:scan/gate:quarantine')),
+      '--driver',
+      'qemu',
+      '--scan',
+      rules,
+      '--allow-infected',
+      '--json',
+    ],
+    stateDir,
+  );
   t.equal(r.code, 0, r.stderr);
   const out = lastJsonLine<RecoverResult>(r.stdout);
   t.equal(out.state, 'running');
@@ -81,8 +111,14 @@ t.test('--allow-infected boots it in a lab with no uplink at all', async (t) => 
   const routes = await exec('ip', ['route', 'show', 'table', 'all']);
   t.notMatch(routes.stdout, subnet('scan:scan/gate:quarantine').replace(/\.0\/24$/, '.'), 'no host route to the masquerade subnet');
   const inLab = JSON.parse((await exec('ip', ['-n', st!.netns, '-j', 'link', 'show'])).stdout) as { ifname: string }[];
-  t.notOk(inLab.some((l) => l.ifname === 'uplink' || l.ifname.startsWith('veth')), `links in the lab: ${inLab.map((l) => l.ifname).join(', ')}`);
-  t.ok(inLab.some((l) => l.ifname.startsWith('tap')), 'the VM\'s tap is there');
+  t.notOk(
+    inLab.some((l) => l.ifname === 'uplink' || l.ifname.startsWith('veth')),
+    `links in the lab: ${inLab.map((l) => l.ifname).join(', ')}`,
+  );
+  t.ok(
+    inLab.some((l) => l.ifname.startsWith('tap')),
+    "the VM's tap is there",
+  );
   const ping = await exec('ip', ['netns', 'exec', st!.netns, 'ping', '-c', '1', '-W', '2', '192.168.77.10'], { timeoutMs: 10_000 });
   t.equal(ping.code, 0, 'the guest answers inside the lab');
   const fromHost = await exec('ping', ['-c', '1', '-W', '1', '192.168.77.10'], { timeoutMs: 5000 });
@@ -97,24 +133,47 @@ t.test('a SureBackup job with a scan gate: refused without allowInfected, verifi
   const lab = `sj${tag}`;
   const job = (allow: boolean): string => {
     const p = join(dir, `job-${allow}.json`);
-    writeFileSync(p, JSON.stringify({
-      name: `scan-gate-${allow}`, lab: labFile(lab, subnet('scan:scan/gate:surebackup')), point: guest.points[1]!.time, concurrency: 1,
-      verify: { vms: ['web'], tests: [{ kind: 'heartbeat' }, { kind: 'ping' }] },
-      scan: { rules, allowInfected: allow },
-    }));
+    writeFileSync(
+      p,
+      JSON.stringify({
+        name: `scan-gate-${allow}`,
+        lab: labFile(lab, subnet('scan:scan/gate:surebackup')),
+        point: guest.points[1]!.time,
+        concurrency: 1,
+        verify: { vms: ['web'], tests: [{ kind: 'heartbeat' }, { kind: 'ping' }] },
+        scan: { rules, allowInfected: allow },
+      }),
+    );
     return p;
   };
   const refused = await cli(['surebackup', 'run', job(false), '--repo', guest.repoDir, '--json'], stateDir);
-  const r1 = lastJsonLine<{ result: string; vms: { name: string; point: string; result: string; tests: { name: string; result: string; detail: string }[] }[] }>(refused.stdout);
+  const r1 = lastJsonLine<{
+    result: string;
+    vms: { name: string; point: string; result: string; tests: { name: string; result: string; detail: string }[] }[];
+  }>(refused.stdout);
   t.equal(r1.result, 'failed', refused.stderr);
-  t.match(r1.vms, [{ name: 'web', point: infected, result: 'failed', tests: [{ name: 'scan', result: 'failed', detail: /INFECTED.*not booted/ }] }]);
+  t.match(r1.vms, [
+    { name: 'web', point: infected, result: 'failed', tests: [{ name: 'scan', result: 'failed', detail: /INFECTED.*not booted/ }] },
+  ]);
   t.equal(r1.vms[0]!.tests.length, 1, 'nothing else ran: the VM was never booted');
 
   const allowed = await cli(['surebackup', 'run', job(true), '--repo', guest.repoDir, '--json'], stateDir);
   const r2 = lastJsonLine<typeof r1>(allowed.stdout);
-  t.match(r2.vms, [{ name: 'web', point: infected, tests: [
-    { name: 'scan', result: 'warning', detail: /INFECTED.*NO uplink/ }, { name: 'heartbeat', result: 'passed' }, { name: 'ping', result: 'passed' },
-  ] }], allowed.stderr);
+  t.match(
+    r2.vms,
+    [
+      {
+        name: 'web',
+        point: infected,
+        tests: [
+          { name: 'scan', result: 'warning', detail: /INFECTED.*NO uplink/ },
+          { name: 'heartbeat', result: 'passed' },
+          { name: 'ping', result: 'passed' },
+        ],
+      },
+    ],
+    allowed.stderr,
+  );
   t.equal(r2.result, 'warning', 'an infected point verified in quarantine is a warning, never a success');
   t.same(listLabs(stateDir), [], 'the quarantine lab is gone after the run');
 });

@@ -25,7 +25,8 @@ t.test('include is refused, however it is spelled out', async (t) => {
     'include\n\n"/etc/passwd"',
     'rule A { strings: $a = /x\\// condition: $a } include "/etc/passwd"',
     'rule A { strings: $a = "\\"" condition: $a } include "/etc/passwd"',
-  ]) t.match(refusal(src), /^YARA_RULES_INVALID: .*include is not allowed/, src);
+  ])
+    t.match(refusal(src), /^YARA_RULES_INVALID: .*include is not allowed/, src);
 });
 
 t.test('imports: the safe modules pass, others and odd spellings are refused', async (t) => {

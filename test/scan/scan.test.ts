@@ -12,7 +12,18 @@
 // too, and a guest symlink to a host file is not followed.
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync, writeSync, readdirSync } from 'node:fs';
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+  writeSync,
+  readdirSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +36,8 @@ import { buildGptXfsDisk, buildUnknownFsDisk } from '../flr/fixtures/disks.js';
 import { PLANTED_MARKER, PLANTED_PATH, TEST_RULES, changeGuest, plantedContent, plantedGuest, sha256 } from '../helpers/planted-guest.js';
 
 for (const tool of ['yara', 'yarac', 'losetup', 'mount']) {
-  if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) throw new Error(`the scan tests need ${tool}: apt-get install yara (scripts/setup installs it)`);
+  if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0)
+    throw new Error(`the scan tests need ${tool}: apt-get install yara (scripts/setup installs it)`);
 }
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
@@ -38,7 +50,10 @@ const rules = join(work, 'test.yar');
 writeFileSync(rules, TEST_RULES);
 
 function mountInfo(): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4] ?? '');
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' ')[4] ?? '');
 }
 
 /** Mounts, loop devices, flr sessions and publications this test could have left. */
@@ -51,8 +66,12 @@ function leftovers(): { mounts: string[]; loops: string[]; sessions: number; pub
   }
   return {
     mounts: mountInfo().filter((p) => p.startsWith(work)),
-    loops: spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(work)),
-    sessions: listSessions(stateDir).length, publications: listPublications(stateDir).length, scratch,
+    loops: spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .filter((l) => l.includes(work)),
+    sessions: listSessions(stateDir).length,
+    publications: listPublications(stateDir).length,
+    scratch,
   };
 }
 const NOTHING = { mounts: [], loops: [], sessions: 0, publications: 0, scratch: [] };
@@ -75,8 +94,14 @@ function statuses(repo = guest.repoDir): Record<string, string> {
 
 t.teardown(async () => {
   for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);
-  for (const m of mountInfo().filter((p) => p.startsWith(work)).reverse()) spawnSync('umount', ['-l', m]);
-  for (const l of spawnSync('losetup', ['-a'], { encoding: 'utf8' }).stdout.split('\n').filter((x) => x.includes(work))) spawnSync('losetup', ['-d', l.split(':')[0]!]);
+  for (const m of mountInfo()
+    .filter((p) => p.startsWith(work))
+    .reverse())
+    spawnSync('umount', ['-l', m]);
+  for (const l of spawnSync('losetup', ['-a'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((x) => x.includes(work)))
+    spawnSync('losetup', ['-d', l.split(':')[0]!]);
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -88,7 +113,9 @@ t.test('the infected second point: the scan names the planted file, exit 3', asy
   t.equal(r.status, 3, r.stderr);
   t.equal(r.json.point, p2);
   t.equal(r.json.verdict, 'infected');
-  t.same(r.json.matches, [{ rule: 'RestorelabTestDropper', disk: 'root', partition: 1, path: PLANTED_PATH, sha256: sha256(plantedContent()) }]);
+  t.same(r.json.matches, [
+    { rule: 'RestorelabTestDropper', disk: 'root', partition: 1, path: PLANTED_PATH, sha256: sha256(plantedContent()) },
+  ]);
   const files = r.json.files as { scanned: number; cached: number };
   t.ok(files.scanned > 20, `yara read the guest's files (${files.scanned})`);
   filesInPoint = files.scanned + files.cached;
@@ -101,7 +128,10 @@ t.test('the third point differs by one file: only that file is scanned, the rest
   t.equal(r.status, 3, r.stderr);
   t.same(r.json.files, { scanned: 1, cached: filesInPoint - 1 }, 'one file changed, one file scanned');
   const unread = r.json.unread as number;
-  t.ok(unread > filesInPoint / 2 && unread < filesInPoint, `most files were not even read: unchanged extents in unchanged chunks of the second point (${unread} of ${filesInPoint})`);
+  t.ok(
+    unread > filesInPoint / 2 && unread < filesInPoint,
+    `most files were not even read: unchanged extents in unchanged chunks of the second point (${unread} of ${filesInPoint})`,
+  );
   t.match(r.json.matches, [{ path: PLANTED_PATH, rule: 'RestorelabTestDropper' }], 'a cached verdict still names the file where it is now');
   t.same(statuses(), { [p1]: 'unscanned', [p2]: 'infected', [p3]: 'infected' });
 });
@@ -109,7 +139,15 @@ t.test('the third point differs by one file: only that file is scanned, the rest
 t.test('--last-clean scans newest first and names the first point', async (t) => {
   const r = cli(['scan', '--repo', guest.repoDir, guest.vm.name, '--yara', rules, '--last-clean']);
   t.equal(r.status, 0, r.stderr);
-  t.same(r.json, { vm: guest.vm.name, lastClean: p1, points: [{ id: p3, verdict: 'infected' }, { id: p2, verdict: 'infected' }, { id: p1, verdict: 'clean' }] });
+  t.same(r.json, {
+    vm: guest.vm.name,
+    lastClean: p1,
+    points: [
+      { id: p3, verdict: 'infected' },
+      { id: p2, verdict: 'infected' },
+      { id: p1, verdict: 'clean' },
+    ],
+  });
   t.same(statuses(), { [p1]: 'clean', [p2]: 'infected', [p3]: 'infected' });
   t.same(leftovers(), NOTHING);
 });
@@ -118,7 +156,11 @@ t.test('a file rewritten in place (same size, same extents, old mtime) is read a
   const target = '/etc/inittab';
   let before = '';
   let after = '';
-  const extents = (root: string): string => execFileSync('filefrag', ['-e', '-b1', join(root, target)], { encoding: 'utf8' }).split('\n').filter((l) => /^\s*\d+:/.test(l)).join('\n');
+  const extents = (root: string): string =>
+    execFileSync('filefrag', ['-e', '-b1', join(root, target)], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => /^\s*\d+:/.test(l))
+      .join('\n');
   changeGuest(guest.image, (root) => {
     const file = join(root, target);
     const st = statSync(file);
@@ -135,17 +177,19 @@ t.test('a file rewritten in place (same size, same extents, old mtime) is read a
   });
   t.ok(before.length > 0, before);
   t.equal(after, before, 'the guest kept the file where it was: only the chunk under it changed');
-  const p4 = (await backupVm({ repo: guest.repository, vm: guest.vm, disks: { [guest.vm.disks[0]!.name]: guest.image }, source: guest.image })).id;
+  const p4 = (
+    await backupVm({ repo: guest.repository, vm: guest.vm, disks: { [guest.vm.disks[0]!.name]: guest.image }, source: guest.image })
+  ).id;
   const r = cli(['scan', '--repo', guest.repoDir, p4, '--yara', rules]);
   t.equal(r.status, 3, r.stderr);
   t.match(r.json.matches, [{ path: target, rule: 'RestorelabTestDropper' }, { path: PLANTED_PATH }]);
   t.equal((r.json.matches as unknown[]).length, 2);
   t.ok((r.json.files as { scanned: number }).scanned >= 1, 'the rewritten file was read by yara');
-  t.ok((r.json.unread as number) > 0, 'other files still came from the third point\'s map');
+  t.ok((r.json.unread as number) > 0, "other files still came from the third point's map");
   t.same(leftovers(), NOTHING);
 });
 
-t.test('a rule file that does not compile: exit 2 with yarac\'s reason, nothing mounted', async (t) => {
+t.test("a rule file that does not compile: exit 2 with yarac's reason, nothing mounted", async (t) => {
   const bad = join(work, 'bad.yar');
   writeFileSync(bad, 'rule Broken { strings: $a = "x" condition: $b }\n');
   const r = cli(['scan', '--repo', guest.repoDir, p1, '--yara', bad]);
@@ -163,7 +207,11 @@ t.test('a rule file that does not compile: exit 2 with yarac\'s reason, nothing 
 t.test('a point with no filesystem we know: UNKNOWN_FILESYSTEM, nothing mounted, nothing recorded', async (t) => {
   const repoDir = join(work, 'repo-unknown');
   const repo = await initRepository(repoDir);
-  const point = await backupVm({ repo, vm: { name: 'mystery', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] }, disks: { sda: buildUnknownFsDisk(work) } });
+  const point = await backupVm({
+    repo,
+    vm: { name: 'mystery', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sda', format: 'raw' }], nics: [] },
+    disks: { sda: buildUnknownFsDisk(work) },
+  });
   const r = cli(['scan', '--repo', repoDir, point.id, '--yara', rules]);
   t.equal(r.status, 2, r.stderr);
   t.match(r.json, { ok: false, error: { code: 'UNKNOWN_FILESYSTEM' } });
@@ -175,17 +223,26 @@ t.test('xfs on GPT is scanned; a guest symlink to a host file is not followed', 
   const repoDir = join(work, 'repo-xfs');
   const repo = await initRepository(repoDir);
   const disk = buildGptXfsDisk(work);
-  const point = await backupVm({ repo, vm: { name: 'xfs-guest', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sdb', format: 'raw' }], nics: [] }, disks: { sdb: disk.path } });
+  const point = await backupVm({
+    repo,
+    vm: { name: 'xfs-guest', memoryMiB: 256, vcpus: 1, disks: [{ name: 'sdb', format: 'raw' }], nics: [] },
+    disks: { sdb: disk.path },
+  });
   const xfsRules = join(work, 'xfs.yar');
   // The guest tree holds /passwd-link -> /etc/passwd and a link climbing out to it: the host's
   // passwd must not be read through them, while the guest's own readme is found.
-  writeFileSync(xfsRules, `rule GuestReadme { strings: $a = "inside the backup only" condition: $a }
+  writeFileSync(
+    xfsRules,
+    `rule GuestReadme { strings: $a = "inside the backup only" condition: $a }
 rule HostPasswd { strings: $a = "root:x:0:0:" condition: $a }
-`);
+`,
+  );
   t.match(readFileSync('/etc/passwd', 'utf8'), /root:x:0:0:/, 'the host file the links point to would match');
   const r = cli(['scan', '--repo', repoDir, point.id, '--yara', xfsRules]);
   t.equal(r.status, 3, r.stderr);
-  t.same(r.json.matches, [{ rule: 'GuestReadme', disk: 'sdb', partition: 1, path: '/data/docs/readme.txt', sha256: disk.files.sha256['/data/docs/readme.txt'] }]);
+  t.same(r.json.matches, [
+    { rule: 'GuestReadme', disk: 'sdb', partition: 1, path: '/data/docs/readme.txt', sha256: disk.files.sha256['/data/docs/readme.txt'] },
+  ]);
   t.match(r.json.partitions, [{ disk: 'sdb', partition: 1, fstype: 'xfs', files: 4 }]);
   t.same(r.json.files, { scanned: 4, cached: 0 }, 'the four regular files of the tree, no symlink');
   t.same(leftovers(), NOTHING);

@@ -29,15 +29,32 @@ const jobsDir = join(dir, 'jobs');
 mkdirSync(jobsDir);
 const labName = `ab${randomBytes(2).toString('hex')}`;
 const { repo } = await guestRepository(dir, ['web']);
-writeFileSync(join(jobsDir, 'web-after.json'), JSON.stringify({
-  name: 'web-after', lab: labFile(dir, labName, subnet('scheduler/after-backup-vm')), verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 }, concurrency: 1, afterBackup: true,
-}));
-const env = { RESTORELAB_STATE_DIR: stateDir, RESTORELAB_REPO: repo, RESTORELAB_JOBS_DIR: jobsDir, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu' };
-const cli = (args: string[]) => exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 600_000, env: { ...process.env, ...env } });
+writeFileSync(
+  join(jobsDir, 'web-after.json'),
+  JSON.stringify({
+    name: 'web-after',
+    lab: labFile(dir, labName, subnet('scheduler/after-backup-vm')),
+    verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+    concurrency: 1,
+    afterBackup: true,
+  }),
+);
+const env = {
+  RESTORELAB_STATE_DIR: stateDir,
+  RESTORELAB_REPO: repo,
+  RESTORELAB_JOBS_DIR: jobsDir,
+  RESTORELAB_ACCEL: 'tcg',
+  RESTORELAB_DRIVER: 'qemu',
+};
+const cli = (args: string[]) =>
+  exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 600_000, env: { ...process.env, ...env } });
 const webDefinition = projectPath('lab-templates', 'vms', 'web.json');
 
 /** The run's row, polled until it is no longer running (a TCG boot takes a while). */
-async function finished(run: string, ms = 540_000): Promise<{ trigger: string; status: string; detail: string | null; vms: { name: string; result: string }[] }> {
+async function finished(
+  run: string,
+  ms = 540_000,
+): Promise<{ trigger: string; status: string; detail: string | null; vms: { name: string; result: string }[] }> {
   const h = History.open(loadConfig({ env: { ...process.env, ...env } }).catalog);
   try {
     const end = Date.now() + ms;
@@ -47,21 +64,33 @@ async function finished(run: string, ms = 540_000): Promise<{ trigger: string; s
       if (Date.now() > end) throw new Error(`run ${run} still ${r?.status ?? 'unknown'} after ${ms / 1000} s`);
       await new Promise((res) => setTimeout(res, 500));
     }
-  } finally { h.close(); }
+  } finally {
+    h.close();
+  }
 }
 
 t.test('with a server: API and CLI backups of web start an after-backup run on the server, which passes', async (t) => {
   const token = await cli(['token', 'create', 'ab', '--role', 'operator', '--json']);
   t.equal(token.code, 0, token.stderr);
   const bearer = `Bearer ${(JSON.parse(token.stdout) as { token: string }).token}`;
-  const server: ChildProcess = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'server', '--no-nfs', '--port', '0'],
-    { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (server.exitCode === null) server.kill('SIGKILL'); });
+  const server: ChildProcess = spawn(
+    process.execPath,
+    [projectPath('bin', 'restorelab.js'), '--json', 'server', '--no-nfs', '--port', '0'],
+    { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  t.teardown(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  });
   let err = '';
-  server.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  server.stderr!.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
   const started = await new Promise<{ api: { url: string }; jobs: string[]; backupNotices: string | null }>((resolve, reject) => {
     let out = '';
-    server.stdout!.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!)); });
+    server.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]!));
+    });
     server.on('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
     setTimeout(() => reject(new Error(`server did not report within 60 s: ${err}`)), 60_000);
   });
@@ -79,26 +108,39 @@ t.test('with a server: API and CLI backups of web start an after-backup run on t
     if (op.state !== 'running' || Date.now() > end) break;
   }
   t.equal(op.state, 'succeeded', JSON.stringify(op));
-  t.same(op.result.afterBackup.map((x) => [x.job, x.status]), [['web-after', 'running']], 'the backup started the job');
+  t.same(
+    op.result.afterBackup.map((x) => [x.job, x.status]),
+    [['web-after', 'running']],
+    'the backup started the job',
+  );
   const viaApi = await finished(op.result.afterBackup[0]!.run);
   t.equal(viaApi.trigger, 'after-backup');
   t.equal(viaApi.status, 'success', `${viaApi.detail ?? ''} ${err.slice(-2000)}`);
-  t.same(viaApi.vms.map((v) => [v.name, v.result]), [['web', 'success']]);
+  t.same(
+    viaApi.vms.map((v) => [v.name, v.result]),
+    [['web', 'success']],
+  );
   const apiRun = (await (await api(`/runs/${op.result.afterBackup[0]!.run}`)).json()) as { run: { trigger: string; status: string } };
   t.match(apiRun.run, { trigger: 'after-backup', status: 'success' }, 'GET /runs/:id shows it');
 
   const viaCli = await cli(['backup', '--vm', webDefinition, '--json']);
   t.equal(viaCli.code, 0, viaCli.stderr);
-  const out = JSON.parse(viaCli.stdout) as { restorePoint: string; afterBackup: { by: string; server: { pid: number }; runs: { job: string; run: string; status: string }[] } };
+  const out = JSON.parse(viaCli.stdout) as {
+    restorePoint: string;
+    afterBackup: { by: string; server: { pid: number }; runs: { job: string; run: string; status: string }[] };
+  };
   t.equal(out.afterBackup.by, 'server', 'the CLI handed the job to the server');
   t.equal(out.afterBackup.server.pid, server.pid);
-  t.same(out.afterBackup.runs.map((x) => [x.job, x.status]), [['web-after', 'running']]);
+  t.same(
+    out.afterBackup.runs.map((x) => [x.job, x.status]),
+    [['web-after', 'running']],
+  );
   const cliRun = await finished(out.afterBackup.runs[0]!.run);
   t.equal(cliRun.trigger, 'after-backup');
   t.equal(cliRun.status, 'success', cliRun.detail ?? '');
 
   server.kill('SIGTERM');
-  const [code] = await once(server, 'exit') as [number | null];
+  const [code] = (await once(server, 'exit')) as [number | null];
   t.equal(code, 0, `the server stops cleanly: ${err.slice(-2000)}`);
   t.same(await leftovers(stateDir, undefined, labName), [], 'no VM, namespace, mount or publication left');
 });

@@ -34,7 +34,10 @@ const quiet = { info: (): void => undefined, warn: (): void => undefined };
 /** A job file in `dir` (lab file missing: a real run of it ends in `error` before anything boots). */
 function job(dir: string, name: string, extra: Record<string, unknown>): void {
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, `${name}.json`), JSON.stringify({ name, lab: 'no-such-lab.json', verify: { vms: ['web'], role: 'web' }, ...extra }));
+  writeFileSync(
+    join(dir, `${name}.json`),
+    JSON.stringify({ name, lab: 'no-such-lab.json', verify: { vms: ['web'], role: 'web' }, ...extra }),
+  );
 }
 
 /** A short state home: the socket path must stay under 108 bytes. */
@@ -54,23 +57,41 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
   job(jobs, 'nightly', { schedule: '0 2 * * *' });
   const history = History.open(join(dir, 'c.db'));
   const ran: string[] = [];
-  const run: RunJobFn = async (s, ctx) => { ran.push(`${s.name}:${ctx.trigger}`); return { result: 'success', vms: [], labKept: false }; };
+  const run: RunJobFn = async (s, ctx) => {
+    ran.push(`${s.name}:${ctx.trigger}`);
+    return { result: 'success', vms: [], labKept: false };
+  };
   const sch = new Scheduler({ jobsDir: jobs, history, run, gate: new JobGate(2, 4096) }).start();
-  t.teardown(async () => { await sch.stop(); history.close(); });
+  t.teardown(async () => {
+    await sch.stop();
+    history.close();
+  });
 
   t.equal(await sendBackupNotice(state, { vm: { name: 'web' }, point: 'p1' }), undefined, 'no socket: no server');
   const srv = await serveBackupNotices({ stateDir: state, jobsDir: jobs, notify: (v) => sch.notifyBackup(v), log: quiet });
   t.ok(srv, 'serving');
   t.equal(srv!.path, noticeSocket(state));
-  t.equal(await serveBackupNotices({ stateDir: state, jobsDir: jobs, notify: () => [], log: quiet }), undefined, 'a second server does not take over a live socket');
+  t.equal(
+    await serveBackupNotices({ stateDir: state, jobsDir: jobs, notify: () => [], log: quiet }),
+    undefined,
+    'a second server does not take over a live socket',
+  );
 
   const r = await sendBackupNotice(state, { vm: { name: 'web', tags: ['x'] }, point: 'p1' });
   t.equal(r?.pid, process.pid);
   t.equal(r?.jobsDir, jobs);
-  t.same(r?.triggered.map((x) => [x.job, x.status]), [['web-check', 'running']], 'only the afterBackup job covering web');
+  t.same(
+    r?.triggered.map((x) => [x.job, x.status]),
+    [['web-check', 'running']],
+    'only the afterBackup job covering web',
+  );
   const row = history.run(r!.triggered[0]!.run)!;
   t.equal(row.trigger, 'after-backup');
-  t.same(await sendBackupNotice(state, { vm: { name: 'mail' }, point: 'p2' }).then((x) => x?.triggered), [], 'a VM no job covers triggers nothing');
+  t.same(
+    await sendBackupNotice(state, { vm: { name: 'mail' }, point: 'p2' }).then((x) => x?.triggered),
+    [],
+    'a VM no job covers triggers nothing',
+  );
 
   for (const [what, line, msg] of [
     ['not JSON', 'hello\n', /not JSON/],
@@ -79,7 +100,8 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
     ['tags not strings', '{"backup":{"vm":"web","point":"p","tags":[1]}}\n', /backup.tags/],
   ] as const) {
     const ans = JSON.parse(await rawRequest(srv!.path, line)) as { ok: boolean; error: string };
-    t.equal(ans.ok, false, what); t.match(ans.error, msg, what);
+    t.equal(ans.ok, false, what);
+    t.match(ans.error, msg, what);
   }
   const big = await rawRequest(srv!.path, Buffer.alloc(NOTICE_MAX_BYTES + 10, 0x61));
   t.match(big, /at most 16384 bytes/, 'an endless line is cut off, not buffered');
@@ -88,7 +110,11 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
 
   await srv!.close();
   // A server killed without closing leaves its socket file behind, with nobody accepting on it.
-  const child = spawn(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(noticeSocket(state))}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(
+    process.execPath,
+    ['-e', `require('net').createServer().listen(${JSON.stringify(noticeSocket(state))}, () => console.log('up'))`],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   await new Promise<void>((res) => child.stdout.once('data', () => res()));
   child.kill('SIGKILL');
   await new Promise((res) => child.once('exit', res));
@@ -100,23 +126,42 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
 });
 
 const cli = (args: string[], env: Record<string, string>) =>
-  exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 120_000, env: { ...process.env, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu', ...env } });
+  exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], {
+    timeoutMs: 120_000,
+    env: { ...process.env, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu', ...env },
+  });
 
 /** A state dir, a repository, a jobs directory and a 4 MiB image of a VM definition of `vm`. */
-async function cliWorld(t: { teardown(fn: () => void): void }, vm: string): Promise<{ dir: string; env: Record<string, string>; jobs: string; def: string; image: string }> {
+async function cliWorld(
+  t: { teardown(fn: () => void): void },
+  vm: string,
+): Promise<{ dir: string; env: Record<string, string>; jobs: string; def: string; image: string }> {
   const dir = home(t);
   await initRepository(join(dir, 'repo'));
   const jobs = join(dir, 'jobs');
   const image = join(dir, 'disk.raw');
   writeFileSync(image, Buffer.alloc(4 << 20, 7));
   const def = join(dir, `${vm}.json`);
-  writeFileSync(def, JSON.stringify({ name: vm, memoryMiB: 64, vcpus: 1, tags: ['small'], disks: [{ name: 'root', format: 'raw' }], nics: [] }));
-  return { dir, jobs, def, image, env: { RESTORELAB_STATE_DIR: join(dir, 'state'), RESTORELAB_REPO: join(dir, 'repo'), RESTORELAB_JOBS_DIR: jobs } };
+  writeFileSync(
+    def,
+    JSON.stringify({ name: vm, memoryMiB: 64, vcpus: 1, tags: ['small'], disks: [{ name: 'root', format: 'raw' }], nics: [] }),
+  );
+  return {
+    dir,
+    jobs,
+    def,
+    image,
+    env: { RESTORELAB_STATE_DIR: join(dir, 'state'), RESTORELAB_REPO: join(dir, 'repo'), RESTORELAB_JOBS_DIR: jobs },
+  };
 }
 
 function runsOf(env: Record<string, string>): { job: string; trigger: string; status: string; detail: string | null }[] {
   const h = History.open(loadConfig({ env: { ...process.env, ...env } }).catalog);
-  try { return h.lastRuns({ limit: 100 }); } finally { h.close(); }
+  try {
+    return h.lastRuns({ limit: 100 });
+  } finally {
+    h.close();
+  }
 }
 
 t.test('restorelab backup without a server: runs the covering afterBackup job itself, and nothing else', async (t) => {
@@ -127,13 +172,26 @@ t.test('restorelab backup without a server: runs the covering afterBackup job it
   job(w.jobs, 'web-nightly', { schedule: '0 2 * * *' });
   const r = await cli(['backup', '--vm', w.def, '--disk', w.image, '--json'], w.env);
   t.equal(r.code, 3, `the runs failed (no lab), so exit 3: ${r.stderr}`);
-  const out = JSON.parse(r.stdout) as { restorePoint: string; afterBackup: { by: string; jobsDir: string; runs: { job: string; run: string; status: string; detail: string }[] } };
+  const out = JSON.parse(r.stdout) as {
+    restorePoint: string;
+    afterBackup: { by: string; jobsDir: string; runs: { job: string; run: string; status: string; detail: string }[] };
+  };
   t.ok(out.restorePoint, 'the point is recorded');
   t.equal(out.afterBackup.by, 'this-process');
-  t.same(out.afterBackup.runs.map((x) => [x.job, x.status]).sort(), [['by-tag', 'error'], ['web-check', 'error']]);
+  t.same(out.afterBackup.runs.map((x) => [x.job, x.status]).sort(), [
+    ['by-tag', 'error'],
+    ['web-check', 'error'],
+  ]);
   t.match(out.afterBackup.runs.find((x) => x.job === 'web-check')!.detail, /no-such-lab/, 'the reason is in the output');
   const rows = runsOf(w.env);
-  t.same(rows.map((x) => [x.job, x.trigger, x.status]).sort(), [['by-tag', 'after-backup', 'error'], ['web-check', 'after-backup', 'error']], 'recorded with trigger after-backup');
+  t.same(
+    rows.map((x) => [x.job, x.trigger, x.status]).sort(),
+    [
+      ['by-tag', 'after-backup', 'error'],
+      ['web-check', 'after-backup', 'error'],
+    ],
+    'recorded with trigger after-backup',
+  );
 
   const human = await cli(['backup', '--vm', w.def, '--disk', w.image], w.env);
   t.match(human.stdout, /after-backup: job web-check run \S+: error \(.*no-such-lab/);
@@ -168,19 +226,40 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
   mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
   const history = History.open(cfg.catalog);
   let release!: () => void;
-  const held = new Promise<void>((r) => { release = r; });
+  const held = new Promise<void>((r) => {
+    release = r;
+  });
   const runs: string[] = [];
   // Held until the CLI has answered: the CLI must not wait for the server's run.
-  const sch = new Scheduler({ jobsDir: w.jobs, history, gate: new JobGate(2, 4096), run: async (s, ctx) => { runs.push(`${s.name}:${ctx.trigger}`); await held; return { result: 'success', vms: [], labKept: false }; } }).start();
+  const sch = new Scheduler({
+    jobsDir: w.jobs,
+    history,
+    gate: new JobGate(2, 4096),
+    run: async (s, ctx) => {
+      runs.push(`${s.name}:${ctx.trigger}`);
+      await held;
+      return { result: 'success', vms: [], labKept: false };
+    },
+  }).start();
   const srv = await serveBackupNotices({ stateDir: cfg.stateDir, jobsDir: w.jobs, notify: (v) => sch.notifyBackup(v), log: quiet });
-  t.teardown(async () => { release(); await srv?.close(); await sch.stop(); history.close(); });
+  t.teardown(async () => {
+    release();
+    await srv?.close();
+    await sch.stop();
+    history.close();
+  });
   const r = await cli(['backup', '--vm', w.def, '--disk', w.image, '--jobs', join(w.dir, 'elsewhere'), '--json'], w.env);
   t.equal(r.code, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { afterBackup: { by: string; server: { pid: number }; jobsDir: string; runs: { job: string; run: string; status: string }[] } };
+  const out = JSON.parse(r.stdout) as {
+    afterBackup: { by: string; server: { pid: number }; jobsDir: string; runs: { job: string; run: string; status: string }[] };
+  };
   t.equal(out.afterBackup.by, 'server');
   t.equal(out.afterBackup.server.pid, process.pid);
   t.equal(out.afterBackup.jobsDir, w.jobs, "the server's jobs directory, not the CLI's --jobs");
-  t.same(out.afterBackup.runs.map((x) => [x.job, x.status]), [['web-check', 'running']]);
+  t.same(
+    out.afterBackup.runs.map((x) => [x.job, x.status]),
+    [['web-check', 'running']],
+  );
   t.same(runs, ['web-check:after-backup']);
   t.equal(history.run(out.afterBackup.runs[0]!.run)?.status, 'running', 'the server is still running it');
   const human = await cli(['backup', '--vm', w.def, '--disk', w.image], w.env);
@@ -189,7 +268,13 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
   const heldRun = out.afterBackup.runs[0]!.run;
   await settle(() => history.run(heldRun)?.status !== 'running', 10_000);
   const rows = history.lastRuns({ job: 'web-check' });
-  t.same(rows.map((x) => [x.trigger, x.status]), [['after-backup', 'skipped-overlap'], ['after-backup', 'success']]);
+  t.same(
+    rows.map((x) => [x.trigger, x.status]),
+    [
+      ['after-backup', 'skipped-overlap'],
+      ['after-backup', 'success'],
+    ],
+  );
 });
 
 t.test('POST /backups: the server scheduler runs covering afterBackup jobs; other VMs and failed backups trigger nothing', async (t) => {
@@ -208,9 +293,20 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
   const history = History.open(config.catalog);
   // The real configured run: here it ends in `error` (no lab file) without booting.
   const scheduler = new Scheduler({ jobsDir, history, gate, log: quiet, run: configuredRun(config, history, quiet, gate.limiter) }).start();
-  const ctx = createApiContext({ config, jobsDir, jobGate: gate, scheduler, log: pino({ level: 'silent' }), authLimiter: new AuthFailureLimiter(1000) });
+  const ctx = createApiContext({
+    config,
+    jobsDir,
+    jobGate: gate,
+    scheduler,
+    log: pino({ level: 'silent' }),
+    authLimiter: new AuthFailureLimiter(1000),
+  });
   const { app } = createApp(ctx);
-  t.teardown(async () => { await scheduler.stop(); await ctx.close(); history.close(); });
+  t.teardown(async () => {
+    await scheduler.stop();
+    await ctx.close();
+    history.close();
+  });
   const op = `Bearer ${ctx.tokens.create('t', 'operator').token}`;
   const backup = async (body: object): Promise<Operation> => {
     const res = await request(app).post('/api/v1/backups').set('authorization', op).send(body).expect(202);
@@ -220,17 +316,27 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
   const web = await backup({ vm: 'web', disks: { root: join(src, 'disk.raw') } });
   t.equal(web.state, 'succeeded', JSON.stringify(web.error));
   const after = (web.result as { afterBackup: { job: string; run: string; status: string }[] }).afterBackup;
-  t.same(after.map((x) => [x.job, x.status]), [['web-check', 'running']]);
+  t.same(
+    after.map((x) => [x.job, x.status]),
+    [['web-check', 'running']],
+  );
   const deadline = Date.now() + 30_000;
   while (history.run(after[0]!.run)?.status === 'running' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  const { run } = (await request(app).get(`/api/v1/runs/${after[0]!.run}`).set('authorization', op).expect(200)).body as { run: { trigger: string; status: string; detail: string } };
+  const { run } = (await request(app).get(`/api/v1/runs/${after[0]!.run}`).set('authorization', op).expect(200)).body as {
+    run: { trigger: string; status: string; detail: string };
+  };
   t.equal(run.trigger, 'after-backup');
-  t.equal(run.status, 'error'); t.match(run.detail, /no-such-lab/);
+  t.equal(run.status, 'error');
+  t.match(run.detail, /no-such-lab/);
 
   const dns = await backup({ vm: 'dns', disks: { root: join(src, 'disk.raw') } });
   t.equal(dns.state, 'succeeded');
   t.same((dns.result as { afterBackup: unknown[] }).afterBackup, [], 'no afterBackup job covers dns');
   const broken = await backup({ vm: 'web', disks: { root: join(src, 'a-directory') } });
   t.equal(broken.state, 'failed', 'a directory is no image');
-  t.same(history.lastRuns({ limit: 100 }).map((x) => x.job), ['web-check'], 'only the one successful backup of web triggered a run');
+  t.same(
+    history.lastRuns({ limit: 100 }).map((x) => x.job),
+    ['web-check'],
+    'only the one successful backup of web triggered a run',
+  );
 });

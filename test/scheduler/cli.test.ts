@@ -19,11 +19,18 @@ t.test('schedule list --json: every job with its next fire times', async (t) => 
   const r = await cli(['surebackup', 'schedule', 'list', '--jobs', dir, '--json'], { RESTORELAB_STATE_DIR: join(dir, 'state') });
   t.equal(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { jobs: { name: string; schedule: string | null; afterBackup: boolean; next: string[] }[] };
-  t.same(out.jobs.map((j) => [j.name, j.schedule, j.afterBackup, j.next.length]), [['hourly', '0 * * * *', false, 3], ['on-backup', null, true, 0]]);
+  t.same(
+    out.jobs.map((j) => [j.name, j.schedule, j.afterBackup, j.next.length]),
+    [
+      ['hourly', '0 * * * *', false, 3],
+      ['on-backup', null, true, 0],
+    ],
+  );
   t.ok(out.jobs[0]!.next.every((n) => n.endsWith(':00:00.000Z')));
   writeFileSync(join(dir, 'c.json'), JSON.stringify({ name: 'bad', lab: 'l.json', verify: { vms: ['web'] }, schedule: '61 * * * *' }));
   const bad = await cli(['surebackup', 'schedule', 'list', '--jobs', dir, '--json'], { RESTORELAB_STATE_DIR: join(dir, 'state') });
-  t.equal(bad.code, 2); t.match(bad.stdout, /BAD_SCHEDULE/);
+  t.equal(bad.code, 2);
+  t.match(bad.stdout, /BAD_SCHEDULE/);
 });
 
 t.test('history --job NAME --json: runs newest first, pass rate, trend', async (t) => {
@@ -33,15 +40,29 @@ t.test('history --job NAME --json: runs newest first, pass rate, trend', async (
   const f = fakeLab({ vms: ['web'] });
   for (let i = 0; i < 2; i++) {
     const id = h.startRun('nightly', 'schedule');
-    h.finishRun(id, await runJob({ name: 'nightly', lab: {}, point: 'latest', concurrency: 1, applicationGroup: [], verify: { vms: 'all', role: 'web' } }, f.backend, f.runTest));
+    h.finishRun(
+      id,
+      await runJob(
+        { name: 'nightly', lab: {}, point: 'latest', concurrency: 1, applicationGroup: [], verify: { vms: 'all', role: 'web' } },
+        f.backend,
+        f.runTest,
+      ),
+    );
   }
   h.recordNonRun('nightly', 'schedule', 'missed', '1 scheduled run(s) missed');
   h.recordNonRun('other', 'manual', 'skipped-overlap', 'busy');
   h.close();
   const r = await cli(['surebackup', 'history', '--job', 'nightly', '--json'], { RESTORELAB_STATE_DIR: state });
   t.equal(r.code, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { passRate: { rate: number }; runs: { status: string; vms: { name: string }[] }[]; recoveryTrend: Record<string, unknown[]> };
-  t.same(out.runs.map((x) => x.status), ['missed', 'success', 'success']);
+  const out = JSON.parse(r.stdout) as {
+    passRate: { rate: number };
+    runs: { status: string; vms: { name: string }[] }[];
+    recoveryTrend: Record<string, unknown[]>;
+  };
+  t.same(
+    out.runs.map((x) => x.status),
+    ['missed', 'success', 'success'],
+  );
   t.equal(out.passRate.rate, 1);
   t.equal(out.recoveryTrend.web!.length, 2);
   const all = JSON.parse((await cli(['surebackup', 'history', '--json'], { RESTORELAB_STATE_DIR: state })).stdout) as { runs: unknown[] };

@@ -30,7 +30,10 @@ const point = await backupVm({ repo: repository, vm, disks: { root: image }, sou
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 async function code(p: Promise<unknown>): Promise<string | undefined> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   return e instanceof RestorelabError ? e.code : String(e);
 }
 
@@ -45,7 +48,10 @@ t.test('planRecovery opens the encrypted repository with the key file, and not w
 t.test('the lab backend reads points with its keyFile option, and not without', async (t) => {
   const backend = createLabBackend({ repo, stateDir, driver: 'qemu', keyFile });
   try {
-    t.same((await (await backend.reader()).listPoints()).map((p) => p.id), [point.id]);
+    t.same(
+      (await (await backend.reader()).listPoints()).map((p) => p.id),
+      [point.id],
+    );
   } finally {
     await backend.close();
   }
@@ -59,12 +65,22 @@ t.test('the lab backend reads points with its keyFile option, and not without', 
 
 t.test('a publication through depsWithKey serves the image bytes over FUSE', async (t) => {
   const deps = depsWithKey(keyFile);
-  const pub = await deps.startPublication({ repo, point: point.id, stateDir, fuseDir: join(dir, 'fuse'), readOnly: true, owner: { kind: 'session', id: 'enc-deps' } });
+  const pub = await deps.startPublication({
+    repo,
+    point: point.id,
+    stateDir,
+    fuseDir: join(dir, 'fuse'),
+    readOnly: true,
+    owner: { kind: 'session', id: 'enc-deps' },
+  });
   try {
     const raw = Object.values(pub.disks)[0] ?? '/nonexistent';
     t.equal((await exec('cmp', [raw, image])).code, 0, 'the published disk is the image');
   } finally {
     await pub.close();
   }
-  t.equal(await code(realDeps.startPublication({ repo, point: point.id, stateDir, fuseDir: join(dir, 'fuse2'), readOnly: true })), 'KEY_REQUIRED');
+  t.equal(
+    await code(realDeps.startPublication({ repo, point: point.id, stateDir, fuseDir: join(dir, 'fuse2'), readOnly: true })),
+    'KEY_REQUIRED',
+  );
 });

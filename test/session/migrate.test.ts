@@ -37,7 +37,6 @@ t.teardown(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-
 async function guestLines(agent: QgaClient): Promise<number[]> {
   const r = await agent.exec('/bin/cat', [LOG], { timeoutMs: 30_000 });
   return r.stdout.split('\n').filter(Boolean).map(Number);
@@ -47,7 +46,13 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   let { repo } = await webRepository(dir);
   const before = chunkFingerprint(repo);
   const labPath = join(dir, 'lab.json');
-  writeFileSync(labPath, JSON.stringify({ name: `mg${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/migrate') }] }));
+  writeFileSync(
+    labPath,
+    JSON.stringify({
+      name: `mg${tag}`,
+      networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/migrate') }],
+    }),
+  );
   const s = await recover({ repo, vm: 'web', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir });
   const dom = await new QemuDriver({ stateDir }).attach(s.domain);
   const agent = await QgaClient.connect(dom?.agentSocket as string);
@@ -63,7 +68,10 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   t.equal((await exec('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', small])).code, 0, 'a 1 MiB target');
   const full = await cli(['migrate', s.id, '--to', small, '--json'], stateDir, 60_000);
   t.equal(full.code, 2, 'a target without space is refused');
-  t.match(lastJsonLine<{ error: { code: string; message: string } }>(full.stdout).error, { code: 'MIGRATE_NO_SPACE', message: /bytes free/ });
+  t.match(lastJsonLine<{ error: { code: string; message: string } }>(full.stdout).error, {
+    code: 'MIGRATE_NO_SPACE',
+    message: /bytes free/,
+  });
   t.equal(store.get(s.id).state, 'running', 'and the session goes on');
 
   const target = join(dir, 'prod-storage');
@@ -102,7 +110,11 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   await agent.exec('/bin/kill', [String(writer.pid)]);
   await agent.exec('/bin/sync');
   const record = await guestLines(agent);
-  t.same(record, record.map((_, i) => i + 1), `the guest's record is 1..${record.length} with no gap`);
+  t.same(
+    record,
+    record.map((_, i) => i + 1),
+    `the guest's record is 1..${record.length} with no gap`,
+  );
 
   const stop = await cli(['stop', s.id, '--json'], stateDir, 120_000);
   t.equal(stop.code, 0, stop.stderr);
@@ -113,7 +125,10 @@ t.test('migrate while the guest writes: every write is on the target, the reposi
   const offset = (parts.partitiontable.partitions[0]?.start ?? 2048) * 512;
   const mnt = await exec('mount', ['-o', `ro,loop,noload,offset=${offset}`, '-t', 'ext4', disk, look]);
   t.equal(mnt.code, 0, `loop-mount the target read-only ${mnt.stderr}`);
-  const onDisk = readFileSync(join(look, LOG.slice(1)), 'utf8').split('\n').filter(Boolean).map(Number);
+  const onDisk = readFileSync(join(look, LOG.slice(1)), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map(Number);
   t.same(onDisk, record, `the target disk holds exactly the ${record.length} lines the guest wrote`);
   await exec('umount', [look]);
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');

@@ -41,9 +41,18 @@ t.teardown(async () => {
 });
 
 const point: RestorePoint = {
-  id: 'p-1', consistency: 'crash', time: '2026-01-01T00:00:00Z', source: 'test',
+  id: 'p-1',
+  consistency: 'crash',
+  time: '2026-01-01T00:00:00Z',
+  source: 'test',
   stats: { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0, seconds: 0 },
-  vm: { name: 'web', memoryMiB: 64, vcpus: 1, disks: [{ name: 'root' }], nics: [{ mac: '52:54:00:77:00:10', network: 'prod', ip: '192.168.77.10' }] },
+  vm: {
+    name: 'web',
+    memoryMiB: 64,
+    vcpus: 1,
+    disks: [{ name: 'root' }],
+    nics: [{ mac: '52:54:00:77:00:10', network: 'prod', ip: '192.168.77.10' }],
+  },
   disks: [{ name: 'root', size: 1 << 20, indexDigest: 'x' }],
 };
 
@@ -54,10 +63,16 @@ const repo: RepositoryReader = {
     if (id !== point.id) throw notFound('POINT_NOT_FOUND', `no restore point ${id}`);
     return point;
   },
-  openDisk: async () => { throw new Error('not used'); },
+  openDisk: async () => {
+    throw new Error('not used');
+  },
 };
 
-interface Calls { closed: { discard?: boolean }[]; started: DomainSpec[]; destroyed: string[] }
+interface Calls {
+  closed: { discard?: boolean }[];
+  started: DomainSpec[];
+  destroyed: string[];
+}
 
 /** A fake hypervisor; with `agent`, the domain's agent socket is a real qemu-ga on the host. */
 function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }): SessionDeps {
@@ -73,12 +88,17 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
         agents.push(spawn(qga, ['-m', 'unix-listen', '-p', sock, '-t', dir, '-f', join(dir, `${spec.vm.name}.pid`)], { stdio: 'ignore' }));
       }
       const d = {
-        name: spec.vm.name, agentSocket: sock, consoleLog: join(dir, 'console.log'),
+        name: spec.vm.name,
+        agentSocket: sock,
+        consoleLog: join(dir, 'console.log'),
         state: async () => 'running' as const,
         pid: () => undefined,
         // The heartbeat decision (src/verify/heartbeat.ts) pings the agent through the domain.
         agent: (timeoutMs?: number) => QgaClient.connect(sock, { timeoutMs: timeoutMs ?? 2000 }),
-        destroy: async () => { calls.destroyed.push(spec.vm.name); live.delete(spec.vm.name); },
+        destroy: async () => {
+          calls.destroyed.push(spec.vm.name);
+          live.delete(spec.vm.name);
+        },
       } as unknown as Domain;
       live.set(spec.vm.name, d);
       return d;
@@ -96,12 +116,23 @@ function fakeDeps(calls: Calls, opts: { agent: boolean; libvirtSocket?: string }
       const disk = join(dir, `${o.point}-root.raw`);
       writeFileSync(disk, Buffer.alloc(1 << 20));
       return {
-        id: `pub-${o.point}`, name: `web-${o.point}`, owner: o.owner ?? { kind: 'user', id: 'cli' }, point: o.point, vm: 'web', disks: { root: disk },
-        close: async (c) => { calls.closed.push(c ?? {}); rmSync(disk, { force: true }); },
+        id: `pub-${o.point}`,
+        name: `web-${o.point}`,
+        owner: o.owner ?? { kind: 'user', id: 'cli' },
+        point: o.point,
+        vm: 'web',
+        disks: { root: disk },
+        close: async (c) => {
+          calls.closed.push(c ?? {});
+          rmSync(disk, { force: true });
+        },
       };
     },
-    removePublication: async () => { throw new Error('not used: every publication here is live'); },
-    hypervisor: (driver, o) => (driver === 'libvirt' ? new LibvirtDriver({ ...o, socket: opts.libvirtSocket ?? '/nonexistent/libvirt-sock' }) : hv),
+    removePublication: async () => {
+      throw new Error('not used: every publication here is live');
+    },
+    hypervisor: (driver, o) =>
+      driver === 'libvirt' ? new LibvirtDriver({ ...o, socket: opts.libvirtSocket ?? '/nonexistent/libvirt-sock' }) : hv,
   };
 }
 
@@ -114,9 +145,20 @@ function labFile(name: string, masquerade: string): string {
 function newSession(store: SessionStore, req: RecoverRequest, labName?: string): RecoverySession {
   const id = randomBytes(4).toString('hex');
   const s: RecoverySession = {
-    id, vm: 'web', point: point.id, repo: req.repo, driver: 'qemu',
-    ...(req.lab ? { labFile: req.lab, lab: labName } : {}), domain: `web-${id}`, state: 'starting',
-    createdAt: new Date().toISOString(), updatedAt: '', addresses: {}, disks: {}, diskBytes: { root: 1 << 20 }, resources: { taps: [] },
+    id,
+    vm: 'web',
+    point: point.id,
+    repo: req.repo,
+    driver: 'qemu',
+    ...(req.lab ? { labFile: req.lab, lab: labName } : {}),
+    domain: `web-${id}`,
+    state: 'starting',
+    createdAt: new Date().toISOString(),
+    updatedAt: '',
+    addresses: {},
+    disks: {},
+    diskBytes: { root: 1 << 20 },
+    resources: { taps: [] },
   };
   store.save(s);
   return s;
@@ -130,7 +172,13 @@ t.test('bring-up into a lab: heartbeat, masquerade address; teardown removes eve
   const calls: Calls = { closed: [], started: [], destroyed: [] };
   const deps = fakeDeps(calls, { agent: true });
   const store = new SessionStore(stateDir);
-  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(`u1${tag}`, subnet('session/orchestration:u1')) };
+  const req: RecoverRequest = {
+    repo: repoDir,
+    vm: 'web',
+    driver: 'qemu',
+    stateDir,
+    lab: labFile(`u1${tag}`, subnet('session/orchestration:u1')),
+  };
   const plan = await planRecovery(req, deps);
   t.equal(plan.point.id, 'p-1', 'the latest point of the VM');
   t.equal(plan.labIsUp, false);
@@ -151,7 +199,10 @@ t.test('bring-up into a lab: heartbeat, masquerade address; teardown removes eve
   t.equal(saved.state, 'running', 'persisted');
   t.equal(saved.resources.labCreated, `u1${tag}`);
   t.equal(saved.resources.taps.length, 1);
-  t.ok(store.catalogRows().some((r) => r.id === s.id && r.state === 'running'), 'mirrored into the catalog');
+  t.ok(
+    store.catalogRows().some((r) => r.id === s.id && r.state === 'running'),
+    'mirrored into the catalog',
+  );
 
   await teardown(s, store, hv, live.publication);
   t.same(calls.destroyed, [s.domain], 'domain destroyed');
@@ -165,7 +216,13 @@ t.test('a start that never gets a heartbeat tears everything down', async (t) =>
   const calls: Calls = { closed: [], started: [], destroyed: [] };
   const deps = fakeDeps(calls, { agent: false });
   const store = new SessionStore(stateDir);
-  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(`u2${tag}`, subnet('session/orchestration:u2')) };
+  const req: RecoverRequest = {
+    repo: repoDir,
+    vm: 'web',
+    driver: 'qemu',
+    stateDir,
+    lab: labFile(`u2${tag}`, subnet('session/orchestration:u2')),
+  };
   const plan = await planRecovery(req, deps);
   const s = newSession(store, req, `u2${tag}`);
   const hv = deps.hypervisor('qemu', { stateDir });
@@ -181,7 +238,16 @@ t.test('a lab that is already up is used and left up', async (t) => {
   const deps = fakeDeps(calls, { agent: true });
   const store = new SessionStore(stateDir);
   const file = labFile(`u3${tag}`, subnet('session/orchestration:u3'));
-  const lab = await labUp(parseLab({ name: `u3${tag}`, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/orchestration:u3') }] }, 'lab'), { stateDir });
+  const lab = await labUp(
+    parseLab(
+      {
+        name: `u3${tag}`,
+        networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/orchestration:u3') }],
+      },
+      'lab',
+    ),
+    { stateDir },
+  );
   const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: file };
   const plan = await planRecovery(req, deps);
   t.equal(plan.labIsUp, true);
@@ -202,7 +268,13 @@ t.test('a lab recovery brought up is taken down by the last session in it', asyn
   const deps = fakeDeps(calls, { agent: true });
   const store = new SessionStore(stateDir);
   const name = `u6${tag}`;
-  const req: RecoverRequest = { repo: repoDir, vm: 'web', driver: 'qemu', stateDir, lab: labFile(name, subnet('session/orchestration:u6')) };
+  const req: RecoverRequest = {
+    repo: repoDir,
+    vm: 'web',
+    driver: 'qemu',
+    stateDir,
+    lab: labFile(name, subnet('session/orchestration:u6')),
+  };
   const hv = deps.hypervisor('qemu', { stateDir });
   const a = newSession(store, req, name);
   const liveA = await bringUp(a, await planRecovery(req, deps), deps, store, hv, { heartbeatTimeoutMs: 20_000 });
@@ -248,12 +320,25 @@ t.test('bad inputs are rejected before anything is made', async (t) => {
   writeFileSync(bad, JSON.stringify({ name: 'x', networks: [{ name: 'prod', subnet: 'nonsense' }] }));
   const schemaErr = await planRecovery({ ...base, lab: bad }, deps).catch((x: unknown) => x);
   t.ok(schemaErr instanceof RestorelabError && schemaErr.exitCode === 2, `lab file failing its schema: ${(schemaErr as Error).message}`);
-  await t.rejects(planRecovery({ ...base, lab: labFile(`u4${tag}`, '127.0.0.0/24') }, deps),
-    { code: 'LAB_MASQUERADE_OVERLAP', message: /overlaps the host route 127\.0\.0\.0\/8/ }, 'masquerade subnet overlapping a host route');
+  await t.rejects(
+    planRecovery({ ...base, lab: labFile(`u4${tag}`, '127.0.0.0/24') }, deps),
+    { code: 'LAB_MASQUERADE_OVERLAP', message: /overlaps the host route 127\.0\.0\.0\/8/ },
+    'masquerade subnet overlapping a host route',
+  );
   const other = join(dir, 'other-net.json');
-  writeFileSync(other, JSON.stringify({ name: `u5${tag}`, networks: [{ name: 'dmz', subnet: '10.9.0.0/24', gateway: '10.9.0.1', masquerade: subnet('session/orchestration:u5') }] }));
+  writeFileSync(
+    other,
+    JSON.stringify({
+      name: `u5${tag}`,
+      networks: [{ name: 'dmz', subnet: '10.9.0.0/24', gateway: '10.9.0.1', masquerade: subnet('session/orchestration:u5') }],
+    }),
+  );
   await t.rejects(planRecovery({ ...base, lab: other }, deps), { code: 'LAB_NO_SUCH_NETWORK' }, "a lab that lacks the VM's network");
-  await t.rejects(planRecovery({ ...base, network: `nobr${tag}` }, deps), { code: 'BRIDGE_NOT_FOUND', message: new RegExp(`nobr${tag}`) }, 'a bridge that does not exist');
+  await t.rejects(
+    planRecovery({ ...base, network: `nobr${tag}` }, deps),
+    { code: 'BRIDGE_NOT_FOUND', message: new RegExp(`nobr${tag}`) },
+    'a bridge that does not exist',
+  );
   await t.rejects(planRecovery({ ...base, network: 'x', lab: other }, deps), { code: 'LAB_AND_NETWORK' });
   const e = await planRecovery({ ...base, driver: 'libvirt' }, deps).catch((x: unknown) => x);
   t.ok(e instanceof RestorelabError && e.code === 'LIBVIRTD_NOT_RUNNING', 'libvirtd not running');

@@ -35,9 +35,13 @@ t.teardown(async () => {
 });
 
 function cli(args: string[], timeoutMs = 600_000): Promise<ExecResult> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<string, string>;
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<
+    string,
+    string
+  >;
   return exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], {
-    timeoutMs, env: { ...env, RESTORELAB_STATE_DIR: stateDir, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu', RESTORELAB_KEY_FILE: keyFile },
+    timeoutMs,
+    env: { ...env, RESTORELAB_STATE_DIR: stateDir, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu', RESTORELAB_KEY_FILE: keyFile },
   });
 }
 
@@ -73,9 +77,14 @@ t.test('surebackup run with the key from RESTORELAB_KEY_FILE passes, and fails c
   t.match(lastJson(r), { result: 'success', vms: [{ name: 'web', result: 'success' }] });
   t.same(await leftovers(stateDir, undefined, `sbe${tag}`), [], 'nothing left behind');
 
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<string, string>;
-  const none = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), 'surebackup', 'run', job, '--repo', repoDir, '--json'],
-    { timeoutMs: 120_000, env: { ...env, RESTORELAB_STATE_DIR: stateDir } });
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !k.startsWith('RESTORELAB_') && v !== undefined)) as Record<
+    string,
+    string
+  >;
+  const none = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), 'surebackup', 'run', job, '--repo', repoDir, '--json'], {
+    timeoutMs: 120_000,
+    env: { ...env, RESTORELAB_STATE_DIR: stateDir },
+  });
   t.not(none.code, 0, 'without a key file the run does not pass');
   t.match(none.stdout + none.stderr, /KEY_REQUIRED|is encrypted/);
 });

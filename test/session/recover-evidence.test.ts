@@ -36,20 +36,35 @@ t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log a
   const { repo } = await guestRepository(dir, 'no-boot');
   const lab = `re${tag}`;
   const labPath = join(dir, `${lab}.json`);
-  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-evidence:panic') }] }));
+  writeFileSync(
+    labPath,
+    JSON.stringify({
+      name: lab,
+      networks: [
+        { name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-evidence:panic') },
+      ],
+    }),
+  );
   // The lab as it stood while the VM ran (its namespace, host veth and taps), to look for each after teardown.
   let seen: LabState | undefined;
-  const watch = setInterval(() => { const st = readLabState(stateDir, lab); if (st?.ready && st.taps.length > 0) seen = st; }, 200);
+  const watch = setInterval(() => {
+    const st = readLabState(stateDir, lab);
+    if (st?.ready && st.taps.length > 0) seen = st;
+  }, 200);
   const err = await recover({ repo, vm: 'no-boot', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 45_000 })
-    .catch((e: unknown) => e).finally(() => clearInterval(watch));
+    .catch((e: unknown) => e)
+    .finally(() => clearInterval(watch));
   t.ok(err instanceof RestorelabError, `recover fails: ${(err as Error).message}`);
   const e = err as RestorelabError;
   t.equal(e.code, 'NO_HEARTBEAT');
   t.match(e.message, /45 s/, 'after its boot timeout');
-  t.ok(seen, 'the lab was up with the VM\'s tap while it booted');
+  t.ok(seen, "the lab was up with the VM's tap while it booted");
   if (seen) {
     const links = (await exec('ip', ['-j', 'link', 'show'])).stdout;
-    t.notOk((await exec('ip', ['netns', 'list'])).stdout.includes(seen.netns), `the lab namespace ${seen.netns} is gone, and its taps (${seen.taps.map((x) => x.name).join(', ')}) with it`);
+    t.notOk(
+      (await exec('ip', ['netns', 'list'])).stdout.includes(seen.netns),
+      `the lab namespace ${seen.netns} is gone, and its taps (${seen.taps.map((x) => x.name).join(', ')}) with it`,
+    );
     t.notOk(links.includes(`"${seen.hostVeth}"`), `the host end of the lab's veth (${seen.hostVeth}) is gone`);
   }
   const consolePath = /serial console is kept in (\S+?)(,|$)/.exec(e.hint ?? '')?.[1];
@@ -68,8 +83,13 @@ t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log a
   t.ok(consolePath?.startsWith(store.workDir(s?.id ?? '')), "kept in the session's own directory");
   t.same(s?.resources, { taps: [] }, 'nothing left in the record');
   // The supervisor ends on its own once it has torn down; init may reap it a little later.
-  if (s?.supervisorPid) await waitFor(`supervisor pid ${s.supervisorPid} to exit`, () => !running(s.supervisorPid!), 30_000).catch(() => undefined);
-  const left = await residue({ domain: s?.domain ?? 'none', mount: join(store.workDir(s?.id ?? ''), 'mnt'), ...(s?.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) });
+  if (s?.supervisorPid)
+    await waitFor(`supervisor pid ${s.supervisorPid} to exit`, () => !running(s.supervisorPid!), 30_000).catch(() => undefined);
+  const left = await residue({
+    domain: s?.domain ?? 'none',
+    mount: join(store.workDir(s?.id ?? ''), 'mnt'),
+    ...(s?.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
+  });
   t.same(left, [], 'no QEMU, supervisor or mount remains');
   t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
   t.same(listPublications(stateDir), [], 'the publication is gone');
@@ -80,8 +100,24 @@ t.test('recover of the damaged guest fails for the reason its verification gives
   const { repo } = await guestRepository(ddir, 'damaged');
   const lab = `rd${tag}`;
   const labPath = join(dir, `${lab}.json`);
-  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-evidence:second') }] }));
-  const err = await recover({ repo, vm: 'damaged', lab: labPath, driver: 'qemu', accel: 'tcg', stateDir, heartbeatTimeoutMs: 60_000 }).catch((e: unknown) => e);
+  writeFileSync(
+    labPath,
+    JSON.stringify({
+      name: lab,
+      networks: [
+        { name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-evidence:second') },
+      ],
+    }),
+  );
+  const err = await recover({
+    repo,
+    vm: 'damaged',
+    lab: labPath,
+    driver: 'qemu',
+    accel: 'tcg',
+    stateDir,
+    heartbeatTimeoutMs: 60_000,
+  }).catch((e: unknown) => e);
   t.ok(err instanceof RestorelabError, `recover fails: ${(err as Error).message}`);
   const e = err as RestorelabError;
   t.equal(e.code, 'NO_HEARTBEAT');
@@ -89,6 +125,10 @@ t.test('recover of the damaged guest fails for the reason its verification gives
   t.match(e.message, /the guest agent never answered within the maximum boot time/, 'the reason a verification reports');
   const consolePath = /serial console is kept in (\S+?)(,|$)/.exec(e.hint ?? '')?.[1];
   t.ok(consolePath && existsSync(consolePath), `the console log is kept: ${e.hint}`);
-  t.match(consolePath && existsSync(consolePath) ? readFileSync(consolePath, 'utf8') : '', /guest agent exited/, 'and shows the agent failing');
+  t.match(
+    consolePath && existsSync(consolePath) ? readFileSync(consolePath, 'utf8') : '',
+    /guest agent exited/,
+    'and shows the agent failing',
+  );
   t.same(listPublications(stateDir), [], 'the publication is gone');
 });

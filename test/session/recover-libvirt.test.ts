@@ -39,7 +39,13 @@ t.test('libvirt: recover into a lab, virsh sees it, HTTP, block copy to qcow2, s
   const before = chunkFingerprint(repo);
   const lab = `rl${tag}`;
   const labPath = join(dir, 'lab.json');
-  writeFileSync(labPath, JSON.stringify({ name: lab, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-libvirt') }] }));
+  writeFileSync(
+    labPath,
+    JSON.stringify({
+      name: lab,
+      networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet('session/recover-libvirt') }],
+    }),
+  );
 
   const r = await cli(['recover', '--repo', repo, 'web', '--lab', labPath, '--driver', 'libvirt', '--json'], stateDir);
   t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
@@ -73,8 +79,16 @@ t.test('libvirt: recover into a lab, virsh sees it, HTTP, block copy to qcow2, s
   t.equal(stop.code, 0, stop.stderr);
   const gone = await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', `rl-${s.domain}`]);
   t.not(gone.code, 0, 'the domain is undefined');
-  t.same(await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) }), [],
-    'no process, namespace, tap or mount remains');
+  t.same(
+    await residue({
+      domain: s.domain,
+      ...(netns ? { netns } : {}),
+      mount: store.workDir(s.id),
+      ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
+    }),
+    [],
+    'no process, namespace, tap or mount remains',
+  );
   const check = await exec('qemu-img', ['check', disk]);
   t.equal(check.code, 0, `the qcow2 copy is consistent ${check.stdout}`);
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');

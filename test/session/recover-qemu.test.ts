@@ -18,7 +18,18 @@ import { recover, stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { listPublications } from '../../src/publish/publish.js';
 import type { RecoverResult } from '../../src/session/session.js';
-import { BOOT_TIMEOUT_MS, WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, running, waitFor, webRepository } from './fixtures/recovery.js';
+import {
+  BOOT_TIMEOUT_MS,
+  WEB_EXPECT,
+  chunkFingerprint,
+  cli,
+  httpGet,
+  lastJsonLine,
+  residue,
+  running,
+  waitFor,
+  webRepository,
+} from './fixtures/recovery.js';
 import { address, subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-qemu-'));
@@ -44,7 +55,10 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
   const { repo } = await fixture;
   const before = chunkFingerprint(repo);
   const lab = `rq${tag}`;
-  const r = await cli(['recover', '--repo', repo, 'web', '--lab', labFile(lab, subnet('session/recover-qemu:cli')), '--driver', 'qemu', '--json'], stateDir);
+  const r = await cli(
+    ['recover', '--repo', repo, 'web', '--lab', labFile(lab, subnet('session/recover-qemu:cli')), '--driver', 'qemu', '--json'],
+    stateDir,
+  );
   t.equal(r.code, 0, `recover exits 0 ${r.stderr}`);
   const out = lastJsonLine<RecoverResult>(r.stdout);
   t.same(Object.keys(out).sort(), ['addresses', 'heartbeatSeconds', 'session', 'state', 'vm'], 'the documented line');
@@ -63,14 +77,22 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
   const mine = sessions.find((s) => s.session === out.session);
   t.equal(mine?.state, 'running', 'listed as running');
   t.ok((mine?.ageSeconds ?? -1) >= out.heartbeatSeconds - 1, `with its age (${mine?.ageSeconds} s)`);
-  t.ok(store.catalogRows().some((row) => row.id === out.session), 'and in the catalog');
+  t.ok(
+    store.catalogRows().some((row) => row.id === out.session),
+    'and in the catalog',
+  );
 
   const s = store.get(out.session);
   const netns = readLabState(stateDir, lab)?.netns;
   const stop = await cli(['stop', out.session, '--json'], stateDir, 120_000);
   t.equal(stop.code, 0, stop.stderr);
   t.equal(lastJsonLine<{ state: string }>(stop.stdout).state, 'stopped');
-  const left = await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) });
+  const left = await residue({
+    domain: s.domain,
+    ...(netns ? { netns } : {}),
+    mount: store.workDir(s.id),
+    ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
+  });
   t.same(left, [], 'no process, namespace, tap or mount remains');
   t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
@@ -82,7 +104,15 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
 t.test('QEMU killed under a running session: failed, lab and publication cleaned', async (t) => {
   const { repo, point } = await fixture;
   const lab = `rk${tag}`;
-  const s = await recover({ repo, vm: 'web', point: point.id, lab: labFile(lab, subnet('session/recover-qemu:lib')), driver: 'qemu', accel: 'tcg', stateDir });
+  const s = await recover({
+    repo,
+    vm: 'web',
+    point: point.id,
+    lab: labFile(lab, subnet('session/recover-qemu:lib')),
+    driver: 'qemu',
+    accel: 'tcg',
+    stateDir,
+  });
   t.equal(s.state, 'running');
   t.equal(s.point, point.id, 'the point asked for');
   const netns = readLabState(stateDir, lab)?.netns;
@@ -92,8 +122,18 @@ t.test('QEMU killed under a running session: failed, lab and publication cleaned
   await waitFor('the session to be marked failed', () => store.get(s.id).state === 'failed', 60_000);
   const after = store.get(s.id);
   t.match(after.error?.message, /VM stopped/, `reason recorded: ${after.error?.message}`);
-  await waitFor('the supervisor to exit', async () => (await residue({ domain: s.domain, mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) })).length === 0, 30_000);
-  t.same(await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }), [], 'lab namespace and publication mount are gone');
+  await waitFor(
+    'the supervisor to exit',
+    async () =>
+      (await residue({ domain: s.domain, mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) }))
+        .length === 0,
+    30_000,
+  );
+  t.same(
+    await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }),
+    [],
+    'lab namespace and publication mount are gone',
+  );
   t.equal(readLabState(stateDir, lab), undefined, 'lab state removed');
   t.same(after.resources, { taps: [] }, 'nothing left in the record');
 });
@@ -101,20 +141,36 @@ t.test('QEMU killed under a running session: failed, lab and publication cleaned
 t.test('supervisor killed under a running session: failed, and stop removes what it left', async (t) => {
   const { repo } = await fixture;
   const lab = `rs${tag}`;
-  const s = await recover({ repo, vm: 'web', lab: labFile(lab, subnet('session/recover-qemu:stop')), driver: 'qemu', accel: 'tcg', stateDir });
+  const s = await recover({
+    repo,
+    vm: 'web',
+    lab: labFile(lab, subnet('session/recover-qemu:stop')),
+    driver: 'qemu',
+    accel: 'tcg',
+    stateDir,
+  });
   const netns = readLabState(stateDir, lab)?.netns;
   const pub = s.resources.publication?.id;
   t.ok(pub && listPublications(stateDir).some((p) => p.id === pub), 'published');
   process.kill(s.supervisorPid as number, 'SIGKILL');
   await waitFor('the supervisor to die', () => !running(s.supervisorPid as number), 10_000);
   const listed = await cli(['sessions', '--json'], stateDir, 60_000);
-  const mine = lastJsonLine<{ sessions: { session: string; state: string; error?: { code: string } }[] }>(listed.stdout).sessions.find((x) => x.session === s.id);
+  const mine = lastJsonLine<{ sessions: { session: string; state: string; error?: { code: string } }[] }>(listed.stdout).sessions.find(
+    (x) => x.session === s.id,
+  );
   t.equal(mine?.state, 'failed', 'a running session without its supervisor is failed');
   t.equal(mine?.error?.code, 'SUPERVISOR_GONE');
   const stop = await cli(['stop', s.id, '--json'], stateDir, 120_000);
   t.equal(stop.code, 0, stop.stderr);
-  t.same(await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }), [], 'no QEMU, namespace or mount remains');
-  t.notOk(listPublications(stateDir).some((p) => p.id === pub), 'the publication and its overlay are gone');
+  t.same(
+    await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }),
+    [],
+    'no QEMU, namespace or mount remains',
+  );
+  t.notOk(
+    listPublications(stateDir).some((p) => p.id === pub),
+    'the publication and its overlay are gone',
+  );
   t.same(store.get(s.id).resources, { taps: [] }, 'nothing left in the record');
 });
 

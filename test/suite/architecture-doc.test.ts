@@ -27,10 +27,18 @@ function sourceFiles(dir: string): string[] {
 /** Names exported by a declaration (`export interface X`, `export class X`, ...) or an export list (`export { X }`, `export type { X }`). */
 function exportedNames(source: string): Set<string> {
   const out = new Set<string>();
-  for (const m of source.matchAll(/export\s+(?:declare\s+)?(?:abstract\s+)?(?:interface|class|type|const|let|function\*?|enum|async\s+function)\s+([A-Za-z_$][\w$]*)/g)) out.add(m[1] ?? '');
+  for (const m of source.matchAll(
+    /export\s+(?:declare\s+)?(?:abstract\s+)?(?:interface|class|type|const|let|function\*?|enum|async\s+function)\s+([A-Za-z_$][\w$]*)/g,
+  ))
+    out.add(m[1] ?? '');
   for (const m of source.matchAll(/export\s+(?:type\s+)?\{([^}]*)\}/g)) {
     for (const part of (m[1] ?? '').split(',')) {
-      const name = part.trim().replace(/^type\s+/, '').split(/\s+as\s+/).pop()?.trim();
+      const name = part
+        .trim()
+        .replace(/^type\s+/, '')
+        .split(/\s+as\s+/)
+        .pop()
+        ?.trim();
       if (name) out.add(name);
     }
   }
@@ -47,7 +55,17 @@ t.test('every type docs/architecture.md names in backticks is exported from src/
   const doc = readFileSync(projectPath('docs', 'architecture.md'), 'utf8');
   const names = typeNamesIn(doc);
   t.ok(names.length >= 30, `the doc names ${names.length} types`);
-  for (const layerType of ['ChunkStore', 'Repository', 'DiskSource', 'PublishedDisk', 'Datastore', 'Hypervisor', 'Domain', 'LabDefinition', 'TestResult']) {
+  for (const layerType of [
+    'ChunkStore',
+    'Repository',
+    'DiskSource',
+    'PublishedDisk',
+    'Datastore',
+    'Hypervisor',
+    'Domain',
+    'LabDefinition',
+    'TestResult',
+  ]) {
     t.ok(names.includes(layerType), `the doc names ${layerType}`);
   }
   t.same(missingTypes(doc, exported), [], 'names that no module under src/ exports');
@@ -55,9 +73,16 @@ t.test('every type docs/architecture.md names in backticks is exported from src/
 
 t.test('the check finds a name that is not exported, and every form of export', async (t) => {
   t.same(missingTypes('a `VirtualLab` and a `ChunkStore`, a `NO_HEARTBEAT`, `restorelab verify`', exported), ['VirtualLab']);
-  const names = exportedNames([
-    'export interface A {}', 'export abstract class B {}', 'export type C = 1;', 'export const D = 1;',
-    'export async function E() {}', "export { F, G as H } from './x.js';", "export type { I } from './y.js';",
-  ].join('\n'));
+  const names = exportedNames(
+    [
+      'export interface A {}',
+      'export abstract class B {}',
+      'export type C = 1;',
+      'export const D = 1;',
+      'export async function E() {}',
+      "export { F, G as H } from './x.js';",
+      "export type { I } from './y.js';",
+    ].join('\n'),
+  );
   t.same([...names].sort(), ['A', 'B', 'C', 'D', 'E', 'F', 'H', 'I']);
 });

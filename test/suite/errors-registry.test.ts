@@ -26,7 +26,11 @@ function sources(dir: string): string[] {
     .sort();
 }
 
-interface CodeUse { where: string; code?: string; problem?: string }
+interface CodeUse {
+  where: string;
+  code?: string;
+  problem?: string;
+}
 
 /**
  * The code an error-code expression can take: string literals, either branch
@@ -36,9 +40,13 @@ interface CodeUse { where: string; code?: string; problem?: string }
 function codesOf(e: ts.Expression, where: string, out: CodeUse[]): void {
   if (ts.isStringLiteral(e) || ts.isNoSubstitutionTemplateLiteral(e)) out.push({ where, code: e.text });
   else if (ts.isParenthesizedExpression(e)) codesOf(e.expression, where, out);
-  else if (ts.isConditionalExpression(e)) { codesOf(e.whenTrue, where, out); codesOf(e.whenFalse, where, out); }
-  else if (ts.isTemplateExpression(e) || ts.isBinaryExpression(e)) out.push({ where, problem: `a code built at run time: ${e.getText()}` });
-  else if (ts.isAsExpression(e) || ts.isTypeAssertionExpression(e)) out.push({ where, problem: `a cast code tsc cannot check: ${e.getText()}` });
+  else if (ts.isConditionalExpression(e)) {
+    codesOf(e.whenTrue, where, out);
+    codesOf(e.whenFalse, where, out);
+  } else if (ts.isTemplateExpression(e) || ts.isBinaryExpression(e))
+    out.push({ where, problem: `a code built at run time: ${e.getText()}` });
+  else if (ts.isAsExpression(e) || ts.isTypeAssertionExpression(e))
+    out.push({ where, problem: `a cast code tsc cannot check: ${e.getText()}` });
 }
 
 /** Every code given to an error constructor, helper, subclass `super(...)` or `RestorelabError.revive({ code })`, and every `code: '...'` of an error object. */
@@ -48,7 +56,8 @@ function codeUses(file: string): CodeUse[] {
   const at = (n: ts.Node): string => `${file}:${sf.getLineAndCharacterOfPosition(n.getStart(sf)).line + 1}`;
   const extendsError = (n: ts.Node): boolean => {
     for (let p: ts.Node | undefined = n.parent; p; p = p.parent) {
-      if (ts.isClassDeclaration(p)) return (p.heritageClauses ?? []).some((h) => h.types.some((x) => x.expression.getText(sf) === 'RestorelabError'));
+      if (ts.isClassDeclaration(p))
+        return (p.heritageClauses ?? []).some((h) => h.types.some((x) => x.expression.getText(sf) === 'RestorelabError'));
     }
     return false;
   };
@@ -58,7 +67,11 @@ function codeUses(file: string): CodeUse[] {
       const name = ts.isIdentifier(callee) ? callee.text : '';
       if (THROWERS.has(name) || (callee.kind === ts.SyntaxKind.SuperKeyword && extendsError(n))) codesOf(n.arguments[0], at(n), out);
     }
-    if (ts.isPropertyAssignment(n) && n.name.getText(sf) === 'code' && (ts.isStringLiteral(n.initializer) || ts.isConditionalExpression(n.initializer))) {
+    if (
+      ts.isPropertyAssignment(n) &&
+      n.name.getText(sf) === 'code' &&
+      (ts.isStringLiteral(n.initializer) || ts.isConditionalExpression(n.initializer))
+    ) {
       const found: CodeUse[] = [];
       codesOf(n.initializer, at(n), found);
       // errno names (ENOSPC...) belong to node's and the datastores' own errors, not to the registry.
@@ -75,13 +88,19 @@ const uses = files.flatMap(codeUses);
 
 t.test('the scan sees the throw sites (a broken scan cannot pass for a clean tree)', async (t) => {
   t.ok(uses.length > 200, `${uses.length} code uses found in src/`);
-  t.ok(uses.some((u) => u.code === 'NBD_PROTOCOL'), 'a subclass\'s super(code) is seen');
+  t.ok(
+    uses.some((u) => u.code === 'NBD_PROTOCOL'),
+    "a subclass's super(code) is seen",
+  );
   t.ok(uses.some((u) => u.code === 'REPO_FULL') && uses.some((u) => u.code === 'CHUNK_IO'), 'both branches of a conditional code are seen');
   const probe: CodeUse[] = [];
   const sf = ts.createSourceFile('probe.ts', 'x(`BAD_${n}`, y as C)', ts.ScriptTarget.Latest, true);
   const call = (sf.statements[0] as ts.ExpressionStatement).expression as ts.CallExpression;
   for (const a of call.arguments) codesOf(a, 'probe', probe);
-  t.same(probe.map((p) => p.problem?.split(':')[0]), ['a code built at run time', 'a cast code tsc cannot check']);
+  t.same(
+    probe.map((p) => p.problem?.split(':')[0]),
+    ['a code built at run time', 'a cast code tsc cannot check'],
+  );
 });
 
 t.test('every code used in src/ is registered, and none is built at run time', async (t) => {
@@ -94,7 +113,11 @@ t.test('every code used in src/ is registered, and none is built at run time', a
 t.test('every registered code is used somewhere in src/ (no dead codes), and no merged-away code is', async (t) => {
   const text = files.map((f) => readFileSync(projectPath(f), 'utf8')).join('\n');
   const said = (code: string): boolean => new RegExp(`['"\`]${code}['"\`]`).test(text);
-  t.same(Object.keys(ERRORS).filter((c) => !said(c)), [], 'dead codes');
+  t.same(
+    Object.keys(ERRORS).filter((c) => !said(c)),
+    [],
+    'dead codes',
+  );
   t.same(Object.keys(ERROR_MERGES).filter(said), [], 'merged-away codes still used');
   t.same(Object.keys(ERROR_MERGES).filter(isErrorCode), [], 'a merged-away code is not registered again');
 });
@@ -113,16 +136,37 @@ t.test('the class gives the exit code and the HTTP status; overrides only where 
   t.equal(httpStatusOf('UNAUTHENTICATED'), 401);
   t.equal(httpStatusOf('SCRIPT_NOT_ALLOWED'), 403);
   t.equal(httpStatusOf('POINT_NOT_FOUND'), 404);
-  const overridden = Object.entries(ERRORS).filter(([, s]) => 'status' in s).map(([c]) => c).sort();
-  t.same(overridden, ['BODY_TOO_LARGE', 'FORBIDDEN', 'OPERATION_CANCELLED', 'PATH_NOT_ALLOWED', 'RATE_LIMITED', 'SCRIPT_NOT_ALLOWED', 'UNAUTHENTICATED', 'UNSUPPORTED_MEDIA_TYPE']);
-  for (const c of overridden) t.not(httpStatusOf(c as keyof typeof ERRORS), ERROR_CLASSES[ERRORS[c as keyof typeof ERRORS].class].status, `${c} differs from its class`);
+  const overridden = Object.entries(ERRORS)
+    .filter(([, s]) => 'status' in s)
+    .map(([c]) => c)
+    .sort();
+  t.same(overridden, [
+    'BODY_TOO_LARGE',
+    'FORBIDDEN',
+    'OPERATION_CANCELLED',
+    'PATH_NOT_ALLOWED',
+    'RATE_LIMITED',
+    'SCRIPT_NOT_ALLOWED',
+    'UNAUTHENTICATED',
+    'UNSUPPORTED_MEDIA_TYPE',
+  ]);
+  for (const c of overridden)
+    t.not(
+      httpStatusOf(c as keyof typeof ERRORS),
+      ERROR_CLASSES[ERRORS[c as keyof typeof ERRORS].class].status,
+      `${c} differs from its class`,
+    );
 });
 
 t.test('an error from another process keeps its code and exit code', async (t) => {
   const known = RestorelabError.revive({ code: 'REPO_BUSY', message: 'm', hint: 'h' });
   t.match(known, { code: 'REPO_BUSY', message: 'm', hint: 'h', exitCode: ExitCode.failure }, 'no exit code said: failure, as before');
   t.match(RestorelabError.revive({ code: 'HTTP_502', message: 'm', exitCode: 2 }), { code: 'HTTP_502', exitCode: ExitCode.badInput });
-  t.equal(RestorelabError.revive({ code: 'PUBLISH_FAILED', message: 'm', exitCode: 134 }).exitCode, ExitCode.failure, 'a crash status is a failure');
+  t.equal(
+    RestorelabError.revive({ code: 'PUBLISH_FAILED', message: 'm', exitCode: 134 }).exitCode,
+    ExitCode.failure,
+    'a crash status is a failure',
+  );
 });
 
 t.test('docs/errors.md is the text the registry renders (npm run docs:errors)', async (t) => {
@@ -130,5 +174,9 @@ t.test('docs/errors.md is the text the registry renders (npm run docs:errors)', 
   t.equal(doc, renderErrorsDoc(), 'docs/errors.md is current: run npm run docs:errors');
   for (const code of Object.keys(ERRORS)) t.match(doc, `| \`${code}\` |`, `${code} is documented`);
   for (const old of Object.keys(ERROR_MERGES)) t.match(doc, `formerly \`${old}\``, `${old} is named as formerly`);
-  t.match(readFileSync(projectPath('docs', 'cli.md'), 'utf8'), /## Exit codes\n\n[^#]*\(errors\.md\)/, 'docs/cli.md\'s exit codes point at docs/errors.md');
+  t.match(
+    readFileSync(projectPath('docs', 'cli.md'), 'utf8'),
+    /## Exit codes\n\n[^#]*\(errors\.md\)/,
+    "docs/cli.md's exit codes point at docs/errors.md",
+  );
 });

@@ -21,7 +21,11 @@ t.test('every test file is in exactly one pool, every pool in one stage', async 
 t.test('the check names each mistake', async (t) => {
   const p: Pools = {
     stages: [['a'], ['b', 'ghost']],
-    pools: { a: { jobs: 1, why: '', files: ['x/one', 'x/two'] }, b: { jobs: 0, why: '', files: ['x/two', 'x/gone'] }, c: { jobs: 2, why: '', files: [] } },
+    pools: {
+      a: { jobs: 1, why: '', files: ['x/one', 'x/two'] },
+      b: { jobs: 0, why: '', files: ['x/two', 'x/gone'] },
+      c: { jobs: 2, why: '', files: [] },
+    },
   };
   t.same(poolProblems(p, ['x/one', 'x/two', 'x/new']), [
     'pool b: jobs must be a whole number ≥ 1, not 0',
@@ -41,6 +45,10 @@ t.test('a file that binds the NFS ports 111/2049 runs alone: one job, a stage of
     const [name, pool] = Object.entries(pools.pools).find(([, p]) => p.files.includes(f))!;
     t.equal(pool.jobs, 1, `${f}: its pool runs one file at a time`);
     t.same(pool.files, [f], `${f}: nothing else in its pool`);
-    t.same(pools.stages.find((s) => s.includes(name)), [name], `${f}: no other pool beside it`);
+    t.same(
+      pools.stages.find((s) => s.includes(name)),
+      [name],
+      `${f}: no other pool beside it`,
+    );
   }
 });

@@ -33,13 +33,25 @@ t.test('a flipped chunk byte fails the integrity test and names the chunk', asyn
   writeFileSync(file, bytes);
   const bad = await integrityTest(await openRepository(repo), point.id);
   t.equal(bad.result, 'failed');
-  t.same(bad.corrupt.map((c) => [c.disk, c.index, c.digest]), [['root', victim, digest]]);
+  t.same(
+    bad.corrupt.map((c) => [c.disk, c.index, c.digest]),
+    [['root', victim, digest]],
+  );
   t.match(bad.detail, `root chunk #${victim} ${digest}`);
   // The same verdict through the TestRunner the jobs use.
   const run = createTestRunner({ repo: () => openRepository(repo), screenshotDir: dir });
-  const viaRunner = await run({ kind: 'integrity' }, { name: 'web', pointId: point.id, role: resolveRole('web', 'web', {}),
-    handle: { ip: '', masqIp: '', netns: '', screendump: async () => '', stop: async () => undefined } }, new AbortController().signal);
-  t.equal(viaRunner.result, 'failed'); t.match(viaRunner.detail, digest);
+  const viaRunner = await run(
+    { kind: 'integrity' },
+    {
+      name: 'web',
+      pointId: point.id,
+      role: resolveRole('web', 'web', {}),
+      handle: { ip: '', masqIp: '', netns: '', screendump: async () => '', stop: async () => undefined },
+    },
+    new AbortController().signal,
+  );
+  t.equal(viaRunner.result, 'failed');
+  t.match(viaRunner.detail, digest);
 });
 
 t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', async (t) => {
@@ -48,13 +60,28 @@ t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', 
   const { repo } = await guestRepository(dir, ['web']);
   const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
   const history = History.open(join(stateDir, 'catalog.sqlite'));
-  t.teardown(async () => { history.close(); await backend.labDown().catch(() => undefined); await backend.close(); });
+  t.teardown(async () => {
+    history.close();
+    await backend.labDown().catch(() => undefined);
+    await backend.close();
+  });
   let netns: string | undefined;
   const origUp = backend.labUp.bind(backend);
-  backend.labUp = async (l, s) => { const r = await origUp(l, s); netns = r.netns; return r; };
+  backend.labUp = async (l, s) => {
+    const r = await origUp(l, s);
+    netns = r.netns;
+    return r;
+  };
   const labName = `sbc${process.pid % 10000}`;
-  const job: Job = { name: 'cancelled', lab: labFile(dir, labName, subnet('surebackup/cancel-integrity')), point: 'latest', concurrency: 1, applicationGroup: [],
-    verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 }, keepLabOnFailure: true };
+  const job: Job = {
+    name: 'cancelled',
+    lab: labFile(dir, labName, subnet('surebackup/cancel-integrity')),
+    point: 'latest',
+    concurrency: 1,
+    applicationGroup: [],
+    verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+    keepLabOnFailure: true,
+  };
   const ac = new AbortController();
   const real = createTestRunner({ repo: () => backend.reader(), screenshotDir: join(dir, 'shots') });
   let sawRunning = false;
@@ -66,7 +93,20 @@ t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', 
     }
     return real(spec, vm, signal);
   };
-  await t.rejects(executeRun({ job, backend, repo: () => backend.reader(), stateDir, history, trigger: 'manual', signal: ac.signal, runTest, log: { warn: () => undefined } }), /cancelled by the test/);
+  await t.rejects(
+    executeRun({
+      job,
+      backend,
+      repo: () => backend.reader(),
+      stateDir,
+      history,
+      trigger: 'manual',
+      signal: ac.signal,
+      runTest,
+      log: { warn: () => undefined },
+    }),
+    /cancelled by the test/,
+  );
   t.ok(sawRunning, 'the VM was running when the job was cancelled');
   t.same(await leftovers(stateDir, netns), [], 'nothing left, even with keepLabOnFailure');
   t.equal(readLabState(stateDir, labName), undefined, 'lab down');

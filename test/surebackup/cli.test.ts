@@ -23,8 +23,10 @@ t.test('bad input to surebackup run: schema, cron, script, point, role', async (
   for (const [what, job, code, exit] of cases) {
     const file = join(dir, `${what.replace(' ', '-')}.json`);
     writeFileSync(file, JSON.stringify(job));
-    const r = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), 'surebackup', 'run', file, '--repo', repo, '--json'],
-      { timeoutMs: 60_000, env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } });
+    const r = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), 'surebackup', 'run', file, '--repo', repo, '--json'], {
+      timeoutMs: 60_000,
+      env: { ...process.env, RESTORELAB_STATE_DIR: stateDir },
+    });
     t.equal(r.code, exit, `${what}: exit ${exit}`);
     const out = JSON.parse(r.stdout) as { ok: boolean; error: { code: string; message: string; hint?: string } };
     t.equal(out.error.code, code, `${what}: ${out.error.message}`);

@@ -4,7 +4,15 @@ import { History } from '../../src/surebackup/history.js';
 import { runJob, type Job } from '../../src/surebackup/runner.js';
 import { fakeLab } from './fixtures/fake-lab.js';
 
-const job = (over: Partial<Job> = {}): Job => ({ name: 'nightly', lab: {}, point: 'latest', concurrency: 2, applicationGroup: [], verify: { vms: 'all', role: 'ssh' }, ...over });
+const job = (over: Partial<Job> = {}): Job => ({
+  name: 'nightly',
+  lab: {},
+  point: 'latest',
+  concurrency: 2,
+  applicationGroup: [],
+  verify: { vms: 'all', role: 'ssh' },
+  ...over,
+});
 
 t.test('runs, VM and test rows; cap of 2 over 5 VMs holds in the catalog timings', async (t) => {
   const path = join(t.testdir(), 'catalog.db');
@@ -18,15 +26,31 @@ t.test('runs, VM and test rows; cap of 2 over 5 VMs holds in the catalog timings
 
   const timings = h.vmTimings(id);
   t.equal(timings.length, 5);
-  const edges = timings.flatMap((v) => [[v.startedMs, 1], [v.endedMs, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let cur = 0; let peak = 0;
-  for (const [, d] of edges) { cur += d; peak = Math.max(peak, cur); }
+  const edges = timings
+    .flatMap(
+      (v) =>
+        [
+          [v.startedMs, 1],
+          [v.endedMs, -1],
+        ] as const,
+    )
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let cur = 0;
+  let peak = 0;
+  for (const [, d] of edges) {
+    cur += d;
+    peak = Math.max(peak, cur);
+  }
   t.equal(peak, 2, 'never more than 2 at once, and the cap was used');
 
   const stored = h.run(id)!;
-  t.equal(stored.status, 'success'); t.equal(stored.reportHtml, '/x/report.html');
+  t.equal(stored.status, 'success');
+  t.equal(stored.reportHtml, '/x/report.html');
   t.equal(stored.vms[0]!.tests.length, 5);
-  t.same(stored.vms[0]!.tests.map((x) => x.kind), ['heartbeat', 'ping', 'tcp', 'screenshot', 'integrity']);
+  t.same(
+    stored.vms[0]!.tests.map((x) => x.kind),
+    ['heartbeat', 'ping', 'tcp', 'screenshot', 'integrity'],
+  );
 });
 
 t.test('history queries: last N, pass rate, recovery trend; migrations are idempotent', async (t) => {
@@ -51,7 +75,11 @@ t.test('history queries: last N, pass rate, recovery trend; migrations are idemp
   t.same(h2.passRate({ job: 'nightly', lastN: 2 }), { runs: 2, passed: 2, rate: 1 });
   const trend = h2.recoveryTrend('web');
   t.equal(trend.length, 4);
-  t.same(trend.map((p) => p.result), ['success', 'failed', 'success', 'success'], 'oldest first');
+  t.same(
+    trend.map((p) => p.result),
+    ['success', 'failed', 'success', 'success'],
+    'oldest first',
+  );
   t.ok(trend.every((p) => p.recoverySeconds > 0));
   t.equal(h2.lastRuns({ job: 'other' })[0]!.dueAt, '2026-01-01T02:00:00.000Z');
   t.ok(h2.lastRunTime('nightly'));

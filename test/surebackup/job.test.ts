@@ -7,7 +7,10 @@ import { projectPath } from '../../src/paths.js';
 t.test('example nightly job loads with defaults', async (t) => {
   const j = loadJob(projectPath('lab-templates', 'jobs', 'nightly.json'));
   t.equal(j.concurrency, 3);
-  t.same(j.applicationGroup.map((g) => g.name), ['dns', 'db']);
+  t.same(
+    j.applicationGroup.map((g) => g.name),
+    ['dns', 'db'],
+  );
 });
 
 t.test('bad schema and bad cron are clear errors', async (t) => {
@@ -27,6 +30,14 @@ t.test('script paths resolve against the job file; a missing one fails at load',
   writeFileSync(p, JSON.stringify({ name: 'x', lab: 'l', verify: { vms: ['web'], tests: [{ kind: 'script', path: 'check.sh' }] } }));
   const j = loadJob(p);
   t.same(j.verify.tests, [{ kind: 'script', path: join(dir, 'check.sh') }]);
-  writeFileSync(p, JSON.stringify({ name: 'x', lab: 'l', applicationGroup: [{ name: 'db', tests: [{ kind: 'script', path: 'gone.sh' }] }], verify: { vms: ['web'] } }));
+  writeFileSync(
+    p,
+    JSON.stringify({
+      name: 'x',
+      lab: 'l',
+      applicationGroup: [{ name: 'db', tests: [{ kind: 'script', path: 'gone.sh' }] }],
+      verify: { vms: ['web'] },
+    }),
+  );
   t.throws(() => loadJob(p), { code: 'SCRIPT_NOT_FOUND' });
 });

@@ -9,19 +9,45 @@ function fake(opts: { failing?: string[]; delayMs?: number } = {}) {
   const live = new Set<string>();
   let labUp = false;
   const backend: LabBackend = {
-    labUp: async () => { labUp = true; log.push('lab-up'); return { netns: 'fake' }; },
-    labDown: async () => { labUp = false; log.push('lab-down'); },
+    labUp: async () => {
+      labUp = true;
+      log.push('lab-up');
+      return { netns: 'fake' };
+    },
+    labDown: async () => {
+      labUp = false;
+      log.push('lab-down');
+    },
     listPoints: async (vm) => (vm === 'nopoint' ? [] : [{ id: `${vm}-p1`, time: '2026-01-01T00:00:00Z' }]),
     listVms: async () => ['a', 'b', 'c', 'd', 'e'],
     recover: async (vm) => {
-      log.push(`recover ${vm}`); live.add(vm);
-      const h: RecoveredVm = { ip: '192.168.77.10', masqIp: '10.0.0.10', netns: 'fake',
-        screendump: async () => '/dev/null', stop: async () => { live.delete(vm); log.push(`stop ${vm}`); } };
+      log.push(`recover ${vm}`);
+      live.add(vm);
+      const h: RecoveredVm = {
+        ip: '192.168.77.10',
+        masqIp: '10.0.0.10',
+        netns: 'fake',
+        screendump: async () => '/dev/null',
+        stop: async () => {
+          live.delete(vm);
+          log.push(`stop ${vm}`);
+        },
+      };
       return h;
     },
   };
   const runTest: TestRunner = async (spec, vm, signal) => {
-    await new Promise<void>((r, j) => { const onAbort = () => { clearTimeout(tm); j(signal.reason); }; const tm = setTimeout(() => { signal.removeEventListener('abort', onAbort); r(); }, opts.delayMs ?? 5); signal.addEventListener('abort', onAbort, { once: true }); });
+    await new Promise<void>((r, j) => {
+      const onAbort = () => {
+        clearTimeout(tm);
+        j(signal.reason);
+      };
+      const tm = setTimeout(() => {
+        signal.removeEventListener('abort', onAbort);
+        r();
+      }, opts.delayMs ?? 5);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
     const bad = opts.failing?.includes(vm.name) && (spec.kind === 'tcp' || spec.kind === 'dns');
     return { name: spec.kind, kind: spec.kind, result: bad ? 'failed' : 'passed', seconds: 0.005, detail: '' };
   };
@@ -29,16 +55,26 @@ function fake(opts: { failing?: string[]; delayMs?: number } = {}) {
 }
 
 const job = (over: Partial<Job> = {}): Job => ({
-  name: 'j', lab: {}, point: 'latest', concurrency: 3,
-  applicationGroup: [{ name: 'dns', role: 'dns', dns: { name: 'web.lab.test', expect: '192.168.77.10' } }, { name: 'db', role: 'postgresql' }],
-  verify: { vms: ['web'], role: 'web' }, ...over,
+  name: 'j',
+  lab: {},
+  point: 'latest',
+  concurrency: 3,
+  applicationGroup: [
+    { name: 'dns', role: 'dns', dns: { name: 'web.lab.test', expect: '192.168.77.10' } },
+    { name: 'db', role: 'postgresql' },
+  ],
+  verify: { vms: ['web'], role: 'web' },
+  ...over,
 });
 
 t.test('application group boots in order, then VMs under test; lab torn down', async (t) => {
   const f = fake();
   const r = await runJob(job(), f.backend, f.runTest);
   t.equal(r.result, 'success');
-  t.same(f.log.filter((l) => l.startsWith('recover')), ['recover dns', 'recover db', 'recover web']);
+  t.same(
+    f.log.filter((l) => l.startsWith('recover')),
+    ['recover dns', 'recover db', 'recover web'],
+  );
   t.equal(f.log.at(-1), 'lab-down');
   t.equal(f.live.size, 0);
   t.ok(r.vms.every((v) => v.bootToHeartbeatSeconds !== null && v.toFirstAnswerSeconds !== null));
@@ -48,17 +84,38 @@ t.test('a failed group VM is a dependency failure for the rest', async (t) => {
   const f = fake({ failing: ['dns'] });
   const r = await runJob(job(), f.backend, f.runTest);
   t.equal(r.result, 'failed');
-  t.same(r.vms.map((v) => [v.name, v.result]), [['dns', 'failed'], ['db', 'dependency-failed'], ['web', 'dependency-failed']]);
+  t.same(
+    r.vms.map((v) => [v.name, v.result]),
+    [
+      ['dns', 'failed'],
+      ['db', 'dependency-failed'],
+      ['web', 'dependency-failed'],
+    ],
+  );
   t.equal(f.live.size, 0);
 });
 
 t.test('cap of 2 with 5 VMs is never exceeded (from recorded timings)', async (t) => {
   const f = fake({ delayMs: 20 });
-  const r = await runJob(job({ applicationGroup: [], verify: { vms: 'all', role: 'ssh' }, concurrency: 2 }), f.backend, f.runTest, { limiter: new Limiter(10, 1e6) });
+  const r = await runJob(job({ applicationGroup: [], verify: { vms: 'all', role: 'ssh' }, concurrency: 2 }), f.backend, f.runTest, {
+    limiter: new Limiter(10, 1e6),
+  });
   t.equal(r.vms.length, 5);
-  const edges = r.vms.flatMap((v) => [[v.startedAt, 1], [v.endedAt, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let cur = 0; let peak = 0;
-  for (const [, d] of edges) { cur += d; peak = Math.max(peak, cur); }
+  const edges = r.vms
+    .flatMap(
+      (v) =>
+        [
+          [v.startedAt, 1],
+          [v.endedAt, -1],
+        ] as const,
+    )
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let cur = 0;
+  let peak = 0;
+  for (const [, d] of edges) {
+    cur += d;
+    peak = Math.max(peak, cur);
+  }
   t.ok(peak <= 2, `peak concurrency ${peak}`);
   t.ok(peak === 2, 'cap actually used');
 });
@@ -78,9 +135,16 @@ t.test('cancel mid-run tears everything down', async (t) => {
   const f = fake({ delayMs: 50 });
   const ac = new AbortController();
   // Cancelled at a known point mid-run: the group is up and web is booted, its first test starting.
-  const cancelling: TestRunner = async (spec, vm, signal) => { if (vm.name === 'web') ac.abort(new Error('cancelled')); return f.runTest(spec, vm, signal); };
+  const cancelling: TestRunner = async (spec, vm, signal) => {
+    if (vm.name === 'web') ac.abort(new Error('cancelled'));
+    return f.runTest(spec, vm, signal);
+  };
   await t.rejects(runJob(job({ keepLabOnFailure: true }), f.backend, cancelling, { signal: ac.signal }));
-  t.same(f.log.filter((l) => l.startsWith('recover')), ['recover dns', 'recover db', 'recover web'], 'cancelled with three VMs up');
+  t.same(
+    f.log.filter((l) => l.startsWith('recover')),
+    ['recover dns', 'recover db', 'recover web'],
+    'cancelled with three VMs up',
+  );
   t.equal(f.live.size, 0, 'no VM left');
   t.equal(f.isLabUp(), false, 'lab down');
 });
@@ -94,18 +158,37 @@ t.test('bad input before anything boots', async (t) => {
 
 t.test('a VM whose heartbeat fails skips its network tests but keeps screenshot and integrity', async (t) => {
   const f = fake();
-  const runTest: TestRunner = async (spec) => ({ name: spec.kind, kind: spec.kind, result: spec.kind === 'heartbeat' || spec.kind === 'screenshot' ? 'failed' : 'passed',
-    seconds: 0, detail: '', ...(spec.kind === 'screenshot' ? { artifact: '/tmp/x.png' } : {}) });
+  const runTest: TestRunner = async (spec) => ({
+    name: spec.kind,
+    kind: spec.kind,
+    result: spec.kind === 'heartbeat' || spec.kind === 'screenshot' ? 'failed' : 'passed',
+    seconds: 0,
+    detail: '',
+    ...(spec.kind === 'screenshot' ? { artifact: '/tmp/x.png' } : {}),
+  });
   const r = await runJob(job({ applicationGroup: [] }), f.backend, runTest);
   const web = r.vms[0]!;
-  t.same(web.tests.map((x) => [x.kind, x.result]), [['heartbeat', 'failed'], ['ping', 'skipped'], ['tcp', 'skipped'], ['http', 'skipped'], ['screenshot', 'failed'], ['integrity', 'passed']]);
+  t.same(
+    web.tests.map((x) => [x.kind, x.result]),
+    [
+      ['heartbeat', 'failed'],
+      ['ping', 'skipped'],
+      ['tcp', 'skipped'],
+      ['http', 'skipped'],
+      ['screenshot', 'failed'],
+      ['integrity', 'passed'],
+    ],
+  );
   t.equal(web.screenshot, '/tmp/x.png');
   t.equal(r.result, 'failed');
 });
 
 t.test('a missing script is bad input before anything boots', async (t) => {
   const f = fake();
-  await t.rejects(runJob(job({ verify: { vms: ['web'], tests: [{ kind: 'script', path: '/nonexistent/check.sh' }] } }), f.backend, f.runTest), { code: 'SCRIPT_NOT_FOUND' });
+  await t.rejects(
+    runJob(job({ verify: { vms: ['web'], tests: [{ kind: 'script', path: '/nonexistent/check.sh' }] } }), f.backend, f.runTest),
+    { code: 'SCRIPT_NOT_FOUND' },
+  );
   t.same(f.log, [], 'nothing booted');
 });
 
@@ -115,7 +198,17 @@ t.test('vmDone: what watched a VM the whole time reports after its tests, before
   const runTest: TestRunner = Object.assign(f.runTest, {
     vmDone: async (vm: { name: string }) => {
       calls.push(`done ${vm.name} (live: ${f.live.has(vm.name)})`);
-      return vm.name === 'web' ? [{ name: 'console', kind: 'console', result: 'failed' as const, seconds: 0, detail: 'kernel panic on the VGA console: "Kernel panic"' }] : [];
+      return vm.name === 'web'
+        ? [
+            {
+              name: 'console',
+              kind: 'console',
+              result: 'failed' as const,
+              seconds: 0,
+              detail: 'kernel panic on the VGA console: "Kernel panic"',
+            },
+          ]
+        : [];
     },
   });
   const r = await runJob(job(), f.backend, runTest);
@@ -123,28 +216,62 @@ t.test('vmDone: what watched a VM the whole time reports after its tests, before
   t.equal(r.result, 'failed');
   const web = r.vms.find((v) => v.name === 'web')!;
   t.equal(web.result, 'failed');
-  t.same(web.tests.at(-1), { name: 'console', kind: 'console', result: 'failed', seconds: 0, detail: 'kernel panic on the VGA console: "Kernel panic"' });
+  t.same(web.tests.at(-1), {
+    name: 'console',
+    kind: 'console',
+    result: 'failed',
+    seconds: 0,
+    detail: 'kernel panic on the VGA console: "Kernel panic"',
+  });
   t.equal(r.vms.find((v) => v.name === 'dns')?.result, 'success');
 });
 
-t.test('the dns role asks the job\'s question, and without one it is bad input before anything boots', async (t) => {
+t.test("the dns role asks the job's question, and without one it is bad input before anything boots", async (t) => {
   const f = fake();
   const asked: unknown[] = [];
-  const runTest: TestRunner = async (spec, vm, signal) => { if (spec.kind === 'dns') asked.push([vm.name, spec]); return f.runTest(spec, vm, signal); };
+  const runTest: TestRunner = async (spec, vm, signal) => {
+    if (spec.kind === 'dns') asked.push([vm.name, spec]);
+    return f.runTest(spec, vm, signal);
+  };
   t.equal((await runJob(job(), f.backend, runTest)).result, 'success');
-  t.same(asked, [['dns', { kind: 'dns', name: 'web.lab.test', expect: '192.168.77.10' }]], 'an A query for the configured name, expecting its address');
+  t.same(
+    asked,
+    [['dns', { kind: 'dns', name: 'web.lab.test', expect: '192.168.77.10' }]],
+    'an A query for the configured name, expecting its address',
+  );
   const g = fake();
-  await t.rejects(runJob(job({ applicationGroup: [{ name: 'dns', role: 'dns' }] }), g.backend, g.runTest), { code: 'DNS_QUERY_MISSING', message: /VM dns has role "dns" but no DNS query/ });
-  await t.rejects(runJob(job({ applicationGroup: [], verify: { vms: ['ns1'], role: 'dns' } }), g.backend, g.runTest), { code: 'DNS_QUERY_MISSING' });
+  await t.rejects(runJob(job({ applicationGroup: [{ name: 'dns', role: 'dns' }] }), g.backend, g.runTest), {
+    code: 'DNS_QUERY_MISSING',
+    message: /VM dns has role "dns" but no DNS query/,
+  });
+  await t.rejects(runJob(job({ applicationGroup: [], verify: { vms: ['ns1'], role: 'dns' } }), g.backend, g.runTest), {
+    code: 'DNS_QUERY_MISSING',
+  });
   t.same(g.log, [], 'nothing booted');
   // Per-VM override of the question.
-  const h = fake(); asked.length = 0;
-  const viaOverride: TestRunner = async (spec, vm, signal) => { if (spec.kind === 'dns') asked.push([vm.name, spec]); return h.runTest(spec, vm, signal); };
-  await runJob(job({ applicationGroup: [], verify: { vms: ['ns1'], role: 'dns', dns: { name: 'a.test', expect: '10.0.0.1' }, overrides: { ns1: { dns: { name: 'b.test', expect: '10.0.0.2' } } } } }), h.backend, viaOverride);
+  const h = fake();
+  asked.length = 0;
+  const viaOverride: TestRunner = async (spec, vm, signal) => {
+    if (spec.kind === 'dns') asked.push([vm.name, spec]);
+    return h.runTest(spec, vm, signal);
+  };
+  await runJob(
+    job({
+      applicationGroup: [],
+      verify: {
+        vms: ['ns1'],
+        role: 'dns',
+        dns: { name: 'a.test', expect: '10.0.0.1' },
+        overrides: { ns1: { dns: { name: 'b.test', expect: '10.0.0.2' } } },
+      },
+    }),
+    h.backend,
+    viaOverride,
+  );
   t.same(asked, [['ns1', { kind: 'dns', name: 'b.test', expect: '10.0.0.2' }]]);
 });
 
-t.test('a watching test gives its final verdict at the end of the VM\'s test window, before the VM stops', async (t) => {
+t.test("a watching test gives its final verdict at the end of the VM's test window, before the VM stops", async (t) => {
   for (const held of [true, false]) {
     const f = fake();
     const order: string[] = [];
@@ -152,11 +279,21 @@ t.test('a watching test gives its final verdict at the end of the VM\'s test win
       order.push(spec.kind);
       const r = { name: spec.kind, kind: spec.kind, result: 'passed' as const, seconds: 0, detail: 'up' };
       if (spec.kind !== 'heartbeat') return r;
-      return { ...r, settle: async () => { order.push(`settle ${f.live.size}`); return { ...r, result: held ? 'passed' : 'failed', detail: held ? 'up; held' : 'up; lost' }; } };
+      return {
+        ...r,
+        settle: async () => {
+          order.push(`settle ${f.live.size}`);
+          return { ...r, result: held ? 'passed' : 'failed', detail: held ? 'up; held' : 'up; lost' };
+        },
+      };
     };
     const r = await runJob(job({ applicationGroup: [] }), f.backend, runTest);
     const web = r.vms[0]!;
-    t.same(order, ['heartbeat', 'ping', 'tcp', 'http', 'screenshot', 'integrity', 'settle 1'], 'settled after every other test, while the VM still ran');
+    t.same(
+      order,
+      ['heartbeat', 'ping', 'tcp', 'http', 'screenshot', 'integrity', 'settle 1'],
+      'settled after every other test, while the VM still ran',
+    );
     t.equal(web.tests[0]!.result, held ? 'passed' : 'failed');
     t.equal(web.tests[0]!.detail, held ? 'up; held' : 'up; lost');
     t.notOk('settle' in web.tests[0]!, 'no function left in the recorded result');
@@ -171,7 +308,15 @@ t.test('a watch is abandoned when a later test throws, and the VM still stops', 
   const runTest: TestRunner = async (spec) => {
     if (spec.kind === 'tcp') throw new Error('probe exploded');
     const r = { name: spec.kind, kind: spec.kind, result: 'passed' as const, seconds: 0, detail: '' };
-    return spec.kind === 'heartbeat' ? { ...r, settle: async (o) => { abandoned = o?.abandon; return r; } } : r;
+    return spec.kind === 'heartbeat'
+      ? {
+          ...r,
+          settle: async (o) => {
+            abandoned = o?.abandon;
+            return r;
+          },
+        }
+      : r;
   };
   const r = await runJob(job({ applicationGroup: [] }), f.backend, runTest);
   t.equal(abandoned, true);

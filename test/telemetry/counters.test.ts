@@ -92,13 +92,21 @@ t.test('/metrics text: frontend ops and bytes, cache counters and ratio, stable 
 t.test('before the first lookup the ratio is unknown (null, NaN in /metrics), not 0', async (t) => {
   // A fresh process: this one has counted lookups already.
   const metrics = new URL('../../src/api/metrics.js', import.meta.url).href;
-  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+  const out = execFileSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `
     const { Metrics } = await import(${JSON.stringify(metrics)});
     const { cacheStats } = await import(${JSON.stringify(new URL('../../src/telemetry/counters.js', import.meta.url).href)});
     const m = new Metrics({ publications: () => 0, sessionsByState: async () => ({}), jobRunsByResult: () => ({}) });
     const text = (await m.render()).body;
     console.log(JSON.stringify({ ratio: cacheStats().hitRatio, line: text.split('\\n').find((l) => l.startsWith('restorelab_chunk_cache_hit_ratio ')) }));
-  `], { encoding: 'utf8' });
+  `,
+    ],
+    { encoding: 'utf8' },
+  );
   const r = JSON.parse(out) as { ratio: number | null; line: string };
   t.equal(r.ratio, null);
   // prom-client writes "Nan"; Prometheus parses floats case-insensitively.

@@ -15,15 +15,27 @@ t.test('each pattern is found, with its line', async (t) => {
     ['emergency mode', 'You are in emergency mode. After logging in, type "journalctl -xb" to view'],
     ['maintenance prompt', 'Give root password for maintenance'],
     ['crash loop', 'INIT: Id "c1" respawning too fast: disabled for 5 minutes'],
-    ['stop screen', 'Your PC ran into a problem and needs to restart. We\'re just'],
+    ['stop screen', "Your PC ran into a problem and needs to restart. We're just"],
     ['stop screen', '*** STOP: 0x0000007B (0xF78D2524,0xC0000034,0x00000000,0x00000000)'],
   ];
   for (const [kind, line] of cases) {
     const f = scanConsole(`boot ok\n${line}\nlogin:`, 'serial');
-    t.same(f.map((x) => [x.kind, x.line]), [[kind, line.trim()]], kind);
+    t.same(
+      f.map((x) => [x.kind, x.line]),
+      [[kind, line.trim()]],
+      kind,
+    );
   }
-  t.same(scanConsole('Welcome\nweb login:\nrestorelab-guest: web up, eth0 192.168.77.10/24', 'vga'), [], 'a healthy console has no finding');
-  t.same(scanConsole('[    0.1] Run /init as init process\n[    0.2] panic=0 on the command line', 'vga'), [], '"panic" alone is not a kernel panic');
+  t.same(
+    scanConsole('Welcome\nweb login:\nrestorelab-guest: web up, eth0 192.168.77.10/24', 'vga'),
+    [],
+    'a healthy console has no finding',
+  );
+  t.same(
+    scanConsole('[    0.1] Run /init as init process\n[    0.2] panic=0 on the command line', 'vga'),
+    [],
+    '"panic" alone is not a kernel panic',
+  );
 });
 
 t.test('the same normalised failure line three times is a crash loop; twice is not', async (t) => {
@@ -32,22 +44,39 @@ t.test('the same normalised failure line three times is a crash loop; twice is n
   t.equal(normaliseLine(line(1)), normaliseLine(line(2)), 'timestamps, pids and numbers do not make lines different');
   t.same(scanConsole([line(1), 'ok', line(2)], 'serial'), [], 'twice is not a loop');
   const three = scanConsole([line(1), 'ok', line(2), line(3)], 'serial');
-  t.same(three.map((f) => [f.kind, f.count]), [['crash loop', 3]]);
+  t.same(
+    three.map((f) => [f.kind, f.count]),
+    [['crash loop', 3]],
+  );
   t.equal(three[0]?.line, line(1).trim());
   t.same(scanConsole(['all good', 'all good', 'all good'], 'serial'), [], 'repeated lines that report no failure are not a loop');
   t.same(scanConsole(['a failed', 'b failed', 'c failed'], 'serial'), [], 'different failures are not a loop');
-  t.match(describeFindings([...three, ...scanConsole('Kernel panic - not syncing: x', 'vga')]),
-    /^kernel panic on the VGA console: "Kernel panic - not syncing: x"; crash loop on the serial console: ".*" \(3 times\)$/);
+  t.match(
+    describeFindings([...three, ...scanConsole('Kernel panic - not syncing: x', 'vga')]),
+    /^kernel panic on the VGA console: "Kernel panic - not syncing: x"; crash loop on the serial console: ".*" \(3 times\)$/,
+  );
 });
 
 t.test('the watch reads until stopped, keeps the highest count, and hands each finding out once', async (t) => {
   let serial = 'boot\n';
   let vga: string[] = ['login:'];
   let vgaReads = 0;
-  const w = new ConsoleWatch({ vga: async () => { vgaReads++; return vga; }, serial: async () => serial }, { intervalMs: 20 }).start();
+  const w = new ConsoleWatch(
+    {
+      vga: async () => {
+        vgaReads++;
+        return vga;
+      },
+      serial: async () => serial,
+    },
+    { intervalMs: 20 },
+  ).start();
   const until = async (cond: () => boolean): Promise<void> => {
     const end = Date.now() + 5000;
-    while (!cond()) { if (Date.now() > end) throw new Error('timed out'); await new Promise((r) => setTimeout(r, 10)); }
+    while (!cond()) {
+      if (Date.now() > end) throw new Error('timed out');
+      await new Promise((r) => setTimeout(r, 10));
+    }
   };
   await until(() => vgaReads >= 2);
   t.same(w.findings(), []);
@@ -55,11 +84,16 @@ t.test('the watch reads until stopped, keeps the highest count, and hands each f
   await until(() => w.findings().length === 1);
   serial += 'x: fatal: no state\n';
   await until(() => w.findings()[0]?.count === 4);
-  t.equal(w.take().length, 1); t.same(w.take(), [], 'taken once');
+  t.equal(w.take().length, 1);
+  t.same(w.take(), [], 'taken once');
   vga = ['Kernel panic - not syncing: Attempted to kill init!'];
   await w.stop();
   const late = w.take();
-  t.same(late.map((f) => [f.kind, f.source]), [['kernel panic', 'vga']], 'the last read at stop sees the panic');
+  t.same(
+    late.map((f) => [f.kind, f.source]),
+    [['kernel panic', 'vga']],
+    'the last read at stop sees the panic',
+  );
   const n = vgaReads;
   await new Promise((r) => setTimeout(r, 100));
   t.equal(vgaReads, n, 'no reads after stop');
@@ -68,7 +102,15 @@ t.test('the watch reads until stopped, keeps the highest count, and hands each f
 t.test('a source that keeps failing is given up; an abort stops the watch', async (t) => {
   let reads = 0;
   const ac = new AbortController();
-  const w = new ConsoleWatch({ vga: async () => { reads++; throw new Error('VM gone'); } }, { intervalMs: 5, signal: ac.signal }).start();
+  const w = new ConsoleWatch(
+    {
+      vga: async () => {
+        reads++;
+        throw new Error('VM gone');
+      },
+    },
+    { intervalMs: 5, signal: ac.signal },
+  ).start();
   const end = Date.now() + 5000;
   while (reads < 5 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
   await new Promise((r) => setTimeout(r, 60));
@@ -85,17 +127,27 @@ t.test('the test runner watches a VM from its first test; what comes after the s
   const dir = t.testdir();
   const textMem = (rows: string[]): Uint8Array => {
     const b = new Uint8Array(0x8000);
-    for (let i = 0; i < b.length; i += 2) { b[i] = 0x20; b[i + 1] = 0x07; }
-    rows.forEach((r, y) => [...r].forEach((c, x) => { b[(y * 80 + x) * 2] = c.charCodeAt(0); }));
+    for (let i = 0; i < b.length; i += 2) {
+      b[i] = 0x20;
+      b[i + 1] = 0x07;
+    }
+    rows.forEach((r, y) =>
+      [...r].forEach((c, x) => {
+        b[(y * 80 + x) * 2] = c.charCodeAt(0);
+      }),
+    );
     return b;
   };
   let screen = ['web login:'];
   let serial = 'svc: fatal: no config\nsvc: fatal: no config\n';
   const handle = {
-    ip: '192.168.77.10', masqIp: address('prod-lab'), netns: 'none',
+    ip: '192.168.77.10',
+    masqIp: address('prod-lab'),
+    netns: 'none',
     screendump: async () => {
       const p = join(dir, `s${Date.now()}.ppm`);
-      const px = Buffer.alloc(16 * 8 * 3); for (let i = 0; i < px.length; i += 7) px[i] = 200;
+      const px = Buffer.alloc(16 * 8 * 3);
+      for (let i = 0; i < px.length; i += 7) px[i] = 200;
       writeFileSync(p, Buffer.concat([Buffer.from('P6\n16 8\n255\n'), px]));
       return p;
     },
@@ -103,7 +155,14 @@ t.test('the test runner watches a VM from its first test; what comes after the s
     serialLog: async () => serial,
     stop: async () => undefined,
   };
-  const run = createTestRunner({ repo: async () => { throw new Error('unused'); }, screenshotDir: dir, ocr: false, consoleIntervalMs: 20 });
+  const run = createTestRunner({
+    repo: async () => {
+      throw new Error('unused');
+    },
+    screenshotDir: dir,
+    ocr: false,
+    consoleIntervalMs: 20,
+  });
   const role = { name: 'custom', tests: [{ kind: 'screenshot' as const }], maxBootSeconds: 10, appInitSeconds: 1 };
   const ac = new AbortController();
   const shot = await run({ kind: 'screenshot' }, { name: 'web', pointId: 'p', role, handle }, ac.signal);
@@ -113,6 +172,9 @@ t.test('the test runner watches a VM from its first test; what comes after the s
   const late = await run.vmDone!({ name: 'web', handle }, ac.signal);
   t.equal(late.length, 1);
   t.equal(late[0]?.result, 'failed');
-  t.match(late[0]?.detail, /^kernel panic on the VGA console: "\[ {3}9\.1\] Kernel panic - not syncing: Attempted to kill init!"; crash loop on the serial console: "svc: fatal: no config" \(3 times\)/);
+  t.match(
+    late[0]?.detail,
+    /^kernel panic on the VGA console: "\[ {3}9\.1\] Kernel panic - not syncing: Attempted to kill init!"; crash loop on the serial console: "svc: fatal: no config" \(3 times\)/,
+  );
   t.same(await run.vmDone!({ name: 'web', handle }, ac.signal), [], 'once');
 });

@@ -22,15 +22,21 @@ t.test('answers: the A records, the rcode, and what is not a reply', async (t) =
   // NXDOMAIN, no answers.
   const nx = hex(`1234 8583 0001 0000 0000 0000 ${question}`);
   t.same(parseAnswers(nx, 0x1234), { rcode: 3, a: [], truncated: false });
-  t.equal(rcodeName(3), 'NXDOMAIN'); t.equal(rcodeName(5), 'REFUSED'); t.equal(rcodeName(11), 'rcode 11');
+  t.equal(rcodeName(3), 'NXDOMAIN');
+  t.equal(rcodeName(5), 'REFUSED');
+  t.equal(rcodeName(11), 'rcode 11');
   // A CNAME first (skipped), then the A record.
   const cname = hex(`1234 8180 0001 0002 0000 0000 ${question} c00c 0005 0001 00000000 0002 c00c c00c 0001 0001 00000000 0004 0a000001`);
   t.same(parseAnswers(cname, 0x1234).a, ['10.0.0.1']);
   // Truncated flag is reported.
   t.equal(parseAnswers(hex(`1234 8380 0001 0000 0000 0000 ${question}`), 0x1234).truncated, true);
 
-  t.throws(() => parseAnswers(ok, 0x4321), /does not match the query id/, 'another query\'s reply');
-  t.throws(() => parseAnswers(hex(`1234 0100 0001 0000 0000 0000 ${question}`), 0x1234), /a query, not a response/, 'our own query echoed back');
+  t.throws(() => parseAnswers(ok, 0x4321), /does not match the query id/, "another query's reply");
+  t.throws(
+    () => parseAnswers(hex(`1234 0100 0001 0000 0000 0000 ${question}`), 0x1234),
+    /a query, not a response/,
+    'our own query echoed back',
+  );
   t.throws(() => parseAnswers(ok.subarray(0, ok.length - 2), 0x1234), /truncated answer data/, 'a cut-off record is no answer');
   t.throws(() => parseAnswers(hex(`1234 8180 0001 0001 0000 0000 ${question} c00c 0001`), 0x1234), /truncated answer record/);
 });

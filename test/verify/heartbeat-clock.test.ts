@@ -10,7 +10,10 @@ import { virtualClock, type VirtualClock } from './fixtures/virtual-clock.js';
 /** A probe answering from a script, then `rest`; it records when it was asked. */
 function scripted(clock: VirtualClock, answers: boolean[], rest = false) {
   const at: number[] = [];
-  const fn = async (): Promise<boolean> => { at.push(clock.elapsed()); return at.length <= answers.length ? answers[at.length - 1]! : rest; };
+  const fn = async (): Promise<boolean> => {
+    at.push(clock.elapsed());
+    return at.length <= answers.length ? answers[at.length - 1]! : rest;
+  };
   return Object.assign(fn, { at });
 }
 const AGENT_HINT = ' (the VM definition expects an agent; a guest without one needs "agent": false)';
@@ -25,8 +28,14 @@ t.test('agent path: three answers two seconds apart pass after 4 s; the address 
   const agent = scripted(clock, [], true);
   const ip = scripted(clock, [], false);
   const r = await heartbeat({ agentPing: agent, ipAnswer: ip }, { maxBootSeconds: 600, clock });
-  t.same(r, { name: 'heartbeat', kind: 'heartbeat', result: 'passed', seconds: 4, path: 'agent',
-    detail: 'via guest agent: 3 consecutive answers over ≥4 s, after 4.0 s' });
+  t.same(r, {
+    name: 'heartbeat',
+    kind: 'heartbeat',
+    result: 'passed',
+    seconds: 4,
+    path: 'agent',
+    detail: 'via guest agent: 3 consecutive answers over ≥4 s, after 4.0 s',
+  });
   t.same(agent.at, [0, 2000, 4000], 'one probe every 2 s');
   t.same(ip.at, [0, 2000, 4000], 'the address is probed alongside, for the failure detail');
 });
@@ -45,13 +54,19 @@ t.test('stable means both: the count and the span', async (t) => {
   // Five answers in a row are not stable before they span 8 s.
   const clock = virtualClock();
   const agent = scripted(clock, [], true);
-  const r = await heartbeat({ agentPing: agent, ipAnswer: async () => false }, { maxBootSeconds: 600, stability: { pings: 5, seconds: 8 }, clock });
+  const r = await heartbeat(
+    { agentPing: agent, ipAnswer: async () => false },
+    { maxBootSeconds: 600, stability: { pings: 5, seconds: 8 }, clock },
+  );
   t.same(agent.at, [0, 2000, 4000, 6000, 8000]);
   t.equal(r.detail, 'via guest agent: 5 consecutive answers over ≥8 s, after 8.0 s');
   // Two pings over 0 s: the first two answers, one second apart (the probe interval floor is not used for spacing).
   const c2 = virtualClock();
   const a2 = scripted(c2, [], true);
-  const r2 = await heartbeat({ agentPing: a2, ipAnswer: async () => false }, { maxBootSeconds: 600, stability: { pings: 2, seconds: 0 }, clock: c2 });
+  const r2 = await heartbeat(
+    { agentPing: a2, ipAnswer: async () => false },
+    { maxBootSeconds: 600, stability: { pings: 2, seconds: 0 }, clock: c2 },
+  );
   t.same(a2.at, [0, 0], 'no wait between rounds when the span is 0');
   t.equal(r2.detail, 'via guest agent: 2 consecutive answers over ≥0 s, after 0.0 s');
   // One ping: an answer is enough, and a VM that is silent at first is asked again a second later.
@@ -66,16 +81,28 @@ t.test('no agent: the address answering stably passes via ICMP', async (t) => {
   const clock = virtualClock();
   const ip = scripted(clock, [false, true, true, true]);
   const r = await heartbeat({ ipAnswer: ip }, { maxBootSeconds: 600, clock });
-  t.same(r, { name: 'heartbeat', kind: 'heartbeat', result: 'passed', seconds: 6, path: 'ip',
-    detail: 'via ICMP on the lab bridge (VM has no guest agent): 3 consecutive answers over ≥4 s, after 6.0 s' });
+  t.same(r, {
+    name: 'heartbeat',
+    kind: 'heartbeat',
+    result: 'passed',
+    seconds: 6,
+    path: 'ip',
+    detail: 'via ICMP on the lab bridge (VM has no guest agent): 3 consecutive answers over ≥4 s, after 6.0 s',
+  });
 });
 
 t.test('no agent and no answer: a warning at the maximum boot time, never a pass', async (t) => {
   const clock = virtualClock();
   const ip = scripted(clock, [], false);
   const r = await heartbeat({ ipAnswer: ip }, { maxBootSeconds: 10, clock });
-  t.same(r, { name: 'heartbeat', kind: 'heartbeat', result: 'warning', seconds: 10, path: 'boot-time',
-    detail: 'no guest agent and no ICMP answer on the lab bridge; waited out the maximum boot time (10 s)' });
+  t.same(r, {
+    name: 'heartbeat',
+    kind: 'heartbeat',
+    result: 'warning',
+    seconds: 10,
+    path: 'boot-time',
+    detail: 'no guest agent and no ICMP answer on the lab bridge; waited out the maximum boot time (10 s)',
+  });
   t.same(ip.at, [0, 2000, 4000, 6000, 8000, 10000]);
   const c2 = virtualClock();
   const flaky = await heartbeat({ ipAnswer: scripted(c2, [true, false, true, false, true, false]) }, { maxBootSeconds: 10, clock: c2 });
@@ -92,7 +119,11 @@ t.test('the last round lands on the deadline, not an interval past it', async (t
   // A slow probe shortens the wait before the next round: rounds stay 2 s apart.
   const c2 = virtualClock();
   const slow = scripted(c2, [], false);
-  const timed = async (): Promise<boolean> => { const v = await slow(); c2.advance(1500); return v; };
+  const timed = async (): Promise<boolean> => {
+    const v = await slow();
+    c2.advance(1500);
+    return v;
+  };
   await heartbeat({ ipAnswer: timed }, { maxBootSeconds: 6, clock: c2 });
   t.same(slow.at, [0, 2000, 4000, 6000]);
 });
@@ -101,44 +132,83 @@ t.test('an agent VM whose agent stays silent fails, even when its address answer
   const clock = virtualClock();
   const ip = scripted(clock, [false], true);
   const r = await heartbeat({ agentPing: async () => false, ipAnswer: ip }, { maxBootSeconds: 20, clock });
-  t.same(r, { name: 'heartbeat', kind: 'heartbeat', result: 'failed', seconds: 20, path: 'none',
-    detail: 'the guest agent never answered within the maximum boot time (20 s); its address answered ICMP stably after 6.0 s, so the guest runs but is not healthy' + AGENT_HINT });
+  t.same(r, {
+    name: 'heartbeat',
+    kind: 'heartbeat',
+    result: 'failed',
+    seconds: 20,
+    path: 'none',
+    detail:
+      'the guest agent never answered within the maximum boot time (20 s); its address answered ICMP stably after 6.0 s, so the guest runs but is not healthy' +
+      AGENT_HINT,
+  });
   t.same(ip.at, [0, 2000, 4000, 6000], 'once stable, the address is not asked again');
 });
 
 t.test('an agent that answers now and then fails and says when it first answered; so does the address', async (t) => {
   const clock = virtualClock();
-  const r = await heartbeat({ agentPing: scripted(clock, [false, true, false, true, false]), ipAnswer: scripted(clock, [false, false, true, false]) }, { maxBootSeconds: 10, clock });
+  const r = await heartbeat(
+    { agentPing: scripted(clock, [false, true, false, true, false]), ipAnswer: scripted(clock, [false, false, true, false]) },
+    { maxBootSeconds: 10, clock },
+  );
   t.equal(r.result, 'failed');
-  t.equal(r.detail, 'the guest agent answered (first after 2.0 s) but never 3 consecutive answers over ≥4 s within the maximum boot time (10 s); ' +
-    'its address answered ICMP (first after 4.0 s) but not stably' + AGENT_HINT);
+  t.equal(
+    r.detail,
+    'the guest agent answered (first after 2.0 s) but never 3 consecutive answers over ≥4 s within the maximum boot time (10 s); ' +
+      'its address answered ICMP (first after 4.0 s) but not stably' +
+      AGENT_HINT,
+  );
   const c2 = virtualClock();
   const none = await heartbeat({ agentPing: async () => false, ipAnswer: async () => false }, { maxBootSeconds: 4, clock: c2 });
-  t.equal(none.detail, 'the guest agent never answered within the maximum boot time (4 s); its address did not answer ICMP either' + AGENT_HINT);
+  t.equal(
+    none.detail,
+    'the guest agent never answered within the maximum boot time (4 s); its address did not answer ICMP either' + AGENT_HINT,
+  );
   t.equal(none.seconds, 4);
 });
 
 t.test('a hung or failing probe is a miss after the probe time, and does not hold the loop', async (t) => {
   const clock = virtualClock();
-  const hung = await heartbeat({ agentPing: () => new Promise<boolean>(() => undefined), ipAnswer: () => Promise.reject(new Error('ping died')) }, { maxBootSeconds: 6, clock });
+  const hung = await heartbeat(
+    { agentPing: () => new Promise<boolean>(() => undefined), ipAnswer: () => Promise.reject(new Error('ping died')) },
+    { maxBootSeconds: 6, clock },
+  );
   t.equal(hung.result, 'failed');
-  t.equal(hung.detail, 'the guest agent never answered within the maximum boot time (6 s); its address did not answer ICMP either' + AGENT_HINT);
+  t.equal(
+    hung.detail,
+    'the guest agent never answered within the maximum boot time (6 s); its address did not answer ICMP either' + AGENT_HINT,
+  );
   t.equal(hung.seconds, 6, 'each hung round takes its 2 s probe time, no more');
   // The probe time is at least a second, even with answers wanted every half second.
   const c2 = virtualClock();
-  const r = await heartbeat({ agentPing: () => new Promise<boolean>(() => undefined), ipAnswer: async () => false }, { maxBootSeconds: 1.5, stability: { pings: 3, seconds: 1 }, clock: c2 });
+  const r = await heartbeat(
+    { agentPing: () => new Promise<boolean>(() => undefined), ipAnswer: async () => false },
+    { maxBootSeconds: 1.5, stability: { pings: 3, seconds: 1 }, clock: c2 },
+  );
   t.equal(r.seconds, 2, 'rounds at 0 and 1 s (each hung for 1 s), then the deadline');
 });
 
-t.test('a cancel ends the wait with the signal\'s reason', async (t) => {
+t.test("a cancel ends the wait with the signal's reason", async (t) => {
   const clock = virtualClock();
   const ac = new AbortController();
   let n = 0;
-  const p = heartbeat({ ipAnswer: async () => { if (++n === 3) ac.abort(new Error('cancelled')); return false; } }, { maxBootSeconds: 600, clock, signal: ac.signal });
+  const p = heartbeat(
+    {
+      ipAnswer: async () => {
+        if (++n === 3) ac.abort(new Error('cancelled'));
+        return false;
+      },
+    },
+    { maxBootSeconds: 600, clock, signal: ac.signal },
+  );
   await t.rejects(p, /cancelled/);
   t.equal(n, 3);
-  const done = new AbortController(); done.abort(new Error('already'));
-  await t.rejects(heartbeat({ ipAnswer: async () => false }, { maxBootSeconds: 600, clock: virtualClock(), signal: done.signal }), /already/);
+  const done = new AbortController();
+  done.abort(new Error('already'));
+  await t.rejects(
+    heartbeat({ ipAnswer: async () => false }, { maxBootSeconds: 600, clock: virtualClock(), signal: done.signal }),
+    /already/,
+  );
 });
 
 /** Lets a watch run until `cond`; a virtual-clock loop yields at every sleep. */
@@ -154,7 +224,10 @@ t.test('watch: answering through the window holds, and says for how long', async
   await until(() => probe.at.length >= 8);
   const r = await w.settle();
   t.ok(probe.at.length >= 8);
-  t.same(r, { held: true, detail: `the guest agent kept answering through the test window (${(clock.elapsed() / 1000).toFixed(1)} s, ${probe.at.length} probes)` });
+  t.same(r, {
+    held: true,
+    detail: `the guest agent kept answering through the test window (${(clock.elapsed() / 1000).toFixed(1)} s, ${probe.at.length} probes)`,
+  });
   t.same(probe.at.slice(0, 4), [0, 2000, 4000, 6000], 'every 2 s by default');
   const n = probe.at.length;
   await new Promise((r) => setTimeout(r, 20));
@@ -168,13 +241,20 @@ t.test('watch: three misses over ten seconds are a loss; fewer, or shorter, are 
   await until(() => probe.at.length >= 9);
   await new Promise((r) => setTimeout(r, 20));
   t.same(probe.at, [0, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000], 'misses from 6 s, lost at 16 s: the watch stops there');
-  t.same(await w.settle(), { held: false, detail: 'lost during the test window: 10.0.0.2 (ICMP) stopped answering (3 consecutive misses over ≥10 s), 16.0 s after the heartbeat passed' });
+  t.same(await w.settle(), {
+    held: false,
+    detail:
+      'lost during the test window: 10.0.0.2 (ICMP) stopped answering (3 consecutive misses over ≥10 s), 16.0 s after the heartbeat passed',
+  });
   // A custom loss: two misses over one second, probed every half second.
   const c2 = virtualClock();
   const p2 = scripted(c2, [true], false);
   const w2 = watchHeartbeat(p2, 'x', { clock: c2, loss: { pings: 2, seconds: 1 }, intervalMs: 500 });
   await until(() => p2.at.length >= 4);
-  t.same(await w2.settle(), { held: false, detail: 'lost during the test window: x stopped answering (2 consecutive misses over ≥1 s), 1.5 s after the heartbeat passed' });
+  t.same(await w2.settle(), {
+    held: false,
+    detail: 'lost during the test window: x stopped answering (2 consecutive misses over ≥1 s), 1.5 s after the heartbeat passed',
+  });
   t.same(p2.at, [0, 500, 1000, 1500]);
 });
 
@@ -201,12 +281,18 @@ t.test('watch: settling in a miss streak decides it first, either way; settling 
   t.ok(fine.at.length <= 4, 'no streak: done at the next round');
 });
 
-t.test('watch: hung and failing probes are misses; abandon and the run\'s signal end it at once', async (t) => {
+t.test("watch: hung and failing probes are misses; abandon and the run's signal end it at once", async (t) => {
   const clock = virtualClock();
   const hung = watchHeartbeat(() => new Promise<boolean>(() => undefined), 'x', { clock, probeTimeoutMs: 3000 });
   const r = await hung.settle();
-  t.same(r, { held: false, detail: 'lost during the test window: x stopped answering (3 consecutive misses over ≥10 s), 15.0 s after the heartbeat passed' },
-    'hung probes of 3 s each, back to back: misses at 3, 6, 9, 12 and 15 s');
+  t.same(
+    r,
+    {
+      held: false,
+      detail: 'lost during the test window: x stopped answering (3 consecutive misses over ≥10 s), 15.0 s after the heartbeat passed',
+    },
+    'hung probes of 3 s each, back to back: misses at 3, 6, 9, 12 and 15 s',
+  );
   const c2 = virtualClock();
   const failing = watchHeartbeat(() => Promise.reject(new Error('agent socket closed')), 'x', { clock: c2 });
   t.equal((await failing.settle()).held, false);
@@ -226,7 +312,7 @@ t.test('watch: hung and failing probes are misses; abandon and the run\'s signal
   await new Promise((r) => setTimeout(r, 20));
   const n = p4.at.length;
   await new Promise((r) => setTimeout(r, 20));
-  t.equal(p4.at.length, n, 'the run\'s cancel stops the probing');
+  t.equal(p4.at.length, n, "the run's cancel stops the probing");
   t.equal((await w4.settle()).held, true);
 });
 
@@ -237,6 +323,7 @@ t.test('the real clock sleeps and can be cancelled', async (t) => {
   const ac = new AbortController();
   setTimeout(() => ac.abort(new Error('stop')), 10);
   await t.rejects(realClock.sleep(10_000, ac.signal), /stop/);
-  const gone = new AbortController(); gone.abort(new Error('gone'));
+  const gone = new AbortController();
+  gone.abort(new Error('gone'));
   await t.rejects(realClock.sleep(10, gone.signal), /gone/);
 });

@@ -21,7 +21,10 @@ t.test('every referenced chunk is re-hashed; a flipped byte names its chunk', as
   writeFileSync(repo.chunkPath(victim), bytes);
   const bad = await integrityTest(repo, 'p1');
   t.equal(bad.result, 'failed');
-  t.same(bad.corrupt.map((c) => [c.disk, c.index, c.digest]), [['sda', 2, victim]]);
+  t.same(
+    bad.corrupt.map((c) => [c.disk, c.index, c.digest]),
+    [['sda', 2, victim]],
+  );
   t.match(bad.detail, `sda chunk #2 ${victim}`);
   t.match(bad.detail, '1 of 5 chunks corrupt');
 });

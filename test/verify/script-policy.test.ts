@@ -18,12 +18,19 @@ import { lookupUser } from '../../src/host/users.js';
 import { address } from '../helpers/subnets.js';
 
 for (const tool of ['ip', 'setpriv', 'getent']) {
-  if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) throw new Error(`missing ${tool}: install iproute2 / util-linux / libc-bin`);
+  if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0)
+    throw new Error(`missing ${tool}: install iproute2 / util-linux / libc-bin`);
 }
 
 const ns = `rl-sp-${randomBytes(3).toString('hex')}`;
 execFileSync('ip', ['netns', 'add', ns]);
-t.teardown(() => { try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* gone */ } });
+t.teardown(() => {
+  try {
+    execFileSync('ip', ['netns', 'del', ns]);
+  } catch {
+    /* gone */
+  }
+});
 
 // mkdtemp makes 0700 directories; the script user must be able to reach the scripts.
 const dir = mkdtempSync(join(tmpdir(), 'rl-scripts-'));
@@ -35,7 +42,10 @@ const script = (name: string, body: string): string => {
   writeFileSync(p, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
   return p;
 };
-const whoami = script('whoami.sh', 'id -u; id -g; id -G; echo "vm=$VM_NAME secret=${RL_TEST_SECRET:-none}"; readlink /proc/self/ns/net; pwd');
+const whoami = script(
+  'whoami.sh',
+  'id -u; id -g; id -G; echo "vm=$VM_NAME secret=${RL_TEST_SECRET:-none}"; readlink /proc/self/ns/net; pwd',
+);
 const slow = script('slow.sh', 'sleep 30');
 symlinkSync('/usr/bin/touch', join(dir, 'touch'));
 
@@ -43,30 +53,36 @@ const nobody = lookupUser('nobody', 'test');
 const policy: ScriptPolicy = { dir, user: 'nobody', maxSeconds: 2 };
 const vm = { netns: ns, name: 'web', ip: '192.168.77.10', masqIp: address('prod-lab') };
 process.env.RL_TEST_SECRET = 'from-the-server-environment';
-t.teardown(() => { delete process.env.RL_TEST_SECRET; });
+t.teardown(() => {
+  delete process.env.RL_TEST_SECRET;
+});
 const nsId = execFileSync('ip', ['netns', 'exec', ns, 'readlink', '/proc/self/ns/net'], { encoding: 'utf8' }).trim();
 
-t.test('a script inside the directory runs as the script user, in the lab namespace, without the server\'s environment', async (t) => {
-  const r = await scriptTest({ path: whoami }, vm, undefined, policy) as unknown as { result: string; stdout: string; detail: string };
+t.test("a script inside the directory runs as the script user, in the lab namespace, without the server's environment", async (t) => {
+  const r = (await scriptTest({ path: whoami }, vm, undefined, policy)) as unknown as { result: string; stdout: string; detail: string };
   t.equal(r.result, 'passed', r.detail);
   const [uid, gid, groups, env, netns, cwd] = r.stdout.trim().split('\n');
   t.equal(uid, String(nobody.uid), `id -u is ${nobody.name}'s uid`);
   t.not(uid, '0');
   t.equal(gid, String(nobody.gid));
-  t.equal(groups, String(nobody.gid), 'no supplementary groups (not root\'s)');
-  t.equal(env, 'vm=web secret=none', 'VM_* given, the server\'s environment not');
+  t.equal(groups, String(nobody.gid), "no supplementary groups (not root's)");
+  t.equal(env, 'vm=web secret=none', "VM_* given, the server's environment not");
   t.equal(netns, nsId, 'inside the lab namespace');
   t.equal(cwd, dir);
 });
 
 t.test('without a policy (the CLI, root running its own job file) the same script runs as the caller', async (t) => {
-  const r = await scriptTest({ path: whoami }, vm) as unknown as { result: string; stdout: string; detail: string };
+  const r = (await scriptTest({ path: whoami }, vm)) as unknown as { result: string; stdout: string; detail: string };
   t.equal(r.result, 'passed', r.detail);
   t.equal(r.stdout.split('\n')[0], String(process.getuid?.()));
 });
 
 t.test('outside the directory, or through a symlink leading out: refused, nothing runs', async (t) => {
-  for (const [path, args] of [['/bin/sh', ['-c', `touch ${marker}`]], [join(dir, 'touch'), [marker]], [`${dir}/../${dir.split('/').at(-1)}/../../usr/bin/touch`, [marker]]] as const) {
+  for (const [path, args] of [
+    ['/bin/sh', ['-c', `touch ${marker}`]],
+    [join(dir, 'touch'), [marker]],
+    [`${dir}/../${dir.split('/').at(-1)}/../../usr/bin/touch`, [marker]],
+  ] as const) {
     const r = await scriptTest({ path, args: [...args] }, vm, undefined, policy);
     t.equal(r.result, 'failed', path);
     t.match(r.detail, `refused: script test: script ${path} is outside the scripts directory ${dir}`);

@@ -29,46 +29,102 @@ export async function render(ctx) {
     ];
   });
 
-  replace(ctx.main, 
+  replace(
+    ctx.main,
     h('h2', {}, 'Overview'),
-    h('ul', { class: 'counters' },
+    h(
+      'ul',
+      { class: 'counters' },
       h('li', {}, h('strong', {}, String(live.length)), ' live recovery sessions'),
       h('li', {}, h('strong', {}, String(publications.filter((p) => p.running).length)), ' publications served'),
-      h('li', {}, h('strong', {}, String(verification.length)), ' VMs with restore points')),
-    section('Verification of each VM\'s latest restore point',
-      table('Latest verification per VM', ['VM', 'Latest point', 'Verification', 'Verified at'], verification, 'the repository holds no restore points.')),
-    section('Live sessions',
-      table('Live recovery sessions', ['Session', 'VM', 'State', 'Lab', 'Started'],
-        live.map((s) => [h('a', { href: '#/sessions' }, shortId(s.id)), s.vm, badgeEl(s.state), s.lab ?? s.network ?? '—', formatTime(s.createdAt)]),
-        'no VM is running from a backup.')),
-    section('Publications',
-      table('Published restore points', ['Publication', 'VM', 'Point', 'State', 'Served over', 'Path'],
+      h('li', {}, h('strong', {}, String(verification.length)), ' VMs with restore points'),
+    ),
+    section(
+      "Verification of each VM's latest restore point",
+      table(
+        'Latest verification per VM',
+        ['VM', 'Latest point', 'Verification', 'Verified at'],
+        verification,
+        'the repository holds no restore points.',
+      ),
+    ),
+    section(
+      'Live sessions',
+      table(
+        'Live recovery sessions',
+        ['Session', 'VM', 'State', 'Lab', 'Started'],
+        live.map((s) => [
+          h('a', { href: '#/sessions' }, shortId(s.id)),
+          s.vm,
+          badgeEl(s.state),
+          s.lab ?? s.network ?? '—',
+          formatTime(s.createdAt),
+        ]),
+        'no VM is running from a backup.',
+      ),
+    ),
+    section(
+      'Publications',
+      table(
+        'Published restore points',
+        ['Publication', 'VM', 'Point', 'State', 'Served over', 'Path'],
         publications.map((p) => [
-          p.name, p.vm, h('code', { title: p.point }, shortId(p.point)),
+          p.name,
+          p.vm,
+          h('code', { title: p.point }, shortId(p.point)),
           badgeEl(p.running ? 'running' : 'stopped'),
           p.frontend ? p.frontend.toUpperCase() : p.path ? 'FUSE' : '—',
           p.path ? h('code', {}, p.path) : '—',
         ]),
-        'nothing is published.')),
-    section('Stale state',
-      table('Stale records and leftovers', ['Item', 'Reason', 'Writes held', 'Age', ''],
+        'nothing is published.',
+      ),
+    ),
+    section(
+      'Stale state',
+      table(
+        'Stale records and leftovers',
+        ['Item', 'Reason', 'Writes held', 'Age', ''],
         (state.stale ?? []).map((i) => [
-          h('code', {}, i.id), i.reason, i.bytes ? formatBytes(i.bytes) : '—',
+          h('code', {}, i.id),
+          i.reason,
+          i.bytes ? formatBytes(i.bytes) : '—',
           i.ageSeconds !== undefined ? formatSeconds(i.ageSeconds) : '—',
           // Cleaning is an admin's; an item holding writes says so before they are discarded.
-          ctx.can('admin') ? actionButton(i.bytes ? 'Discard writes and clean' : 'Clean', async () => {
-            try {
-              const r = await ctx.api.post('/state/cleanup', { items: [i.id], discardWrites: Boolean(i.bytes) });
-              const done = (r.stale ?? []).find((x) => x.id === i.id);
-              ctx.notify(`${i.id}: ${done?.outcome?.action ?? 'done'}${done?.outcome?.detail ? ` (${done.outcome.detail})` : ''}`);
-              await render(ctx);
-            } catch (err) { ctx.fail(err); }
-          }, { 'aria-label': `Clean ${i.id}`, class: i.bytes ? 'danger' : '' }) : '',
+          ctx.can('admin')
+            ? actionButton(
+                i.bytes ? 'Discard writes and clean' : 'Clean',
+                async () => {
+                  try {
+                    const r = await ctx.api.post('/state/cleanup', { items: [i.id], discardWrites: Boolean(i.bytes) });
+                    const done = (r.stale ?? []).find((x) => x.id === i.id);
+                    ctx.notify(`${i.id}: ${done?.outcome?.action ?? 'done'}${done?.outcome?.detail ? ` (${done.outcome.detail})` : ''}`);
+                    await render(ctx);
+                  } catch (err) {
+                    ctx.fail(err);
+                  }
+                },
+                { 'aria-label': `Clean ${i.id}`, class: i.bytes ? 'danger' : '' },
+              )
+            : '',
         ]),
-        'nothing stale: every record matches the host.')),
-    section('Recent verification runs',
-      table('Recent runs', ['Run', 'Job', 'Trigger', 'Status', 'Started', 'Ended'],
-        (runs.runs ?? []).map((r) => [h('a', { href: `#/runs/${encodeURIComponent(r.id)}` }, shortId(r.id)), r.job, r.trigger ?? '—', badgeEl(r.status), formatTime(r.startedAt), formatTime(r.endedAt)]),
-        'no job has run yet.')),
+        'nothing stale: every record matches the host.',
+      ),
+    ),
+    section(
+      'Recent verification runs',
+      table(
+        'Recent runs',
+        ['Run', 'Job', 'Trigger', 'Status', 'Started', 'Ended'],
+        (runs.runs ?? []).map((r) => [
+          h('a', { href: `#/runs/${encodeURIComponent(r.id)}` }, shortId(r.id)),
+          r.job,
+          r.trigger ?? '—',
+          badgeEl(r.status),
+          formatTime(r.startedAt),
+          formatTime(r.endedAt),
+        ]),
+        'no job has run yet.',
+      ),
+    ),
   );
 }

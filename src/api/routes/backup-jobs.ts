@@ -26,15 +26,23 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
     const { jobs, invalid } = scanBackupJobsDir(ctx.backupJobsDir);
     const job = jobs.find((j) => j.name === name);
     if (!job) {
-      throw apiError('NOT_FOUND', `no backup job ${name} in ${ctx.backupJobsDir}`,
-        [{ path: 'params/name', message: `GET /api/v1/backup-jobs lists them${invalid.length ? ` (${invalid.length} file(s) there do not load)` : ''}` }]);
+      throw apiError('NOT_FOUND', `no backup job ${name} in ${ctx.backupJobsDir}`, [
+        {
+          path: 'params/name',
+          message: `GET /api/v1/backup-jobs lists them${invalid.length ? ` (${invalid.length} file(s) there do not load)` : ''}`,
+        },
+      ]);
     }
     return job;
   };
 
   t.add({
-    method: 'get', path: '/backup-jobs', role: 'viewer', tag: 'backup-jobs',
-    summary: 'backup jobs with their VMs, schedule, retention, last run and next fire times (a file that does not load is listed under invalid)',
+    method: 'get',
+    path: '/backup-jobs',
+    role: 'viewer',
+    tag: 'backup-jobs',
+    summary:
+      'backup jobs with their VMs, schedule, retention, last run and next fire times (a file that does not load is listed under invalid)',
     handler: () => {
       const { jobs, invalid } = scanBackupJobsDir(ctx.backupJobsDir);
       return { backupJobsDir: ctx.backupJobsDir, jobs: jobs.map(listing), ...(invalid.length ? { invalid } : {}) };
@@ -42,31 +50,54 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/backup-jobs/:name', role: 'viewer', tag: 'backup-jobs', summary: 'one backup job',
+    method: 'get',
+    path: '/backup-jobs/:name',
+    role: 'viewer',
+    tag: 'backup-jobs',
+    summary: 'one backup job',
     handler: (req) => listing(load(nameParam(req, 'name'))),
   });
 
   t.add({
-    method: 'post', path: '/backup-jobs/:name/run', role: 'operator', tag: 'backup-jobs',
+    method: 'post',
+    path: '/backup-jobs/:name/run',
+    role: 'operator',
+    tag: 'backup-jobs',
     summary: 'runs a backup job now; cancel with POST /operations/:id/cancel (it stops after the VM being backed up)',
-    success: { status: 202, description: 'the operation; its progress names the run and each VM\'s disk, its result is the run, its resource /api/v1/backup-job-runs/<id>' },
+    success: {
+      status: 202,
+      description:
+        "the operation; its progress names the run and each VM's disk, its result is the run, its resource /api/v1/backup-job-runs/<id>",
+    },
     handler: (req, res) => {
       const job = load(nameParam(req, 'name'));
       // Checked here for a 409 before any operation exists; the operation's work triggers in this same tick, so nothing slips in between.
       if (ctx.backupJobs.isRunning(job.name)) {
-        throw apiError('CONFLICT', `backup job ${job.name} is already running`, [{ path: 'params/name', message: `GET /api/v1/backup-job-runs?job=${job.name} shows it` }]);
+        throw apiError('CONFLICT', `backup job ${job.name} is already running`, [
+          { path: 'params/name', message: `GET /api/v1/backup-job-runs?job=${job.name} shows it` },
+        ]);
       }
       const op = ctx.operations.start('backup-job-run', principal(res).name, async (o) => {
         const started = ctx.backupJobs.trigger(job, 'manual', {
           signal: o.signal,
-          onProgress: (p) => o.progress((p.index + (p.total > 0 ? p.done / p.total : 1)) / p.of, `VM ${p.vm} (${p.index + 1} of ${p.of}) disk ${p.disk}: ${p.done} of ${p.total} bytes`),
+          onProgress: (p) =>
+            o.progress(
+              (p.index + (p.total > 0 ? p.done / p.total : 1)) / p.of,
+              `VM ${p.vm} (${p.index + 1} of ${p.of}) disk ${p.disk}: ${p.done} of ${p.total} bytes`,
+            ),
         });
         if (started.status === 'skipped-overlap') {
-          throw apiError('CONFLICT', `backup job ${job.name} is already running`, [{ path: 'params/name', message: `GET /api/v1/backup-job-runs?job=${job.name} shows it` }]);
+          throw apiError('CONFLICT', `backup job ${job.name} is already running`, [
+            { path: 'params/name', message: `GET /api/v1/backup-job-runs?job=${job.name} shows it` },
+          ]);
         }
         o.progress(0, `run ${started.runId} of backup job ${job.name} started`, { run: started.runId });
         const r = await started.done;
-        if (!r) throw apiError('DOMAIN_ERROR', `backup job ${job.name} run ${started.runId} failed: ${history.run(started.runId)?.detail ?? 'no detail'}`);
+        if (!r)
+          throw apiError(
+            'DOMAIN_ERROR',
+            `backup job ${job.name} run ${started.runId} failed: ${history.run(started.runId)?.detail ?? 'no detail'}`,
+          );
         return { result: r, resource: `/api/v1/backup-job-runs/${r.run}` };
       });
       accepted(res, op);
@@ -74,7 +105,11 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/backup-job-runs', role: 'viewer', tag: 'backup-jobs', query: 'api-run-list-query.schema.json',
+    method: 'get',
+    path: '/backup-job-runs',
+    role: 'viewer',
+    tag: 'backup-jobs',
+    query: 'api-run-list-query.schema.json',
     summary: 'backup job runs, newest first, each with its VMs (skipped and missed triggers included)',
     handler: (_req, res) => {
       const q = queryOf<{ job?: string; limit: number }>(res);
@@ -83,11 +118,16 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/backup-job-runs/:id', role: 'viewer', tag: 'backup-jobs', summary: 'one backup job run with its VMs',
+    method: 'get',
+    path: '/backup-job-runs/:id',
+    role: 'viewer',
+    tag: 'backup-jobs',
+    summary: 'one backup job run with its VMs',
     handler: (req) => {
       const id = nameParam(req, 'id');
       const run = history.run(id);
-      if (!run) throw apiError('NOT_FOUND', `no backup job run ${id}`, [{ path: 'params/id', message: 'GET /api/v1/backup-job-runs lists them' }]);
+      if (!run)
+        throw apiError('NOT_FOUND', `no backup job run ${id}`, [{ path: 'params/id', message: 'GET /api/v1/backup-job-runs lists them' }]);
       return run;
     },
   });

@@ -34,7 +34,10 @@ export const VM_DEFINITIONS_DIR = projectPath('lab-templates', 'vms');
 function vmDefinitionFile(name: string): string {
   const file = join(VM_DEFINITIONS_DIR, `${name}.json`);
   if (!existsSync(file)) {
-    const known = readdirSync(VM_DEFINITIONS_DIR).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
+    const known = readdirSync(VM_DEFINITIONS_DIR)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => f.slice(0, -5))
+      .sort();
     throw apiError('NOT_FOUND', `no VM definition "${name}" in ${VM_DEFINITIONS_DIR} (there are: ${known.join(', ') || 'none'})`);
   }
   return file;
@@ -52,7 +55,10 @@ function afterBackupRuns(scheduler: ApiContext['scheduler'], vm: VmDefinition, l
   }
   try {
     const runs = scheduler.notifyBackup([{ name: vm.name, ...(vm.tags ? { tags: vm.tags } : {}) }]).map(triggeredRun);
-    for (const r of runs) log(`after-backup: job ${r.job} ${r.status === 'running' ? 'started as' : 'skipped (still running),'} run ${r.run} (/api/v1/runs/${r.run})`);
+    for (const r of runs)
+      log(
+        `after-backup: job ${r.job} ${r.status === 'running' ? 'started as' : 'skipped (still running),'} run ${r.run} (/api/v1/runs/${r.run})`,
+      );
     if (runs.length === 0) log(`after-backup: no afterBackup job covers ${vm.name}`);
     return runs;
   } catch (err) {
@@ -63,26 +69,38 @@ function afterBackupRuns(scheduler: ApiContext['scheduler'], vm: VmDefinition, l
 
 export const backupRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
-    method: 'post', path: '/backups', role: 'operator', tag: 'backups',
+    method: 'post',
+    path: '/backups',
+    role: 'operator',
+    tag: 'backups',
     summary: 'backs up the disk images of a VM as a new restore point; progress per disk, result = the restore point',
-    body: 'api-backup.schema.json', success: { status: 202, description: 'the backup operation; once succeeded, `resource` is the new point' },
+    body: 'api-backup.schema.json',
+    success: { status: 202, description: 'the backup operation; once succeeded, `resource` is the new point' },
     handler: async (req, res) => {
       const b = req.body as { vm: string; disks?: Record<string, string>; consistency: Consistency };
       const vm = loadVmDefinition(vmDefinitionFile(b.vm));
       // From here on the real paths: what was checked is what is read.
-      const disks = b.disks === undefined ? undefined
-        : Object.fromEntries(Object.entries(b.disks).map(([name, path]) => [name, allowedSource(ctx.config.api, path, `image of disk ${name}`)]));
+      const disks =
+        b.disks === undefined
+          ? undefined
+          : Object.fromEntries(
+              Object.entries(b.disks).map(([name, path]) => [name, allowedSource(ctx.config.api, path, `image of disk ${name}`)]),
+            );
       // Everything that can be checked before the work starts is a 4xx now, not a failed operation later.
       const plan = planDisks(vm, disks);
       for (const d of plan) {
-        if (!existsSync(d.path)) throw apiError('NOT_FOUND', `image ${d.path} of disk ${d.name} of VM ${vm.name} does not exist on the server`);
+        if (!existsSync(d.path))
+          throw apiError('NOT_FOUND', `image ${d.path} of disk ${d.name} of VM ${vm.name} does not exist on the server`);
       }
       const repo = await openDefaultRepository(ctx);
       const order = vm.disks.map((d) => d.name);
       const op = ctx.operations.start('backup', principal(res).name, async (o) => {
         const progress = percentProgress(o);
         const point = await backupVm({
-          repo, vm, consistency: b.consistency, ...(disks ? { disks } : {}),
+          repo,
+          vm,
+          consistency: b.consistency,
+          ...(disks ? { disks } : {}),
           onWarning: (m) => o.log(m),
           onProgress: (p) => {
             // Disks are backed up one after the other, in definition order.

@@ -25,7 +25,11 @@ import { RestorelabError } from '../../errors.js';
 /** Parent directories of API-made mounts, inside the flr sessions directory: `<stateDir>/flr/api-XXXXXX/mnt`. */
 const API_MOUNT_PREFIX = 'api-';
 
-interface PathQuery { path: string; disk?: string; partition?: number }
+interface PathQuery {
+  path: string;
+  disk?: string;
+  partition?: number;
+}
 
 export interface FileRestoreView {
   id: string;
@@ -42,15 +46,22 @@ export interface FileRestoreView {
 function viewOf(r: SessionRecord): FileRestoreView {
   const holder = r.resources.find((x) => x.kind === 'holder');
   return {
-    id: r.id, point: r.point ?? null, repository: r.repo ?? null, created: r.created, dir: r.dir, complete: r.complete === true,
-    publication: holder?.kind === 'holder' ? holder.publication ?? null : null,
+    id: r.id,
+    point: r.point ?? null,
+    repository: r.repo ?? null,
+    created: r.created,
+    dir: r.dir,
+    complete: r.complete === true,
+    publication: holder?.kind === 'holder' ? (holder.publication ?? null) : null,
     mounts: r.mounts.map((m) => ({ disk: m.disk, partition: m.partition, fstype: m.fstype, ...(m.skipped ? { skipped: m.skipped } : {}) })),
   };
 }
 
 /** Sessions a person made; the temporary mounts of `restorelab files` come and go by themselves. */
 function sessions(ctx: ApiContext): SessionRecord[] {
-  return listSessions(ctx.config.stateDir).map((j) => j.record).filter((r) => !r.temporary);
+  return listSessions(ctx.config.stateDir)
+    .map((j) => j.record)
+    .filter((r) => !r.temporary);
 }
 
 function sessionOf(ctx: ApiContext, id: string): SessionRecord {
@@ -69,7 +80,8 @@ function confined(err: unknown): unknown {
 
 /** The mounted partition for a guest path, chosen as `restorelab files` chooses (src/flr/browse.ts choosePartition). */
 async function partitionFor(r: SessionRecord, q: PathQuery): Promise<MountedPartition> {
-  if (r.complete !== true) throw apiError('CONFLICT', `file-level restore session ${r.id} is not mounted (still mounting, or interrupted: DELETE it)`);
+  if (r.complete !== true)
+    throw apiError('CONFLICT', `file-level restore session ${r.id} is not mounted (still mounting, or interrupted: DELETE it)`);
   const want = { ...(q.disk !== undefined ? { disk: q.disk } : {}), ...(q.partition !== undefined ? { partition: q.partition } : {}) };
   try {
     return await choosePartition(r.mounts, q.path, want, 'choose one with ?disk= and/or ?partition=');
@@ -86,7 +98,9 @@ function downloadName(guestPath: string): string {
 
 async function sendTar(ctx: ApiContext, res: Response, root: string, guestPath: string): Promise<void> {
   // Resolve first, so a bad path is a JSON error before any byte of the stream.
-  const resolved = await resolveGuestPath(root, guestPath, { followFinal: true }).catch((err: unknown) => { throw confined(err); });
+  const resolved = await resolveGuestPath(root, guestPath, { followFinal: true }).catch((err: unknown) => {
+    throw confined(err);
+  });
   res.status(200).set({
     'content-type': 'application/x-tar',
     'content-disposition': `attachment; filename="${downloadName(resolved.guestPath)}"`,
@@ -109,14 +123,21 @@ async function sendTar(ctx: ApiContext, res: Response, root: string, guestPath: 
 
 export const fileRestoreRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
-    method: 'get', path: '/file-restore', role: 'operator', tag: 'file-restore',
+    method: 'get',
+    path: '/file-restore',
+    role: 'operator',
+    tag: 'file-restore',
     summary: 'file-level restore sessions (mounted restore points), including those `restorelab mount` made',
     handler: () => ({ sessions: sessions(ctx).map(viewOf) }),
   });
   t.add({
-    method: 'post', path: '/file-restore', role: 'operator', tag: 'file-restore',
+    method: 'post',
+    path: '/file-restore',
+    role: 'operator',
+    tag: 'file-restore',
     summary: 'mounts the guest filesystems of a restore point read-only; browse them with /entries, download with /download',
-    body: 'api-flr-create.schema.json', success: { status: 201, description: 'the mounted session, with its partitions' },
+    body: 'api-flr-create.schema.json',
+    success: { status: 201, description: 'the mounted session, with its partitions' },
     handler: async (req, res) => {
       const b = req.body as { point: string; disk?: string; partition?: number };
       const repo = await openDefaultRepository(ctx);
@@ -127,7 +148,11 @@ export const fileRestoreRoutes: RegisterRoutes = (t, ctx) => {
       let id: string;
       try {
         const s = await mountRestorePoint({
-          stateDir, repo: repo.path, point: point.id, dir: join(parent, 'mnt'), ...openOptions(ctx, repo.path),
+          stateDir,
+          repo: repo.path,
+          point: point.id,
+          dir: join(parent, 'mnt'),
+          ...openOptions(ctx, repo.path),
           ...(b.disk !== undefined ? { disk: b.disk } : {}),
           ...(b.partition !== undefined ? { partition: b.partition } : {}),
         });
@@ -147,24 +172,35 @@ export const fileRestoreRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'get', path: '/file-restore/:id', role: 'operator', tag: 'file-restore',
+    method: 'get',
+    path: '/file-restore/:id',
+    role: 'operator',
+    tag: 'file-restore',
     summary: 'one file-level restore session',
     handler: (req) => viewOf(sessionOf(ctx, String(req.params.id))),
   });
   t.add({
-    method: 'get', path: '/file-restore/:id/entries', role: 'operator', tag: 'file-restore',
+    method: 'get',
+    path: '/file-restore/:id/entries',
+    role: 'operator',
+    tag: 'file-restore',
     summary: 'lists a guest directory (or describes one file); symlinks are listed with their target, never followed',
     query: 'api-flr-path-query.schema.json',
     handler: async (req, res) => {
       const q = queryOf<PathQuery>(res);
       const r = sessionOf(ctx, String(req.params.id));
       const m = await partitionFor(r, q);
-      const entries = await listGuestPath(m.path, q.path).catch((err: unknown) => { throw confined(err); });
+      const entries = await listGuestPath(m.path, q.path).catch((err: unknown) => {
+        throw confined(err);
+      });
       return { session: r.id, disk: m.disk, partition: m.partition, fstype: m.fstype, path: q.path, entries };
     },
   });
   t.add({
-    method: 'get', path: '/file-restore/:id/download', role: 'operator', tag: 'file-restore',
+    method: 'get',
+    path: '/file-restore/:id/download',
+    role: 'operator',
+    tag: 'file-restore',
     summary: 'a guest file or directory as a tar stream (symlinks stored as links; devices, FIFOs and sockets left out)',
     query: 'api-flr-path-query.schema.json',
     success: { status: 200, description: 'a tar stream', contentType: 'application/x-tar' },
@@ -176,7 +212,10 @@ export const fileRestoreRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'delete', path: '/file-restore/:id', role: 'operator', tag: 'file-restore',
+    method: 'delete',
+    path: '/file-restore/:id',
+    role: 'operator',
+    tag: 'file-restore',
     summary: 'unmounts a session: its mounts, loop devices and read-only publication',
     handler: async (req, res) => {
       const r = sessionOf(ctx, String(req.params.id));

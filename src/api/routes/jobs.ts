@@ -50,7 +50,11 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
   const listing = (file: string, job: Job & JobFile): JobListing => {
     const last = history.lastRuns({ job: job.name, limit: 1 })[0];
     return {
-      name: job.name, file, definition: job, schedule: job.schedule ?? null, afterBackup: Boolean(job.afterBackup),
+      name: job.name,
+      file,
+      definition: job,
+      schedule: job.schedule ?? null,
+      afterBackup: Boolean(job.afterBackup),
       next: nextFireTimes({ name: job.name, file, job }, 3).map((d) => d.toISOString()),
       lastRun: last ? { id: last.id, status: last.status, trigger: last.trigger, startedAt: last.startedAt, endedAt: last.endedAt } : null,
       running: gate.isRunning(job.name),
@@ -60,16 +64,25 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
   /** The job file `name`, loaded and checked; 404 when there is none. */
   const load = (name: string): { file: string; job: Job & JobFile } => {
     const file = fileOf(name);
-    if (!existsSync(file)) throw apiError('NOT_FOUND', `no job ${name} in ${ctx.jobsDir}`, [{ path: 'params/name', message: 'GET /api/v1/jobs lists them' }]);
+    if (!existsSync(file))
+      throw apiError('NOT_FOUND', `no job ${name} in ${ctx.jobsDir}`, [{ path: 'params/name', message: 'GET /api/v1/jobs lists them' }]);
     return { file, job: loadJob(file) };
   };
 
   t.add({
-    method: 'get', path: '/jobs', role: 'viewer', tag: 'jobs', summary: 'SureBackup jobs with their schedule and last run (an invalid job file is listed under invalid)',
+    method: 'get',
+    path: '/jobs',
+    role: 'viewer',
+    tag: 'jobs',
+    summary: 'SureBackup jobs with their schedule and last run (an invalid job file is listed under invalid)',
     handler: () => {
       const jobs: JobListing[] = [];
       const invalid: { file: string; error: string }[] = [];
-      const names = existsSync(ctx.jobsDir) ? readdirSync(ctx.jobsDir).filter((n) => n.endsWith('.json')).sort() : [];
+      const names = existsSync(ctx.jobsDir)
+        ? readdirSync(ctx.jobsDir)
+            .filter((n) => n.endsWith('.json'))
+            .sort()
+        : [];
       for (const n of names) {
         const file = join(ctx.jobsDir, n);
         try {
@@ -83,19 +96,32 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/jobs/:name', role: 'viewer', tag: 'jobs', summary: 'one job',
-    handler: (req) => { const { file, job } = load(nameParam(req, 'name')); return listing(file, job); },
+    method: 'get',
+    path: '/jobs/:name',
+    role: 'viewer',
+    tag: 'jobs',
+    summary: 'one job',
+    handler: (req) => {
+      const { file, job } = load(nameParam(req, 'name'));
+      return listing(file, job);
+    },
   });
 
   t.add({
-    method: 'put', path: '/jobs/:name', role: 'admin', tag: 'jobs', body: 'job.schema.json',
+    method: 'put',
+    path: '/jobs/:name',
+    role: 'admin',
+    tag: 'jobs',
+    body: 'job.schema.json',
     summary: 'creates or replaces a job (checked like a job file: schema, schedule, scripts relative to the jobs directory)',
     success: { status: 200, description: 'the job as listed (201 when it is new)' },
     handler: async (req, res) => {
       const name = nameParam(req, 'name');
       const body = req.body as JobFile;
       if (body.name !== name) {
-        throw apiError('VALIDATION_FAILED', `body/name: "${body.name}" differs from the name in the path, "${name}"`, [{ path: 'body/name', message: `must be "${name}"` }]);
+        throw apiError('VALIDATION_FAILED', `body/name: "${body.name}" differs from the name in the path, "${name}"`, [
+          { path: 'body/name', message: `must be "${name}"` },
+        ]);
       }
       const text = JSON.stringify(body, null, 2) + '\n';
       const job = checkJobText(ctx.jobsDir, name, text);
@@ -109,7 +135,11 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'delete', path: '/jobs/:name', role: 'admin', tag: 'jobs', summary: 'deletes a job file (its run history stays)',
+    method: 'delete',
+    path: '/jobs/:name',
+    role: 'admin',
+    tag: 'jobs',
+    summary: 'deletes a job file (its run history stays)',
     handler: (req, res) => {
       const name = nameParam(req, 'name');
       if (!existsSync(fileOf(name))) throw apiError('NOT_FOUND', `no job ${name} in ${ctx.jobsDir}`);
@@ -121,18 +151,35 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'post', path: '/jobs/:name/run', role: 'operator', tag: 'jobs',
+    method: 'post',
+    path: '/jobs/:name/run',
+    role: 'operator',
+    tag: 'jobs',
     summary: 'runs a job now; cancel with POST /operations/:id/cancel (the lab is still torn down)',
-    success: { status: 202, description: 'the operation; its first progress event names the run, its result is the run summary, its resource /api/v1/runs/<id>' },
+    success: {
+      status: 202,
+      description: 'the operation; its first progress event names the run, its result is the run summary, its resource /api/v1/runs/<id>',
+    },
     handler: (req, res) => {
       const { file, job } = load(nameParam(req, 'name'));
       const claim = new AbortController();
       const release = gate.claim(job.name, claim);
-      if (!release) throw apiError('CONFLICT', `job ${job.name} is already running`, [{ path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' }]);
+      if (!release)
+        throw apiError('CONFLICT', `job ${job.name} is already running`, [
+          { path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' },
+        ]);
       const runId = history.startRun(job.name, 'manual');
       const op = ctx.operations.start('job-run', principal(res).name, async (o) => {
         try {
-          return await runJob(ctx, { job, file, runId, history, limiter: gate.limiter, signal: o.signal, progress: (m) => o.progress(null, m, { run: runId }) });
+          return await runJob(ctx, {
+            job,
+            file,
+            runId,
+            history,
+            limiter: gate.limiter,
+            signal: o.signal,
+            progress: (m) => o.progress(null, m, { run: runId }),
+          });
         } finally {
           release();
         }
@@ -167,7 +214,12 @@ function checkScripts(job: Job & JobFile, scriptsDir: string): void {
 }
 
 interface RunInput {
-  job: Job & JobFile; file: string; runId: string; history: History; limiter: Limiter; signal: AbortSignal;
+  job: Job & JobFile;
+  file: string;
+  runId: string;
+  history: History;
+  limiter: Limiter;
+  signal: AbortSignal;
   progress(message: string): void;
 }
 
@@ -175,20 +227,30 @@ async function runJob(ctx: ApiContext, r: RunInput): Promise<{ result: unknown; 
   r.progress(`run ${r.runId} of job ${r.job.name} started`);
   try {
     const rep = await runConfiguredJob(ctx.config, {
-      job: r.job, file: r.file, history: r.history, trigger: 'manual', runId: r.runId, signal: r.signal, limiter: r.limiter,
+      job: r.job,
+      file: r.file,
+      history: r.history,
+      trigger: 'manual',
+      runId: r.runId,
+      signal: r.signal,
+      limiter: r.limiter,
       log: { warn: (l) => ctx.log.warn({ job: r.job.name, run: r.runId }, l) },
     });
     for (const v of rep.vms) if (v.result !== 'dependency-failed') ctx.metrics.recoverySeconds.observe(v.recoverySeconds);
     return {
       result: {
-        run: rep.run, job: r.job.name, result: rep.result, report: `/api/v1/runs/${rep.run}/report`,
+        run: rep.run,
+        job: r.job.name,
+        result: rep.result,
+        report: `/api/v1/runs/${rep.run}/report`,
         vms: rep.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, recoverySeconds: v.recoverySeconds })),
       },
       resource: `/api/v1/runs/${rep.run}`,
     };
   } catch (err) {
     // executeRun closes the row when the runner fails; a failure before that must not leave it "running".
-    if (r.history.run(r.runId)?.status === 'running') r.history.abortRun(r.runId, r.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+    if (r.history.run(r.runId)?.status === 'running')
+      r.history.abortRun(r.runId, r.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
     throw err;
   }
 }

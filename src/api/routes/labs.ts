@@ -20,25 +20,35 @@ export function labTemplatesDir(): string {
   return process.env.RESTORELAB_LABS_DIR ?? projectPath('lab-templates', 'labs');
 }
 
-export interface LabTemplate { file: string; definition?: LabDefinition; error?: string }
+export interface LabTemplate {
+  file: string;
+  definition?: LabDefinition;
+  error?: string;
+}
 
 /** Every lab file of the templates directory; an invalid one is listed with its error instead of hiding the others. */
 export function labTemplates(dir = labTemplatesDir()): LabTemplate[] {
   if (!existsSync(dir)) return [];
-  return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => {
-    const file = join(dir, f);
-    try {
-      return { file, definition: loadLab(file) };
-    } catch (err) {
-      return { file, error: (err as Error).message };
-    }
-  });
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
+    .map((f) => {
+      const file = join(dir, f);
+      try {
+        return { file, definition: loadLab(file) };
+      } catch (err) {
+        return { file, error: (err as Error).message };
+      }
+    });
 }
 
 /** The template file defining lab `name` (by its "name" field), or a 404. */
 export function labTemplateFile(name: string): string {
   const t = labTemplates().find((x) => x.definition?.name === name);
-  if (!t) throw apiError('NOT_FOUND', `no lab template named ${name} in ${labTemplatesDir()}`, [{ path: 'lab', message: 'GET /api/v1/labs lists the lab templates' }]);
+  if (!t)
+    throw apiError('NOT_FOUND', `no lab template named ${name} in ${labTemplatesDir()}`, [
+      { path: 'lab', message: 'GET /api/v1/labs lists the lab templates' },
+    ]);
   return t.file;
 }
 
@@ -53,16 +63,28 @@ export const labRoutes: RegisterRoutes = (t, ctx) => {
   const stateDir = ctx.config.stateDir;
 
   t.add({
-    method: 'get', path: '/labs', role: 'viewer', tag: 'labs', summary: 'lab templates and the labs that are up (a lab up without a template is listed too)',
+    method: 'get',
+    path: '/labs',
+    role: 'viewer',
+    tag: 'labs',
+    summary: 'lab templates and the labs that are up (a lab up without a template is listed too)',
     handler: () => {
       const states = new Map(listLabs(stateDir).map((s) => [s.name, s]));
       const labs: LabListing[] = [];
       const invalid: { file: string; error: string }[] = [];
       for (const tpl of labTemplates()) {
-        if (!tpl.definition) { invalid.push({ file: tpl.file, error: tpl.error ?? 'invalid' }); continue; }
+        if (!tpl.definition) {
+          invalid.push({ file: tpl.file, error: tpl.error ?? 'invalid' });
+          continue;
+        }
         const st = states.get(tpl.definition.name);
         states.delete(tpl.definition.name);
-        labs.push({ name: tpl.definition.name, up: st?.ready === true, template: { file: tpl.file, definition: tpl.definition }, state: st ?? null });
+        labs.push({
+          name: tpl.definition.name,
+          up: st?.ready === true,
+          template: { file: tpl.file, definition: tpl.definition },
+          state: st ?? null,
+        });
       }
       for (const st of states.values()) labs.push({ name: st.name, up: st.ready, template: null, state: st });
       labs.sort((a, b) => a.name.localeCompare(b.name));
@@ -71,13 +93,20 @@ export const labRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'post', path: '/labs/:name/up', role: 'operator', tag: 'labs', summary: 'brings a lab template up (409 when it is already up)',
+    method: 'post',
+    path: '/labs/:name/up',
+    role: 'operator',
+    tag: 'labs',
+    summary: 'brings a lab template up (409 when it is already up)',
     handler: async (req, res) => {
       const name = nameParam(req, 'name');
       const file = labTemplateFile(name);
       // labUp removes a leftover of the same name first: on a lab that is up
       // that would cut every VM running in it off its network.
-      if (readLabState(stateDir, name)?.ready) throw apiError('CONFLICT', `lab ${name} is already up`, [{ path: 'params/name', message: 'take it down first, or use it as it is' }]);
+      if (readLabState(stateDir, name)?.ready)
+        throw apiError('CONFLICT', `lab ${name} is already up`, [
+          { path: 'params/name', message: 'take it down first, or use it as it is' },
+        ]);
       const st = await labUp(loadLab(file), { stateDir });
       ctx.log.info({ by: principal(res).name, lab: name }, 'lab up');
       return st;
@@ -85,13 +114,18 @@ export const labRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'post', path: '/labs/:name/down', role: 'operator', tag: 'labs', summary: 'takes a lab down (409 while recovery sessions run in it); a lab that is not up is no error',
+    method: 'post',
+    path: '/labs/:name/down',
+    role: 'operator',
+    tag: 'labs',
+    summary: 'takes a lab down (409 while recovery sessions run in it); a lab that is not up is no error',
     handler: async (req, res) => {
       const name = nameParam(req, 'name');
       const users = (await listSessions(stateDir)).filter((s) => s.lab === name && ACTIVE_STATES.includes(s.state));
       if (users.length > 0) {
-        throw apiError('CONFLICT', `lab ${name} is in use by recovery session(s) ${users.map((s) => s.id).join(', ')}`,
-          [{ path: 'params/name', message: 'stop those sessions first (POST /api/v1/sessions/:id/stop)' }]);
+        throw apiError('CONFLICT', `lab ${name} is in use by recovery session(s) ${users.map((s) => s.id).join(', ')}`, [
+          { path: 'params/name', message: 'stop those sessions first (POST /api/v1/sessions/:id/stop)' },
+        ]);
       }
       const st = await labDown(name, { stateDir, quietIfMissing: true });
       ctx.log.info({ by: principal(res).name, lab: name, removed: st !== undefined }, 'lab down');

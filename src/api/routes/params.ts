@@ -13,8 +13,9 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 export function nameParam(req: Request, key: string): string {
   const v = String(req.params[key] ?? '');
   if (!NAME.test(v) || v.includes('..')) {
-    throw apiError('VALIDATION_FAILED', `params/${key}: "${v}" is not a name (letters, digits, '.', '_', '-'; no leading '.' or '..')`,
-      [{ path: `params/${key}`, message: 'must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' }]);
+    throw apiError('VALIDATION_FAILED', `params/${key}: "${v}" is not a name (letters, digits, '.', '_', '-'; no leading '.' or '..')`, [
+      { path: `params/${key}`, message: 'must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' },
+    ]);
   }
   return v;
 }

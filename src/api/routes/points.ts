@@ -20,7 +20,10 @@ import { History } from '../../surebackup/history.js';
 
 export const pointRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
-    method: 'get', path: '/points', role: 'viewer', tag: 'points',
+    method: 'get',
+    path: '/points',
+    role: 'viewer',
+    tag: 'points',
     summary: 'restore points of the configured repository (oldest first), each with its latest SureBackup verification or null',
     query: 'api-point-query.schema.json',
     handler: async (_req, res) => {
@@ -33,7 +36,10 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'get', path: '/points/:id', role: 'viewer', tag: 'points',
+    method: 'get',
+    path: '/points/:id',
+    role: 'viewer',
+    tag: 'points',
     summary: 'one restore point: its manifest (VM definition, disks, stats) and latest verification',
     handler: async (req) => {
       const repo = await openDefaultRepository(ctx);
@@ -42,9 +48,14 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'post', path: '/points/:id/scan', role: 'operator', tag: 'points',
-    summary: 'scans the point\'s guest filesystems with the YARA rules in the body (read-only mounts, verdicts cached by content hash); the result is `restorelab scan --json`\'s',
-    body: 'api-point-scan.schema.json', success: { status: 202, description: 'the scan operation; its result has the verdict, the matches and the file counts' },
+    method: 'post',
+    path: '/points/:id/scan',
+    role: 'operator',
+    tag: 'points',
+    summary:
+      "scans the point's guest filesystems with the YARA rules in the body (read-only mounts, verdicts cached by content hash); the result is `restorelab scan --json`'s",
+    body: 'api-point-scan.schema.json',
+    success: { status: 202, description: 'the scan operation; its result has the verdict, the matches and the file counts' },
     handler: async (req, res) => {
       const b = req.body as { rules: string };
       const repo = await openDefaultRepository(ctx);
@@ -54,10 +65,18 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('scan', principal(res).name, async (o) => {
         try {
           const s = await scanPoint({
-            repo, point: point.id, stateDir: ctx.config.stateDir, db: ctx.catalog, rules, ...openOptions(ctx, repo.path),
+            repo,
+            point: point.id,
+            stateDir: ctx.config.stateDir,
+            db: ctx.catalog,
+            rules,
+            ...openOptions(ctx, repo.path),
             onProgress: (d) => o.progress(null, `${d.files} file(s) hashed (${d.partition})`),
           });
-          ctx.log.info({ by: principal(res).name, point: point.id, verdict: s.verdict, matches: s.matches.length, files: s.files }, 'restore point scanned');
+          ctx.log.info(
+            { by: principal(res).name, point: point.id, verdict: s.verdict, matches: s.matches.length, files: s.files },
+            'restore point scanned',
+          );
           return { result: scanOutput(s), resource: `/api/v1/points/${point.id}` };
         } finally {
           rules.dispose();
@@ -67,7 +86,10 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'delete', path: '/points/:id', role: 'admin', tag: 'points',
+    method: 'delete',
+    path: '/points/:id',
+    role: 'admin',
+    tag: 'points',
     summary: 'forgets one restore point (its manifest; gc frees the data). Refused while a publication uses it',
     handler: async (req, res) => {
       const id = String(req.params.id);
@@ -76,7 +98,10 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       // A stopped publication can be resumed, so it needs the point as much as a running one.
       const users = listPublications(ctx.config.stateDir).filter((p) => p.point === id);
       if (users.length > 0) {
-        throw apiError('CONFLICT', `restore point ${id} is published (${users.map((p) => `${p.name}${p.running ? '' : ' (stopped)'}`).join(', ')}); remove the publication first`);
+        throw apiError(
+          'CONFLICT',
+          `restore point ${id} is published (${users.map((p) => `${p.name}${p.running ? '' : ' (stopped)'}`).join(', ')}); remove the publication first`,
+        );
       }
       // The same lock prune takes: no backup may choose this point as its parent meanwhile.
       const lock = await repo.lock('exclusive', `forget ${id}`);
@@ -91,9 +116,13 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'post', path: '/points/:id/restore', role: 'operator', tag: 'points',
+    method: 'post',
+    path: '/points/:id/restore',
+    role: 'operator',
+    tag: 'points',
     summary: 'writes one disk of the point to a raw or qcow2 file on the server (sparse; renamed into place when complete)',
-    body: 'api-restore.schema.json', success: { status: 202, description: 'the restore operation; its result says where and how much was written' },
+    body: 'api-restore.schema.json',
+    success: { status: 202, description: 'the restore operation; its result says where and how much was written' },
     handler: async (req, res) => {
       const b = req.body as { disk?: string; to: string; format: RestoreFormat };
       // The real path from here on: what was checked is what is written.
@@ -103,7 +132,12 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const names = point.disks.map((d) => d.name);
       let disk = b.disk;
       if (disk === undefined) {
-        if (names.length !== 1) throw apiError('VALIDATION_FAILED', `body/disk: restore point ${point.id} has ${names.length} disks (${names.join(', ')}); name one`, [{ path: 'body/disk', message: 'required when the point has several disks' }]);
+        if (names.length !== 1)
+          throw apiError(
+            'VALIDATION_FAILED',
+            `body/disk: restore point ${point.id} has ${names.length} disks (${names.join(', ')}); name one`,
+            [{ path: 'body/disk', message: 'required when the point has several disks' }],
+          );
         disk = names[0] as string;
       } else if (!names.includes(disk)) {
         throw apiError('NOT_FOUND', `restore point ${point.id} has no disk ${disk} (it has ${names.join(', ')})`);
@@ -112,7 +146,11 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('restore', principal(res).name, async (o) => {
         const progress = percentProgress(o);
         const result = await restoreDisk({
-          repo, point: point.id, disk: diskName, to, format: b.format,
+          repo,
+          point: point.id,
+          disk: diskName,
+          to,
+          format: b.format,
           onProgress: (done, total) => progress(total > 0 ? done / total : 1, `${done} of ${total} bytes`),
         });
         return { result, resource: `/api/v1/points/${point.id}` };

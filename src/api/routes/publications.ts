@@ -26,9 +26,18 @@ import type { PublicationOwner } from '../../publish/contract.js';
 import { SessionStore } from '../../session/store.js';
 import { ACTIVE_STATES } from '../../session/session.js';
 
-interface CreateBody { point: string; fuse?: string; readOnly: boolean; resume: boolean; overlayLimitMiB?: number }
+interface CreateBody {
+  point: string;
+  fuse?: string;
+  readOnly: boolean;
+  resume: boolean;
+  overlayLimitMiB?: number;
+}
 
-interface Served { frontend: 'nfs' | 'fuse'; close(discard: boolean): Promise<void> }
+interface Served {
+  frontend: 'nfs' | 'fuse';
+  close(discard: boolean): Promise<void>;
+}
 
 export const publicationRoutes: RegisterRoutes = (t, ctx) => {
   const cfg = ctx.config;
@@ -36,7 +45,9 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
   const served = new Map<string, Served>();
   ctx.onClose(async () => {
     for (const [id, s] of served) {
-      await s.close(false).catch((err: Error) => ctx.log.warn({ publication: id, err: err.message }, 'closing a publication at shutdown failed'));
+      await s
+        .close(false)
+        .catch((err: Error) => ctx.log.warn({ publication: id, err: err.message }, 'closing a publication at shutdown failed'));
     }
     served.clear();
   });
@@ -48,17 +59,29 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
   };
 
   t.add({
-    method: 'get', path: '/publications', role: 'viewer', tag: 'publications', summary: 'every recorded publication, running or stopped (resumable)',
+    method: 'get',
+    path: '/publications',
+    role: 'viewer',
+    tag: 'publications',
+    summary: 'every recorded publication, running or stopped (resumable)',
     handler: () => ({ publications: listPublications(cfg.stateDir).map((p) => ({ ...p, frontend: served.get(p.id)?.frontend ?? null })) }),
   });
 
   t.add({
-    method: 'get', path: '/publications/:id', role: 'viewer', tag: 'publications', summary: 'one publication',
+    method: 'get',
+    path: '/publications/:id',
+    role: 'viewer',
+    tag: 'publications',
+    summary: 'one publication',
     handler: (req) => find(nameParam(req, 'id')),
   });
 
   t.add({
-    method: 'post', path: '/publications', role: 'operator', tag: 'publications', body: 'api-publication-create.schema.json',
+    method: 'post',
+    path: '/publications',
+    role: 'operator',
+    tag: 'publications',
+    body: 'api-publication-create.schema.json',
     summary: 'publishes a restore point in the server: over its NFS export, or over FUSE at `fuse`',
     success: { status: 202, description: 'the operation; its result is the publication' },
     handler: async (req, res) => {
@@ -68,26 +91,46 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
       const fuseDir = b.fuse !== undefined ? allowedMountDir(cfg.api, b.fuse, 'FUSE mount directory') : undefined;
       const nfs = ctx.datastore;
       if (!fuseDir && !nfs) {
-        throw badInput('PUBLISH_NO_FRONTEND', 'this server does not run NFS, so a publication needs a FUSE mount', 'pass "fuse": a directory below api.mountRoots (e.g. <stateDir>/mnt/<name>), or start the server with NFS');
+        throw badInput(
+          'PUBLISH_NO_FRONTEND',
+          'this server does not run NFS, so a publication needs a FUSE mount',
+          'pass "fuse": a directory below api.mountRoots (e.g. <stateDir>/mnt/<name>), or start the server with NFS',
+        );
       }
       // An unknown point is the client's 404 now, not a failed operation later.
       await (await openDefaultRepository(ctx)).getPoint(b.point);
       // One user publication of a point at a time, as startPublication has it;
       // asked here too so the client gets its 409 now. A session's or a
       // run's publication of the point does not count: this one gets its own.
-      const busy = listPublications(cfg.stateDir).find((p) => p.point === b.point && p.owner.kind === 'user'
-        && (p.running || served.has(p.id) || (nfs?.publications().some((d) => d.id === p.id) ?? false)));
-      if (busy) throw apiError('CONFLICT', `restore point ${b.point} is already published as ${busy.id}`, [{ path: 'body/point', message: `use it, or DELETE /api/v1/publications/${busy.id} first` }]);
+      const busy = listPublications(cfg.stateDir).find(
+        (p) =>
+          p.point === b.point &&
+          p.owner.kind === 'user' &&
+          (p.running || served.has(p.id) || (nfs?.publications().some((d) => d.id === p.id) ?? false)),
+      );
+      if (busy)
+        throw apiError('CONFLICT', `restore point ${b.point} is already published as ${busy.id}`, [
+          { path: 'body/point', message: `use it, or DELETE /api/v1/publications/${busy.id} first` },
+        ]);
       const by = principal(res).name;
       const owner: PublicationOwner = { kind: 'user', id: by };
       const op = ctx.operations.start('publish', by, async (o) => {
         o.progress(null, `publishing ${b.point}`);
-        const pub = await startPublication({
-          repo: cfg.repository, point: b.point, stateDir: cfg.stateDir, owner, ...(fuseDir ? { fuseDir } : {}),
-          ...(fuseDir && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
-          overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
-          resume: b.resume, readOnly: b.readOnly, cacheMiB: cfg.limits.chunkCacheMiB,
-        }, { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) });
+        const pub = await startPublication(
+          {
+            repo: cfg.repository,
+            point: b.point,
+            stateDir: cfg.stateDir,
+            owner,
+            ...(fuseDir ? { fuseDir } : {}),
+            ...(fuseDir && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+            overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
+            resume: b.resume,
+            readOnly: b.readOnly,
+            cacheMiB: cfg.limits.chunkCacheMiB,
+          },
+          { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) },
+        );
         let frontend: Served['frontend'] = 'fuse';
         if (!fuseDir && nfs) {
           // Moved from the publication's own datastore to the one the NFS export serves.
@@ -117,15 +160,24 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'delete', path: '/publications/:id', role: 'operator', tag: 'publications', query: 'api-publication-delete-query.schema.json',
+    method: 'delete',
+    path: '/publications/:id',
+    role: 'operator',
+    tag: 'publications',
+    query: 'api-publication-delete-query.schema.json',
     summary: 'stops serving a publication; ?discard=true also deletes its overlay',
     handler: async (req, res) => {
       const p = find(nameParam(req, 'id'));
       const { discard } = queryOf<{ discard: boolean }>(res);
       // A recovery session's disks are this publication: removing it would
       // pull them from under the running VM (and signal its supervisor).
-      const owner = new SessionStore(cfg.stateDir).list().find((s) => ACTIVE_STATES.includes(s.state) && s.resources.publication?.id === p.id);
-      if (owner) throw apiError('CONFLICT', `publication ${p.id} holds the disks of recovery session ${owner.id}`, [{ path: 'params/id', message: `stop the session instead: POST /api/v1/sessions/${owner.id}/stop` }]);
+      const owner = new SessionStore(cfg.stateDir)
+        .list()
+        .find((s) => ACTIVE_STATES.includes(s.state) && s.resources.publication?.id === p.id);
+      if (owner)
+        throw apiError('CONFLICT', `publication ${p.id} holds the disks of recovery session ${owner.id}`, [
+          { path: 'params/id', message: `stop the session instead: POST /api/v1/sessions/${owner.id}/stop` },
+        ]);
       // Before anything is detached: a run's or a file-level restore's publication is not a user's to stop.
       const as: PublicationOwner = { kind: 'user', id: principal(res).name };
       checkPublicationOwner(cfg.stateDir, p.id, as);

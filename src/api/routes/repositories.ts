@@ -24,7 +24,10 @@ import { describeRepository, openNamedRepository, openOptions, unopenable } from
 
 export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
-    method: 'get', path: '/repositories', role: 'viewer', tag: 'repositories',
+    method: 'get',
+    path: '/repositories',
+    role: 'viewer',
+    tag: 'repositories',
     summary: 'the configured repository (`default`) and every other one the catalog has indexed, with format and counts',
     handler: async () => {
       const out: unknown[] = [];
@@ -41,9 +44,13 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'post', path: '/repositories', role: 'admin', tag: 'repositories',
+    method: 'post',
+    path: '/repositories',
+    role: 'admin',
+    tag: 'repositories',
     summary: 'creates an empty repository at a server path (as `restorelab repo init`) and indexes it in the catalog',
-    body: 'api-repo-create.schema.json', success: { status: 201, description: 'the new repository' },
+    body: 'api-repo-create.schema.json',
+    success: { status: 201, description: 'the new repository' },
     handler: async (req, res) => {
       const b = req.body as { path: string; chunkSize?: number };
       // Only where the host admin allows repositories (api.repositoryRoots) or at the configured one.
@@ -57,14 +64,22 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'get', path: '/repositories/:name', role: 'viewer', tag: 'repositories',
+    method: 'get',
+    path: '/repositories/:name',
+    role: 'viewer',
+    tag: 'repositories',
     summary: 'one repository: `default` or a repository id',
     handler: async (req) => describeRepository(ctx, await openNamedRepository(ctx, String(req.params.name))),
   });
   t.add({
-    method: 'post', path: '/repositories/:name/verify', role: 'operator', tag: 'repositories',
-    summary: 're-reads and re-hashes every chunk the points (or one point) reference; corrupt chunks are quarantined and their points marked damaged',
-    body: 'api-repo-verify.schema.json', success: { status: 202, description: 'the verify operation; it fails with REPOSITORY_CORRUPT when corruption is found' },
+    method: 'post',
+    path: '/repositories/:name/verify',
+    role: 'operator',
+    tag: 'repositories',
+    summary:
+      're-reads and re-hashes every chunk the points (or one point) reference; corrupt chunks are quarantined and their points marked damaged',
+    body: 'api-repo-verify.schema.json',
+    success: { status: 202, description: 'the verify operation; it fails with REPOSITORY_CORRUPT when corruption is found' },
     handler: async (req, res) => {
       const b = req.body as { point?: string };
       const repo = await openNamedRepository(ctx, String(req.params.name));
@@ -80,9 +95,13 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
         if (!report.ok) {
           // The full report goes out as the last progress event; the operation's error says what broke.
           o.progress(1, 'corruption found', report);
-          throw new RestorelabError('REPOSITORY_CORRUPT',
+          throw new RestorelabError(
+            'REPOSITORY_CORRUPT',
             `${report.corrupt.length} corrupt item(s) in ${repo.path}; damaged restore points: ${report.affectedPoints.join(', ') || 'none'}`,
-            { hint: 'restore from an undamaged point; the bad chunks are quarantined as .bad files (a new backup of the same data heals them)' });
+            {
+              hint: 'restore from an undamaged point; the bad chunks are quarantined as .bad files (a new backup of the same data heals them)',
+            },
+          );
         }
         return { result: report, resource: `/api/v1/repositories/${req.params.name}` };
       });
@@ -90,9 +109,13 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'post', path: '/repositories/:name/prune', role: 'admin', tag: 'repositories',
+    method: 'post',
+    path: '/repositories/:name/prune',
+    role: 'admin',
+    tag: 'repositories',
     summary: 'removes the restore points no retention rule keeps (per VM); run gc afterwards to free their data',
-    body: 'api-repo-prune.schema.json', success: { status: 202, description: 'the prune operation; its result is the prune report' },
+    body: 'api-repo-prune.schema.json',
+    success: { status: 202, description: 'the prune operation; its result is the prune report' },
     handler: async (req, res) => {
       const b = req.body as PrunePolicy & { vm?: string; dryRun?: boolean };
       planPrune([], b); // a policy without any keep rule is a 400 now, not a failed operation later
@@ -100,16 +123,25 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
       const op = ctx.operations.start('prune', principal(res).name, async (o) => {
         o.progress(null, b.dryRun ? 'planning (dry run)' : 'pruning');
         const report = await pruneRepository(repo, { ...b, dryRun: b.dryRun === true });
-        if (!report.dryRun) forgetPoints(ctx.catalog, repo.path, report.removed.map((p) => p.id));
+        if (!report.dryRun)
+          forgetPoints(
+            ctx.catalog,
+            repo.path,
+            report.removed.map((p) => p.id),
+          );
         return { result: report, resource: `/api/v1/repositories/${req.params.name}` };
       });
       accepted(res, op);
     },
   });
   t.add({
-    method: 'post', path: '/repositories/:name/gc', role: 'admin', tag: 'repositories',
+    method: 'post',
+    path: '/repositories/:name/gc',
+    role: 'admin',
+    tag: 'repositories',
     summary: 'frees chunks and indexes no restore point references (safe beside running backups)',
-    body: 'api-repo-gc.schema.json', success: { status: 202, description: 'the gc operation; its result is the gc report' },
+    body: 'api-repo-gc.schema.json',
+    success: { status: 202, description: 'the gc operation; its result is the gc report' },
     handler: async (req, res) => {
       const b = req.body as { dryRun?: boolean };
       const repo = await openNamedRepository(ctx, String(req.params.name));

@@ -12,9 +12,28 @@ import { queryOf } from '../route-table.js';
 import { nameParam } from './params.js';
 import { History, type RunRow } from '../../surebackup/history.js';
 
-function summary(r: RunRow): { id: string; job: string; trigger: string; status: string; startedAt: string; endedAt: string | null; dueAt: string | null; detail: string | null; report: string | null } {
-  return { id: r.id, job: r.job, trigger: r.trigger, status: r.status, startedAt: r.startedAt, endedAt: r.endedAt, dueAt: r.dueAt, detail: r.detail,
-    report: r.reportHtml ? `/api/v1/runs/${r.id}/report` : null };
+function summary(r: RunRow): {
+  id: string;
+  job: string;
+  trigger: string;
+  status: string;
+  startedAt: string;
+  endedAt: string | null;
+  dueAt: string | null;
+  detail: string | null;
+  report: string | null;
+} {
+  return {
+    id: r.id,
+    job: r.job,
+    trigger: r.trigger,
+    status: r.status,
+    startedAt: r.startedAt,
+    endedAt: r.endedAt,
+    dueAt: r.dueAt,
+    detail: r.detail,
+    report: r.reportHtml ? `/api/v1/runs/${r.id}/report` : null,
+  };
 }
 
 function sendStored(res: Response, file: string | null, type: string, what: string): void {
@@ -31,7 +50,11 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
   };
 
   t.add({
-    method: 'get', path: '/runs', role: 'viewer', tag: 'runs', query: 'api-run-list-query.schema.json',
+    method: 'get',
+    path: '/runs',
+    role: 'viewer',
+    tag: 'runs',
+    query: 'api-run-list-query.schema.json',
     summary: 'SureBackup job runs, newest first (skipped and missed triggers included)',
     handler: (_req, res) => {
       const q = queryOf<{ job?: string; limit: number }>(res);
@@ -40,15 +63,24 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/runs/:id', role: 'viewer', tag: 'runs', summary: 'one run with its per-VM results and tests',
+    method: 'get',
+    path: '/runs/:id',
+    role: 'viewer',
+    tag: 'runs',
+    summary: 'one run with its per-VM results and tests',
     handler: (req) => {
       const run = get(nameParam(req, 'id'));
       const { vms, ...row } = run;
       return {
         run: summary(row),
         vms: vms.map((v) => ({
-          name: v.name, point: v.point, group: v.group, result: v.result, recoverySeconds: v.recoverySeconds,
-          bootToHeartbeatSeconds: v.bootToHeartbeatSeconds, toFirstAnswerSeconds: v.toFirstAnswerSeconds,
+          name: v.name,
+          point: v.point,
+          group: v.group,
+          result: v.result,
+          recoverySeconds: v.recoverySeconds,
+          bootToHeartbeatSeconds: v.bootToHeartbeatSeconds,
+          toFirstAnswerSeconds: v.toFirstAnswerSeconds,
           tests: v.tests.map((x) => ({ name: x.name, kind: x.kind, result: x.result, seconds: x.seconds, detail: x.detail })),
           screenshot: v.screenshot ? `/api/v1/runs/${run.id}/vms/${encodeURIComponent(v.name)}/screenshot` : null,
         })),
@@ -57,7 +89,11 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/runs/:id/report', role: 'viewer', tag: 'runs', summary: 'the run\'s self-contained HTML report',
+    method: 'get',
+    path: '/runs/:id/report',
+    role: 'viewer',
+    tag: 'runs',
+    summary: "the run's self-contained HTML report",
     success: { status: 200, description: 'an HTML page', contentType: 'text/html' },
     handler: (req, res) => {
       const run = get(nameParam(req, 'id'));
@@ -66,7 +102,11 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/runs/:id/vms/:vm/screenshot', role: 'viewer', tag: 'runs', summary: 'the console screenshot a run took of one VM',
+    method: 'get',
+    path: '/runs/:id/vms/:vm/screenshot',
+    role: 'viewer',
+    tag: 'runs',
+    summary: 'the console screenshot a run took of one VM',
     success: { status: 200, description: 'a PNG image', contentType: 'image/png' },
     handler: (req, res) => {
       const run = get(nameParam(req, 'id'));

@@ -26,7 +26,14 @@ import { SessionStore } from '../../session/store.js';
 import type { RecoverySession } from '../../session/session.js';
 import { parsePpm } from '../../hypervisor/screen.js';
 
-interface CreateBody { vm: string; point?: string; lab?: string; network?: string; driver?: 'qemu' | 'libvirt'; accel?: 'auto' | 'kvm' | 'tcg' }
+interface CreateBody {
+  vm: string;
+  point?: string;
+  lab?: string;
+  network?: string;
+  driver?: 'qemu' | 'libvirt';
+  accel?: 'auto' | 'kvm' | 'tcg';
+}
 
 /** States in which the session's VM exists and has a screen. */
 const LIVE = new Set(['running', 'migrating', 'migrated']);
@@ -72,24 +79,43 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
   const stateDir = ctx.config.stateDir;
 
   t.add({
-    method: 'get', path: '/sessions', role: 'viewer', tag: 'sessions', summary: 'recovery sessions, every state (a session whose supervisor died is reported failed)',
+    method: 'get',
+    path: '/sessions',
+    role: 'viewer',
+    tag: 'sessions',
+    summary: 'recovery sessions, every state (a session whose supervisor died is reported failed)',
     handler: async () => ({ sessions: (await listSessions(stateDir)).map(shown) }),
   });
 
   t.add({
-    method: 'get', path: '/sessions/:id', role: 'viewer', tag: 'sessions', summary: 'one recovery session',
+    method: 'get',
+    path: '/sessions/:id',
+    role: 'viewer',
+    tag: 'sessions',
+    summary: 'one recovery session',
     handler: async (req) => shown(await findSession(stateDir, nameParam(req, 'id'))),
   });
 
   t.add({
-    method: 'post', path: '/sessions', role: 'operator', tag: 'sessions', body: 'api-session-create.schema.json',
-    summary: 'instant recovery of a VM (latest point by default), in a lab or on a bridge; the operation ends when the guest\'s heartbeat is seen',
+    method: 'post',
+    path: '/sessions',
+    role: 'operator',
+    tag: 'sessions',
+    body: 'api-session-create.schema.json',
+    summary:
+      "instant recovery of a VM (latest point by default), in a lab or on a bridge; the operation ends when the guest's heartbeat is seen",
     success: { status: 202, description: 'the operation; its result is the RecoverySession and its resource /api/v1/sessions/<id>' },
     handler: async (req, res) => {
       const b = req.body as CreateBody;
       const request: RecoverRequest = {
-        repo: ctx.config.repository, vm: b.vm, stateDir, driver: b.driver ?? ctx.config.driver, accel: b.accel ?? ctx.config.accel,
-        ...(b.point ? { point: b.point } : {}), ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}), ...(b.network ? { network: b.network } : {}),
+        repo: ctx.config.repository,
+        vm: b.vm,
+        stateDir,
+        driver: b.driver ?? ctx.config.driver,
+        accel: b.accel ?? ctx.config.accel,
+        ...(b.point ? { point: b.point } : {}),
+        ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}),
+        ...(b.network ? { network: b.network } : {}),
         ...keyFileOption(undefined, ctx.config),
       };
       // The same checks recover makes first, made before the 202: an unknown
@@ -116,7 +142,10 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'post', path: '/sessions/:id/stop', role: 'operator', tag: 'sessions',
+    method: 'post',
+    path: '/sessions/:id/stop',
+    role: 'operator',
+    tag: 'sessions',
     summary: 'stops a session: the VM, its taps and its publication go, the backup is untouched; idempotent',
     handler: async (req, res) => {
       const id = nameParam(req, 'id');
@@ -128,8 +157,12 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'post', path: '/sessions/:id/migrate', role: 'operator', tag: 'sessions', body: 'api-session-migrate.schema.json',
-    summary: 'copies a running session\'s disks to production storage while it runs, then stops depending on the backup',
+    method: 'post',
+    path: '/sessions/:id/migrate',
+    role: 'operator',
+    tag: 'sessions',
+    body: 'api-session-migrate.schema.json',
+    summary: "copies a running session's disks to production storage while it runs, then stops depending on the backup",
     success: { status: 202, description: 'the operation; its result is the migrated RecoverySession' },
     handler: async (req, res) => {
       const id = nameParam(req, 'id');
@@ -149,7 +182,11 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
   });
 
   t.add({
-    method: 'get', path: '/sessions/:id/screenshot', role: 'viewer', tag: 'sessions', summary: 'the live console of the session\'s VM (404 unless it runs)',
+    method: 'get',
+    path: '/sessions/:id/screenshot',
+    role: 'viewer',
+    tag: 'sessions',
+    summary: "the live console of the session's VM (404 unless it runs)",
     success: { status: 200, description: 'a PNG image', contentType: 'image/png' },
     handler: async (req, res) => {
       const s = await findSession(stateDir, nameParam(req, 'id'));

@@ -7,19 +7,35 @@ import type { Role } from '../tokens.js';
 
 export const systemRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
-    method: 'get', path: '/whoami', role: 'viewer', tag: 'system', summary: 'the token in use: its name and role',
+    method: 'get',
+    path: '/whoami',
+    role: 'viewer',
+    tag: 'system',
+    summary: 'the token in use: its name and role',
     handler: (_req, res) => principal(res),
   });
   t.add({
-    method: 'get', path: '/operations', role: 'viewer', tag: 'operations', summary: 'recent long operations, newest first',
+    method: 'get',
+    path: '/operations',
+    role: 'viewer',
+    tag: 'operations',
+    summary: 'recent long operations, newest first',
     handler: () => ({ operations: ctx.operations.list() }),
   });
   t.add({
-    method: 'get', path: '/operations/:id', role: 'viewer', tag: 'operations', summary: 'one long operation: state, progress, result',
+    method: 'get',
+    path: '/operations/:id',
+    role: 'viewer',
+    tag: 'operations',
+    summary: 'one long operation: state, progress, result',
     handler: (req) => ctx.operations.get(String(req.params.id)) ?? notFoundOp(String(req.params.id)),
   });
   t.add({
-    method: 'get', path: '/operations/:id/events', role: 'viewer', tag: 'operations', summary: 'the operation\'s progress as Server-Sent Events, ending with a `done` event',
+    method: 'get',
+    path: '/operations/:id/events',
+    role: 'viewer',
+    tag: 'operations',
+    summary: "the operation's progress as Server-Sent Events, ending with a `done` event",
     success: { status: 200, description: 'an event stream', contentType: 'text/event-stream' },
     handler: (req, res) => {
       const id = String(req.params.id);
@@ -28,7 +44,11 @@ export const systemRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'post', path: '/operations/:id/cancel', role: 'operator', tag: 'operations', summary: 'asks a running operation to stop',
+    method: 'post',
+    path: '/operations/:id/cancel',
+    role: 'operator',
+    tag: 'operations',
+    summary: 'asks a running operation to stop',
     success: { status: 202, description: 'cancellation requested' },
     handler: (req) => {
       const id = String(req.params.id);
@@ -38,12 +58,21 @@ export const systemRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'get', path: '/tokens', role: 'admin', tag: 'tokens', summary: 'API tokens (never their secrets)',
+    method: 'get',
+    path: '/tokens',
+    role: 'admin',
+    tag: 'tokens',
+    summary: 'API tokens (never their secrets)',
     handler: () => ({ tokens: ctx.tokens.list() }),
   });
   t.add({
-    method: 'post', path: '/tokens', role: 'admin', tag: 'tokens', summary: 'creates a token; its secret is in this response only',
-    body: 'api-token-create.schema.json', success: { status: 201, description: 'the token, with its secret' },
+    method: 'post',
+    path: '/tokens',
+    role: 'admin',
+    tag: 'tokens',
+    summary: 'creates a token; its secret is in this response only',
+    body: 'api-token-create.schema.json',
+    success: { status: 201, description: 'the token, with its secret' },
     handler: (req, res) => {
       const b = req.body as { name: string; role: Role };
       const out = ctx.tokens.create(b.name, b.role);
@@ -52,7 +81,11 @@ export const systemRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
   t.add({
-    method: 'delete', path: '/tokens/:id', role: 'admin', tag: 'tokens', summary: 'revokes a token by id or name',
+    method: 'delete',
+    path: '/tokens/:id',
+    role: 'admin',
+    tag: 'tokens',
+    summary: 'revokes a token by id or name',
     handler: (req, res) => {
       const info = ctx.tokens.revoke(String(req.params.id));
       ctx.log.info({ by: principal(res).name, token: info.name }, 'API token revoked');

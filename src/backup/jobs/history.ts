@@ -15,10 +15,16 @@ export type BackupJobTrigger = 'manual' | 'schedule';
  * a prune, gc or the firing of a SureBackup job failed; partial: some VMs
  * failed; failed: every VM failed.
  */
-export type BackupRunStatus = 'running' | 'success' | 'warning' | 'partial' | 'failed' | 'cancelled' | 'error' | 'skipped-overlap' | 'missed';
+export type BackupRunStatus =
+  'running' | 'success' | 'warning' | 'partial' | 'failed' | 'cancelled' | 'error' | 'skipped-overlap' | 'missed';
 
 /** A SureBackup job fired after a run: its run id, or why it did not start. */
-export interface FiredSureBackup { job: string; run: string | null; status: string; detail?: string | null }
+export interface FiredSureBackup {
+  job: string;
+  run: string | null;
+  status: string;
+  detail?: string | null;
+}
 
 export interface BackupVmResult {
   vm: string;
@@ -38,8 +44,15 @@ export interface BackupVmResult {
 }
 
 export interface BackupRunRow {
-  id: string; job: string; trigger: BackupJobTrigger; status: BackupRunStatus; startedAt: string; endedAt: string | null;
-  dueAt: string | null; detail: string | null; surebackup: FiredSureBackup[];
+  id: string;
+  job: string;
+  trigger: BackupJobTrigger;
+  status: BackupRunStatus;
+  startedAt: string;
+  endedAt: string | null;
+  dueAt: string | null;
+  detail: string | null;
+  surebackup: FiredSureBackup[];
 }
 
 const MIGRATIONS = [
@@ -73,22 +86,71 @@ const MIGRATIONS = [
    )`,
 ];
 
-interface RunDbRow { id: string; job: string; trigger: string; status: string; started_at: string; ended_at: string | null; due_at: string | null; detail: string | null; surebackup: string }
-interface VmDbRow { vm: string; status: string; point: string | null; consistency: string | null; cbt: string | null; bytes_read: number; bytes_new: number; seconds: number; pruned: string; error: string | null; prune_error: string | null }
+interface RunDbRow {
+  id: string;
+  job: string;
+  trigger: string;
+  status: string;
+  started_at: string;
+  ended_at: string | null;
+  due_at: string | null;
+  detail: string | null;
+  surebackup: string;
+}
+interface VmDbRow {
+  vm: string;
+  status: string;
+  point: string | null;
+  consistency: string | null;
+  cbt: string | null;
+  bytes_read: number;
+  bytes_new: number;
+  seconds: number;
+  pruned: string;
+  error: string | null;
+  prune_error: string | null;
+}
 
-const toRun = (r: RunDbRow): BackupRunRow => ({ id: r.id, job: r.job, trigger: r.trigger as BackupJobTrigger, status: r.status as BackupRunStatus,
-  startedAt: r.started_at, endedAt: r.ended_at, dueAt: r.due_at, detail: r.detail, surebackup: JSON.parse(r.surebackup) as FiredSureBackup[] });
-const toVm = (r: VmDbRow): BackupVmResult => ({ vm: r.vm, status: r.status as BackupVmResult['status'], point: r.point, consistency: r.consistency as Consistency | null,
-  changedBlockTracking: r.cbt === null ? null : JSON.parse(r.cbt) as { used: boolean; reason: string }, bytesRead: r.bytes_read, bytesNew: r.bytes_new,
-  seconds: r.seconds, pruned: JSON.parse(r.pruned) as string[], error: r.error, pruneError: r.prune_error });
+const toRun = (r: RunDbRow): BackupRunRow => ({
+  id: r.id,
+  job: r.job,
+  trigger: r.trigger as BackupJobTrigger,
+  status: r.status as BackupRunStatus,
+  startedAt: r.started_at,
+  endedAt: r.ended_at,
+  dueAt: r.due_at,
+  detail: r.detail,
+  surebackup: JSON.parse(r.surebackup) as FiredSureBackup[],
+});
+const toVm = (r: VmDbRow): BackupVmResult => ({
+  vm: r.vm,
+  status: r.status as BackupVmResult['status'],
+  point: r.point,
+  consistency: r.consistency as Consistency | null,
+  changedBlockTracking: r.cbt === null ? null : (JSON.parse(r.cbt) as { used: boolean; reason: string }),
+  bytesRead: r.bytes_read,
+  bytesNew: r.bytes_new,
+  seconds: r.seconds,
+  pruned: JSON.parse(r.pruned) as string[],
+  error: r.error,
+  pruneError: r.prune_error,
+});
 
 export class BackupJobHistory {
-  constructor(readonly db: CatalogDb) { migrate(db, 'backup-jobs', MIGRATIONS); }
+  constructor(readonly db: CatalogDb) {
+    migrate(db, 'backup-jobs', MIGRATIONS);
+  }
 
-  static open(catalogPath: string): BackupJobHistory { return new BackupJobHistory(openCatalog(catalogPath)); }
-  close(): void { this.db.close(); }
+  static open(catalogPath: string): BackupJobHistory {
+    return new BackupJobHistory(openCatalog(catalogPath));
+  }
+  close(): void {
+    this.db.close();
+  }
 
-  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string { return insertRun(this.db, 'backup_job_runs', job, trigger, at); }
+  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string {
+    return insertRun(this.db, 'backup_job_runs', job, trigger, at);
+  }
 
   /** A trigger that backed up nothing: the job was still running, or the server was down when it was due. */
   recordNonRun(job: string, trigger: BackupJobTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
@@ -96,10 +158,26 @@ export class BackupJobHistory {
   }
 
   recordVm(runId: string, seq: number, r: BackupVmResult): void {
-    this.db.prepare(`INSERT OR REPLACE INTO backup_job_vm_results
-      (run_id, seq, vm, status, point, consistency, cbt, bytes_read, bytes_new, seconds, pruned, error, prune_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-      .run(runId, seq, r.vm, r.status, r.point, r.consistency, r.changedBlockTracking === null ? null : JSON.stringify(r.changedBlockTracking),
-        r.bytesRead, r.bytesNew, r.seconds, JSON.stringify(r.pruned), r.error, r.pruneError);
+    this.db
+      .prepare(
+        `INSERT OR REPLACE INTO backup_job_vm_results
+      (run_id, seq, vm, status, point, consistency, cbt, bytes_read, bytes_new, seconds, pruned, error, prune_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        runId,
+        seq,
+        r.vm,
+        r.status,
+        r.point,
+        r.consistency,
+        r.changedBlockTracking === null ? null : JSON.stringify(r.changedBlockTracking),
+        r.bytesRead,
+        r.bytesNew,
+        r.seconds,
+        JSON.stringify(r.pruned),
+        r.error,
+        r.pruneError,
+      );
   }
 
   finishRun(id: string, status: Exclude<BackupRunStatus, 'running'>, detail: string | null, surebackup: FiredSureBackup[] = []): void {

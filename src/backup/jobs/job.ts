@@ -92,8 +92,11 @@ function checkSources(value: unknown, what: string): void {
     if (typeof src !== 'object' || src === null || Array.isArray(src)) return;
     const given = SOURCE_KINDS.filter((k) => k in src);
     if (given.length !== 1) {
-      throw badInput('BACKUP_JOB_SOURCE', `${what}: /vms/${i}/source names ${given.length === 0 ? 'no source' : `${given.length} sources (${given.join(', ')})`}`,
-        'give exactly one of "disks" (image files), "qmp" (a running QEMU\'s QMP socket) or "domain" (a libvirt domain)');
+      throw badInput(
+        'BACKUP_JOB_SOURCE',
+        `${what}: /vms/${i}/source names ${given.length === 0 ? 'no source' : `${given.length} sources (${given.join(', ')})`}`,
+        'give exactly one of "disks" (image files), "qmp" (a running QEMU\'s QMP socket) or "domain" (a libvirt domain)',
+      );
     }
   });
 }
@@ -113,14 +116,22 @@ export function parseBackupJob(value: unknown, file: string): BackupJob {
   const base = dirname(path);
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   if (j.schedule !== undefined) {
-    try { new Cron(j.schedule, { paused: true }).stop(); } catch (err) {
-      throw badInput('BAD_SCHEDULE', `backup job ${j.name}: schedule "${j.schedule}" is not a valid cron expression (${(err as Error).message})`,
-        'use five or six cron fields, e.g. "0 1 * * *" for 01:00 every day');
+    try {
+      new Cron(j.schedule, { paused: true }).stop();
+    } catch (err) {
+      throw badInput(
+        'BAD_SCHEDULE',
+        `backup job ${j.name}: schedule "${j.schedule}" is not a valid cron expression (${(err as Error).message})`,
+        'use five or six cron fields, e.g. "0 1 * * *" for 01:00 every day',
+      );
     }
   }
   if (j.retention !== undefined && !KEEP_RULES.some((k) => (j.retention?.[k] ?? 0) > 0)) {
-    throw badInput('BACKUP_JOB_RETENTION', `backup job ${j.name}: retention keeps no point: every backup would be pruned away`,
-      `set at least one of ${KEEP_RULES.join(', ')} above 0, or leave "retention" out to keep every point`);
+    throw badInput(
+      'BACKUP_JOB_RETENTION',
+      `backup job ${j.name}: retention keeps no point: every backup would be pruned away`,
+      `set at least one of ${KEEP_RULES.join(', ')} above 0, or leave "retention" out to keep every point`,
+    );
   }
   const seen = new Map<string, string>();
   const vms = j.vms.map((entry, i): BackupJobVm => {
@@ -128,8 +139,11 @@ export function parseBackupJob(value: unknown, file: string): BackupJob {
     const vm = loadVmDefinition(vmFile);
     const other = seen.get(vm.name);
     if (other !== undefined) {
-      throw badInput('BACKUP_JOB_VM_TWICE', `backup job ${j.name}: /vms/${i} (${vmFile}) is VM ${vm.name} again (also ${other})`,
-        'list each VM once: two backups of one VM in one run would prune each other\'s points');
+      throw badInput(
+        'BACKUP_JOB_VM_TWICE',
+        `backup job ${j.name}: /vms/${i} (${vmFile}) is VM ${vm.name} again (also ${other})`,
+        "list each VM once: two backups of one VM in one run would prune each other's points",
+      );
     }
     seen.set(vm.name, vmFile);
     const source = sourceOf(entry.source, abs);
@@ -137,10 +151,18 @@ export function parseBackupJob(value: unknown, file: string): BackupJob {
     if (source.kind === 'disks') planDisks(vm, source.disks);
     return { file: vmFile, vm, source };
   });
-  const hostScripts = j.hostScripts === undefined ? undefined : Object.fromEntries(Object.entries(j.hostScripts)
-    .map(([k, p]) => [k, resolveScript(p, base, `backup job ${j.name}, hostScripts.${k}`)])) as HostScripts;
+  const hostScripts =
+    j.hostScripts === undefined
+      ? undefined
+      : (Object.fromEntries(
+          Object.entries(j.hostScripts).map(([k, p]) => [k, resolveScript(p, base, `backup job ${j.name}, hostScripts.${k}`)]),
+        ) as HostScripts);
   return {
-    name: j.name, file: path, vms, consistency: j.consistency ?? 'crash', requireConsistency: j.requireConsistency ?? false,
+    name: j.name,
+    file: path,
+    vms,
+    consistency: j.consistency ?? 'crash',
+    requireConsistency: j.requireConsistency ?? false,
     surebackup: j.surebackup ?? [],
     ...(j.description !== undefined ? { description: j.description } : {}),
     ...(j.repository !== undefined ? { repository: abs(j.repository) } : {}),
@@ -157,15 +179,27 @@ export function loadBackupJob(file: string): BackupJob {
 /** Every *.json job in `dir`, checked (a bad file is an error naming it); two files with one job name are refused. */
 export function loadBackupJobsDir(dir: string): BackupJob[] {
   let names: string[];
-  try { names = readdirSync(dir).filter((n) => n.endsWith('.json')).sort(); } catch {
-    throw notFound('BACKUP_JOBS_DIR_NOT_FOUND', `backup jobs directory ${dir} does not exist`,
-      'create it, or point --backup-jobs (or RESTORELAB_BACKUP_JOBS_DIR, or backupJobsDir in the config) at the directory holding your backup job files');
+  try {
+    names = readdirSync(dir)
+      .filter((n) => n.endsWith('.json'))
+      .sort();
+  } catch {
+    throw notFound(
+      'BACKUP_JOBS_DIR_NOT_FOUND',
+      `backup jobs directory ${dir} does not exist`,
+      'create it, or point --backup-jobs (or RESTORELAB_BACKUP_JOBS_DIR, or backupJobsDir in the config) at the directory holding your backup job files',
+    );
   }
   const jobs = names.map((n) => loadBackupJob(join(dir, n)));
   const byName = new Map<string, string>();
   for (const job of jobs) {
     const other = byName.get(job.name);
-    if (other !== undefined) throw badInput('BACKUP_JOB_NAME_TWICE', `backup jobs ${other} and ${job.file} are both named ${job.name}`, 'give each job its own name');
+    if (other !== undefined)
+      throw badInput(
+        'BACKUP_JOB_NAME_TWICE',
+        `backup jobs ${other} and ${job.file} are both named ${job.name}`,
+        'give each job its own name',
+      );
     byName.set(job.name, job.file);
   }
   return jobs;
@@ -181,8 +215,11 @@ export function findBackupJob(nameOrFile: string, dir: string): BackupJob {
   const { jobs, invalid } = scanBackupJobsDir(dir);
   const job = jobs.find((x) => x.name === nameOrFile);
   if (!job) {
-    throw notFound('BACKUP_JOB_NOT_FOUND', `no backup job named ${nameOrFile} in ${dir}`,
-      `known jobs: ${jobs.map((x) => x.name).join(', ') || 'none'}${invalid.length ? `; files that do not load: ${invalid.map((x) => x.file).join(', ')}` : ''}; or give the job file's path`);
+    throw notFound(
+      'BACKUP_JOB_NOT_FOUND',
+      `no backup job named ${nameOrFile} in ${dir}`,
+      `known jobs: ${jobs.map((x) => x.name).join(', ') || 'none'}${invalid.length ? `; files that do not load: ${invalid.map((x) => x.file).join(', ')}` : ''}; or give the job file's path`,
+    );
   }
   return job;
 }
@@ -196,10 +233,18 @@ export function backupJobsDir(flag: string | undefined, cfg: Pick<Config, 'backu
 export function scanBackupJobsDir(dir: string): { jobs: BackupJob[]; invalid: { file: string; error: string }[] } {
   const jobs: BackupJob[] = [];
   const invalid: { file: string; error: string }[] = [];
-  const names = existsSync(dir) ? readdirSync(dir).filter((n) => n.endsWith('.json')).sort() : [];
+  const names = existsSync(dir)
+    ? readdirSync(dir)
+        .filter((n) => n.endsWith('.json'))
+        .sort()
+    : [];
   for (const n of names) {
     const file = join(dir, n);
-    try { jobs.push(loadBackupJob(file)); } catch (err) { invalid.push({ file, error: (err as Error).message }); }
+    try {
+      jobs.push(loadBackupJob(file));
+    } catch (err) {
+      invalid.push({ file, error: (err as Error).message });
+    }
   }
   return { jobs, invalid };
 }

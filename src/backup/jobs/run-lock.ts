@@ -19,7 +19,11 @@ export function runLockFile(stateDir: string, job: string): string {
 }
 
 function holder(path: string): number | undefined {
-  try { return Number.parseInt(readFileSync(path, 'utf8'), 10) || undefined; } catch { return undefined; }
+  try {
+    return Number.parseInt(readFileSync(path, 'utf8'), 10) || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Takes the job's run lock, or says which live process holds it. */
@@ -38,8 +42,16 @@ export function claimRunLock(stateDir: string, job: string): RunLock {
       rmSync(path, { force: true });
       continue;
     }
-    try { writeSync(fd, `${process.pid}\n`); } finally { closeSync(fd); }
-    return { release: () => { if (holder(path) === process.pid) rmSync(path, { force: true }); } };
+    try {
+      writeSync(fd, `${process.pid}\n`);
+    } finally {
+      closeSync(fd);
+    }
+    return {
+      release: () => {
+        if (holder(path) === process.pid) rmSync(path, { force: true });
+      },
+    };
   }
   return { heldBy: holder(path) ?? 0 };
 }

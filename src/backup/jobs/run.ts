@@ -25,7 +25,12 @@ export function configuredBackupRun(cfg: Config, o: ConfiguredBackupRun): RunBac
   return async (job, ctx) => {
     const repo = await openRepository(job.repository ?? cfg.repository, keyFileOption(undefined, cfg));
     return runBackupJob({
-      job, repo, history: o.history, runId: ctx.runId, signal: ctx.signal, log: o.log,
+      job,
+      repo,
+      history: o.history,
+      runId: ctx.runId,
+      signal: ctx.signal,
+      log: o.log,
       ...(o.fireSureBackup ? { fireSureBackup: o.fireSureBackup } : {}),
       ...(o.confineScripts ? { scriptsDir: cfg.api.scriptsDir } : {}),
       ...(ctx.onProgress ? { onProgress: ctx.onProgress } : {}),

@@ -80,23 +80,52 @@ function confinedScripts(job: BackupJob, scriptsDir: string | undefined): HostSc
   return out;
 }
 
-interface Taken { point: RestorePoint; cbt: BackupVmResult['changedBlockTracking'] }
+interface Taken {
+  point: RestorePoint;
+  cbt: BackupVmResult['changedBlockTracking'];
+}
 
 async function takeBackup(o: BackupJobRunOptions, entry: BackupJobVm, index: number): Promise<Taken> {
   const { job, repo } = o;
   const onProgress = (p: { disk: string; done: number; total: number; stats: { bytesNew: number } }): void =>
-    o.onProgress?.({ vm: entry.vm.name, index, of: job.vms.length, disk: p.disk, done: p.done, total: p.total, bytesNew: p.stats.bytesNew });
+    o.onProgress?.({
+      vm: entry.vm.name,
+      index,
+      of: job.vms.length,
+      disk: p.disk,
+      done: p.done,
+      total: p.total,
+      bytesNew: p.stats.bytesNew,
+    });
   const onWarning = (m: string): void => o.log?.warn(`backup job ${job.name}, VM ${entry.vm.name}: ${m}`);
   const codec = o.codecInit ? { codecInit: o.codecInit } : {};
   if (entry.source.kind === 'disks') {
-    const point = await backupVm({ repo, vm: entry.vm, disks: entry.source.disks, consistency: job.consistency, time: (o.now ?? (() => new Date()))(),
-      ...codec, onProgress, onWarning });
+    const point = await backupVm({
+      repo,
+      vm: entry.vm,
+      disks: entry.source.disks,
+      consistency: job.consistency,
+      time: (o.now ?? (() => new Date()))(),
+      ...codec,
+      onProgress,
+      onWarning,
+    });
     // An image file is read whole: there is no bitmap to speak of.
     return { point, cbt: null };
   }
   const hostScripts = confinedScripts(job, o.scriptsDir);
-  const r = await backupLiveVm({ repo, vm: entry.vm, source: entry.source, consistency: job.consistency, requireConsistency: job.requireConsistency,
-    ...codec, ...(hostScripts ? { hostScripts } : {}), ...(o.signal ? { signal: o.signal } : {}), onProgress, onWarning });
+  const r = await backupLiveVm({
+    repo,
+    vm: entry.vm,
+    source: entry.source,
+    consistency: job.consistency,
+    requireConsistency: job.requireConsistency,
+    ...codec,
+    ...(hostScripts ? { hostScripts } : {}),
+    ...(o.signal ? { signal: o.signal } : {}),
+    onProgress,
+    onWarning,
+  });
   return { point: r.point, cbt: r.changedBlockTracking };
 }
 
@@ -118,8 +147,18 @@ async function applyRetention(o: BackupJobRunOptions, vm: string): Promise<strin
 }
 
 async function backupOne(o: BackupJobRunOptions, entry: BackupJobVm, index: number): Promise<BackupVmResult> {
-  const base = { vm: entry.vm.name, point: null, consistency: null, changedBlockTracking: null, bytesRead: 0, bytesNew: 0, pruned: [], pruneError: null };
-  if (o.signal?.aborted) return { ...base, status: 'cancelled', seconds: 0, error: 'the run was cancelled before this VM\'s backup started' };
+  const base = {
+    vm: entry.vm.name,
+    point: null,
+    consistency: null,
+    changedBlockTracking: null,
+    bytesRead: 0,
+    bytesNew: 0,
+    pruned: [],
+    pruneError: null,
+  };
+  if (o.signal?.aborted)
+    return { ...base, status: 'cancelled', seconds: 0, error: "the run was cancelled before this VM's backup started" };
   const t0 = performance.now();
   let taken: Taken;
   try {
@@ -127,12 +166,24 @@ async function backupOne(o: BackupJobRunOptions, entry: BackupJobVm, index: numb
     recordPoint(o.history.db, o.repo.path, taken.point);
   } catch (err) {
     o.log?.warn(`backup job ${o.job.name}: VM ${entry.vm.name} failed: ${describe(err)}`);
-    return { ...base, status: o.signal?.aborted ? 'cancelled' : 'failed', seconds: Math.round(performance.now() - t0) / 1000, error: describe(err) };
+    return {
+      ...base,
+      status: o.signal?.aborted ? 'cancelled' : 'failed',
+      seconds: Math.round(performance.now() - t0) / 1000,
+      error: describe(err),
+    };
   }
   const { point, cbt } = taken;
   const result: BackupVmResult = {
-    ...base, status: 'success', point: point.id, consistency: point.consistency, changedBlockTracking: cbt,
-    bytesRead: point.stats.bytesRead, bytesNew: point.stats.bytesNew, seconds: point.stats.seconds, error: null,
+    ...base,
+    status: 'success',
+    point: point.id,
+    consistency: point.consistency,
+    changedBlockTracking: cbt,
+    bytesRead: point.stats.bytesRead,
+    bytesNew: point.stats.bytesNew,
+    seconds: point.stats.seconds,
+    error: null,
   };
   try {
     result.pruned = await applyRetention(o, entry.vm.name);

@@ -19,7 +19,12 @@ import type { BackupJobHistory, BackupJobTrigger, BackupRunRow } from './history
 import type { BackupJobProgress, BackupJobRunResult } from './runner.js';
 import { claimRunLock } from './run-lock.js';
 
-export interface BackupRunContext { runId: string; trigger: BackupJobTrigger; signal: AbortSignal; onProgress?: (p: BackupJobProgress) => void }
+export interface BackupRunContext {
+  runId: string;
+  trigger: BackupJobTrigger;
+  signal: AbortSignal;
+  onProgress?: (p: BackupJobProgress) => void;
+}
 export type RunBackupJobFn = (job: BackupJob, ctx: BackupRunContext) => Promise<BackupJobRunResult>;
 
 export type BackupTriggerOutcome =
@@ -55,7 +60,10 @@ export interface BackupJobSchedulerOptions {
 
 /** How a VM's source reads in a listing: `disks root=/x.img`, `qmp /run/vm.qmp`, `libvirt web`. */
 function sourceText(s: BackupJob['vms'][number]['source']): string {
-  if (s.kind === 'disks') return `disks ${Object.entries(s.disks).map(([d, p]) => `${d}=${p}`).join(' ')}`;
+  if (s.kind === 'disks')
+    return `disks ${Object.entries(s.disks)
+      .map(([d, p]) => `${d}=${p}`)
+      .join(' ')}`;
   return s.kind === 'qmp' ? `qmp ${s.qmp}` : `libvirt ${s.domain}${s.uri ? ` (${s.uri})` : ''}`;
 }
 
@@ -63,11 +71,25 @@ function sourceText(s: BackupJob['vms'][number]['source']): string {
 export function describeBackupJob(job: BackupJob, history: BackupJobHistory, running: boolean, from = new Date()): BackupJobListing {
   const last = history.lastRuns({ job: job.name, limit: 1 })[0];
   return {
-    name: job.name, file: job.file, description: job.description ?? null,
+    name: job.name,
+    file: job.file,
+    description: job.description ?? null,
     vms: job.vms.map((v) => ({ name: v.vm.name, source: sourceText(v.source) })),
-    schedule: job.schedule ?? null, retention: job.retention ?? null, surebackup: job.surebackup,
+    schedule: job.schedule ?? null,
+    retention: job.retention ?? null,
+    surebackup: job.surebackup,
     next: nextRunsOf(job.schedule, 3, from).map((d) => d.toISOString()),
-    lastRun: last ? { id: last.id, job: last.job, trigger: last.trigger, status: last.status, startedAt: last.startedAt, endedAt: last.endedAt, detail: last.detail } : null,
+    lastRun: last
+      ? {
+          id: last.id,
+          job: last.job,
+          trigger: last.trigger,
+          status: last.status,
+          startedAt: last.startedAt,
+          endedAt: last.endedAt,
+          detail: last.detail,
+        }
+      : null,
     running,
   };
 }
@@ -85,7 +107,9 @@ export class BackupJobScheduler {
     this.current = o.jobs ?? (o.jobsDir === undefined ? [] : loadBackupJobsDir(o.jobsDir));
   }
 
-  get jobs(): readonly BackupJob[] { return this.current; }
+  get jobs(): readonly BackupJob[] {
+    return this.current;
+  }
 
   /** Reports missed runs, then arms every schedule. */
   start(): this {
@@ -97,7 +121,11 @@ export class BackupJobScheduler {
   private arm(): void {
     for (const j of this.current) {
       if (j.schedule === undefined) continue;
-      this.crons.push(new Cron(j.schedule, { name: `backup-job:${j.name}` }, () => { this.trigger(j.name, 'schedule'); }));
+      this.crons.push(
+        new Cron(j.schedule, { name: `backup-job:${j.name}` }, () => {
+          this.trigger(j.name, 'schedule');
+        }),
+      );
     }
   }
 
@@ -115,7 +143,10 @@ export class BackupJobScheduler {
     const out: { job: string; count: number; first: Date }[] = [];
     for (const j of this.current) {
       if (j.schedule === undefined) continue;
-      const ref = Math.max(this.o.history.lastRunTime(j.name)?.getTime() ?? -Infinity, this.o.history.lastMissTime(j.name)?.getTime() ?? -Infinity);
+      const ref = Math.max(
+        this.o.history.lastRunTime(j.name)?.getTime() ?? -Infinity,
+        this.o.history.lastMissTime(j.name)?.getTime() ?? -Infinity,
+      );
       // A job that never ran has nothing to compare with.
       if (!Number.isFinite(ref)) continue;
       const missed = missedFireTimes(j.schedule, ref, now);
@@ -134,10 +165,18 @@ export class BackupJobScheduler {
    * skipped-overlap. `done` never rejects: an error ends the run as `error`.
    * `signal` (an API operation's cancel) cancels the run as stop() does.
    */
-  trigger(nameOrJob: string | BackupJob, trigger: BackupJobTrigger, opts: { onProgress?: (p: BackupJobProgress) => void; signal?: AbortSignal } = {}): BackupTriggerOutcome {
+  trigger(
+    nameOrJob: string | BackupJob,
+    trigger: BackupJobTrigger,
+    opts: { onProgress?: (p: BackupJobProgress) => void; signal?: AbortSignal } = {},
+  ): BackupTriggerOutcome {
     const job = typeof nameOrJob === 'string' ? this.current.find((j) => j.name === nameOrJob) : nameOrJob;
     if (!job) {
-      throw notFound('BACKUP_JOB_NOT_FOUND', `no backup job named ${String(nameOrJob)}`, `known jobs: ${this.current.map((j) => j.name).join(', ') || 'none'}`);
+      throw notFound(
+        'BACKUP_JOB_NOT_FOUND',
+        `no backup job named ${String(nameOrJob)}`,
+        `known jobs: ${this.current.map((j) => j.name).join(', ') || 'none'}`,
+      );
     }
     const name = job.name;
     const ac = new AbortController();
@@ -147,14 +186,19 @@ export class BackupJobScheduler {
     const heldBy = lock && 'heldBy' in lock ? lock.heldBy : undefined;
     if (!claimed || heldBy !== undefined) {
       claimed?.();
-      const why = this.stopped ? 'scheduler stopping'
-        : heldBy !== undefined ? `a ${trigger} trigger arrived while process ${heldBy} was still running the job`
+      const why = this.stopped
+        ? 'scheduler stopping'
+        : heldBy !== undefined
+          ? `a ${trigger} trigger arrived while process ${heldBy} was still running the job`
           : `a ${trigger} trigger arrived while the previous run was still going`;
       const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap', why);
       this.o.log?.info(`backup job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { job: name, status: 'skipped-overlap', runId };
     }
-    const release = (): void => { if (lock && 'release' in lock) lock.release(); claimed(); };
+    const release = (): void => {
+      if (lock && 'release' in lock) lock.release();
+      claimed();
+    };
     this.running.set(name, ac);
     const onCancel = (): void => ac.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onCancel, { once: true });
@@ -167,7 +211,8 @@ export class BackupJobScheduler {
         return r;
       } catch (err) {
         // The runner closes its row; an error before or around it must not leave the run "running".
-        if (this.o.history.run(runId)?.status === 'running') this.o.history.finishRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+        if (this.o.history.run(runId)?.status === 'running')
+          this.o.history.finishRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
         this.o.log?.warn(`backup job ${name}: run ${runId} ended with an error: ${(err as Error).message}`);
         return undefined;
       } finally {
@@ -181,7 +226,9 @@ export class BackupJobScheduler {
     return { job: name, status: 'started', runId, done };
   }
 
-  isRunning(name: string): boolean { return this.gate.isRunning(name); }
+  isRunning(name: string): boolean {
+    return this.gate.isRunning(name);
+  }
 
   list(from = new Date()): BackupJobListing[] {
     return this.current.map((j) => describeBackupJob(j, this.o.history, this.gate.isRunning(j.name), from));

@@ -16,17 +16,25 @@ import type { FireSureBackup } from './runner.js';
 
 /** Through a SureBackup scheduler in this process; a job it does not know is reported, not thrown. */
 export function fireThroughScheduler(scheduler: { trigger(name: string, trigger: RunTrigger): TriggerOutcome }): FireSureBackup {
-  return (jobs) => Promise.resolve(jobs.map((job) => {
-    try {
-      return triggeredRun(scheduler.trigger(job, 'after-backup'));
-    } catch (err) {
-      return { job, run: null, status: 'not-found', detail: (err as Error).message };
-    }
-  }));
+  return (jobs) =>
+    Promise.resolve(
+      jobs.map((job) => {
+        try {
+          return triggeredRun(scheduler.trigger(job, 'after-backup'));
+        } catch (err) {
+          return { job, run: null, status: 'not-found', detail: (err as Error).message };
+        }
+      }),
+    );
 }
 
 /** As `restorelab backup` hands over afterBackup jobs: to the server, else run here and wait for the verdicts. */
-export function fireFromCli(cfg: Config, jobsDir: string, log: { info(l: string): void; warn(l: string): void }, signal?: AbortSignal): FireSureBackup {
+export function fireFromCli(
+  cfg: Config,
+  jobsDir: string,
+  log: { info(l: string): void; warn(l: string): void },
+  signal?: AbortSignal,
+): FireSureBackup {
   return async (jobs, from) => {
     try {
       return await runLinkedJobs({ cfg, jobsDir, jobs, by: `backup job ${from.job} run ${from.run}`, log, ...(signal ? { signal } : {}) });

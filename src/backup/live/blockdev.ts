@@ -71,15 +71,21 @@ export async function findDisks(mon: BlockMonitor, vm: VmDefinition): Promise<Li
   for (const [slot, d] of vm.disks.entries()) {
     const byFile = d.image ? free.findIndex((b) => b.inserted?.image.filename === d.image || b.inserted?.file === d.image) : -1;
     if (free.length === 0) {
-      throw badInput('LIVE_DISK_UNMATCHED', `${mon.where} has ${blocks.length} disk(s), but VM ${vm.name} defines ${vm.disks.length}: nothing left for disk "${d.name}"`,
-        'give the VM definition of this VM (its disks in the order QEMU has them: query-block), or add "image" to each disk');
+      throw badInput(
+        'LIVE_DISK_UNMATCHED',
+        `${mon.where} has ${blocks.length} disk(s), but VM ${vm.name} defines ${vm.disks.length}: nothing left for disk "${d.name}"`,
+        'give the VM definition of this VM (its disks in the order QEMU has them: query-block), or add "image" to each disk',
+      );
     }
     const b = take(byFile >= 0 ? byFile : 0);
     const ins = b.inserted as NonNullable<QueryBlock['inserted']>;
     const format = ins.image.format || ins.drv;
     if (d.format && d.format !== format) {
-      throw badInput('IMAGE_FORMAT_MISMATCH', `disk "${d.name}" of VM ${vm.name} is a ${format} image in QEMU (${ins.image.filename}), but the VM definition says ${d.format}`,
-        `set "format": "${format}" for disk ${d.name} in the VM definition`);
+      throw badInput(
+        'IMAGE_FORMAT_MISMATCH',
+        `disk "${d.name}" of VM ${vm.name} is a ${format} image in QEMU (${ins.image.filename}), but the VM definition says ${d.format}`,
+        `set "format": "${format}" for disk ${d.name} in the VM definition`,
+      );
     }
     out.push({ name: d.name, slot, node: ins['node-name'], format, size: ins.image['virtual-size'], file: ins.image.filename });
   }
@@ -104,7 +110,10 @@ async function until(what: string, gone: () => Promise<boolean>, timeoutMs = 30_
   const deadline = Date.now() + timeoutMs;
   let delay = 20;
   while (!(await gone())) {
-    if (Date.now() > deadline) throw new RestorelabError('LIVE_CLEANUP_FAILED', `${what} did not go away within ${timeoutMs} ms`, { hint: 'look at the VM with query-block-jobs / query-block-exports; the next backup retries the cleanup' });
+    if (Date.now() > deadline)
+      throw new RestorelabError('LIVE_CLEANUP_FAILED', `${what} did not go away within ${timeoutMs} ms`, {
+        hint: 'look at the VM with query-block-jobs / query-block-exports; the next backup retries the cleanup',
+      });
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(delay * 2, 200);
   }
@@ -119,7 +128,8 @@ async function removeExports(mon: BlockMonitor, which: (id: string) => boolean):
 }
 
 async function removeJobs(mon: BlockMonitor, which: (id: string) => boolean): Promise<void> {
-  const list = async (): Promise<{ id: string; status: string }[]> => (await mon.execute<{ id: string; status: string }[]>('query-jobs')).filter((j) => which(j.id));
+  const list = async (): Promise<{ id: string; status: string }[]> =>
+    (await mon.execute<{ id: string; status: string }[]>('query-jobs')).filter((j) => which(j.id));
   for (const j of await list()) {
     if (j.status === 'concluded') await mon.execute('job-dismiss', { id: j.id }).catch(() => undefined);
     else await mon.execute('block-job-cancel', { device: j.id, force: true }).catch(() => undefined);
@@ -140,11 +150,13 @@ async function removeNodes(mon: BlockMonitor, which: (name: string) => boolean):
 /** Removes every export, job and node named restorelab-* (what a killed backup leaves). */
 export async function sweep(mon: BlockMonitor): Promise<string[]> {
   const found: string[] = [];
-  const note = (kind: string) => (id: string): boolean => {
-    if (!ours(id)) return false;
-    found.push(`${kind} ${id}`);
-    return true;
-  };
+  const note =
+    (kind: string) =>
+    (id: string): boolean => {
+      if (!ours(id)) return false;
+      found.push(`${kind} ${id}`);
+      return true;
+    };
   await removeExports(mon, note('export'));
   await removeJobs(mon, note('job'));
   await removeNodes(mon, note('node'));
@@ -161,7 +173,11 @@ export class Fleece {
   private jobsStarted = false;
   private nodesAdded: LiveDisk[] = [];
 
-  constructor(private readonly mon: BlockMonitor, private readonly disks: LiveDisk[], private readonly dir: string) {}
+  constructor(
+    private readonly mon: BlockMonitor,
+    private readonly disks: LiveDisk[],
+    private readonly dir: string,
+  ) {}
 
   get socket(): string {
     return join(this.dir, 'nbd.sock');
@@ -175,15 +191,26 @@ export class Fleece {
   async prepare(): Promise<void> {
     for (const d of this.disks) {
       const r = await exec(qemuImg(), ['create', '-q', '-f', 'qcow2', this.image(d), String(d.size)], { timeoutMs: 60_000 });
-      if (r.code !== 0) throw new RestorelabError('LIVE_BACKUP_FAILED', `cannot create the fleecing image ${this.image(d)}: ${r.stderr.trim()}`, { hint: 'check free space in the temp directory (TMPDIR)' });
-      await this.mon.execute('blockdev-add', { driver: 'qcow2', 'node-name': names.fleece(d), file: { driver: 'file', filename: this.image(d) }, backing: d.node });
+      if (r.code !== 0)
+        throw new RestorelabError('LIVE_BACKUP_FAILED', `cannot create the fleecing image ${this.image(d)}: ${r.stderr.trim()}`, {
+          hint: 'check free space in the temp directory (TMPDIR)',
+        });
+      await this.mon.execute('blockdev-add', {
+        driver: 'qcow2',
+        'node-name': names.fleece(d),
+        file: { driver: 'file', filename: this.image(d) },
+        backing: d.node,
+      });
       this.nodesAdded.push(d);
     }
   }
 
   /** The copy-before-write jobs, as transaction actions (the caller adds the bitmap actions to the same transaction). */
   backupActions(): { type: string; data: Record<string, unknown> }[] {
-    return this.disks.map((d) => ({ type: 'blockdev-backup', data: { 'job-id': names.job(d), device: d.node, target: names.fleece(d), sync: 'none', 'auto-dismiss': true } }));
+    return this.disks.map((d) => ({
+      type: 'blockdev-backup',
+      data: { 'job-id': names.job(d), device: d.node, target: names.fleece(d), sync: 'none', 'auto-dismiss': true },
+    }));
   }
 
   markJobsStarted(): void {
@@ -199,8 +226,11 @@ export class Fleece {
       // A server with no exports left after the sweep is a killed backup's: take it over. One with exports is someone else's.
       const others = await this.mon.execute<{ id: string }[]>('query-block-exports');
       if (others.length > 0) {
-        throw new RestorelabError('LIVE_NBD_BUSY', `${this.mon.where} already runs an NBD server with exports (${others.map((e) => e.id).join(', ')}) that are not restorelab's`,
-          { hint: 'QEMU has one NBD server; stop the other user of it (nbd-server-stop) or wait for it to finish' });
+        throw new RestorelabError(
+          'LIVE_NBD_BUSY',
+          `${this.mon.where} already runs an NBD server with exports (${others.map((e) => e.id).join(', ')}) that are not restorelab's`,
+          { hint: 'QEMU has one NBD server; stop the other user of it (nbd-server-stop) or wait for it to finish' },
+        );
       }
       await this.mon.execute('nbd-server-stop');
       await this.mon.execute('nbd-server-start', { addr: { type: 'unix', data: { path: this.socket } } });
@@ -209,7 +239,11 @@ export class Fleece {
     for (const d of this.disks) {
       const bitmap = bitmaps[d.name];
       await this.mon.execute('block-export-add', {
-        type: 'nbd', id: names.exportId(d), 'node-name': names.fleece(d), name: names.exportName(d), writable: false,
+        type: 'nbd',
+        id: names.exportId(d),
+        'node-name': names.fleece(d),
+        name: names.exportName(d),
+        writable: false,
         ...(bitmap ? { bitmaps: [bitmap] } : {}),
       });
       this.exported = true;
@@ -219,7 +253,13 @@ export class Fleece {
   /** Removes exports, server, jobs, nodes and images: in that order, each step tried even if one before failed. */
   async close(): Promise<void> {
     const errors: unknown[] = [];
-    const step = async (f: () => Promise<unknown>): Promise<void> => { try { await f(); } catch (e) { errors.push(e); } };
+    const step = async (f: () => Promise<unknown>): Promise<void> => {
+      try {
+        await f();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
     if (this.exported) await step(() => removeExports(this.mon, (id) => this.disks.some((d) => names.exportId(d) === id)));
     if (this.serverStarted) await step(() => this.mon.execute('nbd-server-stop'));
     if (this.jobsStarted) await step(() => removeJobs(this.mon, (id) => this.disks.some((d) => names.job(d) === id)));

@@ -54,18 +54,25 @@ export async function judgeBitmap(i: JudgeInput): Promise<CbtVerdict> {
   if (!latest) return { use: false, reason: `no earlier restore point of ${i.vmName}: first backup reads the whole disk` };
   if (latest.damaged) return { use: false, reason: `the latest point ${latest.id} is damaged: not a base to build on` };
   const expected = bitmapName(i.repoId, latest.time);
-  if (!latest.capture) return { use: false, reason: `the latest point ${latest.id} was not a live backup: no bitmap tracks changes since it` };
+  if (!latest.capture)
+    return { use: false, reason: `the latest point ${latest.id} was not a live backup: no bitmap tracks changes since it` };
   const bm = i.bitmaps.find((b) => b.name === expected);
   if (!bm) {
-    const why = disk.format === 'qcow2' ? 'VM restarted after a crash, or the bitmap was removed?' : 'VM restarted? (raw disks keep it in memory only)';
+    const why =
+      disk.format === 'qcow2'
+        ? 'VM restarted after a crash, or the bitmap was removed?'
+        : 'VM restarted? (raw disks keep it in memory only)';
     return { use: false, reason: `bitmap ${expected} of point ${latest.id} missing on disk ${disk.name}: ${why}` };
   }
-  if (bm.inconsistent) return { use: false, reason: `bitmap ${expected} on disk ${disk.name} is inconsistent (QEMU stopped without saving it)` };
+  if (bm.inconsistent)
+    return { use: false, reason: `bitmap ${expected} on disk ${disk.name} is inconsistent (QEMU stopped without saving it)` };
   if (bm.busy) return { use: false, reason: `bitmap ${expected} on disk ${disk.name} is in use by another operation` };
-  if (!bm.recording) return { use: false, reason: `bitmap ${expected} on disk ${disk.name} was not recording: writes may be missing from it` };
+  if (!bm.recording)
+    return { use: false, reason: `bitmap ${expected} on disk ${disk.name} was not recording: writes may be missing from it` };
   const prev = latest.disks.find((d) => d.name === disk.name);
   if (!prev) return { use: false, reason: `disk ${disk.name} is not in the latest point ${latest.id}` };
-  if (prev.size !== disk.size) return { use: false, reason: `disk ${disk.name} is ${disk.size} bytes now, ${prev.size} in point ${latest.id}` };
+  if (prev.size !== disk.size)
+    return { use: false, reason: `disk ${disk.name} is ${disk.size} bytes now, ${prev.size} in point ${latest.id}` };
   let index: FixedIndex;
   try {
     index = await i.readIndex(prev.indexDigest);
@@ -83,7 +90,13 @@ export async function judgeBitmap(i: JudgeInput): Promise<CbtVerdict> {
  * as good as never interrupted. Merging only ever adds dirty blocks (more to
  * read, never less). Bitmaps of other repositories are left alone.
  */
-export async function tidyBitmaps(mon: BlockMonitor, disk: LiveDisk, bitmaps: BitmapInfo[], repoId: string, expected: string | undefined): Promise<string[]> {
+export async function tidyBitmaps(
+  mon: BlockMonitor,
+  disk: LiveDisk,
+  bitmaps: BitmapInfo[],
+  repoId: string,
+  expected: string | undefined,
+): Promise<string[]> {
   const prefix = bitmapPrefix(repoId);
   const keep = expected ? bitmaps.find((b) => b.name === expected && !b.inconsistent && !b.busy) : undefined;
   const leftovers = bitmaps.filter((b) => b.name.startsWith(prefix) && b.name !== keep?.name);

@@ -34,13 +34,18 @@ export type { HostScripts } from './quiesce.js';
 export type LiveSource = { kind: 'qmp'; qmp: string; qga?: string } | { kind: 'libvirt'; domain: string; uri?: string };
 
 export interface LiveBackupOptions {
-  repo: Repository; vm: VmDefinition; source: LiveSource; codecInit?: CodecInit;
+  repo: Repository;
+  vm: VmDefinition;
+  source: LiveSource;
+  codecInit?: CodecInit;
   /** Wanted. */
   consistency: Consistency;
   /** true: fail instead of falling back to crash-consistent. */
   requireConsistency?: boolean;
   hostScripts?: HostScripts;
-  onProgress?: (p: BackupProgress) => void; onWarning?: (m: string) => void; signal?: AbortSignal;
+  onProgress?: (p: BackupProgress) => void;
+  onWarning?: (m: string) => void;
+  signal?: AbortSignal;
 }
 
 export interface LiveBackupResult {
@@ -64,7 +69,8 @@ export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResu
   const work = await claimWorkDir(sourceKey(source), o.onWarning);
   let mon: BlockMonitor | undefined;
   try {
-    mon = source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+    mon =
+      source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
     // Sweep first: a killed backup's job still has its copy-before-write filter on top of the disk node.
     const left = await sweep(mon);
     if (left.length > 0) o.onWarning?.(`removed what an interrupted backup left in ${mon.where}: ${left.join(', ')}`);
@@ -78,21 +84,36 @@ export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResu
   }
 }
 
-async function judgeDisks(mon: BlockMonitor, repo: Repository, vm: VmDefinition, disks: LiveDisk[], onWarning?: (m: string) => void): Promise<CbtVerdict[]> {
+async function judgeDisks(
+  mon: BlockMonitor,
+  repo: Repository,
+  vm: VmDefinition,
+  disks: LiveDisk[],
+  onWarning?: (m: string) => void,
+): Promise<CbtVerdict[]> {
   const latest = (await repo.listPoints({ vm: vm.name })).sort((a, b) => a.time.localeCompare(b.time)).at(-1);
   const expected = latest?.capture && !latest.damaged ? bitmapName(repo.config.id, latest.time) : undefined;
   const out: CbtVerdict[] = [];
   for (const d of disks) {
     const found = await bitmapsOf(mon, d.node);
     const tidied = await tidyBitmaps(mon, d, found, repo.config.id, expected);
-    if (tidied.length > 0) onWarning?.(`disk ${d.name}: removed stale restorelab bitmap(s) ${tidied.join(', ')}${expected ? ` (merged into ${expected} when it exists)` : ''}`);
+    if (tidied.length > 0)
+      onWarning?.(
+        `disk ${d.name}: removed stale restorelab bitmap(s) ${tidied.join(', ')}${expected ? ` (merged into ${expected} when it exists)` : ''}`,
+      );
     const bitmaps = tidied.length > 0 ? await bitmapsOf(mon, d.node) : found;
     out.push(await judgeBitmap({ vmName: vm.name, disk: d, latest, bitmaps, repoId: repo.config.id, readIndex: (x) => repo.readIndex(x) }));
   }
   return out;
 }
 
-async function capture(o: LiveBackupOptions, mon: BlockMonitor, disks: LiveDisk[], verdicts: CbtVerdict[], dir: string): Promise<LiveBackupResult> {
+async function capture(
+  o: LiveBackupOptions,
+  mon: BlockMonitor,
+  disks: LiveDisk[],
+  verdicts: CbtVerdict[],
+  dir: string,
+): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
   const fleece = new Fleece(mon, disks, dir);
   const clients: NbdClient[] = [];
@@ -100,42 +121,68 @@ async function capture(o: LiveBackupOptions, mon: BlockMonitor, disks: LiveDisk[
   let committed = false;
   try {
     await fleece.prepare();
-    const q = await quiesced({
-      wanted: o.consistency,
-      ...(o.requireConsistency ? { requireConsistency: true } : {}),
-      ...(o.hostScripts ? { hostScripts: o.hostScripts } : {}),
-      ...(source.kind === 'libvirt'
-        ? { freezer: () => libvirtFreezer(source.domain, mon.virsh ?? noVirsh) }
-        : source.qga ? { freezer: () => qgaFreezer(source.qga as string) } : { noAgentReason: 'no guest agent socket given (--qga)' }),
-      scriptEnv: { RESTORELAB_VM: vm.name, RESTORELAB_CONSISTENCY: o.consistency },
-      ...(o.onWarning ? { onWarning: o.onWarning } : {}),
-    }, async () => {
-      const time = new Date().toISOString();
-      const name = bitmapName(repo.config.id, time);
-      const actions: { type: string; data: Record<string, unknown> }[] = [];
-      disks.forEach((d, i) => {
-        const v = verdicts[i] as CbtVerdict;
-        if (v.use) actions.push({ type: 'block-dirty-bitmap-disable', data: { node: d.node, name: v.bitmap } });
-        actions.push({ type: 'block-dirty-bitmap-add', data: { node: d.node, name, persistent: d.format === 'qcow2' } });
-      });
-      created = Object.fromEntries(disks.map((d) => [d.name, name]));
-      fleece.markJobsStarted();
-      await mon.execute('transaction', { actions: [...actions, ...fleece.backupActions()] });
-      return time;
-    });
+    const q = await quiesced(
+      {
+        wanted: o.consistency,
+        ...(o.requireConsistency ? { requireConsistency: true } : {}),
+        ...(o.hostScripts ? { hostScripts: o.hostScripts } : {}),
+        ...(source.kind === 'libvirt'
+          ? { freezer: () => libvirtFreezer(source.domain, mon.virsh ?? noVirsh) }
+          : source.qga
+            ? { freezer: () => qgaFreezer(source.qga as string) }
+            : { noAgentReason: 'no guest agent socket given (--qga)' }),
+        scriptEnv: { RESTORELAB_VM: vm.name, RESTORELAB_CONSISTENCY: o.consistency },
+        ...(o.onWarning ? { onWarning: o.onWarning } : {}),
+      },
+      async () => {
+        const time = new Date().toISOString();
+        const name = bitmapName(repo.config.id, time);
+        const actions: { type: string; data: Record<string, unknown> }[] = [];
+        disks.forEach((d, i) => {
+          const v = verdicts[i] as CbtVerdict;
+          if (v.use) actions.push({ type: 'block-dirty-bitmap-disable', data: { node: d.node, name: v.bitmap } });
+          actions.push({ type: 'block-dirty-bitmap-add', data: { node: d.node, name, persistent: d.format === 'qcow2' } });
+        });
+        created = Object.fromEntries(disks.map((d) => [d.name, name]));
+        fleece.markJobsStarted();
+        await mon.execute('transaction', { actions: [...actions, ...fleece.backupActions()] });
+        return time;
+      },
+    );
     o.signal?.throwIfAborted();
-    await fleece.export(Object.fromEntries(disks.map((d, i) => { const v = verdicts[i] as CbtVerdict; return [d.name, v.use ? v.bitmap : undefined]; })));
+    await fleece.export(
+      Object.fromEntries(
+        disks.map((d, i) => {
+          const v = verdicts[i] as CbtVerdict;
+          return [d.name, v.use ? v.bitmap : undefined];
+        }),
+      ),
+    );
     const images: ImageToBackUp[] = [];
     const changedCounts: string[] = [];
     for (const [i, d] of disks.entries()) {
       const v = verdicts[i] as CbtVerdict;
       const dirtyContext = v.use ? `qemu:dirty-bitmap:${v.bitmap}` : undefined;
-      const client = await NbdClient.connect({ socketPath: fleece.socket, exportName: names.exportName(d), metaContexts: [BASE_ALLOCATION, ...(dirtyContext ? [dirtyContext] : [])] });
+      const client = await NbdClient.connect({
+        socketPath: fleece.socket,
+        exportName: names.exportName(d),
+        metaContexts: [BASE_ALLOCATION, ...(dirtyContext ? [dirtyContext] : [])],
+      });
       clients.push(client);
-      const image: ImageToBackUp = { name: d.name, source: new NbdImageSource(`VM ${vm.name} disk ${d.name} (${d.file})`, d.format, client, () => client.close(), 'the VM\'s QEMU could not read its own disk there; look at its log') };
+      const image: ImageToBackUp = {
+        name: d.name,
+        source: new NbdImageSource(
+          `VM ${vm.name} disk ${d.name} (${d.file})`,
+          d.format,
+          client,
+          () => client.close(),
+          "the VM's QEMU could not read its own disk there; look at its log",
+        ),
+      };
       if (v.use && dirtyContext) {
         const dirty: { offset: number; length: number }[] = [];
-        for await (const e of client.extents(dirtyContext)) if (e.flags & NBD_STATE_DIRTY) dirty.push({ offset: e.offset, length: e.length });
+        for await (const e of client.extents(dirtyContext))
+          if (e.flags & NBD_STATE_DIRTY) dirty.push({ offset: e.offset, length: e.length });
         const changed = changedChunks(dirty, repo.config.chunkSize, client.size);
         image.reuse = { index: v.index, changed };
         changedCounts.push(`${d.name}: ${changed.reduce((n, x) => n + x, 0)} of ${changed.length} chunks changed`);
@@ -144,25 +191,39 @@ async function capture(o: LiveBackupOptions, mon: BlockMonitor, disks: LiveDisk[
     }
     const cbt = summarize(disks, verdicts, changedCounts);
     const point = await backupImages({
-      repo, vm, images, time: q.value, source: sourceLabel(source), consistency: q.achieved,
+      repo,
+      vm,
+      images,
+      time: q.value,
+      source: sourceLabel(source),
+      consistency: q.achieved,
       ...(o.codecInit ? { codecInit: o.codecInit } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
       ...(o.onWarning ? { onWarning: o.onWarning } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       capture: {
-        kind: source.kind, consistencyWanted: o.consistency,
+        kind: source.kind,
+        consistencyWanted: o.consistency,
         ...(q.reason ? { consistencyReason: q.reason } : {}),
         ...(q.freezeMs !== undefined ? { freezeMs: q.freezeMs } : {}),
-        changedBlockTracking: cbt, bitmaps: created,
+        changedBlockTracking: cbt,
+        bitmaps: created,
       } satisfies PointCapture,
     });
     committed = true;
     // The previous point's bitmaps have served; the new point's keep recording for the next backup.
     await closeAll(clients);
-    await fleece.close().catch((err: Error) => o.onWarning?.(`the backup is committed, but removing its QEMU nodes failed (the next backup retries): ${err.message}`));
+    await fleece
+      .close()
+      .catch((err: Error) =>
+        o.onWarning?.(`the backup is committed, but removing its QEMU nodes failed (the next backup retries): ${err.message}`),
+      );
     for (const [i, d] of disks.entries()) {
       const v = verdicts[i] as CbtVerdict;
-      if (v.use) await mon.execute('block-dirty-bitmap-remove', { node: d.node, name: v.bitmap }).catch((err: Error) => o.onWarning?.(`could not remove the used bitmap ${v.bitmap}: ${err.message}`));
+      if (v.use)
+        await mon
+          .execute('block-dirty-bitmap-remove', { node: d.node, name: v.bitmap })
+          .catch((err: Error) => o.onWarning?.(`could not remove the used bitmap ${v.bitmap}: ${err.message}`));
     }
     return { point, changedBlockTracking: cbt };
   } finally {
@@ -179,7 +240,12 @@ async function capture(o: LiveBackupOptions, mon: BlockMonitor, disks: LiveDisk[
  * point's started recording; fold the new one into the old and re-enable it,
  * so the next backup still sees every write since the previous point.
  */
-async function restoreBitmaps(mon: BlockMonitor, disks: LiveDisk[], verdicts: CbtVerdict[], created: Record<string, string>): Promise<void> {
+async function restoreBitmaps(
+  mon: BlockMonitor,
+  disks: LiveDisk[],
+  verdicts: CbtVerdict[],
+  created: Record<string, string>,
+): Promise<void> {
   for (const [i, d] of disks.entries()) {
     const mine = created[d.name];
     if (!mine) continue;
@@ -187,7 +253,8 @@ async function restoreBitmaps(mon: BlockMonitor, disks: LiveDisk[], verdicts: Cb
     const present = await bitmapsOf(mon, d.node).catch(() => []);
     const has = (n: string): boolean => present.some((b) => b.name === n);
     try {
-      if (v.use && has(v.bitmap) && has(mine)) await mon.execute('block-dirty-bitmap-merge', { node: d.node, target: v.bitmap, bitmaps: [mine] });
+      if (v.use && has(v.bitmap) && has(mine))
+        await mon.execute('block-dirty-bitmap-merge', { node: d.node, target: v.bitmap, bitmaps: [mine] });
       if (v.use && has(v.bitmap)) await mon.execute('block-dirty-bitmap-enable', { node: d.node, name: v.bitmap });
       if (has(mine)) await mon.execute('block-dirty-bitmap-remove', { node: d.node, name: mine });
     } catch {
@@ -205,7 +272,9 @@ async function closeAll(clients: NbdClient[]): Promise<void> {
 }
 
 function summarize(disks: LiveDisk[], verdicts: CbtVerdict[], changed: string[]): { used: boolean; reason: string } {
-  const unused = verdicts.map((v, i) => (v.use ? undefined : `${(disks[i] as LiveDisk).name}: ${v.reason}`)).filter((x): x is string => x !== undefined);
+  const unused = verdicts
+    .map((v, i) => (v.use ? undefined : `${(disks[i] as LiveDisk).name}: ${v.reason}`))
+    .filter((x): x is string => x !== undefined);
   if (unused.length === 0) {
     const v = verdicts[0] as CbtVerdict & { use: true };
     return { used: true, reason: `dirty bitmap ${v.bitmap} of the previous point: ${changed.join(', ')}` };

@@ -31,7 +31,8 @@ export async function openQmpMonitor(socket: string): Promise<BlockMonitor> {
     qmp = await QmpClient.connect(socket, { timeoutMs: 10_000 });
   } catch (err) {
     throw new RestorelabError('LIVE_SOURCE_UNREACHABLE', `cannot talk QMP on ${socket}: ${(err as Error).message}`, {
-      hint: 'give the QMP socket of the running VM (QEMU started with -qmp unix:PATH,server=on,wait=off); QEMU accepts one QMP client per socket', cause: err,
+      hint: 'give the QMP socket of the running VM (QEMU started with -qmp unix:PATH,server=on,wait=off); QEMU accepts one QMP client per socket',
+      cause: err,
     });
   }
   return {
@@ -71,7 +72,10 @@ export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system')
     where: `libvirt domain ${domain}`,
     async execute<T>(command: string, args?: Record<string, unknown>, timeoutMs = MONITOR_TIMEOUT_MS): Promise<T> {
       // \u0027 keeps the JSON free of single quotes, so it can be quoted for virsh's shell.
-      const msg = JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args }).replace(/'/g, '\\u0027');
+      const msg = JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args }).replace(
+        /'/g,
+        '\\u0027',
+      );
       const r = await virsh(['qemu-monitor-command', domain, msg], timeoutMs);
       let reply: { return?: unknown; error?: { class?: string; desc?: string } } | undefined;
       try {
@@ -82,12 +86,18 @@ export async function openLibvirtMonitor(domain: string, uri = 'qemu:///system')
       if (reply?.error) throw new QmpError(command, reply.error.class ?? 'GenericError', reply.error.desc ?? 'unknown error');
       if (!r.ok || !reply) {
         // libvirt refuses some commands itself (and reports QEMU's errors on stderr in older versions).
-        const said = r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ');
+        const said = r.stderr
+          .trim()
+          .replace(/^error: /gm, '')
+          .replace(/\s*\n\s*/g, ': ');
         throw new QmpError(command, 'GenericError', said || 'virsh printed no reply');
       }
       return reply.return as T;
     },
     virsh,
-    close: () => { session?.close(); return Promise.resolve(); },
+    close: () => {
+      session?.close();
+      return Promise.resolve();
+    },
   };
 }

@@ -52,8 +52,16 @@ export async function qgaFreezer(socket: string): Promise<GuestFreezer> {
 /** The freeze through libvirt's agent channel, with the monitor's virsh session (`virsh`, see monitor.ts). */
 export function libvirtFreezer(domain: string, virsh: VirshRunner): Promise<GuestFreezer> {
   const run = async (cmd: string, ms: number): Promise<number> => {
-    const r = await virsh([cmd, domain], ms).catch((err: Error) => { throw new Error(`${err.message} (guest agent hung?)`); });
-    if (!r.ok) throw new Error(r.stderr.trim().replace(/^error: /gm, '').replace(/\s*\n\s*/g, ': ') || `virsh ${cmd} failed`);
+    const r = await virsh([cmd, domain], ms).catch((err: Error) => {
+      throw new Error(`${err.message} (guest agent hung?)`);
+    });
+    if (!r.ok)
+      throw new Error(
+        r.stderr
+          .trim()
+          .replace(/^error: /gm, '')
+          .replace(/\s*\n\s*/g, ': ') || `virsh ${cmd} failed`,
+      );
     return Number(/(\d+)/.exec(r.stdout)?.[1] ?? 0);
   };
   return Promise.resolve({
@@ -64,7 +72,10 @@ export function libvirtFreezer(domain: string, virsh: VirshRunner): Promise<Gues
   });
 }
 
-export interface HostScripts { preFreeze?: string; postThaw?: string }
+export interface HostScripts {
+  preFreeze?: string;
+  postThaw?: string;
+}
 
 export interface QuiesceOptions {
   wanted: Consistency;
@@ -89,12 +100,17 @@ export interface Quiesced<T> {
 export async function runHostScript(path: string, phase: string, env: Record<string, string>): Promise<void> {
   const r = await exec(path, [], { timeoutMs: HOST_SCRIPT_TIMEOUT_MS, env: { ...process.env, ...env, RESTORELAB_PHASE: phase } });
   if (r.timedOut) throw new Error(`${phase} script ${path} did not finish within ${HOST_SCRIPT_TIMEOUT_MS / 1000} s (killed)`);
-  if (r.code !== 0) throw new Error(`${phase} script ${path} failed (exit ${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' | ')}`);
+  if (r.code !== 0)
+    throw new Error(
+      `${phase} script ${path} failed (exit ${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' | ')}`,
+    );
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); });
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }
 
@@ -162,9 +178,13 @@ export async function quiesced<T>(o: QuiesceOptions, snapshot: () => Promise<T>)
 
 function refuseIfRequired(o: QuiesceOptions, achieved: Consistency, reasons: string[]): void {
   if (o.requireConsistency && RANK[achieved] < RANK[o.wanted]) {
-    throw new RestorelabError('LIVE_CONSISTENCY_NOT_REACHED', `${o.wanted} consistency was required but only ${achieved} can be had: ${reasons.join('; ')}`, {
-      hint: 'check that qemu-guest-agent runs in the guest and its socket is given (--qga), or drop --require-consistency to accept a crash-consistent point',
-    });
+    throw new RestorelabError(
+      'LIVE_CONSISTENCY_NOT_REACHED',
+      `${o.wanted} consistency was required but only ${achieved} can be had: ${reasons.join('; ')}`,
+      {
+        hint: 'check that qemu-guest-agent runs in the guest and its socket is given (--qga), or drop --require-consistency to accept a crash-consistent point',
+      },
+    );
   }
 }
 
@@ -179,5 +199,7 @@ async function thaw(f: GuestFreezer, onWarning?: (m: string) => void): Promise<v
       last = err;
     }
   }
-  onWarning?.(`could not thaw the guest's filesystems through ${f.where}: ${(last as Error).message}; check the guest (guest-fsfreeze-status) and thaw it by hand`);
+  onWarning?.(
+    `could not thaw the guest's filesystems through ${f.where}: ${(last as Error).message}; check the guest (guest-fsfreeze-status) and thaw it by hand`,
+  );
 }

@@ -15,7 +15,11 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
-export interface VirshReply { ok: boolean; stdout: string; stderr: string }
+export interface VirshReply {
+  ok: boolean;
+  stdout: string;
+  stderr: string;
+}
 
 export class VirshSession {
   private readonly child: ChildProcessWithoutNullStreams;
@@ -29,10 +33,22 @@ export class VirshSession {
 
   constructor(uri: string) {
     this.child = spawn('virsh', ['-q', '-c', uri], { stdio: ['pipe', 'pipe', 'pipe'] });
-    this.child.stdout.on('data', (d: Buffer) => { this.stdout += d.toString(); this.wake?.(); });
-    this.child.stderr.on('data', (d: Buffer) => { this.stderr += d.toString(); this.wake?.(); });
-    this.child.on('error', () => { this.exited = true; this.wake?.(); });
-    this.child.on('close', () => { this.exited = true; this.wake?.(); });
+    this.child.stdout.on('data', (d: Buffer) => {
+      this.stdout += d.toString();
+      this.wake?.();
+    });
+    this.child.stderr.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+      this.wake?.();
+    });
+    this.child.on('error', () => {
+      this.exited = true;
+      this.wake?.();
+    });
+    this.child.on('close', () => {
+      this.exited = true;
+      this.wake?.();
+    });
   }
 
   /** True once virsh exited or was closed (a timed-out command closes it): callers then run virsh once per command. */
@@ -41,7 +57,7 @@ export class VirshSession {
   }
 
   static quotable(arg: string): boolean {
-    return !arg.includes('\'') && !arg.includes('\n');
+    return !arg.includes("'") && !arg.includes('\n');
   }
 
   /** Runs one virsh command; resolves with what it printed and whether it reported an error. */
@@ -64,7 +80,11 @@ export class VirshSession {
       const at = this.stdout.indexOf(marker);
       if (at >= 0) {
         // Drop the prompt lines (prompt + echoed command) virsh prints for a non-terminal stdin.
-        const out = this.stdout.slice(0, at).split('\n').filter((l) => !l.startsWith('virsh # ')).join('\n');
+        const out = this.stdout
+          .slice(0, at)
+          .split('\n')
+          .filter((l) => !l.startsWith('virsh # '))
+          .join('\n');
         this.stdout = this.stdout.slice(at + marker.length);
         // stderr is another pipe: give a failed command's message a moment to arrive.
         if (out.trim() === '' && this.stderr === '') await new Promise((r) => setTimeout(r, 20));
@@ -78,7 +98,11 @@ export class VirshSession {
       }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, left);
-        this.wake = () => { clearTimeout(timer); this.wake = undefined; resolve(); };
+        this.wake = () => {
+          clearTimeout(timer);
+          this.wake = undefined;
+          resolve();
+        };
       });
     }
   }
@@ -86,6 +110,8 @@ export class VirshSession {
   close(): void {
     if (this.exited) return;
     this.child.stdin.end('quit\n');
-    setTimeout(() => { if (!this.exited) this.child.kill('SIGKILL'); }, 2000).unref();
+    setTimeout(() => {
+      if (!this.exited) this.child.kill('SIGKILL');
+    }, 2000).unref();
   }
 }

@@ -19,7 +19,10 @@ export interface WorkDir {
 }
 
 export async function claimWorkDir(sourceKey: string, onWarning?: (m: string) => void): Promise<WorkDir> {
-  const dir = join(process.env.RESTORELAB_LIVE_DIR ?? tmpdir(), `restorelab-live-${createHash('sha256').update(sourceKey).digest('hex').slice(0, 16)}`);
+  const dir = join(
+    process.env.RESTORELAB_LIVE_DIR ?? tmpdir(),
+    `restorelab-live-${createHash('sha256').update(sourceKey).digest('hex').slice(0, 16)}`,
+  );
   const owner = join(dir, 'owner');
   for (let attempt = 0; ; attempt++) {
     try {
@@ -32,11 +35,15 @@ export async function claimWorkDir(sourceKey: string, onWarning?: (m: string) =>
     // Someone's directory: refuse anything but a real directory of ours, then look at its owner.
     const st = await lstat(dir);
     if (!st.isDirectory() || st.uid !== process.getuid?.()) {
-      throw new RestorelabError('LIVE_WORKDIR_UNSAFE', `${dir} exists and is not a directory owned by this user`, { hint: `remove it (it is not restorelab's), or set RESTORELAB_LIVE_DIR` });
+      throw new RestorelabError('LIVE_WORKDIR_UNSAFE', `${dir} exists and is not a directory owned by this user`, {
+        hint: `remove it (it is not restorelab's), or set RESTORELAB_LIVE_DIR`,
+      });
     }
     const pid = Number((await readFile(owner, 'utf8').catch(() => '')).trim()) || undefined;
     if (pid !== undefined && pid !== process.pid && processAlive(pid)) {
-      throw new RestorelabError('LIVE_BACKUP_RUNNING', `a live backup of ${sourceKey} is already running (process ${pid})`, { hint: 'wait for it to finish' });
+      throw new RestorelabError('LIVE_BACKUP_RUNNING', `a live backup of ${sourceKey} is already running (process ${pid})`, {
+        hint: 'wait for it to finish',
+      });
     }
     onWarning?.(`removed the work directory of an interrupted live backup of ${sourceKey} (process ${pid ?? 'unknown'} is gone)`);
     await rm(dir, { recursive: true, force: true });

@@ -10,33 +10,56 @@ import type { BackupJobRunResult } from '../../backup/jobs/runner.js';
 import type { BackupJobListing } from '../../backup/jobs/scheduler.js';
 import type { BackupRunRow, BackupVmResult } from '../../backup/jobs/history.js';
 
-const DIR_HELP = 'backup jobs directory (default: backupJobsDir of the config or RESTORELAB_BACKUP_JOBS_DIR, else lab-templates/backup-jobs)';
+const DIR_HELP =
+  'backup jobs directory (default: backupJobsDir of the config or RESTORELAB_BACKUP_JOBS_DIR, else lab-templates/backup-jobs)';
 
 // The human renderings, shared with remote mode.
 
 export function renderVm(v: BackupVmResult): string {
-  const what = v.status === 'success'
-    ? `point ${v.point} ${v.consistency}, read ${formatBytes(v.bytesRead)}, new ${formatBytes(v.bytesNew)}, ${v.seconds} s` +
-      (v.changedBlockTracking ? `, CBT ${v.changedBlockTracking.used ? 'used' : 'not used'} (${v.changedBlockTracking.reason})` : '') +
-      (v.pruned.length ? `, pruned ${v.pruned.length}: ${v.pruned.join(' ')}` : '') + (v.pruneError ? `; retention failed: ${v.pruneError}` : '')
-    : v.error ?? '';
+  const what =
+    v.status === 'success'
+      ? `point ${v.point} ${v.consistency}, read ${formatBytes(v.bytesRead)}, new ${formatBytes(v.bytesNew)}, ${v.seconds} s` +
+        (v.changedBlockTracking ? `, CBT ${v.changedBlockTracking.used ? 'used' : 'not used'} (${v.changedBlockTracking.reason})` : '') +
+        (v.pruned.length ? `, pruned ${v.pruned.length}: ${v.pruned.join(' ')}` : '') +
+        (v.pruneError ? `; retention failed: ${v.pruneError}` : '')
+      : (v.error ?? '');
   return `  ${v.vm.padEnd(16)} ${v.status.padEnd(9)} ${what}`;
 }
 
 export function renderBackupRun(r: Pick<BackupJobRunResult, 'job' | 'run' | 'status' | 'detail' | 'vms' | 'surebackup'>): string {
-  return [`${r.job}: ${r.status} (run ${r.run})${r.detail ? `: ${r.detail}` : ''}`, ...r.vms.map(renderVm),
-    ...r.surebackup.map((s) => `  surebackup ${s.job}: ${s.run ? `run ${s.run} ${s.status}` : s.status}${s.detail ? ` (${s.detail})` : ''}`)].join('\n');
+  return [
+    `${r.job}: ${r.status} (run ${r.run})${r.detail ? `: ${r.detail}` : ''}`,
+    ...r.vms.map(renderVm),
+    ...r.surebackup.map(
+      (s) => `  surebackup ${s.job}: ${s.run ? `run ${s.run} ${s.status}` : s.status}${s.detail ? ` (${s.detail})` : ''}`,
+    ),
+  ].join('\n');
 }
 
 export function renderBackupJobs(dir: string, jobs: BackupJobListing[], invalid: { file: string; error: string }[]): string {
-  const lines = jobs.map((j) => `${j.name.padEnd(20)} ${(j.schedule ?? '-').padEnd(14)} ${j.vms.map((v) => v.name).join(',').padEnd(20)} ` +
-    `last: ${j.lastRun ? `${j.lastRun.status} ${j.lastRun.startedAt}` : 'never'}  next: ${j.next[0] ?? 'never'}${j.running ? '  (running)' : ''}`);
+  const lines = jobs.map(
+    (j) =>
+      `${j.name.padEnd(20)} ${(j.schedule ?? '-').padEnd(14)} ${j.vms
+        .map((v) => v.name)
+        .join(',')
+        .padEnd(20)} ` +
+      `last: ${j.lastRun ? `${j.lastRun.status} ${j.lastRun.startedAt}` : 'never'}  next: ${j.next[0] ?? 'never'}${j.running ? '  (running)' : ''}`,
+  );
   for (const x of invalid) lines.push(`invalid: ${x.file}: ${x.error}`);
   return lines.join('\n') || `no backup jobs in ${dir}`;
 }
 
 export function renderBackupHistory(runs: (BackupRunRow & { vms: BackupVmResult[] })[]): string {
-  return runs.map((r) => [`${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(9)} ${r.status.padEnd(15)} ${r.detail ?? ''}`, ...r.vms.map(renderVm)].join('\n')).join('\n') || 'no runs';
+  return (
+    runs
+      .map((r) =>
+        [
+          `${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(9)} ${r.status.padEnd(15)} ${r.detail ?? ''}`,
+          ...r.vms.map(renderVm),
+        ].join('\n'),
+      )
+      .join('\n') || 'no runs'
+  );
 }
 
 export function registerBackupJob(program: Command): void {
@@ -45,7 +68,10 @@ export function registerBackupJob(program: Command): void {
     .command('run <job>')
     .description('run a backup job now (NAME in the backup jobs directory, or a job FILE); exits 0 when every VM was backed up')
     .option('--backup-jobs <dir>', DIR_HELP)
-    .option('--jobs <dir>', 'SureBackup jobs the job links to, when no server runs on this state directory (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
+    .option(
+      '--jobs <dir>',
+      'SureBackup jobs the job links to, when no server runs on this state directory (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)',
+    )
     .option('--no-surebackup', 'do not fire the linked SureBackup jobs')
     .action(async (name: string, o: { backupJobs?: string; jobs?: string; surebackup: boolean }, c: Command) => {
       const { backupJobsDir, findBackupJob } = await import('../../backup/jobs/job.js');
@@ -61,7 +87,12 @@ export function registerBackupJob(program: Command): void {
       // The server (its schedule, its API) may be running this job right now: never two runs at once.
       const lock = claimRunLock(cfg.stateDir, job.name);
       if ('heldBy' in lock) {
-        history.recordNonRun(job.name, 'manual', 'skipped-overlap', `a manual run was asked for while process ${lock.heldBy} was still running the job`);
+        history.recordNonRun(
+          job.name,
+          'manual',
+          'skipped-overlap',
+          `a manual run was asked for while process ${lock.heldBy} was still running the job`,
+        );
         history.close();
         throw new RestorelabError('BACKUP_JOB_BUSY', `backup job ${job.name} is being run by process ${lock.heldBy}`, {
           hint: `wait for it to end: restorelab backup-job history ${job.name}`,
@@ -69,22 +100,44 @@ export function registerBackupJob(program: Command): void {
       }
       const ac = new AbortController();
       // Ctrl-C stops the run after the VM being backed up (a live backup at once); what is done stays recorded.
-      const cancel = (sig: string): void => { ctx.out.warn(`${sig}: cancelling backup job ${job.name}`); ac.abort(new Error(`cancelled by ${sig}`)); };
-      const onInt = (): void => cancel('SIGINT'); const onTerm = (): void => cancel('SIGTERM');
-      process.once('SIGINT', onInt); process.once('SIGTERM', onTerm);
+      const cancel = (sig: string): void => {
+        ctx.out.warn(`${sig}: cancelling backup job ${job.name}`);
+        ac.abort(new Error(`cancelled by ${sig}`));
+      };
+      const onInt = (): void => cancel('SIGINT');
+      const onTerm = (): void => cancel('SIGTERM');
+      process.once('SIGINT', onInt);
+      process.once('SIGTERM', onTerm);
       let bar: ReturnType<typeof ctx.out.progress> | undefined;
       let current = '';
       const runId = history.startRun(job.name, 'manual');
       try {
         const run = configuredBackupRun(cfg, {
-          history, log, confineScripts: false,
-          ...(o.surebackup ? { fireSureBackup: fireFromCli(cfg, resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')), log, ac.signal) } : {}),
+          history,
+          log,
+          confineScripts: false,
+          ...(o.surebackup
+            ? {
+                fireSureBackup: fireFromCli(
+                  cfg,
+                  resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')),
+                  log,
+                  ac.signal,
+                ),
+              }
+            : {}),
         });
         const r = await run(job, {
-          runId, trigger: 'manual', signal: ac.signal,
+          runId,
+          trigger: 'manual',
+          signal: ac.signal,
           onProgress: (p) => {
             const key = `${p.vm}/${p.disk}`;
-            if (key !== current) { bar?.finish(); current = key; bar = ctx.out.progress(`backup ${key} (VM ${p.index + 1} of ${p.of})`, p.total); }
+            if (key !== current) {
+              bar?.finish();
+              current = key;
+              bar = ctx.out.progress(`backup ${key} (VM ${p.index + 1} of ${p.of})`, p.total);
+            }
             bar?.update(p.done, `new ${formatBytes(p.bytesNew)}`);
           },
         }).catch((err: unknown) => {
@@ -97,7 +150,8 @@ export function registerBackupJob(program: Command): void {
         // The points are recorded; a linked verification this process waited for that did not pass is its own exit code, as for `backup`.
         else if (r.surebackup.some((s) => !['running', 'success', 'warning'].includes(s.status))) process.exitCode = ExitCode.verifyFailed;
       } finally {
-        process.off('SIGINT', onInt); process.off('SIGTERM', onTerm);
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
         lock.release();
         history.close();
       }
@@ -120,11 +174,13 @@ export function registerBackupJob(program: Command): void {
         const listed = jobs.map((j) => describeBackupJob(j, history, false));
         ctx.out.result({ backupJobsDir: dir, jobs: listed, invalid }, () => renderBackupJobs(dir, listed, invalid));
         if (invalid.length > 0) process.exitCode = ExitCode.badInput;
-      } finally { history.close(); }
+      } finally {
+        history.close();
+      }
     });
   cmd
     .command('history [job]')
-    .description('past runs, newest first, with each VM\'s point, consistency, CBT, bytes, time and pruned points')
+    .description("past runs, newest first, with each VM's point, consistency, CBT, bytes, time and pruned points")
     .option('--limit <n>', 'how many runs', '20')
     .action(async (job: string | undefined, o: { limit: string }, c: Command) => {
       const { BackupJobHistory } = await import('../../backup/jobs/history.js');
@@ -134,6 +190,8 @@ export function registerBackupJob(program: Command): void {
       try {
         const runs = history.lastRuns({ ...(job !== undefined ? { job } : {}), limit }).map((r) => history.run(r.id)!);
         ctx.out.result({ job: job ?? null, runs }, () => renderBackupHistory(runs));
-      } finally { history.close(); }
+      } finally {
+        history.close();
+      }
     });
 }

@@ -18,8 +18,12 @@ export function registerDemo(program: Command): void {
       const failed = steps.some((s) => s.status === 'failed');
       const missing = steps.filter((s) => s.status === 'not-yet-available').map((s) => s.step);
       ctx.out.result({ ok: !failed, steps, notYetAvailable: missing }, () =>
-        failed ? 'demo FAILED (see the step above)' :
-        missing.length ? `demo finished; not there yet: ${missing.join(', ')}` : 'demo finished: every step passed');
+        failed
+          ? 'demo FAILED (see the step above)'
+          : missing.length
+            ? `demo finished; not there yet: ${missing.join(', ')}`
+            : 'demo finished: every step passed',
+      );
       if (failed) process.exitCode = ExitCode.failure;
     });
 }

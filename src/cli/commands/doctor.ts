@@ -9,8 +9,14 @@ import { ExitCode } from '../../errors.js';
 export type DoctorOutput = DoctorReport & { stale?: StaleItem[] };
 
 function render(r: DoctorOutput): string {
-  const lines = r.checks.map((c) => `${c.ok ? ' ok ' : c.required ? 'FAIL' : 'miss'}  ${c.name.padEnd(20)} ${c.detail}${c.ok || !c.fix ? '' : `\n      fix: ${c.fix}`}`);
-  lines.push('', `accelerator: ${r.accel} (kvm: ${r.kvm}${r.cached ? `; cached verdict of ${r.accelCheckedAt ?? 'an earlier run'}, --recheck boots again` : ''})`);
+  const lines = r.checks.map(
+    (c) =>
+      `${c.ok ? ' ok ' : c.required ? 'FAIL' : 'miss'}  ${c.name.padEnd(20)} ${c.detail}${c.ok || !c.fix ? '' : `\n      fix: ${c.fix}`}`,
+  );
+  lines.push(
+    '',
+    `accelerator: ${r.accel} (kvm: ${r.kvm}${r.cached ? `; cached verdict of ${r.accelCheckedAt ?? 'an earlier run'}, --recheck boots again` : ''})`,
+  );
   if (r.stale?.length) {
     lines.push('', `stale state (restorelab cleanup removes what is safe):`);
     for (const s of r.stale) lines.push(`  ${s.id}: ${s.reason}${s.bytes ? ` (${s.bytes} bytes of writes)` : ''}`);
@@ -39,7 +45,13 @@ export function registerDoctor(program: Command): void {
       }
       const checked = await runDoctor({ cacheDir, guestsDir, force: Boolean(o.recheck ?? o.force) });
       // Loaded here, not at the top: the other commands do not need it.
-      const stale = cacheDir ? (await (await import('../../reconcile/reconcile.js')).reconcile({ stateDir: cacheDir, dryRun: true, ...(keyFile ? { keyFile } : {}) })).stale : undefined;
+      const stale = cacheDir
+        ? (
+            await (
+              await import('../../reconcile/reconcile.js')
+            ).reconcile({ stateDir: cacheDir, dryRun: true, ...(keyFile ? { keyFile } : {}) })
+          ).stale
+        : undefined;
       const report: DoctorOutput = { ...checked, ...(stale ? { stale } : {}) };
       ctx.out.result(report, () => render(report));
       if (!report.ok) process.exitCode = ExitCode.missingComponent;

@@ -25,7 +25,12 @@ async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags,
   try {
     ctx.out.info(`mounting restore point ${point} temporarily`);
     const s = await mountRestorePoint({
-      stateDir, repo, point, dir: join(parent, 'mnt'), temporary: true, ...(await pointKeyFile(ctx, o)),
+      stateDir,
+      repo,
+      point,
+      dir: join(parent, 'mnt'),
+      temporary: true,
+      ...(await pointKeyFile(ctx, o)),
       ...(o.disk !== undefined ? { disk: o.disk } : {}),
       ...(partitionNumber(o) !== undefined ? { partition: partitionNumber(o) } : {}),
     });
@@ -43,12 +48,21 @@ async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags,
 async function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
   const { choosePartition } = await import('../../flr/browse.js');
   const want = partitionNumber(o);
-  return choosePartition(s.mounts, guestPath, { ...(o.disk !== undefined ? { disk: o.disk } : {}), ...(want !== undefined ? { partition: want } : {}) },
-    'pick a partition with --disk/--partition and list it with `restorelab files ls <point> /`');
+  return choosePartition(
+    s.mounts,
+    guestPath,
+    { ...(o.disk !== undefined ? { disk: o.disk } : {}), ...(want !== undefined ? { partition: want } : {}) },
+    'pick a partition with --disk/--partition and list it with `restorelab files ls <point> /`',
+  );
 }
 
 function renderEntries(entries: GuestEntry[]): string {
-  return entries.map((e) => `${e.type === 'directory' ? 'd' : e.type === 'symlink' ? 'l' : e.type === 'file' ? '-' : '?'}${e.mode} ${String(e.size).padStart(12)} ${e.mtime} ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ''}`).join('\n');
+  return entries
+    .map(
+      (e) =>
+        `${e.type === 'directory' ? 'd' : e.type === 'symlink' ? 'l' : e.type === 'file' ? '-' : '?'}${e.mode} ${String(e.size).padStart(12)} ${e.mtime} ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ''}`,
+    )
+    .join('\n');
 }
 
 export function registerFiles(program: Command): void {
@@ -83,7 +97,8 @@ export function registerFiles(program: Command): void {
     .action(async (point: string, guestPath: string, o: PointFlags & { to: string; tar?: boolean }, c: Command) => {
       const { getGuestPath } = await import('../../flr/browse.js');
       const ctx = contextFor(c);
-      if (o.to === '-' && ctx.out.json) throw badInput('STDOUT_CONFLICT', '--to - and --json both want stdout', 'write to a file with --to <local>, or drop --json');
+      if (o.to === '-' && ctx.out.json)
+        throw badInput('STDOUT_CONFLICT', '--to - and --json both want stdout', 'write to a file with --to <local>, or drop --json');
       const r = await withSession(ctx, point, o, async (s) => {
         const m = await pickPartition(s, guestPath, o);
         return { disk: m.disk, partition: m.partition, ...(await getGuestPath(m.path, guestPath, o.to, { tar: o.tar === true })) };

@@ -25,19 +25,30 @@ export async function repoPath(ctx: CommandContext, o: { repo?: string }): Promi
 export function partitionNumber(o: { partition?: string }): number | undefined {
   if (o.partition === undefined) return undefined;
   const n = Number(o.partition);
-  if (!Number.isInteger(n) || n < 0) throw badInput('BAD_PARTITION', `partition "${o.partition}" is not a partition number`, 'give the number `restorelab mount` lists (0 for a disk without a partition table)');
+  if (!Number.isInteger(n) || n < 0)
+    throw badInput(
+      'BAD_PARTITION',
+      `partition "${o.partition}" is not a partition number`,
+      'give the number `restorelab mount` lists (0 for a disk without a partition table)',
+    );
   return n;
 }
 
 function render(s: FlrSession): string {
-  const lines = s.mounts.map((m) => (m.skipped ? `  ${m.disk} partition ${m.partition} (${m.fstype}): not mounted: ${m.skipped}` : `  ${m.disk} partition ${m.partition} (${m.fstype}): ${m.path}`));
+  const lines = s.mounts.map((m) =>
+    m.skipped
+      ? `  ${m.disk} partition ${m.partition} (${m.fstype}): not mounted: ${m.skipped}`
+      : `  ${m.disk} partition ${m.partition} (${m.fstype}): ${m.path}`,
+  );
   return [`mounted read-only (session ${s.id}):`, ...lines, `unmount with: restorelab umount ${s.dir}`].join('\n');
 }
 
 export function registerMount(program: Command): void {
   program
     .command('mount <point> <dir>')
-    .description('mount the guest filesystems of a restore point read-only below <dir> (one p<N> per partition); stays mounted until `restorelab umount`')
+    .description(
+      'mount the guest filesystems of a restore point read-only below <dir> (one p<N> per partition); stays mounted until `restorelab umount`',
+    )
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'only this disk of the restore point')

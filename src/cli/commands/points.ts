@@ -9,8 +9,13 @@ import { formatBytes } from '../../format/output.js';
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderPoints(points: (PointSummary & { scan?: string })[]): string {
   if (points.length === 0) return 'no restore points';
-  return points.map((p) => `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
-    `  ${p.consistency}  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}${p.scan && p.scan !== 'unscanned' ? `  scan ${p.scan.toUpperCase()}` : ''}`).join('\n');
+  return points
+    .map(
+      (p) =>
+        `${p.id}  ${p.vm.padEnd(16)} ${p.time}  ${p.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}` +
+        `  ${p.consistency}  new ${formatBytes(p.bytesNew)}  ${renderSignals(p.signals)}${p.damaged ? '  DAMAGED' : ''}${p.scan && p.scan !== 'unscanned' ? `  scan ${p.scan.toUpperCase()}` : ''}`,
+    )
+    .join('\n');
 }
 
 /** A point's ransomware signals in a few words (docs/secure-restore.md, "Ransomware signals"). */

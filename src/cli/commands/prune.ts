@@ -8,7 +8,8 @@ import { badInput } from '../../errors.js';
 function count(flag: string): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw badInput('PRUNE_POLICY', `${flag} needs a whole number, got "${v}"`, `e.g. ${flag} 7`);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n))
+      throw badInput('PRUNE_POLICY', `${flag} needs a whole number, got "${v}"`, `e.g. ${flag} 7`);
     return n;
   };
 }
@@ -18,7 +19,9 @@ function render(r: PruneReport): string {
     ...r.kept.map((p) => `keep    ${p.id}  ${p.vm}  ${p.time}  (${p.reasons.join(', ')})`),
     ...r.removed.map((p) => `${r.dryRun ? 'would remove' : 'remove '} ${p.id}  ${p.vm}  ${p.time}`),
   ];
-  lines.push(`${r.kept.length} kept, ${r.removed.length} ${r.dryRun ? 'would be ' : ''}removed${r.dryRun ? ' (dry run)' : '; run restorelab gc to free their data'}`);
+  lines.push(
+    `${r.kept.length} kept, ${r.removed.length} ${r.dryRun ? 'would be ' : ''}removed${r.dryRun ? ' (dry run)' : '; run restorelab gc to free their data'}`,
+  );
   return lines.join('\n');
 }
 
@@ -47,7 +50,14 @@ export function registerPrune(program: Command): void {
         if (o[k] !== undefined) policy[k] = o[k];
       }
       const report = await pruneRepository(repo, { ...policy, ...(o.vm ? { vm: o.vm } : {}), dryRun: Boolean(o.dryRun) });
-      if (!report.dryRun) await withCatalog(ctx, (db) => forgetPoints(db, repo.path, report.removed.map((p) => p.id)));
+      if (!report.dryRun)
+        await withCatalog(ctx, (db) =>
+          forgetPoints(
+            db,
+            repo.path,
+            report.removed.map((p) => p.id),
+          ),
+        );
       ctx.out.result(report, () => render(report));
     });
 }

@@ -7,10 +7,10 @@ import type { PublicationStatus } from '../../publish/publish.js';
 /** The human listing (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderPublications(list: PublicationStatus[]): string {
   if (list.length === 0) return 'no publications';
-  const state = (p: PublicationStatus): string => p.running ? `running (pid ${p.pid})`
-    : p.crashed ? `publisher died${p.log ? ` (log: ${p.log})` : ''}` : 'stopped';
+  const state = (p: PublicationStatus): string =>
+    p.running ? `running (pid ${p.pid})` : p.crashed ? `publisher died${p.log ? ` (log: ${p.log})` : ''}` : 'stopped';
   // Older servers (remote mode) send no owner.
-  const owner = (p: PublicationStatus): string => p.owner ? `  ${p.owner.kind}:${p.owner.id}` : '';
+  const owner = (p: PublicationStatus): string => (p.owner ? `  ${p.owner.kind}:${p.owner.id}` : '');
   return list.map((p) => `${p.id}  ${state(p)}${owner(p)}  ${p.path ?? ''}  overlay ${formatBytes(p.overlayBytes)}`).join('\n');
 }
 

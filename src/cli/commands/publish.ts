@@ -59,7 +59,12 @@ function render(r: PublishResult): string {
   return [
     `published ${r.publication}${r.path ? ` at ${r.path}` : ''}`,
     ...(r.path ? Object.entries(r.disks).map(([n, p]) => `  ${n}: ${p}`) : []),
-    ...(r.nfs ? [`  NFS export ${r.nfs.host}:${r.nfs.export} (nfsd ${r.nfs.port}, mountd ${r.nfs.mountPort})`, ...Object.entries(r.nfs.urls).map(([n, u]) => `  ${n}: ${u}`)] : []),
+    ...(r.nfs
+      ? [
+          `  NFS export ${r.nfs.host}:${r.nfs.export} (nfsd ${r.nfs.port}, mountd ${r.nfs.mountPort})`,
+          ...Object.entries(r.nfs.urls).map(([n, u]) => `  ${n}: ${u}`),
+        ]
+      : []),
     ...(r.log ? [`  publisher log: ${r.log}`] : []),
   ].join('\n');
 }
@@ -83,10 +88,16 @@ async function background(stateDir: string): Promise<PublishResult> {
   const logFile = path.join(spawnDir, `.publish-${tag}.log`);
   const args = process.argv.slice(1).filter((a) => a !== '--background');
   const log = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [...args, '--ready-file', readyFile, '--log-file', logFile], { detached: true, stdio: ['ignore', log, log], env: longRunningEnv() });
+  const child = spawn(process.execPath, [...args, '--ready-file', readyFile, '--log-file', logFile], {
+    detached: true,
+    stdio: ['ignore', log, log],
+    env: longRunningEnv(),
+  });
   fs.closeSync(log);
   let exited: number | null | undefined;
-  child.on('exit', (code) => { exited = code; });
+  child.on('exit', (code) => {
+    exited = code;
+  });
   child.unref();
   const deadline = Date.now() + READY_WAIT_MS;
   try {
@@ -95,16 +106,37 @@ async function background(stateDir: string): Promise<PublishResult> {
       if (exited !== undefined) {
         const log = readLog(logFile);
         // The child ran with --json when we did: its error object is the most precise report.
-        const reported = log.map((l) => { try { return (JSON.parse(l) as { error?: { code: string; message: string; hint?: string } }).error; } catch { return undefined; } }).find(Boolean);
+        const reported = log
+          .map((l) => {
+            try {
+              return (JSON.parse(l) as { error?: { code: string; message: string; hint?: string } }).error;
+            } catch {
+              return undefined;
+            }
+          })
+          .find(Boolean);
         const seeLog = `the publisher's log: ${logFile}`;
-        if (reported) throw RestorelabError.revive({ code: reported.code, message: reported.message, hint: reported.hint ? `${reported.hint}; ${seeLog}` : seeLog, exitCode: exited ?? 1 });
+        if (reported)
+          throw RestorelabError.revive({
+            code: reported.code,
+            message: reported.message,
+            hint: reported.hint ? `${reported.hint}; ${seeLog}` : seeLog,
+            exitCode: exited ?? 1,
+          });
         const first = log.find((l) => /error/i.test(l)) ?? '';
-        throw RestorelabError.revive({ code: 'PUBLISH_FAILED', message: `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`, hint: `see ${seeLog}`, exitCode: exited ?? 1 });
+        throw RestorelabError.revive({
+          code: 'PUBLISH_FAILED',
+          message: `the background publisher exited (code ${exited}): ${first} ... ${log.slice(-3).join(' ')}`,
+          hint: `see ${seeLog}`,
+          exitCode: exited ?? 1,
+        });
       }
       await new Promise((r) => setTimeout(r, 100));
     }
     child.kill('SIGTERM');
-    throw new RestorelabError('PUBLISH_TIMEOUT', `the background publisher was not ready within ${READY_WAIT_MS / 1000} s`, { hint: `see the publisher's log: ${logFile}` });
+    throw new RestorelabError('PUBLISH_TIMEOUT', `the background publisher was not ready within ${READY_WAIT_MS / 1000} s`, {
+      hint: `see the publisher's log: ${logFile}`,
+    });
   } finally {
     // The log stays: it is all that tells why a publisher died (see the top of this file).
     fs.rmSync(readyFile, { force: true });
@@ -118,13 +150,26 @@ export function registerPublish(program: Command): void {
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--fuse <dir>', 'mount the publications here (created if missing)')
-    .option('--fuse-group <group>', 'group (name or gid) that may use the FUSE mount besides you, e.g. the hypervisor\'s (default: config fuse.group; none)')
+    .option(
+      '--fuse-group <group>',
+      "group (name or gid) that may use the FUSE mount besides you, e.g. the hypervisor's (default: config fuse.group; none)",
+    )
     .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)')
     .option('--nfs-port <n>', 'NFS port (default from config, 2049; 0 = any free port)')
     .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
     .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
-    .option('--allow <cidr>', 'client address or CIDR allowed to mount (repeatable; default from config)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--nfs-listen <addr>', 'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option(
+      '--allow <cidr>',
+      'client address or CIDR allowed to mount (repeatable; default from config)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option(
+      '--nfs-listen <addr>',
+      'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
     .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
     .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
@@ -132,12 +177,18 @@ export function registerPublish(program: Command): void {
     .option('--read-only', 'refuse all writes')
     .option('--background', 'detach once the mount is ready')
     .addOption(new Option('--ready-file <file>', 'written with the result once mounted (used by --background)').hideHelp())
-    .addOption(new Option('--log-file <file>', 'this process\'s log, moved into the publication\'s state directory once published (used by --background)').hideHelp())
+    .addOption(
+      new Option(
+        '--log-file <file>',
+        "this process's log, moved into the publication's state directory once published (used by --background)",
+      ).hideHelp(),
+    )
     .option('--json', 'print one JSON object')
     .action(async (point: string, o: PublishFlags, c: Command) => {
       const ctx = contextFor(c);
       const cfg = await ctx.config();
-      if (!o.fuse && !o.nfs) throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both');
+      if (!o.fuse && !o.nfs)
+        throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both');
       if (o.background) {
         const r = await background(cfg.stateDir);
         ctx.out.result(r, (v) => render(v as PublishResult));
@@ -145,13 +196,21 @@ export function registerPublish(program: Command): void {
       }
       // Loaded here, not above: the --background parent only spawns the process that serves.
       const { PUBLISHER_LOG, startPublication } = await import('../../publish/publish.js');
-      const pub = await startPublication({
-        repo: o.repo ?? cfg.repository, point, stateDir: cfg.stateDir, ...(o.fuse ? { fuseDir: o.fuse } : {}),
-        ...(o.fuse && (o.fuseGroup ?? cfg.fuse.group) !== undefined ? { fuseGroup: o.fuseGroup ?? cfg.fuse.group } : {}),
-        ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
-        overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
-        resume: o.resume ?? false, readOnly: o.readOnly ?? false, cacheMiB: cfg.limits.chunkCacheMiB,
-      }, { ...keyFileOption(o.keyFile, cfg), onWarning: (m) => ctx.out.warn(m) });
+      const pub = await startPublication(
+        {
+          repo: o.repo ?? cfg.repository,
+          point,
+          stateDir: cfg.stateDir,
+          ...(o.fuse ? { fuseDir: o.fuse } : {}),
+          ...(o.fuse && (o.fuseGroup ?? cfg.fuse.group) !== undefined ? { fuseGroup: o.fuseGroup ?? cfg.fuse.group } : {}),
+          ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
+          overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
+          resume: o.resume ?? false,
+          readOnly: o.readOnly ?? false,
+          cacheMiB: cfg.limits.chunkCacheMiB,
+        },
+        { ...keyFileOption(o.keyFile, cfg), onWarning: (m) => ctx.out.warn(m) },
+      );
       const result: PublishResult = { publication: pub.id, path: pub.path ?? '', disks: pub.disks };
       let nfs: NfsExport | undefined;
       if (o.nfs) {
@@ -159,7 +218,8 @@ export function registerPublish(program: Command): void {
         try {
           const { startNfsExport } = await import('../../nfs/export.js');
           nfs = await startNfsExport({
-            datastore: pub.datastore, stateDir: cfg.stateDir,
+            datastore: pub.datastore,
+            stateDir: cfg.stateDir,
             port: parsePort('--nfs-port', o.nfsPort) ?? cfg.nfs.port,
             mountPort: parsePort('--mount-port', o.mountPort) ?? cfg.nfs.mountPort,
             portmapPort: portmap === 0 ? null : portmap,
@@ -176,7 +236,14 @@ export function registerPublish(program: Command): void {
           throw err;
         }
         const urls = Object.fromEntries(Object.keys(pub.disks).map((d) => [d, nfs!.url(pub.name, `${d}.raw`)]));
-        result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, export: `${nfs.exportPath}/${pub.name}`, url: Object.values(urls)[0] ?? '', urls };
+        result.nfs = {
+          host: nfs.host,
+          port: nfs.port,
+          mountPort: nfs.mountPort,
+          export: `${nfs.exportPath}/${pub.name}`,
+          url: Object.values(urls)[0] ?? '',
+          urls,
+        };
       }
       if (o.logFile) result.log = keepLog(o.logFile, path.join(cfg.stateDir, 'publications', pub.id, PUBLISHER_LOG));
       ctx.out.result(result, (v) => render(v as PublishResult));

@@ -11,20 +11,32 @@ import { recoverResult, type RecoverResult, type SessionPublish } from '../../se
 
 export function parseTarget(target: string): { vm: string; point?: string } {
   const at = target.indexOf('@');
-  if (at === 0 || at === target.length - 1) throw badInput('BAD_TARGET', `"${target}" is not <vm> or <vm>@<point>`, 'e.g. restorelab recover web or web@<point id>');
+  if (at === 0 || at === target.length - 1)
+    throw badInput('BAD_TARGET', `"${target}" is not <vm> or <vm>@<point>`, 'e.g. restorelab recover web or web@<point id>');
   return at < 0 ? { vm: target } : { vm: target.slice(0, at), point: target.slice(at + 1) };
 }
 
 /** The human result (shared with remote mode, src/cli/remote-commands.ts). */
 export function renderRecovered(r: RecoverResult): string {
   const addrs = Object.entries(r.addresses).map(([n, a]) => `  ${n}: ${a}`);
-  const scan = r.scan ? [`scan: ${r.scan.verdict} (${r.scan.files.scanned} file(s) scanned, ${r.scan.files.cached} from the cache)`,
-    ...r.scan.matches.map((m) => `  ${m.rule}  ${m.disk} p${m.partition} ${m.path}`)] : [];
-  const quarantine = r.quarantine
-    ? [`INFECTED point recovered in quarantine: ${r.quarantine.lab ? `lab ${r.quarantine.lab}, with no uplink at all` : 'no NIC at all'}; the host cannot reach it and it cannot reach anything`]
+  const scan = r.scan
+    ? [
+        `scan: ${r.scan.verdict} (${r.scan.files.scanned} file(s) scanned, ${r.scan.files.cached} from the cache)`,
+        ...r.scan.matches.map((m) => `  ${m.rule}  ${m.disk} p${m.partition} ${m.path}`),
+      ]
     : [];
-  return [...scan, `session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`, ...quarantine, ...addrs,
-    `stop it with: restorelab stop ${r.session}`].join('\n');
+  const quarantine = r.quarantine
+    ? [
+        `INFECTED point recovered in quarantine: ${r.quarantine.lab ? `lab ${r.quarantine.lab}, with no uplink at all` : 'no NIC at all'}; the host cannot reach it and it cannot reach anything`,
+      ]
+    : [];
+  return [
+    ...scan,
+    `session ${r.session}: ${r.vm} is running (heartbeat after ${r.heartbeatSeconds} s)`,
+    ...quarantine,
+    ...addrs,
+    `stop it with: restorelab stop ${r.session}`,
+  ].join('\n');
 }
 
 export function registerRecover(program: Command): void {
@@ -37,38 +49,75 @@ export function registerRecover(program: Command): void {
     .option('--network <bridge>', 'attach the NICs to this existing host bridge (production network)')
     .option('--driver <driver>', 'hypervisor driver: qemu or libvirt (default from config)')
     .option('--accel <accel>', 'kvm or tcg (default: probe)')
-    .option('--publish <via>', 'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)')
+    .option(
+      '--publish <via>',
+      'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)',
+    )
     .option('--scan <rules>', 'scan the point with this YARA rule file first; an infected point is refused (exit 3)')
     .option('--allow-infected', 'with --scan: recover an infected point anyway, in a lab with no uplink at all (never on --network)')
-    .action(async (target: string, o: { repo?: string; keyFile?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string; scan?: string; allowInfected?: boolean }, c: Command) => {
-      const { recover } = await import('../../session/recover.js');
-      const { keyFileOption } = await import('../../config/key-file.js');
-      const ctx = contextFor(c);
-      const cfg = await ctx.config();
-      const { vm, point } = parseTarget(target);
-      const driver = o.driver ?? cfg.driver;
-      if (driver !== 'qemu' && driver !== 'libvirt') throw badInput('UNKNOWN_DRIVER', `unknown hypervisor driver "${driver}"`, 'use --driver qemu or --driver libvirt');
-      const accel = o.accel ?? cfg.accel;
-      if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw badInput('BAD_ACCEL', `unknown accelerator "${accel}"`, 'use --accel kvm or --accel tcg');
-      const via = o.publish ?? 'fuse';
-      if (via !== 'fuse' && via !== 'nfs') throw badInput('BAD_PUBLISH', `unknown --publish "${o.publish}"`, 'use --publish fuse or --publish nfs');
-      if (via === 'nfs' && cfg.nfs.portmapPort !== 111) {
-        throw badInput('NFS_NEEDS_PORTMAPPER', `--publish nfs needs the portmapper on port 111 (nfs.portmapPort is ${cfg.nfs.portmapPort})`,
-          'QEMU\'s NFS driver finds the server only through port 111: set nfs.portmapPort to 111, or use --publish fuse');
-      }
-      const publish: SessionPublish = via === 'nfs'
-        ? { via: 'nfs', port: cfg.nfs.port, mountPort: cfg.nfs.mountPort, portmapPort: cfg.nfs.portmapPort }
-        : { via: 'fuse' };
-      if (o.allowInfected && !o.scan) throw badInput('ALLOW_INFECTED_NEEDS_SCAN', '--allow-infected only means something with --scan RULES', 'add --scan <rules.yar>');
-      ctx.out.info(`recovering ${target} with the ${driver} driver (disks over ${via})${o.scan ? `, after a scan with ${o.scan}` : ''}...`);
-      const s = await recover({
-        repo: o.repo ?? cfg.repository, vm, ...(point ? { point } : {}), driver, accel, stateDir: cfg.stateDir,
-        ...(o.lab ? { lab: o.lab } : {}), ...(o.network ? { network: o.network } : {}), publish, ...keyFileOption(o.keyFile, cfg),
-        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
-        ...(o.scan ? { scan: { rules: o.scan, allowInfected: o.allowInfected === true, catalog: cfg.catalog } } : {}),
-      });
-      ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
-    });
+    .action(
+      async (
+        target: string,
+        o: {
+          repo?: string;
+          keyFile?: string;
+          lab?: string;
+          network?: string;
+          driver?: string;
+          accel?: string;
+          publish?: string;
+          scan?: string;
+          allowInfected?: boolean;
+        },
+        c: Command,
+      ) => {
+        const { recover } = await import('../../session/recover.js');
+        const { keyFileOption } = await import('../../config/key-file.js');
+        const ctx = contextFor(c);
+        const cfg = await ctx.config();
+        const { vm, point } = parseTarget(target);
+        const driver = o.driver ?? cfg.driver;
+        if (driver !== 'qemu' && driver !== 'libvirt')
+          throw badInput('UNKNOWN_DRIVER', `unknown hypervisor driver "${driver}"`, 'use --driver qemu or --driver libvirt');
+        const accel = o.accel ?? cfg.accel;
+        if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg')
+          throw badInput('BAD_ACCEL', `unknown accelerator "${accel}"`, 'use --accel kvm or --accel tcg');
+        const via = o.publish ?? 'fuse';
+        if (via !== 'fuse' && via !== 'nfs')
+          throw badInput('BAD_PUBLISH', `unknown --publish "${o.publish}"`, 'use --publish fuse or --publish nfs');
+        if (via === 'nfs' && cfg.nfs.portmapPort !== 111) {
+          throw badInput(
+            'NFS_NEEDS_PORTMAPPER',
+            `--publish nfs needs the portmapper on port 111 (nfs.portmapPort is ${cfg.nfs.portmapPort})`,
+            "QEMU's NFS driver finds the server only through port 111: set nfs.portmapPort to 111, or use --publish fuse",
+          );
+        }
+        const publish: SessionPublish =
+          via === 'nfs'
+            ? { via: 'nfs', port: cfg.nfs.port, mountPort: cfg.nfs.mountPort, portmapPort: cfg.nfs.portmapPort }
+            : { via: 'fuse' };
+        if (o.allowInfected && !o.scan)
+          throw badInput('ALLOW_INFECTED_NEEDS_SCAN', '--allow-infected only means something with --scan RULES', 'add --scan <rules.yar>');
+        ctx.out.info(
+          `recovering ${target} with the ${driver} driver (disks over ${via})${o.scan ? `, after a scan with ${o.scan}` : ''}...`,
+        );
+        const s = await recover({
+          repo: o.repo ?? cfg.repository,
+          vm,
+          ...(point ? { point } : {}),
+          driver,
+          accel,
+          stateDir: cfg.stateDir,
+          ...(o.lab ? { lab: o.lab } : {}),
+          ...(o.network ? { network: o.network } : {}),
+          publish,
+          ...keyFileOption(o.keyFile, cfg),
+          ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+          ...(o.scan ? { scan: { rules: o.scan, allowInfected: o.allowInfected === true, catalog: cfg.catalog } } : {}),
+        });
+        ctx.out.result(recoverResult(s), (v) => renderRecovered(v as RecoverResult));
+      },
+    );
   program
     .command('session-supervise <session>', { hidden: true })
     .description('internal: the detached process that owns a recovery session')
@@ -79,8 +128,12 @@ export function registerRecover(program: Command): void {
       const { depsWithKey } = await import('../../session/deps.js');
       const { SessionStore } = await import('../../session/store.js');
       // The key file recover resolved is in the owner-only session record: only its path, never the key, reaches this process.
-      const code = await superviseSession(o.stateDir, id, depsWithKey(new SessionStore(o.stateDir).get(id).keyFile),
-        o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {});
+      const code = await superviseSession(
+        o.stateDir,
+        id,
+        depsWithKey(new SessionStore(o.stateDir).get(id).keyFile),
+        o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {},
+      );
       // Whatever a lower layer left open (a FUSE channel, a libvirt
       // connection) must not keep a finished supervisor alive.
       process.exit(code);

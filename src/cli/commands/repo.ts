@@ -76,15 +76,24 @@ export function registerRepo(program: Command): void {
     .action(async (dir: string, o: { chunkSize?: string; encrypt?: boolean; keyFile?: string }, c: Command) => {
       const { initRepository } = await import('../../repo/index.js');
       const ctx = contextFor(c);
-      if (o.encrypt && !o.keyFile) throw badInput('KEY_REQUIRED', '--encrypt needs --key-file', 'add --key-file <file>; it is created when it does not exist, keep a copy safe');
-      if (o.keyFile && !o.encrypt) throw badInput('ENCRYPT_REQUIRED', '--key-file is only used with --encrypt', 'add --encrypt, or leave out --key-file');
+      if (o.encrypt && !o.keyFile)
+        throw badInput(
+          'KEY_REQUIRED',
+          '--encrypt needs --key-file',
+          'add --key-file <file>; it is created when it does not exist, keep a copy safe',
+        );
+      if (o.keyFile && !o.encrypt)
+        throw badInput('ENCRYPT_REQUIRED', '--key-file is only used with --encrypt', 'add --encrypt, or leave out --key-file');
       const repo = await initRepository(dir, {
         ...(o.chunkSize ? { chunkSize: parseSize(o.chunkSize) } : {}),
         ...(o.encrypt && o.keyFile ? { keyFile: o.keyFile } : {}),
       });
       const c2 = repo.config;
-      ctx.out.result({ path: repo.path, id: c2.id, version: c2.version, chunkSize: c2.chunkSize, encryption: c2.encryption },
-        () => `repository ${repo.path} created: chunks of ${formatBytes(c2.chunkSize)}, ${c2.encryption === 'none' ? 'not encrypted' : 'encrypted (keep the key file safe: without it nothing restores)'}`);
+      ctx.out.result(
+        { path: repo.path, id: c2.id, version: c2.version, chunkSize: c2.chunkSize, encryption: c2.encryption },
+        () =>
+          `repository ${repo.path} created: chunks of ${formatBytes(c2.chunkSize)}, ${c2.encryption === 'none' ? 'not encrypted' : 'encrypted (keep the key file safe: without it nothing restores)'}`,
+      );
     });
   cmd
     .command('reindex')

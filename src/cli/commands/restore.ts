@@ -21,10 +21,20 @@ export function registerRestore(program: Command): void {
       const { repo } = await openRepoFromFlags(ctx, o);
       let bar: ReturnType<typeof ctx.out.progress> | undefined;
       const r = await restoreDisk({
-        repo, point: id, disk: o.disk, to: o.to, format: o.format as RestoreFormat,
-        onProgress: (done, total) => { (bar ??= ctx.out.progress(`restore ${o.disk}`, total)).update(done); },
+        repo,
+        point: id,
+        disk: o.disk,
+        to: o.to,
+        format: o.format as RestoreFormat,
+        onProgress: (done, total) => {
+          (bar ??= ctx.out.progress(`restore ${o.disk}`, total)).update(done);
+        },
       });
       bar?.finish();
-      ctx.out.result(r, () => `restored ${id}/${o.disk} to ${r.to} (${r.format}, ${formatBytes(r.size)}, ${formatBytes(r.bytesWritten)} of data) in ${r.seconds} s`);
+      ctx.out.result(
+        r,
+        () =>
+          `restored ${id}/${o.disk} to ${r.to} (${r.format}, ${formatBytes(r.size)}, ${formatBytes(r.bytesWritten)} of data) in ${r.seconds} s`,
+      );
     });
 }

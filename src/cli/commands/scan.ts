@@ -22,14 +22,19 @@ interface ScanFlags extends RepoFlags {
 
 export function renderScan(s: PointScan): string {
   const head = `${s.point} (${s.vm}): ${s.verdict.toUpperCase()}, ${s.files.scanned} file(s) scanned, ${s.files.cached} answered from the cache, ${s.seconds.toFixed(1)} s`;
-  const skipped = s.partitions.filter((p) => p.skipped).map((p) => `  ${p.disk} partition ${p.partition} (${p.fstype}) not scanned: ${p.skipped}`);
+  const skipped = s.partitions
+    .filter((p) => p.skipped)
+    .map((p) => `  ${p.disk} partition ${p.partition} (${p.fstype}) not scanned: ${p.skipped}`);
   const hits = s.matches.map((m) => `  ${m.rule}  ${m.disk} p${m.partition} ${m.path}  sha256 ${m.sha256}`);
   return [head, ...hits, ...skipped].join('\n');
 }
 
 function renderLastClean(r: LastCleanResult): string {
   const lines = r.points.map((p) => `  ${p.id}  ${p.verdict}`);
-  return [...lines, r.lastClean ? `last clean point of ${r.vm}: ${r.lastClean}` : `no clean point of ${r.vm} among the ${r.points.length} scanned`].join('\n');
+  return [
+    ...lines,
+    r.lastClean ? `last clean point of ${r.vm}: ${r.lastClean}` : `no clean point of ${r.vm} among the ${r.points.length} scanned`,
+  ].join('\n');
 }
 
 /** A point id, or the name of a VM (then its newest point, or all of them newest first with --last-clean). */
@@ -69,9 +74,15 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
       };
       const base = { repo, stateDir: cfg.stateDir, db, rules, ...(keyFile ? { keyFile } : {}) };
       if (o.lastClean) {
-        if (!t.vm) throw new RestorelabError('LAST_CLEAN_NEEDS_VM', `--last-clean scans a VM's points; ${target} is a restore point`, { hint: 'give the VM name instead' });
+        if (!t.vm)
+          throw new RestorelabError('LAST_CLEAN_NEEDS_VM', `--last-clean scans a VM's points; ${target} is a restore point`, {
+            hint: 'give the VM name instead',
+          });
         const r = await findLastClean({
-          ...base, vm: t.vm, ...(o.since ? { since: o.since } : {}), ...(o.until ? { until: o.until } : {}),
+          ...base,
+          vm: t.vm,
+          ...(o.since ? { since: o.since } : {}),
+          ...(o.until ? { until: o.until } : {}),
           onPoint: (p, i, n) => ctx.out.info(`scanning ${p.id} (${p.time}), ${i + 1} of at most ${n}`),
           onProgress: progress('scan'),
         });
@@ -97,7 +108,7 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
 export function registerScan(program: Command): void {
   program
     .command('scan <point|vm>')
-    .description('scan a restore point\'s guest filesystems with YARA rules (read-only mounts); exit 3 when infected')
+    .description("scan a restore point's guest filesystems with YARA rules (read-only mounts); exit 3 when infected")
     .requiredOption('--yara <rules>', 'YARA rule file (compiled once with yarac)')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')

@@ -37,7 +37,8 @@ interface ServerFlags {
 export function parsePort(flag: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw badInput('BAD_PORT', `${flag} must be a port number 0-65535, got "${v}"`, `e.g. ${flag} 2049 (0 picks a free port)`);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw badInput('BAD_PORT', `${flag} must be a port number 0-65535, got "${v}"`, `e.g. ${flag} 2049 (0 picks a free port)`);
   return n;
 }
 
@@ -49,12 +50,25 @@ export function registerServer(program: Command): void {
     .option('--nfs-port <n>', 'NFS port (default from config, 2049)')
     .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
     .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
-    .option('--allow <cidr>', 'client address or CIDR allowed to mount (repeatable; default from config)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--nfs-listen <addr>', 'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option(
+      '--allow <cidr>',
+      'client address or CIDR allowed to mount (repeatable; default from config)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option(
+      '--nfs-listen <addr>',
+      'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
     .option('--read-only', 'refuse every write over NFS')
     .option('--jobs <dir>', 'directory of SureBackup job files to schedule (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
-    .option('--backup-jobs <dir>', 'directory of backup job files to schedule (default: backupJobsDir of the config or RESTORELAB_BACKUP_JOBS_DIR, else lab-templates/backup-jobs)')
+    .option(
+      '--backup-jobs <dir>',
+      'directory of backup job files to schedule (default: backupJobsDir of the config or RESTORELAB_BACKUP_JOBS_DIR, else lab-templates/backup-jobs)',
+    )
     .option('--no-schedule', 'do not run scheduled jobs (SureBackup and backup jobs)')
     .option('--no-api', 'do not serve the REST API and dashboard')
     .option('--listen <addr>', 'API listen address (default from config, 127.0.0.1)')
@@ -78,10 +92,12 @@ export function registerServer(program: Command): void {
       try {
         const { reconcile } = await import('../../reconcile/reconcile.js');
         const rec = await reconcile({
-          stateDir: cfg.stateDir, ...keyFileOption(undefined, cfg),
+          stateDir: cfg.stateDir,
+          ...keyFileOption(undefined, cfg),
           log: (l) => ctx.out.warn(`reconcile: ${l}`),
         });
-        for (const s of rec.stale.filter((x) => x.outcome?.action !== 'removed')) ctx.out.warn(`stale: ${s.id}: ${s.reason} (restorelab cleanup)`);
+        for (const s of rec.stale.filter((x) => x.outcome?.action !== 'removed'))
+          ctx.out.warn(`stale: ${s.id}: ${s.reason} (restorelab cleanup)`);
         result.reconcile = {
           resumable: rec.resumable.map((p) => p.id),
           stale: rec.stale.map((x) => ({ id: x.id, reason: x.reason, action: x.outcome?.action ?? 'kept' })),
@@ -106,7 +122,8 @@ export function registerServer(program: Command): void {
           closers.push(pubs.close);
           const portmap = parsePort('--portmap-port', o.portmapPort) ?? cfg.nfs.portmapPort;
           const nfs = await startNfsExport({
-            datastore, stateDir: cfg.stateDir,
+            datastore,
+            stateDir: cfg.stateDir,
             port: parsePort('--nfs-port', o.nfsPort) ?? cfg.nfs.port,
             mountPort: parsePort('--mount-port', o.mountPort) ?? cfg.nfs.mountPort,
             portmapPort: portmap === 0 ? null : portmap,
@@ -119,22 +136,44 @@ export function registerServer(program: Command): void {
             log: { warn: (m) => ctx.out.warn(m) },
           });
           closers.unshift(() => nfs.stop());
-          result.nfs = { host: nfs.host, port: nfs.port, mountPort: nfs.mountPort, portmapPort: nfs.portmapPort, export: nfs.exportPath, publications: pubs.restored, skipped: pubs.skipped };
+          result.nfs = {
+            host: nfs.host,
+            port: nfs.port,
+            mountPort: nfs.mountPort,
+            portmapPort: nfs.portmapPort,
+            export: nfs.exportPath,
+            publications: pubs.restored,
+            skipped: pubs.skipped,
+          };
         }
         if (o.schedule) {
           const { startScheduler } = await import('../../scheduler/scheduler.js');
-          const s = startScheduler({ jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'), gate: jobGate, log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } });
+          const s = startScheduler({
+            jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'),
+            gate: jobGate,
+            log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) },
+          });
           scheduler = s;
-          closers.unshift(async () => { await s.stop(); });
+          closers.unshift(async () => {
+            await s.stop();
+          });
           result.jobs = s.jobs.map((j) => j.name);
           // `restorelab backup` on this host tells the scheduler of its backups here (afterBackup jobs).
           // Never fatal: without it the API's backups still trigger, and the CLI runs the jobs itself.
           const { serveBackupNotices } = await import('../../scheduler/notice.js');
-          const notices = await serveBackupNotices({ stateDir: cfg.stateDir, jobsDir: resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')), notify: (vms) => s.notifyBackup(vms),
+          const notices = await serveBackupNotices({
+            stateDir: cfg.stateDir,
+            jobsDir: resolve(o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs')),
+            notify: (vms) => s.notifyBackup(vms),
             // `backup-job run` on this host fires its linked SureBackup jobs here.
             run: (job) => (s.jobs.some((j) => j.name === job) ? s.trigger(job, 'after-backup') : undefined),
-            log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) } })
-            .catch((err: Error) => { ctx.out.warn(`backup notices: cannot listen in ${cfg.stateDir}: ${err.message}; \`restorelab backup\` will run afterBackup jobs itself`); return undefined; });
+            log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) },
+          }).catch((err: Error) => {
+            ctx.out.warn(
+              `backup notices: cannot listen in ${cfg.stateDir}: ${err.message}; \`restorelab backup\` will run afterBackup jobs itself`,
+            );
+            return undefined;
+          });
           if (notices) closers.unshift(() => notices.close());
           result.backupNotices = notices?.path ?? null;
           backupJobs = await startBackupJobs(cfg, backupDir, s, { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) });
@@ -146,8 +185,13 @@ export function registerServer(program: Command): void {
           const { startApiServer } = await import('../../api/server.js');
           const jobsDir = o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs');
           const api = await startApiServer({
-            config: cfg, jobsDir, jobGate, ...(datastore ? { datastore } : {}), ...(scheduler ? { scheduler } : {}),
-            backupJobsDir: backupDir, ...(backupJobs ? { backupJobs } : {}),
+            config: cfg,
+            jobsDir,
+            jobGate,
+            ...(datastore ? { datastore } : {}),
+            ...(scheduler ? { scheduler } : {}),
+            backupJobsDir: backupDir,
+            ...(backupJobs ? { backupJobs } : {}),
             ...(o.listen ? { listen: o.listen } : {}),
             ...(o.port !== undefined ? { port: parsePort('--port', o.port) } : {}),
           });
@@ -158,13 +202,19 @@ export function registerServer(program: Command): void {
         for (const close of closers) await close().catch(() => undefined);
         throw err;
       }
-      ctx.out.result(result, () => [
-        `restorelab server (pid ${process.pid})`,
-        result.nfs ? `  NFS: ${JSON.stringify(result.nfs)}` : '  NFS: off',
-        result.jobs ? `  scheduled jobs: ${(result.jobs as string[]).join(', ') || 'none'}` : '  scheduler: off',
-        result.backupJobs ? `  backup jobs: ${(result.backupJobs as string[]).join(', ') || 'none'} (${backupDir})` : '',
-        result.api ? `  API and dashboard: ${(result.api as { url: string }).url}/ (tokens: restorelab token create NAME --role viewer)` : '  API: off',
-      ].filter((l) => l !== '').join('\n'));
+      ctx.out.result(result, () =>
+        [
+          `restorelab server (pid ${process.pid})`,
+          result.nfs ? `  NFS: ${JSON.stringify(result.nfs)}` : '  NFS: off',
+          result.jobs ? `  scheduled jobs: ${(result.jobs as string[]).join(', ') || 'none'}` : '  scheduler: off',
+          result.backupJobs ? `  backup jobs: ${(result.backupJobs as string[]).join(', ') || 'none'} (${backupDir})` : '',
+          result.api
+            ? `  API and dashboard: ${(result.api as { url: string }).url}/ (tokens: restorelab token create NAME --role viewer)`
+            : '  API: off',
+        ]
+          .filter((l) => l !== '')
+          .join('\n'),
+      );
       await new Promise<void>((resolve) => {
         const stop = (): void => resolve();
         process.once('SIGINT', stop);
@@ -180,7 +230,12 @@ export function registerServer(program: Command): void {
  * the start, as a bad SureBackup job does), armed, firing their linked
  * SureBackup jobs through the server's SureBackup scheduler.
  */
-async function startBackupJobs(cfg: Config, dir: string, surebackup: Scheduler, log: { info(l: string): void; warn(l: string): void }): Promise<BackupJobScheduler> {
+async function startBackupJobs(
+  cfg: Config,
+  dir: string,
+  surebackup: Scheduler,
+  log: { info(l: string): void; warn(l: string): void },
+): Promise<BackupJobScheduler> {
   const { existsSync } = await import('node:fs');
   const { BackupJobScheduler } = await import('../../backup/jobs/scheduler.js');
   const { BackupJobHistory } = await import('../../backup/jobs/history.js');
@@ -189,7 +244,11 @@ async function startBackupJobs(cfg: Config, dir: string, surebackup: Scheduler, 
   const history = BackupJobHistory.open(cfg.catalog);
   try {
     const s = new BackupJobScheduler({
-      ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }), history, closeHistory: true, log, stateDir: cfg.stateDir,
+      ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }),
+      history,
+      closeHistory: true,
+      log,
+      stateDir: cfg.stateDir,
       run: configuredBackupRun(cfg, { history, log, confineScripts: true, fireSureBackup: fireThroughScheduler(surebackup) }),
     }).start();
     return s;

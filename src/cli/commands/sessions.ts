@@ -6,16 +6,29 @@ import { ageSeconds, type RecoverySession } from '../../session/session.js';
 /** One listed session, as `sessions --json` prints it (embedded and remote). */
 export function sessionRow(s: RecoverySession, now: number) {
   return {
-    session: s.id, vm: s.vm, point: s.point, driver: s.driver, state: s.state, ageSeconds: ageSeconds(s, now),
-    heartbeatSeconds: s.heartbeatSeconds ?? null, addresses: s.addresses, ...(s.lab ? { lab: s.lab } : {}),
-    ...(s.network ? { network: s.network } : {}), ...(s.migratedTo ? { migratedTo: s.migratedTo } : {}),
+    session: s.id,
+    vm: s.vm,
+    point: s.point,
+    driver: s.driver,
+    state: s.state,
+    ageSeconds: ageSeconds(s, now),
+    heartbeatSeconds: s.heartbeatSeconds ?? null,
+    addresses: s.addresses,
+    ...(s.lab ? { lab: s.lab } : {}),
+    ...(s.network ? { network: s.network } : {}),
+    ...(s.migratedTo ? { migratedTo: s.migratedTo } : {}),
     ...(s.error ? { error: s.error } : {}),
   };
 }
 
 export function renderSessions(sessions: Array<ReturnType<typeof sessionRow>>): string {
   return sessions.length
-    ? sessions.map((s) => `${s.session}  ${s.vm.padEnd(16)} ${s.state.padEnd(9)} ${String(s.ageSeconds).padStart(6)} s  ${Object.values(s.addresses).join(' ')}${s.error ? `  (${s.error.message})` : ''}`).join('\n')
+    ? sessions
+        .map(
+          (s) =>
+            `${s.session}  ${s.vm.padEnd(16)} ${s.state.padEnd(9)} ${String(s.ageSeconds).padStart(6)} s  ${Object.values(s.addresses).join(' ')}${s.error ? `  (${s.error.message})` : ''}`,
+        )
+        .join('\n')
     : 'no recovery sessions';
 }
 

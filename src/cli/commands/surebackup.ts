@@ -12,15 +12,43 @@ function jobsDir(opt: string | undefined): string {
 
 // The human renderings and --limit check, shared with remote mode (src/cli/remote-commands.ts).
 
-export function renderRun(job: string, r: { run: string; result: string; vms: Array<{ name: string; result: string; recoverySeconds: number; tests: Array<{ name: string; result: string }> }>; report: string | null }): string {
-  return [`${job}: ${r.result} (run ${r.run})`,
-    ...r.vms.map((v) => `  ${v.name.padEnd(16)} ${v.result.padEnd(18)} ${v.recoverySeconds.toFixed(1)} s  ${v.tests.map((t) => `${t.name}:${t.result}`).join(' ')}`),
-    `report: ${r.report}`].join('\n');
+export function renderRun(
+  job: string,
+  r: {
+    run: string;
+    result: string;
+    vms: Array<{ name: string; result: string; recoverySeconds: number; tests: Array<{ name: string; result: string }> }>;
+    report: string | null;
+  },
+): string {
+  return [
+    `${job}: ${r.result} (run ${r.run})`,
+    ...r.vms.map(
+      (v) =>
+        `  ${v.name.padEnd(16)} ${v.result.padEnd(18)} ${v.recoverySeconds.toFixed(1)} s  ${v.tests.map((t) => `${t.name}:${t.result}`).join(' ')}`,
+    ),
+    `report: ${r.report}`,
+  ].join('\n');
 }
 
-export function renderHistory(out: { passRate: { rate: number | null; runs: number }; runs: Array<{ startedAt: string; job: string; trigger: string; status: string; detail: string | null; vms: Array<{ name: string; result: string }> }> }): string {
-  return [`pass rate: ${out.passRate.rate === null ? 'no runs' : `${(out.passRate.rate * 100).toFixed(0)}% of ${out.passRate.runs}`}`,
-    ...out.runs.map((r) => `${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(12)} ${r.status.padEnd(15)} ${r.detail ?? r.vms.map((v) => `${v.name}:${v.result}`).join(' ')}`)].join('\n');
+export function renderHistory(out: {
+  passRate: { rate: number | null; runs: number };
+  runs: Array<{
+    startedAt: string;
+    job: string;
+    trigger: string;
+    status: string;
+    detail: string | null;
+    vms: Array<{ name: string; result: string }>;
+  }>;
+}): string {
+  return [
+    `pass rate: ${out.passRate.rate === null ? 'no runs' : `${(out.passRate.rate * 100).toFixed(0)}% of ${out.passRate.runs}`}`,
+    ...out.runs.map(
+      (r) =>
+        `${r.startedAt}  ${r.job.padEnd(16)} ${r.trigger.padEnd(12)} ${r.status.padEnd(15)} ${r.detail ?? r.vms.map((v) => `${v.name}:${v.result}`).join(' ')}`,
+    ),
+  ].join('\n');
 }
 
 export function parseLimit(v: string): number {
@@ -55,23 +83,45 @@ export function registerSurebackup(program: Command): void {
       const ctx = contextFor(c);
       const job = loadJob(file);
       const cfg = await ctx.config();
-      const backend = createLabBackend({ repo: resolve(o.repo ?? cfg.repository), stateDir: cfg.stateDir, catalog: cfg.catalog, driver: cfg.driver, accel: cfg.accel, baseDir: dirname(resolve(file)),
-        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}), ...keyFileOption(o.keyFile, cfg) });
+      const backend = createLabBackend({
+        repo: resolve(o.repo ?? cfg.repository),
+        stateDir: cfg.stateDir,
+        catalog: cfg.catalog,
+        driver: cfg.driver,
+        accel: cfg.accel,
+        baseDir: dirname(resolve(file)),
+        ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+        ...keyFileOption(o.keyFile, cfg),
+      });
       const history = History.open(cfg.catalog);
       const ac = new AbortController();
       // Ctrl-C or a service stop cancels the run; the runner still tears everything down.
-      const cancel = (sig: string): void => { ctx.out.warn(`${sig}: cancelling, tearing the lab down`); ac.abort(new Error(`cancelled by ${sig}`)); };
-      const onInt = (): void => cancel('SIGINT'); const onTerm = (): void => cancel('SIGTERM');
-      process.once('SIGINT', onInt); process.once('SIGTERM', onTerm);
+      const cancel = (sig: string): void => {
+        ctx.out.warn(`${sig}: cancelling, tearing the lab down`);
+        ac.abort(new Error(`cancelled by ${sig}`));
+      };
+      const onInt = (): void => cancel('SIGINT');
+      const onTerm = (): void => cancel('SIGTERM');
+      process.once('SIGINT', onInt);
+      process.once('SIGTERM', onTerm);
       try {
         const rep = await executeRun({
-          job, jobFile: resolve(file), backend, repo: () => backend.reader(), stateDir: cfg.stateDir, history, trigger: 'manual', signal: ac.signal,
-          limiter: new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB), log: { warn: (l) => ctx.out.warn(l) },
+          job,
+          jobFile: resolve(file),
+          backend,
+          repo: () => backend.reader(),
+          stateDir: cfg.stateDir,
+          history,
+          trigger: 'manual',
+          signal: ac.signal,
+          limiter: new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB),
+          log: { warn: (l) => ctx.out.warn(l) },
         });
         ctx.out.result(runOutput(rep), () => renderRun(job.name, runOutput(rep)));
         if (rep.result !== 'success') process.exitCode = ExitCode.verifyFailed;
       } finally {
-        process.off('SIGINT', onInt); process.off('SIGTERM', onTerm);
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
         history.close();
         await backend.close();
       }
@@ -89,14 +139,36 @@ export function registerSurebackup(program: Command): void {
       try {
         const runs = history.lastRuns({ job: o.job, limit }).map((r) => {
           const full = history.run(r.id)!;
-          return { id: r.id, job: r.job, trigger: r.trigger, status: r.status, startedAt: r.startedAt, endedAt: r.endedAt, dueAt: r.dueAt, detail: r.detail,
-            report: r.reportHtml, vms: full.vms.map((v) => ({ name: v.name, point: v.point, result: v.result, recoverySeconds: v.recoverySeconds, screenshot: v.screenshot })) };
+          return {
+            id: r.id,
+            job: r.job,
+            trigger: r.trigger,
+            status: r.status,
+            startedAt: r.startedAt,
+            endedAt: r.endedAt,
+            dueAt: r.dueAt,
+            detail: r.detail,
+            report: r.reportHtml,
+            vms: full.vms.map((v) => ({
+              name: v.name,
+              point: v.point,
+              result: v.result,
+              recoverySeconds: v.recoverySeconds,
+              screenshot: v.screenshot,
+            })),
+          };
         });
         const vms = [...new Set(runs.flatMap((r) => r.vms.map((v) => v.name)))].sort();
-        const out = { job: o.job ?? null, passRate: history.passRate({ job: o.job }), runs,
-          recoveryTrend: Object.fromEntries(vms.map((vm) => [vm, history.recoveryTrend(vm, { job: o.job })])) };
+        const out = {
+          job: o.job ?? null,
+          passRate: history.passRate({ job: o.job }),
+          runs,
+          recoveryTrend: Object.fromEntries(vms.map((vm) => [vm, history.recoveryTrend(vm, { job: o.job })])),
+        };
         ctx.out.result(out, () => renderHistory(out));
-      } finally { history.close(); }
+      } finally {
+        history.close();
+      }
     });
   const sched = cmd.command('schedule').description('scheduled SureBackup jobs');
   sched
@@ -108,6 +180,15 @@ export function registerSurebackup(program: Command): void {
       const ctx = contextFor(c);
       const dir = jobsDir(o.jobs);
       const jobs = describeJobs(loadJobsDir(dir));
-      ctx.out.result({ jobsDir: dir, jobs }, () => jobs.map((j) => `${j.name.padEnd(20)} ${(j.schedule ?? '-').padEnd(16)} ${j.afterBackup ? 'after-backup ' : ''}next: ${j.next[0] ?? 'never'}`).join('\n') || `no jobs in ${dir}`);
+      ctx.out.result(
+        { jobsDir: dir, jobs },
+        () =>
+          jobs
+            .map(
+              (j) =>
+                `${j.name.padEnd(20)} ${(j.schedule ?? '-').padEnd(16)} ${j.afterBackup ? 'after-backup ' : ''}next: ${j.next[0] ?? 'never'}`,
+            )
+            .join('\n') || `no jobs in ${dir}`,
+      );
     });
 }

@@ -16,9 +16,18 @@ export function registerUnpublish(program: Command): void {
       const { LOCAL_USER, removePublication } = await import('../../publish/publish.js');
       const ctx = contextFor(c);
       const st = await removePublication((await ctx.config()).stateDir, id, { discard: o.discard ?? false, as: LOCAL_USER });
-      const result = { publication: st.id, stopped: true, discarded: o.discard ?? false, ...(st.crashed ? { crashed: true } : {}), ...(st.log ? { log: st.log } : {}) };
+      const result = {
+        publication: st.id,
+        stopped: true,
+        discarded: o.discard ?? false,
+        ...(st.crashed ? { crashed: true } : {}),
+        ...(st.log ? { log: st.log } : {}),
+      };
       // A publisher that died is worth a look before its log goes (--discard deletes it with the rest).
       const died = st.crashed ? ` (its publisher had died${st.log ? `; its log: ${st.log}` : ''})` : '';
-      ctx.out.result(result, () => `unpublished ${st.id}${o.discard ? ' and discarded its overlay' : ' (overlay kept for --resume)'}${died}`);
+      ctx.out.result(
+        result,
+        () => `unpublished ${st.id}${o.discard ? ' and discarded its overlay' : ' (overlay kept for --resume)'}${died}`,
+      );
     });
 }

@@ -8,7 +8,10 @@ import { formatBytes } from '../../format/output.js';
 
 function render(r: VerifyReport): string {
   const head = `${r.ok ? 'ok' : 'CORRUPT'}: ${r.chunksChecked} chunk(s), ${formatBytes(r.bytesChecked)} of ${r.pointsChecked} restore point(s) checked in ${r.seconds} s`;
-  const lines = r.corrupt.map((f) => `  ${f.kind} ${f.digest || '(manifest)'}: ${f.reason}${f.quarantined ? ' (quarantined)' : ''}; breaks ${f.points.join(', ') || 'no point'}`);
+  const lines = r.corrupt.map(
+    (f) =>
+      `  ${f.kind} ${f.digest || '(manifest)'}: ${f.reason}${f.quarantined ? ' (quarantined)' : ''}; breaks ${f.points.join(', ') || 'no point'}`,
+  );
   for (const f of r.repaired) lines.push(`  warning: chunk ${f.digest} repaired: ${f.reason}`);
   if (r.affectedPoints.length) lines.push(`damaged restore points: ${r.affectedPoints.join(', ')}`);
   return [head, ...lines].join('\n');
@@ -17,7 +20,9 @@ function render(r: VerifyReport): string {
 export function registerVerify(program: Command): void {
   program
     .command('verify [id]')
-    .description('re-read, decompress and re-hash every chunk a restore point (default: every point) references; corrupt chunks are quarantined')
+    .description(
+      're-read, decompress and re-hash every chunk a restore point (default: every point) references; corrupt chunks are quarantined',
+    )
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
@@ -29,11 +34,15 @@ export function registerVerify(program: Command): void {
       let bar: ReturnType<typeof ctx.out.progress> | undefined;
       const report = await verifyRepository(repo, {
         ...(id ? { point: id } : {}),
-        onProgress: (done, total) => { (bar ??= ctx.out.progress('verify', total, 'chunks')).update(done); },
+        onProgress: (done, total) => {
+          (bar ??= ctx.out.progress('verify', total, 'chunks')).update(done);
+        },
       });
       bar?.finish();
       // The damaged marks live in the manifests; the catalog mirrors them.
-      await withCatalog(ctx, async (db) => { await reindex(db, repo); });
+      await withCatalog(ctx, async (db) => {
+        await reindex(db, repo);
+      });
       ctx.out.result(report, () => render(report));
       if (!report.ok) process.exitCode = ExitCode.verifyFailed;
     });

@@ -35,8 +35,28 @@ import { commit } from './proc/commit.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const NFS3_PROCEDURES: readonly NfsProcedure<any>[] = [
-  nullProc, getattr, setattr, lookup, access, readlink, read, write, create, mkdir, symlink,
-  mknod, remove, rmdir, rename, link, readdir, readdirplus, fsstat, fsinfo, pathconf, commit,
+  nullProc,
+  getattr,
+  setattr,
+  lookup,
+  access,
+  readlink,
+  read,
+  write,
+  create,
+  mkdir,
+  symlink,
+  mknod,
+  remove,
+  rmdir,
+  rename,
+  link,
+  readdir,
+  readdirplus,
+  fsstat,
+  fsinfo,
+  pathconf,
+  commit,
 ];
 
 export interface NfsLog {

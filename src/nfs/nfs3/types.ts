@@ -14,11 +14,35 @@ export const NFS_IO_MAX = 1 << 20;
 
 // RFC 1813 section 2.6: nfsstat3.
 export const enum Nfs3Status {
-  OK = 0, PERM = 1, NOENT = 2, IO = 5, NXIO = 6, ACCES = 13, EXIST = 17, XDEV = 18, NODEV = 19,
-  NOTDIR = 20, ISDIR = 21, INVAL = 22, FBIG = 27, NOSPC = 28, ROFS = 30, MLINK = 31,
-  NAMETOOLONG = 63, NOTEMPTY = 66, DQUOT = 69, STALE = 70, REMOTE = 71, BADHANDLE = 10001,
-  NOT_SYNC = 10002, BAD_COOKIE = 10003, NOTSUPP = 10004, TOOSMALL = 10005, SERVERFAULT = 10006,
-  BADTYPE = 10007, JUKEBOX = 10008,
+  OK = 0,
+  PERM = 1,
+  NOENT = 2,
+  IO = 5,
+  NXIO = 6,
+  ACCES = 13,
+  EXIST = 17,
+  XDEV = 18,
+  NODEV = 19,
+  NOTDIR = 20,
+  ISDIR = 21,
+  INVAL = 22,
+  FBIG = 27,
+  NOSPC = 28,
+  ROFS = 30,
+  MLINK = 31,
+  NAMETOOLONG = 63,
+  NOTEMPTY = 66,
+  DQUOT = 69,
+  STALE = 70,
+  REMOTE = 71,
+  BADHANDLE = 10001,
+  NOT_SYNC = 10002,
+  BAD_COOKIE = 10003,
+  NOTSUPP = 10004,
+  TOOSMALL = 10005,
+  SERVERFAULT = 10006,
+  BADTYPE = 10007,
+  JUKEBOX = 10008,
 }
 
 /** The one table from datastore errors to NFS status. */
@@ -43,7 +67,10 @@ export const STATUS_FOR_CODE: Readonly<Record<DatastoreErrorCode, Nfs3Status>> =
 
 /** A procedure's failure: the dispatcher writes the status and the procedure's resfail body. */
 export class NfsStatusError extends Error {
-  constructor(readonly status: Nfs3Status, message?: string) {
+  constructor(
+    readonly status: Nfs3Status,
+    message?: string,
+  ) {
     super(message ?? `nfsstat3 ${status}`);
     this.name = 'NfsStatusError';
   }
@@ -56,10 +83,22 @@ export class NfsStatusError extends Error {
 }
 
 // RFC 1813 section 2.5: ftype3.
-export const enum Ftype3 { REG = 1, DIR = 2, BLK = 3, CHR = 4, LNK = 5, SOCK = 6, FIFO = 7 }
+export const enum Ftype3 {
+  REG = 1,
+  DIR = 2,
+  BLK = 3,
+  CHR = 4,
+  LNK = 5,
+  SOCK = 6,
+  FIFO = 7,
+}
 const FTYPE: Record<FileType, Ftype3> = { file: Ftype3.REG, dir: Ftype3.DIR, symlink: Ftype3.LNK };
 
-export const enum StableHow { UNSTABLE = 0, DATA_SYNC = 1, FILE_SYNC = 2 }
+export const enum StableHow {
+  UNSTABLE = 0,
+  DATA_SYNC = 1,
+  FILE_SYNC = 2,
+}
 
 /** All exports share one fsid: the datastore is one filesystem. */
 const FSID = 0x524c4e46;
@@ -78,8 +117,17 @@ export function readTime(r: XdrReader): Date {
 
 /** fattr3 (section 2.5). */
 export function writeFattr(w: XdrWriter, a: FileAttr): void {
-  w.u32(FTYPE[a.type]).u32(a.mode & 0o7777).u32(a.nlink).u32(a.uid >>> 0).u32(a.gid >>> 0)
-    .u64(a.size).u64(a.used).u32(0).u32(0).u64(FSID).u64(a.fileid);
+  w.u32(FTYPE[a.type])
+    .u32(a.mode & 0o7777)
+    .u32(a.nlink)
+    .u32(a.uid >>> 0)
+    .u32(a.gid >>> 0)
+    .u64(a.size)
+    .u64(a.used)
+    .u32(0)
+    .u32(0)
+    .u64(FSID)
+    .u64(a.fileid);
   writeTime(w, a.atime);
   writeTime(w, a.mtime);
   writeTime(w, a.ctime);
@@ -101,12 +149,20 @@ export function writeWcc(w: XdrWriter, pre: FileAttr | undefined, post: FileAttr
   writePostOpAttr(w, post);
 }
 
-export const enum TimeHow { DONT_CHANGE = 0, SERVER_TIME = 1, CLIENT_TIME = 2 }
+export const enum TimeHow {
+  DONT_CHANGE = 0,
+  SERVER_TIME = 1,
+  CLIENT_TIME = 2,
+}
 
 /** sattr3 (section 2.5). */
 export interface Sattr3 {
-  mode?: number; uid?: number; gid?: number; size?: number;
-  atime?: Date | 'server'; mtime?: Date | 'server';
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  atime?: Date | 'server';
+  mtime?: Date | 'server';
 }
 
 function readSetTime(r: XdrReader): Date | 'server' | undefined {

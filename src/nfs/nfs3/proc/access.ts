@@ -1,8 +1,14 @@
 import { attrOrUndefined, fileIdOf, readHandle, resolve } from '../context.js';
 import { defineProc } from '../procedure.js';
 import {
-  ACCESS3_DELETE, ACCESS3_EXECUTE, ACCESS3_EXTEND, ACCESS3_LOOKUP, ACCESS3_MODIFY, ACCESS3_READ,
-  Nfs3Status, writePostOpAttr,
+  ACCESS3_DELETE,
+  ACCESS3_EXECUTE,
+  ACCESS3_EXTEND,
+  ACCESS3_LOOKUP,
+  ACCESS3_MODIFY,
+  ACCESS3_READ,
+  Nfs3Status,
+  writePostOpAttr,
 } from '../types.js';
 
 /**

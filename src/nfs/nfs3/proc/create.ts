@@ -5,7 +5,11 @@ import { failDirWcc, modifyingDir, readDirop, writeCreated } from './dirop.js';
 import { toSetAttr } from './setattr.js';
 import { checkOwnerChange, rememberExclusiveCreate } from '../context.js';
 
-const enum CreateMode { UNCHECKED = 0, GUARDED = 1, EXCLUSIVE = 2 }
+const enum CreateMode {
+  UNCHECKED = 0,
+  GUARDED = 1,
+  EXCLUSIVE = 2,
+}
 
 /**
  * NFSPROC3_CREATE (RFC 1813 3.3.8). EXCLUSIVE keeps the client's verifier

@@ -16,11 +16,16 @@ export const fsinfo = defineProc({
     const props = FSF3_HOMOGENEOUS | FSF3_CANSETTIME | (call.env.datastore.symlink ? FSF3_SYMLINK : 0);
     w.u32(Nfs3Status.OK);
     writePostOpAttr(w, attr);
-    w.u32(NFS_IO_MAX).u32(NFS_IO_MAX).u32(4096) // rtmax rtpref rtmult
-      .u32(NFS_IO_MAX).u32(NFS_IO_MAX).u32(4096) // wtmax wtpref wtmult
+    w.u32(NFS_IO_MAX)
+      .u32(NFS_IO_MAX)
+      .u32(4096) // rtmax rtpref rtmult
+      .u32(NFS_IO_MAX)
+      .u32(NFS_IO_MAX)
+      .u32(4096) // wtmax wtpref wtmult
       .u32(NFS_IO_MAX) // dtpref
       .u64(Number.MAX_SAFE_INTEGER) // maxfilesize
-      .u32(0).u32(1_000_000) // time_delta: we keep milliseconds
+      .u32(0)
+      .u32(1_000_000) // time_delta: we keep milliseconds
       .u32(props);
   },
   fail: (call, a, w) => failPostOp(call, a.fh, w),

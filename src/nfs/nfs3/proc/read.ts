@@ -28,9 +28,10 @@ export const read = defineProc({
     if (attr.type === 'dir') throw new NfsStatusError(Nfs3Status.ISDIR);
     if (attr.type !== 'file') throw new NfsStatusError(Nfs3Status.INVAL);
     const count = Math.min(a.count, NFS_IO_MAX);
-    const { data, eof } = count === 0 || a.offset >= attr.size
-      ? { data: Buffer.alloc(0), eof: a.offset >= attr.size }
-      : await readData(call.env, id, a.offset, count);
+    const { data, eof } =
+      count === 0 || a.offset >= attr.size
+        ? { data: Buffer.alloc(0), eof: a.offset >= attr.size }
+        : await readData(call.env, id, a.offset, count);
     call.env.counters.bytesRead += data.length;
     countBytes('nfs', 'read', data.length);
     w.u32(Nfs3Status.OK);

@@ -9,7 +9,9 @@ const padded = (n: number): number => (n + 3) & ~3;
 export const READDIR_OVERHEAD = 4 + 4 + 84 + 8 + 4 + 4;
 
 /** A directory entry with its READDIR cookie. */
-export interface Listed extends DirEntry { cookie: number }
+export interface Listed extends DirEntry {
+  cookie: number;
+}
 
 /**
  * Entries after `cookie`. `.` has cookie 1, `..` cookie 2, and every other

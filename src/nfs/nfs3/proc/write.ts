@@ -31,7 +31,9 @@ export const write = defineProc({
     countBytes('nfs', 'write', data.length);
     w.u32(Nfs3Status.OK);
     writeWcc(w, pre, post);
-    w.u32(data.length).u32(sync ? StableHow.FILE_SYNC : StableHow.UNSTABLE).fixed(call.env.writeVerifier);
+    w.u32(data.length)
+      .u32(sync ? StableHow.FILE_SYNC : StableHow.UNSTABLE)
+      .fixed(call.env.writeVerifier);
   },
   async fail(call, a, w) {
     writeWcc(w, undefined, await attrOrUndefined(call, fileIdOf(call, a.fh)));
