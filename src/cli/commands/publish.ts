@@ -21,7 +21,7 @@ import { parseSize } from './repo.js';
 import { keyFileOption } from '../../config/key-file.js';
 import { RestorelabError, badInput } from '../../errors.js';
 import type { NfsExport } from '../../nfs/export.js';
-import { parsePort } from './server.js';
+import { parsePort, withNfsExportOptions } from './server.js';
 
 interface PublishFlags {
   repo?: string;
@@ -144,7 +144,7 @@ async function background(stateDir: string): Promise<PublishResult> {
 }
 
 export function registerPublish(program: Command): void {
-  program
+  const publish = program
     .command('publish <point>')
     .description('publish a restore point as writable disk files on a FUSE mount and/or over NFS (writes go to an overlay)')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
@@ -154,23 +154,8 @@ export function registerPublish(program: Command): void {
       '--fuse-group <group>',
       "group (name or gid) that may use the FUSE mount besides you, e.g. the hypervisor's (default: config fuse.group; none)",
     )
-    .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)')
-    .option('--nfs-port <n>', 'NFS port (default from config, 2049; 0 = any free port)')
-    .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
-    .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
-    .option(
-      '--allow <cidr>',
-      'client address or CIDR allowed to mount (repeatable; default from config)',
-      (v: string, acc: string[]) => [...acc, v],
-      [] as string[],
-    )
-    .option(
-      '--nfs-listen <addr>',
-      'address NFS listens on (repeatable; default from config, 127.0.0.1: this host only; 0.0.0.0 or the address ESXi reaches for other hosts)',
-      (v: string, acc: string[]) => [...acc, v],
-      [] as string[],
-    )
-    .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
+    .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)');
+  withNfsExportOptions(publish, 'NFS port (default from config, 2049; 0 = any free port)')
     .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
     .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
     .option('--resume', 'keep the overlay of an earlier publication of this point (default: start from the restore point)')

@@ -42,12 +42,14 @@ export function parsePort(flag: string, v: string | undefined): number | undefin
   return n;
 }
 
-export function registerServer(program: Command): void {
-  program
-    .command('server')
-    .description('serve every publication over NFS and run scheduled verification jobs, until SIGINT/SIGTERM')
-    .option('--no-nfs', 'do not serve NFS')
-    .option('--nfs-port <n>', 'NFS port (default from config, 2049)')
+/**
+ * The NFS export flags `server` and `publish --nfs` share (ports, who may
+ * mount, where to listen, root squash); both read them with `parsePort` and
+ * fall back to the config's `nfs` section.
+ */
+export function withNfsExportOptions(cmd: Command, nfsPortHelp = 'NFS port (default from config, 2049)'): Command {
+  return cmd
+    .option('--nfs-port <n>', nfsPortHelp)
     .option('--mount-port <n>', 'MOUNT port (default from config, 20048)')
     .option('--portmap-port <n>', 'portmapper port, 0 for none (default from config, 111)')
     .option(
@@ -62,7 +64,15 @@ export function registerServer(program: Command): void {
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
     )
-    .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534')
+    .option('--no-root-squash', 'let NFS clients act as uid/gid 0 (ESXi mounts as root); default from config: squash to 65534');
+}
+
+export function registerServer(program: Command): void {
+  const server = program
+    .command('server')
+    .description('serve every publication over NFS and run scheduled verification jobs, until SIGINT/SIGTERM')
+    .option('--no-nfs', 'do not serve NFS');
+  withNfsExportOptions(server)
     .option('--read-only', 'refuse every write over NFS')
     .option('--jobs <dir>', 'directory of SureBackup job files to schedule (default: RESTORELAB_JOBS_DIR or lab-templates/jobs)')
     .option(
