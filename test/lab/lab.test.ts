@@ -37,10 +37,11 @@ async function ok(cmd: string, args: string[]): Promise<string> {
 async function fakeGuest(lab: LabState, body: string): Promise<string> {
   const ns = `rl-tg-${tag}-${guests.length}`;
   await ok('ip', ['netns', 'add', ns]);
-  const httpd = spawn('ip', ['netns', 'exec', ns, 'busybox', 'httpd', '-f', '-p', '80', '-h', join(dir, body)], { stdio: 'ignore' });
-  guests.push({ ns, httpd });
+  // The document root first: busybox httpd changes into it at start and exits when it is not there yet.
   mkdirSync(join(dir, body), { recursive: true });
   writeFileSync(join(dir, body, 'index.html'), body);
+  const httpd = spawn('ip', ['netns', 'exec', ns, 'busybox', 'httpd', '-f', '-p', '80', '-h', join(dir, body)], { stdio: 'ignore' });
+  guests.push({ ns, httpd });
   await ok('ip', ['link', 'add', `tg${tag}${guests.length}`, 'netns', ns, 'type', 'veth', 'peer', 'name', 'vm0', 'netns', lab.netns]);
   await ok('ip', ['-n', lab.netns, 'link', 'set', 'vm0', 'master', 'br-prod', 'up']);
   await ok('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
