@@ -72,10 +72,20 @@ export const realClock: Clock = {
         reject(signal.reason);
         return;
       }
-      const tm = setTimeout(() => {
+      // Timers count from the event loop's cached time, which can lag the
+      // wall clock under load, so a timer may fire before `ms` have passed by
+      // Date.now(); re-arm for the rest, or a stability span comes up 1 ms short.
+      const until = Date.now() + ms;
+      const fire = (): void => {
+        const left = until - Date.now();
+        if (left > 0) {
+          tm = setTimeout(fire, left);
+          return;
+        }
         signal?.removeEventListener('abort', onAbort);
         resolve();
-      }, ms);
+      };
+      let tm = setTimeout(fire, ms);
       const onAbort = (): void => {
         clearTimeout(tm);
         reject(signal?.reason);
@@ -154,14 +164,17 @@ export async function heartbeat(probes: HeartbeatProbes, o: HeartbeatOptions): P
       ipStableAt === undefined ? bounded(probes.ipAnswer(), probeMs, clock) : Promise.resolve(true),
     ]);
     const at = clock.now();
+    // A run's span is measured between the moments the probes were sent:
+    // their answer times jitter with load, and a slow first answer would
+    // make three answers two seconds apart look shorter than four seconds.
     if (a) agentSeenAt ??= at;
     if (i) ipSeenAt ??= at;
     if (probes.agentPing) {
-      if (agent.record(a, at)) return done('passed', 'agent', `via guest agent: ${stableText}, after ${secs(at - t0)} s`);
-    } else if (ip.record(i, at)) {
+      if (agent.record(a, roundStart)) return done('passed', 'agent', `via guest agent: ${stableText}, after ${secs(at - t0)} s`);
+    } else if (ip.record(i, roundStart)) {
       return done('passed', 'ip', `via ICMP on the lab bridge (VM has no guest agent): ${stableText}, after ${secs(at - t0)} s`);
     }
-    if (probes.agentPing && ipStableAt === undefined && ip.record(i, at)) ipStableAt = at;
+    if (probes.agentPing && ipStableAt === undefined && ip.record(i, roundStart)) ipStableAt = at;
     if (at >= deadline) {
       if (!probes.agentPing) {
         const seen = ipSeenAt === undefined ? 'no ICMP answer' : 'no stable ICMP answer';
@@ -236,7 +249,7 @@ export function watchHeartbeat(answer: () => Promise<boolean>, what: string, o: 
       const roundStart = clock.now();
       const ok = await bounded(answer(), probeTimeoutMs, clock);
       probes++;
-      if (misses.record(ok, clock.now())) {
+      if (misses.record(ok, roundStart)) {
         lostAt = clock.now();
         break;
       }
