@@ -17,7 +17,8 @@ import { backupVm } from '../src/backup/engine.js';
 import { loadVmDefinition } from '../src/vm/definition.js';
 import { addLabTap, labDown, labUp, loadLab, masqueradeAddress, removeLabTap } from '../src/lab/lab.js';
 import { QemuDriver } from '../src/hypervisor/qemu.js';
-import { waitForAgent } from '../src/hypervisor/qga.js';
+import { heartbeat } from '../src/verify/heartbeat.js';
+import { heartbeatProbes } from '../src/bringup/bringup.js';
 import { recover, stopSession } from '../src/session/recover.js';
 import { probeAccel } from '../src/host/accel.js';
 import { guestImage } from '../test/helpers/guests.js';
@@ -79,16 +80,19 @@ async function main(): Promise<void> {
         disks: [{ name: 'root', path: local, format: 'raw' }],
         nics: [{ kind: 'tap', tap, netns, mac: nic.mac }],
       });
-      (await waitForAgent(dom.agentSocket, 300_000)).close();
-      const heartbeat = (performance.now() - t0) / 1000;
-      plain.push({ heartbeat, http: await firstHttp(url, t0) });
+      // The heartbeat recover waits for (three agent answers over four seconds), not the first answer.
+      const http = firstHttp(url, t0);
+      const hb = await heartbeat(heartbeatProbes(dom, vm, { kind: 'lab', lab }), { maxBootSeconds: 300 });
+      if (hb.result !== 'passed') throw new Error(`plain qemu: ${hb.detail}`);
+      plain.push({ heartbeat: (performance.now() - t0) / 1000, http: await http });
       await dom.destroy();
       await removeLabTap(stateDir, lab.name, tap);
       rmSync(local, { force: true });
 
       const t1 = performance.now();
+      const httpRecovered = firstHttp(url, t1);
       const s = await recover({ repo: repoDir, vm: vm.name, lab: labFile, driver: 'qemu', stateDir, accel });
-      const recovered = { heartbeat: (performance.now() - t1) / 1000, http: await firstHttp(url, t1) };
+      const recovered = { heartbeat: (performance.now() - t1) / 1000, http: await httpRecovered };
       ours.push(recovered);
       await stopSession(stateDir, s.id);
       console.log(
