@@ -4,6 +4,9 @@
  * - sequential read of a published 2 GiB disk through FUSE, cold chunk cache
  *   (fresh publisher, dropped page cache) then warm, vs the same bytes from
  *   a restored raw file (cold, then warm); best of several runs each;
+ * - sequential read of the same disk over NBD (`publish --nbd`, a fresh
+ *   publisher, dropped page cache) with nbdcopy, vs the restored raw file
+ *   served by qemu-nbd and read by the same nbdcopy, and vs dd of the file;
  * - random 4 KiB reads, p50/p99, cold and warm, FUSE vs raw;
  * - boot time of `web` to its agent heartbeat, FUSE-published vs a local raw copy;
  * - peak RSS of the publishing process (256 MiB chunk cache).
@@ -13,6 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { exec } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
 import { initRepository, openRepository } from '../src/repo/repository.js';
@@ -51,6 +55,38 @@ async function seqRead(file: string): Promise<number> {
   if (r.code !== 0) throw new Error(`dd ${file}: ${r.stderr}`);
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   return SIZE_MIB / s;
+}
+
+/** MiB/s of nbdcopy reading the whole export at `url` (to its null: sink, so no page cache on the way out). */
+async function nbdRead(url: string): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const r = await exec('nbdcopy', [url, 'null:'], { timeoutMs: 600_000 });
+  if (r.code !== 0) throw new Error(`nbdcopy ${url}: ${r.stderr}`);
+  return SIZE_MIB / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+/** qemu-nbd serving `file` read-only on a unix socket: the reference NBD server over a local raw disk. */
+async function withQemuNbd<T>(file: string, use: (url: string) => Promise<T>): Promise<T> {
+  const sock = path.join(dir, 'qemu-nbd.sock');
+  const child = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=8', '-f', 'raw', '-k', sock, '-x', 'raw', file], {
+    stdio: 'ignore',
+  });
+  try {
+    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+    if (!fs.existsSync(sock)) throw new Error('qemu-nbd did not create its socket');
+    return await use(`nbd+unix:///raw?socket=${sock}`);
+  } finally {
+    child.kill();
+    fs.rmSync(sock, { force: true });
+  }
+}
+
+async function publishNbd(repo: string, point: string): Promise<{ pub: string; url: string; pid: number }> {
+  const r = await cli(['publish', '--repo', repo, point, '--nbd', '--background', '--json']);
+  if (r.code !== 0) throw new Error(`publish --nbd: ${r.stdout} ${r.stderr}`);
+  const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { publication: string; disks: { name: string; nbd: string }[] };
+  const pid = listPublications(state).find((p) => p.id === j.publication)!.pid!;
+  return { pub: j.publication, url: j.disks[0]!.nbd, pid };
 }
 
 async function randomReads(file: string, offsets: number[]): Promise<{ p50: number; p99: number }> {
@@ -138,6 +174,29 @@ try {
     rss = Math.max(rss, peakRss(p1.pid));
     await unpublish(p1.pub);
   }
+  // NBD: our export vs qemu-nbd over the restored file, same client (nbdcopy), cold then warm.
+  const nbd = { cold: [] as number[], warm: [] as number[] };
+  const qnbd = { cold: [] as number[], warm: [] as number[] };
+  for (let round = 0; round < SEQ_ROUNDS; round++) {
+    await withQemuNbd(restored, async (url) => {
+      await dropCaches();
+      qnbd.cold.push(await nbdRead(url));
+      for (let k = 0; k < WARM_PASSES; k++) qnbd.warm.push(await nbdRead(url));
+    });
+    const pn = await publishNbd(repoDir, point.id);
+    await dropCaches();
+    nbd.cold.push(await nbdRead(pn.url));
+    for (let k = 0; k < WARM_PASSES; k++) nbd.warm.push(await nbdRead(pn.url));
+    rss = Math.max(rss, peakRss(pn.pid));
+    await unpublish(pn.pub);
+  }
+  const [nbdCold, nbdWarm, qnbdCold, qnbdWarm] = [nbd.cold, nbd.warm, qnbd.cold, qnbd.warm].map((runs) => Math.max(...runs)) as [
+    number,
+    number,
+    number,
+    number,
+  ];
+
   const [rawCold, rawWarm, fuseCold, fuseWarm] = [raw.cold, raw.warm, fuse.cold, fuse.warm].map((runs) => Math.max(...runs)) as [
     number,
     number,
@@ -161,6 +220,15 @@ try {
   console.log(`        runs: FUSE ${runs(fuse.cold)}; raw ${runs(raw.cold)}`);
   console.log(`  warm: FUSE ${fmt(fuseWarm)} vs restored raw ${fmt(rawWarm)}  ratio ${fmt(fuseWarm / rawWarm, 2)}x (target >= 0.8x)`);
   console.log(`        runs: FUSE ${runs(fuse.warm)}; raw ${runs(raw.warm)}`);
+  console.log(
+    `  NBD (nbdcopy) cold: restorelab ${fmt(nbdCold)} vs qemu-nbd over the raw file ${fmt(qnbdCold)}  ratio ${fmt(nbdCold / qnbdCold, 2)}x;`,
+  );
+  console.log(`        vs dd of the raw file ${fmt(rawCold)}  ratio ${fmt(nbdCold / rawCold, 2)}x (target >= 0.8x)`);
+  console.log(`        runs: restorelab ${runs(nbd.cold)}; qemu-nbd ${runs(qnbd.cold)}`);
+  console.log(
+    `  NBD (nbdcopy) again (2 GiB does not fit our 256 MiB chunk cache; qemu-nbd reads the page cache): restorelab ${fmt(nbdWarm)} vs qemu-nbd over the raw file ${fmt(qnbdWarm)}  ratio ${fmt(nbdWarm / qnbdWarm, 2)}x`,
+  );
+  console.log(`        runs: restorelab ${runs(nbd.warm)}; qemu-nbd ${runs(qnbd.warm)}`);
   console.log(`random 4 KiB reads, ${RANDOM_READS} (ms):`);
   console.log(
     `  cold p50/p99: FUSE ${fmt(fuseRandCold.p50, 3)}/${fmt(fuseRandCold.p99, 3)} vs raw ${fmt(rawRandCold.p50, 3)}/${fmt(rawRandCold.p99, 3)}  p50 ratio ${fmt(fuseRandCold.p50 / rawRandCold.p50, 2)}x`,
