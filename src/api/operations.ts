@@ -8,6 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { httpStatusOf } from '../errors.js';
 
 export type OperationState = 'running' | 'succeeded' | 'failed' | 'cancelled';
 
@@ -30,9 +31,17 @@ export interface Operation {
   by: string;
   progress: { fraction: number | null; message: string | null };
   result: unknown;
-  error: { code: string; message: string; hint?: string } | null;
+  /** Why it failed; `status` is the HTTP status the error has as a direct answer (the CLI's exit code follows it). */
+  error: OperationError | null;
   /** Where the result lives once done, e.g. /api/v1/sessions/abc. */
   resource: string | null;
+}
+
+export interface OperationError {
+  code: string;
+  message: string;
+  hint?: string;
+  status?: number;
 }
 
 export interface OperationContext {
@@ -51,7 +60,7 @@ const KEEP_ENDED = 200;
 export class OperationRegistry {
   private readonly ops = new Map<string, { op: Operation; events: OperationEvent[]; abort: AbortController; bus: EventEmitter }>();
 
-  constructor(private readonly describeError: (err: unknown) => { code: string; message: string; hint?: string }) {}
+  constructor(private readonly describeError: (err: unknown) => OperationError) {}
 
   start(kind: string, by: string, work: (ctx: OperationContext) => Promise<StartedWork | unknown>): Operation {
     const op: Operation = {
@@ -101,6 +110,7 @@ export class OperationRegistry {
               ? said
               : {
                   code: 'OPERATION_CANCELLED',
+                  status: httpStatusOf('OPERATION_CANCELLED'),
                   message: `cancelled: ${(entry.abort.signal.reason as Error | undefined)?.message ?? 'on request'}`,
                 };
         } else {

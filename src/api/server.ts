@@ -49,7 +49,10 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
   createApiDirs(o.config.api, o.config.stateDir);
   const runs = new History(catalog);
   const closers: Array<() => Promise<void> | void> = [];
-  const operations = new OperationRegistry((err) => errorBody(toApiError(err).error).error);
+  const operations = new OperationRegistry((err) => {
+    const { error } = toApiError(err);
+    return { ...errorBody(error).error, status: error.status };
+  });
   const stateDir = o.config.stateDir;
   const backupJobs = o.backupJobs ?? ownBackupJobs(o, catalog, closers);
   const metrics = new Metrics({

@@ -4,10 +4,12 @@
  * does (docs/api.md) and prints the same result: the same --json document
  * (plus what only the server knows, like a point's latest verification) and
  * the same human rendering. Options that name files on this host (--repo,
- * --key-file, a lab file) have no meaning on the server and are refused.
+ * --key-file, a lab file) have no meaning on the server and are refused;
+ * `recover --scan FILE` is the exception: the file's text is what is sent.
  */
+import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { ExitCode, badInput } from '../errors.js';
+import { ExitCode, badInput, notFound } from '../errors.js';
 import type { PointSummary } from '../catalog/catalog.js';
 import type { PublicationStatus } from '../publish/publish.js';
 import { recoverResult, type RecoverySession } from '../session/session.js';
@@ -88,13 +90,26 @@ const sessions: RemoteAction = async (api, ctx) => {
   ctx.out.result({ sessions: list }, () => renderSessions(list));
 };
 
+/**
+ * The recovery gate's body: the server reads no file a client names, so the
+ * rule file of this host is sent as text, and the server holds it to the
+ * API's rule policy (no include, safe modules only: src/scan/rules-policy.ts).
+ */
+function scanGate(o: Record<string, unknown>): { scan?: { rules: string; allowInfected: boolean } } {
+  if (o.allowInfected && !o.scan)
+    throw badInput('ALLOW_INFECTED_NEEDS_SCAN', '--allow-infected only means something with --scan RULES', 'add --scan <rules.yar>');
+  if (typeof o.scan !== 'string') return {};
+  let rules: string;
+  try {
+    rules = readFileSync(o.scan, 'utf8');
+  } catch (e) {
+    throw notFound('YARA_RULES_NOT_FOUND', `cannot read the YARA rule file ${o.scan}: ${(e as Error).message}`, 'check the path of --scan');
+  }
+  return { scan: { rules, allowInfected: o.allowInfected === true } };
+}
+
 const recover: RemoteAction = async (api, ctx, [target], o) => {
-  // A scan gate the server would not apply must not be dropped silently (docs/secure-restore.md).
-  refuseLocal(o, [
-    ['repo', '--repo'],
-    ['scan', '--scan'],
-    ['allowInfected', '--allow-infected'],
-  ]);
+  refuseLocal(o, [['repo', '--repo']]);
   if (o.publish !== undefined && o.publish !== 'fuse') {
     throw badInput(
       'REMOTE_OPTION_UNSUPPORTED',
@@ -118,8 +133,9 @@ const recover: RemoteAction = async (api, ctx, [target], o) => {
     ...(o.network ? { network: o.network } : {}),
     ...(o.driver ? { driver: o.driver } : {}),
     ...(o.accel ? { accel: o.accel } : {}),
+    ...scanGate(o),
   };
-  ctx.out.info(`recovering ${target} on ${api.target.url}...`);
+  ctx.out.info(`recovering ${target} on ${api.target.url}${o.scan ? `, after a scan with ${String(o.scan)}` : ''}...`);
   const s = (await follow(api, ctx, await api.post<RemoteOperation>('/sessions', body))) as RecoverySession;
   ctx.out.result(recoverResult(s), (v) => renderRecovered(v as ReturnType<typeof recoverResult>));
 };

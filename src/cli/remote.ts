@@ -15,7 +15,8 @@
  * command parses the same flags in both modes.
  */
 import type { Command } from 'commander';
-import { ExitCode, RestorelabError, badInput, type ExitCode as ExitCodeT } from '../errors.js';
+import { ExitCode, RestorelabError, badInput, isErrorCode, type ExitCode as ExitCodeT } from '../errors.js';
+import { exitCodeOf as exitCodeOfCode } from '../errors/registry.js';
 import { contextFor, type CommandContext } from './context.js';
 
 export interface RemoteTarget {
@@ -83,7 +84,7 @@ export interface RemoteOperation {
   state: 'running' | 'succeeded' | 'failed' | 'cancelled';
   progress: { fraction: number | null; message: string | null };
   result: unknown;
-  error: { code: string; message: string; hint?: string } | null;
+  error: { code: string; message: string; hint?: string; status?: number } | null;
   resource: string | null;
 }
 
@@ -191,7 +192,14 @@ export class ApiClient {
 function finished(op: RemoteOperation): unknown {
   if (op.state === 'succeeded') return op.result;
   const e = op.error ?? { code: 'OPERATION_CANCELLED', message: `operation ${op.id} was ${op.state}` };
-  throw RestorelabError.revive({ code: e.code, message: `server: ${e.message}`, hint: e.hint, exitCode: ExitCode.failure });
+  // The exit code the command has embedded (an infected point exits 3), from the code, or for a code this build
+  // does not know from the status the error would have had as a direct answer.
+  const exitCode = isErrorCode(e.code)
+    ? exitCodeOfCode(e.code)
+    : 'status' in e && typeof e.status === 'number'
+      ? exitCodeOf(e.status)
+      : ExitCode.failure;
+  throw RestorelabError.revive({ code: e.code, message: `server: ${e.message}`, hint: e.hint, exitCode });
 }
 
 /** The events of a text/event-stream body (only the fields the server sends: id, event, data). */

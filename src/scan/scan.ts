@@ -454,10 +454,21 @@ export async function compileRuleSource(stateDir: string, source: string): Promi
   const scratch = join(stateDir, 'scan');
   mkdirSync(scratch, { recursive: true, mode: 0o700 });
   const dir = mkdtempSync(join(scratch, 'src-'));
+  const file = join(dir, 'rules.yar');
   try {
-    const file = join(dir, 'rules.yar');
     writeFileSync(file, source, { mode: 0o600 });
     return await compileRules(file, scratch);
+  } catch (err) {
+    // yarac names the scratch file: the client sent text, and where the server keeps its scratch is not its to know.
+    if (err instanceof RestorelabError && err.code === 'YARA_RULES_INVALID')
+      throw badInput(
+        'YARA_RULES_INVALID',
+        err.message
+          .replaceAll(file, '<rules>')
+          .replace('the YARA rule file <rules> does not compile', 'the YARA rules sent do not compile'),
+        'fix the rules (`yarac <file> /dev/null` shows the same error); nothing was mounted or scanned',
+      );
+    throw err;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -21,6 +21,8 @@ import { describeEvidence } from '../bringup/evidence.js';
 import { ACTIVE_STATES, type RecoverySession, type SessionScan } from './session.js';
 import { SessionStore } from './store.js';
 import { processAlive as pidAlive } from '../host/process.js';
+import type { CatalogDb } from '../catalog/catalog.js';
+import type { CompiledRules, ScanProgress } from '../scan/scan.js';
 
 export interface RecoverOptions extends RecoverRequest {
   heartbeatTimeoutMs?: number;
@@ -29,9 +31,23 @@ export interface RecoverOptions extends RecoverRequest {
    * recovery gate, docs/secure-restore.md): an infected point is refused,
    * or with `allowInfected` recovered into a lab with no uplink at all.
    */
-  scan?: { rules: string; allowInfected?: boolean; catalog: string };
+  scan?: RecoveryScan;
   /** FUSE access group for the session's publication (config fuse.group): QEMU running as another user. */
   fuseGroup?: string;
+}
+
+/** The recovery gate's rules and where its verdicts go. */
+export interface RecoveryScan {
+  /**
+   * A rule file (the CLI: the admin's own, compiled here), or rules the
+   * caller compiled and disposes (the API: source text that passed the API's
+   * rule policy, compiled before its 202).
+   */
+  rules: string | CompiledRules;
+  allowInfected?: boolean;
+  /** The catalog file (opened for the scan), or an open catalog (the server's, so its verdict cache and point status are shared). */
+  catalog: string | CatalogDb;
+  onProgress?: ScanProgress;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -115,15 +131,23 @@ async function scanGate(
 ): Promise<{ scan: SessionScan; quarantine: boolean; quarantineLab?: string }> {
   const { scanPoint, withRules } = await import('../scan/scan.js');
   const { openCatalog } = await import('../catalog/catalog.js');
-  const db = openCatalog(gate.catalog);
+  const db = typeof gate.catalog === 'string' ? openCatalog(gate.catalog) : gate.catalog;
   let result;
   try {
     const repo = await deps.openRepository(opts.repo);
-    result = await withRules(opts.stateDir, gate.rules, (rules) =>
-      scanPoint({ repo, point: plan.point.id, stateDir: opts.stateDir, db, rules, ...(opts.keyFile ? { keyFile: opts.keyFile } : {}) }),
-    );
+    const scan = (rules: CompiledRules): ReturnType<typeof scanPoint> =>
+      scanPoint({
+        repo,
+        point: plan.point.id,
+        stateDir: opts.stateDir,
+        db,
+        rules,
+        ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
+        ...(gate.onProgress ? { onProgress: gate.onProgress } : {}),
+      });
+    result = typeof gate.rules === 'string' ? await withRules(opts.stateDir, gate.rules, scan) : await scan(gate.rules);
   } finally {
-    db.close();
+    if (db !== gate.catalog) db.close();
   }
   const scan: SessionScan = { verdict: result.verdict, ruleset: result.ruleset, matches: result.matches, files: result.files };
   if (result.verdict === 'clean') return { scan, quarantine: false };
@@ -137,7 +161,10 @@ async function scanGate(
       'POINT_INFECTED',
       `restore point ${plan.point.id} of ${plan.vm.name} is infected (${named}); it was not recovered`,
       {
-        hint: `find the newest clean point with \`restorelab scan --last-clean ${plan.vm.name} --yara ${gate.rules}\`, or recover it isolated with --allow-infected (a lab with no uplink)`,
+        hint:
+          typeof gate.rules === 'string'
+            ? `find the newest clean point with \`restorelab scan --last-clean ${plan.vm.name} --yara ${gate.rules}\`, or recover it isolated with --allow-infected (a lab with no uplink)`
+            : `scan older points with the same rules (POST /api/v1/points/<id>/scan, or \`restorelab scan --last-clean ${plan.vm.name}\` on the server), or recover it isolated with allowInfected (a lab with no uplink)`,
       },
     );
   }

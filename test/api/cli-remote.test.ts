@@ -220,4 +220,23 @@ t.test('the client follows a long operation over SSE to its result or its error'
     api.follow(bad as RemoteOperation, () => undefined),
     { name: 'RestorelabError', code: 'NO_HEARTBEAT', message: 'server: no heartbeat from web', hint: 'look at the console screenshot' },
   );
+  // A failed operation exits as the command does embedded: an infected point 3 (its status 422 in the operation's error).
+  const infected = server.ctx.operations.start('demo', 'test', async () => {
+    await tick();
+    throw new RestorelabError('POINT_INFECTED', 'restore point p of web is infected');
+  });
+  await t.rejects(
+    api.follow(infected as RemoteOperation, () => undefined),
+    { code: 'POINT_INFECTED', exitCode: 3 },
+  );
+  t.match(server.ctx.operations.get(infected.id)?.error, { code: 'POINT_INFECTED', status: 422 });
+  const unknown = server.ctx.operations.start('demo', 'test', async () => {
+    await tick();
+    throw RestorelabError.revive({ code: 'NEWER_SERVER_CODE', message: 'a code of a newer build', exitCode: 5 });
+  });
+  await t.rejects(
+    api.follow(unknown as RemoteOperation, () => undefined),
+    { code: 'NEWER_SERVER_CODE', exitCode: 5 },
+    'by its status',
+  );
 });

@@ -28,6 +28,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { startApiServer, type RunningApi } from '../../src/api/server.js';
 import { projectPath } from '../../src/paths.js';
 import { labDown, listLabs } from '../../src/lab/lab.js';
+import { TEST_RULES } from '../helpers/planted-guest.js';
 import { listSessions, stopSession } from '../../src/session/recover.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { guestRepository } from '../helpers/repository.js';
@@ -241,6 +242,8 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
       'the point is not verified yet',
     );
     await page.getByLabel('Lab').selectOption(labName);
+    // Behind the recovery gate: the rules match nothing of web, so it comes up (and the card says clean).
+    await page.getByLabel('YARA rules (optional)').fill(TEST_RULES);
     await shot(page, '03-points');
     await recover.click();
     await page.waitForURL(/#\/sessions$/, { timeout: BOOT_MS });
@@ -268,6 +271,8 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
     const listed = (await listSessions(stateDir)).find((s) => s.id === sessionId);
     t.equal(listed?.state, 'running', 'the server agrees it runs');
     t.equal(listed?.lab, labName, "in the test's lab");
+    t.equal(listed?.scan?.verdict, 'clean', 'scanned first, with the rules of the form');
+    t.equal(await card.locator('[data-scan="clean"]').count(), 1, 'the card shows the scan verdict');
     await shot(page, '04-session-running');
   });
 

@@ -16,6 +16,8 @@ import type { RecoverySession } from '../../src/session/session.js';
 import { binary, isPng, labApi, settled } from './fixtures/lab-api.js';
 import { httpGet, residue, WEB_EXPECT } from '../session/fixtures/recovery.js';
 import { address, subnet } from '../helpers/subnets.js';
+import { TEST_RULES } from '../helpers/planted-guest.js';
+import { listPublications } from '../../src/publish/publish.js';
 
 const fx = labApi(t, { prefix: 'as', masquerade: subnet('api/sessions') });
 
@@ -102,19 +104,43 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
     .send({ point: (await fx).guest.point.id })
     .expect(400);
   t.equal(noFrontend.body.error.code, 'PUBLISH_NO_FRONTEND', 'no NFS in this server and no fuse directory');
+  // The recovery gate's rules: the API's rule policy and yarac before the 202, so nothing is mounted.
+  const badRules: [unknown, number, string, RegExp][] = [
+    [{ rules: 'rule broken { condition: }' }, 400, 'YARA_RULES_INVALID', /syntax error|rules/],
+    [{ rules: 'include "/etc/passwd"\nrule x { condition: true }' }, 400, 'YARA_RULES_INVALID', /include/],
+    [{ rules: 'import "console"\nrule x { condition: true }' }, 400, 'YARA_RULES_INVALID', /console/],
+    [{ rules: `rule big { condition: true }\n//${'x'.repeat(200_000)}` }, 400, 'VALIDATION_FAILED', /body\/scan\/rules/],
+    [{ rules: '' }, 400, 'VALIDATION_FAILED', /body\/scan\/rules/],
+    [{ allowInfected: true }, 400, 'VALIDATION_FAILED', /rules/],
+    [{ rules: TEST_RULES, allowInfected: 'yes' }, 400, 'VALIDATION_FAILED', /body\/scan\/allowInfected/],
+    [{ rules: TEST_RULES, file: '/etc/rules.yar' }, 400, 'VALIDATION_FAILED', /file/],
+  ];
+  for (const [scan, status, code, msg] of badRules) {
+    const res = await request(api.app).post('/api/v1/sessions').set('authorization', op).send({ vm: 'web', lab, scan });
+    t.equal(res.status, status, `scan ${JSON.stringify(scan).slice(0, 80)}: ${status}`);
+    t.equal(res.body.error.code, code, res.body.error.message);
+    t.match(res.body.error.message, msg);
+    t.notOk(res.body.error.message.includes(api.config.stateDir), "the server's paths are not named");
+  }
+  t.notOk(readFileSync('/proc/mounts', 'utf8').includes(api.config.stateDir), 'nothing was mounted');
+  t.same(listPublications(api.config.stateDir), [], 'nothing was published');
   const listed = await request(api.app).get('/api/v1/sessions').set('authorization', api.auth.viewer).expect(200);
   t.same(listed.body.sessions, [], 'no session was recorded');
   t.equal(readLabState(api.config.stateDir, lab), undefined, 'no lab was brought up');
   t.same(api.ctx.operations.list(), [], 'no operation was started');
 });
 
-t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, stop', async (t) => {
-  const { api, lab } = await fx;
+t.test('recover web in a lab behind the scan gate: 202, clean, running, screenshot, HTTP, metrics, migrate, stop', async (t) => {
+  const { api, lab, guest } = await fx;
   const started = await request(api.app)
     .post('/api/v1/sessions')
     .set('authorization', api.auth.operator)
-    .send({ vm: 'web', lab })
+    .send({ vm: 'web', lab, scan: { rules: TEST_RULES } })
     .expect(202);
+  const events: string[] = [];
+  api.ctx.operations.subscribe(started.body.id, (e) => {
+    if (e.message) events.push(e.message);
+  });
   t.equal(started.headers.location, `/api/v1/operations/${started.body.id}`);
   t.equal(started.body.kind, 'recover');
   t.equal(started.body.state, 'running');
@@ -125,12 +151,22 @@ t.test('recover web in a lab: 202, running, screenshot, HTTP, metrics, migrate, 
   t.equal(s.lab, lab);
   t.equal(op.resource, `/api/v1/sessions/${s.id}`);
   t.same(s.addresses, { nic0: address('api/sessions') }, 'the masquerade address of 192.168.77.10');
+  t.match(s.scan, { verdict: 'clean', matches: [], files: { scanned: Number } }, 'the gate scanned the point: clean');
+  t.ok(s.scan!.files.scanned + s.scan!.files.cached > 10, `every file of the guest (${JSON.stringify(s.scan?.files)})`);
+  t.equal(s.quarantine, undefined, 'a clean point is not quarantined');
+  t.ok(
+    events.some((m) => /^scanning the point with the given YARA rules first$/.test(m)),
+    `the scan shows in the operation's progress: ${events.join(' | ')}`,
+  );
+  const points = await request(api.app).get('/api/v1/points').set('authorization', api.auth.viewer).expect(200);
+  t.match(points.body.points, [{ id: guest.point.id, scan: 'clean' }], "the server's catalog has the verdict: the point is clean");
 
   const viaOp = await request(api.app).get(`/api/v1/operations/${op.id}`).set('authorization', api.auth.viewer).expect(200);
   t.equal(viaOp.body.state, 'succeeded');
   const one = await request(api.app).get(op.resource!).set('authorization', api.auth.viewer).expect(200);
   t.equal(one.body.id, s.id);
   t.equal(one.body.state, 'running');
+  t.match(one.body.scan, { verdict: 'clean', ruleset: s.scan!.ruleset }, 'GET /sessions/<id> says the verdict');
   const all = await request(api.app).get('/api/v1/sessions').set('authorization', api.auth.viewer).expect(200);
   t.same(
     all.body.sessions.map((x: RecoverySession) => [x.id, x.state]),

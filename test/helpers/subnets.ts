@@ -71,6 +71,7 @@ const SUBNETS = {
   'scan:scan/gate:refused': 160,
   'scan:scan/gate:quarantine': 161,
   'scan:scan/gate:surebackup': 162,
+  'scan:scan/gate:api': 163,
   'mutation:fake-vm': 170,
   'real:surebackup/group-failure': 180,
 } as const satisfies Record<string, number>;

@@ -106,6 +106,8 @@ t.test("a rule set that does not compile is a 400 with yarac's reason; nothing i
     .expect(400);
   t.equal(r.body.error.code, 'YARA_RULES_INVALID');
   t.match(r.body.error.message, /\$nope/);
+  t.match(r.body.error.message, /^the YARA rules sent do not compile: error: rule "X" in <rules>\(1\)/);
+  t.notOk(r.body.error.message.includes(api.config.stateDir), "the server's scratch path is not named");
   t.same(leftovers(), { mounts: [], loops: [], sessions: 0 });
 });
 

@@ -34,11 +34,23 @@ export async function render(ctx, route) {
     labNames.map((n) => h('option', { value: n }, n)),
     h('option', { value: '' }, 'no lab (no network)'),
   );
+  // The recovery gate (docs/secure-restore.md): YARA rule text, never a file of the server.
+  const rulesInput = h('textarea', {
+    id: 'recover-rules',
+    name: 'rules',
+    rows: '4',
+    cols: '60',
+    spellcheck: 'false',
+    maxlength: '200000',
+    'aria-describedby': 'recover-rules-help',
+  });
+  const allowInput = h('input', { id: 'recover-allow-infected', name: 'allowInfected', type: 'checkbox' });
   const progress = h('p', { id: 'recover-progress', class: 'progress', role: 'status', 'aria-live': 'polite' });
 
   async function recover(p) {
     const body = { vm: p.vm, point: p.id };
     if (labInput.value.trim()) body.lab = labInput.value.trim();
+    if (rulesInput.value.trim()) body.scan = { rules: rulesInput.value, allowInfected: allowInput.checked };
     const op = await ctx.api.post('/sessions', body).catch((err) => {
       ctx.fail(err);
       return null;
@@ -98,6 +110,17 @@ export async function render(ctx, route) {
             { id: 'recover-lab-help', class: 'help' },
             'The virtual lab (an isolated copy of the production network) the recovered VM runs in; it is brought up if it is not.',
           ),
+          h('label', { for: 'recover-rules' }, 'YARA rules (optional)'),
+          h('br', {}),
+          rulesInput,
+          h(
+            'p',
+            { id: 'recover-rules-help', class: 'help' },
+            'Scan the point with these rules first: an infected point is not recovered. No include; imports only pe, elf, math, hash, dotnet, time.',
+          ),
+          allowInput,
+          ' ',
+          h('label', { for: 'recover-allow-infected' }, 'Recover an infected point anyway, quarantined with no uplink at all'),
         )
       : h('p', { class: 'role-note' }, `Your role (${ctx.who.role}) may look but not recover; recovering needs an operator token.`),
     progress,

@@ -35,6 +35,18 @@ export async function render(ctx) {
       h('dd', {}, h('code', { title: s.point }, shortId(s.point))),
       h('dt', {}, 'Runs in'),
       h('dd', {}, s.lab ? `lab ${s.lab}` : s.network ? `bridge ${s.network}` : '—'),
+      s.scan
+        ? [
+            h('dt', {}, 'Scan'),
+            h(
+              'dd',
+              { 'data-scan': s.scan.verdict },
+              badgeEl(s.scan.verdict),
+              s.quarantine ? h('strong', {}, ' quarantined: no uplink at all') : null,
+              s.scan.matches.length ? ` ${s.scan.matches.map((m) => `${m.rule} ${m.path}`).join('; ')}` : null,
+            ),
+          ]
+        : null,
       h('dt', {}, 'Addresses'),
       h('dd', {}, addrs || '—'),
       h('dt', {}, 'Heartbeat after'),

@@ -17,7 +17,7 @@ import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
 import { labTemplateFile } from './labs.js';
 import { allowedTarget } from '../host-paths.js';
-import { listSessions, migrateSession, recover, stopSession } from '../../session/recover.js';
+import { listSessions, migrateSession, recover, stopSession, type RecoveryScan } from '../../session/recover.js';
 import { planRecovery, type RecoverRequest } from '../../session/plan.js';
 import { depsWithKey, realDeps } from '../../session/deps.js';
 import { keyFileOption } from '../../config/key-file.js';
@@ -25,6 +25,8 @@ import { closeHypervisor } from '../../session/seam.js';
 import { SessionStore } from '../../session/store.js';
 import type { RecoverySession } from '../../session/session.js';
 import { parsePpm } from '../../hypervisor/screen.js';
+import { compileRuleSource, type CompiledRules } from '../../scan/scan.js';
+import type { OperationContext } from '../operations.js';
 
 interface CreateBody {
   vm: string;
@@ -33,6 +35,7 @@ interface CreateBody {
   network?: string;
   driver?: 'qemu' | 'libvirt';
   accel?: 'auto' | 'kvm' | 'tcg';
+  scan?: { rules: string; allowInfected?: boolean };
 }
 
 /** States in which the session's VM exists and has a screen. */
@@ -68,6 +71,30 @@ async function screenshot(ctx: ApiContext, s: RecoverySession): Promise<Buffer> 
     rmSync(dir, { recursive: true, force: true });
     await closeHypervisor(hv);
   }
+}
+
+/**
+ * The recovery gate over the API (docs/secure-restore.md): the rules the
+ * body's source compiled to, scanned with the server's catalog (its verdict
+ * cache and point scan status), the scan's progress on the operation.
+ */
+function scanGate(ctx: ApiContext, rules: CompiledRules, allowInfected: boolean, o: OperationContext): RecoveryScan {
+  o.progress(
+    null,
+    `scanning the point with the given YARA rules first${allowInfected ? ' (an infected point is recovered in quarantine)' : ''}`,
+  );
+  // The scan reports every file; a client following the events needs one line a second.
+  let last = 0;
+  return {
+    rules,
+    allowInfected,
+    catalog: ctx.catalog,
+    onProgress: (d) => {
+      if (Date.now() - last < 1000) return;
+      last = Date.now();
+      o.progress(null, `scanning: ${d.files} file(s) hashed (${d.partition})`);
+    },
+  };
 }
 
 function sendPng(res: Response, png: Buffer): void {
@@ -122,13 +149,22 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
       // VM or point, a clashing lab or a missing bridge is the client's 4xx,
       // not a failed operation to poll for.
       await planRecovery(request, depsWithKey(request.keyFile));
+      // Compiled before the 202 through the API's rule policy, as the scan route does: bad rules are a 400 and nothing is mounted.
+      const rules = b.scan ? await compileRuleSource(stateDir, b.scan.rules) : undefined;
       const by = principal(res).name;
       const op = ctx.operations.start('recover', by, async (o) => {
         o.progress(null, `recovering ${b.vm}${b.point ? `@${b.point}` : ''} with the ${request.driver} driver`);
         // The FUSE access group (config fuse.group) for a hypervisor whose QEMU runs as another user.
-        const s = await recover({ ...request, ...(ctx.config.fuse.group !== undefined ? { fuseGroup: ctx.config.fuse.group } : {}) });
+        const s = await recover({
+          ...request,
+          ...(ctx.config.fuse.group !== undefined ? { fuseGroup: ctx.config.fuse.group } : {}),
+          ...(rules ? { scan: scanGate(ctx, rules, b.scan?.allowInfected === true, o) } : {}),
+        }).finally(() => rules?.dispose());
         ctx.metrics.recoverySeconds.observe(s.heartbeatSeconds ?? 0);
-        ctx.log.info({ by, session: s.id, vm: s.vm, heartbeatSeconds: s.heartbeatSeconds }, 'session recovered');
+        ctx.log.info(
+          { by, session: s.id, vm: s.vm, heartbeatSeconds: s.heartbeatSeconds, scan: s.scan?.verdict, quarantine: s.quarantine === true },
+          'session recovered',
+        );
         // Recovery cannot be interrupted half-way (the supervisor owns it);
         // a cancel that came meanwhile stops the session it made.
         if (o.signal.aborted) {
