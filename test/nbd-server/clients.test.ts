@@ -150,6 +150,18 @@ t.test('a read-only export refuses writes and says so', async (t) => {
   t.equal(cmp.code, 0, 'unchanged');
 });
 
+t.test('at the overlay limit a write fails with ENOSPC and the disk keeps its bytes', async (t) => {
+  const s = await servedPoint({ overlayLimitBytes: 64 * 1024 });
+  t.teardown(() => s.close());
+  const io = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0xee ${4 * MiB} ${MiB}`, s.uri]);
+  t.match(io.stdout + io.stderr, /No space left on device/, io.stdout + io.stderr);
+  const small = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xee 0 4096', '-c', 'read -P 0xee 0 4096', s.uri]);
+  t.equal(small.code, 0, 'a write within the limit still works');
+  t.notMatch(small.stdout, /Pattern verification failed/);
+  const back = (await s.datastore.read(s.fileId, 4 * MiB, MiB)).data;
+  t.ok(back.equals(s.imageBytes.subarray(4 * MiB, 5 * MiB)), 'the refused write left nothing behind');
+});
+
 t.test('TCP on 127.0.0.1 serves the same bytes', async (t) => {
   const s = await servedPoint();
   t.teardown(() => s.close());
