@@ -521,7 +521,8 @@ export class NbdConnection {
     const bad = await find(offset, r.length);
     // The whole read failed but no piece did (a passing fault): report it at the start.
     const where = bad ?? { at: offset, err: undefined };
-    const message = where.err instanceof Error ? where.err.message : 'read failed';
+    // A fixed message: the datastore's names host paths and digests, which are no business of a network client.
+    const message = 'the stored data at this offset could not be read or failed its check';
     out.push(encodeErrorChunk(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR_OFFSET, r.cookie, errnoOf(where.err), message, where.at));
     return this.send(out);
   }
