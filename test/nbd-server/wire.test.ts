@@ -336,3 +336,33 @@ t.test('handshakes and requests byte for byte', async (t) => {
     t.same(await e.closed(), optionReply(7, ERR + 9, Buffer.from('option data too large')), 'option data over 64 KiB: ERR_TOO_BIG, closed');
   });
 });
+
+t.test('requests are served concurrently and answered as they finish, out of order', async (t) => {
+  /** Reads at offset 0 take 300 ms: a pipelined read behind one overtakes it. */
+  class SlowStart extends MemoryDatastore {
+    override async read(id: number, offset: number, length: number): Promise<{ data: Buffer; eof: boolean }> {
+      if (offset === 0) await new Promise((r) => setTimeout(r, 300));
+      return super.read(id, offset, length);
+    }
+  }
+  const ds = new SlowStart();
+  const content = Buffer.from('0123456789abcdef'.repeat(256));
+  const fileId = ds.putFile(ROOT_ID, 'disk', content);
+  const server = new NbdServer({ datastore: ds, exports: () => [{ name: 'disk', fileId, readOnly: true }] });
+  const fsm = await import('node:fs');
+  const dir = fsm.mkdtempSync('/tmp/rl-nbd-order-');
+  await server.listenUnix(`${dir}/s`);
+  t.teardown(async () => {
+    await server.close();
+    fsm.rmSync(dir, { recursive: true, force: true });
+  });
+  const c = await talk(`${dir}/s`);
+  t.teardown(() => c.end());
+  await c.recv(18);
+  c.send(bytes({ u32: 3 }));
+  c.send(option(1, Buffer.from('disk')));
+  await c.recv(10);
+  c.send(Buffer.concat([request(0, 0, 1, 0, 4), request(0, 0, 2, 16, 4)]));
+  t.same(await c.recv(20), simpleReply(0, 2, content.subarray(16, 20)), 'the second read is answered first');
+  t.same(await c.recv(20), simpleReply(0, 1, content.subarray(0, 4)), 'then the first, each under its own cookie');
+});
