@@ -28,6 +28,7 @@ import {
   type Datastore,
   type DatastoreErrorCode,
   type DirEntry,
+  type Extent,
   type FileAttr,
   type FileId,
   type FsStat,
@@ -351,6 +352,19 @@ export class PublicationDatastore implements Datastore {
     }
     const { data, eof } = await this.read(id, offset, target.length);
     return { length: data.copy(target), eof };
+  }
+
+  /** A disk's map from its overlay and restore point (no chunk is read); any other file is one data extent. */
+  async extents(id: FileId, offset: number, length: number): Promise<Extent[]> {
+    if (id === ROOT_ID) fail('EISDIR');
+    const n = this.node(id);
+    if (n.kind === 'dir') fail('EISDIR');
+    if (n.kind === 'raw' || n.kind === 'flat') {
+      return n.disk!.overlay.extents(offset, length).map((e) => ({ length: e.length, hole: e.hole, zero: e.hole }));
+    }
+    const { size } = await this.getattr(id);
+    const len = Math.max(0, Math.min(size, offset + length) - offset);
+    return len > 0 ? [{ length: len, hole: false, zero: false }] : [];
   }
 
   async write(id: FileId, offset: number, data: Buffer, sync: boolean): Promise<FileAttr> {

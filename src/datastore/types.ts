@@ -1,6 +1,6 @@
 /**
  * The datastore seam: a small virtual filesystem of publications that every
- * frontend (FUSE, NFS, later NBD) is built on. It speaks in stable numeric file
+ * frontend (FUSE, NFS, NBD) is built on. It speaks in stable numeric file
  * ids and errno-like codes, and knows nothing about RPC or FUSE.
  *
  * Layout: the root directory holds one directory per publication; each holds
@@ -114,8 +114,24 @@ export interface Datastore {
   /** The directory containing `dir` (the root is its own parent); NFS LOOKUP of `..`. Optional: without it `..` resolves only at the root. */
   parent?(dir: FileId): Promise<FileId>;
   fsstat(id: FileId): Promise<FsStat>;
+  /**
+   * The allocation map of [offset, offset+length) clamped to the file's size,
+   * in order from `offset`: holes (nothing stored) and ranges known to read as
+   * zeros, for NBD block status. Cheap: it reads no data. Optional: without
+   * it a frontend reports everything as data.
+   */
+  extents?(id: FileId, offset: number, length: number): Promise<Extent[]>;
   /** True when writes to this file id must be refused with EROFS. */
   readOnly(id: FileId): boolean;
+}
+
+/** One run of a file's allocation map (Datastore.extents). */
+export interface Extent {
+  length: number;
+  /** Nothing is stored for it (a hole in the restore point, not overwritten). */
+  hole: boolean;
+  /** It reads as zeros. */
+  zero: boolean;
 }
 
 /** Limits frontends report (NFS FSINFO/PATHCONF, FUSE statfs). */

@@ -167,10 +167,8 @@ export const ERRORS = {
   NBD_OPTION_REFUSED: { class: 'failure', explain: 'the NBD server refused a negotiation option (unknown export, ...)' },
   NBD_PROTOCOL: { class: 'failure', explain: 'the NBD server sent bytes that break the protocol' },
   NBD_SERVER_ERROR: { class: 'failure', explain: 'the NBD server answered a read with an error' },
-  NBD_SOCKET_IN_USE: {
-    class: 'busy',
-    explain: 'the NBD socket path is taken: a server answers there, or a file that is not a socket is there',
-  },
+  NBD_SOCKET_IN_USE: { class: 'busy', explain: 'another server listens on the NBD socket path' },
+  NBD_SOCKET_PATH: { class: 'badInput', explain: 'the NBD socket path exists and is not a socket' },
   NBD_SOCKET_PATH_TOO_LONG: { class: 'badInput', explain: 'the NBD socket path is longer than a unix socket address holds (107 bytes)' },
   NBD_TIMEOUT: { class: 'failure', explain: 'the NBD server did not answer in time' },
   NETNS_BUSY: { class: 'failure', explain: 'processes still run in a network namespace to remove' },

@@ -89,6 +89,16 @@ export interface OverlayBase {
   readonly size: number;
   /** Copies the bytes at `offset` into `target` (clamped to the size); resolves to how many. */
   readInto(offset: number, target: Buffer): Promise<number>;
+  /** Chunk size of the base, with isHole: where the restore point stores nothing (PublishedDisk has both). */
+  readonly chunkSize?: number;
+  isHole?(index: number): boolean;
+}
+
+/** One run of the disk's allocation map (Overlay.extents). */
+export interface OverlayExtent {
+  length: number;
+  /** Neither the overlay nor the restore point stores it: it reads as zeros. */
+  hole: boolean;
 }
 
 export interface OverlayOptions {
@@ -223,6 +233,43 @@ export class Overlay {
     }
     await settleAll(parts);
     return end - offset;
+  }
+
+  /**
+   * The allocation map of [offset, offset+length) clamped to the size, in
+   * order: blocks written through the overlay are data; elsewhere a chunk the
+   * base calls a hole is a hole, the rest data. Reads nothing.
+   */
+  extents(offset: number, length: number): OverlayExtent[] {
+    const end = Math.min(this.size, offset + length);
+    const out: OverlayExtent[] = [];
+    const add = (len: number, hole: boolean): void => {
+      const last = out[out.length - 1];
+      if (last && last.hole === hole) last.length += len;
+      else out.push({ length: len, hole });
+    };
+    const base = this.opts.base;
+    const chunk = base.chunkSize && base.isHole ? base.chunkSize : 0;
+    let at = offset;
+    while (at < end) {
+      const block = Math.floor(at / BLOCK_SIZE);
+      if (this.present(block)) {
+        let stop = block + 1;
+        while (stop * BLOCK_SIZE < end && this.present(stop)) stop++;
+        const to = Math.min(end, stop * BLOCK_SIZE);
+        add(to - at, false);
+        at = to;
+        continue;
+      }
+      // Not in the overlay: up to the next overlay block or chunk boundary, whichever is first.
+      const chunkEnd = chunk ? (Math.floor(at / chunk) + 1) * chunk : end;
+      let stop = block + 1;
+      while (stop * BLOCK_SIZE < Math.min(end, chunkEnd) && !this.present(stop)) stop++;
+      const to = Math.min(end, chunkEnd, stop * BLOCK_SIZE);
+      add(to - at, chunk ? base.isHole!(Math.floor(at / chunk)) : false);
+      at = to;
+    }
+    return out;
   }
 
   private noneIn(b0: number, b1: number): boolean {

@@ -85,11 +85,11 @@ async function clearStaleSocket(socket: string): Promise<void> {
   } catch {
     return;
   }
-  const inUse = (why: string): RestorelabError =>
-    new RestorelabError('NBD_SOCKET_IN_USE', `cannot serve NBD on ${socket}: ${why}`, {
-      hint: 'stop whatever serves there, or choose another path',
+  if (!st.isSocket()) {
+    throw new RestorelabError('NBD_SOCKET_PATH', `cannot serve NBD on ${socket}: a file that is not a socket is there`, {
+      hint: 'choose another path',
     });
-  if (!st.isSocket()) throw inUse('a file that is not a socket is there');
+  }
   const answers = await new Promise<boolean>((resolve) => {
     const c = net.connect(socket);
     c.once('connect', () => {
@@ -98,7 +98,11 @@ async function clearStaleSocket(socket: string): Promise<void> {
     });
     c.once('error', () => resolve(false));
   });
-  if (answers) throw inUse('a server answers there');
+  if (answers) {
+    throw new RestorelabError('NBD_SOCKET_IN_USE', `cannot serve NBD on ${socket}: a server answers there`, {
+      hint: 'stop whatever serves there, or choose another path',
+    });
+  }
   fs.rmSync(socket, { force: true });
 }
 

@@ -44,6 +44,7 @@ export const LAYERS: Layer[] = [
   },
   { units: ['datastore'], why: 'the files a hypervisor sees for a published point (vmdk/vmx, scratch space)' },
   { units: ['nfs', 'fuse'], why: 'the frontends that serve a datastore' },
+  { units: ['nbd-server'], why: "the NBD frontend: a datastore's disk files as NBD exports, on the NBD client's wire code" },
   { units: ['publish', 'config'], why: "publishing a point over a frontend; the server configuration (which names the frontends' limits)" },
   { units: ['flr'], why: 'file-level restore: partitions and filesystems of a published disk' },
   { units: ['scan'], why: "YARA scans of a point's files, through file-level restore" },
