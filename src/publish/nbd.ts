@@ -8,13 +8,14 @@
  * host, as is libvirt's QEMU: scripts/setup) may connect. With an access
  * group (fuse.group, --fuse-group: the same group that may use a FUSE mount,
  * for a hypervisor whose QEMU runs as another user) the socket is 0660 in
- * that group. The socket path must fit a socket address (107 bytes); a
- * default one that does not moves to a private directory under the
- * temporary directory. TCP has no access control at all: loopback, or a
- * network the operator trusts.
+ * that group. By default the socket is `nbd.sock` in the publication's
+ * record directory, inside the owner-only state directory; it moves to a
+ * directory of its own under the temporary directory (0700, or 0710 in the
+ * access group) when a group must reach it, or when the default path does
+ * not fit a socket address (107 bytes). TCP has no access control at all:
+ * loopback, or a network the operator trusts.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { RestorelabError } from '../errors.js';
@@ -26,6 +27,11 @@ import { formatNbdUrl } from '../nbd/url.js';
 
 /** sun_path is 108 bytes with its terminating NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
+/**
+ * The server binds a temporary name beside the socket (`.nbd-` and 12 hex
+ * digits) and renames it into place, so that name must fit too.
+ */
+const BIND_NAME_BYTES = 17;
 /** The socket's name in the publication's record directory. */
 export const NBD_SOCKET = 'nbd.sock';
 /** Prefix of the private directory a socket moves to when the default path is too long. */
@@ -54,56 +60,30 @@ export interface StartNbdOptions {
   group?: string;
 }
 
+function fits(socket: string): boolean {
+  const dir = Buffer.byteLength(path.dirname(socket)) + 1;
+  return dir + Math.max(Buffer.byteLength(path.basename(socket)), BIND_NAME_BYTES) <= MAX_SOCKET_PATH_BYTES;
+}
+
 /** Where the socket goes: asked for, or the record directory's, or a short private one. */
-function socketPlace(o: StartNbdOptions): { socket: string; privateDir?: string } {
+function socketPlace(o: StartNbdOptions, shared: boolean): { socket: string; privateDir?: string } {
   if (o.socket !== undefined) {
     const socket = path.resolve(o.socket);
-    if (Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES) {
+    if (!fits(socket)) {
       throw new RestorelabError(
         'NBD_SOCKET_PATH_TOO_LONG',
-        `the NBD socket path ${socket} is ${Buffer.byteLength(socket)} bytes; a unix socket path holds ${MAX_SOCKET_PATH_BYTES}`,
+        `the NBD socket path ${socket} is too long: a unix socket path holds ${MAX_SOCKET_PATH_BYTES} bytes, and the server binds ${BIND_NAME_BYTES}-byte names in its directory`,
         { hint: 'choose a shorter path, or leave it out for the default' },
       );
     }
     return { socket };
   }
   const socket = path.join(o.recordDir, NBD_SOCKET);
-  if (Buffer.byteLength(socket) <= MAX_SOCKET_PATH_BYTES) return { socket };
+  // The state directory is its owner's alone (src/host/private-files.ts): a group could not reach a socket in it.
+  if (!shared && fits(socket)) return { socket };
   // mkdtemp's directory is 0700 and ours alone: no one can put a socket or a link there before us.
   const privateDir = fs.mkdtempSync(path.join(os.tmpdir(), SHORT_DIR_PREFIX));
   return { socket: path.join(privateDir, NBD_SOCKET), privateDir };
-}
-
-/**
- * A socket file left by a publisher that died is removed; one that still
- * answers, or anything that is not a socket, is refused.
- */
-async function clearStaleSocket(socket: string): Promise<void> {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(socket);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) {
-    throw new RestorelabError('NBD_SOCKET_PATH', `cannot serve NBD on ${socket}: a file that is not a socket is there`, {
-      hint: 'choose another path',
-    });
-  }
-  const answers = await new Promise<boolean>((resolve) => {
-    const c = net.connect(socket);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (answers) {
-    throw new RestorelabError('NBD_SOCKET_IN_USE', `cannot serve NBD on ${socket}: a server answers there`, {
-      hint: 'stop whatever serves there, or choose another path',
-    });
-  }
-  fs.rmSync(socket, { force: true });
 }
 
 /** Removes a socket a dead publisher left (removePublication): the file, and its private directory. */
@@ -116,8 +96,8 @@ export function removeNbdSocket(socket: string): void {
 }
 
 export async function startNbd(o: StartNbdOptions): Promise<NbdServing> {
-  const { socket, privateDir } = socketPlace(o);
   const gid = o.group !== undefined && o.group.trim() !== '' ? (await resolveGroup(o.group)).gid : undefined;
+  const { socket, privateDir } = socketPlace(o, gid !== undefined);
   const dir = await o.datastore.lookup(ROOT_ID, o.publication);
   const exports: NbdExport[] = [];
   for (const disk of o.disks) {
@@ -134,7 +114,6 @@ export async function startNbd(o: StartNbdOptions): Promise<NbdServing> {
   let tcpPort: number | undefined;
   let listening = false;
   try {
-    await clearStaleSocket(socket);
     await server.listenUnix(socket, { mode: 0o600 });
     listening = true;
     if (gid !== undefined) {

@@ -199,6 +199,8 @@ export function registerPublish(program: Command): void {
     .action(async (point: string, o: PublishFlags, c: Command) => {
       const ctx = contextFor(c);
       const cfg = await ctx.config();
+      if ((o.tcp !== undefined || o.nbdSocket !== undefined) && !o.nbd)
+        throw badInput('PUBLISH_NBD_ALONE', `${o.tcp !== undefined ? '--tcp' : '--nbd-socket'} only goes with --nbd`, 'add --nbd');
       if (!o.fuse && !o.nfs && !o.nbd)
         throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both; or --nbd');
       if (o.nbd && (o.fuse || o.nfs))
@@ -207,8 +209,6 @@ export function registerPublish(program: Command): void {
           '--nbd serves the disks on its own, not with --fuse or --nfs',
           'publish twice (a second publication of the point is its own), or drop --nbd',
         );
-      if ((o.tcp !== undefined || o.nbdSocket !== undefined) && !o.nbd)
-        throw badInput('PUBLISH_NBD_ALONE', `${o.tcp !== undefined ? '--tcp' : '--nbd-socket'} only goes with --nbd`, 'add --nbd');
       const tcp = o.tcp !== undefined ? parseHostPort(o.tcp, '--tcp') : undefined;
       if (o.background) {
         const r = await background(cfg.stateDir);
