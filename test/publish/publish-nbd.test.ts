@@ -17,7 +17,7 @@ import { projectPath } from '../../src/paths.js';
 import { processAlive } from '../../src/host/process.js';
 import { parseNbdUrl } from '../../src/nbd/url.js';
 import { listPublications, removePublication } from '../../src/publish/publish.js';
-import { chunkFingerprint, cli, json, occurrences, webRepository } from './fixtures/web.js';
+import { chunkFingerprint, cli, json, webRepository } from './fixtures/web.js';
 
 interface NbdJson {
   publication: string;
