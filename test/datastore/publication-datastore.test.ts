@@ -163,3 +163,35 @@ t.test('a read-only publication refuses every write with EROFS', async (t) => {
   await t.rejects(ds.write(raw, 0, Buffer.from('x'), false), { code: 'EROFS' });
   await t.rejects(ds.create(await walk(ds, 'web-p1'), 'lock', 0o644), { code: 'EROFS' });
 });
+
+t.test('extents: overlay blocks are data, holes of the point are hole+zero, other files one data extent', async (t) => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'rl-ds-ext-'));
+  t.teardown(() => fs.rmSync(d, { recursive: true, force: true }));
+  const chunk = 256 * 1024;
+  const bytes = Buffer.alloc(SIZE);
+  bytes.fill(7, 0, chunk); // chunk 0 data; 1..15 holes, except chunk 4
+  bytes.fill(9, 4 * chunk, 5 * chunk);
+  const holes = new Set([1, 2, 3, ...Array.from({ length: 11 }, (_, i) => 5 + i)]);
+  const disk = new PublishedDisk(new MemoryDiskSource(bytes, chunk, holes));
+  const overlay = await Overlay.open({ dir: path.join(d, 'overlays'), name: 'sda', base: disk });
+  t.teardown(() => overlay.close());
+  const pub = await publication(d);
+  pub.disks = [{ name: 'sda', overlay }];
+  const ds = new PublicationDatastore();
+  await ds.attach(pub);
+  const raw = await walk(ds, 'web-p1/sda.raw');
+  const data = (length: number) => ({ length, hole: false, zero: false });
+  const hole = (length: number) => ({ length, hole: true, zero: true });
+  t.same(await ds.extents!(raw, 0, SIZE), [data(chunk), hole(3 * chunk), data(chunk), hole(SIZE - 5 * chunk)]);
+  await ds.write(raw, 2 * chunk + 4096, Buffer.alloc(100, 1), false);
+  // Block [2 chunks + 4096, +4096) is in the overlay now, inside the hole of chunks 1-3.
+  t.same(
+    await ds.extents!(raw, 100, 3 * chunk),
+    [data(chunk - 100), hole(chunk + 4096), data(4096), hole(chunk - 8192 + 100)],
+    'a written block inside a hole is data; the map starts and ends where asked',
+  );
+  t.same(await ds.extents!(raw, SIZE - 10, 1000), [hole(10)], 'clamped to the size');
+  const json = await walk(ds, 'web-p1/web.json');
+  const size = (await ds.getattr(json)).size;
+  t.same(await ds.extents!(json, 0, 1 << 20), [data(size)], 'a generated file is one data extent');
+});
