@@ -8,7 +8,8 @@
  * is made (`resources` + `save`: the session's persisted record, so `stop`
  * after a supervisor crash knows what to remove; a run's in-memory one):
  *   1. an owned publication of the point (owner `session` or `surebackup`,
- *      FUSE at `<workDir>/mnt` with the configured access group, or NFS);
+ *      FUSE at `<workDir>/mnt` with the configured access group, NFS, or
+ *      NBD on a unix socket with the same access group);
  *   2. one tap per NIC in the lab (or the NIC on a host bridge);
  *   3. the domain, its disks on the published files;
  *   4. with `heartbeat`, the heartbeat decision of src/verify/heartbeat.ts,
@@ -53,8 +54,8 @@ export type BringUpNetwork =
   /** No NIC attached (a recovery with neither --lab nor --network). */
   | { kind: 'none' };
 
-/** How the disks reach the hypervisor: FUSE (default), or our NFSv3 server on these ports. */
-export type BringUpPublish = { via: 'fuse' } | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
+/** How the disks reach the hypervisor: FUSE (default), our NFSv3 server on these ports, or our NBD server on a unix socket. */
+export type BringUpPublish = { via: 'fuse' } | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null } | { via: 'nbd' };
 
 /** What a bring-up made, recorded before it is made. A session's SessionResources is one. */
 export interface BringUpResources {
@@ -76,7 +77,7 @@ export interface BringUpRequest {
   /** Scratch directory of this bring-up; a FUSE publication is mounted at `<workDir>/mnt`. */
   workDir: string;
   publish?: BringUpPublish;
-  /** FUSE access group (config fuse.group), for a hypervisor whose QEMU runs as another user. */
+  /** FUSE (and NBD socket) access group (config fuse.group), for a hypervisor whose QEMU runs as another user. */
   fuseGroup?: string;
   network: BringUpNetwork;
   accel?: 'kvm' | 'tcg';
@@ -109,7 +110,7 @@ export type HeartbeatVerdict = TestResult & { path: string };
 export interface LabVm {
   domain: Domain;
   publication: RunningPublication;
-  /** Disk name → the file (or nfs:// URL) the domain runs on. */
+  /** Disk name → the file (or nfs:// or NBD URL) the domain runs on. */
   disks: Record<string, string>;
   /** NIC key (`nic0`, ...) → the address the host reaches it on. */
   addresses: Record<string, string>;
@@ -178,8 +179,9 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
       stateDir: req.stateDir,
       owner: req.owner,
       ...(mount ? { fuseDir: mount } : {}),
-      ...(mount && req.fuseGroup !== undefined ? { fuseGroup: req.fuseGroup } : {}),
+      ...((mount || via.via === 'nbd') && req.fuseGroup !== undefined ? { fuseGroup: req.fuseGroup } : {}),
       ...(via.via === 'nfs' ? { nfs: { port: via.port, mountPort: via.mountPort, portmapPort: via.portmapPort } } : {}),
+      ...(via.via === 'nbd' ? { nbd: {} } : {}),
     });
     res.publication = { id: publication.id, ...(mount ? { mount } : {}) };
     req.save();
@@ -200,7 +202,7 @@ export async function bringUp(req: BringUpRequest, hv: Hypervisor, deps: BringUp
     }
     const pub = publication;
     const disks = req.vm.disks.map((d) => {
-      const path = via.via === 'nfs' ? pub.urls?.[d.name] : pub.disks[d.name];
+      const path = via.via === 'nfs' ? pub.urls?.[d.name] : via.via === 'nbd' ? pub.nbd?.[d.name] : pub.disks[d.name];
       if (!path) throw new RestorelabError('PUBLICATION_INCOMPLETE', `the publication of ${req.point} has no disk ${d.name}`);
       return { name: d.name, path, format: 'raw' as const };
     });

@@ -113,7 +113,9 @@ const recover: RemoteAction = async (api, ctx, [target], o) => {
   if (o.publish !== undefined && o.publish !== 'fuse') {
     throw badInput(
       'REMOTE_OPTION_UNSUPPORTED',
-      `--publish ${String(o.publish)} cannot be used with --server: the server holds the host's NFS ports for its own export`,
+      `--publish ${String(o.publish)} cannot be used with --server: ${
+        o.publish === 'nfs' ? "the server holds the host's NFS ports for its own export" : 'the sessions API starts sessions over FUSE only'
+      }`,
       'drop --publish: sessions the server starts are served over FUSE',
     );
   }

@@ -35,6 +35,7 @@ import { probeAccel } from '../host/accel.js';
 import { assertBridgesExist } from '../host/bridges.js';
 import { processAlive } from '../host/process.js';
 import { QgaClient } from './qga.js';
+import { isNbdUrl, parseNbdUrl } from '../nbd/url.js';
 import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 
@@ -55,8 +56,20 @@ function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 }
 
-/** A local file, or an `nfs://host/path` URL as a network disk that QEMU's libnfs driver opens. */
+/**
+ * A local file, an `nfs://host/path` URL as a network disk that QEMU's
+ * libnfs driver opens, or an NBD URL as a network disk of protocol nbd
+ * (unix socket or TCP), which QEMU's own NBD client opens.
+ */
 function diskSource(path: string): string {
+  if (isNbdUrl(path)) {
+    const t = parseNbdUrl(path);
+    const host =
+      t.server.type === 'unix'
+        ? `<host transport='unix' socket='${esc(t.server.path)}'/>`
+        : `<host name='${esc(t.server.host)}' port='${t.server.port}'/>`;
+    return `<source protocol='nbd' name='${esc(t.export)}'>${host}</source>`;
+  }
   if (!path.startsWith('nfs://')) return `<source file='${esc(path)}'/>`;
   const url = new URL(path);
   return `<source protocol='nfs' name='${esc(decodeURIComponent(url.pathname))}'><host name='${esc(url.hostname)}'/></source>`;
@@ -67,7 +80,7 @@ export function domainXml(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', h
   const disks = spec.disks.map((d, i) => {
     const bus = vm.disks.find((x) => x.name === d.name)?.bus ?? 'virtio';
     const dev = bus === 'virtio' ? `vd${String.fromCharCode(97 + i)}` : `sd${String.fromCharCode(97 + i)}`;
-    return `    <disk type='${d.path.startsWith('nfs://') ? 'network' : 'file'}' device='disk'>
+    return `    <disk type='${d.path.startsWith('nfs://') || isNbdUrl(d.path) ? 'network' : 'file'}' device='disk'>
       <driver name='qemu' type='${d.format}'/>
       ${diskSource(d.path)}
       <target dev='${dev}' bus='${bus === 'virtio' ? 'virtio' : 'sata'}'/>

@@ -29,6 +29,7 @@ import { QgaClient } from './qga.js';
 import { lendLabTaps } from './tap-handover.js';
 import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
+import { isNbdUrl, parseNbdUrl } from '../nbd/url.js';
 
 export interface QemuDriverOptions {
   stateDir: string;
@@ -122,16 +123,28 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): s
 }
 
 /**
- * The protocol node under a disk: a local file, or an `nfs://host/path` URL
+ * The protocol node under a disk: a local file, an `nfs://host/path` URL
  * served through QEMU's own libnfs driver (qemu-block-extra), which finds
- * mountd and nfsd through the portmapper on the server.
+ * mountd and nfsd through the portmapper on the server, or an NBD URL
+ * (`nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST:PORT/EXPORT`) that QEMU's
+ * built-in NBD client opens: no FUSE and no kernel in the data path.
  */
 export function fileNode(path: string, readOnly: boolean): Record<string, unknown> {
+  if (isNbdUrl(path)) {
+    const t = parseNbdUrl(path);
+    const server = t.server.type === 'unix' ? t.server : { type: 'inet', host: t.server.host, port: String(t.server.port) };
+    return { driver: 'nbd', server, export: t.export, 'read-only': readOnly };
+  }
   if (path.startsWith('nfs://')) {
     const url = new URL(path);
     return { driver: 'nfs', server: { type: 'inet', host: url.hostname }, path: decodeURIComponent(url.pathname), 'read-only': readOnly };
   }
   return { driver: 'file', filename: path, 'read-only': readOnly, aio: 'threads' };
+}
+
+/** A disk served over the host's network (not a file, not a unix socket). */
+function needsHostNetwork(path: string): boolean {
+  return path.startsWith('nfs://') || path.startsWith('nbd://');
 }
 
 /** For bridge attachments the driver makes its own tap: at most 15 characters. */
@@ -196,9 +209,10 @@ export class QemuDriver implements Hypervisor {
     }
     const args = qemuArgs(spec, dir, accel);
     writeFileSync(join(dir, 'spec.json'), JSON.stringify({ spec, accel, args, bridgeTaps, startedAt: new Date().toISOString() }, null, 2));
-    // QEMU in the lab namespace would not reach an NFS server on the host's
-    // loopback: it then starts in the host namespace with its lab taps lent.
-    const lent = netns && spec.disks.some((d) => d.path.startsWith('nfs://')) ? await lendLabTaps(spec.nics) : undefined;
+    // QEMU in the lab namespace would not reach an NFS or NBD TCP server on
+    // the host's loopback: it then starts in the host namespace with its lab
+    // taps lent. A unix socket is a path, reachable from any namespace.
+    const lent = netns && spec.disks.some((d) => needsHostNetwork(d.path)) ? await lendLabTaps(spec.nics) : undefined;
     const log = openSync(join(dir, 'qemu.log'), 'a');
     const [cmd, argv] = netns && !lent ? ['ip', ['netns', 'exec', netns, qemu, ...args]] : [qemu, args];
     const child = spawn(cmd, argv, { detached: true, stdio: stdioWithoutFuse(['ignore', log, log]) });

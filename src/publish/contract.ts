@@ -61,6 +61,24 @@ export interface PublishOptions {
    * every publication from one shared export).
    */
   nfs?: PublicationNfs;
+  /**
+   * Also serve the disks over NBD from this process (one export per disk,
+   * named after it): on a unix socket (default), and on TCP when `tcp` is
+   * given. QEMU and libvirt then boot from it with no FUSE in the data path.
+   */
+  nbd?: PublicationNbd;
+}
+
+export interface PublicationNbd {
+  /**
+   * The unix socket (mode 0600, or 0660 with `fuseGroup`'s group). Default
+   * `<stateDir>/publications/<id>/nbd.sock`, or, when that path is longer
+   * than a socket address holds (107 bytes), one in a private directory
+   * under the system's temporary directory.
+   */
+  socket?: string;
+  /** Also listen on TCP here (port 0: any free port). Unauthenticated: bind to loopback or a trusted network. */
+  tcp?: { host: string; port: number };
 }
 
 export interface PublicationNfs {
@@ -92,6 +110,15 @@ export interface PublicationInfo {
   disks: Record<string, string>;
   /** Disk name → `nfs://` URL of `<disk>.raw`, when served over NFS (PublishOptions.nfs). */
   urls?: Record<string, string>;
+  /**
+   * Disk name → NBD URL of its export, when served over NBD
+   * (PublishOptions.nbd): `nbd://HOST:PORT/NAME` with `nbd.tcp`, else
+   * `nbd+unix:///NAME?socket=PATH`. Both forms are what qemu-img,
+   * qemu-system-x86_64 and nbdinfo take as is.
+   */
+  nbd?: Record<string, string>;
+  /** The NBD unix socket, when served over NBD. */
+  nbdSocket?: string;
 }
 
 export interface RunningPublication extends PublicationInfo {

@@ -33,6 +33,7 @@ import { PublicationDatastore, type DatastorePublication } from '../datastore/pu
 import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
 import type { NfsExport } from '../nfs/export.js';
+import { removeNbdSocket, startNbd, type NbdServing } from './nbd.js';
 import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
 import { mountEntry } from '../host/mounts.js';
 import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
@@ -68,6 +69,9 @@ export interface PublicationRecord {
   owner?: PublicationOwner;
   /** The serving process while it runs. */
   pid?: number;
+  /** Its NBD socket and URLs while it runs: the socket is removed by whoever finds the process gone. */
+  nbdSocket?: string;
+  nbd?: Record<string, string>;
   created: string;
 }
 
@@ -216,6 +220,7 @@ function statusOf(stateDir: string, rec: PublicationRecord): PublicationStatus {
     vm: rec.vm,
     ...(rec.path ? { path: rec.path } : {}),
     disks: rec.disks,
+    ...(running && rec.nbd ? { nbd: rec.nbd, ...(rec.nbdSocket !== undefined ? { nbdSocket: rec.nbdSocket } : {}) } : {}),
     running,
     ...(running ? { pid: rec.pid } : {}),
     overlayDir: rec.overlayDir,
@@ -291,6 +296,12 @@ export async function removePublication(
   }
   if (rec.fuseDir && mountEntry(rec.fuseDir) && (await isStaleFuseMount(rec.fuseDir))) await detachMount(rec.fuseDir);
   const fresh = readRecord(recordFile(stateDir, rec.id)) ?? rec;
+  // A publisher killed outright leaves its socket file behind; nobody serves it any more.
+  if (fresh.nbdSocket !== undefined && !(fresh.pid !== undefined && (fresh.pid === process.pid || pidAlive(fresh.pid)))) {
+    removeNbdSocket(fresh.nbdSocket);
+    delete fresh.nbdSocket;
+    delete fresh.nbd;
+  }
   // Said before the pid goes: a publisher that died is reported as crashed, with its log.
   const status: PublicationStatus = { ...statusOf(stateDir, fresh), running: false };
   delete status.pid;
@@ -493,6 +504,7 @@ export async function startPublication(
   const datastore = new PublicationDatastore();
   let fuse: FuseFrontend | undefined;
   let nfs: NfsExport | undefined;
+  let nbd: NbdServing | undefined;
   try {
     await datastore.attach(opened.pub, { onWarning: warn });
     if (fuseDir) {
@@ -519,14 +531,27 @@ export async function startPublication(
         log: { warn },
       });
     }
+    if (opts.nbd) {
+      nbd = await startNbd({
+        datastore,
+        publication: name,
+        disks: point.disks.map((d) => d.name),
+        readOnly: rec.readOnly,
+        recordDir: recordDir(opts.stateDir, id),
+        ...(opts.nbd.socket !== undefined ? { socket: opts.nbd.socket } : {}),
+        ...(opts.nbd.tcp ? { tcp: opts.nbd.tcp } : {}),
+        ...(opts.fuseGroup !== undefined ? { group: opts.fuseGroup } : {}),
+      });
+    }
   } catch (err) {
+    await nfs?.stop();
     await fuse?.unmount();
     await opened.close();
     await pool?.close();
     unclaim();
     throw err;
   }
-  writeRecord(opts.stateDir, { ...rec, pid: process.pid });
+  writeRecord(opts.stateDir, { ...rec, pid: process.pid, ...(nbd ? { nbdSocket: nbd.socket, nbd: nbd.urls } : {}) });
   servedHere.add(recordDir(opts.stateDir, id));
 
   let closed = false;
@@ -540,9 +565,11 @@ export async function startPublication(
     disks: rec.disks,
     datastore,
     ...(nfs ? { urls: Object.fromEntries(point.disks.map((d) => [d.name, nfs!.url(name, `${d.name}.raw`)])) } : {}),
+    ...(nbd ? { nbd: nbd.urls, nbdSocket: nbd.socket } : {}),
     close: async (o = {}) => {
       if (closed) return;
       closed = true;
+      await nbd?.close();
       await nfs?.stop();
       if (fuse) await fuse.unmount();
       datastore.detach(id);

@@ -3,9 +3,10 @@
  *
  * Words:
  * - Recovery session: one restore point of one VM running straight from the
- *   repository: a publication of the point, served over FUSE (default) or
- *   NFS, a domain under a hypervisor driver with its disks on the published
- *   `.raw` files (FUSE paths or `nfs://` URLs), and either lab taps (inside
+ *   repository: a publication of the point, served over FUSE (default),
+ *   NFS or NBD, a domain under a hypervisor driver with its disks on the
+ *   published `.raw` files (FUSE paths or `nfs://` URLs) or NBD exports
+ *   (`nbd+unix://` URLs on the supervisor's socket), and either lab taps (inside
  *   a virtual lab) or a host bridge.
  * - Supervisor: the detached `restorelab session-supervise` process that owns
  *   the publication (FUSE is served by a living process) and watches the
@@ -43,12 +44,15 @@ export interface SessionResources {
 }
 
 /**
- * FUSE, or our NFSv3 server run by the supervisor on the given ports: QEMU's
+ * FUSE; our NFSv3 server run by the supervisor on the given ports: QEMU's
  * libnfs (and libvirt's network disks) find mountd and nfsd only through a
  * portmapper on 111, so these are the host's NFS ports and one NFS-served
- * session runs per host at a time (a second one gets NFS_PORT_IN_USE).
+ * session runs per host at a time (a second one gets NFS_PORT_IN_USE); or
+ * our NBD server run by the supervisor on a unix socket of the session's
+ * publication (as many sessions at once as the host holds), which QEMU's own
+ * NBD client reads with no FUSE and no kernel in the data path.
  */
-export type SessionPublish = { via: 'fuse' } | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null };
+export type SessionPublish = { via: 'fuse' } | { via: 'nfs'; port: number; mountPort: number; portmapPort: number | null } | { via: 'nbd' };
 
 export interface RecoverySession {
   id: string;

@@ -11,7 +11,19 @@
  */
 import t from 'tap';
 import request from 'supertest';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { exec } from '../../src/host/exec.js';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { guestRepository, type GuestRepository } from '../helpers/repository.js';
@@ -173,6 +185,35 @@ t.test('publications: FUSE mounts only below api.mountRoots, on the real path', 
   );
   await request(a.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', a.auth.operator).expect(200);
   t.equal(mountEntry(real), undefined, 'unmounted');
+});
+
+t.test('publications over NBD: {nbd: true} serves the point on its own 0600 socket; with fuse it is refused', async (t) => {
+  const g = await guest();
+  const a = await testApi({ env: { RESTORELAB_REPO: g.repo } });
+  t.teardown(a.close);
+  const both = await request(a.app)
+    .post('/api/v1/publications')
+    .set('authorization', a.auth.operator)
+    .send({ point: g.point.id, nbd: true, fuse: join(a.config.stateDir, 'mnt', 'x') })
+    .expect(400);
+  t.equal(both.body.error.code, 'PUBLISH_NBD_ALONE');
+  const started = await request(a.app)
+    .post('/api/v1/publications')
+    .set('authorization', a.auth.operator)
+    .send({ point: g.point.id, nbd: true })
+    .expect(202);
+  const op = await a.ctx.operations.wait(started.body.id as string);
+  t.equal(op?.state, 'succeeded', op?.error ? JSON.stringify(op.error) : 'published');
+  const pub = op?.result as { id: string; frontend: string; nbd: Record<string, string>; nbdSocket: string };
+  t.teardown(() => request(a.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', a.auth.operator));
+  t.equal(pub.frontend, 'nbd');
+  t.same(pub.nbd, { root: `nbd+unix:///root?socket=${pub.nbdSocket}` });
+  t.equal(statSync(pub.nbdSocket).mode & 0o777, 0o600, "the socket is the server user's alone");
+  // qemu-img in a child process: this process serves the export.
+  const cmp = await exec('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', pub.nbd.root!, g.image], { timeoutMs: 120_000 });
+  t.equal(cmp.code, 0, `qemu-img compare: ${cmp.stdout.trim()} ${cmp.stderr}`);
+  await request(a.app).delete(`/api/v1/publications/${pub.id}?discard=true`).set('authorization', a.auth.operator).expect(200);
+  t.notOk(existsSync(pub.nbdSocket), 'DELETE removes the socket');
 });
 
 t.test('repositories: created only under api.repositoryRoots or at the configured repository', async (t) => {

@@ -56,6 +56,8 @@ const SUBNETS = {
   'session/orchestration:u2': 111,
   'session/orchestration:u3': 112,
   'api/host-limits': 113,
+  'session/recover-nbd:qemu': 114,
+  'session/recover-nbd:libvirt': 115,
   'surebackup/app-group': 121,
   'surebackup/failures': 122,
   'surebackup/cancel-integrity': 123,

@@ -2,8 +2,9 @@
  * Publications (docs/publish.md) made and removed by the server process.
  *
  * A publication made here is served by this process: over the server's NFS
- * export when the server runs NFS (ctx.datastore), or over FUSE at the
- * directory the request names (below api.mountRoots). Never both at once: each datastore keeps its
+ * export when the server runs NFS (ctx.datastore), over FUSE at the
+ * directory the request names (below api.mountRoots), or over NBD on the
+ * publication's own unix socket (`nbd`). Never both at once: each datastore keeps its
  * own table of the scratch files' ids, and two tables over one overlay
  * directory would hand out the same id twice. On server stop the
  * publications are closed with their overlays kept; the next server's NFS
@@ -29,13 +30,14 @@ import { ACTIVE_STATES } from '../../session/session.js';
 interface CreateBody {
   point: string;
   fuse?: string;
+  nbd: boolean;
   readOnly: boolean;
   resume: boolean;
   overlayLimitMiB?: number;
 }
 
 interface Served {
-  frontend: 'nfs' | 'fuse';
+  frontend: 'nfs' | 'fuse' | 'nbd';
   close(discard: boolean): Promise<void>;
 }
 
@@ -82,7 +84,7 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
     role: 'operator',
     tag: 'publications',
     body: 'api-publication-create.schema.json',
-    summary: 'publishes a restore point in the server: over its NFS export, or over FUSE at `fuse`',
+    summary: 'publishes a restore point in the server: over its NFS export, over FUSE at `fuse`, or over NBD (`nbd`)',
     success: { status: 202, description: 'the operation; its result is the publication' },
     handler: async (req, res) => {
       const b = req.body as CreateBody;
@@ -90,11 +92,14 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
       // api.mountRoots, checked first and on the real path, which is the one mounted.
       const fuseDir = b.fuse !== undefined ? allowedMountDir(cfg.api, b.fuse, 'FUSE mount directory') : undefined;
       const nfs = ctx.datastore;
-      if (!fuseDir && !nfs) {
+      if (b.nbd && fuseDir) {
+        throw badInput('PUBLISH_NBD_ALONE', 'a publication is served over NBD or over FUSE, not both', 'drop "fuse" or "nbd"');
+      }
+      if (!fuseDir && !nfs && !b.nbd) {
         throw badInput(
           'PUBLISH_NO_FRONTEND',
           'this server does not run NFS, so a publication needs a FUSE mount',
-          'pass "fuse": a directory below api.mountRoots (e.g. <stateDir>/mnt/<name>), or start the server with NFS',
+          'pass "fuse": a directory below api.mountRoots (e.g. <stateDir>/mnt/<name>), or "nbd": true, or start the server with NFS',
         );
       }
       // An unknown point is the client's 404 now, not a failed operation later.
@@ -123,7 +128,8 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
             stateDir: cfg.stateDir,
             owner,
             ...(fuseDir ? { fuseDir } : {}),
-            ...(fuseDir && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+            ...((fuseDir || b.nbd) && cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+            ...(b.nbd ? { nbd: {} } : {}),
             overlayLimitBytes: (b.overlayLimitMiB ?? cfg.limits.overlayLimitMiB) * 1024 * 1024,
             resume: b.resume,
             readOnly: b.readOnly,
@@ -131,8 +137,8 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
           },
           { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) },
         );
-        let frontend: Served['frontend'] = 'fuse';
-        if (!fuseDir && nfs) {
+        let frontend: Served['frontend'] = b.nbd ? 'nbd' : 'fuse';
+        if (!fuseDir && !b.nbd && nfs) {
           // Moved from the publication's own datastore to the one the NFS export serves.
           const dp = pub.datastore.detach(pub.id);
           try {

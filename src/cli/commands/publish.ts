@@ -1,6 +1,7 @@
 /**
  * `restorelab publish`: a restore point as live, writable disk files on a FUSE
- * mount (see docs/publish.md). In the foreground it serves until SIGINT or
+ * mount and/or over NFS, or as NBD exports (`--nbd`, one per disk, on a unix
+ * socket or `--tcp HOST:PORT`; see docs/publish.md). In the foreground it serves until SIGINT or
  * SIGTERM, then unmounts; `--background` starts that same foreground command
  * as a detached child and returns once the child reports the mount ready.
  *
@@ -22,6 +23,7 @@ import { keyFileOption } from '../../config/key-file.js';
 import { RestorelabError, badInput } from '../../errors.js';
 import type { NfsExport } from '../../nfs/export.js';
 import { parsePort, withNfsExportOptions } from './server.js';
+import { parseHostPort } from '../../nbd/url.js';
 
 interface PublishFlags {
   repo?: string;
@@ -29,6 +31,9 @@ interface PublishFlags {
   fuse?: string;
   fuseGroup?: string;
   nfs?: boolean;
+  nbd?: boolean;
+  tcp?: string;
+  nbdSocket?: string;
   nfsPort?: string;
   mountPort?: string;
   portmapPort?: string;
@@ -44,6 +49,17 @@ interface PublishFlags {
   logFile?: string;
 }
 
+/**
+ * What `publish --nbd --json` prints (issue 18's interface: scripts depend
+ * on it): each disk's URL, usable as is by qemu-img and qemu-system-x86_64.
+ */
+export interface NbdPublishResult {
+  publication: string;
+  disks: Array<{ name: string; nbd: string }>;
+  /** A background publisher's log. */
+  log?: string;
+}
+
 export interface PublishResult {
   publication: string;
   path: string;
@@ -55,7 +71,15 @@ export interface PublishResult {
 
 const READY_WAIT_MS = 120_000;
 
-function render(r: PublishResult): string {
+function render(r: PublishResult | NbdPublishResult): string {
+  if (Array.isArray(r.disks)) {
+    return [
+      `published ${r.publication} over NBD`,
+      ...r.disks.map((d) => `  ${d.name}: ${d.nbd}`),
+      ...(r.log ? [`  publisher log: ${r.log}`] : []),
+    ].join('\n');
+  }
+  r = r as PublishResult;
   return [
     `published ${r.publication}${r.path ? ` at ${r.path}` : ''}`,
     ...(r.path ? Object.entries(r.disks).map(([n, p]) => `  ${n}: ${p}`) : []),
@@ -79,7 +103,7 @@ function readLog(file: string): string[] {
 }
 
 /** Starts the foreground command detached and waits for its ready file (or its death). */
-async function background(stateDir: string): Promise<PublishResult> {
+async function background(stateDir: string): Promise<PublishResult | NbdPublishResult> {
   const { longRunningEnv } = await import('../../host/malloc.js');
   const spawnDir = path.join(stateDir, 'publications');
   fs.mkdirSync(spawnDir, { recursive: true });
@@ -102,7 +126,7 @@ async function background(stateDir: string): Promise<PublishResult> {
   const deadline = Date.now() + READY_WAIT_MS;
   try {
     while (Date.now() < deadline) {
-      if (fs.existsSync(readyFile)) return JSON.parse(fs.readFileSync(readyFile, 'utf8')) as PublishResult;
+      if (fs.existsSync(readyFile)) return JSON.parse(fs.readFileSync(readyFile, 'utf8')) as PublishResult | NbdPublishResult;
       if (exited !== undefined) {
         const log = readLog(logFile);
         // The child ran with --json when we did: its error object is the most precise report.
@@ -146,7 +170,7 @@ async function background(stateDir: string): Promise<PublishResult> {
 export function registerPublish(program: Command): void {
   const publish = program
     .command('publish <point>')
-    .description('publish a restore point as writable disk files on a FUSE mount and/or over NFS (writes go to an overlay)')
+    .description('publish a restore point as writable disk files on a FUSE mount and/or over NFS, or over NBD (writes go to an overlay)')
     .option('--repo <dir>', 'repository directory (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--fuse <dir>', 'mount the publications here (created if missing)')
@@ -154,7 +178,10 @@ export function registerPublish(program: Command): void {
       '--fuse-group <group>',
       "group (name or gid) that may use the FUSE mount besides you, e.g. the hypervisor's (default: config fuse.group; none)",
     )
-    .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)');
+    .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)')
+    .option('--nbd', 'serve each disk as an NBD export named after it, on a unix socket (alone: not with --fuse or --nfs)')
+    .option('--nbd-socket <path>', 'with --nbd: the unix socket (default: <stateDir>/publications/<id>/nbd.sock)')
+    .option('--tcp <host:port>', 'with --nbd: also listen on TCP and print nbd:// URLs (no access control: loopback or a trusted network)');
   withNfsExportOptions(publish, 'NFS port (default from config, 2049; 0 = any free port)')
     .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
     .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
@@ -172,11 +199,20 @@ export function registerPublish(program: Command): void {
     .action(async (point: string, o: PublishFlags, c: Command) => {
       const ctx = contextFor(c);
       const cfg = await ctx.config();
-      if (!o.fuse && !o.nfs)
-        throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both');
+      if ((o.tcp !== undefined || o.nbdSocket !== undefined) && !o.nbd)
+        throw badInput('PUBLISH_NBD_ALONE', `${o.tcp !== undefined ? '--tcp' : '--nbd-socket'} only goes with --nbd`, 'add --nbd');
+      if (!o.fuse && !o.nfs && !o.nbd)
+        throw badInput('PUBLISH_NO_FRONTEND', 'publish needs somewhere to serve the disks', 'pass --fuse <dir>, --nfs, or both; or --nbd');
+      if (o.nbd && (o.fuse || o.nfs))
+        throw badInput(
+          'PUBLISH_NBD_ALONE',
+          '--nbd serves the disks on its own, not with --fuse or --nfs',
+          'publish twice (a second publication of the point is its own), or drop --nbd',
+        );
+      const tcp = o.tcp !== undefined ? parseHostPort(o.tcp, '--tcp') : undefined;
       if (o.background) {
         const r = await background(cfg.stateDir);
-        ctx.out.result(r, (v) => render(v as PublishResult));
+        ctx.out.result(r, (v) => render(v as PublishResult | NbdPublishResult));
         return;
       }
       // Loaded here, not above: the --background parent only spawns the process that serves.
@@ -187,7 +223,8 @@ export function registerPublish(program: Command): void {
           point,
           stateDir: cfg.stateDir,
           ...(o.fuse ? { fuseDir: o.fuse } : {}),
-          ...(o.fuse && (o.fuseGroup ?? cfg.fuse.group) !== undefined ? { fuseGroup: o.fuseGroup ?? cfg.fuse.group } : {}),
+          ...((o.fuse || o.nbd) && (o.fuseGroup ?? cfg.fuse.group) !== undefined ? { fuseGroup: o.fuseGroup ?? cfg.fuse.group } : {}),
+          ...(o.nbd ? { nbd: { ...(o.nbdSocket !== undefined ? { socket: o.nbdSocket } : {}), ...(tcp ? { tcp } : {}) } } : {}),
           ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}),
           overlayLimitBytes: o.overlayLimit ? parseSize(o.overlayLimit) : cfg.limits.overlayLimitMiB * 1024 * 1024,
           resume: o.resume ?? false,
@@ -196,9 +233,12 @@ export function registerPublish(program: Command): void {
         },
         { ...keyFileOption(o.keyFile, cfg), onWarning: (m) => ctx.out.warn(m) },
       );
-      const result: PublishResult = { publication: pub.id, path: pub.path ?? '', disks: pub.disks };
+      const result: PublishResult | NbdPublishResult = pub.nbd
+        ? { publication: pub.id, disks: Object.entries(pub.nbd).map(([name, nbd]) => ({ name, nbd })) }
+        : { publication: pub.id, path: pub.path ?? '', disks: pub.disks };
       let nfs: NfsExport | undefined;
-      if (o.nfs) {
+      if (o.nfs && !Array.isArray(result.disks)) {
+        const files = result as PublishResult;
         const portmap = parsePort('--portmap-port', o.portmapPort) ?? cfg.nfs.portmapPort;
         try {
           const { startNfsExport } = await import('../../nfs/export.js');
@@ -221,7 +261,7 @@ export function registerPublish(program: Command): void {
           throw err;
         }
         const urls = Object.fromEntries(Object.keys(pub.disks).map((d) => [d, nfs!.url(pub.name, `${d}.raw`)]));
-        result.nfs = {
+        files.nfs = {
           host: nfs.host,
           port: nfs.port,
           mountPort: nfs.mountPort,
@@ -231,7 +271,7 @@ export function registerPublish(program: Command): void {
         };
       }
       if (o.logFile) result.log = keepLog(o.logFile, path.join(cfg.stateDir, 'publications', pub.id, PUBLISHER_LOG));
-      ctx.out.result(result, (v) => render(v as PublishResult));
+      ctx.out.result(result, (v) => render(v as PublishResult | NbdPublishResult));
       if (o.readyFile) {
         const ready = path.resolve(o.readyFile);
         writeFileAtomicSync(path.dirname(ready), path.basename(ready), JSON.stringify(result));

@@ -1,5 +1,5 @@
 /**
- * `restorelab recover --repo R <vm>[@<point>] [--lab F | --network BR] [--driver D] [--publish fuse|nfs]`:
+ * `restorelab recover --repo R <vm>[@<point>] [--lab F | --network BR] [--driver D] [--publish fuse|nfs|nbd]`:
  * instant VM recovery (docs/recovery.md). Prints once the guest's heartbeat
  * is seen and returns; the VM keeps running under a detached session
  * supervisor (the hidden `session-supervise` command).
@@ -51,7 +51,7 @@ export function registerRecover(program: Command): void {
     .option('--accel <accel>', 'kvm or tcg (default: probe)')
     .option(
       '--publish <via>',
-      'serve the disks to the hypervisor over fuse or nfs (our NFSv3 server on the configured nfs ports; default fuse)',
+      'serve the disks to the hypervisor over fuse, nfs (our NFSv3 server on the configured nfs ports) or nbd (our NBD server on a unix socket; no FUSE in the data path); default fuse',
     )
     .option('--scan <rules>', 'scan the point with this YARA rule file first; an infected point is refused (exit 3)')
     .option('--allow-infected', 'with --scan: recover an infected point anyway, in a lab with no uplink at all (never on --network)')
@@ -83,8 +83,8 @@ export function registerRecover(program: Command): void {
         if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg')
           throw badInput('BAD_ACCEL', `unknown accelerator "${accel}"`, 'use --accel kvm or --accel tcg');
         const via = o.publish ?? 'fuse';
-        if (via !== 'fuse' && via !== 'nfs')
-          throw badInput('BAD_PUBLISH', `unknown --publish "${o.publish}"`, 'use --publish fuse or --publish nfs');
+        if (via !== 'fuse' && via !== 'nfs' && via !== 'nbd')
+          throw badInput('BAD_PUBLISH', `unknown --publish "${o.publish}"`, 'use --publish fuse, --publish nfs or --publish nbd');
         if (via === 'nfs' && cfg.nfs.portmapPort !== 111) {
           throw badInput(
             'NFS_NEEDS_PORTMAPPER',
@@ -93,9 +93,7 @@ export function registerRecover(program: Command): void {
           );
         }
         const publish: SessionPublish =
-          via === 'nfs'
-            ? { via: 'nfs', port: cfg.nfs.port, mountPort: cfg.nfs.mountPort, portmapPort: cfg.nfs.portmapPort }
-            : { via: 'fuse' };
+          via === 'nfs' ? { via: 'nfs', port: cfg.nfs.port, mountPort: cfg.nfs.mountPort, portmapPort: cfg.nfs.portmapPort } : { via };
         if (o.allowInfected && !o.scan)
           throw badInput('ALLOW_INFECTED_NEEDS_SCAN', '--allow-infected only means something with --scan RULES', 'add --scan <rules.yar>');
         ctx.out.info(
