@@ -9,7 +9,8 @@
  * rest unallocated. The guest boots from it under TCG with libvirt's guest
  * agent channel, so both tools freeze its filesystems.
  *
- * Sequence: virtnbdbackup full, restorelab full (filesystem-consistent);
+ * Sequence (each timed backup after a `sync`, outside its time, so none
+ * pays for another's dirty pages): virtnbdbackup full, restorelab full (filesystem-consistent);
  * then the guest rewrites 3% of the disk's 1 MiB blocks (random blocks in
  * the data region, with dd on /dev/vda); then virtnbdbackup inc, restorelab
  * incremental. Figures: wall time of each, the ratio ours/theirs (targets:
@@ -19,12 +20,14 @@
  * Run (root, libvirtd, virtnbdbackup, qemu-utils; heavy: take the lock):
  *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
  * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
- * size, default 1M), LIVE_BENCH_DIR (default /var/tmp).
+ * size, default 1M), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
+ * (file, filesystem, none) compares the repository's sync levels.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { exec, which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
@@ -97,7 +100,10 @@ async function main(): Promise<void> {
   const domain = `rl-live-bench-${process.pid}`;
   try {
     console.log(
-      `live-backup bench: ${SIZE_MIB} MiB qcow2 disk, ${DATA_MIB} MiB data, ${CHANGED_FRACTION * 100}% of 1 MiB blocks changed, our chunk size ${CHUNK}`,
+      `live-backup bench: ${SIZE_MIB} MiB qcow2 disk, ${DATA_MIB} MiB data, ${CHANGED_FRACTION * 100}% of 1 MiB blocks changed, our chunk size ${CHUNK}, ` +
+        `sync level ${process.env.RESTORELAB_SYNC_LEVEL ?? 'filesystem (default)'}, load average ${loadavg()
+          .map((l) => l.toFixed(2))
+          .join(' ')}`,
     );
     const disk = await buildDisk(dir);
     const xml = join(dir, 'domain.xml');
@@ -125,7 +131,12 @@ async function main(): Promise<void> {
     );
     const ours = async (): Promise<{
       seconds: number;
-      json: { stats: { bytesRead: number }; freezeMs?: number; consistency: string; changedBlockTracking: { used: boolean } };
+      json: {
+        stats: { bytesRead: number; seconds?: number };
+        freezeMs?: number;
+        consistency: string;
+        changedBlockTracking: { used: boolean };
+      };
     }> => {
       const r = await must(
         process.execPath,
@@ -137,7 +148,12 @@ async function main(): Promise<void> {
     const theirs = (level: 'full' | 'inc'): Promise<Run> =>
       must('virtnbdbackup', ['-d', domain, '-l', level, '-o', join(dir, 'vnb'), '-S', dir, '-n', '-U', URI]);
 
+    // Each timed backup starts with no dirty data on the host: a syncfs (ours, at the default sync
+    // level) flushes the whole file system, and must not pay for what the other tool left unsynced.
+    const settle = (): Promise<Run> => must('sync', []);
+    await settle();
     const vFull = await theirs('full');
+    await settle();
     const oFull = await ours();
     const blocks = Math.round(SIZE_MIB * CHANGED_FRACTION);
     const offsets = new Set<number>();
@@ -145,7 +161,9 @@ async function main(): Promise<void> {
     await libvirtGuest(URI, domain).sh(
       `for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`,
     );
+    await settle();
     const vInc = await theirs('inc');
+    await settle();
     const oInc = await ours();
 
     const mb = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
@@ -154,10 +172,14 @@ async function main(): Promise<void> {
         `  virtnbdbackup ${vFull.seconds.toFixed(1)} s  ratio ${ratio(oFull.seconds, vFull.seconds)} (target <= 0.7)`,
     );
     console.log(
-      `incremental: restorelab ${oInc.seconds.toFixed(1)} s (read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
-        `  virtnbdbackup ${vInc.seconds.toFixed(1)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5)`,
+      `incremental: restorelab ${oInc.seconds.toFixed(2)} s (engine ${oInc.json.stats.seconds ?? '-'} s, read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
+        `  virtnbdbackup ${vInc.seconds.toFixed(2)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5)`,
     );
-    console.log(`changed: ${blocks} blocks of 1 MiB (${mb(blocks * MiB)})`);
+    console.log(
+      `changed: ${blocks} blocks of 1 MiB (${mb(blocks * MiB)}); load average now ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')}`,
+    );
   } finally {
     await exec('virsh', ['-c', URI, 'destroy', domain]);
     await exec('virsh', ['-c', URI, 'undefine', domain, '--checkpoints-metadata']);

@@ -18,6 +18,7 @@ import type { RepositoryReader } from '../repo/contract.js';
 import { catalogKnows, indexedRepositories, listPoints, reindex } from '../catalog/catalog.js';
 import { RestorelabError } from '../errors.js';
 import { keyFileOption } from '../config/key-file.js';
+import { syncLevelOption } from '../config/config.js';
 
 export const DEFAULT_REPOSITORY = 'default';
 
@@ -31,9 +32,9 @@ export function openOptions(ctx: ApiContext, path: string): { keyFile?: string }
   return resolve(path) === resolve(ctx.config.repository) ? keyFileOption(undefined, ctx.config) : {};
 }
 
-/** The configured repository, opened fresh (opening reads config.json and the key file only). */
+/** The configured repository, opened fresh (opening reads config.json and the key file only), at the host's sync level. */
 export function openDefaultRepository(ctx: ApiContext): Promise<RepositoryMaintenance> {
-  return openRepository(ctx.config.repository, openOptions(ctx, ctx.config.repository));
+  return openRepository(ctx.config.repository, { ...openOptions(ctx, ctx.config.repository), ...syncLevelOption(ctx.config) });
 }
 
 /** Fills the catalog from a repository it has never seen, as `restorelab points` does. */
@@ -46,7 +47,7 @@ export async function openNamedRepository(ctx: ApiContext, name: string): Promis
   if (name === DEFAULT_REPOSITORY) return openDefaultRepository(ctx);
   for (const path of indexedRepositories(ctx.catalog)) {
     if (path === resolve(ctx.config.repository)) continue;
-    const repo = await openRepository(path).catch(() => undefined);
+    const repo = await openRepository(path, syncLevelOption(ctx.config)).catch(() => undefined);
     if (repo?.config.id === name) return repo;
   }
   throw apiError(

@@ -11,7 +11,8 @@
  *
  * Memory stays bounded: the pool's slots hold the chunks being read, hashed
  * or compressed, and at most as many blobs wait on the store, whatever the
- * image size. Nothing becomes visible until commitPoint writes the manifest;
+ * image size. Nothing becomes visible until commitPoint writes the manifest,
+ * after the chunk store's sync (SyncLevel) and the indexes;
  * a failure before that rolls back the chunks it added when it safely can
  * (see rollBack), and leaves the rest, unreferenced, to gc.
  */
@@ -167,6 +168,9 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
       } finally {
         await pool.close();
       }
+      // Every chunk the indexes name is made durable first: at sync level filesystem this one syncfs
+      // replaces an fsync per chunk. It runs before any index exists, so when it fails nothing is committed.
+      await repo.chunks.sync();
       // Indexes are written only once every disk is read, so a failed read leaves no index behind.
       const disks: RestorePointDisk[] = [];
       for (let i = 0; i < opts.images.length; i++) {
@@ -298,7 +302,7 @@ async function backupDisk(
   const reuse = usableReuse(img.reuse, src.size, chunkSize, count);
   const hasData = await dataChunks(src, chunkSize, count, reuse?.changed);
   const written = new Set<string>();
-  // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's fsync.
+  // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's write.
   const inFlight = pool.slots * 2;
   let done = 0;
   let failure: unknown;
@@ -310,7 +314,7 @@ async function backupDisk(
     const length = Math.min(chunkSize, src.size - offset);
     const slot = await pool.acquire();
     let held = true;
-    // The slot is free again as soon as its bytes are hashed (and compressed), before the store's fsync.
+    // The slot is free again as soon as its bytes are hashed (and compressed), before the store writes the blob.
     const free = (): void => {
       if (held) {
         held = false;

@@ -9,6 +9,7 @@ import { assertValid, readJsonFile } from '../schema/validate.js';
 import { badInput } from '../errors.js';
 import { projectPath } from '../paths.js';
 import type { WireLimits } from '../nfs/limits.js';
+import type { SyncLevel } from '../repo/api.js';
 
 export interface Limits {
   chunkCacheMiB: number;
@@ -73,6 +74,11 @@ export interface Config {
   repository: string;
   /** Key file of the configured repository when it is encrypted (absent: it is not). */
   repositoryKeyFile?: string;
+  /**
+   * How this host's backups make new chunks durable, in every repository it
+   * writes (SyncLevel, docs/backup.md "Sync levels"); absent: `filesystem`.
+   */
+  repositorySyncLevel?: SyncLevel;
   stateDir: string;
   catalog: string;
   driver: 'qemu' | 'libvirt';
@@ -91,6 +97,7 @@ export interface Config {
 export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) => unknown }> = {
   RESTORELAB_REPO: { path: ['repository'], parse: (v) => v },
   RESTORELAB_KEY_FILE: { path: ['repositoryKeyFile'], parse: (v) => v },
+  RESTORELAB_SYNC_LEVEL: { path: ['repositorySyncLevel'], parse: (v) => v },
   RESTORELAB_STATE_DIR: { path: ['stateDir'], parse: (v) => v },
   RESTORELAB_DRIVER: { path: ['driver'], parse: (v) => v },
   RESTORELAB_ACCEL: { path: ['accel'], parse: (v) => v },
@@ -100,6 +107,11 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   RESTORELAB_NFS_PORT: { path: ['nfs', 'port'], parse: Number },
   RESTORELAB_FUSE_GROUP: { path: ['fuse', 'group'], parse: (v) => v },
 };
+
+/** The host's sync level as options for openRepository/initRepository: every writer of a repository passes it. */
+export function syncLevelOption(cfg: Pick<Config, 'repositorySyncLevel'>): { syncLevel?: SyncLevel } {
+  return cfg.repositorySyncLevel === undefined ? {} : { syncLevel: cfg.repositorySyncLevel };
+}
 
 type Json = Record<string, unknown>;
 

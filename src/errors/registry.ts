@@ -224,6 +224,10 @@ export const ERRORS = {
   REPO_FULL: { class: 'failure', explain: "the repository's file system is full" },
   REPO_NOT_EMPTY: { class: 'badInput', explain: 'a repository can only be created in an empty directory' },
   REPO_NOT_FOUND: { class: 'notFound', explain: 'no restorelab repository at that path' },
+  REPO_SYNC_FAILED: {
+    class: 'failure',
+    explain: "the repository's file system could not make new chunks durable (syncfs failed); nothing was committed",
+  },
   REPO_UNREADABLE: { class: 'failure', explain: 'a configured repository cannot be opened' },
   REPO_VERSION_UNSUPPORTED: { class: 'badInput', explain: 'the repository format is newer than this restorelab' },
   RESTORE_CHUNK_CORRUPT: { class: 'failure', explain: 'a chunk of the disk to restore is damaged' },

@@ -69,6 +69,27 @@ export interface ChunkCodec {
   decodeInto(digest: string, blob: Buffer, out: Buffer): Buffer;
 }
 
+/**
+ * How a repository makes new chunks durable, after Proxmox Backup Server's
+ * datastore `sync-level`:
+ * - `file`: every chunk is fsynced (and its shard directory) before insert()
+ *   returns; sync() has nothing left to do.
+ * - `filesystem` (the default): chunks are written and renamed into place
+ *   without an fsync each; sync() makes them all durable with one syncfs(2)
+ *   of the chunk store's file system, before any index or manifest that
+ *   references them is written. A crash before that loses only chunks no
+ *   point references yet (a later backup checks a stored blob before it
+ *   reuses it, and rewrites a torn one).
+ * - `none`: nothing is synced. Unsafe: a power loss can leave committed
+ *   restore points referencing chunks that never reached the disk. Tests and
+ *   benchmarks only.
+ * Indexes and manifests are written temp, fsync, rename, fsync directory at
+ * every level.
+ */
+export type SyncLevel = 'file' | 'filesystem' | 'none';
+export const SYNC_LEVELS: readonly SyncLevel[] = ['file', 'filesystem', 'none'];
+export const DEFAULT_SYNC_LEVEL: SyncLevel = 'filesystem';
+
 export interface StoredChunk {
   digest: string;
   size: number;
@@ -86,7 +107,9 @@ export interface ChunkStore {
   /** Refreshes the mtime of a stored chunk; false when it is not stored. */
   touch(digest: string): Promise<boolean>;
   /**
-   * Idempotent and crash-safe (temp file, fsync, rename, fsync directory).
+   * Idempotent and crash-safe: a reader never sees a partial blob under the
+   * chunk's name (temp file, rename). Durable on return only at sync level
+   * `file` (fsync of the file and its directory); otherwise after sync().
    * When the chunk already exists its mtime is refreshed, so a gc running
    * concurrently treats it as in use (see RepoLock.since), and the stored blob
    * is kept as it is: a caller that may meet a damaged blob (the backup
@@ -99,8 +122,18 @@ export interface ChunkStore {
    * With `keepDamaged` the old blob is kept as `<digest>.bad`, as verify
    * quarantines (a blob whose data is wrong); without it, it is dropped (a
    * blob whose data was proven and only a header field was rewritten).
+   * Durable on return at every sync level: older points reference the chunk.
    */
   replace(digest: string, blob: Buffer, opts: { keepDamaged: boolean }): Promise<void>;
+  /**
+   * Makes durable every chunk this store has inserted or found (touch(),
+   * insert() of an existing one) so far, including chunks other processes
+   * wrote without an fsync of their own: call it after the last chunk of a
+   * backup and before writing the indexes and the manifest that reference
+   * them. A no-op when nothing happened since the last sync, and at sync
+   * levels `file` and `none`. Rejects with REPO_SYNC_FAILED.
+   */
+  sync(): Promise<void>;
   /** The blob; rejects with a not-found RestorelabError naming store and digest. */
   get(digest: string): Promise<Buffer>;
   /** The file that holds a chunk's blob, for readers on other threads that do their own I/O. */
@@ -168,11 +201,15 @@ export interface Repository extends RepositoryReader {
   readonly codec: ChunkCodec;
   /** The master key of an encrypted repository, for codecs built in worker threads (createCodec(config, key)). */
   readonly masterKey: Buffer | undefined;
-  /** Writes an index crash-safely; returns its digest (the name it is stored under). */
+  /** Syncs the chunk store (chunks.sync()), then writes an index crash-safely; returns its digest (the name it is stored under). */
   writeIndex(index: FixedIndex): Promise<string>;
   /** Checks the index header checksum; rejects with CorruptChunkError-like errors naming the file. */
   readIndex(digest: string): Promise<FixedIndex>;
-  /** Writes the manifest crash-safely; the point becomes visible only now. */
+  /**
+   * Writes the manifest crash-safely; the point becomes visible only now.
+   * First it syncs the chunk store (chunks.sync()), so a point is never
+   * visible before every chunk it references is durable.
+   */
   commitPoint(point: NewRestorePoint): Promise<RestorePoint>;
   /**
    * Shared for backups, exclusive for prune and gc. Rejects with a busy

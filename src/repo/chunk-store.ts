@@ -2,16 +2,19 @@
  * The local-disk ChunkStore: `chunks/<first 2 hex digits>/<digest>`, one file
  * per blob, the 256 shard directories created up front.
  *
- * Insert is crash-safe (temp file in the shard, fsync, rename, fsync shard)
- * and idempotent: an existing chunk only gets its mtime refreshed, which is
- * what tells a concurrent gc that a running backup uses it.
+ * Insert is crash-safe (temp file in the shard, rename; at sync level `file`
+ * also fsync of the file and the shard) and idempotent: an existing chunk
+ * only gets its mtime refreshed, which is what tells a concurrent gc that a
+ * running backup uses it. At level `filesystem` sync() makes the chunks
+ * durable with one syncfs (src/host/syncfs.ts); see SyncLevel in api.ts.
  */
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import type { ChunkStore, StoredChunk } from './api.js';
+import { DEFAULT_SYNC_LEVEL, type ChunkStore, type StoredChunk, type SyncLevel } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, tempName, writeFileAtomic } from '../host/atomic-file.js';
+import { syncFilesystem } from '../host/syncfs.js';
 import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 import { CorruptChunkError } from './contract.js';
 
@@ -46,8 +49,32 @@ export function readBlobSync(digest: string, file: string, scratch: Buffer): Buf
   return scratch.subarray(0, n);
 }
 
+export interface ChunkStoreOptions {
+  /** Default DEFAULT_SYNC_LEVEL. */
+  syncLevel?: SyncLevel;
+  /** How sync() flushes the file system at level `filesystem`; default syncFilesystem. Tests inject failures here. */
+  syncFilesystem?: (dir: string) => Promise<void>;
+}
+
 export class LocalChunkStore implements ChunkStore {
-  constructor(readonly path: string) {}
+  readonly syncLevel: SyncLevel;
+  private readonly syncFs: (dir: string) => Promise<void>;
+  /**
+   * Chunks inserted or found (a successful touch) by this store so far, and
+   * how many of them the last completed sync covered: a sync covers what
+   * happened before it started. Found chunks count because another writer
+   * at level `filesystem` may have renamed them into place without syncing yet.
+   */
+  private chunkEvents = 0;
+  private syncedEvents = 0;
+
+  constructor(
+    readonly path: string,
+    opts: ChunkStoreOptions = {},
+  ) {
+    this.syncLevel = opts.syncLevel ?? DEFAULT_SYNC_LEVEL;
+    this.syncFs = opts.syncFilesystem ?? syncFilesystem;
+  }
 
   fileOf(digest: string): string {
     return this.file(digest);
@@ -72,6 +99,7 @@ export class LocalChunkStore implements ChunkStore {
     const now = new Date();
     try {
       await utimes(this.file(digest), now, now);
+      this.chunkEvents++;
       return true;
     } catch (err) {
       if (isErrno(err, 'ENOENT')) return false;
@@ -87,17 +115,59 @@ export class LocalChunkStore implements ChunkStore {
       if (st) return { existed: true, size: st.size };
     }
     try {
-      await writeFileAtomic(dirname(target), basename(target), blob, BLOB_MODE);
+      if (this.syncLevel === 'file') await writeFileAtomic(dirname(target), basename(target), blob, BLOB_MODE);
+      else await this.writeUnsynced(target, blob);
     } catch (err) {
       throw this.ioError('insert', digest, err);
     }
+    this.chunkEvents++;
     return { existed: false, size: blob.length };
+  }
+
+  /** Temp file and rename without fsyncs: readers never see a partial blob; durability waits for sync(). */
+  private async writeUnsynced(target: string, blob: Buffer): Promise<void> {
+    const tmp = join(dirname(target), tempName());
+    const fh = await open(tmp, 'wx', BLOB_MODE);
+    try {
+      try {
+        await fh.writeFile(blob);
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, target);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async sync(): Promise<void> {
+    if (this.syncLevel !== 'filesystem') return;
+    const upTo = this.chunkEvents;
+    if (upTo === this.syncedEvents) return;
+    try {
+      await this.syncFs(this.path);
+    } catch (err) {
+      // Writeback of delayed allocations is where a full file system shows at this level.
+      const full = isErrno(err, 'ENOSPC') || /No space left on device/.test((err as Error).message);
+      throw new RestorelabError(
+        full ? 'REPO_FULL' : 'REPO_SYNC_FAILED',
+        `cannot make the chunks of store ${this.path} durable (sync level filesystem): ${(err as Error).message}`,
+        {
+          hint: 'nothing was committed; check the repository file system (dmesg, df), then run the backup again',
+          cause: err,
+        },
+      );
+    }
+    this.syncedEvents = Math.max(this.syncedEvents, upTo);
   }
 
   /**
    * The chunk store's own temp-then-rename, not writeFileAtomic: the damaged
    * copy must be linked aside between writing the new bytes and renaming them
    * over it, so the name is never empty and the old bytes are never lost.
+   * Fsynced at every sync level: the name already belongs to committed
+   * points, and a crash must not leave a torn blob under it (this is rare).
    */
   async replace(digest: string, blob: Buffer, opts: { keepDamaged: boolean }): Promise<void> {
     const target = this.file(digest);

@@ -36,7 +36,7 @@ import { jsonSyntaxProblem } from '../schema/validate.js';
 import { fsyncDir, removeIfOlder, writeFileAtomic } from '../host/atomic-file.js';
 import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
-import { createShards, LocalChunkStore } from './chunk-store.js';
+import { createShards, LocalChunkStore, type ChunkStoreOptions } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
 import { acquireLock, liveLocks } from './lock.js';
 import { createMetadataSeal, isSealed, type MetadataSeal } from './metadata-seal.js';
@@ -55,14 +55,17 @@ import {
   TEMP_PREFIX,
 } from './format.js';
 
-export interface InitOptions {
+/** How this process writes chunks into the repository (SyncLevel); a setting of the host's config, not of the repository. */
+export type WriteOptions = ChunkStoreOptions;
+
+export interface InitOptions extends WriteOptions {
   /** Bytes per chunk; default DEFAULT_CHUNK_SIZE. */
   chunkSize?: number;
   /** Encrypt with this key file; created with a new random key when it does not exist. */
   keyFile?: string;
 }
 
-export interface OpenOptions {
+export interface OpenOptions extends WriteOptions {
   keyFile?: string;
 }
 
@@ -174,7 +177,14 @@ export async function initRepository(dir: string, opts: InitOptions = {}): Promi
   const body = configBody(config);
   // The config goes last: a directory without it is not a repository yet.
   await writeFileAtomic(path, CONFIG_FILE, JSON.stringify({ ...config, checksum: sha256(body) }, null, 2) + '\n');
-  return new LocalRepository(path, config, key);
+  return new LocalRepository(path, config, key, writeOptions(opts));
+}
+
+function writeOptions(opts: WriteOptions): WriteOptions {
+  return {
+    ...(opts.syncLevel ? { syncLevel: opts.syncLevel } : {}),
+    ...(opts.syncFilesystem ? { syncFilesystem: opts.syncFilesystem } : {}),
+  };
 }
 
 function parseConfig(path: string, text: string): RepoConfig {
@@ -260,7 +270,7 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
       );
     }
   }
-  return new LocalRepository(path, config, key);
+  return new LocalRepository(path, config, key, writeOptions(opts));
 }
 
 function isRestorePoint(v: unknown): v is RestorePoint {
@@ -298,8 +308,9 @@ export class LocalRepository implements RepositoryMaintenance {
     readonly path: string,
     readonly config: RepoConfig,
     private readonly key?: Buffer,
+    write: WriteOptions = {},
   ) {
-    this.store = new LocalChunkStore(join(path, CHUNKS_DIR));
+    this.store = new LocalChunkStore(join(path, CHUNKS_DIR), write);
     this.chunks = this.store;
     this.codec = createCodec(config, key);
     if (key) this.seal = createMetadataSeal(key, config.id);
@@ -429,6 +440,8 @@ export class LocalRepository implements RepositoryMaintenance {
         `index chunk size ${index.chunkSize} differs from the repository's ${this.config.chunkSize}`,
       );
     }
+    // The chunks it names are durable before the index is (SyncLevel): one syncfs at level filesystem.
+    await this.store.sync();
     const plain = encodeFixedIndex(index);
     const digest = this.seal ? this.seal.indexName(plain) : sha256(plain);
     const buf = this.seal ? this.seal.seal('index', plain) : plain;
@@ -473,6 +486,8 @@ export class LocalRepository implements RepositoryMaintenance {
   }
 
   async commitPoint(point: NewRestorePoint): Promise<RestorePoint> {
+    // Normally a no-op (writeIndex synced); it catches chunks found or inserted since, by any caller.
+    await this.store.sync();
     for (const d of point.disks) {
       const index = await this.readIndex(d.indexDigest);
       if (index.size !== d.size) throw badInput('BAD_POINT', `disk ${d.name}: index covers ${index.size} bytes, the point says ${d.size}`);

@@ -2,7 +2,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../../src/config/config.js';
+import { loadConfig, syncLevelOption } from '../../src/config/config.js';
 import { RestorelabError } from '../../src/errors.js';
 import { assertValid } from '../../src/schema/validate.js';
 
@@ -37,6 +37,28 @@ t.test(
     t.equal(loadConfig({ file, env: {} }).fuse.group, 'libvirt-qemu');
     t.equal(loadConfig({ file, env: { RESTORELAB_FUSE_GROUP: '64055' } }).fuse.group, '64055');
     t.throws(() => loadConfig({ file: write('fuse-bad.json', JSON.stringify({ fuse: { group: 'kvm,disk' } })), env: {} }), /\/fuse\/group/);
+  },
+);
+
+t.test(
+  'repositorySyncLevel: filesystem when unset, file/filesystem/none from the file or RESTORELAB_SYNC_LEVEL, anything else refused',
+  async (t) => {
+    const unset = loadConfig({ env: {} });
+    t.equal(unset.repositorySyncLevel, undefined);
+    t.same(syncLevelOption(unset), {}, 'openRepository then takes DEFAULT_SYNC_LEVEL (filesystem)');
+    const file = write('sync-file.json', JSON.stringify({ repositorySyncLevel: 'file' }));
+    t.same(syncLevelOption(loadConfig({ file, env: {} })), { syncLevel: 'file' });
+    t.equal(loadConfig({ file, env: { RESTORELAB_SYNC_LEVEL: 'none' } }).repositorySyncLevel, 'none', 'the environment wins');
+
+    const bad = write('sync-bad.json', JSON.stringify({ repositorySyncLevel: 'fsync' }));
+    const err = t.throws(() => loadConfig({ file: bad, env: {} })) as unknown as RestorelabError;
+    t.ok(err instanceof RestorelabError);
+    t.equal(err.code, 'SCHEMA_INVALID');
+    t.match(err.message, /\/repositorySyncLevel: must be one of "file", "filesystem", "none"/);
+    t.match(err.message, /sync-bad\.json/, 'names the file');
+    t.equal(err.exitCode, 2);
+    t.throws(() => loadConfig({ env: { RESTORELAB_SYNC_LEVEL: 'Filesystem' } }), /\/repositorySyncLevel: must be one of/);
+    t.throws(() => loadConfig({ file: write('sync-type.json', '{"repositorySyncLevel": 1}'), env: {} }), /\/repositorySyncLevel/);
   },
 );
 

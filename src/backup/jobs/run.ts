@@ -1,5 +1,5 @@
 /** One backup job run over the configured repository: what the server's scheduler, the API and the CLI all call. */
-import type { Config } from '../../config/config.js';
+import { syncLevelOption, type Config } from '../../config/config.js';
 import { keyFileOption } from '../../config/key-file.js';
 import { openRepository } from '../../repo/index.js';
 import type { BackupJobHistory } from './history.js';
@@ -23,7 +23,7 @@ export interface ConfiguredBackupRun {
  */
 export function configuredBackupRun(cfg: Config, o: ConfiguredBackupRun): RunBackupJobFn {
   return async (job, ctx) => {
-    const repo = await openRepository(job.repository ?? cfg.repository, keyFileOption(undefined, cfg));
+    const repo = await openRepository(job.repository ?? cfg.repository, { ...keyFileOption(undefined, cfg), ...syncLevelOption(cfg) });
     return runBackupJob({
       job,
       repo,

@@ -25,13 +25,15 @@ export interface OpenedRepo {
 
 /**
  * The repository of --repo, else the configured one, with the key file of
- * resolveKeyFile (--key-file, RESTORELAB_KEY_FILE, the config).
+ * resolveKeyFile (--key-file, RESTORELAB_KEY_FILE, the config) and the
+ * config's sync level (repositorySyncLevel, RESTORELAB_SYNC_LEVEL).
  */
 export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Promise<OpenedRepo> {
   const { openRepository } = await import('../../repo/index.js');
+  const { syncLevelOption } = await import('../../config/config.js');
   const cfg = await ctx.config();
   const dir = o.repo ?? cfg.repository;
-  const repo = await openRepository(dir, keyFileOption(o.keyFile, cfg));
+  const repo = await openRepository(dir, { ...keyFileOption(o.keyFile, cfg), ...syncLevelOption(cfg) });
   const key = repo.masterKey;
   return { repo, codecInit: { config: repo.config, ...(key ? { key } : {}) } };
 }
