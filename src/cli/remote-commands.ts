@@ -110,13 +110,11 @@ function scanGate(o: Record<string, unknown>): { scan?: { rules: string; allowIn
 
 const recover: RemoteAction = async (api, ctx, [target], o) => {
   refuseLocal(o, [['repo', '--repo']]);
-  if (o.publish !== undefined && o.publish !== 'fuse') {
+  if (o.publish !== undefined && o.publish !== 'fuse' && o.publish !== 'nbd') {
     throw badInput(
       'REMOTE_OPTION_UNSUPPORTED',
-      `--publish ${String(o.publish)} cannot be used with --server: ${
-        o.publish === 'nfs' ? "the server holds the host's NFS ports for its own export" : 'the sessions API starts sessions over FUSE only'
-      }`,
-      'drop --publish: sessions the server starts are served over FUSE',
+      `--publish ${String(o.publish)} cannot be used with --server: the server holds the host's NFS ports for its own export`,
+      'use --publish fuse (the default) or --publish nbd',
     );
   }
   const { vm, point } = parseTarget(target as string);

@@ -130,12 +130,19 @@ t.test('bad input: 400 with the schema path, 404 for what does not exist, nothin
   t.same(api.ctx.operations.list(), [], 'no operation was started');
 });
 
-t.test('recover web in a lab behind the scan gate: 202, clean, running, screenshot, HTTP, metrics, migrate, stop', async (t) => {
+// Over NBD: the API's FUSE path is the dashboard end-to-end test's (test/api/dashboard-e2e.test.ts).
+t.test('recover web in a lab over NBD behind the scan gate: 202, clean, running, screenshot, HTTP, metrics, migrate, stop', async (t) => {
   const { api, lab, guest } = await fx;
+  const wrongVia = await request(api.app)
+    .post('/api/v1/sessions')
+    .set('authorization', api.auth.operator)
+    .send({ vm: 'web', lab, publish: 'nfs' })
+    .expect(400);
+  t.equal(wrongVia.body.error.code, 'VALIDATION_FAILED', 'NFS is not offered: the server holds the NFS ports');
   const started = await request(api.app)
     .post('/api/v1/sessions')
     .set('authorization', api.auth.operator)
-    .send({ vm: 'web', lab, scan: { rules: TEST_RULES } })
+    .send({ vm: 'web', lab, publish: 'nbd', scan: { rules: TEST_RULES } })
     .expect(202);
   const events: string[] = [];
   api.ctx.operations.subscribe(started.body.id, (e) => {
@@ -149,6 +156,8 @@ t.test('recover web in a lab behind the scan gate: 202, clean, running, screensh
   const s = op.result as RecoverySession;
   t.equal(s.state, 'running');
   t.equal(s.lab, lab);
+  t.match(s.publish, { via: 'nbd' });
+  t.match(Object.values(s.disks), [/^nbd\+unix:\/\/\/root\?socket=\//], 'the VM runs on an NBD export');
   t.equal(op.resource, `/api/v1/sessions/${s.id}`);
   t.same(s.addresses, { nic0: address('api/sessions') }, 'the masquerade address of 192.168.77.10');
   t.match(s.scan, { verdict: 'clean', matches: [], files: { scanned: Number } }, 'the gate scanned the point: clean');

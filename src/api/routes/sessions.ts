@@ -35,6 +35,7 @@ interface CreateBody {
   network?: string;
   driver?: 'qemu' | 'libvirt';
   accel?: 'auto' | 'kvm' | 'tcg';
+  publish?: 'fuse' | 'nbd';
   scan?: { rules: string; allowInfected?: boolean };
 }
 
@@ -143,6 +144,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
         ...(b.point ? { point: b.point } : {}),
         ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}),
         ...(b.network ? { network: b.network } : {}),
+        ...(b.publish === 'nbd' ? { publish: { via: 'nbd' as const } } : {}),
         ...keyFileOption(undefined, ctx.config),
       };
       // The same checks recover makes first, made before the 202: an unknown
