@@ -43,6 +43,9 @@ const SEQUENTIAL_STREAK = 2;
  */
 const SEQUENTIAL_SLACK = 2 * 1024 * 1024;
 
+/** Sequential readers followed at once; a ninth evicts the one idle longest. */
+const MAX_STREAMS = 8;
+
 function checkRange(offset: number, length: number): void {
   if (offset < 0 || length < 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) {
     throw new RangeError(`bad read range ${offset}+${length}`);
@@ -55,8 +58,8 @@ export class PublishedDisk {
   readonly cache: ChunkCache;
   private readonly readahead: number;
   private readonly name: string;
-  private lastEnd = -1;
-  private streak = 0;
+  /** Sequential readers being followed, most recent last (several: NBD multi-conn splits a copy between connections). */
+  private streams: { lastEnd: number; streak: number }[] = [];
   /** Chunks fetched for readahead (for tests and stats). */
   prefetched = 0;
 
@@ -138,18 +141,30 @@ export class PublishedDisk {
   private noteAccess(offset: number, end: number): void {
     // A kernel reading ahead has several requests in flight, and they arrive
     // out of order: a read starting near where the furthest one ended still
-    // continues the stream.
-    const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= SEQUENTIAL_SLACK;
-    this.streak = near ? this.streak + 1 : 0;
-    this.lastEnd = near ? Math.max(this.lastEnd, end) : end;
-    if (this.readahead <= 0 || this.streak < SEQUENTIAL_STREAK) return;
-    const next = Math.floor((this.lastEnd - 1) / this.chunkSize) + 1;
-    for (let i = next; i < next + this.readahead && i < this.source.chunkCount; i++) {
-      const id = this.source.chunkId(i);
+    // continues the stream. Readers that copy a disk in parallel (nbdcopy
+    // gives each of its connections a part) are separate streams.
+    let i = this.streams.findIndex((st) => Math.abs(offset - st.lastEnd) <= SEQUENTIAL_SLACK);
+    if (i < 0) {
+      if (this.streams.length >= MAX_STREAMS) this.streams.shift();
+      this.streams.push({ lastEnd: end, streak: 0 });
+      i = this.streams.length - 1;
+    } else {
+      const st = this.streams[i]!;
+      st.streak++;
+      st.lastEnd = Math.max(st.lastEnd, end);
+      // Most recent last, so the stream forgotten first is the one idle longest.
+      this.streams.push(...this.streams.splice(i, 1));
+      i = this.streams.length - 1;
+    }
+    const { lastEnd, streak } = this.streams[i]!;
+    if (this.readahead <= 0 || streak < SEQUENTIAL_STREAK) return;
+    const next = Math.floor((lastEnd - 1) / this.chunkSize) + 1;
+    for (let k = next; k < next + this.readahead && k < this.source.chunkCount; k++) {
+      const id = this.source.chunkId(k);
       if (id === null || this.cache.has(id)) continue;
       this.prefetched++;
       // A failed prefetch is not cached; the real read reports the error.
-      this.chunk(i, () => undefined).catch(() => undefined);
+      this.chunk(k, () => undefined).catch(() => undefined);
     }
   }
 }

@@ -65,6 +65,7 @@ import {
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
 } from '../nbd/constants.js';
+import type { ReplyBufferPool } from '../host/buffer-pool.js';
 import type { Datastore, FileId } from '../datastore/types.js';
 import { errnoOf, NBD_EINVAL, NBD_EOVERFLOW, NBD_EPERM } from './errno.js';
 import {
@@ -115,6 +116,8 @@ export interface ConnectionContext {
   /** STARTTLS is refused by policy on a unix socket (the file mode is the access control) and unsupported on TCP. */
   transport: 'unix' | 'tcp';
   handshakeTimeoutMs: number;
+  /** Buffers for READ replies, shared by the server's connections; larger reads get a buffer of their own. */
+  replyBuffers?: ReplyBufferPool;
 }
 
 interface Open {
@@ -481,7 +484,7 @@ export class NbdConnection {
     const ds = this.ctx.datastore;
     const id = this.open!.exp.fileId;
     const readRange = async (at: number, length: number): Promise<Buffer> => {
-      const buf = Buffer.allocUnsafe(length);
+      const buf = this.ctx.replyBuffers?.acquire(length) ?? Buffer.allocUnsafe(length);
       let got: number;
       if (ds.readInto) got = (await ds.readInto(id, at, buf)).length;
       else got = (await ds.read(id, at, length)).data.copy(buf);
@@ -496,8 +499,11 @@ export class NbdConnection {
       if (!this.structured) return this.send([encodeSimpleReply(errnoOf(err), r.cookie)]);
       return this.readAroundError(r, offset, readRange);
     }
-    if (!this.structured) return this.send([encodeSimpleReply(0, r.cookie), data]);
-    return this.send([encodeDataChunkHeader(NBD_REPLY_FLAG_DONE, r.cookie, offset, data.length), data]);
+    const header = this.structured
+      ? encodeDataChunkHeader(NBD_REPLY_FLAG_DONE, r.cookie, offset, data.length)
+      : encodeSimpleReply(0, r.cookie);
+    // The kernel has the bytes once the write's callback ran: the buffer can serve the next read.
+    return this.send([header, data]).finally(() => this.ctx.replyBuffers?.release(data));
   }
 
   /**

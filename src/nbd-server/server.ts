@@ -12,6 +12,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../errors.js';
 import type { Datastore } from '../datastore/types.js';
+import { ReplyBufferPool } from '../host/buffer-pool.js';
 import { NbdConnection, type NbdExport } from './connection.js';
 
 export type { NbdExport } from './connection.js';
@@ -50,6 +51,11 @@ export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   private readonly maxConnections: number;
   private closing = false;
+  /**
+   * READ reply buffers: 2 MiB covers what qemu and nbdcopy ask for (128 KiB
+   * to 2 MiB); 16 kept is one connection's in-flight limit, 32 MiB at most.
+   */
+  private readonly replyBuffers = new ReplyBufferPool(2 * 1024 * 1024, 16);
 
   constructor(private readonly o: NbdServerOptions) {
     this.maxConnections = o.maxConnections ?? 64;
@@ -71,6 +77,7 @@ export class NbdServer {
       exports: this.o.exports,
       transport,
       handshakeTimeoutMs: this.o.handshakeTimeoutMs ?? 10_000,
+      replyBuffers: this.replyBuffers,
     });
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));

@@ -46,42 +46,9 @@ export class EmptyFragmentError extends FramingError {
 /** Default fragments per record (see WireLimits.maxFragmentsPerRecord in limits.ts). */
 export const DEFAULT_MAX_FRAGMENTS = 1024;
 
-/**
- * Reusable buffers for large single-fragment records (a 1 MiB WRITE), and
- * for the data of large READ replies.
- *
- * Why: such a record spans many socket chunks and is assembled into one
- * buffer. A fresh 1 MiB ArrayBuffer per WRITE counts against V8's external
- * memory budget, and at a few hundred MiB/s that started a full garbage
- * collection every 50 ms. The transport gives a record back once its call
- * has finished, reply sent: nothing may keep a view of a record after its
- * call (a reused buffer would change bytes under it).
- */
-export class RecordBufferPool {
-  private readonly free: Buffer[] = [];
-  private readonly lent = new WeakSet<ArrayBufferLike>();
-
-  /** `size`: the largest record it serves; `keep`: free buffers kept between calls. */
-  constructor(
-    readonly size: number,
-    private readonly keep: number,
-  ) {}
-
-  /** A buffer of exactly `n` bytes, or undefined when `n` is larger than the pool's buffers. */
-  acquire(n: number): Buffer | undefined {
-    if (n > this.size) return undefined;
-    const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
-    this.lent.add(b.buffer);
-    return b.subarray(0, n);
-  }
-
-  /** Takes back a buffer the pool lent (or a view of one); anything else is left to the garbage collector. */
-  release(record: Buffer): void {
-    if (!this.lent.has(record.buffer)) return;
-    this.lent.delete(record.buffer);
-    if (this.free.length < this.keep) this.free.push(Buffer.from(record.buffer, 0, this.size));
-  }
-}
+// The pool moved to src/host (the NBD server uses it too); NFS keeps its name for it.
+import { ReplyBufferPool as RecordBufferPool } from '../host/buffer-pool.js';
+export { RecordBufferPool };
 
 /** Records at least this large are assembled in pooled buffers (when the framer has a pool). */
 export const POOLED_RECORD_MIN = 128 * 1024;
