@@ -226,7 +226,7 @@ try {
   console.log(`        vs dd of the raw file ${fmt(rawCold)}  ratio ${fmt(nbdCold / rawCold, 2)}x (target >= 0.8x)`);
   console.log(`        runs: restorelab ${runs(nbd.cold)}; qemu-nbd ${runs(qnbd.cold)}`);
   console.log(
-    `  NBD (nbdcopy) again (2 GiB does not fit our 256 MiB chunk cache; qemu-nbd reads the page cache): restorelab ${fmt(nbdWarm)} vs qemu-nbd over the raw file ${fmt(qnbdWarm)}  ratio ${fmt(nbdWarm / qnbdWarm, 2)}x`,
+    `  NBD (nbdcopy) again (${SIZE_MIB} MiB does not fit our 256 MiB chunk cache; qemu-nbd reads the page cache): restorelab ${fmt(nbdWarm)} vs qemu-nbd over the raw file ${fmt(qnbdWarm)}  ratio ${fmt(nbdWarm / qnbdWarm, 2)}x`,
   );
   console.log(`        runs: restorelab ${runs(nbd.warm)}; qemu-nbd ${runs(qnbd.warm)}`);
   console.log(`random 4 KiB reads, ${RANDOM_READS} (ms):`);
