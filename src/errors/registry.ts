@@ -72,6 +72,7 @@ export const ERRORS = {
   BAD_PUBLISH: { class: 'badInput', explain: 'an unknown --publish frontend was asked for' },
   BAD_ROLE: { class: 'badInput', explain: 'an API token role is not viewer, operator or admin' },
   BAD_SCHEDULE: { class: 'badInput', explain: 'a schedule is not a valid cron expression' },
+  BAD_ALLOW_ENTRY: { class: 'badInput', explain: 'a client allow-list entry (--allow) is not an IPv4 or IPv6 address or CIDR' },
   BAD_SERVER_URL: { class: 'badInput', explain: '--server (or RESTORELAB_SERVER) is not an http(s) URL' },
   BAD_SESSION_ID: { class: 'badInput', explain: 'a session id holds characters other than letters, digits, - and _' },
   BAD_SIZE: { class: 'badInput', explain: 'a size is not a number with an optional K/M/G/T suffix' },

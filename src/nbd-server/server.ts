@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../errors.js';
 import type { Datastore } from '../datastore/types.js';
 import { ReplyBufferPool } from '../host/buffer-pool.js';
+import { allowListMatcher } from '../host/allow-list.js';
 import { NbdConnection, type NbdExport } from './connection.js';
 
 export type { NbdExport } from './connection.js';
@@ -23,6 +24,12 @@ export interface NbdServerOptions {
   exports: () => NbdExport[];
   /** Bound on concurrent connections (default 64); more are refused at accept. */
   maxConnections?: number;
+  /**
+   * Client CIDRs (or addresses) allowed over TCP, where NBD has no access
+   * control of its own; default loopback only (127.0.0.0/8, ::1). Unix socket
+   * clients are governed by the socket's file mode instead.
+   */
+  allow?: string[];
   /** A client that has not finished negotiating by then is dropped (default 10 s). */
   handshakeTimeoutMs?: number;
 }
@@ -51,6 +58,7 @@ export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   private readonly maxConnections: number;
   private closing = false;
+  private readonly tcpAllowed: (addr: string) => boolean;
   /**
    * READ reply buffers: 2 MiB covers what qemu and nbdcopy ask for (128 KiB
    * to 2 MiB); 16 kept is one connection's in-flight limit, 32 MiB at most.
@@ -59,6 +67,7 @@ export class NbdServer {
 
   constructor(private readonly o: NbdServerOptions) {
     this.maxConnections = o.maxConnections ?? 64;
+    this.tcpAllowed = allowListMatcher(o.allow ?? ['127.0.0.0/8', '::1']);
   }
 
   /** Connections being served now. */
@@ -67,7 +76,8 @@ export class NbdServer {
   }
 
   private accept(socket: net.Socket, transport: 'unix' | 'tcp'): void {
-    if (this.closing || this.connections.size >= this.maxConnections) {
+    const stranger = transport === 'tcp' && !this.tcpAllowed(socket.remoteAddress ?? '');
+    if (this.closing || stranger || this.connections.size >= this.maxConnections) {
       socket.destroy();
       return;
     }

@@ -12,6 +12,7 @@
  */
 import crypto from 'node:crypto';
 import net from 'node:net';
+import { allowListMatcher } from '../host/allow-list.js';
 import type { Datastore } from '../datastore/types.js';
 import { HandleCodec, SERVER_ID_BYTES } from './handle.js';
 import { mountProgram, MOUNT_PROG, MOUNT_VERS } from './mount.js';
@@ -89,28 +90,8 @@ export function newServerId(): string {
   return crypto.randomBytes(SERVER_ID_BYTES).toString('hex');
 }
 
-export function allowListMatcher(allow: readonly string[]): (addr: string) => boolean {
-  const bl = new net.BlockList();
-  for (const a of allow) {
-    const [ip, bits] = a.split('/');
-    const family = net.isIPv6(ip ?? '') ? 'ipv6' : 'ipv4';
-    if (!ip || !net.isIP(ip)) throw new RangeError(`not an address or CIDR: ${a}`);
-    if (bits === undefined) bl.addAddress(ip, family);
-    else bl.addSubnet(ip, Number(bits), family);
-  }
-  // Checked on every call; clients are few, so remember the answers (bounded).
-  const seen = new Map<string, boolean>();
-  return (addr) => {
-    let ok = seen.get(addr);
-    if (ok === undefined) {
-      const a = addr.replace(/^::ffff:/, '');
-      ok = net.isIP(a) !== 0 && bl.check(a, net.isIPv6(a) ? 'ipv6' : 'ipv4');
-      if (seen.size > 1024) seen.clear();
-      seen.set(addr, ok);
-    }
-    return ok;
-  };
-}
+// Kept here too for the NFS code that imports it from the server.
+export { allowListMatcher };
 
 export class NfsServer {
   private readonly listeners: RpcListener[] = [];

@@ -78,7 +78,8 @@ export interface PublicationNbd {
    */
   socket?: string;
   /** Also listen on TCP here (port 0: any free port). Unauthenticated: bind to loopback or a trusted network. */
-  tcp?: { host: string; port: number };
+  /** `allow`: client CIDRs let in over TCP (default loopback only: NBD has no access control of its own). */
+  tcp?: { host: string; port: number; allow?: string[] };
 }
 
 export interface PublicationNfs {

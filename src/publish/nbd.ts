@@ -55,7 +55,7 @@ export interface StartNbdOptions {
   /** The publication's record directory: the default socket's home. */
   recordDir: string;
   socket?: string;
-  tcp?: { host: string; port: number };
+  tcp?: { host: string; port: number; allow?: string[] };
   /** Access group (name or gid) that may connect besides the publisher. */
   group?: string;
 }
@@ -110,7 +110,7 @@ export async function startNbd(o: StartNbdOptions): Promise<NbdServing> {
   }
   // Loaded only when asked for, as the NFS server is.
   const { NbdServer } = await import('../nbd-server/server.js');
-  const server = new NbdServer({ datastore: o.datastore, exports: () => exports });
+  const server = new NbdServer({ datastore: o.datastore, exports: () => exports, ...(o.tcp?.allow ? { allow: o.tcp.allow } : {}) });
   let tcpPort: number | undefined;
   let listening = false;
   try {

@@ -174,6 +174,26 @@ t.test('TCP on 127.0.0.1 serves the same bytes', async (t) => {
   t.not(tls.code, 0, 'a client that requires TLS is refused');
 });
 
+t.test('TCP lets in only the allowed clients: loopback by default, nobody else unless allowed', async (t) => {
+  const s = await servedPoint({ server: { allow: ['192.0.2.0/24'] } });
+  t.teardown(() => s.close());
+  const { port } = await s.server.listenTcp('127.0.0.1', 0);
+  // A client outside the list is closed at accept: it never sees the server's greeting.
+  const greeting = await new Promise<Buffer>((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1');
+    const got: Buffer[] = [];
+    c.on('data', (d) => got.push(d));
+    c.on('close', () => resolve(Buffer.concat(got)));
+    c.on('error', reject);
+  });
+  t.equal(greeting.length, 0, 'no NBDMAGIC for a client the list does not name');
+  const info = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/root`]);
+  t.not(info.code, 0, 'a real client is refused too');
+  const unix = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', s.image, s.uri]);
+  t.equal(unix.code, 0, `the unix socket is governed by its file mode, not the list: ${unix.stderr}`);
+  t.throws(() => new NbdServer({ datastore: s.datastore, exports: () => [], allow: ['not-an-address'] }), RangeError);
+});
+
 t.test('the unix socket: mode 0600, stale sockets replaced, live ones and other files left alone', async (t) => {
   const s = await servedPoint();
   t.teardown(() => s.close());

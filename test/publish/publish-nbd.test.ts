@@ -209,6 +209,7 @@ t.test('bad input: registered codes, nothing published', async (t) => {
     [['--nbd', '--tcp', 'localhost'], 2, 'BAD_LISTEN_ADDRESS'],
     [['--nbd', '--tcp', '127.0.0.1:70000'], 2, 'BAD_LISTEN_ADDRESS'],
     [['--tcp', '127.0.0.1:10809'], 2, 'PUBLISH_NBD_ALONE'],
+    [['--nbd', '--tcp', '127.0.0.1:0', '--allow', '10.0.0.0/99'], 2, 'BAD_ALLOW_ENTRY'],
     [['--nbd', '--fuse', join(dir, 'mnt')], 2, 'PUBLISH_NBD_ALONE'],
     [['--nbd', '--nfs'], 2, 'PUBLISH_NBD_ALONE'],
     [['--nbd', '--nbd-socket', join(dir, 'x'.repeat(120))], 2, 'NBD_SOCKET_PATH_TOO_LONG'],

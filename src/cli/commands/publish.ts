@@ -24,6 +24,7 @@ import { RestorelabError, badInput } from '../../errors.js';
 import type { NfsExport } from '../../nfs/export.js';
 import { parsePort, withNfsExportOptions } from './server.js';
 import { parseHostPort } from '../../nbd/url.js';
+import { allowListMatcher } from '../../host/allow-list.js';
 
 interface PublishFlags {
   repo?: string;
@@ -181,7 +182,10 @@ export function registerPublish(program: Command): void {
     .option('--nfs', 'export the publication over NFSv3 (docs/nfs.md)')
     .option('--nbd', 'serve each disk as an NBD export named after it, on a unix socket (alone: not with --fuse or --nfs)')
     .option('--nbd-socket <path>', 'with --nbd: the unix socket (default: <stateDir>/publications/<id>/nbd.sock)')
-    .option('--tcp <host:port>', 'with --nbd: also listen on TCP and print nbd:// URLs (no access control: loopback or a trusted network)');
+    .option(
+      '--tcp <host:port>',
+      'with --nbd: also listen on TCP and print nbd:// URLs; only loopback clients get in unless --allow names others (NBD has no access control of its own)',
+    );
   withNfsExportOptions(publish, 'NFS port (default from config, 2049; 0 = any free port)')
     .option('--overlay-dir <dir>', 'where overlays (the write cache) live (default: <stateDir>/overlays)')
     .option('--overlay-limit <size>', 'overlay size limit, e.g. 10G: writes past it fail with ENOSPC (default: limits.overlayLimitMiB)')
@@ -209,7 +213,14 @@ export function registerPublish(program: Command): void {
           '--nbd serves the disks on its own, not with --fuse or --nfs',
           'publish twice (a second publication of the point is its own), or drop --nbd',
         );
-      const tcp = o.tcp !== undefined ? parseHostPort(o.tcp, '--tcp') : undefined;
+      const tcp = o.tcp !== undefined ? { ...parseHostPort(o.tcp, '--tcp'), ...(o.allow.length > 0 ? { allow: o.allow } : {}) } : undefined;
+      if (tcp?.allow) {
+        try {
+          allowListMatcher(tcp.allow);
+        } catch (err) {
+          throw badInput('BAD_ALLOW_ENTRY', `--allow: ${(err as Error).message}`, 'give an address or CIDR, e.g. --allow 192.0.2.0/24');
+        }
+      }
       if (o.background) {
         const r = await background(cfg.stateDir);
         ctx.out.result(r, (v) => render(v as PublishResult | NbdPublishResult));
