@@ -29,6 +29,7 @@ import { heartbeatProbes } from '../src/bringup/bringup.js';
 import { recover, stopSession } from '../src/session/recover.js';
 import type { SessionPublish } from '../src/session/session.js';
 import { probeAccel } from '../src/host/accel.js';
+import { firstHttp } from './first-http.js';
 import { guestImage } from '../test/helpers/guests.js';
 
 const { values: args } = parseArgs({
@@ -78,18 +79,6 @@ async function measured<T>(work: () => Promise<T>): Promise<{ value: T; cpuBusy:
     return { value, cpuBusy: (c1.busy - c0.busy) / Math.max(1, c1.total - c0.total), peakMemMiB: peak };
   } finally {
     clearInterval(sampler);
-  }
-}
-
-async function firstHttp(url: string, t0: number): Promise<number> {
-  for (;;) {
-    try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      if (r.status === 200) return (performance.now() - t0) / 1000;
-    } catch {
-      // not serving yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

@@ -21,23 +21,12 @@ import { heartbeat } from '../src/verify/heartbeat.js';
 import { heartbeatProbes } from '../src/bringup/bringup.js';
 import { recover, stopSession } from '../src/session/recover.js';
 import { probeAccel } from '../src/host/accel.js';
+import { firstHttp } from './first-http.js';
 import { guestImage } from '../test/helpers/guests.js';
 
 const rounds = Number(process.argv[2] ?? 2);
 const dir = mkdtempSync(join(tmpdir(), 'rl-bench-recover-'));
 const stateDir = join(dir, 'state');
-
-async function firstHttp(url: string, t0: number): Promise<number> {
-  for (;;) {
-    try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      if (r.status === 200) return (performance.now() - t0) / 1000;
-    } catch {
-      // not serving yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 interface Times {
   heartbeat: number;
