@@ -23,7 +23,19 @@
 // from its own data directory.
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -316,7 +328,9 @@ async function postgresUp(s, creds) {
   );
   for (const f of ['restorelab.conf', 'pg_hba.conf']) chownSync(join(PGDATA, f), pgUser().uid, pgUser().gid);
 
+  let logFrom = -1;
   if (!isUp(d)) {
+    logFrom = existsSync(PGLOG) ? statSync(PGLOG).size : 0;
     // pg_ctl forks the postmaster and returns; the postmaster writes postmaster.pid.
     const r = spawnSync('/usr/sbin/runuser', ['-u', 'postgres', '--', `${PG_BIN}/pg_ctl`, '-D', PGDATA, '-l', PGLOG, '-W', 'start'], {
       encoding: 'utf8',
@@ -332,7 +346,17 @@ async function postgresUp(s, creds) {
       what: 'psql',
       timeout: 30_000,
     });
-  await waitFor('postgres', PGLOG, () => psql('SELECT 1').trim() === '1');
+  await waitFor('postgres', PGLOG, () => {
+    // A postmaster that gave up (port taken, bad config) says FATAL in its log and is gone.
+    if (logFrom >= 0 && !isUp(d)) {
+      const fatal = readFileSync(PGLOG, 'utf8')
+        .slice(logFrom)
+        .split('\n')
+        .filter((l) => /FATAL|could not/.test(l));
+      if (fatal.length) throw new DaemonDied(`postgres exited while starting; see its log ${PGLOG}: ${fatal.slice(-2).join(' | ')}`);
+    }
+    return psql('SELECT 1').trim() === '1';
+  });
   if (!done('pg-role')) {
     // The password goes on stdin, never on a command line (ps shows those).
     const exists = psql("SELECT 1 FROM pg_roles WHERE rolname = 'restorelab'").trim() === '1';
@@ -406,6 +430,11 @@ osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
 # deleting the state is how this cluster goes away; let tests drop pools
 mon allow pool delete = true
+# every client here is Pacific: refuse the pre-2021 insecure ticket reclaim
+auth allow insecure global id reclaim = false
+# a shared build host runs below Ceph's 30 % free default; the monitor still
+# stops itself at 5 % (mon data avail crit)
+mon data avail warn = 10
 
 [mon]
 mon data = ${CEPH}/mon/$cluster-$id
@@ -602,6 +631,11 @@ function prepareState() {
   chownSync(STATE, 0, pgUser().gid);
   chmodSync(STATE, 0o710);
   mkdirSync(join(STATE, 'steps'), { recursive: true, mode: 0o700 });
+  const r = spawnSync('/usr/sbin/runuser', ['-u', 'postgres', '--', 'test', '-x', STATE]);
+  if (r.status !== 0)
+    fail(
+      `the postgres system user cannot reach ${STATE}: every directory above it must be searchable (chmod o+x), or set RESTORELAB_SERVICES_DIR elsewhere`,
+    );
 }
 
 async function up(json) {
