@@ -81,6 +81,9 @@ t.test('up --json prints exactly the interface scripts depend on', async (t) => 
     'PostgreSQL on loopback, role restorelab',
   );
   t.equal(out.s3.bucket, 'restorelab');
+  // Under the services pool, its own ports (test/pools.json env), not the defaults.
+  t.equal(new URL(String(out.s3.endpoint)).port, process.env.RESTORELAB_S3_PORT ?? '7480', 'the S3 port asked for');
+  t.equal(new URL(String(out.postgres.url)).port, process.env.RESTORELAB_PG_PORT ?? '54329', 'the PostgreSQL port asked for');
 });
 
 t.test('S3 on the RADOS Gateway: put, list, get, delete round trip; a wrong secret gets 403', async (t) => {
