@@ -49,7 +49,8 @@ process.on('warning', (w) => {
 const root = fileURLToPath(new URL('..', import.meta.url));
 const STATE = process.env.RESTORELAB_SERVICES_DIR || join(root, 'var', 'services');
 const TIMEOUT_MS = Number(process.env.RESTORELAB_SERVICES_TIMEOUT || 180) * 1000;
-const PG_BIN = '/usr/lib/postgresql/15/bin';
+// Debian's place for PostgreSQL 15's server programs (RESTORELAB_PG_BIN for another layout).
+const PG_BIN = process.env.RESTORELAB_PG_BIN || '/usr/lib/postgresql/15/bin';
 const BUCKET = 'restorelab';
 
 const CEPH = join(STATE, 'ceph');

@@ -229,6 +229,15 @@ t.test('down stops every daemon and keeps the data; up restarts with the same cr
   t.notOk(existsSync(dir), 'down --purge deletes the state directory');
 });
 
+t.test('a missing program names its Debian package and scripts/setup', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'rl-services-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const r = await script(['up'], { RESTORELAB_SERVICES_DIR: join(dir, 'state'), RESTORELAB_PG_BIN: join(dir, 'no-such-bin') });
+  t.equal(r.code, 1);
+  t.match(r.stderr, /missing Debian package postgresql-15 \(no initdb, pg_ctl\): run scripts\/setup/);
+  t.notOk(existsSync(join(dir, 'state')), 'nothing created');
+});
+
 t.test('bad usage is refused with the usage line', async (t) => {
   const r = await script(['up', '--bogus']);
   t.equal(r.code, 2);
