@@ -14,7 +14,8 @@
 // State lives in var/services/ of the checkout (RESTORELAB_SERVICES_DIR
 // overrides). Ports are chosen when the state is created and kept in
 // settings.json: RESTORELAB_S3_PORT (7480), RESTORELAB_PG_PORT (54329),
-// RESTORELAB_CEPH_MON_PORT (3300). RESTORELAB_SERVICES_TIMEOUT bounds each
+// RESTORELAB_CEPH_MON_PORT (3300), and the OSD file's size, RESTORELAB_CEPH_OSD_GIB
+// (8, sparse). RESTORELAB_SERVICES_TIMEOUT bounds each
 // wait for a daemon, in seconds (180).
 //
 // Plain Node, no build step: tests and users call it before `npm run build`.
@@ -230,7 +231,11 @@ function settings() {
     monPort: Number(process.env.RESTORELAB_CEPH_MON_PORT || 3300),
   };
   for (const [k, v] of Object.entries(wanted)) if (!Number.isInteger(v) || v < 1 || v > 65535) fail(`${k} ${v} is not a TCP port`);
+  wanted.osdGiB = Number(process.env.RESTORELAB_CEPH_OSD_GIB || 8);
+  if (!Number.isInteger(wanted.osdGiB) || wanted.osdGiB < 2 || wanted.osdGiB > 4096)
+    fail(`RESTORELAB_CEPH_OSD_GIB=${process.env.RESTORELAB_CEPH_OSD_GIB}: the OSD file's size in GiB, 2 to 4096`);
   const have = readJson(file);
+  if (have && have.osdGiB === undefined) have.osdGiB = 8; // state made before the size was a setting
   if (!have) {
     writeAtomic(file, `${JSON.stringify(wanted, null, 2)}\n`);
     return wanted;
@@ -241,6 +246,7 @@ function settings() {
     ['s3Port', 'RESTORELAB_S3_PORT'],
     ['pgPort', 'RESTORELAB_PG_PORT'],
     ['monPort', 'RESTORELAB_CEPH_MON_PORT'],
+    ['osdGiB', 'RESTORELAB_CEPH_OSD_GIB'], // the OSD file is sized at mkfs
   ])
     if (process.env[env] && Number(process.env[env]) !== have[k])
       fail(
@@ -446,10 +452,10 @@ mon memory target = 268435456
 osd data = ${CEPH}/osd/$cluster-$id
 keyring = $osd_data/keyring
 osd objectstore = bluestore
-# bluestore on a sparse file, $osd_data/block (bluestore's default path;
+# bluestore on a sparse file (RESTORELAB_CEPH_OSD_GIB, 8), $osd_data/block (bluestore's default path;
 # naming it here makes mkfs symlink it onto itself): no LVM, no real disk
 bluestore block create = true
-bluestore block size = 8589934592
+bluestore block size = ${s.osdGiB * 1024 ** 3}
 # no separate DB/WAL devices: they live on the same file
 bluestore block db create = false
 bluestore block wal create = false
@@ -465,6 +471,10 @@ rgw frontends = beast endpoint=127.0.0.1:${s.s3Port}
 # a handful of concurrent requests is what tests and one host make
 rgw thread pool size = 32
 rgw dns name = 127.0.0.1
+# deleted objects wait for RGW's garbage collector, 2 hours by default: on
+# an 8 GiB OSD that tests and benchmarks fill and empty, free them in minutes
+rgw gc obj min wait = 120
+rgw gc processor period = 120
 `;
 }
 

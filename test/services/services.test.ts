@@ -191,6 +191,7 @@ t.test('down stops every daemon and keeps the data; up restarts with the same cr
     RESTORELAB_S3_PORT: String(s3Port),
     RESTORELAB_PG_PORT: String(pgPort),
     RESTORELAB_CEPH_MON_PORT: String(monPort),
+    RESTORELAB_CEPH_OSD_GIB: '4',
   };
   t.teardown(async () => {
     await script(['down', '--purge'], env);
@@ -215,7 +216,9 @@ t.test('down stops every daemon and keeps the data; up restarts with the same cr
     [false, false, false, false],
     'all reported down',
   );
-  t.ok(existsSync(join(dir, 'ceph', 'osd', 'ceph-0', 'block')), 'the OSD file is kept');
+  const block = statSync(join(dir, 'ceph', 'osd', 'ceph-0', 'block'));
+  t.equal(block.size, 4 * 1024 ** 3, 'the OSD file is kept, 4 GiB as asked');
+  t.ok(block.blocks * 512 < 1024 ** 3, `and sparse (${Math.round((block.blocks * 512) / 1024 ** 2)} MiB allocated)`);
 
   const up2 = await script(['up', '--json'], env);
   t.equal(up2.code, 0, `up again from the kept data: ${up2.stderr}`);
