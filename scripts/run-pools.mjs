@@ -3,6 +3,12 @@
 // test/helpers/pools.ts describes: stages one after the other, the pools of a
 // stage at the same time, each a `tap run --jobs N` of its files.
 //
+// A pool may name a `setup` command, run (sh -c, from the checkout) before
+// its files, and a `teardown` run after them whatever their verdicts, and an
+// `env` its files (and those commands) see; `{root}` in an env value is the
+// checkout's path. A setup that fails fails the pool without running its
+// files. Their output is kept in var/test-logs/<pool>.setup.log.
+//
 // Prints each file's verdict and time as it ends, the TAP of any file that
 // failed, and at the end tap's summary line summed over the pools,
 // `# { total: N, pass: N, fail: N }` (.ci/run reads it). Each pool's full TAP
@@ -63,7 +69,11 @@ const jobsOf = (name) => opts.jobs[name] ?? pools.pools[name].jobs;
 
 if (opts.list) {
   stages.forEach((s, i) => {
-    for (const name of s) console.log(`stage ${i + 1} pool ${name} (${jobsOf(name)} jobs): ${pools.pools[name].files.join(' ')}`);
+    for (const name of s) {
+      const p = pools.pools[name];
+      const around = [p.setup && `setup: ${p.setup}`, p.teardown && `teardown: ${p.teardown}`].filter(Boolean).join('; ');
+      console.log(`stage ${i + 1} pool ${name} (${jobsOf(name)} jobs${around ? `; ${around}` : ''}): ${p.files.join(' ')}`);
+    }
   });
   process.exit(0);
 }
@@ -72,6 +82,56 @@ const logDir = join(root, 'var', 'test-logs');
 mkdirSync(logDir, { recursive: true });
 const secs = (ms) => (ms / 1000).toFixed(1);
 
+/** The environment of a pool's files and commands: ours plus its `env`. */
+function poolEnv(pool) {
+  const extra = Object.fromEntries(Object.entries(pool.env ?? {}).map(([k, v]) => [k, v.replaceAll('{root}', root.replace(/\/$/, ''))]));
+  return { ...process.env, ...extra };
+}
+
+/** Runs a pool's setup or teardown command; resolves to its exit code, its output appended to the pool's setup log. */
+function poolCommand(name, which) {
+  const cmd = pools.pools[name][which];
+  console.log(`[${name}] ${which}: ${cmd}`);
+  const started = Date.now();
+  const log = createWriteStream(join(logDir, `${name}.setup.log`), { flags: which === 'setup' ? 'w' : 'a' });
+  log.write(`$ ${cmd}\n`);
+  const child = spawn('sh', ['-c', cmd], { cwd: root, env: poolEnv(pools.pools[name]), stdio: ['ignore', 'pipe', 'pipe'] });
+  const tail = [];
+  const keep = (chunk) => {
+    log.write(chunk);
+    tail.push(...chunk.toString().split('\n').filter(Boolean));
+    tail.splice(0, Math.max(0, tail.length - 20));
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  return new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      log.end();
+      const rc = code ?? 1;
+      console.log(`[${name}] ${which} ${rc === 0 ? 'done' : `FAILED (exit ${code ?? signal})`} in ${secs(Date.now() - started)} s`);
+      if (rc !== 0) console.log(tail.map((l) => `[${name}] | ${l}`).join('\n'));
+      resolve(rc);
+    });
+  });
+}
+
+/** A pool with its setup and teardown around it. */
+async function runPoolWithSetup(name) {
+  const pool = pools.pools[name];
+  if (pool.setup && (await poolCommand(name, 'setup')) !== 0) {
+    // Its files would each fail on the missing service; one failure says it once.
+    if (pool.teardown) await poolCommand(name, 'teardown');
+    return { name, code: 1, counts: { total: 1, fail: 1 }, times: {}, seconds: 0 };
+  }
+  const result = await runPool(name);
+  if (pool.teardown && (await poolCommand(name, 'teardown')) !== 0) {
+    result.code = result.code || 1;
+    result.counts.fail = (result.counts.fail ?? 0) + 1;
+    result.counts.total = (result.counts.total ?? 0) + 1;
+  }
+  return result;
+}
+
 /** One `tap run` of a pool; resolves to its counts, exit code and per-file times. */
 function runPool(name) {
   const pool = pools.pools[name];
@@ -79,7 +139,11 @@ function runPool(name) {
   console.log(`[${name}] ${pool.files.length} files, ${jobsOf(name)} at a time${opts.shuffle ? ', shuffled' : ''}`);
   const started = Date.now();
   const log = createWriteStream(join(logDir, `${name}.tap`));
-  const child = spawn(join(root, 'node_modules', '.bin', 'tap'), args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(join(root, 'node_modules', '.bin', 'tap'), args, {
+    cwd: root,
+    env: poolEnv(pool),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const times = {};
   const counts = {};
   let block = [];
@@ -112,7 +176,7 @@ function runPool(name) {
 
 const t0 = Date.now();
 const results = [];
-for (const stage of stages) results.push(...(await Promise.all(stage.map(runPool))));
+for (const stage of stages) results.push(...(await Promise.all(stage.map(runPoolWithSetup))));
 
 const total = {};
 for (const r of results) for (const [k, n] of Object.entries(r.counts)) total[k] = (total[k] ?? 0) + n;

@@ -9,6 +9,16 @@
  * - `vm`: boots QEMU guests under TCG, which each take a core: two at once.
  * - `exclusive`: binds fixed host resources (the NFS ports 111/2049): alone,
  *   before anything else runs.
+ * - `services`: needs the Ceph RADOS Gateway (S3) or PostgreSQL that
+ *   `scripts/services` runs (test/helpers/services.ts).
+ *
+ * A pool may carry `setup` and `teardown` shell commands (run from the
+ * checkout before its files and after them, whatever their verdicts; a
+ * failed setup fails the pool without running its files) and an `env` its
+ * files and commands see (`{root}` in a value is the checkout's path). The
+ * `services` pool uses them to start its own services, in var/test-services
+ * on ports of their own, and to purge them afterwards, so a test run never
+ * touches the services a developer keeps up in var/services.
  *
  * `stages` run one after the other; the pools of one stage run at the same
  * time, each with its own `jobs`.
@@ -21,6 +31,12 @@ export interface Pool {
   jobs: number;
   why: string;
   files: string[];
+  /** Shell command run from the checkout before the pool's files. */
+  setup?: string;
+  /** Shell command run after the pool's files, whatever their verdicts. */
+  teardown?: string;
+  /** Environment for the files and the commands; `{root}` is the checkout's path. */
+  env?: Record<string, string>;
 }
 export interface Pools {
   stages: string[][];
@@ -52,6 +68,12 @@ export function poolProblems(p: Pools, files: readonly string[]): string[] {
   const seen = new Map<string, string>();
   for (const [name, pool] of Object.entries(p.pools)) {
     if (!Number.isInteger(pool.jobs) || pool.jobs < 1) out.push(`pool ${name}: jobs must be a whole number ≥ 1, not ${pool.jobs}`);
+    for (const k of ['setup', 'teardown'] as const)
+      if (pool[k] !== undefined && (typeof pool[k] !== 'string' || pool[k].trim() === ''))
+        out.push(`pool ${name}: ${k} must be a shell command (a non-empty string)`);
+    for (const [k, v] of Object.entries(pool.env ?? {}))
+      if (!/^[A-Z_][A-Z0-9_]*$/.test(k) || typeof v !== 'string')
+        out.push(`pool ${name}: env ${k} must be an upper-case name with a string value`);
     for (const f of pool.files) {
       const other = seen.get(f);
       if (other !== undefined) out.push(`${f} is in two pools: ${other} and ${name}`);
