@@ -17,6 +17,7 @@
 import { availableParallelism } from 'node:os';
 import { WorkerPool, type WithoutId } from '../host/worker-pool.js';
 import type { ChunkRequest, CodecInit } from './chunk-worker.js';
+import type { BlobSource } from '../repo/chunk-store.js';
 
 export type { CodecInit } from './chunk-worker.js';
 
@@ -88,8 +89,8 @@ export class ChunkPool {
    * Checks the stored blob (in `file`) of the chunk in the slot before it is
    * reused: null when it is sound, else what is wrong with it.
    */
-  async checkStored(slot: Slot, length: number, digest: string, file: string): Promise<StoredDamage | null> {
-    return (await this.call({ op: 'stored', slot: slot.index, length, digest, file })).damage ?? null;
+  async checkStored(slot: Slot, length: number, digest: string, source: BlobSource): Promise<StoredDamage | null> {
+    return (await this.call({ op: 'stored', slot: slot.index, length, digest, source })).damage ?? null;
   }
 
   /** The blob of the first `length` bytes of the slot. */

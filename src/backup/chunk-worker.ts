@@ -6,7 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RepoConfig } from '../repo/api.js';
 import { crcMatches, createCodec } from '../repo/chunk-codec.js';
-import { readBlobSync } from '../repo/chunk-store.js';
+import { readBlobFrom, type BlobSource } from '../repo/chunk-store.js';
 import { CorruptChunkError } from '../repo/contract.js';
 import { maxBlobSize } from '../repo/format.js';
 
@@ -18,7 +18,7 @@ export interface CodecInit {
 
 export type ChunkRequest =
   | { op: 'digest' | 'encode'; id: number; slot: number; length: number }
-  | { op: 'stored'; id: number; slot: number; length: number; digest: string; file: string };
+  | { op: 'stored'; id: number; slot: number; length: number; digest: string; source: BlobSource };
 
 const init = workerData as CodecInit & { memory: SharedArrayBuffer };
 const codec = createCodec(init.config, init.key ? Buffer.from(init.key) : undefined);
@@ -36,12 +36,12 @@ let plainScratch: Buffer | undefined;
  * the cost, so a reused chunk costs a read and a decompression, no hash.
  * `dataOk` tells a blob whose data is right but whose CRC field is not.
  */
-function storedDamage(digest: string, file: string, plain: Buffer): { reason: string; dataOk: boolean } | undefined {
+function storedDamage(digest: string, source: BlobSource, plain: Buffer): { reason: string; dataOk: boolean } | undefined {
   blobScratch ??= Buffer.allocUnsafeSlow(maxBlobSize(slotSize) + 1);
   plainScratch ??= Buffer.allocUnsafeSlow(slotSize);
   let blob: Buffer;
   try {
-    blob = readBlobSync(digest, file, blobScratch);
+    blob = readBlobFrom(digest, source, blobScratch);
   } catch (err) {
     return { reason: err instanceof CorruptChunkError ? err.reason : `unreadable: ${(err as Error).message}`, dataOk: false };
   }
@@ -73,7 +73,7 @@ port.on('message', (m: ChunkRequest) => {
     if (m.op === 'digest') {
       port.postMessage({ id: m.id, digest: plain.equals(zeros.subarray(0, m.length)) ? null : codec.digest(plain) });
     } else if (m.op === 'stored') {
-      port.postMessage({ id: m.id, damage: storedDamage(m.digest, m.file, plain) ?? null });
+      port.postMessage({ id: m.id, damage: storedDamage(m.digest, m.source, plain) ?? null });
     } else {
       reply(m.id, codec.encode(plain));
     }

@@ -26,8 +26,10 @@ import { liveLocks } from '../repo/lock.js';
 import { LOCKS_DIR } from '../repo/format.js';
 import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
-import { badInput } from '../errors.js';
-import { ChunkPool, type CodecInit } from './chunk-pool.js';
+import { badInput, RestorelabError } from '../errors.js';
+import { blobSourceOf, type BlobSource } from '../repo/chunk-store.js';
+import { CorruptChunkError } from '../repo/contract.js';
+import { ChunkPool, type CodecInit, type Slot, type StoredDamage } from './chunk-pool.js';
 import { judgeSignals, parentDisk, SignalsRecorder } from './signals.js';
 
 export interface BackupProgress {
@@ -255,6 +257,25 @@ async function touchReused(repo: Repository, digests: (string | null)[]): Promis
   return held;
 }
 
+/**
+ * ChunkPool.checkStored for any store: a store with files lets the worker
+ * read the blob itself; from one without (object storage) the blob is
+ * fetched here. A blob gone since touch() (gc, verify's quarantine) is
+ * damage like any other: the caller writes a good copy.
+ */
+async function checkStored(repo: Repository, pool: ChunkPool, slot: Slot, length: number, digest: string): Promise<StoredDamage | null> {
+  let source: BlobSource;
+  try {
+    source = await blobSourceOf(repo.chunks, digest);
+  } catch (err) {
+    if (err instanceof CorruptChunkError) return { reason: err.reason, dataOk: false };
+    if (err instanceof RestorelabError && (err.code === 'CHUNK_NOT_FOUND' || err.code === 'CHUNK_QUARANTINED'))
+      return { reason: 'missing from the store', dataOk: false };
+    throw err;
+  }
+  return pool.checkStored(slot, length, digest, source);
+}
+
 function defaultCodecInit(repo: Repository): CodecInit {
   return { config: repo.config, ...(repo.masterKey ? { key: repo.masterKey } : {}) };
 }
@@ -340,9 +361,7 @@ async function backupDisk(
           // touch() both finds the chunk stored and refreshes its mtime, which a concurrent gc honours.
           // A stored blob is reused only once it proves sound (see checkStored): a damaged one would
           // make this point damaged from birth. Only chunks the store lacks or holds damaged are compressed.
-          const damage = (await repo.chunks.touch(digest))
-            ? await pool.checkStored(slot, length, digest, repo.chunks.fileOf(digest))
-            : undefined;
+          const damage = (await repo.chunks.touch(digest)) ? await checkStored(repo, pool, slot, length, digest) : undefined;
           if (damage === null) {
             free();
             stats.bytesReused += length;

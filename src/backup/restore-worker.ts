@@ -12,15 +12,15 @@ import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { CorruptChunkError } from '../repo/contract.js';
 import { createCodec } from '../repo/chunk-codec.js';
-import { readBlobSync } from '../repo/chunk-store.js';
+import { readBlobFrom, type BlobSource } from '../repo/chunk-store.js';
 import { maxBlobSize } from '../repo/format.js';
 import type { CodecInit } from './chunk-worker.js';
 
 export interface RestoreJob {
   id: number;
   digest: string;
-  /** The chunk's blob file (ChunkStore.fileOf). */
-  file: string;
+  /** The chunk's blob: its file (ChunkStore.fileOf) or its bytes (a store without files). */
+  source: BlobSource;
   /** Byte offset of the chunk in the output file. */
   position: number;
 }
@@ -43,7 +43,7 @@ let stage: 'read' | 'write' = 'read';
 
 function restore(job: RestoreJob): number {
   stage = 'read';
-  const data = readBlobSync(job.digest, job.file, blob);
+  const data = readBlobFrom(job.digest, job.source, blob);
   const out = codec.decodeInto(job.digest, data, plain);
   stage = 'write';
   // Zero runs inside a chunk stay holes too (the output starts as one big hole), at SPARSE_BLOCK granularity.

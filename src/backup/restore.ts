@@ -18,7 +18,8 @@ import type { RestoreJob, RestoreJobResult } from './restore-worker.js';
 import { badInput, notFound, RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
 import { commitTempFile } from '../host/atomic-file.js';
-import { WorkerPool } from '../host/worker-pool.js';
+import { WorkerPool, type WithoutId } from '../host/worker-pool.js';
+import { blobSourceOf } from '../repo/chunk-store.js';
 import { qemuImg } from '../ingest/qemu-img.js';
 
 export type RestoreFormat = 'raw' | 'qcow2';
@@ -128,8 +129,16 @@ async function writeChunks(
         progress(0);
         continue;
       }
-      const job = { digest, file: repo.chunks.fileOf(digest), position };
       let r: RestoreJobResult;
+      let job: WithoutId<RestoreJob>;
+      try {
+        job = { digest, source: await blobSourceOf(repo.chunks, digest), position };
+      } catch (err) {
+        // A store without files was asked here: it says why a chunk is missing, as failure() does for files.
+        const quarantined = err instanceof RestorelabError && err.code === 'CHUNK_QUARANTINED';
+        error ??= quarantined || err instanceof CorruptChunkError ? damaged(opts, position, err) : (err as Error);
+        return;
+      }
       try {
         r = await pool.request(job);
       } catch (err) {

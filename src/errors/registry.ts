@@ -71,6 +71,7 @@ export const ERRORS = {
   BAD_PORT: { class: 'badInput', explain: 'a port is not a number from 0 to 65535' },
   BAD_PUBLISH: { class: 'badInput', explain: 'an unknown --publish frontend was asked for' },
   BAD_ROLE: { class: 'badInput', explain: 'an API token role is not viewer, operator or admin' },
+  BAD_S3_URL: { class: 'badInput', explain: 'an s3:// repository URL or AWS_ENDPOINT_URL is malformed' },
   BAD_SCHEDULE: { class: 'badInput', explain: 'a schedule is not a valid cron expression' },
   BAD_ALLOW_ENTRY: { class: 'badInput', explain: 'a client allow-list entry (--allow) is not an IPv4 or IPv6 address or CIDR' },
   BAD_SERVER_URL: { class: 'badInput', explain: '--server (or RESTORELAB_SERVER) is not an http(s) URL' },
@@ -236,6 +237,10 @@ export const ERRORS = {
   RESTORE_WRITE_FAILED: { class: 'failure', explain: 'the restored disk cannot be written' },
   ROLE_WITHOUT_TESTS: { class: 'badInput', explain: "a VM's role yields no tests" },
   ROUTE_NOT_FOUND: { class: 'notFound', explain: 'no such route' },
+  S3_CREDENTIALS_MISSING: {
+    class: 'badInput',
+    explain: 'an s3:// repository was named but AWS_ACCESS_KEY_ID or AWS_SECRET_ACCESS_KEY is not set',
+  },
   SCAN_INCOMPLETE: { class: 'failure', explain: 'files could not be read, so the point is neither clean nor infected' },
   SCAN_UNSUPPORTED: { class: 'badInput', explain: 'the job has a scan gate its lab backend cannot run' },
   SCHEMA_INVALID: { class: 'badInput', explain: 'a config, job or lab file does not match its schema' },

@@ -136,8 +136,19 @@ export interface ChunkStore {
   sync(): Promise<void>;
   /** The blob; rejects with a not-found RestorelabError naming store and digest. */
   get(digest: string): Promise<Buffer>;
-  /** The file that holds a chunk's blob, for readers on other threads that do their own I/O. */
-  fileOf(digest: string): string;
+  /**
+   * The file that holds a chunk's blob, for readers on other threads that do
+   * their own I/O (restore and backup workers). Only stores whose blobs are
+   * files have it (the local store); callers hand the blob from get() to
+   * their threads otherwise. Never a made-up path: a store without files
+   * leaves this out.
+   */
+  fileOf?(digest: string): string;
+  /**
+   * The least safety margin gc must keep for this store (ms), when its
+   * mtimes come from another clock than gc's (object storage: the gateway's).
+   */
+  readonly minGcMarginMs?: number;
   list(): AsyncIterable<StoredChunk>;
   /** Renames the chunk to `<digest>.bad`; it is never served again and never deleted by gc. */
   quarantine(digest: string): Promise<void>;

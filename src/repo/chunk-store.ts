@@ -49,6 +49,26 @@ export function readBlobSync(digest: string, file: string, scratch: Buffer): Buf
   return scratch.subarray(0, n);
 }
 
+/**
+ * Where a worker thread finds a chunk's blob: the store's file (a local
+ * store, ChunkStore.fileOf), or the bytes the main thread fetched with get()
+ * (a store without files: object storage).
+ */
+export type BlobSource = { file: string } | { blob: Uint8Array };
+
+/** The blob of `digest` from `src`, with readBlobSync's length check for handed bytes too. */
+export function readBlobFrom(digest: string, src: BlobSource, scratch: Buffer): Buffer {
+  if ('file' in src) return readBlobSync(digest, src.file, scratch);
+  if (src.blob.length >= scratch.length)
+    throw new CorruptChunkError(digest, `blob is longer than any chunk (over ${scratch.length - 1} bytes)`);
+  return Buffer.from(src.blob.buffer, src.blob.byteOffset, src.blob.byteLength);
+}
+
+/** The BlobSource of a chunk for a worker: the file when the store has files, else its bytes (get()). */
+export async function blobSourceOf(store: ChunkStore, digest: string): Promise<BlobSource> {
+  return store.fileOf ? { file: store.fileOf(digest) } : { blob: await store.get(digest) };
+}
+
 export interface ChunkStoreOptions {
   /** Default DEFAULT_SYNC_LEVEL. */
   syncLevel?: SyncLevel;

@@ -42,7 +42,8 @@ export interface GcReport {
 
 export async function collectGarbage(repo: RepositoryMaintenance, opts: GcOptions = {}): Promise<GcReport> {
   const dryRun = opts.dryRun ?? false;
-  const margin = opts.safetyMarginMs ?? GC_SAFETY_MARGIN_MS;
+  // A store whose mtimes come from another clock (object storage) asks for more; never less than it asks.
+  const margin = Math.max(opts.safetyMarginMs ?? GC_SAFETY_MARGIN_MS, repo.chunks.minGcMarginMs ?? 0);
   const lock = await repo.lock('gc', dryRun ? 'gc --dry-run' : 'gc');
   try {
     const start = lock.since;

@@ -19,12 +19,12 @@ import { writeFileAtomic } from '../host/atomic-file.js';
 import { LOCK_SUFFIX } from './format.js';
 import { processAlive } from '../host/process.js';
 
-function conflicts(a: LockKind, b: LockKind): boolean {
+export function conflicts(a: LockKind, b: LockKind): boolean {
   if (a === 'exclusive' || b === 'exclusive') return true;
   return a === 'gc' && b === 'gc';
 }
 
-function bootId(): string | undefined {
+export function bootId(): string | undefined {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
   } catch {
@@ -33,7 +33,7 @@ function bootId(): string | undefined {
 }
 
 /** Field 22 of /proc/<pid>/stat: start time in clock ticks after boot. */
-function startTicks(pid: number): number | undefined {
+export function startTicks(pid: number): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -84,7 +84,7 @@ export async function liveLocks(dir: string): Promise<LockHolder[]> {
   return (await readLocks(dir)).filter((h) => !isStale(h));
 }
 
-function describe(h: LockHolder): string {
+export function describe(h: LockHolder): string {
   return `${h.kind} lock for "${h.purpose}" held by pid ${h.pid} on ${h.hostname} since ${new Date(h.since).toISOString()}`;
 }
 

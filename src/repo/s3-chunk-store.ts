@@ -1,0 +1,331 @@
+/**
+ * The object-storage ChunkStore (S3 API: AWS, a Ceph RADOS Gateway, MinIO).
+ * One object per blob, keyed like the local store's files:
+ *
+ *   <prefix>chunks/<first 2 hex digits>/<digest>       blobs
+ *   <prefix>quarantine/<first 2 hex digits>/<digest>   quarantined by verify (local: `<digest>.bad`)
+ *
+ * Words, as S3 has them:
+ * - *mtime* is the object's Last-Modified, set by the gateway's clock on
+ *   every PUT and COPY. S3 has no utimes, so touch() copies the object onto
+ *   itself with new metadata (`x-amz-meta-touched`), which the gateway
+ *   records as a new write. Last-Modified comes back with every listing
+ *   page, so gc needs no request per chunk to see ages.
+ * - *durable*: a PUT that returned is durable (S3's contract), so sync() has
+ *   nothing to do at any sync level, and insert() writes nothing temporary:
+ *   an object appears whole or not at all.
+ *
+ * gc's cutoff is in the client's clock, Last-Modified in the gateway's. A
+ * signed (SigV4) request is refused when the two differ by more than 15
+ * minutes, so minGcMarginMs adds that much to gc's safety margin: no skew a
+ * working client can have makes a fresh chunk look old.
+ */
+import {
+  CopyObjectCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import type { ChunkStore, StoredChunk } from './api.js';
+import { notFound, RestorelabError } from '../errors.js';
+import { assertDigest } from './chunk-store.js';
+import { CorruptChunkError } from './contract.js';
+import { GC_SAFETY_MARGIN_MS } from './format.js';
+import { s3Url, type S3Location } from './s3-config.js';
+
+export const S3_CHUNKS_AREA = 'chunks/';
+export const S3_QUARANTINE_AREA = 'quarantine/';
+/** How far a SigV4-signed request's clock may be from the gateway's before it is refused (AWS and RGW alike). */
+export const SIGV4_MAX_SKEW_MS = 15 * 60 * 1000;
+/** Keys per ListObjectsV2 page (the S3 maximum). */
+const LIST_PAGE_MAX = 1000;
+
+const DIGEST_KEY_RE = /\/([0-9a-f]{2})\/([0-9a-f]{64})$/;
+
+export interface S3ChunkStoreOptions extends S3Location {
+  client: S3Client;
+  /** The largest valid blob of this repository (maxBlobSize): a longer object is reported corrupt, not read into memory. */
+  maxBlobBytes?: number;
+  /** Keys per listing request; default (and S3's maximum) 1000. Tests lower it to cross page boundaries. */
+  listPageSize?: number;
+}
+
+interface S3ErrorShape {
+  name?: string;
+  Code?: string;
+  $metadata?: { httpStatusCode?: number };
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as S3ErrorShape;
+  return e?.name === 'NotFound' || e?.name === 'NoSuchKey' || e?.Code === 'NoSuchKey' || e?.$metadata?.httpStatusCode === 404;
+}
+
+export class S3ChunkStore implements ChunkStore {
+  /** `s3://bucket/prefix`, what every error names. */
+  readonly path: string;
+  readonly minGcMarginMs = SIGV4_MAX_SKEW_MS + GC_SAFETY_MARGIN_MS;
+  private readonly client: S3Client;
+  private readonly bucket: string;
+  private readonly prefix: string;
+  private readonly maxBlobBytes: number | undefined;
+  private readonly listPageSize: number;
+
+  constructor(opts: S3ChunkStoreOptions) {
+    this.listPageSize = Math.min(opts.listPageSize ?? LIST_PAGE_MAX, LIST_PAGE_MAX);
+    this.client = opts.client;
+    this.bucket = opts.bucket;
+    this.prefix = opts.prefix;
+    this.maxBlobBytes = opts.maxBlobBytes;
+    this.path = s3Url(opts);
+  }
+
+  private key(digest: string, area = S3_CHUNKS_AREA): string {
+    assertDigest(digest, `chunk store ${this.path}`);
+    return `${this.prefix}${area}${digest.slice(0, 2)}/${digest}`;
+  }
+
+  /** Size and Last-Modified of an object, undefined when there is none. */
+  private async head(key: string): Promise<{ size: number; mtimeMs: number } | undefined> {
+    try {
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return { size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async has(digest: string): Promise<boolean> {
+    const key = this.key(digest);
+    try {
+      return (await this.head(key)) !== undefined;
+    } catch (err) {
+      throw this.ioError('check', digest, key, err);
+    }
+  }
+
+  /**
+   * A copy onto itself is the only way S3 has to move Last-Modified. The new
+   * metadata value is what makes it a legal self-copy (S3 refuses one that
+   * changes nothing); gateways keep the data where it is (RGW copies only
+   * the head object of a copy within a pool).
+   */
+  async touch(digest: string): Promise<boolean> {
+    const key = this.key(digest);
+    try {
+      await this.client.send(
+        new CopyObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          CopySource: this.copySource(key),
+          MetadataDirective: 'REPLACE',
+          Metadata: { touched: String(Date.now()) },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw this.ioError('touch', digest, key, err);
+    }
+  }
+
+  private copySource(key: string): string {
+    return `${this.bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
+  }
+
+  async insert(digest: string, blob: Buffer): Promise<{ existed: boolean; size: number }> {
+    const key = this.key(digest);
+    let found: { size: number } | undefined;
+    try {
+      found = await this.head(key);
+    } catch (err) {
+      throw this.ioError('check', digest, key, err);
+    }
+    // touch() after the HEAD: if gc deleted the chunk in between, the copy finds nothing and we write it anew.
+    if (found && (await this.touch(digest))) return { existed: true, size: found.size };
+    await this.put(digest, key, blob, 'insert');
+    return { existed: false, size: blob.length };
+  }
+
+  private async put(digest: string, key: string, blob: Buffer, op: string): Promise<void> {
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: blob, ContentLength: blob.length }));
+    } catch (err) {
+      throw this.ioError(op, digest, key, err);
+    }
+  }
+
+  /**
+   * A PUT replaces an object atomically: readers see the old blob or the new
+   * one, never nothing. The damaged one is copied to quarantine first.
+   */
+  async replace(digest: string, blob: Buffer, opts: { keepDamaged: boolean }): Promise<void> {
+    const key = this.key(digest);
+    if (opts.keepDamaged) {
+      const bad = this.key(digest, S3_QUARANTINE_AREA);
+      try {
+        await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: bad, CopySource: this.copySource(key) }));
+      } catch (err) {
+        if (!isNotFound(err)) throw this.ioError('replace', digest, key, err);
+      }
+    }
+    await this.put(digest, key, blob, 'replace');
+  }
+
+  /** Nothing to do: a PUT is durable once it returned (S3's contract), at every sync level. */
+  async sync(): Promise<void> {}
+
+  async get(digest: string): Promise<Buffer> {
+    const key = this.key(digest);
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      if (this.maxBlobBytes !== undefined && (r.ContentLength ?? 0) > this.maxBlobBytes) {
+        r.Body?.transformToWebStream()
+          .cancel()
+          .catch(() => undefined);
+        throw new CorruptChunkError(
+          digest,
+          `object ${key} holds ${r.ContentLength} bytes, more than any blob (${this.maxBlobBytes})`,
+          this.path,
+        );
+      }
+      const body = r.Body;
+      if (!body) throw new Error('the gateway sent no body');
+      const bytes = await body.transformToByteArray();
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    } catch (err) {
+      if (err instanceof CorruptChunkError) throw err;
+      if (!isNotFound(err)) throw this.ioError('read', digest, key, err);
+    }
+    let quarantined: boolean;
+    try {
+      quarantined = (await this.head(this.key(digest, S3_QUARANTINE_AREA))) !== undefined;
+    } catch (err) {
+      throw this.ioError('read', digest, key, err);
+    }
+    throw quarantined
+      ? notFound(
+          'CHUNK_QUARANTINED',
+          `chunk ${digest} in store ${this.path} is quarantined (${this.key(digest, S3_QUARANTINE_AREA)}): verify found it corrupt`,
+          'restore from another restore point or re-run a backup of the source to store the chunk again',
+        )
+      : notFound(
+          'CHUNK_NOT_FOUND',
+          `chunk ${digest} not found in store ${this.path} (bucket ${this.bucket}, key ${key})`,
+          'run restorelab verify to find the restore points that need it',
+        );
+  }
+
+  list(): AsyncIterable<StoredChunk> {
+    return this.scan(S3_CHUNKS_AREA);
+  }
+
+  listQuarantined(): AsyncIterable<StoredChunk> {
+    return this.scan(S3_QUARANTINE_AREA);
+  }
+
+  /** One ListObjectsV2 page at a time: memory stays at one page however many chunks there are. */
+  private async *scan(area: string): AsyncIterable<StoredChunk> {
+    const prefix = this.prefix + area;
+    let token: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: this.listPageSize, ContinuationToken: token }),
+        );
+      } catch (err) {
+        throw new RestorelabError(
+          'CHUNK_IO',
+          `cannot list ${prefix} in bucket ${this.bucket} (store ${this.path}): ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+      for (const o of page.Contents ?? []) {
+        const m = o.Key ? DIGEST_KEY_RE.exec(o.Key.slice(prefix.length - 1)) : null;
+        // Only `<2 hex>/<digest>` with a matching shard counts; anything else under the area is not a chunk.
+        if (!m || m[2]?.slice(0, 2) !== m[1]) continue;
+        yield { digest: m[2] as string, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  /** Copy to quarantine, then delete: a crash between the two leaves both, and a second quarantine() finishes it. */
+  async quarantine(digest: string): Promise<void> {
+    const key = this.key(digest);
+    try {
+      await this.client.send(
+        new CopyObjectCommand({ Bucket: this.bucket, Key: this.key(digest, S3_QUARANTINE_AREA), CopySource: this.copySource(key) }),
+      );
+    } catch (err) {
+      if (isNotFound(err))
+        throw notFound('CHUNK_NOT_FOUND', `cannot quarantine chunk ${digest}: not found in store ${this.path} (key ${key})`);
+      throw this.ioError('quarantine', digest, key, err);
+    }
+    await this.delete(digest, key, 'quarantine');
+  }
+
+  private async delete(digest: string, key: string, op: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+    } catch (err) {
+      if (!isNotFound(err)) throw this.ioError(op, digest, key, err);
+    }
+  }
+
+  async remove(digest: string): Promise<number> {
+    const key = this.key(digest);
+    let found;
+    try {
+      found = await this.head(key);
+    } catch (err) {
+      throw this.ioError('remove', digest, key, err);
+    }
+    if (!found) return 0;
+    await this.delete(digest, key, 'remove');
+    return found.size;
+  }
+
+  /**
+   * HEAD, then DELETE when Last-Modified is still before the cutoff. S3 has
+   * no rename to close the window between the two as the local store does
+   * (removeIfOlder): a touch() landing inside it (milliseconds) is lost.
+   * docs/formats.md ("Object storage") says what bounds it.
+   */
+  async removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
+    const key = this.key(digest);
+    let found;
+    try {
+      found = await this.head(key);
+    } catch (err) {
+      throw this.ioError('remove', digest, key, err);
+    }
+    if (!found || found.mtimeMs >= cutoffMs) return 0;
+    await this.delete(digest, key, 'remove');
+    return found.size;
+  }
+
+  private ioError(op: string, digest: string, key: string, err: unknown): RestorelabError {
+    if (err instanceof RestorelabError) return err;
+    const e = err as S3ErrorShape & Error;
+    const status = e.$metadata?.httpStatusCode;
+    return new RestorelabError(
+      'CHUNK_IO',
+      `cannot ${op} chunk ${digest} in store ${this.path} (bucket ${this.bucket}, key ${key}): ${e.name ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${e.message}`,
+      {
+        hint:
+          status === 403
+            ? 'check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket policy'
+            : 'check that the object storage (AWS_ENDPOINT_URL) is reachable; transient errors were already retried',
+        cause: err,
+      },
+    );
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * The S3 ChunkStore against a real RADOS Gateway (scripts/services): the
+ * shared ChunkStore suite, bare and behind the concurrency limit, then what
+ * only object storage has (key layout, listing pages, foreign keys, an
+ * oversized object, refused credentials).
+ */
+import t from 'tap';
+import { createHash, randomBytes } from 'node:crypto';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { RestorelabError } from '../../src/errors.js';
+import type { ChunkStore } from '../../src/repo/api.js';
+import { CorruptChunkError } from '../../src/repo/contract.js';
+import { LimitedChunkStore } from '../../src/repo/limited-chunk-store.js';
+import { S3ChunkStore, SIGV4_MAX_SKEW_MS } from '../../src/repo/s3-chunk-store.js';
+import { createS3Client } from '../../src/repo/s3-config.js';
+import { collectGarbage } from '../../src/repo/gc.js';
+import { s3Scratch, s3Settings } from '../helpers/s3.js';
+import { runChunkStoreSuite } from './fixtures/chunk-store-suite.js';
+
+function blob(n = 1000): { digest: string; data: Buffer } {
+  const data = randomBytes(n);
+  return { digest: createHash('sha256').update(data).digest('hex'), data };
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+t.test('the shared ChunkStore suite on the RADOS Gateway', async (t) => {
+  runChunkStoreSuite(t, async (t) => {
+    const s = await s3Scratch(t);
+    return { store: new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix }) };
+  });
+});
+
+t.test('the shared suite through LimitedChunkStore (4 in flight) on the RADOS Gateway', async (t) => {
+  runChunkStoreSuite(t, async (t) => {
+    const s = await s3Scratch(t);
+    return { store: new LimitedChunkStore(new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix }), 4) };
+  });
+});
+
+t.test('s3 store: blobs are keyed <prefix>chunks/<2 hex>/<digest>, quarantined ones under <prefix>quarantine/', async (t) => {
+  const s = await s3Scratch(t);
+  const store = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix });
+  t.equal(store.path, `s3://${s.bucket}/${s.prefix}`);
+  t.equal((store as ChunkStore).fileOf, undefined, 'no file path is made up for an object');
+  const a = blob();
+  const b = blob();
+  await store.insert(a.digest, a.data);
+  await store.insert(b.digest, b.data);
+  await store.quarantine(b.digest);
+  const page = await s.client.send(new ListObjectsV2Command({ Bucket: s.bucket, Prefix: s.prefix }));
+  t.same(
+    (page.Contents ?? []).map((o) => o.Key).sort(),
+    [`${s.prefix}chunks/${a.digest.slice(0, 2)}/${a.digest}`, `${s.prefix}quarantine/${b.digest.slice(0, 2)}/${b.digest}`].sort(),
+  );
+  const raw = await s.client.send(new GetObjectCommand({ Bucket: s.bucket, Key: `${s.prefix}chunks/${a.digest.slice(0, 2)}/${a.digest}` }));
+  t.ok(Buffer.from(await raw.Body!.transformToByteArray()).equals(a.data), 'the object is the blob, byte for byte');
+});
+
+t.test('s3 store: list() crosses listing pages and ignores keys that are not chunks', async (t) => {
+  const s = await s3Scratch(t);
+  const store = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix, listPageSize: 7 });
+  const blobs = Array.from({ length: 23 }, (_, i) => blob(50 + i));
+  await Promise.all(blobs.map((b) => store.insert(b.digest, b.data)));
+  const d = blobs[0]!.digest;
+  for (const key of [`chunks/${d.slice(0, 2)}/${d}.tmp`, `chunks/zz/${d}`, `chunks/00/${d}`, 'chunks/readme']) {
+    await s.client.send(new PutObjectCommand({ Bucket: s.bucket, Key: s.prefix + key, Body: 'x' }));
+  }
+  const listed = await collect(store.list());
+  t.same(listed.map((c) => c.digest).sort(), blobs.map((b) => b.digest).sort(), 'all 23 over 4 pages, nothing else');
+  for (const c of listed) t.ok(c.mtimeMs > Date.now() - 600_000, 'Last-Modified is the mtime');
+});
+
+t.test('s3 store: an object longer than any blob is reported corrupt, naming the store', async (t) => {
+  const s = await s3Scratch(t);
+  const store = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix, maxBlobBytes: 100 });
+  const b = blob(101);
+  await store.insert(b.digest, b.data);
+  const err = await store.get(b.digest).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.ok(err instanceof CorruptChunkError, 'CorruptChunkError');
+  t.match((err as Error).message, store.path);
+});
+
+t.test('s3 store: refused credentials fail with CHUNK_IO naming bucket, key and the HTTP status', async (t) => {
+  const s = await s3Scratch(t);
+  const bad = createS3Client({ ...s3Settings(s.service), secretAccessKey: 'wrong-' + s.service.secretAccessKey });
+  t.teardown(() => bad.destroy());
+  const store = new S3ChunkStore({ client: bad, bucket: s.bucket, prefix: s.prefix });
+  const b = blob();
+  const err = (await store.insert(b.digest, b.data).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as RestorelabError;
+  t.ok(err instanceof RestorelabError);
+  t.equal(err.code, 'CHUNK_IO');
+  t.match(err.message, `bucket ${s.bucket}`);
+  t.match(err.message, `key ${s.prefix}chunks/${b.digest.slice(0, 2)}/${b.digest}`);
+  t.match(err.message, /HTTP 403/);
+  t.match(err.hint ?? '', /AWS_SECRET_ACCESS_KEY/);
+});
+
+t.test('s3 store: gc keeps the clock-skew margin SigV4 allows on top of its own', async (t) => {
+  const s = await s3Scratch(t);
+  const store = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix });
+  const b = blob();
+  await store.insert(b.digest, b.data);
+  // A minimal RepositoryMaintenance around the real store: no points, so every chunk is unreferenced.
+  const repo = {
+    chunks: store,
+    lock: async () => ({ kind: 'gc' as const, since: Date.now(), staleRemoved: [], release: async () => undefined }),
+    liveHolders: async () => [],
+    scanPoints: async () => ({ points: [], problems: [] }),
+    listIndexes: async () => [],
+    leftovers: async () => [],
+  } as unknown as Parameters<typeof collectGarbage>[0];
+  const report = await collectGarbage(repo, { safetyMarginMs: 0 });
+  t.equal(report.chunksRemoved, 0, 'a chunk written a moment ago is not collected even with --safety-margin 0');
+  t.equal(report.chunksKeptRecent, 1);
+  t.ok(Date.parse(report.cutoff) <= Date.now() - SIGV4_MAX_SKEW_MS, 'the cutoff lies at least 15 minutes back');
+  t.ok(await store.has(b.digest));
+});
