@@ -14,7 +14,7 @@ t.test('every test file is in exactly one pool, every pool in one stage', async 
   t.ok(files.length > 100, `${files.length} test files found`);
   t.ok(files.includes('suite/pools'), 'this file among them');
   t.same(poolProblems(pools, files), []);
-  t.same(Object.keys(pools.pools).sort(), ['exclusive', 'host', 'vm']);
+  t.same(Object.keys(pools.pools).sort(), ['exclusive', 'host', 'services', 'vm']);
   t.equal(pools.pools.vm!.jobs, 2, 'two TCG guests at a time on two cores');
 });
 
