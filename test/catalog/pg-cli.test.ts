@@ -64,6 +64,11 @@ t.test('backup, then points --json and repo reindex, against PostgreSQL', async 
   t.notOk(r.stdout.includes(password) || r.stderr.includes(password), 'the password is not printed');
   t.same((await c.query('SELECT id FROM points ORDER BY id')).rows, [{ id }], 'reindex made the catalog what the files say');
   t.notOk(existsSync(join(work, 'state', 'catalog.sqlite')), 'no SQLite catalog was made');
+
+  const shown = await cli(['config', 'show', '--json']);
+  t.equal(shown.code, 0, shown.stderr);
+  t.match(shown.json, { catalog: /^postgres:\/\/[^:]+:\*\*\*@/ }, 'config show names the catalog');
+  t.notOk(shown.stdout.includes(password), 'without its password');
 });
 
 t.test('an unreachable catalog: backup still succeeds (the catalog is a cache), points fails with CATALOG_UNREACHABLE', async (t) => {
