@@ -80,7 +80,7 @@ function authenticate(ctx: ApiContext) {
     const client = clientOf(req);
     const header = req.get('authorization') ?? '';
     const m = /^Bearer\s+(\S+)$/i.exec(header);
-    const who = m ? ctx.tokens.check(m[1] as string) : undefined;
+    const who = m ? await ctx.tokens.check(m[1] as string) : undefined;
     if (who) {
       res.locals.principal = who;
       next();

@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import type { CatalogDb } from '../catalog/catalog.js';
+import type { Catalog } from '../catalog/sql.js';
 import type { TokenStore } from './tokens.js';
 import type { OperationRegistry } from './operations.js';
 import type { Metrics } from './metrics.js';
@@ -16,6 +17,11 @@ export interface ApiContext {
   config: Config;
   /** The catalog database, shared by every route (better-sqlite3 is synchronous and safe to share). */
   catalog: CatalogDb;
+  /**
+   * The same catalog on the seam (src/catalog/sql.ts), for the areas moved onto it (points,
+   * repositories); the other areas still take `catalog`, so the API server runs on SQLite only so far.
+   */
+  sql: Catalog;
   tokens: TokenStore;
   operations: OperationRegistry;
   metrics: Metrics;

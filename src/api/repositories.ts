@@ -39,13 +39,13 @@ export function openDefaultRepository(ctx: ApiContext): Promise<RepositoryMainte
 
 /** Fills the catalog from a repository it has never seen, as `restorelab points` does. */
 export async function ensureIndexed(ctx: ApiContext, repo: RepositoryReader): Promise<void> {
-  if (!catalogKnows(ctx.catalog, repo.path)) await reindex(ctx.catalog, repo);
+  if (!(await catalogKnows(ctx.sql, repo.path))) await reindex(ctx.sql, repo);
 }
 
 /** `default`, or the id of a repository the catalog knows. */
 export async function openNamedRepository(ctx: ApiContext, name: string): Promise<RepositoryMaintenance> {
   if (name === DEFAULT_REPOSITORY) return openDefaultRepository(ctx);
-  for (const path of indexedRepositories(ctx.catalog)) {
+  for (const path of await indexedRepositories(ctx.sql)) {
     if (path === resolve(ctx.config.repository)) continue;
     const repo = await openRepository(path, syncLevelOption(ctx.config)).catch(() => undefined);
     if (repo?.config.id === name) return repo;
@@ -68,7 +68,7 @@ export interface RepositoryView {
 
 export async function describeRepository(ctx: ApiContext, repo: Repository): Promise<RepositoryView> {
   await ensureIndexed(ctx, repo);
-  const points = listPoints(ctx.catalog, repo.path);
+  const points = await listPoints(ctx.sql, repo.path);
   const c = repo.config;
   const isDefault = repo.path === resolve(ctx.config.repository);
   return {

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import { openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import { sqliteCatalog } from '../catalog/sql.js';
 import { BackupJobHistory } from '../backup/jobs/history.js';
 import { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 import { configuredBackupRun } from '../backup/jobs/run.js';
@@ -67,7 +68,8 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
   return {
     config: o.config,
     catalog,
-    tokens: new TokenStore(catalog),
+    sql: sqliteCatalog(catalog),
+    tokens: new TokenStore(sqliteCatalog(catalog)),
     operations,
     metrics,
     // Logs go to stderr so that stdout stays one JSON document under --json; journald takes both.

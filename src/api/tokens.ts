@@ -8,7 +8,8 @@
  * < admin (repositories, jobs, tokens).
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import { connectCatalog, migrateCatalog } from '../catalog/catalog.js';
+import type { Catalog } from '../catalog/sql.js';
 import { badInput, notFound } from '../errors.js';
 
 export const ROLES = ['viewer', 'operator', 'admin'] as const;
@@ -52,50 +53,72 @@ interface Row {
 const toInfo = (r: Row): TokenInfo => ({ id: r.id, name: r.name, role: r.role as Role, created: r.created, lastUsed: r.last_used });
 
 export class TokenStore {
-  constructor(private readonly db: CatalogDb) {
-    migrate(db, 'api-tokens', MIGRATIONS);
+  /** The area's migrations, applied on first use (so the server builds its context without waiting). */
+  private ready: Promise<void> | undefined;
+
+  constructor(private readonly db: Catalog) {}
+
+  /** The store of the catalog at `target` (a SQLite file or a postgres:// URL); close() closes that catalog. */
+  static async open(target: string): Promise<TokenStore> {
+    return new TokenStore(await connectCatalog(target));
   }
 
-  static open(catalogPath: string): TokenStore {
-    return new TokenStore(openCatalog(catalogPath));
+  close(): Promise<void> {
+    return this.db.close();
+  }
+
+  private migrated(): Promise<void> {
+    // A failed migration is not cached: the next call tries again.
+    this.ready ??= migrateCatalog(this.db, 'api-tokens', MIGRATIONS).catch((err: unknown) => {
+      this.ready = undefined;
+      throw err;
+    });
+    return this.ready;
   }
 
   /** Creates a token and returns its secret form, shown once. */
-  create(name: string, role: Role): { token: string; info: TokenInfo } {
+  async create(name: string, role: Role): Promise<{ token: string; info: TokenInfo }> {
     if (!ROLES.includes(role)) throw badInput('BAD_ROLE', `unknown role "${role}"`, `use one of: ${ROLES.join(', ')}`);
     if (!/^[\w.@-]{1,64}$/.test(name))
       throw badInput('BAD_TOKEN_NAME', `token name "${name}" is not allowed`, 'use 1-64 letters, digits, . _ @ or -');
     const id = randomBytes(6).toString('hex');
     const secret = randomBytes(32).toString('base64url');
     const created = new Date().toISOString();
-    this.db
-      .prepare('INSERT INTO api_tokens (id, name, role, hash, created) VALUES (?, ?, ?, ?, ?)')
-      .run(id, name, role, sha256(secret).toString('hex'), created);
+    await this.migrated();
+    await this.db.run('INSERT INTO api_tokens (id, name, role, hash, created) VALUES (?, ?, ?, ?, ?)', [
+      id,
+      name,
+      role,
+      sha256(secret).toString('hex'),
+      created,
+    ]);
     return { token: `rl_${id}_${secret}`, info: { id, name, role, created, lastUsed: null } };
   }
 
   /** The token's info when it is valid, else undefined. Constant-time on the secret. */
-  check(token: string): TokenInfo | undefined {
+  async check(token: string): Promise<TokenInfo | undefined> {
     const m = TOKEN_RE.exec(token);
     if (!m) return undefined;
-    const row = this.db.prepare('SELECT * FROM api_tokens WHERE id = ?').get(m[1]) as Row | undefined;
+    await this.migrated();
+    const row = await this.db.get<Row>('SELECT * FROM api_tokens WHERE id = ?', [m[1] as string]);
     if (!row) return undefined;
     const want = Buffer.from(row.hash, 'hex');
     if (!timingSafeEqual(want, sha256(m[2] as string))) return undefined;
     const now = new Date().toISOString();
-    this.db.prepare('UPDATE api_tokens SET last_used = ? WHERE id = ?').run(now, row.id);
+    await this.db.run('UPDATE api_tokens SET last_used = ? WHERE id = ?', [now, row.id]);
     return toInfo({ ...row, last_used: now });
   }
 
-  list(): TokenInfo[] {
-    return (this.db.prepare('SELECT * FROM api_tokens ORDER BY created').all() as Row[]).map(toInfo);
+  async list(): Promise<TokenInfo[]> {
+    await this.migrated();
+    return (await this.db.all<Row>('SELECT * FROM api_tokens ORDER BY created')).map(toInfo);
   }
 
-  revoke(idOrName: string): TokenInfo {
-    const row = this.db.prepare('SELECT * FROM api_tokens WHERE id = ? OR name = ? ORDER BY created LIMIT 1').get(idOrName, idOrName) as
-      Row | undefined;
+  async revoke(idOrName: string): Promise<TokenInfo> {
+    await this.migrated();
+    const row = await this.db.get<Row>('SELECT * FROM api_tokens WHERE id = ? OR name = ? ORDER BY created LIMIT 1', [idOrName, idOrName]);
     if (!row) throw notFound('TOKEN_NOT_FOUND', `no API token "${idOrName}"`, 'list them with: restorelab token list');
-    this.db.prepare('DELETE FROM api_tokens WHERE id = ?').run(row.id);
+    await this.db.run('DELETE FROM api_tokens WHERE id = ?', [row.id]);
     return toInfo(row);
   }
 }

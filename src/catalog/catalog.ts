@@ -7,9 +7,14 @@
  * Words:
  * - *migration*: a named, ordered list of SQL statements. Each area (points
  *   here; jobs, runs, sessions in later modules) owns its migrations and
- *   applies them with `migrate(db, area, sql)`. Applied steps are recorded per
- *   area in `schema_migrations`, and the database's `user_version` pragma is
- *   bumped on every applied step, so tools can see the schema changed.
+ *   applies them with `migrate(db, area, sql)` (a SQLite handle) or
+ *   `migrateCatalog(catalog, area, steps)` (the seam, either dialect).
+ *   Applied steps are recorded per area in `schema_migrations`; on SQLite the
+ *   database's `user_version` pragma is bumped on every applied step, so
+ *   tools can see the schema changed.
+ * - *target*: where the catalog is, a SQLite file path (the default, one
+ *   host) or a `postgres://` URL (a catalog shared by several hosts), from
+ *   RESTORELAB_CATALOG or the config's `catalog`.
  */
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -17,6 +22,7 @@ import Database from 'better-sqlite3';
 import type { PointSignals, RepositoryReader, RestorePoint } from '../repo/contract.js';
 import { RestorelabError } from '../errors.js';
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenMode } from '../host/private-files.js';
+import { isPostgresTarget, redactUrl, sqliteCatalog, upsertSql, type Catalog, type Dialect, type SqlRunner } from './sql.js';
 
 export type CatalogDb = Database.Database;
 
@@ -31,6 +37,15 @@ const SQLITE_SIDE_FILES = ['-wal', '-shm', '-journal'];
  * installation left it readable by others. A directory it creates is 0700.
  */
 export function openCatalog(path: string): CatalogDb {
+  if (isPostgresTarget(path)) {
+    throw new RestorelabError(
+      'CATALOG_SQLITE_ONLY',
+      `this command keeps its tables in a SQLite catalog only so far; ${redactUrl(path)} is PostgreSQL`,
+      {
+        hint: 'unset RESTORELAB_CATALOG (or set "catalog" to a file path) for this command',
+      },
+    );
+  }
   let db: CatalogDb;
   try {
     mkdirSync(dirname(path), { recursive: true, mode: PRIVATE_DIR_MODE });
@@ -53,7 +68,7 @@ export function openCatalog(path: string): CatalogDb {
  * Applies the steps of `area` not applied yet, each in its own transaction.
  * Steps are append-only: never edit or reorder one that has shipped.
  */
-export function migrate(db: CatalogDb, area: string, steps: readonly string[]): void {
+export function migrate(db: CatalogDb, area: string, steps: readonly MigrationStep[]): void {
   db.exec(
     'CREATE TABLE IF NOT EXISTS schema_migrations (area TEXT NOT NULL, step INTEGER NOT NULL, applied TEXT NOT NULL, PRIMARY KEY (area, step))',
   );
@@ -61,7 +76,7 @@ export function migrate(db: CatalogDb, area: string, steps: readonly string[]): 
   const done = row.step ?? -1;
   for (let step = done + 1; step < steps.length; step++) {
     db.transaction(() => {
-      db.exec(steps[step] as string);
+      db.exec(stepSql(steps[step] as MigrationStep, 'sqlite'));
       db.prepare('INSERT INTO schema_migrations (area, step, applied) VALUES (?, ?, ?)').run(area, step, new Date().toISOString());
       const v = db.pragma('user_version', { simple: true }) as number;
       db.pragma(`user_version = ${v + 1}`);
@@ -69,8 +84,76 @@ export function migrate(db: CatalogDb, area: string, steps: readonly string[]): 
   }
 }
 
-const POINTS_MIGRATIONS = [
-  `CREATE TABLE points (
+/** A migration step: one SQL text for both dialects, or one per dialect where they differ. */
+export type MigrationStep = string | { sqlite: string; postgres: string };
+
+/** Every migrator on a PostgreSQL catalog takes this advisory lock (a constant: "rlmg" in ASCII). */
+export const MIGRATION_LOCK = 0x726c6d67;
+
+const SCHEMA_MIGRATIONS_SQL =
+  'CREATE TABLE IF NOT EXISTS schema_migrations (area TEXT NOT NULL, step INTEGER NOT NULL, applied TEXT NOT NULL, PRIMARY KEY (area, step))';
+
+/**
+ * `migrate` on the seam: applies the steps of `area` not applied yet, each in
+ * its own transaction, in either dialect. On PostgreSQL every step's
+ * transaction first takes an advisory lock, so two hosts (or workers)
+ * starting at once never both apply a step: the second waits, then sees the
+ * step recorded. On SQLite the transaction is IMMEDIATE, which serializes
+ * migrators the same way. Steps are append-only: never edit or reorder one
+ * that has shipped.
+ */
+export async function migrateCatalog(cat: Catalog, area: string, steps: readonly MigrationStep[]): Promise<void> {
+  if (cat.dialect === 'sqlite') await cat.exec(SCHEMA_MIGRATIONS_SQL);
+  for (;;) {
+    const applied = await cat.transaction(async (tx) => {
+      if (tx.dialect === 'postgres') {
+        await tx.get('SELECT pg_advisory_xact_lock(?)', [MIGRATION_LOCK]);
+        // Inside the lock: CREATE TABLE IF NOT EXISTS is not safe against a concurrent creator on PostgreSQL.
+        await tx.exec(SCHEMA_MIGRATIONS_SQL);
+      }
+      const row = await tx.get<{ step: number | null }>('SELECT MAX(step) AS step FROM schema_migrations WHERE area = ?', [area]);
+      const step = (row?.step ?? -1) + 1;
+      if (step >= steps.length) return false;
+      await tx.exec(stepSql(steps[step] as MigrationStep, tx.dialect));
+      await tx.run('INSERT INTO schema_migrations (area, step, applied) VALUES (?, ?, ?)', [area, step, new Date().toISOString()]);
+      if (tx.dialect === 'sqlite') {
+        const v = (await tx.get<{ user_version: number }>('PRAGMA user_version'))?.user_version ?? 0;
+        await tx.exec(`PRAGMA user_version = ${v + 1}`);
+      }
+      return true;
+    });
+    if (!applied) return;
+  }
+}
+
+function stepSql(step: MigrationStep, dialect: Dialect): string {
+  return typeof step === 'string' ? step : step[dialect];
+}
+
+/**
+ * Opens the catalog at `target` on the seam, with the points tables
+ * migrated: a `postgres://` URL connects to PostgreSQL, anything else is the
+ * SQLite file (opened as openCatalog does).
+ */
+export async function connectCatalog(target: string): Promise<Catalog> {
+  if (!isPostgresTarget(target)) {
+    const cat = sqliteCatalog(openCatalog(target));
+    return cat;
+  }
+  const { PostgresCatalog } = await import('./postgres.js');
+  const cat = await PostgresCatalog.connect(target);
+  try {
+    await migrateCatalog(cat, 'points', POINTS_MIGRATIONS);
+  } catch (err) {
+    await cat.close();
+    throw err;
+  }
+  return cat;
+}
+
+const POINTS_MIGRATIONS: MigrationStep[] = [
+  {
+    sqlite: `CREATE TABLE points (
      repo TEXT NOT NULL,
      id TEXT NOT NULL,
      vm TEXT NOT NULL,
@@ -86,6 +169,24 @@ const POINTS_MIGRATIONS = [
    );
    CREATE INDEX points_vm_time ON points (repo, vm, time);
    CREATE TABLE repos (repo TEXT PRIMARY KEY, indexed TEXT NOT NULL)`,
+    // Sizes are BIGINT: a disk passes 2 GiB (PostgreSQL's INTEGER is 4 bytes, SQLite's grows to 8).
+    postgres: `CREATE TABLE points (
+     repo TEXT NOT NULL,
+     id TEXT NOT NULL,
+     vm TEXT NOT NULL,
+     time TEXT NOT NULL,
+     consistency TEXT NOT NULL,
+     parent TEXT,
+     disks TEXT NOT NULL,
+     size BIGINT NOT NULL,
+     bytes_new BIGINT NOT NULL,
+     damaged INTEGER NOT NULL DEFAULT 0,
+     manifest TEXT NOT NULL,
+     PRIMARY KEY (repo, id)
+   );
+   CREATE INDEX points_vm_time ON points (repo, vm, time);
+   CREATE TABLE repos (repo TEXT PRIMARY KEY, indexed TEXT NOT NULL)`,
+  },
 ];
 
 /** What `points` lists: enough to choose a point without opening the repository. */
@@ -118,20 +219,19 @@ interface PointRow {
 }
 
 /** Whether `reindex` ever ran for this repository (otherwise the catalog may miss its older points). */
-export function catalogKnows(db: CatalogDb, repoPath: string): boolean {
-  return db.prepare('SELECT 1 FROM repos WHERE repo = ?').get(repoPath) !== undefined;
+export async function catalogKnows(db: SqlRunner, repoPath: string): Promise<boolean> {
+  return (await db.get('SELECT 1 AS known FROM repos WHERE repo = ?', [repoPath])) !== undefined;
 }
 
 /** Paths of every repository `reindex` ever ran for, sorted. */
-export function indexedRepositories(db: CatalogDb): string[] {
-  return (db.prepare('SELECT repo FROM repos ORDER BY repo').all() as { repo: string }[]).map((r) => r.repo);
+export async function indexedRepositories(db: SqlRunner): Promise<string[]> {
+  return (await db.all<{ repo: string }>('SELECT repo FROM repos ORDER BY repo')).map((r) => r.repo);
 }
 
-export function recordPoint(db: CatalogDb, repoPath: string, p: RestorePoint): void {
-  db.prepare(
-    `INSERT OR REPLACE INTO points (repo, id, vm, time, consistency, parent, disks, size, bytes_new, damaged, manifest)
-              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  ).run(
+const POINT_COLUMNS = ['repo', 'id', 'vm', 'time', 'consistency', 'parent', 'disks', 'size', 'bytes_new', 'damaged', 'manifest'];
+
+export async function recordPoint(db: SqlRunner, repoPath: string, p: RestorePoint): Promise<void> {
+  await db.run(upsertSql(db.dialect, 'points', POINT_COLUMNS, ['repo', 'id']), [
     repoPath,
     p.id,
     p.vm.name,
@@ -143,25 +243,30 @@ export function recordPoint(db: CatalogDb, repoPath: string, p: RestorePoint): v
     p.stats.bytesNew,
     p.damaged ? 1 : 0,
     JSON.stringify(p),
-  );
+  ]);
 }
 
-export function forgetPoints(db: CatalogDb, repoPath: string, ids: readonly string[]): void {
-  const del = db.prepare('DELETE FROM points WHERE repo = ? AND id = ?');
-  db.transaction(() => {
-    for (const id of ids) del.run(repoPath, id);
-  })();
+export async function forgetPoints(db: Catalog, repoPath: string, ids: readonly string[]): Promise<void> {
+  await db.transaction(async (tx) => {
+    for (const id of ids) await tx.run('DELETE FROM points WHERE repo = ? AND id = ?', [repoPath, id]);
+  });
 }
 
-/** The signals straight from the stored manifest: SQLite's JSON1 extracts them, no column or migration needed. */
-const SIGNALS = "json_extract(manifest, '$.stats.signals') AS signals";
+/**
+ * The signals straight from the stored manifest, no column or migration
+ * needed: SQLite's JSON1 extracts them; PostgreSQL's jsonb does (its JSON
+ * null becomes SQL NULL, as json_extract gives it).
+ */
+const SIGNALS: Record<Dialect, string> = {
+  sqlite: "json_extract(manifest, '$.stats.signals') AS signals",
+  postgres: "NULLIF((manifest::jsonb -> 'stats' -> 'signals')::text, 'null') AS signals",
+};
 
-export function listPoints(db: CatalogDb, repoPath: string, filter: { vm?: string } = {}): PointSummary[] {
-  const rows = (
-    filter.vm
-      ? db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? AND vm = ? ORDER BY time, id`).all(repoPath, filter.vm)
-      : db.prepare(`SELECT *, ${SIGNALS} FROM points WHERE repo = ? ORDER BY time, id`).all(repoPath)
-  ) as PointRow[];
+export async function listPoints(db: SqlRunner, repoPath: string, filter: { vm?: string } = {}): Promise<PointSummary[]> {
+  const signals = SIGNALS[db.dialect];
+  const rows = filter.vm
+    ? await db.all<PointRow>(`SELECT *, ${signals} FROM points WHERE repo = ? AND vm = ? ORDER BY time, id`, [repoPath, filter.vm])
+    : await db.all<PointRow>(`SELECT *, ${signals} FROM points WHERE repo = ? ORDER BY time, id`, [repoPath]);
   return rows.map((r) => ({
     id: r.id,
     vm: r.vm,
@@ -177,12 +282,12 @@ export function listPoints(db: CatalogDb, repoPath: string, filter: { vm?: strin
 }
 
 /** Replaces everything the catalog knows about `repo` with what its files say. */
-export async function reindex(db: CatalogDb, repo: RepositoryReader): Promise<number> {
+export async function reindex(db: Catalog, repo: RepositoryReader): Promise<number> {
   const points = await repo.listPoints();
-  db.transaction(() => {
-    db.prepare('DELETE FROM points WHERE repo = ?').run(repo.path);
-    for (const p of points) recordPoint(db, repo.path, p);
-    db.prepare('INSERT OR REPLACE INTO repos (repo, indexed) VALUES (?, ?)').run(repo.path, new Date().toISOString());
-  })();
+  await db.transaction(async (tx) => {
+    await tx.run('DELETE FROM points WHERE repo = ?', [repo.path]);
+    for (const p of points) await recordPoint(tx, repo.path, p);
+    await tx.run(upsertSql(tx.dialect, 'repos', ['repo', 'indexed'], ['repo']), [repo.path, new Date().toISOString()]);
+  });
   return points.length;
 }

@@ -80,6 +80,7 @@ export interface Config {
    */
   repositorySyncLevel?: SyncLevel;
   stateDir: string;
+  /** The catalog: a SQLite file (absolute after loading), or a postgres:// URL (RESTORELAB_CATALOG). */
   catalog: string;
   driver: 'qemu' | 'libvirt';
   accel: 'auto' | 'kvm' | 'tcg';
@@ -99,6 +100,7 @@ export const ENV_OVERRIDES: Record<string, { path: string[]; parse: (v: string) 
   RESTORELAB_KEY_FILE: { path: ['repositoryKeyFile'], parse: (v) => v },
   RESTORELAB_SYNC_LEVEL: { path: ['repositorySyncLevel'], parse: (v) => v },
   RESTORELAB_STATE_DIR: { path: ['stateDir'], parse: (v) => v },
+  RESTORELAB_CATALOG: { path: ['catalog'], parse: (v) => v },
   RESTORELAB_DRIVER: { path: ['driver'], parse: (v) => v },
   RESTORELAB_ACCEL: { path: ['accel'], parse: (v) => v },
   RESTORELAB_GUESTS_DIR: { path: ['guestsDir'], parse: (v) => v },
@@ -167,7 +169,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   cfg.stateDir = abs(cfg.stateDir);
   cfg.guestsDir = abs(cfg.guestsDir);
   if (cfg.backupJobsDir !== undefined) cfg.backupJobsDir = abs(cfg.backupJobsDir);
-  cfg.catalog = isAbsolute(cfg.catalog) ? cfg.catalog : resolve(cfg.stateDir, cfg.catalog);
+  // A postgres:// URL names a server, not a file: it is kept as it is (src/catalog/sql.ts isPostgresTarget).
+  if (!/^postgres(ql)?:\/\//i.test(cfg.catalog)) cfg.catalog = isAbsolute(cfg.catalog) ? cfg.catalog : resolve(cfg.stateDir, cfg.catalog);
   const inState = (p: string): string => (isAbsolute(p) ? p : resolve(cfg.stateDir, p));
   cfg.api.sourceRoots = cfg.api.sourceRoots.map(inState);
   cfg.api.restoreRoots = cfg.api.restoreRoots.map(inState);

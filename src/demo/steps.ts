@@ -15,6 +15,7 @@ import type { RepositoryMaintenance } from '../repo/api.js';
 import { verifyRepository } from '../repo/verify.js';
 import { backupVm } from '../backup/engine.js';
 import { openCatalog, recordPoint } from '../catalog/catalog.js';
+import { sqliteCatalog } from '../catalog/sql.js';
 import { formatBytes } from '../format/output.js';
 import { startPublication } from '../publish/publish.js';
 import { startNfsExport } from '../nfs/export.js';
@@ -74,7 +75,7 @@ export const demoSteps: DemoStep[] = [
       const point = await backupVm({ repo, vm, disks: { [vm.disks[0]?.name ?? 'root']: values.image ?? '' } });
       const db = openCatalog(config.catalog);
       try {
-        recordPoint(db, repo.path, point);
+        await recordPoint(sqliteCatalog(db), repo.path, point);
       } finally {
         db.close();
       }

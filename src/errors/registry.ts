@@ -84,6 +84,14 @@ export const ERRORS = {
   BAD_TOKEN_NAME: { class: 'badInput', explain: 'an API token name is not allowed' },
   BODY_TOO_LARGE: { class: 'badInput', status: 413, explain: 'the request body is too large' },
   BRIDGE_NOT_FOUND: { class: 'badInput', explain: 'a network bridge the VM is to join does not exist on this host' },
+  CATALOG_SQLITE_ONLY: {
+    class: 'notImplemented',
+    explain: 'this command keeps its tables in a SQLite catalog only so far, and the catalog is on PostgreSQL',
+  },
+  CATALOG_UNREACHABLE: {
+    class: 'missingComponent',
+    explain: "the PostgreSQL catalog server does not answer or refuses the login (RESTORELAB_CATALOG, the config's catalog)",
+  },
   CATALOG_UNREADABLE: { class: 'failure', explain: 'the catalog database cannot be opened' },
   CHUNK_IO: { class: 'failure', explain: 'reading or writing a chunk file failed' },
   CHUNK_NOT_FOUND: { class: 'notFound', explain: 'a chunk a restore point references is missing from the store' },

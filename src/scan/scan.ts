@@ -18,6 +18,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import type { CatalogDb } from '../catalog/catalog.js';
+import { sqliteCatalog } from '../catalog/sql.js';
 import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
 import { mountRestorePoint, umountSession } from '../flr/mount.js';
@@ -368,7 +369,7 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
       seconds: (Date.now() - started) / 1000,
       timings,
     };
-    recordPointScan(o.db, {
+    await recordPointScan(sqliteCatalog(o.db), {
       repo: o.repo.path,
       point: point.id,
       vm: point.vm.name,

@@ -15,7 +15,8 @@
  * same infection), `unscanned` otherwise.
  */
 import type Database from 'better-sqlite3';
-import { migrate, type CatalogDb, type PointSummary } from '../catalog/catalog.js';
+import { migrate, migrateCatalog, type CatalogDb, type MigrationStep, type PointSummary } from '../catalog/catalog.js';
+import { upsertSql, type Catalog } from '../catalog/sql.js';
 
 export type ScanVerdict = 'clean' | 'infected';
 export type ScanStatus = ScanVerdict | 'suspect' | 'unscanned';
@@ -41,8 +42,9 @@ export interface PointScanRecord {
   files: { scanned: number; cached: number };
 }
 
-const SCAN_MIGRATIONS = [
-  `CREATE TABLE scan_verdicts (
+const SCAN_MIGRATIONS: MigrationStep[] = [
+  {
+    sqlite: `CREATE TABLE scan_verdicts (
      sha256 TEXT NOT NULL,
      ruleset TEXT NOT NULL,
      rules TEXT NOT NULL,
@@ -62,8 +64,30 @@ const SCAN_MIGRATIONS = [
      PRIMARY KEY (repo, point, ruleset)
    );
    CREATE INDEX scan_points_time ON scan_points (repo, point, scanned_at)`,
+    postgres: `CREATE TABLE scan_verdicts (
+     sha256 TEXT NOT NULL,
+     ruleset TEXT NOT NULL,
+     rules TEXT NOT NULL,
+     scanned_at TEXT NOT NULL,
+     PRIMARY KEY (sha256, ruleset)
+   );
+   CREATE TABLE scan_points (
+     repo TEXT NOT NULL,
+     point TEXT NOT NULL,
+     vm TEXT NOT NULL,
+     ruleset TEXT NOT NULL,
+     verdict TEXT NOT NULL,
+     scanned_at TEXT NOT NULL,
+     matches TEXT NOT NULL,
+     files_scanned BIGINT NOT NULL,
+     files_cached BIGINT NOT NULL,
+     PRIMARY KEY (repo, point, ruleset)
+   );
+   CREATE INDEX scan_points_time ON scan_points (repo, point, scanned_at)`,
+  },
   // File maps (src/scan/filemap.ts): per scanned point, each file's content hash and extents, so a later point's unchanged files are not read.
-  `CREATE TABLE scan_files (
+  {
+    sqlite: `CREATE TABLE scan_files (
      repo TEXT NOT NULL,
      point TEXT NOT NULL,
      disk TEXT NOT NULL,
@@ -85,6 +109,30 @@ const SCAN_MIGRATIONS = [
      PRIMARY KEY (repo, point, disk, partition)
    );
    CREATE INDEX scan_maps_vm ON scan_maps (repo, vm, disk, partition, time)`,
+    // PostgreSQL: BYTEA for raw path bytes, BIGINT sizes, and "offset" quoted (a reserved word there).
+    postgres: `CREATE TABLE scan_files (
+     repo TEXT NOT NULL,
+     point TEXT NOT NULL,
+     disk TEXT NOT NULL,
+     partition INTEGER NOT NULL,
+     path BYTEA NOT NULL,
+     size BIGINT NOT NULL,
+     sha256 TEXT NOT NULL,
+     extents TEXT NOT NULL,
+     PRIMARY KEY (repo, point, disk, partition, path)
+   );
+   CREATE TABLE scan_maps (
+     repo TEXT NOT NULL,
+     point TEXT NOT NULL,
+     vm TEXT NOT NULL,
+     time TEXT NOT NULL,
+     disk TEXT NOT NULL,
+     partition INTEGER NOT NULL,
+     "offset" BIGINT NOT NULL,
+     PRIMARY KEY (repo, point, disk, partition)
+   );
+   CREATE INDEX scan_maps_vm ON scan_maps (repo, vm, disk, partition, time)`,
+  },
 ];
 
 /** Applies the scan area's migrations (idempotent). */
@@ -121,12 +169,17 @@ export class VerdictCache {
   }
 }
 
-export function recordPointScan(db: CatalogDb, r: PointScanRecord): void {
-  migrateScan(db);
-  db.prepare(
-    `INSERT OR REPLACE INTO scan_points (repo, point, vm, ruleset, verdict, scanned_at, matches, files_scanned, files_cached)
-              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  ).run(r.repo, r.point, r.vm, r.ruleset, r.verdict, r.scannedAt, JSON.stringify(r.matches), r.files.scanned, r.files.cached);
+export async function recordPointScan(db: Catalog, r: PointScanRecord): Promise<void> {
+  await migrateCatalog(db, 'scan', SCAN_MIGRATIONS);
+  await db.run(
+    upsertSql(
+      db.dialect,
+      'scan_points',
+      ['repo', 'point', 'vm', 'ruleset', 'verdict', 'scanned_at', 'matches', 'files_scanned', 'files_cached'],
+      ['repo', 'point', 'ruleset'],
+    ),
+    [r.repo, r.point, r.vm, r.ruleset, r.verdict, r.scannedAt, JSON.stringify(r.matches), r.files.scanned, r.files.cached],
+  );
 }
 
 interface PointScanRow {
@@ -142,9 +195,9 @@ interface PointScanRow {
 }
 
 /** The newest scan of each point of `repo` (any rule set). */
-export function latestPointScans(db: CatalogDb, repo: string): Map<string, PointScanRecord> {
-  migrateScan(db);
-  const rows = db.prepare('SELECT * FROM scan_points WHERE repo = ? ORDER BY scanned_at').all(repo) as PointScanRow[];
+export async function latestPointScans(db: Catalog, repo: string): Promise<Map<string, PointScanRecord>> {
+  await migrateCatalog(db, 'scan', SCAN_MIGRATIONS);
+  const rows = await db.all<PointScanRow>('SELECT * FROM scan_points WHERE repo = ? ORDER BY scanned_at', [repo]);
   const out = new Map<string, PointScanRecord>();
   for (const r of rows) {
     out.set(r.point, {
@@ -162,12 +215,12 @@ export function latestPointScans(db: CatalogDb, repo: string): Map<string, Point
 }
 
 /** Each point's scan status (see the module comment); `points` may span several VMs. */
-export function scanStatuses(
-  db: CatalogDb,
+export async function scanStatuses(
+  db: Catalog,
   repo: string,
   points: readonly Pick<PointSummary, 'id' | 'vm' | 'time'>[],
-): Map<string, ScanStatus> {
-  const scans = latestPointScans(db, repo);
+): Promise<Map<string, ScanStatus>> {
+  const scans = await latestPointScans(db, repo);
   const byVm = new Map<string, Pick<PointSummary, 'id' | 'vm' | 'time'>[]>();
   for (const p of points) byVm.set(p.vm, [...(byVm.get(p.vm) ?? []), p]);
   const out = new Map<string, ScanStatus>();
@@ -187,11 +240,11 @@ export function scanStatuses(
 }
 
 /** The points with their `scan` status added (what `points` and the API list). */
-export function withScanStatus<P extends Pick<PointSummary, 'id' | 'vm' | 'time'>>(
-  db: CatalogDb,
+export async function withScanStatus<P extends Pick<PointSummary, 'id' | 'vm' | 'time'>>(
+  db: Catalog,
   repo: string,
   points: P[],
-): (P & { scan: ScanStatus })[] {
-  const st = scanStatuses(db, repo, points);
+): Promise<(P & { scan: ScanStatus })[]> {
+  const st = await scanStatuses(db, repo, points);
   return points.map((p) => ({ ...p, scan: st.get(p.id) ?? 'unscanned' }));
 }

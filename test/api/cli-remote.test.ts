@@ -55,7 +55,7 @@ t.test('points, sessions, publications, history and stop through the server', as
     port: 0,
   });
   t.teardown(() => server.close());
-  const viewer = server.ctx.tokens.create('cli-viewer', 'viewer').token;
+  const viewer = (await server.ctx.tokens.create('cli-viewer', 'viewer')).token;
   const remote = (args: string[], token = viewer): Promise<Cli> =>
     cli(['--server', server.url, '--token', token, ...args], { RESTORELAB_HOME: elsewhere });
   const embedded = (args: string[]): Promise<Cli> => cli(args, serverEnv);
@@ -102,7 +102,7 @@ t.test('points, sessions, publications, history and stop through the server', as
   }
 
   // Errors come back with the server's code and message, and the CLI's exit codes.
-  const operator = server.ctx.tokens.create('cli-operator', 'operator').token;
+  const operator = (await server.ctx.tokens.create('cli-operator', 'operator')).token;
   const gone = await remote(['stop', 'no-such-session', '--json'], operator);
   t.equal(gone.code, 5, 'not found exits 5');
   t.match(gone.json, { ok: false, error: { code: 'NOT_FOUND' } });
@@ -146,7 +146,7 @@ t.test('a wrong token, no token, no server, an unsupported command', async (t) =
   t.equal(noToken.code, 2);
   t.match(noToken.stderr, /a token is needed/);
 
-  const token = server.ctx.tokens.create('cli', 'admin').token;
+  const token = (await server.ctx.tokens.create('cli', 'admin')).token;
   const backup = await cli(['--server', server.url, '--token', token, 'backup', '--json'], env);
   t.equal(backup.code, 2, 'a command without remote support is refused');
   t.match(backup.json, { ok: false, error: { code: 'REMOTE_UNSUPPORTED' } });
@@ -187,7 +187,7 @@ t.test('the client follows a long operation over SSE to its result or its error'
     port: 0,
   });
   t.teardown(() => server.close());
-  const api = new ApiClient({ url: server.url, token: server.ctx.tokens.create('op', 'viewer').token, explicit: true });
+  const api = new ApiClient({ url: server.url, token: (await server.ctx.tokens.create('op', 'viewer')).token, explicit: true });
   const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 30));
 
   const ok = server.ctx.operations.start('demo', 'test', async (o) => {

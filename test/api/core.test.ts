@@ -28,9 +28,9 @@ t.test('a wrong token gets 401 and is logged without the token', async (t) => {
   t.equal(failed.length, 1);
   t.notMatch(JSON.stringify(api.logs), /AAAAAAAAAA/, 'the token is in no log line');
   // A token that is right but revoked is refused too.
-  const made = api.ctx.tokens.create('gone', 'viewer');
+  const made = await api.ctx.tokens.create('gone', 'viewer');
   await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.token}`).expect(200);
-  api.ctx.tokens.revoke('gone');
+  await api.ctx.tokens.revoke('gone');
   await request(api.app).get('/api/v1/whoami').set('authorization', `Bearer ${made.token}`).expect(401);
 });
 

@@ -168,8 +168,8 @@ t.test('dashboard in headless Chromium: login, recover/stop web, a job run with 
   });
   const { url, ctx } = server;
   const stateDir = config.stateDir;
-  const operator = ctx.tokens.create('e2e-operator', 'operator').token;
-  const viewer = ctx.tokens.create('e2e-viewer', 'viewer').token;
+  const operator = (await ctx.tokens.create('e2e-operator', 'operator')).token;
+  const viewer = (await ctx.tokens.create('e2e-viewer', 'viewer')).token;
 
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });

@@ -26,8 +26,9 @@ t.test('create, list, revoke; bad role, bad name and unknown token are clear err
   t.equal(made.code, 0, made.stderr);
   const token = made.json.token as string;
   t.match(token, /^rl_[a-f0-9]{12}_/);
-  const store = TokenStore.open(loadConfig({ env }).catalog);
-  t.match(store.check(token), { name: 'ci', role: 'operator' }, 'the printed secret authenticates');
+  const store = await TokenStore.open(loadConfig({ env }).catalog);
+  t.teardown(() => store.close());
+  t.match(await store.check(token), { name: 'ci', role: 'operator' }, 'the printed secret authenticates');
   const catalog = loadConfig({ env }).catalog;
   // SQLite may hold the fresh row in its write-ahead log: look in both files.
   const stored = Buffer.concat([catalog, `${catalog}-wal`].filter((f) => existsSync(f)).map((f) => readFileSync(f)));
@@ -50,5 +51,5 @@ t.test('create, list, revoke; bad role, bad name and unknown token are clear err
   t.match(unknown.json, { ok: false, error: { code: 'TOKEN_NOT_FOUND' } });
   const revoked = await cli(['--json', 'token', 'revoke', 'ci'], env);
   t.equal(revoked.code, 0, revoked.stderr);
-  t.equal(store.check(token), undefined, 'a revoked token no longer authenticates');
+  t.equal(await store.check(token), undefined, 'a revoked token no longer authenticates');
 });

@@ -10,6 +10,7 @@ import { projectPath } from '../../src/paths.js';
 import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { listPoints, recordPoint } from '../../src/catalog/catalog.js';
+import { sqliteCatalog } from '../../src/catalog/sql.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { loadBackupJob } from '../../src/backup/jobs/job.js';
 import { BackupJobHistory } from '../../src/backup/jobs/history.js';
@@ -72,8 +73,8 @@ for (const [i, at] of clock.entries()) {
     // a prune now would remove its point of the 5th at 01:30 (the newest two and one per day keep the others).
     const vm = loadVmDefinition(beta.vm);
     for (const h of [2, 3])
-      recordPoint(
-        history.db,
+      await recordPoint(
+        sqliteCatalog(history.db),
         repo.path,
         await backupVm({ repo, vm, disks: { root: beta.image }, time: new Date(Date.UTC(2026, 10, 5, h, 30)) }),
       );
@@ -126,7 +127,7 @@ t.test('retention kept exactly the newest two, one per day for three days, one p
     'and these beta points',
   );
   t.same(
-    listPoints(history.db, repo.path, { vm: 'alpha' }).map((p) => p.id),
+    (await listPoints(sqliteCatalog(history.db), repo.path, { vm: 'alpha' })).map((p) => p.id),
     expected,
     'the runner kept the catalog in step',
   );

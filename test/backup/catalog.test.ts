@@ -2,7 +2,17 @@ import t from 'tap';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { catalogKnows, forgetPoints, listPoints, migrate, openCatalog, recordPoint, reindex } from '../../src/catalog/catalog.js';
+import {
+  catalogKnows,
+  connectCatalog,
+  forgetPoints,
+  listPoints,
+  migrate,
+  openCatalog,
+  recordPoint,
+  reindex,
+} from '../../src/catalog/catalog.js';
+import { sqliteCatalog } from '../../src/catalog/sql.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { initRepository } from '../../src/repo/index.js';
 import type { RestorePoint } from '../../src/repo/contract.js';
@@ -38,30 +48,30 @@ t.test('migrations apply once per area, in order, and bump user_version', async 
     { n: 1 },
     'a failing step is rolled back, earlier ones stay',
   );
-  again.close();
+  await again.close();
 });
 
 t.test('points: record, list by VM in time order, forget, reindex from a real repository', async (t) => {
-  const db = openCatalog(join(work, 'p.sqlite'));
+  const db = await connectCatalog(join(work, 'p.sqlite'));
   t.teardown(() => db.close());
-  recordPoint(db, '/r', point('b', 'web', '2026-01-02T00:00:00Z'));
-  recordPoint(db, '/r', point('a', 'web', '2026-01-01T00:00:00Z'));
-  recordPoint(db, '/r', { ...point('c', 'db', '2026-01-03T00:00:00Z'), damaged: true });
-  recordPoint(db, '/other', point('z', 'web', '2026-01-01T00:00:00Z'));
+  await recordPoint(db, '/r', point('b', 'web', '2026-01-02T00:00:00Z'));
+  await recordPoint(db, '/r', point('a', 'web', '2026-01-01T00:00:00Z'));
+  await recordPoint(db, '/r', { ...point('c', 'db', '2026-01-03T00:00:00Z'), damaged: true });
+  await recordPoint(db, '/other', point('z', 'web', '2026-01-01T00:00:00Z'));
   t.same(
-    listPoints(db, '/r').map((p) => p.id),
+    (await listPoints(db, '/r')).map((p) => p.id),
     ['a', 'b', 'c'],
   );
   t.same(
-    listPoints(db, '/r', { vm: 'web' }).map((p) => p.id),
+    (await listPoints(db, '/r', { vm: 'web' })).map((p) => p.id),
     ['a', 'b'],
   );
-  t.match(listPoints(db, '/r', { vm: 'db' }), [
+  t.match(await listPoints(db, '/r', { vm: 'db' }), [
     { id: 'c', damaged: true, size: 1024, bytesNew: 512, disks: [{ name: 'root', size: 1024 }] },
   ]);
-  forgetPoints(db, '/r', ['a']);
+  await forgetPoints(db, '/r', ['a']);
   t.same(
-    listPoints(db, '/r').map((p) => p.id),
+    (await listPoints(db, '/r')).map((p) => p.id),
     ['b', 'c'],
   );
 
@@ -74,12 +84,16 @@ t.test('points: record, list by VM in time order, forget, reindex from a real re
     vm: { name: 'tiny', memoryMiB: 64, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] },
     disks: { root: img },
   });
-  t.notOk(catalogKnows(db, repo.path));
+  t.notOk(await catalogKnows(db, repo.path));
   t.equal(await reindex(db, repo), 1);
-  t.ok(catalogKnows(db, repo.path));
-  t.match(listPoints(db, repo.path), [{ id: p.id, vm: 'tiny', size: 1024 * 1024, damaged: false }], 'the catalog mirrors the repository');
+  t.ok(await catalogKnows(db, repo.path));
+  t.match(
+    await listPoints(db, repo.path),
+    [{ id: p.id, vm: 'tiny', size: 1024 * 1024, damaged: false }],
+    'the catalog mirrors the repository',
+  );
   t.same(
-    listPoints(db, '/other').map((x) => x.id),
+    (await listPoints(db, '/other')).map((x) => x.id),
     ['z'],
     'other repositories are untouched',
   );
@@ -89,27 +103,27 @@ t.test('the catalog and its -wal/-shm are owner-only (0600), its new directory 0
   const { chmod, stat } = await import('node:fs/promises');
   const dir = join(work, 'private', 'state');
   const path = join(dir, 'catalog.sqlite');
-  const db = openCatalog(path);
-  recordPoint(db, '/repo', point('p1', 'web', '2026-01-01T00:00:00Z')); // WAL mode: the write makes -wal and -shm
+  const db = sqliteCatalog(openCatalog(path));
+  await recordPoint(db, '/repo', point('p1', 'web', '2026-01-01T00:00:00Z')); // WAL mode: the write makes -wal and -shm
   const mode = async (p: string): Promise<number> => (await stat(p)).mode & 0o777;
   for (const f of [path, `${path}-wal`, `${path}-shm`])
     t.equal((await mode(f)) & 0o077, 0, `${f.slice(work.length)} is not readable by group or others (${(await mode(f)).toString(8)})`);
   t.equal(await mode(dir), 0o700, 'the directory it created is 0700');
-  db.close();
+  await db.close();
 
   // As an older version left it: world-readable.
   for (const f of [path, `${path}-wal`, `${path}-shm`]) await chmod(f, 0o644).catch(() => undefined);
   await chmod(path, 0o644);
-  const again = openCatalog(path);
+  const again = sqliteCatalog(openCatalog(path));
   t.equal((await mode(path)) & 0o077, 0, 'reopening tightens the database file');
   for (const f of [`${path}-wal`, `${path}-shm`]) {
     const m = await mode(f).catch(() => undefined);
     if (m !== undefined) t.equal(m & 0o077, 0, `and ${f.slice(work.length)}`);
   }
   t.same(
-    listPoints(again, '/repo').map((p) => p.id),
+    (await listPoints(again, '/repo')).map((p) => p.id),
     ['p1'],
     'the data is intact',
   );
-  again.close();
+  await again.close();
 });

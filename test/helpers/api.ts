@@ -48,14 +48,15 @@ export async function testApi(
   );
   const ctx = createApiContext({ config, jobsDir, log, authLimiter: opts.authLimiter ?? new AuthFailureLimiter(1000) });
   const { app, table } = createApp(ctx);
-  const bearer = (role: 'viewer' | 'operator' | 'admin'): string => `Bearer ${ctx.tokens.create(`test-${role}`, role).token}`;
+  const bearer = async (role: 'viewer' | 'operator' | 'admin'): Promise<string> =>
+    `Bearer ${(await ctx.tokens.create(`test-${role}`, role)).token}`;
   return {
     home,
     config,
     ctx,
     app,
     table,
-    auth: { viewer: bearer('viewer'), operator: bearer('operator'), admin: bearer('admin') },
+    auth: { viewer: await bearer('viewer'), operator: await bearer('operator'), admin: await bearer('admin') },
     logs,
     close: async () => {
       await ctx.close();

@@ -307,7 +307,7 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
     await ctx.close();
     history.close();
   });
-  const op = `Bearer ${ctx.tokens.create('t', 'operator').token}`;
+  const op = `Bearer ${(await ctx.tokens.create('t', 'operator')).token}`;
   const backup = async (body: object): Promise<Operation> => {
     const res = await request(app).post('/api/v1/backups').set('authorization', op).send(body).expect(202);
     return (await ctx.operations.wait((res.body as { id: string }).id))!;

@@ -109,7 +109,7 @@ export const backupRoutes: RegisterRoutes = (t, ctx) => {
             progress((i + share) / order.length, `disk ${p.disk}: ${p.done} of ${p.total} bytes, ${p.stats.bytesNew} new`);
           },
         });
-        recordPoint(ctx.catalog, repo.path, point);
+        await recordPoint(ctx.sql, repo.path, point);
         ctx.log.info({ point: point.id, vm: vm.name, stats: point.stats }, 'backup done');
         const signals = point.stats.signals;
         if (signals?.anomaly) {

@@ -31,7 +31,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const repo = await openDefaultRepository(ctx);
       await ensureIndexed(ctx, repo);
       const verification = new History(ctx.catalog).pointVerifier();
-      const points = withScanStatus(ctx.catalog, repo.path, listPoints(ctx.catalog, repo.path, q.vm !== undefined ? { vm: q.vm } : {}));
+      const points = await withScanStatus(ctx.sql, repo.path, await listPoints(ctx.sql, repo.path, q.vm !== undefined ? { vm: q.vm } : {}));
       return { repository: repo.path, points: points.map((p) => ({ ...p, verification: verification(p.id) })) };
     },
   });
@@ -110,7 +110,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       } finally {
         await lock.release();
       }
-      forgetPoints(ctx.catalog, repo.path, [id]);
+      await forgetPoints(ctx.sql, repo.path, [id]);
       ctx.log.info({ by: principal(res).name, point: id, vm: point.vm.name }, 'restore point forgotten');
       return { id, vm: point.vm.name, time: point.time, removed: true };
     },

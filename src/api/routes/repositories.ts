@@ -32,7 +32,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     handler: async () => {
       const out: unknown[] = [];
       const def = resolve(ctx.config.repository);
-      for (const path of [def, ...indexedRepositories(ctx.catalog).filter((p) => p !== def)]) {
+      for (const path of [def, ...(await indexedRepositories(ctx.sql)).filter((p) => p !== def)]) {
         try {
           out.push(await describeRepository(ctx, await openRepository(path, openOptions(ctx, path))));
         } catch (err) {
@@ -56,7 +56,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
       // Only where the host admin allows repositories (api.repositoryRoots) or at the configured one.
       const path = allowedRepositoryDir(ctx.config.api, ctx.config.repository, b.path, 'repository directory');
       const repo = await initRepository(path, b.chunkSize !== undefined ? { chunkSize: b.chunkSize } : {});
-      await reindex(ctx.catalog, repo);
+      await reindex(ctx.sql, repo);
       const view = await describeRepository(ctx, repo);
       ctx.log.info({ by: principal(res).name, repository: repo.path, id: view.id }, 'repository created');
       res.location(`/api/v1/repositories/${view.name}`);
@@ -91,7 +91,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
           onProgress: (done, total) => progress(total > 0 ? done / total : 1, `${done} of ${total} chunks checked`),
         });
         // The damaged marks live in the manifests; the catalog mirrors them.
-        await reindex(ctx.catalog, repo);
+        await reindex(ctx.sql, repo);
         if (!report.ok) {
           // The full report goes out as the last progress event; the operation's error says what broke.
           o.progress(1, 'corruption found', report);
@@ -124,8 +124,8 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
         o.progress(null, b.dryRun ? 'planning (dry run)' : 'pruning');
         const report = await pruneRepository(repo, { ...b, dryRun: b.dryRun === true });
         if (!report.dryRun)
-          forgetPoints(
-            ctx.catalog,
+          await forgetPoints(
+            ctx.sql,
             repo.path,
             report.removed.map((p) => p.id),
           );

@@ -63,7 +63,7 @@ export const systemRoutes: RegisterRoutes = (t, ctx) => {
     role: 'admin',
     tag: 'tokens',
     summary: 'API tokens (never their secrets)',
-    handler: () => ({ tokens: ctx.tokens.list() }),
+    handler: async () => ({ tokens: await ctx.tokens.list() }),
   });
   t.add({
     method: 'post',
@@ -73,9 +73,9 @@ export const systemRoutes: RegisterRoutes = (t, ctx) => {
     summary: 'creates a token; its secret is in this response only',
     body: 'api-token-create.schema.json',
     success: { status: 201, description: 'the token, with its secret' },
-    handler: (req, res) => {
+    handler: async (req, res) => {
       const b = req.body as { name: string; role: Role };
-      const out = ctx.tokens.create(b.name, b.role);
+      const out = await ctx.tokens.create(b.name, b.role);
       ctx.log.info({ by: principal(res).name, token: out.info.name, role: out.info.role }, 'API token created');
       return { ...out.info, token: out.token };
     },
@@ -86,8 +86,8 @@ export const systemRoutes: RegisterRoutes = (t, ctx) => {
     role: 'admin',
     tag: 'tokens',
     summary: 'revokes a token by id or name',
-    handler: (req, res) => {
-      const info = ctx.tokens.revoke(String(req.params.id));
+    handler: async (req, res) => {
+      const info = await ctx.tokens.revoke(String(req.params.id));
       ctx.log.info({ by: principal(res).name, token: info.name }, 'API token revoked');
       return info;
     },

@@ -14,6 +14,7 @@ import type { CodecInit } from '../chunk-pool.js';
 import { backupVm } from '../engine.js';
 import { backupLiveVm, type HostScripts } from '../live/index.js';
 import { forgetPoints, recordPoint } from '../../catalog/catalog.js';
+import { sqliteCatalog } from '../../catalog/sql.js';
 import { pruneRepository, type PrunePolicy } from '../../repo/prune.js';
 import { collectGarbage } from '../../repo/gc.js';
 import { allowedScript } from '../../verify/script.js';
@@ -137,7 +138,7 @@ async function applyRetention(o: BackupJobRunOptions, vm: string): Promise<strin
   for (const k of KEEP_RULES) if (retention[k] !== undefined) policy[k] = retention[k];
   const report = await pruneRepository(o.repo, { ...policy, vm });
   const removed = report.removed.map((p) => p.id);
-  forgetPoints(o.history.db, o.repo.path, removed);
+  await forgetPoints(sqliteCatalog(o.history.db), o.repo.path, removed);
   if (removed.length > 0) o.log?.info(`backup job ${o.job.name}: pruned ${removed.length} point(s) of ${vm}: ${removed.join(', ')}`);
   if (retention.gc && removed.length > 0) {
     const gc = await collectGarbage(o.repo);
@@ -163,7 +164,7 @@ async function backupOne(o: BackupJobRunOptions, entry: BackupJobVm, index: numb
   let taken: Taken;
   try {
     taken = await takeBackup(o, entry, index);
-    recordPoint(o.history.db, o.repo.path, taken.point);
+    await recordPoint(sqliteCatalog(o.history.db), o.repo.path, taken.point);
   } catch (err) {
     o.log?.warn(`backup job ${o.job.name}: VM ${entry.vm.name} failed: ${describe(err)}`);
     return {

@@ -9,7 +9,10 @@ export function registerConfig(program: Command): void {
     .description('print the effective configuration (defaults, config file, environment)')
     .action(async (_o, c: Command) => {
       const ctx = contextFor(c);
-      ctx.out.result(await ctx.config());
+      const { redactUrl } = await import('../../catalog/sql.js');
+      const cfg = await ctx.config();
+      // A postgres:// catalog URL may carry the role's password: never print it.
+      ctx.out.result({ ...cfg, catalog: redactUrl(cfg.catalog) });
     });
   cmd
     .command('check <file>')
@@ -17,7 +20,8 @@ export function registerConfig(program: Command): void {
     .action(async (file: string, _o, c: Command) => {
       const { loadConfig } = await import('../../config/config.js');
       const ctx = contextFor(c);
+      const { redactUrl } = await import('../../catalog/sql.js');
       const cfg = loadConfig({ file });
-      ctx.out.result({ ok: true, file, config: cfg }, () => `${file}: valid`);
+      ctx.out.result({ ok: true, file, config: { ...cfg, catalog: redactUrl(cfg.catalog) } }, () => `${file}: valid`);
     });
 }

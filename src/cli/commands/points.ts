@@ -1,7 +1,7 @@
 /** `restorelab points`: the restore points of a repository, from the catalog. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
-import { openRepoFromFlags, type RepoFlags } from './repo.js';
+import { openRepoFromFlags, usingCatalog, type RepoFlags } from './repo.js';
 import type { PointSummary } from '../../catalog/catalog.js';
 import type { PointSignals } from '../../repo/contract.js';
 import { formatBytes } from '../../format/output.js';
@@ -35,18 +35,15 @@ export function registerPoints(program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags & { vm?: string }, c: Command) => {
-      const { catalogKnows, listPoints, openCatalog, reindex } = await import('../../catalog/catalog.js');
+      const { catalogKnows, listPoints, reindex } = await import('../../catalog/catalog.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
-      const db = openCatalog((await ctx.config()).catalog);
-      try {
+      await usingCatalog(ctx, async (db) => {
         // A catalog that has never seen this repository is filled from it first.
-        if (!catalogKnows(db, repo.path)) await reindex(db, repo);
+        if (!(await catalogKnows(db, repo.path))) await reindex(db, repo);
         const { withScanStatus } = await import('../../scan/store.js');
-        const points = withScanStatus(db, repo.path, listPoints(db, repo.path, o.vm ? { vm: o.vm } : {}));
+        const points = await withScanStatus(db, repo.path, await listPoints(db, repo.path, o.vm ? { vm: o.vm } : {}));
         ctx.out.result({ repo: repo.path, points }, () => renderPoints(points));
-      } finally {
-        db.close();
-      }
+      });
     });
 }

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { contextFor, type CommandContext } from '../context.js';
 import type { RepositoryMaintenance } from '../../repo/api.js';
-import type { CatalogDb } from '../../catalog/catalog.js';
+import type { Catalog } from '../../catalog/sql.js';
 import type { CodecInit } from '../../backup/chunk-pool.js';
 import { badInput } from '../../errors.js';
 import { formatBytes } from '../../format/output.js';
@@ -43,19 +43,30 @@ export async function openRepoFromFlags(ctx: CommandContext, o: RepoFlags): Prom
  * when it cannot be opened or updated the command still succeeds, with a
  * warning saying how to rebuild it.
  */
-export function withCatalog(ctx: CommandContext, fn: (db: CatalogDb) => void | Promise<void>): Promise<void> {
+export function withCatalog(ctx: CommandContext, fn: (db: Catalog) => void | Promise<void>): Promise<void> {
   return (async () => {
-    const { openCatalog } = await import('../../catalog/catalog.js');
-    let db: CatalogDb | undefined;
+    const { connectCatalog } = await import('../../catalog/catalog.js');
+    let db: Catalog | undefined;
     try {
-      db = openCatalog((await ctx.config()).catalog);
+      db = await connectCatalog((await ctx.config()).catalog);
       await fn(db);
     } catch (err) {
       ctx.out.warn(`the catalog was not updated (${(err as Error).message}); rebuild it with: restorelab repo reindex --repo <dir>`);
     } finally {
-      db?.close();
+      await db?.close();
     }
   })();
+}
+
+/** Runs `fn` with the catalog open on the seam (SQLite file or PostgreSQL), closing it after; errors propagate. */
+export async function usingCatalog<T>(ctx: CommandContext, fn: (db: Catalog) => Promise<T>): Promise<T> {
+  const { connectCatalog } = await import('../../catalog/catalog.js');
+  const db = await connectCatalog((await ctx.config()).catalog);
+  try {
+    return await fn(db);
+  } finally {
+    await db.close();
+  }
 }
 
 export function parseSize(v: string): number {
@@ -104,16 +115,14 @@ export function registerRepo(program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags, c: Command) => {
-      const { openCatalog, reindex } = await import('../../catalog/catalog.js');
+      const { reindex } = await import('../../catalog/catalog.js');
       const ctx = contextFor(c);
       const { repo } = await openRepoFromFlags(ctx, o);
-      const { catalog } = await ctx.config();
-      const db = openCatalog(catalog);
-      try {
+      await usingCatalog(ctx, async (db) => {
         const points = await reindex(db, repo);
+        // db.target: a PostgreSQL URL is printed without its password.
+        const catalog = db.target;
         ctx.out.result({ repo: repo.path, catalog, points }, () => `catalog ${catalog}: ${points} restore point(s) of ${repo.path}`);
-      } finally {
-        db.close();
-      }
+      });
     });
 }

@@ -5,9 +5,13 @@ import { contextFor } from '../context.js';
 import { ROLES, TokenStore, type Role } from '../../api/tokens.js';
 import { badInput } from '../../errors.js';
 
-async function withStore<T>(c: Command, fn: (s: TokenStore) => T): Promise<T> {
-  const store = TokenStore.open((await contextFor(c).config()).catalog);
-  return fn(store);
+async function withStore<T>(c: Command, fn: (s: TokenStore) => Promise<T>): Promise<T> {
+  const store = await TokenStore.open((await contextFor(c).config()).catalog);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
 }
 
 export function registerToken(program: Command): void {
