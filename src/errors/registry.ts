@@ -281,7 +281,7 @@ export const ERRORS = {
   VM_WITHOUT_ADDRESS: { class: 'failure', explain: "the VM's definition gives no NIC an address" },
   WORKERS_NEED_POSTGRES: {
     class: 'badInput',
-    explain: 'lab workers share a PostgreSQL catalog: RESTORELAB_CATALOG must be a postgres:// URL',
+    explain: 'lab workers need a PostgreSQL queue: RESTORELAB_QUEUE (or the catalog) must be a postgres:// URL',
   },
   YARA_FAILED: { class: 'failure', explain: 'yara failed on a batch of files' },
   YARA_RULES_INVALID: { class: 'badInput', explain: 'the YARA rule file does not compile' },

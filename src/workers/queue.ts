@@ -81,7 +81,7 @@ export class LabQueue {
     } catch (err) {
       await boss.stop({ graceful: false, wait: true }).catch(() => undefined);
       throw new RestorelabError('QUEUE_UNREACHABLE', `cannot open the lab queue at ${redactUrl(o.url)}: ${(err as Error).message}`, {
-        hint: 'check that PostgreSQL runs and RESTORELAB_CATALOG names it (scripts/services up prints the URL)',
+        hint: 'check that PostgreSQL runs and RESTORELAB_QUEUE (or RESTORELAB_CATALOG) names it (scripts/services up prints the URL)',
         cause: err,
       });
     }

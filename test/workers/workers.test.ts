@@ -10,6 +10,8 @@ import { exec } from '../../src/host/exec.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
 import { subnet } from '../helpers/subnets.js';
 import { freshDatabase } from './fixtures/database.js';
+import request from 'supertest';
+import { testApi } from '../helpers/api.js';
 
 interface Worker {
   proc: ChildProcess;
@@ -22,7 +24,7 @@ function startWorker(name: string, url: string, stateDir: string, extra: string[
   const proc = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'worker', '--name', name, ...extra], {
     env: {
       ...process.env,
-      RESTORELAB_CATALOG: url,
+      RESTORELAB_QUEUE: url,
       RESTORELAB_STATE_DIR: stateDir,
       RESTORELAB_ACCEL: 'tcg',
       RESTORELAB_DRIVER: 'qemu',
@@ -58,7 +60,7 @@ async function workersJson(
   url: string,
   stateDir: string,
 ): Promise<{ name: string; slots: number; running: number; lastSeen: string; alive: boolean }[]> {
-  const r = await cli(['workers', '--json'], stateDir, 60_000, { RESTORELAB_CATALOG: url });
+  const r = await cli(['workers', '--json'], stateDir, 60_000, { RESTORELAB_QUEUE: url });
   if (r.code !== 0) throw new Error(`workers --json: ${r.stderr}`);
   return (JSON.parse(r.stdout) as { workers: { name: string; slots: number; running: number; lastSeen: string; alive: boolean }[] })
     .workers;
@@ -67,7 +69,7 @@ async function workersJson(
 t.test('bad input: a worker name with a slash, slots of 0, and no PostgreSQL catalog', async (t) => {
   const dir = shortDir(t);
   const bad = await cli(['--json', 'worker', '--name', 'a/b'], join(dir, 's'), 30_000, {
-    RESTORELAB_CATALOG: 'postgres://x@127.0.0.1:1/x',
+    RESTORELAB_QUEUE: 'postgres://x@127.0.0.1:1/x',
   });
   t.equal(bad.code, 2);
   t.match(bad.stdout, /BAD_WORKER_NAME/);
@@ -75,6 +77,7 @@ t.test('bad input: a worker name with a slash, slots of 0, and no PostgreSQL cat
   t.equal(slots.code, 2);
   t.match(slots.stdout + slots.stderr, /--slots must be a whole number/);
   const env = { ...process.env };
+  delete env['RESTORELAB_QUEUE'];
   delete env['RESTORELAB_CATALOG'];
   const none = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'workers'], {
     timeoutMs: 30_000,
@@ -82,7 +85,7 @@ t.test('bad input: a worker name with a slash, slots of 0, and no PostgreSQL cat
   });
   t.equal(none.code, 2);
   t.match(none.stdout, /WORKERS_NEED_POSTGRES/);
-  const down = await cli(['--json', 'workers'], join(dir, 's'), 60_000, { RESTORELAB_CATALOG: 'postgres://rl:secretpw@127.0.0.1:1/x' });
+  const down = await cli(['--json', 'workers'], join(dir, 's'), 60_000, { RESTORELAB_QUEUE: 'postgres://rl:secretpw@127.0.0.1:1/x' });
   t.not(down.code, 0);
   t.match(down.stdout, /QUEUE_UNREACHABLE/);
   t.notMatch(down.stdout + down.stderr, /secretpw/, 'the password never shows');
@@ -111,6 +114,23 @@ t.test('a SureBackup run through two workers: the VM runs on one, the report and
     listed.every((w) => Date.now() - Date.parse(w.lastSeen) < 60_000),
     'lastSeen is recent',
   );
+  // The API (and the dashboard over it) reads the same registry.
+  process.env['RESTORELAB_QUEUE'] = url;
+  const api = await testApi();
+  delete process.env['RESTORELAB_QUEUE'];
+  t.teardown(() => api.close());
+  const viaApi = await request(api.app).get('/api/v1/workers').set('Authorization', api.auth.viewer);
+  t.equal(viaApi.status, 200);
+  t.equal(viaApi.body.enabled, true);
+  t.same(
+    (viaApi.body.workers as { name: string }[]).map((w) => w.name),
+    ['w1', 'w2'],
+    'GET /workers lists both',
+  );
+  const off = await testApi();
+  t.teardown(() => off.close());
+  const none = await request(off.app).get('/api/v1/workers').set('Authorization', off.auth.viewer);
+  t.same([none.status, none.body.enabled], [200, false], 'a server without a PostgreSQL queue has no workers, and says so');
 
   const labName = `sbw${process.pid % 10000}`;
   const jobFile = join(dir, 'job.json');
@@ -123,7 +143,7 @@ t.test('a SureBackup run through two workers: the VM runs on one, the report and
     }),
   );
   const srv = join(dir, 'srv');
-  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, { RESTORELAB_CATALOG: url });
+  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, { RESTORELAB_QUEUE: url });
   t.equal(r.code, 0, `run passed; stderr: ${r.stderr.slice(-1500)}\nw1: ${w1.log().slice(-800)}\nw2: ${w2.log().slice(-800)}`);
   const rep = JSON.parse(r.stdout) as {
     result: string;
@@ -176,7 +196,7 @@ t.test(
     const srv = join(dir, 'srv');
     // The server sets the lease of the tasks it submits: 45 s outlasts w1's restart below, and a boot needs less.
     const run = cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, {
-      RESTORELAB_CATALOG: url,
+      RESTORELAB_QUEUE: url,
       RESTORELAB_TASK_LEASE_SECONDS: '45',
       RESTORELAB_QUEUE_MAINTENANCE_SECONDS: '2',
     });

@@ -17,7 +17,7 @@ function positive(flag: string, max: number) {
 export function registerWorker(program: Command): void {
   program
     .command('worker')
-    .description('run this host as a lab worker: take verification tasks from the shared queue (needs RESTORELAB_CATALOG=postgres://…)')
+    .description('run this host as a lab worker: take verification tasks from the shared queue (needs RESTORELAB_QUEUE=postgres://…)')
     .requiredOption('--name <name>', 'this worker’s name, unique among the workers')
     .option('--slots <n>', 'tasks (VMs or application groups) run at once', positive('--slots', 64), 1)
     .option(
