@@ -14,6 +14,7 @@ import * as jobs from './views/jobs.js';
 import * as run from './views/run.js';
 import * as files from './views/files.js';
 import * as backupJobs from './views/backup-jobs.js';
+import * as workers from './views/workers.js';
 
 const VIEWS = {
   overview: { module: overview, title: 'Overview' },
@@ -23,6 +24,7 @@ const VIEWS = {
   jobs: { module: jobs, title: 'Jobs & runs' },
   runs: { module: run, title: 'Run' },
   files: { module: files, title: 'File restore' },
+  workers: { module: workers, title: 'Lab workers' },
 };
 
 const $ = (id) => document.getElementById(id);

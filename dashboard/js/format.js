@@ -59,8 +59,8 @@ export function shortId(id, n = 12) {
 export function badge(value) {
   const v = value === null || value === undefined ? 'not verified' : String(value);
   // clean, infected and suspect are a point's malware scan status (docs/secure-restore.md).
-  const good = ['passed', 'success', 'succeeded', 'running', 'ok', 'clean'];
-  const bad = ['failed', 'error', 'dependency-failed', 'cancelled', 'missed', 'infected'];
+  const good = ['passed', 'success', 'succeeded', 'running', 'ok', 'clean', 'up'];
+  const bad = ['failed', 'error', 'dependency-failed', 'cancelled', 'missed', 'infected', 'gone'];
   const busy = ['starting', 'migrating', 'queued', 'pending', 'warning', 'partial', 'skipped-overlap', 'suspect'];
   const tone = good.includes(v) ? 'good' : bad.includes(v) ? 'bad' : busy.includes(v) ? 'busy' : 'neutral';
   return { label: v, tone };

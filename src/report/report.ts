@@ -34,6 +34,8 @@ export interface VmReport {
   console: string | null;
   /** Ransomware signals of the point the VM booted (src/backup/signals.ts); null when the point has none. */
   signals?: PointSignals | null;
+  /** The lab worker that ran the VM (runs through workers only). */
+  worker?: string;
 }
 export interface RunReport {
   run: string;
@@ -66,6 +68,7 @@ export function runReport(run: string, job: string, r: RunResult, o: { startedAt
       screenshot: v.screenshot,
       baselineScreenshot: v.tests.find((t) => t.kind === 'screenshot' && t.baseline !== undefined)?.baseline ?? null,
       console: v.console ?? null,
+      ...(v.worker !== undefined ? { worker: v.worker } : {}),
     })),
     report: o.htmlPath,
   };
@@ -172,7 +175,7 @@ export function renderHtml(rep: RunReport, extra: HtmlExtra = {}): string {
         )
         .join('');
       return `<tr class="${cls(v.result)}">
-<td><b>${esc(v.name)}</b>${v.group ? ' <span class="tag">application group</span>' : ''}<div class="muted">${esc(v.point)}</div>${v.signals?.anomaly ? `<div class="bad"><b>ransomware anomaly:</b> ${esc(v.signals.reasons.join('; '))}</div>` : ''}</td>
+<td><b>${esc(v.name)}</b>${v.group ? ' <span class="tag">application group</span>' : ''}<div class="muted">${esc(v.point)}</div>${v.worker ? `<div class="muted">worker ${esc(v.worker)}</div>` : ''}${v.signals?.anomaly ? `<div class="bad"><b>ransomware anomaly:</b> ${esc(v.signals.reasons.join('; '))}</div>` : ''}</td>
 <td class="verdict ${cls(v.result)}">${esc(v.result)}</td>
 <td><ul>${tests}</ul></td>
 <td>${secs(v.bootToHeartbeatSeconds)}<br>${secs(v.toFirstAnswerSeconds)}<br><b>${secs(v.recoverySeconds)}</b></td>

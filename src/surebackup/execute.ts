@@ -33,6 +33,14 @@ export interface ExecuteOptions {
   /** Confines script tests: set for jobs the server runs (scheduler, API), not for the CLI. */
   scripts?: ScriptPolicy;
   log: NotifyLog;
+  /**
+   * Runs the job elsewhere instead of on this host (the lab workers,
+   * src/workers/dispatch.ts); history, reports and notifications stay here.
+   */
+  runElsewhere?: (
+    job: Job,
+    run: { id: string; dir: string; baseline: (vm: string) => { run: string; path: string } | undefined; signal?: AbortSignal },
+  ) => Promise<RunResult>;
 }
 
 export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
@@ -48,7 +56,9 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   let r: RunResult;
   try {
     // The run's directory also keeps each VM's console log (and a failed VM's last screen).
-    r = await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal, evidenceDir: dir });
+    r = o.runElsewhere
+      ? await o.runElsewhere(o.job, { id: runId, dir, baseline, ...(o.signal ? { signal: o.signal } : {}) })
+      : await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal, evidenceDir: dir });
   } catch (err) {
     o.history.abortRun(runId, o.signal?.aborted ? 'cancelled' : 'error', err instanceof Error ? err.message : String(err));
     throw err;
@@ -89,6 +99,7 @@ export function runOutput(rep: RunReport): {
     recoverySeconds: number;
     screenshot: string | null;
     console: string | null;
+    worker?: string;
   }[];
   report: string;
 } {
@@ -103,6 +114,7 @@ export function runOutput(rep: RunReport): {
       recoverySeconds: v.recoverySeconds,
       screenshot: v.screenshot,
       console: v.console,
+      ...(v.worker !== undefined ? { worker: v.worker } : {}),
     })),
     report: rep.report,
   };

@@ -107,6 +107,8 @@ export interface VmResult {
   bootToHeartbeatSeconds: number | null;
   toFirstAnswerSeconds: number | null;
   recoverySeconds: number;
+  /** The lab worker that ran this VM, when the run went through workers (src/workers). */
+  worker?: string;
 }
 export interface RunResult {
   result: 'success' | 'warning' | 'failed';

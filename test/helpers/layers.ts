@@ -61,6 +61,7 @@ export const LAYERS: Layer[] = [
   { units: ['scheduler'], why: 'the SureBackup scheduler: cron and after-backup triggers' },
   { units: ['backup/jobs'], why: 'backup jobs: scheduled backups that can fire SureBackup jobs' },
   { units: ['reconcile'], why: 'start-up reconciliation of publications, sessions and labs left behind' },
+  { units: ['workers'], why: 'lab workers: the verification queue in PostgreSQL (pg-boss), the worker registry, tasks run on many hosts' },
   { units: ['api'], why: 'the HTTP API server' },
   { units: ['demo'], why: 'the guided end-to-end demo' },
   { units: ['cli'], why: 'the command line' },

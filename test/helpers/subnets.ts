@@ -76,6 +76,8 @@ const SUBNETS = {
   'scan:scan/gate:api': 163,
   'mutation:fake-vm': 170,
   'real:surebackup/group-failure': 180,
+  'workers/workers:run': 190,
+  'workers/workers:lease': 191,
 } as const satisfies Record<string, number>;
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */

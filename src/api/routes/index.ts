@@ -12,6 +12,7 @@ import { backupRoutes } from './backups.js';
 import { backupJobRoutes } from './backup-jobs.js';
 import { fileRestoreRoutes } from './file-restore.js';
 import { stateRoutes } from './state.js';
+import { workerRoutes } from './workers.js';
 
 export const routeModules: RegisterRoutes[] = [
   systemRoutes,
@@ -26,4 +27,5 @@ export const routeModules: RegisterRoutes[] = [
   backupJobRoutes,
   fileRestoreRoutes,
   stateRoutes,
+  workerRoutes,
 ];

@@ -28,6 +28,7 @@ import { registerPublications } from './publications.js';
 import { registerServer } from './server.js';
 import { registerToken } from './token.js';
 import { registerCleanup } from './cleanup.js';
+import { registerWorker } from './worker.js';
 
 export const commands: RegisterCommand[] = [
   registerDemo,
@@ -57,4 +58,5 @@ export const commands: RegisterCommand[] = [
   registerServer,
   registerToken,
   registerCleanup,
+  registerWorker,
 ];

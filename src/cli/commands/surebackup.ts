@@ -73,7 +73,8 @@ export function registerSurebackup(program: Command): void {
     .description('run a verification job now; exits 0 only when every VM passed')
     .option('--repo <dir>', 'backup repository (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
-    .action(async (file: string, o: { repo?: string; keyFile?: string }, c: Command) => {
+    .option('--workers', 'run the VMs on the lab workers (restorelab worker) instead of this host; needs RESTORELAB_QUEUE=postgres://…')
+    .action(async (file: string, o: { repo?: string; keyFile?: string; workers?: boolean }, c: Command) => {
       const { loadJob } = await import('../../surebackup/job.js');
       const { createLabBackend } = await import('../../surebackup/backend.js');
       const { keyFileOption } = await import('../../config/key-file.js');
@@ -104,8 +105,27 @@ export function registerSurebackup(program: Command): void {
       const onTerm = (): void => cancel('SIGTERM');
       process.once('SIGINT', onInt);
       process.once('SIGTERM', onTerm);
+      const queue = o.workers ? await openQueue(cfg.catalog) : undefined;
       try {
         const rep = await executeRun({
+          ...(queue
+            ? {
+                runElsewhere: async (j, run) => {
+                  const { dispatchJob } = await import('../../workers/dispatch.js');
+                  return dispatchJob(j, {
+                    queue,
+                    backend,
+                    repo: o.repo ?? cfg.repository,
+                    baseDir: dirname(resolve(file)),
+                    run: run.id,
+                    runDirectory: run.dir,
+                    baseline: run.baseline,
+                    ...(run.signal ? { signal: run.signal } : {}),
+                    log: (l) => ctx.out.info(l),
+                  });
+                },
+              }
+            : {}),
           job,
           jobFile: resolve(file),
           backend,
@@ -124,6 +144,7 @@ export function registerSurebackup(program: Command): void {
         process.off('SIGTERM', onTerm);
         history.close();
         await backend.close();
+        await queue?.close();
       }
     });
   cmd
@@ -191,4 +212,11 @@ export function registerSurebackup(program: Command): void {
             .join('\n') || `no jobs in ${dir}`,
       );
     });
+}
+
+async function openQueue(catalog: string): Promise<import('../../workers/queue.js').LabQueue> {
+  const { LabQueue } = await import('../../workers/queue.js');
+  const { workersUrl } = await import('../../workers/url.js');
+  const { queueTuning } = await import('./worker.js');
+  return LabQueue.open({ url: workersUrl(catalog), ...queueTuning() });
 }

@@ -1,0 +1,37 @@
+import { badInput } from '../errors.js';
+
+/** A connection URL as it may appear in messages and logs: the password never does. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
+  }
+}
+
+export function isPostgresUrl(s: string | undefined): s is string {
+  return s !== undefined && /^postgres(ql)?:\/\//.test(s);
+}
+
+/**
+ * The PostgreSQL the lab queue and the worker registry live in:
+ * RESTORELAB_QUEUE when set, else the catalog when it is on PostgreSQL
+ * (RESTORELAB_CATALOG or the config's `catalog`). A queue in a SQLite file
+ * on one host would be no queue at all, so anything else is refused. The
+ * separate knob lets a server whose catalog is still a SQLite file (the
+ * SureBackup history is SQLite-only so far) hand its runs to workers.
+ */
+export function workersUrl(catalog: string, env: NodeJS.ProcessEnv = process.env): string {
+  const queue = env['RESTORELAB_QUEUE'];
+  const url = queue !== undefined && queue !== '' ? queue : catalog;
+  if (!isPostgresUrl(url)) {
+    throw badInput(
+      'WORKERS_NEED_POSTGRES',
+      `lab workers need a PostgreSQL queue, and ${queue ? 'RESTORELAB_QUEUE' : 'the catalog'} is ${redactUrl(url)}`,
+      'start one with scripts/services up, then export RESTORELAB_QUEUE=postgres://… (or a postgres:// RESTORELAB_CATALOG) on the server and on every worker',
+    );
+  }
+  return url;
+}

@@ -1,0 +1,134 @@
+/**
+ * `restorelab worker`: one lab host taking verification tasks from the queue.
+ *
+ * On start it first cleans up what an earlier life of it left behind (labs,
+ * sessions, publications: the reconciler of `restorelab cleanup`), so a
+ * worker that died mid-task and comes back leaves no VM or namespace
+ * running; the task itself went back to the queue when its lease expired.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import { join } from 'node:path';
+import type { Config } from '../config/config.js';
+import { LabQueue, type QueueOptions } from './queue.js';
+import { HEARTBEAT_MS, WorkerRegistry } from './registry.js';
+import { checkTask, packResult, type TaskResult, type VerifyTask } from './task.js';
+
+export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
+  name: string;
+  slots: number;
+  url: string;
+  config: Config;
+  signal: AbortSignal;
+  log: (line: string) => void;
+  /** Lab networks this host can mirror, shown in `workers`. */
+  networks?: string[];
+}
+
+export async function runWorker(o: WorkerOptions): Promise<void> {
+  const { reconcile } = await import('../reconcile/reconcile.js');
+  const { keyFileOption } = await import('../config/key-file.js');
+  const left = await reconcile({
+    stateDir: o.config.stateDir,
+    dryRun: false,
+    discardWrites: false,
+    ...keyFileOption(undefined, o.config),
+    log: o.log,
+  });
+  const removed = left.stale.filter((s) => s.outcome?.action === 'removed').length;
+  if (removed > 0) o.log(`worker ${o.name}: removed ${removed} leftover item(s) of an earlier run`);
+
+  const queue = await LabQueue.open(o);
+  const registry = new WorkerRegistry(queue.sql);
+  await registry.ensureSchema();
+  await registry.register({
+    name: o.name,
+    slots: o.slots,
+    memoryMiB: Math.floor(totalmem() / 2 ** 20),
+    networks: o.networks ?? ['isolated'],
+  });
+  const running = new Set<string>();
+  // Two tasks of one lab on one host would build the same namespaces and masquerade routes: they take turns.
+  const labTurns = new Map<string, Promise<unknown>>();
+  const beat = (): void => {
+    registry.heartbeat(o.name, [...running]).catch((err: Error) => o.log(`worker ${o.name}: heartbeat failed: ${err.message}`));
+  };
+  const timer = setInterval(beat, HEARTBEAT_MS);
+  o.log(`worker ${o.name}: ${o.slots} slot(s), waiting for tasks`);
+
+  await queue.work(o.slots, async (id, data) => {
+    const task = checkTask(data);
+    running.add(id);
+    beat();
+    o.log(
+      `worker ${o.name}: task ${id} (run ${task.run}): ${task.job.applicationGroup.map((g) => g.name).join(', ') || '-'} | ${describeVms(task)}`,
+    );
+    const lab = JSON.stringify(task.job.lab);
+    const turn = (labTurns.get(lab) ?? Promise.resolve()).catch(() => undefined).then(() => runTask(o, id, task));
+    labTurns.set(lab, turn);
+    try {
+      const out = await turn;
+      o.log(`worker ${o.name}: task ${id} ${out.result.result}`);
+      return out;
+    } finally {
+      if (labTurns.get(lab) === turn) labTurns.delete(lab);
+      running.delete(id);
+      beat();
+    }
+  });
+
+  await new Promise<void>((res) => o.signal.addEventListener('abort', () => res(), { once: true }));
+  clearInterval(timer);
+  o.log(`worker ${o.name}: stopping`);
+  await queue.close();
+  await registry.unregister(o.name).catch(() => undefined);
+}
+
+function describeVms(t: VerifyTask): string {
+  const v = t.job.verify.vms;
+  return Array.isArray(v) ? v.join(', ') : 'all';
+}
+
+async function runTask(o: WorkerOptions, id: string, task: VerifyTask): Promise<TaskResult> {
+  const { createLabBackend } = await import('../surebackup/backend.js');
+  const { createTestRunner } = await import('../verify/tests.js');
+  const { serverScriptPolicy } = await import('../verify/script.js');
+  const { runJob } = await import('../surebackup/runner.js');
+  const { Limiter } = await import('../surebackup/limiter.js');
+  const { keyFileOption } = await import('../config/key-file.js');
+  const cfg = o.config;
+  const dir = join(cfg.stateDir, 'worker-tasks', id);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const baselines = new Map<string, { run: string; path: string }>();
+  for (const [vm, b] of Object.entries(task.baselines)) {
+    const path = join(dir, `baseline-${vm}.png`);
+    writeFileSync(path, Buffer.from(b.png, 'base64'));
+    baselines.set(vm, { run: b.run, path });
+  }
+  const backend = createLabBackend({
+    repo: task.repo,
+    stateDir: cfg.stateDir,
+    catalog: cfg.catalog,
+    driver: cfg.driver,
+    accel: cfg.accel,
+    baseDir: task.baseDir,
+    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+    ...keyFileOption(undefined, cfg),
+  });
+  try {
+    // Tasks come from whoever can write the queue: scripts run only from this host's scripts directory, as its script user.
+    const runTest = createTestRunner({
+      repo: () => backend.reader(),
+      screenshotDir: dir,
+      baseline: (vm) => baselines.get(vm),
+      scripts: serverScriptPolicy(cfg.api),
+    });
+    const result = await runJob(task.job, backend, runTest, {
+      limiter: new Limiter(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB),
+      evidenceDir: dir,
+    });
+    return packResult(o.name, result);
+  } finally {
+    await backend.close();
+  }
+}

@@ -1,0 +1,228 @@
+// Lab workers on real PostgreSQL (pg-boss) and real TCG guests: a SureBackup
+// run through the workers, and a worker killed mid-task whose task another
+// worker finishes once the lease expires, while the dead one cleans up when it comes back.
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { projectPath } from '../../src/paths.js';
+import { exec } from '../../src/host/exec.js';
+import { cli, shortDir, guestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
+import { subnet } from '../helpers/subnets.js';
+import { freshDatabase } from '../helpers/pg.js';
+import request from 'supertest';
+import { testApi } from '../helpers/api.js';
+
+interface Worker {
+  proc: ChildProcess;
+  log: () => string;
+  stateDir: string;
+}
+
+function startWorker(name: string, url: string, stateDir: string, extra: string[] = [], env: Record<string, string> = {}): Worker {
+  mkdirSync(stateDir, { recursive: true });
+  const proc = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'worker', '--name', name, ...extra], {
+    env: {
+      ...process.env,
+      RESTORELAB_QUEUE: url,
+      RESTORELAB_STATE_DIR: stateDir,
+      RESTORELAB_ACCEL: 'tcg',
+      RESTORELAB_DRIVER: 'qemu',
+      RESTORELAB_QUEUE_POLL_SECONDS: '1',
+      RESTORELAB_QUEUE_MAINTENANCE_SECONDS: '2',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  return { proc, log: () => out, stateDir };
+}
+
+async function until(what: string, f: () => boolean | Promise<boolean>, ms = 120_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await f())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function stop(w: Worker): Promise<void> {
+  if (w.proc.exitCode !== null || w.proc.signalCode !== null) return Promise.resolve();
+  return new Promise((res) => {
+    w.proc.once('exit', () => res());
+    w.proc.kill('SIGTERM');
+  });
+}
+
+async function workersJson(
+  url: string,
+  stateDir: string,
+): Promise<{ name: string; slots: number; running: number; lastSeen: string; alive: boolean }[]> {
+  const r = await cli(['workers', '--json'], stateDir, 60_000, { RESTORELAB_QUEUE: url });
+  if (r.code !== 0) throw new Error(`workers --json: ${r.stderr}`);
+  return (JSON.parse(r.stdout) as { workers: { name: string; slots: number; running: number; lastSeen: string; alive: boolean }[] })
+    .workers;
+}
+
+t.test('bad input: a worker name with a slash, slots of 0, and no PostgreSQL catalog', async (t) => {
+  const dir = shortDir(t);
+  const bad = await cli(['--json', 'worker', '--name', 'a/b'], join(dir, 's'), 30_000, {
+    RESTORELAB_QUEUE: 'postgres://x@127.0.0.1:1/x',
+  });
+  t.equal(bad.code, 2);
+  t.match(bad.stdout, /BAD_WORKER_NAME/);
+  const slots = await cli(['--json', 'worker', '--name', 'w', '--slots', '0'], join(dir, 's'), 30_000);
+  t.equal(slots.code, 2);
+  t.match(slots.stdout + slots.stderr, /--slots must be a whole number/);
+  const env = { ...process.env };
+  delete env['RESTORELAB_QUEUE'];
+  delete env['RESTORELAB_CATALOG'];
+  const none = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), '--json', 'workers'], {
+    timeoutMs: 30_000,
+    env: { ...env, RESTORELAB_STATE_DIR: join(dir, 's') },
+  });
+  t.equal(none.code, 2);
+  t.match(none.stdout, /WORKERS_NEED_POSTGRES/);
+  const down = await cli(['--json', 'workers'], join(dir, 's'), 60_000, { RESTORELAB_QUEUE: 'postgres://rl:secretpw@127.0.0.1:1/x' });
+  t.not(down.code, 0);
+  t.match(down.stdout, /QUEUE_UNREACHABLE/);
+  t.notMatch(down.stdout + down.stderr, /secretpw/, 'the password never shows');
+});
+
+t.test('a SureBackup run through two workers: the VM runs on one, the report and evidence land on the server', async (t) => {
+  const url = await freshDatabase(t);
+  const dir = shortDir(t);
+  const { repo } = await guestRepository(dir, ['web']);
+  const w1 = startWorker('w1', url, join(dir, 'w1'), ['--slots', '2']);
+  const w2 = startWorker('w2', url, join(dir, 'w2'));
+  t.teardown(async () => {
+    await stop(w1);
+    await stop(w2);
+  });
+  await until('two workers registered', async () => (await workersJson(url, join(dir, 'srv'))).filter((w) => w.alive).length === 2);
+  const listed = await workersJson(url, join(dir, 'srv'));
+  t.same(
+    listed.map((w) => [w.name, w.slots, w.running]),
+    [
+      ['w1', 2, 0],
+      ['w2', 1, 0],
+    ],
+  );
+  t.ok(
+    listed.every((w) => Date.now() - Date.parse(w.lastSeen) < 60_000),
+    'lastSeen is recent',
+  );
+  // The API (and the dashboard over it) reads the same registry.
+  process.env['RESTORELAB_QUEUE'] = url;
+  const api = await testApi();
+  delete process.env['RESTORELAB_QUEUE'];
+  t.teardown(() => api.close());
+  const viaApi = await request(api.app).get('/api/v1/workers').set('Authorization', api.auth.viewer);
+  t.equal(viaApi.status, 200);
+  t.equal(viaApi.body.enabled, true);
+  t.same(
+    (viaApi.body.workers as { name: string }[]).map((w) => w.name),
+    ['w1', 'w2'],
+    'GET /workers lists both',
+  );
+  const off = await testApi();
+  t.teardown(() => off.close());
+  const none = await request(off.app).get('/api/v1/workers').set('Authorization', off.auth.viewer);
+  t.same([none.status, none.body.enabled], [200, false], 'a server without a PostgreSQL queue has no workers, and says so');
+
+  const labName = `sbw${process.pid % 10000}`;
+  const jobFile = join(dir, 'job.json');
+  writeFileSync(
+    jobFile,
+    JSON.stringify({
+      name: 'through-workers',
+      lab: labFile(dir, labName, subnet('workers/workers:run')),
+      verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+    }),
+  );
+  const srv = join(dir, 'srv');
+  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, { RESTORELAB_QUEUE: url });
+  t.equal(r.code, 0, `run passed; stderr: ${r.stderr.slice(-1500)}\nw1: ${w1.log().slice(-800)}\nw2: ${w2.log().slice(-800)}`);
+  const rep = JSON.parse(r.stdout) as {
+    result: string;
+    report: string;
+    vms: {
+      name: string;
+      result: string;
+      worker?: string;
+      screenshot: string | null;
+      console: string | null;
+      tests: { name: string; result: string }[];
+    }[];
+  };
+  t.equal(rep.result, 'success');
+  const vm = rep.vms[0]!;
+  t.ok(vm.worker === 'w1' || vm.worker === 'w2', `the VM names its worker (${vm.worker})`);
+  t.ok(
+    vm.tests.some((x) => x.name === 'heartbeat' && x.result === 'passed'),
+    'heartbeat passed on the worker',
+  );
+  t.ok(
+    vm.screenshot && vm.screenshot.startsWith(srv) && existsSync(vm.screenshot),
+    `the screenshot is in the server's run directory: ${vm.screenshot}`,
+  );
+  t.ok(vm.console && vm.console.startsWith(srv) && existsSync(vm.console), 'and so is the console log');
+  t.ok(existsSync(rep.report), 'the HTML report was written where the run started');
+  for (const w of [w1, w2]) t.same(await leftovers(w.stateDir, undefined, labName), [], `nothing left on ${w.stateDir}`);
+});
+
+t.test(
+  'a worker killed mid-task: the task is finished by another after the lease; the dead one cleans up when it comes back',
+  async (t) => {
+    const url = await freshDatabase(t);
+    const dir = shortDir(t);
+    const { repo } = await guestRepository(dir, ['web']);
+    const w1 = startWorker('w1', url, join(dir, 'w1'));
+    t.teardown(() => stop(w1));
+    await until('w1 registered', () => w1.log().includes('waiting for tasks'), 60_000);
+
+    const labName = `sbl${process.pid % 10000}`;
+    const jobFile = join(dir, 'job.json');
+    writeFileSync(
+      jobFile,
+      JSON.stringify({
+        name: 'lease',
+        lab: labFile(dir, labName, subnet('workers/workers:lease')),
+        verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+      }),
+    );
+    const srv = join(dir, 'srv');
+    // The server sets the lease of the tasks it submits: 45 s outlasts w1's restart below, and a boot needs less.
+    const run = cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, {
+      RESTORELAB_QUEUE: url,
+      RESTORELAB_TASK_LEASE_SECONDS: '45',
+      RESTORELAB_QUEUE_MAINTENANCE_SECONDS: '2',
+    });
+    // Killed once its lab is up: the namespace and anything it started are left behind, as after a power cut.
+    await until('w1 brought the lab up', async () => (await exec('ip', ['netns', 'list'])).stdout.includes(`rl-${labName}-`), 180_000);
+    w1.proc.kill('SIGKILL');
+    await new Promise((r) => w1.proc.once('exit', r));
+    t.not(await leftovers(w1.stateDir, undefined, labName), [], 'the killed worker left its lab behind');
+
+    // It comes back: first it cleans up, then it waits for work; it is stopped again before the lease ends.
+    const back = startWorker('w1', url, w1.stateDir);
+    await until('w1 back', () => back.log().includes('waiting for tasks'), 120_000);
+    t.same(
+      await leftovers(w1.stateDir, undefined, labName),
+      [],
+      `w1 cleaned up its leftovers when it came back: ${back.log().slice(-600)}`,
+    );
+    await stop(back);
+
+    const w2 = startWorker('w2', url, join(dir, 'w2'));
+    t.teardown(() => stop(w2));
+    const r = await run;
+    t.equal(r.code, 0, `the run passed; stderr: ${r.stderr.slice(-1500)}\nw2: ${w2.log().slice(-1500)}`);
+    const rep = JSON.parse(r.stdout) as { result: string; vms: { name: string; worker?: string; result: string }[] };
+    t.equal(rep.vms[0]?.worker, 'w2', 'the task was finished by the other worker');
+    t.equal(rep.vms[0]?.result, 'success');
+    t.same(await leftovers(w2.stateDir, undefined, labName), [], 'nothing left on w2');
+  },
+);
