@@ -15,7 +15,7 @@
  */
 import PgBoss from 'pg-boss';
 import { RestorelabError } from '../errors.js';
-import { redactUrl } from './url.js';
+import { redactUrl } from '../catalog/sql.js';
 
 export const VERIFY_QUEUE = 'restorelab-verify';
 

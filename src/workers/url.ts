@@ -1,19 +1,5 @@
 import { badInput } from '../errors.js';
-
-/** A connection URL as it may appear in messages and logs: the password never does. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
-  }
-}
-
-export function isPostgresUrl(s: string | undefined): s is string {
-  return s !== undefined && /^postgres(ql)?:\/\//.test(s);
-}
+import { isPostgresTarget, redactUrl } from '../catalog/sql.js';
 
 /**
  * The PostgreSQL the lab queue and the worker registry live in:
@@ -26,7 +12,7 @@ export function isPostgresUrl(s: string | undefined): s is string {
 export function workersUrl(catalog: string, env: NodeJS.ProcessEnv = process.env): string {
   const queue = env['RESTORELAB_QUEUE'];
   const url = queue !== undefined && queue !== '' ? queue : catalog;
-  if (!isPostgresUrl(url)) {
+  if (!isPostgresTarget(url)) {
     throw badInput(
       'WORKERS_NEED_POSTGRES',
       `lab workers need a PostgreSQL queue, and ${queue ? 'RESTORELAB_QUEUE' : 'the catalog'} is ${redactUrl(url)}`,
