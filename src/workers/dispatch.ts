@@ -9,6 +9,7 @@
 import { runVerdict, type Job, type LabBackend } from '../surebackup/runner.js';
 import type { RunResult, VmResult } from '../verify/contract.js';
 import type { LabQueue } from './queue.js';
+import { STALE_AFTER_MS, WorkerRegistry } from './registry.js';
 import { readFileSync, statSync } from 'node:fs';
 import { MAX_EVIDENCE_BYTES, unpackResult, type TaskResult, type VerifyTask } from './task.js';
 import { notFound } from '../errors.js';
@@ -75,7 +76,10 @@ export async function dispatchJob(job: Job, o: DispatchOptions): Promise<RunResu
     ids.push(await o.queue.submit(task));
   }
   o.log?.(`run ${o.run}: ${ids.length} task(s) queued for the lab workers`);
-  const outcomes = await Promise.allSettled(ids.map((id) => o.queue.outcome<TaskResult>(id, o.signal)));
+  const watch = new AbortController();
+  const watching = watchOrphans(o.queue, ids, watch.signal, o.log).catch((err: Error) => o.log?.(`orphan watch stopped: ${err.message}`));
+  const outcomes = await Promise.allSettled(ids.map((id) => o.queue.outcome<TaskResult>(id, o.signal))).finally(() => watch.abort());
+  await watching;
   if (o.signal?.aborted) throw o.signal.reason;
   const vms: VmResult[] = [];
   let labKept = false;
@@ -109,3 +113,46 @@ export async function dispatchJob(job: Job, o: DispatchOptions): Promise<RunResu
   }
   return { result: runVerdict(vms), vms, labKept };
 }
+
+/**
+ * Gives back the tasks of workers that died. A task is *orphaned* when it is
+ * active but no live worker lists it among its tasks (a worker lists a task
+ * from the moment it takes it, and refreshes the list with every heartbeat);
+ * after STALE_AFTER_MS of that it is failed, so pg-boss retries it on another
+ * worker. The lease (queue.ts) stays as a backstop for a server that dies
+ * too, but it cannot tell a dead worker from a slow one: this can.
+ */
+export async function watchOrphans(queue: LabQueue, ids: string[], signal: AbortSignal, log?: (line: string) => void): Promise<void> {
+  const registry = new WorkerRegistry(queue.sql);
+  await registry.ensureSchema();
+  const unclaimedSince = new Map<string, number>();
+  while (!signal.aborted) {
+    const claimed = new Set((await registry.list()).filter((w) => w.alive).flatMap((w) => w.tasks));
+    for (const id of ids) {
+      const state = (await queue.status(id)).state;
+      if (state !== 'active' || claimed.has(id)) {
+        unclaimedSince.delete(id);
+        continue;
+      }
+      const since = unclaimedSince.get(id) ?? Date.now();
+      unclaimedSince.set(id, since);
+      if (Date.now() - since >= STALE_AFTER_MS) {
+        log?.(`task ${id}: its worker is gone; giving it back to the queue`);
+        await queue.orphaned(id, 'the worker running it stopped answering');
+        unclaimedSince.delete(id);
+      }
+    }
+    await new Promise<void>((res) => {
+      const done = (): void => {
+        clearTimeout(t);
+        signal.removeEventListener('abort', done);
+        res();
+      };
+      const t = setTimeout(done, ORPHAN_CHECK_MS);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+}
+
+/** How often a waiting server looks for tasks whose worker died. */
+const ORPHAN_CHECK_MS = 2_000;

@@ -135,6 +135,14 @@ export class LabQueue {
     }
   }
 
+  /**
+   * Fails an active task on behalf of a worker that died with it, so that it
+   * goes back to the queue while retries are left (pg-boss's retry rules).
+   */
+  async orphaned(id: string, reason: string): Promise<void> {
+    await this.boss.fail(VERIFY_QUEUE, id, { message: reason });
+  }
+
   /** Runs `handler` for tasks, `slots` at a time; what it returns is the task's output, what it throws fails the task. */
   async work(slots: number, handler: (id: string, data: unknown) => Promise<object>): Promise<void> {
     for (let i = 0; i < slots; i++) {

@@ -1,6 +1,6 @@
 // Lab workers on real PostgreSQL (pg-boss) and real TCG guests: a SureBackup
 // run through the workers, and a worker killed mid-task whose task another
-// worker finishes once the lease expires, while the dead one cleans up when it comes back.
+// worker finishes once the server sees no live worker holds it, while the dead one cleans up when it comes back.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -173,56 +173,45 @@ t.test('a SureBackup run through two workers: the VM runs on one, the report and
   for (const w of [w1, w2]) t.same(await leftovers(w.stateDir, undefined, labName), [], `nothing left on ${w.stateDir}`);
 });
 
-t.test(
-  'a worker killed mid-task: the task is finished by another after the lease; the dead one cleans up when it comes back',
-  async (t) => {
-    const url = await freshDatabase(t);
-    const dir = shortDir(t);
-    const { repo } = await guestRepository(dir, ['web']);
-    const w1 = startWorker('w1', url, join(dir, 'w1'));
-    t.teardown(() => stop(w1));
-    await until('w1 registered', () => w1.log().includes('waiting for tasks'), 60_000);
+t.test('a worker killed mid-task: the task is given back and finished by another; the dead one cleans up when it comes back', async (t) => {
+  const url = await freshDatabase(t);
+  const dir = shortDir(t);
+  const { repo } = await guestRepository(dir, ['web']);
+  const w1 = startWorker('w1', url, join(dir, 'w1'));
+  t.teardown(() => stop(w1));
+  await until('w1 registered', () => w1.log().includes('waiting for tasks'), 60_000);
 
-    const labName = `sbl${process.pid % 10000}`;
-    const jobFile = join(dir, 'job.json');
-    writeFileSync(
-      jobFile,
-      JSON.stringify({
-        name: 'lease',
-        lab: labFile(dir, labName, subnet('workers/workers:lease')),
-        verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
-      }),
-    );
-    const srv = join(dir, 'srv');
-    // The server sets the lease of the tasks it submits: 45 s outlasts w1's restart below, and a boot needs less.
-    const run = cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, {
-      RESTORELAB_QUEUE: url,
-      RESTORELAB_TASK_LEASE_SECONDS: '45',
-      RESTORELAB_QUEUE_MAINTENANCE_SECONDS: '2',
-    });
-    // Killed once its lab is up: the namespace and anything it started are left behind, as after a power cut.
-    await until('w1 brought the lab up', async () => (await exec('ip', ['netns', 'list'])).stdout.includes(`rl-${labName}-`), 180_000);
-    w1.proc.kill('SIGKILL');
-    await new Promise((r) => w1.proc.once('exit', r));
-    t.not(await leftovers(w1.stateDir, undefined, labName), [], 'the killed worker left its lab behind');
+  const labName = `sbl${process.pid % 10000}`;
+  const jobFile = join(dir, 'job.json');
+  writeFileSync(
+    jobFile,
+    JSON.stringify({
+      name: 'lease',
+      lab: labFile(dir, labName, subnet('workers/workers:lease')),
+      verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+    }),
+  );
+  const srv = join(dir, 'srv');
+  // No short lease: the waiting server sees that no live worker holds the task and gives it back (dispatch.ts, watchOrphans).
+  const run = cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, { RESTORELAB_QUEUE: url });
+  // Killed once its lab is up: the namespace and anything it started are left behind, as after a power cut.
+  await until('w1 brought the lab up', async () => (await exec('ip', ['netns', 'list'])).stdout.includes(`rl-${labName}-`), 180_000);
+  w1.proc.kill('SIGKILL');
+  await new Promise((r) => w1.proc.once('exit', r));
+  t.not(await leftovers(w1.stateDir, undefined, labName), [], 'the killed worker left its lab behind');
 
-    // It comes back: first it cleans up, then it waits for work; it is stopped again before the lease ends.
-    const back = startWorker('w1', url, w1.stateDir);
-    await until('w1 back', () => back.log().includes('waiting for tasks'), 120_000);
-    t.same(
-      await leftovers(w1.stateDir, undefined, labName),
-      [],
-      `w1 cleaned up its leftovers when it came back: ${back.log().slice(-600)}`,
-    );
-    await stop(back);
+  // It comes back: first it cleans up, then it waits for work; it is stopped again at once, before the task is given back.
+  const back = startWorker('w1', url, w1.stateDir);
+  await until('w1 back', () => back.log().includes('waiting for tasks'), 120_000);
+  t.same(await leftovers(w1.stateDir, undefined, labName), [], `w1 cleaned up its leftovers when it came back: ${back.log().slice(-600)}`);
+  await stop(back);
 
-    const w2 = startWorker('w2', url, join(dir, 'w2'));
-    t.teardown(() => stop(w2));
-    const r = await run;
-    t.equal(r.code, 0, `the run passed; stderr: ${r.stderr.slice(-1500)}\nw2: ${w2.log().slice(-1500)}`);
-    const rep = JSON.parse(r.stdout) as { result: string; vms: { name: string; worker?: string; result: string }[] };
-    t.equal(rep.vms[0]?.worker, 'w2', 'the task was finished by the other worker');
-    t.equal(rep.vms[0]?.result, 'success');
-    t.same(await leftovers(w2.stateDir, undefined, labName), [], 'nothing left on w2');
-  },
-);
+  const w2 = startWorker('w2', url, join(dir, 'w2'));
+  t.teardown(() => stop(w2));
+  const r = await run;
+  t.equal(r.code, 0, `the run passed; stderr: ${r.stderr.slice(-1500)}\nw2: ${w2.log().slice(-1500)}`);
+  const rep = JSON.parse(r.stdout) as { result: string; vms: { name: string; worker?: string; result: string }[] };
+  t.equal(rep.vms[0]?.worker, 'w2', 'the task was finished by the other worker');
+  t.equal(rep.vms[0]?.result, 'success');
+  t.same(await leftovers(w2.stateDir, undefined, labName), [], 'nothing left on w2');
+});
