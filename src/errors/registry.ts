@@ -292,6 +292,7 @@ export const ERRORS = {
   VM_NOT_FOUND: { class: 'notFound', explain: 'no VM of that name' },
   VM_START_FAILED: { class: 'failure', explain: 'the hypervisor could not start the VM' },
   VM_WITHOUT_ADDRESS: { class: 'failure', explain: "the VM's definition gives no NIC an address" },
+  WORKER_STATE_BUSY: { class: 'busy', explain: 'another live worker already uses this state directory' },
   WORKERS_NEED_POSTGRES: {
     class: 'badInput',
     explain: 'lab workers need a PostgreSQL queue: RESTORELAB_QUEUE (or the catalog) must be a postgres:// URL',

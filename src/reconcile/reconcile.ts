@@ -32,27 +32,13 @@ import { openRepository } from '../repo/repository.js';
 import { SessionStore } from '../session/store.js';
 import { ACTIVE_STATES, type RecoverySession } from '../session/session.js';
 import type { LabState } from '../lab/lab.js';
+import type { Found, StaleItem } from './stale.js';
+import { checkVerificationVms } from './verification-vms.js';
 // publish, session/recover and lab load FUSE, the hypervisors and ajv (about
 // a second): they are imported when something is to be done with them, so
 // that `doctor` and a dry run stay quick.
 
-export type StaleKind = 'publication' | 'session' | 'lab' | 'netns' | 'mount' | 'overlay';
-
-export interface StaleItem {
-  /** `<kind>:<name>`: what `cleanup --item` and POST /state/cleanup take. */
-  id: string;
-  kind: StaleKind;
-  name: string;
-  reason: string;
-  /** Removed by cleanup (and at server start) without asking: nothing of value is lost. */
-  safe: boolean;
-  /** Bytes of writes held (overlays, and publications through their overlay). */
-  bytes?: number;
-  /** Seconds since the last write (overlays) or since it was made. */
-  ageSeconds?: number;
-  /** What this reconcile did with it (absent in a dry run). */
-  outcome?: { action: 'removed' | 'kept' | 'failed'; detail?: string };
-}
+export type { StaleKind, StaleItem } from './stale.js';
 
 export interface ReconcileReport {
   stateDir: string;
@@ -79,7 +65,7 @@ export interface ReconcileOptions {
 const MOUNT_CHECK_MS = 5000;
 /** Unrecorded `rl-*` namespaces younger than this are left out: another state directory's lab may be coming up. */
 const UNRECORDED_NETNS_MIN_AGE_S = 600;
-const ITEM_ID = /^(publication|session|lab|netns|mount|overlay):.{1,4096}$/;
+const ITEM_ID = /^(publication|session|lab|netns|mount|overlay|vm):.{1,4096}$/;
 
 /** Checks every record of `o.stateDir` against the host, and (unless a dry run) cleans up. */
 export async function reconcile(o: ReconcileOptions): Promise<ReconcileReport> {
@@ -88,7 +74,7 @@ export async function reconcile(o: ReconcileOptions): Promise<ReconcileReport> {
       throw badInput(
         'BAD_STALE_ITEM',
         `"${id}" is not a stale item id`,
-        'ids look like publication:<id>, session:<id>, lab:<name>, netns:<name>, mount:<dir>, overlay:<dir>; restorelab cleanup --dry-run lists them',
+        'ids look like publication:<id>, session:<id>, vm:<vm-id>, lab:<name>, netns:<name>, mount:<dir>, overlay:<dir>; restorelab cleanup --dry-run lists them',
       );
   }
   const checkedAt = new Date().toISOString();
@@ -140,23 +126,26 @@ function writeLastReport(stateDir: string, report: ReconcileReport): void {
   writeFileAtomicSync(stateDir, 'reconcile.json', JSON.stringify(report, null, 2) + '\n');
 }
 
-/** A found item and how to clean it; `clean` resolves with a reason when it kept something. */
-interface Found {
-  item: StaleItem;
-  clean(discardWrites: boolean): Promise<string | undefined>;
-}
-
 async function check(o: ReconcileOptions): Promise<{ items: Found[]; resumable: ReconcileReport['resumable'] }> {
   // Outside a dry run, listSessions marks sessions with a dead supervisor
   // failed and restarts the supervisor of a migrated one (that is resuming it).
   const sessions = o.dryRun ? new SessionStore(o.stateDir).list() : await (await import('../session/recover.js')).listSessions(o.stateDir);
   const records = publicationRecords(o.stateDir);
-  const pubs = await checkPublications(o, records);
+  // Verification VMs first: cleaning one removes its publication and mount, and empties its lab.
+  const vms = await checkVerificationVms(o.stateDir, records);
+  const others = records.filter((r) => !vms.publications.has(r.id));
+  const pubs = await checkPublications(o, others);
   const items: Found[] = [
     ...checkSessions(o.stateDir, sessions),
+    ...vms.items,
     ...pubs.items,
-    ...(await checkMounts(o.stateDir, records, sessions)),
-    ...(await checkLabs(o.stateDir, sessions)),
+    ...(await checkMounts(
+      o.stateDir,
+      others,
+      sessions,
+      new Set(records.filter((r) => vms.publications.has(r.id)).flatMap((r) => r.fuseDir ?? [])),
+    )),
+    ...(await checkLabs(o.stateDir, sessions, vms.pids)),
     ...checkOrphanOverlays(o.stateDir, records),
   ];
   return { items, resumable: pubs.resumable };
@@ -303,7 +292,8 @@ function labOwner(stateDir: string, lab: LabState, sessions: RecoverySession[]):
   return undefined;
 }
 
-async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise<Found[]> {
+/** `goingPids`: processes of stale verification VMs, removed before the labs are (checkVerificationVms). */
+async function checkLabs(stateDir: string, sessions: RecoverySession[], goingPids: ReadonlySet<number>): Promise<Found[]> {
   const items: Found[] = [];
   const labsDir = path.join(stateDir, 'labs');
   const hasLabs = fs.existsSync(labsDir) && fs.readdirSync(labsDir).some((f) => f.endsWith('.json'));
@@ -325,7 +315,7 @@ async function checkLabs(stateDir: string, sessions: RecoverySession[]): Promise
     }
     if (owner?.alive) continue;
     if (!owner && lab.ready) continue; // brought up with `lab up`: the user's to take down
-    const pids = await netnsPids(lab.netns);
+    const pids = (await netnsPids(lab.netns)).filter((p) => !goingPids.has(p));
     const why = !lab.ready
       ? `it was left half built${owner ? ` by ${owner.what}` : ''}`
       : `${owner?.what ?? 'its owner'} is gone and no live session uses it`;
@@ -401,7 +391,13 @@ function fuseMountsUnder(root: string): string[] {
     .map((m) => m.mountPoint);
 }
 
-async function checkMounts(stateDir: string, records: PublicationRecord[], sessions: RecoverySession[]): Promise<Found[]> {
+/** `skip`: mounts of publications a verification VM item removes. */
+async function checkMounts(
+  stateDir: string,
+  records: PublicationRecord[],
+  sessions: RecoverySession[],
+  skip: ReadonlySet<string>,
+): Promise<Found[]> {
   const root = path.resolve(stateDir);
   const sessionsDir = path.join(root, 'sessions');
   const candidates = new Set<string>();
@@ -416,7 +412,7 @@ async function checkMounts(stateDir: string, records: PublicationRecord[], sessi
     sessions.some((s) => mp === path.join(sessionsDir, s.id) || mp.startsWith(`${path.join(sessionsDir, s.id)}/`));
   const items: Found[] = [];
   for (const dir of candidates) {
-    if (liveDirs.has(dir) || sessionOwned(dir)) continue;
+    if (liveDirs.has(dir) || sessionOwned(dir) || skip.has(dir)) continue;
     const dead = await mountDead(dir);
     if (dead === false) continue;
     items.push({

@@ -24,6 +24,7 @@ import { bringUp, tearDown, type BringUpRequest, type BringUpResources, type Kep
 import type { EvidencePaths } from '../bringup/evidence.js';
 import type { LabBackend } from './runner.js';
 import type { RecoveredVm } from '../verify/contract.js';
+import { verificationVmsDir, writeVmRecord, type VerificationVmRecord } from './vm-record.js';
 
 export interface BackendOptions {
   repo: string;
@@ -150,7 +151,7 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
           hint: 'network tests need the production address of the VM',
         });
       const id = randomBytes(3).toString('hex');
-      const work = join(o.stateDir, 'surebackup', 'vms', `${vmName}-${id}`);
+      const work = join(verificationVmsDir(o.stateDir), `${vmName}-${id}`);
       mkdirSync(work, { recursive: true });
       // Without the run's directory (a caller that keeps nothing) the evidence would die with the work dir.
       const evidenceDir = opts.evidenceDir ?? join(o.stateDir, 'surebackup', 'evidence', `${vmName}-${id}`);
@@ -171,10 +172,14 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}),
         signal: opts.signal,
       });
+      // Written before anything is started: if this process dies, cleanup knows whose VM it was.
+      const record: VerificationVmRecord = { pid: process.pid, driver: o.driver, domain: req.domainName, lab: labState.name, taps: [] };
+      writeVmRecord(work, record);
       const vm = await bringUp(req, hv, deps).catch((err: unknown) => {
         rmSync(work, { recursive: true, force: true });
         throw err;
       });
+      writeVmRecord(work, { ...record, taps: resources.taps.map((t) => t.tap) });
       const domain = vm.domain;
       let dumps = 0;
       let stopped: Promise<KeptEvidence> | undefined;

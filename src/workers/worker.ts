@@ -6,10 +6,13 @@
  * worker that died mid-task and comes back leaves no VM or namespace
  * running; the task itself went back to the queue when its lease expired.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../config/config.js';
+import { RestorelabError } from '../errors.js';
+import { processAlive } from '../host/process.js';
+import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { LabQueue, type QueueOptions } from './queue.js';
 import { HEARTBEAT_MS, WorkerRegistry } from './registry.js';
 import { checkTask, packResult, type TaskResult, type VerifyTask } from './task.js';
@@ -26,6 +29,7 @@ export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
 }
 
 export async function runWorker(o: WorkerOptions): Promise<void> {
+  claimStateDir(o.config.stateDir, o.name);
   const { reconcile } = await import('../reconcile/reconcile.js');
   const { keyFileOption } = await import('../config/key-file.js');
   const left = await reconcile({
@@ -35,6 +39,8 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
     ...keyFileOption(undefined, o.config),
     log: o.log,
   });
+  // No task runs yet: task directories here are an earlier life's, killed mid-task.
+  rmSync(join(o.config.stateDir, 'worker-tasks'), { recursive: true, force: true });
   const removed = left.stale.filter((s) => s.outcome?.action === 'removed').length;
   if (removed > 0) o.log(`worker ${o.name}: removed ${removed} leftover item(s) of an earlier run`);
 
@@ -84,6 +90,27 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   await registry.unregister(o.name).catch(() => undefined);
 }
 
+/**
+ * A worker owns its state directory: at start it removes whatever an earlier
+ * life left there, which would pull the VMs out from under a second live
+ * worker sharing it.
+ */
+function claimStateDir(stateDir: string, name: string): void {
+  const file = join(stateDir, 'worker.json');
+  try {
+    const held = JSON.parse(readFileSync(file, 'utf8')) as { pid?: unknown; name?: unknown };
+    if (typeof held.pid === 'number' && held.pid !== process.pid && processAlive(held.pid))
+      throw new RestorelabError('WORKER_STATE_BUSY', `worker ${String(held.name)} (pid ${held.pid}) already uses ${stateDir}`, {
+        hint: 'give each worker its own state directory (RESTORELAB_STATE_DIR or stateDir in its config)',
+      });
+  } catch (err) {
+    if (err instanceof RestorelabError) throw err;
+    // no claim yet, or an unreadable one: ours now
+  }
+  mkdirSync(stateDir, { recursive: true });
+  writeFileAtomicSync(stateDir, 'worker.json', JSON.stringify({ pid: process.pid, name }) + '\n');
+}
+
 function describeVms(t: VerifyTask): string {
   const v = t.job.verify.vms;
   return Array.isArray(v) ? v.join(', ') : 'all';
@@ -130,5 +157,7 @@ async function runTask(o: WorkerOptions, id: string, task: VerifyTask): Promise<
     return packResult(o.name, result);
   } finally {
     await backend.close();
+    // The evidence went back inline with the result: nothing here is read again.
+    rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -2,18 +2,20 @@
  * `restorelab cleanup` over a state directory with real stale state (no VM,
  * no namespace is made: no lock needed): a publication whose repository was
  * deleted after it took writes, an empty overlay no record names, and a lab
- * record whose namespace is gone. The dry run reports all of it and changes
+ * record whose namespace is gone, and the work directories of two verification
+ * VMs whose run is gone (one recorded, one not). The dry run reports all of it and changes
  * nothing; the real run removes what is safe and keeps the overlay with
  * writes until it is named with --discard-writes; bad flags are refused.
  */
 import t from 'tap';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { detachMount } from '../../src/fuse/mounts.js';
 import { mountEntry } from '../../src/host/mounts.js';
 import { LOCAL_USER, listPublications, removePublication } from '../../src/publish/publish.js';
 import type { ReconcileReport } from '../../src/reconcile/reconcile.js';
 import { cli, fingerprint, json, publicationOfDeletedRepo } from './fixtures/state.js';
+import { writeVmRecord } from '../../src/surebackup/vm-record.js';
 
 /**
  * The items of this state directory: unrecorded `rl-*` namespaces are the
@@ -52,6 +54,16 @@ writeFileSync(
   }),
 );
 
+// A SureBackup run killed mid-verification: its VM's work directory and record
+// (its QEMU is gone too here; test/workers/workers.test.ts kills one that runs).
+const deadRun = join(state, 'surebackup', 'vms', 'web-0a0b0c');
+mkdirSync(deadRun, { recursive: true });
+writeVmRecord(deadRun, { pid: 2 ** 22 + 1, driver: 'qemu', domain: 'sb-web-0a0b0c', lab: 'rebooted', taps: [] });
+// One without a record (an older version's), old enough not to be one being set up.
+const unrecorded = join(state, 'surebackup', 'vms', 'db-0d0e0f');
+mkdirSync(unrecorded, { recursive: true });
+utimesSync(unrecorded, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
+
 t.test('bad flags get a clear error and change nothing', async (t) => {
   const before = fingerprint(state);
   const unknown = await cli(['cleanup', '--bogus', '--json'], state);
@@ -79,6 +91,8 @@ t.test('--dry-run reports every stale item and changes nothing', async (t) => {
   t.type(byId.get(`publication:${gone.id}`)?.ageSeconds, 'number', 'and its age');
   t.match(byId.get(`overlay:${orphan}`), { safe: true, bytes: 0, reason: /no publication record/ });
   t.match(byId.get('lab:rebooted'), { safe: true, reason: /namespace rl-rebooted-0a0b0c is gone/ });
+  t.match(byId.get('vm:web-0a0b0c'), { kind: 'vm', safe: true, reason: /SureBackup run \(pid 4194305\) that verified it is gone/ });
+  t.match(byId.get('vm:db-0d0e0f'), { kind: 'vm', safe: false, reason: /without a record/ });
   t.ok(
     r.stale.every((s) => s.outcome === undefined),
     'a dry run does nothing to any item',
@@ -96,15 +110,25 @@ t.test('cleanup removes what is safe and keeps the overlay with writes until it 
   t.equal(outcome(`overlay:${orphan}`), 'removed');
   t.notOk(existsSync(orphan), 'the empty overlay is gone');
   t.equal(outcome(`publication:${gone.id}`), 'kept');
+  t.equal(outcome('vm:web-0a0b0c'), 'removed');
+  t.notOk(existsSync(deadRun), "the dead run's VM work directory is gone");
+  t.equal(outcome('vm:db-0d0e0f'), 'kept');
+  t.ok(existsSync(unrecorded), 'the one without a record is kept until it is named');
   const overlay = join(state, 'overlays', gone.id);
   t.ok(existsSync(join(overlay, 'root.data')), 'the overlay with writes is kept');
 
   const again = json<ReconcileReport>(await cli(['cleanup', '--json'], state));
   t.same(
     ours(again).map((s) => [s.id, s.outcome?.action]),
-    [[`publication:${gone.id}`, 'kept']],
+    [
+      ['vm:db-0d0e0f', 'kept'],
+      [`publication:${gone.id}`, 'kept'],
+    ],
     'a second run finds only what it keeps',
   );
+  const vm = json<ReconcileReport>(await cli(['cleanup', '--item', 'vm:db-0d0e0f', '--json'], state));
+  t.equal(vm.stale.find((s) => s.id === 'vm:db-0d0e0f')?.outcome?.action, 'removed', 'named, it is removed');
+  t.notOk(existsSync(unrecorded));
 
   const named = json<ReconcileReport>(await cli(['cleanup', '--item', `publication:${gone.id}`, '--discard-writes', '--json'], state));
   t.equal(named.stale.find((s) => s.id === `publication:${gone.id}`)?.outcome?.action, 'removed');

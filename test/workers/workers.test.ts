@@ -180,6 +180,9 @@ t.test('a worker killed mid-task: the task is given back and finished by another
   const w1 = startWorker('w1', url, join(dir, 'w1'));
   t.teardown(() => stop(w1));
   await until('w1 registered', () => w1.log().includes('waiting for tasks'), 60_000);
+  const twin = await cli(['--json', 'worker', '--name', 'w1b'], w1.stateDir, 60_000, { RESTORELAB_QUEUE: url });
+  t.not(twin.code, 0, 'a second worker on the same state directory is refused');
+  t.match(twin.stdout, /WORKER_STATE_BUSY/);
 
   const labName = `sbl${process.pid % 10000}`;
   const jobFile = join(dir, 'job.json');
@@ -194,11 +197,17 @@ t.test('a worker killed mid-task: the task is given back and finished by another
   const srv = join(dir, 'srv');
   // No short lease: the waiting server sees that no live worker holds the task and gives it back (dispatch.ts, watchOrphans).
   const run = cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, { RESTORELAB_QUEUE: url });
-  // Killed once its lab is up: the namespace and anything it started are left behind, as after a power cut.
-  await until('w1 brought the lab up', async () => (await exec('ip', ['netns', 'list'])).stdout.includes(`rl-${labName}-`), 180_000);
+  // Killed once its VM runs: its lab, publication and work directory stay, and
+  // the QEMU it started may keep running there (unless a write to its dead
+  // parent's pipe killed it), as after a worker crash.
+  await until('w1 started the VM', async () => (await leftovers(w1.stateDir)).some((l) => l.startsWith('process:')), 240_000);
   w1.proc.kill('SIGKILL');
   await new Promise((r) => w1.proc.once('exit', r));
-  t.not(await leftovers(w1.stateDir, undefined, labName), [], 'the killed worker left its lab behind');
+  const left = await leftovers(w1.stateDir, undefined, labName);
+  t.ok(
+    ['netns ', 'vm work dir ', 'publication '].every((k) => left.some((l) => l.startsWith(k))),
+    `the killed worker left its VM, lab, work dir and publication behind: ${left.join('; ')}`,
+  );
 
   // It comes back: first it cleans up, then it waits for work; it is stopped again at once, before the task is given back.
   const back = startWorker('w1', url, w1.stateDir);
