@@ -144,6 +144,7 @@ export const ERRORS = {
   LAB_AND_NETWORK: { class: 'badInput', explain: 'a recovery runs either in a lab or on a production bridge, not both' },
   LAB_FILE_NOT_FOUND: { class: 'notFound', explain: 'no lab definition at that path' },
   LAB_INVALID: { class: 'badInput', explain: 'a lab definition contradicts itself' },
+  LAB_MASQUERADE_POOL_FULL: { class: 'failure', explain: "no free subnet of the lab host's masquerade pool fits the lab's network" },
   LAB_MASQUERADE_OVERLAP: { class: 'badInput', explain: "a lab's masquerade subnet overlaps a route of this host" },
   LAB_NOT_FOUND: { class: 'notFound', explain: 'no lab of that name is up' },
   LAB_NOT_UP: { class: 'failure', explain: 'the lab is not up' },

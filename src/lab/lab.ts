@@ -40,6 +40,7 @@ import { RestorelabError, badInput, missingComponent, notFound } from '../errors
 import { exec, which } from '../host/exec.js';
 import { ensurePrivateDir } from '../host/private-files.js';
 import { loadValidated, assertValid } from '../schema/validate.js';
+import { carveMasquerade } from './masquerade-pool.js';
 import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, translate, type Cidr } from './ipv4.js';
 
 export interface LabNetworkDefinition {
@@ -279,12 +280,13 @@ function requireTools(): void {
 /** Creates the lab; a leftover of the same name (crash) is removed first. */
 export async function labUp(
   def: LabDefinition,
-  opts: { stateDir: string; owner?: LabState['owner']; uplink?: boolean },
+  opts: { stateDir: string; owner?: LabState['owner']; uplink?: boolean; masqueradePool?: string },
 ): Promise<LabState> {
   requireTools();
   await labDown(def.name, { stateDir: opts.stateDir, quietIfMissing: true });
   if (opts.uplink === false) return quarantineLabUp(def, opts);
   const routes = await hostRoutes();
+  if (opts.masqueradePool !== undefined) def = carveMasquerade(def, parseCidr(opts.masqueradePool, 'masquerade pool'), routes);
   for (const n of def.networks) {
     const masq = parseCidr(n.masquerade, n.name);
     const clash = routes.find((r) => overlaps(r, masq));

@@ -40,6 +40,8 @@ export interface BackendOptions {
   keyFile?: string;
   /** The catalog a job's `scan` gate keeps its verdicts in (default: `<stateDir>/catalog.sqlite`, the configured default). */
   catalog?: string;
+  /** Mirror labs onto free subnets of this masquerade pool (a lab worker sharing its host: src/lab/masquerade-pool.ts). */
+  masqueradePool?: string;
 }
 
 export interface RealLabBackend extends LabBackend {
@@ -102,7 +104,11 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         labCreated = false;
       } else {
         labCreated = true;
-        lab = await labUp(d, { stateDir: o.stateDir, owner: { pid: process.pid, what: 'SureBackup run' } });
+        lab = await labUp(d, {
+          stateDir: o.stateDir,
+          owner: { pid: process.pid, what: 'SureBackup run' },
+          ...(o.masqueradePool !== undefined ? { masqueradePool: o.masqueradePool } : {}),
+        });
       }
       return { netns: lab.netns };
     },

@@ -26,6 +26,8 @@ export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
   log: (line: string) => void;
   /** Lab networks this host can mirror, shown in `workers`. */
   networks?: string[];
+  /** Labs are mirrored onto free masquerade subnets of this pool (src/lab/masquerade-pool.ts). */
+  masqueradePool?: string;
 }
 
 export async function runWorker(o: WorkerOptions): Promise<void> {
@@ -140,6 +142,7 @@ async function runTask(o: WorkerOptions, id: string, task: VerifyTask): Promise<
     accel: cfg.accel,
     baseDir: task.baseDir,
     ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+    ...(o.masqueradePool !== undefined ? { masqueradePool: o.masqueradePool } : {}),
     ...keyFileOption(undefined, cfg),
   });
   try {

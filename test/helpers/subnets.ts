@@ -78,6 +78,7 @@ const SUBNETS = {
   'real:surebackup/group-failure': 180,
   'workers/workers:run': 190,
   'workers/workers:lease': 191,
+  'workers/workers:run-pool': 192,
 } as const satisfies Record<string, number>;
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */

@@ -10,6 +10,10 @@ import { exec } from '../../src/host/exec.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
 import { subnet } from '../helpers/subnets.js';
 import { freshDatabase } from '../helpers/pg.js';
+import { guestImage } from '../helpers/guests.js';
+import { openRepository } from '../../src/repo/repository.js';
+import { backupVm } from '../../src/backup/engine.js';
+import { loadVmDefinition } from '../../src/vm/definition.js';
 import request from 'supertest';
 import { testApi } from '../helpers/api.js';
 
@@ -91,12 +95,24 @@ t.test('bad input: a worker name with a slash, slots of 0, and no PostgreSQL cat
   t.notMatch(down.stdout + down.stderr, /secretpw/, 'the password never shows');
 });
 
-t.test('a SureBackup run through two workers: the VM runs on one, the report and evidence land on the server', async (t) => {
+/** Backs up `variant`'s guest once more as VM `name` (a second VM of the same kind). */
+async function backupCopy(repoDir: string, variant: string, name: string): Promise<void> {
+  const image = await guestImage(variant);
+  const vm = { ...loadVmDefinition(projectPath('lab-templates', 'vms', `${variant}.json`)), name };
+  await backupVm({ repo: await openRepository(repoDir), vm, disks: { root: image }, source: image });
+}
+
+const FOUR = ['db', 'db2', 'web', 'web2'];
+
+t.test('a SureBackup job of four VMs through two workers: both run VMs, the report holds all four with their evidence', async (t) => {
   const url = await freshDatabase(t);
   const dir = shortDir(t);
-  const { repo } = await guestRepository(dir, ['web']);
+  const { repo } = await guestRepository(dir, ['web', 'db']);
+  await backupCopy(repo, 'web', 'web2');
+  await backupCopy(repo, 'db', 'db2');
   const w1 = startWorker('w1', url, join(dir, 'w1'), ['--slots', '2']);
-  const w2 = startWorker('w2', url, join(dir, 'w2'));
+  // Both mirror the same lab on this one host: w2 moves its copy onto a masquerade subnet of its own pool.
+  const w2 = startWorker('w2', url, join(dir, 'w2'), ['--masquerade', subnet('workers/workers:run-pool')]);
   t.teardown(async () => {
     await stop(w1);
     await stop(w2);
@@ -139,7 +155,11 @@ t.test('a SureBackup run through two workers: the VM runs on one, the report and
     JSON.stringify({
       name: 'through-workers',
       lab: labFile(dir, labName, subnet('workers/workers:run')),
-      verify: { vms: ['web'], role: 'web', maxBootSeconds: 150 },
+      verify: {
+        vms: FOUR,
+        maxBootSeconds: 150,
+        overrides: { db: { role: 'postgresql' }, db2: { role: 'postgresql' }, web: { role: 'web' }, web2: { role: 'web' } },
+      },
     }),
   );
   const srv = join(dir, 'srv');
@@ -154,21 +174,25 @@ t.test('a SureBackup run through two workers: the VM runs on one, the report and
       worker?: string;
       screenshot: string | null;
       console: string | null;
-      tests: { name: string; result: string }[];
+      tests: { name: string; result: string; detail?: string }[];
     }[];
   };
   t.equal(rep.result, 'success');
-  const vm = rep.vms[0]!;
-  t.ok(vm.worker === 'w1' || vm.worker === 'w2', `the VM names its worker (${vm.worker})`);
-  t.ok(
-    vm.tests.some((x) => x.name === 'heartbeat' && x.result === 'passed'),
-    'heartbeat passed on the worker',
-  );
-  t.ok(
-    vm.screenshot && vm.screenshot.startsWith(srv) && existsSync(vm.screenshot),
-    `the screenshot is in the server's run directory: ${vm.screenshot}`,
-  );
-  t.ok(vm.console && vm.console.startsWith(srv) && existsSync(vm.console), 'and so is the console log');
+  t.same(rep.vms.map((v) => v.name).sort(), FOUR, 'the report holds all four VMs');
+  t.same([...new Set(rep.vms.map((v) => v.worker))].sort(), ['w1', 'w2'], 'both workers ran VMs');
+  for (const vm of rep.vms) {
+    t.equal(vm.result, 'success', `${vm.name} passed on ${vm.worker}: ${JSON.stringify(vm.tests).slice(0, 1500)}`);
+    t.ok(
+      vm.tests.some((x) => x.name === 'heartbeat' && x.result === 'passed') &&
+        vm.tests.some((x) => /^(tcp|http):/.test(x.name) && x.result === 'passed'),
+      `${vm.name}: heartbeat and its port test passed on the worker`,
+    );
+    t.ok(
+      vm.screenshot && vm.screenshot.startsWith(srv) && existsSync(vm.screenshot),
+      `${vm.name}: the screenshot is in the server's run directory: ${vm.screenshot}`,
+    );
+    t.ok(vm.console && vm.console.startsWith(srv) && existsSync(vm.console), `${vm.name}: and so is the console log`);
+  }
   t.ok(existsSync(rep.report), 'the HTML report was written where the run started');
   for (const w of [w1, w2]) t.same(await leftovers(w.stateDir, undefined, labName), [], `nothing left on ${w.stateDir}`);
 });

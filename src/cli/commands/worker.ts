@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
+import { parseCidr } from '../../lab/ipv4.js';
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
@@ -26,7 +27,11 @@ export function registerWorker(program: Command): void {
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
     )
-    .action(async (o: { name: string; slots: number; network: string[] }, c: Command) => {
+    .option('--masquerade <cidr>', 'mirror labs onto free masquerade subnets of this pool (two workers on one host)', (v: string) => {
+      parseCidr(v, '--masquerade');
+      return v;
+    })
+    .action(async (o: { name: string; slots: number; network: string[]; masquerade?: string }, c: Command) => {
       if (!NAME_RE.test(o.name)) {
         throw badInput('BAD_WORKER_NAME', `worker name "${o.name}" is not allowed`, 'use letters, digits, ".", "-" and "_" (at most 63)');
       }
@@ -46,6 +51,7 @@ export function registerWorker(program: Command): void {
         signal: ac.signal,
         log: (l) => ctx.out.info(l),
         ...(o.network.length ? { networks: o.network } : {}),
+        ...(o.masquerade !== undefined ? { masqueradePool: o.masquerade } : {}),
         ...queueTuning(),
       });
     });
