@@ -87,17 +87,16 @@ export function selectPoint(points: { id: string; time: string }[], sel: string)
   return points.filter((p) => Date.parse(p.time) <= t).at(-1)?.id;
 }
 
-export async function runJob(
+/**
+ * Every VM of the job with its role, tests and restore point; every bad input
+ * (no VM selected, a VM with no tests, no matching point) is thrown here, before
+ * anything boots. A run through lab workers plans on the server first, so bad
+ * input is refused there instead of failing every retry on the workers.
+ */
+export async function planJob(
   job: Job,
-  backend: LabBackend,
-  runTest: TestRunner,
-  opts: { limiter?: Limiter; signal?: AbortSignal; evidenceDir?: string } = {},
-): Promise<RunResult> {
-  const limiter = opts.limiter ?? new Limiter(64, Number.MAX_SAFE_INTEGER);
-  const ctl = new AbortController();
-  opts.signal?.addEventListener('abort', () => ctl.abort(opts.signal?.reason), { once: true });
-  const signal = ctl.signal;
-
+  backend: Pick<LabBackend, 'listVms' | 'listPoints'>,
+): Promise<{ groupPlan: Planned[]; testPlan: Planned[] }> {
   const underTestNames = job.verify.vms === 'all' || job.verify.vms === undefined ? await backend.listVms(job.verify.tag) : job.verify.vms;
   // A run that verified nothing must not read as a success.
   if (underTestNames.length === 0) {
@@ -107,7 +106,6 @@ export async function runJob(
       'back up the VMs the job should verify, or change verify.vms / verify.tag',
     );
   }
-  // Every bad input is found before anything boots.
   const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
     const role = resolveRole(g.name, g.role, {
       tests: g.tests,
@@ -144,6 +142,22 @@ export async function runJob(
       ),
     );
   }
+
+  return { groupPlan, testPlan };
+}
+
+export async function runJob(
+  job: Job,
+  backend: LabBackend,
+  runTest: TestRunner,
+  opts: { limiter?: Limiter; signal?: AbortSignal; evidenceDir?: string } = {},
+): Promise<RunResult> {
+  const limiter = opts.limiter ?? new Limiter(64, Number.MAX_SAFE_INTEGER);
+  const ctl = new AbortController();
+  opts.signal?.addEventListener('abort', () => ctl.abort(opts.signal?.reason), { once: true });
+  const signal = ctl.signal;
+
+  const { groupPlan, testPlan } = await planJob(job, backend);
 
   const scans = job.scan ? await scanPlanned(job.scan, [...groupPlan, ...testPlan], backend, signal) : new Map<string, TestResult>();
   const quarantine = [...scans.values()].some((r) => r.result === 'warning');

@@ -6,7 +6,7 @@
  * N VMs at once; but a job with an application group is one task, because
  * the group's VMs and the VMs that need them share one lab (one host).
  */
-import { runVerdict, type Job, type LabBackend } from '../surebackup/runner.js';
+import { planJob, runVerdict, type Job, type LabBackend } from '../surebackup/runner.js';
 import type { RunResult, VmResult } from '../verify/contract.js';
 import type { LabQueue } from './queue.js';
 import { STALE_AFTER_MS, WorkerRegistry } from './registry.js';
@@ -17,7 +17,7 @@ import { notFound } from '../errors.js';
 export interface DispatchOptions {
   queue: LabQueue;
   /** Lists the VMs of `verify.vms: "all"` or a tag, as the local runner would. */
-  backend: Pick<LabBackend, 'listVms'>;
+  backend: Pick<LabBackend, 'listVms' | 'listPoints'>;
   repo: string;
   baseDir: string;
   run: string;
@@ -62,6 +62,8 @@ function baselinesOf(part: Job, baseline: DispatchOptions['baseline']): VerifyTa
 }
 
 export async function dispatchJob(job: Job, o: DispatchOptions): Promise<RunResult> {
+  // Bad input (a VM without tests, no restore point) is refused here, before anything is queued.
+  await planJob(job, o.backend);
   const parts = await splitJob(job, o.backend);
   const ids: string[] = [];
   for (const part of parts) {

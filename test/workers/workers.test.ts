@@ -1,6 +1,8 @@
 // Lab workers on real PostgreSQL (pg-boss) and real TCG guests: a SureBackup
-// run through the workers, and a worker killed mid-task whose task another
-// worker finishes once the server sees no live worker holds it, while the dead one cleans up when it comes back.
+// job of four VMs through two workers on one host; a worker killed mid-task
+// whose task another worker finishes once the server sees no live worker holds
+// it, while the dead one cleans up when it comes back; and a task that fails
+// on every attempt (a worker without the repository's key).
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -163,6 +165,17 @@ t.test('a SureBackup job of four VMs through two workers: both run VMs, the repo
     }),
   );
   const srv = join(dir, 'srv');
+  // Bad input is refused on the server before anything is queued, not after every retry on the workers.
+  const badJob = join(dir, 'bad-job.json');
+  writeFileSync(
+    badJob,
+    JSON.stringify({ name: 'no-tests', lab: labFile(dir, labName, subnet('workers/workers:run')), verify: { vms: ['web'] } }),
+  );
+  const bad = await cli(['--json', 'surebackup', 'run', badJob, '--repo', repo, '--workers'], srv, 120_000, { RESTORELAB_QUEUE: url });
+  t.equal(bad.code, 2, `a job whose VM has no tests is bad input: ${bad.stdout}`);
+  t.match(bad.stdout, /ROLE_WITHOUT_TESTS/);
+  t.notMatch(w1.log() + w2.log(), /task /, 'no worker was given a task');
+
   const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], srv, 600_000, { RESTORELAB_QUEUE: url });
   t.equal(r.code, 0, `run passed; stderr: ${r.stderr.slice(-1500)}\nw1: ${w1.log().slice(-800)}\nw2: ${w2.log().slice(-800)}`);
   const rep = JSON.parse(r.stdout) as {
@@ -247,4 +260,42 @@ t.test('a worker killed mid-task: the task is given back and finished by another
   t.equal(rep.vms[0]?.worker, 'w2', 'the task was finished by the other worker');
   t.equal(rep.vms[0]?.result, 'success');
   t.same(await leftovers(w2.stateDir, undefined, labName), [], 'nothing left on w2');
+});
+
+t.test('a task that fails on every attempt: the VM is reported failed, with the reason, after the retries', async (t) => {
+  const url = await freshDatabase(t);
+  const dir = shortDir(t);
+  // An encrypted repository whose key the server has and the workers do not: a
+  // misconfigured lab host fails every attempt before it boots anything.
+  const keyFile = join(dir, 'repo.key');
+  const { repo } = await guestRepository(dir, ['web'], { keyFile });
+  const w1 = startWorker('w1', url, join(dir, 'w1'));
+  const w2 = startWorker('w2', url, join(dir, 'w2'));
+  t.teardown(async () => {
+    await stop(w1);
+    await stop(w2);
+  });
+  await until('two workers registered', () => w1.log().includes('waiting for tasks') && w2.log().includes('waiting for tasks'), 60_000);
+  const jobFile = join(dir, 'job.json');
+  const labName = `sbf${process.pid % 10000}`;
+  writeFileSync(
+    jobFile,
+    JSON.stringify({ name: 'keyless', lab: labFile(dir, labName, subnet('workers/workers:lease')), verify: { vms: ['web'], role: 'web' } }),
+  );
+  const r = await cli(['surebackup', 'run', jobFile, '--repo', repo, '--workers', '--json'], join(dir, 'srv'), 300_000, {
+    RESTORELAB_QUEUE: url,
+    RESTORELAB_KEY_FILE: keyFile,
+  });
+  t.not(r.code, 0, 'the run is not green');
+  const rep = JSON.parse(r.stdout) as {
+    result: string;
+    vms: { name: string; result: string; tests: { name: string; result: string; detail?: string }[] }[];
+  };
+  t.equal(rep.result, 'failed');
+  t.equal(rep.vms[0]?.result, 'failed');
+  const why = rep.vms[0]?.tests.find((x) => x.name === 'worker');
+  t.match(why, { result: 'failed', detail: /failed after 2 retries: .*key/i }, `the worker test says why: ${JSON.stringify(why)}`);
+  const attempts = (w1.log() + w2.log()).match(/: task [0-9a-f-]+ \(run/g) ?? [];
+  t.equal(attempts.length, 3, 'it was tried three times (two retries)');
+  for (const w of [w1, w2]) t.same(await leftovers(w.stateDir, undefined, labName), [], `nothing left on ${w.stateDir}`);
 });
