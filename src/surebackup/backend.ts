@@ -123,7 +123,7 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
       return points
         .filter((p) => !p.damaged)
         .sort((a, b) => a.time.localeCompare(b.time))
-        .map((p) => ({ id: p.id, time: p.time }));
+        .map((p) => ({ id: p.id, time: p.time, ...(p.vm.role !== undefined ? { role: p.vm.role } : {}) }));
     },
 
     async listVms(tag) {

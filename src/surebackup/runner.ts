@@ -24,7 +24,8 @@ export interface LabBackend {
   labUp(lab: unknown, signal: AbortSignal, opts?: { uplink?: boolean }): Promise<{ netns: string }>;
   labDown(): Promise<void>;
   /** Restore points of a VM, newest last; used by the point selector. */
-  listPoints(vm: string): Promise<{ id: string; time: string }[]>;
+  /** `role`: the one the VM's definition names, stored with the point. */
+  listPoints(vm: string): Promise<{ id: string; time: string; role?: string }[]>;
   /** Names of every VM (for "all") or those carrying a tag. */
   listVms(tag?: string): Promise<string[]>;
   /** `evidenceDir`: where the VM's console log and last screen are kept when it stops (the run's directory). */
@@ -107,7 +108,14 @@ export async function planJob(
     );
   }
   const plan = async (g: GroupVm, group: boolean): Promise<Planned> => {
-    const role = resolveRole(g.name, g.role, {
+    const points = await backend.listPoints(g.name);
+    const point = selectPoint(points, job.point);
+    if (point === undefined) {
+      throw notFound('NO_RESTORE_POINT', `VM ${g.name} has no restore point matching "${job.point}"`, 'back it up first or change "point"');
+    }
+    // A job that names neither role nor tests verifies the VM as its definition says (`role` in the VM's JSON).
+    const own = g.tests === undefined ? points.find((p) => p.id === point)?.role : undefined;
+    const role = resolveRole(g.name, g.role ?? own, {
       tests: g.tests,
       maxBootSeconds: g.maxBootSeconds,
       appInitSeconds: g.appInitSeconds,
@@ -115,10 +123,6 @@ export async function planJob(
     });
     const tests = role.tests.map((t) => (t.kind === 'script' ? { ...t, path: resolveScript(t.path, process.cwd(), `VM ${g.name}`) } : t));
     role.tests = tests;
-    const point = selectPoint(await backend.listPoints(g.name), job.point);
-    if (point === undefined) {
-      throw notFound('NO_RESTORE_POINT', `VM ${g.name} has no restore point matching "${job.point}"`, 'back it up first or change "point"');
-    }
     return { vm: g, role, point, group };
   };
   const groupPlan: Planned[] = [];

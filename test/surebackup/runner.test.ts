@@ -1,6 +1,6 @@
 // Unit test of the runner with a fake LabBackend (the real end-to-end test is the lead's).
 import t from 'tap';
-import { runJob, type Job, type LabBackend } from '../../src/surebackup/runner.js';
+import { planJob, runJob, type Job, type LabBackend } from '../../src/surebackup/runner.js';
 import type { RecoveredVm, TestRunner } from '../../src/verify/contract.js';
 import { Limiter } from '../../src/surebackup/limiter.js';
 
@@ -153,7 +153,31 @@ t.test('bad input before anything boots', async (t) => {
   const f = fake();
   await t.rejects(runJob(job({ verify: { vms: ['nopoint'], role: 'web' } }), f.backend, f.runTest), { code: 'NO_RESTORE_POINT' });
   await t.rejects(runJob(job({ verify: { vms: ['x'], tests: [] } }), f.backend, f.runTest), { code: 'ROLE_WITHOUT_TESTS' });
+  await t.rejects(runJob(job({ applicationGroup: [], verify: { vms: ['x'] } }), f.backend, f.runTest), {
+    code: 'ROLE_WITHOUT_TESTS',
+    message: /VM x has no role and no tests/,
+  });
   t.same(f.log, [], 'nothing booted');
+});
+
+t.test("a job that names neither role nor tests verifies each VM by its definition's role, stored with its point", async (t) => {
+  const f = fake();
+  const backend: LabBackend = {
+    ...f.backend,
+    listPoints: async (vm) => [
+      { id: `${vm}-p1`, time: '2026-01-01T00:00:00Z', ...(vm === 'db' ? { role: 'postgresql' } : { role: 'web' }) },
+    ],
+  };
+  const { testPlan } = await planJob(job({ applicationGroup: [], verify: { vms: ['db', 'web'] } }), backend);
+  t.same(
+    testPlan.map((p) => [p.vm.name, p.role.name, p.role.tests.map((x) => x.kind)]),
+    [
+      ['db', 'postgresql', ['heartbeat', 'ping', 'tcp', 'screenshot', 'integrity']],
+      ['web', 'web', ['heartbeat', 'ping', 'tcp', 'http', 'screenshot', 'integrity']],
+    ],
+  );
+  const own = await planJob(job({ applicationGroup: [], verify: { vms: ['db'], role: 'web' } }), backend);
+  t.equal(own.testPlan[0]?.role.name, 'web', "the job's role wins over the definition's");
 });
 
 t.test('a VM whose heartbeat fails skips its network tests but keeps screenshot and integrity', async (t) => {
