@@ -50,17 +50,21 @@ export function listVerificationVms(stateDir: string): VerificationVm[] {
     });
 }
 
+/** Names cleanup hands to the driver and the lab: never a path. */
+const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
 function readRecord(dir: string): VerificationVmRecord | undefined {
   try {
     const r = JSON.parse(readFileSync(join(dir, VM_RECORD_FILE), 'utf8')) as Partial<VerificationVmRecord>;
     if (typeof r.pid !== 'number' || typeof r.driver !== 'string' || typeof r.domain !== 'string' || typeof r.lab !== 'string')
       return undefined;
+    if (!Number.isInteger(r.pid) || !SAFE_NAME.test(r.domain) || !SAFE_NAME.test(r.lab)) return undefined;
     return {
       pid: r.pid,
       driver: r.driver,
       domain: r.domain,
       lab: r.lab,
-      taps: Array.isArray(r.taps) ? r.taps.filter((t) => typeof t === 'string') : [],
+      taps: Array.isArray(r.taps) ? r.taps.filter((t) => typeof t === 'string' && SAFE_NAME.test(t)) : [],
     };
   } catch {
     return undefined;

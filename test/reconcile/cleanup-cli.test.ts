@@ -63,6 +63,11 @@ writeVmRecord(deadRun, { pid: 2 ** 22 + 1, driver: 'qemu', domain: 'sb-web-0a0b0
 const unrecorded = join(state, 'surebackup', 'vms', 'db-0d0e0f');
 mkdirSync(unrecorded, { recursive: true });
 utimesSync(unrecorded, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
+// One whose record names a path for a domain: never handed to the driver, so it counts as unrecorded.
+const forged = join(state, 'surebackup', 'vms', 'web-0d0e10');
+mkdirSync(forged, { recursive: true });
+writeFileSync(join(forged, 'vm.json'), JSON.stringify({ pid: 2 ** 22 + 1, driver: 'qemu', domain: '../../../etc', lab: 'x', taps: [] }));
+utimesSync(forged, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
 
 t.test('bad flags get a clear error and change nothing', async (t) => {
   const before = fingerprint(state);
@@ -93,6 +98,7 @@ t.test('--dry-run reports every stale item and changes nothing', async (t) => {
   t.match(byId.get('lab:rebooted'), { safe: true, reason: /namespace rl-rebooted-0a0b0c is gone/ });
   t.match(byId.get('vm:web-0a0b0c'), { kind: 'vm', safe: true, reason: /SureBackup run \(pid 4194305\) that verified it is gone/ });
   t.match(byId.get('vm:db-0d0e0f'), { kind: 'vm', safe: false, reason: /without a record/ });
+  t.match(byId.get('vm:web-0d0e10'), { kind: 'vm', safe: false, reason: /without a record/ }, 'a forged record is no record');
   t.ok(
     r.stale.every((s) => s.outcome === undefined),
     'a dry run does nothing to any item',
@@ -122,6 +128,7 @@ t.test('cleanup removes what is safe and keeps the overlay with writes until it 
     ours(again).map((s) => [s.id, s.outcome?.action]),
     [
       ['vm:db-0d0e0f', 'kept'],
+      ['vm:web-0d0e10', 'kept'],
       [`publication:${gone.id}`, 'kept'],
     ],
     'a second run finds only what it keeps',
@@ -129,6 +136,9 @@ t.test('cleanup removes what is safe and keeps the overlay with writes until it 
   const vm = json<ReconcileReport>(await cli(['cleanup', '--item', 'vm:db-0d0e0f', '--json'], state));
   t.equal(vm.stale.find((s) => s.id === 'vm:db-0d0e0f')?.outcome?.action, 'removed', 'named, it is removed');
   t.notOk(existsSync(unrecorded));
+  json<ReconcileReport>(await cli(['cleanup', '--item', 'vm:web-0d0e10', '--json'], state));
+  t.notOk(existsSync(forged), 'the forged one goes as a directory only');
+  t.ok(existsSync('/etc/passwd'));
 
   const named = json<ReconcileReport>(await cli(['cleanup', '--item', `publication:${gone.id}`, '--discard-writes', '--json'], state));
   t.equal(named.stale.find((s) => s.id === `publication:${gone.id}`)?.outcome?.action, 'removed');
