@@ -20,10 +20,7 @@ import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { ImageSource } from '../ingest/contract.js';
 import { openImage } from '../ingest/open.js';
-import { join } from 'node:path';
 import type { FixedIndex, RepoLock, Repository } from '../repo/api.js';
-import { liveLocks } from '../repo/lock.js';
-import { LOCKS_DIR } from '../repo/format.js';
 import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { badInput, RestorelabError } from '../errors.js';
@@ -213,9 +210,7 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
 async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: string; at: number }[]): Promise<void> {
   if (inserted.length === 0) return;
   try {
-    const others = (await liveLocks(join(repo.path, LOCKS_DIR))).filter(
-      (h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since),
-    );
+    const others = (await repo.liveHolders()).filter((h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since));
     if (others.length > 0) return;
     for (const c of inserted) await repo.chunks.removeIfUnused(c.digest, c.at);
   } catch {

@@ -5,6 +5,7 @@ import { contextFor, type CommandContext } from '../context.js';
 import type { FlrSession } from '../../flr/mount.js';
 import { badInput } from '../../errors.js';
 import { keyFileOption } from '../../config/key-file.js';
+import { resolveRepository } from '../../repo/open.js';
 
 export interface PointFlags {
   repo?: string;
@@ -19,7 +20,7 @@ export async function pointKeyFile(ctx: CommandContext, o: { keyFile?: string })
 }
 
 export async function repoPath(ctx: CommandContext, o: { repo?: string }): Promise<string> {
-  return resolve(o.repo ?? (await ctx.config()).repository);
+  return resolveRepository(o.repo ?? (await ctx.config()).repository);
 }
 
 export function partitionNumber(o: { partition?: string }): number | undefined {

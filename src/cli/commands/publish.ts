@@ -242,7 +242,7 @@ export function registerPublish(program: Command): void {
           readOnly: o.readOnly ?? false,
           cacheMiB: cfg.limits.chunkCacheMiB,
         },
-        { ...keyFileOption(o.keyFile, cfg), onWarning: (m) => ctx.out.warn(m) },
+        { ...keyFileOption(o.keyFile, cfg), objectCacheMiB: cfg.limits.objectCacheMiB, onWarning: (m) => ctx.out.warn(m) },
       );
       const result: PublishResult | NbdPublishResult = pub.nbd
         ? { publication: pub.id, disks: Object.entries(pub.nbd).map(([name, nbd]) => ({ name, nbd })) }

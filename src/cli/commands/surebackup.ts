@@ -4,6 +4,7 @@ import { dirname, resolve } from 'node:path';
 import { contextFor } from '../context.js';
 import { badInput, ExitCode } from '../../errors.js';
 import { projectPath } from '../../paths.js';
+import { resolveRepository } from '../../repo/open.js';
 
 /** Jobs directory: --jobs, else RESTORELAB_JOBS_DIR, else the project's lab-templates/jobs. */
 function jobsDir(opt: string | undefined): string {
@@ -85,7 +86,7 @@ export function registerSurebackup(program: Command): void {
       const job = loadJob(file);
       const cfg = await ctx.config();
       const backend = createLabBackend({
-        repo: resolve(o.repo ?? cfg.repository),
+        repo: resolveRepository(o.repo ?? cfg.repository),
         stateDir: cfg.stateDir,
         catalog: cfg.catalog,
         driver: cfg.driver,
