@@ -230,11 +230,18 @@ export class S3MetaStore implements MetaStore {
   async removeLeftover(): Promise<void> {}
 
   async lock(kind: LockKind, purpose: string): Promise<RepoLock> {
+    let lock: RepoLock;
     try {
-      return await acquireS3Lock(this.lockOptions(), kind, purpose);
+      lock = await acquireS3Lock(this.lockOptions(), kind, purpose);
     } catch (err) {
       throw this.fail(err, `take a ${kind} lock`);
     }
+    return {
+      ...lock,
+      // Releasing runs in `finally` blocks: a gateway gone by then must not replace the error that matters.
+      // The lock object it could not delete stops counting once its lease runs out (s3-lock.ts).
+      release: () => lock.release().catch(() => undefined),
+    };
   }
 
   async liveHolders(): Promise<LockHolder[]> {
