@@ -301,6 +301,9 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number, on
   return data;
 }
 
+/** Chunk writes in flight to a remote store (above: why); the S3 client's socket bound (S3_MAX_SOCKETS) is the same. */
+const REMOTE_WRITES_IN_FLIGHT = 32;
+
 async function backupDisk(
   repo: Repository,
   pool: ChunkPool,
@@ -319,7 +322,9 @@ async function backupDisk(
   const hasData = await dataChunks(src, chunkSize, count, reuse?.changed);
   const written = new Set<string>();
   // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's write.
-  const inFlight = pool.slots * 2;
+  // A store without files is remote (object storage): each request waits a network round trip, and only more
+  // of them in flight keep the slots busy (memory: one blob per request, REMOTE_WRITES_IN_FLIGHT MiB at 1 MiB chunks).
+  const inFlight = repo.chunks.fileOf ? pool.slots * 2 : Math.max(pool.slots * 2, REMOTE_WRITES_IN_FLIGHT);
   let done = 0;
   let failure: unknown;
   const running = new Set<Promise<void>>();

@@ -509,7 +509,7 @@ export async function startPublication(
   const pool =
     hooks.repository || isObjectStorage(opts.repo)
       ? undefined
-      : new DecodePool(path.resolve(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+      : new DecodePool(resolveRepository(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
   let opened: OpenedPublication;
   try {
     opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn, pool);
