@@ -11,7 +11,8 @@ import { LocalChunkStore, type ChunkStoreOptions } from './chunk-store.js';
 import { CachedChunkStore } from './cached-chunk-store.js';
 import { CHUNKS_DIR, maxBlobSize } from './format.js';
 import { LocalMetaStore, type MetaStore } from './meta-store.js';
-import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url } from './s3-config.js';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url, type S3Settings } from './s3-config.js';
 import { S3ChunkStore } from './s3-chunk-store.js';
 import { S3MetaStore } from './s3-meta-store.js';
 
@@ -40,6 +41,21 @@ export interface RepositoryBackend {
   chunkStore(config: RepoConfig, cache?: ChunkCacheSetting): ChunkStore;
 }
 
+/**
+ * One client per endpoint and key in a process: the server opens a repository per request, and each
+ * client holds its own pool of keep-alive sockets (S3_MAX_SOCKETS).
+ */
+const clients = new Map<string, S3Client>();
+function sharedClient(settings: S3Settings): S3Client {
+  const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey]);
+  let client = clients.get(key);
+  if (!client) {
+    client = createS3Client(settings);
+    clients.set(key, client);
+  }
+  return client;
+}
+
 export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): RepositoryBackend {
   if (!isS3Url(spec)) {
     const path = resolve(spec);
@@ -47,7 +63,7 @@ export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): 
   }
   const loc = parseS3Url(spec);
   const settings = s3SettingsFromEnv();
-  const client = createS3Client(settings);
+  const client = sharedClient(settings);
   const meta = new S3MetaStore({ ...loc, client, ...(settings.endpoint ? { endpoint: settings.endpoint } : {}) });
   return {
     path: meta.path,
