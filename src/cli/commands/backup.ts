@@ -97,7 +97,7 @@ export function registerBackup(program: Command): void {
     .command('backup')
     .description('back up the disk images of a VM as a new restore point')
     .requiredOption('--vm <file>', 'VM definition (JSON, see config/schemas/vm.schema.json)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option(
       '--disk <image>',
       'image of a disk: NAME=PATH, or PATH for the next disk of the definition (repeatable)',

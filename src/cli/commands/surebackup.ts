@@ -72,7 +72,7 @@ export function registerSurebackup(program: Command): void {
   cmd
     .command('run <job>')
     .description('run a verification job now; exits 0 only when every VM passed')
-    .option('--repo <dir>', 'backup repository (default: the configured one)')
+    .option('--repo <repo>', 'backup repository, a directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--workers', 'run the VMs on the lab workers (restorelab worker) instead of this host; needs RESTORELAB_QUEUE=postgres://…')
     .action(async (file: string, o: { repo?: string; keyFile?: string; workers?: boolean }, c: Command) => {
