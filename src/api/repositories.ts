@@ -9,7 +9,6 @@
  * configured repository; any other encrypted repository is opened without
  * one, and its error says the key is needed.
  */
-import { resolve } from 'node:path';
 import type { ApiContext } from './context.js';
 import { apiError } from './errors.js';
 import { openRepository } from '../repo/repository.js';
@@ -19,6 +18,7 @@ import { catalogKnows, indexedRepositories, listPoints, reindex } from '../catal
 import { RestorelabError } from '../errors.js';
 import { keyFileOption } from '../config/key-file.js';
 import { syncLevelOption } from '../config/config.js';
+import { resolveRepository } from '../repo/open.js';
 
 export const DEFAULT_REPOSITORY = 'default';
 
@@ -29,7 +29,7 @@ export const DEFAULT_REPOSITORY = 'default';
  * repositories, and the server's key is for its own.
  */
 export function openOptions(ctx: ApiContext, path: string): { keyFile?: string } {
-  return resolve(path) === resolve(ctx.config.repository) ? keyFileOption(undefined, ctx.config) : {};
+  return resolveRepository(path) === resolveRepository(ctx.config.repository) ? keyFileOption(undefined, ctx.config) : {};
 }
 
 /** The configured repository, opened fresh (opening reads config.json and the key file only), at the host's sync level. */
@@ -46,7 +46,7 @@ export async function ensureIndexed(ctx: ApiContext, repo: RepositoryReader): Pr
 export async function openNamedRepository(ctx: ApiContext, name: string): Promise<RepositoryMaintenance> {
   if (name === DEFAULT_REPOSITORY) return openDefaultRepository(ctx);
   for (const path of await indexedRepositories(ctx.sql)) {
-    if (path === resolve(ctx.config.repository)) continue;
+    if (path === resolveRepository(ctx.config.repository)) continue;
     const repo = await openRepository(path, syncLevelOption(ctx.config)).catch(() => undefined);
     if (repo?.config.id === name) return repo;
   }
@@ -70,7 +70,7 @@ export async function describeRepository(ctx: ApiContext, repo: Repository): Pro
   await ensureIndexed(ctx, repo);
   const points = await listPoints(ctx.sql, repo.path);
   const c = repo.config;
-  const isDefault = repo.path === resolve(ctx.config.repository);
+  const isDefault = repo.path === resolveRepository(ctx.config.repository);
   return {
     name: isDefault ? DEFAULT_REPOSITORY : c.id,
     path: repo.path,
@@ -91,7 +91,7 @@ export async function describeRepository(ctx: ApiContext, repo: Repository): Pro
 
 /** A repository that cannot be opened still appears in the list, with why. */
 export function unopenable(ctx: ApiContext, path: string, err: unknown): Record<string, unknown> {
-  const isDefault = path === resolve(ctx.config.repository);
+  const isDefault = path === resolveRepository(ctx.config.repository);
   const e =
     err instanceof RestorelabError
       ? { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) }

@@ -20,10 +20,7 @@ import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { ImageSource } from '../ingest/contract.js';
 import { openImage } from '../ingest/open.js';
-import { join } from 'node:path';
 import type { FixedIndex, RepoLock, Repository } from '../repo/api.js';
-import { liveLocks } from '../repo/lock.js';
-import { LOCKS_DIR } from '../repo/format.js';
 import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { badInput, RestorelabError } from '../errors.js';
@@ -213,9 +210,7 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
 async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: string; at: number }[]): Promise<void> {
   if (inserted.length === 0) return;
   try {
-    const others = (await liveLocks(join(repo.path, LOCKS_DIR))).filter(
-      (h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since),
-    );
+    const others = (await repo.liveHolders()).filter((h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since));
     if (others.length > 0) return;
     for (const c of inserted) await repo.chunks.removeIfUnused(c.digest, c.at);
   } catch {
@@ -306,6 +301,9 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number, on
   return data;
 }
 
+/** Chunk writes in flight to a remote store (above: why); the S3 client's socket bound (S3_MAX_SOCKETS) is the same. */
+const REMOTE_WRITES_IN_FLIGHT = 32;
+
 async function backupDisk(
   repo: Repository,
   pool: ChunkPool,
@@ -324,7 +322,9 @@ async function backupDisk(
   const hasData = await dataChunks(src, chunkSize, count, reuse?.changed);
   const written = new Set<string>();
   // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's write.
-  const inFlight = pool.slots * 2;
+  // A store without files is remote (object storage): each request waits a network round trip, and only more
+  // of them in flight keep the slots busy (memory: one blob per request, REMOTE_WRITES_IN_FLIGHT MiB at 1 MiB chunks).
+  const inFlight = repo.chunks.fileOf ? pool.slots * 2 : Math.max(pool.slots * 2, REMOTE_WRITES_IN_FLIGHT);
   let done = 0;
   let failure: unknown;
   const running = new Set<Promise<void>>();

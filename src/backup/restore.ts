@@ -88,6 +88,9 @@ async function failure(
   return new Error(`reading chunk ${job.digest}: ${r.error}`);
 }
 
+/** Chunk fetches in flight from a remote store (one blob in memory each). */
+const REMOTE_FETCHES_IN_FLIGHT = 16;
+
 /**
  * Writes every non-hole chunk of `digests` into `fd` on `threads` restore
  * workers (restore-worker.ts), two chunks in flight per worker so none waits
@@ -154,7 +157,9 @@ async function writeChunks(
     }
   };
   try {
-    await Promise.all(Array.from({ length: pool.size * 2 }, lane));
+    // A store without files is remote (object storage): a lane waits a round trip per chunk, so more of them fetch ahead.
+    const lanes = repo.chunks.fileOf ? pool.size * 2 : Math.max(pool.size * 2, REMOTE_FETCHES_IN_FLIGHT);
+    await Promise.all(Array.from({ length: lanes }, lane));
   } finally {
     await pool.close();
   }

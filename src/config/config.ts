@@ -13,6 +13,8 @@ import type { SyncLevel } from '../repo/api.js';
 
 export interface Limits {
   chunkCacheMiB: number;
+  /** On-disk cache of chunk blobs fetched from an s3:// repository, per repository (<stateDir>/chunk-cache/<repo id>). */
+  objectCacheMiB: number;
   overlayLimitMiB: number;
   maxConcurrentVms: number;
   memoryBudgetMiB: number;
@@ -164,7 +166,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   );
   const home = env.RESTORELAB_HOME ?? process.cwd();
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(home, p));
-  cfg.repository = abs(cfg.repository);
+  // An object-storage repository (s3://BUCKET/PREFIX) is a URL, not a path under RESTORELAB_HOME.
+  if (!cfg.repository.startsWith('s3://')) cfg.repository = abs(cfg.repository);
   if (cfg.repositoryKeyFile !== undefined) cfg.repositoryKeyFile = abs(cfg.repositoryKeyFile);
   cfg.stateDir = abs(cfg.stateDir);
   cfg.guestsDir = abs(cfg.guestsDir);

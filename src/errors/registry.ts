@@ -252,6 +252,11 @@ export const ERRORS = {
     class: 'badInput',
     explain: 'an s3:// repository was named but AWS_ACCESS_KEY_ID or AWS_SECRET_ACCESS_KEY is not set',
   },
+  S3_REQUEST_FAILED: { class: 'failure', explain: 'the object storage of an s3:// repository refused or failed a request' },
+  S3_UNREACHABLE: {
+    class: 'missingComponent',
+    explain: 'the object storage of an s3:// repository did not answer (endpoint down, wrong AWS_ENDPOINT_URL, network)',
+  },
   SCAN_INCOMPLETE: { class: 'failure', explain: 'files could not be read, so the point is neither clean nor infected' },
   SCAN_UNSUPPORTED: { class: 'badInput', explain: 'the job has a scan gate its lab backend cannot run' },
   SCHEMA_INVALID: { class: 'badInput', explain: 'a config, job or lab file does not match its schema' },

@@ -37,6 +37,7 @@ import { removeNbdSocket, startNbd, type NbdServing } from './nbd.js';
 import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
 import { mountEntry } from '../host/mounts.js';
 import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
+import { DEFAULT_OBJECT_CACHE_MIB, isObjectStorage, resolveRepository } from '../repo/open.js';
 
 const DEFAULT_CACHE_MIB = 128;
 const STOP_WAIT_MS = 30_000;
@@ -95,6 +96,20 @@ export interface PublishHooks {
   keyFile?: string;
   /** An already open repository (tests, the daemon); `opts.repo` is then only recorded. */
   repository?: RepositoryReader;
+  /** Bound of the on-disk cache of chunks read from an s3:// repository (limits.objectCacheMiB; default DEFAULT_OBJECT_CACHE_MIB). */
+  objectCacheMiB?: number;
+}
+
+/**
+ * Opens a repository for serving reads. Chunks of an object-storage one go
+ * through the bounded on-disk cache under the state directory, so a VM that
+ * runs from it does not fetch a chunk twice (open.ts).
+ */
+function openForReading(spec: string, stateDir: string, hooks: PublishHooks): Promise<RepositoryReader> {
+  const cache = isObjectStorage(spec)
+    ? { chunkCache: { stateDir, maxBytes: (hooks.objectCacheMiB ?? DEFAULT_OBJECT_CACHE_MIB) * 1024 * 1024 } }
+    : {};
+  return openRepository(spec, { keyFile: hooks.keyFile, ...cache });
 }
 
 function publicationsDir(stateDir: string): string {
@@ -437,7 +452,7 @@ export async function startPublication(
     throw badInput('BAD_OVERLAY_LIMIT', `overlay limit must be a positive size, got ${opts.overlayLimitBytes}`, 'e.g. --overlay-limit 10G');
   }
   if (opts.fuseDir) assertFuseAvailable();
-  const repo = hooks.repository ?? (await openRepository(opts.repo, { keyFile: hooks.keyFile }));
+  const repo = hooks.repository ?? (await openForReading(opts.repo, opts.stateDir, hooks));
   const point = await repo.getPoint(opts.point);
   if (point.disks.length === 0) throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disks`);
 
@@ -470,7 +485,7 @@ export async function startPublication(
       number,
       point: point.id,
       vm: point.vm.name,
-      repo: path.resolve(opts.repo),
+      repo: resolveRepository(opts.repo),
       overlayDir: overlayRoot,
       ...(opts.overlayLimitBytes !== undefined
         ? { overlayLimitBytes: opts.overlayLimitBytes }
@@ -490,9 +505,11 @@ export async function startPublication(
 
   const cache = new ChunkCache((opts.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   // Decoding on worker threads keeps the thread that answers FUSE free; an injected repository decodes in-process.
-  const pool = hooks.repository
-    ? undefined
-    : new DecodePool(path.resolve(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+  // Object storage: decode in-process, through the one chunk cache (a worker would open a client and a cache of its own).
+  const pool =
+    hooks.repository || isObjectStorage(opts.repo)
+      ? undefined
+      : new DecodePool(resolveRepository(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
   let opened: OpenedPublication;
   try {
     opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn, pool);
@@ -610,7 +627,7 @@ export async function restorePublications(
   // thread that answers NFS only copies bytes. An injected repository decodes in-process.
   const pools = new Map<string, DecodePool>();
   const poolFor = (repo: string): DecodePool | undefined => {
-    if (hooks.repository) return undefined;
+    if (hooks.repository || isObjectStorage(repo)) return undefined;
     let pool = pools.get(repo);
     if (!pool) {
       pool = new DecodePool(repo, { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
@@ -634,7 +651,7 @@ export async function restorePublications(
     }
     let opened: OpenedPublication | undefined;
     try {
-      const repo = hooks.repository ?? (await openRepository(rec.repo, { keyFile: hooks.keyFile }));
+      const repo = hooks.repository ?? (await openForReading(rec.repo, stateDir, hooks));
       const point = await repo.getPoint(rec.point);
       opened = await openPublication(
         rec,
@@ -643,7 +660,7 @@ export async function restorePublications(
         cache,
         stateDir,
         hooks.onWarning ?? (() => undefined),
-        poolFor(path.resolve(rec.repo)),
+        poolFor(resolveRepository(rec.repo)),
       );
       await datastore.attach(opened.pub, { onWarning: hooks.onWarning });
     } catch (err) {
@@ -661,7 +678,7 @@ export async function restorePublications(
       await served.close();
     });
     restored.push(rec.id);
-    restoredRepos.push(path.resolve(rec.repo));
+    restoredRepos.push(resolveRepository(rec.repo));
   }
   // A pool whose every publication was skipped serves nothing.
   const used = new Set(restoredRepos);

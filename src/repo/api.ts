@@ -228,6 +228,8 @@ export interface Repository extends RepositoryReader {
    * reported as stale (and removed).
    */
   lock(kind: LockKind, purpose: string): Promise<RepoLock>;
+  /** Holders of live locks (stale ones left out): lock files, or lease lock objects on object storage. */
+  liveHolders(): Promise<LockHolder[]>;
 }
 
 /** A file some crashed writer left behind. */
@@ -270,6 +272,4 @@ export interface RepositoryMaintenance extends Repository {
   leftovers(beforeMs?: number): Promise<Leftover[]>;
   /** Deletes one leftover that leftovers() returned; a file already gone is no error. */
   removeLeftover(leftover: Leftover): Promise<void>;
-  /** The holders of locks whose processes are alive (gc keeps what live backups may reference). */
-  liveHolders(): Promise<LockHolder[]>;
 }

@@ -1,5 +1,6 @@
 /**
- * A repository on a local file system (layout in docs/formats.md):
+ * A repository (layout in docs/formats.md), on a local file system or
+ * under an object-storage prefix (the same names and bytes, see MetaStore):
  *
  *   config.json              RepoConfig + checksum; its presence makes a repository
  *   chunks/<2 hex>/<digest>  blobs (chunk-store.ts)
@@ -8,12 +9,13 @@
  *   points/<id>.json         restore point manifests, checksummed (encrypted: sealed)
  *   locks/*.lock             lock holders (lock.ts)
  *
- * Everything is written to a temp file and renamed into place, so a crash
- * leaves either nothing or a complete file (plus a temp file gc removes).
+ * Everything is written atomically (locally: temp file and rename), so a
+ * crash leaves either nothing or a complete file (plus a temp file gc
+ * removes). This class is the one place that knows the format; the stores
+ * under it (meta-store.ts, the ChunkStores) only keep bytes.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
 import type {
   ChunkCodec,
   ChunkStore,
@@ -31,17 +33,16 @@ import type {
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION, SEALED_METADATA_VERSION } from './api.js';
 import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
-import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
+import { badInput, notFound, RestorelabError } from '../errors.js';
 import { jsonSyntaxProblem } from '../schema/validate.js';
-import { fsyncDir, removeIfOlder, writeFileAtomic } from '../host/atomic-file.js';
-import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
+import { tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore, type ChunkStoreOptions } from './chunk-store.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
-import { acquireLock, liveLocks } from './lock.js';
+import type { MetaStore } from './meta-store.js';
+import { isObjectStorage, repositoryBackend, type ChunkCacheSetting } from './open.js';
 import { createMetadataSeal, isSealed, type MetadataSeal } from './metadata-seal.js';
 import {
-  CHUNKS_DIR,
   CONFIG_FILE,
   DEFAULT_CHUNK_SIZE,
   INDEX_SUFFIX,
@@ -67,6 +68,8 @@ export interface InitOptions extends WriteOptions {
 
 export interface OpenOptions extends WriteOptions {
   keyFile?: string;
+  /** Object storage only: keep fetched chunks in this bounded on-disk cache (publishing, recovery; never verify). */
+  chunkCache?: ChunkCacheSetting;
 }
 
 export type { Leftover, PointScan } from './api.js';
@@ -128,23 +131,13 @@ function configBody(config: RepoConfig): string {
   return JSON.stringify(config);
 }
 
-export async function initRepository(dir: string, opts: InitOptions = {}): Promise<LocalRepository> {
-  const path = resolve(dir);
+/** Creates a repository in an empty directory or under an empty `s3://BUCKET/PREFIX`. */
+export async function initRepository(spec: string, opts: InitOptions = {}): Promise<LocalRepository> {
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   validateChunkSize(chunkSize);
-  try {
-    const st = await stat(path);
-    if (!st.isDirectory()) throw badInput('REPO_NOT_EMPTY', `cannot create a repository at ${path}: it is not a directory`);
-    if ((await readdir(path)).length > 0) {
-      throw badInput(
-        'REPO_NOT_EMPTY',
-        `cannot create a repository at ${path}: the directory is not empty`,
-        'choose a new or empty directory',
-      );
-    }
-  } catch (err) {
-    if (!isErrno(err, 'ENOENT')) throw err;
-  }
+  const backend = repositoryBackend(spec, writeOptions(opts));
+  const { meta, path } = backend;
+  await meta.assertEmpty();
   const id = randomUUID();
   let key: Buffer | undefined;
   if (opts.keyFile) {
@@ -169,15 +162,13 @@ export async function initRepository(dir: string, opts: InitOptions = {}): Promi
     created: new Date().toISOString(),
     ...(key ? { keyCheck: keyCheckValue(key, id) } : {}),
   };
-  // Owner-only: an unencrypted chunk is a piece of a VM disk, and a manifest names the VM.
-  await mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
-  tightenMode(path);
-  await createShards(join(path, CHUNKS_DIR));
-  for (const d of [INDEXES_DIR, POINTS_DIR, LOCKS_DIR]) await mkdir(join(path, d), { recursive: true });
+  await meta.prepare();
+  const chunks = backend.chunkStore(config);
+  if (chunks instanceof LocalChunkStore) await createShards(chunks.path);
   const body = configBody(config);
-  // The config goes last: a directory without it is not a repository yet.
-  await writeFileAtomic(path, CONFIG_FILE, JSON.stringify({ ...config, checksum: sha256(body) }, null, 2) + '\n');
-  return new LocalRepository(path, config, key, writeOptions(opts));
+  // The config goes last: a directory (or prefix) without it is not a repository yet.
+  await meta.write(CONFIG_FILE, JSON.stringify({ ...config, checksum: sha256(body) }, null, 2) + '\n');
+  return new LocalRepository(path, config, key, { meta, chunks });
 }
 
 function writeOptions(opts: WriteOptions): WriteOptions {
@@ -187,8 +178,7 @@ function writeOptions(opts: WriteOptions): WriteOptions {
   };
 }
 
-function parseConfig(path: string, text: string): RepoConfig {
-  const file = join(path, CONFIG_FILE);
+function parseConfig(path: string, file: string, text: string): RepoConfig {
   // The errors name the file and the spot, never its bytes: they reach every
   // API viewer (GET /repositories lists an unopenable repository with its
   // error, the operation list keeps failures), and a config.json that is not
@@ -241,23 +231,20 @@ function parseConfig(path: string, text: string): RepoConfig {
 /** Where a key file comes from, in the order every command and the server look (src/config/key-file.ts). */
 const KEY_HINT = 'pass --key-file, set RESTORELAB_KEY_FILE, or set repositoryKeyFile in the config';
 
-export async function openRepository(dir: string, opts: OpenOptions = {}): Promise<LocalRepository> {
-  const path = resolve(dir);
-  let text: string;
-  try {
-    text = await readFile(join(path, CONFIG_FILE), 'utf8');
-  } catch (err) {
-    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) {
-      throw notFound(
-        'REPO_NOT_FOUND',
-        `no restorelab repository at ${path} (no ${CONFIG_FILE})`,
-        `create one with: restorelab repo init ${path}`,
-      );
-    }
-    throw err;
+/** Opens the repository of a spec: a directory or `s3://BUCKET/PREFIX` (open.ts). */
+export async function openRepository(spec: string, opts: OpenOptions = {}): Promise<LocalRepository> {
+  const backend = repositoryBackend(spec, writeOptions(opts));
+  const { meta, path } = backend;
+  const raw = await meta.read(CONFIG_FILE);
+  if (raw === undefined) {
+    throw notFound(
+      'REPO_NOT_FOUND',
+      `no restorelab repository at ${path} (no ${CONFIG_FILE})`,
+      `create one with: restorelab repo init ${path}`,
+    );
   }
-  const config = parseConfig(path, text);
-  tightenMode(path);
+  const config = parseConfig(path, meta.where(CONFIG_FILE), raw.toString('utf8'));
+  if (!isObjectStorage(path)) tightenMode(path);
   let key: Buffer | undefined;
   if (config.encryption === 'aes-256-gcm') {
     if (!opts.keyFile) throw badInput('KEY_REQUIRED', `repository ${path} is encrypted: its key is needed`, KEY_HINT);
@@ -270,7 +257,7 @@ export async function openRepository(dir: string, opts: OpenOptions = {}): Promi
       );
     }
   }
-  return new LocalRepository(path, config, key, writeOptions(opts));
+  return new LocalRepository(path, config, key, { meta, chunks: backend.chunkStore(config, opts.chunkCache) });
 }
 
 function isRestorePoint(v: unknown): v is RestorePoint {
@@ -291,8 +278,10 @@ function isRestorePoint(v: unknown): v is RestorePoint {
 
 export class LocalRepository implements RepositoryMaintenance {
   readonly chunks: ChunkStore;
-  /** The same store as `chunks`, with what only a local store has: blocking reads for decode workers, temp files. */
-  private readonly store: LocalChunkStore;
+  /** The same store as `chunks` when it is a local one, with what only that has: blocking reads for decode workers, temp files. */
+  private readonly local: LocalChunkStore | undefined;
+  /** config.json, indexes, manifests and locks (meta-store.ts). */
+  private readonly meta: MetaStore;
   readonly codec: ChunkCodec;
   /** Encrypted repositories: seals manifests and indexes (every one written, in any version). */
   private readonly seal?: MetadataSeal;
@@ -307,11 +296,12 @@ export class LocalRepository implements RepositoryMaintenance {
   constructor(
     readonly path: string,
     readonly config: RepoConfig,
-    private readonly key?: Buffer,
-    write: WriteOptions = {},
+    private readonly key: Buffer | undefined,
+    parts: { meta: MetaStore; chunks: ChunkStore },
   ) {
-    this.store = new LocalChunkStore(join(path, CHUNKS_DIR), write);
-    this.chunks = this.store;
+    this.meta = parts.meta;
+    this.chunks = parts.chunks;
+    this.local = parts.chunks instanceof LocalChunkStore ? parts.chunks : undefined;
     this.codec = createCodec(config, key);
     if (key) this.seal = createMetadataSeal(key, config.id);
     this.plainMetadataAllowed = config.encryption === 'none' || config.version < SEALED_METADATA_VERSION;
@@ -322,14 +312,6 @@ export class LocalRepository implements RepositoryMaintenance {
     return this.key;
   }
 
-  private get pointsDir(): string {
-    return join(this.path, POINTS_DIR);
-  }
-
-  private get indexesDir(): string {
-    return join(this.path, INDEXES_DIR);
-  }
-
   private pointFile(id: string): string {
     if (!POINT_ID_RE.test(id))
       throw notFound(
@@ -337,7 +319,11 @@ export class LocalRepository implements RepositoryMaintenance {
         `no restore point ${id} in ${this.path}: not a restore point id`,
         'list them with restorelab points',
       );
-    return join(this.pointsDir, id + POINT_SUFFIX);
+    return `${POINTS_DIR}/${id}${POINT_SUFFIX}`;
+  }
+
+  private indexFile(digest: string): string {
+    return `${INDEXES_DIR}/${digest}${INDEX_SUFFIX}`;
   }
 
   /** The plaintext of a manifest or index file: unsealed, or as it is when plaintext is allowed here. */
@@ -373,13 +359,16 @@ export class LocalRepository implements RepositoryMaintenance {
   /** All manifests; unreadable ones are listed as problems, temp files are skipped. */
   async scanPoints(): Promise<PointScan> {
     const out: PointScan = { points: [], problems: [] };
-    for (const file of (await readdir(this.pointsDir)).sort()) {
+    for (const { name: file } of await this.meta.list(POINTS_DIR)) {
       if (file.startsWith(TEMP_PREFIX) || !file.endsWith(POINT_SUFFIX)) continue;
+      const name = `${POINTS_DIR}/${file}`;
+      const buf = await this.meta.read(name);
+      // Removed since the listing (prune): not a problem.
+      if (buf === undefined) continue;
       try {
-        out.points.push(this.parseManifest(file, await readFile(join(this.pointsDir, file))));
+        out.points.push(this.parseManifest(file, buf));
       } catch (err) {
-        if (isErrno(err, 'ENOENT')) continue;
-        out.problems.push({ file: join(this.pointsDir, file), reason: (err as Error).message });
+        out.problems.push({ file: this.meta.where(name), reason: (err as Error).message });
       }
     }
     return out;
@@ -397,19 +386,13 @@ export class LocalRepository implements RepositoryMaintenance {
   }
 
   async getPoint(id: string): Promise<RestorePoint> {
-    const file = this.pointFile(id);
-    let text: Buffer;
-    try {
-      text = await readFile(file);
-    } catch (err) {
-      if (isErrno(err, 'ENOENT'))
-        throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`, 'list them with restorelab points');
-      throw err;
-    }
+    const name = this.pointFile(id);
+    const text = await this.meta.read(name);
+    if (text === undefined) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`, 'list them with restorelab points');
     try {
       return this.parseManifest(id + POINT_SUFFIX, text);
     } catch (err) {
-      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${file} is corrupt: ${(err as Error).message}`);
+      throw new RestorelabError('POINT_CORRUPT', `restore point manifest ${this.meta.where(name)} is corrupt: ${(err as Error).message}`);
     }
   }
 
@@ -430,7 +413,7 @@ export class LocalRepository implements RepositoryMaintenance {
         `index ${disk.indexDigest} of ${pointId}/${diskName} covers ${index.size} bytes, the manifest says ${disk.size}`,
       );
     }
-    return new IndexedDisk(index, this.store, this.codec);
+    return new IndexedDisk(index, this.chunks, this.local, this.codec);
   }
 
   async writeIndex(index: FixedIndex): Promise<string> {
@@ -441,37 +424,23 @@ export class LocalRepository implements RepositoryMaintenance {
       );
     }
     // The chunks it names are durable before the index is (SyncLevel): one syncfs at level filesystem.
-    await this.store.sync();
+    await this.chunks.sync();
     const plain = encodeFixedIndex(index);
     const digest = this.seal ? this.seal.indexName(plain) : sha256(plain);
     const buf = this.seal ? this.seal.seal('index', plain) : plain;
-    const name = digest + INDEX_SUFFIX;
-    const now = new Date();
+    const name = this.indexFile(digest);
     // Like chunks: an existing index only gets its mtime refreshed, which protects it from a concurrent gc.
-    const existed = await utimes(join(this.indexesDir, name), now, now).then(
-      () => true,
-      () => false,
-    );
-    if (!existed) await writeFileAtomic(this.indexesDir, name, buf);
+    if (!(await this.meta.touch(name))) await this.meta.write(name, buf);
     return digest;
   }
 
   async readIndex(digest: string): Promise<FixedIndex> {
     const name = digest + INDEX_SUFFIX;
     if (!INDEX_NAME_RE.test(name)) throw badInput('BAD_DIGEST', `"${digest}" is not an index digest`);
-    const file = join(this.indexesDir, name);
-    let buf: Buffer;
-    try {
-      buf = await readFile(file);
-    } catch (err) {
-      if (isErrno(err, 'ENOENT'))
-        throw notFound(
-          'INDEX_NOT_FOUND',
-          `fixed index ${file} is missing`,
-          'run restorelab verify to list the restore points that need it',
-        );
-      throw err;
-    }
+    const file = this.meta.where(this.indexFile(digest));
+    const buf = await this.meta.read(this.indexFile(digest));
+    if (buf === undefined)
+      throw notFound('INDEX_NOT_FOUND', `fixed index ${file} is missing`, 'run restorelab verify to list the restore points that need it');
     const corrupt = (why: string): RestorelabError => new RestorelabError('INDEX_CORRUPT', `fixed index ${file} is corrupt: ${why}`);
     let plain: Buffer;
     try {
@@ -487,7 +456,7 @@ export class LocalRepository implements RepositoryMaintenance {
 
   async commitPoint(point: NewRestorePoint): Promise<RestorePoint> {
     // Normally a no-op (writeIndex synced); it catches chunks found or inserted since, by any caller.
-    await this.store.sync();
+    await this.chunks.sync();
     for (const d of point.disks) {
       const index = await this.readIndex(d.indexDigest);
       if (index.size !== d.size) throw badInput('BAD_POINT', `disk ${d.name}: index covers ${index.size} bytes, the point says ${d.size}`);
@@ -495,15 +464,10 @@ export class LocalRepository implements RepositoryMaintenance {
     if (new Set(point.disks.map((d) => d.name)).size !== point.disks.length)
       throw badInput('BAD_POINT', 'restore point names a disk twice');
     let id = newPointId(point.time);
-    while (
-      await stat(this.pointFile(id)).then(
-        () => true,
-        () => false,
-      )
-    )
-      id = newPointId(point.time);
+    while (await this.meta.exists(this.pointFile(id))) id = newPointId(point.time);
     const full: RestorePoint = { id, ...point };
-    await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody(full));
+    // The manifest is the last write of a backup: a point is visible only once its indexes and chunks are stored.
+    await this.meta.write(this.pointFile(id), this.manifestBody(full));
     return full;
   }
 
@@ -512,66 +476,49 @@ export class LocalRepository implements RepositoryMaintenance {
     const point = await this.getPoint(id);
     if ((point.damaged ?? false) === damaged) return;
     const { damaged: _old, ...rest } = point;
-    await writeFileAtomic(this.pointsDir, id + POINT_SUFFIX, this.manifestBody(damaged ? { ...rest, damaged: true } : rest));
+    await this.meta.write(this.pointFile(id), this.manifestBody(damaged ? { ...rest, damaged: true } : rest));
   }
 
   /** Deletes a manifest (prune); its chunks and index stay until gc. */
   async removePoint(id: string): Promise<void> {
-    try {
-      await unlink(this.pointFile(id));
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`);
-      throw err;
-    }
-    await fsyncDir(this.pointsDir);
+    if (!(await this.meta.remove(this.pointFile(id)))) throw notFound('POINT_NOT_FOUND', `no restore point ${id} in ${this.path}`);
   }
 
   /** Index digests stored in indexes/, with their mtimes. */
   async listIndexes(): Promise<StoredIndex[]> {
-    const out: StoredIndex[] = [];
-    for (const name of (await readdir(this.indexesDir)).sort()) {
-      if (!INDEX_NAME_RE.test(name)) continue;
-      const st = await stat(join(this.indexesDir, name)).catch(() => undefined);
-      if (st) out.push({ digest: name.slice(0, -INDEX_SUFFIX.length), size: st.size, mtimeMs: st.mtimeMs });
-    }
-    return out;
+    return (await this.meta.list(INDEXES_DIR))
+      .filter((e) => INDEX_NAME_RE.test(e.name))
+      .map((e) => ({ digest: e.name.slice(0, -INDEX_SUFFIX.length), size: e.size, mtimeMs: e.mtimeMs }));
   }
 
   /** gc's delete of an unreferenced index: only if untouched since `cutoffMs` (see removeIfOlder). */
   async removeIndex(digest: string, cutoffMs: number): Promise<number> {
-    return removeIfOlder(join(this.indexesDir, digest + INDEX_SUFFIX), cutoffMs);
+    return this.meta.removeIfOlder(this.indexFile(digest), cutoffMs);
   }
 
   /** Temp files left by crashed writers (all of them, or those older than `beforeMs`). */
   async leftovers(beforeMs = Infinity): Promise<Leftover[]> {
-    const out: Leftover[] = [];
-    for (const dir of [this.path, this.pointsDir, this.indexesDir, join(this.path, LOCKS_DIR)]) {
-      for (const name of await readdir(dir)) {
-        if (!name.startsWith(TEMP_PREFIX)) continue;
-        const st = await stat(join(dir, name)).catch(() => undefined);
-        if (st && st.mtimeMs < beforeMs) out.push({ path: join(dir, name), size: st.size, mtimeMs: st.mtimeMs });
-      }
-    }
-    for await (const t of this.store.listTemp(beforeMs)) out.push({ ...t, mtimeMs: 0 });
+    const out = await this.meta.leftovers(beforeMs);
+    if (this.local) for await (const t of this.local.listTemp(beforeMs)) out.push({ ...t, mtimeMs: 0 });
     return out;
   }
 
-  async removeLeftover(leftover: Leftover): Promise<void> {
-    await unlink(leftover.path).catch((err: unknown) => {
-      if (!isErrno(err, 'ENOENT')) throw err;
-    });
+  removeLeftover(leftover: Leftover): Promise<void> {
+    return this.meta.removeLeftover(leftover);
   }
 
+  /** Live lock holders: local lock files, or lease lock objects on object storage (s3-lock.ts). */
   liveHolders(): Promise<LockHolder[]> {
-    return liveLocks(this.locksDir);
-  }
-
-  get locksDir(): string {
-    return join(this.path, LOCKS_DIR);
+    return this.meta.liveHolders();
   }
 
   lock(kind: LockKind, purpose: string): Promise<RepoLock> {
-    return acquireLock(this.locksDir, this.path, kind, purpose);
+    return this.meta.lock(kind, purpose);
+  }
+
+  /** A local repository's lock directory (tests, tools); an object-storage repository has lock objects under `locks/` instead. */
+  get locksDir(): string {
+    return this.meta.where(LOCKS_DIR);
   }
 }
 
@@ -581,14 +528,19 @@ class IndexedDisk implements DiskSource {
   readonly chunkSize: number;
   readonly chunkCount: number;
 
+  /** Only over a local store: blocking reads are what decode workers use, and object storage has none. */
+  readonly readChunkSync?: (i: number, scratch: Buffer, into?: Buffer) => Buffer | null;
+
   constructor(
     private readonly index: FixedIndex,
-    private readonly store: LocalChunkStore,
+    private readonly store: ChunkStore,
+    local: LocalChunkStore | undefined,
     private readonly codec: ChunkCodec,
   ) {
     this.size = index.size;
     this.chunkSize = index.chunkSize;
     this.chunkCount = chunkCountFor(index.size, index.chunkSize);
+    if (local) this.readChunkSync = (i, scratch, into) => this.readLocalSync(local, i, scratch, into);
   }
 
   chunkId(i: number): string | null {
@@ -605,12 +557,12 @@ class IndexedDisk implements DiskSource {
     return this.checked(i, digest, () => this.codec.decode(digest, blob));
   }
 
-  readChunkSync(i: number, scratch: Buffer, into?: Buffer): Buffer | null {
+  private readLocalSync(local: LocalChunkStore, i: number, scratch: Buffer, into?: Buffer): Buffer | null {
     const digest = this.chunkId(i);
     if (digest === null) return null;
     let blob: Buffer;
     try {
-      blob = this.store.getSync(digest, scratch);
+      blob = local.getSync(digest, scratch);
     } catch (err) {
       throw this.asCorrupt(digest, err);
     }

@@ -117,6 +117,9 @@ export class S3ChunkStore implements ChunkStore {
   async touch(digest: string): Promise<boolean> {
     const key = this.key(digest);
     try {
+      // A HEAD first: a backup touches every chunk it is about to write, most of them new, and on the RADOS
+      // Gateway a copy of a missing object takes about 5 times a HEAD's 10 ms (measured, docs/operations.md).
+      if ((await this.head(key)) === undefined) return false;
       await this.client.send(
         new CopyObjectCommand({
           Bucket: this.bucket,

@@ -98,6 +98,8 @@ export const S3_MAX_SOCKETS = 32;
 export const S3_MAX_ATTEMPTS = 5;
 
 export function createS3Client(settings: S3Settings): S3Client {
+  // The SDK warns on every command line that its releases from 2027 need Node 22: news for whoever upgrades it, noise for users.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const agentOpts = { keepAlive: true, maxSockets: S3_MAX_SOCKETS };
   return new S3Client({
     region: settings.region,

@@ -23,6 +23,7 @@ import { SessionStore } from './store.js';
 import { processAlive as pidAlive } from '../host/process.js';
 import type { CatalogDb } from '../catalog/catalog.js';
 import type { CompiledRules, ScanProgress } from '../scan/scan.js';
+import { resolveRepository } from '../repo/open.js';
 
 export interface RecoverOptions extends RecoverRequest {
   heartbeatTimeoutMs?: number;
@@ -73,7 +74,7 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWith
     id,
     vm: plan.vm.name,
     point: plan.point.id,
-    repo: resolve(opts.repo),
+    repo: resolveRepository(opts.repo),
     ...(opts.keyFile ? { keyFile: resolve(opts.keyFile) } : {}),
     driver: opts.driver,
     ...(accel ? { accel } : {}),

@@ -68,6 +68,7 @@ const SUBNETS = {
   'api/cli-remote-recover': 131,
   'session/recover-encrypted:surebackup': 132,
   'session/recover-encrypted:recover': 133,
+  'session/recover-s3': 134,
   'scheduler/after-backup-vm': 141,
   'bringup/one-path': 199,
   'scan:scan/gate:refused': 160,

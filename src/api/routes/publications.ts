@@ -135,7 +135,7 @@ export const publicationRoutes: RegisterRoutes = (t, ctx) => {
             readOnly: b.readOnly,
             cacheMiB: cfg.limits.chunkCacheMiB,
           },
-          { ...openOptions(ctx, cfg.repository), onWarning: (m) => o.log(m) },
+          { ...openOptions(ctx, cfg.repository), objectCacheMiB: cfg.limits.objectCacheMiB, onWarning: (m) => o.log(m) },
         );
         let frontend: Served['frontend'] = b.nbd ? 'nbd' : 'fuse';
         if (!fuseDir && !b.nbd && nfs) {

@@ -8,7 +8,6 @@
  * configured repository; any other encrypted repository is listed with the
  * error that says its key is needed.
  */
-import { resolve } from 'node:path';
 import type { RegisterRoutes } from './register.js';
 import { principal } from '../route-table.js';
 import { accepted } from '../sse.js';
@@ -21,6 +20,7 @@ import { collectGarbage } from '../../repo/gc.js';
 import { forgetPoints, indexedRepositories, reindex } from '../../catalog/catalog.js';
 import { RestorelabError } from '../../errors.js';
 import { describeRepository, openNamedRepository, openOptions, unopenable } from '../repositories.js';
+import { resolveRepository } from '../../repo/open.js';
 
 export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
@@ -31,7 +31,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     summary: 'the configured repository (`default`) and every other one the catalog has indexed, with format and counts',
     handler: async () => {
       const out: unknown[] = [];
-      const def = resolve(ctx.config.repository);
+      const def = resolveRepository(ctx.config.repository);
       for (const path of [def, ...(await indexedRepositories(ctx.sql)).filter((p) => p !== def)]) {
         try {
           out.push(await describeRepository(ctx, await openRepository(path, openOptions(ctx, path))));

@@ -12,6 +12,7 @@ import type { BackupProgress } from '../../backup/engine.js';
 import type { LiveBackupResult, LiveSource } from '../../backup/live/index.js';
 import { formatBytes } from '../../format/output.js';
 import { projectPath } from '../../paths.js';
+import { resolveRepository } from '../../repo/open.js';
 
 /**
  * `--disk NAME=PATH` names the disk; a bare `--disk PATH` goes to the next
@@ -96,7 +97,7 @@ export function registerBackup(program: Command): void {
     .command('backup')
     .description('back up the disk images of a VM as a new restore point')
     .requiredOption('--vm <file>', 'VM definition (JSON, see config/schemas/vm.schema.json)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option(
       '--disk <image>',
       'image of a disk: NAME=PATH, or PATH for the next disk of the definition (repeatable)',
@@ -218,7 +219,7 @@ export function registerBackup(program: Command): void {
           : { consistency: point.consistency };
         // Image backups carry the consistency as given (a label: nothing froze the guest).
         // afterBackup jobs verify the configured repository: a point elsewhere is not theirs to boot.
-        const elsewhere = o.repo !== undefined && resolve(o.repo) !== resolve((await ctx.config()).repository);
+        const elsewhere = o.repo !== undefined && resolveRepository(o.repo) !== resolveRepository((await ctx.config()).repository);
         if (o.afterBackup && elsewhere)
           ctx.out.info(`after-backup: ${repo.path} is not the configured repository, which afterBackup jobs verify: none triggered`);
         if (!o.afterBackup || elsewhere) {

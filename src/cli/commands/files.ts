@@ -70,7 +70,7 @@ export function registerFiles(program: Command): void {
   cmd
     .command('ls <point> <guest-path>')
     .description('list a guest directory (symlinks are shown, not followed)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'disk of the restore point')
     .option('--partition <n>', 'partition number (default: the first partition where the path exists)')
@@ -89,7 +89,7 @@ export function registerFiles(program: Command): void {
     .description('extract a guest file, or a directory as a tar stream')
     .requiredOption('--to <local>', 'local file to write, or - for stdout')
     .option('--tar', 'write a tar stream even for a single file')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'disk of the restore point')
     .option('--partition <n>', 'partition number (default: the first partition where the path exists)')

@@ -19,7 +19,7 @@ export function registerGc(program: Command): void {
   program
     .command('gc')
     .description('free chunks and indexes no restore point references (runs beside backups; they are protected by a cutoff)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--dry-run', 'count only, delete nothing')
     .option('--json', 'print one JSON object')

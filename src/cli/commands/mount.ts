@@ -5,6 +5,7 @@ import { contextFor, type CommandContext } from '../context.js';
 import type { FlrSession } from '../../flr/mount.js';
 import { badInput } from '../../errors.js';
 import { keyFileOption } from '../../config/key-file.js';
+import { resolveRepository } from '../../repo/open.js';
 
 export interface PointFlags {
   repo?: string;
@@ -19,7 +20,7 @@ export async function pointKeyFile(ctx: CommandContext, o: { keyFile?: string })
 }
 
 export async function repoPath(ctx: CommandContext, o: { repo?: string }): Promise<string> {
-  return resolve(o.repo ?? (await ctx.config()).repository);
+  return resolveRepository(o.repo ?? (await ctx.config()).repository);
 }
 
 export function partitionNumber(o: { partition?: string }): number | undefined {
@@ -49,7 +50,7 @@ export function registerMount(program: Command): void {
     .description(
       'mount the guest filesystems of a restore point read-only below <dir> (one p<N> per partition); stays mounted until `restorelab umount`',
     )
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--disk <name>', 'only this disk of the restore point')
     .option('--partition <n>', 'only this partition number')

@@ -30,7 +30,7 @@ export function registerPoints(program: Command): void {
   program
     .command('points')
     .description('list restore points (oldest first)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--vm <name>', 'only the points of this VM')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')

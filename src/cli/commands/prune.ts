@@ -29,7 +29,7 @@ export function registerPrune(program: Command): void {
   program
     .command('prune')
     .description('remove restore points not kept by any rule (per VM); run gc afterwards to free space')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--vm <name>', 'only the points of this VM')
     .option('--keep-last <n>', 'keep the n newest points', count('--keep-last'))

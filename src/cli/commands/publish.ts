@@ -172,7 +172,7 @@ export function registerPublish(program: Command): void {
   const publish = program
     .command('publish <point>')
     .description('publish a restore point as writable disk files on a FUSE mount and/or over NFS, or over NBD (writes go to an overlay)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--fuse <dir>', 'mount the publications here (created if missing)')
     .option(
@@ -242,7 +242,7 @@ export function registerPublish(program: Command): void {
           readOnly: o.readOnly ?? false,
           cacheMiB: cfg.limits.chunkCacheMiB,
         },
-        { ...keyFileOption(o.keyFile, cfg), onWarning: (m) => ctx.out.warn(m) },
+        { ...keyFileOption(o.keyFile, cfg), objectCacheMiB: cfg.limits.objectCacheMiB, onWarning: (m) => ctx.out.warn(m) },
       );
       const result: PublishResult | NbdPublishResult = pub.nbd
         ? { publication: pub.id, disks: Object.entries(pub.nbd).map(([name, nbd]) => ({ name, nbd })) }

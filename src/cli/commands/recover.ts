@@ -43,7 +43,7 @@ export function registerRecover(program: Command): void {
   program
     .command('recover <vm[@point]>')
     .description('run a VM straight from a restore point (latest by default), in a lab or on a bridge')
-    .option('--repo <dir>', 'backup repository (default from config)')
+    .option('--repo <repo>', 'backup repository, a directory or s3:// URL (default from config)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--lab <lab.json>', 'run inside this virtual lab (brought up if it is not)')
     .option('--network <bridge>', 'attach the NICs to this existing host bridge (production network)')

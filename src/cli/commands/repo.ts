@@ -80,8 +80,8 @@ export function parseSize(v: string): number {
 export function registerRepo(program: Command): void {
   const cmd = program.command('repo').description('create and maintain backup repositories');
   cmd
-    .command('init <dir>')
-    .description('create an empty repository (chunk size fixed for its lifetime)')
+    .command('init <repo>')
+    .description('create an empty repository in a directory or under an s3:// prefix (chunk size fixed for its lifetime)')
     .option('--chunk-size <size>', 'bytes per chunk, a power of two from 256K to 8M (default 1M)')
     .option('--encrypt', 'encrypt chunks with AES-256-GCM (needs --key-file)')
     .option('--key-file <file>', 'the key file; created with a new random key when it does not exist')
@@ -111,7 +111,7 @@ export function registerRepo(program: Command): void {
   cmd
     .command('reindex')
     .description('rebuild the catalog from the repository files (the source of truth)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (o: RepoFlags, c: Command) => {

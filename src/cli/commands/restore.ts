@@ -12,7 +12,7 @@ export function registerRestore(program: Command): void {
     .requiredOption('--disk <name>', 'disk name as in the VM definition')
     .requiredOption('--to <file>', 'output file (replaced when it exists)')
     .option('--format <format>', 'raw or qcow2', 'raw')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (id: string, o: RepoFlags & { disk: string; to: string; format: string }, c: Command) => {

@@ -110,7 +110,7 @@ export function registerScan(program: Command): void {
     .command('scan <point|vm>')
     .description("scan a restore point's guest filesystems with YARA rules (read-only mounts); exit 3 when infected")
     .requiredOption('--yara <rules>', 'YARA rule file (compiled once with yarac)')
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--last-clean', 'with a VM name: scan its points newest first and name the newest clean one')
     .option('--since <time>', 'with --last-clean: only points at or after this ISO 8601 time')

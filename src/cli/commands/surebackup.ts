@@ -4,6 +4,7 @@ import { dirname, resolve } from 'node:path';
 import { contextFor } from '../context.js';
 import { badInput, ExitCode } from '../../errors.js';
 import { projectPath } from '../../paths.js';
+import { resolveRepository } from '../../repo/open.js';
 
 /** Jobs directory: --jobs, else RESTORELAB_JOBS_DIR, else the project's lab-templates/jobs. */
 function jobsDir(opt: string | undefined): string {
@@ -71,7 +72,7 @@ export function registerSurebackup(program: Command): void {
   cmd
     .command('run <job>')
     .description('run a verification job now; exits 0 only when every VM passed')
-    .option('--repo <dir>', 'backup repository (default: the configured one)')
+    .option('--repo <repo>', 'backup repository, a directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--workers', 'run the VMs on the lab workers (restorelab worker) instead of this host; needs RESTORELAB_QUEUE=postgres://…')
     .action(async (file: string, o: { repo?: string; keyFile?: string; workers?: boolean }, c: Command) => {
@@ -85,7 +86,7 @@ export function registerSurebackup(program: Command): void {
       const job = loadJob(file);
       const cfg = await ctx.config();
       const backend = createLabBackend({
-        repo: resolve(o.repo ?? cfg.repository),
+        repo: resolveRepository(o.repo ?? cfg.repository),
         stateDir: cfg.stateDir,
         catalog: cfg.catalog,
         driver: cfg.driver,

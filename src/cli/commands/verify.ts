@@ -23,7 +23,7 @@ export function registerVerify(program: Command): void {
     .description(
       're-read, decompress and re-hash every chunk a restore point (default: every point) references; corrupt chunks are quarantined',
     )
-    .option('--repo <dir>', 'repository directory (default: the configured one)')
+    .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository')
     .option('--json', 'print one JSON object')
     .action(async (id: string | undefined, o: RepoFlags, c: Command) => {
