@@ -6,8 +6,8 @@ import { parseCidr } from '../../src/lab/ipv4.js';
 const lab = {
   name: 'prod-lab',
   networks: [
-    { name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '172.18.77.0/24' },
-    { name: 'dmz', subnet: '10.9.0.0/25', gateway: '10.9.0.1', masquerade: '172.18.78.0/25' },
+    { name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: '10.201.77.0/24' },
+    { name: 'dmz', subnet: '10.9.0.0/25', gateway: '10.9.0.1', masquerade: '10.201.78.0/25' },
   ],
 };
 
@@ -22,7 +22,7 @@ t.test('each network gets the first free subnet of its own size, skipping routes
     'the /24 skips the taken .0 and the .1 with a host route; the /25 takes the free half of .1',
   );
   t.equal(out.networks[0]?.subnet, '192.168.77.0/24', 'the production side is untouched');
-  t.equal(lab.networks[0]?.masquerade, '172.18.77.0/24', 'the definition itself is not changed');
+  t.equal(lab.networks[0]?.masquerade, '10.201.77.0/24', 'the definition itself is not changed');
 });
 
 t.test('a pool with no room, or smaller than a network, is refused with a clear error', async (t) => {
