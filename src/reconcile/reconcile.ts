@@ -29,6 +29,7 @@ import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
 import { mountEntry, mountsUnder } from '../host/mounts.js';
 import type { PublicationRecord } from '../publish/publish.js';
 import { openRepository } from '../repo/repository.js';
+import { isObjectStorage } from '../repo/open.js';
 import { SessionStore } from '../session/store.js';
 import { ACTIVE_STATES, type RecoverySession } from '../session/session.js';
 import type { LabState } from '../lab/lab.js';
@@ -174,7 +175,8 @@ function publicationRecords(stateDir: string): PublicationRecord[] {
 
 /** Why the point of `rec` cannot be opened, or undefined when it can (or the check itself cannot tell). */
 async function pointGone(rec: PublicationRecord, keyFile?: string): Promise<string | undefined> {
-  if (!fs.existsSync(rec.repo)) return `its repository ${rec.repo} is gone`;
+  // An object-storage repository has no local path: opening it below tells (a gateway that is down tells nothing).
+  if (!isObjectStorage(rec.repo) && !fs.existsSync(rec.repo)) return `its repository ${rec.repo} is gone`;
   try {
     const repo = await openRepository(rec.repo, { keyFile });
     await repo.getPoint(rec.point);
