@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import type { CatalogDb } from '../catalog/catalog.js';
+import type { BackupJobHistory } from '../backup/jobs/history.js';
 import type { Catalog } from '../catalog/sql.js';
 import type { TokenStore } from './tokens.js';
 import type { OperationRegistry } from './operations.js';
@@ -15,13 +16,16 @@ import type { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 
 export interface ApiContext {
   config: Config;
-  /** The catalog database, shared by every route (better-sqlite3 is synchronous and safe to share). */
-  catalog: CatalogDb;
   /**
-   * The same catalog on the seam (src/catalog/sql.ts), for the areas moved onto it (points,
-   * repositories); the other areas still take `catalog`, so the API server runs on SQLite only so far.
+   * The SQLite handle under `sql`, for the areas not on the seam yet (SureBackup history,
+   * recovery sessions, scans); reading it on a PostgreSQL catalog throws CATALOG_SQLITE_ONLY,
+   * so only those routes fail there. Read it when a request needs it, not when routes register.
    */
+  readonly catalog: CatalogDb;
+  /** The catalog on the seam (src/catalog/sql.ts), SQLite or PostgreSQL: points, repositories, tokens, scan statuses, backup jobs. */
   sql: Catalog;
+  /** Backup job history in `sql`, migrated. */
+  backupJobHistory: BackupJobHistory;
   tokens: TokenStore;
   operations: OperationRegistry;
   metrics: Metrics;

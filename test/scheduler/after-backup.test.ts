@@ -293,7 +293,7 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
   const history = History.open(config.catalog);
   // The real configured run: here it ends in `error` (no lab file) without booting.
   const scheduler = new Scheduler({ jobsDir, history, gate, log: quiet, run: configuredRun(config, history, quiet, gate.limiter) }).start();
-  const ctx = createApiContext({
+  const ctx = await createApiContext({
     config,
     jobsDir,
     jobGate: gate,

@@ -41,14 +41,16 @@ export interface JobListing {
 }
 
 export const jobRoutes: RegisterRoutes = (t, ctx) => {
-  const history = new History(ctx.catalog);
+  // Made on first use: on a PostgreSQL catalog (no SureBackup history there yet) only these routes fail.
+  let made: History | undefined;
+  const history = (): History => (made ??= new History(ctx.catalog));
   // Shared with the scheduler: one run of a job at a time, one VM limiter for all.
   const gate = ctx.jobGate;
 
   const fileOf = (name: string): string => join(ctx.jobsDir, `${name}.json`);
 
   const listing = (file: string, job: Job & JobFile): JobListing => {
-    const last = history.lastRuns({ job: job.name, limit: 1 })[0];
+    const last = history().lastRuns({ job: job.name, limit: 1 })[0];
     return {
       name: job.name,
       file,
@@ -168,14 +170,14 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
         throw apiError('CONFLICT', `job ${job.name} is already running`, [
           { path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' },
         ]);
-      const runId = history.startRun(job.name, 'manual');
+      const runId = history().startRun(job.name, 'manual');
       const op = ctx.operations.start('job-run', principal(res).name, async (o) => {
         try {
           return await runJob(ctx, {
             job,
             file,
             runId,
-            history,
+            history: history(),
             limiter: gate.limiter,
             signal: o.signal,
             progress: (m) => o.progress(null, m, { run: runId }),

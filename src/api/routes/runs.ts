@@ -42,9 +42,11 @@ function sendStored(res: Response, file: string | null, type: string, what: stri
 }
 
 export const runRoutes: RegisterRoutes = (t, ctx) => {
-  const history = new History(ctx.catalog);
+  // Made on first use: on a PostgreSQL catalog (no SureBackup history there yet) only these routes fail.
+  let made: History | undefined;
+  const history = (): History => (made ??= new History(ctx.catalog));
   const get = (id: string) => {
-    const run = history.run(id);
+    const run = history().run(id);
     if (!run) throw apiError('NOT_FOUND', `no job run ${id}`, [{ path: 'params/id', message: 'GET /api/v1/runs lists them' }]);
     return run;
   };
@@ -58,7 +60,11 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
     summary: 'SureBackup job runs, newest first (skipped and missed triggers included)',
     handler: (_req, res) => {
       const q = queryOf<{ job?: string; limit: number }>(res);
-      return { runs: history.lastRuns({ ...(q.job ? { job: q.job } : {}), limit: q.limit }).map(summary) };
+      return {
+        runs: history()
+          .lastRuns({ ...(q.job ? { job: q.job } : {}), limit: q.limit })
+          .map(summary),
+      };
     },
   });
 

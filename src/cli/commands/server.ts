@@ -251,9 +251,9 @@ async function startBackupJobs(
   const { BackupJobHistory } = await import('../../backup/jobs/history.js');
   const { configuredBackupRun } = await import('../../backup/jobs/run.js');
   const { fireThroughScheduler } = await import('../../backup/jobs/surebackup-link.js');
-  const history = BackupJobHistory.open(cfg.catalog);
+  const history = await BackupJobHistory.open(cfg.catalog);
   try {
-    const s = new BackupJobScheduler({
+    const s = await new BackupJobScheduler({
       ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }),
       history,
       closeHistory: true,
@@ -263,7 +263,7 @@ async function startBackupJobs(
     }).start();
     return s;
   } catch (err) {
-    history.close();
+    await history.close();
     throw err;
   }
 }
