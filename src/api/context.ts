@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import type { CatalogDb } from '../catalog/catalog.js';
 import type { BackupJobHistory } from '../backup/jobs/history.js';
+import type { History } from '../surebackup/history.js';
 import type { Catalog } from '../catalog/sql.js';
 import type { TokenStore } from './tokens.js';
 import type { OperationRegistry } from './operations.js';
@@ -17,8 +18,8 @@ import type { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 export interface ApiContext {
   config: Config;
   /**
-   * The SQLite handle under `sql`, for the areas not on the seam yet (SureBackup history,
-   * recovery sessions, scans); reading it on a PostgreSQL catalog throws CATALOG_SQLITE_ONLY,
+   * The SQLite handle under `sql`, for the area not on the seam yet (the scan file maps and
+   * verdict cache, src/scan); reading it on a PostgreSQL catalog throws CATALOG_SQLITE_ONLY,
    * so only those routes fail there. Read it when a request needs it, not when routes register.
    */
   readonly catalog: CatalogDb;
@@ -26,6 +27,8 @@ export interface ApiContext {
   sql: Catalog;
   /** Backup job history in `sql`, migrated. */
   backupJobHistory: BackupJobHistory;
+  /** SureBackup job history in `sql`, migrated. */
+  runs: History;
   tokens: TokenStore;
   operations: OperationRegistry;
   metrics: Metrics;
@@ -47,8 +50,8 @@ export interface ApiContext {
    */
   scheduler?: {
     reload(): void;
-    notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[];
-    trigger(name: string, trigger: RunTrigger): TriggerOutcome;
+    notifyBackup(vms: readonly BackedUpVm[]): Promise<TriggerOutcome[]>;
+    trigger(name: string, trigger: RunTrigger): Promise<TriggerOutcome>;
   };
   /** Directory of backup job files (src/backup/jobs). */
   backupJobsDir: string;

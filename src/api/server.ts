@@ -49,22 +49,21 @@ export interface ApiOptions {
  * The areas of the catalog that are not on the seam yet (src/catalog/sql.ts):
  * on a PostgreSQL catalog their routes answer CATALOG_SQLITE_ONLY.
  */
-const SQLITE_ONLY_AREAS = 'SureBackup job history, recovery sessions and scans';
+const SQLITE_ONLY_AREAS = 'the scan file maps and verdict cache';
 
 export async function createApiContext(o: ApiOptions): Promise<ApiContext & { close(): Promise<void> }> {
   const sql = await connectCatalog(o.config.catalog);
   const closers: Array<() => Promise<void> | void> = [];
   let backupJobHistory: BackupJobHistory;
+  let runs: History;
   try {
     createApiDirs(o.config.api, o.config.stateDir);
     backupJobHistory = await BackupJobHistory.on(sql);
+    runs = await History.on(sql);
   } catch (err) {
     await sql.close();
     throw err;
   }
-  // SureBackup history keeps to a SQLite handle so far; made on first use, so a PostgreSQL catalog fails only its routes.
-  let runs: History | undefined;
-  const surebackupRuns = (): History => (runs ??= new History(sqliteHandle(sql, SQLITE_ONLY_AREAS)));
   const operations = new OperationRegistry((err) => {
     const { error } = toApiError(err);
     return { ...errorBody(error).error, status: error.status };
@@ -78,8 +77,7 @@ export async function createApiContext(o: ApiOptions): Promise<ApiContext & { cl
       for (const s of await listSessions(stateDir)) out[s.state] = (out[s.state] ?? 0) + 1;
       return out;
     },
-    // No SureBackup runs on a PostgreSQL catalog yet (they stay in SQLite): none to count.
-    jobRunsByResult: () => (sql.dialect === 'sqlite' ? surebackupRuns().runsByStatus() : {}),
+    jobRunsByResult: () => runs.runsByStatus(),
   });
   return {
     config: o.config,
@@ -88,6 +86,7 @@ export async function createApiContext(o: ApiOptions): Promise<ApiContext & { cl
     },
     sql,
     backupJobHistory,
+    runs,
     tokens: new TokenStore(sql),
     operations,
     metrics,

@@ -5,14 +5,11 @@
  * own table and migrations; these helpers take the table's name, which is
  * always one of the constants below, never input.
  *
- * Two forms of the same statements: `jobRuns(runner, table)` on the catalog
- * seam (either dialect; backup job history), and the synchronous functions on
- * a better-sqlite3 handle, for SureBackup history until it moves onto the seam.
- * Ties in start time are broken by insertion order: SQLite's rowid, and on
+ * `jobRuns(runner, table)` gives the statements on the catalog seam, in
+ * either dialect. Ties in start time are broken by insertion order: SQLite's rowid, and on
  * PostgreSQL a `seq BIGSERIAL` column every run table has there.
  */
 import { randomUUID } from 'node:crypto';
-import type { CatalogDb } from './catalog.js';
 import type { Dialect, SqlRunner } from './sql.js';
 
 export type JobRunTable = 'surebackup_runs' | 'backup_job_runs';
@@ -25,8 +22,8 @@ export function newRunId(at: Date): string {
     .replace(/\.\d+Z$/, 'Z')}-${randomUUID().slice(0, 8)}`;
 }
 
-/** The column that orders rows by insertion. */
-const insertionOrder = (dialect: Dialect): string => (dialect === 'sqlite' ? 'rowid' : 'seq');
+/** The column that orders a run table's rows by insertion. */
+export const insertionOrder = (dialect: Dialect): string => (dialect === 'sqlite' ? 'rowid' : 'seq');
 
 const sql = {
   newest: (d: Dialect, table: JobRunTable, byJob: boolean) =>
@@ -82,57 +79,4 @@ export function jobRuns(db: SqlRunner, table: JobRunTable): JobRuns {
       return id;
     },
   };
-}
-
-// The synchronous forms, on a SQLite handle (SureBackup history).
-
-/** Raw rows of the newest runs, of one job or all; newest first. */
-export function newestRunRows<Row>(db: CatalogDb, table: JobRunTable, o: { job?: string | undefined; limit?: number | undefined }): Row[] {
-  return (
-    o.job === undefined
-      ? db.prepare(sql.newest('sqlite', table, false)).all(o.limit ?? 20)
-      : db.prepare(sql.newest('sqlite', table, true)).all(o.job, o.limit ?? 20)
-  ) as Row[];
-}
-
-/** The raw row of one run, by its id. */
-export function runRow<Row>(db: CatalogDb, table: JobRunTable, id: string): Row | undefined {
-  return db.prepare(sql.row(table)).get(id) as Row | undefined;
-}
-
-/** Ends a run: its status, the time it ended, and why (null when there is nothing to say). */
-export function endRun(db: CatalogDb, table: JobRunTable, id: string, status: string, detail: string | null): void {
-  db.prepare(sql.end(table)).run(status, new Date().toISOString(), detail, id);
-}
-
-/**
- * When the job last started a real run (not a skipped or missed trigger),
- * or, with `missed`, when its last `missed` entry was recorded.
- */
-export function lastStartedAt(db: CatalogDb, table: JobRunTable, job: string, which: 'run' | 'missed' = 'run'): Date | undefined {
-  const r = db.prepare(sql.lastStarted(table, which)).get(job) as { at: string | null };
-  return r.at === null ? undefined : new Date(r.at);
-}
-
-/** A new run row, `running` from `at`; its id. */
-export function insertRun(db: CatalogDb, table: JobRunTable, job: string, trigger: string, at: Date): string {
-  const id = newRunId(at);
-  db.prepare(sql.insert(table)).run(id, job, trigger, 'running', at.toISOString());
-  return id;
-}
-
-/** A trigger that ran nothing (the job was still running, or the server was down when it was due), ended now; its id. */
-export function insertNonRun(
-  db: CatalogDb,
-  table: JobRunTable,
-  job: string,
-  trigger: string,
-  status: 'skipped-overlap' | 'missed',
-  detail: string,
-  dueAt?: Date,
-): string {
-  const at = new Date();
-  const id = newRunId(at);
-  db.prepare(sql.nonRun(table)).run(id, job, trigger, status, at.toISOString(), at.toISOString(), dueAt?.toISOString() ?? null, detail);
-  return id;
 }

@@ -176,7 +176,7 @@ export const demoSteps: DemoStep[] = [
         baseDir: dirname(jobFile),
         ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}),
       });
-      const history = History.open(config.catalog);
+      const history = await History.open(config.catalog);
       try {
         const rep = await executeRun({
           job,
@@ -199,7 +199,7 @@ export const demoSteps: DemoStep[] = [
           });
         return `${rep.result}: ${vms.join('; ')}; report ${rep.report}`;
       } finally {
-        history.close();
+        await history.close();
         await backend.close();
       }
     },

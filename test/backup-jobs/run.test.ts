@@ -10,7 +10,6 @@ import { projectPath } from '../../src/paths.js';
 import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { listPoints, recordPoint } from '../../src/catalog/catalog.js';
-import { sqliteHandle } from '../../src/catalog/sql.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { loadBackupJob } from '../../src/backup/jobs/job.js';
 import { BackupJobHistory } from '../../src/backup/jobs/history.js';
@@ -45,7 +44,7 @@ t.teardown(() => history.close());
 
 // The linked SureBackup job, fired through a real SureBackup scheduler whose run only records that it ran.
 jobFile(dir, 'verify-daily.json', { name: 'verify-daily', lab: 'lab.json', verify: { vms: 'all' } });
-const sbHistory = new History(sqliteHandle(history.catalog, 'SureBackup history'));
+const sbHistory = await History.on(history.catalog);
 const verified: string[] = [];
 const sureBackup = new Scheduler({
   jobs: [{ name: 'verify-daily', file: join(dir, 'verify-daily.json'), job: loadJob(join(dir, 'verify-daily.json')) }],
@@ -185,7 +184,7 @@ t.test('the linked SureBackup job ran after each complete run, as an after-backu
   const fired = runs.filter((r) => r.surebackup.length > 0);
   t.equal(fired.length, 9);
   t.ok(fired.every((r) => r.surebackup[0]!.job === 'verify-daily' && r.surebackup[0]!.run !== null));
-  const sb = sbHistory.lastRuns({ job: 'verify-daily', limit: 50 });
+  const sb = await sbHistory.lastRuns({ job: 'verify-daily', limit: 50 });
   t.equal(sb.length, 9);
   t.ok(sb.every((r) => r.trigger === 'after-backup'));
   t.equal(verified.length, 9, 'each one ran (none overlapped: the backup runs came one after the other)');

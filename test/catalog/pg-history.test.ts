@@ -4,7 +4,7 @@
  * `restorelab backup-job run` writes its runs (and retention forgets the
  * pruned point) there, `backup-job history` reads them back, and the API
  * server (startApiServer on loopback, a real HTTP request) serves the same
- * runs. Areas not on PostgreSQL yet answer CATALOG_SQLITE_ONLY, and only they.
+ * runs, and its SureBackup routes and points read the same catalog.
  */
 import t from 'tap';
 import { existsSync } from 'node:fs';
@@ -107,9 +107,9 @@ t.test('backup-job run and history on PostgreSQL; the API server reads the same 
   const jobs = await get('/backup-jobs');
   t.match(jobs, { status: 200, body: { jobs: [{ name: 'keep-one', lastRun: { id: r2.run, status: 'success' } }] } });
 
-  const sureBackupRuns = await get('/runs');
-  t.match(sureBackupRuns.body, { error: { code: 'CATALOG_SQLITE_ONLY' } }, 'SureBackup history is not on PostgreSQL yet, and says so');
-  t.not(sureBackupRuns.status, 500);
+  t.match(await get('/runs'), { status: 200, body: { runs: [] } }, 'SureBackup history is read from PostgreSQL too');
+  const points = await get('/points');
+  t.match(points, { status: 200, body: { points: [{ id: r2.vms[0]!.point, verification: null }] } }, 'points with their verification');
 
   t.notOk(existsSync(join(home.state, 'catalog.sqlite')), 'no SQLite catalog was made');
 });

@@ -198,7 +198,10 @@ export class BackupJobScheduler {
         : heldBy !== undefined
           ? `a ${trigger} trigger arrived while process ${heldBy} was still running the job`
           : `a ${trigger} trigger arrived while the previous run was still going`;
-      const runId = await this.o.history.recordNonRun(name, trigger, 'skipped-overlap', why);
+      const recorded = this.o.history.recordNonRun(name, trigger, 'skipped-overlap', why);
+      // stop() waits for it too, so the history is not closed under a write.
+      this.track(recorded);
+      const runId = await recorded;
       this.o.log?.info(`backup job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { job: name, status: 'skipped-overlap', runId };
     }
@@ -208,7 +211,9 @@ export class BackupJobScheduler {
     };
     let runId: string;
     try {
-      runId = await this.o.history.startRun(name, trigger, this.o.now?.() ?? new Date());
+      const recorded = this.o.history.startRun(name, trigger, this.o.now?.() ?? new Date());
+      this.track(recorded);
+      runId = await recorded;
     } catch (err) {
       release();
       throw err;
@@ -238,9 +243,17 @@ export class BackupJobScheduler {
         release();
       }
     })();
-    this.inFlight.add(done);
-    void done.finally(() => this.inFlight.delete(done));
+    this.track(done);
     return { job: name, status: 'started', runId, done };
+  }
+
+  private track(p: Promise<unknown>): void {
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight.add(settled);
+    void settled.finally(() => this.inFlight.delete(settled));
   }
 
   isRunning(name: string): boolean {

@@ -158,7 +158,7 @@ export function registerServer(program: Command): void {
         }
         if (o.schedule) {
           const { startScheduler } = await import('../../scheduler/scheduler.js');
-          const s = startScheduler({
+          const s = await startScheduler({
             jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'),
             gate: jobGate,
             log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) },
