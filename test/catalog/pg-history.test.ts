@@ -4,9 +4,11 @@
  * `restorelab backup-job run` writes its runs (and retention forgets the
  * pruned point) there, `backup-job history` reads them back, and the API
  * server (startApiServer on loopback, a real HTTP request) serves the same
- * runs, and its SureBackup routes and points read the same catalog.
+ * runs, and its SureBackup routes and points read the same catalog; and
+ * `restorelab server` starts both schedulers on it.
  */
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -16,6 +18,7 @@ import { projectPath } from '../../src/paths.js';
 import { loadConfig } from '../../src/config/config.js';
 import { startApiServer } from '../../src/api/server.js';
 import { freshDatabase } from '../helpers/pg.js';
+import { settle } from '../helpers/ready.js';
 import { cliHome, jobFile, type RunJson } from '../backup-jobs/fixtures.js';
 
 const dir = t.testdir();
@@ -111,5 +114,51 @@ t.test('backup-job run and history on PostgreSQL; the API server reads the same 
   const points = await get('/points');
   t.match(points, { status: 200, body: { points: [{ id: r2.vms[0]!.point, verification: null }] } }, 'points with their verification');
 
+  t.notOk(existsSync(join(home.state, 'catalog.sqlite')), 'no SQLite catalog was made');
+});
+
+t.test('restorelab server on PostgreSQL: both schedulers and the API start, and SureBackup history reads from there', async (t) => {
+  const url = await freshDatabase(t);
+  const env = { ...home.env, RESTORELAB_CATALOG: url };
+  const cli = (args: string[]) =>
+    exec(process.execPath, [projectPath('bin', 'restorelab.js'), ...args], { timeoutMs: 60_000, env: { ...process.env, ...env } });
+  const server = spawn(
+    process.execPath,
+    [projectPath('bin', 'restorelab.js'), 'server', '--no-nfs', '--listen', '127.0.0.1', '--port', '0', '--json'],
+    { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '';
+  let stderr = '';
+  server.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  server.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => server.on('exit', (code) => resolve(code)));
+  t.teardown(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  });
+  const started = (): { api?: { url: string }; backupJobs?: string[]; jobs?: string[] } | undefined => {
+    try {
+      return JSON.parse(stdout) as { api?: { url: string }; backupJobs?: string[]; jobs?: string[] };
+    } catch {
+      return undefined;
+    }
+  };
+  await settle(() => started() !== undefined || server.exitCode !== null, 60_000, 50);
+  const out = started();
+  t.ok(out?.api?.url, `the server started (stderr: ${stderr.slice(-2000)})`);
+  t.same(out?.backupJobs, ['keep-one'], 'its backup job scheduler runs on PostgreSQL');
+  t.same(out?.jobs, [], 'and its SureBackup scheduler');
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  t.teardown(() => c.end());
+  t.same(
+    (await c.query("SELECT area FROM schema_migrations WHERE area IN ('surebackup', 'backup-jobs') ORDER BY area")).rows,
+    [{ area: 'backup-jobs' }, { area: 'surebackup' }],
+    'the server migrated both history areas in PostgreSQL',
+  );
+  const h = await cli(['surebackup', 'history', '--json']);
+  t.equal(h.code, 0, h.stderr);
+  t.match(JSON.parse(h.stdout), { runs: [], passRate: { runs: 0, rate: null } }, 'surebackup history reads PostgreSQL');
+  server.kill('SIGTERM');
+  t.equal(await exited, 0, `the server stops cleanly (stderr: ${stderr.slice(-2000)})`);
   t.notOk(existsSync(join(home.state, 'catalog.sqlite')), 'no SQLite catalog was made');
 });

@@ -216,7 +216,7 @@ t.test('restorelab backup: a VM no afterBackup job covers, or a failed backup, t
   const failed = await cli(['backup', '--vm', w.def, '--disk', join(w.dir, 'missing.raw'), '--json'], w.env);
   t.not(failed.code, 0, 'the backup failed');
   t.notMatch(failed.stderr, /after-backup/);
-  t.same(runsOf(w.env), [], 'no run recorded');
+  t.same(await runsOf(w.env), [], 'no run recorded');
 });
 
 t.test('restorelab backup with a server on the state dir: the server runs the job, the CLI says so', async (t) => {
