@@ -1,7 +1,6 @@
 /** What every route module gets from the server. */
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { CatalogDb } from '../catalog/catalog.js';
 import type { BackupJobHistory } from '../backup/jobs/history.js';
 import type { History } from '../surebackup/history.js';
 import type { Catalog } from '../catalog/sql.js';
@@ -17,13 +16,7 @@ import type { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 
 export interface ApiContext {
   config: Config;
-  /**
-   * The SQLite handle under `sql`, for the area not on the seam yet (the scan file maps and
-   * verdict cache, src/scan); reading it on a PostgreSQL catalog throws CATALOG_SQLITE_ONLY,
-   * so only those routes fail there. Read it when a request needs it, not when routes register.
-   */
-  readonly catalog: CatalogDb;
-  /** The catalog on the seam (src/catalog/sql.ts), SQLite or PostgreSQL: points, repositories, tokens, scan statuses, backup jobs. */
+  /** The catalog (src/catalog/sql.ts), SQLite or PostgreSQL: every area the routes read and write. */
   sql: Catalog;
   /** Backup job history in `sql`, migrated. */
   backupJobHistory: BackupJobHistory;

@@ -10,7 +10,6 @@ import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import { connectCatalog } from '../catalog/catalog.js';
-import { sqliteHandle } from '../catalog/sql.js';
 import { BackupJobHistory } from '../backup/jobs/history.js';
 import { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 import { configuredBackupRun } from '../backup/jobs/run.js';
@@ -45,12 +44,6 @@ export interface ApiOptions {
   backupJobs?: ApiContext['backupJobs'];
 }
 
-/**
- * The areas of the catalog that are not on the seam yet (src/catalog/sql.ts):
- * on a PostgreSQL catalog their routes answer CATALOG_SQLITE_ONLY.
- */
-const SQLITE_ONLY_AREAS = 'the scan file maps and verdict cache';
-
 export async function createApiContext(o: ApiOptions): Promise<ApiContext & { close(): Promise<void> }> {
   const sql = await connectCatalog(o.config.catalog);
   const closers: Array<() => Promise<void> | void> = [];
@@ -81,9 +74,6 @@ export async function createApiContext(o: ApiOptions): Promise<ApiContext & { cl
   });
   return {
     config: o.config,
-    get catalog() {
-      return sqliteHandle(sql, SQLITE_ONLY_AREAS);
-    },
     sql,
     backupJobHistory,
     runs,

@@ -37,14 +37,9 @@ const SQLITE_SIDE_FILES = ['-wal', '-shm', '-journal'];
  * installation left it readable by others. A directory it creates is 0700.
  */
 export function openCatalog(path: string): CatalogDb {
+  // Every area is on the seam: a postgres:// target reaching here is a caller that should use connectCatalog.
   if (isPostgresTarget(path)) {
-    throw new RestorelabError(
-      'CATALOG_SQLITE_ONLY',
-      `this command keeps its tables in a SQLite catalog only so far; ${redactUrl(path)} is PostgreSQL`,
-      {
-        hint: 'unset RESTORELAB_CATALOG (or set "catalog" to a file path) for this command',
-      },
-    );
+    throw new RestorelabError('INTERNAL', `openCatalog opens SQLite files only; ${redactUrl(path)} is PostgreSQL (use connectCatalog)`);
   }
   let db: CatalogDb;
   try {

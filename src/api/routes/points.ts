@@ -69,7 +69,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
             repo,
             point: point.id,
             stateDir: ctx.config.stateDir,
-            db: ctx.catalog,
+            db: ctx.sql,
             rules,
             ...openOptions(ctx, repo.path),
             onProgress: (d) => o.progress(null, `${d.files} file(s) hashed (${d.partition})`),
