@@ -1,14 +1,16 @@
 /**
- * The catalog: a SQLite index of what the repository holds, so listing
- * restore points does not read every manifest. The repository files stay the
+ * The catalog: an index of what the repository holds (SQLite on one host,
+ * or PostgreSQL shared by several), so listing restore points does not read
+ * every manifest. The repository files stay the
  * source of truth; `reindex` rebuilds the catalog from them at any time, so
  * losing or corrupting the catalog loses nothing.
  *
  * Words:
  * - *migration*: a named, ordered list of SQL statements. Each area (points
- *   here; jobs, runs, sessions in later modules) owns its migrations and
- *   applies them with `migrate(db, area, sql)` (a SQLite handle) or
- *   `migrateCatalog(catalog, area, steps)` (the seam, either dialect).
+ *   here; scans, tokens, backup job and SureBackup history in their modules)
+ *   owns its migrations and applies them with `migrateCatalog(catalog, area,
+ *   steps)` (the seam, either dialect); the sessions' host-local mirror uses
+ *   `migrate(db, area, sql)` on a SQLite handle.
  *   Applied steps are recorded per area in `schema_migrations`; on SQLite the
  *   database's `user_version` pragma is bumped on every applied step, so
  *   tools can see the schema changed.
