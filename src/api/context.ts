@@ -1,7 +1,8 @@
 /** What every route module gets from the server. */
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { CatalogDb } from '../catalog/catalog.js';
+import type { BackupJobHistory } from '../backup/jobs/history.js';
+import type { History } from '../surebackup/history.js';
 import type { Catalog } from '../catalog/sql.js';
 import type { TokenStore } from './tokens.js';
 import type { OperationRegistry } from './operations.js';
@@ -15,13 +16,12 @@ import type { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 
 export interface ApiContext {
   config: Config;
-  /** The catalog database, shared by every route (better-sqlite3 is synchronous and safe to share). */
-  catalog: CatalogDb;
-  /**
-   * The same catalog on the seam (src/catalog/sql.ts), for the areas moved onto it (points,
-   * repositories); the other areas still take `catalog`, so the API server runs on SQLite only so far.
-   */
+  /** The catalog (src/catalog/sql.ts), SQLite or PostgreSQL: every area the routes read and write. */
   sql: Catalog;
+  /** Backup job history in `sql`, migrated. */
+  backupJobHistory: BackupJobHistory;
+  /** SureBackup job history in `sql`, migrated. */
+  runs: History;
   tokens: TokenStore;
   operations: OperationRegistry;
   metrics: Metrics;
@@ -43,8 +43,8 @@ export interface ApiContext {
    */
   scheduler?: {
     reload(): void;
-    notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[];
-    trigger(name: string, trigger: RunTrigger): TriggerOutcome;
+    notifyBackup(vms: readonly BackedUpVm[]): Promise<TriggerOutcome[]>;
+    trigger(name: string, trigger: RunTrigger): Promise<TriggerOutcome>;
   };
   /** Directory of backup job files (src/backup/jobs). */
   backupJobsDir: string;

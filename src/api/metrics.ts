@@ -13,7 +13,7 @@ import { cacheStats, frontendStats, type Frontend } from '../telemetry/counters.
 export interface MetricsSources {
   publications(): number;
   sessionsByState(): Promise<Record<string, number>>;
-  jobRunsByResult(): Record<string, number>;
+  jobRunsByResult(): Promise<Record<string, number>>;
 }
 
 export class Metrics {
@@ -47,9 +47,10 @@ export class Metrics {
       help: 'SureBackup job runs recorded, by result',
       labelNames: ['result'],
       registers: r,
-      collect() {
+      async collect() {
+        const counts = await sources.jobRunsByResult();
         this.reset();
-        for (const [result, n] of Object.entries(sources.jobRunsByResult())) this.set({ result }, n);
+        for (const [result, n] of Object.entries(counts)) this.set({ result }, n);
       },
     });
     this.recoverySeconds = new Histogram({

@@ -9,8 +9,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import { openCatalog, type CatalogDb } from '../catalog/catalog.js';
-import { sqliteCatalog } from '../catalog/sql.js';
+import { connectCatalog } from '../catalog/catalog.js';
 import { BackupJobHistory } from '../backup/jobs/history.js';
 import { BackupJobScheduler } from '../backup/jobs/scheduler.js';
 import { configuredBackupRun } from '../backup/jobs/run.js';
@@ -45,17 +44,25 @@ export interface ApiOptions {
   backupJobs?: ApiContext['backupJobs'];
 }
 
-export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise<void> } {
-  const catalog = openCatalog(o.config.catalog);
-  createApiDirs(o.config.api, o.config.stateDir);
-  const runs = new History(catalog);
+export async function createApiContext(o: ApiOptions): Promise<ApiContext & { close(): Promise<void> }> {
+  const sql = await connectCatalog(o.config.catalog);
   const closers: Array<() => Promise<void> | void> = [];
+  let backupJobHistory: BackupJobHistory;
+  let runs: History;
+  try {
+    createApiDirs(o.config.api, o.config.stateDir);
+    backupJobHistory = await BackupJobHistory.on(sql);
+    runs = await History.on(sql);
+  } catch (err) {
+    await sql.close();
+    throw err;
+  }
   const operations = new OperationRegistry((err) => {
     const { error } = toApiError(err);
     return { ...errorBody(error).error, status: error.status };
   });
   const stateDir = o.config.stateDir;
-  const backupJobs = o.backupJobs ?? ownBackupJobs(o, catalog, closers);
+  const backupJobs = o.backupJobs ?? ownBackupJobs(o, backupJobHistory, closers);
   const metrics = new Metrics({
     publications: () => listPublications(stateDir).filter((p) => p.running).length,
     sessionsByState: async () => {
@@ -67,9 +74,10 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
   });
   return {
     config: o.config,
-    catalog,
-    sql: sqliteCatalog(catalog),
-    tokens: new TokenStore(sqliteCatalog(catalog)),
+    sql,
+    backupJobHistory,
+    runs,
+    tokens: new TokenStore(sql),
     operations,
     metrics,
     // Logs go to stderr so that stdout stays one JSON document under --json; journald takes both.
@@ -87,14 +95,13 @@ export function createApiContext(o: ApiOptions): ApiContext & { close(): Promise
     close: async () => {
       await operations.shutdown();
       for (const fn of closers.reverse()) await fn();
-      catalog.close();
+      await sql.close();
     },
   };
 }
 
 /** A backup job scheduler that only runs what the API starts, stopped (runs cancelled and awaited) when the API closes. */
-function ownBackupJobs(o: ApiOptions, catalog: CatalogDb, closers: Array<() => Promise<void> | void>): BackupJobScheduler {
-  const history = new BackupJobHistory(catalog);
+function ownBackupJobs(o: ApiOptions, history: BackupJobHistory, closers: Array<() => Promise<void> | void>): BackupJobScheduler {
   const log = o.log ?? pino({ level: process.env.RESTORELAB_LOG_LEVEL ?? 'info' }, pino.destination(2));
   const s = new BackupJobScheduler({
     history,
@@ -122,7 +129,7 @@ export interface RunningApi {
 
 export async function startApiServer(o: ApiOptions & { listen?: string; port?: number }): Promise<RunningApi> {
   const cfg = o.config.server;
-  const ctx = createApiContext(o);
+  const ctx = await createApiContext(o);
   const { app } = createApp(ctx);
   const tls = Boolean(cfg.tlsCert || cfg.tlsKey);
   if (tls && !(cfg.tlsCert && cfg.tlsKey)) {

@@ -1,14 +1,16 @@
 /**
- * The catalog: a SQLite index of what the repository holds, so listing
- * restore points does not read every manifest. The repository files stay the
+ * The catalog: an index of what the repository holds (SQLite on one host,
+ * or PostgreSQL shared by several), so listing restore points does not read
+ * every manifest. The repository files stay the
  * source of truth; `reindex` rebuilds the catalog from them at any time, so
  * losing or corrupting the catalog loses nothing.
  *
  * Words:
  * - *migration*: a named, ordered list of SQL statements. Each area (points
- *   here; jobs, runs, sessions in later modules) owns its migrations and
- *   applies them with `migrate(db, area, sql)` (a SQLite handle) or
- *   `migrateCatalog(catalog, area, steps)` (the seam, either dialect).
+ *   here; scans, tokens, backup job and SureBackup history in their modules)
+ *   owns its migrations and applies them with `migrateCatalog(catalog, area,
+ *   steps)` (the seam, either dialect); the sessions' host-local mirror uses
+ *   `migrate(db, area, sql)` on a SQLite handle.
  *   Applied steps are recorded per area in `schema_migrations`; on SQLite the
  *   database's `user_version` pragma is bumped on every applied step, so
  *   tools can see the schema changed.
@@ -37,14 +39,9 @@ const SQLITE_SIDE_FILES = ['-wal', '-shm', '-journal'];
  * installation left it readable by others. A directory it creates is 0700.
  */
 export function openCatalog(path: string): CatalogDb {
+  // Every area is on the seam: a postgres:// target reaching here is a caller that should use connectCatalog.
   if (isPostgresTarget(path)) {
-    throw new RestorelabError(
-      'CATALOG_SQLITE_ONLY',
-      `this command keeps its tables in a SQLite catalog only so far; ${redactUrl(path)} is PostgreSQL`,
-      {
-        hint: 'unset RESTORELAB_CATALOG (or set "catalog" to a file path) for this command',
-      },
-    );
+    throw new RestorelabError('INTERNAL', `openCatalog opens SQLite files only; ${redactUrl(path)} is PostgreSQL (use connectCatalog)`);
   }
   let db: CatalogDb;
   try {

@@ -14,7 +14,6 @@
  *   connection between BEGIN and COMMIT; a throw rolls everything back.
  */
 import type Database from 'better-sqlite3';
-import { RestorelabError } from '../errors.js';
 
 /** What a statement's `?` may be bound to. Booleans are stored as 0/1 by the caller (SQLite has no boolean). */
 export type SqlParam = string | number | bigint | null | Buffer;
@@ -125,7 +124,7 @@ export class SqliteCatalog implements Catalog {
   readonly dialect = 'sqlite' as const;
 
   constructor(
-    /** The handle, for areas not moved onto the seam yet (they are SQLite-only: see sqliteHandle). */
+    /** The better-sqlite3 handle (tests and the sessions' host-local mirror read it directly). */
     readonly db: Database.Database,
     readonly target: string = db.name,
   ) {}
@@ -214,22 +213,6 @@ export function sqliteCatalog(db: Database.Database): SqliteCatalog {
     adapters.set(db, a);
   }
   return a;
-}
-
-/**
- * The better-sqlite3 handle under a catalog, for an area whose tables are
- * not on the seam yet. On PostgreSQL it throws CATALOG_SQLITE_ONLY, naming
- * what the user asked for, rather than writing to a file nobody reads.
- */
-export function sqliteHandle(cat: Catalog, what: string): Database.Database {
-  if (cat instanceof SqliteCatalog) return cat.db;
-  throw new RestorelabError(
-    'CATALOG_SQLITE_ONLY',
-    `${what} keeps its tables in a SQLite catalog only so far; ${cat.target} is PostgreSQL`,
-    {
-      hint: 'unset RESTORELAB_CATALOG (or set "catalog" to a file path) for this command',
-    },
-  );
 }
 
 /**

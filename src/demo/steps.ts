@@ -14,8 +14,7 @@ import { initRepository, openRepository } from '../repo/repository.js';
 import type { RepositoryMaintenance } from '../repo/api.js';
 import { verifyRepository } from '../repo/verify.js';
 import { backupVm } from '../backup/engine.js';
-import { openCatalog, recordPoint } from '../catalog/catalog.js';
-import { sqliteCatalog } from '../catalog/sql.js';
+import { connectCatalog, recordPoint } from '../catalog/catalog.js';
 import { formatBytes } from '../format/output.js';
 import { startPublication } from '../publish/publish.js';
 import { startNfsExport } from '../nfs/export.js';
@@ -73,11 +72,11 @@ export const demoSteps: DemoStep[] = [
       const repo = await openOrInitRepository(config.repository);
       const vm = loadVmDefinition(projectPath('lab-templates', 'vms', 'web.json'));
       const point = await backupVm({ repo, vm, disks: { [vm.disks[0]?.name ?? 'root']: values.image ?? '' } });
-      const db = openCatalog(config.catalog);
+      const db = await connectCatalog(config.catalog);
       try {
-        await recordPoint(sqliteCatalog(db), repo.path, point);
+        await recordPoint(db, repo.path, point);
       } finally {
-        db.close();
+        await db.close();
       }
       values.point = point.id;
       const s = point.stats;
@@ -176,7 +175,7 @@ export const demoSteps: DemoStep[] = [
         baseDir: dirname(jobFile),
         ...(config.fuse.group !== undefined ? { fuseGroup: config.fuse.group } : {}),
       });
-      const history = History.open(config.catalog);
+      const history = await History.open(config.catalog);
       try {
         const rep = await executeRun({
           job,
@@ -199,7 +198,7 @@ export const demoSteps: DemoStep[] = [
           });
         return `${rep.result}: ${vms.join('; ')}; report ${rep.report}`;
       } finally {
-        history.close();
+        await history.close();
         await backend.close();
       }
     },

@@ -85,10 +85,6 @@ export const ERRORS = {
   BAD_WORKER_NAME: { class: 'badInput', explain: 'a worker name holds characters other than letters, digits, . - and _' },
   BODY_TOO_LARGE: { class: 'badInput', status: 413, explain: 'the request body is too large' },
   BRIDGE_NOT_FOUND: { class: 'badInput', explain: 'a network bridge the VM is to join does not exist on this host' },
-  CATALOG_SQLITE_ONLY: {
-    class: 'notImplemented',
-    explain: 'this command keeps its tables in a SQLite catalog only so far, and the catalog is on PostgreSQL',
-  },
   CATALOG_UNREACHABLE: {
     class: 'missingComponent',
     explain: "the PostgreSQL catalog server does not answer or refuses the login (RESTORELAB_CATALOG, the config's catalog)",

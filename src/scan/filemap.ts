@@ -23,8 +23,7 @@
  * extents are not plain data (inline, unwritten, encoded), or whose name
  * filefrag cannot be given.
  */
-import type Database from 'better-sqlite3';
-import type { CatalogDb } from '../catalog/catalog.js';
+import { upsertSql, type Catalog } from '../catalog/sql.js';
 import type { DiskSource, RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
 import { extentsKey, type Extent } from './extents.js';
@@ -44,7 +43,6 @@ interface FileRow {
 /** The file map of one mounted partition of the point being scanned. */
 export class PartitionMap {
   private rows: [Buffer, number, string, string][] = [];
-  private readonly get: Database.Statement<unknown[]> | undefined;
   /** Files answered from the reference (not read). */
   unread = 0;
 
@@ -54,18 +52,15 @@ export class PartitionMap {
     readonly partition: number,
     readonly offset: number,
     private readonly ref: { point: string; chunks: DiskSource; now: DiskSource } | undefined,
-  ) {
-    this.get = ref
-      ? owner.db.prepare(
-          'SELECT size, sha256, extents FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ? AND path = ?',
-        )
-      : undefined;
-  }
+  ) {}
 
   /** The SHA-256 of a file when the reference proves its content unchanged (see the module comment); undefined: read it. */
   async known(guestPath: Buffer, size: number, extents: readonly Extent[] | null): Promise<string | undefined> {
-    if (!this.ref || !this.get || extents === null) return undefined;
-    const row = this.get.get(this.owner.repo, this.ref.point, this.disk, this.partition, guestPath) as FileRow | undefined;
+    if (!this.ref || extents === null) return undefined;
+    const row = await this.owner.db.get<FileRow>(
+      'SELECT size, sha256, extents FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ? AND path = ?',
+      [this.owner.repo, this.ref.point, this.disk, this.partition, guestPath],
+    );
     if (!row || row.size !== size || row.extents !== extentsKey(extents)) return undefined;
     const { chunks: was, now } = this.ref;
     if (was.chunkSize !== now.chunkSize) return undefined;
@@ -88,50 +83,47 @@ export class PartitionMap {
   }
 
   /** Records a file of this point (its content hash and where it lies); files without a usable extent list are not recorded. */
-  record(guestPath: Buffer, size: number, extents: readonly Extent[] | null, sha256: string): void {
+  async record(guestPath: Buffer, size: number, extents: readonly Extent[] | null, sha256: string): Promise<void> {
     if (extents === null) return;
     this.rows.push([guestPath, size, sha256, extentsKey(extents)]);
-    if (this.rows.length >= FLUSH_ROWS) this.flush();
+    if (this.rows.length >= FLUSH_ROWS) await this.flush();
   }
 
-  flush(): void {
+  async flush(): Promise<void> {
     const rows = this.rows;
     this.rows = [];
-    this.owner.write(this, rows);
+    await this.owner.write(this, rows);
   }
 }
 
 /** The file maps of one scan: the reference per partition, and the point's own map written as the scan goes. */
 export class FileMap {
-  private readonly put: Database.Statement<unknown[]>;
   private readonly parts = new Map<string, PartitionMap>();
   /** Decoded chunks by digest, least recently used first. */
   private readonly decoded = new Map<string, Buffer>();
   private decodedBytes = 0;
 
   private constructor(
-    readonly db: CatalogDb,
+    readonly db: Catalog,
     readonly repo: string,
     readonly point: RestorePoint,
-  ) {
-    this.put = db.prepare(
-      'INSERT OR REPLACE INTO scan_files (repo, point, disk, partition, path, size, sha256, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-    );
-  }
+  ) {}
 
   /**
    * Opens the maps for `mounts` of `point`: forgets an earlier map of the
    * same point (it is rewritten, and used as a reference only once this scan
    * completes) and finds each partition's reference.
    */
-  static async open(db: CatalogDb, repo: RepositoryReader, point: RestorePoint, mounts: readonly MountedPartition[]): Promise<FileMap> {
-    migrateScan(db);
+  static async open(db: Catalog, repo: RepositoryReader, point: RestorePoint, mounts: readonly MountedPartition[]): Promise<FileMap> {
+    await migrateScan(db);
     const map = new FileMap(db, repo.path, point);
-    db.prepare('DELETE FROM scan_maps WHERE repo = ? AND point = ?').run(repo.path, point.id);
-    db.prepare('DELETE FROM scan_files WHERE repo = ? AND point = ?').run(repo.path, point.id);
-    const pick =
-      db.prepare(`SELECT point FROM scan_maps WHERE repo = ? AND vm = ? AND disk = ? AND partition = ? AND offset = ? AND point <> ?
-                             ORDER BY CASE WHEN time <= ? THEN 0 ELSE 1 END, CASE WHEN time <= ? THEN time END DESC, time ASC LIMIT 1`);
+    await db.transaction(async (tx) => {
+      await tx.run('DELETE FROM scan_maps WHERE repo = ? AND point = ?', [repo.path, point.id]);
+      await tx.run('DELETE FROM scan_files WHERE repo = ? AND point = ?', [repo.path, point.id]);
+    });
+    // "offset" quoted: a reserved word in PostgreSQL (SQLite takes the quoted name too).
+    const pick = `SELECT point FROM scan_maps WHERE repo = ? AND vm = ? AND disk = ? AND partition = ? AND "offset" = ? AND point <> ?
+                             ORDER BY CASE WHEN time <= ? THEN 0 ELSE 1 END, CASE WHEN time <= ? THEN time END DESC, time ASC LIMIT 1`;
     const disks = new Map<string, DiskSource>();
     const disk = async (p: string, name: string): Promise<DiskSource> => {
       const key = `${p}\0${name}`;
@@ -141,8 +133,16 @@ export class FileMap {
     };
     for (const m of mounts) {
       if (m.skipped || m.offset === undefined) continue;
-      const ref = pick.get(repo.path, point.vm.name, m.disk, m.partition, m.offset, point.id, point.time, point.time) as
-        { point: string } | undefined;
+      const ref = await db.get<{ point: string }>(pick, [
+        repo.path,
+        point.vm.name,
+        m.disk,
+        m.partition,
+        m.offset,
+        point.id,
+        point.time,
+        point.time,
+      ]);
       let chunks: { point: string; chunks: DiskSource; now: DiskSource } | undefined;
       if (ref) {
         try {
@@ -206,23 +206,36 @@ export class FileMap {
     return n;
   }
 
-  write(p: PartitionMap, rows: [Buffer, number, string, string][]): void {
+  async write(p: PartitionMap, rows: [Buffer, number, string, string][]): Promise<void> {
     if (rows.length === 0) return;
-    this.db.transaction(() => {
-      for (const [path, size, sha, ext] of rows) this.put.run(this.repo, this.point.id, p.disk, p.partition, path, size, sha, ext);
-    })();
+    const put = upsertSql(
+      this.db.dialect,
+      'scan_files',
+      ['repo', 'point', 'disk', 'partition', 'path', 'size', 'sha256', 'extents'],
+      ['repo', 'point', 'disk', 'partition', 'path'],
+    );
+    await this.db.transaction(async (tx) => {
+      for (const [path, size, sha, ext] of rows) await tx.run(put, [this.repo, this.point.id, p.disk, p.partition, path, size, sha, ext]);
+    });
   }
 
-  /** The scan completed: the point's map may now be a reference. */
-  commit(): void {
-    const put = this.db.prepare(
-      'INSERT OR REPLACE INTO scan_maps (repo, point, vm, time, disk, partition, offset) VALUES (?, ?, ?, ?, ?, ?, ?)',
+  /**
+   * The scan completed: the point's map may now be a reference. Its files
+   * are written first, then its partitions in one transaction: a crash in
+   * between leaves files no partition row points at (never used, and
+   * deleted when the point is scanned again), never a reference missing files.
+   */
+  async commit(): Promise<void> {
+    for (const p of this.parts.values()) await p.flush();
+    const put = upsertSql(
+      this.db.dialect,
+      'scan_maps',
+      ['repo', 'point', 'vm', 'time', 'disk', 'partition', '"offset"'],
+      ['repo', 'point', 'disk', 'partition'],
     );
-    this.db.transaction(() => {
-      for (const p of this.parts.values()) {
-        p.flush();
-        put.run(this.repo, this.point.id, this.point.vm.name, this.point.time, p.disk, p.partition, p.offset);
-      }
-    })();
+    await this.db.transaction(async (tx) => {
+      for (const p of this.parts.values())
+        await tx.run(put, [this.repo, this.point.id, this.point.vm.name, this.point.time, p.disk, p.partition, p.offset]);
+    });
   }
 }

@@ -14,8 +14,7 @@
  * nearest older scanned point of the same VM is infected (it may carry the
  * same infection), `unscanned` otherwise.
  */
-import type Database from 'better-sqlite3';
-import { migrate, migrateCatalog, type CatalogDb, type MigrationStep, type PointSummary } from '../catalog/catalog.js';
+import { migrateCatalog, type MigrationStep, type PointSummary } from '../catalog/catalog.js';
 import { upsertSql, type Catalog } from '../catalog/sql.js';
 
 export type ScanVerdict = 'clean' | 'infected';
@@ -136,41 +135,46 @@ const SCAN_MIGRATIONS: MigrationStep[] = [
 ];
 
 /** Applies the scan area's migrations (idempotent). */
-export function migrateScan(db: CatalogDb): void {
-  migrate(db, 'scan', SCAN_MIGRATIONS);
+export function migrateScan(db: Catalog): Promise<void> {
+  return migrateCatalog(db, 'scan', SCAN_MIGRATIONS);
 }
 
 /** The verdict cache of one rule set. */
 export class VerdictCache {
-  private readonly get: Database.Statement<[string, string]>;
-  private readonly put: Database.Statement<[string, string, string, string]>;
-
-  constructor(
-    private readonly db: CatalogDb,
+  private constructor(
+    private readonly db: Catalog,
     readonly ruleset: string,
-  ) {
-    migrateScan(db);
-    this.get = db.prepare('SELECT rules FROM scan_verdicts WHERE sha256 = ? AND ruleset = ?');
-    this.put = db.prepare('INSERT OR REPLACE INTO scan_verdicts (sha256, ruleset, rules, scanned_at) VALUES (?, ?, ?, ?)');
+  ) {}
+
+  /** The cache of `ruleset` in the catalog `db`, migrated. */
+  static async open(db: Catalog, ruleset: string): Promise<VerdictCache> {
+    await migrateScan(db);
+    return new VerdictCache(db, ruleset);
   }
 
   /** Rules that matched this content before (empty: none), or undefined when it was never scanned with this rule set. */
-  lookup(sha256: string): string[] | undefined {
-    const row = this.get.get(sha256, this.ruleset) as { rules: string } | undefined;
+  async lookup(sha256: string): Promise<string[] | undefined> {
+    const row = await this.db.get<{ rules: string }>('SELECT rules FROM scan_verdicts WHERE sha256 = ? AND ruleset = ?', [
+      sha256,
+      this.ruleset,
+    ]);
     return row ? (JSON.parse(row.rules) as string[]) : undefined;
   }
 
   /** Records many verdicts in one transaction (a batch's). */
-  storeAll(verdicts: Iterable<[sha256: string, rules: string[]]>): void {
+  async storeAll(verdicts: Iterable<[sha256: string, rules: string[]]>): Promise<void> {
     const at = new Date().toISOString();
-    this.db.transaction(() => {
-      for (const [sha, rules] of verdicts) this.put.run(sha, this.ruleset, JSON.stringify(rules), at);
-    })();
+    const put = upsertSql(this.db.dialect, 'scan_verdicts', ['sha256', 'ruleset', 'rules', 'scanned_at'], ['sha256', 'ruleset']);
+    const rows = [...verdicts];
+    if (rows.length === 0) return;
+    await this.db.transaction(async (tx) => {
+      for (const [sha, rules] of rows) await tx.run(put, [sha, this.ruleset, JSON.stringify(rules), at]);
+    });
   }
 }
 
 export async function recordPointScan(db: Catalog, r: PointScanRecord): Promise<void> {
-  await migrateCatalog(db, 'scan', SCAN_MIGRATIONS);
+  await migrateScan(db);
   await db.run(
     upsertSql(
       db.dialect,

@@ -71,9 +71,9 @@ async function runHere(
   jobs: ScheduledJob[],
   log: AfterBackupOptions['log'],
   signal: AbortSignal | undefined,
-  start: (s: Scheduler) => TriggerOutcome[],
+  start: (s: Scheduler) => Promise<TriggerOutcome[]>,
 ): Promise<AfterBackupRun[]> {
-  const history = History.open(cfg.catalog);
+  const history = await History.open(cfg.catalog);
   const gate = new JobGate(cfg.limits.maxConcurrentVms, cfg.limits.memoryBudgetMiB);
   const scheduler = new Scheduler({ jobs, history, gate, log, run: configuredRun(cfg, history, log, gate.limiter) });
   const cancel = (): void => {
@@ -81,24 +81,26 @@ async function runHere(
   };
   signal?.addEventListener('abort', cancel, { once: true });
   try {
-    for (const s of jobs) history.recordJob(s.name, s.job, s.file);
-    const outcomes = start(scheduler);
+    for (const s of jobs) await history.recordJob(s.name, s.job, s.file);
+    const outcomes = await start(scheduler);
     for (const r of outcomes.map(triggeredRun)) log.info(`after-backup: job ${r.job} run ${r.run} started`);
     await Promise.all(outcomes.map((x) => (x.status === 'started' ? x.done : undefined)));
-    return outcomes.map((x) => {
-      const row = history.run(x.runId);
-      return {
-        job: x.job,
-        run: x.runId,
-        status: row?.status ?? 'error',
-        detail: row?.detail ?? null,
-        vms: (row?.vms ?? []).map((v) => ({ name: v.name, result: v.result })),
-      };
-    });
+    return await Promise.all(
+      outcomes.map(async (x) => {
+        const row = await history.run(x.runId);
+        return {
+          job: x.job,
+          run: x.runId,
+          status: row?.status ?? 'error',
+          detail: row?.detail ?? null,
+          vms: (row?.vms ?? []).map((v) => ({ name: v.name, result: v.result })),
+        };
+      }),
+    );
   } finally {
     signal?.removeEventListener('abort', cancel);
     await scheduler.stop();
-    history.close();
+    await history.close();
   }
 }
 
@@ -132,7 +134,7 @@ export async function runLinkedJobs(o: {
     .filter((n) => !jobs.some((s) => s.name === n))
     .map((job) => ({ job, run: null, status: 'not-found', detail: `no SureBackup job named ${job} in ${o.jobsDir}` }));
   if (jobs.length === 0) return missing;
-  const runs = await runHere(o.cfg, jobs, o.log, o.signal, (s) => jobs.map((j) => s.trigger(j.name, 'after-backup')));
+  const runs = await runHere(o.cfg, jobs, o.log, o.signal, (s) => Promise.all(jobs.map((j) => s.trigger(j.name, 'after-backup'))));
   return [...runs, ...missing];
 }
 

@@ -147,10 +147,10 @@ export interface NoticeServer {
 export async function serveBackupNotices(o: {
   stateDir: string;
   jobsDir: string;
-  notify(vms: BackedUpVm[]): TriggerOutcome[];
+  notify(vms: BackedUpVm[]): Promise<TriggerOutcome[]>;
   log: { info(l: string): void; warn(l: string): void };
   /** Runs named jobs now (a backup job's linked SureBackup jobs); undefined: the job does not exist. */
-  run?(job: string): TriggerOutcome | undefined;
+  run?(job: string): Promise<TriggerOutcome> | undefined;
 }): Promise<NoticeServer | undefined> {
   const path = noticeSocket(o.stateDir);
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
@@ -169,7 +169,7 @@ export async function serveBackupNotices(o: {
   const server: Server = createServer((sock) => {
     sock.setTimeout(5000, () => sock.destroy());
     sock.on('error', () => undefined);
-    readLine(sock, (line) => {
+    readLine(sock, async (line) => {
       const req = line === undefined ? `a request is one line of at most ${NOTICE_MAX_BYTES} bytes` : parseRequest(line);
       let reply: NoticeReply | RunNoticeReply;
       if (typeof req === 'string') {
@@ -179,15 +179,17 @@ export async function serveBackupNotices(o: {
           if ('run' in req) {
             if (!o.run) throw new Error('this server does not run jobs by name');
             const run = o.run.bind(o);
-            const triggered = req.run.jobs.map((job): NamedRun => {
-              const x = run(job);
-              return x ? triggeredRun(x) : { job, run: null, status: 'not-found' };
-            });
+            const triggered = await Promise.all(
+              req.run.jobs.map(async (job): Promise<NamedRun> => {
+                const x = await run(job);
+                return x ? triggeredRun(x) : { job, run: null, status: 'not-found' };
+              }),
+            );
             o.log.info(`${req.run.by} fired: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ')}`);
             reply = { ok: true, pid: process.pid, jobsDir: o.jobsDir, triggered };
           } else {
             const n = req.backup;
-            const triggered = o.notify([n.vm]).map(triggeredRun);
+            const triggered = (await o.notify([n.vm])).map(triggeredRun);
             o.log.info(
               `backup of ${n.vm.name} (point ${n.point}) reported: ${triggered.map((r) => `${r.job} ${r.status}`).join(', ') || 'no afterBackup job covers it'}`,
             );
@@ -288,7 +290,7 @@ function sendRequest<R>(stateDir: string, request: unknown, unsure: string, time
       if (!connected && (e.code === 'ECONNREFUSED' || e.code === 'ENOENT')) resolve(undefined);
       else fail(`could not be reached (${e.code ?? e.message})`);
     });
-    readLine(sock, (line) => {
+    readLine(sock, async (line) => {
       clearTimeout(timer);
       if (line === undefined) {
         if (connected) fail('closed the connection without an answer');

@@ -132,7 +132,7 @@ export function covers(s: ScheduledJob, vm: BackedUpVm): boolean {
 export interface SchedulerOptions {
   jobsDir?: string;
   jobs?: ScheduledJob[];
-  /** Default: the configured catalog (closed by stop()). */
+  /** Default (startScheduler only): the configured catalog, closed by stop(). */
   history?: History;
   /** Default: a real run with the configured repository, driver and limits (src/scheduler/run.ts). */
   run?: RunJobFn;
@@ -160,11 +160,11 @@ export class Scheduler {
   private readonly o: SchedulerOptions & { history: History; run: RunJobFn };
   private readonly ownsHistory: boolean;
 
-  constructor(opts: SchedulerOptions) {
+  constructor(opts: SchedulerOptions & { history: History; ownsHistory?: boolean }) {
     this.current = opts.jobs ?? (opts.jobsDir === undefined ? [] : loadJobsDir(opts.jobsDir));
-    this.ownsHistory = opts.history === undefined;
-    const cfg = opts.history === undefined || opts.run === undefined || opts.gate === undefined ? loadConfig() : undefined;
-    const history = opts.history ?? History.open(cfg!.catalog);
+    this.ownsHistory = opts.ownsHistory ?? false;
+    const cfg = opts.run === undefined || opts.gate === undefined ? loadConfig() : undefined;
+    const history = opts.history;
     const log = opts.log ?? { info: () => undefined, warn: (l: string) => process.stderr.write(`warning: ${l}\n`) };
     this.gate = opts.gate ?? new JobGate(cfg!.limits.maxConcurrentVms, cfg!.limits.memoryBudgetMiB);
     this.o = { ...opts, history, log, run: opts.run ?? configuredRun(cfg!, history, log, this.gate.limiter) };
@@ -176,9 +176,9 @@ export class Scheduler {
   }
 
   /** Reports missed runs, then arms every schedule. */
-  start(): this {
-    for (const s of this.current) this.o.history.recordJob(s.name, s.job, s.file);
-    this.reportMissed();
+  async start(): Promise<this> {
+    for (const s of this.current) await this.o.history.recordJob(s.name, s.job, s.file);
+    await this.reportMissed();
     this.arm();
     return this;
   }
@@ -198,11 +198,9 @@ export class Scheduler {
         const at = cron.nextRun(after);
         if (at === null) return;
         cancel = this.clock.at(at, () => {
-          try {
-            this.trigger(s.name, 'schedule');
-          } catch (err) {
-            this.o.log?.warn(`job ${s.name}: scheduled trigger failed: ${(err as Error).message}`);
-          }
+          this.trigger(s.name, 'schedule').catch((err: Error) =>
+            this.o.log?.warn(`job ${s.name}: scheduled trigger failed: ${err.message}`),
+          );
           const now = this.clock.now();
           next(now > at ? now : at);
         });
@@ -223,18 +221,21 @@ export class Scheduler {
     if (this.o.jobsDir === undefined || this.stopped) return;
     this.current = loadJobsDir(this.o.jobsDir);
     for (const d of this.disarms.splice(0)) d();
-    for (const s of this.current) this.o.history.recordJob(s.name, s.job, s.file);
+    for (const s of this.current)
+      this.o.history
+        .recordJob(s.name, s.job, s.file)
+        .catch((err: Error) => this.o.log?.warn(`job ${s.name}: not recorded: ${err.message}`));
     this.arm();
   }
 
   /** One `missed` entry per scheduled job whose fire times passed while nothing ran them. */
-  reportMissed(): { job: string; count: number; first: Date }[] {
+  async reportMissed(): Promise<{ job: string; count: number; first: Date }[]> {
     const now = this.clock.now();
     const out: { job: string; count: number; first: Date }[] = [];
     for (const s of this.jobs) {
       if (s.job.schedule === undefined) continue;
-      const lastRun = this.o.history.lastRunTime(s.name);
-      const lastMiss = this.o.history.lastRuns({ job: s.name, limit: 50 }).find((r) => r.status === 'missed');
+      const lastRun = await this.o.history.lastRunTime(s.name);
+      const lastMiss = (await this.o.history.lastRuns({ job: s.name, limit: 50 })).find((r) => r.status === 'missed');
       const refs = [lastRun?.getTime() ?? -Infinity, lastMiss ? Date.parse(lastMiss.startedAt) : -Infinity];
       const ref = Math.max(...refs);
       if (!Number.isFinite(ref)) continue;
@@ -242,15 +243,19 @@ export class Scheduler {
       if (missed.length === 0) continue;
       const first = missed[0]!;
       const detail = describeMissed(missed);
-      this.o.history.recordNonRun(s.name, 'schedule', 'missed', detail, first);
+      await this.o.history.recordNonRun(s.name, 'schedule', 'missed', detail, first);
       this.o.log?.warn(`job ${s.name}: ${detail}`);
       out.push({ job: s.name, count: missed.length, first });
     }
     return out;
   }
 
-  /** Starts a run of `name` unless one is in progress (then records skipped-overlap). */
-  trigger(name: string, trigger: RunTrigger): TriggerOutcome {
+  /**
+   * Starts a run of `name` unless one is in progress (then records
+   * skipped-overlap). Rejects only when the job is unknown or the catalog
+   * cannot record the run.
+   */
+  async trigger(name: string, trigger: RunTrigger): Promise<TriggerOutcome> {
     const s = this.current.find((j) => j.name === name);
     if (!s)
       throw notFound(
@@ -261,45 +266,66 @@ export class Scheduler {
     const ac = new AbortController();
     const release = this.stopped ? undefined : this.gate.claim(name, ac);
     if (!release) {
-      const runId = this.o.history.recordNonRun(
+      const recorded = this.o.history.recordNonRun(
         name,
         trigger,
         'skipped-overlap',
         this.stopped ? 'scheduler stopping' : `a ${trigger} trigger arrived while the previous run was still going`,
       );
+      // stop() waits for it too, so the history is not closed under a write.
+      this.track(recorded);
+      const runId = await recorded;
       this.o.log?.info(`job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { job: name, status: 'skipped-overlap', runId };
     }
+    let runId: string;
+    try {
+      const recorded = this.o.history.startRun(name, trigger);
+      this.track(recorded);
+      runId = await recorded;
+    } catch (err) {
+      release();
+      throw err;
+    }
     this.running.set(name, ac);
-    const runId = this.o.history.startRun(name, trigger);
     const done = (async () => {
       try {
         const r = await this.o.run(s, { runId, trigger, signal: ac.signal });
-        if (this.o.history.run(runId)?.status === 'running') {
-          if (r) this.o.history.finishRun(runId, r);
-          else this.o.history.abortRun(runId, 'error', 'the run ended without a result');
+        if ((await this.o.history.run(runId))?.status === 'running') {
+          if (r) await this.o.history.finishRun(runId, r);
+          else await this.o.history.abortRun(runId, 'error', 'the run ended without a result');
         }
       } catch (err) {
-        this.o.history.abortRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+        await this.o.history
+          .abortRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err))
+          .catch((e: Error) => this.o.log?.warn(`job ${name}: run ${runId} could not be closed in the catalog: ${e.message}`));
         this.o.log?.warn(`job ${name}: run ${runId} ended with an error: ${(err as Error).message}`);
       } finally {
         this.running.delete(name);
         release();
       }
     })();
-    this.inFlight.add(done);
-    void done.finally(() => this.inFlight.delete(done));
+    this.track(done);
     return { job: name, status: 'started', runId, done };
+  }
+
+  private track(p: Promise<unknown>): void {
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight.add(settled);
+    void settled.finally(() => this.inFlight.delete(settled));
   }
 
   /**
    * A backup of these VMs finished (call it only for a backup that
    * succeeded): triggers every afterBackup job covering one of them, once.
    */
-  notifyBackup(vms: readonly BackedUpVm[]): TriggerOutcome[] {
+  notifyBackup(vms: readonly BackedUpVm[]): Promise<TriggerOutcome[]> {
     const due = this.current.filter((s) => s.job.afterBackup && vms.some((vm) => covers(s, vm)));
     for (const s of due) this.o.log?.info(`job ${s.name}: after-backup trigger for ${vms.map((v) => v.name).join(', ')}`);
-    return due.map((s) => this.trigger(s.name, 'after-backup'));
+    return Promise.all(due.map((s) => this.trigger(s.name, 'after-backup')));
   }
 
   isRunning(name: string): boolean {
@@ -316,11 +342,18 @@ export class Scheduler {
     for (const d of this.disarms.splice(0)) d();
     for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
     await Promise.allSettled([...this.inFlight]);
-    if (this.ownsHistory) this.o.history.close();
+    if (this.ownsHistory) await this.o.history.close();
   }
 }
 
-/** What `restorelab server` calls. */
-export function startScheduler(o: SchedulerOptions): Scheduler {
-  return new Scheduler(o).start();
+/** What `restorelab server` calls: without a history, the configured catalog's (closed by stop()). */
+export async function startScheduler(o: SchedulerOptions): Promise<Scheduler> {
+  if (o.history) return new Scheduler({ ...o, history: o.history }).start();
+  const history = await History.open(loadConfig().catalog);
+  try {
+    return await new Scheduler({ ...o, history, ownsHistory: true }).start();
+  } catch (err) {
+    await history.close();
+    throw err;
+  }
 }

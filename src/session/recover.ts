@@ -21,7 +21,7 @@ import { describeEvidence } from '../bringup/evidence.js';
 import { ACTIVE_STATES, type RecoverySession, type SessionScan } from './session.js';
 import { SessionStore } from './store.js';
 import { processAlive as pidAlive } from '../host/process.js';
-import type { CatalogDb } from '../catalog/catalog.js';
+import type { Catalog } from '../catalog/sql.js';
 import type { CompiledRules, ScanProgress } from '../scan/scan.js';
 import { resolveRepository } from '../repo/open.js';
 
@@ -47,7 +47,7 @@ export interface RecoveryScan {
   rules: string | CompiledRules;
   allowInfected?: boolean;
   /** The catalog file (opened for the scan), or an open catalog (the server's, so its verdict cache and point status are shared). */
-  catalog: string | CatalogDb;
+  catalog: string | Catalog;
   onProgress?: ScanProgress;
 }
 
@@ -131,8 +131,8 @@ async function scanGate(
   id: string,
 ): Promise<{ scan: SessionScan; quarantine: boolean; quarantineLab?: string }> {
   const { scanPoint, withRules } = await import('../scan/scan.js');
-  const { openCatalog } = await import('../catalog/catalog.js');
-  const db = typeof gate.catalog === 'string' ? openCatalog(gate.catalog) : gate.catalog;
+  const { connectCatalog } = await import('../catalog/catalog.js');
+  const db = typeof gate.catalog === 'string' ? await connectCatalog(gate.catalog) : gate.catalog;
   let result;
   try {
     const repo = await deps.openRepository(opts.repo);
@@ -148,7 +148,7 @@ async function scanGate(
       });
     result = typeof gate.rules === 'string' ? await withRules(opts.stateDir, gate.rules, scan) : await scan(gate.rules);
   } finally {
-    if (db !== gate.catalog) db.close();
+    if (db !== gate.catalog) await db.close();
   }
   const scan: SessionScan = { verdict: result.verdict, ruleset: result.ruleset, matches: result.matches, files: result.files };
   if (result.verdict === 'clean') return { scan, quarantine: false };

@@ -133,8 +133,8 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
 
     async scan(_vm, pointId, rulesFile) {
       const { scanPoint, withRules } = await import('../scan/scan.js');
-      const { openCatalog } = await import('../catalog/catalog.js');
-      const db = openCatalog(o.catalog ?? join(o.stateDir, 'catalog.sqlite'));
+      const { connectCatalog } = await import('../catalog/catalog.js');
+      const db = await connectCatalog(o.catalog ?? join(o.stateDir, 'catalog.sqlite'));
       try {
         const repo = await reader();
         const r = await withRules(o.stateDir, rulesFile, (rules) =>
@@ -142,7 +142,7 @@ export function createLabBackend(o: BackendOptions): RealLabBackend {
         );
         return { verdict: r.verdict, matches: r.matches, files: r.files };
       } finally {
-        db.close();
+        await db.close();
       }
     },
 

@@ -45,12 +45,13 @@ export interface ExecuteOptions {
 
 export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
   const startedAt = new Date();
-  o.history.recordJob(o.job.name, o.job, o.jobFile);
-  const runId = o.runId ?? o.history.startRun(o.job.name, o.trigger, startedAt);
+  await o.history.recordJob(o.job.name, o.job, o.jobFile);
+  const runId = o.runId ?? (await o.history.startRun(o.job.name, o.trigger, startedAt));
   const dir = runDir(o.stateDir, runId);
-  // Looked up when the screenshot is taken, so it is the VM's previous passing run, never this one.
+  // Read before the run: each VM's previous passing screenshots, never this run's.
+  const passing = await o.history.passingScreenshots(o.job.name);
   const baseline = (vm: string): { run: string; path: string } | undefined =>
-    o.history.lastPassingScreenshots(vm, o.job.name).find((b) => b.run !== runId && existsSync(b.path));
+    passing.get(vm)?.find((b) => b.run !== runId && existsSync(b.path));
   const runTest =
     o.runTest ?? createTestRunner({ repo: o.repo, screenshotDir: dir, baseline, ...(o.scripts ? { scripts: o.scripts } : {}) });
   let r: RunResult;
@@ -60,15 +61,17 @@ export async function executeRun(o: ExecuteOptions): Promise<RunReport> {
       ? await o.runElsewhere(o.job, { id: runId, dir, baseline, ...(o.signal ? { signal: o.signal } : {}) })
       : await runJob(o.job, o.backend, runTest, { limiter: o.limiter, signal: o.signal, evidenceDir: dir });
   } catch (err) {
-    o.history.abortRun(runId, o.signal?.aborted ? 'cancelled' : 'error', err instanceof Error ? err.message : String(err));
+    await o.history.abortRun(runId, o.signal?.aborted ? 'cancelled' : 'error', err instanceof Error ? err.message : String(err));
     throw err;
   }
-  o.history.finishRun(runId, r);
-  const trends = Object.fromEntries(r.vms.map((v) => [v.name, o.history.recoveryTrend(v.name, { job: o.job.name })]));
+  await o.history.finishRun(runId, r);
+  const trends = Object.fromEntries(
+    await Promise.all(r.vms.map(async (v) => [v.name, await o.history.recoveryTrend(v.name, { job: o.job.name })] as const)),
+  );
   const rep = runReport(runId, o.job.name, r, { startedAt, endedAt: new Date(), htmlPath: join(dir, 'report.html') });
   await attachSignals(rep, o.repo);
-  const paths = writeReports(dir, rep, { trends, passRate: o.history.passRate({ job: o.job.name, lastN: 30 }) });
-  o.history.setReports(runId, paths);
+  const paths = writeReports(dir, rep, { trends, passRate: await o.history.passRate({ job: o.job.name, lastN: 30 }) });
+  await o.history.setReports(runId, paths);
   const n = o.job.notifications;
   if (n) {
     await notifyRun(n, rep, readFileSync(paths.html, 'utf8'), o.log);

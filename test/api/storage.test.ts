@@ -24,7 +24,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { guestRepository } from '../helpers/repository.js';
 import { testApi, type TestApi } from '../helpers/api.js';
-import { History } from '../../src/surebackup/history.js';
 import { CHUNKS_DIR } from '../../src/repo/format.js';
 import { initRepository } from '../../src/repo/repository.js';
 import type { Operation } from '../../src/api/operations.js';
@@ -242,7 +241,7 @@ t.test('points: listed with their latest SureBackup verification, or null', asyn
   const empty = await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200);
   t.match(empty.body, { repository: guest.repo, points: [{ id: guest.point.id, vm: 'web', verification: null, damaged: false }] });
   // Two runs verified the point; the newer verdict is the one shown.
-  const h = new History(a.ctx.catalog);
+  const h = a.ctx.runs;
   const vmResult = (result: 'success' | 'failed', startedAt: number) => ({
     name: 'web',
     point: guest.point.id,
@@ -256,10 +255,10 @@ t.test('points: listed with their latest SureBackup verification, or null', asyn
     toFirstAnswerSeconds: 4,
     recoverySeconds: 5,
   });
-  const old = h.startRun('nightly', 'schedule', new Date(Date.UTC(2026, 10, 1)));
-  h.finishRun(old, { result: 'failed', vms: [vmResult('failed', Date.UTC(2026, 10, 1))], labKept: false });
-  const recent = h.startRun('nightly', 'manual', new Date(Date.UTC(2026, 10, 2)));
-  h.finishRun(recent, { result: 'success', vms: [vmResult('success', Date.UTC(2026, 10, 2))], labKept: false });
+  const old = await h.startRun('nightly', 'schedule', new Date(Date.UTC(2026, 10, 1)));
+  await h.finishRun(old, { result: 'failed', vms: [vmResult('failed', Date.UTC(2026, 10, 1))], labKept: false });
+  const recent = await h.startRun('nightly', 'manual', new Date(Date.UTC(2026, 10, 2)));
+  await h.finishRun(recent, { result: 'success', vms: [vmResult('success', Date.UTC(2026, 10, 2))], labKept: false });
   const list = await request(a.app).get('/api/v1/points').set('authorization', a.auth.viewer).expect(200);
   t.same(list.body.points[0].verification, {
     run: recent,

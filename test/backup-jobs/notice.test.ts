@@ -21,13 +21,13 @@ t.test('run request: known jobs start, unknown ones are named, bad requests refu
   const jobs = join(dir, 'jobs');
   mkdirSync(jobs);
   writeFileSync(join(jobs, 'verify.json'), JSON.stringify({ name: 'verify', lab: 'l.json', verify: { vms: 'all' } }));
-  const history = History.open(join(dir, 'c.db'));
+  const history = await History.open(join(dir, 'c.db'));
   const ran: string[] = [];
   const run: RunJobFn = async (s, ctx) => {
     ran.push(`${s.name}:${ctx.trigger}`);
     return { result: 'success', vms: [], labKept: false };
   };
-  const sch = new Scheduler({ jobsDir: jobs, history, run, gate: new JobGate(2, 4096) }).start();
+  const sch = await new Scheduler({ jobsDir: jobs, history, run, gate: new JobGate(2, 4096) }).start();
   t.teardown(async () => {
     await sch.stop();
     history.close();
@@ -37,7 +37,7 @@ t.test('run request: known jobs start, unknown ones are named, bad requests refu
   const srv = await serveBackupNotices({
     stateDir: state,
     jobsDir: jobs,
-    notify: () => [],
+    notify: async () => [],
     log: quiet,
     run: (job) => (sch.jobs.some((j) => j.name === job) ? sch.trigger(job, 'after-backup') : undefined),
   });
@@ -51,7 +51,7 @@ t.test('run request: known jobs start, unknown ones are named, bad requests refu
       ['gone', 'not-found'],
     ],
   );
-  t.equal(history.run(r!.triggered[0]!.run!)!.trigger, 'after-backup');
+  t.equal((await history.run(r!.triggered[0]!.run!))!.trigger, 'after-backup');
   t.same(ran, ['verify:after-backup']);
 
   for (const [what, line, msg] of [
@@ -65,7 +65,7 @@ t.test('run request: known jobs start, unknown ones are named, bad requests refu
   }
   t.same(ran, ['verify:after-backup'], 'refused requests ran nothing');
 
-  const noRun = await serveBackupNotices({ stateDir: join(dir, 'other'), jobsDir: jobs, notify: () => [], log: quiet }).catch(
+  const noRun = await serveBackupNotices({ stateDir: join(dir, 'other'), jobsDir: jobs, notify: async () => [], log: quiet }).catch(
     () => undefined,
   );
   t.equal(noRun, undefined, 'a state directory that does not exist serves nothing');

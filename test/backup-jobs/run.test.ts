@@ -10,7 +10,6 @@ import { projectPath } from '../../src/paths.js';
 import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { listPoints, recordPoint } from '../../src/catalog/catalog.js';
-import { sqliteCatalog } from '../../src/catalog/sql.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { loadBackupJob } from '../../src/backup/jobs/job.js';
 import { BackupJobHistory } from '../../src/backup/jobs/history.js';
@@ -40,12 +39,12 @@ const file = jobFile(dir, 'daily.json', {
   surebackup: ['verify-daily'],
 });
 const job = loadBackupJob(file);
-const history = BackupJobHistory.open(join(state, 'catalog.sqlite'));
+const history = await BackupJobHistory.open(join(state, 'catalog.sqlite'));
 t.teardown(() => history.close());
 
 // The linked SureBackup job, fired through a real SureBackup scheduler whose run only records that it ran.
 jobFile(dir, 'verify-daily.json', { name: 'verify-daily', lab: 'lab.json', verify: { vms: 'all' } });
-const sbHistory = new History(history.db);
+const sbHistory = await History.on(history.catalog);
 const verified: string[] = [];
 const sureBackup = new Scheduler({
   jobs: [{ name: 'verify-daily', file: join(dir, 'verify-daily.json'), job: loadJob(join(dir, 'verify-daily.json')) }],
@@ -74,14 +73,14 @@ for (const [i, at] of clock.entries()) {
     const vm = loadVmDefinition(beta.vm);
     for (const h of [2, 3])
       await recordPoint(
-        sqliteCatalog(history.db),
+        history.catalog,
         repo.path,
         await backupVm({ repo, vm, disks: { root: beta.image }, time: new Date(Date.UTC(2026, 10, 5, h, 30)) }),
       );
     renameSync(beta.image, `${beta.image}.away`);
   }
   if (i === 5) renameSync(`${beta.image}.away`, beta.image);
-  const runId = history.startRun(job.name, 'schedule', at);
+  const runId = await history.startRun(job.name, 'schedule', at);
   const before = (await pointsOf('beta')).map((p) => p.id);
   const r = await runBackupJob({ job, repo, history, runId, now: () => at, log: quiet, fireSureBackup: fireThroughScheduler(sureBackup) });
   runs.push(r);
@@ -104,7 +103,7 @@ t.test('a VM whose backup failed is not pruned; the others are', async (t) => {
   t.same(b!.pruned, []);
   t.equal(betaBefore.length, 5, 'beta had three job points and two manual ones');
   t.same(betaAfter, betaBefore, 'beta keeps every point, also the one its retention would remove');
-  t.same(history.run(r.run)!.vms[1]!.pruned, [], 'recorded so');
+  t.same((await history.run(r.run))!.vms[1]!.pruned, [], 'recorded so');
   t.match(r.detail, /1 of 2 VM\(s\) not backed up: beta; linked SureBackup job\(s\) verify-daily not fired/);
   t.same(r.surebackup, [], 'a partial run fires no verification');
   // The next run (beta backed up again) pruned what the failed one left: its point of the 5th at 01:30 among them.
@@ -127,7 +126,7 @@ t.test('retention kept exactly the newest two, one per day for three days, one p
     'and these beta points',
   );
   t.same(
-    (await listPoints(sqliteCatalog(history.db), repo.path, { vm: 'alpha' })).map((p) => p.id),
+    (await listPoints(history.catalog, repo.path, { vm: 'alpha' })).map((p) => p.id),
     expected,
     'the runner kept the catalog in step',
   );
@@ -148,7 +147,7 @@ t.test('retention kept exactly the newest two, one per day for three days, one p
 });
 
 t.test('the history has every run, VM and pruned point', async (t) => {
-  const rows = history.lastRuns({ job: 'daily', limit: 50 });
+  const rows = await history.lastRuns({ job: 'daily', limit: 50 });
   t.equal(rows.length, 10);
   t.same(rows.map((r) => r.status).reverse(), [
     'success',
@@ -162,14 +161,14 @@ t.test('the history has every run, VM and pruned point', async (t) => {
     'success',
     'success',
   ]);
-  const first = history.run(runs[3]!.run)!;
+  const first = (await history.run(runs[3]!.run))!;
   const a = ids('alpha');
   t.same(
     first.vms.find((v) => v.vm === 'alpha')!.pruned,
     [a[0]],
     'run 4 pruned the oldest alpha point: neither among the last two, nor the last three days, nor the newest of its week',
   );
-  const v = history.run(runs[9]!.run)!.vms[0]!;
+  const v = (await history.run(runs[9]!.run))!.vms[0]!;
   t.equal(v.point, a[9]);
   t.equal(v.consistency, 'crash');
   t.equal(v.changedBlockTracking, null, 'image files: no bitmap');
@@ -185,7 +184,7 @@ t.test('the linked SureBackup job ran after each complete run, as an after-backu
   const fired = runs.filter((r) => r.surebackup.length > 0);
   t.equal(fired.length, 9);
   t.ok(fired.every((r) => r.surebackup[0]!.job === 'verify-daily' && r.surebackup[0]!.run !== null));
-  const sb = sbHistory.lastRuns({ job: 'verify-daily', limit: 50 });
+  const sb = await sbHistory.lastRuns({ job: 'verify-daily', limit: 50 });
   t.equal(sb.length, 9);
   t.ok(sb.every((r) => r.trigger === 'after-backup'));
   t.equal(verified.length, 9, 'each one ran (none overlapped: the backup runs came one after the other)');
@@ -203,11 +202,11 @@ t.test('a linked SureBackup job that does not exist: the run is a warning naming
     job: other,
     repo,
     history,
-    runId: history.startRun('other', 'manual'),
+    runId: await history.startRun('other', 'manual'),
     log: quiet,
     fireSureBackup: fireThroughScheduler(sureBackup),
   });
   t.equal(r.status, 'warning');
   t.match(r.detail, /SureBackup job\(s\) not started: nope \(no SureBackup job named nope\)/);
-  t.equal(history.run(r.run)!.status, 'warning');
+  t.equal((await history.run(r.run))!.status, 'warning');
 });

@@ -33,12 +33,12 @@ t.test('the server fires a scheduled job; runs of one job never overlap', async 
     if (server.exitCode === null) server.kill('SIGKILL');
   });
 
-  const history = BackupJobHistory.open(join(state, 'catalog.sqlite'));
+  const history = await BackupJobHistory.open(join(state, 'catalog.sqlite'));
   t.teardown(() => history.close());
   const deadline = Date.now() + 90_000;
-  let done: ReturnType<typeof history.lastRuns> = [];
+  let done: Awaited<ReturnType<typeof history.lastRuns>> = [];
   while (Date.now() < deadline && server.exitCode === null) {
-    done = history.lastRuns({ job: 'tick', limit: 100 }).filter((r) => r.status === 'success');
+    done = (await history.lastRuns({ job: 'tick', limit: 100 })).filter((r) => r.status === 'success');
     if (done.length >= 3) break;
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -47,7 +47,7 @@ t.test('the server fires a scheduled job; runs of one job never overlap', async 
   t.equal(await exited, 0, 'the server stops cleanly on SIGTERM');
   t.same((JSON.parse(stdout) as { backupJobs: string[] }).backupJobs, ['tick'], 'the server says which backup jobs it schedules');
 
-  const all = history.lastRuns({ job: 'tick', limit: 1000 });
+  const all = await history.lastRuns({ job: 'tick', limit: 1000 });
   t.ok(all.every((r) => r.trigger === 'schedule'));
   const real = all.filter((r) => r.status !== 'skipped-overlap').sort((a, b) => a.startedAt.localeCompare(b.startedAt));
   for (let i = 1; i < real.length; i++) {
@@ -61,7 +61,7 @@ t.test('the server fires a scheduled job; runs of one job never overlap', async 
   );
   const points = (JSON.parse((await cli(['points', '--json', '--vm', 'alpha'])).stdout) as { points: { id: string }[] }).points;
   t.equal(points.length, 2, 'keepLast 2 held across the scheduled runs');
-  const newest = history.run(done[0]!.id)!;
+  const newest = (await history.run(done[0]!.id))!;
   t.ok(
     points.some((p) => p.id === newest.vms[0]!.point),
     'the newest scheduled point is kept',

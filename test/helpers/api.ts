@@ -46,7 +46,7 @@ export async function testApi(
       },
     },
   );
-  const ctx = createApiContext({ config, jobsDir, log, authLimiter: opts.authLimiter ?? new AuthFailureLimiter(1000) });
+  const ctx = await createApiContext({ config, jobsDir, log, authLimiter: opts.authLimiter ?? new AuthFailureLimiter(1000) });
   const { app, table } = createApp(ctx);
   const bearer = async (role: 'viewer' | 'operator' | 'admin'): Promise<string> =>
     `Bearer ${(await ctx.tokens.create(`test-${role}`, role)).token}`;

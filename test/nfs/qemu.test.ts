@@ -227,7 +227,7 @@ t.test("a SureBackup run of a point the server exports over NFS loses none of th
   await datastore.attach(moved);
   const nfs = await startNfsExport({ datastore, stateDir, port: 0, mountPort: 0, portmapPort: 111, listen: '127.0.0.1' });
   const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
-  const history = History.open(path.join(stateDir, 'catalog.sqlite'));
+  const history = await History.open(path.join(stateDir, 'catalog.sqlite'));
   t.teardown(async () => {
     history.close();
     await backend.labDown().catch(() => undefined);

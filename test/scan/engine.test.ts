@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openCatalog } from '../../src/catalog/catalog.js';
+import { connectCatalog } from '../../src/catalog/catalog.js';
 import { compileRules } from '../../src/scan/yara.js';
 import { walkRegularFiles } from '../../src/scan/walk.js';
 import { scanPartitions } from '../../src/scan/scan.js';
@@ -33,15 +33,15 @@ mkdirSync(join(root, 'inner-mount'));
 const tmpfs = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', join(root, 'inner-mount')]).status === 0;
 if (tmpfs) writeFileSync(join(root, 'inner-mount/other-fs.txt'), MARK);
 
-const catalog = openCatalog(join(work, 'catalog.sqlite'));
+const catalog = await connectCatalog(join(work, 'catalog.sqlite'));
 const rulesFile = join(work, 'r.yar');
 writeFileSync(
   rulesFile,
   `rule Mark { strings: $a = "${MARK}" condition: $a }\nrule HostPasswd { strings: $a = "root:x:0:0:" condition: $a }\n`,
 );
 
-t.teardown(() => {
-  catalog.close();
+t.teardown(async () => {
+  await catalog.close();
   if (tmpfs) spawnSync('umount', [join(root, 'inner-mount')]);
   rmSync(work, { recursive: true, force: true });
 });
@@ -57,7 +57,7 @@ t.test('scan, cache, rule-set change', async (t) => {
   const rules = await compileRules(rulesFile, work);
   t.teardown(() => rules.dispose());
   const mounts = [{ disk: 'sda', partition: 1, fstype: 'test', path: root }];
-  const first = await scanPartitions(mounts, rules, new VerdictCache(catalog, rules.hash));
+  const first = await scanPartitions(mounts, rules, await VerdictCache.open(catalog, rules.hash));
   t.same(first.files, { scanned: 4, cached: 1 }, "the copy of hit.bin is answered by its twin's verdict");
   t.same(
     first.matches.map((m) => [m.rule, m.path]),
@@ -70,7 +70,7 @@ t.test('scan, cache, rule-set change', async (t) => {
     'every planted copy, whatever its name; no host passwd through the links',
   );
   t.equal(first.matches[0]!.sha256, sha256(`xx ${MARK} yy`));
-  const again = await scanPartitions(mounts, rules, new VerdictCache(catalog, rules.hash));
+  const again = await scanPartitions(mounts, rules, await VerdictCache.open(catalog, rules.hash));
   t.same(again.files, { scanned: 0, cached: 5 }, 'a second scan reads nothing with yara');
   t.same(again.matches, first.matches, 'and gives the same answer');
 
@@ -78,6 +78,6 @@ t.test('scan, cache, rule-set change', async (t) => {
   const changed = await compileRules(rulesFile, work);
   t.teardown(() => changed.dispose());
   t.not(changed.hash, rules.hash);
-  const third = await scanPartitions(mounts, changed, new VerdictCache(catalog, changed.hash));
+  const third = await scanPartitions(mounts, changed, await VerdictCache.open(catalog, changed.hash));
   t.same(third.files, { scanned: 4, cached: 1 }, 'another rule set is another cache');
 });

@@ -55,11 +55,11 @@ async function finished(
   run: string,
   ms = 540_000,
 ): Promise<{ trigger: string; status: string; detail: string | null; vms: { name: string; result: string }[] }> {
-  const h = History.open(loadConfig({ env: { ...process.env, ...env } }).catalog);
+  const h = await History.open(loadConfig({ env: { ...process.env, ...env } }).catalog);
   try {
     const end = Date.now() + ms;
     for (;;) {
-      const r = h.run(run);
+      const r = await h.run(run);
       if (r && r.status !== 'running') return r;
       if (Date.now() > end) throw new Error(`run ${run} still ${r?.status ?? 'unknown'} after ${ms / 1000} s`);
       await new Promise((res) => setTimeout(res, 500));

@@ -55,13 +55,13 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
   job(jobs, 'web-check', { afterBackup: true });
   job(jobs, 'db-check', { afterBackup: true, verify: { vms: ['db'] } });
   job(jobs, 'nightly', { schedule: '0 2 * * *' });
-  const history = History.open(join(dir, 'c.db'));
+  const history = await History.open(join(dir, 'c.db'));
   const ran: string[] = [];
   const run: RunJobFn = async (s, ctx) => {
     ran.push(`${s.name}:${ctx.trigger}`);
     return { result: 'success', vms: [], labKept: false };
   };
-  const sch = new Scheduler({ jobsDir: jobs, history, run, gate: new JobGate(2, 4096) }).start();
+  const sch = await new Scheduler({ jobsDir: jobs, history, run, gate: new JobGate(2, 4096) }).start();
   t.teardown(async () => {
     await sch.stop();
     history.close();
@@ -72,7 +72,7 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
   t.ok(srv, 'serving');
   t.equal(srv!.path, noticeSocket(state));
   t.equal(
-    await serveBackupNotices({ stateDir: state, jobsDir: jobs, notify: () => [], log: quiet }),
+    await serveBackupNotices({ stateDir: state, jobsDir: jobs, notify: async () => [], log: quiet }),
     undefined,
     'a second server does not take over a live socket',
   );
@@ -85,7 +85,7 @@ t.test('notice socket: a notice reaches the scheduler; bad requests are refused;
     [['web-check', 'running']],
     'only the afterBackup job covering web',
   );
-  const row = history.run(r!.triggered[0]!.run)!;
+  const row = (await history.run(r!.triggered[0]!.run))!;
   t.equal(row.trigger, 'after-backup');
   t.same(
     await sendBackupNotice(state, { vm: { name: 'mail' }, point: 'p2' }).then((x) => x?.triggered),
@@ -155,12 +155,12 @@ async function cliWorld(
   };
 }
 
-function runsOf(env: Record<string, string>): { job: string; trigger: string; status: string; detail: string | null }[] {
-  const h = History.open(loadConfig({ env: { ...process.env, ...env } }).catalog);
+async function runsOf(env: Record<string, string>): Promise<{ job: string; trigger: string; status: string; detail: string | null }[]> {
+  const h = await History.open(loadConfig({ env: { ...process.env, ...env } }).catalog);
   try {
-    return h.lastRuns({ limit: 100 });
+    return await h.lastRuns({ limit: 100 });
   } finally {
-    h.close();
+    await h.close();
   }
 }
 
@@ -183,7 +183,7 @@ t.test('restorelab backup without a server: runs the covering afterBackup job it
     ['web-check', 'error'],
   ]);
   t.match(out.afterBackup.runs.find((x) => x.job === 'web-check')!.detail, /no-such-lab/, 'the reason is in the output');
-  const rows = runsOf(w.env);
+  const rows = await runsOf(w.env);
   t.same(
     rows.map((x) => [x.job, x.trigger, x.status]).sort(),
     [
@@ -200,7 +200,7 @@ t.test('restorelab backup without a server: runs the covering afterBackup job it
   const off = await cli(['backup', '--vm', w.def, '--disk', w.image, '--no-after-backup', '--json'], w.env);
   t.equal(off.code, 0, off.stderr);
   t.equal((JSON.parse(off.stdout) as { afterBackup: unknown }).afterBackup, null);
-  t.equal(runsOf(w.env).length, 4, '--no-after-backup ran nothing');
+  t.equal((await runsOf(w.env)).length, 4, '--no-after-backup ran nothing');
 });
 
 t.test('restorelab backup: a VM no afterBackup job covers, or a failed backup, triggers nothing', async (t) => {
@@ -216,7 +216,7 @@ t.test('restorelab backup: a VM no afterBackup job covers, or a failed backup, t
   const failed = await cli(['backup', '--vm', w.def, '--disk', join(w.dir, 'missing.raw'), '--json'], w.env);
   t.not(failed.code, 0, 'the backup failed');
   t.notMatch(failed.stderr, /after-backup/);
-  t.same(runsOf(w.env), [], 'no run recorded');
+  t.same(await runsOf(w.env), [], 'no run recorded');
 });
 
 t.test('restorelab backup with a server on the state dir: the server runs the job, the CLI says so', async (t) => {
@@ -224,14 +224,14 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
   job(w.jobs, 'web-check', { afterBackup: true });
   const cfg = loadConfig({ env: { ...process.env, ...w.env } });
   mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
-  const history = History.open(cfg.catalog);
+  const history = await History.open(cfg.catalog);
   let release!: () => void;
   const held = new Promise<void>((r) => {
     release = r;
   });
   const runs: string[] = [];
   // Held until the CLI has answered: the CLI must not wait for the server's run.
-  const sch = new Scheduler({
+  const sch = await new Scheduler({
     jobsDir: w.jobs,
     history,
     gate: new JobGate(2, 4096),
@@ -261,13 +261,13 @@ t.test('restorelab backup with a server on the state dir: the server runs the jo
     [['web-check', 'running']],
   );
   t.same(runs, ['web-check:after-backup']);
-  t.equal(history.run(out.afterBackup.runs[0]!.run)?.status, 'running', 'the server is still running it');
+  t.equal((await history.run(out.afterBackup.runs[0]!.run))?.status, 'running', 'the server is still running it');
   const human = await cli(['backup', '--vm', w.def, '--disk', w.image], w.env);
   t.match(human.stdout, /after-backup: the server \(pid \d+\) skipped job web-check: its previous run is still going/);
   release();
   const heldRun = out.afterBackup.runs[0]!.run;
-  await settle(() => history.run(heldRun)?.status !== 'running', 10_000);
-  const rows = history.lastRuns({ job: 'web-check' });
+  await settle(async () => (await history.run(heldRun))?.status !== 'running', 10_000);
+  const rows = await history.lastRuns({ job: 'web-check' });
   t.same(
     rows.map((x) => [x.trigger, x.status]),
     [
@@ -290,10 +290,16 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
   job(jobsDir, 'web-check', { afterBackup: true });
   job(jobsDir, 'dns-nightly', { verify: { vms: ['dns'] }, schedule: '0 2 * * *' });
   const gate = new JobGate(config.limits.maxConcurrentVms, config.limits.memoryBudgetMiB);
-  const history = History.open(config.catalog);
+  const history = await History.open(config.catalog);
   // The real configured run: here it ends in `error` (no lab file) without booting.
-  const scheduler = new Scheduler({ jobsDir, history, gate, log: quiet, run: configuredRun(config, history, quiet, gate.limiter) }).start();
-  const ctx = createApiContext({
+  const scheduler = await new Scheduler({
+    jobsDir,
+    history,
+    gate,
+    log: quiet,
+    run: configuredRun(config, history, quiet, gate.limiter),
+  }).start();
+  const ctx = await createApiContext({
     config,
     jobsDir,
     jobGate: gate,
@@ -321,7 +327,7 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
     [['web-check', 'running']],
   );
   const deadline = Date.now() + 30_000;
-  while (history.run(after[0]!.run)?.status === 'running' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while ((await history.run(after[0]!.run))?.status === 'running' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   const { run } = (await request(app).get(`/api/v1/runs/${after[0]!.run}`).set('authorization', op).expect(200)).body as {
     run: { trigger: string; status: string; detail: string };
   };
@@ -335,7 +341,7 @@ t.test('POST /backups: the server scheduler runs covering afterBackup jobs; othe
   const broken = await backup({ vm: 'web', disks: { root: join(src, 'a-directory') } });
   t.equal(broken.state, 'failed', 'a directory is no image');
   t.same(
-    history.lastRuns({ limit: 100 }).map((x) => x.job),
+    (await history.lastRuns({ limit: 100 })).map((x) => x.job),
     ['web-check'],
     'only the one successful backup of web triggered a run',
   );

@@ -36,11 +36,11 @@ t.test('schedule list --json: every job with its next fire times', async (t) => 
 t.test('history --job NAME --json: runs newest first, pass rate, trend', async (t) => {
   const state = t.testdir();
   const cfg = loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: state } });
-  const h = History.open(cfg.catalog);
+  const h = await History.open(cfg.catalog);
   const f = fakeLab({ vms: ['web'] });
   for (let i = 0; i < 2; i++) {
-    const id = h.startRun('nightly', 'schedule');
-    h.finishRun(
+    const id = await h.startRun('nightly', 'schedule');
+    await h.finishRun(
       id,
       await runJob(
         { name: 'nightly', lab: {}, point: 'latest', concurrency: 1, applicationGroup: [], verify: { vms: 'all', role: 'web' } },
@@ -49,8 +49,8 @@ t.test('history --job NAME --json: runs newest first, pass rate, trend', async (
       ),
     );
   }
-  h.recordNonRun('nightly', 'schedule', 'missed', '1 scheduled run(s) missed');
-  h.recordNonRun('other', 'manual', 'skipped-overlap', 'busy');
+  await h.recordNonRun('nightly', 'schedule', 'missed', '1 scheduled run(s) missed');
+  await h.recordNonRun('other', 'manual', 'skipped-overlap', 'busy');
   h.close();
   const r = await cli(['surebackup', 'history', '--job', 'nightly', '--json'], { RESTORELAB_STATE_DIR: state });
   t.equal(r.code, 0, r.stderr);

@@ -19,7 +19,7 @@ function jobsDir(dir: string, jobs: Record<string, unknown>[]): string {
 
 t.test('a schedule every second fires at each second of the clock and records real runs', async (t) => {
   const dir = t.testdir();
-  const history = History.open(join(dir, 'c.db'));
+  const history = await History.open(join(dir, 'c.db'));
   const f = fakeLab({ vms: ['web'] });
   const started: Promise<unknown>[] = [];
   const run: RunJobFn = async (s, ctx) => {
@@ -28,7 +28,7 @@ t.test('a schedule every second fires at each second of the clock and records re
     return p;
   };
   const clock = new ManualClock(new Date('2026-03-01T12:00:00.400Z'));
-  const sch = startScheduler({
+  const sch = await startScheduler({
     jobsDir: jobsDir(dir, [
       { name: 'every-second', schedule: '* * * * * *' },
       { name: 'nightly', schedule: '0 2 * * *' },
@@ -43,6 +43,8 @@ t.test('a schedule every second fires at each second of the clock and records re
   });
   t.equal(clock.pending, 2, 'one timer per scheduled job');
   clock.advance(500);
+  // trigger() records the run before it starts it: give a firing the turns it would need.
+  await settle(() => started.length > 0, 200, 1);
   t.equal(started.length, 0, 'nothing before the first whole second');
   // A run is over once the scheduler has recorded it and released the job, a few turns after it returns.
   const settled = async (): Promise<void> => {
@@ -51,16 +53,17 @@ t.test('a schedule every second fires at each second of the clock and records re
   };
   for (let i = 1; i <= 3; i++) {
     clock.advance(1000);
+    await settle(() => started.length >= i, 5_000, 1);
     t.equal(started.length, i, `fired at second ${i}`);
     await settled();
   }
-  const runs = history.lastRuns({ job: 'every-second' });
+  const runs = await history.lastRuns({ job: 'every-second' });
   t.equal(runs.length, 3, 'one run per second passed');
   t.ok(
     runs.every((r) => r.trigger === 'schedule' && r.status === 'success'),
     runs.map((r) => `${r.trigger}:${r.status}`).join(' '),
   );
-  t.same(history.lastRuns({ job: 'nightly' }), [], 'the nightly job did not fire');
+  t.same(await history.lastRuns({ job: 'nightly' }), [], 'the nightly job did not fire');
   const list = sch.list(new Date('2026-03-01T12:00:00Z'));
   t.same(list.find((j) => j.name === 'nightly')!.next, [
     '2026-03-02T02:00:00.000Z',
@@ -74,8 +77,8 @@ t.test('a schedule every second fires at each second of the clock and records re
 
 t.test('on the system clock a schedule fires on its own', async (t) => {
   const dir = t.testdir();
-  const history = History.open(join(dir, 'c.db'));
-  const sch = startScheduler({
+  const history = await History.open(join(dir, 'c.db'));
+  const sch = await startScheduler({
     jobsDir: jobsDir(dir, [{ name: 'every-second', schedule: '* * * * * *' }]),
     history,
     run: async () => ({ result: 'success', vms: [], labKept: false }),
@@ -85,10 +88,11 @@ t.test('on the system clock a schedule fires on its own', async (t) => {
     history.close();
   });
   // Readiness, not a guess: wait until two runs are recorded (a second apart), with a generous deadline.
-  const passed = (): number => history.lastRuns({ job: 'every-second' }).filter((r) => r.status === 'success').length;
-  await settle(() => passed() >= 2, 15_000, 50);
-  const runs = history.lastRuns({ job: 'every-second' });
-  t.ok(passed() >= 2, `two scheduled runs within 15 s (${runs.length} recorded)`);
+  const passed = async (): Promise<number> =>
+    (await history.lastRuns({ job: 'every-second' })).filter((r) => r.status === 'success').length;
+  await settle(async () => (await passed()) >= 2, 15_000, 50);
+  const runs = await history.lastRuns({ job: 'every-second' });
+  t.ok((await passed()) >= 2, `two scheduled runs within 15 s (${runs.length} recorded)`);
   t.ok(runs.every((r) => r.trigger === 'schedule'));
 });
 
@@ -111,7 +115,7 @@ t.test('systemClock: fires at its time, not before; cancel keeps it from firing'
 
 t.test('overlapping triggers do not double-run; the extra ones are recorded as skipped-overlap', async (t) => {
   const dir = t.testdir();
-  const history = History.open(join(dir, 'c.db'));
+  const history = await History.open(join(dir, 'c.db'));
   let live = 0;
   let peak = 0;
   let runs = 0;
@@ -132,7 +136,7 @@ t.test('overlapping triggers do not double-run; the extra ones are recorded as s
     return { result: 'success', vms: [], labKept: false };
   };
   const clock = new ManualClock(new Date('2026-03-01T12:00:00.500Z'));
-  const sch = startScheduler({
+  const sch = await startScheduler({
     jobsDir: jobsDir(dir, [{ name: 'slow', schedule: '* * * * * *', afterBackup: true }]),
     history,
     run: slow,
@@ -140,10 +144,11 @@ t.test('overlapping triggers do not double-run; the extra ones are recorded as s
   });
   t.teardown(() => history.close());
   clock.advance(1000);
+  await settle(() => runs >= 1, 5_000, 1);
   t.equal(runs, 1, 'the schedule started a run');
-  const manual = sch.trigger('slow', 'manual');
+  const manual = await sch.trigger('slow', 'manual');
   t.equal(manual.status, 'skipped-overlap');
-  const hooked = sch.notifyBackup([{ name: 'web' }]);
+  const hooked = await sch.notifyBackup([{ name: 'web' }]);
   t.same(
     hooked.map((o) => [o.job, o.status]),
     [['slow', 'skipped-overlap']],
@@ -153,11 +158,12 @@ t.test('overlapping triggers do not double-run; the extra ones are recorded as s
   finish();
   await settle(() => !sch.isRunning('slow'), 10_000, 10);
   clock.advance(1000);
+  await settle(() => runs >= 2, 5_000, 1);
   t.equal(runs, 2, 'the next fire time after the run ended starts a new run');
   finish();
   await sch.stop();
   t.equal(peak, 1, 'never two runs of one job at once');
-  const all = history.lastRuns({ job: 'slow', limit: 100 });
+  const all = await history.lastRuns({ job: 'slow', limit: 100 });
   const skipped = all.filter((r) => r.status === 'skipped-overlap');
   t.equal(
     skipped.length,
@@ -175,7 +181,7 @@ t.test('overlapping triggers do not double-run; the extra ones are recorded as s
 
 t.test('missed runs while the server was down are reported once', async (t) => {
   const dir = t.testdir();
-  const history = History.open(join(dir, 'c.db'));
+  const history = await History.open(join(dir, 'c.db'));
   t.teardown(() => history.close());
   const jobs = loadJobsDir(
     jobsDir(dir, [
@@ -183,8 +189,8 @@ t.test('missed runs while the server was down are reported once', async (t) => {
       { name: 'fresh', schedule: '0 2 * * *' },
     ]),
   );
-  const id = history.startRun('nightly', 'schedule', new Date('2026-01-07T02:00:00Z'));
-  history.finishRun(id, { result: 'success', vms: [], labKept: false });
+  const id = await history.startRun('nightly', 'schedule', new Date('2026-01-07T02:00:00Z'));
+  await history.finishRun(id, { result: 'success', vms: [], labKept: false });
   const warnings: string[] = [];
   const clock = new ManualClock(new Date('2026-01-10T12:00:00Z'));
   const s1 = new Scheduler({
@@ -194,25 +200,25 @@ t.test('missed runs while the server was down are reported once', async (t) => {
     clock,
     log: { info: () => undefined, warn: (l) => warnings.push(l) },
   });
-  const missed = s1.reportMissed();
+  const missed = await s1.reportMissed();
   t.same(
     missed.map((m) => [m.job, m.count, m.first.toISOString()]),
     [['nightly', 3, '2026-01-08T02:00:00.000Z']],
     'a job that never ran reports nothing',
   );
-  const row = history.lastRuns({ job: 'nightly' })[0]!;
+  const row = (await history.lastRuns({ job: 'nightly' }))[0]!;
   t.equal(row.status, 'missed');
   t.equal(row.dueAt, '2026-01-08T02:00:00.000Z');
   t.match(row.detail!, /3 scheduled run\(s\) missed .* 2026-01-08T02:00:00.000Z … 2026-01-10T02:00:00.000Z/);
   t.match(warnings[0]!, /job nightly: 3 scheduled run/);
-  t.same(new Scheduler({ jobs, history, run: async () => undefined, clock }).reportMissed(), [], 'not reported twice');
-  t.same(history.passRate({ job: 'nightly' }), { runs: 1, passed: 1, rate: 1 }, 'a missed run is not counted as a run');
+  t.same(await new Scheduler({ jobs, history, run: async () => undefined, clock }).reportMissed(), [], 'not reported twice');
+  t.same(await history.passRate({ job: 'nightly' }), { runs: 1, passed: 1, rate: 1 }, 'a missed run is not counted as a run');
 });
 
 t.test('after-backup triggers only jobs covering a backed-up VM; errors are recorded', async (t) => {
   const dir = t.testdir();
-  const history = History.open(join(dir, 'c.db'));
-  const sch = startScheduler({
+  const history = await History.open(join(dir, 'c.db'));
+  const sch = await startScheduler({
     history,
     run: async (s) => {
       if (s.name === 'db-job') throw new Error('lab exploded');
@@ -227,15 +233,15 @@ t.test('after-backup triggers only jobs covering a backed-up VM; errors are reco
     await sch.stop();
     history.close();
   });
-  const out = sch.notifyBackup([{ name: 'db' }]);
+  const out = await sch.notifyBackup([{ name: 'db' }]);
   t.equal(out.length, 1);
   if (out[0]!.status === 'started') await out[0]!.done;
-  const r = history.lastRuns({ job: 'db-job' })[0]!;
+  const r = (await history.lastRuns({ job: 'db-job' }))[0]!;
   t.equal(r.trigger, 'after-backup');
   t.equal(r.status, 'error');
   t.equal(r.detail, 'lab exploded');
-  t.same(history.lastRuns({ job: 'plain' }), []);
-  t.throws(() => sch.trigger('nope', 'manual'), { code: 'JOB_NOT_FOUND' });
+  t.same(await history.lastRuns({ job: 'plain' }), []);
+  await t.rejects(sch.trigger('nope', 'manual'), { code: 'JOB_NOT_FOUND' });
 });
 
 t.test('covers: the VMs a job names, its application group, every VM, or those with its tag', (t) => {
@@ -258,7 +264,7 @@ t.test('covers: the VMs a job names, its application group, every VM, or those w
   t.end();
 });
 
-t.test('startScheduler({jobsDir}) alone: configured catalog and real runs (here: bad input recorded, nothing booted)', async (t) => {
+t.test('await startScheduler({jobsDir}) alone: configured catalog and real runs (here: bad input recorded, nothing booted)', async (t) => {
   const dir = t.testdir();
   const saved = { ...process.env };
   process.env.RESTORELAB_STATE_DIR = join(dir, 'state');
@@ -266,15 +272,15 @@ t.test('startScheduler({jobsDir}) alone: configured catalog and real runs (here:
   t.teardown(() => {
     process.env = saved;
   });
-  const sch = startScheduler({ jobsDir: jobsDir(dir, [{ name: 'after', afterBackup: true }]) });
-  const [o] = sch.notifyBackup([{ name: 'web' }]);
+  const sch = await startScheduler({ jobsDir: jobsDir(dir, [{ name: 'after', afterBackup: true }]) });
+  const [o] = await sch.notifyBackup([{ name: 'web' }]);
   t.equal(o?.status, 'started');
   if (o?.status === 'started') await o.done;
   await sch.stop();
   const { loadConfig } = await import('../../src/config/config.js');
-  const h = History.open(loadConfig().catalog);
+  const h = await History.open(loadConfig().catalog);
   t.teardown(() => h.close());
-  const r = h.lastRuns({ job: 'after' })[0]!;
+  const r = (await h.lastRuns({ job: 'after' }))[0]!;
   t.equal(r.trigger, 'after-backup');
   t.equal(r.status, 'error');
   t.match(r.detail!, /no-repo/, `the repository error is recorded: ${r.detail}`);
@@ -284,10 +290,10 @@ t.test(
   'a shared JobGate: a run started elsewhere (the API) makes a scheduled trigger skip; reload picks up new and deleted jobs',
   async (t) => {
     const dir = t.testdir();
-    const history = History.open(join(dir, 'c.db'));
+    const history = await History.open(join(dir, 'c.db'));
     const gate = new JobGate(3, 8192);
     let runs = 0;
-    const sch = startScheduler({
+    const sch = await startScheduler({
       jobsDir: jobsDir(dir, [{ name: 'nightly', schedule: '0 2 * * *' }]),
       history,
       gate,
@@ -303,9 +309,9 @@ t.test(
     t.ok(release, 'the API claims the job');
     t.equal(gate.claim('nightly', new AbortController()), undefined, 'a second claim is refused');
     t.ok(sch.isRunning('nightly'), 'the scheduler sees the run it did not start');
-    t.equal(sch.trigger('nightly', 'schedule').status, 'skipped-overlap');
+    t.equal((await sch.trigger('nightly', 'schedule')).status, 'skipped-overlap');
     release!();
-    const started = sch.trigger('nightly', 'schedule');
+    const started = await sch.trigger('nightly', 'schedule');
     t.equal(started.status, 'started');
     if (started.status === 'started') await started.done;
     t.equal(runs, 1);
@@ -325,6 +331,6 @@ t.test(
       sch.jobs.map((j) => j.name),
       ['hourly'],
     );
-    t.throws(() => sch.trigger('nightly', 'manual'), /no SureBackup job named nightly/);
+    await t.rejects(sch.trigger('nightly', 'manual'), /no SureBackup job named nightly/);
   },
 );

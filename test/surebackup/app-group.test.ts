@@ -94,11 +94,11 @@ t.test('application group dns → db, then web: all pass, in order, everything t
   t.match(readFileSync(out.report, 'utf8'), new RegExp(`serial console: ${web.console}`), 'the report names the console log');
   t.ok(web.recoverySeconds > 0 && web.recoverySeconds < 200);
   // Order, from the catalog: each group VM was up and tested before the next started.
-  const history = History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);
+  const history = await History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);
   t.teardown(() => history.close());
-  const by = Object.fromEntries(history.vmTimings(out.run).map((x) => [x.vm, x]));
+  const by = Object.fromEntries((await history.vmTimings(out.run)).map((x) => [x.vm, x]));
   t.ok(by.dns!.startedMs < by.db!.startedMs && by.db!.startedMs < by.web!.startedMs, 'dns, then db, then web');
-  t.equal(history.run(out.run)?.status, 'success');
+  t.equal((await history.run(out.run))?.status, 'success');
   t.match(readFileSync(out.report, 'utf8'), /data:image\/png;base64,/);
   t.same(await leftovers(stateDir, undefined, labName), [], 'no VM, namespace, mount or publication left');
   t.equal(readLabState(stateDir, labName), undefined, 'lab down');

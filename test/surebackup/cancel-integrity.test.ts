@@ -59,7 +59,7 @@ t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', 
   const stateDir = join(dir, 'state');
   const { repo } = await guestRepository(dir, ['web']);
   const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
-  const history = History.open(join(stateDir, 'catalog.sqlite'));
+  const history = await History.open(join(stateDir, 'catalog.sqlite'));
   t.teardown(async () => {
     history.close();
     await backend.labDown().catch(() => undefined);
@@ -110,5 +110,5 @@ t.test('a job cancelled mid-run leaves no VM, namespace, mount or publication', 
   t.ok(sawRunning, 'the VM was running when the job was cancelled');
   t.same(await leftovers(stateDir, netns), [], 'nothing left, even with keepLabOnFailure');
   t.equal(readLabState(stateDir, labName), undefined, 'lab down');
-  t.equal(history.lastRuns({ job: 'cancelled' })[0]!.status, 'cancelled');
+  t.equal((await history.lastRuns({ job: 'cancelled' }))[0]!.status, 'cancelled');
 });

@@ -90,10 +90,9 @@ t.test('broken-app fails its app test, no-agent passes on ICMP, no-boot fails it
   t.match(readFileSync(rep.report, 'utf8'), /flagged: kernel panic on the (VGA|serial) console/);
   t.same(await leftovers(stateDir, undefined, labName), []);
   // The job's cap of 2 held on the real path too (3 VMs), read back from the catalog.
-  const history = History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);
+  const history = await History.open(loadConfig({ env: { ...process.env, RESTORELAB_STATE_DIR: stateDir } }).catalog);
   t.teardown(() => history.close());
-  const edges = history
-    .vmTimings((JSON.parse(r.stdout) as { run: string }).run)
+  const edges = (await history.vmTimings((JSON.parse(r.stdout) as { run: string }).run))
     .flatMap(
       (v) =>
         [

@@ -32,7 +32,7 @@ t.test(
     const stateDir = join(dir, 'state');
     const { repo, points } = await guestRepository(dir, ['no-boot', 'web', 'no-agent', 'broken-app']);
     const backend = createLabBackend({ repo, stateDir, driver: 'qemu', accel: 'tcg' });
-    const history = History.open(join(stateDir, 'catalog.sqlite'));
+    const history = await History.open(join(stateDir, 'catalog.sqlite'));
     // Every VM the backend brought up, to see which booted and to take the kept ones down.
     const booted: { name: string; handle: RecoveredVm }[] = [];
     const recover = backend.recover.bind(backend);
@@ -103,7 +103,7 @@ t.test(
 
     // waitForPrevious: false — web booted while no-boot was still being tested, and passed.
     t.equal(vm('web').result, 'success', show('web'));
-    const timings = Object.fromEntries(history.vmTimings(rep.run).map((x) => [x.vm, x]));
+    const timings = Object.fromEntries((await history.vmTimings(rep.run)).map((x) => [x.vm, x]));
     t.ok(
       timings.web!.startedMs < timings['no-boot']!.endedMs,
       `web started ${((timings.web!.startedMs - timings['no-boot']!.startedMs) / 1000).toFixed(1)} s after no-boot, before no-boot's tests ended`,
@@ -119,8 +119,8 @@ t.test(
       );
     }
     t.same(booted.map((b) => b.name).sort(), ['no-boot', 'web'], 'only the two group VMs before the failure were booted');
-    t.equal(history.run(rep.run)?.status, 'failed');
-    const stored = Object.fromEntries(history.run(rep.run)!.vms.map((v) => [v.name, v.result]));
+    t.equal((await history.run(rep.run))?.status, 'failed');
+    const stored = Object.fromEntries((await history.run(rep.run))!.vms.map((v) => [v.name, v.result]));
     t.same(
       stored,
       { 'no-boot': 'failed', web: 'success', 'no-agent': 'dependency-failed', 'broken-app': 'dependency-failed' },

@@ -55,7 +55,11 @@ t.test('every ChunkCache of the process feeds the hit ratio', async (t) => {
 });
 
 t.test('/metrics text: frontend ops and bytes, cache counters and ratio, stable across scrapes', async (t) => {
-  const m = new Metrics({ publications: () => 2, sessionsByState: async () => ({ running: 1 }), jobRunsByResult: () => ({ success: 3 }) });
+  const m = new Metrics({
+    publications: () => 2,
+    sessionsByState: async () => ({ running: 1 }),
+    jobRunsByResult: async () => ({ success: 3 }),
+  });
   countOp('nfs', 'LOOKUP');
   countBytes('nfs', 'read', 10);
   countOp('fuse', 'read');

@@ -13,12 +13,12 @@ import { apiError } from '../errors.js';
 import { principal, queryOf } from '../route-table.js';
 import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
-import { BackupJobHistory } from '../../backup/jobs/history.js';
 import { scanBackupJobsDir, type BackupJob } from '../../backup/jobs/job.js';
 import { describeBackupJob } from '../../backup/jobs/scheduler.js';
 
 export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
-  const history = new BackupJobHistory(ctx.catalog);
+  // Migrated when the server's context was made (createApiContext), so this is only the handle.
+  const history = ctx.backupJobHistory;
   const listing = (j: BackupJob) => describeBackupJob(j, history, ctx.backupJobs.isRunning(j.name));
 
   /** The job `name` as its file says now; 404 when no file of the directory holds it. */
@@ -43,9 +43,9 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
     tag: 'backup-jobs',
     summary:
       'backup jobs with their VMs, schedule, retention, last run and next fire times (a file that does not load is listed under invalid)',
-    handler: () => {
+    handler: async () => {
       const { jobs, invalid } = scanBackupJobsDir(ctx.backupJobsDir);
-      return { backupJobsDir: ctx.backupJobsDir, jobs: jobs.map(listing), ...(invalid.length ? { invalid } : {}) };
+      return { backupJobsDir: ctx.backupJobsDir, jobs: await Promise.all(jobs.map(listing)), ...(invalid.length ? { invalid } : {}) };
     },
   });
 
@@ -78,7 +78,7 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
         ]);
       }
       const op = ctx.operations.start('backup-job-run', principal(res).name, async (o) => {
-        const started = ctx.backupJobs.trigger(job, 'manual', {
+        const started = await ctx.backupJobs.trigger(job, 'manual', {
           signal: o.signal,
           onProgress: (p) =>
             o.progress(
@@ -96,7 +96,7 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
         if (!r)
           throw apiError(
             'DOMAIN_ERROR',
-            `backup job ${job.name} run ${started.runId} failed: ${history.run(started.runId)?.detail ?? 'no detail'}`,
+            `backup job ${job.name} run ${started.runId} failed: ${(await history.run(started.runId))?.detail ?? 'no detail'}`,
           );
         return { result: r, resource: `/api/v1/backup-job-runs/${r.run}` };
       });
@@ -111,9 +111,10 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
     tag: 'backup-jobs',
     query: 'api-run-list-query.schema.json',
     summary: 'backup job runs, newest first, each with its VMs (skipped and missed triggers included)',
-    handler: (_req, res) => {
+    handler: async (_req, res) => {
       const q = queryOf<{ job?: string; limit: number }>(res);
-      return { runs: history.lastRuns({ ...(q.job ? { job: q.job } : {}), limit: q.limit }).map((r) => history.run(r.id)) };
+      const runs = await history.lastRuns({ ...(q.job ? { job: q.job } : {}), limit: q.limit });
+      return { runs: await Promise.all(runs.map((r) => history.run(r.id))) };
     },
   });
 
@@ -123,9 +124,9 @@ export const backupJobRoutes: RegisterRoutes = (t, ctx) => {
     role: 'viewer',
     tag: 'backup-jobs',
     summary: 'one backup job run with its VMs',
-    handler: (req) => {
+    handler: async (req) => {
       const id = nameParam(req, 'id');
-      const run = history.run(id);
+      const run = await history.run(id);
       if (!run)
         throw apiError('NOT_FOUND', `no backup job run ${id}`, [{ path: 'params/id', message: 'GET /api/v1/backup-job-runs lists them' }]);
       return run;

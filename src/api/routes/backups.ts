@@ -48,13 +48,13 @@ function vmDefinitionFile(name: string): string {
  * because the job was still running), each with its /runs/:id. The backup
  * itself succeeded: a trigger that fails is logged, not a failed backup.
  */
-function afterBackupRuns(scheduler: ApiContext['scheduler'], vm: VmDefinition, log: (m: string) => void): TriggeredRun[] {
+async function afterBackupRuns(scheduler: ApiContext['scheduler'], vm: VmDefinition, log: (m: string) => void): Promise<TriggeredRun[]> {
   if (!scheduler) {
     log('after-backup: this server runs no scheduler (--no-schedule): afterBackup jobs were not triggered');
     return [];
   }
   try {
-    const runs = scheduler.notifyBackup([{ name: vm.name, ...(vm.tags ? { tags: vm.tags } : {}) }]).map(triggeredRun);
+    const runs = (await scheduler.notifyBackup([{ name: vm.name, ...(vm.tags ? { tags: vm.tags } : {}) }])).map(triggeredRun);
     for (const r of runs)
       log(
         `after-backup: job ${r.job} ${r.status === 'running' ? 'started as' : 'skipped (still running),'} run ${r.run} (/api/v1/runs/${r.run})`,
@@ -116,7 +116,7 @@ export const backupRoutes: RegisterRoutes = (t, ctx) => {
           o.log(`ransomware signals: ANOMALY: ${signals.reasons.join('; ')}`);
           ctx.log.warn({ point: point.id, vm: vm.name, reasons: signals.reasons }, 'backup is a ransomware anomaly');
         }
-        const afterBackup = afterBackupRuns(ctx.scheduler, vm, (m) => o.log(m));
+        const afterBackup = await afterBackupRuns(ctx.scheduler, vm, (m) => o.log(m));
         return { result: { ...point, afterBackup }, resource: `/api/v1/points/${point.id}` };
       });
       accepted(res, op);

@@ -41,14 +41,14 @@ export interface JobListing {
 }
 
 export const jobRoutes: RegisterRoutes = (t, ctx) => {
-  const history = new History(ctx.catalog);
+  const history = ctx.runs;
   // Shared with the scheduler: one run of a job at a time, one VM limiter for all.
   const gate = ctx.jobGate;
 
   const fileOf = (name: string): string => join(ctx.jobsDir, `${name}.json`);
 
-  const listing = (file: string, job: Job & JobFile): JobListing => {
-    const last = history.lastRuns({ job: job.name, limit: 1 })[0];
+  const listing = async (file: string, job: Job & JobFile): Promise<JobListing> => {
+    const last = (await history.lastRuns({ job: job.name, limit: 1 }))[0];
     return {
       name: job.name,
       file,
@@ -75,7 +75,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
     role: 'viewer',
     tag: 'jobs',
     summary: 'SureBackup jobs with their schedule and last run (an invalid job file is listed under invalid)',
-    handler: () => {
+    handler: async () => {
       const jobs: JobListing[] = [];
       const invalid: { file: string; error: string }[] = [];
       const names = existsSync(ctx.jobsDir)
@@ -85,11 +85,14 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
         : [];
       for (const n of names) {
         const file = join(ctx.jobsDir, n);
+        let job: Job & JobFile;
         try {
-          jobs.push(listing(file, loadJob(file)));
+          job = loadJob(file);
         } catch (err) {
           invalid.push({ file, error: (err as Error).message });
+          continue;
         }
+        jobs.push(await listing(file, job));
       }
       return { jobs, ...(invalid.length ? { invalid } : {}) };
     },
@@ -101,9 +104,9 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
     role: 'viewer',
     tag: 'jobs',
     summary: 'one job',
-    handler: (req) => {
+    handler: async (req) => {
       const { file, job } = load(nameParam(req, 'name'));
-      return listing(file, job);
+      return await listing(file, job);
     },
   });
 
@@ -130,7 +133,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
       await writeJobFile(ctx.jobsDir, name, text);
       ctx.log.info({ by: principal(res).name, job: name, created }, 'job saved');
       ctx.scheduler?.reload();
-      res.status(created ? 201 : 200).json(listing(fileOf(name), job));
+      res.status(created ? 201 : 200).json(await listing(fileOf(name), job));
     },
   });
 
@@ -160,7 +163,7 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
       status: 202,
       description: 'the operation; its first progress event names the run, its result is the run summary, its resource /api/v1/runs/<id>',
     },
-    handler: (req, res) => {
+    handler: async (req, res) => {
       const { file, job } = load(nameParam(req, 'name'));
       const claim = new AbortController();
       const release = gate.claim(job.name, claim);
@@ -168,7 +171,13 @@ export const jobRoutes: RegisterRoutes = (t, ctx) => {
         throw apiError('CONFLICT', `job ${job.name} is already running`, [
           { path: 'params/name', message: 'GET /api/v1/runs?job=' + job.name + ' shows it' },
         ]);
-      const runId = history.startRun(job.name, 'manual');
+      let runId: string;
+      try {
+        runId = await history.startRun(job.name, 'manual');
+      } catch (err) {
+        release();
+        throw err;
+      }
       const op = ctx.operations.start('job-run', principal(res).name, async (o) => {
         try {
           return await runJob(ctx, {
@@ -249,8 +258,8 @@ async function runJob(ctx: ApiContext, r: RunInput): Promise<{ result: unknown; 
     };
   } catch (err) {
     // executeRun closes the row when the runner fails; a failure before that must not leave it "running".
-    if (r.history.run(r.runId)?.status === 'running')
-      r.history.abortRun(r.runId, r.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+    if ((await r.history.run(r.runId))?.status === 'running')
+      await r.history.abortRun(r.runId, r.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
     throw err;
   }
 }

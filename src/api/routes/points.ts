@@ -16,7 +16,6 @@ import { allowedTarget } from '../host-paths.js';
 import { forgetPoints, listPoints } from '../../catalog/catalog.js';
 import { restoreDisk, type RestoreFormat } from '../../backup/restore.js';
 import { listPublications } from '../../publish/publish.js';
-import { History } from '../../surebackup/history.js';
 
 export const pointRoutes: RegisterRoutes = (t, ctx) => {
   t.add({
@@ -30,9 +29,11 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
       const q = queryOf<{ vm?: string }>(res);
       const repo = await openDefaultRepository(ctx);
       await ensureIndexed(ctx, repo);
-      const verification = new History(ctx.catalog).pointVerifier();
       const points = await withScanStatus(ctx.sql, repo.path, await listPoints(ctx.sql, repo.path, q.vm !== undefined ? { vm: q.vm } : {}));
-      return { repository: repo.path, points: points.map((p) => ({ ...p, verification: verification(p.id) })) };
+      return {
+        repository: repo.path,
+        points: await Promise.all(points.map(async (p) => ({ ...p, verification: await ctx.runs.pointVerification(p.id) }))),
+      };
     },
   });
   t.add({
@@ -44,7 +45,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
     handler: async (req) => {
       const repo = await openDefaultRepository(ctx);
       const point = await repo.getPoint(String(req.params.id));
-      return { ...point, verification: new History(ctx.catalog).pointVerifier()(point.id) };
+      return { ...point, verification: await ctx.runs.pointVerification(point.id) };
     },
   });
   t.add({
@@ -68,7 +69,7 @@ export const pointRoutes: RegisterRoutes = (t, ctx) => {
             repo,
             point: point.id,
             stateDir: ctx.config.stateDir,
-            db: ctx.catalog,
+            db: ctx.sql,
             rules,
             ...openOptions(ctx, repo.path),
             onProgress: (d) => o.progress(null, `${d.files} file(s) hashed (${d.partition})`),

@@ -10,7 +10,7 @@ import type { RegisterRoutes } from './register.js';
 import { apiError } from '../errors.js';
 import { queryOf } from '../route-table.js';
 import { nameParam } from './params.js';
-import { History, type RunRow } from '../../surebackup/history.js';
+import type { RunRow } from '../../surebackup/history.js';
 
 function summary(r: RunRow): {
   id: string;
@@ -42,9 +42,9 @@ function sendStored(res: Response, file: string | null, type: string, what: stri
 }
 
 export const runRoutes: RegisterRoutes = (t, ctx) => {
-  const history = new History(ctx.catalog);
-  const get = (id: string) => {
-    const run = history.run(id);
+  const history = ctx.runs;
+  const get = async (id: string) => {
+    const run = await history.run(id);
     if (!run) throw apiError('NOT_FOUND', `no job run ${id}`, [{ path: 'params/id', message: 'GET /api/v1/runs lists them' }]);
     return run;
   };
@@ -56,9 +56,9 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
     tag: 'runs',
     query: 'api-run-list-query.schema.json',
     summary: 'SureBackup job runs, newest first (skipped and missed triggers included)',
-    handler: (_req, res) => {
+    handler: async (_req, res) => {
       const q = queryOf<{ job?: string; limit: number }>(res);
-      return { runs: history.lastRuns({ ...(q.job ? { job: q.job } : {}), limit: q.limit }).map(summary) };
+      return { runs: (await history.lastRuns({ ...(q.job ? { job: q.job } : {}), limit: q.limit })).map(summary) };
     },
   });
 
@@ -68,8 +68,8 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
     role: 'viewer',
     tag: 'runs',
     summary: 'one run with its per-VM results and tests',
-    handler: (req) => {
-      const run = get(nameParam(req, 'id'));
+    handler: async (req) => {
+      const run = await get(nameParam(req, 'id'));
       const { vms, ...row } = run;
       return {
         run: summary(row),
@@ -95,8 +95,8 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
     tag: 'runs',
     summary: "the run's self-contained HTML report",
     success: { status: 200, description: 'an HTML page', contentType: 'text/html' },
-    handler: (req, res) => {
-      const run = get(nameParam(req, 'id'));
+    handler: async (req, res) => {
+      const run = await get(nameParam(req, 'id'));
       sendStored(res, run.reportHtml, 'text/html; charset=utf-8', `the report of run ${run.id} (status ${run.status})`);
     },
   });
@@ -108,8 +108,8 @@ export const runRoutes: RegisterRoutes = (t, ctx) => {
     tag: 'runs',
     summary: 'the console screenshot a run took of one VM',
     success: { status: 200, description: 'a PNG image', contentType: 'image/png' },
-    handler: (req, res) => {
-      const run = get(nameParam(req, 'id'));
+    handler: async (req, res) => {
+      const run = await get(nameParam(req, 'id'));
       const name = nameParam(req, 'vm');
       const vm = run.vms.find((v) => v.name === name);
       if (!vm) throw apiError('NOT_FOUND', `run ${run.id} verified no VM named ${name}`);

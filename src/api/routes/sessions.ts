@@ -89,7 +89,7 @@ function scanGate(ctx: ApiContext, rules: CompiledRules, allowInfected: boolean,
   return {
     rules,
     allowInfected,
-    catalog: ctx.catalog,
+    catalog: ctx.sql,
     onProgress: (d) => {
       if (Date.now() - last < 1000) return;
       last = Date.now();

@@ -1,12 +1,13 @@
 /**
- * Backup job history in the SQLite catalog, migration area `backup-jobs`
- * (src/catalog/catalog.ts). A *run* row exists for every trigger, including
+ * Backup job history in the catalog (SQLite or PostgreSQL, through the seam
+ * of src/catalog/sql.ts), migration area `backup-jobs` (src/catalog/catalog.ts). A *run* row exists for every trigger, including
  * those that backed up nothing: `skipped-overlap` (the job was still
  * running) and `missed` (the server was down when it was due). Each VM of a
  * run gets a row once its backup (and, after success, its prune) ended.
  */
-import { migrate, openCatalog, type CatalogDb } from '../../catalog/catalog.js';
-import { endRun, insertNonRun, insertRun, lastStartedAt, newestRunRows, runRow } from '../../catalog/job-runs.js';
+import { connectCatalog, migrateCatalog, type MigrationStep } from '../../catalog/catalog.js';
+import { jobRuns, type JobRuns } from '../../catalog/job-runs.js';
+import { upsertSql, type Catalog } from '../../catalog/sql.js';
 import type { Consistency } from '../../repo/contract.js';
 
 export type BackupJobTrigger = 'manual' | 'schedule';
@@ -55,8 +56,26 @@ export interface BackupRunRow {
   surebackup: FiredSureBackup[];
 }
 
-const MIGRATIONS = [
-  `CREATE TABLE backup_job_runs (
+const VM_RESULT_COLUMNS = [
+  'run_id',
+  'seq',
+  'vm',
+  'status',
+  'point',
+  'consistency',
+  'cbt',
+  'bytes_read',
+  'bytes_new',
+  'seconds',
+  'pruned',
+  'error',
+  'prune_error',
+];
+
+/** Append-only (src/catalog/catalog.ts). The SQLite text is the one existing catalogs were migrated with: never edit it. */
+const MIGRATIONS: MigrationStep[] = [
+  {
+    sqlite: `CREATE TABLE backup_job_runs (
      id TEXT PRIMARY KEY,
      job TEXT NOT NULL,
      trigger TEXT NOT NULL,
@@ -84,6 +103,37 @@ const MIGRATIONS = [
      prune_error TEXT,
      PRIMARY KEY (run_id, vm)
    )`,
+    // seq orders runs that started in the same millisecond (SQLite has rowid); byte counts pass 2^31.
+    postgres: `CREATE TABLE backup_job_runs (
+     id TEXT PRIMARY KEY,
+     seq BIGSERIAL NOT NULL,
+     job TEXT NOT NULL,
+     trigger TEXT NOT NULL,
+     status TEXT NOT NULL,
+     started_at TEXT NOT NULL,
+     ended_at TEXT,
+     due_at TEXT,
+     detail TEXT,
+     surebackup TEXT NOT NULL DEFAULT '[]'
+   );
+   CREATE INDEX backup_job_runs_job ON backup_job_runs (job, started_at);
+   CREATE TABLE backup_job_vm_results (
+     run_id TEXT NOT NULL REFERENCES backup_job_runs (id) ON DELETE CASCADE,
+     seq INTEGER NOT NULL,
+     vm TEXT NOT NULL,
+     status TEXT NOT NULL,
+     point TEXT,
+     consistency TEXT,
+     cbt TEXT,
+     bytes_read BIGINT NOT NULL,
+     bytes_new BIGINT NOT NULL,
+     seconds DOUBLE PRECISION NOT NULL,
+     pruned TEXT NOT NULL,
+     error TEXT,
+     prune_error TEXT,
+     PRIMARY KEY (run_id, vm)
+   )`,
+  },
 ];
 
 interface RunDbRow {
@@ -137,76 +187,103 @@ const toVm = (r: VmDbRow): BackupVmResult => ({
 });
 
 export class BackupJobHistory {
-  constructor(readonly db: CatalogDb) {
-    migrate(db, 'backup-jobs', MIGRATIONS);
+  private readonly runs: JobRuns;
+
+  private constructor(
+    /** The catalog it keeps its tables in (points recorded by a run go there too). */
+    readonly catalog: Catalog,
+    private readonly owned: boolean,
+  ) {
+    this.runs = jobRuns(catalog, 'backup_job_runs');
   }
 
-  static open(catalogPath: string): BackupJobHistory {
-    return new BackupJobHistory(openCatalog(catalogPath));
-  }
-  close(): void {
-    this.db.close();
+  /** The history in a catalog already open (the API server's); close() leaves the catalog open. */
+  static async on(catalog: Catalog): Promise<BackupJobHistory> {
+    await migrateCatalog(catalog, 'backup-jobs', MIGRATIONS);
+    return new BackupJobHistory(catalog, false);
   }
 
-  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): string {
-    return insertRun(this.db, 'backup_job_runs', job, trigger, at);
+  /** Opens the catalog at `target` (a SQLite file or a postgres:// URL); close() closes it. */
+  static async open(target: string): Promise<BackupJobHistory> {
+    const catalog = await connectCatalog(target);
+    try {
+      await migrateCatalog(catalog, 'backup-jobs', MIGRATIONS);
+    } catch (err) {
+      await catalog.close();
+      throw err;
+    }
+    return new BackupJobHistory(catalog, true);
+  }
+
+  async close(): Promise<void> {
+    if (this.owned) await this.catalog.close();
+  }
+
+  startRun(job: string, trigger: BackupJobTrigger, at = new Date()): Promise<string> {
+    return this.runs.insert(job, trigger, at);
   }
 
   /** A trigger that backed up nothing: the job was still running, or the server was down when it was due. */
-  recordNonRun(job: string, trigger: BackupJobTrigger, status: 'skipped-overlap' | 'missed', detail: string, dueAt?: Date): string {
-    return insertNonRun(this.db, 'backup_job_runs', job, trigger, status, detail, dueAt);
+  recordNonRun(
+    job: string,
+    trigger: BackupJobTrigger,
+    status: 'skipped-overlap' | 'missed',
+    detail: string,
+    dueAt?: Date,
+  ): Promise<string> {
+    return this.runs.insertNonRun(job, trigger, status, detail, dueAt);
   }
 
-  recordVm(runId: string, seq: number, r: BackupVmResult): void {
-    this.db
-      .prepare(
-        `INSERT OR REPLACE INTO backup_job_vm_results
-      (run_id, seq, vm, status, point, consistency, cbt, bytes_read, bytes_new, seconds, pruned, error, prune_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        runId,
-        seq,
-        r.vm,
-        r.status,
-        r.point,
-        r.consistency,
-        r.changedBlockTracking === null ? null : JSON.stringify(r.changedBlockTracking),
-        r.bytesRead,
-        r.bytesNew,
-        r.seconds,
-        JSON.stringify(r.pruned),
-        r.error,
-        r.pruneError,
-      );
+  async recordVm(runId: string, seq: number, r: BackupVmResult): Promise<void> {
+    await this.catalog.run(upsertSql(this.catalog.dialect, 'backup_job_vm_results', VM_RESULT_COLUMNS, ['run_id', 'vm']), [
+      runId,
+      seq,
+      r.vm,
+      r.status,
+      r.point,
+      r.consistency,
+      r.changedBlockTracking === null ? null : JSON.stringify(r.changedBlockTracking),
+      r.bytesRead,
+      r.bytesNew,
+      r.seconds,
+      JSON.stringify(r.pruned),
+      r.error,
+      r.pruneError,
+    ]);
   }
 
-  finishRun(id: string, status: Exclude<BackupRunStatus, 'running'>, detail: string | null, surebackup: FiredSureBackup[] = []): void {
-    this.db.transaction(() => {
-      this.db.prepare('UPDATE backup_job_runs SET surebackup = ? WHERE id = ?').run(JSON.stringify(surebackup), id);
-      endRun(this.db, 'backup_job_runs', id, status, detail);
-    })();
+  async finishRun(
+    id: string,
+    status: Exclude<BackupRunStatus, 'running'>,
+    detail: string | null,
+    surebackup: FiredSureBackup[] = [],
+  ): Promise<void> {
+    await this.catalog.transaction(async (tx) => {
+      await tx.run('UPDATE backup_job_runs SET surebackup = ? WHERE id = ?', [JSON.stringify(surebackup), id]);
+      await this.runs.end(id, status, detail, tx);
+    });
   }
 
   /** Newest first. */
-  lastRuns(o: { job?: string; limit?: number } = {}): BackupRunRow[] {
-    return newestRunRows<RunDbRow>(this.db, 'backup_job_runs', o).map(toRun);
+  async lastRuns(o: { job?: string; limit?: number } = {}): Promise<BackupRunRow[]> {
+    return (await this.runs.newest<RunDbRow>(o)).map(toRun);
   }
 
   /** When the job last started a real run (not a skipped or missed trigger). */
-  lastRunTime(job: string): Date | undefined {
-    return lastStartedAt(this.db, 'backup_job_runs', job);
+  lastRunTime(job: string): Promise<Date | undefined> {
+    return this.runs.lastStartedAt(job);
   }
 
   /** When the job's last `missed` entry was recorded. */
-  lastMissTime(job: string): Date | undefined {
-    return lastStartedAt(this.db, 'backup_job_runs', job, 'missed');
+  lastMissTime(job: string): Promise<Date | undefined> {
+    return this.runs.lastStartedAt(job, 'missed');
   }
 
   /** One run with its VMs, in job order. */
-  run(id: string): (BackupRunRow & { vms: BackupVmResult[] }) | undefined {
-    const row = runRow<RunDbRow>(this.db, 'backup_job_runs', id);
+  async run(id: string): Promise<(BackupRunRow & { vms: BackupVmResult[] }) | undefined> {
+    const row = await this.runs.row<RunDbRow>(id);
     if (!row) return undefined;
-    const vms = this.db.prepare('SELECT * FROM backup_job_vm_results WHERE run_id = ? ORDER BY seq').all(id) as VmDbRow[];
+    const vms = await this.catalog.all<VmDbRow>('SELECT * FROM backup_job_vm_results WHERE run_id = ? ORDER BY seq', [id]);
     return { ...toRun(row), vms: vms.map(toVm) };
   }
 }

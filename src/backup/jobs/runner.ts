@@ -14,7 +14,6 @@ import type { CodecInit } from '../chunk-pool.js';
 import { backupVm } from '../engine.js';
 import { backupLiveVm, type HostScripts } from '../live/index.js';
 import { forgetPoints, recordPoint } from '../../catalog/catalog.js';
-import { sqliteCatalog } from '../../catalog/sql.js';
 import { pruneRepository, type PrunePolicy } from '../../repo/prune.js';
 import { collectGarbage } from '../../repo/gc.js';
 import { allowedScript } from '../../verify/script.js';
@@ -138,7 +137,7 @@ async function applyRetention(o: BackupJobRunOptions, vm: string): Promise<strin
   for (const k of KEEP_RULES) if (retention[k] !== undefined) policy[k] = retention[k];
   const report = await pruneRepository(o.repo, { ...policy, vm });
   const removed = report.removed.map((p) => p.id);
-  await forgetPoints(sqliteCatalog(o.history.db), o.repo.path, removed);
+  await forgetPoints(o.history.catalog, o.repo.path, removed);
   if (removed.length > 0) o.log?.info(`backup job ${o.job.name}: pruned ${removed.length} point(s) of ${vm}: ${removed.join(', ')}`);
   if (retention.gc && removed.length > 0) {
     const gc = await collectGarbage(o.repo);
@@ -164,7 +163,7 @@ async function backupOne(o: BackupJobRunOptions, entry: BackupJobVm, index: numb
   let taken: Taken;
   try {
     taken = await takeBackup(o, entry, index);
-    await recordPoint(sqliteCatalog(o.history.db), o.repo.path, taken.point);
+    await recordPoint(o.history.catalog, o.repo.path, taken.point);
   } catch (err) {
     o.log?.warn(`backup job ${o.job.name}: VM ${entry.vm.name} failed: ${describe(err)}`);
     return {
@@ -206,7 +205,7 @@ export async function runBackupJob(o: BackupJobRunOptions): Promise<BackupJobRun
   const vms: BackupVmResult[] = [];
   for (const [i, entry] of o.job.vms.entries()) {
     const r = await backupOne(o, entry, i);
-    o.history.recordVm(o.runId, i, r);
+    await o.history.recordVm(o.runId, i, r);
     vms.push(r);
   }
   let status = runStatus(vms, o.signal?.aborted ?? false);
@@ -232,6 +231,6 @@ export async function runBackupJob(o: BackupJobRunOptions): Promise<BackupJobRun
     }
   }
   const detail = notes.length > 0 ? notes.join('; ') : null;
-  o.history.finishRun(o.runId, status, detail, surebackup);
+  await o.history.finishRun(o.runId, status, detail, surebackup);
   return { run: o.runId, job: o.job.name, status, detail, vms, surebackup };
 }

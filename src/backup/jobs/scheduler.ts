@@ -68,8 +68,13 @@ function sourceText(s: BackupJob['vms'][number]['source']): string {
 }
 
 /** What `backup-job list` and GET /backup-jobs show of a job. */
-export function describeBackupJob(job: BackupJob, history: BackupJobHistory, running: boolean, from = new Date()): BackupJobListing {
-  const last = history.lastRuns({ job: job.name, limit: 1 })[0];
+export async function describeBackupJob(
+  job: BackupJob,
+  history: BackupJobHistory,
+  running: boolean,
+  from = new Date(),
+): Promise<BackupJobListing> {
+  const last = (await history.lastRuns({ job: job.name, limit: 1 }))[0];
   return {
     name: job.name,
     file: job.file,
@@ -112,8 +117,8 @@ export class BackupJobScheduler {
   }
 
   /** Reports missed runs, then arms every schedule. */
-  start(): this {
-    this.reportMissed();
+  async start(): Promise<this> {
+    await this.reportMissed();
     this.arm();
     return this;
   }
@@ -123,7 +128,8 @@ export class BackupJobScheduler {
       if (j.schedule === undefined) continue;
       this.crons.push(
         new Cron(j.schedule, { name: `backup-job:${j.name}` }, () => {
-          this.trigger(j.name, 'schedule');
+          // trigger() records its own failures in the run; a catalog that cannot be written is only logged.
+          this.trigger(j.name, 'schedule').catch((err: Error) => this.o.log?.warn(`backup job ${j.name}: ${err.message}`));
         }),
       );
     }
@@ -138,21 +144,21 @@ export class BackupJobScheduler {
   }
 
   /** One `missed` entry per scheduled job whose fire times passed while nothing ran them. */
-  reportMissed(): { job: string; count: number; first: Date }[] {
+  async reportMissed(): Promise<{ job: string; count: number; first: Date }[]> {
     const now = this.o.now?.() ?? new Date();
     const out: { job: string; count: number; first: Date }[] = [];
     for (const j of this.current) {
       if (j.schedule === undefined) continue;
       const ref = Math.max(
-        this.o.history.lastRunTime(j.name)?.getTime() ?? -Infinity,
-        this.o.history.lastMissTime(j.name)?.getTime() ?? -Infinity,
+        (await this.o.history.lastRunTime(j.name))?.getTime() ?? -Infinity,
+        (await this.o.history.lastMissTime(j.name))?.getTime() ?? -Infinity,
       );
       // A job that never ran has nothing to compare with.
       if (!Number.isFinite(ref)) continue;
       const missed = missedFireTimes(j.schedule, ref, now);
       if (missed.length === 0) continue;
       const detail = describeMissed(missed);
-      this.o.history.recordNonRun(j.name, 'schedule', 'missed', detail, missed[0]);
+      await this.o.history.recordNonRun(j.name, 'schedule', 'missed', detail, missed[0]);
       this.o.log?.warn(`backup job ${j.name}: ${detail}`);
       out.push({ job: j.name, count: missed.length, first: missed[0]! });
     }
@@ -164,12 +170,13 @@ export class BackupJobScheduler {
    * the API just read it) unless one is in progress: then records
    * skipped-overlap. `done` never rejects: an error ends the run as `error`.
    * `signal` (an API operation's cancel) cancels the run as stop() does.
+   * Rejects only when the job is unknown or the catalog cannot record the run.
    */
-  trigger(
+  async trigger(
     nameOrJob: string | BackupJob,
     trigger: BackupJobTrigger,
     opts: { onProgress?: (p: BackupJobProgress) => void; signal?: AbortSignal } = {},
-  ): BackupTriggerOutcome {
+  ): Promise<BackupTriggerOutcome> {
     const job = typeof nameOrJob === 'string' ? this.current.find((j) => j.name === nameOrJob) : nameOrJob;
     if (!job) {
       throw notFound(
@@ -191,7 +198,10 @@ export class BackupJobScheduler {
         : heldBy !== undefined
           ? `a ${trigger} trigger arrived while process ${heldBy} was still running the job`
           : `a ${trigger} trigger arrived while the previous run was still going`;
-      const runId = this.o.history.recordNonRun(name, trigger, 'skipped-overlap', why);
+      const recorded = this.o.history.recordNonRun(name, trigger, 'skipped-overlap', why);
+      // stop() waits for it too, so the history is not closed under a write.
+      this.track(recorded);
+      const runId = await recorded;
       this.o.log?.info(`backup job ${name}: ${trigger} trigger skipped, previous run still going`);
       return { job: name, status: 'skipped-overlap', runId };
     }
@@ -199,10 +209,18 @@ export class BackupJobScheduler {
       if (lock && 'release' in lock) lock.release();
       claimed();
     };
+    let runId: string;
+    try {
+      const recorded = this.o.history.startRun(name, trigger, this.o.now?.() ?? new Date());
+      this.track(recorded);
+      runId = await recorded;
+    } catch (err) {
+      release();
+      throw err;
+    }
     this.running.set(name, ac);
     const onCancel = (): void => ac.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onCancel, { once: true });
-    const runId = this.o.history.startRun(name, trigger, this.o.now?.() ?? new Date());
     this.o.log?.info(`backup job ${name}: run ${runId} started (${trigger})`);
     const done = (async () => {
       try {
@@ -211,8 +229,12 @@ export class BackupJobScheduler {
         return r;
       } catch (err) {
         // The runner closes its row; an error before or around it must not leave the run "running".
-        if (this.o.history.run(runId)?.status === 'running')
-          this.o.history.finishRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+        try {
+          if ((await this.o.history.run(runId))?.status === 'running')
+            await this.o.history.finishRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+        } catch (e) {
+          this.o.log?.warn(`backup job ${name}: run ${runId} could not be closed in the catalog: ${(e as Error).message}`);
+        }
         this.o.log?.warn(`backup job ${name}: run ${runId} ended with an error: ${(err as Error).message}`);
         return undefined;
       } finally {
@@ -221,17 +243,25 @@ export class BackupJobScheduler {
         release();
       }
     })();
-    this.inFlight.add(done);
-    void done.finally(() => this.inFlight.delete(done));
+    this.track(done);
     return { job: name, status: 'started', runId, done };
+  }
+
+  private track(p: Promise<unknown>): void {
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight.add(settled);
+    void settled.finally(() => this.inFlight.delete(settled));
   }
 
   isRunning(name: string): boolean {
     return this.gate.isRunning(name);
   }
 
-  list(from = new Date()): BackupJobListing[] {
-    return this.current.map((j) => describeBackupJob(j, this.o.history, this.gate.isRunning(j.name), from));
+  list(from = new Date()): Promise<BackupJobListing[]> {
+    return Promise.all(this.current.map((j) => describeBackupJob(j, this.o.history, this.gate.isRunning(j.name), from)));
   }
 
   /** Disarms the schedules, cancels runs in progress (between VMs; a live backup at once) and waits for them. */
@@ -240,6 +270,6 @@ export class BackupJobScheduler {
     for (const c of this.crons) c.stop();
     for (const ac of this.running.values()) ac.abort(new Error('scheduler stopped'));
     await Promise.allSettled([...this.inFlight]);
-    if (this.o.closeHistory) this.o.history.close();
+    if (this.o.closeHistory) await this.o.history.close();
   }
 }

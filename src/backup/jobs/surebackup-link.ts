@@ -15,12 +15,12 @@ import type { TriggerOutcome } from '../../scheduler/scheduler.js';
 import type { FireSureBackup } from './runner.js';
 
 /** Through a SureBackup scheduler in this process; a job it does not know is reported, not thrown. */
-export function fireThroughScheduler(scheduler: { trigger(name: string, trigger: RunTrigger): TriggerOutcome }): FireSureBackup {
+export function fireThroughScheduler(scheduler: { trigger(name: string, trigger: RunTrigger): Promise<TriggerOutcome> }): FireSureBackup {
   return (jobs) =>
-    Promise.resolve(
-      jobs.map((job) => {
+    Promise.all(
+      jobs.map(async (job) => {
         try {
-          return triggeredRun(scheduler.trigger(job, 'after-backup'));
+          return triggeredRun(await scheduler.trigger(job, 'after-backup'));
         } catch (err) {
           return { job, run: null, status: 'not-found', detail: (err as Error).message };
         }

@@ -83,17 +83,17 @@ export function registerBackupJob(program: Command): void {
       const cfg = await ctx.config();
       const job = findBackupJob(name, backupJobsDir(o.backupJobs, cfg));
       const log = { info: (l: string) => ctx.out.info(l), warn: (l: string) => ctx.out.warn(l) };
-      const history = BackupJobHistory.open(cfg.catalog);
+      const history = await BackupJobHistory.open(cfg.catalog);
       // The server (its schedule, its API) may be running this job right now: never two runs at once.
       const lock = claimRunLock(cfg.stateDir, job.name);
       if ('heldBy' in lock) {
-        history.recordNonRun(
+        await history.recordNonRun(
           job.name,
           'manual',
           'skipped-overlap',
           `a manual run was asked for while process ${lock.heldBy} was still running the job`,
         );
-        history.close();
+        await history.close();
         throw new RestorelabError('BACKUP_JOB_BUSY', `backup job ${job.name} is being run by process ${lock.heldBy}`, {
           hint: `wait for it to end: restorelab backup-job history ${job.name}`,
         });
@@ -110,7 +110,16 @@ export function registerBackupJob(program: Command): void {
       process.once('SIGTERM', onTerm);
       let bar: ReturnType<typeof ctx.out.progress> | undefined;
       let current = '';
-      const runId = history.startRun(job.name, 'manual');
+      let runId: string;
+      try {
+        runId = await history.startRun(job.name, 'manual');
+      } catch (err) {
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
+        lock.release();
+        await history.close();
+        throw err;
+      }
       try {
         const run = configuredBackupRun(cfg, {
           history,
@@ -140,8 +149,8 @@ export function registerBackupJob(program: Command): void {
             }
             bar?.update(p.done, `new ${formatBytes(p.bytesNew)}`);
           },
-        }).catch((err: unknown) => {
-          history.finishRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
+        }).catch(async (err: unknown) => {
+          await history.finishRun(runId, ac.signal.aborted ? 'cancelled' : 'error', (err as Error).message ?? String(err));
           throw err;
         });
         bar?.finish();
@@ -153,7 +162,7 @@ export function registerBackupJob(program: Command): void {
         process.off('SIGINT', onInt);
         process.off('SIGTERM', onTerm);
         lock.release();
-        history.close();
+        await history.close();
       }
     });
   cmd
@@ -168,14 +177,14 @@ export function registerBackupJob(program: Command): void {
       const cfg = await ctx.config();
       const dir = backupJobsDir(o.backupJobs, cfg);
       const { jobs, invalid } = scanBackupJobsDir(dir);
-      const history = BackupJobHistory.open(cfg.catalog);
+      const history = await BackupJobHistory.open(cfg.catalog);
       try {
         // Whether a server runs one now is its API's to say (GET /backup-jobs); this process runs none.
-        const listed = jobs.map((j) => describeBackupJob(j, history, false));
+        const listed = await Promise.all(jobs.map((j) => describeBackupJob(j, history, false)));
         ctx.out.result({ backupJobsDir: dir, jobs: listed, invalid }, () => renderBackupJobs(dir, listed, invalid));
         if (invalid.length > 0) process.exitCode = ExitCode.badInput;
       } finally {
-        history.close();
+        await history.close();
       }
     });
   cmd
@@ -186,12 +195,14 @@ export function registerBackupJob(program: Command): void {
       const { BackupJobHistory } = await import('../../backup/jobs/history.js');
       const ctx = contextFor(c);
       const limit = parseLimit(o.limit);
-      const history = BackupJobHistory.open((await ctx.config()).catalog);
+      const history = await BackupJobHistory.open((await ctx.config()).catalog);
       try {
-        const runs = history.lastRuns({ ...(job !== undefined ? { job } : {}), limit }).map((r) => history.run(r.id)!);
+        const runs = await Promise.all(
+          (await history.lastRuns({ ...(job !== undefined ? { job } : {}), limit })).map(async (r) => (await history.run(r.id))!),
+        );
         ctx.out.result({ job: job ?? null, runs }, () => renderBackupHistory(runs));
       } finally {
-        history.close();
+        await history.close();
       }
     });
 }

@@ -55,12 +55,12 @@ async function resolveTarget(repo: RepositoryReader, target: string): Promise<{ 
 
 async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<void> {
   const { findLastClean, scanOutput, scanPoint, withRules } = await import('../../scan/scan.js');
-  const { openCatalog } = await import('../../catalog/catalog.js');
+  const { connectCatalog } = await import('../../catalog/catalog.js');
   const cfg = await ctx.config();
   const { repo } = await openRepoFromFlags(ctx, o);
   const t = await resolveTarget(repo, target);
   const keyFile = (await pointKeyFile(ctx, o)).keyFile;
-  const db = openCatalog(cfg.catalog);
+  const db = await connectCatalog(cfg.catalog);
   try {
     // Compiled before anything is mounted: a bad rule file leaves nothing behind.
     await withRules(cfg.stateDir, o.yara, async (rules) => {
@@ -101,7 +101,7 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
       if (s.verdict === 'infected') process.exitCode = ExitCode.verifyFailed;
     });
   } finally {
-    db.close();
+    await db.close();
   }
 }
 

@@ -158,7 +158,7 @@ export function registerServer(program: Command): void {
         }
         if (o.schedule) {
           const { startScheduler } = await import('../../scheduler/scheduler.js');
-          const s = startScheduler({
+          const s = await startScheduler({
             jobsDir: o.jobs ?? process.env.RESTORELAB_JOBS_DIR ?? projectPath('lab-templates', 'jobs'),
             gate: jobGate,
             log: { info: (l) => ctx.out.info(l), warn: (l) => ctx.out.warn(l) },
@@ -251,9 +251,9 @@ async function startBackupJobs(
   const { BackupJobHistory } = await import('../../backup/jobs/history.js');
   const { configuredBackupRun } = await import('../../backup/jobs/run.js');
   const { fireThroughScheduler } = await import('../../backup/jobs/surebackup-link.js');
-  const history = BackupJobHistory.open(cfg.catalog);
+  const history = await BackupJobHistory.open(cfg.catalog);
   try {
-    const s = new BackupJobScheduler({
+    const s = await new BackupJobScheduler({
       ...(existsSync(dir) ? { jobsDir: dir } : { jobs: [] }),
       history,
       closeHistory: true,
@@ -263,7 +263,7 @@ async function startBackupJobs(
     }).start();
     return s;
   } catch (err) {
-    history.close();
+    await history.close();
     throw err;
   }
 }

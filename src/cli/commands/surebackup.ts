@@ -95,7 +95,7 @@ export function registerSurebackup(program: Command): void {
         ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
         ...keyFileOption(o.keyFile, cfg),
       });
-      const history = History.open(cfg.catalog);
+      const history = await History.open(cfg.catalog);
       const ac = new AbortController();
       // Ctrl-C or a service stop cancels the run; the runner still tears everything down.
       const cancel = (sig: string): void => {
@@ -143,7 +143,7 @@ export function registerSurebackup(program: Command): void {
       } finally {
         process.off('SIGINT', onInt);
         process.off('SIGTERM', onTerm);
-        history.close();
+        await history.close();
         await backend.close();
         await queue?.close();
       }
@@ -157,10 +157,12 @@ export function registerSurebackup(program: Command): void {
       const { History } = await import('../../surebackup/history.js');
       const ctx = contextFor(c);
       const limit = parseLimit(o.limit);
-      const history = History.open((await ctx.config()).catalog);
+      const history = await History.open((await ctx.config()).catalog);
       try {
-        const runs = history.lastRuns({ job: o.job, limit }).map((r) => {
-          const full = history.run(r.id)!;
+        const rows = await history.lastRuns({ job: o.job, limit });
+        const fulls = await Promise.all(rows.map((r) => history.run(r.id)));
+        const runs = rows.map((r, i) => {
+          const full = fulls[i]!;
           return {
             id: r.id,
             job: r.job,
@@ -183,13 +185,15 @@ export function registerSurebackup(program: Command): void {
         const vms = [...new Set(runs.flatMap((r) => r.vms.map((v) => v.name)))].sort();
         const out = {
           job: o.job ?? null,
-          passRate: history.passRate({ job: o.job }),
+          passRate: await history.passRate({ job: o.job }),
           runs,
-          recoveryTrend: Object.fromEntries(vms.map((vm) => [vm, history.recoveryTrend(vm, { job: o.job })])),
+          recoveryTrend: Object.fromEntries(
+            await Promise.all(vms.map(async (vm) => [vm, await history.recoveryTrend(vm, { job: o.job })] as const)),
+          ),
         };
         ctx.out.result(out, () => renderHistory(out));
       } finally {
-        history.close();
+        await history.close();
       }
     });
   const sched = cmd.command('schedule').description('scheduled SureBackup jobs');
