@@ -129,6 +129,7 @@ export const ERRORS = {
   INDEX_NOT_FOUND: { class: 'notFound', explain: 'a fixed index a restore point references is missing' },
   INFECTED_ON_NETWORK: { class: 'badInput', explain: 'an infected restore point is never put on a production bridge' },
   INTERNAL: { class: 'failure', explain: 'internal error; the server log has the details' },
+  JOB_NEEDS_WORKERS: { class: 'badInput', explain: 'a job with runOn: workers was started where no lab workers queue is set up' },
   JOBS_DIR_NOT_FOUND: { class: 'notFound', explain: 'the SureBackup jobs directory does not exist' },
   JOB_NOT_FOUND: { class: 'notFound', explain: 'no SureBackup job of that name' },
   JOB_SCAN_RULES_MISSING: { class: 'badInput', explain: "the YARA rule file of a job's scan gate does not exist" },

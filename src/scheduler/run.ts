@@ -2,7 +2,8 @@
 import { dirname } from 'node:path';
 import type { Config } from '../config/config.js';
 import { keyFileOption } from '../config/key-file.js';
-import { createLabBackend } from '../surebackup/backend.js';
+import { createLabBackend, type RealLabBackend } from '../surebackup/backend.js';
+import { RestorelabError } from '../errors.js';
 import { executeRun } from '../surebackup/execute.js';
 import type { History, RunTrigger } from '../surebackup/history.js';
 import type { Job } from '../surebackup/runner.js';
@@ -11,6 +12,27 @@ import { Limiter } from '../surebackup/limiter.js';
 import type { RunReport } from '../report/report.js';
 import type { RunResult } from '../verify/contract.js';
 import { serverScriptPolicy } from '../verify/script.js';
+
+/**
+ * Runs a job's VMs on the lab workers (src/workers/dispatch.ts). The server,
+ * which sits above the workers' layer, sets it at start; without it a job
+ * with `runOn: workers` is refused rather than run here unasked.
+ */
+export type LabDispatch = (
+  job: Job,
+  o: {
+    backend: RealLabBackend;
+    repo: string;
+    baseDir: string;
+    run: { id: string; dir: string; baseline: (vm: string) => { run: string; path: string } | undefined; signal?: AbortSignal };
+  },
+) => Promise<RunResult>;
+
+let labDispatch: LabDispatch | undefined;
+
+export function setLabDispatch(d: LabDispatch | undefined): void {
+  labDispatch = d;
+}
 
 /** A job file the scheduler knows, by its job's name. */
 export interface ScheduledJob {
@@ -51,8 +73,18 @@ export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<R
     ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
     ...keyFileOption(undefined, cfg),
   });
+  const elsewhere = r.job.runOn === 'workers' ? labDispatch : undefined;
+  if (r.job.runOn === 'workers' && !elsewhere) {
+    await backend.close();
+    throw new RestorelabError('JOB_NEEDS_WORKERS', `job ${r.job.name} runs on the lab workers (runOn: workers), and this process has none`, {
+      hint: 'run it from restorelab server with a PostgreSQL queue (RESTORELAB_QUEUE), or set "runOn": "host"',
+    });
+  }
   try {
     return await executeRun({
+      ...(elsewhere
+        ? { runElsewhere: (j: Job, run: Parameters<LabDispatch>[1]['run']) => elsewhere(j, { backend, repo: cfg.repository, baseDir: dirname(r.file), run }) }
+        : {}),
       job: r.job,
       jobFile: r.file,
       backend,

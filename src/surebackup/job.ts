@@ -16,6 +16,8 @@ export interface JobFile extends Omit<Job, 'concurrency' | 'point' | 'applicatio
   concurrency?: number;
   schedule?: string;
   afterBackup?: boolean;
+  /** `workers`: the run's VMs go to the lab workers whoever starts it (docs/workers.md). */
+  runOn?: 'host' | 'workers';
   notifications?: { webhook?: string; smtp?: { host: string; port?: number; secure?: boolean; from: string; to: string[] } };
 }
 

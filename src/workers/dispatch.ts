@@ -8,7 +8,9 @@
  */
 import { planJob, runVerdict, type Job, type LabBackend } from '../surebackup/runner.js';
 import type { RunResult, VmResult } from '../verify/contract.js';
-import type { LabQueue } from './queue.js';
+import { LabQueue } from './queue.js';
+import { queueTuning, workersUrl } from './url.js';
+import type { LabDispatch } from '../scheduler/run.js';
 import { STALE_AFTER_MS, WorkerRegistry } from './registry.js';
 import { readFileSync, statSync } from 'node:fs';
 import { MAX_EVIDENCE_BYTES, unpackResult, type TaskResult, type VerifyTask } from './task.js';
@@ -158,3 +160,35 @@ export async function watchOrphans(queue: LabQueue, ids: string[], signal: Abort
 
 /** How often a waiting server looks for tasks whose worker died. */
 const ORPHAN_CHECK_MS = 2_000;
+
+/**
+ * The server's LabDispatch (src/scheduler/run.ts): runs of jobs with
+ * `runOn: workers` go through the queue, opened on the first such run and
+ * kept for the process; a queue that cannot be opened fails that run only.
+ */
+export function queueDispatch(catalog: string, log?: (line: string) => void): { dispatch: LabDispatch; close(): Promise<void> } {
+  let queue: Promise<LabQueue> | undefined;
+  const open = (): Promise<LabQueue> =>
+    (queue ??= LabQueue.open({ url: workersUrl(catalog), ...queueTuning() }).catch((err: unknown) => {
+      queue = undefined;
+      throw err;
+    }));
+  return {
+    dispatch: async (job, o) =>
+      dispatchJob(job, {
+        queue: await open(),
+        backend: o.backend,
+        repo: o.repo,
+        baseDir: o.baseDir,
+        run: o.run.id,
+        runDirectory: o.run.dir,
+        baseline: o.run.baseline,
+        ...(o.run.signal ? { signal: o.run.signal } : {}),
+        ...(log ? { log } : {}),
+      }),
+    close: async () => {
+      const q = await queue?.catch(() => undefined);
+      await q?.close();
+    },
+  };
+}

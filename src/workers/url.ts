@@ -21,3 +21,30 @@ export function workersUrl(catalog: string, env: NodeJS.ProcessEnv = process.env
   }
   return url;
 }
+
+/**
+ * Operator (and test) knobs for the queue's timing (docs/workers.md). The
+ * lease is set by whoever submits a task (the server), so a shorter one makes
+ * a dead worker's task come back sooner, but must outlast the longest task.
+ */
+export function queueTuning(env: NodeJS.ProcessEnv = process.env): {
+  maintenanceSeconds?: number;
+  pollSeconds?: number;
+  leaseSeconds?: number;
+} {
+  const num = (k: string): number | undefined => {
+    const v = env[k];
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 1) throw badInput('BAD_FLAGS', `${k} must be a number of seconds, at least 1, not "${v}"`);
+    return n;
+  };
+  const m = num('RESTORELAB_QUEUE_MAINTENANCE_SECONDS');
+  const p = num('RESTORELAB_QUEUE_POLL_SECONDS');
+  const l = num('RESTORELAB_TASK_LEASE_SECONDS');
+  return {
+    ...(m !== undefined ? { maintenanceSeconds: m } : {}),
+    ...(p !== undefined ? { pollSeconds: p } : {}),
+    ...(l !== undefined ? { leaseSeconds: l } : {}),
+  };
+}

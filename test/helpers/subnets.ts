@@ -80,6 +80,7 @@ const SUBNETS = {
   'workers/workers:run': 190,
   'workers/workers:lease': 191,
   'workers/workers:run-pool': 192,
+  'workers/workers:api': 193,
 } as const satisfies Record<string, number>;
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */

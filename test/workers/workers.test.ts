@@ -18,6 +18,10 @@ import { backupVm } from '../../src/backup/engine.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import request from 'supertest';
 import { testApi } from '../helpers/api.js';
+import { settled } from '../api/fixtures/lab-api.js';
+import type { Operation } from '../../src/api/operations.js';
+import { queueDispatch } from '../../src/workers/dispatch.js';
+import { setLabDispatch } from '../../src/scheduler/run.js';
 
 interface Worker {
   proc: ChildProcess;
@@ -298,4 +302,48 @@ t.test('a task that fails on every attempt: the VM is reported failed, with the 
   const attempts = (w1.log() + w2.log()).match(/: task [0-9a-f-]+ \(run/g) ?? [];
   t.equal(attempts.length, 3, 'it was tried three times (two retries)');
   for (const w of [w1, w2]) t.same(await leftovers(w.stateDir, undefined, labName), [], `nothing left on ${w.stateDir}`);
+});
+
+t.test('a job with "runOn": "workers" started through the API runs on a worker; without a queue it is refused', async (t) => {
+  const url = await freshDatabase(t);
+  const dir = shortDir(t);
+  const { repo } = await guestRepository(dir, ['web']);
+  const w1 = startWorker('w1', url, join(dir, 'w1'));
+  t.teardown(() => stop(w1));
+  await until('w1 registered', () => w1.log().includes('waiting for tasks'), 60_000);
+  const api = await testApi({ env: { RESTORELAB_REPO: repo, RESTORELAB_ACCEL: 'tcg', RESTORELAB_DRIVER: 'qemu' } });
+  t.teardown(() => api.close());
+  const labName = `sba${process.pid % 10000}`;
+  writeFileSync(
+    join(api.ctx.jobsDir, 'onworkers.json'),
+    JSON.stringify({
+      name: 'onworkers',
+      runOn: 'workers',
+      lab: labFile(dir, labName, subnet('workers/workers:api')),
+      verify: { vms: ['web'], maxBootSeconds: 150 },
+    }),
+  );
+  const run = async (): Promise<Operation> => {
+    const started = await request(api.app).post('/api/v1/jobs/onworkers/run').set('Authorization', api.auth.operator).expect(202);
+    return settled(api, started.body.id as string);
+  };
+  const refused = await run();
+  t.equal(refused.state, 'failed', 'a process with no lab queue does not run the job here unasked');
+  t.match(JSON.stringify(refused.error), /JOB_NEEDS_WORKERS/);
+
+  // What `restorelab server` sets at start (src/cli/commands/server.ts).
+  const labs = queueDispatch(api.config.catalog);
+  process.env['RESTORELAB_QUEUE'] = url;
+  setLabDispatch(labs.dispatch);
+  t.teardown(async () => {
+    setLabDispatch(undefined);
+    delete process.env['RESTORELAB_QUEUE'];
+    await labs.close();
+  });
+  const op = await run();
+  t.equal(op.state, 'succeeded', JSON.stringify(op.error));
+  const result = op.result as { result: string; vms: { name: string; result: string }[] };
+  t.equal(result.result, 'success', JSON.stringify(result));
+  t.match(w1.log(), /worker w1: task [0-9a-f-]+ \(run [^)]+\): - \| web/, 'w1 ran the VM');
+  t.same(await leftovers(w1.stateDir, undefined, labName), [], 'nothing left on the worker');
 });

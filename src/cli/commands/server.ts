@@ -156,6 +156,15 @@ export function registerServer(program: Command): void {
             skipped: pubs.skipped,
           };
         }
+        // Jobs with "runOn": "workers", scheduled or started through the API, go to the lab workers (queue opened on first use).
+        const { queueDispatch } = await import('../../workers/dispatch.js');
+        const { setLabDispatch } = await import('../../scheduler/run.js');
+        const labs = queueDispatch(cfg.catalog, (l) => ctx.out.info(l));
+        setLabDispatch(labs.dispatch);
+        closers.push(async () => {
+          setLabDispatch(undefined);
+          await labs.close();
+        });
         if (o.schedule) {
           const { startScheduler } = await import('../../scheduler/scheduler.js');
           const s = await startScheduler({

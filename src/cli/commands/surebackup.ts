@@ -106,7 +106,7 @@ export function registerSurebackup(program: Command): void {
       const onTerm = (): void => cancel('SIGTERM');
       process.once('SIGINT', onInt);
       process.once('SIGTERM', onTerm);
-      const queue = o.workers ? await openQueue(cfg.catalog) : undefined;
+      const queue = o.workers || job.runOn === 'workers' ? await openQueue(cfg.catalog) : undefined;
       try {
         const rep = await executeRun({
           ...(queue
@@ -222,6 +222,6 @@ export function registerSurebackup(program: Command): void {
 async function openQueue(catalog: string): Promise<import('../../workers/queue.js').LabQueue> {
   const { LabQueue } = await import('../../workers/queue.js');
   const { workersUrl } = await import('../../workers/url.js');
-  const { queueTuning } = await import('./worker.js');
+  const { queueTuning } = await import('../../workers/url.js');
   return LabQueue.open({ url: workersUrl(catalog), ...queueTuning() });
 }

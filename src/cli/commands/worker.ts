@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 import { badInput } from '../../errors.js';
 import { parseCidr } from '../../lab/ipv4.js';
+import { queueTuning } from '../../workers/url.js';
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
@@ -87,29 +88,3 @@ export function registerWorker(program: Command): void {
     });
 }
 
-/**
- * Operator (and test) knobs for the queue's timing (docs/workers.md). The
- * lease is set by whoever submits a task (the server), so a shorter one makes
- * a dead worker's task come back sooner, but must outlast the longest task.
- */
-export function queueTuning(env: NodeJS.ProcessEnv = process.env): {
-  maintenanceSeconds?: number;
-  pollSeconds?: number;
-  leaseSeconds?: number;
-} {
-  const num = (k: string): number | undefined => {
-    const v = env[k];
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < 1) throw badInput('BAD_FLAGS', `${k} must be a number of seconds, at least 1, not "${v}"`);
-    return n;
-  };
-  const m = num('RESTORELAB_QUEUE_MAINTENANCE_SECONDS');
-  const p = num('RESTORELAB_QUEUE_POLL_SECONDS');
-  const l = num('RESTORELAB_TASK_LEASE_SECONDS');
-  return {
-    ...(m !== undefined ? { maintenanceSeconds: m } : {}),
-    ...(p !== undefined ? { pollSeconds: p } : {}),
-    ...(l !== undefined ? { leaseSeconds: l } : {}),
-  };
-}
