@@ -76,14 +76,21 @@ export async function runConfiguredJob(cfg: Config, r: ConfiguredRun): Promise<R
   const elsewhere = r.job.runOn === 'workers' ? labDispatch : undefined;
   if (r.job.runOn === 'workers' && !elsewhere) {
     await backend.close();
-    throw new RestorelabError('JOB_NEEDS_WORKERS', `job ${r.job.name} runs on the lab workers (runOn: workers), and this process has none`, {
-      hint: 'run it from restorelab server with a PostgreSQL queue (RESTORELAB_QUEUE), or set "runOn": "host"',
-    });
+    throw new RestorelabError(
+      'JOB_NEEDS_WORKERS',
+      `job ${r.job.name} runs on the lab workers (runOn: workers), and this process has none`,
+      {
+        hint: 'run it from restorelab server with a PostgreSQL queue (RESTORELAB_QUEUE), or set "runOn": "host"',
+      },
+    );
   }
   try {
     return await executeRun({
       ...(elsewhere
-        ? { runElsewhere: (j: Job, run: Parameters<LabDispatch>[1]['run']) => elsewhere(j, { backend, repo: cfg.repository, baseDir: dirname(r.file), run }) }
+        ? {
+            runElsewhere: (j: Job, run: Parameters<LabDispatch>[1]['run']) =>
+              elsewhere(j, { backend, repo: cfg.repository, baseDir: dirname(r.file), run }),
+          }
         : {}),
       job: r.job,
       jobFile: r.file,

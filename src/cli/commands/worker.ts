@@ -87,4 +87,3 @@ export function registerWorker(program: Command): void {
       }
     });
 }
-
