@@ -138,9 +138,13 @@ export async function connectCatalog(target: string): Promise<Catalog> {
     return cat;
   }
   const { PostgresCatalog } = await import('./postgres.js');
-  const cat = await PostgresCatalog.connect(target);
+  return migrated(await PostgresCatalog.connect(target), 'points', POINTS_MIGRATIONS);
+}
+
+/** `cat` with `area` migrated (migrateCatalog); closed again when a step fails, so no caller leaks the connection. */
+export async function migrated(cat: Catalog, area: string, steps: readonly MigrationStep[]): Promise<Catalog> {
   try {
-    await migrateCatalog(cat, 'points', POINTS_MIGRATIONS);
+    await migrateCatalog(cat, area, steps);
   } catch (err) {
     await cat.close();
     throw err;

@@ -12,7 +12,7 @@
  * Times: runs carry ISO 8601 strings; VM rows carry epoch milliseconds as
  * well, so concurrency can be checked from the catalog alone.
  */
-import { connectCatalog, migrateCatalog, type MigrationStep } from '../catalog/catalog.js';
+import { connectCatalog, migrateCatalog, migrated, type MigrationStep } from '../catalog/catalog.js';
 import { insertionOrder, jobRuns, type JobRuns } from '../catalog/job-runs.js';
 import { upsertSql, type Catalog } from '../catalog/sql.js';
 import type { RunResult, VmResult } from '../verify/contract.js';
@@ -213,14 +213,7 @@ export class History {
 
   /** Opens the catalog at `target` (a SQLite file or a postgres:// URL); close() closes it. */
   static async open(target: string): Promise<History> {
-    const catalog = await connectCatalog(target);
-    try {
-      await migrateCatalog(catalog, 'surebackup', MIGRATIONS);
-    } catch (err) {
-      await catalog.close();
-      throw err;
-    }
-    return new History(catalog, true);
+    return new History(await migrated(await connectCatalog(target), 'surebackup', MIGRATIONS), true);
   }
 
   async close(): Promise<void> {

@@ -5,7 +5,7 @@
  * running) and `missed` (the server was down when it was due). Each VM of a
  * run gets a row once its backup (and, after success, its prune) ended.
  */
-import { connectCatalog, migrateCatalog, type MigrationStep } from '../../catalog/catalog.js';
+import { connectCatalog, migrateCatalog, migrated, type MigrationStep } from '../../catalog/catalog.js';
 import { jobRuns, type JobRuns } from '../../catalog/job-runs.js';
 import { upsertSql, type Catalog } from '../../catalog/sql.js';
 import type { Consistency } from '../../repo/contract.js';
@@ -205,14 +205,7 @@ export class BackupJobHistory {
 
   /** Opens the catalog at `target` (a SQLite file or a postgres:// URL); close() closes it. */
   static async open(target: string): Promise<BackupJobHistory> {
-    const catalog = await connectCatalog(target);
-    try {
-      await migrateCatalog(catalog, 'backup-jobs', MIGRATIONS);
-    } catch (err) {
-      await catalog.close();
-      throw err;
-    }
-    return new BackupJobHistory(catalog, true);
+    return new BackupJobHistory(await migrated(await connectCatalog(target), 'backup-jobs', MIGRATIONS), true);
   }
 
   async close(): Promise<void> {
