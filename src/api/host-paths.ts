@@ -14,6 +14,8 @@ import type { ApiLimits } from '../config/config.js';
 import { resolve } from 'node:path';
 import { confine, isInside, realPathOrParent } from '../host/confine.js';
 import { apiError } from './errors.js';
+import { isS3Url } from '../repo/s3-config.js';
+import { resolveRepository } from '../repo/open.js';
 
 /** One kind of host path an API request may name: its roots, its config key, and what the roots hold. */
 interface HostPathRule {
@@ -77,9 +79,29 @@ export function allowedMountDir(limits: ApiLimits, path: string, what: string): 
  * one is returned as configured, so the catalog and the `default` name agree.
  */
 export function allowedRepositoryDir(limits: ApiLimits, configured: string, path: string, what: string): string {
+  if (isS3Url(path)) return allowedObjectRepository(limits, configured, path, what);
   const real = realPathOrParent(path);
   if (real !== undefined && real === realPathOrParent(configured)) return resolve(configured);
   return allowed({ roots: limits.repositoryRoots, key: 'api.repositoryRoots', holds: 'repository directories' }, path, what);
+}
+
+/**
+ * An s3:// repository the API may create: the configured repository, or one
+ * under an `s3://BUCKET/PREFIX/` entry of api.repositoryRoots (compared in
+ * canonical form, whole prefix segments), so an admin's token cannot reach
+ * every bucket the server's credentials can.
+ */
+function allowedObjectRepository(limits: ApiLimits, configured: string, path: string, what: string): string {
+  const want = resolveRepository(path);
+  if (isS3Url(configured) && resolveRepository(configured) === want) return want;
+  const roots = limits.repositoryRoots.filter(isS3Url).map(resolveRepository);
+  if (roots.some((r) => want.startsWith(r))) return want;
+  throw apiError(
+    'PATH_NOT_ALLOWED',
+    `${what} ${want} is outside the object-storage repository roots (${roots.join(', ') || 'none configured'})`,
+    undefined,
+    "choose a prefix under one of them, or add an s3://BUCKET/PREFIX/ entry to api.repositoryRoots in the server's config file",
+  );
 }
 
 /**
@@ -90,7 +112,8 @@ export function allowedRepositoryDir(limits: ApiLimits, configured: string, path
  * choose what the server runs.
  */
 export function createApiDirs(limits: ApiLimits, stateDir: string): void {
-  for (const dir of [...limits.sourceRoots, ...limits.restoreRoots, ...limits.mountRoots, ...limits.repositoryRoots, limits.scriptsDir]) {
+  const dirs = [...limits.sourceRoots, ...limits.restoreRoots, ...limits.mountRoots, ...limits.repositoryRoots.filter((r) => !isS3Url(r))];
+  for (const dir of [...dirs, limits.scriptsDir]) {
     if (!isInside(resolve(dir), resolve(stateDir))) continue;
     try {
       mkdirSync(dir, { recursive: true, mode: 0o755 });

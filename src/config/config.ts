@@ -178,7 +178,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   cfg.api.sourceRoots = cfg.api.sourceRoots.map(inState);
   cfg.api.restoreRoots = cfg.api.restoreRoots.map(inState);
   cfg.api.mountRoots = cfg.api.mountRoots.map(inState);
-  cfg.api.repositoryRoots = cfg.api.repositoryRoots.map(inState);
+  // An s3:// root (where POST /repositories may create object-storage repositories) is no path.
+  cfg.api.repositoryRoots = cfg.api.repositoryRoots.map((p) => (p.startsWith('s3://') ? p : inState(p)));
   cfg.api.scriptsDir = inState(cfg.api.scriptsDir);
   return cfg;
 }

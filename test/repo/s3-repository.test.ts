@@ -4,7 +4,8 @@
  * CLI (backup, points, verify, restore, gc), the metadata layout in the
  * bucket, a point without its manifest staying invisible, lease locks
  * between writers, a gateway that goes away in the middle of a backup, and
- * a publication over FUSE that reads through the on-disk chunk cache.
+ * a publication over FUSE that reads through the on-disk chunk cache, and
+ * POST /repositories confined to the s3:// roots the config names.
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
@@ -19,6 +20,8 @@ import { encodeFixedIndex } from '../../src/repo/fixed-index.js';
 import { startPublication } from '../../src/publish/publish.js';
 import { cliIn } from '../helpers/cli.js';
 import { s3Env, s3Scratch, type S3Scratch } from '../helpers/s3.js';
+import request from 'supertest';
+import { testApi } from '../helpers/api.js';
 
 const MiB = 1024 * 1024;
 const work = await mkdtemp(join(tmpdir(), 'rl-s3-repo-'));
@@ -334,4 +337,32 @@ t.test('a publication of an s3:// point over FUSE serves the source bytes, throu
       await pub.close({ discard: true });
     }
   });
+});
+
+t.test('POST /api/v1/repositories makes an s3:// repository only under an s3:// root of api.repositoryRoots', async (t) => {
+  const s = await s3Scratch(t);
+  const root = `s3://${s.bucket}/${s.prefix}api/`;
+  const api = await withS3Env(s, () => testApi({ limits: { repositoryRoots: [root] } }));
+  t.teardown(() => api.close());
+  const post = (path: string) =>
+    withS3Env(s, async () =>
+      request(api.app).post('/api/v1/repositories').set('Authorization', api.auth.admin).send({ path, chunkSize: 262144 }),
+    );
+  const made = await post(`${root}team-a`);
+  t.equal(made.status, 201, JSON.stringify(made.body));
+  t.equal(made.body.path, `${root}team-a/`, 'the canonical s3:// form');
+  t.ok((await keys(s)).includes('api/team-a/config.json'), 'its config.json is in the bucket');
+  const again = await post(`${root}team-a`);
+  t.equal(again.status, 400);
+  t.match(again.body.error.code, 'REPO_NOT_EMPTY');
+  for (const outside of [`s3://${s.bucket}/${s.prefix}apix/b`, `s3://${s.bucket}/elsewhere`, `s3://other-bucket/${s.prefix}api/x`]) {
+    const r = await post(outside);
+    t.equal(r.status, 403, `${outside}: ${JSON.stringify(r.body)}`);
+    t.match(r.body.error.code, 'PATH_NOT_ALLOWED');
+  }
+  const listed = await withS3Env(s, async () => request(api.app).get('/api/v1/repositories').set('Authorization', api.auth.viewer));
+  t.ok(
+    (listed.body.repositories as { path: string }[]).some((r) => r.path === `${root}team-a/`),
+    'GET /repositories lists it (it is in the catalog)',
+  );
 });

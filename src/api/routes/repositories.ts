@@ -48,7 +48,7 @@ export const repositoryRoutes: RegisterRoutes = (t, ctx) => {
     path: '/repositories',
     role: 'admin',
     tag: 'repositories',
-    summary: 'creates an empty repository at a server path (as `restorelab repo init`) and indexes it in the catalog',
+    summary: 'creates an empty repository at a server path or an s3:// prefix (as `restorelab repo init`) and indexes it in the catalog',
     body: 'api-repo-create.schema.json',
     success: { status: 201, description: 'the new repository' },
     handler: async (req, res) => {
