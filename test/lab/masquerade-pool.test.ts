@@ -35,3 +35,25 @@ t.test('a pool with no room, or smaller than a network, is refused with a clear 
     message: /smaller than network prod/,
   });
 });
+
+t.test('static mappings get host addresses of the pool too, after the subnets', async (t) => {
+  const withMapping = {
+    name: 'dc-lab',
+    networks: [
+      {
+        name: 'prod',
+        subnet: '192.168.77.0/24',
+        gateway: '192.168.77.1',
+        masquerade: '10.201.77.0/24',
+        staticMappings: [{ production: '192.168.77.20', host: '10.9.9.20' }],
+      },
+    ],
+  };
+  const out = carveMasquerade(withMapping, parseCidr('100.90.0.0/23', 'pool'), []);
+  t.same(out.networks[0]?.masquerade, '100.90.0.0/24');
+  t.same(out.networks[0]?.staticMappings, [{ production: '192.168.77.20', host: '100.90.1.0' }], 'the first free address after the subnet');
+  t.throws(() => carveMasquerade(withMapping, parseCidr('100.90.0.0/24', 'pool'), []), {
+    code: 'LAB_MASQUERADE_POOL_FULL',
+    message: /static mapping of 192.168.77.20/,
+  });
+});
