@@ -19,7 +19,6 @@
  * Knobs: REPO_BENCH_MIB (image size), REPO_BENCH_CHUNK (our chunk size, e.g. 1M),
  * REPO_BENCH_DIR (work directory, default /var/tmp), REPO_BENCH_GUEST (guest image).
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -27,6 +26,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
+import { must } from './timed.js';
 import { openImage } from '../src/ingest/open.js';
 import { openRepository } from '../src/repo/index.js';
 import { DEFAULT_CHUNK_SIZE } from '../src/repo/format.js';
@@ -36,46 +36,6 @@ const SIZE_MIB = Number(process.env.REPO_BENCH_MIB ?? 2048);
 const SIZE = SIZE_MIB * MiB;
 const VERSIONS = 5;
 const bin = projectPath('bin', 'restorelab.js');
-
-interface Timed {
-  code: number | null;
-  seconds: number;
-  cpuSeconds: number;
-  maxRssKiB: number;
-  out: string;
-}
-
-/** Runs a command under /usr/bin/time -v; returns wall time and peak RSS. */
-function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Timed> {
-  const t0 = process.hrtime.bigint();
-  return new Promise((resolve, reject) => {
-    const p = spawn('/usr/bin/time', ['-v', cmd, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const keep = (c: Buffer): void => {
-      out = (out + c.toString()).slice(-65536);
-    };
-    p.stdout.on('data', keep);
-    p.stderr.on('data', keep);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(out);
-      const cpu = (what: string): number => Number(new RegExp(`${what} time \\(seconds\\): ([\\d.]+)`).exec(out)?.[1] ?? 0);
-      resolve({
-        code,
-        seconds: Number(process.hrtime.bigint() - t0) / 1e9,
-        cpuSeconds: cpu('User') + cpu('System'),
-        maxRssKiB: rss ? Number(rss[1]) : 0,
-        out,
-      });
-    });
-  });
-}
-
-async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Timed> {
-  const r = await timed(cmd, args, env);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.out.slice(-3000)}`);
-  return r;
-}
 
 /** Reads a file into the page cache (cat to /dev/null: piping it through this process cost minutes of CPU). */
 async function warm(file: string): Promise<void> {

@@ -16,7 +16,6 @@
  * apt-get install restic), /usr/bin/time, and the gateway: scripts/services up)
  * Knobs: S3_BENCH_MIB (disk size), S3_BENCH_DIR (work directory, default /var/tmp).
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
@@ -24,44 +23,13 @@ import { join } from 'node:path';
 import { ListObjectsV2Command, DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
+import { must } from './timed.js';
 import { createS3Client } from '../src/repo/s3-config.js';
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.S3_BENCH_MIB ?? 1024);
 const SIZE = SIZE_MIB * MiB;
 const bin = projectPath('bin', 'restorelab.js');
-
-interface Timed {
-  code: number | null;
-  seconds: number;
-  maxRssKiB: number;
-  out: string;
-}
-
-/** Runs a command under /usr/bin/time -v; returns wall time and peak RSS. */
-function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Timed> {
-  const t0 = process.hrtime.bigint();
-  return new Promise((resolve, reject) => {
-    const p = spawn('/usr/bin/time', ['-v', cmd, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const keep = (c: Buffer): void => {
-      out = (out + c.toString()).slice(-65536);
-    };
-    p.stdout.on('data', keep);
-    p.stderr.on('data', keep);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(out);
-      resolve({ code, seconds: Number(process.hrtime.bigint() - t0) / 1e9, maxRssKiB: rss ? Number(rss[1]) : 0, out });
-    });
-  });
-}
-
-async function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Timed> {
-  const r = await timed(cmd, args, env);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.out.slice(-3000)}`);
-  return r;
-}
 
 function lcg(seed: number): () => number {
   let x = seed;
