@@ -72,7 +72,6 @@ export function scanConsole(text: string | string[], source: ConsoleSource): Con
   const lines = (typeof text === 'string' ? text.split(/\r?\n/) : text).map((l) => l.trim()).filter((l) => l !== '');
   const out: ConsoleFinding[] = [];
   const seenKinds = new Set<string>();
-  const repeats = new Map<string, { line: string; count: number }>();
   for (const line of lines) {
     for (const [kind, re] of PATTERNS) {
       if (!re.test(line)) continue;
@@ -83,17 +82,30 @@ export function scanConsole(text: string | string[], source: ConsoleSource): Con
       }
       break;
     }
-    if (FAILURE.test(line)) {
-      const n = normaliseLine(line);
-      const r = repeats.get(n);
-      if (r) r.count++;
-      else repeats.set(n, { line, count: 1 });
-    }
   }
-  for (const { line, count } of repeats.values()) {
+  for (const { line, count } of failureRepeats(lines).values()) {
     if (count >= CRASH_LOOP_MIN) out.push({ kind: 'crash loop', source, line, count });
   }
   return out;
+}
+
+/** Failure lines of one snapshot by normalised text, with how often each was seen. */
+function failureRepeats(lines: string[]): Map<string, { line: string; count: number }> {
+  const repeats = new Map<string, { line: string; count: number }>();
+  for (const line of lines) {
+    if (!FAILURE.test(line)) continue;
+    const n = normaliseLine(line);
+    const r = repeats.get(n);
+    if (r) r.count++;
+    else repeats.set(n, { line, count: 1 });
+  }
+  return repeats;
+}
+
+/** A failure line seen CRASH_LOOP_MIN - 1 times in one snapshot: a loop may be in the making. */
+export function loopInTheMaking(text: string | string[]): boolean {
+  const lines = (typeof text === 'string' ? text.split(/\r?\n/) : text).map((l) => l.trim()).filter((l) => l !== '');
+  return [...failureRepeats(lines).values()].some((r) => r.count === CRASH_LOOP_MIN - 1);
 }
 
 const ORDER: FindingKind[] = ['kernel panic', 'oops', 'stop screen', 'emergency mode', 'maintenance prompt', 'segfault', 'crash loop'];
@@ -123,6 +135,8 @@ export interface ConsoleReaders {
 
 /** How often the watch reads the consoles; a panic screen stays, a crash loop repeats, so seconds are enough. */
 export const WATCH_INTERVAL_MS = 3000;
+/** How much longer a VM whose failure line was seen twice is watched for a third time (ConsoleWatch.stop). */
+export const SUSPECT_WAIT_MS = 15_000;
 /** A source that failed this many reads in a row is given up (the VM is gone). */
 const MAX_FAILED_READS = 5;
 
@@ -137,6 +151,8 @@ export class ConsoleWatch {
   private stopped = false;
   private polling: Promise<void> | undefined;
   private readonly failedReads = { vga: 0, serial: 0 };
+  /** Per source: its last snapshot holds a failure line seen twice (loopInTheMaking). */
+  private readonly suspect = { vga: false, serial: false };
   /** Findings already reported by an earlier test (consumed by take()). */
   private readonly reported = new Set<string>();
   static readonly MAX_FINDINGS = 50;
@@ -178,6 +194,7 @@ export class ConsoleWatch {
         const text = await f();
         this.failedReads[which] = 0;
         this.add(scanConsole(text, which));
+        this.suspect[which] = loopInTheMaking(text);
       } catch {
         this.failedReads[which]++;
       }
@@ -221,8 +238,20 @@ export class ConsoleWatch {
   }
 
   /** A last read, then no more. */
-  async stop(): Promise<void> {
+  /**
+   * Stops watching after one last read. A VM whose tests end while a failure
+   * line has been seen twice is watched up to `suspectWaitMs` longer, until
+   * the line repeats once more (a crash loop) or stops: a loop slower than the
+   * VM's tests would otherwise pass.
+   */
+  async stop(o: { suspectWaitMs?: number } = {}): Promise<void> {
     if (this.stopped) return;
+    const until = Date.now() + (o.suspectWaitMs ?? 0);
+    await this.poll();
+    while ((this.suspect.vga || this.suspect.serial) && Date.now() < until && !this.opts.signal?.aborted) {
+      await new Promise((r) => setTimeout(r, Math.min(this.opts.intervalMs ?? WATCH_INTERVAL_MS, Math.max(0, until - Date.now()))));
+      await this.poll();
+    }
     this.halt();
     await this.poll();
   }

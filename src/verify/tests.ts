@@ -16,7 +16,7 @@ import { heartbeat, ipAnswers, realClock, watchHeartbeat, type Clock, type Watch
 import { dnsTest, httpTest, pingTest, tcpTest } from './network.js';
 import { scriptTest, type ScriptPolicy } from './script.js';
 import { screenshotTest, type ScreenBaseline } from './screenshot.js';
-import { ConsoleWatch, describeFindings } from './console.js';
+import { ConsoleWatch, describeFindings, SUSPECT_WAIT_MS } from './console.js';
 import { ocrText } from './ocr.js';
 import { decodeVgaText, dedupeVgaRows } from '../hypervisor/vga.js';
 import { integrityTest } from './integrity.js';
@@ -40,6 +40,8 @@ export interface TestRunnerOptions {
   ocr?: boolean;
   /** Overrides the console watch's poll interval (tests). */
   consoleIntervalMs?: number;
+  /** Overrides how long a VM with a failure line seen twice is watched for a third (SUSPECT_WAIT_MS). */
+  consoleSuspectWaitMs?: number;
 }
 
 /**
@@ -167,7 +169,7 @@ export function createTestRunner(o: TestRunnerOptions): TestRunner {
     watches.delete(vm.handle);
     if (signal.aborted) return [];
     const t0 = Date.now();
-    await w.stop();
+    await w.stop({ suspectWaitMs: o.consoleSuspectWaitMs ?? SUSPECT_WAIT_MS });
     const late = w.take();
     if (late.length === 0) return [];
     return [

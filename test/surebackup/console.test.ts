@@ -55,8 +55,11 @@ t.test('a crash loop on serial and a panic shown only on the VGA console are eac
   t.equal(vm('crash-loop').result, 'failed', show('crash-loop'));
   for (const k of ['heartbeat', 'ping', 'tcp:80', 'http:80/', 'integrity'])
     t.equal(test('crash-loop', k).result, 'passed', `crash-loop ${k}: the VM works, but its console does not`);
-  const loop = test('crash-loop', 'screenshot');
-  t.equal(loop.result, 'failed');
+  // The watch fails the screenshot test; a third fatal line that arrives only
+  // after the screenshot was taken (a loaded host) fails a `console` test instead.
+  const loop = vm('crash-loop').tests.find((x) => (x.name === 'screenshot' || x.name === 'console') && x.result === 'failed');
+  t.ok(loop, `the screenshot or console test failed: ${show('crash-loop')}`);
+  if (!loop) return;
   t.match(
     loop.detail,
     /^crash loop on the serial console: "crashd: fatal: cannot open \/var\/lib\/crashd\/state: No such file or directory" \((\d+) times\)/,

@@ -178,3 +178,23 @@ t.test('the test runner watches a VM from its first test; what comes after the s
   );
   t.same(await run.vmDone!({ name: 'web', handle }, ac.signal), [], 'once');
 });
+
+t.test('a failure line seen twice when the tests end is watched longer, until a third makes it a crash loop', async (t) => {
+  const line = 'crashd: fatal: cannot open /var/lib/crashd/state';
+  let reads = 0;
+  // Twice for the first three reads, then a third time: a loop slower than the VM's tests.
+  const serial = async (): Promise<string> => [line, line, ...(++reads > 3 ? [line] : [])].join('\n');
+  const quick = new ConsoleWatch({ serial }, { intervalMs: 20 }).start();
+  await quick.stop();
+  t.same(quick.findings(), [], 'stopped at once, twice is no loop');
+
+  reads = 0;
+  const patient = new ConsoleWatch({ serial }, { intervalMs: 20 }).start();
+  await patient.stop({ suspectWaitMs: 5000 });
+  t.match(patient.findings(), [{ kind: 'crash loop', source: 'serial', count: 3 }], 'watched on until the third');
+
+  const calm = new ConsoleWatch({ serial: async () => 'all good\nstill good' }, { intervalMs: 20 }).start();
+  const t0 = Date.now();
+  await calm.stop({ suspectWaitMs: 5000 });
+  t.ok(Date.now() - t0 < 1000, 'a VM with no repeated failure line is not kept waiting');
+});
