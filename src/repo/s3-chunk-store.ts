@@ -20,21 +20,13 @@
  * minutes, so minGcMarginMs adds that much to gc's safety margin: no skew a
  * working client can have makes a fresh chunk look old.
  */
-import {
-  CopyObjectCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import type { ChunkStore, StoredChunk } from './api.js';
 import { notFound, RestorelabError } from '../errors.js';
 import { assertDigest } from './chunk-store.js';
 import { CorruptChunkError } from './contract.js';
 import { GC_SAFETY_MARGIN_MS } from './format.js';
-import { s3Url, type S3Location } from './s3-config.js';
+import { s3Url, type S3Location, s3Sdk } from './s3-config.js';
 
 export const S3_CHUNKS_AREA = 'chunks/';
 export const S3_QUARANTINE_AREA = 'quarantine/';
@@ -91,7 +83,7 @@ export class S3ChunkStore implements ChunkStore {
   /** Size and Last-Modified of an object, undefined when there is none. */
   private async head(key: string): Promise<{ size: number; mtimeMs: number } | undefined> {
     try {
-      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      const r = await this.client.send(new (s3Sdk().HeadObjectCommand)({ Bucket: this.bucket, Key: key }));
       return { size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
     } catch (err) {
       if (isNotFound(err)) return undefined;
@@ -121,7 +113,7 @@ export class S3ChunkStore implements ChunkStore {
       // Gateway a copy of a missing object takes about 5 times a HEAD's 10 ms (measured, docs/operations.md).
       if ((await this.head(key)) === undefined) return false;
       await this.client.send(
-        new CopyObjectCommand({
+        new (s3Sdk().CopyObjectCommand)({
           Bucket: this.bucket,
           Key: key,
           CopySource: this.copySource(key),
@@ -156,7 +148,7 @@ export class S3ChunkStore implements ChunkStore {
 
   private async put(digest: string, key: string, blob: Buffer, op: string): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: blob, ContentLength: blob.length }));
+      await this.client.send(new (s3Sdk().PutObjectCommand)({ Bucket: this.bucket, Key: key, Body: blob, ContentLength: blob.length }));
     } catch (err) {
       throw this.ioError(op, digest, key, err);
     }
@@ -171,7 +163,7 @@ export class S3ChunkStore implements ChunkStore {
     if (opts.keepDamaged) {
       const bad = this.key(digest, S3_QUARANTINE_AREA);
       try {
-        await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: bad, CopySource: this.copySource(key) }));
+        await this.client.send(new (s3Sdk().CopyObjectCommand)({ Bucket: this.bucket, Key: bad, CopySource: this.copySource(key) }));
       } catch (err) {
         if (!isNotFound(err)) throw this.ioError('replace', digest, key, err);
       }
@@ -185,7 +177,7 @@ export class S3ChunkStore implements ChunkStore {
   async get(digest: string): Promise<Buffer> {
     const key = this.key(digest);
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      const r = await this.client.send(new (s3Sdk().GetObjectCommand)({ Bucket: this.bucket, Key: key }));
       if (this.maxBlobBytes !== undefined && (r.ContentLength ?? 0) > this.maxBlobBytes) {
         r.Body?.transformToWebStream()
           .cancel()
@@ -239,7 +231,7 @@ export class S3ChunkStore implements ChunkStore {
       let page;
       try {
         page = await this.client.send(
-          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, MaxKeys: this.listPageSize, ContinuationToken: token }),
+          new (s3Sdk().ListObjectsV2Command)({ Bucket: this.bucket, Prefix: prefix, MaxKeys: this.listPageSize, ContinuationToken: token }),
         );
       } catch (err) {
         throw new RestorelabError(
@@ -265,7 +257,11 @@ export class S3ChunkStore implements ChunkStore {
     const key = this.key(digest);
     try {
       await this.client.send(
-        new CopyObjectCommand({ Bucket: this.bucket, Key: this.key(digest, S3_QUARANTINE_AREA), CopySource: this.copySource(key) }),
+        new (s3Sdk().CopyObjectCommand)({
+          Bucket: this.bucket,
+          Key: this.key(digest, S3_QUARANTINE_AREA),
+          CopySource: this.copySource(key),
+        }),
       );
     } catch (err) {
       if (isNotFound(err))
@@ -277,7 +273,7 @@ export class S3ChunkStore implements ChunkStore {
 
   private async delete(digest: string, key: string, op: string): Promise<void> {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+      await this.client.send(new (s3Sdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: key }));
     } catch (err) {
       if (!isNotFound(err)) throw this.ioError(op, digest, key, err);
     }

@@ -11,10 +11,25 @@
  * Path-style addressing is always on: a RADOS Gateway on a host name or an
  * IP address has no per-bucket DNS names, and AWS still accepts path style.
  */
-import { S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { createRequire } from 'node:module';
 import { Agent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { badInput } from '../errors.js';
+
+type S3Sdk = typeof import('@aws-sdk/client-s3');
+const load = createRequire(import.meta.url);
+let sdk: S3Sdk | undefined;
+
+/**
+ * The AWS SDK, loaded on first use. Every CLI call and the server import the
+ * repository modules, and loading the SDK costs about 140 ms of CPU per
+ * process, which only an s3:// repository needs. Its CommonJS build is the
+ * one an ESM `import` gets too, so classes are the same either way.
+ */
+export function s3Sdk(): S3Sdk {
+  return (sdk ??= load('@aws-sdk/client-s3') as S3Sdk);
+}
 
 export interface S3Location {
   bucket: string;
@@ -101,7 +116,7 @@ export function createS3Client(settings: S3Settings): S3Client {
   // The SDK warns on every command line that its releases from 2027 need Node 22: news for whoever upgrades it, noise for users.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const agentOpts = { keepAlive: true, maxSockets: S3_MAX_SOCKETS };
-  return new S3Client({
+  return new (s3Sdk().S3Client)({
     region: settings.region,
     ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
     forcePathStyle: true,

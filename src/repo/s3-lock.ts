@@ -15,14 +15,14 @@
  * against the Date of the listing response, so no client clock enters.
  * A holder on this host whose process is gone is stale at once (isStale).
  */
-import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { LockHolder, LockKind, RepoLock } from './api.js';
 import { RestorelabError } from '../errors.js';
 import { LOCK_SUFFIX, LOCKS_DIR } from './format.js';
 import { bootId, conflicts, describe, isStale, startTicks } from './lock.js';
-import { s3Url, type S3Location } from './s3-config.js';
+import { s3Url, type S3Location, s3Sdk } from './s3-config.js';
 
 /** How long a lock outlives a holder that stopped renewing it (crashed, cut off). */
 export const S3_LOCK_LEASE_MS = 5 * 60 * 1000;
@@ -53,7 +53,7 @@ async function listLocks(o: S3LockOptions): Promise<ListedLock[]> {
   const out: ListedLock[] = [];
   let token: string | undefined;
   do {
-    const cmd = new ListObjectsV2Command({ Bucket: o.bucket, Prefix: prefix, ContinuationToken: token });
+    const cmd = new (s3Sdk().ListObjectsV2Command)({ Bucket: o.bucket, Prefix: prefix, ContinuationToken: token });
     let gatewayNow = Date.now();
     cmd.middlewareStack.add(
       (next) => async (args) => {
@@ -79,7 +79,7 @@ async function listLocks(o: S3LockOptions): Promise<ListedLock[]> {
 
 async function readLock(o: S3LockOptions, file: string): Promise<{ holder: LockHolder; leaseMs: number }> {
   try {
-    const r = await o.client.send(new GetObjectCommand({ Bucket: o.bucket, Key: locksPrefix(o) + file }));
+    const r = await o.client.send(new (s3Sdk().GetObjectCommand)({ Bucket: o.bucket, Key: locksPrefix(o) + file }));
     const body = JSON.parse((await r.Body?.transformToString()) ?? '') as S3LockBody;
     const { leaseMs, ...holder } = body;
     return { holder: { ...holder, file }, leaseMs: typeof leaseMs === 'number' && leaseMs > 0 ? leaseMs : S3_LOCK_LEASE_MS };
@@ -120,15 +120,17 @@ export async function acquireS3Lock(o: S3LockOptions, kind: LockKind, purpose: s
     leaseMs,
   };
   const put = (): Promise<unknown> =>
-    o.client.send(new PutObjectCommand({ Bucket: o.bucket, Key: key, Body: JSON.stringify(body) + '\n' }));
-  const remove = (): Promise<unknown> => o.client.send(new DeleteObjectCommand({ Bucket: o.bucket, Key: key }));
+    o.client.send(new (s3Sdk().PutObjectCommand)({ Bucket: o.bucket, Key: key, Body: JSON.stringify(body) + '\n' }));
+  const remove = (): Promise<unknown> => o.client.send(new (s3Sdk().DeleteObjectCommand)({ Bucket: o.bucket, Key: key }));
   await put();
   const staleRemoved: LockHolder[] = [];
   try {
     for (const other of await listLocks(o)) {
       if (other.holder.file === file) continue;
       if (expired(other)) {
-        await o.client.send(new DeleteObjectCommand({ Bucket: o.bucket, Key: locksPrefix(o) + other.holder.file })).catch(() => undefined);
+        await o.client
+          .send(new (s3Sdk().DeleteObjectCommand)({ Bucket: o.bucket, Key: locksPrefix(o) + other.holder.file }))
+          .catch(() => undefined);
         staleRemoved.push(other.holder);
         continue;
       }

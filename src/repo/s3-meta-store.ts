@@ -13,19 +13,11 @@
  * endpoint; one that answers with an error is S3_REQUEST_FAILED naming the
  * object and the HTTP status.
  */
-import {
-  CopyObjectCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import type { Leftover, LockHolder, LockKind, RepoLock } from './api.js';
 import { badInput, RestorelabError } from '../errors.js';
 import type { MetaEntry, MetaStore } from './meta-store.js';
-import { s3Url, type S3Location } from './s3-config.js';
+import { s3Url, type S3Location, s3Sdk } from './s3-config.js';
 import { acquireS3Lock, liveS3Locks } from './s3-lock.js';
 
 export interface S3MetaStoreOptions extends S3Location {
@@ -108,7 +100,7 @@ export class S3MetaStore implements MetaStore {
   async assertEmpty(): Promise<void> {
     let page;
     try {
-      page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix, MaxKeys: 1 }));
+      page = await this.client.send(new (s3Sdk().ListObjectsV2Command)({ Bucket: this.bucket, Prefix: this.prefix, MaxKeys: 1 }));
     } catch (err) {
       throw this.fail(err, 'list the prefix');
     }
@@ -126,7 +118,7 @@ export class S3MetaStore implements MetaStore {
 
   async read(name: string): Promise<Buffer | undefined> {
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      const r = await this.client.send(new (s3Sdk().GetObjectCommand)({ Bucket: this.bucket, Key: this.key(name) }));
       const bytes = await r.Body?.transformToByteArray();
       return bytes ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) : Buffer.alloc(0);
     } catch (err) {
@@ -138,7 +130,9 @@ export class S3MetaStore implements MetaStore {
   async write(name: string, data: Buffer | string): Promise<void> {
     const body = typeof data === 'string' ? Buffer.from(data) : data;
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key(name), Body: body, ContentLength: body.length }));
+      await this.client.send(
+        new (s3Sdk().PutObjectCommand)({ Bucket: this.bucket, Key: this.key(name), Body: body, ContentLength: body.length }),
+      );
     } catch (err) {
       throw this.fail(err, `write ${name}`);
     }
@@ -146,7 +140,7 @@ export class S3MetaStore implements MetaStore {
 
   private async head(name: string): Promise<{ size: number; mtimeMs: number } | undefined> {
     try {
-      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      const r = await this.client.send(new (s3Sdk().HeadObjectCommand)({ Bucket: this.bucket, Key: this.key(name) }));
       return { size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
     } catch (err) {
       if (isNotFound(err)) return undefined;
@@ -162,7 +156,7 @@ export class S3MetaStore implements MetaStore {
     const key = this.key(name);
     try {
       await this.client.send(
-        new CopyObjectCommand({
+        new (s3Sdk().CopyObjectCommand)({
           Bucket: this.bucket,
           Key: key,
           CopySource: `${this.bucket}/${key.split('/').map(encodeURIComponent).join('/')}`,
@@ -181,7 +175,7 @@ export class S3MetaStore implements MetaStore {
     // S3's DELETE succeeds on a missing key: the HEAD tells the caller whether there was one.
     if (!(await this.head(name))) return false;
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      await this.client.send(new (s3Sdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: this.key(name) }));
     } catch (err) {
       throw this.fail(err, `delete ${name}`);
     }
@@ -196,7 +190,7 @@ export class S3MetaStore implements MetaStore {
       let page;
       try {
         page = await this.client.send(
-          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }),
+          new (s3Sdk().ListObjectsV2Command)({ Bucket: this.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }),
         );
       } catch (err) {
         throw this.fail(err, `list ${dir}`);
@@ -215,7 +209,7 @@ export class S3MetaStore implements MetaStore {
     const found = await this.head(name);
     if (!found || found.mtimeMs >= cutoffMs) return 0;
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      await this.client.send(new (s3Sdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: this.key(name) }));
     } catch (err) {
       throw this.fail(err, `delete ${name}`);
     }
