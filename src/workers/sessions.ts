@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import type { RepositoryReader } from '../repo/contract.js';
-import type { RecoverySession } from '../session/session.js';
+import { ACTIVE_STATES, type RecoverySession } from '../session/session.js';
 import { sharedSessions, sharedSessionsUrl } from '../session/catalog.js';
 import { checkSessionId } from '../session/store.js';
 import { LabQueue, STOP_LEASE_SECONDS, workerQueue } from './queue.js';
@@ -140,22 +140,39 @@ export async function stopOnWorker(queue: LabQueue, s: RecoverySession, signal?:
   const worker = s.worker as string;
   const registry = new WorkerRegistry(queue.sql);
   await registry.ensureSchema();
-  const w = (await registry.list()).find((x) => x.name === worker);
-  if (!w?.alive) {
-    throw new RestorelabError(
-      'SESSION_WORKER_GONE',
-      `session ${s.id} runs on worker ${worker}, which is ${w ? 'not answering' : 'not registered'}`,
-      {
-        hint: `start the worker again (restorelab worker --name ${worker}): it cleans up its sessions first; restorelab workers --json shows who is there`,
-      },
-    );
-  }
+  const gone = async (): Promise<string | undefined> => {
+    const w = (await registry.list()).find((x) => x.name === worker);
+    return w?.alive ? undefined : w ? 'not answering' : 'not registered';
+  };
+  const refuse = (why: string): RestorelabError =>
+    new RestorelabError('SESSION_WORKER_GONE', `session ${s.id} runs on worker ${worker}, which is ${why}`, {
+      hint: `start the worker again (restorelab worker --name ${worker}): it cleans up its sessions first; restorelab workers --json shows who is there`,
+    });
+  const before = await gone();
+  if (before !== undefined) throw refuse(before);
   const name = workerQueue(worker);
   await queue.ensureQueue(name);
   const id = await queue.submit({ kind: 'stop', session: s.id }, name, { retryLimit: 0, leaseSeconds: STOP_LEASE_SECONDS });
-  const timeout = AbortSignal.timeout((STOP_LEASE_SECONDS + 60) * 1000);
-  const reply = await queue.outcome<SessionReply>(id, signal ? AbortSignal.any([signal, timeout]) : timeout, name);
-  return reply.session;
+  const end = Date.now() + (STOP_LEASE_SECONDS + 60) * 1000;
+  for (;;) {
+    if (signal?.aborted) {
+      await queue.cancel(id, name).catch(() => undefined);
+      throw signal.reason;
+    }
+    const st = await queue.status<SessionReply>(id, name);
+    if (st.state === 'completed' && st.output) return st.output.session;
+    if (st.state === 'failed' || st.state === 'cancelled')
+      throw new RestorelabError('TASK_FAILED', `worker ${worker} could not stop session ${s.id}: ${st.failure ?? st.state}`, {
+        hint: `its log says more; restorelab sessions shows the session's state`,
+      });
+    // A stop nobody took while the worker went away would wait for ever: withdrawn, and said so.
+    const why = st.state === 'created' ? await gone() : undefined;
+    if (why !== undefined || Date.now() > end) {
+      await queue.cancel(id, name).catch(() => undefined);
+      throw refuse(why ?? `not done after ${STOP_LEASE_SECONDS + 60} s`);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
 
 /** Opens the queue for one CLI command, runs `f`, closes it. */
@@ -205,6 +222,8 @@ export async function stopAnySession(
   const url = sharedSessionsUrl();
   const remote = url === undefined ? undefined : await workerSession(url, id);
   if (!remote) return store.get(id); // SESSION_NOT_FOUND
+  // Idempotent, as a local stop: a session that ended needs no worker (which may be gone by now).
+  if (!ACTIVE_STATES.includes(remote.state)) return remote;
   await withLabQueue((q) => stopOnWorker(q, remote));
   // The worker recorded the stop in the shared catalog before it answered.
   return (await workerSession(url as string, id)) ?? remote;
