@@ -25,7 +25,7 @@ function session(id: string, extra: Partial<RecoverySession> = {}): RecoverySess
     state: 'running',
     createdAt: at,
     updatedAt: at,
-    addresses: { nic0: '172.18.0.10' },
+    addresses: { nic0: '192.0.2.10' },
     disks: {},
     diskBytes: {},
     resources: { taps: [] },
