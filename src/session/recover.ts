@@ -104,6 +104,7 @@ async function startSession(
     ...(opts.publish ? { publish: opts.publish } : {}),
     ...(opts.fuseGroup !== undefined ? { fuseGroup: opts.fuseGroup } : {}),
     ...(opts.worker !== undefined ? { worker: opts.worker } : {}),
+    memoryMiB: plan.vm.memoryMiB,
     domain: domainName(plan.vm.name, id),
     state: 'starting',
     createdAt,

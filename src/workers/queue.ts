@@ -159,6 +159,20 @@ export class LabQueue {
    * Fails an active task on behalf of a worker that died with it, so that it
    * goes back to the queue while retries are left (pg-boss's retry rules).
    */
+  /**
+   * Puts a task this worker took back to the queue untouched, for another
+   * worker (or this one) in `delaySeconds`: as if never fetched, so it spends
+   * no retry (pg-boss counts a retry only for a task with a start time), and
+   * the handler's answer then completes nothing (pg-boss completes active tasks only).
+   */
+  async giveBack(id: string, delaySeconds = 3): Promise<void> {
+    await this.sql(
+      `UPDATE pgboss.job SET state = 'created', started_on = NULL, start_after = now() + make_interval(secs => $3)
+       WHERE name = $1 AND id = $2 AND state = 'active'`,
+      [VERIFY_QUEUE, id, delaySeconds],
+    );
+  }
+
   async cancel(id: string, queue = VERIFY_QUEUE): Promise<void> {
     await this.boss.cancel(queue, id);
   }

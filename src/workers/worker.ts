@@ -27,6 +27,9 @@ import {
   type VerifyTask,
 } from './task.js';
 import { SESSIONS_CATALOG_ENV } from '../session/catalog.js';
+import { fits, taskMemory } from './placement.js';
+import { SessionStore } from '../session/store.js';
+import { ACTIVE_STATES } from '../session/session.js';
 
 export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
   name: string;
@@ -39,6 +42,8 @@ export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
   networks?: string[];
   /** Labs are mirrored onto free masquerade subnets of this pool (src/lab/masquerade-pool.ts). */
   masqueradePool?: string;
+  /** VM memory budget (MiB) for placement (placement.ts); default the config's limits.memoryBudgetMiB. */
+  memoryMiB?: number;
 }
 
 export async function runWorker(o: WorkerOptions): Promise<void> {
@@ -61,23 +66,33 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const lost = await reconcileSessionRows(o);
   if (lost > 0) o.log(`worker ${o.name}: ${lost} session(s) in the shared catalog had no record here; marked failed`);
 
+  const budget = o.memoryMiB ?? Math.min(o.config.limits.memoryBudgetMiB, Math.floor(totalmem() / 2 ** 20));
   const queue = await LabQueue.open(o);
   const registry = new WorkerRegistry(queue.sql);
   await registry.ensureSchema();
   await registry.register({
     name: o.name,
     slots: o.slots,
-    memoryMiB: Math.floor(totalmem() / 2 ** 20),
+    memoryMiB: budget,
     networks: o.networks ?? ['isolated'],
   });
   const running = new Set<string>();
+  // VM memory of the tasks running here, by task id; the sessions' is read from their records (they outlive their tasks).
+  const taskMiB = new Map<string, number>();
+  // Synchronous, so that checking a task and reserving its memory happen with no await between (two slots at once).
+  const inUse = (): number => {
+    const sessions = new SessionStore(o.config.stateDir)
+      .list()
+      .filter((x) => ACTIVE_STATES.includes(x.state) && processAlive(x.supervisorPid));
+    return [...taskMiB.values()].reduce((a, b) => a + b, 0) + sessions.reduce((a, x) => a + (x.memoryMiB ?? 0), 0);
+  };
   // Two tasks of one lab on one host would build the same namespaces and masquerade routes: they take turns.
   const labTurns = new Map<string, Promise<unknown>>();
   const beat = (): void => {
-    registry.heartbeat(o.name, [...running]).catch((err: Error) => o.log(`worker ${o.name}: heartbeat failed: ${err.message}`));
+    registry.heartbeat(o.name, [...running], inUse()).catch((err: Error) => o.log(`worker ${o.name}: heartbeat failed: ${err.message}`));
   };
   const timer = setInterval(beat, HEARTBEAT_MS);
-  o.log(`worker ${o.name}: ${o.slots} slot(s), waiting for tasks`);
+  o.log(`worker ${o.name}: ${o.slots} slot(s), ${budget} MiB for VMs, waiting for tasks`);
 
   // Stops for this worker's sessions come on its own queue: only it can reach their supervisors.
   await queue.ensureQueue(workerQueue(o.name));
@@ -95,6 +110,24 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
 
   await queue.work(o.slots, async (id, data) => {
     const task = checkAnyTask(data);
+    const need = taskMemory(task);
+    const used = inUse();
+    if (!fits(budget, used, need)) {
+      // Left for a worker with room (or for this one once some ends): no retry spent.
+      o.log(`worker ${o.name}: task ${id} needs ${need} MiB, ${used} of ${budget} MiB in use: given back`);
+      await queue.giveBack(id);
+      return { givenBack: o.name };
+    }
+    taskMiB.set(id, need);
+    try {
+      return await runAny(id, task);
+    } finally {
+      taskMiB.delete(id);
+      beat();
+    }
+  });
+
+  async function runAny(id: string, task: VerifyTask | RecoverTask): Promise<object> {
     if (task.kind === 'recover') {
       running.add(id);
       beat();
@@ -125,7 +158,7 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
       running.delete(id);
       beat();
     }
-  });
+  }
 
   await new Promise<void>((res) => o.signal.addEventListener('abort', () => res(), { once: true }));
   clearInterval(timer);
