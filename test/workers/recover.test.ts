@@ -17,7 +17,8 @@ import { address, subnet } from '../helpers/subnets.js';
 import { freshDatabase } from '../helpers/pg.js';
 import { testApi } from '../helpers/api.js';
 import { httpGet, WEB_EXPECT } from '../session/fixtures/recovery.js';
-import { SessionCatalog, sharedCatalog } from '../../src/session/catalog.js';
+import { SessionCatalog, flushSessionCatalog, sharedCatalog } from '../../src/session/catalog.js';
+import { SessionStore } from '../../src/session/store.js';
 
 interface Worker {
   proc: ChildProcess;
@@ -208,5 +209,57 @@ t.test('a worker recovers web; the server lists it with the worker name and stop
     [r3.code, JSON.parse(r3.stdout)],
     [0, { state: 'stopped', worker: 'w1' }],
     'a stopped session is stopped whether its worker is there or not',
+  );
+});
+
+t.test('a worker that comes back: its dead sessions are marked failed in the shared catalog, and rows without a record too', async (t) => {
+  const url = await freshDatabase(t);
+  const dir = shortDir(t);
+  const wdir = join(dir, 'w1');
+  const cat = new SessionCatalog(await sharedCatalog(url));
+  const at = new Date().toISOString();
+  const base = {
+    vm: 'web',
+    point: 'p1',
+    repo: join(dir, 'repo'),
+    driver: 'qemu' as const,
+    state: 'running' as const,
+    createdAt: at,
+    updatedAt: at,
+    addresses: {},
+    disks: {},
+    diskBytes: {},
+    resources: { taps: [] },
+    worker: 'w1',
+  };
+  // As a kill -9 of the worker and its session's supervisor leaves them: a running record whose supervisor is gone...
+  const store = new SessionStore(wdir, undefined, url);
+  store.save({ ...base, id: 'cafe0001', domain: 'web-cafe00', supervisorPid: 2 ** 22 + 1 });
+  // ...and a row of a session whose record is gone with a wiped state directory.
+  await cat.record({ ...base, id: 'cafe0002', domain: 'web-cafe01' });
+  await flushSessionCatalog();
+  t.same(
+    (await cat.onWorkers('w1')).map((s) => [s.id, s.state]),
+    [
+      ['cafe0001', 'running'],
+      ['cafe0002', 'running'],
+    ],
+  );
+  const w1 = startWorker('w1', url, wdir);
+  t.teardown(() => stop(w1));
+  await until('w1 back', () => w1.log().includes('waiting for tasks'), 60_000);
+  t.same(
+    (await cat.onWorkers('w1')).map((s) => [s.id, s.state]),
+    [
+      ['cafe0001', 'failed'],
+      ['cafe0002', 'failed'],
+    ],
+    `both are failed in the shared catalog: ${w1.log().slice(-600)}`,
+  );
+  const listed = await sessionsJson(join(dir, 'srv'), { RESTORELAB_QUEUE: url });
+  t.same(
+    listed.filter((s) => s.worker === 'w1').map((s) => s.state),
+    ['failed', 'failed'],
+    'and the server lists them so',
   );
 });
