@@ -225,6 +225,10 @@ export const ERRORS = {
   QUEUE_UNREACHABLE: { class: 'failure', explain: 'the lab queue in PostgreSQL cannot be reached' },
   RATE_LIMITED: { class: 'busy', status: 429, explain: 'too many failed authentication attempts; wait and retry' },
   RECOVER_FAILED: { class: 'failure', explain: 'a recovery session ended during start' },
+  RECOVER_NEEDS_WORKERS: {
+    class: 'badInput',
+    explain: 'a recovery was asked to run on the lab workers where no lab workers queue is set up',
+  },
   REMOTE_LAB_IS_A_NAME: { class: 'badInput', explain: 'with --server, --lab names a lab template on the server' },
   REMOTE_OPTION_UNSUPPORTED: { class: 'badInput', explain: 'an option names something on this host and cannot be used with --server' },
   REMOTE_UNSUPPORTED: { class: 'badInput', explain: 'the command cannot run against a server' },
@@ -268,6 +272,10 @@ export const ERRORS = {
   SERVER_UNREACHABLE: { class: 'failure', explain: 'the restorelab server cannot be reached' },
   SESSION_NOT_FOUND: { class: 'notFound', explain: 'no recovery session of that id' },
   SESSION_NOT_RUNNING: { class: 'badInput', explain: 'only a running session can be migrated' },
+  SESSION_WORKER_GONE: {
+    class: 'missingComponent',
+    explain: 'the lab worker that runs the session does not answer (it stopped or died); it cleans the session up when it comes back',
+  },
   STALE_ITEM_NOT_FOUND: { class: 'notFound', explain: 'nothing stale has that id' },
   STDOUT_CONFLICT: { class: 'badInput', explain: 'two outputs want stdout' },
   SUPERVISOR_GONE: { class: 'failure', explain: 'the session supervisor is gone' },

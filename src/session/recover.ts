@@ -20,6 +20,7 @@ import { HEARTBEAT_TIMEOUT_MS, teardown } from './runner.js';
 import { describeEvidence } from '../bringup/evidence.js';
 import { ACTIVE_STATES, type RecoverySession, type SessionScan } from './session.js';
 import { SessionStore } from './store.js';
+import { flushSessionCatalog, SESSIONS_CATALOG_ENV, sharedSessionsUrl } from './catalog.js';
 import { processAlive as pidAlive } from '../host/process.js';
 import type { Catalog } from '../catalog/sql.js';
 import type { CompiledRules, ScanProgress } from '../scan/scan.js';
@@ -35,6 +36,10 @@ export interface RecoverOptions extends RecoverRequest {
   scan?: RecoveryScan;
   /** FUSE access group for the session's publication (config fuse.group): QEMU running as another user. */
   fuseGroup?: string;
+  /** The lab worker running this recovery for a server (its name goes into the record and the shared catalog). */
+  worker?: string;
+  /** The shared catalog to record the session in (default: from the environment, src/session/catalog.ts). */
+  sharedCatalog?: string;
 }
 
 /** The recovery gate's rules and where its verdicts go. */
@@ -66,7 +71,21 @@ function domainName(vm: string, id: string): string {
 export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWithKey(opts.keyFile)): Promise<RecoverySession> {
   const createdAt = new Date().toISOString();
   const plan = await planRecovery(opts, deps);
-  const store = new SessionStore(opts.stateDir);
+  const store = new SessionStore(opts.stateDir, undefined, opts.sharedCatalog ?? sharedSessionsUrl());
+  try {
+    return await startSession(opts, plan, store, deps, createdAt);
+  } finally {
+    await flushSessionCatalog();
+  }
+}
+
+async function startSession(
+  opts: RecoverOptions,
+  plan: RecoveryPlan,
+  store: SessionStore,
+  deps: SessionDeps,
+  createdAt: string,
+): Promise<RecoverySession> {
   const id = randomBytes(4).toString('hex');
   const gate = opts.scan ? await scanGate(opts, plan, opts.scan, deps, id) : undefined;
   const accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : undefined;
@@ -84,6 +103,8 @@ export async function recover(opts: RecoverOptions, deps: SessionDeps = depsWith
     ...(opts.network ? { network: opts.network } : {}),
     ...(opts.publish ? { publish: opts.publish } : {}),
     ...(opts.fuseGroup !== undefined ? { fuseGroup: opts.fuseGroup } : {}),
+    ...(opts.worker !== undefined ? { worker: opts.worker } : {}),
+    memoryMiB: plan.vm.memoryMiB,
     domain: domainName(plan.vm.name, id),
     state: 'starting',
     createdAt,
@@ -191,7 +212,9 @@ function startSupervisor(store: SessionStore, id: string, heartbeatTimeoutMs?: n
   const log = openSync(join(work, 'supervisor.log'), 'a');
   const args = [projectPath('bin', 'restorelab.js'), 'session-supervise', id, '--state-dir', store.stateDir];
   if (heartbeatTimeoutMs) args.push('--heartbeat-timeout', String(heartbeatTimeoutMs));
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log], env: longRunningEnv() });
+  // The supervisor records the session where this process does (the shared catalog's URL in its environment, never in argv).
+  const env = longRunningEnv(store.shared !== undefined ? { ...process.env, [SESSIONS_CATALOG_ENV]: store.shared } : process.env);
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log], env });
   closeSync(log);
   child.unref();
   return child;
@@ -225,6 +248,14 @@ async function cleanupOrphan(
  * QMP, libvirt by name) and it stays migrated.
  */
 export async function listSessions(stateDir: string): Promise<RecoverySession[]> {
+  try {
+    return await listLocal(stateDir);
+  } finally {
+    await flushSessionCatalog();
+  }
+}
+
+async function listLocal(stateDir: string): Promise<RecoverySession[]> {
   const store = new SessionStore(stateDir);
   const out: RecoverySession[] = [];
   for (const s of store.list()) {
@@ -260,6 +291,14 @@ async function reattach(store: SessionStore, s: RecoverySession): Promise<Recove
  * Idempotent: stopping a stopped session succeeds and changes nothing.
  */
 export async function stopSession(stateDir: string, id: string, deps: SessionDeps = realDeps): Promise<RecoverySession> {
+  try {
+    return await stopLocal(stateDir, id, deps);
+  } finally {
+    await flushSessionCatalog();
+  }
+}
+
+async function stopLocal(stateDir: string, id: string, deps: SessionDeps): Promise<RecoverySession> {
   const store = new SessionStore(stateDir);
   const s = store.get(id);
   if (pidAlive(s.supervisorPid) && ACTIVE_STATES.includes(s.state) && !s.controlSocket) {

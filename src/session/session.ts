@@ -109,6 +109,10 @@ export interface RecoverySession {
   quarantine?: boolean;
   /** Where the migration put the disks (state `migrated`). */
   migratedTo?: string;
+  /** The VM's memory (MiB), as its definition says: what it takes of a lab worker's budget. */
+  memoryMiB?: number;
+  /** The lab worker that runs the session (docs/workers.md); absent for a session run where it was started. */
+  worker?: string;
 }
 
 export interface SessionScan {

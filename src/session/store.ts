@@ -4,34 +4,28 @@
  * rename, fsync of the directory), so a reader never sees half a record and
  * a crash keeps either the old or the new state.
  *
- * Each save is mirrored into the `sessions` table of the SQLite catalog
- * (src/catalog), where listings and the daemon query it. The JSON file stays
- * the source of truth: the supervisor must record a state change even when
- * the catalog is locked or damaged (it is rebuilt from the files by
- * `syncCatalog`).
+ * Each save is mirrored into the `sessions` table (src/session/catalog.ts):
+ * of the shared PostgreSQL catalog when one is configured (so the server
+ * lists the sessions of every lab worker), else of the host's own SQLite
+ * catalog. The JSON file stays the source of truth: the supervisor must
+ * record a state change even when the catalog is locked, unreachable or
+ * damaged (it is rebuilt from the files by `syncCatalog`).
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { badInput, notFound } from '../errors.js';
-import { migrate, openCatalog, type CatalogDb } from '../catalog/catalog.js';
+import { openCatalog, type CatalogDb } from '../catalog/catalog.js';
 import type { RecoverySession } from './session.js';
-
-const SESSIONS_MIGRATIONS = [
-  `CREATE TABLE sessions (
-     id TEXT PRIMARY KEY,
-     vm TEXT NOT NULL,
-     point TEXT NOT NULL,
-     repo TEXT NOT NULL,
-     driver TEXT NOT NULL,
-     state TEXT NOT NULL,
-     created TEXT NOT NULL,
-     updated TEXT NOT NULL,
-     heartbeat_seconds REAL,
-     record TEXT NOT NULL
-   );
-   CREATE INDEX sessions_state ON sessions (state)`,
-];
+import {
+  flushSessionCatalog,
+  migrateLocal,
+  mirrorLocal,
+  mirrorShared,
+  removeShared,
+  sharedSessions,
+  sharedSessionsUrl,
+} from './catalog.js';
 
 /**
  * What a session id may look like (recover makes 8 hex digits): a plain name,
@@ -55,19 +49,24 @@ export class SessionStore {
   readonly dir: string;
   readonly catalogPath: string;
 
+  /** The shared catalog's URL, when sessions are recorded there rather than in the local mirror. */
+  readonly shared: string | undefined;
+
   constructor(
     readonly stateDir: string,
     catalogPath?: string,
+    shared: string | undefined = sharedSessionsUrl(),
   ) {
     this.dir = join(stateDir, 'sessions');
     this.catalogPath = catalogPath ?? join(stateDir, 'catalog.sqlite');
+    this.shared = shared;
   }
 
   private withCatalog(f: (db: CatalogDb) => void): void {
     let db: CatalogDb | undefined;
     try {
       db = openCatalog(this.catalogPath);
-      migrate(db, 'sessions', SESSIONS_MIGRATIONS);
+      migrateLocal(db);
       f(db);
     } catch (e) {
       process.emitWarning(`session catalog ${this.catalogPath} not updated: ${(e as Error).message}`);
@@ -77,34 +76,19 @@ export class SessionStore {
   }
 
   private mirror(s: RecoverySession): void {
-    this.withCatalog((db) =>
-      db
-        .prepare(
-          `INSERT INTO sessions (id, vm, point, repo, driver, state, created, updated, heartbeat_seconds, record)
-       VALUES (@id, @vm, @point, @repo, @driver, @state, @createdAt, @updatedAt, @hb, @record)
-       ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated,
-         heartbeat_seconds = excluded.heartbeat_seconds, record = excluded.record`,
-        )
-        .run({
-          id: s.id,
-          vm: s.vm,
-          point: s.point,
-          repo: s.repo,
-          driver: s.driver,
-          state: s.state,
-          createdAt: s.createdAt,
-          updatedAt: s.updatedAt,
-          hb: s.heartbeatSeconds ?? null,
-          record: JSON.stringify(s),
-        }),
-    );
+    if (this.shared !== undefined) mirrorShared(this.shared, s);
+    else this.withCatalog((db) => mirrorLocal(db, s));
   }
 
-  /** Sessions as the catalog lists them: id, state and timestamps. */
-  catalogRows(): { id: string; state: string; created: string }[] {
-    let rows: { id: string; state: string; created: string }[] = [];
+  /** Sessions as the catalog this store mirrors into lists them (the shared one, or the local SQLite file). */
+  async catalogRows(): Promise<{ id: string; state: string; created: string; worker: string | null }[]> {
+    if (this.shared !== undefined) {
+      await flushSessionCatalog();
+      return (await sharedSessions(this.shared)).rows();
+    }
+    let rows: { id: string; state: string; created: string; worker: string | null }[] = [];
     this.withCatalog((db) => {
-      rows = db.prepare('SELECT id, state, created FROM sessions ORDER BY created').all() as typeof rows;
+      rows = db.prepare('SELECT id, state, created, worker FROM sessions ORDER BY created').all() as typeof rows;
     });
     return rows;
   }
@@ -166,7 +150,8 @@ export class SessionStore {
 
   remove(id: string): void {
     rmSync(this.path(id), { force: true });
-    this.withCatalog((db) => db.prepare('DELETE FROM sessions WHERE id = ?').run(id));
+    if (this.shared !== undefined) removeShared(this.shared, id);
+    else this.withCatalog((db) => db.prepare('DELETE FROM sessions WHERE id = ?').run(id));
     rmSync(this.workDir(id), { recursive: true, force: true });
   }
 }

@@ -17,7 +17,22 @@ import PgBoss from 'pg-boss';
 import { RestorelabError } from '../errors.js';
 import { redactUrl } from '../catalog/sql.js';
 
+/** The shared queue: verification and recovery tasks, taken by whichever worker has room. */
 export const VERIFY_QUEUE = 'restorelab-verify';
+
+/**
+ * A worker's own queue: tasks only that worker can run (stopping a session
+ * that runs on its host). One queue per worker name is the simplest routing
+ * pg-boss offers: a worker polls its own queue and no other, so a stop never
+ * lands on another host; pg-boss keeps the answer as for any task, and a
+ * task nobody takes (the worker is gone) stays visible as `created`.
+ */
+export function workerQueue(worker: string): string {
+  return `restorelab-worker-${worker}`;
+}
+
+/** How long a stop may take on the worker (the VM's shutdown, the lab's teardown). */
+export const STOP_LEASE_SECONDS = 5 * 60;
 
 /** A default lease long enough for a slow TCG boot and every test of an application group. */
 export const DEFAULT_LEASE_SECONDS = 30 * 60;
@@ -90,17 +105,22 @@ export class LabQueue {
 
   sql: SqlRunner = (text, values) => this.boss.getDb().executeSql(text, values ?? []) as Promise<{ rows: Record<string, unknown>[] }>;
 
-  async submit(data: object): Promise<string> {
-    const id = await this.boss.send(VERIFY_QUEUE, data, {
-      retryLimit: this.options.retryLimit,
-      expireInSeconds: this.options.leaseSeconds,
+  /** Creates a worker's own queue (idempotent): its tasks are not retried (stopping is, and is asked again). */
+  async ensureQueue(name: string): Promise<void> {
+    await this.boss.createQueue(name, { name, retryLimit: 0, expireInSeconds: STOP_LEASE_SECONDS, retentionMinutes: 24 * 60 });
+  }
+
+  async submit(data: object, queue = VERIFY_QUEUE, o: { retryLimit?: number; leaseSeconds?: number } = {}): Promise<string> {
+    const id = await this.boss.send(queue, data, {
+      retryLimit: o.retryLimit ?? this.options.retryLimit,
+      expireInSeconds: o.leaseSeconds ?? this.options.leaseSeconds,
     });
     if (id === null) throw new RestorelabError('QUEUE_UNREACHABLE', 'the lab queue refused a task', { hint: 'see the PostgreSQL log' });
     return id;
   }
 
-  async status<Out>(id: string): Promise<TaskStatus<Out>> {
-    const job = await this.boss.getJobById<object>(VERIFY_QUEUE, id, { includeArchive: true });
+  async status<Out>(id: string, queue = VERIFY_QUEUE): Promise<TaskStatus<Out>> {
+    const job = await this.boss.getJobById<object>(queue, id, { includeArchive: true });
     if (!job)
       throw new RestorelabError('TASK_NOT_FOUND', `the lab queue has no task ${id}`, { hint: 'it may have been deleted by retention' });
     const out = (job.output ?? null) as Record<string, unknown> | null;
@@ -114,13 +134,13 @@ export class LabQueue {
   }
 
   /** Resolves with the task's output once a worker completed it; rejects when it failed for good or was cancelled. */
-  async outcome<Out>(id: string, signal?: AbortSignal): Promise<Out> {
+  async outcome<Out>(id: string, signal?: AbortSignal, queue = VERIFY_QUEUE): Promise<Out> {
     for (;;) {
       if (signal?.aborted) {
-        await this.boss.cancel(VERIFY_QUEUE, id).catch(() => undefined);
+        await this.boss.cancel(queue, id).catch(() => undefined);
         throw signal.reason;
       }
-      const s = await this.status<Out>(id);
+      const s = await this.status<Out>(id, queue);
       if (s.state === 'completed' && s.output) return s.output;
       if (s.state === 'failed' || s.state === 'cancelled') {
         throw new RestorelabError(
@@ -139,14 +159,32 @@ export class LabQueue {
    * Fails an active task on behalf of a worker that died with it, so that it
    * goes back to the queue while retries are left (pg-boss's retry rules).
    */
+  /**
+   * Puts a task this worker took back to the queue untouched, for another
+   * worker (or this one) in `delaySeconds`: as if never fetched, so it spends
+   * no retry (pg-boss counts a retry only for a task with a start time), and
+   * the handler's answer then completes nothing (pg-boss completes active tasks only).
+   */
+  async giveBack(id: string, delaySeconds = 3): Promise<void> {
+    await this.sql(
+      `UPDATE pgboss.job SET state = 'created', started_on = NULL, start_after = now() + make_interval(secs => $3)
+       WHERE name = $1 AND id = $2 AND state = 'active'`,
+      [VERIFY_QUEUE, id, delaySeconds],
+    );
+  }
+
+  async cancel(id: string, queue = VERIFY_QUEUE): Promise<void> {
+    await this.boss.cancel(queue, id);
+  }
+
   async orphaned(id: string, reason: string): Promise<void> {
     await this.boss.fail(VERIFY_QUEUE, id, { message: reason });
   }
 
   /** Runs `handler` for tasks, `slots` at a time; what it returns is the task's output, what it throws fails the task. */
-  async work(slots: number, handler: (id: string, data: unknown) => Promise<object>): Promise<void> {
+  async work(slots: number, handler: (id: string, data: unknown) => Promise<object>, queue = VERIFY_QUEUE): Promise<void> {
     for (let i = 0; i < slots; i++) {
-      await this.boss.work(VERIFY_QUEUE, { batchSize: 1, pollingIntervalSeconds: this.options.pollSeconds }, async (jobs) => {
+      await this.boss.work(queue, { batchSize: 1, pollingIntervalSeconds: this.options.pollSeconds }, async (jobs) => {
         const job = jobs[0];
         if (!job) return undefined;
         return handler(job.id, job.data);

@@ -18,7 +18,10 @@ export interface WorkerInfo {
   pid: number;
   slots: number;
   running: number;
+  /** Its memory budget for VMs (MiB): `worker --memory`, else the config's limits.memoryBudgetMiB. */
   memoryMiB: number;
+  /** VM memory of its running tasks and recovery sessions (MiB). */
+  memoryUsedMiB: number;
   /** Lab networks this host can mirror (bridges it may attach, or "isolated" for namespace-only labs). */
   networks: string[];
   startedAt: string;
@@ -44,6 +47,7 @@ CREATE TABLE IF NOT EXISTS restorelab_workers (
   started_at TIMESTAMPTZ NOT NULL,
   last_seen TIMESTAMPTZ NOT NULL
 );
+ALTER TABLE restorelab_workers ADD COLUMN IF NOT EXISTS memory_used_mib INTEGER NOT NULL DEFAULT 0;
 COMMIT;`;
 
 export class WorkerRegistry {
@@ -63,11 +67,12 @@ export class WorkerRegistry {
     );
   }
 
-  async heartbeat(name: string, tasks: string[]): Promise<void> {
-    await this.sql('UPDATE restorelab_workers SET last_seen = now(), running = $2, tasks = $3 WHERE name = $1', [
+  async heartbeat(name: string, tasks: string[], memoryUsedMiB = 0): Promise<void> {
+    await this.sql('UPDATE restorelab_workers SET last_seen = now(), running = $2, tasks = $3, memory_used_mib = $4 WHERE name = $1', [
       name,
       tasks.length,
       JSON.stringify(tasks),
+      memoryUsedMiB,
     ]);
   }
 
@@ -77,7 +82,7 @@ export class WorkerRegistry {
 
   async list(): Promise<WorkerInfo[]> {
     const { rows } = await this.sql(
-      `SELECT name, host, pid, slots, running, memory_mib, networks, tasks, started_at, last_seen,
+      `SELECT name, host, pid, slots, running, memory_mib, memory_used_mib, networks, tasks, started_at, last_seen,
               (now() - last_seen) < make_interval(secs => $1) AS alive
        FROM restorelab_workers ORDER BY name`,
       [STALE_AFTER_MS / 1000],
@@ -91,6 +96,7 @@ export class WorkerRegistry {
         slots: Number(r['slots']),
         running: alive ? Number(r['running']) : 0,
         memoryMiB: Number(r['memory_mib']),
+        memoryUsedMiB: alive ? Number(r['memory_used_mib']) : 0,
         networks: r['networks'] as string[],
         startedAt: (r['started_at'] as Date).toISOString(),
         lastSeen: (r['last_seen'] as Date).toISOString(),

@@ -103,3 +103,128 @@ export function unpackResult(
     }),
   }));
 }
+
+/**
+ * A recovery a worker runs on its own host (`recover --run-on workers`,
+ * `POST /sessions {"runOn": "workers"}`): the same library path as
+ * `restorelab recover` there, under the worker's own driver, accelerator,
+ * state directory and key file. The session keeps running under its
+ * supervisor on the worker after the task ends.
+ */
+export interface RecoverTask {
+  kind: 'recover';
+  /** The repository every worker reads the points from (a shared path or an s3:// URL). */
+  repo: string;
+  vm: string;
+  point?: string;
+  /** The lab definition file, resolved against `baseDir` on the worker as a verification task's lab is. */
+  lab?: string;
+  baseDir: string;
+  /** How the disks reach QEMU: FUSE or NBD (NFS needs the host's fixed ports, so it is never sent to a worker). */
+  publish: 'fuse' | 'nbd';
+  /** The VM's memory, for placement (docs/workers.md). */
+  memoryMiB: number;
+}
+
+/** Stops a session a worker runs; sent to that worker's own queue (queue.ts, workerQueue). */
+export interface StopTask {
+  kind: 'stop';
+  session: string;
+}
+
+/** What a worker answers for a recover or stop task: the session as the server reports it. */
+export interface SessionReply {
+  worker: string;
+  session: WorkerSession;
+}
+
+/** A session on a worker, as reported: no paths of the worker's host (publication mounts, key files, sockets). */
+export interface WorkerSession {
+  id: string;
+  worker: string;
+  vm: string;
+  point: string;
+  state: string;
+  createdAt: string;
+  heartbeatSeconds: number | null;
+  /** How the heartbeat was seen (agent, ip, boot-time). */
+  heartbeat: string | null;
+  /** NIC key → the address the worker's host reaches it on (a lab's masquerade address). */
+  addresses: Record<string, string>;
+  lab: string | null;
+  error: { code: string; message: string } | null;
+}
+
+/** Accepts a task of any kind this worker runs, refusing anything an old or hostile server could steer. */
+export function checkAnyTask(data: unknown): VerifyTask | RecoverTask {
+  const kind = (data as { kind?: unknown } | null)?.kind;
+  return kind === 'recover' ? checkRecoverTask(data) : checkTask(data);
+}
+
+export function checkRecoverTask(data: unknown): RecoverTask {
+  const t = data as Partial<RecoverTask> | null;
+  const bad = (why: string): RestorelabError =>
+    new RestorelabError('TASK_INVALID', `a recovery task is not one this worker runs: ${why}`, {
+      hint: 'run the same restorelab version on the server and on every worker',
+    });
+  if (!t || t.kind !== 'recover') throw bad('not a recovery task');
+  if (typeof t.repo !== 'string' || typeof t.baseDir !== 'string') throw bad('no repository or base directory');
+  // VM and point are names the repository resolves; a plain name can never walk out of it.
+  if (typeof t.vm !== 'string' || !SAFE_NAME.test(t.vm)) throw bad(`bad VM name ${JSON.stringify(t.vm)}`);
+  if (t.point !== undefined && (typeof t.point !== 'string' || !SAFE_NAME.test(t.point)))
+    throw bad(`bad point id ${JSON.stringify(t.point)}`);
+  if (t.lab !== undefined && (typeof t.lab !== 'string' || t.lab.length === 0 || t.lab.includes('\0'))) throw bad('bad lab file');
+  if (t.publish !== 'fuse' && t.publish !== 'nbd') throw bad(`disks can reach QEMU over fuse or nbd, not ${String(t.publish)}`);
+  if (typeof t.memoryMiB !== 'number' || !Number.isInteger(t.memoryMiB) || t.memoryMiB < 1) throw bad('no VM memory');
+  return {
+    kind: 'recover',
+    repo: t.repo,
+    vm: t.vm,
+    ...(t.point !== undefined ? { point: t.point } : {}),
+    ...(t.lab !== undefined ? { lab: t.lab } : {}),
+    baseDir: t.baseDir,
+    publish: t.publish,
+    memoryMiB: t.memoryMiB,
+  };
+}
+
+/** The session id of a stop task: a plain id (src/session/store.ts checks it again), never a path. */
+export function checkStopTask(data: unknown): StopTask {
+  const t = data as Partial<StopTask> | null;
+  if (!t || t.kind !== 'stop' || typeof t.session !== 'string' || !SAFE_NAME.test(t.session))
+    throw new RestorelabError('TASK_INVALID', 'a stop task names no session this worker could run', {
+      hint: 'run the same restorelab version on the server and on every worker',
+    });
+  return { kind: 'stop', session: t.session };
+}
+
+/** The session as a worker reports it (see WorkerSession). */
+export function workerSession(
+  worker: string,
+  s: {
+    id: string;
+    vm: string;
+    point: string;
+    state: string;
+    createdAt: string;
+    heartbeatSeconds?: number;
+    heartbeat?: { path: string };
+    addresses: Record<string, string>;
+    lab?: string;
+    error?: { code: string; message: string };
+  },
+): WorkerSession {
+  return {
+    id: s.id,
+    worker,
+    vm: s.vm,
+    point: s.point,
+    state: s.state,
+    createdAt: s.createdAt,
+    heartbeatSeconds: s.heartbeatSeconds ?? null,
+    heartbeat: s.heartbeat?.path ?? null,
+    addresses: s.addresses,
+    lab: s.lab ?? null,
+    error: s.error ? { code: s.error.code, message: s.error.message } : null,
+  };
+}

@@ -1,5 +1,6 @@
 /**
- * `restorelab worker`: one lab host taking verification tasks from the queue.
+ * `restorelab worker`: one lab host taking verification and recovery tasks
+ * from the queue, and stop requests for its sessions from its own queue.
  *
  * On start it first cleans up what an earlier life of it left behind (labs,
  * sessions, publications: the reconciler of `restorelab cleanup`), so a
@@ -8,14 +9,27 @@
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
 import { RestorelabError } from '../errors.js';
 import { processAlive } from '../host/process.js';
 import { writeFileAtomicSync } from '../host/atomic-file.js';
-import { LabQueue, type QueueOptions } from './queue.js';
+import { LabQueue, workerQueue, type QueueOptions } from './queue.js';
 import { HEARTBEAT_MS, WorkerRegistry } from './registry.js';
-import { checkTask, packResult, type TaskResult, type VerifyTask } from './task.js';
+import {
+  checkAnyTask,
+  checkStopTask,
+  packResult,
+  workerSession,
+  type RecoverTask,
+  type SessionReply,
+  type TaskResult,
+  type VerifyTask,
+} from './task.js';
+import { SESSIONS_CATALOG_ENV } from '../session/catalog.js';
+import { fits, taskMemory } from './placement.js';
+import { SessionStore } from '../session/store.js';
+import { ACTIVE_STATES } from '../session/session.js';
 
 export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
   name: string;
@@ -28,10 +42,14 @@ export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
   networks?: string[];
   /** Labs are mirrored onto free masquerade subnets of this pool (src/lab/masquerade-pool.ts). */
   masqueradePool?: string;
+  /** VM memory budget (MiB) for placement (placement.ts); default the config's limits.memoryBudgetMiB. */
+  memoryMiB?: number;
 }
 
 export async function runWorker(o: WorkerOptions): Promise<void> {
   claimStateDir(o.config.stateDir, o.name);
+  // Every session this process (and the supervisors it starts) records goes to the queue's catalog, where the server reads it.
+  process.env[SESSIONS_CATALOG_ENV] = o.url;
   const { reconcile } = await import('../reconcile/reconcile.js');
   const { keyFileOption } = await import('../config/key-file.js');
   const left = await reconcile({
@@ -45,27 +63,84 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   rmSync(join(o.config.stateDir, 'worker-tasks'), { recursive: true, force: true });
   const removed = left.stale.filter((s) => s.outcome?.action === 'removed').length;
   if (removed > 0) o.log(`worker ${o.name}: removed ${removed} leftover item(s) of an earlier run`);
+  const lost = await reconcileSessionRows(o);
+  if (lost > 0) o.log(`worker ${o.name}: ${lost} session(s) in the shared catalog had no record here; marked failed`);
 
+  const budget = o.memoryMiB ?? Math.min(o.config.limits.memoryBudgetMiB, Math.floor(totalmem() / 2 ** 20));
   const queue = await LabQueue.open(o);
   const registry = new WorkerRegistry(queue.sql);
   await registry.ensureSchema();
   await registry.register({
     name: o.name,
     slots: o.slots,
-    memoryMiB: Math.floor(totalmem() / 2 ** 20),
+    memoryMiB: budget,
     networks: o.networks ?? ['isolated'],
   });
   const running = new Set<string>();
+  // VM memory of the tasks running here, by task id; the sessions' is read from their records (they outlive their tasks).
+  const taskMiB = new Map<string, number>();
+  // Synchronous, so that checking a task and reserving its memory happen with no await between (two slots at once).
+  const inUse = (): number => {
+    const sessions = new SessionStore(o.config.stateDir)
+      .list()
+      .filter((x) => ACTIVE_STATES.includes(x.state) && processAlive(x.supervisorPid));
+    return [...taskMiB.values()].reduce((a, b) => a + b, 0) + sessions.reduce((a, x) => a + (x.memoryMiB ?? 0), 0);
+  };
   // Two tasks of one lab on one host would build the same namespaces and masquerade routes: they take turns.
   const labTurns = new Map<string, Promise<unknown>>();
   const beat = (): void => {
-    registry.heartbeat(o.name, [...running]).catch((err: Error) => o.log(`worker ${o.name}: heartbeat failed: ${err.message}`));
+    registry.heartbeat(o.name, [...running], inUse()).catch((err: Error) => o.log(`worker ${o.name}: heartbeat failed: ${err.message}`));
   };
   const timer = setInterval(beat, HEARTBEAT_MS);
-  o.log(`worker ${o.name}: ${o.slots} slot(s), waiting for tasks`);
+  o.log(`worker ${o.name}: ${o.slots} slot(s), ${budget} MiB for VMs, waiting for tasks`);
+
+  // Stops for this worker's sessions come on its own queue: only it can reach their supervisors.
+  await queue.ensureQueue(workerQueue(o.name));
+  await queue.work(
+    1,
+    async (id, data) => {
+      const task = checkStopTask(data);
+      o.log(`worker ${o.name}: stop ${task.session} (task ${id})`);
+      const { stopSession } = await import('../session/recover.js');
+      const s = await stopSession(o.config.stateDir, task.session);
+      return { worker: o.name, session: workerSession(o.name, s) } satisfies SessionReply;
+    },
+    workerQueue(o.name),
+  );
 
   await queue.work(o.slots, async (id, data) => {
-    const task = checkTask(data);
+    const task = checkAnyTask(data);
+    const need = taskMemory(task);
+    const used = inUse();
+    if (!fits(budget, used, need)) {
+      // Left for a worker with room (or for this one once some ends): no retry spent.
+      o.log(`worker ${o.name}: task ${id} needs ${need} MiB, ${used} of ${budget} MiB in use: given back`);
+      await queue.giveBack(id);
+      return { givenBack: o.name };
+    }
+    taskMiB.set(id, need);
+    try {
+      return await runAny(id, task);
+    } finally {
+      taskMiB.delete(id);
+      beat();
+    }
+  });
+
+  async function runAny(id: string, task: VerifyTask | RecoverTask): Promise<object> {
+    if (task.kind === 'recover') {
+      running.add(id);
+      beat();
+      o.log(`worker ${o.name}: recover ${task.vm}${task.point ? `@${task.point}` : ''} (task ${id})`);
+      try {
+        const out = await runRecover(o, task);
+        o.log(`worker ${o.name}: session ${out.session.id} of ${task.vm} is ${out.session.state}`);
+        return out;
+      } finally {
+        running.delete(id);
+        beat();
+      }
+    }
     running.add(id);
     beat();
     o.log(
@@ -83,13 +158,15 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
       running.delete(id);
       beat();
     }
-  });
+  }
 
   await new Promise<void>((res) => o.signal.addEventListener('abort', () => res(), { once: true }));
   clearInterval(timer);
   o.log(`worker ${o.name}: stopping`);
+  // Unregistered while the queue's connection is still open (it goes with close): a server then
+  // knows at once that this worker takes no more stops, instead of after three missed heartbeats.
+  await registry.unregister(o.name).catch((err: Error) => o.log(`worker ${o.name}: could not unregister: ${err.message}`));
   await queue.close();
-  await registry.unregister(o.name).catch(() => undefined);
 }
 
 /**
@@ -111,6 +188,56 @@ function claimStateDir(stateDir: string, name: string): void {
   }
   mkdirSync(stateDir, { recursive: true });
   writeFileAtomicSync(stateDir, 'worker.json', JSON.stringify({ pid: process.pid, name }) + '\n');
+}
+
+/**
+ * The shared catalog's rows of this worker's sessions, set right after the
+ * reconciler dealt with the records: each row gets its record's state again,
+ * and a row whose record is gone (a wiped state directory) is marked failed,
+ * so the server never lists a session that nothing runs. Returns how many
+ * rows were marked.
+ */
+async function reconcileSessionRows(o: WorkerOptions): Promise<number> {
+  const { SessionStore } = await import('../session/store.js');
+  const { flushSessionCatalog, sharedSessions } = await import('../session/catalog.js');
+  const { ACTIVE_STATES } = await import('../session/session.js');
+  const store = new SessionStore(o.config.stateDir, undefined, o.url);
+  store.syncCatalog();
+  await flushSessionCatalog();
+  const catalog = await sharedSessions(o.url);
+  let lost = 0;
+  for (const s of await catalog.onWorkers(o.name)) {
+    if (!ACTIVE_STATES.includes(s.state) || store.find(s.id)) continue;
+    s.state = 'failed';
+    s.error = { code: 'SUPERVISOR_GONE', message: `worker ${o.name} came back without a record of this session` };
+    s.updatedAt = new Date().toISOString();
+    await catalog.record(s);
+    lost++;
+  }
+  return lost;
+}
+
+/** A recovery on this host, as `restorelab recover` makes it, under this worker's driver, key file and state. */
+async function runRecover(o: WorkerOptions, task: RecoverTask): Promise<SessionReply> {
+  const { recover } = await import('../session/recover.js');
+  const { keyFileOption } = await import('../config/key-file.js');
+  const cfg = o.config;
+  const s = await recover({
+    repo: task.repo,
+    vm: task.vm,
+    ...(task.point !== undefined ? { point: task.point } : {}),
+    driver: cfg.driver,
+    accel: cfg.accel,
+    stateDir: cfg.stateDir,
+    // Resolved as a verification task's lab is (src/surebackup/backend.ts).
+    ...(task.lab !== undefined ? { lab: isAbsolute(task.lab) ? task.lab : resolve(task.baseDir, task.lab) } : {}),
+    publish: { via: task.publish },
+    ...keyFileOption(undefined, cfg),
+    ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
+    worker: o.name,
+    sharedCatalog: o.url,
+  });
+  return { worker: o.name, session: workerSession(o.name, s) };
 }
 
 function describeVms(t: VerifyTask): string {

@@ -81,6 +81,7 @@ const SUBNETS = {
   'workers/workers:lease': 191,
   'workers/workers:run-pool': 192,
   'workers/workers:api': 193,
+  'workers/recover': 194,
 } as const satisfies Record<string, number>;
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */

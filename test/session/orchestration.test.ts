@@ -200,7 +200,7 @@ t.test('bring-up into a lab: heartbeat, masquerade address; teardown removes eve
   t.equal(saved.resources.labCreated, `u1${tag}`);
   t.equal(saved.resources.taps.length, 1);
   t.ok(
-    store.catalogRows().some((r) => r.id === s.id && r.state === 'running'),
+    (await store.catalogRows()).some((r) => r.id === s.id && r.state === 'running'),
     'mirrored into the catalog',
   );
 

@@ -78,7 +78,7 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
   t.equal(mine?.state, 'running', 'listed as running');
   t.ok((mine?.ageSeconds ?? -1) >= out.heartbeatSeconds - 1, `with its age (${mine?.ageSeconds} s)`);
   t.ok(
-    store.catalogRows().some((row) => row.id === out.session),
+    (await store.catalogRows()).some((row) => row.id === out.session),
     'and in the catalog',
   );
 

@@ -17,16 +17,18 @@ import { accepted } from '../sse.js';
 import { nameParam } from './params.js';
 import { labTemplateFile } from './labs.js';
 import { allowedTarget } from '../host-paths.js';
-import { listSessions, migrateSession, recover, stopSession, type RecoveryScan } from '../../session/recover.js';
+import { migrateSession, recover, stopSession, type RecoveryScan } from '../../session/recover.js';
 import { planRecovery, type RecoverRequest } from '../../session/plan.js';
 import { depsWithKey, realDeps } from '../../session/deps.js';
 import { keyFileOption } from '../../config/key-file.js';
 import { closeHypervisor } from '../../session/seam.js';
-import { SessionStore } from '../../session/store.js';
 import type { RecoverySession } from '../../session/session.js';
 import { parsePpm } from '../../hypervisor/screen.js';
 import { compileRuleSource, type CompiledRules } from '../../scan/scan.js';
 import type { OperationContext } from '../operations.js';
+import { LabQueue } from '../../workers/queue.js';
+import { queueTuning } from '../../workers/url.js';
+import { listAllSessions, planWorkerRecovery, recoverOnWorkers, recoverQueueUrl, stopAnySession } from '../../workers/sessions.js';
 
 interface CreateBody {
   vm: string;
@@ -37,6 +39,7 @@ interface CreateBody {
   accel?: 'auto' | 'kvm' | 'tcg';
   publish?: 'fuse' | 'nbd';
   scan?: { rules: string; allowInfected?: boolean };
+  runOn?: 'host' | 'workers';
 }
 
 /** States in which the session's VM exists and has a screen. */
@@ -50,7 +53,7 @@ function shown(s: RecoverySession): Omit<RecoverySession, 'keyFile'> {
 }
 
 async function findSession(stateDir: string, id: string): Promise<RecoverySession> {
-  const s = (await listSessions(stateDir)).find((x) => x.id === id);
+  const s = (await listAllSessions(stateDir)).find((x) => x.id === id);
   if (!s) throw apiError('NOT_FOUND', `no recovery session ${id}`, [{ path: 'params/id', message: 'GET /api/v1/sessions lists them' }]);
   return s;
 }
@@ -105,6 +108,20 @@ function sendPng(res: Response, png: Buffer): void {
 
 export const sessionRoutes: RegisterRoutes = (t, ctx) => {
   const stateDir = ctx.config.stateDir;
+  // The lab queue, opened on the first request that needs it (a recovery or a stop on the workers) and kept.
+  let queue: Promise<LabQueue> | undefined;
+  const withLabQueue = async <T>(f: (q: LabQueue) => Promise<T>): Promise<T> => {
+    const url = recoverQueueUrl(ctx.config.catalog);
+    queue ??= LabQueue.open({ url, ...queueTuning() }).catch((err: unknown) => {
+      queue = undefined;
+      throw err;
+    });
+    return f(await queue);
+  };
+  ctx.onClose(async () => {
+    const q = await queue?.catch(() => undefined);
+    await q?.close();
+  });
 
   t.add({
     method: 'get',
@@ -112,7 +129,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     role: 'viewer',
     tag: 'sessions',
     summary: 'recovery sessions, every state (a session whose supervisor died is reported failed)',
-    handler: async () => ({ sessions: (await listSessions(stateDir)).map(shown) }),
+    handler: async () => ({ sessions: (await listAllSessions(stateDir)).map(shown) }),
   });
 
   t.add({
@@ -135,6 +152,7 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     success: { status: 202, description: 'the operation; its result is the RecoverySession and its resource /api/v1/sessions/<id>' },
     handler: async (req, res) => {
       const b = req.body as CreateBody;
+      if (b.runOn === 'workers') return recoverOnWorkersRoute(b, res);
       const request: RecoverRequest = {
         repo: ctx.config.repository,
         vm: b.vm,
@@ -179,6 +197,41 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     },
   });
 
+  /** `runOn: workers`: checked here (the point, the lab template), then a lab worker recovers it. */
+  async function recoverOnWorkersRoute(b: CreateBody, res: Response): Promise<void> {
+    const here = (['network', 'driver', 'accel', 'scan'] as const).filter((k) => b[k] !== undefined);
+    if (here.length > 0)
+      throw apiError(
+        'VALIDATION_FAILED',
+        `runOn: workers does not go with ${here.join(', ')}: a worker recovers into a lab with its own driver, accelerator and key file`,
+        here.map((k) => ({ path: `body/${k}`, message: 'not with runOn: workers' })),
+      );
+    // No queue: refused before anything is checked or started (RECOVER_NEEDS_WORKERS).
+    recoverQueueUrl(ctx.config.catalog);
+    const task = await planWorkerRecovery(
+      {
+        repo: ctx.config.repository,
+        vm: b.vm,
+        ...(b.point ? { point: b.point } : {}),
+        ...(b.lab ? { lab: labTemplateFile(b.lab) } : {}),
+        ...(b.publish ? { publish: b.publish } : {}),
+        baseDir: process.cwd(),
+      },
+      await depsWithKey(keyFileOption(undefined, ctx.config).keyFile).openRepository(ctx.config.repository),
+    );
+    const by = principal(res).name;
+    const op = ctx.operations.start('recover', by, async (o) => {
+      o.progress(null, `recovering ${task.vm}@${task.point} on a lab worker`);
+      const s = await withLabQueue((q) => recoverOnWorkers(q, task, { signal: o.signal, log: (l) => o.progress(null, l) }));
+      ctx.log.info(
+        { by, session: s.id, vm: s.vm, worker: s.worker, heartbeatSeconds: s.heartbeatSeconds },
+        'session recovered on a worker',
+      );
+      return { result: s, resource: `/api/v1/sessions/${s.id}` };
+    });
+    accepted(res, op);
+  }
+
   t.add({
     method: 'post',
     path: '/sessions/:id/stop',
@@ -187,9 +240,9 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     summary: 'stops a session: the VM, its taps and its publication go, the backup is untouched; idempotent',
     handler: async (req, res) => {
       const id = nameParam(req, 'id');
-      new SessionStore(stateDir).get(id); // 404 for an unknown id
-      const s = await stopSession(stateDir, id);
-      ctx.log.info({ by: principal(res).name, session: id, state: s.state }, 'session stopped');
+      // Here, or on the lab worker that runs it (SESSION_NOT_FOUND, a 404, for neither).
+      const s = await stopAnySession(stateDir, id, withLabQueue);
+      ctx.log.info({ by: principal(res).name, session: id, state: s.state, worker: s.worker }, 'session stopped');
       return shown(s);
     },
   });

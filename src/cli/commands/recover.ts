@@ -39,6 +39,61 @@ export function renderRecovered(r: RecoverResult): string {
   ].join('\n');
 }
 
+/** `recover --run-on workers`: the recovery goes to the lab workers' queue; one of them runs the session. */
+async function recoverOnWorkersCli(
+  target: string,
+  o: { repo?: string; keyFile?: string; lab?: string; network?: string; driver?: string; accel?: string; publish?: string; scan?: string },
+  c: Command,
+): Promise<void> {
+  // These name things on this host, or choices each worker makes from its own config.
+  const here = (['network', 'driver', 'accel', 'scan'] as const).filter((k) => o[k] !== undefined);
+  if (here.length > 0)
+    throw badInput(
+      'BAD_FLAGS',
+      `--run-on workers does not go with ${here.map((k) => `--${k.replace(/[A-Z]/g, (x) => '-' + x.toLowerCase())}`).join(', ')}`,
+      'a worker recovers into a lab (--lab) with its own driver and accelerator (its config)',
+    );
+  if (o.publish !== undefined && o.publish !== 'fuse' && o.publish !== 'nbd')
+    throw badInput('BAD_PUBLISH', `--run-on workers serves the disks over fuse or nbd, not "${o.publish}"`, 'use --publish fuse or nbd');
+  const { recoverQueueUrl, planWorkerRecovery, recoverOnWorkers, withQueue } = await import('../../workers/sessions.js');
+  const { depsWithKey } = await import('../../session/deps.js');
+  const { keyFileOption } = await import('../../config/key-file.js');
+  const ctx = contextFor(c);
+  const cfg = await ctx.config();
+  const url = recoverQueueUrl(cfg.catalog);
+  const { vm, point } = parseTarget(target);
+  const repoPath = o.repo ?? cfg.repository;
+  // Read here only to check the point; the worker opens the repository with its own key file.
+  const repo = await depsWithKey(keyFileOption(o.keyFile, cfg).keyFile).openRepository(repoPath);
+  const task = await planWorkerRecovery(
+    {
+      repo: repoPath,
+      vm,
+      ...(point ? { point } : {}),
+      ...(o.lab ? { lab: o.lab } : {}),
+      ...(o.publish === 'nbd' ? { publish: 'nbd' as const } : {}),
+      baseDir: process.cwd(),
+    },
+    repo,
+  );
+  ctx.out.info(`recovering ${vm}@${task.point} on a lab worker...`);
+  const s = await withQueue(url, (q) => recoverOnWorkers(q, task, { log: (l) => ctx.out.info(l) }));
+  const result = {
+    session: s.id,
+    vm: s.vm,
+    state: s.state as RecoverResult['state'],
+    heartbeatSeconds: s.heartbeatSeconds ?? 0,
+    addresses: s.addresses,
+    worker: s.worker,
+    point: s.point,
+    lab: s.lab,
+  };
+  ctx.out.result(
+    result,
+    (v) => `${renderRecovered(v as RecoverResult)}\n(on worker ${s.worker}; its addresses are reachable from that host)`,
+  );
+}
+
 export function registerRecover(program: Command): void {
   program
     .command('recover <vm[@point]>')
@@ -55,6 +110,10 @@ export function registerRecover(program: Command): void {
     )
     .option('--scan <rules>', 'scan the point with this YARA rule file first; an infected point is refused (exit 3)')
     .option('--allow-infected', 'with --scan: recover an infected point anyway, in a lab with no uplink at all (never on --network)')
+    .option(
+      '--run-on <where>',
+      'host (default): here; workers: on a lab worker, through the queue (RESTORELAB_QUEUE), under the worker’s driver and key file',
+    )
     .action(
       async (
         target: string,
@@ -68,9 +127,13 @@ export function registerRecover(program: Command): void {
           publish?: string;
           scan?: string;
           allowInfected?: boolean;
+          runOn?: string;
         },
         c: Command,
       ) => {
+        if (o.runOn !== undefined && o.runOn !== 'host' && o.runOn !== 'workers')
+          throw badInput('BAD_FLAGS', `--run-on is host or workers, not "${o.runOn}"`, 'e.g. restorelab recover web --run-on workers');
+        if (o.runOn === 'workers') return recoverOnWorkersCli(target, o, c);
         const { recover } = await import('../../session/recover.js');
         const { keyFileOption } = await import('../../config/key-file.js');
         const ctx = contextFor(c);
@@ -132,6 +195,8 @@ export function registerRecover(program: Command): void {
         depsWithKey(new SessionStore(o.stateDir).get(id).keyFile),
         o.heartbeatTimeout ? { heartbeatTimeoutMs: Number(o.heartbeatTimeout) } : {},
       );
+      // Its last state reaches the shared catalog before it goes.
+      await (await import('../../session/catalog.js')).flushSessionCatalog();
       // Whatever a lower layer left open (a FUSE channel, a libvirt
       // connection) must not keep a finished supervisor alive.
       process.exit(code);

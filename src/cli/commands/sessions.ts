@@ -18,6 +18,7 @@ export function sessionRow(s: RecoverySession, now: number) {
     ...(s.network ? { network: s.network } : {}),
     ...(s.migratedTo ? { migratedTo: s.migratedTo } : {}),
     ...(s.error ? { error: s.error } : {}),
+    ...(s.worker ? { worker: s.worker } : {}),
   };
 }
 
@@ -26,7 +27,7 @@ export function renderSessions(sessions: Array<ReturnType<typeof sessionRow>>): 
     ? sessions
         .map(
           (s) =>
-            `${s.session}  ${s.vm.padEnd(16)} ${s.state.padEnd(9)} ${String(s.ageSeconds).padStart(6)} s  ${Object.values(s.addresses).join(' ')}${s.error ? `  (${s.error.message})` : ''}`,
+            `${s.session}  ${s.vm.padEnd(16)} ${s.state.padEnd(9)} ${String(s.ageSeconds).padStart(6)} s  ${Object.values(s.addresses).join(' ')}${s.worker ? `  on ${s.worker}` : ''}${s.error ? `  (${s.error.message})` : ''}`,
         )
         .join('\n')
     : 'no recovery sessions';
@@ -35,12 +36,12 @@ export function renderSessions(sessions: Array<ReturnType<typeof sessionRow>>): 
 export function registerSessions(program: Command): void {
   program
     .command('sessions')
-    .description('list recovery sessions (state and age)')
+    .description('list recovery sessions (state and age), with those lab workers run when the catalog is shared')
     .action(async (_o, c: Command) => {
-      const { listSessions } = await import('../../session/recover.js');
+      const { listAllSessions } = await import('../../workers/sessions.js');
       const ctx = contextFor(c);
       const now = Date.now();
-      const sessions = (await listSessions((await ctx.config()).stateDir)).map((s) => sessionRow(s, now));
+      const sessions = (await listAllSessions((await ctx.config()).stateDir)).map((s) => sessionRow(s, now));
       ctx.out.result({ sessions }, () => renderSessions(sessions));
     });
 }

@@ -1,4 +1,4 @@
-/** `restorelab stop <session>`: power off, remove the VM, unpublish discarding every write. */
+/** `restorelab stop <session>`: power off, remove the VM, unpublish discarding every write; here or on the lab worker that runs it. */
 import type { Command } from 'commander';
 import { contextFor } from '../context.js';
 
@@ -7,9 +7,14 @@ export function registerStop(program: Command): void {
     .command('stop <session>')
     .description('stop a recovery session: the VM, its taps and its publication go; the backup is untouched')
     .action(async (id: string, _o, c: Command) => {
-      const { stopSession } = await import('../../session/recover.js');
+      const { stopAnySession, recoverQueueUrl, withQueue } = await import('../../workers/sessions.js');
       const ctx = contextFor(c);
-      const s = await stopSession((await ctx.config()).stateDir, id);
-      ctx.out.result({ session: s.id, vm: s.vm, state: s.state }, () => `session ${s.id} (${s.vm}) is ${s.state}`);
+      const cfg = await ctx.config();
+      // A session on a lab worker is stopped there, through the queue (opened only for it).
+      const s = await stopAnySession(cfg.stateDir, id, (f) => withQueue(recoverQueueUrl(cfg.catalog), f));
+      ctx.out.result(
+        { session: s.id, vm: s.vm, state: s.state, ...(s.worker ? { worker: s.worker } : {}) },
+        () => `session ${s.id} (${s.vm}) is ${s.state}${s.worker ? ` on worker ${s.worker}` : ''}`,
+      );
     });
 }

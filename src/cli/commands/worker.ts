@@ -28,11 +28,16 @@ export function registerWorker(program: Command): void {
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
     )
+    .option(
+      '--memory <MiB>',
+      'VM memory budget: take a task only when it fits with what runs here (default: limits.memoryBudgetMiB)',
+      positive('--memory', 16 * 1024 * 1024),
+    )
     .option('--masquerade <cidr>', 'mirror labs onto free masquerade subnets of this pool (two workers on one host)', (v: string) => {
       parseCidr(v, '--masquerade');
       return v;
     })
-    .action(async (o: { name: string; slots: number; network: string[]; masquerade?: string }, c: Command) => {
+    .action(async (o: { name: string; slots: number; network: string[]; masquerade?: string; memory?: number }, c: Command) => {
       if (!NAME_RE.test(o.name)) {
         throw badInput('BAD_WORKER_NAME', `worker name "${o.name}" is not allowed`, 'use letters, digits, ".", "-" and "_" (at most 63)');
       }
@@ -53,6 +58,7 @@ export function registerWorker(program: Command): void {
         log: (l) => ctx.out.info(l),
         ...(o.network.length ? { networks: o.network } : {}),
         ...(o.masquerade !== undefined ? { masqueradePool: o.masquerade } : {}),
+        ...(o.memory !== undefined ? { memoryMiB: o.memory } : {}),
         ...queueTuning(),
       });
     });
@@ -78,7 +84,7 @@ export function registerWorker(program: Command): void {
             : workers
                 .map(
                   (w) =>
-                    `${w.name.padEnd(16)} ${w.alive ? 'up  ' : 'gone'} ${w.running}/${w.slots} slots  ${w.host}  last seen ${w.lastSeen}${w.tasks.length ? `  tasks ${w.tasks.join(', ')}` : ''}`,
+                    `${w.name.padEnd(16)} ${w.alive ? 'up  ' : 'gone'} ${w.running}/${w.slots} slots  ${w.memoryUsedMiB}/${w.memoryMiB} MiB  ${w.host}  last seen ${w.lastSeen}${w.tasks.length ? `  tasks ${w.tasks.join(', ')}` : ''}`,
                 )
                 .join('\n'),
         );

@@ -1,0 +1,230 @@
+/**
+ * Recovery sessions on lab workers, as the server (and the CLI) asks for
+ * them: a recovery goes to the shared queue like a verification task, a stop
+ * goes to the queue of the one worker that runs the session, and listings
+ * read the sessions table of the shared catalog, where every worker records
+ * its sessions with its name (src/session/catalog.ts).
+ *
+ * Why a queue per worker for stops: only the worker that runs a session can
+ * reach its supervisor (a unix socket on its host), so the stop must land
+ * there and nowhere else; pg-boss has no "job for consumer X", but a queue
+ * only X polls is exactly that, with pg-boss keeping the answer.
+ */
+import { existsSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
+import { RestorelabError, badInput, notFound } from '../errors.js';
+import type { RepositoryReader } from '../repo/contract.js';
+import { ACTIVE_STATES, type RecoverySession } from '../session/session.js';
+import { sharedSessions, sharedSessionsUrl } from '../session/catalog.js';
+import { checkSessionId } from '../session/store.js';
+import { LabQueue, STOP_LEASE_SECONDS, workerQueue } from './queue.js';
+import { WorkerRegistry } from './registry.js';
+import { watchOrphans } from './dispatch.js';
+import { queueTuning, workersUrl } from './url.js';
+import type { RecoverTask, SessionReply, WorkerSession } from './task.js';
+
+export interface WorkerRecoverRequest {
+  repo: string;
+  vm: string;
+  point?: string;
+  /** A lab file on a path the workers share (resolved here against `baseDir`, and on the worker as a verification task's lab). */
+  lab?: string;
+  publish?: 'fuse' | 'nbd';
+  baseDir: string;
+}
+
+/**
+ * The queue's URL for `recover --run-on workers`: a process without a
+ * PostgreSQL queue refuses rather than recover the VM on its own host unasked.
+ */
+export function recoverQueueUrl(catalog: string, env: NodeJS.ProcessEnv = process.env): string {
+  try {
+    return workersUrl(catalog, env);
+  } catch (err) {
+    throw badInput(
+      'RECOVER_NEEDS_WORKERS',
+      `a recovery on the lab workers needs their queue, and this process has none (${(err as Error).message})`,
+      'export RESTORELAB_QUEUE=postgres://… (the workers’ queue; scripts/services up prints it), or recover on this host without --run-on workers',
+    );
+  }
+}
+
+/**
+ * What the server checks before anything is queued, so a typo fails here and
+ * not on a worker: the point exists and belongs to the VM, and the lab file
+ * exists. Returns the task.
+ */
+export async function planWorkerRecovery(req: WorkerRecoverRequest, repo: RepositoryReader): Promise<RecoverTask> {
+  let vmMemory: number;
+  let point: string;
+  if (req.point) {
+    const p = await repo.getPoint(req.point);
+    if (p.vm.name !== req.vm)
+      throw notFound(
+        'POINT_NOT_FOUND',
+        `restore point ${req.point} belongs to VM ${p.vm.name}, not ${req.vm}`,
+        `restorelab points --vm ${req.vm} lists that VM's points`,
+      );
+    vmMemory = p.vm.memoryMiB;
+    point = p.id;
+  } else {
+    const latest = [...(await repo.listPoints({ vm: req.vm }))].sort((a, b) => a.time.localeCompare(b.time)).at(-1);
+    if (!latest)
+      throw notFound(
+        'VM_NOT_FOUND',
+        `the repository ${req.repo} has no restore point of a VM named ${req.vm}`,
+        'check the VM name (restorelab points lists what the repository holds)',
+      );
+    vmMemory = latest.vm.memoryMiB;
+    point = latest.id;
+  }
+  const lab = req.lab === undefined ? undefined : isAbsolute(req.lab) ? req.lab : resolve(req.baseDir, req.lab);
+  if (lab !== undefined && !existsSync(lab))
+    throw notFound('LAB_FILE_NOT_FOUND', `no lab definition at ${lab}`, 'pass a lab JSON file on a path the workers share');
+  return {
+    kind: 'recover',
+    repo: req.repo,
+    vm: req.vm,
+    // The point is pinned here: a backup landing meanwhile must not change what the worker recovers.
+    point,
+    ...(lab !== undefined ? { lab } : {}),
+    baseDir: req.baseDir,
+    publish: req.publish ?? 'fuse',
+    memoryMiB: vmMemory,
+  };
+}
+
+/**
+ * Queues the recovery and waits for the worker that took it to report the
+ * session running (or the task failed). A recovery is not retried on another
+ * worker: a failed start is the caller's to look at; but a task whose worker
+ * died before answering goes back to the queue (dispatch.ts, watchOrphans).
+ */
+export async function recoverOnWorkers(
+  queue: LabQueue,
+  task: RecoverTask,
+  o: { signal?: AbortSignal; log?: (line: string) => void } = {},
+): Promise<WorkerSession> {
+  const id = await queue.submit(task, undefined, { retryLimit: 1 });
+  o.log?.(`recovery of ${task.vm}@${task.point} queued for the lab workers (task ${id})`);
+  const watch = new AbortController();
+  const watching = watchOrphans(queue, [id], watch.signal, o.log).catch((err: Error) => o.log?.(`orphan watch stopped: ${err.message}`));
+  try {
+    const reply = await queue.outcome<SessionReply>(id, o.signal);
+    return reply.session;
+  } finally {
+    watch.abort();
+    await watching;
+  }
+}
+
+/** The sessions lab workers run, as the shared catalog has them, oldest first. */
+export async function workerSessions(url: string): Promise<RecoverySession[]> {
+  return (await sharedSessions(url)).onWorkers();
+}
+
+/** The record of a session that runs on a worker, or undefined (a local session, or none). */
+export async function workerSession(url: string, id: string): Promise<RecoverySession | undefined> {
+  checkSessionId(id);
+  const s = await (await sharedSessions(url)).get(id);
+  return s?.worker !== undefined ? s : undefined;
+}
+
+/**
+ * Stops a session on the worker that runs it, and waits for its answer: a
+ * stop task on that worker's own queue. A worker that is gone cannot stop
+ * anything: refused at once (it stops the session's leftovers when it comes
+ * back), rather than leaving a task nobody takes.
+ */
+export async function stopOnWorker(queue: LabQueue, s: RecoverySession, signal?: AbortSignal): Promise<WorkerSession> {
+  const worker = s.worker as string;
+  const registry = new WorkerRegistry(queue.sql);
+  await registry.ensureSchema();
+  const gone = async (): Promise<string | undefined> => {
+    const w = (await registry.list()).find((x) => x.name === worker);
+    return w?.alive ? undefined : w ? 'not answering' : 'not registered';
+  };
+  const refuse = (why: string): RestorelabError =>
+    new RestorelabError('SESSION_WORKER_GONE', `session ${s.id} runs on worker ${worker}, which is ${why}`, {
+      hint: `start the worker again (restorelab worker --name ${worker}): it cleans up its sessions first; restorelab workers --json shows who is there`,
+    });
+  const before = await gone();
+  if (before !== undefined) throw refuse(before);
+  const name = workerQueue(worker);
+  await queue.ensureQueue(name);
+  const id = await queue.submit({ kind: 'stop', session: s.id }, name, { retryLimit: 0, leaseSeconds: STOP_LEASE_SECONDS });
+  const end = Date.now() + (STOP_LEASE_SECONDS + 60) * 1000;
+  for (;;) {
+    if (signal?.aborted) {
+      await queue.cancel(id, name).catch(() => undefined);
+      throw signal.reason;
+    }
+    const st = await queue.status<SessionReply>(id, name);
+    if (st.state === 'completed' && st.output) return st.output.session;
+    if (st.state === 'failed' || st.state === 'cancelled')
+      throw new RestorelabError('TASK_FAILED', `worker ${worker} could not stop session ${s.id}: ${st.failure ?? st.state}`, {
+        hint: `its log says more; restorelab sessions shows the session's state`,
+      });
+    // A stop nobody took while the worker went away would wait for ever: withdrawn, and said so.
+    const why = st.state === 'created' ? await gone() : undefined;
+    if (why !== undefined || Date.now() > end) {
+      await queue.cancel(id, name).catch(() => undefined);
+      throw refuse(why ?? `not done after ${STOP_LEASE_SECONDS + 60} s`);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/** Opens the queue for one CLI command, runs `f`, closes it. */
+export async function withQueue<T>(url: string, f: (q: LabQueue) => Promise<T>): Promise<T> {
+  const queue = await LabQueue.open({ url, ...queueTuning(), maintenanceSeconds: 3600 });
+  try {
+    return await f(queue);
+  } finally {
+    await queue.close();
+  }
+}
+
+/**
+ * Every session this host knows: its own records (a dead supervisor
+ * noticed, src/session/recover.ts) and, with a shared catalog, the sessions
+ * lab workers run; oldest first.
+ */
+export async function listAllSessions(stateDir: string): Promise<RecoverySession[]> {
+  const { listSessions } = await import('../session/recover.js');
+  const local = await listSessions(stateDir);
+  const url = sharedSessionsUrl();
+  if (url === undefined) return local;
+  const mine = new Set(local.map((s) => s.id));
+  let remote: RecoverySession[] = [];
+  try {
+    remote = (await workerSessions(url)).filter((s) => !mine.has(s.id));
+  } catch (err) {
+    // This host's own sessions are still worth listing.
+    process.emitWarning(`the sessions of the lab workers are not listed: ${(err as Error).message}`);
+  }
+  return [...local, ...remote].sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+}
+
+/**
+ * Stops a session wherever it runs: here when this host has its record, else
+ * on its worker (through `queue`, opened only then). Unknown: SESSION_NOT_FOUND.
+ */
+export async function stopAnySession(
+  stateDir: string,
+  id: string,
+  withLabQueue: <T>(f: (q: LabQueue) => Promise<T>) => Promise<T>,
+): Promise<RecoverySession> {
+  const { stopSession } = await import('../session/recover.js');
+  const { SessionStore } = await import('../session/store.js');
+  const store = new SessionStore(stateDir);
+  if (store.find(id) !== undefined) return stopSession(stateDir, id);
+  const url = sharedSessionsUrl();
+  const remote = url === undefined ? undefined : await workerSession(url, id);
+  if (!remote) return store.get(id); // SESSION_NOT_FOUND
+  // Idempotent, as a local stop: a session that ended needs no worker (which may be gone by now).
+  if (!ACTIVE_STATES.includes(remote.state)) return remote;
+  await withLabQueue((q) => stopOnWorker(q, remote));
+  // The worker recorded the stop in the shared catalog before it answered.
+  return (await workerSession(url as string, id)) ?? remote;
+}
