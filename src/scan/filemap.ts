@@ -26,6 +26,9 @@
 import { upsertSql, type Catalog } from '../catalog/sql.js';
 import type { DiskSource, RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
+
+/** What the file map needs of a partition, however its files are reached (a mount, the in-process reader). */
+export type MappedPartition = Pick<MountedPartition, 'disk' | 'partition' | 'offset' | 'skipped'>;
 import { extentsKey, type Extent } from './extents.js';
 import { migrateScan } from './store.js';
 
@@ -114,7 +117,7 @@ export class FileMap {
    * same point (it is rewritten, and used as a reference only once this scan
    * completes) and finds each partition's reference.
    */
-  static async open(db: Catalog, repo: RepositoryReader, point: RestorePoint, mounts: readonly MountedPartition[]): Promise<FileMap> {
+  static async open(db: Catalog, repo: RepositoryReader, point: RestorePoint, mounts: readonly MappedPartition[]): Promise<FileMap> {
     await migrateScan(db);
     const map = new FileMap(db, repo.path, point);
     await db.transaction(async (tx) => {
@@ -195,7 +198,7 @@ export class FileMap {
     return buf;
   }
 
-  partition(m: MountedPartition): PartitionMap | undefined {
+  partition(m: MappedPartition): PartitionMap | undefined {
     return this.parts.get(`${m.disk}\0${m.partition}`);
   }
 
