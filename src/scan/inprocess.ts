@@ -29,6 +29,7 @@ import { identifyFilesystem, PROBE_BYTES } from '../flr/filesystems.js';
 import { Ext4Volume, type Inode, type Extent as FsExtent } from '../fsread/ext4.js';
 import type { Extent } from './extents.js';
 import type { ReadFile, ScanTarget, TargetFile } from './targets.js';
+import type { DiskWrap } from './filemap.js';
 
 /** Bytes read (and written to the scratch copy) at a time. */
 const READ_BYTES = 1024 * 1024;
@@ -51,6 +52,8 @@ export interface InProcessPlan {
   needMount: boolean;
   /** Why each partition that needs a mount does (for the scan's output). */
   reasons: Map<string, string>;
+  /** The plan's decode threads, for the file map's chunk comparisons too. */
+  wrap: DiskWrap;
   close(): Promise<void>;
 }
 
@@ -77,6 +80,7 @@ export async function planInProcess(o: {
     handled: new Set(),
     needMount: false,
     reasons: new Map(),
+    wrap: (source, point, disk) => pool.wrap(source, point, disk),
     close: () => pool.close(),
   };
   let seq = 0;

@@ -1,15 +1,16 @@
 /**
  * Scanning restore points for malware with YARA (docs/secure-restore.md).
  *
- * A point is published read-only and its guest filesystems are mounted
- * read-only, `nodev,nosuid,noexec`, by the file-level-restore machinery
- * (src/flr: our own partition parser, ext4/xfs/btrfs/vfat by superblock,
- * loop devices at the partition offsets). Every regular file is hashed
- * (SHA-256); a file whose content has a verdict for this rule set in the
- * catalog is answered from it, the others go to yara in batches while the
- * walk goes on. A file unchanged since a scanned point of the same VM (same
- * extents over the same chunk bytes: src/scan/filemap.ts) is not even read:
- * its hash is known. The mounts are taken down whatever happens.
+ * Each partition of the point is a *target* (src/scan/targets.ts): an
+ * ext2/3/4 partition the in-process reader accepts is read straight from the
+ * repository, without a holder process, loop device or mount
+ * (src/scan/inprocess.ts, src/fsread); any other is mounted read-only,
+ * `nodev,nosuid,noexec`, by the file-level-restore machinery (src/flr). Every
+ * regular file is hashed (SHA-256); a file whose content has a verdict for
+ * this rule set in the catalog is answered from it, the others go to yara in
+ * batches while the walk goes on. A file unchanged since a scanned point of
+ * the same VM (same extents over the same chunk bytes: src/scan/filemap.ts)
+ * is not even read: its hash is known. Mounts are taken down whatever happens.
  *
  * Library first: `restorelab scan`, `recover --scan`, a SureBackup job's
  * `scan` and the API's scan route all call scanPoint / findLastClean.
@@ -400,7 +401,7 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     let fileMap: FileMap | undefined;
     let t2 = t1;
     try {
-      fileMap = await FileMap.open(o.db, o.repo, point, targets);
+      fileMap = await FileMap.open(o.db, o.repo, point, targets, plan ? { wrap: plan.wrap } : {});
       result = await scanTargets(targets, o.rules, await VerdictCache.open(o.db, o.rules.hash), o.onProgress, { fileMap });
       await fileMap.commit();
     } finally {
