@@ -101,6 +101,14 @@ export const ERRORS = {
   DNS_QUERY_MISSING: { class: 'badInput', explain: 'a VM with the dns role names no DNS query to check' },
   DOMAIN_ERROR: { class: 'failure', explain: 'the operation failed' },
   ENCRYPT_REQUIRED: { class: 'badInput', explain: '--key-file is only used with --encrypt' },
+  EXT4_CORRUPT: {
+    class: 'badInput',
+    explain: 'an ext filesystem of the point breaks a rule of the format (damaged, or made to mislead a reader)',
+  },
+  EXT4_UNSUPPORTED: {
+    class: 'notImplemented',
+    explain: 'the in-process ext reader does not handle a feature of this filesystem (scans fall back to a mount)',
+  },
   FILE_UNREADABLE: { class: 'badInput', explain: 'a config, job or lab file cannot be read' },
   FLR_SESSION_NOT_FOUND: { class: 'notFound', explain: 'no file-level restore mount of that name' },
   FORBIDDEN: { class: 'badInput', status: 403, explain: "this token's role may not do this" },

@@ -26,6 +26,12 @@
 import { upsertSql, type Catalog } from '../catalog/sql.js';
 import type { DiskSource, RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
+
+/** Turns a point's disk into one whose chunk decoding runs elsewhere (a DecodePool's threads), so comparisons do not hold up the scan's own thread. */
+export type DiskWrap = (source: DiskSource, point: string, disk: string) => DiskSource;
+
+/** What the file map needs of a partition, however its files are reached (a mount, the in-process reader). */
+export type MappedPartition = Pick<MountedPartition, 'disk' | 'partition' | 'offset' | 'skipped'>;
 import { extentsKey, type Extent } from './extents.js';
 import { migrateScan } from './store.js';
 
@@ -114,7 +120,13 @@ export class FileMap {
    * same point (it is rewritten, and used as a reference only once this scan
    * completes) and finds each partition's reference.
    */
-  static async open(db: Catalog, repo: RepositoryReader, point: RestorePoint, mounts: readonly MountedPartition[]): Promise<FileMap> {
+  static async open(
+    db: Catalog,
+    repo: RepositoryReader,
+    point: RestorePoint,
+    mounts: readonly MappedPartition[],
+    opts: { wrap?: DiskWrap } = {},
+  ): Promise<FileMap> {
     await migrateScan(db);
     const map = new FileMap(db, repo.path, point);
     await db.transaction(async (tx) => {
@@ -128,7 +140,10 @@ export class FileMap {
     const disk = async (p: string, name: string): Promise<DiskSource> => {
       const key = `${p}\0${name}`;
       let d = disks.get(key);
-      if (!d) disks.set(key, (d = await repo.openDisk(p, name)));
+      if (!d) {
+        const opened = await repo.openDisk(p, name);
+        disks.set(key, (d = opts.wrap ? opts.wrap(opened, p, name) : opened));
+      }
       return d;
     };
     for (const m of mounts) {
@@ -195,7 +210,7 @@ export class FileMap {
     return buf;
   }
 
-  partition(m: MountedPartition): PartitionMap | undefined {
+  partition(m: MappedPartition): PartitionMap | undefined {
     return this.parts.get(`${m.disk}\0${m.partition}`);
   }
 

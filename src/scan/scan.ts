@@ -1,15 +1,16 @@
 /**
  * Scanning restore points for malware with YARA (docs/secure-restore.md).
  *
- * A point is published read-only and its guest filesystems are mounted
- * read-only, `nodev,nosuid,noexec`, by the file-level-restore machinery
- * (src/flr: our own partition parser, ext4/xfs/btrfs/vfat by superblock,
- * loop devices at the partition offsets). Every regular file is hashed
- * (SHA-256); a file whose content has a verdict for this rule set in the
- * catalog is answered from it, the others go to yara in batches while the
- * walk goes on. A file unchanged since a scanned point of the same VM (same
- * extents over the same chunk bytes: src/scan/filemap.ts) is not even read:
- * its hash is known. The mounts are taken down whatever happens.
+ * Each partition of the point is a *target* (src/scan/targets.ts): an
+ * ext2/3/4 partition the in-process reader accepts is read straight from the
+ * repository, without a holder process, loop device or mount
+ * (src/scan/inprocess.ts, src/fsread); any other is mounted read-only,
+ * `nodev,nosuid,noexec`, by the file-level-restore machinery (src/flr). Every
+ * regular file is hashed (SHA-256); a file whose content has a verdict for
+ * this rule set in the catalog is answered from it, the others go to yara in
+ * batches while the walk goes on. A file unchanged since a scanned point of
+ * the same VM (same extents over the same chunk bytes: src/scan/filemap.ts)
+ * is not even read: its hash is known. Mounts are taken down whatever happens.
  *
  * Library first: `restorelab scan`, `recover --scan`, a SureBackup job's
  * `scan` and the API's scan route all call scanPoint / findLastClean.
@@ -24,9 +25,10 @@ import { mountRestorePoint, umountSession } from '../flr/mount.js';
 import { makeSessionsDir } from '../flr/session.js';
 import { checkApiRules } from './rules-policy.js';
 import { compileRules, pathKey, scanBatch, type CompiledRules } from './yara.js';
-import { hashFile, walkRegularFiles, type WalkedFile } from './walk.js';
-import { readExtents, type Extent } from './extents.js';
+import type { Extent } from './extents.js';
 import { FileMap } from './filemap.js';
+import { mountTarget, type ReadFile, type ScanTarget, type ScanVia, type TargetFile } from './targets.js';
+import { partitionKey, planInProcess, type InProcessPlan } from './inprocess.js';
 import { VerdictCache, recordPointScan, type ScanMatch, type ScanVerdict } from './store.js';
 
 export { compileRules, type CompiledRules } from './yara.js';
@@ -58,6 +60,10 @@ export interface PartitionScan {
   disk: string;
   partition: number;
   fstype: string;
+  /** How its files were reached: the in-process ext reader, or a kernel mount. */
+  via: ScanVia;
+  /** Why a partition of the point was mounted rather than read in-process (another filesystem, an ext feature the reader refuses). */
+  mountReason?: string;
   /** Why the partition was not scanned (swap, LVM, a filesystem without a driver here). */
   skipped?: string;
   files?: number;
@@ -115,6 +121,8 @@ export interface ScanProgress {
 interface Pending {
   sha: string;
   where: { disk: string; partition: number; path: string }[];
+  /** Frees the path yara reads (a scratch copy) once it has answered. */
+  release(): void;
 }
 
 /**
@@ -127,7 +135,20 @@ export async function scanPartitions(
   cache: VerdictCache,
   onProgress?: ScanProgress,
   opts: { fileMap?: FileMap } = {},
-): Promise<{ matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[]; phases: ScanPhases }> {
+): Promise<ScanResult> {
+  return scanTargets(mounts.map(mountTarget), rules, cache, onProgress, opts);
+}
+
+type ScanResult = { matches: ScanMatch[]; files: ScanFiles; partitions: PartitionScan[]; phases: ScanPhases };
+
+/** The engine: walks, hashes and scans each target, whichever way its files are reached (src/scan/targets.ts). */
+export async function scanTargets(
+  targets: readonly ScanTarget[],
+  rules: CompiledRules,
+  cache: VerdictCache,
+  onProgress?: ScanProgress,
+  opts: { fileMap?: FileMap } = {},
+): Promise<ScanResult> {
   const phases: ScanPhases = { walk: 0, extents: 0, compare: 0, hash: 0, yara: 0 };
   const since = (t: bigint): number => Number(process.hrtime.bigint() - t) / 1e9;
   const matches: ScanMatch[] = [];
@@ -154,10 +175,17 @@ export async function scanPartitions(
   const pending = new Map<string, Pending>();
 
   const runBatch = async (todo: Map<string, Pending>): Promise<void> => {
-    const r = await scanBatch(
-      rules,
-      [...todo.keys()].map((k) => Buffer.from(k, 'latin1')),
-    );
+    let r: Awaited<ReturnType<typeof scanBatch>>;
+    try {
+      r = await scanBatch(
+        rules,
+        [...todo.keys()].map((k) => Buffer.from(k, 'latin1')),
+      );
+    } catch (err) {
+      for (const p of todo.values()) p.release();
+      throw err;
+    }
+    for (const p of todo.values()) p.release();
     const verdicts: [string, string[]][] = [];
     for (const [key, p] of todo) {
       pending.delete(p.sha);
@@ -195,16 +223,16 @@ export async function scanPartitions(
     await before;
   };
 
-  for (const m of mounts) {
+  for (const m of targets) {
     if (m.skipped) {
-      partitions.push({ disk: m.disk, partition: m.partition, fstype: m.fstype, skipped: m.skipped });
+      partitions.push({ disk: m.disk, partition: m.partition, fstype: m.fstype, via: m.via, skipped: m.skipped });
       continue;
     }
-    const part: PartitionScan = { disk: m.disk, partition: m.partition, fstype: m.fstype, files: 0 };
+    const part: PartitionScan = { disk: m.disk, partition: m.partition, fstype: m.fstype, via: m.via, files: 0 };
     partitions.push(part);
     const inFlight = new Set<Promise<void>>();
     const map = opts.fileMap?.partition(m);
-    const start = (f: WalkedFile, extents: Extent[] | null): void => {
+    const start = (f: TargetFile, extents: Extent[] | null): void => {
       part.files!++;
       const guestPath = f.guestPath.toString('utf8');
       const where = { disk: m.disk, partition: m.partition, path: guestPath };
@@ -213,10 +241,14 @@ export async function scanPartitions(
         let at = process.hrtime.bigint();
         let sha = await map?.known(f.guestPath, f.size, extents);
         phases.compare += since(at);
+        /** Where yara reads the file; unread files are answered from the reference's verdicts, never scanned. */
+        let read: ReadFile | undefined;
         if (sha === undefined) {
           try {
             at = process.hrtime.bigint();
-            sha = await hashFile(f.path, f.dev);
+            const r = await m.read(f);
+            read = r;
+            sha = r.sha;
             phases.hash += since(at);
           } catch (err) {
             errorCount++;
@@ -231,6 +263,7 @@ export async function scanPartitions(
         // Nothing awaits between the pending check below and its set, so copies still join one batch entry.
         const cached = known.get(sha) ?? (await cache.lookup(sha));
         if (cached !== undefined) {
+          read?.release();
           files.cached++;
           known.set(sha, cached);
           answer(sha, cached, [where]);
@@ -238,12 +271,15 @@ export async function scanPartitions(
         }
         const same = pending.get(sha);
         if (same) {
+          read?.release();
           same.where.push(where);
           return;
         }
-        const entry = { sha, where: [where] };
+        // A file answered unread has no verdict for this rule set: read it now.
+        const copy = read ?? (await m.read(f));
+        const entry: Pending = { sha, where: [where], release: () => copy.release() };
         pending.set(sha, entry);
-        batch.set(pathKey(f.path), entry);
+        batch.set(pathKey(copy.path), entry);
         batchBytes += f.size;
         if (batch.size >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flush();
       })().catch((err: unknown) => {
@@ -253,9 +289,9 @@ export async function scanPartitions(
       void job.then(() => inFlight.delete(job));
     };
     /** Starts the files of one group, their extents read first in one filefrag when the partition has a file map. */
-    const runGroup = async (group: WalkedFile[]): Promise<void> => {
+    const runGroup = async (group: TargetFile[]): Promise<void> => {
       const at = process.hrtime.bigint();
-      const extents = map ? await readExtents(group.map((f) => f.path)) : group.map(() => null);
+      const extents = map ? await m.extents(group) : group.map(() => null);
       phases.extents += since(at);
       for (const [i, f] of group.entries()) {
         if (failure !== undefined) return;
@@ -263,9 +299,9 @@ export async function scanPartitions(
         if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
       }
     };
-    let group: WalkedFile[] = [];
+    let group: TargetFile[] = [];
     let walking = process.hrtime.bigint();
-    for await (const f of walkRegularFiles(m.path)) {
+    for await (const f of m.files()) {
       phases.walk += since(walking);
       group.push(f);
       if (group.length >= EXTENT_GROUP) {
@@ -321,40 +357,62 @@ export interface ScanPointOptions {
   rules: CompiledRules;
   keyFile?: string;
   onProgress?: ScanProgress;
-  /** Called with the mounts once they are up (progress messages). */
+  /** Called with the mounts once they are up (progress messages); not called when nothing is mounted. */
   onMounted?: (mounts: readonly MountedPartition[]) => void;
+  /**
+   * `auto` (the default): ext2/3/4 partitions the in-process reader accepts
+   * are read from the repository without a mount, the others are mounted.
+   * `mount`: every partition through a kernel mount (as before the reader).
+   */
+  via?: 'auto' | 'mount';
 }
 
 /**
- * Mounts `point` read-only in a temporary file-level-restore session, scans
- * it, unmounts, and records the result in the catalog.
+ * Scans `point`: its ext partitions in-process (src/scan/inprocess.ts), the
+ * others mounted read-only in a temporary file-level-restore session, and
+ * records the result in the catalog. Mounts are taken down whatever happens.
  */
 export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
   const started = Date.now();
   const point = await o.repo.getPoint(o.point);
   const parent = mkdtempSync(join(makeSessionsDir(o.stateDir), 'scan-'));
+  let plan: InProcessPlan | undefined;
+  let session: Awaited<ReturnType<typeof mountRestorePoint>> | undefined;
   try {
     const t0 = Date.now();
-    const session = await mountRestorePoint({
-      stateDir: o.stateDir,
-      repo: o.repo.path,
-      point: point.id,
-      dir: join(parent, 'mnt'),
-      temporary: true,
-      ...(o.keyFile ? { keyFile: o.keyFile } : {}),
-    });
+    if (o.via !== 'mount')
+      plan = await planInProcess({ repo: o.repo, point, scratch: join(parent, 'files'), ...(o.keyFile ? { keyFile: o.keyFile } : {}) });
+    const targets: ScanTarget[] = [...(plan?.targets ?? [])];
+    if (!plan || plan.needMount) {
+      session = await mountRestorePoint({
+        stateDir: o.stateDir,
+        repo: o.repo.path,
+        point: point.id,
+        dir: join(parent, 'mnt'),
+        temporary: true,
+        ...(o.keyFile ? { keyFile: o.keyFile } : {}),
+      });
+      o.onMounted?.(session.mounts);
+      for (const m of session.mounts) if (!plan?.handled.has(partitionKey(m.disk, m.partition))) targets.push(mountTarget(m));
+    }
+    targets.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition);
     const t1 = Date.now();
-    let result: Awaited<ReturnType<typeof scanPartitions>>;
+    let result: ScanResult;
     let fileMap: FileMap | undefined;
     let t2 = t1;
     try {
-      o.onMounted?.(session.mounts);
-      fileMap = await FileMap.open(o.db, o.repo, point, session.mounts);
-      result = await scanPartitions(session.mounts, o.rules, await VerdictCache.open(o.db, o.rules.hash), o.onProgress, { fileMap });
+      fileMap = await FileMap.open(o.db, o.repo, point, targets, plan ? { wrap: plan.wrap } : {});
+      result = await scanTargets(targets, o.rules, await VerdictCache.open(o.db, o.rules.hash), o.onProgress, { fileMap });
       await fileMap.commit();
     } finally {
       t2 = Date.now();
-      await umountSession(o.stateDir, session.id);
+      const s = session;
+      session = undefined;
+      if (s) await umountSession(o.stateDir, s.id);
+    }
+    for (const p of result.partitions) {
+      const why = plan?.reasons.get(partitionKey(p.disk, p.partition));
+      if (why !== undefined && p.via === 'mount') p.mountReason = why;
     }
     const timings = { mount: (t1 - t0) / 1000, scan: (t2 - t1) / 1000, unmount: (Date.now() - t2) / 1000, ...result.phases };
     const scan: PointScan = {
@@ -381,6 +439,8 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     });
     return scan;
   } finally {
+    if (session) await umountSession(o.stateDir, session.id).catch(() => undefined);
+    await plan?.close();
     rmSync(parent, { recursive: true, force: true });
   }
 }

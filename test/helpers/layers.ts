@@ -46,6 +46,7 @@ export const LAYERS: Layer[] = [
   { units: ['nfs', 'fuse'], why: 'the frontends that serve a datastore' },
   { units: ['nbd-server'], why: "the NBD frontend: a datastore's disk files as NBD exports, on the NBD client's wire code" },
   { units: ['publish', 'config'], why: "publishing a point over a frontend; the server configuration (which names the frontends' limits)" },
+  { units: ['fsread'], why: 'filesystems read in-process from a byte source (ext2/3/4): no kernel, no mount' },
   { units: ['flr'], why: 'file-level restore: partitions and filesystems of a published disk' },
   { units: ['scan'], why: "YARA scans of a point's files, through file-level restore" },
   {

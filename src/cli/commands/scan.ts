@@ -18,6 +18,7 @@ interface ScanFlags extends RepoFlags {
   lastClean?: boolean;
   since?: string;
   until?: string;
+  mount?: boolean;
 }
 
 export function renderScan(s: PointScan): string {
@@ -25,8 +26,11 @@ export function renderScan(s: PointScan): string {
   const skipped = s.partitions
     .filter((p) => p.skipped)
     .map((p) => `  ${p.disk} partition ${p.partition} (${p.fstype}) not scanned: ${p.skipped}`);
+  const mounted = s.partitions
+    .filter((p) => !p.skipped && p.mountReason)
+    .map((p) => `  ${p.disk} partition ${p.partition} (${p.fstype}) read through a mount: ${p.mountReason}`);
   const hits = s.matches.map((m) => `  ${m.rule}  ${m.disk} p${m.partition} ${m.path}  sha256 ${m.sha256}`);
-  return [head, ...hits, ...skipped].join('\n');
+  return [head, ...hits, ...skipped, ...mounted].join('\n');
 }
 
 function renderLastClean(r: LastCleanResult): string {
@@ -72,7 +76,14 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
           ctx.out.info(`${label}: ${d.files} file(s), ${formatBytes(d.bytes)} hashed`);
         };
       };
-      const base = { repo, stateDir: cfg.stateDir, db, rules, ...(keyFile ? { keyFile } : {}) };
+      const base = {
+        repo,
+        stateDir: cfg.stateDir,
+        db,
+        rules,
+        ...(keyFile ? { keyFile } : {}),
+        ...(o.mount ? { via: 'mount' as const } : {}),
+      };
       if (o.lastClean) {
         if (!t.vm)
           throw new RestorelabError('LAST_CLEAN_NEEDS_VM', `--last-clean scans a VM's points; ${target} is a restore point`, {
@@ -108,13 +119,16 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
 export function registerScan(program: Command): void {
   program
     .command('scan <point|vm>')
-    .description("scan a restore point's guest filesystems with YARA rules (read-only mounts); exit 3 when infected")
+    .description(
+      "scan a restore point's guest filesystems with YARA rules (ext2/3/4 read in-process, others mounted read-only); exit 3 when infected",
+    )
     .requiredOption('--yara <rules>', 'YARA rule file (compiled once with yarac)')
     .option('--repo <repo>', 'repository directory or s3:// URL (default: the configured one)')
     .option('--key-file <file>', 'key file of an encrypted repository (default: RESTORELAB_KEY_FILE, then repositoryKeyFile)')
     .option('--last-clean', 'with a VM name: scan its points newest first and name the newest clean one')
     .option('--since <time>', 'with --last-clean: only points at or after this ISO 8601 time')
     .option('--until <time>', 'with --last-clean: only points at or before this ISO 8601 time')
+    .option('--mount', 'read every partition through a read-only kernel mount, not the in-process ext reader')
     .option('--json', 'print one JSON object')
     .action(async (target: string, o: ScanFlags, c: Command) => run(contextFor(c), target, o));
 }
