@@ -19,7 +19,7 @@ import type { ChunkStore } from '../../src/repo/api.js';
 import { CorruptChunkError } from '../../src/repo/contract.js';
 import { LimitedChunkStore } from '../../src/repo/limited-chunk-store.js';
 import { S3ChunkStore, SIGV4_MAX_SKEW_MS } from '../../src/repo/s3-chunk-store.js';
-import { createS3Client } from '../../src/repo/s3-config.js';
+import { createS3Client, PAYLOAD_HASH_HEADER } from '../../src/repo/s3-config.js';
 import { collectGarbage } from '../../src/repo/gc.js';
 import { s3Scratch, s3Settings } from '../helpers/s3.js';
 import { runChunkStoreSuite } from './fixtures/chunk-store-suite.js';
@@ -196,4 +196,24 @@ t.test('s3 store: a chunk that gc removes between a refused PUT and its touch is
   t.same(await store.insert(b.digest, b.data), { existed: false, size: b.data.length });
   t.ok(swept, 'the first PUT was refused');
   t.ok((await store.get(b.digest)).equals(b.data), 'the chunk is stored again');
+});
+
+t.test('s3 client: PUTs are signed without a payload hash (the blob is checked by its digest, not hashed twice)', async (t) => {
+  const s = await s3Scratch(t);
+  const client = createS3Client(s3Settings(s.service));
+  t.teardown(() => client.destroy());
+  const seen: string[] = [];
+  // After signing (finalizeRequest): the header the gateway gets.
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      seen.push((args.request as { headers: Record<string, string> }).headers[PAYLOAD_HASH_HEADER] ?? '(none)');
+      return next(args);
+    },
+    { step: 'deserialize', name: 'seeSignedHeaders' },
+  );
+  const store = new S3ChunkStore({ client, bucket: s.bucket, prefix: s.prefix });
+  const b = blob();
+  await store.insert(b.digest, b.data);
+  t.same(seen, ['UNSIGNED-PAYLOAD']);
+  t.ok((await store.get(b.digest)).equals(b.data), 'and the gateway took it');
 });
