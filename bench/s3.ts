@@ -10,7 +10,9 @@
  * Figures (each with its ratio to restic): backup time (target <= 0.5x),
  * full-restore throughput (target >= 1.5x; restic's restore is timed with
  * the sync that makes it durable, as restorelab's restore fsyncs before it
- * returns), bytes stored in the bucket, peak RSS of each backup.
+ * returns), bytes stored in the bucket, peak RSS of each backup; then where
+ * the time went in each phase: CPU seconds of the tool and of the gateway
+ * (radosgw + ceph-osd) and the requests radosgw logged (bench/gateway-profile.ts).
  *
  * Run: node dist/bench/s3.js   (needs restic (`scripts/setup --bench` or
  * apt-get install restic), /usr/bin/time, and the gateway: scripts/services up)
