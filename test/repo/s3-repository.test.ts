@@ -81,7 +81,11 @@ t.test('repo init s3://: an empty prefix becomes a repository, anything else is 
   const url = `s3://${s.bucket}/${s.prefix}repo`;
   const init = await cli(['repo', 'init', url, '--json']);
   t.equal(init.code, 0, init.stderr);
-  t.match(init.json, { path: `${url}/`, version: 1, chunkSize: 4 * MiB, encryption: 'none' }, 'chunks of 4 MiB by default on object storage');
+  t.match(
+    init.json,
+    { path: `${url}/`, version: 1, chunkSize: 4 * MiB, encryption: 'none' },
+    'chunks of 4 MiB by default on object storage',
+  );
   t.same(await keys(s), ['repo/config.json'], 'config.json is all an empty repository holds: no directories to fake');
 
   const again = await cli(['repo', 'init', url, '--json']);
