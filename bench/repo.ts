@@ -27,11 +27,11 @@ import { join } from 'node:path';
 import { which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
 import { must } from './timed.js';
+import { fmt, lcg, MiB, mib, textBlock, writeMixedBlocks } from './data-set.js';
 import { openImage } from '../src/ingest/open.js';
 import { openRepository } from '../src/repo/index.js';
 import { DEFAULT_CHUNK_SIZE } from '../src/repo/format.js';
 
-const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.REPO_BENCH_MIB ?? 2048);
 const SIZE = SIZE_MIB * MiB;
 const VERSIONS = 5;
@@ -53,33 +53,10 @@ async function duBytes(path: string): Promise<number> {
   );
 }
 
-/** Deterministic-enough pseudo-random choice without keeping state in files. */
-function lcg(seed: number): () => number {
-  let x = seed;
-  return () => {
-    x = (x * 1103515245 + 12345) % 2147483648;
-    return x;
-  };
-}
-
-function textBlock(i: number): Buffer {
-  const line = `${new Date(1_700_000_000_000 + i * 1000).toISOString()} web[${i % 977}]: GET /api/items/${i % 4099} 200 ${i % 1500}ms\n`;
-  return Buffer.from(line.repeat(Math.ceil(MiB / line.length))).subarray(0, MiB);
-}
-
 async function buildImage(path: string, guest: string): Promise<void> {
   copyFileSync(guest, path);
-  const fh = await open(path, 'r+');
-  await fh.truncate(SIZE);
-  const next = lcg(7);
-  // Start past the guest; leave the last eighth unallocated (free space that was never written).
-  const start = 64;
-  for (let mb = start; mb < Math.floor((SIZE_MIB * 7) / 8); mb++) {
-    const kind = next() % 3;
-    const block = kind === 0 ? randomBytes(MiB) : kind === 1 ? textBlock(mb) : Buffer.alloc(MiB);
-    await fh.write(block, 0, MiB, mb * MiB);
-  }
-  await fh.close();
+  // Start past the guest.
+  await writeMixedBlocks(path, { sizeMiB: SIZE_MIB, fromMiB: 64, seed: 7 });
 }
 
 /** Rewrites `percent`% of the 1 MiB blocks: half with random data, half with log-like text. */
@@ -94,8 +71,6 @@ async function changeVersion(path: string, percent: number, seed: number): Promi
   await fh.close();
 }
 
-const fmt = (n: number, d = 2): string => n.toFixed(d);
-const mib = (b: number): string => `${fmt(b / MiB, 1)} MiB`;
 const line = (label: string, ours: string, peer: string, ratio: number, target: string): void =>
   console.log(`${label.padEnd(34)} restorelab ${ours.padEnd(14)} restic ${peer.padEnd(14)} ratio ${fmt(ratio)}x  (target ${target})`);
 

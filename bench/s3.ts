@@ -10,7 +10,9 @@
  * Figures (each with its ratio to restic): backup time (target <= 0.5x),
  * full-restore throughput (target >= 1.5x; restic's restore is timed with
  * the sync that makes it durable, as restorelab's restore fsyncs before it
- * returns), bytes stored in the bucket, peak RSS of each backup.
+ * returns), bytes stored in the bucket, peak RSS of each backup; then where
+ * the time went in each phase: CPU seconds of the tool and of the gateway
+ * (radosgw + ceph-osd) and the requests radosgw logged (bench/gateway-profile.ts).
  *
  * Run: node dist/bench/s3.js   (needs restic (`scripts/setup --bench` or
  * apt-get install restic), /usr/bin/time, and the gateway: scripts/services up)
@@ -18,43 +20,20 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { ListObjectsV2Command, DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
 import { must } from './timed.js';
+import { fmt, MiB, mib, writeMixedBlocks } from './data-set.js';
 import { createS3Client } from '../src/repo/s3-config.js';
+import { daemonsOf, formatRequests, startPhase, type PhaseCost } from './gateway-profile.js';
 
-const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.S3_BENCH_MIB ?? 1024);
 const SIZE = SIZE_MIB * MiB;
 const bin = projectPath('bin', 'restorelab.js');
-
-function lcg(seed: number): () => number {
-  let x = seed;
-  return () => {
-    x = (x * 1103515245 + 12345) % 2147483648;
-    return x;
-  };
-}
-
-function textBlock(i: number): Buffer {
-  const line = `${new Date(1_700_000_000_000 + i * 1000).toISOString()} web[${i % 977}]: GET /api/items/${i % 4099} 200 ${i % 1500}ms\n`;
-  return Buffer.from(line.repeat(Math.ceil(MiB / line.length))).subarray(0, MiB);
-}
-
-async function buildImage(path: string): Promise<void> {
-  const fh = await open(path, 'w');
-  await fh.truncate(SIZE);
-  const next = lcg(11);
-  for (let mb = 0; mb < Math.floor((SIZE_MIB * 7) / 8); mb++) {
-    const kind = next() % 3;
-    const block = kind === 0 ? randomBytes(MiB) : kind === 1 ? textBlock(mb) : Buffer.alloc(MiB);
-    await fh.write(block, 0, MiB, mb * MiB);
-  }
-  await fh.close();
-}
 
 /** Bytes and objects under a prefix. */
 async function stored(client: S3Client, bucket: string, prefix: string): Promise<{ bytes: number; objects: number }> {
@@ -90,14 +69,13 @@ async function gateway(): Promise<{ endpoint: string; accessKeyId: string; secre
   return (JSON.parse(json) as { s3: { endpoint: string; accessKeyId: string; secretAccessKey: string; bucket: string } }).s3;
 }
 
-const fmt = (n: number, d = 2): string => n.toFixed(d);
-const mib = (b: number): string => `${fmt(b / MiB, 1)} MiB`;
 const line = (label: string, ours: string, peer: string, ratio: number, target: string): void =>
   console.log(`${label.padEnd(28)} restorelab ${ours.padEnd(14)} restic ${peer.padEnd(14)} ratio ${fmt(ratio)}x  (target ${target})`);
 
 async function main(): Promise<void> {
   if (!which('restic')) throw new Error('bench needs restic: scripts/setup --bench, or apt-get install restic');
   const s3 = await gateway();
+  const daemons = daemonsOf((await must(projectPath('scripts', 'services'), ['status', '--json'])).out);
   const work = mkdtempSync(join(process.env.S3_BENCH_DIR ?? '/var/tmp', 'rl-bench-s3-'));
   const run = `bench-${randomBytes(4).toString('hex')}`;
   const client = createS3Client({
@@ -120,11 +98,14 @@ async function main(): Promise<void> {
     AWS_REGION: 'us-east-1',
     RESTIC_PASSWORD: 'bench',
   };
+  const load0 = loadavg()
+    .map((l) => fmt(l))
+    .join(' ');
   try {
     console.log(`data set: ${SIZE_MIB} MiB raw disk (random, text and zero 1 MiB blocks, a thirds each; last eighth a hole)`);
     console.log(`gateway: ${s3.endpoint}, bucket ${s3.bucket}, prefix ${run}/`);
     const img = join(work, 'disk.raw');
-    await buildImage(img);
+    await writeMixedBlocks(img, { sizeMiB: SIZE_MIB, seed: 11 });
     const vmFile = join(work, 'vm.json');
     writeFileSync(vmFile, JSON.stringify({ name: 'bench', memoryMiB: 512, vcpus: 1, disks: [{ name: 'root', format: 'raw' }], nics: [] }));
     const ours = `s3://${s3.bucket}/${run}/restorelab`;
@@ -134,12 +115,17 @@ async function main(): Promise<void> {
 
     // Both read the image from page cache.
     await must('sh', ['-c', `cat '${img}' > /dev/null`]);
+    let phase = startPhase(daemons);
     const a = await must('node', [bin, 'backup', '--repo', ours, '--vm', vmFile, '--disk', img, '--json'], env);
     const point = (JSON.parse(a.out.split('\n').find((l) => l.startsWith('{"restorePoint"')) ?? '{}') as { restorePoint?: string })
       .restorePoint;
     if (!point) throw new Error(`restorelab backup printed no restore point: ${a.out.slice(-2000)}`);
+    const cost: Record<string, PhaseCost> = {};
+    cost.backupOurs = phase(s3.bucket, `${run}/restorelab/`);
     await must('sh', ['-c', `cat '${img}' > /dev/null`]);
+    phase = startPhase(daemons);
     const b = await must('restic', ['backup', '--repo', resticRepo, '--quiet', img], env);
+    cost.backupRestic = phase(s3.bucket, `${run}/restic/`);
     console.log(
       `backup: restorelab ${fmt(a.seconds)} s (RSS ${fmt(a.maxRssKiB / 1024, 0)} MiB), restic ${fmt(b.seconds)} s (RSS ${fmt(b.maxRssKiB / 1024, 0)} MiB)`,
     );
@@ -147,13 +133,17 @@ async function main(): Promise<void> {
 
     await must('sync', []);
     const rOut = join(work, 'restore-ours.raw');
+    phase = startPhase(daemons);
     const rs = await must('node', [bin, 'restore', '--repo', ours, point, '--disk', 'root', '--to', rOut], env);
+    cost.restoreOurs = phase(s3.bucket, `${run}/restorelab/`);
     const same = Buffer.compare(await readFile(rOut), await readFile(img)) === 0;
     rmSync(rOut, { force: true });
     await must('sync', []);
     const resticTarget = join(work, 'restore-restic');
+    phase = startPhase(daemons);
     const rr = await must('restic', ['restore', 'latest', '--repo', resticRepo, '--target', resticTarget], env);
     const rrSync = await must('sync', []);
+    cost.restoreRestic = phase(s3.bucket, `${run}/restic/`);
     rmSync(resticTarget, { recursive: true, force: true });
     console.log(
       `restore: restorelab ${fmt(rs.seconds)} s (bytes match the source: ${same}), restic ${fmt(rr.seconds)} s + sync ${fmt(rrSync.seconds)} s`,
@@ -173,6 +163,21 @@ async function main(): Promise<void> {
     line('stored in the bucket', mib(size.ours.bytes), mib(size.restic.bytes), size.ours.bytes / size.restic.bytes, 'none');
     console.log(`${''.padEnd(28)} objects: restorelab ${size.ours.objects}, restic ${size.restic.objects}`);
     line('backup peak RSS', `${fmt(a.maxRssKiB / 1024, 0)} MiB`, `${fmt(b.maxRssKiB / 1024, 0)} MiB`, a.maxRssKiB / b.maxRssKiB, 'none');
+    console.log('');
+    console.log('where the time went (CPU seconds; gateway = radosgw + ceph-osd; requests from the radosgw log):');
+    const profile = (label: string, t: { seconds: number; cpuSeconds: number }, c: PhaseCost | undefined): void =>
+      console.log(
+        `  ${label.padEnd(18)} ${fmt(t.seconds).padStart(6)} s wall, client CPU ${fmt(t.cpuSeconds).padStart(6)} s, gateway CPU ${fmt(c?.cpuSeconds ?? 0).padStart(6)} s, requests ${formatRequests(c?.requests ?? {})}`,
+      );
+    profile('backup restorelab', a, cost.backupOurs);
+    profile('backup restic', b, cost.backupRestic);
+    profile('restore restorelab', rs, cost.restoreOurs);
+    profile('restore restic', { seconds: restic, cpuSeconds: rr.cpuSeconds }, cost.restoreRestic);
+    console.log(
+      `load average at the end: ${loadavg()
+        .map((l) => fmt(l))
+        .join(' ')} (at the start: ${load0})`,
+    );
     if (!same) throw new Error('the restored disk differs from the source');
   } finally {
     await cleanup();

@@ -301,8 +301,10 @@ async function dataChunks(src: ImageSource, chunkSize: number, count: number, on
   return data;
 }
 
-/** Chunk writes in flight to a remote store (above: why); the S3 client's socket bound (S3_MAX_SOCKETS) is the same. */
+/** Chunk writes in flight to a remote store (below: why) at most; the S3 client's socket bound (S3_MAX_SOCKETS) is the same. */
 const REMOTE_WRITES_IN_FLIGHT = 32;
+/** Blob bytes those writes may hold at once: 32 writes of 1 MiB chunks, 16 of 4 MiB ones (a request per chunk, so bigger chunks need fewer). */
+const REMOTE_WRITE_BYTES_IN_FLIGHT = 64 * 1024 * 1024;
 
 async function backupDisk(
   repo: Repository,
@@ -323,8 +325,9 @@ async function backupDisk(
   const written = new Set<string>();
   // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's write.
   // A store without files is remote (object storage): each request waits a network round trip, and only more
-  // of them in flight keep the slots busy (memory: one blob per request, REMOTE_WRITES_IN_FLIGHT MiB at 1 MiB chunks).
-  const inFlight = repo.chunks.fileOf ? pool.slots * 2 : Math.max(pool.slots * 2, REMOTE_WRITES_IN_FLIGHT);
+  // of them in flight keep the slots busy (memory: one blob per request, at most REMOTE_WRITE_BYTES_IN_FLIGHT).
+  const remote = Math.min(REMOTE_WRITES_IN_FLIGHT, Math.floor(REMOTE_WRITE_BYTES_IN_FLIGHT / chunkSize));
+  const inFlight = repo.chunks.fileOf ? pool.slots * 2 : Math.max(pool.slots * 2, remote);
   let done = 0;
   let failure: unknown;
   const running = new Set<Promise<void>>();

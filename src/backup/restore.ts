@@ -88,8 +88,10 @@ async function failure(
   return new Error(`reading chunk ${job.digest}: ${r.error}`);
 }
 
-/** Chunk fetches in flight from a remote store (one blob in memory each). */
+/** Chunk fetches in flight from a remote store (one blob in memory each) at most. */
 const REMOTE_FETCHES_IN_FLIGHT = 16;
+/** Blob bytes those fetches may hold at once: 16 fetches of 1 MiB chunks, 8 of 4 MiB ones. */
+const REMOTE_FETCH_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
 
 /**
  * Writes every non-hole chunk of `digests` into `fd` on `threads` restore
@@ -158,7 +160,8 @@ async function writeChunks(
   };
   try {
     // A store without files is remote (object storage): a lane waits a round trip per chunk, so more of them fetch ahead.
-    const lanes = repo.chunks.fileOf ? pool.size * 2 : Math.max(pool.size * 2, REMOTE_FETCHES_IN_FLIGHT);
+    const remote = Math.min(REMOTE_FETCHES_IN_FLIGHT, Math.floor(REMOTE_FETCH_BYTES_IN_FLIGHT / chunkSize));
+    const lanes = repo.chunks.fileOf ? pool.size * 2 : Math.max(pool.size * 2, remote);
     await Promise.all(Array.from({ length: lanes }, lane));
   } finally {
     await pool.close();

@@ -81,6 +81,11 @@ export { TEMP_PREFIX } from '../host/atomic-file.js';
 /** 1 MiB: see docs/formats.md for why. */
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 /**
+ * 4 MiB for a new repository on object storage (s3://): every chunk is a request, and on a gateway a
+ * request costs more than its bytes; docs/formats.md ("Chunk size on object storage") has the figures.
+ */
+export const DEFAULT_OBJECT_STORAGE_CHUNK_SIZE = 4 * 1024 * 1024;
+/**
  * gc keeps chunks touched less than this before its cutoff: file system
  * timestamps come from a coarse clock that can lag Date.now() by a tick.
  */

@@ -45,6 +45,7 @@ import { createMetadataSeal, isSealed, type MetadataSeal } from './metadata-seal
 import {
   CONFIG_FILE,
   DEFAULT_CHUNK_SIZE,
+  DEFAULT_OBJECT_STORAGE_CHUNK_SIZE,
   INDEX_SUFFIX,
   INDEXES_DIR,
   KEY_SIZE,
@@ -60,7 +61,7 @@ import {
 export type WriteOptions = ChunkStoreOptions;
 
 export interface InitOptions extends WriteOptions {
-  /** Bytes per chunk; default DEFAULT_CHUNK_SIZE. */
+  /** Bytes per chunk; default DEFAULT_CHUNK_SIZE, or DEFAULT_OBJECT_STORAGE_CHUNK_SIZE under an s3:// prefix. */
   chunkSize?: number;
   /** Encrypt with this key file; created with a new random key when it does not exist. */
   keyFile?: string;
@@ -133,7 +134,7 @@ function configBody(config: RepoConfig): string {
 
 /** Creates a repository in an empty directory or under an empty `s3://BUCKET/PREFIX`. */
 export async function initRepository(spec: string, opts: InitOptions = {}): Promise<LocalRepository> {
-  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const chunkSize = opts.chunkSize ?? (isObjectStorage(spec) ? DEFAULT_OBJECT_STORAGE_CHUNK_SIZE : DEFAULT_CHUNK_SIZE);
   validateChunkSize(chunkSize);
   const backend = repositoryBackend(spec, writeOptions(opts));
   const { meta, path } = backend;

@@ -34,6 +34,8 @@ export const S3_QUARANTINE_AREA = 'quarantine/';
 export const SIGV4_MAX_SKEW_MS = 15 * 60 * 1000;
 /** Keys per ListObjectsV2 page (the S3 maximum). */
 const LIST_PAGE_MAX = 1000;
+/** Conditional PUTs an insert() makes before it gives up on a key the gateway refuses yet does not hold. */
+const INSERT_ATTEMPTS = 3;
 
 const DIGEST_KEY_RE = /\/([0-9a-f]{2})\/([0-9a-f]{64})$/;
 
@@ -49,6 +51,12 @@ interface S3ErrorShape {
   name?: string;
   Code?: string;
   $metadata?: { httpStatusCode?: number };
+}
+
+/** A conditional PUT (`If-None-Match: *`) refused because the key exists. */
+function isPreconditionFailed(err: unknown): boolean {
+  const e = err as S3ErrorShape;
+  return e?.name === 'PreconditionFailed' || e?.Code === 'PreconditionFailed' || e?.$metadata?.httpStatusCode === 412;
 }
 
 function isNotFound(err: unknown): boolean {
@@ -109,9 +117,19 @@ export class S3ChunkStore implements ChunkStore {
   async touch(digest: string): Promise<boolean> {
     const key = this.key(digest);
     try {
-      // A HEAD first: a backup touches every chunk it is about to write, most of them new, and on the RADOS
-      // Gateway a copy of a missing object takes about 5 times a HEAD's 10 ms (measured, docs/operations.md).
-      if ((await this.head(key)) === undefined) return false;
+      return (await this.refresh(key)) !== undefined;
+    } catch (err) {
+      throw this.ioError('touch', digest, key, err);
+    }
+  }
+
+  /** touch() of a key: its size once Last-Modified moved, undefined when there is no such object. */
+  private async refresh(key: string): Promise<{ size: number } | undefined> {
+    // A HEAD first: a backup touches every chunk it is about to write, most of them new, and on the RADOS
+    // Gateway a copy of a missing object takes about 5 times a HEAD's 10 ms (measured, docs/operations.md).
+    const found = await this.head(key);
+    if (found === undefined) return undefined;
+    try {
       await this.client.send(
         new (s3Sdk().CopyObjectCommand)({
           Bucket: this.bucket,
@@ -121,29 +139,48 @@ export class S3ChunkStore implements ChunkStore {
           Metadata: { touched: String(Date.now()) },
         }),
       );
-      return true;
     } catch (err) {
-      if (isNotFound(err)) return false;
-      throw this.ioError('touch', digest, key, err);
+      if (isNotFound(err)) return undefined;
+      throw err;
     }
+    return { size: found.size };
   }
 
   private copySource(key: string): string {
     return `${this.bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
   }
 
+  /**
+   * One request for a new chunk: a PUT with `If-None-Match: *`, which the gateway refuses (412) when the
+   * key exists, so "is it stored?" and "store it" are one atomic step, as the local store's link() is.
+   * A HEAD before the PUT (what this did first) cost a third of a backup's requests. A refused PUT means
+   * the chunk is stored: it is touched like any found chunk; if gc removed it in between, the PUT is
+   * tried again. Should a PUT that was stored lose its answer, the SDK's retry is refused and the chunk
+   * is reported as existing: a failed backup then leaves it to gc rather than rolling it back, the safe side.
+   */
   async insert(digest: string, blob: Buffer): Promise<{ existed: boolean; size: number }> {
     const key = this.key(digest);
-    let found: { size: number } | undefined;
-    try {
-      found = await this.head(key);
-    } catch (err) {
-      throw this.ioError('check', digest, key, err);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.client.send(
+          new (s3Sdk().PutObjectCommand)({ Bucket: this.bucket, Key: key, Body: blob, ContentLength: blob.length, IfNoneMatch: '*' }),
+        );
+        return { existed: false, size: blob.length };
+      } catch (err) {
+        if (!isPreconditionFailed(err)) throw this.ioError('insert', digest, key, err);
+      }
+      let found: { size: number } | undefined;
+      try {
+        found = await this.refresh(key);
+      } catch (err) {
+        throw this.ioError('insert', digest, key, err);
+      }
+      if (found) return { existed: true, size: found.size };
+      // Refused, then gone by the time of the touch: gc swept it in between. Once more is plenty; a store
+      // that keeps refusing a key it does not hold is broken, and says so.
+      if (attempt >= INSERT_ATTEMPTS)
+        throw this.ioError('insert', digest, key, new Error(`the gateway refused ${INSERT_ATTEMPTS} PUTs of a key it does not hold`));
     }
-    // touch() after the HEAD: if gc deleted the chunk in between, the copy finds nothing and we write it anew.
-    if (found && (await this.touch(digest))) return { existed: true, size: found.size };
-    await this.put(digest, key, blob, 'insert');
-    return { existed: false, size: blob.length };
   }
 
   private async put(digest: string, key: string, blob: Buffer, op: string): Promise<void> {

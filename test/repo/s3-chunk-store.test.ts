@@ -6,13 +6,20 @@
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
 import { RestorelabError } from '../../src/errors.js';
 import type { ChunkStore } from '../../src/repo/api.js';
 import { CorruptChunkError } from '../../src/repo/contract.js';
 import { LimitedChunkStore } from '../../src/repo/limited-chunk-store.js';
 import { S3ChunkStore, SIGV4_MAX_SKEW_MS } from '../../src/repo/s3-chunk-store.js';
-import { createS3Client } from '../../src/repo/s3-config.js';
+import { createS3Client, PAYLOAD_HASH_HEADER } from '../../src/repo/s3-config.js';
 import { collectGarbage } from '../../src/repo/gc.js';
 import { s3Scratch, s3Settings } from '../helpers/s3.js';
 import { runChunkStoreSuite } from './fixtures/chunk-store-suite.js';
@@ -125,4 +132,88 @@ t.test('s3 store: gc keeps the clock-skew margin SigV4 allows on top of its own'
   t.equal(report.chunksKeptRecent, 1);
   t.ok(Date.parse(report.cutoff) <= Date.now() - SIGV4_MAX_SKEW_MS, 'the cutoff lies at least 15 minutes back');
   t.ok(await store.has(b.digest));
+});
+
+/** The commands a client sends, by name, in order (a middleware at the first step sees each once, before retries). */
+function recordCommands(client: S3Client): string[] {
+  const sent: string[] = [];
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      sent.push(context.commandName ?? '?');
+      return next(args);
+    },
+    { step: 'initialize', name: 'recordCommands' },
+  );
+  return sent;
+}
+
+t.test('s3 store: insert() of a new chunk is one conditional PUT; of a stored one, a refused PUT and a touch', async (t) => {
+  const s = await s3Scratch(t);
+  const client = createS3Client(s3Settings(s.service));
+  t.teardown(() => client.destroy());
+  const sent = recordCommands(client);
+  const store = new S3ChunkStore({ client, bucket: s.bucket, prefix: s.prefix });
+  const b = blob();
+  t.same(await store.insert(b.digest, b.data), { existed: false, size: b.data.length });
+  t.same(sent, ['PutObjectCommand'], 'no HEAD before the PUT of a new chunk');
+  const key = `${s.prefix}chunks/${b.digest.slice(0, 2)}/${b.digest}`;
+  const before = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: key }));
+  // Last-Modified has whole seconds: wait into the next one, so a touch is visible.
+  await new Promise((r) => setTimeout(r, 1100));
+  sent.length = 0;
+  const other = blob(b.data.length);
+  t.same(await store.insert(b.digest, other.data), { existed: true, size: b.data.length }, 'the stored size, not the offered one');
+  t.same(sent, ['PutObjectCommand', 'HeadObjectCommand', 'CopyObjectCommand'], 'refused, then touched');
+  const after = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: key }));
+  t.ok(after.LastModified!.getTime() > before.LastModified!.getTime(), 'a stored chunk found by insert() is touched (gc honours it)');
+  t.ok((await store.get(b.digest)).equals(b.data), 'the stored blob is kept as it is');
+});
+
+t.test('s3 store: a chunk that gc removes between a refused PUT and its touch is stored anew', async (t) => {
+  const s = await s3Scratch(t);
+  const client = createS3Client(s3Settings(s.service));
+  t.teardown(() => client.destroy());
+  const b = blob();
+  const key = `${s.prefix}chunks/${b.digest.slice(0, 2)}/${b.digest}`;
+  await s.client.send(new PutObjectCommand({ Bucket: s.bucket, Key: key, Body: b.data }));
+  // The gateway refuses the PUT (the chunk is there); "gc" deletes it before insert() gets to touch it.
+  let swept = false;
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      try {
+        return await next(args);
+      } catch (err) {
+        if (context.commandName === 'PutObjectCommand' && !swept) {
+          swept = true;
+          await s.client.send(new DeleteObjectCommand({ Bucket: s.bucket, Key: key }));
+        }
+        throw err;
+      }
+    },
+    { step: 'initialize', name: 'sweepAfterRefusal' },
+  );
+  const store = new S3ChunkStore({ client, bucket: s.bucket, prefix: s.prefix });
+  t.same(await store.insert(b.digest, b.data), { existed: false, size: b.data.length });
+  t.ok(swept, 'the first PUT was refused');
+  t.ok((await store.get(b.digest)).equals(b.data), 'the chunk is stored again');
+});
+
+t.test('s3 client: PUTs are signed without a payload hash (the blob is checked by its digest, not hashed twice)', async (t) => {
+  const s = await s3Scratch(t);
+  const client = createS3Client(s3Settings(s.service));
+  t.teardown(() => client.destroy());
+  const seen: string[] = [];
+  // After signing (finalizeRequest): the header the gateway gets.
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      seen.push((args.request as { headers: Record<string, string> }).headers[PAYLOAD_HASH_HEADER] ?? '(none)');
+      return next(args);
+    },
+    { step: 'deserialize', name: 'seeSignedHeaders' },
+  );
+  const store = new S3ChunkStore({ client, bucket: s.bucket, prefix: s.prefix });
+  const b = blob();
+  await store.insert(b.digest, b.data);
+  t.same(seen, ['UNSIGNED-PAYLOAD']);
+  t.ok((await store.get(b.digest)).equals(b.data), 'and the gateway took it');
 });

@@ -81,7 +81,11 @@ t.test('repo init s3://: an empty prefix becomes a repository, anything else is 
   const url = `s3://${s.bucket}/${s.prefix}repo`;
   const init = await cli(['repo', 'init', url, '--json']);
   t.equal(init.code, 0, init.stderr);
-  t.match(init.json, { path: `${url}/`, version: 1, chunkSize: MiB, encryption: 'none' });
+  t.match(
+    init.json,
+    { path: `${url}/`, version: 1, chunkSize: 4 * MiB, encryption: 'none' },
+    'chunks of 4 MiB by default on object storage',
+  );
   t.same(await keys(s), ['repo/config.json'], 'config.json is all an empty repository holds: no directories to fake');
 
   const again = await cli(['repo', 'init', url, '--json']);
@@ -122,7 +126,7 @@ t.test('backup to s3://, points, restore: the bytes match; verify names a delete
   const s = await s3Scratch(t);
   const cli = cliFor(s);
   const url = `s3://${s.bucket}/${s.prefix}main`;
-  t.equal((await cli(['repo', 'init', url])).code, 0);
+  t.equal((await cli(['repo', 'init', url, '--chunk-size', '1M'])).code, 0);
   const b = await cli(['backup', '--repo', url, '--vm', vmFile, '--disk', `root=${image}`, '--json']);
   t.equal(b.code, 0, b.stderr);
   t.match(b.json, { vm: 'web', stats: { bytesZero: 4 * MiB } });
@@ -171,7 +175,7 @@ t.test('backup to s3://, points, restore: the bytes match; verify names a delete
 t.test('a point is visible only once its manifest is written, the last object of a backup', async (t) => {
   const s = await s3Scratch(t);
   const url = `s3://${s.bucket}/${s.prefix}late`;
-  t.equal((await cliFor(s)(['repo', 'init', url])).code, 0);
+  t.equal((await cliFor(s)(['repo', 'init', url, '--chunk-size', '1M'])).code, 0);
   await withS3Env(s, async () => {
     const repo = await openRepository(url);
     const chunk = randomBytes(MiB);
@@ -277,7 +281,7 @@ t.test('the gateway goes away during a backup: it fails with a clear error and l
   const s = await s3Scratch(t);
   const cli = cliFor(s);
   const url = `s3://${s.bucket}/${s.prefix}cut`;
-  t.equal((await cli(['repo', 'init', url])).code, 0);
+  t.equal((await cli(['repo', 'init', url, '--chunk-size', '1M'])).code, 0);
   const relay = await cuttingRelay(s.service.endpoint, 8 * MiB);
   t.teardown(relay.close);
   const b = await cliFor(s, { ...s3Env(s.service), AWS_ENDPOINT_URL: relay.url })([

@@ -82,7 +82,7 @@ export function registerRepo(program: Command): void {
   cmd
     .command('init <repo>')
     .description('create an empty repository in a directory or under an s3:// prefix (chunk size fixed for its lifetime)')
-    .option('--chunk-size <size>', 'bytes per chunk, a power of two from 256K to 8M (default 1M)')
+    .option('--chunk-size <size>', 'bytes per chunk, a power of two from 256K to 8M (default 1M; 4M under s3://)')
     .option('--encrypt', 'encrypt chunks with AES-256-GCM (needs --key-file)')
     .option('--key-file <file>', 'the key file; created with a new random key when it does not exist')
     .option('--json', 'print one JSON object')
