@@ -87,7 +87,7 @@ export class LabQueue {
     boss.on('error', (err: Error) => process.emitWarning(`lab queue: ${err.message}`));
     try {
       await boss.start();
-      await boss.createQueue(VERIFY_QUEUE, {
+      await createQueue(boss, VERIFY_QUEUE, {
         name: VERIFY_QUEUE,
         retryLimit: opts.retryLimit,
         expireInSeconds: opts.leaseSeconds,
@@ -107,7 +107,7 @@ export class LabQueue {
 
   /** Creates a worker's own queue (idempotent): its tasks are not retried (stopping is, and is asked again). */
   async ensureQueue(name: string): Promise<void> {
-    await this.boss.createQueue(name, { name, retryLimit: 0, expireInSeconds: STOP_LEASE_SECONDS, retentionMinutes: 24 * 60 });
+    await createQueue(this.boss, name, { name, retryLimit: 0, expireInSeconds: STOP_LEASE_SECONDS, retentionMinutes: 24 * 60 });
   }
 
   async submit(data: object, queue = VERIFY_QUEUE, o: { retryLimit?: number; leaseSeconds?: number } = {}): Promise<string> {
@@ -207,4 +207,26 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener('abort', done, { once: true });
   });
+}
+
+/** PostgreSQL errors a concurrent createQueue can hit that go away when tried again: deadlock, unique violation. */
+const CREATE_RACES = new Set(['40P01', '23505']);
+
+/**
+ * pg-boss's createQueue, tried again when it loses a race. Creating a queue
+ * attaches a partition to pg-boss's job table; two workers starting at once
+ * (each creating its own queue) can deadlock there, and PostgreSQL aborts one.
+ * It is idempotent, so the loser simply tries again.
+ */
+async function createQueue(boss: PgBoss, name: string, options: Parameters<PgBoss['createQueue']>[1]): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await boss.createQueue(name, options);
+      return;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (attempt >= 5 || typeof code !== 'string' || !CREATE_RACES.has(code)) throw err;
+      await new Promise((r) => setTimeout(r, 100 + Math.random() * 400));
+    }
+  }
 }

@@ -1,7 +1,8 @@
 // Memory-aware placement: the rule (a task fits when the memory in use plus
 // its own stays within the budget; an idle worker takes anything), what a
 // task needs, and the give-back on the real queue: the task returns to
-// `created`, spends no retry, and is taken again.
+// `created`, spends no retry, and is taken again; and two workers creating
+// their queues at once.
 import t from 'tap';
 import { DEFAULT_VM_MEMORY_MIB, fits, taskMemory } from '../../src/workers/placement.js';
 import { LabQueue } from '../../src/workers/queue.js';
@@ -57,4 +58,22 @@ t.test('give back on the real queue: no retry spent, taken again', async (t) => 
   }
   t.match(s, { state: 'completed', retryCount: 0, output: { ran: true } }, 'taken again and run, though it had no retry left');
   t.equal(seen, 2);
+});
+
+t.test('workers starting at once create their own queues: the deadlock pg-boss can hit there is tried again', async (t) => {
+  const url = await freshDatabase(t);
+  const a = await LabQueue.open({ url, pollSeconds: 1, maintenanceSeconds: 3600 });
+  t.teardown(() => a.close());
+  const b = await LabQueue.open({ url, pollSeconds: 1, maintenanceSeconds: 3600 });
+  t.teardown(() => b.close());
+  // Two queues created at the same moment deadlocked 8 times in 15 here before the retry (PostgreSQL 40P01).
+  for (let i = 0; i < 15; i++) {
+    const r = await Promise.allSettled([a.ensureQueue(`restorelab-worker-a${i}`), b.ensureQueue(`restorelab-worker-b${i}`)]);
+    const failed = r.flatMap((x) => (x.status === 'rejected' ? [String((x.reason as Error).message)] : []));
+    if (failed.length > 0) {
+      t.fail(`round ${i}: ${failed.join('; ')}`);
+      return;
+    }
+  }
+  t.pass('30 queues created in 15 simultaneous pairs, none refused');
 });
