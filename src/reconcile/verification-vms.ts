@@ -91,6 +91,11 @@ async function removeVm(stateDir: string, vm: VerificationVm, pubs: PublicationR
   const { removePublication } = await import('../publish/publish.js');
   // Its run's process is gone, so anyone may remove the run's publication (publish.ts, assertOwner).
   for (const p of pubs) await removePublication(stateDir, p.id, { discard: true, as: p.owner ?? { kind: 'surebackup', id: vm.name } });
+  // A FUSE mount its publisher could not take down (QEMU still closing the disk when the publisher was told to
+  // stop) outlives the publication; its publication is gone, so it is an orphan, and rm would fail on it (EISDIR).
+  const { mountsUnder } = await import('../host/mounts.js');
+  const { detachMount } = await import('../fuse/mounts.js');
+  for (const m of mountsUnder(vm.dir).reverse()) if (m.fstype.startsWith('fuse')) await detachMount(m.mountPoint);
   fs.rmSync(vm.dir, { recursive: true, force: true });
 }
 
