@@ -241,7 +241,15 @@ t.test('a worker killed mid-task: the task is given back and finished by another
   // Killed once its VM runs: its lab, publication and work directory stay, and
   // the QEMU it started may keep running there (unless a write to its dead
   // parent's pipe killed it), as after a worker crash.
-  await until('w1 started the VM', async () => (await leftovers(w1.stateDir)).some((l) => l.startsWith('process:')), 240_000);
+  // A run that ends before w1 starts the VM would leave the wait below to time out with no word of why.
+  const endedEarly = run.then((r) => {
+    throw new Error(`the run ended before w1 started its VM (exit ${r.code}): ${r.stdout.slice(-800)} ${r.stderr.slice(-1500)}`);
+  });
+  endedEarly.catch(() => undefined);
+  await Promise.race([
+    until('w1 started the VM', async () => (await leftovers(w1.stateDir)).some((l) => l.startsWith('process:')), 240_000),
+    endedEarly,
+  ]);
   w1.proc.kill('SIGKILL');
   await new Promise((r) => w1.proc.once('exit', r));
   const left = await leftovers(w1.stateDir, undefined, labName);
