@@ -6,8 +6,6 @@
 // down. Bad input and a process without a queue are refused before anything
 // is queued.
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import request from 'supertest';
 import { projectPath } from '../../src/paths.js';
@@ -15,52 +13,11 @@ import { exec } from '../../src/host/exec.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
 import { address, subnet } from '../helpers/subnets.js';
 import { freshDatabase } from '../helpers/pg.js';
+import { startWorker, stop, until } from '../helpers/workers.js';
 import { testApi } from '../helpers/api.js';
 import { httpGet, WEB_EXPECT } from '../session/fixtures/recovery.js';
 import { SessionCatalog, flushSessionCatalog, sharedCatalog } from '../../src/session/catalog.js';
 import { SessionStore } from '../../src/session/store.js';
-
-interface Worker {
-  proc: ChildProcess;
-  log: () => string;
-  stateDir: string;
-}
-
-function startWorker(name: string, url: string, stateDir: string): Worker {
-  mkdirSync(stateDir, { recursive: true });
-  const proc = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'worker', '--name', name], {
-    env: {
-      ...process.env,
-      RESTORELAB_QUEUE: url,
-      RESTORELAB_STATE_DIR: stateDir,
-      RESTORELAB_ACCEL: 'tcg',
-      RESTORELAB_DRIVER: 'qemu',
-      RESTORELAB_QUEUE_POLL_SECONDS: '1',
-      RESTORELAB_QUEUE_MAINTENANCE_SECONDS: '2',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  return { proc, log: () => out, stateDir };
-}
-
-async function until(what: string, f: () => boolean | Promise<boolean>, ms = 120_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await f())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-function stop(w: Worker): Promise<void> {
-  if (w.proc.exitCode !== null || w.proc.signalCode !== null) return Promise.resolve();
-  return new Promise((res) => {
-    w.proc.once('exit', () => res());
-    w.proc.kill('SIGTERM');
-  });
-}
 
 interface Listed {
   session: string;

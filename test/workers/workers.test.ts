@@ -4,14 +4,14 @@
 // it, while the dead one cleans up when it comes back; and a task that fails
 // on every attempt (a worker without the repository's key).
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectPath } from '../../src/paths.js';
 import { exec } from '../../src/host/exec.js';
 import { cli, shortDir, guestRepository, labFile, leftovers } from '../surebackup/fixtures/guest-lab.js';
 import { subnet } from '../helpers/subnets.js';
 import { freshDatabase } from '../helpers/pg.js';
+import { startWorker, stop, until } from '../helpers/workers.js';
 import { guestImage } from '../helpers/guests.js';
 import { openRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
@@ -22,49 +22,6 @@ import { settled } from '../api/fixtures/lab-api.js';
 import type { Operation } from '../../src/api/operations.js';
 import { queueDispatch } from '../../src/workers/dispatch.js';
 import { setLabDispatch } from '../../src/scheduler/run.js';
-
-interface Worker {
-  proc: ChildProcess;
-  log: () => string;
-  stateDir: string;
-}
-
-function startWorker(name: string, url: string, stateDir: string, extra: string[] = [], env: Record<string, string> = {}): Worker {
-  mkdirSync(stateDir, { recursive: true });
-  const proc = spawn(process.execPath, [projectPath('bin', 'restorelab.js'), 'worker', '--name', name, ...extra], {
-    env: {
-      ...process.env,
-      RESTORELAB_QUEUE: url,
-      RESTORELAB_STATE_DIR: stateDir,
-      RESTORELAB_ACCEL: 'tcg',
-      RESTORELAB_DRIVER: 'qemu',
-      RESTORELAB_QUEUE_POLL_SECONDS: '1',
-      RESTORELAB_QUEUE_MAINTENANCE_SECONDS: '2',
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  return { proc, log: () => out, stateDir };
-}
-
-async function until(what: string, f: () => boolean | Promise<boolean>, ms = 120_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await f())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-function stop(w: Worker): Promise<void> {
-  if (w.proc.exitCode !== null || w.proc.signalCode !== null) return Promise.resolve();
-  return new Promise((res) => {
-    w.proc.once('exit', () => res());
-    w.proc.kill('SIGTERM');
-  });
-}
 
 async function workersJson(
   url: string,
