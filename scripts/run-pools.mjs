@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Runs the built test files (dist/) in the pools of test/pools.json, as
-// test/helpers/pools.ts describes: stages one after the other, the pools of a
-// stage at the same time, each running N of its files at once, each file as
+// test/helpers/pools.ts describes: stages one after the other, the pools (or
+// lanes of pools) of a stage at the same time, each running N of its files at once, each file as
 // its own `node FILE` (runFile says why not `tap run`).
 //
 // A pool may name a `setup` command, run (sh -c, from the checkout) before
@@ -71,7 +71,10 @@ const listed = Object.values(pools.pools).flatMap((p) => p.files);
 for (const f of opts.files) if (!listed.includes(f)) usage(`no test file ${f} in test/pools.json (names look like lab/lab)`);
 if (opts.files.length) for (const p of Object.values(pools.pools)) p.files = p.files.filter((f) => opts.files.includes(f));
 const chosen = (name) => (opts.only.length === 0 || opts.only.includes(name)) && pools.pools[name].files.length > 0;
-const stages = pools.stages.map((s) => s.filter(chosen)).filter((s) => s.length > 0);
+// A stage entry is a pool, or a lane: pools run one after the other, beside the stage's other entries.
+const stages = pools.stages
+  .map((s) => s.map((entry) => (Array.isArray(entry) ? entry : [entry]).filter(chosen)).filter((lane) => lane.length > 0))
+  .filter((s) => s.length > 0);
 const jobsOf = (name) => opts.jobs[name] ?? pools.pools[name].jobs;
 const durationsFile = join(root, 'test', 'durations.json');
 /** Seconds per file (pools.json names) from an earlier run: only the order of the files depends on them. */
@@ -79,9 +82,11 @@ const durations = existsSync(durationsFile) ? JSON.parse(readFileSync(durationsF
 
 if (opts.list) {
   stages.forEach((s, i) => {
-    for (const name of s) {
+    for (const [name, before] of s.flatMap((lane) => lane.map((name, j) => [name, lane[j - 1]]))) {
       const p = pools.pools[name];
-      const around = [p.setup && `setup: ${p.setup}`, p.teardown && `teardown: ${p.teardown}`].filter(Boolean).join('; ');
+      const around = [before && `after ${before}`, p.setup && `setup: ${p.setup}`, p.teardown && `teardown: ${p.teardown}`]
+        .filter(Boolean)
+        .join('; ');
       console.log(`stage ${i + 1} pool ${name} (${jobsOf(name)} jobs${around ? `; ${around}` : ''}): ${ordered(p.files).join(' ')}`);
     }
   });
@@ -274,7 +279,12 @@ async function runPool(name) {
 
 const t0 = Date.now();
 const results = [];
-for (const stage of stages) results.push(...(await Promise.all(stage.map(runPoolWithSetup))));
+async function runLane(lane) {
+  const out = [];
+  for (const name of lane) out.push(await runPoolWithSetup(name));
+  return out;
+}
+for (const stage of stages) results.push(...(await Promise.all(stage.map(runLane))).flat());
 
 const total = {};
 for (const r of results) for (const [k, n] of Object.entries(r.counts)) total[k] = (total[k] ?? 0) + n;

@@ -20,8 +20,10 @@
  * on ports of their own, and to purge them afterwards, so a test run never
  * touches the services a developer keeps up in var/services.
  *
- * `stages` run one after the other; the pools of one stage run at the same
- * time, each with its own `jobs`.
+ * `stages` run one after the other; the entries of one stage run at the same
+ * time, each pool with its own `jobs`. An entry is a pool, or a lane: a list
+ * of pools run one after the other (`["host", "services"]`: services starts
+ * when host is done), beside the stage's other entries.
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -39,7 +41,8 @@ export interface Pool {
   env?: Record<string, string>;
 }
 export interface Pools {
-  stages: string[][];
+  /** Each stage's entries: a pool name, or a lane of pool names run in order. */
+  stages: (string | string[])[][];
   pools: Record<string, Pool>;
 }
 
@@ -84,7 +87,7 @@ export function poolProblems(p: Pools, files: readonly string[]): string[] {
   for (const f of files)
     if (!seen.has(f))
       out.push(`test/${f}.test.ts is in no pool: add it to test/pools.json (host, unless it boots a VM or binds a fixed port)`);
-  const staged = p.stages.flat();
+  const staged = p.stages.flat(2);
   for (const name of Object.keys(p.pools))
     if (staged.filter((s) => s === name).length !== 1) out.push(`pool ${name} must be in exactly one stage`);
   for (const s of staged) if (!(s in p.pools)) out.push(`stage names an unknown pool ${s}`);

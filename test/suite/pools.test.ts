@@ -20,7 +20,7 @@ t.test('every test file is in exactly one pool, every pool in one stage', async 
 
 t.test('the check names each mistake', async (t) => {
   const p: Pools = {
-    stages: [['a'], ['b', 'ghost']],
+    stages: [['a'], ['b', ['ghost', 'a']]],
     pools: {
       a: { jobs: 1, why: '', files: ['x/one', 'x/two'] },
       b: { jobs: 0, why: '', files: ['x/two', 'x/gone'] },
@@ -34,6 +34,7 @@ t.test('the check names each mistake', async (t) => {
     'pool c: setup must be a shell command (a non-empty string)',
     'pool c: env lower must be an upper-case name with a string value',
     'test/x/new.test.ts is in no pool: add it to test/pools.json (host, unless it boots a VM or binds a fixed port)',
+    'pool a must be in exactly one stage',
     'pool c must be in exactly one stage',
     'stage names an unknown pool ghost',
   ]);
@@ -48,7 +49,7 @@ t.test('a file that binds the NFS ports 111/2049 runs alone: one job, a stage of
     t.equal(pool.jobs, 1, `${f}: its pool runs one file at a time`);
     t.same(pool.files, [f], `${f}: nothing else in its pool`);
     t.same(
-      pools.stages.find((s) => s.includes(name)),
+      pools.stages.find((s) => s.flat().includes(name)),
       [name],
       `${f}: no other pool beside it`,
     );
