@@ -199,8 +199,11 @@ export class NbdConnection {
   private send(bufs: Buffer[]): Promise<void> {
     if (this.socket.destroyed || bufs.length === 0) return Promise.resolve();
     return new Promise((resolve) => {
+      // Corked, a reply's header and data leave in one writev, not a 16-byte write and then the data.
+      if (bufs.length > 1) this.socket.cork();
       for (let i = 0; i < bufs.length - 1; i++) this.socket.write(bufs[i]!);
       this.socket.write(bufs[bufs.length - 1]!, () => resolve());
+      if (bufs.length > 1) this.socket.uncork();
     });
   }
 

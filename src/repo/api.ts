@@ -67,6 +67,14 @@ export interface ChunkCodec {
    * The result is valid until `out` or `blob` is reused.
    */
   decodeInto(digest: string, blob: Buffer, out: Buffer): Buffer;
+  /**
+   * decodeInto() of a blob read around a gap (readBlobAroundSync): `blob`
+   * holds it whole except the first `out.length` bytes of its payload, which
+   * were read into `out`. A chunk stored as is (neither compressed nor
+   * encrypted) is checked where it lies, in `out`: no copy; any other is put
+   * back together in `blob` and decoded into `out`. Same checks as decode().
+   */
+  decodeAround(digest: string, blob: Buffer, out: Buffer): Buffer;
 }
 
 /**

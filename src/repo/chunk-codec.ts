@@ -207,5 +207,31 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
     decodeInto(digest: string, blob: Buffer, out: Buffer): Buffer {
       return open(digest, blob, out);
     },
+
+    decodeAround(digest: string, blob: Buffer, out: Buffer): Buffer {
+      const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
+      const payloadLength = blob.length - CHUNK_HEADER_SIZE;
+      if (flags === 0 && !encrypted && payloadLength <= out.length) {
+        // Stored as is: the payload is the plaintext, already in place. The same proof as unseal()'s.
+        const plain = out.subarray(0, payloadLength);
+        if (plainLength > maxPlain)
+          throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
+        const bad =
+          plain.length !== plainLength
+            ? `decoded ${plain.length} bytes, header says ${plainLength}`
+            : digestOf(plain) !== digest
+              ? 'digest mismatch'
+              : undefined;
+        if (bad) throw new CorruptChunkError(digest, crc32(plain) !== crc ? 'CRC mismatch' : bad);
+        return plain;
+      }
+      out.copy(blob, CHUNK_HEADER_SIZE, 0, Math.min(out.length, payloadLength));
+      const plain = open(digest, blob, out);
+      if (plain.buffer === out.buffer) return plain;
+      // A chunk stored as is comes back as a view of the blob; the caller asked for `out`, and all of it.
+      if (plain.length > out.length)
+        throw new CorruptChunkError(digest, `decoded ${plain.length} bytes, more than the ${out.length} asked for`);
+      return out.subarray(0, plain.copy(out));
+    },
   };
 }

@@ -8,14 +8,14 @@
  * running backup uses it. At level `filesystem` sync() makes the chunks
  * durable with one syncfs (src/host/syncfs.ts); see SyncLevel in api.ts.
  */
-import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync, readvSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { DEFAULT_SYNC_LEVEL, type ChunkStore, type StoredChunk, type SyncLevel } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, tempName, writeFileAtomic } from '../host/atomic-file.js';
 import { syncFilesystem } from '../host/syncfs.js';
-import { QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
+import { CHUNK_HEADER_SIZE, QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 import { CorruptChunkError } from './contract.js';
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
@@ -42,6 +42,35 @@ export function readBlobSync(digest: string, file: string, scratch: Buffer): Buf
   let n = 0;
   try {
     for (let r = 1; r > 0 && n < scratch.length; n += r) r = readSync(fd, scratch, n, scratch.length - n, n);
+  } finally {
+    closeSync(fd);
+  }
+  if (n === scratch.length) throw new CorruptChunkError(digest, `blob is longer than any chunk (over ${scratch.length - 1} bytes)`);
+  return scratch.subarray(0, n);
+}
+
+/**
+ * readBlobSync that reads the first `direct.length` bytes of the blob's
+ * payload straight into `direct` (a chunk cache slot) and the rest of the blob
+ * into `scratch` at its place, leaving a gap in `scratch` where those bytes
+ * would be: ChunkCodec.decodeAround's layout. A chunk stored as is (random
+ * data, which does not compress) then needs no copy from the blob buffer into
+ * the slot. Returns the blob's extent in `scratch`, the gap included.
+ */
+export function readBlobAroundSync(digest: string, file: string, scratch: Buffer, direct: Buffer): Buffer {
+  const gapEnd = CHUNK_HEADER_SIZE + direct.length;
+  if (scratch.length <= gapEnd) throw new RangeError(`a blob buffer of ${scratch.length} bytes cannot hold a gap up to ${gapEnd}`);
+  // The blob's bytes from position `at` on, in the buffers they are read into.
+  const from = (at: number): Buffer[] =>
+    at < CHUNK_HEADER_SIZE
+      ? [scratch.subarray(at, CHUNK_HEADER_SIZE), direct, scratch.subarray(gapEnd)]
+      : at < gapEnd
+        ? [direct.subarray(at - CHUNK_HEADER_SIZE), scratch.subarray(gapEnd)]
+        : [scratch.subarray(at)];
+  const fd = openSync(file, 'r');
+  let n = 0;
+  try {
+    for (let r = 1; r > 0 && n < scratch.length; n += r) r = readvSync(fd, from(n), n);
   } finally {
     closeSync(fd);
   }
@@ -241,13 +270,17 @@ export class LocalChunkStore implements ChunkStore {
     }
   }
 
-  /** get() with blocking I/O into `scratch` (see readBlobSync), for a thread that does nothing else. */
-  getSync(digest: string, scratch: Buffer): Buffer {
+  /**
+   * get() with blocking I/O, for a thread that does nothing else: the payload's
+   * first `direct.length` bytes into `direct`, the rest into `scratch` (see readBlobAroundSync).
+   */
+  getAroundSync(digest: string, scratch: Buffer, direct: Buffer): Buffer {
     const target = this.file(digest);
     try {
-      return readBlobSync(digest, target, scratch);
+      return readBlobAroundSync(digest, target, scratch, direct);
     } catch (err) {
-      if (!isErrno(err, 'ENOENT')) throw err instanceof CorruptChunkError ? err : this.ioError('read', digest, err);
+      if (!isErrno(err, 'ENOENT'))
+        throw err instanceof CorruptChunkError || err instanceof RangeError ? err : this.ioError('read', digest, err);
       throw this.missing(digest, existsSync(target + QUARANTINE_SUFFIX));
     }
   }

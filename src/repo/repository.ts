@@ -561,18 +561,17 @@ class IndexedDisk implements DiskSource {
   private readLocalSync(local: LocalChunkStore, i: number, scratch: Buffer, into?: Buffer): Buffer | null {
     const digest = this.chunkId(i);
     if (digest === null) return null;
-    let blob: Buffer;
-    try {
-      blob = local.getSync(digest, scratch);
-    } catch (err) {
-      throw this.asCorrupt(digest, err);
-    }
     const expected = this.lengthOf(i);
     if (into && into.length < expected) throw new RangeError(`chunk ${i} needs ${expected} bytes, the buffer holds ${into.length}`);
     const out = into ? into.subarray(0, expected) : Buffer.allocUnsafeSlow(expected);
-    const plain = this.checked(i, digest, () => this.codec.decodeInto(digest, blob, out));
-    // A chunk stored uncompressed decodes to a view of the scratch blob: it still needs its own memory.
-    if (plain.buffer !== out.buffer) plain.copy(out);
+    // The payload is read straight into `out`: a chunk stored as is is then hashed where it will be served, and never copied.
+    let blob: Buffer;
+    try {
+      blob = local.getAroundSync(digest, scratch, out);
+    } catch (err) {
+      throw this.asCorrupt(digest, err);
+    }
+    this.checked(i, digest, () => this.codec.decodeAround(digest, blob, out));
     return out;
   }
 

@@ -1,9 +1,13 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { createCodec, keyCheckValue } from '../../src/repo/chunk-codec.js';
 import { CorruptChunkError } from '../../src/repo/contract.js';
 import type { RepoConfig } from '../../src/repo/api.js';
-import { CHUNK_HEADER_SIZE, CHUNK_MAGIC } from '../../src/repo/format.js';
+import { CHUNK_HEADER_SIZE, CHUNK_MAGIC, maxBlobSize } from '../../src/repo/format.js';
+import { readBlobAroundSync } from '../../src/repo/chunk-store.js';
 import { chunkBytes } from './fixtures/points.js';
 
 const plainConfig: RepoConfig = {
@@ -200,5 +204,68 @@ t.test('decodeInto checks the CRC only when another check fails; decode (verify)
     corruptReason(() => codec.decodeInto(digest, badPayload, Buffer.alloc(plainConfig.chunkSize))),
     'CRC mismatch',
     'damaged storage is named as such',
+  );
+});
+
+t.test('decodeAround: a blob read around a gap (payload head straight into the slot) decodes as decodeInto does', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rl-around-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  let n = 0;
+  /** The blob as a chunk-store file, read back the way a decode worker reads it. */
+  const readAround = (blob: Buffer, out: Buffer): Buffer => {
+    const file = path.join(dir, `blob-${n++}`);
+    fs.writeFileSync(file, blob);
+    const scratch = Buffer.alloc(maxBlobSize(plainConfig.chunkSize) + 1, 0xee);
+    return readBlobAroundSync('x', file, scratch, out);
+  };
+  for (const [name, codec] of [
+    ['plain', createCodec(plainConfig)],
+    ['encrypted', createCodec(encConfig, key)],
+  ] as const) {
+    for (const [kind, plain] of [
+      ['compressed', chunkBytes(11, 700_000)],
+      ['stored as is', randomBytes(plainConfig.chunkSize)],
+      ['short, stored as is', randomBytes(3000)],
+    ] as const) {
+      const out = Buffer.alloc(plain.length, 0xaa);
+      const got = codec.decodeAround(codec.digest(plain), readAround(codec.encode(plain), out), out);
+      t.ok(got.equals(plain), `${name}, ${kind}: the plaintext`);
+      t.equal(got.buffer, out.buffer, `${name}, ${kind}: in the caller's buffer`);
+    }
+  }
+  const codec = createCodec(plainConfig);
+  const noise = randomBytes(plainConfig.chunkSize);
+  const digest = codec.digest(noise);
+  const blob = codec.encode(noise);
+  const flipped = Buffer.from(blob);
+  flipped.writeUInt8(flipped.readUInt8(CHUNK_HEADER_SIZE + 1000) ^ 1, CHUNK_HEADER_SIZE + 1000);
+  const out = Buffer.alloc(noise.length);
+  t.equal(
+    corruptReason(() => codec.decodeAround(digest, readAround(flipped, out), out)),
+    'CRC mismatch',
+    'a flipped byte of a chunk stored as is fails where it lies, and is named damaged storage',
+  );
+  const wrongCrcField = Buffer.from(blob);
+  wrongCrcField.writeUInt32LE(wrongCrcField.readUInt32LE(12) ^ 1, 12);
+  t.ok(codec.decodeAround(digest, readAround(wrongCrcField, out), out).equals(noise), 'the payload its digest proves is still served');
+  t.equal(
+    corruptReason(() => codec.decodeAround('0'.repeat(64), readAround(blob, out), out)),
+    'digest mismatch',
+    'the digest is checked on the bytes in place',
+  );
+  // The stored chunk is longer than the chunk it is read for: the digest proves a longer plaintext, which is not this chunk.
+  const small = Buffer.alloc(4096);
+  t.match(
+    corruptReason(() => codec.decodeAround(digest, readAround(blob, small), small)),
+    /decoded|header says/,
+    'a blob longer than the chunk is refused, not cut to fit',
+  );
+  const text = chunkBytes(12, 600_000);
+  const textBlob = codec.encode(text);
+  textBlob.writeUInt8(textBlob.readUInt8(CHUNK_HEADER_SIZE + 40) ^ 4, CHUNK_HEADER_SIZE + 40);
+  const textOut = Buffer.alloc(text.length);
+  t.equal(
+    corruptReason(() => codec.decodeAround(codec.digest(text), readAround(textBlob, textOut), textOut)),
+    'CRC mismatch',
   );
 });
