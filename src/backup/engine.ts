@@ -177,20 +177,24 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
         disks.push({ name: (opts.images[i] as ImageToBackUp).name, size: index.size, indexDigest: await repo.writeIndex(index) });
       }
       opts.signal?.throwIfAborted();
-      return await repo.commitPoint({
-        vm,
-        disks,
-        consistency: opts.consistency ?? 'crash',
-        time: opts.time,
-        source: opts.source,
-        ...(parent ? { parent: parent.id } : {}),
-        stats: {
-          ...stats,
-          seconds: Math.round((performance.now() - started) / 10) / 100,
-          signals: await judgeSignals(repo, vm.name, opts.time, signals.figures(), opts.onWarning),
+      // With the lock, commitPoint checks that no gc on object storage deleted what this backup reused.
+      return await repo.commitPoint(
+        {
+          vm,
+          disks,
+          consistency: opts.consistency ?? 'crash',
+          time: opts.time,
+          source: opts.source,
+          ...(parent ? { parent: parent.id } : {}),
+          stats: {
+            ...stats,
+            seconds: Math.round((performance.now() - started) / 10) / 100,
+            signals: await judgeSignals(repo, vm.name, opts.time, signals.figures(), opts.onWarning),
+          },
+          ...(opts.capture ? { capture: opts.capture } : {}),
         },
-        ...(opts.capture ? { capture: opts.capture } : {}),
-      });
+        { lock },
+      );
     } catch (err) {
       await rollBack(repo, lock, inserted);
       throw err;
@@ -212,7 +216,16 @@ async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: st
   try {
     const others = (await repo.liveHolders()).filter((h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since));
     if (others.length > 0) return;
-    for (const c of inserted) await repo.chunks.removeIfUnused(c.digest, c.at);
+    // A backup that starts now may touch one of these: the sweep tells it to check again (object storage).
+    const sweep = await repo.beginSweep('roll-back of a failed backup');
+    try {
+      for (const c of inserted) {
+        await repo.chunks.removeIfUnused(c.digest, c.at);
+        await sweep.checkpoint();
+      }
+    } finally {
+      await sweep.end();
+    }
   } catch {
     // Best effort: what is left is unreferenced, and gc removes it.
   }
