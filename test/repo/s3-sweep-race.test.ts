@@ -16,7 +16,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { backupVm } from '../../src/backup/engine.js';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { backupImages, backupVm } from '../../src/backup/engine.js';
+import type { ImageSource } from '../../src/ingest/contract.js';
 import type { FixedIndex } from '../../src/repo/api.js';
 import { SweptChunksError } from '../../src/repo/api.js';
 import { collectGarbage } from '../../src/repo/gc.js';
@@ -24,7 +26,7 @@ import { GC_SAFETY_MARGIN_MS } from '../../src/repo/format.js';
 import { initRepository, LocalRepository } from '../../src/repo/repository.js';
 import { S3ChunkStore } from '../../src/repo/s3-chunk-store.js';
 import { S3MetaStore } from '../../src/repo/s3-meta-store.js';
-import { beginS3Sweep, removeEndedSweeps, sweptSince, takeSweepView } from '../../src/repo/s3-sweep.js';
+import { beginS3Sweep, removeEndedSweeps, sweptSince, takeSweepView, type SweepMarkerBody } from '../../src/repo/s3-sweep.js';
 import { verifyRepository } from '../../src/repo/verify.js';
 import type { VmDefinition } from '../../src/vm/definition.js';
 import { s3Env, s3Scratch, type S3Scratch } from '../helpers/s3.js';
@@ -233,6 +235,53 @@ t.test('a backup beside a gc that deletes nothing it uses commits', async (t) =>
     'the backup checked its chunks and committed',
   );
   t.equal((await verifyRepository(repo)).ok, true);
+});
+
+t.test("a failed backup's roll-back is a sweep too: announced, and ended", async (t) => {
+  const s3 = await s3Scratch(t);
+  const { repo } = await lab(s3);
+  const data = randomBytes(4 * CHUNK);
+  let reads = 0;
+  const failing: ImageSource = {
+    size: data.length,
+    format: 'raw',
+    async *extents() {
+      yield { offset: 0, length: data.length, zero: false };
+    },
+    async read(offset, length) {
+      // The third read fails: the backup has stored chunks, which its roll-back deletes.
+      if (++reads === 3) throw new Error('bad sector');
+      return data.subarray(offset, offset + length);
+    },
+    close: async () => undefined,
+  };
+  const err = await backupImages({
+    repo,
+    vm,
+    images: [{ name: 'root', source: failing }],
+    source: 'failing',
+    time: new Date().toISOString(),
+    workers: 1,
+  }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.match(String(err), /bad sector/);
+  const left: string[] = [];
+  for await (const c of repo.chunks.list()) left.push(c.digest);
+  t.same(left, [], 'the roll-back removed the chunks the backup had added');
+  const page = await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: `${s3.prefix}gc/` }));
+  const markers = await Promise.all(
+    (page.Contents ?? []).map(async (o) => {
+      const r = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: o.Key }));
+      return JSON.parse((await r.Body?.transformToString()) ?? '') as SweepMarkerBody;
+    }),
+  );
+  t.same(
+    markers.map((m) => [m.purpose, m.state]),
+    [['roll-back of a failed backup', 'done']],
+    'its marker says it ran and ended',
+  );
 });
 
 t.test('sweep markers: what a writer learns at commit', async (t) => {
