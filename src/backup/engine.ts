@@ -20,7 +20,8 @@ import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { ImageSource } from '../ingest/contract.js';
 import { openImage } from '../ingest/open.js';
-import type { FixedIndex, RepoLock, Repository } from '../repo/api.js';
+import type { FixedIndex, NewRestorePoint, RepoLock, Repository } from '../repo/api.js';
+import { SweptChunksError } from '../repo/api.js';
 import type { BackupStats, Consistency, RestorePoint, RestorePointDisk } from '../repo/contract.js';
 import type { VmDefinition } from '../vm/definition.js';
 import { badInput, RestorelabError } from '../errors.js';
@@ -177,7 +178,7 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
         disks.push({ name: (opts.images[i] as ImageToBackUp).name, size: index.size, indexDigest: await repo.writeIndex(index) });
       }
       opts.signal?.throwIfAborted();
-      return await repo.commitPoint({
+      const point: NewRestorePoint = {
         vm,
         disks,
         consistency: opts.consistency ?? 'crash',
@@ -190,7 +191,21 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
           signals: await judgeSignals(repo, vm.name, opts.time, signals.figures(), opts.onWarning),
         },
         ...(opts.capture ? { capture: opts.capture } : {}),
-      });
+      };
+      // With the lock, commitPoint checks that no gc on object storage deleted what this backup reused.
+      // What one did delete is still in the open sources: stored again, and the commit tried again.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await repo.commitPoint(point, { lock });
+        } catch (err) {
+          if (!(err instanceof SweptChunksError) || attempt >= SWEPT_REPAIRS) throw err;
+          await storeAgain(repo, opts.images, indexes, disks, err, inserted);
+          opts.onWarning?.(
+            `a gc deleted ${err.missingChunks.length} chunk(s) and ${err.missingIndexes.length} index(es) this backup reused ` +
+              'while it ran; they were stored again from the source',
+          );
+        }
+      }
     } catch (err) {
       await rollBack(repo, lock, inserted);
       throw err;
@@ -198,6 +213,43 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
   } finally {
     await lock.release();
   }
+}
+
+/** Commits tried after a sweep deleted what the point needs: each first stores it again; a third sweep in a row fails the backup. */
+const SWEPT_REPAIRS = 3;
+
+/**
+ * Stores again what a sweep deleted under this backup (SweptChunksError):
+ * each missing chunk is read from its place in the sources, which are still
+ * open, and must hash to its digest (a source that changed since cannot
+ * give it back: the error stands); each missing index is written again.
+ */
+async function storeAgain(
+  repo: Repository,
+  images: ImageToBackUp[],
+  indexes: FixedIndex[],
+  disks: RestorePointDisk[],
+  swept: SweptChunksError,
+  inserted: { digest: string; at: number }[],
+): Promise<void> {
+  const missing = new Set(swept.missingChunks);
+  for (const [k, index] of indexes.entries()) {
+    const src = (images[k] as ImageToBackUp).source;
+    for (const [i, digest] of index.digests.entries()) {
+      if (digest === null || !missing.has(digest)) continue;
+      const offset = i * index.chunkSize;
+      const plain = Buffer.alloc(Math.min(index.chunkSize, index.size - offset));
+      if (src.readInto) await src.readInto(plain, offset);
+      else plain.set(await src.read(offset, plain.length));
+      if (repo.codec.digest(plain) !== digest) throw swept;
+      const r = await repo.chunks.insert(digest, repo.codec.encode(plain));
+      if (!r.existed) inserted.push({ digest, at: Date.now() + 1 });
+      missing.delete(digest);
+    }
+  }
+  if (missing.size > 0) throw swept;
+  await repo.chunks.sync();
+  for (const [k, d] of disks.entries()) if (swept.missingIndexes.includes(d.indexDigest)) await repo.writeIndex(indexes[k] as FixedIndex);
 }
 
 /**
@@ -212,7 +264,16 @@ async function rollBack(repo: Repository, lock: RepoLock, inserted: { digest: st
   try {
     const others = (await repo.liveHolders()).filter((h) => !(h.pid === process.pid && h.kind === lock.kind && h.since === lock.since));
     if (others.length > 0) return;
-    for (const c of inserted) await repo.chunks.removeIfUnused(c.digest, c.at);
+    // A backup that starts now may touch one of these: the sweep tells it to check again (object storage).
+    const sweep = await repo.beginSweep('roll-back of a failed backup');
+    try {
+      for (const c of inserted) {
+        await repo.chunks.removeIfUnused(c.digest, c.at);
+        await sweep.checkpoint();
+      }
+    } finally {
+      await sweep.end();
+    }
   } catch {
     // Best effort: what is left is unreferenced, and gc removes it.
   }

@@ -46,6 +46,10 @@ export const ERRORS = {
   },
   BACKUP_DISK_TWICE: { class: 'badInput', explain: 'the same disk is given twice with --disk' },
   BACKUP_DISK_UNKNOWN: { class: 'badInput', explain: 'a --disk name is not a disk of the VM definition' },
+  BACKUP_GC_RACE: {
+    class: 'failure',
+    explain: 'a gc on object storage deleted chunks a running backup reused; the point was not committed, run the backup again',
+  },
   BACKUP_JOBS_DIR_NOT_FOUND: { class: 'notFound', explain: 'the backup jobs directory does not exist' },
   BACKUP_JOB_BUSY: { class: 'busy', explain: 'another process (the server) is running this backup job' },
   BACKUP_JOB_NAME_TWICE: { class: 'badInput', explain: 'two backup job files carry the same name' },

@@ -15,6 +15,7 @@
  *   per disk. Every point is logically full.
  */
 import type { RepositoryReader, RestorePoint } from './contract.js';
+import { RestorelabError } from '../errors.js';
 
 export const REPO_FORMAT = 'restorelab-repository';
 /**
@@ -202,12 +203,42 @@ export interface LockHolder {
   file: string;
 }
 
+/**
+ * What a writer saw of the sweeps announced on object storage when it took
+ * its lock (s3-sweep.ts): marker name → its ETag, and whether it was then
+ * sweeping. commitPoint compares it with what it sees at commit.
+ */
+export interface SweepView {
+  readonly markers: ReadonlyMap<string, { readonly etag: string; readonly sweeping: boolean }>;
+}
+
+/**
+ * A sweep: deletes of what is not referenced (gc, a failed backup's
+ * roll-back), announced to the writers that run beside it. On object
+ * storage nothing closes the window between the HEAD that finds an object
+ * old and the DELETE, so writers learn from the announcement that they must
+ * check again what they reused (docs/formats.md, "Sweeps on object
+ * storage"); locally the rename-and-recheck closes it and a sweep is silent.
+ */
+export interface Sweep {
+  /**
+   * Call between two deletes, never during one: it tells waiting writers
+   * that every delete begun so far has finished (a write at most every
+   * SWEEP_CHECKPOINT_MS).
+   */
+  checkpoint(): Promise<void>;
+  /** After the last delete. */
+  end(): Promise<void>;
+}
+
 export interface RepoLock {
   kind: LockKind;
   /** When the holder started (epoch ms): gc keeps chunks newer than the oldest live shared holder. */
   since: number;
   /** Locks left by dead processes that were found, reported here, and removed. */
   staleRemoved: LockHolder[];
+  /** Shared locks on object storage: the sweeps as they were when the lock was taken (commitPoint's fence). */
+  sweepView?: SweepView;
   release(): Promise<void>;
 }
 
@@ -227,9 +258,20 @@ export interface Repository extends RepositoryReader {
   /**
    * Writes the manifest crash-safely; the point becomes visible only now.
    * First it syncs the chunk store (chunks.sync()), so a point is never
-   * visible before every chunk it references is durable.
+   * visible before every chunk it references is durable. Given the writer's
+   * `lock`, it also checks that no sweep deleted what the point references
+   * since the lock was taken (object storage, see Sweep): when one may have,
+   * it waits for the sweep's deletes in flight, checks every chunk and index
+   * of the point, and rejects with SweptChunksError (BACKUP_GC_RACE) naming
+   * what is missing instead of committing a broken point.
    */
-  commitPoint(point: NewRestorePoint): Promise<RestorePoint>;
+  commitPoint(point: NewRestorePoint, opts?: { lock?: RepoLock }): Promise<RestorePoint>;
+  /**
+   * Announces deletes that may race writers' touches (gc, a roll-back); see
+   * Sweep. gc passes its cutoff as `tidyBeforeMs`: announcements of sweeps
+   * that ended before it are removed.
+   */
+  beginSweep(purpose: string, opts?: { tidyBeforeMs?: number }): Promise<Sweep>;
   /**
    * Shared for backups, exclusive for prune and gc. Rejects with a busy
    * RestorelabError naming the holder; a lock whose process is dead is
@@ -280,4 +322,28 @@ export interface RepositoryMaintenance extends Repository {
   leftovers(beforeMs?: number): Promise<Leftover[]>;
   /** Deletes one leftover that leftovers() returned; a file already gone is no error. */
   removeLeftover(leftover: Leftover): Promise<void>;
+}
+
+/**
+ * commitPoint's refusal: a sweep (gc, a roll-back) deleted chunks or indexes
+ * this point references while its backup ran, after the backup had touched
+ * them (object storage, s3-sweep.ts). Nothing was committed; a writer that
+ * still has the data stores what is missing and commits again.
+ */
+export class SweptChunksError extends RestorelabError {
+  constructor(
+    readonly repo: string,
+    readonly missingChunks: readonly string[],
+    readonly missingIndexes: readonly string[],
+  ) {
+    const what = [
+      missingChunks.length > 0 ? `${missingChunks.length} chunk(s) (first ${missingChunks[0]})` : '',
+      missingIndexes.length > 0 ? `${missingIndexes.length} index(es) (first ${missingIndexes[0]})` : '',
+    ]
+      .filter(Boolean)
+      .join(' and ');
+    super('BACKUP_GC_RACE', `restore point not committed: a gc of ${repo} deleted ${what} this backup reused, while it ran`, {
+      hint: 'run the backup again: it stores the missing chunks anew (the repository holds no broken point)',
+    });
+  }
 }

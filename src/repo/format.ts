@@ -74,6 +74,9 @@ export const LOCKS_DIR = 'locks';
 export const INDEX_SUFFIX = '.fidx';
 export const POINT_SUFFIX = '.json';
 export const LOCK_SUFFIX = '.lock';
+/** Object storage only: sweep markers, `gc/<host>-<pid>-<8 hex>.sweep` (s3-sweep.ts). */
+export const SWEEPS_DIR = 'gc';
+export const SWEEP_SUFFIX = '.sweep';
 export const QUARANTINE_SUFFIX = '.bad';
 /** Temp files are written under this prefix and renamed into place; readers ignore them (defined by src/host/atomic-file.ts). */
 export { TEMP_PREFIX } from '../host/atomic-file.js';

@@ -10,10 +10,16 @@
  * `since`; so nothing a live backup may reference is older than the cutoff.
  * gc holds a 'gc' lock: it excludes prune and other gc runs, not backups.
  * Quarantined `.bad` chunks are never deleted.
+ *
+ * The deletes run inside a Sweep (api.ts): a delete is a check of the mtime
+ * then the delete, and a touch that lands between the two is lost. Locally
+ * the rename-and-recheck of removeIfOlder closes that window; on object
+ * storage the sweep's announcement makes the backups beside it check what
+ * they reused before they commit (s3-sweep.ts).
  */
 import { RestorelabError } from '../errors.js';
 import { GC_SAFETY_MARGIN_MS } from './format.js';
-import type { LockHolder, RepositoryMaintenance } from './api.js';
+import type { LockHolder, RepositoryMaintenance, Sweep } from './api.js';
 
 export interface GcOptions {
   /** Count only, delete nothing. */
@@ -94,31 +100,14 @@ export async function collectGarbage(repo: RepositoryMaintenance, opts: GcOption
       staleLocksRemoved: lock.staleRemoved,
       seconds: 0,
     };
-    for await (const c of repo.chunks.list()) {
-      report.chunksTotal++;
-      if (liveChunks.has(c.digest)) {
-        report.chunksReferenced++;
-      } else if (c.mtimeMs >= cutoffMs) {
-        report.chunksKeptRecent++;
-      } else if (dryRun) {
-        report.chunksRemoved++;
-        report.bytesFreed += c.size;
-      } else {
-        const freed = await repo.chunks.removeIfUnused(c.digest, cutoffMs);
-        if (freed > 0) {
-          report.chunksRemoved++;
-          report.bytesFreed += freed;
-        } else {
-          report.chunksKeptRecent++;
-        }
-      }
-    }
-    for await (const _ of repo.chunks.listQuarantined()) report.quarantinedChunks++;
-    for (const idx of await repo.listIndexes()) {
-      if (liveIndexes.has(idx.digest) || idx.mtimeMs >= cutoffMs) continue;
-      const freed = dryRun ? idx.size : await repo.removeIndex(idx.digest, cutoffMs);
-      if (freed > 0) report.indexesRemoved++;
-      report.indexBytesFreed += freed;
+    // Announced before the first HEAD of a delete and ended after the last DELETE: on object storage
+    // nothing else closes the window between the two, and writers check again when a sweep ran beside them.
+    const sweep = dryRun ? undefined : await repo.beginSweep('gc', { tidyBeforeMs: cutoffMs });
+    try {
+      await sweepChunksAndIndexes(repo, { dryRun, cutoffMs, liveChunks, liveIndexes, report, sweep });
+    } finally {
+      // Best effort: a marker that cannot be ended stops counting once its lease runs out (s3-sweep.ts).
+      await sweep?.end().catch(() => undefined);
     }
     for (const t of await repo.leftovers(cutoffMs)) {
       report.tempFilesRemoved++;
@@ -129,5 +118,48 @@ export async function collectGarbage(repo: RepositoryMaintenance, opts: GcOption
     return report;
   } finally {
     await lock.release();
+  }
+}
+
+interface SweepPlan {
+  dryRun: boolean;
+  cutoffMs: number;
+  liveChunks: Set<string>;
+  liveIndexes: Set<string>;
+  report: GcReport;
+  /** Undefined on a dry run, which deletes nothing. */
+  sweep: Sweep | undefined;
+}
+
+/** The deletes, one after the other, with a checkpoint between two (Sweep.checkpoint: never during a delete). */
+async function sweepChunksAndIndexes(repo: RepositoryMaintenance, plan: SweepPlan): Promise<void> {
+  const { dryRun, cutoffMs, liveChunks, liveIndexes, report, sweep } = plan;
+  for await (const c of repo.chunks.list()) {
+    await sweep?.checkpoint();
+    report.chunksTotal++;
+    if (liveChunks.has(c.digest)) {
+      report.chunksReferenced++;
+    } else if (c.mtimeMs >= cutoffMs) {
+      report.chunksKeptRecent++;
+    } else if (dryRun) {
+      report.chunksRemoved++;
+      report.bytesFreed += c.size;
+    } else {
+      const freed = await repo.chunks.removeIfUnused(c.digest, cutoffMs);
+      if (freed > 0) {
+        report.chunksRemoved++;
+        report.bytesFreed += freed;
+      } else {
+        report.chunksKeptRecent++;
+      }
+    }
+  }
+  for await (const _ of repo.chunks.listQuarantined()) report.quarantinedChunks++;
+  for (const idx of await repo.listIndexes()) {
+    await sweep?.checkpoint();
+    if (liveIndexes.has(idx.digest) || idx.mtimeMs >= cutoffMs) continue;
+    const freed = dryRun ? idx.size : await repo.removeIndex(idx.digest, cutoffMs);
+    if (freed > 0) report.indexesRemoved++;
+    report.indexBytesFreed += freed;
   }
 }

@@ -19,7 +19,7 @@
  */
 import { mkdir, readdir, readFile, stat, unlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { Leftover, LockHolder, LockKind, RepoLock } from './api.js';
+import type { Leftover, LockHolder, LockKind, RepoLock, Sweep, SweepView } from './api.js';
 import { badInput, isErrno } from '../errors.js';
 import { fsyncDir, removeIfOlder, TEMP_PREFIX, writeFileAtomic } from '../host/atomic-file.js';
 import { PRIVATE_DIR_MODE, tightenMode } from '../host/private-files.js';
@@ -58,9 +58,20 @@ export interface MetaStore {
   /** Temp files crashed writers left, older than `beforeMs`. */
   leftovers(beforeMs: number): Promise<Leftover[]>;
   removeLeftover(leftover: Leftover): Promise<void>;
+  /** Shared locks on object storage carry the sweep view their holder's commit compares with (sweptSince). */
   lock(kind: LockKind, purpose: string): Promise<RepoLock>;
   liveHolders(): Promise<LockHolder[]>;
+  /** Announces a sweep to writers (Sweep in api.ts); silent where deletes cannot race a touch (local files). */
+  beginSweep(purpose: string, tidyBeforeMs?: number): Promise<Sweep>;
+  /**
+   * Whether a sweep may have deleted something since `view`, once no
+   * DELETE begun before this call is still to come (s3-sweep.ts).
+   */
+  sweptSince(view: SweepView): Promise<boolean>;
 }
+
+/** A sweep nobody needs to hear of: local deletes close the window themselves (removeIfOlder renames, then checks again). */
+export const SILENT_SWEEP: Sweep = { checkpoint: async () => undefined, end: async () => undefined };
 
 /** Today's files: written temp + fsync + rename (writeFileAtomic), so crash-safe. */
 export class LocalMetaStore implements MetaStore {
@@ -172,5 +183,14 @@ export class LocalMetaStore implements MetaStore {
 
   liveHolders(): Promise<LockHolder[]> {
     return liveLocks(this.where(LOCKS_DIR));
+  }
+
+  async beginSweep(): Promise<Sweep> {
+    return SILENT_SWEEP;
+  }
+
+  /** Never: a local shared lock carries no view, and local deletes need none. */
+  async sweptSince(): Promise<boolean> {
+    return false;
   }
 }

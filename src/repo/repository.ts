@@ -29,8 +29,9 @@ import type {
   RepoLock,
   RepositoryMaintenance,
   StoredIndex,
+  Sweep,
 } from './api.js';
-import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION, SEALED_METADATA_VERSION } from './api.js';
+import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, REPO_FORMAT, REPO_FORMAT_VERSION, SEALED_METADATA_VERSION, SweptChunksError } from './api.js';
 import type { DiskSource, RestorePoint } from './contract.js';
 import { CorruptChunkError } from './contract.js';
 import { badInput, notFound, RestorelabError } from '../errors.js';
@@ -75,6 +76,8 @@ export interface OpenOptions extends WriteOptions {
 
 export type { Leftover, PointScan } from './api.js';
 
+/** HEADs in flight when commitPoint checks a point's chunks after a sweep (the S3 client's socket bound is 32). */
+const RECHECK_CONCURRENCY = 32;
 const POINT_ID_RE = /^\d{8}T\d{6}Z-[0-9a-f]{6}$/;
 const INDEX_NAME_RE = /^[0-9a-f]{64}\.fidx$/;
 
@@ -455,21 +458,57 @@ export class LocalRepository implements RepositoryMaintenance {
     return decodeFixedIndex(plain, file);
   }
 
-  async commitPoint(point: NewRestorePoint): Promise<RestorePoint> {
+  async commitPoint(point: NewRestorePoint, opts: { lock?: RepoLock } = {}): Promise<RestorePoint> {
     // Normally a no-op (writeIndex synced); it catches chunks found or inserted since, by any caller.
     await this.chunks.sync();
+    // The fence against sweeps on object storage (s3-sweep.ts), first: once it answers, no delete that
+    // could undo one of this writer's touches is still to come, so what is read below is what stays.
+    const view = opts.lock?.sweepView;
+    const swept = view ? await this.meta.sweptSince(view) : false;
+    const indexes: FixedIndex[] = [];
+    const missingIndexes: string[] = [];
     for (const d of point.disks) {
-      const index = await this.readIndex(d.indexDigest);
+      let index: FixedIndex;
+      try {
+        index = await this.readIndex(d.indexDigest);
+      } catch (err) {
+        if (swept && err instanceof RestorelabError && err.code === 'INDEX_NOT_FOUND') {
+          missingIndexes.push(d.indexDigest);
+          continue;
+        }
+        throw err;
+      }
       if (index.size !== d.size) throw badInput('BAD_POINT', `disk ${d.name}: index covers ${index.size} bytes, the point says ${d.size}`);
+      indexes.push(index);
     }
     if (new Set(point.disks.map((d) => d.name)).size !== point.disks.length)
       throw badInput('BAD_POINT', 'restore point names a disk twice');
+    if (swept) await this.assertStillStored(indexes, missingIndexes);
     let id = newPointId(point.time);
     while (await this.meta.exists(this.pointFile(id))) id = newPointId(point.time);
     const full: RestorePoint = { id, ...point };
     // The manifest is the last write of a backup: a point is visible only once its indexes and chunks are stored.
     await this.meta.write(this.pointFile(id), this.manifestBody(full));
     return full;
+  }
+
+  /** Every chunk of `indexes` is stored, and no index was missing; SweptChunksError names what is not. */
+  private async assertStillStored(indexes: FixedIndex[], missingIndexes: string[]): Promise<void> {
+    const digests = [...new Set(indexes.flatMap((i) => i.digests.filter((d): d is string => d !== null)))];
+    const missingChunks: string[] = [];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < digests.length) {
+        const d = digests[next++] as string;
+        if (!(await this.chunks.has(d))) missingChunks.push(d);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(RECHECK_CONCURRENCY, digests.length) }, worker));
+    if (missingChunks.length > 0 || missingIndexes.length > 0) throw new SweptChunksError(this.path, missingChunks.sort(), missingIndexes);
+  }
+
+  beginSweep(purpose: string, opts: { tidyBeforeMs?: number } = {}): Promise<Sweep> {
+    return this.meta.beginSweep(purpose, opts.tidyBeforeMs);
   }
 
   /** Sets or clears the damaged mark (verify clears it once every chunk checks out again). */

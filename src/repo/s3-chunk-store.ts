@@ -45,6 +45,16 @@ export interface S3ChunkStoreOptions extends S3Location {
   maxBlobBytes?: number;
   /** Keys per listing request; default (and S3's maximum) 1000. Tests lower it to cross page boundaries. */
   listPageSize?: number;
+  /**
+   * How far a client's clock may be from the gateway's, added to gc's margin; default SIGV4_MAX_SKEW_MS.
+   * Tests against the gateway on their own host (one clock) set 0, so a chunk need not be 15 minutes old for gc.
+   */
+  clockSkewMs?: number;
+  /**
+   * Test seam: runs in removeIfUnused between the HEAD that finds the chunk old and its DELETE, so a test can
+   * land a touch inside that window deterministically (test/repo/s3-sweep-race.test.ts).
+   */
+  betweenHeadAndDelete?: (digest: string) => Promise<void>;
 }
 
 interface S3ErrorShape {
@@ -67,14 +77,17 @@ function isNotFound(err: unknown): boolean {
 export class S3ChunkStore implements ChunkStore {
   /** `s3://bucket/prefix`, what every error names. */
   readonly path: string;
-  readonly minGcMarginMs = SIGV4_MAX_SKEW_MS + GC_SAFETY_MARGIN_MS;
+  readonly minGcMarginMs: number;
   private readonly client: S3Client;
   private readonly bucket: string;
   private readonly prefix: string;
   private readonly maxBlobBytes: number | undefined;
   private readonly listPageSize: number;
+  private readonly betweenHeadAndDelete: ((digest: string) => Promise<void>) | undefined;
 
   constructor(opts: S3ChunkStoreOptions) {
+    this.minGcMarginMs = (opts.clockSkewMs ?? SIGV4_MAX_SKEW_MS) + GC_SAFETY_MARGIN_MS;
+    this.betweenHeadAndDelete = opts.betweenHeadAndDelete;
     this.listPageSize = Math.min(opts.listPageSize ?? LIST_PAGE_MAX, LIST_PAGE_MAX);
     this.client = opts.client;
     this.bucket = opts.bucket;
@@ -332,8 +345,9 @@ export class S3ChunkStore implements ChunkStore {
   /**
    * HEAD, then DELETE when Last-Modified is still before the cutoff. S3 has
    * no rename to close the window between the two as the local store does
-   * (removeIfOlder): a touch() landing inside it (milliseconds) is lost.
-   * docs/formats.md ("Object storage") says what bounds it.
+   * (removeIfOlder): a touch() landing inside it is lost. Callers run it
+   * inside a Sweep (api.ts), which tells the writers beside them to check
+   * again what they touched before they commit (s3-sweep.ts).
    */
   async removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
     const key = this.key(digest);
@@ -344,6 +358,7 @@ export class S3ChunkStore implements ChunkStore {
       throw this.ioError('remove', digest, key, err);
     }
     if (!found || found.mtimeMs >= cutoffMs) return 0;
+    await this.betweenHeadAndDelete?.(digest);
     await this.delete(digest, key, 'remove');
     return found.size;
   }

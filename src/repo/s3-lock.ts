@@ -47,13 +47,27 @@ function locksPrefix(o: S3Location): string {
   return `${o.prefix}${LOCKS_DIR}/`;
 }
 
-/** Every lock object with its age in the gateway's clock (the listing's Date header against Last-Modified). */
-async function listLocks(o: S3LockOptions): Promise<ListedLock[]> {
-  const prefix = locksPrefix(o);
-  const out: ListedLock[] = [];
+/** An object of a listing, with its age in the gateway's clock. */
+export interface AgedObject {
+  /** The key below the listed prefix. */
+  name: string;
+  etag: string;
+  /** Gateway ms since the object was last written. */
+  ageMs: number;
+  lastModifiedMs: number;
+}
+
+/**
+ * Every object under `prefix` with its age in the gateway's clock: the Date
+ * header of the listing response against Last-Modified, so no client clock
+ * enters. The Date header has whole seconds: ages are rounded down by a
+ * second, so a fresh object never looks older than it is.
+ */
+export async function listAged(client: S3Client, bucket: string, prefix: string): Promise<AgedObject[]> {
+  const out: AgedObject[] = [];
   let token: string | undefined;
   do {
-    const cmd = new (s3Sdk().ListObjectsV2Command)({ Bucket: o.bucket, Prefix: prefix, ContinuationToken: token });
+    const cmd = new (s3Sdk().ListObjectsV2Command)({ Bucket: bucket, Prefix: prefix, ContinuationToken: token });
     let gatewayNow = Date.now();
     cmd.middlewareStack.add(
       (next) => async (args) => {
@@ -64,16 +78,25 @@ async function listLocks(o: S3LockOptions): Promise<ListedLock[]> {
       },
       { step: 'deserialize', name: 'restorelabGatewayDate' },
     );
-    const page = await o.client.send(cmd);
+    const page = await client.send(cmd);
     for (const obj of page.Contents ?? []) {
-      const file = obj.Key?.slice(prefix.length);
-      if (!file || !file.endsWith(LOCK_SUFFIX) || file.includes('/')) continue;
-      // The Date header has whole seconds: round the age down so a fresh lock never looks older than it is.
-      const ageMs = Math.max(0, gatewayNow - (obj.LastModified?.getTime() ?? gatewayNow) - 1000);
-      out.push({ ...(await readLock(o, file)), ageMs });
+      const name = obj.Key?.slice(prefix.length);
+      if (!name || name.includes('/')) continue;
+      const lastModifiedMs = obj.LastModified?.getTime() ?? gatewayNow;
+      out.push({ name, etag: obj.ETag ?? '', ageMs: Math.max(0, gatewayNow - lastModifiedMs - 1000), lastModifiedMs });
     }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
+  return out;
+}
+
+/** Every lock object with its age in the gateway's clock. */
+async function listLocks(o: S3LockOptions): Promise<ListedLock[]> {
+  const out: ListedLock[] = [];
+  for (const obj of await listAged(o.client, o.bucket, locksPrefix(o))) {
+    if (!obj.name.endsWith(LOCK_SUFFIX)) continue;
+    out.push({ ...(await readLock(o, obj.name)), ageMs: obj.ageMs });
+  }
   return out;
 }
 

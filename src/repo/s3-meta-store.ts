@@ -14,18 +14,25 @@
  * object and the HTTP status.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import type { Leftover, LockHolder, LockKind, RepoLock } from './api.js';
+import type { Leftover, LockHolder, LockKind, RepoLock, Sweep, SweepView } from './api.js';
 import { badInput, RestorelabError } from '../errors.js';
 import type { MetaEntry, MetaStore } from './meta-store.js';
 import { s3Url, type S3Location, s3Sdk } from './s3-config.js';
 import { acquireS3Lock, liveS3Locks } from './s3-lock.js';
+import { beginS3Sweep, sweptSince, takeSweepView } from './s3-sweep.js';
 
 export interface S3MetaStoreOptions extends S3Location {
   client: S3Client;
   /** For messages: the endpoint the client talks to (AWS when unset). */
   endpoint?: string;
-  /** Lock lease; default S3_LOCK_LEASE_MS. */
+  /** Lock lease, and how long a sweep marker outlives its sweeper; default S3_LOCK_LEASE_MS. */
   leaseMs?: number;
+  /**
+   * Test seam: runs in removeIfOlder between the HEAD that finds the object
+   * old and its DELETE, so a test can land a touch inside that window
+   * deterministically (test/repo/s3-sweep-race.test.ts).
+   */
+  betweenHeadAndDelete?: (name: string) => Promise<void>;
 }
 
 interface S3ErrorShape {
@@ -204,10 +211,15 @@ export class S3MetaStore implements MetaStore {
     return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  /** HEAD then DELETE, with the same (milliseconds) window as S3ChunkStore.removeIfUnused; docs/formats.md says what bounds it. */
+  /**
+   * HEAD then DELETE, with the same window as S3ChunkStore.removeIfUnused: a
+   * caller runs it inside a Sweep, which tells writers to check again what
+   * they touched (s3-sweep.ts).
+   */
   async removeIfOlder(name: string, cutoffMs: number): Promise<number> {
     const found = await this.head(name);
     if (!found || found.mtimeMs >= cutoffMs) return 0;
+    await this.opts.betweenHeadAndDelete?.(name);
     try {
       await this.client.send(new (s3Sdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: this.key(name) }));
     } catch (err) {
@@ -230,8 +242,19 @@ export class S3MetaStore implements MetaStore {
     } catch (err) {
       throw this.fail(err, `take a ${kind} lock`);
     }
+    let sweepView: SweepView | undefined;
+    // A writer's view is taken once its lock is held and before its first touch (s3-sweep.ts).
+    if (kind === 'shared') {
+      try {
+        sweepView = await takeSweepView(this.lockOptions());
+      } catch (err) {
+        await lock.release().catch(() => undefined);
+        throw this.fail(err, 'list the sweep markers');
+      }
+    }
     return {
       ...lock,
+      ...(sweepView ? { sweepView } : {}),
       // Releasing runs in `finally` blocks: a gateway gone by then must not replace the error that matters.
       // The lock object it could not delete stops counting once its lease runs out (s3-lock.ts).
       release: () => lock.release().catch(() => undefined),
@@ -243,6 +266,27 @@ export class S3MetaStore implements MetaStore {
       return await liveS3Locks(this.lockOptions());
     } catch (err) {
       throw this.fail(err, 'list the locks');
+    }
+  }
+
+  async beginSweep(purpose: string, tidyBeforeMs?: number): Promise<Sweep> {
+    let sweep: Sweep;
+    try {
+      sweep = await beginS3Sweep(this.lockOptions(), purpose, tidyBeforeMs);
+    } catch (err) {
+      throw this.fail(err, 'announce a sweep');
+    }
+    return {
+      checkpoint: () => sweep.checkpoint().catch((err: unknown) => Promise.reject(this.fail(err, 'renew the sweep marker'))),
+      end: () => sweep.end().catch((err: unknown) => Promise.reject(this.fail(err, 'end the sweep marker'))),
+    };
+  }
+
+  async sweptSince(view: SweepView): Promise<boolean> {
+    try {
+      return await sweptSince(this.lockOptions(), view);
+    } catch (err) {
+      throw this.fail(err, 'list the sweep markers');
     }
   }
 
