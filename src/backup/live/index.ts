@@ -20,7 +20,8 @@ import type { Repository } from '../../repo/api.js';
 import type { VmDefinition } from '../../vm/definition.js';
 import type { Consistency, PointCapture, RestorePoint } from '../../repo/contract.js';
 import type { CodecInit } from '../chunk-pool.js';
-import { backupImages, type BackupProgress, type ImageToBackUp } from '../engine.js';
+import { backupImages, startChunkPool, type BackupProgress, type ImageToBackUp } from '../engine.js';
+import type { ChunkPool } from '../chunk-pool.js';
 import { NbdClient } from '../../nbd/client.js';
 import { BASE_ALLOCATION, NBD_STATE_DIRTY } from '../../nbd/constants.js';
 import { NbdImageSource } from '../../ingest/nbd-source.js';
@@ -29,6 +30,7 @@ import { bitmapsOf, findDisks, Fleece, names, sweep, type LiveDisk } from './blo
 import { bitmapName, changedChunks, judgeBitmap, tidyBitmaps, type CbtVerdict } from './cbt.js';
 import { libvirtFreezer, qgaFreezer, quiesced, type HostScripts } from './quiesce.js';
 import { claimWorkDir } from './workdir.js';
+import { tracePhase } from '../../host/trace.js';
 
 export type { HostScripts } from './quiesce.js';
 export type LiveSource = { kind: 'qmp'; qmp: string; qga?: string } | { kind: 'libvirt'; domain: string; uri?: string };
@@ -66,20 +68,27 @@ function sourceLabel(s: LiveSource): string {
 
 export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
+  tracePhase('live: start');
   const work = await claimWorkDir(sourceKey(source), o.onWarning);
   let mon: BlockMonitor | undefined;
+  // Started now, so the hashing threads boot while we wait on the monitor and the guest freeze.
+  const pool = startChunkPool(repo, o.codecInit);
   try {
     mon =
       source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+    tracePhase('live: monitor open');
     // Sweep first: a killed backup's job still has its copy-before-write filter on top of the disk node.
     const left = await sweep(mon);
     if (left.length > 0) o.onWarning?.(`removed what an interrupted backup left in ${mon.where}: ${left.join(', ')}`);
+    tracePhase('live: swept');
     const disks = await findDisks(mon, vm);
+    tracePhase('live: disks matched');
     const verdicts = await judgeDisks(mon, repo, vm, disks, o.onWarning);
+    tracePhase('live: bitmaps judged');
     o.signal?.throwIfAborted();
-    return await capture(o, mon, disks, verdicts, work.dir);
+    return await capture(o, mon, disks, verdicts, work.dir, pool);
   } finally {
-    await mon?.close();
+    await Promise.all([pool.close(), mon?.close()]);
     await work.release();
   }
 }
@@ -113,6 +122,7 @@ async function capture(
   disks: LiveDisk[],
   verdicts: CbtVerdict[],
   dir: string,
+  pool: ChunkPool,
 ): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
   const fleece = new Fleece(mon, disks, dir);
@@ -121,6 +131,7 @@ async function capture(
   let committed = false;
   try {
     await fleece.prepare();
+    tracePhase('live: fleecing nodes added');
     const q = await quiesced(
       {
         wanted: o.consistency,
@@ -149,6 +160,7 @@ async function capture(
         return time;
       },
     );
+    tracePhase('live: frozen, transaction, thawed');
     o.signal?.throwIfAborted();
     await fleece.export(
       Object.fromEntries(
@@ -158,6 +170,7 @@ async function capture(
         }),
       ),
     );
+    tracePhase('live: exported');
     const images: ImageToBackUp[] = [];
     const changedCounts: string[] = [];
     for (const [i, d] of disks.entries()) {
@@ -189,6 +202,7 @@ async function capture(
       }
       images.push(image);
     }
+    tracePhase('live: NBD connected, dirty extents read');
     const cbt = summarize(disks, verdicts, changedCounts);
     const point = await backupImages({
       repo,
@@ -197,7 +211,7 @@ async function capture(
       time: q.value,
       source: sourceLabel(source),
       consistency: q.achieved,
-      ...(o.codecInit ? { codecInit: o.codecInit } : {}),
+      pool,
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
       ...(o.onWarning ? { onWarning: o.onWarning } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
@@ -211,6 +225,7 @@ async function capture(
       } satisfies PointCapture,
     });
     committed = true;
+    tracePhase('live: committed');
     // The previous point's bitmaps have served; the new point's keep recording for the next backup.
     await closeAll(clients);
     await fleece
@@ -225,6 +240,7 @@ async function capture(
           .execute('block-dirty-bitmap-remove', { node: d.node, name: v.bitmap })
           .catch((err: Error) => o.onWarning?.(`could not remove the used bitmap ${v.bitmap}: ${err.message}`));
     }
+    tracePhase('live: QEMU nodes removed');
     return { point, changedBlockTracking: cbt };
   } finally {
     if (!committed) {
