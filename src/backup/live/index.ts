@@ -26,7 +26,7 @@ import { NbdClient } from '../../nbd/client.js';
 import { BASE_ALLOCATION, NBD_STATE_DIRTY } from '../../nbd/constants.js';
 import { NbdImageSource } from '../../ingest/nbd-source.js';
 import { openLibvirtMonitor, openQmpMonitor, type BlockMonitor } from './monitor.js';
-import { bitmapsOf, findDisks, Fleece, names, sweep, type LiveDisk } from './blockdev.js';
+import { bitmapsOf, findDisks, Fleece, names, sweep, type LiveDisk, type NamedNode } from './blockdev.js';
 import { bitmapName, changedChunks, judgeBitmap, tidyBitmaps, type CbtVerdict } from './cbt.js';
 import { libvirtFreezer, qgaFreezer, quiesced, type HostScripts } from './quiesce.js';
 import { claimWorkDir } from './workdir.js';
@@ -78,15 +78,20 @@ export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResu
       source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
     tracePhase('live: monitor open');
     // Sweep first: a killed backup's job still has its copy-before-write filter on top of the disk node.
-    const left = await sweep(mon);
-    if (left.length > 0) o.onWarning?.(`removed what an interrupted backup left in ${mon.where}: ${left.join(', ')}`);
+    const swept = await sweep(mon);
+    if (swept.removed.length > 0) o.onWarning?.(`removed what an interrupted backup left in ${mon.where}: ${swept.removed.join(', ')}`);
     tracePhase('live: swept');
     const disks = await findDisks(mon, vm);
     tracePhase('live: disks matched');
-    const verdicts = await judgeDisks(mon, repo, vm, disks, o.onWarning);
-    tracePhase('live: bitmaps judged');
-    o.signal?.throwIfAborted();
-    return await capture(o, mon, disks, verdicts, work.dir, pool);
+    const fleece = new Fleece(mon, disks, work.dir);
+    // qemu-img makes the fleecing images while the monitor answers about bitmaps.
+    const [judged, made] = await Promise.allSettled([judgeDisks(mon, repo, vm, disks, swept.nodes, o.onWarning), fleece.createImages()]);
+    if (judged.status === 'rejected' || made.status === 'rejected') {
+      await fleece.close().catch(() => undefined);
+      throw judged.status === 'rejected' ? judged.reason : (made as PromiseRejectedResult).reason;
+    }
+    tracePhase('live: bitmaps judged, fleecing images made');
+    return await capture(o, mon, disks, judged.value, fleece, pool);
   } finally {
     await Promise.all([pool.close(), mon?.close()]);
     await work.release();
@@ -98,13 +103,14 @@ async function judgeDisks(
   repo: Repository,
   vm: VmDefinition,
   disks: LiveDisk[],
+  nodes: NamedNode[] | undefined,
   onWarning?: (m: string) => void,
 ): Promise<CbtVerdict[]> {
   const latest = (await repo.listPoints({ vm: vm.name })).sort((a, b) => a.time.localeCompare(b.time)).at(-1);
   const expected = latest?.capture && !latest.damaged ? bitmapName(repo.config.id, latest.time) : undefined;
   const out: CbtVerdict[] = [];
   for (const d of disks) {
-    const found = await bitmapsOf(mon, d.node);
+    const found = await bitmapsOf(mon, d.node, nodes);
     const tidied = await tidyBitmaps(mon, d, found, repo.config.id, expected);
     if (tidied.length > 0)
       onWarning?.(
@@ -121,16 +127,16 @@ async function capture(
   mon: BlockMonitor,
   disks: LiveDisk[],
   verdicts: CbtVerdict[],
-  dir: string,
+  fleece: Fleece,
   pool: ChunkPool,
 ): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
-  const fleece = new Fleece(mon, disks, dir);
   const clients: NbdClient[] = [];
   let created: Record<string, string> = {};
   let committed = false;
   try {
-    await fleece.prepare();
+    o.signal?.throwIfAborted();
+    await fleece.addNodes();
     tracePhase('live: fleecing nodes added');
     const q = await quiesced(
       {
