@@ -45,8 +45,12 @@ export class ChunkPool {
   constructor(
     init: CodecInit,
     readonly size = Math.max(1, Math.min(availableParallelism(), 8)),
-    /** Two per worker: one being read while the other is hashed or compressed. */
-    readonly slots = size * 2,
+    /**
+     * Four per worker: a read from an NBD export (a live backup) waits on the
+     * VM's QEMU, so with two a worker sat idle while its next chunk was still
+     * on the wire. 8 MiB with two workers and 1 MiB chunks.
+     */
+    readonly slots = size * 4,
   ) {
     const slotSize = init.config.chunkSize;
     this.memory = new SharedArrayBuffer(slots * slotSize);

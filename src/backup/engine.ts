@@ -29,6 +29,7 @@ import { blobSourceOf, type BlobSource } from '../repo/chunk-store.js';
 import { CorruptChunkError } from '../repo/contract.js';
 import { ChunkPool, type CodecInit, type Slot, type StoredDamage } from './chunk-pool.js';
 import { judgeSignals, parentDisk, SignalsRecorder } from './signals.js';
+import { tracePhase } from '../host/trace.js';
 
 export interface BackupProgress {
   disk: string;
@@ -138,6 +139,17 @@ export interface BackupImagesOptions extends Omit<BackupOptions, 'disks' | 'sour
   /** How a live backup captured the VM, recorded in the manifest. */
   capture?: RestorePoint['capture'];
   signal?: AbortSignal;
+  /**
+   * Hashing and compression workers the caller started (startChunkPool) and
+   * closes itself: a live backup starts them before it talks to QEMU, so
+   * their threads boot while it waits on the monitor and the guest freeze.
+   */
+  pool?: ChunkPool;
+}
+
+/** The pool backupImages would start, for a caller that wants its workers booting early (BackupImagesOptions.pool). */
+export function startChunkPool(repo: Repository, codecInit?: CodecInit, workers?: number): ChunkPool {
+  return new ChunkPool(codecInit ?? defaultCodecInit(repo), workers ?? Math.min(availableParallelism(), 8));
 }
 
 /** Already-open sources of one VM's disks in, one restore point out (backupVm and the live backup share it). */
@@ -151,11 +163,12 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
     );
   }
   try {
+    tracePhase('engine: locked');
     const parent = await chooseParent(repo, vm.name, opts.parent);
     const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
     const inserted: { digest: string; at: number }[] = [];
     const signals = new SignalsRecorder(parent?.id ?? null);
-    const pool = new ChunkPool(opts.codecInit ?? defaultCodecInit(repo), opts.workers ?? Math.min(availableParallelism(), 8));
+    const pool = opts.pool ?? startChunkPool(repo, opts.codecInit, opts.workers);
     try {
       const indexes: FixedIndex[] = [];
       try {
@@ -166,17 +179,20 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
           indexes.push(index);
         }
       } finally {
-        await pool.close();
+        if (!opts.pool) await pool.close();
       }
       // Every chunk the indexes name is made durable first: at sync level filesystem this one syncfs
       // replaces an fsync per chunk. It runs before any index exists, so when it fails nothing is committed.
+      tracePhase('engine: disks read');
       await repo.chunks.sync();
+      tracePhase('engine: chunks synced');
       // Indexes are written only once every disk is read, so a failed read leaves no index behind.
       const disks: RestorePointDisk[] = [];
       for (let i = 0; i < opts.images.length; i++) {
         const index = indexes[i] as FixedIndex;
         disks.push({ name: (opts.images[i] as ImageToBackUp).name, size: index.size, indexDigest: await repo.writeIndex(index) });
       }
+      tracePhase('engine: indexes written');
       opts.signal?.throwIfAborted();
       const point: NewRestorePoint = {
         vm,
@@ -474,28 +490,37 @@ async function backupDisk(
       .finally(() => running.delete(p));
     running.add(p);
   };
-  // Chunks the reuse plan takes unread, waiting for their touch; reads of changed chunks go on meanwhile.
+  // Chunks the reuse plan takes unread. Their touches (gc must see them in use) run in one chain beside the
+  // reads, a batch at a time, and never hold a read up; a chunk the store lost is read once the chain is done.
   let unchanged: number[] = [];
-  const takeUnchanged = async (): Promise<void> => {
+  let touched: Promise<void> = Promise.resolve();
+  const lost: number[] = [];
+  const takeUnchanged = (): void => {
     const batch = unchanged;
     unchanged = [];
     const index = (reuse as ReusePlan).index;
-    const held = await touchReused(
-      repo,
-      batch.map((i) => index.digests[i] ?? null),
-    );
-    for (const [k, i] of batch.entries()) {
-      const length = Math.min(chunkSize, src.size - i * chunkSize);
-      if (held[k]) {
-        digests[i] = index.digests[i] ?? null;
-        if (digests[i] === null) stats.bytesZero += length;
-        else stats.bytesReused += length;
-        done += length;
-      } else {
-        // The store lost it: read it, whatever the extent map said (it was only asked about changed chunks).
-        await schedule(i);
-      }
-    }
+    touched = touched
+      .then(async () => {
+        if (failure !== undefined) return;
+        const held = await touchReused(
+          repo,
+          batch.map((i) => index.digests[i] ?? null),
+        );
+        for (const [k, i] of batch.entries()) {
+          const length = Math.min(chunkSize, src.size - i * chunkSize);
+          if (held[k]) {
+            digests[i] = index.digests[i] ?? null;
+            if (digests[i] === null) stats.bytesZero += length;
+            else stats.bytesReused += length;
+            done += length;
+          } else {
+            lost.push(i);
+          }
+        }
+      })
+      .catch((err: unknown) => {
+        failure ??= err;
+      });
   };
 
   for (let i = 0; i < count && failure === undefined; i++) {
@@ -505,7 +530,7 @@ async function backupDisk(
     }
     if (reuse && !reuse.changed[i]) {
       unchanged.push(i);
-      if (unchanged.length >= REUSE_BATCH) await takeUnchanged();
+      if (unchanged.length >= REUSE_BATCH) takeUnchanged();
       continue;
     }
     if (!hasData[i]) {
@@ -516,7 +541,13 @@ async function backupDisk(
     }
     await schedule(i);
   }
-  if (unchanged.length > 0 && failure === undefined) await takeUnchanged();
+  if (unchanged.length > 0) takeUnchanged();
+  await touched;
+  // The store lost these since the previous point: read them, whatever the extent map said (it was only asked about changed chunks).
+  for (const i of lost) {
+    if (failure !== undefined) break;
+    await schedule(i);
+  }
   await Promise.all(running);
   if (failure !== undefined) throw failure;
   report();

@@ -5,12 +5,13 @@
  * RESTORELAB_SERVER) the commands run through a daemon instead: remote.ts.
  */
 import { Command, CommanderError } from 'commander';
+import { tracePhase } from '../host/trace.js';
 import { RestorelabError, ExitCode } from '../errors.js';
 import { commands } from './commands/index.js';
-import { applyRemoteMode, remoteTarget, type RemoteTarget } from './remote.js';
-import { remoteCommands } from './remote-commands.js';
+import { applyRemoteMode, remoteTarget, type RemoteAction, type RemoteTarget } from './remote.js';
 
-export function buildProgram(remote?: RemoteTarget): Command {
+/** `remote` comes with the commands' remote forms (remote-commands.ts), which only a --server call loads. */
+export function buildProgram(remote?: { target: RemoteTarget; commands: Record<string, RemoteAction> }): Command {
   const program = new Command();
   program
     .name('restorelab')
@@ -22,7 +23,7 @@ export function buildProgram(remote?: RemoteTarget): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   for (const register of commands) register(program);
-  if (remote) applyRemoteMode(program, remote, remoteCommands);
+  if (remote) applyRemoteMode(program, remote.target, remote.commands);
   return program;
 }
 
@@ -31,8 +32,11 @@ function wantsJson(argv: string[]): boolean {
 }
 
 export async function run(argv: string[]): Promise<number> {
+  tracePhase('main run');
   try {
-    const program = buildProgram(remoteTarget(argv));
+    const target = remoteTarget(argv);
+    // Loaded only for --server: they import every command's renderer, about 30 ms of a local call's start-up.
+    const program = buildProgram(target ? { target, commands: (await import('./remote-commands.js')).remoteCommands } : undefined);
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok;
   } catch (err) {

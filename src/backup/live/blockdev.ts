@@ -92,10 +92,21 @@ export async function findDisks(mon: BlockMonitor, vm: VmDefinition): Promise<Li
   return out;
 }
 
-export async function bitmapsOf(mon: BlockMonitor, node: string): Promise<BitmapInfo[]> {
-  const nodes = await mon.execute<{ 'node-name': string; 'dirty-bitmaps'?: BitmapInfo[] }[]>('query-named-block-nodes', { flat: true });
+/** One entry of `query-named-block-nodes` (flat). */
+export interface NamedNode {
+  'node-name': string;
+  'dirty-bitmaps'?: BitmapInfo[];
+}
+
+export function queryNodes(mon: BlockMonitor): Promise<NamedNode[]> {
+  return mon.execute<NamedNode[]>('query-named-block-nodes', { flat: true });
+}
+
+/** The named bitmaps of a node; from `nodes` when the caller has a current listing (one monitor round trip less). */
+export async function bitmapsOf(mon: BlockMonitor, node: string, nodes?: NamedNode[]): Promise<BitmapInfo[]> {
+  const all = nodes ?? (await queryNodes(mon));
   // A running block job's copy-before-write filter holds an anonymous bitmap: only named ones are anybody's.
-  return (nodes.find((n) => n['node-name'] === node)?.['dirty-bitmaps'] ?? []).filter((b) => typeof b.name === 'string');
+  return (all.find((n) => n['node-name'] === node)?.['dirty-bitmaps'] ?? []).filter((b) => typeof b.name === 'string');
 }
 
 export const names = {
@@ -121,16 +132,32 @@ async function until(what: string, gone: () => Promise<boolean>, timeoutMs = 30_
 
 const ours = (id: string): boolean => id.startsWith(NAME_PREFIX);
 
-async function removeExports(mon: BlockMonitor, which: (id: string) => boolean): Promise<void> {
-  const list = async (): Promise<string[]> => (await mon.execute<{ id: string }[]>('query-block-exports')).map((e) => e.id).filter(which);
-  for (const id of await list()) await mon.execute('block-export-del', { id, mode: 'hard' }).catch(() => undefined);
+/*
+ * The removals below take the ids to remove (a backup's own) or a filter to
+ * apply to a listing (the sweep), and poll only after they deleted
+ * something: every monitor round trip through libvirt is a `virsh` command.
+ */
+
+async function removeExports(mon: BlockMonitor, which: string[] | ((id: string) => boolean)): Promise<void> {
+  const list = async (): Promise<string[]> =>
+    (await mon.execute<{ id: string }[]>('query-block-exports'))
+      .map((e) => e.id)
+      .filter(typeof which === 'function' ? which : (id) => which.includes(id));
+  const ids = typeof which === 'function' ? await list() : which;
+  if (ids.length === 0) return;
+  for (const id of ids) await mon.execute('block-export-del', { id, mode: 'hard' }).catch(() => undefined);
   await until('our NBD exports', async () => (await list()).length === 0);
 }
 
-async function removeJobs(mon: BlockMonitor, which: (id: string) => boolean): Promise<void> {
+async function removeJobs(mon: BlockMonitor, which: string[] | ((id: string) => boolean)): Promise<void> {
   const list = async (): Promise<{ id: string; status: string }[]> =>
-    (await mon.execute<{ id: string; status: string }[]>('query-jobs')).filter((j) => which(j.id));
-  for (const j of await list()) {
+    (await mon.execute<{ id: string; status: string }[]>('query-jobs')).filter((j) =>
+      typeof which === 'function' ? which(j.id) : which.includes(j.id),
+    );
+  // Our own jobs are running (auto-dismiss): cancel them without asking first; a sweep finds what it must end.
+  const jobs = typeof which === 'function' ? await list() : which.map((id) => ({ id, status: 'running' }));
+  if (jobs.length === 0) return;
+  for (const j of jobs) {
     if (j.status === 'concluded') await mon.execute('job-dismiss', { id: j.id }).catch(() => undefined);
     else await mon.execute('block-job-cancel', { device: j.id, force: true }).catch(() => undefined);
   }
@@ -141,26 +168,38 @@ async function removeJobs(mon: BlockMonitor, which: (id: string) => boolean): Pr
   });
 }
 
-async function removeNodes(mon: BlockMonitor, which: (name: string) => boolean): Promise<void> {
-  const nodes = await mon.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true });
-  // A qcow2 fleecing node has a protocol child named by QEMU; deleting the node we added removes both.
-  for (const n of nodes.map((x) => x['node-name']).filter(which)) await mon.execute('blockdev-del', { 'node-name': n });
+/** Deletes nodes (a qcow2 fleecing node's protocol child, named by QEMU, goes with it); returns the listing when nothing was deleted. */
+async function removeNodes(mon: BlockMonitor, which: string[] | ((name: string) => boolean)): Promise<NamedNode[] | undefined> {
+  let nodes: NamedNode[] | undefined;
+  let names: string[];
+  if (typeof which === 'function') {
+    nodes = await queryNodes(mon);
+    names = nodes.map((x) => x['node-name']).filter(which);
+  } else {
+    names = which;
+  }
+  for (const n of names) await mon.execute('blockdev-del', { 'node-name': n });
+  return names.length === 0 ? nodes : undefined;
 }
 
-/** Removes every export, job and node named restorelab-* (what a killed backup leaves). */
-export async function sweep(mon: BlockMonitor): Promise<string[]> {
-  const found: string[] = [];
+/**
+ * Removes every export, job and node named restorelab-* (what a killed
+ * backup leaves). `nodes`: the block nodes as they are now, when the sweep
+ * deleted none (its last listing, so the caller need not ask again).
+ */
+export async function sweep(mon: BlockMonitor): Promise<{ removed: string[]; nodes?: NamedNode[] }> {
+  const removed: string[] = [];
   const note =
     (kind: string) =>
     (id: string): boolean => {
       if (!ours(id)) return false;
-      found.push(`${kind} ${id}`);
+      removed.push(`${kind} ${id}`);
       return true;
     };
   await removeExports(mon, note('export'));
   await removeJobs(mon, note('job'));
-  await removeNodes(mon, note('node'));
-  return found;
+  const nodes = await removeNodes(mon, note('node'));
+  return nodes ? { removed, nodes } : { removed };
 }
 
 /**
@@ -187,14 +226,25 @@ export class Fleece {
     return join(this.dir, `fleece-${d.slot}.qcow2`);
   }
 
-  /** Creates the empty fleecing images and adds them as nodes over the disk nodes (before the freeze: it takes time). */
-  async prepare(): Promise<void> {
+  /**
+   * Creates the empty fleecing images (qemu-img, no monitor command: it can
+   * run while the monitor answers other questions). Before the freeze: it takes time.
+   */
+  async createImages(): Promise<void> {
+    await Promise.all(
+      this.disks.map(async (d) => {
+        const r = await exec(qemuImg(), ['create', '-q', '-f', 'qcow2', this.image(d), String(d.size)], { timeoutMs: 60_000 });
+        if (r.code !== 0)
+          throw new RestorelabError('LIVE_BACKUP_FAILED', `cannot create the fleecing image ${this.image(d)}: ${r.stderr.trim()}`, {
+            hint: 'check free space in the temp directory (TMPDIR)',
+          });
+      }),
+    );
+  }
+
+  /** Adds the images (createImages) as nodes over the disk nodes. */
+  async addNodes(): Promise<void> {
     for (const d of this.disks) {
-      const r = await exec(qemuImg(), ['create', '-q', '-f', 'qcow2', this.image(d), String(d.size)], { timeoutMs: 60_000 });
-      if (r.code !== 0)
-        throw new RestorelabError('LIVE_BACKUP_FAILED', `cannot create the fleecing image ${this.image(d)}: ${r.stderr.trim()}`, {
-          hint: 'check free space in the temp directory (TMPDIR)',
-        });
       await this.mon.execute('blockdev-add', {
         driver: 'qcow2',
         'node-name': names.fleece(d),
@@ -260,10 +310,10 @@ export class Fleece {
         errors.push(e);
       }
     };
-    if (this.exported) await step(() => removeExports(this.mon, (id) => this.disks.some((d) => names.exportId(d) === id)));
+    if (this.exported) await step(() => removeExports(this.mon, this.disks.map(names.exportId)));
     if (this.serverStarted) await step(() => this.mon.execute('nbd-server-stop'));
-    if (this.jobsStarted) await step(() => removeJobs(this.mon, (id) => this.disks.some((d) => names.job(d) === id)));
-    if (this.nodesAdded.length > 0) await step(() => removeNodes(this.mon, (n) => this.nodesAdded.some((d) => names.fleece(d) === n)));
+    if (this.jobsStarted) await step(() => removeJobs(this.mon, this.disks.map(names.job)));
+    if (this.nodesAdded.length > 0) await step(() => removeNodes(this.mon, this.nodesAdded.map(names.fleece)));
     await step(() => Promise.all(this.disks.map((d) => rm(this.image(d), { force: true }))));
     this.exported = this.serverStarted = this.jobsStarted = false;
     this.nodesAdded = [];

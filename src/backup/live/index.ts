@@ -20,15 +20,17 @@ import type { Repository } from '../../repo/api.js';
 import type { VmDefinition } from '../../vm/definition.js';
 import type { Consistency, PointCapture, RestorePoint } from '../../repo/contract.js';
 import type { CodecInit } from '../chunk-pool.js';
-import { backupImages, type BackupProgress, type ImageToBackUp } from '../engine.js';
+import { backupImages, startChunkPool, type BackupProgress, type ImageToBackUp } from '../engine.js';
+import type { ChunkPool } from '../chunk-pool.js';
 import { NbdClient } from '../../nbd/client.js';
 import { BASE_ALLOCATION, NBD_STATE_DIRTY } from '../../nbd/constants.js';
 import { NbdImageSource } from '../../ingest/nbd-source.js';
 import { openLibvirtMonitor, openQmpMonitor, type BlockMonitor } from './monitor.js';
-import { bitmapsOf, findDisks, Fleece, names, sweep, type LiveDisk } from './blockdev.js';
+import { bitmapsOf, findDisks, Fleece, names, sweep, type LiveDisk, type NamedNode } from './blockdev.js';
 import { bitmapName, changedChunks, judgeBitmap, tidyBitmaps, type CbtVerdict } from './cbt.js';
 import { libvirtFreezer, qgaFreezer, quiesced, type HostScripts } from './quiesce.js';
 import { claimWorkDir } from './workdir.js';
+import { tracePhase } from '../../host/trace.js';
 
 export type { HostScripts } from './quiesce.js';
 export type LiveSource = { kind: 'qmp'; qmp: string; qga?: string } | { kind: 'libvirt'; domain: string; uri?: string };
@@ -66,20 +68,32 @@ function sourceLabel(s: LiveSource): string {
 
 export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
+  tracePhase('live: start');
   const work = await claimWorkDir(sourceKey(source), o.onWarning);
   let mon: BlockMonitor | undefined;
+  // Started now, so the hashing threads boot while we wait on the monitor and the guest freeze.
+  const pool = startChunkPool(repo, o.codecInit);
   try {
     mon =
       source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+    tracePhase('live: monitor open');
     // Sweep first: a killed backup's job still has its copy-before-write filter on top of the disk node.
-    const left = await sweep(mon);
-    if (left.length > 0) o.onWarning?.(`removed what an interrupted backup left in ${mon.where}: ${left.join(', ')}`);
+    const swept = await sweep(mon);
+    if (swept.removed.length > 0) o.onWarning?.(`removed what an interrupted backup left in ${mon.where}: ${swept.removed.join(', ')}`);
+    tracePhase('live: swept');
     const disks = await findDisks(mon, vm);
-    const verdicts = await judgeDisks(mon, repo, vm, disks, o.onWarning);
-    o.signal?.throwIfAborted();
-    return await capture(o, mon, disks, verdicts, work.dir);
+    tracePhase('live: disks matched');
+    const fleece = new Fleece(mon, disks, work.dir);
+    // qemu-img makes the fleecing images while the monitor answers about bitmaps.
+    const [judged, made] = await Promise.allSettled([judgeDisks(mon, repo, vm, disks, swept.nodes, o.onWarning), fleece.createImages()]);
+    if (judged.status === 'rejected' || made.status === 'rejected') {
+      await fleece.close().catch(() => undefined);
+      throw judged.status === 'rejected' ? judged.reason : (made as PromiseRejectedResult).reason;
+    }
+    tracePhase('live: bitmaps judged, fleecing images made');
+    return await capture(o, mon, disks, judged.value, fleece, pool);
   } finally {
-    await mon?.close();
+    await Promise.all([pool.close(), mon?.close()]);
     await work.release();
   }
 }
@@ -89,13 +103,14 @@ async function judgeDisks(
   repo: Repository,
   vm: VmDefinition,
   disks: LiveDisk[],
+  nodes: NamedNode[] | undefined,
   onWarning?: (m: string) => void,
 ): Promise<CbtVerdict[]> {
   const latest = (await repo.listPoints({ vm: vm.name })).sort((a, b) => a.time.localeCompare(b.time)).at(-1);
   const expected = latest?.capture && !latest.damaged ? bitmapName(repo.config.id, latest.time) : undefined;
   const out: CbtVerdict[] = [];
   for (const d of disks) {
-    const found = await bitmapsOf(mon, d.node);
+    const found = await bitmapsOf(mon, d.node, nodes);
     const tidied = await tidyBitmaps(mon, d, found, repo.config.id, expected);
     if (tidied.length > 0)
       onWarning?.(
@@ -112,15 +127,17 @@ async function capture(
   mon: BlockMonitor,
   disks: LiveDisk[],
   verdicts: CbtVerdict[],
-  dir: string,
+  fleece: Fleece,
+  pool: ChunkPool,
 ): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
-  const fleece = new Fleece(mon, disks, dir);
   const clients: NbdClient[] = [];
   let created: Record<string, string> = {};
   let committed = false;
   try {
-    await fleece.prepare();
+    o.signal?.throwIfAborted();
+    await fleece.addNodes();
+    tracePhase('live: fleecing nodes added');
     const q = await quiesced(
       {
         wanted: o.consistency,
@@ -149,6 +166,7 @@ async function capture(
         return time;
       },
     );
+    tracePhase('live: frozen, transaction, thawed');
     o.signal?.throwIfAborted();
     await fleece.export(
       Object.fromEntries(
@@ -158,6 +176,7 @@ async function capture(
         }),
       ),
     );
+    tracePhase('live: exported');
     const images: ImageToBackUp[] = [];
     const changedCounts: string[] = [];
     for (const [i, d] of disks.entries()) {
@@ -189,6 +208,7 @@ async function capture(
       }
       images.push(image);
     }
+    tracePhase('live: NBD connected, dirty extents read');
     const cbt = summarize(disks, verdicts, changedCounts);
     const point = await backupImages({
       repo,
@@ -197,7 +217,7 @@ async function capture(
       time: q.value,
       source: sourceLabel(source),
       consistency: q.achieved,
-      ...(o.codecInit ? { codecInit: o.codecInit } : {}),
+      pool,
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
       ...(o.onWarning ? { onWarning: o.onWarning } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
@@ -211,6 +231,7 @@ async function capture(
       } satisfies PointCapture,
     });
     committed = true;
+    tracePhase('live: committed');
     // The previous point's bitmaps have served; the new point's keep recording for the next backup.
     await closeAll(clients);
     await fleece
@@ -225,6 +246,7 @@ async function capture(
           .execute('block-dirty-bitmap-remove', { node: d.node, name: v.bitmap })
           .catch((err: Error) => o.onWarning?.(`could not remove the used bitmap ${v.bitmap}: ${err.message}`));
     }
+    tracePhase('live: QEMU nodes removed');
     return { point, changedBlockTracking: cbt };
   } finally {
     if (!committed) {

@@ -13,6 +13,7 @@ import type { LiveBackupResult, LiveSource } from '../../backup/live/index.js';
 import { formatBytes } from '../../format/output.js';
 import { projectPath } from '../../paths.js';
 import { resolveRepository } from '../../repo/open.js';
+import { tracePhase } from '../../host/trace.js';
 
 /**
  * `--disk NAME=PATH` names the disk; a bare `--disk PATH` goes to the next
@@ -124,6 +125,7 @@ export function registerBackup(program: Command): void {
         o: RepoFlags & LiveFlags & { vm: string; disk: string[]; consistency: string; jobs?: string; afterBackup: boolean },
         c: Command,
       ) => {
+        tracePhase('backup: command starts');
         const { backupVm } = await import('../../backup/engine.js');
         const { describeSignals } = await import('../../backup/signals.js');
         const { recordPoint } = await import('../../catalog/catalog.js');
@@ -136,10 +138,12 @@ export function registerBackup(program: Command): void {
             'pass --consistency crash (the default for images)',
           );
         }
+        tracePhase('backup: modules loaded');
         const vm = loadVmDefinition(o.vm);
         const live = liveSource(o);
         const disks = assignDisks(vm, o.disk);
         const { repo, codecInit } = await openRepoFromFlags(ctx, o);
+        tracePhase('backup: repository open');
         const total = vm.disks.length;
         let bar: ReturnType<typeof ctx.out.progress> | undefined;
         let current = '';
@@ -194,7 +198,9 @@ export function registerBackup(program: Command): void {
           liveResult?.point ??
           (await backupVm({ repo, vm, disks, codecInit, consistency: o.consistency as Consistency, onWarning, onProgress }));
         bar?.finish();
+        tracePhase('backup: point committed');
         await withCatalog(ctx, (db) => recordPoint(db, repo.path, point));
+        tracePhase('backup: catalog recorded');
         const { signals: sig, ...s } = point.stats;
         const signals = sig ?? null;
         const cap = point.capture;
