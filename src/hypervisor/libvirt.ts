@@ -206,7 +206,7 @@ export class LibvirtDriver implements Hypervisor {
         spec,
         dir,
         accel,
-        spec.nics.map((n: NicAttachment) => (n.kind === 'tap' ? n.tap : '')),
+        lent.nics.map((n: NicAttachment) => (n.kind === 'tap' ? n.tap : '')),
       );
       const dom = await c.domainDefineXML(xml);
       await c.domainCreate(dom);

@@ -207,12 +207,21 @@ export class QemuDriver implements Hypervisor {
       rmSync(dir, { recursive: true, force: true });
       throw e;
     }
-    const args = qemuArgs(spec, dir, accel);
-    writeFileSync(join(dir, 'spec.json'), JSON.stringify({ spec, accel, args, bridgeTaps, startedAt: new Date().toISOString() }, null, 2));
     // QEMU in the lab namespace would not reach an NFS or NBD TCP server on
     // the host's loopback: it then starts in the host namespace with its lab
-    // taps lent. A unix socket is a path, reachable from any namespace.
+    // taps lent, and opens them by their host-side names. A unix socket is a
+    // path, reachable from any namespace.
     const lent = netns && spec.disks.some((d) => needsHostNetwork(d.path)) ? await lendLabTaps(spec.nics) : undefined;
+    const args = qemuArgs(lent ? { ...spec, nics: lent.nics } : spec, dir, accel);
+    try {
+      writeFileSync(
+        join(dir, 'spec.json'),
+        JSON.stringify({ spec, accel, args, bridgeTaps, startedAt: new Date().toISOString() }, null, 2),
+      );
+    } catch (e) {
+      await lent?.giveBack().catch(() => undefined);
+      throw e;
+    }
     const log = openSync(join(dir, 'qemu.log'), 'a');
     const [cmd, argv] = netns && !lent ? ['ip', ['netns', 'exec', netns, qemu, ...args]] : [qemu, args];
     const child = spawn(cmd, argv, { detached: true, stdio: stdioWithoutFuse(['ignore', log, log]) });

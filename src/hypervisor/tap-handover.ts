@@ -8,7 +8,14 @@
  * namespace for the start, QEMU opens it, and it goes back into the lab
  * namespace and onto its bridge: an open tap fd follows its device across
  * namespaces. While lent, the tap is on no bridge, so nothing crosses.
+ *
+ * Lab taps are named per namespace (`tap0`, `tap1` …), so two labs lending
+ * at once would both bring a `tap0` to the host namespace, and the second
+ * move fails ("an interface with the same name exists"). A lent tap is
+ * renamed in the same move to a random host-side name, and back when it
+ * returns; QEMU opens it by that name.
  */
+import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../errors.js';
 import { exec } from '../host/exec.js';
 import type { NicAttachment } from './types.js';
@@ -26,25 +33,43 @@ async function labTapBridge(netns: string, tap: string): Promise<string> {
   return master;
 }
 
-/** Moves every lab tap of `nics` to the host namespace; the result gives them back. */
-export async function lendLabTaps(nics: NicAttachment[]): Promise<{ giveBack(): Promise<void> }> {
-  const moved: { tap: string; netns: string; bridge: string }[] = [];
+export interface LentTaps {
+  /** The NICs as QEMU must open them: each lent tap under its host-side name. */
+  nics: NicAttachment[];
+  /** Moves every lent tap back into its lab namespace, under its own name, onto its bridge. */
+  giveBack(): Promise<void>;
+}
+
+/** A name no lab uses (`rlt` and 10 hex digits: 13 characters, under the kernel's 15). */
+function hostSideName(): string {
+  return `rlt${randomBytes(5).toString('hex')}`;
+}
+
+/** Moves every lab tap of `nics` to the host namespace, renamed (see the module doc). */
+export async function lendLabTaps(nics: NicAttachment[]): Promise<LentTaps> {
+  const moved: { hostName: string; tap: string; netns: string; bridge: string }[] = [];
   const giveBack = async (): Promise<void> => {
     for (const m of moved.splice(0)) {
-      await ip(['link', 'set', m.tap, 'netns', m.netns]);
+      await ip(['link', 'set', m.hostName, 'netns', m.netns, 'name', m.tap]);
       await ip(['-n', m.netns, 'link', 'set', m.tap, 'master', m.bridge, 'up']);
     }
   };
+  const asOpened: NicAttachment[] = [];
   try {
     for (const n of nics) {
-      if (n.kind !== 'tap' || !n.netns) continue;
+      if (n.kind !== 'tap' || !n.netns) {
+        asOpened.push(n);
+        continue;
+      }
       const bridge = await labTapBridge(n.netns, n.tap);
-      await ip(['-n', n.netns, 'link', 'set', n.tap, 'netns', '1']);
-      moved.push({ tap: n.tap, netns: n.netns, bridge });
+      const hostName = hostSideName();
+      await ip(['-n', n.netns, 'link', 'set', n.tap, 'netns', '1', 'name', hostName]);
+      moved.push({ hostName, tap: n.tap, netns: n.netns, bridge });
+      asOpened.push({ ...n, tap: hostName });
     }
   } catch (e) {
     await giveBack().catch(() => undefined);
     throw e;
   }
-  return { giveBack };
+  return { nics: asOpened, giveBack };
 }
