@@ -146,7 +146,7 @@ async function check(o: ReconcileOptions): Promise<{ items: Found[]; resumable: 
       sessions,
       new Set(records.filter((r) => vms.publications.has(r.id)).flatMap((r) => r.fuseDir ?? [])),
     )),
-    ...(await checkLabs(o.stateDir, sessions, vms.pids)),
+    ...(await checkLabs(o.stateDir, sessions, vms.pids, o.dryRun ? 0 : LAB_STRAGGLER_WAIT_MS)),
     ...checkOrphanOverlays(o.stateDir, records),
   ];
   return { items, resumable: pubs.resumable };
@@ -294,8 +294,34 @@ function labOwner(stateDir: string, lab: LabState, sessions: RecoverySession[]):
   return undefined;
 }
 
-/** `goingPids`: processes of stale verification VMs, removed before the labs are (checkVerificationVms). */
-async function checkLabs(stateDir: string, sessions: RecoverySession[], goingPids: ReadonlySet<number>): Promise<Found[]> {
+/**
+ * How long a lab whose owner died may take to empty. A worker or run killed
+ * with -9 leaves its probes running in the lab for a few seconds (a `ping -W`,
+ * a probe script); the owner coming back at once would otherwise find them
+ * there and keep the lab, whose route then blocks the next lab on its subnet.
+ */
+const LAB_STRAGGLER_WAIT_MS = 15_000;
+
+/** Processes in `netns` other than `goingPids`, after waiting up to `waitMs` for them to end. */
+async function labPids(netns: string, goingPids: ReadonlySet<number>, waitMs: number): Promise<number[]> {
+  const until = Date.now() + waitMs;
+  for (;;) {
+    const pids = (await netnsPids(netns)).filter((p) => !goingPids.has(p));
+    if (pids.length === 0 || Date.now() >= until) return pids;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/**
+ * `goingPids`: processes of stale verification VMs, removed before the labs are (checkVerificationVms).
+ * `stragglerWaitMs`: how long to wait for the other processes of an ownerless lab to end (none in a dry run).
+ */
+async function checkLabs(
+  stateDir: string,
+  sessions: RecoverySession[],
+  goingPids: ReadonlySet<number>,
+  stragglerWaitMs: number,
+): Promise<Found[]> {
   const items: Found[] = [];
   const labsDir = path.join(stateDir, 'labs');
   const hasLabs = fs.existsSync(labsDir) && fs.readdirSync(labsDir).some((f) => f.endsWith('.json'));
@@ -317,7 +343,7 @@ async function checkLabs(stateDir: string, sessions: RecoverySession[], goingPid
     }
     if (owner?.alive) continue;
     if (!owner && lab.ready) continue; // brought up with `lab up`: the user's to take down
-    const pids = (await netnsPids(lab.netns)).filter((p) => !goingPids.has(p));
+    const pids = await labPids(lab.netns, goingPids, stragglerWaitMs);
     const why = !lab.ready
       ? `it was left half built${owner ? ` by ${owner.what}` : ''}`
       : `${owner?.what ?? 'its owner'} is gone and no live session uses it`;

@@ -63,6 +63,8 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   rmSync(join(o.config.stateDir, 'worker-tasks'), { recursive: true, force: true });
   const removed = left.stale.filter((s) => s.outcome?.action === 'removed').length;
   if (removed > 0) o.log(`worker ${o.name}: removed ${removed} leftover item(s) of an earlier run`);
+  for (const s of left.stale.filter((x) => x.outcome?.action !== 'removed' && x.kind !== 'netns'))
+    o.log(`worker ${o.name}: left ${s.id} (${s.outcome?.action ?? 'not safe'}): ${s.outcome?.detail ?? s.reason}`);
   const lost = await reconcileSessionRows(o);
   if (lost > 0) o.log(`worker ${o.name}: ${lost} session(s) in the shared catalog had no record here; marked failed`);
 

@@ -82,6 +82,7 @@ const SUBNETS = {
   'workers/workers:run-pool': 192,
   'workers/workers:api': 193,
   'workers/recover': 194,
+  'reconcile/lab-stragglers': 195,
 } as const satisfies Record<string, number>;
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */

@@ -188,7 +188,7 @@ t.test('decodeInto checks the CRC only when another check fails; decode (verify)
   const digest = codec.digest(plain);
   const blob = codec.encode(plain);
   const badCrcField = Buffer.from(blob);
-  badCrcField.writeUInt32LE(badCrcField.readUInt32LE(12) ^ 1, 12);
+  badCrcField.writeUInt32LE((badCrcField.readUInt32LE(12) ^ 1) >>> 0, 12);
   t.equal(
     corruptReason(() => codec.decode(digest, badCrcField)),
     'CRC mismatch',
@@ -246,7 +246,7 @@ t.test('decodeAround: a blob read around a gap (payload head straight into the s
     'a flipped byte of a chunk stored as is fails where it lies, and is named damaged storage',
   );
   const wrongCrcField = Buffer.from(blob);
-  wrongCrcField.writeUInt32LE(wrongCrcField.readUInt32LE(12) ^ 1, 12);
+  wrongCrcField.writeUInt32LE((wrongCrcField.readUInt32LE(12) ^ 1) >>> 0, 12);
   t.ok(codec.decodeAround(digest, readAround(wrongCrcField, out), out).equals(noise), 'the payload its digest proves is still served');
   t.equal(
     corruptReason(() => codec.decodeAround('0'.repeat(64), readAround(blob, out), out)),
