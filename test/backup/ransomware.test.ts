@@ -62,9 +62,19 @@ async function changeGuest(offset: number, change: (root: string) => Promise<voi
   try {
     await change(mnt);
   } finally {
-    await exec('umount', [mnt]);
-    mounted = false;
+    await unmount();
   }
+}
+
+/** Unmounts the guest's file system; one that fails (busy for a moment) would leave writes unflushed, and the backup after it would read a half-changed image. */
+async function unmount(): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const r = await exec('umount', [mnt]);
+    if (r.code === 0) break;
+    if (attempt === 20) throw new Error(`umount ${mnt} failed: ${r.stderr.trim()}`);
+    await new Promise((res) => setTimeout(res, 250));
+  }
+  mounted = false;
 }
 
 /** An ordinary night: a few hundred KiB of log lines in new files. */
