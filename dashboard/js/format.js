@@ -25,6 +25,17 @@ export function formatBytes(n) {
   return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
+/**
+ * A worker's memory: what its running VMs hold against its budget, as the
+ * placement judges it (docs/workers.md). 768, 4096 → "768 MiB / 4.0 GiB (19%)".
+ */
+export function memoryText(usedMiB, budgetMiB) {
+  const MiB = 1024 * 1024;
+  if (typeof budgetMiB !== 'number' || !Number.isFinite(budgetMiB) || budgetMiB <= 0) return '—';
+  const used = typeof usedMiB === 'number' && Number.isFinite(usedMiB) && usedMiB > 0 ? usedMiB : 0;
+  return `${formatBytes(used * MiB)} / ${formatBytes(budgetMiB * MiB)} (${Math.round((used / budgetMiB) * 100)}%)`;
+}
+
 /** 75.2 → "1 min 15 s"; null → "—". */
 export function formatSeconds(s) {
   if (typeof s !== 'number' || !Number.isFinite(s) || s < 0) return '—';

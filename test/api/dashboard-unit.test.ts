@@ -20,6 +20,7 @@ type Fmt = {
   shortId(id: unknown, n?: number): string;
   roleAllows(have: string, need: string): boolean;
   formatBytes(n: unknown): string;
+  memoryText(usedMiB: unknown, budgetMiB: unknown): string;
   formatSeconds(s: unknown): string;
   formatTime(iso: unknown): string;
   badge(v: unknown): { label: string; tone: string };
@@ -106,6 +107,9 @@ t.test('formatting and roles', async (t) => {
   t.equal(f.formatBytes(1536), '1.5 KiB');
   t.equal(f.formatBytes(3 * 1024 ** 3), '3.0 GiB');
   t.equal(f.formatBytes(undefined), '—');
+  t.equal(f.memoryText(768, 4096), '768 MiB / 4.0 GiB (19%)', "a worker's memory against its budget");
+  t.equal(f.memoryText(0, 2048), '0 B / 2.0 GiB (0%)', 'an idle worker');
+  t.equal(f.memoryText(undefined, undefined), '—', 'a worker that reported no budget');
   t.equal(f.formatSeconds(4.25), '4.3 s');
   t.equal(f.formatSeconds(75), '1 min 15 s');
   t.equal(f.formatSeconds(null), '—');

@@ -4,7 +4,7 @@
  * has none and says how to get them.
  */
 import { h, replace } from '../dom.js';
-import { formatTime, shortId } from '../format.js';
+import { formatTime, memoryText, shortId } from '../format.js';
 import { badgeEl, section, table } from '../ui.js';
 
 /** Workers beat every 5 s; a slower refresh would show a live worker as stale. */
@@ -15,6 +15,7 @@ export function workerRows(workers) {
     w.name,
     badgeEl(w.alive ? 'up' : 'gone', { 'data-alive': String(w.alive) }),
     `${w.running} / ${w.slots}`,
+    memoryText(w.memoryUsedMiB, w.memoryMiB),
     w.host,
     (w.networks ?? []).join(', ') || '—',
     w.tasks.length ? w.tasks.map((t) => h('code', { title: t }, shortId(t, 8))) : '—',
@@ -36,7 +37,7 @@ export async function render(ctx) {
       box,
       table(
         'Lab workers',
-        ['Name', 'State', 'Running / slots', 'Host', 'Networks', 'Tasks', 'Last seen'],
+        ['Name', 'State', 'Running / slots', 'Memory (used / budget)', 'Host', 'Networks', 'Tasks', 'Last seen'],
         workerRows(out.workers),
         'none registered yet (restorelab worker --name NAME).',
       ),
