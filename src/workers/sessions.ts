@@ -21,7 +21,16 @@ import { LabQueue, STOP_LEASE_SECONDS, workerQueue } from './queue.js';
 import { WorkerRegistry } from './registry.js';
 import { watchOrphans } from './dispatch.js';
 import { queueTuning, workersUrl } from './url.js';
-import type { RecoverTask, SessionReply, WorkerSession } from './task.js';
+import {
+  MAX_EVIDENCE_BYTES,
+  type RecoverTask,
+  type RefusalReply,
+  type ScreenshotReply,
+  type SessionReply,
+  type SessionTask,
+  type WorkerSession,
+} from './task.js';
+import { isErrorCode } from '../errors/registry.js';
 
 export interface WorkerRecoverRequest {
   repo: string;
@@ -130,13 +139,24 @@ export async function workerSession(url: string, id: string): Promise<RecoverySe
   return s?.worker !== undefined ? s : undefined;
 }
 
+/** How long a migration on a worker may take before the server stops waiting (the copy goes on there). */
+export const MIGRATE_LEASE_SECONDS = 6 * 3600;
+
 /**
- * Stops a session on the worker that runs it, and waits for its answer: a
- * stop task on that worker's own queue. A worker that is gone cannot stop
- * anything: refused at once (it stops the session's leftovers when it comes
- * back), rather than leaving a task nobody takes.
+ * Asks the worker that runs session `s` to do `task` for it, and waits for
+ * its answer: a task on that worker's own queue. A worker that is gone
+ * cannot do anything: refused at once (it stops the session's leftovers
+ * when it comes back), rather than leaving a task nobody takes. A refusal
+ * the worker answered (a path outside its roots, a session not running)
+ * is thrown with the worker's own code.
  */
-export async function stopOnWorker(queue: LabQueue, s: RecoverySession, signal?: AbortSignal): Promise<WorkerSession> {
+async function askWorker<T extends object>(
+  queue: LabQueue,
+  s: RecoverySession,
+  task: SessionTask,
+  leaseSeconds: number,
+  signal?: AbortSignal,
+): Promise<T> {
   const worker = s.worker as string;
   const registry = new WorkerRegistry(queue.sql);
   await registry.ensureSchema();
@@ -152,28 +172,78 @@ export async function stopOnWorker(queue: LabQueue, s: RecoverySession, signal?:
   if (before !== undefined) throw refuse(before);
   const name = workerQueue(worker);
   await queue.ensureQueue(name);
-  const id = await queue.submit({ kind: 'stop', session: s.id }, name, { retryLimit: 0, leaseSeconds: STOP_LEASE_SECONDS });
-  const end = Date.now() + (STOP_LEASE_SECONDS + 60) * 1000;
+  const id = await queue.submit(task, name, { retryLimit: 0, leaseSeconds });
+  const end = Date.now() + (leaseSeconds + 60) * 1000;
   for (;;) {
     if (signal?.aborted) {
       await queue.cancel(id, name).catch(() => undefined);
       throw signal.reason;
     }
-    const st = await queue.status<SessionReply>(id, name);
-    if (st.state === 'completed' && st.output) return st.output.session;
+    const st = await queue.status<T | RefusalReply>(id, name);
+    if (st.state === 'completed' && st.output) {
+      if ('refused' in st.output) throw refusedBy(worker, st.output.refused);
+      return st.output;
+    }
     if (st.state === 'failed' || st.state === 'cancelled')
-      throw new RestorelabError('TASK_FAILED', `worker ${worker} could not stop session ${s.id}: ${st.failure ?? st.state}`, {
+      throw new RestorelabError('TASK_FAILED', `worker ${worker} could not ${task.kind} session ${s.id}: ${st.failure ?? st.state}`, {
         hint: `its log says more; restorelab sessions shows the session's state`,
       });
-    // A stop nobody took while the worker went away would wait for ever: withdrawn, and said so.
+    // A task nobody took while the worker went away would wait for ever: withdrawn, and said so.
     const why = st.state === 'created' ? await gone() : undefined;
     if (why !== undefined || Date.now() > end) {
       await queue.cancel(id, name).catch(() => undefined);
-      throw refuse(why ?? `not done after ${STOP_LEASE_SECONDS + 60} s`);
+      throw refuse(why ?? `not done after ${leaseSeconds + 60} s`);
     }
     await new Promise((r) => setTimeout(r, 500));
   }
 }
+
+/** A worker's refusal as the error it was there; a code this build does not know stays a task failure. */
+function refusedBy(worker: string, r: RefusalReply['refused']): RestorelabError {
+  const text = `worker ${worker}: ${String(r.message).slice(0, 2000)}`;
+  const hint = typeof r.hint === 'string' ? r.hint.slice(0, 1000) : undefined;
+  if (typeof r.code === 'string' && isErrorCode(r.code)) return new RestorelabError(r.code, text, { hint });
+  return new RestorelabError('TASK_FAILED', text, { hint });
+}
+
+/** Stops a session on the worker that runs it, and waits for its answer. */
+export async function stopOnWorker(queue: LabQueue, s: RecoverySession, signal?: AbortSignal): Promise<WorkerSession> {
+  return (await askWorker<SessionReply>(queue, s, { kind: 'stop', session: s.id }, STOP_LEASE_SECONDS, signal)).session;
+}
+
+/** The live console of a session a worker runs, as PNG. */
+export async function screenshotOnWorker(queue: LabQueue, s: RecoverySession, signal?: AbortSignal): Promise<Buffer> {
+  const r = await askWorker<ScreenshotReply>(queue, s, { kind: 'screenshot', session: s.id }, STOP_LEASE_SECONDS, signal);
+  const png = Buffer.from(String(r.png), 'base64');
+  if (png.length === 0 || png.length > MAX_EVIDENCE_BYTES || !png.subarray(0, 8).equals(PNG_MAGIC))
+    throw new RestorelabError('TASK_FAILED', `worker ${s.worker ?? '?'} answered no PNG for session ${s.id}`, {
+      hint: 'run the same restorelab version on the server and on every worker',
+    });
+  return png;
+}
+
+/**
+ * Migrates a session a worker runs onto `dir`, a path on that worker's host
+ * (held there to the worker's own api.restoreRoots), and waits for the copy.
+ */
+export async function migrateOnWorker(
+  queue: LabQueue,
+  s: RecoverySession,
+  dir: string,
+  format: 'raw' | 'qcow2',
+  signal?: AbortSignal,
+): Promise<WorkerSession> {
+  if (!isAbsolute(dir))
+    throw badInput(
+      'BAD_FLAGS',
+      `migration target ${dir} is relative`,
+      `session ${s.id} runs on worker ${s.worker ?? '?'}: name an absolute path on that host`,
+    );
+  const task = { kind: 'migrate' as const, session: s.id, dir, format };
+  return (await askWorker<SessionReply>(queue, s, task, MIGRATE_LEASE_SECONDS, signal)).session;
+}
+
+const PNG_MAGIC = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
 /** Opens the queue for one CLI command, runs `f`, closes it. */
 export async function withQueue<T>(url: string, f: (q: LabQueue) => Promise<T>): Promise<T> {
@@ -227,4 +297,43 @@ export async function stopAnySession(
   await withLabQueue((q) => stopOnWorker(q, remote));
   // The worker recorded the stop in the shared catalog before it answered.
   return (await workerSession(url as string, id)) ?? remote;
+}
+
+/**
+ * Whether `s` (as listed) runs on a lab worker rather than on this host:
+ * it names a worker, and this host keeps no record of it.
+ */
+export async function runsOnWorker(stateDir: string, s: RecoverySession): Promise<boolean> {
+  if (s.worker === undefined) return false;
+  const { SessionStore } = await import('../session/store.js');
+  return new SessionStore(stateDir).find(s.id) === undefined;
+}
+
+/** The session as the shared catalog holds it after a worker answered (it records before answering). */
+export async function sessionAfterWorker(id: string, fallback: RecoverySession): Promise<RecoverySession> {
+  const url = sharedSessionsUrl();
+  return (url !== undefined ? await workerSession(url, id) : undefined) ?? fallback;
+}
+
+/**
+ * Migrates a session wherever it runs: here when this host has its record
+ * (`dir` a path here), else on its worker (`dir` a path on that host, held
+ * there to the worker's restore roots). Unknown: SESSION_NOT_FOUND.
+ */
+export async function migrateAnySession(
+  stateDir: string,
+  id: string,
+  dir: string,
+  format: 'raw' | 'qcow2',
+  withLabQueue: <T>(f: (q: LabQueue) => Promise<T>) => Promise<T>,
+): Promise<RecoverySession> {
+  const { migrateSession } = await import('../session/recover.js');
+  const { SessionStore } = await import('../session/store.js');
+  const store = new SessionStore(stateDir);
+  if (store.find(id) !== undefined) return migrateSession(stateDir, id, dir, format);
+  const url = sharedSessionsUrl();
+  const remote = url === undefined ? undefined : await workerSession(url, id);
+  if (!remote) return store.get(id); // SESSION_NOT_FOUND
+  await withLabQueue((q) => migrateOnWorker(q, remote, dir, format));
+  return sessionAfterWorker(id, remote);
 }

@@ -7,7 +7,7 @@
  * the run's directory. Baseline screenshots travel the other way, in the task.
  */
 import { readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, isAbsolute, join } from 'node:path';
 import type { Job } from '../surebackup/runner.js';
 import type { RunResult, VmResult } from '../verify/contract.js';
 import { RestorelabError } from '../errors.js';
@@ -132,10 +132,48 @@ export interface StopTask {
   session: string;
 }
 
-/** What a worker answers for a recover or stop task: the session as the server reports it. */
+/** The live console of a session a worker runs, as PNG (its own queue, like a stop). */
+export interface ScreenshotTask {
+  kind: 'screenshot';
+  session: string;
+}
+
+/**
+ * Migrates a session a worker runs onto storage of the worker's host. `dir`
+ * is a path there: the worker checks it against its own api.restoreRoots,
+ * since only it can resolve it.
+ */
+export interface MigrateTask {
+  kind: 'migrate';
+  session: string;
+  dir: string;
+  format: 'raw' | 'qcow2';
+}
+
+/** What a worker's own queue carries: requests about one of its sessions. */
+export type SessionTask = StopTask | ScreenshotTask | MigrateTask;
+
+/** What a worker answers for a recover, stop or migrate task: the session as the server reports it. */
 export interface SessionReply {
   worker: string;
   session: WorkerSession;
+}
+
+/** What a worker answers for a screenshot task. */
+export interface ScreenshotReply {
+  worker: string;
+  /** base64 PNG, at most MAX_EVIDENCE_BYTES decoded. */
+  png: string;
+}
+
+/**
+ * A session request the worker refused for a reason the client should see
+ * as such (a path outside its roots, a session that is not running): an
+ * answer, not a failed task, so the server can give the error's own code.
+ */
+export interface RefusalReply {
+  worker: string;
+  refused: { code: string; message: string; hint?: string };
 }
 
 /** A session on a worker, as reported: no paths of the worker's host (publication mounts, key files, sockets). */
@@ -188,14 +226,28 @@ export function checkRecoverTask(data: unknown): RecoverTask {
   };
 }
 
-/** The session id of a stop task: a plain id (src/session/store.ts checks it again), never a path. */
-export function checkStopTask(data: unknown): StopTask {
-  const t = data as Partial<StopTask> | null;
-  if (!t || t.kind !== 'stop' || typeof t.session !== 'string' || !SAFE_NAME.test(t.session))
-    throw new RestorelabError('TASK_INVALID', 'a stop task names no session this worker could run', {
+/** The longest migration target path a task may carry (Linux PATH_MAX). */
+const MAX_DIR_BYTES = 4096;
+
+/**
+ * A request about one of the worker's sessions: a plain session id
+ * (src/session/store.ts checks it again), never a path; a migration's
+ * target an absolute path the worker then confines to its restore roots.
+ */
+export function checkSessionTask(data: unknown): SessionTask {
+  const t = data as Partial<MigrateTask> | Partial<StopTask> | Partial<ScreenshotTask> | null;
+  const bad = (why: string): RestorelabError =>
+    new RestorelabError('TASK_INVALID', `a session task is not one this worker runs: ${why}`, {
       hint: 'run the same restorelab version on the server and on every worker',
     });
-  return { kind: 'stop', session: t.session };
+  if (!t || (t.kind !== 'stop' && t.kind !== 'screenshot' && t.kind !== 'migrate')) throw bad('not a stop, screenshot or migrate task');
+  if (typeof t.session !== 'string' || !SAFE_NAME.test(t.session)) throw bad('it names no session this worker could run');
+  if (t.kind !== 'migrate') return { kind: t.kind, session: t.session };
+  const m = t as Partial<MigrateTask>;
+  if (typeof m.dir !== 'string' || !isAbsolute(m.dir) || m.dir.includes('\0') || Buffer.byteLength(m.dir) > MAX_DIR_BYTES)
+    throw bad('the migration target is not an absolute path');
+  if (m.format !== 'raw' && m.format !== 'qcow2') throw bad(`disks migrate as raw or qcow2, not ${String(m.format)}`);
+  return { kind: 'migrate', session: t.session, dir: m.dir, format: m.format };
 }
 
 /** The session as a worker reports it (see WorkerSession). */

@@ -12,17 +12,23 @@ import { totalmem } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { Config } from '../config/config.js';
 import { RestorelabError } from '../errors.js';
+import { ERROR_CLASSES } from '../errors/registry.js';
 import { processAlive } from '../host/process.js';
+import { confine, isInside } from '../host/confine.js';
 import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { LabQueue, workerQueue, type QueueOptions } from './queue.js';
 import { HEARTBEAT_MS, WorkerRegistry } from './registry.js';
 import {
   checkAnyTask,
-  checkStopTask,
+  checkSessionTask,
+  MAX_EVIDENCE_BYTES,
   packResult,
   workerSession,
   type RecoverTask,
+  type RefusalReply,
+  type ScreenshotReply,
   type SessionReply,
+  type SessionTask,
   type TaskResult,
   type VerifyTask,
 } from './task.js';
@@ -48,6 +54,9 @@ export interface WorkerOptions extends Omit<QueueOptions, 'url'> {
 
 export async function runWorker(o: WorkerOptions): Promise<void> {
   claimStateDir(o.config.stateDir, o.name);
+  // Migrations of this worker's sessions land under its restore roots; the default ones, in its state directory, exist from the start (0755: only root writes them).
+  for (const root of o.config.api.restoreRoots)
+    if (isInside(resolve(root), resolve(o.config.stateDir))) mkdirSync(root, { recursive: true, mode: 0o755 });
   // Every session this process (and the supervisors it starts) records goes to the queue's catalog, where the server reads it.
   process.env[SESSIONS_CATALOG_ENV] = o.url;
   const { reconcile } = await import('../reconcile/reconcile.js');
@@ -96,19 +105,9 @@ export async function runWorker(o: WorkerOptions): Promise<void> {
   const timer = setInterval(beat, HEARTBEAT_MS);
   o.log(`worker ${o.name}: ${o.slots} slot(s), ${budget} MiB for VMs, waiting for tasks`);
 
-  // Stops for this worker's sessions come on its own queue: only it can reach their supervisors.
+  // Requests about this worker's sessions (stop, screenshot, migrate) come on its own queue: only it can reach their supervisors.
   await queue.ensureQueue(workerQueue(o.name));
-  await queue.work(
-    1,
-    async (id, data) => {
-      const task = checkStopTask(data);
-      o.log(`worker ${o.name}: stop ${task.session} (task ${id})`);
-      const { stopSession } = await import('../session/recover.js');
-      const s = await stopSession(o.config.stateDir, task.session);
-      return { worker: o.name, session: workerSession(o.name, s) } satisfies SessionReply;
-    },
-    workerQueue(o.name),
-  );
+  await queue.work(1, async (id, data) => answerSessionTask(o, id, checkSessionTask(data)), workerQueue(o.name));
 
   await queue.work(o.slots, async (id, data) => {
     const task = checkAnyTask(data);
@@ -291,5 +290,44 @@ async function runTask(o: WorkerOptions, id: string, task: VerifyTask): Promise<
     await backend.close();
     // The evidence went back inline with the result: nothing here is read again.
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A request about one of this worker's sessions. Refusals a client should
+ * see as such (a path outside this host's restore roots, a session that is
+ * not running) come back as answers with their code; anything else fails
+ * the task.
+ */
+async function answerSessionTask(o: WorkerOptions, id: string, task: SessionTask): Promise<SessionReply | ScreenshotReply | RefusalReply> {
+  o.log(`worker ${o.name}: ${task.kind} ${task.session} (task ${id})`);
+  try {
+    const { listSessions, stopSession, migrateSession } = await import('../session/recover.js');
+    if (task.kind === 'stop') return { worker: o.name, session: workerSession(o.name, await stopSession(o.config.stateDir, task.session)) };
+    if (task.kind === 'screenshot') {
+      const { sessionScreenshot } = await import('../session/screenshot.js');
+      const s =
+        (await listSessions(o.config.stateDir)).find((x) => x.id === task.session) ?? new SessionStore(o.config.stateDir).get(task.session);
+      const png = await sessionScreenshot(o.config.stateDir, s);
+      // The answer lives in the queue's table: bounded like any evidence.
+      if (png.length > MAX_EVIDENCE_BYTES)
+        throw new Error(`the screenshot of session ${task.session} is ${png.length} bytes, over ${MAX_EVIDENCE_BYTES}`);
+      return { worker: o.name, png: png.toString('base64') };
+    }
+    // The target is a path on this host: only here can it be resolved and held to this host's restore roots.
+    const dir = confine(task.dir, o.config.api.restoreRoots);
+    if (dir === undefined)
+      throw new RestorelabError(
+        'PATH_NOT_ALLOWED',
+        `migration target ${task.dir} is outside worker ${o.name}'s restore target directories (${o.config.api.restoreRoots.join(', ')})`,
+        {
+          hint: `choose a path under one of them, or add a directory to api.restoreRoots in the worker's config file`,
+        },
+      );
+    return { worker: o.name, session: workerSession(o.name, await migrateSession(o.config.stateDir, task.session, dir, task.format)) };
+  } catch (err) {
+    if (!(err instanceof RestorelabError) || err.exitCode === ERROR_CLASSES.failure.exitCode) throw err;
+    o.log(`worker ${o.name}: ${task.kind} ${task.session} refused: ${err.code}: ${err.message}`);
+    return { worker: o.name, refused: { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) } };
   }
 }

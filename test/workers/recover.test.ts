@@ -1,11 +1,13 @@
 // Recoveries on lab workers, on real PostgreSQL (pg-boss) and a real TCG
 // guest: the server queues `recover --run-on workers`, a worker recovers the
 // `web` guest on its host and answers with the session; the server lists it
-// with the worker's name (CLI and API), serves nothing of it itself, and its
-// stop goes to that worker, which takes the VM, the lab and the publication
-// down. Bad input and a process without a queue are refused before anything
+// with the worker's name (CLI and API), serves nothing of it itself; its
+// screenshot and its migration (onto the worker's own storage, within the
+// worker's restore roots) are done there, and its stop goes to that worker,
+// which takes the VM, the lab and the publication down. Bad input and a process without a queue are refused before anything
 // is queued.
 import t from 'tap';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import request from 'supertest';
 import { projectPath } from '../../src/paths.js';
@@ -105,6 +107,8 @@ t.test('a worker recovers web; the server lists it with the worker name and stop
     addresses: Record<string, string>;
   };
   t.match(out, { vm: 'web', state: 'running', worker: 'w1' });
+  // A failed step must not leave the session's VM and lab running (its supervisor outlives the worker): stopped on w1's state directory, idempotent.
+  if (out.session) t.teardown(async () => void (await cli(['stop', out.session], w1.stateDir, 120_000)));
   t.ok(out.heartbeatSeconds > 0, `heartbeat after ${out.heartbeatSeconds} s`);
   t.same(out.addresses, { nic0: address('workers/recover') }, "the lab's masquerade address on the worker's host");
   // The worker's host is this one: the guest answers there.
@@ -133,8 +137,30 @@ t.test('a worker recovers web; the server lists it with the worker name and stop
     { vm: 'web', state: 'running', worker: 'w1' },
     'GET /sessions lists it with its worker',
   );
+  // Its live console comes from the worker: only it reaches the VM.
+  const shot = await request(api.app).get(`/api/v1/sessions/${out.session}/screenshot`).set('Authorization', api.auth.viewer);
+  t.equal(shot.status, 200, JSON.stringify(shot.body));
+  t.equal(shot.headers['content-type'], 'image/png');
+  t.same([...(shot.body as Buffer).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], 'a PNG');
+  t.match(w1.log(), new RegExp(`screenshot ${out.session}`), 'taken on w1');
+
+  // Migration onto the worker's own storage: a path of its host, held to its restore roots there.
+  const outside = await cli(['--json', 'migrate', out.session, '--to', join(dir, 'elsewhere')], srv, 120_000, env);
+  t.equal(outside.code, 2, outside.stderr);
+  t.match(outside.stdout, /PATH_NOT_ALLOWED/, "a target outside the worker's restore roots is refused there");
+  t.match(outside.stdout, /worker w1/);
+  const target = join(w1.stateDir, 'restores', 'prod');
+  const mig = await cli(['--json', 'migrate', out.session, '--to', target], srv, 600_000, env);
+  t.equal(mig.code, 0, `${mig.stdout} ${mig.stderr.slice(-1500)}\nw1: ${w1.log().slice(-1500)}`);
+  const migrated = JSON.parse(mig.stdout) as { state: string; worker: string; disks: Record<string, string> };
+  t.match(migrated, { state: 'migrated', worker: 'w1' }, 'migrated on w1');
+  const disk = Object.values(migrated.disks)[0] ?? '';
+  t.ok(disk.startsWith(`${target}/`) && existsSync(disk), `its disk is on the worker's storage now: ${disk}`);
+  t.match((await httpGet(`http://${out.addresses.nic0}/`)).body, WEB_EXPECT, 'the guest still serves after the switch');
+
   const stopped = await request(api.app).post(`/api/v1/sessions/${out.session}/stop`).set('Authorization', api.auth.operator);
   t.equal(stopped.status, 200, JSON.stringify(stopped.body));
+  t.ok(existsSync(disk), 'stop keeps the migrated disk (production storage now)');
   t.match(stopped.body, { id: out.session, state: 'stopped', worker: 'w1' }, 'stopped on its worker');
   t.match(w1.log(), new RegExp(`stop ${out.session}`), 'the stop ran on w1');
   t.match(

@@ -4,10 +4,6 @@
  * in its own detached supervisor process, not in the server: it survives a
  * server restart, and the next server lists and stops it from the record.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { encode } from 'fast-png';
 import type { Response } from 'express';
 import type { RegisterRoutes } from './register.js';
 import type { ApiContext } from '../context.js';
@@ -19,16 +15,25 @@ import { labTemplateFile } from './labs.js';
 import { allowedTarget } from '../host-paths.js';
 import { migrateSession, recover, stopSession, type RecoveryScan } from '../../session/recover.js';
 import { planRecovery, type RecoverRequest } from '../../session/plan.js';
-import { depsWithKey, realDeps } from '../../session/deps.js';
+import { depsWithKey } from '../../session/deps.js';
 import { keyFileOption } from '../../config/key-file.js';
-import { closeHypervisor } from '../../session/seam.js';
 import type { RecoverySession } from '../../session/session.js';
-import { parsePpm } from '../../hypervisor/screen.js';
 import { compileRuleSource, type CompiledRules } from '../../scan/scan.js';
 import type { OperationContext } from '../operations.js';
 import { LabQueue } from '../../workers/queue.js';
 import { queueTuning } from '../../workers/url.js';
-import { listAllSessions, planWorkerRecovery, recoverOnWorkers, recoverQueueUrl, stopAnySession } from '../../workers/sessions.js';
+import {
+  listAllSessions,
+  migrateOnWorker,
+  planWorkerRecovery,
+  recoverOnWorkers,
+  recoverQueueUrl,
+  runsOnWorker,
+  screenshotOnWorker,
+  sessionAfterWorker,
+  stopAnySession,
+} from '../../workers/sessions.js';
+import { SCREEN_STATES, sessionScreenshot } from '../../session/screenshot.js';
 
 interface CreateBody {
   vm: string;
@@ -42,9 +47,6 @@ interface CreateBody {
   runOn?: 'host' | 'workers';
 }
 
-/** States in which the session's VM exists and has a screen. */
-const LIVE = new Set(['running', 'migrating', 'migrated']);
-
 /** The session as listed (a dead supervisor noticed), or a 404. */
 /** A session as clients see it: the record without the server's key file path (where the server keeps its key is not theirs to know). */
 function shown(s: RecoverySession): Omit<RecoverySession, 'keyFile'> {
@@ -56,25 +58,6 @@ async function findSession(stateDir: string, id: string): Promise<RecoverySessio
   const s = (await listAllSessions(stateDir)).find((x) => x.id === id);
   if (!s) throw apiError('NOT_FOUND', `no recovery session ${id}`, [{ path: 'params/id', message: 'GET /api/v1/sessions lists them' }]);
   return s;
-}
-
-/** The live console of a session's VM as PNG, through the driver's screendump. */
-async function screenshot(ctx: ApiContext, s: RecoverySession): Promise<Buffer> {
-  const hv = realDeps.hypervisor(s.driver, { stateDir: ctx.config.stateDir });
-  const dir = mkdtempSync(join(tmpdir(), 'rl-shot-'));
-  try {
-    const dom = await hv.attach(s.domain);
-    if (!dom) throw apiError('NOT_FOUND', `session ${s.id}: its VM ${s.domain} is gone`);
-    const file = join(dir, 'screen');
-    const format = await dom.screendump(file);
-    const raw = readFileSync(file);
-    if (format === 'png') return raw;
-    const img = parsePpm(raw);
-    return Buffer.from(encode({ width: img.width, height: img.height, data: img.data, channels: 3, depth: 8 }));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-    await closeHypervisor(hv);
-  }
 }
 
 /**
@@ -258,11 +241,20 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     handler: async (req, res) => {
       const id = nameParam(req, 'id');
       const b = req.body as { dir: string; format: 'raw' | 'qcow2' };
+      const s = await findSession(stateDir, id);
+      if (s.state !== 'running') throw apiError('CONFLICT', `session ${id} is ${s.state}; only a running session can be migrated`);
+      if (await runsOnWorker(stateDir, s)) {
+        // `dir` is a path on the worker's host: held there to that worker's restore roots.
+        const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
+          o.progress(null, `migrating session ${id} on worker ${s.worker ?? '?'} to ${b.dir} (${b.format})`);
+          await withLabQueue((q) => migrateOnWorker(q, s, b.dir, b.format, o.signal));
+          return { result: shown(await sessionAfterWorker(id, s)), resource: `/api/v1/sessions/${id}` };
+        });
+        return accepted(res, op);
+      }
       // The disks land where restored disks may (api.restoreRoots), checked
       // first and on the real path, which is the one the copy then uses.
       const dir = allowedTarget(ctx.config.api, b.dir, 'migration target');
-      const s = await findSession(stateDir, id);
-      if (s.state !== 'running') throw apiError('CONFLICT', `session ${id} is ${s.state}; only a running session can be migrated`);
       const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
         o.progress(null, `migrating session ${id} to ${dir} (${b.format})`);
         const done = await migrateSession(stateDir, id, dir, b.format);
@@ -281,8 +273,12 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     success: { status: 200, description: 'a PNG image', contentType: 'image/png' },
     handler: async (req, res) => {
       const s = await findSession(stateDir, nameParam(req, 'id'));
-      if (!LIVE.has(s.state)) throw apiError('NOT_FOUND', `session ${s.id} is ${s.state}: its VM has no screen`);
-      sendPng(res, await screenshot(ctx, s));
+      if (!SCREEN_STATES.includes(s.state)) throw apiError('NOT_FOUND', `session ${s.id} is ${s.state}: its VM has no screen`);
+      // A session on a lab worker: only that worker reaches its VM's console.
+      const png = (await runsOnWorker(stateDir, s))
+        ? await withLabQueue((q) => screenshotOnWorker(q, s))
+        : await sessionScreenshot(stateDir, s);
+      sendPng(res, png);
     },
   });
 };
