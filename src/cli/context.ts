@@ -28,10 +28,14 @@ export function contextFor(cmd: Command): CommandContext {
     config: async () => {
       const { loadConfig } = await import('../config/config.js');
       const { tightenMode } = await import('../host/private-files.js');
+      const { isPostgresTarget } = await import('../catalog/sql.js');
       if (!cfg) {
         cfg = loadConfig({ file: opts.config });
         // The state directory (catalog, labs, sessions) is owner-only; one an older version left open is closed here.
         tightenMode(cfg.stateDir);
+        // A PostgreSQL catalog named in the config file only is the shared catalog too (sessions of lab workers,
+        // src/session/catalog.ts reads the environment), here and in the supervisors and workers this process starts.
+        if (isPostgresTarget(cfg.catalog) && !process.env['RESTORELAB_CATALOG']) process.env['RESTORELAB_CATALOG'] = cfg.catalog;
       }
       return cfg;
     },

@@ -7,7 +7,7 @@
 // which takes the VM, the lab and the publication down. Bad input and a process without a queue are refused before anything
 // is queued.
 import t from 'tap';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import request from 'supertest';
 import { projectPath } from '../../src/paths.js';
@@ -244,5 +244,20 @@ t.test('a worker that comes back: its dead sessions are marked failed in the sha
     listed.filter((s) => s.worker === 'w1').map((s) => s.state),
     ['failed', 'failed'],
     'and the server lists them so',
+  );
+  // A server whose PostgreSQL catalog is named in its config file only, with nothing in the environment.
+  const configFile = join(dir, 'server.json');
+  writeFileSync(configFile, JSON.stringify({ catalog: url }));
+  const env = { ...process.env };
+  for (const k of ['RESTORELAB_QUEUE', 'RESTORELAB_CATALOG', 'RESTORELAB_SESSIONS_CATALOG']) delete env[k];
+  const byConfig = await exec(process.execPath, [projectPath('bin', 'restorelab.js'), '--config', configFile, 'sessions', '--json'], {
+    timeoutMs: 60_000,
+    env: { ...env, RESTORELAB_STATE_DIR: join(dir, 'srv2') },
+  });
+  t.equal(byConfig.code, 0, byConfig.stderr);
+  t.same(
+    (JSON.parse(byConfig.stdout) as { sessions: Listed[] }).sessions.filter((s) => s.worker === 'w1').map((s) => s.session),
+    ['cafe0001', 'cafe0002'],
+    "a catalog named in the config file only is the shared one: the workers' sessions are listed",
   );
 });
