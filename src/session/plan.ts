@@ -29,6 +29,12 @@ export interface RecoverRequest {
   publish?: SessionPublish;
   /** Key file of an encrypted repository (config/key-file.ts); recorded so the supervisor opens it too. */
   keyFile?: string;
+  /**
+   * The lab's masquerade subnets are carved from this pool instead of taken
+   * from its file (a lab worker's --masquerade, src/lab/masquerade-pool.ts):
+   * two workers on one host recover into the same lab side by side.
+   */
+  masqueradePool?: string;
 }
 
 export interface RecoveryPlan {
@@ -92,7 +98,8 @@ export async function planRecovery(req: RecoverRequest, deps: SessionDeps): Prom
       }
     }
     labIsUp = readLabState(req.stateDir, lab.name)?.ready === true;
-    if (!labIsUp) await assertMasqueradeFree(lab);
+    // With a pool, lab up carves free subnets itself (and says when none is left).
+    if (!labIsUp && req.masqueradePool === undefined) await assertMasqueradeFree(lab);
   }
   if (req.network) {
     if (!which('ip')) throw missingComponent('ip (iproute2)', 'apt-get install iproute2');

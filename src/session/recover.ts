@@ -98,6 +98,7 @@ async function startSession(
     driver: opts.driver,
     ...(accel ? { accel } : {}),
     ...(opts.lab && plan.lab ? { labFile: resolve(opts.lab), lab: gate?.quarantineLab ?? plan.lab.name } : {}),
+    ...(opts.lab && opts.masqueradePool !== undefined ? { masqueradePool: opts.masqueradePool } : {}),
     ...(gate ? { scan: gate.scan } : {}),
     ...(gate?.quarantine ? { quarantine: true } : {}),
     ...(opts.network ? { network: opts.network } : {}),

@@ -96,7 +96,11 @@ export async function bringUp(
       if (!lab?.ready) {
         res.labCreated = plan.lab.name;
         store.save(s);
-        lab = await labUp(plan.lab, { stateDir: store.stateDir, owner: { pid: process.pid, what: `session ${s.id}` } });
+        lab = await labUp(plan.lab, {
+          stateDir: store.stateDir,
+          owner: { pid: process.pid, what: `session ${s.id}` },
+          ...(s.masqueradePool !== undefined ? { masqueradePool: s.masqueradePool } : {}),
+        });
         writeFileSync(labMarker(store, plan.lab.name), s.id);
       }
       network = { kind: 'lab', lab };

@@ -66,6 +66,8 @@ export interface RecoverySession {
   /** Lab definition file, and the lab name it defines. */
   labFile?: string;
   lab?: string;
+  /** The pool the lab's masquerade subnets are carved from (a lab worker's), when the session brings the lab up. */
+  masqueradePool?: string;
   /** Host bridge for a production-network recovery. */
   network?: string;
   /** How the disks are served to the hypervisor (absent in older records: FUSE). */

@@ -50,6 +50,7 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
         driver: s.driver,
         stateDir,
         ...(s.labFile ? { lab: s.labFile } : {}),
+        ...(s.masqueradePool !== undefined ? { masqueradePool: s.masqueradePool } : {}),
         ...(s.network ? { network: s.network } : {}),
       },
       deps,

@@ -237,6 +237,8 @@ async function runRecover(o: WorkerOptions, task: RecoverTask): Promise<SessionR
     ...(cfg.fuse.group !== undefined ? { fuseGroup: cfg.fuse.group } : {}),
     worker: o.name,
     sharedCatalog: o.url,
+    // Mirrored onto this worker's own subnets, as its verification labs are: another worker on this host may run the same lab.
+    ...(o.masqueradePool !== undefined ? { masqueradePool: o.masqueradePool } : {}),
   });
   return { worker: o.name, session: workerSession(o.name, s) };
 }

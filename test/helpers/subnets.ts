@@ -83,6 +83,7 @@ const SUBNETS = {
   'workers/workers:api': 193,
   'workers/recover': 194,
   'reconcile/lab-stragglers': 195,
+  'workers/recover:pool': 196,
 } as const satisfies Record<string, number>;
 
 /** Blocks handed to other branches (inclusive), wired by name at merge. */

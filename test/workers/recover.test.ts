@@ -4,7 +4,8 @@
 // with the worker's name (CLI and API), serves nothing of it itself; its
 // screenshot and its migration (onto the worker's own storage, within the
 // worker's restore roots) are done there, and its stop goes to that worker,
-// which takes the VM, the lab and the publication down. Bad input and a process without a queue are refused before anything
+// which takes the VM, the lab and the publication down. Two workers on one
+// host recover into the same lab side by side (a masquerade pool). Bad input and a process without a queue are refused before anything
 // is queued.
 import t from 'tap';
 import { existsSync, writeFileSync } from 'node:fs';
@@ -193,6 +194,43 @@ t.test('a worker recovers web; the server lists it with the worker name and stop
     [0, { state: 'stopped', worker: 'w1' }],
     'a stopped session is stopped whether its worker is there or not',
   );
+});
+
+t.test('two workers on one host recover web into the same lab: the second mirrors it onto its own masquerade subnet', async (t) => {
+  const url = await freshDatabase(t);
+  const dir = shortDir(t);
+  const { repo } = await guestRepository(dir, ['web']);
+  // One web VM (256 MiB) fills each worker's budget, so the second recovery goes to the other worker.
+  const w1 = startWorker('w1', url, join(dir, 'w1'), ['--memory', '300']);
+  const w2 = startWorker('w2', url, join(dir, 'w2'), ['--memory', '300', '--masquerade', subnet('workers/recover:pool')]);
+  t.teardown(() => Promise.all([stop(w1), stop(w2)]));
+  await until('both registered', () => w1.log().includes('waiting for tasks') && w2.log().includes('waiting for tasks'), 60_000);
+  const srv = join(dir, 'srv');
+  const env = { RESTORELAB_QUEUE: url };
+  const labName = `rp${process.pid % 10000}`;
+  const lab = labFile(dir, labName, subnet('workers/recover'));
+  const recoverOne = async (): Promise<{ session: string; worker: string; addresses: Record<string, string> }> => {
+    const r = await cli(['recover', 'web', '--repo', repo, '--lab', lab, '--run-on', 'workers', '--json'], srv, 600_000, env);
+    t.equal(r.code, 0, `recover passed; stderr: ${r.stderr.slice(-1500)}\nw1: ${w1.log().slice(-800)}\nw2: ${w2.log().slice(-800)}`);
+    const out = JSON.parse(r.stdout || '{}') as { session: string; worker: string; addresses: Record<string, string> };
+    if (out.session) t.teardown(async () => void (await cli(['stop', out.session], srv, 120_000, env)));
+    return out;
+  };
+  const first = await recoverOne();
+  const second = await recoverOne();
+  t.same([first.worker, second.worker].sort(), ['w1', 'w2'], 'each worker runs one');
+  const byWorker = new Map([first, second].map((s) => [s.worker, s]));
+  const pool = subnet('workers/recover:pool').replace(/\.0\/24$/, '.');
+  t.equal(byWorker.get('w1')?.addresses['nic0'], address('workers/recover'), "w1 mirrors the lab on the lab file's subnet");
+  t.ok(byWorker.get('w2')?.addresses['nic0']?.startsWith(pool), `w2 mirrors it on its own pool: ${byWorker.get('w2')?.addresses['nic0']}`);
+  for (const s of [first, second])
+    t.match((await httpGet(`http://${s.addresses['nic0']}/`)).body, WEB_EXPECT, `the guest on ${s.worker} answers at its address`);
+  for (const s of [first, second]) {
+    const r = await cli(['--json', 'stop', s.session], srv, 120_000, env);
+    t.match([r.code, JSON.parse(r.stdout || '{}')], [0, { state: 'stopped', worker: s.worker }], `stopped on ${s.worker}`);
+  }
+  t.same(await leftovers(w1.stateDir, undefined, labName), [], 'nothing left on w1');
+  t.same(await leftovers(w2.stateDir, undefined, labName), [], 'nothing left on w2');
 });
 
 t.test('a worker that comes back: its dead sessions are marked failed in the shared catalog, and rows without a record too', async (t) => {
