@@ -13,9 +13,10 @@
  * generated rules of four strings each (a mid-sized real-world set has
  * hundreds to thousands). Page caches are dropped before each timed scan.
  *
- * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only] [--mount] [--cpu-prof-dir DIR]
+ * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only] [--mount] [--cpu-prof-dir DIR] [--keep]
  * (--cpu-prof-dir: a V8 CPU profile of the tenth scan's CLI process; --mount: scan through
- * kernel mounts, as before the in-process ext reader, for a before/after figure.)
+ * kernel mounts, as before the in-process ext reader, for a before/after figure; --keep: leave the
+ * repository and rules in /tmp for profiling single scans by hand.)
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, statSync } from 'node:fs';
@@ -235,8 +236,13 @@ async function main(): Promise<void> {
   );
 }
 
+const KEEP = process.argv.includes('--keep');
+
 main().then(
-  () => rmSync(dir, { recursive: true, force: true }),
+  () => {
+    if (KEEP) process.stdout.write(`kept ${dir} (repository repo/, rules bench.yar) for profiling; remove it by hand\n`);
+    else rmSync(dir, { recursive: true, force: true });
+  },
   (err: unknown) => {
     process.stderr.write(`${String(err instanceof Error ? err.stack : err)}\n`);
     rmSync(dir, { recursive: true, force: true });
