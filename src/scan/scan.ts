@@ -381,6 +381,8 @@ export interface ScanPointOptions {
    * `mount`: every partition through a kernel mount (as before the reader).
    */
   via?: 'auto' | 'mount';
+  /** Where the reader's small copies for yara go (a tmpfs directory; default /dev/shm); false: the state directory only. */
+  memoryScratch?: string | false;
 }
 
 /**
@@ -397,7 +399,13 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
   try {
     const t0 = Date.now();
     if (o.via !== 'mount')
-      plan = await planInProcess({ repo: o.repo, point, scratch: join(parent, 'files'), ...(o.keyFile ? { keyFile: o.keyFile } : {}) });
+      plan = await planInProcess({
+        repo: o.repo,
+        point,
+        scratch: join(parent, 'files'),
+        ...(o.keyFile ? { keyFile: o.keyFile } : {}),
+        ...(o.memoryScratch !== undefined ? { memoryScratch: o.memoryScratch } : {}),
+      });
     const targets: ScanTarget[] = [...(plan?.targets ?? [])];
     if (!plan || plan.needMount) {
       session = await mountRestorePoint({
