@@ -13,9 +13,10 @@
  * generated rules of four strings each (a mid-sized real-world set has
  * hundreds to thousands). Page caches are dropped before each timed scan.
  *
- * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only] [--mount] [--cpu-prof-dir DIR]
+ * Run (root): node dist/bench/scan.js [--files 2000] [--rules 300] [--size-mib 512] [--first-only] [--mount] [--cpu-prof-dir DIR] [--keep]
  * (--cpu-prof-dir: a V8 CPU profile of the tenth scan's CLI process; --mount: scan through
- * kernel mounts, as before the in-process ext reader, for a before/after figure.)
+ * kernel mounts, as before the in-process ext reader, for a before/after figure; --keep: leave the
+ * repository and rules in /tmp for profiling single scans by hand.)
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, statSync } from 'node:fs';
@@ -184,6 +185,31 @@ async function plainYara(repoDir: string, point: RestorePoint, rules: string): P
   }
 }
 
+/**
+ * The tenth point scanned by a library call in this process, as the server's
+ * scan route does: the repository and the catalog are opened and the rules
+ * compiled (from the state directory's cache) before the clock starts, as a
+ * running server has them; `state` is a copy of the catalog from before the
+ * CLI's tenth scan.
+ */
+async function serverScan(repoDir: string, point: string, rules: string, state: string): Promise<{ seconds: number; value: ScanJson }> {
+  const { openRepository } = await import('../src/repo/repository.js');
+  const { connectCatalog } = await import('../src/catalog/catalog.js');
+  const { scanPoint, withRules } = await import('../src/scan/scan.js');
+  const repo = await openRepository(repoDir);
+  const db = await connectCatalog(join(state, 'catalog.sqlite'));
+  try {
+    return await withRules(state, rules, (compiled) =>
+      timed(async () => {
+        const s = await scanPoint({ repo, point, stateDir: state, db, rules: compiled, ...(MOUNT ? { via: 'mount' as const } : {}) });
+        return { files: s.files, unread: s.unread, verdict: s.verdict, timings: s.timings as unknown as Record<string, number> };
+      }),
+    );
+  } finally {
+    await db.close();
+  }
+}
+
 /** The scan's own phases (src/scan/scan.ts ScanPhases). */
 function phases(s: ScanJson): string {
   return ['walk', 'extents', 'compare', 'hash', 'yara'].map((k) => `${k} ${s.timings[k] ?? '?'}`).join(', ');
@@ -225,6 +251,9 @@ async function main(): Promise<void> {
     if (gen < POINTS - 1) await restorelabScan(repoDir, points[gen]!.id, rules);
   }
   const tenthPoint = points[POINTS - 1]!;
+  // The same catalog for the in-process figure below, as it is before the tenth scan.
+  const serverState = join(dir, 'state-server');
+  sh('cp', ['-a', state, serverState]);
   const peer10 = await plainYara(repoDir, tenthPoint, rules);
   const profile = process.argv.indexOf('--cpu-prof-dir');
   const tenth = await timed(() =>
@@ -233,10 +262,19 @@ async function main(): Promise<void> {
   process.stdout.write(
     `tenth point (${(CHANGED * 100).toFixed(0)}% changed): restorelab ${tenth.seconds.toFixed(2)} s (${tenth.value.files.scanned} scanned, ${tenth.value.files.cached} cached, ${tenth.value.unread} unread; mount ${tenth.value.timings.mount} s, walk+hash+yara ${tenth.value.timings.scan} s, unmount ${tenth.value.timings.unmount} s; phases ${phases(tenth.value)}) vs yara -r ${peer10.toFixed(2)} s: ${(tenth.seconds / peer10).toFixed(2)}x (target <= 0.2x); load ${load()}\n`,
   );
+  const inProcess = await serverScan(repoDir, tenthPoint.id, rules, serverState);
+  process.stdout.write(
+    `tenth point in-process (what the server's scan route runs: no CLI start; repository, catalog and modules already open): ${inProcess.seconds.toFixed(2)} s (${inProcess.value.files.scanned} scanned, ${inProcess.value.files.cached} cached, ${inProcess.value.unread} unread) vs yara -r ${peer10.toFixed(2)} s: ${(inProcess.seconds / peer10).toFixed(2)}x (second figure; the CLI's is the one held to 0.2x); load ${load()}\n`,
+  );
 }
 
+const KEEP = process.argv.includes('--keep');
+
 main().then(
-  () => rmSync(dir, { recursive: true, force: true }),
+  () => {
+    if (KEEP) process.stdout.write(`kept ${dir} (repository repo/, rules bench.yar) for profiling; remove it by hand\n`);
+    else rmSync(dir, { recursive: true, force: true });
+  },
   (err: unknown) => {
     process.stderr.write(`${String(err instanceof Error ? err.stack : err)}\n`);
     rmSync(dir, { recursive: true, force: true });

@@ -360,7 +360,6 @@ export class Ext4Volume {
   async readFile(inode: Inode, extents: readonly Extent[], offset: number, length: number): Promise<Buffer> {
     const end = Math.min(inode.size, offset + length);
     if (end <= offset) return Buffer.alloc(0);
-    const out = Buffer.alloc(end - offset);
     // The first extent that ends after `offset` (extents are sorted).
     let lo = 0;
     let hi = extents.length;
@@ -370,6 +369,12 @@ export class Ext4Volume {
       if (e.logical + e.length <= offset) lo = mid + 1;
       else hi = mid;
     }
+    // One data extent holds the whole range (most reads): the disk's buffer (the caller's own) is the answer, with no
+    // second buffer to zero and copy into; a scan spends its time on exactly these reads.
+    const one = extents[lo];
+    if (one && !one.zero && one.logical <= offset && one.logical + one.length >= end)
+      return (await this.bytes(one.physical + (offset - one.logical), end - offset, `inode ${inode.ino} data`)).subarray(0, end - offset);
+    const out = Buffer.alloc(end - offset);
     const reads: Promise<void>[] = [];
     for (let i = lo; i < extents.length; i++) {
       const e = extents[i]!;

@@ -107,6 +107,12 @@ export class FileMap {
   private readonly parts = new Map<string, PartitionMap>();
   /** Decoded chunks by digest, least recently used first. */
   private readonly decoded = new Map<string, Buffer>();
+  /**
+   * Decodes under way by digest: files read in disk order are compared a few
+   * at a time, and those in flight usually share their chunks, so without
+   * this each of them decoded the same chunk again.
+   */
+  private readonly decoding = new Map<string, Promise<Buffer | null>>();
   private decodedBytes = 0;
 
   private constructor(
@@ -198,8 +204,21 @@ export class FileMap {
       this.decoded.set(id, hit);
       return hit;
     }
-    const buf = await d.readChunk(c);
-    if (buf === null) return null;
+    let flight = this.decoding.get(id);
+    if (!flight) {
+      flight = d
+        .readChunk(c)
+        .then((buf) => {
+          if (buf !== null) this.remember(id, buf);
+          return buf;
+        })
+        .finally(() => this.decoding.delete(id));
+      this.decoding.set(id, flight);
+    }
+    return flight;
+  }
+
+  private remember(id: string, buf: Buffer): void {
     this.decoded.set(id, buf);
     this.decodedBytes += buf.length;
     for (const [k, v] of this.decoded) {
@@ -207,7 +226,6 @@ export class FileMap {
       this.decoded.delete(k);
       this.decodedBytes -= v.length;
     }
-    return buf;
   }
 
   partition(m: MappedPartition): PartitionMap | undefined {

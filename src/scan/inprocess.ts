@@ -10,15 +10,13 @@
  * partitions nobody reads (swap, LVM, unknown) are skipped with the same
  * words the mount path uses.
  *
- * Yara reads files by path, so a file's bytes are copied into `scratch` (a
- * 0700 directory of the scan's own) under a sequence number while they are
- * hashed: a guest's name never becomes a host path, so `..`, `/` or a very
- * long name cannot lead out of it. Copies are removed once yara answered.
+ * Yara reads files by path, so a file's bytes are copied into the scan's
+ * scratch (src/scan/scratch.ts: 0700 directories of its own, in memory for
+ * small files) under a sequence number while they are hashed: a guest's name
+ * never becomes a host path, so `..`, `/` or a very long name cannot lead
+ * out of it. Copies are removed once yara answered.
  */
-import { constants, mkdirSync, rmSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
 import { RestorelabError } from '../errors.js';
 import type { RepositoryReader, RestorePoint } from '../repo/contract.js';
 import { DecodePool } from '../disk/decode-pool.js';
@@ -30,6 +28,7 @@ import { Ext4Volume, type Inode, type Extent as FsExtent } from '../fsread/ext4.
 import type { Extent } from './extents.js';
 import type { ReadFile, ScanTarget, TargetFile } from './targets.js';
 import type { DiskWrap } from './filemap.js';
+import { openScratch, type Scratch } from './scratch.js';
 
 /** Bytes read (and written to the scratch copy) at a time. */
 const READ_BYTES = 1024 * 1024;
@@ -71,8 +70,10 @@ export async function planInProcess(o: {
   point: RestorePoint;
   scratch: string;
   keyFile?: string;
+  /** Where small copies go (src/scan/scratch.ts; default the host's /dev/shm); false: on disk only, below `scratch`. */
+  memoryScratch?: string | false;
 }): Promise<InProcessPlan | undefined> {
-  mkdirSync(o.scratch, { recursive: true, mode: 0o700 });
+  const scratch = openScratch(o.scratch, o.memoryScratch !== undefined ? { memoryRoot: o.memoryScratch } : {});
   const pool = new DecodePool(o.repo.path, { size: DECODE_WORKERS, ...(o.keyFile ? { keyFile: o.keyFile } : {}) });
   const cache = new ChunkCache(CACHE_BYTES);
   const plan: InProcessPlan = {
@@ -81,7 +82,13 @@ export async function planInProcess(o: {
     needMount: false,
     reasons: new Map(),
     wrap: (source, point, disk) => pool.wrap(source, point, disk),
-    close: () => pool.close(),
+    close: async () => {
+      try {
+        await pool.close();
+      } finally {
+        scratch.dispose();
+      }
+    },
   };
   let seq = 0;
   try {
@@ -120,7 +127,7 @@ export async function planInProcess(o: {
           continue;
         }
         plan.handled.add(key);
-        plan.targets.push(readerTarget(d.name, p.number, p.offset, vol, o.scratch, () => seq++));
+        plan.targets.push(readerTarget(d.name, p.number, p.offset, vol, scratch, () => seq++));
       }
     }
     // Nothing readable at all: the mount path names the problem with its own error.
@@ -148,7 +155,7 @@ function skippedTarget(disk: string, partition: number, fstype: string, skipped:
   };
 }
 
-function readerTarget(disk: string, partition: number, offset: number, vol: Ext4Volume, scratch: string, next: () => number): ScanTarget {
+function readerTarget(disk: string, partition: number, offset: number, vol: Ext4Volume, scratch: Scratch, next: () => number): ScanTarget {
   const fsExtents = async (f: ReaderFile): Promise<FsExtent[]> => (f.fsExtents ??= await vol.extents(f.inode));
   const t: ScanTarget<ReaderFile> = {
     disk,
@@ -170,9 +177,7 @@ function readerTarget(disk: string, partition: number, offset: number, vol: Ext4
     },
     read: async (f): Promise<ReadFile> => {
       const list = await fsExtents(f);
-      const path = join(scratch, String(next()));
-      const release = (): void => rmSync(path, { force: true });
-      const out = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      const out = await scratch.create(String(next()), f.size);
       try {
         const h = createHash('sha256');
         // The next piece is read while this one is hashed and written.
@@ -190,10 +195,10 @@ function readerTarget(disk: string, partition: number, offset: number, vol: Ext4
           await out.write(buf);
         }
         await out.close();
-        return { sha: h.digest('hex'), path: Buffer.from(path), release };
+        return { sha: h.digest('hex'), path: Buffer.from(out.path), release: () => out.remove() };
       } catch (err) {
         await out.close().catch(() => undefined);
-        release();
+        out.remove();
         throw err;
       }
     },

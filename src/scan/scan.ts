@@ -24,7 +24,7 @@ import type { MountedPartition } from '../flr/session.js';
 import { mountRestorePoint, umountSession } from '../flr/mount.js';
 import { makeSessionsDir } from '../flr/session.js';
 import { checkApiRules } from './rules-policy.js';
-import { compileRules, pathKey, scanBatch, type CompiledRules } from './yara.js';
+import { compileRules, YaraScan, type CompiledRules } from './yara.js';
 import type { Extent } from './extents.js';
 import { FileMap } from './filemap.js';
 import { mountTarget, type ReadFile, type ScanTarget, type ScanVia, type TargetFile } from './targets.js';
@@ -34,18 +34,28 @@ import { VerdictCache, recordPointScan, type ScanMatch, type ScanVerdict } from 
 export { compileRules, type CompiledRules } from './yara.js';
 
 /**
- * Files per yara batch: one process start (a few ms) spread over many files,
- * and a bounded list in memory. Small enough that yara starts while the walk
- * is still hashing: bench/scan.ts measured a whole 250 MiB point fitting one
- * 256 MiB batch, hashing then scanning one after the other.
+ * Bytes of files handed to yara and not answered yet: their copies (memory,
+ * on tmpfs) are bounded by it; the walk waits when yara is behind. Enough
+ * for yara's threads never to run dry while the next files are read.
  */
-const BATCH_FILES = 512;
-/** Bytes per yara batch (same reason). */
-const BATCH_BYTES = 32 * 1024 * 1024;
+const YARA_HELD_BYTES = 64 * 1024 * 1024;
+/** Files handed to yara and not answered yet, at most (same reason, for many small files). */
+const YARA_HELD_FILES = 2048;
+/** Verdicts written to the catalog per transaction. */
+const VERDICTS_PER_WRITE = 1000;
 /** Files hashed at once (reads overlap: the point is served through FUSE, chunk by chunk). */
 const HASH_CONCURRENCY = 4;
 /** Files whose extents one filefrag process reads. */
 const EXTENT_GROUP = 256;
+/**
+ * Files of an in-process partition read in disk order at a time. Directory
+ * order is not disk order (ext4 spreads directories over block groups, so a
+ * 1 MiB chunk holds files of many directories): read in walk order, the
+ * bench's point decoded each chunk 9 times over through a 64 MiB chunk
+ * cache; in disk order, about once. A window of files (their inodes, a few
+ * hundred bytes each) bounds the memory whatever the file count.
+ */
+const READ_WINDOW = 4096;
 /** Unreadable files named in an error, at most. */
 const ERRORS_NAMED = 5;
 
@@ -121,8 +131,6 @@ export interface ScanProgress {
 interface Pending {
   sha: string;
   where: { disk: string; partition: number; path: string }[];
-  /** Frees the path yara reads (a scratch copy) once it has answered. */
-  release(): void;
 }
 
 /**
@@ -158,11 +166,8 @@ export async function scanTargets(
   let errorCount = 0;
   // Content seen in this scan, by hash: a second copy waits for (or reuses) the first's verdict.
   const known = new Map<string, string[]>();
-  let batch = new Map<string, Pending>();
-  let batchBytes = 0;
-  let running: Promise<void> = Promise.resolve();
   let seenFiles = 0;
-  /** The first error of a hashing job (a yara batch that failed), rethrown once the jobs in flight are done. */
+  /** The first error of a hashing job or of yara, rethrown once the jobs in flight are done. */
   let failure: unknown;
   let seenBytes = 0;
 
@@ -171,56 +176,72 @@ export async function scanTargets(
       for (const rule of rules) matches.push({ rule, disk: w.disk, partition: w.partition, path: w.path, sha256: sha });
   };
 
-  /** Content waiting in a batch that yara has not answered yet, by hash: a copy joins it instead of being scanned twice. */
+  /** Content handed to yara that it has not answered yet, by hash: a copy joins it instead of being scanned twice. */
   const pending = new Map<string, Pending>();
-
-  const runBatch = async (todo: Map<string, Pending>): Promise<void> => {
-    let r: Awaited<ReturnType<typeof scanBatch>>;
-    try {
-      r = await scanBatch(
-        rules,
-        [...todo.keys()].map((k) => Buffer.from(k, 'latin1')),
-      );
-    } catch (err) {
-      for (const p of todo.values()) p.release();
-      throw err;
-    }
-    for (const p of todo.values()) p.release();
-    const verdicts: [string, string[]][] = [];
-    for (const [key, p] of todo) {
-      pending.delete(p.sha);
-      const err = r.errors.get(key);
-      if (err !== undefined) {
-        errorCount += p.where.length;
-        const w = p.where[0]!;
-        if (errors.length < ERRORS_NAMED) errors.push(`${w.disk} p${w.partition} ${w.path}: ${err}`);
-        continue;
-      }
-      const hit = r.matches.get(key) ?? [];
-      files.scanned++;
-      files.cached += p.where.length - 1;
-      verdicts.push([p.sha, hit]);
-      known.set(p.sha, hit);
-      answer(p.sha, hit, p.where);
-    }
-    await cache.storeAll(verdicts);
+  /** One yara for the whole scan, started with the first file it has to read. */
+  let yara: YaraScan | undefined;
+  /** yara's answers still to come (each settles once its file is answered and its copy removed). */
+  const answers = new Set<Promise<void>>();
+  let heldBytes = 0;
+  let heldFiles = 0;
+  let wakeHeld: (() => void) | undefined;
+  /** Verdicts not yet in the catalog, and the write under way. */
+  let verdicts: [string, string[]][] = [];
+  let storing: Promise<void> = Promise.resolve();
+  const store = (): void => {
+    const rows = verdicts;
+    verdicts = [];
+    storing = storing.then(() => cache.storeAll(rows));
+    storing.catch((err: unknown) => {
+      failure ??= err;
+    });
   };
 
-  /**
-   * Hands the full batch to yara behind the one before it (one yara at a
-   * time: it runs its own threads) and waits for that earlier one only, so
-   * the walk and hashing go on while yara works.
-   */
-  const flush = async (): Promise<void> => {
-    const todo = batch;
-    batch = new Map();
-    batchBytes = 0;
-    if (todo.size === 0) return;
-    const before = running;
-    running = before.then(() => runBatch(todo));
-    // Handled here so a failure waits for the next await instead of crashing the process.
-    running.catch(() => undefined);
-    await before;
+  /** Hands a copy to yara; resolves once the list took it and yara holds less than its bound. */
+  const toYara = async (entry: Pending, copy: ReadFile, size: number): Promise<void> => {
+    yara ??= new YaraScan(rules);
+    const { queued, answer: said } = yara.add(copy.path);
+    heldBytes += size;
+    heldFiles++;
+    const settled = said
+      .then(
+        (a) => {
+          pending.delete(entry.sha);
+          if ('error' in a) {
+            errorCount += entry.where.length;
+            const w = entry.where[0]!;
+            if (errors.length < ERRORS_NAMED) errors.push(`${w.disk} p${w.partition} ${w.path}: ${a.error}`);
+            return;
+          }
+          files.scanned++;
+          files.cached += entry.where.length - 1;
+          known.set(entry.sha, a.rules);
+          answer(entry.sha, a.rules, entry.where);
+          verdicts.push([entry.sha, a.rules]);
+          if (verdicts.length >= VERDICTS_PER_WRITE) store();
+        },
+        (err: unknown) => {
+          failure ??= err;
+        },
+      )
+      .finally(() => {
+        copy.release();
+        heldBytes -= size;
+        heldFiles--;
+        answers.delete(settled);
+        wakeHeld?.();
+      });
+    answers.add(settled);
+    await queued;
+    while ((heldBytes > YARA_HELD_BYTES || heldFiles > YARA_HELD_FILES) && failure === undefined)
+      await new Promise<void>((resolve) => {
+        const before = wakeHeld;
+        wakeHeld = () => {
+          wakeHeld = before;
+          resolve();
+          before?.();
+        };
+      });
   };
 
   for (const m of targets) {
@@ -275,27 +296,32 @@ export async function scanTargets(
           same.where.push(where);
           return;
         }
+        const entry: Pending = { sha, where: [where] };
+        pending.set(sha, entry);
         // A file answered unread has no verdict for this rule set: read it now.
         const copy = read ?? (await m.read(f));
-        const entry: Pending = { sha, where: [where], release: () => copy.release() };
-        pending.set(sha, entry);
-        batch.set(pathKey(copy.path), entry);
-        batchBytes += f.size;
-        if (batch.size >= BATCH_FILES || batchBytes >= BATCH_BYTES) await flush();
+        await toYara(entry, copy, f.size);
       })().catch((err: unknown) => {
         failure ??= err;
       });
       inFlight.add(job);
       void job.then(() => inFlight.delete(job));
     };
-    /** Starts the files of one group, their extents read first in one filefrag when the partition has a file map. */
+    // The reader knows extents from the inode (cheap) and reads in disk order; a mount pays one filefrag per group, only for a file map.
+    const inDiskOrder = m.via === 'reader';
+    const groupFiles = inDiskOrder ? READ_WINDOW : EXTENT_GROUP;
+    /** Starts the files of one group, their extents read first (one filefrag through a mount) when needed. */
     const runGroup = async (group: TargetFile[]): Promise<void> => {
       const at = process.hrtime.bigint();
-      const extents = map ? await m.extents(group) : group.map(() => null);
+      const extents = map || inDiskOrder ? await m.extents(group) : group.map(() => null);
       phases.extents += since(at);
-      for (const [i, f] of group.entries()) {
+      const order = group.map((_, i) => i);
+      // Files without plain extents (inline, unwritten) last; the sort is stable.
+      const where = (i: number): number => extents[i]?.[0]?.physical ?? Number.MAX_SAFE_INTEGER;
+      if (inDiskOrder) order.sort((a, b) => where(a) - where(b));
+      for (const i of order) {
         if (failure !== undefined) return;
-        start(f, extents[i] ?? null);
+        start(group[i]!, extents[i] ?? null);
         if (inFlight.size >= HASH_CONCURRENCY) await Promise.race(inFlight);
       }
     };
@@ -304,7 +330,7 @@ export async function scanTargets(
     for await (const f of m.files()) {
       phases.walk += since(walking);
       group.push(f);
-      if (group.length >= EXTENT_GROUP) {
+      if (group.length >= groupFiles) {
         await runGroup(group);
         group = [];
       }
@@ -314,14 +340,22 @@ export async function scanTargets(
     if (failure === undefined) await runGroup(group);
     await Promise.all(inFlight);
     if (failure !== undefined) {
-      await running.catch(() => undefined);
+      await yara?.abort();
+      await Promise.all(answers);
+      await storing.catch(() => undefined);
       throw failure;
     }
   }
   const waiting = process.hrtime.bigint();
-  await flush();
-  await running;
+  try {
+    await yara?.end();
+  } finally {
+    await Promise.all(answers);
+  }
   phases.yara += since(waiting);
+  store();
+  await storing;
+  if (failure !== undefined) throw failure;
   if (errorCount > 0) {
     throw new RestorelabError(
       'SCAN_INCOMPLETE',
@@ -365,6 +399,8 @@ export interface ScanPointOptions {
    * `mount`: every partition through a kernel mount (as before the reader).
    */
   via?: 'auto' | 'mount';
+  /** Where the reader's small copies for yara go (a tmpfs directory; default /dev/shm); false: the state directory only. */
+  memoryScratch?: string | false;
 }
 
 /**
@@ -381,7 +417,13 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
   try {
     const t0 = Date.now();
     if (o.via !== 'mount')
-      plan = await planInProcess({ repo: o.repo, point, scratch: join(parent, 'files'), ...(o.keyFile ? { keyFile: o.keyFile } : {}) });
+      plan = await planInProcess({
+        repo: o.repo,
+        point,
+        scratch: join(parent, 'files'),
+        ...(o.keyFile ? { keyFile: o.keyFile } : {}),
+        ...(o.memoryScratch !== undefined ? { memoryScratch: o.memoryScratch } : {}),
+      });
     const targets: ScanTarget[] = [...(plan?.targets ?? [])];
     if (!plan || plan.needMount) {
       session = await mountRestorePoint({
@@ -493,11 +535,20 @@ export async function findLastClean(o: LastCleanOptions): Promise<LastCleanResul
   return out;
 }
 
-/** Compiles `rulesFile` in a private scratch directory of the state directory, runs `use`, and removes the scratch. */
+/** Compiled rule sets kept between scans (src/scan/yara.ts), in the user's own state directory. */
+export function compiledRulesCache(stateDir: string): string {
+  return join(stateDir, 'scan', 'compiled');
+}
+
+/**
+ * Compiles `rulesFile` in a private scratch directory of the state directory
+ * (or takes it compiled from the state directory's cache), runs `use`, and
+ * removes the scratch.
+ */
 export async function withRules<T>(stateDir: string, rulesFile: string, use: (rules: CompiledRules) => Promise<T>): Promise<T> {
   const scratch = join(stateDir, 'scan');
   mkdirSync(scratch, { recursive: true, mode: 0o700 });
-  const rules = await compileRules(rulesFile, scratch);
+  const rules = await compileRules(rulesFile, scratch, { cacheDir: compiledRulesCache(stateDir) });
   try {
     return await use(rules);
   } finally {
@@ -518,7 +569,7 @@ export async function compileRuleSource(stateDir: string, source: string): Promi
   const file = join(dir, 'rules.yar');
   try {
     writeFileSync(file, source, { mode: 0o600 });
-    return await compileRules(file, scratch);
+    return await compileRules(file, scratch, { cacheDir: compiledRulesCache(stateDir) });
   } catch (err) {
     // yarac names the scratch file: the client sent text, and where the server keeps its scratch is not its to know.
     if (err instanceof RestorelabError && err.code === 'YARA_RULES_INVALID')

@@ -9,7 +9,7 @@
 // partition, and the scratch copies yara reads carry numbers, never guest names.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { backupVm } from '../../src/backup/engine.js';
@@ -25,6 +25,9 @@ t.setTimeout(600_000);
 const MARK = 'INPROCESS-SCAN-MARK-4d2e';
 const work = mkdtempSync(join(tmpdir(), 'scan-inprocess-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
+/** The tmpfs root the reader's small copies go to (the default, /dev/shm, is shared with everything else on the host). */
+const shm = mkdtempSync('/dev/shm/scan-inprocess-test-');
+t.teardown(() => rmSync(shm, { recursive: true, force: true }));
 
 const MiB = 1024 * 1024;
 const tree = join(work, 'tree');
@@ -96,7 +99,16 @@ async function scanOnce(via: 'auto' | 'mount', watch?: (stateDir: string) => voi
   const stateDir = join(work, `state-${via}`);
   const db = await connectCatalog(join(work, `catalog-${via}.sqlite`));
   try {
-    return await scanPoint({ repo, point: pointId, stateDir, db, rules, via, ...(watch ? { onProgress: () => watch(stateDir) } : {}) });
+    return await scanPoint({
+      repo,
+      point: pointId,
+      stateDir,
+      db,
+      rules,
+      via,
+      memoryScratch: shm,
+      ...(watch ? { onProgress: () => watch(stateDir) } : {}),
+    });
   } finally {
     await db.close();
   }
@@ -122,12 +134,21 @@ t.test('in-process: the deep and oddly named infected files are found, p1 read w
   /** Names seen in the scan's scratch directories while files were staged. */
   const staged = new Set<string>();
   let looks = 0;
+  /** Copies seen in the tmpfs scratch (small files are staged in memory, not in the state directory). */
+  let inMemory = 0;
   inProcess = await scanOnce('auto', (stateDir) => {
     if (looks++ % 50 !== 0) return;
     for (const scan of readdirSync(join(stateDir, 'flr')).filter((n) => n.startsWith('scan-'))) {
       const dir = join(stateDir, 'flr', scan);
       for (const n of readdirSync(dir)) staged.add(`top:${n}`);
       if (existsSync(join(dir, 'files'))) for (const n of readdirSync(join(dir, 'files'))) staged.add(n);
+    }
+    for (const mem of readdirSync(shm)) {
+      t.equal(statSync(join(shm, mem)).mode & 0o777, 0o700, 'the memory scratch is private');
+      for (const n of readdirSync(join(shm, mem))) {
+        staged.add(n);
+        inMemory++;
+      }
     }
   });
   t.equal(inProcess.verdict, 'infected');
@@ -155,6 +176,8 @@ t.test('in-process: the deep and oddly named infected files are found, p1 read w
     [],
     'the scratch directory is removed',
   );
+  t.ok(inMemory > 0, `${inMemory} copies seen in the memory scratch`);
+  t.same(readdirSync(shm), [], 'the memory scratch is removed');
   t.same(listSessions(join(work, 'state-auto')), [], 'the mount of p2 is taken down');
 });
 

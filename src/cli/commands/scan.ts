@@ -10,6 +10,7 @@ import { ExitCode, RestorelabError } from '../../errors.js';
 import { openRepoFromFlags, type RepoFlags } from './repo.js';
 import { pointKeyFile } from './mount.js';
 import { formatBytes } from '../../format/output.js';
+import { tracePhase } from '../../host/trace.js';
 import type { LastCleanResult, PointScan } from '../../scan/scan.js';
 import type { RepositoryReader } from '../../repo/contract.js';
 
@@ -58,16 +59,21 @@ async function resolveTarget(repo: RepositoryReader, target: string): Promise<{ 
 }
 
 async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<void> {
+  tracePhase('scan: command starts');
   const { findLastClean, scanOutput, scanPoint, withRules } = await import('../../scan/scan.js');
   const { connectCatalog } = await import('../../catalog/catalog.js');
+  tracePhase('scan: modules loaded');
   const cfg = await ctx.config();
   const { repo } = await openRepoFromFlags(ctx, o);
   const t = await resolveTarget(repo, target);
   const keyFile = (await pointKeyFile(ctx, o)).keyFile;
+  tracePhase('scan: repository open');
   const db = await connectCatalog(cfg.catalog);
+  tracePhase('scan: catalog open');
   try {
     // Compiled before anything is mounted: a bad rule file leaves nothing behind.
     await withRules(cfg.stateDir, o.yara, async (rules) => {
+      tracePhase('scan: rules compiled');
       const progress = (label: string): ((d: { files: number; bytes: number }) => void) => {
         let last = 0;
         return (d) => {
@@ -108,11 +114,13 @@ async function run(ctx: CommandContext, target: string, o: ScanFlags): Promise<v
         ctx.out.info(`scanning the newest point of ${t.vm}: ${point}`);
       }
       const s = await scanPoint({ ...base, point, onProgress: progress(`scan ${point}`) });
+      tracePhase('scan: point scanned');
       ctx.out.result(scanOutput(s), () => renderScan(s));
       if (s.verdict === 'infected') process.exitCode = ExitCode.verifyFailed;
     });
   } finally {
     await db.close();
+    tracePhase('scan: catalog closed');
   }
 }
 

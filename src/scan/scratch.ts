@@ -1,0 +1,119 @@
+/**
+ * Where the in-process reader puts the copies yara reads (src/scan/inprocess.ts).
+ *
+ * Yara's command line reads files by path, so a file read from the
+ * repository is written once for it. On a disk file system every copy pays
+ * block allocation, a journal and, for a slow scan, writeback; bench/scan.ts
+ * measured creating, writing, closing and removing the copies in the state
+ * directory at about 1.6 s of the scan thread's time for 2000 files. A
+ * memory file system (the host's tmpfs at /dev/shm) makes them page-cache
+ * copies only.
+ *
+ * Memory stays bounded: a file above MEMORY_FILE_MAX goes to the disk
+ * scratch instead, and the scan engine holds at most two yara batches of
+ * copies (src/scan/scan.ts). Both directories are private (0700, created by
+ * mkdtemp), the copies carry sequence numbers only, and `dispose` removes
+ * both. A process killed outright leaves its `restorelab-scan-*` directory in
+ * /dev/shm until reboot (docs/operations.md).
+ */
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/** Largest file copied into memory; larger ones go to the disk scratch. */
+export const MEMORY_FILE_MAX = 16 * 1024 * 1024;
+/** statfs(2) f_type of tmpfs (linux/magic.h). */
+const TMPFS_MAGIC = 0x01021994;
+const SHM = '/dev/shm';
+
+/** One copy being written: a new file (never an existing one, never through a symlink), 0600. */
+export interface ScratchCopy {
+  path: string;
+  write(bytes: Buffer): Promise<void>;
+  close(): Promise<void>;
+  /** Removes the file (idempotent). */
+  remove(): void;
+}
+
+export interface Scratch {
+  /** Creates the copy named `name` (a sequence number) of a file of `size` bytes. */
+  create(name: string, size: number): Promise<ScratchCopy>;
+  /** Whether small copies are in memory (tmpfs). */
+  readonly inMemory: boolean;
+  dispose(): void;
+}
+
+const CREATE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+/**
+ * In memory, synchronous calls: a tmpfs write is a memory copy, cheaper
+ * than the round trip through libuv's thread pool (measured: the promise
+ * calls cost the scan thread about 1 s per 2000 files).
+ */
+function memoryCopy(path: string): ScratchCopy {
+  const fd = openSync(path, CREATE, 0o600);
+  let closed = false;
+  return {
+    path,
+    write: async (bytes) => {
+      for (let at = 0; at < bytes.length;) at += writeSync(fd, bytes, at, bytes.length - at);
+    },
+    close: async () => {
+      if (!closed) closeSync(fd);
+      closed = true;
+    },
+    remove: () => rmSync(path, { force: true }),
+  };
+}
+
+/** On disk, asynchronous calls: a write may wait for writeback, and the scan thread must not. */
+async function diskCopy(path: string): Promise<ScratchCopy> {
+  const fh = await open(path, CREATE, 0o600);
+  let closed = false;
+  return {
+    path,
+    write: async (bytes) => {
+      await fh.write(bytes);
+    },
+    close: async () => {
+      if (!closed) await fh.close();
+      closed = true;
+    },
+    remove: () => rmSync(path, { force: true }),
+  };
+}
+
+function isTmpfs(dir: string): boolean {
+  try {
+    return statfsSync(dir).type === TMPFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Scratch below `diskDir` (created 0700), with small copies in a private
+ * directory below `memoryRoot` (default /dev/shm) when that is a tmpfs;
+ * `memoryRoot: false`: on disk only.
+ */
+export function openScratch(diskDir: string, opts: { memoryRoot?: string | false } = {}): Scratch {
+  mkdirSync(diskDir, { recursive: true, mode: 0o700 });
+  let memDir: string | undefined;
+  const root = opts.memoryRoot ?? SHM;
+  if (root !== false && isTmpfs(root)) {
+    try {
+      memDir = mkdtempSync(join(root, 'restorelab-scan-'));
+    } catch {
+      memDir = undefined;
+    }
+  }
+  return {
+    create: async (name, size) =>
+      memDir !== undefined && size <= MEMORY_FILE_MAX ? memoryCopy(join(memDir, name)) : diskCopy(join(diskDir, name)),
+    inMemory: memDir !== undefined,
+    dispose: () => {
+      if (memDir !== undefined) rmSync(memDir, { recursive: true, force: true });
+      rmSync(diskDir, { recursive: true, force: true });
+    },
+  };
+}
