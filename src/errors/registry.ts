@@ -320,7 +320,10 @@ export const ERRORS = {
     class: 'badInput',
     explain: 'lab workers need a PostgreSQL queue: RESTORELAB_QUEUE (or the catalog) must be a postgres:// URL',
   },
-  YARA_FAILED: { class: 'failure', explain: 'yara failed during a scan (exited with an error, printed a line it should not, or went silent)' },
+  YARA_FAILED: {
+    class: 'failure',
+    explain: 'yara failed during a scan (exited with an error, printed a line it should not, or went silent)',
+  },
   YARA_RULES_INVALID: { class: 'badInput', explain: 'the YARA rule file does not compile' },
   YARA_RULES_NOT_FOUND: { class: 'notFound', explain: 'the YARA rule file cannot be read' },
 } as const satisfies Record<string, ErrorSpec>;
