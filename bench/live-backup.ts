@@ -21,7 +21,9 @@
  *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
  * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
  * size, default 1M), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
- * (file, filesystem, none) compares the repository's sync levels.
+ * (file, filesystem, none) compares the repository's sync levels; LIVE_BENCH_NODE_ARGS
+ * (e.g. `--cpu-prof --cpu-prof-dir=DIR`) is given to node for our backups only,
+ * and RESTORELAB_TRACE=1 prints their phases.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
@@ -41,6 +43,8 @@ const GUEST_MIB = 64;
 const CHANGED_FRACTION = 0.03;
 const URI = 'qemu:///system';
 const bin = projectPath('bin', 'restorelab.js');
+/** Extra node options for our backups only, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile them. */
+const nodeArgs = (process.env.LIVE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 
 interface Run {
   code: number | null;
@@ -140,9 +144,31 @@ async function main(): Promise<void> {
     }> => {
       const r = await must(
         process.execPath,
-        [bin, 'backup', '--repo', repo, '--vm', vmFile, '--domain', domain, '--consistency', 'filesystem', '--no-after-backup', '--json'],
+        [
+          ...nodeArgs,
+          bin,
+          'backup',
+          '--repo',
+          repo,
+          '--vm',
+          vmFile,
+          '--domain',
+          domain,
+          '--consistency',
+          'filesystem',
+          '--no-after-backup',
+          '--json',
+        ],
         env,
       );
+      // With RESTORELAB_TRACE=1 the backup prints its phases on stderr: show them beside the figures.
+      if (process.env.RESTORELAB_TRACE)
+        console.log(
+          r.stderr
+            .split('\n')
+            .filter((l) => l.startsWith('trace '))
+            .join('\n'),
+        );
       return { seconds: r.seconds, json: JSON.parse(r.stdout) as never };
     };
     const theirs = (level: 'full' | 'inc'): Promise<Run> =>

@@ -18,6 +18,7 @@ import { availableParallelism } from 'node:os';
 import { WorkerPool, type WithoutId } from '../host/worker-pool.js';
 import type { ChunkRequest, CodecInit } from './chunk-worker.js';
 import type { BlobSource } from '../repo/chunk-store.js';
+import type { PlacedBlob } from '../repo/api.js';
 
 export type { CodecInit } from './chunk-worker.js';
 
@@ -27,7 +28,22 @@ export interface Slot {
   readonly buffer: Buffer;
 }
 
-type Reply = { id: number; digest?: string | null; data?: Uint8Array; damage?: StoredDamage | null; error?: string };
+type Reply = {
+  id: number;
+  digest?: string | null;
+  data?: Uint8Array;
+  damage?: StoredDamage | null;
+  placed?: PlacedChunk;
+  error?: string;
+  code?: string;
+};
+
+/** A blob a worker wrote (place): its size, and what SignalsRecorder.newChunk counts. */
+export interface PlacedChunk {
+  size: number;
+  stored: number;
+  incompressible: boolean;
+}
 
 /** What is wrong with a stored blob (see storedDamage in chunk-worker.ts). */
 export interface StoredDamage {
@@ -102,13 +118,20 @@ export class ChunkPool {
     return asBuffer((await this.call({ op: 'encode', slot: slot.index, length })).data);
   }
 
+  /** Encodes the first `length` bytes of the slot and writes the blob where the store says (ChunkStore.insertPlaced). */
+  async place(slot: Slot, length: number, where: PlacedBlob): Promise<PlacedChunk> {
+    const r = await this.call({ op: 'place', slot: slot.index, length, ...where });
+    if (!r.placed) throw new Error('chunk worker replied without the placed blob');
+    return r.placed;
+  }
+
   async close(): Promise<void> {
     await this.pool.close();
   }
 
   private async call(msg: WithoutId<ChunkRequest>): Promise<Reply> {
     const r = await this.pool.request(msg);
-    if (r.error !== undefined) throw new Error(r.error);
+    if (r.error !== undefined) throw Object.assign(new Error(r.error), r.code ? { code: r.code } : {});
     return r;
   }
 }

@@ -27,7 +27,7 @@ import type { VmDefinition } from '../vm/definition.js';
 import { badInput, RestorelabError } from '../errors.js';
 import { blobSourceOf, type BlobSource } from '../repo/chunk-store.js';
 import { CorruptChunkError } from '../repo/contract.js';
-import { ChunkPool, type CodecInit, type Slot, type StoredDamage } from './chunk-pool.js';
+import { ChunkPool, type CodecInit, type PlacedChunk, type Slot, type StoredDamage } from './chunk-pool.js';
 import { judgeSignals, parentDisk, SignalsRecorder } from './signals.js';
 import { tracePhase } from '../host/trace.js';
 
@@ -456,6 +456,20 @@ async function backupDisk(
               `chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
                 (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`),
             );
+          } else if (repo.chunks.insertPlaced) {
+            // A store with files: the worker writes the blob itself, so it never crosses threads.
+            let placed: PlacedChunk | undefined;
+            const r = await repo.chunks.insertPlaced(digest, async (where) => {
+              placed = await pool.place(slot, length, where);
+              return placed.size;
+            });
+            free();
+            if (r.existed || !placed) stats.bytesReused += length;
+            else {
+              stats.bytesNew += length;
+              signals.newPayload(length, placed);
+              inserted.push({ digest, at: Date.now() + 1 });
+            }
           } else {
             const blob = await pool.encode(slot, length);
             free();
