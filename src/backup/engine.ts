@@ -447,9 +447,20 @@ async function backupDisk(
         written.add(digest);
         try {
           // touch() both finds the chunk stored and refreshes its mtime, which a concurrent gc honours.
+          // A store with files does it inside insertPlaced, which otherwise has a worker write the blob
+          // (it never crosses threads): one file-system call for a new chunk, not two.
           // A stored blob is reused only once it proves sound (see checkStored): a damaged one would
           // make this point damaged from birth. Only chunks the store lacks or holds damaged are compressed.
-          const damage = (await repo.chunks.touch(digest)) ? await checkStored(repo, pool, slot, length, digest) : undefined;
+          let placed: PlacedChunk | undefined;
+          const found = repo.chunks.insertPlaced
+            ? (
+                await repo.chunks.insertPlaced(digest, async (where) => {
+                  placed = await pool.place(slot, length, where);
+                  return placed.size;
+                })
+              ).existed
+            : await repo.chunks.touch(digest);
+          const damage = found ? await checkStored(repo, pool, slot, length, digest) : undefined;
           if (damage === null) {
             free();
             stats.bytesReused += length;
@@ -464,21 +475,12 @@ async function backupDisk(
               `chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
                 (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`),
             );
-          } else if (repo.chunks.insertPlaced) {
-            // A store with files: the worker writes the blob itself, so it never crosses threads.
-            let placed: PlacedChunk | undefined;
-            const r = await repo.chunks.insertPlaced(digest, async (where) => {
-              placed = await pool.place(slot, length, where);
-              return placed.size;
-            });
+          } else if (placed) {
             free();
-            if (r.existed || !placed) stats.bytesReused += length;
-            else {
-              stats.bytesNew += length;
-              signals.newPayload(length, placed);
-              inserted.push({ digest, at: Date.now() + 1 });
-              early.stored(placed.size);
-            }
+            stats.bytesNew += length;
+            signals.newPayload(length, placed);
+            inserted.push({ digest, at: Date.now() + 1 });
+            early.stored(placed.size);
           } else {
             const blob = await pool.encode(slot, length);
             free();
