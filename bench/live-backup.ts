@@ -17,7 +17,8 @@
  * full <= 0.7, incremental <= 0.5), bytes read from the VM, and how long
  * restorelab kept the guest frozen (target < 1 s).
  *
- * Run (root, libvirtd, virtnbdbackup, qemu-utils; heavy: take the lock):
+ * Run (root, libvirtd, virtnbdbackup, qemu-utils; heavy: take the lock), after
+ * `npm run build` (the precompiled schema validators; the bench refuses without):
  *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
  * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
  * size, default 1M), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
@@ -33,6 +34,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { exec, which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
+import { loadPrecompiled, PRECOMPILED_FILE } from '../src/schema/validate.js';
 import { libvirtGuest, virsh } from '../test/helpers/live-vm.js';
 
 const MiB = 1024 * 1024;
@@ -98,6 +100,9 @@ async function main(): Promise<void> {
   for (const tool of ['virsh', 'virtnbdbackup', 'qemu-img']) {
     if (!which(tool)) throw new Error(`${tool} is missing: scripts/setup --bench installs virtnbdbackup (and libvirt-clients, qemu-utils)`);
   }
+  // Without the build's precompiled schema validators every CLI call compiles the schemas (about 130 ms),
+  // a fifth of an incremental backup: the figure would measure the build, not the backup.
+  if (!loadPrecompiled(PRECOMPILED_FILE)) throw new Error(`${PRECOMPILED_FILE} is missing or stale: run npm run build first`);
   const up = await exec(projectPath('scripts', 'libvirtd'), ['start'], { timeoutMs: 60_000 });
   if (up.code !== 0) throw new Error(`libvirtd: ${up.stderr}`);
   const dir = mkdtempSync(join(process.env.LIVE_BENCH_DIR ?? '/var/tmp', 'rl-live-bench-'));
