@@ -17,11 +17,14 @@
  * full <= 0.7, incremental <= 0.5), bytes read from the VM, and how long
  * restorelab kept the guest frozen (target < 1 s).
  *
- * Run (root, libvirtd, virtnbdbackup, qemu-utils; heavy: take the lock):
+ * Run (root, libvirtd, virtnbdbackup, qemu-utils; heavy: take the lock), after
+ * `npm run build` (the precompiled schema validators; the bench refuses without):
  *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
  * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
  * size, default 1M), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
- * (file, filesystem, none) compares the repository's sync levels.
+ * (file, filesystem, none) compares the repository's sync levels; LIVE_BENCH_NODE_ARGS
+ * (e.g. `--cpu-prof --cpu-prof-dir=DIR`) is given to node for our backups only,
+ * and RESTORELAB_TRACE=1 prints their phases.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
@@ -31,6 +34,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { exec, which } from '../src/host/exec.js';
 import { projectPath } from '../src/paths.js';
+import { loadPrecompiled, PRECOMPILED_FILE } from '../src/schema/validate.js';
 import { libvirtGuest, virsh } from '../test/helpers/live-vm.js';
 
 const MiB = 1024 * 1024;
@@ -41,6 +45,8 @@ const GUEST_MIB = 64;
 const CHANGED_FRACTION = 0.03;
 const URI = 'qemu:///system';
 const bin = projectPath('bin', 'restorelab.js');
+/** Extra node options for our backups only, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile them. */
+const nodeArgs = (process.env.LIVE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 
 interface Run {
   code: number | null;
@@ -94,6 +100,9 @@ async function main(): Promise<void> {
   for (const tool of ['virsh', 'virtnbdbackup', 'qemu-img']) {
     if (!which(tool)) throw new Error(`${tool} is missing: scripts/setup --bench installs virtnbdbackup (and libvirt-clients, qemu-utils)`);
   }
+  // Without the build's precompiled schema validators every CLI call compiles the schemas (about 130 ms),
+  // a fifth of an incremental backup: the figure would measure the build, not the backup.
+  if (!loadPrecompiled(PRECOMPILED_FILE)) throw new Error(`${PRECOMPILED_FILE} is missing or stale: run npm run build first`);
   const up = await exec(projectPath('scripts', 'libvirtd'), ['start'], { timeoutMs: 60_000 });
   if (up.code !== 0) throw new Error(`libvirtd: ${up.stderr}`);
   const dir = mkdtempSync(join(process.env.LIVE_BENCH_DIR ?? '/var/tmp', 'rl-live-bench-'));
@@ -140,9 +149,31 @@ async function main(): Promise<void> {
     }> => {
       const r = await must(
         process.execPath,
-        [bin, 'backup', '--repo', repo, '--vm', vmFile, '--domain', domain, '--consistency', 'filesystem', '--no-after-backup', '--json'],
+        [
+          ...nodeArgs,
+          bin,
+          'backup',
+          '--repo',
+          repo,
+          '--vm',
+          vmFile,
+          '--domain',
+          domain,
+          '--consistency',
+          'filesystem',
+          '--no-after-backup',
+          '--json',
+        ],
         env,
       );
+      // With RESTORELAB_TRACE=1 the backup prints its phases on stderr: show them beside the figures.
+      if (process.env.RESTORELAB_TRACE)
+        console.log(
+          r.stderr
+            .split('\n')
+            .filter((l) => l.startsWith('trace '))
+            .join('\n'),
+        );
       return { seconds: r.seconds, json: JSON.parse(r.stdout) as never };
     };
     const theirs = (level: 'full' | 'inc'): Promise<Run> =>

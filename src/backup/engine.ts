@@ -27,9 +27,10 @@ import type { VmDefinition } from '../vm/definition.js';
 import { badInput, RestorelabError } from '../errors.js';
 import { blobSourceOf, type BlobSource } from '../repo/chunk-store.js';
 import { CorruptChunkError } from '../repo/contract.js';
-import { ChunkPool, type CodecInit, type Slot, type StoredDamage } from './chunk-pool.js';
+import { ChunkPool, type CodecInit, type PlacedChunk, type Slot, type StoredDamage } from './chunk-pool.js';
 import { judgeSignals, parentDisk, SignalsRecorder } from './signals.js';
 import { tracePhase } from '../host/trace.js';
+import { EarlyFlush } from './early-flush.js';
 
 export interface BackupProgress {
   disk: string;
@@ -63,6 +64,8 @@ export interface BackupOptions {
    * retention over days and weeks need not wait for them.
    */
   time?: Date;
+  /** New blob bytes between the syncs started while reading (EarlyFlush); default EARLY_FLUSH_BYTES. */
+  earlyFlushBytes?: number;
 }
 
 interface DiskPlan {
@@ -169,11 +172,12 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
     const inserted: { digest: string; at: number }[] = [];
     const signals = new SignalsRecorder(parent?.id ?? null);
     const pool = opts.pool ?? startChunkPool(repo, opts.codecInit, opts.workers);
+    const early = new EarlyFlush(repo.chunks, opts.earlyFlushBytes);
     try {
       const indexes: FixedIndex[] = [];
       try {
         for (const img of opts.images) {
-          const index = await backupDisk(repo, pool, img, stats, signals, inserted, opts);
+          const index = await backupDisk(repo, pool, img, stats, signals, inserted, early, opts);
           // Change against the parent from the two indexes: metadata only, the disk is not read again.
           signals.disk(index.size, index.chunkSize, index.digests, await parentDisk(repo, parent, img.name, opts.onWarning));
           indexes.push(index);
@@ -184,6 +188,7 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
       // Every chunk the indexes name is made durable first: at sync level filesystem this one syncfs
       // replaces an fsync per chunk. It runs before any index exists, so when it fails nothing is committed.
       tracePhase('engine: disks read');
+      await early.settle();
       await repo.chunks.sync();
       tracePhase('engine: chunks synced');
       // Indexes are written only once every disk is read, so a failed read leaves no index behind.
@@ -223,6 +228,7 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
         }
       }
     } catch (err) {
+      await early.stop();
       await rollBack(repo, lock, inserted);
       throw err;
     }
@@ -390,6 +396,7 @@ async function backupDisk(
   stats: Omit<BackupStats, 'seconds'>,
   signals: SignalsRecorder,
   inserted: { digest: string; at: number }[],
+  early: EarlyFlush,
   opts: Pick<BackupImagesOptions, 'onProgress' | 'onWarning' | 'signal'>,
 ): Promise<FixedIndex> {
   const { source: src, name } = img;
@@ -399,6 +406,7 @@ async function backupDisk(
   const digests: (string | null)[] = new Array<string | null>(count).fill(null);
   const reuse = usableReuse(img.reuse, src.size, chunkSize, count);
   const hasData = await dataChunks(src, chunkSize, count, reuse?.changed);
+  tracePhase(`engine: ${name}: extents listed`);
   const written = new Set<string>();
   // Chunks in flight: those in slots (read, hashed, compressed) plus as many blobs waiting on the store's write.
   // A store without files is remote (object storage): each request waits a network round trip, and only more
@@ -439,9 +447,20 @@ async function backupDisk(
         written.add(digest);
         try {
           // touch() both finds the chunk stored and refreshes its mtime, which a concurrent gc honours.
+          // A store with files does it inside insertPlaced, which otherwise has a worker write the blob
+          // (it never crosses threads): one file-system call for a new chunk, not two.
           // A stored blob is reused only once it proves sound (see checkStored): a damaged one would
           // make this point damaged from birth. Only chunks the store lacks or holds damaged are compressed.
-          const damage = (await repo.chunks.touch(digest)) ? await checkStored(repo, pool, slot, length, digest) : undefined;
+          let placed: PlacedChunk | undefined;
+          const found = repo.chunks.insertPlaced
+            ? (
+                await repo.chunks.insertPlaced(digest, async (where) => {
+                  placed = await pool.place(slot, length, where);
+                  return placed.size;
+                })
+              ).existed
+            : await repo.chunks.touch(digest);
+          const damage = found ? await checkStored(repo, pool, slot, length, digest) : undefined;
           if (damage === null) {
             free();
             stats.bytesReused += length;
@@ -456,6 +475,12 @@ async function backupDisk(
               `chunk ${digest} was damaged in the repository (${damage.reason}); this backup wrote a good copy` +
                 (damage.dataOk ? '' : ` and kept the damaged one as ${digest}.bad`),
             );
+          } else if (placed) {
+            free();
+            stats.bytesNew += length;
+            signals.newPayload(length, placed);
+            inserted.push({ digest, at: Date.now() + 1 });
+            early.stored(placed.size);
           } else {
             const blob = await pool.encode(slot, length);
             free();
@@ -465,6 +490,7 @@ async function backupDisk(
               stats.bytesNew += length;
               signals.newChunk(length, blob);
               inserted.push({ digest, at: Date.now() + 1 });
+              early.stored(blob.length);
             }
           }
         } catch (err) {
@@ -542,13 +568,16 @@ async function backupDisk(
     await schedule(i);
   }
   if (unchanged.length > 0) takeUnchanged();
+  tracePhase(`engine: ${name}: every chunk scheduled`);
   await touched;
+  tracePhase(`engine: ${name}: reused chunks touched`);
   // The store lost these since the previous point: read them, whatever the extent map said (it was only asked about changed chunks).
   for (const i of lost) {
     if (failure !== undefined) break;
     await schedule(i);
   }
   await Promise.all(running);
+  tracePhase(`engine: ${name}: every chunk read and stored`);
   if (failure !== undefined) throw failure;
   report();
   return { size: src.size, chunkSize, digests };

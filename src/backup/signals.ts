@@ -124,7 +124,11 @@ export class SignalsRecorder {
   constructor(private readonly parent: string | null) {}
 
   newChunk(rawLength: number, blob: Buffer): void {
-    const c = compressedPayload(blob, rawLength);
+    this.newPayload(rawLength, compressedPayload(blob, rawLength));
+  }
+
+  /** newChunk for a blob this thread never saw (a chunk worker wrote it), from its compressedPayload. */
+  newPayload(rawLength: number, c: { stored: number; incompressible: boolean }): void {
     this.newBytes += rawLength;
     this.newStored += c.stored;
     if (c.incompressible) this.incompressible += rawLength;

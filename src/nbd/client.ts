@@ -86,6 +86,8 @@ interface PendingStatus extends PendingBase {
 type Pending = PendingRead | PendingStatus;
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+/** The socket's one read buffer: a unix socket hands over up to its queue (about 200 KiB) per read. */
+const READ_BUFFER_BYTES = 256 * 1024;
 /** Block status lengths are 32-bit; keep requests well inside, on a 1 MiB boundary. */
 const MAX_STATUS_REQUEST = 2 ** 31;
 
@@ -125,7 +127,6 @@ export class NbdClient {
       (e) => this.onEvent(e),
       (cookie, error) => this.simplePayload(cookie, error),
     );
-    socket.on('data', (b: Buffer) => this.onData(b));
     socket.on('error', (err) => this.fail(new NbdConnectionError(`NBD connection failed: ${err.message}`, err)));
     socket.on('close', () => {
       if (this.closing && this.pending.size === 0) return;
@@ -140,18 +141,27 @@ export class NbdClient {
   static async connect(opts: NbdConnectOptions): Promise<NbdClient> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const where = opts.socketPath ?? `${opts.host ?? 'localhost'}:${opts.port ?? 10809}`;
+    // The socket reads into one buffer for its whole life instead of a fresh one per read: a backup
+    // reads gigabytes through here, and each read's garbage cost the main thread and the collector
+    // more than the copy out of it. Whoever gets the bytes must consume or copy them at once.
+    let consume: (b: Buffer) => void = () => undefined;
+    const onread = {
+      buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
+      callback: (n: number, buf: Uint8Array) => (consume(Buffer.from(buf.buffer, buf.byteOffset, n)), true),
+    };
     const socket =
       opts.socketPath !== undefined
-        ? netConnect({ path: opts.socketPath })
-        : netConnect({ host: opts.host ?? 'localhost', port: opts.port ?? 10809 });
+        ? netConnect({ path: opts.socketPath, onread })
+        : netConnect({ host: opts.host ?? 'localhost', port: opts.port ?? 10809, onread });
     socket.setNoDelay?.(true);
     const incoming = new ByteQueue();
     let wake: (() => void) | undefined;
     let broken: Error | undefined;
     const onData = (b: Buffer): void => {
-      incoming.push(b);
+      incoming.push(Buffer.from(b)); // negotiation keeps what it received: a copy
       wake?.();
     };
+    consume = onData;
     const onError = (err: Error): void => {
       broken = new NbdConnectionError(`cannot talk to NBD server at ${where}: ${err.message}`, err);
       wake?.();
@@ -160,7 +170,6 @@ export class NbdClient {
       broken ??= new NbdConnectionError(`NBD server at ${where} closed the connection during negotiation`);
       wake?.();
     };
-    socket.on('data', onData);
     socket.on('error', onError);
     socket.on('close', onClose);
     const io: HandshakeIo = {
@@ -189,11 +198,13 @@ export class NbdClient {
         }),
         timeout,
       ]);
-      socket.off('data', onData);
+      consume = () => undefined;
       socket.off('error', onError);
       socket.off('close', onClose);
       if (broken) throw broken;
-      return new NbdClient(socket, timeoutMs, opts.maxInFlight ?? 16, negotiated, opts.maxRequestBytes, incoming.drain());
+      const client = new NbdClient(socket, timeoutMs, opts.maxInFlight ?? 16, negotiated, opts.maxRequestBytes, incoming.drain());
+      consume = (b) => client.onData(b);
+      return client;
     } catch (err) {
       socket.destroy();
       throw err;
@@ -352,10 +363,11 @@ export class NbdClient {
     else this.inFlight--;
   }
 
+  /** Bytes from the socket's reused read buffer (see connect): valid during this call only. */
   private onData(b: Buffer): void {
     if (this.failure) return;
     try {
-      this.framer.push(b);
+      this.framer.pushTransient(b);
     } catch (err) {
       this.fail(err instanceof Error ? err : new Error(String(err)));
     }

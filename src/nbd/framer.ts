@@ -3,8 +3,8 @@
  * whatever way TCP or the unix socket split it.
  *
  * Read data is not gathered into one buffer per chunk: it is handed on as the
- * socket delivers it ("data" events, each a view of a socket buffer), so the
- * client copies every byte exactly once, into the caller's buffer. Everything
+ * socket delivers it (views of the socket's read buffer), so the client
+ * copies every byte exactly once, into the caller's buffer. Everything
  * else (block status, errors, holes) is small and is delivered whole.
  */
 import {
@@ -83,6 +83,22 @@ export class ByteQueue {
     return out;
   }
 
+  /**
+   * Copies what is left into a buffer of its own, so that the caller may
+   * overwrite the buffers it pushed (a socket that reads into one reused
+   * buffer, `onread`). What is left is small: at most a partial header or
+   * a small chunk's payload, since read data is consumed as it arrives.
+   */
+  detach(): void {
+    if (this.available === 0) return;
+    const own = this.take(this.available);
+    const copy = Buffer.allocUnsafe(own.length);
+    own.copy(copy);
+    this.bufs = [copy];
+    this.head = 0;
+    this.available = copy.length;
+  }
+
   /** Everything left, as one buffer. */
   drain(): Buffer {
     return this.take(this.available);
@@ -127,6 +143,16 @@ export class ReplyFramer {
     while (this.step()) {
       // keep cutting while whole pieces are available
     }
+  }
+
+  /**
+   * push() of bytes that are valid only during this call (a reused read
+   * buffer): every event is emitted before it returns, and what is left of an
+   * incomplete reply is copied. Listeners must consume event data at once.
+   */
+  pushTransient(b: Buffer): void {
+    this.push(b);
+    this.q.detach();
   }
 
   /** True when no reply is half-received (used to tell a clean close from a cut one). */

@@ -58,6 +58,12 @@ export interface ChunkCodec {
   /** Plaintext → blob. */
   encode(plain: Buffer): Buffer;
   /**
+   * encode() into `out` (at least maxBlobSize(chunkSize) bytes), returning the
+   * blob as a view of it: the same bytes, but nothing allocated per chunk, for
+   * hot loops on one thread (the backup's chunk workers).
+   */
+  encodeInto(plain: Buffer, out: Buffer): Buffer;
+  /**
    * Blob → plaintext. Checks magic, CRC, the GCM tag when encrypted, and that
    * the plaintext hashes to `digest`. Throws CorruptChunkError otherwise.
    */
@@ -103,6 +109,16 @@ export interface StoredChunk {
   digest: string;
   size: number;
   mtimeMs: number;
+}
+
+/** Where ChunkStore.insertPlaced has a blob written: a temp file, renamed onto the chunk's name once complete. */
+export interface PlacedBlob {
+  tmp: string;
+  target: string;
+  /** fsync the temp file before the rename (sync level `file`). */
+  fsync: boolean;
+  /** File mode of the new blob. */
+  mode: number;
 }
 
 export interface ChunkStore {
@@ -153,6 +169,17 @@ export interface ChunkStore {
    * leaves this out.
    */
   fileOf?(digest: string): string;
+  /**
+   * insert() for a blob that another thread writes itself (the backup's
+   * chunk workers), so the blob never crosses threads: the store names a
+   * temp path beside the chunk's file, `place` writes the blob there (with
+   * an fsync of the file when `fsync` says so) and renames it onto `target`,
+   * resolving with the blob's size. The store keeps insert()'s rules: an
+   * existing chunk is only touched (`place` is not called), the temp file is
+   * removed when `place` fails, and the chunk counts for sync(). Only stores
+   * whose blobs are files have it.
+   */
+  insertPlaced?(digest: string, place: (p: PlacedBlob) => Promise<number>): Promise<{ existed: boolean; size: number }>;
   /**
    * The least safety margin gc must keep for this store (ms), when its
    * mtimes come from another clock than gc's (object storage: the gateway's).

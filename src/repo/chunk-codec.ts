@@ -31,6 +31,7 @@ import {
   KDF_INFO_ENCRYPT,
   KEY_CHECK_MESSAGE,
   KEY_SIZE,
+  maxBlobSize,
   ZSTD_LEVEL,
 } from './format.js';
 
@@ -105,6 +106,7 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
     keys ? createHmac('sha256', keys.digest).update(plain).digest('hex') : createHash('sha256').update(plain).digest('hex');
 
   let dctx: zstdBinding.DCtx | undefined;
+  let cctx: zstdBinding.CCtx | undefined;
 
   /**
    * Checks a blob and returns its plaintext: in a fresh buffer, or, given
@@ -198,6 +200,39 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
       }
       header.writeUInt32LE(crc32(payload), 12);
       return Buffer.concat([header, payload]);
+    },
+
+    encodeInto(plain: Buffer, out: Buffer): Buffer {
+      if (plain.length > maxPlain)
+        throw badInput('CHUNK_TOO_LARGE', `chunk of ${plain.length} bytes exceeds the repository chunk size ${maxPlain}`);
+      if (out.length < maxBlobSize(maxPlain))
+        throw new RangeError(`an encode buffer of ${out.length} bytes cannot hold a blob of this repository`);
+      if (keys) {
+        // Sealing allocates anyway (nonce, cipher output); this path is not the hot one.
+        const blob = this.encode(plain);
+        blob.copy(out);
+        return out.subarray(0, blob.length);
+      }
+      // The same blob as encode(): compressed only when zstd shrinks it. zstd is given room for one byte less
+      // than the plaintext, so data that does not shrink fails fast with "destination too small" instead of
+      // being framed and then thrown away; one context per codec (per thread) instead of one per chunk.
+      cctx ??= new zstdBinding.CCtx();
+      let packed: number;
+      try {
+        packed = cctx.compress(out.subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + plain.length - 1), plain, ZSTD_LEVEL);
+      } catch {
+        packed = 0;
+      }
+      const compressed = packed > 0;
+      const payloadLength = compressed ? packed : plain.length;
+      if (!compressed) plain.copy(out, CHUNK_HEADER_SIZE);
+      out.fill(0, 0, CHUNK_HEADER_SIZE);
+      CHUNK_MAGIC.copy(out, 0);
+      out.writeUInt8(compressed ? CHUNK_FLAG_COMPRESSED : 0, 8);
+      out.writeUInt32LE(plain.length, 16);
+      const payload = out.subarray(CHUNK_HEADER_SIZE, CHUNK_HEADER_SIZE + payloadLength);
+      out.writeUInt32LE(crc32(payload), 12);
+      return out.subarray(0, CHUNK_HEADER_SIZE + payloadLength);
     },
 
     decode(digest: string, blob: Buffer): Buffer {

@@ -11,7 +11,7 @@
 import { closeSync, existsSync, openSync, readSync, readvSync } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { DEFAULT_SYNC_LEVEL, type ChunkStore, type StoredChunk, type SyncLevel } from './api.js';
+import { DEFAULT_SYNC_LEVEL, type ChunkStore, type PlacedBlob, type StoredChunk, type SyncLevel } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, tempName, writeFileAtomic } from '../host/atomic-file.js';
 import { syncFilesystem } from '../host/syncfs.js';
@@ -171,6 +171,26 @@ export class LocalChunkStore implements ChunkStore {
     }
     this.chunkEvents++;
     return { existed: false, size: blob.length };
+  }
+
+  async insertPlaced(digest: string, place: (p: PlacedBlob) => Promise<number>): Promise<{ existed: boolean; size: number }> {
+    const target = this.file(digest);
+    if (await this.touch(digest)) {
+      const st = await stat(target).catch(() => undefined);
+      if (st) return { existed: true, size: st.size };
+    }
+    const shard = dirname(target);
+    const tmp = join(shard, tempName());
+    let size: number;
+    try {
+      size = await place({ tmp, target, fsync: this.syncLevel === 'file', mode: BLOB_MODE });
+      if (this.syncLevel === 'file') await fsyncDir(shard);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw this.ioError('insert', digest, err);
+    }
+    this.chunkEvents++;
+    return { existed: false, size };
   }
 
   /** Temp file and rename without fsyncs: readers never see a partial blob; durability waits for sync(). */

@@ -42,6 +42,7 @@ export class LimitedChunkStore implements ChunkStore {
   readonly path: string;
   readonly minGcMarginMs: number | undefined;
   readonly fileOf: ((digest: string) => string) | undefined;
+  readonly insertPlaced: ChunkStore['insertPlaced'];
   private readonly sema: Semaphore;
 
   constructor(
@@ -53,6 +54,8 @@ export class LimitedChunkStore implements ChunkStore {
     // Only a store with files offers fileOf; the wrapper must not pretend otherwise.
     this.fileOf = inner.fileOf ? (digest) => (inner.fileOf as (d: string) => string).call(inner, digest) : undefined;
     this.sema = new Semaphore(limit);
+    const placed = inner.insertPlaced?.bind(inner);
+    this.insertPlaced = placed ? (digest, place) => this.sema.run(() => placed(digest, place)) : undefined;
   }
 
   get inFlight(): number {

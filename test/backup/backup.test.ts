@@ -1,12 +1,13 @@
 import t from 'tap';
-import { createHash } from 'node:crypto';
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { backupVm } from '../../src/backup/engine.js';
 import { restoreDisk } from '../../src/backup/restore.js';
 import { initRepository, openRepository } from '../../src/repo/index.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { exec } from '../../src/host/exec.js';
+import { RestorelabError } from '../../src/errors.js';
 import { guestImage } from '../helpers/guests.js';
 import { changeRegions, convert, makeGuestImage, sha256File } from './fixtures/images.js';
 import { chunkFiles, snapshot } from './fixtures/repo-state.js';
@@ -158,4 +159,34 @@ t.test('encrypted repository: round trip, keyed digests, wrong and missing key r
   await writeFile(wrong, 'ab'.repeat(32) + '\n');
   await t.rejects(openRepository(repoDir, { keyFile: wrong }), /does not match/, 'a wrong key is rejected');
   await t.rejects(openRepository(repoDir), /is encrypted: its key is needed/, 'no key: a clear error');
+});
+
+t.test('a full repository file system fails the backup with REPO_FULL: no point, no chunk, no temp file left', async (t) => {
+  // The chunk workers write the blobs themselves (ChunkStore.insertPlaced): their ENOSPC must still read as a full repository.
+  const mnt = join(work, 'full-mnt');
+  await mkdir(mnt);
+  const mounted = await exec('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'rl-backup-full', mnt]);
+  if (mounted.code !== 0) {
+    t.fail(`mounting a 3 MiB tmpfs needs root and the mount command: ${mounted.stderr}`);
+    return;
+  }
+  t.teardown(() => exec('umount', ['-l', mnt]));
+  const repoDir = join(mnt, 'repo');
+  const repo = await initRepository(repoDir, { chunkSize: 256 * KiB });
+  const image = join(work, 'full-random.raw');
+  await writeFile(image, randomBytes(8 * MiB));
+  const err = (await backupVm({ repo, vm: vmDef('full', [{ name: 'root', format: 'raw' }]), disks: { root: image } }).catch(
+    (e: unknown) => e,
+  )) as RestorelabError;
+  t.ok(err instanceof RestorelabError, `a RestorelabError, got ${String(err)}`);
+  t.equal(err.code, 'REPO_FULL');
+  t.match(err.message, repoDir);
+  t.match(err.hint ?? '', /free space/);
+  t.same(await repo.listPoints(), [], 'no point');
+  t.same(await chunkFiles(repoDir), [], 'the chunks it stored were rolled back');
+  t.same(
+    (await snapshot(repoDir)).filter((f) => f.includes('.tmp-')),
+    [],
+    'no temp file left behind',
+  );
 });

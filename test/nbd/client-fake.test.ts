@@ -166,3 +166,30 @@ t.test('block status: extents clipped to the request, loop covers the disk', asy
   await t.rejects(client.blockStatus(0, 512, 'qemu:dirty-bitmap:x'), /no extents for context/);
   await client.close();
 });
+
+t.test('replies trickling in a few bytes per read: the reused read buffer never corrupts a partial header or payload', async (t) => {
+  // The client reads into one buffer it reuses (connect's onread): whatever a read leaves half-parsed must be
+  // copied before the next read overwrites it. Here every read ends inside a header, an offset or a block-status payload.
+  const path = await fakeServer(t, (r, sock) => {
+    const reply =
+      r.type === 7
+        ? chunk(1, 5, Number(r.cookie), bytes({ u32: 0 }, { u32: 65536 }, { u32: 0 }, { u32: SIZE - 65536 }, { u32: 3 }))
+        : dataChunk(r);
+    void (async () => {
+      for (let at = 0, n = 5; at < reply.length; at += n, n = at < 64 ? 5 : 4099) {
+        sock.write(reply.subarray(at, at + n));
+        // A write per macrotask turn, so that the client receives them as separate reads.
+        await new Promise((go) => setTimeout(go, 1));
+      }
+    })();
+  });
+  const c = await NbdClient.connect({ socketPath: path });
+  t.teardown(() => c.close());
+  const got = Buffer.alloc(3 * 4096);
+  await c.readInto(got, 8192);
+  t.ok(got.equals(content.subarray(8192, 8192 + got.length)), 'the data arrived intact');
+  t.same(await c.blockStatus(0, SIZE), [
+    { offset: 0, length: 65536, flags: 0 },
+    { offset: 65536, length: SIZE - 65536, flags: 3 },
+  ]);
+});

@@ -52,6 +52,28 @@ t.test('at most `limit` operations reach the store at once; all complete', async
   }
   t.equal(f.peak(), 3, 'the bound was reached and never passed');
   t.equal(limited.fileOf, undefined, 'a store without files gets no fileOf from the wrapper');
+  t.equal(limited.insertPlaced, undefined, 'nor insertPlaced');
+});
+
+t.test('insertPlaced of a store with files goes through the wrapper, within the bound', async (t) => {
+  const f = fakeStore();
+  const placed: string[] = [];
+  const inner: ChunkStore = {
+    ...f.store,
+    insertPlaced: async (digest, place) => {
+      placed.push(digest);
+      return { existed: false, size: await place({ tmp: '/x/.tmp', target: `/x/${digest}`, fsync: false, mode: 0o600 }) };
+    },
+  };
+  const limited = new LimitedChunkStore(inner, 1);
+  const hold = limited.get('a'.repeat(64));
+  const ins = limited.insertPlaced?.('c'.repeat(64), async () => 42);
+  await new Promise((r) => setImmediate(r));
+  t.same(placed, [], 'waits for the slot the get holds');
+  f.release();
+  await hold;
+  t.same(await ins, { existed: false, size: 42 });
+  t.same(placed, ['c'.repeat(64)]);
 });
 
 t.test('a failing operation frees its slot', async (t) => {

@@ -224,3 +224,36 @@ t.test('the real CLI: one syncfs before the index and manifest renames instead o
     `file: ${file.fsyncs} fsyncs, ${file.fsyncs - fs.fsyncs} more: a file and a shard fsync per chunk`,
   );
 });
+
+t.test(
+  'early flushes while reading: a sync per earlyFlushBytes of new blobs, then the final one; a failing one fails the backup',
+  async (t) => {
+    const dir = tmpDir(t, 'rl-sync-early-');
+    const { calls, failing, repoDir } = await countedRepo(dir);
+    const repo = await open(repoDir, calls, failing);
+    const img = image(dir, 12);
+    // Blobs of incompressible chunks are a little larger than the chunk: one flush per 4 of them.
+    await backupVm({ repo, vm, disks: { root: img }, earlyFlushBytes: 4 * SMALL });
+    t.ok(calls.length >= 3 && calls.length <= 4, `early flushes and the final sync (${calls.length} syncs for 12 new chunks)`);
+
+    // The early flush is the one that fails (the final sync would succeed): the backup must fail all the same.
+    const calls0 = calls.length;
+    let n = 0;
+    const flaky = await openRepository(repoDir, {
+      syncFilesystem: async (d) => {
+        calls.push(d);
+        if (++n === 1) throw new Error('injected: writeback failed');
+      },
+    });
+    const err = (await backupVm({ repo: flaky, vm, disks: { root: image(dir, 12, 'other.raw') }, earlyFlushBytes: 4 * SMALL }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as RestorelabError;
+    t.ok(err instanceof RestorelabError, 'a RestorelabError');
+    t.equal(err.code, 'REPO_SYNC_FAILED');
+    t.match(err.message, /injected: writeback failed/);
+    t.ok(calls.length > calls0, 'an early flush ran');
+    t.equal((await flaky.listPoints()).length, 1, 'no new point');
+    t.equal(chunkFiles(repoDir).length, 12, "the failed backup's chunks were rolled back");
+  },
+);
