@@ -154,6 +154,13 @@ export interface ChunkStore {
    */
   fileOf?(digest: string): string;
   /**
+   * True when every get() resolves with a buffer over an ArrayBuffer of its
+   * own that nothing else holds (a store that fetches each blob fresh): a
+   * caller may then transfer it to a worker thread instead of copying it.
+   * Stores that keep blobs in memory, and wrappers, leave it out.
+   */
+  readonly getGivesOwnedBuffers?: boolean;
+  /**
    * The least safety margin gc must keep for this store (ms), when its
    * mtimes come from another clock than gc's (object storage: the gateway's).
    */
