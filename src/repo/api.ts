@@ -113,7 +113,13 @@ export interface ChunkStore {
    * every chunk a new index references, or gc may collect it.
    */
   has(digest: string): Promise<boolean>;
-  /** Refreshes the mtime of a stored chunk; false when it is not stored. */
+  /**
+   * Refreshes the mtime of a stored chunk; false when it is not stored. A
+   * store may also answer false for a chunk another writer stored while it
+   * was open (the object store answers from a listing, s3-chunk-store.ts):
+   * callers insert() a chunk touch() did not find, and insert() reports it
+   * as existing and refreshes it.
+   */
   touch(digest: string): Promise<boolean>;
   /**
    * Idempotent and crash-safe: a reader never sees a partial blob under the
