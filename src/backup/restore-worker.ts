@@ -68,7 +68,24 @@ function directOutput(): { fd: number; plain: Buffer } | undefined {
   if (at !== undefined) ftruncateSync(init.directFd, init.size);
   return at === undefined ? undefined : { fd: init.directFd, plain: raw.subarray(at, at + chunkSize) };
 }
-const direct = directOutput();
+let direct = directOutput();
+
+/**
+ * One write of the output: direct when the run is aligned, else through the page cache. A direct write
+ * the file system refuses (EINVAL though the probe passed: a block size above DIRECT_ALIGN) is done
+ * buffered, and this thread writes buffered from then on.
+ */
+function writeAt(aligned: boolean, buf: Buffer, off: number, len: number, position: number): number {
+  if (direct && aligned) {
+    try {
+      return writeSync(direct.fd, buf, off, len, position);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+      direct = undefined;
+    }
+  }
+  return writeSync(init.fd, buf, off, len, position);
+}
 const plain = direct?.plain ?? Buffer.allocUnsafeSlow(chunkSize);
 
 /** Which half of a job failed: a read error is the repository's, a write error the target's. */
@@ -90,8 +107,8 @@ function restore(job: RestoreJob): number {
     while (end < out.length && !isZero(out, end)) end += SPARSE_BLOCK;
     end = Math.min(end, out.length);
     // A run that does not end on an aligned boundary (the short last chunk of an odd-sized disk) goes through the page cache.
-    const fd = direct && (end - start) % DIRECT_ALIGN === 0 && (job.position + start) % DIRECT_ALIGN === 0 ? direct.fd : init.fd;
-    for (let off = start; off < end;) off += writeSync(fd, out, off, end - off, job.position + off);
+    const aligned = (end - start) % DIRECT_ALIGN === 0 && (job.position + start) % DIRECT_ALIGN === 0;
+    for (let off = start; off < end;) off += writeAt(aligned, out, off, end - off, job.position + off);
     written += end - start;
     start = end;
   }
