@@ -8,6 +8,7 @@
  * when complete, so a failed restore (a corrupt chunk, a full disk) never
  * leaves a file that looks like a good disk.
  */
+import { closeSync, constants, openSync } from 'node:fs';
 import { open, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -88,6 +89,19 @@ async function failure(
   return new Error(`reading chunk ${job.digest}: ${r.error}`);
 }
 
+/**
+ * The output opened a second time with O_DIRECT, for the workers' aligned writes (restore-worker.ts says
+ * why); undefined where the file system refuses it (tmpfs), and the workers write through the page cache.
+ */
+function openDirect(path: string): number | undefined {
+  if (constants.O_DIRECT === undefined) return undefined;
+  try {
+    return openSync(path, constants.O_WRONLY | constants.O_DIRECT);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Chunk fetches in flight from a remote store (one blob in memory each) at most. */
 const REMOTE_FETCHES_IN_FLIGHT = 16;
 /** Blob bytes those fetches may hold at once: 16 fetches of 1 MiB chunks, 8 of 4 MiB ones. */
@@ -102,7 +116,7 @@ const REMOTE_FETCH_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
 async function writeChunks(
   repo: Repository,
   opts: RestoreOptions,
-  fd: number,
+  out: { fd: number; directFd: number | undefined; size: number },
   digests: (string | null)[],
   chunkSize: number,
   threads: number,
@@ -110,7 +124,13 @@ async function writeChunks(
 ): Promise<void> {
   const pool = new WorkerPool<RestoreJob, RestoreJobResult>({
     script: new URL('./restore-worker.js', import.meta.url),
-    workerData: { config: repo.config, fd, ...(repo.masterKey ? { key: repo.masterKey } : {}) },
+    workerData: {
+      config: repo.config,
+      fd: out.fd,
+      size: out.size,
+      ...(out.directFd !== undefined ? { directFd: out.directFd } : {}),
+      ...(repo.masterKey ? { key: repo.masterKey } : {}),
+    },
     size: threads,
     name: 'restore',
   });
@@ -144,8 +164,10 @@ async function writeChunks(
         error ??= quarantined || err instanceof CorruptChunkError ? damaged(opts, position, err) : (err as Error);
         return;
       }
+      // A blob fetched into a buffer of its own moves to the worker; copying it would cost the main thread a pass over every byte.
+      const owned = 'blob' in job.source && repo.chunks.getGivesOwnedBuffers === true ? [job.source.blob.buffer as ArrayBuffer] : [];
       try {
-        r = await pool.request(job);
+        r = await pool.request(job, owned);
       } catch (err) {
         error ??= err as Error;
         return;
@@ -192,30 +214,41 @@ export async function restoreDisk(opts: RestoreOptions): Promise<RestoreResult> 
   let bytesWritten = 0;
   try {
     const fh = await open(tmpRaw, 'wx', 0o600);
+    let directFd: number | undefined;
     try {
       await fh.truncate(disk.size);
+      directFd = openDirect(tmpRaw);
       let done = 0;
       // Flush as we go, one flush at a time, so that the final fsync finds little left to write.
       let flushed = 0;
       let flushing: Promise<void> | undefined;
-      await writeChunks(repo, opts, fh.fd, disk.digests, disk.chunkSize, opts.parallel ?? defaultThreads(), (written) => {
-        bytesWritten += written;
-        done++;
-        if (!flushing && bytesWritten - flushed >= FLUSH_EVERY) {
-          flushed = bytesWritten;
-          // A failed flush fails the final sync again, which reports it.
-          flushing = fh
-            .datasync()
-            .catch(() => undefined)
-            .finally(() => {
-              flushing = undefined;
-            });
-        }
-        opts.onProgress?.(Math.min(done * disk.chunkSize, disk.size), disk.size);
-      });
+      await writeChunks(
+        repo,
+        opts,
+        { fd: fh.fd, directFd, size: disk.size },
+        disk.digests,
+        disk.chunkSize,
+        opts.parallel ?? defaultThreads(),
+        (written) => {
+          bytesWritten += written;
+          done++;
+          if (!flushing && bytesWritten - flushed >= FLUSH_EVERY) {
+            flushed = bytesWritten;
+            // A failed flush fails the final sync again, which reports it.
+            flushing = fh
+              .datasync()
+              .catch(() => undefined)
+              .finally(() => {
+                flushing = undefined;
+              });
+          }
+          opts.onProgress?.(Math.min(done * disk.chunkSize, disk.size), disk.size);
+        },
+      );
       await flushing;
       await fh.sync();
     } finally {
+      if (directFd !== undefined) closeSync(directFd);
       await fh.close();
     }
     if (format === 'qcow2') {

@@ -129,7 +129,13 @@ export interface ChunkStore {
    * every chunk a new index references, or gc may collect it.
    */
   has(digest: string): Promise<boolean>;
-  /** Refreshes the mtime of a stored chunk; false when it is not stored. */
+  /**
+   * Refreshes the mtime of a stored chunk; false when it is not stored. A
+   * store may also answer false for a chunk another writer stored while it
+   * was open (the object store answers from a listing, s3-chunk-store.ts):
+   * callers insert() a chunk touch() did not find, and insert() reports it
+   * as existing and refreshes it.
+   */
   touch(digest: string): Promise<boolean>;
   /**
    * Idempotent and crash-safe: a reader never sees a partial blob under the
@@ -180,6 +186,13 @@ export interface ChunkStore {
    * whose blobs are files have it.
    */
   insertPlaced?(digest: string, place: (p: PlacedBlob) => Promise<number>): Promise<{ existed: boolean; size: number }>;
+  /**
+   * True when every get() resolves with a buffer over an ArrayBuffer of its
+   * own that nothing else holds (a store that fetches each blob fresh): a
+   * caller may then transfer it to a worker thread instead of copying it.
+   * Stores that keep blobs in memory, and wrappers, leave it out.
+   */
+  readonly getGivesOwnedBuffers?: boolean;
   /**
    * The least safety margin gc must keep for this store (ms), when its
    * mtimes come from another clock than gc's (object storage: the gateway's).

@@ -34,6 +34,12 @@ export const S3_QUARANTINE_AREA = 'quarantine/';
 export const SIGV4_MAX_SKEW_MS = 15 * 60 * 1000;
 /** Keys per ListObjectsV2 page (the S3 maximum). */
 const LIST_PAGE_MAX = 1000;
+/**
+ * Listing pages the inventory reads at most (8000 chunks, 31 GiB of 4 MiB chunks) before it gives up and
+ * touch() asks the gateway chunk by chunk. Past that a backup that writes a few hundred chunks would pay
+ * more in listing than the HEADs it saves.
+ */
+const INVENTORY_MAX_PAGES = 8;
 /** Conditional PUTs an insert() makes before it gives up on a key the gateway refuses yet does not hold. */
 const INSERT_ATTEMPTS = 3;
 
@@ -50,6 +56,8 @@ export interface S3ChunkStoreOptions extends S3Location {
    * Tests against the gateway on their own host (one clock) set 0, so a chunk need not be 15 minutes old for gc.
    */
   clockSkewMs?: number;
+  /** Listing pages the inventory may take (default INVENTORY_MAX_PAGES); 0 turns it off. Tests lower it to cross the limit. */
+  inventoryMaxPages?: number;
   /**
    * Test seam: runs in removeIfUnused between the HEAD that finds the chunk old and its DELETE, so a test can
    * land a touch inside that window deterministically (test/repo/s3-sweep-race.test.ts).
@@ -74,9 +82,36 @@ function isNotFound(err: unknown): boolean {
   return e?.name === 'NotFound' || e?.name === 'NoSuchKey' || e?.Code === 'NoSuchKey' || e?.$metadata?.httpStatusCode === 404;
 }
 
+/**
+ * A response body read into one buffer of its own, sized from Content-Length up front. The SDK's
+ * transformToByteArray() keeps every socket read and then concatenates them: an extra copy of each
+ * blob and garbage for the collector, a fifth of a restore's main-thread CPU (measured, bench/s3.ts).
+ * The buffer owns its whole ArrayBuffer, so a restore can transfer it to a decode thread (getGivesOwnedBuffers).
+ */
+async function readBody(body: AsyncIterable<Uint8Array>, contentLength: number | undefined): Promise<Buffer> {
+  if (contentLength === undefined) {
+    const pieces: Uint8Array[] = [];
+    for await (const piece of body) pieces.push(piece);
+    const all = Buffer.concat(pieces);
+    // Buffer.concat may hand back a slice of its shared pool: copy into a buffer that owns its memory.
+    return Buffer.from(new Uint8Array(all));
+  }
+  const out = Buffer.from(new ArrayBuffer(contentLength));
+  let at = 0;
+  for await (const piece of body) {
+    if (at + piece.length > contentLength) throw new Error(`the gateway sent more than the ${contentLength} bytes it announced`);
+    out.set(piece, at);
+    at += piece.length;
+  }
+  if (at !== contentLength) throw new Error(`the gateway sent ${at} of the ${contentLength} bytes it announced`);
+  return out;
+}
+
 export class S3ChunkStore implements ChunkStore {
   /** `s3://bucket/prefix`, what every error names. */
   readonly path: string;
+  /** get() fetches every blob into a fresh buffer (readBody). */
+  readonly getGivesOwnedBuffers = true;
   readonly minGcMarginMs: number;
   private readonly client: S3Client;
   private readonly bucket: string;
@@ -84,8 +119,12 @@ export class S3ChunkStore implements ChunkStore {
   private readonly maxBlobBytes: number | undefined;
   private readonly listPageSize: number;
   private readonly betweenHeadAndDelete: ((digest: string) => Promise<void>) | undefined;
+  private readonly inventoryMaxPages: number;
+  /** What the chunk area held at this store's first touch(), plus what it inserted since (see inventory()). */
+  private inventoryLoad: Promise<Set<string> | undefined> | undefined;
 
   constructor(opts: S3ChunkStoreOptions) {
+    this.inventoryMaxPages = opts.inventoryMaxPages ?? INVENTORY_MAX_PAGES;
     this.minGcMarginMs = (opts.clockSkewMs ?? SIGV4_MAX_SKEW_MS) + GC_SAFETY_MARGIN_MS;
     this.betweenHeadAndDelete = opts.betweenHeadAndDelete;
     this.listPageSize = Math.min(opts.listPageSize ?? LIST_PAGE_MAX, LIST_PAGE_MAX);
@@ -126,14 +165,55 @@ export class S3ChunkStore implements ChunkStore {
    * metadata value is what makes it a legal self-copy (S3 refuses one that
    * changes nothing); gateways keep the data where it is (RGW copies only
    * the head object of a copy within a pool).
+   *
+   * A chunk the inventory does not hold is reported missing without a
+   * request: a first backup would otherwise HEAD every chunk it is about to
+   * write, a third of its requests (bench/s3.ts). Should another writer have
+   * stored it since the listing, the caller's insert() finds out (its
+   * conditional PUT is refused, and it touches the chunk), so the answer
+   * costs work, never safety. A chunk the inventory holds is copied onto
+   * itself without the HEAD first; a 404 says gc took it since.
    */
   async touch(digest: string): Promise<boolean> {
     const key = this.key(digest);
     try {
-      return (await this.refresh(key)) !== undefined;
+      const known = await this.inventory();
+      if (!known) return (await this.refresh(key)) !== undefined;
+      if (!known.has(digest)) return false;
+      if (await this.copyOntoItself(key)) return true;
+      known.delete(digest);
+      return false;
     } catch (err) {
       throw this.ioError('touch', digest, key, err);
     }
+  }
+
+  /**
+   * The digests in the chunk area, listed once (at the first touch()) and kept up to date with this
+   * store's own inserts and deletes; undefined when the area is larger than the listing limit, or the
+   * listing failed (touch() then asks the gateway, as it always may).
+   */
+  private inventory(): Promise<Set<string> | undefined> {
+    this.inventoryLoad ??= (async () => {
+      if (this.inventoryMaxPages <= 0) return undefined;
+      const found = new Set<string>();
+      let pages = 0;
+      try {
+        for await (const page of this.pages(S3_CHUNKS_AREA)) {
+          if (++pages > this.inventoryMaxPages) return undefined;
+          for (const c of page) found.add(c.digest);
+        }
+      } catch {
+        return undefined;
+      }
+      return found;
+    })();
+    return this.inventoryLoad;
+  }
+
+  /** Notes a chunk that is stored, or no longer, in a loaded inventory. */
+  private noteStored(digest: string, stored: boolean): void {
+    void this.inventoryLoad?.then((known) => (stored ? known?.add(digest) : known?.delete(digest)));
   }
 
   /** touch() of a key: its size once Last-Modified moved, undefined when there is no such object. */
@@ -142,6 +222,11 @@ export class S3ChunkStore implements ChunkStore {
     // Gateway a copy of a missing object takes about 5 times a HEAD's 10 ms (measured, docs/operations.md).
     const found = await this.head(key);
     if (found === undefined) return undefined;
+    return (await this.copyOntoItself(key)) ? { size: found.size } : undefined;
+  }
+
+  /** Moves Last-Modified of an object (touch()); false when there is no such object. */
+  private async copyOntoItself(key: string): Promise<boolean> {
     try {
       await this.client.send(
         new (s3Sdk().CopyObjectCommand)({
@@ -152,11 +237,11 @@ export class S3ChunkStore implements ChunkStore {
           Metadata: { touched: String(Date.now()) },
         }),
       );
+      return true;
     } catch (err) {
-      if (isNotFound(err)) return undefined;
+      if (isNotFound(err)) return false;
       throw err;
     }
-    return { size: found.size };
   }
 
   private copySource(key: string): string {
@@ -178,6 +263,7 @@ export class S3ChunkStore implements ChunkStore {
         await this.client.send(
           new (s3Sdk().PutObjectCommand)({ Bucket: this.bucket, Key: key, Body: blob, ContentLength: blob.length, IfNoneMatch: '*' }),
         );
+        this.noteStored(digest, true);
         return { existed: false, size: blob.length };
       } catch (err) {
         if (!isPreconditionFailed(err)) throw this.ioError('insert', digest, key, err);
@@ -188,7 +274,10 @@ export class S3ChunkStore implements ChunkStore {
       } catch (err) {
         throw this.ioError('insert', digest, key, err);
       }
-      if (found) return { existed: true, size: found.size };
+      if (found) {
+        this.noteStored(digest, true);
+        return { existed: true, size: found.size };
+      }
       // Refused, then gone by the time of the touch: gc swept it in between. Once more is plenty; a store
       // that keeps refusing a key it does not hold is broken, and says so.
       if (attempt >= INSERT_ATTEMPTS)
@@ -219,6 +308,7 @@ export class S3ChunkStore implements ChunkStore {
       }
     }
     await this.put(digest, key, blob, 'replace');
+    this.noteStored(digest, true);
   }
 
   /** Nothing to do: a PUT is durable once it returned (S3's contract), at every sync level. */
@@ -238,10 +328,8 @@ export class S3ChunkStore implements ChunkStore {
           this.path,
         );
       }
-      const body = r.Body;
-      if (!body) throw new Error('the gateway sent no body');
-      const bytes = await body.transformToByteArray();
-      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (!r.Body) throw new Error('the gateway sent no body');
+      return await readBody(r.Body as unknown as AsyncIterable<Uint8Array>, r.ContentLength);
     } catch (err) {
       if (err instanceof CorruptChunkError) throw err;
       if (!isNotFound(err)) throw this.ioError('read', digest, key, err);
@@ -275,6 +363,11 @@ export class S3ChunkStore implements ChunkStore {
 
   /** One ListObjectsV2 page at a time: memory stays at one page however many chunks there are. */
   private async *scan(area: string): AsyncIterable<StoredChunk> {
+    for await (const page of this.pages(area)) yield* page;
+  }
+
+  /** The chunks of an area, a listing page at a time. */
+  private async *pages(area: string): AsyncIterable<StoredChunk[]> {
     const prefix = this.prefix + area;
     let token: string | undefined;
     do {
@@ -292,12 +385,14 @@ export class S3ChunkStore implements ChunkStore {
           },
         );
       }
+      const chunks: StoredChunk[] = [];
       for (const o of page.Contents ?? []) {
         const m = o.Key ? DIGEST_KEY_RE.exec(o.Key.slice(prefix.length - 1)) : null;
         // Only `<2 hex>/<digest>` with a matching shard counts; anything else under the area is not a chunk.
         if (!m || m[2]?.slice(0, 2) !== m[1]) continue;
-        yield { digest: m[2] as string, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 };
+        chunks.push({ digest: m[2] as string, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 });
       }
+      yield chunks;
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
   }
@@ -327,6 +422,7 @@ export class S3ChunkStore implements ChunkStore {
     } catch (err) {
       if (!isNotFound(err)) throw this.ioError(op, digest, key, err);
     }
+    this.noteStored(digest, false);
   }
 
   async remove(digest: string): Promise<number> {

@@ -146,6 +146,27 @@ t.test('a backup that would reuse a damaged, missing or quarantined chunk writes
   t.equal(p3.stats.bytesNew, 0, 'a third backup reuses every chunk');
 });
 
+t.test('restore of a disk whose size is no multiple of 4 KiB: the short tail and every hole come back exact', async (t) => {
+  // Full chunks are written with O_DIRECT where the file system takes it; the tail (1.5 KiB past a 4 KiB
+  // boundary) cannot be, and goes through the page cache. Both must land, and nothing may show past the end.
+  const size = 9 * MiB + 3 * 4 * KiB + 1536;
+  const img = join(work, 'odd-size.raw');
+  const fh = await open(img, 'w');
+  await fh.truncate(size);
+  await fh.write(randomBytes(MiB), 0, MiB, 0);
+  await fh.write(Buffer.alloc(2 * MiB, 0x33), 0, 2 * MiB, 5 * MiB);
+  await fh.write(randomBytes(3 * 4 * KiB + 1536), 0, 3 * 4 * KiB + 1536, 9 * MiB);
+  await fh.close();
+  const repo = await initRepository(join(work, 'odd-size-repo'));
+  const p = await backupVm({ repo, vm: vmDef('odd', [{ name: 'root', format: 'raw' }]), disks: { root: img } });
+  const out = join(work, 'odd-size-out.raw');
+  const r = await restoreDisk({ repo, point: p.id, disk: 'root', to: out });
+  t.equal(r.size, size);
+  t.equal((await readFile(out)).length, size, 'the file is exactly the disk, no probe byte past its end');
+  t.equal(await sha256File(out), await sha256File(img), 'bit-identical');
+  t.equal(r.bytesWritten, 3 * MiB + 3 * 4 * KiB + 1536, 'only the data was written');
+});
+
 t.test('restore to a full disk fails with RESTORE_WRITE_FAILED and leaves no partial file', async (t) => {
   const mnt = await smallDisk(t, 'tiny-target', '4m');
   const img = join(work, 'big-target.raw');

@@ -42,6 +42,13 @@ t.test('the shared ChunkStore suite on the RADOS Gateway', async (t) => {
   });
 });
 
+t.test('the shared ChunkStore suite on the RADOS Gateway, without the inventory (touch() asks the gateway)', async (t) => {
+  runChunkStoreSuite(t, async (t) => {
+    const s = await s3Scratch(t);
+    return { store: new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix, inventoryMaxPages: 0 }) };
+  });
+});
+
 t.test('the shared suite through LimitedChunkStore (4 in flight) on the RADOS Gateway', async (t) => {
   runChunkStoreSuite(t, async (t) => {
     const s = await s3Scratch(t);
@@ -217,4 +224,90 @@ t.test('s3 client: PUTs are signed without a payload hash (the blob is checked b
   await store.insert(b.digest, b.data);
   t.same(seen, ['UNSIGNED-PAYLOAD']);
   t.ok((await store.get(b.digest)).equals(b.data), 'and the gateway took it');
+});
+
+t.test('s3 store: touch() answers from one listing: nothing sent for a chunk the bucket lacks, one copy for a stored one', async (t) => {
+  const s = await s3Scratch(t);
+  const stored = blob();
+  await new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix }).insert(stored.digest, stored.data);
+  const client = createS3Client(s3Settings(s.service));
+  t.teardown(() => client.destroy());
+  const sent = recordCommands(client);
+  const store = new S3ChunkStore({ client, bucket: s.bucket, prefix: s.prefix });
+  const fresh = Array.from({ length: 5 }, () => blob());
+  for (const b of fresh) t.notOk(await store.touch(b.digest), 'a chunk the bucket lacks is not found');
+  t.same(sent, ['ListObjectsV2Command'], 'one listing, no HEAD per missing chunk');
+  t.notOk(await store.has(fresh[0]!.digest), 'and touch() created nothing');
+  sent.length = 0;
+  const key = `${s.prefix}chunks/${stored.digest.slice(0, 2)}/${stored.digest}`;
+  const before = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: key }));
+  await new Promise((r) => setTimeout(r, 1100));
+  t.ok(await store.touch(stored.digest), 'a listed chunk is found');
+  t.same(sent, ['CopyObjectCommand'], 'by its copy onto itself, no HEAD first');
+  const after = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: key }));
+  t.ok(after.LastModified!.getTime() > before.LastModified!.getTime(), 'and its Last-Modified moved (gc honours it)');
+  sent.length = 0;
+  const b = fresh[1]!;
+  await store.insert(b.digest, b.data);
+  t.ok(await store.touch(b.digest), 'a chunk this store inserted is found');
+  t.same(sent, ['PutObjectCommand', 'CopyObjectCommand']);
+});
+
+t.test(
+  's3 store: a chunk stored by another writer after the listing is found by insert() and touched; one gc removed is stored anew',
+  async (t) => {
+    const s = await s3Scratch(t);
+    const store = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix });
+    const other = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix });
+    const late = blob();
+    t.notOk(await store.touch(late.digest), 'the listing is taken; the chunk is not there yet');
+    await other.insert(late.digest, late.data);
+    const key = `${s.prefix}chunks/${late.digest.slice(0, 2)}/${late.digest}`;
+    const before = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: key }));
+    await new Promise((r) => setTimeout(r, 1100));
+    t.notOk(await store.touch(late.digest), 'the listing does not know it: touch() says missing, so the caller inserts');
+    t.same(await store.insert(late.digest, late.data), { existed: true, size: late.data.length }, 'insert() finds it stored');
+    const after = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: key }));
+    t.ok(after.LastModified!.getTime() > before.LastModified!.getTime(), 'and touches it, so gc keeps it for this writer');
+    const gone = blob();
+    await store.insert(gone.digest, gone.data);
+    t.equal(await other.remove(gone.digest), gone.data.length, 'another process removes a chunk this store knows');
+    t.notOk(await store.touch(gone.digest), 'touch() of it finds it gone (its copy gets a 404)');
+    t.same(await store.insert(gone.digest, gone.data), { existed: false, size: gone.data.length }, 'and it is stored anew');
+    t.ok((await store.get(gone.digest)).equals(gone.data));
+  },
+);
+
+t.test('s3 store: a chunk area larger than the inventory limit is not listed whole; touch() asks the gateway', async (t) => {
+  const s = await s3Scratch(t);
+  const seed = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix });
+  const blobs = Array.from({ length: 5 }, () => blob());
+  for (const b of blobs) await seed.insert(b.digest, b.data);
+  const client = createS3Client(s3Settings(s.service));
+  t.teardown(() => client.destroy());
+  const sent = recordCommands(client);
+  const store = new S3ChunkStore({ client, bucket: s.bucket, prefix: s.prefix, listPageSize: 2, inventoryMaxPages: 2 });
+  const missing = blob();
+  t.notOk(await store.touch(missing.digest));
+  t.same(
+    sent,
+    ['ListObjectsV2Command', 'ListObjectsV2Command', 'ListObjectsV2Command', 'HeadObjectCommand'],
+    'two pages, a third says there is more: a HEAD',
+  );
+  sent.length = 0;
+  t.ok(await store.touch(blobs[4]!.digest), 'a stored chunk is found');
+  t.same(sent, ['HeadObjectCommand', 'CopyObjectCommand'], 'by HEAD and copy, the listing is not tried again');
+});
+
+t.test('s3 store: get() hands back a buffer that owns its memory, so a restore can move it to a decode thread', async (t) => {
+  const s = await s3Scratch(t);
+  const store = new S3ChunkStore({ client: s.client, bucket: s.bucket, prefix: s.prefix });
+  t.equal(store.getGivesOwnedBuffers, true);
+  for (const n of [1, 1000, 3 * 1024 * 1024 + 7]) {
+    const b = blob(n);
+    await store.insert(b.digest, b.data);
+    const got = await store.get(b.digest);
+    t.ok(got.equals(b.data), `${n} bytes come back whole`);
+    t.ok(got.byteOffset === 0 && got.buffer.byteLength === n, 'in an ArrayBuffer of exactly their size');
+  }
 });
