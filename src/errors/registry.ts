@@ -117,6 +117,10 @@ export const ERRORS = {
   FLR_SESSION_NOT_FOUND: { class: 'notFound', explain: 'no file-level restore mount of that name' },
   FORBIDDEN: { class: 'badInput', status: 403, explain: "this token's role may not do this" },
   FUSE_ALLOW_OTHER_DISABLED: { class: 'missingComponent', explain: 'a FUSE access group needs user_allow_other in /etc/fuse.conf' },
+  GC_SWEEP_EXPIRED: {
+    class: 'failure',
+    explain: 'gc on object storage was paused past its sweep lease and stopped before its next delete; run it again',
+  },
   GC_UNSAFE: { class: 'failure', explain: 'gc stopped before deleting anything: a restore point cannot be read' },
   GROUP_UNKNOWN: { class: 'badInput', explain: 'a group named in the config does not exist on this host' },
   GUEST_PATH_NOT_FOUND: { class: 'notFound', explain: 'the path does not exist in the guest filesystem' },

@@ -207,8 +207,11 @@ export interface ChunkStore {
    * gc's delete: removes the chunk only if its mtime is still older than
    * `cutoffMs`, without racing a concurrent insert()/touch() that refreshes
    * it (see docs/formats.md). Returns the bytes freed, 0 when kept.
+   * `guard` runs right before the delete itself and stops it by throwing
+   * (gc's Sweep.assertLive); a store whose delete closes the window itself
+   * (the local rename-and-recheck) may ignore it.
    */
-  removeIfUnused(digest: string, cutoffMs: number): Promise<number>;
+  removeIfUnused(digest: string, cutoffMs: number, guard?: () => void): Promise<number>;
   /** Quarantined chunks (`.bad`), for reports; gc never deletes them. */
   listQuarantined(): AsyncIterable<StoredChunk>;
 }
@@ -267,6 +270,14 @@ export interface Sweep {
    * SWEEP_CHECKPOINT_MS).
    */
   checkpoint(): Promise<void>;
+  /**
+   * Right before each delete: throws GC_SWEEP_EXPIRED when the announcement
+   * may have aged out for the writers (its last write began more than two
+   * thirds of its lease ago). A sweeper paused that long (SIGSTOP, a frozen
+   * VM, swap) must not delete more: a writer may have stopped counting it
+   * and committed without checking again. Silent sweeps never throw.
+   */
+  assertLive(): void;
   /** After the last delete. */
   end(): Promise<void>;
 }
@@ -356,8 +367,8 @@ export interface RepositoryMaintenance extends Repository {
   /** Deletes a point's manifest (prune); its chunks and indexes stay until gc. */
   removePoint(id: string): Promise<void>;
   listIndexes(): Promise<StoredIndex[]>;
-  /** gc's delete of an unreferenced index: only if untouched since `cutoffMs`; returns the bytes freed. */
-  removeIndex(digest: string, cutoffMs: number): Promise<number>;
+  /** gc's delete of an unreferenced index: only if untouched since `cutoffMs`; returns the bytes freed. `guard` as in removeIfUnused. */
+  removeIndex(digest: string, cutoffMs: number, guard?: () => void): Promise<number>;
   /** Temp files left by crashed writers (all of them, or those older than `beforeMs`). */
   leftovers(beforeMs?: number): Promise<Leftover[]>;
   /** Deletes one leftover that leftovers() returned; a file already gone is no error. */

@@ -182,8 +182,8 @@ export class CachedChunkStore implements ChunkStore {
     await this.forget(digest);
     return this.inner.remove(digest);
   }
-  async removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
-    const freed = await this.inner.removeIfUnused(digest, cutoffMs);
+  async removeIfUnused(digest: string, cutoffMs: number, guard?: () => void): Promise<number> {
+    const freed = await this.inner.removeIfUnused(digest, cutoffMs, guard);
     if (freed > 0) {
       await this.open();
       await this.forget(digest);

@@ -134,6 +134,8 @@ interface SweepPlan {
 /** The deletes, one after the other, with a checkpoint between two (Sweep.checkpoint: never during a delete). */
 async function sweepChunksAndIndexes(repo: RepositoryMaintenance, plan: SweepPlan): Promise<void> {
   const { dryRun, cutoffMs, liveChunks, liveIndexes, report, sweep } = plan;
+  // Checked by the store right before each DELETE: a gc paused past its announcement deletes nothing more.
+  const guard = sweep ? (): void => sweep.assertLive() : undefined;
   for await (const c of repo.chunks.list()) {
     await sweep?.checkpoint();
     report.chunksTotal++;
@@ -145,7 +147,7 @@ async function sweepChunksAndIndexes(repo: RepositoryMaintenance, plan: SweepPla
       report.chunksRemoved++;
       report.bytesFreed += c.size;
     } else {
-      const freed = await repo.chunks.removeIfUnused(c.digest, cutoffMs);
+      const freed = await repo.chunks.removeIfUnused(c.digest, cutoffMs, guard);
       if (freed > 0) {
         report.chunksRemoved++;
         report.bytesFreed += freed;
@@ -158,7 +160,7 @@ async function sweepChunksAndIndexes(repo: RepositoryMaintenance, plan: SweepPla
   for (const idx of await repo.listIndexes()) {
     await sweep?.checkpoint();
     if (liveIndexes.has(idx.digest) || idx.mtimeMs >= cutoffMs) continue;
-    const freed = dryRun ? idx.size : await repo.removeIndex(idx.digest, cutoffMs);
+    const freed = dryRun ? idx.size : await repo.removeIndex(idx.digest, cutoffMs, guard);
     if (freed > 0) report.indexesRemoved++;
     report.indexBytesFreed += freed;
   }

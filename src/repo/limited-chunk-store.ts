@@ -92,7 +92,7 @@ export class LimitedChunkStore implements ChunkStore {
   remove(digest: string): Promise<number> {
     return this.sema.run(() => this.inner.remove(digest));
   }
-  removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
-    return this.sema.run(() => this.inner.removeIfUnused(digest, cutoffMs));
+  removeIfUnused(digest: string, cutoffMs: number, guard?: () => void): Promise<number> {
+    return this.sema.run(() => this.inner.removeIfUnused(digest, cutoffMs, guard));
   }
 }

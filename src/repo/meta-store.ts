@@ -54,7 +54,8 @@ export interface MetaStore {
   /** Entries directly under `dir`, sorted by name, temp files left out. */
   list(dir: string): Promise<MetaEntry[]>;
   /** Deletes the entry only when its mtime is before `cutoffMs`; the bytes freed, or 0. */
-  removeIfOlder(name: string, cutoffMs: number): Promise<number>;
+  /** `guard` runs right before an object store's DELETE (Sweep.assertLive); the local rename-and-recheck needs none. */
+  removeIfOlder(name: string, cutoffMs: number, guard?: () => void): Promise<number>;
   /** Temp files crashed writers left, older than `beforeMs`. */
   leftovers(beforeMs: number): Promise<Leftover[]>;
   removeLeftover(leftover: Leftover): Promise<void>;
@@ -71,7 +72,7 @@ export interface MetaStore {
 }
 
 /** A sweep nobody needs to hear of: local deletes close the window themselves (removeIfOlder renames, then checks again). */
-export const SILENT_SWEEP: Sweep = { checkpoint: async () => undefined, end: async () => undefined };
+export const SILENT_SWEEP: Sweep = { checkpoint: async () => undefined, assertLive: () => undefined, end: async () => undefined };
 
 /** Today's files: written temp + fsync + rename (writeFileAtomic), so crash-safe. */
 export class LocalMetaStore implements MetaStore {

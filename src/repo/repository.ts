@@ -532,8 +532,8 @@ export class LocalRepository implements RepositoryMaintenance {
   }
 
   /** gc's delete of an unreferenced index: only if untouched since `cutoffMs` (see removeIfOlder). */
-  async removeIndex(digest: string, cutoffMs: number): Promise<number> {
-    return this.meta.removeIfOlder(this.indexFile(digest), cutoffMs);
+  async removeIndex(digest: string, cutoffMs: number, guard?: () => void): Promise<number> {
+    return this.meta.removeIfOlder(this.indexFile(digest), cutoffMs, guard);
   }
 
   /** Temp files left by crashed writers (all of them, or those older than `beforeMs`). */

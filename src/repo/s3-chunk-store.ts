@@ -445,7 +445,7 @@ export class S3ChunkStore implements ChunkStore {
    * inside a Sweep (api.ts), which tells the writers beside them to check
    * again what they touched before they commit (s3-sweep.ts).
    */
-  async removeIfUnused(digest: string, cutoffMs: number): Promise<number> {
+  async removeIfUnused(digest: string, cutoffMs: number, guard?: () => void): Promise<number> {
     const key = this.key(digest);
     let found;
     try {
@@ -455,6 +455,8 @@ export class S3ChunkStore implements ChunkStore {
     }
     if (!found || found.mtimeMs >= cutoffMs) return 0;
     await this.betweenHeadAndDelete?.(digest);
+    // Last, so a pause anywhere before it (the HEAD's answer, the test seam) is seen.
+    guard?.();
     await this.delete(digest, key, 'remove');
     return found.size;
   }

@@ -216,10 +216,11 @@ export class S3MetaStore implements MetaStore {
    * caller runs it inside a Sweep, which tells writers to check again what
    * they touched (s3-sweep.ts).
    */
-  async removeIfOlder(name: string, cutoffMs: number): Promise<number> {
+  async removeIfOlder(name: string, cutoffMs: number, guard?: () => void): Promise<number> {
     const found = await this.head(name);
     if (!found || found.mtimeMs >= cutoffMs) return 0;
     await this.opts.betweenHeadAndDelete?.(name);
+    guard?.();
     try {
       await this.client.send(new (s3Sdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: this.key(name) }));
     } catch (err) {
@@ -278,6 +279,7 @@ export class S3MetaStore implements MetaStore {
     }
     return {
       checkpoint: () => sweep.checkpoint().catch((err: unknown) => Promise.reject(this.fail(err, 'renew the sweep marker'))),
+      assertLive: () => sweep.assertLive(),
       end: () => sweep.end().catch((err: unknown) => Promise.reject(this.fail(err, 'end the sweep marker'))),
     };
   }

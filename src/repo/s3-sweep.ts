@@ -153,11 +153,13 @@ export async function beginS3Sweep(o: S3SweepOptions, purpose: string, tidyBefor
   // Often enough that a live sweeper's marker never looks dead: three writes per lease at least.
   const every = Math.min(SWEEP_CHECKPOINT_MS, Math.floor(leaseMs / 3));
   let batch = 0;
+  // When the last marker write that succeeded began: its Last-Modified is no earlier, so the lease runs from here at the latest.
   let last = 0;
   const put = async (state: SweepMarkerBody['state']): Promise<void> => {
-    const body: SweepMarkerBody = { purpose, hostname: hostname(), pid: process.pid, state, batch, at: Date.now(), leaseMs };
+    const started = Date.now();
+    const body: SweepMarkerBody = { purpose, hostname: hostname(), pid: process.pid, state, batch, at: started, leaseMs };
     await o.client.send(new (s3Sdk().PutObjectCommand)({ Bucket: o.bucket, Key: key, Body: JSON.stringify(body) + '\n' }));
-    last = Date.now();
+    last = started;
   };
   await put('sweeping');
   if (tidyBeforeMs !== undefined) await removeEndedSweeps(o, tidyBeforeMs);
@@ -167,6 +169,16 @@ export async function beginS3Sweep(o: S3SweepOptions, purpose: string, tidyBefor
       if (ended || Date.now() - last < every) return;
       batch++;
       await put('sweeping');
+    },
+    assertLive() {
+      const age = Date.now() - last;
+      // A third of the lease is left for the delete to reach the gateway and for clock steps.
+      if (!ended && age > (leaseMs * 2) / 3)
+        throw new RestorelabError(
+          'GC_SWEEP_EXPIRED',
+          `gc stopped before a delete: its sweep marker ${key} was last written ${Math.round(age / 1000)} s ago, past two thirds of its ${Math.round(leaseMs / 1000)} s lease (the process was paused)`,
+          { hint: 'nothing is lost: what it kept stays until the next gc; run restorelab gc again' },
+        );
     },
     async end() {
       if (ended) return;

@@ -133,7 +133,7 @@ t.test('s3 store: gc keeps the clock-skew margin SigV4 allows on top of its own'
     scanPoints: async () => ({ points: [], problems: [] }),
     listIndexes: async () => [],
     leftovers: async () => [],
-    beginSweep: async () => ({ checkpoint: async () => undefined, end: async () => undefined }),
+    beginSweep: async () => ({ checkpoint: async () => undefined, assertLive: () => undefined, end: async () => undefined }),
   } as unknown as Parameters<typeof collectGarbage>[0];
   const report = await collectGarbage(repo, { safetyMarginMs: 0 });
   t.equal(report.chunksRemoved, 0, 'a chunk written a moment ago is not collected even with --safety-margin 0');

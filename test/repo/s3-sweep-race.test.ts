@@ -28,6 +28,7 @@ import { S3ChunkStore } from '../../src/repo/s3-chunk-store.js';
 import { S3MetaStore } from '../../src/repo/s3-meta-store.js';
 import { beginS3Sweep, removeEndedSweeps, sweptSince, takeSweepView, type SweepMarkerBody } from '../../src/repo/s3-sweep.js';
 import { verifyRepository } from '../../src/repo/verify.js';
+import { RestorelabError } from '../../src/errors.js';
 import type { VmDefinition } from '../../src/vm/definition.js';
 import { s3Env, s3Scratch, type S3Scratch } from '../helpers/s3.js';
 
@@ -78,14 +79,14 @@ interface Lab {
 }
 
 /** An s3:// repository whose stores hold gc in its window on demand; one clock (the gateway runs here), so no skew margin. */
-async function lab(s3: S3Scratch): Promise<Lab> {
+async function lab(s3: S3Scratch, leaseMs?: number): Promise<Lab> {
   Object.assign(process.env, s3Env(s3.service));
   const plain = await initRepository(`s3://${s3.bucket}/${s3.prefix}`, { chunkSize: CHUNK });
   const chunkWindow = new Window();
   const indexWindow = new Window();
   const where = { client: s3.client, bucket: s3.bucket, prefix: s3.prefix };
   const repo = new LocalRepository(plain.path, plain.config, undefined, {
-    meta: new S3MetaStore({ ...where, betweenHeadAndDelete: indexWindow.seam }),
+    meta: new S3MetaStore({ ...where, betweenHeadAndDelete: indexWindow.seam, ...(leaseMs !== undefined ? { leaseMs } : {}) }),
     chunks: new S3ChunkStore({ ...where, clockSkewMs: 0, betweenHeadAndDelete: chunkWindow.seam }),
   });
   return { repo, chunkWindow, indexWindow };
@@ -185,6 +186,34 @@ t.test('an index gc deletes after the backup touched it: the backup writes it ag
     [point.id],
   );
   t.equal((await verifyRepository(repo)).ok, true, 'verify of every visible point passes');
+});
+
+t.test('a gc paused inside its window past its sweep lease deletes nothing more: GC_SWEEP_EXPIRED, the chunk stays', async (t) => {
+  // A short lease: the marker's renewal and the writers' judgement of it scale with it (s3-sweep.ts).
+  const leaseMs = 3000;
+  const s3 = await s3Scratch(t);
+  const { repo, chunkWindow } = await lab(s3, leaseMs);
+  const first = await backupVm({ repo, vm, disks: { root: await image('p.raw', randomBytes(2 * CHUNK)) }, parent: null });
+  await repo.removePoint(first.id);
+  await pastTheMargin();
+
+  chunkWindow.arm();
+  const gc = collectGarbage(repo, { safetyMarginMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  const victim = await chunkWindow.held;
+  // As a SIGSTOP between its HEAD and its DELETE: writers stop counting its marker once the lease is gone.
+  await sleep(leaseMs + 500);
+  chunkWindow.letGo();
+  const err = await gc;
+  t.ok(err instanceof RestorelabError, String(err));
+  t.equal((err as RestorelabError).code, 'GC_SWEEP_EXPIRED');
+  t.match((err as RestorelabError).message, /past two thirds of its 3 s lease/);
+  t.ok(await repo.chunks.has(victim), 'the chunk it had judged old is still there');
+  // The next gc, not paused, finishes the job.
+  const again = await collectGarbage(repo, { safetyMarginMs: 0 });
+  t.equal(again.chunksRemoved, 2, 'a gc run again removes what was unreferenced');
 });
 
 t.test('commitPoint refuses a point whose chunk a sweep deleted after the writer took its lock', async (t) => {
