@@ -332,8 +332,11 @@ export async function removePublication(
       rec.sharedPublisher,
       { op: 'close', id: rec.id, discard: opts.discard === true, as: opts.as },
       STOP_WAIT_MS,
-    ).catch((e: unknown) => {
-      // Gone meanwhile: nothing serves it any more, which is all a stop needs.
+    ).catch(async (e: unknown) => {
+      // Gone meanwhile: nothing serves it any more, which is all a stop needs. A publisher that is
+      // exiting has closed its sockets a moment before its pid goes, so that moment is waited out.
+      const deadline = Date.now() + STOP_WAIT_MS;
+      while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       if (pidAlive(rec.pid)) throw e;
     });
   } else if (rec.pid !== undefined && pidAlive(rec.pid) && rec.pid !== process.pid) {
