@@ -9,7 +9,8 @@
  * start on both sides). A heartbeat is the same on both sides: the one
  * `recover` waits for (src/verify/heartbeat.ts: three agent answers over at
  * least four seconds), so the first agent answer would flatter the peer.
- * Also printed: host CPU busy and the most memory in use. Target: the slowest recovered VM
+ * Also printed: each side's QEMU CPU seconds at the heartbeat (the guests'
+ * own work), host CPU busy and the most memory in use. Target: the slowest recovered VM
  * ≤ 1.3x the slowest local one, at every N.
  *
  *   node dist/bench/boot-storm.js [--publish fuse|nbd] [--sizes 1,3,6]
@@ -52,6 +53,22 @@ const SUBNET_BASE = 120;
 interface VmTimes {
   heartbeat: number;
   http: number;
+  /** CPU seconds its QEMU had used at the heartbeat: the guest's own work, apart from what serving its disk cost. */
+  qemuCpu: number;
+}
+
+const CLOCK_TICKS = 100;
+
+/** utime + stime of a process, in seconds (NaN when it is gone). */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** Host CPU busy share and peak memory in use while `work` runs, from /proc. */
@@ -141,7 +158,8 @@ async function plainStorm(vms: StormVm[], image: string, accel: 'kvm' | 'tcg'): 
         const http = firstHttp(x.s.url, t0);
         const hb = await heartbeat(heartbeatProbes(dom, x.s.vm, { kind: 'lab', lab: x.s.lab }), { maxBootSeconds: 600 });
         if (hb.result !== 'passed') throw new Error(`${x.s.vm.name} (local raw): ${hb.detail}`);
-        return { heartbeat: (performance.now() - t0) / 1000, http: await http };
+        const at = { heartbeat: (performance.now() - t0) / 1000, qemuCpu: cpuSeconds(dom.pid()) };
+        return { ...at, http: await http };
       }),
     );
   } finally {
@@ -170,14 +188,14 @@ async function recoverStorm(vms: StormVm[], accel: 'kvm' | 'tcg'): Promise<VmTim
         publish,
         heartbeatTimeoutMs: 600_000,
       });
-      return { session, heartbeat: (performance.now() - t0) / 1000 };
+      return { session, heartbeat: (performance.now() - t0) / 1000, qemuCpu: cpuSeconds(session.qemuPid) };
     }),
   );
   try {
     return await Promise.all(
       sessions.map(async (r, i) => {
         if (r.status === 'rejected') throw r.reason;
-        return { heartbeat: r.value.heartbeat, http: await http[i]! };
+        return { heartbeat: r.value.heartbeat, qemuCpu: r.value.qemuCpu, http: await http[i]! };
       }),
     );
   } finally {
@@ -213,6 +231,9 @@ async function main(): Promise<void> {
             ` (mean ${(mean(ours.value.map((t) => t[k])) / mean(plain.value.map((t) => t[k]))).toFixed(2)}; target <= 1.30)`,
         );
       }
+      lines.push(
+        `N=${n} qemu:     CPU seconds at the heartbeat, mean per VM: recover ${mean(ours.value.map((t) => t.qemuCpu)).toFixed(2)} s, local ${mean(plain.value.map((t) => t.qemuCpu)).toFixed(2)} s`,
+      );
       lines.push(
         `N=${n} host:     CPU busy recover ${(ours.cpuBusy * 100).toFixed(0)} %, local ${(plain.cpuBusy * 100).toFixed(0)} %;` +
           ` peak memory in use recover ${ours.peakMemMiB.toFixed(0)} MiB, local ${plain.peakMemMiB.toFixed(0)} MiB`,

@@ -237,7 +237,7 @@ export type RemoteAction = (api: ApiClient, ctx: CommandContext, args: string[],
  * tokens. Given --server explicitly, they are refused like any other
  * command without a remote implementation.
  */
-const HOST_COMMANDS = ['server', 'session-supervise', 'doctor', 'config', 'token'];
+const HOST_COMMANDS = ['server', 'session-supervise', 'publisher-serve', 'doctor', 'config', 'token'];
 
 function commandPath(cmd: Command): string {
   const names: string[] = [];

@@ -232,6 +232,8 @@ export const ERRORS = {
   PUBLICATION_NOT_FOUND: { class: 'notFound', explain: 'no publication of that id or name' },
   PUBLICATION_NOT_OWNER: { class: 'busy', explain: 'the publication belongs to a session or run; only its owner may stop it' },
   PUBLISH_FAILED: { class: 'failure', explain: 'the background publisher failed' },
+  PUBLISHER_GONE: { class: 'failure', explain: 'the shared publisher serving the NBD exports of recovery sessions stopped or crashed' },
+  PUBLISHER_TIMEOUT: { class: 'failure', explain: 'the shared publisher did not answer in time' },
   PUBLISH_NBD_ALONE: {
     class: 'badInput',
     explain: 'publish --nbd serves on its own: not with --fuse or --nfs (and --tcp, --nbd-socket need --nbd)',

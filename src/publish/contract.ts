@@ -124,6 +124,12 @@ export interface PublicationInfo {
 
 export interface RunningPublication extends PublicationInfo {
   /**
+   * Resolves, with why, if the publication stops being served without
+   * close(): its shared publisher (shared-publisher.ts) stopped or crashed.
+   * Absent for a publication served by the caller's own process.
+   */
+  lost?: Promise<string>;
+  /**
    * Unmounts and stops serving. With `discard`, the overlay and scratch files
    * are deleted; otherwise they are kept for a later `resume`.
    */

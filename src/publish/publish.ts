@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
+import { tracePhase } from '../host/trace.js';
 import { processAlive as pidAlive } from '../host/process.js';
 import { writeFileAtomicSync } from '../host/atomic-file.js';
 import { openRepository } from '../repo/repository.js';
@@ -35,6 +36,7 @@ import { discardScratch } from '../datastore/scratch-store.js';
 import { FuseFrontend, assertFuseAvailable } from '../fuse/fuse-frontend.js';
 import type { NfsExport } from '../nfs/export.js';
 import { removeNbdSocket, startNbd, type NbdServing } from './nbd.js';
+import { requestPublisher } from './publisher-wire.js';
 import { detachMount, isStaleFuseMount } from '../fuse/mounts.js';
 import { mountEntry } from '../host/mounts.js';
 import type { PublicationInfo, PublicationOwner, PublishOptions, RunningPublication } from './contract.js';
@@ -49,7 +51,7 @@ const STOP_WAIT_MS = 30_000;
  * the disk (nbdcopy cold: 424 MiB/s); with four, two hash while two wait
  * (about 650 MiB/s on a quiet host).
  */
-const DECODE_WORKERS = Math.min(8, 2 * availableParallelism());
+export const DECODE_WORKERS = Math.min(8, 2 * availableParallelism());
 /** Publications of one point at a time (`<vm>-<point>`, then `.2` …): bounds the search and the state. */
 export const MAX_PUBLICATIONS_PER_POINT = 16;
 /** A background publisher's stdout and stderr, in the publication's state directory. */
@@ -80,6 +82,12 @@ export interface PublicationRecord {
   /** Its NBD socket and URLs while it runs: the socket is removed by whoever finds the process gone. */
   nbdSocket?: string;
   nbd?: Record<string, string>;
+  /**
+   * The control socket of the shared publisher (shared-publisher.ts) serving
+   * it, while it does: that process serves other sessions too, so a stop
+   * asks it to close this one publication rather than signalling it.
+   */
+  sharedPublisher?: string;
   created: string;
 }
 
@@ -105,6 +113,22 @@ export interface PublishHooks {
   repository?: RepositoryReader;
   /** Bound of the on-disk cache of chunks read from an s3:// repository (limits.objectCacheMiB; default DEFAULT_OBJECT_CACHE_MIB). */
   objectCacheMiB?: number;
+  /**
+   * Reading shared with other publications of this process (the shared
+   * publisher, shared-publisher.ts): the repository, its chunk cache and its
+   * decode pool. The publication uses them and never closes them.
+   */
+  shared?: SharedReading;
+  /** The control socket of the shared publisher serving this publication, recorded so a stop asks it instead of signalling it. */
+  servedBy?: string;
+}
+
+/** One repository's reading, as publications of one process share it: one index reader, one cache, one decode pool. */
+export interface SharedReading {
+  repository: RepositoryReader;
+  cache: ChunkCache;
+  /** Absent for object storage (decoded in-process, through `cache`). */
+  pool?: DecodePool;
 }
 
 /**
@@ -112,7 +136,7 @@ export interface PublishHooks {
  * through the bounded on-disk cache under the state directory, so a VM that
  * runs from it does not fetch a chunk twice (open.ts).
  */
-function openForReading(spec: string, stateDir: string, hooks: PublishHooks): Promise<RepositoryReader> {
+export function openForReading(spec: string, stateDir: string, hooks: PublishHooks): Promise<RepositoryReader> {
   const cache = isObjectStorage(spec)
     ? { chunkCache: { stateDir, maxBytes: (hooks.objectCacheMiB ?? DEFAULT_OBJECT_CACHE_MIB) * 1024 * 1024 } }
     : {};
@@ -302,7 +326,20 @@ export async function removePublication(
 ): Promise<PublicationStatus> {
   const rec = findRecord(stateDir, idOrName);
   assertOwner(stateDir, rec, opts.as);
-  if (rec.pid !== undefined && pidAlive(rec.pid) && rec.pid !== process.pid) {
+  if (rec.sharedPublisher !== undefined && rec.pid !== undefined && pidAlive(rec.pid) && rec.pid !== process.pid) {
+    // The shared publisher serves other sessions too: it closes this one publication, and goes on.
+    await requestPublisher(
+      rec.sharedPublisher,
+      { op: 'close', id: rec.id, discard: opts.discard === true, as: opts.as },
+      STOP_WAIT_MS,
+    ).catch(async (e: unknown) => {
+      // Gone meanwhile: nothing serves it any more, which is all a stop needs. A publisher that is
+      // exiting has closed its sockets a moment before its pid goes, so that moment is waited out.
+      const deadline = Date.now() + STOP_WAIT_MS;
+      while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      if (pidAlive(rec.pid)) throw e;
+    });
+  } else if (rec.pid !== undefined && pidAlive(rec.pid) && rec.pid !== process.pid) {
     process.kill(rec.pid, 'SIGTERM');
     const deadline = Date.now() + STOP_WAIT_MS;
     while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
@@ -324,6 +361,7 @@ export async function removePublication(
     delete fresh.nbdSocket;
     delete fresh.nbd;
   }
+  delete fresh.sharedPublisher;
   // Said before the pid goes: a publisher that died is reported as crashed, with its log.
   const status: PublicationStatus = { ...statusOf(stateDir, fresh), running: false };
   delete status.pid;
@@ -455,11 +493,12 @@ export async function startPublication(
   hooks: PublishHooks = {},
 ): Promise<RunningPublication & { datastore: PublicationDatastore }> {
   const warn = hooks.onWarning ?? (() => undefined);
+  tracePhase(`publish ${opts.point}: start`);
   if (opts.overlayLimitBytes !== undefined && !(opts.overlayLimitBytes > 0)) {
     throw badInput('BAD_OVERLAY_LIMIT', `overlay limit must be a positive size, got ${opts.overlayLimitBytes}`, 'e.g. --overlay-limit 10G');
   }
   if (opts.fuseDir) assertFuseAvailable();
-  const repo = hooks.repository ?? (await openForReading(opts.repo, opts.stateDir, hooks));
+  const repo = hooks.shared?.repository ?? hooks.repository ?? (await openForReading(opts.repo, opts.stateDir, hooks));
   const point = await repo.getPoint(opts.point);
   if (point.disks.length === 0) throw notFound('DISK_NOT_FOUND', `restore point ${opts.point} has no disks`);
 
@@ -510,18 +549,20 @@ export async function startPublication(
     throw err;
   }
 
-  const cache = new ChunkCache((opts.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
+  const cache = hooks.shared?.cache ?? new ChunkCache((opts.cacheMiB ?? DEFAULT_CACHE_MIB) * 1024 * 1024);
   // Decoding on worker threads keeps the thread that answers FUSE free; an injected repository decodes in-process.
   // Object storage: decode in-process, through the one chunk cache (a worker would open a client and a cache of its own).
-  const pool =
-    hooks.repository || isObjectStorage(opts.repo)
+  // Shared reading: the shared publisher's pool, which outlives this publication (ownPool stays unset).
+  const ownPool =
+    hooks.shared || hooks.repository || isObjectStorage(opts.repo)
       ? undefined
       : new DecodePool(resolveRepository(opts.repo), { ...(hooks.keyFile ? { keyFile: hooks.keyFile } : {}), size: DECODE_WORKERS });
+  const pool = hooks.shared?.pool ?? ownPool;
   let opened: OpenedPublication;
   try {
     opened = await openPublication(rec, repo, point, cache, opts.stateDir, warn, pool);
   } catch (err) {
-    await pool?.close();
+    await ownPool?.close();
     unclaim();
     throw err;
   }
@@ -571,12 +612,18 @@ export async function startPublication(
     await nfs?.stop();
     await fuse?.unmount();
     await opened.close();
-    await pool?.close();
+    await ownPool?.close();
     unclaim();
     throw err;
   }
-  writeRecord(opts.stateDir, { ...rec, pid: process.pid, ...(nbd ? { nbdSocket: nbd.socket, nbd: nbd.urls } : {}) });
+  writeRecord(opts.stateDir, {
+    ...rec,
+    pid: process.pid,
+    ...(nbd ? { nbdSocket: nbd.socket, nbd: nbd.urls } : {}),
+    ...(hooks.servedBy !== undefined ? { sharedPublisher: hooks.servedBy } : {}),
+  });
   servedHere.add(recordDir(opts.stateDir, id));
+  tracePhase(`publish ${id}: served`);
 
   let closed = false;
   return {
@@ -598,7 +645,7 @@ export async function startPublication(
       if (fuse) await fuse.unmount();
       datastore.detach(id);
       await opened.close();
-      await pool?.close();
+      await ownPool?.close();
       servedHere.delete(recordDir(opts.stateDir, id));
       // Only what is still this publication's own goes: removed and claimed by someone else meanwhile, it is theirs.
       const onDisk = readRecord(recordFile(opts.stateDir, id));

@@ -12,7 +12,8 @@ import { randomBytes } from 'node:crypto';
 import { RestorelabError, badInput } from '../errors.js';
 import { projectPath } from '../paths.js';
 import { controlSocket, fromSessionError, requestControl } from './control.js';
-import { depsWithKey, realDeps } from './deps.js';
+import { depsWithKey, realDeps, sharedPublisherEnabled } from './deps.js';
+import { startPublisherEarly } from '../publish/shared-client.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
 import { checkMigration } from './migrate.js';
 import { planRecovery, type RecoverRequest, type RecoveryPlan } from './plan.js';
@@ -117,6 +118,8 @@ async function startSession(
   };
   store.save(s);
   const work = store.workDir(id);
+  // The shared publisher starts alongside the supervisor, not after it (a cold start costs both a node start-up).
+  if (s.publish?.via === 'nbd' && sharedPublisherEnabled()) await startPublisherEarly(store.stateDir);
   const child = startSupervisor(store, id, opts.heartbeatTimeoutMs);
   const deadline = Date.now() + (opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS) + 120_000;
   for (;;) {

@@ -8,6 +8,7 @@
  * marked failed and its taps, lab and publication are removed.
  */
 import { RestorelabError } from '../errors.js';
+import { tracePhase } from '../host/trace.js';
 import { controlSocket, serveControl, toSessionError, type ControlRequest } from './control.js';
 import { closeHypervisor, type SessionDeps } from './seam.js';
 import { migrateLive } from './migrate.js';
@@ -25,6 +26,7 @@ export interface SuperviseOptions {
 
 /** Runs until the session ends; resolves with the process exit code. */
 export async function superviseSession(stateDir: string, id: string, deps: SessionDeps, opts: SuperviseOptions = {}): Promise<number> {
+  tracePhase('supervisor: started');
   const store = new SessionStore(stateDir);
   const s = store.get(id);
   s.supervisorPid = process.pid;
@@ -55,7 +57,9 @@ export async function superviseSession(stateDir: string, id: string, deps: Sessi
       },
       deps,
     );
+    tracePhase('supervisor: planned');
     live = await bringUp(s, plan, deps, store, hv, opts);
+    tracePhase('supervisor: heartbeat');
   } catch (e) {
     s.state = 'failed';
     // The hint of a failed bring-up names the evidence it kept (console log, last screen).
@@ -78,7 +82,11 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
   let finish!: (code: number) => void;
   const finished = new Promise<number>((r) => (finish = r));
 
-  const end = async (state: 'stopped' | 'failed', reason?: string): Promise<RecoverySession> => {
+  const end = async (
+    state: 'stopped' | 'failed',
+    reason?: string,
+    code: 'VM_ENDED' | 'PUBLISHER_GONE' = 'VM_ENDED',
+  ): Promise<RecoverySession> => {
     ending = true;
     clearInterval(watch);
     try {
@@ -89,7 +97,7 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
     }
     s.state = state;
     const kept = describeEvidence(s.evidence ?? {});
-    if (reason) s.error = { code: 'VM_ENDED', message: reason, ...(kept ? { hint: kept } : {}) };
+    if (reason) s.error = { code, message: reason, ...(kept ? { hint: kept } : {}) };
     store.save(s);
     server.close();
     await closeHypervisor(hv);
@@ -126,6 +134,12 @@ async function watchSession(live: LiveSession, store: SessionStore, id: string):
       () => undefined,
     );
   }, WATCH_INTERVAL_MS);
+  // A shared publisher that stops or crashes takes the disks of every session it served: this one fails, visibly.
+  void live.publication?.lost?.then((why) => {
+    if (ending) return;
+    ending = true;
+    void end('failed', `${why}; the VM lost its disks`, 'PUBLISHER_GONE');
+  });
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.once(sig, () => void handle({ op: 'stop' }));
   }

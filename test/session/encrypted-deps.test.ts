@@ -2,7 +2,8 @@
 // encrypted repository, without booting anything: planRecovery, the lab
 // backend's repository reader and a real FUSE publication made through
 // depsWithKey (what the supervisor uses, with the key file recorded by
-// recover) open it; the same without a key file fail with KEY_REQUIRED.
+// recover) open it, and so does the shared publisher serving an NBD
+// publication; the same without a key file fail with KEY_REQUIRED.
 // The booted path is test/session/recover-encrypted.test.ts.
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -82,5 +83,22 @@ t.test('a publication through depsWithKey serves the image bytes over FUSE', asy
   t.equal(
     await code(realDeps.startPublication({ repo, point: point.id, stateDir, fuseDir: join(dir, 'fuse2'), readOnly: true })),
     'KEY_REQUIRED',
+  );
+});
+
+t.test("an NBD publication through depsWithKey: the shared publisher opens the repository with the session's key file", async (t) => {
+  const deps = depsWithKey(keyFile);
+  const pub = await deps.startPublication({ repo, point: point.id, stateDir, nbd: {}, owner: { kind: 'session', id: 'enc-nbd' } });
+  try {
+    t.ok(pub.lost, 'served by the shared publisher (its lease can be lost)');
+    const cmp = await exec('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', pub.nbd?.root ?? '', image], { timeoutMs: 120_000 });
+    t.equal(cmp.code, 0, `the export is the image: ${cmp.stdout.trim()} ${cmp.stderr}`);
+  } finally {
+    await pub.close({ discard: true });
+  }
+  t.equal(
+    await code(realDeps.startPublication({ repo, point: point.id, stateDir, nbd: {}, owner: { kind: 'session', id: 'enc-bare' } })),
+    'KEY_REQUIRED',
+    'without the key file the publisher refuses it',
   );
 });

@@ -4,7 +4,8 @@
  * agent" is a real qemu-ga listening on the host, and real virtual labs.
  * Covers bring-up into a lab, teardown of everything, teardown after a
  * failed start, reuse of a lab that is already up, and the bad inputs
- * recover rejects before it makes anything. The real thing (real
+ * recover rejects before it makes anything, and a supervisor whose shared
+ * publisher goes failing its session. The real thing (real
  * repository, FUSE publication, booted web guest) is in recover-*.test.ts.
  */
 import t from 'tap';
@@ -25,6 +26,7 @@ import type { SessionDeps } from '../../src/session/seam.js';
 import { planRecovery, type RecoverRequest } from '../../src/session/plan.js';
 import { bringUp, teardown } from '../../src/session/runner.js';
 import { SessionStore } from '../../src/session/store.js';
+import { superviseSession } from '../../src/session/supervisor.js';
 import type { RecoverySession } from '../../src/session/session.js';
 import { address, subnet } from '../helpers/subnets.js';
 
@@ -288,6 +290,34 @@ t.test('a lab recovery brought up is taken down by the last session in it', asyn
   t.ok(readLabState(stateDir, name)?.ready, 'still up while the other session runs in it');
   await teardown(b, store, hv, liveB.publication);
   t.equal(readLabState(stateDir, name), undefined, 'down after the last session');
+});
+
+t.test('a shared publisher that goes fails the session it served, visibly, and tears it down', async (t) => {
+  const calls: Calls = { closed: [], started: [], destroyed: [] };
+  const base = fakeDeps(calls, { agent: true });
+  let lose!: (why: string) => void;
+  const deps: SessionDeps = {
+    ...base,
+    startPublication: async (o) => ({ ...(await base.startPublication(o)), lost: new Promise<string>((r) => (lose = r)) }),
+  };
+  const store = new SessionStore(stateDir);
+  const s = newSession(store, { repo: repoDir, vm: 'web', driver: 'qemu', stateDir });
+  const done = superviseSession(stateDir, s.id, deps, { heartbeatTimeoutMs: 20_000 });
+  const end = Date.now() + 30_000;
+  while (store.get(s.id).state !== 'running' && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  t.equal(store.get(s.id).state, 'running', 'the session runs');
+  lose('publication pub-p-1: the shared publisher closed the connection (it stopped or crashed)');
+  t.equal(await done, 1, 'the supervisor ends, failed');
+  const after = store.get(s.id);
+  t.equal(after.state, 'failed');
+  t.match(
+    after.error,
+    { code: 'PUBLISHER_GONE', message: /shared publisher closed the connection.*the VM lost its disks/ },
+    'and says why',
+  );
+  t.same(calls.destroyed, [s.domain], 'its VM is destroyed');
+  t.same(calls.closed, [{ discard: true }], 'its publication closed, the overlay discarded');
+  t.same(after.resources, { taps: [] }, 'nothing left in its record');
 });
 
 t.test('on a production bridge: the NIC joins the bridge and the address is the production IP', async (t) => {

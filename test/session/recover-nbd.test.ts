@@ -8,7 +8,9 @@
  * the guest lands in the overlay and never in the repository, stop leaves
  * no socket. libvirt driver: a network disk of protocol nbd, heartbeat,
  * HTTP, a live migration (drive-mirror from the NBD export to a local file,
- * pivot) that unpublishes and removes the socket, stop.
+ * pivot) that unpublishes and removes the socket, stop. And the shared
+ * publisher serving the session killed under it: the session fails
+ * (PUBLISHER_GONE) and nothing of it is left.
  */
 import t, { type Test } from 'tap';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,7 +27,8 @@ import { stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { occurrences } from '../publish/fixtures/web.js';
-import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, webRepository } from './fixtures/recovery.js';
+import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, running, waitFor, webRepository } from './fixtures/recovery.js';
+import { listPublications } from '../../src/publish/publish.js';
 import { address, subnet, type SubnetName } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-nbd-'));
@@ -146,5 +149,38 @@ t.test('libvirt: a network disk of protocol nbd; migrate mirrors it to a local f
     [],
     'no process, namespace, tap or mount remains',
   );
+  t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
+});
+
+t.test('qemu: the shared publisher killed under a running session fails it, visibly, and leaves nothing', async (t) => {
+  const { repo } = await fixture;
+  const before = chunkFingerprint(repo);
+  const { s, socket, netns } = await recoverOverNbd(t, 'qemu', 'session/recover-nbd:publisher', `rp${tag}`);
+  const pub = s.resources.publication?.id ?? '';
+  const publisher = listPublications(stateDir).find((p) => p.id === pub)?.pid;
+  t.ok(publisher !== undefined && publisher !== s.supervisorPid, `served by the shared publisher (pid ${publisher}), not the supervisor`);
+  process.kill(publisher as number, 'SIGKILL');
+  await waitFor('the session to fail', () => store.get(s.id).state === 'failed', 60_000);
+  const failed = store.get(s.id);
+  t.equal(failed.error?.code, 'PUBLISHER_GONE', `and say why: ${failed.error?.message}`);
+  await waitFor('the supervisor to exit', () => !running(s.supervisorPid as number), 60_000);
+  t.same(
+    await residue({
+      domain: s.domain,
+      ...(netns ? { netns } : {}),
+      mount: store.workDir(s.id),
+      ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
+    }),
+    [],
+    'no QEMU, supervisor, namespace, tap or mount remains',
+  );
+  t.notOk(existsSync(socket), 'no socket');
+  t.notOk(
+    listPublications(stateDir).some((p) => p.id === pub),
+    'the publication and its overlay are gone',
+  );
+  t.same(store.get(s.id).resources, { taps: [] }, 'nothing left in the record');
+  const stop = await cli(['stop', s.id, '--json'], stateDir, 120_000);
+  t.equal(stop.code, 0, `stop of the failed session succeeds ${stop.stderr}`);
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
 });

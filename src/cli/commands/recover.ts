@@ -180,6 +180,19 @@ export function registerRecover(program: Command): void {
       },
     );
   program
+    .command('publisher-serve', { hidden: true })
+    .description("internal: the shared publisher serving every recovery session's NBD exports (started on demand)")
+    .requiredOption('--state-dir <dir>', 'state directory')
+    .action(async (o: { stateDir: string }) => {
+      // The lock first: of several started at once, the losers exit before loading the publisher.
+      const lock = await (await import('../../publish/publisher-wire.js')).holdPublisherLock(o.stateDir);
+      if (!lock) process.exit(0);
+      const { serveSharedPublisher } = await import('../../publish/shared-publisher.js');
+      const idle = Number(process.env.RESTORELAB_PUBLISHER_IDLE_MS);
+      // Idle decode threads and closed servers leave nothing running, but a stray handle must not keep it alive.
+      process.exit(await serveSharedPublisher({ stateDir: o.stateDir, lock, ...(idle > 0 ? { idleMs: idle } : {}) }));
+    });
+  program
     .command('session-supervise <session>', { hidden: true })
     .description('internal: the detached process that owns a recovery session')
     .requiredOption('--state-dir <dir>', 'state directory')
