@@ -241,20 +241,23 @@ export const sessionRoutes: RegisterRoutes = (t, ctx) => {
     handler: async (req, res) => {
       const id = nameParam(req, 'id');
       const b = req.body as { dir: string; format: 'raw' | 'qcow2' };
-      const s = await findSession(stateDir, id);
-      if (s.state !== 'running') throw apiError('CONFLICT', `session ${id} is ${s.state}; only a running session can be migrated`);
-      if (await runsOnWorker(stateDir, s)) {
+      const remote = (await listAllSessions(stateDir)).find((x) => x.id === id);
+      if (remote && (await runsOnWorker(stateDir, remote))) {
+        if (remote.state !== 'running')
+          throw apiError('CONFLICT', `session ${id} is ${remote.state}; only a running session can be migrated`);
         // `dir` is a path on the worker's host: held there to that worker's restore roots.
         const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
-          o.progress(null, `migrating session ${id} on worker ${s.worker ?? '?'} to ${b.dir} (${b.format})`);
-          await withLabQueue((q) => migrateOnWorker(q, s, b.dir, b.format, o.signal));
-          return { result: shown(await sessionAfterWorker(id, s)), resource: `/api/v1/sessions/${id}` };
+          o.progress(null, `migrating session ${id} on worker ${remote.worker ?? '?'} to ${b.dir} (${b.format})`);
+          await withLabQueue((q) => migrateOnWorker(q, remote, b.dir, b.format, o.signal));
+          return { result: shown(await sessionAfterWorker(id, remote)), resource: `/api/v1/sessions/${id}` };
         });
         return accepted(res, op);
       }
       // The disks land where restored disks may (api.restoreRoots), checked
-      // first and on the real path, which is the one the copy then uses.
+      // first (before the session is looked up) and on the real path, which is the one the copy then uses.
       const dir = allowedTarget(ctx.config.api, b.dir, 'migration target');
+      const s = await findSession(stateDir, id);
+      if (s.state !== 'running') throw apiError('CONFLICT', `session ${id} is ${s.state}; only a running session can be migrated`);
       const op = ctx.operations.start('migrate', principal(res).name, async (o) => {
         o.progress(null, `migrating session ${id} to ${dir} (${b.format})`);
         const done = await migrateSession(stateDir, id, dir, b.format);
