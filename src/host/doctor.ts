@@ -5,6 +5,7 @@
 import { existsSync, accessSync, constants } from 'node:fs';
 import { exec, which } from './exec.js';
 import { probeAccel, type AccelProbe } from './accel.js';
+import { mountEntry } from './mounts.js';
 
 export interface Check {
   name: string;
@@ -79,6 +80,24 @@ function loopCheck(): Check {
     : { name: 'loop', ok: false, detail: 'losetup not found', fix: 'apt-get install mount', required: false };
 }
 
+/**
+ * libvirt runs each QEMU in a mount namespace copied from the host's; with a
+ * private root the copy keeps our loop and FUSE mounts alive after we
+ * unmount them (docs/operations.md, "Mount propagation").
+ */
+function propagationCheck(): Check {
+  const root = mountEntry('/');
+  return root?.shared
+    ? { name: 'mount-propagation', ok: true, detail: 'the root mount is shared', required: false }
+    : {
+        name: 'mount-propagation',
+        ok: false,
+        detail: "the root mount is private: QEMUs libvirt starts keep copies of restorelab's mounts after it unmounts them",
+        fix: 'mount --make-rshared / (scripts/setup does it; systemd hosts have it)',
+        required: false,
+      };
+}
+
 function libvirtCheck(): Check {
   if (!which('libvirtd'))
     return {
@@ -124,6 +143,7 @@ export async function runDoctor(opts: { cacheDir?: string; force?: boolean; gues
     fuseCheck(),
     loopCheck(),
     libvirtCheck(),
+    propagationCheck(),
     tool('virsh', 'libvirt-clients', false, 'libvirt driver'),
     tool('nfs-ls', 'libnfs-utils', false, 'NFS client tools for tests'),
     tool('nfs-cp', 'libnfs-utils', false, 'NFS client tools for tests'),

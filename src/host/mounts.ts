@@ -20,6 +20,8 @@ export interface MountEntry {
   source: string;
   /** The mounted filesystem's device, `major:minor` (0:N for FUSE). */
   device: string;
+  /** Whether its propagation is shared (an optional field `shared:N`): mounts and unmounts below it reach its peers. */
+  shared: boolean;
 }
 
 export const MOUNTINFO = '/proc/self/mountinfo';
@@ -46,6 +48,7 @@ export function parseMountinfo(text: string): MountEntry[] {
       fstype: parts[sep + 1] ?? '',
       source: unescapeMountField(parts[sep + 2] ?? ''),
       device: parts[2] ?? '',
+      shared: parts.slice(6, sep).some((f) => f.startsWith('shared:')),
     });
   }
   return out;

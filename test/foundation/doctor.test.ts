@@ -14,6 +14,7 @@ t.test('restorelab doctor --json prints one object with the probe findings', asy
   t.equal(report.ok, true, 'host is fit for the main job');
   t.equal(r.status, 0);
   t.equal(report.checks.find((c) => c.name === 'netns')?.ok, true, 'network namespaces work');
+  t.equal(report.checks.find((c) => c.name === 'mount-propagation')?.ok, true, 'scripts/setup made the root mount shared');
 });
 
 t.test('an invalid config file makes config check fail with exit 2 and a JSON error', async (t) => {

@@ -26,14 +26,19 @@ const MOUNTINFO = [
 t.test('parses mountinfo lines, decoding octal escapes', async (t) => {
   const table = parseMountinfo(MOUNTINFO);
   t.equal(table.length, 4, 'four mounts, the blank and malformed lines skipped');
-  t.same(table[0], { mountPoint: '/', fstype: 'ext4', source: '/dev/sda1', device: '8:1' });
+  t.same(table[0], { mountPoint: '/', fstype: 'ext4', source: '/dev/sda1', device: '8:1', shared: true });
   t.same(
     table[1],
-    { mountPoint: '/var/lib/restorelab/pub/a', fstype: 'fuse.restorelab', source: 'restorelab', device: '0:52' },
+    { mountPoint: '/var/lib/restorelab/pub/a', fstype: 'fuse.restorelab', source: 'restorelab', device: '0:52', shared: true },
     'optional fields skipped',
   );
   const spaced = '/srv/my backups/tab\tand\\slash';
-  t.same(table[2], { mountPoint: spaced, fstype: 'tmpfs', source: 'my tmpfs', device: '0:60' }, 'space, tab and backslash decoded');
+  t.same(
+    table[2],
+    { mountPoint: spaced, fstype: 'tmpfs', source: 'my tmpfs', device: '0:60', shared: true },
+    'space, tab and backslash decoded',
+  );
+  t.equal(table[3]?.shared, false, 'a mount with no optional field is not shared (private)');
   t.equal(mountEntry(spaced, table)?.device, '0:60', 'found by its real path');
   t.equal(mountEntry('/srv/my\\040backups/tab\\011and\\134slash', table), undefined, 'not by its escaped form');
   t.same(
