@@ -388,13 +388,30 @@ export class YaraScan {
     this.waiting.clear();
   }
 
-  /** A writer still waiting for the FIFO's reader (yara died first) is let go by opening the other end ourselves. */
+  /**
+   * A writer still waiting for the FIFO's reader (yara died first) is let go
+   * by opening the other end ourselves, held until the writer's open has
+   * returned: libuv's pool may not have begun that open yet (a busy host),
+   * and a reader that came and went before it would leave it blocked for
+   * ever. Once the writer is open with no reader, its writes fail (EPIPE).
+   */
   private unblockList(): void {
+    if (!this.list.pending) return;
+    let fd: number;
     try {
-      closeSync(openSync(this.fifo, constants.O_RDONLY | constants.O_NONBLOCK));
+      fd = openSync(this.fifo, constants.O_RDONLY | constants.O_NONBLOCK);
     } catch {
-      // already gone
+      return; // already gone
     }
+    let closed = false;
+    const release = (): void => {
+      if (closed) return;
+      closed = true;
+      closeSync(fd);
+    };
+    this.list.once('open', release);
+    this.list.once('close', release);
+    this.list.once('error', release);
   }
 
   private onStdout(line: Buffer): void {
