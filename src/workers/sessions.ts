@@ -277,6 +277,18 @@ export async function listAllSessions(stateDir: string): Promise<RecoverySession
 }
 
 /**
+ * The session as the shared catalog lists it, when a lab worker runs it and
+ * this host keeps no record of it. Undefined for this host's sessions and
+ * for unknown ones (the local call then answers SESSION_NOT_FOUND).
+ */
+async function onWorker(stateDir: string, id: string): Promise<RecoverySession | undefined> {
+  const { SessionStore } = await import('../session/store.js');
+  if (new SessionStore(stateDir).find(id) !== undefined) return undefined;
+  const url = sharedSessionsUrl();
+  return url === undefined ? undefined : workerSession(url, id);
+}
+
+/**
  * Stops a session wherever it runs: here when this host has its record, else
  * on its worker (through `queue`, opened only then). Unknown: SESSION_NOT_FOUND.
  */
@@ -285,18 +297,13 @@ export async function stopAnySession(
   id: string,
   withLabQueue: <T>(f: (q: LabQueue) => Promise<T>) => Promise<T>,
 ): Promise<RecoverySession> {
-  const { stopSession } = await import('../session/recover.js');
-  const { SessionStore } = await import('../session/store.js');
-  const store = new SessionStore(stateDir);
-  if (store.find(id) !== undefined) return stopSession(stateDir, id);
-  const url = sharedSessionsUrl();
-  const remote = url === undefined ? undefined : await workerSession(url, id);
-  if (!remote) return store.get(id); // SESSION_NOT_FOUND
+  const remote = await onWorker(stateDir, id);
+  if (remote === undefined) return (await import('../session/recover.js')).stopSession(stateDir, id);
   // Idempotent, as a local stop: a session that ended needs no worker (which may be gone by now).
   if (!ACTIVE_STATES.includes(remote.state)) return remote;
   await withLabQueue((q) => stopOnWorker(q, remote));
   // The worker recorded the stop in the shared catalog before it answered.
-  return (await workerSession(url as string, id)) ?? remote;
+  return sessionAfterWorker(id, remote);
 }
 
 /**
@@ -327,13 +334,8 @@ export async function migrateAnySession(
   format: 'raw' | 'qcow2',
   withLabQueue: <T>(f: (q: LabQueue) => Promise<T>) => Promise<T>,
 ): Promise<RecoverySession> {
-  const { migrateSession } = await import('../session/recover.js');
-  const { SessionStore } = await import('../session/store.js');
-  const store = new SessionStore(stateDir);
-  if (store.find(id) !== undefined) return migrateSession(stateDir, id, dir, format);
-  const url = sharedSessionsUrl();
-  const remote = url === undefined ? undefined : await workerSession(url, id);
-  if (!remote) return store.get(id); // SESSION_NOT_FOUND
+  const remote = await onWorker(stateDir, id);
+  if (remote === undefined) return (await import('../session/recover.js')).migrateSession(stateDir, id, dir, format);
   await withLabQueue((q) => migrateOnWorker(q, remote, dir, format));
   return sessionAfterWorker(id, remote);
 }
