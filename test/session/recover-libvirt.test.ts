@@ -18,7 +18,7 @@ import { stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
 import type { RecoverResult } from '../../src/session/session.js';
-import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, webRepository } from './fixtures/recovery.js';
+import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, sessionResidue, webRepository } from './fixtures/recovery.js';
 import { address, subnet } from '../helpers/subnets.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rl-recover-libvirt-'));
@@ -79,16 +79,7 @@ t.test('libvirt: recover into a lab, virsh sees it, HTTP, block copy to qcow2, s
   t.equal(stop.code, 0, stop.stderr);
   const gone = await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', `rl-${s.domain}`]);
   t.not(gone.code, 0, 'the domain is undefined');
-  t.same(
-    await residue({
-      domain: s.domain,
-      ...(netns ? { netns } : {}),
-      mount: store.workDir(s.id),
-      ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
-    }),
-    [],
-    'no process, namespace, tap or mount remains',
-  );
+  t.same(await sessionResidue(store, s, netns), [], 'no process, namespace, tap or mount remains');
   const check = await exec('qemu-img', ['check', disk]);
   t.equal(check.code, 0, `the qcow2 copy is consistent ${check.stdout}`);
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');

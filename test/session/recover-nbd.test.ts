@@ -27,7 +27,17 @@ import { stopSession } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { occurrences } from '../publish/fixtures/web.js';
-import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, residue, running, waitFor, webRepository } from './fixtures/recovery.js';
+import {
+  WEB_EXPECT,
+  chunkFingerprint,
+  cli,
+  httpGet,
+  lastJsonLine,
+  sessionResidue,
+  running,
+  waitFor,
+  webRepository,
+} from './fixtures/recovery.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { address, subnet, type SubnetName } from '../helpers/subnets.js';
 
@@ -103,16 +113,7 @@ t.test('qemu: recover --publish nbd; a guest write lands in the overlay, never i
   const stop = await cli(['stop', s.id, '--json'], stateDir, 120_000);
   t.equal(stop.code, 0, stop.stderr);
   t.notOk(existsSync(socket), 'stop leaves no socket behind');
-  t.same(
-    await residue({
-      domain: s.domain,
-      ...(netns ? { netns } : {}),
-      mount: store.workDir(s.id),
-      ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
-    }),
-    [],
-    'no process, namespace, tap or mount remains',
-  );
+  t.same(await sessionResidue(store, s, netns), [], 'no process, namespace, tap or mount remains');
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
 });
 
@@ -139,16 +140,7 @@ t.test('libvirt: a network disk of protocol nbd; migrate mirrors it to a local f
 
   const stop = await cli(['stop', s.id, '--json'], stateDir, 120_000);
   t.equal(stop.code, 0, stop.stderr);
-  t.same(
-    await residue({
-      domain: s.domain,
-      ...(netns ? { netns } : {}),
-      mount: store.workDir(s.id),
-      ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
-    }),
-    [],
-    'no process, namespace, tap or mount remains',
-  );
+  t.same(await sessionResidue(store, s, netns), [], 'no process, namespace, tap or mount remains');
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
 });
 
@@ -164,16 +156,7 @@ t.test('qemu: the shared publisher killed under a running session fails it, visi
   const failed = store.get(s.id);
   t.equal(failed.error?.code, 'PUBLISHER_GONE', `and say why: ${failed.error?.message}`);
   await waitFor('the supervisor to exit', () => !running(s.supervisorPid as number), 60_000);
-  t.same(
-    await residue({
-      domain: s.domain,
-      ...(netns ? { netns } : {}),
-      mount: store.workDir(s.id),
-      ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
-    }),
-    [],
-    'no QEMU, supervisor, namespace, tap or mount remains',
-  );
+  t.same(await sessionResidue(store, s, netns), [], 'no QEMU, supervisor, namespace, tap or mount remains');
   t.notOk(existsSync(socket), 'no socket');
   t.notOk(
     listPublications(stateDir).some((p) => p.id === pub),

@@ -26,6 +26,7 @@ import {
   httpGet,
   lastJsonLine,
   residue,
+  sessionResidue,
   running,
   waitFor,
   webRepository,
@@ -87,12 +88,7 @@ t.test('recover --json into a lab: heartbeat, HTTP via the masquerade address, s
   const stop = await cli(['stop', out.session, '--json'], stateDir, 120_000);
   t.equal(stop.code, 0, stop.stderr);
   t.equal(lastJsonLine<{ state: string }>(stop.stdout).state, 'stopped');
-  const left = await residue({
-    domain: s.domain,
-    ...(netns ? { netns } : {}),
-    mount: store.workDir(s.id),
-    ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}),
-  });
+  const left = await sessionResidue(store, s, netns);
   t.same(left, [], 'no process, namespace, tap or mount remains');
   t.equal(readLabState(stateDir, lab), undefined, 'the lab recover brought up is down');
   t.equal(chunkFingerprint(repo), before, 'the repository chunks are unchanged');
@@ -122,13 +118,7 @@ t.test('QEMU killed under a running session: failed, lab and publication cleaned
   await waitFor('the session to be marked failed', () => store.get(s.id).state === 'failed', 60_000);
   const after = store.get(s.id);
   t.match(after.error?.message, /VM stopped/, `reason recorded: ${after.error?.message}`);
-  await waitFor(
-    'the supervisor to exit',
-    async () =>
-      (await residue({ domain: s.domain, mount: store.workDir(s.id), ...(s.supervisorPid ? { supervisorPid: s.supervisorPid } : {}) }))
-        .length === 0,
-    30_000,
-  );
+  await waitFor('the supervisor to exit', async () => (await sessionResidue(store, s)).length === 0, 30_000);
   t.same(
     await residue({ domain: s.domain, ...(netns ? { netns } : {}), mount: store.workDir(s.id) }),
     [],
