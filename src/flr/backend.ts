@@ -12,6 +12,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, statSync } fr
 import { join, resolve } from 'node:path';
 import { RestorelabError, badInput, notFound } from '../errors.js';
 import { readPartitionTable, type Partition, type ReadAt } from './partitions.js';
+import { readPhysicalVolume, type PhysicalVolumeContents } from './lvm.js';
 import {
   HARDENING_OPTIONS,
   MOUNT_OPTIONS,
@@ -54,6 +55,10 @@ export interface FileLevelBackend {
 /** A partition and what is on it. */
 export interface PartitionContent extends Partition {
   filesystem?: FilesystemProbe;
+  /** An LVM logical volume ("vg/lv") in this partition; offset and size are then the volume's. */
+  volume?: string;
+  /** Why this region cannot be mounted though it was found (an LV device-mapper would have to assemble, damaged LVM metadata). */
+  unreadable?: string;
 }
 
 export function fileReader(fd: { read: (b: Buffer, o: number, l: number, p: number) => Promise<{ bytesRead: number }> }): ReadAt {
@@ -69,7 +74,11 @@ export function fileReader(fd: { read: (b: Buffer, o: number, l: number, p: numb
   };
 }
 
-/** Parses a disk file's partition table and probes each partition's filesystem. */
+/**
+ * Parses a disk file's partition table and probes each partition's
+ * filesystem. An LVM physical volume is replaced by its logical volumes
+ * (src/flr/lvm.ts), each probed like a partition.
+ */
 export async function inspectDisk(path: string): Promise<{ scheme: string; partitions: PartitionContent[]; warnings: string[] }> {
   const fh = await open(path, 'r');
   try {
@@ -77,9 +86,34 @@ export async function inspectDisk(path: string): Promise<{ scheme: string; parti
     const read = fileReader(fh);
     const table = await readPartitionTable(read, size, async () => identifyFilesystem(await read(0, 65536 + 4096)) !== undefined);
     const partitions: PartitionContent[] = [];
+    const within =
+      (offset: number, length: number): ReadAt =>
+      (o, l) =>
+        read(offset + o, Math.max(0, Math.min(l, length - o)));
     for (const p of table.partitions) {
-      const fs = await probeFilesystem((o, l) => read(p.offset + o, Math.max(0, Math.min(l, p.size - o))));
-      partitions.push({ ...p, ...(fs ? { filesystem: fs } : {}) });
+      const fs = await probeFilesystem(within(p.offset, p.size));
+      if (fs?.fstype !== 'LVM2_member') {
+        partitions.push({ ...p, ...(fs ? { filesystem: fs } : {}) });
+        continue;
+      }
+      let pv: PhysicalVolumeContents;
+      try {
+        pv = await readPhysicalVolume(within(p.offset, p.size), p.size);
+      } catch (err) {
+        partitions.push({ ...p, filesystem: fs, unreadable: `LVM physical volume: ${(err as Error).message}` });
+        continue;
+      }
+      if (pv.volumes.length === 0)
+        partitions.push({ ...p, filesystem: fs, unreadable: `LVM physical volume of ${pv.vg}, no logical volumes` });
+      for (const lv of pv.volumes) {
+        const volume = { ...p, offset: p.offset + lv.offset, size: lv.size, volume: `${lv.vg}/${lv.name}` };
+        if (lv.skipped) {
+          partitions.push({ ...volume, unreadable: `LVM logical volume ${lv.skipped}` });
+          continue;
+        }
+        const lvFs = await probeFilesystem(within(volume.offset, volume.size));
+        partitions.push({ ...volume, ...(lvFs ? { filesystem: lvFs } : {}) });
+      }
     }
     return { scheme: table.scheme, partitions, warnings: table.warnings };
   } finally {
@@ -127,6 +161,7 @@ export class HostMountBackend implements FileLevelBackend {
     checkMountDir(dir);
     const plan: { disk: DiskFile; part: PartitionContent; path: string }[] = [];
     const out: MountedPartition[] = [];
+    const planned = new Set<string>();
     for (const disk of req.disks) {
       const info = await inspectDisk(disk.path);
       if (info.partitions.length === 0)
@@ -137,29 +172,34 @@ export class HostMountBackend implements FileLevelBackend {
         if (parts.length === 0)
           throw notFound(
             'PARTITION_NOT_FOUND',
-            `disk ${disk.name} has no partition ${req.partition} (it has ${info.partitions.map((p) => p.number).join(', ')})`,
+            `disk ${disk.name} has no partition ${req.partition} (it has ${[...new Set(info.partitions.map((p) => p.number))].join(', ')})`,
             'pick one of the listed partition numbers',
           );
       }
       const base = req.disks.length > 1 ? join(dir, disk.name) : dir;
       for (const part of parts) {
-        const path = join(base, `p${part.number}`);
+        // A logical volume goes where the guest would see it, /dev/<vg>/<lv>: <dir>/<vg>/<lv>.
+        const path = part.volume !== undefined ? join(base, ...part.volume.split('/')) : join(base, `p${part.number}`);
         const fs = part.filesystem;
+        const volume = part.volume !== undefined ? { volume: part.volume } : {};
         let skipped: string | undefined;
-        if (!fs) skipped = 'unknown filesystem';
+        if (part.unreadable) skipped = part.unreadable;
+        else if (planned.has(path)) skipped = `its mount directory ${path} is another partition's`;
+        else if (!fs) skipped = 'unknown filesystem';
         else if (!fs.driver) skipped = `unsupported filesystem ${fs.fstype}`;
         else if (!MOUNT_OPTIONS[fs.driver]) skipped = `unsupported filesystem ${fs.fstype}`;
         else if (!(await kernelHas(fs.driver)))
           skipped = `unsupported filesystem ${fs.fstype}: this host's kernel has no ${fs.driver} driver`;
         if (skipped) {
-          out.push({ disk: disk.name, partition: part.number, fstype: fs?.fstype ?? 'unknown', path: '', skipped });
+          out.push({ disk: disk.name, partition: part.number, ...volume, fstype: fs?.fstype ?? 'unknown', path: '', skipped });
           continue;
         }
+        planned.add(path);
         plan.push({ disk, part, path });
       }
     }
     if (plan.length === 0) {
-      const why = out.map((m) => `partition ${m.partition}: ${m.skipped}`).join('; ');
+      const why = out.map((m) => `partition ${m.partition}${m.volume ? ` (${m.volume})` : ''}: ${m.skipped}`).join('; ');
       if (out.some((m) => m.fstype === 'unknown'))
         throw unknownFilesystem(req.disks.map((d) => d.name).join(', '), `nothing to mount (${why})`);
       throw badInput(
@@ -171,15 +211,23 @@ export class HostMountBackend implements FileLevelBackend {
     this.makeRoot(dir, journal);
     for (const { disk, part, path } of plan) {
       const fs = part.filesystem as FilesystemProbe & { driver: string };
+      if (part.volume !== undefined) this.makeDir(join(path, '..', '..'), journal);
       this.makeDir(join(path, '..'), journal);
       this.makeDir(path, journal);
       const device = await attachLoop(disk.path, part.offset, part.size);
       journal.add({ kind: 'loop', device, backing: disk.path, offset: part.offset });
       await mountDevice(device, path, fs.driver, [...MOUNT_OPTIONS[fs.driver]!, ...HARDENING_OPTIONS]);
       journal.add({ kind: 'mount', path, device });
-      out.push({ disk: disk.name, partition: part.number, fstype: fs.fstype, path, offset: part.offset });
+      out.push({
+        disk: disk.name,
+        partition: part.number,
+        ...(part.volume !== undefined ? { volume: part.volume } : {}),
+        fstype: fs.fstype,
+        path,
+        offset: part.offset,
+      });
     }
-    return out.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition);
+    return out.sort((a, b) => a.disk.localeCompare(b.disk) || a.partition - b.partition || (a.volume ?? '').localeCompare(b.volume ?? ''));
   }
 
   /**

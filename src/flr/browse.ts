@@ -372,7 +372,8 @@ export async function choosePartition(
   const candidates = usable.filter(
     (m) => (want.disk === undefined || m.disk === want.disk) && (want.partition === undefined || m.partition === want.partition),
   );
-  const names = (ms: readonly MountedPartition[]): string => ms.map((m) => `${m.disk} p${m.partition}`).join(', ') || 'none';
+  const names = (ms: readonly MountedPartition[]): string =>
+    ms.map((m) => `${m.disk} p${m.partition}${m.volume ? ` ${m.volume}` : ''}`).join(', ') || 'none';
   if (candidates.length === 0) {
     throw notFound(
       'PARTITION_NOT_MOUNTED',

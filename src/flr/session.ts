@@ -24,6 +24,8 @@ export type Resource =
 export interface MountedPartition {
   disk: string;
   partition: number;
+  /** The LVM logical volume ("vg/lv") in that partition, when it is one. */
+  volume?: string;
   fstype: string;
   path: string;
   /** Byte offset of the partition on its disk (where its filesystem's block 0 is); absent in journals of older versions. */

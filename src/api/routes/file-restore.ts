@@ -40,7 +40,7 @@ export interface FileRestoreView {
   /** False while mounting, or for a mount that was interrupted (DELETE cleans it up). */
   complete: boolean;
   publication: string | null;
-  mounts: { disk: string; partition: number; fstype: string; skipped?: string }[];
+  mounts: { disk: string; partition: number; volume?: string; fstype: string; skipped?: string }[];
 }
 
 function viewOf(r: SessionRecord): FileRestoreView {
@@ -53,7 +53,13 @@ function viewOf(r: SessionRecord): FileRestoreView {
     dir: r.dir,
     complete: r.complete === true,
     publication: holder?.kind === 'holder' ? (holder.publication ?? null) : null,
-    mounts: r.mounts.map((m) => ({ disk: m.disk, partition: m.partition, fstype: m.fstype, ...(m.skipped ? { skipped: m.skipped } : {}) })),
+    mounts: r.mounts.map((m) => ({
+      disk: m.disk,
+      partition: m.partition,
+      ...(m.volume ? { volume: m.volume } : {}),
+      fstype: m.fstype,
+      ...(m.skipped ? { skipped: m.skipped } : {}),
+    })),
   };
 }
 
@@ -193,7 +199,15 @@ export const fileRestoreRoutes: RegisterRoutes = (t, ctx) => {
       const entries = await listGuestPath(m.path, q.path).catch((err: unknown) => {
         throw confined(err);
       });
-      return { session: r.id, disk: m.disk, partition: m.partition, fstype: m.fstype, path: q.path, entries };
+      return {
+        session: r.id,
+        disk: m.disk,
+        partition: m.partition,
+        ...(m.volume ? { volume: m.volume } : {}),
+        fstype: m.fstype,
+        path: q.path,
+        entries,
+      };
     },
   });
   t.add({

@@ -44,6 +44,9 @@ async function withSession<T>(ctx: CommandContext, point: string, o: PointFlags,
   }
 }
 
+/** The LVM logical volume a mount is, for the JSON answers. */
+const volumeOf = (m: { volume?: string }): { volume?: string } => (m.volume !== undefined ? { volume: m.volume } : {});
+
 /** The mounted partition holding `guestPath` (src/flr/browse.ts choosePartition). */
 async function pickPartition(s: FlrSession, guestPath: string, o: PointFlags): Promise<MountedPartition> {
   const { choosePartition } = await import('../../flr/browse.js');
@@ -80,7 +83,7 @@ export function registerFiles(program: Command): void {
       const ctx = contextFor(c);
       const r = await withSession(ctx, point, o, async (s) => {
         const m = await pickPartition(s, guestPath, o);
-        return { disk: m.disk, partition: m.partition, fstype: m.fstype, entries: await listGuestPath(m.path, guestPath) };
+        return { disk: m.disk, partition: m.partition, ...volumeOf(m), fstype: m.fstype, entries: await listGuestPath(m.path, guestPath) };
       });
       ctx.out.result(r, () => renderEntries(r.entries));
     });
@@ -101,7 +104,12 @@ export function registerFiles(program: Command): void {
         throw badInput('STDOUT_CONFLICT', '--to - and --json both want stdout', 'write to a file with --to <local>, or drop --json');
       const r = await withSession(ctx, point, o, async (s) => {
         const m = await pickPartition(s, guestPath, o);
-        return { disk: m.disk, partition: m.partition, ...(await getGuestPath(m.path, guestPath, o.to, { tar: o.tar === true })) };
+        return {
+          disk: m.disk,
+          partition: m.partition,
+          ...volumeOf(m),
+          ...(await getGuestPath(m.path, guestPath, o.to, { tar: o.tar === true })),
+        };
       });
       if (o.to !== '-') ctx.out.result(r, () => `${r.guestPath} -> ${r.to} (${r.format}, ${r.bytes} bytes, ${r.files} file(s))`);
     });

@@ -36,11 +36,10 @@ export function partitionNumber(o: { partition?: string }): number | undefined {
 }
 
 function render(s: FlrSession): string {
-  const lines = s.mounts.map((m) =>
-    m.skipped
-      ? `  ${m.disk} partition ${m.partition} (${m.fstype}): not mounted: ${m.skipped}`
-      : `  ${m.disk} partition ${m.partition} (${m.fstype}): ${m.path}`,
-  );
+  const lines = s.mounts.map((m) => {
+    const where = `  ${m.disk} partition ${m.partition}${m.volume ? `, LVM volume ${m.volume}` : ''} (${m.fstype})`;
+    return m.skipped ? `${where}: not mounted: ${m.skipped}` : `${where}: ${m.path}`;
+  });
   return [`mounted read-only (session ${s.id}):`, ...lines, `unmount with: restorelab umount ${s.dir}`].join('\n');
 }
 
