@@ -68,6 +68,17 @@ t.test('the logical volumes are found where LVM itself says they are', async (t)
   );
 });
 
+t.test('a disk that is one physical volume, without a partition table: its volumes are in partition 0', async (t) => {
+  const whole = join(work, 'whole-pv.raw');
+  spawnSync('dd', [`if=${disk.path}`, `of=${whole}`, 'bs=512', `skip=${disk.pvOffset / 512}`, 'status=none']);
+  const info = await inspectDisk(whole);
+  t.equal(info.scheme, 'none');
+  t.match(
+    info.partitions.find((p) => p.volume === 'guestvg/root'),
+    { number: 0, offset: disk.volumes.root!.offset - disk.pvOffset, filesystem: { fstype: 'ext4' } },
+  );
+});
+
 t.test('mount: a volume in one piece at <dir>/<vg>/<lv>, read-only, with the bytes the guest wrote; umount leaves nothing', async (t) => {
   const dir = join(work, 'mnt');
   const s = await mountDisks({ stateDir, dir, disks: [{ name: 'vda', path: disk.path }] });
