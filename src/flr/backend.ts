@@ -137,6 +137,30 @@ async function kernelHas(driver: string): Promise<boolean> {
   return kernelFilesystems().has(driver);
 }
 
+/**
+ * The driver that mounts `driver`'s filesystems on this host: the kernel's
+ * own, or for NTFS on a kernel without ntfs3 the userspace ntfs-3g (over
+ * FUSE, package ntfs-3g); undefined when there is none.
+ */
+async function driverHere(driver: string): Promise<string | undefined> {
+  if (await kernelHas(driver)) return driver;
+  if (driver === 'ntfs3' && which('mount.ntfs-3g') !== undefined && (await kernelHas('fuse'))) return 'ntfs-3g';
+  return undefined;
+}
+
+/** The driver that mounts `part` (at `path`) here, or why it is not mounted. */
+async function howToMount(part: PartitionContent, path: string, planned: Set<string>): Promise<{ driver: string } | { skipped: string }> {
+  const fs = part.filesystem;
+  if (part.unreadable) return { skipped: part.unreadable };
+  if (planned.has(path)) return { skipped: `its mount directory ${path} is another partition's` };
+  if (!fs) return { skipped: 'unknown filesystem' };
+  if (!fs.driver || !MOUNT_OPTIONS[fs.driver]) return { skipped: `unsupported filesystem ${fs.fstype}` };
+  const driver = await driverHere(fs.driver);
+  if (driver !== undefined) return { driver };
+  const ntfs = fs.driver === 'ntfs3' ? ' and ntfs-3g is not installed' : '';
+  return { skipped: `unsupported filesystem ${fs.fstype}: this host's kernel has no ${fs.driver} driver${ntfs}` };
+}
+
 /** Refuses a mount directory that is itself a mount point or has anything in it. */
 export function checkMountDir(dir: string): void {
   if (!existsSync(dir)) return;
@@ -159,7 +183,7 @@ export class HostMountBackend implements FileLevelBackend {
   async mount(req: MountRequest, journal: SessionJournal): Promise<MountedPartition[]> {
     const dir = resolve(req.dir);
     checkMountDir(dir);
-    const plan: { disk: DiskFile; part: PartitionContent; path: string }[] = [];
+    const plan: { disk: DiskFile; part: PartitionContent; path: string; driver: string }[] = [];
     const out: MountedPartition[] = [];
     const planned = new Set<string>();
     for (const disk of req.disks) {
@@ -180,22 +204,21 @@ export class HostMountBackend implements FileLevelBackend {
       for (const part of parts) {
         // A logical volume goes where the guest would see it, /dev/<vg>/<lv>: <dir>/<vg>/<lv>.
         const path = part.volume !== undefined ? join(base, ...part.volume.split('/')) : join(base, `p${part.number}`);
-        const fs = part.filesystem;
         const volume = part.volume !== undefined ? { volume: part.volume } : {};
-        let skipped: string | undefined;
-        if (part.unreadable) skipped = part.unreadable;
-        else if (planned.has(path)) skipped = `its mount directory ${path} is another partition's`;
-        else if (!fs) skipped = 'unknown filesystem';
-        else if (!fs.driver) skipped = `unsupported filesystem ${fs.fstype}`;
-        else if (!MOUNT_OPTIONS[fs.driver]) skipped = `unsupported filesystem ${fs.fstype}`;
-        else if (!(await kernelHas(fs.driver)))
-          skipped = `unsupported filesystem ${fs.fstype}: this host's kernel has no ${fs.driver} driver`;
-        if (skipped) {
-          out.push({ disk: disk.name, partition: part.number, ...volume, fstype: fs?.fstype ?? 'unknown', path: '', skipped });
+        const how = await howToMount(part, path, planned);
+        if ('skipped' in how) {
+          out.push({
+            disk: disk.name,
+            partition: part.number,
+            ...volume,
+            fstype: part.filesystem?.fstype ?? 'unknown',
+            path: '',
+            skipped: how.skipped,
+          });
           continue;
         }
         planned.add(path);
-        plan.push({ disk, part, path });
+        plan.push({ disk, part, path, driver: how.driver });
       }
     }
     if (plan.length === 0) {
@@ -209,14 +232,14 @@ export class HostMountBackend implements FileLevelBackend {
       );
     }
     this.makeRoot(dir, journal);
-    for (const { disk, part, path } of plan) {
-      const fs = part.filesystem as FilesystemProbe & { driver: string };
+    for (const { disk, part, path, driver } of plan) {
+      const fs = part.filesystem as FilesystemProbe;
       if (part.volume !== undefined) this.makeDir(join(path, '..', '..'), journal);
       this.makeDir(join(path, '..'), journal);
       this.makeDir(path, journal);
       const device = await attachLoop(disk.path, part.offset, part.size);
       journal.add({ kind: 'loop', device, backing: disk.path, offset: part.offset });
-      await mountDevice(device, path, fs.driver, [...MOUNT_OPTIONS[fs.driver]!, ...HARDENING_OPTIONS]);
+      await mountDevice(device, path, driver, [...MOUNT_OPTIONS[driver]!, ...HARDENING_OPTIONS]);
       journal.add({ kind: 'mount', path, device });
       out.push({
         disk: disk.name,

@@ -29,6 +29,8 @@ export const MOUNT_OPTIONS: Record<string, string[]> = {
   btrfs: ['ro', 'rescue=nologreplay'],
   vfat: ['ro'],
   ntfs3: ['ro'],
+  // Userspace NTFS over FUSE, for kernels without ntfs3 (src/flr/backend.ts driverHere).
+  'ntfs-3g': ['ro'],
 };
 /** Applied to every mount: nothing on a guest filesystem is a device, setuid or runnable on the host. */
 export const HARDENING_OPTIONS = ['nodev', 'nosuid', 'noexec'];
