@@ -37,6 +37,7 @@ import { processAlive } from '../host/process.js';
 import { QgaClient } from './qga.js';
 import { isNbdUrl, parseNbdUrl } from '../nbd/url.js';
 import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
+import { firmwareFor } from './firmware.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 
 export const LIBVIRT_URI = 'qemu:///system';
@@ -75,7 +76,13 @@ function diskSource(path: string): string {
   return `<source protocol='nfs' name='${esc(decodeURIComponent(url.pathname))}'><host name='${esc(url.hostname)}'/></source>`;
 }
 
-export function domainXml(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', hostTaps: string[]): string {
+export function domainXml(
+  spec: DomainSpec,
+  dir: string,
+  accel: 'kvm' | 'tcg',
+  hostTaps: string[],
+  uefi?: { image: string; vars: string },
+): string {
   const vm = spec.vm;
   const disks = spec.disks.map((d, i) => {
     const bus = vm.disks.find((x) => x.name === d.name)?.bus ?? 'virtio';
@@ -108,7 +115,9 @@ export function domainXml(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', h
   <memory unit='MiB'>${vm.memoryMiB}</memory>
   <vcpu>${vm.vcpus}</vcpu>
   <os>
-    <type arch='x86_64' machine='${esc(vm.machine ?? 'pc')}'>hvm</type>
+    <type arch='x86_64' machine='${esc(vm.machine ?? 'pc')}'>hvm</type>${
+      uefi ? `\n    <loader readonly='yes' type='pflash'>${esc(uefi.image)}</loader>\n    <nvram>${esc(uefi.vars)}</nvram>` : ''
+    }
     <boot dev='hd'/>
   </os>
   <features><acpi/></features>${accel === 'kvm' ? "\n  <cpu mode='host-passthrough'/>" : ''}
@@ -207,11 +216,12 @@ export class LibvirtDriver implements Hypervisor {
         dir,
         accel,
         lent.nics.map((n: NicAttachment) => (n.kind === 'tap' ? n.tap : '')),
+        firmwareFor(spec, dir),
       );
       const dom = await c.domainDefineXML(xml);
       await c.domainCreate(dom);
     } catch (e) {
-      await exec('virsh', ['-c', LIBVIRT_URI, 'undefine', `${PREFIX}${name}`]);
+      await exec('virsh', ['-c', LIBVIRT_URI, 'undefine', '--nvram', `${PREFIX}${name}`]);
       await lent.giveBack().catch(() => undefined);
       throw new RestorelabError('VM_START_FAILED', `libvirt could not start VM ${name}: ${(e as Error).message}`, { cause: e });
     }
@@ -294,7 +304,8 @@ export class LibvirtDriver implements Hypervisor {
     } catch {
       // not running
     }
-    await c.domainUndefine(dom).catch(() => undefined);
+    // A UEFI domain keeps a variable store, which the binding's plain undefine refuses to leave behind.
+    await c.domainUndefine(dom).catch(() => exec('virsh', ['-c', LIBVIRT_URI, 'undefine', '--nvram', `${PREFIX}${name}`]));
   }
 }
 

@@ -28,6 +28,7 @@ import { QmpClient } from './qmp.js';
 import { QgaClient } from './qga.js';
 import { lendLabTaps } from './tap-handover.js';
 import { VGA_XP_COMMAND, parseXpBytes } from './vga.js';
+import { firmwareFor } from './firmware.js';
 import type { Domain, DomainInfo, DomainSpec, DomainState, Hypervisor, NicAttachment } from './types.js';
 import { isNbdUrl, parseNbdUrl } from '../nbd/url.js';
 
@@ -60,7 +61,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): string[] {
+/** `uefi`: the firmware and this domain's own variable store, for a VM whose definition says `"firmware": "uefi"` (./firmware.ts). */
+export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', uefi?: { image: string; vars: string }): string[] {
   const vm = spec.vm;
   const args = [
     '-name',
@@ -96,6 +98,13 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): s
     join(dir, 'qemu.pid'),
   ];
   if (accel === 'kvm') args.push('-cpu', 'host');
+  if (uefi)
+    args.push(
+      '-drive',
+      `if=pflash,format=raw,unit=0,readonly=on,file=${drivePath(uefi.image)}`,
+      '-drive',
+      `if=pflash,format=raw,unit=1,file=${drivePath(uefi.vars)}`,
+    );
   spec.disks.forEach((d, i) => {
     const vmDisk = vm.disks.find((x) => x.name === d.name);
     const bus = vmDisk?.bus ?? 'virtio';
@@ -120,6 +129,11 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg'): s
     args.push('-device', `${model},netdev=net${i},mac=${n.mac}`);
   });
   return args;
+}
+
+/** A path inside a -drive option: QEMU's option syntax doubles a comma to keep it literal. */
+function drivePath(path: string): string {
+  return path.replaceAll(',', ',,');
 }
 
 /**
@@ -212,7 +226,8 @@ export class QemuDriver implements Hypervisor {
     // taps lent, and opens them by their host-side names. A unix socket is a
     // path, reachable from any namespace.
     const lent = netns && spec.disks.some((d) => needsHostNetwork(d.path)) ? await lendLabTaps(spec.nics) : undefined;
-    const args = qemuArgs(lent ? { ...spec, nics: lent.nics } : spec, dir, accel);
+    const uefi = firmwareFor(spec, dir);
+    const args = qemuArgs(lent ? { ...spec, nics: lent.nics } : spec, dir, accel, uefi);
     try {
       writeFileSync(
         join(dir, 'spec.json'),

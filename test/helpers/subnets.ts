@@ -58,6 +58,8 @@ const SUBNETS = {
   'api/host-limits': 113,
   'session/recover-nbd:qemu': 114,
   'session/recover-nbd:libvirt': 115,
+  'session/recover-uefi:qemu': 116,
+  'session/recover-uefi:libvirt': 117,
   'session/recover-nbd:publisher': 118,
   'surebackup/app-group': 121,
   'surebackup/failures': 122,
