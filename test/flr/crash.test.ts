@@ -2,11 +2,11 @@
 // `restorelab umount` CLI then removes exactly what it had created.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildMbrDisk, loopDevicesOn } from './fixtures/disks.js';
+import { buildMbrDisk, loopDevicesOn, mountsBelow } from './fixtures/disks.js';
 import { listSessions } from '../../src/flr/session.js';
 import { releaseJournal } from '../../src/flr/mount.js';
 
@@ -16,13 +16,6 @@ const work = mkdtempSync(join(tmpdir(), 'flr-crash-test-'));
 const stateDir = join(work, 'state');
 const disk = buildMbrDisk(work);
 const env = { ...process.env, RESTORELAB_STATE_DIR: stateDir };
-
-function mountsBelow(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .filter((p) => p.startsWith(dir));
-}
 
 t.teardown(async () => {
   for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);

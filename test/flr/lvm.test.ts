@@ -17,19 +17,12 @@ import { mountDisks, releaseJournal, umountSession } from '../../src/flr/mount.j
 import { listSessions } from '../../src/flr/session.js';
 import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
-import { buildLvmDisk, loopDevicesOn, sha } from './fixtures/disks.js';
+import { buildLvmDisk, loopDevicesOn, sha, mountsBelow } from './fixtures/disks.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'flr-lvm-test-'));
 const stateDir = join(work, 'state');
 const disk = buildLvmDisk(work);
-
-function mountsBelow(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .filter((p) => p.startsWith(dir));
-}
 
 t.teardown(async () => {
   for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);

@@ -34,6 +34,7 @@ import {
   buildLogicalDisk,
   loopDevicesOn,
   sha,
+  mountsBelow,
 } from './fixtures/disks.js';
 
 const work = mkdtempSync(join(tmpdir(), 'flr-mount-test-'));
@@ -43,13 +44,6 @@ const gpt = buildGptXfsDisk(work);
 const whole = buildWholeDiskExt4(work);
 const unknown = buildUnknownFsDisk(work);
 const logical = buildLogicalDisk(work);
-
-function mountsBelow(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .filter((p) => p.startsWith(dir));
-}
 
 function leftovers(): { loops: string[]; mounts: string[]; sessions: number } {
   return {
