@@ -7,30 +7,18 @@
  * namespace, taps and host veth, the FUSE mount, the publication.
  */
 import t from 'tap';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { RestorelabError } from '../../src/errors.js';
-import { labDown, listLabs, readLabState, type LabState } from '../../src/lab/lab.js';
+import { readLabState, type LabState } from '../../src/lab/lab.js';
 import { exec } from '../../src/host/exec.js';
 import { listPublications } from '../../src/publish/publish.js';
-import { recover, stopSession } from '../../src/session/recover.js';
-import { SessionStore } from '../../src/session/store.js';
+import { recover } from '../../src/session/recover.js';
 import { guestRepository } from '../helpers/repository.js';
-import { residue, running, waitFor } from './fixtures/recovery.js';
+import { residue, running, waitFor, recoveryWorkspace } from './fixtures/recovery.js';
 import { subnet } from '../helpers/subnets.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'rl-recover-ev-'));
-const stateDir = join(dir, 'state');
-const store = new SessionStore(stateDir);
-const tag = randomBytes(2).toString('hex');
-
-t.teardown(async () => {
-  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
-  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
-  rmSync(dir, { recursive: true, force: true });
-});
+const { dir, stateDir, store, tag } = recoveryWorkspace(t, 'rl-recover-ev-');
 
 t.test('recover of a guest that never boots: NO_HEARTBEAT, and the console log and screen the hint names are kept', async (t) => {
   const { repo } = await guestRepository(dir, 'no-boot');

@@ -6,31 +6,27 @@
  * the repository unchanged.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { exec } from '../../src/host/exec.js';
-import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
+import { readLabState } from '../../src/lab/lab.js';
 import { LIBVIRT_URI } from '../../src/hypervisor/libvirt.js';
-import { stopSession } from '../../src/session/recover.js';
-import { SessionStore } from '../../src/session/store.js';
 import { isMounted } from '../../src/session/runner.js';
 import type { RecoverResult } from '../../src/session/session.js';
-import { WEB_EXPECT, chunkFingerprint, cli, httpGet, lastJsonLine, sessionResidue, webRepository } from './fixtures/recovery.js';
+import {
+  WEB_EXPECT,
+  chunkFingerprint,
+  cli,
+  httpGet,
+  lastJsonLine,
+  sessionResidue,
+  webRepository,
+  recoveryWorkspace,
+} from './fixtures/recovery.js';
 import { address, subnet } from '../helpers/subnets.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'rl-recover-libvirt-'));
-const stateDir = join(dir, 'state');
-const store = new SessionStore(stateDir);
-const tag = randomBytes(2).toString('hex');
-
-t.teardown(async () => {
-  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
-  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
-  rmSync(dir, { recursive: true, force: true });
-});
+const { dir, stateDir, store, tag } = recoveryWorkspace(t, 'rl-recover-libvirt-');
 
 t.test('libvirt: recover into a lab, virsh sees it, HTTP, block copy to qcow2, stop', async (t) => {
   const started = await exec(fileURLToPath(new URL('../../../scripts/libvirtd', import.meta.url)), ['start'], { timeoutMs: 60_000 });

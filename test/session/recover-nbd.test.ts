@@ -13,18 +13,15 @@
  * (PUBLISHER_GONE) and nothing of it is left.
  */
 import t, { type Test } from 'tap';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { exec } from '../../src/host/exec.js';
-import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
+import { readLabState } from '../../src/lab/lab.js';
 import { LIBVIRT_URI } from '../../src/hypervisor/libvirt.js';
 import { createHypervisor } from '../../src/hypervisor/index.js';
 import { parseNbdUrl } from '../../src/nbd/url.js';
-import { stopSession } from '../../src/session/recover.js';
-import { SessionStore } from '../../src/session/store.js';
 import type { RecoverResult } from '../../src/session/session.js';
 import { occurrences } from '../publish/fixtures/web.js';
 import {
@@ -37,29 +34,12 @@ import {
   running,
   waitFor,
   webRepository,
+  recoveryWorkspace,
 } from './fixtures/recovery.js';
 import { listPublications } from '../../src/publish/publish.js';
 import { address, subnet, type SubnetName } from '../helpers/subnets.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'rl-recover-nbd-'));
-const stateDir = join(dir, 'state');
-const store = new SessionStore(stateDir);
-const tag = randomBytes(2).toString('hex');
-
-t.teardown(async () => {
-  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
-  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function labFile(name: string, net: SubnetName): string {
-  const p = join(dir, `${name}.json`);
-  writeFileSync(
-    p,
-    JSON.stringify({ name, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet(net) }] }),
-  );
-  return p;
-}
+const { dir, stateDir, store, tag, labFile } = recoveryWorkspace(t, 'rl-recover-nbd-');
 
 const fixture = webRepository(dir);
 
@@ -67,7 +47,7 @@ const fixture = webRepository(dir);
 async function recoverOverNbd(t: Test, driver: 'qemu' | 'libvirt', net: SubnetName, lab: string) {
   const { repo } = await fixture;
   const r = await cli(
-    ['recover', '--repo', repo, 'web', '--lab', labFile(lab, net), '--driver', driver, '--publish', 'nbd', '--json'],
+    ['recover', '--repo', repo, 'web', '--lab', labFile(lab, subnet(net)), '--driver', driver, '--publish', 'nbd', '--json'],
     stateDir,
   );
   t.equal(r.code, 0, `recover --publish nbd exits 0 ${r.stderr}`);

@@ -9,12 +9,8 @@
  * killed (sessions marks it failed; stop cleans up from the record).
  */
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
-import { recover, stopSession } from '../../src/session/recover.js';
+import { readLabState } from '../../src/lab/lab.js';
+import { recover } from '../../src/session/recover.js';
 import { SessionStore } from '../../src/session/store.js';
 import { listPublications } from '../../src/publish/publish.js';
 import type { RecoverResult } from '../../src/session/session.js';
@@ -30,25 +26,11 @@ import {
   running,
   waitFor,
   webRepository,
+  recoveryWorkspace,
 } from './fixtures/recovery.js';
 import { address, subnet } from '../helpers/subnets.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'rl-recover-qemu-'));
-const stateDir = join(dir, 'state');
-const store = new SessionStore(stateDir);
-const tag = randomBytes(2).toString('hex');
-
-t.teardown(async () => {
-  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
-  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function labFile(name: string, masquerade: string): string {
-  const p = join(dir, `${name}.json`);
-  writeFileSync(p, JSON.stringify({ name, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade }] }));
-  return p;
-}
+const { dir, stateDir, store, tag, labFile } = recoveryWorkspace(t, 'rl-recover-qemu-');
 
 const fixture = webRepository(dir);
 

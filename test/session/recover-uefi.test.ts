@@ -7,43 +7,22 @@
  * libvirt domain with a variable store needs its own undefine).
  */
 import t from 'tap';
-import { existsSync, mkdtempSync, openSync, readFileSync, readSync, closeSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, openSync, readFileSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { labDown, listLabs, readLabState } from '../../src/lab/lab.js';
+import { readLabState } from '../../src/lab/lab.js';
 import { recover, stopSession } from '../../src/session/recover.js';
-import { SessionStore } from '../../src/session/store.js';
 import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
 import { loadVmDefinition } from '../../src/vm/definition.js';
 import { LIBVIRT_URI } from '../../src/hypervisor/libvirt.js';
 import { exec } from '../../src/host/exec.js';
 import { projectPath } from '../../src/paths.js';
-import { WEB_EXPECT, httpGet, sessionResidue } from './fixtures/recovery.js';
+import { WEB_EXPECT, httpGet, sessionResidue, recoveryWorkspace } from './fixtures/recovery.js';
 import { guestImage } from '../helpers/guests.js';
 import { uefiGuestImage } from '../helpers/uefi-guest.js';
-import { subnet, type SubnetName } from '../helpers/subnets.js';
+import { subnet } from '../helpers/subnets.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'rl-recover-uefi-'));
-const stateDir = join(dir, 'state');
-const store = new SessionStore(stateDir);
-const tag = randomBytes(2).toString('hex');
-
-t.teardown(async () => {
-  for (const s of store.list()) await stopSession(stateDir, s.id).catch(() => undefined);
-  for (const l of listLabs(stateDir)) await labDown(l.name, { stateDir });
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function labFile(name: string, net: SubnetName): string {
-  const p = join(dir, `${name}.json`);
-  writeFileSync(
-    p,
-    JSON.stringify({ name, networks: [{ name: 'prod', subnet: '192.168.77.0/24', gateway: '192.168.77.1', masquerade: subnet(net) }] }),
-  );
-  return p;
-}
+const { dir, stateDir, store, tag, labFile } = recoveryWorkspace(t, 'rl-recover-uefi-');
 
 const fixture = (async () => {
   const image = uefiGuestImage(await guestImage('web'), dir, 'web-uefi');
@@ -70,7 +49,14 @@ for (const driver of ['qemu', 'libvirt'] as const) {
     }
     const { repo } = await fixture;
     const lab = `ru${driver[0]}${tag}`;
-    const s = await recover({ repo, vm: 'web', lab: labFile(lab, `session/recover-uefi:${driver}`), driver, accel: 'tcg', stateDir });
+    const s = await recover({
+      repo,
+      vm: 'web',
+      lab: labFile(lab, subnet(`session/recover-uefi:${driver}`)),
+      driver,
+      accel: 'tcg',
+      stateDir,
+    });
     t.equal(s.state, 'running', `${s.error?.message ?? ''}`);
     const page = await httpGet(`http://${s.addresses.nic0}/`);
     t.equal(page.status, 200, 'the guest serves HTTP');
