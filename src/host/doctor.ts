@@ -6,6 +6,7 @@ import { existsSync, accessSync, constants } from 'node:fs';
 import { exec, which } from './exec.js';
 import { probeAccel, type AccelProbe } from './accel.js';
 import { mountEntry } from './mounts.js';
+import { OVMF_BUILDS } from './ovmf.js';
 
 export interface Check {
   name: string;
@@ -126,6 +127,19 @@ function qemuNfsCheck(): Check {
       };
 }
 
+function ovmfCheck(): Check {
+  const build = OVMF_BUILDS.find((b) => existsSync(b.image) && existsSync(b.varsTemplate));
+  return build
+    ? { name: 'uefi', ok: true, detail: build.image, required: false }
+    : {
+        name: 'uefi',
+        ok: false,
+        detail: 'no OVMF firmware (VMs defined with "firmware": "uefi")',
+        fix: 'apt-get install ovmf',
+        required: false,
+      };
+}
+
 export async function runDoctor(opts: { cacheDir?: string; force?: boolean; guestsDir?: string } = {}): Promise<DoctorReport> {
   const started = performance.now();
   const accel = await probeAccel(opts);
@@ -152,6 +166,8 @@ export async function runDoctor(opts: { cacheDir?: string; force?: boolean; gues
     await netnsCheck(),
     tool('nft', 'nftables', false, 'lab masquerade NAT'),
     tool('losetup', 'mount', false, 'file-level restore'),
+    tool('mount.ntfs-3g', 'ntfs-3g', false, 'file-level restore of NTFS where the kernel has no ntfs3'),
+    ovmfCheck(),
   ];
   return {
     ok: checks.every((c) => c.ok || !c.required),

@@ -12,20 +12,10 @@
 import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { missingComponent } from '../errors.js';
+import { OVMF_BUILDS, type OvmfBuild } from '../host/ovmf.js';
 import type { DomainSpec } from './types.js';
 
-export interface UefiFirmware {
-  /** The firmware image (pflash unit 0, read-only). */
-  image: string;
-  /** The empty variable store each domain copies (pflash unit 1, writable). */
-  varsTemplate: string;
-}
-
-/** Debian's ovmf, 4 MiB builds first (the 2 MiB ones are kept for old machine types); the code and its store must match in size. */
-const OVMF_BUILDS: UefiFirmware[] = [
-  { image: '/usr/share/OVMF/OVMF_CODE_4M.fd', varsTemplate: '/usr/share/OVMF/OVMF_VARS_4M.fd' },
-  { image: '/usr/share/OVMF/OVMF_CODE.fd', varsTemplate: '/usr/share/OVMF/OVMF_VARS.fd' },
-];
+export type UefiFirmware = OvmfBuild;
 
 /** The UEFI firmware on this host; MISSING_COMPONENT, naming the package, when there is none. */
 export function uefiFirmware(builds: readonly UefiFirmware[] = OVMF_BUILDS): UefiFirmware {
