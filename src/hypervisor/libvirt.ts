@@ -84,13 +84,14 @@ export function domainXml(
   uefi?: { image: string; vars: string },
 ): string {
   const vm = spec.vm;
+  const scsi = spec.disks.some((d) => vm.disks.find((x) => x.name === d.name)?.bus === 'scsi');
   const disks = spec.disks.map((d, i) => {
     const bus = vm.disks.find((x) => x.name === d.name)?.bus ?? 'virtio';
     const dev = bus === 'virtio' ? `vd${String.fromCharCode(97 + i)}` : `sd${String.fromCharCode(97 + i)}`;
     return `    <disk type='${d.path.startsWith('nfs://') || isNbdUrl(d.path) ? 'network' : 'file'}' device='disk'>
       <driver name='qemu' type='${d.format}'/>
       ${diskSource(d.path)}
-      <target dev='${dev}' bus='${bus === 'virtio' ? 'virtio' : 'sata'}'/>
+      <target dev='${dev}' bus='${bus === 'virtio' || bus === 'scsi' ? bus : 'sata'}'/>
       <alias name='ua-${esc(d.name)}'/>${d.readOnly ? '\n      <readonly/>' : ''}
     </disk>`;
   });
@@ -123,7 +124,7 @@ export function domainXml(
   <features><acpi/></features>${accel === 'kvm' ? "\n  <cpu mode='host-passthrough'/>" : ''}
   <on_crash>destroy</on_crash>
   <devices>
-${disks.join('\n')}
+${disks.join('\n')}${scsi ? "\n    <controller type='scsi' index='0' model='virtio-scsi'/>" : ''}
 ${nics.join('\n')}
     <serial type='file'>
       <source path='${esc(join(dir, 'console.log'))}'/>

@@ -105,9 +105,11 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', ue
       '-drive',
       `if=pflash,format=raw,unit=1,file=${drivePath(uefi.vars)}`,
     );
+  const busOf = (name: string): string => vm.disks.find((x) => x.name === name)?.bus ?? 'virtio';
+  // One virtio-scsi controller for every disk on the scsi bus: the guest sees /dev/sdX, as on its source host.
+  if (spec.disks.some((d) => busOf(d.name) === 'scsi')) args.push('-device', 'virtio-scsi-pci,id=scsi0');
   spec.disks.forEach((d, i) => {
-    const vmDisk = vm.disks.find((x) => x.name === d.name);
-    const bus = vmDisk?.bus ?? 'virtio';
+    const bus = busOf(d.name);
     args.push(
       '-blockdev',
       JSON.stringify({
@@ -119,7 +121,8 @@ export function qemuArgs(spec: DomainSpec, dir: string, accel: 'kvm' | 'tcg', ue
       }),
     );
     const bootindex = i === 0 ? ',bootindex=0' : '';
-    if (bus === 'ide' || bus === 'sata') args.push('-device', `ide-hd,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
+    if (bus === 'scsi') args.push('-device', `scsi-hd,bus=scsi0.0,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
+    else if (bus === 'ide' || bus === 'sata') args.push('-device', `ide-hd,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
     else args.push('-device', `virtio-blk-pci,drive=disk-${d.name},id=dev-${d.name}${bootindex}`);
   });
   spec.nics.forEach((n, i) => {

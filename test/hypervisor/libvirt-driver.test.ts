@@ -65,6 +65,22 @@ t.test("libvirt: its domains are libvirt's own: virsh sees them, and undefine re
   t.not(gone.code, 0, 'undefined in libvirt');
 });
 
+t.test('libvirt: a disk on the scsi bus sits behind a virtio-scsi controller that libvirt accepts and runs', async (t) => {
+  const scsi: DomainSpec = {
+    ...spec,
+    vm: { ...spec.vm, name: `lvscsi-${process.pid}`, disks: [{ name: 'root', bus: 'scsi' }] },
+  };
+  const dom = await driver.start(scsi);
+  try {
+    const xml = (await exec('virsh', ['-c', LIBVIRT_URI, 'dumpxml', `rl-${scsi.vm.name}`])).stdout;
+    t.match(xml, /<controller type='scsi' index='0' model='virtio-scsi'>/, 'a virtio-scsi controller');
+    t.match(xml, /<target dev='sda' bus='scsi'\/>/, 'the disk on it, as sda');
+    t.match((await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', `rl-${scsi.vm.name}`])).stdout, /running/);
+  } finally {
+    await dom.destroy();
+  }
+});
+
 t.test('bad input: libvirtd not running names scripts/libvirtd', async (t) => {
   const off = new LibvirtDriver({ stateDir: join(dir, 'state'), socket: join(dir, 'no-libvirt-sock') });
   await t.rejects(off.list(), { code: 'LIBVIRTD_NOT_RUNNING', hint: /scripts\/libvirtd/ });

@@ -8,7 +8,7 @@ import t from 'tap';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QemuDriver } from '../../src/hypervisor/qemu.js';
+import { QemuDriver, type QemuDomain } from '../../src/hypervisor/qemu.js';
 import type { DomainSpec } from '../../src/hypervisor/types.js';
 import { runDriverSuite } from './driver-suite.js';
 
@@ -59,4 +59,33 @@ t.test('qemu: list reports pid and failure reason; a crash nobody watched is inf
   t.equal(await seen?.state(), 'failed', 'dead pid without a stop record is failed');
   t.match(await seen?.exitReason(), /found at re-attach/, 'and says it was found so');
   await dom2.destroy();
+});
+
+t.test('qemu: each disk is on the bus its definition names (scsi: behind one virtio-scsi controller, as /dev/sdX)', async (t) => {
+  const d = new QemuDriver({ stateDir, accel: 'tcg' });
+  const dom = (await d.start({
+    vm: {
+      name: 'buses',
+      memoryMiB: 64,
+      vcpus: 1,
+      disks: [{ name: 'root', bus: 'scsi' }, { name: 'data', bus: 'sata' }, { name: 'logs', bus: 'scsi' }, { name: 'swap' }],
+      nics: [],
+    },
+    disks: ['root', 'data', 'logs', 'swap'].map((name) => {
+      const path = join(dir, `${name}.raw`);
+      writeFileSync(path, Buffer.alloc(1024 * 1024));
+      return { name, path, format: 'raw' as const };
+    }),
+    nics: [],
+    accel: 'tcg',
+  })) as QemuDomain;
+  const types = await dom.withMonitor((qmp) =>
+    Promise.all(
+      ['dev-root', 'dev-data', 'dev-logs', 'dev-swap', 'scsi0'].map((id) =>
+        qmp.execute('qom-get', { path: `/machine/peripheral/${id}`, property: 'type' }),
+      ),
+    ),
+  );
+  t.same(types, ['scsi-hd', 'ide-hd', 'scsi-hd', 'virtio-blk-pci', 'virtio-scsi-pci'], 'what QEMU built');
+  await dom.destroy();
 });
