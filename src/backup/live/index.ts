@@ -69,6 +69,8 @@ function sourceLabel(s: LiveSource): string {
 export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
   tracePhase('live: start');
+  // The sync at the end then finds only this backup's writes dirty, and no fork of node on its path.
+  repo.chunks.prepareSync?.();
   const work = await claimWorkDir(sourceKey(source), o.onWarning);
   let mon: BlockMonitor | undefined;
   // Started now, so the hashing threads boot while we wait on the monitor and the guest freeze.
