@@ -21,7 +21,8 @@
  * `npm run build` (the precompiled schema validators; the bench refuses without):
  *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
  * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
- * size, default 1M), LIVE_BENCH_ROUNDS (incremental rounds, default 1), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
+ * size, default 1M), LIVE_BENCH_ROUNDS (incremental rounds, default 1), LIVE_BENCH_ROUND_ENV
+ * (a JSON list of environment objects for our incremental backups, one per round, cycled), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
  * (file, filesystem, none) compares the repository's sync levels; LIVE_BENCH_NODE_ARGS
  * (e.g. `--cpu-prof --cpu-prof-dir=DIR`) is given to node for our backups only,
  * and RESTORELAB_TRACE=1 prints their phases.
@@ -43,6 +44,8 @@ const DATA_MIB = Number(process.env.LIVE_BENCH_DATA_MIB ?? 1024);
 const CHUNK = process.env.LIVE_BENCH_CHUNK ?? '1M';
 /** Change-then-incremental rounds after the full backups (each a fresh 3% change). */
 const ROUNDS = Number(process.env.LIVE_BENCH_ROUNDS ?? 1);
+/** Environment added to our incremental backups, one object per round, cycled: A/B comparisons in one session. */
+const roundEnv = JSON.parse(process.env.LIVE_BENCH_ROUND_ENV ?? '[{}]') as Record<string, string>[];
 const GUEST_MIB = 64;
 const CHANGED_FRACTION = 0.03;
 const URI = 'qemu:///system';
@@ -140,7 +143,9 @@ async function main(): Promise<void> {
       vmFile,
       JSON.stringify({ name: 'bench', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }),
     );
-    const ours = async (): Promise<{
+    const ours = async (
+      extraEnv: Record<string, string> = {},
+    ): Promise<{
       seconds: number;
       json: {
         stats: { bytesRead: number; seconds?: number };
@@ -166,7 +171,7 @@ async function main(): Promise<void> {
           '--no-after-backup',
           '--json',
         ],
-        env,
+        { ...env, ...extraEnv },
       );
       // With RESTORELAB_TRACE=1 the backup prints its phases on stderr: show them beside the figures.
       if (process.env.RESTORELAB_TRACE)
@@ -204,9 +209,9 @@ async function main(): Promise<void> {
       const vInc = await theirs('inc');
       await settle();
       const load = loadavg()[0]?.toFixed(2);
-      const oInc = await ours();
+      const oInc = await ours(roundEnv[(round - 1) % roundEnv.length]);
       console.log(
-        `incremental: restorelab ${oInc.seconds.toFixed(2)} s (engine ${oInc.json.stats.seconds ?? '-'} s, read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
+        `incremental${roundEnv.length > 1 ? ` ${JSON.stringify(roundEnv[(round - 1) % roundEnv.length])}` : ''}: restorelab ${oInc.seconds.toFixed(2)} s (engine ${oInc.json.stats.seconds ?? '-'} s, read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
           `  virtnbdbackup ${vInc.seconds.toFixed(2)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5), load average ${load}`,
       );
     }

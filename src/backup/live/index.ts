@@ -45,6 +45,14 @@ export interface LiveBackupOptions {
   /** true: fail instead of falling back to crash-consistent. */
   requireConsistency?: boolean;
   hostScripts?: HostScripts;
+  /**
+   * The source's monitor, which the caller started opening (openLiveMonitor)
+   * so that it opens while the repository does; default: opened here, after
+   * the work directory is claimed. Closed here either way. Only for libvirt
+   * sources: many clients may talk to libvirt at once, while a QMP socket
+   * serves one, which a running backup of the same VM may hold.
+   */
+  monitor?: Promise<BlockMonitor>;
   onProgress?: (p: BackupProgress) => void;
   onWarning?: (m: string) => void;
   signal?: AbortSignal;
@@ -66,18 +74,40 @@ function sourceLabel(s: LiveSource): string {
   return s.kind === 'qmp' ? `live qmp:${resolve(s.qmp)}` : `live libvirt:${s.domain}`;
 }
 
+/** Opens the monitor of a live source; backupLiveVm takes it as `monitor`. */
+export function openLiveMonitor(source: LiveSource): Promise<BlockMonitor> {
+  const opening = source.kind === 'qmp' ? openQmpMonitor(source.qmp) : openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+  // Awaited later (or closed unused): a refusal must not count as unhandled meanwhile.
+  opening.catch(() => undefined);
+  return opening;
+}
+
+/** A monitor opened for nothing (the backup failed before it was used) is closed once it is open. */
+export function discardMonitor(monitor: Promise<BlockMonitor> | undefined): void {
+  void monitor?.then(
+    (m) => m.close(),
+    () => undefined,
+  );
+}
+
 export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
   tracePhase('live: start');
   // The sync at the end then finds only this backup's writes dirty, and no fork of node on its path.
   repo.chunks.prepareSync?.();
-  const work = await claimWorkDir(sourceKey(source), o.onWarning);
+  let work: Awaited<ReturnType<typeof claimWorkDir>>;
+  try {
+    work = await claimWorkDir(sourceKey(source), o.onWarning);
+  } catch (err) {
+    discardMonitor(o.monitor);
+    throw err;
+  }
   let mon: BlockMonitor | undefined;
   // Started now, so the hashing threads boot while we wait on the monitor and the guest freeze.
   const pool = startChunkPool(repo, o.codecInit);
   try {
-    mon =
-      source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+    // A QMP socket serves one client: it is connected to only once the work directory says no other backup holds it.
+    mon = await (o.monitor ?? openLiveMonitor(source));
     tracePhase('live: monitor open');
     // Sweep first: a killed backup's job still has its copy-before-write filter on top of the disk node.
     const swept = await sweep(mon);
