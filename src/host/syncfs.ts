@@ -74,8 +74,13 @@ export class FilesystemSyncer {
     });
     this.child = child;
     child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (d: string) => this.onOutput(d));
-    child.stderr.on('data', (d: Buffer) => (this.said += d.toString()));
+    // A closed shell's last words are not the answers of its successor's requests.
+    child.stdout.on('data', (d: string) => {
+      if (this.child === child) this.onOutput(d);
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      if (this.child === child) this.said += d.toString();
+    });
     child.on('error', (err) => this.ended(child, `cannot run it: ${err.message}`));
     child.on('close', (code, signal) => this.ended(child, `its shell ended (${code ?? signal})`));
     child.stdin.on('error', () => undefined);
@@ -100,10 +105,13 @@ export class FilesystemSyncer {
     });
   }
 
-  /** Ends the shell; a sync in flight is rejected. */
+  /** Ends the shell; a sync in flight is rejected. A sync() after this starts a new shell. */
   close(): void {
-    if (this.idle) clearTimeout(this.idle);
-    this.child?.stdin.end();
+    const child = this.child;
+    if (!child) return;
+    // Detached at once: a sync() between now and the shell's exit must not be written to a closing stdin.
+    this.ended(child, 'the syncer was closed');
+    child.stdin.end();
   }
 
   private onOutput(d: string): void {
@@ -133,6 +141,7 @@ export class FilesystemSyncer {
   private ended(child: ChildProcessWithoutNullStreams, why: string): void {
     if (this.child !== child) return;
     this.child = undefined;
+    this.buffered = '';
     if (this.idle) clearTimeout(this.idle);
     const said = this.said.trim();
     this.said = '';

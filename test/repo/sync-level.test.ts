@@ -161,13 +161,20 @@ t.test('FilesystemSyncer: syncs in order through one waiting shell, names the fa
   syncer.start();
   await Promise.all([syncer.sync(), syncer.sync(), syncer.sync()]);
   syncer.close();
+  await syncer.sync();
+  t.pass('a sync right after close() (the idle timeout does the same) starts a new shell instead of failing');
+  const inFlight = syncer.sync();
+  syncer.close();
+  await t.rejects(inFlight, /the syncer was closed/, 'close() rejects a sync in flight');
+  await syncer.sync();
+  syncer.close();
   const missing = new FilesystemSyncer(join(dir, 'not-there'));
   await t.rejects(missing.sync(), new RegExp(`sync -f ${dir}/not-there failed: exit 1: .*No such file or directory`));
   await t.rejects(missing.sync(), /exit 1/, 'the shell survives a failed sync and answers the next');
   missing.close();
   // A process whose syncer is idle exits at once (not after the idle timeout); one with a sync in flight waits for it.
   const script = `
-    const { FilesystemSyncer } = await import(${JSON.stringify(projectPath('dist', 'src', 'host', 'syncfs.js'))});
+    const { FilesystemSyncer } = await import(${JSON.stringify(new URL('../../src/host/syncfs.js', import.meta.url).href)});
     const s = new FilesystemSyncer(${JSON.stringify(dir)});
     s.start();
     await s.sync();
