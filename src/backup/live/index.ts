@@ -53,6 +53,12 @@ export interface LiveBackupOptions {
    * serves one, which a running backup of the same VM may hold.
    */
   monitor?: Promise<BlockMonitor>;
+  /**
+   * Called once the point is committed, and run while the backup removes
+   * what it added to QEMU; awaited before backupLiveVm returns, and what it
+   * rejects with is thrown then (the point stays committed).
+   */
+  onCommitted?: (point: RestorePoint) => Promise<void>;
   onProgress?: (p: BackupProgress) => void;
   onWarning?: (m: string) => void;
   signal?: AbortSignal;
@@ -264,6 +270,9 @@ async function capture(
     });
     committed = true;
     tracePhase('live: committed');
+    // The caller's own work on the point (the CLI's catalog) runs while QEMU's nodes are removed.
+    const after = o.onCommitted?.(point);
+    after?.catch(() => undefined);
     // The previous point's bitmaps have served; the new point's keep recording for the next backup.
     await closeAll(clients);
     await fleece
@@ -279,6 +288,7 @@ async function capture(
           .catch((err: Error) => o.onWarning?.(`could not remove the used bitmap ${v.bitmap}: ${err.message}`));
     }
     tracePhase('live: QEMU nodes removed');
+    await after;
     return { point, changedBlockTracking: cbt };
   } finally {
     if (!committed) {

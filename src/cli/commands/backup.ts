@@ -6,7 +6,7 @@ import type { AfterBackupReport } from '../../scheduler/after-backup.js';
 import type { BackedUpVm } from '../../scheduler/scheduler.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
 import type { VmDefinition } from '../../vm/definition.js';
-import type { Consistency } from '../../repo/contract.js';
+import type { Consistency, RestorePoint } from '../../repo/contract.js';
 import { ExitCode, RestorelabError, badInput } from '../../errors.js';
 import type { BackupProgress } from '../../backup/engine.js';
 import type { LiveBackupResult, LiveSource } from '../../backup/live/index.js';
@@ -164,6 +164,10 @@ export function registerBackup(program: Command): void {
           bar?.update(p.done, `new ${formatBytes(p.stats.bytesNew)}`);
         };
         const onWarning = (m: string): void => ctx.out.warn(m);
+        const recordInCatalog = async (p: RestorePoint): Promise<void> => {
+          const [, { recordPoint }] = await afterCommit;
+          await withCatalog(ctx, (db) => recordPoint(db, repo.path, p));
+        };
         let liveResult: LiveBackupResult | undefined;
         if (live && liveModule) {
           const ac = new AbortController();
@@ -182,6 +186,8 @@ export function registerBackup(program: Command): void {
               vm,
               source: live,
               ...(monitor ? { monitor } : {}),
+              // Recorded while the backup removes its QEMU nodes.
+              onCommitted: (p) => recordInCatalog(p),
               codecInit,
               consistency: o.consistency as Consistency,
               onProgress,
@@ -207,8 +213,8 @@ export function registerBackup(program: Command): void {
           (await backupVm({ repo, vm, disks, codecInit, consistency: o.consistency as Consistency, onWarning, onProgress }));
         bar?.finish();
         tracePhase('backup: point committed');
-        const [{ describeSignals }, { recordPoint }] = await afterCommit;
-        await withCatalog(ctx, (db) => recordPoint(db, repo.path, point));
+        if (!liveResult) await recordInCatalog(point);
+        const [{ describeSignals }] = await afterCommit;
         tracePhase('backup: catalog recorded');
         const { signals: sig, ...s } = point.stats;
         const signals = sig ?? null;
