@@ -21,7 +21,8 @@
  * `npm run build` (the precompiled schema validators; the bench refuses without):
  *   flock /tmp/rl-heavy.lock node dist/bench/live-backup.js
  * Knobs: LIVE_BENCH_MIB, LIVE_BENCH_DATA_MIB, LIVE_BENCH_CHUNK (our chunk
- * size, default 1M), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
+ * size, default 1M), LIVE_BENCH_ROUNDS (incremental rounds, default 1), LIVE_BENCH_ROUND_ENV
+ * (a JSON list of environment objects for our incremental backups, one per round, cycled), LIVE_BENCH_DIR (default /var/tmp); RESTORELAB_SYNC_LEVEL
  * (file, filesystem, none) compares the repository's sync levels; LIVE_BENCH_NODE_ARGS
  * (e.g. `--cpu-prof --cpu-prof-dir=DIR`) is given to node for our backups only,
  * and RESTORELAB_TRACE=1 prints their phases.
@@ -41,6 +42,10 @@ const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env.LIVE_BENCH_MIB ?? 2048);
 const DATA_MIB = Number(process.env.LIVE_BENCH_DATA_MIB ?? 1024);
 const CHUNK = process.env.LIVE_BENCH_CHUNK ?? '1M';
+/** Change-then-incremental rounds after the full backups (each a fresh 3% change). */
+const ROUNDS = Number(process.env.LIVE_BENCH_ROUNDS ?? 1);
+/** Environment added to our incremental backups, one object per round, cycled: A/B comparisons in one session. */
+const roundEnv = JSON.parse(process.env.LIVE_BENCH_ROUND_ENV ?? '[{}]') as Record<string, string>[];
 const GUEST_MIB = 64;
 const CHANGED_FRACTION = 0.03;
 const URI = 'qemu:///system';
@@ -138,7 +143,9 @@ async function main(): Promise<void> {
       vmFile,
       JSON.stringify({ name: 'bench', memoryMiB: 256, vcpus: 1, disks: [{ name: 'root', format: 'qcow2' }], nics: [] }),
     );
-    const ours = async (): Promise<{
+    const ours = async (
+      extraEnv: Record<string, string> = {},
+    ): Promise<{
       seconds: number;
       json: {
         stats: { bytesRead: number; seconds?: number };
@@ -164,7 +171,7 @@ async function main(): Promise<void> {
           '--no-after-backup',
           '--json',
         ],
-        env,
+        { ...env, ...extraEnv },
       );
       // With RESTORELAB_TRACE=1 the backup prints its phases on stderr: show them beside the figures.
       if (process.env.RESTORELAB_TRACE)
@@ -187,27 +194,29 @@ async function main(): Promise<void> {
     await settle();
     const oFull = await ours();
     const blocks = Math.round(SIZE_MIB * CHANGED_FRACTION);
-    const offsets = new Set<number>();
-    while (offsets.size < blocks) offsets.add(randomInt(GUEST_MIB, GUEST_MIB + DATA_MIB));
-    await libvirtGuest(URI, domain).sh(
-      `for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`,
-    );
-    await settle();
-    const vInc = await theirs('inc');
-    await settle();
-    const oInc = await ours();
-
     const mb = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
     console.log(
       `full:        restorelab ${oFull.seconds.toFixed(1)} s (read ${mb(oFull.json.stats.bytesRead)}, ${oFull.json.consistency}, frozen ${oFull.json.freezeMs ?? '-'} ms)` +
         `  virtnbdbackup ${vFull.seconds.toFixed(1)} s  ratio ${ratio(oFull.seconds, vFull.seconds)} (target <= 0.7)`,
     );
+    for (let round = 1; round <= ROUNDS; round++) {
+      const offsets = new Set<number>();
+      while (offsets.size < blocks) offsets.add(randomInt(GUEST_MIB, GUEST_MIB + DATA_MIB));
+      await libvirtGuest(URI, domain).sh(
+        `for o in ${[...offsets].join(' ')}; do dd if=/dev/urandom of=/dev/vda bs=1048576 seek=$o count=1 conv=notrunc 2>/dev/null; done; sync`,
+      );
+      await settle();
+      const vInc = await theirs('inc');
+      await settle();
+      const load = loadavg()[0]?.toFixed(2);
+      const oInc = await ours(roundEnv[(round - 1) % roundEnv.length]);
+      console.log(
+        `incremental${roundEnv.length > 1 ? ` ${JSON.stringify(roundEnv[(round - 1) % roundEnv.length])}` : ''}: restorelab ${oInc.seconds.toFixed(2)} s (engine ${oInc.json.stats.seconds ?? '-'} s, read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
+          `  virtnbdbackup ${vInc.seconds.toFixed(2)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5), load average ${load}`,
+      );
+    }
     console.log(
-      `incremental: restorelab ${oInc.seconds.toFixed(2)} s (engine ${oInc.json.stats.seconds ?? '-'} s, read ${mb(oInc.json.stats.bytesRead)}, CBT ${oInc.json.changedBlockTracking.used ? 'used' : 'NOT used'}, frozen ${oInc.json.freezeMs ?? '-'} ms)` +
-        `  virtnbdbackup ${vInc.seconds.toFixed(2)} s  ratio ${ratio(oInc.seconds, vInc.seconds)} (target <= 0.5)`,
-    );
-    console.log(
-      `changed: ${blocks} blocks of 1 MiB (${mb(blocks * MiB)}); load average now ${loadavg()
+      `changed: ${blocks} blocks of 1 MiB (${mb(blocks * MiB)}) per round; load average now ${loadavg()
         .map((l) => l.toFixed(2))
         .join(' ')}`,
     );

@@ -167,6 +167,7 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
   }
   try {
     tracePhase('engine: locked');
+    repo.chunks.prepareSync?.();
     const parent = await chooseParent(repo, vm.name, opts.parent);
     const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
     const inserted: { digest: string; at: number }[] = [];

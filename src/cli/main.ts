@@ -7,11 +7,15 @@
 import { Command, CommanderError } from 'commander';
 import { tracePhase } from '../host/trace.js';
 import { RestorelabError, ExitCode } from '../errors.js';
-import { commands } from './commands/index.js';
+import { commandsFor } from './commands/index.js';
+import type { RegisterCommand } from './context.js';
 import { applyRemoteMode, remoteTarget, type RemoteAction, type RemoteTarget } from './remote.js';
 
 /** `remote` comes with the commands' remote forms (remote-commands.ts), which only a --server call loads. */
-export function buildProgram(remote?: { target: RemoteTarget; commands: Record<string, RemoteAction> }): Command {
+export function buildProgram(
+  commands: readonly RegisterCommand[],
+  remote?: { target: RemoteTarget; commands: Record<string, RemoteAction> },
+): Command {
   const program = new Command();
   program
     .name('restorelab')
@@ -36,7 +40,12 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const target = remoteTarget(argv);
     // Loaded only for --server: they import every command's renderer, about 30 ms of a local call's start-up.
-    const program = buildProgram(target ? { target, commands: (await import('./remote-commands.js')).remoteCommands } : undefined);
+    // A call through a server loads every command: the remote forms are applied to them all.
+    const commands = await commandsFor(target ? [] : argv);
+    const program = buildProgram(
+      commands,
+      target ? { target, commands: (await import('./remote-commands.js')).remoteCommands } : undefined,
+    );
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok;
   } catch (err) {

@@ -165,6 +165,12 @@ export interface ChunkStore {
    * levels `file` and `none`. Rejects with REPO_SYNC_FAILED.
    */
   sync(): Promise<void>;
+  /**
+   * A backup is about to store chunks and then sync(): a store may get
+   * ready now (start a helper process, flush what is already dirty) so the
+   * sync at the end costs less. Durability does not depend on it.
+   */
+  prepareSync?(): void;
   /** The blob; rejects with a not-found RestorelabError naming store and digest. */
   get(digest: string): Promise<Buffer>;
   /**

@@ -14,7 +14,7 @@ import { basename, dirname, join } from 'node:path';
 import { DEFAULT_SYNC_LEVEL, type ChunkStore, type PlacedBlob, type StoredChunk, type SyncLevel } from './api.js';
 import { badInput, isErrno, notFound, RestorelabError } from '../errors.js';
 import { fsyncDir, removeIfOlder, tempName, writeFileAtomic } from '../host/atomic-file.js';
-import { syncFilesystem } from '../host/syncfs.js';
+import { FilesystemSyncer, syncFilesystem } from '../host/syncfs.js';
 import { CHUNK_HEADER_SIZE, QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 import { CorruptChunkError } from './contract.js';
 
@@ -108,6 +108,9 @@ export interface ChunkStoreOptions {
 export class LocalChunkStore implements ChunkStore {
   readonly syncLevel: SyncLevel;
   private readonly syncFs: (dir: string) => Promise<void>;
+  /** Set by prepareSync when no syncFilesystem was injected: sync() goes through its waiting shell. */
+  private syncer: FilesystemSyncer | undefined;
+  private readonly injectedSync: boolean;
   /**
    * Chunks inserted or found (a successful touch) by this store so far, and
    * how many of them the last completed sync covered: a sync covers what
@@ -123,6 +126,20 @@ export class LocalChunkStore implements ChunkStore {
   ) {
     this.syncLevel = opts.syncLevel ?? DEFAULT_SYNC_LEVEL;
     this.syncFs = opts.syncFilesystem ?? syncFilesystem;
+    this.injectedSync = opts.syncFilesystem !== undefined;
+  }
+
+  /**
+   * At level `filesystem`: starts the shell that will run this backup's
+   * syncs (FilesystemSyncer), and has it flush what is already dirty on the
+   * file system (other programs' writes, which syncfs would otherwise wait
+   * for at the end), while the caller waits on other things.
+   */
+  prepareSync(): void {
+    if (this.syncLevel !== 'filesystem' || this.injectedSync || this.syncer) return;
+    this.syncer = new FilesystemSyncer(this.path);
+    // A failure here concerns writes older than this backup's; the syncs that cover its chunks report their own.
+    void this.syncer.sync().catch(() => undefined);
   }
 
   fileOf(digest: string): string {
@@ -215,7 +232,7 @@ export class LocalChunkStore implements ChunkStore {
     const upTo = this.chunkEvents;
     if (upTo === this.syncedEvents) return;
     try {
-      await this.syncFs(this.path);
+      await (this.syncer ? this.syncer.sync() : this.syncFs(this.path));
     } catch (err) {
       // Writeback of delayed allocations is where a full file system shows at this level.
       const full = isErrno(err, 'ENOSPC') || /No space left on device/.test((err as Error).message);

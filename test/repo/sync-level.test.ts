@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { backupVm } from '../../src/backup/engine.js';
 import { RestorelabError } from '../../src/errors.js';
 import { exec, which } from '../../src/host/exec.js';
-import { syncFilesystem } from '../../src/host/syncfs.js';
+import { FilesystemSyncer, syncFilesystem } from '../../src/host/syncfs.js';
 import type { SyncLevel } from '../../src/repo/api.js';
 import { initRepository, openRepository } from '../../src/repo/repository.js';
 import { projectPath } from '../../src/paths.js';
@@ -155,13 +155,44 @@ t.test('syncFilesystem runs syncfs on a real directory, and names the directory 
   t.equal((await repo.listPoints()).length, 1);
 });
 
+t.test('FilesystemSyncer: syncs in order through one waiting shell, names the failure, and never keeps a process alive', async (t) => {
+  const dir = tmpDir(t, 'rl-syncer-');
+  const syncer = new FilesystemSyncer(dir);
+  syncer.start();
+  await Promise.all([syncer.sync(), syncer.sync(), syncer.sync()]);
+  syncer.close();
+  await syncer.sync();
+  t.pass('a sync right after close() (the idle timeout does the same) starts a new shell instead of failing');
+  const inFlight = syncer.sync();
+  syncer.close();
+  await t.rejects(inFlight, /the syncer was closed/, 'close() rejects a sync in flight');
+  await syncer.sync();
+  syncer.close();
+  const missing = new FilesystemSyncer(join(dir, 'not-there'));
+  await t.rejects(missing.sync(), new RegExp(`sync -f ${dir}/not-there failed: exit 1: .*No such file or directory`));
+  await t.rejects(missing.sync(), /exit 1/, 'the shell survives a failed sync and answers the next');
+  missing.close();
+  // A process whose syncer is idle exits at once (not after the idle timeout); one with a sync in flight waits for it.
+  const script = `
+    const { FilesystemSyncer } = await import(${JSON.stringify(new URL('../../src/host/syncfs.js', import.meta.url).href)});
+    const s = new FilesystemSyncer(${JSON.stringify(dir)});
+    s.start();
+    await s.sync();
+    void s.sync().then(() => process.stdout.write('second sync done'));`;
+  const started = Date.now();
+  const r = await exec(process.execPath, ['--input-type=module', '-e', script], { timeoutMs: 20_000 });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'second sync done', 'the sync in flight was waited for');
+  t.ok(Date.now() - started < 5_000, `exited in ${Date.now() - started} ms, not after the 10 s idle timeout`);
+});
+
 /** What one traced CLI backup did: its fsyncs, syncfs calls and renames into indexes/ and points/, in order. */
 async function tracedBackup(
   t: Test,
   dir: string,
   level: SyncLevel,
   chunks: number,
-): Promise<{ fsyncs: number; syncfs: number[]; commits: number[] }> {
+): Promise<{ fsyncs: number; syncfs: number[]; commits: number[]; chunks: number[] }> {
   const home = join(dir, level);
   const repoDir = join(home, 'repo');
   await initRepository(repoDir, { chunkSize: SMALL });
@@ -201,29 +232,37 @@ async function tracedBackup(
     fsyncs: at(/\bf(data)?sync\(/).length,
     syncfs: at(/\bsyncfs\(/),
     commits: at(/rename(at2?)?\(.*\/(indexes|points)\/[^"]*\.(fidx|json)"/),
+    chunks: at(/rename(at2?)?\(.*\/chunks\/[0-9a-f]{2}\/[0-9a-f]{64}"/),
   };
 }
 
-t.test('the real CLI: one syncfs before the index and manifest renames instead of an fsync per chunk', async (t) => {
-  if (!which('strace')) throw new Error('strace is missing (apt-get install strace): this test reads the system calls of a backup');
-  const probe = await exec('strace', ['-f', '-qq', '-o', '/dev/null', 'true']);
-  if (probe.code !== 0) throw new Error(`strace cannot trace here: ${probe.stderr.trim()}`);
-  const dir = tmpDir(t, 'rl-sync-strace-');
-  const chunks = 24;
-  const fs = await tracedBackup(t, dir, 'filesystem', chunks);
-  t.equal(fs.syncfs.length, 1, 'filesystem: exactly one syncfs');
-  t.equal(fs.commits.length, 2, 'one index and one manifest renamed into place');
-  t.ok((fs.syncfs[0] ?? Infinity) < Math.min(...fs.commits), 'the syncfs comes before the index and the manifest');
+t.test(
+  'the real CLI: a syncfs after the last chunk and before the index and manifest renames, instead of an fsync per chunk',
+  async (t) => {
+    if (!which('strace')) throw new Error('strace is missing (apt-get install strace): this test reads the system calls of a backup');
+    const probe = await exec('strace', ['-f', '-qq', '-o', '/dev/null', 'true']);
+    if (probe.code !== 0) throw new Error(`strace cannot trace here: ${probe.stderr.trim()}`);
+    const dir = tmpDir(t, 'rl-sync-strace-');
+    const chunks = 24;
+    const fs = await tracedBackup(t, dir, 'filesystem', chunks);
+    // The first flushes what was dirty before the backup (ChunkStore.prepareSync); the last covers its chunks.
+    t.equal(fs.syncfs.length, 2, 'filesystem: two syncfs, one when the backup starts and one at the end');
+    t.equal(fs.commits.length, 2, 'one index and one manifest renamed into place');
+    t.equal(fs.chunks.length, chunks, 'every new chunk renamed into place');
+    const last = fs.syncfs.at(-1) ?? -1;
+    t.ok(last > Math.max(...fs.chunks), 'the last syncfs comes after the last chunk');
+    t.ok(last < Math.min(...fs.commits), 'and before the index and the manifest');
 
-  const file = await tracedBackup(t, dir, 'file', chunks);
-  t.equal(file.syncfs.length, 0, 'file: no syncfs');
-  // The rest (index, manifest, lock files, the SQLite catalog) is the same at both levels.
-  t.ok(fs.fsyncs < chunks, `filesystem: ${fs.fsyncs} fsyncs for ${chunks} new chunks, none per chunk`);
-  t.ok(
-    file.fsyncs - fs.fsyncs >= 2 * chunks,
-    `file: ${file.fsyncs} fsyncs, ${file.fsyncs - fs.fsyncs} more: a file and a shard fsync per chunk`,
-  );
-});
+    const file = await tracedBackup(t, dir, 'file', chunks);
+    t.equal(file.syncfs.length, 0, 'file: no syncfs');
+    // The rest (index, manifest, lock files, the SQLite catalog) is the same at both levels.
+    t.ok(fs.fsyncs < chunks, `filesystem: ${fs.fsyncs} fsyncs for ${chunks} new chunks, none per chunk`);
+    t.ok(
+      file.fsyncs - fs.fsyncs >= 2 * chunks,
+      `file: ${file.fsyncs} fsyncs, ${file.fsyncs - fs.fsyncs} more: a file and a shard fsync per chunk`,
+    );
+  },
+);
 
 t.test(
   'early flushes while reading: a sync per earlyFlushBytes of new blobs, then the final one; a failing one fails the backup',

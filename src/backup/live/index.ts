@@ -45,6 +45,20 @@ export interface LiveBackupOptions {
   /** true: fail instead of falling back to crash-consistent. */
   requireConsistency?: boolean;
   hostScripts?: HostScripts;
+  /**
+   * The source's monitor, which the caller started opening (openLiveMonitor)
+   * so that it opens while the repository does; default: opened here, after
+   * the work directory is claimed. Closed here either way. Only for libvirt
+   * sources: many clients may talk to libvirt at once, while a QMP socket
+   * serves one, which a running backup of the same VM may hold.
+   */
+  monitor?: Promise<BlockMonitor>;
+  /**
+   * Called once the point is committed, and run while the backup removes
+   * what it added to QEMU; awaited before backupLiveVm returns, and what it
+   * rejects with is thrown then (the point stays committed).
+   */
+  onCommitted?: (point: RestorePoint) => Promise<void>;
   onProgress?: (p: BackupProgress) => void;
   onWarning?: (m: string) => void;
   signal?: AbortSignal;
@@ -66,16 +80,40 @@ function sourceLabel(s: LiveSource): string {
   return s.kind === 'qmp' ? `live qmp:${resolve(s.qmp)}` : `live libvirt:${s.domain}`;
 }
 
+/** Opens the monitor of a live source; backupLiveVm takes it as `monitor`. */
+export function openLiveMonitor(source: LiveSource): Promise<BlockMonitor> {
+  const opening = source.kind === 'qmp' ? openQmpMonitor(source.qmp) : openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+  // Awaited later (or closed unused): a refusal must not count as unhandled meanwhile.
+  opening.catch(() => undefined);
+  return opening;
+}
+
+/** A monitor opened for nothing (the backup failed before it was used) is closed once it is open. */
+export function discardMonitor(monitor: Promise<BlockMonitor> | undefined): void {
+  void monitor?.then(
+    (m) => m.close(),
+    () => undefined,
+  );
+}
+
 export async function backupLiveVm(o: LiveBackupOptions): Promise<LiveBackupResult> {
   const { repo, vm, source } = o;
   tracePhase('live: start');
-  const work = await claimWorkDir(sourceKey(source), o.onWarning);
+  // The sync at the end then finds only this backup's writes dirty, and no fork of node on its path.
+  repo.chunks.prepareSync?.();
+  let work: Awaited<ReturnType<typeof claimWorkDir>>;
+  try {
+    work = await claimWorkDir(sourceKey(source), o.onWarning);
+  } catch (err) {
+    discardMonitor(o.monitor);
+    throw err;
+  }
   let mon: BlockMonitor | undefined;
   // Started now, so the hashing threads boot while we wait on the monitor and the guest freeze.
   const pool = startChunkPool(repo, o.codecInit);
   try {
-    mon =
-      source.kind === 'qmp' ? await openQmpMonitor(source.qmp) : await openLibvirtMonitor(source.domain, source.uri ?? DEFAULT_LIBVIRT_URI);
+    // A QMP socket serves one client: it is connected to only once the work directory says no other backup holds it.
+    mon = await (o.monitor ?? openLiveMonitor(source));
     tracePhase('live: monitor open');
     // Sweep first: a killed backup's job still has its copy-before-write filter on top of the disk node.
     const swept = await sweep(mon);
@@ -232,6 +270,9 @@ async function capture(
     });
     committed = true;
     tracePhase('live: committed');
+    // The caller's own work on the point (the CLI's catalog) runs while QEMU's nodes are removed.
+    const after = o.onCommitted?.(point);
+    after?.catch(() => undefined);
     // The previous point's bitmaps have served; the new point's keep recording for the next backup.
     await closeAll(clients);
     await fleece
@@ -247,6 +288,7 @@ async function capture(
           .catch((err: Error) => o.onWarning?.(`could not remove the used bitmap ${v.bitmap}: ${err.message}`));
     }
     tracePhase('live: QEMU nodes removed');
+    await after;
     return { point, changedBlockTracking: cbt };
   } finally {
     if (!committed) {

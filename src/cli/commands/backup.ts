@@ -6,7 +6,7 @@ import type { AfterBackupReport } from '../../scheduler/after-backup.js';
 import type { BackedUpVm } from '../../scheduler/scheduler.js';
 import { openRepoFromFlags, withCatalog, type RepoFlags } from './repo.js';
 import type { VmDefinition } from '../../vm/definition.js';
-import type { Consistency } from '../../repo/contract.js';
+import type { Consistency, RestorePoint } from '../../repo/contract.js';
 import { ExitCode, RestorelabError, badInput } from '../../errors.js';
 import type { BackupProgress } from '../../backup/engine.js';
 import type { LiveBackupResult, LiveSource } from '../../backup/live/index.js';
@@ -126,10 +126,6 @@ export function registerBackup(program: Command): void {
         c: Command,
       ) => {
         tracePhase('backup: command starts');
-        const { backupVm } = await import('../../backup/engine.js');
-        const { describeSignals } = await import('../../backup/signals.js');
-        const { recordPoint } = await import('../../catalog/catalog.js');
-        const { loadVmDefinition } = await import('../../vm/definition.js');
         const ctx = contextFor(c);
         if (!['crash', 'filesystem', 'application'].includes(o.consistency)) {
           throw badInput(
@@ -138,11 +134,23 @@ export function registerBackup(program: Command): void {
             'pass --consistency crash (the default for images)',
           );
         }
-        tracePhase('backup: modules loaded');
-        const vm = loadVmDefinition(o.vm);
         const live = liveSource(o);
+        const { loadVmDefinition } = await import('../../vm/definition.js');
+        const vm = loadVmDefinition(o.vm);
         const disks = assignDisks(vm, o.disk);
-        const { repo, codecInit } = await openRepoFromFlags(ctx, o);
+        // A libvirt monitor opens before the other modules load and the repository opens, so virsh starts and libvirt
+        // answers meanwhile (a QMP socket waits for the work directory's claim: it serves one client).
+        const liveModule = live ? await import('../../backup/live/index.js') : undefined;
+        const monitor = live?.kind === 'libvirt' ? liveModule?.openLiveMonitor(live) : undefined;
+        const { backupVm } = await import('../../backup/engine.js');
+        // Needed once the point is committed: they load while the backup waits on QEMU, the guest and the disk.
+        const afterCommit = Promise.all([import('../../backup/signals.js'), import('../../catalog/catalog.js')]);
+        afterCommit.catch(() => undefined);
+        tracePhase('backup: modules loaded');
+        const { repo, codecInit } = await openRepoFromFlags(ctx, o).catch((err: unknown) => {
+          liveModule?.discardMonitor(monitor);
+          throw err;
+        });
         tracePhase('backup: repository open');
         const total = vm.disks.length;
         let bar: ReturnType<typeof ctx.out.progress> | undefined;
@@ -156,9 +164,12 @@ export function registerBackup(program: Command): void {
           bar?.update(p.done, `new ${formatBytes(p.stats.bytesNew)}`);
         };
         const onWarning = (m: string): void => ctx.out.warn(m);
+        const recordInCatalog = async (p: RestorePoint): Promise<void> => {
+          const [, { recordPoint }] = await afterCommit;
+          await withCatalog(ctx, (db) => recordPoint(db, repo.path, p));
+        };
         let liveResult: LiveBackupResult | undefined;
-        if (live) {
-          const { backupLiveVm } = await import('../../backup/live/index.js');
+        if (live && liveModule) {
           const ac = new AbortController();
           const cancel = (): void =>
             ac.abort(
@@ -170,10 +181,13 @@ export function registerBackup(program: Command): void {
           process.once('SIGINT', cancel);
           process.once('SIGTERM', cancel);
           try {
-            liveResult = await backupLiveVm({
+            liveResult = await liveModule.backupLiveVm({
               repo,
               vm,
               source: live,
+              ...(monitor ? { monitor } : {}),
+              // Recorded while the backup removes its QEMU nodes.
+              onCommitted: (p) => recordInCatalog(p),
               codecInit,
               consistency: o.consistency as Consistency,
               onProgress,
@@ -199,7 +213,8 @@ export function registerBackup(program: Command): void {
           (await backupVm({ repo, vm, disks, codecInit, consistency: o.consistency as Consistency, onWarning, onProgress }));
         bar?.finish();
         tracePhase('backup: point committed');
-        await withCatalog(ctx, (db) => recordPoint(db, repo.path, point));
+        if (!liveResult) await recordInCatalog(point);
+        const [{ describeSignals }] = await afterCommit;
         tracePhase('backup: catalog recorded');
         const { signals: sig, ...s } = point.stats;
         const signals = sig ?? null;
