@@ -7,7 +7,7 @@
  * accepts is walked without a holder process, a loop device or a mount.
  *
  * Every other partition is named in `needMount`, and the caller mounts it;
- * partitions nobody reads (swap, LVM, unknown) are skipped with the same
+ * partitions nobody reads (swap, unknown) are skipped with the same
  * words the mount path uses.
  *
  * Yara reads files by path, so a file's bytes are copied into the scan's
@@ -105,6 +105,12 @@ export async function planInProcess(o: {
         const at: ReadAt = (off, len) => read(p.offset + off, Math.max(0, Math.min(len, p.size - off)));
         const fs = identifyFilesystem(await at(0, PROBE_BYTES));
         const key = partitionKey(d.name, p.number);
+        if (fs?.fstype === 'LVM2_member') {
+          // Its logical volumes are found and mounted by file-level restore (src/flr/lvm.ts): never skipped unread.
+          plan.needMount = true;
+          plan.reasons.set(key, 'LVM physical volume: its logical volumes are read through mounts');
+          continue;
+        }
         if (!fs || !fs.driver) {
           plan.handled.add(key);
           plan.targets.push(

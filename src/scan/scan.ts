@@ -69,6 +69,8 @@ export interface ScanFiles {
 export interface PartitionScan {
   disk: string;
   partition: number;
+  /** The LVM logical volume ("vg/lv") in that partition, when it is one. */
+  volume?: string;
   fstype: string;
   /** How its files were reached: the in-process ext reader, or a kernel mount. */
   via: ScanVia;
@@ -245,14 +247,15 @@ export async function scanTargets(
   };
 
   for (const m of targets) {
+    const volume = m.volume !== undefined ? { volume: m.volume } : {};
     if (m.skipped) {
-      partitions.push({ disk: m.disk, partition: m.partition, fstype: m.fstype, via: m.via, skipped: m.skipped });
+      partitions.push({ disk: m.disk, partition: m.partition, ...volume, fstype: m.fstype, via: m.via, skipped: m.skipped });
       continue;
     }
-    const part: PartitionScan = { disk: m.disk, partition: m.partition, fstype: m.fstype, via: m.via, files: 0 };
+    const part: PartitionScan = { disk: m.disk, partition: m.partition, ...volume, fstype: m.fstype, via: m.via, files: 0 };
     partitions.push(part);
     const inFlight = new Set<Promise<void>>();
-    const map = opts.fileMap?.partition(m);
+    const map = m.volume === undefined ? opts.fileMap?.partition(m) : undefined;
     const start = (f: TargetFile, extents: Extent[] | null): void => {
       part.files!++;
       const guestPath = f.guestPath.toString('utf8');
@@ -443,7 +446,9 @@ export async function scanPoint(o: ScanPointOptions): Promise<PointScan> {
     let fileMap: FileMap | undefined;
     let t2 = t1;
     try {
-      fileMap = await FileMap.open(o.db, o.repo, point, targets, plan ? { wrap: plan.wrap } : {});
+      // Logical volumes share their partition's number, which keys the file map's rows: they are read in full every time.
+      const mapped = targets.filter((x) => x.volume === undefined);
+      fileMap = await FileMap.open(o.db, o.repo, point, mapped, plan ? { wrap: plan.wrap } : {});
       result = await scanTargets(targets, o.rules, await VerdictCache.open(o.db, o.rules.hash), o.onProgress, { fileMap });
       await fileMap.commit();
     } finally {

@@ -35,6 +35,8 @@ export interface ReadFile {
 export interface ScanTarget<F extends TargetFile = TargetFile> {
   disk: string;
   partition: number;
+  /** The LVM logical volume ("vg/lv") in that partition, when the target is one. */
+  volume?: string;
   fstype: string;
   /** Byte offset of the partition on its disk (the file map needs it). */
   offset?: number;
@@ -58,6 +60,7 @@ export function mountTarget(m: MountedPartition): ScanTarget {
   const t: ScanTarget<MountedFile> = {
     disk: m.disk,
     partition: m.partition,
+    ...(m.volume !== undefined ? { volume: m.volume } : {}),
     fstype: m.fstype,
     via: 'mount',
     ...(m.offset !== undefined ? { offset: m.offset } : {}),
