@@ -132,7 +132,7 @@ export interface ScanProgress {
 
 interface Pending {
   sha: string;
-  where: { disk: string; partition: number; path: string }[];
+  where: { disk: string; partition: number; volume?: string; path: string }[];
 }
 
 /**
@@ -175,7 +175,8 @@ export async function scanTargets(
 
   const answer = (sha: string, rules: string[], where: Pending['where']): void => {
     for (const w of where)
-      for (const rule of rules) matches.push({ rule, disk: w.disk, partition: w.partition, path: w.path, sha256: sha });
+      for (const rule of rules)
+        matches.push({ rule, disk: w.disk, partition: w.partition, ...(w.volume ? { volume: w.volume } : {}), path: w.path, sha256: sha });
   };
 
   /** Content handed to yara that it has not answered yet, by hash: a copy joins it instead of being scanned twice. */
@@ -259,7 +260,7 @@ export async function scanTargets(
     const start = (f: TargetFile, extents: Extent[] | null): void => {
       part.files!++;
       const guestPath = f.guestPath.toString('utf8');
-      const where = { disk: m.disk, partition: m.partition, path: guestPath };
+      const where = { disk: m.disk, partition: m.partition, ...volume, path: guestPath };
       const job = (async () => {
         // Unchanged since the reference point (same extents, same chunks): its hash is known and it is not read.
         let at = process.hrtime.bigint();

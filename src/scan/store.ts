@@ -24,6 +24,8 @@ export interface ScanMatch {
   rule: string;
   disk: string;
   partition: number;
+  /** The LVM logical volume ("vg/lv") the file is on, when it is on one. */
+  volume?: string;
   /** Guest path inside the partition ("/etc/cron.d/x"); bytes that are not UTF-8 show as U+FFFD. */
   path: string;
   sha256: string;
