@@ -111,6 +111,8 @@ export function domainXml(
     </interface>`;
   });
   const qga = join(dir, 'qga.sock');
+  // The root PCI bus is pcie.0 on a q35 machine (pc-q35-*), pci.0 on i440fx (pc, pc-i440fx-*).
+  const rootBus = /q35/.test(vm.machine ?? '') ? 'pcie.0' : 'pci.0';
   return `<domain type='${accel === 'kvm' ? 'kvm' : 'qemu'}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${PREFIX}${esc(vm.name)}</name>
   <memory unit='MiB'>${vm.memoryMiB}</memory>
@@ -138,7 +140,7 @@ ${nics.join('\n')}
     <!-- slot 0x1e: libvirt gives its own devices explicit low slots; QEMU's
          automatic choice would collide with them. -->
     <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-serial-pci,id=rlvser,bus=pci.0,addr=0x1e'/>
+    <qemu:arg value='virtio-serial-pci,id=rlvser,bus=${rootBus},addr=0x1e'/>
     <qemu:arg value='-device'/>
     <qemu:arg value='virtserialport,bus=rlvser.0,chardev=rlqga,name=org.qemu.guest_agent.0'/>
   </qemu:commandline>

@@ -81,6 +81,18 @@ t.test('libvirt: a disk on the scsi bus sits behind a virtio-scsi controller tha
   }
 });
 
+t.test('libvirt: a q35 machine runs too (its root bus is pcie.0: the agent channel goes there)', async (t) => {
+  const q35: DomainSpec = { ...spec, vm: { ...spec.vm, name: `lvq35-${process.pid}`, machine: 'q35' } };
+  const dom = await driver.start(q35);
+  try {
+    t.match((await exec('virsh', ['-c', LIBVIRT_URI, 'domstate', `rl-${q35.vm.name}`])).stdout, /running/);
+    const xml = (await exec('virsh', ['-c', LIBVIRT_URI, 'dumpxml', `rl-${q35.vm.name}`])).stdout;
+    t.match(xml, /machine='pc-q35-[^']*'/, 'libvirt made it a q35');
+  } finally {
+    await dom.destroy();
+  }
+});
+
 t.test('bad input: libvirtd not running names scripts/libvirtd', async (t) => {
   const off = new LibvirtDriver({ stateDir: join(dir, 'state'), socket: join(dir, 'no-libvirt-sock') });
   await t.rejects(off.list(), { code: 'LIBVIRTD_NOT_RUNNING', hint: /scripts\/libvirtd/ });
