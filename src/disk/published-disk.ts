@@ -125,7 +125,9 @@ export class PublishedDisk {
     }
     const source = this.source;
     const fill: ChunkFill = async (slot) => {
-      const buf = source.readChunkInto ? await source.readChunkInto(index, slot(this.chunkSize)) : await source.readChunk(index);
+      const buf = source.readChunkInto
+        ? await source.readChunkInto(index, slot(source.slotSize ?? this.chunkSize))
+        : await source.readChunk(index);
       // The index says data: a source that calls it a hole is broken, not zeros.
       if (!buf) throw new Error(`the source returned no bytes for chunk ${index} (${id})`);
       return buf;
