@@ -17,6 +17,12 @@
  * their decode still has to see, and only while the main thread runs, so
  * the bytes cannot change during `use`.
  *
+ * A chunk read by a sequential stream (a copy, a migration's mirror, a
+ * readahead) is *streamed*: that reader will not come back for it, so it is
+ * evicted before any other chunk, and a pass over a disk larger than the
+ * cache does not push out what random readers (a running guest) use again.
+ * A lookup that is not streaming makes a streamed chunk an ordinary one.
+ *
  * Every lookup is also counted process-wide (src/telemetry/counters.ts) for
  * the server's chunk cache hit ratio; `hits`/`misses` here are this cache's own.
  */
@@ -30,11 +36,15 @@ interface Entry {
   slot?: SharedArrayBuffer;
   /** Readers that waited for this fill and have not had the bytes yet: it is not evicted before they have. */
   pins: number;
+  /** Only sequential streams have asked for it: evicted first. */
+  streamed: boolean;
 }
 
 /** A fill under way, and how many readers wait for it. */
 interface Flight {
   waiters: number;
+  /** Every waiter so far is a sequential stream. */
+  streamed: boolean;
   done: Promise<Entry>;
 }
 
@@ -80,9 +90,11 @@ export class ChunkCache {
    * synchronously and must copy what it keeps: the bytes may belong to a slot
    * that is rewritten after `use` returns.
    */
-  async withChunk<T>(key: string, fill: ChunkFill, use: (bytes: Buffer) => T): Promise<T> {
+  async withChunk<T>(key: string, fill: ChunkFill, use: (bytes: Buffer) => T, opts: { streaming?: boolean } = {}): Promise<T> {
+    const streaming = opts.streaming === true;
     const hit = this.entries.get(key);
     if (hit) {
+      if (!streaming) hit.streamed = false;
       // Re-insert to mark as most recently used (Map keeps insertion order).
       this.entries.delete(key);
       this.entries.set(key, hit);
@@ -92,11 +104,12 @@ export class ChunkCache {
     let flight = this.inflight.get(key);
     this.tally(flight !== undefined);
     if (!flight) {
-      flight = { waiters: 0 } as Flight;
+      flight = { waiters: 0, streamed: true } as Flight;
       this.inflight.set(key, flight);
       flight.done = this.fill(key, fill, flight);
     }
     flight.waiters++;
+    if (!streaming) flight.streamed = false;
     // The entry arrives pinned once per waiter, so no other fill can evict it
     // (and rewrite its slot) before every waiter has had its bytes.
     const entry = await flight.done;
@@ -131,8 +144,8 @@ export class ChunkCache {
     const own = slot !== undefined && bytes.buffer === slot;
     if (slot && !own) this.putSpare(slot);
     const entry: Entry = own
-      ? { bytes, cost: slot!.byteLength, slot, pins: flight.waiters }
-      : { bytes, cost: bytes.length, pins: flight.waiters };
+      ? { bytes, cost: slot!.byteLength, slot, pins: flight.waiters, streamed: flight.streamed }
+      : { bytes, cost: bytes.length, pins: flight.waiters, streamed: flight.streamed };
     this.entries.set(key, entry);
     this.bytes += entry.cost;
     this.trim();
@@ -162,16 +175,26 @@ export class ChunkCache {
     this.spareBytes += slot.byteLength;
   }
 
-  /** Evicts the least recently used chunk that no waiting reader has pinned; false when there is none. */
+  /**
+   * Evicts the least recently used streamed chunk, else the least recently
+   * used chunk, that no waiting reader has pinned; false when there is none.
+   */
   private evictOldest(): boolean {
+    let victim: string | undefined;
     for (const [key, entry] of this.entries) {
       if (entry.pins > 0) continue;
-      this.entries.delete(key);
-      this.bytes -= entry.cost;
-      if (entry.slot) this.putSpare(entry.slot);
-      return true;
+      if (entry.streamed) {
+        victim = key;
+        break;
+      }
+      victim ??= key;
     }
-    return false;
+    if (victim === undefined) return false;
+    const entry = this.entries.get(victim)!;
+    this.entries.delete(victim);
+    this.bytes -= entry.cost;
+    if (entry.slot) this.putSpare(entry.slot);
+    return true;
   }
 
   /** Back within the bound: spare slots go first, then the least recently used chunks. */

@@ -11,6 +11,7 @@ import { availableParallelism } from 'node:os';
 import { WorkerPool } from '../host/worker-pool.js';
 import { CorruptChunkError, type DiskSource } from '../repo/contract.js';
 import type { DecodeReply, DecodeRequest } from './decode-worker.js';
+import { directSlotSize } from '../repo/direct-read.js';
 
 export class DecodePool {
   private readonly pool: WorkerPool<DecodeRequest, DecodeReply>;
@@ -36,7 +37,10 @@ export class DecodePool {
     const request: Omit<DecodeRequest, 'id'> = { point, disk, index };
     if (into) request.into = new Uint8Array(into.buffer, into.byteOffset, into.length);
     const reply = await this.pool.request(request);
-    if (reply.ok && 'length' in reply) return reply.length === null ? null : (into as Buffer).subarray(0, reply.length);
+    if (reply.ok && 'length' in reply) {
+      const at = reply.offset ?? 0;
+      return reply.length === null ? null : (into as Buffer).subarray(at, at + reply.length);
+    }
     if (reply.ok) return reply.data ? Buffer.from(reply.data.buffer, reply.data.byteOffset, reply.data.byteLength) : null;
     if (reply.corrupt) throw new CorruptChunkError(reply.corrupt.digest, reply.corrupt.reason, reply.corrupt.store);
     throw new Error(reply.message);
@@ -48,6 +52,8 @@ export class DecodePool {
       size: source.size,
       chunkSize: source.chunkSize,
       chunkCount: source.chunkCount,
+      // Room for the workers' O_DIRECT reads of a local store's chunk files (src/repo/direct-read.ts).
+      slotSize: directSlotSize(source.chunkSize),
       chunkId: (i) => source.chunkId(i),
       readChunk: (i) => (source.chunkId(i) === null ? Promise.resolve(null) : this.decode(point, disk, i)),
       readChunkInto: (i, into) => {

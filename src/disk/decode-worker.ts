@@ -20,7 +20,7 @@ export interface DecodeRequest {
 
 export type DecodeReply =
   | { id: number; ok: true; data: Uint8Array | null }
-  | { id: number; ok: true; length: number | null }
+  | { id: number; ok: true; length: number | null; offset?: number }
   | { id: number; ok: false; corrupt?: { digest: string; reason: string; store?: string }; message: string };
 
 const { repo, keyFile } = workerData as { repo: string; keyFile?: string };
@@ -59,9 +59,11 @@ parentPort?.on('message', (req: DecodeRequest) => {
     .then(
       (buf) => {
         if (into) {
-          // The bytes are in shared memory already: only their length goes back.
-          if (buf && buf.buffer !== into.buffer) buf.copy(into);
-          parentPort?.postMessage({ id: req.id, ok: true, length: buf ? buf.length : null } satisfies DecodeReply);
+          // The bytes are in shared memory already: only where they lie goes back (a direct read puts them past an aligned start).
+          const inPlace = buf !== null && buf.buffer === into.buffer;
+          if (buf && !inPlace) buf.copy(into);
+          const offset = inPlace ? buf.byteOffset - into.byteOffset : 0;
+          parentPort?.postMessage({ id: req.id, ok: true, length: buf ? buf.length : null, offset } satisfies DecodeReply);
           return;
         }
         if (!buf) {

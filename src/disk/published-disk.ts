@@ -43,6 +43,12 @@ const SEQUENTIAL_STREAK = 2;
  */
 const SEQUENTIAL_SLACK = 2 * 1024 * 1024;
 
+/**
+ * Chunks a sequential stream has gone through before its chunks are left to
+ * be evicted first (ChunkCache, "streamed"): a copy passes that at once.
+ */
+const STREAMING_CHUNKS = 8;
+
 /** Sequential readers followed at once; a ninth evicts the one idle longest. */
 const MAX_STREAMS = 8;
 
@@ -59,7 +65,7 @@ export class PublishedDisk {
   private readonly readahead: number;
   private readonly name: string;
   /** Sequential readers being followed, most recent last (several: NBD multi-conn splits a copy between connections). */
-  private streams: { lastEnd: number; streak: number }[] = [];
+  private streams: { start: number; lastEnd: number; streak: number }[] = [];
   /** Chunks fetched for readahead (for tests and stats). */
   prefetched = 0;
 
@@ -92,7 +98,7 @@ export class PublishedDisk {
     checkRange(offset, target.length);
     const end = Math.min(this.size, offset + target.length);
     if (end <= offset) return 0;
-    this.noteAccess(offset, end);
+    const streaming = this.noteAccess(offset, end);
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((end - 1) / this.chunkSize);
     const part = (i: number): Promise<void> => {
@@ -104,7 +110,7 @@ export class PublishedDisk {
         const copied = buf ? buf.copy(target, from - offset, from - cStart, Math.min(to - cStart, buf.length)) : 0;
         if (from + copied < to) target.fill(0, from - offset + copied, to - offset);
       };
-      return this.chunk(i, copy);
+      return this.chunk(i, copy, streaming);
     };
     if (first === last) await part(first);
     else await settleAll(Array.from({ length: last - first + 1 }, (_, k) => part(first + k)));
@@ -116,8 +122,8 @@ export class PublishedDisk {
     return this.source.chunkId(index) === null;
   }
 
-  /** Runs `use` on chunk `index` (null for a hole), synchronously with the cached bytes. */
-  private chunk(index: number, use: (buf: Buffer | null) => void): Promise<void> {
+  /** Runs `use` on chunk `index` (null for a hole), synchronously with the cached bytes; `streaming`: for a sequential stream. */
+  private chunk(index: number, use: (buf: Buffer | null) => void, streaming: boolean): Promise<void> {
     const id = this.source.chunkId(index);
     if (id === null) {
       use(null);
@@ -125,12 +131,14 @@ export class PublishedDisk {
     }
     const source = this.source;
     const fill: ChunkFill = async (slot) => {
-      const buf = source.readChunkInto ? await source.readChunkInto(index, slot(this.chunkSize)) : await source.readChunk(index);
+      const buf = source.readChunkInto
+        ? await source.readChunkInto(index, slot(source.slotSize ?? this.chunkSize))
+        : await source.readChunk(index);
       // The index says data: a source that calls it a hole is broken, not zeros.
       if (!buf) throw new Error(`the source returned no bytes for chunk ${index} (${id})`);
       return buf;
     };
-    return this.cache.withChunk(id, fill, use).catch((err: unknown) => {
+    return this.cache.withChunk(id, fill, use, { streaming }).catch((err: unknown) => {
       if (err instanceof CorruptChunkError) {
         throw new DiskIoError(`${this.name}: chunk ${index} (${err.digest}) is corrupt: ${err.reason}`, { cause: err });
       }
@@ -138,7 +146,8 @@ export class PublishedDisk {
     });
   }
 
-  private noteAccess(offset: number, end: number): void {
+  /** Follows the sequential streams; true when this read belongs to a long one (a copy: it will not read these chunks again). */
+  private noteAccess(offset: number, end: number): boolean {
     // A kernel reading ahead has several requests in flight, and they arrive
     // out of order: a read starting near where the furthest one ended still
     // continues the stream. Readers that copy a disk in parallel (nbdcopy
@@ -146,7 +155,7 @@ export class PublishedDisk {
     let i = this.streams.findIndex((st) => Math.abs(offset - st.lastEnd) <= SEQUENTIAL_SLACK);
     if (i < 0) {
       if (this.streams.length >= MAX_STREAMS) this.streams.shift();
-      this.streams.push({ lastEnd: end, streak: 0 });
+      this.streams.push({ start: offset, lastEnd: end, streak: 0 });
       i = this.streams.length - 1;
     } else {
       const st = this.streams[i]!;
@@ -156,15 +165,20 @@ export class PublishedDisk {
       this.streams.push(...this.streams.splice(i, 1));
       i = this.streams.length - 1;
     }
-    const { lastEnd, streak } = this.streams[i]!;
-    if (this.readahead <= 0 || streak < SEQUENTIAL_STREAK) return;
+    const { start, lastEnd, streak } = this.streams[i]!;
+    if (streak < SEQUENTIAL_STREAK) return false;
+    // Its chunks are left to be evicted first only once it has gone through several: a guest's reads
+    // around one spot (file system metadata) look sequential too, and it will read those again.
+    const streaming = lastEnd - start >= STREAMING_CHUNKS * this.chunkSize;
+    if (this.readahead <= 0) return streaming;
     const next = Math.floor((lastEnd - 1) / this.chunkSize) + 1;
     for (let k = next; k < next + this.readahead && k < this.source.chunkCount; k++) {
       const id = this.source.chunkId(k);
       if (id === null || this.cache.has(id)) continue;
       this.prefetched++;
       // A failed prefetch is not cached; the real read reports the error.
-      this.chunk(k, () => undefined).catch(() => undefined);
+      this.chunk(k, () => undefined, streaming).catch(() => undefined);
     }
+    return streaming;
   }
 }

@@ -82,6 +82,15 @@ export interface ChunkCodec {
    * back together in `blob` and decoded into `out`. Same checks as decode().
    */
   decodeAround(digest: string, blob: Buffer, out: Buffer): Buffer;
+  /**
+   * decodeInto() of a blob that lies in the memory the plaintext goes to
+   * (read there with O_DIRECT: readBlobDirectSync), `out` being the start of
+   * that memory. A chunk stored as is is checked where it lies and returned
+   * as a view of `blob`'s payload: no copy. Any other is copied to `scratch`
+   * (maxBlobSize + 1 bytes) first and decoded into `out`. Same checks as
+   * decode().
+   */
+  decodeInPlace(digest: string, blob: Buffer, scratch: Buffer, out: Buffer): Buffer;
 }
 
 /**

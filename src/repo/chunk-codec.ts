@@ -135,6 +135,19 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
     }
   };
 
+  /** The plaintext of a chunk stored as is (neither compressed nor encrypted), checked where it lies: the same proof as unseal()'s. */
+  const checkStored = (digest: string, plain: Buffer, crc: number, plainLength: number): Buffer => {
+    if (plainLength > maxPlain) throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
+    const bad =
+      plain.length !== plainLength
+        ? `decoded ${plain.length} bytes, header says ${plainLength}`
+        : digestOf(plain) !== digest
+          ? 'digest mismatch'
+          : undefined;
+    if (bad) throw new CorruptChunkError(digest, crc32(plain) !== crc ? 'CRC mismatch' : bad);
+    return plain;
+  };
+
   /** Decrypts, decompresses and verifies the payload of a blob whose header was read. */
   const unseal = (digest: string, blob: Buffer, flags: number, plainLength: number, out?: Buffer): Buffer => {
     let payload = blob.subarray(CHUNK_HEADER_SIZE);
@@ -247,23 +260,28 @@ export function createCodec(config: RepoConfig, masterKey?: Buffer): ChunkCodec 
       const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
       const payloadLength = blob.length - CHUNK_HEADER_SIZE;
       if (flags === 0 && !encrypted && payloadLength <= out.length) {
-        // Stored as is: the payload is the plaintext, already in place. The same proof as unseal()'s.
-        const plain = out.subarray(0, payloadLength);
-        if (plainLength > maxPlain)
-          throw new CorruptChunkError(digest, `plaintext length ${plainLength} exceeds the chunk size ${maxPlain}`);
-        const bad =
-          plain.length !== plainLength
-            ? `decoded ${plain.length} bytes, header says ${plainLength}`
-            : digestOf(plain) !== digest
-              ? 'digest mismatch'
-              : undefined;
-        if (bad) throw new CorruptChunkError(digest, crc32(plain) !== crc ? 'CRC mismatch' : bad);
-        return plain;
+        // Stored as is: the payload is the plaintext, already in place.
+        return checkStored(digest, out.subarray(0, payloadLength), crc, plainLength);
       }
       out.copy(blob, CHUNK_HEADER_SIZE, 0, Math.min(out.length, payloadLength));
       const plain = open(digest, blob, out);
       if (plain.buffer === out.buffer) return plain;
       // A chunk stored as is comes back as a view of the blob; the caller asked for `out`, and all of it.
+      if (plain.length > out.length)
+        throw new CorruptChunkError(digest, `decoded ${plain.length} bytes, more than the ${out.length} asked for`);
+      return out.subarray(0, plain.copy(out));
+    },
+
+    decodeInPlace(digest: string, blob: Buffer, scratch: Buffer, out: Buffer): Buffer {
+      const { flags, crc, plainLength } = parseChunkHeader(digest, blob);
+      if (flags === 0 && !encrypted && blob.length - CHUNK_HEADER_SIZE <= out.length)
+        return checkStored(digest, blob.subarray(CHUNK_HEADER_SIZE), crc, plainLength);
+      // Decoding writes `out`, which the blob shares: it moves out of the way first.
+      if (scratch.length < blob.length)
+        throw new RangeError(`a scratch buffer of ${scratch.length} bytes cannot hold a blob of ${blob.length}`);
+      const moved = scratch.subarray(0, blob.copy(scratch));
+      const plain = open(digest, moved, out);
+      if (plain.buffer === out.buffer) return plain;
       if (plain.length > out.length)
         throw new CorruptChunkError(digest, `decoded ${plain.length} bytes, more than the ${out.length} asked for`);
       return out.subarray(0, plain.copy(out));

@@ -17,6 +17,7 @@ import { fsyncDir, removeIfOlder, tempName, writeFileAtomic } from '../host/atom
 import { FilesystemSyncer, syncFilesystem } from '../host/syncfs.js';
 import { CHUNK_HEADER_SIZE, QUARANTINE_SUFFIX, TEMP_PREFIX } from './format.js';
 import { CorruptChunkError } from './contract.js';
+import { readBlobDirectSync } from './direct-read.js';
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
 /** Blobs are readable by the owner only: an unencrypted blob is a piece of a VM disk. */
@@ -315,6 +316,21 @@ export class LocalChunkStore implements ChunkStore {
     const target = this.file(digest);
     try {
       return readBlobAroundSync(digest, target, scratch, direct);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT'))
+        throw err instanceof CorruptChunkError || err instanceof RangeError ? err : this.ioError('read', digest, err);
+      throw this.missing(digest, existsSync(target + QUARANTINE_SUFFIX));
+    }
+  }
+
+  /**
+   * The blob read with O_DIRECT into `into` (see readBlobDirectSync): a view
+   * of `into`, or undefined when this file system does no direct I/O.
+   */
+  getDirectSync(digest: string, chunkSize: number, into: Buffer): Buffer | undefined {
+    const target = this.file(digest);
+    try {
+      return readBlobDirectSync(digest, target, chunkSize, into);
     } catch (err) {
       if (!isErrno(err, 'ENOENT'))
         throw err instanceof CorruptChunkError || err instanceof RangeError ? err : this.ioError('read', digest, err);

@@ -125,6 +125,13 @@ export interface DiskSource {
    * into a fresh buffer that owns its memory, so it can be transferred.
    */
   readChunkSync?(index: number, scratch: Buffer, into?: Buffer): Buffer | null;
+  /**
+   * How large an `into` should be for the fastest readChunkInto: a source
+   * that reads chunk files with O_DIRECT wants room for the whole blob at an
+   * aligned place (src/repo/direct-read.ts), and then returns a view that
+   * need not start at 0. Default chunkSize.
+   */
+  readonly slotSize?: number;
 }
 
 /** What the publish/verify layers need from a repository. */

@@ -39,6 +39,7 @@ import { jsonSyntaxProblem } from '../schema/validate.js';
 import { tightenMode } from '../host/private-files.js';
 import { createCodec, keyCheckValue, keyMatches } from './chunk-codec.js';
 import { createShards, LocalChunkStore, type ChunkStoreOptions } from './chunk-store.js';
+import { directSlotSize } from './direct-read.js';
 import { chunkCountFor, decodeFixedIndex, encodeFixedIndex } from './fixed-index.js';
 import type { MetaStore } from './meta-store.js';
 import { isObjectStorage, repositoryBackend, type ChunkCacheSetting } from './open.js';
@@ -602,6 +603,17 @@ class IndexedDisk implements DiskSource {
     if (digest === null) return null;
     const expected = this.lengthOf(i);
     if (into && into.length < expected) throw new RangeError(`chunk ${i} needs ${expected} bytes, the buffer holds ${into.length}`);
+    if (into && into.length >= directSlotSize(this.chunkSize)) {
+      // Room for an O_DIRECT read: the blob lands in `into` itself, and a chunk stored as is is served from there.
+      let direct: Buffer | undefined;
+      try {
+        direct = local.getDirectSync(digest, this.chunkSize, into);
+      } catch (err) {
+        throw this.asCorrupt(digest, err);
+      }
+      const blob = direct;
+      if (blob) return this.checked(i, digest, () => this.codec.decodeInPlace(digest, blob, scratch, into.subarray(0, expected)));
+    }
     const out = into ? into.subarray(0, expected) : Buffer.allocUnsafeSlow(expected);
     // The payload is read straight into `out`: a chunk stored as is is then hashed where it will be served, and never copied.
     let blob: Buffer;

@@ -82,3 +82,32 @@ t.test('a fill may return memory of its own (an in-process source); the slot goe
   await cache.withChunk('q', slotFill(1, 0, slots), copy);
   t.ok(cache.size <= SLOT * 2, `within the bound (${cache.size})`);
 });
+
+t.test('streamed chunks are evicted first: a pass larger than the cache keeps what random readers use', async (t) => {
+  const cache = new ChunkCache(SLOT * 3);
+  await cache.withChunk('hot', slotFill(1), copy);
+  for (let i = 0; i < 10; i++) await cache.withChunk(`s${i}`, slotFill(2), copy, { streaming: true });
+  t.ok(cache.has('hot'), 'the chunk a random reader used is still cached');
+  t.ok(cache.has('s9') && cache.has('s8') && !cache.has('s7'), 'the pass keeps its latest chunks in the rest');
+  t.equal(cache.count, 3);
+
+  const lru = new ChunkCache(SLOT * 3);
+  await lru.withChunk('hot', slotFill(1), copy);
+  for (let i = 0; i < 10; i++) await lru.withChunk(`s${i}`, slotFill(2), copy);
+  t.notOk(lru.has('hot'), 'the same pass by random readers evicts it (plain LRU)');
+
+  const promoted = new ChunkCache(SLOT * 2);
+  await promoted.withChunk('x', slotFill(1), copy, { streaming: true });
+  await promoted.withChunk('x', slotFill(9), copy);
+  await promoted.withChunk('y', slotFill(2), copy, { streaming: true });
+  await promoted.withChunk('z', slotFill(3), copy, { streaming: true });
+  t.ok(promoted.has('x'), 'a streamed chunk a random reader then used is an ordinary one');
+  t.notOk(promoted.has('y'), 'the streamed one went instead, though more recent');
+
+  const joined = new ChunkCache(SLOT * 2);
+  const fills = [joined.withChunk('j', slotFill(4, 5), copy, { streaming: true }), joined.withChunk('j', slotFill(9), copy)];
+  await Promise.all(fills);
+  await joined.withChunk('k', slotFill(5), copy, { streaming: true });
+  await joined.withChunk('l', slotFill(6), copy, { streaming: true });
+  t.ok(joined.has('j'), 'a random reader that waited for a streamed fill makes it ordinary too');
+});

@@ -108,3 +108,27 @@ t.test('a corrupt chunk fails with EIO, never wrong bytes, and is not cached', a
   src.corrupt.clear();
   t.ok((await disk.read(CHUNK, 10)).equals(src.data.subarray(CHUNK, CHUNK + 10)), 'readable once repaired');
 });
+
+t.test('a sequential pass larger than the cache does not evict the chunk a random reader uses', async (t) => {
+  const src = new MemoryDiskSource(patternBytes(CHUNK * 256), CHUNK);
+  const cache = new ChunkCache(CHUNK * 16);
+  const disk = new PublishedDisk(src, { cache, readaheadChunks: 0 });
+  // Far (more than the sequential slack) from where the copy runs.
+  await disk.read(200 * CHUNK + 5, 100);
+  for (let off = 0; off < CHUNK * 64; off += 16384) await disk.read(off, 16384);
+  t.equal(src.readsByIndex.get(200), 1);
+  await disk.read(200 * CHUNK + 200, 100);
+  t.equal(src.readsByIndex.get(200), 1, 'chunk 200 is still cached after 64 chunks streamed through a cache of 16');
+  t.ok(cache.size <= CHUNK * 16, `within the bound (${cache.size})`);
+});
+
+t.test('reads around one spot are not a stream whose chunks go first, though they look sequential', async (t) => {
+  const src = new MemoryDiskSource(patternBytes(CHUNK * 256), CHUNK);
+  const cache = new ChunkCache(CHUNK * 16);
+  const disk = new PublishedDisk(src, { cache, readaheadChunks: 0 });
+  // A guest going back and forth over three chunks (metadata), then a copy elsewhere.
+  for (let k = 0; k < 6; k++) await disk.read(100 * CHUNK + (k % 3) * CHUNK, 4096);
+  for (let off = 0; off < CHUNK * 64; off += 16384) await disk.read(off, 16384);
+  await disk.read(100 * CHUNK, 4096);
+  t.equal(src.readsByIndex.get(100), 1, 'the spot is still cached');
+});
