@@ -152,8 +152,9 @@ t.test('a guest whose files get encrypted: that point is an anomaly, the ordinar
       return;
     }
   }
-  // With a private root mount, a QEMU that libvirt starts meanwhile (other tests) keeps a copy of the loop mount
-  // in its own namespace: our umount leaves the file system alive, writing to the image seconds later.
+  // With a private root mount, a QEMU started meanwhile in a mount namespace of its own (other tests: `ip netns
+  // exec`, libvirt's namespaces) keeps a copy of the loop mount: our umount leaves the file system alive,
+  // writing to the image seconds later (docs/operations.md, "Mount propagation").
   const propagation = (await exec('findmnt', ['-no', 'PROPAGATION', '/'])).stdout.trim();
   if (propagation === 'private') {
     t.fail('the root mount is private: run scripts/setup (it runs mount --make-rshared /, as systemd does; docs/operations.md)');
