@@ -27,7 +27,6 @@ import { identifyFilesystem, PROBE_BYTES } from '../flr/filesystems.js';
 import { Ext4Volume, type Inode, type Extent as FsExtent } from '../fsread/ext4.js';
 import type { Extent } from './extents.js';
 import type { ReadFile, ScanTarget, TargetFile } from './targets.js';
-import type { DiskWrap } from './filemap.js';
 import { openScratch, type Scratch } from './scratch.js';
 
 /** Bytes read (and written to the scratch copy) at a time. */
@@ -51,8 +50,6 @@ export interface InProcessPlan {
   needMount: boolean;
   /** Why each partition that needs a mount does (for the scan's output). */
   reasons: Map<string, string>;
-  /** The plan's decode threads, for the file map's chunk comparisons too. */
-  wrap: DiskWrap;
   close(): Promise<void>;
 }
 
@@ -81,7 +78,6 @@ export async function planInProcess(o: {
     handled: new Set(),
     needMount: false,
     reasons: new Map(),
-    wrap: (source, point, disk) => pool.wrap(source, point, disk),
     close: async () => {
       try {
         await pool.close();
@@ -152,6 +148,7 @@ function skippedTarget(disk: string, partition: number, fstype: string, skipped:
     files: async function* () {},
     extents: async () => [],
     read: () => Promise.reject(new Error('a skipped partition has no files')),
+    hash: () => Promise.reject(new Error('a skipped partition has no files')),
   };
 }
 
@@ -174,6 +171,12 @@ function readerTarget(disk: string, partition: number, offset: number, vol: Ext4
         out.push(list.some((e) => e.zero) ? null : list.map((e) => ({ logical: e.logical, physical: e.physical, length: e.length })));
       }
       return out;
+    },
+    hash: async (f) => {
+      const list = await fsExtents(f);
+      const h = createHash('sha256');
+      for (let at = 0; at < f.size; at += READ_BYTES) h.update(await vol.readFile(f.inode, list, at, READ_BYTES));
+      return h.digest('hex');
     },
     read: async (f): Promise<ReadFile> => {
       const list = await fsExtents(f);
