@@ -36,11 +36,12 @@ import { insertRows, migrateScan } from './store.js';
 export type MappedPartition = Pick<MountedPartition, 'disk' | 'partition' | 'offset' | 'skipped'>;
 
 /**
- * Reference rows read into memory in one query, at most (about 300 bytes
- * each): above it, each file's row is queried by itself, so memory stays
- * bounded whatever the number of files.
+ * A partition's reference rows are read into memory in one query when they
+ * hold at most this many bytes of paths and extent lists (about 300 bytes a
+ * file, so some 100 000 files); above it, each file's row is queried by
+ * itself, so memory stays bounded whatever the guest's names.
  */
-const REFERENCE_ROWS_IN_MEMORY = 100_000;
+const REFERENCE_BYTES_IN_MEMORY = 32 * 1024 * 1024;
 /** Rows written per transaction: bounded memory whatever the number of files. */
 const FLUSH_ROWS = 2000;
 
@@ -73,11 +74,15 @@ export class PartitionMap {
 
   private load(): Promise<void> {
     this.loading ??= (async () => {
-      const rows = await this.owner.db.all<FileRow & { path: Buffer }>(
-        'SELECT path, size, sha256, extents FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ? LIMIT ?',
-        [this.owner.repo, this.ref!.point, this.disk, this.partition, REFERENCE_ROWS_IN_MEMORY + 1],
+      const where = 'FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ?';
+      const key = [this.owner.repo, this.ref!.point, this.disk, this.partition];
+      // Per row: the two strings, the 64-digit hash and a few numbers and object headers.
+      const size = await this.owner.db.get<{ bytes: number | null }>(
+        `SELECT SUM(LENGTH(path) + LENGTH(extents) + 200) AS bytes ${where}`,
+        key,
       );
-      if (rows.length > REFERENCE_ROWS_IN_MEMORY) return;
+      if (Number(size?.bytes ?? 0) > REFERENCE_BYTES_IN_MEMORY) return;
+      const rows = await this.owner.db.all<FileRow & { path: Buffer }>(`SELECT path, size, sha256, extents ${where}`, key);
       this.refRows = new Map(rows.map((r) => [Buffer.from(r.path).toString('latin1'), r]));
     })();
     return this.loading;
