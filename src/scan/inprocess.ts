@@ -24,7 +24,7 @@ import { ChunkCache } from '../disk/chunk-cache.js';
 import { PublishedDisk } from '../disk/published-disk.js';
 import { readPartitionTable, type ReadAt } from '../flr/partitions.js';
 import { identifyFilesystem, PROBE_BYTES } from '../flr/filesystems.js';
-import { Ext4Volume, type Inode, type Extent as FsExtent } from '../fsread/ext4.js';
+import { Ext4Volume, type ByteVisitor, type Inode, type Extent as FsExtent } from '../fsread/ext4.js';
 import type { Extent } from './extents.js';
 import type { ReadFile, ScanTarget, TargetFile } from './targets.js';
 import { openScratch, type Scratch } from './scratch.js';
@@ -99,6 +99,7 @@ export async function planInProcess(o: {
       }
       for (const p of table.partitions) {
         const at: ReadAt = (off, len) => read(p.offset + off, Math.max(0, Math.min(len, p.size - off)));
+        const visit: ByteVisitor = (off, len, use) => disk.visit(p.offset + off, Math.max(0, Math.min(len, p.size - off)), use);
         const fs = identifyFilesystem(await at(0, PROBE_BYTES));
         const key = partitionKey(d.name, p.number);
         if (!fs || !fs.driver) {
@@ -123,7 +124,7 @@ export async function planInProcess(o: {
           continue;
         }
         plan.handled.add(key);
-        plan.targets.push(readerTarget(d.name, p.number, p.offset, vol, scratch, () => seq++));
+        plan.targets.push(readerTarget(d.name, p.number, p.offset, vol, visit, scratch, () => seq++));
       }
     }
     // Nothing readable at all: the mount path names the problem with its own error.
@@ -152,7 +153,15 @@ function skippedTarget(disk: string, partition: number, fstype: string, skipped:
   };
 }
 
-function readerTarget(disk: string, partition: number, offset: number, vol: Ext4Volume, scratch: Scratch, next: () => number): ScanTarget {
+function readerTarget(
+  disk: string,
+  partition: number,
+  offset: number,
+  vol: Ext4Volume,
+  visit: ByteVisitor,
+  scratch: Scratch,
+  next: () => number,
+): ScanTarget {
   const fsExtents = async (f: ReaderFile): Promise<FsExtent[]> => (f.fsExtents ??= await vol.extents(f.inode));
   const t: ScanTarget<ReaderFile> = {
     disk,
@@ -175,7 +184,7 @@ function readerTarget(disk: string, partition: number, offset: number, vol: Ext4
     hash: async (f) => {
       const list = await fsExtents(f);
       const h = createHash('sha256');
-      for (let at = 0; at < f.size; at += READ_BYTES) h.update(await vol.readFile(f.inode, list, at, READ_BYTES));
+      await vol.visitFile(f.inode, list, 0, f.size, (piece) => void h.update(piece), visit);
       return h.digest('hex');
     },
     read: async (f): Promise<ReadFile> => {
@@ -183,6 +192,23 @@ function readerTarget(disk: string, partition: number, offset: number, vol: Ext4
       const out = await scratch.create(String(next()), f.size);
       try {
         const h = createHash('sha256');
+        const now = out.writeNow;
+        if (now) {
+          // A memory copy: each piece is hashed and written straight from the chunk cache, with no buffer of its own.
+          await vol.visitFile(
+            f.inode,
+            list,
+            0,
+            f.size,
+            (piece) => {
+              h.update(piece);
+              now(piece);
+            },
+            visit,
+          );
+          await out.close();
+          return { sha: h.digest('hex'), path: Buffer.from(out.path), release: () => out.remove() };
+        }
         // The next piece is read while this one is hashed and written.
         const piece = (at: number): Promise<Buffer> => {
           const p = vol.readFile(f.inode, list, at, READ_BYTES);

@@ -41,6 +41,8 @@ const SHM = '/dev/shm';
 export interface ScratchCopy {
   path: string;
   write(bytes: Buffer): Promise<void>;
+  /** A memory copy's write, done before it returns (the bytes may be reused right after); absent on disk. */
+  writeNow?(bytes: Buffer): void;
   close(): Promise<void>;
   /** Removes the file (idempotent). */
   remove(): void;
@@ -75,15 +77,17 @@ function memoryCopy(path: string, kept: Kept, reuse: boolean): ScratchCopy {
   let closed = false;
   let removed = false;
   let length = 0;
+  const writeNow = (bytes: Buffer): void => {
+    for (let at = 0; at < bytes.length;) {
+      const n = writeSync(fd, bytes, at, bytes.length - at, length);
+      at += n;
+      length += n;
+    }
+  };
   return {
     path,
-    write: async (bytes) => {
-      for (let at = 0; at < bytes.length;) {
-        const n = writeSync(fd, bytes, at, bytes.length - at, length);
-        at += n;
-        length += n;
-      }
-    },
+    writeNow,
+    write: async (bytes) => writeNow(bytes),
     close: async () => {
       if (closed) return;
       closed = true;
