@@ -147,11 +147,11 @@ export class SqliteCatalog implements Catalog {
   }
   async get<T>(sql: string, params: readonly SqlParam[] = []): Promise<T | undefined> {
     for (let open = this.busy(); open; open = this.busy()) await open;
-    return this.db.prepare(sql).get(...params) as T | undefined;
+    return prepared(this.db, sql).get(...params) as T | undefined;
   }
   async run(sql: string, params: readonly SqlParam[] = []): Promise<{ changes: number }> {
     for (let open = this.busy(); open; open = this.busy()) await open;
-    return { changes: this.db.prepare(sql).run(...params).changes };
+    return { changes: prepared(this.db, sql).run(...params).changes };
   }
   async exec(sql: string): Promise<void> {
     for (let open = this.busy(); open; open = this.busy()) await open;
@@ -167,8 +167,8 @@ export class SqliteCatalog implements Catalog {
     const tx: SqlRunner = {
       dialect: 'sqlite',
       all: async <R>(sql: string, params: readonly SqlParam[] = []) => sqliteAll<R>(db, sql, params),
-      get: async <R>(sql: string, params: readonly SqlParam[] = []) => db.prepare(sql).get(...params) as R | undefined,
-      run: async (sql: string, params: readonly SqlParam[] = []) => ({ changes: db.prepare(sql).run(...params).changes }),
+      get: async <R>(sql: string, params: readonly SqlParam[] = []) => prepared(db, sql).get(...params) as R | undefined,
+      run: async (sql: string, params: readonly SqlParam[] = []) => ({ changes: prepared(db, sql).run(...params).changes }),
       exec: async (sql: string) => void db.exec(sql),
     };
     try {
@@ -199,7 +199,30 @@ export class SqliteCatalog implements Catalog {
 const openTransactions = new Map<unknown, Promise<void>>();
 
 function sqliteAll<T>(db: Database.Database, sql: string, params: readonly SqlParam[]): T[] {
-  return db.prepare(sql).all(...params) as T[];
+  return prepared(db, sql).all(...params) as T[];
+}
+
+/**
+ * Statements kept prepared per handle, by SQL text. Preparing parses and
+ * plans the statement each time: a scan's per-file queries spent as long
+ * preparing as running (issue 17). Bounded, least recently used out; SQLite
+ * re-prepares a kept statement itself when a migration changed the schema.
+ */
+const STATEMENTS_KEPT = 128;
+const statements = new WeakMap<Database.Database, Map<string, Database.Statement>>();
+
+function prepared(db: Database.Database, sql: string): Database.Statement {
+  let kept = statements.get(db);
+  if (!kept) statements.set(db, (kept = new Map()));
+  let st = kept.get(sql);
+  if (st) {
+    kept.delete(sql);
+  } else {
+    st = db.prepare(sql);
+    if (kept.size >= STATEMENTS_KEPT) kept.delete(kept.keys().next().value as string);
+  }
+  kept.set(sql, st);
+  return st;
 }
 
 /** One adapter per handle, so every user of a shared handle shares its transaction guard. */
@@ -218,13 +241,16 @@ export function sqliteCatalog(db: Database.Database): SqliteCatalog {
 /**
  * `INSERT OR REPLACE` in either dialect: SQLite's own form, and on
  * PostgreSQL `INSERT … ON CONFLICT (key) DO UPDATE` setting every other column.
+ * `rows` > 1: that many rows in one statement (their parameters one row
+ * after the other); PostgreSQL refuses one statement that touches a key twice.
  */
-export function upsertSql(dialect: Dialect, table: string, columns: readonly string[], key: readonly string[]): string {
-  const values = columns.map(() => '?').join(', ');
-  if (dialect === 'sqlite') return `INSERT OR REPLACE INTO ${table} (${columns.join(', ')}) VALUES (${values})`;
+export function upsertSql(dialect: Dialect, table: string, columns: readonly string[], key: readonly string[], rows = 1): string {
+  const row = `(${columns.map(() => '?').join(', ')})`;
+  const values = Array.from({ length: rows }, () => row).join(', ');
+  if (dialect === 'sqlite') return `INSERT OR REPLACE INTO ${table} (${columns.join(', ')}) VALUES ${values}`;
   const set = columns.filter((c) => !key.includes(c)).map((c) => `${c} = EXCLUDED.${c}`);
   return (
-    `INSERT INTO ${table} (${columns.join(', ')}) VALUES (${values}) ON CONFLICT (${key.join(', ')}) ` +
+    `INSERT INTO ${table} (${columns.join(', ')}) VALUES ${values} ON CONFLICT (${key.join(', ')}) ` +
     (set.length === 0 ? 'DO NOTHING' : `DO UPDATE SET ${set.join(', ')}`)
   );
 }

@@ -26,6 +26,14 @@ import { badInput, RestorelabError } from '../errors.js';
 
 /** Reads `length` bytes at `offset` of the volume; fewer past its end. */
 export type ByteSource = (offset: number, length: number) => Promise<Buffer>;
+/**
+ * Hands the bytes at `offset` to `use` in order, piece by piece, without
+ * copying them (PublishedDisk.visit); resolves to how many were visited.
+ */
+export type ByteVisitor = (offset: number, length: number, use: (piece: Buffer) => void) => Promise<number>;
+
+/** Zeros for holes and uninitialized extents in visitFile (handed out, never written). */
+const ZEROS = Buffer.alloc(64 * 1024);
 
 export interface Extent {
   logical: number;
@@ -390,6 +398,50 @@ export class Ext4Volume {
     }
     await Promise.all(reads);
     return out;
+  }
+
+  /**
+   * Hands the file's bytes [offset, offset + length) (clamped to its size)
+   * to `use` in order, as readFile would return them (holes and
+   * uninitialized extents as zeros), without copying them when `visit` reads
+   * the volume (else through readFile's buffers). `use` runs synchronously
+   * and must not keep a piece.
+   */
+  async visitFile(
+    inode: Inode,
+    extents: readonly Extent[],
+    offset: number,
+    length: number,
+    use: (piece: Buffer) => void,
+    visit?: ByteVisitor,
+  ): Promise<void> {
+    const end = Math.min(inode.size, offset + length);
+    if (!visit) {
+      if (end > offset) use(await this.readFile(inode, extents, offset, end - offset));
+      return;
+    }
+    const zeros = (n: number): void => {
+      for (let z = 0; z < n; z += ZEROS.length) use(ZEROS.subarray(0, Math.min(ZEROS.length, n - z)));
+    };
+    let at = offset;
+    for (const e of extents) {
+      if (at >= end) break;
+      if (e.logical + e.length <= at) continue;
+      const from = Math.max(at, e.logical);
+      const to = Math.min(end, e.logical + e.length);
+      if (from > at) zeros(from - at);
+      if (e.zero) zeros(to - from);
+      else {
+        const physical = e.physical + (from - e.logical);
+        const what = `inode ${inode.ino} data`;
+        if (!Number.isSafeInteger(physical) || physical < 0 || physical + (to - from) > this.blocksCount * this.blockSize)
+          throw corrupt(`${what} at byte ${physical} lies outside the filesystem`);
+        if ((await visit(physical, to - from, use)) < to - from)
+          throw corrupt(`${what} at byte ${physical} lies past the end of the partition`);
+      }
+      at = to;
+    }
+    if (at < end) zeros(end - at);
   }
 
   /** A symlink's target bytes (short ones live in the inode itself). */

@@ -10,35 +10,40 @@
  * offset. A file is *unchanged* when the reference has the same path with
  * the same size and the same extent list, and every chunk those extents touch
  * (partition offset + physical, on the disk) has the same digest in both
- * points, or, for a chunk that changed (another file in it did), the same
- * bytes in the file's ranges, compared on the chunks decoded from the
- * repository. Chunk digests are content hashes the guest cannot choose, so
- * its bytes, and its SHA-256, are the reference's: it is not read through
- * the mount. Names, sizes
+ * points. Chunk digests are content hashes the guest cannot choose, so its
+ * bytes, and its SHA-256, are the reference's: it is not read. Names, sizes
  * and timestamps alone are never trusted (a guest can set them); the extent
  * list only says where to compare.
  *
+ * A file with the same path, size and extents whose bytes lie (partly) in a
+ * chunk that changed (another file in it did, usually) is *to confirm*: its
+ * bytes are hashed, without a copy for yara, and it is unchanged when that
+ * hash is the reference's. Hashing only the current point's bytes costs one
+ * SHA-256 pass over the file, where comparing bytes decoded both points'
+ * chunks (issue 17: the tenth point's comparisons were most of its time).
+ *
  * Anything else is read: a file not in the reference, with another size or
- * extent list, touching a changed chunk or a hole that became data, whose
- * extents are not plain data (inline, unwritten, encoded), or whose name
- * filefrag cannot be given.
+ * extent list, touching a hole that became data, whose extents are not plain
+ * data (inline, unwritten, encoded), or whose name filefrag cannot be given.
  */
-import { upsertSql, type Catalog } from '../catalog/sql.js';
+import { type Catalog } from '../catalog/sql.js';
 import type { DiskSource, RepositoryReader, RestorePoint } from '../repo/contract.js';
 import type { MountedPartition } from '../flr/session.js';
-
-/** Turns a point's disk into one whose chunk decoding runs elsewhere (a DecodePool's threads), so comparisons do not hold up the scan's own thread. */
-export type DiskWrap = (source: DiskSource, point: string, disk: string) => DiskSource;
+import { extentsKey, type Extent } from './extents.js';
+import { insertRows, migrateScan } from './store.js';
 
 /** What the file map needs of a partition, however its files are reached (a mount, the in-process reader). */
 export type MappedPartition = Pick<MountedPartition, 'disk' | 'partition' | 'offset' | 'skipped'>;
-import { extentsKey, type Extent } from './extents.js';
-import { migrateScan } from './store.js';
 
-/** Decoded chunks kept for byte comparisons (a changed chunk usually holds several files). */
-const DECODED_BUDGET = 64 * 1024 * 1024;
+/**
+ * A partition's reference rows are read into memory in one query when they
+ * hold at most this many bytes of paths and extent lists (about 300 bytes a
+ * file, so some 100 000 files); above it, each file's row is queried by
+ * itself, so memory stays bounded whatever the guest's names.
+ */
+const REFERENCE_BYTES_IN_MEMORY = 32 * 1024 * 1024;
 /** Rows written per transaction: bounded memory whatever the number of files. */
-const FLUSH_ROWS = 1000;
+const FLUSH_ROWS = 2000;
 
 interface FileRow {
   size: number;
@@ -46,10 +51,16 @@ interface FileRow {
   extents: string;
 }
 
-/** The file map of one mounted partition of the point being scanned. */
+/** What the reference says of a file: its hash, proven (not read) or to confirm by hashing the file's bytes. */
+export type Known = { sha256: string; proven: true } | { sha256: string; proven: false };
+
+/** The file map of one partition of the point being scanned. */
 export class PartitionMap {
   private rows: [Buffer, number, string, string][] = [];
-  /** Files answered from the reference (not read). */
+  /** The reference's rows by path (latin1: one character per byte), when they fit in memory. */
+  private refRows: Map<string, FileRow> | undefined;
+  private loading: Promise<void> | undefined;
+  /** Files answered from the reference without reading them, or whose hash confirmed it. */
   unread = 0;
 
   constructor(
@@ -57,35 +68,64 @@ export class PartitionMap {
     readonly disk: string,
     readonly partition: number,
     readonly offset: number,
-    private readonly ref: { point: string; chunks: DiskSource; now: DiskSource } | undefined,
+    /** The reference point, its disk and ours (chunk digests only: nothing is decoded). */
+    readonly ref: { point: string; was: DiskSource; now: DiskSource } | undefined,
   ) {}
 
-  /** The SHA-256 of a file when the reference proves its content unchanged (see the module comment); undefined: read it. */
-  async known(guestPath: Buffer, size: number, extents: readonly Extent[] | null): Promise<string | undefined> {
-    if (!this.ref || extents === null) return undefined;
-    const row = await this.owner.db.get<FileRow>(
+  private load(): Promise<void> {
+    this.loading ??= (async () => {
+      const where = 'FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ?';
+      const key = [this.owner.repo, this.ref!.point, this.disk, this.partition];
+      // Per row: the two strings, the 64-digit hash and a few numbers and object headers.
+      const size = await this.owner.db.get<{ bytes: number | null }>(
+        `SELECT SUM(LENGTH(path) + LENGTH(extents) + 200) AS bytes ${where}`,
+        key,
+      );
+      if (Number(size?.bytes ?? 0) > REFERENCE_BYTES_IN_MEMORY) return;
+      const rows = await this.owner.db.all<FileRow & { path: Buffer }>(`SELECT path, size, sha256, extents ${where}`, key);
+      this.refRows = new Map(rows.map((r) => [Buffer.from(r.path).toString('latin1'), r]));
+    })();
+    return this.loading;
+  }
+
+  private async row(guestPath: Buffer): Promise<FileRow | undefined> {
+    await this.load();
+    if (this.refRows) return this.refRows.get(guestPath.toString('latin1'));
+    return this.owner.db.get<FileRow>(
       'SELECT size, sha256, extents FROM scan_files WHERE repo = ? AND point = ? AND disk = ? AND partition = ? AND path = ?',
-      [this.owner.repo, this.ref.point, this.disk, this.partition, guestPath],
+      [this.owner.repo, this.ref!.point, this.disk, this.partition, guestPath],
     );
+  }
+
+  /**
+   * What the reference proves of a file (see the module comment): its
+   * SHA-256 when every chunk under it is the reference's, or the hash to
+   * confirm when some chunk changed; undefined: read it.
+   */
+  async known(guestPath: Buffer, size: number, extents: readonly Extent[] | null): Promise<Known | undefined> {
+    if (!this.ref || extents === null) return undefined;
+    const row = await this.row(guestPath);
     if (!row || row.size !== size || row.extents !== extentsKey(extents)) return undefined;
-    const { chunks: was, now } = this.ref;
+    const { was, now } = this.ref;
     if (was.chunkSize !== now.chunkSize) return undefined;
     const cs = now.chunkSize;
+    let proven = true;
     for (const e of extents) {
       const from = this.offset + e.physical;
       const to = from + e.length;
       if (Math.ceil(to / cs) > Math.min(now.chunkCount, was.chunkCount)) return undefined;
       for (let c = Math.floor(from / cs); c * cs < to; c++) {
-        // The same chunk (or a hole on both sides): the same bytes.
-        if (now.chunkId(c) === was.chunkId(c)) continue;
-        // A changed chunk may still hold this file's bytes unchanged (another file in it changed): compare that range.
-        const lo = Math.max(from, c * cs) - c * cs;
-        const hi = Math.min(to, (c + 1) * cs) - c * cs;
-        if (!(await this.owner.sameBytes(was, now, c, lo, hi))) return undefined;
+        // The same chunk (or a hole on both sides): the same bytes; any other chunk (or hole), the file's hash decides.
+        if (now.chunkId(c) !== was.chunkId(c)) proven = false;
       }
     }
+    if (proven) this.unread++;
+    return { sha256: row.sha256, proven };
+  }
+
+  /** A file `known` left to confirm hashed to the reference's SHA-256: unchanged, and counted as such. */
+  confirmed(): void {
     this.unread++;
-    return row.sha256;
   }
 
   /** Records a file of this point (its content hash and where it lies); files without a usable extent list are not recorded. */
@@ -105,15 +145,6 @@ export class PartitionMap {
 /** The file maps of one scan: the reference per partition, and the point's own map written as the scan goes. */
 export class FileMap {
   private readonly parts = new Map<string, PartitionMap>();
-  /** Decoded chunks by digest, least recently used first. */
-  private readonly decoded = new Map<string, Buffer>();
-  /**
-   * Decodes under way by digest: files read in disk order are compared a few
-   * at a time, and those in flight usually share their chunks, so without
-   * this each of them decoded the same chunk again.
-   */
-  private readonly decoding = new Map<string, Promise<Buffer | null>>();
-  private decodedBytes = 0;
 
   private constructor(
     readonly db: Catalog,
@@ -126,13 +157,7 @@ export class FileMap {
    * same point (it is rewritten, and used as a reference only once this scan
    * completes) and finds each partition's reference.
    */
-  static async open(
-    db: Catalog,
-    repo: RepositoryReader,
-    point: RestorePoint,
-    mounts: readonly MappedPartition[],
-    opts: { wrap?: DiskWrap } = {},
-  ): Promise<FileMap> {
+  static async open(db: Catalog, repo: RepositoryReader, point: RestorePoint, mounts: readonly MappedPartition[]): Promise<FileMap> {
     await migrateScan(db);
     const map = new FileMap(db, repo.path, point);
     await db.transaction(async (tx) => {
@@ -142,14 +167,12 @@ export class FileMap {
     // "offset" quoted: a reserved word in PostgreSQL (SQLite takes the quoted name too).
     const pick = `SELECT point FROM scan_maps WHERE repo = ? AND vm = ? AND disk = ? AND partition = ? AND "offset" = ? AND point <> ?
                              ORDER BY CASE WHEN time <= ? THEN 0 ELSE 1 END, CASE WHEN time <= ? THEN time END DESC, time ASC LIMIT 1`;
+    // Disks are opened for their chunk indexes only: the map compares digests and never decodes a chunk.
     const disks = new Map<string, DiskSource>();
     const disk = async (p: string, name: string): Promise<DiskSource> => {
       const key = `${p}\0${name}`;
       let d = disks.get(key);
-      if (!d) {
-        const opened = await repo.openDisk(p, name);
-        disks.set(key, (d = opts.wrap ? opts.wrap(opened, p, name) : opened));
-      }
+      if (!d) disks.set(key, (d = await repo.openDisk(p, name)));
       return d;
     };
     for (const m of mounts) {
@@ -164,10 +187,10 @@ export class FileMap {
         point.time,
         point.time,
       ]);
-      let chunks: { point: string; chunks: DiskSource; now: DiskSource } | undefined;
+      let chunks: PartitionMap['ref'];
       if (ref) {
         try {
-          chunks = { point: ref.point, chunks: await disk(ref.point, m.disk), now: await disk(point.id, m.disk) };
+          chunks = { point: ref.point, was: await disk(ref.point, m.disk), now: await disk(point.id, m.disk) };
         } catch {
           // The reference point was deleted (or its index is unreadable): read everything.
           chunks = undefined;
@@ -178,58 +201,13 @@ export class FileMap {
     return map;
   }
 
-  /**
-   * Whether bytes [lo, hi) of chunk `c` are equal in two disks, decoded from
-   * the repository (verified; a chunk that fails its checks answers false,
-   * so the file is read through the mount and the error shows there).
-   */
-  async sameBytes(was: DiskSource, now: DiskSource, c: number, lo: number, hi: number): Promise<boolean> {
-    try {
-      const [a, b] = [await this.chunk(was, c), await this.chunk(now, c)];
-      const range = (x: Buffer | null): Buffer => (x ?? Buffer.alloc(hi)).subarray(lo, hi);
-      const [ra, rb] = [range(a), range(b)];
-      return ra.length === hi - lo && rb.length === hi - lo && ra.equals(rb);
-    } catch {
-      return false;
-    }
-  }
-
-  /** A decoded chunk, from a small cache: files sharing a changed chunk are compared against one decode. */
-  private async chunk(d: DiskSource, c: number): Promise<Buffer | null> {
-    const id = d.chunkId(c);
-    if (id === null) return null;
-    const hit = this.decoded.get(id);
-    if (hit) {
-      this.decoded.delete(id);
-      this.decoded.set(id, hit);
-      return hit;
-    }
-    let flight = this.decoding.get(id);
-    if (!flight) {
-      flight = d
-        .readChunk(c)
-        .then((buf) => {
-          if (buf !== null) this.remember(id, buf);
-          return buf;
-        })
-        .finally(() => this.decoding.delete(id));
-      this.decoding.set(id, flight);
-    }
-    return flight;
-  }
-
-  private remember(id: string, buf: Buffer): void {
-    this.decoded.set(id, buf);
-    this.decodedBytes += buf.length;
-    for (const [k, v] of this.decoded) {
-      if (this.decodedBytes <= DECODED_BUDGET) break;
-      this.decoded.delete(k);
-      this.decodedBytes -= v.length;
-    }
-  }
-
   partition(m: MappedPartition): PartitionMap | undefined {
     return this.parts.get(`${m.disk}\0${m.partition}`);
+  }
+
+  /** The reference point of each partition that has one (the verdict cache preloads their files' verdicts). */
+  references(): { point: string; disk: string; partition: number }[] {
+    return [...this.parts.values()].flatMap((p) => (p.ref ? [{ point: p.ref.point, disk: p.disk, partition: p.partition }] : []));
   }
 
   /** Files answered from the references, over all partitions. */
@@ -241,15 +219,15 @@ export class FileMap {
 
   async write(p: PartitionMap, rows: [Buffer, number, string, string][]): Promise<void> {
     if (rows.length === 0) return;
-    const put = upsertSql(
-      this.db.dialect,
-      'scan_files',
-      ['repo', 'point', 'disk', 'partition', 'path', 'size', 'sha256', 'extents'],
-      ['repo', 'point', 'disk', 'partition', 'path'],
+    await this.db.transaction((tx) =>
+      insertRows(
+        tx,
+        'scan_files',
+        ['repo', 'point', 'disk', 'partition', 'path', 'size', 'sha256', 'extents'],
+        ['repo', 'point', 'disk', 'partition', 'path'],
+        rows.map(([path, size, sha, ext]) => [this.repo, this.point.id, p.disk, p.partition, path, size, sha, ext]),
+      ),
     );
-    await this.db.transaction(async (tx) => {
-      for (const [path, size, sha, ext] of rows) await tx.run(put, [this.repo, this.point.id, p.disk, p.partition, path, size, sha, ext]);
-    });
   }
 
   /**
@@ -260,15 +238,14 @@ export class FileMap {
    */
   async commit(): Promise<void> {
     for (const p of this.parts.values()) await p.flush();
-    const put = upsertSql(
-      this.db.dialect,
-      'scan_maps',
-      ['repo', 'point', 'vm', 'time', 'disk', 'partition', '"offset"'],
-      ['repo', 'point', 'disk', 'partition'],
+    await this.db.transaction((tx) =>
+      insertRows(
+        tx,
+        'scan_maps',
+        ['repo', 'point', 'vm', 'time', 'disk', 'partition', '"offset"'],
+        ['repo', 'point', 'disk', 'partition'],
+        [...this.parts.values()].map((p) => [this.repo, this.point.id, this.point.vm.name, this.point.time, p.disk, p.partition, p.offset]),
+      ),
     );
-    await this.db.transaction(async (tx) => {
-      for (const p of this.parts.values())
-        await tx.run(put, [this.repo, this.point.id, this.point.vm.name, this.point.time, p.disk, p.partition, p.offset]);
-    });
   }
 }

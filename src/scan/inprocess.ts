@@ -24,10 +24,9 @@ import { ChunkCache } from '../disk/chunk-cache.js';
 import { PublishedDisk } from '../disk/published-disk.js';
 import { readPartitionTable, type ReadAt } from '../flr/partitions.js';
 import { identifyFilesystem, PROBE_BYTES } from '../flr/filesystems.js';
-import { Ext4Volume, type Inode, type Extent as FsExtent } from '../fsread/ext4.js';
+import { Ext4Volume, type ByteVisitor, type Inode, type Extent as FsExtent } from '../fsread/ext4.js';
 import type { Extent } from './extents.js';
 import type { ReadFile, ScanTarget, TargetFile } from './targets.js';
-import type { DiskWrap } from './filemap.js';
 import { openScratch, type Scratch } from './scratch.js';
 
 /** Bytes read (and written to the scratch copy) at a time. */
@@ -51,8 +50,6 @@ export interface InProcessPlan {
   needMount: boolean;
   /** Why each partition that needs a mount does (for the scan's output). */
   reasons: Map<string, string>;
-  /** The plan's decode threads, for the file map's chunk comparisons too. */
-  wrap: DiskWrap;
   close(): Promise<void>;
 }
 
@@ -81,7 +78,6 @@ export async function planInProcess(o: {
     handled: new Set(),
     needMount: false,
     reasons: new Map(),
-    wrap: (source, point, disk) => pool.wrap(source, point, disk),
     close: async () => {
       try {
         await pool.close();
@@ -103,6 +99,7 @@ export async function planInProcess(o: {
       }
       for (const p of table.partitions) {
         const at: ReadAt = (off, len) => read(p.offset + off, Math.max(0, Math.min(len, p.size - off)));
+        const visit: ByteVisitor = (off, len, use) => disk.visit(p.offset + off, Math.max(0, Math.min(len, p.size - off)), use);
         const fs = identifyFilesystem(await at(0, PROBE_BYTES));
         const key = partitionKey(d.name, p.number);
         if (fs?.fstype === 'LVM2_member') {
@@ -133,7 +130,7 @@ export async function planInProcess(o: {
           continue;
         }
         plan.handled.add(key);
-        plan.targets.push(readerTarget(d.name, p.number, p.offset, vol, scratch, () => seq++));
+        plan.targets.push(readerTarget(d.name, p.number, p.offset, vol, visit, scratch, () => seq++));
       }
     }
     // Nothing readable at all: the mount path names the problem with its own error.
@@ -158,10 +155,19 @@ function skippedTarget(disk: string, partition: number, fstype: string, skipped:
     files: async function* () {},
     extents: async () => [],
     read: () => Promise.reject(new Error('a skipped partition has no files')),
+    hash: () => Promise.reject(new Error('a skipped partition has no files')),
   };
 }
 
-function readerTarget(disk: string, partition: number, offset: number, vol: Ext4Volume, scratch: Scratch, next: () => number): ScanTarget {
+function readerTarget(
+  disk: string,
+  partition: number,
+  offset: number,
+  vol: Ext4Volume,
+  visit: ByteVisitor,
+  scratch: Scratch,
+  next: () => number,
+): ScanTarget {
   const fsExtents = async (f: ReaderFile): Promise<FsExtent[]> => (f.fsExtents ??= await vol.extents(f.inode));
   const t: ScanTarget<ReaderFile> = {
     disk,
@@ -181,11 +187,34 @@ function readerTarget(disk: string, partition: number, offset: number, vol: Ext4
       }
       return out;
     },
+    hash: async (f) => {
+      const list = await fsExtents(f);
+      const h = createHash('sha256');
+      await vol.visitFile(f.inode, list, 0, f.size, (piece) => void h.update(piece), visit);
+      return h.digest('hex');
+    },
     read: async (f): Promise<ReadFile> => {
       const list = await fsExtents(f);
       const out = await scratch.create(String(next()), f.size);
       try {
         const h = createHash('sha256');
+        const now = out.writeNow;
+        if (now) {
+          // A memory copy: each piece is hashed and written straight from the chunk cache, with no buffer of its own.
+          await vol.visitFile(
+            f.inode,
+            list,
+            0,
+            f.size,
+            (piece) => {
+              h.update(piece);
+              now(piece);
+            },
+            visit,
+          );
+          await out.close();
+          return { sha: h.digest('hex'), path: Buffer.from(out.path), release: () => out.remove() };
+        }
         // The next piece is read while this one is hashed and written.
         const piece = (at: number): Promise<Buffer> => {
           const p = vol.readFile(f.inode, list, at, READ_BYTES);

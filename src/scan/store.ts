@@ -15,7 +15,7 @@
  * same infection), `unscanned` otherwise.
  */
 import { migrateCatalog, type MigrationStep, type PointSummary } from '../catalog/catalog.js';
-import { upsertSql, type Catalog } from '../catalog/sql.js';
+import { upsertSql, type Catalog, type SqlParam, type SqlRunner } from '../catalog/sql.js';
 
 export type ScanVerdict = 'clean' | 'infected';
 export type ScanStatus = ScanVerdict | 'suspect' | 'unscanned';
@@ -136,6 +136,36 @@ const SCAN_MIGRATIONS: MigrationStep[] = [
   },
 ];
 
+/**
+ * Rows per statement of insertRows: one statement per row cost a scan's
+ * file map a round trip (PostgreSQL) or a statement step (SQLite) per file;
+ * 100 rows of 8 columns stay far below either engine's parameter limit.
+ */
+const ROWS_PER_INSERT = 100;
+
+/**
+ * Upserts `rows` (values in `columns` order) into `table`, many rows per
+ * statement. Of rows with the same key the last wins, as it would row by
+ * row (PostgreSQL refuses a statement that touches one key twice).
+ */
+export async function insertRows(
+  tx: SqlRunner,
+  table: string,
+  columns: readonly string[],
+  key: readonly string[],
+  rows: readonly SqlParam[][],
+): Promise<void> {
+  const keyAt = key.map((k) => columns.indexOf(k));
+  const unique = new Map<string, SqlParam[]>();
+  for (const r of rows)
+    unique.set(keyAt.map((i) => (Buffer.isBuffer(r[i]) ? `b${(r[i] as Buffer).toString('latin1')}` : `v${String(r[i])}`)).join('\0'), r);
+  const all = [...unique.values()];
+  for (let at = 0; at < all.length; at += ROWS_PER_INSERT) {
+    const part = all.slice(at, at + ROWS_PER_INSERT);
+    await tx.run(upsertSql(tx.dialect, table, columns, key, part.length), part.flat());
+  }
+}
+
 /** Applies the scan area's migrations (idempotent). */
 export function migrateScan(db: Catalog): Promise<void> {
   return migrateCatalog(db, 'scan', SCAN_MIGRATIONS);
@@ -154,8 +184,31 @@ export class VerdictCache {
     return new VerdictCache(db, ruleset);
   }
 
+  /**
+   * Verdicts read ahead by preload (the reference points' files): a scan of
+   * a nightly point asks for each unchanged file's verdict, and one query
+   * for all of them costs what two or three single ones do. A verdict never
+   * changes for its (content, rule set) key, so a copy in memory cannot go stale.
+   */
+  private readonly known = new Map<string, string[]>();
+
+  /** Reads ahead the verdicts of the files of `refs` (file maps of scanned points), at most `limit` (bounded memory). */
+  async preload(repo: string, refs: readonly { point: string; disk: string; partition: number }[], limit = 100_000): Promise<void> {
+    for (const r of refs) {
+      const rows = await this.db.all<{ sha256: string; rules: string }>(
+        `SELECT DISTINCT v.sha256, v.rules FROM scan_files f JOIN scan_verdicts v ON v.sha256 = f.sha256 AND v.ruleset = ?
+          WHERE f.repo = ? AND f.point = ? AND f.disk = ? AND f.partition = ? LIMIT ?`,
+        [this.ruleset, repo, r.point, r.disk, r.partition, limit - this.known.size],
+      );
+      for (const row of rows) this.known.set(row.sha256, JSON.parse(row.rules) as string[]);
+      if (this.known.size >= limit) return;
+    }
+  }
+
   /** Rules that matched this content before (empty: none), or undefined when it was never scanned with this rule set. */
   async lookup(sha256: string): Promise<string[] | undefined> {
+    const hit = this.known.get(sha256);
+    if (hit) return hit;
     const row = await this.db.get<{ rules: string }>('SELECT rules FROM scan_verdicts WHERE sha256 = ? AND ruleset = ?', [
       sha256,
       this.ruleset,
@@ -166,12 +219,17 @@ export class VerdictCache {
   /** Records many verdicts in one transaction (a batch's). */
   async storeAll(verdicts: Iterable<[sha256: string, rules: string[]]>): Promise<void> {
     const at = new Date().toISOString();
-    const put = upsertSql(this.db.dialect, 'scan_verdicts', ['sha256', 'ruleset', 'rules', 'scanned_at'], ['sha256', 'ruleset']);
     const rows = [...verdicts];
     if (rows.length === 0) return;
-    await this.db.transaction(async (tx) => {
-      for (const [sha, rules] of rows) await tx.run(put, [sha, this.ruleset, JSON.stringify(rules), at]);
-    });
+    await this.db.transaction((tx) =>
+      insertRows(
+        tx,
+        'scan_verdicts',
+        ['sha256', 'ruleset', 'rules', 'scanned_at'],
+        ['sha256', 'ruleset'],
+        rows.map(([sha, rules]) => [sha, this.ruleset, JSON.stringify(rules), at]),
+      ),
+    );
   }
 }
 

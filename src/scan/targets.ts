@@ -48,6 +48,8 @@ export interface ScanTarget<F extends TargetFile = TargetFile> {
   /** Extent lists in order (null: unknown or not plain data, so the file is read). */
   extents(files: readonly F[]): Promise<(Extent[] | null)[]>;
   read(file: F): Promise<ReadFile>;
+  /** The file's SHA-256 alone, without a copy for yara (a file the file map expects unchanged: src/scan/filemap.ts). */
+  hash(file: F): Promise<string>;
 }
 
 interface MountedFile extends TargetFile {
@@ -68,6 +70,7 @@ export function mountTarget(m: MountedPartition): ScanTarget {
     files: () => walkRegularFiles(m.path),
     extents: (files) => readExtents(files.map((f) => f.path)),
     read: async (f) => ({ sha: await hashFile(f.path, f.dev), path: f.path, release: () => undefined }),
+    hash: (f) => hashFile(f.path, f.dev),
   };
   return t as unknown as ScanTarget;
 }

@@ -25,6 +25,26 @@ t.test('reads any range, across chunk boundaries and clamped at the end', async 
   t.equal((await disk.read(data.length, 10)).length, 0, 'past the end is empty');
 });
 
+t.test('visit hands out the same bytes as read, in order, holes as zeros, clamped at the end', async (t) => {
+  const data = patternBytes(CHUNK * 5 + 1000);
+  data.fill(0, CHUNK * 2, CHUNK * 3);
+  const disk = new PublishedDisk(new MemoryDiskSource(data, CHUNK, new Set([2])), { readaheadChunks: 0 });
+  for (const [off, len] of [
+    [0, 10],
+    [CHUNK - 3, 7],
+    [CHUNK * 2 - 100, CHUNK * 2 + 200],
+    [data.length - 500, 4096],
+    [0, data.length],
+  ] as const) {
+    const pieces: Buffer[] = [];
+    const n = await disk.visit(off, len, (p) => void pieces.push(Buffer.from(p)));
+    const want = data.subarray(off, Math.min(data.length, off + len));
+    t.equal(n, want.length, `range ${off}+${len}: count`);
+    t.ok(Buffer.concat(pieces).equals(want), `range ${off}+${len}: bytes`);
+  }
+  t.equal(await disk.visit(data.length, 10, () => t.fail('nothing to visit')), 0, 'past the end: nothing');
+});
+
 t.test('holes read as zeros without touching the store', async (t) => {
   const data = patternBytes(CHUNK * 4);
   data.fill(0, CHUNK, CHUNK * 2);

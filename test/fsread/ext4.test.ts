@@ -21,7 +21,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Ext4Volume, INODE_FLAGS, type ByteSource, type Inode } from '../../src/fsread/ext4.js';
+import { Ext4Volume, INODE_FLAGS, type ByteSource, type ByteVisitor, type Inode } from '../../src/fsread/ext4.js';
 import { RestorelabError } from '../../src/errors.js';
 
 const MKE2FS = '/usr/sbin/mke2fs';
@@ -100,6 +100,22 @@ function sourceOf(path: string): { read: ByteSource; size: number } {
   return { read: async (o, l) => image.subarray(o, o + l), size: image.length };
 }
 
+/** A visitor over `read` handing out pieces of at most 3000 bytes (PublishedDisk.visit hands one per chunk). */
+function visitorOf(read: ByteSource): ByteVisitor {
+  return async (o, l, use) => {
+    const b = await read(o, l);
+    for (let at = 0; at < b.length; at += 3000) use(b.subarray(at, Math.min(b.length, at + 3000)));
+    return b.length;
+  };
+}
+
+/** The file's bytes as visitFile hands them out, copied and joined. */
+async function visited(vol: Ext4Volume, inode: Inode, read: ByteSource, offset = 0, length = inode.size): Promise<Buffer> {
+  const pieces: Buffer[] = [];
+  await vol.visitFile(inode, await vol.extents(inode), offset, length, (p) => void pieces.push(Buffer.from(p)), visitorOf(read));
+  return Buffer.concat(pieces);
+}
+
 async function readAll(vol: Ext4Volume): Promise<Map<string, Expected & { inode: Inode }>> {
   const got = new Map<string, Expected & { inode: Inode }>();
   for await (const e of vol.walk()) {
@@ -139,6 +155,9 @@ for (const v of VARIANTS) {
     const vol = await Ext4Volume.open(read, size);
     t.equal(vol.fstype, v.fstype);
     const got = await readAll(vol);
+    let visitedWrong = 0;
+    for (const g of got.values()) if (g.type === 'file' && !(await visited(vol, g.inode, read)).equals(g.bytes!)) visitedWrong++;
+    t.equal(visitedWrong, 0, 'visitFile hands out the same bytes as readFile, holes as zeros, for every file');
     t.same([...got.keys()].sort(), [...want.keys()].sort(), 'the same tree');
     let bad = 0;
     for (const [path, w] of want) {
@@ -153,6 +172,11 @@ for (const v of VARIANTS) {
     const sparse = got.get('/sparse')!;
     const ext = await vol.extents(sparse.inode);
     t.ok(ext.reduce((n, e) => n + e.length, 0) < 1024 * 1024, 'the hole is not allocated');
+    t.same(
+      (await visited(vol, sparse.inode, read, 2 * 1024 * 1024 + 4096, 8192)).toString('hex'),
+      (await vol.readFile(sparse.inode, ext, 2 * 1024 * 1024 + 4096, 8192)).toString('hex'),
+      'visitFile of a range across the hole',
+    );
     t.same(
       (await vol.readFile(sparse.inode, ext, 2 * 1024 * 1024 + 4096, 8192)).toString('hex'),
       want
@@ -182,6 +206,7 @@ t.test('uninitialized extents read as zeros whatever the blocks hold', async (t)
   t.ok(ext.length > 0 && ext.every((e) => e.zero), 'the extents are uninitialized');
   for (const e of ext) after.fill(0xab, e.physical, e.physical + e.length);
   const data = await vol.readFile(f!, ext, 0, f!.size);
+  t.ok((await visited(vol, f!, read)).equals(data), 'visitFile: the same zeros');
   t.equal(data.length, 40960);
   t.ok(
     data.every((b) => b === 0),
