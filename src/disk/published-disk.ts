@@ -132,17 +132,21 @@ export class PublishedDisk {
     checkRange(offset, length);
     const end = Math.min(this.size, offset + length);
     if (end <= offset) return 0;
-    this.noteAccess(offset, end);
+    const streaming = this.noteAccess(offset, end);
     for (let i = Math.floor(offset / this.chunkSize); i * this.chunkSize < end; i++) {
       const cStart = i * this.chunkSize;
       const from = Math.max(offset, cStart) - cStart;
       const to = Math.min(end, cStart + this.chunkSize) - cStart;
-      await this.chunk(i, (buf) => {
-        const have = buf ? Math.max(from, Math.min(to, buf.length)) : from;
-        if (buf && have > from) use(buf.subarray(from, have));
-        // Holes, and anything a short chunk leaves, read as zeros.
-        for (let z = have; z < to; z += ZEROS.length) use(ZEROS.subarray(0, Math.min(ZEROS.length, to - z)));
-      });
+      await this.chunk(
+        i,
+        (buf) => {
+          const have = buf ? Math.max(from, Math.min(to, buf.length)) : from;
+          if (buf && have > from) use(buf.subarray(from, have));
+          // Holes, and anything a short chunk leaves, read as zeros.
+          for (let z = have; z < to; z += ZEROS.length) use(ZEROS.subarray(0, Math.min(ZEROS.length, to - z)));
+        },
+        streaming,
+      );
     }
     return end - offset;
   }
