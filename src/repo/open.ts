@@ -12,7 +12,7 @@ import { CachedChunkStore } from './cached-chunk-store.js';
 import { CHUNKS_DIR, maxBlobSize } from './format.js';
 import { LocalMetaStore, type MetaStore } from './meta-store.js';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url, type S3Settings } from './s3-config.js';
+import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url, type S3ClientOptions, type S3Settings } from './s3-config.js';
 import { S3ChunkStore } from './s3-chunk-store.js';
 import { S3MetaStore } from './s3-meta-store.js';
 
@@ -46,11 +46,11 @@ export interface RepositoryBackend {
  * client holds its own pool of keep-alive sockets (S3_MAX_SOCKETS).
  */
 const clients = new Map<string, S3Client>();
-function sharedClient(settings: S3Settings): S3Client {
-  const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey]);
+function sharedClient(settings: S3Settings, opts: S3ClientOptions = {}): S3Client {
+  const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey, opts]);
   let client = clients.get(key);
   if (!client) {
-    client = createS3Client(settings);
+    client = createS3Client(settings, opts);
     clients.set(key, client);
   }
   return client;
@@ -64,7 +64,12 @@ export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): 
   const loc = parseS3Url(spec);
   const settings = s3SettingsFromEnv();
   const client = sharedClient(settings);
-  const meta = new S3MetaStore({ ...loc, client, ...(settings.endpoint ? { endpoint: settings.endpoint } : {}) });
+  // Metadata (config, locks, sweep markers, indexes, manifests, listings) on fresh connections: see S3ClientOptions.keepAlive.
+  const meta = new S3MetaStore({
+    ...loc,
+    client: sharedClient(settings, { keepAlive: false }),
+    ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
+  });
   return {
     path: meta.path,
     meta,

@@ -188,6 +188,11 @@ export class S3ChunkStore implements ChunkStore {
     }
   }
 
+  /** Starts the listing touch() answers from, so a backup's first chunk does not wait for it. */
+  prepareWrites(): void {
+    void this.inventory();
+  }
+
   /**
    * The digests in the chunk area, listed once (at the first touch()) and kept up to date with this
    * store's own inserts and deletes; undefined when the area is larger than the listing limit, or the
