@@ -13,7 +13,7 @@ import { CHUNKS_DIR, maxBlobSize } from './format.js';
 import { LocalMetaStore, type MetaStore } from './meta-store.js';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url, type S3ClientOptions, type S3Settings } from './s3-config.js';
-import { createBlobPut, type BlobPut } from './s3-blob-put.js';
+import { createBlobIo, type BlobIo } from './s3-blob-io.js';
 import { S3ChunkStore } from './s3-chunk-store.js';
 import { S3MetaStore } from './s3-meta-store.js';
 
@@ -57,16 +57,16 @@ function sharedClient(settings: S3Settings, opts: S3ClientOptions = {}): S3Clien
   return client;
 }
 
-/** The lean blob PUT (s3-blob-put.ts), one per endpoint and key like the clients: its agent holds the sockets. */
-const blobPuts = new Map<string, BlobPut>();
-function sharedBlobPut(settings: S3Settings): BlobPut {
+/** The lean blob requests (s3-blob-io.ts), one per endpoint and key like the clients: its agent holds the sockets. */
+const blobIos = new Map<string, BlobIo>();
+function sharedBlobIo(settings: S3Settings): BlobIo {
   const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey]);
-  let put = blobPuts.get(key);
-  if (!put) {
-    put = createBlobPut(settings);
-    blobPuts.set(key, put);
+  let io = blobIos.get(key);
+  if (!io) {
+    io = createBlobIo(settings);
+    blobIos.set(key, io);
   }
-  return put;
+  return io;
 }
 
 export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): RepositoryBackend {
@@ -87,7 +87,7 @@ export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): 
     path: meta.path,
     meta,
     chunkStore: (config, cache) => {
-      const store = new S3ChunkStore({ ...loc, client, putBlob: sharedBlobPut(settings), maxBlobBytes: maxBlobSize(config.chunkSize) });
+      const store = new S3ChunkStore({ ...loc, client, blobIo: sharedBlobIo(settings), maxBlobBytes: maxBlobSize(config.chunkSize) });
       // Reads for publishing and recovery fetch each chunk once; verify opens without a cache so it reads the bucket itself.
       return cache ? new CachedChunkStore(store, { dir: join(cache.stateDir, 'chunk-cache', config.id), maxBytes: cache.maxBytes }) : store;
     },
