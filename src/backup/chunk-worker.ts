@@ -81,6 +81,20 @@ function place(plain: Buffer, p: PlacedBlob): { size: number; stored: number; in
   return { size: blob.length, ...compressedPayload(blob, plain.length) };
 }
 
+/**
+ * The blob of a chunk for the main thread (a store without files: object storage), in a buffer of its
+ * own that is transferred, not copied. Encoded into the thread's scratch first: encode() allocated a
+ * compression bound (4 MiB of fresh pages per chunk), copied the frame out of it and then again behind
+ * the header, and compressed incompressible chunks in full before storing them as they are.
+ */
+function encodeOwned(plain: Buffer): Buffer {
+  encodeScratch ??= Buffer.allocUnsafeSlow(maxBlobSize(slotSize));
+  const blob = codec.encodeInto(plain, encodeScratch);
+  const out = Buffer.allocUnsafeSlow(blob.length);
+  blob.copy(out);
+  return out;
+}
+
 const port = parentPort;
 if (!port) throw new Error('chunk-worker must run as a worker thread');
 
@@ -102,7 +116,7 @@ port.on('message', (m: ChunkRequest) => {
     } else if (m.op === 'place') {
       port.postMessage({ id: m.id, placed: place(plain, m) });
     } else {
-      reply(m.id, codec.encode(plain));
+      reply(m.id, encodeOwned(plain));
     }
   } catch (err) {
     // The errno code travels too: the store tells a full file system (ENOSPC) from other failures by it.

@@ -159,7 +159,17 @@ export function startChunkPool(repo: Repository, codecInit?: CodecInit, workers?
 export async function backupImages(opts: BackupImagesOptions): Promise<RestorePoint> {
   const { repo, vm } = opts;
   const started = performance.now();
-  const lock = await repo.lock('shared', `backup of ${vm.name}`);
+  // The workers boot and the store prepares its writes (an object store lists its chunks) while the
+  // lock is taken: on object storage that is a few round trips the first chunk no longer waits for.
+  const pool = opts.pool ?? startChunkPool(repo, opts.codecInit, opts.workers);
+  repo.chunks.prepareWrites?.();
+  let lock: RepoLock;
+  try {
+    lock = await repo.lock('shared', `backup of ${vm.name}`);
+  } catch (err) {
+    if (!opts.pool) await pool.close();
+    throw err;
+  }
   for (const h of lock.staleRemoved) {
     opts.onWarning?.(
       `removed a stale ${h.kind} lock of dead process ${h.pid} on ${h.hostname} ("${h.purpose}", since ${new Date(h.since).toISOString()})`,
@@ -168,11 +178,11 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
   try {
     tracePhase('engine: locked');
     repo.chunks.prepareSync?.();
-    const parent = await chooseParent(repo, vm.name, opts.parent);
+    let listed: RestorePoint[] | undefined;
+    const parent = await chooseParent(repo, vm.name, opts.parent, (points) => (listed = points));
     const stats = { bytesRead: 0, bytesNew: 0, bytesReused: 0, bytesZero: 0 };
     const inserted: { digest: string; at: number }[] = [];
     const signals = new SignalsRecorder(parent?.id ?? null);
-    const pool = opts.pool ?? startChunkPool(repo, opts.codecInit, opts.workers);
     const early = new EarlyFlush(repo.chunks, opts.earlyFlushBytes);
     try {
       const indexes: FixedIndex[] = [];
@@ -210,7 +220,15 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
         stats: {
           ...stats,
           seconds: Math.round((performance.now() - started) / 10) / 100,
-          signals: await judgeSignals(repo, vm.name, opts.time, signals.figures(), opts.onWarning),
+          // The listing the parent came from, when there was one: the earlier points of this VM as they were at
+          // the start, rather than a second listing (a round trip before the commit on object storage).
+          signals: await judgeSignals(
+            listed ? { listPoints: async () => listed as RestorePoint[] } : repo,
+            vm.name,
+            opts.time,
+            signals.figures(),
+            opts.onWarning,
+          ),
         },
         ...(opts.capture ? { capture: opts.capture } : {}),
       };
@@ -218,7 +236,8 @@ export async function backupImages(opts: BackupImagesOptions): Promise<RestorePo
       // What one did delete is still in the open sources: stored again, and the commit tried again.
       for (let attempt = 1; ; attempt++) {
         try {
-          return await repo.commitPoint(point, { lock });
+          const written = new Map(disks.map((d, i) => [d.indexDigest, indexes[i] as FixedIndex]));
+          return await repo.commitPoint(point, { lock, written });
         } catch (err) {
           if (!(err instanceof SweptChunksError) || attempt >= SWEPT_REPAIRS) throw err;
           await storeAgain(repo, opts.images, indexes, disks, err, inserted);
@@ -359,10 +378,16 @@ function defaultCodecInit(repo: Repository): CodecInit {
   return { config: repo.config, ...(repo.masterKey ? { key: repo.masterKey } : {}) };
 }
 
-async function chooseParent(repo: Repository, vmName: string, wanted: string | null | undefined): Promise<RestorePoint | undefined> {
+async function chooseParent(
+  repo: Repository,
+  vmName: string,
+  wanted: string | null | undefined,
+  onListed: (points: RestorePoint[]) => void,
+): Promise<RestorePoint | undefined> {
   if (wanted === null) return undefined;
   if (wanted !== undefined) return repo.getPoint(wanted);
   const points = await repo.listPoints({ vm: vmName });
+  onListed(points);
   return points
     .filter((p) => !p.damaged)
     .sort((a, b) => a.time.localeCompare(b.time))

@@ -147,6 +147,13 @@ export interface ChunkStore {
    */
   touch(digest: string): Promise<boolean>;
   /**
+   * A hint that touch() and insert() calls are about to come (a backup took
+   * its lock): the store may start what they will wait for, so it overlaps
+   * the caller's own start. The object store lists its chunk area (see
+   * touch()). Optional; never needed for correctness.
+   */
+  prepareWrites?(): void;
+  /**
    * Idempotent and crash-safe: a reader never sees a partial blob under the
    * chunk's name (temp file, rename). Durable on return only at sync level
    * `file` (fsync of the file and its directory); otherwise after sync().
@@ -330,8 +337,13 @@ export interface Repository extends RepositoryReader {
    * it waits for the sweep's deletes in flight, checks every chunk and index
    * of the point, and rejects with SweptChunksError (BACKUP_GC_RACE) naming
    * what is missing instead of committing a broken point.
+   *
+   * `written`: the indexes of the point this writer stored itself
+   * (writeIndex), by digest. Unless a sweep may have deleted one, they are
+   * checked from memory instead of being read back (on object storage a
+   * round trip before the manifest); any other index is read.
    */
-  commitPoint(point: NewRestorePoint, opts?: { lock?: RepoLock }): Promise<RestorePoint>;
+  commitPoint(point: NewRestorePoint, opts?: { lock?: RepoLock; written?: ReadonlyMap<string, FixedIndex> }): Promise<RestorePoint>;
   /**
    * Announces deletes that may race writers' touches (gc, a roll-back); see
    * Sweep. gc passes its cutoff as `tidyBeforeMs`: announcements of sweeps

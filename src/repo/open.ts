@@ -12,7 +12,8 @@ import { CachedChunkStore } from './cached-chunk-store.js';
 import { CHUNKS_DIR, maxBlobSize } from './format.js';
 import { LocalMetaStore, type MetaStore } from './meta-store.js';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url, type S3Settings } from './s3-config.js';
+import { createS3Client, isS3Url, parseS3Url, s3SettingsFromEnv, s3Url, type S3ClientOptions, type S3Settings } from './s3-config.js';
+import { createBlobIo, type BlobIo } from './s3-blob-io.js';
 import { S3ChunkStore } from './s3-chunk-store.js';
 import { S3MetaStore } from './s3-meta-store.js';
 
@@ -46,14 +47,26 @@ export interface RepositoryBackend {
  * client holds its own pool of keep-alive sockets (S3_MAX_SOCKETS).
  */
 const clients = new Map<string, S3Client>();
-function sharedClient(settings: S3Settings): S3Client {
-  const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey]);
+function sharedClient(settings: S3Settings, opts: S3ClientOptions = {}): S3Client {
+  const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey, opts]);
   let client = clients.get(key);
   if (!client) {
-    client = createS3Client(settings);
+    client = createS3Client(settings, opts);
     clients.set(key, client);
   }
   return client;
+}
+
+/** The lean blob requests (s3-blob-io.ts), one per endpoint and key like the clients: its agent holds the sockets. */
+const blobIos = new Map<string, BlobIo>();
+function sharedBlobIo(settings: S3Settings): BlobIo {
+  const key = JSON.stringify([settings.endpoint, settings.region, settings.accessKeyId, settings.secretAccessKey]);
+  let io = blobIos.get(key);
+  if (!io) {
+    io = createBlobIo(settings);
+    blobIos.set(key, io);
+  }
+  return io;
 }
 
 export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): RepositoryBackend {
@@ -64,12 +77,17 @@ export function repositoryBackend(spec: string, write: ChunkStoreOptions = {}): 
   const loc = parseS3Url(spec);
   const settings = s3SettingsFromEnv();
   const client = sharedClient(settings);
-  const meta = new S3MetaStore({ ...loc, client, ...(settings.endpoint ? { endpoint: settings.endpoint } : {}) });
+  // Metadata (config, locks, sweep markers, indexes, manifests, listings) on fresh connections: see S3ClientOptions.keepAlive.
+  const meta = new S3MetaStore({
+    ...loc,
+    client: sharedClient(settings, { keepAlive: false }),
+    ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
+  });
   return {
     path: meta.path,
     meta,
     chunkStore: (config, cache) => {
-      const store = new S3ChunkStore({ ...loc, client, maxBlobBytes: maxBlobSize(config.chunkSize) });
+      const store = new S3ChunkStore({ ...loc, client, blobIo: sharedBlobIo(settings), maxBlobBytes: maxBlobSize(config.chunkSize) });
       // Reads for publishing and recovery fetch each chunk once; verify opens without a cache so it reads the bucket itself.
       return cache ? new CachedChunkStore(store, { dir: join(cache.stateDir, 'chunk-cache', config.id), maxBytes: cache.maxBytes }) : store;
     },

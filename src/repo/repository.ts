@@ -459,7 +459,10 @@ export class LocalRepository implements RepositoryMaintenance {
     return decodeFixedIndex(plain, file);
   }
 
-  async commitPoint(point: NewRestorePoint, opts: { lock?: RepoLock } = {}): Promise<RestorePoint> {
+  async commitPoint(
+    point: NewRestorePoint,
+    opts: { lock?: RepoLock; written?: ReadonlyMap<string, FixedIndex> } = {},
+  ): Promise<RestorePoint> {
     // Normally a no-op (writeIndex synced); it catches chunks found or inserted since, by any caller.
     await this.chunks.sync();
     // The fence against sweeps on object storage (s3-sweep.ts), first: once it answers, no delete that
@@ -469,9 +472,11 @@ export class LocalRepository implements RepositoryMaintenance {
     const indexes: FixedIndex[] = [];
     const missingIndexes: string[] = [];
     for (const d of point.disks) {
+      // Written by this writer after its view, and no sweep since: it is stored as written (the fence above).
+      const mine = swept ? undefined : opts.written?.get(d.indexDigest);
       let index: FixedIndex;
       try {
-        index = await this.readIndex(d.indexDigest);
+        index = mine ?? (await this.readIndex(d.indexDigest));
       } catch (err) {
         if (swept && err instanceof RestorelabError && err.code === 'INDEX_NOT_FOUND') {
           missingIndexes.push(d.indexDigest);

@@ -115,10 +115,23 @@ export const S3_MAX_ATTEMPTS = 5;
 /** The header SigV4 takes the payload hash from when a request already has it. */
 export const PAYLOAD_HASH_HEADER = 'x-amz-content-sha256';
 
-export function createS3Client(settings: S3Settings): S3Client {
+export interface S3ClientOptions {
+  /**
+   * Keep connections open between requests (default true). The metadata client turns it off: on a
+   * reused connection Linux acknowledges in delayed mode, and a gateway that sends an answer's headers
+   * and body in two writes with Nagle on (the RADOS Gateway's beast frontend, unless `tcp_nodelay=1`)
+   * holds the body until that ACK, about 40 ms later. Every listing, small GET and refused request
+   * paid that (LIST 48 ms, 7 on a fresh connection: measured, docs/operations.md); the start and end
+   * of a backup are a chain of them. Blobs keep their connections: a PUT's answer has no body, and a
+   * connection per 4 MiB object would cost more than it saves.
+   */
+  keepAlive?: boolean;
+}
+
+export function createS3Client(settings: S3Settings, opts: S3ClientOptions = {}): S3Client {
   // The SDK warns on every command line that its releases from 2027 need Node 22: news for whoever upgrades it, noise for users.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  const agentOpts = { keepAlive: true, maxSockets: S3_MAX_SOCKETS };
+  const agentOpts = { keepAlive: opts.keepAlive ?? true, maxSockets: S3_MAX_SOCKETS };
   const client = new (s3Sdk().S3Client)({
     region: settings.region,
     ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
