@@ -7,32 +7,23 @@
 // inputs: damaged metadata, hostile names and nesting.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync, closeSync, existsSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, openSync, readFileSync, readSync, writeSync, closeSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inspectDisk } from '../../src/flr/backend.js';
 import { lvmCrc, parseLvmConfig } from '../../src/flr/lvm.js';
-import { mountDisks, releaseJournal, umountSession } from '../../src/flr/mount.js';
-import { listSessions } from '../../src/flr/session.js';
+import { mountDisks, umountSession } from '../../src/flr/mount.js';
 import { initRepository } from '../../src/repo/repository.js';
 import { backupVm } from '../../src/backup/engine.js';
-import { buildLvmDisk, loopDevicesOn, sha, mountsBelow } from './fixtures/disks.js';
+import { buildLvmDisk, loopDevicesOn, sha, mountsBelow, removeFlrWork } from './fixtures/disks.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'flr-lvm-test-'));
 const stateDir = join(work, 'state');
 const disk = buildLvmDisk(work);
 
-t.teardown(async () => {
-  for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);
-  for (const m of mountsBelow(work).reverse()) spawnSync('umount', ['-l', m]);
-  for (const l of spawnSync('losetup', ['-a'], { encoding: 'utf8' })
-    .stdout.split('\n')
-    .filter((x) => x.includes(work)))
-    spawnSync('losetup', ['-d', l.split(':')[0]!]);
-  rmSync(work, { recursive: true, force: true });
-});
+t.teardown(() => removeFlrWork(stateDir, work));
 
 t.test('the logical volumes are found where LVM itself says they are', async (t) => {
   const info = await inspectDisk(disk.path);

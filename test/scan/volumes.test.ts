@@ -5,15 +5,13 @@
 // scan that skipped them would call the point clean.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { backupVm } from '../../src/backup/engine.js';
 import { initRepository } from '../../src/repo/repository.js';
-import { listSessions } from '../../src/flr/session.js';
-import { releaseJournal } from '../../src/flr/mount.js';
-import { buildLvmDisk, buildNtfsDisk, mountsBelow } from '../flr/fixtures/disks.js';
+import { buildLvmDisk, buildNtfsDisk, mountsBelow, removeFlrWork } from '../flr/fixtures/disks.js';
 
 const bin = fileURLToPath(new URL('../../../bin/restorelab.js', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'scan-volumes-test-'));
@@ -41,15 +39,7 @@ writeFileSync(
   ].join('\n'),
 );
 
-t.teardown(async () => {
-  for (const s of listSessions(stateDir)) await releaseJournal(s).catch(() => undefined);
-  for (const m of mountsBelow(work).reverse()) spawnSync('umount', ['-l', m]);
-  for (const l of spawnSync('losetup', ['-a'], { encoding: 'utf8' })
-    .stdout.split('\n')
-    .filter((x) => x.includes(work)))
-    spawnSync('losetup', ['-d', l.split(':')[0]!]);
-  rmSync(work, { recursive: true, force: true });
-});
+t.teardown(() => removeFlrWork(stateDir, work));
 
 function scan(point: string): { status: number | null; json: Record<string, unknown>; stderr: string } {
   const r = spawnSync(process.execPath, [bin, 'scan', '--repo', repoDir, point, '--yara', rules, '--json'], {
